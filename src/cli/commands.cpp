@@ -1,0 +1,20 @@
+#include "cli/commands.h"
+
+namespace primus::cli {
+
+const std::vector<Command>& commands() {
+  static const std::vector<Command> kCommands = {
+      {"train", "train a model from an experiment YAML (pretrain; --dry-run to inspect)", cmd_train},
+      {"preprocess", "tokenize JSONL into Megatron .bin/.idx files", cmd_preprocess},
+      {"convert", "convert checkpoints between HuggingFace and Primus", cmd_convert},
+      {"generate", "generate text from a checkpoint with a KV cache", cmd_generate},
+      {"preflight", "check GPUs, GEMM TFLOP/s and collective bandwidth before a run", cmd_preflight},
+      {"bench", "benchmark GEMM, attention and collectives (gemm|attention|...)", cmd_bench},
+      {"tune", "GEMM auto-tuning (stages 1-3) on cuBLASLt", cmd_tune},
+      {"config", "list every config key (--list) or show a resolved experiment", cmd_config},
+      {"plot", "draw the loss and learning-rate curves of a run to PNG", cmd_plot},
+  };
+  return kCommands;
+}
+
+}  // namespace primus::cli

@@ -1,0 +1,80 @@
+// ModelConfig: the architecture of one model, with Megatron's option names.
+//
+// Built from the resolved experiment config (config/), consumed by the model code,
+// the parameter/FLOP/memory accounting (model_stats.h) and the converters. Covers the
+// Llama family, Mixtral (MoE) and DeepSeek-V2/V3 (MoE + MLA + MTP).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace primus {
+
+struct ModelConfig {
+  std::string name;  // e.g. "llama3.1_8B"
+
+  // ---- dense transformer ------------------------------------------------------------
+  int64_t num_layers = 0;
+  int64_t hidden_size = 0;
+  int64_t ffn_hidden_size = 0;
+  int64_t num_attention_heads = 0;
+  int64_t num_query_groups = 0;  // == heads when group_query_attention is off
+  int64_t kv_channels = 0;       // head dim; 0 -> hidden_size / num_attention_heads
+  int64_t padded_vocab_size = 0; // the vocabulary rows of the embedding / output layer
+  int64_t max_position_embeddings = 0;
+  bool swiglu = true;
+  bool add_bias_linear = false;
+  bool add_qkv_bias = false;
+  bool untie_embeddings_and_output_weights = true;
+  std::string normalization = "RMSNorm";
+  double norm_epsilon = 1e-5;
+  std::string position_embedding_type = "rope";
+  double rotary_base = 10000.0;
+  double rotary_percent = 1.0;
+  // Llama 3.1 rope scaling
+  bool use_rope_scaling = false;
+  double rope_scaling_factor = 8.0;
+  double rope_low_freq_factor = 1.0;
+  double rope_high_freq_factor = 4.0;
+  int64_t original_max_position_embeddings = 8192;
+  // YaRN-style scaling used by DeepSeek (rotary_scaling_factor > 1 enables it)
+  double rotary_scaling_factor = 1.0;
+  double init_method_std = 0.02;
+
+  // ---- mixture of experts --------------------------------------------------------
+  int64_t num_experts = 0;  // 0 = dense
+  int64_t moe_router_topk = 2;
+  int64_t moe_ffn_hidden_size = 0;
+  int64_t moe_shared_expert_intermediate_size = 0;
+  // Which layers are MoE: moe_layer_freq (1 = every layer) with the first
+  // `moe_first_k_dense_replace` layers dense (DeepSeek).
+  int64_t moe_layer_freq = 1;
+  int64_t moe_first_k_dense_replace = 0;
+  std::string moe_router_score_function = "softmax";
+  bool moe_router_enable_expert_bias = false;
+  int64_t moe_router_num_groups = 0;
+  int64_t moe_router_group_topk = 0;
+  double moe_router_topk_scaling_factor = 1.0;
+  double moe_aux_loss_coeff = 0.0;
+
+  // ---- multi-latent attention (DeepSeek) -----------------------------------------
+  bool multi_latent_attention = false;
+  int64_t q_lora_rank = 0;  // 0 = no query compression (V2-Lite)
+  int64_t kv_lora_rank = 0;
+  int64_t qk_head_dim = 0;          // non-rotary part of q/k head
+  int64_t qk_pos_emb_head_dim = 0;  // rotary part
+  int64_t v_head_dim = 0;
+  bool qk_layernorm = false;
+
+  // ---- multi-token prediction (DeepSeek-V3) ---------------------------------------
+  int64_t mtp_num_layers = 0;
+
+  int64_t head_dim() const { return kv_channels > 0 ? kv_channels : hidden_size / num_attention_heads; }
+  bool is_moe_layer(int64_t layer) const {
+    if (num_experts <= 0 || layer < moe_first_k_dense_replace) return false;
+    return moe_layer_freq <= 1 || (layer % moe_layer_freq) == 0;
+  }
+};
+
+}  // namespace primus

@@ -1,0 +1,89 @@
+// ops.h: the one door to the math.
+//
+// Model, optimizer and trainer code call these functions only. Each checks shapes,
+// dtypes and devices (naming the op and the tensor) and forwards to the Context's
+// backend: cpu/ (fp32 reference, the specification) or cuda/ (Primus-Turbo kernels).
+// Shape conventions and the accumulate (`+=`) contract are documented in backend.h.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "ops/backend.h"
+
+namespace primus::ops {
+
+// Everything an op needs besides its tensors: which backend, and its streams/handles.
+// One Context per device per process; passed explicitly, never global.
+class Context {
+ public:
+  static Context cpu();
+  // The CUDA backend on `device_index`; throws with a clear message in a CPU-only build.
+  static Context cuda(int device_index = 0);
+  static Context for_device(Device d) { return d == Device::CPU ? cpu() : cuda(); }
+
+  Device device() const { return backend_->device(); }
+  Backend& backend() const { return *backend_; }
+  void synchronize() const { backend_->synchronize(); }
+
+ private:
+  explicit Context(std::shared_ptr<Backend> b) : backend_(std::move(b)) {}
+  std::shared_ptr<Backend> backend_;
+};
+
+void fill(Context& ctx, Tensor& t, float value);
+void copy_cast(Context& ctx, Tensor& dst, const Tensor& src);
+void add(Context& ctx, Tensor& out, const Tensor& a, const Tensor& b);
+void scale(Context& ctx, Tensor& t, float alpha);
+
+void matmul(Context& ctx, Tensor& out, const Tensor& a, Transpose ta, const Tensor& b, Transpose tb,
+            float alpha = 1.f, float beta = 0.f);
+// Linear layer in PyTorch/Megatron layout: w (out_features, in_features).
+// y (N,out) = x (N,in) @ w^T
+void linear_forward(Context& ctx, Tensor& y, const Tensor& x, const Tensor& w);
+// dx (N,in) = dy @ w (skipped if dx is undefined); dw (out,in) += dy^T @ x (fp32 or w's dtype).
+void linear_backward(Context& ctx, Tensor* dx, Tensor& dw, const Tensor& dy, const Tensor& x,
+                     const Tensor& w);
+
+void embedding_forward(Context& ctx, Tensor& out, const Tensor& ids, const Tensor& table);
+void embedding_backward(Context& ctx, Tensor& dtable, const Tensor& dout, const Tensor& ids);
+
+void rmsnorm_forward(Context& ctx, Tensor& y, Tensor& rstd, const Tensor& x, const Tensor& w, float eps);
+void rmsnorm_backward(Context& ctx, Tensor& dx, Tensor& dw, const Tensor& dy, const Tensor& x,
+                      const Tensor& w, const Tensor& rstd);
+
+void rope_forward(Context& ctx, Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin);
+void rope_backward(Context& ctx, Tensor& dx, const Tensor& dout, const Tensor& cos, const Tensor& sin);
+void qkv_split_rope_forward(Context& ctx, Tensor& q, Tensor& k, Tensor& v, const Tensor& qkv,
+                            const Tensor& cos, const Tensor& sin);
+void qkv_split_rope_backward(Context& ctx, Tensor& dqkv, const Tensor& dq, const Tensor& dk,
+                             const Tensor& dv, const Tensor& cos, const Tensor& sin);
+
+void attention_forward(Context& ctx, Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k,
+                       const Tensor& v, float scale, bool causal = true);
+void attention_backward(Context& ctx, Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout,
+                        const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, float scale, bool causal = true);
+
+void swiglu_forward(Context& ctx, Tensor& out, const Tensor& gate_up);
+void swiglu_backward(Context& ctx, Tensor& dgate_up, const Tensor& dout, const Tensor& gate_up);
+
+void cross_entropy_forward(Context& ctx, Tensor& losses, const Tensor& logits, const Tensor& targets);
+void cross_entropy_fused(Context& ctx, Tensor& losses, Tensor& logits_to_grad, const Tensor& targets,
+                         const Tensor& dloss);
+
+void adamw_step(Context& ctx, std::vector<AdamWTensor>& params, const AdamWParams& p);
+double sum_of_squares(Context& ctx, const std::vector<Tensor>& tensors);
+int64_t count_zeros(Context& ctx, const std::vector<Tensor>& tensors);
+
+// Llama 3.1 style RoPE tables: cos/sin (T, R/2) fp32 for positions [0, T).
+struct RopeScaling {
+  bool enabled = false;
+  float factor = 8.f, low_freq_factor = 1.f, high_freq_factor = 4.f;
+  int64_t original_max_position_embeddings = 8192;
+};
+// inv_freq[i] = base^(-2i/R), then Llama 3.1's wavelength-dependent scaling when enabled.
+std::vector<float> rope_inv_freq(int64_t rotary_dim, float base, const RopeScaling& scaling);
+void rope_tables(Tensor& cos, Tensor& sin, int64_t seq_len, const std::vector<float>& inv_freq);
+
+}  // namespace primus::ops
