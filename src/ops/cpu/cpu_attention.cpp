@@ -1,0 +1,147 @@
+// Causal scaled-dot-product attention with grouped-query heads on CPU.
+//
+// For one batch b and query head h (kv head g = h / (Hq/Hkv)), with Q (T,D), K (T,D),
+// V (T,Dv) the strided head slices of q, k, v:
+//   S = scale * Q K^T,  S[i,j] = -inf for j > i (causal),
+//   lse[i] = log sum_j exp(S[i,j]),  P = exp(S - lse),  O = P V.
+// Backward (P recomputed from S and the saved lse, never stored):
+//   dV = P^T dO,  dP = dO V^T,  Delta[i] = sum_d dO[i,d] O[i,d],
+//   dS = P * (dP - Delta),  dQ = scale * dS K,  dK = scale * dS^T Q.
+// dK/dV of a kv head sum over the Hq/Hkv query heads that share it.
+//
+// Query rows are processed in blocks of kRowBlock; under the causal mask a block starting
+// at row i0 only needs keys [0, i0 + rows), which skips most of the masked upper triangle
+// while every product is still one cblas_sgemm on the strided head slices (no copies).
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "ops/cpu/cpu_backend.h"
+
+namespace primus::ops::cpu {
+
+namespace {
+
+constexpr int64_t kRowBlock = 128;
+
+struct Dims {
+  int64_t B, T, Hq, Hkv, D, Dv;
+  int64_t group() const { return Hq / Hkv; }
+};
+
+Dims dims_of(const Tensor& q, const Tensor& k, const Tensor& v) {
+  return {q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), v.size(3)};
+}
+
+// Row-major GEMM on raw pointers: C (M,N) = alpha * op(A) op(B) + beta * C.
+inline void sgemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda,
+                  const float* Bm, int64_t ldb, float beta, float* C, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,
+              static_cast<blasint>(M), static_cast<blasint>(N), static_cast<blasint>(K), alpha, A,
+              static_cast<blasint>(lda), Bm, static_cast<blasint>(ldb), beta, C, static_cast<blasint>(ldc));
+}
+
+// Number of keys row i may attend to.
+inline int64_t keys_for_row(int64_t i, int64_t T, bool causal) { return causal ? i + 1 : T; }
+
+}  // namespace
+
+void CpuBackend::attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
+                                   float scale, bool causal) {
+  require_f32_all("attention_forward", out, lse, q, k, v);
+  const Dims d = dims_of(q, k, v);
+  const int64_t ldq = d.Hq * d.D, ldk = d.Hkv * d.D, ldv = d.Hkv * d.Dv, ldo = d.Hq * d.Dv;
+  std::vector<float> scores(static_cast<size_t>(std::min(kRowBlock, d.T) * d.T));
+  for (int64_t b = 0; b < d.B; ++b) {
+    for (int64_t h = 0; h < d.Hq; ++h) {
+      const int64_t g = h / d.group();
+      const float* Q = q.data<float>() + b * d.T * ldq + h * d.D;
+      const float* K = k.data<float>() + b * d.T * ldk + g * d.D;
+      const float* V = v.data<float>() + b * d.T * ldv + g * d.Dv;
+      float* O = out.data<float>() + b * d.T * ldo + h * d.Dv;
+      float* L = lse.data<float>() + (b * d.Hq + h) * d.T;
+      for (int64_t i0 = 0; i0 < d.T; i0 += kRowBlock) {
+        const int64_t rows = std::min(kRowBlock, d.T - i0);
+        const int64_t keys = causal ? i0 + rows : d.T;
+        float* S = scores.data();
+        sgemm(false, true, rows, keys, d.D, scale, Q + i0 * ldq, ldq, K, ldk, 0.f, S, keys);
+        pool_.parallel_for(rows, [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r) {
+            float* s = S + r * keys;
+            const int64_t n = keys_for_row(i0 + r, d.T, causal);
+            float mx = -std::numeric_limits<float>::infinity();
+            for (int64_t j = 0; j < n; ++j) mx = std::max(mx, s[j]);
+            double sum = 0;
+            for (int64_t j = 0; j < n; ++j) {
+              s[j] = std::exp(s[j] - mx);
+              sum += s[j];
+            }
+            const float inv = static_cast<float>(1.0 / sum);
+            for (int64_t j = 0; j < n; ++j) s[j] *= inv;
+            for (int64_t j = n; j < keys; ++j) s[j] = 0.f;
+            L[i0 + r] = mx + static_cast<float>(std::log(sum));
+          }
+        }, 16);
+        sgemm(false, false, rows, d.Dv, keys, 1.f, S, keys, V, ldv, 0.f, O + i0 * ldo, ldo);
+      }
+    }
+  }
+}
+
+void CpuBackend::attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout, const Tensor& q,
+                                    const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                                    float scale, bool causal) {
+  require_f32_all("attention_backward", dq, dk, dv, dout, q, k, v, out, lse);
+  const Dims d = dims_of(q, k, v);
+  const int64_t ldq = d.Hq * d.D, ldk = d.Hkv * d.D, ldv = d.Hkv * d.Dv, ldo = d.Hq * d.Dv;
+  dk.zero_();
+  dv.zero_();
+  const size_t block = static_cast<size_t>(std::min(kRowBlock, d.T) * d.T);
+  std::vector<float> probs(block), dprobs(block), delta(static_cast<size_t>(d.T));
+  for (int64_t b = 0; b < d.B; ++b) {
+    for (int64_t h = 0; h < d.Hq; ++h) {
+      const int64_t g = h / d.group();
+      const float* Q = q.data<float>() + b * d.T * ldq + h * d.D;
+      const float* K = k.data<float>() + b * d.T * ldk + g * d.D;
+      const float* V = v.data<float>() + b * d.T * ldv + g * d.Dv;
+      const float* O = out.data<float>() + b * d.T * ldo + h * d.Dv;
+      const float* dO = dout.data<float>() + b * d.T * ldo + h * d.Dv;
+      const float* L = lse.data<float>() + (b * d.Hq + h) * d.T;
+      float* dQ = dq.data<float>() + b * d.T * ldq + h * d.D;
+      float* dK = dk.data<float>() + b * d.T * ldk + g * d.D;
+      float* dV = dv.data<float>() + b * d.T * ldv + g * d.Dv;
+      for (int64_t i = 0; i < d.T; ++i) {
+        double acc = 0;
+        for (int64_t c = 0; c < d.Dv; ++c) acc += static_cast<double>(dO[i * ldo + c]) * O[i * ldo + c];
+        delta[i] = static_cast<float>(acc);
+      }
+      for (int64_t i0 = 0; i0 < d.T; i0 += kRowBlock) {
+        const int64_t rows = std::min(kRowBlock, d.T - i0);
+        const int64_t keys = causal ? i0 + rows : d.T;
+        float *P = probs.data(), *dP = dprobs.data();
+        sgemm(false, true, rows, keys, d.D, scale, Q + i0 * ldq, ldq, K, ldk, 0.f, P, keys);
+        sgemm(false, true, rows, keys, d.Dv, 1.f, dO + i0 * ldo, ldo, V, ldv, 0.f, dP, keys);
+        pool_.parallel_for(rows, [&](int64_t r0, int64_t r1) {
+          for (int64_t r = r0; r < r1; ++r) {
+            float *p = P + r * keys, *dp = dP + r * keys;
+            const int64_t n = keys_for_row(i0 + r, d.T, causal);
+            const float l = L[i0 + r], dl = delta[i0 + r];
+            for (int64_t j = 0; j < n; ++j) {
+              p[j] = std::exp(p[j] - l);
+              dp[j] = p[j] * (dp[j] - dl);
+            }
+            for (int64_t j = n; j < keys; ++j) p[j] = dp[j] = 0.f;
+          }
+        }, 16);
+        sgemm(false, false, rows, d.D, keys, scale, dP, keys, K, ldk, 0.f, dQ + i0 * ldq, ldq);
+        sgemm(true, false, keys, d.D, rows, scale, dP, keys, Q + i0 * ldq, ldq, 1.f, dK, ldk);
+        sgemm(true, false, keys, d.Dv, rows, 1.f, P, keys, dO + i0 * ldo, ldo, 1.f, dV, ldv);
+      }
+    }
+  }
+}
+
+}  // namespace primus::ops::cpu

@@ -1,0 +1,79 @@
+// CpuBackend: the fp32 reference implementation of every Backend op (the specification
+// the CUDA kernels are checked against).
+//
+// Compute ops take fp32 tensors only and reject other float types with an error naming
+// the op (bf16 training is the CUDA path's business); memory ops (fill, copy_cast) and the
+// optimizer's model-copy refresh also handle bf16/fp16. GEMMs go to OpenBLAS
+// (cblas_sgemm, which threads itself); the other ops split rows over a ThreadPool. Each op
+// family lives in its own cpu_<family>.cpp.
+#pragma once
+
+#include <memory>
+
+#include "ops/backend.h"
+#include "ops/cpu/thread_pool.h"
+
+namespace primus::ops {
+
+std::shared_ptr<Backend> make_cpu_backend(int num_threads = 0);
+
+namespace cpu {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int num_threads = 0) : pool_(num_threads) {}
+  Device device() const override { return Device::CPU; }
+  ThreadPool& pool() { return pool_; }
+
+  void fill(Tensor& t, float value) override;
+  void copy_cast(Tensor& dst, const Tensor& src) override;
+  void add(Tensor& out, const Tensor& a, const Tensor& b) override;
+  void scale(Tensor& t, float alpha) override;
+
+  void matmul(Tensor& out, const Tensor& a, Transpose ta, const Tensor& b, Transpose tb, float alpha,
+              float beta) override;
+
+  void embedding_forward(Tensor& out, const Tensor& ids, const Tensor& table) override;
+  void embedding_backward(Tensor& dtable, const Tensor& dout, const Tensor& ids) override;
+
+  void rmsnorm_forward(Tensor& y, Tensor& rstd, const Tensor& x, const Tensor& w, float eps) override;
+  void rmsnorm_backward(Tensor& dx, Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+                        const Tensor& rstd) override;
+
+  void rope_forward(Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin) override;
+  void rope_backward(Tensor& dx, const Tensor& dout, const Tensor& cos, const Tensor& sin) override;
+  void qkv_split_rope_forward(Tensor& q, Tensor& k, Tensor& v, const Tensor& qkv, const Tensor& cos,
+                              const Tensor& sin) override;
+  void qkv_split_rope_backward(Tensor& dqkv, const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                               const Tensor& cos, const Tensor& sin) override;
+
+  void attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
+                         float scale, bool causal) override;
+  void attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout, const Tensor& q,
+                          const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                          float scale, bool causal) override;
+
+  void swiglu_forward(Tensor& out, const Tensor& gate_up) override;
+  void swiglu_backward(Tensor& dgate_up, const Tensor& dout, const Tensor& gate_up) override;
+
+  void cross_entropy_forward(Tensor& losses, const Tensor& logits, const Tensor& targets) override;
+  void cross_entropy_fused(Tensor& losses, Tensor& logits_to_grad, const Tensor& targets,
+                           const Tensor& dloss) override;
+
+  void adamw_step(std::vector<AdamWTensor>& params, const AdamWParams& p) override;
+  double sum_of_squares(const std::vector<Tensor>& tensors) override;
+  int64_t count_zeros(const std::vector<Tensor>& tensors) override;
+
+ private:
+  ThreadPool pool_;
+};
+
+// Throws "<op>: <what> must be fp32 on CPU, got ..." for the compute ops.
+void require_f32(const Tensor& t, const char* op, const char* what);
+template <typename... Ts>
+void require_f32_all(const char* op, const Ts&... tensors) {
+  (require_f32(tensors, op, "every tensor"), ...);
+}
+
+}  // namespace cpu
+}  // namespace primus::ops

@@ -1,0 +1,81 @@
+// fill, copy_cast, add, scale on CPU. fill and copy_cast understand fp32/bf16/fp16 so the
+// optimizer and checkpoint code can move between precisions; add and scale are fp32.
+#include <cstring>
+
+#include "ops/cpu/cpu_backend.h"
+
+namespace primus::ops::cpu {
+
+void require_f32(const Tensor& t, const char* op, const char* what) {
+  PRIMUS_CHECK(t.dtype() == DType::F32,
+               "{}: {} must be fp32 on the CPU backend, got {} (bf16/fp16 compute runs on CUDA; "
+               "use param dtype fp32 on CPU)",
+               op, what, t.describe());
+}
+
+namespace {
+
+// Element i of a float tensor as fp32 / stored from fp32, for fp32/bf16/fp16.
+inline float load(const Tensor& t, int64_t i) {
+  switch (t.dtype()) {
+    case DType::F32: return t.data<float>()[i];
+    case DType::BF16: return bf16_bits_to_fp32(t.data<uint16_t>()[i]);
+    default: return fp16_bits_to_fp32(t.data<uint16_t>()[i]);
+  }
+}
+inline void store(Tensor& t, int64_t i, float v) {
+  switch (t.dtype()) {
+    case DType::F32: t.data<float>()[i] = v; break;
+    case DType::BF16: t.data<uint16_t>()[i] = fp32_to_bf16_bits(v); break;
+    default: t.data<uint16_t>()[i] = fp32_to_fp16_bits(v); break;
+  }
+}
+bool is_float16_or_32(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
+
+}  // namespace
+
+void CpuBackend::fill(Tensor& t, float value) {
+  PRIMUS_CHECK(is_float16_or_32(t.dtype()) || (t.dtype() == DType::I32 && value == static_cast<int32_t>(value)),
+               "fill: unsupported tensor {} (fp32/bf16/fp16, or int32 with an integral value)", t.describe());
+  if (t.dtype() == DType::I32) {
+    int32_t* p = t.data<int32_t>();
+    for (int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<int32_t>(value);
+    return;
+  }
+  pool_.parallel_for(t.numel(), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) store(t, i, value);
+  }, 1 << 16);
+}
+
+void CpuBackend::copy_cast(Tensor& dst, const Tensor& src) {
+  if (dst.dtype() == src.dtype()) {
+    std::memcpy(dst.raw(), src.raw(), dst.nbytes());
+    return;
+  }
+  PRIMUS_CHECK(is_float16_or_32(dst.dtype()) && is_float16_or_32(src.dtype()),
+               "copy_cast: casts between fp32/bf16/fp16 only, got {} -> {}", src.describe(), dst.describe());
+  pool_.parallel_for(dst.numel(), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) store(dst, i, load(src, i));
+  }, 1 << 16);
+}
+
+void CpuBackend::add(Tensor& out, const Tensor& a, const Tensor& b) {
+  require_f32(out, "add", "out");
+  require_f32(a, "add", "a");
+  require_f32(b, "add", "b");
+  float* o = out.data<float>();
+  const float *pa = a.data<float>(), *pb = b.data<float>();
+  pool_.parallel_for(out.numel(), [&](int64_t s, int64_t e) {
+    for (int64_t i = s; i < e; ++i) o[i] = pa[i] + pb[i];
+  }, 1 << 16);
+}
+
+void CpuBackend::scale(Tensor& t, float alpha) {
+  require_f32(t, "scale", "t");
+  float* p = t.data<float>();
+  pool_.parallel_for(t.numel(), [&](int64_t s, int64_t e) {
+    for (int64_t i = s; i < e; ++i) p[i] *= alpha;
+  }, 1 << 16);
+}
+
+}  // namespace primus::ops::cpu

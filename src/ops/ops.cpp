@@ -1,0 +1,427 @@
+// ops.h's free functions: one check of shapes, dtypes and devices per op (each message
+// names the op, the tensor, what was seen and what was expected), then the backend call.
+#include "ops/ops.h"
+
+#include <cmath>
+#include <numbers>
+
+#include <fmt/format.h>
+
+#include "ops/cpu/cpu_backend.h"
+#ifdef PRIMUS_WITH_CUDA
+#include "ops/cuda/cuda_backend.h"
+#endif
+
+namespace primus::ops {
+
+Context Context::cpu() { return Context(make_cpu_backend()); }
+
+Context Context::cuda(int device_index) {
+#ifdef PRIMUS_WITH_CUDA
+  return Context(make_cuda_backend(device_index));
+#else
+  (void)device_index;
+  fail("the CUDA backend was requested but this primus was built without CUDA: rebuild on a "
+       "machine with nvcc (cmake -DPRIMUS_CUDA=ON), or run on the CPU backend");
+#endif
+}
+
+std::shared_ptr<Backend> make_cpu_backend(int num_threads) {
+  return std::make_shared<cpu::CpuBackend>(num_threads);
+}
+
+namespace {
+
+bool is_float(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
+
+// A tensor argument of op `op`: defined, on the context's device.
+void arg(const Context& ctx, const Tensor& t, const char* op, const char* name) {
+  PRIMUS_CHECK(t.defined(), "{}: tensor '{}' is undefined", op, name);
+  PRIMUS_CHECK(t.device() == ctx.device(), "{}: tensor '{}' is {} but the backend runs on {}", op, name,
+               t.describe(), device_name(ctx.device()));
+}
+void arg_shape(const Context& ctx, const Tensor& t, const Shape& shape, const char* op, const char* name) {
+  arg(ctx, t, op, name);
+  PRIMUS_CHECK(t.shape() == shape, "{}: tensor '{}' has shape {}, expected {}", op, name, shape_str(t.shape()),
+               shape_str(shape));
+}
+void arg_ndim(const Context& ctx, const Tensor& t, int ndim, const char* op, const char* name) {
+  arg(ctx, t, op, name);
+  PRIMUS_CHECK(t.ndim() == ndim, "{}: tensor '{}' must have {} dims, got {}", op, name, ndim, t.describe());
+}
+void float_dtype(const Tensor& t, const char* op, const char* name) {
+  PRIMUS_CHECK(is_float(t.dtype()), "{}: tensor '{}' must be fp32/bf16/fp16, got {}", op, name, t.describe());
+}
+void dtype_is(const Tensor& t, DType d, const char* op, const char* name) {
+  PRIMUS_CHECK(t.dtype() == d, "{}: tensor '{}' must be {}, got {}", op, name, dtype_name(d), t.describe());
+}
+void same_dtype(const Tensor& a, const Tensor& b, const char* op, const char* na, const char* nb) {
+  PRIMUS_CHECK(a.dtype() == b.dtype(), "{}: '{}' ({}) and '{}' ({}) must share a dtype", op, na, a.describe(),
+               nb, b.describe());
+}
+// Rows x columns of a tensor seen as a matrix over its last dim.
+int64_t rows_of(const Tensor& t) { return t.ndim() == 0 || t.size(-1) == 0 ? 0 : t.numel() / t.size(-1); }
+
+}  // namespace
+
+// ---- elementwise / memory ----------------------------------------------------------
+
+void fill(Context& ctx, Tensor& t, float value) {
+  arg(ctx, t, "fill", "t");
+  ctx.backend().fill(t, value);
+}
+
+void copy_cast(Context& ctx, Tensor& dst, const Tensor& src) {
+  arg(ctx, dst, "copy_cast", "dst");
+  arg(ctx, src, "copy_cast", "src");
+  PRIMUS_CHECK(dst.numel() == src.numel(), "copy_cast: dst {} and src {} differ in size", dst.describe(),
+               src.describe());
+  ctx.backend().copy_cast(dst, src);
+}
+
+void add(Context& ctx, Tensor& out, const Tensor& a, const Tensor& b) {
+  arg(ctx, out, "add", "out");
+  arg_shape(ctx, a, out.shape(), "add", "a");
+  arg_shape(ctx, b, out.shape(), "add", "b");
+  same_dtype(out, a, "add", "out", "a");
+  same_dtype(out, b, "add", "out", "b");
+  ctx.backend().add(out, a, b);
+}
+
+void scale(Context& ctx, Tensor& t, float alpha) {
+  arg(ctx, t, "scale", "t");
+  float_dtype(t, "scale", "t");
+  ctx.backend().scale(t, alpha);
+}
+
+// ---- GEMM ----------------------------------------------------------------------------
+
+void matmul(Context& ctx, Tensor& out, const Tensor& a, Transpose ta, const Tensor& b, Transpose tb, float alpha,
+            float beta) {
+  arg_ndim(ctx, out, 2, "matmul", "out");
+  arg_ndim(ctx, a, 2, "matmul", "a");
+  arg_ndim(ctx, b, 2, "matmul", "b");
+  same_dtype(a, b, "matmul", "a", "b");
+  float_dtype(a, "matmul", "a");
+  PRIMUS_CHECK(out.dtype() == a.dtype() || out.dtype() == DType::F32,
+               "matmul: out must be the inputs' dtype ({}) or fp32, got {}", dtype_name(a.dtype()), out.describe());
+  const bool at = ta == Transpose::Yes, bt = tb == Transpose::Yes;
+  const int64_t M = at ? a.size(1) : a.size(0), K = at ? a.size(0) : a.size(1);
+  const int64_t Kb = bt ? b.size(1) : b.size(0), N = bt ? b.size(0) : b.size(1);
+  PRIMUS_CHECK(K == Kb && out.size(0) == M && out.size(1) == N,
+               "matmul: shapes do not chain: op(a) is [{}, {}] (a {}{}), op(b) is [{}, {}] (b {}{}), out {}", M, K,
+               a.describe(), at ? " transposed" : "", Kb, N, b.describe(), bt ? " transposed" : "", out.describe());
+  ctx.backend().matmul(out, a, ta, b, tb, alpha, beta);
+}
+
+void linear_forward(Context& ctx, Tensor& y, const Tensor& x, const Tensor& w) {
+  arg_ndim(ctx, w, 2, "linear_forward", "w");
+  arg(ctx, x, "linear_forward", "x");
+  arg(ctx, y, "linear_forward", "y");
+  PRIMUS_CHECK(x.size(-1) == w.size(1), "linear_forward: x {} has {} input features but w {} expects {}",
+               x.describe(), x.size(-1), w.describe(), w.size(1));
+  PRIMUS_CHECK(y.size(-1) == w.size(0) && rows_of(y) == rows_of(x),
+               "linear_forward: y {} must be [{}, {}] for x {} and w {}", y.describe(), rows_of(x), w.size(0),
+               x.describe(), w.describe());
+  Tensor y2 = y.view({rows_of(y), y.size(-1)});
+  matmul(ctx, y2, x.view({rows_of(x), x.size(-1)}), Transpose::No, w, Transpose::Yes, 1.f, 0.f);
+}
+
+void linear_backward(Context& ctx, Tensor* dx, Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w) {
+  arg_shape(ctx, dw, w.shape(), "linear_backward", "dw");
+  arg(ctx, dy, "linear_backward", "dy");
+  PRIMUS_CHECK(dy.size(-1) == w.size(0) && x.size(-1) == w.size(1) && rows_of(dy) == rows_of(x),
+               "linear_backward: dy {} / x {} do not match w {}", dy.describe(), x.describe(), w.describe());
+  const Tensor dy2 = dy.view({rows_of(dy), dy.size(-1)});
+  if (dx != nullptr && dx->defined()) {
+    PRIMUS_CHECK(dx->numel() == x.numel(), "linear_backward: dx {} must have x's shape {}", dx->describe(),
+                 x.describe());
+    Tensor dx2 = dx->view({rows_of(x), x.size(-1)});
+    matmul(ctx, dx2, dy2, Transpose::No, w, Transpose::No, 1.f, 0.f);
+  }
+  matmul(ctx, dw, dy2, Transpose::Yes, x.view({rows_of(x), x.size(-1)}), Transpose::No, 1.f, 1.f);
+}
+
+// ---- embedding -----------------------------------------------------------------------
+
+void embedding_forward(Context& ctx, Tensor& out, const Tensor& ids, const Tensor& table) {
+  arg_ndim(ctx, table, 2, "embedding_forward", "table");
+  arg(ctx, ids, "embedding_forward", "ids");
+  dtype_is(ids, DType::I32, "embedding_forward", "ids");
+  arg_shape(ctx, out, {ids.numel(), table.size(1)}, "embedding_forward", "out");
+  same_dtype(out, table, "embedding_forward", "out", "table");
+  ctx.backend().embedding_forward(out, ids, table);
+}
+
+void embedding_backward(Context& ctx, Tensor& dtable, const Tensor& dout, const Tensor& ids) {
+  arg_ndim(ctx, dtable, 2, "embedding_backward", "dtable");
+  dtype_is(dtable, DType::F32, "embedding_backward", "dtable");
+  arg(ctx, ids, "embedding_backward", "ids");
+  dtype_is(ids, DType::I32, "embedding_backward", "ids");
+  arg_shape(ctx, dout, {ids.numel(), dtable.size(1)}, "embedding_backward", "dout");
+  ctx.backend().embedding_backward(dtable, dout, ids);
+}
+
+// ---- RMSNorm -------------------------------------------------------------------------
+
+void rmsnorm_forward(Context& ctx, Tensor& y, Tensor& rstd, const Tensor& x, const Tensor& w, float eps) {
+  arg_ndim(ctx, x, 2, "rmsnorm_forward", "x");
+  float_dtype(x, "rmsnorm_forward", "x");
+  arg_shape(ctx, y, x.shape(), "rmsnorm_forward", "y");
+  same_dtype(y, x, "rmsnorm_forward", "y", "x");
+  arg_shape(ctx, w, {x.size(1)}, "rmsnorm_forward", "w");
+  arg_shape(ctx, rstd, {x.size(0)}, "rmsnorm_forward", "rstd");
+  dtype_is(rstd, DType::F32, "rmsnorm_forward", "rstd");
+  PRIMUS_CHECK(eps > 0.f, "rmsnorm_forward: eps must be > 0, got {}", eps);
+  ctx.backend().rmsnorm_forward(y, rstd, x, w, eps);
+}
+
+void rmsnorm_backward(Context& ctx, Tensor& dx, Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+                      const Tensor& rstd) {
+  arg_ndim(ctx, x, 2, "rmsnorm_backward", "x");
+  arg_shape(ctx, dx, x.shape(), "rmsnorm_backward", "dx");
+  arg_shape(ctx, dy, x.shape(), "rmsnorm_backward", "dy");
+  arg_shape(ctx, w, {x.size(1)}, "rmsnorm_backward", "w");
+  arg_shape(ctx, dw, {x.size(1)}, "rmsnorm_backward", "dw");
+  dtype_is(dw, DType::F32, "rmsnorm_backward", "dw");
+  arg_shape(ctx, rstd, {x.size(0)}, "rmsnorm_backward", "rstd");
+  dtype_is(rstd, DType::F32, "rmsnorm_backward", "rstd");
+  ctx.backend().rmsnorm_backward(dx, dw, dy, x, w, rstd);
+}
+
+// ---- RoPE ----------------------------------------------------------------------------
+
+namespace {
+void check_rope_tables(const Context& ctx, const Tensor& cos, const Tensor& sin, int64_t T, int64_t D,
+                       const char* op) {
+  arg_ndim(ctx, cos, 2, op, "cos");
+  arg_shape(ctx, sin, cos.shape(), op, "sin");
+  dtype_is(cos, DType::F32, op, "cos");
+  dtype_is(sin, DType::F32, op, "sin");
+  PRIMUS_CHECK(cos.size(0) == T, "{}: rope tables cover {} positions but the sequence has {}", op, cos.size(0), T);
+  PRIMUS_CHECK(2 * cos.size(1) <= D, "{}: rope tables rotate {} dims but heads have only {}", op,
+               2 * cos.size(1), D);
+}
+}  // namespace
+
+void rope_forward(Context& ctx, Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  arg_ndim(ctx, x, 4, "rope_forward", "x");
+  arg_shape(ctx, out, x.shape(), "rope_forward", "out");
+  same_dtype(out, x, "rope_forward", "out", "x");
+  check_rope_tables(ctx, cos, sin, x.size(1), x.size(3), "rope_forward");
+  ctx.backend().rope_forward(out, x, cos, sin);
+}
+
+void rope_backward(Context& ctx, Tensor& dx, const Tensor& dout, const Tensor& cos, const Tensor& sin) {
+  arg_ndim(ctx, dout, 4, "rope_backward", "dout");
+  arg_shape(ctx, dx, dout.shape(), "rope_backward", "dx");
+  same_dtype(dx, dout, "rope_backward", "dx", "dout");
+  check_rope_tables(ctx, cos, sin, dout.size(1), dout.size(3), "rope_backward");
+  ctx.backend().rope_backward(dx, dout, cos, sin);
+}
+
+namespace {
+void check_qkv(const Context& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& qkv,
+               const Tensor& cos, const Tensor& sin, const char* op, const char* prefix) {
+  const std::string nq = std::string(prefix) + "q", nk = std::string(prefix) + "k", nv = std::string(prefix) + "v";
+  const std::string nqkv = std::string(prefix) + "qkv";
+  arg_ndim(ctx, q, 4, op, nq.c_str());
+  const int64_t B = q.size(0), T = q.size(1), Hq = q.size(2), D = q.size(3);
+  arg_ndim(ctx, k, 4, op, nk.c_str());
+  const int64_t Hkv = k.size(2);
+  arg_shape(ctx, k, {B, T, Hkv, D}, op, nk.c_str());
+  arg_shape(ctx, v, {B, T, Hkv, D}, op, nv.c_str());
+  arg_shape(ctx, qkv, {B * T, (Hq + 2 * Hkv) * D}, op, nqkv.c_str());
+  same_dtype(q, k, op, nq.c_str(), nk.c_str());
+  same_dtype(q, v, op, nq.c_str(), nv.c_str());
+  same_dtype(q, qkv, op, nq.c_str(), nqkv.c_str());
+  check_rope_tables(ctx, cos, sin, T, D, op);
+}
+}  // namespace
+
+void qkv_split_rope_forward(Context& ctx, Tensor& q, Tensor& k, Tensor& v, const Tensor& qkv, const Tensor& cos,
+                            const Tensor& sin) {
+  check_qkv(ctx, q, k, v, qkv, cos, sin, "qkv_split_rope_forward", "");
+  ctx.backend().qkv_split_rope_forward(q, k, v, qkv, cos, sin);
+}
+
+void qkv_split_rope_backward(Context& ctx, Tensor& dqkv, const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                             const Tensor& cos, const Tensor& sin) {
+  check_qkv(ctx, dq, dk, dv, dqkv, cos, sin, "qkv_split_rope_backward", "d");
+  ctx.backend().qkv_split_rope_backward(dqkv, dq, dk, dv, cos, sin);
+}
+
+// ---- attention -----------------------------------------------------------------------
+
+namespace {
+void check_attention(const Context& ctx, const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
+                     const Tensor& v, const char* op) {
+  arg_ndim(ctx, q, 4, op, "q");
+  arg_ndim(ctx, k, 4, op, "k");
+  arg_ndim(ctx, v, 4, op, "v");
+  const int64_t B = q.size(0), T = q.size(1), Hq = q.size(2), D = q.size(3), Hkv = k.size(2), Dv = v.size(3);
+  float_dtype(q, op, "q");
+  arg_shape(ctx, k, {B, T, Hkv, D}, op, "k");
+  arg_shape(ctx, v, {B, T, Hkv, Dv}, op, "v");
+  PRIMUS_CHECK(Hkv > 0 && Hq % Hkv == 0, "{}: {} query heads are not a multiple of {} kv heads", op, Hq, Hkv);
+  arg_shape(ctx, out, {B, T, Hq, Dv}, op, "out");
+  arg_shape(ctx, lse, {B, Hq, T}, op, "lse");
+  dtype_is(lse, DType::F32, op, "lse");
+  same_dtype(q, k, op, "q", "k");
+  same_dtype(q, v, op, "q", "v");
+  same_dtype(q, out, op, "q", "out");
+}
+}  // namespace
+
+void attention_forward(Context& ctx, Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
+                       float scale, bool causal) {
+  check_attention(ctx, out, lse, q, k, v, "attention_forward");
+  ctx.backend().attention_forward(out, lse, q, k, v, scale, causal);
+}
+
+void attention_backward(Context& ctx, Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout, const Tensor& q,
+                        const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, float scale,
+                        bool causal) {
+  check_attention(ctx, out, lse, q, k, v, "attention_backward");
+  arg_shape(ctx, dout, out.shape(), "attention_backward", "dout");
+  arg_shape(ctx, dq, q.shape(), "attention_backward", "dq");
+  arg_shape(ctx, dk, k.shape(), "attention_backward", "dk");
+  arg_shape(ctx, dv, v.shape(), "attention_backward", "dv");
+  for (auto [t, name] : {std::pair{&dout, "dout"}, {&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}})
+    same_dtype(q, *t, "attention_backward", "q", name);
+  ctx.backend().attention_backward(dq, dk, dv, dout, q, k, v, out, lse, scale, causal);
+}
+
+// ---- SwiGLU --------------------------------------------------------------------------
+
+void swiglu_forward(Context& ctx, Tensor& out, const Tensor& gate_up) {
+  arg(ctx, gate_up, "swiglu_forward", "gate_up");
+  arg(ctx, out, "swiglu_forward", "out");
+  PRIMUS_CHECK(gate_up.ndim() >= 1 && gate_up.size(-1) == 2 * out.size(-1) && rows_of(gate_up) == rows_of(out),
+               "swiglu_forward: gate_up {} must be [N, 2F] for out {} [N, F]", gate_up.describe(), out.describe());
+  same_dtype(out, gate_up, "swiglu_forward", "out", "gate_up");
+  ctx.backend().swiglu_forward(out, gate_up);
+}
+
+void swiglu_backward(Context& ctx, Tensor& dgate_up, const Tensor& dout, const Tensor& gate_up) {
+  arg(ctx, gate_up, "swiglu_backward", "gate_up");
+  arg(ctx, dout, "swiglu_backward", "dout");
+  arg_shape(ctx, dgate_up, gate_up.shape(), "swiglu_backward", "dgate_up");
+  PRIMUS_CHECK(gate_up.size(-1) == 2 * dout.size(-1) && rows_of(gate_up) == rows_of(dout),
+               "swiglu_backward: gate_up {} must be [N, 2F] for dout {} [N, F]", gate_up.describe(), dout.describe());
+  ctx.backend().swiglu_backward(dgate_up, dout, gate_up);
+}
+
+// ---- cross-entropy ---------------------------------------------------------------------
+
+void cross_entropy_forward(Context& ctx, Tensor& losses, const Tensor& logits, const Tensor& targets) {
+  arg_ndim(ctx, logits, 2, "cross_entropy_forward", "logits");
+  arg_shape(ctx, losses, {logits.size(0)}, "cross_entropy_forward", "losses");
+  dtype_is(losses, DType::F32, "cross_entropy_forward", "losses");
+  arg(ctx, targets, "cross_entropy_forward", "targets");
+  dtype_is(targets, DType::I32, "cross_entropy_forward", "targets");
+  PRIMUS_CHECK(targets.numel() == logits.size(0), "cross_entropy_forward: {} targets for {} rows of logits",
+               targets.numel(), logits.size(0));
+  ctx.backend().cross_entropy_forward(losses, logits, targets);
+}
+
+void cross_entropy_fused(Context& ctx, Tensor& losses, Tensor& logits_to_grad, const Tensor& targets,
+                         const Tensor& dloss) {
+  arg_ndim(ctx, logits_to_grad, 2, "cross_entropy_fused", "logits_to_grad");
+  const int64_t N = logits_to_grad.size(0);
+  arg_shape(ctx, losses, {N}, "cross_entropy_fused", "losses");
+  dtype_is(losses, DType::F32, "cross_entropy_fused", "losses");
+  arg(ctx, targets, "cross_entropy_fused", "targets");
+  dtype_is(targets, DType::I32, "cross_entropy_fused", "targets");
+  PRIMUS_CHECK(targets.numel() == N, "cross_entropy_fused: {} targets for {} rows of logits", targets.numel(), N);
+  arg(ctx, dloss, "cross_entropy_fused", "dloss");
+  dtype_is(dloss, DType::F32, "cross_entropy_fused", "dloss");
+  PRIMUS_CHECK(dloss.numel() == N, "cross_entropy_fused: {} dloss values for {} rows of logits", dloss.numel(), N);
+  ctx.backend().cross_entropy_fused(losses, logits_to_grad, targets, dloss);
+}
+
+// ---- optimizer -------------------------------------------------------------------------
+
+void adamw_step(Context& ctx, std::vector<AdamWTensor>& params, const AdamWParams& p) {
+  PRIMUS_CHECK(p.step >= 1, "adamw_step: step is 1-based, got {}", p.step);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const AdamWTensor& t = params[i];
+    const std::string what = fmt::format("adamw_step (param #{})", i);
+    arg(ctx, t.master, what.c_str(), "master");
+    for (auto [x, name] : {std::pair{&t.grad, "grad"}, {&t.exp_avg, "exp_avg"}, {&t.exp_avg_sq, "exp_avg_sq"}}) {
+      arg_shape(ctx, *x, t.master.shape(), what.c_str(), name);
+      dtype_is(*x, DType::F32, what.c_str(), name);
+    }
+    dtype_is(t.master, DType::F32, what.c_str(), "master");
+    if (t.model.defined()) {
+      arg(ctx, t.model, what.c_str(), "model");
+      PRIMUS_CHECK(t.model.numel() == t.master.numel(), "{}: model copy {} does not match master {}", what,
+                   t.model.describe(), t.master.describe());
+    }
+  }
+  ctx.backend().adamw_step(params, p);
+}
+
+double sum_of_squares(Context& ctx, const std::vector<Tensor>& tensors) {
+  for (const Tensor& t : tensors) arg(ctx, t, "sum_of_squares", "tensors[i]");
+  return ctx.backend().sum_of_squares(tensors);
+}
+
+int64_t count_zeros(Context& ctx, const std::vector<Tensor>& tensors) {
+  for (const Tensor& t : tensors) arg(ctx, t, "count_zeros", "tensors[i]");
+  return ctx.backend().count_zeros(tensors);
+}
+
+// ---- RoPE tables -------------------------------------------------------------------------
+
+// Llama 3.1 frequency scaling (facts from Meta's release): with wavelength 2*pi/f and
+// L = original_max_position_embeddings, frequencies whose wavelength is shorter than
+// L/high_freq_factor are kept, longer than L/low_freq_factor are divided by `factor`,
+// and in between interpolated with smooth = (L/wavelength - low) / (high - low):
+//   f' = (1 - smooth) * f / factor + smooth * f.
+std::vector<float> rope_inv_freq(int64_t rotary_dim, float base, const RopeScaling& scaling) {
+  PRIMUS_CHECK(rotary_dim > 0 && rotary_dim % 2 == 0, "rope_inv_freq: rotary dim must be even and > 0, got {}",
+               rotary_dim);
+  PRIMUS_CHECK(base > 0.f, "rope_inv_freq: rotary_base must be > 0, got {}", base);
+  std::vector<float> inv(static_cast<size_t>(rotary_dim / 2));
+  for (int64_t i = 0; i < rotary_dim / 2; ++i) {
+    double f = std::pow(static_cast<double>(base), -static_cast<double>(2 * i) / static_cast<double>(rotary_dim));
+    if (scaling.enabled) {
+      PRIMUS_CHECK(scaling.high_freq_factor > scaling.low_freq_factor && scaling.factor > 0.f,
+                   "rope scaling: need high_freq_factor ({}) > low_freq_factor ({}) and factor ({}) > 0",
+                   scaling.high_freq_factor, scaling.low_freq_factor, scaling.factor);
+      const double L = static_cast<double>(scaling.original_max_position_embeddings);
+      const double wavelen = 2.0 * std::numbers::pi / f;
+      const double low_wavelen = L / scaling.low_freq_factor, high_wavelen = L / scaling.high_freq_factor;
+      if (wavelen > low_wavelen) {
+        f /= scaling.factor;
+      } else if (wavelen >= high_wavelen) {
+        const double smooth =
+            (L / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor);
+        f = (1.0 - smooth) * f / scaling.factor + smooth * f;
+      }
+    }
+    inv[static_cast<size_t>(i)] = static_cast<float>(f);
+  }
+  return inv;
+}
+
+// cos/sin (T, R/2) of the angle t * inv_freq[i], the product rounded to fp32 first (as
+// the PyTorch implementations do) and the trig in double.
+void rope_tables(Tensor& cos, Tensor& sin, int64_t seq_len, const std::vector<float>& inv_freq) {
+  const int64_t half = static_cast<int64_t>(inv_freq.size());
+  Tensor c = Tensor::empty({seq_len, half}, DType::F32), s = Tensor::empty({seq_len, half}, DType::F32);
+  for (int64_t t = 0; t < seq_len; ++t)
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(t) * inv_freq[static_cast<size_t>(i)];
+      c.data<float>()[t * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
+      s.data<float>()[t * half + i] = static_cast<float>(std::sin(static_cast<double>(angle)));
+    }
+  const Device dev = cos.defined() ? cos.device() : Device::CPU;
+  if (!cos.defined() || cos.shape() != c.shape()) cos = Tensor::empty({seq_len, half}, DType::F32, dev);
+  if (!sin.defined() || sin.shape() != s.shape()) sin = Tensor::empty({seq_len, half}, DType::F32, dev);
+  cos.copy_from(c);
+  sin.copy_from(s);
+}
+
+}  // namespace primus::ops

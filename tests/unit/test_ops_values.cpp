@@ -1,0 +1,238 @@
+// Forward values of the CPU ops against naive loops written here from the definitions,
+// the optimizer update against the AdamW formula, RoPE frequency scaling, and the
+// errors the op boundary raises.
+#include <cmath>
+#include <numbers>
+
+#include "test_ops_util.h"
+
+using namespace primus;
+using namespace primus::test;
+
+TEST(OpsValues, MatmulAllTransposesAlphaBeta) {
+  auto ctx = ops::Context::cpu();
+  const int64_t M = 3, N = 4, K = 5;
+  Tensor A = randn({M, K}, 1), Bm = randn({K, N}, 2), C0 = randn({M, N}, 3);
+  std::vector<float> ref(M * N);
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      double s = 0;
+      for (int64_t k = 0; k < K; ++k) s += A.data<float>()[i * K + k] * Bm.data<float>()[k * N + j];
+      ref[i * N + j] = static_cast<float>(2.0 * s + 0.5 * C0.data<float>()[i * N + j]);
+    }
+  // Transposed operands as stored matrices.
+  Tensor At = Tensor::empty({K, M}, DType::F32), Bt = Tensor::empty({N, K}, DType::F32);
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t k = 0; k < K; ++k) At.data<float>()[k * M + i] = A.data<float>()[i * K + k];
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t j = 0; j < N; ++j) Bt.data<float>()[j * K + k] = Bm.data<float>()[k * N + j];
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      Tensor C = C0.clone();
+      ops::matmul(ctx, C, ta ? At : A, ta ? ops::Transpose::Yes : ops::Transpose::No, tb ? Bt : Bm,
+                  tb ? ops::Transpose::Yes : ops::Transpose::No, 2.f, 0.5f);
+      EXPECT_LT(max_rel_error(C.to_float_vector(), ref), 1e-6) << "ta=" << ta << " tb=" << tb;
+    }
+}
+
+TEST(OpsValues, RmsNormMatchesDefinition) {
+  auto ctx = ops::Context::cpu();
+  Tensor x = randn({3, 8}, 4), w = randn({8}, 5);
+  Tensor y = Tensor::empty({3, 8}, DType::F32), rstd = Tensor::empty({3}, DType::F32);
+  ops::rmsnorm_forward(ctx, y, rstd, x, w, 1e-5f);
+  for (int64_t i = 0; i < 3; ++i) {
+    double ms = 0;
+    for (int64_t c = 0; c < 8; ++c) ms += std::pow(x.data<float>()[i * 8 + c], 2) / 8;
+    const double r = 1 / std::sqrt(ms + 1e-5);
+    EXPECT_NEAR(rstd.data<float>()[i], r, 1e-6 * r);
+    for (int64_t c = 0; c < 8; ++c)
+      EXPECT_NEAR(y.data<float>()[i * 8 + c], x.data<float>()[i * 8 + c] * r * w.data<float>()[c], 1e-5);
+  }
+}
+
+// Naive attention for one (b, h): softmax over allowed keys in double.
+static std::vector<float> naive_attention(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                                          bool causal) {
+  const int64_t B = q.size(0), T = q.size(1), Hq = q.size(2), D = q.size(3), Hkv = k.size(2);
+  std::vector<float> out(static_cast<size_t>(q.numel()));
+  auto at = [](const Tensor& t, int64_t b, int64_t s, int64_t h, int64_t d) {
+    return t.data<float>()[((b * t.size(1) + s) * t.size(2) + h) * t.size(3) + d];
+  };
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < Hq; ++h) {
+      const int64_t g = h / (Hq / Hkv);
+      for (int64_t i = 0; i < T; ++i) {
+        const int64_t n = causal ? i + 1 : T;
+        std::vector<double> s(n);
+        double mx = -1e300;
+        for (int64_t j = 0; j < n; ++j) {
+          double dot = 0;
+          for (int64_t d = 0; d < D; ++d) dot += static_cast<double>(at(q, b, i, h, d)) * at(k, b, j, g, d);
+          s[j] = dot * scale;
+          mx = std::max(mx, s[j]);
+        }
+        double z = 0;
+        for (double& e : s) z += (e = std::exp(e - mx));
+        for (int64_t d = 0; d < D; ++d) {
+          double acc = 0;
+          for (int64_t j = 0; j < n; ++j) acc += s[j] / z * at(v, b, j, g, d);
+          out[((b * T + i) * Hq + h) * D + d] = static_cast<float>(acc);
+        }
+      }
+    }
+  return out;
+}
+
+TEST(OpsValues, AttentionMatchesNaiveAcrossBlocksAndGroups) {
+  auto ctx = ops::Context::cpu();
+  for (auto [T, Hq, Hkv, causal] : {std::tuple{7, 4, 1, true}, {7, 4, 4, false}, {150, 6, 2, true}}) {
+    const int64_t B = 2, D = 8;
+    Tensor q = randn({B, T, Hq, D}, 6), k = randn({B, T, Hkv, D}, 7), v = randn({B, T, Hkv, D}, 8);
+    Tensor out = Tensor::empty(q.shape(), DType::F32), lse = Tensor::empty({B, Hq, T}, DType::F32);
+    ops::attention_forward(ctx, out, lse, q, k, v, 0.35f, causal);
+    EXPECT_LT(max_rel_error(out.to_float_vector(), naive_attention(q, k, v, 0.35f, causal)), 1e-5)
+        << "T=" << T << " Hq=" << Hq << " Hkv=" << Hkv << " causal=" << causal;
+  }
+}
+
+TEST(OpsValues, RopeRotatesPairsByPositionAngle) {
+  auto ctx = ops::Context::cpu();
+  const int64_t T = 4, D = 6;
+  Tensor cos, sin;
+  const auto inv = ops::rope_inv_freq(D, 100.f, {});
+  ops::rope_tables(cos, sin, T, inv);
+  Tensor x = randn({1, T, 1, D}, 9), y = Tensor::empty({1, T, 1, D}, DType::F32);
+  ops::rope_forward(ctx, y, x, cos, sin);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t i = 0; i < D / 2; ++i) {
+      const double a = t * std::pow(100.0, -2.0 * i / D);
+      const double x1 = x.data<float>()[t * D + i], x2 = x.data<float>()[t * D + i + D / 2];
+      EXPECT_NEAR(y.data<float>()[t * D + i], x1 * std::cos(a) - x2 * std::sin(a), 1e-5);
+      EXPECT_NEAR(y.data<float>()[t * D + i + D / 2], x2 * std::cos(a) + x1 * std::sin(a), 1e-5);
+    }
+}
+
+TEST(OpsValues, RopeInvFreqLlama31Scaling) {
+  // Llama 3.1 8B: head dim 128, theta 500000, factor 8, low 1, high 4, original 8192.
+  ops::RopeScaling s;
+  s.enabled = true;
+  s.factor = 8.f;
+  s.low_freq_factor = 1.f;
+  s.high_freq_factor = 4.f;
+  s.original_max_position_embeddings = 8192;
+  const auto plain = ops::rope_inv_freq(128, 500000.f, {});
+  const auto scaled = ops::rope_inv_freq(128, 500000.f, s);
+  ASSERT_EQ(scaled.size(), 64u);
+  for (int i = 0; i < 64; ++i) {
+    const double f = std::pow(500000.0, -2.0 * i / 128);
+    EXPECT_NEAR(plain[i], f, 1e-7 * f);
+    const double wavelen = 2 * std::numbers::pi / f;
+    double expect;
+    if (wavelen < 8192.0 / 4) expect = f;            // high frequencies: untouched
+    else if (wavelen > 8192.0 / 1) expect = f / 8;   // low frequencies: divided by factor
+    else {
+      const double smooth = (8192.0 / wavelen - 1) / (4 - 1);
+      expect = (1 - smooth) * f / 8 + smooth * f;
+    }
+    EXPECT_NEAR(scaled[i], expect, 1e-6 * expect) << "i=" << i;
+  }
+  // Spot values in each regime (hand-computed): i=0 keeps 1; i=63 is 500000^(-126/128)/8;
+  // i=34 lies in the interpolation band (wavelength ~ 6683).
+  EXPECT_FLOAT_EQ(scaled[0], 1.f);
+  EXPECT_NEAR(scaled[63], std::pow(500000.0, -126.0 / 128) / 8, 1e-12);
+  const double f34 = std::pow(500000.0, -68.0 / 128), w34 = 2 * std::numbers::pi / f34;
+  ASSERT_GT(w34, 2048.0);
+  ASSERT_LT(w34, 8192.0);
+  EXPECT_GT(scaled[34], f34 / 8);
+  EXPECT_LT(scaled[34], f34);
+}
+
+TEST(OpsValues, SwiGluAndCrossEntropyDefinitions) {
+  auto ctx = ops::Context::cpu();
+  Tensor gu = Tensor::from_floats({0.f, 1.f, -2.f, 3.f, 2.f, 0.5f}, {1, 6});
+  Tensor y = Tensor::empty({1, 3}, DType::F32);
+  ops::swiglu_forward(ctx, y, gu);
+  auto silu = [](double g) { return g / (1 + std::exp(-g)); };
+  EXPECT_NEAR(y.data<float>()[0], silu(0) * 3, 1e-6);
+  EXPECT_NEAR(y.data<float>()[1], silu(1) * 2, 1e-6);
+  EXPECT_NEAR(y.data<float>()[2], silu(-2) * 0.5, 1e-6);
+
+  Tensor logits = Tensor::from_floats({1.f, 2.f, 3.f, 1000.f, 1000.f, 0.f}, {2, 3});
+  Tensor losses = Tensor::empty({2}, DType::F32);
+  ops::cross_entropy_forward(ctx, losses, logits, ints({0, 1}, {2}));
+  EXPECT_NEAR(losses.data<float>()[0], std::log(std::exp(1.) + std::exp(2.) + std::exp(3.)) - 1, 1e-5);
+  EXPECT_NEAR(losses.data<float>()[1], std::log(2.0), 1e-5);  // stable for large logits
+  EXPECT_THROW(ops::cross_entropy_forward(ctx, losses, logits, ints({0, 3}, {2})), Error);
+}
+
+TEST(OpsValues, AdamWMatchesFormulaOverSteps) {
+  auto ctx = ops::Context::cpu();
+  Tensor w = Tensor::from_floats({1.f, -2.f, 0.5f}, {3});
+  Tensor no_decay = Tensor::from_floats({1.f}, {1});
+  std::vector<ops::AdamWTensor> params(2);
+  params[0] = {w, Tensor::zeros({3}, DType::F32), Tensor::zeros({3}, DType::F32), Tensor::zeros({3}, DType::F32), {}, 1.f};
+  params[1] = {no_decay, Tensor::zeros({1}, DType::F32), Tensor::zeros({1}, DType::F32),
+               Tensor::zeros({1}, DType::F32), Tensor::empty({1}, DType::BF16), 0.f};
+  double ref[4] = {1, -2, 0.5, 1}, m[4] = {}, v[4] = {};
+  const double lr = 0.1, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1, gscale = 0.5;
+  for (int step = 1; step <= 3; ++step) {
+    const float g[4] = {0.3f * step, -0.1f, 2.f / step, 0.7f};
+    for (int i = 0; i < 3; ++i) params[0].grad.data<float>()[i] = g[i];
+    params[1].grad.data<float>()[0] = g[3];
+    ops::AdamWParams p;
+    p.lr = static_cast<float>(lr);
+    p.beta1 = static_cast<float>(b1);
+    p.beta2 = static_cast<float>(b2);
+    p.eps = static_cast<float>(eps);
+    p.weight_decay = static_cast<float>(wd);
+    p.step = step;
+    p.grad_scale = static_cast<float>(gscale);
+    ops::adamw_step(ctx, params, p);
+    for (int i = 0; i < 4; ++i) {
+      const double gi = g[i] * gscale, decay = i < 3 ? wd : 0.0;
+      ref[i] -= lr * decay * ref[i];
+      m[i] = b1 * m[i] + (1 - b1) * gi;
+      v[i] = b2 * v[i] + (1 - b2) * gi * gi;
+      ref[i] -= lr * (m[i] / (1 - std::pow(b1, step))) / (std::sqrt(v[i] / (1 - std::pow(b2, step))) + eps);
+    }
+    for (int i = 0; i < 3; ++i) EXPECT_NEAR(w.data<float>()[i], ref[i], 1e-6) << "step " << step;
+    EXPECT_NEAR(no_decay.data<float>()[0], ref[3], 1e-6);
+    EXPECT_EQ(params[1].model.to_float_vector()[0], bf16_bits_to_fp32(fp32_to_bf16_bits(no_decay.data<float>()[0])));
+  }
+}
+
+TEST(OpsValues, SumOfSquaresAndZeros) {
+  auto ctx = ops::Context::cpu();
+  Tensor a = Tensor::from_floats({1.f, 0.f, -2.f}, {3});
+  Tensor b = Tensor::from_floats({3.f, 0.f}, {2}, DType::BF16);
+  EXPECT_DOUBLE_EQ(ops::sum_of_squares(ctx, {a, b}), 14.0);
+  EXPECT_EQ(ops::count_zeros(ctx, {a, b}), 2);
+  Tensor big = Tensor::zeros({100001}, DType::F32);
+  big.data<float>()[77777] = NAN;
+  EXPECT_TRUE(std::isnan(ops::sum_of_squares(ctx, {big})));
+}
+
+TEST(OpsValues, ErrorsNameTheOpAndTensor) {
+  auto ctx = ops::Context::cpu();
+  Tensor x = Tensor::zeros({2, 4}, DType::F32), w = Tensor::zeros({3, 5}, DType::F32);
+  Tensor y = Tensor::empty({2, 3}, DType::F32);
+  try {
+    ops::linear_forward(ctx, y, x, w);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("linear_forward"), std::string::npos) << e.what();
+  }
+  Tensor xb = Tensor::zeros({2, 4}, DType::BF16), yb = Tensor::empty({2, 4}, DType::BF16);
+  Tensor rstd = Tensor::empty({2}, DType::F32), wb = Tensor::zeros({4}, DType::BF16);
+  try {
+    ops::rmsnorm_forward(ctx, yb, rstd, xb, wb, 1e-5f);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("fp32 on the CPU backend"), std::string::npos) << e.what();
+  }
+  Tensor out = Tensor::empty({4, 3}, DType::F32), table = Tensor::zeros({5, 3}, DType::F32);
+  EXPECT_THROW(ops::embedding_forward(ctx, out, ints({0, 1, 5, 2}, {4}), table), Error);
+#ifndef PRIMUS_WITH_CUDA
+  EXPECT_THROW(ops::Context::cuda(), Error);
+#endif
+}
