@@ -22,6 +22,7 @@ struct ModelConfig {
   int64_t num_query_groups = 0;  // == heads when group_query_attention is off
   int64_t kv_channels = 0;       // head dim; 0 -> hidden_size / num_attention_heads
   int64_t padded_vocab_size = 0; // the vocabulary rows of the embedding / output layer
+  int64_t vocab_size = 0;        // the tokenizer's vocabulary (padded_vocab_size >= this)
   int64_t max_position_embeddings = 0;
   bool swiglu = true;
   bool add_bias_linear = false;
@@ -41,6 +42,14 @@ struct ModelConfig {
   // YaRN-style scaling used by DeepSeek (rotary_scaling_factor > 1 enables it)
   double rotary_scaling_factor = 1.0;
   double init_method_std = 0.02;
+  double attention_dropout = 0.0;
+  double hidden_dropout = 0.0;
+  bool rotary_interleaved = false;  // rotate pairs (x0,x1) instead of halves
+  // YaRN (DeepSeek) details, used when rotary_scaling_factor > 1
+  double mscale = 1.0;
+  double mscale_all_dim = 0.0;
+  double beta_fast = 32.0;
+  double beta_slow = 1.0;
 
   // ---- mixture of experts --------------------------------------------------------
   int64_t num_experts = 0;  // 0 = dense
@@ -57,6 +66,10 @@ struct ModelConfig {
   int64_t moe_router_group_topk = 0;
   double moe_router_topk_scaling_factor = 1.0;
   double moe_aux_loss_coeff = 0.0;
+  // softmax over all experts before top-k (DeepSeek-V2) instead of top-k then softmax (Mixtral)
+  bool moe_router_pre_softmax = false;
+  std::string moe_router_load_balancing_type = "aux_loss";  // aux_loss|seq_aux_loss|sinkhorn|none
+  double moe_router_bias_update_rate = 1e-3;
 
   // ---- multi-latent attention (DeepSeek) -----------------------------------------
   bool multi_latent_attention = false;
@@ -69,6 +82,7 @@ struct ModelConfig {
 
   // ---- multi-token prediction (DeepSeek-V3) ---------------------------------------
   int64_t mtp_num_layers = 0;
+  double mtp_loss_scaling_factor = 0.1;
 
   int64_t head_dim() const { return kv_channels > 0 ? kv_channels : hidden_size / num_attention_heads; }
   bool is_moe_layer(int64_t layer) const {
