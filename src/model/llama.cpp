@@ -1,0 +1,346 @@
+#include "model/llama.h"
+
+#include <algorithm>
+#include <cmath>
+#include <thread>
+
+#include "core/rng.h"
+#include "core/strings.h"
+
+namespace primus {
+
+Recompute parse_recompute_granularity(std::string_view value) {
+  if (value.empty() || value == "none" || value == "null") return Recompute::None;
+  if (value == "selective") return Recompute::Selective;
+  if (value == "full") return Recompute::Full;
+  fail("recompute_granularity: '{}' is not one of null, selective, full{}", value,
+       did_you_mean(value, {"selective", "full", "null"}));
+}
+
+namespace {
+
+template <typename T>
+void require_config(bool ok, const ModelConfig& c, const char* key, const T& seen, const char* expected) {
+  if (!ok)
+    fail("model config '{}': {} = {} is not supported by the Llama model (expected {})", c.name, key, seen,
+         expected);
+}
+
+void validate(const ModelConfig& c) {
+  require_config(c.num_layers > 0, c, "num_layers", c.num_layers, "> 0");
+  require_config(c.hidden_size > 0, c, "hidden_size", c.hidden_size, "> 0");
+  require_config(c.ffn_hidden_size > 0, c, "ffn_hidden_size", c.ffn_hidden_size, "> 0");
+  require_config(c.num_attention_heads > 0, c, "num_attention_heads", c.num_attention_heads, "> 0");
+  require_config(c.padded_vocab_size > 0, c, "padded_vocab_size", c.padded_vocab_size, "> 0 (set by the tokenizer)");
+  const int64_t groups = c.num_query_groups > 0 ? c.num_query_groups : c.num_attention_heads;
+  require_config(c.num_attention_heads % groups == 0, c, "num_query_groups", groups,
+                 "a divisor of num_attention_heads");
+  require_config(c.head_dim() > 0, c, "kv_channels", c.head_dim(), "> 0");
+  const double rot = c.head_dim() * c.rotary_percent;
+  require_config(rot >= 2 && std::fabs(rot - std::round(rot)) < 1e-9 && static_cast<int64_t>(std::round(rot)) % 2 == 0,
+                 c, "rotary_percent", c.rotary_percent, "a fraction giving an even number of rotary dims");
+  require_config(c.normalization == "RMSNorm", c, "normalization", c.normalization, "RMSNorm");
+  require_config(c.swiglu, c, "swiglu", c.swiglu, "true");
+  require_config(c.position_embedding_type == "rope", c, "position_embedding_type", c.position_embedding_type, "rope");
+  require_config(!c.add_bias_linear, c, "add_bias_linear", c.add_bias_linear, "false");
+  require_config(!c.add_qkv_bias, c, "add_qkv_bias", c.add_qkv_bias, "false");
+  require_config(c.num_experts == 0, c, "num_experts", c.num_experts, "0 (MoE models are not the dense Llama)");
+  require_config(!c.multi_latent_attention, c, "multi_latent_attention", c.multi_latent_attention, "false");
+  require_config(c.mtp_num_layers == 0, c, "mtp_num_layers", c.mtp_num_layers, "0");
+  require_config(c.rotary_scaling_factor == 1.0, c, "rotary_scaling_factor", c.rotary_scaling_factor,
+                 "1 (YaRN scaling belongs to DeepSeek models; Llama 3.1 uses use_rope_scaling)");
+  require_config(c.norm_epsilon > 0, c, "norm_epsilon", c.norm_epsilon, "> 0");
+}
+
+// N(0, std^2) from CounterRng(seed, stream) into a host fp32 tensor, split over threads by
+// element ranges (each range draws its own global offsets, so the result is the same).
+void fill_normal_parallel(Tensor& host, const CounterRng& rng, float std) {
+  const int64_t n = host.numel();
+  const int64_t threads = n < (int64_t{1} << 16) ? 1 : std::max(1u, std::thread::hardware_concurrency());
+  const int64_t chunk = (n + threads - 1) / threads;
+  Tensor flat = host.view({n});
+  std::vector<std::thread> pool;
+  for (int64_t t = 0; t < threads; ++t) {
+    const int64_t b = std::min(n, t * chunk), e = std::min(n, b + chunk);
+    pool.emplace_back([&, b, e] {
+      Tensor part = flat.rows(b, e);
+      rng.fill_normal(part, 0.f, std, static_cast<uint64_t>(b));
+    });
+  }
+  for (auto& th : pool) th.join();
+}
+
+Tensor to_host(const Tensor& t) { return t.device() == Device::CPU ? t : t.to(Device::CPU); }
+
+}  // namespace
+
+// Host-side preparation of a micro-batch: targets with ignored tokens set to -1, the
+// per-token loss weights, and the device copies.
+struct LlamaModel::Batch {
+  int64_t B = 0, T = 0;
+  Tensor tokens, targets, dloss;  // on the model's device: (N) int32, (N) int32, (N) fp32
+  std::vector<float> mask;        // effective mask (0 where the label is ignored)
+  double num_tokens = 0;
+
+  Batch(const Tensor& tokens_in, const Tensor* labels_in, const Tensor* mask_in, float loss_weight, int64_t vocab,
+        Device device) {
+    PRIMUS_CHECK(tokens_in.ndim() == 2 && tokens_in.dtype() == DType::I32,
+                 "LlamaModel: tokens must be int32 [batch, seq], got {}", tokens_in.describe());
+    B = tokens_in.size(0);
+    T = tokens_in.size(1);
+    const int64_t N = B * T;
+    tokens = tokens_in.device() == device ? tokens_in.view({N}) : tokens_in.to(device).view({N});
+    if (labels_in == nullptr) return;
+    PRIMUS_CHECK(labels_in->shape() == tokens_in.shape() && labels_in->dtype() == DType::I32,
+                 "LlamaModel: labels must be int32 {} like tokens, got {}", shape_str(tokens_in.shape()),
+                 labels_in->describe());
+    PRIMUS_CHECK(mask_in->shape() == tokens_in.shape() && mask_in->dtype() == DType::F32,
+                 "LlamaModel: loss_mask must be fp32 {} like tokens, got {}", shape_str(tokens_in.shape()),
+                 mask_in->describe());
+    const Tensor labels_h = to_host(*labels_in), mask_h = to_host(*mask_in);
+    Tensor targets_h = Tensor::empty({N}, DType::I32), dloss_h = Tensor::empty({N}, DType::F32);
+    mask.resize(static_cast<size_t>(N));
+    for (int64_t i = 0; i < N; ++i) {
+      const int32_t label = labels_h.data<int32_t>()[i];
+      PRIMUS_CHECK(label < vocab, "LlamaModel: label {} at position {} is >= padded_vocab_size {}", label, i, vocab);
+      const float m = label >= 0 ? mask_h.data<float>()[i] : 0.f;
+      mask[static_cast<size_t>(i)] = m;
+      targets_h.data<int32_t>()[i] = m != 0.f ? label : -1;
+      dloss_h.data<float>()[i] = m * loss_weight;
+      num_tokens += m;
+    }
+    targets = device == Device::CPU ? targets_h : targets_h.to(device);
+    dloss = device == Device::CPU ? dloss_h : dloss_h.to(device);
+  }
+
+  double loss_sum(const Tensor& losses) const {
+    const std::vector<float> l = losses.to_float_vector();
+    double s = 0;
+    for (size_t i = 0; i < l.size(); ++i) s += static_cast<double>(mask[i]) * l[i];
+    return s;
+  }
+};
+
+LlamaModel::LlamaModel(const ModelConfig& config, ops::Context& ctx, const LlamaOptions& options)
+    : config_(config), ctx_(ctx), options_(options), arena_(ctx.device()) {
+  validate(config_);
+  if (config_.num_query_groups <= 0) config_.num_query_groups = config_.num_attention_heads;
+  PRIMUS_CHECK(options_.logits_chunk_rows > 0, "LlamaOptions.logits_chunk_rows must be > 0, got {}",
+               options_.logits_chunk_rows);
+  set_recompute(options_.recompute, options_.recompute_num_layers);
+  const int64_t C = config_.hidden_size, F = config_.ffn_hidden_size, V = config_.padded_vocab_size;
+  const int64_t D = config_.head_dim(), Hq = config_.num_attention_heads, Hkv = config_.num_query_groups;
+  auto make = [&](std::string name, Shape shape, bool no_wd) {
+    auto p = std::make_unique<NamedTensor>();
+    p->name = std::move(name);
+    p->value = Tensor::empty(shape, options_.param_dtype, ctx_.device());
+    p->grad = Tensor::zeros(shape, DType::F32, ctx_.device());
+    p->no_weight_decay = no_wd;
+    params_.push_back(std::move(p));
+    return params_.back().get();
+  };
+  embedding_ = make("embedding.word_embeddings.weight", {V, C}, false);
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    const std::string pre = "decoder.layers." + std::to_string(l) + ".";
+    LlamaLayerParams lp;
+    lp.input_norm = make(pre + "input_layernorm.weight", {C}, true);
+    lp.qkv = make(pre + "self_attention.linear_qkv.weight", {(Hq + 2 * Hkv) * D, C}, false);
+    lp.proj = make(pre + "self_attention.linear_proj.weight", {C, Hq * D}, false);
+    lp.mlp_norm = make(pre + "pre_mlp_layernorm.weight", {C}, true);
+    lp.fc1 = make(pre + "mlp.linear_fc1.weight", {2 * F, C}, false);
+    lp.fc2 = make(pre + "mlp.linear_fc2.weight", {C, F}, false);
+    layers_.emplace_back(lp);
+  }
+  final_norm_ = make("decoder.final_layernorm.weight", {C}, true);
+  if (config_.untie_embeddings_and_output_weights) output_ = make("output_layer.weight", {V, C}, false);
+
+  ops::RopeScaling scaling;
+  scaling.enabled = config_.use_rope_scaling;
+  scaling.factor = static_cast<float>(config_.rope_scaling_factor);
+  scaling.low_freq_factor = static_cast<float>(config_.rope_low_freq_factor);
+  scaling.high_freq_factor = static_cast<float>(config_.rope_high_freq_factor);
+  scaling.original_max_position_embeddings = config_.original_max_position_embeddings;
+  const int64_t rotary_dim = static_cast<int64_t>(std::round(D * config_.rotary_percent));
+  inv_freq_ = ops::rope_inv_freq(rotary_dim, static_cast<float>(config_.rotary_base), scaling);
+  init_weights(options_.seed);
+}
+
+void LlamaModel::set_recompute(Recompute mode, int64_t num_layers) {
+  PRIMUS_CHECK(num_layers >= 0 && num_layers <= config_.num_layers,
+               "recompute_num_layers = {} must be in [0, num_layers = {}] (0 = all layers)", num_layers,
+               config_.num_layers);
+  options_.recompute = mode;
+  options_.recompute_num_layers = num_layers;
+}
+
+Recompute LlamaModel::layer_mode(int64_t layer) const {
+  if (options_.recompute != Recompute::Full) return options_.recompute;
+  return options_.recompute_num_layers == 0 || layer < options_.recompute_num_layers ? Recompute::Full
+                                                                                      : Recompute::None;
+}
+
+std::vector<NamedTensor*> LlamaModel::parameters() {
+  std::vector<NamedTensor*> out;
+  out.reserve(params_.size());
+  for (auto& p : params_) out.push_back(p.get());
+  return out;
+}
+
+NamedTensor& LlamaModel::parameter(const std::string& name) {
+  std::vector<std::string> names;
+  for (auto& p : params_) {
+    if (p->name == name) return *p;
+    names.push_back(p->name);
+  }
+  fail("model '{}' has no parameter '{}'{}", config_.name, name, did_you_mean(name, names));
+}
+
+int64_t LlamaModel::num_parameters() const {
+  int64_t n = 0;
+  for (const auto& p : params_) n += p->value.numel();
+  return n;
+}
+
+void LlamaModel::init_weights(uint64_t seed) {
+  const float std = static_cast<float>(config_.init_method_std);
+  const float out_std = std / std::sqrt(2.f * static_cast<float>(config_.num_layers));
+  for (auto& p : params_) {
+    Tensor host = Tensor::empty(p->value.shape(), DType::F32);
+    if (p->no_weight_decay) {  // RMSNorm weights
+      std::fill(host.data<float>(), host.data<float>() + host.numel(), 1.f);
+    } else {
+      const bool residual_out = p->name.ends_with("linear_proj.weight") || p->name.ends_with("linear_fc2.weight");
+      fill_normal_parallel(host, CounterRng(seed, stream_id(p->name)), residual_out ? out_std : std);
+    }
+    if (p->value.dtype() == DType::F32 && p->value.device() == Device::CPU) {
+      p->value.copy_from(host);
+    } else {
+      Tensor dev = host.to(p->value.device());
+      ops::copy_cast(ctx_, p->value, dev);
+    }
+  }
+}
+
+void LlamaModel::zero_grads() {
+  for (auto& p : params_) p->grad.zero_();
+}
+
+NamedTensor& LlamaModel::output_weight() { return output_ != nullptr ? *output_ : *embedding_; }
+
+LlamaDims LlamaModel::dims_for(int64_t B, int64_t T) const {
+  LlamaDims d;
+  d.B = B;
+  d.T = T;
+  d.C = config_.hidden_size;
+  d.F = config_.ffn_hidden_size;
+  d.V = config_.padded_vocab_size;
+  d.Hq = config_.num_attention_heads;
+  d.Hkv = config_.num_query_groups;
+  d.D = config_.head_dim();
+  return d;
+}
+
+LlamaLayerEnv LlamaModel::make_env(const LlamaDims& d) {
+  if (!rope_cos_.defined() || rope_cos_.size(0) != d.T) {
+    Tensor cos, sin;
+    ops::rope_tables(cos, sin, d.T, inv_freq_);
+    rope_cos_ = cos.to(ctx_.device());
+    rope_sin_ = sin.to(ctx_.device());
+  }
+  return LlamaLayerEnv{ctx_, arena_, d, rope_cos_, rope_sin_, static_cast<float>(config_.norm_epsilon),
+                       1.f / std::sqrt(static_cast<float>(d.D))};
+}
+
+Tensor LlamaModel::forward_hidden(LlamaLayerEnv& env, const Tensor& tokens_dev, std::vector<Tensor>& xs,
+                                  std::vector<LlamaLayerActivations>& acts, Tensor& final_rstd, bool keep_acts) {
+  const LlamaDims& d = env.dims;
+  const DType dt = options_.param_dtype;
+  const int64_t L = config_.num_layers;
+  xs.assign(static_cast<size_t>(L + 1), Tensor());
+  acts.assign(static_cast<size_t>(L), LlamaLayerActivations{});
+  xs[0] = arena_.alloc({d.N(), d.C}, dt);
+  ops::embedding_forward(ctx_, xs[0], tokens_dev, embedding_->value);
+  for (int64_t l = 0; l < L; ++l) {
+    xs[l + 1] = arena_.alloc({d.N(), d.C}, dt);
+    layers_[l].forward(env, xs[l], xs[l + 1], acts[l], keep_acts ? layer_mode(l) : Recompute::Full);
+  }
+  Tensor hidden = arena_.alloc({d.N(), d.C}, dt);
+  final_rstd = arena_.alloc({d.N()}, DType::F32);
+  ops::rmsnorm_forward(ctx_, hidden, final_rstd, xs[L], final_norm_->value, env.norm_eps);
+  return hidden;
+}
+
+LlamaModel::StepResult LlamaModel::forward_backward(const Tensor& tokens, const Tensor& labels,
+                                                    const Tensor& loss_mask, float loss_weight) {
+  arena_.reset();
+  const Batch batch(tokens, &labels, &loss_mask, loss_weight, config_.padded_vocab_size, ctx_.device());
+  const LlamaDims d = dims_for(batch.B, batch.T);
+  LlamaLayerEnv env = make_env(d);
+  const DType dt = options_.param_dtype;
+  std::vector<Tensor> xs;
+  std::vector<LlamaLayerActivations> acts;
+  Tensor final_rstd;
+  const Tensor hidden = forward_hidden(env, batch.tokens, xs, acts, final_rstd, true);
+
+  // Classifier + loss + their backward, a chunk of rows at a time (the logits of a chunk
+  // are overwritten by their gradient in place).
+  NamedTensor& out = output_weight();
+  Tensor losses = arena_.alloc({d.N()}, DType::F32);
+  Tensor dhidden = arena_.alloc({d.N(), d.C}, dt);
+  for (int64_t r0 = 0; r0 < d.N(); r0 += options_.logits_chunk_rows) {
+    const int64_t r1 = std::min(d.N(), r0 + options_.logits_chunk_rows);
+    const Arena::Mark m = arena_.mark();
+    Tensor logits = arena_.alloc({r1 - r0, d.V}, dt);
+    const Tensor h = hidden.rows(r0, r1);
+    ops::linear_forward(ctx_, logits, h, out.value);
+    Tensor loss_rows = losses.rows(r0, r1);
+    ops::cross_entropy_fused(ctx_, loss_rows, logits, batch.targets.rows(r0, r1), batch.dloss.rows(r0, r1));
+    Tensor dh = dhidden.rows(r0, r1);
+    ops::linear_backward(ctx_, &dh, out.grad, logits, h, out.value);
+    arena_.release(m);
+  }
+
+  Tensor dres = arena_.zeros({d.N(), d.C}, dt);
+  ops::rmsnorm_backward(ctx_, dres, final_norm_->grad, dhidden, xs.back(), final_norm_->value, final_rstd);
+  for (int64_t l = config_.num_layers - 1; l >= 0; --l) layers_[l].backward(env, acts[l], dres, layer_mode(l));
+  ops::embedding_backward(ctx_, embedding_->grad, dres, batch.tokens);
+  return {batch.loss_sum(losses), batch.num_tokens};
+}
+
+LlamaModel::StepResult LlamaModel::forward_only(const Tensor& tokens, const Tensor& labels, const Tensor& loss_mask) {
+  arena_.reset();
+  const Batch batch(tokens, &labels, &loss_mask, 0.f, config_.padded_vocab_size, ctx_.device());
+  const LlamaDims d = dims_for(batch.B, batch.T);
+  LlamaLayerEnv env = make_env(d);
+  std::vector<Tensor> xs;
+  std::vector<LlamaLayerActivations> acts;
+  Tensor final_rstd;
+  const Tensor hidden = forward_hidden(env, batch.tokens, xs, acts, final_rstd, false);
+  Tensor losses = arena_.alloc({d.N()}, DType::F32);
+  for (int64_t r0 = 0; r0 < d.N(); r0 += options_.logits_chunk_rows) {
+    const int64_t r1 = std::min(d.N(), r0 + options_.logits_chunk_rows);
+    const Arena::Mark m = arena_.mark();
+    Tensor logits = arena_.alloc({r1 - r0, d.V}, options_.param_dtype);
+    ops::linear_forward(ctx_, logits, hidden.rows(r0, r1), output_weight().value);
+    Tensor loss_rows = losses.rows(r0, r1);
+    ops::cross_entropy_forward(ctx_, loss_rows, logits, batch.targets.rows(r0, r1));
+    arena_.release(m);
+  }
+  return {batch.loss_sum(losses), batch.num_tokens};
+}
+
+Tensor LlamaModel::logits(const Tensor& tokens) {
+  arena_.reset();
+  const Batch batch(tokens, nullptr, nullptr, 0.f, config_.padded_vocab_size, ctx_.device());
+  const LlamaDims d = dims_for(batch.B, batch.T);
+  LlamaLayerEnv env = make_env(d);
+  std::vector<Tensor> xs;
+  std::vector<LlamaLayerActivations> acts;
+  Tensor final_rstd;
+  const Tensor hidden = forward_hidden(env, batch.tokens, xs, acts, final_rstd, false);
+  Tensor logits = arena_.alloc({d.N(), d.V}, options_.param_dtype);
+  ops::linear_forward(ctx_, logits, hidden, output_weight().value);
+  return Tensor::from_floats(logits.to_float_vector(), {d.B, d.T, d.V});
+}
+
+}  // namespace primus

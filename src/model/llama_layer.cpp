@@ -1,0 +1,130 @@
+#include "model/llama_layer.h"
+
+namespace primus {
+
+namespace {
+
+// Allocates the activations of one layer: the always-kept ones, and/or the attention-core
+// and SwiGLU outputs that Selective recomputes.
+void alloc_main(Arena& A, const LlamaDims& d, DType dt, LlamaLayerActivations& a) {
+  const int64_t N = d.N();
+  a.h1 = A.alloc({N, d.C}, dt);
+  a.rstd1 = A.alloc({N}, DType::F32);
+  a.q = A.alloc({d.B, d.T, d.Hq, d.D}, dt);
+  a.k = A.alloc({d.B, d.T, d.Hkv, d.D}, dt);
+  a.v = A.alloc({d.B, d.T, d.Hkv, d.D}, dt);
+  a.x_mid = A.alloc({N, d.C}, dt);
+  a.h2 = A.alloc({N, d.C}, dt);
+  a.rstd2 = A.alloc({N}, DType::F32);
+  a.gate_up = A.alloc({N, 2 * d.F}, dt);
+}
+void alloc_core(Arena& A, const LlamaDims& d, DType dt, LlamaLayerActivations& a) {
+  a.attn = A.alloc({d.B, d.T, d.Hq, d.D}, dt);
+  a.lse = A.alloc({d.B, d.Hq, d.T}, DType::F32);
+  a.act = A.alloc({d.N(), d.F}, dt);
+}
+
+}  // namespace
+
+void LlamaLayer::forward(LlamaLayerEnv& env, Tensor x, Tensor& x_out, LlamaLayerActivations& a,
+                         Recompute keep) const {
+  ops::Context& ctx = env.ctx;
+  Arena& A = env.arena;
+  const LlamaDims& d = env.dims;
+  const DType dt = x.dtype();
+  const int64_t N = d.N();
+  a = LlamaLayerActivations{};
+  a.x = x;
+  Arena::Mark scratch{};
+  if (keep == Recompute::Full) {  // everything is scratch
+    scratch = A.mark();
+    alloc_main(A, d, dt, a);
+    alloc_core(A, d, dt, a);
+  } else {
+    alloc_main(A, d, dt, a);
+    if (keep == Recompute::None) alloc_core(A, d, dt, a);
+    scratch = A.mark();
+    if (keep == Recompute::Selective) alloc_core(A, d, dt, a);
+  }
+
+  // Attention block.
+  ops::rmsnorm_forward(ctx, a.h1, a.rstd1, x, p_.input_norm->value, env.norm_eps);
+  {
+    const Arena::Mark m = A.mark();
+    Tensor qkv = A.alloc({N, d.qkv_width()}, dt);
+    ops::linear_forward(ctx, qkv, a.h1, p_.qkv->value);
+    ops::qkv_split_rope_forward(ctx, a.q, a.k, a.v, qkv, env.rope_cos, env.rope_sin);
+    A.release(m);
+  }
+  ops::attention_forward(ctx, a.attn, a.lse, a.q, a.k, a.v, env.attn_scale, true);
+  ops::linear_forward(ctx, a.x_mid, a.attn.view({N, d.Hq * d.D}), p_.proj->value);
+  ops::add(ctx, a.x_mid, a.x_mid, x);
+
+  // MLP block.
+  ops::rmsnorm_forward(ctx, a.h2, a.rstd2, a.x_mid, p_.mlp_norm->value, env.norm_eps);
+  ops::linear_forward(ctx, a.gate_up, a.h2, p_.fc1->value);
+  ops::swiglu_forward(ctx, a.act, a.gate_up);
+  ops::linear_forward(ctx, x_out, a.act, p_.fc2->value);
+  ops::add(ctx, x_out, x_out, a.x_mid);
+
+  A.release(scratch);
+  if (keep == Recompute::Full) {
+    a = LlamaLayerActivations{};
+    a.x = x;
+  } else if (keep == Recompute::Selective) {
+    a.attn = a.lse = a.act = Tensor();
+  }
+}
+
+void LlamaLayer::backward(LlamaLayerEnv& env, LlamaLayerActivations& a, Tensor& dres, Recompute kept) const {
+  ops::Context& ctx = env.ctx;
+  Arena& A = env.arena;
+  const LlamaDims& d = env.dims;
+  const int64_t N = d.N();
+  const Arena::Mark start = A.mark();
+
+  if (kept == Recompute::Full) {  // re-run the layer keeping everything, then backward as usual
+    Tensor x_out = A.alloc({N, d.C}, a.x.dtype());
+    const Tensor x = a.x;
+    forward(env, x, x_out, a, Recompute::None);
+    backward(env, a, dres, Recompute::None);
+    A.release(start);
+    a = LlamaLayerActivations{};
+    a.x = x;
+    return;
+  }
+  const DType dt = a.x.dtype();
+  if (kept == Recompute::Selective) {
+    alloc_core(A, d, dt, a);
+    ops::attention_forward(ctx, a.attn, a.lse, a.q, a.k, a.v, env.attn_scale, true);
+    ops::swiglu_forward(ctx, a.act, a.gate_up);
+  }
+
+  Tensor dh = A.alloc({N, d.C}, dt);  // d h2, later d h1
+  Arena::Mark m = A.mark();
+  {  // MLP block: dres = d x_out = d (mlp output); the residual passes it to x_mid as is.
+    Tensor d_act = A.alloc({N, d.F}, dt);
+    Tensor d_gate_up = A.alloc({N, 2 * d.F}, dt);
+    ops::linear_backward(ctx, &d_act, p_.fc2->grad, dres, a.act, p_.fc2->value);
+    ops::swiglu_backward(ctx, d_gate_up, d_act, a.gate_up);
+    ops::linear_backward(ctx, &dh, p_.fc1->grad, d_gate_up, a.h2, p_.fc1->value);
+    A.release(m);
+  }
+  ops::rmsnorm_backward(ctx, dres, p_.mlp_norm->grad, dh, a.x_mid, p_.mlp_norm->value, a.rstd2);  // dres = d x_mid
+  {  // attention block
+    Tensor d_attn = A.alloc({d.B, d.T, d.Hq, d.D}, dt);
+    Tensor d_attn2 = d_attn.view({N, d.Hq * d.D});
+    ops::linear_backward(ctx, &d_attn2, p_.proj->grad, dres, a.attn.view({N, d.Hq * d.D}), p_.proj->value);
+    Tensor dq = A.alloc(a.q.shape(), dt), dk = A.alloc(a.k.shape(), dt), dv = A.alloc(a.v.shape(), dt);
+    ops::attention_backward(ctx, dq, dk, dv, d_attn, a.q, a.k, a.v, a.attn, a.lse, env.attn_scale, true);
+    Tensor dqkv = A.alloc({N, d.qkv_width()}, dt);
+    ops::qkv_split_rope_backward(ctx, dqkv, dq, dk, dv, env.rope_cos, env.rope_sin);
+    ops::linear_backward(ctx, &dh, p_.qkv->grad, dqkv, a.h1, p_.qkv->value);
+    A.release(m);
+  }
+  ops::rmsnorm_backward(ctx, dres, p_.input_norm->grad, dh, a.x, p_.input_norm->value, a.rstd1);  // dres = d x
+  A.release(start);
+  if (kept == Recompute::Selective) a.attn = a.lse = a.act = Tensor();
+}
+
+}  // namespace primus
