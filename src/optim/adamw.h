@@ -1,0 +1,68 @@
+// AdamW over a model's NamedTensors, with fp32 master weights, global-norm clipping and
+// exportable state.
+//
+// One step: norm = sqrt(sum of grad^2) * grad_scale (grad_scale = 1/loss_scale undoes
+// loss scaling); if it is not finite the step is skipped (nothing changes); otherwise
+// the grads are scaled by grad_scale * min(1, clip_grad / (norm + 1e-6)) (Megatron's and
+// torch's clip_grad_norm_ coefficient) inside ops::adamw_step, which applies decoupled
+// weight decay (none on norms/biases: NamedTensor::no_weight_decay) and the Adam update to
+// the fp32 master, then refreshes the model's low-precision copy. When the params are
+// fp32 the master IS the param tensor.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/safetensors.h"
+#include "model/named_tensor.h"
+#include "ops/ops.h"
+
+namespace primus {
+
+struct AdamWConfig {
+  float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;  // Megatron: adam_beta1/adam_beta2/adam_eps
+  float clip_grad = 1.0f;                           // max global grad norm; <= 0 disables
+};
+
+class AdamW {
+ public:
+  // `params` must outlive the optimizer. Allocates fp32 moments (and masters when the
+  // params are not fp32) on the params' device.
+  AdamW(ops::Context& ctx, std::vector<NamedTensor*> params, const AdamWConfig& config);
+
+  struct StepInfo {
+    double grad_norm = 0;    // of the unscaled gradients (after grad_scale), before clipping
+    double clip_coeff = 1;   // factor applied to the gradients (<= 1)
+    bool skipped = false;    // non-finite grad norm: no update, step count unchanged
+  };
+  // Applies one update at learning rate `lr` and weight decay `weight_decay` (from the
+  // LrSchedule). Grads are read, not zeroed.
+  StepInfo step(double lr, double weight_decay, float grad_scale = 1.f);
+
+  // The global L2 norm of the grads times grad_scale (for logging without a step).
+  double grad_norm(float grad_scale = 1.f);
+  int64_t count_zero_grads();  // Megatron's `num zeros`
+  int64_t steps_taken() const { return steps_; }
+  const AdamWConfig& config() const { return config_; }
+
+  // State as named tensors: "<param>.exp_avg", "<param>.exp_avg_sq", "<param>.master"
+  // (only when params are not fp32), and "step" (int64, shape []). Tensors are the live
+  // state (no copy); save them before the next step.
+  NamedTensorList state_tensors() const;
+  // Loads state saved by state_tensors() (any device; copied in). Every name must be
+  // present with the expected shape and dtype; errors name the missing/mismatched tensor.
+  void load_state_tensors(const NamedTensorList& state);
+
+ private:
+  struct Slot {
+    NamedTensor* param;
+    Tensor master, exp_avg, exp_avg_sq;
+  };
+  ops::Context& ctx_;
+  AdamWConfig config_;
+  std::vector<Slot> slots_;
+  int64_t steps_ = 0;
+};
+
+}  // namespace primus
