@@ -1,13 +1,111 @@
 // The CUDA backend (Primus-Turbo): bf16 activations, fp32 master weights and grads,
 // cuBLASLt GEMMs, fused kernels. Built only when PRIMUS_WITH_CUDA is defined.
+//
+// One CudaBackend = one device, one CUDA stream, one cuBLASLt engine and one grow-only scratch
+// buffer; every op is enqueued on that stream (no host synchronisation except where an op
+// returns a host value: sum_of_squares, count_zeros). The stream is a blocking stream, so it
+// stays ordered with the legacy default stream that Tensor::copy_from and zero_ use.
 #pragma once
+
+#include <cuda_runtime.h>
 
 #include <memory>
 
 #include "ops/backend.h"
+#include "ops/cuda/flash_attention.h"
+#include "ops/cuda/gemm.h"
 
 namespace primus::ops {
 
 std::shared_ptr<Backend> make_cuda_backend(int device_index);
 
 }  // namespace primus::ops
+
+namespace primus::cuda {
+
+// Which attention kernels the backend uses. Auto: flash (tensor cores) where supported
+// (bf16/fp16, head dim 64/128, Dqk == Dv), the simple kernel otherwise.
+enum class AttentionKernel { Auto, Flash, Simple };
+
+struct CudaBackendOptions {
+  AttentionKernel attention = AttentionKernel::Auto;
+  FlashConfig flash;
+  GemmTuningConfig gemm_tuning;
+  // PRIMUS_ATTENTION_KERNEL=auto|flash|simple, the GEMM tuning variables (gemm.h).
+  static CudaBackendOptions from_env();
+};
+
+class CudaBackend final : public ops::Backend {
+ public:
+  explicit CudaBackend(int device_index, CudaBackendOptions options = CudaBackendOptions::from_env());
+  ~CudaBackend() override;
+
+  Device device() const override { return Device::CUDA; }
+  void synchronize() override;
+
+  void fill(Tensor& t, float value) override;
+  void copy_cast(Tensor& dst, const Tensor& src) override;
+  void add(Tensor& out, const Tensor& a, const Tensor& b) override;
+  void scale(Tensor& t, float alpha) override;
+
+  void matmul(Tensor& out, const Tensor& a, ops::Transpose ta, const Tensor& b, ops::Transpose tb, float alpha,
+              float beta) override;
+
+  void embedding_forward(Tensor& out, const Tensor& ids, const Tensor& table) override;
+  void embedding_backward(Tensor& dtable, const Tensor& dout, const Tensor& ids) override;
+
+  void rmsnorm_forward(Tensor& y, Tensor& rstd, const Tensor& x, const Tensor& w, float eps) override;
+  void rmsnorm_backward(Tensor& dx, Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+                        const Tensor& rstd) override;
+
+  void rope_forward(Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin) override;
+  void rope_backward(Tensor& dx, const Tensor& dout, const Tensor& cos, const Tensor& sin) override;
+  void qkv_split_rope_forward(Tensor& q, Tensor& k, Tensor& v, const Tensor& qkv, const Tensor& cos,
+                              const Tensor& sin) override;
+  void qkv_split_rope_backward(Tensor& dqkv, const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& cos,
+                               const Tensor& sin) override;
+
+  void attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                         bool causal) override;
+  void attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout, const Tensor& q, const Tensor& k,
+                          const Tensor& v, const Tensor& out, const Tensor& lse, float scale, bool causal) override;
+
+  void swiglu_forward(Tensor& out, const Tensor& gate_up) override;
+  void swiglu_backward(Tensor& dgate_up, const Tensor& dout, const Tensor& gate_up) override;
+
+  void cross_entropy_forward(Tensor& losses, const Tensor& logits, const Tensor& targets) override;
+  void cross_entropy_fused(Tensor& losses, Tensor& logits_to_grad, const Tensor& targets,
+                           const Tensor& dloss) override;
+
+  void adamw_step(std::vector<ops::AdamWTensor>& params, const ops::AdamWParams& p) override;
+  double sum_of_squares(const std::vector<Tensor>& tensors) override;
+  int64_t count_zeros(const std::vector<Tensor>& tensors) override;
+
+  // ---- CUDA-specific access (benchmarks, tuning, preflight) -------------------------
+  int device_index() const { return device_; }
+  cudaStream_t stream() const { return stream_; }
+  GemmEngine& gemm() { return *gemm_; }
+  const CudaBackendOptions& options() const { return options_; }
+  void set_attention_kernel(AttentionKernel k) { options_.attention = k; }
+  void set_flash_config(FlashConfig c) { options_.flash = c; }
+  // Bytes of the backend's scratch buffer now (grows to the largest request, then stays).
+  size_t scratch_bytes() const { return scratch_bytes_; }
+
+ private:
+  void* scratch(size_t bytes);  // stream-ordered reuse; grows (with a sync) only when too small
+  bool use_flash(const Tensor& q, const Tensor& v) const;
+
+  int device_ = 0;
+  CudaBackendOptions options_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<GemmEngine> gemm_;
+  void* scratch_ = nullptr;
+  size_t scratch_bytes_ = 0;
+  void* result_dev_ = nullptr;   // 16 bytes: reduction results
+  void* result_host_ = nullptr;  // pinned mirror
+};
+
+// The CudaBackend behind `b`, or nullptr when it is another backend.
+CudaBackend* as_cuda_backend(ops::Backend& b);
+
+}  // namespace primus::cuda

@@ -1,0 +1,383 @@
+// CudaBackend: turns the Tensor-level Backend calls into the raw-pointer launchers of the
+// kernel files (one per op family). Shapes were checked by ops.cpp; here we derive the sizes,
+// check what only this backend requires (CUDA tensors, supported dtypes) and launch.
+#include "ops/cuda/cuda_backend.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "ops/cuda/adamw.h"
+#include "ops/cuda/attention_simple.h"
+#include "ops/cuda/cross_entropy.h"
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/elementwise.h"
+#include "ops/cuda/embedding.h"
+#include "ops/cuda/reduce.h"
+#include "ops/cuda/rmsnorm.h"
+#include "ops/cuda/rope.h"
+#include "ops/cuda/swiglu.h"
+
+namespace primus::ops {
+
+std::shared_ptr<Backend> make_cuda_backend(int device_index) {
+  return std::make_shared<cuda::CudaBackend>(device_index);
+}
+
+}  // namespace primus::ops
+
+namespace primus::cuda {
+
+namespace {
+
+void require_cuda(const Tensor& t, const char* op, const char* name) {
+  PRIMUS_CHECK(t.is_cuda(), "{}: tensor '{}' is {}, the CUDA backend needs it on the GPU", op, name, t.describe());
+}
+
+bool is_float(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
+
+int64_t last_dim(const Tensor& t) { return t.ndim() == 0 ? 1 : t.size(-1); }
+int64_t rows_of(const Tensor& t) {
+  const int64_t c = last_dim(t);
+  return c == 0 ? 0 : t.numel() / c;
+}
+
+}  // namespace
+
+CudaBackendOptions CudaBackendOptions::from_env() {
+  CudaBackendOptions o;
+  if (const char* v = std::getenv("PRIMUS_ATTENTION_KERNEL"); v && *v) {
+    const std::string s(v);
+    if (s == "auto") o.attention = AttentionKernel::Auto;
+    else if (s == "flash") o.attention = AttentionKernel::Flash;
+    else if (s == "simple") o.attention = AttentionKernel::Simple;
+    else fail("PRIMUS_ATTENTION_KERNEL={}: expected auto, flash or simple", s);
+  }
+  o.gemm_tuning = GemmTuningConfig::from_env();
+  return o;
+}
+
+CudaBackend::CudaBackend(int device_index, CudaBackendOptions options)
+    : device_(device_index), options_(std::move(options)) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();
+    count = 0;
+  }
+  PRIMUS_CHECK(count > 0, "the CUDA backend needs a GPU, but none is visible (CUDA_VISIBLE_DEVICES='{}')",
+               std::getenv("CUDA_VISIBLE_DEVICES") ? std::getenv("CUDA_VISIBLE_DEVICES") : "");
+  PRIMUS_CHECK(device_index >= 0 && device_index < count, "CUDA device {} requested but only {} visible",
+               device_index, count);
+  PRIMUS_CUDA_CHECK(cudaSetDevice(device_index));
+  PRIMUS_CUDA_CHECK(cudaStreamCreate(&stream_));
+  PRIMUS_CUDA_CHECK(cudaMalloc(&result_dev_, 256));
+  PRIMUS_CUDA_CHECK(cudaMallocHost(&result_host_, 256));
+  gemm_ = std::make_unique<GemmEngine>(device_index, stream_, options_.gemm_tuning);
+}
+
+CudaBackend::~CudaBackend() {
+  if (stream_) cudaStreamSynchronize(stream_);
+  gemm_.reset();
+  if (scratch_) cudaFree(scratch_);
+  if (result_dev_) cudaFree(result_dev_);
+  if (result_host_) cudaFreeHost(result_host_);
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+void CudaBackend::synchronize() { PRIMUS_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+void* CudaBackend::scratch(size_t bytes) {
+  if (bytes <= scratch_bytes_) return scratch_;
+  // Kernels already queued may still read the old buffer: wait before freeing it.
+  PRIMUS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (scratch_) PRIMUS_CUDA_CHECK(cudaFree(scratch_));
+  scratch_ = nullptr;
+  const size_t grown = bytes + bytes / 4;
+  const cudaError_t e = cudaMalloc(&scratch_, grown);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    scratch_bytes_ = 0;
+    fail("CUDA backend: out of GPU memory allocating {:.1f} MiB of scratch", grown / 1048576.0);
+  }
+  scratch_bytes_ = grown;
+  return scratch_;
+}
+
+// ---- elementwise ---------------------------------------------------------------------
+
+void CudaBackend::fill(Tensor& t, float value) {
+  require_cuda(t, "fill", "t");
+  launch_fill(t.raw(), t.dtype(), t.numel(), value, stream_);
+}
+
+void CudaBackend::copy_cast(Tensor& dst, const Tensor& src) {
+  require_cuda(dst, "copy_cast", "dst");
+  require_cuda(src, "copy_cast", "src");
+  if (dst.dtype() == src.dtype()) {
+    PRIMUS_CUDA_CHECK(cudaMemcpyAsync(dst.raw(), src.raw(), src.nbytes(), cudaMemcpyDeviceToDevice, stream_));
+    return;
+  }
+  launch_copy_cast(dst.raw(), dst.dtype(), src.raw(), src.dtype(), src.numel(), stream_);
+}
+
+void CudaBackend::add(Tensor& out, const Tensor& a, const Tensor& b) {
+  require_cuda(out, "add", "out");
+  launch_add(out.raw(), a.raw(), b.raw(), out.dtype(), out.numel(), stream_);
+}
+
+void CudaBackend::scale(Tensor& t, float alpha) {
+  require_cuda(t, "scale", "t");
+  launch_scale(t.raw(), t.dtype(), t.numel(), alpha, stream_);
+}
+
+// ---- GEMM ------------------------------------------------------------------------------
+
+void CudaBackend::matmul(Tensor& out, const Tensor& a, ops::Transpose ta, const Tensor& b, ops::Transpose tb,
+                         float alpha, float beta) {
+  require_cuda(out, "matmul", "out");
+  require_cuda(a, "matmul", "a");
+  require_cuda(b, "matmul", "b");
+  const bool ta_ = ta == ops::Transpose::Yes, tb_ = tb == ops::Transpose::Yes;
+  const int64_t M = rows_of(out), N = last_dim(out);
+  const int64_t K = ta_ ? rows_of(a) : last_dim(a);
+  if (M == 0 || N == 0) return;
+  if (K == 0) {  // empty sum: out = beta * out
+    if (beta == 0.f) launch_fill(out.raw(), out.dtype(), out.numel(), 0.f, stream_);
+    else if (beta != 1.f) launch_scale(out.raw(), out.dtype(), out.numel(), beta, stream_);
+    return;
+  }
+  gemm_->matmul(out.raw(), out.dtype(), a.raw(), b.raw(), a.dtype(), M, N, K, ta_, tb_, alpha, beta);
+}
+
+// ---- embedding ---------------------------------------------------------------------------
+
+void CudaBackend::embedding_forward(Tensor& out, const Tensor& ids, const Tensor& table) {
+  require_cuda(out, "embedding_forward", "out");
+  require_cuda(ids, "embedding_forward", "ids");
+  require_cuda(table, "embedding_forward", "table");
+  launch_embedding_forward(out.raw(), out.dtype(), ids.data<int32_t>(), table.raw(), table.dtype(), ids.numel(),
+                           last_dim(table), stream_);
+}
+
+void CudaBackend::embedding_backward(Tensor& dtable, const Tensor& dout, const Tensor& ids) {
+  require_cuda(dtable, "embedding_backward", "dtable");
+  require_cuda(dout, "embedding_backward", "dout");
+  require_cuda(ids, "embedding_backward", "ids");
+  PRIMUS_CHECK(dtable.dtype() == DType::F32, "embedding_backward: dtable must be fp32, got {}", dtable.describe());
+  const int64_t N = ids.numel(), V = rows_of(dtable), C = last_dim(dtable);
+  const size_t ws = embedding_backward_workspace_bytes(N, V);
+  launch_embedding_backward(dtable.data<float>(), dout.raw(), dout.dtype(), ids.data<int32_t>(), N, C, V,
+                            scratch(ws), ws, stream_);
+}
+
+// ---- RMSNorm ---------------------------------------------------------------------------
+
+void CudaBackend::rmsnorm_forward(Tensor& y, Tensor& rstd, const Tensor& x, const Tensor& w, float eps) {
+  require_cuda(y, "rmsnorm_forward", "y");
+  require_cuda(x, "rmsnorm_forward", "x");
+  require_cuda(w, "rmsnorm_forward", "w");
+  PRIMUS_CHECK(rstd.dtype() == DType::F32 && rstd.is_cuda(), "rmsnorm_forward: rstd must be fp32 on CUDA, got {}",
+               rstd.describe());
+  launch_rmsnorm_forward(y.raw(), rstd.data<float>(), x.raw(), w.raw(), x.dtype(), w.dtype(), rows_of(x),
+                         last_dim(x), eps, stream_);
+}
+
+void CudaBackend::rmsnorm_backward(Tensor& dx, Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+                                   const Tensor& rstd) {
+  require_cuda(dx, "rmsnorm_backward", "dx");
+  require_cuda(dy, "rmsnorm_backward", "dy");
+  PRIMUS_CHECK(dw.dtype() == DType::F32 && dw.is_cuda(), "rmsnorm_backward: dw must be fp32 on CUDA, got {}",
+               dw.describe());
+  PRIMUS_CHECK(dx.dtype() == x.dtype() && dy.dtype() == x.dtype(),
+               "rmsnorm_backward: dx {} and dy {} must have x's dtype {}", dx.describe(), dy.describe(),
+               dtype_name(x.dtype()));
+  const int64_t N = rows_of(x), C = last_dim(x);
+  const size_t ws = rmsnorm_backward_workspace_bytes(N, C);
+  launch_rmsnorm_backward(dx.raw(), dw.data<float>(), dy.raw(), x.raw(), w.raw(), rstd.data<float>(), x.dtype(),
+                          w.dtype(), N, C, scratch(ws), ws, stream_);
+}
+
+// ---- RoPE ------------------------------------------------------------------------------
+
+void CudaBackend::rope_forward(Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin) {
+  require_cuda(out, "rope_forward", "out");
+  require_cuda(x, "rope_forward", "x");
+  require_cuda(cos, "rope_forward", "cos");
+  launch_rope(out.raw(), x.raw(), x.dtype(), cos.data<float>(), sin.data<float>(), x.size(0), x.size(1), x.size(2),
+              x.size(3), 2 * cos.size(-1), false, stream_);
+}
+
+void CudaBackend::rope_backward(Tensor& dx, const Tensor& dout, const Tensor& cos, const Tensor& sin) {
+  require_cuda(dx, "rope_backward", "dx");
+  require_cuda(dout, "rope_backward", "dout");
+  launch_rope(dx.raw(), dout.raw(), dout.dtype(), cos.data<float>(), sin.data<float>(), dout.size(0), dout.size(1),
+              dout.size(2), dout.size(3), 2 * cos.size(-1), true, stream_);
+}
+
+void CudaBackend::qkv_split_rope_forward(Tensor& q, Tensor& k, Tensor& v, const Tensor& qkv, const Tensor& cos,
+                                         const Tensor& sin) {
+  require_cuda(qkv, "qkv_split_rope_forward", "qkv");
+  require_cuda(q, "qkv_split_rope_forward", "q");
+  launch_qkv_split_rope_forward(q.raw(), k.raw(), v.raw(), qkv.raw(), qkv.dtype(), cos.data<float>(),
+                                sin.data<float>(), q.size(0), q.size(1), q.size(2), k.size(2), q.size(3),
+                                2 * cos.size(-1), stream_);
+}
+
+void CudaBackend::qkv_split_rope_backward(Tensor& dqkv, const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                                          const Tensor& cos, const Tensor& sin) {
+  require_cuda(dqkv, "qkv_split_rope_backward", "dqkv");
+  require_cuda(dq, "qkv_split_rope_backward", "dq");
+  launch_qkv_split_rope_backward(dqkv.raw(), dq.raw(), dk.raw(), dv.raw(), dqkv.dtype(), cos.data<float>(),
+                                 sin.data<float>(), dq.size(0), dq.size(1), dq.size(2), dk.size(2), dq.size(3),
+                                 2 * cos.size(-1), stream_);
+}
+
+// ---- attention ---------------------------------------------------------------------------
+
+bool CudaBackend::use_flash(const Tensor& q, const Tensor& v) const {
+  if (options_.attention == AttentionKernel::Simple) return false;
+  const bool ok = flash_attention_supported(q.dtype(), q.size(3), v.size(3));
+  PRIMUS_CHECK(ok || options_.attention != AttentionKernel::Flash,
+               "PRIMUS_ATTENTION_KERNEL=flash but the flash kernel does not cover dtype {} with head dims {}/{} "
+               "(it needs bf16/fp16 and 64 or 128); use auto",
+               dtype_name(q.dtype()), q.size(3), v.size(3));
+  return ok;
+}
+
+void CudaBackend::attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
+                                    float scale, bool causal) {
+  require_cuda(out, "attention_forward", "out");
+  require_cuda(q, "attention_forward", "q");
+  require_cuda(k, "attention_forward", "k");
+  require_cuda(v, "attention_forward", "v");
+  PRIMUS_CHECK(lse.dtype() == DType::F32 && lse.is_cuda(), "attention_forward: lse must be fp32 on CUDA, got {}",
+               lse.describe());
+  const int64_t B = q.size(0), T = q.size(1), Hq = q.size(2), Hkv = k.size(2);
+  if (use_flash(q, v)) {
+    launch_flash_attention_forward(out.raw(), lse.data<float>(), q.raw(), k.raw(), v.raw(), q.dtype(), B, T, Hq, Hkv,
+                                   q.size(3), scale, causal, stream_, options_.flash);
+  } else {
+    launch_attention_simple_forward(out.raw(), lse.data<float>(), q.raw(), k.raw(), v.raw(), q.dtype(), B, T, Hq,
+                                    Hkv, q.size(3), v.size(3), scale, causal, stream_);
+  }
+}
+
+void CudaBackend::attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout, const Tensor& q,
+                                     const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                                     float scale, bool causal) {
+  require_cuda(dq, "attention_backward", "dq");
+  require_cuda(dk, "attention_backward", "dk");
+  require_cuda(dv, "attention_backward", "dv");
+  require_cuda(dout, "attention_backward", "dout");
+  const int64_t B = q.size(0), T = q.size(1), Hq = q.size(2), Hkv = k.size(2);
+  if (use_flash(q, v)) {
+    const size_t ws = flash_attention_backward_workspace_bytes(B, T, Hq, q.size(3));
+    launch_flash_attention_backward(dq.raw(), dk.raw(), dv.raw(), dout.raw(), q.raw(), k.raw(), v.raw(), out.raw(),
+                                    lse.data<float>(), q.dtype(), B, T, Hq, Hkv, q.size(3), scale, causal,
+                                    scratch(ws), ws, stream_, options_.flash);
+  } else {
+    const size_t ws = attention_simple_backward_workspace_bytes(B, T, Hq, Hkv, q.size(3), v.size(3));
+    launch_attention_simple_backward(dq.raw(), dk.raw(), dv.raw(), dout.raw(), q.raw(), k.raw(), v.raw(), out.raw(),
+                                     lse.data<float>(), q.dtype(), B, T, Hq, Hkv, q.size(3), v.size(3), scale,
+                                     causal, scratch(ws), ws, stream_);
+  }
+}
+
+// ---- SwiGLU ------------------------------------------------------------------------------
+
+void CudaBackend::swiglu_forward(Tensor& out, const Tensor& gate_up) {
+  require_cuda(out, "swiglu_forward", "out");
+  require_cuda(gate_up, "swiglu_forward", "gate_up");
+  launch_swiglu_forward(out.raw(), gate_up.raw(), gate_up.dtype(), rows_of(out), last_dim(out), stream_);
+}
+
+void CudaBackend::swiglu_backward(Tensor& dgate_up, const Tensor& dout, const Tensor& gate_up) {
+  require_cuda(dgate_up, "swiglu_backward", "dgate_up");
+  require_cuda(dout, "swiglu_backward", "dout");
+  launch_swiglu_backward(dgate_up.raw(), dout.raw(), gate_up.raw(), gate_up.dtype(), rows_of(dout), last_dim(dout),
+                         stream_);
+}
+
+// ---- cross-entropy -----------------------------------------------------------------------
+
+void CudaBackend::cross_entropy_forward(Tensor& losses, const Tensor& logits, const Tensor& targets) {
+  require_cuda(losses, "cross_entropy_forward", "losses");
+  require_cuda(logits, "cross_entropy_forward", "logits");
+  require_cuda(targets, "cross_entropy_forward", "targets");
+  launch_cross_entropy_forward(losses.data<float>(), logits.raw(), logits.dtype(), targets.data<int32_t>(),
+                               rows_of(logits), last_dim(logits), stream_);
+}
+
+void CudaBackend::cross_entropy_fused(Tensor& losses, Tensor& logits_to_grad, const Tensor& targets,
+                                      const Tensor& dloss) {
+  require_cuda(losses, "cross_entropy_fused", "losses");
+  require_cuda(logits_to_grad, "cross_entropy_fused", "logits");
+  require_cuda(dloss, "cross_entropy_fused", "dloss");
+  launch_cross_entropy_fused(losses.data<float>(), logits_to_grad.raw(), logits_to_grad.dtype(),
+                             targets.data<int32_t>(), dloss.data<float>(), rows_of(logits_to_grad),
+                             last_dim(logits_to_grad), stream_);
+}
+
+// ---- optimizer -----------------------------------------------------------------------------
+
+void CudaBackend::adamw_step(std::vector<ops::AdamWTensor>& params, const ops::AdamWParams& p) {
+  std::vector<AdamWRef> refs;
+  refs.reserve(params.size());
+  for (size_t i = 0; i < params.size(); ++i) {
+    ops::AdamWTensor& t = params[i];
+    for (const Tensor* x : {&t.master, &t.grad, &t.exp_avg, &t.exp_avg_sq}) {
+      PRIMUS_CHECK(x->is_cuda() && x->dtype() == DType::F32,
+                   "adamw_step: parameter {}: master, grad and moments must be fp32 on CUDA, got {}", i,
+                   x->describe());
+    }
+    AdamWRef r;
+    r.master = t.master.data<float>();
+    r.grad = t.grad.data<float>();
+    r.exp_avg = t.exp_avg.data<float>();
+    r.exp_avg_sq = t.exp_avg_sq.data<float>();
+    if (t.model.defined() && t.model.raw() != t.master.raw()) {
+      PRIMUS_CHECK(t.model.is_cuda() && is_float(t.model.dtype()),
+                   "adamw_step: parameter {}: model copy must be a float tensor on CUDA, got {}", i, t.model.describe());
+      r.model = t.model.raw();
+      r.model_dtype = t.model.dtype();
+    }
+    r.n = t.master.numel();
+    r.weight_decay = p.weight_decay * t.weight_decay_mult;
+    refs.push_back(r);
+  }
+  launch_adamw(refs, AdamWHyper{p.lr, p.beta1, p.beta2, p.eps, p.grad_scale, p.step}, stream_);
+}
+
+double CudaBackend::sum_of_squares(const std::vector<Tensor>& tensors) {
+  std::vector<TensorRef> refs;
+  for (const auto& t : tensors) {
+    require_cuda(t, "sum_of_squares", "tensor");
+    refs.push_back({t.raw(), t.numel(), t.dtype()});
+  }
+  const size_t ws = multi_reduce_workspace_bytes(refs);
+  launch_sum_of_squares(refs, static_cast<double*>(result_dev_), scratch(ws), ws, stream_);
+  PRIMUS_CUDA_CHECK(cudaMemcpyAsync(result_host_, result_dev_, sizeof(double), cudaMemcpyDeviceToHost, stream_));
+  PRIMUS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  double r;
+  std::memcpy(&r, result_host_, sizeof(r));
+  return r;
+}
+
+int64_t CudaBackend::count_zeros(const std::vector<Tensor>& tensors) {
+  std::vector<TensorRef> refs;
+  for (const auto& t : tensors) {
+    require_cuda(t, "count_zeros", "tensor");
+    refs.push_back({t.raw(), t.numel(), t.dtype()});
+  }
+  const size_t ws = multi_reduce_workspace_bytes(refs);
+  launch_count_zeros(refs, static_cast<long long*>(result_dev_), scratch(ws), ws, stream_);
+  PRIMUS_CUDA_CHECK(cudaMemcpyAsync(result_host_, result_dev_, sizeof(long long), cudaMemcpyDeviceToHost, stream_));
+  PRIMUS_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  long long r;
+  std::memcpy(&r, result_host_, sizeof(r));
+  return static_cast<int64_t>(r);
+}
+
+CudaBackend* as_cuda_backend(ops::Backend& b) { return dynamic_cast<CudaBackend*>(&b); }
+
+}  // namespace primus::cuda

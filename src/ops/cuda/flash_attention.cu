@@ -1,0 +1,552 @@
+// Flash attention forward and backward (see flash_attention.h for the contract).
+//
+// Forward, one block per (query tile of BR = 16*NW rows, query head, batch); warp w owns query
+// rows [16w, 16w+16) of the tile and keeps its Q fragments in registers. Key/value tiles of
+// BC = 64 rows stream through shared memory, double-buffered with cp.async. Per tile:
+//   S = Q K^T (fp32), scaled into log2 units; masked (causal: key > query; key >= T);
+//   online softmax: m' = max(m, rowmax S), P = 2^(S - m'), l = l 2^(m - m') + rowsum P,
+//   O = O 2^(m - m') + P V (P rounded to bf16/fp16 for the tensor cores).
+// End: O /= l, lse = ln2 * (m + log2 l).
+//
+// Backward, one block per (key tile of BC = 64 rows, kv head, batch); warp w owns keys
+// [16w, 16w+16). For every query head of the kv group and every query tile of BR rows
+// (double-buffered Q, dO, lse, Delta):
+//   S^T = K Q^T, P^T = exp(S^T*scale - lse)  (masked to 0)
+//   dV += P^T dO;  dP^T = V dO^T;  dS^T = P^T (dP^T - Delta)  with Delta = rowsum(dO * O)
+//   dK += dS^T Q  (scaled at the end);  dQ += dS K  -> dS^T goes through shared memory and
+//   each warp adds its D/NW columns of the tile's dQ into an fp32 buffer with atomics.
+// A last kernel writes dq = scale * dq_accum in the input dtype.
+#include "ops/cuda/flash_attention.h"
+
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/device_utils.cuh"
+#include "ops/cuda/mma_utils.cuh"
+
+namespace primus::cuda {
+
+namespace {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+// Copies rows [row0, row0 + ROWS) of a (T, stride) matrix (D columns from `base`) into a
+// swizzled [ROWS][D] tile; rows >= T are zero-filled.
+template <typename T, int D, int ROWS, int NT>
+__device__ __forceinline__ void load_tile_async(T* tile, const T* base, int64_t stride, int row0, int T_) {
+  constexpr int kChunks = D / 8;
+  for (int c = threadIdx.x; c < ROWS * kChunks; c += NT) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    const int row = row0 + r;
+    const bool valid = row < T_;
+    const T* src = base + static_cast<int64_t>(valid ? row : 0) * stride + col;
+    cp_async16(smem_u32(tile + swz<D>(r, col)), src, valid);
+  }
+}
+
+template <typename T, int D, int NW>
+__global__ void __launch_bounds__(NW * 32)
+    flash_fwd_kernel(T* __restrict__ out, float* __restrict__ lse, const T* __restrict__ q, const T* __restrict__ k,
+                     const T* __restrict__ v, int T_, int Hq, int Hkv, float scale_log2, bool causal) {
+  constexpr int BR = NW * 16, BC = 64, NT = NW * 32;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + BR * D;      // [2][BC][D]
+  T* sV = sK + 2 * BC * D;  // [2][BC][D]
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int qb = causal ? static_cast<int>(gridDim.x - 1 - blockIdx.x) : static_cast<int>(blockIdx.x);
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int hk = h / (Hq / Hkv);
+  const int q0 = qb * BR;
+  const int64_t q_stride = static_cast<int64_t>(Hq) * D, kv_stride = static_cast<int64_t>(Hkv) * D;
+  const T* qbase = q + static_cast<int64_t>(b) * T_ * q_stride + static_cast<int64_t>(h) * D;
+  const T* kbase = k + static_cast<int64_t>(b) * T_ * kv_stride + static_cast<int64_t>(hk) * D;
+  const T* vbase = v + static_cast<int64_t>(b) * T_ * kv_stride + static_cast<int64_t>(hk) * D;
+
+  const int kv_end = causal ? min(T_, q0 + BR) : T_;
+  const int n_tiles = (kv_end + BC - 1) / BC;
+
+  load_tile_async<T, D, BR, NT>(sQ, qbase, q_stride, q0, T_);
+  load_tile_async<T, D, BC, NT>(sK, kbase, kv_stride, 0, T_);
+  load_tile_async<T, D, BC, NT>(sV, vbase, kv_stride, 0, T_);
+  cp_async_commit();
+
+  uint32_t qf[D / 16][4];
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  const int warp_row0 = q0 + warp * 16;
+  const int row_g = warp_row0 + (lane >> 2);  // this thread's rows: row_g and row_g + 8
+
+  for (int jt = 0; jt < n_tiles; ++jt) {
+    const int buf = jt & 1;
+    if (jt + 1 < n_tiles) {
+      load_tile_async<T, D, BC, NT>(sK + (buf ^ 1) * BC * D, kbase, kv_stride, (jt + 1) * BC, T_);
+      load_tile_async<T, D, BC, NT>(sV + (buf ^ 1) * BC * D, vbase, kv_stride, (jt + 1) * BC, T_);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    if (jt == 0) {
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk)
+        ldsm_x4(qf[kk], smem_u32(sQ + swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8)));
+    }
+    const int kv0 = jt * BC;
+    // Causal: a tile whose first key is after this warp's last query contributes nothing.
+    if (!(causal && kv0 > warp_row0 + 15)) {
+      const T* Ks = sK + buf * BC * D;
+      const T* Vs = sV + buf * BC * D;
+      float s[BC / 8][4];
+#pragma unroll
+      for (int i = 0; i < BC / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+        for (int p = 0; p < BC / 16; ++p) {
+          uint32_t bf[4];
+          ldsm_x4(bf, smem_u32(Ks + swz<D>(p * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 16 + ((lane >> 3) & 1) * 8)));
+          mma_16816<T>(s[2 * p], qf[kk], bf[0], bf[1]);
+          mma_16816<T>(s[2 * p + 1], qf[kk], bf[2], bf[3]);
+        }
+      }
+      const bool need_mask = (kv0 + BC > T_) || (causal && kv0 + BC - 1 > warp_row0);
+#pragma unroll
+      for (int nt = 0; nt < BC / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float x = s[nt][e] * scale_log2;
+          if (need_mask) {
+            const int col = kv0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+            const int row = row_g + (e >> 1) * 8;
+            if (col >= T_ || (causal && col > row)) x = -INFINITY;
+          }
+          s[nt][e] = x;
+        }
+      }
+      float mx[2] = {m[0], m[1]};
+#pragma unroll
+      for (int nt = 0; nt < BC / 8; ++nt) {
+        mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
+        mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
+      }
+      float base[2], corr[2];
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        base[r] = mx[r] == -INFINITY ? 0.f : mx[r];
+        corr[r] = exp2f(m[r] - base[r]);
+        m[r] = mx[r];
+      }
+      float rs[2] = {0.f, 0.f};
+#pragma unroll
+      for (int nt = 0; nt < BC / 8; ++nt) {
+        s[nt][0] = exp2f(s[nt][0] - base[0]);
+        s[nt][1] = exp2f(s[nt][1] - base[0]);
+        s[nt][2] = exp2f(s[nt][2] - base[1]);
+        s[nt][3] = exp2f(s[nt][3] - base[1]);
+        rs[0] += s[nt][0] + s[nt][1];
+        rs[1] += s[nt][2] + s[nt][3];
+      }
+      l[0] = l[0] * corr[0] + rs[0];
+      l[1] = l[1] * corr[1] + rs[1];
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        o[dt][0] *= corr[0];
+        o[dt][1] *= corr[0];
+        o[dt][2] *= corr[1];
+        o[dt][3] *= corr[1];
+      }
+#pragma unroll
+      for (int j = 0; j < BC / 16; ++j) {
+        const uint32_t pa[4] = {pack2<T>(s[2 * j][0], s[2 * j][1]), pack2<T>(s[2 * j][2], s[2 * j][3]),
+                                pack2<T>(s[2 * j + 1][0], s[2 * j + 1][1]), pack2<T>(s[2 * j + 1][2], s[2 * j + 1][3])};
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+          uint32_t bf[4];
+          ldsm_x4_trans(bf, smem_u32(Vs + swz<D>(j * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, dp * 16 + (lane >> 4) * 8)));
+          mma_16816<T>(o[2 * dp], pa, bf[0], bf[1]);
+          mma_16816<T>(o[2 * dp + 1], pa, bf[2], bf[3]);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with `buf` before the next prefetch overwrites it
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = row_g + r * 8;
+    if (row >= T_) continue;
+    const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+    T* orow = out + (static_cast<int64_t>(b) * T_ + row) * q_stride + static_cast<int64_t>(h) * D;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      const uint32_t packed = pack2<T>(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
+      *reinterpret_cast<uint32_t*>(orow + dt * 8 + (lane & 3) * 2) = packed;
+    }
+    if ((lane & 3) == 0) lse[(static_cast<int64_t>(b) * Hq + h) * T_ + row] = (m[r] + log2f(l[r])) * kLn2;
+  }
+}
+
+// Delta (B,Hq,T) fp32 = rowsum(dout * out) per (b, t, h); also zeroes dq_accum (B,T,Hq,D) rows.
+// One warp per (b, t, h) row.
+template <typename T>
+__global__ void flash_bwd_preprocess_kernel(float* delta, float* dq_accum, const T* dout, const T* out, int64_t B,
+                                            int T_, int Hq, int D) {
+  const int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= B * T_ * Hq) return;
+  const T* dorow = dout + row * D;
+  const T* orow = out + row * D;
+  float acc = 0.f;
+  for (int d = lane; d < D; d += 32) {
+    acc += to_f32<T>(dorow[d]) * to_f32<T>(orow[d]);
+    if (dq_accum) dq_accum[row * D + d] = 0.f;
+  }
+  acc = warp_sum(acc);
+  if (lane == 0) {
+    const int64_t h = row % Hq, bt = row / Hq;
+    const int64_t t = bt % T_, bb = bt / T_;
+    delta[(bb * Hq + h) * T_ + t] = acc;
+  }
+}
+
+template <typename T, int D, int NW, int BR>
+__global__ void __launch_bounds__(NW * 32)
+    flash_bwd_kernel(T* __restrict__ dk, T* __restrict__ dv, float* __restrict__ dq_accum, const T* __restrict__ q,
+                     const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ dout,
+                     const float* __restrict__ lse, const float* __restrict__ delta, int T_, int Hq, int Hkv,
+                     float scale_log2, float scale, bool causal) {
+  constexpr int BC = NW * 16, NT = NW * 32;
+  constexpr int DS_STRIDE = BR + 8;  // padded rows of the dS^T tile: conflict-free ldmatrix
+  constexpr int DW = D / NW;         // dQ columns per warp
+  static_assert(DW % 16 == 0, "each warp needs whole 16-column blocks of dQ");
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* sK = reinterpret_cast<T*>(smem_raw);
+  T* sV = sK + BC * D;
+  T* sQ = sV + BC * D;      // [2][BR][D]
+  T* sdO = sQ + 2 * BR * D;  // [2][BR][D]
+  T* sdS = sdO + 2 * BR * D;  // [BC][DS_STRIDE]
+  float* sL = reinterpret_cast<float*>(sdS + BC * DS_STRIDE);  // [2][BR]
+  float* sDelta = sL + 2 * BR;                                   // [2][BR]
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int kb = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
+  const int j0 = kb * BC;
+  const int group = Hq / Hkv;
+  const int i_begin = causal ? j0 / BR : 0;
+  const int n_q = (T_ + BR - 1) / BR;
+  const int tiles_per_head = n_q - i_begin;
+  const int n_iters = group * tiles_per_head;
+  const int64_t q_stride = static_cast<int64_t>(Hq) * D, kv_stride = static_cast<int64_t>(Hkv) * D;
+  const T* kbase = k + static_cast<int64_t>(b) * T_ * kv_stride + static_cast<int64_t>(hk) * D;
+  const T* vbase = v + static_cast<int64_t>(b) * T_ * kv_stride + static_cast<int64_t>(hk) * D;
+
+  auto issue_tile = [&](int it, int buf) {
+    const int h = hk * group + it / tiles_per_head;
+    const int i0 = (i_begin + it % tiles_per_head) * BR;
+    const T* qb = q + static_cast<int64_t>(b) * T_ * q_stride + static_cast<int64_t>(h) * D;
+    const T* dob = dout + static_cast<int64_t>(b) * T_ * q_stride + static_cast<int64_t>(h) * D;
+    load_tile_async<T, D, BR, NT>(sQ + buf * BR * D, qb, q_stride, i0, T_);
+    load_tile_async<T, D, BR, NT>(sdO + buf * BR * D, dob, q_stride, i0, T_);
+    const float* lrow = lse + (static_cast<int64_t>(b) * Hq + h) * T_;
+    const float* drow = delta + (static_cast<int64_t>(b) * Hq + h) * T_;
+    for (int c = threadIdx.x; c < BR; c += NT) {
+      const bool valid = i0 + c < T_;
+      cp_async4(smem_u32(sL + buf * BR + c), lrow + (valid ? i0 + c : 0), valid);
+      cp_async4(smem_u32(sDelta + buf * BR + c), drow + (valid ? i0 + c : 0), valid);
+    }
+  };
+
+  load_tile_async<T, D, BC, NT>(sK, kbase, kv_stride, j0, T_);
+  load_tile_async<T, D, BC, NT>(sV, vbase, kv_stride, j0, T_);
+  cp_async_commit();
+  if (n_iters > 0) issue_tile(0, 0);
+  cp_async_commit();
+
+  float dk_acc[D / 8][4], dv_acc[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) {
+    dk_acc[i][0] = dk_acc[i][1] = dk_acc[i][2] = dk_acc[i][3] = 0.f;
+    dv_acc[i][0] = dv_acc[i][1] = dv_acc[i][2] = dv_acc[i][3] = 0.f;
+  }
+  const int key_w = j0 + warp * 16;         // this warp's first key
+  const int key_g = key_w + (lane >> 2);    // this thread's keys: key_g and key_g + 8
+
+  for (int it = 0; it < n_iters; ++it) {
+    const int buf = it & 1;
+    const int h = hk * group + it / tiles_per_head;
+    const int i0 = (i_begin + it % tiles_per_head) * BR;
+    if (it + 1 < n_iters) issue_tile(it + 1, buf ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+    __syncthreads();
+    const T* Qs = sQ + buf * BR * D;
+    const T* dOs = sdO + buf * BR * D;
+    const float* Ls = sL + buf * BR;
+    const float* Ds = sDelta + buf * BR;
+
+    // Causal: if every query of the tile precedes this warp's first key, P = 0 for the warp.
+    const bool active = !(causal && i0 + BR - 1 < key_w);
+    if (active) {
+      float s[BR / 8][4], dp[BR / 8][4];
+#pragma unroll
+      for (int i = 0; i < BR / 8; ++i) {
+        s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+        dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
+      }
+      // S^T = K_w Q^T and dP^T = V_w dO^T (16 keys x BR queries each).
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t ka[4], va[4];
+        ldsm_x4(ka, smem_u32(sK + swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8)));
+        ldsm_x4(va, smem_u32(sV + swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8)));
+#pragma unroll
+        for (int p = 0; p < BR / 16; ++p) {
+          uint32_t bq[4], bo[4];
+          const int r = p * 16 + (lane & 7) + ((lane >> 4) << 3), c = kk * 16 + ((lane >> 3) & 1) * 8;
+          ldsm_x4(bq, smem_u32(Qs + swz<D>(r, c)));
+          ldsm_x4(bo, smem_u32(dOs + swz<D>(r, c)));
+          mma_16816<T>(s[2 * p], ka, bq[0], bq[1]);
+          mma_16816<T>(s[2 * p + 1], ka, bq[2], bq[3]);
+          mma_16816<T>(dp[2 * p], va, bo[0], bo[1]);
+          mma_16816<T>(dp[2 * p + 1], va, bo[2], bo[3]);
+        }
+      }
+      // P^T and dS^T = P^T (dP^T - Delta).
+#pragma unroll
+      for (int nt = 0; nt < BR / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int ql = nt * 8 + (lane & 3) * 2 + (e & 1);
+          const int qi = i0 + ql;
+          const int key = key_g + (e >> 1) * 8;
+          float p = exp2f(s[nt][e] * scale_log2 - Ls[ql] * kLog2e);
+          if (qi >= T_ || key >= T_ || (causal && key > qi)) p = 0.f;
+          s[nt][e] = p;
+          dp[nt][e] = p * (dp[nt][e] - Ds[ql]);
+        }
+      }
+      // dV += P^T dO and dK += dS^T Q (queries are the reduction dim).
+#pragma unroll
+      for (int j = 0; j < BR / 16; ++j) {
+        const uint32_t pa[4] = {pack2<T>(s[2 * j][0], s[2 * j][1]), pack2<T>(s[2 * j][2], s[2 * j][3]),
+                                pack2<T>(s[2 * j + 1][0], s[2 * j + 1][1]), pack2<T>(s[2 * j + 1][2], s[2 * j + 1][3])};
+        const uint32_t da[4] = {pack2<T>(dp[2 * j][0], dp[2 * j][1]), pack2<T>(dp[2 * j][2], dp[2 * j][3]),
+                                pack2<T>(dp[2 * j + 1][0], dp[2 * j + 1][1]),
+                                pack2<T>(dp[2 * j + 1][2], dp[2 * j + 1][3])};
+#pragma unroll
+        for (int dd = 0; dd < D / 16; ++dd) {
+          uint32_t bo[4], bq[4];
+          const int r = j * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, c = dd * 16 + (lane >> 4) * 8;
+          ldsm_x4_trans(bo, smem_u32(dOs + swz<D>(r, c)));
+          ldsm_x4_trans(bq, smem_u32(Qs + swz<D>(r, c)));
+          mma_16816<T>(dv_acc[2 * dd], pa, bo[0], bo[1]);
+          mma_16816<T>(dv_acc[2 * dd + 1], pa, bo[2], bo[3]);
+          mma_16816<T>(dk_acc[2 * dd], da, bq[0], bq[1]);
+          mma_16816<T>(dk_acc[2 * dd + 1], da, bq[2], bq[3]);
+        }
+      }
+      // dS^T rows of this warp into shared memory for the dQ product.
+#pragma unroll
+      for (int nt = 0; nt < BR / 8; ++nt) {
+        const int col = nt * 8 + (lane & 3) * 2;
+        const int r0 = warp * 16 + (lane >> 2);
+        *reinterpret_cast<uint32_t*>(sdS + r0 * DS_STRIDE + col) = pack2<T>(dp[nt][0], dp[nt][1]);
+        *reinterpret_cast<uint32_t*>(sdS + (r0 + 8) * DS_STRIDE + col) = pack2<T>(dp[nt][2], dp[nt][3]);
+      }
+    } else {
+      for (int idx = lane; idx < 16 * BR / 2; idx += 32) {
+        const int r = warp * 16 + idx / (BR / 2), c = (idx % (BR / 2)) * 2;
+        *reinterpret_cast<uint32_t*>(sdS + r * DS_STRIDE + c) = 0u;
+      }
+    }
+    __syncthreads();
+    // dQ (BR x D) += dS (BR x BC) @ K (BC x D); this warp: columns [warp*DW, warp*DW + DW).
+    {
+      float dq[BR / 16][DW / 8][4];
+#pragma unroll
+      for (int a = 0; a < BR / 16; ++a)
+#pragma unroll
+        for (int c = 0; c < DW / 8; ++c) dq[a][c][0] = dq[a][c][1] = dq[a][c][2] = dq[a][c][3] = 0.f;
+      // Keys past the causal reach of the whole tile have dS = 0: stop at the last useful key block.
+      const int key_blocks = BC / 16;
+#pragma unroll
+      for (int kk = 0; kk < key_blocks; ++kk) {
+        if (causal && j0 + kk * 16 > i0 + BR - 1) break;
+        uint32_t bk[DW / 16][4];
+#pragma unroll
+        for (int np = 0; np < DW / 16; ++np)
+          ldsm_x4_trans(bk[np], smem_u32(sK + swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                                     warp * DW + np * 16 + (lane >> 4) * 8)));
+#pragma unroll
+        for (int mt = 0; mt < BR / 16; ++mt) {
+          uint32_t a[4];
+          ldsm_x4_trans(a, smem_u32(sdS + (kk * 16 + (lane & 7) + ((lane >> 4) << 3)) * DS_STRIDE + mt * 16 +
+                                    ((lane >> 3) & 1) * 8));
+#pragma unroll
+          for (int np = 0; np < DW / 16; ++np) {
+            mma_16816<T>(dq[mt][2 * np], a, bk[np][0], bk[np][1]);
+            mma_16816<T>(dq[mt][2 * np + 1], a, bk[np][2], bk[np][3]);
+          }
+        }
+      }
+      float* dqb = dq_accum + static_cast<int64_t>(b) * T_ * q_stride + static_cast<int64_t>(h) * D;
+#pragma unroll
+      for (int mt = 0; mt < BR / 16; ++mt) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int qi = i0 + mt * 16 + (lane >> 2) + r * 8;
+          if (qi >= T_) continue;
+#pragma unroll
+          for (int nt = 0; nt < DW / 8; ++nt) {
+            const int col = warp * DW + nt * 8 + (lane & 3) * 2;
+            atomicAdd(reinterpret_cast<float2*>(dqb + static_cast<int64_t>(qi) * q_stride + col),
+                      make_float2(dq[mt][nt][2 * r], dq[mt][nt][2 * r + 1]));
+          }
+        }
+      }
+    }
+    __syncthreads();  // sdS and `buf` are reused by the next iteration
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int key = key_g + r * 8;
+    if (key >= T_) continue;
+    T* dkrow = dk + (static_cast<int64_t>(b) * T_ + key) * kv_stride + static_cast<int64_t>(hk) * D;
+    T* dvrow = dv + (static_cast<int64_t>(b) * T_ + key) * kv_stride + static_cast<int64_t>(hk) * D;
+#pragma unroll
+    for (int dt = 0; dt < D / 8; ++dt) {
+      const int col = dt * 8 + (lane & 3) * 2;
+      *reinterpret_cast<uint32_t*>(dkrow + col) = pack2<T>(dk_acc[dt][2 * r] * scale, dk_acc[dt][2 * r + 1] * scale);
+      *reinterpret_cast<uint32_t*>(dvrow + col) = pack2<T>(dv_acc[dt][2 * r], dv_acc[dt][2 * r + 1]);
+    }
+  }
+}
+
+template <typename T>
+__global__ void dq_convert_kernel(T* dq, const float* dq_accum, int64_t n, float scale) {
+  for (int64_t i = (blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x) * 4; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x * 4) {
+    const float4 a = *reinterpret_cast<const float4*>(dq_accum + i);
+    *reinterpret_cast<uint2*>(dq + i) = make_uint2(pack2<T>(a.x * scale, a.y * scale), pack2<T>(a.z * scale, a.w * scale));
+  }
+}
+
+template <typename E, int D, int NW>
+void run_fwd(void* out, float* lse, const void* q, const void* k, const void* v, int64_t B, int64_t T, int64_t Hq,
+             int64_t Hkv, float scale, bool causal, cudaStream_t stream) {
+  constexpr int BR = NW * 16, BC = 64;
+  static constexpr size_t smem = static_cast<size_t>(BR + 4 * BC) * D * sizeof(E);
+  static const bool configured = [] {
+    PRIMUS_CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_kernel<E, D, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(smem)));
+    return true;
+  }();
+  (void)configured;
+  const dim3 grid(static_cast<unsigned>(ceil_div(T, BR)), static_cast<unsigned>(Hq), static_cast<unsigned>(B));
+  flash_fwd_kernel<E, D, NW><<<grid, NW * 32, smem, stream>>>(
+      static_cast<E*>(out), lse, static_cast<const E*>(q), static_cast<const E*>(k), static_cast<const E*>(v),
+      static_cast<int>(T), static_cast<int>(Hq), static_cast<int>(Hkv), scale * kLog2e, causal);
+  PRIMUS_CUDA_LAUNCH_CHECK();
+}
+
+template <typename E, int D, int BR>
+void run_bwd(void* dk, void* dv, float* dq_accum, const void* q, const void* k, const void* v, const void* dout,
+             const float* lse, const float* delta, int64_t B, int64_t T, int64_t Hq, int64_t Hkv, float scale,
+             bool causal, cudaStream_t stream) {
+  constexpr int NW = 4, BC = NW * 16;
+  static constexpr size_t smem = static_cast<size_t>(2 * BC * D + 4 * BR * D + BC * (BR + 8)) * sizeof(E) +
+                          static_cast<size_t>(4 * BR) * sizeof(float);
+  static const bool configured = [] {
+    PRIMUS_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_kernel<E, D, NW, BR>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    return true;
+  }();
+  (void)configured;
+  const dim3 grid(static_cast<unsigned>(ceil_div(T, BC)), static_cast<unsigned>(Hkv), static_cast<unsigned>(B));
+  flash_bwd_kernel<E, D, NW, BR><<<grid, NW * 32, smem, stream>>>(
+      static_cast<E*>(dk), static_cast<E*>(dv), dq_accum, static_cast<const E*>(q), static_cast<const E*>(k),
+      static_cast<const E*>(v), static_cast<const E*>(dout), lse, delta, static_cast<int>(T), static_cast<int>(Hq),
+      static_cast<int>(Hkv), scale * kLog2e, scale, causal);
+  PRIMUS_CUDA_LAUNCH_CHECK();
+}
+
+size_t align256(size_t b) { return (b + 255) / 256 * 256; }
+
+}  // namespace
+
+bool flash_attention_supported(DType dt, int64_t d_qk, int64_t d_v) {
+  return (dt == DType::BF16 || dt == DType::F16) && d_qk == d_v && (d_qk == 64 || d_qk == 128);
+}
+
+void launch_flash_attention_forward(void* out, float* lse, const void* q, const void* k, const void* v, DType dt,
+                                    int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, float scale, bool causal,
+                                    cudaStream_t stream, FlashConfig cfg) {
+  PRIMUS_CHECK(flash_attention_supported(dt, D, D), "flash attention: dtype {} head dim {} not supported",
+               dtype_name(dt), D);
+  PRIMUS_CHECK(Hkv > 0 && Hq % Hkv == 0, "flash attention: {} query heads not a multiple of {} kv heads", Hq, Hkv);
+  if (B * T * Hq == 0) return;
+  auto go = [&](auto tag) {
+    using E = decltype(tag);
+    if (D == 64) {
+      if (cfg.fwd_warps == 8) run_fwd<E, 64, 8>(out, lse, q, k, v, B, T, Hq, Hkv, scale, causal, stream);
+      else run_fwd<E, 64, 4>(out, lse, q, k, v, B, T, Hq, Hkv, scale, causal, stream);
+    } else {
+      if (cfg.fwd_warps == 8) run_fwd<E, 128, 8>(out, lse, q, k, v, B, T, Hq, Hkv, scale, causal, stream);
+      else run_fwd<E, 128, 4>(out, lse, q, k, v, B, T, Hq, Hkv, scale, causal, stream);
+    }
+  };
+  if (dt == DType::BF16) go(__nv_bfloat16{});
+  else go(__half{});
+}
+
+size_t flash_attention_backward_workspace_bytes(int64_t B, int64_t T, int64_t Hq, int64_t D) {
+  return align256(static_cast<size_t>(B * T * Hq * D) * sizeof(float)) +
+         align256(static_cast<size_t>(B * T * Hq) * sizeof(float));
+}
+
+void launch_flash_attention_backward(void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k,
+                                     const void* v, const void* out, const float* lse, DType dt, int64_t B, int64_t T,
+                                     int64_t Hq, int64_t Hkv, int64_t D, float scale, bool causal, void* workspace,
+                                     size_t workspace_bytes, cudaStream_t stream, FlashConfig cfg) {
+  PRIMUS_CHECK(flash_attention_supported(dt, D, D), "flash attention backward: dtype {} head dim {} not supported",
+               dtype_name(dt), D);
+  PRIMUS_CHECK(workspace_bytes >= flash_attention_backward_workspace_bytes(B, T, Hq, D),
+               "flash attention backward: workspace of {} bytes, need {}", workspace_bytes,
+               flash_attention_backward_workspace_bytes(B, T, Hq, D));
+  if (B * T * Hq == 0) return;
+  float* dq_accum = static_cast<float*>(workspace);
+  float* delta = reinterpret_cast<float*>(static_cast<char*>(workspace) +
+                                          align256(static_cast<size_t>(B * T * Hq * D) * sizeof(float)));
+  const int64_t rows = B * T * Hq;
+  auto go = [&](auto tag) {
+    using E = decltype(tag);
+    flash_bwd_preprocess_kernel<E><<<static_cast<unsigned>(ceil_div(rows, 8)), 256, 0, stream>>>(
+        delta, dq_accum, static_cast<const E*>(dout), static_cast<const E*>(out), B, static_cast<int>(T),
+        static_cast<int>(Hq), static_cast<int>(D));
+    PRIMUS_CUDA_LAUNCH_CHECK();
+    if (D == 64) {
+      if (cfg.bwd_rows == 32) run_bwd<E, 64, 32>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
+      else run_bwd<E, 64, 64>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
+    } else {
+      if (cfg.bwd_rows == 32) run_bwd<E, 128, 32>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
+      else run_bwd<E, 128, 64>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
+    }
+    const int64_t n = rows * D;
+    dq_convert_kernel<E><<<grid_for(n / 4, 256), 256, 0, stream>>>(static_cast<E*>(dq), dq_accum, n, scale);
+    PRIMUS_CUDA_LAUNCH_CHECK();
+  };
+  if (dt == DType::BF16) go(__nv_bfloat16{});
+  else go(__half{});
+}
+
+}  // namespace primus::cuda

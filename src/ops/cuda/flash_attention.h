@@ -1,0 +1,37 @@
+// Flash attention (FlashAttention-2 style) on tensor cores via mma.sync, bf16/fp16, head dims
+// 64 and 128, causal or not, GQA. The forward saves lse; the backward recomputes P from lse,
+// accumulates dK/dV per key block in registers (over every query head of the kv group, so no
+// atomics for them) and dQ through fp32 atomics into a workspace.
+// Layouts: q (B,T,Hq,D), k and v (B,T,Hkv,D), out (B,T,Hq,D), lse (B,Hq,T) fp32 natural log.
+// Other head dims (MLA's 192/128 included) go through attention_simple.h until a templated
+// instance is added here (the kernels are written for any D that is a multiple of 64 with
+// Dqk == Dv; a Dqk != Dv variant needs separate Q/K and V tile widths).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "core/dtype.h"
+
+namespace primus::cuda {
+
+struct FlashConfig {
+  int fwd_warps = 4;  // query rows per forward block = 16 * fwd_warps (4 or 8)
+  int bwd_rows = 64;  // query rows per backward tile (32 or 64)
+};
+
+bool flash_attention_supported(DType dt, int64_t d_qk, int64_t d_v);
+
+void launch_flash_attention_forward(void* out, float* lse, const void* q, const void* k, const void* v, DType dt,
+                                    int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, float scale, bool causal,
+                                    cudaStream_t stream, FlashConfig cfg = {});
+
+size_t flash_attention_backward_workspace_bytes(int64_t B, int64_t T, int64_t Hq, int64_t D);
+// dq (B,T,Hq,D), dk/dv (B,T,Hkv,D) written (not accumulated).
+void launch_flash_attention_backward(void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k,
+                                     const void* v, const void* out, const float* lse, DType dt, int64_t B, int64_t T,
+                                     int64_t Hq, int64_t Hkv, int64_t D, float scale, bool causal, void* workspace,
+                                     size_t workspace_bytes, cudaStream_t stream, FlashConfig cfg = {});
+
+}  // namespace primus::cuda
