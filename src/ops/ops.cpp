@@ -406,16 +406,16 @@ std::vector<float> rope_inv_freq(int64_t rotary_dim, float base, const RopeScali
   return inv;
 }
 
-// cos/sin (T, R/2) of the angle t * inv_freq[i], the product rounded to fp32 first (as
-// the PyTorch implementations do) and the trig in double.
+// cos/sin (T, R/2) of the angle t * inv_freq[i], evaluated in double and rounded once
+// (an fp32 angle would lose ~1e-5 rad at position 100s).
 void rope_tables(Tensor& cos, Tensor& sin, int64_t seq_len, const std::vector<float>& inv_freq) {
   const int64_t half = static_cast<int64_t>(inv_freq.size());
   Tensor c = Tensor::empty({seq_len, half}, DType::F32), s = Tensor::empty({seq_len, half}, DType::F32);
   for (int64_t t = 0; t < seq_len; ++t)
     for (int64_t i = 0; i < half; ++i) {
-      const float angle = static_cast<float>(t) * inv_freq[static_cast<size_t>(i)];
-      c.data<float>()[t * half + i] = static_cast<float>(std::cos(static_cast<double>(angle)));
-      s.data<float>()[t * half + i] = static_cast<float>(std::sin(static_cast<double>(angle)));
+      const double angle = static_cast<double>(t) * static_cast<double>(inv_freq[static_cast<size_t>(i)]);
+      c.data<float>()[t * half + i] = static_cast<float>(std::cos(angle));
+      s.data<float>()[t * half + i] = static_cast<float>(std::sin(angle));
     }
   const Device dev = cos.defined() ? cos.device() : Device::CPU;
   if (!cos.defined() || cos.shape() != c.shape()) cos = Tensor::empty({seq_len, half}, DType::F32, dev);

@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Reference parity for our Llama: an independent PyTorch Llama written from the papers.
+
+The model follows the published definitions, not our code: RMSNorm (Zhang & Sennrich
+2019), rotary embeddings in the rotate-half form (Su et al. 2021) with Llama 3.1's
+frequency scaling (Meta's Llama 3.1 release), grouped-query attention (Ainslie et al.
+2023) with a causal mask, the SwiGLU MLP (Shazeer 2020), pre-norm residual blocks and a
+(tied or untied) output layer (Touvron et al. 2023), cross-entropy over loss-masked tokens.
+Gradients come from torch autograd; the optimizer check uses torch.optim.AdamW,
+torch.nn.utils.clip_grad_norm_ and the Megatron LR formula written out below.
+
+The reference runs in float64, so each comparison measures our fp32 error alone:
+    error = max|ours - reference| / max|reference|      (per tensor)
+must be < 1e-5 for logits, loss and every gradient, and < 1e-4 for the weights after
+20 optimizer steps.
+
+Exchange: our tool `reference_llama_dump` writes weights, batch and outputs as a
+safetensors file; read_safetensors() below reads it from the format (8-byte little-endian
+header length, JSON header, raw little-endian bytes), without the safetensors package.
+
+Usage: check_llama.py --dump build/bin/reference_llama_dump [--workdir DIR]
+"""
+import argparse
+import json
+import math
+import os
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+TOL_MODEL = 1e-5
+TOL_OPTIM = 1e-4
+DTYPES = {"F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.int64}
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n].decode("utf-8"))
+    meta = header.pop("__metadata__", {})
+    base = 8 + n
+    out = {}
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        arr = np.frombuffer(data[base + begin:base + end], dtype=DTYPES[info["dtype"]])
+        out[name] = torch.from_numpy(arr.reshape(info["shape"]).copy())
+    return out, meta
+
+
+# ---- the model, from the papers ----------------------------------------------------
+
+def rms_norm(x, w, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def rope_inv_freq(cfg):
+    """theta_i = base^(-2i/R); Llama 3.1 rescales by wavelength 2*pi/theta_i:
+    kept below L/high_freq_factor, divided by `factor` above L/low_freq_factor,
+    interpolated in between with smooth = (L/wavelength - low) / (high - low)."""
+    rot = int(round(cfg["head_dim"] * cfg["rotary_percent"]))
+    freq = 1.0 / (cfg["rotary_base"] ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot))
+    if cfg["use_rope_scaling"]:
+        factor, low, high = cfg["rope_scaling_factor"], cfg["rope_low_freq_factor"], cfg["rope_high_freq_factor"]
+        L = cfg["original_max_position_embeddings"]
+        scaled = []
+        for f in freq.tolist():
+            wavelen = 2 * math.pi / f
+            if wavelen < L / high:
+                scaled.append(f)
+            elif wavelen > L / low:
+                scaled.append(f / factor)
+            else:
+                smooth = (L / wavelen - low) / (high - low)
+                scaled.append((1 - smooth) * f / factor + smooth * f)
+        freq = torch.tensor(scaled, dtype=torch.float64)
+    # The frequencies are model constants exchanged in fp32 (as HF keeps inv_freq).
+    return freq.float().double()
+
+
+def apply_rope(x, cos, sin):
+    """x (B,T,H,D); cos/sin (T, R/2). Rotates pairs (i, i + R/2) of the first R dims."""
+    half = cos.shape[1]
+    rot, rest = x[..., :2 * half], x[..., 2 * half:]
+    x1, x2 = rot[..., :half], rot[..., half:]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s, rest], dim=-1)
+
+
+def attention(q, k, v):
+    """Causal softmax(q k^T / sqrt(D)) v; query head h reads kv head h // (Hq/Hkv)."""
+    B, T, Hq, D = q.shape
+    group = Hq // k.shape[2]
+    q = q.transpose(1, 2)
+    k = k.transpose(1, 2).repeat_interleave(group, dim=1)
+    v = v.transpose(1, 2).repeat_interleave(group, dim=1)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(D)
+    mask = torch.ones(T, T, dtype=torch.bool).triu(1)
+    scores = scores.masked_fill(mask, float("-inf"))
+    return (torch.softmax(scores, dim=-1) @ v).transpose(1, 2)  # (B,T,Hq,D)
+
+
+def llama_forward(p, cfg, tokens):
+    """Logits (B,T,V) for the weights p (dict name -> tensor) and tokens (B,T)."""
+    B, T = tokens.shape
+    Hq, Hkv, D, F = cfg["num_attention_heads"], cfg["num_query_groups"], cfg["head_dim"], cfg["ffn_hidden_size"]
+    eps = cfg["norm_epsilon"]
+    angles = torch.arange(T, dtype=torch.float64)[:, None] * rope_inv_freq(cfg)[None, :]
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    x = p["embedding.word_embeddings.weight"][tokens.long()]
+    for l in range(cfg["num_layers"]):
+        pre = f"decoder.layers.{l}."
+        h = rms_norm(x, p[pre + "input_layernorm.weight"], eps)
+        qkv = h @ p[pre + "self_attention.linear_qkv.weight"].T
+        q, k, v = qkv.split([Hq * D, Hkv * D, Hkv * D], dim=-1)
+        q = apply_rope(q.reshape(B, T, Hq, D), cos, sin)
+        k = apply_rope(k.reshape(B, T, Hkv, D), cos, sin)
+        v = v.reshape(B, T, Hkv, D)
+        a = attention(q, k, v).reshape(B, T, Hq * D)
+        x = x + a @ p[pre + "self_attention.linear_proj.weight"].T
+        h = rms_norm(x, p[pre + "pre_mlp_layernorm.weight"], eps)
+        gate, up = (h @ p[pre + "mlp.linear_fc1.weight"].T).split([F, F], dim=-1)
+        x = x + (torch.nn.functional.silu(gate) * up) @ p[pre + "mlp.linear_fc2.weight"].T
+    x = rms_norm(x, p["decoder.final_layernorm.weight"], eps)
+    out = p["embedding.word_embeddings.weight"] if cfg["tied"] else p["output_layer.weight"]
+    return x @ out.T
+
+
+def masked_loss_sum(logits, labels, mask):
+    """sum over tokens of mask * (-log softmax(logits)[label]); label < 0 is ignored."""
+    keep = (labels >= 0).double() * mask.double()
+    logp = torch.log_softmax(logits, dim=-1)
+    picked = logp.gather(-1, labels.clamp(min=0).long().unsqueeze(-1)).squeeze(-1)
+    return -(picked * keep).sum(), keep.sum()
+
+
+def rel_error(ours, ref):
+    ours, ref = ours.double(), ref.double()
+    return (ours - ref).abs().max().item() / max(ref.abs().max().item(), 1e-30)
+
+
+# ---- checks ---------------------------------------------------------------------------
+
+def check_model(path):
+    t, meta = read_safetensors(path)
+    cfg = json.loads(meta["config"])
+    names = [k[len("param."):] for k in t if k.startswith("param.")]
+    p = {n: t["param." + n].double().requires_grad_(True) for n in names}
+    logits = llama_forward(p, cfg, t["tokens"])
+    loss_sum, count = masked_loss_sum(logits, t["labels"], t["loss_mask"])
+    loss = loss_sum / count
+    loss.backward()
+    rows = [("logits", rel_error(t["logits"], logits.detach())), ("loss", rel_error(t["loss"], loss.detach()))]
+    rows += [("grad." + n, rel_error(t["grad." + n], p[n].grad)) for n in names]
+    assert len(rows) == 2 + len(names) and all(("grad." + n) in t for n in names)
+    worst = max(rows, key=lambda r: r[1])
+    failed = [r for r in rows if not r[1] < TOL_MODEL]
+    print(f"  {meta['case']}: loss {loss.item():.6f}, {len(rows)} tensors, worst {worst[0]} {worst[1]:.2e}"
+          f" -> {'FAIL' if failed else 'ok'}")
+    for name, err in failed:
+        print(f"    {name}: error {err:.3e} >= {TOL_MODEL}")
+    return not failed
+
+
+def megatron_lr(o, samples, gbs):
+    """Warmup then cosine decay in samples, as Megatron's OptimizerParamScheduler."""
+    warmup, decay = o["warmup_iters"] * gbs, o["train_iters"] * gbs
+    if warmup > 0 and samples <= warmup:
+        return o["lr"] * samples / warmup
+    if samples > decay:
+        return o["min_lr"]
+    ratio = (samples - warmup) / (decay - warmup)
+    return o["min_lr"] + 0.5 * (math.cos(math.pi * ratio) + 1.0) * (o["lr"] - o["min_lr"])
+
+
+def check_optim(path):
+    t, meta = read_safetensors(path)
+    cfg, o = json.loads(meta["config"]), json.loads(meta["optimizer"])
+    names = [k[len("init."):] for k in t if k.startswith("init.")]
+    p = {n: t["init." + n].double().requires_grad_(True) for n in names}
+    decay = [p[n] for n in names if p[n].dim() > 1]
+    no_decay = [p[n] for n in names if p[n].dim() == 1]  # norms (Megatron: no decay on 1-D)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": o["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=o["lr"], betas=(o["beta1"], o["beta2"]), eps=o["eps"])
+    steps, micro = o["train_iters"], o["micro_batches"]
+    gbs = cfg["batch"] * micro
+    ok = True
+    ref_losses, ref_lrs = [], []
+    for s in range(steps):
+        opt.zero_grad()
+        batches = [(t[f"tokens.{s}.{m}"], t[f"labels.{s}.{m}"], t[f"loss_mask.{s}.{m}"]) for m in range(micro)]
+        total = sum(float(b[2].sum()) for b in batches)
+        loss_total = 0.0
+        for tokens, labels, mask in batches:
+            loss_sum, _ = masked_loss_sum(llama_forward(p, cfg, tokens), labels, mask)
+            (loss_sum / total).backward()
+            loss_total += loss_sum.item()
+        torch.nn.utils.clip_grad_norm_(list(p.values()), o["clip_grad"])
+        lr = megatron_lr(o, s * gbs, gbs)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        opt.step()
+        ref_losses.append(loss_total / total)
+        ref_lrs.append(lr)
+    rows = [("lr", rel_error(t["lr"], torch.tensor(ref_lrs))), ("loss", rel_error(t["loss"], torch.tensor(ref_losses)))]
+    rows += [("final." + n, rel_error(t["final." + n], p[n].detach())) for n in names]
+    failed = [r for r in rows if not r[1] < TOL_OPTIM]
+    worst = max(rows, key=lambda r: r[1])
+    moved = max(rel_error(t["init." + n], p[n].detach()) for n in names)
+    print(f"  optim: {steps} AdamW steps, loss {ref_losses[0]:.4f} -> {ref_losses[-1]:.4f}, weights moved "
+          f"{moved:.2e}, worst {worst[0]} {worst[1]:.2e} -> {'FAIL' if failed else 'ok'}")
+    for name, err in failed:
+        print(f"    {name}: error {err:.3e} >= {TOL_OPTIM}")
+    if moved < 100 * TOL_OPTIM:
+        print("    the weights barely moved: the check would not see an optimizer bug")
+        ok = False
+    return ok and not failed
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dump", required=True, help="path of the reference_llama_dump binary")
+    ap.add_argument("--workdir", default="reference_llama_out")
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    os.makedirs(a.workdir, exist_ok=True)
+    cases = subprocess.run([a.dump, "list"], check=True, capture_output=True, text=True).stdout.split()
+    assert cases, "the dump tool lists no cases"
+    ok = True
+    print(f"reference parity: {len(cases)} model cases + optimizer (float64 PyTorch reference)")
+    for case in cases:
+        out = os.path.join(a.workdir, case + ".safetensors")
+        subprocess.run([a.dump, "model", case, out], check=True, stdout=subprocess.DEVNULL)
+        ok &= check_model(out)
+    out = os.path.join(a.workdir, "optim.safetensors")
+    subprocess.run([a.dump, "optim", out], check=True, stdout=subprocess.DEVNULL)
+    ok &= check_optim(out)
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

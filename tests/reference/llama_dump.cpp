@@ -1,0 +1,259 @@
+// reference_llama_dump: runs our Llama (CPU backend) on tiny configs and writes
+// everything an independent reference needs to check it into one safetensors file:
+// the config (metadata "config", JSON), the weights, the batch, and our outputs.
+//
+//   reference_llama_dump model <case> <out.safetensors>
+//       weights "param.<name>", batch "tokens"/"labels"/"loss_mask" (B,T),
+//       outputs "logits" (B,T,V), "loss" (mean over loss tokens), "grad.<name>"
+//       (gradient of that mean loss)
+//   reference_llama_dump optim <out.safetensors>
+//       20 AdamW steps (2 micro-batches each, warmup + cosine, clip_grad 1):
+//       "init.<name>", per step s and micro-batch m "tokens.s.m"/"labels.s.m"/"loss_mask.s.m",
+//       "lr" (20) as our schedule gave it, "loss" (20), "final.<name>"
+//   reference_llama_dump list      prints the case names
+//
+// tests/reference/check_llama.py drives it; see there for the comparison.
+#include <cstdio>
+#include <map>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "core/rng.h"
+#include "core/safetensors.h"
+#include "model/llama.h"
+#include "optim/adamw.h"
+#include "optim/lr_schedule.h"
+
+using namespace primus;
+
+namespace {
+
+struct Case {
+  ModelConfig config;
+  int64_t batch = 2, seq = 12;
+  Recompute recompute = Recompute::None;
+  bool ignore_labels = false;  // some labels -1 (ignored) besides the loss mask
+};
+
+ModelConfig base(const char* name) {
+  ModelConfig c;
+  c.name = name;
+  c.num_layers = 2;
+  c.hidden_size = 32;
+  c.ffn_hidden_size = 48;
+  c.num_attention_heads = 4;
+  c.num_query_groups = 2;
+  c.padded_vocab_size = 50;
+  c.max_position_embeddings = 256;
+  c.init_method_std = 0.1;
+  c.untie_embeddings_and_output_weights = true;
+  return c;
+}
+
+std::map<std::string, Case> cases() {
+  std::map<std::string, Case> m;
+  m["gqa_untied"] = {base("gqa_untied")};
+
+  Case tied{base("mha_tied_rope_scaling")};
+  tied.config.hidden_size = 24;
+  tied.config.ffn_hidden_size = 40;
+  tied.config.num_attention_heads = 3;
+  tied.config.num_query_groups = 3;
+  tied.config.padded_vocab_size = 37;
+  tied.config.untie_embeddings_and_output_weights = false;
+  tied.config.rotary_base = 500000;
+  tied.config.use_rope_scaling = true;  // frequencies in all three Llama 3.1 bands
+  tied.config.rope_scaling_factor = 8;
+  tied.config.rope_low_freq_factor = 1;
+  tied.config.rope_high_freq_factor = 4;
+  tied.config.original_max_position_embeddings = 16;
+  tied.config.norm_epsilon = 1e-6;
+  tied.seq = 20;
+  m["mha_tied_rope_scaling"] = tied;
+
+  Case mqa{base("mqa_partial_rotary_long")};  // 140 > the CPU attention's 128-row block
+  mqa.config.num_query_groups = 1;
+  mqa.config.kv_channels = 12;  // Hq * D = 48 != hidden 32
+  mqa.config.rotary_percent = 0.5;
+  mqa.config.num_layers = 3;
+  mqa.batch = 1;
+  mqa.seq = 140;
+  mqa.ignore_labels = true;
+  m["mqa_partial_rotary_long"] = mqa;
+
+  Case full{base("gqa_recompute_full")};
+  full.recompute = Recompute::Full;
+  m["gqa_recompute_full"] = full;
+  Case sel{base("gqa_recompute_selective")};
+  sel.recompute = Recompute::Selective;
+  sel.config.untie_embeddings_and_output_weights = false;
+  m["gqa_recompute_selective"] = sel;
+  return m;
+}
+
+std::string config_json(const ModelConfig& c, int64_t B, int64_t T) {
+  nlohmann::json j;
+  j["num_layers"] = c.num_layers;
+  j["hidden_size"] = c.hidden_size;
+  j["ffn_hidden_size"] = c.ffn_hidden_size;
+  j["num_attention_heads"] = c.num_attention_heads;
+  j["num_query_groups"] = c.num_query_groups;
+  j["head_dim"] = c.head_dim();
+  j["rotary_percent"] = c.rotary_percent;
+  j["vocab_size"] = c.padded_vocab_size;
+  j["norm_epsilon"] = c.norm_epsilon;
+  j["rotary_base"] = c.rotary_base;
+  j["use_rope_scaling"] = c.use_rope_scaling;
+  j["rope_scaling_factor"] = c.rope_scaling_factor;
+  j["rope_low_freq_factor"] = c.rope_low_freq_factor;
+  j["rope_high_freq_factor"] = c.rope_high_freq_factor;
+  j["original_max_position_embeddings"] = c.original_max_position_embeddings;
+  j["tied"] = !c.untie_embeddings_and_output_weights;
+  j["batch"] = B;
+  j["seq"] = T;
+  return j.dump();
+}
+
+struct Batch {
+  Tensor tokens, labels, mask;
+};
+
+// Deterministic batch: random tokens, labels = next token (random at the end), about a
+// fifth of positions masked, and optionally some labels -1 (ignored).
+Batch make_batch(int64_t B, int64_t T, int64_t V, uint64_t seed, bool ignore_labels) {
+  Batch b{Tensor::empty({B, T}, DType::I32), Tensor::empty({B, T}, DType::I32), Tensor::empty({B, T}, DType::F32)};
+  CounterRng rng(seed, stream_id("reference.batch"));
+  for (int64_t i = 0; i < B * T; ++i) b.tokens.data<int32_t>()[i] = static_cast<int32_t>(rng.bits64(i) % V);
+  for (int64_t i = 0; i < B * T; ++i) {
+    const bool last = (i % T) == T - 1;
+    b.labels.data<int32_t>()[i] =
+        last ? static_cast<int32_t>(rng.bits64(i + 7777) % V) : b.tokens.data<int32_t>()[i + 1];
+    b.mask.data<float>()[i] = rng.uniform(i + 99999) < 0.2f ? 0.f : 1.f;
+    if (ignore_labels && rng.uniform(i + 55555) < 0.1f) b.labels.data<int32_t>()[i] = -1;
+  }
+  return b;
+}
+
+int run_model(const std::string& name, const std::string& out) {
+  const auto all = cases();
+  auto it = all.find(name);
+  if (it == all.end()) {
+    std::fprintf(stderr, "unknown case '%s' (see `list`)\n", name.c_str());
+    return 2;
+  }
+  const Case& c = it->second;
+  auto ctx = ops::Context::cpu();
+  LlamaOptions opt;
+  opt.seed = 42;
+  opt.recompute = c.recompute;
+  opt.logits_chunk_rows = 7;  // several classifier chunks even on tiny batches
+  LlamaModel model(c.config, ctx, opt);
+  const Batch b = make_batch(c.batch, c.seq, c.config.padded_vocab_size, 3, c.ignore_labels);
+
+  NamedTensorList tensors;
+  for (NamedTensor* p : model.parameters()) tensors.emplace_back("param." + p->name, p->value.clone());
+  // The gradient of the mean loss: first count loss tokens with a weightless pass.
+  const double tokens = model.forward_only(b.tokens, b.labels, b.mask).num_tokens;
+  model.zero_grads();
+  const auto r = model.forward_backward(b.tokens, b.labels, b.mask, static_cast<float>(1.0 / tokens));
+  for (NamedTensor* p : model.parameters()) tensors.emplace_back("grad." + p->name, p->grad);
+  tensors.emplace_back("tokens", b.tokens);
+  tensors.emplace_back("labels", b.labels);
+  tensors.emplace_back("loss_mask", b.mask);
+  tensors.emplace_back("logits", model.logits(b.tokens));
+  tensors.emplace_back("loss", Tensor::from_floats({static_cast<float>(r.loss_sum / r.num_tokens)}, {}));
+  save_safetensors(out, tensors, {{"config", config_json(c.config, c.batch, c.seq)}, {"case", name}});
+  std::printf("%s: loss %.6f over %.0f tokens -> %s\n", name.c_str(), r.loss_sum / r.num_tokens, r.num_tokens,
+              out.c_str());
+  return 0;
+}
+
+int run_optim(const std::string& out) {
+  ModelConfig c = base("optim_gqa_untied");
+  const int64_t B = 2, T = 10, steps = 20, micro = 2;
+  auto ctx = ops::Context::cpu();
+  LlamaOptions opt;
+  opt.seed = 7;
+  LlamaModel model(c, ctx, opt);
+  NamedTensorList tensors;
+  for (NamedTensor* p : model.parameters()) tensors.emplace_back("init." + p->name, p->value.clone());
+
+  AdamWConfig acfg;
+  acfg.beta1 = 0.9f;
+  acfg.beta2 = 0.95f;
+  acfg.eps = 1e-8f;
+  acfg.clip_grad = 1.0f;
+  AdamW adam(ctx, model.parameters(), acfg);
+  MegatronScheduleArgs sargs;
+  sargs.lr = 1e-2;
+  sargs.min_lr = 1e-3;
+  sargs.lr_decay_style = "cosine";
+  sargs.global_batch_size = B * micro;
+  sargs.train_iters = steps;
+  sargs.lr_warmup_iters = 5;
+  sargs.weight_decay = 0.1;
+  const LrSchedule schedule(megatron_schedule(sargs));
+
+  std::vector<float> lrs, losses;
+  for (int64_t s = 0; s < steps; ++s) {
+    const double consumed = static_cast<double>(s * sargs.global_batch_size);
+    std::vector<Batch> batches;
+    double tokens = 0;
+    for (int64_t m = 0; m < micro; ++m) {
+      batches.push_back(make_batch(B, T, c.padded_vocab_size, 1000 + s * micro + m, false));
+      for (int64_t i = 0; i < B * T; ++i) tokens += batches.back().mask.data<float>()[i];
+    }
+    model.zero_grads();
+    double loss_sum = 0;
+    for (int64_t m = 0; m < micro; ++m) {
+      const Batch& b = batches[m];
+      loss_sum += model.forward_backward(b.tokens, b.labels, b.mask, static_cast<float>(1.0 / tokens)).loss_sum;
+      const std::string tag = "." + std::to_string(s) + "." + std::to_string(m);
+      tensors.emplace_back("tokens" + tag, b.tokens);
+      tensors.emplace_back("labels" + tag, b.labels);
+      tensors.emplace_back("loss_mask" + tag, b.mask);
+    }
+    const double lr = schedule.lr(consumed);
+    adam.step(lr, schedule.weight_decay(consumed));
+    lrs.push_back(static_cast<float>(lr));
+    losses.push_back(static_cast<float>(loss_sum / tokens));
+  }
+  for (NamedTensor* p : model.parameters()) tensors.emplace_back("final." + p->name, p->value);
+  tensors.emplace_back("lr", Tensor::from_floats(lrs, {steps}));
+  tensors.emplace_back("loss", Tensor::from_floats(losses, {steps}));
+  nlohmann::json o;
+  o["lr"] = sargs.lr;
+  o["min_lr"] = sargs.min_lr;
+  o["warmup_iters"] = sargs.lr_warmup_iters;
+  o["train_iters"] = steps;
+  o["micro_batches"] = micro;
+  o["beta1"] = acfg.beta1;
+  o["beta2"] = acfg.beta2;
+  o["eps"] = acfg.eps;
+  o["weight_decay"] = sargs.weight_decay;
+  o["clip_grad"] = acfg.clip_grad;
+  save_safetensors(out, tensors, {{"config", config_json(c, B, T)}, {"optimizer", o.dump()}, {"case", "optim"}});
+  std::printf("optim: loss %.5f -> %.5f over %lld steps -> %s\n", losses.front(), losses.back(),
+              static_cast<long long>(steps), out.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const std::string mode = argc > 1 ? argv[1] : "";
+    if (mode == "list") {
+      for (const auto& [name, c] : cases()) std::printf("%s\n", name.c_str());
+      return 0;
+    }
+    if (mode == "model" && argc == 4) return run_model(argv[2], argv[3]);
+    if (mode == "optim" && argc == 3) return run_optim(argv[2]);
+    std::fprintf(stderr, "usage: %s list | model <case> <out.safetensors> | optim <out.safetensors>\n", argv[0]);
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}
