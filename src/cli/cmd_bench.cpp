@@ -1,12 +1,180 @@
+// `primus bench gemm|gemm-dense|attention|ops`: GPU benchmarks (src/safe/gpu_bench.h).
+#include <fmt/format.h>
+
 #include "cli/cli_common.h"
 #include "cli/commands.h"
+#include "core/error.h"
+#include "safe/gpu_bench.h"
+#include "safe/model_shapes.h"
 
 namespace primus::cli {
 
+namespace {
+
+void add_shape_flags(CLI::App& app, safe::ShapeFlags& f) {
+  app.add_option("--model-config,--shape", f.model,
+                 "model: llama-tiny | llama3.2-1B | llama3.2-3B (the PyTorch peer's shapes), a zoo name "
+                 "(configs/models/megatron/<name>.yaml) or a model yaml path");
+  app.add_option("--layers", f.layers, "number of layers (overrides the model)");
+  app.add_option("--hidden", f.hidden, "hidden size");
+  app.add_option("--heads", f.heads, "attention heads");
+  app.add_option("--kv-heads", f.kv_heads, "key/value heads (GQA groups)");
+  app.add_option("--head-dim", f.head_dim, "head dim (default hidden/heads)");
+  app.add_option("--ffn", f.ffn, "FFN hidden size");
+  app.add_option("--vocab", f.vocab, "vocabulary (padded)");
+}
+
+DType parse_dtype(const std::string& s) {
+  if (s == "bf16") return DType::BF16;
+  if (s == "fp16") return DType::F16;
+  if (s == "fp32") return DType::F32;
+  ::primus::fail("--dtype {}: expected bf16, fp16 or fp32", s);
+}
+
+}  // namespace
+
 int cmd_bench(int argc, char** argv) {
-  CLI::App app{"primus bench", "bench"};
+  CLI::App app{"GPU benchmarks: GEMM (single shapes or a model's training GEMMs, vs the best cuBLASLt "
+               "algorithm), attention forward+backward, and the fused memory-bound ops vs their HBM floor",
+               "bench"};
+  app.require_subcommand(1);
+  app.fallthrough();  // --output, --iters, ... also after the subcommand
+  std::string output = "md", output_file;
+  int warmup = 5, iters = 20;
+  app.add_option("--output", output, "md | csv | jsonl")->capture_default_str();
+  app.add_option("--output-file", output_file, "also write the table to this file");
+  app.add_option("--warmup", warmup, "untimed iterations")->capture_default_str();
+  app.add_option("--iters", iters, "timed iterations (median reported)")->capture_default_str();
+
+  // gemm
+  auto* gemm = app.add_subcommand("gemm", "one GEMM: out (M,N) = op(a) (M,K) @ op(b) (K,N)");
+  int64_t m = 4096, n = 4096, k = 4096;
+  std::string dtype = "bf16", trans = "NT", out_dtype;
+  bool accumulate = false, no_best = false;
+  int candidates = 32;
+  gemm->add_option("--m", m, "rows of out")->capture_default_str();
+  gemm->add_option("--n", n, "columns of out")->capture_default_str();
+  gemm->add_option("--k", k, "reduction size")->capture_default_str();
+  gemm->add_option("--dtype", dtype, "input dtype: bf16 | fp16 | fp32")->capture_default_str();
+  gemm->add_option("--out-dtype", out_dtype, "output dtype (default: the input dtype; fp32 for grad accumulation)");
+  gemm->add_option("--trans", trans,
+                   "transposes of a and b, row-major: N or T each (NT = x @ w^T, a linear layer's forward)")
+      ->capture_default_str();
+  gemm->add_flag("--accumulate", accumulate, "beta = 1 (read and add to out)");
+  gemm->add_flag("--no-best", no_best, "skip timing every cuBLASLt candidate");
+  gemm->add_option("--candidates", candidates, "cuBLASLt candidates to time")->capture_default_str();
+
+  // gemm-dense
+  auto* dense = app.add_subcommand("gemm-dense", "the training GEMMs of a dense Llama-like model");
+  safe::ShapeFlags dense_flags;
+  int64_t seq = 2048, mbs = 1;
+  add_shape_flags(*dense, dense_flags);
+  dense->add_option("--seq", seq, "sequence length")->capture_default_str();
+  dense->add_option("--mbs", mbs, "micro-batch size")->capture_default_str();
+  dense->add_flag("--no-best", no_best, "skip timing every cuBLASLt candidate");
+  dense->add_option("--candidates", candidates, "cuBLASLt candidates to time")->capture_default_str();
+
+  // attention
+  auto* attn = app.add_subcommand("attention", "flash attention forward+backward over model shapes and micro-batches");
+  safe::ShapeFlags attn_flags;
+  std::vector<int64_t> mbs_list;
+  int64_t attn_seq = 0;
+  bool all_configs = false, non_causal = false;
+  add_shape_flags(*attn, attn_flags);
+  attn->add_option("--seq", attn_seq, "sequence length (default: 2048; 1024 for llama-tiny)");
+  attn->add_option("--mbs", mbs_list, "micro-batch sizes (default 1 2 4 8)")->delimiter(',');
+  attn->add_flag("--all-configs", all_configs, "time every flash tiling variant");
+  attn->add_flag("--non-causal", non_causal, "full (non-causal) attention");
+
+  // ops
+  auto* opsb = app.add_subcommand("ops", "fused memory-bound ops (RMSNorm, RoPE, SwiGLU, CE, AdamW, ...) vs HBM floor");
+  safe::ShapeFlags ops_flags;
+  int64_t ops_seq = 2048, ops_mbs = 8;
+  add_shape_flags(*opsb, ops_flags);
+  opsb->add_option("--seq", ops_seq, "sequence length")->capture_default_str();
+  opsb->add_option("--mbs", ops_mbs, "micro-batch size")->capture_default_str();
+
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
-  return not_built_yet("bench", "benchmarks GEMM, attention and collectives", "issue #5");
+  const safe::TableFormat format = safe::parse_table_format(output);
+
+  if (gemm->parsed()) {
+    PRIMUS_CHECK(trans.size() == 2 && (trans[0] == 'N' || trans[0] == 'T') && (trans[1] == 'N' || trans[1] == 'T'),
+                 "--trans {}: expected two letters of N/T (e.g. NT)", trans);
+    safe::GemmBenchOptions o;
+    safe::GemmProblem p;
+    p.label = fmt::format("gemm {}", trans);
+    p.m = m;
+    p.n = n;
+    p.k = k;
+    p.ta = trans[0] == 'T';
+    p.tb = trans[1] == 'T';
+    p.in = parse_dtype(dtype);
+    p.out = out_dtype.empty() ? p.in : parse_dtype(out_dtype);
+    p.accumulate = accumulate;
+    o.problems = {p};
+    o.compare_best = !no_best;
+    o.candidates = candidates;
+    o.warmup = warmup;
+    o.iters = iters;
+    o.format = format;
+    o.output_file = output_file;
+    return safe::run_gemm_bench(o);
+  }
+  if (dense->parsed()) {
+    const safe::DenseShape s = safe::shape_from_flags(dense_flags, "llama3.2-1B");
+    safe::GemmBenchOptions o;
+    o.problems = safe::training_gemms(s, seq * mbs);
+    o.compare_best = !no_best;
+    o.candidates = candidates;
+    o.warmup = warmup;
+    o.iters = iters;
+    o.format = format;
+    o.output_file = output_file;
+    std::printf("# %s: %lld layers, hidden %lld, %lld/%lld heads, ffn %lld, vocab %lld; %lld tokens per micro-batch\n\n",
+                s.name.c_str(), (long long)s.layers, (long long)s.hidden, (long long)s.heads, (long long)s.kv_heads,
+                (long long)s.ffn, (long long)s.vocab, (long long)(seq * mbs));
+    return safe::run_gemm_bench(o);
+  }
+  if (attn->parsed()) {
+    safe::AttentionBenchOptions o;
+    std::vector<std::pair<safe::DenseShape, int64_t>> models;
+    if (attn_flags.model.empty() && !attn_flags.hidden) {
+      // The issue's two reference shapes.
+      models = {{*safe::builtin_shape("llama3.2-1B"), 2048}, {*safe::builtin_shape("llama-tiny"), 1024}};
+    } else {
+      const safe::DenseShape s = safe::shape_from_flags(attn_flags, "llama3.2-1B");
+      models = {{s, attn_seq > 0 ? attn_seq : 2048}};
+    }
+    if (mbs_list.empty()) mbs_list = {1, 2, 4, 8};
+    for (const auto& [s, T] : models) {
+      for (int64_t b : mbs_list) {
+        safe::AttentionShape a;
+        a.label = s.name;
+        a.batch = b;
+        a.seq = attn_seq > 0 ? attn_seq : T;
+        a.heads = s.heads;
+        a.kv_heads = s.kv_heads;
+        a.head_dim = s.head_dim;
+        a.causal = !non_causal;
+        o.shapes.push_back(a);
+      }
+    }
+    o.all_configs = all_configs;
+    o.warmup = std::min(warmup, 5);
+    o.iters = iters;
+    o.format = format;
+    o.output_file = output_file;
+    return safe::run_attention_bench(o);
+  }
+  safe::OpsBenchOptions o;
+  o.shape = safe::shape_from_flags(ops_flags, "llama3.2-1B");
+  o.seq = ops_seq;
+  o.tokens = ops_seq * ops_mbs;
+  o.warmup = std::min(warmup, 5);
+  o.iters = iters;
+  o.format = format;
+  o.output_file = output_file;
+  return safe::run_ops_bench(o);
 }
 
 }  // namespace primus::cli

@@ -24,6 +24,11 @@ __global__ void fill_kernel(T* t, int64_t n, float value) {
   if (tail < n && tail < (nvec + 1) * VEC) t[tail] = from_f32<T>(value);
 }
 
+__global__ void fill_int32_kernel(int32_t* t, int64_t n, int32_t value) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    t[i] = value;
+}
+
 template <typename TD, typename TS, int VEC>
 __global__ void copy_cast_kernel(TD* dst, const TS* src, int64_t n) {
   const int64_t nvec = n / VEC;
@@ -89,6 +94,14 @@ void launch_fill_uniform(void* t, DType dt, int64_t n, uint64_t seed, float lo, 
 
 void launch_fill(void* t, DType dt, int64_t n, float value, cudaStream_t stream) {
   if (n == 0) return;
+  if (dt == DType::I32) {
+    PRIMUS_CHECK(value == static_cast<float>(static_cast<int32_t>(value)),
+                 "fill: int32 tensor with non-integral value {}", value);
+    fill_int32_kernel<<<grid_for(n, kThreads), kThreads, 0, stream>>>(static_cast<int32_t*>(t), n,
+                                                                      static_cast<int32_t>(value));
+    PRIMUS_CUDA_LAUNCH_CHECK();
+    return;
+  }
   PRIMUS_DISPATCH_FLOAT(dt, T, {
     constexpr int V = vec_width<T>();
     if (aligned16(t)) {

@@ -9,7 +9,7 @@
 
 namespace primus::cuda {
 
-// t (n) = value
+// t (n) = value (fp32/bf16/fp16, or int32 with an integral value)
 void launch_fill(void* t, DType dt, int64_t n, float value, cudaStream_t stream);
 // dst (n) = cast(src (n)); fp32/bf16/fp16 in any combination (same dtype = plain copy)
 void launch_copy_cast(void* dst, DType dst_dt, const void* src, DType src_dt, int64_t n,

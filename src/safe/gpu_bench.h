@@ -1,0 +1,57 @@
+// GPU benchmark drivers behind `primus bench` and bench/gpu_*.cpp: GEMMs (single shapes or a
+// model's training GEMMs, against the best cuBLASLt candidate), attention forward+backward over
+// model shapes and micro-batches, and the memory-bound fused ops against their HBM floor.
+// Each returns a process exit code; without CUDA (build or device) they print why and return 2.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "safe/model_shapes.h"
+#include "safe/report_table.h"
+
+namespace primus::safe {
+
+// Exit code for "this needs a GPU / a CUDA build".
+constexpr int kNoGpuExitCode = 2;
+// Prints the reason and returns false when there is no CUDA build or no visible GPU.
+bool gpu_ready(const char* command);
+
+struct GemmBenchOptions {
+  std::vector<GemmProblem> problems;
+  int warmup = 5, iters = 20;
+  bool compare_best = true;  // also time every cuBLASLt candidate and report the best
+  int candidates = 32;
+  TableFormat format = TableFormat::Markdown;
+  std::string output_file;  // also write the table there (optional)
+};
+int run_gemm_bench(const GemmBenchOptions& o);
+
+struct AttentionShape {
+  std::string label;
+  int64_t batch = 1, seq = 2048, heads = 32, kv_heads = 8, head_dim = 64;
+  bool causal = true;
+};
+struct AttentionBenchOptions {
+  std::vector<AttentionShape> shapes;
+  int warmup = 3, iters = 10;
+  bool all_configs = false;  // time every flash tiling variant, not just the default
+  TableFormat format = TableFormat::Markdown;
+  std::string output_file;
+};
+int run_attention_bench(const AttentionBenchOptions& o);
+// Causal-aware FLOPs: forward 4*B*H*T*T*D (halved when causal), backward 2.5x forward.
+double attention_forward_flops(const AttentionShape& s);
+
+struct OpsBenchOptions {
+  DenseShape shape;       // hidden, ffn, heads, vocab
+  int64_t tokens = 16384; // micro_batch * seq
+  int64_t seq = 2048;
+  int warmup = 3, iters = 20;
+  TableFormat format = TableFormat::Markdown;
+  std::string output_file;
+};
+int run_ops_bench(const OpsBenchOptions& o);
+
+}  // namespace primus::safe

@@ -1,0 +1,149 @@
+#include "safe/model_shapes.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <filesystem>
+#include <map>
+
+#include "core/error.h"
+#include <fmt/ranges.h>
+
+namespace primus::safe {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// Keys of the chain, child over parent.
+void merge_chain(const fs::path& file, std::map<std::string, YAML::Node>& out, int depth) {
+  PRIMUS_CHECK(depth < 16, "model config '{}': `extends` chain deeper than 16 (a cycle?)", file.string());
+  PRIMUS_CHECK(fs::exists(file), "model config '{}' not found", file.string());
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(file.string());
+  } catch (const YAML::Exception& e) {
+    fail("model config '{}': {}", file.string(), e.what());
+  }
+  if (root["extends"]) {
+    for (const auto& parent : root["extends"]) merge_chain(file.parent_path() / parent.as<std::string>(), out, depth + 1);
+  }
+  for (const auto& kv : root) {
+    const std::string key = kv.first.as<std::string>();
+    if (key != "extends") out[key] = kv.second;
+  }
+}
+
+int64_t get_int(const std::map<std::string, YAML::Node>& m, const std::string& key, const std::string& file,
+                int64_t fallback = -1) {
+  auto it = m.find(key);
+  if (it == m.end() || it->second.IsNull()) {
+    PRIMUS_CHECK(fallback >= 0, "model config '{}': key '{}' is missing (needed for the GEMM shapes)", file, key);
+    return fallback;
+  }
+  try {
+    return it->second.as<int64_t>();
+  } catch (const YAML::Exception&) {
+    fail("model config '{}': key '{}' must be an integer", file, key);
+  }
+}
+
+}  // namespace
+
+std::optional<DenseShape> builtin_shape(const std::string& name) {
+  // name: (layers, hidden, heads, kv_heads, ffn, vocab), head_dim = hidden / heads, untied head.
+  if (name == "llama-tiny") return DenseShape{name, 12, 768, 12, 4, 64, 2048, 32000, true};
+  if (name == "llama3.2-1B") return DenseShape{name, 16, 2048, 32, 8, 64, 8192, 128256, true};
+  if (name == "llama3.2-3B") return DenseShape{name, 28, 3072, 24, 8, 128, 8192, 128256, true};
+  return std::nullopt;
+}
+
+std::vector<std::string> builtin_shape_names() { return {"llama-tiny", "llama3.2-1B", "llama3.2-3B"}; }
+
+DenseShape shape_from_model_yaml(const std::string& name_or_path) {
+  fs::path file(name_or_path);
+  if (!fs::exists(file)) {
+    const fs::path zoo = fs::path(PRIMUS_SOURCE_DIR) / "configs" / "models" / "megatron";
+    fs::path cand = zoo / (name_or_path + ".yaml");
+    if (!fs::exists(cand)) cand = zoo / name_or_path;
+    PRIMUS_CHECK(fs::exists(cand),
+                 "model '{}' is neither a file nor a zoo model under {} (nor a built-in shape: {})", name_or_path,
+                 zoo.string(), fmt::join(builtin_shape_names(), ", "));
+    file = cand;
+  }
+  std::map<std::string, YAML::Node> m;
+  merge_chain(file, m, 0);
+  const std::string f = file.string();
+  DenseShape s;
+  s.name = file.stem().string();
+  s.layers = get_int(m, "num_layers", f);
+  s.hidden = get_int(m, "hidden_size", f);
+  s.heads = get_int(m, "num_attention_heads", f);
+  const bool gqa = m.count("group_query_attention") && m["group_query_attention"].as<bool>();
+  s.kv_heads = gqa ? get_int(m, "num_query_groups", f, s.heads) : s.heads;
+  s.head_dim = get_int(m, "kv_channels", f, s.hidden / s.heads);
+  s.ffn = get_int(m, "ffn_hidden_size", f, 4 * s.hidden);
+  const int64_t vocab = get_int(m, "vocab_size", f, get_int(m, "padded_vocab_size", f, 32000));
+  const int64_t div = get_int(m, "make_vocab_size_divisible_by", f, 128);
+  s.vocab = (vocab + div - 1) / div * div;
+  s.untied_head = !m.count("untie_embeddings_and_output_weights") || m["untie_embeddings_and_output_weights"].as<bool>();
+  return s;
+}
+
+DenseShape resolve_shape(const std::string& spec) {
+  if (auto b = builtin_shape(spec)) return *b;
+  return shape_from_model_yaml(spec);
+}
+
+DenseShape shape_from_flags(const ShapeFlags& f, const std::string& default_model) {
+  const bool explicit_sizes = f.layers || f.hidden || f.heads;
+  DenseShape s;
+  if (!f.model.empty()) s = resolve_shape(f.model);
+  else if (!explicit_sizes) s = resolve_shape(default_model);
+  else s.name = "custom";
+  if (f.layers) s.layers = f.layers;
+  if (f.hidden) s.hidden = f.hidden;
+  if (f.heads) s.heads = f.heads;
+  if (f.kv_heads) s.kv_heads = f.kv_heads;
+  if (f.ffn) s.ffn = f.ffn;
+  if (f.vocab) s.vocab = f.vocab;
+  if (f.head_dim) s.head_dim = f.head_dim;
+  if (s.kv_heads == 0) s.kv_heads = s.heads;
+  if (s.head_dim == 0 && s.heads > 0) s.head_dim = s.hidden / s.heads;
+  if (s.ffn == 0) s.ffn = 4 * s.hidden;
+  if (s.vocab == 0) s.vocab = 32000;
+  PRIMUS_CHECK(s.layers > 0 && s.hidden > 0 && s.heads > 0,
+               "model shape: need --model-config (or --shape) or all of --layers, --hidden, --heads; got layers={} "
+               "hidden={} heads={}",
+               s.layers, s.hidden, s.heads);
+  PRIMUS_CHECK(s.heads % s.kv_heads == 0, "model shape: {} heads is not a multiple of {} kv heads", s.heads,
+               s.kv_heads);
+  return s;
+}
+
+std::vector<GemmProblem> training_gemms(const DenseShape& s, int64_t tokens) {
+  struct Linear {
+    const char* name;
+    int64_t out, in, count;
+  };
+  const std::vector<Linear> linears = {
+      {"qkv", (s.heads + 2 * s.kv_heads) * s.head_dim, s.hidden, s.layers},
+      {"attn_out", s.hidden, s.heads * s.head_dim, s.layers},
+      {"gate_up", 2 * s.ffn, s.hidden, s.layers},
+      {"down", s.hidden, s.ffn, s.layers},
+      {"lm_head", s.vocab, s.hidden, 1},
+  };
+  std::vector<GemmProblem> out;
+  for (const Linear& l : linears) {
+    GemmProblem fwd{std::string(l.name) + " fwd", tokens, l.out, l.in, false, true, DType::BF16, DType::BF16, false, l.count};
+    GemmProblem dgrad{std::string(l.name) + " dgrad", tokens, l.in, l.out, false, false, DType::BF16, DType::BF16, false,
+                      l.count};
+    GemmProblem wgrad{std::string(l.name) + " wgrad", l.out, l.in, tokens, true, false, DType::BF16, DType::F32, true,
+                      l.count};
+    out.push_back(fwd);
+    out.push_back(dgrad);
+    out.push_back(wgrad);
+  }
+  return out;
+}
+
+}  // namespace primus::safe

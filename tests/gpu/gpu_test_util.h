@@ -1,0 +1,104 @@
+// Helpers for the GPU tests: skip without a GPU, fresh random inputs (rounded to bf16 so the
+// fp32 CPU reference and the bf16 CUDA kernels see the same numbers), poisoning, and the
+// relative-error metric ||out - ref|| / ||ref||.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "ops/ops.h"
+
+#define PRIMUS_REQUIRE_GPU()                                          \
+  do {                                                                \
+    if (!::primus::cuda_available()) GTEST_SKIP() << "no CUDA GPU visible"; \
+  } while (0)
+
+namespace primus::gputest {
+
+// A generator seeded freshly per test; the seed goes to the test log so a failure can be rerun.
+inline std::mt19937_64 fresh_rng() {
+  std::random_device rd;
+  const uint64_t seed = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  ::testing::Test::RecordProperty("seed", std::to_string(seed));
+  return std::mt19937_64(seed);
+}
+
+inline std::vector<float> randn(std::mt19937_64& rng, size_t n, float stddev = 1.f, bool round_bf16 = true) {
+  std::normal_distribution<float> d(0.f, stddev);
+  std::vector<float> v(n);
+  for (auto& x : v) {
+    x = d(rng);
+    if (round_bf16) x = bf16_bits_to_fp32(fp32_to_bf16_bits(x));
+  }
+  return v;
+}
+
+inline std::vector<float> round_to(const std::vector<float>& v, DType dt) {
+  if (dt == DType::F32) return v;
+  Tensor t = Tensor::from_floats(v, {static_cast<int64_t>(v.size())}, dt);
+  return t.to_float_vector();
+}
+
+inline Tensor cpu_f32(const std::vector<float>& v, Shape s) { return Tensor::from_floats(v, std::move(s), DType::F32); }
+inline Tensor gpu(const std::vector<float>& v, Shape s, DType dt) {
+  return Tensor::from_floats(v, std::move(s), dt, Device::CUDA);
+}
+inline Tensor gpu_i32(const std::vector<int32_t>& v) {
+  Tensor host = Tensor::empty({static_cast<int64_t>(v.size())}, DType::I32);
+  for (size_t i = 0; i < v.size(); ++i) host.data<int32_t>()[i] = v[i];
+  return host.to(Device::CUDA);
+}
+inline Tensor cpu_i32(const std::vector<int32_t>& v) {
+  Tensor host = Tensor::empty({static_cast<int64_t>(v.size())}, DType::I32);
+  for (size_t i = 0; i < v.size(); ++i) host.data<int32_t>()[i] = v[i];
+  return host;
+}
+
+// Fills a CUDA output with NaN so an element the kernel forgets to write is caught.
+inline void poison(ops::Context& ctx, Tensor& t) { ops::fill(ctx, t, std::nanf("")); }
+
+struct Compare {
+  double rel = 0;       // ||out - ref|| / ||ref||
+  double max_abs = 0;
+  int64_t nonfinite = 0;
+};
+
+inline Compare compare(const std::vector<float>& out, const std::vector<float>& ref) {
+  Compare c;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < out.size() && i < ref.size(); ++i) {
+    if (!std::isfinite(out[i])) {
+      ++c.nonfinite;
+      continue;
+    }
+    const double d = static_cast<double>(out[i]) - ref[i];
+    num += d * d;
+    den += static_cast<double>(ref[i]) * ref[i];
+    c.max_abs = std::max(c.max_abs, std::abs(d));
+  }
+  c.rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  return c;
+}
+
+// Asserts size, no NaN/Inf and relative error <= tol; prints the error for the log table.
+inline void expect_close(const std::string& what, const Tensor& out, const std::vector<float>& ref, double tol) {
+  const std::vector<float> o = out.to_float_vector();
+  ASSERT_EQ(o.size(), ref.size()) << what;
+  const Compare c = compare(o, ref);
+  std::printf("[check] %-48s rel_err %.3e  max_abs %.3e  nonfinite %lld  (tol %.1e)\n", what.c_str(), c.rel,
+              c.max_abs, static_cast<long long>(c.nonfinite), tol);
+  EXPECT_EQ(c.nonfinite, 0) << what << ": elements not written or not finite";
+  EXPECT_LE(c.rel, tol) << what << ": relative error too large (max abs diff " << c.max_abs << ")";
+}
+inline void expect_close(const std::string& what, const Tensor& out, const Tensor& ref, double tol) {
+  expect_close(what, out, ref.to_float_vector(), tol);
+}
+
+}  // namespace primus::gputest
