@@ -2,6 +2,7 @@
 // the optimizer update against the AdamW formula, RoPE frequency scaling, and the
 // errors the op boundary raises.
 #include <cmath>
+#include <limits>
 #include <numbers>
 
 #include "test_ops_util.h"
@@ -235,4 +236,31 @@ TEST(OpsValues, ErrorsNameTheOpAndTensor) {
 #ifndef PRIMUS_WITH_CUDA
   EXPECT_THROW(ops::Context::cuda(), Error);
 #endif
+}
+
+#include "ops/cpu/vec_math.h"
+
+TEST(OpsValues, VectorExpIsWithinTwoUlpAndHandlesTails) {
+  using namespace primus::ops::cpu;
+  double worst = 0;
+  for (float x = -87.f; x < 88.f; x += 0.00731f) {
+    const double ref = std::exp(static_cast<double>(x));
+    worst = std::max(worst, std::fabs(exp_approx(x) - ref) / ref);
+  }
+  EXPECT_LT(worst, 2 * 5.97e-8);
+  EXPECT_EQ(exp_approx(0.f), 1.f);
+  EXPECT_LT(exp_approx(-std::numeric_limits<float>::infinity()), 1.3e-38f);  // saturates near 0
+  for (int64_t n : {1, 7, 8, 9, 300}) {
+    std::vector<float> x(static_cast<size_t>(n)), y(x.size());
+    for (int64_t i = 0; i < n; ++i) x[i] = std::sin(0.37f * i) * 5.f;
+    const float mx = row_max(x.data(), n);
+    EXPECT_EQ(mx, *std::max_element(x.begin(), x.end())) << n;
+    const double sum = exp_shift(x.data(), y.data(), n, mx);
+    double ref = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      ref += std::exp(static_cast<double>(x[i]) - mx);
+      EXPECT_NEAR(y[i], std::exp(static_cast<double>(x[i]) - mx), 2e-7) << n;
+    }
+    EXPECT_NEAR(sum, ref, 1e-6 * ref) << n;
+  }
 }

@@ -16,10 +16,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <vector>
 
 #include "ops/cpu/cpu_backend.h"
+#include "ops/cpu/vec_math.h"
 
 namespace primus::ops::cpu {
 
@@ -72,13 +72,8 @@ void CpuBackend::attention_forward(Tensor& out, Tensor& lse, const Tensor& q, co
           for (int64_t r = r0; r < r1; ++r) {
             float* s = S + r * keys;
             const int64_t n = keys_for_row(i0 + r, d.T, causal);
-            float mx = -std::numeric_limits<float>::infinity();
-            for (int64_t j = 0; j < n; ++j) mx = std::max(mx, s[j]);
-            double sum = 0;
-            for (int64_t j = 0; j < n; ++j) {
-              s[j] = std::exp(s[j] - mx);
-              sum += s[j];
-            }
+            const float mx = row_max(s, n);
+            const double sum = exp_shift(s, s, n, mx);
             const float inv = static_cast<float>(1.0 / sum);
             for (int64_t j = 0; j < n; ++j) s[j] *= inv;
             for (int64_t j = n; j < keys; ++j) s[j] = 0.f;
@@ -129,10 +124,8 @@ void CpuBackend::attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Te
             float *p = P + r * keys, *dp = dP + r * keys;
             const int64_t n = keys_for_row(i0 + r, d.T, causal);
             const float l = L[i0 + r], dl = delta[i0 + r];
-            for (int64_t j = 0; j < n; ++j) {
-              p[j] = std::exp(p[j] - l);
-              dp[j] = p[j] * (dp[j] - dl);
-            }
+            exp_shift(p, p, n, l);  // P = exp(S - lse)
+            for (int64_t j = 0; j < n; ++j) dp[j] = p[j] * (dp[j] - dl);
             for (int64_t j = n; j < keys; ++j) p[j] = dp[j] = 0.f;
           }
         }, 16);

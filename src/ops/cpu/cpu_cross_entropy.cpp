@@ -2,22 +2,14 @@
 //   loss[i] = logsumexp(z[i]) - z[i, t_i],   dz[i] = dloss[i] * (softmax(z[i]) - onehot(t_i)).
 // A negative target marks an ignored token: loss 0 and gradient 0.
 #include <cmath>
-#include <limits>
+#include <vector>
 
 #include "ops/cpu/cpu_backend.h"
+#include "ops/cpu/vec_math.h"
 
 namespace primus::ops::cpu {
 
 namespace {
-
-// Returns (max, sum of exp(z - max)) of a row, the sum in double.
-inline std::pair<float, double> row_max_sumexp(const float* z, int64_t V) {
-  float mx = -std::numeric_limits<float>::infinity();
-  for (int64_t j = 0; j < V; ++j) mx = std::max(mx, z[j]);
-  double sum = 0;
-  for (int64_t j = 0; j < V; ++j) sum += std::exp(z[j] - mx);
-  return {mx, sum};
-}
 
 void check_target(int32_t t, int64_t row, int64_t V, const char* op) {
   PRIMUS_CHECK(t < V, "{}: target {} of row {} is outside the vocabulary of {} logits (labels must be "
@@ -34,6 +26,7 @@ void CpuBackend::cross_entropy_forward(Tensor& losses, const Tensor& logits, con
   const int32_t* t = targets.data<int32_t>();
   float* loss = losses.data<float>();
   pool_.parallel_for(N, [&](int64_t r0, int64_t r1) {
+    std::vector<float> scratch(static_cast<size_t>(V));
     for (int64_t i = r0; i < r1; ++i) {
       check_target(t[i], i, V, "cross_entropy_forward");
       if (t[i] < 0) {
@@ -41,7 +34,8 @@ void CpuBackend::cross_entropy_forward(Tensor& losses, const Tensor& logits, con
         continue;
       }
       const float* zi = z + i * V;
-      auto [mx, sum] = row_max_sumexp(zi, V);
+      const float mx = row_max(zi, V);
+      const double sum = exp_shift(zi, scratch.data(), V, mx);
       loss[i] = static_cast<float>(mx + std::log(sum) - zi[t[i]]);
     }
   }, 4);
@@ -66,10 +60,11 @@ void CpuBackend::cross_entropy_fused(Tensor& losses, Tensor& logits_to_grad, con
         for (int64_t j = 0; j < V; ++j) zi[j] = 0.f;
         continue;
       }
-      auto [mx, sum] = row_max_sumexp(zi, V);
-      loss[i] = static_cast<float>(mx + std::log(sum) - zi[t[i]]);
-      const float w = dl[i], inv = static_cast<float>(1.0 / sum);
-      for (int64_t j = 0; j < V; ++j) zi[j] = w * std::exp(zi[j] - mx) * inv;
+      const float mx = row_max(zi, V), target_logit = zi[t[i]];
+      const double sum = exp_shift(zi, zi, V, mx);  // zi = exp(z - max)
+      loss[i] = static_cast<float>(mx + std::log(sum) - target_logit);
+      const float w = dl[i], scale = static_cast<float>(w / sum);
+      for (int64_t j = 0; j < V; ++j) zi[j] *= scale;
       zi[t[i]] -= w;
     }
   }, 4);
