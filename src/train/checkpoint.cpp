@@ -226,6 +226,9 @@ std::vector<int64_t> complete_checkpoints(const std::string& dir) {
 
 uint64_t write_checkpoint_files(const std::string& iter_dir, const CheckpointContent& c) {
   PRIMUS_CHECK(!c.model.empty(), "checkpoint at iteration {}: no model tensors to save", c.iteration);
+  std::error_code ec;
+  fs::create_directories(iter_dir, ec);
+  PRIMUS_CHECK(!ec, "cannot create the checkpoint directory '{}': {}", iter_dir, ec.message());
   const std::map<std::string, std::string> st_meta = {{"format", "primus"},
                                                       {"iteration", std::to_string(c.iteration)}};
   nlohmann::json files = nlohmann::json::object();

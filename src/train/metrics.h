@@ -27,7 +27,7 @@ namespace primus::train {
 struct IterationRecord {
   int64_t iteration = 0;  // the iteration just completed (1-based, as Megatron counts)
   double elapsed_s = 0;   // wall time of this iteration
-  std::map<std::string, double> losses;  // "lm loss" -> value; ignored when `skipped`
+  std::vector<std::pair<std::string, double>> losses;  // {"lm loss", value}, in print order; ignored when `skipped`
   bool skipped = false;   // optimizer step not applied (overflow / NaN)
   bool nan = false;       // loss or gradients were NaN/Inf (counted, and usually skipped too)
   double learning_rate = 0;

@@ -125,6 +125,7 @@ std::vector<double> nice_ticks(double lo, double hi, int target) {
 }
 
 std::string tick_label(double value, double step, double magnitude) {
+  if (value == 0) return "0";
   if (magnitude != 0 && (magnitude < 1e-3 || magnitude >= 1e5)) {
     const int e = static_cast<int>(std::floor(std::log10(magnitude)));
     const double scale = std::pow(10.0, e);
@@ -157,24 +158,41 @@ struct Range {
   }
 };
 
-void draw_panel(Canvas& cv, const Panel& panel, const Range& xr, int top, int height) {
-  constexpr int kScale = 2;  // text scale: 10x14 pixel glyphs
-  const int char_h = Canvas::text_height(kScale);
-  Range yr;
+constexpr int kScale = 2;  // text scale: 10x14 pixel glyphs
+
+// The y axis of one panel: range, ticks and their labels.
+struct YAxis {
+  Range range;
+  std::vector<double> ticks;
+  std::vector<std::string> labels;
+  int label_width = 0;
+};
+
+YAxis y_axis(const Panel& panel) {
+  YAxis a;
   for (const Curve& c : panel.curves)
-    for (const auto& [x, y] : c.points) yr.add(y);
-  yr.settle(0.05);
-  const std::vector<double> yt = nice_ticks(yr.lo, yr.hi, 6), xt = nice_ticks(xr.lo, xr.hi, 8);
-  const double ystep = yt.size() > 1 ? yt[1] - yt[0] : 1, xstep = xt.size() > 1 ? xt[1] - xt[0] : 1;
-  const double ymag = std::max(std::abs(yr.lo), std::abs(yr.hi)), xmag = std::max(std::abs(xr.lo), std::abs(xr.hi));
-  std::vector<std::string> ylabels;
-  int ylabel_w = 0;
-  for (double v : yt) {
-    ylabels.push_back(tick_label(v, ystep, ymag));
-    ylabel_w = std::max(ylabel_w, Canvas::text_width(ylabels.back(), kScale));
+    for (const auto& [x, y] : c.points) a.range.add(y);
+  a.range.settle(0.05);
+  a.ticks = nice_ticks(a.range.lo, a.range.hi, 6);
+  const double step = a.ticks.size() > 1 ? a.ticks[1] - a.ticks[0] : 1;
+  const double mag = std::max(std::abs(a.range.lo), std::abs(a.range.hi));
+  for (double v : a.ticks) {
+    a.labels.push_back(tick_label(v, step, mag));
+    a.label_width = std::max(a.label_width, Canvas::text_width(a.labels.back(), kScale));
   }
+  return a;
+}
+
+// `left`: x of the plot area, shared by all panels so their iteration axes line up.
+void draw_panel(Canvas& cv, const Panel& panel, const YAxis& ya, const Range& xr, int left, int top, int height) {
+  const int char_h = Canvas::text_height(kScale);
+  const Range& yr = ya.range;
+  const std::vector<double>& yt = ya.ticks;
+  const std::vector<std::string>& ylabels = ya.labels;
+  const std::vector<double> xt = nice_ticks(xr.lo, xr.hi, 8);
+  const double xstep = xt.size() > 1 ? xt[1] - xt[0] : 1;
+  const double xmag = std::max(std::abs(xr.lo), std::abs(xr.hi));
   // Plot area inside the panel.
-  const int left = 14 + char_h + 12 + ylabel_w + 10;
   const int right = cv.width() - 30;
   const int ptop = top + char_h + 16;
   const int pbottom = top + height - (char_h * 2 + 30);
@@ -253,9 +271,16 @@ Canvas render_panels(const std::vector<Panel>& panels, int width, int height, co
     for (const Curve& c : p.curves)
       for (const auto& [x, y] : c.points) xr.add(x);
   xr.settle(0.0);
+  std::vector<YAxis> axes;
+  int label_width = 0;
+  for (const Panel& p : panels) {
+    axes.push_back(y_axis(p));
+    label_width = std::max(label_width, axes.back().label_width);
+  }
+  const int left = 14 + Canvas::text_height(kScale) + 12 + label_width + 10;
   const int panel_h = (height - title_h) / static_cast<int>(panels.size());
   for (size_t i = 0; i < panels.size(); ++i)
-    draw_panel(cv, panels[i], xr, title_h + static_cast<int>(i) * panel_h, panel_h);
+    draw_panel(cv, panels[i], axes[i], xr, left, title_h + static_cast<int>(i) * panel_h, panel_h);
   return cv;
 }
 

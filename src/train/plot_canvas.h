@@ -1,5 +1,6 @@
 // A tiny RGB raster for `primus plot`: filled rectangles, 1-3 px lines, and text in a
-// built-in 5x7 bitmap font (digits, a-z, A-Z and common punctuation), scaled by an integer.
+// built-in 5x7 bitmap font (digits, a-z with descenders, A-Z and common punctuation),
+// scaled by an integer.
 #pragma once
 
 #include <cstdint>
@@ -33,7 +34,7 @@ class Canvas {
   void text_vertical(int x, int y, std::string_view s, Rgb c, int scale = 1);
 
   static int text_width(std::string_view s, int scale = 1) { return static_cast<int>(s.size()) * 6 * scale - scale; }
-  static int text_height(int scale = 1) { return 7 * scale; }
+  static int text_height(int scale = 1) { return 7 * scale; }  // cap height; descenders go 2 rows lower
 
  private:
   int width_, height_;

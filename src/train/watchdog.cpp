@@ -156,6 +156,8 @@ void Watchdog::fire() {
       for (int i = 0; i < 200 && g_stacks_dumped.load() == before; ++i)
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
+    if (!targets.empty())
+      std::fprintf(stderr, "(frames as <binary>(+offset): resolve with addr2line -f -C -e <binary> <offset>)\n");
   }
   if (options_.exit_process) {
     std::fflush(stderr);
