@@ -1,12 +1,69 @@
+// primus train [pretrain|posttrain] --config EXP.yaml [--set key=value ...] [key=value ...]
+//              [--world-size N] [--dry-run]
+//
+// Loads and validates the experiment; --dry-run prints the resolved config with sources,
+// the parameter count, FLOPs per token and the memory estimate per GPU, and exits 0.
+// Otherwise hands the config to primus::train::run().
+#include <fmt/core.h>
+
+#include <optional>
+
 #include "cli/cli_common.h"
 #include "cli/commands.h"
+#include "config/command_line.h"
+#include "config/config.h"
+#include "config/describe.h"
+#include "core/error.h"
+#include "train/train.h"
 
 namespace primus::cli {
 
 int cmd_train(int argc, char** argv) {
-  CLI::App app{"primus train", "train"};
+  CLI::App app{"Train a model from an experiment YAML (upstream Primus format).", "train"};
+  std::string config_path;
+  std::vector<std::string> sets, positional;
+  bool dry_run = false;
+  std::optional<int> world_size;
+  app.add_option("--config,--exp", config_path, "experiment YAML, e.g. examples/megatron/llama3.1_8B-pretrain.yaml");
+  app.add_option("--set", sets, "override a config key: --set key=value (repeatable; highest precedence)")
+      ->allow_extra_args(false);
+  app.add_flag("--dry-run", dry_run,
+               "print the resolved config with sources, parameter count, FLOPs/token and memory per GPU; exit");
+  app.add_option("--world-size", world_size,
+                 "number of processes (default: $WORLD_SIZE; for --dry-run without it, the smallest that fits)");
+  app.add_option("args", positional, "optional pretrain|posttrain, then key=value overrides");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
-  return not_built_yet("train", "trains a model from an experiment YAML", "issue #4");
+
+  const auto args = config::split_positional(positional, {"pretrain", "posttrain"}, "primus train");
+  if (config_path.empty()) {
+    fmt::print(stderr, "primus train: --config EXP.yaml is required (e.g. --config "
+                       "examples/megatron/llama3.1_8B-pretrain.yaml)\n");
+    return 2;
+  }
+  const config::EnvLookup env = config::process_env();
+  config::LoadOptions options;
+  options.sets = sets;
+  options.sets.insert(options.sets.end(), args.sets.begin(), args.sets.end());
+  options.world_size = config::resolve_world_size(world_size, env, dry_run ? 0 : 1);
+  const bool assumed_world = !world_size && !env("WORLD_SIZE") && dry_run;
+  config::Config cfg = config::load_experiment(config_path, options);
+
+  if (!args.mode.empty()) {
+    const std::string want = args.mode == "pretrain" ? "pre_trainer" : "post_trainer";
+    if (cfg.module_kind != want)
+      throw Error(fmt::format("'primus train {}' needs a `{}` module, but {} has `{}`", args.mode, want, config_path,
+                              cfg.module_kind));
+  }
+
+  if (dry_run) {
+    fmt::print("{}", config::describe_config(cfg));
+    if (assumed_world)
+      fmt::print("note: no --world-size or WORLD_SIZE given; assumed the smallest world that fits the layout: {}\n\n",
+                 cfg.world_size);
+    fmt::print("{}", config::describe_model(cfg));
+    return 0;
+  }
+  return primus::train::run(cfg);
 }
 
 }  // namespace primus::cli

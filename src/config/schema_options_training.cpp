@@ -1,0 +1,176 @@
+// Training options: run length, data, batch, learning-rate schedule, optimizer, precision,
+// parallelism, recompute, checkpoints, logging, Primus-Turbo switches, fault tolerance.
+// Defaults are Megatron-LM's argument defaults unless the doc says "Primus".
+#include "config/schema_options.h"
+
+namespace primus::config {
+
+std::vector<OptionSpec> training_options() {
+  OptionTable t;
+
+  t.group("training");
+  t.integer("seed", 1234, "seed of weight init, data order and dropout").non_negative();
+  t.opt_integer("train_iters", "iterations to train (exactly one of train_iters, train_samples)").positive();
+  t.opt_integer("train_samples", "samples (sequences) to train (exactly one of train_iters, train_samples)").positive();
+  t.integer("micro_batch_size", 1, "sequences per forward/backward pass on one GPU").positive();
+  t.opt_integer("global_batch_size", "sequences per optimizer step (null: micro_batch_size * data-parallel size)")
+      .positive();
+  t.numbers("rampup_batch_size", "batch-size ramp-up: start, increment, samples over which to reach the global size");
+  t.integer("eval_interval", 1000, "iterations between validation runs").positive();
+  t.integer("eval_iters", 100, "validation iterations per run (0: no validation)").non_negative();
+  t.opt_integer("exit_interval", "exit after the iteration that is a multiple of this").positive();
+  t.opt_integer("exit_duration_in_mins", "exit (after saving) once training ran this many minutes").positive();
+  t.flag("exit_signal_handler", false, "on SIGTERM, save a checkpoint and exit");
+
+  t.group("data");
+  t.strings("data_path",
+            "dataset prefixes (.bin/.idx), optionally weighted: \"0.3 a 0.7 b\" or a list; split by `split`");
+  t.text("split", "99,1,0", "train,valid,test proportions of data_path");
+  t.strings("train_data_path", "dataset prefixes for training only (optionally weighted)");
+  t.strings("valid_data_path", "dataset prefixes for validation only");
+  t.strings("test_data_path", "dataset prefixes for testing only");
+  t.opt_text("data_cache_path", "folder for the dataset index caches (null: next to the data)");
+  t.flag("mock_data", false, "train on synthetic random tokens instead of data files");
+  t.integer("seq_length", 4096, "tokens per training sequence").positive();
+  t.opt_choice("tokenizer_type",
+               {"HuggingFaceTokenizer", "Llama2Tokenizer", "Llama3Tokenizer", "MixtralTokenizer",
+                "DeepSeekV2Tokenizer", "DeepSeekV3Tokenizer", "SentencePieceTokenizer", "GPTSentencePieceTokenizer",
+                "GPT2BPETokenizer", "NullTokenizer"},
+               "tokenizer family");
+  t.opt_text("tokenizer_model", "tokenizer file: tokenizer.json (HuggingFace) or tokenizer.model (SentencePiece)");
+  t.flag("eod_mask_loss", false, "no loss on end-of-document tokens");
+  t.flag("reset_position_ids", false, "restart position ids after each end-of-document token");
+  t.flag("reset_attention_mask", false, "no attention across end-of-document tokens");
+  t.integer("num_workers", 2, "data-loader worker threads").non_negative();
+  t.choice("dataloader_type", "single", {"single", "cyclic", "external"}, "sampler: single pass or cyclic");
+
+  t.group("learning rate");
+  t.real("lr", 1e-4, "peak learning rate").non_negative();
+  t.real("min_lr", 0.0, "learning rate at the end of the decay").non_negative();
+  t.choice("lr_decay_style", "linear", {"constant", "linear", "cosine", "inverse-square-root", "WSD"},
+           "decay after warm-up");
+  t.integer("lr_warmup_iters", 0, "iterations of linear warm-up from lr_warmup_init to lr").non_negative();
+  t.opt_real("lr_warmup_fraction", "warm-up as a fraction of the decay iterations (instead of lr_warmup_iters)")
+      .min(0)
+      .max(1);
+  t.integer("lr_warmup_samples", 0, "warm-up in samples (with train_samples)").non_negative();
+  t.real("lr_warmup_init", 0.0, "learning rate at the start of warm-up").non_negative();
+  t.opt_integer("lr_decay_iters", "iterations over which lr decays (null: train_iters)").positive();
+  t.opt_integer("lr_decay_samples", "samples over which lr decays (null: train_samples)").positive();
+  t.choice("lr_wsd_decay_style", "exponential", {"exponential", "linear", "cosine", "minus_sqrt"},
+           "shape of the final decay of the WSD schedule");
+  t.opt_integer("lr_wsd_decay_iters", "iterations of the final WSD decay").positive();
+  t.opt_integer("lr_wsd_decay_samples", "samples of the final WSD decay").positive();
+  t.flag("override_opt_param_scheduler", false, "on resume, take the schedule from this config, not the checkpoint");
+  t.flag("use_checkpoint_opt_param_scheduler", false, "on resume, take the schedule from the checkpoint");
+
+  t.group("optimizer");
+  t.choice("optimizer", "adam", {"adam"}, "Adam with decoupled weight decay (AdamW)");
+  t.real("weight_decay", 0.01, "decoupled weight decay (not applied to norms and biases)").non_negative();
+  t.real("adam_beta1", 0.9, "Adam first-moment decay").fraction();
+  t.real("adam_beta2", 0.999, "Adam second-moment decay").fraction();
+  t.real("adam_eps", 1e-8, "Adam epsilon").positive();
+  t.real("clip_grad", 1.0, "clip the global gradient L2 norm to this (0: no clipping)").non_negative();
+
+  t.group("mixed precision");
+  t.flag("bf16", false, "bf16 weights and activations with fp32 master weights and gradients");
+  t.flag("fp16", false, "fp16 weights and activations with loss scaling");
+  t.opt_real("loss_scale", "static fp16 loss scale (null: dynamic)").positive();
+  t.real("initial_loss_scale", 4294967296.0, "first dynamic loss scale").positive();
+  t.real("min_loss_scale", 1.0, "smallest dynamic loss scale").positive();
+  t.real("loss_scale_window", 1000.0, "iterations without overflow before the loss scale grows").positive();
+  t.integer("hysteresis", 2, "overflows tolerated before the loss scale shrinks").positive();
+  t.opt_choice("fp8", {"hybrid", "e4m3"}, "fp8 GEMMs: e4m3 everywhere, or hybrid (e4m3 forward, e5m2 gradients)");
+  t.choice("fp8_recipe", "delayed", {"delayed", "tensorwise", "blockwise"}, "fp8 scaling recipe");
+  t.integer("fp8_margin", 0, "fp8 scaling-factor margin (powers of two)").non_negative();
+  t.integer("fp8_amax_history_len", 1, "amax history length of delayed scaling").positive();
+  t.choice("fp8_amax_compute_algo", "most_recent", {"most_recent", "max"}, "amax from the history");
+
+  t.group("parallelism");
+  t.integer("tensor_model_parallel_size", 1, "tensor-parallel degree (splits heads and MLP columns)").positive();
+  t.integer("pipeline_model_parallel_size", 1, "pipeline-parallel degree (splits layers)").positive();
+  t.opt_integer("num_layers_per_virtual_pipeline_stage", "layers per virtual stage of the interleaved schedule")
+      .positive();
+  t.opt_integer("decoder_first_pipeline_num_layers",
+                "layers on the first pipeline stage when they do not split evenly (null: an even share)")
+      .positive();
+  t.opt_integer("decoder_last_pipeline_num_layers",
+                "layers on the last pipeline stage when they do not split evenly (null: an even share)")
+      .positive();
+  t.integer("context_parallel_size", 1, "context-parallel degree (splits the sequence)").positive();
+  t.integer("expert_model_parallel_size", 1, "expert-parallel degree (splits the experts)").positive();
+  t.opt_integer("expert_tensor_parallel_size", "tensor-parallel degree inside experts (null: tensor_model_parallel_size)")
+      .positive();
+  t.flag("sequence_parallel", false, "shard norms, dropout and residuals along the sequence across TP ranks");
+  t.flag("use_distributed_optimizer", false, "shard fp32 master weights and Adam states across data-parallel ranks");
+  t.flag("overlap_grad_reduce", false, "overlap the gradient reduce with the backward pass");
+  t.flag("overlap_param_gather", false, "overlap the parameter all-gather with the forward pass");
+  t.flag("gradient_accumulation_fusion", true, "accumulate weight gradients into fp32 main grads in the GEMM");
+  t.integer("distributed_timeout_minutes", 10, "timeout of collective operations").positive();
+
+  t.group("recompute");
+  t.opt_choice("recompute_granularity", {"selective", "full"},
+               "activation recompute: selective (core attention) or full layers (null: none)");
+  t.opt_choice("recompute_method", {"uniform", "block"},
+               "full recompute: uniform chunks of recompute_num_layers, or the first recompute_num_layers per stage");
+  t.opt_integer("recompute_num_layers", "layers per recompute chunk (uniform) or recomputed per stage (block)")
+      .positive();
+
+  t.group("checkpointing");
+  t.opt_text("save", "folder to save checkpoints to (null: no checkpoints)");
+  t.opt_text("load", "folder to load a checkpoint from (null: start from scratch)");
+  t.opt_integer("save_interval", "iterations between checkpoints").positive();
+  t.opt_text("pretrained_checkpoint", "checkpoint whose weights start a finetune");
+  t.flag("auto_continue_train", false, "Primus: resume from the latest checkpoint under `save` when there is one");
+  t.flag("finetune", false, "load only the weights: reset the iteration, optimizer and RNG");
+  t.flag("no_load_optim", false, "do not load the optimizer state");
+  t.flag("no_load_rng", false, "do not load the RNG state");
+  t.flag("no_save_optim", false, "do not save the optimizer state");
+  t.flag("no_save_rng", false, "do not save the RNG state");
+  t.flag("disable_last_saving", false, "Primus: no checkpoint at the end of training");
+  t.choice("ckpt_format", "torch_dist", {"torch", "torch_dist", "safetensors"}, "checkpoint format");
+  t.flag("async_save", false, "write checkpoints in the background");
+
+  t.group("logging");
+  t.integer("log_interval", 100, "iterations between log lines").positive();
+  t.flag("log_throughput", false, "log tokens/s and TFLOP/s per GPU");
+  t.flag("log_params_norm", false, "log the L2 norm of all parameters");
+  t.flag("log_timers_to_tensorboard", false, "write timers to TensorBoard");
+  t.opt_text("tensorboard_dir", "TensorBoard folder (null: <workspace>/<work_group>/<user_name>/<exp_name>/tensorboard)");
+  t.integer("tensorboard_log_interval", 1, "iterations between TensorBoard writes").positive();
+  t.flag("disable_tensorboard", false, "Primus: write no TensorBoard events");
+  t.opt_text("wandb_project", "Weights & Biases project");
+  t.opt_text("wandb_exp_name", "Weights & Biases run name (null: exp_name)");
+  t.opt_text("wandb_save_dir", "Weights & Biases local folder");
+  t.flag("disable_wandb", true, "Primus: no Weights & Biases logging");
+  t.choice("stderr_sink_level", "INFO", {"DEBUG", "INFO", "WARNING", "ERROR"}, "Primus: lowest level printed to stderr");
+  t.integer("log_avg_skip_iterations", 2, "Primus: first iterations left out of the running averages (warm-up)")
+      .non_negative();
+  t.integer("log_avg_reset_interval", 50, "Primus: iterations after which the running averages restart").positive();
+
+  t.group("primus turbo");
+  t.flag("enable_primus_turbo", false, "Primus: use the Primus-Turbo fused kernels where switched on below");
+  t.flag("use_turbo_attention", false, "Primus: Turbo flash attention");
+  t.flag("use_turbo_gemm", false, "Primus: Turbo (tuned cuBLASLt) GEMMs for linear layers");
+  t.flag("use_turbo_grouped_gemm", false, "Primus: Turbo grouped GEMM for MoE experts");
+  t.flag("use_turbo_grouped_mlp", false, "Primus: older name of use_turbo_grouped_gemm (either one switches it on)");
+  t.flag("use_turbo_deepep", false, "Primus: DeepEP-style fused MoE token dispatch");
+  t.choice("cross_entropy_fusion_impl", "native", {"native", "te"}, "fused cross-entropy implementation");
+  t.flag("cross_entropy_loss_fusion", false, "fuse the output-layer softmax and cross-entropy (no fp32 logits copy)");
+
+  t.group("fault tolerance");
+  t.integer("nan_guard_max_consecutive", 5,
+            "Primus: skip steps with a non-finite loss or grad norm; stop after this many in a row (0: off)")
+      .non_negative();
+  t.integer("watchdog_minutes", 30, "Primus: abort with a report when no iteration finishes for this long (0: off)")
+      .non_negative();
+
+  t.group("profiling");
+  t.flag("profile", false, "record a profile between profile_step_start and profile_step_end");
+  t.integer("profile_step_start", 10, "first profiled iteration").non_negative();
+  t.integer("profile_step_end", 12, "iteration after the last profiled one").non_negative();
+
+  return t.take();
+}
+
+}  // namespace primus::config
