@@ -70,9 +70,16 @@ CudaBackend::CudaBackend(int device_index, CudaBackendOptions options)
                device_index, count);
   PRIMUS_CUDA_CHECK(cudaSetDevice(device_index));
   PRIMUS_CUDA_CHECK(cudaStreamCreate(&stream_));
-  PRIMUS_CUDA_CHECK(cudaMalloc(&result_dev_, 256));
-  PRIMUS_CUDA_CHECK(cudaMallocHost(&result_host_, 256));
-  gemm_ = std::make_unique<GemmEngine>(device_index, stream_, options_.gemm_tuning);
+  try {
+    PRIMUS_CUDA_CHECK(cudaMalloc(&result_dev_, 256));
+    PRIMUS_CUDA_CHECK(cudaMallocHost(&result_host_, 256));
+    gemm_ = std::make_unique<GemmEngine>(device_index, stream_, options_.gemm_tuning);
+  } catch (...) {  // e.g. stage 3 without a table: release what was made, then report
+    if (result_dev_) cudaFree(result_dev_);
+    if (result_host_) cudaFreeHost(result_host_);
+    cudaStreamDestroy(stream_);
+    throw;
+  }
 }
 
 CudaBackend::~CudaBackend() {

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Builds the Release CUDA binaries here and collects what the lent GPU machine needs into
+# one archive, gpu_bundle/primus_gpu.tar.xz (gpu_bundle/ is git-ignored; name it in the device
+# tool's `carry`). The archive unpacks (tools/gpu_unpack.sh, called by gpu_check.sh) to
+#   bin/  primus, primus_gpu_tests, bench_gpu_ops
+#   lib/  every shared library they need that the GPU machine does not provide
+#         (not glibc, not libstdc++/libgcc, not the CUDA/cuDNN/NCCL libraries)
+#   py/   the PyTorch peers (pt_llama_bench.py, gpu_sdpa_ref.py, gpu_summary.py)
+# Raw, the three binaries and OpenBLAS exceed the 64 MiB the tool carries; xz with a 64 MiB
+# window stores the CUDA kernels the binaries share once. The binaries carry RPATH
+# $ORIGIN/../lib (CMakeLists.txt). Usage:
+#   tools/gpu_bundle.sh [build_dir]        (default build-cuda; BUNDLE_TARGETS to override targets)
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BUILD=${1:-$ROOT/build-cuda}
+BUNDLE=$BUILD/gpu_bundle_stage
+TARGETS=${BUNDLE_TARGETS:-"primus primus_gpu_tests bench_gpu_ops"}
+JOBS=${JOBS:-2}
+
+cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPRIMUS_CUDA=ON >/dev/null
+# shellcheck disable=SC2086
+cmake --build "$BUILD" -j"$JOBS" --target $TARGETS
+
+rm -rf "$BUNDLE"
+mkdir -p "$BUNDLE/bin" "$BUNDLE/lib" "$BUNDLE/py"
+for t in $TARGETS; do
+  cp "$BUILD/bin/$t" "$BUNDLE/bin/"
+  strip --strip-debug "$BUNDLE/bin/$t"
+done
+
+# Libraries the GPU machine has (or must come from its driver/toolkit): never bundle these.
+skip='^(linux-vdso|ld-linux|libc\.|libm\.|libpthread|libdl\.|librt\.|libresolv|libstdc\+\+|libgcc_s|libcuda\.|libcudart|libcublas|libcublasLt|libcudnn|libnccl|libnvrtc|libnvJitLink)'
+declare -A seen=()
+queue=("$BUNDLE"/bin/*)
+while ((${#queue[@]})); do
+  f=${queue[0]}
+  queue=("${queue[@]:1}")
+  while read -r name path; do
+    [[ -z "$path" || "$path" == "not" ]] && continue
+    [[ "$name" =~ $skip ]] && continue
+    [[ -n "${seen[$name]:-}" ]] && continue
+    seen[$name]=1
+    cp -L "$path" "$BUNDLE/lib/$name"
+    queue+=("$BUNDLE/lib/$name")
+  done < <(ldd "$f" | awk '/=>/ {print $1, $3}')
+done
+
+cp /work/shared/anchors/pt_llama_bench.py "$BUNDLE/py/" 2>/dev/null || echo "note: pt_llama_bench.py not found"
+cp "$ROOT/tools/gpu_sdpa_ref.py" "$ROOT/tools/gpu_summary.py" "$BUNDLE/py/"
+
+du -sh "$BUNDLE"/{bin,lib,py}
+mkdir -p "$ROOT/gpu_bundle"
+rm -rf "$ROOT/gpu_bundle"/*
+tar -C "$BUNDLE" -cf - bin lib py | xz -9 -T"$JOBS" >"$ROOT/gpu_bundle/primus_gpu.tar.xz"
+total=$(stat -c %s "$ROOT/gpu_bundle/primus_gpu.tar.xz")
+echo "gpu_bundle/primus_gpu.tar.xz: $((total / 1048576)) MiB (limit for the whole carried tree: 64 MiB)"
+if ((total > 48 * 1048576)); then
+  echo "the bundle is too large to carry with the tree; set BUNDLE_TARGETS to fewer binaries" >&2
+  exit 1
+fi

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# End-to-end throughput on the lent GPU: `primus train` (bf16) on an experiment and the PyTorch
+# peer (../shared/anchors/pt_llama_bench.py, packed into gpu_bundle/ by tools/gpu_bundle.sh)
+# at the same shape, sequence length and micro-batch, in the same call. Run from the repo root
+# on the GPU machine after tools/gpu_bundle.sh:
+#   bash tools/gpu_e2e.sh EXPERIMENT PEER_SHAPE SEQ MBS [STEPS] [--set key=value ...]
+#   bash tools/gpu_e2e.sh examples/megatron/llama3.2_1B-pretrain.yaml llama3.2-1B 2048 8 30
+# PEER_SHAPE is llama-tiny | llama3.2-1B | llama3.2-3B. Logs go to $OUT (or /tmp/primus_e2e);
+# the last lines printed are the two JSON results and their ratio.
+set -u -o pipefail
+if (($# < 4)); then
+  sed -n '2,10p' "$0"
+  exit 2
+fi
+EXP=$1 SHAPE=$2 SEQ=$3 MBS=$4
+STEPS=${5:-30}
+shift $(($# < 5 ? 4 : 5))
+ROOT=$(pwd)
+BUNDLE_DIR=${BUNDLE_DIR:-/tmp/primus_bundle}
+bash "$ROOT/tools/gpu_unpack.sh" "$BUNDLE_DIR" || exit 1
+B=$BUNDLE_DIR/bin
+PY=$BUNDLE_DIR/py
+OUT=${OUT:-/tmp/primus_e2e}
+mkdir -p "$OUT"
+export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export PYTHONUNBUFFERED=1
+
+t0=$SECONDS
+timeout 480 "$B/primus" train --config "$EXP" --set bf16=true --set micro_batch_size="$MBS" \
+  --set global_batch_size="$MBS" --set seq_length="$SEQ" --set train_iters="$STEPS" --set log_interval=1 "$@" \
+  >"$OUT/e2e_primus.log" 2>&1
+rc=$?
+echo "primus train: rc=$rc in $((SECONDS - t0)) s (log: $OUT/e2e_primus.log)"
+tail -5 "$OUT/e2e_primus.log"
+
+t0=$SECONDS
+timeout 300 python3 "$PY/pt_llama_bench.py" --shape "$SHAPE" --seq "$SEQ" --mbs "$MBS" --steps 15 \
+  >"$OUT/e2e_peer.jsonl" 2>"$OUT/e2e_peer.err"
+echo "pytorch peer: rc=$? in $((SECONDS - t0)) s"
+
+python3 - "$OUT/e2e_primus.log" "$OUT/e2e_peer.jsonl" "$SEQ" "$MBS" <<'PYEOF'
+import json, re, statistics, sys
+log, peer, seq, mbs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+vals = [float(m) for m in re.findall(r"throughput \(tokens/s\): ([0-9.]+)", open(log, errors="replace").read())]
+ours = statistics.median(vals[len(vals) // 2:]) if vals else None  # steady state: the second half
+mem = re.findall(r"(?:max|peak)[^|\n]*?memory[^|\n]*?([0-9.]+)\s*(GB|GiB)", open(log, errors="replace").read())
+p = None
+for line in open(peer, errors="replace"):
+    if line.startswith("{"):
+        p = json.loads(line)
+print(json.dumps({"system": "primus", "seq": seq, "mbs": mbs, "tokens_per_s": ours,
+                  "peak_mem": " ".join(mem[-1]) if mem else None}))
+print(json.dumps(p))
+if ours and p:
+    print(f"primus / pytorch tokens/s = {ours / p['tokens_per_s']:.3f}")
+PYEOF
