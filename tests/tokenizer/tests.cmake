@@ -1,0 +1,21 @@
+# Tokenizer parity against HuggingFace tokenizers (Node + @anush008/tokenizers, installed by
+# ./setup.sh into third_party/npm): the real Llama 3.1 tokenizer.json on the whole Brown
+# corpus and tests/data/tokenizer_edge_cases.txt, plus small Metaspace/byte-fallback files.
+add_executable(tokenizer_dump ${CMAKE_CURRENT_LIST_DIR}/tokenizer_dump.cpp)
+target_link_libraries(tokenizer_dump PRIVATE primus_lib)
+set_target_properties(tokenizer_dump PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
+
+find_program(PRIMUS_NODE node)
+if(NOT PRIMUS_NODE)
+  set(PRIMUS_NODE /usr/bin/node)  # the test then fails saying node is missing: run ./setup.sh
+endif()
+add_test(NAME tokenizer_parity_llama3_brown
+         COMMAND ${PRIMUS_NODE} ${CMAKE_CURRENT_LIST_DIR}/parity.js --dump $<TARGET_FILE:tokenizer_dump>)
+set_tests_properties(tokenizer_parity_llama3_brown PROPERTIES TIMEOUT 600 LABELS "tokenizer;parity")
+
+foreach(fixture spm_style_prepend spm_style_metaspace)
+  add_test(NAME tokenizer_parity_${fixture}
+           COMMAND ${PRIMUS_NODE} ${CMAKE_CURRENT_LIST_DIR}/parity.js --dump $<TARGET_FILE:tokenizer_dump>
+                   --tokenizer ${CMAKE_SOURCE_DIR}/tests/data/tokenizer_${fixture}.json --quick)
+  set_tests_properties(tokenizer_parity_${fixture} PROPERTIES TIMEOUT 300 LABELS "tokenizer;parity")
+endforeach()
