@@ -50,6 +50,14 @@ void validate(const ModelConfig& c) {
   require_config(c.rotary_scaling_factor == 1.0, c, "rotary_scaling_factor", c.rotary_scaling_factor,
                  "1 (YaRN scaling belongs to DeepSeek models; Llama 3.1 uses use_rope_scaling)");
   require_config(c.norm_epsilon > 0, c, "norm_epsilon", c.norm_epsilon, "> 0");
+  require_config(!c.rotary_interleaved, c, "rotary_interleaved", c.rotary_interleaved,
+                 "false (Llama rotates halves of each head)");
+  require_config(c.attention_dropout == 0.0, c, "attention_dropout", c.attention_dropout,
+                 "0 (dropout is not implemented; Llama pretraining uses none)");
+  require_config(c.hidden_dropout == 0.0, c, "hidden_dropout", c.hidden_dropout,
+                 "0 (dropout is not implemented; Llama pretraining uses none)");
+  require_config(c.vocab_size <= c.padded_vocab_size, c, "vocab_size", c.vocab_size,
+                 "<= padded_vocab_size (the embedding rows)");
 }
 
 // N(0, std^2) from CounterRng(seed, stream) into a host fp32 tensor, split over threads by

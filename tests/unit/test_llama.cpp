@@ -245,6 +245,9 @@ TEST(Llama, UnsupportedConfigsNameTheKey) {
   c = tiny_config();
   c.padded_vocab_size = 0;
   expect_key(c, "padded_vocab_size");
+  c = tiny_config();
+  c.hidden_dropout = 0.1;
+  expect_key(c, "hidden_dropout");
   LlamaModel m(tiny_config(), ctx);
   Batch b = make_batch(1, 4, 19, 1);
   b.labels.data<int32_t>()[2] = 19;
