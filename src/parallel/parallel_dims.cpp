@@ -1,0 +1,267 @@
+#include "parallel/parallel_dims.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+#include "core/strings.h"
+
+namespace primus::parallel {
+namespace {
+
+const std::vector<std::string> kDimNames = {"tp", "cp", "ep", "dp", "pp"};
+
+std::vector<std::string> split_dims(std::string_view text) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : text) {
+    if (c == '-') {
+      out.push_back(cur);
+      cur.clear();
+    } else {
+      cur.push_back(c);
+    }
+  }
+  out.push_back(cur);
+  return out;
+}
+
+}  // namespace
+
+ParallelDims ParallelDims::create(int world_size, const ParallelSizes& s) {
+  PRIMUS_CHECK(world_size >= 1, "parallel layout: world size {} must be at least 1", world_size);
+  auto positive = [](const char* key, int v) {
+    if (v < 1) fail("parallel layout: {}={} must be at least 1", key, v);
+  };
+  positive("tensor_model_parallel_size", s.tp);
+  positive("pipeline_model_parallel_size", s.pp);
+  positive("context_parallel_size", s.cp);
+  positive("expert_model_parallel_size", s.ep);
+  PRIMUS_CHECK(s.dp >= 0, "parallel layout: data parallel size {} must be >= 0 (0 = inferred)", s.dp);
+
+  ParallelDims d;
+  d.world_ = world_size;
+  d.tp_ = s.tp;
+  d.pp_ = s.pp;
+  d.cp_ = s.cp;
+  d.ep_ = s.ep;
+  const int64_t model_ranks = int64_t(s.tp) * s.cp * s.pp;
+  if (s.dp == 0) {
+    if (world_size % model_ranks != 0) {
+      fail("parallel layout: world size {} is not divisible by tensor_model_parallel_size {} x "
+           "context_parallel_size {} x pipeline_model_parallel_size {} = {}; choose sizes whose "
+           "product divides the number of processes (GPUS_PER_NODE x NNODES)",
+           world_size, s.tp, s.cp, s.pp, model_ranks);
+    }
+    d.dp_ = static_cast<int>(world_size / model_ranks);
+  } else {
+    d.dp_ = s.dp;
+    if (model_ranks * s.dp != world_size) {
+      fail("parallel layout: tp {} x cp {} x dp {} x pp {} = {} but the world has {} processes; "
+           "the product must equal the world size",
+           s.tp, s.cp, s.dp, s.pp, model_ranks * s.dp, world_size);
+    }
+  }
+  if ((int64_t(d.dp_) * d.cp_) % d.ep_ != 0) {
+    fail("parallel layout: expert_model_parallel_size {} must divide data parallel {} x context "
+         "parallel {} = {} (experts are spread over the data-parallel ranks)",
+         d.ep_, d.dp_, d.cp_, d.dp_ * d.cp_);
+  }
+  d.expert_dp_ = d.dp_ * d.cp_ / d.ep_;
+
+  // The order: known names, no repeats; dims missing from it must have size 1 and go last.
+  std::vector<std::string> order = split_dims(s.order);
+  for (const std::string& name : order) {
+    if (std::find(kDimNames.begin(), kDimNames.end(), name) == kDimNames.end()) {
+      fail("parallel layout: order '{}' has unknown dim '{}'{}; use names from tp, cp, ep, dp, pp "
+           "joined by '-' (default tp-cp-ep-dp-pp)",
+           s.order, name, did_you_mean(name, kDimNames));
+    }
+    if (std::count(order.begin(), order.end(), name) > 1)
+      fail("parallel layout: order '{}' names '{}' twice", s.order, name);
+  }
+  for (const std::string& name : kDimNames) {
+    if (std::find(order.begin(), order.end(), name) != order.end()) continue;
+    int size = name == "tp" ? d.tp_ : name == "cp" ? d.cp_ : name == "ep" ? d.ep_ : name == "dp" ? d.dp_ : d.pp_;
+    if (size != 1)
+      fail("parallel layout: order '{}' leaves out '{}' whose size is {}; add it to the order",
+           s.order, name, size);
+    order.push_back(name);
+  }
+  d.order_ = std::move(order);
+  return d;
+}
+
+std::vector<ParallelDims::Dim> ParallelDims::dense_grid() const {
+  std::vector<Dim> g;
+  for (const std::string& n : order_) {
+    int size = n == "tp" ? tp_ : n == "cp" ? cp_ : n == "ep" ? 1 : n == "dp" ? dp_ : pp_;
+    g.push_back({n, size});
+  }
+  return g;
+}
+
+std::vector<ParallelDims::Dim> ParallelDims::expert_grid() const {
+  std::vector<Dim> g;
+  for (const std::string& n : order_) {
+    if (n == "cp") g.push_back({"cp", 1});
+    else if (n == "ep") g.push_back({"ep", ep_});
+    else if (n == "dp") g.push_back({"expert_dp", expert_dp_});
+    else g.push_back({n, n == "tp" ? tp_ : pp_});
+  }
+  return g;
+}
+
+RankCoords ParallelDims::coords(int rank) const {
+  PRIMUS_CHECK(rank >= 0 && rank < world_, "parallel layout: rank {} is outside the world of {}",
+               rank, world_);
+  RankCoords c;
+  auto decompose = [rank](const std::vector<Dim>& grid, auto&& set) {
+    int r = rank;
+    for (const Dim& d : grid) {
+      set(d.name, r % d.size);
+      r /= d.size;
+    }
+  };
+  decompose(dense_grid(), [&](const std::string& n, int v) {
+    if (n == "tp") c.tp = v;
+    else if (n == "cp") c.cp = v;
+    else if (n == "dp") c.dp = v;
+    else if (n == "pp") c.pp = v;
+  });
+  decompose(expert_grid(), [&](const std::string& n, int v) {
+    if (n == "ep") c.ep = v;
+    else if (n == "expert_dp") c.expert_dp = v;
+  });
+  return c;
+}
+
+std::vector<std::vector<int>> ParallelDims::groups(std::string_view dims) const {
+  std::vector<std::string> wanted = split_dims(dims);
+  const bool expert = std::any_of(wanted.begin(), wanted.end(),
+                                  [](const std::string& n) { return n == "ep" || n == "expert_dp"; });
+  std::vector<Dim> grid = expert ? expert_grid() : dense_grid();
+  std::vector<std::string> names;
+  for (const Dim& d : grid) names.push_back(d.name);
+  for (const std::string& w : wanted) {
+    if (std::find(names.begin(), names.end(), w) == names.end() || (expert && (w == "cp" || w == "dp"))) {
+      fail("parallel groups: '{}' in '{}' is not a dim of the {} grid ({}){}", w, dims,
+           expert ? "expert" : "dense", expert ? "tp, ep, expert_dp, pp" : "tp, cp, ep, dp, pp",
+           did_you_mean(w, names));
+    }
+  }
+  std::vector<int> stride(grid.size());
+  int s = 1;
+  for (size_t i = 0; i < grid.size(); ++i) {
+    stride[i] = s;
+    s *= grid[i].size;
+  }
+  std::vector<size_t> in, out;  // grid indices inside / outside the group
+  for (size_t i = 0; i < grid.size(); ++i) {
+    bool sel = std::find(wanted.begin(), wanted.end(), grid[i].name) != wanted.end();
+    (sel ? in : out).push_back(i);
+  }
+  auto count = [&](const std::vector<size_t>& idx) {
+    int n = 1;
+    for (size_t i : idx) n *= grid[i].size;
+    return n;
+  };
+  // Rank offset of the combination `k` of the dims `idx`, first dim fastest.
+  auto offset = [&](const std::vector<size_t>& idx, int k) {
+    int off = 0;
+    for (size_t i : idx) {
+      off += (k % grid[i].size) * stride[i];
+      k /= grid[i].size;
+    }
+    return off;
+  };
+  std::vector<std::vector<int>> result;
+  for (int o = 0; o < count(out); ++o) {
+    std::vector<int> g;
+    for (int k = 0; k < count(in); ++k) g.push_back(offset(out, o) + offset(in, k));
+    result.push_back(std::move(g));
+  }
+  return result;
+}
+
+std::vector<int> ParallelDims::group_of(int rank, std::string_view dims) const {
+  for (std::vector<int>& g : groups(dims))
+    if (std::find(g.begin(), g.end(), rank) != g.end()) return g;
+  fail("parallel groups: rank {} is outside the world of {}", rank, world_);
+}
+
+void ParallelDims::check_model(const ModelConfig& m, const LayoutChecks& c) const {
+  std::vector<std::string> problems;
+  auto need = [&](bool ok, std::string msg) {
+    if (!ok) problems.push_back(std::move(msg));
+  };
+  if (m.num_attention_heads > 0)
+    need(m.num_attention_heads % tp_ == 0,
+         fmt::format("num_attention_heads {} is not divisible by tensor_model_parallel_size {}",
+                     m.num_attention_heads, tp_));
+  if (m.num_query_groups > 0)
+    need(m.num_query_groups % tp_ == 0,
+         fmt::format("num_query_groups {} is not divisible by tensor_model_parallel_size {}",
+                     m.num_query_groups, tp_));
+  if (m.ffn_hidden_size > 0)
+    need(m.ffn_hidden_size % tp_ == 0,
+         fmt::format("ffn_hidden_size {} is not divisible by tensor_model_parallel_size {}",
+                     m.ffn_hidden_size, tp_));
+  if (m.padded_vocab_size > 0)
+    need(m.padded_vocab_size % tp_ == 0,
+         fmt::format("padded vocabulary {} is not divisible by tensor_model_parallel_size {} (raise "
+                     "make_vocab_size_divisible_by to a multiple of {})",
+                     m.padded_vocab_size, tp_, tp_));
+  if (m.num_layers > 0) {
+    need(m.num_layers % pp_ == 0,
+         fmt::format("num_layers {} is not divisible by pipeline_model_parallel_size {}",
+                     m.num_layers, pp_));
+    if (c.num_layers_per_virtual_pipeline_stage > 0) {
+      need(pp_ > 1, "num_layers_per_virtual_pipeline_stage needs pipeline_model_parallel_size > 1");
+      int64_t per_stage = m.num_layers / pp_;
+      need(per_stage % c.num_layers_per_virtual_pipeline_stage == 0,
+           fmt::format("num_layers_per_virtual_pipeline_stage {} does not divide the {} layers of "
+                       "each pipeline stage (num_layers {} / pipeline_model_parallel_size {})",
+                       c.num_layers_per_virtual_pipeline_stage, per_stage, m.num_layers, pp_));
+    }
+  }
+  if (m.num_experts > 0) {
+    need(m.num_experts % ep_ == 0,
+         fmt::format("num_experts {} is not divisible by expert_model_parallel_size {}",
+                     m.num_experts, ep_));
+    if (m.moe_ffn_hidden_size > 0)
+      need(m.moe_ffn_hidden_size % tp_ == 0,
+           fmt::format("moe_ffn_hidden_size {} is not divisible by tensor_model_parallel_size {}",
+                       m.moe_ffn_hidden_size, tp_));
+  } else {
+    need(ep_ == 1, fmt::format("expert_model_parallel_size {} needs a MoE model (num_experts > 0)", ep_));
+  }
+  if (c.seq_length > 0) {
+    if (c.sequence_parallel)
+      need(c.seq_length % tp_ == 0,
+           fmt::format("sequence_parallel: seq_length {} is not divisible by "
+                       "tensor_model_parallel_size {}", c.seq_length, tp_));
+    if (cp_ > 1)
+      need(c.seq_length % (2 * cp_) == 0,
+           fmt::format("context parallel: seq_length {} is not divisible by 2 x "
+                       "context_parallel_size = {} (each rank holds two balanced chunks)",
+                       c.seq_length, 2 * cp_));
+  }
+  if (c.global_batch_size > 0 && c.micro_batch_size > 0)
+    need(c.global_batch_size % (c.micro_batch_size * dp_) == 0,
+         fmt::format("global_batch_size {} is not divisible by micro_batch_size {} x data parallel "
+                     "size {} = {}", c.global_batch_size, c.micro_batch_size, dp_,
+                     c.micro_batch_size * dp_));
+  if (problems.empty()) return;
+  std::string msg = fmt::format("parallel layout {} does not fit model '{}':", describe(), m.name);
+  for (const std::string& p : problems) msg += "\n  - " + p;
+  throw Error(msg);
+}
+
+std::string ParallelDims::describe() const {
+  std::string order;
+  for (const std::string& n : order_) order += (order.empty() ? "" : "-") + n;
+  return fmt::format("tp{} cp{} ep{} dp{} pp{} (world {}, order {})", tp_, cp_, ep_, dp_, pp_, world_,
+                     order);
+}
+
+}  // namespace primus::parallel

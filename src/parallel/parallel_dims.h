@@ -1,0 +1,97 @@
+// ParallelDims: how the world's ranks are laid out over tensor (tp), context (cp), expert
+// (ep), data (dp) and pipeline (pp) parallelism, in Megatron's rank order.
+//
+// The order string lists the dims fastest-varying first. With the default
+// "tp-cp-ep-dp-pp" a rank's coordinates are
+//     rank = tp_rank + tp * (cp_rank + cp * (dp_rank + dp * pp_rank))
+// so tensor-parallel peers are neighbours (one node, fastest links) and pipeline stages
+// are farthest apart. Example, world 16, tp2 pp4 (dp2):
+//     tp groups [0,1] [2,3] ...   dp groups [0,2] [1,3] [4,6] ...   pp groups [0,4,8,12] ...
+//
+// Experts follow Megatron's second grid over the same world: tp (= expert tp), ep,
+// expert-dp = world / (tp * ep * pp), pp, in the same order with cp removed. The
+// expert-parallel ranks are carved out of the dense grid's dp x cp ranks, so ep must
+// divide dp * cp.
+//
+// Everything here is arithmetic on integers: create() and check_model() run before any
+// communicator or tensor exists, so a bad layout fails before memory is allocated.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "model/model_config.h"
+
+namespace primus::parallel {
+
+struct ParallelSizes {
+  int tp = 1;  // tensor_model_parallel_size
+  int pp = 1;  // pipeline_model_parallel_size
+  int cp = 1;  // context_parallel_size
+  int ep = 1;  // expert_model_parallel_size
+  int dp = 0;  // 0: world / (tp * cp * pp)
+  std::string order = "tp-cp-ep-dp-pp";
+};
+
+// A rank's position in both grids.
+struct RankCoords {
+  int tp = 0, cp = 0, dp = 0, pp = 0;  // dense grid
+  int ep = 0, expert_dp = 0;           // expert grid (its tp and pp equal the dense ones)
+};
+
+// What the model must satisfy for a layout; zeros skip a check.
+struct LayoutChecks {
+  int64_t seq_length = 0;
+  bool sequence_parallel = false;
+  int64_t num_layers_per_virtual_pipeline_stage = 0;
+  int64_t global_batch_size = 0;
+  int64_t micro_batch_size = 0;
+};
+
+class ParallelDims {
+ public:
+  // Throws primus::Error naming the sizes and the world when the product does not match
+  // or the order string is malformed.
+  static ParallelDims create(int world_size, const ParallelSizes& sizes);
+
+  int world_size() const { return world_; }
+  int tp() const { return tp_; }
+  int pp() const { return pp_; }
+  int cp() const { return cp_; }
+  int ep() const { return ep_; }
+  int dp() const { return dp_; }
+  int expert_dp() const { return expert_dp_; }
+  // The order with every dim present, fastest first, e.g. {"tp","cp","ep","dp","pp"}.
+  const std::vector<std::string>& order() const { return order_; }
+
+  RankCoords coords(int rank) const;
+
+  // Every group of ranks that differ only along `dims` ("tp", "dp", "dp-cp", "tp-pp",
+  // "ep", "expert_dp", ...), each group listed with the first dim of the order fastest;
+  // a rank's index in its group is its rank in that group's communicator. Names from the
+  // expert grid (ep, expert_dp) may not be mixed with cp or dp.
+  std::vector<std::vector<int>> groups(std::string_view dims) const;
+  // The group of `dims` that holds `rank`.
+  std::vector<int> group_of(int rank, std::string_view dims) const;
+
+  // Divisibility of heads, query groups, FFN, vocabulary, layers, experts, sequence and
+  // batch by the layout; throws one error listing every violated rule with its fix.
+  void check_model(const ModelConfig& model, const LayoutChecks& checks = {}) const;
+
+  // "tp2 cp1 ep1 dp2 pp2 (world 8, order tp-cp-ep-dp-pp)"
+  std::string describe() const;
+
+ private:
+  struct Dim {
+    std::string name;
+    int size;
+  };
+  std::vector<Dim> dense_grid() const;
+  std::vector<Dim> expert_grid() const;
+
+  int world_ = 1, tp_ = 1, pp_ = 1, cp_ = 1, ep_ = 1, dp_ = 1, expert_dp_ = 1;
+  std::vector<std::string> order_;
+};
+
+}  // namespace primus::parallel

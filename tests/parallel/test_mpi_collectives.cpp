@@ -1,0 +1,329 @@
+// Multi-rank tests of the MPI communicator and everything built on it, run by ctest as
+// `mpirun -np 2` and `mpirun -np 4` (tests/parallel/tests.cmake). Every rank runs every
+// test in the same order; expected values are computed on each rank from the closed-form
+// inputs of all ranks (in double), never by another collective.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+
+#include "core/dtype.h"
+#include "parallel/distributed_optimizer_shards.h"
+#include "parallel/grad_buckets.h"
+#include "parallel/mpi_communicator.h"
+#include "parallel/parallel_dims.h"
+#include "parallel/process_groups.h"
+
+using namespace primus;
+using namespace primus::parallel;
+
+namespace {
+
+// The communicator lives in main(); tests reach it through this accessor.
+Communicator*& world_slot() {
+  static Communicator* w = nullptr;
+  return w;
+}
+Communicator& world() { return *world_slot(); }
+
+// Rank r's input element i: small halves and integers so that fp32 sums are exact.
+float input(int r, int64_t i) { return static_cast<float>((r + 1) * 0.5 + (i % 13) - 6); }
+
+Tensor make_input(int r, int64_t n, DType dt) {
+  std::vector<float> v(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) v[i] = input(r, i);
+  return Tensor::from_floats(v, {n}, dt);
+}
+
+double reference(ReduceOp op, int64_t i, int size) {
+  double acc = op == ReduceOp::Max ? -1e30 : 0.0;
+  for (int r = 0; r < size; ++r) acc = op == ReduceOp::Max ? std::max<double>(acc, input(r, i)) : acc + input(r, i);
+  return op == ReduceOp::Avg ? acc / size : acc;
+}
+
+}  // namespace
+
+TEST(MpiCollectives, AllReduceFp32AndBf16UnevenSizes) {
+  const int n = world().size(), me = world().rank();
+  for (DType dt : {DType::F32, DType::BF16}) {
+    for (int64_t len : {int64_t(1), int64_t(7), int64_t(1000), int64_t(65537)}) {
+      for (ReduceOp op : {ReduceOp::Sum, ReduceOp::Avg, ReduceOp::Max}) {
+        Tensor t = make_input(me, len, dt);
+        world().all_reduce(t, op);
+        std::vector<float> got = t.to_float_vector();
+        for (int64_t i = 0; i < len; ++i) {
+          double want = reference(op, i, n);
+          // bf16 keeps 8 significant bits: halves up to |x| < 128 are exact, so sums are
+          // exact here; the average of 4 ranks can need 2 more bits -> round once.
+          double tol = dt == DType::F32 ? 0.0 : std::abs(want) / 128.0;
+          ASSERT_NEAR(got[i], want, tol) << dtype_name(dt) << " len " << len << " op "
+                                         << reduce_op_name(op) << " i " << i;
+        }
+      }
+    }
+  }
+}
+
+TEST(MpiCollectives, Bf16SumRoundsLikeFp32ThenBf16) {
+  // Values that are not exact in a bf16 sum: 1 + 2^-8 on every rank.
+  const int n = world().size();
+  Tensor t = Tensor::from_floats({1.00390625f, 3.0f}, {2}, DType::BF16);  // 1+2^-8 rounds to 1 in bf16
+  world().all_reduce(t, ReduceOp::Sum);
+  std::vector<float> got = t.to_float_vector();
+  EXPECT_EQ(got[0], static_cast<float>(n));  // bf16(1+2^-8) == 1
+  EXPECT_EQ(got[1], 3.0f * n);
+}
+
+TEST(MpiCollectives, ReduceScatterOutOfPlaceAndInPlace) {
+  const int n = world().size(), me = world().rank();
+  for (DType dt : {DType::F32, DType::BF16}) {
+    for (int64_t m : {int64_t(1), int64_t(3), int64_t(1001)}) {
+      Tensor in = make_input(me, m * n, dt);
+      Tensor out = Tensor::zeros({m}, dt);
+      world().reduce_scatter(out, in, ReduceOp::Sum);
+      std::vector<float> got = out.to_float_vector();
+      for (int64_t k = 0; k < m; ++k)
+        ASSERT_EQ(got[k], reference(ReduceOp::Sum, me * m + k, n)) << dtype_name(dt) << " m " << m;
+
+      // in place: the output is this rank's own slot of the input (distributed optimizer)
+      Tensor buf = make_input(me, m * n, dt);
+      Tensor slot = buf.rows(me * m, (me + 1) * m);
+      world().reduce_scatter(slot, buf, ReduceOp::Avg);
+      got = slot.to_float_vector();
+      for (int64_t k = 0; k < m; ++k)
+        ASSERT_NEAR(got[k], reference(ReduceOp::Avg, me * m + k, n),
+                    dt == DType::F32 ? 1e-6 : 0.05)
+            << "in place " << dtype_name(dt) << " m " << m;
+    }
+  }
+}
+
+TEST(MpiCollectives, AllGatherOutOfPlaceAndInPlace) {
+  const int n = world().size(), me = world().rank();
+  for (DType dt : {DType::F32, DType::BF16}) {
+    for (int64_t m : {int64_t(1), int64_t(5), int64_t(999)}) {
+      Tensor in = make_input(me, m, dt);
+      Tensor out = Tensor::zeros({m * n}, dt);
+      world().all_gather(out, in);
+      Tensor buf = Tensor::zeros({m * n}, dt);
+      Tensor slot = buf.rows(me * m, (me + 1) * m);
+      slot.copy_from(make_input(me, m, dt));
+      world().all_gather(buf, slot);
+      std::vector<float> a = out.to_float_vector(), b = buf.to_float_vector();
+      for (int r = 0; r < n; ++r)
+        for (int64_t k = 0; k < m; ++k) {
+          ASSERT_EQ(a[r * m + k], input(r, k));
+          ASSERT_EQ(b[r * m + k], input(r, k));
+        }
+    }
+  }
+  // an overlap that is not this rank's slot is refused before anything is sent
+  Tensor buf = Tensor::zeros({4 * n}, DType::F32);
+  Tensor wrong = buf.rows(1, 5);
+  if (n > 1) EXPECT_THROW(world().all_gather(buf, wrong), Error);
+}
+
+TEST(MpiCollectives, BroadcastFromEveryRoot) {
+  const int n = world().size(), me = world().rank();
+  for (int root = 0; root < n; ++root) {
+    Tensor t = make_input(me, 33, DType::BF16);
+    world().broadcast(t, root);
+    std::vector<float> got = t.to_float_vector();
+    for (int64_t i = 0; i < 33; ++i) ASSERT_EQ(got[i], input(root, i));
+  }
+}
+
+TEST(MpiCollectives, SendRecvAroundARing) {
+  const int n = world().size(), me = world().rank();
+  Tensor mine = make_input(me, 17, DType::F32);
+  Tensor from_prev = Tensor::zeros({17}, DType::F32);
+  CommHandle r = world().recv_async(from_prev, (me + n - 1) % n);
+  CommHandle s = world().send_async(mine, (me + 1) % n);
+  s->wait();
+  r->wait();
+  std::vector<float> got = from_prev.to_float_vector();
+  for (int64_t i = 0; i < 17; ++i) ASSERT_EQ(got[i], input((me + n - 1) % n, i));
+  EXPECT_THROW(world().send(mine, me), Error);
+}
+
+TEST(MpiCollectives, AsyncHandlesCompleteInAnyWaitOrder) {
+  const int n = world().size(), me = world().rank();
+  Tensor a = make_input(me, 4096, DType::F32), b = make_input(me + 1, 4096, DType::F32);
+  CommHandle ha = world().all_reduce_async(a, ReduceOp::Sum);
+  CommHandle hb = world().all_reduce_async(b, ReduceOp::Max);
+  hb->wait();
+  ha->wait();
+  EXPECT_TRUE(ha->test());
+  EXPECT_EQ(a.to_float_vector()[100], reference(ReduceOp::Sum, 100, n));
+  EXPECT_EQ(b.to_float_vector()[5], input(n, 5));  // max over ranks of input(r+1, .) is rank n-1's
+  EXPECT_DOUBLE_EQ(world().all_reduce_value(me + 1.0), n * (n + 1) / 2.0);
+  EXPECT_DOUBLE_EQ(world().all_reduce_value(me, ReduceOp::Max), n - 1.0);
+  world().barrier();
+}
+
+TEST(MpiCollectives, SplitIntoEvenAndOddRanks) {
+  const int n = world().size(), me = world().rank();
+  auto sub = world().split(me % 2, -me, "parity");  // key -me: reversed order inside
+  ASSERT_NE(sub, nullptr);
+  const int members = (n + 1 - me % 2) / 2;
+  EXPECT_EQ(sub->size(), members);
+  EXPECT_EQ(sub->name(), "parity");
+  EXPECT_EQ(sub->world_rank(), me);
+  Tensor t = Tensor::from_floats({static_cast<float>(me)}, {1});
+  sub->all_reduce(t, ReduceOp::Sum);
+  double want = 0;
+  for (int r = me % 2; r < n; r += 2) want += r;
+  EXPECT_EQ(t.to_float_vector()[0], want);
+  // highest world rank first
+  Tensor ranks = Tensor::zeros({sub->size()}, DType::F32);
+  sub->all_gather(ranks, Tensor::from_floats({static_cast<float>(me)}, {1}));
+  std::vector<float> order = ranks.to_float_vector();
+  for (size_t k = 1; k < order.size(); ++k) EXPECT_GT(order[k - 1], order[k]);
+  auto none = world().split(me == 0 ? -1 : 1, 0, "not rank 0");
+  EXPECT_EQ(none == nullptr, me == 0);
+}
+
+TEST(MpiCollectives, ProcessGroupsMatchTheLayoutOnPaper) {
+  const int n = world().size();
+  ParallelSizes sizes;
+  sizes.tp = n >= 4 ? 2 : 1;
+  sizes.pp = n >= 4 ? 2 : 1;  // world 4: tp2 pp2 dp1; world 2: dp2
+  ParallelDims dims = ParallelDims::create(n, sizes);
+  ProcessGroups groups(world(), dims);
+  struct Kind {
+    const char* dims;
+    Communicator& comm;
+  };
+  for (Kind k : {Kind{"tp", groups.tp()}, Kind{"dp", groups.dp()}, Kind{"pp", groups.pp()},
+                 Kind{"dp-cp", groups.dp_cp()}, Kind{"tp-pp", groups.mp()}, Kind{"ep", groups.ep()},
+                 Kind{"expert_dp", groups.expert_dp()}}) {
+    std::vector<int> expected = dims.group_of(world().rank(), k.dims);
+    Tensor got = Tensor::zeros({k.comm.size()}, DType::F32);
+    k.comm.all_gather(got, Tensor::from_floats({static_cast<float>(world().rank())}, {1}));
+    std::vector<float> members = got.to_float_vector();
+    ASSERT_EQ(members.size(), expected.size()) << k.dims;
+    for (size_t i = 0; i < expected.size(); ++i) EXPECT_EQ(members[i], expected[i]) << k.dims;
+  }
+  EXPECT_EQ(groups.pp().rank(), groups.coords().pp);
+  EXPECT_EQ(groups.tp().rank(), groups.coords().tp);
+}
+
+namespace {
+std::vector<ParamSpec> model_params() {
+  // in backward order: head first; sizes are not multiples of anything
+  return {{"head", {37, 11}}, {"layer1.w", {64, 3}}, {"layer1.norm", {5}},
+          {"layer0.w", {100, 9}}, {"embed", {50, 7}}};
+}
+// Rank r's gradient element e of param p.
+float grad_value(int r, size_t p, int64_t e) {
+  return static_cast<float>(std::sin(0.37 * e + 1.3 * p) * (r + 1) + 0.125 * r);
+}
+double grad_mean(size_t p, int64_t e, int n) {
+  double s = 0;
+  for (int r = 0; r < n; ++r) s += grad_value(r, p, e);
+  return s / n;
+}
+}  // namespace
+
+TEST(MpiGradBuckets, BucketedAllReduceEqualsTheReferenceMean) {
+  const int n = world().size(), me = world().rank();
+  for (bool overlap : {false, true}) {
+    GradBucketOptions o;
+    o.bucket_size_bytes = 300 * 4;  // several buckets
+    o.overlap_grad_reduce = overlap;
+    GradBuckets g(model_params(), world(), o);
+    ASSERT_GE(g.layout().buckets().size(), 3u);
+    for (int step = 0; step < 2; ++step) {
+      g.zero();
+      for (size_t p = 0; p < g.layout().params().size(); ++p) {
+        Tensor t = g.grad(p);
+        float* d = t.data<float>();
+        for (int64_t e = 0; e < t.numel(); ++e) d[e] += grad_value(me, p, e);
+        g.mark_ready(p);  // as backward would, in backward order
+      }
+      EXPECT_EQ(g.buckets_started_early(), overlap ? static_cast<int>(g.layout().buckets().size()) : 0);
+      g.finish();
+      for (size_t p = 0; p < g.layout().params().size(); ++p) {
+        std::vector<float> got = g.grad(p).to_float_vector();
+        for (int64_t e = 0; e < static_cast<int64_t>(got.size()); ++e)
+          ASSERT_NEAR(got[e], grad_mean(p, e, n), 1e-5) << "param " << p << " overlap " << overlap;
+      }
+    }
+  }
+}
+
+TEST(MpiGradBuckets, DistributedOptimizerStepEqualsTheFullUpdate) {
+  // SGD on shards: reduce-scatter grads, update own pieces, all-gather params. Must equal
+  // w - lr * mean(grad) on every rank, for fp32 and bf16 parameter buffers.
+  const int n = world().size(), me = world().rank();
+  const float lr = 0.25f;
+  auto w0 = [](size_t p, int64_t e) { return static_cast<float>(0.01 * e - 0.5 * p); };
+  for (DType pdt : {DType::F32, DType::BF16}) {
+    GradBucketOptions o;
+    o.bucket_size_bytes = 400 * 4;
+    o.reduce = GradReduce::ReduceScatter;
+    o.overlap_grad_reduce = true;
+    GradBuckets g(model_params(), world(), o);
+    const FlatLayout& L = g.layout();
+    DistributedOptimizerShards shards(L, me);
+    // parameters in a flat buffer of the same layout; fp32 masters for owned pieces only
+    Tensor params = Tensor::zeros({L.total_numel()}, pdt);
+    std::vector<float> init(static_cast<size_t>(L.total_numel()), 0.f);
+    for (size_t p = 0; p < L.params().size(); ++p)
+      for (int64_t e = 0; e < L.params()[p].numel; ++e) init[L.params()[p].offset + e] = w0(p, e);
+    params.copy_from(Tensor::from_floats(init, {L.total_numel()}, pdt));
+
+    g.zero();
+    for (size_t p = 0; p < L.params().size(); ++p) {
+      float* d = g.grad(p).data<float>();
+      for (int64_t e = 0; e < L.params()[p].numel; ++e) d[e] = grad_value(me, p, e);
+      g.mark_ready(p);
+    }
+    g.finish();
+    for (const auto& piece : shards.pieces()) {
+      std::vector<float> gr = shards.piece_view(g.flat(), piece).to_float_vector();
+      Tensor pv = shards.piece_view(params, piece);
+      std::vector<float> w(gr.size());
+      for (size_t k = 0; k < gr.size(); ++k) w[k] = w0(piece.param, piece.param_offset + k) - lr * gr[k];
+      pv.copy_from(Tensor::from_floats(w, {piece.numel}, pdt));
+    }
+    shards.all_gather_params(world(), params);
+    for (size_t p = 0; p < L.params().size(); ++p) {
+      std::vector<float> got = L.param_view(params, p).to_float_vector();
+      for (int64_t e = 0; e < L.params()[p].numel; ++e) {
+        double want = w0(p, e) - lr * grad_mean(p, e, n);
+        double tol = pdt == DType::F32 ? 1e-5 : std::abs(want) / 128.0 + 1e-6;
+        ASSERT_NEAR(got[e], want, tol) << dtype_name(pdt) << " param " << p << " e " << e;
+      }
+    }
+    EXPECT_GT(shards.owned_numel(), 0);
+  }
+}
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  auto comm = make_mpi_world_communicator(comm_options_from_env());
+  world_slot() = comm.get();
+  if (comm->rank() != 0) {
+    // Other ranks print failures only, prefixed by their rank.
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+    struct FailurePrinter : ::testing::EmptyTestEventListener {
+      int rank;
+      explicit FailurePrinter(int r) : rank(r) {}
+      void OnTestPartResult(const ::testing::TestPartResult& r) override {
+        if (r.failed())
+          std::fprintf(stderr, "[rank %d] %s:%d: %s\n", rank, r.file_name() ? r.file_name() : "?",
+                       r.line_number(), r.message());
+      }
+    };
+    listeners.Append(new FailurePrinter(comm->rank()));
+  }
+  int rc = RUN_ALL_TESTS();
+  const double worst = comm->all_reduce_value(rc, ReduceOp::Max);
+  if (comm->rank() == 0)
+    std::printf("[mpi] %d ranks: %s\n", comm->size(), worst == 0 ? "all ranks passed" : "a rank failed");
+  world_slot() = nullptr;
+  comm.reset();
+  return worst == 0 ? 0 : 1;
+}

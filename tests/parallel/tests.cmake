@@ -1,0 +1,41 @@
+# Multi-rank tests of src/parallel: real MPI processes (Open MPI, oversubscribed on the
+# CI's 2 cores), the launcher scripts, and failure behaviour. Included by tests/CMakeLists.txt.
+set(PRIMUS_PARALLEL_TEST_DIR ${CMAKE_CURRENT_LIST_DIR})
+
+# launch_probe stands in for `primus train` in the launcher tests (also tests/slurm).
+add_executable(primus_launch_probe ${PRIMUS_PARALLEL_TEST_DIR}/launch_probe.cpp)
+target_link_libraries(primus_launch_probe PRIVATE primus_lib)
+set_target_properties(primus_launch_probe PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
+
+if(MPI_C_FOUND)
+  add_executable(primus_mpi_tests ${PRIMUS_PARALLEL_TEST_DIR}/test_mpi_collectives.cpp)
+  target_link_libraries(primus_mpi_tests PRIVATE primus_lib GTest::gtest)
+  set_target_properties(primus_mpi_tests PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
+  add_executable(primus_mpi_failure_probe ${PRIMUS_PARALLEL_TEST_DIR}/mpi_failure_probe.cpp)
+  target_link_libraries(primus_mpi_failure_probe PRIVATE primus_lib)
+  set_target_properties(primus_mpi_failure_probe PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
+
+  # CI runs as root in a container: Open MPI refuses root unless told twice.
+  set(PRIMUS_MPI_TEST_ENV OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+      OMPI_MCA_rmaps_base_oversubscribe=1 PRIMUS_COMM_TIMEOUT_S=60)
+  foreach(np 2 4)
+    add_test(NAME parallel.mpi_collectives_np${np}
+             COMMAND ${MPIEXEC_EXECUTABLE} -np ${np} --oversubscribe --bind-to none
+                     $<TARGET_FILE:primus_mpi_tests>)
+    set_tests_properties(parallel.mpi_collectives_np${np} PROPERTIES
+      ENVIRONMENT "${PRIMUS_MPI_TEST_ENV}" TIMEOUT 180 PROCESSORS 2 RESOURCE_LOCK primus_mpi)
+  endforeach()
+
+  add_test(NAME parallel.rank_failures
+           COMMAND bash ${PRIMUS_PARALLEL_TEST_DIR}/run_failure_tests.sh
+                   $<TARGET_FILE:primus_mpi_failure_probe> ${MPIEXEC_EXECUTABLE})
+  set_tests_properties(parallel.rank_failures PROPERTIES
+    ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"
+    TIMEOUT 180 PROCESSORS 2 RESOURCE_LOCK primus_mpi)
+
+  add_test(NAME parallel.run_pretrain_launcher
+           COMMAND bash ${PRIMUS_PARALLEL_TEST_DIR}/test_run_pretrain.sh $<TARGET_FILE:primus_launch_probe>)
+  set_tests_properties(parallel.run_pretrain_launcher PROPERTIES
+    ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"
+    TIMEOUT 180 PROCESSORS 2 RESOURCE_LOCK primus_mpi)
+endif()

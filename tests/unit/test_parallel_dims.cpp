@@ -1,0 +1,177 @@
+// ParallelDims: layouts checked on paper (no MPI). Expected groups are written out by
+// hand from Megatron's documented example (16 GPUs, tp2 pp4 -> dp2) and from the rank
+// formula rank = tp + TP*(cp + CP*(dp + DP*pp)), not from the code under test.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <set>
+
+#include "core/error.h"
+#include "parallel/parallel_dims.h"
+
+using namespace primus;
+using namespace primus::parallel;
+using Groups = std::vector<std::vector<int>>;
+
+namespace {
+ParallelDims dims(int world, int tp, int pp, int cp = 1, int ep = 1, int dp = 0,
+                  std::string order = "tp-cp-ep-dp-pp") {
+  ParallelSizes s;
+  s.tp = tp;
+  s.pp = pp;
+  s.cp = cp;
+  s.ep = ep;
+  s.dp = dp;
+  s.order = order;
+  return ParallelDims::create(world, s);
+}
+
+std::string error_of(auto&& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+}  // namespace
+
+TEST(ParallelDims, MegatronDocumentedExample16Gpus) {
+  // Megatron's initialize_model_parallel docstring: 16 GPUs, tp 2, pp 4.
+  ParallelDims d = dims(16, 2, 4);
+  EXPECT_EQ(d.dp(), 2);
+  EXPECT_EQ(d.groups("tp"), (Groups{{0, 1}, {2, 3}, {4, 5}, {6, 7}, {8, 9}, {10, 11}, {12, 13}, {14, 15}}));
+  EXPECT_EQ(d.groups("dp"), (Groups{{0, 2}, {1, 3}, {4, 6}, {5, 7}, {8, 10}, {9, 11}, {12, 14}, {13, 15}}));
+  EXPECT_EQ(d.groups("pp"), (Groups{{0, 4, 8, 12}, {1, 5, 9, 13}, {2, 6, 10, 14}, {3, 7, 11, 15}}));
+}
+
+TEST(ParallelDims, World8Tp2Pp2Dp2) {
+  ParallelDims d = dims(8, 2, 2);
+  EXPECT_EQ(d.dp(), 2);
+  EXPECT_EQ(d.groups("tp"), (Groups{{0, 1}, {2, 3}, {4, 5}, {6, 7}}));
+  EXPECT_EQ(d.groups("dp"), (Groups{{0, 2}, {1, 3}, {4, 6}, {5, 7}}));
+  EXPECT_EQ(d.groups("pp"), (Groups{{0, 4}, {1, 5}, {2, 6}, {3, 7}}));
+  // model parallel = tp x pp: the ranks sharing one data-parallel replica index
+  EXPECT_EQ(d.groups("tp-pp"), (Groups{{0, 1, 4, 5}, {2, 3, 6, 7}}));
+  RankCoords c = d.coords(7);  // 7 = 1 + 2*(1 + 2*1)
+  EXPECT_EQ(c.tp, 1);
+  EXPECT_EQ(c.dp, 1);
+  EXPECT_EQ(c.pp, 1);
+  EXPECT_EQ(d.group_of(5, "dp"), (std::vector<int>{5, 7}));
+  EXPECT_EQ(d.describe(), "tp2 cp1 ep1 dp2 pp2 (world 8, order tp-cp-ep-dp-pp)");
+}
+
+TEST(ParallelDims, ContextParallelSitsBetweenTpAndDp) {
+  // world 8, tp2 cp2 -> dp2: rank = tp + 2*cp + 4*dp
+  ParallelDims d = dims(8, 2, 1, 2);
+  EXPECT_EQ(d.dp(), 2);
+  EXPECT_EQ(d.groups("cp"), (Groups{{0, 2}, {1, 3}, {4, 6}, {5, 7}}));
+  EXPECT_EQ(d.groups("dp"), (Groups{{0, 4}, {1, 5}, {2, 6}, {3, 7}}));
+  // gradients reduce over dp x cp: cp fastest inside the group
+  EXPECT_EQ(d.groups("dp-cp"), (Groups{{0, 2, 4, 6}, {1, 3, 5, 7}}));
+}
+
+TEST(ParallelDims, ExpertGridCarvesEpOutOfDp) {
+  // world 8, tp1 pp1 -> dp8; ep4: expert grid rank = ep + 4*expert_dp
+  ParallelDims d = dims(8, 1, 1, 1, 4);
+  EXPECT_EQ(d.expert_dp(), 2);
+  EXPECT_EQ(d.groups("ep"), (Groups{{0, 1, 2, 3}, {4, 5, 6, 7}}));
+  EXPECT_EQ(d.groups("expert_dp"), (Groups{{0, 4}, {1, 5}, {2, 6}, {3, 7}}));
+  EXPECT_EQ(d.coords(6).ep, 2);
+  EXPECT_EQ(d.coords(6).expert_dp, 1);
+  // with tp2: expert rank = tp + 2*(ep + 2*edp), world 8 tp2 ep2 -> edp 2
+  ParallelDims e = dims(8, 2, 1, 1, 2);
+  EXPECT_EQ(e.groups("ep"), (Groups{{0, 2}, {1, 3}, {4, 6}, {5, 7}}));
+  EXPECT_EQ(e.groups("expert_dp"), (Groups{{0, 4}, {1, 5}, {2, 6}, {3, 7}}));
+}
+
+TEST(ParallelDims, OtherOrderPutsPpBeforeDp) {
+  // order tp-pp-dp: rank = tp + 2*pp + 4*dp
+  ParallelDims d = dims(8, 2, 2, 1, 1, 0, "tp-pp-dp");
+  EXPECT_EQ(d.groups("pp"), (Groups{{0, 2}, {1, 3}, {4, 6}, {5, 7}}));
+  EXPECT_EQ(d.groups("dp"), (Groups{{0, 4}, {1, 5}, {2, 6}, {3, 7}}));
+}
+
+TEST(ParallelDims, GroupsPartitionTheWorldAndVaryOnlyTheirDims) {
+  ParallelDims d = dims(24, 2, 3, 2);  // dp 2
+  for (const char* kind : {"tp", "cp", "dp", "pp", "dp-cp", "tp-pp"}) {
+    std::set<int> seen;
+    for (const auto& g : d.groups(kind)) {
+      for (int r : g) EXPECT_TRUE(seen.insert(r).second) << kind << " rank " << r << " twice";
+      // coordinates outside the group's dims are equal within a group
+      RankCoords a = d.coords(g[0]);
+      for (int r : g) {
+        RankCoords b = d.coords(r);
+        std::string k = kind;
+        if (k.find("tp") == std::string::npos) EXPECT_EQ(a.tp, b.tp) << kind;
+        if (k.find("cp") == std::string::npos) EXPECT_EQ(a.cp, b.cp) << kind;
+        if (k.find("dp") == std::string::npos) EXPECT_EQ(a.dp, b.dp) << kind;
+        if (k.find("pp") == std::string::npos) EXPECT_EQ(a.pp, b.pp) << kind;
+      }
+    }
+    EXPECT_EQ(seen.size(), 24u) << kind;
+  }
+  for (int r = 0; r < 24; ++r) {
+    RankCoords c = d.coords(r);
+    EXPECT_EQ(c.tp + 2 * (c.cp + 2 * (c.dp + 2 * c.pp)), r);
+    EXPECT_EQ(d.group_of(r, "tp")[c.tp], r);  // index in group == coordinate
+    EXPECT_EQ(d.group_of(r, "pp")[c.pp], r);
+  }
+}
+
+TEST(ParallelDims, BadLayoutsFailWithReadableMessages) {
+  std::string m = error_of([] { dims(6, 4, 1); });
+  EXPECT_NE(m.find("world size 6 is not divisible"), std::string::npos) << m;
+  EXPECT_NE(m.find("tensor_model_parallel_size 4"), std::string::npos) << m;
+  m = error_of([] { dims(8, 2, 2, 1, 1, 4); });
+  EXPECT_NE(m.find("= 16 but the world has 8"), std::string::npos) << m;
+  m = error_of([] { dims(8, 1, 1, 1, 3); });
+  EXPECT_NE(m.find("expert_model_parallel_size 3 must divide"), std::string::npos) << m;
+  m = error_of([] { dims(8, 2, 1, 1, 1, 0, "tp-dq-pp"); });
+  EXPECT_NE(m.find("unknown dim 'dq'"), std::string::npos) << m;
+  m = error_of([] { dims(8, 2, 2, 1, 1, 0, "tp-dp"); });
+  EXPECT_NE(m.find("leaves out 'pp' whose size is 2"), std::string::npos) << m;
+  m = error_of([] { dims(8, 0, 1); });
+  EXPECT_NE(m.find("tensor_model_parallel_size=0"), std::string::npos) << m;
+  EXPECT_THROW(dims(8, 2, 2).groups("tp-xp"), Error);
+  EXPECT_THROW(dims(8, 2, 2).groups("ep-dp"), Error);
+}
+
+TEST(ParallelDims, ModelChecksListEveryViolation) {
+  ModelConfig m;
+  m.name = "tiny";
+  m.num_layers = 6;
+  m.num_attention_heads = 6;
+  m.num_query_groups = 2;
+  m.ffn_hidden_size = 96;
+  m.padded_vocab_size = 1000;
+  ParallelDims ok = dims(8, 2, 2);
+  LayoutChecks c;
+  c.seq_length = 64;
+  c.sequence_parallel = true;
+  c.global_batch_size = 8;
+  c.micro_batch_size = 2;
+  EXPECT_NO_THROW(ok.check_model(m, c));
+
+  ParallelDims bad = dims(16, 4, 4);  // tp4: heads 6, groups 2, vocab 1000 fail; pp4: 6 layers fail
+  std::string msg = error_of([&] { bad.check_model(m, c); });
+  EXPECT_NE(msg.find("num_attention_heads 6 is not divisible by tensor_model_parallel_size 4"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("num_query_groups 2"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("padded vocabulary 1000"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("num_layers 6 is not divisible by pipeline_model_parallel_size 4"), std::string::npos) << msg;
+  EXPECT_EQ(msg.find("global_batch_size"), std::string::npos) << msg;  // 8 % (2 x dp 1) == 0
+
+  LayoutChecks c2 = c;
+  c2.global_batch_size = 6;                      // 6 % (2 x dp 2) != 0
+  c2.num_layers_per_virtual_pipeline_stage = 2;  // 6 layers / pp 2 = 3 per stage
+  c2.seq_length = 63;                            // not divisible by tp 2 under sequence_parallel
+  msg = error_of([&] { ok.check_model(m, c2); });
+  EXPECT_NE(msg.find("global_batch_size 6 is not divisible by micro_batch_size 2 x data parallel size 2"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("num_layers_per_virtual_pipeline_stage 2 does not divide the 3 layers"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("seq_length 63"), std::string::npos) << msg;
+
+  ModelConfig moe = m;
+  moe.num_experts = 6;
+  EXPECT_THROW(dims(8, 1, 1, 1, 4).check_model(moe), Error);  // 6 experts over ep 4
+  EXPECT_THROW(dims(8, 1, 1, 1, 2).check_model(m), Error);    // ep 2 on a dense model
+}
