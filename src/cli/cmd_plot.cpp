@@ -16,14 +16,19 @@ int cmd_plot(int argc, char** argv) {
                "plot"};
   std::string run, output = "loss.png", title, loss_name = "lm loss";
   int width = 1200, height = 900;
-  app.add_option("--run", run, "run directory (tensorboard_dir), metrics.jsonl or events.out.tfevents.* file")
-      ->required();
+  // Checked after parsing (not ->required()) so a misspelt option is reported as such first.
+  app.add_option("--run", run, "run directory (tensorboard_dir), metrics.jsonl or events.out.tfevents.* file (required)");
   app.add_option("--output,-o", output, "PNG file to write")->capture_default_str();
   app.add_option("--title", title, "title above the panels (default: the run's directory name)");
   app.add_option("--loss", loss_name, "loss to plot, as logged")->capture_default_str();
   app.add_option("--width", width, "image width in pixels")->capture_default_str();
   app.add_option("--height", height, "image height in pixels")->capture_default_str();
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+  if (run.empty()) {
+    fmt::print(stderr, "primus plot: --run is required (the experiment directory, its tensorboard/ directory, a "
+                       "metrics.jsonl or an event file)\nRun 'primus plot --help' for the options.\n");
+    return 2;
+  }
 
   const train::RunCurves curves = train::load_run_curves(run, loss_name);
   if (title.empty()) {

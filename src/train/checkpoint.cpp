@@ -290,13 +290,21 @@ void CheckpointWriter::wait() {
   }
 }
 
+std::optional<SaveResult> CheckpointWriter::last_result() const {
+  std::lock_guard<std::mutex> lock(result_mutex_);
+  return last_result_;
+}
+
 void CheckpointWriter::save(const CheckpointContent& content) {
   wait();  // at most one save in flight
   const auto t0 = std::chrono::steady_clock::now();
   if (!options_.async) {
     SaveResult r = write_checkpoint(save_dir_, content, options_.keep_last);
     r.snapshot_seconds = 0;
-    last_result_ = r;
+    {
+      std::lock_guard<std::mutex> lock(result_mutex_);
+      last_result_ = r;
+    }
     if (options_.on_saved) options_.on_saved(r);
     return;
   }
@@ -315,7 +323,10 @@ void CheckpointWriter::save(const CheckpointContent& content) {
     try {
       SaveResult r = write_checkpoint(save_dir_, *snap, options_.keep_last);
       r.snapshot_seconds = snapshot_s;
-      last_result_ = r;
+      {
+        std::lock_guard<std::mutex> lock(result_mutex_);
+        last_result_ = r;
+      }
       if (options_.on_saved) options_.on_saved(r);
     } catch (...) {
       worker_error_ = std::current_exception();

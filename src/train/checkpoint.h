@@ -19,7 +19,8 @@
 //   4. only then replace the tracker: temp file + fsync + rename + fsync `<save>`.
 // A kill -9 at any point leaves the tracker naming a complete directory.
 //
-// Async save: save() snapshots every tensor to host memory on the calling thread (the
+// One writer per save directory: in a multi-rank run, rank 0 saves (the others pass their
+// state to it or skip). Async save: save() snapshots every tensor to host memory on the calling thread (the
 // only part training waits for), then writes on a background thread. At most one save is
 // in flight: the next save() (or wait(), or the destructor) waits for the previous one.
 #pragma once
@@ -29,6 +30,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
@@ -85,8 +87,10 @@ class CheckpointWriter {
   void save(const CheckpointContent& content);
   // Blocks until no save is in flight; rethrows the error of a failed background save.
   void wait();
+  // A save was started and not yet waited for (its thread may have finished already).
   bool in_flight() const { return worker_.joinable(); }
-  const std::optional<SaveResult>& last_result() const { return last_result_; }
+  // The last save that completed (safe to call while a save is in flight).
+  std::optional<SaveResult> last_result() const;
   const std::string& save_dir() const { return save_dir_; }
 
  private:
@@ -94,6 +98,7 @@ class CheckpointWriter {
   CheckpointWriterOptions options_;
   std::thread worker_;
   std::exception_ptr worker_error_;
+  mutable std::mutex result_mutex_;
   std::optional<SaveResult> last_result_;
 };
 
