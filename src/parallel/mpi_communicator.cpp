@@ -2,6 +2,9 @@
 
 #ifdef PRIMUS_WITH_MPI
 
+// Only the C API: Open MPI's deprecated C++ bindings would need libmpi_cxx at link time.
+#define OMPI_SKIP_MPICXX 1
+#define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
 #include <climits>
