@@ -90,14 +90,25 @@ bool is_complete(const fs::path& dir) {
   }
 }
 
-NamedTensorList snapshot_to_host(const NamedTensorList& tensors) {
-  NamedTensorList host;
-  host.reserve(tensors.size());
-  for (const auto& [name, t] : tensors) {
-    PRIMUS_CHECK(t.defined(), "checkpoint: tensor '{}' is undefined", name);
-    host.emplace_back(name, t.to(Device::CPU));  // a copy even on CPU: training keeps mutating the original
+// Copies `tensors` to host memory. The copies go into `staging` when it has the same names,
+// shapes and dtypes (the previous save's buffers: touching fresh pages costs more than the
+// copy itself), otherwise into new buffers that become the staging for next time. The
+// caller guarantees no write of the previous snapshot is still running.
+NamedTensorList snapshot_to_host(const NamedTensorList& tensors, NamedTensorList& staging) {
+  bool reusable = staging.size() == tensors.size();
+  for (size_t i = 0; reusable && i < tensors.size(); ++i)
+    reusable = staging[i].first == tensors[i].first && staging[i].second.shape() == tensors[i].second.shape() &&
+               staging[i].second.dtype() == tensors[i].second.dtype();
+  if (!reusable) {
+    staging.clear();
+    for (const auto& [name, t] : tensors) {
+      PRIMUS_CHECK(t.defined(), "checkpoint: tensor '{}' is undefined", name);
+      staging.emplace_back(name, Tensor::empty(t.shape(), t.dtype(), Device::CPU));
+    }
   }
-  return host;
+  // A copy even for CPU tensors: training keeps mutating the originals.
+  for (size_t i = 0; i < tensors.size(); ++i) staging[i].second.copy_from(tensors[i].second);
+  return staging;
 }
 
 // Removes what killed saves left behind. Complete checkpoints are never touched; a trash
@@ -313,8 +324,8 @@ void CheckpointWriter::save(const CheckpointContent& content) {
   snap->iteration = content.iteration;
   snap->consumed_train_samples = content.consumed_train_samples;
   snap->consumed_valid_samples = content.consumed_valid_samples;
-  snap->model = snapshot_to_host(content.model);
-  snap->optimizer = snapshot_to_host(content.optimizer);
+  snap->model = snapshot_to_host(content.model, staging_model_);
+  snap->optimizer = snapshot_to_host(content.optimizer, staging_optimizer_);
   snap->rng = content.rng;
   snap->config = content.config;
   snap->extra = content.extra;

@@ -20,9 +20,13 @@
 // A kill -9 at any point leaves the tracker naming a complete directory.
 //
 // One writer per save directory: in a multi-rank run, rank 0 saves (the others pass their
-// state to it or skip). Async save: save() snapshots every tensor to host memory on the calling thread (the
-// only part training waits for), then writes on a background thread. At most one save is
-// in flight: the next save() (or wait(), or the destructor) waits for the previous one.
+// state to it or skip).
+//
+// Async save: save() snapshots every tensor to host memory on the calling thread (the only
+// part training waits for), then writes on a background thread. At most one save is in
+// flight: the next save() (or wait(), or the destructor) waits for the previous one. The
+// host buffers are kept and reused by the next save with the same tensors (one host copy
+// of model + optimizer stays allocated while the writer lives).
 #pragma once
 
 #include <chrono>
@@ -99,6 +103,8 @@ class CheckpointWriter {
   std::thread worker_;
   std::exception_ptr worker_error_;
   mutable std::mutex result_mutex_;
+  // Host buffers of the last async snapshot, reused when the next one has the same tensors.
+  NamedTensorList staging_model_, staging_optimizer_;
   std::optional<SaveResult> last_result_;
 };
 
