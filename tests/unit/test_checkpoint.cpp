@@ -319,9 +319,13 @@ TEST(Checkpoint, CorruptOrMismatchedFilesGiveClearErrors) {
 // of the previous kill.
 TEST(Checkpoint, SurvivesSigkillAtRandomMoments) {
   const fs::path dir = fresh_dir("ckpt_kill");
+  // Kill moments spread over ~3 save durations of this machine, so rounds land both
+  // between saves (the tracker advances) and inside them (debris is left).
+  const auto t0 = std::chrono::steady_clock::now();
   CheckpointWriter(dir.string()).save(make_content(1, 4));
+  const auto save_us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
   std::mt19937 gen(20240611);
-  std::uniform_int_distribution<int> delay_us(0, 400000);  // a save here takes ~50-150 ms
+  std::uniform_int_distribution<int64_t> delay_us(0, 3 * save_us.count() + 20000);
   constexpr int kRounds = 24;
   int advanced = 0, killed_mid_save = 0;
   int64_t last = 1;
