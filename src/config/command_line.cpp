@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <charconv>
 
+#include "config/schema.h"
 #include "core/error.h"
 #include "core/strings.h"
 
@@ -41,7 +42,7 @@ PositionalArgs split_positional(const std::vector<std::string>& args, const std:
         for (const auto& m : modes) expected += m + "|";
         expected += "key=value";
       }
-      throw Error(fmt::format("{}: unexpected argument '{}'{}: expected {}", command, a, did_you_mean(a, modes), expected));
+      throw Error(fmt::format("{}: unexpected argument '{}'{}: expected {}", command, a, suggest(a, modes), expected));
     }
   }
   return out;

@@ -32,7 +32,7 @@ Config::Config() {
 const Entry& Config::entry(const std::string& key) const {
   auto it = entries_.find(key);
   if (it == entries_.end())
-    throw Error(fmt::format("config key '{}' is not in the schema{}", key, did_you_mean(key, schema().keys())));
+    throw Error(fmt::format("config key '{}' is not in the schema{}", key, suggest(key, schema().keys())));
   return it->second;
 }
 
@@ -159,7 +159,7 @@ Config from_json(const nlohmann::json& j) {
       src = Source{sources[key].value("file", std::string("config JSON")), sources[key].value("line", 0)};
     if (!schema().find(key))
       throw Error(fmt::format("config JSON: unknown key '{}' (from {}){}", key, src.str(),
-                              did_you_mean(key, schema().keys())));
+                              suggest(key, schema().keys())));
     c.set(key, value, src);
   }
   return c;

@@ -69,7 +69,7 @@ std::string describe_schema(const std::string& group) {
     out += "\n";
   }
   if (!any) {
-    out = fmt::format("no config group '{}'{}; groups:", group, did_you_mean(group, schema().groups()));
+    out = fmt::format("no config group '{}'{}; groups:", group, suggest(group, schema().groups()));
     for (const auto& g : schema().groups()) out += fmt::format(" '{}'", g);
     out += "\n";
   }

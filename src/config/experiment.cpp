@@ -13,6 +13,7 @@
 #include <filesystem>
 
 #include "config/config.h"
+#include "config/describe.h"
 #include "config/option_layer.h"
 #include "config/yaml_values.h"
 #include "core/error.h"
@@ -72,7 +73,7 @@ std::string resolve_preset(const std::string& name, const std::string& what, con
   if (fs::exists(beside)) return beside.lexically_normal().string();
   throw Error(fmt::format("{}: {} file '{}' not found (looked for {} and {}){}", where.str(), what, name,
                           in_configs.lexically_normal().string(), beside.lexically_normal().string(),
-                          did_you_mean(name, yaml_files_in(preset_dir))));
+                          suggest(name, yaml_files_in(preset_dir))));
 }
 
 void apply_layer(Config& cfg, const Layer& layer) {
@@ -119,7 +120,7 @@ Config load_experiment(const std::string& path, const LoadOptions& options) {
                                    ? fmt::format(": '{}' is a trainer option; put it under modules: pre_trainer: "
                                                  "overrides:",
                                                  e.key)
-                                   : did_you_mean(e.key, kTopLevelKeys);
+                                   : suggest(e.key, kTopLevelKeys);
       throw Error(fmt::format("{}: unknown experiment key '{}'{} (an experiment has {})", e.source.str(), e.key, hint,
                               "work_group, user_name, exp_name, workspace, platform, modules"));
     }
@@ -143,7 +144,7 @@ Config load_experiment(const std::string& path, const LoadOptions& options) {
   for (const MapEntry& k : kinds)
     if (std::find(kModuleKinds.begin(), kModuleKinds.end(), k.key) == kModuleKinds.end())
       throw Error(fmt::format("{}: unknown module '{}'{} (supported: pre_trainer, post_trainer)", k.source.str(), k.key,
-                              did_you_mean(k.key, kModuleKinds)));
+                              suggest(k.key, kModuleKinds)));
   if (kinds.size() > 1)
     throw Error(fmt::format("{}: one module per experiment is supported; found {} and {}", kinds[1].source.str(),
                             kinds[0].key, kinds[1].key));
@@ -170,7 +171,7 @@ Config load_experiment(const std::string& path, const LoadOptions& options) {
     } else {
       const std::string hint = schema().find(e.key)
                                    ? fmt::format(": '{}' is a trainer option; put it under `overrides:`", e.key)
-                                   : did_you_mean(e.key, kModuleKeys);
+                                   : suggest(e.key, kModuleKeys);
       throw Error(fmt::format("{}: unknown key '{}' in `{}`{} (a module has framework, config, model, overrides)",
                               e.source.str(), e.key, module.key, hint));
     }
@@ -190,6 +191,9 @@ Config load_experiment(const std::string& path, const LoadOptions& options) {
   cfg.module_config_path = resolve_preset(config_name, "module config", configs / "modules" / cfg.framework, path,
                                           config_source);
   cfg.model_config_path = resolve_preset(model_name, "model", configs / "models" / cfg.framework, path, model_source);
+  // Relative to the working directory when under it: shorter sources in messages.
+  cfg.module_config_path = display_path(cfg.module_config_path);
+  cfg.model_config_path = display_path(cfg.model_config_path);
   cfg.model_name = fs::path(cfg.model_config_path).stem().string();
 
   // Lowest to highest precedence.

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 
+#include "config/schema.h"
 #include "core/error.h"
 #include "core/strings.h"
 
@@ -53,7 +54,7 @@ void load_recursive(const std::string& path, const EnvLookup& env, std::vector<s
         for (const auto& f : fs::directory_iterator(fs::path(path).parent_path(), ec))
           siblings.push_back(f.path().filename().string());
         throw Error(fmt::format("{}: `extends` names '{}', which does not exist ({}){}", where.str(), name,
-                                parent_path.lexically_normal().string(), did_you_mean(name, siblings)));
+                                parent_path.lexically_normal().string(), suggest(name, siblings)));
       }
       load_recursive(parent_path.lexically_normal().string(), env, stack, out);
     }

@@ -99,7 +99,7 @@ const OptionSpec* Schema::find(const std::string& key) const {
 const OptionSpec& Schema::at(const std::string& key, const Source& where) const {
   if (const OptionSpec* spec = find(key)) return *spec;
   throw Error(fmt::format("{}: unknown config key '{}'{} (`primus config --list` shows every key)", where.str(),
-                          key, did_you_mean(key, keys())));
+                          key, suggest(key, keys())));
 }
 
 std::vector<std::string> Schema::keys() const {
@@ -158,7 +158,7 @@ nlohmann::json Schema::coerce(const OptionSpec& spec, const nlohmann::json& valu
       const std::string s = value.is_string() ? value.get<std::string>() : (text.empty() ? format_value(value) : text);
       if (std::find(spec.choices.begin(), spec.choices.end(), s) == spec.choices.end())
         throw Error(fmt::format("{}: '{}' = '{}' is not allowed: expected {}{}", where.str(), spec.key, s,
-                                spec.type_name(), did_you_mean(s, spec.choices)));
+                                spec.type_name(), suggest(s, spec.choices)));
       return s;
     }
     case Type::StringList: {
@@ -208,6 +208,28 @@ nlohmann::json Schema::coerce(const OptionSpec& spec, const nlohmann::json& valu
     throw Error(fmt::format("{}: '{}' = {} is out of range: expected {}", where.str(), spec.key, format_value(out),
                             spec.range_text()));
   return out;
+}
+
+std::string suggest(const std::string& word, const std::vector<std::string>& candidates) {
+  std::string best;
+  size_t best_d = SIZE_MAX;
+  for (const auto& c : candidates) {
+    const size_t d = edit_distance(word, c);
+    if (d < best_d) {
+      best_d = d;
+      best = c;
+    }
+  }
+  if (!best.empty() && best_d <= std::max<size_t>(2, word.size() / 4)) return ", did you mean '" + best + "'?";
+  std::string containing, contained;
+  for (const auto& c : candidates) {
+    if (word.size() >= 4 && c.find(word) != std::string::npos && (containing.empty() || c.size() < containing.size()))
+      containing = c;
+    if (c.size() >= 4 && word.find(c) != std::string::npos && c.size() > contained.size()) contained = c;
+  }
+  if (!containing.empty()) return ", did you mean '" + containing + "'?";
+  if (!contained.empty()) return ", did you mean '" + contained + "'?";
+  return "";
 }
 
 const Schema& schema() {

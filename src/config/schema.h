@@ -72,6 +72,11 @@ class Schema {
 // The one schema (built once, immutable).
 const Schema& schema();
 
+// ", did you mean 'x'?" or "": the closest candidate by edit distance when it is a
+// plausible typo, else the shortest candidate containing `word` (or the longest one
+// contained in it, at least 4 characters long).
+std::string suggest(const std::string& word, const std::vector<std::string>& candidates);
+
 // A value as it reads in a config file: strings bare, null as "null", floats shortest.
 std::string format_value(const nlohmann::json& value);
 

@@ -73,7 +73,7 @@ void validate(Config& cfg) {
                                          cfg.source("pipeline_model_parallel_size").str(), cp,
                                          cfg.source("context_parallel_size").str());
   if (world % model_ranks != 0) {
-    ck.require(false, fmt::format("world size {} (WORLD_SIZE / --world-size) is not a multiple of {} = {}: the "
+    ck.require(false, fmt::format("world size {} (from --world-size, WORLD_SIZE or the default 1) is not a multiple of {} = {}: the "
                                   "data-parallel size would not be whole; change the world size or the layout",
                                   world, layout, model_ranks));
   } else {
