@@ -306,3 +306,30 @@ TEST(ConfigSchema, EveryModelConfigFieldHasAKey) {
   const Config tp2 = load_fixture("valid.yaml", {"tensor_model_parallel_size=2"}, {}, 2);
   EXPECT_EQ(model_config(tp2).padded_vocab_size, 1008);  // next multiple of 8 x 2
 }
+
+TEST(Config, SeedExampleLoadsThroughTheApi) {
+  const std::string seed = std::string(PRIMUS_SOURCE_DIR) + "/examples/megatron/llama3.1_8B-pretrain.yaml";
+  LoadOptions o;
+  o.configs_dir = std::string(PRIMUS_SOURCE_DIR) + "/configs";
+  o.env = env_of({{"PRIMUS_USER", "bob"}});
+  o.world_size = 4;  // tensor 2 x pipeline 2
+  const Config cfg = load_experiment(seed, o);
+  EXPECT_EQ(cfg.work_group, "amd");
+  EXPECT_EQ(cfg.user_name, "bob");
+  EXPECT_EQ(cfg.data_parallel_size, 1);
+  EXPECT_EQ(cfg.i("global_batch_size"), 512);
+  EXPECT_EQ(cfg.s("cross_entropy_fusion_impl"), "te");
+  EXPECT_EQ(cfg.list("train_data_path"),
+            (std::vector<std::string>{"/data/primus_data/fineweb/llama3.1/fineweb_text_document"}));
+  EXPECT_TRUE(cfg.b("use_rope_scaling"));  // from the model chain
+  EXPECT_THAT(cfg.source("use_rope_scaling").file, HasSubstr("llama3.1_8B.yaml"));
+  EXPECT_EQ(cfg.i("num_layers"), 32);
+  EXPECT_THAT(cfg.source("num_layers").file, HasSubstr("llama3_8B.yaml"));
+  EXPECT_THAT(cfg.source("seed").file, HasSubstr("trainer_base.yaml"));
+  const primus::ModelConfig m = model_config(cfg);
+  EXPECT_EQ(m.name, "llama3.1_8B");
+  EXPECT_DOUBLE_EQ(m.rope_scaling_factor, 8.0);
+  EXPECT_DOUBLE_EQ(m.rotary_base, 500000.0);
+  EXPECT_EQ(m.original_max_position_embeddings, 8192);
+  EXPECT_EQ(m.padded_vocab_size, 128256);
+}
