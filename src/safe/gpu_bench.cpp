@@ -139,9 +139,9 @@ int run_attention_bench(const AttentionBenchOptions& o) {
   if (!gpu_ready("bench attention")) return kNoGpuExitCode;
   cuda::CudaBackend be(0);
   std::vector<nlohmann::json> rows;
-  std::vector<cuda::FlashConfig> configs = {cuda::FlashConfig{}};
-  if (o.all_configs) configs = {{4, 64}, {8, 64}, {4, 32}, {8, 32}};
   for (const AttentionShape& s : o.shapes) {
+    const std::vector<cuda::FlashConfig> configs =
+        o.all_configs ? cuda::flash_configs(s.head_dim) : std::vector<cuda::FlashConfig>{cuda::FlashConfig{}};
     const Shape sq{s.batch, s.seq, s.heads, s.head_dim}, sk{s.batch, s.seq, s.kv_heads, s.head_dim},
         sl{s.batch, s.heads, s.seq};
     Tensor q = random_tensor(be, sq, DType::BF16, 1), k = random_tensor(be, sk, DType::BF16, 2),
@@ -166,7 +166,8 @@ int run_attention_bench(const AttentionBenchOptions& o) {
                       {"KV", s.kv_heads},
                       {"D", s.head_dim},
                       {"causal", s.causal},
-                      {"kernel", fmt::format("flash w{} r{}", cfg.fwd_warps, cfg.bwd_rows)},
+                      {"kernel", fmt::format("flash fw{} fr{} bw{} br{}", cfg.fwd_warps, cfg.fwd_rows, cfg.bwd_warps,
+                                             cfg.bwd_rows)},
                       {"fwd_us", fwd.median_us},
                       {"fwd_tflops", f_fwd / (fwd.median_us * 1e6)},
                       {"bwd_us", bwd.median_us},

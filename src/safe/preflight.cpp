@@ -185,7 +185,7 @@ int run_preflight(const PreflightOptions& o) {
                        d.index, d.name, d.sm_major, d.sm_minor, d.multiprocessors, d.total_memory / 1073741824.0,
                        d.free_memory / 1073741824.0, d.l2_cache_bytes / 1e6, d.peak_bf16_tflops, pcie_link(d.index)));
   }
-  r.line(fmt::format("- driver {}.{}, CUDA runtime {}.{}, cuBLASLt {}", devs[0].driver_version / 1000,
+  r.line(fmt::format("- CUDA driver API {}.{}, CUDA runtime {}.{}, cuBLASLt {}", devs[0].driver_version / 1000,
                      devs[0].driver_version % 1000 / 10, devs[0].runtime_version / 1000,
                      devs[0].runtime_version % 1000 / 10, cuda::GemmEngine::cublaslt_version()));
   r.line("");

@@ -22,13 +22,17 @@ struct Case {
   bool causal;
 };
 
-void run_case(const Case& cs, cuda::AttentionKernel kernel, const char* name, DType dt, std::mt19937_64& rng) {
+struct Variant {
+  cuda::AttentionKernel kernel;
+  cuda::FlashConfig flash;
+  std::string name;
+};
+
+// The CPU reference once per shape, then every variant against it.
+void run_case(const Case& cs, const std::vector<Variant>& variants, DType dt, std::mt19937_64& rng) {
   ops::Context g = ops::Context::cuda(0), c = ops::Context::cpu();
   auto* be = cuda::as_cuda_backend(g.backend());
   ASSERT_NE(be, nullptr);
-  be->set_attention_kernel(kernel);
-  const std::string tag = fmt::format("{} {} B={} T={} Hq={} Hkv={} D={}/{} causal={}", name, dtype_name(dt), cs.B,
-                                      cs.T, cs.Hq, cs.Hkv, cs.D, cs.Dv, cs.causal);
   const Shape sq{cs.B, cs.T, cs.Hq, cs.D}, sk{cs.B, cs.T, cs.Hkv, cs.D}, sv{cs.B, cs.T, cs.Hkv, cs.Dv},
       so{cs.B, cs.T, cs.Hq, cs.Dv}, sl{cs.B, cs.Hq, cs.T};
   const auto q = randn(rng, static_cast<size_t>(shape_numel(sq))), k = randn(rng, static_cast<size_t>(shape_numel(sk))),
@@ -38,27 +42,40 @@ void run_case(const Case& cs, cuda::AttentionKernel kernel, const char* name, DT
   Tensor cq = cpu_f32(q, sq), ck = cpu_f32(k, sk), cv = cpu_f32(v, sv);
   Tensor cout_ = Tensor::zeros(so, DType::F32), clse = Tensor::zeros(sl, DType::F32);
   ops::attention_forward(c, cout_, clse, cq, ck, cv, scale, cs.causal);
-
-  Tensor gq = gpu(q, sq, dt), gk = gpu(k, sk, dt), gv = gpu(v, sv, dt);
-  Tensor gout = Tensor::empty(so, dt, Device::CUDA), glse = Tensor::empty(sl, DType::F32, Device::CUDA);
-  poison(g, gout);
-  poison(g, glse);
-  ops::attention_forward(g, gout, glse, gq, gk, gv, scale, cs.causal);
-  expect_close("attention_forward out " + tag, gout, cout_, 1e-2);
-  expect_close("attention_forward lse " + tag, glse, clse, 1e-4);
-
-  // Backward from the CPU's own forward results (same out/lse for both).
+  // Backward from the CPU's own forward results.
   Tensor cdq = Tensor::zeros(sq, DType::F32), cdk = Tensor::zeros(sk, DType::F32), cdv = Tensor::zeros(sv, DType::F32);
   ops::attention_backward(c, cdq, cdk, cdv, cpu_f32(dout, so), cq, ck, cv, cout_, clse, scale, cs.causal);
-  Tensor gdq = Tensor::empty(sq, dt, Device::CUDA), gdk = Tensor::empty(sk, dt, Device::CUDA),
-         gdv = Tensor::empty(sv, dt, Device::CUDA);
-  poison(g, gdq);
-  poison(g, gdk);
-  poison(g, gdv);
-  ops::attention_backward(g, gdq, gdk, gdv, gpu(dout, so, dt), gq, gk, gv, gout, glse, scale, cs.causal);
-  expect_close("attention_backward dq " + tag, gdq, cdq, 2e-2);
-  expect_close("attention_backward dk " + tag, gdk, cdk, 2e-2);
-  expect_close("attention_backward dv " + tag, gdv, cdv, 2e-2);
+
+  Tensor gq = gpu(q, sq, dt), gk = gpu(k, sk, dt), gv = gpu(v, sv, dt), gdo = gpu(dout, so, dt);
+  for (const Variant& var : variants) {
+    be->set_attention_kernel(var.kernel);
+    be->set_flash_config(var.flash);
+    const std::string tag = fmt::format("{} {} B={} T={} Hq={} Hkv={} D={}/{} causal={}", var.name, dtype_name(dt),
+                                        cs.B, cs.T, cs.Hq, cs.Hkv, cs.D, cs.Dv, cs.causal);
+    Tensor gout = Tensor::empty(so, dt, Device::CUDA), glse = Tensor::empty(sl, DType::F32, Device::CUDA);
+    poison(g, gout);
+    poison(g, glse);
+    ops::attention_forward(g, gout, glse, gq, gk, gv, scale, cs.causal);
+    expect_close("attention_forward out " + tag, gout, cout_, 1e-2);
+    expect_close("attention_forward lse " + tag, glse, clse, 1e-4);
+    Tensor gdq = Tensor::empty(sq, dt, Device::CUDA), gdk = Tensor::empty(sk, dt, Device::CUDA),
+           gdv = Tensor::empty(sv, dt, Device::CUDA);
+    poison(g, gdq);
+    poison(g, gdk);
+    poison(g, gdv);
+    ops::attention_backward(g, gdq, gdk, gdv, gdo, gq, gk, gv, gout, glse, scale, cs.causal);
+    expect_close("attention_backward dq " + tag, gdq, cdq, 2e-2);
+    expect_close("attention_backward dk " + tag, gdk, cdk, 2e-2);
+    expect_close("attention_backward dv " + tag, gdv, cdv, 2e-2);
+  }
+}
+
+std::vector<Variant> flash_variants(int64_t D) {
+  std::vector<Variant> out;
+  for (const auto& f : cuda::flash_configs(D))
+    out.push_back({cuda::AttentionKernel::Flash, f,
+                   fmt::format("flash[fw{} fr{} bw{} br{}]", f.fwd_warps, f.fwd_rows, f.bwd_warps, f.bwd_rows)});
+  return out;
 }
 
 TEST(CudaAttention, FlashMatchesCpu) {
@@ -67,10 +84,10 @@ TEST(CudaAttention, FlashMatchesCpu) {
   for (const Case cs : {Case{2, 128, 4, 2, 64, 64, true}, Case{1, 200, 4, 1, 128, 128, true},
                         Case{2, 77, 2, 2, 64, 64, false}, Case{1, 300, 2, 1, 128, 128, false},
                         Case{1, 1000, 8, 2, 64, 64, true}, Case{1, 64, 1, 1, 128, 128, true},
-                        Case{1, 5, 2, 2, 64, 64, true}}) {
-    run_case(cs, cuda::AttentionKernel::Flash, "flash", DType::BF16, rng);
+                        Case{1, 5, 2, 2, 64, 64, true}, Case{2, 333, 6, 3, 64, 64, true}}) {
+    run_case(cs, flash_variants(cs.D), DType::BF16, rng);
   }
-  run_case(Case{1, 190, 4, 2, 128, 128, true}, cuda::AttentionKernel::Flash, "flash", DType::F16, rng);
+  run_case(Case{1, 190, 4, 2, 128, 128, true}, flash_variants(128), DType::F16, rng);
 }
 
 TEST(CudaAttention, SimpleKernelMatchesCpu) {
@@ -78,9 +95,9 @@ TEST(CudaAttention, SimpleKernelMatchesCpu) {
   auto rng = gputest::fresh_rng();
   for (const Case cs : {Case{2, 70, 4, 2, 64, 64, true}, Case{1, 50, 2, 1, 96, 64, true},
                         Case{1, 33, 2, 2, 192, 128, false}}) {
-    run_case(cs, cuda::AttentionKernel::Simple, "simple", DType::BF16, rng);
+    run_case(cs, {{cuda::AttentionKernel::Simple, {}, "simple"}}, DType::BF16, rng);
   }
-  run_case(Case{1, 40, 2, 1, 64, 64, true}, cuda::AttentionKernel::Simple, "simple", DType::F32, rng);
+  run_case(Case{1, 40, 2, 1, 64, 64, true}, {{cuda::AttentionKernel::Simple, {}, "simple"}}, DType::F32, rng);
 }
 
 // Flash and simple kernels agree with each other at a training-sized shape the CPU would be
@@ -107,13 +124,17 @@ TEST(CudaAttention, FlashMatchesSimpleAtLlamaShape) {
   Tensor o2 = mk(sq, DType::BF16), l2 = mk(sl, DType::F32), dq2 = mk(sq, DType::BF16), dk2 = mk(sk, DType::BF16),
          dv2 = mk(sk, DType::BF16);
   run(cuda::AttentionKernel::Simple, o1, l1, dq1, dk1, dv1);
-  for (Tensor* t : {&o2, &l2, &dq2, &dk2, &dv2}) poison(g, *t);
-  run(cuda::AttentionKernel::Flash, o2, l2, dq2, dk2, dv2);
-  expect_close("flash vs simple out T=2048", o2, o1, 1e-2);
-  expect_close("flash vs simple lse T=2048", l2, l1, 1e-4);
-  expect_close("flash vs simple dq T=2048", dq2, dq1, 2e-2);
-  expect_close("flash vs simple dk T=2048", dk2, dk1, 2e-2);
-  expect_close("flash vs simple dv T=2048", dv2, dv1, 2e-2);
+  for (const auto& f : cuda::flash_configs(D)) {
+    be->set_flash_config(f);
+    for (Tensor* t : {&o2, &l2, &dq2, &dk2, &dv2}) poison(g, *t);
+    run(cuda::AttentionKernel::Flash, o2, l2, dq2, dk2, dv2);
+    const std::string tag = fmt::format("[fw{} fr{} bw{} br{}] T=2048", f.fwd_warps, f.fwd_rows, f.bwd_warps, f.bwd_rows);
+    expect_close("flash vs simple out " + tag, o2, o1, 1e-2);
+    expect_close("flash vs simple lse " + tag, l2, l1, 1e-4);
+    expect_close("flash vs simple dq " + tag, dq2, dq1, 2e-2);
+    expect_close("flash vs simple dk " + tag, dk2, dk1, 2e-2);
+    expect_close("flash vs simple dv " + tag, dv2, dv1, 2e-2);
+  }
 }
 
 }  // namespace

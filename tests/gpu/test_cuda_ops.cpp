@@ -198,7 +198,8 @@ TEST(CudaRope, RopeAndQkvSplit) {
   struct Case {
     int64_t B, T, Hq, Hkv, D, R;
   };
-  for (const Case cs : {Case{2, 33, 4, 2, 64, 64}, Case{1, 17, 3, 1, 128, 64}, Case{2, 100, 8, 8, 64, 32}}) {
+  for (const Case cs : {Case{2, 33, 4, 2, 64, 64}, Case{1, 17, 3, 1, 128, 64}, Case{2, 100, 8, 8, 64, 32},
+                        Case{1, 9, 2, 1, 64, 20}}) {
     const std::string tag = fmt::format("B={} T={} Hq={} Hkv={} D={} R={}", cs.B, cs.T, cs.Hq, cs.Hkv, cs.D, cs.R);
     auto [cosv, sinv] = rope_tables(cs.T, cs.R);
     Tensor ccos = cpu_f32(cosv, {cs.T, cs.R / 2}), csin = cpu_f32(sinv, {cs.T, cs.R / 2});

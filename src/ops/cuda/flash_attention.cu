@@ -29,6 +29,13 @@ namespace {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 
+// 2^x on the special-function unit (MUFU.EX2, ~2 ulp; 2^-inf = 0), without exp2f's extra range code.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 // Copies rows [row0, row0 + ROWS) of a (T, stride) matrix (D columns from `base`) into a
 // swizzled [ROWS][D] tile; rows >= T are zero-filled.
 template <typename T, int D, int ROWS, int NT>
@@ -43,11 +50,11 @@ __device__ __forceinline__ void load_tile_async(T* tile, const T* base, int64_t 
   }
 }
 
-template <typename T, int D, int NW>
+template <typename T, int D, int NW, int RW>
 __global__ void __launch_bounds__(NW * 32)
     flash_fwd_kernel(T* __restrict__ out, float* __restrict__ lse, const T* __restrict__ q, const T* __restrict__ k,
                      const T* __restrict__ v, int T_, int Hq, int Hkv, float scale_log2, bool causal) {
-  constexpr int BR = NW * 16, BC = 64, NT = NW * 32;
+  constexpr int BR = NW * 16 * RW, BC = 64, NT = NW * 32;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + BR * D;      // [2][BC][D]
@@ -71,13 +78,18 @@ __global__ void __launch_bounds__(NW * 32)
   load_tile_async<T, D, BC, NT>(sV, vbase, kv_stride, 0, T_);
   cp_async_commit();
 
-  uint32_t qf[D / 16][4];
-  float o[D / 8][4];
+  // Warp w owns rows [warp_row0, warp_row0 + 16*RW): m-tile r covers rows 16r + g and 16r + g + 8.
+  uint32_t qf[RW][D / 16][4];
+  float o[RW][D / 8][4];
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  const int warp_row0 = q0 + warp * 16;
-  const int row_g = warp_row0 + (lane >> 2);  // this thread's rows: row_g and row_g + 8
+  for (int r = 0; r < RW; ++r)
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) o[r][i][0] = o[r][i][1] = o[r][i][2] = o[r][i][3] = 0.f;
+  float m[RW][2], l[RW][2];  // running max (scaled, log2 units) and per-thread partial sums
+#pragma unroll
+  for (int r = 0; r < RW; ++r) m[r][0] = m[r][1] = -INFINITY, l[r][0] = l[r][1] = 0.f;
+  const int warp_row0 = q0 + warp * 16 * RW;
+  const int row_g = warp_row0 + (lane >> 2);
 
   for (int jt = 0; jt < n_tiles; ++jt) {
     const int buf = jt & 1;
@@ -90,85 +102,108 @@ __global__ void __launch_bounds__(NW * 32)
     __syncthreads();
     if (jt == 0) {
 #pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk)
-        ldsm_x4(qf[kk], smem_u32(sQ + swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8)));
+      for (int r = 0; r < RW; ++r)
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk)
+          ldsm_x4(qf[r][kk],
+                  smem_u32(sQ + swz<D>(warp * 16 * RW + r * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8)));
     }
     const int kv0 = jt * BC;
     // Causal: a tile whose first key is after this warp's last query contributes nothing.
-    if (!(causal && kv0 > warp_row0 + 15)) {
+    if (!(causal && kv0 > warp_row0 + 16 * RW - 1)) {
       const T* Ks = sK + buf * BC * D;
       const T* Vs = sV + buf * BC * D;
-      float s[BC / 8][4];
+      float s[RW][BC / 8][4];
 #pragma unroll
-      for (int i = 0; i < BC / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+      for (int r = 0; r < RW; ++r)
+#pragma unroll
+        for (int i = 0; i < BC / 8; ++i) s[r][i][0] = s[r][i][1] = s[r][i][2] = s[r][i][3] = 0.f;
+      // S = Q K^T: each K fragment feeds all RW m-tiles of the warp.
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
         for (int p = 0; p < BC / 16; ++p) {
           uint32_t bf[4];
           ldsm_x4(bf, smem_u32(Ks + swz<D>(p * 16 + (lane & 7) + ((lane >> 4) << 3), kk * 16 + ((lane >> 3) & 1) * 8)));
-          mma_16816<T>(s[2 * p], qf[kk], bf[0], bf[1]);
-          mma_16816<T>(s[2 * p + 1], qf[kk], bf[2], bf[3]);
+#pragma unroll
+          for (int r = 0; r < RW; ++r) {
+            mma_16816<T>(s[r][2 * p], qf[r][kk], bf[0], bf[1]);
+            mma_16816<T>(s[r][2 * p + 1], qf[r][kk], bf[2], bf[3]);
+          }
         }
       }
       const bool need_mask = (kv0 + BC > T_) || (causal && kv0 + BC - 1 > warp_row0);
+      if (need_mask) {
 #pragma unroll
-      for (int nt = 0; nt < BC / 8; ++nt) {
+        for (int r = 0; r < RW; ++r)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = s[nt][e] * scale_log2;
-          if (need_mask) {
-            const int col = kv0 + nt * 8 + (lane & 3) * 2 + (e & 1);
-            const int row = row_g + (e >> 1) * 8;
-            if (col >= T_ || (causal && col > row)) x = -INFINITY;
-          }
-          s[nt][e] = x;
+          for (int nt = 0; nt < BC / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int col = kv0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+              const int row = row_g + r * 16 + (e >> 1) * 8;
+              if (col >= T_ || (causal && col > row)) s[r][nt][e] = -INFINITY;
+            }
+      }
+      // Online softmax on raw scores: p = 2^(s*scale_log2 - m') with one FFMA + EX2 each.
+#pragma unroll
+      for (int r = 0; r < RW; ++r) {
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < BC / 8; ++nt) {
+          mx[0] = fmaxf(mx[0], fmaxf(s[r][nt][0], s[r][nt][1]));
+          mx[1] = fmaxf(mx[1], fmaxf(s[r][nt][2], s[r][nt][3]));
+        }
+        float base[2], corr[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
+          mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
+          const float m_new = fmaxf(m[r][i], mx[i] * scale_log2);
+          base[i] = m_new == -INFINITY ? 0.f : m_new;
+          corr[i] = fast_exp2(m[r][i] - base[i]);
+          m[r][i] = m_new;
+        }
+        float rs[2] = {0.f, 0.f};
+#pragma unroll
+        for (int nt = 0; nt < BC / 8; ++nt) {
+          s[r][nt][0] = fast_exp2(fmaf(s[r][nt][0], scale_log2, -base[0]));
+          s[r][nt][1] = fast_exp2(fmaf(s[r][nt][1], scale_log2, -base[0]));
+          s[r][nt][2] = fast_exp2(fmaf(s[r][nt][2], scale_log2, -base[1]));
+          s[r][nt][3] = fast_exp2(fmaf(s[r][nt][3], scale_log2, -base[1]));
+          rs[0] += s[r][nt][0] + s[r][nt][1];
+          rs[1] += s[r][nt][2] + s[r][nt][3];
+        }
+        l[r][0] = l[r][0] * corr[0] + rs[0];
+        l[r][1] = l[r][1] * corr[1] + rs[1];
+#pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt) {
+          o[r][dt][0] *= corr[0];
+          o[r][dt][1] *= corr[0];
+          o[r][dt][2] *= corr[1];
+          o[r][dt][3] *= corr[1];
         }
       }
-      float mx[2] = {m[0], m[1]};
-#pragma unroll
-      for (int nt = 0; nt < BC / 8; ++nt) {
-        mx[0] = fmaxf(mx[0], fmaxf(s[nt][0], s[nt][1]));
-        mx[1] = fmaxf(mx[1], fmaxf(s[nt][2], s[nt][3]));
-      }
-      float base[2], corr[2];
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-        base[r] = mx[r] == -INFINITY ? 0.f : mx[r];
-        corr[r] = exp2f(m[r] - base[r]);
-        m[r] = mx[r];
-      }
-      float rs[2] = {0.f, 0.f};
-#pragma unroll
-      for (int nt = 0; nt < BC / 8; ++nt) {
-        s[nt][0] = exp2f(s[nt][0] - base[0]);
-        s[nt][1] = exp2f(s[nt][1] - base[0]);
-        s[nt][2] = exp2f(s[nt][2] - base[1]);
-        s[nt][3] = exp2f(s[nt][3] - base[1]);
-        rs[0] += s[nt][0] + s[nt][1];
-        rs[1] += s[nt][2] + s[nt][3];
-      }
-      l[0] = l[0] * corr[0] + rs[0];
-      l[1] = l[1] * corr[1] + rs[1];
-#pragma unroll
-      for (int dt = 0; dt < D / 8; ++dt) {
-        o[dt][0] *= corr[0];
-        o[dt][1] *= corr[0];
-        o[dt][2] *= corr[1];
-        o[dt][3] *= corr[1];
-      }
+      // O += P V: each V fragment feeds all RW m-tiles.
 #pragma unroll
       for (int j = 0; j < BC / 16; ++j) {
-        const uint32_t pa[4] = {pack2<T>(s[2 * j][0], s[2 * j][1]), pack2<T>(s[2 * j][2], s[2 * j][3]),
-                                pack2<T>(s[2 * j + 1][0], s[2 * j + 1][1]), pack2<T>(s[2 * j + 1][2], s[2 * j + 1][3])};
+        uint32_t pa[RW][4];
+#pragma unroll
+        for (int r = 0; r < RW; ++r) {
+          pa[r][0] = pack2<T>(s[r][2 * j][0], s[r][2 * j][1]);
+          pa[r][1] = pack2<T>(s[r][2 * j][2], s[r][2 * j][3]);
+          pa[r][2] = pack2<T>(s[r][2 * j + 1][0], s[r][2 * j + 1][1]);
+          pa[r][3] = pack2<T>(s[r][2 * j + 1][2], s[r][2 * j + 1][3]);
+        }
 #pragma unroll
         for (int dp = 0; dp < D / 16; ++dp) {
           uint32_t bf[4];
           ldsm_x4_trans(bf, smem_u32(Vs + swz<D>(j * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, dp * 16 + (lane >> 4) * 8)));
-          mma_16816<T>(o[2 * dp], pa, bf[0], bf[1]);
-          mma_16816<T>(o[2 * dp + 1], pa, bf[2], bf[3]);
+#pragma unroll
+          for (int r = 0; r < RW; ++r) {
+            mma_16816<T>(o[r][2 * dp], pa[r], bf[0], bf[1]);
+            mma_16816<T>(o[r][2 * dp + 1], pa[r], bf[2], bf[3]);
+          }
         }
       }
     }
@@ -176,22 +211,22 @@ __global__ void __launch_bounds__(NW * 32)
   }
 
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-  }
+  for (int r = 0; r < RW; ++r) {
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = row_g + r * 8;
-    if (row >= T_) continue;
-    const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-    T* orow = out + (static_cast<int64_t>(b) * T_ + row) * q_stride + static_cast<int64_t>(h) * D;
+    for (int i = 0; i < 2; ++i) {
+      l[r][i] += __shfl_xor_sync(0xffffffffu, l[r][i], 1);
+      l[r][i] += __shfl_xor_sync(0xffffffffu, l[r][i], 2);
+      const int row = row_g + r * 16 + i * 8;
+      if (row >= T_) continue;
+      const float inv = l[r][i] > 0.f ? 1.f / l[r][i] : 0.f;
+      T* orow = out + (static_cast<int64_t>(b) * T_ + row) * q_stride + static_cast<int64_t>(h) * D;
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      const uint32_t packed = pack2<T>(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
-      *reinterpret_cast<uint32_t*>(orow + dt * 8 + (lane & 3) * 2) = packed;
+      for (int dt = 0; dt < D / 8; ++dt) {
+        const uint32_t packed = pack2<T>(o[r][dt][2 * i] * inv, o[r][dt][2 * i + 1] * inv);
+        *reinterpret_cast<uint32_t*>(orow + dt * 8 + (lane & 3) * 2) = packed;
+      }
+      if ((lane & 3) == 0) lse[(static_cast<int64_t>(b) * Hq + h) * T_ + row] = (m[r][i] + log2f(l[r][i])) * kLn2;
     }
-    if ((lane & 3) == 0) lse[(static_cast<int64_t>(b) * Hq + h) * T_ + row] = (m[r] + log2f(l[r])) * kLn2;
   }
 }
 
@@ -226,8 +261,11 @@ __global__ void __launch_bounds__(NW * 32)
                      float scale_log2, float scale, bool causal) {
   constexpr int BC = NW * 16, NT = NW * 32;
   constexpr int DS_STRIDE = BR + 8;  // padded rows of the dS^T tile: conflict-free ldmatrix
-  constexpr int DW = D / NW;         // dQ columns per warp
-  static_assert(DW % 16 == 0, "each warp needs whole 16-column blocks of dQ");
+  // dQ tile (BR x D) split over the warps: WG_M row groups x WG_N column groups of 16-column blocks.
+  constexpr int MT = BR / 16, NB = D / 16;
+  constexpr int WG_N = NW < NB ? NW : NB, WG_M = NW / WG_N;
+  constexpr int DQ_MT = MT / WG_M, DQ_NB = NB / WG_N;
+  static_assert(WG_M * WG_N == NW && DQ_MT * WG_M == MT && DQ_NB * WG_N == NB, "dQ work must split evenly");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sK = reinterpret_cast<T*>(smem_raw);
   T* sV = sK + BC * D;
@@ -328,7 +366,7 @@ __global__ void __launch_bounds__(NW * 32)
           const int ql = nt * 8 + (lane & 3) * 2 + (e & 1);
           const int qi = i0 + ql;
           const int key = key_g + (e >> 1) * 8;
-          float p = exp2f(s[nt][e] * scale_log2 - Ls[ql] * kLog2e);
+          float p = fast_exp2(fmaf(s[nt][e], scale_log2, -Ls[ql] * kLog2e));
           if (qi >= T_ || key >= T_ || (causal && key > qi)) p = 0.f;
           s[nt][e] = p;
           dp[nt][e] = p * (dp[nt][e] - Ds[ql]);
@@ -369,30 +407,31 @@ __global__ void __launch_bounds__(NW * 32)
       }
     }
     __syncthreads();
-    // dQ (BR x D) += dS (BR x BC) @ K (BC x D); this warp: columns [warp*DW, warp*DW + DW).
+    // dQ (BR x D) += dS (BR x BC) @ K (BC x D); this warp: m-tiles [wm*DQ_MT, +DQ_MT) and
+    // 16-column blocks [wn*DQ_NB, +DQ_NB).
     {
-      float dq[BR / 16][DW / 8][4];
+      const int wn = warp % WG_N, wm = warp / WG_N;
+      float dq[DQ_MT][2 * DQ_NB][4];
 #pragma unroll
-      for (int a = 0; a < BR / 16; ++a)
+      for (int a = 0; a < DQ_MT; ++a)
 #pragma unroll
-        for (int c = 0; c < DW / 8; ++c) dq[a][c][0] = dq[a][c][1] = dq[a][c][2] = dq[a][c][3] = 0.f;
-      // Keys past the causal reach of the whole tile have dS = 0: stop at the last useful key block.
-      const int key_blocks = BC / 16;
+        for (int c = 0; c < 2 * DQ_NB; ++c) dq[a][c][0] = dq[a][c][1] = dq[a][c][2] = dq[a][c][3] = 0.f;
 #pragma unroll
-      for (int kk = 0; kk < key_blocks; ++kk) {
+      for (int kk = 0; kk < BC / 16; ++kk) {
+        // Keys past the causal reach of the whole query tile have dS = 0.
         if (causal && j0 + kk * 16 > i0 + BR - 1) break;
-        uint32_t bk[DW / 16][4];
+        uint32_t bk[DQ_NB][4];
 #pragma unroll
-        for (int np = 0; np < DW / 16; ++np)
+        for (int np = 0; np < DQ_NB; ++np)
           ldsm_x4_trans(bk[np], smem_u32(sK + swz<D>(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
-                                                     warp * DW + np * 16 + (lane >> 4) * 8)));
+                                                     (wn * DQ_NB + np) * 16 + (lane >> 4) * 8)));
 #pragma unroll
-        for (int mt = 0; mt < BR / 16; ++mt) {
+        for (int mt = 0; mt < DQ_MT; ++mt) {
           uint32_t a[4];
-          ldsm_x4_trans(a, smem_u32(sdS + (kk * 16 + (lane & 7) + ((lane >> 4) << 3)) * DS_STRIDE + mt * 16 +
-                                    ((lane >> 3) & 1) * 8));
+          ldsm_x4_trans(a, smem_u32(sdS + (kk * 16 + (lane & 7) + ((lane >> 4) << 3)) * DS_STRIDE +
+                                    (wm * DQ_MT + mt) * 16 + ((lane >> 3) & 1) * 8));
 #pragma unroll
-          for (int np = 0; np < DW / 16; ++np) {
+          for (int np = 0; np < DQ_NB; ++np) {
             mma_16816<T>(dq[mt][2 * np], a, bk[np][0], bk[np][1]);
             mma_16816<T>(dq[mt][2 * np + 1], a, bk[np][2], bk[np][3]);
           }
@@ -400,14 +439,14 @@ __global__ void __launch_bounds__(NW * 32)
       }
       float* dqb = dq_accum + static_cast<int64_t>(b) * T_ * q_stride + static_cast<int64_t>(h) * D;
 #pragma unroll
-      for (int mt = 0; mt < BR / 16; ++mt) {
+      for (int mt = 0; mt < DQ_MT; ++mt) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          const int qi = i0 + mt * 16 + (lane >> 2) + r * 8;
+          const int qi = i0 + (wm * DQ_MT + mt) * 16 + (lane >> 2) + r * 8;
           if (qi >= T_) continue;
 #pragma unroll
-          for (int nt = 0; nt < DW / 8; ++nt) {
-            const int col = warp * DW + nt * 8 + (lane & 3) * 2;
+          for (int nt = 0; nt < 2 * DQ_NB; ++nt) {
+            const int col = wn * DQ_NB * 16 + nt * 8 + (lane & 3) * 2;
             atomicAdd(reinterpret_cast<float2*>(dqb + static_cast<int64_t>(qi) * q_stride + col),
                       make_float2(dq[mt][nt][2 * r], dq[mt][nt][2 * r + 1]));
           }
@@ -441,29 +480,29 @@ __global__ void dq_convert_kernel(T* dq, const float* dq_accum, int64_t n, float
   }
 }
 
-template <typename E, int D, int NW>
+template <typename E, int D, int NW, int RW>
 void run_fwd(void* out, float* lse, const void* q, const void* k, const void* v, int64_t B, int64_t T, int64_t Hq,
              int64_t Hkv, float scale, bool causal, cudaStream_t stream) {
-  constexpr int BR = NW * 16, BC = 64;
+  constexpr int BR = NW * 16 * RW, BC = 64;
   static constexpr size_t smem = static_cast<size_t>(BR + 4 * BC) * D * sizeof(E);
   static const bool configured = [] {
-    PRIMUS_CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_kernel<E, D, NW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    PRIMUS_CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_kernel<E, D, NW, RW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem)));
     return true;
   }();
   (void)configured;
   const dim3 grid(static_cast<unsigned>(ceil_div(T, BR)), static_cast<unsigned>(Hq), static_cast<unsigned>(B));
-  flash_fwd_kernel<E, D, NW><<<grid, NW * 32, smem, stream>>>(
+  flash_fwd_kernel<E, D, NW, RW><<<grid, NW * 32, smem, stream>>>(
       static_cast<E*>(out), lse, static_cast<const E*>(q), static_cast<const E*>(k), static_cast<const E*>(v),
       static_cast<int>(T), static_cast<int>(Hq), static_cast<int>(Hkv), scale * kLog2e, causal);
   PRIMUS_CUDA_LAUNCH_CHECK();
 }
 
-template <typename E, int D, int BR>
+template <typename E, int D, int NW, int BR>
 void run_bwd(void* dk, void* dv, float* dq_accum, const void* q, const void* k, const void* v, const void* dout,
              const float* lse, const float* delta, int64_t B, int64_t T, int64_t Hq, int64_t Hkv, float scale,
              bool causal, cudaStream_t stream) {
-  constexpr int NW = 4, BC = NW * 16;
+  constexpr int BC = NW * 16;
   static constexpr size_t smem = static_cast<size_t>(2 * BC * D + 4 * BR * D + BC * (BR + 8)) * sizeof(E) +
                           static_cast<size_t>(4 * BR) * sizeof(float);
   static const bool configured = [] {
@@ -484,6 +523,17 @@ size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 
 }  // namespace
 
+std::vector<FlashConfig> flash_configs(int64_t head_dim) {
+  std::vector<FlashConfig> out;
+  for (int fw : {4, 8})
+    for (int bw : {4, 8})
+      for (int br : {64, 32}) out.push_back({fw, 16, bw, br});
+  if (head_dim == 64)
+    for (int bw : {4, 8})
+      for (int br : {64, 32}) out.push_back({4, 32, bw, br});
+  return out;
+}
+
 bool flash_attention_supported(DType dt, int64_t d_qk, int64_t d_v) {
   return (dt == DType::BF16 || dt == DType::F16) && d_qk == d_v && (d_qk == 64 || d_qk == 128);
 }
@@ -498,11 +548,12 @@ void launch_flash_attention_forward(void* out, float* lse, const void* q, const 
   auto go = [&](auto tag) {
     using E = decltype(tag);
     if (D == 64) {
-      if (cfg.fwd_warps == 8) run_fwd<E, 64, 8>(out, lse, q, k, v, B, T, Hq, Hkv, scale, causal, stream);
-      else run_fwd<E, 64, 4>(out, lse, q, k, v, B, T, Hq, Hkv, scale, causal, stream);
+      if (cfg.fwd_rows == 32) run_fwd<E, 64, 4, 2>(out, lse, q, k, v, B, T, Hq, Hkv, scale, causal, stream);
+      else if (cfg.fwd_warps == 8) run_fwd<E, 64, 8, 1>(out, lse, q, k, v, B, T, Hq, Hkv, scale, causal, stream);
+      else run_fwd<E, 64, 4, 1>(out, lse, q, k, v, B, T, Hq, Hkv, scale, causal, stream);
     } else {
-      if (cfg.fwd_warps == 8) run_fwd<E, 128, 8>(out, lse, q, k, v, B, T, Hq, Hkv, scale, causal, stream);
-      else run_fwd<E, 128, 4>(out, lse, q, k, v, B, T, Hq, Hkv, scale, causal, stream);
+      if (cfg.fwd_warps == 8) run_fwd<E, 128, 8, 1>(out, lse, q, k, v, B, T, Hq, Hkv, scale, causal, stream);
+      else run_fwd<E, 128, 4, 1>(out, lse, q, k, v, B, T, Hq, Hkv, scale, causal, stream);
     }
   };
   if (dt == DType::BF16) go(__nv_bfloat16{});
@@ -534,12 +585,18 @@ void launch_flash_attention_backward(void* dq, void* dk, void* dv, const void* d
         delta, dq_accum, static_cast<const E*>(dout), static_cast<const E*>(out), B, static_cast<int>(T),
         static_cast<int>(Hq), static_cast<int>(D));
     PRIMUS_CUDA_LAUNCH_CHECK();
+    // Key tile = 16 * bwd_warps rows, query tile = bwd_rows rows.
+    const bool w8 = cfg.bwd_warps == 8, r32 = cfg.bwd_rows == 32;
     if (D == 64) {
-      if (cfg.bwd_rows == 32) run_bwd<E, 64, 32>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
-      else run_bwd<E, 64, 64>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
+      if (w8 && r32) run_bwd<E, 64, 8, 32>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
+      else if (w8) run_bwd<E, 64, 8, 64>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
+      else if (r32) run_bwd<E, 64, 4, 32>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
+      else run_bwd<E, 64, 4, 64>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
     } else {
-      if (cfg.bwd_rows == 32) run_bwd<E, 128, 32>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
-      else run_bwd<E, 128, 64>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
+      if (w8 && r32) run_bwd<E, 128, 8, 32>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
+      else if (w8) run_bwd<E, 128, 8, 64>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
+      else if (r32) run_bwd<E, 128, 4, 32>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
+      else run_bwd<E, 128, 4, 64>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
     }
     const int64_t n = rows * D;
     dq_convert_kernel<E><<<grid_for(n / 4, 256), 256, 0, stream>>>(static_cast<E*>(dq), dq_accum, n, scale);

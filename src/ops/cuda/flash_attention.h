@@ -11,15 +11,21 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "core/dtype.h"
 
 namespace primus::cuda {
 
+// Tilings, chosen by measurement (`primus bench attention --all-configs`).
 struct FlashConfig {
-  int fwd_warps = 4;  // query rows per forward block = 16 * fwd_warps (4 or 8)
-  int bwd_rows = 64;  // query rows per backward tile (32 or 64)
+  int fwd_warps = 4;   // warps per forward block (4 or 8)
+  int fwd_rows = 16;   // query rows per forward warp: 16, or 32 (head dim 64 only; K/V fragments reused twice)
+  int bwd_warps = 4;   // warps per backward block (4 or 8): key rows per block = 16 * bwd_warps
+  int bwd_rows = 64;   // query rows per backward tile (32 or 64)
 };
+// Every tiling the kernels have, for benchmarks and tests.
+std::vector<FlashConfig> flash_configs(int64_t head_dim);
 
 bool flash_attention_supported(DType dt, int64_t d_qk, int64_t d_v);
 

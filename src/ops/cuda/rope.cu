@@ -1,9 +1,12 @@
-// RoPE kernels. Work unit u of one head row (D elements): u < R/2 is the rotary pair
-// (u, u + R/2); u >= R/2 copies the non-rotary dim R + (u - R/2). A head row has D - R/2 units.
+// RoPE kernels. A head row (D elements) splits into work units of VEC elements (VEC = 8 with
+// 16-byte accesses when the sizes and pointers allow, else 1): unit u < R/2/VEC rotates the pairs
+// (u*VEC + j, u*VEC + j + R/2), j < VEC; the remaining units copy the non-rotary dims [R, D).
 //   forward:  o[u] = x[u] c - x[u+R/2] s,  o[u+R/2] = x[u+R/2] c + x[u] s
 //   inverse:  the same with s -> -s (rotation matrices are orthogonal: R^T = R(-theta)).
 // Each thread reads both elements of its pair before writing, so out may alias the input.
 #include "ops/cuda/rope.h"
+
+#include <initializer_list>
 
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
@@ -14,43 +17,63 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T>
+// One work unit of a head row: VEC rotary pairs (u*VEC .. u*VEC+VEC-1 with their partners
+// R/2 later) when u < R/2/VEC, else VEC non-rotary dims copied.
+template <typename T, int VEC>
 __device__ __forceinline__ void rope_unit(T* dst, const T* src, int64_t u, const float* cos_t, const float* sin_t,
                                           int64_t R, float sign, bool rotate) {
-  const int64_t half = R / 2;
-  if (u < half) {
-    const float a = to_f32<T>(src[u]), b = to_f32<T>(src[u + half]);
+  const int64_t half = R / 2, pair_units = half / VEC;
+  if (u < pair_units) {
+    const int64_t i = u * VEC;
+    float a[VEC], b[VEC];
+    load_vec<T, VEC>(a, src + i);
+    load_vec<T, VEC>(b, src + i + half);
     if (rotate) {
-      const float c = cos_t[u], s = sign * sin_t[u];
-      dst[u] = from_f32<T>(a * c - b * s);
-      dst[u + half] = from_f32<T>(b * c + a * s);
+      float c[VEC], sn[VEC], oa[VEC], ob[VEC];
+      load_vec<float, VEC>(c, cos_t + i);
+      load_vec<float, VEC>(sn, sin_t + i);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) {
+        const float sj = sign * sn[j];
+        oa[j] = a[j] * c[j] - b[j] * sj;
+        ob[j] = b[j] * c[j] + a[j] * sj;
+      }
+      store_vec<T, VEC>(dst + i, oa);
+      store_vec<T, VEC>(dst + i + half, ob);
     } else {
-      dst[u] = from_f32<T>(a);
-      dst[u + half] = from_f32<T>(b);
+      store_vec<T, VEC>(dst + i, a);
+      store_vec<T, VEC>(dst + i + half, b);
     }
   } else {
-    const int64_t d = R + (u - half);
-    dst[d] = src[d];
+    const int64_t d = R + (u - pair_units) * VEC;
+    float x[VEC];
+    load_vec<T, VEC>(x, src + d);
+    store_vec<T, VEC>(dst + d, x);
   }
 }
 
-template <typename T>
+template <int VEC>
+__host__ __device__ constexpr int64_t units_per_head(int64_t D, int64_t R) {
+  return R / 2 / VEC + (D - R) / VEC;
+}
+
+template <typename T, int VEC>
 __global__ void rope_kernel(T* out, const T* x, const float* cos, const float* sin, int64_t rows, int64_t T_,
                             int64_t H, int64_t D, int64_t R, float sign) {
-  const int64_t units = D - R / 2;
+  const int64_t units = units_per_head<VEC>(D, R);
   const int64_t total = rows * H * units;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t u = i % units, rh = i / units;  // rh = row*H + h
     const int64_t t = (rh / H) % T_;
-    rope_unit<T>(out + rh * D, x + rh * D, u, cos + t * (R / 2), sin + t * (R / 2), R, sign, true);
+    rope_unit<T, VEC>(out + rh * D, x + rh * D, u, cos + t * (R / 2), sin + t * (R / 2), R, sign, true);
   }
 }
 
 // forward = true: src = qkv rows, dst = q/k/v; forward = false: src = dq/dk/dv, dst = dqkv.
-template <typename T, bool kForward>
+template <typename T, int VEC, bool kForward>
 __global__ void qkv_rope_kernel(T* qkv, T* q, T* k, T* v, const float* cos, const float* sin, int64_t rows,
                                 int64_t T_, int64_t Hq, int64_t Hkv, int64_t D, int64_t R) {
-  const int64_t units = D - R / 2;
+  const int64_t units = units_per_head<VEC>(D, R);
   const int64_t heads = Hq + 2 * Hkv;
   const int64_t total = rows * heads * units;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
@@ -71,22 +94,35 @@ __global__ void qkv_rope_kernel(T* qkv, T* q, T* k, T* v, const float* cos, cons
     const float* ct = cos + t * (R / 2);
     const float* st = sin + t * (R / 2);
     if constexpr (kForward) {
-      rope_unit<T>(split, packed, u, ct, st, R, 1.f, rotate);
+      rope_unit<T, VEC>(split, packed, u, ct, st, R, 1.f, rotate);
     } else {
-      rope_unit<T>(packed, split, u, ct, st, R, -1.f, rotate);
+      rope_unit<T, VEC>(packed, split, u, ct, st, R, -1.f, rotate);
     }
   }
+}
+
+// 8-element vectors need R/2 and D-R in whole vectors and 16-byte aligned rows and tables.
+template <typename T>
+bool use_vec8(int64_t D, int64_t R, std::initializer_list<const void*> ptrs) {
+  if ((R / 2) % 8 != 0 || (D - R) % 8 != 0 || D % 8 != 0) return false;
+  for (const void* p : ptrs)
+    if (!aligned16(p)) return false;
+  return true;
 }
 
 }  // namespace
 
 void launch_rope(void* out, const void* x, DType dt, const float* cos, const float* sin, int64_t B, int64_t T,
                  int64_t H, int64_t D, int64_t R, bool inverse, cudaStream_t stream) {
-  const int64_t total = B * T * H * (D - R / 2);
-  if (total == 0) return;
+  if (B * T * H * D == 0) return;
   PRIMUS_DISPATCH_FLOAT(dt, E, {
-    rope_kernel<E><<<grid_for(total, kThreads), kThreads, 0, stream>>>(
-        static_cast<E*>(out), static_cast<const E*>(x), cos, sin, B * T, T, H, D, R, inverse ? -1.f : 1.f);
+    if (use_vec8<E>(D, R, {out, x, cos, sin})) {
+      rope_kernel<E, 8><<<grid_for(B * T * H * units_per_head<8>(D, R), kThreads), kThreads, 0, stream>>>(
+          static_cast<E*>(out), static_cast<const E*>(x), cos, sin, B * T, T, H, D, R, inverse ? -1.f : 1.f);
+    } else {
+      rope_kernel<E, 1><<<grid_for(B * T * H * units_per_head<1>(D, R), kThreads), kThreads, 0, stream>>>(
+          static_cast<E*>(out), static_cast<const E*>(x), cos, sin, B * T, T, H, D, R, inverse ? -1.f : 1.f);
+    }
   });
   PRIMUS_CUDA_LAUNCH_CHECK();
 }
@@ -94,12 +130,17 @@ void launch_rope(void* out, const void* x, DType dt, const float* cos, const flo
 void launch_qkv_split_rope_forward(void* q, void* k, void* v, const void* qkv, DType dt, const float* cos,
                                    const float* sin, int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D,
                                    int64_t R, cudaStream_t stream) {
-  const int64_t total = B * T * (Hq + 2 * Hkv) * (D - R / 2);
-  if (total == 0) return;
+  const int64_t heads = B * T * (Hq + 2 * Hkv);
+  if (heads * D == 0) return;
   PRIMUS_DISPATCH_FLOAT(dt, E, {
-    qkv_rope_kernel<E, true><<<grid_for(total, kThreads), kThreads, 0, stream>>>(
-        const_cast<E*>(static_cast<const E*>(qkv)), static_cast<E*>(q), static_cast<E*>(k), static_cast<E*>(v), cos,
-        sin, B * T, T, Hq, Hkv, D, R);
+    E* packed = const_cast<E*>(static_cast<const E*>(qkv));
+    if (use_vec8<E>(D, R, {qkv, q, k, v, cos, sin})) {
+      qkv_rope_kernel<E, 8, true><<<grid_for(heads * units_per_head<8>(D, R), kThreads), kThreads, 0, stream>>>(
+          packed, static_cast<E*>(q), static_cast<E*>(k), static_cast<E*>(v), cos, sin, B * T, T, Hq, Hkv, D, R);
+    } else {
+      qkv_rope_kernel<E, 1, true><<<grid_for(heads * units_per_head<1>(D, R), kThreads), kThreads, 0, stream>>>(
+          packed, static_cast<E*>(q), static_cast<E*>(k), static_cast<E*>(v), cos, sin, B * T, T, Hq, Hkv, D, R);
+    }
   });
   PRIMUS_CUDA_LAUNCH_CHECK();
 }
@@ -107,12 +148,19 @@ void launch_qkv_split_rope_forward(void* q, void* k, void* v, const void* qkv, D
 void launch_qkv_split_rope_backward(void* dqkv, const void* dq, const void* dk, const void* dv, DType dt,
                                     const float* cos, const float* sin, int64_t B, int64_t T, int64_t Hq,
                                     int64_t Hkv, int64_t D, int64_t R, cudaStream_t stream) {
-  const int64_t total = B * T * (Hq + 2 * Hkv) * (D - R / 2);
-  if (total == 0) return;
+  const int64_t heads = B * T * (Hq + 2 * Hkv);
+  if (heads * D == 0) return;
   PRIMUS_DISPATCH_FLOAT(dt, E, {
-    qkv_rope_kernel<E, false><<<grid_for(total, kThreads), kThreads, 0, stream>>>(
-        static_cast<E*>(dqkv), const_cast<E*>(static_cast<const E*>(dq)), const_cast<E*>(static_cast<const E*>(dk)),
-        const_cast<E*>(static_cast<const E*>(dv)), cos, sin, B * T, T, Hq, Hkv, D, R);
+    E* q = const_cast<E*>(static_cast<const E*>(dq));
+    E* k = const_cast<E*>(static_cast<const E*>(dk));
+    E* v = const_cast<E*>(static_cast<const E*>(dv));
+    if (use_vec8<E>(D, R, {dqkv, dq, dk, dv, cos, sin})) {
+      qkv_rope_kernel<E, 8, false><<<grid_for(heads * units_per_head<8>(D, R), kThreads), kThreads, 0, stream>>>(
+          static_cast<E*>(dqkv), q, k, v, cos, sin, B * T, T, Hq, Hkv, D, R);
+    } else {
+      qkv_rope_kernel<E, 1, false><<<grid_for(heads * units_per_head<1>(D, R), kThreads), kThreads, 0, stream>>>(
+          static_cast<E*>(dqkv), q, k, v, cos, sin, B * T, T, Hq, Hkv, D, R);
+    }
   });
   PRIMUS_CUDA_LAUNCH_CHECK();
 }

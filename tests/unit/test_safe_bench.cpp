@@ -1,0 +1,114 @@
+// src/safe without a GPU: model shapes for the GEMM benchmarks (checked against the PaLM
+// 6*N*tokens count computed by hand), the report tables, and the CLI's "needs a GPU" answers.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <string>
+
+#include "core/tensor.h"
+#include "safe/model_shapes.h"
+#include "safe/report_table.h"
+
+namespace primus::safe {
+namespace {
+
+TEST(SafeShapes, BuiltinMatchesThePeer) {
+  const auto s = builtin_shape("llama3.2-1B");
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->layers, 16);
+  EXPECT_EQ(s->hidden, 2048);
+  EXPECT_EQ(s->heads, 32);
+  EXPECT_EQ(s->kv_heads, 8);
+  EXPECT_EQ(s->head_dim, 64);
+  EXPECT_EQ(s->ffn, 8192);
+  EXPECT_EQ(s->vocab, 128256);
+  EXPECT_FALSE(builtin_shape("nope").has_value());
+}
+
+TEST(SafeShapes, TrainingGemmsCountSixNPerToken) {
+  const DenseShape s = *builtin_shape("llama-tiny");
+  const int64_t tokens = 16 * 1024;
+  const auto g = training_gemms(s, tokens);
+  ASSERT_EQ(g.size(), 15u);  // 5 linears x (fwd, dgrad, wgrad)
+  // Matmul parameters of the model, by hand: per layer qkv + o + gate_up + down, plus the head.
+  const double d = 768, hd = 64, H = 12, KV = 4, F = 2048, V = 32000, L = 12;
+  const double n_matmul = L * (d * (H + 2 * KV) * hd + d * H * hd + 2 * F * d + F * d) + V * d;
+  double flops = 0;
+  for (const auto& p : g) flops += p.flops() * static_cast<double>(p.count);
+  EXPECT_DOUBLE_EQ(flops, 6.0 * n_matmul * tokens);
+  // The weight-gradient GEMMs accumulate in fp32 over the tokens.
+  for (const auto& p : g) {
+    if (p.label.find("wgrad") != std::string::npos) {
+      EXPECT_EQ(p.k, tokens);
+      EXPECT_TRUE(p.accumulate && p.ta && !p.tb);
+      EXPECT_EQ(p.out, DType::F32);
+    }
+  }
+}
+
+TEST(SafeShapes, ZooYamlFollowsExtends) {
+  const DenseShape s = resolve_shape("llama3.2_1B");
+  EXPECT_EQ(s.layers, 16);
+  EXPECT_EQ(s.hidden, 2048);
+  EXPECT_EQ(s.heads, 32);
+  EXPECT_EQ(s.kv_heads, 8);   // group_query_attention from llama3_base.yaml
+  EXPECT_EQ(s.vocab, 128256);  // vocab_size from llama3_base.yaml, already a multiple of 128
+  EXPECT_FALSE(s.untied_head);
+  try {
+    (void)resolve_shape("no_such_model");
+    FAIL() << "unknown model must throw";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("no_such_model"), std::string::npos);
+  }
+}
+
+TEST(SafeShapes, FlagsOverrideAndValidate) {
+  ShapeFlags f;
+  f.model = "llama3.2-1B";
+  f.ffn = 4096;
+  EXPECT_EQ(shape_from_flags(f, "llama-tiny").ffn, 4096);
+  ShapeFlags custom;
+  custom.layers = 2;
+  custom.hidden = 256;
+  custom.heads = 4;
+  const DenseShape c = shape_from_flags(custom, "llama-tiny");
+  EXPECT_EQ(c.kv_heads, 4);
+  EXPECT_EQ(c.head_dim, 64);
+  custom.kv_heads = 3;
+  EXPECT_THROW(shape_from_flags(custom, "llama-tiny"), Error);
+}
+
+TEST(SafeReport, Formats) {
+  const std::vector<nlohmann::json> rows = {{{"op", "a"}, {"us", 1.5}, {"n", 3}}, {{"op", "b"}, {"us", 2e-5}}};
+  EXPECT_EQ(table_to_string(rows, {"op", "us", "n"}, TableFormat::Csv), "op,us,n\na,1.5,3\nb,2.000e-05,\n");
+  const std::string md = table_to_string(rows, {"op", "us"}, TableFormat::Markdown);
+  EXPECT_EQ(md, "| op | us |\n| --- | --- |\n| a | 1.5 |\n| b | 2.000e-05 |\n");
+  const std::string jl = table_to_string(rows, {"op"}, TableFormat::Jsonl);
+  EXPECT_EQ(jl, rows[0].dump() + "\n" + rows[1].dump() + "\n");
+  EXPECT_THROW(parse_table_format("xml"), Error);
+}
+
+int run_primus(const std::string& args, std::string& output) {
+  const std::string cmd = std::string(PRIMUS_BINARY) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  char buf[512];
+  while (p && fgets(buf, sizeof(buf), p)) output += buf;
+  const int st = p ? pclose(p) : -1;
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+TEST(SafeCli, GpuCommandsSayTheyNeedAGpu) {
+  if (cuda_available()) GTEST_SKIP() << "a GPU is present: these commands would run for real";
+  for (const char* args : {"bench gemm --m 64 --n 64 --k 64", "bench attention", "tune --model-config llama-tiny",
+                           "preflight --quick --output-dir /tmp/primus_preflight_unit"}) {
+    std::string out;
+    EXPECT_EQ(run_primus(args, out), 2) << args << "\n" << out;
+    EXPECT_TRUE(out.find("CUDA") != std::string::npos || out.find("GPU") != std::string::npos) << out;
+  }
+  std::string out;
+  EXPECT_EQ(run_primus("bench gemm --trans XY", out), 1) << out;  // a usage error names the flag
+  EXPECT_NE(out.find("--trans"), std::string::npos) << out;
+}
+
+}  // namespace
+}  // namespace primus::safe
