@@ -125,14 +125,18 @@ Config load_experiment(const std::string& path, const LoadOptions& options) {
                               "work_group, user_name, exp_name, workspace, platform, modules"));
     }
   }
-  const std::pair<const char*, const std::string*> required[] = {{"work_group", &cfg.work_group},
-                                                                  {"user_name", &cfg.user_name},
-                                                                  {"exp_name", &cfg.exp_name},
-                                                                  {"workspace", &cfg.workspace}};
-  for (const auto& [key, value] : required)
-    if (value->empty())
-      throw Error(fmt::format("{}: the experiment must set '{}' (e.g. `{}: ${{PRIMUS_{}:...}}`)", path, key, key,
-                              key == std::string("work_group") ? "TEAM" : "EXP_NAME"));
+  struct Required {
+    const char* key;
+    const std::string* value;
+    const char* example;
+  };
+  const Required required[] = {{"work_group", &cfg.work_group, "${PRIMUS_TEAM:amd}"},
+                               {"user_name", &cfg.user_name, "${PRIMUS_USER:root}"},
+                               {"exp_name", &cfg.exp_name, "${PRIMUS_EXP_NAME:my-experiment}"},
+                               {"workspace", &cfg.workspace, "./output"}};
+  for (const Required& r : required)
+    if (r.value->empty())
+      throw Error(fmt::format("{}: the experiment must set '{}' (e.g. `{}: {}`)", path, r.key, r.key, r.example));
   if (!modules)
     throw Error(fmt::format("{}: the experiment has no `modules:`; add modules: pre_trainer: {{framework: megatron, "
                             "config: pre_trainer.yaml, model: <model>.yaml}}",

@@ -107,10 +107,14 @@ void validate(Config& cfg) {
   ck.require(by_iters || by_samples, "neither train_iters nor train_samples is set: set one of them (in `overrides:`)");
   ck.require(!(by_iters && by_samples), fmt::format("{} and {} are both set: set only one", ck.at("train_iters"),
                                                     ck.at("train_samples")));
+  // "lr_decay_samples" <-> "lr_decay_iters"
+  auto counterpart = [](std::string key, const std::string& from, const std::string& to) {
+    return key.replace(key.find(from), from.size(), to);
+  };
   if (by_iters && !by_samples) {
     for (const char* k : {"lr_decay_samples", "lr_wsd_decay_samples"})
       ck.require(!cfg.has(k), fmt::format("{} is sample-based but the run is iteration-based ({}); use {}", ck.at(k),
-                                          ck.at("train_iters"), std::string(k).replace(std::string(k).find("samples"), 7, "iters")));
+                                          ck.at("train_iters"), counterpart(k, "samples", "iters")));
     ck.require(cfg.i("lr_warmup_samples") == 0,
                fmt::format("{} is sample-based but the run is iteration-based ({}); use lr_warmup_iters",
                            ck.at("lr_warmup_samples"), ck.at("train_iters")));
@@ -118,7 +122,7 @@ void validate(Config& cfg) {
   if (by_samples && !by_iters) {
     for (const char* k : {"lr_decay_iters", "lr_wsd_decay_iters"})
       ck.require(!cfg.has(k), fmt::format("{} is iteration-based but the run is sample-based ({}); use {}", ck.at(k),
-                                          ck.at("train_samples"), std::string(k).replace(std::string(k).find("iters"), 5, "samples")));
+                                          ck.at("train_samples"), counterpart(k, "iters", "samples")));
     ck.require(cfg.i("lr_warmup_iters") == 0,
                fmt::format("{} is iteration-based but the run is sample-based ({}); use lr_warmup_samples",
                            ck.at("lr_warmup_iters"), ck.at("train_samples")));
