@@ -4,6 +4,7 @@
 //
 //   build/bin/bench_preprocess [--workers 2] [--mb 200] [--tokenizer tokenizer.json]
 #include <fmt/core.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -66,7 +67,14 @@ int main(int argc, char** argv) {
   o.append_eod = true;
   o.workers = workers;
   o.progress = false;
+  auto cpu_seconds = [] {
+    rusage u{};
+    getrusage(RUSAGE_SELF, &u);
+    return u.ru_utime.tv_sec + u.ru_stime.tv_sec + (u.ru_utime.tv_usec + u.ru_stime.tv_usec) * 1e-6;
+  };
+  const double cpu0 = cpu_seconds();
   const auto s = primus::data::run_preprocess(o, *tok);
+  const double cpu = cpu_seconds() - cpu0;
   nlohmann::json j;
   j["bench"] = "preprocess";
   j["input_mb"] = s.input_bytes / 1e6;
@@ -78,6 +86,16 @@ int main(int argc, char** argv) {
   j["seconds"] = s.seconds;
   j["mb_per_second"] = s.input_bytes / 1e6 / s.seconds;
   j["tokens_per_second"] = s.tokens / s.seconds;
+  // On a shared machine the wall-clock rate depends on the other load: CPU-seconds tell
+  // what the work costs (2 free cores give about 2 CPU-seconds per second).
+  j["cpu_seconds"] = cpu;
+  j["cpu_utilization_cores"] = cpu / s.seconds;
+  j["mb_per_cpu_second"] = s.input_bytes / 1e6 / cpu;
+  j["tokens_per_cpu_second"] = s.tokens / cpu;
+  j["load_average_1min"] = [] {
+    double l[3] = {0, 0, 0};
+    return getloadavg(l, 3) > 0 ? l[0] : -1.0;
+  }();
   fmt::print("{}\n", j.dump(2));
   fs::remove_all(tmp);
   return 0;

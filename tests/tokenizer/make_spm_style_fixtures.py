@@ -4,6 +4,7 @@
       Prepend("▁") + Replace(" " -> "▁"), no pre-tokenizer, byte fallback, Llama 2 decoders
   tests/data/tokenizer_spm_style_metaspace.json  Metaspace pre-tokenizer (prepend "first",
       split), no byte fallback: unknown characters become one fused <unk>
+  tests/data/tokenizer_spm_style_nfc.json        the first one with an NFC normalizer first
 The merges are learned here by plain BPE counting on the first Brown files, so the files
 are small and reproducible: python3 tests/tokenizer/make_spm_style_fixtures.py"""
 import collections
@@ -88,7 +89,10 @@ def main():
     b = build(merges, chars, byte_fallback=False)
     b["pre_tokenizer"] = {"type": "Metaspace", "replacement": SP, "prepend_scheme": "first", "split": True}
     b["decoder"] = {"type": "Metaspace", "replacement": SP, "prepend_scheme": "first", "split": True}
-    for name, obj in (("prepend", a), ("metaspace", b)):
+    # Qwen-style NFC normalization in front of the Llama 2 layout (needs ICU).
+    c = json.loads(json.dumps(a))
+    c["normalizer"]["normalizers"].insert(0, {"type": "NFC"})
+    for name, obj in (("prepend", a), ("metaspace", b), ("nfc", c)):
         with open(os.path.join(ROOT, f"tests/data/tokenizer_spm_style_{name}.json"), "w", encoding="utf-8") as f:
             json.dump(obj, f, ensure_ascii=False, indent=1)
 

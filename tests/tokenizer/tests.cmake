@@ -13,7 +13,11 @@ add_test(NAME tokenizer_parity_llama3_brown
          COMMAND ${PRIMUS_NODE} ${CMAKE_CURRENT_LIST_DIR}/parity.js --dump $<TARGET_FILE:tokenizer_dump>)
 set_tests_properties(tokenizer_parity_llama3_brown PROPERTIES TIMEOUT 600 LABELS "tokenizer;parity")
 
-foreach(fixture spm_style_prepend spm_style_metaspace)
+set(PRIMUS_SPM_FIXTURES spm_style_prepend spm_style_metaspace)
+if(ICU_FOUND)  # NFC normalizer (Qwen style) needs the ICU build
+  list(APPEND PRIMUS_SPM_FIXTURES spm_style_nfc)
+endif()
+foreach(fixture ${PRIMUS_SPM_FIXTURES})
   add_test(NAME tokenizer_parity_${fixture}
            COMMAND ${PRIMUS_NODE} ${CMAKE_CURRENT_LIST_DIR}/parity.js --dump $<TARGET_FILE:tokenizer_dump>
                    --tokenizer ${CMAKE_SOURCE_DIR}/tests/data/tokenizer_${fixture}.json --quick)
