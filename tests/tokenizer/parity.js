@@ -8,6 +8,10 @@
 // usage: node parity.js --dump BUILD/bin/tokenizer_dump [--tokenizer tokenizer.json]
 //                       [--edge tests/data/tokenizer_edge_cases.txt] [--quick]
 //        (--quick: only the edge cases and the first 50 Brown files)
+//        [--gpt2-style]: test a variant of the tokenizer.json written to a temporary file:
+//        GPT-2's layout (ByteLevel pre-tokenizer with its own regex and add_prefix_space,
+//        merges applied even to words in the vocabulary, no post-processor), which runs
+//        the real 280k merges where Llama 3's ignore_merges would skip them
 'use strict';
 const fs = require('fs');
 const os = require('os');
@@ -22,6 +26,7 @@ const args = { dump: null, tokenizer: path.join(npm, '@lenml', 'tokenizer-llama3
 for (let i = 2; i < process.argv.length; ++i) {
   const a = process.argv[i];
   if (a === '--quick') args.quick = true;
+  else if (a === '--gpt2-style') args['gpt2-style'] = true;
   else if (a === '--lines') args.extra.push(process.argv[++i]);  // more files, one document a line
   else args[a.replace(/^--/, '')] = process.argv[++i];
 }
@@ -31,6 +36,16 @@ function die(msg) { console.error(`tokenizer parity: FAILED: ${msg}`); process.e
 for (const [what, p] of [['HF tokenizers binding', path.join(npm, '@anush008', 'tokenizers')],
                          ['tokenizer.json', args.tokenizer], ['Brown corpus', args.brown]]) {
   if (!fs.existsSync(p)) die(`${what} not found at ${p}: run ./setup.sh (it installs the npm test data)`);
+}
+if (args['gpt2-style'] !== undefined || process.argv.includes('--gpt2-style')) {
+  const j = JSON.parse(fs.readFileSync(args.tokenizer, 'utf8'));
+  j.pre_tokenizer = { type: 'ByteLevel', add_prefix_space: true, trim_offsets: true, use_regex: true };
+  j.post_processor = null;
+  j.model.ignore_merges = false;
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'parity-gpt2-'));
+  args.tokenizer = path.join(dir, 'tokenizer.json');
+  fs.writeFileSync(args.tokenizer, JSON.stringify(j));
+  process.on('exit', () => fs.rmSync(dir, { recursive: true, force: true }));
 }
 if (!args.dump || !fs.existsSync(args.dump)) die(`tokenizer_dump binary not found (${args.dump}); build the tests`);
 

