@@ -256,7 +256,14 @@ PreprocessStats run_preprocess(const PreprocessOptions& opt, const Tokenizer& pr
           }
           BatchResult res;
           res.lines.resize(b.lines.size());
-          for (size_t i = 0; i < b.lines.size() && !abort; ++i) tokenize_line(*tok, b.lines[i], res.lines[i]);
+          for (size_t i = 0; i < b.lines.size() && !abort; ++i) {
+            try {
+              tokenize_line(*tok, b.lines[i], res.lines[i]);
+            } catch (const std::exception& e) {  // e.g. NullTokenizer given a non-number
+              res.lines[i] = LineResult{};
+              res.lines[i].error = e.what();
+            }
+          }
           res.batch = std::move(b);
           std::lock_guard lock(mu);
           const int64_t seq = res.batch.seq;

@@ -110,6 +110,15 @@ TEST(Preprocess, BadLineStopsWithFileAndLineOrIsSkipped) {
   }
   for (const auto& f : fs::directory_iterator(d))
     EXPECT_EQ(f.path().filename(), "in.jsonl") << "left behind: " << f.path();
+  // A tokenizer error is a bad line too, with its file and line.
+  std::ofstream(d / "ids.jsonl") << "{\"text\": \"1\"}\n{\"text\": \"1 x\"}\n";
+  try {
+    run_preprocess(options(d / "ids.jsonl", d / "ids"), *tok);
+    FAIL() << "expected an error";
+  } catch (const primus::Error& e) {
+    EXPECT_NE(std::string(e.what()).find((d / "ids.jsonl").string() + ":2"), std::string::npos) << e.what();
+  }
+  fs::remove(d / "ids.jsonl");
   auto o = options(d / "in.jsonl", d / "out");
   o.skip_bad_lines = true;
   const auto s = run_preprocess(o, *tok);
