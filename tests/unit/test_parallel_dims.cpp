@@ -144,7 +144,7 @@ TEST(ParallelDims, ModelChecksListEveryViolation) {
   m.num_attention_heads = 6;
   m.num_query_groups = 2;
   m.ffn_hidden_size = 96;
-  m.padded_vocab_size = 1000;
+  m.padded_vocab_size = 1002;
   ParallelDims ok = dims(8, 2, 2);
   LayoutChecks c;
   c.seq_length = 64;
@@ -153,11 +153,11 @@ TEST(ParallelDims, ModelChecksListEveryViolation) {
   c.micro_batch_size = 2;
   EXPECT_NO_THROW(ok.check_model(m, c));
 
-  ParallelDims bad = dims(16, 4, 4);  // tp4: heads 6, groups 2, vocab 1000 fail; pp4: 6 layers fail
+  ParallelDims bad = dims(16, 4, 4);  // tp4: heads 6, groups 2, vocab 1002 fail; pp4: 6 layers fail
   std::string msg = error_of([&] { bad.check_model(m, c); });
   EXPECT_NE(msg.find("num_attention_heads 6 is not divisible by tensor_model_parallel_size 4"), std::string::npos) << msg;
   EXPECT_NE(msg.find("num_query_groups 2"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("padded vocabulary 1000"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("padded vocabulary 1002"), std::string::npos) << msg;
   EXPECT_NE(msg.find("num_layers 6 is not divisible by pipeline_model_parallel_size 4"), std::string::npos) << msg;
   EXPECT_EQ(msg.find("global_batch_size"), std::string::npos) << msg;  // 8 % (2 x dp 1) == 0
 
