@@ -30,6 +30,11 @@ done
 
 # Libraries the GPU machine has (or must come from its driver/toolkit): never bundle these.
 skip='^(linux-vdso|ld-linux|libc\.|libm\.|libpthread|libdl\.|librt\.|libresolv|libstdc\+\+|libgcc_s|libcuda\.|libcudart|libcublas|libcublasLt|libcudnn|libnccl|libnvrtc|libnvJitLink)'
+# Open MPI: the GPU machine has its own (4.1.6, ABI-compatible with Debian's libmpi.so.40) whose
+# plugins match it; ours go to lib/mpi_fallback/, used only where the machine has none
+# (tools/gpu_env.sh adds it to LD_LIBRARY_PATH then).
+mpi='^(libmpi|libopen-rte|libopen-pal|libhwloc|libevent|libudev)'
+mkdir -p "$BUNDLE/lib/mpi_fallback"
 declare -A seen=()
 queue=("$BUNDLE"/bin/*)
 while ((${#queue[@]})); do
@@ -40,8 +45,13 @@ while ((${#queue[@]})); do
     [[ "$name" =~ $skip ]] && continue
     [[ -n "${seen[$name]:-}" ]] && continue
     seen[$name]=1
-    cp -L "$path" "$BUNDLE/lib/$name"
-    queue+=("$BUNDLE/lib/$name")
+    if [[ "$name" =~ $mpi ]]; then
+      cp -L "$path" "$BUNDLE/lib/mpi_fallback/$name"
+      queue+=("$BUNDLE/lib/mpi_fallback/$name")
+    else
+      cp -L "$path" "$BUNDLE/lib/$name"
+      queue+=("$BUNDLE/lib/$name")
+    fi
   done < <(ldd "$f" | awk '/=>/ {print $1, $3}')
 done
 

@@ -6,17 +6,13 @@
 #   STEPS="tests ops" bash tools/gpu_check.sh   a subset of: env tests memcheck ops attention sdpa tune dense gemm preflight
 set -u -o pipefail
 ROOT=$(pwd)
-BUNDLE_DIR=${BUNDLE_DIR:-/tmp/primus_bundle}
-bash "$ROOT/tools/gpu_unpack.sh" "$BUNDLE_DIR" || exit 1
-B=$BUNDLE_DIR/bin
-PY=$BUNDLE_DIR/py
+# shellcheck source=tools/gpu_env.sh
+source "$ROOT/tools/gpu_env.sh" || exit 1
 OUT=${OUT:-/tmp/primus_gpu_out}
 R=/tmp/primus_gpu_results
 STEPS=${STEPS:-"env tests memcheck ops attention sdpa tune dense gemm preflight"}
 mkdir -p "$OUT"
 rm -rf "$R" && mkdir -p "$R"
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-export PYTHONUNBUFFERED=1
 LOG=$OUT/bench.log
 : >"$LOG"
 want() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -37,6 +33,7 @@ if want env; then
   {
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu --format=csv
     echo "cudnn: $(ls /usr/lib/x86_64-linux-gnu/libcudnn.so.* 2>/dev/null | head -3 | tr '\n' ' ')"
+    echo "system libmpi.so.40: $(ldconfig -p | grep -c "libmpi.so.40 ") entries; LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
     python3 -c 'import torch; print("torch", torch.__version__, "cudnn", torch.backends.cudnn.version())' 2>&1
   } >"$R/env.out" 2>&1
   cat "$R/env.out" >>"$LOG"

@@ -16,14 +16,10 @@ EXP=$1 SHAPE=$2 SEQ=$3 MBS=$4
 STEPS=${5:-30}
 shift $(($# < 5 ? 4 : 5))
 ROOT=$(pwd)
-BUNDLE_DIR=${BUNDLE_DIR:-/tmp/primus_bundle}
-bash "$ROOT/tools/gpu_unpack.sh" "$BUNDLE_DIR" || exit 1
-B=$BUNDLE_DIR/bin
-PY=$BUNDLE_DIR/py
+# shellcheck source=tools/gpu_env.sh
+source "$ROOT/tools/gpu_env.sh" || exit 1
 OUT=${OUT:-/tmp/primus_e2e}
 mkdir -p "$OUT"
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
-export PYTHONUNBUFFERED=1
 
 t0=$SECONDS
 timeout 480 "$B/primus" train --config "$EXP" --set bf16=true --set micro_batch_size="$MBS" \

@@ -74,7 +74,8 @@ std::vector<Variant> flash_variants(int64_t D) {
   std::vector<Variant> out;
   for (const auto& f : cuda::flash_configs(D))
     out.push_back({cuda::AttentionKernel::Flash, f,
-                   fmt::format("flash[fw{} fr{} bw{} br{}]", f.fwd_warps, f.fwd_rows, f.bwd_warps, f.bwd_rows)});
+                   fmt::format("flash[fw{} fr{} bw{} br{} bk{}]", f.fwd_warps, f.fwd_rows, f.bwd_warps, f.bwd_rows,
+                               f.bwd_keys)});
   return out;
 }
 
@@ -128,7 +129,8 @@ TEST(CudaAttention, FlashMatchesSimpleAtLlamaShape) {
     be->set_flash_config(f);
     for (Tensor* t : {&o2, &l2, &dq2, &dk2, &dv2}) poison(g, *t);
     run(cuda::AttentionKernel::Flash, o2, l2, dq2, dk2, dv2);
-    const std::string tag = fmt::format("[fw{} fr{} bw{} br{}] T=2048", f.fwd_warps, f.fwd_rows, f.bwd_warps, f.bwd_rows);
+    const std::string tag = fmt::format("[fw{} fr{} bw{} br{} bk{}] T=2048", f.fwd_warps, f.fwd_rows, f.bwd_warps,
+                                        f.bwd_rows, f.bwd_keys);
     expect_close("flash vs simple out " + tag, o2, o1, 1e-2);
     expect_close("flash vs simple lse " + tag, l2, l1, 1e-4);
     expect_close("flash vs simple dq " + tag, dq2, dq1, 2e-2);

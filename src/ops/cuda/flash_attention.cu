@@ -18,6 +18,9 @@
 // A last kernel writes dq = scale * dq_accum in the input dtype.
 #include "ops/cuda/flash_attention.h"
 
+#include <tuple>
+#include <utility>
+
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
 #include "ops/cuda/mma_utils.cuh"
@@ -253,13 +256,13 @@ __global__ void flash_bwd_preprocess_kernel(float* delta, float* dq_accum, const
   }
 }
 
-template <typename T, int D, int NW, int BR>
+template <typename T, int D, int NW, int BR, int KW>
 __global__ void __launch_bounds__(NW * 32)
     flash_bwd_kernel(T* __restrict__ dk, T* __restrict__ dv, float* __restrict__ dq_accum, const T* __restrict__ q,
                      const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ dout,
                      const float* __restrict__ lse, const float* __restrict__ delta, int T_, int Hq, int Hkv,
                      float scale_log2, float scale, bool causal) {
-  constexpr int BC = NW * 16, NT = NW * 32;
+  constexpr int BC = NW * 16 * KW, NT = NW * 32;  // KW key m-tiles (16 keys each) per warp
   constexpr int DS_STRIDE = BR + 8;  // padded rows of the dS^T tile: conflict-free ldmatrix
   // dQ tile (BR x D) split over the warps: WG_M row groups x WG_N column groups of 16-column blocks.
   constexpr int MT = BR / 16, NB = D / 16;
@@ -309,14 +312,17 @@ __global__ void __launch_bounds__(NW * 32)
   if (n_iters > 0) issue_tile(0, 0);
   cp_async_commit();
 
-  float dk_acc[D / 8][4], dv_acc[D / 8][4];
+  float dk_acc[KW][D / 8][4], dv_acc[KW][D / 8][4];
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) {
-    dk_acc[i][0] = dk_acc[i][1] = dk_acc[i][2] = dk_acc[i][3] = 0.f;
-    dv_acc[i][0] = dv_acc[i][1] = dv_acc[i][2] = dv_acc[i][3] = 0.f;
-  }
-  const int key_w = j0 + warp * 16;         // this warp's first key
-  const int key_g = key_w + (lane >> 2);    // this thread's keys: key_g and key_g + 8
+  for (int r = 0; r < KW; ++r)
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) {
+      dk_acc[r][i][0] = dk_acc[r][i][1] = dk_acc[r][i][2] = dk_acc[r][i][3] = 0.f;
+      dv_acc[r][i][0] = dv_acc[r][i][1] = dv_acc[r][i][2] = dv_acc[r][i][3] = 0.f;
+    }
+  const int wrow0 = warp * 16 * KW;         // this warp's first key row in the block
+  const int key_w = j0 + wrow0;             // ... as a sequence position
+  const int key_g = key_w + (lane >> 2);    // this thread's keys: key_g + 16r (+ 8)
 
   for (int it = 0; it < n_iters; ++it) {
     const int buf = it & 1;
@@ -334,75 +340,99 @@ __global__ void __launch_bounds__(NW * 32)
     // Causal: if every query of the tile precedes this warp's first key, P = 0 for the warp.
     const bool active = !(causal && i0 + BR - 1 < key_w);
     if (active) {
-      float s[BR / 8][4], dp[BR / 8][4];
+      float s[KW][BR / 8][4], dp[KW][BR / 8][4];
 #pragma unroll
-      for (int i = 0; i < BR / 8; ++i) {
-        s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
-        dp[i][0] = dp[i][1] = dp[i][2] = dp[i][3] = 0.f;
-      }
-      // S^T = K_w Q^T and dP^T = V_w dO^T (16 keys x BR queries each).
+      for (int r = 0; r < KW; ++r)
+#pragma unroll
+        for (int i = 0; i < BR / 8; ++i) {
+          s[r][i][0] = s[r][i][1] = s[r][i][2] = s[r][i][3] = 0.f;
+          dp[r][i][0] = dp[r][i][1] = dp[r][i][2] = dp[r][i][3] = 0.f;
+        }
+      // S^T = K_w Q^T and dP^T = V_w dO^T (16*KW keys x BR queries each); each Q/dO fragment
+      // feeds all KW key m-tiles.
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t ka[4], va[4];
-        ldsm_x4(ka, smem_u32(sK + swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8)));
-        ldsm_x4(va, smem_u32(sV + swz<D>(warp * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8)));
+        uint32_t ka[KW][4], va[KW][4];
+#pragma unroll
+        for (int r = 0; r < KW; ++r) {
+          ldsm_x4(ka[r], smem_u32(sK + swz<D>(wrow0 + r * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8)));
+          ldsm_x4(va[r], smem_u32(sV + swz<D>(wrow0 + r * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8)));
+        }
 #pragma unroll
         for (int p = 0; p < BR / 16; ++p) {
           uint32_t bq[4], bo[4];
-          const int r = p * 16 + (lane & 7) + ((lane >> 4) << 3), c = kk * 16 + ((lane >> 3) & 1) * 8;
-          ldsm_x4(bq, smem_u32(Qs + swz<D>(r, c)));
-          ldsm_x4(bo, smem_u32(dOs + swz<D>(r, c)));
-          mma_16816<T>(s[2 * p], ka, bq[0], bq[1]);
-          mma_16816<T>(s[2 * p + 1], ka, bq[2], bq[3]);
-          mma_16816<T>(dp[2 * p], va, bo[0], bo[1]);
-          mma_16816<T>(dp[2 * p + 1], va, bo[2], bo[3]);
+          const int rr = p * 16 + (lane & 7) + ((lane >> 4) << 3), c = kk * 16 + ((lane >> 3) & 1) * 8;
+          ldsm_x4(bq, smem_u32(Qs + swz<D>(rr, c)));
+          ldsm_x4(bo, smem_u32(dOs + swz<D>(rr, c)));
+#pragma unroll
+          for (int r = 0; r < KW; ++r) {
+            mma_16816<T>(s[r][2 * p], ka[r], bq[0], bq[1]);
+            mma_16816<T>(s[r][2 * p + 1], ka[r], bq[2], bq[3]);
+            mma_16816<T>(dp[r][2 * p], va[r], bo[0], bo[1]);
+            mma_16816<T>(dp[r][2 * p + 1], va[r], bo[2], bo[3]);
+          }
         }
       }
       // P^T and dS^T = P^T (dP^T - Delta).
 #pragma unroll
-      for (int nt = 0; nt < BR / 8; ++nt) {
+      for (int r = 0; r < KW; ++r)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int ql = nt * 8 + (lane & 3) * 2 + (e & 1);
-          const int qi = i0 + ql;
-          const int key = key_g + (e >> 1) * 8;
-          float p = fast_exp2(fmaf(s[nt][e], scale_log2, -Ls[ql] * kLog2e));
-          if (qi >= T_ || key >= T_ || (causal && key > qi)) p = 0.f;
-          s[nt][e] = p;
-          dp[nt][e] = p * (dp[nt][e] - Ds[ql]);
+        for (int nt = 0; nt < BR / 8; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int ql = nt * 8 + (lane & 3) * 2 + (e & 1);
+            const int qi = i0 + ql;
+            const int key = key_g + r * 16 + (e >> 1) * 8;
+            float p = fast_exp2(fmaf(s[r][nt][e], scale_log2, -Ls[ql] * kLog2e));
+            if (qi >= T_ || key >= T_ || (causal && key > qi)) p = 0.f;
+            s[r][nt][e] = p;
+            dp[r][nt][e] = p * (dp[r][nt][e] - Ds[ql]);
+          }
         }
-      }
-      // dV += P^T dO and dK += dS^T Q (queries are the reduction dim).
+      // dV += P^T dO and dK += dS^T Q (queries are the reduction dim); each dO/Q fragment feeds
+      // all KW key m-tiles.
 #pragma unroll
       for (int j = 0; j < BR / 16; ++j) {
-        const uint32_t pa[4] = {pack2<T>(s[2 * j][0], s[2 * j][1]), pack2<T>(s[2 * j][2], s[2 * j][3]),
-                                pack2<T>(s[2 * j + 1][0], s[2 * j + 1][1]), pack2<T>(s[2 * j + 1][2], s[2 * j + 1][3])};
-        const uint32_t da[4] = {pack2<T>(dp[2 * j][0], dp[2 * j][1]), pack2<T>(dp[2 * j][2], dp[2 * j][3]),
-                                pack2<T>(dp[2 * j + 1][0], dp[2 * j + 1][1]),
-                                pack2<T>(dp[2 * j + 1][2], dp[2 * j + 1][3])};
+        uint32_t pa[KW][4], da[KW][4];
+#pragma unroll
+        for (int r = 0; r < KW; ++r) {
+          pa[r][0] = pack2<T>(s[r][2 * j][0], s[r][2 * j][1]);
+          pa[r][1] = pack2<T>(s[r][2 * j][2], s[r][2 * j][3]);
+          pa[r][2] = pack2<T>(s[r][2 * j + 1][0], s[r][2 * j + 1][1]);
+          pa[r][3] = pack2<T>(s[r][2 * j + 1][2], s[r][2 * j + 1][3]);
+          da[r][0] = pack2<T>(dp[r][2 * j][0], dp[r][2 * j][1]);
+          da[r][1] = pack2<T>(dp[r][2 * j][2], dp[r][2 * j][3]);
+          da[r][2] = pack2<T>(dp[r][2 * j + 1][0], dp[r][2 * j + 1][1]);
+          da[r][3] = pack2<T>(dp[r][2 * j + 1][2], dp[r][2 * j + 1][3]);
+        }
 #pragma unroll
         for (int dd = 0; dd < D / 16; ++dd) {
           uint32_t bo[4], bq[4];
-          const int r = j * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, c = dd * 16 + (lane >> 4) * 8;
-          ldsm_x4_trans(bo, smem_u32(dOs + swz<D>(r, c)));
-          ldsm_x4_trans(bq, smem_u32(Qs + swz<D>(r, c)));
-          mma_16816<T>(dv_acc[2 * dd], pa, bo[0], bo[1]);
-          mma_16816<T>(dv_acc[2 * dd + 1], pa, bo[2], bo[3]);
-          mma_16816<T>(dk_acc[2 * dd], da, bq[0], bq[1]);
-          mma_16816<T>(dk_acc[2 * dd + 1], da, bq[2], bq[3]);
+          const int rr = j * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, c = dd * 16 + (lane >> 4) * 8;
+          ldsm_x4_trans(bo, smem_u32(dOs + swz<D>(rr, c)));
+          ldsm_x4_trans(bq, smem_u32(Qs + swz<D>(rr, c)));
+#pragma unroll
+          for (int r = 0; r < KW; ++r) {
+            mma_16816<T>(dv_acc[r][2 * dd], pa[r], bo[0], bo[1]);
+            mma_16816<T>(dv_acc[r][2 * dd + 1], pa[r], bo[2], bo[3]);
+            mma_16816<T>(dk_acc[r][2 * dd], da[r], bq[0], bq[1]);
+            mma_16816<T>(dk_acc[r][2 * dd + 1], da[r], bq[2], bq[3]);
+          }
         }
       }
       // dS^T rows of this warp into shared memory for the dQ product.
 #pragma unroll
-      for (int nt = 0; nt < BR / 8; ++nt) {
-        const int col = nt * 8 + (lane & 3) * 2;
-        const int r0 = warp * 16 + (lane >> 2);
-        *reinterpret_cast<uint32_t*>(sdS + r0 * DS_STRIDE + col) = pack2<T>(dp[nt][0], dp[nt][1]);
-        *reinterpret_cast<uint32_t*>(sdS + (r0 + 8) * DS_STRIDE + col) = pack2<T>(dp[nt][2], dp[nt][3]);
-      }
+      for (int r = 0; r < KW; ++r)
+#pragma unroll
+        for (int nt = 0; nt < BR / 8; ++nt) {
+          const int col = nt * 8 + (lane & 3) * 2;
+          const int r0 = wrow0 + r * 16 + (lane >> 2);
+          *reinterpret_cast<uint32_t*>(sdS + r0 * DS_STRIDE + col) = pack2<T>(dp[r][nt][0], dp[r][nt][1]);
+          *reinterpret_cast<uint32_t*>(sdS + (r0 + 8) * DS_STRIDE + col) = pack2<T>(dp[r][nt][2], dp[r][nt][3]);
+        }
     } else {
-      for (int idx = lane; idx < 16 * BR / 2; idx += 32) {
-        const int r = warp * 16 + idx / (BR / 2), c = (idx % (BR / 2)) * 2;
+      for (int idx = lane; idx < 16 * KW * BR / 2; idx += 32) {
+        const int r = wrow0 + idx / (BR / 2), c = (idx % (BR / 2)) * 2;
         *reinterpret_cast<uint32_t*>(sdS + r * DS_STRIDE + c) = 0u;
       }
     }
@@ -457,16 +487,20 @@ __global__ void __launch_bounds__(NW * 32)
   }
 
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int key = key_g + r * 8;
-    if (key >= T_) continue;
-    T* dkrow = dk + (static_cast<int64_t>(b) * T_ + key) * kv_stride + static_cast<int64_t>(hk) * D;
-    T* dvrow = dv + (static_cast<int64_t>(b) * T_ + key) * kv_stride + static_cast<int64_t>(hk) * D;
+  for (int r = 0; r < KW; ++r) {
 #pragma unroll
-    for (int dt = 0; dt < D / 8; ++dt) {
-      const int col = dt * 8 + (lane & 3) * 2;
-      *reinterpret_cast<uint32_t*>(dkrow + col) = pack2<T>(dk_acc[dt][2 * r] * scale, dk_acc[dt][2 * r + 1] * scale);
-      *reinterpret_cast<uint32_t*>(dvrow + col) = pack2<T>(dv_acc[dt][2 * r], dv_acc[dt][2 * r + 1]);
+    for (int i = 0; i < 2; ++i) {
+      const int key = key_g + r * 16 + i * 8;
+      if (key >= T_) continue;
+      T* dkrow = dk + (static_cast<int64_t>(b) * T_ + key) * kv_stride + static_cast<int64_t>(hk) * D;
+      T* dvrow = dv + (static_cast<int64_t>(b) * T_ + key) * kv_stride + static_cast<int64_t>(hk) * D;
+#pragma unroll
+      for (int dt = 0; dt < D / 8; ++dt) {
+        const int col = dt * 8 + (lane & 3) * 2;
+        *reinterpret_cast<uint32_t*>(dkrow + col) =
+            pack2<T>(dk_acc[r][dt][2 * i] * scale, dk_acc[r][dt][2 * i + 1] * scale);
+        *reinterpret_cast<uint32_t*>(dvrow + col) = pack2<T>(dv_acc[r][dt][2 * i], dv_acc[r][dt][2 * i + 1]);
+      }
     }
   }
 }
@@ -498,21 +532,21 @@ void run_fwd(void* out, float* lse, const void* q, const void* k, const void* v,
   PRIMUS_CUDA_LAUNCH_CHECK();
 }
 
-template <typename E, int D, int NW, int BR>
+template <typename E, int D, int NW, int BR, int KW = 1>
 void run_bwd(void* dk, void* dv, float* dq_accum, const void* q, const void* k, const void* v, const void* dout,
              const float* lse, const float* delta, int64_t B, int64_t T, int64_t Hq, int64_t Hkv, float scale,
              bool causal, cudaStream_t stream) {
-  constexpr int BC = NW * 16;
+  constexpr int BC = NW * 16 * KW;
   static constexpr size_t smem = static_cast<size_t>(2 * BC * D + 4 * BR * D + BC * (BR + 8)) * sizeof(E) +
                           static_cast<size_t>(4 * BR) * sizeof(float);
   static const bool configured = [] {
-    PRIMUS_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_kernel<E, D, NW, BR>,
+    PRIMUS_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_kernel<E, D, NW, BR, KW>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     return true;
   }();
   (void)configured;
   const dim3 grid(static_cast<unsigned>(ceil_div(T, BC)), static_cast<unsigned>(Hkv), static_cast<unsigned>(B));
-  flash_bwd_kernel<E, D, NW, BR><<<grid, NW * 32, smem, stream>>>(
+  flash_bwd_kernel<E, D, NW, BR, KW><<<grid, NW * 32, smem, stream>>>(
       static_cast<E*>(dk), static_cast<E*>(dv), dq_accum, static_cast<const E*>(q), static_cast<const E*>(k),
       static_cast<const E*>(v), static_cast<const E*>(dout), lse, delta, static_cast<int>(T), static_cast<int>(Hq),
       static_cast<int>(Hkv), scale * kLog2e, scale, causal);
@@ -525,12 +559,25 @@ size_t align256(size_t b) { return (b + 255) / 256 * 256; }
 
 std::vector<FlashConfig> flash_configs(int64_t head_dim) {
   std::vector<FlashConfig> out;
-  for (int fw : {4, 8})
-    for (int bw : {4, 8})
-      for (int br : {64, 32}) out.push_back({fw, 16, bw, br});
-  if (head_dim == 64)
-    for (int bw : {4, 8})
-      for (int br : {64, 32}) out.push_back({4, 32, bw, br});
+  // Forward and backward tilings are independent; list each forward with the default backward
+  // and each backward with the default forward.
+  const FlashConfig def{};
+  std::vector<std::pair<int, int>> fwd = {{4, 16}, {8, 16}};
+  if (head_dim == 64) fwd.push_back({4, 32});
+  for (auto [fw, fr] : fwd) out.push_back({fw, fr, def.bwd_warps, def.bwd_rows, def.bwd_keys});
+  std::vector<std::tuple<int, int, int>> bwd = {{4, 64, 16}, {4, 32, 16}, {8, 64, 16}, {8, 32, 16}};
+  if (head_dim == 64) {
+    bwd.push_back({4, 32, 32});
+    bwd.push_back({8, 32, 32});
+  }
+  for (auto [bw, br, bk] : bwd) {
+    const FlashConfig c{def.fwd_warps, def.fwd_rows, bw, br, bk};
+    bool dup = false;
+    for (const auto& o : out)
+      dup |= o.fwd_warps == c.fwd_warps && o.fwd_rows == c.fwd_rows && o.bwd_warps == c.bwd_warps &&
+             o.bwd_rows == c.bwd_rows && o.bwd_keys == c.bwd_keys;
+    if (!dup) out.push_back(c);
+  }
   return out;
 }
 
@@ -585,9 +632,12 @@ void launch_flash_attention_backward(void* dq, void* dk, void* dv, const void* d
         delta, dq_accum, static_cast<const E*>(dout), static_cast<const E*>(out), B, static_cast<int>(T),
         static_cast<int>(Hq), static_cast<int>(D));
     PRIMUS_CUDA_LAUNCH_CHECK();
-    // Key tile = 16 * bwd_warps rows, query tile = bwd_rows rows.
+    // Key tile = bwd_keys * bwd_warps rows, query tile = bwd_rows rows.
     const bool w8 = cfg.bwd_warps == 8, r32 = cfg.bwd_rows == 32;
-    if (D == 64) {
+    if (D == 64 && cfg.bwd_keys == 32) {  // 32 keys per warp: query tiles of 32 rows only (registers)
+      if (w8) run_bwd<E, 64, 8, 32, 2>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
+      else run_bwd<E, 64, 4, 32, 2>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
+    } else if (D == 64) {
       if (w8 && r32) run_bwd<E, 64, 8, 32>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
       else if (w8) run_bwd<E, 64, 8, 64>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
       else if (r32) run_bwd<E, 64, 4, 32>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);

@@ -17,12 +17,15 @@
 
 namespace primus::cuda {
 
-// Tilings, chosen by measurement (`primus bench attention --all-configs`).
+// Tilings, chosen by measurement on an H100 (`primus bench attention --all-configs`, see
+// docs/PERFORMANCE.md): 32 query rows per forward warp was 1.2x faster than 16 at head dim 64.
 struct FlashConfig {
   int fwd_warps = 4;   // warps per forward block (4 or 8)
-  int fwd_rows = 16;   // query rows per forward warp: 16, or 32 (head dim 64 only; K/V fragments reused twice)
-  int bwd_warps = 4;   // warps per backward block (4 or 8): key rows per block = 16 * bwd_warps
+  int fwd_rows = 32;   // query rows per forward warp: 16, or 32 (head dim 64 only; K/V fragments reused
+                       // twice); 32 falls back to 16 at head dim 128
+  int bwd_warps = 4;   // warps per backward block (4 or 8)
   int bwd_rows = 64;   // query rows per backward tile (32 or 64)
+  int bwd_keys = 16;   // key rows per backward warp: 16, or 32 (head dim 64 with bwd_rows 32 only)
 };
 // Every tiling the kernels have, for benchmarks and tests.
 std::vector<FlashConfig> flash_configs(int64_t head_dim);
