@@ -7,7 +7,9 @@ BUNDLE_DIR=${BUNDLE_DIR:-/tmp/primus_bundle}
 bash "$ROOT/tools/gpu_unpack.sh" "$BUNDLE_DIR" || return 1
 B=$BUNDLE_DIR/bin
 PY=$BUNDLE_DIR/py
-export LD_LIBRARY_PATH=/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+# The binaries' RUNPATH ($ORIGIN/../lib) covers only their direct dependencies; libraries the
+# bundled ones need in turn (e.g. libicuuc -> libicudata) are found through LD_LIBRARY_PATH.
+export LD_LIBRARY_PATH=$BUNDLE_DIR/lib:/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 if ! ldconfig -p 2>/dev/null | grep -q 'libmpi.so.40 '; then
   export LD_LIBRARY_PATH=$BUNDLE_DIR/lib/mpi_fallback:$LD_LIBRARY_PATH
 fi
