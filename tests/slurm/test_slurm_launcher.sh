@@ -3,7 +3,7 @@
 # slurm-wlm) on this machine with a generated slurm.conf in a temp dir (auth/none, no
 # munge, no cgroups), runs a 2-process job through the launcher with the launch probe in
 # place of primus, checks that both ranks ran inside the Slurm job and met each other,
-# and shuts Slurm down. Usage: test_slurm_launcher.sh PATH/primus_launch_probe
+# runs 2 MPI ranks directly with `srun --mpi=pmix` (the CPU path), and shuts Slurm down. Usage: test_slurm_launcher.sh PATH/primus_launch_probe
 set -uo pipefail
 PROBE=${1:?usage: test_slurm_launcher.sh PROBE}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -91,7 +91,22 @@ EXP="$WORK/exp.yaml" NNODES=1 GPUS_PER_NODE=2 PRIMUS_LAUNCHER=env PRIMUS_BIN="$P
 code=$?
 echo "job finished with exit $code after $((SECONDS - start)) s"
 
+# The CPU path under Slurm: MPI ranks launched directly by srun through PMIx.
+mkdir -p "$WORK/ranks_pmix"
+PRIMUS_PROBE_DIR="$WORK/ranks_pmix" PRIMUS_COMM_TIMEOUT_S=30 \
+  timeout 60 srun --mpi=pmix -n 2 --export=ALL "$PROBE" train >"$WORK/pmix.log" 2>&1
+pmix_code=$?
+
 failed=0
+for r in 0 1; do
+  if grep -q "rank $r of 2 .*via srun with PMI | mpi all_reduce over 2 ranks" "$WORK/ranks_pmix/rank$r" 2>/dev/null; then
+    echo "PASS srun --mpi=pmix rank $r initialised MPI and reduced with the other"
+  else
+    echo "FAIL srun --mpi=pmix rank $r did not report (srun exit $pmix_code)"
+    cat "$WORK/pmix.log"
+    failed=1
+  fi
+done
 for r in 0 1; do
   if grep -q "rank $r of 2 .*tcp rendezvous with 2 ranks .*slurm job [0-9]" "$WORK/ranks/rank$r" 2>/dev/null; then
     echo "PASS rank $r ran inside the Slurm job: $(cat "$WORK/ranks/rank$r")"
@@ -108,4 +123,4 @@ if ((failed)); then
   echo "----- slurmd -----"; tail -n 30 "$WORK/slurmd.log"
   exit 1
 fi
-echo "1 passed, 0 failed"
+echo "2 passed, 0 failed"
