@@ -22,20 +22,6 @@
 
 namespace primus::safe {
 
-namespace {
-
-void emit(const std::vector<nlohmann::json>& rows, const std::vector<std::string>& cols, TableFormat format,
-          const std::string& file) {
-  print_table(stdout, rows, cols, format);
-  if (!file.empty()) {
-    std::ofstream out(file);
-    PRIMUS_CHECK(out.good(), "cannot write benchmark output '{}'", file);
-    out << table_to_string(rows, cols, format);
-  }
-}
-
-}  // namespace
-
 double attention_forward_flops(const AttentionShape& s) {
   const double full = 4.0 * s.batch * s.heads * static_cast<double>(s.seq) * s.seq * s.head_dim;
   return s.causal ? full / 2 : full;
@@ -63,6 +49,17 @@ bool gpu_ready(const char* command) {
 }
 
 namespace {
+
+void emit(const std::vector<nlohmann::json>& rows, const std::vector<std::string>& cols, TableFormat format,
+          const std::string& file) {
+  print_table(stdout, rows, cols, format);
+  if (!file.empty()) {
+    std::ofstream out(file);
+    PRIMUS_CHECK(out.good(), "cannot write benchmark output '{}'", file);
+    out << table_to_string(rows, cols, format);
+  }
+}
+
 
 cuda::GemmKey key_of(const GemmProblem& p) {
   cuda::GemmKey k;
