@@ -107,16 +107,19 @@ def main():
     for _ in range(a.warmup):
         step()
     fb = op = 0.0
+    best = float("inf")
     t = time.perf_counter()
     for _ in range(a.steps):
         loss, dfb, dop = step()
         fb += dfb
         op += dop
+        best = min(best, dfb + dop)
     dt = (time.perf_counter() - t) / a.steps
     print(json.dumps({"system": "pytorch", "torch": torch.__version__, "threads": torch.get_num_threads(),
                       "params": sum(p.numel() for p in m.parameters()), "step_ms": round(dt * 1e3, 1),
                       "fwd_bwd_ms": round(fb / a.steps * 1e3, 1), "optimizer_ms": round(op / a.steps * 1e3, 1),
-                      "tokens_per_s": round(a.batch * a.seq / dt, 1), "loss": round(loss, 4)}))
+                      "tokens_per_s": round(a.batch * a.seq / dt, 1), "best_step_ms": round(best * 1e3, 1),
+                      "best_tokens_per_s": round(a.batch * a.seq / best, 1), "loss": round(loss, 4)}))
 
 
 if __name__ == "__main__":
