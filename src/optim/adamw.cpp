@@ -30,18 +30,16 @@ AdamW::AdamW(ops::Context& ctx, std::vector<NamedTensor*> params, const AdamWCon
   }
 }
 
-double AdamW::grad_norm(float grad_scale) {
-  std::vector<Tensor> grads;
-  grads.reserve(slots_.size());
-  for (const Slot& s : slots_) grads.push_back(s.param->grad);
-  return std::sqrt(ops::sum_of_squares(ctx_, grads)) * grad_scale;
+std::vector<Tensor> AdamW::grads() const {
+  std::vector<Tensor> out;
+  out.reserve(slots_.size());
+  for (const Slot& s : slots_) out.push_back(s.param->grad);
+  return out;
 }
 
-int64_t AdamW::count_zero_grads() {
-  std::vector<Tensor> grads;
-  for (const Slot& s : slots_) grads.push_back(s.param->grad);
-  return ops::count_zeros(ctx_, grads);
-}
+double AdamW::grad_norm(float grad_scale) { return std::sqrt(ops::sum_of_squares(ctx_, grads())) * grad_scale; }
+
+int64_t AdamW::count_zero_grads() { return ops::count_zeros(ctx_, grads()); }
 
 AdamW::StepInfo AdamW::step(double lr, double weight_decay, float grad_scale) {
   StepInfo info;

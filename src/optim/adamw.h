@@ -55,6 +55,8 @@ class AdamW {
   void load_state_tensors(const NamedTensorList& state);
 
  private:
+  std::vector<Tensor> grads() const;
+
   struct Slot {
     NamedTensor* param;
     Tensor master, exp_avg, exp_avg_sq;

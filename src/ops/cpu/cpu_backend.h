@@ -70,6 +70,24 @@ class CpuBackend final : public Backend {
 
 // Throws "<op>: <what> must be fp32 on CPU, got ..." for the compute ops.
 void require_f32(const Tensor& t, const char* op, const char* what);
+// fp32/bf16/fp16: the types fill, copy_cast and the reductions accept on CPU.
+inline bool is_float_type(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
+// Element i of an fp32/bf16/fp16 tensor as fp32, and the rounding store back.
+inline float load_as_f32(const Tensor& t, int64_t i) {
+  switch (t.dtype()) {
+    case DType::F32: return t.data<float>()[i];
+    case DType::BF16: return bf16_bits_to_fp32(t.data<uint16_t>()[i]);
+    default: return fp16_bits_to_fp32(t.data<uint16_t>()[i]);
+  }
+}
+inline void store_from_f32(Tensor& t, int64_t i, float v) {
+  switch (t.dtype()) {
+    case DType::F32: t.data<float>()[i] = v; break;
+    case DType::BF16: t.data<uint16_t>()[i] = fp32_to_bf16_bits(v); break;
+    default: t.data<uint16_t>()[i] = fp32_to_fp16_bits(v); break;
+  }
+}
+
 template <typename... Ts>
 void require_f32_all(const char* op, const Ts&... tensors) {
   (require_f32(tensors, op, "every tensor"), ...);

@@ -13,29 +13,8 @@ void require_f32(const Tensor& t, const char* op, const char* what) {
                op, what, t.describe());
 }
 
-namespace {
-
-// Element i of a float tensor as fp32 / stored from fp32, for fp32/bf16/fp16.
-inline float load(const Tensor& t, int64_t i) {
-  switch (t.dtype()) {
-    case DType::F32: return t.data<float>()[i];
-    case DType::BF16: return bf16_bits_to_fp32(t.data<uint16_t>()[i]);
-    default: return fp16_bits_to_fp32(t.data<uint16_t>()[i]);
-  }
-}
-inline void store(Tensor& t, int64_t i, float v) {
-  switch (t.dtype()) {
-    case DType::F32: t.data<float>()[i] = v; break;
-    case DType::BF16: t.data<uint16_t>()[i] = fp32_to_bf16_bits(v); break;
-    default: t.data<uint16_t>()[i] = fp32_to_fp16_bits(v); break;
-  }
-}
-bool is_float16_or_32(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
-
-}  // namespace
-
 void CpuBackend::fill(Tensor& t, float value) {
-  PRIMUS_CHECK(is_float16_or_32(t.dtype()) || (t.dtype() == DType::I32 && value == static_cast<int32_t>(value)),
+  PRIMUS_CHECK(is_float_type(t.dtype()) || (t.dtype() == DType::I32 && value == static_cast<int32_t>(value)),
                "fill: unsupported tensor {} (fp32/bf16/fp16, or int32 with an integral value)", t.describe());
   if (t.dtype() == DType::I32) {
     int32_t* p = t.data<int32_t>();
@@ -43,7 +22,7 @@ void CpuBackend::fill(Tensor& t, float value) {
     return;
   }
   pool_.parallel_for(t.numel(), [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) store(t, i, value);
+    for (int64_t i = b; i < e; ++i) store_from_f32(t, i, value);
   }, 1 << 16);
 }
 
@@ -52,10 +31,10 @@ void CpuBackend::copy_cast(Tensor& dst, const Tensor& src) {
     std::memcpy(dst.raw(), src.raw(), dst.nbytes());
     return;
   }
-  PRIMUS_CHECK(is_float16_or_32(dst.dtype()) && is_float16_or_32(src.dtype()),
+  PRIMUS_CHECK(is_float_type(dst.dtype()) && is_float_type(src.dtype()),
                "copy_cast: casts between fp32/bf16/fp16 only, got {} -> {}", src.describe(), dst.describe());
   pool_.parallel_for(dst.numel(), [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) store(dst, i, load(src, i));
+    for (int64_t i = b; i < e; ++i) store_from_f32(dst, i, load_as_f32(src, i));
   }, 1 << 16);
 }
 

@@ -60,17 +60,8 @@ Acc reduce_ranges(ThreadPool& pool, int64_t n, F f) {
   return total;
 }
 
-inline float element(const Tensor& t, int64_t i) {
-  switch (t.dtype()) {
-    case DType::F32: return t.data<float>()[i];
-    case DType::BF16: return bf16_bits_to_fp32(t.data<uint16_t>()[i]);
-    default: return fp16_bits_to_fp32(t.data<uint16_t>()[i]);
-  }
-}
-
 void require_float(const Tensor& t, const char* op) {
-  PRIMUS_CHECK(t.dtype() == DType::F32 || t.dtype() == DType::BF16 || t.dtype() == DType::F16,
-               "{}: expected an fp32/bf16/fp16 tensor, got {}", op, t.describe());
+  PRIMUS_CHECK(is_float_type(t.dtype()), "{}: expected an fp32/bf16/fp16 tensor, got {}", op, t.describe());
 }
 
 }  // namespace
@@ -96,7 +87,7 @@ double CpuBackend::sum_of_squares(const std::vector<Tensor>& tensors) {
       total += reduce_ranges<double>(pool_, t.numel(), [&](int64_t b, int64_t e) {
         double s = 0;
         for (int64_t i = b; i < e; ++i) {
-          const double xi = element(t, i);
+          const double xi = load_as_f32(t, i);
           s += xi * xi;
         }
         return s;
@@ -112,7 +103,7 @@ int64_t CpuBackend::count_zeros(const std::vector<Tensor>& tensors) {
     require_float(t, "count_zeros");
     total += reduce_ranges<int64_t>(pool_, t.numel(), [&](int64_t b, int64_t e) {
       int64_t z = 0;
-      for (int64_t i = b; i < e; ++i) z += element(t, i) == 0.f;
+      for (int64_t i = b; i < e; ++i) z += load_as_f32(t, i) == 0.f;
       return z;
     });
   }
