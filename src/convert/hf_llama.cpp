@@ -1,0 +1,230 @@
+#include "convert/hf_llama.h"
+
+#include <cstring>
+
+#include <fmt/format.h>
+
+namespace primus::convert {
+
+namespace {
+
+template <typename T>
+T required(const nlohmann::json& j, const char* key, const std::string& source) {
+  if (!j.contains(key) || j[key].is_null())
+    fail("{}: missing required key '{}' in the HuggingFace config", source, key);
+  try {
+    return j[key].get<T>();
+  } catch (const nlohmann::json::exception&) {
+    fail("{}: key '{}' has the wrong type (value {})", source, key, j[key].dump());
+  }
+}
+
+template <typename T>
+T optional(const nlohmann::json& j, const char* key, T fallback) {
+  return j.contains(key) && !j[key].is_null() ? j[key].get<T>() : fallback;
+}
+
+// Concatenate CPU tensors of shape (r_i, C) along rows.
+Tensor concat_rows(const std::vector<Tensor>& parts, const std::string& what) {
+  PRIMUS_CHECK(!parts.empty(), "{}: nothing to concatenate", what);
+  const int64_t cols = parts[0].size(1);
+  int64_t rows = 0;
+  for (const auto& p : parts) {
+    PRIMUS_CHECK(p.ndim() == 2 && p.size(1) == cols && p.dtype() == parts[0].dtype(),
+                 "{}: part {} does not match {} (same dtype and columns expected)", what, p.describe(),
+                 parts[0].describe());
+    rows += p.size(0);
+  }
+  Tensor out = Tensor::empty({rows, cols}, parts[0].dtype());
+  int64_t r = 0;
+  for (const auto& p : parts) {
+    Tensor dst = out.rows(r, r + p.size(0));
+    dst.copy_from(p);
+    r += p.size(0);
+  }
+  return out;
+}
+
+void expect_shape(const Tensor& t, const Shape& s, const std::string& name) {
+  PRIMUS_CHECK(t.shape() == s, "tensor '{}' has shape {} but the config implies {}", name,
+               shape_str(t.shape()), shape_str(s));
+}
+
+std::string layer(int64_t i, const char* rest) { return fmt::format("decoder.layers.{}.{}", i, rest); }
+std::string hf_layer(int64_t i, const char* rest) { return fmt::format("model.layers.{}.{}", i, rest); }
+
+}  // namespace
+
+ModelConfig model_config_from_hf(const nlohmann::json& hf, const std::string& source) {
+  const std::string type = optional<std::string>(hf, "model_type", "llama");
+  if (type != "llama" && type != "mistral")
+    fail("{}: model_type '{}' is not supported by the converter yet (supported: llama, mistral)", source, type);
+  if (optional<bool>(hf, "attention_bias", false) || optional<bool>(hf, "mlp_bias", false))
+    fail("{}: attention_bias/mlp_bias are not supported (Llama has no biases)", source);
+  const std::string act = optional<std::string>(hf, "hidden_act", "silu");
+  if (act != "silu") fail("{}: hidden_act '{}' is not supported (expected silu / SwiGLU)", source, act);
+  ModelConfig mc;
+  mc.name = optional<std::string>(hf, "_name_or_path", "hf-import");
+  mc.num_layers = required<int64_t>(hf, "num_hidden_layers", source);
+  mc.hidden_size = required<int64_t>(hf, "hidden_size", source);
+  mc.ffn_hidden_size = required<int64_t>(hf, "intermediate_size", source);
+  mc.num_attention_heads = required<int64_t>(hf, "num_attention_heads", source);
+  mc.num_query_groups = optional<int64_t>(hf, "num_key_value_heads", mc.num_attention_heads);
+  mc.kv_channels = optional<int64_t>(hf, "head_dim", mc.hidden_size / mc.num_attention_heads);
+  mc.padded_vocab_size = required<int64_t>(hf, "vocab_size", source);
+  mc.max_position_embeddings = optional<int64_t>(hf, "max_position_embeddings", 4096);
+  mc.norm_epsilon = optional<double>(hf, "rms_norm_eps", 1e-5);
+  mc.rotary_base = optional<double>(hf, "rope_theta", 10000.0);
+  mc.untie_embeddings_and_output_weights = !optional<bool>(hf, "tie_word_embeddings", false);
+  mc.init_method_std = optional<double>(hf, "initializer_range", 0.02);
+  mc.swiglu = true;
+  mc.add_bias_linear = false;
+  if (hf.contains("rope_scaling") && !hf["rope_scaling"].is_null()) {
+    const auto& rs = hf["rope_scaling"];
+    const std::string rt = rs.contains("rope_type") ? rs["rope_type"].get<std::string>()
+                                                    : optional<std::string>(rs, "type", "");
+    if (rt != "llama3")
+      fail("{}: rope_scaling type '{}' is not supported (supported: llama3)", source, rt);
+    mc.use_rope_scaling = true;
+    mc.rope_scaling_factor = required<double>(rs, "factor", source + " rope_scaling");
+    mc.rope_low_freq_factor = optional<double>(rs, "low_freq_factor", 1.0);
+    mc.rope_high_freq_factor = optional<double>(rs, "high_freq_factor", 4.0);
+    mc.original_max_position_embeddings = optional<int64_t>(rs, "original_max_position_embeddings", 8192);
+  }
+  PRIMUS_CHECK(mc.num_attention_heads % mc.num_query_groups == 0,
+               "{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", source,
+               mc.num_attention_heads, mc.num_query_groups);
+  return mc;
+}
+
+nlohmann::json hf_config_from_model(const ModelConfig& mc, const std::string& torch_dtype,
+                                    int64_t bos_token_id, int64_t eos_token_id) {
+  PRIMUS_CHECK(mc.num_experts == 0 && !mc.multi_latent_attention,
+               "HF export supports the dense Llama family only (model '{}' has MoE or MLA)", mc.name);
+  nlohmann::json j = {
+      {"architectures", {"LlamaForCausalLM"}},
+      {"model_type", "llama"},
+      {"hidden_act", "silu"},
+      {"hidden_size", mc.hidden_size},
+      {"intermediate_size", mc.ffn_hidden_size},
+      {"num_hidden_layers", mc.num_layers},
+      {"num_attention_heads", mc.num_attention_heads},
+      {"num_key_value_heads", mc.num_query_groups},
+      {"head_dim", mc.head_dim()},
+      {"vocab_size", mc.padded_vocab_size},
+      {"max_position_embeddings", mc.max_position_embeddings},
+      {"rms_norm_eps", mc.norm_epsilon},
+      {"rope_theta", mc.rotary_base},
+      {"tie_word_embeddings", !mc.untie_embeddings_and_output_weights},
+      {"attention_bias", false},
+      {"mlp_bias", false},
+      {"initializer_range", mc.init_method_std},
+      {"bos_token_id", bos_token_id},
+      {"eos_token_id", eos_token_id},
+      {"torch_dtype", torch_dtype},
+      {"use_cache", true},
+  };
+  if (mc.use_rope_scaling) {
+    j["rope_scaling"] = {{"rope_type", "llama3"},
+                         {"factor", mc.rope_scaling_factor},
+                         {"low_freq_factor", mc.rope_low_freq_factor},
+                         {"high_freq_factor", mc.rope_high_freq_factor},
+                         {"original_max_position_embeddings", mc.original_max_position_embeddings}};
+  } else {
+    j["rope_scaling"] = nullptr;
+  }
+  return j;
+}
+
+std::vector<std::string> primus_parameter_names(const ModelConfig& mc) {
+  std::vector<std::string> n = {"embedding.word_embeddings.weight"};
+  for (int64_t i = 0; i < mc.num_layers; ++i) {
+    n.push_back(layer(i, "input_layernorm.weight"));
+    n.push_back(layer(i, "self_attention.linear_qkv.weight"));
+    n.push_back(layer(i, "self_attention.linear_proj.weight"));
+    n.push_back(layer(i, "pre_mlp_layernorm.weight"));
+    n.push_back(layer(i, "mlp.linear_fc1.weight"));
+    n.push_back(layer(i, "mlp.linear_fc2.weight"));
+  }
+  n.push_back("decoder.final_layernorm.weight");
+  if (mc.untie_embeddings_and_output_weights) n.push_back("output_layer.weight");
+  return n;
+}
+
+std::vector<std::string> hf_parameter_names(const ModelConfig& mc) {
+  std::vector<std::string> n = {"model.embed_tokens.weight"};
+  for (int64_t i = 0; i < mc.num_layers; ++i) {
+    for (const char* r : {"input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+                          "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
+                          "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"})
+      n.push_back(hf_layer(i, r));
+  }
+  n.push_back("model.norm.weight");
+  if (mc.untie_embeddings_and_output_weights) n.push_back("lm_head.weight");
+  return n;
+}
+
+NamedTensors hf_to_primus(const ModelConfig& mc, const TensorLookup& hf) {
+  const int64_t C = mc.hidden_size, D = mc.head_dim(), Hq = mc.num_attention_heads,
+                Hkv = mc.num_query_groups, F = mc.ffn_hidden_size, V = mc.padded_vocab_size;
+  NamedTensors out;
+  auto take = [&](const std::string& name, const Shape& shape) {
+    Tensor t = hf(name);
+    expect_shape(t, shape, name);
+    return t;
+  };
+  out.emplace_back("embedding.word_embeddings.weight", take("model.embed_tokens.weight", {V, C}));
+  for (int64_t i = 0; i < mc.num_layers; ++i) {
+    out.emplace_back(layer(i, "input_layernorm.weight"), take(hf_layer(i, "input_layernorm.weight"), {C}));
+    out.emplace_back(layer(i, "self_attention.linear_qkv.weight"),
+                     concat_rows({take(hf_layer(i, "self_attn.q_proj.weight"), {Hq * D, C}),
+                                  take(hf_layer(i, "self_attn.k_proj.weight"), {Hkv * D, C}),
+                                  take(hf_layer(i, "self_attn.v_proj.weight"), {Hkv * D, C})},
+                                 layer(i, "self_attention.linear_qkv.weight")));
+    out.emplace_back(layer(i, "self_attention.linear_proj.weight"),
+                     take(hf_layer(i, "self_attn.o_proj.weight"), {C, Hq * D}));
+    out.emplace_back(layer(i, "pre_mlp_layernorm.weight"),
+                     take(hf_layer(i, "post_attention_layernorm.weight"), {C}));
+    out.emplace_back(layer(i, "mlp.linear_fc1.weight"),
+                     concat_rows({take(hf_layer(i, "mlp.gate_proj.weight"), {F, C}),
+                                  take(hf_layer(i, "mlp.up_proj.weight"), {F, C})},
+                                 layer(i, "mlp.linear_fc1.weight")));
+    out.emplace_back(layer(i, "mlp.linear_fc2.weight"), take(hf_layer(i, "mlp.down_proj.weight"), {C, F}));
+  }
+  out.emplace_back("decoder.final_layernorm.weight", take("model.norm.weight", {C}));
+  if (mc.untie_embeddings_and_output_weights)
+    out.emplace_back("output_layer.weight", take("lm_head.weight", {V, C}));
+  return out;
+}
+
+NamedTensors primus_to_hf(const ModelConfig& mc, const TensorLookup& primus) {
+  const int64_t C = mc.hidden_size, D = mc.head_dim(), Hq = mc.num_attention_heads,
+                Hkv = mc.num_query_groups, F = mc.ffn_hidden_size, V = mc.padded_vocab_size;
+  NamedTensors out;
+  auto take = [&](const std::string& name, const Shape& shape) {
+    Tensor t = primus(name);
+    expect_shape(t, shape, name);
+    return t;
+  };
+  // Split views share the source storage; clone so each HF tensor owns compact memory.
+  out.emplace_back("model.embed_tokens.weight", take("embedding.word_embeddings.weight", {V, C}));
+  for (int64_t i = 0; i < mc.num_layers; ++i) {
+    out.emplace_back(hf_layer(i, "input_layernorm.weight"), take(layer(i, "input_layernorm.weight"), {C}));
+    Tensor qkv = take(layer(i, "self_attention.linear_qkv.weight"), {(Hq + 2 * Hkv) * D, C});
+    out.emplace_back(hf_layer(i, "self_attn.q_proj.weight"), qkv.rows(0, Hq * D).clone());
+    out.emplace_back(hf_layer(i, "self_attn.k_proj.weight"), qkv.rows(Hq * D, (Hq + Hkv) * D).clone());
+    out.emplace_back(hf_layer(i, "self_attn.v_proj.weight"), qkv.rows((Hq + Hkv) * D, (Hq + 2 * Hkv) * D).clone());
+    out.emplace_back(hf_layer(i, "self_attn.o_proj.weight"), take(layer(i, "self_attention.linear_proj.weight"), {C, Hq * D}));
+    out.emplace_back(hf_layer(i, "post_attention_layernorm.weight"), take(layer(i, "pre_mlp_layernorm.weight"), {C}));
+    Tensor fc1 = take(layer(i, "mlp.linear_fc1.weight"), {2 * F, C});
+    out.emplace_back(hf_layer(i, "mlp.gate_proj.weight"), fc1.rows(0, F).clone());
+    out.emplace_back(hf_layer(i, "mlp.up_proj.weight"), fc1.rows(F, 2 * F).clone());
+    out.emplace_back(hf_layer(i, "mlp.down_proj.weight"), take(layer(i, "mlp.linear_fc2.weight"), {C, F}));
+  }
+  out.emplace_back("model.norm.weight", take("decoder.final_layernorm.weight", {C}));
+  if (mc.untie_embeddings_and_output_weights)
+    out.emplace_back("lm_head.weight", take("output_layer.weight", {V, C}));
+  return out;
+}
+
+}  // namespace primus::convert

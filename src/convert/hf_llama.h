@@ -1,0 +1,42 @@
+// HuggingFace Llama <-> Primus: config.json fields and parameter names/layouts.
+//
+// Primus keeps Megatron's fused layouts: linear_qkv rows are [q heads | k heads | v heads]
+// and linear_fc1 rows are [gate | up]. HF keeps q/k/v and gate/up as separate matrices.
+// Both use the rotate-half RoPE convention (HF's checkpoints already carry the q/k row
+// permutation that Meta's original interleaved checkpoints need), so converting between
+// HF and Primus is a pure split/concatenate: no rotary permutation is applied, and the
+// logits-match check against `transformers` is what proves it.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/tensor.h"
+#include "model/model_config.h"
+
+namespace primus::convert {
+
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+// Finds a tensor by name in the source checkpoint; throws naming the missing tensor.
+using TensorLookup = std::function<Tensor(const std::string& name)>;
+
+// config.json (LlamaForCausalLM / MistralForCausalLM with no sliding window) -> ModelConfig.
+// Errors name the key and the file given in `source`.
+ModelConfig model_config_from_hf(const nlohmann::json& hf, const std::string& source);
+// ModelConfig -> config.json that transformers' LlamaForCausalLM loads.
+nlohmann::json hf_config_from_model(const ModelConfig& mc, const std::string& torch_dtype,
+                                    int64_t bos_token_id, int64_t eos_token_id);
+
+// The names each side expects, in a stable order.
+std::vector<std::string> primus_parameter_names(const ModelConfig& mc);
+std::vector<std::string> hf_parameter_names(const ModelConfig& mc);
+
+// Layout conversion (CPU tensors; dtype kept as found).
+NamedTensors hf_to_primus(const ModelConfig& mc, const TensorLookup& hf);
+NamedTensors primus_to_hf(const ModelConfig& mc, const TensorLookup& primus);
+
+}  // namespace primus::convert
