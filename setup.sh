@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 APT_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev
-  libopenblas-dev libpcre2-dev libsentencepiece-dev libzstd-dev zlib1g-dev libsimdjson-dev
+  libopenblas-dev libpcre2-dev libsentencepiece-dev libzstd-dev zlib1g-dev libsimdjson-dev libicu-dev
   libopenmpi-dev openmpi-bin slurm-wlm libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-numpy python3-torch nodejs npm
 )
