@@ -29,6 +29,14 @@ for t in $TARGETS; do
 done
 
 # Libraries the GPU machine has (or must come from its driver/toolkit): never bundle these.
+# cuDNN in particular cannot travel: libcudnn.so.9 is a 130 KB loader that dlopens
+# libcudnn_graph / _heuristic / _engines_precompiled / _engines_runtime_compiled / _ops / _cnn / _adv
+# at run time, ~490 MB together (the precompiled engines alone: 245 MB, 180 MB compressed) against
+# the 64 MiB the device tool carries. The binaries link the soname libcudnn.so.9, so they run on
+# the machine's own cuDNN 9 (9.14 in /usr/lib/x86_64-linux-gnu, see ../shared/GPU.md; the runtime-
+# compiled engines also need libnvrtc.so.13, in /usr/local/cuda/lib64 there). src/ops/cuda/
+# cudnn_attention*.cpp uses only graph-API attributes that exist since cuDNN 9.0 and reports the
+# runtime version in every cuDNN error.
 skip='^(linux-vdso|ld-linux|libc\.|libm\.|libpthread|libdl\.|librt\.|libresolv|libstdc\+\+|libgcc_s|libcuda\.|libcudart|libcublas|libcublasLt|libcudnn|libnccl|libnvrtc|libnvJitLink)'
 # Open MPI: the GPU machine has its own (4.1.6, ABI-compatible with Debian's libmpi.so.40) whose
 # plugins match it; ours go to lib/mpi_fallback/, used only where the machine has none
@@ -54,6 +62,9 @@ while ((${#queue[@]})); do
     fi
   done < <(ldd "$f" | awk '/=>/ {print $1, $3}')
 done
+
+echo "cuDNN the binaries load from the GPU machine: $(for f in "$BUNDLE"/bin/*; do ldd "$f"; done |
+  awk '/libcudnn/ {print $1}' | sort -u | tr '\n' ' ')(sub-libraries via dlopen)"
 
 cp /work/shared/anchors/pt_llama_bench.py "$BUNDLE/py/" 2>/dev/null || echo "note: pt_llama_bench.py not found"
 cp "$ROOT/tools/gpu_sdpa_ref.py" "$ROOT/tools/gpu_summary.py" "$BUNDLE/py/"

@@ -148,8 +148,7 @@ int run_attention_bench(const AttentionBenchOptions& o) {
            dv = Tensor::empty(sk, DType::BF16, Device::CUDA);
     const float scale = 1.f / std::sqrt(static_cast<float>(s.head_dim));
     const double f_fwd = attention_forward_flops(s), f_bwd = 2.5 * f_fwd;
-    for (const cuda::FlashConfig& cfg : configs) {
-      be.set_flash_config(cfg);
+    auto time_kernel = [&](const std::string& kernel) {
       const auto fwd = cuda::time_on_stream(be.stream(), o.warmup, o.iters, [&](int) {
         be.attention_forward(out, lse, q, k, v, scale, s.causal);
       });
@@ -163,16 +162,34 @@ int run_attention_bench(const AttentionBenchOptions& o) {
                       {"KV", s.kv_heads},
                       {"D", s.head_dim},
                       {"causal", s.causal},
-                      {"kernel", fmt::format("flash fw{} fr{} bw{} br{} bk{}", cfg.fwd_warps, cfg.fwd_rows,
-                                             cfg.bwd_warps, cfg.bwd_rows, cfg.bwd_keys)},
+                      {"kernel", kernel},
                       {"fwd_us", fwd.median_us},
                       {"fwd_tflops", f_fwd / (fwd.median_us * 1e6)},
                       {"bwd_us", bwd.median_us},
                       {"bwd_tflops", f_bwd / (bwd.median_us * 1e6)},
                       {"fwd_bwd_us", fwd.median_us + bwd.median_us},
                       {"fwd_bwd_tflops", (f_fwd + f_bwd) / ((fwd.median_us + bwd.median_us) * 1e6)}});
+    };
+    be.set_attention_kernel(cuda::AttentionKernel::Flash);  // our kernels, not the default (cuDNN)
+    for (const cuda::FlashConfig& cfg : configs) {
+      be.set_flash_config(cfg);
+      time_kernel(fmt::format("flash fw{} fr{} bw{} br{} bk{}", cfg.fwd_warps, cfg.fwd_rows, cfg.bwd_warps,
+                              cfg.bwd_rows, cfg.bwd_keys));
     }
     be.set_flash_config(cuda::FlashConfig{});
+    // cuDNN's fused SDPA (the backend's default where it builds), strict: a refusal is reported, not hidden.
+    be.set_attention_kernel(cuda::AttentionKernel::Cudnn);
+    try {
+      time_kernel("cudnn");
+      const cuda::CudnnAttentionShape cs{s.batch, s.seq, s.heads, s.kv_heads, s.head_dim, s.head_dim, DType::BF16,
+                                         s.causal};
+      std::fprintf(stderr, "bench attention %s: cudnn forward %s; backward %s\n", s.label.c_str(),
+                   be.cudnn_attention().describe(cuda::CudnnPass::Forward, cs).c_str(),
+                   be.cudnn_attention().describe(cuda::CudnnPass::Backward, cs).c_str());
+    } catch (const Error& e) {
+      std::fprintf(stderr, "bench attention %s: cuDNN SDPA failed: %s\n", s.label.c_str(), e.what());
+    }
+    be.set_attention_kernel(cuda::AttentionKernel::Auto);
   }
   emit(rows,
        {"shape", "B", "T", "H", "KV", "D", "causal", "kernel", "fwd_us", "fwd_tflops", "bwd_us", "bwd_tflops",

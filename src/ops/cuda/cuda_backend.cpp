@@ -42,16 +42,25 @@ int64_t rows_of(const Tensor& t) {
   return c == 0 ? 0 : t.numel() / c;
 }
 
+// The attention inputs as a cuDNN plan-cache key: q (B,T,Hq,Dqk), k (B,T,Hkv,Dqk), v (B,T,Hkv,Dv).
+CudnnAttentionShape cudnn_shape(const Tensor& q, const Tensor& k, const Tensor& v, bool causal) {
+  return {q.size(0), q.size(1), q.size(2), k.size(2), q.size(3), v.size(3), q.dtype(), causal};
+}
+
 }  // namespace
 
 CudaBackendOptions CudaBackendOptions::from_env() {
   CudaBackendOptions o;
-  if (const char* v = std::getenv("PRIMUS_ATTENTION_KERNEL"); v && *v) {
+  const char* impl = std::getenv("PRIMUS_ATTENTION_IMPL");
+  const char* older = std::getenv("PRIMUS_ATTENTION_KERNEL");
+  const char* var = impl && *impl ? "PRIMUS_ATTENTION_IMPL" : "PRIMUS_ATTENTION_KERNEL";
+  if (const char* v = impl && *impl ? impl : older; v && *v) {
     const std::string s(v);
-    if (s == "auto") o.attention = AttentionKernel::Auto;
+    if (s == "cudnn" || s == "auto") o.attention = AttentionKernel::Auto;
+    else if (s == "cudnn-strict") o.attention = AttentionKernel::Cudnn;
     else if (s == "flash") o.attention = AttentionKernel::Flash;
     else if (s == "simple") o.attention = AttentionKernel::Simple;
-    else fail("PRIMUS_ATTENTION_KERNEL={}: expected auto, flash or simple", s);
+    else fail("{}={}: expected cudnn (cuDNN with fallback, the default), cudnn-strict, flash or simple", var, s);
   }
   o.gemm_tuning = GemmTuningConfig::from_env();
   return o;
@@ -74,6 +83,7 @@ CudaBackend::CudaBackend(int device_index, CudaBackendOptions options)
     PRIMUS_CUDA_CHECK(cudaMalloc(&result_dev_, 256));
     PRIMUS_CUDA_CHECK(cudaMallocHost(&result_host_, 256));
     gemm_ = std::make_unique<GemmEngine>(device_index, stream_, options_.gemm_tuning);
+    cudnn_attention_ = std::make_unique<CudnnAttention>(device_index, stream_);  // cuDNN loads on first use
   } catch (...) {  // e.g. stage 3 without a table: release what was made, then report
     if (result_dev_) cudaFree(result_dev_);
     if (result_host_) cudaFreeHost(result_host_);
@@ -85,6 +95,7 @@ CudaBackend::CudaBackend(int device_index, CudaBackendOptions options)
 CudaBackend::~CudaBackend() {
   if (stream_) cudaStreamSynchronize(stream_);
   gemm_.reset();
+  cudnn_attention_.reset();
   if (scratch_) cudaFree(scratch_);
   if (result_dev_) cudaFree(result_dev_);
   if (result_host_) cudaFreeHost(result_host_);
@@ -259,6 +270,16 @@ void CudaBackend::attention_forward(Tensor& out, Tensor& lse, const Tensor& q, c
   require_cuda(v, "attention_forward", "v");
   PRIMUS_CHECK(lse.dtype() == DType::F32 && lse.is_cuda(), "attention_forward: lse must be fp32 on CUDA, got {}",
                lse.describe());
+  if (options_.attention == AttentionKernel::Auto || options_.attention == AttentionKernel::Cudnn) {
+    const CudnnAttentionShape cs = cudnn_shape(q, k, v, causal);
+    if (cudnn_attention_->ready(CudnnPass::Forward, cs, options_.attention == AttentionKernel::Cudnn,
+                                use_flash(q, v) ? "flash" : "simple")) {
+      const size_t ws = cudnn_attention_->workspace_bytes(CudnnPass::Forward, cs);
+      cudnn_attention_->forward(cs, {out.raw(), lse.data<float>(), q.raw(), k.raw(), v.raw(), scale},
+                                ws ? scratch(ws) : nullptr, ws);
+      return;
+    }
+  }
   const int64_t B = q.size(0), T = q.size(1), Hq = q.size(2), Hkv = k.size(2);
   if (use_flash(q, v)) {
     launch_flash_attention_forward(out.raw(), lse.data<float>(), q.raw(), k.raw(), v.raw(), q.dtype(), B, T, Hq, Hkv,
@@ -276,6 +297,18 @@ void CudaBackend::attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const T
   require_cuda(dk, "attention_backward", "dk");
   require_cuda(dv, "attention_backward", "dv");
   require_cuda(dout, "attention_backward", "dout");
+  if (options_.attention == AttentionKernel::Auto || options_.attention == AttentionKernel::Cudnn) {
+    const CudnnAttentionShape cs = cudnn_shape(q, k, v, causal);
+    if (cudnn_attention_->ready(CudnnPass::Backward, cs, options_.attention == AttentionKernel::Cudnn,
+                                use_flash(q, v) ? "flash" : "simple")) {
+      const size_t ws = cudnn_attention_->workspace_bytes(CudnnPass::Backward, cs);
+      cudnn_attention_->backward(cs,
+                                 {dq.raw(), dk.raw(), dv.raw(), dout.raw(), q.raw(), k.raw(), v.raw(), out.raw(),
+                                  lse.data<float>(), scale},
+                                 scratch(ws), ws);
+      return;
+    }
+  }
   const int64_t B = q.size(0), T = q.size(1), Hq = q.size(2), Hkv = k.size(2);
   if (use_flash(q, v)) {
     const size_t ws = flash_attention_backward_workspace_bytes(B, T, Hq, q.size(3));

@@ -12,6 +12,7 @@
 #include <memory>
 
 #include "ops/backend.h"
+#include "ops/cuda/cudnn_attention.h"
 #include "ops/cuda/flash_attention.h"
 #include "ops/cuda/gemm.h"
 
@@ -23,15 +24,19 @@ std::shared_ptr<Backend> make_cuda_backend(int device_index);
 
 namespace primus::cuda {
 
-// Which attention kernels the backend uses. Auto: flash (tensor cores) where supported
-// (bf16/fp16, head dim 64/128, Dqk == Dv), the simple kernel otherwise.
-enum class AttentionKernel { Auto, Flash, Simple };
+// Which attention kernels the backend uses. Auto: cuDNN's fused SDPA (cudnn_attention.h) where its
+// graph builds for the shape, else flash (tensor cores) where supported (bf16/fp16, head dim
+// 64/128, Dqk == Dv), else the simple kernel; each fallback warns once per shape. Cudnn: cuDNN
+// only, its refusal is an error (tests, benchmarks).
+enum class AttentionKernel { Auto, Cudnn, Flash, Simple };
 
 struct CudaBackendOptions {
   AttentionKernel attention = AttentionKernel::Auto;
   FlashConfig flash;
   GemmTuningConfig gemm_tuning;
-  // PRIMUS_ATTENTION_KERNEL=auto|flash|simple, the GEMM tuning variables (gemm.h).
+  // PRIMUS_ATTENTION_IMPL=cudnn|flash|simple|cudnn-strict (cudnn = Auto, the default;
+  // cudnn-strict = Cudnn; the older name PRIMUS_ATTENTION_KERNEL=auto|... is also read), the GEMM
+  // tuning variables (gemm.h).
   static CudaBackendOptions from_env();
 };
 
@@ -85,6 +90,7 @@ class CudaBackend final : public ops::Backend {
   int device_index() const { return device_; }
   cudaStream_t stream() const { return stream_; }
   GemmEngine& gemm() { return *gemm_; }
+  CudnnAttention& cudnn_attention() { return *cudnn_attention_; }
   const CudaBackendOptions& options() const { return options_; }
   void set_attention_kernel(AttentionKernel k) { options_.attention = k; }
   void set_flash_config(FlashConfig c) { options_.flash = c; }
@@ -99,6 +105,7 @@ class CudaBackend final : public ops::Backend {
   CudaBackendOptions options_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<GemmEngine> gemm_;
+  std::unique_ptr<CudnnAttention> cudnn_attention_;
   void* scratch_ = nullptr;
   size_t scratch_bytes_ = 0;
   void* result_dev_ = nullptr;   // 16 bytes: reduction results

@@ -250,6 +250,10 @@ Plan GraphBuilder::build(cudnnHandle_t handle) && {
     check(cudnnBackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, count,
                                    &got, raw_configs.data()),
           "cudnnBackendGetAttribute(CUDNN_ATTR_ENGINEHEUR_RESULTS) on " + heur.label());
+    if (got <= 0) {
+      refusals.push_back(fmt::format("heuristics mode {}: {} engine config(s) counted, none returned", mode_name, count));
+      continue;
+    }
     for (int64_t i = 0; i < std::min(got, count); ++i) {
       Descriptor plan(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR,
                       fmt::format("execution plan for graph '{}' ({})", graph_name_, configs[i].label()));
