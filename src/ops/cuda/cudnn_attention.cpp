@@ -65,7 +65,9 @@ CudnnAttention::~CudnnAttention() = default;
 bool CudnnAttention::compiled_in() { return false; }
 const std::string& CudnnAttention::prepare(CudnnPass, const CudnnAttentionShape&) { return impl_->reason; }
 bool CudnnAttention::ready(CudnnPass pass, const CudnnAttentionShape& s, bool strict, const char* fallback) {
-  if (strict) fail("attention {} {}: PRIMUS_ATTENTION_IMPL=cudnn-strict but {}", pass_name(pass), s.describe(), impl_->reason);
+  if (strict)
+    fail("attention {} {}: cuDNN-only mode (AttentionKernel::Cudnn, PRIMUS_ATTENTION_IMPL=cudnn-strict) but {}",
+         pass_name(pass), s.describe(), impl_->reason);
   if (!impl_->warned) {
     impl_->warned = true;
     fmt::print(stderr, "primus: warning: cuDNN attention unavailable ({}); using the {} kernel\n", impl_->reason,
@@ -400,8 +402,9 @@ bool CudnnAttention::ready(CudnnPass pass, const CudnnAttentionShape& s, bool st
   Impl::Entry& e = impl_->entry(pass, s);
   if (e.error.empty()) return true;
   if (strict)
-    fail("attention {} {}: PRIMUS_ATTENTION_IMPL=cudnn-strict but cuDNN cannot run it: {}", pass_name(pass),
-         s.describe(), e.error);
+    fail("attention {} {}: cuDNN-only mode (AttentionKernel::Cudnn, PRIMUS_ATTENTION_IMPL=cudnn-strict) but cuDNN "
+         "cannot run it: {}",
+         pass_name(pass), s.describe(), e.error);
   if (!e.warned) {
     e.warned = true;
     fmt::print(stderr,
