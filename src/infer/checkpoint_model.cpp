@@ -1,0 +1,46 @@
+#include "infer/checkpoint_model.h"
+
+#include "config/config.h"
+#include "core/error.h"
+#include "infer/llama_decoder.h"
+#include "train/checkpoint.h"
+
+namespace primus::infer {
+
+InferenceModel load_inference_model(const std::string& dir, std::optional<int64_t> iteration, Device device,
+                                    DType dtype) {
+  const train::CheckpointReader reader(dir, iteration);
+  InferenceModel m;
+  m.path = reader.path();
+  m.iteration = reader.iteration();
+  PRIMUS_CHECK(reader.parts().config,
+               "checkpoint '{}' has no config.json: generation needs the model architecture it records (save the "
+               "checkpoint with a config, or convert the HF model with `primus convert hf-to-primus`)",
+               m.path);
+  PRIMUS_CHECK(reader.parts().model, "checkpoint '{}' has no model.safetensors (no weights to generate with)", m.path);
+  m.config_json = reader.config();
+  try {
+    m.config = config::model_config(config::from_json(m.config_json));
+  } catch (const Error& e) {
+    fail("checkpoint '{}/config.json': {}", m.path, e.what());
+  }
+  if (m.config.name.empty()) m.config.name = "checkpoint";
+  const SafetensorsFile& file = reader.model_file();
+  const std::string embedding = "embedding.word_embeddings.weight";
+  if (file.contains(embedding)) {
+    const Shape& s = file.entry(embedding).shape;
+    if (s.size() == 2 && s[0] != m.config.padded_vocab_size) {
+      PRIMUS_CHECK(s[0] >= m.config.vocab_size,
+                   "checkpoint '{}': '{}' has {} rows, fewer than the config's vocab_size {}", m.path, embedding,
+                   s[0], m.config.vocab_size);
+      m.config.padded_vocab_size = s[0];
+    }
+  }
+  check_supported(m.config);
+  for (const auto& [name, shape] : llama_parameter_shapes(m.config))
+    m.weights.emplace_back(name, Tensor::empty(shape, dtype, device));
+  train::load_tensors_into(file, m.weights, /*strict=*/true);
+  return m;
+}
+
+}  // namespace primus::infer

@@ -1,0 +1,251 @@
+#!/usr/bin/env python3
+"""HuggingFace parity of `primus convert` + `primus generate` (run where `transformers`,
+`torch` and `safetensors` are installed; no network needed).
+
+1. HF -> Primus: a small random transformers LlamaForCausalLM (GQA, Llama 3 "llama3" RoPE
+   scaling, untied head, fp32) is saved with save_pretrained(safe_serialization=True) in
+   several shards (model.safetensors.index.json), converted with
+       primus convert hf-to-primus --hf-dir HF --output SAVE
+   and decoded with
+       primus generate --load SAVE --prompt-ids ... --temperature 0 --output-json --dump-logits
+   Checks: the greedy token ids equal transformers' greedy generate(); the prompt logits
+   match transformers' logits (max abs and max relative error, relative < 1e-4).
+2. Primus -> HF: a checkpoint written the way training writes it (generate_test_checkpoint,
+   or --primus-checkpoint DIR from a real `primus train` run) is converted with
+       primus convert primus-to-hf --load SAVE --output HF
+   loaded by transformers' LlamaForCausalLM.from_pretrained, and its logits compared with
+   `primus generate --dump-logits` of the same prompt (relative error < 1e-4), plus greedy ids.
+
+Prints one JSON summary on stdout; exits 0 when every check passes, 1 on a mismatch, 2 when
+a command could not run (the summary says which and its output).
+
+    python3 tools/hf_parity.py --primus build/bin/primus --workdir /tmp/hfp [--device cpu|cuda|both]
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import torch
+
+REL_TOL = 1e-4
+# The convert command lines (the flags of `primus convert`); {..} are filled in.
+HF_TO_PRIMUS = ["convert", "hf-to-primus", "--hf-dir", "{hf}", "--output", "{out}"]
+PRIMUS_TO_HF = ["convert", "primus-to-hf", "--load", "{ckpt}", "--output", "{out}"]
+
+
+class CommandFailed(Exception):
+    pass
+
+
+def run(cmd):
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise CommandFailed(json.dumps({"command": cmd, "returncode": res.returncode,
+                                        "output": (res.stdout + res.stderr)[-4000:]}))
+    return res
+
+
+def fill(template, **kw):
+    return [t.format(**kw) for t in template]
+
+
+def errors(ours, ref):
+    """Max abs error and max abs error / max |ref| over the common columns."""
+    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    diff = np.abs(ours - ref).max()
+    return float(diff), float(diff / max(np.abs(ref).max(), 1e-30))
+
+
+def margins(logits_rows):
+    """Top-1 minus top-2 logit of each row."""
+    s = np.sort(np.asarray(logits_rows, dtype=np.float64), axis=-1)
+    return s[..., -1] - s[..., -2]
+
+
+def primus_generate(primus, save, prompt, n, workdir, tag, device):
+    out_json = os.path.join(workdir, f"{tag}_{device}.json")
+    npy = os.path.join(workdir, f"{tag}_{device}_logits.npy")
+    cmd = [primus, "generate", "--load", save, "--prompt-ids", ",".join(map(str, prompt)),
+           "--max-new-tokens", str(n), "--temperature", "0", "--device", device, "--quiet",
+           "--output-json", out_json, "--dump-logits", npy]
+    if device == "cuda":
+        cmd += ["--dtype", "fp32"]
+    run(cmd)
+    with open(out_json) as f:
+        ids = json.load(f)["generated_ids"][0]
+    return ids, np.load(npy)[0]  # (T, padded V)
+
+
+def hf_greedy(model, prompt, n, vocab_limit=None):
+    """transformers' greedy generate(), EOS disabled so that it runs n tokens like primus
+    (which has no stop ids without a tokenizer), and each step's logits. With vocab_limit
+    below the model's rows (a Primus export keeps the padded rows, which primus never
+    samples), the argmax runs over ids [0, vocab_limit) in a plain loop instead."""
+    ids = torch.tensor([prompt], dtype=torch.long)
+    if vocab_limit is not None and vocab_limit < model.config.vocab_size:
+        gen, scores = [], []
+        with torch.no_grad():
+            for _ in range(n):
+                last = model(ids).logits[0, -1, :vocab_limit].float()
+                t = int(torch.argmax(last))
+                gen.append(t)
+                scores.append(last.numpy())
+                ids = torch.cat([ids, torch.tensor([[t]])], dim=1)
+        return gen, np.stack(scores)
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = 0
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0,
+                             output_scores=True, return_dict_in_generate=True, use_cache=True)
+    gen = out.sequences[0, len(prompt):].tolist()
+    scores = torch.stack(out.scores, dim=1)[0].float().numpy()  # (n, V) logits of each step
+    return gen, scores
+
+
+def primus_vocab_size(save):
+    """vocab_size of a Primus checkpoint's config.json (the ids primus samples from)."""
+    it_file = os.path.join(save, "latest_checkpointed_iteration.txt")
+    iter_dir = save
+    if os.path.exists(it_file):
+        with open(it_file) as f:
+            iter_dir = os.path.join(save, "iter_%07d" % int(f.read().strip()))
+    with open(os.path.join(iter_dir, "config.json")) as f:
+        return json.load(f)["options"]["vocab_size"]
+
+
+def compare_tokens(ours, ref, step_margins):
+    first = next((i for i, (a, b) in enumerate(zip(ours, ref)) if a != b), None)
+    if first is None and len(ours) == len(ref):
+        return {"equal": True, "ok": True}
+    margin = float(step_margins[first]) if first is not None and first < len(step_margins) else None
+    # A different argmax where the reference's top two logits are within fp32 noise of
+    # each other is not a bug; anything else is.
+    ambiguous = margin is not None and margin < 1e-4
+    return {"equal": False, "first_mismatch": first, "ours": ours, "reference": ref,
+            "reference_margin_at_mismatch": margin, "ambiguous_tie": ambiguous, "ok": ambiguous}
+
+
+def hf_to_primus(a, device_list):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(a.seed)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256,
+                      rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=False,
+                      rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
+                      initializer_range=0.15, bos_token_id=1, eos_token_id=2, torch_dtype="float32",
+                      attn_implementation="eager")
+    model = LlamaForCausalLM(cfg).float().eval()
+    hf_dir = os.path.join(a.workdir, "hf_model")
+    save = os.path.join(a.workdir, "primus_from_hf")
+    for d in (hf_dir, save):
+        shutil.rmtree(d, ignore_errors=True)
+    model.save_pretrained(hf_dir, safe_serialization=True, max_shard_size="100KB")
+    run([a.primus] + fill(HF_TO_PRIMUS, hf=hf_dir, out=save))
+
+    rng = np.random.RandomState(a.seed)
+    prompt = rng.randint(3, cfg.vocab_size, size=a.prompt_len).tolist()
+    with torch.no_grad():
+        ref_logits = model(torch.tensor([prompt])).logits[0].float().numpy()  # (T, V)
+    ref_ids, step_scores = hf_greedy(model, prompt, a.new_tokens)
+    result = {"hf_dir": hf_dir, "checkpoint": save, "prompt_len": len(prompt), "new_tokens": a.new_tokens,
+              "shards": sorted(f for f in os.listdir(hf_dir) if f.endswith(".safetensors"))}
+    ok = True
+    for device in device_list:
+        ids, logits = primus_generate(a.primus, save, prompt, a.new_tokens, a.workdir, "hf_to_primus", device)
+        V = ref_logits.shape[-1]
+        abs_err, rel_err = errors(logits[:, :V], ref_logits)
+        tokens = compare_tokens(ids, ref_ids, margins(step_scores))
+        dev_ok = tokens["ok"] and rel_err < REL_TOL and logits.shape[0] == len(prompt)
+        result[device] = {"tokens": tokens, "logits_max_abs_err": abs_err, "logits_rel_err": rel_err,
+                          "dumped_shape": list(logits.shape), "ok": dev_ok}
+        ok &= dev_ok
+    result["ok"] = ok
+    return result
+
+
+def primus_to_hf(a, device_list):
+    from transformers import LlamaForCausalLM
+
+    cases = []
+    if a.primus_checkpoint:
+        cases.append(("given", a.primus_checkpoint))
+    else:
+        maker = a.make_checkpoint or os.path.join(os.path.dirname(os.path.abspath(a.primus)),
+                                                  "generate_test_checkpoint")
+        if not os.path.exists(maker):
+            raise CommandFailed(json.dumps({"error": f"{maker} not found: build the target "
+                                            "generate_test_checkpoint or pass --primus-checkpoint DIR"}))
+        for case in ("tiny_gqa", "tiny_rope_scaling_tied"):  # untied GQA; tied + Llama 3.1 rope scaling
+            save = os.path.join(a.workdir, "primus_" + case)
+            shutil.rmtree(save, ignore_errors=True)
+            run([maker, case, save, str(a.seed)])
+            cases.append((case, save))
+    out = {}
+    ok = True
+    for name, save in cases:
+        hf_dir = os.path.join(a.workdir, "hf_from_" + name)
+        shutil.rmtree(hf_dir, ignore_errors=True)
+        run([a.primus] + fill(PRIMUS_TO_HF, ckpt=save, out=hf_dir))
+        model = LlamaForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+        V = model.config.vocab_size
+        rng = np.random.RandomState(a.seed + 1)
+        prompt = rng.randint(0, V, size=min(a.prompt_len, model.config.max_position_embeddings // 2)).tolist()
+        with torch.no_grad():
+            ref_logits = model(torch.tensor([prompt])).logits[0].float().numpy()
+        ref_ids, step_scores = hf_greedy(model, prompt, a.new_tokens, primus_vocab_size(save))
+        r = {"checkpoint": save, "hf_dir": hf_dir, "tie_word_embeddings": bool(model.config.tie_word_embeddings),
+             "rope_scaling": model.config.rope_scaling}
+        case_ok = True
+        for device in device_list:
+            ids, logits = primus_generate(a.primus, save, prompt, a.new_tokens, a.workdir, "primus_to_hf_" + name,
+                                          device)
+            abs_err, rel_err = errors(logits[:, :V], ref_logits)
+            tokens = compare_tokens(ids, ref_ids, margins(step_scores))
+            dev_ok = tokens["ok"] and rel_err < REL_TOL
+            r[device] = {"tokens": tokens, "logits_max_abs_err": abs_err, "logits_rel_err": rel_err, "ok": dev_ok}
+            case_ok &= dev_ok
+        r["ok"] = case_ok
+        out[name] = r
+        ok &= case_ok
+    out["ok"] = ok
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--primus", required=True, help="path of the primus binary")
+    ap.add_argument("--workdir", default="/tmp/hfp")
+    ap.add_argument("--device", choices=["cpu", "cuda", "both"], default="cpu")
+    ap.add_argument("--make-checkpoint", help="generate_test_checkpoint (default: next to --primus)")
+    ap.add_argument("--primus-checkpoint", help="a Primus save dir to export instead of the generated tiny ones")
+    ap.add_argument("--prompt-len", type=int, default=40)
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=1234)
+    a = ap.parse_args()
+    os.makedirs(a.workdir, exist_ok=True)
+    torch.set_num_threads(max(1, min(8, os.cpu_count() or 1)))
+    devices = ["cpu", "cuda"] if a.device == "both" else [a.device]
+    summary = {"tolerance_rel": REL_TOL, "devices": devices}
+    code = 0
+    for key, fn in (("hf_to_primus", hf_to_primus), ("primus_to_hf", primus_to_hf)):
+        try:
+            summary[key] = fn(a, devices)
+            if not summary[key]["ok"]:
+                code = max(code, 1)
+        except CommandFailed as e:
+            summary[key] = {"ok": False, "command_failed": json.loads(str(e))}
+            code = 2
+    summary["ok"] = code == 0
+    print(json.dumps(summary, indent=2, default=str))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
