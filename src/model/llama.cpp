@@ -4,6 +4,8 @@
 #include <cmath>
 #include <thread>
 
+#include <fmt/format.h>
+
 #include "core/rng.h"
 #include "core/strings.h"
 
@@ -60,22 +62,57 @@ void validate(const ModelConfig& c) {
                  "<= padded_vocab_size (the embedding rows)");
 }
 
-// N(0, std^2) from CounterRng(seed, stream) into a host fp32 tensor, split over threads by
-// element ranges (each range draws its own global offsets, so the result is the same).
-void fill_normal_parallel(Tensor& host, const CounterRng& rng, float std) {
+// N(0, std^2) from CounterRng(seed, stream) into a host fp32 tensor holding the shard
+// `runs` of the full tensor: every element draws the value of its index in the FULL
+// tensor, so a shard equals the slice of the single-rank init. Work is split over threads
+// by element ranges (one run) or by runs; the result does not depend on the split.
+void fill_normal_parallel(Tensor& host, const CounterRng& rng, float std, const std::vector<parallel::ShardRun>& runs) {
   const int64_t n = host.numel();
   const int64_t threads = n < (int64_t{1} << 16) ? 1 : std::max(1u, std::thread::hardware_concurrency());
-  const int64_t chunk = (n + threads - 1) / threads;
   Tensor flat = host.view({n});
+  auto fill_run = [&](const parallel::ShardRun& r, int64_t b, int64_t e) {  // elements [b, e) of run r
+    Tensor part = flat.rows(r.local_offset + b, r.local_offset + e);
+    rng.fill_normal(part, 0.f, std, static_cast<uint64_t>(r.full_offset + b));
+  };
   std::vector<std::thread> pool;
-  for (int64_t t = 0; t < threads; ++t) {
-    const int64_t b = std::min(n, t * chunk), e = std::min(n, b + chunk);
-    pool.emplace_back([&, b, e] {
-      Tensor part = flat.rows(b, e);
-      rng.fill_normal(part, 0.f, std, static_cast<uint64_t>(b));
-    });
+  if (runs.size() == 1) {
+    const int64_t chunk = (n + threads - 1) / threads;
+    for (int64_t t = 0; t < threads; ++t) {
+      const int64_t b = std::min(n, t * chunk), e = std::min(n, b + chunk);
+      pool.emplace_back([&, b, e] { fill_run(runs[0], b, e); });
+    }
+  } else {
+    const auto count = static_cast<int64_t>(runs.size());
+    const int64_t chunk = (count + threads - 1) / threads;
+    for (int64_t t = 0; t < threads; ++t) {
+      const int64_t b = std::min(count, t * chunk), e = std::min(count, b + chunk);
+      pool.emplace_back([&, b, e] {
+        for (int64_t i = b; i < e; ++i) fill_run(runs[static_cast<size_t>(i)], 0, runs[static_cast<size_t>(i)].numel);
+      });
+    }
   }
   for (auto& th : pool) th.join();
+}
+
+// The tensor-parallel layout rules that the config must meet (all violations at once).
+void validate_tensor_parallel(const ModelConfig& c, const parallel::TensorParallel& tp, Device device) {
+  if (tp.group == nullptr) {
+    PRIMUS_CHECK(!tp.sequence_parallel, "LlamaOptions.tensor_parallel: sequence_parallel needs a tensor-parallel "
+                 "group (tensor_model_parallel_size > 1)");
+    return;
+  }
+  PRIMUS_CHECK(tp.group->device() == device, "LlamaOptions.tensor_parallel: the tp group '{}' works on {} tensors but "
+               "the model runs on {}", tp.group->name(), device_name(tp.group->device()), device_name(device));
+  const int64_t P = tp.size();
+  std::string bad;
+  auto need = [&](const char* key, int64_t value) {
+    if (value % P != 0) bad += fmt::format("\n  {} = {} is not divisible by tensor_model_parallel_size = {}", key, value, P);
+  };
+  need("num_attention_heads", c.num_attention_heads);
+  need("num_query_groups", c.num_query_groups);
+  need("ffn_hidden_size", c.ffn_hidden_size);
+  need("padded_vocab_size", c.padded_vocab_size);
+  if (!bad.empty()) fail("model config '{}' does not split over {} tensor-parallel ranks:{}", c.name, P, bad);
 }
 
 Tensor to_host(const Tensor& t) { return t.device() == Device::CPU ? t : t.to(Device::CPU); }
@@ -84,20 +121,29 @@ Tensor to_host(const Tensor& t) { return t.device() == Device::CPU ? t : t.to(De
 
 // Host-side preparation of a micro-batch: targets with ignored tokens set to -1, the
 // per-token loss weights, and the device copies.
+// Under tensor parallel, `targets` are local to this rank's vocabulary slice
+// (parallel::vocab_parallel_targets) and `routed` says which token rows look up its slice.
 struct LlamaModel::Batch {
   int64_t B = 0, T = 0;
   Tensor tokens, targets, dloss;  // on the model's device: (N) int32, (N) int32, (N) fp32
   std::vector<float> mask;        // effective mask (0 where the label is ignored)
   double num_tokens = 0;
+  parallel::VocabParallelTokens routed;  // tensor parallel only
 
   Batch(const Tensor& tokens_in, const Tensor* labels_in, const Tensor* mask_in, float loss_weight, int64_t vocab,
-        Device device) {
+        Device device, const parallel::TensorParallel& tp) {
     PRIMUS_CHECK(tokens_in.ndim() == 2 && tokens_in.dtype() == DType::I32,
                  "LlamaModel: tokens must be int32 [batch, seq], got {}", tokens_in.describe());
     B = tokens_in.size(0);
     T = tokens_in.size(1);
     const int64_t N = B * T;
+    PRIMUS_CHECK(!tp.sp() || N % tp.size() == 0,
+                 "LlamaModel: sequence parallel splits the {} x {} = {} token rows of a micro-batch over {} "
+                 "tensor-parallel ranks, which does not divide; use a seq_length divisible by "
+                 "tensor_model_parallel_size", B, T, N, tp.size());
     tokens = tokens_in.device() == device ? tokens_in.view({N}) : tokens_in.to(device).view({N});
+    const parallel::VocabRange range = parallel::vocab_range(tp, vocab);
+    if (tp.active()) routed = parallel::VocabParallelTokens::route(to_host(tokens_in).view({N}), range, device);
     if (labels_in == nullptr) return;
     PRIMUS_CHECK(labels_in->shape() == tokens_in.shape() && labels_in->dtype() == DType::I32,
                  "LlamaModel: labels must be int32 {} like tokens, got {}", shape_str(tokens_in.shape()),
@@ -117,6 +163,7 @@ struct LlamaModel::Batch {
       dloss_h.data<float>()[i] = m * loss_weight;
       num_tokens += m;
     }
+    if (tp.active()) targets_h = parallel::vocab_parallel_targets(targets_h, range);
     targets = device == Device::CPU ? targets_h : targets_h.to(device);
     dloss = device == Device::CPU ? dloss_h : dloss_h.to(device);
   }
@@ -136,31 +183,42 @@ LlamaModel::LlamaModel(const ModelConfig& config, ops::Context& ctx, const Llama
   PRIMUS_CHECK(options_.logits_chunk_rows > 0, "LlamaOptions.logits_chunk_rows must be > 0, got {}",
                options_.logits_chunk_rows);
   set_recompute(options_.recompute, options_.recompute_num_layers);
+  const parallel::TensorParallel& tp = options_.tensor_parallel;
+  validate_tensor_parallel(config_, tp, ctx_.device());
   const int64_t C = config_.hidden_size, F = config_.ffn_hidden_size, V = config_.padded_vocab_size;
   const int64_t D = config_.head_dim(), Hq = config_.num_attention_heads, Hkv = config_.num_query_groups;
-  auto make = [&](std::string name, Shape shape, bool no_wd) {
+  // A parameter of full shape `full`; sharded over tp along `dim` (parts as in ShardSpec)
+  // unless dim < 0 or there is one tp rank.
+  auto make = [&](std::string name, Shape full, bool no_wd, int dim = -1, std::vector<int64_t> parts = {}) {
     auto p = std::make_unique<NamedTensor>();
+    p->shard = dim >= 0 && tp.active()
+                   ? parallel::ShardSpec::split(std::move(full), dim, tp.rank(), tp.size(), std::move(parts), name)
+                   : parallel::ShardSpec::replicated(std::move(full));
     p->name = std::move(name);
+    const Shape shape = p->shard.local_shape();
     p->value = Tensor::empty(shape, options_.param_dtype, ctx_.device());
     p->grad = Tensor::zeros(shape, DType::F32, ctx_.device());
     p->no_weight_decay = no_wd;
     params_.push_back(std::move(p));
     return params_.back().get();
   };
-  embedding_ = make("embedding.word_embeddings.weight", {V, C}, false);
+  const int kColumnParallel = 0, kRowParallel = 1;  // the split dim of a (out, in) weight
+  embedding_ = make("embedding.word_embeddings.weight", {V, C}, false, kColumnParallel);  // vocab-parallel
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     const std::string pre = "decoder.layers." + std::to_string(l) + ".";
     LlamaLayerParams lp;
     lp.input_norm = make(pre + "input_layernorm.weight", {C}, true);
-    lp.qkv = make(pre + "self_attention.linear_qkv.weight", {(Hq + 2 * Hkv) * D, C}, false);
-    lp.proj = make(pre + "self_attention.linear_proj.weight", {C, Hq * D}, false);
+    lp.qkv = make(pre + "self_attention.linear_qkv.weight", {(Hq + 2 * Hkv) * D, C}, false, kColumnParallel,
+                  {Hq * D, Hkv * D, Hkv * D});
+    lp.proj = make(pre + "self_attention.linear_proj.weight", {C, Hq * D}, false, kRowParallel);
     lp.mlp_norm = make(pre + "pre_mlp_layernorm.weight", {C}, true);
-    lp.fc1 = make(pre + "mlp.linear_fc1.weight", {2 * F, C}, false);
-    lp.fc2 = make(pre + "mlp.linear_fc2.weight", {C, F}, false);
+    lp.fc1 = make(pre + "mlp.linear_fc1.weight", {2 * F, C}, false, kColumnParallel, {F, F});
+    lp.fc2 = make(pre + "mlp.linear_fc2.weight", {C, F}, false, kRowParallel);
     layers_.emplace_back(lp);
   }
   final_norm_ = make("decoder.final_layernorm.weight", {C}, true);
-  if (config_.untie_embeddings_and_output_weights) output_ = make("output_layer.weight", {V, C}, false);
+  if (config_.untie_embeddings_and_output_weights)
+    output_ = make("output_layer.weight", {V, C}, false, kColumnParallel);  // vocab-parallel
 
   ops::RopeScaling scaling;
   scaling.enabled = config_.use_rope_scaling;
@@ -203,6 +261,14 @@ NamedTensor& LlamaModel::parameter(const std::string& name) {
   fail("model '{}' has no parameter '{}'{}", config_.name, name, did_you_mean(name, names));
 }
 
+std::vector<NamedTensor*> LlamaModel::sequence_parallel_partial_grads() {
+  return parallel::sequence_parallel_partial_grads(options_.tensor_parallel, parameters());
+}
+
+void LlamaModel::reduce_sequence_parallel_grads() {
+  parallel::all_reduce_sequence_parallel_grads(options_.tensor_parallel, parameters());
+}
+
 int64_t LlamaModel::num_parameters() const {
   int64_t n = 0;
   for (const auto& p : params_) n += p->value.numel();
@@ -218,7 +284,8 @@ void LlamaModel::init_weights(uint64_t seed) {
       std::fill(host.data<float>(), host.data<float>() + host.numel(), 1.f);
     } else {
       const bool residual_out = p->name.ends_with("linear_proj.weight") || p->name.ends_with("linear_fc2.weight");
-      fill_normal_parallel(host, CounterRng(seed, stream_id(p->name)), residual_out ? out_std : std);
+      fill_normal_parallel(host, CounterRng(seed, stream_id(p->name)), residual_out ? out_std : std,
+                           parallel::shard_runs(p->shard));
     }
     if (p->value.dtype() == DType::F32 && p->value.device() == Device::CPU) {
       p->value.copy_from(host);
@@ -239,12 +306,15 @@ LlamaDims LlamaModel::dims_for(int64_t B, int64_t T) const {
   LlamaDims d;
   d.B = B;
   d.T = T;
+  const parallel::TensorParallel& tp = options_.tensor_parallel;
+  const int64_t P = tp.size();  // the config divides by it (validate_tensor_parallel)
   d.C = config_.hidden_size;
-  d.F = config_.ffn_hidden_size;
-  d.V = config_.padded_vocab_size;
-  d.Hq = config_.num_attention_heads;
-  d.Hkv = config_.num_query_groups;
+  d.F = config_.ffn_hidden_size / P;
+  d.V = config_.padded_vocab_size / P;
+  d.Hq = config_.num_attention_heads / P;
+  d.Hkv = config_.num_query_groups / P;
   d.D = config_.head_dim();
+  d.sequence_shards = tp.sp() ? P : 1;
   return d;
 }
 
@@ -255,100 +325,138 @@ LlamaLayerEnv LlamaModel::make_env(const LlamaDims& d) {
     rope_cos_ = cos.to(ctx_.device());
     rope_sin_ = sin.to(ctx_.device());
   }
-  return LlamaLayerEnv{ctx_, arena_, d, rope_cos_, rope_sin_, static_cast<float>(config_.norm_epsilon),
-                       1.f / std::sqrt(static_cast<float>(d.D))};
+  return LlamaLayerEnv{ctx_,
+                       arena_,
+                       d,
+                       rope_cos_,
+                       rope_sin_,
+                       static_cast<float>(config_.norm_epsilon),
+                       1.f / std::sqrt(static_cast<float>(d.D)),
+                       options_.tensor_parallel};
 }
 
-Tensor LlamaModel::forward_hidden(LlamaLayerEnv& env, const Tensor& tokens_dev, std::vector<Tensor>& xs,
+Tensor LlamaModel::forward_hidden(LlamaLayerEnv& env, const Batch& batch, std::vector<Tensor>& xs,
                                   std::vector<LlamaLayerActivations>& acts, Tensor& final_rstd, bool keep_acts) {
   const LlamaDims& d = env.dims;
   const DType dt = options_.param_dtype;
-  const int64_t L = config_.num_layers;
+  const int64_t L = config_.num_layers, R = d.residual_rows();
   xs.assign(static_cast<size_t>(L + 1), Tensor());
   acts.assign(static_cast<size_t>(L), LlamaLayerActivations{});
-  xs[0] = arena_.alloc({d.N(), d.C}, dt);
-  ops::embedding_forward(ctx_, xs[0], tokens_dev, embedding_->value);
+  xs[0] = arena_.alloc({R, d.C}, dt);
+  if (env.tp.active())
+    parallel::vocab_parallel_embedding_forward(ctx_, env.tp, xs[0], batch.routed, embedding_->value, arena_);
+  else
+    ops::embedding_forward(ctx_, xs[0], batch.tokens, embedding_->value);
   for (int64_t l = 0; l < L; ++l) {
-    xs[l + 1] = arena_.alloc({d.N(), d.C}, dt);
+    xs[l + 1] = arena_.alloc({R, d.C}, dt);
     layers_[l].forward(env, xs[l], xs[l + 1], acts[l], keep_acts ? layer_mode(l) : Recompute::Full);
   }
-  Tensor hidden = arena_.alloc({d.N(), d.C}, dt);
-  final_rstd = arena_.alloc({d.N()}, DType::F32);
+  Tensor hidden = arena_.alloc({R, d.C}, dt);
+  final_rstd = arena_.alloc({R}, DType::F32);
   ops::rmsnorm_forward(ctx_, hidden, final_rstd, xs[L], final_norm_->value, env.norm_eps);
   return hidden;
+}
+
+// The output layer is column-parallel over the vocabulary under tensor parallel: its input
+// enters the tp region (all-gathered under sequence parallel), each rank computes its
+// logits columns and a vocab-parallel cross-entropy; d hidden's partial sums are reduced on
+// the way out. Chunks of logits_chunk_rows rows bound the logits memory (the logits of a
+// chunk are overwritten by their gradient in place).
+void LlamaModel::classifier(const Batch& batch, const LlamaDims& d, const Tensor& hidden, Tensor& losses,
+                            Tensor* dhidden) {
+  const parallel::TensorParallel& tp = options_.tensor_parallel;
+  NamedTensor& out = output_weight();
+  const Arena::Mark outer = arena_.mark();
+  const Tensor h_all = parallel::enter_tp_region(tp, hidden, arena_);  // (N,C)
+  Tensor dh_all = dhidden != nullptr ? parallel::tp_partial_buffer(tp, *dhidden, arena_) : Tensor();
+  for (int64_t r0 = 0; r0 < d.N(); r0 += options_.logits_chunk_rows) {
+    const int64_t r1 = std::min(d.N(), r0 + options_.logits_chunk_rows);
+    const Arena::Mark m = arena_.mark();
+    Tensor logits = arena_.alloc({r1 - r0, d.V}, options_.param_dtype);
+    const Tensor h = h_all.rows(r0, r1);
+    ops::linear_forward(ctx_, logits, h, out.value);
+    Tensor loss_rows = losses.rows(r0, r1);
+    const Tensor targets = batch.targets.rows(r0, r1);
+    if (tp.active()) {
+      const Tensor dloss = batch.dloss.rows(r0, r1);
+      parallel::vocab_parallel_cross_entropy(ctx_, tp, loss_rows, logits, targets,
+                                             dhidden != nullptr ? &dloss : nullptr, arena_);
+    } else if (dhidden != nullptr) {
+      ops::cross_entropy_fused(ctx_, loss_rows, logits, targets, batch.dloss.rows(r0, r1));
+    } else {
+      ops::cross_entropy_forward(ctx_, loss_rows, logits, targets);
+    }
+    if (dhidden != nullptr) {
+      Tensor dh = dh_all.rows(r0, r1);
+      ops::linear_backward(ctx_, &dh, out.grad, logits, h, out.value);
+    }
+    arena_.release(m);
+  }
+  if (dhidden != nullptr) parallel::enter_tp_region_backward(tp, *dhidden, dh_all);
+  arena_.release(outer);
 }
 
 LlamaModel::StepResult LlamaModel::forward_backward(const Tensor& tokens, const Tensor& labels,
                                                     const Tensor& loss_mask, float loss_weight) {
   arena_.reset();
-  const Batch batch(tokens, &labels, &loss_mask, loss_weight, config_.padded_vocab_size, ctx_.device());
+  const Batch batch(tokens, &labels, &loss_mask, loss_weight, config_.padded_vocab_size, ctx_.device(),
+                    options_.tensor_parallel);
   const LlamaDims d = dims_for(batch.B, batch.T);
   LlamaLayerEnv env = make_env(d);
   const DType dt = options_.param_dtype;
   std::vector<Tensor> xs;
   std::vector<LlamaLayerActivations> acts;
   Tensor final_rstd;
-  const Tensor hidden = forward_hidden(env, batch.tokens, xs, acts, final_rstd, true);
+  const Tensor hidden = forward_hidden(env, batch, xs, acts, final_rstd, true);
 
-  // Classifier + loss + their backward, a chunk of rows at a time (the logits of a chunk
-  // are overwritten by their gradient in place).
-  NamedTensor& out = output_weight();
   Tensor losses = arena_.alloc({d.N()}, DType::F32);
-  Tensor dhidden = arena_.alloc({d.N(), d.C}, dt);
-  for (int64_t r0 = 0; r0 < d.N(); r0 += options_.logits_chunk_rows) {
-    const int64_t r1 = std::min(d.N(), r0 + options_.logits_chunk_rows);
-    const Arena::Mark m = arena_.mark();
-    Tensor logits = arena_.alloc({r1 - r0, d.V}, dt);
-    const Tensor h = hidden.rows(r0, r1);
-    ops::linear_forward(ctx_, logits, h, out.value);
-    Tensor loss_rows = losses.rows(r0, r1);
-    ops::cross_entropy_fused(ctx_, loss_rows, logits, batch.targets.rows(r0, r1), batch.dloss.rows(r0, r1));
-    Tensor dh = dhidden.rows(r0, r1);
-    ops::linear_backward(ctx_, &dh, out.grad, logits, h, out.value);
-    arena_.release(m);
-  }
+  Tensor dhidden = arena_.alloc({d.residual_rows(), d.C}, dt);
+  classifier(batch, d, hidden, losses, &dhidden);
 
-  Tensor dres = arena_.zeros({d.N(), d.C}, dt);
+  Tensor dres = arena_.zeros({d.residual_rows(), d.C}, dt);
   ops::rmsnorm_backward(ctx_, dres, final_norm_->grad, dhidden, xs.back(), final_norm_->value, final_rstd);
   for (int64_t l = config_.num_layers - 1; l >= 0; --l) layers_[l].backward(env, acts[l], dres, layer_mode(l));
-  ops::embedding_backward(ctx_, embedding_->grad, dres, batch.tokens);
+  if (env.tp.active())
+    parallel::vocab_parallel_embedding_backward(ctx_, env.tp, embedding_->grad, dres, batch.routed, arena_);
+  else
+    ops::embedding_backward(ctx_, embedding_->grad, dres, batch.tokens);
   return {batch.loss_sum(losses), batch.num_tokens};
 }
 
 LlamaModel::StepResult LlamaModel::forward_only(const Tensor& tokens, const Tensor& labels, const Tensor& loss_mask) {
   arena_.reset();
-  const Batch batch(tokens, &labels, &loss_mask, 0.f, config_.padded_vocab_size, ctx_.device());
+  const Batch batch(tokens, &labels, &loss_mask, 0.f, config_.padded_vocab_size, ctx_.device(),
+                    options_.tensor_parallel);
   const LlamaDims d = dims_for(batch.B, batch.T);
   LlamaLayerEnv env = make_env(d);
   std::vector<Tensor> xs;
   std::vector<LlamaLayerActivations> acts;
   Tensor final_rstd;
-  const Tensor hidden = forward_hidden(env, batch.tokens, xs, acts, final_rstd, false);
+  const Tensor hidden = forward_hidden(env, batch, xs, acts, final_rstd, false);
   Tensor losses = arena_.alloc({d.N()}, DType::F32);
-  for (int64_t r0 = 0; r0 < d.N(); r0 += options_.logits_chunk_rows) {
-    const int64_t r1 = std::min(d.N(), r0 + options_.logits_chunk_rows);
-    const Arena::Mark m = arena_.mark();
-    Tensor logits = arena_.alloc({r1 - r0, d.V}, options_.param_dtype);
-    ops::linear_forward(ctx_, logits, hidden.rows(r0, r1), output_weight().value);
-    Tensor loss_rows = losses.rows(r0, r1);
-    ops::cross_entropy_forward(ctx_, loss_rows, logits, batch.targets.rows(r0, r1));
-    arena_.release(m);
-  }
+  classifier(batch, d, hidden, losses, nullptr);
   return {batch.loss_sum(losses), batch.num_tokens};
 }
 
 Tensor LlamaModel::logits(const Tensor& tokens) {
   arena_.reset();
-  const Batch batch(tokens, nullptr, nullptr, 0.f, config_.padded_vocab_size, ctx_.device());
+  const parallel::TensorParallel& tp = options_.tensor_parallel;
+  const Batch batch(tokens, nullptr, nullptr, 0.f, config_.padded_vocab_size, ctx_.device(), tp);
   const LlamaDims d = dims_for(batch.B, batch.T);
   LlamaLayerEnv env = make_env(d);
   std::vector<Tensor> xs;
   std::vector<LlamaLayerActivations> acts;
   Tensor final_rstd;
-  const Tensor hidden = forward_hidden(env, batch.tokens, xs, acts, final_rstd, false);
+  const Tensor hidden = forward_hidden(env, batch, xs, acts, final_rstd, false);
+  const Tensor h_all = parallel::enter_tp_region(tp, hidden, arena_);
   Tensor logits = arena_.alloc({d.N(), d.V}, options_.param_dtype);
-  ops::linear_forward(ctx_, logits, hidden, output_weight().value);
-  return Tensor::from_floats(logits.to_float_vector(), {d.B, d.T, d.V});
+  ops::linear_forward(ctx_, logits, h_all, output_weight().value);
+  const int64_t V = config_.padded_vocab_size;
+  if (!tp.active()) return Tensor::from_floats(logits.to_float_vector(), {d.B, d.T, V});
+  // Each rank holds the columns of its vocabulary slice: gather them into (N, V).
+  const parallel::ShardSpec columns = parallel::ShardSpec::split({d.N(), V}, 1, tp.rank(), tp.size(), {}, "logits");
+  const Tensor full = parallel::gather_shards(logits, columns, *tp.group);
+  return Tensor::from_floats(full.to_float_vector(), {d.B, d.T, V});
 }
 
 }  // namespace primus

@@ -11,6 +11,13 @@
 // All math goes through ops/ops.h, so the same model runs on the CPU backend (fp32) and
 // the CUDA backend (bf16 params and activations, fp32 grads; the fp32 master weights
 // belong to the optimizer). Activations live in an arena reset at each micro-batch.
+//
+// Tensor / sequence parallel: set LlamaOptions::tensor_parallel = {&groups.tp(),
+// sequence_parallel} (parallel/tensor_parallel.h explains the layout and the per-step
+// calls). Every tp rank then holds its shard of each parameter under the parameter's full
+// name (NamedTensor::shard says which), initialised to exactly its slice of the
+// single-rank init, and forward_backward on the same micro-batch gives every tp rank the
+// loss of the whole model. Leaving it unset is the single-rank model, unchanged.
 #pragma once
 
 #include <memory>
@@ -23,6 +30,7 @@
 #include "model/model_config.h"
 #include "model/named_tensor.h"
 #include "ops/ops.h"
+#include "parallel/tensor_parallel.h"
 
 namespace primus {
 
@@ -38,6 +46,9 @@ struct LlamaOptions {
   int64_t recompute_num_layers = 0;
   // Rows of logits (x vocabulary) materialised at once in the classifier.
   int64_t logits_chunk_rows = 1024;
+  // Tensor parallel group and sequence parallel (default: one rank). The group must live
+  // on the context's device and outlive the model.
+  parallel::TensorParallel tensor_parallel{};
 };
 
 class LlamaModel {
@@ -52,9 +63,17 @@ class LlamaModel {
 
   // Stable order: embedding, then per layer input_layernorm, linear_qkv, linear_proj,
   // pre_mlp_layernorm, linear_fc1, linear_fc2, then final_layernorm, output_layer (untied).
+  // Under tensor parallel each value is this rank's shard (see NamedTensor::shard).
   std::vector<NamedTensor*> parameters();
   NamedTensor& parameter(const std::string& name);  // throws with "did you mean"
-  int64_t num_parameters() const;
+  int64_t num_parameters() const;  // elements held by this rank (the whole model at tp 1)
+
+  const parallel::TensorParallel& tensor_parallel() const { return options_.tensor_parallel; }
+  // Sequence parallel: the replicated parameters (norm weights) whose grads hold only this
+  // rank's tokens' share; empty otherwise. reduce_sequence_parallel_grads() all-reduces
+  // them over tp: call it once per optimizer step, after the last micro-batch's backward.
+  std::vector<NamedTensor*> sequence_parallel_partial_grads();
+  void reduce_sequence_parallel_grads();
 
   void init_weights(uint64_t seed);
   void zero_grads();
@@ -70,7 +89,8 @@ class LlamaModel {
   StepResult forward_backward(const Tensor& tokens, const Tensor& labels, const Tensor& loss_mask,
                               float loss_weight);
   StepResult forward_only(const Tensor& tokens, const Tensor& labels, const Tensor& loss_mask);
-  // Logits (B,T,V) fp32 on CPU, for tests and generation.
+  // Logits (B,T,V) fp32 on CPU, for tests and generation (the full vocabulary: gathered
+  // over tp, a collective then).
   Tensor logits(const Tensor& tokens);
 
   // Activation memory of the last step (arena high-water mark), for memory reports.
@@ -81,11 +101,15 @@ class LlamaModel {
   LlamaDims dims_for(int64_t B, int64_t T) const;
   LlamaLayerEnv make_env(const LlamaDims& d);
   Recompute layer_mode(int64_t layer) const;
-  // Embedding + layers + final norm. Returns the final normalised hidden (N,C); fills
-  // xs (layer inputs, plus the last layer's output) and acts; keep_acts = false keeps
-  // nothing for backward (forward_only / logits).
-  Tensor forward_hidden(LlamaLayerEnv& env, const Tensor& tokens_dev, std::vector<Tensor>& xs,
+  // Embedding + layers + final norm. Returns the final normalised hidden (R,C) (R =
+  // residual rows: N, or N/tp under sequence parallel); fills xs (layer inputs, plus the
+  // last layer's output) and acts; keep_acts = false keeps nothing for backward
+  // (forward_only / logits).
+  Tensor forward_hidden(LlamaLayerEnv& env, const Batch& batch, std::vector<Tensor>& xs,
                         std::vector<LlamaLayerActivations>& acts, Tensor& final_rstd, bool keep_acts);
+  // Output layer + cross-entropy into losses (N), chunk by chunk; with dhidden (R,C) also
+  // their backward (output-layer grad accumulated, dhidden written).
+  void classifier(const Batch& batch, const LlamaDims& d, const Tensor& hidden, Tensor& losses, Tensor* dhidden);
   NamedTensor& output_weight();
 
   ModelConfig config_;

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "core/tensor.h"
+#include "parallel/tensor_parallel_shard.h"
 
 namespace primus {
 
@@ -12,6 +13,10 @@ struct NamedTensor {
   Tensor value;                 // the model's weight (param dtype, on the model's device)
   Tensor grad;                  // fp32, same shape; backward ACCUMULATES into it
   bool no_weight_decay = false; // norms and biases (Megatron's no-decay group)
+  // Under tensor parallelism `value` is this rank's shard of the full tensor `name` names:
+  // shard.full_shape, shard.dim, which piece (shard.rank of shard.count). Replicated
+  // (dim -1) for norms and for every parameter of a single-rank model.
+  parallel::ShardSpec shard;
 };
 
 }  // namespace primus

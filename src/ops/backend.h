@@ -105,6 +105,23 @@ class Backend {
   virtual void cross_entropy_fused(Tensor& losses, Tensor& logits_to_grad, const Tensor& targets,
                                    const Tensor& dloss) = 0;
 
+  // ---- cross-entropy over a vocabulary split across ranks (tensor parallelism) ---------
+  // Each rank holds logits (N,Vs) of its slice of the vocabulary and `targets` (N) int32
+  // local to that slice: t in [0, Vs) when the token's label is in this slice, else
+  // negative. Pass 1, per row i:
+  //   stats (3,N) fp32: stats[0,i] = max_j z[i,j], stats[1,i] = sum_j exp(z[i,j] - stats[0,i]),
+  //                     stats[2,i] = z[i,t_i] if t_i >= 0 else 0.
+  // The caller all-gathers stats over the ranks into (P,3,N). Pass 2 combines them:
+  //   M = max_r m_r, S = sum_r s_r exp(m_r - M), lse = M + log S, loss = lse - sum_r zt_r,
+  // writes losses (N) fp32 and, when logits_to_grad is non-null, overwrites it with
+  //   dz[i,j] = dloss[i] * (exp(z[i,j] - lse) - [j == t_i]).
+  // Rows whose label is ignored get a finite loss; the caller masks it (dloss 0 there).
+  // Default: a reference implementation on the host (CPU tensors in place; device tensors
+  // are copied through the host, correct but slow: a backend should override both).
+  virtual void cross_entropy_shard_stats(Tensor& stats, const Tensor& logits, const Tensor& targets);
+  virtual void cross_entropy_shard_finish(Tensor& losses, Tensor* logits_to_grad, const Tensor& gathered_stats,
+                                          const Tensor& targets, const Tensor& dloss);
+
   // ---- optimizer -------------------------------------------------------------------
   virtual void adamw_step(std::vector<AdamWTensor>& params, const AdamWParams& p) = 0;
   // sum over tensors of sum(x^2) in fp64 (grad norm, params norm); NaN/Inf propagate.

@@ -340,6 +340,43 @@ void cross_entropy_fused(Context& ctx, Tensor& losses, Tensor& logits_to_grad, c
   ctx.backend().cross_entropy_fused(losses, logits_to_grad, targets, dloss);
 }
 
+void cross_entropy_shard_stats(Context& ctx, Tensor& stats, const Tensor& logits, const Tensor& targets) {
+  arg_ndim(ctx, logits, 2, "cross_entropy_shard_stats", "logits");
+  float_dtype(logits, "cross_entropy_shard_stats", "logits");
+  const int64_t N = logits.size(0);
+  arg_shape(ctx, stats, {3, N}, "cross_entropy_shard_stats", "stats");
+  dtype_is(stats, DType::F32, "cross_entropy_shard_stats", "stats");
+  arg(ctx, targets, "cross_entropy_shard_stats", "targets");
+  dtype_is(targets, DType::I32, "cross_entropy_shard_stats", "targets");
+  PRIMUS_CHECK(targets.numel() == N, "cross_entropy_shard_stats: {} targets for {} rows of logits", targets.numel(),
+               N);
+  ctx.backend().cross_entropy_shard_stats(stats, logits, targets);
+}
+
+void cross_entropy_shard_finish(Context& ctx, Tensor& losses, Tensor* logits_to_grad, const Tensor& gathered_stats,
+                                const Tensor& targets, const Tensor& dloss) {
+  arg_ndim(ctx, gathered_stats, 3, "cross_entropy_shard_finish", "gathered_stats");
+  dtype_is(gathered_stats, DType::F32, "cross_entropy_shard_finish", "gathered_stats");
+  const int64_t N = gathered_stats.size(2);
+  PRIMUS_CHECK(gathered_stats.size(1) == 3, "cross_entropy_shard_finish: gathered_stats {} must be [ranks, 3, N]",
+               gathered_stats.describe());
+  arg_shape(ctx, losses, {N}, "cross_entropy_shard_finish", "losses");
+  dtype_is(losses, DType::F32, "cross_entropy_shard_finish", "losses");
+  arg(ctx, targets, "cross_entropy_shard_finish", "targets");
+  dtype_is(targets, DType::I32, "cross_entropy_shard_finish", "targets");
+  PRIMUS_CHECK(targets.numel() == N, "cross_entropy_shard_finish: {} targets for {} rows", targets.numel(), N);
+  if (logits_to_grad != nullptr) {
+    arg_ndim(ctx, *logits_to_grad, 2, "cross_entropy_shard_finish", "logits_to_grad");
+    float_dtype(*logits_to_grad, "cross_entropy_shard_finish", "logits_to_grad");
+    PRIMUS_CHECK(logits_to_grad->size(0) == N, "cross_entropy_shard_finish: logits_to_grad {} must have {} rows",
+                 logits_to_grad->describe(), N);
+    arg(ctx, dloss, "cross_entropy_shard_finish", "dloss");
+    dtype_is(dloss, DType::F32, "cross_entropy_shard_finish", "dloss");
+    PRIMUS_CHECK(dloss.numel() == N, "cross_entropy_shard_finish: {} dloss values for {} rows", dloss.numel(), N);
+  }
+  ctx.backend().cross_entropy_shard_finish(losses, logits_to_grad, gathered_stats, targets, dloss);
+}
+
 // ---- optimizer -------------------------------------------------------------------------
 
 void adamw_step(Context& ctx, std::vector<AdamWTensor>& params, const AdamWParams& p) {

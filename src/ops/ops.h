@@ -71,6 +71,11 @@ void swiglu_backward(Context& ctx, Tensor& dgate_up, const Tensor& dout, const T
 void cross_entropy_forward(Context& ctx, Tensor& losses, const Tensor& logits, const Tensor& targets);
 void cross_entropy_fused(Context& ctx, Tensor& losses, Tensor& logits_to_grad, const Tensor& targets,
                          const Tensor& dloss);
+// Vocabulary-parallel cross-entropy in two passes around an all-gather of `stats` (see
+// Backend::cross_entropy_shard_stats): stats (3,N) fp32, gathered_stats (P,3,N) fp32.
+void cross_entropy_shard_stats(Context& ctx, Tensor& stats, const Tensor& logits, const Tensor& targets);
+void cross_entropy_shard_finish(Context& ctx, Tensor& losses, Tensor* logits_to_grad, const Tensor& gathered_stats,
+                                const Tensor& targets, const Tensor& dloss);
 
 void adamw_step(Context& ctx, std::vector<AdamWTensor>& params, const AdamWParams& p);
 double sum_of_squares(Context& ctx, const std::vector<Tensor>& tensors);

@@ -37,7 +37,15 @@ std::vector<Tensor> AdamW::grads() const {
   return out;
 }
 
-double AdamW::grad_norm(float grad_scale) { return std::sqrt(ops::sum_of_squares(ctx_, grads())) * grad_scale; }
+double AdamW::grad_norm(float grad_scale) {
+  if (grad_sum_of_squares_) {
+    std::vector<NamedTensor*> params;
+    params.reserve(slots_.size());
+    for (const Slot& s : slots_) params.push_back(s.param);
+    return std::sqrt(grad_sum_of_squares_(ctx_, params)) * grad_scale;
+  }
+  return std::sqrt(ops::sum_of_squares(ctx_, grads())) * grad_scale;
+}
 
 int64_t AdamW::count_zero_grads() { return ops::count_zeros(ctx_, grads()); }
 

@@ -10,6 +10,7 @@
 // fp32 the master IS the param tensor.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -42,6 +43,12 @@ class AdamW {
 
   // The global L2 norm of the grads times grad_scale (for logging without a step).
   double grad_norm(float grad_scale = 1.f);
+  // How the sum of grad^2 behind grad_norm() is formed. Default: over this optimizer's
+  // grads. With model parallelism the norm is of the full model: e.g.
+  // parallel::grad_sum_of_squares_fn(tp) sums the tp ranks' shards and counts replicated
+  // tensors once (every rank of the group must then step together).
+  using GradSumOfSquares = std::function<double(ops::Context&, const std::vector<NamedTensor*>&)>;
+  void set_grad_sum_of_squares(GradSumOfSquares fn) { grad_sum_of_squares_ = std::move(fn); }
   int64_t count_zero_grads();  // Megatron's `num zeros`
   int64_t steps_taken() const { return steps_; }
   const AdamWConfig& config() const { return config_; }
@@ -65,6 +72,7 @@ class AdamW {
   AdamWConfig config_;
   std::vector<Slot> slots_;
   int64_t steps_ = 0;
+  GradSumOfSquares grad_sum_of_squares_;
 };
 
 }  // namespace primus
