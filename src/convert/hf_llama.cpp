@@ -56,9 +56,25 @@ std::string hf_layer(int64_t i, const char* rest) { return fmt::format("model.la
 }  // namespace
 
 ModelConfig model_config_from_hf(const nlohmann::json& hf, const std::string& source) {
+  PRIMUS_CHECK(hf.is_object(), "{}: expected a JSON object (a HuggingFace config.json), got {}", source,
+               hf.type_name());
   const std::string type = optional<std::string>(hf, "model_type", "llama");
   if (type != "llama" && type != "mistral")
-    fail("{}: model_type '{}' is not supported by the converter yet (supported: llama, mistral)", source, type);
+    fail("{}: model_type '{}' is not supported by the converter yet (supported: llama, mistral; MoE and "
+         "DeepSeek models come later)", source, type);
+  if (hf.contains("architectures") && hf["architectures"].is_array()) {
+    for (const auto& a : hf["architectures"]) {
+      const std::string arch = a.is_string() ? a.get<std::string>() : a.dump();
+      if (arch != "LlamaForCausalLM" && arch != "MistralForCausalLM")
+        fail("{}: architectures lists '{}'; the converter supports LlamaForCausalLM and MistralForCausalLM "
+             "(dense decoder, RMSNorm, SwiGLU, rotate-half RoPE)", source, arch);
+    }
+  }
+  // Mistral's sliding-window attention changes the math once sequences exceed the window.
+  if (hf.contains("sliding_window") && !hf["sliding_window"].is_null() &&
+      hf["sliding_window"].get<int64_t>() < optional<int64_t>(hf, "max_position_embeddings", 4096))
+    fail("{}: sliding_window {} is set; Primus has full causal attention only (set sliding_window to null "
+         "if the model was trained without it)", source, hf["sliding_window"].dump());
   if (optional<bool>(hf, "attention_bias", false) || optional<bool>(hf, "mlp_bias", false))
     fail("{}: attention_bias/mlp_bias are not supported (Llama has no biases)", source);
   const std::string act = optional<std::string>(hf, "hidden_act", "silu");
@@ -71,7 +87,9 @@ ModelConfig model_config_from_hf(const nlohmann::json& hf, const std::string& so
   mc.num_attention_heads = required<int64_t>(hf, "num_attention_heads", source);
   mc.num_query_groups = optional<int64_t>(hf, "num_key_value_heads", mc.num_attention_heads);
   mc.kv_channels = optional<int64_t>(hf, "head_dim", mc.hidden_size / mc.num_attention_heads);
+  // HF's vocab_size is the embedding's row count; nothing is padded on import.
   mc.padded_vocab_size = required<int64_t>(hf, "vocab_size", source);
+  mc.vocab_size = mc.padded_vocab_size;
   mc.max_position_embeddings = optional<int64_t>(hf, "max_position_embeddings", 4096);
   mc.norm_epsilon = optional<double>(hf, "rms_norm_eps", 1e-5);
   mc.rotary_base = optional<double>(hf, "rope_theta", 10000.0);
@@ -81,15 +99,18 @@ ModelConfig model_config_from_hf(const nlohmann::json& hf, const std::string& so
   mc.add_bias_linear = false;
   if (hf.contains("rope_scaling") && !hf["rope_scaling"].is_null()) {
     const auto& rs = hf["rope_scaling"];
+    PRIMUS_CHECK(rs.is_object(), "{}: rope_scaling must be an object or null, got {}", source, rs.dump());
     const std::string rt = rs.contains("rope_type") ? rs["rope_type"].get<std::string>()
                                                     : optional<std::string>(rs, "type", "");
-    if (rt != "llama3")
-      fail("{}: rope_scaling type '{}' is not supported (supported: llama3)", source, rt);
-    mc.use_rope_scaling = true;
-    mc.rope_scaling_factor = required<double>(rs, "factor", source + " rope_scaling");
-    mc.rope_low_freq_factor = optional<double>(rs, "low_freq_factor", 1.0);
-    mc.rope_high_freq_factor = optional<double>(rs, "high_freq_factor", 4.0);
-    mc.original_max_position_embeddings = optional<int64_t>(rs, "original_max_position_embeddings", 8192);
+    if (rt == "llama3") {
+      mc.use_rope_scaling = true;
+      mc.rope_scaling_factor = required<double>(rs, "factor", source + " rope_scaling");
+      mc.rope_low_freq_factor = optional<double>(rs, "low_freq_factor", 1.0);
+      mc.rope_high_freq_factor = optional<double>(rs, "high_freq_factor", 4.0);
+      mc.original_max_position_embeddings = optional<int64_t>(rs, "original_max_position_embeddings", 8192);
+    } else if (rt != "default") {  // "default" = plain RoPE
+      fail("{}: rope_scaling type '{}' is not supported (supported: llama3, default)", source, rt);
+    }
   }
   PRIMUS_CHECK(mc.num_attention_heads % mc.num_query_groups == 0,
                "{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", source,
@@ -206,19 +227,20 @@ NamedTensors primus_to_hf(const ModelConfig& mc, const TensorLookup& primus) {
     expect_shape(t, shape, name);
     return t;
   };
-  // Split views share the source storage; clone so each HF tensor owns compact memory.
+  // Splits are row views of the fused tensors (contiguous, no copy): they stay valid while
+  // the source tensors do, e.g. while a mapped checkpoint is open.
   out.emplace_back("model.embed_tokens.weight", take("embedding.word_embeddings.weight", {V, C}));
   for (int64_t i = 0; i < mc.num_layers; ++i) {
     out.emplace_back(hf_layer(i, "input_layernorm.weight"), take(layer(i, "input_layernorm.weight"), {C}));
     Tensor qkv = take(layer(i, "self_attention.linear_qkv.weight"), {(Hq + 2 * Hkv) * D, C});
-    out.emplace_back(hf_layer(i, "self_attn.q_proj.weight"), qkv.rows(0, Hq * D).clone());
-    out.emplace_back(hf_layer(i, "self_attn.k_proj.weight"), qkv.rows(Hq * D, (Hq + Hkv) * D).clone());
-    out.emplace_back(hf_layer(i, "self_attn.v_proj.weight"), qkv.rows((Hq + Hkv) * D, (Hq + 2 * Hkv) * D).clone());
+    out.emplace_back(hf_layer(i, "self_attn.q_proj.weight"), qkv.rows(0, Hq * D));
+    out.emplace_back(hf_layer(i, "self_attn.k_proj.weight"), qkv.rows(Hq * D, (Hq + Hkv) * D));
+    out.emplace_back(hf_layer(i, "self_attn.v_proj.weight"), qkv.rows((Hq + Hkv) * D, (Hq + 2 * Hkv) * D));
     out.emplace_back(hf_layer(i, "self_attn.o_proj.weight"), take(layer(i, "self_attention.linear_proj.weight"), {C, Hq * D}));
     out.emplace_back(hf_layer(i, "post_attention_layernorm.weight"), take(layer(i, "pre_mlp_layernorm.weight"), {C}));
     Tensor fc1 = take(layer(i, "mlp.linear_fc1.weight"), {2 * F, C});
-    out.emplace_back(hf_layer(i, "mlp.gate_proj.weight"), fc1.rows(0, F).clone());
-    out.emplace_back(hf_layer(i, "mlp.up_proj.weight"), fc1.rows(F, 2 * F).clone());
+    out.emplace_back(hf_layer(i, "mlp.gate_proj.weight"), fc1.rows(0, F));
+    out.emplace_back(hf_layer(i, "mlp.up_proj.weight"), fc1.rows(F, 2 * F));
     out.emplace_back(hf_layer(i, "mlp.down_proj.weight"), take(layer(i, "mlp.linear_fc2.weight"), {C, F}));
   }
   out.emplace_back("model.norm.weight", take("decoder.final_layernorm.weight", {C}));

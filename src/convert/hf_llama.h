@@ -35,7 +35,10 @@ nlohmann::json hf_config_from_model(const ModelConfig& mc, const std::string& to
 std::vector<std::string> primus_parameter_names(const ModelConfig& mc);
 std::vector<std::string> hf_parameter_names(const ModelConfig& mc);
 
-// Layout conversion (CPU tensors; dtype kept as found).
+// Layout conversion (CPU tensors; dtype kept as found). hf_to_primus returns the lookup's
+// tensors as given except the fused linear_qkv / linear_fc1 (new, concatenated);
+// primus_to_hf returns row views of the fused tensors (no copies), so the looked-up
+// tensors must outlive the result.
 NamedTensors hf_to_primus(const ModelConfig& mc, const TensorLookup& hf);
 NamedTensors primus_to_hf(const ModelConfig& mc, const TensorLookup& primus);
 

@@ -1,0 +1,306 @@
+#include "convert/checkpoint_convert.h"
+
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "config/config.h"
+#include "convert/hf_files.h"
+#include "convert/hf_llama.h"
+#include "convert/hf_tokenizer_info.h"
+#include "convert/primus_config.h"
+#include "convert/staged_dir.h"
+#include "core/error.h"
+#include "core/strings.h"
+#include "train/checkpoint.h"
+
+namespace primus::convert {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+bool is_float_weight(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
+
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+std::string dir_name_of(const std::string& dir) {
+  fs::path p = fs::absolute(dir).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
+  return p.filename().string();
+}
+
+// The HF tensors that are not Llama weights: rotary inverse frequencies (older exports
+// store them; they are recomputed from rope_theta) and, for tied embeddings, an lm_head
+// copy of the embedding. Anything else is an error (MoE experts, biases, another model).
+std::vector<std::string> check_hf_tensor_set(const HfWeights& w, const ModelConfig& mc) {
+  const std::vector<std::string> expected = hf_parameter_names(mc);
+  const std::set<std::string> want(expected.begin(), expected.end());
+  std::vector<std::string> notes, unknown;
+  for (const std::string& name : w.names()) {
+    if (want.count(name)) continue;
+    if (ends_with(name, ".rotary_emb.inv_freq")) {
+      notes.push_back(fmt::format("ignored '{}' (recomputed from rope_theta)", name));
+      continue;
+    }
+    if (name == "lm_head.weight" && !mc.untie_embeddings_and_output_weights) {
+      const Tensor head = w.view(name), emb = w.view("model.embed_tokens.weight");
+      PRIMUS_CHECK(head.shape() == emb.shape() && head.dtype() == emb.dtype() &&
+                       std::memcmp(head.raw(), emb.raw(), head.nbytes()) == 0,
+                   "{}: config.json says tie_word_embeddings: true but lm_head.weight differs from "
+                   "model.embed_tokens.weight; set tie_word_embeddings to false if the model has a separate "
+                   "output layer", w.source());
+      notes.push_back("ignored 'lm_head.weight' (a copy of the tied embedding)");
+      continue;
+    }
+    unknown.push_back(name);
+  }
+  if (!unknown.empty()) {
+    std::string hint;
+    for (const auto& n : unknown) {
+      if (n.find("experts") != std::string::npos) hint = " (MoE expert weights: MoE conversion is not supported yet)";
+      else if (ends_with(n, ".bias") && hint.empty()) hint = " (biases: Llama has none)";
+    }
+    fail("{}: {} tensor(s) that a {}-layer Llama with this config.json does not have, e.g. '{}'{}; the weights and "
+         "config.json do not describe the same model", w.source(), unknown.size(), mc.num_layers, unknown.front(),
+         hint);
+  }
+  return notes;
+}
+
+// The dense-Llama features HF's LlamaForCausalLM can express; errors name the key.
+void check_exportable(const ModelConfig& mc, const std::string& source) {
+  auto need = [&](bool ok, const std::string& key, const std::string& value, const char* why) {
+    PRIMUS_CHECK(ok, "{}: {} = {}: {} (the HF export writes LlamaForCausalLM: dense, RMSNorm, SwiGLU, rotate-half "
+                 "RoPE, no biases)", source, key, value, why);
+  };
+  need(mc.num_experts == 0, "num_experts", std::to_string(mc.num_experts), "MoE export is not supported yet");
+  need(!mc.multi_latent_attention, "multi_latent_attention", "true", "MLA export is not supported yet");
+  need(mc.mtp_num_layers == 0, "mtp_num_layers", std::to_string(mc.mtp_num_layers), "MTP layers have no HF Llama form");
+  need(mc.swiglu, "swiglu", "false", "LlamaForCausalLM's MLP is SwiGLU");
+  need(mc.normalization == "RMSNorm", "normalization", mc.normalization, "LlamaForCausalLM uses RMSNorm");
+  need(mc.position_embedding_type == "rope", "position_embedding_type", mc.position_embedding_type,
+       "LlamaForCausalLM uses RoPE");
+  need(!mc.add_bias_linear && !mc.add_qkv_bias, "add_bias_linear/add_qkv_bias", "true",
+       "biases are not exported");
+  need(mc.rotary_percent == 1.0, "rotary_percent", fmt::format("{}", mc.rotary_percent),
+       "LlamaForCausalLM rotates the whole head");
+  need(!mc.rotary_interleaved, "rotary_interleaved", "true", "LlamaForCausalLM rotates halves");
+  need(mc.rotary_scaling_factor == 1.0, "rotary_scaling_factor", fmt::format("{}", mc.rotary_scaling_factor),
+       "YaRN scaling has no LlamaForCausalLM form");
+}
+
+}  // namespace
+
+DType parse_weight_dtype(const std::string& text) {
+  if (text == "fp32" || text == "float32" || text == "f32") return DType::F32;
+  if (text == "bf16" || text == "bfloat16") return DType::BF16;
+  if (text == "fp16" || text == "float16" || text == "f16") return DType::F16;
+  fail("dtype '{}' is not one of fp32, bf16, fp16", text);
+}
+
+std::string torch_dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return "float32";
+    case DType::BF16: return "bfloat16";
+    case DType::F16: return "float16";
+    default: fail("dtype {} has no torch_dtype name for config.json", dtype_name(dtype));
+  }
+}
+
+// ---- HF -> Primus -------------------------------------------------------------------
+
+HfToPrimusResult hf_to_primus_checkpoint(const HfToPrimusOptions& o) {
+  PRIMUS_CHECK(!o.hf_dir.empty(), "--hf-dir is required (the HuggingFace model directory)");
+  PRIMUS_CHECK(!o.output.empty(), "--output is required (the Primus save directory to create)");
+  PRIMUS_CHECK(o.iteration >= 0, "--iteration must be >= 0, got {}", o.iteration);
+  check_output_apart_from_input(o.output, o.hf_dir);
+  const std::string config_path = (fs::path(o.hf_dir) / "config.json").string();
+  const nlohmann::json hf_config = read_json_file(config_path, "the model's HuggingFace config.json");
+  ModelConfig mc = model_config_from_hf(hf_config, config_path);
+  if (!hf_config.contains("_name_or_path")) mc.name = dir_name_of(o.hf_dir);
+
+  const HfWeights weights(o.hf_dir);
+  HfToPrimusResult result;
+  result.weights_source = weights.source();
+  result.source_files = weights.num_files();
+  result.notes = check_hf_tensor_set(weights, mc);
+
+  // Stored dtypes: floats only; without --dtype the fused groups must agree to concatenate.
+  std::map<DType, std::string> stored;  // dtype -> one tensor having it
+  for (const std::string& name : hf_parameter_names(mc)) {
+    const DType d = weights.file_of(name).entry(name).dtype;
+    PRIMUS_CHECK(is_float_weight(d), "{}: tensor '{}' is {}; only fp32/bf16/fp16 weights convert (quantized "
+                 "checkpoints are not supported)", weights.file_of(name).path(), name, dtype_name(d));
+    stored.emplace(d, name);
+  }
+  if (!o.dtype && stored.size() > 1)
+    fail("{}: the weights mix dtypes ('{}' is {}, '{}' is {}); pass --dtype fp32|bf16 to store them in one",
+         weights.source(), stored.begin()->second, dtype_name(stored.begin()->first), stored.rbegin()->second,
+         dtype_name(stored.rbegin()->first));
+
+  auto lookup = [&](const std::string& name) {
+    const Tensor v = weights.view(name);  // borrowed from the mapping
+    return o.dtype ? cast_float_tensor(v, *o.dtype, name) : v;
+  };
+  NamedTensors tensors;
+  try {
+    tensors = hf_to_primus(mc, lookup);
+  } catch (const Error& e) {
+    fail("{} (weights {}, config {}): {}", o.hf_dir, weights.source(), config_path, e.what());
+  }
+
+  const nlohmann::json config = config_for_model(mc).to_json();
+  // The promise readers rely on: the stored config gives back this architecture.
+  const ModelConfig back = config::model_config(config::from_json(config));
+  PRIMUS_CHECK(back.padded_vocab_size == mc.padded_vocab_size && back.head_dim() == mc.head_dim() &&
+                   back.num_query_groups == mc.num_query_groups && back.ffn_hidden_size == mc.ffn_hidden_size,
+               "internal: the checkpoint config does not reproduce the model (vocab {} vs {})",
+               back.padded_vocab_size, mc.padded_vocab_size);
+
+  StagedDir out(o.output, o.force);
+  train::CheckpointContent content;
+  content.iteration = o.iteration;
+  content.model = std::move(tensors);
+  content.config = config;
+  content.extra = {{"converted_from",
+                    {{"format", "huggingface"},
+                     {"dir", fs::absolute(o.hf_dir).lexically_normal().string()},
+                     {"config", hf_config}}}};
+  train::CheckpointWriter writer(out.path());
+  writer.save(content);
+  const train::SaveResult saved = *writer.last_result();
+  out.commit();
+
+  result.checkpoint_dir = (fs::path(out.target()) / train::checkpoint_dir_name(o.iteration)).string();
+  result.model = mc;
+  result.tensors = content.model.size();
+  result.bytes = saved.bytes;
+  return result;
+}
+
+// ---- Primus -> HF -------------------------------------------------------------------
+
+PrimusToHfResult primus_to_hf_dir(const PrimusToHfOptions& o) {
+  PRIMUS_CHECK(!o.load.empty(), "--load is required (the Primus save directory or an iter_XXXXXXX directory)");
+  PRIMUS_CHECK(!o.output.empty(), "--output is required (the HuggingFace directory to create)");
+  check_output_apart_from_input(o.output, o.load);
+  PRIMUS_CHECK(is_float_weight(o.dtype), "--dtype must be fp32, bf16 or fp16");
+  const train::CheckpointReader reader(o.load, o.iteration);
+  const std::string config_path = (fs::path(reader.path()) / "config.json").string();
+  PRIMUS_CHECK(reader.parts().config, "'{}' has no config.json, so its architecture is unknown; re-save it with a "
+               "current primus (every checkpoint of `primus train` and `primus convert` carries one)", reader.path());
+  ModelConfig mc;
+  try {
+    mc = config::model_config(config::from_json(reader.config()));
+  } catch (const Error& e) {
+    fail("{}: {}", config_path, e.what());
+  }
+  check_exportable(mc, config_path);
+
+  const SafetensorsFile& file = reader.model_file();
+  const std::vector<std::string> expected = primus_parameter_names(mc);
+  const std::set<std::string> want(expected.begin(), expected.end());
+  for (const auto& e : file.entries())
+    PRIMUS_CHECK(want.count(e.name), "{}: tensor '{}' {} is not a parameter of the model in {}{}; the checkpoint "
+                 "and its config.json disagree", file.path(), e.name, shape_str(e.shape), config_path,
+                 did_you_mean(e.name, expected));
+  for (const auto& name : expected)
+    PRIMUS_CHECK(file.contains(name), "{}: missing tensor '{}' that the model in {} has{}", file.path(), name,
+                 config_path, did_you_mean(name, file.names()));
+  const int64_t rows = file.entry("embedding.word_embeddings.weight").shape.at(0);
+  PRIMUS_CHECK(rows == mc.padded_vocab_size, "{}: embedding.word_embeddings.weight has {} rows but {} implies {} "
+               "(vocab_size {} padded by make_vocab_size_divisible_by x tensor_model_parallel_size)", file.path(),
+               rows, config_path, mc.padded_vocab_size, mc.vocab_size);
+
+  // The rows to keep: the true vocabulary.
+  const int64_t keep = o.vocab_size ? *o.vocab_size : (mc.vocab_size > 0 ? mc.vocab_size : rows);
+  PRIMUS_CHECK(keep > 0 && keep <= rows, "--vocab-size {} must be in [1, {}] (the checkpoint's embedding rows)",
+               keep, rows);
+  std::optional<HfTokenizerInfo> tok;
+  if (!o.tokenizer.empty()) {
+    tok = inspect_hf_tokenizer(o.tokenizer);
+    PRIMUS_CHECK(tok->vocab_size <= keep, "{}: the tokenizer has ids up to {} but the exported vocabulary keeps "
+                 "{} rows ({}); is it the tokenizer the model was trained with? (--vocab-size N keeps more of the "
+                 "{} rows)", tok->tokenizer_json, tok->vocab_size - 1, keep,
+                 o.vocab_size ? "--vocab-size" : "vocab_size in " + config_path, rows);
+  }
+
+  auto lookup = [&](const std::string& name) { return file.view(name); };  // borrowed from the mapping
+  NamedTensors hf = primus_to_hf(mc, lookup);
+  for (auto& [name, t] : hf)
+    if (name == "model.embed_tokens.weight" || name == "lm_head.weight") t = t.rows(0, keep);
+
+  PrimusToHfResult result;
+  result.checkpoint_dir = reader.path();
+  result.vocab_rows_dropped = rows - keep;
+  mc.padded_vocab_size = keep;
+  mc.vocab_size = keep;
+  result.model = mc;
+
+  // bos / eos.
+  const nlohmann::json imported = reader.extra().value("converted_from", nlohmann::json::object());
+  const nlohmann::json imported_config = imported.value("config", nlohmann::json::object());
+  auto imported_id = [&](const char* key) -> std::optional<int64_t> {
+    if (imported_config.contains(key) && imported_config[key].is_number_integer())
+      return imported_config[key].get<int64_t>();
+    return std::nullopt;
+  };
+  if (tok) {
+    result.bos_token_id = tok->bos_token_id;
+    result.eos_token_id = tok->eos_token_id;
+    result.bos_eos_source = "the tokenizer " + tok->tokenizer_json;
+  } else if (imported_id("bos_token_id") || imported_id("eos_token_id")) {
+    result.bos_token_id = imported_id("bos_token_id");
+    result.eos_token_id = imported_id("eos_token_id");
+    result.bos_eos_source = "the HF config.json the checkpoint was imported from";
+  } else if (kLlama3EosTokenId < keep) {
+    result.bos_token_id = kLlama3BosTokenId;
+    result.eos_token_id = kLlama3EosTokenId;
+    result.bos_eos_source = "Llama 3 defaults (no --tokenizer-model given)";
+  } else {
+    result.bos_eos_source = fmt::format("none: no tokenizer given and Llama 3's ids do not fit {} rows", keep);
+  }
+  if (o.bos_token_id) result.bos_token_id = o.bos_token_id;
+  if (o.eos_token_id) result.eos_token_id = o.eos_token_id;
+  if (o.bos_token_id || o.eos_token_id) result.bos_eos_source = "the command line";
+  for (const auto& id : {result.bos_token_id, result.eos_token_id})
+    PRIMUS_CHECK(!id || (*id >= 0 && *id < keep), "bos/eos token id {} is outside the exported vocabulary of {} rows",
+                 *id, keep);
+
+  nlohmann::json hf_config = hf_config_from_model(mc, torch_dtype_name(o.dtype), 0, 0);
+  auto id_json = [](const std::optional<int64_t>& id) { return id ? nlohmann::json(*id) : nlohmann::json(); };
+  hf_config["bos_token_id"] = id_json(result.bos_token_id);
+  hf_config["eos_token_id"] = id_json(result.eos_token_id);
+  nlohmann::json generation = {{"_from_model_config", true},
+                               {"bos_token_id", id_json(result.bos_token_id)},
+                               {"eos_token_id", id_json(result.eos_token_id)}};
+
+  StagedDir out(o.output, o.force);
+  const HfWeightsWritten written = write_hf_weights(out.path(), hf, o.dtype, o.max_shard_bytes);
+  result.files = written.files;
+  result.weight_bytes = written.total_bytes;
+  write_json_file((fs::path(out.path()) / "config.json").string(), hf_config);
+  write_json_file((fs::path(out.path()) / "generation_config.json").string(), generation);
+  result.files.push_back("config.json");
+  result.files.push_back("generation_config.json");
+  if (tok) {
+    copy_file_synced(tok->tokenizer_json, (fs::path(out.path()) / "tokenizer.json").string());
+    result.files.push_back("tokenizer.json");
+    for (const auto& s : tok->siblings) {
+      const std::string name = fs::path(s).filename().string();
+      copy_file_synced(s, (fs::path(out.path()) / name).string());
+      result.files.push_back(name);
+    }
+  }
+  out.commit();
+  result.output = out.target();
+  return result;
+}
+
+}  // namespace primus::convert

@@ -1,0 +1,63 @@
+// convert_logits_dump: loads a Primus checkpoint the way `generate` and the training loop
+// do (CheckpointReader + config::from_json + config::model_config + LlamaModel +
+// train::load_tensors_into) and writes the CPU model's fp32 logits for given tokens.
+//
+//   convert_logits_dump <save_dir> <tokens.safetensors> <out.safetensors>
+//       tokens.safetensors: "tokens" I32 or I64 (B,T)
+//       out.safetensors:    "logits" F32 (B,T,V); metadata "model" = the loaded
+//                           architecture as JSON (for the test's sanity checks)
+//
+// tests/convert/check_hf_import.py drives it against an independent PyTorch model.
+#include <cstdio>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "config/config.h"
+#include "core/safetensors.h"
+#include "model/llama.h"
+#include "train/checkpoint.h"
+
+using namespace primus;
+
+int main(int argc, char** argv) {
+  if (argc != 4) {
+    std::fprintf(stderr, "usage: %s <save_dir> <tokens.safetensors> <out.safetensors>\n", argv[0]);
+    return 2;
+  }
+  try {
+    const train::CheckpointReader reader(argv[1]);
+    const ModelConfig mc = config::model_config(config::from_json(reader.config()));
+    auto ctx = ops::Context::cpu();
+    LlamaModel model(mc, ctx);  // fp32 parameters; bf16/fp16 checkpoints convert exactly on load
+    NamedTensorList targets;
+    for (NamedTensor* p : model.parameters()) targets.emplace_back(p->name, p->value);
+    train::load_tensors_into(reader.model_file(), targets, /*strict=*/true);
+
+    const SafetensorsFile in(argv[2]);
+    Tensor tokens = in.load("tokens");
+    if (tokens.dtype() == DType::I64) {
+      Tensor t32 = Tensor::empty(tokens.shape(), DType::I32);
+      for (int64_t i = 0; i < tokens.numel(); ++i) t32.data<int32_t>()[i] = static_cast<int32_t>(tokens.data<int64_t>()[i]);
+      tokens = t32;
+    }
+    const Tensor logits = model.logits(tokens);
+    nlohmann::json m = {{"num_layers", mc.num_layers},
+                        {"hidden_size", mc.hidden_size},
+                        {"num_attention_heads", mc.num_attention_heads},
+                        {"num_query_groups", mc.num_query_groups},
+                        {"head_dim", mc.head_dim()},
+                        {"ffn_hidden_size", mc.ffn_hidden_size},
+                        {"padded_vocab_size", mc.padded_vocab_size},
+                        {"untie", mc.untie_embeddings_and_output_weights},
+                        {"use_rope_scaling", mc.use_rope_scaling},
+                        {"rotary_base", mc.rotary_base},
+                        {"norm_epsilon", mc.norm_epsilon}};
+    save_safetensors(argv[3], {{"logits", logits}}, {{"model", m.dump()}});
+    std::printf("%s: logits %s\n", reader.path().c_str(), shape_str(logits.shape()).c_str());
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,610 @@
+// `primus convert`: HF <-> Primus checkpoints through the library (round trips bit for bit,
+// sharded input and output, vocabulary padding, tokenizer files) and through the built
+// binary (help, errors naming the file/key and the fix, no half-written output).
+// The logits check against an independent PyTorch model is tests/convert/check_hf_import.py.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+#include "config/config.h"
+#include "convert/checkpoint_convert.h"
+#include "convert/hf_files.h"
+#include "convert/hf_llama.h"
+#include "convert/hf_tokenizer_info.h"
+#include "convert/primus_config.h"
+#include "core/rng.h"
+#include "core/safetensors.h"
+#include "model/llama.h"
+#include "train/checkpoint.h"
+
+using namespace primus;
+using ::testing::HasSubstr;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct CliRun {
+  int code = -1;
+  std::string output;  // stdout and stderr
+};
+
+CliRun run_primus(const std::string& args) {
+  const std::string cmd = std::string("'") + PRIMUS_BINARY + "' " + args + " 2>&1";
+  CliRun r;
+  FILE* pipe = popen(cmd.c_str(), "r");
+  if (!pipe) return r;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
+  const int status = pclose(pipe);
+  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return r;
+}
+
+// A fresh directory per test under the system temp dir.
+class TempDir {
+ public:
+  TempDir() {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    path_ = (fs::temp_directory_path() / fmt::format("primus_convert_{}_{}_{}", info->test_suite_name(), info->name(),
+                                                     ::getpid())).string();
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() { fs::remove_all(path_); }
+  std::string operator/(const std::string& name) const { return (fs::path(path_) / name).string(); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+nlohmann::json tiny_hf_config(bool tied = false) {
+  return {{"architectures", {"LlamaForCausalLM"}},
+          {"model_type", "llama"},
+          {"hidden_size", 32},
+          {"intermediate_size", 48},
+          {"num_hidden_layers", 2},
+          {"num_attention_heads", 4},
+          {"num_key_value_heads", 2},
+          {"vocab_size", 61},
+          {"max_position_embeddings", 128},
+          {"rms_norm_eps", 1e-5},
+          {"rope_theta", 500000.0},
+          {"tie_word_embeddings", tied},
+          {"bos_token_id", 3},
+          {"eos_token_id", 4},
+          {"rope_scaling",
+           {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0},
+            {"original_max_position_embeddings", 32}}}};
+}
+
+// Random HF-named weights for `cfg`, in `dtype`.
+NamedTensorList random_hf_weights(const nlohmann::json& cfg, DType dtype, uint64_t seed = 5) {
+  const ModelConfig mc = convert::model_config_from_hf(cfg, "test config");
+  const int64_t C = mc.hidden_size, D = mc.head_dim(), H = mc.num_attention_heads, G = mc.num_query_groups,
+                F = mc.ffn_hidden_size, V = mc.padded_vocab_size;
+  NamedTensorList out;
+  for (const std::string& n : convert::hf_parameter_names(mc)) {
+    Shape s;
+    if (n.find("layernorm") != std::string::npos || n == "model.norm.weight") s = {C};
+    else if (n.find("q_proj") != std::string::npos) s = {H * D, C};
+    else if (n.find("k_proj") != std::string::npos || n.find("v_proj") != std::string::npos) s = {G * D, C};
+    else if (n.find("o_proj") != std::string::npos) s = {C, H * D};
+    else if (n.find("gate_proj") != std::string::npos || n.find("up_proj") != std::string::npos) s = {F, C};
+    else if (n.find("down_proj") != std::string::npos) s = {C, F};
+    else s = {V, C};
+    Tensor t = Tensor::empty(s, DType::F32);
+    CounterRng(seed, stream_id(n)).fill_normal(t, 0.f, 1.f);
+    out.emplace_back(n, dtype == DType::F32 ? t : convert::cast_float_tensor(t, dtype, n));
+  }
+  return out;
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  std::ofstream f(path);
+  f << text;
+}
+
+// An HF directory: config.json + one model.safetensors, or `shards` files + the index.
+void write_hf_dir(const std::string& dir, const nlohmann::json& cfg, const NamedTensorList& tensors, int shards = 1) {
+  fs::create_directories(dir);
+  write_text(dir + "/config.json", cfg.dump(2));
+  if (shards == 1) {
+    save_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
+    return;
+  }
+  nlohmann::json index = {{"metadata", {{"total_size", 0}}}, {"weight_map", nlohmann::json::object()}};
+  const size_t per = (tensors.size() + shards - 1) / shards;
+  for (int s = 0; s < shards; ++s) {
+    const std::string file = fmt::format("model-{:05d}-of-{:05d}.safetensors", s + 1, shards);
+    NamedTensorList part(tensors.begin() + std::min(tensors.size(), s * per),
+                         tensors.begin() + std::min(tensors.size(), (s + 1) * per));
+    save_safetensors(dir + "/" + file, part, {{"format", "pt"}});
+    for (const auto& [n, t] : part) index["weight_map"][n] = file;
+  }
+  write_text(dir + "/model.safetensors.index.json", index.dump(2));
+}
+
+// Every tensor of `expected` is in the HF directory `dir` with the same bytes.
+void expect_hf_weights_equal(const std::string& dir, const NamedTensorList& expected) {
+  const convert::HfWeights w(dir);
+  ASSERT_EQ(w.names().size(), expected.size()) << dir;
+  for (const auto& [name, t] : expected) {
+    ASSERT_TRUE(w.contains(name)) << name;
+    const Tensor got = w.view(name);
+    ASSERT_EQ(got.dtype(), t.dtype()) << name;
+    ASSERT_EQ(got.shape(), t.shape()) << name;
+    EXPECT_EQ(std::memcmp(got.raw(), t.raw(), t.nbytes()), 0) << name << " differs";
+  }
+}
+
+std::vector<std::string> dir_entries(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(dir)) out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace
+
+// ---- config.json of a converted checkpoint -------------------------------------------
+
+TEST(ConvertConfig, ModelConfigSurvivesTheCheckpointConfig) {
+  const ModelConfig mc = convert::model_config_from_hf(tiny_hf_config(), "config.json");
+  const nlohmann::json j = convert::config_for_model(mc).to_json();
+  const ModelConfig back = config::model_config(config::from_json(j));
+  EXPECT_EQ(back.num_layers, mc.num_layers);
+  EXPECT_EQ(back.hidden_size, mc.hidden_size);
+  EXPECT_EQ(back.ffn_hidden_size, mc.ffn_hidden_size);
+  EXPECT_EQ(back.num_attention_heads, mc.num_attention_heads);
+  EXPECT_EQ(back.num_query_groups, 2);
+  EXPECT_EQ(back.head_dim(), 8);
+  EXPECT_EQ(back.padded_vocab_size, 61);  // not padded to 128
+  EXPECT_EQ(back.vocab_size, 61);
+  EXPECT_EQ(back.max_position_embeddings, 128);
+  EXPECT_EQ(back.norm_epsilon, 1e-5);
+  EXPECT_EQ(back.rotary_base, 500000.0);
+  EXPECT_TRUE(back.use_rope_scaling);
+  EXPECT_EQ(back.rope_scaling_factor, 8.0);
+  EXPECT_EQ(back.original_max_position_embeddings, 32);
+  EXPECT_TRUE(back.untie_embeddings_and_output_weights);
+  EXPECT_TRUE(back.swiglu);
+  EXPECT_EQ(back.normalization, "RMSNorm");
+  EXPECT_EQ(back.position_embedding_type, "rope");
+  EXPECT_FALSE(back.add_bias_linear);
+  EXPECT_EQ(back.attention_dropout, 0.0);
+  EXPECT_EQ(back.hidden_dropout, 0.0);
+  // The model code accepts it as is.
+  auto ctx = ops::Context::cpu();
+  EXPECT_NO_THROW(LlamaModel(back, ctx));
+}
+
+TEST(ConvertConfig, PaddedVocabularyKeepsBothSizes) {
+  ModelConfig mc = convert::model_config_from_hf(tiny_hf_config(true), "config.json");
+  for (auto [vocab, padded] : {std::pair<int64_t, int64_t>{61, 64}, {50257, 50304}, {61, 61}, {100, 173}}) {
+    mc.vocab_size = vocab;
+    mc.padded_vocab_size = padded;
+    const ModelConfig back = config::model_config(config::from_json(convert::config_for_model(mc).to_json()));
+    EXPECT_EQ(back.vocab_size, vocab);
+    EXPECT_EQ(back.padded_vocab_size, padded) << vocab;
+    EXPECT_FALSE(back.untie_embeddings_and_output_weights);
+  }
+  mc.num_experts = 8;
+  try {
+    convert::config_for_model(mc);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("MoE"));
+  }
+}
+
+TEST(ConvertFiles, ByteSizes) {
+  EXPECT_EQ(convert::parse_byte_size("5GB"), 5'000'000'000ull);
+  EXPECT_EQ(convert::parse_byte_size("500MB"), 500'000'000ull);
+  EXPECT_EQ(convert::parse_byte_size("2GiB"), 2ull << 30);
+  EXPECT_EQ(convert::parse_byte_size("40kb"), 40'000ull);
+  EXPECT_EQ(convert::parse_byte_size("1234"), 1234ull);
+  EXPECT_THROW(convert::parse_byte_size("5 parsecs"), Error);
+  EXPECT_THROW(convert::parse_byte_size("GB"), Error);
+  EXPECT_THROW(convert::parse_byte_size("0"), Error);
+}
+
+// ---- round trips through the library -------------------------------------------------
+
+TEST(ConvertRoundTrip, Fp32ShardedIsBitIdentical) {
+  TempDir tmp;
+  const nlohmann::json cfg = tiny_hf_config();
+  const NamedTensorList hf = random_hf_weights(cfg, DType::F32);
+  write_hf_dir(tmp / "hf", cfg, hf, /*shards=*/3);
+
+  convert::HfToPrimusOptions in;
+  in.hf_dir = tmp / "hf";
+  in.output = tmp / "primus";
+  in.iteration = 12;
+  const auto r = convert::hf_to_primus_checkpoint(in);
+  EXPECT_EQ(r.source_files, 3u);
+  EXPECT_EQ(r.tensors, 2u + 6u * 2u + 1u);
+  EXPECT_EQ(r.checkpoint_dir, tmp / "primus/iter_0000012");
+  // The training loop's layout: tracker + iter dir with model, config, meta; nothing else.
+  EXPECT_EQ(dir_entries(tmp / "primus"), (std::vector<std::string>{"iter_0000012", train::kTrackerFileName}));
+  EXPECT_EQ(dir_entries(r.checkpoint_dir),
+            (std::vector<std::string>{"config.json", "meta.json", "model.safetensors"}));
+  const train::CheckpointReader reader(tmp / "primus");
+  EXPECT_EQ(reader.iteration(), 12);
+  EXPECT_FALSE(reader.parts().optimizer);
+  EXPECT_EQ(reader.extra()["converted_from"]["format"], "huggingface");
+
+  // A model built from the stored config takes the weights strictly by name and shape.
+  const ModelConfig mc = config::model_config(config::from_json(reader.config()));
+  auto ctx = ops::Context::cpu();
+  LlamaModel model(mc, ctx);
+  NamedTensorList targets;
+  for (NamedTensor* p : model.parameters()) targets.emplace_back(p->name, p->value);
+  train::load_tensors_into(reader.model_file(), targets, /*strict=*/true);
+  EXPECT_EQ(std::memcmp(model.parameter("decoder.final_layernorm.weight").value.raw(),
+                        hf[hf.size() - 2].second.raw(), 32 * 4), 0);
+
+  convert::PrimusToHfOptions out;
+  out.load = tmp / "primus";
+  out.output = tmp / "hf_back";
+  out.dtype = DType::F32;
+  out.max_shard_bytes = 20'000;  // several shards for this ~80 KB model
+  const auto back = convert::primus_to_hf_dir(out);
+  EXPECT_EQ(back.vocab_rows_dropped, 0);
+  EXPECT_TRUE(fs::exists(tmp / "hf_back/model.safetensors.index.json"));
+  EXPECT_TRUE(fs::exists(tmp / "hf_back/model-00001-of-00005.safetensors")) << fmt::format("{}", fmt::join(back.files, " "));
+  expect_hf_weights_equal(tmp / "hf_back", hf);
+  const nlohmann::json index = convert::read_json_file(tmp / "hf_back/model.safetensors.index.json", "index");
+  EXPECT_EQ(index["metadata"]["total_size"].get<uint64_t>(), back.weight_bytes);
+  EXPECT_EQ(index["weight_map"].size(), hf.size());
+  // config.json: transformers' keys, ids carried over from the imported config.
+  const nlohmann::json c = convert::read_json_file(tmp / "hf_back/config.json", "config");
+  for (const char* k : {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                        "num_key_value_heads", "vocab_size", "rope_theta", "rms_norm_eps", "tie_word_embeddings",
+                        "bos_token_id", "eos_token_id", "rope_scaling", "max_position_embeddings"})
+    EXPECT_EQ(c[k], cfg[k]) << k;
+  EXPECT_EQ(c["torch_dtype"], "float32");
+  EXPECT_EQ(convert::model_config_from_hf(c, "back").head_dim(), 8);
+  EXPECT_TRUE(fs::exists(tmp / "hf_back/generation_config.json"));
+}
+
+TEST(ConvertRoundTrip, Bf16TiedSingleFileIsBitIdentical) {
+  TempDir tmp;
+  const nlohmann::json cfg = tiny_hf_config(/*tied=*/true);
+  const NamedTensorList hf = random_hf_weights(cfg, DType::BF16, 9);
+  write_hf_dir(tmp / "hf", cfg, hf);
+  convert::HfToPrimusOptions in;
+  in.hf_dir = tmp / "hf";
+  in.output = tmp / "primus";
+  convert::hf_to_primus_checkpoint(in);
+  {
+    const train::CheckpointReader reader(tmp / "primus");
+    EXPECT_FALSE(reader.model_file().contains("output_layer.weight"));
+    EXPECT_EQ(reader.model_file().entry("decoder.layers.0.mlp.linear_fc1.weight").dtype, DType::BF16);
+  }
+  convert::PrimusToHfOptions out;  // bf16 by default, one file
+  out.load = tmp / "primus";
+  out.output = tmp / "hf_back";
+  const auto back = convert::primus_to_hf_dir(out);
+  EXPECT_EQ(back.files.front(), "model.safetensors");
+  EXPECT_FALSE(fs::exists(tmp / "hf_back/model.safetensors.index.json"));
+  expect_hf_weights_equal(tmp / "hf_back", hf);
+  EXPECT_EQ(convert::read_json_file(tmp / "hf_back/config.json", "config")["tie_word_embeddings"], true);
+}
+
+TEST(ConvertRoundTrip, DtypeOptionCastsLikeRoundToNearestEven) {
+  TempDir tmp;
+  const nlohmann::json cfg = tiny_hf_config();
+  const NamedTensorList hf = random_hf_weights(cfg, DType::F32);
+  write_hf_dir(tmp / "hf", cfg, hf, 2);
+  convert::HfToPrimusOptions in;
+  in.hf_dir = tmp / "hf";
+  in.output = tmp / "primus";
+  in.dtype = DType::BF16;
+  convert::hf_to_primus_checkpoint(in);
+  convert::PrimusToHfOptions out;
+  out.load = tmp / "primus";
+  out.output = tmp / "hf_back";
+  out.dtype = DType::F32;  // bf16 -> fp32 is exact, so the export shows the stored bf16 values
+  convert::primus_to_hf_dir(out);
+  const convert::HfWeights back(tmp / "hf_back");
+  for (const auto& [name, t] : hf) {
+    const Tensor got = back.view(name);
+    const float* a = t.data<float>();
+    const float* b = got.data<float>();
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      // Independent rounding: add half an ulp of bf16 (plus the tie-to-even bit) and truncate.
+      uint32_t u;
+      std::memcpy(&u, &a[i], 4);
+      u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+      float want;
+      std::memcpy(&want, &u, 4);
+      ASSERT_EQ(b[i], want) << name << "[" << i << "]";
+    }
+  }
+}
+
+// ---- vocabulary padding and tokenizer files --------------------------------------------
+
+namespace {
+// A Primus checkpoint as training writes it: vocab 61 padded to 64 rows.
+void write_padded_checkpoint(const std::string& save_dir, NamedTensorList& tensors) {
+  ModelConfig mc = convert::model_config_from_hf(tiny_hf_config(), "config.json");
+  mc.vocab_size = 61;
+  mc.padded_vocab_size = 64;
+  auto ctx = ops::Context::cpu();
+  LlamaModel model(mc, ctx);
+  for (NamedTensor* p : model.parameters()) tensors.emplace_back(p->name, p->value.clone());
+  train::CheckpointContent content;
+  content.iteration = 30;
+  content.model = tensors;
+  content.config = convert::config_for_model(mc).to_json();
+  train::CheckpointWriter(save_dir).save(content);
+}
+
+void write_tokenizer(const std::string& dir, int64_t num_ids) {
+  fs::create_directories(dir);
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int64_t i = 0; i + 3 < num_ids; ++i) vocab[fmt::format("t{}", i)] = i;
+  nlohmann::json tok = {{"version", "1.0"},
+                        {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}},
+                        {"added_tokens",
+                         {{{"id", num_ids - 3}, {"content", "<|begin_of_text|>"}, {"special", true}},
+                          {{"id", num_ids - 2}, {"content", "<|end_of_text|>"}, {"special", true}},
+                          {{"id", num_ids - 1}, {"content", "<|eot_id|>"}, {"special", true}}}}};
+  write_text(dir + "/tokenizer.json", tok.dump());
+  write_text(dir + "/tokenizer_config.json",
+             nlohmann::json({{"bos_token", "<|begin_of_text|>"}, {"eos_token", {{"content", "<|eot_id|>"}}}}).dump());
+}
+}  // namespace
+
+TEST(ConvertVocab, PaddingRowsAreDroppedAndTokenizerFilesCopied) {
+  TempDir tmp;
+  NamedTensorList tensors;
+  write_padded_checkpoint(tmp / "primus", tensors);
+  write_tokenizer(tmp / "tok", 58);
+
+  convert::PrimusToHfOptions out;
+  out.load = tmp / "primus";
+  out.output = tmp / "hf";
+  out.dtype = DType::F32;
+  out.tokenizer = tmp / "tok/tokenizer.json";
+  const auto r = convert::primus_to_hf_dir(out);
+  EXPECT_EQ(r.vocab_rows_dropped, 3);
+  EXPECT_EQ(r.bos_token_id, 55);
+  EXPECT_EQ(r.eos_token_id, 57);  // tokenizer_config.json's eos (<|eot_id|>), not <|end_of_text|>
+  const convert::HfWeights w(tmp / "hf");
+  const Tensor emb = w.view("model.embed_tokens.weight");
+  ASSERT_EQ(emb.shape(), (Shape{61, 32}));
+  EXPECT_EQ(std::memcmp(emb.raw(), tensors[0].second.raw(), emb.nbytes()), 0);
+  EXPECT_EQ(w.view("lm_head.weight").shape(), (Shape{61, 32}));
+  const nlohmann::json c = convert::read_json_file(tmp / "hf/config.json", "config");
+  EXPECT_EQ(c["vocab_size"], 61);
+  EXPECT_EQ(c["bos_token_id"], 55);
+  EXPECT_EQ(c["eos_token_id"], 57);
+  EXPECT_EQ(convert::read_json_file(tmp / "hf/generation_config.json", "g")["eos_token_id"], 57);
+  EXPECT_TRUE(fs::exists(tmp / "hf/tokenizer.json"));
+  EXPECT_TRUE(fs::exists(tmp / "hf/tokenizer_config.json"));
+
+  // --vocab-size keeps more rows; a tokenizer larger than the kept rows is refused.
+  out.output = tmp / "hf64";
+  out.vocab_size = 64;
+  out.tokenizer.clear();
+  EXPECT_EQ(convert::primus_to_hf_dir(out).vocab_rows_dropped, 0);
+  EXPECT_EQ(convert::HfWeights(tmp / "hf64").view("lm_head.weight").shape(), (Shape{64, 32}));
+  write_tokenizer(tmp / "big", 70);
+  out.output = tmp / "hf_big";
+  out.vocab_size.reset();
+  out.tokenizer = tmp / "big";
+  try {
+    convert::primus_to_hf_dir(out);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), HasSubstr("ids up to 69"));
+    EXPECT_THAT(e.what(), HasSubstr("--vocab-size"));
+  }
+  EXPECT_FALSE(fs::exists(tmp / "hf_big"));
+  // No tokenizer and Llama 3's ids do not fit 61 rows: null ids, said so.
+  out.output = tmp / "hf_noids";
+  out.tokenizer.clear();
+  const auto r2 = convert::primus_to_hf_dir(out);
+  EXPECT_FALSE(r2.bos_token_id.has_value());
+  EXPECT_TRUE(convert::read_json_file(tmp / "hf_noids/config.json", "c")["bos_token_id"].is_null());
+}
+
+TEST(ConvertVocab, TokenizerInfoFallsBackToWellKnownNames) {
+  TempDir tmp;
+  write_tokenizer(tmp / "t", 10);
+  fs::remove(tmp / "t/tokenizer_config.json");
+  const auto info = convert::inspect_hf_tokenizer(tmp / "t");
+  EXPECT_EQ(info.vocab_size, 10);
+  EXPECT_EQ(info.bos_token_id, 7);
+  EXPECT_EQ(info.eos_token_id, 8);  // <|end_of_text|>
+  EXPECT_TRUE(info.siblings.empty());
+  write_text(tmp / "t/tokenizer.model", "x");
+  EXPECT_THROW(convert::inspect_hf_tokenizer(tmp / "t/tokenizer.model"), Error);
+}
+
+// ---- the command line -------------------------------------------------------------------
+
+TEST(ConvertCli, HelpListsBothDirections) {
+  CliRun r = run_primus("convert --help");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("hf-to-primus"));
+  EXPECT_THAT(r.output, HasSubstr("primus-to-hf"));
+  r = run_primus("convert hf-to-primus --help");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--hf-dir"));
+  EXPECT_THAT(r.output, HasSubstr("finetune"));
+  r = run_primus("convert primus-to-hf --help");
+  EXPECT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("--tokenizer-model"));
+  EXPECT_THAT(r.output, HasSubstr("--max-shard-size"));
+  r = run_primus("convert hf-to-primsu");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.output, HasSubstr("did you mean 'hf-to-primus'"));
+  r = run_primus("convert hf-to-primus --hf-dir x --output y --dtpye bf16");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.output, HasSubstr("unknown option '--dtpye', did you mean '--dtype'"));
+  r = run_primus("convert primus-to-hf --output y");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_THAT(r.output, HasSubstr("--load"));
+}
+
+TEST(ConvertCli, ConvertsBothWaysAndRefusesNonEmptyOutput) {
+  TempDir tmp;
+  const nlohmann::json cfg = tiny_hf_config();
+  const NamedTensorList hf = random_hf_weights(cfg, DType::BF16);
+  write_hf_dir(tmp / "hf", cfg, hf, 2);
+  CliRun r = run_primus("convert hf-to-primus --hf-dir " + (tmp / "hf") + " --output " + (tmp / "save"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("make_vocab_size_divisible_by: 1"));
+  EXPECT_THAT(r.output, HasSubstr("finetune: true"));
+  r = run_primus("convert primus-to-hf --load " + (tmp / "save") + " --output " + (tmp / "back"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("bos_token_id 3, eos_token_id 4"));
+  expect_hf_weights_equal(tmp / "back", hf);
+
+  // A non-empty output is refused and left as it was; --force replaces it.
+  write_text(tmp / "back/keep.txt", "mine");
+  r = run_primus("convert primus-to-hf --load " + (tmp / "save") + " --output " + (tmp / "back"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("is not empty; pass --force"));
+  EXPECT_TRUE(fs::exists(tmp / "back/keep.txt"));
+  r = run_primus("convert hf-to-primus --hf-dir " + (tmp / "hf") + " --output " + (tmp / "save"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("--force"));
+  r = run_primus("convert primus-to-hf --force --dtype fp32 --load " + (tmp / "save") + " --output " + (tmp / "back"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_FALSE(fs::exists(tmp / "back/keep.txt"));
+  EXPECT_EQ(convert::HfWeights(tmp / "back").view("model.norm.weight").dtype(), DType::F32);
+  // Converting into (or over) the input is refused even with --force.
+  r = run_primus("convert hf-to-primus --force --hf-dir " + (tmp / "hf") + " --output " + tmp.path());
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("contains the input"));
+  EXPECT_TRUE(fs::exists(tmp / "hf/config.json"));
+  // Nothing staged is left behind.
+  for (const auto& name : dir_entries(tmp.path())) EXPECT_EQ(name.find(".tmp-"), std::string::npos) << name;
+}
+
+TEST(ConvertCli, BadInputsNameTheFileAndTheFix) {
+  TempDir tmp;
+  nlohmann::json cfg = tiny_hf_config();
+  NamedTensorList hf = random_hf_weights(cfg, DType::F32);
+  auto convert_in = [&](const std::string& dir) {
+    return run_primus("convert hf-to-primus --hf-dir " + dir + " --output " + (tmp / "out"));
+  };
+
+  // Missing config.json.
+  fs::create_directories(tmp / "no_config");
+  save_safetensors(tmp / "no_config/model.safetensors", hf);
+  CliRun r = convert_in(tmp / "no_config");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr(tmp / "no_config/config.json"));
+  EXPECT_THAT(r.output, HasSubstr("not found"));
+
+  // No weights at all / pytorch_model.bin only.
+  fs::create_directories(tmp / "bin_only");
+  write_text(tmp / "bin_only/config.json", cfg.dump());
+  write_text(tmp / "bin_only/pytorch_model.bin", "pickle");
+  r = convert_in(tmp / "bin_only");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("safe_serialization=True"));
+
+  // A missing tensor is named, with the file.
+  NamedTensorList missing;
+  for (const auto& [n, t] : hf)
+    if (n != "model.layers.1.self_attn.v_proj.weight") missing.emplace_back(n, t);
+  write_hf_dir(tmp / "missing", cfg, missing);
+  r = convert_in(tmp / "missing");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("missing tensor 'model.layers.1.self_attn.v_proj.weight'"));
+  EXPECT_THAT(r.output, HasSubstr(tmp / "missing/model.safetensors"));
+
+  // A shape that disagrees with config.json.
+  nlohmann::json wrong = cfg;
+  wrong["intermediate_size"] = 64;
+  write_hf_dir(tmp / "wrong_shape", wrong, hf);
+  r = convert_in(tmp / "wrong_shape");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("model.layers.0.mlp.gate_proj.weight"));
+  EXPECT_THAT(r.output, HasSubstr("[48, 32]"));
+
+  // A sharded index naming a shard that is not there.
+  write_hf_dir(tmp / "lost_shard", cfg, hf, 3);
+  fs::remove(tmp / "lost_shard/model-00002-of-00003.safetensors");
+  r = convert_in(tmp / "lost_shard");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("model-00002-of-00003.safetensors"));
+  EXPECT_THAT(r.output, HasSubstr("missing"));
+
+  // Unsupported architectures: MoE by model_type, and an unknown class name.
+  nlohmann::json moe = cfg;
+  moe["model_type"] = "mixtral";
+  moe["architectures"] = {"MixtralForCausalLM"};
+  write_hf_dir(tmp / "moe", moe, hf);
+  r = convert_in(tmp / "moe");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("model_type 'mixtral' is not supported"));
+  nlohmann::json other = cfg;
+  other["architectures"] = {"GPT2LMHeadModel"};
+  write_hf_dir(tmp / "other", other, hf);
+  r = convert_in(tmp / "other");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("GPT2LMHeadModel"));
+
+  // Extra tensors that this config does not have (a third layer).
+  nlohmann::json two = cfg;
+  NamedTensorList extra = hf;
+  extra.emplace_back("model.layers.2.mlp.up_proj.weight", hf[7].second);
+  write_hf_dir(tmp / "extra", two, extra);
+  r = convert_in(tmp / "extra");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("model.layers.2.mlp.up_proj.weight"));
+
+  // Mixed dtypes without --dtype, then with it.
+  NamedTensorList mixed = hf;
+  mixed[1].second = convert::cast_float_tensor(mixed[1].second, DType::BF16, mixed[1].first);
+  write_hf_dir(tmp / "mixed", cfg, mixed);
+  r = convert_in(tmp / "mixed");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("--dtype"));
+  r = run_primus("convert hf-to-primus --dtype bf16 --hf-dir " + (tmp / "mixed") + " --output " + (tmp / "out"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  fs::remove_all(tmp / "out");
+
+  // Failed conversions left no output and no staging directory.
+  EXPECT_FALSE(fs::exists(tmp / "out"));
+  for (const auto& name : dir_entries(tmp.path())) EXPECT_EQ(name.find(".out."), std::string::npos) << name;
+
+  // primus-to-hf: no checkpoint, and a checkpoint whose tensors disagree with its config.
+  r = run_primus("convert primus-to-hf --load " + (tmp / "nothing") + " --output " + (tmp / "hf_out"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("does not exist"));
+  ModelConfig mc = convert::model_config_from_hf(cfg, "c");
+  train::CheckpointContent content;
+  content.model = {{"embedding.word_embeddings.weight", Tensor::zeros({61, 32}, DType::F32)}};
+  content.config = convert::config_for_model(mc).to_json();
+  train::CheckpointWriter(tmp / "partial").save(content);
+  r = run_primus("convert primus-to-hf --load " + (tmp / "partial") + " --output " + (tmp / "hf_out"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("missing tensor 'decoder.layers.0.input_layernorm.weight'"));
+  EXPECT_FALSE(fs::exists(tmp / "hf_out"));
+  // An MoE checkpoint config is refused by name.
+  config::Config moe_cfg = convert::config_for_model(mc);
+  moe_cfg.set("num_experts", 4, config::Source{"test", 0});
+  content.config = moe_cfg.to_json();
+  train::CheckpointWriter(tmp / "moe_ckpt").save(content);
+  r = run_primus("convert primus-to-hf --load " + (tmp / "moe_ckpt") + " --output " + (tmp / "hf_out"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("num_experts = 4"));
+}
