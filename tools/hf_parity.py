@@ -12,7 +12,7 @@
    match transformers' logits (max abs and max relative error, relative < 1e-4).
 2. Primus -> HF: a checkpoint written the way training writes it (generate_test_checkpoint,
    or --primus-checkpoint DIR from a real `primus train` run) is converted with
-       primus convert primus-to-hf --load SAVE --output HF
+       primus convert primus-to-hf --load SAVE --output HF --dtype fp32
    loaded by transformers' LlamaForCausalLM.from_pretrained, and its logits compared with
    `primus generate --dump-logits` of the same prompt (relative error < 1e-4), plus greedy ids.
 
@@ -34,7 +34,7 @@ import torch
 REL_TOL = 1e-4
 # The convert command lines (the flags of `primus convert`); {..} are filled in.
 HF_TO_PRIMUS = ["convert", "hf-to-primus", "--hf-dir", "{hf}", "--output", "{out}"]
-PRIMUS_TO_HF = ["convert", "primus-to-hf", "--load", "{ckpt}", "--output", "{out}"]
+PRIMUS_TO_HF = ["convert", "primus-to-hf", "--load", "{ckpt}", "--output", "{out}", "--dtype", "fp32"]
 
 
 class CommandFailed(Exception):

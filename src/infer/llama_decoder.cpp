@@ -218,7 +218,7 @@ Tensor LlamaDecoder::prefill(KvCache& cache, const std::vector<std::vector<int32
   }
   const int64_t N = B * T;
   arena_.reset();
-  ensure_rope_rows(T);
+  ensure_rope_rows(cache.max_len);  // once for the whole generation (decode reuses the rows)
 
   // Right-padded ids (padding repeats id 0: causal attention keeps it out of real rows).
   Tensor ids_host = Tensor::zeros({N}, DType::I32);
@@ -298,7 +298,7 @@ Tensor LlamaDecoder::decode(KvCache& cache, std::span<const int32_t> tokens) {
     max_pos = std::max(max_pos, p);
   }
   arena_.reset();
-  ensure_rope_rows(max_pos + 1);
+  ensure_rope_rows(std::max(max_pos + 1, cache.max_len));
   // RoPE rows of each sequence's own position: the batch sits in the T dim of the RoPE
   // ops, so row b of these (B, R/2) tables rotates sequence b.
   Tensor cos_host = Tensor::empty({B, half_rot_}, DType::F32), sin_host = Tensor::empty({B, half_rot_}, DType::F32);

@@ -225,7 +225,7 @@ TEST_F(GenerateCli, ErrorsSayWhatIsWrong) {
       {load + "--prompt-ids 1,2 --dtype bf16", "the CPU backend computes in fp32"},
       {load + "--prompt-ids 1,2 --top-p 0", "--top-p must be in (0, 1]"},
       {load + "--prompt-ids 1,99", "outside the model's vocabulary [0, 64)"},
-      {load + "--prompt-ids 1,2 --prompt-ids 3 --dump-logits x.npy", "--dump-logits needs prompts of equal length"},
+      {load + "--prompt-ids 1,2 --prompt-ids 3 --max-new-tokens 4 --dump-logits x.npy", "--dump-logits needs prompts of equal length"},
       {load + "--iteration 3 --prompt-ids 1", "checkpoint for iteration 3 not found"},
       {"--load '" + (dir_ / "missing").string() + "' --prompt-ids 1", "does not exist"},
       {load + "--prompt-ids 1 --tokenizer-model '" + (dir_ / "none.json").string() + "'", "none.json"},
