@@ -185,6 +185,24 @@ TEST_F(GenerateCli, TextPromptThroughATokenizer) {
   EXPECT_EQ(j2["finish_reasons"][0], "stop");
   const auto stops = j2["stop_ids"].get<std::vector<int32_t>>();
   EXPECT_NE(std::find(stops.begin(), stops.end(), tok->eod()), stops.end()) << "the tokenizer's </s> is a stop id";
+
+  // --prompt-file: one prompt per line (blank lines skipped), batched after --prompt; each
+  // completion equals the one of the prompt run alone (greedy).
+  const fs::path pf = dir_ / "prompts.txt";
+  std::ofstream(pf) << "a lazy dog\n\nover the hill\n";
+  const CliRun r3 = run_generate("--load '" + (dir_ / "ckpt").string() + "' --tokenizer-model '" + tok_path +
+                                 "' --prompt '" + prompt + "' --prompt-file '" + pf.string() +
+                                 "' --max-new-tokens 12 --ignore-eos --output-json '" + out.string() + "'");
+  ASSERT_EQ(r3.code, 0) << r3.output;
+  const nlohmann::json j3 = read_json(out);
+  ASSERT_EQ(j3["prompts"].size(), 3u);
+  EXPECT_EQ(j3["prompts"][1], "a lazy dog");
+  EXPECT_EQ(j3["prompts"][2], "over the hill");
+  EXPECT_EQ(j3["generated_ids"][0].get<std::vector<int32_t>>(), gen);
+  EXPECT_EQ(j3["generated_ids"][2].get<std::vector<int32_t>>(),
+            greedy_reference(*model, tok->encode("over the hill", data::SpecialTokens::kAdd), 12, tok->vocab_size()));
+  EXPECT_NE(r3.output.find("=== prompt 2"), std::string::npos) << r3.output;
+  EXPECT_NE(r3.output.find("over the hill" + j3["texts"][2].get<std::string>()), std::string::npos) << r3.output;
 }
 
 TEST_F(GenerateCli, SamplingIsDeterministicAndTopKOneIsGreedy) {
