@@ -116,10 +116,12 @@ int cmd_generate(int argc, char** argv) {
                  "HuggingFaceTokenizer | SentencePieceTokenizer | TikTokenizer | NullTokenizer (default: the "
                  "checkpoint config's tokenizer_type, else HuggingFaceTokenizer)");
   app.add_option("--vocab-size", vocab_size_opt, "NullTokenizer: number of ids before the end of document");
-  app.add_option("--prompt", prompts_text, "prompt text (repeat for a batch)");
+  // One value per occurrence: `--prompt Hello world` is an error (quote the text), not two prompts.
+  app.add_option("--prompt", prompts_text, "prompt text (repeat for a batch)")->allow_extra_args(false);
   app.add_option("--prompt-file", prompt_file, "file with one prompt per line (added after --prompt)");
   app.add_option("--prompt-ids", prompts_ids,
-                 "prompt as token ids, e.g. 1,2,3 (repeatable; bypasses the tokenizer; added last)");
+                 "prompt as token ids, e.g. 1,2,3 (repeatable; bypasses the tokenizer; added last)")
+      ->allow_extra_args(false);
   app.add_option("--max-new-tokens", gen.max_new_tokens, "new tokens per prompt (default 64)");
   app.add_option("--temperature", gen.sampling.temperature, "sampling temperature; 0 = greedy (default 0)");
   app.add_option("--top-k", gen.sampling.top_k, "sample among the k most likely tokens (0 = off)");

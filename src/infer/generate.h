@@ -7,6 +7,7 @@
 // tokens are ignored) until every sequence is done.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <functional>
 #include <string>

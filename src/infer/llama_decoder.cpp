@@ -251,12 +251,11 @@ Tensor LlamaDecoder::prefill(KvCache& cache, const std::vector<std::vector<int32
       Tensor kc = cache.k[static_cast<size_t>(l)].view({B * cache.max_len, row});
       Tensor vc = cache.v[static_cast<size_t>(l)].view({B * cache.max_len, row});
       const Tensor kr = k.view({N, row}), vr = v.view({N, row});
-      const int64_t keep = std::min(T, cache.max_len);
-      for (int64_t b = 0; b < B; ++b) {
-        Tensor kd = kc.rows(b * cache.max_len, b * cache.max_len + keep);
-        Tensor vd = vc.rows(b * cache.max_len, b * cache.max_len + keep);
-        ops::copy_cast(ctx_, kd, kr.rows(b * T, b * T + keep));
-        ops::copy_cast(ctx_, vd, vr.rows(b * T, b * T + keep));
+      for (int64_t b = 0; b < B; ++b) {  // T <= max_len (checked above)
+        Tensor kd = kc.rows(b * cache.max_len, b * cache.max_len + T);
+        Tensor vd = vc.rows(b * cache.max_len, b * cache.max_len + T);
+        ops::copy_cast(ctx_, kd, kr.rows(b * T, (b + 1) * T));
+        ops::copy_cast(ctx_, vd, vr.rows(b * T, (b + 1) * T));
       }
       ops::linear_forward(ctx_, x_mid, attn.view({N, Hq_ * D_}), w.proj);
       ops::add(ctx_, x_mid, x_mid, x);

@@ -248,6 +248,7 @@ TEST_F(GenerateCli, ErrorsSayWhatIsWrong) {
       {"--load '" + (dir_ / "missing").string() + "' --prompt-ids 1", "does not exist"},
       {load + "--prompt-ids 1 --tokenizer-model '" + (dir_ / "none.json").string() + "'", "none.json"},
       {load + "--prompt-ids 1 --temprature 1", "did you mean '--temperature'"},
+      {load + "--prompt hello world", "not expected: world"},  // one prompt per --prompt
   };
   for (const Case& c : cases) {
     const CliRun r = run_generate(c.args);
