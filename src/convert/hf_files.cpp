@@ -126,7 +126,29 @@ Tensor cast_float_tensor(const Tensor& t, DType dtype, const std::string& name) 
   auto is_float = [](DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; };
   PRIMUS_CHECK(is_float(t.dtype()) && is_float(dtype), "tensor '{}' is {}; only fp32/bf16/fp16 weights convert "
                "(to {})", name, dtype_name(t.dtype()), dtype_name(dtype));
-  return Tensor::from_floats(t.to_float_vector(), t.shape(), dtype, Device::CPU);
+  PRIMUS_CHECK(t.device() == Device::CPU, "tensor '{}': casting expects a CPU tensor, got {}", name, t.describe());
+  // One pass, element by element through fp32 (exact for bf16/fp16 -> fp32).
+  Tensor out = Tensor::empty(t.shape(), dtype, Device::CPU);
+  const int64_t n = t.numel();
+  auto load = [&](int64_t i) -> float {
+    switch (t.dtype()) {
+      case DType::BF16: return bf16_bits_to_fp32(t.data<uint16_t>()[i]);
+      case DType::F16: return fp16_bits_to_fp32(t.data<uint16_t>()[i]);
+      default: return t.data<float>()[i];
+    }
+  };
+  switch (dtype) {
+    case DType::F32:
+      for (int64_t i = 0; i < n; ++i) out.data<float>()[i] = load(i);
+      break;
+    case DType::BF16:
+      for (int64_t i = 0; i < n; ++i) out.data<uint16_t>()[i] = fp32_to_bf16_bits(load(i));
+      break;
+    default:
+      for (int64_t i = 0; i < n; ++i) out.data<uint16_t>()[i] = fp32_to_fp16_bits(load(i));
+      break;
+  }
+  return out;
 }
 
 HfWeightsWritten write_hf_weights(const std::string& dir, const NamedTensorList& tensors, DType dtype,

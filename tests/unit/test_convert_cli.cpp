@@ -494,6 +494,35 @@ TEST(ConvertCli, ConvertsBothWaysAndRefusesNonEmptyOutput) {
   EXPECT_TRUE(fs::exists(tmp / "hf/config.json"));
   // Nothing staged is left behind.
   for (const auto& name : dir_entries(tmp.path())) EXPECT_EQ(name.find(".tmp-"), std::string::npos) << name;
+
+  // --iteration on both sides; a missing iteration lists the complete ones.
+  r = run_primus("convert hf-to-primus --iteration 5 --hf-dir " + (tmp / "hf") + " --output " + (tmp / "save5"));
+  ASSERT_EQ(r.code, 0) << r.output;
+  r = run_primus("convert primus-to-hf --iteration 6 --load " + (tmp / "save5") + " --output " + (tmp / "back5"));
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("complete checkpoints in"));
+  r = run_primus("convert primus-to-hf --iteration 5 --load " + (tmp / "save5") + " --output " + (tmp / "back5"));
+  EXPECT_EQ(r.code, 0) << r.output;
+  // An iter_XXXXXXX directory works as --load too.
+  r = run_primus("convert primus-to-hf --load " + (tmp / "save5/iter_0000005") + " --output " + (tmp / "back6"));
+  EXPECT_EQ(r.code, 0) << r.output;
+}
+
+TEST(ConvertCli, StagingOfAKilledConversionIsRemoved) {
+  TempDir tmp;
+  const nlohmann::json cfg = tiny_hf_config();
+  write_hf_dir(tmp / "hf", cfg, random_hf_weights(cfg, DType::F32));
+  // What a conversion killed mid-write leaves: a hidden staging directory of a dead pid
+  // (beyond any pid_max), while a live process's staging (ours) is kept.
+  fs::create_directories(tmp / ".save.tmp-99999999/iter_0000000");
+  fs::create_directories(tmp / fmt::format(".save.tmp-{}", ::getppid()));
+  convert::HfToPrimusOptions in;
+  in.hf_dir = tmp / "hf";
+  in.output = tmp / "save";
+  convert::hf_to_primus_checkpoint(in);
+  EXPECT_FALSE(fs::exists(tmp / ".save.tmp-99999999"));
+  EXPECT_TRUE(fs::exists(tmp / fmt::format(".save.tmp-{}", ::getppid())));
+  EXPECT_TRUE(fs::exists(tmp / "save/iter_0000000/meta.json"));
 }
 
 TEST(ConvertCli, BadInputsNameTheFileAndTheFix) {
