@@ -10,3 +10,12 @@ add_test(NAME convert.hf_import_logits_vs_pytorch
                  --dump $<TARGET_FILE:convert_logits_dump>
                  --workdir ${CMAKE_BINARY_DIR}/convert_reference)
 set_tests_properties(convert.hf_import_logits_vs_pytorch PROPERTIES TIMEOUT 300)
+
+# The user's path end to end: import -> `primus train` (load + finetune) -> export, bit for
+# bit at learning rate 0 (tests/convert/check_finetune_from_hf.py).
+add_test(NAME convert.finetune_from_hf_round_trip
+         COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/convert/check_finetune_from_hf.py
+                 --primus $<TARGET_FILE:primus>
+                 --source-dir ${CMAKE_SOURCE_DIR}
+                 --workdir ${CMAKE_BINARY_DIR}/convert_finetune)
+set_tests_properties(convert.finetune_from_hf_round_trip PROPERTIES TIMEOUT 300)
