@@ -122,7 +122,13 @@ HfToPrimusResult hf_to_primus_checkpoint(const HfToPrimusOptions& o) {
   check_output_apart_from_input(o.output, o.hf_dir);
   const std::string config_path = (fs::path(o.hf_dir) / "config.json").string();
   const nlohmann::json hf_config = read_json_file(config_path, "the model's HuggingFace config.json");
-  ModelConfig mc = model_config_from_hf(hf_config, config_path);
+  ModelConfig mc;
+  try {
+    mc = model_config_from_hf(hf_config, config_path);
+  } catch (const Error& e) {
+    if (std::string(e.what()).rfind(config_path, 0) == 0) throw;
+    fail("{}: {}", config_path, e.what());
+  }
   if (!hf_config.contains("_name_or_path")) mc.name = dir_name_of(o.hf_dir);
 
   const HfWeights weights(o.hf_dir);
@@ -211,8 +217,8 @@ PrimusToHfResult primus_to_hf_dir(const PrimusToHfOptions& o) {
                  "and its config.json disagree", file.path(), e.name, shape_str(e.shape), config_path,
                  did_you_mean(e.name, expected));
   for (const auto& name : expected)
-    PRIMUS_CHECK(file.contains(name), "{}: missing tensor '{}' that the model in {} has{}", file.path(), name,
-                 config_path, did_you_mean(name, file.names()));
+    PRIMUS_CHECK(file.contains(name), "{}: missing tensor '{}' that the model in {} has ({} tensors in the file); "
+                 "the checkpoint and its config.json disagree", file.path(), name, config_path, file.entries().size());
   const int64_t rows = file.entry("embedding.word_embeddings.weight").shape.at(0);
   PRIMUS_CHECK(rows == mc.padded_vocab_size, "{}: embedding.word_embeddings.weight has {} rows but {} implies {} "
                "(vocab_size {} padded by make_vocab_size_divisible_by x tensor_model_parallel_size)", file.path(),

@@ -82,8 +82,8 @@ std::vector<std::string> HfWeights::names() const {
 const SafetensorsFile& HfWeights::file_of(const std::string& name) const {
   auto it = where_.find(name);
   if (it == where_.end())
-    fail("{}: missing tensor '{}'{}; the weights do not match config.json (wrong or incomplete download?)",
-         source_, name, did_you_mean(name, names()));
+    fail("{}: missing tensor '{}' ({} tensors listed); the weights do not match config.json (wrong or "
+         "incomplete download?)", source_, name, where_.size());
   return *it->second;
 }
 

@@ -21,7 +21,12 @@ T required(const nlohmann::json& j, const char* key, const std::string& source) 
 
 template <typename T>
 T optional(const nlohmann::json& j, const char* key, T fallback) {
-  return j.contains(key) && !j[key].is_null() ? j[key].get<T>() : fallback;
+  if (!j.contains(key) || j[key].is_null()) return fallback;
+  try {
+    return j[key].get<T>();
+  } catch (const nlohmann::json::exception&) {
+    fail("HuggingFace config key '{}' has the wrong type (value {})", key, j[key].dump());
+  }
 }
 
 // Concatenate CPU tensors of shape (r_i, C) along rows.
@@ -71,8 +76,8 @@ ModelConfig model_config_from_hf(const nlohmann::json& hf, const std::string& so
     }
   }
   // Mistral's sliding-window attention changes the math once sequences exceed the window.
-  if (hf.contains("sliding_window") && !hf["sliding_window"].is_null() &&
-      hf["sliding_window"].get<int64_t>() < optional<int64_t>(hf, "max_position_embeddings", 4096))
+  if (hf.contains("sliding_window") && hf["sliding_window"].is_number() &&
+      hf["sliding_window"].get<double>() < optional<double>(hf, "max_position_embeddings", 4096.0))
     fail("{}: sliding_window {} is set; Primus has full causal attention only (set sliding_window to null "
          "if the model was trained without it)", source, hf["sliding_window"].dump());
   if (optional<bool>(hf, "attention_bias", false) || optional<bool>(hf, "mlp_bias", false))
