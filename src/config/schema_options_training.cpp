@@ -21,6 +21,8 @@ std::vector<OptionSpec> training_options() {
   t.opt_integer("exit_interval", "exit after the iteration that is a multiple of this").positive();
   t.opt_integer("exit_duration_in_mins", "exit (after saving) once training ran this many minutes").positive();
   t.flag("exit_signal_handler", false, "on SIGTERM, save a checkpoint and exit");
+  t.choice("device", "auto", {"auto", "cpu", "cuda"},
+           "Primus: where to train: cuda (bf16/fp16 fast path), cpu (fp32 reference path), auto = cuda when a GPU is visible");
 
   t.group("data");
   t.strings("data_path",
@@ -67,6 +69,11 @@ std::vector<OptionSpec> training_options() {
   t.group("optimizer");
   t.choice("optimizer", "adam", {"adam"}, "Adam with decoupled weight decay (AdamW)");
   t.real("weight_decay", 0.01, "decoupled weight decay (not applied to norms and biases)").non_negative();
+  t.opt_real("start_weight_decay", "weight decay at the start of a weight-decay ramp (null: weight_decay)")
+      .non_negative();
+  t.opt_real("end_weight_decay", "weight decay at the end of the ramp (null: weight_decay)").non_negative();
+  t.choice("weight_decay_incr_style", "constant", {"constant", "linear", "cosine"},
+           "how weight decay goes from start_weight_decay to end_weight_decay over the run");
   t.real("adam_beta1", 0.9, "Adam first-moment decay").fraction();
   t.real("adam_beta2", 0.999, "Adam second-moment decay").fraction();
   t.real("adam_eps", 1e-8, "Adam epsilon").positive();

@@ -1,14 +1,15 @@
-// Placeholder until the training loop lands (issue #4): another engineer replaces this file.
+// `primus train` after the config is loaded: options from the config, then the loop.
 #include "train/train.h"
 
-#include <fmt/core.h>
+#include "core/tensor.h"
+#include "train/train_options.h"
+#include "train/trainer.h"
 
 namespace primus::train {
 
 int run(const primus::config::Config& cfg) {
-  (void)cfg;
-  fmt::print(stderr, "primus train: the training loop is not built yet (issue #4)\n");
-  return 3;
+  const TrainOptions options = train_options(cfg, cuda_available());
+  return train(options).exit_code;
 }
 
 }  // namespace primus::train

@@ -1,0 +1,164 @@
+#include "train/train_options.h"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+
+#include "core/error.h"
+#include "model/model_stats.h"
+#include "train/logging.h"
+
+namespace primus::train {
+
+namespace {
+
+std::string opt_path(const config::Config& cfg, const char* key) { return cfg.opt_s(key).value_or(""); }
+
+std::optional<int64_t> opt_int(const config::Config& cfg, const char* key) {
+  if (!cfg.has(key)) return std::nullopt;
+  return cfg.i(key);
+}
+
+// <workspace>/<work_group>/<user_name>/<exp_name>: where Primus users find a run's files.
+std::string experiment_dir(const config::Config& cfg) {
+  return (std::filesystem::path(cfg.workspace) / cfg.work_group / cfg.user_name / cfg.exp_name).string();
+}
+
+}  // namespace
+
+TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
+  TrainOptions o;
+  o.exp_name = cfg.exp_name;
+  o.log_dir = experiment_log_dir(cfg.workspace, cfg.work_group, cfg.user_name, cfg.exp_name);
+  o.stderr_sink_level = cfg.s("stderr_sink_level");
+
+  // ---- device and precision ----
+  const std::string device = cfg.s("device");
+  if (device == "cuda" && !cuda_visible)
+    throw Error(fmt::format("device: cuda ({}) but no GPU is visible to this process{}; use device: cpu or auto",
+                            cfg.source("device").str(),
+                            " (a CPU-only build, no GPU, or CUDA_VISIBLE_DEVICES hides every GPU)"));
+  o.device = (device == "cuda" || (device == "auto" && cuda_visible)) ? Device::CUDA : Device::CPU;
+  const bool bf16 = cfg.b("bf16"), fp16 = cfg.b("fp16");
+  if (o.device == Device::CUDA) {
+    o.precision = bf16 ? Precision::Bf16 : fp16 ? Precision::Fp16 : Precision::Fp32;
+  } else {
+    o.precision = Precision::Fp32;
+    o.precision_downgraded = bf16 || fp16;
+  }
+  if (cfg.has("loss_scale")) o.loss_scale.static_scale = cfg.f("loss_scale");
+  o.loss_scale.initial_scale = cfg.f("initial_loss_scale");
+  o.loss_scale.min_scale = cfg.f("min_loss_scale");
+  o.loss_scale.window = static_cast<int64_t>(cfg.f("loss_scale_window"));
+  o.loss_scale.hysteresis = cfg.i("hysteresis");
+
+  // ---- model ----
+  o.model = config::model_config(cfg);
+  o.seed = static_cast<uint64_t>(cfg.i("seed"));
+  o.recompute_granularity = cfg.opt_s("recompute_granularity").value_or("");
+  if (o.recompute_granularity == "full" && cfg.opt_s("recompute_method").value_or("") == "block")
+    o.recompute_num_layers = cfg.i("recompute_num_layers");
+  o.seq_length = cfg.i("seq_length");
+  o.flops_per_token = training_flops_per_token(o.model, o.seq_length).total();
+
+  // ---- layout ----
+  o.tensor_parallel = static_cast<int>(cfg.i("tensor_model_parallel_size"));
+  o.pipeline_parallel = static_cast<int>(cfg.i("pipeline_model_parallel_size"));
+  o.context_parallel = static_cast<int>(cfg.i("context_parallel_size"));
+  o.expert_parallel = static_cast<int>(cfg.i("expert_model_parallel_size"));
+
+  // ---- batch and run length ----
+  o.micro_batch_size = cfg.i("micro_batch_size");
+  o.global_batch_size = cfg.i("global_batch_size");
+  if (cfg.has("rampup_batch_size"))
+    throw Error(fmt::format("rampup_batch_size ({}) is not supported by the Primus loop yet; remove it "
+                            "(train at the full global_batch_size from the start)",
+                            cfg.source("rampup_batch_size").str()));
+  if (cfg.has("train_iters")) {
+    o.train_iters = cfg.i("train_iters");
+  } else if (cfg.has("train_samples")) {
+    o.train_iters = (cfg.i("train_samples") + o.global_batch_size - 1) / o.global_batch_size;
+  } else {
+    throw Error("neither train_iters nor train_samples is set; set one of them in the experiment's overrides");
+  }
+  o.eval_interval = cfg.i("eval_interval");
+  o.eval_iters = cfg.i("eval_iters");
+  o.exit_interval = opt_int(cfg, "exit_interval");
+  o.exit_duration_in_mins = opt_int(cfg, "exit_duration_in_mins");
+
+  // ---- data ----
+  o.data.data_path = cfg.list("data_path");
+  o.data.train_data_path = cfg.list("train_data_path");
+  o.data.valid_data_path = cfg.list("valid_data_path");
+  o.data.test_data_path = cfg.list("test_data_path");
+  o.data.split = cfg.s("split");
+  o.data.data_cache_path = opt_path(cfg, "data_cache_path");
+  o.data.seq_length = o.seq_length;
+  o.data.seed = o.seed;
+  o.data.mock_data = cfg.b("mock_data");
+  o.data.vocab_size = o.model.vocab_size;
+  o.data.eod_mask_loss = cfg.b("eod_mask_loss");
+  o.tokenizer_type = cfg.opt_s("tokenizer_type").value_or("");
+  o.tokenizer_model = opt_path(cfg, "tokenizer_model");
+
+  // ---- optimizer and schedules ----
+  o.adam.beta1 = static_cast<float>(cfg.f("adam_beta1"));
+  o.adam.beta2 = static_cast<float>(cfg.f("adam_beta2"));
+  o.adam.eps = static_cast<float>(cfg.f("adam_eps"));
+  o.adam.clip_grad = static_cast<float>(cfg.f("clip_grad"));
+  MegatronScheduleArgs& s = o.schedule;
+  s.lr = cfg.f("lr");
+  s.min_lr = cfg.f("min_lr");
+  s.lr_warmup_init = cfg.f("lr_warmup_init");
+  s.lr_decay_style = cfg.s("lr_decay_style");
+  s.global_batch_size = o.global_batch_size;
+  if (cfg.has("train_iters")) s.train_iters = cfg.i("train_iters");
+  else s.train_samples = cfg.i("train_samples");
+  s.lr_decay_iters = opt_int(cfg, "lr_decay_iters");
+  s.lr_decay_samples = opt_int(cfg, "lr_decay_samples");
+  s.lr_warmup_iters = cfg.i("lr_warmup_iters");
+  s.lr_warmup_samples = cfg.i("lr_warmup_samples");
+  if (cfg.has("lr_warmup_fraction")) s.lr_warmup_fraction = cfg.f("lr_warmup_fraction");
+  s.lr_wsd_decay_style = cfg.s("lr_wsd_decay_style");
+  s.lr_wsd_decay_iters = opt_int(cfg, "lr_wsd_decay_iters");
+  s.lr_wsd_decay_samples = opt_int(cfg, "lr_wsd_decay_samples");
+  s.weight_decay = cfg.f("weight_decay");
+  if (cfg.has("start_weight_decay")) s.start_weight_decay = cfg.f("start_weight_decay");
+  if (cfg.has("end_weight_decay")) s.end_weight_decay = cfg.f("end_weight_decay");
+  s.weight_decay_incr_style = cfg.s("weight_decay_incr_style");
+
+  // ---- checkpoints ----
+  o.save = opt_path(cfg, "save");
+  o.load = opt_path(cfg, "load");
+  o.save_interval = opt_int(cfg, "save_interval");
+  o.auto_continue_train = cfg.b("auto_continue_train");
+  o.finetune = cfg.b("finetune");
+  o.no_load_optim = cfg.b("no_load_optim");
+  o.no_load_rng = cfg.b("no_load_rng");
+  o.no_save_optim = cfg.b("no_save_optim");
+  o.no_save_rng = cfg.b("no_save_rng");
+  o.disable_last_saving = cfg.b("disable_last_saving");
+  o.async_save = cfg.b("async_save");
+
+  // ---- logging ----
+  o.log_interval = cfg.i("log_interval");
+  o.log_params_norm = cfg.b("log_params_norm");
+  o.log_avg_skip_iterations = cfg.i("log_avg_skip_iterations");
+  o.log_avg_reset_interval = cfg.i("log_avg_reset_interval");
+  const std::string run_dir = experiment_dir(cfg);
+  if (!cfg.b("disable_tensorboard"))
+    o.tensorboard_dir = cfg.opt_s("tensorboard_dir").value_or((std::filesystem::path(run_dir) / "tensorboard").string());
+  o.metrics_jsonl_path =
+      ((o.tensorboard_dir.empty() ? std::filesystem::path(run_dir) : std::filesystem::path(o.tensorboard_dir)) /
+       "metrics.jsonl")
+          .string();
+
+  // ---- fault tolerance ----
+  o.nan_guard_max_consecutive = cfg.i("nan_guard_max_consecutive");
+  o.watchdog_minutes = cfg.i("watchdog_minutes");
+
+  o.config_json = cfg.to_json();
+  return o;
+}
+
+}  // namespace primus::train

