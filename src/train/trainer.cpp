@@ -76,6 +76,9 @@ class Run {
   void save(int64_t iteration);
   void log_header();
 
+  // First, so that a SIGTERM during set-up (data indexing, checkpoint loading) already
+  // becomes "stop after the first iteration and save" instead of killing the process.
+  StopSignals signals_;
   const TrainOptions& o_;
   const TrainerHooks& hooks_;
   parallel::LaunchInfo launch_;
@@ -315,7 +318,6 @@ TrainResult Run::train() {
 #endif
   MetricsAccumulator metrics(mo);
 
-  StopSignals signals;
   std::unique_ptr<Watchdog> watchdog;
   if (o_.watchdog_minutes > 0) {
     WatchdogOptions wo;
@@ -442,14 +444,14 @@ TrainResult Run::train() {
       saved = true;
     }
     // Every rank must stop at the same iteration: agree on the flags with one all-reduce.
-    double flags[3] = {signals.stop_requested() ? 1.0 : 0.0, 0, 0};
+    double flags[3] = {signals_.stop_requested() ? 1.0 : 0.0, 0, 0};
     if (o_.exit_duration_in_mins && seconds_since(started_) / 60.0 > static_cast<double>(*o_.exit_duration_in_mins))
       flags[1] = 1;
     if (o_.exit_interval && iteration_ % *o_.exit_interval == 0) flags[2] = 1;
     const double any = world_->all_reduce_value(flags[0] + 2 * flags[1] + 4 * flags[2], parallel::ReduceOp::Max);
     if (any > 0) {
       const int bits = static_cast<int>(any);
-      stop_reason = (flags[0] > 0 || (bits & 1)) ? std::string(StopSignals::signal_name(signals.signal_number()))
+      stop_reason = (flags[0] > 0 || (bits & 1)) ? std::string(StopSignals::signal_name(signals_.signal_number()))
                     : (bits & 2)                  ? "exit_duration_in_mins"
                                                   : "exit_interval";
       if (!o_.save.empty() && !saved) save(iteration_);
