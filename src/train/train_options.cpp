@@ -66,6 +66,7 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
   o.pipeline_parallel = static_cast<int>(cfg.i("pipeline_model_parallel_size"));
   o.context_parallel = static_cast<int>(cfg.i("context_parallel_size"));
   o.expert_parallel = static_cast<int>(cfg.i("expert_model_parallel_size"));
+  o.sequence_parallel = cfg.b("sequence_parallel") && o.tensor_parallel > 1;
 
   // ---- batch and run length ----
   o.micro_batch_size = cfg.i("micro_batch_size");

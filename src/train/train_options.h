@@ -46,8 +46,9 @@ struct TrainOptions {
   int64_t recompute_num_layers = 0;   // with full + block: only the first N layers
   double flops_per_token = 0;         // training FLOPs per token (model_stats.h), for TFLOP/s and MFU
 
-  // Parallel layout (the loop runs data parallelism; tp/pp/cp must be 1 for now).
+  // Parallel layout (the loop runs data x tensor (+sequence) parallelism; pp/cp/ep must be 1).
   int tensor_parallel = 1, pipeline_parallel = 1, context_parallel = 1, expert_parallel = 1;
+  bool sequence_parallel = false;
 
   // Batch and run length. train_iters is always set (derived from train_samples when
   // the run is sample-based: ceil(train_samples / global_batch_size)).

@@ -16,6 +16,9 @@
 #include "ops/ops.h"
 #include "parallel/communicator.h"
 #include "parallel/launch_info.h"
+#include "parallel/parallel_dims.h"
+#include "parallel/process_groups.h"
+#include "parallel/tensor_parallel.h"
 #include "parallel/world.h"
 #include "train/checkpoint.h"
 #include "train/logging.h"
@@ -74,6 +77,8 @@ class Run {
   // Token-mean loss of `iterations` global batches from `loader`, over all ranks.
   double evaluate(data::BatchLoader& loader, int64_t iterations);
   void save(int64_t iteration);
+  // The optimizer's live state as NamedTensors carrying their parameter's shard spec.
+  std::vector<std::unique_ptr<NamedTensor>> optimizer_state_views() const;
   void log_header();
 
   // First, so that a SIGTERM during set-up (data indexing, checkpoint loading) already
@@ -84,7 +89,9 @@ class Run {
   parallel::LaunchInfo launch_;
   Logger logger_;
   std::unique_ptr<parallel::Communicator> world_;
-  int dp_rank_ = 0, dp_size_ = 1;
+  std::unique_ptr<parallel::ProcessGroups> groups_;
+  parallel::Communicator* dp_ = nullptr;  // where gradients, losses and token counts are summed
+  int dp_rank_ = 0, dp_size_ = 1, tp_size_ = 1;
   ops::Context ctx_;
   std::unique_ptr<data::Tokenizer> tokenizer_;
   data::DatasetSplits datasets_;
@@ -116,18 +123,25 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
       launch_(parallel::detect_launch()),
       logger_(LoggerOptions{launch_.rank, launch_.world_size, o.stderr_sink_level, o.log_dir, true}),
       ctx_(make_context(o, launch_)) {
-  if (o.tensor_parallel != 1 || o.pipeline_parallel != 1 || o.context_parallel != 1 || o.expert_parallel != 1)
+  if (o.pipeline_parallel != 1 || o.context_parallel != 1 || o.expert_parallel != 1)
     throw Error(fmt::format(
-        "the Primus training loop runs data parallelism only so far; tensor_model_parallel_size={}, "
-        "pipeline_model_parallel_size={}, context_parallel_size={}, expert_model_parallel_size={} must all be 1 "
-        "(use more data-parallel ranks instead)",
-        o.tensor_parallel, o.pipeline_parallel, o.context_parallel, o.expert_parallel));
+        "the Primus training loop runs data and tensor (+sequence) parallelism so far; "
+        "pipeline_model_parallel_size={}, context_parallel_size={}, expert_model_parallel_size={} must be 1 "
+        "(use tensor_model_parallel_size and more data-parallel ranks instead)",
+        o.pipeline_parallel, o.context_parallel, o.expert_parallel));
   parallel::WorldOptions wo;
   wo.device = o.device;
   wo.cuda_device = launch_.local_rank;
   world_ = parallel::create_world_communicator(launch_, wo);
-  dp_rank_ = world_->rank();
-  dp_size_ = world_->size();
+  parallel::ParallelSizes sizes;
+  sizes.tp = o.tensor_parallel;
+  const parallel::ParallelDims dims = parallel::ParallelDims::create(world_->size(), sizes);
+  dims.check_model(o.model, {o.seq_length, o.sequence_parallel, 0, o.global_batch_size, o.micro_batch_size});
+  groups_ = std::make_unique<parallel::ProcessGroups>(*world_, dims);
+  dp_ = &groups_->dp();
+  dp_rank_ = groups_->coords().dp;
+  dp_size_ = dims.dp();
+  tp_size_ = dims.tp();
   PRIMUS_CHECK(o.global_batch_size % (o.micro_batch_size * dp_size_) == 0,
                "global_batch_size {} must be a multiple of micro_batch_size {} x data-parallel size {}",
                o.global_batch_size, o.micro_batch_size, dp_size_);
@@ -141,9 +155,12 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   lo.seed = o.seed;
   lo.recompute = parse_recompute_granularity(o.recompute_granularity);
   lo.recompute_num_layers = o.recompute_num_layers;
+  if (tp_size_ > 1) lo.tensor_parallel = {&groups_->tp(), o.sequence_parallel};
   model_ = std::make_unique<LlamaModel>(o.model, ctx_, lo);
   params_ = model_->parameters();
   optimizer_ = std::make_unique<AdamW>(ctx_, params_, o.adam);
+  // Clipping must see the norm of the whole model, not of this rank's shards.
+  if (tp_size_ > 1) optimizer_->set_grad_sum_of_squares(parallel::grad_sum_of_squares_fn(lo.tensor_parallel));
   schedule_ = std::make_unique<LrSchedule>(megatron_schedule(o.schedule));
 
   restore();
@@ -189,9 +206,15 @@ void Run::restore() {
                             dir, kTrackerFileName));
   }
   CheckpointReader reader(dir);
-  NamedTensorList targets;
-  for (NamedTensor* p : params_) targets.emplace_back(p->name, p->value);
-  load_tensors_into(reader.model_file(), targets);
+  // Checkpoints hold full tensors: a tensor-parallel rank slices out its shard, so a run
+  // may resume at another tensor-parallel size than the one that saved.
+  if (tp_size_ == 1) {
+    NamedTensorList targets;
+    for (NamedTensor* p : params_) targets.emplace_back(p->name, p->value);
+    load_tensors_into(reader.model_file(), targets);
+  } else {
+    parallel::load_full_tensors(ctx_, params_, reader.model_tensors());
+  }
   if (o_.finetune) {
     logger_.info("finetune: loaded the weights of {} (iteration {}); starting at iteration 0 with a fresh optimizer",
                  reader.path(), reader.iteration());
@@ -207,7 +230,22 @@ void Run::restore() {
                  "checkpoint {} has no optimizer state (saved with no_save_optim); set no_load_optim: true to "
                  "resume with a fresh optimizer",
                  reader.path());
-    optimizer_->load_state_tensors(reader.optimizer_tensors());
+    if (tp_size_ == 1) {
+      optimizer_->load_state_tensors(reader.optimizer_tensors());
+    } else {
+      // Slice each full state tensor into a fresh tensor shaped like this rank's state,
+      // then load them all through AdamW's checked path (which also restores the step).
+      std::vector<std::unique_ptr<NamedTensor>> views = optimizer_state_views();
+      std::vector<NamedTensor*> ptrs;
+      for (auto& v : views) {
+        v->value = Tensor::empty(v->value.shape(), v->value.dtype(), v->value.device());
+        ptrs.push_back(v.get());
+      }
+      parallel::load_full_tensors(ctx_, ptrs, reader.optimizer_tensors());
+      NamedTensorList state;
+      for (auto& v : views) state.emplace_back(v->name, v->value);
+      optimizer_->load_state_tensors(state);
+    }
     // fp32 masters were restored; the model's low-precision copy must match them exactly.
     if (extra.contains("loss_scaler")) scaler_.load_state(extra.at("loss_scaler"));
   }
@@ -228,6 +266,8 @@ LossSums Run::train_step(float loss_weight, std::vector<data::Batch>& batches) {
     sums.loss += r.loss_sum;
     sums.tokens += r.num_tokens;
   }
+  // Sequence parallel: the replicated norm weights got partial grads on each tp rank.
+  if (tp_size_ > 1 && o_.sequence_parallel) model_->reduce_sequence_parallel_grads();
   return sums;
 }
 
@@ -240,24 +280,56 @@ double Run::evaluate(data::BatchLoader& loader, int64_t iterations) {
       sums.loss += r.loss_sum;
       sums.tokens += r.num_tokens;
     }
-  return world_->all_reduce_value(sums.loss) / std::max(1.0, world_->all_reduce_value(sums.tokens));
+  return dp_->all_reduce_value(sums.loss) / std::max(1.0, dp_->all_reduce_value(sums.tokens));
+}
+
+std::vector<std::unique_ptr<NamedTensor>> Run::optimizer_state_views() const {
+  std::vector<std::unique_ptr<NamedTensor>> views;
+  for (auto& [name, t] : optimizer_->state_tensors()) {
+    auto v = std::make_unique<NamedTensor>();
+    v->name = name;
+    v->value = t;
+    // "<param>.exp_avg" / ".exp_avg_sq" / ".master" are sharded like <param>; "step" is replicated.
+    const size_t dot = name.rfind('.');
+    if (dot != std::string::npos)
+      for (NamedTensor* p : params_)
+        if (name.compare(0, dot, p->name) == 0 && p->name.size() == dot) v->shard = p->shard;
+    views.push_back(std::move(v));
+  }
+  return views;
 }
 
 void Run::save(int64_t iteration) {
+  // Tensor-parallel shards are gathered into full tensors (a collective: every rank takes
+  // part), so the checkpoint does not depend on the layout that wrote it.
+  NamedTensorList model, optimizer;
+  if (tp_size_ == 1) {
+    for (NamedTensor* p : params_) model.emplace_back(p->name, p->value);
+    if (!o_.no_save_optim) optimizer = optimizer_->state_tensors();
+  } else {
+    model = parallel::gather_full_tensors(params_, &groups_->tp());
+    if (!o_.no_save_optim) {
+      std::vector<std::unique_ptr<NamedTensor>> views = optimizer_state_views();
+      std::vector<NamedTensor*> ptrs;
+      for (auto& v : views) ptrs.push_back(v.get());
+      optimizer = parallel::gather_full_tensors(ptrs, &groups_->tp());
+    }
+  }
   if (writer_) {
     CheckpointContent c;
     c.iteration = iteration;
     c.consumed_train_samples = consumed_train_;
     c.consumed_valid_samples = consumed_valid_;
-    for (NamedTensor* p : params_) c.model.emplace_back(p->name, p->value);
-    if (!o_.no_save_optim) c.optimizer = optimizer_->state_tensors();
+    c.model = std::move(model);
+    if (!o_.no_save_optim) c.optimizer = std::move(optimizer);
     if (!o_.no_save_rng) c.rng = {{"seed", o_.seed}, {"generator", "philox counter-based (stateless)"}};
     c.config = o_.config_json;
     c.extra = {{"tokens_consumed", tokens_consumed_},
                {"loss_scaler", scaler_.state()},
                {"global_batch_size", o_.global_batch_size},
                {"seq_length", o_.seq_length},
-               {"data_parallel_size", dp_size_}};
+               {"data_parallel_size", dp_size_},
+               {"tensor_model_parallel_size", tp_size_}};
     const auto t = Clock::now();
     writer_->save(c);
     if (!o_.async_save) {
@@ -274,9 +346,9 @@ void Run::save(int64_t iteration) {
 
 void Run::log_header() {
   const auto& m = o_.model;
-  logger_.info("primus train: {} | device {} | {} | world {} (data parallel {})", o_.exp_name,
-               o_.device == Device::CUDA ? "cuda" : "cpu", precision_name(o_.precision), launch_.world_size,
-               dp_size_);
+  logger_.info("primus train: {} | device {} | {} | world {} (data parallel {}, tensor parallel {}{})",
+               o_.exp_name, o_.device == Device::CUDA ? "cuda" : "cpu", precision_name(o_.precision),
+               launch_.world_size, dp_size_, tp_size_, o_.sequence_parallel ? " + sequence parallel" : "");
   if (o_.precision_downgraded)
     logger_.warn("bf16/fp16 is set but this run is on the CPU, whose path computes in fp32 (device: cpu)");
   logger_.info("model: {} layers, hidden {}, {} heads ({} query groups), ffn {}, vocab {} (padded {}): {:.2f}M "
@@ -356,7 +428,7 @@ TrainResult Run::train() {
       const float* mask = b.loss_mask.data<float>();
       for (int64_t i = 0; i < b.loss_mask.numel(); ++i) local_tokens += mask[i];
     }
-    const double global_tokens = world_->all_reduce_value(local_tokens);
+    const double global_tokens = dp_->all_reduce_value(local_tokens);
     const double scale = scaler_.scale();
     model_->zero_grads();
     LossSums sums;
@@ -368,9 +440,9 @@ TrainResult Run::train() {
     if (dp_size_ > 1) {
       std::optional<Watchdog::Phase> phase;
       if (watchdog) phase.emplace(*watchdog, "all-reduce grads");
-      for (NamedTensor* p : params_) world_->all_reduce(p->grad, parallel::ReduceOp::Sum);
+      for (NamedTensor* p : params_) dp_->all_reduce(p->grad, parallel::ReduceOp::Sum);
     }
-    const double loss = world_->all_reduce_value(sums.loss) / std::max(1.0, global_tokens);
+    const double loss = dp_->all_reduce_value(sums.loss) / std::max(1.0, global_tokens);
     const double lr = schedule_->lr(static_cast<double>(consumed_train_));
     const double wd = schedule_->weight_decay(static_cast<double>(consumed_train_));
     AdamW::StepInfo info;
