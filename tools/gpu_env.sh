@@ -14,3 +14,5 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libmpi.so.40 '; then
   export LD_LIBRARY_PATH=$BUNDLE_DIR/lib/mpi_fallback:$LD_LIBRARY_PATH
 fi
 export PYTHONUNBUFFERED=1
+# The binaries were built elsewhere: point them at this checkout's configs/.
+export PRIMUS_CONFIGS_DIR=${PRIMUS_CONFIGS_DIR:-$ROOT/configs}
