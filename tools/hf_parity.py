@@ -229,6 +229,12 @@ def main():
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--seed", type=int, default=1234)
     a = ap.parse_args()
+    try:
+        import transformers  # noqa: F401
+    except ImportError as e:
+        print(json.dumps({"ok": False, "error": f"transformers is not importable here ({e}): run this on a "
+                                                "machine with torch + transformers + safetensors"}, indent=2))
+        return 2
     os.makedirs(a.workdir, exist_ok=True)
     torch.set_num_threads(max(1, min(8, os.cpu_count() or 1)))
     devices = ["cpu", "cuda"] if a.device == "both" else [a.device]
