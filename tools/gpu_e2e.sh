@@ -23,7 +23,8 @@ mkdir -p "$OUT"
 
 t0=$SECONDS
 timeout 480 "$B/primus" train --config "$EXP" --set bf16=true --set micro_batch_size="$MBS" \
-  --set global_batch_size="$MBS" --set seq_length="$SEQ" --set train_iters="$STEPS" --set log_interval=1 "$@" \
+  --set global_batch_size="$MBS" --set seq_length="$SEQ" --set train_iters="$STEPS" --set log_interval=1 \
+  --set log_num_zeros_in_grad=false "$@" \
   >"$OUT/e2e_primus.log" 2>&1
 rc=$?
 echo "primus train: rc=$rc in $((SECONDS - t0)) s (log: $OUT/e2e_primus.log)"

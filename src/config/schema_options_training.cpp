@@ -141,6 +141,7 @@ std::vector<OptionSpec> training_options() {
   t.group("logging");
   t.integer("log_interval", 100, "iterations between log lines").positive();
   t.flag("log_throughput", false, "log tokens/s and TFLOP/s per GPU");
+  t.flag("log_num_zeros_in_grad", false, "log the number of zero gradient elements (a pass over every gradient)");
   t.flag("log_params_norm", false, "log the L2 norm of all parameters");
   t.flag("log_timers_to_tensorboard", false, "write timers to TensorBoard");
   t.opt_text("tensorboard_dir", "TensorBoard folder (null: <workspace>/<work_group>/<user_name>/<exp_name>/tensorboard)");

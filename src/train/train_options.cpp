@@ -144,6 +144,7 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
   // ---- logging ----
   o.log_interval = cfg.i("log_interval");
   o.log_params_norm = cfg.b("log_params_norm");
+  o.log_num_zeros_in_grad = cfg.b("log_num_zeros_in_grad");
   o.log_avg_skip_iterations = cfg.i("log_avg_skip_iterations");
   o.log_avg_reset_interval = cfg.i("log_avg_reset_interval");
   const std::string run_dir = experiment_dir(cfg);

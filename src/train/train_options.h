@@ -74,7 +74,7 @@ struct TrainOptions {
 
   // Logging.
   int64_t log_interval = 100;
-  bool log_params_norm = false;
+  bool log_params_norm = false, log_num_zeros_in_grad = false;
   int64_t log_avg_skip_iterations = 2, log_avg_reset_interval = 50;
   std::string tensorboard_dir;  // empty: no TensorBoard
   std::string metrics_jsonl_path;

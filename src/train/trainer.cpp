@@ -475,7 +475,7 @@ TrainResult Run::train() {
     rec.loss_scale = scale;
     rec.grad_norm = info.grad_norm;
     if (log_now) {
-      rec.num_zeros = static_cast<double>(optimizer_->count_zero_grads());
+      if (o_.log_num_zeros_in_grad) rec.num_zeros = static_cast<double>(optimizer_->count_zero_grads());
       if (o_.log_params_norm) {
         std::vector<Tensor> values;
         for (NamedTensor* p : params_) values.push_back(p->value);
