@@ -7,6 +7,7 @@
 // model.safetensors; the tokenizer from --tokenizer-model (default: the checkpoint
 // config's tokenizer_model). One prompt streams its text as it is generated; several are
 // run as one batch and printed at the end. Throughput goes to stderr and --output-json.
+#include <filesystem>
 #include <fmt/core.h>
 
 #include <cstdio>
@@ -168,11 +169,25 @@ int cmd_generate(int argc, char** argv) {
   };
   if (tokenizer_type.empty()) tokenizer_type = config_string("tokenizer_type");
   if (tokenizer_type.empty()) tokenizer_type = "HuggingFaceTokenizer";
-  if (tokenizer_model.empty()) tokenizer_model = config_string("tokenizer_model");
+  const bool tokenizer_from_config = tokenizer_model.empty();
+  if (tokenizer_from_config) tokenizer_model = config_string("tokenizer_model");
   std::vector<std::string> text_prompts = prompts_text;
   if (!prompt_file.empty())
     for (auto& p : read_prompt_file(prompt_file)) text_prompts.push_back(std::move(p));
   const bool need_tokenizer = !text_prompts.empty();
+  // The training config's tokenizer path may be relative to another machine or directory.
+  // Prompts given as ids do not need it: go on without it (token ids only) rather than fail.
+  if (tokenizer_from_config && !tokenizer_model.empty() && !std::filesystem::exists(tokenizer_model)) {
+    PRIMUS_CHECK(!need_tokenizer,
+                 "the checkpoint's config names tokenizer_model '{}', which does not exist here; pass "
+                 "--tokenizer-model PATH (the same tokenizer the model was trained with)",
+                 tokenizer_model);
+    fmt::print(stderr, "primus generate: note: the checkpoint's tokenizer_model '{}' does not exist here; "
+                       "printing token ids only (pass --tokenizer-model to decode them)\n",
+               tokenizer_model);
+    tokenizer_model.clear();
+    if (tokenizer_type != "NullTokenizer") tokenizer_type = "HuggingFaceTokenizer";
+  }
   std::unique_ptr<data::Tokenizer> tok;
   if (!tokenizer_model.empty() || tokenizer_type == "NullTokenizer") {
     const int64_t null_vocab = vocab_size_opt > 0 ? vocab_size_opt : std::max<int64_t>(mc.vocab_size - 1, 1);

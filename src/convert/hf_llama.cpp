@@ -98,23 +98,32 @@ ModelConfig model_config_from_hf(const nlohmann::json& hf, const std::string& so
   mc.max_position_embeddings = optional<int64_t>(hf, "max_position_embeddings", 4096);
   mc.norm_epsilon = optional<double>(hf, "rms_norm_eps", 1e-5);
   mc.rotary_base = optional<double>(hf, "rope_theta", 10000.0);
+  // transformers >= 5 writes RoPE as one `rope_parameters` object (rope_theta, rope_type and
+  // the scaling fields); 4.x wrote top-level `rope_theta` plus `rope_scaling`. Read either.
+  const bool v5_rope = hf.contains("rope_parameters") && !hf["rope_parameters"].is_null();
+  if (v5_rope) {
+    PRIMUS_CHECK(hf["rope_parameters"].is_object(), "{}: rope_parameters must be an object, got {}", source,
+                 hf["rope_parameters"].dump());
+    mc.rotary_base = optional<double>(hf["rope_parameters"], "rope_theta", mc.rotary_base);
+  }
+  const std::string rope_key = v5_rope ? "rope_parameters" : "rope_scaling";
   mc.untie_embeddings_and_output_weights = !optional<bool>(hf, "tie_word_embeddings", false);
   mc.init_method_std = optional<double>(hf, "initializer_range", 0.02);
   mc.swiglu = true;
   mc.add_bias_linear = false;
-  if (hf.contains("rope_scaling") && !hf["rope_scaling"].is_null()) {
-    const auto& rs = hf["rope_scaling"];
-    PRIMUS_CHECK(rs.is_object(), "{}: rope_scaling must be an object or null, got {}", source, rs.dump());
+  if (hf.contains(rope_key) && !hf[rope_key].is_null()) {
+    const auto& rs = hf[rope_key];
+    PRIMUS_CHECK(rs.is_object(), "{}: {} must be an object or null, got {}", source, rope_key, rs.dump());
     const std::string rt = rs.contains("rope_type") ? rs["rope_type"].get<std::string>()
                                                     : optional<std::string>(rs, "type", "");
     if (rt == "llama3") {
       mc.use_rope_scaling = true;
-      mc.rope_scaling_factor = required<double>(rs, "factor", source + " rope_scaling");
+      mc.rope_scaling_factor = required<double>(rs, "factor", source + " " + rope_key);
       mc.rope_low_freq_factor = optional<double>(rs, "low_freq_factor", 1.0);
       mc.rope_high_freq_factor = optional<double>(rs, "high_freq_factor", 4.0);
       mc.original_max_position_embeddings = optional<int64_t>(rs, "original_max_position_embeddings", 8192);
-    } else if (rt != "default") {  // "default" = plain RoPE
-      fail("{}: rope_scaling type '{}' is not supported (supported: llama3, default)", source, rt);
+    } else if (rt != "default" && !(v5_rope && rt.empty())) {  // "default" = plain RoPE
+      fail("{}: {} type '{}' is not supported (supported: llama3, default)", source, rope_key, rt);
     }
   }
   PRIMUS_CHECK(mc.num_attention_heads % mc.num_query_groups == 0,

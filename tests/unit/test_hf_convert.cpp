@@ -92,3 +92,36 @@ TEST(HfConvert, RoundTripIsExactAndFusesQkvAndGateUp) {
   hf["model.layers.0.mlp.up_proj.weight"] = Tensor::empty({95, 64}, DType::F32);
   EXPECT_THROW(convert::hf_to_primus(mc, lookup(hf)), Error);
 }
+
+namespace primus {
+namespace {
+
+// transformers 5 writes RoPE as `rope_parameters` (seen on transformers 5.17's
+// LlamaConfig.save_pretrained); 4.x as rope_theta + rope_scaling. Both give the same model.
+TEST(HfConvert, ReadsTransformers5RopeParameters) {
+  nlohmann::json v4 = {{"architectures", {"LlamaForCausalLM"}}, {"hidden_size", 64}, {"intermediate_size", 96},
+                       {"num_hidden_layers", 2}, {"num_attention_heads", 8}, {"num_key_value_heads", 2},
+                       {"vocab_size", 300}, {"max_position_embeddings", 256}, {"rms_norm_eps", 1e-5},
+                       {"tie_word_embeddings", false}, {"rope_theta", 500000.0},
+                       {"rope_scaling", {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                                         {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 32}}}};
+  nlohmann::json v5 = v4;
+  v5.erase("rope_theta");
+  v5.erase("rope_scaling");
+  v5["rope_parameters"] = v4["rope_scaling"];
+  v5["rope_parameters"]["rope_theta"] = 500000.0;
+  const ModelConfig a = convert::model_config_from_hf(v4, "v4/config.json");
+  const ModelConfig b = convert::model_config_from_hf(v5, "v5/config.json");
+  EXPECT_EQ(b.rotary_base, 500000.0);
+  EXPECT_TRUE(b.use_rope_scaling);
+  EXPECT_EQ(b.rope_scaling_factor, a.rope_scaling_factor);
+  EXPECT_EQ(b.original_max_position_embeddings, 32);
+  nlohmann::json plain = v5;
+  plain["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 10000.0}};
+  const ModelConfig c = convert::model_config_from_hf(plain, "plain/config.json");
+  EXPECT_FALSE(c.use_rope_scaling);
+  EXPECT_EQ(c.rotary_base, 10000.0);
+}
+
+}  // namespace
+}  // namespace primus
