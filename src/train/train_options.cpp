@@ -155,6 +155,8 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
        "metrics.jsonl")
           .string();
 
+  o.wandb_requested = cfg.has("wandb_project") && !cfg.b("disable_wandb");
+
   // ---- fault tolerance ----
   o.nan_guard_max_consecutive = cfg.i("nan_guard_max_consecutive");
   o.watchdog_minutes = cfg.i("watchdog_minutes");

@@ -78,6 +78,7 @@ struct TrainOptions {
   int64_t log_avg_skip_iterations = 2, log_avg_reset_interval = 50;
   std::string tensorboard_dir;  // empty: no TensorBoard
   std::string metrics_jsonl_path;
+  bool wandb_requested = false;  // wandb_project set and disable_wandb false: said to be unavailable
 
   // Fault tolerance.
   int64_t nan_guard_max_consecutive = 5;

@@ -80,6 +80,9 @@ class Run {
   // The optimizer's live state as NamedTensors carrying their parameter's shard spec.
   std::vector<std::unique_ptr<NamedTensor>> optimizer_state_views() const;
   void log_header();
+  // Where a non-finite value first shows up, in the model's forward order: the first
+  // weight that is not finite, else the first gradient. "" when everything is finite.
+  std::string first_non_finite();
 
   // First, so that a SIGTERM during set-up (data indexing, checkpoint loading) already
   // becomes "stop after the first iteration and save" instead of killing the process.
@@ -344,6 +347,16 @@ void Run::save(int64_t iteration) {
   last_saved_ = iteration;
 }
 
+std::string Run::first_non_finite() {
+  for (const bool grads : {false, true})
+    for (NamedTensor* p : params_) {
+      const double ss = ops::sum_of_squares(ctx_, {grads ? p->grad : p->value});
+      if (!std::isfinite(ss))
+        return fmt::format("first non-finite {}: {}", grads ? "gradient (forward order)" : "weight", p->name);
+    }
+  return "";
+}
+
 void Run::log_header() {
   const auto& m = o_.model;
   logger_.info("primus train: {} | device {} | {} | world {} (data parallel {}, tensor parallel {}{})",
@@ -363,6 +376,10 @@ void Run::log_header() {
                                              datasets_.valid->size())
                                : std::string(),
                o_.data.mock_data ? " [mock data]" : "");
+  if (o_.wandb_requested)
+    logger_.warn("wandb_project is set, but Primus has no Weights & Biases client (and this machine may have no "
+                 "network): the same metrics are in TensorBoard and {}",
+                 o_.metrics_jsonl_path);
   logger_.info("logs: {} | metrics: {}{}", o_.log_dir, o_.metrics_jsonl_path,
                o_.tensorboard_dir.empty() ? "" : " | tensorboard: " + o_.tensorboard_dir);
 }
@@ -494,16 +511,20 @@ TrainResult Run::train() {
     if (watchdog) watchdog->heartbeat(iteration_);
     if (hooks_.after_iteration) hooks_.after_iteration(iteration_, params_);
 
-    if (bad)
-      logger_.warn("iteration {}: {} (lm loss {}, grad norm {}); the step was skipped ({} in a row)", iteration_,
-                   loss_finite ? "non-finite gradients" : "non-finite loss", loss, info.grad_norm, bad_streak);
+    std::string where;
+    if (bad) {
+      where = first_non_finite();
+      logger_.warn("iteration {}: {} (lm loss {}, grad norm {}); the step was skipped ({} in a row){}", iteration_,
+                   loss_finite ? "non-finite gradients" : "non-finite loss", loss, info.grad_norm, bad_streak,
+                   where.empty() ? "" : "; " + where);
+    }
     if (o_.nan_guard_max_consecutive > 0 && bad_streak >= o_.nan_guard_max_consecutive) {
       if (writer_) writer_->wait();
       throw Error(fmt::format(
-          "NaN guard: {} iterations in a row (up to iteration {}) had a non-finite loss or gradients; stopping "
+          "NaN guard: {} iterations in a row (up to iteration {}) had a non-finite loss or gradients{}; stopping "
           "without saving. The last good checkpoint{} is intact: lower lr, check the data, or raise "
           "nan_guard_max_consecutive",
-          bad_streak, iteration_,
+          bad_streak, iteration_, where.empty() ? "" : " (" + where + ")",
           last_saved_ ? fmt::format(" (iteration {}, in {})", *last_saved_, o_.save) : std::string()));
     }
 
@@ -560,8 +581,20 @@ TrainResult Run::train() {
 }  // namespace
 
 TrainResult train(const TrainOptions& options, const TrainerHooks& hooks) {
-  Run run(options, hooks);
-  return run.train();
+  try {
+    Run run(options, hooks);
+    return run.train();
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    if (what.find("out of memory") == std::string::npos) throw;
+    throw Error(fmt::format(
+        "{}\nThe run does not fit in GPU memory. Knobs, cheapest first: micro_batch_size (now {}; the global batch "
+        "stays the same through more micro-batches), recompute_granularity: selective or full (now '{}'), "
+        "tensor_model_parallel_size (now {}) on more GPUs, a shorter seq_length (now {}). "
+        "`primus train --config EXP.yaml --dry-run` prints the memory estimate per GPU for a setting.",
+        what, options.micro_batch_size, options.recompute_granularity.empty() ? "none" : options.recompute_granularity,
+        options.tensor_parallel, options.seq_length));
+  }
 }
 
 }  // namespace primus::train
