@@ -29,6 +29,8 @@
 #include "train/watchdog.h"
 
 #ifdef PRIMUS_WITH_CUDA
+#include <cuda_runtime_api.h>
+
 #include "ops/cuda/device_info.h"
 #endif
 
@@ -83,6 +85,8 @@ class Run {
   // Where a non-finite value first shows up, in the model's forward order: the first
   // weight that is not finite, else the first gradient. "" when everything is finite.
   std::string first_non_finite();
+  // Memory numbers for TensorBoard/JSONL (Megatron-style tag names).
+  std::vector<std::pair<std::string, double>> memory_scalars() const;
 
   // First, so that a SIGTERM during set-up (data indexing, checkpoint loading) already
   // becomes "stop after the first iteration and save" instead of killing the process.
@@ -357,6 +361,20 @@ std::string Run::first_non_finite() {
   return "";
 }
 
+std::vector<std::pair<std::string, double>> Run::memory_scalars() const {
+  std::vector<std::pair<std::string, double>> m;
+  // The activation arena's high-water mark of the last micro-batch: what activations need.
+  m.emplace_back("mem-activations-max-bytes", static_cast<double>(model_->activation_bytes_high_water()));
+#ifdef PRIMUS_WITH_CUDA
+  if (o_.device == Device::CUDA) {
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)  // device-wide: includes the CUDA context
+      m.emplace_back("mem-reserved-bytes", static_cast<double>(total_b - free_b));
+  }
+#endif
+  return m;
+}
+
 void Run::log_header() {
   const auto& m = o_.model;
   logger_.info("primus train: {} | device {} | {} | world {} (data parallel {}, tensor parallel {}{})",
@@ -506,8 +524,11 @@ TrainResult Run::train() {
     metrics.add(rec);
     result.losses.push_back(loss_finite ? loss : std::numeric_limits<double>::quiet_NaN());
     result.grad_norms.push_back(info.grad_norm);
-    if (reporter && log_now) reporter->report_train(metrics.report());
-    else if (log_now) (void)metrics.report();
+    if (log_now) {
+      IntervalReport report = metrics.report();
+      report.memory = memory_scalars();
+      if (reporter) reporter->report_train(report);
+    }
     if (watchdog) watchdog->heartbeat(iteration_);
     if (hooks_.after_iteration) hooks_.after_iteration(iteration_, params_);
 

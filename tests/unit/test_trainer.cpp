@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <sstream>
 
 #include "config/config.h"
 #include "core/error.h"
@@ -107,7 +108,12 @@ TEST_F(TrainerTest, LossFallsOnBrownAndFilesAreWritten) {
   EXPECT_TRUE(std::isfinite(*r.last_validation_loss));
   EXPECT_EQ(latest_iteration(path("ckpt")), 30);
   EXPECT_TRUE(fs::exists(dir_ / "ws/test/ci/tiny/logs/rank_0.log"));
-  EXPECT_TRUE(fs::exists(dir_ / "ws/test/ci/tiny/tensorboard/metrics.jsonl"));
+  const fs::path jsonl = dir_ / "ws/test/ci/tiny/tensorboard/metrics.jsonl";
+  ASSERT_TRUE(fs::exists(jsonl));
+  std::stringstream text;
+  text << std::ifstream(jsonl).rdbuf();
+  EXPECT_NE(text.str().find("\"mem_activations_max_bytes\""), std::string::npos);
+  EXPECT_NE(text.str().find("\"type\":\"validation\""), std::string::npos) << text.str().substr(0, 400);
 }
 
 TEST_F(TrainerTest, ResumeIsBitExact) {
