@@ -24,8 +24,10 @@ std::string nearest_name(std::string_view word, const std::vector<std::string>& 
   size_t best_d = SIZE_MAX;
   for (const auto& c : candidates) {
     size_t d = edit_distance(word, c);
-    // A candidate that contains the word (or vice versa) is a strong hint too.
-    if (c.find(word) != std::string::npos || (word.size() > 3 && word.find(c) != std::string_view::npos))
+    // A candidate that contains the word (or vice versa) is a strong hint too; a candidate
+    // of one or two characters ("-h") is inside too many typos to be one.
+    if (c.find(word) != std::string::npos ||
+        (word.size() > 3 && c.size() > 2 && word.find(c) != std::string_view::npos))
       d = std::min(d, std::max<size_t>(1, c.size() > word.size() ? (c.size() - word.size()) / 2 : 1));
     if (d < best_d) {
       best_d = d;

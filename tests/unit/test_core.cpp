@@ -92,4 +92,8 @@ TEST(Strings, NearestName) {
   EXPECT_EQ(nearest_name("preproces", names), "preprocess");
   EXPECT_EQ(nearest_name("zzzzzzzz", names), "");
   EXPECT_EQ(did_you_mean("genrate", names), ", did you mean 'generate'?");
+  // A short option inside a typo is no hint: "--hf-dri" means --hf-dir, not -h.
+  std::vector<std::string> options = {"-h", "--help", "--hf-dir", "--output", "--force"};
+  EXPECT_EQ(nearest_name("--hf-dri", options), "--hf-dir");
+  EXPECT_EQ(nearest_name("--outptu", options), "--output");
 }
