@@ -12,71 +12,48 @@ KILLS=${2:-20}
 WORK=$(mktemp -d /tmp/primus_kill_resume.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 
-write_exp() {  # name save_dir
-  cat >"$WORK/$1.yaml" <<YAML
-work_group: test
-user_name: ci
-exp_name: $1
-workspace: $WORK/ws
-modules:
-  pre_trainer:
-    framework: megatron
-    config: pre_trainer.yaml
-    model: llama_tiny.yaml
-    overrides:
-      num_layers: 2
-      hidden_size: 64
-      ffn_hidden_size: 128
-      num_attention_heads: 4
-      num_query_groups: 2
-      vocab_size: 256
-      make_vocab_size_divisible_by: 64
-      seq_length: 32
-      max_position_embeddings: 64
-      micro_batch_size: 2
-      global_batch_size: 8
-      train_iters: 60
-      lr: 3.0e-3
-      min_lr: 3.0e-4
-      lr_warmup_iters: 5
-      lr_decay_style: cosine
-      mock_data: true
-      bf16: false
-      device: cpu
-      log_interval: 1
-      eval_iters: 0
-      save: $2
-      save_interval: 2
-      auto_continue_train: true
-      async_save: true
-      watchdog_minutes: 0
-YAML
-}
+EXP=$(dirname "$0")/tiny_mock-pretrain.yaml
+export PRIMUS_TEST_WORKSPACE=$WORK/ws
+# Not a shell function: a backgrounded function is a subshell, and `kill -9 $!` must hit primus.
+TRAIN=(train --config "$EXP" --set train_iters=400 --set lr_warmup_iters=5 --set save_interval=2
+       --set auto_continue_train=true --set async_save=true)
 
-write_exp ref "$WORK/ref_ckpt"
-"$PRIMUS" train --config "$WORK/ref.yaml" >"$WORK/ref.log" 2>&1 || { cat "$WORK/ref.log"; exit 1; }
+PRIMUS_TEST_RUN=ref "$PRIMUS" "${TRAIN[@]}" --set save="$WORK/ref_ckpt" >"$WORK/ref.log" 2>&1 || { cat "$WORK/ref.log"; exit 1; }
 
-write_exp run "$WORK/run_ckpt"
+tracker=$WORK/run_ckpt/latest_checkpointed_iteration.txt
+saved() { cat "$tracker" 2>/dev/null || echo 0; }
 for ((k = 1; k <= KILLS; k++)); do
-  "$PRIMUS" train --config "$WORK/run.yaml" >>"$WORK/run.log" 2>&1 &
+  before=$(saved)
+  PRIMUS_TEST_RUN=run "$PRIMUS" "${TRAIN[@]}" --set save="$WORK/run_ckpt" >>"$WORK/run.log" 2>&1 &
   pid=$!
-  sleep "$((RANDOM % 3)).$((RANDOM % 10))$((RANDOM % 10))"
-  if kill -9 "$pid" 2>/dev/null; then
-    wait "$pid" 2>/dev/null || true
-    echo "kill $k: at iteration $(cat "$WORK/run_ckpt/latest_checkpointed_iteration.txt" 2>/dev/null || echo none) (last saved)"
+  if ((RANDOM % 4 == 0)); then
+    sleep "0.$((RANDOM % 5))"  # anywhere from start-up on (config, data, checkpoint loading)
   else
-    wait "$pid" || { echo "run $k failed:"; tail -20 "$WORK/run.log"; exit 1; }
-    echo "kill $k: the run had already finished"
+    # Mid-training, whatever the machine's speed: once a new checkpoint is out, 0-99 ms later.
+    for ((t = 0; t < 600; t++)); do
+      (($(saved) > before)) && break
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    sleep "0.0$((RANDOM % 10))"
   fi
+  if ! kill -9 "$pid" 2>/dev/null; then
+    wait "$pid"
+    echo "kill $k: the run had already ended (rc $?) at iteration $(saved): raise train_iters so every kill hits a live run"
+    tail -5 "$WORK/run.log"
+    exit 1
+  fi
+  wait "$pid" 2>/dev/null || true
+  echo "kill $k: last checkpoint at iteration $(saved)"
   grep -qE "\[error\]|error:" "$WORK/run.log" && { echo "an error after kill $k:"; grep -n error "$WORK/run.log" | tail; exit 1; }
 done
 # SIGTERM: save and exit 0 (only when the run is still going).
-"$PRIMUS" train --config "$WORK/run.yaml" >>"$WORK/run.log" 2>&1 &
+PRIMUS_TEST_RUN=run "$PRIMUS" "${TRAIN[@]}" --set save="$WORK/run_ckpt" >>"$WORK/run.log" 2>&1 &
 pid=$!
 sleep 1.5
 kill -TERM "$pid" 2>/dev/null || true
 wait "$pid" || { echo "SIGTERM run did not exit 0"; tail -20 "$WORK/run.log"; exit 1; }
-"$PRIMUS" train --config "$WORK/run.yaml" >>"$WORK/run.log" 2>&1 || { tail -20 "$WORK/run.log"; exit 1; }
+PRIMUS_TEST_RUN=run "$PRIMUS" "${TRAIN[@]}" --set save="$WORK/run_ckpt" >>"$WORK/run.log" 2>&1 || { tail -20 "$WORK/run.log"; exit 1; }
 
 /usr/bin/python3 - "$WORK/ws/test/ci/ref/tensorboard/metrics.jsonl" "$WORK/ws/test/ci/run/tensorboard/metrics.jsonl" <<'PY'
 import json, sys
@@ -88,10 +65,10 @@ def losses(path):
             out[r["iteration"]] = (r["lm_loss"], r["grad_norm"])  # the last logged value wins
     return out
 ref, run = losses(sys.argv[1]), losses(sys.argv[2])
-assert len(ref) == 60, f"reference logged {len(ref)} iterations"
+assert len(ref) == 400, f"reference logged {len(ref)} iterations"
 bad = [i for i in ref if run.get(i) != ref[i]]
 assert not bad, f"iterations differing from the uninterrupted run: {bad[:10]} e.g. {run.get(bad[0])} vs {ref[bad[0]]}"
 print(f"all {len(ref)} iterations equal the uninterrupted run bit for bit")
 PY
-cmp "$WORK/ref_ckpt/iter_0000060/model.safetensors" "$WORK/run_ckpt/iter_0000060/model.safetensors"
+cmp "$WORK/ref_ckpt/iter_0000400/model.safetensors" "$WORK/run_ckpt/iter_0000400/model.safetensors"
 echo "final model.safetensors identical; kill-and-resume OK"

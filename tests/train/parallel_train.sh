@@ -14,48 +14,18 @@ trap 'rm -rf "$WORK"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 export OPENBLAS_NUM_THREADS=1 PRIMUS_COMM_TIMEOUT_S=120
 
-cat >"$WORK/exp.yaml" <<YAML
-work_group: test
-user_name: ci
-exp_name: \${RUN:x}
-workspace: $WORK/ws
-modules:
-  pre_trainer:
-    framework: megatron
-    config: pre_trainer.yaml
-    model: llama_tiny.yaml
-    overrides:
-      num_layers: 2
-      hidden_size: 64
-      ffn_hidden_size: 128
-      num_attention_heads: 4
-      num_query_groups: 2
-      vocab_size: 256
-      make_vocab_size_divisible_by: 64
-      seq_length: 32
-      max_position_embeddings: 64
-      micro_batch_size: 2
-      global_batch_size: 8
-      train_iters: 8
-      lr: 3.0e-3
-      min_lr: 3.0e-4
-      lr_warmup_iters: 2
-      lr_decay_style: cosine
-      mock_data: true
-      bf16: false
-      device: cpu
-      log_interval: 1
-      eval_iters: 0
-      watchdog_minutes: 0
-YAML
+EXP=$(dirname "$0")/tiny_mock-pretrain.yaml
+export PRIMUS_TEST_WORKSPACE=$WORK/ws
+
 run() {  # name np [--set ...]
   local name=$1 np=$2
   shift 2
   if ((np == 1)); then
-    RUN=$name "$PRIMUS" train --config "$WORK/exp.yaml" "$@" >"$WORK/$name.log" 2>&1
+    PRIMUS_TEST_RUN=$name "$PRIMUS" train --config "$EXP" --set train_iters=8 "$@" >"$WORK/$name.log" 2>&1
   else
-    RUN=$name "$MPIEXEC" -np "$np" --oversubscribe --bind-to none -x RUN -x OPENBLAS_NUM_THREADS -x PRIMUS_COMM_TIMEOUT_S \
-      "$PRIMUS" train --config "$WORK/exp.yaml" --world-size "$np" "$@" >"$WORK/$name.log" 2>&1
+    PRIMUS_TEST_RUN=$name "$MPIEXEC" -np "$np" --oversubscribe --bind-to none -x PRIMUS_TEST_RUN \
+      -x PRIMUS_TEST_WORKSPACE -x OPENBLAS_NUM_THREADS -x PRIMUS_COMM_TIMEOUT_S \
+      "$PRIMUS" train --config "$EXP" --set train_iters=8 --world-size "$np" "$@" >"$WORK/$name.log" 2>&1
   fi || { echo "run $name failed:"; tail -30 "$WORK/$name.log"; exit 1; }
   echo "run $name: ok"
 }

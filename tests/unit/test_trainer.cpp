@@ -38,48 +38,23 @@ class TrainerTest : public ::testing::Test {
                        ::getpid());
     fs::remove_all(dir_);
     fs::create_directories(dir_);
-    std::ofstream(dir_ / "exp.yaml") << fmt::format(R"(work_group: test
-user_name: ci
-exp_name: tiny
-workspace: {}
-modules:
-  pre_trainer:
-    framework: megatron
-    config: pre_trainer.yaml
-    model: llama_tiny.yaml
-    overrides:
-      num_layers: 2
-      hidden_size: 64
-      ffn_hidden_size: 128
-      num_attention_heads: 4
-      num_query_groups: 2
-      vocab_size: 256
-      make_vocab_size_divisible_by: 64
-      seq_length: 32
-      max_position_embeddings: 64
-      micro_batch_size: 2
-      global_batch_size: 8
-      train_iters: 12
-      lr: 3.0e-3
-      min_lr: 3.0e-4
-      lr_warmup_iters: 2
-      lr_decay_style: cosine
-      mock_data: true
-      bf16: false
-      device: cpu
-      log_interval: 4
-      eval_interval: 6
-      eval_iters: 1
-      watchdog_minutes: 0
-)",
-                                                    (dir_ / "ws").string());
   }
   void TearDown() override { fs::remove_all(dir_); }
 
+  // tests/train/tiny_mock-pretrain.yaml with this test's logging and evaluation, then `sets`.
   TrainOptions options(std::vector<std::string> sets = {}) {
     config::LoadOptions lo;
-    lo.sets = std::move(sets);
-    return train_options(config::load_experiment((dir_ / "exp.yaml").string(), lo), false);
+    lo.sets = {"log_interval=4", "eval_interval=6", "eval_iters=1"};
+    lo.sets.insert(lo.sets.end(), sets.begin(), sets.end());
+    const std::string workspace = (dir_ / "ws").string();
+    const config::EnvLookup process = config::process_env();
+    lo.env = [workspace, process](const std::string& name) -> std::optional<std::string> {
+      if (name == "PRIMUS_TEST_WORKSPACE") return workspace;
+      if (name == "PRIMUS_TEST_RUN") return std::nullopt;
+      return process(name);
+    };
+    return train_options(
+        config::load_experiment(std::string(PRIMUS_SOURCE_DIR) + "/tests/train/tiny_mock-pretrain.yaml", lo), false);
   }
   std::string path(const char* name) const { return (dir_ / name).string(); }
 
