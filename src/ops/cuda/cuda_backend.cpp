@@ -10,6 +10,7 @@
 #include "ops/cuda/adamw.h"
 #include "ops/cuda/attention_simple.h"
 #include "ops/cuda/cross_entropy.h"
+#include "ops/cuda/cross_entropy_shards.h"
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/elementwise.h"
 #include "ops/cuda/embedding.h"
@@ -356,6 +357,32 @@ void CudaBackend::cross_entropy_fused(Tensor& losses, Tensor& logits_to_grad, co
   launch_cross_entropy_fused(losses.data<float>(), logits_to_grad.raw(), logits_to_grad.dtype(),
                              targets.data<int32_t>(), dloss.data<float>(), rows_of(logits_to_grad),
                              last_dim(logits_to_grad), stream_);
+}
+
+// Vocabulary-parallel cross-entropy (shapes checked by ops.cpp): stats (3,N), gathered (P,3,N),
+// all on this GPU; the all-gather between the two passes is the caller's.
+void CudaBackend::cross_entropy_shard_stats(Tensor& stats, const Tensor& logits, const Tensor& targets) {
+  require_cuda(stats, "cross_entropy_shard_stats", "stats");
+  require_cuda(logits, "cross_entropy_shard_stats", "logits");
+  require_cuda(targets, "cross_entropy_shard_stats", "targets");
+  launch_cross_entropy_shard_stats(stats.data<float>(), logits.raw(), logits.dtype(), targets.data<int32_t>(),
+                                   logits.size(0), logits.size(1), stream_);
+}
+
+void CudaBackend::cross_entropy_shard_finish(Tensor& losses, Tensor* logits_to_grad, const Tensor& gathered_stats,
+                                             const Tensor& targets, const Tensor& dloss) {
+  require_cuda(losses, "cross_entropy_shard_finish", "losses");
+  require_cuda(gathered_stats, "cross_entropy_shard_finish", "gathered_stats");
+  require_cuda(targets, "cross_entropy_shard_finish", "targets");
+  if (logits_to_grad != nullptr) {
+    require_cuda(*logits_to_grad, "cross_entropy_shard_finish", "logits_to_grad");
+    require_cuda(dloss, "cross_entropy_shard_finish", "dloss");
+  }
+  launch_cross_entropy_shard_finish(
+      losses.data<float>(), logits_to_grad != nullptr ? logits_to_grad->raw() : nullptr,
+      logits_to_grad != nullptr ? logits_to_grad->dtype() : DType::F32, gathered_stats.data<float>(),
+      gathered_stats.size(0), targets.data<int32_t>(), logits_to_grad != nullptr ? dloss.data<float>() : nullptr,
+      gathered_stats.size(2), logits_to_grad != nullptr ? logits_to_grad->size(1) : 0, stream_);
 }
 
 // ---- optimizer -----------------------------------------------------------------------------

@@ -81,6 +81,9 @@ class CudaBackend final : public ops::Backend {
   void cross_entropy_forward(Tensor& losses, const Tensor& logits, const Tensor& targets) override;
   void cross_entropy_fused(Tensor& losses, Tensor& logits_to_grad, const Tensor& targets,
                            const Tensor& dloss) override;
+  void cross_entropy_shard_stats(Tensor& stats, const Tensor& logits, const Tensor& targets) override;
+  void cross_entropy_shard_finish(Tensor& losses, Tensor* logits_to_grad, const Tensor& gathered_stats,
+                                  const Tensor& targets, const Tensor& dloss) override;
 
   void adamw_step(std::vector<ops::AdamWTensor>& params, const ops::AdamWParams& p) override;
   double sum_of_squares(const std::vector<Tensor>& tensors) override;
