@@ -130,8 +130,9 @@ struct LlamaModel::Batch {
   double num_tokens = 0;
   parallel::VocabParallelTokens routed;  // tensor parallel only
 
+  // needs_tokens: the ids are looked up here (the stage holds the embedding).
   Batch(const Tensor& tokens_in, const Tensor* labels_in, const Tensor* mask_in, float loss_weight, int64_t vocab,
-        Device device, const parallel::TensorParallel& tp) {
+        Device device, const parallel::TensorParallel& tp, bool needs_tokens = true) {
     PRIMUS_CHECK(tokens_in.ndim() == 2 && tokens_in.dtype() == DType::I32,
                  "LlamaModel: tokens must be int32 [batch, seq], got {}", tokens_in.describe());
     B = tokens_in.size(0);
@@ -141,10 +142,11 @@ struct LlamaModel::Batch {
                  "LlamaModel: sequence parallel splits the {} x {} = {} token rows of a micro-batch over {} "
                  "tensor-parallel ranks, which does not divide; use a seq_length divisible by "
                  "tensor_model_parallel_size", B, T, N, tp.size());
-    tokens = tokens_in.device() == device ? tokens_in.view({N}) : tokens_in.to(device).view({N});
+    if (needs_tokens) tokens = tokens_in.device() == device ? tokens_in.view({N}) : tokens_in.to(device).view({N});
     const parallel::VocabRange range = parallel::vocab_range(tp, vocab);
-    if (tp.active()) routed = parallel::VocabParallelTokens::route(to_host(tokens_in).view({N}), range, device);
+    if (tp.active() && needs_tokens) routed = parallel::VocabParallelTokens::route(to_host(tokens_in).view({N}), range, device);
     if (labels_in == nullptr) return;
+    PRIMUS_CHECK(mask_in != nullptr, "LlamaModel: labels given without a loss_mask");
     PRIMUS_CHECK(labels_in->shape() == tokens_in.shape() && labels_in->dtype() == DType::I32,
                  "LlamaModel: labels must be int32 {} like tokens, got {}", shape_str(tokens_in.shape()),
                  labels_in->describe());
@@ -176,13 +178,25 @@ struct LlamaModel::Batch {
   }
 };
 
+LlamaModel::StageState::StageState(Device device) : arena_(device) {}
+LlamaModel::StageState::~StageState() = default;
+
 LlamaModel::LlamaModel(const ModelConfig& config, ops::Context& ctx, const LlamaOptions& options)
-    : config_(config), ctx_(ctx), options_(options), arena_(ctx.device()) {
+    : config_(config), ctx_(ctx), options_(options), own_(std::make_unique<StageState>(ctx.device())) {
   validate(config_);
+  PipelineStage& stage = options_.stage;
+  if (stage.num_layers < 0) stage.num_layers = config_.num_layers - stage.first_layer;
+  PRIMUS_CHECK(stage.first_layer >= 0 && stage.num_layers >= 0 &&
+                   stage.first_layer + stage.num_layers <= config_.num_layers,
+               "LlamaOptions.stage: layers [{}, {}) are not within the model's num_layers = {} (first_layer = {}, "
+               "num_layers = {})",
+               stage.first_layer, stage.first_layer + stage.num_layers, config_.num_layers, stage.first_layer,
+               stage.num_layers);
   if (config_.num_query_groups <= 0) config_.num_query_groups = config_.num_attention_heads;
   PRIMUS_CHECK(options_.logits_chunk_rows > 0, "LlamaOptions.logits_chunk_rows must be > 0, got {}",
                options_.logits_chunk_rows);
   set_recompute(options_.recompute, options_.recompute_num_layers);
+  const bool tied = !config_.untie_embeddings_and_output_weights;
   const parallel::TensorParallel& tp = options_.tensor_parallel;
   validate_tensor_parallel(config_, tp, ctx_.device());
   const int64_t C = config_.hidden_size, F = config_.ffn_hidden_size, V = config_.padded_vocab_size;
@@ -203,8 +217,9 @@ LlamaModel::LlamaModel(const ModelConfig& config, ops::Context& ctx, const Llama
     return params_.back().get();
   };
   const int kColumnParallel = 0, kRowParallel = 1;  // the split dim of a (out, in) weight
-  embedding_ = make("embedding.word_embeddings.weight", {V, C}, false, kColumnParallel);  // vocab-parallel
-  for (int64_t l = 0; l < config_.num_layers; ++l) {
+  const char* kEmbedding = "embedding.word_embeddings.weight";
+  if (stage.pre_process) embedding_ = make(kEmbedding, {V, C}, false, kColumnParallel);  // vocab-parallel
+  for (int64_t l = stage.first_layer; l < stage.first_layer + stage.num_layers; ++l) {
     const std::string pre = "decoder.layers." + std::to_string(l) + ".";
     LlamaLayerParams lp;
     lp.input_norm = make(pre + "input_layernorm.weight", {C}, true);
@@ -216,9 +231,13 @@ LlamaModel::LlamaModel(const ModelConfig& config, ops::Context& ctx, const Llama
     lp.fc2 = make(pre + "mlp.linear_fc2.weight", {C, F}, false, kRowParallel);
     layers_.emplace_back(lp);
   }
-  final_norm_ = make("decoder.final_layernorm.weight", {C}, true);
-  if (config_.untie_embeddings_and_output_weights)
-    output_ = make("output_layer.weight", {V, C}, false, kColumnParallel);  // vocab-parallel
+  if (stage.post_process) {
+    final_norm_ = make("decoder.final_layernorm.weight", {C}, true);
+    if (!tied)
+      output_ = make("output_layer.weight", {V, C}, false, kColumnParallel);  // vocab-parallel
+    else if (!stage.pre_process)  // the last stage's copy of the tied embedding (same name, same init)
+      embedding_ = make(kEmbedding, {V, C}, false, kColumnParallel);
+  }
 
   ops::RopeScaling scaling;
   scaling.enabled = config_.use_rope_scaling;
@@ -237,6 +256,19 @@ void LlamaModel::set_recompute(Recompute mode, int64_t num_layers) {
                config_.num_layers);
   options_.recompute = mode;
   options_.recompute_num_layers = num_layers;
+}
+
+void LlamaModel::require_whole_model(const char* what) const {
+  PRIMUS_CHECK(pre_process() && post_process() && options_.stage.num_layers == config_.num_layers,
+               "LlamaModel::{} needs the whole model, but this one is a pipeline stage (layers [{}, {}), "
+               "pre_process {}, post_process {}); use stage_forward / stage_backward (train/pipelined_model.h)",
+               what, options_.stage.first_layer, options_.stage.first_layer + options_.stage.num_layers,
+               pre_process(), post_process());
+}
+
+Shape LlamaModel::stage_hidden_shape(const Tensor& tokens) const {
+  PRIMUS_CHECK(tokens.ndim() == 2, "LlamaModel: tokens must be [batch, seq], got {}", tokens.describe());
+  return {options_.tensor_parallel.residual_rows(tokens.size(0) * tokens.size(1)), config_.hidden_size};
 }
 
 Recompute LlamaModel::layer_mode(int64_t layer) const {
@@ -318,7 +350,7 @@ LlamaDims LlamaModel::dims_for(int64_t B, int64_t T) const {
   return d;
 }
 
-LlamaLayerEnv LlamaModel::make_env(const LlamaDims& d) {
+LlamaLayerEnv LlamaModel::make_env(const LlamaDims& d, Arena& arena) {
   if (!rope_cos_.defined() || rope_cos_.size(0) != d.T) {
     Tensor cos, sin;
     ops::rope_tables(cos, sin, d.T, inv_freq_);
@@ -326,7 +358,7 @@ LlamaLayerEnv LlamaModel::make_env(const LlamaDims& d) {
     rope_sin_ = sin.to(ctx_.device());
   }
   return LlamaLayerEnv{ctx_,
-                       arena_,
+                       arena,
                        d,
                        rope_cos_,
                        rope_sin_,
@@ -335,26 +367,16 @@ LlamaLayerEnv LlamaModel::make_env(const LlamaDims& d) {
                        options_.tensor_parallel};
 }
 
-Tensor LlamaModel::forward_hidden(LlamaLayerEnv& env, const Batch& batch, std::vector<Tensor>& xs,
-                                  std::vector<LlamaLayerActivations>& acts, Tensor& final_rstd, bool keep_acts) {
+void LlamaModel::forward_layers(LlamaLayerEnv& env, std::vector<Tensor>& xs, std::vector<LlamaLayerActivations>& acts,
+                                bool keep_acts) {
   const LlamaDims& d = env.dims;
-  const DType dt = options_.param_dtype;
-  const int64_t L = config_.num_layers, R = d.residual_rows();
-  xs.assign(static_cast<size_t>(L + 1), Tensor());
+  const auto L = static_cast<int64_t>(layers_.size());
+  xs.resize(static_cast<size_t>(L + 1));
   acts.assign(static_cast<size_t>(L), LlamaLayerActivations{});
-  xs[0] = arena_.alloc({R, d.C}, dt);
-  if (env.tp.active())
-    parallel::vocab_parallel_embedding_forward(ctx_, env.tp, xs[0], batch.routed, embedding_->value, arena_);
-  else
-    ops::embedding_forward(ctx_, xs[0], batch.tokens, embedding_->value);
   for (int64_t l = 0; l < L; ++l) {
-    xs[l + 1] = arena_.alloc({R, d.C}, dt);
+    xs[l + 1] = env.arena.alloc({d.residual_rows(), d.C}, options_.param_dtype);
     layers_[l].forward(env, xs[l], xs[l + 1], acts[l], keep_acts ? layer_mode(l) : Recompute::Full);
   }
-  Tensor hidden = arena_.alloc({R, d.C}, dt);
-  final_rstd = arena_.alloc({R}, DType::F32);
-  ops::rmsnorm_forward(ctx_, hidden, final_rstd, xs[L], final_norm_->value, env.norm_eps);
-  return hidden;
 }
 
 // The output layer is column-parallel over the vocabulary under tensor parallel: its input
@@ -363,16 +385,16 @@ Tensor LlamaModel::forward_hidden(LlamaLayerEnv& env, const Batch& batch, std::v
 // the way out. Chunks of logits_chunk_rows rows bound the logits memory (the logits of a
 // chunk are overwritten by their gradient in place).
 void LlamaModel::classifier(const Batch& batch, const LlamaDims& d, const Tensor& hidden, Tensor& losses,
-                            Tensor* dhidden) {
+                            Tensor* dhidden, Arena& arena) {
   const parallel::TensorParallel& tp = options_.tensor_parallel;
   NamedTensor& out = output_weight();
-  const Arena::Mark outer = arena_.mark();
-  const Tensor h_all = parallel::enter_tp_region(tp, hidden, arena_);  // (N,C)
-  Tensor dh_all = dhidden != nullptr ? parallel::tp_partial_buffer(tp, *dhidden, arena_) : Tensor();
+  const Arena::Mark outer = arena.mark();
+  const Tensor h_all = parallel::enter_tp_region(tp, hidden, arena);  // (N,C)
+  Tensor dh_all = dhidden != nullptr ? parallel::tp_partial_buffer(tp, *dhidden, arena) : Tensor();
   for (int64_t r0 = 0; r0 < d.N(); r0 += options_.logits_chunk_rows) {
     const int64_t r1 = std::min(d.N(), r0 + options_.logits_chunk_rows);
-    const Arena::Mark m = arena_.mark();
-    Tensor logits = arena_.alloc({r1 - r0, d.V}, options_.param_dtype);
+    const Arena::Mark m = arena.mark();
+    Tensor logits = arena.alloc({r1 - r0, d.V}, options_.param_dtype);
     const Tensor h = h_all.rows(r0, r1);
     ops::linear_forward(ctx_, logits, h, out.value);
     Tensor loss_rows = losses.rows(r0, r1);
@@ -380,7 +402,7 @@ void LlamaModel::classifier(const Batch& batch, const LlamaDims& d, const Tensor
     if (tp.active()) {
       const Tensor dloss = batch.dloss.rows(r0, r1);
       parallel::vocab_parallel_cross_entropy(ctx_, tp, loss_rows, logits, targets,
-                                             dhidden != nullptr ? &dloss : nullptr, arena_);
+                                             dhidden != nullptr ? &dloss : nullptr, arena);
     } else if (dhidden != nullptr) {
       ops::cross_entropy_fused(ctx_, loss_rows, logits, targets, batch.dloss.rows(r0, r1));
     } else {
@@ -390,66 +412,144 @@ void LlamaModel::classifier(const Batch& batch, const LlamaDims& d, const Tensor
       Tensor dh = dh_all.rows(r0, r1);
       ops::linear_backward(ctx_, &dh, out.grad, logits, h, out.value);
     }
-    arena_.release(m);
+    arena.release(m);
   }
   if (dhidden != nullptr) parallel::enter_tp_region_backward(tp, *dhidden, dh_all);
-  arena_.release(outer);
+  arena.release(outer);
+}
+
+Tensor LlamaModel::stage_forward(StageState& st, const Tensor& tokens, const Tensor* labels, const Tensor* loss_mask,
+                                 const Tensor* input_hidden, float loss_weight, bool for_backward) {
+  const bool pre = pre_process(), post = post_process();
+  PRIMUS_CHECK(!post || (labels != nullptr && loss_mask != nullptr),
+               "LlamaModel::stage_forward: the last pipeline stage computes the loss and needs labels and loss_mask");
+  PRIMUS_CHECK(pre || input_hidden != nullptr,
+               "LlamaModel::stage_forward: a stage without the embedding (layers from {}) needs the input hidden "
+               "state from the previous stage",
+               options_.stage.first_layer);
+  Arena& arena = st.arena_;
+  arena.reset();
+  st.backward_pending_ = false;
+  st.result_ = {};
+  st.batch_ = std::make_unique<Batch>(tokens, post ? labels : nullptr, post ? loss_mask : nullptr, loss_weight,
+                                      config_.padded_vocab_size, ctx_.device(), options_.tensor_parallel, pre);
+  const Batch& batch = *st.batch_;
+  st.dims_ = dims_for(batch.B, batch.T);
+  const LlamaDims& d = st.dims_;
+  LlamaLayerEnv env = make_env(d, arena);
+  const DType dt = options_.param_dtype;
+  const int64_t R = d.residual_rows();
+  st.xs_.assign(1, arena.alloc({R, d.C}, dt));
+  Tensor& x0 = st.xs_[0];
+  if (pre) {
+    if (env.tp.active())
+      parallel::vocab_parallel_embedding_forward(ctx_, env.tp, x0, batch.routed, embedding_->value, arena);
+    else
+      ops::embedding_forward(ctx_, x0, batch.tokens, embedding_->value);
+  } else {
+    PRIMUS_CHECK(input_hidden->shape() == x0.shape() && input_hidden->dtype() == dt,
+                 "LlamaModel::stage_forward: input hidden is {}, expected [{}, {}] {} (this rank's residual rows)",
+                 input_hidden->describe(), R, d.C, dtype_name(dt));
+    ops::copy_cast(ctx_, x0, *input_hidden);
+  }
+  forward_layers(env, st.xs_, st.acts_, for_backward);
+  if (!post) {
+    st.backward_pending_ = for_backward;
+    return st.xs_.back();
+  }
+  Tensor hidden = arena.alloc({R, d.C}, dt);
+  st.final_rstd_ = arena.alloc({R}, DType::F32);
+  ops::rmsnorm_forward(ctx_, hidden, st.final_rstd_, st.xs_.back(), final_norm_->value, env.norm_eps);
+  Tensor losses = arena.alloc({d.N()}, DType::F32);
+  if (for_backward) {
+    st.dhidden_ = arena.alloc({R, d.C}, dt);
+    classifier(batch, d, hidden, losses, &st.dhidden_, arena);
+  } else {
+    st.dhidden_ = Tensor();
+    classifier(batch, d, hidden, losses, nullptr, arena);
+  }
+  st.result_ = {batch.loss_sum(losses), batch.num_tokens};
+  st.backward_pending_ = for_backward;
+  return Tensor();
+}
+
+Tensor LlamaModel::stage_backward(StageState& st, const Tensor* d_output) {
+  PRIMUS_CHECK(st.backward_pending_,
+               "LlamaModel::stage_backward: this state holds no forward to differentiate (stage_forward with "
+               "for_backward was not called, or its backward already ran)");
+  st.backward_pending_ = false;
+  const bool pre = pre_process(), post = post_process();
+  Arena& arena = st.arena_;
+  const LlamaDims& d = st.dims_;
+  LlamaLayerEnv env = make_env(d, arena);
+  const DType dt = options_.param_dtype;
+  Tensor dres;
+  if (post) {
+    dres = arena.zeros({d.residual_rows(), d.C}, dt);
+    ops::rmsnorm_backward(ctx_, dres, final_norm_->grad, st.dhidden_, st.xs_.back(), final_norm_->value,
+                          st.final_rstd_);
+    grad_ready(final_norm_);
+    grad_ready(output_);                 // untied output layer
+    if (!pre) grad_ready(embedding_);    // a last stage's copy of the tied embedding
+  } else {
+    PRIMUS_CHECK(d_output != nullptr && d_output->shape() == st.xs_.back().shape() && d_output->dtype() == dt,
+                 "LlamaModel::stage_backward: d output hidden is {}, expected [{}, {}] {}",
+                 d_output != nullptr ? d_output->describe() : std::string("missing"), d.residual_rows(), d.C,
+                 dtype_name(dt));
+    dres = arena.alloc({d.residual_rows(), d.C}, dt);
+    ops::copy_cast(ctx_, dres, *d_output);
+  }
+  for (auto l = static_cast<int64_t>(layers_.size()) - 1; l >= 0; --l) {
+    layers_[l].backward(env, st.acts_[l], dres, layer_mode(l));
+    const LlamaLayerParams& p = layers_[l].params();
+    for (NamedTensor* t : {p.fc2, p.fc1, p.mlp_norm, p.proj, p.qkv, p.input_norm}) grad_ready(t);
+  }
+  if (!pre) return dres;
+  const Batch& batch = *st.batch_;
+  if (env.tp.active())
+    parallel::vocab_parallel_embedding_backward(ctx_, env.tp, embedding_->grad, dres, batch.routed, arena);
+  else
+    ops::embedding_backward(ctx_, embedding_->grad, dres, batch.tokens);
+  grad_ready(embedding_);
+  return Tensor();
 }
 
 LlamaModel::StepResult LlamaModel::forward_backward(const Tensor& tokens, const Tensor& labels,
                                                     const Tensor& loss_mask, float loss_weight) {
-  arena_.reset();
-  const Batch batch(tokens, &labels, &loss_mask, loss_weight, config_.padded_vocab_size, ctx_.device(),
-                    options_.tensor_parallel);
-  const LlamaDims d = dims_for(batch.B, batch.T);
-  LlamaLayerEnv env = make_env(d);
-  const DType dt = options_.param_dtype;
-  std::vector<Tensor> xs;
-  std::vector<LlamaLayerActivations> acts;
-  Tensor final_rstd;
-  const Tensor hidden = forward_hidden(env, batch, xs, acts, final_rstd, true);
-
-  Tensor losses = arena_.alloc({d.N()}, DType::F32);
-  Tensor dhidden = arena_.alloc({d.residual_rows(), d.C}, dt);
-  classifier(batch, d, hidden, losses, &dhidden);
-
-  Tensor dres = arena_.zeros({d.residual_rows(), d.C}, dt);
-  ops::rmsnorm_backward(ctx_, dres, final_norm_->grad, dhidden, xs.back(), final_norm_->value, final_rstd);
-  for (int64_t l = config_.num_layers - 1; l >= 0; --l) layers_[l].backward(env, acts[l], dres, layer_mode(l));
-  if (env.tp.active())
-    parallel::vocab_parallel_embedding_backward(ctx_, env.tp, embedding_->grad, dres, batch.routed, arena_);
-  else
-    ops::embedding_backward(ctx_, embedding_->grad, dres, batch.tokens);
-  return {batch.loss_sum(losses), batch.num_tokens};
+  require_whole_model("forward_backward");
+  stage_forward(*own_, tokens, &labels, &loss_mask, nullptr, loss_weight, true);
+  stage_backward(*own_, nullptr);
+  return own_->result();
 }
 
 LlamaModel::StepResult LlamaModel::forward_only(const Tensor& tokens, const Tensor& labels, const Tensor& loss_mask) {
-  arena_.reset();
-  const Batch batch(tokens, &labels, &loss_mask, 0.f, config_.padded_vocab_size, ctx_.device(),
-                    options_.tensor_parallel);
-  const LlamaDims d = dims_for(batch.B, batch.T);
-  LlamaLayerEnv env = make_env(d);
-  std::vector<Tensor> xs;
-  std::vector<LlamaLayerActivations> acts;
-  Tensor final_rstd;
-  const Tensor hidden = forward_hidden(env, batch, xs, acts, final_rstd, false);
-  Tensor losses = arena_.alloc({d.N()}, DType::F32);
-  classifier(batch, d, hidden, losses, nullptr);
-  return {batch.loss_sum(losses), batch.num_tokens};
+  require_whole_model("forward_only");
+  stage_forward(*own_, tokens, &labels, &loss_mask, nullptr, 0.f, false);
+  return own_->result();
 }
 
 Tensor LlamaModel::logits(const Tensor& tokens) {
-  arena_.reset();
+  require_whole_model("logits");
+  Arena& arena = own_->arena_;
+  arena.reset();
+  own_->backward_pending_ = false;
   const parallel::TensorParallel& tp = options_.tensor_parallel;
   const Batch batch(tokens, nullptr, nullptr, 0.f, config_.padded_vocab_size, ctx_.device(), tp);
   const LlamaDims d = dims_for(batch.B, batch.T);
-  LlamaLayerEnv env = make_env(d);
-  std::vector<Tensor> xs;
+  LlamaLayerEnv env = make_env(d, arena);
+  const DType dt = options_.param_dtype;
+  std::vector<Tensor> xs{arena.alloc({d.residual_rows(), d.C}, dt)};
+  if (tp.active())
+    parallel::vocab_parallel_embedding_forward(ctx_, tp, xs[0], batch.routed, embedding_->value, arena);
+  else
+    ops::embedding_forward(ctx_, xs[0], batch.tokens, embedding_->value);
   std::vector<LlamaLayerActivations> acts;
-  Tensor final_rstd;
-  const Tensor hidden = forward_hidden(env, batch, xs, acts, final_rstd, false);
-  const Tensor h_all = parallel::enter_tp_region(tp, hidden, arena_);
-  Tensor logits = arena_.alloc({d.N(), d.V}, options_.param_dtype);
+  forward_layers(env, xs, acts, false);
+  Tensor hidden = arena.alloc({d.residual_rows(), d.C}, dt);
+  Tensor final_rstd = arena.alloc({d.residual_rows()}, DType::F32);
+  ops::rmsnorm_forward(ctx_, hidden, final_rstd, xs.back(), final_norm_->value, env.norm_eps);
+  const Tensor h_all = parallel::enter_tp_region(tp, hidden, arena);
+  Tensor logits = arena.alloc({d.N(), d.V}, options_.param_dtype);
   ops::linear_forward(ctx_, logits, h_all, output_weight().value);
   const int64_t V = config_.padded_vocab_size;
   if (!tp.active()) return Tensor::from_floats(logits.to_float_vector(), {d.B, d.T, V});

@@ -18,8 +18,19 @@
 // name (NamedTensor::shard says which), initialised to exactly its slice of the
 // single-rank init, and forward_backward on the same micro-batch gives every tp rank the
 // loss of the whole model. Leaving it unset is the single-rank model, unchanged.
+//
+// Pipeline parallel: LlamaOptions::stage makes the model hold only a slice of the layers
+// (and the embedding on the first stage, final norm + output layer + loss on the last).
+// Parameters keep their GLOBAL names (decoder.layers.{global index}...), so init and
+// checkpoints do not depend on the layout. stage_forward / stage_backward run one
+// micro-batch through the slice with the activations in a caller-owned StageState, so that
+// several micro-batches can be in flight at once (train/pipelined_model.h drives them by a
+// schedule). With tied embeddings the last stage holds its own copy of
+// embedding.word_embeddings.weight, initialised identically; the pipeline engine sums the
+// two copies' grads (Megatron's embedding group), so they stay equal.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -37,6 +48,15 @@ namespace primus {
 // "none"/""/"null" -> None, "selective", "full"; anything else throws naming the choices.
 Recompute parse_recompute_granularity(std::string_view value);
 
+// The slice of the model one pipeline stage (one model chunk) holds. The default is the
+// whole model.
+struct PipelineStage {
+  int64_t first_layer = 0;   // global index of the first decoder layer held
+  int64_t num_layers = -1;   // layers held; -1: every layer from first_layer on
+  bool pre_process = true;   // holds the embedding (the first virtual stage)
+  bool post_process = true;  // holds final norm, output layer and computes the loss (the last)
+};
+
 struct LlamaOptions {
   DType param_dtype = DType::F32;  // fp32 on CPU; bf16 on CUDA
   uint64_t seed = 1234;
@@ -49,6 +69,14 @@ struct LlamaOptions {
   // Tensor parallel group and sequence parallel (default: one rank). The group must live
   // on the context's device and outlive the model.
   parallel::TensorParallel tensor_parallel{};
+  // Pipeline parallel: which layers (and ends) this model holds. Default: all of it.
+  PipelineStage stage{};
+  // Called once per parameter and backward, as soon as that parameter's gradient
+  // contribution of the current micro-batch is complete (each layer's 6 parameters after
+  // the layer's backward; final norm, output layer (and a last stage's tied embedding
+  // copy) right after the classifier's backward; the embedding at the end). Empty: not
+  // called. For overlapping the data-parallel gradient reduction with backward.
+  std::function<void(NamedTensor&)> grad_ready;
 };
 
 class LlamaModel {
@@ -63,7 +91,9 @@ class LlamaModel {
 
   // Stable order: embedding, then per layer input_layernorm, linear_qkv, linear_proj,
   // pre_mlp_layernorm, linear_fc1, linear_fc2, then final_layernorm, output_layer (untied).
-  // Under tensor parallel each value is this rank's shard (see NamedTensor::shard).
+  // Under tensor parallel each value is this rank's shard (see NamedTensor::shard). A
+  // pipeline stage lists only what it holds, in the same order (a last stage's copy of the
+  // tied embedding comes last, where the output layer would be).
   std::vector<NamedTensor*> parameters();
   NamedTensor& parameter(const std::string& name);  // throws with "did you mean"
   int64_t num_parameters() const;  // elements held by this rank (the whole model at tp 1)
@@ -82,6 +112,62 @@ class LlamaModel {
     double loss_sum = 0;    // sum over tokens of loss_mask * cross-entropy
     double num_tokens = 0;  // sum of loss_mask
   };
+
+ private:
+  struct Batch;  // host-side preparation of one micro-batch
+
+ public:
+  // The activations of ONE micro-batch in flight through this stage: its own arena (reset
+  // by each stage_forward), the layer inputs and kept activations, and on the last stage
+  // d hidden (computed with the loss) and the loss. Owned by the caller; a state may be
+  // reused for another micro-batch once its backward ran (or after a forward without
+  // backward). Must not outlive the model that filled it.
+  class StageState {
+   public:
+    explicit StageState(Device device);
+    ~StageState();
+    StageState(const StageState&) = delete;
+    StageState& operator=(const StageState&) = delete;
+    // The loss of the micro-batch (post_process stages; zeros elsewhere).
+    const StepResult& result() const { return result_; }
+    size_t activation_bytes_high_water() const { return arena_.high_water_bytes(); }
+
+   private:
+    friend class LlamaModel;
+    Arena arena_;
+    std::unique_ptr<Batch> batch_;
+    LlamaDims dims_;
+    std::vector<Tensor> xs_;                    // layer inputs, then the last layer's output
+    std::vector<LlamaLayerActivations> acts_;   // per held layer
+    Tensor final_rstd_, dhidden_;               // post_process: final norm stats, d normed hidden
+    StepResult result_;
+    bool backward_pending_ = false;             // forward kept activations for a backward
+  };
+
+  const PipelineStage& stage() const { return options_.stage; }
+  bool pre_process() const { return options_.stage.pre_process; }
+  bool post_process() const { return options_.stage.post_process; }
+  // Shape of the hidden state a stage receives / sends for a micro-batch of `tokens` (B,T):
+  // (R, C) with R = this rank's residual rows (B*T, or B*T/tp under sequence parallel),
+  // dtype options().param_dtype, on the context's device.
+  Shape stage_hidden_shape(const Tensor& tokens) const;
+
+  // Forward of one micro-batch through this stage. tokens (B,T) int32 always (its shape
+  // sets the dims; the ids are read on pre_process stages); labels and loss_mask on
+  // post_process stages (as forward_backward); input_hidden (R,C) on the others (copied).
+  // for_backward = false keeps no activations (evaluation). Returns the output hidden (R,C)
+  // to send to the next stage, living in state's arena until the state's next
+  // stage_forward; on post_process stages returns an empty Tensor and the loss is in
+  // state.result() (with for_backward, the output layer's grad is accumulated here and d
+  // hidden kept for stage_backward, as forward_backward does).
+  Tensor stage_forward(StageState& state, const Tensor& tokens, const Tensor* labels, const Tensor* loss_mask,
+                       const Tensor* input_hidden, float loss_weight, bool for_backward = true);
+  // Backward of the micro-batch whose forward filled `state`. d_output (R,C): d loss / d
+  // output hidden, from the next stage (null on post_process stages). Accumulates grads
+  // (calling grad_ready) and returns d loss / d input hidden (R,C) to send to the previous
+  // stage, in state's arena; empty on pre_process stages.
+  Tensor stage_backward(StageState& state, const Tensor* d_output);
+
   // Forward + backward of one micro-batch. tokens, labels (B,T) int32; loss_mask (B,T)
   // fp32 (any device; a negative label is ignored like mask 0). Every parameter's grad
   // ACCUMULATES d(loss_weight * sum_i mask_i * loss_i) / d param; e.g. loss_weight =
@@ -94,23 +180,29 @@ class LlamaModel {
   Tensor logits(const Tensor& tokens);
 
   // Activation memory of the last step (arena high-water mark), for memory reports.
-  size_t activation_bytes_high_water() const { return arena_.high_water_bytes(); }
+  size_t activation_bytes_high_water() const { return own_->activation_bytes_high_water(); }
 
  private:
-  struct Batch;  // host-side preparation of one micro-batch
   LlamaDims dims_for(int64_t B, int64_t T) const;
-  LlamaLayerEnv make_env(const LlamaDims& d);
+  LlamaLayerEnv make_env(const LlamaDims& d, Arena& arena);
+  // Recompute mode of the i-th layer this model holds (Megatron's `block` method counts
+  // recompute_num_layers per pipeline stage).
   Recompute layer_mode(int64_t layer) const;
-  // Embedding + layers + final norm. Returns the final normalised hidden (R,C) (R =
-  // residual rows: N, or N/tp under sequence parallel); fills xs (layer inputs, plus the
-  // last layer's output) and acts; keep_acts = false keeps nothing for backward
-  // (forward_only / logits).
-  Tensor forward_hidden(LlamaLayerEnv& env, const Batch& batch, std::vector<Tensor>& xs,
-                        std::vector<LlamaLayerActivations>& acts, Tensor& final_rstd, bool keep_acts);
+  void require_whole_model(const char* what) const;
+  // Layer inputs -> final hidden: xs[0] (the embedding output or the received hidden) must
+  // be set; runs the held layers into xs[1..] and acts. keep_acts = false keeps nothing for
+  // backward (forward_only / logits). Returns the last layer's output (R,C) (R = residual
+  // rows: N, or N/tp under sequence parallel).
+  void forward_layers(LlamaLayerEnv& env, std::vector<Tensor>& xs, std::vector<LlamaLayerActivations>& acts,
+                      bool keep_acts);
   // Output layer + cross-entropy into losses (N), chunk by chunk; with dhidden (R,C) also
   // their backward (output-layer grad accumulated, dhidden written).
-  void classifier(const Batch& batch, const LlamaDims& d, const Tensor& hidden, Tensor& losses, Tensor* dhidden);
+  void classifier(const Batch& batch, const LlamaDims& d, const Tensor& hidden, Tensor& losses, Tensor* dhidden,
+                  Arena& arena);
   NamedTensor& output_weight();
+  void grad_ready(NamedTensor* p) const {
+    if (options_.grad_ready && p != nullptr) options_.grad_ready(*p);
+  }
 
   ModelConfig config_;
   ops::Context& ctx_;
@@ -119,10 +211,10 @@ class LlamaModel {
   NamedTensor* embedding_ = nullptr;
   NamedTensor* final_norm_ = nullptr;
   NamedTensor* output_ = nullptr;  // null when tied to the embedding
-  std::vector<LlamaLayer> layers_;
+  std::vector<LlamaLayer> layers_;  // the held layers, layers_[i] is global layer first_layer + i
   std::vector<float> inv_freq_;
   Tensor rope_cos_, rope_sin_;  // cached for the last sequence length
-  Arena arena_;
+  std::unique_ptr<StageState> own_;  // forward_backward / forward_only / logits
 };
 
 }  // namespace primus

@@ -74,6 +74,7 @@ struct LlamaLayerEnv {
 class LlamaLayer {
  public:
   explicit LlamaLayer(LlamaLayerParams params) : p_(params) {}
+  const LlamaLayerParams& params() const { return p_; }
 
   // x_out (R,C) = layer(x) (x taken by value: it may be acts.x, which is reset). Activations per `keep` (Full: only acts.x) are allocated in
   // env.arena and stay there; temporaries are released before returning. x_out must be

@@ -1,0 +1,67 @@
+// Pipeline-parallel schedules: which forward and backward passes a pipeline rank runs, in
+// which order. Pure functions of the layout; no model, no communication (the engine that
+// runs them is train/pipelined_model.h).
+//
+// Terms. P pipeline ranks, M micro-batches per optimizer step, v model chunks per rank
+// (virtual pipeline stages; v = 1 is the plain pipeline). Model chunk c on pipeline rank r
+// is virtual stage s = c * P + r: the model's layers are cut into P * v consecutive
+// slices, and slice s runs on rank s % P. Activations flow s -> s + 1 (rank r -> r + 1, and
+// from the last rank back to rank 0 for the next chunk); gradients flow back.
+//
+// 1F1B (v = 1, PipeDream-flush as Megatron runs it): rank r first runs
+// min(P - r - 1, M) warm-up forwards, then alternates one forward and one backward, then
+// runs the remaining backwards. At most P - r micro-batches have activations alive on rank
+// r at any time, whatever M is.
+//
+// Interleaved 1F1B (v > 1, Megatron's schedule): forwards are taken in groups of P
+// micro-batches per chunk: the k-th forward on every rank is chunk (k / P) % v of
+// micro-batch (k / (P v)) * P + k % P; backwards walk the same order with the chunks
+// reversed (chunk v - 1 - (k / P) % v). Rank r warms up with (P - r - 1) * 2 + (v - 1) * P
+// forwards (at most M v), then alternates, then drains. Requires M % P == 0 (as Megatron).
+//
+// Every rank runs each (micro-batch, chunk) forward and backward exactly once, in an order
+// in which all ranks together neither deadlock (receives block, sends do not) nor receive
+// a message out of order on a channel, when forward activations and backward gradients
+// travel on two separate communicators (tests/unit/test_pipeline_schedule.cpp simulates it).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace primus::parallel {
+
+enum class PipelineOp : uint8_t { Forward, Backward };
+
+struct PipelineAction {
+  PipelineOp op = PipelineOp::Forward;
+  int micro_batch = 0;
+  int chunk = 0;  // model chunk on this rank (0 .. v-1)
+  bool operator==(const PipelineAction&) const = default;
+};
+
+// "F3c1" / "B0c0", for messages and test output.
+std::string to_string(const PipelineAction& a);
+
+// The training schedule of pipeline rank `pp_rank`: 1F1B when virtual_chunks == 1, else
+// the interleaved schedule. Throws primus::Error naming the bad value (sizes < 1, rank out
+// of range, interleaving with pp_size 1, M not divisible by P when interleaved).
+std::vector<PipelineAction> pipeline_schedule(int pp_size, int pp_rank, int num_micro_batches, int virtual_chunks);
+
+// Evaluation (forwards only): micro-batch by micro-batch, each through the chunks in order.
+std::vector<PipelineAction> forward_only_schedule(int pp_size, int pp_rank, int num_micro_batches,
+                                                  int virtual_chunks);
+
+// Virtual stage of chunk `chunk` on rank `pp_rank`, and its inverse.
+inline int virtual_stage(int pp_size, int pp_rank, int chunk) { return chunk * pp_size + pp_rank; }
+inline int rank_of_virtual_stage(int pp_size, int stage) { return stage % pp_size; }
+
+// Layers of virtual stage `stage` out of `num_stages` (= P v): [first, first + count),
+// first = stage * L / num_stages (Megatron's even split). Throws naming num_layers when L
+// does not divide by num_stages.
+struct LayerRange {
+  int64_t first = 0, count = 0;
+};
+LayerRange pipeline_layer_range(int64_t num_layers, int num_stages, int stage);
+
+}  // namespace primus::parallel

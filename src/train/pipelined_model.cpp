@@ -1,0 +1,204 @@
+#include "train/pipelined_model.h"
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+#include "parallel/pipeline_schedule.h"
+
+namespace primus::train {
+
+namespace {
+const char* const kEmbeddingName = "embedding.word_embeddings.weight";
+}
+
+void PipelinedModel::Slot::wait_sends() {
+  for (auto& h : sends) h->wait();
+  sends.clear();
+}
+
+PipelinedModel::PipelinedModel(const ModelConfig& config, ops::Context& ctx, const LlamaOptions& options,
+                               const PipelineOptions& pipeline)
+    : ctx_(ctx), v_(pipeline.virtual_stages) {
+  if (pipeline.pp != nullptr && pipeline.pp->size() > 1) {
+    pp_ = pipeline.pp;
+    pp_size_ = pp_->size();
+    pp_rank_ = pp_->rank();
+    PRIMUS_CHECK(pp_->device() == ctx.device(),
+                 "PipelinedModel: the pp group '{}' works on {} tensors but the model runs on {}", pp_->name(),
+                 device_name(pp_->device()), device_name(ctx.device()));
+  }
+  PRIMUS_CHECK(v_ >= 1, "PipelineOptions.virtual_stages = {} must be >= 1", v_);
+  PRIMUS_CHECK(v_ == 1 || pp_size_ > 1,
+               "PipelineOptions.virtual_stages = {}: virtual pipeline stages (num_layers_per_virtual_pipeline_stage) "
+               "need pipeline_model_parallel_size > 1", v_);
+  if (pp_size_ == 1) {
+    LlamaOptions o = options;
+    o.stage = PipelineStage{};
+    chunks_.push_back(std::make_unique<LlamaModel>(config, ctx, o));
+    return;
+  }
+  const int S = pp_size_ * v_;
+  for (int c = 0; c < v_; ++c) {
+    const int s = parallel::virtual_stage(pp_size_, pp_rank_, c);
+    const parallel::LayerRange layers = parallel::pipeline_layer_range(config.num_layers, S, s);
+    LlamaOptions o = options;
+    o.stage = PipelineStage{layers.first, layers.count, s == 0, s == S - 1};
+    chunks_.push_back(std::make_unique<LlamaModel>(config, ctx, o));
+  }
+  // Collective, in the same order on every pp rank.
+  activations_ = pp_->split(0, pp_rank_, pp_->name() + "_activations");
+  gradients_ = pp_->split(0, pp_rank_, pp_->name() + "_gradients");
+  const bool ends = pp_rank_ == 0 || pp_rank_ == pp_size_ - 1;
+  std::unique_ptr<parallel::Communicator> emb =
+      pp_->split(ends ? 0 : -1, pp_rank_, pp_->name() + "_embedding");
+  if (!config.untie_embeddings_and_output_weights) embedding_group_ = std::move(emb);
+}
+
+PipelinedModel::~PipelinedModel() {
+  for (auto& s : slots_) s->wait_sends();
+}
+
+std::vector<NamedTensor*> PipelinedModel::parameters() {
+  std::vector<NamedTensor*> out;
+  for (auto& c : chunks_)
+    for (NamedTensor* p : c->parameters()) out.push_back(p);
+  return out;
+}
+
+int64_t PipelinedModel::num_parameters() const {
+  int64_t n = 0;
+  for (const auto& c : chunks_) n += c->num_parameters();
+  return n;
+}
+
+void PipelinedModel::zero_grads() {
+  for (auto& c : chunks_) c->zero_grads();
+}
+
+void PipelinedModel::reduce_sequence_parallel_grads() {
+  for (auto& c : chunks_) c->reduce_sequence_parallel_grads();
+}
+
+std::vector<NamedTensor*> PipelinedModel::tied_embedding_copies() {
+  std::vector<NamedTensor*> out;
+  if (embedding_group_ == nullptr || pp_rank_ != pp_size_ - 1) return out;
+  out.push_back(&chunks_.back()->parameter(kEmbeddingName));
+  return out;
+}
+
+void PipelinedModel::finish_grads() {
+  if (embedding_group_ == nullptr) return;
+  LlamaModel& holder = pp_rank_ == 0 ? *chunks_.front() : *chunks_.back();
+  embedding_group_->all_reduce(holder.parameter(kEmbeddingName).grad, parallel::ReduceOp::Sum);
+}
+
+size_t PipelinedModel::activation_bytes_high_water() const {
+  size_t n = 0;
+  for (const auto& c : chunks_) n += c->activation_bytes_high_water();
+  for (const auto& s : slots_) n += s->state->activation_bytes_high_water();
+  return n;
+}
+
+PipelinedModel::Slot* PipelinedModel::acquire() {
+  if (free_slots_.empty()) {
+    slots_.push_back(std::make_unique<Slot>());
+    slots_.back()->state = std::make_unique<LlamaModel::StageState>(ctx_.device());
+    return slots_.back().get();
+  }
+  Slot* s = free_slots_.back();
+  free_slots_.pop_back();
+  s->wait_sends();  // its arena is about to be overwritten
+  return s;
+}
+
+Tensor& PipelinedModel::recv_buffer(Tensor& buf, const Shape& shape) {
+  const DType dt = chunks_.front()->options().param_dtype;
+  if (!buf.defined() || buf.shape() != shape) buf = Tensor::empty(shape, dt, ctx_.device());
+  return buf;
+}
+
+LlamaModel::StepResult PipelinedModel::forward_backward(const std::vector<data::Batch>& micro_batches,
+                                                        float loss_weight) {
+  if (pp_size_ == 1) {
+    LlamaModel::StepResult sum;
+    for (const data::Batch& b : micro_batches) {
+      const LlamaModel::StepResult r = chunks_[0]->forward_backward(b.tokens, b.labels, b.loss_mask, loss_weight);
+      sum.loss_sum += r.loss_sum;
+      sum.num_tokens += r.num_tokens;
+    }
+    return sum;
+  }
+  return run(micro_batches, true, loss_weight);
+}
+
+LlamaModel::StepResult PipelinedModel::forward_only(const std::vector<data::Batch>& micro_batches) {
+  if (pp_size_ == 1) {
+    LlamaModel::StepResult sum;
+    for (const data::Batch& b : micro_batches) {
+      const LlamaModel::StepResult r = chunks_[0]->forward_only(b.tokens, b.labels, b.loss_mask);
+      sum.loss_sum += r.loss_sum;
+      sum.num_tokens += r.num_tokens;
+    }
+    return sum;
+  }
+  return run(micro_batches, false, 0.f);
+}
+
+LlamaModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs, bool train, float loss_weight) {
+  const int P = pp_size_, r = pp_rank_, S = P * v_;
+  const int M = static_cast<int>(mbs.size());
+  PRIMUS_CHECK(M >= 1, "PipelinedModel: no micro-batches to run");
+  const std::vector<parallel::PipelineAction> actions =
+      train ? parallel::pipeline_schedule(P, r, M, v_) : parallel::forward_only_schedule(P, r, M, v_);
+  std::map<std::pair<int, int>, Slot*> live;  // (micro-batch, chunk) -> its slot, between forward and backward
+  LlamaModel::StepResult sum;
+  for (const parallel::PipelineAction& a : actions) {
+    const int s = parallel::virtual_stage(P, r, a.chunk);
+    const int prev = parallel::rank_of_virtual_stage(P, (s + S - 1) % S);
+    const int next = parallel::rank_of_virtual_stage(P, (s + 1) % S);
+    LlamaModel& model = *chunks_[static_cast<size_t>(a.chunk)];
+    const data::Batch& b = mbs[static_cast<size_t>(a.micro_batch)];
+    const Shape hidden = model.stage_hidden_shape(b.tokens);
+    if (a.op == parallel::PipelineOp::Forward) {
+      Slot* slot = acquire();
+      Tensor* input = nullptr;
+      if (s > 0) {
+        input = &recv_buffer(recv_activation_, hidden);
+        activations_->recv(*input, prev);
+      }
+      const Tensor out = model.stage_forward(*slot->state, b.tokens, &b.labels, &b.loss_mask, input, loss_weight, train);
+      if (s == S - 1) {
+        sum.loss_sum += slot->state->result().loss_sum;
+        sum.num_tokens += slot->state->result().num_tokens;
+      } else {
+        slot->sends.push_back(activations_->send_async(out, next));
+      }
+      if (train)
+        live[{a.micro_batch, a.chunk}] = slot;
+      else
+        release(slot);
+    } else {
+      auto it = live.find({a.micro_batch, a.chunk});
+      PRIMUS_CHECK(it != live.end(), "PipelinedModel: schedule runs backward {} before its forward",
+                   parallel::to_string(a));
+      Slot* slot = it->second;
+      live.erase(it);
+      Tensor* d_output = nullptr;
+      if (s < S - 1) {
+        d_output = &recv_buffer(recv_gradient_, hidden);
+        gradients_->recv(*d_output, next);
+      }
+      const Tensor d_input = model.stage_backward(*slot->state, d_output);
+      if (s > 0) slot->sends.push_back(gradients_->send_async(d_input, prev));
+      release(slot);
+    }
+  }
+  for (auto& s : slots_) s->wait_sends();
+  // The loss lives on the last stage; every pp rank reports it.
+  const bool last = r == P - 1;
+  sum.loss_sum = pp_->all_reduce_value(last ? sum.loss_sum : 0.0);
+  sum.num_tokens = pp_->all_reduce_value(last ? sum.num_tokens : 0.0);
+  return sum;
+}
+
+}  // namespace primus::train

@@ -1,0 +1,115 @@
+// PipelinedModel: the one model object the training loop calls, for any pipeline size.
+//
+// Pipeline parallel (pp > 1) cuts the Llama model into P * v virtual stages of
+// num_layers / (P v) consecutive layers each (Megatron's even split; v = virtual_stages,
+// the model chunks per rank). Virtual stage s = c * P + r is model chunk c on pipeline rank
+// r, a LlamaModel built with LlamaOptions::stage = its layers (+ the embedding on s = 0,
+// final norm + output layer + loss on s = P v - 1). Parameters keep their global names.
+//
+// forward_backward runs all micro-batches of one optimizer step by the schedule of
+// parallel/pipeline_schedule.h (1F1B, or interleaved 1F1B when v > 1): each forward
+// receives its input hidden (R,C) from the previous virtual stage's rank, each backward its
+// output gradient from the next one; results are sent asynchronously (their buffers live
+// in the micro-batch's StageState until it is reused). Activations travel on one
+// communicator split from the pp group and gradients on another, so that the messages of
+// each kind between two ranks arrive in the order they were sent (communicators carry no
+// tags). Every pp rank passes the SAME list of micro-batches (the first stage reads the
+// tokens, the last the labels and mask; every stage their shape).
+//
+// Memory: 1F1B keeps at most P - r micro-batches' activations alive on rank r (the
+// interleaved schedule up to (P - r - 1) * 2 + (v - 1) * P + 1 chunk-micro-batches), each in
+// its own arena that is reused for later micro-batches.
+//
+// Tied embeddings (untie_embeddings_and_output_weights false) with pp > 1: the last stage
+// holds a copy of embedding.word_embeddings.weight (same name, same init); finish_grads()
+// sums the two copies' grads over the first and last pp rank (Megatron's embedding group),
+// so the optimizer moves both identically. tied_embedding_copies() lists the copy: leave
+// it out of the global grad norm and of checkpoints (gather_named_tensors_to_root drops it).
+//
+// pp == 1 (PipelineOptions::pp null or of size 1) is exactly the plain loop
+//   for each micro-batch: LlamaModel::forward_backward(tokens, labels, loss_mask, loss_weight)
+// on one whole model, bit for bit.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <vector>
+
+#include "data/data_config.h"
+#include "model/llama.h"
+#include "parallel/communicator.h"
+
+namespace primus::train {
+
+struct PipelineOptions {
+  parallel::Communicator* pp = nullptr;  // the pp group (ProcessGroups::pp()); null or size 1: no pipeline
+  int virtual_stages = 1;                // model chunks per pp rank (interleaved schedule when > 1)
+};
+
+class PipelinedModel {
+ public:
+  // Collective over the pp group (splits two p2p communicators and the embedding group from
+  // it). Throws naming num_layers when it does not split over pp * virtual_stages stages.
+  // `options.stage` is set here per chunk; everything else (tensor parallel, recompute,
+  // grad_ready, ...) applies to every chunk. `ctx` and the pp group must outlive the model.
+  PipelinedModel(const ModelConfig& config, ops::Context& ctx, const LlamaOptions& options,
+                 const PipelineOptions& pipeline);
+  ~PipelinedModel();
+
+  // This rank's parameters over its chunks, chunk 0 first, each in forward order, with
+  // global names.
+  std::vector<NamedTensor*> parameters();
+  int64_t num_parameters() const;
+  void zero_grads();
+
+  // One optimizer step's forward + backward over all micro-batches (the same list on every
+  // pp rank), by the schedule. Grads accumulate as LlamaModel::forward_backward's do.
+  // Returns the sums over the micro-batches, the same on EVERY pp rank (the last stage's
+  // loss is all-reduced over pp).
+  LlamaModel::StepResult forward_backward(const std::vector<data::Batch>& micro_batches, float loss_weight);
+  LlamaModel::StepResult forward_only(const std::vector<data::Batch>& micro_batches);
+
+  // Sequence parallel: all-reduce the norm weights' partial grads over tp, every chunk.
+  void reduce_sequence_parallel_grads();
+  // Tied embeddings with pp > 1: grad of embedding.word_embeddings.weight summed between
+  // the first and the last pp rank. No-op otherwise. Once per step, after the last backward.
+  void finish_grads();
+  // Parameters that duplicate one held by another pp rank (the last stage's tied embedding
+  // copy); empty otherwise.
+  std::vector<NamedTensor*> tied_embedding_copies();
+
+  // Activation memory: the high-water marks of every micro-batch state's arena, summed
+  // (they are alive together), plus the chunks' own.
+  size_t activation_bytes_high_water() const;
+  const std::vector<std::unique_ptr<LlamaModel>>& chunks() { return chunks_; }
+
+  int pp_size() const { return pp_size_; }
+  int pp_rank() const { return pp_rank_; }
+  int virtual_stages() const { return v_; }
+  bool holds_first_stage() const { return pp_rank_ == 0; }
+  bool holds_last_stage() const { return pp_rank_ == pp_size_ - 1; }
+
+ private:
+  // A micro-batch in flight through one chunk: its activations, and the sends that still
+  // read from its arena.
+  struct Slot {
+    std::unique_ptr<LlamaModel::StageState> state;
+    std::vector<parallel::CommHandle> sends;
+    void wait_sends();
+  };
+  Slot* acquire();  // a free slot (its earlier sends waited for), or a new one
+  void release(Slot* slot) { free_slots_.push_back(slot); }
+  LlamaModel::StepResult run(const std::vector<data::Batch>& micro_batches, bool train, float loss_weight);
+  Tensor& recv_buffer(Tensor& buf, const Shape& shape);
+
+  ops::Context& ctx_;
+  int pp_size_ = 1, pp_rank_ = 0, v_ = 1;
+  parallel::Communicator* pp_ = nullptr;
+  std::unique_ptr<parallel::Communicator> activations_, gradients_, embedding_group_;
+  std::vector<std::unique_ptr<LlamaModel>> chunks_;
+  std::vector<std::unique_ptr<Slot>> slots_;
+  std::vector<Slot*> free_slots_;
+  Tensor recv_activation_, recv_gradient_;
+};
+
+}  // namespace primus::train
