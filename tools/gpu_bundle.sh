@@ -81,6 +81,9 @@ du -sh "$BUNDLE"/{bin,lib,py,data}
 mkdir -p "$ROOT/gpu_bundle"
 rm -rf "$ROOT/gpu_bundle"/*
 tar -C "$BUNDLE" -cf - bin lib py data | xz -9 -T"$JOBS" >"$ROOT/gpu_bundle/primus_gpu.tar.xz"
+# The CPU fp32 loss curves computed here by tools/cpu_curve.sh travel beside the archive:
+# tools/gpu_train_check.sh ITERS uses gpu_bundle/cpu_curve_ITERS.json and trains only the CUDA side.
+for f in "$ROOT"/output/cpu_curve_*.json; do if [[ -f $f ]]; then cp "$f" "$ROOT/gpu_bundle/"; fi; done
 total=$(stat -c %s "$ROOT/gpu_bundle/primus_gpu.tar.xz")
 echo "gpu_bundle/primus_gpu.tar.xz: $((total / 1048576)) MiB (limit for the whole carried tree: 64 MiB)"
 if ((total > 48 * 1048576)); then
