@@ -150,6 +150,9 @@ LlamaModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs, 
   PRIMUS_CHECK(M >= 1, "PipelinedModel: no micro-batches to run");
   const std::vector<parallel::PipelineAction> actions =
       train ? parallel::pipeline_schedule(P, r, M, v_) : parallel::forward_only_schedule(P, r, M, v_);
+  // Every slot is free at the start of a step (also after a step that threw half-way).
+  free_slots_.clear();
+  for (auto& slot : slots_) free_slots_.push_back(slot.get());
   std::map<std::pair<int, int>, Slot*> live;  // (micro-batch, chunk) -> its slot, between forward and backward
   LlamaModel::StepResult sum;
   for (const parallel::PipelineAction& a : actions) {

@@ -38,6 +38,18 @@ if(MPI_C_FOUND)
       ENVIRONMENT "${PRIMUS_MPI_TEST_ENV};OPENBLAS_NUM_THREADS=1" TIMEOUT 300 PROCESSORS 2 RESOURCE_LOCK primus_mpi)
   endforeach()
 
+  # Pipeline parallel Llama (1F1B, interleaved; x TP/SP, x DP at np 4) vs the single-rank model.
+  add_executable(primus_pp_tests ${PRIMUS_PARALLEL_TEST_DIR}/test_pipeline_parallel.cpp)
+  target_link_libraries(primus_pp_tests PRIVATE primus_lib GTest::gtest)
+  set_target_properties(primus_pp_tests PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
+  foreach(np 2 4)
+    add_test(NAME parallel.pipeline_parallel_np${np}
+             COMMAND ${MPIEXEC_EXECUTABLE} -np ${np} --oversubscribe --bind-to none
+                     $<TARGET_FILE:primus_pp_tests>)
+    set_tests_properties(parallel.pipeline_parallel_np${np} PROPERTIES
+      ENVIRONMENT "${PRIMUS_MPI_TEST_ENV};OPENBLAS_NUM_THREADS=1" TIMEOUT 300 PROCESSORS 2 RESOURCE_LOCK primus_mpi)
+  endforeach()
+
   add_test(NAME parallel.rank_failures
            COMMAND bash ${PRIMUS_PARALLEL_TEST_DIR}/run_failure_tests.sh
                    $<TARGET_FILE:primus_mpi_failure_probe> ${MPIEXEC_EXECUTABLE})
