@@ -112,6 +112,7 @@ std::vector<OptionSpec> training_options() {
   t.flag("use_distributed_optimizer", false, "shard fp32 master weights and Adam states across data-parallel ranks");
   t.flag("overlap_grad_reduce", false, "overlap the gradient reduce with the backward pass");
   t.flag("overlap_param_gather", false, "overlap the parameter all-gather with the forward pass");
+  t.opt_integer("ddp_bucket_size", "elements per data-parallel gradient bucket (default 40M)");
   t.flag("gradient_accumulation_fusion", true, "accumulate weight gradients into fp32 main grads in the GEMM");
   t.integer("distributed_timeout_minutes", 10, "timeout of collective operations").positive();
 

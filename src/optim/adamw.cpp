@@ -47,6 +47,11 @@ double AdamW::grad_norm(float grad_scale) {
   return std::sqrt(ops::sum_of_squares(ctx_, grads())) * grad_scale;
 }
 
+void AdamW::reset_masters_from_params() {
+  for (Slot& s : slots_)
+    if (s.master.raw() != s.param->value.raw()) ops::copy_cast(ctx_, s.master, s.param->value);
+}
+
 int64_t AdamW::count_zero_grads() { return ops::count_zeros(ctx_, grads()); }
 
 AdamW::StepInfo AdamW::step(double lr, double weight_decay, float grad_scale) {

@@ -50,6 +50,9 @@ class AdamW {
   using GradSumOfSquares = std::function<double(ops::Context&, const std::vector<NamedTensor*>&)>;
   void set_grad_sum_of_squares(GradSumOfSquares fn) { grad_sum_of_squares_ = std::move(fn); }
   int64_t count_zero_grads();  // Megatron's `num zeros`
+  // Copies the params' current values into the fp32 masters (after weights were loaded into
+  // the model without optimizer state: finetune, no_load_optim). No-op for fp32 params.
+  void reset_masters_from_params();
   int64_t steps_taken() const { return steps_; }
   const AdamWConfig& config() const { return config_; }
 

@@ -67,6 +67,17 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
   o.context_parallel = static_cast<int>(cfg.i("context_parallel_size"));
   o.expert_parallel = static_cast<int>(cfg.i("expert_model_parallel_size"));
   o.sequence_parallel = cfg.b("sequence_parallel") && o.tensor_parallel > 1;
+  if (cfg.has("num_layers_per_virtual_pipeline_stage"))
+    o.num_layers_per_virtual_pipeline_stage = cfg.i("num_layers_per_virtual_pipeline_stage");
+  o.use_distributed_optimizer = cfg.b("use_distributed_optimizer");
+  o.overlap_grad_reduce = cfg.b("overlap_grad_reduce");
+  o.overlap_param_gather = cfg.b("overlap_param_gather");
+  if (cfg.has("ddp_bucket_size")) {
+    o.ddp_bucket_size = cfg.i("ddp_bucket_size");
+    if (o.ddp_bucket_size < 1)
+      throw Error(fmt::format("ddp_bucket_size = {} must be >= 1 (elements per gradient bucket; Megatron's "
+                              "default is 40000000)", o.ddp_bucket_size));
+  }
 
   // ---- batch and run length ----
   o.micro_batch_size = cfg.i("micro_batch_size");

@@ -49,6 +49,10 @@ struct TrainOptions {
   // Parallel layout (the loop runs data x tensor (+sequence) parallelism; pp/cp/ep must be 1).
   int tensor_parallel = 1, pipeline_parallel = 1, context_parallel = 1, expert_parallel = 1;
   bool sequence_parallel = false;
+  int64_t num_layers_per_virtual_pipeline_stage = 0;  // 0: no interleaving
+  // Data parallel (train/data_parallel_optimizer.h).
+  bool use_distributed_optimizer = false, overlap_grad_reduce = false, overlap_param_gather = false;
+  int64_t ddp_bucket_size = 40'000'000;  // elements per gradient bucket (Megatron's default)
 
   // Batch and run length. train_iters is always set (derived from train_samples when
   // the run is sample-based: ceil(train_samples / global_batch_size)).

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <limits>
 
@@ -21,6 +22,7 @@
 #include "parallel/tensor_parallel.h"
 #include "parallel/world.h"
 #include "train/checkpoint.h"
+#include "train/data_parallel_optimizer.h"
 #include "train/logging.h"
 #include "train/loss_scaler.h"
 #include "train/metrics.h"
@@ -104,7 +106,7 @@ class Run {
   data::DatasetSplits datasets_;
   std::unique_ptr<LlamaModel> model_;
   std::vector<NamedTensor*> params_;
-  std::unique_ptr<AdamW> optimizer_;
+  std::unique_ptr<DataParallelOptimizer> optimizer_;
   std::unique_ptr<LrSchedule> schedule_;
   LossScaler scaler_;
   int64_t num_micro_batches_ = 1;
@@ -165,9 +167,15 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   if (tp_size_ > 1) lo.tensor_parallel = {&groups_->tp(), o.sequence_parallel};
   model_ = std::make_unique<LlamaModel>(o.model, ctx_, lo);
   params_ = model_->parameters();
-  optimizer_ = std::make_unique<AdamW>(ctx_, params_, o.adam);
-  // Clipping must see the norm of the whole model, not of this rank's shards.
-  if (tp_size_ > 1) optimizer_->set_grad_sum_of_squares(parallel::grad_sum_of_squares_fn(lo.tensor_parallel));
+  // Gradients (and, with the distributed optimizer, weights) move into flat bucketed buffers;
+  // clipping sees the norm of the whole model, not of this rank's shards.
+  DataParallelOptions dpo;
+  dpo.overlap_grad_reduce = o.overlap_grad_reduce;
+  dpo.distributed_optimizer = o.use_distributed_optimizer;
+  dpo.bucket_size_bytes = o.ddp_bucket_size * static_cast<int64_t>(sizeof(float));
+  parallel::Communicator* model_parallel = groups_->mp().size() > 1 ? &groups_->mp() : nullptr;
+  optimizer_ = std::make_unique<DataParallelOptimizer>(ctx_, params_, *dp_, model_parallel, groups_->coords().tp,
+                                                       o.adam, dpo);
   schedule_ = std::make_unique<LrSchedule>(megatron_schedule(o.schedule));
 
   restore();
@@ -222,6 +230,9 @@ void Run::restore() {
   } else {
     parallel::load_full_tensors(ctx_, params_, reader.model_tensors());
   }
+  // The optimizer took its fp32 masters from the initial weights: make them the loaded ones
+  // (the optimizer state, when loaded below, restores the exact fp32 masters instead).
+  optimizer_->reset_masters_from_params();
   if (o_.finetune) {
     logger_.info("finetune: loaded the weights of {} (iteration {}); starting at iteration 0 with a fresh optimizer",
                  reader.path(), reader.iteration());
@@ -451,8 +462,23 @@ TrainResult Run::train() {
 
   int64_t bad_streak = 0;
   std::string stop_reason;
+  // PRIMUS_STEP_TIMING=1: synchronise after each phase of a step and log where the wall time
+  // went (profiling aid; the extra synchronisations cost a little throughput).
+  const char* timing_env = std::getenv("PRIMUS_STEP_TIMING");
+  const bool step_timing = timing_env != nullptr && *timing_env != '\0' && std::string(timing_env) != "0";
+  std::vector<std::pair<const char*, double>> phases;
+  Clock::time_point phase_start;
+  auto phase_done = [&](const char* name) {
+    if (!step_timing) return;
+    ctx_.synchronize();
+    const auto now = Clock::now();
+    phases.emplace_back(name, std::chrono::duration<double, std::milli>(now - phase_start).count());
+    phase_start = now;
+  };
   while (iteration_ < o_.train_iters) {
     const auto t0 = Clock::now();
+    phase_start = t0;
+    phases.clear();
     // ---- one iteration ----
     std::vector<data::Batch> batches;
     batches.reserve(static_cast<size_t>(num_micro_batches_));
@@ -465,18 +491,22 @@ TrainResult Run::train() {
     }
     const double global_tokens = dp_->all_reduce_value(local_tokens);
     const double scale = scaler_.scale();
-    model_->zero_grads();
+    phase_done("data");
+    optimizer_->zero_grads();
+    phase_done("zero grads");
     LossSums sums;
     {
       std::optional<Watchdog::Phase> phase;
       if (watchdog) phase.emplace(*watchdog, "forward-backward");
       sums = train_step(static_cast<float>(scale / std::max(1.0, global_tokens)), batches);
     }
-    if (dp_size_ > 1) {
+    phase_done("forward-backward");
+    {
       std::optional<Watchdog::Phase> phase;
-      if (watchdog) phase.emplace(*watchdog, "all-reduce grads");
-      for (NamedTensor* p : params_) dp_->all_reduce(p->grad, parallel::ReduceOp::Sum);
+      if (watchdog && dp_size_ > 1) phase.emplace(*watchdog, "reduce grads over data parallel");
+      optimizer_->reduce_grads();
     }
+    phase_done("grad reduce");
     const double loss = dp_->all_reduce_value(sums.loss) / std::max(1.0, global_tokens);
     const double lr = schedule_->lr(static_cast<double>(consumed_train_));
     const double wd = schedule_->weight_decay(static_cast<double>(consumed_train_));
@@ -488,6 +518,7 @@ TrainResult Run::train() {
       info.skipped = true;
       info.grad_norm = std::numeric_limits<double>::quiet_NaN();
     }
+    phase_done("optimizer");
     scaler_.update(info.skipped);
     // fp16 overflow with dynamic scaling is routine; anything else non-finite is a fault.
     const bool bad = !loss_finite || (info.skipped && !scaler_.dynamic());
@@ -498,6 +529,12 @@ TrainResult Run::train() {
     const int64_t tokens = o_.global_batch_size * o_.seq_length;
     tokens_consumed_ += tokens;
     if (o_.device == Device::CUDA) ctx_.synchronize();
+    if (step_timing) {
+      phase_done("rest");
+      std::string line;
+      for (const auto& [name, ms] : phases) line += fmt::format(" | {} {:.2f} ms", name, ms);
+      logger_.info("step timing, iteration {}: total {:.2f} ms{}", iteration_, seconds_since(t0) * 1e3, line);
+    }
     const bool log_now = iteration_ % o_.log_interval == 0 || iteration_ == o_.train_iters;
 
     IterationRecord rec;

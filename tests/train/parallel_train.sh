@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# `primus train` under mpirun on CPU ranks: parallel layouts give the single-rank losses,
-# and checkpoints move between layouts. All runs: a tiny Llama on mock data, 8 iterations.
-#   ref        1 rank
-#   dp2        2 ranks, data parallel                       == ref (1e-5 relative)
-#   tp2sp      2 ranks, tensor + sequence parallel; stops at iteration 4 (exit_interval, saves)
-#   tp2->tp1   1 rank resumes tp2sp's checkpoint, iterations 5..8  == ref
+# `primus train` under mpirun on CPU ranks: parallel layouts give the single-rank losses and
+# final weights, and checkpoints move between layouts. All runs: a tiny Llama on mock data,
+# 8 iterations; "== ref" means every loss and every final weight tensor within 1e-5 relative.
+#   ref          1 rank
+#   dp2          2 ranks, data parallel                                         == ref
+#   dp2_distopt  2 ranks, distributed optimizer, small buckets (many collectives) == ref
+#   dp2_overlap  2 ranks, overlap_grad_reduce, small buckets                     == ref
+#   dp2tp2       4 ranks, data x tensor parallel + distributed optimizer          == ref
+#   tp2sp        2 ranks, tensor + sequence parallel; stops at iteration 4 (exit_interval, saves)
+#   tp2->tp1     1 rank resumes tp2sp's checkpoint, iterations 5..8               == ref
+#   distopt->1   dp2 + distributed optimizer stops at 4; 1 rank, plain optimizer resumes == ref
 # Usage: parallel_train.sh PRIMUS_BINARY MPIEXEC
 set -euo pipefail
 PRIMUS=$1
@@ -29,14 +34,26 @@ run() {  # name np [--set ...]
   fi || { echo "run $name failed:"; tail -30 "$WORK/$name.log"; exit 1; }
   echo "run $name: ok"
 }
-run ref 1
-run dp2 2
+final() { echo --set save="$WORK/final_$1"; }  # every run that goes to iteration 8 saves its weights there
+# shellcheck disable=SC2046
+{
+run ref 1 $(final ref)
+run dp2 2 $(final dp2)
+run dp2_distopt 2 --set use_distributed_optimizer=true --set ddp_bucket_size=3000 $(final dp2_distopt)
+run dp2_overlap 2 --set overlap_grad_reduce=true --set ddp_bucket_size=3000 $(final dp2_overlap)
+run dp2tp2 4 --set tensor_model_parallel_size=2 --set use_distributed_optimizer=true --set ddp_bucket_size=3000 \
+  $(final dp2tp2)
 run tp2sp 2 --set tensor_model_parallel_size=2 --set sequence_parallel=true --set save="$WORK/ckpt" --set exit_interval=4
-run tp1resume 1 --set load="$WORK/ckpt"
+run tp1resume 1 --set load="$WORK/ckpt" $(final tp1resume)
+run distopt_half 2 --set use_distributed_optimizer=true --set ddp_bucket_size=3000 --set save="$WORK/ckpt_do" \
+  --set exit_interval=4
+run distopt_resume 1 --set load="$WORK/ckpt_do" $(final distopt_resume)
+}
 
-/usr/bin/python3 - "$WORK/ws/test/ci" <<'PY'
-import json, sys
-root = sys.argv[1]
+/usr/bin/python3 - "$WORK/ws/test/ci" "$WORK" <<'PY'
+import json, struct, sys
+import numpy as np
+root, work = sys.argv[1], sys.argv[2]
 def losses(run):
     out = {}
     for line in open(f"{root}/{run}/tensorboard/metrics.jsonl"):
@@ -47,12 +64,40 @@ def losses(run):
 ref = losses("ref")
 assert sorted(ref) == list(range(1, 9)), ref
 worst = 0.0
-for run, its in (("dp2", range(1, 9)), ("tp2sp", range(1, 5)), ("tp1resume", range(5, 9))):
+runs = (("dp2", range(1, 9)), ("dp2_distopt", range(1, 9)), ("dp2_overlap", range(1, 9)), ("dp2tp2", range(1, 9)),
+        ("tp2sp", range(1, 5)), ("tp1resume", range(5, 9)), ("distopt_half", range(1, 5)),
+        ("distopt_resume", range(5, 9)))
+for run, its in runs:
     got = losses(run)
     assert sorted(got) == list(its), f"{run} logged iterations {sorted(got)}"
     for i in its:
         rel = abs(got[i] - ref[i]) / abs(ref[i])
         worst = max(worst, rel)
         assert rel < 1e-5, f"{run} iteration {i}: loss {got[i]!r} vs single rank {ref[i]!r} (rel {rel:.2e})"
-print(f"dp2, tp2+sp and tp2 -> tp1 resume match the single-rank losses (worst relative difference {worst:.2e})")
+print(f"{len(runs)} parallel runs match the single-rank losses (worst relative difference {worst:.2e})")
+
+def weights(run):  # model.safetensors of the iteration-8 checkpoint, read from the format
+    path = f"{work}/final_{run}/iter_0000008/model.safetensors"
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        assert meta["dtype"] == "F32", (path, name, meta["dtype"])
+        b, e = meta["data_offsets"]
+        out[name] = np.frombuffer(raw[8 + n + b:8 + n + e], dtype="<f4").reshape(meta["shape"])
+    return out
+ref_w = weights("ref")
+worst_w = 0.0
+for run in ("dp2", "dp2_distopt", "dp2_overlap", "dp2tp2", "tp1resume", "distopt_resume"):
+    got = weights(run)
+    assert sorted(got) == sorted(ref_w), f"{run}: tensors {sorted(set(got) ^ set(ref_w))} differ in name"
+    for name, r in ref_w.items():
+        assert got[name].shape == r.shape, f"{run} {name}: shape {got[name].shape} vs {r.shape}"
+        rel = float(np.linalg.norm(got[name] - r) / max(np.linalg.norm(r), 1e-30))
+        worst_w = max(worst_w, rel)
+        assert rel < 1e-5, f"{run} {name}: final weights differ from the single-rank run (rel {rel:.2e})"
+print(f"final weights match the single-rank run (worst relative difference {worst_w:.2e})")
 PY

@@ -1,0 +1,102 @@
+// DataParallelOptimizer: AdamW across data-parallel ranks, as Megatron's DDP + (distributed)
+// optimizer do it.
+//
+// It takes over the model's gradients: every NamedTensor::grad becomes a view into one flat
+// fp32 buffer cut into buckets (parallel::GradBuckets), so a bucket of many gradients is one
+// collective. Per optimizer step:
+//   zero_grads();  micro-batches' forward+backward accumulate into the views
+//                  (overlap_grad_reduce: grad_ready(p) on the last micro-batch starts a
+//                  bucket's reduction as soon as its last gradient is final);
+//   reduce_grads();  every bucket summed over the data-parallel group;
+//   step(lr, wd, grad_scale);
+//
+// Plain data parallel (use_distributed_optimizer false): buckets are all-reduced, and every
+// rank runs the same AdamW on every parameter (fp32 master + two moments per element).
+//
+// Distributed optimizer (use_distributed_optimizer true): the parameters' values also move
+// into one flat buffer with the same layout; buckets are reduce-scattered, so rank r holds
+// the summed gradient of its shard r of each bucket only, and AdamW runs over those pieces:
+// master weights and moments exist for 1/dp of the model per rank. After the update each
+// rank's shard of the new weights is all-gathered into every rank's parameter buffer.
+//
+// The global gradient norm (for clipping and the log) is the same number on every rank and
+// in every layout: each element is counted once (tensor-parallel replicated tensors on tp
+// rank 0 only, distributed-optimizer shards on their owner) and the sum is all-reduced over
+// the groups that hold different elements.
+//
+// state_tensors() / load_state_tensors() speak AdamW's per-parameter format
+// ("<param>.exp_avg", ".exp_avg_sq", ".master", "step") whatever the layout, so checkpoints
+// move between plain and distributed optimizers and between data-parallel sizes.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "model/named_tensor.h"
+#include "optim/adamw.h"
+#include "parallel/communicator.h"
+#include "parallel/distributed_optimizer_shards.h"
+#include "parallel/grad_buckets.h"
+
+namespace primus::train {
+
+struct DataParallelOptions {
+  bool overlap_grad_reduce = false;
+  bool distributed_optimizer = false;  // use_distributed_optimizer
+  int64_t bucket_size_bytes = 160'000'000;  // Megatron's ddp_bucket_size default: 40M fp32 elements
+};
+
+class DataParallelOptimizer {
+ public:
+  // `params` (this rank's tensors, forward order) must outlive the optimizer; so must `dp`
+  // and `model_parallel` (the group whose ranks hold different parts of the model: tp x pp;
+  // null when there is one). `tp_rank` decides who counts replicated tensors in the norm.
+  DataParallelOptimizer(ops::Context& ctx, std::vector<NamedTensor*> params, parallel::Communicator& dp,
+                        parallel::Communicator* model_parallel, int tp_rank, const AdamWConfig& adam,
+                        const DataParallelOptions& options);
+  ~DataParallelOptimizer();
+
+  const DataParallelOptions& options() const { return options_; }
+  void zero_grads();
+  // overlap_grad_reduce: `p`'s gradient is final for this step (call during the last
+  // micro-batch's backward, once per parameter). A no-op without overlap.
+  void grad_ready(const NamedTensor& p);
+  // Sums every gradient bucket over the data-parallel group (what is left of it with overlap).
+  void reduce_grads();
+  // Clipping, AdamW and (distributed optimizer) the all-gather of the new weights. A step
+  // with a non-finite norm changes nothing (AdamW::StepInfo::skipped).
+  AdamW::StepInfo step(double lr, double weight_decay, float grad_scale);
+  // The log's `num zeros`: zero gradient elements over the whole model.
+  int64_t count_zero_grads();
+  // Weights were loaded into the params: make the fp32 masters equal to them again.
+  void reset_masters_from_params();
+
+  NamedTensorList state_tensors();
+  void load_state_tensors(const NamedTensorList& state);
+  int64_t steps_taken() const { return adam_->steps_taken(); }
+  // Bytes of optimizer state (masters + moments) this rank holds.
+  int64_t state_bytes() const;
+
+ private:
+  double grad_sum_of_squares(const std::vector<NamedTensor*>& optimized);
+
+  ops::Context& ctx_;
+  std::vector<NamedTensor*> params_;
+  parallel::Communicator& dp_;
+  parallel::Communicator* model_parallel_;
+  int tp_rank_;
+  DataParallelOptions options_;
+  std::unique_ptr<parallel::GradBuckets> buckets_;
+  std::unordered_map<const NamedTensor*, size_t> layout_index_;  // param -> index in the flat layout
+  // Distributed optimizer only: the flat parameter buffer, this rank's shards and the
+  // NamedTensors AdamW sees (one per piece of a parameter in this rank's shards).
+  Tensor param_flat_;
+  std::unique_ptr<parallel::DistributedOptimizerShards> shards_;
+  std::vector<std::unique_ptr<NamedTensor>> pieces_;
+  std::vector<bool> piece_counted_;  // counted in the norm on this rank (tp replication)
+  std::unique_ptr<AdamW> adam_;
+};
+
+}  // namespace primus::train
