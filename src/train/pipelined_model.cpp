@@ -99,16 +99,24 @@ size_t PipelinedModel::activation_bytes_high_water() const {
   return n;
 }
 
+// A free slot whose sends have all completed; a new slot when there is none. Never waits:
+// a send completes only once its receiver posted the receive, and the receiver may itself
+// be waiting for this rank's next message (with MPI, any message above the eager limit),
+// so blocking here can deadlock the pipeline. The number of slots is bounded by the
+// micro-batch chunks in flight plus the messages not yet received.
 PipelinedModel::Slot* PipelinedModel::acquire() {
-  if (free_slots_.empty()) {
-    slots_.push_back(std::make_unique<Slot>());
-    slots_.back()->state = std::make_unique<LlamaModel::StageState>(ctx_.device());
-    return slots_.back().get();
+  for (size_t i = 0; i < free_slots_.size(); ++i) {
+    Slot* s = free_slots_[i];
+    bool done = true;
+    for (auto& h : s->sends) done = h->test() && done;
+    if (!done) continue;
+    s->wait_sends();  // all finished: releases the handles
+    free_slots_.erase(free_slots_.begin() + static_cast<std::ptrdiff_t>(i));
+    return s;
   }
-  Slot* s = free_slots_.back();
-  free_slots_.pop_back();
-  s->wait_sends();  // its arena is about to be overwritten
-  return s;
+  slots_.push_back(std::make_unique<Slot>());
+  slots_.back()->state = std::make_unique<LlamaModel::StageState>(ctx_.device());
+  return slots_.back().get();
 }
 
 Tensor& PipelinedModel::recv_buffer(Tensor& buf, const Shape& shape) {

@@ -10,7 +10,7 @@
 // parallel/pipeline_schedule.h (1F1B, or interleaved 1F1B when v > 1): each forward
 // receives its input hidden (R,C) from the previous virtual stage's rank, each backward its
 // output gradient from the next one; results are sent asynchronously (their buffers live
-// in the micro-batch's StageState until it is reused). Activations travel on one
+// in the micro-batch's StageState, which is not reused before they completed). Activations travel on one
 // communicator split from the pp group and gradients on another, so that the messages of
 // each kind between two ranks arrive in the order they were sent (communicators carry no
 // tags). Every pp rank passes the SAME list of micro-batches (the first stage reads the
@@ -97,7 +97,7 @@ class PipelinedModel {
     std::vector<parallel::CommHandle> sends;
     void wait_sends();
   };
-  Slot* acquire();  // a free slot (its earlier sends waited for), or a new one
+  Slot* acquire();  // a free slot whose sends completed, or a new one (never blocks)
   void release(Slot* slot) { free_slots_.push_back(slot); }
   LlamaModel::StepResult run(const std::vector<data::Batch>& micro_batches, bool train, float loss_weight);
   Tensor& recv_buffer(Tensor& buf, const Shape& shape);
