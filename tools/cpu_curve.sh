@@ -5,12 +5,13 @@
 # Trains llama_tiny on the Brown corpus with exactly the options of tools/train_check_args.sh,
 # device cpu, bf16 false, and writes
 #   OUTDIR/cpu_curve_STEPS.json   {"format": "primus-cpu-curve-v1", "steps", "losses": {"1": lm_loss, ...},
-#                                  "config_args", "device_args", "command", "binary", "git_commit",
-#                                  "sha256" of the data and tokenizer, "seconds", ...}
-#   OUTDIR/cpu_curve_STEPS.log    the training log
+#                                  "config_args", "device_args", "resolved_config" (every key the run
+#                                  resolved, from --dry-run, less the host paths), "command", "binary",
+#                                  "git_commit", "sha256" of the data and tokenizer, "seconds", ...}
+#   OUTDIR/cpu_curve_STEPS.log    the training log (and .dryrun.txt, the resolved configuration)
 # tools/gpu_bundle.sh copies output/cpu_curve_*.json next to the bundle archive; gpu_train_check.sh
-# then uses gpu_bundle/cpu_curve_STEPS.json, after checking that its config_args and the data's
-# sha256 match its own.
+# then uses gpu_bundle/cpu_curve_STEPS.json, after checking that its options, its resolved
+# configuration and the data's sha256 match its own.
 # Usage (any directory; the run happens in the repo root):
 #   tools/cpu_curve.sh [STEPS [OUTDIR [PRIMUS_BINARY]]]    (defaults 200, output/, build/bin/primus)
 # Data and tokenizer default to setup.sh's output/data/brown_llama3_text_document and the
@@ -38,6 +39,7 @@ train_check_device_args cpu
 TB=$OUTDIR/cpu_curve_${STEPS}_tb
 LOG=$OUTDIR/cpu_curve_${STEPS}.log
 JSON=$OUTDIR/cpu_curve_${STEPS}.json
+DRYRUN=$OUTDIR/cpu_curve_${STEPS}.dryrun.txt
 rm -rf "$TB"
 rm -f "$JSON"
 cmd=("$BIN" train "${TRAIN_CHECK_ARGS[@]}" "${TRAIN_CHECK_DEVICE_ARGS[@]}" --set tensorboard_dir="$TB")
@@ -54,11 +56,20 @@ if ((rc != 0)); then
   exit 1
 fi
 
-python3 - "$JSON" "$TB/metrics.jsonl" "$STEPS" "$seconds" "$BIN" "$DATA" "$TOKENIZER" \
+# The configuration the run resolved (configs/, schema defaults, overrides), for the GPU side to compare.
+if ! PRIMUS_EXP_NAME=cpu_curve_$STEPS "${cmd[@]}" --dry-run >"$DRYRUN" 2>&1; then
+  echo "cpu_curve.sh: primus train --dry-run failed; see $DRYRUN" >&2
+  exit 1
+fi
+
+python3 - "$JSON" "$DRYRUN" "$TB/metrics.jsonl" "$STEPS" "$seconds" "$BIN" "$DATA" "$TOKENIZER" \
   "$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)" \
   "$(git -C "$ROOT" status --porcelain --untracked-files=no -- src | wc -l)" \
   "${TRAIN_CHECK_CONFIG_ARGS[*]}" "${TRAIN_CHECK_DEVICE_ARGS[*]}" "${cmd[@]}" <<'PY'
 import hashlib, json, os, sys, time
+sys.path.insert(0, "tools")  # the working directory is the repo root
+import train_check_config
+dryrun = sys.argv.pop(2)
 (out, metrics, steps, seconds, binary, data, tokenizer, commit, dirty, config_args, device_args), cmd = \
     sys.argv[1:12], sys.argv[12:]
 steps, seconds = int(steps), int(seconds)
@@ -85,6 +96,7 @@ res = {
     # What the GPU side compares with its own run before it uses this curve.
     "config_args": config_args.split(" "),
     "device_args": device_args.split(" "),
+    "resolved_config": train_check_config.resolved(open(dryrun).read()),
     "sha256": {"data.bin": sha256(data + ".bin"), "data.idx": sha256(data + ".idx"),
                "tokenizer.json": sha256(tokenizer)},
     "command": cmd,

@@ -7,8 +7,9 @@
 #                                                    (default 200; logs and curves in $OUT)
 # Where the CPU side comes from:
 #   --cpu-curve FILE  a curve computed beforehand on the build machine (tools/cpu_curve.sh); only
-#                     the CUDA side trains here. Its config_args and the sha256 of its data and
-#                     tokenizer must equal this run's, else the check stops (exit 2).
+#                     the CUDA side trains here. Its options, its resolved configuration (this
+#                     binary's --dry-run of the CPU run, host paths aside) and the sha256 of its data
+#                     and tokenizer must equal this run's, else the check stops (exit 2).
 #   --cpu-in-call     train the CPU side here too, next to the CUDA side (the old mode; at ~2.2 s
 #                     per CPU iteration about 200 iterations do not fit in one 600 s call).
 #   neither           gpu_bundle/cpu_curve_ITERS.json when it exists (tools/gpu_bundle.sh puts
@@ -43,12 +44,21 @@ devices=(cpu cuda)
 if [[ $MODE == file ]]; then
   devices=(cuda)
   echo "CPU side: $CPU_CURVE (computed on the build machine); training only the CUDA side here"
-  # The curve counts only if it came from this very experiment: same options (paths aside),
-  # same data and tokenizer bytes, as many iterations.
+  # The curve counts only if it came from this very experiment: same options (paths aside), the
+  # same configuration resolved by this binary and checkout, the same data and tokenizer bytes,
+  # as many iterations.
+  train_check_device_args cpu
+  if ! PRIMUS_EXP_NAME=check_cpu "$B/primus" train "${TRAIN_CHECK_ARGS[@]}" "${TRAIN_CHECK_DEVICE_ARGS[@]}" --dry-run \
+      >"$OUT/cpu_dryrun.txt" 2>&1; then
+    echo "gpu_train_check.sh: primus train --dry-run failed here; see $OUT/cpu_dryrun.txt" >&2
+    exit 2
+  fi
   python3 - "$CPU_CURVE" "$ITERS" "${TRAIN_CHECK_CONFIG_ARGS[*]}" "$DATA/brown_llama3_text_document" \
-    "$DATA/tokenizer.json" <<'PY' || exit 2
+    "$DATA/tokenizer.json" "$OUT/cpu_dryrun.txt" <<'PY' || exit 2
 import hashlib, json, sys
-path, iters, config_args, data, tokenizer = sys.argv[1:6]
+sys.path.insert(0, "tools")  # the working directory is the repo root
+import train_check_config
+path, iters, config_args, data, tokenizer, dryrun = sys.argv[1:7]
 c = json.load(open(path))
 def sha256(p):
     h = hashlib.sha256()
@@ -67,6 +77,11 @@ if c.get("config_args") != config_args.split(" "):
                     "(tools/train_check_args.sh changed since: rerun tools/cpu_curve.sh)")
 if c.get("device_args") != ["--set", "device=cpu", "--set", "bf16=false"]:
     problems.append(f"it was not a CPU fp32 run: {c.get('device_args')}")
+if "resolved_config" not in c:
+    problems.append("it has no resolved_config (made by an older tools/cpu_curve.sh): rerun it")
+else:
+    problems += ["resolved configuration differs: " + d for d in
+                 train_check_config.differences(c["resolved_config"], train_check_config.resolved(open(dryrun).read()))]
 mine = {"data.bin": sha256(data + ".bin"), "data.idx": sha256(data + ".idx"), "tokenizer.json": sha256(tokenizer)}
 for k, v in mine.items():
     if c.get("sha256", {}).get(k) != v:
@@ -75,7 +90,7 @@ for k, v in mine.items():
 if problems:
     print(f"gpu_train_check.sh: cannot use {path}:\n  " + "\n  ".join(problems), file=sys.stderr)
     sys.exit(2)
-print(f"CPU curve checked: same options and data; made at commit {c.get('git_commit', '?')[:12]} "
+print(f"CPU curve checked: same options, resolved configuration ({len(c['resolved_config'])} keys) and data; made at commit {c.get('git_commit', '?')[:12]} "
       f"in {c.get('seconds')} s ({c.get('seconds_per_iteration')} s/iteration)")
 PY
 fi
