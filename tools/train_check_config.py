@@ -2,9 +2,10 @@
 
 tools/cpu_curve.sh stores it in the CPU curve's JSON; tools/gpu_train_check.sh resolves its own
 run (same options, device cpu, the GPU machine's binary, configs/ and data paths) and compares:
-every key of every section must have the same value, except the host-specific paths. This
-catches what comparing command lines cannot: a configs/ file or a schema default that differs
-between the two machines' checkouts or binaries (seed, model shape, schedule, ...).
+every key both resolve must have the same value, except the host-specific paths (a key only one
+binary knows is reported, not fatal: a newer schema). This catches what comparing command lines
+cannot: a configs/ file or a schema default that differs between the two machines' checkouts or
+binaries (seed, model shape, schedule, ...).
 
   python3 tools/train_check_config.py DRY_RUN_OUTPUT          prints the {key: value} JSON
 """
@@ -31,12 +32,17 @@ def resolved(text):
 
 
 def differences(a, b):
-    """Human-readable lines for the keys whose values differ between two resolved configs."""
-    lines = []
+    """(changed, one_sided): lines for the keys whose values differ between two resolved configs,
+    and for the keys only one of them has. A key only one side knows comes from a binary with a
+    newer schema (its default rarely changes the run): reported, not fatal; a changed value is."""
+    changed, one_sided = [], []
     for k in sorted(set(a) | set(b)):
-        if a.get(k) != b.get(k):
-            lines.append(f"{k}: {a.get(k, '(absent)')} (CPU curve) vs {b.get(k, '(absent)')} (here)")
-    return lines
+        if k in a and k in b:
+            if a[k] != b[k]:
+                changed.append(f"{k}: {a[k]} (CPU curve) vs {b[k]} (here)")
+        else:
+            one_sided.append(f"{k} = {a[k] if k in a else b[k]} only {'in the CPU curve' if k in a else 'here'}")
+    return changed, one_sided
 
 
 if __name__ == "__main__":
