@@ -7,6 +7,9 @@
 #   bash tools/gpu_e2e.sh examples/megatron/llama3.2_1B-pretrain.yaml llama3.2-1B 2048 8 30
 # PEER_SHAPE is llama-tiny | llama3.2-1B | llama3.2-3B. Logs go to $OUT (or /tmp/primus_e2e);
 # the last lines printed are the two JSON results and their ratio.
+# GEMM_TUNING=1 runs the three-stage GEMM tuning first (stage 1: a 3-iteration run logs the
+# step's GEMM shapes; stage 2: `primus tune` times the cuBLASLt candidates of each; stage 3:
+# the measured run uses the table) and also reports the heuristic-only run.
 set -u -o pipefail
 if (($# < 4)); then
   sed -n '2,10p' "$0"
@@ -21,13 +24,35 @@ source "$ROOT/tools/gpu_env.sh" || exit 1
 OUT=${OUT:-/tmp/primus_e2e}
 mkdir -p "$OUT"
 
+train() {  # log_file iterations
+  timeout 480 "$B/primus" train --config "$EXP" --set bf16=true --set micro_batch_size="$MBS" \
+    --set global_batch_size="$MBS" --set seq_length="$SEQ" --set train_iters="$2" --set log_interval=1 \
+    --set log_num_zeros_in_grad=false "${EXTRA[@]}" >"$1" 2>&1
+}
+EXTRA=("$@")
+tag=$(basename "$EXP" .yaml)_${SEQ}x${MBS}
+median_tps() {
+  python3 -c 'import re,statistics,sys; v=[float(x) for x in re.findall(r"throughput \(tokens/s\): ([0-9.]+)", open(sys.argv[1]).read())]; print(statistics.median(v[len(v)//2:]) if v else "none")' "$1"
+}
+if [[ "${GEMM_TUNING:-0}" == 1 ]]; then
+  t0=$SECONDS
+  train "$OUT/e2e_primus_heuristic.log" "$STEPS"
+  echo "primus train, cuBLASLt heuristic: rc=$? tokens/s $(median_tps "$OUT/e2e_primus_heuristic.log")"
+  rm -f "$OUT/gemm_shapes_$tag.jsonl"
+  PRIMUS_GEMM_TUNING_STAGE=1 PRIMUS_GEMM_TUNING_FILE="$OUT/gemm_shapes_$tag.jsonl" train "$OUT/e2e_stage1.log" 3
+  echo "stage 1: rc=$? $(wc -l <"$OUT/gemm_shapes_$tag.jsonl") GEMM shapes"
+  "$B/primus" tune --shapes "$OUT/gemm_shapes_$tag.jsonl" --table "$OUT/gemm_table_$tag.json" \
+    >"$OUT/e2e_stage2.log" 2>&1
+  echo "stage 2: rc=$?"; tail -4 "$OUT/e2e_stage2.log"
+  export PRIMUS_GEMM_TUNING_STAGE=3 PRIMUS_GEMM_TUNING_RESULT="$OUT/gemm_table_$tag.json"
+  echo "tuning took $((SECONDS - t0)) s"
+fi
 t0=$SECONDS
-timeout 480 "$B/primus" train --config "$EXP" --set bf16=true --set micro_batch_size="$MBS" \
-  --set global_batch_size="$MBS" --set seq_length="$SEQ" --set train_iters="$STEPS" --set log_interval=1 \
-  --set log_num_zeros_in_grad=false "$@" \
-  >"$OUT/e2e_primus.log" 2>&1
+train "$OUT/e2e_primus.log" "$STEPS"
 rc=$?
-echo "primus train: rc=$rc in $((SECONDS - t0)) s (log: $OUT/e2e_primus.log)"
+unset PRIMUS_GEMM_TUNING_STAGE PRIMUS_GEMM_TUNING_RESULT
+echo "primus train${GEMM_TUNING:+ (tuned GEMMs)}: rc=$rc in $((SECONDS - t0)) s (log: $OUT/e2e_primus.log)"
+grep -E "set-up:" "$OUT/e2e_primus.log" | cut -c 44-
 tail -5 "$OUT/e2e_primus.log"
 
 t0=$SECONDS

@@ -27,6 +27,7 @@ DataParallelOptimizer::DataParallelOptimizer(ops::Context& ctx, std::vector<Name
     : ctx_(ctx), params_(std::move(params)), dp_(dp), model_parallel_(model_parallel), tp_rank_(tp_rank),
       options_(options) {
   PRIMUS_CHECK(!params_.empty(), "DataParallelOptimizer: no parameters");
+  excluded_.insert(options_.excluded_from_norm.begin(), options_.excluded_from_norm.end());
   // Buckets in the order backward finishes the gradients (the reverse of the forward order),
   // so that with overlap the first bucket is complete first.
   std::vector<parallel::ParamSpec> specs;
@@ -80,7 +81,7 @@ DataParallelOptimizer::DataParallelOptimizer(ops::Context& ctx, std::vector<Name
     nt->value = shards_->piece_view(param_flat_, piece);
     nt->grad = shards_->piece_view(grad_flat, piece);
     nt->no_weight_decay = owner->no_weight_decay;
-    piece_counted_.push_back(owner->shard.sharded() || tp_rank_ == 0);
+    piece_counted_.push_back((owner->shard.sharded() || tp_rank_ == 0) && !excluded_.count(owner));
     piece_ptrs.push_back(nt.get());
     pieces_.push_back(std::move(nt));
   }
@@ -98,7 +99,7 @@ double DataParallelOptimizer::grad_sum_of_squares(const std::vector<NamedTensor*
       if (piece_counted_[i]) counted.push_back(optimized[i]->grad);
   } else {
     for (NamedTensor* p : optimized)
-      if (p->shard.sharded() || tp_rank_ == 0) counted.push_back(p->grad);
+      if ((p->shard.sharded() || tp_rank_ == 0) && !excluded_.count(p)) counted.push_back(p->grad);
   }
   double local = counted.empty() ? 0.0 : ops::sum_of_squares(ctx_, counted);
   // Shards of the distributed optimizer are disjoint over dp; tp/pp ranks hold different tensors.

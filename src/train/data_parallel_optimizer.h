@@ -32,6 +32,7 @@
 #include <cstdint>
 #include <memory>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "model/named_tensor.h"
@@ -46,6 +47,9 @@ struct DataParallelOptions {
   bool overlap_grad_reduce = false;
   bool distributed_optimizer = false;  // use_distributed_optimizer
   int64_t bucket_size_bytes = 160'000'000;  // Megatron's ddp_bucket_size default: 40M fp32 elements
+  // Parameters left out of the grad norm because another rank counts the same tensor (the
+  // last pipeline stage's copy of a tied embedding).
+  std::vector<const NamedTensor*> excluded_from_norm;
 };
 
 class DataParallelOptimizer {
@@ -76,6 +80,9 @@ class DataParallelOptimizer {
   NamedTensorList state_tensors();
   void load_state_tensors(const NamedTensorList& state);
   int64_t steps_taken() const { return adam_->steps_taken(); }
+  // overlap_grad_reduce: buckets whose reduction started during the last backward, of all.
+  int buckets_started_early() const { return buckets_->buckets_started_early(); }
+  int num_buckets() const { return static_cast<int>(buckets_->layout().buckets().size()); }
   // Bytes of optimizer state (masters + moments) this rank holds.
   int64_t state_bytes() const;
 
@@ -96,6 +103,7 @@ class DataParallelOptimizer {
   std::unique_ptr<parallel::DistributedOptimizerShards> shards_;
   std::vector<std::unique_ptr<NamedTensor>> pieces_;
   std::vector<bool> piece_counted_;  // counted in the norm on this rank (tp replication)
+  std::unordered_set<const NamedTensor*> excluded_;  // options_.excluded_from_norm
   std::unique_ptr<AdamW> adam_;
 };
 

@@ -7,11 +7,14 @@
 #include <cstdlib>
 #include <filesystem>
 #include <limits>
+#include <unordered_map>
+#include <unordered_set>
 
 #include "core/error.h"
 #include "data/gpt_dataset.h"
 #include "data/tokenizer/tokenizer.h"
 #include "model/llama.h"
+#include "parallel/gather_to_root.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
 #include "ops/ops.h"
@@ -27,6 +30,7 @@
 #include "train/loss_scaler.h"
 #include "train/metrics.h"
 #include "train/metrics_reporter.h"
+#include "train/pipelined_model.h"
 #include "train/signals.h"
 #include "train/watchdog.h"
 
@@ -93,6 +97,7 @@ class Run {
   // First, so that a SIGTERM during set-up (data indexing, checkpoint loading) already
   // becomes "stop after the first iteration and save" instead of killing the process.
   StopSignals signals_;
+  Clock::time_point started_ = Clock::now();  // before the device context: set-up time counts it
   const TrainOptions& o_;
   const TrainerHooks& hooks_;
   parallel::LaunchInfo launch_;
@@ -100,16 +105,23 @@ class Run {
   std::unique_ptr<parallel::Communicator> world_;
   std::unique_ptr<parallel::ProcessGroups> groups_;
   parallel::Communicator* dp_ = nullptr;  // where gradients, losses and token counts are summed
-  int dp_rank_ = 0, dp_size_ = 1, tp_size_ = 1;
+  int dp_rank_ = 0, dp_size_ = 1, tp_size_ = 1, pp_size_ = 1;
   ops::Context ctx_;
   std::unique_ptr<data::Tokenizer> tokenizer_;
   data::DatasetSplits datasets_;
-  std::unique_ptr<LlamaModel> model_;
+  std::unique_ptr<PipelinedModel> model_;
+  // overlap_grad_reduce: how often each parameter's grad was completed this step (its
+  // bucket may start reducing when that reaches the number of micro-batches), and the
+  // params whose grads change after backward (tied-embedding sums, sequence-parallel
+  // partial sums) that therefore wait for reduce_grads().
+  std::unordered_map<const NamedTensor*, int64_t> grad_completions_;
+  std::unordered_set<const NamedTensor*> no_early_reduce_;
   std::vector<NamedTensor*> params_;
   std::unique_ptr<DataParallelOptimizer> optimizer_;
   std::unique_ptr<LrSchedule> schedule_;
   LossScaler scaler_;
   int64_t num_micro_batches_ = 1;
+  std::string setup_timing_;  // "world 0.1 s | data 0.2 s | ...": where set-up time went
 
   // Position of the run (restored on resume).
   int64_t iteration_ = 0;
@@ -118,7 +130,6 @@ class Run {
 
   std::unique_ptr<CheckpointWriter> writer_;
   std::optional<int64_t> last_saved_;
-  Clock::time_point started_ = Clock::now();
 };
 
 ops::Context make_context(const TrainOptions& o, const parallel::LaunchInfo& launch) {
@@ -132,32 +143,41 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
       launch_(parallel::detect_launch()),
       logger_(LoggerOptions{launch_.rank, launch_.world_size, o.stderr_sink_level, o.log_dir, true}),
       ctx_(make_context(o, launch_)) {
-  if (o.pipeline_parallel != 1 || o.context_parallel != 1 || o.expert_parallel != 1)
+  if (o.context_parallel != 1 || o.expert_parallel != 1)
     throw Error(fmt::format(
-        "the Primus training loop runs data and tensor (+sequence) parallelism so far; "
-        "pipeline_model_parallel_size={}, context_parallel_size={}, expert_model_parallel_size={} must be 1 "
-        "(use tensor_model_parallel_size and more data-parallel ranks instead)",
-        o.pipeline_parallel, o.context_parallel, o.expert_parallel));
+        "the Primus training loop runs data, tensor (+sequence) and pipeline parallelism so far; "
+        "context_parallel_size={} and expert_model_parallel_size={} must be 1 (use tensor_model_parallel_size, "
+        "pipeline_model_parallel_size and more data-parallel ranks instead)",
+        o.context_parallel, o.expert_parallel));
   parallel::WorldOptions wo;
   wo.device = o.device;
   wo.cuda_device = launch_.local_rank;
+  auto lap = [this, t = Clock::now()](const char* what) mutable {
+    setup_timing_ += fmt::format("{}{} {:.2f} s", setup_timing_.empty() ? "" : " | ", what, seconds_since(t));
+    t = Clock::now();
+  };
   world_ = parallel::create_world_communicator(launch_, wo);
   parallel::ParallelSizes sizes;
   sizes.tp = o.tensor_parallel;
+  sizes.pp = o.pipeline_parallel;
   const parallel::ParallelDims dims = parallel::ParallelDims::create(world_->size(), sizes);
-  dims.check_model(o.model, {o.seq_length, o.sequence_parallel, 0, o.global_batch_size, o.micro_batch_size});
+  dims.check_model(o.model, {o.seq_length, o.sequence_parallel, o.num_layers_per_virtual_pipeline_stage,
+                             o.global_batch_size, o.micro_batch_size});
   groups_ = std::make_unique<parallel::ProcessGroups>(*world_, dims);
   dp_ = &groups_->dp();
   dp_rank_ = groups_->coords().dp;
   dp_size_ = dims.dp();
   tp_size_ = dims.tp();
+  pp_size_ = dims.pp();
   PRIMUS_CHECK(o.global_batch_size % (o.micro_batch_size * dp_size_) == 0,
                "global_batch_size {} must be a multiple of micro_batch_size {} x data-parallel size {}",
                o.global_batch_size, o.micro_batch_size, dp_size_);
   num_micro_batches_ = o.global_batch_size / (o.micro_batch_size * dp_size_);
   if (o.precision == Precision::Fp16) scaler_ = LossScaler(o.loss_scale);
 
+  lap("world and groups");
   setup_data();
+  lap("data");
 
   LlamaOptions lo;
   lo.param_dtype = param_dtype(o.precision);
@@ -165,20 +185,53 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   lo.recompute = parse_recompute_granularity(o.recompute_granularity);
   lo.recompute_num_layers = o.recompute_num_layers;
   if (tp_size_ > 1) lo.tensor_parallel = {&groups_->tp(), o.sequence_parallel};
-  model_ = std::make_unique<LlamaModel>(o.model, ctx_, lo);
+  // Logits are materialised a chunk of rows at a time: about 256 MiB of them per chunk (1024
+  // rows at a 128K vocabulary, 4096 at 32K), in multiples of 1024 rows. Fewer, larger chunks
+  // make the classifier GEMMs more efficient at small vocabularies.
+  {
+    const int64_t vocab_local = o.model.padded_vocab_size / tp_size_;
+    const int64_t bytes_per_row = vocab_local * static_cast<int64_t>(dtype_size(lo.param_dtype));
+    lo.logits_chunk_rows = std::max<int64_t>(1024, (int64_t{256} << 20) / std::max<int64_t>(1, bytes_per_row) / 1024 * 1024);
+  }
+  // overlap_grad_reduce: a parameter's bucket may start reducing once its grad is final,
+  // i.e. after the last micro-batch's backward through it.
+  if (o.overlap_grad_reduce)
+    lo.grad_ready = [this](NamedTensor& p) {
+      if (++grad_completions_[&p] == num_micro_batches_ && optimizer_ && !no_early_reduce_.count(&p))
+        optimizer_->grad_ready(p);
+    };
+  PipelineOptions po;
+  if (pp_size_ > 1) {
+    po.pp = &groups_->pp();
+    po.virtual_stages = o.num_layers_per_virtual_pipeline_stage > 0
+                            ? static_cast<int>(o.model.num_layers / pp_size_ / o.num_layers_per_virtual_pipeline_stage)
+                            : 1;
+  }
+  model_ = std::make_unique<PipelinedModel>(o.model, ctx_, lo, po);
   params_ = model_->parameters();
+  const std::vector<NamedTensor*> tied_copies = model_->tied_embedding_copies();
+  for (NamedTensor* p : tied_copies) no_early_reduce_.insert(p);
+  if (!tied_copies.empty() || (pp_size_ > 1 && !o.model.untie_embeddings_and_output_weights))
+    for (NamedTensor* p : params_)
+      if (p->name == "embedding.word_embeddings.weight") no_early_reduce_.insert(p);
+  for (const auto& chunk : model_->chunks())
+    for (NamedTensor* p : chunk->sequence_parallel_partial_grads()) no_early_reduce_.insert(p);
+  lap("model init");
   // Gradients (and, with the distributed optimizer, weights) move into flat bucketed buffers;
   // clipping sees the norm of the whole model, not of this rank's shards.
   DataParallelOptions dpo;
   dpo.overlap_grad_reduce = o.overlap_grad_reduce;
   dpo.distributed_optimizer = o.use_distributed_optimizer;
   dpo.bucket_size_bytes = o.ddp_bucket_size * static_cast<int64_t>(sizeof(float));
+  dpo.excluded_from_norm.assign(tied_copies.begin(), tied_copies.end());  // counted on the first stage
   parallel::Communicator* model_parallel = groups_->mp().size() > 1 ? &groups_->mp() : nullptr;
   optimizer_ = std::make_unique<DataParallelOptimizer>(ctx_, params_, *dp_, model_parallel, groups_->coords().tp,
                                                        o.adam, dpo);
   schedule_ = std::make_unique<LrSchedule>(megatron_schedule(o.schedule));
+  lap("optimizer");
 
   restore();
+  lap("checkpoint load");
   if (!o.save.empty() && launch_.rank == 0)
     writer_ = std::make_unique<CheckpointWriter>(o.save, CheckpointWriterOptions{o.async_save, 0, {}});
 }
@@ -226,7 +279,8 @@ void Run::restore() {
   if (tp_size_ == 1) {
     NamedTensorList targets;
     for (NamedTensor* p : params_) targets.emplace_back(p->name, p->value);
-    load_tensors_into(reader.model_file(), targets);
+    // A pipeline stage holds some of the file's tensors: every one of its own must be there.
+    load_tensors_into(reader.model_file(), targets, /*strict=*/pp_size_ == 1);
   } else {
     parallel::load_full_tensors(ctx_, params_, reader.model_tensors());
   }
@@ -278,26 +332,24 @@ void Run::restore() {
 }
 
 LossSums Run::train_step(float loss_weight, std::vector<data::Batch>& batches) {
-  LossSums sums;
-  for (data::Batch& b : batches) {
-    const LlamaModel::StepResult r = model_->forward_backward(b.tokens, b.labels, b.loss_mask, loss_weight);
-    sums.loss += r.loss_sum;
-    sums.tokens += r.num_tokens;
-  }
+  grad_completions_.clear();
+  const LlamaModel::StepResult r = model_->forward_backward(batches, loss_weight);
   // Sequence parallel: the replicated norm weights got partial grads on each tp rank.
   if (tp_size_ > 1 && o_.sequence_parallel) model_->reduce_sequence_parallel_grads();
-  return sums;
+  // Tied embeddings across pipeline stages: the two copies' grads summed.
+  model_->finish_grads();
+  return {r.loss_sum, r.num_tokens};
 }
 
 double Run::evaluate(data::BatchLoader& loader, int64_t iterations) {
   LossSums sums;
-  for (int64_t it = 0; it < iterations; ++it)
-    for (int64_t m = 0; m < num_micro_batches_; ++m) {
-      data::Batch b = loader.next();
-      const LlamaModel::StepResult r = model_->forward_only(b.tokens, b.labels, b.loss_mask);
-      sums.loss += r.loss_sum;
-      sums.tokens += r.num_tokens;
-    }
+  for (int64_t it = 0; it < iterations; ++it) {
+    std::vector<data::Batch> batches;
+    for (int64_t m = 0; m < num_micro_batches_; ++m) batches.push_back(loader.next());
+    const LlamaModel::StepResult r = model_->forward_only(batches);
+    sums.loss += r.loss_sum;
+    sums.tokens += r.num_tokens;
+  }
   return dp_->all_reduce_value(sums.loss) / std::max(1.0, dp_->all_reduce_value(sums.tokens));
 }
 
@@ -332,6 +384,13 @@ void Run::save(int64_t iteration) {
       for (auto& v : views) ptrs.push_back(v.get());
       optimizer = parallel::gather_full_tensors(ptrs, &groups_->tp());
     }
+  }
+  // Pipeline stages: every stage's tensors onto pp rank 0 (the writer is global rank 0), so
+  // the checkpoint holds the whole model whatever the pipeline layout. "step" and the tied
+  // embedding's copy come once.
+  if (pp_size_ > 1) {
+    model = parallel::gather_named_tensors_to_root(model, groups_->pp());
+    if (!o_.no_save_optim) optimizer = parallel::gather_named_tensors_to_root(optimizer, groups_->pp());
   }
   if (writer_) {
     CheckpointContent c;
@@ -388,9 +447,12 @@ std::vector<std::pair<std::string, double>> Run::memory_scalars() const {
 
 void Run::log_header() {
   const auto& m = o_.model;
-  logger_.info("primus train: {} | device {} | {} | world {} (data parallel {}, tensor parallel {}{})",
+  logger_.info("primus train: {} | device {} | {} | world {} (data parallel {}{}, tensor parallel {}{}, pipeline "
+               "parallel {}{})",
                o_.exp_name, o_.device == Device::CUDA ? "cuda" : "cpu", precision_name(o_.precision),
-               launch_.world_size, dp_size_, tp_size_, o_.sequence_parallel ? " + sequence parallel" : "");
+               launch_.world_size, dp_size_, o_.use_distributed_optimizer ? " + distributed optimizer" : "", tp_size_,
+               o_.sequence_parallel ? " + sequence parallel" : "", pp_size_,
+               model_->virtual_stages() > 1 ? fmt::format(" x {} virtual stages", model_->virtual_stages()) : "");
   if (o_.precision_downgraded)
     logger_.warn("bf16/fp16 is set but this run is on the CPU, whose path computes in fp32 (device: cpu)");
   logger_.info("model: {} layers, hidden {}, {} heads ({} query groups), ffn {}, vocab {} (padded {}): {:.2f}M "
@@ -409,6 +471,7 @@ void Run::log_header() {
     logger_.warn("wandb_project is set, but Primus has no Weights & Biases client (and this machine may have no "
                  "network): the same metrics are in TensorBoard and {}",
                  o_.metrics_jsonl_path);
+  logger_.info("set-up: {:.2f} s since start ({})", seconds_since(started_), setup_timing_);
   logger_.info("logs: {} | metrics: {}{}", o_.log_dir, o_.metrics_jsonl_path,
                o_.tensorboard_dir.empty() ? "" : " | tensorboard: " + o_.tensorboard_dir);
 }
@@ -507,6 +570,9 @@ TrainResult Run::train() {
       optimizer_->reduce_grads();
     }
     phase_done("grad reduce");
+    if (o_.overlap_grad_reduce && iteration_ == result.start_iteration)
+      logger_.info("overlap_grad_reduce: {} of {} gradient buckets started reducing during the backward pass",
+                   optimizer_->buckets_started_early(), optimizer_->num_buckets());
     const double loss = dp_->all_reduce_value(sums.loss) / std::max(1.0, global_tokens);
     const double lr = schedule_->lr(static_cast<double>(consumed_train_));
     const double wd = schedule_->weight_decay(static_cast<double>(consumed_train_));

@@ -10,6 +10,12 @@
 #   tp2sp        2 ranks, tensor + sequence parallel; stops at iteration 4 (exit_interval, saves)
 #   tp2->tp1     1 rank resumes tp2sp's checkpoint, iterations 5..8               == ref
 #   distopt->1   dp2 + distributed optimizer stops at 4; 1 rank, plain optimizer resumes == ref
+#   pp2          2 ranks, pipeline parallel (1F1B), tied embeddings across stages   == ref
+#   pp2dp2       4 ranks, pipeline x data parallel, distributed optimizer, overlap  == ref
+#   pp2vp        2 ranks, interleaved 1F1B (2 virtual stages per rank), 4 layers,
+#                untied output layer                                              == ref4 (1 rank, same model)
+#   tp2pp2->1    4 ranks tp2+sp x pp2 stop at 4 and save; 1 rank resumes          == ref
+#   1->tp2pp2    1 rank stops at 4 and saves; 4 ranks tp2+sp x pp2 resume         == ref
 # Usage: parallel_train.sh PRIMUS_BINARY MPIEXEC
 set -euo pipefail
 PRIMUS=$1
@@ -48,8 +54,26 @@ run tp1resume 1 --set load="$WORK/ckpt" $(final tp1resume)
 run distopt_half 2 --set use_distributed_optimizer=true --set ddp_bucket_size=3000 --set save="$WORK/ckpt_do" \
   --set exit_interval=4
 run distopt_resume 1 --set load="$WORK/ckpt_do" $(final distopt_resume)
+run pp2 2 --set pipeline_model_parallel_size=2 $(final pp2)
+run pp2dp2 4 --set pipeline_model_parallel_size=2 --set use_distributed_optimizer=true --set overlap_grad_reduce=true \
+  --set ddp_bucket_size=3000 $(final pp2dp2)
+FOUR=(--set num_layers=4 --set untie_embeddings_and_output_weights=true)
+run ref4 1 "${FOUR[@]}" $(final ref4)
+run pp2vp 2 "${FOUR[@]}" --set pipeline_model_parallel_size=2 --set num_layers_per_virtual_pipeline_stage=1 \
+  $(final pp2vp)
+TP2PP2=(--set tensor_model_parallel_size=2 --set sequence_parallel=true --set pipeline_model_parallel_size=2)
+run tp2pp2_half 4 "${TP2PP2[@]}" --set save="$WORK/ckpt_tp2pp2" --set exit_interval=4
+run tp2pp2_to_1 1 --set load="$WORK/ckpt_tp2pp2" $(final tp2pp2_to_1)
+run one_half 1 --set save="$WORK/ckpt_one" --set exit_interval=4
+run one_to_tp2pp2 4 "${TP2PP2[@]}" --set load="$WORK/ckpt_one" $(final one_to_tp2pp2)
 }
 
+# Overlap must really overlap: some buckets start reducing while backward still runs.
+for r in dp2_overlap pp2dp2; do
+  line=$(grep -m1 "overlap_grad_reduce:" "$WORK/$r.log" || true)
+  [[ "$line" =~ :\ ([1-9][0-9]*)\ of ]] || { echo "FAIL: $r: no gradient bucket started during backward: '$line'"; exit 1; }
+  echo "$r: ${line##*overlap_grad_reduce: }"
+done
 /usr/bin/python3 - "$WORK/ws/test/ci" "$WORK" <<'PY'
 import json, struct, sys
 import numpy as np
@@ -61,13 +85,18 @@ def losses(run):
         if r.get("type") == "train":
             out[r["iteration"]] = r["lm_loss"]
     return out
-ref = losses("ref")
-assert sorted(ref) == list(range(1, 9)), ref
+refs = {r: losses(r) for r in ("ref", "ref4")}
+for r in refs.values():
+    assert sorted(r) == list(range(1, 9)), r
 worst = 0.0
-runs = (("dp2", range(1, 9)), ("dp2_distopt", range(1, 9)), ("dp2_overlap", range(1, 9)), ("dp2tp2", range(1, 9)),
-        ("tp2sp", range(1, 5)), ("tp1resume", range(5, 9)), ("distopt_half", range(1, 5)),
-        ("distopt_resume", range(5, 9)))
-for run, its in runs:
+ALL, FIRST, LAST = range(1, 9), range(1, 5), range(5, 9)
+runs = (("dp2", ALL, "ref"), ("dp2_distopt", ALL, "ref"), ("dp2_overlap", ALL, "ref"), ("dp2tp2", ALL, "ref"),
+        ("tp2sp", FIRST, "ref"), ("tp1resume", LAST, "ref"), ("distopt_half", FIRST, "ref"),
+        ("distopt_resume", LAST, "ref"), ("pp2", ALL, "ref"), ("pp2dp2", ALL, "ref"), ("pp2vp", ALL, "ref4"),
+        ("tp2pp2_half", FIRST, "ref"), ("tp2pp2_to_1", LAST, "ref"), ("one_half", FIRST, "ref"),
+        ("one_to_tp2pp2", LAST, "ref"))
+for run, its, refname in runs:
+    ref = refs[refname]
     got = losses(run)
     assert sorted(got) == list(its), f"{run} logged iterations {sorted(got)}"
     for i in its:
@@ -89,9 +118,12 @@ def weights(run):  # model.safetensors of the iteration-8 checkpoint, read from 
         b, e = meta["data_offsets"]
         out[name] = np.frombuffer(raw[8 + n + b:8 + n + e], dtype="<f4").reshape(meta["shape"])
     return out
-ref_w = weights("ref")
+ref_ws = {r: weights(r) for r in ("ref", "ref4")}
 worst_w = 0.0
-for run in ("dp2", "dp2_distopt", "dp2_overlap", "dp2tp2", "tp1resume", "distopt_resume"):
+for run, refname in (("dp2", "ref"), ("dp2_distopt", "ref"), ("dp2_overlap", "ref"), ("dp2tp2", "ref"),
+                     ("tp1resume", "ref"), ("distopt_resume", "ref"), ("pp2", "ref"), ("pp2dp2", "ref"),
+                     ("pp2vp", "ref4"), ("tp2pp2_to_1", "ref"), ("one_to_tp2pp2", "ref")):
+    ref_w = ref_ws[refname]
     got = weights(run)
     assert sorted(got) == sorted(ref_w), f"{run}: tensors {sorted(set(got) ^ set(ref_w))} differ in name"
     for name, r in ref_w.items():
