@@ -403,6 +403,11 @@ void LlamaModel::classifier(const Batch& batch, const LlamaDims& d, const Tensor
       const Tensor dloss = batch.dloss.rows(r0, r1);
       parallel::vocab_parallel_cross_entropy(ctx_, tp, loss_rows, logits, targets,
                                              dhidden != nullptr ? &dloss : nullptr, arena);
+    } else if (dhidden != nullptr && !options_.fused_cross_entropy) {
+      // Plain path: the losses, then the gradient (the fused kernel in a second pass; it
+      // rewrites the same losses).
+      ops::cross_entropy_forward(ctx_, loss_rows, logits, targets);
+      ops::cross_entropy_fused(ctx_, loss_rows, logits, targets, batch.dloss.rows(r0, r1));
     } else if (dhidden != nullptr) {
       ops::cross_entropy_fused(ctx_, loss_rows, logits, targets, batch.dloss.rows(r0, r1));
     } else {

@@ -66,6 +66,10 @@ struct LlamaOptions {
   int64_t recompute_num_layers = 0;
   // Rows of logits (x vocabulary) materialised at once in the classifier.
   int64_t logits_chunk_rows = 1024;
+  // The classifier's loss and logits gradient in one pass over each chunk of logits (llm.c's
+  // fused classifier; Megatron's cross_entropy_loss_fusion); false: the plain path, a loss
+  // pass and then a gradient pass.
+  bool fused_cross_entropy = true;
   // Tensor parallel group and sequence parallel (default: one rank). The group must live
   // on the context's device and outlive the model.
   parallel::TensorParallel tensor_parallel{};

@@ -69,6 +69,10 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
   o.sequence_parallel = cfg.b("sequence_parallel") && o.tensor_parallel > 1;
   if (cfg.has("num_layers_per_virtual_pipeline_stage"))
     o.num_layers_per_virtual_pipeline_stage = cfg.i("num_layers_per_virtual_pipeline_stage");
+  o.enable_primus_turbo = cfg.b("enable_primus_turbo");
+  o.use_turbo_attention = cfg.b("use_turbo_attention");
+  o.cross_entropy_loss_fusion = cfg.b("cross_entropy_loss_fusion");
+  o.cross_entropy_fusion_impl = cfg.s("cross_entropy_fusion_impl");
   o.use_distributed_optimizer = cfg.b("use_distributed_optimizer");
   o.overlap_grad_reduce = cfg.b("overlap_grad_reduce");
   o.overlap_param_gather = cfg.b("overlap_param_gather");

@@ -50,6 +50,10 @@ struct TrainOptions {
   int tensor_parallel = 1, pipeline_parallel = 1, context_parallel = 1, expert_parallel = 1;
   bool sequence_parallel = false;
   int64_t num_layers_per_virtual_pipeline_stage = 0;  // 0: no interleaving
+  // Primus-Turbo switches (docs/TRAINING.md "Kernels"): turbo attention off -> the plain
+  // (unfused) attention kernel; cross-entropy fusion off -> loss and gradient in two passes.
+  bool enable_primus_turbo = false, use_turbo_attention = false, cross_entropy_loss_fusion = false;
+  std::string cross_entropy_fusion_impl = "native";
   // Data parallel (train/data_parallel_optimizer.h).
   bool use_distributed_optimizer = false, overlap_grad_reduce = false, overlap_param_gather = false;
   int64_t ddp_bucket_size = 40'000'000;  // elements per gradient bucket (Megatron's default)

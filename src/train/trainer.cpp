@@ -37,6 +37,7 @@
 #ifdef PRIMUS_WITH_CUDA
 #include <cuda_runtime_api.h>
 
+#include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/device_info.h"
 #endif
 
@@ -121,7 +122,8 @@ class Run {
   std::unique_ptr<LrSchedule> schedule_;
   LossScaler scaler_;
   int64_t num_micro_batches_ = 1;
-  std::string setup_timing_;  // "world 0.1 s | data 0.2 s | ...": where set-up time went
+  std::string setup_timing_;
+  std::string kernels_;  // which kernels the switches picked, for the log header  // "world 0.1 s | data 0.2 s | ...": where set-up time went
 
   // Position of the run (restored on resume).
   int64_t iteration_ = 0;
@@ -184,6 +186,23 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   lo.seed = o.seed;
   lo.recompute = parse_recompute_granularity(o.recompute_granularity);
   lo.recompute_num_layers = o.recompute_num_layers;
+  lo.fused_cross_entropy = o.cross_entropy_loss_fusion;
+  kernels_ = fmt::format("cross-entropy {}", o.cross_entropy_loss_fusion ? "fused (loss + gradient in one pass)"
+                                                                          : "plain (cross_entropy_loss_fusion off)");
+#ifdef PRIMUS_WITH_CUDA
+  // Primus-Turbo attention = cuDNN's fused SDPA with the Turbo flash kernels as fallback;
+  // off = the plain (unfused) kernel. PRIMUS_ATTENTION_IMPL, when set, wins (benchmarks).
+  if (auto* cuda_backend = dynamic_cast<cuda::CudaBackend*>(&ctx_.backend())) {
+    const char* forced = std::getenv("PRIMUS_ATTENTION_IMPL");
+    const bool turbo = o.enable_primus_turbo && o.use_turbo_attention;
+    if (forced == nullptr || *forced == '\0')
+      cuda_backend->set_attention_kernel(turbo ? cuda::AttentionKernel::Auto : cuda::AttentionKernel::Simple);
+    kernels_ += forced != nullptr && *forced != '\0'
+                    ? fmt::format(" | attention from PRIMUS_ATTENTION_IMPL={}", forced)
+                    : turbo ? " | attention: Primus-Turbo (cuDNN fused SDPA, flash fallback)"
+                            : " | attention: plain kernel (enable_primus_turbo/use_turbo_attention off)";
+  }
+#endif
   if (tp_size_ > 1) lo.tensor_parallel = {&groups_->tp(), o.sequence_parallel};
   // Logits are materialised a chunk of rows at a time: about 256 MiB of them per chunk (1024
   // rows at a 128K vocabulary, 4096 at 32K), in multiples of 1024 rows. Fewer, larger chunks
@@ -472,6 +491,7 @@ void Run::log_header() {
                  "network): the same metrics are in TensorBoard and {}",
                  o_.metrics_jsonl_path);
   logger_.info("set-up: {:.2f} s since start ({})", seconds_since(started_), setup_timing_);
+  logger_.info("kernels: {}", kernels_);
   logger_.info("logs: {} | metrics: {}{}", o_.log_dir, o_.metrics_jsonl_path,
                o_.tensorboard_dir.empty() ? "" : " | tensorboard: " + o_.tensorboard_dir);
 }
