@@ -45,6 +45,9 @@ rm -f "$JSON"
 cmd=("$BIN" train "${TRAIN_CHECK_ARGS[@]}" "${TRAIN_CHECK_DEVICE_ARGS[@]}" --set tensorboard_dir="$TB")
 
 cd "$ROOT" || exit 2
+# The checkout as the run starts (the binary may be older: its modification time goes in too).
+commit=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
+dirty=$(git -C "$ROOT" status --porcelain --untracked-files=no -- src | wc -l)
 echo "cpu_curve.sh: $STEPS iterations on the CPU, log in $LOG"
 t0=$SECONDS
 PRIMUS_EXP_NAME=cpu_curve_$STEPS "${cmd[@]}" >"$LOG" 2>&1
@@ -63,8 +66,7 @@ if ! PRIMUS_EXP_NAME=cpu_curve_$STEPS "${cmd[@]}" --dry-run >"$DRYRUN" 2>&1; the
 fi
 
 python3 - "$JSON" "$DRYRUN" "$TB/metrics.jsonl" "$STEPS" "$seconds" "$BIN" "$DATA" "$TOKENIZER" \
-  "$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)" \
-  "$(git -C "$ROOT" status --porcelain --untracked-files=no -- src | wc -l)" \
+  "$commit" "$dirty" \
   "${TRAIN_CHECK_CONFIG_ARGS[*]}" "${TRAIN_CHECK_DEVICE_ARGS[*]}" "${cmd[@]}" <<'PY'
 import hashlib, json, os, sys, time
 sys.path.insert(0, "tools")  # the working directory is the repo root
@@ -102,7 +104,9 @@ res = {
     "command": cmd,
     "env": {"PRIMUS_EXP_NAME": os.path.basename(out)[:-5],
             "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "")},
-    "binary": binary, "git_commit": commit, "uncommitted_src_changes": int(dirty),
+    "binary": binary,
+    "binary_modified": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(os.path.getmtime(binary))),
+    "git_commit": commit, "uncommitted_src_changes": int(dirty),
     "seconds": seconds, "seconds_per_iteration": round(seconds / steps, 3),
     "cpus": os.cpu_count(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
 }
