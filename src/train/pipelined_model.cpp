@@ -11,9 +11,12 @@ namespace {
 const char* const kEmbeddingName = "embedding.word_embeddings.weight";
 }
 
-void PipelinedModel::Slot::wait_sends() {
-  for (auto& h : sends) h->wait();
-  sends.clear();
+void PipelinedModel::wait_sends() {
+  for (SendBuffer& b : send_buffers_)
+    if (b.pending) {
+      b.pending->wait();
+      b.pending.reset();
+    }
 }
 
 PipelinedModel::PipelinedModel(const ModelConfig& config, ops::Context& ctx, const LlamaOptions& options,
@@ -54,9 +57,7 @@ PipelinedModel::PipelinedModel(const ModelConfig& config, ops::Context& ctx, con
   if (!config.untie_embeddings_and_output_weights) embedding_group_ = std::move(emb);
 }
 
-PipelinedModel::~PipelinedModel() {
-  for (auto& s : slots_) s->wait_sends();
-}
+PipelinedModel::~PipelinedModel() { wait_sends(); }
 
 std::vector<NamedTensor*> PipelinedModel::parameters() {
   std::vector<NamedTensor*> out;
@@ -95,28 +96,39 @@ void PipelinedModel::finish_grads() {
 size_t PipelinedModel::activation_bytes_high_water() const {
   size_t n = 0;
   for (const auto& c : chunks_) n += c->activation_bytes_high_water();
-  for (const auto& s : slots_) n += s->state->activation_bytes_high_water();
+  for (const auto& s : states_) n += s->activation_bytes_high_water();
+  for (const auto& b : send_buffers_) n += b.data.nbytes();
   return n;
 }
 
-// A free slot whose sends have all completed; a new slot when there is none. Never waits:
-// a send completes only once its receiver posted the receive, and the receiver may itself
-// be waiting for this rank's next message (with MPI, any message above the eager limit),
-// so blocking here can deadlock the pipeline. The number of slots is bounded by the
-// micro-batch chunks in flight plus the messages not yet received.
-PipelinedModel::Slot* PipelinedModel::acquire() {
-  for (size_t i = 0; i < free_slots_.size(); ++i) {
-    Slot* s = free_slots_[i];
-    bool done = true;
-    for (auto& h : s->sends) done = h->test() && done;
-    if (!done) continue;
-    s->wait_sends();  // all finished: releases the handles
-    free_slots_.erase(free_slots_.begin() + static_cast<std::ptrdiff_t>(i));
-    return s;
+LlamaModel::StageState* PipelinedModel::acquire_state() {
+  if (!free_states_.empty()) {
+    LlamaModel::StageState* st = free_states_.back();
+    free_states_.pop_back();
+    return st;
   }
-  slots_.push_back(std::make_unique<Slot>());
-  slots_.back()->state = std::make_unique<LlamaModel::StageState>(ctx_.device());
-  return slots_.back().get();
+  states_.push_back(std::make_unique<LlamaModel::StageState>(ctx_.device()));
+  return states_.back().get();
+}
+
+// Never waits for an earlier send (see the header): takes a buffer whose send completed,
+// else makes a new one. Their number is bounded by the messages not yet received.
+void PipelinedModel::send(parallel::Communicator& comm, const Tensor& t, int peer) {
+  SendBuffer* buf = nullptr;
+  for (SendBuffer& b : send_buffers_) {
+    if (b.pending && !b.pending->test()) continue;
+    b.pending.reset();
+    if (b.data.shape() == t.shape() && b.data.dtype() == t.dtype()) {
+      buf = &b;
+      break;
+    }
+  }
+  if (buf == nullptr) {
+    send_buffers_.push_back({Tensor::empty(t.shape(), t.dtype(), ctx_.device()), nullptr});
+    buf = &send_buffers_.back();
+  }
+  ops::copy_cast(ctx_, buf->data, t);
+  buf->pending = comm.send_async(buf->data, peer);
 }
 
 Tensor& PipelinedModel::recv_buffer(Tensor& buf, const Shape& shape) {
@@ -158,10 +170,11 @@ LlamaModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs, 
   PRIMUS_CHECK(M >= 1, "PipelinedModel: no micro-batches to run");
   const std::vector<parallel::PipelineAction> actions =
       train ? parallel::pipeline_schedule(P, r, M, v_) : parallel::forward_only_schedule(P, r, M, v_);
-  // Every slot is free at the start of a step (also after a step that threw half-way).
-  free_slots_.clear();
-  for (auto& slot : slots_) free_slots_.push_back(slot.get());
-  std::map<std::pair<int, int>, Slot*> live;  // (micro-batch, chunk) -> its slot, between forward and backward
+  // Every state is free at the start of a step (also after a step that threw half-way).
+  free_states_.clear();
+  for (auto& st : states_) free_states_.push_back(st.get());
+  // (micro-batch, chunk) -> its activations, between forward and backward
+  std::map<std::pair<int, int>, LlamaModel::StageState*> live;
   LlamaModel::StepResult sum;
   for (const parallel::PipelineAction& a : actions) {
     const int s = parallel::virtual_stage(P, r, a.chunk);
@@ -171,40 +184,40 @@ LlamaModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs, 
     const data::Batch& b = mbs[static_cast<size_t>(a.micro_batch)];
     const Shape hidden = model.stage_hidden_shape(b.tokens);
     if (a.op == parallel::PipelineOp::Forward) {
-      Slot* slot = acquire();
+      LlamaModel::StageState* state = acquire_state();
       Tensor* input = nullptr;
       if (s > 0) {
         input = &recv_buffer(recv_activation_, hidden);
         activations_->recv(*input, prev);
       }
-      const Tensor out = model.stage_forward(*slot->state, b.tokens, &b.labels, &b.loss_mask, input, loss_weight, train);
+      const Tensor out = model.stage_forward(*state, b.tokens, &b.labels, &b.loss_mask, input, loss_weight, train);
       if (s == S - 1) {
-        sum.loss_sum += slot->state->result().loss_sum;
-        sum.num_tokens += slot->state->result().num_tokens;
+        sum.loss_sum += state->result().loss_sum;
+        sum.num_tokens += state->result().num_tokens;
       } else {
-        slot->sends.push_back(activations_->send_async(out, next));
+        send(*activations_, out, next);
       }
       if (train)
-        live[{a.micro_batch, a.chunk}] = slot;
+        live[{a.micro_batch, a.chunk}] = state;
       else
-        release(slot);
+        free_states_.push_back(state);
     } else {
       auto it = live.find({a.micro_batch, a.chunk});
       PRIMUS_CHECK(it != live.end(), "PipelinedModel: schedule runs backward {} before its forward",
                    parallel::to_string(a));
-      Slot* slot = it->second;
+      LlamaModel::StageState* state = it->second;
       live.erase(it);
       Tensor* d_output = nullptr;
       if (s < S - 1) {
         d_output = &recv_buffer(recv_gradient_, hidden);
         gradients_->recv(*d_output, next);
       }
-      const Tensor d_input = model.stage_backward(*slot->state, d_output);
-      if (s > 0) slot->sends.push_back(gradients_->send_async(d_input, prev));
-      release(slot);
+      const Tensor d_input = model.stage_backward(*state, d_output);
+      if (s > 0) send(*gradients_, d_input, prev);
+      free_states_.push_back(state);
     }
   }
-  for (auto& s : slots_) s->wait_sends();
+  wait_sends();
   // The loss lives on the last stage; every pp rank reports it.
   const bool last = r == P - 1;
   sum.loss_sum = pp_->all_reduce_value(last ? sum.loss_sum : 0.0);

@@ -9,8 +9,10 @@
 // forward_backward runs all micro-batches of one optimizer step by the schedule of
 // parallel/pipeline_schedule.h (1F1B, or interleaved 1F1B when v > 1): each forward
 // receives its input hidden (R,C) from the previous virtual stage's rank, each backward its
-// output gradient from the next one; results are sent asynchronously (their buffers live
-// in the micro-batch's StageState, which is not reused before they completed). Activations travel on one
+// output gradient from the next one; results are copied into a send buffer and sent
+// asynchronously: the engine never waits for a send (a send completes only when the peer
+// posts its receive, and the peer may be waiting for this rank's next message), and a
+// micro-batch's activations are free for the next one as soon as its backward ran. Activations travel on one
 // communicator split from the pp group and gradients on another, so that the messages of
 // each kind between two ranks arrive in the order they were sent (communicators carry no
 // tags). Every pp rank passes the SAME list of micro-batches (the first stage reads the
@@ -18,7 +20,8 @@
 //
 // Memory: 1F1B keeps at most P - r micro-batches' activations alive on rank r (the
 // interleaved schedule up to (P - r - 1) * 2 + (v - 1) * P + 1 chunk-micro-batches), each in
-// its own arena that is reused for later micro-batches.
+// its own arena that is reused for later micro-batches; plus one (R,C) send buffer per
+// message that its receiver has not taken yet.
 //
 // Tied embeddings (untie_embeddings_and_output_weights false) with pp > 1: the last stage
 // holds a copy of embedding.word_embeddings.weight (same name, same init); finish_grads()
@@ -82,6 +85,10 @@ class PipelinedModel {
   // (they are alive together), plus the chunks' own.
   size_t activation_bytes_high_water() const;
   const std::vector<std::unique_ptr<LlamaModel>>& chunks() { return chunks_; }
+  // Micro-batch states (activation arenas) created so far = the most micro-batch chunks
+  // alive at once in any step; send buffers created so far.
+  size_t num_stage_states() const { return states_.size(); }
+  size_t num_send_buffers() const { return send_buffers_.size(); }
 
   int pp_size() const { return pp_size_; }
   int pp_rank() const { return pp_rank_; }
@@ -90,15 +97,10 @@ class PipelinedModel {
   bool holds_last_stage() const { return pp_rank_ == pp_size_ - 1; }
 
  private:
-  // A micro-batch in flight through one chunk: its activations, and the sends that still
-  // read from its arena.
-  struct Slot {
-    std::unique_ptr<LlamaModel::StageState> state;
-    std::vector<parallel::CommHandle> sends;
-    void wait_sends();
-  };
-  Slot* acquire();  // a free slot whose sends completed, or a new one (never blocks)
-  void release(Slot* slot) { free_slots_.push_back(slot); }
+  LlamaModel::StageState* acquire_state();
+  // Copies `t` into a send buffer whose previous send completed (or a new one) and sends it.
+  void send(parallel::Communicator& comm, const Tensor& t, int peer);
+  void wait_sends();
   LlamaModel::StepResult run(const std::vector<data::Batch>& micro_batches, bool train, float loss_weight);
   Tensor& recv_buffer(Tensor& buf, const Shape& shape);
 
@@ -107,8 +109,13 @@ class PipelinedModel {
   parallel::Communicator* pp_ = nullptr;
   std::unique_ptr<parallel::Communicator> activations_, gradients_, embedding_group_;
   std::vector<std::unique_ptr<LlamaModel>> chunks_;
-  std::vector<std::unique_ptr<Slot>> slots_;
-  std::vector<Slot*> free_slots_;
+  std::vector<std::unique_ptr<LlamaModel::StageState>> states_;
+  std::vector<LlamaModel::StageState*> free_states_;
+  struct SendBuffer {
+    Tensor data;
+    parallel::CommHandle pending;  // null once completed
+  };
+  std::vector<SendBuffer> send_buffers_;
   Tensor recv_activation_, recv_gradient_;
 };
 

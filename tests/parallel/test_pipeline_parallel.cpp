@@ -235,6 +235,12 @@ void check_layout(const Layout& l, int M) {
   if (g->dims().dp() > 1) eval = g->dp().all_reduce_value(eval);
   EXPECT_LE(rel(eval, want_eval), kTol) << eval << " vs " << want_eval;
   EXPECT_GT(pm.activation_bytes_high_water(), 0u);
+  // Memory: the micro-batch chunks alive at once. 1F1B: at most P - r on pp rank r, however
+  // many micro-batches; interleaved: the warm-up forwards + 1 (all when M == P).
+  const int P = l.pp, r = g->coords().pp, Ml = static_cast<int>(mine.size());
+  const int bound = l.v == 1 ? std::min(P - r, Ml)
+                             : (Ml == P ? Ml * l.v : std::min((P - r - 1) * 2 + (l.v - 1) * P + 1, Ml * l.v));
+  EXPECT_LE(pm.num_stage_states(), static_cast<size_t>(bound)) << "pp rank " << r;
 }
 
 }  // namespace
