@@ -19,10 +19,15 @@
 // reversed (chunk v - 1 - (k / P) % v). Rank r warms up with (P - r - 1) * 2 + (v - 1) * P
 // forwards (at most M v), then alternates, then drains. Requires M % P == 0 (as Megatron).
 //
-// Every rank runs each (micro-batch, chunk) forward and backward exactly once, in an order
-// in which all ranks together neither deadlock (receives block, sends do not) nor receive
-// a message out of order on a channel, when forward activations and backward gradients
-// travel on two separate communicators (tests/unit/test_pipeline_schedule.cpp simulates it).
+// Every rank runs each (micro-batch, chunk) forward and backward exactly once. Messages
+// travel on four channels (communicators: they carry no tags, so each must see its
+// messages between two ranks in one order on both sides), see p2p_channel(). With them,
+// tests/unit/test_pipeline_schedule.cpp simulates all ranks and finds neither a deadlock
+// nor a message taken out of order, both when sends never block (MPI's isend) and when
+// every send and receive blocks its channel's stream until the peer's matching operation
+// is at the head of its own (NCCL's semantics, one stream per communicator). With the
+// wrap-around messages on the same channels as the others, the interleaved schedule
+// deadlocks under the second.
 #pragma once
 
 #include <cstdint>
@@ -51,6 +56,17 @@ std::vector<PipelineAction> pipeline_schedule(int pp_size, int pp_rank, int num_
 // Evaluation (forwards only): micro-batch by micro-batch, each through the chunks in order.
 std::vector<PipelineAction> forward_only_schedule(int pp_size, int pp_rank, int num_micro_batches,
                                                   int virtual_chunks);
+
+// Which communicator a message takes: activations (sent by forwards to the next virtual
+// stage) and gradients (sent by backwards to the previous one), each split in the
+// messages between neighbouring ranks r -> r +- 1 and the wrap-around ones of the
+// interleaved schedule (activations from rank P-1 to rank 0, gradients from 0 to P-1).
+enum class P2pChannel : uint8_t { Activations, ActivationsWrap, Gradients, GradientsWrap };
+inline P2pChannel p2p_channel(PipelineOp sent_by, int pp_size, int from_rank) {
+  if (sent_by == PipelineOp::Forward)
+    return from_rank == pp_size - 1 ? P2pChannel::ActivationsWrap : P2pChannel::Activations;
+  return from_rank == 0 ? P2pChannel::GradientsWrap : P2pChannel::Gradients;
+}
 
 // Virtual stage of chunk `chunk` on rank `pp_rank`, and its inverse.
 inline int virtual_stage(int pp_size, int pp_rank, int chunk) { return chunk * pp_size + pp_rank; }

@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
-#include "parallel/pipeline_schedule.h"
 
 namespace primus::train {
 
@@ -49,8 +48,12 @@ PipelinedModel::PipelinedModel(const ModelConfig& config, ops::Context& ctx, con
     chunks_.push_back(std::make_unique<LlamaModel>(config, ctx, o));
   }
   // Collective, in the same order on every pp rank.
-  activations_ = pp_->split(0, pp_rank_, pp_->name() + "_activations");
-  gradients_ = pp_->split(0, pp_rank_, pp_->name() + "_gradients");
+  const char* names[4] = {"_activations", "_activations_wrap", "_gradients", "_gradients_wrap"};
+  for (int k = 0; k < 4; ++k) {
+    const auto ch = static_cast<parallel::P2pChannel>(k);
+    const bool wrap = ch == parallel::P2pChannel::ActivationsWrap || ch == parallel::P2pChannel::GradientsWrap;
+    if (!wrap || v_ > 1) p2p_[k] = pp_->split(0, pp_rank_, pp_->name() + names[k]);
+  }
   const bool ends = pp_rank_ == 0 || pp_rank_ == pp_size_ - 1;
   std::unique_ptr<parallel::Communicator> emb =
       pp_->split(ends ? 0 : -1, pp_rank_, pp_->name() + "_embedding");
@@ -58,6 +61,12 @@ PipelinedModel::PipelinedModel(const ModelConfig& config, ops::Context& ctx, con
 }
 
 PipelinedModel::~PipelinedModel() { wait_sends(); }
+
+parallel::Communicator& PipelinedModel::channel(parallel::PipelineOp sent_by, int from_rank) {
+  parallel::Communicator* c = p2p_[static_cast<int>(parallel::p2p_channel(sent_by, pp_size_, from_rank))].get();
+  PRIMUS_CHECK(c != nullptr, "PipelinedModel: no communicator for a wrap-around message without interleaving");
+  return *c;
+}
 
 std::vector<NamedTensor*> PipelinedModel::parameters() {
   std::vector<NamedTensor*> out;
@@ -188,14 +197,14 @@ LlamaModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs, 
       Tensor* input = nullptr;
       if (s > 0) {
         input = &recv_buffer(recv_activation_, hidden);
-        activations_->recv(*input, prev);
+        channel(parallel::PipelineOp::Forward, prev).recv(*input, prev);
       }
       const Tensor out = model.stage_forward(*state, b.tokens, &b.labels, &b.loss_mask, input, loss_weight, train);
       if (s == S - 1) {
         sum.loss_sum += state->result().loss_sum;
         sum.num_tokens += state->result().num_tokens;
       } else {
-        send(*activations_, out, next);
+        send(channel(parallel::PipelineOp::Forward, r), out, next);
       }
       if (train)
         live[{a.micro_batch, a.chunk}] = state;
@@ -210,10 +219,10 @@ LlamaModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs, 
       Tensor* d_output = nullptr;
       if (s < S - 1) {
         d_output = &recv_buffer(recv_gradient_, hidden);
-        gradients_->recv(*d_output, next);
+        channel(parallel::PipelineOp::Backward, next).recv(*d_output, next);
       }
       const Tensor d_input = model.stage_backward(*state, d_output);
-      if (s > 0) send(*gradients_, d_input, prev);
+      if (s > 0) send(channel(parallel::PipelineOp::Backward, r), d_input, prev);
       free_states_.push_back(state);
     }
   }

@@ -12,10 +12,12 @@
 // output gradient from the next one; results are copied into a send buffer and sent
 // asynchronously: the engine never waits for a send (a send completes only when the peer
 // posts its receive, and the peer may be waiting for this rank's next message), and a
-// micro-batch's activations are free for the next one as soon as its backward ran. Activations travel on one
-// communicator split from the pp group and gradients on another, so that the messages of
-// each kind between two ranks arrive in the order they were sent (communicators carry no
-// tags). Every pp rank passes the SAME list of micro-batches (the first stage reads the
+// micro-batch's activations are free for the next one as soon as its backward ran.
+// Activations and gradients travel on communicators split from the pp group, one per
+// parallel::P2pChannel (neighbour and wrap-around traffic apart), so that on each the
+// messages between two ranks are received in the order they were sent (communicators carry
+// no tags) and NCCL's one stream per communicator cannot deadlock the interleaved schedule
+// (see pipeline_schedule.h). Every pp rank passes the SAME list of micro-batches (the first stage reads the
 // tokens, the last the labels and mask; every stage their shape).
 //
 // Memory: 1F1B keeps at most P - r micro-batches' activations alive on rank r (the
@@ -41,6 +43,7 @@
 #include "data/data_config.h"
 #include "model/llama.h"
 #include "parallel/communicator.h"
+#include "parallel/pipeline_schedule.h"
 
 namespace primus::train {
 
@@ -107,7 +110,9 @@ class PipelinedModel {
   ops::Context& ctx_;
   int pp_size_ = 1, pp_rank_ = 0, v_ = 1;
   parallel::Communicator* pp_ = nullptr;
-  std::unique_ptr<parallel::Communicator> activations_, gradients_, embedding_group_;
+  std::unique_ptr<parallel::Communicator> p2p_[4];  // by parallel::P2pChannel (wrap ones only when v > 1)
+  std::unique_ptr<parallel::Communicator> embedding_group_;
+  parallel::Communicator& channel(parallel::PipelineOp sent_by, int from_rank);
   std::vector<std::unique_ptr<LlamaModel>> chunks_;
   std::vector<std::unique_ptr<LlamaModel::StageState>> states_;
   std::vector<LlamaModel::StageState*> free_states_;

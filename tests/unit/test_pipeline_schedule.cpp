@@ -2,12 +2,18 @@
 // of the pipeline together: each rank runs its action list in order; a forward of virtual
 // stage s > 0 first receives its input from stage s - 1, a backward of s < last first
 // receives its gradient from stage s + 1 (receives block); results are sent on (sends do
-// not block: the engine posts them asynchronously). Activations and gradients travel on two
-// separate channels per ordered rank pair (the engine's two communicators), matched in
-// issue order: a receive that finds another message at the head of its channel is an
-// error, as it would silently read the wrong tensor.
+// not block: the engine posts them asynchronously). Messages travel on the four channels
+// of p2p_channel() (the engine's communicators), matched in issue order per ordered rank
+// pair: a receive that finds another message at the head of its channel is an error, as
+// it would silently read the wrong tensor.
+//
+// A second simulation models NCCL: per rank one compute stream and one stream per channel
+// (communicator), filled in schedule order as the engine's host code enqueues them; a
+// compute waits for its receive, a send for the compute that produced its data, and a
+// send/receive pair completes only when both are at the head of their streams.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <deque>
 #include <map>
 #include <set>
@@ -32,7 +38,7 @@ SimResult simulate(const std::vector<std::vector<PipelineAction>>& schedules, in
     int micro_batch, stage;  // destination virtual stage
     bool operator==(const Msg&) const = default;
   };
-  std::map<std::tuple<bool, int, int>, std::deque<Msg>> channels;  // (is_grad, src, dst)
+  std::map<std::tuple<P2pChannel, int, int>, std::deque<Msg>> channels;  // (channel, src, dst)
   std::vector<size_t> pc(static_cast<size_t>(P), 0);
   std::vector<int> in_flight(static_cast<size_t>(P), 0);
   std::vector<std::set<std::pair<int, int>>> forwarded(static_cast<size_t>(P)), backwarded(static_cast<size_t>(P));
@@ -52,7 +58,7 @@ SimResult simulate(const std::vector<std::vector<PipelineAction>>& schedules, in
         const bool needs_recv = fwd ? s > 0 : s < S - 1;
         if (needs_recv) {
           const int src = rank_of_virtual_stage(P, fwd ? s - 1 : s + 1);
-          auto& ch = channels[{!fwd, src, r}];
+          auto& ch = channels[{p2p_channel(a.op, P, src), src, r}];
           if (ch.empty()) break;  // blocked
           if (!(ch.front() == Msg{a.micro_batch, s}))
             return {where + ": received the message for micro-batch " + std::to_string(ch.front().micro_batch) +
@@ -64,12 +70,14 @@ SimResult simulate(const std::vector<std::vector<PipelineAction>>& schedules, in
           if (!forwarded[static_cast<size_t>(r)].insert(key).second) return {where + ": forward twice", {}};
           int& f = in_flight[static_cast<size_t>(r)];
           res.max_in_flight[static_cast<size_t>(r)] = std::max(res.max_in_flight[static_cast<size_t>(r)], ++f);
-          if (s < S - 1) channels[{false, r, rank_of_virtual_stage(P, s + 1)}].push_back({a.micro_batch, s + 1});
+          if (s < S - 1)
+            channels[{p2p_channel(a.op, P, r), r, rank_of_virtual_stage(P, s + 1)}].push_back({a.micro_batch, s + 1});
         } else {
           if (!forwarded[static_cast<size_t>(r)].count(key)) return {where + ": backward before its forward", {}};
           if (!backwarded[static_cast<size_t>(r)].insert(key).second) return {where + ": backward twice", {}};
           --in_flight[static_cast<size_t>(r)];
-          if (s > 0) channels[{true, r, rank_of_virtual_stage(P, s - 1)}].push_back({a.micro_batch, s - 1});
+          if (s > 0)
+            channels[{p2p_channel(a.op, P, r), r, rank_of_virtual_stage(P, s - 1)}].push_back({a.micro_batch, s - 1});
         }
         ++i;
         progress = true;
@@ -89,6 +97,83 @@ SimResult simulate(const std::vector<std::vector<PipelineAction>>& schedules, in
   for (const auto& [k, ch] : channels)
     if (!ch.empty()) return {"a message was never received", {}};
   return res;
+}
+
+// NCCL semantics (see the top). split_wrap = false puts the wrap-around messages on the
+// neighbour channels. Returns "" or "deadlock".
+std::string simulate_streams(const std::vector<std::vector<PipelineAction>>& schedules, int v, bool split_wrap) {
+  const int P = static_cast<int>(schedules.size()), S = P * v;
+  struct Op {
+    bool compute = true, send = false;
+    int peer = -1;
+    int dep_stream = -1, dep_index = -1;  // must be done first
+    bool done = false;
+  };
+  constexpr int kStreams = 5;  // 0 compute, 1 + channel
+  std::vector<std::array<std::vector<Op>, kStreams>> st(static_cast<size_t>(P));
+  auto stream_of = [&](PipelineOp sent_by, int from) {
+    P2pChannel c = p2p_channel(sent_by, P, from);
+    if (!split_wrap && c == P2pChannel::ActivationsWrap) c = P2pChannel::Activations;
+    if (!split_wrap && c == P2pChannel::GradientsWrap) c = P2pChannel::Gradients;
+    return 1 + static_cast<int>(c);
+  };
+  for (int r = 0; r < P; ++r) {
+    auto& R = st[static_cast<size_t>(r)];
+    for (const PipelineAction& a : schedules[static_cast<size_t>(r)]) {
+      const int s = virtual_stage(P, r, a.chunk);
+      const bool fwd = a.op == PipelineOp::Forward;
+      const int from = rank_of_virtual_stage(P, fwd ? s - 1 : s + 1), to = rank_of_virtual_stage(P, fwd ? s + 1 : s - 1);
+      Op compute;
+      if (fwd ? s > 0 : s < S - 1) {  // receive, then compute after it
+        const int k = stream_of(a.op, from);
+        R[k].push_back(Op{false, false, from});
+        compute.dep_stream = k;
+        compute.dep_index = static_cast<int>(R[k].size()) - 1;
+      }
+      R[0].push_back(compute);
+      if (fwd ? s < S - 1 : s > 0) {
+        const int k = stream_of(a.op, r);
+        R[k].push_back(Op{false, true, to, 0, static_cast<int>(R[0].size()) - 1});
+      }
+    }
+  }
+  std::vector<std::array<size_t, kStreams>> head(static_cast<size_t>(P));
+  for (auto& h : head) h.fill(0);
+  auto ready = [&](int r, int k) -> Op* {
+    auto& q = st[static_cast<size_t>(r)][static_cast<size_t>(k)];
+    const size_t h = head[static_cast<size_t>(r)][static_cast<size_t>(k)];
+    if (h >= q.size()) return nullptr;
+    Op& o = q[h];
+    if (o.dep_stream >= 0 &&
+        !st[static_cast<size_t>(r)][static_cast<size_t>(o.dep_stream)][static_cast<size_t>(o.dep_index)].done)
+      return nullptr;
+    return &o;
+  };
+  for (bool progress = true; progress;) {
+    progress = false;
+    for (int r = 0; r < P; ++r) {
+      if (Op* o = ready(r, 0)) {
+        o->done = true;
+        ++head[static_cast<size_t>(r)][0];
+        progress = true;
+      }
+      for (int k = 1; k < kStreams; ++k) {
+        Op* o = ready(r, k);
+        if (o == nullptr) continue;
+        Op* p = ready(o->peer, k);
+        if (p == nullptr || p->peer != r || p->send == o->send) continue;
+        o->done = p->done = true;
+        ++head[static_cast<size_t>(r)][static_cast<size_t>(k)];
+        ++head[static_cast<size_t>(o->peer)][static_cast<size_t>(k)];
+        progress = true;
+      }
+    }
+  }
+  for (int r = 0; r < P; ++r)
+    for (int k = 0; k < kStreams; ++k)
+      if (head[static_cast<size_t>(r)][static_cast<size_t>(k)] < st[static_cast<size_t>(r)][static_cast<size_t>(k)].size())
+        return "deadlock";
+  return "";
 }
 
 std::vector<std::vector<PipelineAction>> all_ranks(int P, int M, int v) {
@@ -151,6 +236,19 @@ TEST(PipelineSchedule, EveryRankRunsEachPassOnceWithoutDeadlockOrMisorderedMessa
     for (int rank = 0; rank < l.P; ++rank) fo.push_back(forward_only_schedule(l.P, rank, l.M, l.v));
     // (forwards only: no backward follows, so in-flight just counts up)
     EXPECT_EQ(simulate(fo, l.v, l.M).error, "") << what << " forward-only";
+    // NCCL's blocking streams, with the engine's four channels.
+    EXPECT_EQ(simulate_streams(scheds, l.v, true), "") << what << " NCCL streams";
+    EXPECT_EQ(simulate_streams(fo, l.v, true), "") << what << " NCCL streams, forward-only";
+  }
+}
+
+// Why the wrap-around messages have channels of their own: on the neighbour channels the
+// interleaved schedule deadlocks under NCCL's semantics (1F1B has no wrap-around).
+TEST(PipelineSchedule, InterleavedNeedsTheWrapAroundChannelsUnderNccl) {
+  for (int P : {2, 4}) {
+    EXPECT_EQ(simulate_streams(all_ranks(P, 2 * P, 2), 2, false), "deadlock") << "P=" << P;
+    EXPECT_EQ(simulate_streams(all_ranks(P, 2 * P, 2), 2, true), "") << "P=" << P;
+    EXPECT_EQ(simulate_streams(all_ranks(P, 5, 1), 1, false), "") << "P=" << P;
   }
 }
 
@@ -162,6 +260,7 @@ TEST(PipelineSchedule, TheSimulationDetectsDeadlocksAndMisorderedMessages) {
       {{PipelineOp::Forward, 0, 0}, {PipelineOp::Backward, 0, 0}, {PipelineOp::Forward, 1, 0}, {PipelineOp::Backward, 1, 0}},
       {{PipelineOp::Forward, 0, 0}, {PipelineOp::Forward, 1, 0}, {PipelineOp::Backward, 0, 0}, {PipelineOp::Backward, 1, 0}}};
   EXPECT_NE(simulate(deadlock, 1, 2).error.find("deadlock"), std::string::npos);
+  EXPECT_EQ(simulate_streams(deadlock, 1, true), "deadlock");
   // Rank 0 takes the backwards in the other order than rank 1 sends them.
   auto misordered = all_ranks(2, 3, 1);
   std::vector<PipelineAction>& r0 = misordered[0];
