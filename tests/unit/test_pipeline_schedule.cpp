@@ -9,8 +9,9 @@
 //
 // A second simulation models NCCL: per rank one compute stream and one stream per channel
 // (communicator), filled in schedule order as the engine's host code enqueues them; a
-// compute waits for its receive, a send for the compute that produced its data, and a
-// send/receive pair completes only when both are at the head of their streams.
+// compute waits for its receive, every send or receive for the compute enqueued before it
+// (as NcclCommunicator orders them), and a send/receive pair completes only when both are
+// at the head of their streams.
 #include <gtest/gtest.h>
 
 #include <array>
@@ -126,7 +127,8 @@ std::string simulate_streams(const std::vector<std::vector<PipelineAction>>& sch
       Op compute;
       if (fwd ? s > 0 : s < S - 1) {  // receive, then compute after it
         const int k = stream_of(a.op, from);
-        R[k].push_back(Op{false, false, from});
+        // NcclCommunicator makes every operation wait for the compute work enqueued before it.
+        R[k].push_back(Op{false, false, from, R[0].empty() ? -1 : 0, static_cast<int>(R[0].size()) - 1});
         compute.dep_stream = k;
         compute.dep_index = static_cast<int>(R[k].size()) - 1;
       }
