@@ -54,7 +54,7 @@ struct PipelineOptions {
 
 class PipelinedModel {
  public:
-  // Collective over the pp group (splits two p2p communicators and the embedding group from
+  // Collective over the pp group (splits the p2p communicators and the embedding group from
   // it). Throws naming num_layers when it does not split over pp * virtual_stages stages.
   // `options.stage` is set here per chunk; everything else (tensor parallel, recompute,
   // grad_ready, ...) applies to every chunk. `ctx` and the pp group must outlive the model.
