@@ -47,18 +47,28 @@ if [[ "${GEMM_TUNING:-0}" == 1 ]]; then
   export PRIMUS_GEMM_TUNING_STAGE=3 PRIMUS_GEMM_TUNING_RESULT="$OUT/gemm_table_$tag.json"
   echo "tuning took $((SECONDS - t0)) s"
 fi
+# Peak device memory of each side measured the same way: nvidia-smi's used memory sampled every
+# 100 ms while it runs (CUDA context, allocator caches and all), minus what was used before.
+mem_start() { nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 100 >"$1" 2>/dev/null & MEMPID=$!; }
+mem_stop() { kill "$MEMPID" 2>/dev/null; wait "$MEMPID" 2>/dev/null; sort -n "$1" | tail -1; }
+idle_mib=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits 2>/dev/null | head -1)
 t0=$SECONDS
+mem_start "$OUT/mem_primus.txt"
 train "$OUT/e2e_primus.log" "$STEPS"
 rc=$?
+primus_peak_mib=$(mem_stop "$OUT/mem_primus.txt")
 unset PRIMUS_GEMM_TUNING_STAGE PRIMUS_GEMM_TUNING_RESULT
 echo "primus train${GEMM_TUNING:+ (tuned GEMMs)}: rc=$rc in $((SECONDS - t0)) s (log: $OUT/e2e_primus.log)"
 grep -E "set-up:" "$OUT/e2e_primus.log" | cut -c 44-
 tail -5 "$OUT/e2e_primus.log"
 
 t0=$SECONDS
+mem_start "$OUT/mem_peer.txt"
 timeout 300 python3 "$PY/pt_llama_bench.py" --shape "$SHAPE" --seq "$SEQ" --mbs "$MBS" --steps 15 \
   >"$OUT/e2e_peer.jsonl" 2>"$OUT/e2e_peer.err"
 echo "pytorch peer: rc=$? in $((SECONDS - t0)) s"
+peer_peak_mib=$(mem_stop "$OUT/mem_peer.txt")
+echo "peak device memory (nvidia-smi, MiB above the idle ${idle_mib:-?}): primus $((primus_peak_mib - idle_mib)), pytorch peer $((peer_peak_mib - idle_mib))"
 
 python3 - "$OUT/e2e_primus.log" "$OUT/e2e_peer.jsonl" "$SEQ" "$MBS" <<'PYEOF'
 import json, re, statistics, sys

@@ -204,13 +204,20 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   }
 #endif
   if (tp_size_ > 1) lo.tensor_parallel = {&groups_->tp(), o.sequence_parallel};
-  // Logits are materialised a chunk of rows at a time: about 256 MiB of them per chunk (1024
-  // rows at a 128K vocabulary, 4096 at 32K), in multiples of 1024 rows. Fewer, larger chunks
-  // make the classifier GEMMs more efficient at small vocabularies.
+  // Logits are materialised a chunk of rows at a time, about PRIMUS_LOGITS_CHUNK_MB (default
+  // 256) MiB of them per chunk, in multiples of 1024 rows: 1024 rows at a 128K vocabulary, 4096
+  // at 32K. Fewer, larger chunks make the classifier GEMMs more efficient (the output layer's
+  // fp32 weight gradient is read and written once per chunk) at the cost of that memory.
   {
+    int64_t budget_mb = 256;
+    if (const char* v = std::getenv("PRIMUS_LOGITS_CHUNK_MB"); v != nullptr && *v != '\0') {
+      budget_mb = std::atoll(v);
+      PRIMUS_CHECK(budget_mb > 0, "PRIMUS_LOGITS_CHUNK_MB={} must be a positive number of MiB", v);
+    }
     const int64_t vocab_local = o.model.padded_vocab_size / tp_size_;
     const int64_t bytes_per_row = vocab_local * static_cast<int64_t>(dtype_size(lo.param_dtype));
-    lo.logits_chunk_rows = std::max<int64_t>(1024, (int64_t{256} << 20) / std::max<int64_t>(1, bytes_per_row) / 1024 * 1024);
+    lo.logits_chunk_rows =
+        std::max<int64_t>(1024, (budget_mb << 20) / std::max<int64_t>(1, bytes_per_row) / 1024 * 1024);
   }
   // overlap_grad_reduce: a parameter's bucket may start reducing once its grad is final,
   // i.e. after the last micro-batch's backward through it.
@@ -226,6 +233,12 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
                             ? static_cast<int>(o.model.num_layers / pp_size_ / o.num_layers_per_virtual_pipeline_stage)
                             : 1;
   }
+  PRIMUS_CHECK(po.virtual_stages == 1 || num_micro_batches_ % pp_size_ == 0,
+               "the interleaved pipeline schedule (num_layers_per_virtual_pipeline_stage = {}) needs the number of "
+               "micro-batches per step ({} = global_batch_size {} / (micro_batch_size {} x data-parallel size {})) to "
+               "be a multiple of pipeline_model_parallel_size = {}; change global_batch_size or micro_batch_size",
+               o.num_layers_per_virtual_pipeline_stage, num_micro_batches_, o.global_batch_size, o.micro_batch_size,
+               dp_size_, pp_size_);
   model_ = std::make_unique<PipelinedModel>(o.model, ctx_, lo, po);
   params_ = model_->parameters();
   const std::vector<NamedTensor*> tied_copies = model_->tied_embedding_copies();

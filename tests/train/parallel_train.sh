@@ -68,6 +68,15 @@ run one_half 1 --set save="$WORK/ckpt_one" --set exit_interval=4
 run one_to_tp2pp2 4 "${TP2PP2[@]}" --set load="$WORK/ckpt_one" $(final one_to_tp2pp2)
 }
 
+# A layout the interleaved schedule cannot run is refused at set-up, naming the keys.
+if PRIMUS_TEST_RUN=bad_layout "$MPIEXEC" -np 2 --oversubscribe --bind-to none -x PRIMUS_TEST_RUN -x PRIMUS_TEST_WORKSPACE \
+    "$PRIMUS" train --config "$EXP" --world-size 2 "${FOUR[@]}" --set pipeline_model_parallel_size=2 \
+    --set num_layers_per_virtual_pipeline_stage=1 --set global_batch_size=6 >"$WORK/bad_layout.log" 2>&1; then
+  echo "FAIL: 3 micro-batches over an interleaved pp2 schedule were accepted"; exit 1
+fi
+grep -q "needs the number of micro-batches per step (3" "$WORK/bad_layout.log" ||
+  { echo "FAIL: no clear error for the bad interleaved layout:"; tail -5 "$WORK/bad_layout.log"; exit 1; }
+echo "bad interleaved layout: refused with a clear error"
 # Overlap must really overlap: some buckets start reducing while backward still runs.
 for r in dp2_overlap pp2dp2; do
   line=$(grep -m1 "overlap_grad_reduce:" "$WORK/$r.log" || true)
