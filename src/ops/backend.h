@@ -46,6 +46,15 @@ class Backend {
   virtual void copy_cast(Tensor& dst, const Tensor& src) = 0;        // fp32/bf16/fp16, same numel
   virtual void add(Tensor& out, const Tensor& a, const Tensor& b) = 0;  // out = a + b (out may alias)
   virtual void scale(Tensor& t, float alpha) = 0;                     // t *= alpha
+  // t = N(mean, std^2) values of CounterRng(seed, stream) (core/rng.h): local element
+  // r.local_offset + j of each run r gets value number r.full_offset + j (a shard of a
+  // larger tensor draws its slice of the full tensor's values). Weight init. Default: the
+  // values on the host, copied in; a device backend should generate them in place.
+  struct NormalRun {
+    int64_t local_offset = 0, full_offset = 0, numel = 0;
+  };
+  virtual void fill_normal(Tensor& t, uint64_t seed, uint64_t stream, float mean, float std,
+                           const std::vector<NormalRun>& runs);
 
   // ---- GEMM ----------------------------------------------------------------------
   // out (M,N) = alpha * op(a) @ op(b) + beta * out, with op(a) (M,K), op(b) (K,N).

@@ -71,6 +71,21 @@ void fill(Context& ctx, Tensor& t, float value) {
   ctx.backend().fill(t, value);
 }
 
+void fill_normal(Context& ctx, Tensor& t, uint64_t seed, uint64_t stream, float mean, float std,
+                 const std::vector<Backend::NormalRun>& runs) {
+  arg(ctx, t, "fill_normal", "t");
+  int64_t covered = 0;
+  for (const auto& r : runs) {
+    PRIMUS_CHECK(r.numel >= 0 && r.local_offset >= 0 && r.local_offset + r.numel <= t.numel(),
+                 "fill_normal: run [{}, {}) outside the tensor {}", r.local_offset, r.local_offset + r.numel,
+                 t.describe());
+    covered += r.numel;
+  }
+  PRIMUS_CHECK(covered == t.numel(), "fill_normal: runs cover {} of the {} elements of {}", covered, t.numel(),
+               t.describe());
+  ctx.backend().fill_normal(t, seed, stream, mean, std, runs);
+}
+
 void copy_cast(Context& ctx, Tensor& dst, const Tensor& src) {
   arg(ctx, dst, "copy_cast", "dst");
   arg(ctx, src, "copy_cast", "src");

@@ -32,6 +32,9 @@ class Context {
 };
 
 void fill(Context& ctx, Tensor& t, float value);
+// Weight init on the tensor's device: see Backend::fill_normal.
+void fill_normal(Context& ctx, Tensor& t, uint64_t seed, uint64_t stream, float mean, float std,
+                 const std::vector<Backend::NormalRun>& runs);
 void copy_cast(Context& ctx, Tensor& dst, const Tensor& src);
 void add(Context& ctx, Tensor& out, const Tensor& a, const Tensor& b);
 void scale(Context& ctx, Tensor& t, float alpha);

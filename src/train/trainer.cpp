@@ -205,11 +205,12 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
 #endif
   if (tp_size_ > 1) lo.tensor_parallel = {&groups_->tp(), o.sequence_parallel};
   // Logits are materialised a chunk of rows at a time, about PRIMUS_LOGITS_CHUNK_MB (default
-  // 256) MiB of them per chunk, in multiples of 1024 rows: 1024 rows at a 128K vocabulary, 4096
-  // at 32K. Fewer, larger chunks make the classifier GEMMs more efficient (the output layer's
-  // fp32 weight gradient is read and written once per chunk) at the cost of that memory.
+  // 1024) MiB of them per chunk, in multiples of 1024 rows: 4096 rows at a 128K vocabulary,
+  // 16384 at 32K. Fewer, larger chunks make the classifier cheaper (the output layer's fp32
+  // weight gradient is read and written once per chunk): on the H100 the 1B shape ran 1.8%
+  // faster with 1 GiB chunks than with 256 MiB ones.
   {
-    int64_t budget_mb = 256;
+    int64_t budget_mb = 1024;
     if (const char* v = std::getenv("PRIMUS_LOGITS_CHUNK_MB"); v != nullptr && *v != '\0') {
       budget_mb = std::atoll(v);
       PRIMUS_CHECK(budget_mb > 0, "PRIMUS_LOGITS_CHUNK_MB={} must be a positive number of MiB", v);

@@ -9,6 +9,7 @@
 
 #include "ops/cuda/adamw.h"
 #include "ops/cuda/attention_simple.h"
+#include "ops/cuda/init_normal.h"
 #include "ops/cuda/cross_entropy.h"
 #include "ops/cuda/cross_entropy_shards.h"
 #include "ops/cuda/cuda_check.h"
@@ -123,6 +124,15 @@ void* CudaBackend::scratch(size_t bytes) {
 }
 
 // ---- elementwise ---------------------------------------------------------------------
+
+void CudaBackend::fill_normal(Tensor& t, uint64_t seed, uint64_t stream_id, float mean, float std,
+                              const std::vector<NormalRun>& runs) {
+  require_cuda(t, "fill_normal", "t");
+  std::vector<cuda::NormalRun> pieces;
+  pieces.reserve(runs.size());
+  for (const auto& r : runs) pieces.push_back({r.local_offset, r.full_offset, r.numel});
+  launch_fill_normal_runs(t.raw(), t.dtype(), pieces, seed, stream_id, mean, std, stream_);
+}
 
 void CudaBackend::fill(Tensor& t, float value) {
   require_cuda(t, "fill", "t");

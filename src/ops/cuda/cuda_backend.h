@@ -49,6 +49,8 @@ class CudaBackend final : public ops::Backend {
   void synchronize() override;
 
   void fill(Tensor& t, float value) override;
+  void fill_normal(Tensor& t, uint64_t seed, uint64_t stream, float mean, float std,
+                   const std::vector<NormalRun>& runs) override;
   void copy_cast(Tensor& dst, const Tensor& src) override;
   void add(Tensor& out, const Tensor& a, const Tensor& b) override;
   void scale(Tensor& t, float alpha) override;
