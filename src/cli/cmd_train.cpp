@@ -13,6 +13,7 @@
 #include "config/command_line.h"
 #include "config/config.h"
 #include "config/describe.h"
+#include "parallel/launch_info.h"
 #include "core/error.h"
 #include "train/train.h"
 
@@ -44,8 +45,14 @@ int cmd_train(int argc, char** argv) {
   config::LoadOptions options;
   options.sets = sets;
   options.sets.insert(options.sets.end(), args.sets.begin(), args.sets.end());
-  options.world_size = config::resolve_world_size(world_size, env, dry_run ? 0 : 1);
-  const bool assumed_world = !world_size && !env("WORLD_SIZE") && dry_run;
+  // Without --world-size or WORLD_SIZE, a run takes its world from the launcher (mpirun's
+  // OMPI_COMM_WORLD_SIZE, srun's, PMI's: parallel/launch_info.h), so `mpirun -np 4 primus train`
+  // validates the layout against 4 processes.
+  const parallel::LaunchInfo launch = parallel::detect_launch();
+  options.world_size =
+      config::resolve_world_size(world_size, env, dry_run ? (launch.distributed() ? launch.world_size : 0)
+                                                          : launch.world_size);
+  const bool assumed_world = !world_size && !env("WORLD_SIZE") && !launch.distributed() && dry_run;
   config::Config cfg = config::load_experiment(config_path, options);
 
   if (!args.mode.empty()) {
