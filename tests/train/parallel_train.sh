@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # `primus train` under mpirun on CPU ranks: parallel layouts give the single-rank losses and
 # final weights, and checkpoints move between layouts. All runs: a tiny Llama on mock data,
-# 8 iterations; "== ref" means every loss and every final weight tensor within 1e-5 relative.
+# 10 iterations; "== ref" means every loss and every final weight tensor within 1e-5 relative.
 #   ref          1 rank
 #   dp2          2 ranks, data parallel                                         == ref
+#   tp2          2 ranks, tensor parallel                                       == ref
 #   dp2_distopt  2 ranks, distributed optimizer, small buckets (many collectives) == ref
 #   dp2_overlap  2 ranks, overlap_grad_reduce, small buckets                     == ref
 #   dp2tp2       4 ranks, data x tensor parallel + distributed optimizer          == ref
-#   tp2sp        2 ranks, tensor + sequence parallel; stops at iteration 4 (exit_interval, saves)
-#   tp2->tp1     1 rank resumes tp2sp's checkpoint, iterations 5..8               == ref
-#   distopt->1   dp2 + distributed optimizer stops at 4; 1 rank, plain optimizer resumes == ref
+#   tp2sp        2 ranks, tensor + sequence parallel; stops at iteration 5 (exit_interval, saves)
+#   tp2->tp1     1 rank resumes tp2sp's checkpoint, iterations 6..10               == ref
+#   distopt->1   dp2 + distributed optimizer stops at 5; 1 rank, plain optimizer resumes == ref
 #   pp2          2 ranks, pipeline parallel (1F1B), tied embeddings across stages   == ref
 #   pp2dp2       4 ranks, pipeline x data parallel, distributed optimizer, overlap  == ref
 #   pp2vp        2 ranks, interleaved 1F1B (2 virtual stages per rank), 4 layers,
 #                untied output layer                                              == ref4 (1 rank, same model)
 #   tp2pp2->1    4 ranks tp2+sp x pp2 stop at 4 and save; 1 rank resumes          == ref
-#   1->tp2pp2    1 rank stops at 4 and saves; 4 ranks tp2+sp x pp2 resume         == ref
+#   1->tp2pp2    1 rank stops at 5 and saves; 4 ranks tp2+sp x pp2 resume         == ref
 # Usage: parallel_train.sh PRIMUS_BINARY MPIEXEC
 set -euo pipefail
 PRIMUS=$1
@@ -32,27 +33,28 @@ run() {  # name np [--set ...]
   local name=$1 np=$2
   shift 2
   if ((np == 1)); then
-    PRIMUS_TEST_RUN=$name "$PRIMUS" train --config "$EXP" --set train_iters=8 "$@" >"$WORK/$name.log" 2>&1
+    PRIMUS_TEST_RUN=$name "$PRIMUS" train --config "$EXP" --set train_iters=10 "$@" >"$WORK/$name.log" 2>&1
   else
     PRIMUS_TEST_RUN=$name "$MPIEXEC" -np "$np" --oversubscribe --bind-to none -x PRIMUS_TEST_RUN \
       -x PRIMUS_TEST_WORKSPACE -x OPENBLAS_NUM_THREADS -x PRIMUS_COMM_TIMEOUT_S \
-      "$PRIMUS" train --config "$EXP" --set train_iters=8 --world-size "$np" "$@" >"$WORK/$name.log" 2>&1
+      "$PRIMUS" train --config "$EXP" --set train_iters=10 --world-size "$np" "$@" >"$WORK/$name.log" 2>&1
   fi || { echo "run $name failed:"; tail -30 "$WORK/$name.log"; exit 1; }
   echo "run $name: ok"
 }
-final() { echo --set save="$WORK/final_$1"; }  # every run that goes to iteration 8 saves its weights there
+final() { echo --set save="$WORK/final_$1"; }  # every run that goes to iteration 10 saves its weights there
 # shellcheck disable=SC2046
 {
 run ref 1 $(final ref)
 run dp2 2 $(final dp2)
+run tp2 2 --set tensor_model_parallel_size=2 $(final tp2)
 run dp2_distopt 2 --set use_distributed_optimizer=true --set ddp_bucket_size=3000 $(final dp2_distopt)
 run dp2_overlap 2 --set overlap_grad_reduce=true --set ddp_bucket_size=3000 $(final dp2_overlap)
 run dp2tp2 4 --set tensor_model_parallel_size=2 --set use_distributed_optimizer=true --set ddp_bucket_size=3000 \
   $(final dp2tp2)
-run tp2sp 2 --set tensor_model_parallel_size=2 --set sequence_parallel=true --set save="$WORK/ckpt" --set exit_interval=4
+run tp2sp 2 --set tensor_model_parallel_size=2 --set sequence_parallel=true --set save="$WORK/ckpt" --set exit_interval=5
 run tp1resume 1 --set load="$WORK/ckpt" $(final tp1resume)
 run distopt_half 2 --set use_distributed_optimizer=true --set ddp_bucket_size=3000 --set save="$WORK/ckpt_do" \
-  --set exit_interval=4
+  --set exit_interval=5
 run distopt_resume 1 --set load="$WORK/ckpt_do" $(final distopt_resume)
 run pp2 2 --set pipeline_model_parallel_size=2 $(final pp2)
 run pp2dp2 4 --set pipeline_model_parallel_size=2 --set use_distributed_optimizer=true --set overlap_grad_reduce=true \
@@ -62,9 +64,9 @@ run ref4 1 "${FOUR[@]}" $(final ref4)
 run pp2vp 2 "${FOUR[@]}" --set pipeline_model_parallel_size=2 --set num_layers_per_virtual_pipeline_stage=1 \
   $(final pp2vp)
 TP2PP2=(--set tensor_model_parallel_size=2 --set sequence_parallel=true --set pipeline_model_parallel_size=2)
-run tp2pp2_half 4 "${TP2PP2[@]}" --set save="$WORK/ckpt_tp2pp2" --set exit_interval=4
+run tp2pp2_half 4 "${TP2PP2[@]}" --set save="$WORK/ckpt_tp2pp2" --set exit_interval=5
 run tp2pp2_to_1 1 --set load="$WORK/ckpt_tp2pp2" $(final tp2pp2_to_1)
-run one_half 1 --set save="$WORK/ckpt_one" --set exit_interval=4
+run one_half 1 --set save="$WORK/ckpt_one" --set exit_interval=5
 run one_to_tp2pp2 4 "${TP2PP2[@]}" --set load="$WORK/ckpt_one" $(final one_to_tp2pp2)
 }
 
@@ -96,10 +98,10 @@ def losses(run):
     return out
 refs = {r: losses(r) for r in ("ref", "ref4")}
 for r in refs.values():
-    assert sorted(r) == list(range(1, 9)), r
+    assert sorted(r) == list(range(1, 11)), r
 worst = 0.0
-ALL, FIRST, LAST = range(1, 9), range(1, 5), range(5, 9)
-runs = (("dp2", ALL, "ref"), ("dp2_distopt", ALL, "ref"), ("dp2_overlap", ALL, "ref"), ("dp2tp2", ALL, "ref"),
+ALL, FIRST, LAST = range(1, 11), range(1, 6), range(6, 11)
+runs = (("dp2", ALL, "ref"), ("tp2", ALL, "ref"), ("dp2_distopt", ALL, "ref"), ("dp2_overlap", ALL, "ref"), ("dp2tp2", ALL, "ref"),
         ("tp2sp", FIRST, "ref"), ("tp1resume", LAST, "ref"), ("distopt_half", FIRST, "ref"),
         ("distopt_resume", LAST, "ref"), ("pp2", ALL, "ref"), ("pp2dp2", ALL, "ref"), ("pp2vp", ALL, "ref4"),
         ("tp2pp2_half", FIRST, "ref"), ("tp2pp2_to_1", LAST, "ref"), ("one_half", FIRST, "ref"),
@@ -115,7 +117,7 @@ for run, its, refname in runs:
 print(f"{len(runs)} parallel runs match the single-rank losses (worst relative difference {worst:.2e})")
 
 def weights(run):  # model.safetensors of the iteration-8 checkpoint, read from the format
-    path = f"{work}/final_{run}/iter_0000008/model.safetensors"
+    path = f"{work}/final_{run}/iter_0000010/model.safetensors"
     raw = open(path, "rb").read()
     n = struct.unpack("<Q", raw[:8])[0]
     header = json.loads(raw[8:8 + n])
@@ -129,7 +131,7 @@ def weights(run):  # model.safetensors of the iteration-8 checkpoint, read from 
     return out
 ref_ws = {r: weights(r) for r in ("ref", "ref4")}
 worst_w = 0.0
-for run, refname in (("dp2", "ref"), ("dp2_distopt", "ref"), ("dp2_overlap", "ref"), ("dp2tp2", "ref"),
+for run, refname in (("dp2", "ref"), ("tp2", "ref"), ("dp2_distopt", "ref"), ("dp2_overlap", "ref"), ("dp2tp2", "ref"),
                      ("tp1resume", "ref"), ("distopt_resume", "ref"), ("pp2", "ref"), ("pp2dp2", "ref"),
                      ("pp2vp", "ref4"), ("tp2pp2_to_1", "ref"), ("one_to_tp2pp2", "ref")):
     ref_w = ref_ws[refname]
