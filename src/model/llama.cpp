@@ -343,6 +343,20 @@ void LlamaModel::init_weights(uint64_t seed) {
 
 void LlamaModel::zero_grads() {
   for (auto& p : params_) p->grad.zero_();
+  overwrite_pending_ = false;
+}
+
+void LlamaModel::zero_grads_for_overwrite() {
+  require_whole_model("zero_grads_for_overwrite");
+  std::vector<const NamedTensor*> written;  // every element written by a beta = 0 GEMM
+  for (const LlamaLayer& layer : layers_) {
+    const LlamaLayerParams& p = layer.params();
+    written.insert(written.end(), {p.qkv, p.proj, p.fc1, p.fc2});
+  }
+  if (output_ != nullptr) written.push_back(output_);  // untied; a tied one also gets embedding grads
+  for (auto& p : params_)
+    if (std::find(written.begin(), written.end(), p.get()) == written.end()) p->grad.zero_();
+  overwrite_pending_ = true;
 }
 
 NamedTensor& LlamaModel::output_weight() { return output_ != nullptr ? *output_ : *embedding_; }
@@ -387,6 +401,8 @@ void LlamaModel::forward_layers(LlamaLayerEnv& env, std::vector<Tensor>& xs, std
   xs.resize(static_cast<size_t>(L + 1));
   acts.assign(static_cast<size_t>(L), LlamaLayerActivations{});
   for (int64_t l = 0; l < L; ++l) {
+    const LlamaLayerParams& p = layers_[l].params();
+    for (const NamedTensor* t : {p.input_norm, p.qkv, p.proj, p.mlp_norm, p.fc1, p.fc2}) param_needed(t);
     xs[l + 1] = env.arena.alloc({d.residual_rows(), d.C}, options_.param_dtype);
     layers_[l].forward(env, xs[l], xs[l + 1], acts[l], keep_acts ? layer_mode(l) : Recompute::Full);
   }
@@ -428,7 +444,9 @@ void LlamaModel::classifier(const Batch& batch, const LlamaDims& d, const Tensor
     }
     if (dhidden != nullptr) {
       Tensor dh = dh_all.rows(r0, r1);
-      ops::linear_backward(ctx_, &dh, out.grad, logits, h, out.value);
+      // The first chunk writes an untied output layer's grad when the step's grads were not zeroed.
+      const bool accumulate = !(overwrite_pending_ && output_ != nullptr && r0 == 0);
+      ops::linear_backward(ctx_, &dh, out.grad, logits, h, out.value, accumulate);
     }
     arena.release(m);
   }
@@ -460,6 +478,7 @@ Tensor LlamaModel::stage_forward(StageState& st, const Tensor& tokens, const Ten
   st.xs_.assign(1, arena.alloc({R, d.C}, dt));
   Tensor& x0 = st.xs_[0];
   if (pre) {
+    param_needed(embedding_);
     if (env.tp.active())
       parallel::vocab_parallel_embedding_forward(ctx_, env.tp, x0, batch.routed, embedding_->value, arena);
     else
@@ -475,6 +494,8 @@ Tensor LlamaModel::stage_forward(StageState& st, const Tensor& tokens, const Ten
     st.backward_pending_ = for_backward;
     return st.xs_.back();
   }
+  param_needed(final_norm_);
+  param_needed(&output_weight());
   Tensor hidden = arena.alloc({R, d.C}, dt);
   st.final_rstd_ = arena.alloc({R}, DType::F32);
   ops::rmsnorm_forward(ctx_, hidden, st.final_rstd_, st.xs_.back(), final_norm_->value, env.norm_eps);
@@ -500,6 +521,8 @@ Tensor LlamaModel::stage_backward(StageState& st, const Tensor* d_output) {
   Arena& arena = st.arena_;
   const LlamaDims& d = st.dims_;
   LlamaLayerEnv env = make_env(d, arena);
+  env.overwrite_linear_grads = overwrite_pending_;
+  overwrite_pending_ = false;  // later micro-batches accumulate
   const DType dt = options_.param_dtype;
   Tensor dres;
   if (post) {

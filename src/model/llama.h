@@ -81,6 +81,11 @@ struct LlamaOptions {
   // copy) right after the classifier's backward; the embedding at the end). Empty: not
   // called. For overlapping the data-parallel gradient reduction with backward.
   std::function<void(NamedTensor&)> grad_ready;
+  // Called before the forward first reads a parameter's value: the embedding, each layer's 6
+  // parameters as the layer starts, the final norm and output layer before the classifier.
+  // Empty: not called. For overlapping the distributed optimizer's parameter all-gather with
+  // the forward (overlap_param_gather).
+  std::function<void(const NamedTensor&)> param_needed;
 };
 
 class LlamaModel {
@@ -111,6 +116,11 @@ class LlamaModel {
 
   void init_weights(uint64_t seed);
   void zero_grads();
+  // Zeroes only the grads that backward accumulates into (norms, embedding); the next
+  // forward_backward then WRITES the linear weights' grads (beta = 0 GEMMs) instead of adding
+  // to zeros: the same values without a memset and a read of every fp32 linear gradient. The
+  // micro-batches after the first accumulate as usual. Whole-model use (forward_backward) only.
+  void zero_grads_for_overwrite();
 
   struct StepResult {
     double loss_sum = 0;    // sum over tokens of loss_mask * cross-entropy
@@ -207,6 +217,9 @@ class LlamaModel {
   void grad_ready(NamedTensor* p) const {
     if (options_.grad_ready && p != nullptr) options_.grad_ready(*p);
   }
+  void param_needed(const NamedTensor* p) const {
+    if (options_.param_needed && p != nullptr) options_.param_needed(*p);
+  }
 
   ModelConfig config_;
   ops::Context& ctx_;
@@ -219,6 +232,7 @@ class LlamaModel {
   std::vector<float> inv_freq_;
   Tensor rope_cos_, rope_sin_;  // cached for the last sequence length
   std::unique_ptr<StageState> own_;  // forward_backward / forward_only / logits
+  bool overwrite_pending_ = false;   // zero_grads_for_overwrite: the next backward writes linear grads
 };
 
 }  // namespace primus

@@ -24,14 +24,18 @@ void alloc_core(Arena& A, const LlamaDims& d, DType dt, LlamaLayerActivations& a
   a.act = A.alloc({d.N(), d.F}, dt);
 }
 
-// y (R,C) = x_full (N, in) @ w^T for a row-parallel w: partial sums of this rank's input
-// columns, reduced over tp into the residual rows (Megatron's RowParallelLinear).
-void row_parallel_linear_forward(LlamaLayerEnv& env, Tensor& y, const Tensor& x_full, const Tensor& w) {
+// y (R,C) = x_full (N, in) @ w^T + residual (R,C) for a row-parallel w: partial sums of this
+// rank's input columns, reduced over tp into the residual rows (Megatron's RowParallelLinear),
+// then the residual connection. On one tp rank the add happens inside the GEMM.
+void row_parallel_linear_forward_add(LlamaLayerEnv& env, Tensor& y, const Tensor& x_full, const Tensor& w,
+                                     const Tensor& residual) {
+  if (!env.tp.active()) return ops::linear_forward_add(env.ctx, y, x_full, w, residual);
   const Arena::Mark m = env.arena.mark();
   Tensor partial = parallel::tp_partial_buffer(env.tp, y, env.arena);
   ops::linear_forward(env.ctx, partial, x_full, w);
   parallel::exit_tp_region(env.tp, y, partial);
   env.arena.release(m);
+  ops::add(env.ctx, y, y, residual);
 }
 
 // The backward of a column-parallel linear whose input is the residual-rows tensor x:
@@ -42,7 +46,7 @@ void column_parallel_linear_backward(LlamaLayerEnv& env, Tensor& dx, Tensor& dw,
   const Arena::Mark m = env.arena.mark();
   const Tensor x_full = parallel::enter_tp_region(env.tp, x, env.arena);
   Tensor dx_full = parallel::tp_partial_buffer(env.tp, dx, env.arena);
-  ops::linear_backward(env.ctx, &dx_full, dw, dy, x_full, w);
+  ops::linear_backward(env.ctx, &dx_full, dw, dy, x_full, w, !env.overwrite_linear_grads);
   parallel::enter_tp_region_backward(env.tp, dx, dx_full);
   env.arena.release(m);
 }
@@ -81,8 +85,7 @@ void LlamaLayer::forward(LlamaLayerEnv& env, Tensor x, Tensor& x_out, LlamaLayer
     A.release(m);
   }
   ops::attention_forward(ctx, a.attn, a.lse, a.q, a.k, a.v, env.attn_scale, true);
-  row_parallel_linear_forward(env, a.x_mid, a.attn.view({N, d.Hq * d.D}), p_.proj->value);
-  ops::add(ctx, a.x_mid, a.x_mid, x);
+  row_parallel_linear_forward_add(env, a.x_mid, a.attn.view({N, d.Hq * d.D}), p_.proj->value, x);
 
   // MLP block.
   ops::rmsnorm_forward(ctx, a.h2, a.rstd2, a.x_mid, p_.mlp_norm->value, env.norm_eps);
@@ -93,8 +96,7 @@ void LlamaLayer::forward(LlamaLayerEnv& env, Tensor x, Tensor& x_out, LlamaLayer
     A.release(m);
   }
   ops::swiglu_forward(ctx, a.act, a.gate_up);
-  row_parallel_linear_forward(env, x_out, a.act, p_.fc2->value);
-  ops::add(ctx, x_out, x_out, a.x_mid);
+  row_parallel_linear_forward_add(env, x_out, a.act, p_.fc2->value, a.x_mid);
 
   A.release(scratch);
   if (keep == Recompute::Full) {
@@ -135,7 +137,7 @@ void LlamaLayer::backward(LlamaLayerEnv& env, LlamaLayerActivations& a, Tensor& 
     const Tensor dout = parallel::exit_tp_region_backward(env.tp, dres, A);  // (N,C)
     Tensor d_act = A.alloc({N, d.F}, dt);
     Tensor d_gate_up = A.alloc({N, 2 * d.F}, dt);
-    ops::linear_backward(ctx, &d_act, p_.fc2->grad, dout, a.act, p_.fc2->value);
+    ops::linear_backward(ctx, &d_act, p_.fc2->grad, dout, a.act, p_.fc2->value, !env.overwrite_linear_grads);
     ops::swiglu_backward(ctx, d_gate_up, d_act, a.gate_up);
     column_parallel_linear_backward(env, dh, p_.fc1->grad, d_gate_up, a.h2, p_.fc1->value);
     A.release(m);
@@ -145,7 +147,8 @@ void LlamaLayer::backward(LlamaLayerEnv& env, LlamaLayerActivations& a, Tensor& 
     const Tensor dout = parallel::exit_tp_region_backward(env.tp, dres, A);  // (N,C)
     Tensor d_attn = A.alloc({d.B, d.T, d.Hq, d.D}, dt);
     Tensor d_attn2 = d_attn.view({N, d.Hq * d.D});
-    ops::linear_backward(ctx, &d_attn2, p_.proj->grad, dout, a.attn.view({N, d.Hq * d.D}), p_.proj->value);
+    ops::linear_backward(ctx, &d_attn2, p_.proj->grad, dout, a.attn.view({N, d.Hq * d.D}), p_.proj->value,
+                         !env.overwrite_linear_grads);
     Tensor dq = A.alloc(a.q.shape(), dt), dk = A.alloc(a.k.shape(), dt), dv = A.alloc(a.v.shape(), dt);
     ops::attention_backward(ctx, dq, dk, dv, d_attn, a.q, a.k, a.v, a.attn, a.lse, env.attn_scale, true);
     Tensor dqkv = A.alloc({N, d.qkv_width()}, dt);

@@ -69,6 +69,9 @@ struct LlamaLayerEnv {
   float norm_eps = 1e-5f;
   float attn_scale = 1.f;
   parallel::TensorParallel tp{};  // default: one rank
+  // Backward writes the four linear weights' grads instead of adding to them (the step's first
+  // micro-batch when the caller did not zero them: LlamaModel::zero_grads_for_overwrite).
+  bool overwrite_linear_grads = false;
 };
 
 class LlamaLayer {

@@ -13,6 +13,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "parallel/pipeline_schedule.h"
 
 namespace primus {
 
@@ -203,28 +204,10 @@ ActivationElems layer_activations(const ModelConfig& m, int64_t layer, int64_t e
 }  // namespace
 
 std::vector<int64_t> stage_layer_counts(int64_t num_layers, const ParallelLayout& L) {
-  const int64_t pp = std::max<int64_t>(1, L.pp);
-  std::vector<int64_t> counts(static_cast<size_t>(pp), 0);
-  int64_t rest = num_layers, middle = pp;
-  if (L.first_stage_layers > 0) {
-    counts.front() = L.first_stage_layers;
-    rest -= L.first_stage_layers;
-    --middle;
-  }
-  if (L.last_stage_layers > 0 && pp > 1) {
-    counts.back() = L.last_stage_layers;
-    rest -= L.last_stage_layers;
-    --middle;
-  }
-  if (rest < 0 || (middle == 0 && rest != 0) || (middle > 0 && rest % middle != 0))
-    throw Error(fmt::format("{} layers do not split over {} pipeline stages (first stage {}, last stage {}, "
-                            "{} left for {} stages)",
-                            num_layers, pp, L.first_stage_layers, L.last_stage_layers, rest, middle));
-  for (size_t s = 0; s < counts.size(); ++s) {
-    const bool fixed = (s == 0 && L.first_stage_layers > 0) || (s + 1 == counts.size() && pp > 1 && L.last_stage_layers > 0);
-    if (!fixed) counts[s] = rest / middle;
-  }
-  return counts;
+  const int pp = static_cast<int>(std::max<int64_t>(1, L.pp));
+  const parallel::UnevenSplit split{L.first_stage_layers, L.last_stage_layers};
+  if (pp == 1) return {num_layers};  // first/last counts without a pipeline: config validation reports them
+  return parallel::pipeline_stage_layers(num_layers, pp, split);
 }
 
 MemoryEstimate estimate_memory(const ModelConfig& m, const ParallelLayout& L, const TrainingSetup& t) {

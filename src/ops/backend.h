@@ -61,6 +61,11 @@ class Backend {
   // Inputs share a dtype; out may be that dtype or fp32 (fp32 accumulation of grads).
   virtual void matmul(Tensor& out, const Tensor& a, Transpose ta, const Tensor& b, Transpose tb,
                       float alpha, float beta) = 0;
+  // out (M,N) = op(a) @ op(b) + c, c (M,N) of out's dtype, a different buffer than out: the
+  // residual add after a layer's output projection. Default: matmul, then add (two passes over
+  // out); a device backend reads c in the GEMM's epilogue instead (cuBLASLt with C != D).
+  virtual void matmul_add(Tensor& out, const Tensor& a, Transpose ta, const Tensor& b, Transpose tb,
+                          const Tensor& c);
 
   // ---- embedding -----------------------------------------------------------------
   // out (N,C) = table[ids]; ids int32 (N), table (V,C).

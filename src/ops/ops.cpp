@@ -142,7 +142,27 @@ void linear_forward(Context& ctx, Tensor& y, const Tensor& x, const Tensor& w) {
   matmul(ctx, y2, x.view({rows_of(x), x.size(-1)}), Transpose::No, w, Transpose::Yes, 1.f, 0.f);
 }
 
-void linear_backward(Context& ctx, Tensor* dx, Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w) {
+void linear_forward_add(Context& ctx, Tensor& y, const Tensor& x, const Tensor& w, const Tensor& residual) {
+  arg_shape(ctx, residual, y.shape(), "linear_forward_add", "residual");
+  same_dtype(y, residual, "linear_forward_add", "y", "residual");
+  PRIMUS_CHECK(residual.raw() != y.raw(), "linear_forward_add: residual {} must not be y's buffer {}",
+               residual.describe(), y.describe());
+  Tensor y2 = y.view({rows_of(y), y.size(-1)});
+  // Shapes, dtypes and devices of x, w and y as linear_forward checks them.
+  arg_ndim(ctx, w, 2, "linear_forward_add", "w");
+  arg(ctx, x, "linear_forward_add", "x");
+  arg(ctx, y, "linear_forward_add", "y");
+  PRIMUS_CHECK(x.size(-1) == w.size(1) && y.size(-1) == w.size(0) && rows_of(y) == rows_of(x),
+               "linear_forward_add: y {} must be [{}, {}] for x {} and w {}", y.describe(), rows_of(x), w.size(0),
+               x.describe(), w.describe());
+  same_dtype(x, w, "linear_forward_add", "x", "w");
+  same_dtype(y, x, "linear_forward_add", "y", "x");
+  const Tensor r2 = residual.view({rows_of(residual), residual.size(-1)});
+  ctx.backend().matmul_add(y2, x.view({rows_of(x), x.size(-1)}), Transpose::No, w, Transpose::Yes, r2);
+}
+
+void linear_backward(Context& ctx, Tensor* dx, Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+                     bool accumulate_dw) {
   arg_shape(ctx, dw, w.shape(), "linear_backward", "dw");
   arg(ctx, dy, "linear_backward", "dy");
   PRIMUS_CHECK(dy.size(-1) == w.size(0) && x.size(-1) == w.size(1) && rows_of(dy) == rows_of(x),
@@ -154,7 +174,8 @@ void linear_backward(Context& ctx, Tensor* dx, Tensor& dw, const Tensor& dy, con
     Tensor dx2 = dx->view({rows_of(x), x.size(-1)});
     matmul(ctx, dx2, dy2, Transpose::No, w, Transpose::No, 1.f, 0.f);
   }
-  matmul(ctx, dw, dy2, Transpose::Yes, x.view({rows_of(x), x.size(-1)}), Transpose::No, 1.f, 1.f);
+  matmul(ctx, dw, dy2, Transpose::Yes, x.view({rows_of(x), x.size(-1)}), Transpose::No, 1.f,
+         accumulate_dw ? 1.f : 0.f);
 }
 
 // ---- embedding -----------------------------------------------------------------------

@@ -44,9 +44,14 @@ void matmul(Context& ctx, Tensor& out, const Tensor& a, Transpose ta, const Tens
 // Linear layer in PyTorch/Megatron layout: w (out_features, in_features).
 // y (N,out) = x (N,in) @ w^T
 void linear_forward(Context& ctx, Tensor& y, const Tensor& x, const Tensor& w);
-// dx (N,in) = dy @ w (skipped if dx is undefined); dw (out,in) += dy^T @ x (fp32 or w's dtype).
+// y (N,out) = x @ w^T + residual (N,out), residual a different buffer than y: a layer's output
+// projection and the residual connection in one GEMM where the backend can (Backend::matmul_add).
+void linear_forward_add(Context& ctx, Tensor& y, const Tensor& x, const Tensor& w, const Tensor& residual);
+// dx (N,in) = dy @ w (skipped if dx is undefined); dw (out,in) += dy^T @ x (fp32 or w's dtype),
+// or dw = dy^T @ x with accumulate_dw false (the first contribution of a step: no zeroed buffer
+// to read).
 void linear_backward(Context& ctx, Tensor* dx, Tensor& dw, const Tensor& dy, const Tensor& x,
-                     const Tensor& w);
+                     const Tensor& w, bool accumulate_dw = true);
 
 void embedding_forward(Context& ctx, Tensor& out, const Tensor& ids, const Tensor& table);
 void embedding_backward(Context& ctx, Tensor& dtable, const Tensor& dout, const Tensor& ids);

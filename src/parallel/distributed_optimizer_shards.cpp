@@ -35,17 +35,21 @@ Tensor DistributedOptimizerShards::piece_view(const Tensor& flat, const Piece& p
   return flat.view({flat.numel()}).rows(piece.flat_offset, piece.flat_offset + piece.numel);
 }
 
-std::vector<CommHandle> DistributedOptimizerShards::all_gather_params_async(Communicator& dp,
-                                                                             Tensor& param_flat) const {
+CommHandle DistributedOptimizerShards::all_gather_bucket_async(Communicator& dp, Tensor& param_flat,
+                                                               int bucket) const {
   PRIMUS_CHECK(dp.size() == dp_size() && dp.rank() == rank_,
                "distributed optimizer: shards are for rank {} of {} but the group is {}", rank_,
                dp_size(), dp.describe());
+  Tensor all = layout_.bucket_view(param_flat, bucket);
+  Tensor mine = layout_.shard_view(param_flat, bucket, rank_);
+  return dp.all_gather_async(all, mine);
+}
+
+std::vector<CommHandle> DistributedOptimizerShards::all_gather_params_async(Communicator& dp,
+                                                                             Tensor& param_flat) const {
   std::vector<CommHandle> handles;
-  for (int b = 0; b < static_cast<int>(layout_.buckets().size()); ++b) {
-    Tensor bucket = layout_.bucket_view(param_flat, b);
-    Tensor mine = layout_.shard_view(param_flat, b, rank_);
-    handles.push_back(dp.all_gather_async(bucket, mine));
-  }
+  for (int b = 0; b < static_cast<int>(layout_.buckets().size()); ++b)
+    handles.push_back(all_gather_bucket_async(dp, param_flat, b));
   return handles;
 }
 

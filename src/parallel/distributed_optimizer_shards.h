@@ -52,6 +52,8 @@ class DistributedOptimizerShards {
   void all_gather_params(Communicator& dp, Tensor& param_flat) const;
   // The same, bucket by bucket, without waiting (overlap_param_gather).
   std::vector<CommHandle> all_gather_params_async(Communicator& dp, Tensor& param_flat) const;
+  // Bucket b's all-gather alone, not waited for.
+  CommHandle all_gather_bucket_async(Communicator& dp, Tensor& param_flat, int bucket) const;
 
  private:
   const FlatLayout& layout_;

@@ -25,11 +25,11 @@ GradBuckets::~GradBuckets() {
     if (h) h->wait();
 }
 
-void GradBuckets::zero() {
+void GradBuckets::zero(bool clear_values) {
   for (size_t b = 0; b < in_flight_.size(); ++b)
     PRIMUS_CHECK(!in_flight_[b], "grad buckets: zero() while bucket {} is still being reduced; "
                  "call finish() first", b);
-  flat_.zero_();
+  if (clear_values) flat_.zero_();
   ready_.assign(ready_.size(), false);
   next_start_ = 0;
   for (size_t b = 0; b < pending_.size(); ++b)

@@ -51,8 +51,9 @@ class GradBuckets {
   Tensor grad(size_t param) const { return layout_.param_view(flat_, param); }
   Tensor grad(std::string_view name) const { return grad(layout_.index_of(name)); }
 
-  // Zeros every gradient and the ready marks. Throws if a reduction is still in flight.
-  void zero();
+  // Zeros every gradient (clear_values false: leaves the values to a caller that overwrites
+  // them) and the ready marks. Throws if a reduction is still in flight.
+  void zero(bool clear_values = true);
   // Param i's gradient is final for this step. Starts its bucket's collective when this
   // was the last one (overlap on). Throws when marked twice in one step.
   void mark_ready(size_t param);

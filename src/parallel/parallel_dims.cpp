@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "core/strings.h"
+#include "parallel/pipeline_schedule.h"
 
 namespace primus::parallel {
 namespace {
@@ -211,7 +212,22 @@ void ParallelDims::check_model(const ModelConfig& m, const LayoutChecks& c) cons
          fmt::format("padded vocabulary {} is not divisible by tensor_model_parallel_size {} (raise "
                      "make_vocab_size_divisible_by to a multiple of {})",
                      m.padded_vocab_size, tp_, tp_));
-  if (m.num_layers > 0) {
+  const UnevenSplit split{c.decoder_first_pipeline_num_layers, c.decoder_last_pipeline_num_layers};
+  if (m.num_layers > 0 && split.uneven()) {
+    need(pp_ > 1, fmt::format("decoder_first_pipeline_num_layers {} / decoder_last_pipeline_num_layers {} need "
+                              "pipeline_model_parallel_size > 1 (it is {})",
+                              split.first_stage_layers, split.last_stage_layers, pp_));
+    need(c.num_layers_per_virtual_pipeline_stage == 0,
+         "decoder_first_pipeline_num_layers / decoder_last_pipeline_num_layers with the interleaved schedule "
+         "(num_layers_per_virtual_pipeline_stage) is not supported; unset one of them");
+    if (pp_ > 1) {
+      try {
+        pipeline_stage_layers(m.num_layers, pp_, split);
+      } catch (const Error& e) {
+        need(false, e.what());
+      }
+    }
+  } else if (m.num_layers > 0) {
     need(m.num_layers % pp_ == 0,
          fmt::format("num_layers {} is not divisible by pipeline_model_parallel_size {}",
                      m.num_layers, pp_));

@@ -47,6 +47,9 @@ struct LayoutChecks {
   int64_t num_layers_per_virtual_pipeline_stage = 0;
   int64_t global_batch_size = 0;
   int64_t micro_batch_size = 0;
+  // Megatron's uneven pipeline split (0: an even share).
+  int64_t decoder_first_pipeline_num_layers = 0;
+  int64_t decoder_last_pipeline_num_layers = 0;
 };
 
 class ParallelDims {

@@ -86,4 +86,46 @@ LayerRange pipeline_layer_range(int64_t num_layers, int num_stages, int stage) {
   return {stage * per, per};
 }
 
+std::vector<int64_t> pipeline_stage_layers(int64_t num_layers, int pp, const UnevenSplit& split) {
+  PRIMUS_CHECK(pp >= 1, "pipeline layers: pipeline_model_parallel_size = {} must be >= 1", pp);
+  PRIMUS_CHECK(split.first_stage_layers >= 0 && split.last_stage_layers >= 0,
+               "pipeline layers: decoder_first_pipeline_num_layers = {} and decoder_last_pipeline_num_layers = {} "
+               "must not be negative", split.first_stage_layers, split.last_stage_layers);
+  PRIMUS_CHECK(!split.uneven() || pp > 1,
+               "pipeline layers: decoder_first_pipeline_num_layers / decoder_last_pipeline_num_layers need "
+               "pipeline_model_parallel_size > 1");
+  std::vector<int64_t> counts(static_cast<size_t>(pp), 0);
+  int64_t rest = num_layers, shared_by = pp;
+  const bool fixed_first = split.first_stage_layers > 0, fixed_last = split.last_stage_layers > 0;
+  if (fixed_first) {
+    counts.front() = split.first_stage_layers;
+    rest -= split.first_stage_layers;
+    --shared_by;
+  }
+  if (fixed_last) {
+    counts.back() = split.last_stage_layers;
+    rest -= split.last_stage_layers;
+    --shared_by;
+  }
+  PRIMUS_CHECK(rest >= 0 && (shared_by > 0 ? rest % shared_by == 0 : rest == 0),
+               "pipeline layers: {} layers do not split over {} pipeline stages with "
+               "decoder_first_pipeline_num_layers = {} and decoder_last_pipeline_num_layers = {} ({} layers left "
+               "for the {} other stages, which share them evenly); change the counts or num_layers",
+               num_layers, pp, split.first_stage_layers, split.last_stage_layers, rest, shared_by);
+  for (int s = 0; s < pp; ++s) {
+    const bool fixed = (s == 0 && fixed_first) || (s == pp - 1 && fixed_last);
+    if (!fixed) counts[static_cast<size_t>(s)] = rest / shared_by;
+  }
+  return counts;
+}
+
+LayerRange pipeline_layer_range(int64_t num_layers, int pp, int stage, const UnevenSplit& split) {
+  if (!split.uneven()) return pipeline_layer_range(num_layers, pp, stage);
+  PRIMUS_CHECK(stage >= 0 && stage < pp, "pipeline layers: stage {} is not in [0, {})", stage, pp);
+  const std::vector<int64_t> counts = pipeline_stage_layers(num_layers, pp, split);
+  int64_t first = 0;
+  for (int s = 0; s < stage; ++s) first += counts[static_cast<size_t>(s)];
+  return {first, counts[static_cast<size_t>(stage)]};
+}
+
 }  // namespace primus::parallel

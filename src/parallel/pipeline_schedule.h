@@ -80,4 +80,17 @@ struct LayerRange {
 };
 LayerRange pipeline_layer_range(int64_t num_layers, int num_stages, int stage);
 
+// Megatron's uneven split (decoder_first_pipeline_num_layers / decoder_last_pipeline_num_layers):
+// the first and/or last of `pp` stages hold the given number of layers (0: no fixed count) and
+// the stages between share the rest evenly. Used where the embedding or the output layer and
+// loss make an end stage slower than the others. Both 0 is the even split. Throws naming the
+// counts when they do not add up to num_layers.
+struct UnevenSplit {
+  int64_t first_stage_layers = 0, last_stage_layers = 0;
+  bool uneven() const { return first_stage_layers > 0 || last_stage_layers > 0; }
+};
+std::vector<int64_t> pipeline_stage_layers(int64_t num_layers, int pp, const UnevenSplit& split);
+// Stage `stage`'s layers under an uneven split (no virtual stages).
+LayerRange pipeline_layer_range(int64_t num_layers, int pp, int stage, const UnevenSplit& split);
+
 }  // namespace primus::parallel

@@ -69,6 +69,9 @@ DataParallelOptimizer::DataParallelOptimizer(ops::Context& ctx, std::vector<Name
     p->value = view;
   }
   shards_ = std::make_unique<parallel::DistributedOptimizerShards>(layout, dp_.rank());
+  bucket_of_param_.assign(layout.params().size(), -1);
+  for (size_t b = 0; b < layout.buckets().size(); ++b)
+    for (size_t i : layout.buckets()[b].params) bucket_of_param_[i] = static_cast<int>(b);
   const Tensor grad_flat = buckets_->flat();
   std::vector<NamedTensor*> piece_ptrs;
   for (const auto& piece : shards_->pieces()) {
@@ -90,7 +93,13 @@ DataParallelOptimizer::DataParallelOptimizer(ops::Context& ctx, std::vector<Name
       [this](ops::Context&, const std::vector<NamedTensor*>& ps) { return grad_sum_of_squares(ps); });
 }
 
-DataParallelOptimizer::~DataParallelOptimizer() = default;
+DataParallelOptimizer::~DataParallelOptimizer() {
+  for (parallel::CommHandle& h : param_gathers_)  // never leave a collective writing into freed buffers
+    if (h) try {
+        h->wait();
+      } catch (...) {
+      }
+}
 
 double DataParallelOptimizer::grad_sum_of_squares(const std::vector<NamedTensor*>& optimized) {
   std::vector<Tensor> counted;
@@ -108,7 +117,7 @@ double DataParallelOptimizer::grad_sum_of_squares(const std::vector<NamedTensor*
   return local;
 }
 
-void DataParallelOptimizer::zero_grads() { buckets_->zero(); }
+void DataParallelOptimizer::zero_grads(bool clear_values) { buckets_->zero(clear_values); }
 
 void DataParallelOptimizer::grad_ready(const NamedTensor& p) {
   if (!options_.overlap_grad_reduce) return;
@@ -121,9 +130,43 @@ void DataParallelOptimizer::grad_ready(const NamedTensor& p) {
 void DataParallelOptimizer::reduce_grads() { buckets_->finish(); }
 
 AdamW::StepInfo DataParallelOptimizer::step(double lr, double weight_decay, float grad_scale) {
+  finish_param_gather();  // the masters' weights are about to change
   const AdamW::StepInfo info = adam_->step(lr, weight_decay, grad_scale);
-  if (options_.distributed_optimizer && !info.skipped) shards_->all_gather_params(dp_, param_flat_);
+  if (!options_.distributed_optimizer || info.skipped) return info;
+  if (!options_.overlap_param_gather) {
+    shards_->all_gather_params(dp_, param_flat_);
+    return info;
+  }
+  // Buckets hold the parameters in backward order, so the forward needs the last one first:
+  // start them in reverse; collectives on one group complete in the order they were started.
+  const int n = num_buckets();
+  param_gathers_.clear();
+  param_gathers_.resize(static_cast<size_t>(n));
+  for (int b = n - 1; b >= 0; --b) param_gathers_[static_cast<size_t>(b)] = shards_->all_gather_bucket_async(dp_, param_flat_, b);
+  waited_in_forward_ = 0;
+  gathered_ = n;
   return info;
+}
+
+void DataParallelOptimizer::param_needed(const NamedTensor& p) {
+  if (param_gathers_.empty()) return;
+  const auto it = layout_index_.find(&p);
+  PRIMUS_CHECK(it != layout_index_.end(), "DataParallelOptimizer: '{}' is not one of the optimized parameters",
+               p.name);
+  parallel::CommHandle& h = param_gathers_[static_cast<size_t>(bucket_of_param_[it->second])];
+  if (!h) return;
+  h->wait();
+  h.reset();
+  ++waited_in_forward_;
+}
+
+void DataParallelOptimizer::finish_param_gather() {
+  for (parallel::CommHandle& h : param_gathers_)
+    if (h) {
+      h->wait();
+      h.reset();
+    }
+  param_gathers_.clear();
 }
 
 int64_t DataParallelOptimizer::count_zero_grads() {
@@ -132,7 +175,10 @@ int64_t DataParallelOptimizer::count_zero_grads() {
   return static_cast<int64_t>(std::llround(dp_.all_reduce_value(static_cast<double>(local))));
 }
 
-void DataParallelOptimizer::reset_masters_from_params() { adam_->reset_masters_from_params(); }
+void DataParallelOptimizer::reset_masters_from_params() {
+  finish_param_gather();
+  adam_->reset_masters_from_params();
+}
 
 int64_t DataParallelOptimizer::state_bytes() const {
   int64_t bytes = 0;
@@ -141,6 +187,7 @@ int64_t DataParallelOptimizer::state_bytes() const {
 }
 
 NamedTensorList DataParallelOptimizer::state_tensors() {
+  finish_param_gather();
   if (!options_.distributed_optimizer) return adam_->state_tensors();
   // Reassemble each parameter's state from the dp ranks' pieces, one bucket at a time (a
   // transient buffer of one bucket, not of the whole model): every rank writes its pieces
@@ -194,6 +241,7 @@ NamedTensorList DataParallelOptimizer::state_tensors() {
 }
 
 void DataParallelOptimizer::load_state_tensors(const NamedTensorList& state) {
+  finish_param_gather();
   if (!options_.distributed_optimizer) {
     adam_->load_state_tensors(state);
     return;

@@ -46,6 +46,10 @@ namespace primus::train {
 struct DataParallelOptions {
   bool overlap_grad_reduce = false;
   bool distributed_optimizer = false;  // use_distributed_optimizer
+  // Distributed optimizer: step() only starts the parameter all-gathers (one per bucket, in
+  // the order the forward needs them); param_needed() waits for a bucket when the next
+  // forward first reads one of its parameters.
+  bool overlap_param_gather = false;
   int64_t bucket_size_bytes = 160'000'000;  // Megatron's ddp_bucket_size default: 40M fp32 elements
   // Parameters left out of the grad norm because another rank counts the same tensor (the
   // last pipeline stage's copy of a tied embedding).
@@ -63,7 +67,10 @@ class DataParallelOptimizer {
   ~DataParallelOptimizer();
 
   const DataParallelOptions& options() const { return options_; }
-  void zero_grads();
+  // Starts a step: the ready marks reset and every gradient zeroed, or, with clear_values
+  // false, left to a model that zeroes or overwrites each one itself
+  // (PipelinedModel::zero_grads_for_overwrite).
+  void zero_grads(bool clear_values = true);
   // overlap_grad_reduce: `p`'s gradient is final for this step (call during the last
   // micro-batch's backward, once per parameter). A no-op without overlap.
   void grad_ready(const NamedTensor& p);
@@ -72,6 +79,16 @@ class DataParallelOptimizer {
   // Clipping, AdamW and (distributed optimizer) the all-gather of the new weights. A step
   // with a non-finite norm changes nothing (AdamW::StepInfo::skipped).
   AdamW::StepInfo step(double lr, double weight_decay, float grad_scale);
+  // overlap_param_gather: the forward is about to read `p`'s value; waits for the all-gather
+  // of its bucket if that is still in flight. A no-op otherwise.
+  void param_needed(const NamedTensor& p);
+  // Waits for every parameter all-gather still in flight: before anything reads the weights
+  // outside a forward that calls param_needed (checkpoint save, parameter norms, the end).
+  void finish_param_gather();
+  // overlap_param_gather: buckets of the last step's all-gather that were waited for inside
+  // the forward (by param_needed), and how many were gathered.
+  int param_buckets_waited_in_forward() const { return waited_in_forward_; }
+  int param_buckets_gathered() const { return gathered_; }
   // The log's `num zeros`: zero gradient elements over the whole model.
   int64_t count_zero_grads();
   // Weights were loaded into the params: make the fp32 masters equal to them again.
@@ -105,6 +122,11 @@ class DataParallelOptimizer {
   std::vector<bool> piece_counted_;  // counted in the norm on this rank (tp replication)
   std::unordered_set<const NamedTensor*> excluded_;  // options_.excluded_from_norm
   std::unique_ptr<AdamW> adam_;
+  // overlap_param_gather: each bucket's all-gather in flight (null: done), the bucket of each
+  // parameter (by layout index), and the counts behind the log line.
+  std::vector<parallel::CommHandle> param_gathers_;
+  std::vector<int> bucket_of_param_;
+  int waited_in_forward_ = 0, gathered_ = 0;
 };
 
 }  // namespace primus::train

@@ -39,10 +39,14 @@ PipelinedModel::PipelinedModel(const ModelConfig& config, ops::Context& ctx, con
     chunks_.push_back(std::make_unique<LlamaModel>(config, ctx, o));
     return;
   }
+  PRIMUS_CHECK(v_ == 1 || !pipeline.split.uneven(),
+               "PipelinedModel: an uneven pipeline split (decoder_first/last_pipeline_num_layers) with {} virtual "
+               "stages is not supported", v_);
   const int S = pp_size_ * v_;
   for (int c = 0; c < v_; ++c) {
     const int s = parallel::virtual_stage(pp_size_, pp_rank_, c);
-    const parallel::LayerRange layers = parallel::pipeline_layer_range(config.num_layers, S, s);
+    const parallel::LayerRange layers = v_ == 1 ? parallel::pipeline_layer_range(config.num_layers, S, s, pipeline.split)
+                                                : parallel::pipeline_layer_range(config.num_layers, S, s);
     LlamaOptions o = options;
     o.stage = PipelineStage{layers.first, layers.count, s == 0, s == S - 1};
     chunks_.push_back(std::make_unique<LlamaModel>(config, ctx, o));
@@ -83,6 +87,11 @@ int64_t PipelinedModel::num_parameters() const {
 
 void PipelinedModel::zero_grads() {
   for (auto& c : chunks_) c->zero_grads();
+}
+
+void PipelinedModel::zero_grads_for_overwrite() {
+  if (pp_size_ > 1 || chunks_.size() != 1) return zero_grads();
+  chunks_.front()->zero_grads_for_overwrite();
 }
 
 void PipelinedModel::reduce_sequence_parallel_grads() {

@@ -2,7 +2,8 @@
 //
 // Pipeline parallel (pp > 1) cuts the Llama model into P * v virtual stages of
 // num_layers / (P v) consecutive layers each (Megatron's even split; v = virtual_stages,
-// the model chunks per rank). Virtual stage s = c * P + r is model chunk c on pipeline rank
+// the model chunks per rank), or, with v = 1, Megatron's uneven split: the first and/or last
+// stage hold decoder_first/last_pipeline_num_layers and the others share the rest. Virtual stage s = c * P + r is model chunk c on pipeline rank
 // r, a LlamaModel built with LlamaOptions::stage = its layers (+ the embedding on s = 0,
 // final norm + output layer + loss on s = P v - 1). Parameters keep their global names.
 //
@@ -50,6 +51,7 @@ namespace primus::train {
 struct PipelineOptions {
   parallel::Communicator* pp = nullptr;  // the pp group (ProcessGroups::pp()); null or size 1: no pipeline
   int virtual_stages = 1;                // model chunks per pp rank (interleaved schedule when > 1)
+  parallel::UnevenSplit split;           // decoder_first/last_pipeline_num_layers (virtual_stages 1 only)
 };
 
 class PipelinedModel {
@@ -67,6 +69,9 @@ class PipelinedModel {
   std::vector<NamedTensor*> parameters();
   int64_t num_parameters() const;
   void zero_grads();
+  // pp 1: LlamaModel::zero_grads_for_overwrite (the first micro-batch writes the linear
+  // weights' grads instead of adding to zeroed ones); pp > 1: zero_grads().
+  void zero_grads_for_overwrite();
 
   // One optimizer step's forward + backward over all micro-batches (the same list on every
   // pp rank), by the schedule. Grads accumulate as LlamaModel::forward_backward's do.

@@ -69,6 +69,10 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
   o.sequence_parallel = cfg.b("sequence_parallel") && o.tensor_parallel > 1;
   if (cfg.has("num_layers_per_virtual_pipeline_stage"))
     o.num_layers_per_virtual_pipeline_stage = cfg.i("num_layers_per_virtual_pipeline_stage");
+  if (cfg.has("decoder_first_pipeline_num_layers"))
+    o.decoder_first_pipeline_num_layers = cfg.i("decoder_first_pipeline_num_layers");
+  if (cfg.has("decoder_last_pipeline_num_layers"))
+    o.decoder_last_pipeline_num_layers = cfg.i("decoder_last_pipeline_num_layers");
   o.enable_primus_turbo = cfg.b("enable_primus_turbo");
   o.use_turbo_attention = cfg.b("use_turbo_attention");
   o.cross_entropy_loss_fusion = cfg.b("cross_entropy_loss_fusion");

@@ -50,6 +50,8 @@ struct TrainOptions {
   int tensor_parallel = 1, pipeline_parallel = 1, context_parallel = 1, expert_parallel = 1;
   bool sequence_parallel = false;
   int64_t num_layers_per_virtual_pipeline_stage = 0;  // 0: no interleaving
+  int64_t decoder_first_pipeline_num_layers = 0;      // uneven pipeline split; 0: an even share
+  int64_t decoder_last_pipeline_num_layers = 0;
   // Primus-Turbo switches (docs/TRAINING.md "Kernels"): turbo attention off -> the plain
   // (unfused) attention kernel; cross-entropy fusion off -> loss and gradient in two passes.
   bool enable_primus_turbo = false, use_turbo_attention = false, cross_entropy_loss_fusion = false;

@@ -164,7 +164,8 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   sizes.pp = o.pipeline_parallel;
   const parallel::ParallelDims dims = parallel::ParallelDims::create(world_->size(), sizes);
   dims.check_model(o.model, {o.seq_length, o.sequence_parallel, o.num_layers_per_virtual_pipeline_stage,
-                             o.global_batch_size, o.micro_batch_size});
+                             o.global_batch_size, o.micro_batch_size, o.decoder_first_pipeline_num_layers,
+                             o.decoder_last_pipeline_num_layers});
   groups_ = std::make_unique<parallel::ProcessGroups>(*world_, dims);
   dp_ = &groups_->dp();
   dp_rank_ = groups_->coords().dp;
@@ -228,12 +229,18 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
       if (++grad_completions_[&p] == num_micro_batches_ && optimizer_ && !no_early_reduce_.count(&p))
         optimizer_->grad_ready(p);
     };
+  // overlap_param_gather: the forward waits for a parameter's all-gather only when it first reads it.
+  if (o.overlap_param_gather && o.use_distributed_optimizer)
+    lo.param_needed = [this](const NamedTensor& p) {
+      if (optimizer_) optimizer_->param_needed(p);
+    };
   PipelineOptions po;
   if (pp_size_ > 1) {
     po.pp = &groups_->pp();
     po.virtual_stages = o.num_layers_per_virtual_pipeline_stage > 0
                             ? static_cast<int>(o.model.num_layers / pp_size_ / o.num_layers_per_virtual_pipeline_stage)
                             : 1;
+    po.split = {o.decoder_first_pipeline_num_layers, o.decoder_last_pipeline_num_layers};
   }
   PRIMUS_CHECK(po.virtual_stages == 1 || num_micro_batches_ % pp_size_ == 0,
                "the interleaved pipeline schedule (num_layers_per_virtual_pipeline_stage = {}) needs the number of "
@@ -256,6 +263,7 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   DataParallelOptions dpo;
   dpo.overlap_grad_reduce = o.overlap_grad_reduce;
   dpo.distributed_optimizer = o.use_distributed_optimizer;
+  dpo.overlap_param_gather = o.overlap_param_gather && o.use_distributed_optimizer;
   dpo.bucket_size_bytes = o.ddp_bucket_size * static_cast<int64_t>(sizeof(float));
   dpo.excluded_from_norm.assign(tied_copies.begin(), tied_copies.end());  // counted on the first stage
   parallel::Communicator* model_parallel = groups_->mp().size() > 1 ? &groups_->mp() : nullptr;
@@ -376,6 +384,7 @@ LossSums Run::train_step(float loss_weight, std::vector<data::Batch>& batches) {
 }
 
 double Run::evaluate(data::BatchLoader& loader, int64_t iterations) {
+  optimizer_->finish_param_gather();
   LossSums sums;
   for (int64_t it = 0; it < iterations; ++it) {
     std::vector<data::Batch> batches;
@@ -404,6 +413,7 @@ std::vector<std::unique_ptr<NamedTensor>> Run::optimizer_state_views() const {
 }
 
 void Run::save(int64_t iteration) {
+  optimizer_->finish_param_gather();  // the new weights must be complete on every rank
   // Tensor-parallel shards are gathered into full tensors (a collective: every rank takes
   // part), so the checkpoint does not depend on the layout that wrote it.
   NamedTensorList model, optimizer;
@@ -456,6 +466,7 @@ void Run::save(int64_t iteration) {
 }
 
 std::string Run::first_non_finite() {
+  optimizer_->finish_param_gather();
   for (const bool grads : {false, true})
     for (NamedTensor* p : params_) {
       const double ss = ops::sum_of_squares(ctx_, {grads ? p->grad : p->value});
@@ -590,7 +601,10 @@ TrainResult Run::train() {
     const double global_tokens = dp_->all_reduce_value(local_tokens);
     const double scale = scaler_.scale();
     phase_done("data");
-    optimizer_->zero_grads();
+    // The model zeroes the grads it accumulates into and overwrites the rest (the linear
+    // weights, most of the model) on the first micro-batch: no memset of every fp32 gradient.
+    optimizer_->zero_grads(/*clear_values=*/false);
+    model_->zero_grads_for_overwrite();
     phase_done("zero grads");
     LossSums sums;
     {
@@ -608,6 +622,10 @@ TrainResult Run::train() {
     if (o_.overlap_grad_reduce && iteration_ == result.start_iteration)
       logger_.info("overlap_grad_reduce: {} of {} gradient buckets started reducing during the backward pass",
                    optimizer_->buckets_started_early(), optimizer_->num_buckets());
+    if (o_.overlap_param_gather && o_.use_distributed_optimizer && iteration_ == result.start_iteration + 1)
+      logger_.info("overlap_param_gather: {} of {} parameter bucket all-gathers were waited for inside the forward "
+                   "pass, as it reached their weights (none in the optimizer step)",
+                   optimizer_->param_buckets_waited_in_forward(), optimizer_->param_buckets_gathered());
     const double loss = dp_->all_reduce_value(sums.loss) / std::max(1.0, global_tokens);
     const double lr = schedule_->lr(static_cast<double>(consumed_train_));
     const double wd = schedule_->weight_decay(static_cast<double>(consumed_train_));
@@ -650,6 +668,7 @@ TrainResult Run::train() {
     if (log_now) {
       if (o_.log_num_zeros_in_grad) rec.num_zeros = static_cast<double>(optimizer_->count_zero_grads());
       if (o_.log_params_norm) {
+        optimizer_->finish_param_gather();
         std::vector<Tensor> values;
         for (NamedTensor* p : params_) values.push_back(p->value);
         rec.params_norm = std::sqrt(ops::sum_of_squares(ctx_, values));
@@ -668,7 +687,10 @@ TrainResult Run::train() {
       if (reporter) reporter->report_train(report);
     }
     if (watchdog) watchdog->heartbeat(iteration_);
-    if (hooks_.after_iteration) hooks_.after_iteration(iteration_, params_);
+    if (hooks_.after_iteration) {
+      optimizer_->finish_param_gather();
+      hooks_.after_iteration(iteration_, params_);
+    }
 
     std::string where;
     if (bad) {
@@ -728,6 +750,7 @@ TrainResult Run::train() {
         iteration_ > result.start_iteration)
       save(iteration_);
   }
+  optimizer_->finish_param_gather();
   if (writer_) writer_->wait();
   result.iteration = iteration_;
   result.stop_reason = stop_reason;

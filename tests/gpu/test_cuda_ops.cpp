@@ -107,6 +107,32 @@ TEST(CudaGemm, MatchesCpuAllTransposes) {
   expect_close("matmul fp32", go, co, 1e-5);
 }
 
+// linear_forward_add: y = x @ w^T + residual with the residual read in cuBLASLt's epilogue
+// (C != D), against the CPU's GEMM-then-add; y poisoned, the residual left unchanged.
+TEST(CudaGemm, LinearForwardAddReadsTheResidualInTheEpilogue) {
+  PRIMUS_REQUIRE_GPU();
+  auto rng = fresh_rng();
+  ops::Context g = ops::Context::cuda(0), c = ops::Context::cpu();
+  struct Case {
+    int64_t rows, in, out;
+  };
+  for (const Case cs : {Case{256, 128, 64}, Case{77, 45, 33}, Case{1, 130, 513}, Case{2048, 1024, 768}}) {
+    const auto x = randn(rng, static_cast<size_t>(cs.rows * cs.in)), w = randn(rng, static_cast<size_t>(cs.out * cs.in));
+    const auto r = randn(rng, static_cast<size_t>(cs.rows * cs.out), 4.f);
+    Tensor cy = cpu_f32(std::vector<float>(r.size()), {cs.rows, cs.out});
+    ops::linear_forward_add(c, cy, cpu_f32(x, {cs.rows, cs.in}), cpu_f32(w, {cs.out, cs.in}), cpu_f32(r, {cs.rows, cs.out}));
+    for (DType dt : {DType::BF16, DType::F16}) {
+      Tensor gy = Tensor::empty({cs.rows, cs.out}, dt, Device::CUDA);
+      poison(g, gy);
+      const Tensor gr = gpu(r, {cs.rows, cs.out}, dt);
+      ops::linear_forward_add(g, gy, gpu(x, {cs.rows, cs.in}, dt), gpu(w, {cs.out, cs.in}, dt), gr);
+      const std::string tag = fmt::format("linear_forward_add {} rows={} in={} out={}", dtype_name(dt), cs.rows, cs.in, cs.out);
+      expect_close(tag, gy, cy, kBf16Tol);
+      expect_close(tag + " residual untouched", gr, gputest::round_to(r, dt), 0.0);
+    }
+  }
+}
+
 TEST(CudaEmbedding, ForwardAndDeterministicBackward) {
   PRIMUS_REQUIRE_GPU();
   auto rng = fresh_rng();

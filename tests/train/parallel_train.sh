@@ -7,14 +7,17 @@
 #   tp2          2 ranks, tensor parallel                                       == ref
 #   dp2_distopt  2 ranks, distributed optimizer, small buckets (many collectives) == ref
 #   dp2_overlap  2 ranks, overlap_grad_reduce, small buckets                     == ref
-#   dp2tp2       4 ranks, data x tensor parallel + distributed optimizer          == ref
+#   dp2tp2       4 ranks, data x tensor parallel + distributed optimizer, overlapped grad
+#                reduce and param all-gather                                      == ref
 #   tp2sp        2 ranks, tensor + sequence parallel; stops at iteration 5 (exit_interval, saves)
 #   tp2->tp1     1 rank resumes tp2sp's checkpoint, iterations 6..10               == ref
 #   distopt->1   dp2 + distributed optimizer stops at 5; 1 rank, plain optimizer resumes == ref
 #   pp2          2 ranks, pipeline parallel (1F1B), tied embeddings across stages   == ref
-#   pp2dp2       4 ranks, pipeline x data parallel, distributed optimizer, overlap  == ref
+#   pp2dp2       4 ranks, pipeline x data parallel, distributed optimizer, both overlaps == ref
 #   pp2vp        2 ranks, interleaved 1F1B (2 virtual stages per rank), 4 layers,
 #                untied output layer                                              == ref4 (1 rank, same model)
+#   pp3uneven    3 ranks, 1F1B over Megatron's uneven split of the 4 layers (1, 1, 2:
+#                decoder_last_pipeline_num_layers=2), untied output layer         == ref4
 #   tp2pp2->1    4 ranks tp2+sp x pp2 stop at 4 and save; 1 rank resumes          == ref
 #   1->tp2pp2    1 rank stops at 5 and saves; 4 ranks tp2+sp x pp2 resume         == ref
 # Usage: parallel_train.sh PRIMUS_BINARY MPIEXEC
@@ -50,6 +53,7 @@ run tp2 2 --set tensor_model_parallel_size=2 $(final tp2)
 run dp2_distopt 2 --set use_distributed_optimizer=true --set ddp_bucket_size=3000 $(final dp2_distopt)
 run dp2_overlap 2 --set overlap_grad_reduce=true --set ddp_bucket_size=3000 $(final dp2_overlap)
 run dp2tp2 4 --set tensor_model_parallel_size=2 --set use_distributed_optimizer=true --set ddp_bucket_size=3000 \
+  --set overlap_grad_reduce=true --set overlap_param_gather=true \
   $(final dp2tp2)
 run tp2sp 2 --set tensor_model_parallel_size=2 --set sequence_parallel=true --set save="$WORK/ckpt" --set exit_interval=5
 run tp1resume 1 --set load="$WORK/ckpt" $(final tp1resume)
@@ -58,11 +62,13 @@ run distopt_half 2 --set use_distributed_optimizer=true --set ddp_bucket_size=30
 run distopt_resume 1 --set load="$WORK/ckpt_do" $(final distopt_resume)
 run pp2 2 --set pipeline_model_parallel_size=2 $(final pp2)
 run pp2dp2 4 --set pipeline_model_parallel_size=2 --set use_distributed_optimizer=true --set overlap_grad_reduce=true \
-  --set ddp_bucket_size=3000 $(final pp2dp2)
+  --set overlap_param_gather=true --set ddp_bucket_size=3000 $(final pp2dp2)
 FOUR=(--set num_layers=4 --set untie_embeddings_and_output_weights=true)
 run ref4 1 "${FOUR[@]}" $(final ref4)
 run pp2vp 2 "${FOUR[@]}" --set pipeline_model_parallel_size=2 --set num_layers_per_virtual_pipeline_stage=1 \
   $(final pp2vp)
+run pp3uneven 3 "${FOUR[@]}" --set pipeline_model_parallel_size=3 --set decoder_last_pipeline_num_layers=2 \
+  $(final pp3uneven)
 TP2PP2=(--set tensor_model_parallel_size=2 --set sequence_parallel=true --set pipeline_model_parallel_size=2)
 run tp2pp2_half 4 "${TP2PP2[@]}" --set save="$WORK/ckpt_tp2pp2" --set exit_interval=5
 run tp2pp2_to_1 1 --set load="$WORK/ckpt_tp2pp2" $(final tp2pp2_to_1)
@@ -85,6 +91,13 @@ for r in dp2_overlap pp2dp2; do
   [[ "$line" =~ :\ ([1-9][0-9]*)\ of ]] || { echo "FAIL: $r: no gradient bucket started during backward: '$line'"; exit 1; }
   echo "$r: ${line##*overlap_grad_reduce: }"
 done
+# overlap_param_gather: the forward waits for buckets still being gathered, not the optimizer step.
+for r in dp2tp2 pp2dp2; do
+  line=$(grep -m1 "overlap_param_gather:" "$WORK/$r.log" || true)
+  [[ "$line" =~ :\ ([1-9][0-9]*)\ of ]] || { echo "FAIL: $r: no parameter bucket was waited for in the forward: '$line'"; exit 1; }
+  echo "$r: ${line##*overlap_param_gather: }"
+done
+
 /usr/bin/python3 - "$WORK/ws/test/ci" "$WORK" <<'PY'
 import json, struct, sys
 import numpy as np
@@ -104,7 +117,7 @@ ALL, FIRST, LAST = range(1, 11), range(1, 6), range(6, 11)
 runs = (("dp2", ALL, "ref"), ("tp2", ALL, "ref"), ("dp2_distopt", ALL, "ref"), ("dp2_overlap", ALL, "ref"), ("dp2tp2", ALL, "ref"),
         ("tp2sp", FIRST, "ref"), ("tp1resume", LAST, "ref"), ("distopt_half", FIRST, "ref"),
         ("distopt_resume", LAST, "ref"), ("pp2", ALL, "ref"), ("pp2dp2", ALL, "ref"), ("pp2vp", ALL, "ref4"),
-        ("tp2pp2_half", FIRST, "ref"), ("tp2pp2_to_1", LAST, "ref"), ("one_half", FIRST, "ref"),
+        ("pp3uneven", ALL, "ref4"), ("tp2pp2_half", FIRST, "ref"), ("tp2pp2_to_1", LAST, "ref"), ("one_half", FIRST, "ref"),
         ("one_to_tp2pp2", LAST, "ref"))
 for run, its, refname in runs:
     ref = refs[refname]
@@ -133,7 +146,7 @@ ref_ws = {r: weights(r) for r in ("ref", "ref4")}
 worst_w = 0.0
 for run, refname in (("dp2", "ref"), ("tp2", "ref"), ("dp2_distopt", "ref"), ("dp2_overlap", "ref"), ("dp2tp2", "ref"),
                      ("tp1resume", "ref"), ("distopt_resume", "ref"), ("pp2", "ref"), ("pp2dp2", "ref"),
-                     ("pp2vp", "ref4"), ("tp2pp2_to_1", "ref"), ("one_to_tp2pp2", "ref")):
+                     ("pp2vp", "ref4"), ("pp3uneven", "ref4"), ("tp2pp2_to_1", "ref"), ("one_to_tp2pp2", "ref")):
     ref_w = ref_ws[refname]
     got = weights(run)
     assert sorted(got) == sorted(ref_w), f"{run}: tensors {sorted(set(got) ^ set(ref_w))} differ in name"

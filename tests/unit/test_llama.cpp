@@ -253,3 +253,29 @@ TEST(Llama, UnsupportedConfigsNameTheKey) {
   b.labels.data<int32_t>()[2] = 19;
   EXPECT_THROW(m.forward_backward(b.tokens, b.labels, b.mask, 1.f), Error);
 }
+
+// zero_grads_for_overwrite: the grads that backward accumulates into are zeroed, the linear
+// weights' grads are WRITTEN by the first micro-batch (beta = 0) and accumulated by the next.
+// Every grad starts as garbage (a prior step's leftovers); the result must equal a plain
+// zero_grads + the same micro-batches bit for bit, tied and untied, with chunked logits.
+TEST(Llama, GradOverwriteEqualsZeroThenAccumulate) {
+  auto ctx = ops::Context::cpu();
+  for (bool untied : {true, false}) {
+    LlamaOptions o;
+    o.logits_chunk_rows = 5;  // several classifier chunks: only the first may overwrite
+    LlamaModel ref(tiny_config(untied), ctx, o), lazy(tiny_config(untied), ctx, o);
+    const Batch b1 = make_batch(2, 6, 19, 11), b2 = make_batch(2, 6, 19, 12);
+    ref.zero_grads();
+    for (NamedTensor* p : lazy.parameters()) ops::fill(ctx, p->grad, 1e3f);
+    lazy.zero_grads_for_overwrite();
+    for (LlamaModel* m : {&ref, &lazy}) {
+      m->forward_backward(b1.tokens, b1.labels, b1.mask, 0.05f);
+      m->forward_backward(b2.tokens, b2.labels, b2.mask, 0.05f);
+    }
+    const auto want = grads_of(ref), got = grads_of(lazy);
+    for (const auto& [name, g] : want) {
+      ASSERT_GT(max_abs(g), 0.0) << name;
+      EXPECT_EQ(got.at(name), g) << (untied ? "untied " : "tied ") << name;
+    }
+  }
+}

@@ -175,3 +175,22 @@ TEST(ParallelDims, ModelChecksListEveryViolation) {
   EXPECT_THROW(dims(8, 1, 1, 1, 4).check_model(moe), Error);  // 6 experts over ep 4
   EXPECT_THROW(dims(8, 1, 1, 1, 2).check_model(m), Error);    // ep 2 on a dense model
 }
+
+TEST(ParallelDims, UnevenPipelineSplitReplacesTheDivisibilityCheck) {
+  ModelConfig m;
+  m.name = "tiny";
+  m.num_layers = 7;  // not divisible by pp 2 ...
+  LayoutChecks c;
+  c.decoder_first_pipeline_num_layers = 3;  // ... but 3 + 4 is a valid uneven split
+  EXPECT_NO_THROW(dims(4, 2, 2).check_model(m, c));
+  c.decoder_last_pipeline_num_layers = 3;  // 3 + 3 leaves 1 layer for no stage
+  std::string msg = error_of([&] { dims(4, 2, 2).check_model(m, c); });
+  EXPECT_NE(msg.find("7 layers do not split over 2 pipeline stages"), std::string::npos) << msg;
+  LayoutChecks interleaved;
+  interleaved.decoder_first_pipeline_num_layers = 3;
+  interleaved.num_layers_per_virtual_pipeline_stage = 1;
+  msg = error_of([&] { dims(4, 2, 2).check_model(m, interleaved); });
+  EXPECT_NE(msg.find("is not supported"), std::string::npos) << msg;
+  msg = error_of([&] { dims(4, 2, 1).check_model(m, c); });  // pp 1
+  EXPECT_NE(msg.find("need pipeline_model_parallel_size > 1"), std::string::npos) << msg;
+}

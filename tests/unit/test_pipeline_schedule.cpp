@@ -293,3 +293,29 @@ TEST(PipelineSchedule, BadLayoutsAreRefusedNamingTheKey) {
     EXPECT_NE(std::string(e.what()).find("num_layers = 6"), std::string::npos) << e.what();
   }
 }
+
+TEST(PipelineLayers, UnevenSplitFixesTheEndStagesAndSharesTheRest) {
+  // Megatron's decoder_first/last_pipeline_num_layers: 4 layers over 3 stages, 2 on the last.
+  EXPECT_EQ(pipeline_stage_layers(4, 3, {0, 2}), (std::vector<int64_t>{1, 1, 2}));
+  EXPECT_EQ(pipeline_stage_layers(10, 4, {1, 3}), (std::vector<int64_t>{1, 3, 3, 3}));
+  EXPECT_EQ(pipeline_stage_layers(7, 2, {3, 0}), (std::vector<int64_t>{3, 4}));
+  EXPECT_EQ(pipeline_stage_layers(8, 4, {}), (std::vector<int64_t>{2, 2, 2, 2}));
+  const LayerRange last = pipeline_layer_range(10, 4, 3, UnevenSplit{1, 3});
+  EXPECT_EQ(last.first, 7);
+  EXPECT_EQ(last.count, 3);
+  const LayerRange second = pipeline_layer_range(10, 4, 1, UnevenSplit{1, 3});
+  EXPECT_EQ(second.first, 1);
+  EXPECT_EQ(second.count, 3);
+  // Even split through the same entry point.
+  EXPECT_EQ(pipeline_layer_range(8, 4, 2, UnevenSplit{}).first, 4);
+  try {
+    pipeline_stage_layers(10, 4, {2, 3});  // 5 left for 2 stages
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("decoder_first_pipeline_num_layers = 2"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("5 layers left"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(pipeline_stage_layers(4, 2, {5, 0}), Error);   // more than the model has
+  EXPECT_THROW(pipeline_stage_layers(4, 2, {1, 1}), Error);   // 2 layers for no stage
+  EXPECT_THROW(pipeline_stage_layers(4, 1, {4, 0}), Error);   // no pipeline
+}

@@ -178,6 +178,19 @@ void CudaBackend::matmul(Tensor& out, const Tensor& a, ops::Transpose ta, const 
   gemm_->matmul(out.raw(), out.dtype(), a.raw(), b.raw(), a.dtype(), M, N, K, ta_, tb_, alpha, beta);
 }
 
+// The residual add in the epilogue: D = op(a) @ op(b) + C with C = c, D = out.
+void CudaBackend::matmul_add(Tensor& out, const Tensor& a, ops::Transpose ta, const Tensor& b, ops::Transpose tb,
+                             const Tensor& c) {
+  require_cuda(c, "matmul_add", "c");
+  const int64_t K = ta == ops::Transpose::Yes ? rows_of(a) : last_dim(a);
+  if (K == 0 || rows_of(out) == 0 || last_dim(out) == 0) return ops::Backend::matmul_add(out, a, ta, b, tb, c);
+  require_cuda(out, "matmul_add", "out");
+  require_cuda(a, "matmul_add", "a");
+  require_cuda(b, "matmul_add", "b");
+  gemm_->matmul(out.raw(), out.dtype(), a.raw(), b.raw(), a.dtype(), rows_of(out), last_dim(out), K,
+                ta == ops::Transpose::Yes, tb == ops::Transpose::Yes, 1.f, 1.f, c.raw());
+}
+
 // ---- embedding ---------------------------------------------------------------------------
 
 void CudaBackend::embedding_forward(Tensor& out, const Tensor& ids, const Tensor& table) {

@@ -57,6 +57,8 @@ class CudaBackend final : public ops::Backend {
 
   void matmul(Tensor& out, const Tensor& a, ops::Transpose ta, const Tensor& b, ops::Transpose tb, float alpha,
               float beta) override;
+  void matmul_add(Tensor& out, const Tensor& a, ops::Transpose ta, const Tensor& b, ops::Transpose tb,
+                  const Tensor& c) override;
 
   void embedding_forward(Tensor& out, const Tensor& ids, const Tensor& table) override;
   void embedding_backward(Tensor& dtable, const Tensor& dout, const Tensor& ids) override;

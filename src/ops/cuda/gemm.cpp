@@ -177,10 +177,11 @@ struct GemmEngine::Impl {
     return results;
   }
 
+  // D = out; C = c, or out itself when c is null (C and D share a layout and dtype).
   cublasStatus_t run(const Plan& p, const cublasLtMatmulAlgo_t& algo, void* out, const void* a, const void* b,
-                     float alpha, float beta, cudaStream_t stream) {
-    return cublasLtMatmul(handle, p.desc, &alpha, b, p.a, a, p.b, &beta, out, p.c, out, p.c, &algo, workspace,
-                          kWorkspaceBytes, stream);
+                     float alpha, float beta, cudaStream_t stream, const void* c = nullptr) {
+    return cublasLtMatmul(handle, p.desc, &alpha, b, p.a, a, p.b, &beta, c != nullptr ? c : out, p.c, out, p.c, &algo,
+                          workspace, kWorkspaceBytes, stream);
   }
 };
 
@@ -278,7 +279,7 @@ size_t GemmEngine::cublaslt_version() { return cublasLtGetVersion(); }
 std::vector<GemmKey> GemmEngine::seen_shapes() const { return impl_->order; }
 
 void GemmEngine::matmul(void* out, DType out_dtype, const void* a, const void* b, DType in_dtype, int64_t M,
-                        int64_t N, int64_t K, bool ta, bool tb, float alpha, float beta) {
+                        int64_t N, int64_t K, bool ta, bool tb, float alpha, float beta, const void* c) {
   GemmKey key;
   key.m = M;
   key.n = N;
@@ -289,6 +290,7 @@ void GemmEngine::matmul(void* out, DType out_dtype, const void* a, const void* b
   key.out_dtype = out_dtype;
   key.accumulate = beta != 0.f;
   key.align = std::min({pointer_align(a), pointer_align(b), pointer_align(out)});
+  if (c != nullptr) key.align = std::min(key.align, pointer_align(c));
   auto it = impl_->plans.find(key);
   if (it == impl_->plans.end()) {
     if (config_.stage == TuningStage::LogShapes) append_shape(config_.shapes_file, key);
@@ -305,7 +307,7 @@ void GemmEngine::matmul(void* out, DType out_dtype, const void* a, const void* b
     }
   }
   Plan& p = impl_->plan_for(key);
-  const cublasStatus_t st = impl_->run(p, p.algo, out, a, b, alpha, beta, stream_);
+  const cublasStatus_t st = impl_->run(p, p.algo, out, a, b, alpha, beta, stream_, c);
   PRIMUS_CHECK(st == CUBLAS_STATUS_SUCCESS, "cublasLtMatmul failed with status {} for GEMM {} (algorithm from {})",
                static_cast<int>(st), key.str(), p.source);
 }

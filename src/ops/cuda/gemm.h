@@ -74,9 +74,10 @@ class GemmEngine {
   GemmEngine(const GemmEngine&) = delete;
   GemmEngine& operator=(const GemmEngine&) = delete;
 
-  // out (M,N) = alpha * op(a) @ op(b) + beta * out (row-major; see the file comment).
+  // out (M,N) = alpha * op(a) @ op(b) + beta * out (row-major; see the file comment); with c
+  // set, beta * c instead of beta * out (c: M x N, out's dtype; cuBLASLt's C != D).
   void matmul(void* out, DType out_dtype, const void* a, const void* b, DType in_dtype, int64_t M, int64_t N,
-              int64_t K, bool ta, bool tb, float alpha, float beta);
+              int64_t K, bool ta, bool tb, float alpha, float beta, const void* c = nullptr);
 
   // Times the cuBLASLt candidates for `key` on random inputs rotated over enough buffers to
   // defeat L2 (allocates them for the call). Candidates clearly slower than the best so far
