@@ -1,6 +1,7 @@
 // Forward values of the CPU ops against naive loops written here from the definitions,
 // the optimizer update against the AdamW formula, RoPE frequency scaling, and the
 // errors the op boundary raises.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <numbers>
@@ -12,27 +13,37 @@ using namespace primus::test;
 
 TEST(OpsValues, MatmulAllTransposesAlphaBeta) {
   auto ctx = ops::Context::cpu();
-  const int64_t M = 3, N = 4, K = 5;
-  Tensor A = randn({M, K}, 1), Bm = randn({K, N}, 2), C0 = randn({M, N}, 3);
-  std::vector<float> ref(M * N);
-  for (int64_t i = 0; i < M; ++i)
-    for (int64_t j = 0; j < N; ++j) {
-      double s = 0;
-      for (int64_t k = 0; k < K; ++k) s += A.data<float>()[i * K + k] * Bm.data<float>()[k * N + j];
-      ref[i * N + j] = static_cast<float>(2.0 * s + 0.5 * C0.data<float>()[i * N + j]);
-    }
-  // Transposed operands as stored matrices.
-  Tensor At = Tensor::empty({K, M}, DType::F32), Bt = Tensor::empty({N, K}, DType::F32);
-  for (int64_t i = 0; i < M; ++i)
-    for (int64_t k = 0; k < K; ++k) At.data<float>()[k * M + i] = A.data<float>()[i * K + k];
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t j = 0; j < N; ++j) Bt.data<float>()[j * K + k] = Bm.data<float>()[k * N + j];
-  for (bool ta : {false, true})
-    for (bool tb : {false, true}) {
-      Tensor C = C0.clone();
-      ops::matmul(ctx, C, ta ? At : A, ta ? ops::Transpose::Yes : ops::Transpose::No, tb ? Bt : Bm,
-                  tb ? ops::Transpose::Yes : ops::Transpose::No, 2.f, 0.5f);
-      EXPECT_LT(max_rel_error(C.to_float_vector(), ref), 1e-6) << "ta=" << ta << " tb=" << tb;
+  // M = 1 is the decode step's matrix-vector product (a separate BLAS path); beta = 0 must
+  // ignore whatever out holds, NaN included.
+  for (const int64_t M : {int64_t{3}, int64_t{1}})
+    for (const float beta : {0.5f, 0.f}) {
+      const int64_t N = 4, K = 5;
+      Tensor A = randn({M, K}, 1), Bm = randn({K, N}, 2), C0 = randn({M, N}, 3);
+      if (beta == 0.f)
+        for (int64_t i = 0; i < M * N; ++i) C0.data<float>()[i] = std::numeric_limits<float>::quiet_NaN();
+      std::vector<float> ref(M * N);
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t j = 0; j < N; ++j) {
+          double s = 0;
+          for (int64_t k = 0; k < K; ++k) s += A.data<float>()[i * K + k] * Bm.data<float>()[k * N + j];
+          ref[i * N + j] = static_cast<float>(2.0 * s + (beta == 0.f ? 0.0 : beta * C0.data<float>()[i * N + j]));
+        }
+      // Transposed operands as stored matrices.
+      Tensor At = Tensor::empty({K, M}, DType::F32), Bt = Tensor::empty({N, K}, DType::F32);
+      for (int64_t i = 0; i < M; ++i)
+        for (int64_t k = 0; k < K; ++k) At.data<float>()[k * M + i] = A.data<float>()[i * K + k];
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t j = 0; j < N; ++j) Bt.data<float>()[j * K + k] = Bm.data<float>()[k * N + j];
+      for (bool ta : {false, true})
+        for (bool tb : {false, true}) {
+          Tensor C = C0.clone();
+          ops::matmul(ctx, C, ta ? At : A, ta ? ops::Transpose::Yes : ops::Transpose::No, tb ? Bt : Bm,
+                      tb ? ops::Transpose::Yes : ops::Transpose::No, 2.f, beta);
+          const std::vector<float> got = C.to_float_vector();
+          EXPECT_TRUE(std::all_of(got.begin(), got.end(), [](float v) { return std::isfinite(v); }))
+              << "M=" << M << " beta=" << beta << " ta=" << ta << " tb=" << tb;
+          EXPECT_LT(max_rel_error(got, ref), 1e-6) << "M=" << M << " beta=" << beta << " ta=" << ta << " tb=" << tb;
+        }
     }
 }
 

@@ -20,6 +20,18 @@ void CpuBackend::matmul(Tensor& out, const Tensor& a, Transpose ta, const Tensor
     else scale(out, beta);
     return;
   }
+  if (M == 1) {
+    // One row (a decode step's activations): a matrix-vector product. OpenBLAS's sgemm does not
+    // route M = 1 to its gemv kernels and runs a packed GEMM that reads the weights twice as slowly.
+    // out^T (N) = alpha op(b)^T (N,K) x + beta out^T, x = op(a)'s single row (contiguous: a is
+    // (1,K), or (K,1) transposed).
+    const bool b_nk = tb == Transpose::Yes;  // b stored (N,K): op(b)^T is b itself
+    if (beta == 0.f) out.zero_();  // beta = 0 must not read out (it may hold NaN); not every BLAS skips it
+    cblas_sgemv(CblasRowMajor, b_nk ? CblasNoTrans : CblasTrans, static_cast<blasint>(b.size(0)),
+                static_cast<blasint>(b.size(1)), alpha, b.data<float>(), static_cast<blasint>(b.size(1)),
+                a.data<float>(), 1, beta, out.data<float>(), 1);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, ta == Transpose::Yes ? CblasTrans : CblasNoTrans,
               tb == Transpose::Yes ? CblasTrans : CblasNoTrans, static_cast<blasint>(M),
               static_cast<blasint>(N), static_cast<blasint>(K), alpha, a.data<float>(),
