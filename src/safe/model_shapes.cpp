@@ -1,5 +1,7 @@
 #include "safe/model_shapes.h"
 
+#include <algorithm>
+
 #include <yaml-cpp/yaml.h>
 
 #include <filesystem>
@@ -120,30 +122,41 @@ DenseShape shape_from_flags(const ShapeFlags& f, const std::string& default_mode
   return s;
 }
 
-std::vector<GemmProblem> training_gemms(const DenseShape& s, int64_t tokens) {
-  struct Linear {
-    const char* name;
-    int64_t out, in, count;
-  };
-  const std::vector<Linear> linears = {
-      {"qkv", (s.heads + 2 * s.kv_heads) * s.head_dim, s.hidden, s.layers},
-      {"attn_out", s.hidden, s.heads * s.head_dim, s.layers},
-      {"gate_up", 2 * s.ffn, s.hidden, s.layers},
-      {"down", s.hidden, s.ffn, s.layers},
-      {"lm_head", s.vocab, s.hidden, 1},
-  };
+std::vector<GemmProblem> training_gemms(const DenseShape& s, int64_t tokens, int64_t logits_chunk_rows) {
+  PRIMUS_CHECK(tokens > 0 && logits_chunk_rows > 0, "training_gemms: tokens {} and logits_chunk_rows {} must be > 0",
+               tokens, logits_chunk_rows);
   std::vector<GemmProblem> out;
-  for (const Linear& l : linears) {
-    GemmProblem fwd{std::string(l.name) + " fwd", tokens, l.out, l.in, false, true, DType::BF16, DType::BF16, false, l.count};
-    GemmProblem dgrad{std::string(l.name) + " dgrad", tokens, l.in, l.out, false, false, DType::BF16, DType::BF16, false,
-                      l.count};
-    GemmProblem wgrad{std::string(l.name) + " wgrad", l.out, l.in, tokens, true, false, DType::BF16, DType::F32, true,
-                      l.count};
-    out.push_back(fwd);
-    out.push_back(dgrad);
-    out.push_back(wgrad);
+  // One linear (out x in weight) applied to `rows` rows, `count` times per step.
+  auto linear = [&](const std::string& name, int64_t n_out, int64_t n_in, int64_t rows, int64_t count,
+                    bool residual_in_epilogue, bool write_wgrad) {
+    out.push_back({name + " fwd", rows, n_out, n_in, false, true, DType::BF16, DType::BF16, residual_in_epilogue, count});
+    out.push_back({name + " dgrad", rows, n_in, n_out, false, false, DType::BF16, DType::BF16, false, count});
+    out.push_back({name + " wgrad", n_out, n_in, rows, true, false, DType::BF16, DType::F32, !write_wgrad, count});
+  };
+  linear("qkv", (s.heads + 2 * s.kv_heads) * s.head_dim, s.hidden, tokens, s.layers, false, true);
+  linear("attn_out", s.hidden, s.heads * s.head_dim, tokens, s.layers, true, true);
+  linear("gate_up", 2 * s.ffn, s.hidden, tokens, s.layers, false, true);
+  linear("down", s.hidden, s.ffn, tokens, s.layers, true, true);
+  // The output layer, chunk by chunk: the first chunk, the other full chunks, a shorter last one.
+  const int64_t chunk = std::min(tokens, logits_chunk_rows);
+  const int64_t full = tokens / chunk, rest = tokens % chunk;
+  linear("lm_head", s.vocab, s.hidden, chunk, 1, false, s.untied_head);
+  if (full > 1) linear("lm_head", s.vocab, s.hidden, chunk, full - 1, false, false);
+  if (rest > 0) linear("lm_head", s.vocab, s.hidden, rest, 1, false, false);
+  // Keys the list holds twice (a tied head's first chunk is the same GEMM as the others) merge.
+  std::vector<GemmProblem> merged;
+  for (const GemmProblem& p : out) {
+    auto same = [&](const GemmProblem& q) {
+      return q.m == p.m && q.n == p.n && q.k == p.k && q.ta == p.ta && q.tb == p.tb && q.in == p.in &&
+             q.out == p.out && q.accumulate == p.accumulate;
+    };
+    auto it = std::find_if(merged.begin(), merged.end(), same);
+    if (it != merged.end()) it->count += p.count;
+    else merged.push_back(p);
   }
-  return out;
+  for (GemmProblem& p : merged)  // say which lm_head wgrad is which
+    if (p.label == "lm_head wgrad") p.label = p.accumulate ? "lm_head wgrad (accumulate)" : "lm_head wgrad (write)";
+  return merged;
 }
 
 }  // namespace primus::safe

@@ -46,8 +46,14 @@ struct GemmProblem {
   double flops() const { return 2.0 * static_cast<double>(m) * static_cast<double>(n) * static_cast<double>(k); }
 };
 
-// Forward (y = x w^T), data-gradient (dx = dy w) and weight-gradient (dw += dy^T x, fp32,
-// beta = 1) GEMMs of every linear layer for `tokens` = micro_batch * seq tokens.
-std::vector<GemmProblem> training_gemms(const DenseShape& s, int64_t tokens);
+// The GEMMs `primus train` runs for one micro-batch of `tokens` = micro_batch * seq tokens
+// (tp = 1), with the keys the engine sees, so a table tuned from this list applies in training:
+// forward (y = x w^T; the attention and MLP output projections add the residual in the
+// epilogue, beta = 1), data gradient (dx = dy w) and weight gradient (dw = dy^T x in fp32,
+// written with beta = 0: the step's first micro-batch; later ones run the same GEMM with
+// beta = 1). The output layer runs in chunks of `logits_chunk_rows` rows (the trainer's
+// default 4096): its weight gradient is written by the first chunk when the head is untied
+// and accumulated by the others.
+std::vector<GemmProblem> training_gemms(const DenseShape& s, int64_t tokens, int64_t logits_chunk_rows = 4096);
 
 }  // namespace primus::safe

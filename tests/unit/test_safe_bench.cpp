@@ -26,24 +26,41 @@ TEST(SafeShapes, BuiltinMatchesThePeer) {
 }
 
 TEST(SafeShapes, TrainingGemmsCountSixNPerToken) {
-  const DenseShape s = *builtin_shape("llama-tiny");
+  DenseShape s = *builtin_shape("llama-tiny");
   const int64_t tokens = 16 * 1024;
-  const auto g = training_gemms(s, tokens);
-  ASSERT_EQ(g.size(), 15u);  // 5 linears x (fwd, dgrad, wgrad)
   // Matmul parameters of the model, by hand: per layer qkv + o + gate_up + down, plus the head.
   const double d = 768, hd = 64, H = 12, KV = 4, F = 2048, V = 32000, L = 12;
   const double n_matmul = L * (d * (H + 2 * KV) * hd + d * H * hd + 2 * F * d + F * d) + V * d;
-  double flops = 0;
-  for (const auto& p : g) flops += p.flops() * static_cast<double>(p.count);
-  EXPECT_DOUBLE_EQ(flops, 6.0 * n_matmul * tokens);
-  // The weight-gradient GEMMs accumulate in fp32 over the tokens.
-  for (const auto& p : g) {
-    if (p.label.find("wgrad") != std::string::npos) {
-      EXPECT_EQ(p.k, tokens);
-      EXPECT_TRUE(p.accumulate && p.ta && !p.tb);
-      EXPECT_EQ(p.out, DType::F32);
+  for (bool untied : {true, false}) {
+    s.untied_head = untied;
+    const auto g = training_gemms(s, tokens);
+    // 4 layer linears x (fwd, dgrad, wgrad) + the head's fwd, dgrad and its wgrad, written by the
+    // first of 4 chunks of 4096 rows when untied (a tied head accumulates into the embedding grad).
+    ASSERT_EQ(g.size(), untied ? 16u : 15u);
+    double flops = 0;
+    for (const auto& p : g) flops += p.flops() * static_cast<double>(p.count);
+    EXPECT_DOUBLE_EQ(flops, 6.0 * n_matmul * tokens);
+    for (const auto& p : g) {
+      const bool head = p.label.rfind("lm_head", 0) == 0;
+      if (head) EXPECT_EQ(p.label.find("wgrad") != std::string::npos ? p.k : p.m, 4096) << p.label;
+      if (p.label.find("wgrad") != std::string::npos) {
+        EXPECT_TRUE(p.ta && !p.tb && p.out == DType::F32) << p.label;
+        if (!head) {  // the step's first micro-batch writes the layer weight gradients
+          EXPECT_EQ(p.k, tokens);
+          EXPECT_FALSE(p.accumulate) << p.label;
+        }
+      }
+      // The output projections add the residual in the GEMM epilogue (beta = 1, C != D).
+      if (p.label == "attn_out fwd" || p.label == "down fwd") EXPECT_TRUE(p.accumulate) << p.label;
+      if (p.label == "qkv fwd" || p.label == "gate_up fwd") EXPECT_FALSE(p.accumulate) << p.label;
     }
   }
+  // A token count that is not a multiple of the chunk adds a shorter last chunk.
+  const auto odd = training_gemms(s, 5000);
+  int64_t head_rows = 0;
+  for (const auto& p : odd)
+    if (p.label == "lm_head fwd") head_rows += p.m * p.count;
+  EXPECT_EQ(head_rows, 5000);
 }
 
 TEST(SafeShapes, ZooYamlFollowsExtends) {
