@@ -32,16 +32,7 @@ int run_gemm_tuning(const TuneOptions& o) {
   std::vector<int64_t> counts;
   if (!o.problems.empty()) {
     for (const auto& p : o.problems) {
-      cuda::GemmKey k;
-      k.m = p.m;
-      k.n = p.n;
-      k.k = p.k;
-      k.ta = p.ta;
-      k.tb = p.tb;
-      k.in_dtype = p.in;
-      k.out_dtype = p.out;
-      k.accumulate = p.accumulate;
-      keys.push_back(k);
+      keys.push_back(gemm_key_of(p));
       labels.push_back(p.label);
       counts.push_back(p.count);
     }

@@ -61,19 +61,6 @@ void emit(const std::vector<nlohmann::json>& rows, const std::vector<std::string
 }
 
 
-cuda::GemmKey key_of(const GemmProblem& p) {
-  cuda::GemmKey k;
-  k.m = p.m;
-  k.n = p.n;
-  k.k = p.k;
-  k.ta = p.ta;
-  k.tb = p.tb;
-  k.in_dtype = p.in;
-  k.out_dtype = p.out;
-  k.accumulate = p.accumulate;
-  k.align = 256;
-  return k;
-}
 
 Tensor random_tensor(cuda::CudaBackend& be, Shape s, DType dt, uint64_t seed, float lo = -1.f, float hi = 1.f) {
   Tensor t = Tensor::empty(std::move(s), dt, Device::CUDA);
@@ -88,6 +75,20 @@ double peak_tflops() {
 
 }  // namespace
 
+cuda::GemmKey gemm_key_of(const GemmProblem& p) {
+  cuda::GemmKey k;
+  k.m = p.m;
+  k.n = p.n;
+  k.k = p.k;
+  k.ta = p.ta;
+  k.tb = p.tb;
+  k.in_dtype = p.in;
+  k.out_dtype = p.out;
+  k.accumulate = p.accumulate;
+  k.align = 256;
+  return k;
+}
+
 int run_gemm_bench(const GemmBenchOptions& o) {
   if (!gpu_ready("bench gemm")) return kNoGpuExitCode;
   cuda::CudaBackend be(0);
@@ -95,7 +96,7 @@ int run_gemm_bench(const GemmBenchOptions& o) {
   std::vector<nlohmann::json> rows;
   double step_us = 0, step_best_us = 0;
   for (const GemmProblem& p : o.problems) {
-    const cuda::GemmKey key = key_of(p);
+    const cuda::GemmKey key = gemm_key_of(p);
     const double us = be.gemm().time_current(key, o.warmup, o.iters);
     nlohmann::json r{{"gemm", p.label}, {"m", p.m}, {"n", p.n}, {"k", p.k}, {"ta", p.ta ? 1 : 0},
                      {"tb", p.tb ? 1 : 0}, {"in", std::string(dtype_name(p.in))},

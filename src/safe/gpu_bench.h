@@ -18,6 +18,16 @@ constexpr int kNoGpuExitCode = 2;
 // Prints the reason and returns false when there is no CUDA build or no visible GPU.
 bool gpu_ready(const char* command);
 
+#ifdef PRIMUS_WITH_CUDA
+}  // namespace primus::safe
+namespace primus::cuda {
+struct GemmKey;
+}
+namespace primus::safe {
+// The GEMM engine's key for a problem (full 256-byte alignment, as fresh allocations have).
+cuda::GemmKey gemm_key_of(const GemmProblem& p);
+#endif
+
 struct GemmBenchOptions {
   std::vector<GemmProblem> problems;
   int warmup = 5, iters = 20;
