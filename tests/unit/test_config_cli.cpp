@@ -10,30 +10,19 @@
 
 #include "config/describe.h"
 #include "config/schema.h"
+#include "test_cli_util.h"
 #include "test_config_util.h"
 
 using ::testing::HasSubstr;
 
 namespace {
 
-struct CliRun {
-  int code = -1;
-  std::string output;  // stdout and stderr
-};
+using primus::test::CliRun;
 
 // Runs `primus <args>` in the source tree with a clean WORLD_SIZE and the given env prefix.
 CliRun run_primus(const std::string& args, const std::string& env = "") {
-  const std::string cmd = std::string("cd '") + PRIMUS_SOURCE_DIR + "' && env -u WORLD_SIZE -u PRIMUS_CONFIGS_DIR " +
-                          env + " '" + PRIMUS_BINARY + "' " + args + " 2>&1";
-  CliRun r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return primus::test::run_shell(std::string("cd '") + PRIMUS_SOURCE_DIR + "' && env -u WORLD_SIZE -u PRIMUS_CONFIGS_DIR " +
+                         env + " '" + PRIMUS_BINARY + "' " + args);
 }
 
 const std::string kSeed = "examples/megatron/llama3.1_8B-pretrain.yaml";

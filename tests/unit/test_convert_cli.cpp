@@ -23,6 +23,7 @@
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "model/llama.h"
+#include "test_cli_util.h"
 #include "train/checkpoint.h"
 
 using namespace primus;
@@ -31,23 +32,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct CliRun {
-  int code = -1;
-  std::string output;  // stdout and stderr
-};
+using test::CliRun;
 
-CliRun run_primus(const std::string& args) {
-  const std::string cmd = std::string("'") + PRIMUS_BINARY + "' " + args + " 2>&1";
-  CliRun r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+CliRun run_primus(const std::string& args) { return test::run_shell(std::string("'") + PRIMUS_BINARY + "' " + args); }
 
 // A fresh directory per test under the system temp dir.
 class TempDir {

@@ -18,28 +18,17 @@
 #include "../generate/checkpoint_fixture.h"
 #include "data/tokenizer/tokenizer.h"
 #include "model/llama.h"
+#include "test_cli_util.h"
 
 using namespace primus;
 namespace fs = std::filesystem;
 
 namespace {
 
-struct CliRun {
-  int code = -1;
-  std::string output;  // stdout and stderr
-};
+using test::CliRun;
 
 CliRun run_generate(const std::string& args) {
-  const std::string cmd = std::string("'") + PRIMUS_BINARY + "' generate " + args + " 2>&1";
-  CliRun r;
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
-  const int status = pclose(pipe);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
+  return test::run_shell(std::string("'") + PRIMUS_BINARY + "' generate " + args);
 }
 
 nlohmann::json read_json(const fs::path& p) {

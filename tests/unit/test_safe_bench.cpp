@@ -8,6 +8,7 @@
 #include "core/tensor.h"
 #include "safe/model_shapes.h"
 #include "safe/report_table.h"
+#include "test_cli_util.h"
 
 namespace primus::safe {
 namespace {
@@ -106,12 +107,9 @@ TEST(SafeReport, Formats) {
 }
 
 int run_primus(const std::string& args, std::string& output) {
-  const std::string cmd = std::string(PRIMUS_BINARY) + " " + args + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  char buf[512];
-  while (p && fgets(buf, sizeof(buf), p)) output += buf;
-  const int st = p ? pclose(p) : -1;
-  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  const test::CliRun r = test::run_shell(std::string(PRIMUS_BINARY) + " " + args);
+  output += r.output;
+  return r.code;
 }
 
 TEST(SafeCli, GpuCommandsSayTheyNeedAGpu) {
