@@ -16,31 +16,7 @@ constexpr int kThreads = 1024;
 
 template <typename T, int VEC>
 __device__ float row_logsumexp(const T* row, int64_t V) {
-  __shared__ float sm_m[32], sm_s[32];
-  MaxSum acc{-INFINITY, 0.f};
-  const int64_t nvec = V / VEC;
-  for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
-    float x[VEC];
-    load_vec<T, VEC>(x, row + i * VEC);
-    float m = x[0];
-#pragma unroll
-    for (int j = 1; j < VEC; ++j) m = fmaxf(m, x[j]);
-    float s = 0.f;
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) s += __expf(x[j] - m);
-    acc = merge(acc, MaxSum{m, s});
-  }
-  for (int64_t i = nvec * VEC + threadIdx.x; i < V; i += blockDim.x) acc = merge(acc, MaxSum{to_f32<T>(row[i]), 1.f});
-  acc = warp_merge(acc);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) {
-    sm_m[warp] = acc.m;
-    sm_s[warp] = acc.s;
-  }
-  __syncthreads();
-  MaxSum total{-INFINITY, 0.f};
-  if (lane < static_cast<int>(blockDim.x >> 5)) total = MaxSum{sm_m[lane], sm_s[lane]};
-  total = warp_merge(total);
+  const MaxSum total = row_max_sum<T, VEC>(row, V);
   return total.m + __logf(total.s);
 }
 

@@ -25,37 +25,6 @@ int threads_for_row(int64_t Vs, int vec) {
   return static_cast<int>(warps >= kMaxThreads / 32 ? kMaxThreads : (warps < 1 ? 32 : warps * 32));
 }
 
-// (max, sum of exp(z - max)) over one row, merged over the block; every thread gets the result.
-// Contains __syncthreads: call from all threads of the block.
-template <typename T, int VEC>
-__device__ MaxSum row_max_sum(const T* row, int64_t Vs) {
-  __shared__ float sm_m[32], sm_s[32];
-  MaxSum acc{-INFINITY, 0.f};
-  const int64_t nvec = Vs / VEC;
-  for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
-    float x[VEC];
-    load_vec<T, VEC>(x, row + i * VEC);
-    float m = x[0];
-#pragma unroll
-    for (int j = 1; j < VEC; ++j) m = fmaxf(m, x[j]);
-    float s = 0.f;
-#pragma unroll
-    for (int j = 0; j < VEC; ++j) s += __expf(x[j] - m);
-    acc = merge(acc, MaxSum{m, s});
-  }
-  for (int64_t i = nvec * VEC + threadIdx.x; i < Vs; i += blockDim.x) acc = merge(acc, MaxSum{to_f32<T>(row[i]), 1.f});
-  acc = warp_merge(acc);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) {
-    sm_m[warp] = acc.m;
-    sm_s[warp] = acc.s;
-  }
-  __syncthreads();
-  MaxSum total{-INFINITY, 0.f};
-  if (lane < static_cast<int>(blockDim.x >> 5)) total = MaxSum{sm_m[lane], sm_s[lane]};
-  return warp_merge(total);
-}
-
 // A target is on this rank when it indexes this slice; anything else contributes nothing here.
 __device__ __forceinline__ bool local_target(int32_t t, int64_t Vs) { return t >= 0 && t < Vs; }
 

@@ -112,6 +112,38 @@ __device__ __forceinline__ MaxSum warp_merge(MaxSum v) {
   return v;
 }
 
+// (max, sum of exp(x - max)) over a row of n elements, 16-byte vectors of VEC per thread and
+// step, merged over the block (any multiple of 32 threads up to 1024); every thread gets the
+// result. Contains __syncthreads: call from all threads of the block.
+template <typename T, int VEC>
+__device__ MaxSum row_max_sum(const T* row, int64_t n) {
+  __shared__ float sm_m[32], sm_s[32];
+  MaxSum acc{-INFINITY, 0.f};
+  const int64_t nvec = n / VEC;
+  for (int64_t i = threadIdx.x; i < nvec; i += blockDim.x) {
+    float x[VEC];
+    load_vec<T, VEC>(x, row + i * VEC);
+    float m = x[0];
+#pragma unroll
+    for (int j = 1; j < VEC; ++j) m = fmaxf(m, x[j]);
+    float s = 0.f;
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) s += __expf(x[j] - m);
+    acc = merge(acc, MaxSum{m, s});
+  }
+  for (int64_t i = nvec * VEC + threadIdx.x; i < n; i += blockDim.x) acc = merge(acc, MaxSum{to_f32<T>(row[i]), 1.f});
+  acc = warp_merge(acc);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) {
+    sm_m[warp] = acc.m;
+    sm_s[warp] = acc.s;
+  }
+  __syncthreads();
+  MaxSum total{-INFINITY, 0.f};
+  if (lane < static_cast<int>(blockDim.x >> 5)) total = MaxSum{sm_m[lane], sm_s[lane]};
+  return warp_merge(total);
+}
+
 __host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 __host__ __device__ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
