@@ -1,6 +1,7 @@
 #include "train/trainer.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <chrono>
 #include <cmath>
@@ -498,6 +499,14 @@ void Run::log_header() {
                launch_.world_size, dp_size_, o_.use_distributed_optimizer ? " + distributed optimizer" : "", tp_size_,
                o_.sequence_parallel ? " + sequence parallel" : "", pp_size_,
                model_->virtual_stages() > 1 ? fmt::format(" x {} virtual stages", model_->virtual_stages()) : "");
+  if (o_.decoder_first_pipeline_num_layers > 0 || o_.decoder_last_pipeline_num_layers > 0)
+    logger_.info("pipeline stages hold {} layers (uneven split: decoder_first_pipeline_num_layers {}, "
+                 "decoder_last_pipeline_num_layers {})",
+                 fmt::join(parallel::pipeline_stage_layers(o_.model.num_layers, pp_size_,
+                                                           {o_.decoder_first_pipeline_num_layers,
+                                                            o_.decoder_last_pipeline_num_layers}),
+                           " / "),
+                 o_.decoder_first_pipeline_num_layers, o_.decoder_last_pipeline_num_layers);
   if (o_.precision_downgraded)
     logger_.warn("bf16/fp16 is set but this run is on the CPU, whose path computes in fp32 (device: cpu)");
   logger_.info("model: {} layers, hidden {}, {} heads ({} query groups), ffn {}, vocab {} (padded {}): {:.2f}M "

@@ -85,6 +85,9 @@ fi
 grep -q "needs the number of micro-batches per step (3" "$WORK/bad_layout.log" ||
   { echo "FAIL: no clear error for the bad interleaved layout:"; tail -5 "$WORK/bad_layout.log"; exit 1; }
 echo "bad interleaved layout: refused with a clear error"
+grep -q "pipeline stages hold 1 / 1 / 2 layers" "$WORK/pp3uneven.log" ||
+  { echo "FAIL: pp3uneven: the log does not state the uneven split:"; grep -m3 "pipeline\|error" "$WORK/pp3uneven.log"; exit 1; }
+echo "pp3uneven: layers 1 / 1 / 2 over the three stages"
 # Overlap must really overlap: some buckets start reducing while backward still runs.
 for r in dp2_overlap pp2dp2; do
   line=$(grep -m1 "overlap_grad_reduce:" "$WORK/$r.log" || true)
