@@ -94,11 +94,15 @@ DataParallelOptimizer::DataParallelOptimizer(ops::Context& ctx, std::vector<Name
 }
 
 DataParallelOptimizer::~DataParallelOptimizer() {
-  for (parallel::CommHandle& h : param_gathers_)  // never leave a collective writing into freed buffers
-    if (h) try {
-        h->wait();
-      } catch (...) {
-      }
+  // Never leave a collective writing into freed buffers; a failed one was reported where it
+  // failed (or the job is being torn down), so its error is not rethrown from a destructor.
+  for (parallel::CommHandle& h : param_gathers_) {
+    if (!h) continue;
+    try {
+      h->wait();
+    } catch (...) {
+    }
+  }
 }
 
 double DataParallelOptimizer::grad_sum_of_squares(const std::vector<NamedTensor*>& optimized) {
