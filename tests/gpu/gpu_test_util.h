@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "model/model_config.h"
 #include "ops/ops.h"
 
 #define PRIMUS_REQUIRE_GPU()                                          \
@@ -59,6 +60,20 @@ inline Tensor cpu_i32(const std::vector<int32_t>& v) {
   Tensor host = Tensor::empty({static_cast<int64_t>(v.size())}, DType::I32);
   for (size_t i = 0; i < v.size(); ++i) host.data<int32_t>()[i] = v[i];
   return host;
+}
+
+// A 2-layer Llama small enough for whole-model GPU-vs-CPU checks (GQA 4/2, hidden 64).
+inline ModelConfig tiny_llama(const std::string& name, bool untied) {
+  ModelConfig c;
+  c.name = name;
+  c.num_layers = 2;
+  c.hidden_size = 64;
+  c.ffn_hidden_size = 160;
+  c.num_attention_heads = 4;
+  c.num_query_groups = 2;
+  c.vocab_size = c.padded_vocab_size = 96;
+  c.untie_embeddings_and_output_weights = untied;
+  return c;
 }
 
 // Fills a CUDA output with NaN so an element the kernel forgets to write is caught.

@@ -21,16 +21,8 @@ namespace primus {
 namespace {
 
 ModelConfig tiny(bool untied) {
-  ModelConfig c;
-  c.name = "grad-overwrite-test";
-  c.num_layers = 2;
-  c.hidden_size = 64;
-  c.ffn_hidden_size = 160;
-  c.num_attention_heads = 4;
-  c.num_query_groups = 2;
-  c.vocab_size = c.padded_vocab_size = 96;
+  ModelConfig c = gputest::tiny_llama("grad-overwrite-test", untied);
   c.max_position_embeddings = 64;
-  c.untie_embeddings_and_output_weights = untied;
   c.init_method_std = 0.1;
   return c;
 }

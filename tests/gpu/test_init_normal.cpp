@@ -65,15 +65,7 @@ TEST(CudaInitNormal, MatchesHostStreamAcrossShardRuns) {
 
 TEST(CudaInitNormal, LlamaInitOnGpuEqualsCpuInit) {
   PRIMUS_REQUIRE_GPU();
-  ModelConfig c;
-  c.name = "init-test";
-  c.num_layers = 2;
-  c.hidden_size = 64;
-  c.ffn_hidden_size = 160;
-  c.num_attention_heads = 4;
-  c.num_query_groups = 2;
-  c.vocab_size = c.padded_vocab_size = 96;
-  c.untie_embeddings_and_output_weights = true;
+  const ModelConfig c = gputest::tiny_llama("init-test", /*untied=*/true);
   ops::Context cpu = ops::Context::cpu(), cuda = ops::Context::cuda();
   LlamaOptions host_opts, dev_opts;
   dev_opts.param_dtype = DType::BF16;
