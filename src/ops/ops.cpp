@@ -129,15 +129,23 @@ void matmul(Context& ctx, Tensor& out, const Tensor& a, Transpose ta, const Tens
   ctx.backend().matmul(out, a, ta, b, tb, alpha, beta);
 }
 
+namespace {
+
+// The operands of y = x @ w^T (+ ...): devices, w 2-D, x's features and y's shape.
+void check_linear_forward(Context& ctx, const Tensor& y, const Tensor& x, const Tensor& w, const char* op) {
+  arg_ndim(ctx, w, 2, op, "w");
+  arg(ctx, x, op, "x");
+  arg(ctx, y, op, "y");
+  PRIMUS_CHECK(x.size(-1) == w.size(1), "{}: x {} has {} input features but w {} expects {}", op, x.describe(),
+               x.size(-1), w.describe(), w.size(1));
+  PRIMUS_CHECK(y.size(-1) == w.size(0) && rows_of(y) == rows_of(x), "{}: y {} must be [{}, {}] for x {} and w {}", op,
+               y.describe(), rows_of(x), w.size(0), x.describe(), w.describe());
+}
+
+}  // namespace
+
 void linear_forward(Context& ctx, Tensor& y, const Tensor& x, const Tensor& w) {
-  arg_ndim(ctx, w, 2, "linear_forward", "w");
-  arg(ctx, x, "linear_forward", "x");
-  arg(ctx, y, "linear_forward", "y");
-  PRIMUS_CHECK(x.size(-1) == w.size(1), "linear_forward: x {} has {} input features but w {} expects {}",
-               x.describe(), x.size(-1), w.describe(), w.size(1));
-  PRIMUS_CHECK(y.size(-1) == w.size(0) && rows_of(y) == rows_of(x),
-               "linear_forward: y {} must be [{}, {}] for x {} and w {}", y.describe(), rows_of(x), w.size(0),
-               x.describe(), w.describe());
+  check_linear_forward(ctx, y, x, w, "linear_forward");
   Tensor y2 = y.view({rows_of(y), y.size(-1)});
   matmul(ctx, y2, x.view({rows_of(x), x.size(-1)}), Transpose::No, w, Transpose::Yes, 1.f, 0.f);
 }
@@ -147,14 +155,9 @@ void linear_forward_add(Context& ctx, Tensor& y, const Tensor& x, const Tensor& 
   same_dtype(y, residual, "linear_forward_add", "y", "residual");
   PRIMUS_CHECK(residual.raw() != y.raw(), "linear_forward_add: residual {} must not be y's buffer {}",
                residual.describe(), y.describe());
+  check_linear_forward(ctx, y, x, w, "linear_forward_add");
   Tensor y2 = y.view({rows_of(y), y.size(-1)});
-  // Shapes, dtypes and devices of x, w and y as linear_forward checks them.
-  arg_ndim(ctx, w, 2, "linear_forward_add", "w");
-  arg(ctx, x, "linear_forward_add", "x");
-  arg(ctx, y, "linear_forward_add", "y");
-  PRIMUS_CHECK(x.size(-1) == w.size(1) && y.size(-1) == w.size(0) && rows_of(y) == rows_of(x),
-               "linear_forward_add: y {} must be [{}, {}] for x {} and w {}", y.describe(), rows_of(x), w.size(0),
-               x.describe(), w.describe());
+  // Backend::matmul_add bypasses ops::matmul, so its dtype rules are checked here.
   same_dtype(x, w, "linear_forward_add", "x", "w");
   same_dtype(y, x, "linear_forward_add", "y", "x");
   const Tensor r2 = residual.view({rows_of(residual), residual.size(-1)});

@@ -126,37 +126,37 @@ std::vector<GemmProblem> training_gemms(const DenseShape& s, int64_t tokens, int
   PRIMUS_CHECK(tokens > 0 && logits_chunk_rows > 0, "training_gemms: tokens {} and logits_chunk_rows {} must be > 0",
                tokens, logits_chunk_rows);
   std::vector<GemmProblem> out;
-  // One linear (out x in weight) applied to `rows` rows, `count` times per step.
-  auto linear = [&](const std::string& name, int64_t n_out, int64_t n_in, int64_t rows, int64_t count,
-                    bool residual_in_epilogue, bool write_wgrad) {
+  auto fwd_dgrad = [&](const std::string& name, int64_t n_out, int64_t n_in, int64_t rows, int64_t count,
+                       bool residual_in_epilogue) {
     out.push_back({name + " fwd", rows, n_out, n_in, false, true, DType::BF16, DType::BF16, residual_in_epilogue, count});
     out.push_back({name + " dgrad", rows, n_in, n_out, false, false, DType::BF16, DType::BF16, false, count});
-    out.push_back({name + " wgrad", n_out, n_in, rows, true, false, DType::BF16, DType::F32, !write_wgrad, count});
   };
-  linear("qkv", (s.heads + 2 * s.kv_heads) * s.head_dim, s.hidden, tokens, s.layers, false, true);
-  linear("attn_out", s.hidden, s.heads * s.head_dim, tokens, s.layers, true, true);
-  linear("gate_up", 2 * s.ffn, s.hidden, tokens, s.layers, false, true);
-  linear("down", s.hidden, s.ffn, tokens, s.layers, true, true);
-  // The output layer, chunk by chunk: the first chunk, the other full chunks, a shorter last one.
+  auto wgrad = [&](const std::string& label, int64_t n_out, int64_t n_in, int64_t rows, int64_t count, bool accumulate) {
+    out.push_back({label, n_out, n_in, rows, true, false, DType::BF16, DType::F32, accumulate, count});
+  };
+  // Decoder layers: the weight gradients are written (the first micro-batch's keys).
+  auto layer_linear = [&](const std::string& name, int64_t n_out, int64_t n_in, bool residual_in_epilogue) {
+    fwd_dgrad(name, n_out, n_in, tokens, s.layers, residual_in_epilogue);
+    wgrad(name + " wgrad", n_out, n_in, tokens, s.layers, false);
+  };
+  layer_linear("qkv", (s.heads + 2 * s.kv_heads) * s.head_dim, s.hidden, false);
+  layer_linear("attn_out", s.hidden, s.heads * s.head_dim, true);
+  layer_linear("gate_up", 2 * s.ffn, s.hidden, false);
+  layer_linear("down", s.hidden, s.ffn, true);
+  // The output layer in chunks of `chunk` rows (a shorter last one when they do not divide):
+  // an untied head's weight gradient is written by the first chunk and accumulated after it;
+  // a tied one always adds into the embedding's gradient.
   const int64_t chunk = std::min(tokens, logits_chunk_rows);
   const int64_t full = tokens / chunk, rest = tokens % chunk;
-  linear("lm_head", s.vocab, s.hidden, chunk, 1, false, s.untied_head);
-  if (full > 1) linear("lm_head", s.vocab, s.hidden, chunk, full - 1, false, false);
-  if (rest > 0) linear("lm_head", s.vocab, s.hidden, rest, 1, false, false);
-  // Keys the list holds twice (a tied head's first chunk is the same GEMM as the others) merge.
-  std::vector<GemmProblem> merged;
-  for (const GemmProblem& p : out) {
-    auto same = [&](const GemmProblem& q) {
-      return q.m == p.m && q.n == p.n && q.k == p.k && q.ta == p.ta && q.tb == p.tb && q.in == p.in &&
-             q.out == p.out && q.accumulate == p.accumulate;
-    };
-    auto it = std::find_if(merged.begin(), merged.end(), same);
-    if (it != merged.end()) it->count += p.count;
-    else merged.push_back(p);
+  const int64_t written = s.untied_head ? 1 : 0;
+  fwd_dgrad("lm_head", s.vocab, s.hidden, chunk, full, false);
+  if (written > 0) wgrad("lm_head wgrad (write)", s.vocab, s.hidden, chunk, written, false);
+  if (full > written) wgrad("lm_head wgrad (accumulate)", s.vocab, s.hidden, chunk, full - written, true);
+  if (rest > 0) {
+    fwd_dgrad("lm_head", s.vocab, s.hidden, rest, 1, false);
+    wgrad("lm_head wgrad (accumulate)", s.vocab, s.hidden, rest, 1, true);
   }
-  for (GemmProblem& p : merged)  // say which lm_head wgrad is which
-    if (p.label == "lm_head wgrad") p.label = p.accumulate ? "lm_head wgrad (accumulate)" : "lm_head wgrad (write)";
-  return merged;
+  return out;
 }
 
 }  // namespace primus::safe

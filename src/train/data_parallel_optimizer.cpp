@@ -148,7 +148,6 @@ AdamW::StepInfo DataParallelOptimizer::step(double lr, double weight_decay, floa
   param_gathers_.resize(static_cast<size_t>(n));
   for (int b = n - 1; b >= 0; --b) param_gathers_[static_cast<size_t>(b)] = shards_->all_gather_bucket_async(dp_, param_flat_, b);
   waited_in_forward_ = 0;
-  gathered_ = n;
   return info;
 }
 

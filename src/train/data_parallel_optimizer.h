@@ -85,10 +85,9 @@ class DataParallelOptimizer {
   // Waits for every parameter all-gather still in flight: before anything reads the weights
   // outside a forward that calls param_needed (checkpoint save, parameter norms, the end).
   void finish_param_gather();
-  // overlap_param_gather: buckets of the last step's all-gather that were waited for inside
-  // the forward (by param_needed), and how many were gathered.
+  // overlap_param_gather: buckets of the last step's all-gather (one per bucket) that were
+  // waited for inside the forward (by param_needed).
   int param_buckets_waited_in_forward() const { return waited_in_forward_; }
-  int param_buckets_gathered() const { return gathered_; }
   // The log's `num zeros`: zero gradient elements over the whole model.
   int64_t count_zero_grads();
   // Weights were loaded into the params: make the fp32 masters equal to them again.
@@ -126,7 +125,7 @@ class DataParallelOptimizer {
   // parameter (by layout index), and the counts behind the log line.
   std::vector<parallel::CommHandle> param_gathers_;
   std::vector<int> bucket_of_param_;
-  int waited_in_forward_ = 0, gathered_ = 0;
+  int waited_in_forward_ = 0;
 };
 
 }  // namespace primus::train

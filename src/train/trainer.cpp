@@ -634,7 +634,7 @@ TrainResult Run::train() {
     if (o_.overlap_param_gather && o_.use_distributed_optimizer && iteration_ == result.start_iteration + 1)
       logger_.info("overlap_param_gather: {} of {} parameter bucket all-gathers were waited for inside the forward "
                    "pass, as it reached their weights (none in the optimizer step)",
-                   optimizer_->param_buckets_waited_in_forward(), optimizer_->param_buckets_gathered());
+                   optimizer_->param_buckets_waited_in_forward(), optimizer_->num_buckets());
     const double loss = dp_->all_reduce_value(sums.loss) / std::max(1.0, global_tokens);
     const double lr = schedule_->lr(static_cast<double>(consumed_train_));
     const double wd = schedule_->weight_decay(static_cast<double>(consumed_train_));
