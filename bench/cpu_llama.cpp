@@ -22,7 +22,7 @@
 
 #include "core/rng.h"
 #include "core/strings.h"
-#include "model/llama.h"
+#include "model/decoder.h"
 #include "ops/cpu/cpu_backend.h"
 #include "optim/adamw.h"
 
@@ -50,7 +50,7 @@ nlohmann::json run_primus(const Shape_& s, int64_t seq, int64_t batch, int steps
   c.max_position_embeddings = seq;
   ops::Context ctx = ops::Context::cpu();
   (void)threads;  // the pool sizes itself from hardware_concurrency; reported below
-  LlamaModel model(c, ctx);
+  DecoderModel model(c, ctx);
   AdamWConfig acfg;
   acfg.beta2 = 0.95f;
   AdamW opt(ctx, model.parameters(), acfg);

@@ -20,8 +20,8 @@
 #include "core/rng.h"
 #include "core/strings.h"
 #include "infer/generate.h"
-#include "infer/llama_decoder.h"
-#include "model/llama.h"
+#include "infer/cached_decoder.h"
+#include "model/decoder.h"
 
 using namespace primus;
 
@@ -53,10 +53,10 @@ int main(int argc, char** argv) {
   c.use_rope_scaling = true;
   const Device device = device_opt == "cuda" ? Device::CUDA : Device::CPU;
   ops::Context ctx = device == Device::CPU ? ops::Context::cpu() : ops::Context::cuda();
-  LlamaOptions opt;
+  DecoderOptions opt;
   opt.param_dtype = device == Device::CPU ? DType::F32 : DType::BF16;
-  LlamaModel model(c, ctx, opt);
-  infer::LlamaDecoder decoder(model.config(), ctx, infer::weights_of(model));
+  DecoderModel model(c, ctx, opt);
+  infer::CachedDecoder decoder(model.config(), ctx, infer::weights_of(model));
 
   for (const std::string& bs : split(batches, ',')) {
     const int64_t B = std::stoll(bs);

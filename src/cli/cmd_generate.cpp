@@ -26,7 +26,7 @@
 #include "data/tokenizer/tokenizer.h"
 #include "infer/checkpoint_model.h"
 #include "infer/generate.h"
-#include "infer/llama_decoder.h"
+#include "infer/cached_decoder.h"
 #include "infer/npy_f32.h"
 
 namespace primus::cli {
@@ -246,7 +246,7 @@ int cmd_generate(int argc, char** argv) {
     gen.keep_prompt_logits = true;
   }
 
-  infer::LlamaDecoder decoder(mc, ctx, model.weights);
+  infer::CachedDecoder decoder(mc, ctx, model.weights);
   std::vector<std::vector<int32_t>> ids;
   for (const Prompt& p : prompts) ids.push_back(p.ids);
 

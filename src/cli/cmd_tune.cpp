@@ -32,7 +32,7 @@ int cmd_tune(int argc, char** argv) {
   app.add_option("--output", output, "report format: md | csv | jsonl")->capture_default_str();
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   o.format = safe::parse_table_format(output);
-  if (!model.empty()) o.problems = safe::training_gemms(safe::resolve_shape(model), seq * mbs);
+  if (!model.empty()) o.problems = safe::training_gemms(safe::resolve_model(model), seq * mbs);
   return safe::run_gemm_tuning(o);
 }
 

@@ -97,6 +97,12 @@ Config from_json(const nlohmann::json&);  // round-trip of to_json
 // to a multiple of make_vocab_size_divisible_by * tensor_model_parallel_size.
 ModelConfig model_config(const Config&);
 
+// The architecture of a zoo model (configs/models/megatron/<name>.yaml, name with or without
+// .yaml) or a model file path, over the trainer's defaults (modules/megatron/pre_trainer.yaml)
+// and `sets` ("key=value"), without an experiment: for tools that need only the shapes
+// (`primus tune --model-config`, `primus bench`). Throws naming the file when none is found.
+ModelConfig load_model(const std::string& name_or_path, const std::vector<std::string>& sets = {});
+
 // The configs/ folder: $PRIMUS_CONFIGS_DIR, else <exe>/../../configs or <exe>/../configs,
 // else the source tree's configs/. Throws when none exists.
 std::string find_configs_dir(const EnvLookup& env);

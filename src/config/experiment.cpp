@@ -211,4 +211,22 @@ Config load_experiment(const std::string& path, const LoadOptions& options) {
   return cfg;
 }
 
+ModelConfig load_model(const std::string& name_or_path, const std::vector<std::string>& sets) {
+  const EnvLookup env = process_env();
+  const fs::path configs(find_configs_dir(env));
+  const Source where{"the model name '" + name_or_path + "'", 0};
+  const std::string module = resolve_preset("pre_trainer.yaml", "module config", configs / "modules" / "megatron", "",
+                                            where);
+  std::string model = name_or_path;
+  if (!fs::exists(model) && fs::path(model).extension() != ".yaml") model += ".yaml";
+  model = fs::exists(model) ? model : resolve_preset(model, "model", configs / "models" / "megatron", "", where);
+  Config cfg;
+  cfg.model_config_path = display_path(model);
+  cfg.model_name = fs::path(model).stem().string();
+  apply_layer(cfg, load_option_file(module, env));
+  apply_layer(cfg, load_option_file(model, env));
+  apply_layer(cfg, parse_assignments(sets, env));
+  return model_config(cfg);
+}
+
 }  // namespace primus::config

@@ -9,7 +9,7 @@
 
 #include "config/config.h"
 #include "convert/hf_files.h"
-#include "convert/hf_llama.h"
+#include "convert/hf_model.h"
 #include "convert/hf_tokenizer_info.h"
 #include "convert/primus_config.h"
 #include "convert/staged_dir.h"

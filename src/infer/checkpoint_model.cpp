@@ -2,7 +2,7 @@
 
 #include "config/config.h"
 #include "core/error.h"
-#include "infer/llama_decoder.h"
+#include "infer/cached_decoder.h"
 #include "train/checkpoint.h"
 
 namespace primus::infer {
@@ -36,8 +36,8 @@ InferenceModel load_inference_model(const std::string& dir, std::optional<int64_
       m.config.padded_vocab_size = s[0];
     }
   }
-  check_supported(m.config);
-  for (const auto& [name, shape] : llama_parameter_shapes(m.config))
+  check_buildable(m.config, "generate");
+  for (const auto& [name, shape] : decoder_weight_shapes(m.config))
     m.weights.emplace_back(name, Tensor::empty(shape, dtype, device));
   train::load_tensors_into(file, m.weights, /*strict=*/true);
   return m;

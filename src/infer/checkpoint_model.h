@@ -16,7 +16,7 @@ namespace primus::infer {
 
 struct InferenceModel {
   ModelConfig config;
-  NamedTensorList weights;    // llama_parameter_shapes(config) order, on `device`, in `dtype`
+  NamedTensorList weights;    // decoder_weight_shapes(config) order, on `device`, in `dtype`
   std::string path;           // the iter_XXXXXXX directory read
   int64_t iteration = 0;
   nlohmann::json config_json; // the checkpoint's config.json as stored

@@ -13,7 +13,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 }
 }  // namespace
 
-GenerateResult generate(LlamaDecoder& decoder, const std::vector<std::vector<int32_t>>& prompts,
+GenerateResult generate(CachedDecoder& decoder, const std::vector<std::vector<int32_t>>& prompts,
                         const GenerateOptions& o) {
   PRIMUS_CHECK(!prompts.empty(), "generate: no prompts");
   PRIMUS_CHECK(o.max_new_tokens >= 1, "generate: max_new_tokens must be >= 1, got {}", o.max_new_tokens);

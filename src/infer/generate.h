@@ -1,4 +1,4 @@
-// generate(): prompts -> new tokens with a LlamaDecoder, its KV cache and sampling.h.
+// generate(): prompts -> new tokens with a CachedDecoder, its KV cache and sampling.h.
 //
 //   prefill all prompts -> logits of each last prompt token -> token 1
 //   repeat: decode(token t of every unfinished sequence) -> logits -> token t+1
@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "infer/llama_decoder.h"
+#include "infer/cached_decoder.h"
 #include "infer/sampling.h"
 
 namespace primus::infer {
@@ -51,7 +51,7 @@ struct GenerateResult {
 // Throws on an empty prompt list, an empty prompt, max_new_tokens < 1, or prompts that
 // with max_new_tokens do not fit max_len = the longest prompt + max_new_tokens - 1
 // positions (the cache is sized to that).
-GenerateResult generate(LlamaDecoder& decoder, const std::vector<std::vector<int32_t>>& prompts,
+GenerateResult generate(CachedDecoder& decoder, const std::vector<std::vector<int32_t>>& prompts,
                         const GenerateOptions& options);
 
 }  // namespace primus::infer

@@ -4,28 +4,31 @@
 
 namespace primus::infer {
 
-KvCache KvCache::allocate(int64_t num_layers, int64_t batch, int64_t max_len, int64_t kv_heads, int64_t head_dim,
+KvCache KvCache::allocate(const std::vector<std::vector<Shape>>& entry_shapes, int64_t batch, int64_t max_len,
                           DType dtype, Device device) {
-  PRIMUS_CHECK(num_layers > 0 && batch > 0 && max_len > 0 && kv_heads > 0 && head_dim > 0,
-               "KvCache: layers {}, batch {}, max_len {}, kv heads {}, head dim {} must all be > 0", num_layers, batch,
-               max_len, kv_heads, head_dim);
+  PRIMUS_CHECK(!entry_shapes.empty() && batch > 0 && max_len > 0,
+               "KvCache: layers {}, batch {}, max_len {} must all be > 0", entry_shapes.size(), batch, max_len);
   KvCache c;
   c.batch = batch;
   c.max_len = max_len;
-  c.kv_heads = kv_heads;
-  c.head_dim = head_dim;
   c.lengths.assign(static_cast<size_t>(batch), 0);
-  for (int64_t l = 0; l < num_layers; ++l) {
-    c.k.push_back(Tensor::zeros({batch, max_len, kv_heads, head_dim}, dtype, device));
-    c.v.push_back(Tensor::zeros({batch, max_len, kv_heads, head_dim}, dtype, device));
+  for (const std::vector<Shape>& layer : entry_shapes) {
+    std::vector<Tensor> tensors;
+    for (const Shape& entry : layer) {
+      Shape shape{batch, max_len};
+      shape.insert(shape.end(), entry.begin(), entry.end());
+      PRIMUS_CHECK(shape_numel(entry) > 0, "KvCache: an entry of shape {} is empty", shape_str(entry));
+      tensors.push_back(Tensor::zeros(shape, dtype, device));
+    }
+    c.layers.push_back(std::move(tensors));
   }
   return c;
 }
 
 size_t KvCache::bytes() const {
   size_t n = 0;
-  for (const Tensor& t : k) n += t.nbytes();
-  for (const Tensor& t : v) n += t.nbytes();
+  for (const auto& layer : layers)
+    for (const Tensor& t : layer) n += t.nbytes();
   return n;
 }
 

@@ -5,6 +5,7 @@
 // Llama family, Mixtral (MoE) and DeepSeek-V2/V3 (MoE + MLA + MTP).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -51,25 +52,31 @@ struct ModelConfig {
   double beta_fast = 32.0;
   double beta_slow = 1.0;
 
-  // ---- mixture of experts --------------------------------------------------------
+  // ---- mixture of experts (Megatron's moe_* options; docs/MOE.md) -----------------
   int64_t num_experts = 0;  // 0 = dense
   int64_t moe_router_topk = 2;
   int64_t moe_ffn_hidden_size = 0;
   int64_t moe_shared_expert_intermediate_size = 0;
-  // Which layers are MoE: moe_layer_freq (1 = every layer) with the first
-  // `moe_first_k_dense_replace` layers dense (DeepSeek).
+  // Which layers are MoE: moe_layer_pattern[l] (1 = MoE) when given (Megatron's list form of
+  // moe_layer_freq, e.g. "([0]*3+[1]*58)"), else every moe_layer_freq-th layer; the first
+  // `moe_first_k_dense_replace` layers stay dense either way (DeepSeek).
   int64_t moe_layer_freq = 1;
+  std::vector<int> moe_layer_pattern;
   int64_t moe_first_k_dense_replace = 0;
-  std::string moe_router_score_function = "softmax";
-  bool moe_router_enable_expert_bias = false;
-  int64_t moe_router_num_groups = 0;
-  int64_t moe_router_group_topk = 0;
-  double moe_router_topk_scaling_factor = 1.0;
-  double moe_aux_loss_coeff = 0.0;
+  std::string moe_router_score_function = "softmax";  // softmax | sigmoid
   // softmax over all experts before top-k (DeepSeek-V2) instead of top-k then softmax (Mixtral)
   bool moe_router_pre_softmax = false;
-  std::string moe_router_load_balancing_type = "aux_loss";  // aux_loss|seq_aux_loss|sinkhorn|none
+  double moe_router_topk_scaling_factor = 1.0;
+  int64_t moe_router_num_groups = 0;  // group-limited routing (0 = off)
+  int64_t moe_router_group_topk = 0;
+  bool moe_router_enable_expert_bias = false;  // aux-loss-free balancing (DeepSeek-V3)
   double moe_router_bias_update_rate = 1e-3;
+  std::string moe_router_load_balancing_type = "aux_loss";  // aux_loss | seq_aux_loss | none
+  double moe_aux_loss_coeff = 0.0;
+  double moe_z_loss_coeff = 0.0;            // 0 = no z-loss
+  double moe_expert_capacity_factor = 0.0;  // 0 = dropless
+  std::string moe_token_drop_policy = "probs";  // probs | position
+  bool moe_pad_expert_input_to_capacity = false;
 
   // ---- multi-latent attention (DeepSeek) -----------------------------------------
   bool multi_latent_attention = false;
@@ -85,8 +92,15 @@ struct ModelConfig {
   double mtp_loss_scaling_factor = 0.1;
 
   int64_t head_dim() const { return kv_channels > 0 ? kv_channels : hidden_size / num_attention_heads; }
+  int64_t query_groups() const { return num_query_groups > 0 ? num_query_groups : num_attention_heads; }
+  // Layer `layer` (an MTP module's layer: num_layers + k) has an MoE MLP.
   bool is_moe_layer(int64_t layer) const {
     if (num_experts <= 0 || layer < moe_first_k_dense_replace) return false;
+    if (!moe_layer_pattern.empty()) {
+      // MTP layers follow the last main layer's kind, as Megatron builds them.
+      const auto i = static_cast<size_t>(std::min<int64_t>(layer, static_cast<int64_t>(moe_layer_pattern.size()) - 1));
+      return moe_layer_pattern[i] != 0;
+    }
     return moe_layer_freq <= 1 || (layer % moe_layer_freq) == 0;
   }
 };

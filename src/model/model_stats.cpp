@@ -1,10 +1,5 @@
-// Parameter, FLOP and memory accounting. Shapes follow Megatron-core's modules:
-//   attention  q (h x a*d), k, v (h x g*d), o (a*d x h)                    [g = query groups]
-//   MLA        q_down (h x q_lora), q_up (q_lora x a*(dn+dr)) or q (h x a*(dn+dr)),
-//              kv_down (h x (kv_lora+dr)), kv_up (kv_lora x a*(dn+dv)), o (a*dv x h)
-//   MLP        SwiGLU: fc1 (h x 2f) + fc2 (f x h); GeLU: fc1 (h x f) + fc2 (f x h)
-//   MoE        router (h x E), E routed experts of inner size fe, shared experts of total size fs
-//   MTP        enorm, hnorm (h each), eh_proj (2h x h), one transformer layer, final norm (h)
+// Parameter, FLOP and memory accounting, from decoder_spec's parameter table (the tensors
+// the model holds, their roles and splits): no shape is spelled out here.
 #include "model/model_stats.h"
 
 #include <fmt/format.h>
@@ -13,102 +8,83 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "model/decoder_spec.h"
 #include "parallel/pipeline_schedule.h"
 
 namespace primus {
 
 namespace {
 
-int64_t norm_params(const ModelConfig& m, int64_t dim) { return m.normalization == "LayerNorm" ? 2 * dim : dim; }
+bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
 
-int64_t mlp_params(const ModelConfig& m, int64_t inner) {
-  const int64_t h = m.hidden_size;
-  const int64_t weights = (m.swiglu ? 3 : 2) * h * inner;
-  const int64_t biases = m.add_bias_linear ? (m.swiglu ? 2 * inner : inner) + h : 0;
-  return weights + biases;
-}
-
-int64_t mlp_matmul(const ModelConfig& m, int64_t inner) { return (m.swiglu ? 3 : 2) * m.hidden_size * inner; }
-
-struct AttentionShape {
-  int64_t weights = 0;     // matrices (what 6N counts)
-  int64_t all = 0;         // weights + biases + norms
-  int64_t replicated = 0;  // not split by TP
-};
-
-AttentionShape attention_shape(const ModelConfig& m) {
-  const int64_t h = m.hidden_size, a = m.num_attention_heads;
-  const bool bias = m.add_bias_linear;
-  AttentionShape s;
-  if (m.multi_latent_attention) {
-    const int64_t dq = m.qk_head_dim + m.qk_pos_emb_head_dim;  // query/key head: non-rotary + rotary
-    const int64_t kv_down_out = m.kv_lora_rank + m.qk_pos_emb_head_dim;
-    int64_t q = 0, q_replicated = 0, q_bias = 0;
-    if (m.q_lora_rank > 0) {
-      q_replicated = h * m.q_lora_rank;
-      q = q_replicated + m.q_lora_rank * a * dq;
-      q_bias = bias ? m.q_lora_rank + a * dq : 0;
-    } else {
-      q = h * a * dq;
-      q_bias = bias ? a * dq : 0;
+// The tensors of one layer's table by part (weights and biases; buffers are not parameters).
+LayerParams sum_layer(const ModelConfig& m, const std::vector<ParamSpec>& table, const std::string& prefix) {
+  LayerParams p;
+  for (const ParamSpec& t : table) {
+    if (!t.trainable() || !starts_with(t.name, prefix)) continue;
+    const std::string local = t.name.substr(prefix.size());
+    const int64_t n = t.numel();
+    if (starts_with(local, "self_attention.")) {
+      p.attention += n;
+      if (t.split == ParamSplit::Replicated) p.attention_replicated += n;
+    } else if (starts_with(local, "input_layernorm.") || starts_with(local, "pre_mlp_layernorm.")) {
+      p.norms += n;
+    } else if (starts_with(local, "mlp.router.")) {
+      p.router += n;
+    } else if (starts_with(local, "mlp.experts.")) {
+      p.experts += n;
+    } else if (starts_with(local, "mlp.shared_experts.")) {
+      p.shared_experts += n;
+    } else if (starts_with(local, "mlp.")) {
+      p.mlp += n;
     }
-    const int64_t kv_down = h * kv_down_out;
-    const int64_t kv_up = m.kv_lora_rank * a * (m.qk_head_dim + m.v_head_dim);
-    const int64_t o = a * m.v_head_dim * h;
-    s.weights = q + kv_down + kv_up + o;
-    const int64_t biases = q_bias + (bias ? kv_down_out + a * (m.qk_head_dim + m.v_head_dim) + h : 0);
-    const int64_t latent_norms =
-        m.qk_layernorm ? norm_params(m, m.kv_lora_rank) + (m.q_lora_rank > 0 ? norm_params(m, m.q_lora_rank) : 0) : 0;
-    s.all = s.weights + biases + latent_norms;
-    s.replicated = q_replicated + kv_down + latent_norms;
-    return s;
   }
-  const int64_t d = m.head_dim(), g = m.num_query_groups > 0 ? m.num_query_groups : a;
-  const int64_t qkv_out = (a + 2 * g) * d;
-  s.weights = h * qkv_out + a * d * h;
-  const int64_t biases = (bias || m.add_qkv_bias ? qkv_out : 0) + (bias ? h : 0);
-  const int64_t qk_norms = m.qk_layernorm ? 2 * norm_params(m, d) : 0;
-  s.all = s.weights + biases + qk_norms;
-  s.replicated = qk_norms;
-  return s;
+  if (m.num_experts > 0) p.expert = p.experts / m.num_experts;
+  return p;
 }
 
-int64_t mtp_module_extras(const ModelConfig& m) {
-  // enorm + hnorm + eh_proj (2h -> h) + the module's final norm
-  const int64_t h = m.hidden_size;
-  return 3 * norm_params(m, h) + 2 * h * h + (m.add_bias_linear ? h : 0);
+// Elements of the matrices one token multiplies by in `table` (the N of 6N): dense
+// projections, the router, its top-k routed experts.
+int64_t matmul_params(const ModelConfig& m, const std::vector<ParamSpec>& table) {
+  int64_t n = 0;
+  for (const ParamSpec& t : table) {
+    if (t.role == ParamRole::Linear || t.role == ParamRole::Router || t.role == ParamRole::OutputLayer) n += t.numel();
+    if (t.role == ParamRole::RoutedExperts) n += t.numel() / m.num_experts * std::min(m.moe_router_topk, m.num_experts);
+  }
+  return n;
 }
+
+// An MTP module's own tensors outside its transformer layer (enorm, hnorm, eh_proj, final norm).
+int64_t mtp_module_extras(const ModelConfig& m) {
+  if (m.mtp_num_layers == 0) return 0;
+  const std::string layer_prefix = mtp_layer(m, 0).prefix;
+  int64_t n = 0;
+  for (const ParamSpec& t : mtp_params(m, 0))
+    if (t.trainable() && !starts_with(t.name, layer_prefix)) n += t.numel();
+  return n;
+}
+
+int64_t norm_params(const ModelConfig& m, int64_t dim) { return m.normalization == "LayerNorm" ? 2 * dim : dim; }
 
 }  // namespace
 
 LayerParams layer_params(const ModelConfig& m, int64_t layer) {
-  LayerParams p;
-  const AttentionShape att = attention_shape(m);
-  p.attention = att.all;
-  p.attention_replicated = att.replicated;
-  p.norms = 2 * norm_params(m, m.hidden_size);
-  if (m.is_moe_layer(layer)) {
-    p.expert = mlp_params(m, m.moe_ffn_hidden_size);
-    p.experts = m.num_experts * p.expert;
-    p.shared_experts = m.moe_shared_expert_intermediate_size > 0 ? mlp_params(m, m.moe_shared_expert_intermediate_size) : 0;
-    p.router = m.num_experts * m.hidden_size;
-  } else {
-    p.mlp = mlp_params(m, m.ffn_hidden_size);
-  }
-  return p;
+  const LayerSpec spec = layer < m.num_layers ? decoder_layer(m, layer) : mtp_layer(m, layer - m.num_layers);
+  return sum_layer(m, primus::layer_params(m, spec), spec.prefix);
 }
 
 ParamCounts count_parameters(const ModelConfig& m) {
   ParamCounts c;
   const int64_t h = m.hidden_size, V = m.padded_vocab_size;
-  c.embedding = V * h + (m.position_embedding_type == "learned_absolute" ? m.max_position_embeddings * h : 0);
-  c.output_layer = m.untie_embeddings_and_output_weights ? V * h : 0;
-  c.final_norm = norm_params(m, h);
-  const int64_t attention_matmul = attention_shape(m).weights;
-
+  for (const ParamSpec& t : embedding_params(m)) c.embedding += t.numel();
+  for (const ParamSpec& t : head_params(m)) {
+    if (t.role == ParamRole::OutputLayer) c.output_layer += t.numel();
+    else c.final_norm += t.numel();
+  }
   int64_t skipped_experts = 0;
-  for (int64_t l = 0; l < m.num_layers; ++l) {
-    const LayerParams p = layer_params(m, l);
+  for (const LayerSpec& spec : decoder_layers(m)) {
+    const std::vector<ParamSpec> table = primus::layer_params(m, spec);
+    const LayerParams p = sum_layer(m, table, spec.prefix);
     c.attention += p.attention;
     c.dense_mlp += p.mlp;
     c.moe_experts += p.experts;
@@ -116,13 +92,7 @@ ParamCounts count_parameters(const ModelConfig& m) {
     c.moe_router += p.router;
     c.layer_norms += p.norms;
     skipped_experts += p.experts - std::min(m.moe_router_topk, m.num_experts) * p.expert;
-    c.matmul += attention_matmul + p.router;
-    if (m.is_moe_layer(l)) {
-      c.matmul += m.moe_router_topk * mlp_matmul(m, m.moe_ffn_hidden_size);
-      if (m.moe_shared_expert_intermediate_size > 0) c.matmul += mlp_matmul(m, m.moe_shared_expert_intermediate_size);
-    } else {
-      c.matmul += mlp_matmul(m, m.ffn_hidden_size);
-    }
+    c.matmul += matmul_params(m, table);
   }
   c.matmul += V * h;  // the output layer (its own weight or the tied embedding)
   c.total = c.embedding + c.output_layer + c.final_norm + c.attention + c.dense_mlp + c.moe_experts +
@@ -130,15 +100,9 @@ ParamCounts count_parameters(const ModelConfig& m) {
   c.activated = c.total - skipped_experts;
 
   for (int64_t k = 0; k < m.mtp_num_layers; ++k) {
-    const int64_t l = m.num_layers + k;
-    c.mtp += mtp_module_extras(m) + layer_params(m, l).total();
-    c.mtp_matmul += 2 * h * h + attention_matmul + layer_params(m, l).router + V * h;
-    if (m.is_moe_layer(l)) {
-      c.mtp_matmul += m.moe_router_topk * mlp_matmul(m, m.moe_ffn_hidden_size);
-      if (m.moe_shared_expert_intermediate_size > 0) c.mtp_matmul += mlp_matmul(m, m.moe_shared_expert_intermediate_size);
-    } else {
-      c.mtp_matmul += mlp_matmul(m, m.ffn_hidden_size);
-    }
+    const std::vector<ParamSpec> table = mtp_params(m, k);
+    c.mtp += count_table_parameters(table);
+    c.mtp_matmul += matmul_params(m, table) + V * h;  // + the shared output layer
   }
   return c;
 }

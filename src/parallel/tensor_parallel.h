@@ -3,9 +3,9 @@
 // ---- Using it ---------------------------------------------------------------------
 //
 //   parallel::ProcessGroups groups(world, dims);               // dims.tp() ranks per tp group
-//   LlamaOptions o;
+//   DecoderOptions o;
 //   o.tensor_parallel = {&groups.tp(), cfg.sequence_parallel};  // the ONE thing to pass
-//   LlamaModel model(config, ctx, o);                            // params are this rank's shards
+//   DecoderModel model(config, ctx, o);                            // params are this rank's shards
 //   ...forward_backward on every tp rank with the SAME micro-batch...
 //   model.reduce_sequence_parallel_grads();    // once per step, after the last micro-batch
 //   (data parallel: reduce grads over groups.dp_cp() as usual, each rank its own shards)
@@ -94,45 +94,6 @@ Tensor exit_tp_region_backward(const TensorParallel& tp, const Tensor& dy, Arena
 // Where (N, C) partial sums for residual-rows tensor `y` go: y itself, or an arena tensor
 // under SP (also the dx_full buffer of enter_tp_region_backward).
 Tensor tp_partial_buffer(const TensorParallel& tp, Tensor& y, Arena& arena);
-
-// ---- vocabulary-parallel embedding and cross-entropy ---------------------------------
-
-struct VocabRange {
-  int64_t begin = 0, end = 0;  // this rank's rows [begin, end) of the padded vocabulary
-  int64_t size() const { return end - begin; }
-  bool contains(int64_t id) const { return id >= begin && id < end; }
-};
-VocabRange vocab_range(const TensorParallel& tp, int64_t padded_vocab_size);
-
-// Which token rows look up this rank's slice, computed on the host once per micro-batch.
-struct VocabParallelTokens {
-  int64_t num_tokens = 0, num_hits = 0;
-  Tensor hit_rows;    // (hits) int32: rows i whose token is in the slice, ascending
-  Tensor hit_ids;     // (hits) int32: their row in the local table (token - begin)
-  Tensor gather_map;  // (N) int32: i -> its index in hit_rows, or `hits` (a zero row)
-
-  // tokens: (N) int32 on the CPU; the index tensors are created on `device`.
-  static VocabParallelTokens route(const Tensor& tokens_host, VocabRange range, Device device);
-};
-
-// out (residual rows, C) = sum over ranks of the masked lookups in each rank's table_shard
-// (Vs, C): an exit_tp_region of this rank's partial embedding.
-void vocab_parallel_embedding_forward(ops::Context& ctx, const TensorParallel& tp, Tensor& out,
-                                      const VocabParallelTokens& tokens, const Tensor& table_shard, Arena& arena);
-// dtable_shard (Vs, C) fp32 += the rows of d out that this rank's tokens looked up.
-void vocab_parallel_embedding_backward(ops::Context& ctx, const TensorParallel& tp, Tensor& dtable_shard,
-                                       const Tensor& dout, const VocabParallelTokens& tokens, Arena& arena);
-
-// Targets local to this rank's slice (host (N) int32 in, host out): label - begin when the
-// label is in the slice, else -1 (also for ignored labels, which are negative).
-Tensor vocab_parallel_targets(const Tensor& targets_host, VocabRange range);
-
-// losses (rows) fp32 = cross-entropy over the FULL vocabulary of logits (rows, Vs) split
-// across the tp ranks (one all-gather of 3 floats per row). With dloss (rows) fp32 given,
-// logits is overwritten with d(sum_i dloss_i loss_i)/d logits of this rank's columns.
-// local_targets as vocab_parallel_targets makes them (on the context's device).
-void vocab_parallel_cross_entropy(ops::Context& ctx, const TensorParallel& tp, Tensor& losses, Tensor& logits,
-                                  const Tensor& local_targets, const Tensor* dloss, Arena& arena);
 
 // ---- gradients -----------------------------------------------------------------------
 

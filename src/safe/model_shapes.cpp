@@ -2,99 +2,65 @@
 
 #include <algorithm>
 
-#include <yaml-cpp/yaml.h>
-
-#include <filesystem>
-#include <map>
-
-#include "core/error.h"
 #include <fmt/ranges.h>
+
+#include "config/config.h"
+#include "core/error.h"
+#include "model/decoder_spec.h"
 
 namespace primus::safe {
 
-namespace {
-
-namespace fs = std::filesystem;
-
-// Keys of the chain, child over parent.
-void merge_chain(const fs::path& file, std::map<std::string, YAML::Node>& out, int depth) {
-  PRIMUS_CHECK(depth < 16, "model config '{}': `extends` chain deeper than 16 (a cycle?)", file.string());
-  PRIMUS_CHECK(fs::exists(file), "model config '{}' not found", file.string());
-  YAML::Node root;
-  try {
-    root = YAML::LoadFile(file.string());
-  } catch (const YAML::Exception& e) {
-    fail("model config '{}': {}", file.string(), e.what());
-  }
-  if (root["extends"]) {
-    for (const auto& parent : root["extends"]) merge_chain(file.parent_path() / parent.as<std::string>(), out, depth + 1);
-  }
-  for (const auto& kv : root) {
-    const std::string key = kv.first.as<std::string>();
-    if (key != "extends") out[key] = kv.second;
-  }
-}
-
-int64_t get_int(const std::map<std::string, YAML::Node>& m, const std::string& key, const std::string& file,
-                int64_t fallback = -1) {
-  auto it = m.find(key);
-  if (it == m.end() || it->second.IsNull()) {
-    PRIMUS_CHECK(fallback >= 0, "model config '{}': key '{}' is missing (needed for the GEMM shapes)", file, key);
-    return fallback;
-  }
-  try {
-    return it->second.as<int64_t>();
-  } catch (const YAML::Exception&) {
-    fail("model config '{}': key '{}' must be an integer", file, key);
-  }
-}
-
-}  // namespace
-
-std::optional<DenseShape> builtin_shape(const std::string& name) {
-  // name: (layers, hidden, heads, kv_heads, ffn, vocab), head_dim = hidden / heads, untied head.
-  if (name == "llama-tiny") return DenseShape{name, 12, 768, 12, 4, 64, 2048, 32000, true};
-  if (name == "llama3.2-1B") return DenseShape{name, 16, 2048, 32, 8, 64, 8192, 128256, true};
-  if (name == "llama3.2-3B") return DenseShape{name, 28, 3072, 24, 8, 128, 8192, 128256, true};
-  return std::nullopt;
+std::optional<ModelConfig> builtin_model(const std::string& name) {
+  // name: (layers, hidden, heads, kv_heads, head_dim, ffn, vocab), untied output layer.
+  std::optional<DenseShape> s;
+  if (name == "llama-tiny") s = DenseShape{name, 12, 768, 12, 4, 64, 2048, 32000, true};
+  if (name == "llama3.2-1B") s = DenseShape{name, 16, 2048, 32, 8, 64, 8192, 128256, true};
+  if (name == "llama3.2-3B") s = DenseShape{name, 28, 3072, 24, 8, 128, 8192, 128256, true};
+  if (!s) return std::nullopt;
+  return model_of(*s);
 }
 
 std::vector<std::string> builtin_shape_names() { return {"llama-tiny", "llama3.2-1B", "llama3.2-3B"}; }
 
-DenseShape shape_from_model_yaml(const std::string& name_or_path) {
-  fs::path file(name_or_path);
-  if (!fs::exists(file)) {
-    const fs::path zoo = fs::path(PRIMUS_SOURCE_DIR) / "configs" / "models" / "megatron";
-    fs::path cand = zoo / (name_or_path + ".yaml");
-    if (!fs::exists(cand)) cand = zoo / name_or_path;
-    PRIMUS_CHECK(fs::exists(cand),
-                 "model '{}' is neither a file nor a zoo model under {} (nor a built-in shape: {})", name_or_path,
-                 zoo.string(), fmt::join(builtin_shape_names(), ", "));
-    file = cand;
+ModelConfig resolve_model(const std::string& spec) {
+  if (auto b = builtin_model(spec)) return *b;
+  try {
+    return config::load_model(spec);
+  } catch (const Error& e) {
+    fail("model '{}' is neither a built-in shape ({}) nor a loadable zoo model or model file: {}", spec,
+         fmt::join(builtin_shape_names(), ", "), e.what());
   }
-  std::map<std::string, YAML::Node> m;
-  merge_chain(file, m, 0);
-  const std::string f = file.string();
-  DenseShape s;
-  s.name = file.stem().string();
-  s.layers = get_int(m, "num_layers", f);
-  s.hidden = get_int(m, "hidden_size", f);
-  s.heads = get_int(m, "num_attention_heads", f);
-  const bool gqa = m.count("group_query_attention") && m["group_query_attention"].as<bool>();
-  s.kv_heads = gqa ? get_int(m, "num_query_groups", f, s.heads) : s.heads;
-  s.head_dim = get_int(m, "kv_channels", f, s.hidden / s.heads);
-  s.ffn = get_int(m, "ffn_hidden_size", f, 4 * s.hidden);
-  const int64_t vocab = get_int(m, "vocab_size", f, get_int(m, "padded_vocab_size", f, 32000));
-  const int64_t div = get_int(m, "make_vocab_size_divisible_by", f, 128);
-  s.vocab = (vocab + div - 1) / div * div;
-  s.untied_head = !m.count("untie_embeddings_and_output_weights") || m["untie_embeddings_and_output_weights"].as<bool>();
-  return s;
 }
 
-DenseShape resolve_shape(const std::string& spec) {
-  if (auto b = builtin_shape(spec)) return *b;
-  return shape_from_model_yaml(spec);
+ModelConfig model_of(const DenseShape& s) {
+  ModelConfig m;
+  m.name = s.name;
+  m.num_layers = s.layers;
+  m.hidden_size = s.hidden;
+  m.num_attention_heads = s.heads;
+  m.num_query_groups = s.kv_heads;
+  m.kv_channels = s.head_dim;
+  m.ffn_hidden_size = s.ffn;
+  m.padded_vocab_size = m.vocab_size = s.vocab;
+  m.untie_embeddings_and_output_weights = s.untied_head;
+  m.normalization = "RMSNorm";
+  m.swiglu = true;
+  m.position_embedding_type = "rope";
+  m.add_bias_linear = false;
+  return m;
 }
+
+DenseShape shape_of(const ModelConfig& m) {
+  return DenseShape{m.name,        m.num_layers,         m.hidden_size,     m.num_attention_heads, m.query_groups(),
+                    m.head_dim(), m.ffn_hidden_size, m.padded_vocab_size, m.untie_embeddings_and_output_weights};
+}
+
+std::optional<DenseShape> builtin_shape(const std::string& name) {
+  if (auto m = builtin_model(name)) return shape_of(*m);
+  return std::nullopt;
+}
+
+DenseShape resolve_shape(const std::string& spec) { return shape_of(resolve_model(spec)); }
 
 DenseShape shape_from_flags(const ShapeFlags& f, const std::string& default_model) {
   const bool explicit_sizes = f.layers || f.hidden || f.heads;
@@ -122,39 +88,73 @@ DenseShape shape_from_flags(const ShapeFlags& f, const std::string& default_mode
   return s;
 }
 
-std::vector<GemmProblem> training_gemms(const DenseShape& s, int64_t tokens, int64_t logits_chunk_rows) {
+namespace {
+
+// The benchmark label of a layer linear: qkv, attn_out, gate_up, down (shared experts: "shared ...").
+std::string gemm_label(const std::string& local) {
+  std::string l = local;
+  for (const char* drop : {"self_attention.", "mlp.", ".weight"}) {
+    const size_t at = l.find(drop);
+    if (at != std::string::npos) l.erase(at, std::string(drop).size());
+  }
+  if (l.rfind("shared_experts.", 0) == 0) l = "shared " + l.substr(15);
+  if (l == "linear_qkv") return "qkv";
+  if (l == "linear_proj") return "attn_out";
+  for (const char* from : {"linear_fc1", "linear_fc2"}) {
+    const size_t at = l.find(from);
+    if (at != std::string::npos) l.replace(at, 10, std::string(from) == "linear_fc1" ? "gate_up" : "down");
+  }
+  return l;
+}
+
+}  // namespace
+
+std::vector<GemmProblem> training_gemms(const ModelConfig& m, int64_t tokens, int64_t logits_chunk_rows) {
   PRIMUS_CHECK(tokens > 0 && logits_chunk_rows > 0, "training_gemms: tokens {} and logits_chunk_rows {} must be > 0",
                tokens, logits_chunk_rows);
   std::vector<GemmProblem> out;
+  // One entry per distinct problem: the layers that run the same GEMM add to its count.
+  auto add = [&](GemmProblem p) {
+    for (GemmProblem& q : out)
+      if (q.label == p.label && q.m == p.m && q.n == p.n && q.k == p.k && q.ta == p.ta && q.tb == p.tb &&
+          q.out == p.out && q.accumulate == p.accumulate) {
+        q.count += p.count;
+        return;
+      }
+    out.push_back(std::move(p));
+  };
   auto fwd_dgrad = [&](const std::string& name, int64_t n_out, int64_t n_in, int64_t rows, int64_t count,
                        bool residual_in_epilogue) {
-    out.push_back({name + " fwd", rows, n_out, n_in, false, true, DType::BF16, DType::BF16, residual_in_epilogue, count});
-    out.push_back({name + " dgrad", rows, n_in, n_out, false, false, DType::BF16, DType::BF16, false, count});
+    add({name + " fwd", rows, n_out, n_in, false, true, DType::BF16, DType::BF16, residual_in_epilogue, count});
+    add({name + " dgrad", rows, n_in, n_out, false, false, DType::BF16, DType::BF16, false, count});
   };
   auto wgrad = [&](const std::string& label, int64_t n_out, int64_t n_in, int64_t rows, int64_t count, bool accumulate) {
-    out.push_back({label, n_out, n_in, rows, true, false, DType::BF16, DType::F32, accumulate, count});
+    add({label, n_out, n_in, rows, true, false, DType::BF16, DType::F32, accumulate, count});
   };
-  // Decoder layers: the weight gradients are written (the first micro-batch's keys).
-  auto layer_linear = [&](const std::string& name, int64_t n_out, int64_t n_in, bool residual_in_epilogue) {
-    fwd_dgrad(name, n_out, n_in, tokens, s.layers, residual_in_epilogue);
-    wgrad(name + " wgrad", n_out, n_in, tokens, s.layers, false);
-  };
-  layer_linear("qkv", (s.heads + 2 * s.kv_heads) * s.head_dim, s.hidden, false);
-  layer_linear("attn_out", s.hidden, s.heads * s.head_dim, true);
-  layer_linear("gate_up", 2 * s.ffn, s.hidden, false);
-  layer_linear("down", s.hidden, s.ffn, true);
+  // Decoder layers: the dense projections of every layer, as decoder_spec lists them. The weight
+  // gradients are written (the first micro-batch's keys); the projections into the residual
+  // stream add it in the GEMM's epilogue.
+  for (const LayerSpec& layer : decoder_layers(m)) {
+    for (const ParamSpec& p : layer_params(m, layer)) {
+      if (p.role != ParamRole::Linear) continue;
+      const std::string name = gemm_label(p.name.substr(layer.prefix.size()));
+      fwd_dgrad(name, p.shape[0], p.shape[1], tokens, 1, p.init == ParamInit::ScaledNormal);
+      wgrad(name + " wgrad", p.shape[0], p.shape[1], tokens, 1, false);
+    }
+  }
   // The output layer in chunks of `chunk` rows (a shorter last one when they do not divide):
   // an untied head's weight gradient is written by the first chunk and accumulated after it;
   // a tied one always adds into the embedding's gradient.
+  const int64_t V = m.padded_vocab_size, C = m.hidden_size;
   const int64_t chunk = std::min(tokens, logits_chunk_rows);
   const int64_t full = tokens / chunk, rest = tokens % chunk;
-  const int64_t written = s.untied_head ? 1 : 0;
-  fwd_dgrad("lm_head", s.vocab, s.hidden, chunk, full, false);
-  if (written > 0) wgrad("lm_head wgrad (write)", s.vocab, s.hidden, chunk, written, false);
-  if (full > written) wgrad("lm_head wgrad (accumulate)", s.vocab, s.hidden, chunk, full - written, true);
+  const int64_t written = m.untie_embeddings_and_output_weights ? 1 : 0;
+  fwd_dgrad("lm_head", V, C, chunk, full, false);
+  if (written > 0) wgrad("lm_head wgrad (write)", V, C, chunk, written, false);
+  if (full > written) wgrad("lm_head wgrad (accumulate)", V, C, chunk, full - written, true);
   if (rest > 0) {
-    fwd_dgrad("lm_head", s.vocab, s.hidden, rest, 1, false);
-    wgrad("lm_head wgrad (accumulate)", s.vocab, s.hidden, rest, 1, true);
+    fwd_dgrad("lm_head", V, C, rest, 1, false);
+    wgrad("lm_head wgrad (accumulate)", V, C, rest, 1, true);
   }
   return out;
 }

@@ -1,5 +1,7 @@
-// The GEMM and attention shapes of a dense Llama-like model, for `primus bench gemm-dense`,
-// `primus bench attention` and `primus tune --model-config`.
+// Model shapes for the benchmarks and the GEMM tuner: `primus bench gemm-dense`, `primus bench
+// attention`, `primus bench ops` and `primus tune --model-config`. A model is a built-in
+// shape (the PyTorch peers'), a zoo name or a model file; its training GEMMs come from
+// decoder_spec's parameter table.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +10,7 @@
 #include <vector>
 
 #include "core/dtype.h"
+#include "model/model_config.h"
 
 namespace primus::safe {
 
@@ -17,14 +20,18 @@ struct DenseShape {
   bool untied_head = true;
 };
 
-// The shapes of ../shared/anchors/pt_llama_bench.py: "llama-tiny", "llama3.2-1B", "llama3.2-3B".
-std::optional<DenseShape> builtin_shape(const std::string& name);
+// The dense peer's shapes (pt_llama_bench.py): "llama-tiny", "llama3.2-1B", "llama3.2-3B", as
+// dense Llama configs (RMSNorm, SwiGLU, RoPE, untied output layer).
+std::optional<ModelConfig> builtin_model(const std::string& name);
 std::vector<std::string> builtin_shape_names();
+// A built-in name, a zoo name (configs/models/megatron/<name>.yaml, with its `extends:` chain
+// and the trainer's defaults: config::load_model) or a model file path.
+ModelConfig resolve_model(const std::string& spec);
 
-// A model zoo file (configs/models/megatron/<name>.yaml or a path), following its `extends:`
-// chain; the vocabulary is padded to make_vocab_size_divisible_by (default 128).
-DenseShape shape_from_model_yaml(const std::string& name_or_path);
-// builtin name, zoo name or yaml path.
+// The sizes the attention and op benchmarks read, of a model / a dense Llama of these sizes.
+DenseShape shape_of(const ModelConfig& m);
+ModelConfig model_of(const DenseShape& s);
+std::optional<DenseShape> builtin_shape(const std::string& name);
 DenseShape resolve_shape(const std::string& spec);
 
 // Shape flags of the CLI: a model (built-in name, zoo name or yaml) and/or explicit sizes that
@@ -54,6 +61,10 @@ struct GemmProblem {
 // beta = 1). The output layer runs in chunks of `logits_chunk_rows` rows (the trainer's
 // default 4096): its weight gradient is written by the first chunk when the head is untied
 // and accumulated by the others.
-std::vector<GemmProblem> training_gemms(const DenseShape& s, int64_t tokens, int64_t logits_chunk_rows = 4096);
+// Problems with the same shape and flags are one entry (count = the layers that run it).
+std::vector<GemmProblem> training_gemms(const ModelConfig& m, int64_t tokens, int64_t logits_chunk_rows = 4096);
+inline std::vector<GemmProblem> training_gemms(const DenseShape& s, int64_t tokens, int64_t logits_chunk_rows = 4096) {
+  return training_gemms(model_of(s), tokens, logits_chunk_rows);
+}
 
 }  // namespace primus::safe

@@ -18,7 +18,7 @@ void PipelinedModel::wait_sends() {
     }
 }
 
-PipelinedModel::PipelinedModel(const ModelConfig& config, ops::Context& ctx, const LlamaOptions& options,
+PipelinedModel::PipelinedModel(const ModelConfig& config, ops::Context& ctx, const DecoderOptions& options,
                                const PipelineOptions& pipeline)
     : ctx_(ctx), v_(pipeline.virtual_stages) {
   if (pipeline.pp != nullptr && pipeline.pp->size() > 1) {
@@ -34,9 +34,9 @@ PipelinedModel::PipelinedModel(const ModelConfig& config, ops::Context& ctx, con
                "PipelineOptions.virtual_stages = {}: virtual pipeline stages (num_layers_per_virtual_pipeline_stage) "
                "need pipeline_model_parallel_size > 1", v_);
   if (pp_size_ == 1) {
-    LlamaOptions o = options;
+    DecoderOptions o = options;
     o.stage = PipelineStage{};
-    chunks_.push_back(std::make_unique<LlamaModel>(config, ctx, o));
+    chunks_.push_back(std::make_unique<DecoderModel>(config, ctx, o));
     return;
   }
   PRIMUS_CHECK(v_ == 1 || !pipeline.split.uneven(),
@@ -47,9 +47,9 @@ PipelinedModel::PipelinedModel(const ModelConfig& config, ops::Context& ctx, con
     const int s = parallel::virtual_stage(pp_size_, pp_rank_, c);
     const parallel::LayerRange layers = v_ == 1 ? parallel::pipeline_layer_range(config.num_layers, S, s, pipeline.split)
                                                 : parallel::pipeline_layer_range(config.num_layers, S, s);
-    LlamaOptions o = options;
+    DecoderOptions o = options;
     o.stage = PipelineStage{layers.first, layers.count, s == 0, s == S - 1};
-    chunks_.push_back(std::make_unique<LlamaModel>(config, ctx, o));
+    chunks_.push_back(std::make_unique<DecoderModel>(config, ctx, o));
   }
   // Collective, in the same order on every pp rank.
   const char* names[4] = {"_activations", "_activations_wrap", "_gradients", "_gradients_wrap"};
@@ -107,7 +107,7 @@ std::vector<NamedTensor*> PipelinedModel::tied_embedding_copies() {
 
 void PipelinedModel::finish_grads() {
   if (embedding_group_ == nullptr) return;
-  LlamaModel& holder = pp_rank_ == 0 ? *chunks_.front() : *chunks_.back();
+  DecoderModel& holder = pp_rank_ == 0 ? *chunks_.front() : *chunks_.back();
   embedding_group_->all_reduce(holder.parameter(kEmbeddingName).grad, parallel::ReduceOp::Sum);
 }
 
@@ -119,13 +119,13 @@ size_t PipelinedModel::activation_bytes_high_water() const {
   return n;
 }
 
-LlamaModel::StageState* PipelinedModel::acquire_state() {
+DecoderModel::StageState* PipelinedModel::acquire_state() {
   if (!free_states_.empty()) {
-    LlamaModel::StageState* st = free_states_.back();
+    DecoderModel::StageState* st = free_states_.back();
     free_states_.pop_back();
     return st;
   }
-  states_.push_back(std::make_unique<LlamaModel::StageState>(ctx_.device()));
+  states_.push_back(std::make_unique<DecoderModel::StageState>(ctx_.device()));
   return states_.back().get();
 }
 
@@ -155,12 +155,12 @@ Tensor& PipelinedModel::recv_buffer(Tensor& buf, const Shape& shape) {
   return buf;
 }
 
-LlamaModel::StepResult PipelinedModel::forward_backward(const std::vector<data::Batch>& micro_batches,
+DecoderModel::StepResult PipelinedModel::forward_backward(const std::vector<data::Batch>& micro_batches,
                                                         float loss_weight) {
   if (pp_size_ == 1) {
-    LlamaModel::StepResult sum;
+    DecoderModel::StepResult sum;
     for (const data::Batch& b : micro_batches) {
-      const LlamaModel::StepResult r = chunks_[0]->forward_backward(b.tokens, b.labels, b.loss_mask, loss_weight);
+      const DecoderModel::StepResult r = chunks_[0]->forward_backward(b.tokens, b.labels, b.loss_mask, loss_weight);
       sum.loss_sum += r.loss_sum;
       sum.num_tokens += r.num_tokens;
     }
@@ -169,11 +169,11 @@ LlamaModel::StepResult PipelinedModel::forward_backward(const std::vector<data::
   return run(micro_batches, true, loss_weight);
 }
 
-LlamaModel::StepResult PipelinedModel::forward_only(const std::vector<data::Batch>& micro_batches) {
+DecoderModel::StepResult PipelinedModel::forward_only(const std::vector<data::Batch>& micro_batches) {
   if (pp_size_ == 1) {
-    LlamaModel::StepResult sum;
+    DecoderModel::StepResult sum;
     for (const data::Batch& b : micro_batches) {
-      const LlamaModel::StepResult r = chunks_[0]->forward_only(b.tokens, b.labels, b.loss_mask);
+      const DecoderModel::StepResult r = chunks_[0]->forward_only(b.tokens, b.labels, b.loss_mask);
       sum.loss_sum += r.loss_sum;
       sum.num_tokens += r.num_tokens;
     }
@@ -182,7 +182,7 @@ LlamaModel::StepResult PipelinedModel::forward_only(const std::vector<data::Batc
   return run(micro_batches, false, 0.f);
 }
 
-LlamaModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs, bool train, float loss_weight) {
+DecoderModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs, bool train, float loss_weight) {
   const int P = pp_size_, r = pp_rank_, S = P * v_;
   const int M = static_cast<int>(mbs.size());
   PRIMUS_CHECK(M >= 1, "PipelinedModel: no micro-batches to run");
@@ -192,17 +192,17 @@ LlamaModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs, 
   free_states_.clear();
   for (auto& st : states_) free_states_.push_back(st.get());
   // (micro-batch, chunk) -> its activations, between forward and backward
-  std::map<std::pair<int, int>, LlamaModel::StageState*> live;
-  LlamaModel::StepResult sum;
+  std::map<std::pair<int, int>, DecoderModel::StageState*> live;
+  DecoderModel::StepResult sum;
   for (const parallel::PipelineAction& a : actions) {
     const int s = parallel::virtual_stage(P, r, a.chunk);
     const int prev = parallel::rank_of_virtual_stage(P, (s + S - 1) % S);
     const int next = parallel::rank_of_virtual_stage(P, (s + 1) % S);
-    LlamaModel& model = *chunks_[static_cast<size_t>(a.chunk)];
+    DecoderModel& model = *chunks_[static_cast<size_t>(a.chunk)];
     const data::Batch& b = mbs[static_cast<size_t>(a.micro_batch)];
     const Shape hidden = model.stage_hidden_shape(b.tokens);
     if (a.op == parallel::PipelineOp::Forward) {
-      LlamaModel::StageState* state = acquire_state();
+      DecoderModel::StageState* state = acquire_state();
       Tensor* input = nullptr;
       if (s > 0) {
         input = &recv_buffer(recv_activation_, hidden);
@@ -223,7 +223,7 @@ LlamaModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs, 
       auto it = live.find({a.micro_batch, a.chunk});
       PRIMUS_CHECK(it != live.end(), "PipelinedModel: schedule runs backward {} before its forward",
                    parallel::to_string(a));
-      LlamaModel::StageState* state = it->second;
+      DecoderModel::StageState* state = it->second;
       live.erase(it);
       Tensor* d_output = nullptr;
       if (s < S - 1) {

@@ -4,7 +4,7 @@
 // num_layers / (P v) consecutive layers each (Megatron's even split; v = virtual_stages,
 // the model chunks per rank), or, with v = 1, Megatron's uneven split: the first and/or last
 // stage hold decoder_first/last_pipeline_num_layers and the others share the rest. Virtual stage s = c * P + r is model chunk c on pipeline rank
-// r, a LlamaModel built with LlamaOptions::stage = its layers (+ the embedding on s = 0,
+// r, a DecoderModel built with DecoderOptions::stage = its layers (+ the embedding on s = 0,
 // final norm + output layer + loss on s = P v - 1). Parameters keep their global names.
 //
 // forward_backward runs all micro-batches of one optimizer step by the schedule of
@@ -33,7 +33,7 @@
 // it out of the global grad norm and of checkpoints (gather_named_tensors_to_root drops it).
 //
 // pp == 1 (PipelineOptions::pp null or of size 1) is exactly the plain loop
-//   for each micro-batch: LlamaModel::forward_backward(tokens, labels, loss_mask, loss_weight)
+//   for each micro-batch: DecoderModel::forward_backward(tokens, labels, loss_mask, loss_weight)
 // on one whole model, bit for bit.
 #pragma once
 
@@ -42,7 +42,7 @@
 #include <vector>
 
 #include "data/data_config.h"
-#include "model/llama.h"
+#include "model/decoder.h"
 #include "parallel/communicator.h"
 #include "parallel/pipeline_schedule.h"
 
@@ -60,7 +60,7 @@ class PipelinedModel {
   // it). Throws naming num_layers when it does not split over pp * virtual_stages stages.
   // `options.stage` is set here per chunk; everything else (tensor parallel, recompute,
   // grad_ready, ...) applies to every chunk. `ctx` and the pp group must outlive the model.
-  PipelinedModel(const ModelConfig& config, ops::Context& ctx, const LlamaOptions& options,
+  PipelinedModel(const ModelConfig& config, ops::Context& ctx, const DecoderOptions& options,
                  const PipelineOptions& pipeline);
   ~PipelinedModel();
 
@@ -69,16 +69,16 @@ class PipelinedModel {
   std::vector<NamedTensor*> parameters();
   int64_t num_parameters() const;
   void zero_grads();
-  // pp 1: LlamaModel::zero_grads_for_overwrite (the first micro-batch writes the linear
+  // pp 1: DecoderModel::zero_grads_for_overwrite (the first micro-batch writes the linear
   // weights' grads instead of adding to zeroed ones); pp > 1: zero_grads().
   void zero_grads_for_overwrite();
 
   // One optimizer step's forward + backward over all micro-batches (the same list on every
-  // pp rank), by the schedule. Grads accumulate as LlamaModel::forward_backward's do.
+  // pp rank), by the schedule. Grads accumulate as DecoderModel::forward_backward's do.
   // Returns the sums over the micro-batches, the same on EVERY pp rank (the last stage's
   // loss is all-reduced over pp).
-  LlamaModel::StepResult forward_backward(const std::vector<data::Batch>& micro_batches, float loss_weight);
-  LlamaModel::StepResult forward_only(const std::vector<data::Batch>& micro_batches);
+  DecoderModel::StepResult forward_backward(const std::vector<data::Batch>& micro_batches, float loss_weight);
+  DecoderModel::StepResult forward_only(const std::vector<data::Batch>& micro_batches);
 
   // Sequence parallel: all-reduce the norm weights' partial grads over tp, every chunk.
   void reduce_sequence_parallel_grads();
@@ -92,7 +92,7 @@ class PipelinedModel {
   // Activation memory: the high-water marks of every micro-batch state's arena, summed
   // (they are alive together), plus the chunks' own.
   size_t activation_bytes_high_water() const;
-  const std::vector<std::unique_ptr<LlamaModel>>& chunks() { return chunks_; }
+  const std::vector<std::unique_ptr<DecoderModel>>& chunks() { return chunks_; }
   // Micro-batch states (activation arenas) created so far = the most micro-batch chunks
   // alive at once in any step; send buffers created so far.
   size_t num_stage_states() const { return states_.size(); }
@@ -105,11 +105,11 @@ class PipelinedModel {
   bool holds_last_stage() const { return pp_rank_ == pp_size_ - 1; }
 
  private:
-  LlamaModel::StageState* acquire_state();
+  DecoderModel::StageState* acquire_state();
   // Copies `t` into a send buffer whose previous send completed (or a new one) and sends it.
   void send(parallel::Communicator& comm, const Tensor& t, int peer);
   void wait_sends();
-  LlamaModel::StepResult run(const std::vector<data::Batch>& micro_batches, bool train, float loss_weight);
+  DecoderModel::StepResult run(const std::vector<data::Batch>& micro_batches, bool train, float loss_weight);
   Tensor& recv_buffer(Tensor& buf, const Shape& shape);
 
   ops::Context& ctx_;
@@ -118,9 +118,9 @@ class PipelinedModel {
   std::unique_ptr<parallel::Communicator> p2p_[4];  // by parallel::P2pChannel (wrap ones only when v > 1)
   std::unique_ptr<parallel::Communicator> embedding_group_;
   parallel::Communicator& channel(parallel::PipelineOp sent_by, int from_rank);
-  std::vector<std::unique_ptr<LlamaModel>> chunks_;
-  std::vector<std::unique_ptr<LlamaModel::StageState>> states_;
-  std::vector<LlamaModel::StageState*> free_states_;
+  std::vector<std::unique_ptr<DecoderModel>> chunks_;
+  std::vector<std::unique_ptr<DecoderModel::StageState>> states_;
+  std::vector<DecoderModel::StageState*> free_states_;
   struct SendBuffer {
     Tensor data;
     parallel::CommHandle pending;  // null once completed

@@ -14,7 +14,7 @@
 #include "core/error.h"
 #include "data/gpt_dataset.h"
 #include "data/tokenizer/tokenizer.h"
-#include "model/llama.h"
+#include "model/decoder.h"
 #include "parallel/gather_to_root.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
@@ -183,7 +183,7 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   setup_data();
   lap("data");
 
-  LlamaOptions lo;
+  DecoderOptions lo;
   lo.param_dtype = param_dtype(o.precision);
   lo.seed = o.seed;
   lo.recompute = parse_recompute_granularity(o.recompute_granularity);
@@ -376,7 +376,7 @@ void Run::restore() {
 
 LossSums Run::train_step(float loss_weight, std::vector<data::Batch>& batches) {
   grad_completions_.clear();
-  const LlamaModel::StepResult r = model_->forward_backward(batches, loss_weight);
+  const DecoderModel::StepResult r = model_->forward_backward(batches, loss_weight);
   // Sequence parallel: the replicated norm weights got partial grads on each tp rank.
   if (tp_size_ > 1 && o_.sequence_parallel) model_->reduce_sequence_parallel_grads();
   // Tied embeddings across pipeline stages: the two copies' grads summed.
@@ -390,7 +390,7 @@ double Run::evaluate(data::BatchLoader& loader, int64_t iterations) {
   for (int64_t it = 0; it < iterations; ++it) {
     std::vector<data::Batch> batches;
     for (int64_t m = 0; m < num_micro_batches_; ++m) batches.push_back(loader.next());
-    const LlamaModel::StepResult r = model_->forward_only(batches);
+    const DecoderModel::StepResult r = model_->forward_only(batches);
     sums.loss += r.loss_sum;
     sums.tokens += r.num_tokens;
   }

@@ -1,5 +1,5 @@
 // convert_logits_dump: loads a Primus checkpoint the way `generate` and the training loop
-// do (CheckpointReader + config::from_json + config::model_config + LlamaModel +
+// do (CheckpointReader + config::from_json + config::model_config + DecoderModel +
 // train::load_tensors_into) and writes the CPU model's fp32 logits for given tokens.
 //
 //   convert_logits_dump <save_dir> <tokens.safetensors> <out.safetensors>
@@ -15,7 +15,7 @@
 
 #include "config/config.h"
 #include "core/safetensors.h"
-#include "model/llama.h"
+#include "model/decoder.h"
 #include "train/checkpoint.h"
 
 using namespace primus;
@@ -29,7 +29,7 @@ int main(int argc, char** argv) {
     const train::CheckpointReader reader(argv[1]);
     const ModelConfig mc = config::model_config(config::from_json(reader.config()));
     auto ctx = ops::Context::cpu();
-    LlamaModel model(mc, ctx);  // fp32 parameters; bf16/fp16 checkpoints convert exactly on load
+    DecoderModel model(mc, ctx);  // fp32 parameters; bf16/fp16 checkpoints convert exactly on load
     NamedTensorList targets;
     for (NamedTensor* p : model.parameters()) targets.emplace_back(p->name, p->value);
     train::load_tensors_into(reader.model_file(), targets, /*strict=*/true);

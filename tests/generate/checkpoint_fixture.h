@@ -1,5 +1,5 @@
 // Tiny Llama checkpoints for the generation tests (unit tests and the PyTorch reference
-// script): a Config whose model keys describe a ModelConfig, and a LlamaModel saved with
+// script): a Config whose model keys describe a ModelConfig, and a DecoderModel saved with
 // train::CheckpointWriter the way training saves (model.safetensors + config.json +
 // meta.json, no optimizer or RNG state).
 #pragma once
@@ -8,7 +8,7 @@
 #include <string>
 
 #include "config/config.h"
-#include "model/llama.h"
+#include "model/decoder.h"
 #include "train/checkpoint.h"
 
 namespace primus::test_generate {
@@ -103,7 +103,7 @@ inline config::Config config_with_model(const ModelConfig& m) {
   return c;
 }
 
-// Builds LlamaModel(model_config(config_with_model(m))) with `seed` on the CPU and saves
+// Builds DecoderModel(model_config(config_with_model(m))) with `seed` on the CPU and saves
 // it to `save_dir` at `iteration` (weights + config only). Returns the saved model's
 // config as the loader will see it.
 inline ModelConfig save_test_checkpoint(const std::string& save_dir, const ModelConfig& m, uint64_t seed,
@@ -111,9 +111,9 @@ inline ModelConfig save_test_checkpoint(const std::string& save_dir, const Model
   const config::Config cfg = config_with_model(m);
   const ModelConfig mc = config::model_config(cfg);
   ops::Context ctx = ops::Context::cpu();
-  LlamaOptions opt;
+  DecoderOptions opt;
   opt.seed = seed;
-  LlamaModel model(mc, ctx, opt);
+  DecoderModel model(mc, ctx, opt);
   train::CheckpointContent content;
   content.iteration = iteration;
   for (NamedTensor* p : model.parameters()) content.model.emplace_back(p->name, p->value);

@@ -1,5 +1,5 @@
 // Generation on CUDA (src/infer): the decode-attention kernels against the CPU loop, and
-// the whole LlamaDecoder (prefill + KV-cache decode) on CUDA against the CPU decoder with
+// the whole CachedDecoder (prefill + KV-cache decode) on CUDA against the CPU decoder with
 // the same weights, in fp32 (tight) and bf16 (loose; greedy tokens mostly agree).
 #include <gtest/gtest.h>
 
@@ -9,9 +9,9 @@
 #include "../generate/checkpoint_fixture.h"
 #include "core/rng.h"
 #include "gpu_test_util.h"
-#include "infer/decode_attention.h"
+#include "ops/decode_attention.h"
 #include "infer/generate.h"
-#include "infer/llama_decoder.h"
+#include "infer/cached_decoder.h"
 
 using namespace primus;
 
@@ -49,11 +49,11 @@ TEST(GenerateCuda, DecodeAttentionMatchesCpu) {
       for (int64_t b = 0; b < B; ++b) pos.push_back(static_cast<int32_t>((b * 5 + L - 1) % L));
       Tensor q_c = gputest::cpu_f32(q, {B, Hq, D}), out_c = Tensor::empty({B, Hq, D}, DType::F32);
       Tensor kc_c = gputest::cpu_f32(kc, {B, L, Hkv, D}), vc_c = gputest::cpu_f32(vc, {B, L, Hkv, D});
-      infer::decode_attention_cpu(out_c, q_c, gputest::cpu_f32(kn, {B, Hkv, D}), gputest::cpu_f32(vn, {B, Hkv, D}),
+      ops::decode_attention_cpu(out_c, q_c, gputest::cpu_f32(kn, {B, Hkv, D}), gputest::cpu_f32(vn, {B, Hkv, D}),
                                   kc_c, vc_c, pos.data(), 0.125f);
       Tensor q_g = gputest::gpu(q, {B, Hq, D}, dt), out_g = Tensor::empty({B, Hq, D}, dt, Device::CUDA);
       Tensor kc_g = gputest::gpu(kc, {B, L, Hkv, D}, dt), vc_g = gputest::gpu(vc, {B, L, Hkv, D}, dt);
-      infer::decode_attention(cuda, out_g, q_g, gputest::gpu(kn, {B, Hkv, D}, dt), gputest::gpu(vn, {B, Hkv, D}, dt),
+      ops::decode_attention(cuda, out_g, q_g, gputest::gpu(kn, {B, Hkv, D}, dt), gputest::gpu(vn, {B, Hkv, D}, dt),
                               kc_g, vc_g, gputest::gpu_i32(pos), 0.125f);
       cuda.synchronize();
       const double tol = dt == DType::F32 ? 1e-5 : 1e-2;
@@ -70,14 +70,14 @@ TEST(GenerateCuda, DecoderMatchesCpuDecoder) {
   for (const ModelConfig& c : {test_generate::tiny_gqa(), test_generate::tiny_rope_scaling_tied()}) {
     // Head dim 8 is not a flash-attention shape: the CUDA backend's plain kernel runs the
     // prefill; ours runs the decode.
-    LlamaOptions opt;
+    DecoderOptions opt;
     opt.seed = 17;
-    LlamaModel model(c, cpu, opt);
+    DecoderModel model(c, cpu, opt);
     const NamedTensorList w = infer::weights_of(model);
-    infer::LlamaDecoder ref(c, cpu, w);
+    infer::CachedDecoder ref(c, cpu, w);
     for (DType dt : {DType::F32, DType::BF16}) {
       const NamedTensorList wg = to_device(w, dt);
-      infer::LlamaDecoder dec(c, cuda, wg);
+      infer::CachedDecoder dec(c, cuda, wg);
       const std::vector<std::vector<int32_t>> prompts = {{1, 5, 9, 2, 30, 11}, {7, 3}};
       infer::KvCache kc = ref.new_cache(2, 20), kg = dec.new_cache(2, 20);
       double worst = rel_error(dec.prefill(kg, prompts).to_float_vector(), ref.prefill(kc, prompts).to_float_vector());

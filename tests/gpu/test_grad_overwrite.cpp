@@ -1,5 +1,5 @@
 // The step's first micro-batch WRITES the linear weights' gradients on the GPU (beta = 0
-// cuBLASLt GEMMs after LlamaModel::zero_grads_for_overwrite) instead of adding to zeroed
+// cuBLASLt GEMMs after DecoderModel::zero_grads_for_overwrite) instead of adding to zeroed
 // buffers. Checked on a tiny bf16 Llama, tied and untied, with several logits chunks:
 //  - every gradient element is written: the buffers start as NaN, not zero;
 //  - the gradients equal those of zero_grads() + accumulate on the same GPU (up to the GEMM
@@ -14,7 +14,7 @@
 
 #include "core/rng.h"
 #include "gpu_test_util.h"
-#include "model/llama.h"
+#include "model/decoder.h"
 #include "ops/ops.h"
 
 namespace primus {
@@ -43,7 +43,7 @@ HostBatch make_batch(int64_t n, int64_t vocab, uint64_t seed) {
   return b;
 }
 
-void run_step(LlamaModel& m, Device dev, const std::vector<HostBatch>& batches, int64_t B, int64_t T) {
+void run_step(DecoderModel& m, Device dev, const std::vector<HostBatch>& batches, int64_t B, int64_t T) {
   for (const HostBatch& h : batches) {
     Tensor tokens = Tensor::empty({B, T}, DType::I32), labels = Tensor::empty({B, T}, DType::I32);
     for (int64_t i = 0; i < B * T; ++i) {
@@ -66,13 +66,13 @@ TEST(CudaGradOverwrite, FirstMicroBatchWritesEveryGradient) {
   ops::Context cpu = ops::Context::cpu(), cuda = ops::Context::cuda();
   for (bool untied : {true, false}) {
     const ModelConfig c = tiny(untied);
-    LlamaOptions dev;
+    DecoderOptions dev;
     dev.param_dtype = DType::BF16;
     dev.logits_chunk_rows = 16;  // 3 chunks: only the first may write the output layer's grad
-    LlamaModel accumulate(c, cuda, dev), overwrite(c, cuda, dev);
-    LlamaOptions host;
+    DecoderModel accumulate(c, cuda, dev), overwrite(c, cuda, dev);
+    DecoderOptions host;
     host.logits_chunk_rows = 16;
-    LlamaModel reference(c, cpu, host);
+    DecoderModel reference(c, cpu, host);
     // The CPU reference runs on exactly the GPU's (bf16) weights.
     const auto ps = overwrite.parameters(), pr = reference.parameters();
     ASSERT_EQ(ps.size(), pr.size());

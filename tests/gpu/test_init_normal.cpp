@@ -12,7 +12,7 @@
 #include "core/dtype.h"
 #include "core/rng.h"
 #include "gpu_test_util.h"
-#include "model/llama.h"
+#include "model/decoder.h"
 #include "ops/ops.h"
 
 namespace primus {
@@ -67,9 +67,9 @@ TEST(CudaInitNormal, LlamaInitOnGpuEqualsCpuInit) {
   PRIMUS_REQUIRE_GPU();
   const ModelConfig c = gputest::tiny_llama("init-test", /*untied=*/true);
   ops::Context cpu = ops::Context::cpu(), cuda = ops::Context::cuda();
-  LlamaOptions host_opts, dev_opts;
+  DecoderOptions host_opts, dev_opts;
   dev_opts.param_dtype = DType::BF16;
-  LlamaModel on_cpu(c, cpu, host_opts), on_gpu(c, cuda, dev_opts);
+  DecoderModel on_cpu(c, cpu, host_opts), on_gpu(c, cuda, dev_opts);
   const auto a = on_cpu.parameters(), b = on_gpu.parameters();
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i) {

@@ -1,7 +1,7 @@
 // Pipeline parallelism of the Llama model (train/pipelined_model.h), with real MPI ranks
 // (ctest runs it as `mpirun -np 2` and `-np 4`, tests/parallel/tests.cmake).
 //
-// Parallel invariance: every rank also builds the single-rank LlamaModel from the same
+// Parallel invariance: every rank also builds the single-rank DecoderModel from the same
 // seed and runs the same micro-batches through its plain forward_backward; the pipelined
 // model (PP2 1F1B, PP2 interleaved, and at 4 ranks PP4, PP2 x TP2 (+SP), PP2 x DP2,
 // interleaved PP2 x TP2) must give the same init (bit for bit), the same summed loss and
@@ -19,7 +19,7 @@
 #include <set>
 
 #include "core/rng.h"
-#include "model/llama.h"
+#include "model/decoder.h"
 #include "optim/adamw.h"
 #include "parallel/gather_to_root.h"
 #include "parallel/mpi_communicator.h"
@@ -119,8 +119,8 @@ std::unique_ptr<ProcessGroups> make_groups(const Layout& l) {
   return std::make_unique<ProcessGroups>(world(), ParallelDims::create(world().size(), s));
 }
 
-LlamaOptions model_options(const Layout& l, ProcessGroups& g) {
-  LlamaOptions o;
+DecoderOptions model_options(const Layout& l, ProcessGroups& g) {
+  DecoderOptions o;
   if (l.tp > 1) o.tensor_parallel = {&g.tp(), l.sp};
   o.recompute = l.recompute;
   o.logits_chunk_rows = 20;  // chunks that do not divide the rows
@@ -147,7 +147,7 @@ std::map<std::string, Tensor> gather_model(PipelinedModel& m, ProcessGroups& g, 
   return out;
 }
 
-void expect_same_tensors(const std::map<std::string, Tensor>& got, LlamaModel& ref, ParamField field, double tol,
+void expect_same_tensors(const std::map<std::string, Tensor>& got, DecoderModel& ref, ParamField field, double tol,
                          const std::string& what) {
   std::set<std::string> names;
   for (NamedTensor* p : ref.parameters()) {
@@ -178,12 +178,12 @@ void check_layout(const Layout& l, int M) {
   auto g = make_groups(l);
   auto ctx = ops::Context::cpu();
   const ModelConfig cfg = tiny_config(l.untied);
-  LlamaOptions ro;
+  DecoderOptions ro;
   ro.logits_chunk_rows = 20;
-  LlamaModel ref(cfg, ctx, ro);
+  DecoderModel ref(cfg, ctx, ro);
   const std::vector<data::Batch> all = make_micro_batches(M, 7);
   const float w = static_cast<float>(1.0 / mask_sum(all));
-  LlamaModel::StepResult want;
+  DecoderModel::StepResult want;
   ref.zero_grads();
   for (const auto& b : all) {
     const auto r = ref.forward_backward(b.tokens, b.labels, b.loss_mask, w);
@@ -193,7 +193,7 @@ void check_layout(const Layout& l, int M) {
   double want_eval = 0;
   for (const auto& b : all) want_eval += ref.forward_only(b.tokens, b.labels, b.loss_mask).loss_sum;
 
-  LlamaOptions o = model_options(l, *g);
+  DecoderOptions o = model_options(l, *g);
   std::map<std::string, int> ready;  // grad_ready calls per parameter
   o.grad_ready = [&](NamedTensor& p) { ++ready[p.name]; };
   PipelinedModel pm(cfg, ctx, o, PipelineOptions{&g->pp(), l.v});
@@ -205,7 +205,7 @@ void check_layout(const Layout& l, int M) {
 
   const std::vector<data::Batch> mine = dp_slice(all, *g);
   pm.zero_grads();
-  LlamaModel::StepResult got = pm.forward_backward(mine, w);
+  DecoderModel::StepResult got = pm.forward_backward(mine, w);
   pm.reduce_sequence_parallel_grads();
   pm.finish_grads();
   if (g->dims().dp() > 1) {
@@ -253,13 +253,13 @@ void check_layout(const Layout& l, int M) {
 TEST(PipelineLocal, TwoStagesByHandEqualTheWholeModel) {
   auto ctx = ops::Context::cpu();
   const ModelConfig cfg = tiny_config(false);  // tied: the last stage's copy
-  LlamaModel whole(cfg, ctx);
-  LlamaOptions a, b;
+  DecoderModel whole(cfg, ctx);
+  DecoderOptions a, b;
   a.stage = {0, 3, true, false};
   b.stage = {3, 1, false, true};
   std::map<std::string, int> ready;
   a.grad_ready = b.grad_ready = [&](NamedTensor& p) { ++ready[p.name]; };
-  LlamaModel first(cfg, ctx, a), last(cfg, ctx, b);
+  DecoderModel first(cfg, ctx, a), last(cfg, ctx, b);
   EXPECT_EQ(first.parameters().size(), 1u + 3 * 6);
   EXPECT_EQ(last.parameters().size(), 6u + 2);  // layer 3, final norm, the tied copy
   EXPECT_EQ(last.parameters().back()->name, "embedding.word_embeddings.weight");
@@ -272,7 +272,7 @@ TEST(PipelineLocal, TwoStagesByHandEqualTheWholeModel) {
   const data::Batch batch = make_batch(2, 3);
   whole.zero_grads();
   const auto want = whole.forward_backward(batch.tokens, batch.labels, batch.loss_mask, 0.01f);
-  LlamaModel::StageState s1(Device::CPU), s2(Device::CPU);
+  DecoderModel::StageState s1(Device::CPU), s2(Device::CPU);
   first.zero_grads();
   last.zero_grads();
   const Tensor h = first.stage_forward(s1, batch.tokens, nullptr, nullptr, nullptr, 0.01f);
@@ -282,7 +282,7 @@ TEST(PipelineLocal, TwoStagesByHandEqualTheWholeModel) {
   const Tensor dh = last.stage_backward(s2, nullptr);
   EXPECT_FALSE(first.stage_backward(s1, &dh).defined());
   EXPECT_THROW(first.stage_backward(s1, &dh), Error);  // backward ran already
-  for (LlamaModel* m : {&first, &last})
+  for (DecoderModel* m : {&first, &last})
     for (NamedTensor* p : m->parameters()) {
       EXPECT_EQ(ready[p->name], p->name.starts_with("embedding") ? 2 : 1) << p->name;  // both copies
       if (p->name.starts_with("embedding")) continue;  // the two copies' grads sum to the whole one
@@ -294,7 +294,7 @@ TEST(PipelineLocal, TwoStagesByHandEqualTheWholeModel) {
   EXPECT_LE(rel_err(emb, whole.parameter("embedding.word_embeddings.weight").grad.to_float_vector()), 1e-6);
 
   // Handing over a different hidden state changes the loss (the hand-over is what counts).
-  LlamaModel::StageState s3(Device::CPU);
+  DecoderModel::StageState s3(Device::CPU);
   Tensor wrong = h.clone();
   wrong.data<float>()[0] += 1.f;
   last.stage_forward(s3, batch.tokens, &batch.labels, &batch.loss_mask, &wrong, 0.01f, false);
@@ -306,13 +306,13 @@ TEST(PipelineLocal, TwoStagesByHandEqualTheWholeModel) {
 TEST(PipelineLocal, GradReadyFiresOncePerParameterWithTheFinishedGrad) {
   auto ctx = ops::Context::cpu();
   for (bool untied : {true, false}) {
-    LlamaOptions o;
+    DecoderOptions o;
     std::map<std::string, std::vector<float>> seen;
     o.grad_ready = [&](NamedTensor& p) {
       EXPECT_EQ(seen.count(p.name), 0u) << p.name << " twice";
       seen[p.name] = p.grad.to_float_vector();
     };
-    LlamaModel m(tiny_config(untied), ctx, o);
+    DecoderModel m(tiny_config(untied), ctx, o);
     const data::Batch b = make_batch(2, 5);
     m.zero_grads();
     m.forward_backward(b.tokens, b.labels, b.loss_mask, 0.1f);
@@ -326,8 +326,8 @@ TEST(PipelineLocal, GradReadyFiresOncePerParameterWithTheFinishedGrad) {
 
 TEST(PipelineLocal, PipelineOfOneIsThePlainLoopBitForBit) {
   auto ctx = ops::Context::cpu();
-  LlamaModel ref(tiny_config(), ctx);
-  PipelinedModel pm(tiny_config(), ctx, LlamaOptions{}, PipelineOptions{});
+  DecoderModel ref(tiny_config(), ctx);
+  PipelinedModel pm(tiny_config(), ctx, DecoderOptions{}, PipelineOptions{});
   const auto mbs = make_micro_batches(3, 2);
   double want = 0;
   ref.zero_grads();
@@ -337,7 +337,7 @@ TEST(PipelineLocal, PipelineOfOneIsThePlainLoopBitForBit) {
   pm.finish_grads();
   for (NamedTensor* p : ref.parameters())
     EXPECT_EQ(pm.chunks()[0]->parameter(p->name).grad.to_float_vector(), p->grad.to_float_vector()) << p->name;
-  EXPECT_THROW((void)PipelinedModel(tiny_config(), ctx, LlamaOptions{}, PipelineOptions{nullptr, 2}), Error);
+  EXPECT_THROW((void)PipelinedModel(tiny_config(), ctx, DecoderOptions{}, PipelineOptions{nullptr, 2}), Error);
 }
 
 // ---- multi-rank ---------------------------------------------------------------------------
@@ -393,12 +393,12 @@ TEST(PipelineParallel, BadLayoutsAreRefusedNamingTheKey) {
   ModelConfig c = tiny_config();
   c.num_layers = 3;
   try {
-    PipelinedModel m(c, ctx, LlamaOptions{}, PipelineOptions{&g->pp(), 1});
+    PipelinedModel m(c, ctx, DecoderOptions{}, PipelineOptions{&g->pp(), 1});
     ADD_FAILURE() << "expected a layout error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("num_layers = 3"), std::string::npos) << e.what();
   }
-  PipelinedModel m(tiny_config(), ctx, LlamaOptions{}, PipelineOptions{&g->pp(), 2});
+  PipelinedModel m(tiny_config(), ctx, DecoderOptions{}, PipelineOptions{&g->pp(), 2});
   try {  // interleaved: 3 micro-batches do not fill groups of 2
     m.forward_backward(make_micro_batches(3, 1), 1.f);
     ADD_FAILURE() << "expected a schedule error";
@@ -446,9 +446,9 @@ TEST(PipelineParallel, AdamWStepsMatchSingleRankAndKeepTiedCopiesEqual) {
     auto g = make_groups(l);
     auto ctx = ops::Context::cpu();
     const ModelConfig cfg = tiny_config(false);
-    LlamaModel ref(cfg, ctx);
+    DecoderModel ref(cfg, ctx);
     AdamW ref_opt(ctx, ref.parameters(), adam_config());
-    PipelinedModel pm(cfg, ctx, LlamaOptions{}, PipelineOptions{&g->pp(), v});
+    PipelinedModel pm(cfg, ctx, DecoderOptions{}, PipelineOptions{&g->pp(), v});
     AdamW opt(ctx, pm.parameters(), adam_config());
     // The global grad norm: every parameter once (the tied copy left out), summed over pp.
     const std::vector<NamedTensor*> copies = pm.tied_embedding_copies();

@@ -18,11 +18,12 @@
 #include <map>
 
 #include "core/rng.h"
-#include "model/llama.h"
+#include "model/decoder.h"
 #include "optim/adamw.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/parallel_dims.h"
 #include "parallel/process_groups.h"
+#include "parallel/layers.h"
 #include "parallel/tensor_parallel.h"
 
 using namespace primus;
@@ -104,8 +105,8 @@ std::unique_ptr<ProcessGroups> tp2_groups(int dp = 0) {
   return std::make_unique<ProcessGroups>(world(), ParallelDims::create(world().size(), s));
 }
 
-LlamaOptions tp_options(Communicator* tp, bool sp) {
-  LlamaOptions o;
+DecoderOptions tp_options(Communicator* tp, bool sp) {
+  DecoderOptions o;
   o.tensor_parallel = {tp, sp};
   return o;
 }
@@ -204,14 +205,14 @@ TEST(TensorParallel, BadLayoutsAreRefusedNamingTheKey) {
   c.num_query_groups = 1;
   c.ffn_hidden_size = 127;
   try {
-    LlamaModel m(c, ctx, tp_options(&groups->tp(), false));
+    DecoderModel m(c, ctx, tp_options(&groups->tp(), false));
     ADD_FAILURE() << "expected a layout error";
   } catch (const Error& e) {
     const std::string what = e.what();
     EXPECT_NE(what.find("num_query_groups = 1"), std::string::npos) << what;
     EXPECT_NE(what.find("ffn_hidden_size = 127"), std::string::npos) << what;
   }
-  LlamaModel m(tiny_config(), ctx, tp_options(&groups->tp(), true));
+  DecoderModel m(tiny_config(), ctx, tp_options(&groups->tp(), true));
   const Batch odd = make_batch(1, 7, 1);  // 7 token rows do not split over 2 ranks
   EXPECT_THROW(m.forward_backward(odd.tokens, odd.labels, odd.mask, 1.f), Error);
 }
@@ -220,8 +221,8 @@ TEST(TensorParallel, BadLayoutsAreRefusedNamingTheKey) {
 TEST(TensorParallel, GroupOfOneIsTheSingleRankModelBitForBit) {
   auto one = world().split(world().rank(), 0, "tp1");
   auto ctx = ops::Context::cpu();
-  LlamaModel ref(tiny_config(), ctx);
-  LlamaModel tp1(tiny_config(), ctx, tp_options(one.get(), true));
+  DecoderModel ref(tiny_config(), ctx);
+  DecoderModel tp1(tiny_config(), ctx, tp_options(one.get(), true));
   const Batch b = make_batch(2, 32, 5);
   ref.zero_grads();
   tp1.zero_grads();
@@ -236,8 +237,8 @@ TEST(TensorParallel, GroupOfOneIsTheSingleRankModelBitForBit) {
 TEST(TensorParallel, InitIsTheSliceOfTheSingleRankInit) {
   auto groups = tp2_groups();
   auto ctx = ops::Context::cpu();
-  LlamaModel ref(tiny_config(), ctx);
-  LlamaModel tp(tiny_config(), ctx, tp_options(&groups->tp(), false));
+  DecoderModel ref(tiny_config(), ctx);
+  DecoderModel tp(tiny_config(), ctx, tp_options(&groups->tp(), false));
   const int r = groups->tp().rank();
   ASSERT_EQ(tp.parameters().size(), ref.parameters().size());
   for (NamedTensor* p : tp.parameters()) {
@@ -263,9 +264,9 @@ TEST(TensorParallel, InitIsTheSliceOfTheSingleRankInit) {
   for (NamedTensor* p : ref.parameters())
     EXPECT_EQ(gathered.at(p->name).to_float_vector(), p->value.to_float_vector()) << p->name;
   // ... and load_full_tensors scatters them back (into a model with other init).
-  LlamaOptions other = tp_options(&groups->tp(), false);
+  DecoderOptions other = tp_options(&groups->tp(), false);
   other.seed = 99;
-  LlamaModel tp2(tiny_config(), ctx, other);
+  DecoderModel tp2(tiny_config(), ctx, other);
   load_full_tensors(ctx, tp2.parameters(), gather_full_tensors(ref.parameters(), nullptr));
   for (NamedTensor* p : tp2.parameters())
     EXPECT_EQ(p->value.to_float_vector(), tp.parameter(p->name).value.to_float_vector()) << p->name;
@@ -286,13 +287,13 @@ TEST(TensorParallel, LossLogitsAndGradientsMatchSingleRank) {
                         Case{false, false, Recompute::Selective}, Case{true, false, Recompute::Full}}) {
     const std::string what = std::string(k.sp ? "TP2+SP" : "TP2") + (k.untied ? " untied" : " tied") +
                              " recompute " + std::to_string(static_cast<int>(k.recompute));
-    LlamaOptions ro;
+    DecoderOptions ro;
     ro.logits_chunk_rows = 24;
-    LlamaModel ref(tiny_config(k.untied), ctx, ro);
-    LlamaOptions o = tp_options(&groups->tp(), k.sp);
+    DecoderModel ref(tiny_config(k.untied), ctx, ro);
+    DecoderOptions o = tp_options(&groups->tp(), k.sp);
     o.logits_chunk_rows = 24;
     o.recompute = k.recompute;
-    LlamaModel tp(tiny_config(k.untied), ctx, o);
+    DecoderModel tp(tiny_config(k.untied), ctx, o);
 
     const float w = static_cast<float>(1.0 / b.mask_sum);
     ref.zero_grads();
@@ -348,7 +349,7 @@ constexpr double kDefaultEpsWeightTol = 1e-3;
 // 10 AdamW steps on fresh batches: the single-rank model on the whole batch.
 TrainResult train_single_rank(const ModelConfig& c, int64_t B, float eps) {
   auto ctx = ops::Context::cpu();
-  LlamaModel m(c, ctx);
+  DecoderModel m(c, ctx);
   AdamW opt(ctx, m.parameters(), adam_config(eps));
   TrainResult out;
   for (int step = 0; step < 10; ++step) {
@@ -365,8 +366,8 @@ TrainResult train_single_rank(const ModelConfig& c, int64_t B, float eps) {
 // sequences, grads and losses summed over dp).
 TrainResult train_parallel(const ModelConfig& c, int64_t B, float eps, ProcessGroups& g, bool sp, Communicator* dp) {
   auto ctx = ops::Context::cpu();
-  LlamaOptions o = tp_options(&g.tp(), sp);
-  LlamaModel m(c, ctx, o);
+  DecoderOptions o = tp_options(&g.tp(), sp);
+  DecoderModel m(c, ctx, o);
   AdamW opt(ctx, m.parameters(), adam_config(eps));
   opt.set_grad_sum_of_squares(grad_sum_of_squares_fn(o.tensor_parallel));
   const int dps = dp != nullptr ? dp->size() : 1, dpr = dp != nullptr ? dp->rank() : 0;

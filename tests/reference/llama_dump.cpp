@@ -21,7 +21,7 @@
 
 #include "core/rng.h"
 #include "core/safetensors.h"
-#include "model/llama.h"
+#include "model/decoder.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
 
@@ -144,11 +144,11 @@ int run_model(const std::string& name, const std::string& out) {
   }
   const Case& c = it->second;
   auto ctx = ops::Context::cpu();
-  LlamaOptions opt;
+  DecoderOptions opt;
   opt.seed = 42;
   opt.recompute = c.recompute;
   opt.logits_chunk_rows = 7;  // several classifier chunks even on tiny batches
-  LlamaModel model(c.config, ctx, opt);
+  DecoderModel model(c.config, ctx, opt);
   const Batch b = make_batch(c.batch, c.seq, c.config.padded_vocab_size, 3, c.ignore_labels);
 
   NamedTensorList tensors;
@@ -173,9 +173,9 @@ int run_optim(const std::string& out) {
   ModelConfig c = base("optim_gqa_untied");
   const int64_t B = 2, T = 10, steps = 20, micro = 2;
   auto ctx = ops::Context::cpu();
-  LlamaOptions opt;
+  DecoderOptions opt;
   opt.seed = 7;
-  LlamaModel model(c, ctx, opt);
+  DecoderModel model(c, ctx, opt);
   NamedTensorList tensors;
   for (NamedTensor* p : model.parameters()) tensors.emplace_back("init." + p->name, p->value.clone());
 

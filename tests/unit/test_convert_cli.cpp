@@ -17,12 +17,12 @@
 #include "config/config.h"
 #include "convert/checkpoint_convert.h"
 #include "convert/hf_files.h"
-#include "convert/hf_llama.h"
+#include "convert/hf_model.h"
 #include "convert/hf_tokenizer_info.h"
 #include "convert/primus_config.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
-#include "model/llama.h"
+#include "model/decoder.h"
 #include "test_cli_util.h"
 #include "train/checkpoint.h"
 
@@ -172,7 +172,7 @@ TEST(ConvertConfig, ModelConfigSurvivesTheCheckpointConfig) {
   EXPECT_EQ(back.hidden_dropout, 0.0);
   // The model code accepts it as is.
   auto ctx = ops::Context::cpu();
-  EXPECT_NO_THROW(LlamaModel(back, ctx));
+  EXPECT_NO_THROW(DecoderModel(back, ctx));
 }
 
 TEST(ConvertConfig, PaddedVocabularyKeepsBothSizes) {
@@ -233,7 +233,7 @@ TEST(ConvertRoundTrip, Fp32ShardedIsBitIdentical) {
   // A model built from the stored config takes the weights strictly by name and shape.
   const ModelConfig mc = config::model_config(config::from_json(reader.config()));
   auto ctx = ops::Context::cpu();
-  LlamaModel model(mc, ctx);
+  DecoderModel model(mc, ctx);
   NamedTensorList targets;
   for (NamedTensor* p : model.parameters()) targets.emplace_back(p->name, p->value);
   train::load_tensors_into(reader.model_file(), targets, /*strict=*/true);
@@ -329,7 +329,7 @@ void write_padded_checkpoint(const std::string& save_dir, NamedTensorList& tenso
   mc.vocab_size = 61;
   mc.padded_vocab_size = 64;
   auto ctx = ops::Context::cpu();
-  LlamaModel model(mc, ctx);
+  DecoderModel model(mc, ctx);
   for (NamedTensor* p : model.parameters()) tensors.emplace_back(p->name, p->value.clone());
   train::CheckpointContent content;
   content.iteration = 30;

@@ -1,6 +1,6 @@
 // `primus generate` end to end on tiny checkpoints saved like training saves them:
-// greedy ids equal the in-process argmax of LlamaModel::logits(); --dump-logits equals
-// LlamaModel::logits(); a text prompt through a tokenizer.json; sampling determinism and
+// greedy ids equal the in-process argmax of DecoderModel::logits(); --dump-logits equals
+// DecoderModel::logits(); a text prompt through a tokenizer.json; sampling determinism and
 // top-k 1 == greedy through the CLI; errors for bad checkpoints, prompts and options.
 #include <gtest/gtest.h>
 
@@ -17,7 +17,7 @@
 
 #include "../generate/checkpoint_fixture.h"
 #include "data/tokenizer/tokenizer.h"
-#include "model/llama.h"
+#include "model/decoder.h"
 #include "test_cli_util.h"
 
 using namespace primus;
@@ -59,15 +59,15 @@ class GenerateCli : public ::testing::Test {
   void TearDown() override { fs::remove_all(dir_); }
 
   // Saves `m` and returns a model with the same weights for in-process references.
-  std::unique_ptr<LlamaModel> save(const ModelConfig& m, uint64_t seed, const std::string& name) {
+  std::unique_ptr<DecoderModel> save(const ModelConfig& m, uint64_t seed, const std::string& name) {
     const ModelConfig saved = test_generate::save_test_checkpoint((dir_ / name).string(), m, seed);
-    LlamaOptions opt;
+    DecoderOptions opt;
     opt.seed = seed;
-    return std::make_unique<LlamaModel>(saved, ctx_, opt);
+    return std::make_unique<DecoderModel>(saved, ctx_, opt);
   }
 
   // Greedy continuation by the training forward: argmax over ids [0, vocab) of the last row.
-  std::vector<int32_t> greedy_reference(LlamaModel& model, std::vector<int32_t> seq, int n, int64_t vocab) {
+  std::vector<int32_t> greedy_reference(DecoderModel& model, std::vector<int32_t> seq, int n, int64_t vocab) {
     std::vector<int32_t> out;
     const int64_t V = model.config().padded_vocab_size;
     for (int i = 0; i < n; ++i) {

@@ -1,5 +1,5 @@
-// LlamaDecoder (src/infer): prefill + KV-cache decode against the full-sequence
-// recomputation of LlamaModel::logits(), for GQA, Llama 3.1 RoPE scaling (tied), MQA with
+// CachedDecoder (src/infer): prefill + KV-cache decode against the full-sequence
+// recomputation of DecoderModel::logits(), for GQA, Llama 3.1 RoPE scaling (tied), MQA with
 // partial rotary, batches of prompts with different lengths; generate() batched vs one
 // prompt at a time; stop tokens; the checkpoint loader.
 #include <gtest/gtest.h>
@@ -11,10 +11,10 @@
 #include "../generate/checkpoint_fixture.h"
 #include "core/rng.h"
 #include "infer/checkpoint_model.h"
-#include "infer/decode_attention.h"
+#include "ops/decode_attention.h"
 #include "infer/generate.h"
-#include "infer/llama_decoder.h"
-#include "model/llama.h"
+#include "infer/cached_decoder.h"
+#include "model/decoder.h"
 
 using namespace primus;
 namespace fs = std::filesystem;
@@ -39,7 +39,7 @@ std::vector<int32_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
 }
 
 // Logits (T, V) of one sequence by the training forward.
-Tensor full_logits(LlamaModel& model, const std::vector<int32_t>& seq) {
+Tensor full_logits(DecoderModel& model, const std::vector<int32_t>& seq) {
   Tensor tokens = Tensor::empty({1, static_cast<int64_t>(seq.size())}, DType::I32);
   std::copy(seq.begin(), seq.end(), tokens.data<int32_t>());
   return model.logits(tokens).view({static_cast<int64_t>(seq.size()), model.config().padded_vocab_size});
@@ -52,14 +52,14 @@ struct CaseResult {
 
 // Prefill B prompts of the given lengths, then decode `steps` tokens (random ids fed, so
 // the check does not depend on what the model would pick); compare every row of logits
-// with LlamaModel::logits of the whole sequence so far.
+// with DecoderModel::logits of the whole sequence so far.
 CaseResult check_against_full_forward(const ModelConfig& config, const std::vector<int64_t>& prompt_lengths,
                                       int64_t steps, uint64_t seed) {
   ops::Context ctx = ops::Context::cpu();
-  LlamaOptions opt;
+  DecoderOptions opt;
   opt.seed = seed;
-  LlamaModel model(config, ctx, opt);
-  infer::LlamaDecoder decoder(model.config(), ctx, infer::weights_of(model));
+  DecoderModel model(config, ctx, opt);
+  infer::CachedDecoder decoder(model.config(), ctx, infer::weights_of(model));
   const int64_t V = config.padded_vocab_size, B = static_cast<int64_t>(prompt_lengths.size());
   std::vector<std::vector<int32_t>> seqs;
   for (int64_t b = 0; b < B; ++b) seqs.push_back(random_ids(prompt_lengths[b], V, seed + 100 * b));
@@ -138,7 +138,7 @@ TEST(GenerateDecoder, DecodeAttentionMatchesSoftmaxFormula) {
   std::copy_n(positions, B, pos.data<int32_t>());
   ops::Context ctx = ops::Context::cpu();
   const float scale = 0.37f;
-  infer::decode_attention(ctx, out, q, kn, vn, kc, vc, pos, scale);
+  ops::decode_attention(ctx, out, q, kn, vn, kc, vc, pos, scale);
   const int64_t row = Hkv * D;
   for (int64_t b = 0; b < B; ++b) {
     const int64_t p = positions[b];
@@ -172,10 +172,10 @@ TEST(GenerateDecoder, DecodeAttentionMatchesSoftmaxFormula) {
 
 TEST(GenerateDecoder, BatchedGenerationEqualsOnePromptAtATime) {
   ops::Context ctx = ops::Context::cpu();
-  LlamaOptions opt;
+  DecoderOptions opt;
   opt.seed = 21;
-  LlamaModel model(test_generate::tiny_gqa(), ctx, opt);
-  infer::LlamaDecoder decoder(model.config(), ctx, infer::weights_of(model));
+  DecoderModel model(test_generate::tiny_gqa(), ctx, opt);
+  infer::CachedDecoder decoder(model.config(), ctx, infer::weights_of(model));
   const std::vector<std::vector<int32_t>> prompts = {random_ids(4, 50, 1), random_ids(11, 50, 2),
                                                      random_ids(1, 50, 3)};
   for (const bool greedy : {true, false}) {
@@ -205,10 +205,10 @@ TEST(GenerateDecoder, BatchedGenerationEqualsOnePromptAtATime) {
 
 TEST(GenerateDecoder, GreedyTokensAreTheArgmaxOfTheFullForward) {
   ops::Context ctx = ops::Context::cpu();
-  LlamaOptions opt;
+  DecoderOptions opt;
   opt.seed = 8;
-  LlamaModel model(test_generate::tiny_rope_scaling_tied(), ctx, opt);
-  infer::LlamaDecoder decoder(model.config(), ctx, infer::weights_of(model));
+  DecoderModel model(test_generate::tiny_rope_scaling_tied(), ctx, opt);
+  infer::CachedDecoder decoder(model.config(), ctx, infer::weights_of(model));
   infer::GenerateOptions o;
   o.max_new_tokens = 12;
   o.vocab_limit = 37;
@@ -229,10 +229,10 @@ TEST(GenerateDecoder, GreedyTokensAreTheArgmaxOfTheFullForward) {
 
 TEST(GenerateDecoder, StopsAtAStopIdAndKeepsIt) {
   ops::Context ctx = ops::Context::cpu();
-  LlamaOptions opt;
+  DecoderOptions opt;
   opt.seed = 21;
-  LlamaModel model(test_generate::tiny_gqa(), ctx, opt);
-  infer::LlamaDecoder decoder(model.config(), ctx, infer::weights_of(model));
+  DecoderModel model(test_generate::tiny_gqa(), ctx, opt);
+  infer::CachedDecoder decoder(model.config(), ctx, infer::weights_of(model));
   const std::vector<std::vector<int32_t>> prompts = {random_ids(4, 50, 1), random_ids(6, 50, 2)};
   infer::GenerateOptions o;
   o.max_new_tokens = 8;
@@ -255,9 +255,9 @@ TEST(GenerateDecoder, StopsAtAStopIdAndKeepsIt) {
 
 TEST(GenerateDecoder, ErrorsNameTheProblem) {
   ops::Context ctx = ops::Context::cpu();
-  LlamaModel model(test_generate::tiny_gqa(), ctx);
+  DecoderModel model(test_generate::tiny_gqa(), ctx);
   NamedTensorList w = infer::weights_of(model);
-  infer::LlamaDecoder decoder(model.config(), ctx, w);
+  infer::CachedDecoder decoder(model.config(), ctx, w);
   infer::KvCache cache = decoder.new_cache(1, 4);
   try {
     decoder.prefill(cache, {{1, 2, 3, 4, 5}});
@@ -281,7 +281,7 @@ TEST(GenerateDecoder, ErrorsNameTheProblem) {
   }
   w.pop_back();  // no output_layer.weight
   try {
-    infer::LlamaDecoder bad(model.config(), ctx, w);
+    infer::CachedDecoder bad(model.config(), ctx, w);
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("output_layer.weight"), std::string::npos) << e.what();
@@ -302,10 +302,10 @@ TEST(GenerateDecoder, CheckpointLoaderGivesTheSavedModel) {
   EXPECT_FALSE(loaded.config.untie_embeddings_and_output_weights);
 
   ops::Context ctx = ops::Context::cpu();
-  LlamaOptions opt;
+  DecoderOptions opt;
   opt.seed = 19;
-  LlamaModel model(saved, ctx, opt);
-  infer::LlamaDecoder decoder(loaded.config, ctx, loaded.weights);
+  DecoderModel model(saved, ctx, opt);
+  infer::CachedDecoder decoder(loaded.config, ctx, loaded.weights);
   const std::vector<int32_t> seq = random_ids(9, 37, 4);
   infer::KvCache cache = decoder.new_cache(1, 9);
   const Tensor last = decoder.prefill(cache, {seq});

@@ -3,7 +3,7 @@
 
 #include <map>
 
-#include "convert/hf_llama.h"
+#include "convert/hf_model.h"
 #include "core/rng.h"
 
 using namespace primus;

@@ -1,4 +1,4 @@
-// LlamaModel on the CPU backend: parameter names and init, whole-model finite
+// DecoderModel on the CPU backend: parameter names and init, whole-model finite
 // differences, gradient accumulation, forward_only/logits consistency, recompute modes
 // (same gradients, less activation memory), and config validation.
 #include <gtest/gtest.h>
@@ -7,7 +7,7 @@
 #include <map>
 
 #include "core/rng.h"
-#include "model/llama.h"
+#include "model/decoder.h"
 
 using namespace primus;
 
@@ -46,7 +46,7 @@ Batch make_batch(int64_t B, int64_t T, int64_t V, uint64_t seed) {
   return b;
 }
 
-std::map<std::string, std::vector<float>> grads_of(LlamaModel& m) {
+std::map<std::string, std::vector<float>> grads_of(DecoderModel& m) {
   std::map<std::string, std::vector<float>> g;
   for (NamedTensor* p : m.parameters()) g[p->name] = p->grad.to_float_vector();
   return g;
@@ -67,7 +67,7 @@ TEST(Llama, ParameterNamesShapesAndMegatronInit) {
   c.init_method_std = 0.02;
   c.hidden_size = 64;
   c.ffn_hidden_size = 128;
-  LlamaModel m(c, ctx);
+  DecoderModel m(c, ctx);
   std::vector<std::string> names;
   for (NamedTensor* p : m.parameters()) names.push_back(p->name);
   ASSERT_EQ(names.size(), 1u + 6 * 4 + 2);
@@ -98,7 +98,7 @@ TEST(Llama, ParameterNamesShapesAndMegatronInit) {
   // same layer-0 weights, and the same values as CounterRng drawn directly.
   ModelConfig c2 = c;
   c2.num_layers = 2;
-  LlamaModel m2(c2, ctx);
+  DecoderModel m2(c2, ctx);
   const std::string w0 = "decoder.layers.0.mlp.linear_fc1.weight";
   EXPECT_EQ(m.parameter(w0).value.to_float_vector(), m2.parameter(w0).value.to_float_vector());
   Tensor direct = Tensor::empty({256, 64}, DType::F32);
@@ -108,7 +108,7 @@ TEST(Llama, ParameterNamesShapesAndMegatronInit) {
 
 TEST(Llama, TiedEmbeddingsHaveNoOutputLayer) {
   auto ctx = ops::Context::cpu();
-  LlamaModel m(tiny_config(false), ctx);
+  DecoderModel m(tiny_config(false), ctx);
   for (NamedTensor* p : m.parameters()) EXPECT_NE(p->name, "output_layer.weight");
   EXPECT_EQ(m.parameters().size(), 1u + 6 * 2 + 1);
 }
@@ -118,7 +118,7 @@ TEST(Llama, TiedEmbeddingsHaveNoOutputLayer) {
 TEST(Llama, WholeModelGradientMatchesFiniteDifferences) {
   auto ctx = ops::Context::cpu();
   for (bool untied : {true, false}) {
-    LlamaModel m(tiny_config(untied), ctx);
+    DecoderModel m(tiny_config(untied), ctx);
     const Batch b = make_batch(2, 7, 19, 5);
     m.zero_grads();
     m.forward_backward(b.tokens, b.labels, b.mask, 1.f);
@@ -142,7 +142,7 @@ TEST(Llama, WholeModelGradientMatchesFiniteDifferences) {
 
 TEST(Llama, GradientsAccumulateAcrossMicroBatches) {
   auto ctx = ops::Context::cpu();
-  LlamaModel m(tiny_config(), ctx);
+  DecoderModel m(tiny_config(), ctx);
   const Batch b = make_batch(2, 6, 19, 11);
   m.zero_grads();
   const auto r1 = m.forward_backward(b.tokens, b.labels, b.mask, 1.f);
@@ -158,7 +158,7 @@ TEST(Llama, GradientsAccumulateAcrossMicroBatches) {
 
 TEST(Llama, ForwardOnlyAndLogitsAgreeWithTheLoss) {
   auto ctx = ops::Context::cpu();
-  LlamaModel m(tiny_config(), ctx);
+  DecoderModel m(tiny_config(), ctx);
   const Batch b = make_batch(2, 5, 19, 3);
   const auto fwd = m.forward_only(b.tokens, b.labels, b.mask);
   m.zero_grads();
@@ -194,11 +194,11 @@ TEST(Llama, RecomputeModesGiveTheSameGradientsWithLessMemory) {
   int mode_index = 0;
   for (auto [mode, layers] : {std::pair{Recompute::None, 0}, {Recompute::Selective, 0}, {Recompute::Full, 0},
                               {Recompute::Full, 2}}) {
-    LlamaOptions o;
+    DecoderOptions o;
     o.recompute = mode;
     o.recompute_num_layers = layers;
     o.logits_chunk_rows = 5;  // also exercises the chunked classifier (32 rows)
-    LlamaModel m(c, ctx, o);
+    DecoderModel m(c, ctx, o);
     m.zero_grads();
     const auto r = m.forward_backward(b.tokens, b.labels, b.mask, 0.1f);
     memory[mode_index] = m.activation_bytes_high_water();
@@ -227,7 +227,7 @@ TEST(Llama, UnsupportedConfigsNameTheKey) {
   auto ctx = ops::Context::cpu();
   auto expect_key = [&](ModelConfig c, const char* key) {
     try {
-      LlamaModel m(c, ctx);
+      DecoderModel m(c, ctx);
       ADD_FAILURE() << "expected an error for " << key;
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
@@ -248,7 +248,7 @@ TEST(Llama, UnsupportedConfigsNameTheKey) {
   c = tiny_config();
   c.hidden_dropout = 0.1;
   expect_key(c, "hidden_dropout");
-  LlamaModel m(tiny_config(), ctx);
+  DecoderModel m(tiny_config(), ctx);
   Batch b = make_batch(1, 4, 19, 1);
   b.labels.data<int32_t>()[2] = 19;
   EXPECT_THROW(m.forward_backward(b.tokens, b.labels, b.mask, 1.f), Error);
@@ -261,14 +261,14 @@ TEST(Llama, UnsupportedConfigsNameTheKey) {
 TEST(Llama, GradOverwriteEqualsZeroThenAccumulate) {
   auto ctx = ops::Context::cpu();
   for (bool untied : {true, false}) {
-    LlamaOptions o;
+    DecoderOptions o;
     o.logits_chunk_rows = 5;  // several classifier chunks: only the first may overwrite
-    LlamaModel ref(tiny_config(untied), ctx, o), lazy(tiny_config(untied), ctx, o);
+    DecoderModel ref(tiny_config(untied), ctx, o), lazy(tiny_config(untied), ctx, o);
     const Batch b1 = make_batch(2, 6, 19, 11), b2 = make_batch(2, 6, 19, 12);
     ref.zero_grads();
     for (NamedTensor* p : lazy.parameters()) ops::fill(ctx, p->grad, 1e3f);
     lazy.zero_grads_for_overwrite();
-    for (LlamaModel* m : {&ref, &lazy}) {
+    for (DecoderModel* m : {&ref, &lazy}) {
       m->forward_backward(b1.tokens, b1.labels, b1.mask, 0.05f);
       m->forward_backward(b2.tokens, b2.labels, b2.mask, 0.05f);
     }

@@ -1,6 +1,5 @@
 // CUDA launchers of decode_attention (see decode_attention.h for the math and layouts).
-// Compiled into primus_cuda (src/infer/*.cu is in its glob); included only under
-// PRIMUS_WITH_CUDA.
+// Compiled into primus_cuda; included only under PRIMUS_WITH_CUDA.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -9,7 +8,7 @@
 
 #include "core/dtype.h"
 
-namespace primus::infer::cuda {
+namespace primus::ops::cuda {
 
 constexpr int64_t kDecodeAttentionMaxHeadDim = 256;
 
@@ -22,4 +21,4 @@ void launch_decode_attention(void* out, const void* q, const void* k_cache, cons
                              const int32_t* positions, DType dt, int64_t B, int64_t Lmax, int64_t Hq, int64_t Hkv,
                              int64_t D, float scale, cudaStream_t stream);
 
-}  // namespace primus::infer::cuda
+}  // namespace primus::ops::cuda

@@ -1,4 +1,4 @@
-#include "infer/decode_attention.h"
+#include "ops/decode_attention.h"
 
 #include <algorithm>
 #include <cmath>
@@ -6,11 +6,11 @@
 
 #include "core/error.h"
 #ifdef PRIMUS_WITH_CUDA
-#include "infer/decode_attention_cuda.h"
+#include "ops/cuda/decode_attention.h"
 #include "ops/cuda/cuda_backend.h"
 #endif
 
-namespace primus::infer {
+namespace primus::ops {
 
 namespace {
 
@@ -114,4 +114,4 @@ void decode_attention(ops::Context& ctx, Tensor& out, const Tensor& q, const Ten
 #endif
 }
 
-}  // namespace primus::infer
+}  // namespace primus::ops

@@ -1,4 +1,8 @@
-#include "convert/hf_llama.h"
+#include "convert/hf_model.h"
+
+#include <map>
+
+#include "model/decoder_spec.h"
 
 #include <cstring>
 
@@ -55,7 +59,6 @@ void expect_shape(const Tensor& t, const Shape& s, const std::string& name) {
                shape_str(t.shape()), shape_str(s));
 }
 
-std::string layer(int64_t i, const char* rest) { return fmt::format("decoder.layers.{}.{}", i, rest); }
 std::string hf_layer(int64_t i, const char* rest) { return fmt::format("model.layers.{}.{}", i, rest); }
 
 }  // namespace
@@ -171,95 +174,120 @@ nlohmann::json hf_config_from_model(const ModelConfig& mc, const std::string& to
   return j;
 }
 
-std::vector<std::string> primus_parameter_names(const ModelConfig& mc) {
-  std::vector<std::string> n = {"embedding.word_embeddings.weight"};
-  for (int64_t i = 0; i < mc.num_layers; ++i) {
-    n.push_back(layer(i, "input_layernorm.weight"));
-    n.push_back(layer(i, "self_attention.linear_qkv.weight"));
-    n.push_back(layer(i, "self_attention.linear_proj.weight"));
-    n.push_back(layer(i, "pre_mlp_layernorm.weight"));
-    n.push_back(layer(i, "mlp.linear_fc1.weight"));
-    n.push_back(layer(i, "mlp.linear_fc2.weight"));
+namespace {
+
+// The HF name(s) of a layer tensor, by its name within the layer (decoder_spec.h).
+std::vector<HfPiece> hf_layer_pieces(const ModelConfig& mc, const std::string& local, int64_t i) {
+  const int64_t C = mc.hidden_size, D = mc.head_dim(), Hq = mc.num_attention_heads, Hkv = mc.query_groups();
+  const int64_t F = mc.ffn_hidden_size, E = mc.num_experts, Fe = mc.moe_ffn_hidden_size;
+  auto hf = [&](const char* rest, Shape shape) { return HfPiece{hf_layer(i, rest), std::move(shape)}; };
+  if (local == "input_layernorm.weight") return {hf("input_layernorm.weight", {C})};
+  if (local == "self_attention.linear_qkv.weight")
+    return {hf("self_attn.q_proj.weight", {Hq * D, C}), hf("self_attn.k_proj.weight", {Hkv * D, C}),
+            hf("self_attn.v_proj.weight", {Hkv * D, C})};
+  if (local == "self_attention.linear_proj.weight") return {hf("self_attn.o_proj.weight", {C, Hq * D})};
+  if (local == "pre_mlp_layernorm.weight") return {hf("post_attention_layernorm.weight", {C})};
+  if (local == "mlp.linear_fc1.weight") return {hf("mlp.gate_proj.weight", {F, C}), hf("mlp.up_proj.weight", {F, C})};
+  if (local == "mlp.linear_fc2.weight") return {hf("mlp.down_proj.weight", {C, F})};
+  // Mixtral's sparse MoE block: router `gate`, experts w1 (gate), w3 (up), w2 (down).
+  if (local == "mlp.router.weight") return {hf("block_sparse_moe.gate.weight", {E, C})};
+  std::vector<HfPiece> out;
+  if (local == "mlp.experts.linear_fc1.weight") {
+    for (int64_t e = 0; e < E; ++e) {
+      out.push_back({hf_layer(i, fmt::format("block_sparse_moe.experts.{}.w1.weight", e).c_str()), {Fe, C}});
+      out.push_back({hf_layer(i, fmt::format("block_sparse_moe.experts.{}.w3.weight", e).c_str()), {Fe, C}});
+    }
+    return out;
   }
-  n.push_back("decoder.final_layernorm.weight");
-  if (mc.untie_embeddings_and_output_weights) n.push_back("output_layer.weight");
+  if (local == "mlp.experts.linear_fc2.weight") {
+    for (int64_t e = 0; e < E; ++e)
+      out.push_back({hf_layer(i, fmt::format("block_sparse_moe.experts.{}.w2.weight", e).c_str()), {C, Fe}});
+    return out;
+  }
+  return out;  // none: the caller names the tensor
+}
+
+}  // namespace
+
+std::vector<HfSource> hf_sources(const ModelConfig& mc) {
+  std::vector<HfSource> out;
+  for (const ParamSpec& p : parameter_table(mc)) {
+    HfSource s{p.name, p.shape, {}};
+    if (p.name == "embedding.word_embeddings.weight") {
+      s.pieces = {{"model.embed_tokens.weight", p.shape}};
+    } else if (p.name == "decoder.final_layernorm.weight") {
+      s.pieces = {{"model.norm.weight", p.shape}};
+    } else if (p.name == "output_layer.weight") {
+      s.pieces = {{"lm_head.weight", p.shape}};
+    } else if (p.layer >= 0 && p.layer < mc.num_layers) {
+      const std::string prefix = fmt::format("decoder.layers.{}.", p.layer);
+      s.pieces = hf_layer_pieces(mc, p.name.substr(prefix.size()), p.layer);
+    }
+    PRIMUS_CHECK(!s.pieces.empty(), "model '{}': tensor '{}' {} has no HuggingFace form in the converter (supported: "
+                 "the Llama, Mistral and Mixtral layouts)", mc.name, p.name, shape_str(p.shape));
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+std::vector<std::string> primus_parameter_names(const ModelConfig& mc) {
+  std::vector<std::string> n;
+  for (const ParamSpec& p : parameter_table(mc)) n.push_back(p.name);
   return n;
 }
 
 std::vector<std::string> hf_parameter_names(const ModelConfig& mc) {
-  std::vector<std::string> n = {"model.embed_tokens.weight"};
-  for (int64_t i = 0; i < mc.num_layers; ++i) {
-    for (const char* r : {"input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
-                          "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
-                          "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"})
-      n.push_back(hf_layer(i, r));
-  }
-  n.push_back("model.norm.weight");
-  if (mc.untie_embeddings_and_output_weights) n.push_back("lm_head.weight");
+  std::vector<std::string> n;
+  for (const HfSource& s : hf_sources(mc))
+    for (const HfPiece& piece : s.pieces) n.push_back(piece.name);
   return n;
 }
 
+namespace {
+
+// Rows of a tensor seen as (rows, last dim).
+int64_t rows_of(const Shape& s) { return s.size() <= 1 ? 1 : shape_numel(s) / s.back(); }
+
+}  // namespace
+
 NamedTensors hf_to_primus(const ModelConfig& mc, const TensorLookup& hf) {
-  const int64_t C = mc.hidden_size, D = mc.head_dim(), Hq = mc.num_attention_heads,
-                Hkv = mc.num_query_groups, F = mc.ffn_hidden_size, V = mc.padded_vocab_size;
   NamedTensors out;
-  auto take = [&](const std::string& name, const Shape& shape) {
-    Tensor t = hf(name);
-    expect_shape(t, shape, name);
-    return t;
-  };
-  out.emplace_back("embedding.word_embeddings.weight", take("model.embed_tokens.weight", {V, C}));
-  for (int64_t i = 0; i < mc.num_layers; ++i) {
-    out.emplace_back(layer(i, "input_layernorm.weight"), take(hf_layer(i, "input_layernorm.weight"), {C}));
-    out.emplace_back(layer(i, "self_attention.linear_qkv.weight"),
-                     concat_rows({take(hf_layer(i, "self_attn.q_proj.weight"), {Hq * D, C}),
-                                  take(hf_layer(i, "self_attn.k_proj.weight"), {Hkv * D, C}),
-                                  take(hf_layer(i, "self_attn.v_proj.weight"), {Hkv * D, C})},
-                                 layer(i, "self_attention.linear_qkv.weight")));
-    out.emplace_back(layer(i, "self_attention.linear_proj.weight"),
-                     take(hf_layer(i, "self_attn.o_proj.weight"), {C, Hq * D}));
-    out.emplace_back(layer(i, "pre_mlp_layernorm.weight"),
-                     take(hf_layer(i, "post_attention_layernorm.weight"), {C}));
-    out.emplace_back(layer(i, "mlp.linear_fc1.weight"),
-                     concat_rows({take(hf_layer(i, "mlp.gate_proj.weight"), {F, C}),
-                                  take(hf_layer(i, "mlp.up_proj.weight"), {F, C})},
-                                 layer(i, "mlp.linear_fc1.weight")));
-    out.emplace_back(layer(i, "mlp.linear_fc2.weight"), take(hf_layer(i, "mlp.down_proj.weight"), {C, F}));
+  for (const HfSource& s : hf_sources(mc)) {
+    std::vector<Tensor> parts;
+    for (const HfPiece& piece : s.pieces) {
+      Tensor t = hf(piece.name);
+      expect_shape(t, piece.shape, piece.name);
+      parts.push_back(std::move(t));
+    }
+    if (parts.size() == 1 && s.pieces[0].shape == s.shape) {  // the HF tensor as it is
+      out.emplace_back(s.primus, parts[0]);
+      continue;
+    }
+    for (Tensor& t : parts) t = t.view({rows_of(t.shape()), t.shape().back()});
+    out.emplace_back(s.primus, concat_rows(parts, s.primus).view(s.shape));
   }
-  out.emplace_back("decoder.final_layernorm.weight", take("model.norm.weight", {C}));
-  if (mc.untie_embeddings_and_output_weights)
-    out.emplace_back("output_layer.weight", take("lm_head.weight", {V, C}));
   return out;
 }
 
 NamedTensors primus_to_hf(const ModelConfig& mc, const TensorLookup& primus) {
-  const int64_t C = mc.hidden_size, D = mc.head_dim(), Hq = mc.num_attention_heads,
-                Hkv = mc.num_query_groups, F = mc.ffn_hidden_size, V = mc.padded_vocab_size;
   NamedTensors out;
-  auto take = [&](const std::string& name, const Shape& shape) {
-    Tensor t = primus(name);
-    expect_shape(t, shape, name);
-    return t;
-  };
-  // Splits are row views of the fused tensors (contiguous, no copy): they stay valid while
-  // the source tensors do, e.g. while a mapped checkpoint is open.
-  out.emplace_back("model.embed_tokens.weight", take("embedding.word_embeddings.weight", {V, C}));
-  for (int64_t i = 0; i < mc.num_layers; ++i) {
-    out.emplace_back(hf_layer(i, "input_layernorm.weight"), take(layer(i, "input_layernorm.weight"), {C}));
-    Tensor qkv = take(layer(i, "self_attention.linear_qkv.weight"), {(Hq + 2 * Hkv) * D, C});
-    out.emplace_back(hf_layer(i, "self_attn.q_proj.weight"), qkv.rows(0, Hq * D));
-    out.emplace_back(hf_layer(i, "self_attn.k_proj.weight"), qkv.rows(Hq * D, (Hq + Hkv) * D));
-    out.emplace_back(hf_layer(i, "self_attn.v_proj.weight"), qkv.rows((Hq + Hkv) * D, (Hq + 2 * Hkv) * D));
-    out.emplace_back(hf_layer(i, "self_attn.o_proj.weight"), take(layer(i, "self_attention.linear_proj.weight"), {C, Hq * D}));
-    out.emplace_back(hf_layer(i, "post_attention_layernorm.weight"), take(layer(i, "pre_mlp_layernorm.weight"), {C}));
-    Tensor fc1 = take(layer(i, "mlp.linear_fc1.weight"), {2 * F, C});
-    out.emplace_back(hf_layer(i, "mlp.gate_proj.weight"), fc1.rows(0, F));
-    out.emplace_back(hf_layer(i, "mlp.up_proj.weight"), fc1.rows(F, 2 * F));
-    out.emplace_back(hf_layer(i, "mlp.down_proj.weight"), take(layer(i, "mlp.linear_fc2.weight"), {C, F}));
+  // Pieces are row views of the Primus tensors (contiguous, no copy): they stay valid while the
+  // source tensors do, e.g. while a mapped checkpoint is open.
+  for (const HfSource& s : hf_sources(mc)) {
+    Tensor t = primus(s.primus);
+    expect_shape(t, s.shape, s.primus);
+    if (s.pieces.size() == 1) {
+      out.emplace_back(s.pieces[0].name, t.view(s.pieces[0].shape));
+      continue;
+    }
+    const Tensor rows = t.view({rows_of(s.shape), s.shape.back()});
+    int64_t r = 0;
+    for (const HfPiece& piece : s.pieces) {
+      const int64_t n = rows_of(piece.shape);
+      out.emplace_back(piece.name, rows.rows(r, r + n).view(piece.shape));
+      r += n;
+    }
   }
-  out.emplace_back("model.norm.weight", take("decoder.final_layernorm.weight", {C}));
-  if (mc.untie_embeddings_and_output_weights)
-    out.emplace_back("lm_head.weight", take("output_layer.weight", {V, C}));
   return out;
 }
 

@@ -19,7 +19,7 @@
 #include "core/tensor.h"
 #include "ops/ops.h"
 
-namespace primus::infer {
+namespace primus::ops {
 
 void decode_attention(ops::Context& ctx, Tensor& out, const Tensor& q, const Tensor& k_new, const Tensor& v_new,
                       Tensor& k_cache, Tensor& v_cache, const Tensor& positions, float scale);
@@ -29,4 +29,4 @@ void decode_attention(ops::Context& ctx, Tensor& out, const Tensor& q, const Ten
 void decode_attention_cpu(Tensor& out, const Tensor& q, const Tensor& k_new, const Tensor& v_new, Tensor& k_cache,
                           Tensor& v_cache, const int32_t* positions, float scale);
 
-}  // namespace primus::infer
+}  // namespace primus::ops

@@ -1,12 +1,12 @@
 // Decode attention kernels (see decode_attention.h). Lane l of a warp holds head dims
 // l, l+32, ... (at most 8 per lane: D <= 256); the warp walks the cached keys of its
 // sequence with an online softmax in fp32, as the plain training kernel does per row.
-#include "infer/decode_attention_cuda.h"
+#include "ops/cuda/decode_attention.h"
 
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
 
-namespace primus::infer::cuda {
+namespace primus::ops::cuda {
 
 namespace {
 
@@ -115,4 +115,4 @@ void launch_decode_attention(void* out, const void* q, const void* k_cache, cons
   PRIMUS_CUDA_LAUNCH_CHECK();
 }
 
-}  // namespace primus::infer::cuda
+}  // namespace primus::ops::cuda

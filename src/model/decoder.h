@@ -1,25 +1,27 @@
-// LlamaModel: the Llama 2 / 3 / 3.1 decoder with explicit backward.
+// DecoderModel: the decoder of every model in the zoo (Llama 2/3/3.1, Mixtral, ...), with
+// explicit backward, built from decoder_spec's parameter table and layer parts.
 //
-//   tokens (B,T) -> embedding -> num_layers x LlamaLayer -> RMSNorm -> output layer
-//   -> logits (B,T,V) -> cross-entropy against labels, weighted by loss_mask.
+//   tokens (B,T) -> embedding -> layers (attention block + MLP block each) -> RMSNorm
+//   -> output layer -> logits (B,T,V) -> cross-entropy against labels, weighted by loss_mask.
 //
-// Parameters carry Megatron-core names (see parameters()); init follows Megatron: every
-// weight N(0, init_method_std), the residual output projections (linear_proj,
-// linear_fc2) N(0, init_method_std / sqrt(2 num_layers)), norms 1. Each tensor draws from
-// CounterRng(seed, stream_id(name)), so init does not depend on sharding or order.
+// Parameters carry Megatron-core names (decoder_spec.h); init follows Megatron: every weight
+// N(0, init_method_std), the residual output projections N(0, init_method_std / sqrt(2
+// num_layers)), norms 1. Each tensor draws from CounterRng(seed, stream_id(name)) at the
+// index of each element in the FULL tensor, so init does not depend on sharding or order.
 //
 // All math goes through ops/ops.h, so the same model runs on the CPU backend (fp32) and
 // the CUDA backend (bf16 params and activations, fp32 grads; the fp32 master weights
 // belong to the optimizer). Activations live in an arena reset at each micro-batch.
 //
-// Tensor / sequence parallel: set LlamaOptions::tensor_parallel = {&groups.tp(),
+// Tensor / sequence parallel: set DecoderOptions::tensor_parallel = {&groups.tp(),
 // sequence_parallel} (parallel/tensor_parallel.h explains the layout and the per-step
 // calls). Every tp rank then holds its shard of each parameter under the parameter's full
 // name (NamedTensor::shard says which), initialised to exactly its slice of the
 // single-rank init, and forward_backward on the same micro-batch gives every tp rank the
-// loss of the whole model. Leaving it unset is the single-rank model, unchanged.
+// loss of the whole model. The communication lives in parallel/layers.h; the model code
+// has none. Leaving it unset is the single-rank model, unchanged.
 //
-// Pipeline parallel: LlamaOptions::stage makes the model hold only a slice of the layers
+// Pipeline parallel: DecoderOptions::stage makes the model hold only a slice of the layers
 // (and the embedding on the first stage, final norm + output layer + loss on the last).
 // Parameters keep their GLOBAL names (decoder.layers.{global index}...), so init and
 // checkpoints do not depend on the layout. stage_forward / stage_backward run one
@@ -37,7 +39,7 @@
 #include <vector>
 
 #include "core/arena.h"
-#include "model/llama_layer.h"
+#include "model/decoder_layer.h"
 #include "model/model_config.h"
 #include "model/named_tensor.h"
 #include "ops/ops.h"
@@ -57,7 +59,7 @@ struct PipelineStage {
   bool post_process = true;  // holds final norm, output layer and computes the loss (the last)
 };
 
-struct LlamaOptions {
+struct DecoderOptions {
   DType param_dtype = DType::F32;  // fp32 on CPU; bf16 on CUDA
   uint64_t seed = 1234;
   Recompute recompute = Recompute::None;
@@ -76,30 +78,32 @@ struct LlamaOptions {
   // Pipeline parallel: which layers (and ends) this model holds. Default: all of it.
   PipelineStage stage{};
   // Called once per parameter and backward, as soon as that parameter's gradient
-  // contribution of the current micro-batch is complete (each layer's 6 parameters after
+  // contribution of the current micro-batch is complete (each layer's parameters after
   // the layer's backward; final norm, output layer (and a last stage's tied embedding
   // copy) right after the classifier's backward; the embedding at the end). Empty: not
   // called. For overlapping the data-parallel gradient reduction with backward.
   std::function<void(NamedTensor&)> grad_ready;
-  // Called before the forward first reads a parameter's value: the embedding, each layer's 6
+  // Called before the forward first reads a parameter's value: the embedding, each layer's
   // parameters as the layer starts, the final norm and output layer before the classifier.
   // Empty: not called. For overlapping the distributed optimizer's parameter all-gather with
   // the forward (overlap_param_gather).
   std::function<void(const NamedTensor&)> param_needed;
 };
 
-class LlamaModel {
+class DecoderModel {
  public:
-  // Validates that `config` describes a dense Llama (RMSNorm, SwiGLU, RoPE, no biases)
-  // and initialises the weights (init_weights(options.seed)). `ctx` must outlive the model.
-  LlamaModel(const ModelConfig& config, ops::Context& ctx, const LlamaOptions& options = {});
+  // Checks that `config` asks only for parts the decoder builds (check_buildable), creates the
+  // parameters of decoder_spec's table this stage and rank hold, and initialises them
+  // (init_weights(options.seed)). `ctx` must outlive the model.
+  DecoderModel(const ModelConfig& config, ops::Context& ctx, const DecoderOptions& options = {});
 
   const ModelConfig& config() const { return config_; }
-  const LlamaOptions& options() const { return options_; }
+  const DecoderOptions& options() const { return options_; }
   void set_recompute(Recompute mode, int64_t num_layers = 0);
 
-  // Stable order: embedding, then per layer input_layernorm, linear_qkv, linear_proj,
-  // pre_mlp_layernorm, linear_fc1, linear_fc2, then final_layernorm, output_layer (untied).
+  // parameter_table() order: embedding, then each layer's (e.g. input_layernorm, linear_qkv,
+  // linear_proj, pre_mlp_layernorm, linear_fc1, linear_fc2), then final_layernorm,
+  // output_layer (untied).
   // Under tensor parallel each value is this rank's shard (see NamedTensor::shard). A
   // pipeline stage lists only what it holds, in the same order (a last stage's copy of the
   // tied embedding comes last, where the output layer would be).
@@ -147,12 +151,12 @@ class LlamaModel {
     size_t activation_bytes_high_water() const { return arena_.high_water_bytes(); }
 
    private:
-    friend class LlamaModel;
+    friend class DecoderModel;
     Arena arena_;
     std::unique_ptr<Batch> batch_;
-    LlamaDims dims_;
+    TokenDims dims_;
     std::vector<Tensor> xs_;                    // layer inputs, then the last layer's output
-    std::vector<LlamaLayerActivations> acts_;   // per held layer
+    std::vector<LayerActivations> acts_;        // per held layer
     Tensor final_rstd_, dhidden_;               // post_process: final norm stats, d normed hidden
     StepResult result_;
     bool backward_pending_ = false;             // forward kept activations for a backward
@@ -197,8 +201,8 @@ class LlamaModel {
   size_t activation_bytes_high_water() const { return own_->activation_bytes_high_water(); }
 
  private:
-  LlamaDims dims_for(int64_t B, int64_t T) const;
-  LlamaLayerEnv make_env(const LlamaDims& d, Arena& arena);
+  TokenDims dims_for(int64_t B, int64_t T) const;
+  LayerEnv make_env(const TokenDims& d, Arena& arena);
   // Recompute mode of the i-th layer this model holds (Megatron's `block` method counts
   // recompute_num_layers per pipeline stage).
   Recompute layer_mode(int64_t layer) const;
@@ -207,12 +211,10 @@ class LlamaModel {
   // be set; runs the held layers into xs[1..] and acts. keep_acts = false keeps nothing for
   // backward (forward_only / logits). Returns the last layer's output (R,C) (R = residual
   // rows: N, or N/tp under sequence parallel).
-  void forward_layers(LlamaLayerEnv& env, std::vector<Tensor>& xs, std::vector<LlamaLayerActivations>& acts,
-                      bool keep_acts);
+  void forward_layers(LayerEnv& env, std::vector<Tensor>& xs, std::vector<LayerActivations>& acts, bool keep_acts);
   // Output layer + cross-entropy into losses (N), chunk by chunk; with dhidden (R,C) also
   // their backward (output-layer grad accumulated, dhidden written).
-  void classifier(const Batch& batch, const LlamaDims& d, const Tensor& hidden, Tensor& losses, Tensor* dhidden,
-                  Arena& arena);
+  void classifier(const Batch& batch, const Tensor& hidden, Tensor& losses, Tensor* dhidden, Arena& arena);
   NamedTensor& output_weight();
   void grad_ready(NamedTensor* p) const {
     if (options_.grad_ready && p != nullptr) options_.grad_ready(*p);
@@ -223,12 +225,13 @@ class LlamaModel {
 
   ModelConfig config_;
   ops::Context& ctx_;
-  LlamaOptions options_;
+  DecoderOptions options_;
   std::vector<std::unique_ptr<NamedTensor>> params_;
+  std::vector<ParamSpec> specs_;  // specs_[i] describes params_[i] (init, role)
   NamedTensor* embedding_ = nullptr;
   NamedTensor* final_norm_ = nullptr;
   NamedTensor* output_ = nullptr;  // null when tied to the embedding
-  std::vector<LlamaLayer> layers_;  // the held layers, layers_[i] is global layer first_layer + i
+  std::vector<DecoderLayer> layers_;  // the held layers, layers_[i] is global layer first_layer + i
   std::vector<float> inv_freq_;
   Tensor rope_cos_, rope_sin_;  // cached for the last sequence length
   std::unique_ptr<StageState> own_;  // forward_backward / forward_only / logits

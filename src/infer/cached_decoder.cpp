@@ -1,0 +1,240 @@
+#include "infer/cached_decoder.h"
+
+#include <algorithm>
+#include <map>
+
+#include "core/error.h"
+#include "core/strings.h"
+#include "model/decoder.h"
+
+namespace primus::infer {
+
+namespace {
+
+// Rows of logits computed per output GEMM (bounds the fp32 logits buffer to rows x V).
+constexpr int64_t kLogitsChunkRows = 256;
+
+}  // namespace
+
+std::vector<std::pair<std::string, Shape>> decoder_weight_shapes(const ModelConfig& c) {
+  std::vector<std::pair<std::string, Shape>> out;
+  for (const ParamSpec& p : parameter_table(c)) out.emplace_back(p.name, p.shape);
+  return out;
+}
+
+NamedTensorList weights_of(DecoderModel& model) {
+  NamedTensorList out;
+  for (NamedTensor* p : model.parameters()) out.emplace_back(p->name, p->value);
+  return out;
+}
+
+CachedDecoder::CachedDecoder(const ModelConfig& config, ops::Context& ctx, const NamedTensorList& weights)
+    : config_(config), ctx_(ctx), arena_(ctx.device()) {
+  check_buildable(config_, "generate");
+  if (config_.num_query_groups <= 0) config_.num_query_groups = config_.num_attention_heads;
+  inv_freq_ = rope_inv_freq_of(config_);
+
+  std::map<std::string, Tensor> by_name;
+  std::vector<std::string> given;
+  for (const auto& [name, t] : weights) {
+    PRIMUS_CHECK(by_name.emplace(name, t).second, "CachedDecoder: weight '{}' is given twice", name);
+    given.push_back(name);
+  }
+  const auto expected = decoder_weight_shapes(config_);
+  std::vector<std::string> expected_names;
+  for (const auto& e : expected) expected_names.push_back(e.first);
+  dtype_ = weights.empty() ? DType::F32 : weights.front().second.dtype();
+  PRIMUS_CHECK(dtype_ == DType::F32 || dtype_ == DType::BF16 || dtype_ == DType::F16,
+               "CachedDecoder: weights must be fp32, bf16 or fp16, got {}", dtype_name(dtype_));
+  std::map<std::string, NamedTensor*> used;
+  for (const auto& [name, shape] : expected) {
+    auto it = by_name.find(name);
+    PRIMUS_CHECK(it != by_name.end(), "CachedDecoder: model '{}' needs weight '{}' {} which is missing{}",
+                 config_.name, name, shape_str(shape), did_you_mean(name, given));
+    const Tensor& t = it->second;
+    PRIMUS_CHECK(t.shape() == shape, "CachedDecoder: weight '{}' has shape {}, expected {} for model '{}'", name,
+                 shape_str(t.shape()), shape_str(shape), config_.name);
+    PRIMUS_CHECK(t.dtype() == dtype_, "CachedDecoder: weight '{}' is {} but the others are {} (one dtype expected)",
+                 name, dtype_name(t.dtype()), dtype_name(dtype_));
+    PRIMUS_CHECK(t.device() == ctx_.device(), "CachedDecoder: weight '{}' is {} but the context runs on {}", name,
+                 t.describe(), device_name(ctx_.device()));
+    auto p = std::make_unique<NamedTensor>();
+    p->name = name;
+    p->value = t;
+    p->shard = parallel::ShardSpec::replicated(shape);
+    used[name] = p.get();
+    tensors_.push_back(std::move(p));
+    by_name.erase(it);
+  }
+  PRIMUS_CHECK(by_name.empty(), "CachedDecoder: weight '{}' is not a parameter of model '{}'{}",
+               by_name.empty() ? "" : by_name.begin()->first, config_.name,
+               by_name.empty() ? "" : did_you_mean(by_name.begin()->first, expected_names));
+  auto lookup = [&](const std::string& name) {
+    const auto it = used.find(name);
+    PRIMUS_CHECK(it != used.end(), "CachedDecoder: no weight '{}'", name);
+    return it->second;
+  };
+  embedding_ = lookup("embedding.word_embeddings.weight");
+  for (const LayerSpec& layer : decoder_layers(config_))
+    layers_.push_back(make_decoder_layer(config_, layer, lookup, 1));
+  final_norm_ = lookup("decoder.final_layernorm.weight");
+  output_ = config_.untie_embeddings_and_output_weights ? lookup("output_layer.weight") : embedding_;
+}
+
+CachedDecoder::~CachedDecoder() = default;
+
+KvCache CachedDecoder::new_cache(int64_t batch, int64_t max_len) const {
+  std::vector<std::vector<Shape>> entries;
+  for (const DecoderLayer& layer : layers_) entries.push_back(layer.attention().cache_entry_shapes());
+  return KvCache::allocate(entries, batch, max_len, dtype_, ctx_.device());
+}
+
+void CachedDecoder::check_cache(const KvCache& cache, const char* who) const {
+  bool ok = cache.num_layers() == static_cast<int64_t>(layers_.size());
+  for (size_t l = 0; ok && l < layers_.size(); ++l) {
+    const std::vector<Shape> entries = layers_[l].attention().cache_entry_shapes();
+    ok = cache.layers[l].size() == entries.size();
+    for (size_t i = 0; ok && i < entries.size(); ++i) {
+      Shape want{cache.batch, cache.max_len};
+      want.insert(want.end(), entries[i].begin(), entries[i].end());
+      const Tensor& t = cache.layers[l][i];
+      ok = t.shape() == want && t.dtype() == dtype_ && t.device() == ctx_.device();
+    }
+  }
+  PRIMUS_CHECK(ok, "{}: the cache ({} layers of {} sequences x {} positions) was not made for this decoder ({} layers, "
+               "{}): use new_cache()",
+               who, cache.num_layers(), cache.batch, cache.max_len, layers_.size(), dtype_name(dtype_));
+}
+
+void CachedDecoder::ensure_rope_rows(int64_t n) {
+  if (cos_host_.defined() && cos_host_.size(0) >= n) return;
+  cos_host_ = Tensor();
+  sin_host_ = Tensor();
+  ops::rope_tables(cos_host_, sin_host_, n, inv_freq_);
+}
+
+Tensor CachedDecoder::to_device(const Tensor& host) {
+  if (ctx_.device() == Device::CPU) return host;
+  Tensor t = arena_.alloc(host.shape(), host.dtype());
+  t.copy_from(host);
+  return t;
+}
+
+template <typename Attend>
+void CachedDecoder::run_layers(LayerEnv& env, Tensor& x, Attend&& attend) {
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Arena::Mark m = arena_.mark();
+    Tensor x_mid = arena_.alloc(x.shape(), dtype_);
+    attend(layers_[l].attention(), x, x_mid, l);
+    std::unique_ptr<BlockActivations> acts;
+    layers_[l].mlp().forward(env, x_mid, x, acts, Recompute::Full);  // x = x_mid + mlp(norm(x_mid))
+    arena_.release(m);
+  }
+}
+
+Tensor CachedDecoder::final_logits(const Tensor& x_rows) {
+  const int64_t n = x_rows.size(0), V = config_.padded_vocab_size, C = config_.hidden_size;
+  Tensor host = Tensor::empty({n, V}, DType::F32);
+  for (int64_t r0 = 0; r0 < n; r0 += kLogitsChunkRows) {
+    const int64_t r1 = std::min(n, r0 + kLogitsChunkRows);
+    const Arena::Mark m = arena_.mark();
+    Tensor h = arena_.alloc({r1 - r0, C}, dtype_), rstd = arena_.alloc({r1 - r0}, DType::F32);
+    ops::rmsnorm_forward(ctx_, h, rstd, x_rows.rows(r0, r1), final_norm_->value,
+                         static_cast<float>(config_.norm_epsilon));
+    Tensor logits = arena_.alloc({r1 - r0, V}, DType::F32);
+    ops::matmul(ctx_, logits, h, ops::Transpose::No, output_->value, ops::Transpose::Yes);
+    Tensor dst = host.rows(r0, r1);
+    dst.copy_from(logits);
+    arena_.release(m);
+  }
+  return host;
+}
+
+Tensor CachedDecoder::prefill(KvCache& cache, const std::vector<std::vector<int32_t>>& prompts, Tensor* all_logits) {
+  const auto B = static_cast<int64_t>(prompts.size());
+  const int64_t V = config_.padded_vocab_size, C = config_.hidden_size;
+  PRIMUS_CHECK(B == cache.batch, "prefill: {} prompts for a cache of {} sequences", B, cache.batch);
+  check_cache(cache, "prefill");
+  int64_t T = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const auto& p = prompts[static_cast<size_t>(b)];
+    PRIMUS_CHECK(!p.empty(), "prefill: prompt {} is empty (at least one token is needed)", b);
+    PRIMUS_CHECK(static_cast<int64_t>(p.size()) <= cache.max_len,
+                 "prefill: prompt {} has {} tokens but the cache holds {} positions", b, p.size(), cache.max_len);
+    for (size_t i = 0; i < p.size(); ++i)
+      PRIMUS_CHECK(p[i] >= 0 && p[i] < V, "prefill: prompt {} token {} is id {}, outside the vocabulary [0, {})", b,
+                   i, p[i], V);
+    T = std::max<int64_t>(T, static_cast<int64_t>(p.size()));
+  }
+  const int64_t N = B * T;
+  arena_.reset();
+  ensure_rope_rows(cache.max_len);  // once for the whole generation (decode reuses the rows)
+
+  // Right-padded ids (padding repeats id 0: causal attention keeps it out of real rows).
+  Tensor ids_host = Tensor::zeros({N}, DType::I32);
+  for (int64_t b = 0; b < B; ++b)
+    std::copy(prompts[static_cast<size_t>(b)].begin(), prompts[static_cast<size_t>(b)].end(),
+              ids_host.data<int32_t>() + b * T);
+  const Tensor ids = to_device(ids_host);
+  LayerEnv env{ctx_, arena_, TokenDims{B, T, C, 1}, to_device(cos_host_.rows(0, T)), to_device(sin_host_.rows(0, T)),
+               static_cast<float>(config_.norm_epsilon)};
+  Tensor x = arena_.alloc({N, C}, dtype_);
+  ops::embedding_forward(ctx_, x, ids, embedding_->value);
+  run_layers(env, x, [&](AttentionBlock& attention, const Tensor& in, Tensor& out, size_t l) {
+    attention.prefill(env, in, out, cache.layers[l]);
+  });
+  for (int64_t b = 0; b < B; ++b)
+    cache.lengths[static_cast<size_t>(b)] = static_cast<int64_t>(prompts[static_cast<size_t>(b)].size());
+
+  if (all_logits != nullptr) *all_logits = final_logits(x).view({B, T, V});
+  Tensor last = arena_.alloc({B, C}, dtype_);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t r = b * T + static_cast<int64_t>(prompts[static_cast<size_t>(b)].size()) - 1;
+    Tensor dst = last.rows(b, b + 1);
+    ops::copy_cast(ctx_, dst, x.rows(r, r + 1));
+  }
+  return final_logits(last);
+}
+
+Tensor CachedDecoder::decode(KvCache& cache, std::span<const int32_t> tokens) {
+  const int64_t B = cache.batch, V = config_.padded_vocab_size, C = config_.hidden_size;
+  PRIMUS_CHECK(static_cast<int64_t>(tokens.size()) == B, "decode: {} tokens for a cache of {} sequences",
+               tokens.size(), B);
+  check_cache(cache, "decode");
+  Tensor ids_host = Tensor::empty({B}, DType::I32), pos_host = Tensor::empty({B}, DType::I32);
+  int64_t max_pos = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t p = cache.lengths[static_cast<size_t>(b)];
+    PRIMUS_CHECK(p >= 1, "decode: sequence {} has no prompt in the cache: call prefill() first", b);
+    PRIMUS_CHECK(p < cache.max_len, "decode: sequence {} is at position {} but the cache holds {} positions", b, p,
+                 cache.max_len);
+    const int32_t t = tokens[static_cast<size_t>(b)];
+    PRIMUS_CHECK(t >= 0 && t < V, "decode: token {} of sequence {} is outside the vocabulary [0, {})", t, b, V);
+    ids_host.data<int32_t>()[b] = t;
+    pos_host.data<int32_t>()[b] = static_cast<int32_t>(p);
+    max_pos = std::max(max_pos, p);
+  }
+  arena_.reset();
+  ensure_rope_rows(std::max(max_pos + 1, cache.max_len));
+  // RoPE rows of each sequence's own position: the batch sits in the T dim of the RoPE
+  // ops, so row b of these (B, R/2) tables rotates sequence b.
+  const int64_t half = static_cast<int64_t>(inv_freq_.size());
+  Tensor cos_host = Tensor::empty({B, half}, DType::F32), sin_host = Tensor::empty({B, half}, DType::F32);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t p = pos_host.data<int32_t>()[b];
+    std::copy_n(cos_host_.data<float>() + p * half, half, cos_host.data<float>() + b * half);
+    std::copy_n(sin_host_.data<float>() + p * half, half, sin_host.data<float>() + b * half);
+  }
+  const Tensor ids = to_device(ids_host), positions = to_device(pos_host);
+  LayerEnv env{ctx_, arena_, TokenDims{1, B, C, 1}, to_device(cos_host), to_device(sin_host),
+               static_cast<float>(config_.norm_epsilon)};
+  Tensor x = arena_.alloc({B, C}, dtype_);
+  ops::embedding_forward(ctx_, x, ids, embedding_->value);
+  run_layers(env, x, [&](AttentionBlock& attention, const Tensor& in, Tensor& out, size_t l) {
+    attention.decode(env, in, out, cache.layers[l], positions);
+  });
+  for (int64_t b = 0; b < B; ++b) ++cache.lengths[static_cast<size_t>(b)];
+  return final_logits(x);
+}
+
+}  // namespace primus::infer

@@ -1,0 +1,88 @@
+// CachedDecoder: the decoder's inference forward with a KV cache, run by the same layer code
+// as training (model/decoder_layer.h), in two phases:
+//   prefill(prompts)  all prompt tokens of B sequences at once (right-padded to the longest
+//                     prompt; causal attention keeps padding out of the real positions),
+//                     each attention block writing positions 0..len_b-1 of its cache;
+//   decode(tokens)    one new token per sequence at position cache.lengths[b]: RoPE at that
+//                     position, attention of the one query over the cache, which grows by one.
+// Positions and RoPE tables are those of training (rope_inv_freq_of, ops::rope_tables; row p
+// = position p).
+//
+// Weights are read by their names in decoder_spec's parameter table (decoder_weight_shapes:
+// the trainable tensors and buffers such as the expert bias). All share one dtype (the
+// compute dtype: fp32 on CPU, bf16 or fp32 on CUDA) and live on the context's device; the
+// decoder keeps views of them (no copies). Logits are returned as fp32 host tensors (the
+// output GEMM accumulates into fp32 directly).
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/arena.h"
+#include "core/safetensors.h"
+#include "infer/kv_cache.h"
+#include "model/decoder_layer.h"
+
+namespace primus {
+class DecoderModel;
+}
+
+namespace primus::infer {
+
+// Names and shapes of the tensors the decoder reads, in parameter_table() order.
+std::vector<std::pair<std::string, Shape>> decoder_weight_shapes(const ModelConfig& c);
+
+// Views of a DecoderModel's tensors by name (no copies): what a CachedDecoder reads.
+NamedTensorList weights_of(DecoderModel& model);
+
+class CachedDecoder {
+ public:
+  // `weights` must hold exactly the names of decoder_weight_shapes(config) with those shapes,
+  // one float dtype, on ctx's device. `ctx` must outlive the decoder. Throws naming the key
+  // when the config asks for a part generation does not build (check_buildable).
+  CachedDecoder(const ModelConfig& config, ops::Context& ctx, const NamedTensorList& weights);
+  ~CachedDecoder();
+
+  const ModelConfig& config() const { return config_; }
+  DType dtype() const { return dtype_; }
+  ops::Context& context() const { return ctx_; }
+
+  // A zeroed cache for `batch` sequences of up to `max_len` positions (prompt + new tokens).
+  KvCache new_cache(int64_t batch, int64_t max_len) const;
+
+  // Runs every prompt token (prompts.size() == cache.batch; each prompt non-empty and no
+  // longer than cache.max_len; ids in [0, padded_vocab_size)). Sets cache.lengths[b] to
+  // the prompt length and returns the logits of each prompt's last token, (B, V) fp32 on
+  // the host. With `all_logits`, also fills it with (B, Tmax, V) fp32 host logits of every
+  // position (rows at and past a shorter prompt's length belong to padding).
+  Tensor prefill(KvCache& cache, const std::vector<std::vector<int32_t>>& prompts, Tensor* all_logits = nullptr);
+
+  // One token per sequence (tokens.size() == cache.batch) at position cache.lengths[b]
+  // (< cache.max_len); appends to the cache and returns the next-token logits (B, V) fp32
+  // on the host.
+  Tensor decode(KvCache& cache, std::span<const int32_t> tokens);
+
+ private:
+  void check_cache(const KvCache& cache, const char* who) const;
+  // x (n,C) through every layer, phase by phase; `attend` runs one attention block.
+  template <typename Attend>
+  void run_layers(LayerEnv& env, Tensor& x, Attend&& attend);
+  Tensor final_logits(const Tensor& x_rows);  // (n,C) -> (n,V) fp32 host
+  void ensure_rope_rows(int64_t n);
+  Tensor to_device(const Tensor& host);  // an arena copy on the device
+
+  ModelConfig config_;
+  ops::Context& ctx_;
+  DType dtype_ = DType::F32;
+  std::vector<std::unique_ptr<NamedTensor>> tensors_;  // views of the given weights
+  NamedTensor *embedding_ = nullptr, *final_norm_ = nullptr, *output_ = nullptr;
+  std::vector<DecoderLayer> layers_;
+  std::vector<float> inv_freq_;
+  Tensor cos_host_, sin_host_;  // (rows, R/2) fp32: positions [0, rows)
+  Arena arena_;
+};
+
+}  // namespace primus::infer

@@ -1,0 +1,85 @@
+// Block: one pre-norm residual part of a decoder layer, the unit that decoder_spec composes.
+//
+//   y = x + f(norm(x))        x, y (R, C): this rank's residual rows of the micro-batch
+//
+// A decoder layer is an attention block followed by an MLP block (model/decoder_layer.h).
+// Implementations: GqaAttention (attention_gqa.h), DenseMlp (mlp_dense.h), MoeMlp
+// (mlp_moe.h). Each owns nothing but pointers to its parameters (the model's NamedTensors),
+// its local sizes (this rank's share of heads or inner features) and, for MoE, its routing
+// statistics; activations live in the caller's arena and are recorded in the block's
+// BlockActivations for the backward.
+//
+// Blocks call ops/ops.h for math and parallel/layers.h for the tensor-parallel linears: no
+// collective appears in a block.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/arena.h"
+#include "model/named_tensor.h"
+#include "ops/ops.h"
+#include "parallel/tensor_parallel.h"
+
+namespace primus {
+
+// Megatron's recompute_granularity: None keeps every activation backward needs;
+// Selective drops the attention core's outputs and the SwiGLU output and recomputes them
+// in backward; Full keeps only the layer input and recomputes the whole layer in backward.
+enum class Recompute { None, Selective, Full };
+
+// The token dims of one micro-batch as every block sees them.
+struct TokenDims {
+  int64_t B = 0, T = 0, C = 0;  // batch, sequence, hidden
+  int64_t sequence_shards = 1;   // tensor-parallel size under sequence parallel, else 1
+  int64_t N() const { return B * T; }
+  int64_t residual_rows() const { return N() / sequence_shards; }  // rows of x, norms, residuals
+};
+
+// What a block needs besides its weights: context, arena, shapes, RoPE tables, eps, the
+// tensor-parallel group.
+struct LayerEnv {
+  ops::Context& ctx;
+  Arena& arena;
+  TokenDims dims;
+  Tensor rope_cos, rope_sin;  // (T, R/2) fp32: positions of the rows (decode: one row per sequence)
+  float norm_eps = 1e-5f;
+  parallel::TensorParallel tp{};  // default: one rank
+  // Backward writes the linear weights' grads instead of adding to them (the step's first
+  // micro-batch when the caller did not zero them: DecoderModel::zero_grads_for_overwrite).
+  bool overwrite_linear_grads = false;
+  // A training forward (its backward follows): MoE blocks count tokens per expert and add
+  // their auxiliary losses, with weight aux_loss_weight in the objective (loss scale /
+  // micro-batches in the global batch). Evaluation and generation leave it false.
+  bool training = false;
+  float aux_loss_weight = 0.f;
+};
+
+// What a block keeps for its backward (each block extends it with its tensors).
+struct BlockActivations {
+  virtual ~BlockActivations() = default;
+  Tensor x;  // the block input (R, C): owned by the caller (the residual stream)
+};
+
+class Block {
+ public:
+  virtual ~Block() = default;
+  // The block's parameters in forward order (the norm first).
+  virtual std::vector<NamedTensor*> params() const = 0;
+  // The parameters whose gradients backward WRITES (beta = 0 GEMMs) when
+  // env.overwrite_linear_grads: every element of them, whatever the micro-batch.
+  virtual std::vector<NamedTensor*> overwritten_grads() const = 0;
+
+  // y (R, C) = x + f(norm(x)). y is allocated by the caller before the call. Activations per
+  // `keep` (Full: only acts.x) are allocated in env.arena and stay there; temporaries are
+  // released before returning. `acts` is (re)made by the block.
+  virtual void forward(LayerEnv& env, const Tensor& x, Tensor& y, std::unique_ptr<BlockActivations>& acts,
+                       Recompute keep) = 0;
+  // dres (R, C): on entry d loss / d y, on exit d loss / d x. Parameter gradients accumulate
+  // (or are written, see above). `kept` is the mode forward ran with (never Full: the layer
+  // re-runs forward for that); missing activations are recomputed here.
+  virtual void backward(LayerEnv& env, BlockActivations& acts, Tensor& dres, Recompute kept) = 0;
+};
+
+}  // namespace primus

@@ -1,0 +1,478 @@
+#include "model/decoder.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "core/rng.h"
+#include "core/strings.h"
+#include "parallel/layers.h"
+
+namespace primus {
+
+Recompute parse_recompute_granularity(std::string_view value) {
+  if (value.empty() || value == "none" || value == "null") return Recompute::None;
+  if (value == "selective") return Recompute::Selective;
+  if (value == "full") return Recompute::Full;
+  fail("recompute_granularity: '{}' is not one of null, selective, full{}", value,
+       did_you_mean(value, {"selective", "full", "null"}));
+}
+
+namespace {
+
+// N(0, std^2) from CounterRng(seed, stream) into a host fp32 tensor holding the shard
+// `runs` of the full tensor: every element draws the value of its index in the FULL
+// tensor, so a shard equals the slice of the single-rank init. Work is split over threads
+// by element ranges (one run) or by runs; the result does not depend on the split.
+void fill_normal_parallel(Tensor& host, const CounterRng& rng, float std, const std::vector<parallel::ShardRun>& runs) {
+  const int64_t n = host.numel();
+  const int64_t threads = n < (int64_t{1} << 16) ? 1 : std::max(1u, std::thread::hardware_concurrency());
+  Tensor flat = host.view({n});
+  auto fill_run = [&](const parallel::ShardRun& r, int64_t b, int64_t e) {  // elements [b, e) of run r
+    Tensor part = flat.rows(r.local_offset + b, r.local_offset + e);
+    rng.fill_normal(part, 0.f, std, static_cast<uint64_t>(r.full_offset + b));
+  };
+  std::vector<std::thread> pool;
+  if (runs.size() == 1) {
+    const int64_t chunk = (n + threads - 1) / threads;
+    for (int64_t t = 0; t < threads; ++t) {
+      const int64_t b = std::min(n, t * chunk), e = std::min(n, b + chunk);
+      pool.emplace_back([&, b, e] { fill_run(runs[0], b, e); });
+    }
+  } else {
+    const auto count = static_cast<int64_t>(runs.size());
+    const int64_t chunk = (count + threads - 1) / threads;
+    for (int64_t t = 0; t < threads; ++t) {
+      const int64_t b = std::min(count, t * chunk), e = std::min(count, b + chunk);
+      pool.emplace_back([&, b, e] {
+        for (int64_t i = b; i < e; ++i) fill_run(runs[static_cast<size_t>(i)], 0, runs[static_cast<size_t>(i)].numel);
+      });
+    }
+  }
+  for (auto& th : pool) th.join();
+}
+
+// The tensor-parallel layout rules that the config must meet (all violations at once).
+void validate_tensor_parallel(const ModelConfig& c, const parallel::TensorParallel& tp, Device device) {
+  if (tp.group == nullptr) {
+    PRIMUS_CHECK(!tp.sequence_parallel, "DecoderOptions.tensor_parallel: sequence_parallel needs a tensor-parallel "
+                 "group (tensor_model_parallel_size > 1)");
+    return;
+  }
+  PRIMUS_CHECK(tp.group->device() == device, "DecoderOptions.tensor_parallel: the tp group '{}' works on {} tensors but "
+               "the model runs on {}", tp.group->name(), device_name(tp.group->device()), device_name(device));
+  const int64_t P = tp.size();
+  std::string bad;
+  auto need = [&](const char* key, int64_t value) {
+    if (value % P != 0) bad += fmt::format("\n  {} = {} is not divisible by tensor_model_parallel_size = {}", key, value, P);
+  };
+  need("num_attention_heads", c.num_attention_heads);
+  need("num_query_groups", c.num_query_groups);
+  need("ffn_hidden_size", c.ffn_hidden_size);
+  need("padded_vocab_size", c.padded_vocab_size);
+  if (!bad.empty()) fail("model config '{}' does not split over {} tensor-parallel ranks:{}", c.name, P, bad);
+}
+
+Tensor to_host(const Tensor& t) { return t.device() == Device::CPU ? t : t.to(Device::CPU); }
+
+}  // namespace
+
+// Host-side preparation of a micro-batch: targets with ignored tokens set to -1 (local to
+// this rank's vocabulary slice under tensor parallel), the per-token loss weights, the token
+// ids as the embedding reads them, and the device copies.
+struct DecoderModel::Batch {
+  int64_t B = 0, T = 0;
+  parallel::EmbeddingTokens tokens;  // the stage holds the embedding
+  Tensor targets, dloss;             // on the model's device: (N) int32, (N) fp32
+  std::vector<float> mask;           // effective mask (0 where the label is ignored)
+  double num_tokens = 0;
+
+  // needs_tokens: the ids are looked up here (the stage holds the embedding).
+  Batch(const Tensor& tokens_in, const Tensor* labels_in, const Tensor* mask_in, float loss_weight, int64_t vocab,
+        Device device, const parallel::TensorParallel& tp, bool needs_tokens = true) {
+    PRIMUS_CHECK(tokens_in.ndim() == 2 && tokens_in.dtype() == DType::I32,
+                 "DecoderModel: tokens must be int32 [batch, seq], got {}", tokens_in.describe());
+    B = tokens_in.size(0);
+    T = tokens_in.size(1);
+    const int64_t N = B * T;
+    PRIMUS_CHECK(!tp.sp() || N % tp.size() == 0,
+                 "DecoderModel: sequence parallel splits the {} x {} = {} token rows of a micro-batch over {} "
+                 "tensor-parallel ranks, which does not divide; use a seq_length divisible by "
+                 "tensor_model_parallel_size", B, T, N, tp.size());
+    if (needs_tokens) tokens = parallel::EmbeddingTokens::make(tp, tokens_in, vocab, device);
+    if (labels_in == nullptr) return;
+    PRIMUS_CHECK(mask_in != nullptr, "DecoderModel: labels given without a loss_mask");
+    PRIMUS_CHECK(labels_in->shape() == tokens_in.shape() && labels_in->dtype() == DType::I32,
+                 "DecoderModel: labels must be int32 {} like tokens, got {}", shape_str(tokens_in.shape()),
+                 labels_in->describe());
+    PRIMUS_CHECK(mask_in->shape() == tokens_in.shape() && mask_in->dtype() == DType::F32,
+                 "DecoderModel: loss_mask must be fp32 {} like tokens, got {}", shape_str(tokens_in.shape()),
+                 mask_in->describe());
+    const Tensor labels_h = to_host(*labels_in), mask_h = to_host(*mask_in);
+    Tensor targets_h = Tensor::empty({N}, DType::I32), dloss_h = Tensor::empty({N}, DType::F32);
+    mask.resize(static_cast<size_t>(N));
+    for (int64_t i = 0; i < N; ++i) {
+      const int32_t label = labels_h.data<int32_t>()[i];
+      PRIMUS_CHECK(label < vocab, "DecoderModel: label {} at position {} is >= padded_vocab_size {}", label, i, vocab);
+      const float m = label >= 0 ? mask_h.data<float>()[i] : 0.f;
+      mask[static_cast<size_t>(i)] = m;
+      targets_h.data<int32_t>()[i] = m != 0.f ? label : -1;
+      dloss_h.data<float>()[i] = m * loss_weight;
+      num_tokens += m;
+    }
+    targets_h = parallel::classifier_targets(tp, targets_h, vocab);
+    targets = device == Device::CPU ? targets_h : targets_h.to(device);
+    dloss = device == Device::CPU ? dloss_h : dloss_h.to(device);
+  }
+
+  double loss_sum(const Tensor& losses) const {
+    const std::vector<float> l = losses.to_float_vector();
+    double s = 0;
+    for (size_t i = 0; i < l.size(); ++i) s += static_cast<double>(mask[i]) * l[i];
+    return s;
+  }
+};
+
+DecoderModel::StageState::StageState(Device device) : arena_(device) {}
+DecoderModel::StageState::~StageState() = default;
+
+DecoderModel::DecoderModel(const ModelConfig& config, ops::Context& ctx, const DecoderOptions& options)
+    : config_(config), ctx_(ctx), options_(options), own_(std::make_unique<StageState>(ctx.device())) {
+  check_buildable(config_);
+  PipelineStage& stage = options_.stage;
+  if (stage.num_layers < 0) stage.num_layers = config_.num_layers - stage.first_layer;
+  PRIMUS_CHECK(stage.first_layer >= 0 && stage.num_layers >= 0 &&
+                   stage.first_layer + stage.num_layers <= config_.num_layers,
+               "DecoderOptions.stage: layers [{}, {}) are not within the model's num_layers = {} (first_layer = {}, "
+               "num_layers = {})",
+               stage.first_layer, stage.first_layer + stage.num_layers, config_.num_layers, stage.first_layer,
+               stage.num_layers);
+  if (config_.num_query_groups <= 0) config_.num_query_groups = config_.num_attention_heads;
+  PRIMUS_CHECK(options_.logits_chunk_rows > 0, "DecoderOptions.logits_chunk_rows must be > 0, got {}",
+               options_.logits_chunk_rows);
+  set_recompute(options_.recompute, options_.recompute_num_layers);
+  const parallel::TensorParallel& tp = options_.tensor_parallel;
+  validate_tensor_parallel(config_, tp, ctx_.device());
+
+  // This stage's slice of the parameter table, as this rank's shards.
+  auto make = [&](const ParamSpec& spec) {
+    auto p = std::make_unique<NamedTensor>();
+    p->shard = shard_of(spec, tp.rank(), tp.size());
+    p->name = spec.name;
+    const Shape shape = p->shard.local_shape();
+    p->value = Tensor::empty(shape, options_.param_dtype, ctx_.device());
+    p->grad = Tensor::zeros(shape, DType::F32, ctx_.device());
+    p->no_weight_decay = spec.no_weight_decay();
+    params_.push_back(std::move(p));
+    specs_.push_back(spec);
+    return params_.back().get();
+  };
+  const std::vector<ParamSpec> embedding = embedding_params(config_);
+  if (stage.pre_process) embedding_ = make(embedding.front());
+  for (int64_t l = stage.first_layer; l < stage.first_layer + stage.num_layers; ++l) {
+    const LayerSpec layer = decoder_layer(config_, l);
+    std::map<std::string, NamedTensor*> held;
+    for (const ParamSpec& spec : layer_params(config_, layer)) held[spec.name] = make(spec);
+    auto lookup = [&](const std::string& name) {
+      const auto it = held.find(name);
+      PRIMUS_CHECK(it != held.end(), "DecoderModel: layer {} has no parameter '{}'", l, name);
+      return it->second;
+    };
+    layers_.push_back(make_decoder_layer(config_, layer, lookup, tp.size()));
+  }
+  if (stage.post_process) {
+    const std::vector<ParamSpec> head = head_params(config_);
+    final_norm_ = make(head.at(0));
+    if (head.size() > 1)
+      output_ = make(head.at(1));
+    else if (!stage.pre_process)  // the last stage's copy of the tied embedding (same name, same init)
+      embedding_ = make(embedding.front());
+  }
+  inv_freq_ = rope_inv_freq_of(config_);
+  init_weights(options_.seed);
+}
+
+void DecoderModel::set_recompute(Recompute mode, int64_t num_layers) {
+  PRIMUS_CHECK(num_layers >= 0 && num_layers <= config_.num_layers,
+               "recompute_num_layers = {} must be in [0, num_layers = {}] (0 = all layers)", num_layers,
+               config_.num_layers);
+  options_.recompute = mode;
+  options_.recompute_num_layers = num_layers;
+}
+
+void DecoderModel::require_whole_model(const char* what) const {
+  PRIMUS_CHECK(pre_process() && post_process() && options_.stage.num_layers == config_.num_layers,
+               "DecoderModel::{} needs the whole model, but this one is a pipeline stage (layers [{}, {}), "
+               "pre_process {}, post_process {}); use stage_forward / stage_backward (train/pipelined_model.h)",
+               what, options_.stage.first_layer, options_.stage.first_layer + options_.stage.num_layers,
+               pre_process(), post_process());
+}
+
+Shape DecoderModel::stage_hidden_shape(const Tensor& tokens) const {
+  PRIMUS_CHECK(tokens.ndim() == 2, "DecoderModel: tokens must be [batch, seq], got {}", tokens.describe());
+  return {options_.tensor_parallel.residual_rows(tokens.size(0) * tokens.size(1)), config_.hidden_size};
+}
+
+Recompute DecoderModel::layer_mode(int64_t layer) const {
+  if (options_.recompute != Recompute::Full) return options_.recompute;
+  return options_.recompute_num_layers == 0 || layer < options_.recompute_num_layers ? Recompute::Full
+                                                                                      : Recompute::None;
+}
+
+std::vector<NamedTensor*> DecoderModel::parameters() {
+  std::vector<NamedTensor*> out;
+  out.reserve(params_.size());
+  for (auto& p : params_) out.push_back(p.get());
+  return out;
+}
+
+NamedTensor& DecoderModel::parameter(const std::string& name) {
+  std::vector<std::string> names;
+  for (auto& p : params_) {
+    if (p->name == name) return *p;
+    names.push_back(p->name);
+  }
+  fail("model '{}' has no parameter '{}'{}", config_.name, name, did_you_mean(name, names));
+}
+
+std::vector<NamedTensor*> DecoderModel::sequence_parallel_partial_grads() {
+  return parallel::sequence_parallel_partial_grads(options_.tensor_parallel, parameters());
+}
+
+void DecoderModel::reduce_sequence_parallel_grads() {
+  parallel::all_reduce_sequence_parallel_grads(options_.tensor_parallel, parameters());
+}
+
+int64_t DecoderModel::num_parameters() const {
+  int64_t n = 0;
+  for (const auto& p : params_) n += p->value.numel();
+  return n;
+}
+
+void DecoderModel::init_weights(uint64_t seed) {
+  const float std = static_cast<float>(config_.init_method_std);
+  const float out_std = std / std::sqrt(2.f * static_cast<float>(config_.num_layers));
+  for (size_t i = 0; i < params_.size(); ++i) {
+    NamedTensor& p = *params_[i];
+    const ParamInit init = specs_[i].init;
+    if (init == ParamInit::Ones || init == ParamInit::Zeros) {
+      ops::fill(ctx_, p.value, init == ParamInit::Ones ? 1.f : 0.f);
+      continue;
+    }
+    const float sigma = init == ParamInit::ScaledNormal ? out_std : std;
+    if (p.value.device() != Device::CPU) {
+      // Generated in place on the device (same values as the host path below): a 1B model
+      // initialised on the host and copied over took ~8 s of start-up.
+      std::vector<ops::Backend::NormalRun> runs;
+      for (const parallel::ShardRun& r : parallel::shard_runs(p.shard))
+        runs.push_back({r.local_offset, r.full_offset, r.numel});
+      ops::fill_normal(ctx_, p.value, seed, stream_id(p.name), 0.f, sigma, runs);
+      continue;
+    }
+    Tensor host = Tensor::empty(p.value.shape(), DType::F32);
+    fill_normal_parallel(host, CounterRng(seed, stream_id(p.name)), sigma, parallel::shard_runs(p.shard));
+    if (p.value.dtype() == DType::F32) {
+      p.value.copy_from(host);
+    } else {
+      ops::copy_cast(ctx_, p.value, host);
+    }
+  }
+}
+
+void DecoderModel::zero_grads() {
+  for (auto& p : params_) p->grad.zero_();
+  overwrite_pending_ = false;
+}
+
+void DecoderModel::zero_grads_for_overwrite() {
+  require_whole_model("zero_grads_for_overwrite");
+  std::vector<const NamedTensor*> written;  // every element written by a beta = 0 GEMM
+  for (const DecoderLayer& layer : layers_)
+    for (const NamedTensor* p : layer.overwritten_grads()) written.push_back(p);
+  if (output_ != nullptr) written.push_back(output_);  // untied; a tied one also gets embedding grads
+  for (auto& p : params_)
+    if (std::find(written.begin(), written.end(), p.get()) == written.end()) p->grad.zero_();
+  overwrite_pending_ = true;
+}
+
+NamedTensor& DecoderModel::output_weight() { return output_ != nullptr ? *output_ : *embedding_; }
+
+TokenDims DecoderModel::dims_for(int64_t B, int64_t T) const {
+  const parallel::TensorParallel& tp = options_.tensor_parallel;
+  return TokenDims{B, T, config_.hidden_size, tp.sp() ? tp.size() : 1};
+}
+
+LayerEnv DecoderModel::make_env(const TokenDims& d, Arena& arena) {
+  if (!rope_cos_.defined() || rope_cos_.size(0) != d.T) {
+    Tensor cos, sin;
+    ops::rope_tables(cos, sin, d.T, inv_freq_);
+    rope_cos_ = cos.to(ctx_.device());
+    rope_sin_ = sin.to(ctx_.device());
+  }
+  return LayerEnv{ctx_, arena, d, rope_cos_, rope_sin_, static_cast<float>(config_.norm_epsilon),
+                  options_.tensor_parallel};
+}
+
+void DecoderModel::forward_layers(LayerEnv& env, std::vector<Tensor>& xs, std::vector<LayerActivations>& acts,
+                                  bool keep_acts) {
+  const TokenDims& d = env.dims;
+  const auto L = static_cast<int64_t>(layers_.size());
+  xs.resize(static_cast<size_t>(L + 1));
+  acts.clear();
+  acts.resize(static_cast<size_t>(L));
+  for (int64_t l = 0; l < L; ++l) {
+    for (const NamedTensor* t : layers_[l].params()) param_needed(t);
+    xs[l + 1] = env.arena.alloc({d.residual_rows(), d.C}, options_.param_dtype);
+    layers_[l].forward(env, xs[l], xs[l + 1], acts[l], keep_acts ? layer_mode(l) : Recompute::Full);
+  }
+}
+
+void DecoderModel::classifier(const Batch& batch, const Tensor& hidden, Tensor& losses, Tensor* dhidden,
+                              Arena& arena) {
+  NamedTensor& out = output_weight();
+  parallel::ClassifierOptions co;
+  co.chunk_rows = options_.logits_chunk_rows;
+  co.fused_cross_entropy = options_.fused_cross_entropy;
+  // The first chunk writes an untied output layer's grad when the step's grads were not zeroed.
+  co.overwrite_weight_grad = overwrite_pending_ && output_ != nullptr;
+  parallel::output_layer_loss(ctx_, options_.tensor_parallel, arena, hidden, out.value,
+                              dhidden != nullptr ? &out.grad : nullptr, batch.targets,
+                              dhidden != nullptr ? &batch.dloss : nullptr, losses, dhidden, co);
+}
+
+Tensor DecoderModel::stage_forward(StageState& st, const Tensor& tokens, const Tensor* labels, const Tensor* loss_mask,
+                                 const Tensor* input_hidden, float loss_weight, bool for_backward) {
+  const bool pre = pre_process(), post = post_process();
+  PRIMUS_CHECK(!post || (labels != nullptr && loss_mask != nullptr),
+               "DecoderModel::stage_forward: the last pipeline stage computes the loss and needs labels and loss_mask");
+  PRIMUS_CHECK(pre || input_hidden != nullptr,
+               "DecoderModel::stage_forward: a stage without the embedding (layers from {}) needs the input hidden "
+               "state from the previous stage",
+               options_.stage.first_layer);
+  Arena& arena = st.arena_;
+  arena.reset();
+  st.backward_pending_ = false;
+  st.result_ = {};
+  st.batch_ = std::make_unique<Batch>(tokens, post ? labels : nullptr, post ? loss_mask : nullptr, loss_weight,
+                                      config_.padded_vocab_size, ctx_.device(), options_.tensor_parallel, pre);
+  const Batch& batch = *st.batch_;
+  st.dims_ = dims_for(batch.B, batch.T);
+  const TokenDims& d = st.dims_;
+  LayerEnv env = make_env(d, arena);
+  const DType dt = options_.param_dtype;
+  const int64_t R = d.residual_rows();
+  st.xs_.assign(1, arena.alloc({R, d.C}, dt));
+  Tensor& x0 = st.xs_[0];
+  if (pre) {
+    param_needed(embedding_);
+    parallel::embedding_forward(ctx_, env.tp, arena, x0, batch.tokens, embedding_->value);
+  } else {
+    PRIMUS_CHECK(input_hidden->shape() == x0.shape() && input_hidden->dtype() == dt,
+                 "DecoderModel::stage_forward: input hidden is {}, expected [{}, {}] {} (this rank's residual rows)",
+                 input_hidden->describe(), R, d.C, dtype_name(dt));
+    ops::copy_cast(ctx_, x0, *input_hidden);
+  }
+  forward_layers(env, st.xs_, st.acts_, for_backward);
+  if (!post) {
+    st.backward_pending_ = for_backward;
+    return st.xs_.back();
+  }
+  param_needed(final_norm_);
+  param_needed(&output_weight());
+  Tensor hidden = arena.alloc({R, d.C}, dt);
+  st.final_rstd_ = arena.alloc({R}, DType::F32);
+  ops::rmsnorm_forward(ctx_, hidden, st.final_rstd_, st.xs_.back(), final_norm_->value, env.norm_eps);
+  Tensor losses = arena.alloc({d.N()}, DType::F32);
+  if (for_backward) {
+    st.dhidden_ = arena.alloc({R, d.C}, dt);
+    classifier(batch, hidden, losses, &st.dhidden_, arena);
+  } else {
+    st.dhidden_ = Tensor();
+    classifier(batch, hidden, losses, nullptr, arena);
+  }
+  st.result_ = {batch.loss_sum(losses), batch.num_tokens};
+  st.backward_pending_ = for_backward;
+  return Tensor();
+}
+
+Tensor DecoderModel::stage_backward(StageState& st, const Tensor* d_output) {
+  PRIMUS_CHECK(st.backward_pending_,
+               "DecoderModel::stage_backward: this state holds no forward to differentiate (stage_forward with "
+               "for_backward was not called, or its backward already ran)");
+  st.backward_pending_ = false;
+  const bool pre = pre_process(), post = post_process();
+  Arena& arena = st.arena_;
+  const TokenDims& d = st.dims_;
+  LayerEnv env = make_env(d, arena);
+  env.overwrite_linear_grads = overwrite_pending_;
+  overwrite_pending_ = false;  // later micro-batches accumulate
+  const DType dt = options_.param_dtype;
+  Tensor dres;
+  if (post) {
+    dres = arena.zeros({d.residual_rows(), d.C}, dt);
+    ops::rmsnorm_backward(ctx_, dres, final_norm_->grad, st.dhidden_, st.xs_.back(), final_norm_->value,
+                          st.final_rstd_);
+    grad_ready(final_norm_);
+    grad_ready(output_);                 // untied output layer
+    if (!pre) grad_ready(embedding_);    // a last stage's copy of the tied embedding
+  } else {
+    PRIMUS_CHECK(d_output != nullptr && d_output->shape() == st.xs_.back().shape() && d_output->dtype() == dt,
+                 "DecoderModel::stage_backward: d output hidden is {}, expected [{}, {}] {}",
+                 d_output != nullptr ? d_output->describe() : std::string("missing"), d.residual_rows(), d.C,
+                 dtype_name(dt));
+    dres = arena.alloc({d.residual_rows(), d.C}, dt);
+    ops::copy_cast(ctx_, dres, *d_output);
+  }
+  for (auto l = static_cast<int64_t>(layers_.size()) - 1; l >= 0; --l) {
+    layers_[l].backward(env, st.acts_[l], dres, layer_mode(l));
+    const std::vector<NamedTensor*> done = layers_[l].params();
+    for (auto it = done.rbegin(); it != done.rend(); ++it) grad_ready(*it);
+  }
+  if (!pre) return dres;
+  const Batch& batch = *st.batch_;
+  parallel::embedding_backward(ctx_, env.tp, arena, embedding_->grad, dres, batch.tokens);
+  grad_ready(embedding_);
+  return Tensor();
+}
+
+DecoderModel::StepResult DecoderModel::forward_backward(const Tensor& tokens, const Tensor& labels,
+                                                    const Tensor& loss_mask, float loss_weight) {
+  require_whole_model("forward_backward");
+  stage_forward(*own_, tokens, &labels, &loss_mask, nullptr, loss_weight, true);
+  stage_backward(*own_, nullptr);
+  return own_->result();
+}
+
+DecoderModel::StepResult DecoderModel::forward_only(const Tensor& tokens, const Tensor& labels, const Tensor& loss_mask) {
+  require_whole_model("forward_only");
+  stage_forward(*own_, tokens, &labels, &loss_mask, nullptr, 0.f, false);
+  return own_->result();
+}
+
+Tensor DecoderModel::logits(const Tensor& tokens) {
+  require_whole_model("logits");
+  Arena& arena = own_->arena_;
+  arena.reset();
+  own_->backward_pending_ = false;
+  const parallel::TensorParallel& tp = options_.tensor_parallel;
+  const Batch batch(tokens, nullptr, nullptr, 0.f, config_.padded_vocab_size, ctx_.device(), tp);
+  const TokenDims d = dims_for(batch.B, batch.T);
+  LayerEnv env = make_env(d, arena);
+  const DType dt = options_.param_dtype;
+  std::vector<Tensor> xs{arena.alloc({d.residual_rows(), d.C}, dt)};
+  parallel::embedding_forward(ctx_, tp, arena, xs[0], batch.tokens, embedding_->value);
+  std::vector<LayerActivations> acts;
+  forward_layers(env, xs, acts, false);
+  Tensor hidden = arena.alloc({d.residual_rows(), d.C}, dt);
+  Tensor final_rstd = arena.alloc({d.residual_rows()}, DType::F32);
+  ops::rmsnorm_forward(ctx_, hidden, final_rstd, xs.back(), final_norm_->value, env.norm_eps);
+  const NamedTensor& out = output_weight();
+  Tensor logits = arena.alloc({d.N(), out.value.size(0)}, dt);
+  parallel::column_parallel_linear_forward(ctx_, tp, arena, logits, hidden, out.value);
+  return parallel::gather_vocab_logits(tp, logits).view({d.B, d.T, config_.padded_vocab_size});
+}
+
+}  // namespace primus

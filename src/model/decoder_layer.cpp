@@ -1,0 +1,71 @@
+#include "model/decoder_layer.h"
+
+#include "model/mlp_dense.h"
+
+namespace primus {
+
+DecoderLayer::DecoderLayer(LayerSpec spec, std::unique_ptr<AttentionBlock> attention, std::unique_ptr<Block> mlp)
+    : spec_(std::move(spec)), attention_(std::move(attention)), mlp_(std::move(mlp)) {}
+
+std::vector<NamedTensor*> DecoderLayer::params() const {
+  std::vector<NamedTensor*> out = attention_->params();
+  for (NamedTensor* p : mlp_->params()) out.push_back(p);
+  return out;
+}
+
+std::vector<NamedTensor*> DecoderLayer::overwritten_grads() const {
+  std::vector<NamedTensor*> out = attention_->overwritten_grads();
+  for (NamedTensor* p : mlp_->overwritten_grads()) out.push_back(p);
+  return out;
+}
+
+void DecoderLayer::forward(LayerEnv& env, const Tensor& x, Tensor& y, LayerActivations& acts, Recompute keep) {
+  Arena& A = env.arena;
+  acts = LayerActivations{};
+  acts.x = x;
+  const Arena::Mark start = A.mark();
+  acts.x_mid = A.alloc({env.dims.residual_rows(), env.dims.C}, x.dtype());
+  attention_->forward(env, x, acts.x_mid, acts.attention, keep);
+  mlp_->forward(env, acts.x_mid, y, acts.mlp, keep);
+  if (keep == Recompute::Full) {  // only the input is kept
+    A.release(start);
+    acts = LayerActivations{};
+    acts.x = x;
+  }
+}
+
+void DecoderLayer::backward(LayerEnv& env, LayerActivations& acts, Tensor& dres, Recompute kept) {
+  Arena& A = env.arena;
+  if (kept == Recompute::Full) {  // re-run the layer keeping everything, then backward as usual
+    const Arena::Mark start = A.mark();
+    const Tensor x = acts.x;
+    Tensor y = A.alloc({env.dims.residual_rows(), env.dims.C}, x.dtype());
+    forward(env, x, y, acts, Recompute::None);
+    backward(env, acts, dres, Recompute::None);
+    A.release(start);
+    acts = LayerActivations{};
+    acts.x = x;
+    return;
+  }
+  mlp_->backward(env, *acts.mlp, dres, kept);        // dres = d x_mid
+  attention_->backward(env, *acts.attention, dres, kept);  // dres = d x
+}
+
+DecoderLayer make_decoder_layer(const ModelConfig& c, const LayerSpec& spec, const ParamLookup& lookup, int tp_size) {
+  const std::string& pre = spec.prefix;
+  std::unique_ptr<AttentionBlock> attention;
+  PRIMUS_CHECK(spec.attention == AttentionKind::GQA, "layer {}: multi-latent attention is not built yet",
+               spec.index);
+  attention = std::make_unique<GqaAttention>(
+      GqaParams{lookup(pre + "input_layernorm.weight"), lookup(pre + "self_attention.linear_qkv.weight"),
+                lookup(pre + "self_attention.linear_proj.weight")},
+      c.num_attention_heads / tp_size, c.query_groups() / tp_size, c.head_dim());
+  std::unique_ptr<Block> mlp;
+  PRIMUS_CHECK(spec.mlp == MlpKind::Dense, "layer {}: MoE layers are not built yet", spec.index);
+  mlp = std::make_unique<DenseMlp>(MlpParams{lookup(pre + "pre_mlp_layernorm.weight"), lookup(pre + "mlp.linear_fc1.weight"),
+                                             lookup(pre + "mlp.linear_fc2.weight")},
+                                   c.ffn_hidden_size / tp_size);
+  return DecoderLayer(spec, std::move(attention), std::move(mlp));
+}
+
+}  // namespace primus

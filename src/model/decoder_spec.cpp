@@ -1,0 +1,251 @@
+#include "model/decoder_spec.h"
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "core/error.h"
+
+namespace primus {
+
+namespace {
+
+bool layer_norm(const ModelConfig& c) { return c.normalization == "LayerNorm"; }
+
+// A norm's weight (and LayerNorm's bias) of `dim` under `name` (without ".weight").
+void add_norm(std::vector<ParamSpec>& out, const std::string& name, int64_t dim, int64_t layer, const ModelConfig& c) {
+  out.push_back({name + ".weight", {dim}, ParamSplit::Replicated, {}, ParamInit::Ones, ParamRole::Norm, layer});
+  if (layer_norm(c))
+    out.push_back({name + ".bias", {dim}, ParamSplit::Replicated, {}, ParamInit::Zeros, ParamRole::Norm, layer});
+}
+
+// A linear layer `name` (out, in): its weight and, when asked, its bias (column-split like the
+// weight's rows; a row-parallel layer's bias is added after the reduction: replicated).
+void add_linear(std::vector<ParamSpec>& out, const std::string& name, int64_t out_f, int64_t in_f, ParamSplit split,
+                std::vector<int64_t> parts, ParamInit init, bool bias, int64_t layer) {
+  out.push_back({name + ".weight", {out_f, in_f}, split, parts, init, ParamRole::Linear, layer});
+  if (bias)
+    out.push_back({name + ".bias", {out_f}, split == ParamSplit::Column ? ParamSplit::Column : ParamSplit::Replicated,
+                   split == ParamSplit::Column ? parts : std::vector<int64_t>{}, ParamInit::Zeros, ParamRole::Bias,
+                   layer});
+}
+
+// An MLP of inner size `inner` under `pre` ("mlp." or "mlp.shared_experts."): fc1 (2F or F, C)
+// column-parallel ([gate | up] with SwiGLU), fc2 (C, F) row-parallel into the residual.
+void add_mlp(std::vector<ParamSpec>& out, const std::string& pre, int64_t inner, int64_t layer, const ModelConfig& c) {
+  const int64_t C = c.hidden_size;
+  add_linear(out, pre + "linear_fc1", c.swiglu ? 2 * inner : inner, C, ParamSplit::Column,
+             c.swiglu ? std::vector<int64_t>{inner, inner} : std::vector<int64_t>{}, ParamInit::Normal,
+             c.add_bias_linear, layer);
+  add_linear(out, pre + "linear_fc2", C, inner, ParamSplit::Row, {}, ParamInit::ScaledNormal, c.add_bias_linear,
+             layer);
+}
+
+void add_gqa(std::vector<ParamSpec>& out, const std::string& pre, int64_t layer, const ModelConfig& c) {
+  const int64_t C = c.hidden_size, D = c.head_dim(), Hq = c.num_attention_heads, Hkv = c.query_groups();
+  add_linear(out, pre + "linear_qkv", (Hq + 2 * Hkv) * D, C, ParamSplit::Column, {Hq * D, Hkv * D, Hkv * D},
+             ParamInit::Normal, c.add_bias_linear || c.add_qkv_bias, layer);
+  if (c.qk_layernorm) {
+    add_norm(out, pre + "q_layernorm", D, layer, c);
+    add_norm(out, pre + "k_layernorm", D, layer, c);
+  }
+  add_linear(out, pre + "linear_proj", C, Hq * D, ParamSplit::Row, {}, ParamInit::ScaledNormal, c.add_bias_linear,
+             layer);
+}
+
+// Multi-latent attention (DeepSeek-V2/V3), Megatron-core's MLASelfAttention names.
+void add_mla(std::vector<ParamSpec>& out, const std::string& pre, int64_t layer, const ModelConfig& c) {
+  const int64_t C = c.hidden_size, H = c.num_attention_heads;
+  const int64_t dq = c.qk_head_dim + c.qk_pos_emb_head_dim;
+  const bool bias = c.add_bias_linear;
+  if (c.q_lora_rank > 0) {
+    add_linear(out, pre + "linear_q_down_proj", c.q_lora_rank, C, ParamSplit::Replicated, {}, ParamInit::Normal, bias,
+               layer);
+    if (c.qk_layernorm) add_norm(out, pre + "q_layernorm", c.q_lora_rank, layer, c);
+    add_linear(out, pre + "linear_q_up_proj", H * dq, c.q_lora_rank, ParamSplit::Column, {}, ParamInit::Normal, bias,
+               layer);
+  } else {
+    add_linear(out, pre + "linear_q_proj", H * dq, C, ParamSplit::Column, {}, ParamInit::Normal, bias, layer);
+  }
+  add_linear(out, pre + "linear_kv_down_proj", c.kv_lora_rank + c.qk_pos_emb_head_dim, C, ParamSplit::Replicated, {},
+             ParamInit::Normal, bias, layer);
+  if (c.qk_layernorm) add_norm(out, pre + "kv_layernorm", c.kv_lora_rank, layer, c);
+  add_linear(out, pre + "linear_kv_up_proj", H * (c.qk_head_dim + c.v_head_dim), c.kv_lora_rank, ParamSplit::Column,
+             {}, ParamInit::Normal, bias, layer);
+  add_linear(out, pre + "linear_proj", C, H * c.v_head_dim, ParamSplit::Row, {}, ParamInit::ScaledNormal, bias, layer);
+}
+
+void add_moe(std::vector<ParamSpec>& out, const std::string& pre, int64_t layer, const ModelConfig& c) {
+  const int64_t C = c.hidden_size, E = c.num_experts, Fe = c.moe_ffn_hidden_size;
+  out.push_back({pre + "router.weight", {E, C}, ParamSplit::Replicated, {}, ParamInit::Normal, ParamRole::Router, layer});
+  if (c.moe_router_enable_expert_bias)
+    out.push_back({pre + "router.expert_bias", {E}, ParamSplit::Replicated, {}, ParamInit::Zeros,
+                   ParamRole::ExpertBias, layer});
+  const int64_t fc1_out = c.swiglu ? 2 * Fe : Fe;
+  out.push_back({pre + "experts.linear_fc1.weight", {E, fc1_out, C}, ParamSplit::Experts, {}, ParamInit::Normal,
+                 ParamRole::RoutedExperts, layer});
+  if (c.add_bias_linear)
+    out.push_back({pre + "experts.linear_fc1.bias", {E, fc1_out}, ParamSplit::Experts, {}, ParamInit::Zeros,
+                   ParamRole::Bias, layer});
+  out.push_back({pre + "experts.linear_fc2.weight", {E, C, Fe}, ParamSplit::Experts, {}, ParamInit::ScaledNormal,
+                 ParamRole::RoutedExperts, layer});
+  if (c.add_bias_linear)
+    out.push_back({pre + "experts.linear_fc2.bias", {E, C}, ParamSplit::Experts, {}, ParamInit::Zeros, ParamRole::Bias,
+                   layer});
+  if (c.moe_shared_expert_intermediate_size > 0)
+    add_mlp(out, pre + "shared_experts.", c.moe_shared_expert_intermediate_size, layer, c);
+}
+
+}  // namespace
+
+LayerSpec decoder_layer(const ModelConfig& c, int64_t index) {
+  LayerSpec s;
+  s.index = index;
+  s.attention = c.multi_latent_attention ? AttentionKind::MLA : AttentionKind::GQA;
+  s.mlp = c.is_moe_layer(index) ? MlpKind::MoE : MlpKind::Dense;
+  s.prefix = fmt::format("decoder.layers.{}.", index);
+  return s;
+}
+
+LayerSpec mtp_layer(const ModelConfig& c, int64_t module) {
+  LayerSpec s = decoder_layer(c, c.num_layers + module);
+  s.prefix = fmt::format("mtp.layers.{}.transformer_layer.", module);
+  return s;
+}
+
+std::vector<LayerSpec> decoder_layers(const ModelConfig& c) {
+  std::vector<LayerSpec> out;
+  for (int64_t l = 0; l < c.num_layers; ++l) out.push_back(decoder_layer(c, l));
+  return out;
+}
+
+std::vector<ParamSpec> embedding_params(const ModelConfig& c) {
+  std::vector<ParamSpec> out;
+  out.push_back({"embedding.word_embeddings.weight", {c.padded_vocab_size, c.hidden_size}, ParamSplit::Column, {},
+                 ParamInit::Normal, ParamRole::Embedding, -1});
+  if (c.position_embedding_type == "learned_absolute")
+    out.push_back({"embedding.position_embeddings.weight", {c.max_position_embeddings, c.hidden_size},
+                   ParamSplit::Replicated, {}, ParamInit::Normal, ParamRole::Embedding, -1});
+  return out;
+}
+
+std::vector<ParamSpec> layer_params(const ModelConfig& c, const LayerSpec& layer) {
+  std::vector<ParamSpec> out;
+  const std::string& pre = layer.prefix;
+  const int64_t l = layer.index;
+  add_norm(out, pre + "input_layernorm", c.hidden_size, l, c);
+  if (layer.attention == AttentionKind::MLA)
+    add_mla(out, pre + "self_attention.", l, c);
+  else
+    add_gqa(out, pre + "self_attention.", l, c);
+  add_norm(out, pre + "pre_mlp_layernorm", c.hidden_size, l, c);
+  if (layer.mlp == MlpKind::MoE)
+    add_moe(out, pre + "mlp.", l, c);
+  else
+    add_mlp(out, pre + "mlp.", c.ffn_hidden_size, l, c);
+  return out;
+}
+
+std::vector<ParamSpec> head_params(const ModelConfig& c) {
+  std::vector<ParamSpec> out;
+  add_norm(out, "decoder.final_layernorm", c.hidden_size, -1, c);
+  if (c.untie_embeddings_and_output_weights)
+    out.push_back({"output_layer.weight", {c.padded_vocab_size, c.hidden_size}, ParamSplit::Column, {},
+                   ParamInit::Normal, ParamRole::OutputLayer, -1});
+  return out;
+}
+
+std::vector<ParamSpec> mtp_params(const ModelConfig& c, int64_t module) {
+  const LayerSpec layer = mtp_layer(c, module);
+  const std::string pre = fmt::format("mtp.layers.{}.", module);
+  const int64_t l = layer.index, C = c.hidden_size;
+  std::vector<ParamSpec> out;
+  add_norm(out, pre + "enorm", C, l, c);
+  add_norm(out, pre + "hnorm", C, l, c);
+  add_linear(out, pre + "eh_proj", C, 2 * C, ParamSplit::Column, {}, ParamInit::Normal, c.add_bias_linear, l);
+  for (ParamSpec& p : layer_params(c, layer)) out.push_back(std::move(p));
+  add_norm(out, pre + "final_layernorm", C, l, c);
+  return out;
+}
+
+std::vector<ParamSpec> parameter_table(const ModelConfig& c) {
+  std::vector<ParamSpec> out = embedding_params(c);
+  for (const LayerSpec& layer : decoder_layers(c))
+    for (ParamSpec& p : layer_params(c, layer)) out.push_back(std::move(p));
+  for (ParamSpec& p : head_params(c)) out.push_back(std::move(p));
+  for (int64_t k = 0; k < c.mtp_num_layers; ++k)
+    for (ParamSpec& p : mtp_params(c, k)) out.push_back(std::move(p));
+  return out;
+}
+
+int64_t count_table_parameters(const std::vector<ParamSpec>& table) {
+  int64_t n = 0;
+  for (const ParamSpec& p : table)
+    if (p.trainable()) n += p.numel();
+  return n;
+}
+
+parallel::ShardSpec shard_of(const ParamSpec& p, int tp_rank, int tp_size, int ep_rank, int ep_size) {
+  switch (p.split) {
+    case ParamSplit::Column:
+      if (tp_size > 1) return parallel::ShardSpec::split(p.shape, 0, tp_rank, tp_size, p.parts, p.name);
+      break;
+    case ParamSplit::Row:
+      if (tp_size > 1) return parallel::ShardSpec::split(p.shape, 1, tp_rank, tp_size, p.parts, p.name);
+      break;
+    case ParamSplit::Experts:
+      if (ep_size > 1) return parallel::ShardSpec::split(p.shape, 0, ep_rank, ep_size, {}, p.name);
+      break;
+    case ParamSplit::Replicated:
+      break;
+  }
+  return parallel::ShardSpec::replicated(p.shape);
+}
+
+namespace {
+
+template <typename T>
+void require(bool ok, const ModelConfig& c, const char* who, const char* key, const T& seen, const char* expected) {
+  if (!ok) fail("model config '{}': {} = {} is not supported by {} (expected {})", c.name, key, seen, who, expected);
+}
+
+}  // namespace
+
+void check_buildable(const ModelConfig& c, const char* who) {
+  require(c.num_layers > 0, c, who, "num_layers", c.num_layers, "> 0");
+  require(c.hidden_size > 0, c, who, "hidden_size", c.hidden_size, "> 0");
+  require(c.ffn_hidden_size > 0, c, who, "ffn_hidden_size", c.ffn_hidden_size, "> 0");
+  require(c.num_attention_heads > 0, c, who, "num_attention_heads", c.num_attention_heads, "> 0");
+  require(c.padded_vocab_size > 0, c, who, "padded_vocab_size", c.padded_vocab_size, "> 0 (set by the tokenizer)");
+  const int64_t groups = c.query_groups();
+  require(groups > 0 && c.num_attention_heads % groups == 0, c, who, "num_query_groups", groups,
+          "a divisor of num_attention_heads");
+  require(c.head_dim() > 0, c, who, "kv_channels", c.head_dim(), "> 0");
+  const double rot = static_cast<double>(c.head_dim()) * c.rotary_percent;
+  require(rot >= 2 && std::fabs(rot - std::round(rot)) < 1e-9 && static_cast<int64_t>(std::round(rot)) % 2 == 0, c,
+          who, "rotary_percent", c.rotary_percent, "a fraction giving an even number of rotary dims");
+  require(c.normalization == "RMSNorm", c, who, "normalization", c.normalization, "RMSNorm");
+  require(c.swiglu, c, who, "swiglu", c.swiglu, "true");
+  require(c.position_embedding_type == "rope", c, who, "position_embedding_type", c.position_embedding_type, "rope");
+  require(!c.add_bias_linear, c, who, "add_bias_linear", c.add_bias_linear, "false");
+  require(!c.add_qkv_bias, c, who, "add_qkv_bias", c.add_qkv_bias, "false");
+  require(!c.qk_layernorm, c, who, "qk_layernorm", c.qk_layernorm, "false (query/key norms are not built yet)");
+  require(!c.multi_latent_attention, c, who, "multi_latent_attention", c.multi_latent_attention,
+          "false (multi-latent attention is not built yet)");
+  require(c.mtp_num_layers == 0, c, who, "mtp_num_layers", c.mtp_num_layers,
+          "0 (multi-token prediction is not built yet)");
+  require(c.rotary_scaling_factor == 1.0, c, who, "rotary_scaling_factor", c.rotary_scaling_factor,
+          "1 (YaRN scaling belongs to DeepSeek models; Llama 3.1 uses use_rope_scaling)");
+  require(c.norm_epsilon > 0, c, who, "norm_epsilon", c.norm_epsilon, "> 0");
+  require(!c.rotary_interleaved, c, who, "rotary_interleaved", c.rotary_interleaved,
+          "false (the decoder rotates halves of each head)");
+  require(c.attention_dropout == 0.0, c, who, "attention_dropout", c.attention_dropout,
+          "0 (dropout is not implemented; Llama and MoE pretraining use none)");
+  require(c.hidden_dropout == 0.0, c, who, "hidden_dropout", c.hidden_dropout,
+          "0 (dropout is not implemented; Llama and MoE pretraining use none)");
+  require(c.vocab_size <= c.padded_vocab_size, c, who, "vocab_size", c.vocab_size,
+          "<= padded_vocab_size (the embedding rows)");
+  require(c.num_experts == 0, c, who, "num_experts", c.num_experts, "0 (MoE layers are not built yet)");
+}
+
+}  // namespace primus
