@@ -94,6 +94,17 @@ int cmd_bench(int argc, char** argv) {
   opsb->add_option("--seq", ops_seq, "sequence length")->capture_default_str();
   opsb->add_option("--mbs", ops_mbs, "micro-batch size")->capture_default_str();
 
+  // moe
+  auto* moeb = app.add_subcommand("moe", "the experts' grouped GEMMs of an MoE layer vs one dense GEMM of the same FLOPs");
+  safe::ShapeFlags moe_flags;
+  int64_t moe_seq = 2048, moe_mbs = 4;
+  moeb->add_option("--model", moe_flags.model,
+                   "MoE model: mixtral-mini | deepseek-moe-mini (the PyTorch MoE peer's shapes), a zoo name or a model "
+                   "yaml")
+      ->capture_default_str();
+  moeb->add_option("--seq", moe_seq, "sequence length")->capture_default_str();
+  moeb->add_option("--mbs", moe_mbs, "micro-batch size")->capture_default_str();
+
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   const safe::TableFormat format = safe::parse_table_format(output);
 
@@ -165,6 +176,16 @@ int cmd_bench(int argc, char** argv) {
     o.format = format;
     o.output_file = output_file;
     return safe::run_attention_bench(o);
+  }
+  if (moeb->parsed()) {
+    safe::MoeBenchOptions o;
+    o.model = safe::resolve_model(moe_flags.model.empty() ? "mixtral-mini" : moe_flags.model);
+    o.tokens = moe_seq * moe_mbs;
+    o.warmup = std::min(warmup, 5);
+    o.iters = iters;
+    o.format = format;
+    o.output_file = output_file;
+    return safe::run_moe_bench(o);
   }
   safe::OpsBenchOptions o;
   o.shape = safe::shape_from_flags(ops_flags, "llama3.2-1B");

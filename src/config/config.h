@@ -93,6 +93,15 @@ void validate(Config& cfg);
 
 Config from_json(const nlohmann::json&);  // round-trip of to_json
 
+// moe_layer_freq: an integer k (every k-th layer is MoE) or Megatron's list expression of one
+// 0/1 per layer ("([0]*3+[1]*58)"). Throws an Error naming the text when it is neither or
+// the list's length is not num_layers.
+struct MoeLayerFreq {
+  int64_t every = 1;
+  std::vector<int> pattern;  // empty: every k-th layer
+};
+MoeLayerFreq parse_moe_layer_freq(const std::string& text, int64_t num_layers);
+
 // The architecture part, for the model code and model_stats.h. The vocabulary is padded
 // to a multiple of make_vocab_size_divisible_by * tensor_model_parallel_size.
 ModelConfig model_config(const Config&);

@@ -1,6 +1,9 @@
 // model_config(): the architecture keys of a resolved Config -> ModelConfig.
 #include <fmt/format.h>
 
+#include <algorithm>
+#include <cctype>
+
 #include "config/config.h"
 #include "core/error.h"
 
@@ -18,7 +21,70 @@ int64_t required(const Config& c, const std::string& key) {
   return c.i(key);
 }
 
+// Megatron's list expression: terms "[a, b, ...]" optionally times an integer, joined by "+",
+// optionally in parentheses.
+std::vector<int> parse_layer_list(const std::string& text) {
+  std::string t;
+  for (char ch : text)
+    if (!std::isspace(static_cast<unsigned char>(ch))) t += ch;
+  while (t.size() >= 2 && t.front() == '(' && t.back() == ')') t = t.substr(1, t.size() - 2);
+  std::vector<int> out;
+  size_t i = 0;
+  auto bad = [&](const char* why) {
+    throw Error(fmt::format("'{}' is not a layer list: {} (write e.g. \"([0]*3+[1]*58)\" or \"[0,1,1]\")", text, why));
+  };
+  auto number = [&] {
+    size_t j = i;
+    while (j < t.size() && std::isdigit(static_cast<unsigned char>(t[j]))) ++j;
+    if (j == i) bad("a number was expected");
+    const int64_t v = std::stoll(t.substr(i, j - i));
+    i = j;
+    return v;
+  };
+  while (i < t.size()) {
+    if (t[i] != '[') bad("a '[' was expected");
+    ++i;
+    std::vector<int> term;
+    while (i < t.size() && t[i] != ']') {
+      const int64_t v = number();
+      if (v != 0 && v != 1) bad("entries are 0 (dense) or 1 (MoE)");
+      term.push_back(static_cast<int>(v));
+      if (i < t.size() && t[i] == ',') ++i;
+    }
+    if (i >= t.size()) bad("a ']' is missing");
+    ++i;
+    int64_t repeat = 1;
+    if (i < t.size() && t[i] == '*') {
+      ++i;
+      repeat = number();
+    }
+    for (int64_t r = 0; r < repeat; ++r) out.insert(out.end(), term.begin(), term.end());
+    if (i < t.size()) {
+      if (t[i] != '+') bad("terms are joined by '+'");
+      ++i;
+    }
+  }
+  return out;
+}
+
 }  // namespace
+
+MoeLayerFreq parse_moe_layer_freq(const std::string& text, int64_t num_layers) {
+  MoeLayerFreq f;
+  std::string t;
+  for (char ch : text)
+    if (!std::isspace(static_cast<unsigned char>(ch))) t += ch;
+  if (!t.empty() && std::all_of(t.begin(), t.end(), [](char ch) { return std::isdigit(static_cast<unsigned char>(ch)); })) {
+    f.every = std::stoll(t);
+    if (f.every < 1) throw Error(fmt::format("'{}' must be >= 1 (every k-th layer is an MoE layer)", text));
+    return f;
+  }
+  f.pattern = parse_layer_list(text);
+  if (static_cast<int64_t>(f.pattern.size()) != num_layers)
+    throw Error(fmt::format("'{}' lists {} layers but the model has num_layers = {}", text, f.pattern.size(),
+                            num_layers));
+  return f;
+}
 
 ModelConfig model_config(const Config& c) {
   ModelConfig m;
@@ -65,7 +131,9 @@ ModelConfig model_config(const Config& c) {
   m.moe_router_topk = c.i("moe_router_topk");
   m.moe_ffn_hidden_size = m.num_experts > 0 ? int_or(c, "moe_ffn_hidden_size", m.ffn_hidden_size) : 0;
   m.moe_shared_expert_intermediate_size = int_or(c, "moe_shared_expert_intermediate_size", 0);
-  m.moe_layer_freq = c.i("moe_layer_freq");
+  const MoeLayerFreq freq = parse_moe_layer_freq(c.s("moe_layer_freq"), m.num_layers);
+  m.moe_layer_freq = freq.every;
+  m.moe_layer_pattern = freq.pattern;
   m.moe_first_k_dense_replace = c.i("moe_first_k_dense_replace");
   m.moe_router_score_function = c.s("moe_router_score_function");
   m.moe_router_enable_expert_bias = c.b("moe_router_enable_expert_bias");
@@ -76,6 +144,10 @@ ModelConfig model_config(const Config& c) {
   m.moe_router_pre_softmax = c.b("moe_router_pre_softmax");
   m.moe_router_load_balancing_type = c.s("moe_router_load_balancing_type");
   m.moe_router_bias_update_rate = c.f("moe_router_bias_update_rate");
+  m.moe_z_loss_coeff = float_or(c, "moe_z_loss_coeff", 0.0);
+  m.moe_expert_capacity_factor = float_or(c, "moe_expert_capacity_factor", 0.0);
+  m.moe_token_drop_policy = c.s("moe_token_drop_policy");
+  m.moe_pad_expert_input_to_capacity = c.b("moe_pad_expert_input_to_capacity");
 
   m.multi_latent_attention = c.b("multi_latent_attention");
   m.q_lora_rank = int_or(c, "q_lora_rank", 0);

@@ -65,7 +65,9 @@ std::vector<OptionSpec> model_options() {
   t.opt_integer("moe_shared_expert_intermediate_size",
                 "total inner size of the always-on shared experts (DeepSeek: n_shared * moe_ffn_hidden_size)")
       .positive();
-  t.integer("moe_layer_freq", 1, "every k-th layer is an MoE layer (1: all of them)").positive();
+  t.text("moe_layer_freq", "1",
+         "which layers are MoE: every k-th (an integer k), or one 0/1 per layer as a list expression, e.g. "
+         "\"([0]*3+[1]*58)\" or \"[0,1,1,1]\"");
   t.integer("moe_first_k_dense_replace", 0, "Primus: the first k layers stay dense (DeepSeek first_k_dense_replace)")
       .non_negative();
   t.choice("moe_router_score_function", "softmax", {"softmax", "sigmoid"}, "router score function");
@@ -78,19 +80,26 @@ std::vector<OptionSpec> model_options() {
   t.opt_integer("moe_router_group_topk", "group-limited routing: groups a token may use (DeepSeek topk_group)")
       .positive();
   t.flag("moe_router_enable_expert_bias", false,
-         "aux-loss-free balancing: a per-expert bias used only for top-k selection (DeepSeek-V3)");
-  t.real("moe_router_bias_update_rate", 1e-3, "step of the expert-bias update").non_negative();
+         "aux-loss-free balancing: a per-expert bias used only for top-k selection (DeepSeek-V3; sigmoid scores)");
+  t.real("moe_router_bias_update_rate", 1e-3, "step of the expert-bias update after each iteration").non_negative();
   t.choice("moe_router_load_balancing_type", "aux_loss", {"aux_loss", "seq_aux_loss", "sinkhorn", "none"},
-           "load-balancing method");
+           "load-balancing loss: over the micro-batch, per sequence, or none (sinkhorn is not built)");
   t.real("moe_aux_loss_coeff", 0.0, "weight of the load-balancing loss").non_negative();
   t.opt_real("moe_z_loss_coeff", "weight of the router z-loss (null: off)").non_negative();
+  t.opt_choice("moe_router_dtype", {"fp32", "fp64"},
+               "router logits and routing dtype (Primus computes them in fp32: null and fp32; fp64 is refused)");
   t.opt_real("moe_expert_capacity_factor", "expert capacity as a multiple of the even share (null: no token dropping)")
       .positive();
-  t.flag("moe_grouped_gemm", false, "run all local experts as one grouped GEMM");
+  t.choice("moe_token_drop_policy", "probs", {"probs", "position"},
+           "with a capacity: drop the lowest-probability tokens of a full expert, or the latest ones");
+  t.flag("moe_pad_expert_input_to_capacity", false, "pad every expert's input to its capacity (needs a capacity)");
+  t.flag("moe_grouped_gemm", false,
+         "the experts as one grouped GEMM launch (CUDA); false: one GEMM per expert (the same math)");
   t.choice("moe_token_dispatcher_type", "allgather", {"allgather", "alltoall", "flex"},
-           "how tokens reach experts across expert-parallel ranks");
-  t.flag("moe_permute_fusion", false, "fused token permute/unpermute kernels");
-  t.flag("moe_shared_expert_overlap", false, "overlap the shared expert with token dispatch");
+           "how tokens reach experts across expert-parallel ranks (one rank: a local permutation; flex is not built)");
+  t.flag("moe_permute_fusion", true, "fused token permute/unpermute kernels (Primus has only these: false is refused)");
+  t.flag("moe_shared_expert_overlap", false,
+         "overlap the shared expert with the expert-parallel token exchange (not built: true is refused)");
 
   t.group("multi-latent attention");
   t.flag("multi_latent_attention", false, "DeepSeek multi-latent attention (compressed key/value latents)");

@@ -226,6 +226,11 @@ void validate(Config& cfg) {
                              ck.at("position_embedding_type")));
     ck.require(cfg.i("moe_first_k_dense_replace") <= layers,
                fmt::format("{} exceeds {}", ck.at("moe_first_k_dense_replace"), ck.at("num_layers")));
+    try {
+      (void)parse_moe_layer_freq(cfg.s("moe_layer_freq"), layers);
+    } catch (const Error& e) {
+      ck.require(false, fmt::format("{}: {}", ck.at("moe_layer_freq"), e.what()));
+    }
 
     // ---- recompute --------------------------------------------------------------
     const auto granularity = cfg.opt_s("recompute_granularity");
@@ -262,6 +267,10 @@ void validate(Config& cfg) {
                fmt::format("expert_model_parallel_size {} x expert tensor-parallel size {} must divide data-parallel "
                            "x context-parallel x tensor-parallel ranks = {} x {} x {} ({}); raise the world size",
                            ep, etp, dp, cp, tp, cfg.source("expert_model_parallel_size").str()));
+    if (cfg.b("moe_pad_expert_input_to_capacity"))
+      ck.require(cfg.has("moe_expert_capacity_factor"),
+                 fmt::format("{} needs moe_expert_capacity_factor (the capacity it pads to)",
+                             ck.at("moe_pad_expert_input_to_capacity")));
     const bool groups = cfg.has("moe_router_num_groups"), group_topk = cfg.has("moe_router_group_topk");
     ck.require(groups == group_topk, fmt::format("group-limited routing needs both {} and {}",
                                                  ck.at("moe_router_num_groups"), ck.at("moe_router_group_topk")));

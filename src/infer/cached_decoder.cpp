@@ -25,6 +25,7 @@ std::vector<std::pair<std::string, Shape>> decoder_weight_shapes(const ModelConf
 NamedTensorList weights_of(DecoderModel& model) {
   NamedTensorList out;
   for (NamedTensor* p : model.parameters()) out.emplace_back(p->name, p->value);
+  for (NamedTensor* b : model.buffers()) out.emplace_back(b->name, b->value);
   return out;
 }
 

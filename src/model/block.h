@@ -54,6 +54,9 @@ struct LayerEnv {
   // micro-batches in the global batch). Evaluation and generation leave it false.
   bool training = false;
   float aux_loss_weight = 0.f;
+  // A forward re-run by full recompute inside the backward: the same values, but MoE blocks
+  // do not count its tokens and losses a second time.
+  bool recomputing = false;
 };
 
 // What a block keeps for its backward (each block extends it with its tensors).

@@ -163,12 +163,18 @@ DecoderModel::DecoderModel(const ModelConfig& config, ops::Context& ctx, const D
     p->shard = shard_of(spec, tp.rank(), tp.size());
     p->name = spec.name;
     const Shape shape = p->shard.local_shape();
-    p->value = Tensor::empty(shape, options_.param_dtype, ctx_.device());
-    p->grad = Tensor::zeros(shape, DType::F32, ctx_.device());
-    p->no_weight_decay = spec.no_weight_decay();
-    params_.push_back(std::move(p));
-    specs_.push_back(spec);
-    return params_.back().get();
+    NamedTensor* made = p.get();
+    if (spec.trainable()) {
+      p->value = Tensor::empty(shape, options_.param_dtype, ctx_.device());
+      p->grad = Tensor::zeros(shape, DType::F32, ctx_.device());
+      p->no_weight_decay = spec.no_weight_decay();
+      params_.push_back(std::move(p));
+    } else {  // a buffer (the expert bias): fp32, no grad
+      p->value = Tensor::empty(shape, DType::F32, ctx_.device());
+      buffers_.push_back(std::move(p));
+    }
+    specs_.emplace_back(made, spec);
+    return made;
   };
   const std::vector<ParamSpec> embedding = embedding_params(config_);
   if (stage.pre_process) embedding_ = make(embedding.front());
@@ -229,6 +235,19 @@ std::vector<NamedTensor*> DecoderModel::parameters() {
   return out;
 }
 
+std::vector<NamedTensor*> DecoderModel::buffers() {
+  std::vector<NamedTensor*> out;
+  for (auto& b : buffers_) out.push_back(b.get());
+  return out;
+}
+
+std::vector<MoeMlp*> DecoderModel::moe_layers() {
+  std::vector<MoeMlp*> out;
+  for (DecoderLayer& layer : layers_)
+    if (auto* moe = dynamic_cast<MoeMlp*>(&layer.mlp())) out.push_back(moe);
+  return out;
+}
+
 NamedTensor& DecoderModel::parameter(const std::string& name) {
   std::vector<std::string> names;
   for (auto& p : params_) {
@@ -255,9 +274,9 @@ int64_t DecoderModel::num_parameters() const {
 void DecoderModel::init_weights(uint64_t seed) {
   const float std = static_cast<float>(config_.init_method_std);
   const float out_std = std / std::sqrt(2.f * static_cast<float>(config_.num_layers));
-  for (size_t i = 0; i < params_.size(); ++i) {
-    NamedTensor& p = *params_[i];
-    const ParamInit init = specs_[i].init;
+  for (auto& [param, spec] : specs_) {
+    NamedTensor& p = *param;
+    const ParamInit init = spec.init;
     if (init == ParamInit::Ones || init == ParamInit::Zeros) {
       ops::fill(ctx_, p.value, init == ParamInit::Ones ? 1.f : 0.f);
       continue;
@@ -274,11 +293,7 @@ void DecoderModel::init_weights(uint64_t seed) {
     }
     Tensor host = Tensor::empty(p.value.shape(), DType::F32);
     fill_normal_parallel(host, CounterRng(seed, stream_id(p.name)), sigma, parallel::shard_runs(p.shard));
-    if (p.value.dtype() == DType::F32) {
-      p.value.copy_from(host);
-    } else {
-      ops::copy_cast(ctx_, p.value, host);
-    }
+    p.value.copy_from(host);  // fp32 on the CPU
   }
 }
 
@@ -344,7 +359,8 @@ void DecoderModel::classifier(const Batch& batch, const Tensor& hidden, Tensor& 
 }
 
 Tensor DecoderModel::stage_forward(StageState& st, const Tensor& tokens, const Tensor* labels, const Tensor* loss_mask,
-                                 const Tensor* input_hidden, float loss_weight, bool for_backward) {
+                                   const Tensor* input_hidden, float loss_weight, bool for_backward,
+                                   float aux_loss_weight) {
   const bool pre = pre_process(), post = post_process();
   PRIMUS_CHECK(!post || (labels != nullptr && loss_mask != nullptr),
                "DecoderModel::stage_forward: the last pipeline stage computes the loss and needs labels and loss_mask");
@@ -362,6 +378,8 @@ Tensor DecoderModel::stage_forward(StageState& st, const Tensor& tokens, const T
   st.dims_ = dims_for(batch.B, batch.T);
   const TokenDims& d = st.dims_;
   LayerEnv env = make_env(d, arena);
+  env.training = for_backward;
+  env.aux_loss_weight = st.aux_loss_weight_ = for_backward ? aux_loss_weight : 0.f;
   const DType dt = options_.param_dtype;
   const int64_t R = d.residual_rows();
   st.xs_.assign(1, arena.alloc({R, d.C}, dt));
@@ -407,6 +425,8 @@ Tensor DecoderModel::stage_backward(StageState& st, const Tensor* d_output) {
   Arena& arena = st.arena_;
   const TokenDims& d = st.dims_;
   LayerEnv env = make_env(d, arena);
+  env.training = true;  // a full-recompute layer re-runs its training forward here
+  env.aux_loss_weight = st.aux_loss_weight_;
   env.overwrite_linear_grads = overwrite_pending_;
   overwrite_pending_ = false;  // later micro-batches accumulate
   const DType dt = options_.param_dtype;
@@ -439,9 +459,10 @@ Tensor DecoderModel::stage_backward(StageState& st, const Tensor* d_output) {
 }
 
 DecoderModel::StepResult DecoderModel::forward_backward(const Tensor& tokens, const Tensor& labels,
-                                                    const Tensor& loss_mask, float loss_weight) {
+                                                        const Tensor& loss_mask, float loss_weight,
+                                                        float aux_loss_weight) {
   require_whole_model("forward_backward");
-  stage_forward(*own_, tokens, &labels, &loss_mask, nullptr, loss_weight, true);
+  stage_forward(*own_, tokens, &labels, &loss_mask, nullptr, loss_weight, true, aux_loss_weight);
   stage_backward(*own_, nullptr);
   return own_->result();
 }

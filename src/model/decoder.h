@@ -40,6 +40,7 @@
 
 #include "core/arena.h"
 #include "model/decoder_layer.h"
+#include "model/mlp_moe.h"
 #include "model/model_config.h"
 #include "model/named_tensor.h"
 #include "ops/ops.h"
@@ -109,6 +110,11 @@ class DecoderModel {
   // tied embedding comes last, where the output layer would be).
   std::vector<NamedTensor*> parameters();
   NamedTensor& parameter(const std::string& name);  // throws with "did you mean"
+  // Tensors of the model that are not trained by the optimizer but saved with it (the MoE
+  // expert bias, fp32): no grad, updated by their own rule.
+  std::vector<NamedTensor*> buffers();
+  // The MoE blocks of the held layers, in layer order.
+  std::vector<MoeMlp*> moe_layers();
   int64_t num_parameters() const;  // elements held by this rank (the whole model at tp 1)
 
   const parallel::TensorParallel& tensor_parallel() const { return options_.tensor_parallel; }
@@ -159,6 +165,7 @@ class DecoderModel {
     std::vector<LayerActivations> acts_;        // per held layer
     Tensor final_rstd_, dhidden_;               // post_process: final norm stats, d normed hidden
     StepResult result_;
+    float aux_loss_weight_ = 0.f;               // the forward's, for a backward that re-runs it
     bool backward_pending_ = false;             // forward kept activations for a backward
   };
 
@@ -178,8 +185,11 @@ class DecoderModel {
   // stage_forward; on post_process stages returns an empty Tensor and the loss is in
   // state.result() (with for_backward, the output layer's grad is accumulated here and d
   // hidden kept for stage_backward, as forward_backward does).
+  // aux_loss_weight: the weight of the MoE layers' auxiliary losses in the objective (loss
+  // scale / micro-batches of the global batch; see LayerEnv).
   Tensor stage_forward(StageState& state, const Tensor& tokens, const Tensor* labels, const Tensor* loss_mask,
-                       const Tensor* input_hidden, float loss_weight, bool for_backward = true);
+                       const Tensor* input_hidden, float loss_weight, bool for_backward = true,
+                       float aux_loss_weight = 0.f);
   // Backward of the micro-batch whose forward filled `state`. d_output (R,C): d loss / d
   // output hidden, from the next stage (null on post_process stages). Accumulates grads
   // (calling grad_ready) and returns d loss / d input hidden (R,C) to send to the previous
@@ -190,8 +200,9 @@ class DecoderModel {
   // fp32 (any device; a negative label is ignored like mask 0). Every parameter's grad
   // ACCUMULATES d(loss_weight * sum_i mask_i * loss_i) / d param; e.g. loss_weight =
   // 1 / (loss tokens in the global batch) gives the gradient of the mean loss.
+  // aux_loss_weight as stage_forward's (0: the MoE auxiliary losses shape no gradient).
   StepResult forward_backward(const Tensor& tokens, const Tensor& labels, const Tensor& loss_mask,
-                              float loss_weight);
+                              float loss_weight, float aux_loss_weight = 0.f);
   StepResult forward_only(const Tensor& tokens, const Tensor& labels, const Tensor& loss_mask);
   // Logits (B,T,V) fp32 on CPU, for tests and generation (the full vocabulary: gathered
   // over tp, a collective then).
@@ -227,7 +238,8 @@ class DecoderModel {
   ops::Context& ctx_;
   DecoderOptions options_;
   std::vector<std::unique_ptr<NamedTensor>> params_;
-  std::vector<ParamSpec> specs_;  // specs_[i] describes params_[i] (init, role)
+  std::vector<std::unique_ptr<NamedTensor>> buffers_;
+  std::vector<std::pair<NamedTensor*, ParamSpec>> specs_;  // every parameter and buffer, in creation order
   NamedTensor* embedding_ = nullptr;
   NamedTensor* final_norm_ = nullptr;
   NamedTensor* output_ = nullptr;  // null when tied to the embedding

@@ -1,6 +1,7 @@
 #include "model/decoder_layer.h"
 
 #include "model/mlp_dense.h"
+#include "model/mlp_moe.h"
 
 namespace primus {
 
@@ -40,8 +41,10 @@ void DecoderLayer::backward(LayerEnv& env, LayerActivations& acts, Tensor& dres,
     const Arena::Mark start = A.mark();
     const Tensor x = acts.x;
     Tensor y = A.alloc({env.dims.residual_rows(), env.dims.C}, x.dtype());
-    forward(env, x, y, acts, Recompute::None);
-    backward(env, acts, dres, Recompute::None);
+    LayerEnv again = env;
+    again.recomputing = true;
+    forward(again, x, y, acts, Recompute::None);
+    backward(again, acts, dres, Recompute::None);
     A.release(start);
     acts = LayerActivations{};
     acts.x = x;
@@ -61,10 +64,22 @@ DecoderLayer make_decoder_layer(const ModelConfig& c, const LayerSpec& spec, con
                 lookup(pre + "self_attention.linear_proj.weight")},
       c.num_attention_heads / tp_size, c.query_groups() / tp_size, c.head_dim());
   std::unique_ptr<Block> mlp;
-  PRIMUS_CHECK(spec.mlp == MlpKind::Dense, "layer {}: MoE layers are not built yet", spec.index);
-  mlp = std::make_unique<DenseMlp>(MlpParams{lookup(pre + "pre_mlp_layernorm.weight"), lookup(pre + "mlp.linear_fc1.weight"),
-                                             lookup(pre + "mlp.linear_fc2.weight")},
-                                   c.ffn_hidden_size / tp_size);
+  NamedTensor* mlp_norm = lookup(pre + "pre_mlp_layernorm.weight");
+  if (spec.mlp == MlpKind::MoE) {
+    const std::string m = pre + "mlp.";
+    const bool shared = c.moe_shared_expert_intermediate_size > 0;
+    mlp = std::make_unique<MoeMlp>(
+        MoeParams{mlp_norm, lookup(m + "router.weight"),
+                  c.moe_router_enable_expert_bias ? lookup(m + "router.expert_bias") : nullptr,
+                  lookup(m + "experts.linear_fc1.weight"), lookup(m + "experts.linear_fc2.weight"),
+                  shared ? lookup(m + "shared_experts.linear_fc1.weight") : nullptr,
+                  shared ? lookup(m + "shared_experts.linear_fc2.weight") : nullptr},
+        c, spec.index);
+  } else {
+    mlp = std::make_unique<DenseMlp>(
+        MlpParams{mlp_norm, lookup(pre + "mlp.linear_fc1.weight"), lookup(pre + "mlp.linear_fc2.weight")},
+        c.ffn_hidden_size / tp_size);
+  }
   return DecoderLayer(spec, std::move(attention), std::move(mlp));
 }
 

@@ -209,6 +209,36 @@ void require(bool ok, const ModelConfig& c, const char* who, const char* key, co
   if (!ok) fail("model config '{}': {} = {} is not supported by {} (expected {})", c.name, key, seen, who, expected);
 }
 
+// The MoE options MoeMlp builds (model/mlp_moe.h).
+void check_moe(const ModelConfig& c, const char* who) {
+  require(c.moe_router_topk >= 1 && c.moe_router_topk <= c.num_experts, c, who, "moe_router_topk", c.moe_router_topk,
+          "1..num_experts");
+  require(c.num_experts <= 256, c, who, "num_experts", c.num_experts, "<= 256 (the routing kernels' limit)");
+  require(c.moe_ffn_hidden_size > 0, c, who, "moe_ffn_hidden_size", c.moe_ffn_hidden_size, "> 0");
+  require(c.moe_router_score_function == "softmax" || c.moe_router_score_function == "sigmoid", c, who,
+          "moe_router_score_function", c.moe_router_score_function, "softmax or sigmoid");
+  require(!c.moe_router_enable_expert_bias || c.moe_router_score_function == "sigmoid", c, who,
+          "moe_router_enable_expert_bias", c.moe_router_enable_expert_bias,
+          "false with softmax scores (the expert bias acts on sigmoid scores, as in DeepSeek-V3)");
+  require(!c.moe_router_pre_softmax || c.moe_router_score_function == "softmax", c, who, "moe_router_pre_softmax",
+          c.moe_router_pre_softmax, "false with sigmoid scores");
+  const std::string& lb = c.moe_router_load_balancing_type;
+  require(lb == "aux_loss" || lb == "seq_aux_loss" || lb == "none", c, who, "moe_router_load_balancing_type", lb,
+          "aux_loss, seq_aux_loss or none (sinkhorn is not built)");
+  if (c.moe_router_num_groups > 0) {
+    const int64_t G = c.moe_router_num_groups, gk = c.moe_router_group_topk;
+    require(c.num_experts % G == 0, c, who, "moe_router_num_groups", G, "a divisor of num_experts");
+    require(gk >= 1 && gk <= G && c.moe_router_topk % gk == 0 && c.moe_router_topk / gk <= c.num_experts / G, c, who,
+            "moe_router_group_topk", gk,
+            "<= moe_router_num_groups, dividing moe_router_topk, with moe_router_topk / it experts per group");
+  }
+  require(c.moe_token_drop_policy == "probs" || c.moe_token_drop_policy == "position", c, who, "moe_token_drop_policy",
+          c.moe_token_drop_policy, "probs or position");
+  require(!c.moe_pad_expert_input_to_capacity || c.moe_expert_capacity_factor > 0, c, who,
+          "moe_pad_expert_input_to_capacity", c.moe_pad_expert_input_to_capacity,
+          "false without moe_expert_capacity_factor (padding is to the capacity)");
+}
+
 }  // namespace
 
 void check_buildable(const ModelConfig& c, const char* who) {
@@ -245,7 +275,7 @@ void check_buildable(const ModelConfig& c, const char* who) {
           "0 (dropout is not implemented; Llama and MoE pretraining use none)");
   require(c.vocab_size <= c.padded_vocab_size, c, who, "vocab_size", c.vocab_size,
           "<= padded_vocab_size (the embedding rows)");
-  require(c.num_experts == 0, c, who, "num_experts", c.num_experts, "0 (MoE layers are not built yet)");
+  if (c.num_experts > 0) check_moe(c, who);
 }
 
 }  // namespace primus

@@ -136,6 +136,79 @@ class Backend {
   virtual void cross_entropy_shard_finish(Tensor& losses, Tensor* logits_to_grad, const Tensor& gathered_stats,
                                           const Tensor& targets, const Tensor& dloss);
 
+  // ---- mixture of experts (the layer: model/mlp_moe.h; docs/MOE.md) ------------------
+  // Shapes: N tokens, E experts, k = topk, G groups of N/G consecutive tokens (sequences for
+  // the sequence-level aux loss, else 1), M rows of the expert-sorted buffer.
+  //
+  // Router top-k (Megatron's topk_routing_with_score_function), per token t, logits z (E):
+  //   softmax, pre_softmax:  s = softmax(z), i = topk(s), p = s[i]
+  //   softmax:               i = topk(z), p = softmax(z[i])
+  //   sigmoid:               s = sigmoid(z), i = topk(s + bias), p = s[i] / (sum s[i] + 1e-20)
+  //                          (not normalised when k = 1)
+  // then p *= scaling. Group-limited routing (num_groups > 0): the experts form num_groups
+  // equal groups scored by the sum of their top (k / group_topk) selection scores; only the
+  // best group_topk groups are eligible. Ties go to the lower index; indices are in order of
+  // descending selection score.
+  struct MoeRouting {
+    int64_t topk = 1;
+    bool sigmoid = false;       // score function: sigmoid, else softmax
+    bool pre_softmax = false;   // softmax over all experts before top-k
+    int64_t num_groups = 0, group_topk = 0;
+    float scaling = 1.f;
+  };
+  // logits (N,E) fp32, bias (E) fp32 or undefined (selection only) -> probs (N,k) fp32,
+  // indices (N,k) int32.
+  virtual void moe_topk_forward(Tensor& probs, Tensor& indices, const Tensor& logits, const Tensor& bias,
+                                const MoeRouting& r) = 0;
+  // d_logits (N,E) fp32 = (d probs / d logits)^T d_probs (N,k) at the chosen indices (written).
+  virtual void moe_topk_backward(Tensor& d_logits, const Tensor& d_probs, const Tensor& logits,
+                                 const Tensor& indices, const MoeRouting& r) = 0;
+  // Load-balancing statistics (Megatron's compute_routing_scores_for_aux_loss): per token the
+  // scores over ALL experts, s = softmax(z) or sigmoid(z) / (sum + 1e-20), and its own top-k
+  // (no groups, no bias). Written:
+  //   score_sums (G,E) fp32 = sum over the tokens of group g of s
+  //   counts (G,E) fp32     = how many tokens of group g have expert i in that top-k
+  //   lse_sq (1) fp32       = sum over all tokens of logsumexp(z)^2 (the z-loss)
+  // Reductions in a fixed order: the results are deterministic.
+  virtual void moe_aux_stats(Tensor& score_sums, Tensor& counts, Tensor& lse_sq, const Tensor& logits,
+                             int64_t topk, bool sigmoid) = 0;
+  // d_logits (N,E) fp32 += d/dz of sum_t sum_i score_grad[g(t), i] s[t,i]   (score_grad (G,E))
+  //                       + z_weight * sum_t logsumexp(z_t)^2.
+  virtual void moe_aux_backward(Tensor& d_logits, const Tensor& logits, const Tensor& score_grad, float z_weight,
+                                bool sigmoid) = 0;
+  // Where each (token, slot) goes in the expert-sorted buffer: rows grouped by expert 0..E-1,
+  // tokens in order within an expert. capacity < 0: every pair is kept. Else each expert keeps
+  // at most `capacity` of its tokens: the highest probs (drop_by_probs; ties: lower token) or
+  // the first ones; with pad, every expert gets exactly `capacity` rows (zero rows after its
+  // tokens). Written:
+  //   row_of (N,k) int32          the pair's row, -1 when dropped
+  //   pair_of_row (M) int32       t*k + j of the pair a row holds, -1 for a padding row (only
+  //                               the first sum(tokens_per_expert) rows are written)
+  //   tokens_per_expert (E) int32 rows of each expert
+  virtual void moe_dispatch_plan(Tensor& row_of, Tensor& pair_of_row, Tensor& tokens_per_expert,
+                                 const Tensor& indices, const Tensor& probs, int64_t capacity, bool drop_by_probs,
+                                 bool pad) = 0;
+  // x_perm (M,C) row r = x[pair_of_row[r] / k], or zeros for a padding row.
+  virtual void moe_permute(Tensor& x_perm, const Tensor& x, const Tensor& pair_of_row, int64_t topk) = 0;
+  // dx (N,C) += sum_j d_x_perm[row_of[t,j]] over the kept slots.
+  virtual void moe_permute_backward(Tensor& dx, const Tensor& d_x_perm, const Tensor& row_of) = 0;
+  // y (N,C) += sum_j probs[t,j] y_perm[row_of[t,j]] over the kept slots (fp32 sum per row).
+  virtual void moe_unpermute(Tensor& y, const Tensor& y_perm, const Tensor& row_of, const Tensor& probs) = 0;
+  // Written: d_y_perm (M,C) row r = probs[pair] * dy[token of pair] (zeros for padding rows),
+  // d_probs (N,k) = dy[t] . y_perm[row_of[t,j]] (0 when dropped).
+  virtual void moe_unpermute_backward(Tensor& d_y_perm, Tensor& d_probs, const Tensor& dy, const Tensor& y_perm,
+                                      const Tensor& row_of, const Tensor& pair_of_row, const Tensor& probs) = 0;
+  // Grouped GEMM of the experts: rows [o_e, o_e + rows[e]) of x and y belong to expert e
+  // (o_e = sum of the rows before it), w (E, out, in):
+  //   forward  y (M,out) = x (M,in) @ w[e]^T per expert
+  //   backward dx (M,in) = dy @ w[e] (skipped when dx is undefined);
+  //            dw[e] (out,in) fp32 += dy_e^T @ x_e, or = with !accumulate (an expert without rows
+  //            then gets zeros). Rows past sum(rows) are not read or written.
+  // Default: one matmul per expert; a device backend may run one grouped launch.
+  virtual void grouped_linear_forward(Tensor& y, const Tensor& x, const Tensor& w, const std::vector<int64_t>& rows);
+  virtual void grouped_linear_backward(Tensor& dx, Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+                                       const std::vector<int64_t>& rows, bool accumulate);
+
   // ---- optimizer -------------------------------------------------------------------
   virtual void adamw_step(std::vector<AdamWTensor>& params, const AdamWParams& p) = 0;
   // sum over tensors of sum(x^2) in fp64 (grad norm, params norm); NaN/Inf propagate.

@@ -2,6 +2,7 @@
 // names the op, the tensor, what was seen and what was expected), then the backend call.
 #include "ops/ops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numbers>
 
@@ -417,6 +418,192 @@ void cross_entropy_shard_finish(Context& ctx, Tensor& losses, Tensor* logits_to_
 }
 
 // ---- optimizer -------------------------------------------------------------------------
+
+// ---- mixture of experts ---------------------------------------------------------------
+
+namespace {
+
+void check_routing(const Context& ctx, const Tensor& logits, const MoeRouting& r, const char* op) {
+  arg_ndim(ctx, logits, 2, op, "logits");
+  dtype_is(logits, DType::F32, op, "logits");
+  const int64_t E = logits.size(1);
+  PRIMUS_CHECK(r.topk >= 1 && r.topk <= E && r.topk <= 256, "{}: top-k {} must be in [1, min(num_experts {}, 256)]",
+               op, r.topk, E);
+  if (r.num_groups > 0)
+    PRIMUS_CHECK(E % r.num_groups == 0 && r.group_topk >= 1 && r.group_topk <= r.num_groups &&
+                     r.topk % r.group_topk == 0 && r.topk / r.group_topk <= E / r.num_groups,
+                 "{}: group-limited routing of top-{} over {} experts in {} groups, {} groups per token does not fit "
+                 "(groups must divide the experts, group_topk the top-k, and each chosen group must hold top-k / "
+                 "group_topk experts)",
+                 op, r.topk, E, r.num_groups, r.group_topk);
+}
+
+void check_pairs(const Context& ctx, const Tensor& t, int64_t N, int64_t k, DType d, const char* op, const char* name) {
+  arg_shape(ctx, t, {N, k}, op, name);
+  dtype_is(t, d, op, name);
+}
+
+}  // namespace
+
+void moe_topk_forward(Context& ctx, Tensor& probs, Tensor& indices, const Tensor& logits, const Tensor& bias,
+                      const MoeRouting& r) {
+  check_routing(ctx, logits, r, "moe_topk_forward");
+  const int64_t N = logits.size(0), E = logits.size(1);
+  check_pairs(ctx, probs, N, r.topk, DType::F32, "moe_topk_forward", "probs");
+  check_pairs(ctx, indices, N, r.topk, DType::I32, "moe_topk_forward", "indices");
+  if (bias.defined()) {
+    arg_shape(ctx, bias, {E}, "moe_topk_forward", "bias");
+    dtype_is(bias, DType::F32, "moe_topk_forward", "bias");
+    PRIMUS_CHECK(r.sigmoid, "moe_topk_forward: an expert bias needs sigmoid scores (Megatron applies it there only)");
+  }
+  ctx.backend().moe_topk_forward(probs, indices, logits, bias, r);
+}
+
+void moe_topk_backward(Context& ctx, Tensor& d_logits, const Tensor& d_probs, const Tensor& logits,
+                       const Tensor& indices, const MoeRouting& r) {
+  check_routing(ctx, logits, r, "moe_topk_backward");
+  const int64_t N = logits.size(0);
+  arg_shape(ctx, d_logits, logits.shape(), "moe_topk_backward", "d_logits");
+  dtype_is(d_logits, DType::F32, "moe_topk_backward", "d_logits");
+  check_pairs(ctx, d_probs, N, r.topk, DType::F32, "moe_topk_backward", "d_probs");
+  check_pairs(ctx, indices, N, r.topk, DType::I32, "moe_topk_backward", "indices");
+  ctx.backend().moe_topk_backward(d_logits, d_probs, logits, indices, r);
+}
+
+void moe_aux_stats(Context& ctx, Tensor& score_sums, Tensor& counts, Tensor& lse_sq, const Tensor& logits,
+                   int64_t topk, bool sigmoid) {
+  arg_ndim(ctx, logits, 2, "moe_aux_stats", "logits");
+  dtype_is(logits, DType::F32, "moe_aux_stats", "logits");
+  const int64_t N = logits.size(0), E = logits.size(1);
+  arg_ndim(ctx, score_sums, 2, "moe_aux_stats", "score_sums");
+  const int64_t G = score_sums.size(0);
+  PRIMUS_CHECK(G >= 1 && N % G == 0 && score_sums.size(1) == E, "moe_aux_stats: score_sums {} must be (G, {}) with G "
+               "dividing the {} tokens", score_sums.describe(), E, N);
+  arg_shape(ctx, counts, score_sums.shape(), "moe_aux_stats", "counts");
+  arg_shape(ctx, lse_sq, {1}, "moe_aux_stats", "lse_sq");
+  for (const Tensor* t : {&score_sums, &counts, &lse_sq}) dtype_is(*t, DType::F32, "moe_aux_stats", "statistics");
+  PRIMUS_CHECK(topk >= 1 && topk <= E, "moe_aux_stats: top-k {} outside [1, {}]", topk, E);
+  ctx.backend().moe_aux_stats(score_sums, counts, lse_sq, logits, topk, sigmoid);
+}
+
+void moe_aux_backward(Context& ctx, Tensor& d_logits, const Tensor& logits, const Tensor& score_grad, float z_weight,
+                      bool sigmoid) {
+  arg_ndim(ctx, logits, 2, "moe_aux_backward", "logits");
+  arg_shape(ctx, d_logits, logits.shape(), "moe_aux_backward", "d_logits");
+  arg_ndim(ctx, score_grad, 2, "moe_aux_backward", "score_grad");
+  PRIMUS_CHECK(score_grad.size(1) == logits.size(1) && logits.size(0) % score_grad.size(0) == 0,
+               "moe_aux_backward: score_grad {} must be (G, E) for logits {}", score_grad.describe(), logits.describe());
+  for (const Tensor* t : std::initializer_list<const Tensor*>{&d_logits, &logits, &score_grad})
+    dtype_is(*t, DType::F32, "moe_aux_backward", "tensors");
+  ctx.backend().moe_aux_backward(d_logits, logits, score_grad, z_weight, sigmoid);
+}
+
+void moe_dispatch_plan(Context& ctx, Tensor& row_of, Tensor& pair_of_row, Tensor& tokens_per_expert,
+                       const Tensor& indices, const Tensor& probs, int64_t capacity, bool drop_by_probs, bool pad) {
+  arg_ndim(ctx, indices, 2, "moe_dispatch_plan", "indices");
+  const int64_t N = indices.size(0), k = indices.size(1);
+  check_pairs(ctx, indices, N, k, DType::I32, "moe_dispatch_plan", "indices");
+  check_pairs(ctx, probs, N, k, DType::F32, "moe_dispatch_plan", "probs");
+  check_pairs(ctx, row_of, N, k, DType::I32, "moe_dispatch_plan", "row_of");
+  arg_ndim(ctx, tokens_per_expert, 1, "moe_dispatch_plan", "tokens_per_expert");
+  arg_ndim(ctx, pair_of_row, 1, "moe_dispatch_plan", "pair_of_row");
+  dtype_is(tokens_per_expert, DType::I32, "moe_dispatch_plan", "tokens_per_expert");
+  dtype_is(pair_of_row, DType::I32, "moe_dispatch_plan", "pair_of_row");
+  const int64_t E = tokens_per_expert.size(0);
+  PRIMUS_CHECK(!pad || capacity >= 0, "moe_dispatch_plan: padding to capacity needs a capacity");
+  const int64_t most = pad ? E * capacity : capacity >= 0 ? std::min(N * k, E * capacity) : N * k;
+  PRIMUS_CHECK(pair_of_row.size(0) >= most, "moe_dispatch_plan: pair_of_row holds {} rows, the plan may need {}",
+               pair_of_row.size(0), most);
+  ctx.backend().moe_dispatch_plan(row_of, pair_of_row, tokens_per_expert, indices, probs, capacity, drop_by_probs,
+                                  pad);
+}
+
+void moe_permute(Context& ctx, Tensor& x_perm, const Tensor& x, const Tensor& pair_of_row, int64_t topk) {
+  arg_ndim(ctx, x, 2, "moe_permute", "x");
+  arg_shape(ctx, x_perm, {pair_of_row.numel(), x.size(1)}, "moe_permute", "x_perm");
+  arg(ctx, pair_of_row, "moe_permute", "pair_of_row");
+  dtype_is(pair_of_row, DType::I32, "moe_permute", "pair_of_row");
+  same_dtype(x_perm, x, "moe_permute", "x_perm", "x");
+  PRIMUS_CHECK(topk >= 1, "moe_permute: top-k must be >= 1, got {}", topk);
+  ctx.backend().moe_permute(x_perm, x, pair_of_row, topk);
+}
+
+void moe_permute_backward(Context& ctx, Tensor& dx, const Tensor& d_x_perm, const Tensor& row_of) {
+  arg_ndim(ctx, dx, 2, "moe_permute_backward", "dx");
+  arg_ndim(ctx, d_x_perm, 2, "moe_permute_backward", "d_x_perm");
+  check_pairs(ctx, row_of, dx.size(0), row_of.size(1), DType::I32, "moe_permute_backward", "row_of");
+  PRIMUS_CHECK(d_x_perm.size(1) == dx.size(1), "moe_permute_backward: d_x_perm {} and dx {} differ in width",
+               d_x_perm.describe(), dx.describe());
+  same_dtype(dx, d_x_perm, "moe_permute_backward", "dx", "d_x_perm");
+  ctx.backend().moe_permute_backward(dx, d_x_perm, row_of);
+}
+
+void moe_unpermute(Context& ctx, Tensor& y, const Tensor& y_perm, const Tensor& row_of, const Tensor& probs) {
+  arg_ndim(ctx, y, 2, "moe_unpermute", "y");
+  arg_ndim(ctx, y_perm, 2, "moe_unpermute", "y_perm");
+  check_pairs(ctx, row_of, y.size(0), row_of.size(1), DType::I32, "moe_unpermute", "row_of");
+  check_pairs(ctx, probs, y.size(0), row_of.size(1), DType::F32, "moe_unpermute", "probs");
+  PRIMUS_CHECK(y_perm.size(1) == y.size(1), "moe_unpermute: y_perm {} and y {} differ in width", y_perm.describe(),
+               y.describe());
+  same_dtype(y, y_perm, "moe_unpermute", "y", "y_perm");
+  ctx.backend().moe_unpermute(y, y_perm, row_of, probs);
+}
+
+void moe_unpermute_backward(Context& ctx, Tensor& d_y_perm, Tensor& d_probs, const Tensor& dy, const Tensor& y_perm,
+                            const Tensor& row_of, const Tensor& pair_of_row, const Tensor& probs) {
+  arg_ndim(ctx, dy, 2, "moe_unpermute_backward", "dy");
+  const int64_t N = dy.size(0), k = row_of.size(1);
+  arg_shape(ctx, y_perm, {pair_of_row.numel(), dy.size(1)}, "moe_unpermute_backward", "y_perm");
+  arg_shape(ctx, d_y_perm, y_perm.shape(), "moe_unpermute_backward", "d_y_perm");
+  check_pairs(ctx, row_of, N, k, DType::I32, "moe_unpermute_backward", "row_of");
+  check_pairs(ctx, probs, N, k, DType::F32, "moe_unpermute_backward", "probs");
+  check_pairs(ctx, d_probs, N, k, DType::F32, "moe_unpermute_backward", "d_probs");
+  dtype_is(pair_of_row, DType::I32, "moe_unpermute_backward", "pair_of_row");
+  same_dtype(dy, y_perm, "moe_unpermute_backward", "dy", "y_perm");
+  same_dtype(d_y_perm, y_perm, "moe_unpermute_backward", "d_y_perm", "y_perm");
+  ctx.backend().moe_unpermute_backward(d_y_perm, d_probs, dy, y_perm, row_of, pair_of_row, probs);
+}
+
+namespace {
+
+void check_grouped(const Context& ctx, const Tensor& x, const Tensor& w, const Tensor& y,
+                   const std::vector<int64_t>& rows, const char* op) {
+  arg_ndim(ctx, w, 3, op, "w");
+  arg_ndim(ctx, x, 2, op, "x");
+  arg_ndim(ctx, y, 2, op, "y");
+  same_dtype(x, w, op, "x", "w");
+  float_dtype(x, op, "x");
+  PRIMUS_CHECK(static_cast<int64_t>(rows.size()) == w.size(0), "{}: {} row counts for {} experts (w {})", op,
+               rows.size(), w.size(0), w.describe());
+  int64_t total = 0;
+  for (int64_t r : rows) {
+    PRIMUS_CHECK(r >= 0, "{}: a negative row count {}", op, r);
+    total += r;
+  }
+  PRIMUS_CHECK(x.size(1) == w.size(2) && y.size(1) == w.size(1) && total <= x.size(0) && x.size(0) == y.size(0),
+               "{}: x {} and y {} do not match w {} for {} rows", op, x.describe(), y.describe(), w.describe(), total);
+}
+
+}  // namespace
+
+void grouped_linear_forward(Context& ctx, Tensor& y, const Tensor& x, const Tensor& w,
+                            const std::vector<int64_t>& rows) {
+  check_grouped(ctx, x, w, y, rows, "grouped_linear_forward");
+  same_dtype(y, x, "grouped_linear_forward", "y", "x");
+  ctx.backend().grouped_linear_forward(y, x, w, rows);
+}
+
+void grouped_linear_backward(Context& ctx, Tensor* dx, Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+                             const std::vector<int64_t>& rows, bool accumulate_dw) {
+  check_grouped(ctx, x, w, dy, rows, "grouped_linear_backward");
+  arg_shape(ctx, dw, w.shape(), "grouped_linear_backward", "dw");
+  PRIMUS_CHECK(dw.dtype() == DType::F32 || dw.dtype() == w.dtype(),
+               "grouped_linear_backward: dw {} must be fp32 or w's dtype", dw.describe());
+  Tensor none;
+  Tensor& dx_ref = dx != nullptr ? *dx : none;
+  if (dx_ref.defined()) arg_shape(ctx, dx_ref, x.shape(), "grouped_linear_backward", "dx");
+  ctx.backend().grouped_linear_backward(dx_ref, dw, dy, x, w, rows, accumulate_dw);
+}
 
 void adamw_step(Context& ctx, std::vector<AdamWTensor>& params, const AdamWParams& p) {
   PRIMUS_CHECK(p.step >= 1, "adamw_step: step is 1-based, got {}", p.step);

@@ -85,6 +85,31 @@ void cross_entropy_shard_stats(Context& ctx, Tensor& stats, const Tensor& logits
 void cross_entropy_shard_finish(Context& ctx, Tensor& losses, Tensor* logits_to_grad, const Tensor& gathered_stats,
                                 const Tensor& targets, const Tensor& dloss);
 
+// Mixture of experts: the ops of backend.h's MoE section, checked. N tokens, E experts,
+// k = routing.topk (<= 256), M buffer rows; ids and rows int32, routing tensors fp32, the
+// activations of permute / unpermute in the model's dtype.
+using MoeRouting = Backend::MoeRouting;
+void moe_topk_forward(Context& ctx, Tensor& probs, Tensor& indices, const Tensor& logits, const Tensor& bias,
+                      const MoeRouting& routing);
+void moe_topk_backward(Context& ctx, Tensor& d_logits, const Tensor& d_probs, const Tensor& logits,
+                       const Tensor& indices, const MoeRouting& routing);
+void moe_aux_stats(Context& ctx, Tensor& score_sums, Tensor& counts, Tensor& lse_sq, const Tensor& logits,
+                   int64_t topk, bool sigmoid);
+void moe_aux_backward(Context& ctx, Tensor& d_logits, const Tensor& logits, const Tensor& score_grad, float z_weight,
+                      bool sigmoid);
+void moe_dispatch_plan(Context& ctx, Tensor& row_of, Tensor& pair_of_row, Tensor& tokens_per_expert,
+                       const Tensor& indices, const Tensor& probs, int64_t capacity, bool drop_by_probs, bool pad);
+void moe_permute(Context& ctx, Tensor& x_perm, const Tensor& x, const Tensor& pair_of_row, int64_t topk);
+void moe_permute_backward(Context& ctx, Tensor& dx, const Tensor& d_x_perm, const Tensor& row_of);
+void moe_unpermute(Context& ctx, Tensor& y, const Tensor& y_perm, const Tensor& row_of, const Tensor& probs);
+void moe_unpermute_backward(Context& ctx, Tensor& d_y_perm, Tensor& d_probs, const Tensor& dy, const Tensor& y_perm,
+                            const Tensor& row_of, const Tensor& pair_of_row, const Tensor& probs);
+// The experts' grouped GEMM (Backend::grouped_linear_*): rows[e] rows of x / y per expert.
+void grouped_linear_forward(Context& ctx, Tensor& y, const Tensor& x, const Tensor& w,
+                            const std::vector<int64_t>& rows);
+void grouped_linear_backward(Context& ctx, Tensor* dx, Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+                             const std::vector<int64_t>& rows, bool accumulate_dw = true);
+
 void adamw_step(Context& ctx, std::vector<AdamWTensor>& params, const AdamWParams& p);
 double sum_of_squares(Context& ctx, const std::vector<Tensor>& tensors);
 int64_t count_zeros(Context& ctx, const std::vector<Tensor>& tensors);

@@ -36,15 +36,16 @@ CommOptions comm_options_from_env() {
   return comm_options_from_env_value(v ? std::string_view(v) : std::string_view());
 }
 
-double Communicator::all_reduce_value(double v, ReduceOp op) {
-  Tensor h64 = Tensor::empty({1}, DType::F64, Device::CPU);
-  h64.data<double>()[0] = v;
+double Communicator::all_reduce_value(double v, ReduceOp op) { return all_reduce_values({v}, op)[0]; }
+
+std::vector<double> Communicator::all_reduce_values(std::vector<double> v, ReduceOp op) {
+  if (v.empty()) return v;
+  Tensor h64 = Tensor::from_blob(v.data(), {static_cast<int64_t>(v.size())}, DType::F64, Device::CPU);
   Tensor t = device() == Device::CPU ? h64 : h64.to(device());
   all_reduce(t, op);
   synchronize();
-  if (device() == Device::CPU) return t.data<double>()[0];
-  Tensor back = t.to(Device::CPU);
-  return back.data<double>()[0];
+  if (device() != Device::CPU) h64.copy_from(t);
+  return v;
 }
 
 std::string Communicator::describe() const {

@@ -115,6 +115,8 @@ class Communicator {
   // One number reduced over the group (loss, grad-norm², token counts), returned on the
   // host. Uses a one-element fp64 tensor on device().
   double all_reduce_value(double v, ReduceOp op = ReduceOp::Sum);
+  // The same for a vector of numbers, element by element (per-layer MoE statistics).
+  std::vector<double> all_reduce_values(std::vector<double> v, ReduceOp op = ReduceOp::Sum);
 
   // "mpi communicator 'dp' (rank 1 of 2, world rank 3)"
   std::string describe() const;

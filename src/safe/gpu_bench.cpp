@@ -6,6 +6,7 @@
 #include <cmath>
 #include <fstream>
 #include <functional>
+#include <map>
 
 #include "core/error.h"
 #include "core/tensor.h"
@@ -17,6 +18,7 @@
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_info.h"
 #include "ops/cuda/elementwise.h"
+#include "ops/cuda/moe.h"
 #include "ops/cuda/timing.h"
 #endif
 
@@ -37,6 +39,7 @@ bool gpu_ready(const char* command) {
 int run_gemm_bench(const GemmBenchOptions&) { return gpu_ready("bench gemm") ? 0 : kNoGpuExitCode; }
 int run_attention_bench(const AttentionBenchOptions&) { return gpu_ready("bench attention") ? 0 : kNoGpuExitCode; }
 int run_ops_bench(const OpsBenchOptions&) { return gpu_ready("bench ops") ? 0 : kNoGpuExitCode; }
+int run_moe_bench(const MoeBenchOptions&) { return gpu_ready("bench moe") ? 0 : kNoGpuExitCode; }
 
 #else
 
@@ -327,6 +330,134 @@ int run_ops_bench(const OpsBenchOptions& o) {
     bench("sum_of_squares (grad norm, fp32)", sh, 4.0 * total, [&] { (void)be.sum_of_squares(grads); });
   }
   emit(rows, {"op", "shape", "us", "gbps", "floor_us", "pct_of_floor"}, o.format, o.output_file);
+  return 0;
+}
+
+int run_moe_bench(const MoeBenchOptions& o) {
+  if (!gpu_ready("bench moe")) return kNoGpuExitCode;
+  const ModelConfig& m = o.model;
+  PRIMUS_CHECK(m.num_experts > 0 && m.moe_router_topk >= 1,
+               "bench moe: model '{}' has no experts (num_experts {}); pick an MoE shape such as mixtral-mini",
+               m.name, m.num_experts);
+  cuda::CudaBackend be(0);
+  cudaStream_t st = be.stream();
+  const int64_t N = o.tokens, E = m.num_experts, k = m.moe_router_topk, C = m.hidden_size, F = m.moe_ffn_hidden_size;
+  const double peak = peak_tflops();
+
+  // A random router's routing: k distinct experts per token, uniform (seeded).
+  std::vector<int32_t> ids(static_cast<size_t>(N * k));
+  std::vector<int64_t> rows(static_cast<size_t>(E), 0);
+  uint64_t state = o.seed * 0x9E3779B97F4A7C15ull + 1;
+  auto next = [&] {
+    state ^= state << 13;
+    state ^= state >> 7;
+    state ^= state << 17;
+    return state;
+  };
+  for (int64_t t = 0; t < N; ++t)
+    for (int64_t j = 0; j < k; ++j) {
+      int32_t e;
+      bool fresh;
+      do {
+        e = static_cast<int32_t>(next() % static_cast<uint64_t>(E));
+        fresh = true;
+        for (int64_t i = 0; i < j; ++i) fresh = fresh && ids[static_cast<size_t>(t * k + i)] != e;
+      } while (!fresh);
+      ids[static_cast<size_t>(t * k + j)] = e;
+      ++rows[static_cast<size_t>(e)];
+    }
+  const int64_t M = N * k;
+  const int64_t busiest = *std::max_element(rows.begin(), rows.end());
+
+  Tensor x = random_tensor(be, {M, C}, DType::BF16, 1), w1 = random_tensor(be, {E, 2 * F, C}, DType::BF16, 2, -0.02f, 0.02f);
+  Tensor w2 = random_tensor(be, {E, C, F}, DType::BF16, 3, -0.02f, 0.02f);
+  Tensor g = Tensor::empty({M, 2 * F}, DType::BF16, Device::CUDA), act = random_tensor(be, {M, F}, DType::BF16, 4);
+  Tensor y = Tensor::empty({M, C}, DType::BF16, Device::CUDA), dy = random_tensor(be, {M, C}, DType::BF16, 5);
+  Tensor dg = random_tensor(be, {M, 2 * F}, DType::BF16, 6);
+  Tensor dact = Tensor::empty({M, F}, DType::BF16, Device::CUDA), dx = Tensor::empty({M, C}, DType::BF16, Device::CUDA);
+  Tensor dw1 = Tensor::zeros({E, 2 * F, C}, DType::F32, Device::CUDA), dw2 = Tensor::zeros({E, C, F}, DType::F32, Device::CUDA);
+  // The same FLOPs as one dense layer of M rows (what the grouped GEMMs are measured against).
+  Tensor dw1_dense = Tensor::zeros({1, 2 * F, C}, DType::F32, Device::CUDA);
+  Tensor dw2_dense = Tensor::zeros({1, C, F}, DType::F32, Device::CUDA);
+  const std::vector<int64_t> one_group = {M};
+
+  struct Gemm {
+    const char* name;
+    double flops;
+    std::function<void(const std::vector<int64_t>&, bool dense)> run;
+  };
+  const double fc1 = 2.0 * M * 2 * F * C, fc2 = 2.0 * M * C * F;
+  const std::vector<Gemm> gemms = {
+      {"fc1 forward", fc1, [&](const std::vector<int64_t>& r, bool) { be.grouped_linear_forward(g, x, w1, r); }},
+      {"fc2 forward", fc2, [&](const std::vector<int64_t>& r, bool) { be.grouped_linear_forward(y, act, w2, r); }},
+      {"fc2 backward (dgrad + wgrad)", 2 * fc2,
+       [&](const std::vector<int64_t>& r, bool dense) {
+         be.grouped_linear_backward(dact, dense ? dw2_dense : dw2, dy, act, w2, r, false);
+       }},
+      {"fc1 backward (dgrad + wgrad)", 2 * fc1,
+       [&](const std::vector<int64_t>& r, bool dense) {
+         be.grouped_linear_backward(dx, dense ? dw1_dense : dw1, dg, x, w1, r, false);
+       }},
+  };
+  std::vector<nlohmann::json> out;
+  double dense_total = 0;
+  std::map<std::string, double> impl_total;
+  for (const Gemm& gm : gemms) {
+    // Dense: expert 0's weights over all M rows, one GEMM.
+    const auto td = cuda::time_on_stream(st, o.warmup, o.iters, [&](int) { gm.run(one_group, true); });
+    dense_total += td.median_us;
+    out.push_back({{"gemm", gm.name}, {"impl", "dense (1 GEMM, all rows)"}, {"us", td.median_us},
+                   {"tflops", gm.flops / (td.median_us * 1e6)}, {"vs_dense_pct", 100.0}});
+    for (const auto& [label, impl] : {std::pair{"grouped: loop", cuda::GroupedGemmImpl::Loop},
+                                      std::pair{"grouped: cublas batched", cuda::GroupedGemmImpl::Batched}}) {
+      cuda::set_grouped_gemm_impl(impl);
+      const auto t = cuda::time_on_stream(st, o.warmup, o.iters, [&](int) { gm.run(rows, false); });
+      impl_total[label] += t.median_us;
+      out.push_back({{"gemm", gm.name}, {"impl", label}, {"us", t.median_us},
+                     {"tflops", gm.flops / (t.median_us * 1e6)}, {"vs_dense_pct", 100.0 * td.median_us / t.median_us}});
+    }
+    cuda::set_grouped_gemm_impl(cuda::GroupedGemmImpl::Loop);
+  }
+  const double total_flops = 3 * (fc1 + fc2);
+  out.push_back({{"gemm", "all (one layer, fwd + bwd)"}, {"impl", "dense (1 GEMM, all rows)"}, {"us", dense_total},
+                 {"tflops", total_flops / (dense_total * 1e6)}, {"vs_dense_pct", 100.0}});
+  for (const auto& [label, us] : impl_total)
+    out.push_back({{"gemm", "all (one layer, fwd + bwd)"}, {"impl", label}, {"us", us},
+                   {"tflops", total_flops / (us * 1e6)}, {"vs_dense_pct", 100.0 * dense_total / us}});
+  if (peak > 0)
+    for (auto& r : out) r["pct_peak"] = 100.0 * r["tflops"].get<double>() / peak;
+
+  // The routing and permutation of the same micro-batch (router logits from random hidden states).
+  Tensor h = random_tensor(be, {N, C}, DType::BF16, 7), wr = random_tensor(be, {E, C}, DType::BF16, 8, -0.02f, 0.02f);
+  Tensor logits = Tensor::empty({N, E}, DType::F32, Device::CUDA), probs = Tensor::empty({N, k}, DType::F32, Device::CUDA);
+  Tensor idx = Tensor::empty({N, k}, DType::I32, Device::CUDA), row_of = Tensor::empty({N, k}, DType::I32, Device::CUDA);
+  Tensor por = Tensor::empty({M}, DType::I32, Device::CUDA), counts = Tensor::empty({E}, DType::I32, Device::CUDA);
+  Tensor yN = Tensor::zeros({N, C}, DType::BF16, Device::CUDA), dprobs = Tensor::empty({N, k}, DType::F32, Device::CUDA);
+  Tensor dlogits = Tensor::empty({N, E}, DType::F32, Device::CUDA);
+  ops::Backend::MoeRouting r;
+  r.topk = k;
+  r.pre_softmax = m.moe_router_pre_softmax;
+  r.scaling = static_cast<float>(m.moe_router_topk_scaling_factor);
+  std::vector<nlohmann::json> kernels;
+  auto kernel = [&](const char* name, double bytes, const std::function<void()>& body) {
+    const auto t = cuda::time_on_stream(st, o.warmup, o.iters, [&](int) { body(); });
+    kernels.push_back({{"gemm", name}, {"impl", "kernel"}, {"us", t.median_us}, {"tflops", 0.0},
+                       {"gbps", bytes / (t.median_us * 1e3)}});
+  };
+  be.matmul(logits, h, ops::Transpose::No, wr, ops::Transpose::Yes, 1.f, 0.f);
+  kernel("router top-k forward", 4.0 * N * E, [&] { be.moe_topk_forward(probs, idx, logits, Tensor(), r); });
+  kernel("dispatch plan (dropless)", 16.0 * M, [&] { be.moe_dispatch_plan(row_of, por, counts, idx, probs, -1, true, false); });
+  kernel("permute (gather rows)", 4.0 * M * C, [&] { be.moe_permute(x, h, por, k); });
+  kernel("unpermute (weighted sum)", 2.0 * (M + N) * C, [&] { be.moe_unpermute(yN, y, row_of, probs); });
+  kernel("unpermute backward", 2.0 * (2 * M + N) * C, [&] { be.moe_unpermute_backward(dy, dprobs, yN, y, row_of, por, probs); });
+  kernel("permute backward", 2.0 * (M + 2 * N) * C, [&] { be.moe_permute_backward(yN, x, row_of); });
+  kernel("router top-k backward", 8.0 * N * E, [&] { be.moe_topk_backward(dlogits, dprobs, logits, idx, r); });
+  for (auto& kr : kernels) out.push_back(kr);
+
+  std::printf("# %s: %lld tokens x top-%lld over %lld experts of %lld x %lld (rows per expert %lld..%lld, mean %lld)\n\n",
+              m.name.c_str(), (long long)N, (long long)k, (long long)E, (long long)F, (long long)C,
+              (long long)*std::min_element(rows.begin(), rows.end()), (long long)busiest, (long long)(M / E));
+  emit(out, {"gemm", "impl", "us", "tflops", "pct_peak", "vs_dense_pct", "gbps"}, o.format, o.output_file);
   return 0;
 }
 

@@ -64,4 +64,20 @@ struct OpsBenchOptions {
 };
 int run_ops_bench(const OpsBenchOptions& o);
 
+// `primus bench moe`: the experts' grouped GEMMs of one MoE layer (forward, data and weight
+// gradients of fc1 and fc2, as training runs them) at a routing drawn like a random router's
+// (each token's k experts uniform and distinct, seeded), next to the same GEMMs as single dense
+// GEMMs of all routed rows (the same FLOPs): the grouped TFLOP/s as a share of the dense one,
+// for the per-expert loop and cuBLAS's grouped-batched GEMM; and the routing / permutation
+// kernels' times for the same micro-batch.
+struct MoeBenchOptions {
+  ModelConfig model;       // an MoE shape (num_experts > 0)
+  int64_t tokens = 8192;   // micro_batch * seq
+  uint64_t seed = 1;
+  int warmup = 3, iters = 20;
+  TableFormat format = TableFormat::Markdown;
+  std::string output_file;
+};
+int run_moe_bench(const MoeBenchOptions& o);
+
 }  // namespace primus::safe

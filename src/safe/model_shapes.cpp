@@ -16,11 +16,31 @@ std::optional<ModelConfig> builtin_model(const std::string& name) {
   if (name == "llama-tiny") s = DenseShape{name, 12, 768, 12, 4, 64, 2048, 32000, true};
   if (name == "llama3.2-1B") s = DenseShape{name, 16, 2048, 32, 8, 64, 8192, 128256, true};
   if (name == "llama3.2-3B") s = DenseShape{name, 28, 3072, 24, 8, 128, 8192, 128256, true};
-  if (!s) return std::nullopt;
-  return model_of(*s);
+  if (s) return model_of(*s);
+  // The MoE peer's shapes (pt_moe_bench.py): (layers, hidden, heads, kv_heads, experts, topk, expert ffn,
+  // shared ffn, vocab); RoPE theta 1e6, untied output layer, the switch load-balancing loss (1e-2).
+  auto moe = [&](int64_t L, int64_t d, int64_t H, int64_t KV, int64_t E, int64_t k, int64_t f, int64_t shared,
+                 int64_t V, bool renorm) {
+    ModelConfig m = model_of(DenseShape{name, L, d, H, KV, d / H, f, V, true});
+    m.num_experts = E;
+    m.moe_router_topk = k;
+    m.moe_ffn_hidden_size = f;
+    m.moe_shared_expert_intermediate_size = shared;
+    // Mixtral renormalises the top-k probabilities (softmax after top-k); DeepSeek-MoE keeps the
+    // softmax over all experts (pre-softmax).
+    m.moe_router_pre_softmax = !renorm;
+    m.moe_aux_loss_coeff = 1e-2;
+    m.rotary_base = 1e6;
+    return m;
+  };
+  if (name == "mixtral-mini") return moe(8, 2048, 32, 8, 8, 2, 5632, 0, 32000, true);
+  if (name == "deepseek-moe-mini") return moe(4, 2048, 16, 16, 64, 6, 1408, 2816, 102400, false);
+  return std::nullopt;
 }
 
-std::vector<std::string> builtin_shape_names() { return {"llama-tiny", "llama3.2-1B", "llama3.2-3B"}; }
+std::vector<std::string> builtin_shape_names() {
+  return {"llama-tiny", "llama3.2-1B", "llama3.2-3B", "mixtral-mini", "deepseek-moe-mini"};
+}
 
 ModelConfig resolve_model(const std::string& spec) {
   if (auto b = builtin_model(spec)) return *b;
@@ -98,6 +118,7 @@ std::string gemm_label(const std::string& local) {
     if (at != std::string::npos) l.erase(at, std::string(drop).size());
   }
   if (l.rfind("shared_experts.", 0) == 0) l = "shared " + l.substr(15);
+  if (l.rfind("experts.", 0) == 0) l = "experts " + l.substr(8);
   if (l == "linear_qkv") return "qkv";
   if (l == "linear_proj") return "attn_out";
   for (const char* from : {"linear_fc1", "linear_fc2"}) {
@@ -136,10 +157,17 @@ std::vector<GemmProblem> training_gemms(const ModelConfig& m, int64_t tokens, in
   // stream add it in the GEMM's epilogue.
   for (const LayerSpec& layer : decoder_layers(m)) {
     for (const ParamSpec& p : layer_params(m, layer)) {
-      if (p.role != ParamRole::Linear) continue;
       const std::string name = gemm_label(p.name.substr(layer.prefix.size()));
-      fwd_dgrad(name, p.shape[0], p.shape[1], tokens, 1, p.init == ParamInit::ScaledNormal);
-      wgrad(name + " wgrad", p.shape[0], p.shape[1], tokens, 1, false);
+      if (p.role == ParamRole::Linear) {
+        fwd_dgrad(name, p.shape[0], p.shape[1], tokens, 1, p.init == ParamInit::ScaledNormal);
+        wgrad(name + " wgrad", p.shape[0], p.shape[1], tokens, 1, false);
+      } else if (p.role == ParamRole::RoutedExperts) {
+        // One GEMM per expert at the even share of the routed rows (tokens x top-k / E); the
+        // real shares vary with the routing.
+        const int64_t E = p.shape[0], rows = std::max<int64_t>(1, tokens * m.moe_router_topk / E);
+        fwd_dgrad(name, p.shape[1], p.shape[2], rows, E, false);
+        wgrad(name + " wgrad", p.shape[1], p.shape[2], rows, E, false);
+      }
     }
   }
   // The output layer in chunks of `chunk` rows (a shorter last one when they do not divide):

@@ -66,6 +66,11 @@ struct IntervalReport {
   int64_t skipped_iterations = 0, nan_iterations = 0;
   // Filled by the caller (device memory, Megatron tag names): "mem-allocated-bytes" -> value.
   std::vector<std::pair<std::string, double>> memory;
+  // MoE models, filled by the caller from the last iteration: the most loaded expert over the
+  // mean (max over layers; 1 = perfectly balanced), and per-layer scalars
+  // ("moe/layer_3/load_balancing_loss", ...) for TensorBoard and JSONL.
+  std::optional<double> expert_load;
+  std::vector<std::pair<std::string, double>> moe_layers;
 };
 
 // Mean of the last values under the skip/reset rules above.

@@ -37,6 +37,7 @@ std::string format_iteration_line(const IntervalReport& r, std::string_view time
   s += fmt::format(" learning rate: {:.6E} |", r.learning_rate);
   s += fmt::format(" global batch size: {:5d} |", r.global_batch_size);
   for (const auto& [key, value] : r.losses) s += fmt::format(" {}: {:.6E} |", key, value);
+  if (r.expert_load) s += fmt::format(" expert load max/mean: {:.3f} |", *r.expert_load);
   s += fmt::format(" loss scale: {:.1f} |", r.loss_scale);
   if (r.grad_norm) s += fmt::format(" grad norm: {:.3f} |", *r.grad_norm);
   if (r.num_zeros) s += fmt::format(" num zeros: {:.1f} |", *r.num_zeros);
@@ -94,6 +95,8 @@ nlohmann::json report_to_json(const IntervalReport& r, double wall_time) {
   j["skipped_iterations"] = r.skipped_iterations;
   j["nan_iterations"] = r.nan_iterations;
   for (const auto& [key, value] : r.memory) j[json_key(key)] = number(value);
+  if (r.expert_load) j["expert_load_max_over_mean"] = number(*r.expert_load);
+  for (const auto& [key, value] : r.moe_layers) j[key] = number(value);
   return j;
 }
 
@@ -128,6 +131,8 @@ std::vector<std::pair<std::string, double>> report_scalars(const IntervalReport&
   s.emplace_back("skipped-iterations", static_cast<double>(r.skipped_iterations));
   s.emplace_back("nan-iterations", static_cast<double>(r.nan_iterations));
   for (const auto& m : r.memory) s.push_back(m);
+  if (r.expert_load) s.emplace_back("moe/expert_load_max_over_mean", *r.expert_load);
+  for (const auto& m : r.moe_layers) s.push_back(m);
   return s;
 }
 

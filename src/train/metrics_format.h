@@ -21,7 +21,8 @@ std::string log_timestamp();
 // window shown as "instant/average"; optional fields left out when absent):
 //  " [ts] iteration       10/   10000 | consumed samples:         5120 |
 //   elapsed time per iteration (ms): 1234.5/1230.1 | learning rate: 3.000000E-04 |
-//   global batch size:   512 | lm loss: 1.034567E+01 | loss scale: 1.0 | grad norm: 1.234 |
+//   global batch size:   512 | lm loss: 1.034567E+01 | [MoE: load_balancing_loss: 1.02E+00 |
+//   z_loss: 3.1E+00 | expert load max/mean: 1.234 |] loss scale: 1.0 | grad norm: 1.234 |
 //   num zeros: 0.0 | params norm: 123.456 | throughput (tokens/s): 41234.5/41000.2 |
 //   tokens consumed:      5242880 | TFLOP/s/GPU: 400.1/398.2 | MFU: 40.5%/40.3% |
 //   number of skipped iterations:   0 | number of nan iterations:   0 |"
@@ -46,7 +47,8 @@ nlohmann::json evaluation_to_json(int64_t iteration, std::string_view kind,
 // TensorBoard scalars with Megatron's tags: "lm loss", "learning-rate", "batch-size",
 // "loss-scale", "grad-norm", "num-zeros", "params-norm", "iteration-time" (seconds),
 // "throughput" (TFLOP/s/GPU, as Megatron), plus "throughput-tokens-per-sec", "mfu",
-// "tokens-consumed", "consumed-samples" and the report's memory entries.
+// "tokens-consumed", "consumed-samples", the report's memory entries and, for MoE models,
+// "moe/expert_load_max_over_mean" and the per-layer "moe/layer_L/..." scalars.
 std::vector<std::pair<std::string, double>> report_scalars(const IntervalReport& report);
 // "lm loss validation", "lm loss validation ppl" (kind = "validation" or "test").
 std::vector<std::pair<std::string, double>> evaluation_scalars(

@@ -79,6 +79,20 @@ std::vector<NamedTensor*> PipelinedModel::parameters() {
   return out;
 }
 
+std::vector<NamedTensor*> PipelinedModel::buffers() {
+  std::vector<NamedTensor*> out;
+  for (auto& c : chunks_)
+    for (NamedTensor* b : c->buffers()) out.push_back(b);
+  return out;
+}
+
+std::vector<MoeMlp*> PipelinedModel::moe_layers() {
+  std::vector<MoeMlp*> out;
+  for (auto& c : chunks_)
+    for (MoeMlp* m : c->moe_layers()) out.push_back(m);
+  return out;
+}
+
 int64_t PipelinedModel::num_parameters() const {
   int64_t n = 0;
   for (const auto& c : chunks_) n += c->num_parameters();
@@ -156,17 +170,18 @@ Tensor& PipelinedModel::recv_buffer(Tensor& buf, const Shape& shape) {
 }
 
 DecoderModel::StepResult PipelinedModel::forward_backward(const std::vector<data::Batch>& micro_batches,
-                                                        float loss_weight) {
+                                                          float loss_weight, float aux_loss_weight) {
   if (pp_size_ == 1) {
     DecoderModel::StepResult sum;
     for (const data::Batch& b : micro_batches) {
-      const DecoderModel::StepResult r = chunks_[0]->forward_backward(b.tokens, b.labels, b.loss_mask, loss_weight);
+      const DecoderModel::StepResult r =
+          chunks_[0]->forward_backward(b.tokens, b.labels, b.loss_mask, loss_weight, aux_loss_weight);
       sum.loss_sum += r.loss_sum;
       sum.num_tokens += r.num_tokens;
     }
     return sum;
   }
-  return run(micro_batches, true, loss_weight);
+  return run(micro_batches, true, loss_weight, aux_loss_weight);
 }
 
 DecoderModel::StepResult PipelinedModel::forward_only(const std::vector<data::Batch>& micro_batches) {
@@ -179,10 +194,11 @@ DecoderModel::StepResult PipelinedModel::forward_only(const std::vector<data::Ba
     }
     return sum;
   }
-  return run(micro_batches, false, 0.f);
+  return run(micro_batches, false, 0.f, 0.f);
 }
 
-DecoderModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs, bool train, float loss_weight) {
+DecoderModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs, bool train, float loss_weight,
+                                             float aux_loss_weight) {
   const int P = pp_size_, r = pp_rank_, S = P * v_;
   const int M = static_cast<int>(mbs.size());
   PRIMUS_CHECK(M >= 1, "PipelinedModel: no micro-batches to run");
@@ -208,7 +224,8 @@ DecoderModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs
         input = &recv_buffer(recv_activation_, hidden);
         channel(parallel::PipelineOp::Forward, prev).recv(*input, prev);
       }
-      const Tensor out = model.stage_forward(*state, b.tokens, &b.labels, &b.loss_mask, input, loss_weight, train);
+      const Tensor out =
+          model.stage_forward(*state, b.tokens, &b.labels, &b.loss_mask, input, loss_weight, train, aux_loss_weight);
       if (s == S - 1) {
         sum.loss_sum += state->result().loss_sum;
         sum.num_tokens += state->result().num_tokens;

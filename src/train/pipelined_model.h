@@ -67,6 +67,9 @@ class PipelinedModel {
   // This rank's parameters over its chunks, chunk 0 first, each in forward order, with
   // global names.
   std::vector<NamedTensor*> parameters();
+  // This rank's buffers (DecoderModel::buffers) and MoE blocks, chunk 0 first.
+  std::vector<NamedTensor*> buffers();
+  std::vector<MoeMlp*> moe_layers();
   int64_t num_parameters() const;
   void zero_grads();
   // pp 1: DecoderModel::zero_grads_for_overwrite (the first micro-batch writes the linear
@@ -77,7 +80,8 @@ class PipelinedModel {
   // pp rank), by the schedule. Grads accumulate as DecoderModel::forward_backward's do.
   // Returns the sums over the micro-batches, the same on EVERY pp rank (the last stage's
   // loss is all-reduced over pp).
-  DecoderModel::StepResult forward_backward(const std::vector<data::Batch>& micro_batches, float loss_weight);
+  DecoderModel::StepResult forward_backward(const std::vector<data::Batch>& micro_batches, float loss_weight,
+                                            float aux_loss_weight = 0.f);
   DecoderModel::StepResult forward_only(const std::vector<data::Batch>& micro_batches);
 
   // Sequence parallel: all-reduce the norm weights' partial grads over tp, every chunk.
@@ -109,7 +113,8 @@ class PipelinedModel {
   // Copies `t` into a send buffer whose previous send completed (or a new one) and sends it.
   void send(parallel::Communicator& comm, const Tensor& t, int peer);
   void wait_sends();
-  DecoderModel::StepResult run(const std::vector<data::Batch>& micro_batches, bool train, float loss_weight);
+  DecoderModel::StepResult run(const std::vector<data::Batch>& micro_batches, bool train, float loss_weight,
+                               float aux_loss_weight);
   Tensor& recv_buffer(Tensor& buf, const Shape& shape);
 
   ops::Context& ctx_;

@@ -61,6 +61,23 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
   o.seq_length = cfg.i("seq_length");
   o.flops_per_token = training_flops_per_token(o.model, o.seq_length).total();
 
+  // ---- mixture of experts: how the layer runs (the math is in the model config) ----
+  if (o.model.num_experts > 0) {
+    auto refuse = [&](const char* key, const std::string& why) {
+      throw Error(fmt::format("{} = {} ({}): {}", key, config::format_value(cfg.value(key)), cfg.source(key).str(), why));
+    };
+    if (cfg.s("moe_token_dispatcher_type") == "flex")
+      refuse("moe_token_dispatcher_type", "the flex dispatcher (DeepEP) is not built; use alltoall or allgather");
+    if (!cfg.b("moe_permute_fusion"))
+      refuse("moe_permute_fusion", "Primus permutes tokens with its fused kernels only; set it to true");
+    if (cfg.b("moe_shared_expert_overlap"))
+      refuse("moe_shared_expert_overlap",
+             "overlapping the shared experts with the expert-parallel token exchange is not built; set it to false");
+    if (cfg.opt_s("moe_router_dtype").value_or("fp32") != "fp32")
+      refuse("moe_router_dtype", "the router computes in fp32; set fp32 or leave it null");
+    o.moe_grouped_gemm = cfg.b("moe_grouped_gemm");
+  }
+
   // ---- layout ----
   o.tensor_parallel = static_cast<int>(cfg.i("tensor_model_parallel_size"));
   o.pipeline_parallel = static_cast<int>(cfg.i("pipeline_model_parallel_size"));

@@ -56,6 +56,8 @@ struct TrainOptions {
   // (unfused) attention kernel; cross-entropy fusion off -> loss and gradient in two passes.
   bool enable_primus_turbo = false, use_turbo_attention = false, cross_entropy_loss_fusion = false;
   std::string cross_entropy_fusion_impl = "native";
+  // MoE models: the experts' GEMMs as one grouped launch (moe_grouped_gemm) or one per expert.
+  bool moe_grouped_gemm = false;
   // Data parallel (train/data_parallel_optimizer.h).
   bool use_distributed_optimizer = false, overlap_grad_reduce = false, overlap_param_gather = false;
   int64_t ddp_bucket_size = 40'000'000;  // elements per gradient bucket (Megatron's default)

@@ -40,6 +40,7 @@
 
 #include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/device_info.h"
+#include "ops/cuda/moe.h"
 #endif
 
 namespace primus::train {
@@ -95,6 +96,14 @@ class Run {
   std::string first_non_finite();
   // Memory numbers for TensorBoard/JSONL (Megatron-style tag names).
   std::vector<std::pair<std::string, double>> memory_scalars() const;
+  // After each step of an MoE model: the MoE layers' statistics summed over the ranks, the
+  // expert-bias update, and what the log reports (averages over the MoE layers).
+  struct MoeReport {
+    double load_balancing_loss = 0, z_loss = 0;  // per layer and micro-batch, averaged
+    double expert_load = 0;                      // max over layers of (most tokens on an expert / mean)
+    std::vector<std::pair<std::string, double>> per_layer;  // TensorBoard / JSONL
+  };
+  std::optional<MoeReport> finish_moe_step();
 
   // First, so that a SIGTERM during set-up (data indexing, checkpoint loading) already
   // becomes "stop after the first iteration and save" instead of killing the process.
@@ -119,6 +128,7 @@ class Run {
   std::unordered_map<const NamedTensor*, int64_t> grad_completions_;
   std::unordered_set<const NamedTensor*> no_early_reduce_;
   std::vector<NamedTensor*> params_;
+  std::vector<NamedTensor*> buffers_;  // saved and loaded with the model, not optimised (the expert bias)
   std::unique_ptr<DataParallelOptimizer> optimizer_;
   std::unique_ptr<LrSchedule> schedule_;
   LossScaler scaler_;
@@ -146,6 +156,12 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
       launch_(parallel::detect_launch()),
       logger_(LoggerOptions{launch_.rank, launch_.world_size, o.stderr_sink_level, o.log_dir, true}),
       ctx_(make_context(o, launch_)) {
+  if (o.model.num_experts > 0 && o.tensor_parallel > 1)
+    throw Error(fmt::format(
+        "model '{}' has MoE layers (num_experts = {}) and tensor_model_parallel_size = {}: tensor parallelism inside "
+        "the experts (expert_tensor_parallel_size) comes with expert parallelism and is not built yet; train MoE "
+        "models with data and pipeline parallelism (tensor_model_parallel_size: 1)",
+        o.model.name, o.model.num_experts, o.tensor_parallel));
   if (o.context_parallel != 1 || o.expert_parallel != 1)
     throw Error(fmt::format(
         "the Primus training loop runs data, tensor (+sequence) and pipeline parallelism so far; "
@@ -203,6 +219,11 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
                     ? fmt::format(" | attention from PRIMUS_ATTENTION_IMPL={}", forced)
                     : turbo ? " | attention: Primus-Turbo (cuDNN fused SDPA, flash fallback)"
                             : " | attention: plain kernel (enable_primus_turbo/use_turbo_attention off)";
+    if (o.model.num_experts > 0) {
+      cuda::set_grouped_gemm_impl(o.moe_grouped_gemm ? cuda::GroupedGemmImpl::Batched : cuda::GroupedGemmImpl::Loop);
+      kernels_ += o.moe_grouped_gemm ? " | experts: grouped GEMM (cuBLAS grouped-batched; moe_grouped_gemm)"
+                                     : " | experts: one cuBLASLt GEMM per expert (moe_grouped_gemm off)";
+    }
   }
 #endif
   if (tp_size_ > 1) lo.tensor_parallel = {&groups_->tp(), o.sequence_parallel};
@@ -251,6 +272,7 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
                dp_size_, pp_size_);
   model_ = std::make_unique<PipelinedModel>(o.model, ctx_, lo, po);
   params_ = model_->parameters();
+  buffers_ = model_->buffers();
   const std::vector<NamedTensor*> tied_copies = model_->tied_embedding_copies();
   for (NamedTensor* p : tied_copies) no_early_reduce_.insert(p);
   if (!tied_copies.empty() || (pp_size_ > 1 && !o.model.untie_embeddings_and_output_weights))
@@ -319,13 +341,15 @@ void Run::restore() {
   CheckpointReader reader(dir);
   // Checkpoints hold full tensors: a tensor-parallel rank slices out its shard, so a run
   // may resume at another tensor-parallel size than the one that saved.
+  std::vector<NamedTensor*> loaded = params_;
+  loaded.insert(loaded.end(), buffers_.begin(), buffers_.end());
   if (tp_size_ == 1) {
     NamedTensorList targets;
-    for (NamedTensor* p : params_) targets.emplace_back(p->name, p->value);
+    for (NamedTensor* p : loaded) targets.emplace_back(p->name, p->value);
     // A pipeline stage holds some of the file's tensors: every one of its own must be there.
     load_tensors_into(reader.model_file(), targets, /*strict=*/pp_size_ == 1);
   } else {
-    parallel::load_full_tensors(ctx_, params_, reader.model_tensors());
+    parallel::load_full_tensors(ctx_, loaded, reader.model_tensors());
   }
   // The optimizer took its fp32 masters from the initial weights: make them the loaded ones
   // (the optimizer state, when loaded below, restores the exact fp32 masters instead).
@@ -376,7 +400,11 @@ void Run::restore() {
 
 LossSums Run::train_step(float loss_weight, std::vector<data::Batch>& batches) {
   grad_completions_.clear();
-  const DecoderModel::StepResult r = model_->forward_backward(batches, loss_weight);
+  // The MoE auxiliary losses are per micro-batch means: each weighs 1 / (micro-batches in the
+  // global batch) of the objective (Megatron's MoEAuxLossAutoScaler scale), times the loss scale.
+  const float aux_weight =
+      static_cast<float>(scaler_.scale() / static_cast<double>(num_micro_batches_ * dp_size_));
+  const DecoderModel::StepResult r = model_->forward_backward(batches, loss_weight, aux_weight);
   // Sequence parallel: the replicated norm weights got partial grads on each tp rank.
   if (tp_size_ > 1 && o_.sequence_parallel) model_->reduce_sequence_parallel_grads();
   // Tied embeddings across pipeline stages: the two copies' grads summed.
@@ -418,11 +446,13 @@ void Run::save(int64_t iteration) {
   // Tensor-parallel shards are gathered into full tensors (a collective: every rank takes
   // part), so the checkpoint does not depend on the layout that wrote it.
   NamedTensorList model, optimizer;
+  std::vector<NamedTensor*> saved = params_;
+  saved.insert(saved.end(), buffers_.begin(), buffers_.end());
   if (tp_size_ == 1) {
-    for (NamedTensor* p : params_) model.emplace_back(p->name, p->value);
+    for (NamedTensor* p : saved) model.emplace_back(p->name, p->value);
     if (!o_.no_save_optim) optimizer = optimizer_->state_tensors();
   } else {
-    model = parallel::gather_full_tensors(params_, &groups_->tp());
+    model = parallel::gather_full_tensors(saved, &groups_->tp());
     if (!o_.no_save_optim) {
       std::vector<std::unique_ptr<NamedTensor>> views = optimizer_state_views();
       std::vector<NamedTensor*> ptrs;
@@ -491,6 +521,60 @@ std::vector<std::pair<std::string, double>> Run::memory_scalars() const {
   return m;
 }
 
+std::optional<Run::MoeReport> Run::finish_moe_step() {
+  const ModelConfig& m = o_.model;
+  if (m.num_experts <= 0) return std::nullopt;
+  // Per layer: tokens per expert (E), load-balancing and z-loss sums, micro-batches, dropped
+  // slots; zeros for the layers other pipeline ranks hold. Summed over the world: the
+  // data-parallel replicas of a layer add up (tensor parallelism is refused for MoE models).
+  const int64_t E = m.num_experts, width = E + 4;
+  std::vector<double> all(static_cast<size_t>(m.num_layers * width), 0.0);
+  std::vector<MoeMlp*> held = model_->moe_layers();
+  for (MoeMlp* layer : held) {
+    const MoeStepStats& st = layer->stats();
+    double* row = all.data() + layer->layer() * width;
+    std::copy(st.tokens_per_expert.begin(), st.tokens_per_expert.end(), row);
+    row[E] = st.load_balancing_loss;
+    row[E + 1] = st.z_loss;
+    row[E + 2] = static_cast<double>(st.micro_batches);
+    row[E + 3] = st.dropped;
+  }
+  all = world_->all_reduce_values(std::move(all));
+  // Aux-loss-free balancing: every rank applies the same update from the global counts.
+  for (MoeMlp* layer : held) {
+    const double* row = all.data() + layer->layer() * width;
+    layer->update_expert_bias(ctx_, std::vector<double>(row, row + E));
+    layer->stats().reset(E);
+  }
+  MoeReport r;
+  int64_t layers = 0;
+  for (int64_t l = 0; l < m.num_layers; ++l) {
+    if (!m.is_moe_layer(l)) continue;
+    const double* row = all.data() + l * width;
+    const double micro = std::max(1.0, row[E + 2]);
+    double total = 0, most = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      total += row[e];
+      most = std::max(most, row[e]);
+    }
+    const double load = total > 0 ? most / (total / static_cast<double>(E)) : 0.0;
+    r.load_balancing_loss += row[E] / micro;
+    r.z_loss += row[E + 1] / micro;
+    r.expert_load = std::max(r.expert_load, load);
+    const std::string tag = fmt::format("moe/layer_{}/", l);
+    r.per_layer.emplace_back(tag + "load_balancing_loss", row[E] / micro);
+    if (m.moe_z_loss_coeff > 0) r.per_layer.emplace_back(tag + "z_loss", row[E + 1] / micro);
+    r.per_layer.emplace_back(tag + "expert_load_max_over_mean", load);
+    if (m.moe_expert_capacity_factor > 0) r.per_layer.emplace_back(tag + "dropped_fraction", row[E + 3] / std::max(1.0, row[E + 3] + total));
+    ++layers;
+  }
+  if (layers > 0) {
+    r.load_balancing_loss /= static_cast<double>(layers);
+    r.z_loss /= static_cast<double>(layers);
+  }
+  return r;
+}
+
 void Run::log_header() {
   const auto& m = o_.model;
   logger_.info("primus train: {} | device {} | {} | world {} (data parallel {}{}, tensor parallel {}{}, pipeline "
@@ -513,6 +597,28 @@ void Run::log_header() {
                "parameters",
                m.num_layers, m.hidden_size, m.num_attention_heads, m.num_query_groups, m.ffn_hidden_size,
                m.vocab_size, m.padded_vocab_size, model_->num_parameters() / 1e6);
+  if (m.num_experts > 0) {
+    int64_t moe_layers = 0;
+    for (int64_t l = 0; l < m.num_layers; ++l) moe_layers += m.is_moe_layer(l) ? 1 : 0;
+    logger_.info("MoE: {} of {} layers, {} experts of ffn {}, top-{} ({} scores{}{}{}){}{}; {}; load balancing: {}{}{}",
+                 moe_layers, m.num_layers, m.num_experts, m.moe_ffn_hidden_size, m.moe_router_topk,
+                 m.moe_router_score_function, m.moe_router_pre_softmax ? ", pre-softmax" : "",
+                 m.moe_router_num_groups > 0
+                     ? fmt::format(", {} of {} groups", m.moe_router_group_topk, m.moe_router_num_groups)
+                     : "",
+                 m.moe_router_topk_scaling_factor != 1.0 ? fmt::format(", x{}", m.moe_router_topk_scaling_factor) : "",
+                 m.moe_shared_expert_intermediate_size > 0
+                     ? fmt::format(", shared experts of ffn {}", m.moe_shared_expert_intermediate_size)
+                     : "",
+                 m.moe_router_enable_expert_bias ? fmt::format(", expert bias (rate {})", m.moe_router_bias_update_rate) : "",
+                 m.moe_expert_capacity_factor > 0
+                     ? fmt::format("capacity factor {} (drop by {}{})", m.moe_expert_capacity_factor,
+                                   m.moe_token_drop_policy, m.moe_pad_expert_input_to_capacity ? ", padded" : "")
+                     : "dropless",
+                 m.moe_aux_loss_coeff > 0 ? m.moe_router_load_balancing_type : "none",
+                 m.moe_aux_loss_coeff > 0 ? fmt::format(" x {}", m.moe_aux_loss_coeff) : "",
+                 m.moe_z_loss_coeff > 0 ? fmt::format(", z-loss x {}", m.moe_z_loss_coeff) : "");
+  }
   logger_.info("batch: global {} = micro {} x {} micro-batches x {} data-parallel ranks, seq {}; {} iterations",
                o_.global_batch_size, o_.micro_batch_size, num_micro_batches_, dp_size_, o_.seq_length,
                o_.train_iters);
@@ -669,6 +775,14 @@ TrainResult Run::train() {
     rec.iteration = iteration_;
     rec.elapsed_s = seconds_since(t0);
     rec.losses = {{"lm loss", loss}};
+    const std::optional<MoeReport> moe = finish_moe_step();
+    if (moe) {
+      if (o_.model.moe_aux_loss_coeff > 0 && o_.model.moe_router_load_balancing_type != "none")
+        rec.losses.emplace_back(o_.model.moe_router_load_balancing_type == "seq_aux_loss" ? "seq_load_balancing_loss"
+                                                                                           : "load_balancing_loss",
+                                moe->load_balancing_loss);
+      if (o_.model.moe_z_loss_coeff > 0) rec.losses.emplace_back("z_loss", moe->z_loss);
+    }
     rec.skipped = info.skipped;
     rec.nan = !loss_finite || !std::isfinite(info.grad_norm);
     rec.learning_rate = lr;
@@ -693,6 +807,10 @@ TrainResult Run::train() {
     if (log_now) {
       IntervalReport report = metrics.report();
       report.memory = memory_scalars();
+      if (moe) {
+        report.expert_load = moe->expert_load;
+        report.moe_layers = moe->per_layer;
+      }
       if (reporter) reporter->report_train(report);
     }
     if (watchdog) watchdog->heartbeat(iteration_);

@@ -64,7 +64,7 @@ def reference_greedy(p, cfg, prompt, n, vocab):
     out, margin = [], float("inf")
     with torch.no_grad():
         for _ in range(n):
-            last = llama_forward(p, cfg, torch.tensor([seq], dtype=torch.int64))[0, -1, :vocab]
+            last = llama_forward(p, cfg, torch.tensor([seq], dtype=torch.int64))[0][0, -1, :vocab]
             top2 = torch.topk(last, 2).values
             margin = min(margin, (top2[0] - top2[1]).item())
             t = int(torch.argmax(last).item())
@@ -118,7 +118,7 @@ def check_case(a, case):
     run_primus(a.primus, save, [prompts[0]], 1, ["--dump-logits", npy])
     got = torch.from_numpy(np.load(npy))
     with torch.no_grad():
-        want = llama_forward(p, cfg, torch.tensor([prompts[0]], dtype=torch.int64))
+        want = llama_forward(p, cfg, torch.tensor([prompts[0]], dtype=torch.int64))[0]
     shape_ok = tuple(got.shape) == tuple(want.shape)
     err = rel_error(got, want) if shape_ok else float("inf")
     if not shape_ok:

@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
-"""Reference parity for our Llama: an independent PyTorch Llama written from the papers.
+"""Reference parity for our decoder: an independent PyTorch Llama / MoE written from the papers.
 
 The model follows the published definitions, not our code: RMSNorm (Zhang & Sennrich
 2019), rotary embeddings in the rotate-half form (Su et al. 2021) with Llama 3.1's
 frequency scaling (Meta's Llama 3.1 release), grouped-query attention (Ainslie et al.
 2023) with a causal mask, the SwiGLU MLP (Shazeer 2020), pre-norm residual blocks and a
-(tied or untied) output layer (Touvron et al. 2023), cross-entropy over loss-masked tokens.
+(tied or untied) output layer (Touvron et al. 2023), cross-entropy over loss-masked tokens; the
+mixture-of-experts MLP as Megatron-core defines it (top-k router with softmax or sigmoid scores,
+pre-softmax, group-limited routing, expert bias for selection, scaling; expert capacity with
+drop by probability or position; shared experts; the switch load-balancing loss over the
+micro-batch or per sequence, and the router z-loss: Fedus et al. 2021, Zoph et al. 2022,
+DeepSeek-AI 2024).
 Gradients come from torch autograd; the optimizer check uses torch.optim.AdamW,
 torch.nn.utils.clip_grad_norm_ and the Megatron LR formula written out below.
 
@@ -103,14 +108,103 @@ def attention(q, k, v):
     return (torch.softmax(scores, dim=-1) @ v).transpose(1, 2)  # (B,T,Hq,D)
 
 
-def llama_forward(p, cfg, tokens):
-    """Logits (B,T,V) for the weights p (dict name -> tensor) and tokens (B,T)."""
+def swiglu_mlp(x, fc1, fc2):
+    gate, up = (x @ fc1.T).chunk(2, dim=-1)
+    return (torch.nn.functional.silu(gate) * up) @ fc2.T
+
+
+def topk_indices(scores, k):
+    """Top-k expert indices per row (descending; inputs are random, so no ties)."""
+    return torch.topk(scores, k, dim=-1).indices
+
+
+def group_limited_topk(sel, k, groups, group_topk):
+    """DeepSeek's device-limited routing: groups scored by the sum of their top (k / group_topk)
+    selection scores; only the best group_topk groups are eligible for the top-k."""
+    N, E = sel.shape
+    grouped = sel.view(N, groups, E // groups)
+    group_scores = grouped.topk(k // group_topk, dim=-1).values.sum(-1)
+    keep = torch.zeros(N, groups, dtype=torch.bool)
+    keep.scatter_(1, group_scores.topk(group_topk, dim=-1).indices, True)
+    eligible = keep.unsqueeze(-1).expand(N, groups, E // groups).reshape(N, E)
+    return topk_indices(sel.masked_fill(~eligible, float("-inf")), k)
+
+
+def moe_mlp(x, p, pre, m, B, T, bias):
+    """Megatron's MoE layer (router, token dropping, experts, shared experts) on x (B,T,C).
+    Every expert runs on every token and is weighted by its (masked) routing probability: the
+    same outputs and gradients as a dispatcher that only sends the routed tokens.
+    Returns the layer output and its auxiliary objective (load balancing + z-loss)."""
+    N, C = B * T, x.shape[-1]
+    h = x.reshape(N, C)
+    E, k = m["num_experts"], m["topk"]
+    z = h @ p[pre + "mlp.router.weight"].T  # (N, E)
+    # Top-k routing (Megatron's topk_routing_with_score_function).
+    if m["score_function"] == "softmax":
+        s = torch.softmax(z, dim=-1)
+        sel = s if m["pre_softmax"] else z
+    else:
+        s = torch.sigmoid(z)
+        sel = s + bias if bias is not None else s
+    idx = (group_limited_topk(sel, k, m["num_groups"], m["group_topk"]) if m["num_groups"] > 0
+           else topk_indices(sel, k))
+    if m["score_function"] == "softmax":
+        probs = s.gather(1, idx) if m["pre_softmax"] else torch.softmax(z.gather(1, idx), dim=-1)
+    else:
+        probs = s.gather(1, idx)
+        if k > 1:
+            probs = probs / (probs.sum(-1, keepdim=True) + 1e-20)
+    probs = probs * m["scaling"]
+    routing_probs = torch.zeros(N, E, dtype=z.dtype).scatter(1, idx, probs)
+    routed = torch.zeros(N, E, dtype=torch.bool).scatter(1, idx, True)
+    # Expert capacity: ceil(N k / E * cf) tokens per expert; the rest are dropped.
+    if m["capacity_factor"] > 0:
+        cap = math.ceil(N * k / E * m["capacity_factor"])
+        if cap < N:
+            if m["drop_policy"] == "probs":
+                keep = torch.zeros(N, E, dtype=torch.bool)
+                keep.scatter_(0, routing_probs.detach().topk(cap, dim=0).indices, True)
+            else:  # position: the first `cap` routed tokens of each expert
+                keep = torch.cumsum(routed.long(), dim=0) <= cap
+            routed = routed & keep
+    weights = routing_probs * routed.double()
+    out = torch.zeros(N, C, dtype=h.dtype)
+    for e in range(E):
+        w1 = p[pre + "mlp.experts.linear_fc1.weight"][e]
+        w2 = p[pre + "mlp.experts.linear_fc2.weight"][e]
+        out = out + weights[:, e:e + 1] * swiglu_mlp(h, w1, w2)
+    if m["shared_ffn_hidden_size"] > 0:
+        out = out + swiglu_mlp(h, p[pre + "mlp.shared_experts.linear_fc1.weight"],
+                               p[pre + "mlp.shared_experts.linear_fc2.weight"])
+    # Auxiliary losses on the scores over all experts and their own top-k.
+    aux = torch.zeros((), dtype=z.dtype)
+    if m["aux_coeff"] > 0 and m["load_balancing"] in ("aux_loss", "seq_aux_loss"):
+        if m["score_function"] == "softmax":
+            sa = torch.softmax(z, dim=-1)
+        else:
+            sa = torch.sigmoid(z)
+            sa = sa / (sa.sum(-1, keepdim=True) + 1e-20)
+        counts = torch.zeros(N, E, dtype=z.dtype).scatter(1, topk_indices(sa.detach(), k), 1.0)
+        G = B if m["load_balancing"] == "seq_aux_loss" else 1
+        Tg = N // G
+        for g in range(G):
+            rows = slice(g * Tg, (g + 1) * Tg)
+            aux = aux + m["aux_coeff"] * E / (k * Tg * Tg) * (sa[rows].sum(0) * counts[rows].sum(0)).sum() / G
+    if m["z_coeff"] > 0:
+        aux = aux + m["z_coeff"] * torch.logsumexp(z, dim=-1).pow(2).mean()
+    return out.reshape(B, T, C), aux
+
+
+def llama_forward(p, cfg, tokens, buffers=None):
+    """Logits (B,T,V) and the MoE auxiliary objective (0 for dense models) for the weights p
+    (dict name -> tensor), buffers (the expert biases) and tokens (B,T)."""
     B, T = tokens.shape
     Hq, Hkv, D, F = cfg["num_attention_heads"], cfg["num_query_groups"], cfg["head_dim"], cfg["ffn_hidden_size"]
     eps = cfg["norm_epsilon"]
     angles = torch.arange(T, dtype=torch.float64)[:, None] * rope_inv_freq(cfg)[None, :]
     cos, sin = torch.cos(angles), torch.sin(angles)
     x = p["embedding.word_embeddings.weight"][tokens.long()]
+    aux = torch.zeros((), dtype=torch.float64)
     for l in range(cfg["num_layers"]):
         pre = f"decoder.layers.{l}."
         h = rms_norm(x, p[pre + "input_layernorm.weight"], eps)
@@ -122,11 +216,16 @@ def llama_forward(p, cfg, tokens):
         a = attention(q, k, v).reshape(B, T, Hq * D)
         x = x + a @ p[pre + "self_attention.linear_proj.weight"].T
         h = rms_norm(x, p[pre + "pre_mlp_layernorm.weight"], eps)
-        gate, up = (h @ p[pre + "mlp.linear_fc1.weight"].T).split([F, F], dim=-1)
-        x = x + (torch.nn.functional.silu(gate) * up) @ p[pre + "mlp.linear_fc2.weight"].T
+        moe = cfg.get("moe")
+        if moe and moe["layers"][l]:
+            bias = (buffers or {}).get(pre + "mlp.router.expert_bias")
+            y, layer_aux = moe_mlp(h, p, pre, moe, B, T, bias)
+            x, aux = x + y, aux + layer_aux
+        else:
+            x = x + swiglu_mlp(h, p[pre + "mlp.linear_fc1.weight"], p[pre + "mlp.linear_fc2.weight"])
     x = rms_norm(x, p["decoder.final_layernorm.weight"], eps)
     out = p["embedding.word_embeddings.weight"] if cfg["tied"] else p["output_layer.weight"]
-    return x @ out.T
+    return x @ out.T, aux
 
 
 def masked_loss_sum(logits, labels, mask):
@@ -149,13 +248,19 @@ def check_model(path):
     cfg = json.loads(meta["config"])
     names = [k[len("param."):] for k in t if k.startswith("param.")]
     p = {n: t["param." + n].double().requires_grad_(True) for n in names}
-    logits = llama_forward(p, cfg, t["tokens"])
+    buffers = {k[len("buffer."):]: v.double() for k, v in t.items() if k.startswith("buffer.")}
+    logits, aux = llama_forward(p, cfg, t["tokens"], buffers)
     loss_sum, count = masked_loss_sum(logits, t["labels"], t["loss_mask"])
     loss = loss_sum / count
-    loss.backward()
+    (loss + aux).backward()
     rows = [("logits", rel_error(t["logits"], logits.detach())), ("loss", rel_error(t["loss"], loss.detach()))]
+    if "moe" in cfg:
+        rows.append(("aux", rel_error(t["aux"], aux.detach())))
     rows += [("grad." + n, rel_error(t["grad." + n], p[n].grad)) for n in names]
-    assert len(rows) == 2 + len(names) and all(("grad." + n) in t for n in names)
+    assert len(rows) == 2 + ("moe" in cfg) + len(names) and all(("grad." + n) in t for n in names)
+    if "moe" in cfg and cfg["moe"]["capacity_factor"] > 0 and float(t["dropped"]) == 0:
+        print(f"  {meta['case']}: no token was dropped at capacity: the case would not see a dropping bug")
+        rows.append(("dropped", float("inf")))
     worst = max(rows, key=lambda r: r[1])
     failed = [r for r in rows if not r[1] < TOL_MODEL]
     print(f"  {meta['case']}: loss {loss.item():.6f}, {len(rows)} tensors, worst {worst[0]} {worst[1]:.2e}"
@@ -196,7 +301,7 @@ def check_optim(path):
         total = sum(float(b[2].sum()) for b in batches)
         loss_total = 0.0
         for tokens, labels, mask in batches:
-            loss_sum, _ = masked_loss_sum(llama_forward(p, cfg, tokens), labels, mask)
+            loss_sum, _ = masked_loss_sum(llama_forward(p, cfg, tokens)[0], labels, mask)
             (loss_sum / total).backward()
             loss_total += loss_sum.item()
         torch.nn.utils.clip_grad_norm_(list(p.values()), o["clip_grad"])

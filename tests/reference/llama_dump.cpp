@@ -1,11 +1,12 @@
-// reference_llama_dump: runs our Llama (CPU backend) on tiny configs and writes
-// everything an independent reference needs to check it into one safetensors file:
+// reference_llama_dump: runs our decoder (CPU backend) on tiny Llama and MoE configs and
+// writes everything an independent reference needs to check it into one safetensors file:
 // the config (metadata "config", JSON), the weights, the batch, and our outputs.
 //
 //   reference_llama_dump model <case> <out.safetensors>
-//       weights "param.<name>", batch "tokens"/"labels"/"loss_mask" (B,T),
-//       outputs "logits" (B,T,V), "loss" (mean over loss tokens), "grad.<name>"
-//       (gradient of that mean loss)
+//       weights "param.<name>" (and "buffer.<name>": the MoE expert bias), batch
+//       "tokens"/"labels"/"loss_mask" (B,T), outputs "logits" (B,T,V), "loss" (mean over loss
+//       tokens), "aux" (MoE: the sum over layers of the load-balancing and z losses, coefficients
+//       included), "grad.<name>" (gradient of loss + aux: the MoE losses with weight 1)
 //   reference_llama_dump optim <out.safetensors>
 //       20 AdamW steps (2 micro-batches each, warmup + cosine, clip_grad 1):
 //       "init.<name>", per step s and micro-batch m "tokens.s.m"/"labels.s.m"/"loss_mask.s.m",
@@ -89,6 +90,54 @@ std::map<std::string, Case> cases() {
   sel.recompute = Recompute::Selective;
   sel.config.untie_embeddings_and_output_weights = false;
   m["gqa_recompute_selective"] = sel;
+
+  // Mixture of experts (Megatron's router, dispatcher, grouped experts and losses).
+  auto moe = [](const char* name, int64_t experts, int64_t topk) {
+    Case c{base(name)};
+    c.config.num_experts = experts;
+    c.config.moe_router_topk = topk;
+    c.config.moe_ffn_hidden_size = 16;
+    c.config.moe_aux_loss_coeff = 0.01;
+    return c;
+  };
+  Case mix = moe("moe_mixtral_top2_zloss", 4, 2);  // softmax after top-k, aux loss, z-loss
+  mix.config.moe_z_loss_coeff = 0.001;
+  m["moe_mixtral_top2_zloss"] = mix;
+  Case mixfull = moe("moe_top2_recompute_full", 4, 2);
+  mixfull.recompute = Recompute::Full;
+  m["moe_top2_recompute_full"] = mixfull;
+  // Switch-style top-1 over softmax scores (after top-k, a top-1 prob would be 1 for every token
+  // and dropping "by probs" a tie); capacity factor 1: full experts drop tokens.
+  Case top1 = moe("moe_top1_capacity_probs", 4, 1);
+  top1.config.moe_router_pre_softmax = true;
+  top1.config.moe_expert_capacity_factor = 1.0;
+  m["moe_top1_capacity_probs"] = top1;
+  Case pos = moe("moe_top2_capacity_position_pad", 4, 2);
+  pos.config.moe_expert_capacity_factor = 1.0;
+  pos.config.moe_token_drop_policy = "position";
+  pos.config.moe_pad_expert_input_to_capacity = true;
+  pos.recompute = Recompute::Selective;
+  m["moe_top2_capacity_position_pad"] = pos;
+  Case top8 = moe("moe_top8_presoftmax_groups_seqaux", 16, 8);  // DeepSeek-V2 style
+  top8.config.moe_router_pre_softmax = true;
+  top8.config.moe_router_num_groups = 4;
+  top8.config.moe_router_group_topk = 2;
+  top8.config.moe_router_topk_scaling_factor = 2.0;
+  top8.config.moe_router_load_balancing_type = "seq_aux_loss";
+  m["moe_top8_presoftmax_groups_seqaux"] = top8;
+  Case sig = moe("moe_sigmoid_bias_groups_shared", 8, 4);  // DeepSeek-V3 style, first layer dense
+  sig.config.num_layers = 3;
+  sig.config.moe_router_score_function = "sigmoid";
+  sig.config.moe_router_enable_expert_bias = true;
+  sig.config.moe_router_num_groups = 4;
+  sig.config.moe_router_group_topk = 2;
+  sig.config.moe_router_topk_scaling_factor = 2.5;
+  sig.config.moe_shared_expert_intermediate_size = 24;
+  sig.config.moe_layer_pattern = {0, 1, 1};
+  sig.config.moe_router_load_balancing_type = "seq_aux_loss";
+  sig.config.moe_aux_loss_coeff = 0.001;
+  sig.config.moe_z_loss_coeff = 0.001;
+  m["moe_sigmoid_bias_groups_shared"] = sig;
   return m;
 }
 
@@ -110,6 +159,26 @@ std::string config_json(const ModelConfig& c, int64_t B, int64_t T) {
   j["rope_high_freq_factor"] = c.rope_high_freq_factor;
   j["original_max_position_embeddings"] = c.original_max_position_embeddings;
   j["tied"] = !c.untie_embeddings_and_output_weights;
+  if (c.num_experts > 0) {
+    std::vector<int> moe_layers;
+    for (int64_t l = 0; l < c.num_layers; ++l) moe_layers.push_back(c.is_moe_layer(l) ? 1 : 0);
+    j["moe"] = {{"num_experts", c.num_experts},
+                {"topk", c.moe_router_topk},
+                {"ffn_hidden_size", c.moe_ffn_hidden_size},
+                {"shared_ffn_hidden_size", c.moe_shared_expert_intermediate_size},
+                {"layers", moe_layers},
+                {"score_function", c.moe_router_score_function},
+                {"pre_softmax", c.moe_router_pre_softmax},
+                {"num_groups", c.moe_router_num_groups},
+                {"group_topk", c.moe_router_group_topk},
+                {"scaling", c.moe_router_topk_scaling_factor},
+                {"expert_bias", c.moe_router_enable_expert_bias},
+                {"load_balancing", c.moe_router_load_balancing_type},
+                {"aux_coeff", c.moe_aux_loss_coeff},
+                {"z_coeff", c.moe_z_loss_coeff},
+                {"capacity_factor", c.moe_expert_capacity_factor},
+                {"drop_policy", c.moe_token_drop_policy}};
+  }
   j["batch"] = B;
   j["seq"] = T;
   return j.dump();
@@ -152,11 +221,27 @@ int run_model(const std::string& name, const std::string& out) {
   const Batch b = make_batch(c.batch, c.seq, c.config.padded_vocab_size, 3, c.ignore_labels);
 
   NamedTensorList tensors;
+  // The expert bias starts at zero in training; random values test its role in the routing.
+  for (NamedTensor* b : model.buffers()) {
+    CounterRng rng(5, stream_id(b->name));
+    rng.fill_normal(b->value, 0.f, 0.05f, 0);
+    tensors.emplace_back("buffer." + b->name, b->value.clone());
+  }
   for (NamedTensor* p : model.parameters()) tensors.emplace_back("param." + p->name, p->value.clone());
-  // The gradient of the mean loss: first count loss tokens with a weightless pass.
+  // The gradient of the mean loss (+ the MoE losses): first count loss tokens with a weightless pass.
   const double tokens = model.forward_only(b.tokens, b.labels, b.mask).num_tokens;
   model.zero_grads();
-  const auto r = model.forward_backward(b.tokens, b.labels, b.mask, static_cast<float>(1.0 / tokens));
+  const auto r = model.forward_backward(b.tokens, b.labels, b.mask, static_cast<float>(1.0 / tokens), 1.f);
+  double aux = 0, dropped = 0;  // the MoE losses of this one forward, coefficients included
+  for (MoeMlp* layer : model.moe_layers()) {
+    aux += c.config.moe_aux_loss_coeff * layer->stats().load_balancing_loss +
+           c.config.moe_z_loss_coeff * layer->stats().z_loss;
+    dropped += layer->stats().dropped;
+  }
+  if (c.config.moe_expert_capacity_factor > 0 && dropped == 0)
+    std::fprintf(stderr, "%s: no token was dropped: the capacity case tests nothing\n", name.c_str());
+  tensors.emplace_back("dropped", Tensor::from_floats({static_cast<float>(dropped)}, {}));
+  tensors.emplace_back("aux", Tensor::from_floats({static_cast<float>(aux)}, {}));
   for (NamedTensor* p : model.parameters()) tensors.emplace_back("grad." + p->name, p->grad);
   tensors.emplace_back("tokens", b.tokens);
   tensors.emplace_back("labels", b.labels);
@@ -164,8 +249,8 @@ int run_model(const std::string& name, const std::string& out) {
   tensors.emplace_back("logits", model.logits(b.tokens));
   tensors.emplace_back("loss", Tensor::from_floats({static_cast<float>(r.loss_sum / r.num_tokens)}, {}));
   save_safetensors(out, tensors, {{"config", config_json(c.config, c.batch, c.seq)}, {"case", name}});
-  std::printf("%s: loss %.6f over %.0f tokens -> %s\n", name.c_str(), r.loss_sum / r.num_tokens, r.num_tokens,
-              out.c_str());
+  std::printf("%s: loss %.6f over %.0f tokens, %.0f MoE slots dropped -> %s\n", name.c_str(),
+              r.loss_sum / r.num_tokens, r.num_tokens, dropped, out.c_str());
   return 0;
 }
 

@@ -5,10 +5,13 @@
 #   - the per-iteration losses of the final, resumed history equal an uninterrupted run's
 #     bit for bit (metrics.jsonl keeps full double precision), as does the final model file;
 #   - a SIGTERM makes the run save and exit 0 (Slurm preemption).
-# Usage: kill_resume.sh PRIMUS_BINARY [KILLS]
+# Extra arguments after KILLS go to every run (e.g. --set num_experts=4 ...: an MoE model,
+# whose expert bias and auxiliary losses must resume exactly too; every logged loss is compared).
+# Usage: kill_resume.sh PRIMUS_BINARY [KILLS [--set key=value ...]]
 set -euo pipefail
 PRIMUS=$1
 KILLS=${2:-20}
+shift $(($# < 2 ? $# : 2))
 WORK=$(mktemp -d /tmp/primus_kill_resume.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 
@@ -16,7 +19,7 @@ EXP=$(dirname "$0")/tiny_mock-pretrain.yaml
 export PRIMUS_TEST_WORKSPACE=$WORK/ws
 # Not a shell function: a backgrounded function is a subshell, and `kill -9 $!` must hit primus.
 TRAIN=(train --config "$EXP" --set train_iters=400 --set lr_warmup_iters=5 --set save_interval=2
-       --set auto_continue_train=true --set async_save=true)
+       --set auto_continue_train=true --set async_save=true "$@")
 
 PRIMUS_TEST_RUN=ref "$PRIMUS" "${TRAIN[@]}" --set save="$WORK/ref_ckpt" >"$WORK/ref.log" 2>&1 || { cat "$WORK/ref.log"; exit 1; }
 
@@ -62,7 +65,9 @@ def losses(path):
     for line in open(path):
         r = json.loads(line)
         if r.get("type") == "train":
-            out[r["iteration"]] = (r["lm_loss"], r["grad_norm"])  # the last logged value wins
+            # every logged loss (lm loss, MoE load balancing, z-loss) and the grad norm; the last
+            # logged value of an iteration wins
+            out[r["iteration"]] = tuple(sorted((k, v) for k, v in r.items() if k.endswith("loss") or k == "grad_norm"))
     return out
 ref, run = losses(sys.argv[1]), losses(sys.argv[2])
 assert len(ref) == 400, f"reference logged {len(ref)} iterations"

@@ -20,6 +20,11 @@
 #                decoder_last_pipeline_num_layers=2), untied output layer         == ref4
 #   tp2pp2->1    4 ranks tp2+sp x pp2 stop at 4 and save; 1 rank resumes          == ref
 #   1->tp2pp2    1 rank stops at 5 and saves; 4 ranks tp2+sp x pp2 resume         == ref
+#   MoE (a tiny Mixtral/DeepSeek hybrid: sigmoid top-2 of 4 experts with the expert bias, the
+#   sequence aux loss, z-loss, capacity 1.25, shared experts), against refmoe (1 rank):
+#   dp2moe       2 ranks, distributed optimizer, overlapped grad reduce           == refmoe
+#   pp2moe       2 ranks, pipeline parallel                                       == refmoe
+#   moe_half->pp2  1 rank stops at 5 and saves; 2 pipeline ranks resume           == refmoe
 # Usage: parallel_train.sh PRIMUS_BINARY MPIEXEC
 set -euo pipefail
 PRIMUS=$1
@@ -74,6 +79,17 @@ run tp2pp2_half 4 "${TP2PP2[@]}" --set save="$WORK/ckpt_tp2pp2" --set exit_inter
 run tp2pp2_to_1 1 --set load="$WORK/ckpt_tp2pp2" $(final tp2pp2_to_1)
 run one_half 1 --set save="$WORK/ckpt_one" --set exit_interval=5
 run one_to_tp2pp2 4 "${TP2PP2[@]}" --set load="$WORK/ckpt_one" $(final one_to_tp2pp2)
+MOE=(--set num_experts=4 --set moe_router_topk=2 --set moe_ffn_hidden_size=32
+     --set moe_shared_expert_intermediate_size=32 --set moe_router_score_function=sigmoid
+     --set moe_router_enable_expert_bias=true --set moe_router_bias_update_rate=0.01
+     --set moe_router_load_balancing_type=seq_aux_loss --set moe_aux_loss_coeff=0.01 --set moe_z_loss_coeff=0.001
+     --set moe_expert_capacity_factor=1.25)
+run refmoe 1 "${MOE[@]}" $(final refmoe)
+run dp2moe 2 "${MOE[@]}" --set use_distributed_optimizer=true --set overlap_grad_reduce=true --set ddp_bucket_size=3000 \
+  $(final dp2moe)
+run pp2moe 2 "${MOE[@]}" --set pipeline_model_parallel_size=2 $(final pp2moe)
+run moe_half 1 "${MOE[@]}" --set save="$WORK/ckpt_moe" --set exit_interval=5
+run moe_to_pp2 2 "${MOE[@]}" --set pipeline_model_parallel_size=2 --set load="$WORK/ckpt_moe" $(final moe_to_pp2)
 }
 
 # A layout the interleaved schedule cannot run is refused at set-up, naming the keys.
@@ -109,10 +125,10 @@ def losses(run):
     out = {}
     for line in open(f"{root}/{run}/tensorboard/metrics.jsonl"):
         r = json.loads(line)
-        if r.get("type") == "train":
-            out[r["iteration"]] = r["lm_loss"]
+        if r.get("type") == "train":  # lm loss, and for MoE runs the load-balancing and z losses
+            out[r["iteration"]] = {k: v for k, v in r.items() if k.endswith("loss")}
     return out
-refs = {r: losses(r) for r in ("ref", "ref4")}
+refs = {r: losses(r) for r in ("ref", "ref4", "refmoe")}
 for r in refs.values():
     assert sorted(r) == list(range(1, 11)), r
 worst = 0.0
@@ -121,15 +137,18 @@ runs = (("dp2", ALL, "ref"), ("tp2", ALL, "ref"), ("dp2_distopt", ALL, "ref"), (
         ("tp2sp", FIRST, "ref"), ("tp1resume", LAST, "ref"), ("distopt_half", FIRST, "ref"),
         ("distopt_resume", LAST, "ref"), ("pp2", ALL, "ref"), ("pp2dp2", ALL, "ref"), ("pp2vp", ALL, "ref4"),
         ("pp3uneven", ALL, "ref4"), ("tp2pp2_half", FIRST, "ref"), ("tp2pp2_to_1", LAST, "ref"), ("one_half", FIRST, "ref"),
-        ("one_to_tp2pp2", LAST, "ref"))
+        ("one_to_tp2pp2", LAST, "ref"), ("dp2moe", ALL, "refmoe"), ("pp2moe", ALL, "refmoe"),
+        ("moe_half", FIRST, "refmoe"), ("moe_to_pp2", LAST, "refmoe"))
 for run, its, refname in runs:
     ref = refs[refname]
     got = losses(run)
     assert sorted(got) == list(its), f"{run} logged iterations {sorted(got)}"
     for i in its:
-        rel = abs(got[i] - ref[i]) / abs(ref[i])
-        worst = max(worst, rel)
-        assert rel < 1e-5, f"{run} iteration {i}: loss {got[i]!r} vs single rank {ref[i]!r} (rel {rel:.2e})"
+        assert sorted(got[i]) == sorted(ref[i]), f"{run} iteration {i}: logs {sorted(got[i])}, single rank {sorted(ref[i])}"
+        for key in ref[i]:
+            rel = abs(got[i][key] - ref[i][key]) / abs(ref[i][key])
+            worst = max(worst, rel)
+            assert rel < 1e-5, f"{run} iteration {i}: {key} {got[i][key]!r} vs single rank {ref[i][key]!r} (rel {rel:.2e})"
 print(f"{len(runs)} parallel runs match the single-rank losses (worst relative difference {worst:.2e})")
 
 def weights(run):  # model.safetensors of the iteration-8 checkpoint, read from the format
@@ -145,11 +164,12 @@ def weights(run):  # model.safetensors of the iteration-8 checkpoint, read from 
         b, e = meta["data_offsets"]
         out[name] = np.frombuffer(raw[8 + n + b:8 + n + e], dtype="<f4").reshape(meta["shape"])
     return out
-ref_ws = {r: weights(r) for r in ("ref", "ref4")}
+ref_ws = {r: weights(r) for r in ("ref", "ref4", "refmoe")}
 worst_w = 0.0
 for run, refname in (("dp2", "ref"), ("tp2", "ref"), ("dp2_distopt", "ref"), ("dp2_overlap", "ref"), ("dp2tp2", "ref"),
                      ("tp1resume", "ref"), ("distopt_resume", "ref"), ("pp2", "ref"), ("pp2dp2", "ref"),
-                     ("pp2vp", "ref4"), ("pp3uneven", "ref4"), ("tp2pp2_to_1", "ref"), ("one_to_tp2pp2", "ref")):
+                     ("pp2vp", "ref4"), ("pp3uneven", "ref4"), ("tp2pp2_to_1", "ref"), ("one_to_tp2pp2", "ref"),
+                     ("dp2moe", "refmoe"), ("pp2moe", "refmoe"), ("moe_to_pp2", "refmoe")):
     ref_w = ref_ws[refname]
     got = weights(run)
     assert sorted(got) == sorted(ref_w), f"{run}: tensors {sorted(set(got) ^ set(ref_w))} differ in name"

@@ -2,6 +2,15 @@
 # SIGTERM saves; the resumed history equals an uninterrupted run bit for bit (tests/train/).
 add_test(NAME train_kill_resume COMMAND ${CMAKE_CURRENT_LIST_DIR}/kill_resume.sh $<TARGET_FILE:primus> 20)
 set_tests_properties(train_kill_resume PROPERTIES LABELS "train" TIMEOUT 600)
+# The same for a tiny MoE model: sigmoid routing with the aux-loss-free expert bias (updated
+# after every step, saved with the model), the sequence aux loss, the z-loss and token dropping.
+add_test(NAME train_kill_resume_moe
+         COMMAND ${CMAKE_CURRENT_LIST_DIR}/kill_resume.sh $<TARGET_FILE:primus> 10
+                 --set num_experts=4 --set moe_router_topk=2 --set moe_ffn_hidden_size=64
+                 --set moe_router_score_function=sigmoid --set moe_router_enable_expert_bias=true
+                 --set moe_router_bias_update_rate=0.01 --set moe_router_load_balancing_type=seq_aux_loss
+                 --set moe_aux_loss_coeff=0.01 --set moe_z_loss_coeff=0.001 --set moe_expert_capacity_factor=1.25)
+set_tests_properties(train_kill_resume_moe PROPERTIES LABELS "train;moe" TIMEOUT 600)
 if(MPI_C_FOUND)
   # DP2, TP2+SP and a TP2 -> TP1 resume through `primus train` under mpirun (tests/train/).
   add_test(NAME train_parallel_layouts

