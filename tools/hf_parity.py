@@ -15,11 +15,20 @@
        primus convert primus-to-hf --load SAVE --output HF --dtype fp32
    loaded by transformers' LlamaForCausalLM.from_pretrained, and its logits compared with
    `primus generate --dump-logits` of the same prompt (relative error < 1e-4), plus greedy ids.
+3. Mixtral, both directions: a small random transformers MixtralForCausalLM (4 experts, top-2,
+   GQA, untied) saved with save_pretrained in shards goes through round 1 (the summary's
+   hf_layout says which of HF's two expert layouts save_pretrained wrote: "per-expert"
+   block_sparse_moe.experts.N.w1/w2/w3, or transformers 5's "fused" mlp.experts.gate_up_proj /
+   down_proj; hf-to-primus reads both); and a Primus MoE checkpoint (a few iterations of
+   `primus train` on mock data with the tiny example, padded vocabulary, or
+   --primus-moe-checkpoint DIR) goes through round 2 with MixtralForCausalLM.from_pretrained.
 
-Prints one JSON summary on stdout; exits 0 when every check passes, 1 on a mismatch, 2 when
-a command could not run (the summary says which and its output).
+Prints one JSON summary on stdout (keys hf_to_primus, primus_to_hf, hf_to_primus_mixtral,
+primus_to_hf_mixtral, each with "ok"); exits 0 when every check passes, 1 on a mismatch, 2 when
+a command could not run or transformers raised (the summary says which and its output).
 
     python3 tools/hf_parity.py --primus build/bin/primus --workdir /tmp/hfp [--device cpu|cuda|both]
+                               [--source-dir REPO]   # for the example `primus train` uses (default: ..)
 """
 import argparse
 import json
@@ -41,8 +50,8 @@ class CommandFailed(Exception):
     pass
 
 
-def run(cmd):
-    res = subprocess.run(cmd, capture_output=True, text=True)
+def run(cmd, cwd=None, env=None):
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
     if res.returncode != 0:
         raise CommandFailed(json.dumps({"command": cmd, "returncode": res.returncode,
                                         "output": (res.stdout + res.stderr)[-4000:]}))
@@ -129,6 +138,56 @@ def compare_tokens(ours, ref, step_margins):
             "reference_margin_at_mismatch": margin, "ambiguous_tie": ambiguous, "ok": ambiguous}
 
 
+def hf_tensor_names(hf_dir):
+    """The tensor names of an HF directory (index weight_map, else the safetensors header)."""
+    index = os.path.join(hf_dir, "model.safetensors.index.json")
+    if os.path.exists(index):
+        with open(index) as f:
+            return sorted(json.load(f)["weight_map"])
+    with open(os.path.join(hf_dir, "model.safetensors"), "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    return sorted(k for k in header if k != "__metadata__")
+
+
+def moe_layout(names):
+    """Which of HF's Mixtral expert layouts the names are in."""
+    per = any(".block_sparse_moe." in n for n in names)
+    fused = any(n.endswith(".mlp.experts.gate_up_proj") for n in names)
+    return "mixed" if per and fused else "fused" if fused else "per-expert" if per else "none"
+
+
+def hf_round(a, device_list, model, hf_name, save_name, tag):
+    """save_pretrained in shards -> primus convert hf-to-primus -> primus generate, compared
+    with the transformers model's logits and greedy ids."""
+    hf_dir = os.path.join(a.workdir, hf_name)
+    save = os.path.join(a.workdir, save_name)
+    for d in (hf_dir, save):
+        shutil.rmtree(d, ignore_errors=True)
+    model.save_pretrained(hf_dir, safe_serialization=True, max_shard_size="100KB")
+    run([a.primus] + fill(HF_TO_PRIMUS, hf=hf_dir, out=save))
+
+    V = model.config.vocab_size
+    rng = np.random.RandomState(a.seed)
+    prompt = rng.randint(3, V, size=a.prompt_len).tolist()
+    with torch.no_grad():
+        ref_logits = model(torch.tensor([prompt])).logits[0].float().numpy()  # (T, V)
+    ref_ids, step_scores = hf_greedy(model, prompt, a.new_tokens)
+    result = {"hf_dir": hf_dir, "checkpoint": save, "prompt_len": len(prompt), "new_tokens": a.new_tokens,
+              "shards": sorted(f for f in os.listdir(hf_dir) if f.endswith(".safetensors"))}
+    ok = True
+    for device in device_list:
+        ids, logits = primus_generate(a.primus, save, prompt, a.new_tokens, a.workdir, tag, device)
+        abs_err, rel_err = errors(logits[:, :V], ref_logits)
+        tokens = compare_tokens(ids, ref_ids, margins(step_scores))
+        dev_ok = tokens["ok"] and rel_err < REL_TOL and logits.shape[0] == len(prompt)
+        result[device] = {"tokens": tokens, "logits_max_abs_err": abs_err, "logits_rel_err": rel_err,
+                          "dumped_shape": list(logits.shape), "ok": dev_ok}
+        ok &= dev_ok
+    result["ok"] = ok
+    return result
+
+
 def hf_to_primus(a, device_list):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -141,32 +200,53 @@ def hf_to_primus(a, device_list):
                       initializer_range=0.15, bos_token_id=1, eos_token_id=2, torch_dtype="float32",
                       attn_implementation="eager")
     model = LlamaForCausalLM(cfg).float().eval()
-    hf_dir = os.path.join(a.workdir, "hf_model")
-    save = os.path.join(a.workdir, "primus_from_hf")
-    for d in (hf_dir, save):
-        shutil.rmtree(d, ignore_errors=True)
-    model.save_pretrained(hf_dir, safe_serialization=True, max_shard_size="100KB")
-    run([a.primus] + fill(HF_TO_PRIMUS, hf=hf_dir, out=save))
+    return hf_round(a, device_list, model, "hf_model", "primus_from_hf", "hf_to_primus")
 
-    rng = np.random.RandomState(a.seed)
-    prompt = rng.randint(3, cfg.vocab_size, size=a.prompt_len).tolist()
+
+def hf_to_primus_mixtral(a, device_list):
+    import transformers
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(a.seed)
+    cfg = MixtralConfig(vocab_size=300, hidden_size=64, intermediate_size=48, num_hidden_layers=2,
+                        num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256,
+                        rms_norm_eps=1e-5, rope_theta=1e6, tie_word_embeddings=False, num_local_experts=4,
+                        num_experts_per_tok=2, router_aux_loss_coef=0.02, router_jitter_noise=0.0,
+                        sliding_window=None, initializer_range=0.15, bos_token_id=1, eos_token_id=2,
+                        torch_dtype="float32", attn_implementation="eager")
+    model = MixtralForCausalLM(cfg).float().eval()
+    result = hf_round(a, device_list, model, "hf_mixtral", "primus_from_hf_mixtral", "hf_to_primus_mixtral")
+    # Which expert layout transformers' save_pretrained wrote (both convert).
+    result["hf_layout"] = moe_layout(hf_tensor_names(result["hf_dir"]))
+    result["transformers"] = transformers.__version__
+    return result
+
+
+def export_round(a, device_list, name, save, model_cls):
+    """primus convert primus-to-hf -> model_cls.from_pretrained, compared with primus generate."""
+    hf_dir = os.path.join(a.workdir, "hf_from_" + name)
+    shutil.rmtree(hf_dir, ignore_errors=True)
+    run([a.primus] + fill(PRIMUS_TO_HF, ckpt=save, out=hf_dir))
+    model = model_cls.from_pretrained(hf_dir, torch_dtype=torch.float32, attn_implementation="eager").eval()
+    V = model.config.vocab_size
+    rng = np.random.RandomState(a.seed + 1)
+    prompt = rng.randint(0, V, size=min(a.prompt_len, model.config.max_position_embeddings // 2)).tolist()
     with torch.no_grad():
-        ref_logits = model(torch.tensor([prompt])).logits[0].float().numpy()  # (T, V)
-    ref_ids, step_scores = hf_greedy(model, prompt, a.new_tokens)
-    result = {"hf_dir": hf_dir, "checkpoint": save, "prompt_len": len(prompt), "new_tokens": a.new_tokens,
-              "shards": sorted(f for f in os.listdir(hf_dir) if f.endswith(".safetensors"))}
-    ok = True
+        ref_logits = model(torch.tensor([prompt])).logits[0].float().numpy()
+    ref_ids, step_scores = hf_greedy(model, prompt, a.new_tokens, primus_vocab_size(save))
+    r = {"checkpoint": save, "hf_dir": hf_dir, "tie_word_embeddings": bool(model.config.tie_word_embeddings),
+         "rope_scaling": getattr(model.config, "rope_scaling", None)}
+    case_ok = True
     for device in device_list:
-        ids, logits = primus_generate(a.primus, save, prompt, a.new_tokens, a.workdir, "hf_to_primus", device)
-        V = ref_logits.shape[-1]
+        ids, logits = primus_generate(a.primus, save, prompt, a.new_tokens, a.workdir, "primus_to_hf_" + name,
+                                      device)
         abs_err, rel_err = errors(logits[:, :V], ref_logits)
         tokens = compare_tokens(ids, ref_ids, margins(step_scores))
-        dev_ok = tokens["ok"] and rel_err < REL_TOL and logits.shape[0] == len(prompt)
-        result[device] = {"tokens": tokens, "logits_max_abs_err": abs_err, "logits_rel_err": rel_err,
-                          "dumped_shape": list(logits.shape), "ok": dev_ok}
-        ok &= dev_ok
-    result["ok"] = ok
-    return result
+        dev_ok = tokens["ok"] and rel_err < REL_TOL
+        r[device] = {"tokens": tokens, "logits_max_abs_err": abs_err, "logits_rel_err": rel_err, "ok": dev_ok}
+        case_ok &= dev_ok
+    r["ok"] = case_ok
+    return r
 
 
 def primus_to_hf(a, device_list):
@@ -189,32 +269,44 @@ def primus_to_hf(a, device_list):
     out = {}
     ok = True
     for name, save in cases:
-        hf_dir = os.path.join(a.workdir, "hf_from_" + name)
-        shutil.rmtree(hf_dir, ignore_errors=True)
-        run([a.primus] + fill(PRIMUS_TO_HF, ckpt=save, out=hf_dir))
-        model = LlamaForCausalLM.from_pretrained(hf_dir, torch_dtype=torch.float32,
-                                                 attn_implementation="eager").eval()
-        V = model.config.vocab_size
-        rng = np.random.RandomState(a.seed + 1)
-        prompt = rng.randint(0, V, size=min(a.prompt_len, model.config.max_position_embeddings // 2)).tolist()
-        with torch.no_grad():
-            ref_logits = model(torch.tensor([prompt])).logits[0].float().numpy()
-        ref_ids, step_scores = hf_greedy(model, prompt, a.new_tokens, primus_vocab_size(save))
-        r = {"checkpoint": save, "hf_dir": hf_dir, "tie_word_embeddings": bool(model.config.tie_word_embeddings),
-             "rope_scaling": model.config.rope_scaling}
-        case_ok = True
-        for device in device_list:
-            ids, logits = primus_generate(a.primus, save, prompt, a.new_tokens, a.workdir, "primus_to_hf_" + name,
-                                          device)
-            abs_err, rel_err = errors(logits[:, :V], ref_logits)
-            tokens = compare_tokens(ids, ref_ids, margins(step_scores))
-            dev_ok = tokens["ok"] and rel_err < REL_TOL
-            r[device] = {"tokens": tokens, "logits_max_abs_err": abs_err, "logits_rel_err": rel_err, "ok": dev_ok}
-            case_ok &= dev_ok
-        r["ok"] = case_ok
-        out[name] = r
-        ok &= case_ok
+        out[name] = export_round(a, device_list, name, save, LlamaForCausalLM)
+        ok &= out[name]["ok"]
     out["ok"] = ok
+    return out
+
+
+# A tiny MoE model trained for a few iterations by `primus train` on mock data (the tiny
+# example's run settings): 4 experts of inner size 48, top-2, GQA, untied, vocabulary 300
+# padded to 384 rows by make_vocab_size_divisible_by 128 (the export drops the padding).
+MOE_TRAIN_SETS = ["num_layers=2", "hidden_size=64", "ffn_hidden_size=96", "num_attention_heads=8",
+                  "group_query_attention=true", "num_query_groups=2", "vocab_size=300",
+                  "make_vocab_size_divisible_by=128", "max_position_embeddings=256", "rotary_base=1000000",
+                  "untie_embeddings_and_output_weights=true", "init_method_std=0.15", "num_experts=4",
+                  "moe_router_topk=2", "moe_ffn_hidden_size=48", "moe_aux_loss_coeff=0.01", "mock_data=true",
+                  "tokenizer_model=null", "train_iters=2", "save_interval=2", "global_batch_size=2",
+                  "micro_batch_size=2", "seq_length=32", "lr=1e-3", "min_lr=1e-3", "lr_warmup_iters=0",
+                  "eval_interval=1000", "eval_iters=0", "bf16=false", "fp16=false"]
+
+
+def primus_to_hf_mixtral(a, device_list):
+    from transformers import MixtralForCausalLM
+
+    if a.primus_moe_checkpoint:
+        name, save = "given_moe", a.primus_moe_checkpoint
+    else:
+        name, save = "trained_moe", os.path.join(a.workdir, "primus_trained_moe")
+        shutil.rmtree(save, ignore_errors=True)
+        example = os.path.join(a.source_dir, "examples/megatron/llama_tiny-pretrain.yaml")
+        sets = MOE_TRAIN_SETS + ["save=" + save, "tensorboard_dir=" + os.path.join(a.workdir, "moe_tb")]
+        # The repository's configs/ (a primus binary outside the build tree does not find it).
+        env = dict(os.environ)
+        env.setdefault("PRIMUS_CONFIGS_DIR", os.path.join(a.source_dir, "configs"))
+        run([a.primus, "train", "--config", example] + [x for s in sets for x in ("--set", s)], cwd=a.workdir,
+            env=env)
+    out = {name: export_round(a, device_list, name, save, MixtralForCausalLM)}
+    with open(os.path.join(out[name]["hf_dir"], "config.json")) as f:
+        out[name]["architectures"] = json.load(f).get("architectures")
+    out["ok"] = out[name]["ok"]
     return out
 
 
@@ -225,6 +317,10 @@ def main():
     ap.add_argument("--device", choices=["cpu", "cuda", "both"], default="cpu")
     ap.add_argument("--make-checkpoint", help="generate_test_checkpoint (default: next to --primus)")
     ap.add_argument("--primus-checkpoint", help="a Primus save dir to export instead of the generated tiny ones")
+    ap.add_argument("--primus-moe-checkpoint",
+                    help="a Primus MoE save dir (Mixtral-expressible) to export instead of training a tiny one")
+    ap.add_argument("--source-dir", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                    help="the repository (for examples/megatron/llama_tiny-pretrain.yaml)")
     ap.add_argument("--prompt-len", type=int, default=40)
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--seed", type=int, default=1234)
@@ -240,13 +336,18 @@ def main():
     devices = ["cpu", "cuda"] if a.device == "both" else [a.device]
     summary = {"tolerance_rel": REL_TOL, "devices": devices}
     code = 0
-    for key, fn in (("hf_to_primus", hf_to_primus), ("primus_to_hf", primus_to_hf)):
+    a.primus, a.workdir = os.path.abspath(a.primus), os.path.abspath(a.workdir)
+    for key, fn in (("hf_to_primus", hf_to_primus), ("primus_to_hf", primus_to_hf),
+                    ("hf_to_primus_mixtral", hf_to_primus_mixtral), ("primus_to_hf_mixtral", primus_to_hf_mixtral)):
         try:
             summary[key] = fn(a, devices)
             if not summary[key]["ok"]:
                 code = max(code, 1)
         except CommandFailed as e:
             summary[key] = {"ok": False, "command_failed": json.loads(str(e))}
+            code = 2
+        except Exception as e:  # transformers or torch refused: say so and go on with the next round
+            summary[key] = {"ok": False, "error": f"{type(e).__name__}: {e}"}
             code = 2
     summary["ok"] = code == 0
     print(json.dumps(summary, indent=2, default=str))

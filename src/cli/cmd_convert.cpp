@@ -21,7 +21,7 @@ constexpr const char* kDirections[] = {"hf-to-primus", "primus-to-hf"};
 
 void print_convert_usage() {
   fmt::print(
-      "Convert checkpoints between HuggingFace (Llama family) and Primus.\n\n"
+      "Convert checkpoints between HuggingFace (Llama, Mistral, Mixtral) and Primus.\n\n"
       "usage: primus convert <direction> [options]   (primus convert <direction> --help)\n\n"
       "directions:\n"
       "  hf-to-primus   HF directory (config.json + safetensors, sharded or not) -> Primus checkpoint\n"
@@ -49,11 +49,14 @@ void print_model_keys(const ModelConfig& m, const std::string& save_dir) {
   fmt::print("  untie_embeddings_and_output_weights: {}\n", m.untie_embeddings_and_output_weights);
   fmt::print("  swiglu: true\n  normalization: RMSNorm\n  position_embedding_type: rope\n  add_bias_linear: false\n");
   fmt::print("  attention_dropout: 0.0\n  hidden_dropout: 0.0\n");
+  if (m.num_experts > 0)
+    fmt::print("  num_experts: {}\n  moe_router_topk: {}\n  moe_ffn_hidden_size: {}\n  moe_aux_loss_coeff: {}\n",
+               m.num_experts, m.moe_router_topk, m.moe_ffn_hidden_size, m.moe_aux_loss_coeff);
   fmt::print("and\n  load: {}\n  finetune: true\n", save_dir);
 }
 
 int hf_to_primus(int argc, char** argv) {
-  CLI::App app{"Convert a HuggingFace Llama directory (config.json + model.safetensors, or the sharded "
+  CLI::App app{"Convert a HuggingFace Llama / Mistral / Mixtral directory (config.json + model.safetensors, or the sharded "
                "model.safetensors.index.json + shards) into a Primus checkpoint: <output>/iter_XXXXXXX/"
                "{model.safetensors, config.json, meta.json} + latest_checkpointed_iteration.txt. Train from it with "
                "`load: <output>` and `finetune: true`.",
@@ -74,10 +77,13 @@ int hf_to_primus(int argc, char** argv) {
   if (!dtype.empty()) o.dtype = convert::parse_weight_dtype(dtype);
   const convert::HfToPrimusResult r = convert::hf_to_primus_checkpoint(o);
   const ModelConfig& m = r.model;
-  fmt::print("read {} ({} file{}): {} layers, hidden {}, {} heads / {} kv heads, vocab {}, {} embeddings\n",
+  fmt::print("read {} ({} file{}): {} layers, hidden {}, {} heads / {} kv heads, vocab {}, {} embeddings{}\n",
              r.weights_source, r.source_files, r.source_files == 1 ? "" : "s", m.num_layers, m.hidden_size,
              m.num_attention_heads, m.num_query_groups, m.padded_vocab_size,
-             m.untie_embeddings_and_output_weights ? "untied" : "tied");
+             m.untie_embeddings_and_output_weights ? "untied" : "tied",
+             m.num_experts > 0 ? fmt::format(", {} experts (top-{}) of ffn {}", m.num_experts, m.moe_router_topk,
+                                             m.moe_ffn_hidden_size)
+                               : "");
   for (const auto& n : r.notes) fmt::print("note: {}\n", n);
   fmt::print("wrote {}: {} tensors, {:.1f} MB\n", r.checkpoint_dir, r.tensors, r.bytes / 1e6);
   print_model_keys(m, std::filesystem::path(r.checkpoint_dir).parent_path().string());
@@ -85,7 +91,7 @@ int hf_to_primus(int argc, char** argv) {
 }
 
 int primus_to_hf(int argc, char** argv) {
-  CLI::App app{"Convert a Primus checkpoint into a HuggingFace LlamaForCausalLM directory: config.json, "
+  CLI::App app{"Convert a Primus checkpoint into a HuggingFace LlamaForCausalLM (MoE: MixtralForCausalLM) directory: config.json, "
                "model.safetensors (or shards + model.safetensors.index.json), generation_config.json and the "
                "tokenizer files. The vocabulary is cut back from the padded training rows to vocab_size.",
                "convert primus-to-hf"};

@@ -35,11 +35,12 @@ std::string dir_name_of(const std::string& dir) {
   return p.filename().string();
 }
 
-// The HF tensors that are not Llama weights: rotary inverse frequencies (older exports
+// The HF tensors that are not model weights: rotary inverse frequencies (older exports
 // store them; they are recomputed from rope_theta) and, for tied embeddings, an lm_head
-// copy of the embedding. Anything else is an error (MoE experts, biases, another model).
-std::vector<std::string> check_hf_tensor_set(const HfWeights& w, const ModelConfig& mc) {
-  const std::vector<std::string> expected = hf_parameter_names(mc);
+// copy of the embedding. Anything else is an error (biases, more layers or experts than
+// config.json says, another model).
+std::vector<std::string> check_hf_tensor_set(const HfWeights& w, const ModelConfig& mc, HfMoeLayout layout) {
+  const std::vector<std::string> expected = hf_parameter_names(mc, layout);
   const std::set<std::string> want(expected.begin(), expected.end());
   std::vector<std::string> notes, unknown;
   for (const std::string& name : w.names()) {
@@ -63,36 +64,40 @@ std::vector<std::string> check_hf_tensor_set(const HfWeights& w, const ModelConf
   if (!unknown.empty()) {
     std::string hint;
     for (const auto& n : unknown) {
-      if (n.find("experts") != std::string::npos) hint = " (MoE expert weights: MoE conversion is not supported yet)";
-      else if (ends_with(n, ".bias") && hint.empty()) hint = " (biases: Llama has none)";
+      if (n.find("experts") != std::string::npos && mc.num_experts == 0)
+        hint = " (MoE expert weights, but config.json describes a dense model)";
+      else if (ends_with(n, ".bias") && hint.empty()) hint = " (biases: Llama and Mixtral have none)";
     }
-    fail("{}: {} tensor(s) that a {}-layer Llama with this config.json does not have, e.g. '{}'{}; the weights and "
-         "config.json do not describe the same model", w.source(), unknown.size(), mc.num_layers, unknown.front(),
-         hint);
+    fail("{}: {} tensor(s) that the {}-layer {} of this config.json does not have, e.g. '{}'{}; the weights and "
+         "config.json do not describe the same model", w.source(), unknown.size(), mc.num_layers,
+         mc.num_experts > 0 ? fmt::format("Mixtral with {} experts", mc.num_experts) : std::string("Llama"),
+         unknown.front(), hint);
   }
   return notes;
 }
 
-// The dense-Llama features HF's LlamaForCausalLM can express; errors name the key.
+// The features HF's LlamaForCausalLM (dense) and MixtralForCausalLM (MoE) can express; errors
+// name the key.
 void check_exportable(const ModelConfig& mc, const std::string& source) {
   auto need = [&](bool ok, const std::string& key, const std::string& value, const char* why) {
-    PRIMUS_CHECK(ok, "{}: {} = {}: {} (the HF export writes LlamaForCausalLM: dense, RMSNorm, SwiGLU, rotate-half "
-                 "RoPE, no biases)", source, key, value, why);
+    PRIMUS_CHECK(ok, "{}: {} = {}: {} (the HF export writes LlamaForCausalLM or MixtralForCausalLM: RMSNorm, "
+                 "SwiGLU, rotate-half RoPE, no biases)", source, key, value, why);
   };
-  need(mc.num_experts == 0, "num_experts", std::to_string(mc.num_experts), "MoE export is not supported yet");
   need(!mc.multi_latent_attention, "multi_latent_attention", "true", "MLA export is not supported yet");
-  need(mc.mtp_num_layers == 0, "mtp_num_layers", std::to_string(mc.mtp_num_layers), "MTP layers have no HF Llama form");
-  need(mc.swiglu, "swiglu", "false", "LlamaForCausalLM's MLP is SwiGLU");
-  need(mc.normalization == "RMSNorm", "normalization", mc.normalization, "LlamaForCausalLM uses RMSNorm");
+  need(mc.mtp_num_layers == 0, "mtp_num_layers", std::to_string(mc.mtp_num_layers),
+       "MTP layers have no HF Llama or Mixtral form");
+  need(mc.swiglu, "swiglu", "false", "the HF models' MLPs are SwiGLU");
+  need(mc.normalization == "RMSNorm", "normalization", mc.normalization, "the HF models use RMSNorm");
   need(mc.position_embedding_type == "rope", "position_embedding_type", mc.position_embedding_type,
-       "LlamaForCausalLM uses RoPE");
+       "the HF models use RoPE");
   need(!mc.add_bias_linear && !mc.add_qkv_bias, "add_bias_linear/add_qkv_bias", "true",
        "biases are not exported");
   need(mc.rotary_percent == 1.0, "rotary_percent", fmt::format("{}", mc.rotary_percent),
-       "LlamaForCausalLM rotates the whole head");
-  need(!mc.rotary_interleaved, "rotary_interleaved", "true", "LlamaForCausalLM rotates halves");
+       "the HF models rotate the whole head");
+  need(!mc.rotary_interleaved, "rotary_interleaved", "true", "the HF models rotate halves");
   need(mc.rotary_scaling_factor == 1.0, "rotary_scaling_factor", fmt::format("{}", mc.rotary_scaling_factor),
-       "YaRN scaling has no LlamaForCausalLM form");
+       "YaRN scaling has no LlamaForCausalLM / MixtralForCausalLM form");
+  check_mixtral_exportable(mc, source);  // MoE: what MixtralForCausalLM cannot express
 }
 
 }  // namespace
@@ -135,11 +140,19 @@ HfToPrimusResult hf_to_primus_checkpoint(const HfToPrimusOptions& o) {
   HfToPrimusResult result;
   result.weights_source = weights.source();
   result.source_files = weights.num_files();
-  result.notes = check_hf_tensor_set(weights, mc);
+  // Mixtral's experts come per expert or fused (transformers >= 5): the names say which.
+  const HfMoeLayout layout = detect_hf_moe_layout(mc, weights.names(), weights.source());
+  result.notes = check_hf_tensor_set(weights, mc, layout);
+  if (mc.num_experts > 0)
+    result.notes.push_back(layout == HfMoeLayout::Fused
+                               ? "MoE weights read from transformers >= 5's fused layout "
+                                 "(model.layers.N.mlp.gate, mlp.experts.gate_up_proj / down_proj)"
+                               : "MoE weights read from Mixtral's per-expert layout "
+                                 "(model.layers.N.block_sparse_moe.gate, experts.E.w1/w2/w3)");
 
   // Stored dtypes: floats only; without --dtype the fused groups must agree to concatenate.
   std::map<DType, std::string> stored;  // dtype -> one tensor having it
-  for (const std::string& name : hf_parameter_names(mc)) {
+  for (const std::string& name : hf_parameter_names(mc, layout)) {
     const DType d = weights.file_of(name).entry(name).dtype;
     PRIMUS_CHECK(is_float_weight(d), "{}: tensor '{}' is {}; only fp32/bf16/fp16 weights convert (quantized "
                  "checkpoints are not supported)", weights.file_of(name).path(), name, dtype_name(d));
@@ -156,7 +169,7 @@ HfToPrimusResult hf_to_primus_checkpoint(const HfToPrimusOptions& o) {
   };
   NamedTensors tensors;
   try {
-    tensors = hf_to_primus(mc, lookup);
+    tensors = hf_to_primus(mc, lookup, layout);
   } catch (const Error& e) {
     fail("{} (weights {}, config {}): {}", o.hf_dir, weights.source(), config_path, e.what());
   }
@@ -165,9 +178,13 @@ HfToPrimusResult hf_to_primus_checkpoint(const HfToPrimusOptions& o) {
   // The promise readers rely on: the stored config gives back this architecture.
   const ModelConfig back = config::model_config(config::from_json(config));
   PRIMUS_CHECK(back.padded_vocab_size == mc.padded_vocab_size && back.head_dim() == mc.head_dim() &&
-                   back.num_query_groups == mc.num_query_groups && back.ffn_hidden_size == mc.ffn_hidden_size,
-               "internal: the checkpoint config does not reproduce the model (vocab {} vs {})",
-               back.padded_vocab_size, mc.padded_vocab_size);
+                   back.num_query_groups == mc.num_query_groups && back.ffn_hidden_size == mc.ffn_hidden_size &&
+                   back.num_experts == mc.num_experts && back.moe_router_topk == mc.moe_router_topk &&
+                   back.moe_ffn_hidden_size == mc.moe_ffn_hidden_size,
+               "internal: the checkpoint config does not reproduce the model (vocab {} vs {}, experts {} vs {}, "
+               "top-k {} vs {}, expert inner size {} vs {})", back.padded_vocab_size, mc.padded_vocab_size,
+               back.num_experts, mc.num_experts, back.moe_router_topk, mc.moe_router_topk, back.moe_ffn_hidden_size,
+               mc.moe_ffn_hidden_size);
 
   StagedDir out(o.output, o.force);
   train::CheckpointContent content;

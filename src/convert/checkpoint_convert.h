@@ -1,9 +1,12 @@
-// `primus convert`: HuggingFace Llama directories <-> Primus checkpoints.
+// `primus convert`: HuggingFace Llama / Mistral / Mixtral directories <-> Primus checkpoints.
 //
 // hf-to-primus: <hf_dir>/config.json + model.safetensors (or the sharded index and its
 // shards), mapped read-only; q/k/v and gate/up are concatenated into Primus' fused
-// linear_qkv / linear_fc1 (the only copies made besides dtype casts), every other tensor
-// is written straight from the mapping. Output: a checkpoint in the training loop's layout
+// linear_qkv / linear_fc1, and Mixtral's per-expert w1/w3 and w2 into the stacked
+// experts' linear_fc1 / linear_fc2 (the only copies made besides dtype casts), every other
+// tensor is written straight from the mapping. Mixtral's experts are read in either HF layout
+// (per expert, or transformers >= 5's fused gate_up_proj / down_proj: hf_model.h), detected
+// from the tensor names. Output: a checkpoint in the training loop's layout
 //   <output>/latest_checkpointed_iteration.txt
 //   <output>/iter_XXXXXXX/{model.safetensors, config.json, meta.json}
 // where config.json is config_for_model(model).to_json() and meta.json's "extra" records
@@ -11,7 +14,8 @@
 // No optimizer or RNG state: train from it with `load: <output>` and `finetune: true`.
 //
 // primus-to-hf: a checkpoint (tracker's iteration unless one is given) -> <output>/
-//   config.json (LlamaForCausalLM), model.safetensors or model-0000i-of-0000N.safetensors +
+//   config.json (LlamaForCausalLM, or MixtralForCausalLM for an MoE model that Mixtral can
+//   express, its experts written per expert), model.safetensors or model-0000i-of-0000N.safetensors +
 //   model.safetensors.index.json, generation_config.json, and the tokenizer files when a
 //   tokenizer is given.
 // Vocabulary: training pads the embedding/output rows to a multiple of
@@ -54,7 +58,7 @@ struct HfToPrimusResult {
   size_t source_files = 0;      // safetensors files read
   size_t tensors = 0;           // Primus tensors written
   uint64_t bytes = 0;           // checkpoint bytes written
-  std::vector<std::string> notes;  // tensors ignored and why
+  std::vector<std::string> notes;  // tensors ignored and why; the MoE layout read
 };
 
 HfToPrimusResult hf_to_primus_checkpoint(const HfToPrimusOptions& options);

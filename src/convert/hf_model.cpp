@@ -1,12 +1,14 @@
 #include "convert/hf_model.h"
 
-#include <map>
-
-#include "model/decoder_spec.h"
-
+#include <algorithm>
 #include <cstring>
+#include <map>
+#include <set>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "model/decoder_spec.h"
 
 namespace primus::convert {
 
@@ -66,21 +68,35 @@ std::string hf_layer(int64_t i, const char* rest) { return fmt::format("model.la
 ModelConfig model_config_from_hf(const nlohmann::json& hf, const std::string& source) {
   PRIMUS_CHECK(hf.is_object(), "{}: expected a JSON object (a HuggingFace config.json), got {}", source,
                hf.type_name());
-  const std::string type = optional<std::string>(hf, "model_type", "llama");
-  if (type != "llama" && type != "mistral")
-    fail("{}: model_type '{}' is not supported by the converter yet (supported: llama, mistral; MoE and "
-         "DeepSeek models come later)", source, type);
-  if (hf.contains("architectures") && hf["architectures"].is_array()) {
-    for (const auto& a : hf["architectures"]) {
-      const std::string arch = a.is_string() ? a.get<std::string>() : a.dump();
-      if (arch != "LlamaForCausalLM" && arch != "MistralForCausalLM")
-        fail("{}: architectures lists '{}'; the converter supports LlamaForCausalLM and MistralForCausalLM "
-             "(dense decoder, RMSNorm, SwiGLU, rotate-half RoPE)", source, arch);
-    }
+  std::vector<std::string> archs;
+  if (hf.contains("architectures") && hf["architectures"].is_array())
+    for (const auto& a : hf["architectures"]) archs.push_back(a.is_string() ? a.get<std::string>() : a.dump());
+  const bool mixtral_arch = std::find(archs.begin(), archs.end(), "MixtralForCausalLM") != archs.end();
+  // transformers picks the config class by model_type; without one, the architecture decides.
+  const std::string type = optional<std::string>(hf, "model_type", mixtral_arch ? "mixtral" : "llama");
+  if (type != "llama" && type != "mistral" && type != "mixtral")
+    fail("{}: model_type '{}' is not supported by the converter yet (supported: llama, mistral, mixtral; "
+         "DeepSeek and other MoE models come later)", source, type);
+  const bool moe = type == "mixtral";
+  for (const std::string& arch : archs) {
+    if (moe && arch != "MixtralForCausalLM")
+      fail("{}: architectures lists '{}' but model_type is 'mixtral' (expected MixtralForCausalLM)", source, arch);
+    if (!moe && arch == "MixtralForCausalLM")
+      fail("{}: architectures lists 'MixtralForCausalLM' but model_type is '{}'; set model_type to \"mixtral\"",
+           source, type);
+    if (!moe && arch != "LlamaForCausalLM" && arch != "MistralForCausalLM")
+      fail("{}: architectures lists '{}'; the converter supports LlamaForCausalLM, MistralForCausalLM "
+           "(dense decoder, RMSNorm, SwiGLU, rotate-half RoPE) and MixtralForCausalLM (the same with MoE MLPs)",
+           source, arch);
   }
-  // Mistral's sliding-window attention changes the math once sequences exceed the window.
+  // transformers' MixtralConfig defaults where they differ from LlamaConfig's.
+  const int64_t default_max_positions = moe ? 4096 * 32 : 4096;
+  const double default_rope_theta = moe ? 1e6 : 10000.0;
+  // Mistral's and Mixtral's sliding-window attention changes the math once sequences exceed
+  // the window.
   if (hf.contains("sliding_window") && hf["sliding_window"].is_number() &&
-      hf["sliding_window"].get<double>() < optional<double>(hf, "max_position_embeddings", 4096.0))
+      hf["sliding_window"].get<double>() <
+          optional<double>(hf, "max_position_embeddings", static_cast<double>(default_max_positions)))
     fail("{}: sliding_window {} is set; Primus has full causal attention only (set sliding_window to null "
          "if the model was trained without it)", source, hf["sliding_window"].dump());
   if (optional<bool>(hf, "attention_bias", false) || optional<bool>(hf, "mlp_bias", false))
@@ -98,9 +114,9 @@ ModelConfig model_config_from_hf(const nlohmann::json& hf, const std::string& so
   // HF's vocab_size is the embedding's row count; nothing is padded on import.
   mc.padded_vocab_size = required<int64_t>(hf, "vocab_size", source);
   mc.vocab_size = mc.padded_vocab_size;
-  mc.max_position_embeddings = optional<int64_t>(hf, "max_position_embeddings", 4096);
+  mc.max_position_embeddings = optional<int64_t>(hf, "max_position_embeddings", default_max_positions);
   mc.norm_epsilon = optional<double>(hf, "rms_norm_eps", 1e-5);
-  mc.rotary_base = optional<double>(hf, "rope_theta", 10000.0);
+  mc.rotary_base = optional<double>(hf, "rope_theta", default_rope_theta);
   // transformers >= 5 writes RoPE as one `rope_parameters` object (rope_theta, rope_type and
   // the scaling fields); 4.x wrote top-level `rope_theta` plus `rope_scaling`. Read either.
   const bool v5_rope = hf.contains("rope_parameters") && !hf["rope_parameters"].is_null();
@@ -132,19 +148,71 @@ ModelConfig model_config_from_hf(const nlohmann::json& hf, const std::string& so
   PRIMUS_CHECK(mc.num_attention_heads % mc.num_query_groups == 0,
                "{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", source,
                mc.num_attention_heads, mc.num_query_groups);
+  if (moe) {
+    // MixtralSparseMoeBlock: p = softmax(h W_gate^T) over all E experts, the top-k of p
+    // renormalised to sum 1, y = sum_j p_j w2_j(silu(w1_j h) * w3_j h). Renormalised top-k
+    // of a softmax = softmax of the top-k logits: Megatron's top-k then softmax, i.e. no
+    // pre-softmax. Every layer is MoE; intermediate_size is each expert's inner size.
+    const double jitter = optional<double>(hf, "router_jitter_noise", 0.0);
+    if (jitter != 0.0)
+      fail("{}: router_jitter_noise {} is set; Primus's router adds no training-time jitter noise (set "
+           "router_jitter_noise to 0.0)", source, jitter);
+    mc.num_experts = optional<int64_t>(hf, "num_local_experts", 8);
+    mc.moe_router_topk = optional<int64_t>(hf, "num_experts_per_tok", 2);
+    PRIMUS_CHECK(mc.num_experts >= 1, "{}: num_local_experts {} must be >= 1", source, mc.num_experts);
+    PRIMUS_CHECK(mc.moe_router_topk >= 1 && mc.moe_router_topk <= mc.num_experts,
+                 "{}: num_experts_per_tok {} must be in [1, num_local_experts = {}]", source, mc.moe_router_topk,
+                 mc.num_experts);
+    mc.moe_ffn_hidden_size = mc.ffn_hidden_size;
+    mc.moe_aux_loss_coeff = optional<double>(hf, "router_aux_loss_coef", 0.001);
+    mc.moe_router_score_function = "softmax";
+    mc.moe_router_pre_softmax = false;
+    mc.moe_router_load_balancing_type = "aux_loss";
+    mc.moe_layer_freq = 1;
+    mc.moe_first_k_dense_replace = 0;
+  }
   return mc;
+}
+
+void check_mixtral_exportable(const ModelConfig& mc, const std::string& source) {
+  if (mc.num_experts <= 0) return;
+  auto need = [&](bool ok, const char* key, const std::string& value, const char* why) {
+    PRIMUS_CHECK(ok, "{}: {} = {}: {} (the HF export writes MixtralForCausalLM: every layer MoE, a softmax "
+                 "router with the top-k renormalised, SwiGLU experts, nothing else)", source, key, value, why);
+  };
+  need(mc.moe_shared_expert_intermediate_size == 0, "moe_shared_expert_intermediate_size",
+       std::to_string(mc.moe_shared_expert_intermediate_size), "Mixtral has no shared experts");
+  need(mc.moe_router_score_function == "softmax", "moe_router_score_function", mc.moe_router_score_function,
+       "Mixtral's router scores are a softmax");
+  need(!mc.moe_router_enable_expert_bias, "moe_router_enable_expert_bias", "true",
+       "Mixtral's router has no expert bias");
+  need(mc.moe_router_num_groups <= 0, "moe_router_num_groups", std::to_string(mc.moe_router_num_groups),
+       "Mixtral has no group-limited routing");
+  need(!mc.moe_router_pre_softmax, "moe_router_pre_softmax", "true",
+       "Mixtral renormalises the top-k probabilities; pre-softmax routing does not");
+  need(mc.moe_router_topk_scaling_factor == 1.0, "moe_router_topk_scaling_factor",
+       fmt::format("{}", mc.moe_router_topk_scaling_factor), "Mixtral does not scale the routing weights");
+  need(mc.moe_expert_capacity_factor <= 0.0, "moe_expert_capacity_factor",
+       fmt::format("{}", mc.moe_expert_capacity_factor), "Mixtral is dropless (no expert capacity)");
+  need(mc.moe_first_k_dense_replace == 0, "moe_first_k_dense_replace", std::to_string(mc.moe_first_k_dense_replace),
+       "every Mixtral layer is MoE");
+  for (int64_t l = 0; l < mc.num_layers; ++l) {
+    if (mc.is_moe_layer(l)) continue;
+    const std::string freq = mc.moe_layer_pattern.empty() ? std::to_string(mc.moe_layer_freq)
+                                                          : fmt::format("[{}]", fmt::join(mc.moe_layer_pattern, ","));
+    need(false, "moe_layer_freq", freq, "it makes dense layers; every Mixtral layer is MoE");
+  }
 }
 
 nlohmann::json hf_config_from_model(const ModelConfig& mc, const std::string& torch_dtype,
                                     int64_t bos_token_id, int64_t eos_token_id) {
-  PRIMUS_CHECK(mc.num_experts == 0 && !mc.multi_latent_attention,
-               "HF export supports the dense Llama family only (model '{}' has MoE or MLA)", mc.name);
+  PRIMUS_CHECK(!mc.multi_latent_attention && mc.mtp_num_layers == 0,
+               "HF export supports the Llama family and Mixtral only (model '{}' has MLA or MTP layers)", mc.name);
+  check_mixtral_exportable(mc, fmt::format("model '{}'", mc.name));
+  // The fields LlamaConfig and MixtralConfig share.
   nlohmann::json j = {
-      {"architectures", {"LlamaForCausalLM"}},
-      {"model_type", "llama"},
       {"hidden_act", "silu"},
       {"hidden_size", mc.hidden_size},
-      {"intermediate_size", mc.ffn_hidden_size},
       {"num_hidden_layers", mc.num_layers},
       {"num_attention_heads", mc.num_attention_heads},
       {"num_key_value_heads", mc.num_query_groups},
@@ -154,14 +222,30 @@ nlohmann::json hf_config_from_model(const ModelConfig& mc, const std::string& to
       {"rms_norm_eps", mc.norm_epsilon},
       {"rope_theta", mc.rotary_base},
       {"tie_word_embeddings", !mc.untie_embeddings_and_output_weights},
-      {"attention_bias", false},
-      {"mlp_bias", false},
       {"initializer_range", mc.init_method_std},
       {"bos_token_id", bos_token_id},
       {"eos_token_id", eos_token_id},
       {"torch_dtype", torch_dtype},
       {"use_cache", true},
   };
+  if (mc.num_experts > 0) {
+    j["architectures"] = {"MixtralForCausalLM"};
+    j["model_type"] = "mixtral";
+    j["intermediate_size"] = mc.moe_ffn_hidden_size;  // each expert's inner size
+    j["num_local_experts"] = mc.num_experts;
+    j["num_experts_per_tok"] = mc.moe_router_topk;
+    j["router_aux_loss_coef"] = mc.moe_aux_loss_coeff;
+    j["output_router_logits"] = false;
+    j["router_jitter_noise"] = 0.0;
+    j["sliding_window"] = nullptr;
+    j["attention_dropout"] = 0.0;
+  } else {
+    j["architectures"] = {"LlamaForCausalLM"};
+    j["model_type"] = "llama";
+    j["intermediate_size"] = mc.ffn_hidden_size;
+    j["attention_bias"] = false;
+    j["mlp_bias"] = false;
+  }
   if (mc.use_rope_scaling) {
     j["rope_scaling"] = {{"rope_type", "llama3"},
                          {"factor", mc.rope_scaling_factor},
@@ -177,10 +261,10 @@ nlohmann::json hf_config_from_model(const ModelConfig& mc, const std::string& to
 namespace {
 
 // The HF name(s) of a layer tensor, by its name within the layer (decoder_spec.h).
-std::vector<HfPiece> hf_layer_pieces(const ModelConfig& mc, const std::string& local, int64_t i) {
+std::vector<HfPiece> hf_layer_pieces(const ModelConfig& mc, const std::string& local, int64_t i, HfMoeLayout moe) {
   const int64_t C = mc.hidden_size, D = mc.head_dim(), Hq = mc.num_attention_heads, Hkv = mc.query_groups();
   const int64_t F = mc.ffn_hidden_size, E = mc.num_experts, Fe = mc.moe_ffn_hidden_size;
-  auto hf = [&](const char* rest, Shape shape) { return HfPiece{hf_layer(i, rest), std::move(shape)}; };
+  auto hf = [&](const std::string& rest, Shape shape) { return HfPiece{hf_layer(i, rest.c_str()), std::move(shape)}; };
   if (local == "input_layernorm.weight") return {hf("input_layernorm.weight", {C})};
   if (local == "self_attention.linear_qkv.weight")
     return {hf("self_attn.q_proj.weight", {Hq * D, C}), hf("self_attn.k_proj.weight", {Hkv * D, C}),
@@ -189,19 +273,26 @@ std::vector<HfPiece> hf_layer_pieces(const ModelConfig& mc, const std::string& l
   if (local == "pre_mlp_layernorm.weight") return {hf("post_attention_layernorm.weight", {C})};
   if (local == "mlp.linear_fc1.weight") return {hf("mlp.gate_proj.weight", {F, C}), hf("mlp.up_proj.weight", {F, C})};
   if (local == "mlp.linear_fc2.weight") return {hf("mlp.down_proj.weight", {C, F})};
-  // Mixtral's sparse MoE block: router `gate`, experts w1 (gate), w3 (up), w2 (down).
+  // Mixtral's sparse MoE block (hf_model.h). Fused (transformers >= 5): Primus's own shapes.
+  if (moe == HfMoeLayout::Fused) {
+    if (local == "mlp.router.weight") return {hf("mlp.gate.weight", {E, C})};
+    if (local == "mlp.experts.linear_fc1.weight") return {hf("mlp.experts.gate_up_proj", {E, 2 * Fe, C})};
+    if (local == "mlp.experts.linear_fc2.weight") return {hf("mlp.experts.down_proj", {E, C, Fe})};
+    return {};  // none: the caller names the tensor
+  }
+  // Per expert: router `gate`, experts w1 (gate), w3 (up), w2 (down).
   if (local == "mlp.router.weight") return {hf("block_sparse_moe.gate.weight", {E, C})};
   std::vector<HfPiece> out;
   if (local == "mlp.experts.linear_fc1.weight") {
     for (int64_t e = 0; e < E; ++e) {
-      out.push_back({hf_layer(i, fmt::format("block_sparse_moe.experts.{}.w1.weight", e).c_str()), {Fe, C}});
-      out.push_back({hf_layer(i, fmt::format("block_sparse_moe.experts.{}.w3.weight", e).c_str()), {Fe, C}});
+      out.push_back(hf(fmt::format("block_sparse_moe.experts.{}.w1.weight", e), {Fe, C}));
+      out.push_back(hf(fmt::format("block_sparse_moe.experts.{}.w3.weight", e), {Fe, C}));
     }
     return out;
   }
   if (local == "mlp.experts.linear_fc2.weight") {
     for (int64_t e = 0; e < E; ++e)
-      out.push_back({hf_layer(i, fmt::format("block_sparse_moe.experts.{}.w2.weight", e).c_str()), {C, Fe}});
+      out.push_back(hf(fmt::format("block_sparse_moe.experts.{}.w2.weight", e), {C, Fe}));
     return out;
   }
   return out;  // none: the caller names the tensor
@@ -209,7 +300,7 @@ std::vector<HfPiece> hf_layer_pieces(const ModelConfig& mc, const std::string& l
 
 }  // namespace
 
-std::vector<HfSource> hf_sources(const ModelConfig& mc) {
+std::vector<HfSource> hf_sources(const ModelConfig& mc, HfMoeLayout moe) {
   std::vector<HfSource> out;
   for (const ParamSpec& p : parameter_table(mc)) {
     HfSource s{p.name, p.shape, {}};
@@ -221,7 +312,7 @@ std::vector<HfSource> hf_sources(const ModelConfig& mc) {
       s.pieces = {{"lm_head.weight", p.shape}};
     } else if (p.layer >= 0 && p.layer < mc.num_layers) {
       const std::string prefix = fmt::format("decoder.layers.{}.", p.layer);
-      s.pieces = hf_layer_pieces(mc, p.name.substr(prefix.size()), p.layer);
+      s.pieces = hf_layer_pieces(mc, p.name.substr(prefix.size()), p.layer, moe);
     }
     PRIMUS_CHECK(!s.pieces.empty(), "model '{}': tensor '{}' {} has no HuggingFace form in the converter (supported: "
                  "the Llama, Mistral and Mixtral layouts)", mc.name, p.name, shape_str(p.shape));
@@ -236,11 +327,38 @@ std::vector<std::string> primus_parameter_names(const ModelConfig& mc) {
   return n;
 }
 
-std::vector<std::string> hf_parameter_names(const ModelConfig& mc) {
+std::vector<std::string> hf_parameter_names(const ModelConfig& mc, HfMoeLayout moe) {
   std::vector<std::string> n;
-  for (const HfSource& s : hf_sources(mc))
+  for (const HfSource& s : hf_sources(mc, moe))
     for (const HfPiece& piece : s.pieces) n.push_back(piece.name);
   return n;
+}
+
+const char* hf_moe_layout_name(HfMoeLayout layout) {
+  return layout == HfMoeLayout::Fused ? "fused" : "per-expert";
+}
+
+HfMoeLayout detect_hf_moe_layout(const ModelConfig& mc, const std::vector<std::string>& names,
+                                 const std::string& source) {
+  if (mc.num_experts <= 0) return HfMoeLayout::PerExpert;
+  // The names only one layout has (the routers and experts), from the two tables.
+  const std::vector<std::string> per = hf_parameter_names(mc, HfMoeLayout::PerExpert);
+  const std::vector<std::string> fused = hf_parameter_names(mc, HfMoeLayout::Fused);
+  std::set<std::string> per_only(per.begin(), per.end()), fused_only(fused.begin(), fused.end());
+  for (const std::string& n : per) fused_only.erase(n);
+  for (const std::string& n : fused) per_only.erase(n);
+  const std::string* per_seen = nullptr;
+  const std::string* fused_seen = nullptr;
+  for (const std::string& n : names) {
+    if (!per_seen && per_only.count(n)) per_seen = &n;
+    if (!fused_seen && fused_only.count(n)) fused_seen = &n;
+  }
+  if (per_seen && fused_seen)
+    fail("{}: the weights mix HuggingFace's two Mixtral layouts: '{}' is the per-expert one "
+         "(block_sparse_moe.experts.N.w1/w2/w3) and '{}' the fused one of transformers >= 5 "
+         "(mlp.experts.gate_up_proj / down_proj); re-save the model so that it holds one of them",
+         source, *per_seen, *fused_seen);
+  return fused_seen ? HfMoeLayout::Fused : HfMoeLayout::PerExpert;
 }
 
 namespace {
@@ -250,9 +368,9 @@ int64_t rows_of(const Shape& s) { return s.size() <= 1 ? 1 : shape_numel(s) / s.
 
 }  // namespace
 
-NamedTensors hf_to_primus(const ModelConfig& mc, const TensorLookup& hf) {
+NamedTensors hf_to_primus(const ModelConfig& mc, const TensorLookup& hf, HfMoeLayout moe) {
   NamedTensors out;
-  for (const HfSource& s : hf_sources(mc)) {
+  for (const HfSource& s : hf_sources(mc, moe)) {
     std::vector<Tensor> parts;
     for (const HfPiece& piece : s.pieces) {
       Tensor t = hf(piece.name);
@@ -269,11 +387,11 @@ NamedTensors hf_to_primus(const ModelConfig& mc, const TensorLookup& hf) {
   return out;
 }
 
-NamedTensors primus_to_hf(const ModelConfig& mc, const TensorLookup& primus) {
+NamedTensors primus_to_hf(const ModelConfig& mc, const TensorLookup& primus, HfMoeLayout moe) {
   NamedTensors out;
   // Pieces are row views of the Primus tensors (contiguous, no copy): they stay valid while the
   // source tensors do, e.g. while a mapped checkpoint is open.
-  for (const HfSource& s : hf_sources(mc)) {
+  for (const HfSource& s : hf_sources(mc, moe)) {
     Tensor t = primus(s.primus);
     expect_shape(t, s.shape, s.primus);
     if (s.pieces.size() == 1) {

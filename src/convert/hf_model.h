@@ -7,6 +7,21 @@
 // permutation that Meta's original interleaved checkpoints need), so converting between
 // HF and Primus is a pure split/concatenate: no rotary permutation is applied, and the
 // logits-match check against `transformers` is what proves it.
+//
+// Mixtral (MixtralForCausalLM, every layer MoE; l = layer, e = expert, F = intermediate_size)
+// comes in two HF layouts (HfMoeLayout):
+//   PerExpert  what Mistral published and every transformers version loads:
+//              model.layers.l.block_sparse_moe.gate.weight            (E, C)   router
+//              model.layers.l.block_sparse_moe.experts.e.w1.weight    (F, C)   gate
+//              model.layers.l.block_sparse_moe.experts.e.w3.weight    (F, C)   up
+//              model.layers.l.block_sparse_moe.experts.e.w2.weight    (C, F)   down
+//   Fused      transformers >= 5's in-memory layout (what its modules hold after loading):
+//              model.layers.l.mlp.gate.weight                         (E, C)
+//              model.layers.l.mlp.experts.gate_up_proj                (E, 2F, C) rows [w1 | w3]
+//              model.layers.l.mlp.experts.down_proj                   (E, C, F)
+// The fused tensors have exactly Primus's shapes (mlp.router.weight, mlp.experts.linear_fc1
+// / linear_fc2.weight). hf-to-primus reads either (detect_hf_moe_layout); primus-to-hf
+// writes PerExpert, which every transformers version loads.
 #pragma once
 
 #include <functional>
@@ -25,17 +40,39 @@ using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 // Finds a tensor by name in the source checkpoint; throws naming the missing tensor.
 using TensorLookup = std::function<Tensor(const std::string& name)>;
 
-// config.json (LlamaForCausalLM / MistralForCausalLM with no sliding window) -> ModelConfig.
+// config.json (LlamaForCausalLM / MistralForCausalLM with no sliding window, or
+// MixtralForCausalLM: num_local_experts, num_experts_per_tok, router_aux_loss_coef; softmax
+// over all experts, top-k, renormalised = Megatron's top-k then softmax) -> ModelConfig.
 // Errors name the key and the file given in `source`.
 ModelConfig model_config_from_hf(const nlohmann::json& hf, const std::string& source);
-// ModelConfig -> config.json that transformers' LlamaForCausalLM loads.
+// ModelConfig -> config.json that transformers loads: LlamaForCausalLM for a dense model,
+// MixtralForCausalLM when mc.num_experts > 0 (check_mixtral_exportable first).
 nlohmann::json hf_config_from_model(const ModelConfig& mc, const std::string& torch_dtype,
                                     int64_t bos_token_id, int64_t eos_token_id);
+// Throws, naming `source` and the key, for an MoE model that MixtralForCausalLM cannot express:
+// shared experts, sigmoid scores, an expert bias, group-limited routing, pre-softmax (no
+// renormalisation), a top-k scaling factor other than 1, a capacity factor (token dropping),
+// or dense layers (moe_layer_freq / pattern / moe_first_k_dense_replace). No-op when dense.
+void check_mixtral_exportable(const ModelConfig& mc, const std::string& source);
+
+// Which HF names an MoE model's experts and router have (see the top of this file). Dense
+// models have the same names either way.
+enum class HfMoeLayout {
+  PerExpert,  // block_sparse_moe.gate, block_sparse_moe.experts.e.{w1,w2,w3}: every transformers
+  Fused,      // mlp.gate, mlp.experts.{gate_up_proj, down_proj}: transformers >= 5 in memory
+};
+const char* hf_moe_layout_name(HfMoeLayout layout);  // "per-expert" / "fused"
+// The layout of the HF tensors `names` (from `source`) for model `mc`: Fused when they hold a
+// name only the fused layout has, else PerExpert. Throws naming one tensor of each layout when
+// they hold both.
+HfMoeLayout detect_hf_moe_layout(const ModelConfig& mc, const std::vector<std::string>& names,
+                                 const std::string& source);
 
 // How one Primus tensor is made of HuggingFace tensors: every piece's rows, in order,
 // concatenated along the rows of the Primus tensor seen as (rows, last dim). Fused layouts
 // are several pieces (linear_qkv = [q_proj | k_proj | v_proj], linear_fc1 = [gate | up]);
-// stacked routed experts (E, out, in) are expert 0's pieces, then expert 1's, ...
+// stacked routed experts (E, out, in) are expert 0's pieces, then expert 1's, ... in the
+// per-expert layout, one piece of the same shape in the fused one.
 struct HfPiece {
   std::string name;  // the HF tensor
   Shape shape;       // its shape
@@ -46,18 +83,20 @@ struct HfSource {
   std::vector<HfPiece> pieces;
 };
 // One entry per tensor of parameter_table(mc), in that order. Throws naming a tensor that
-// has no HuggingFace form (MLA, MTP, biases: not exported yet).
-std::vector<HfSource> hf_sources(const ModelConfig& mc);
+// has no HuggingFace form (MLA, MTP, biases, shared experts, the expert bias: not exported).
+std::vector<HfSource> hf_sources(const ModelConfig& mc, HfMoeLayout moe = HfMoeLayout::PerExpert);
 
 // The names each side expects, in a stable order.
 std::vector<std::string> primus_parameter_names(const ModelConfig& mc);
-std::vector<std::string> hf_parameter_names(const ModelConfig& mc);
+std::vector<std::string> hf_parameter_names(const ModelConfig& mc, HfMoeLayout moe = HfMoeLayout::PerExpert);
 
 // Layout conversion (CPU tensors; dtype kept as found). hf_to_primus returns the lookup's
 // tensors as given where a Primus tensor is one HF tensor, and new concatenations for the
 // fused and stacked ones; primus_to_hf returns row views of the Primus tensors (no copies),
 // so the looked-up tensors must outlive the result.
-NamedTensors hf_to_primus(const ModelConfig& mc, const TensorLookup& hf);
-NamedTensors primus_to_hf(const ModelConfig& mc, const TensorLookup& primus);
+// `moe` is the layout of the HF side (primus-to-hf writes PerExpert).
+NamedTensors hf_to_primus(const ModelConfig& mc, const TensorLookup& hf, HfMoeLayout moe = HfMoeLayout::PerExpert);
+NamedTensors primus_to_hf(const ModelConfig& mc, const TensorLookup& primus,
+                          HfMoeLayout moe = HfMoeLayout::PerExpert);
 
 }  // namespace primus::convert

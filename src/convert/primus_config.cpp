@@ -1,5 +1,8 @@
 #include "convert/primus_config.h"
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
 #include "core/error.h"
 
 namespace primus::convert {
@@ -16,11 +19,9 @@ int64_t vocab_multiple(int64_t vocab, int64_t padded) {
 }  // namespace
 
 config::Config config_for_model(const ModelConfig& mc) {
-  PRIMUS_CHECK(mc.num_experts == 0, "model '{}': num_experts {}: MoE models are not supported by the converter "
-               "yet (dense Llama family only)", mc.name, mc.num_experts);
   PRIMUS_CHECK(!mc.multi_latent_attention && mc.mtp_num_layers == 0,
                "model '{}': multi-latent attention / multi-token prediction are not supported by the converter "
-               "yet (dense Llama family only)", mc.name);
+               "yet (Llama family and Mixtral-style MoE only)", mc.name);
   PRIMUS_CHECK(mc.num_layers > 0 && mc.hidden_size > 0 && mc.num_attention_heads > 0 && mc.padded_vocab_size > 0,
                "model '{}': num_layers, hidden_size, num_attention_heads and the vocabulary must be positive "
                "(got {}, {}, {}, {})", mc.name, mc.num_layers, mc.hidden_size, mc.num_attention_heads,
@@ -67,6 +68,33 @@ config::Config config_for_model(const ModelConfig& mc) {
   set("init_method_std", mc.init_method_std);
   set("attention_dropout", mc.attention_dropout);
   set("hidden_dropout", mc.hidden_dropout);
+  if (mc.num_experts > 0) {
+    // Every MoE field model_config() reads; optional keys stay null where the ModelConfig
+    // value means "off" (no shared experts, no groups, no z-loss, dropless).
+    set("num_experts", mc.num_experts);
+    set("moe_router_topk", mc.moe_router_topk);
+    set("moe_ffn_hidden_size", mc.moe_ffn_hidden_size);
+    if (mc.moe_shared_expert_intermediate_size > 0)
+      set("moe_shared_expert_intermediate_size", mc.moe_shared_expert_intermediate_size);
+    set("moe_layer_freq", mc.moe_layer_pattern.empty() ? std::to_string(mc.moe_layer_freq)
+                                                       : fmt::format("[{}]", fmt::join(mc.moe_layer_pattern, ",")));
+    set("moe_first_k_dense_replace", mc.moe_first_k_dense_replace);
+    set("moe_router_score_function", mc.moe_router_score_function);
+    set("moe_router_pre_softmax", mc.moe_router_pre_softmax);
+    set("moe_router_topk_scaling_factor", mc.moe_router_topk_scaling_factor);
+    if (mc.moe_router_num_groups > 0) {
+      set("moe_router_num_groups", mc.moe_router_num_groups);
+      set("moe_router_group_topk", mc.moe_router_group_topk);
+    }
+    set("moe_router_enable_expert_bias", mc.moe_router_enable_expert_bias);
+    set("moe_router_bias_update_rate", mc.moe_router_bias_update_rate);
+    set("moe_router_load_balancing_type", mc.moe_router_load_balancing_type);
+    set("moe_aux_loss_coeff", mc.moe_aux_loss_coeff);
+    if (mc.moe_z_loss_coeff > 0) set("moe_z_loss_coeff", mc.moe_z_loss_coeff);
+    if (mc.moe_expert_capacity_factor > 0) set("moe_expert_capacity_factor", mc.moe_expert_capacity_factor);
+    set("moe_token_drop_policy", mc.moe_token_drop_policy);
+    set("moe_pad_expert_input_to_capacity", mc.moe_pad_expert_input_to_capacity);
+  }
   return c;
 }
 

@@ -20,9 +20,11 @@
 
 namespace primus::convert {
 
-// Throws for models the converter cannot describe yet (MoE, MLA, MTP), naming the field.
-// Guarantees: config::model_config(config_for_model(mc)) reproduces every dense-model
-// field of `mc` (see tests/unit/test_convert_cli.cpp).
+// Throws for models the converter cannot describe yet (MLA, MTP), naming the field.
+// Guarantees: config::model_config(config_for_model(mc)) reproduces every dense-model and
+// MoE field of `mc` (see tests/unit/test_convert_cli.cpp). The MoE keys (num_experts,
+// moe_router_topk, moe_ffn_hidden_size, moe_layer_freq as "1" or a "[1,0,...]" list, ...)
+// are written only when mc.num_experts > 0: a dense model's config is as before.
 config::Config config_for_model(const ModelConfig& mc);
 
 }  // namespace primus::convert

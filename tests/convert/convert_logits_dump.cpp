@@ -5,7 +5,9 @@
 //   convert_logits_dump <save_dir> <tokens.safetensors> <out.safetensors>
 //       tokens.safetensors: "tokens" I32 or I64 (B,T)
 //       out.safetensors:    "logits" F32 (B,T,V); metadata "model" = the loaded
-//                           architecture as JSON (for the test's sanity checks)
+//                           architecture as JSON (for the test's sanity checks; with
+//                           MoE: num_experts, moe_router_topk, moe_ffn_hidden_size and
+//                           moe_layers, the MoE blocks the model built)
 //
 // tests/convert/check_hf_import.py drives it against an independent PyTorch model.
 #include <cstdio>
@@ -52,7 +54,11 @@ int main(int argc, char** argv) {
                         {"untie", mc.untie_embeddings_and_output_weights},
                         {"use_rope_scaling", mc.use_rope_scaling},
                         {"rotary_base", mc.rotary_base},
-                        {"norm_epsilon", mc.norm_epsilon}};
+                        {"norm_epsilon", mc.norm_epsilon},
+                        {"num_experts", mc.num_experts},
+                        {"moe_router_topk", mc.moe_router_topk},
+                        {"moe_ffn_hidden_size", mc.moe_ffn_hidden_size},
+                        {"moe_layers", static_cast<int64_t>(model.moe_layers().size())}};
     save_safetensors(argv[3], {{"logits", logits}}, {{"model", m.dump()}});
     std::printf("%s: logits %s\n", reader.path().c_str(), shape_str(logits.shape()).c_str());
     return 0;

@@ -96,6 +96,43 @@ NamedTensorList random_hf_weights(const nlohmann::json& cfg, DType dtype, uint64
   return out;
 }
 
+// A MixtralForCausalLM config.json (4 experts, top-2, expert inner size 24).
+nlohmann::json tiny_mixtral_config() {
+  return {{"architectures", {"MixtralForCausalLM"}},
+          {"model_type", "mixtral"},
+          {"hidden_size", 32},
+          {"intermediate_size", 24},
+          {"num_hidden_layers", 2},
+          {"num_attention_heads", 4},
+          {"num_key_value_heads", 2},
+          {"vocab_size", 61},
+          {"max_position_embeddings", 128},
+          {"rms_norm_eps", 1e-5},
+          {"rope_theta", 1e6},
+          {"tie_word_embeddings", false},
+          {"num_local_experts", 4},
+          {"num_experts_per_tok", 2},
+          {"router_aux_loss_coef", 0.02},
+          {"router_jitter_noise", 0.0},
+          {"output_router_logits", false},
+          {"sliding_window", nullptr},
+          {"bos_token_id", 1},
+          {"eos_token_id", 2}};
+}
+
+// Random weights for every HF tensor of `cfg` in `layout`, shapes from the converter's table.
+NamedTensorList random_hf_weights_of(const nlohmann::json& cfg, convert::HfMoeLayout layout, uint64_t seed) {
+  const ModelConfig mc = convert::model_config_from_hf(cfg, "test config");
+  NamedTensorList out;
+  for (const auto& s : convert::hf_sources(mc, layout))
+    for (const auto& piece : s.pieces) {
+      Tensor t = Tensor::empty(piece.shape, DType::F32);
+      CounterRng(seed, stream_id(piece.name)).fill_normal(t, 0.f, 1.f);
+      out.emplace_back(piece.name, t);
+    }
+  return out;
+}
+
 void write_text(const std::string& path, const std::string& text) {
   std::ofstream f(path);
   f << text;
@@ -185,13 +222,79 @@ TEST(ConvertConfig, PaddedVocabularyKeepsBothSizes) {
     EXPECT_EQ(back.padded_vocab_size, padded) << vocab;
     EXPECT_FALSE(back.untie_embeddings_and_output_weights);
   }
-  mc.num_experts = 8;
+  mc.multi_latent_attention = true;
   try {
     convert::config_for_model(mc);
     FAIL();
   } catch (const Error& e) {
-    EXPECT_THAT(e.what(), HasSubstr("MoE"));
+    EXPECT_THAT(e.what(), HasSubstr("multi-latent attention"));
   }
+}
+
+TEST(ConvertConfig, MoeFieldsSurviveTheCheckpointConfig) {
+  const ModelConfig mc = convert::model_config_from_hf(tiny_mixtral_config(), "config.json");
+  const nlohmann::json j = convert::config_for_model(mc).to_json();
+  EXPECT_EQ(j["options"]["moe_layer_freq"], "1");
+  const ModelConfig back = config::model_config(config::from_json(j));
+  EXPECT_EQ(back.num_experts, 4);
+  EXPECT_EQ(back.moe_router_topk, 2);
+  EXPECT_EQ(back.moe_ffn_hidden_size, 24);
+  EXPECT_EQ(back.ffn_hidden_size, 24);
+  EXPECT_EQ(back.moe_aux_loss_coeff, 0.02);
+  EXPECT_EQ(back.moe_router_score_function, "softmax");
+  EXPECT_FALSE(back.moe_router_pre_softmax);
+  EXPECT_EQ(back.moe_router_load_balancing_type, "aux_loss");
+  EXPECT_EQ(back.moe_layer_freq, 1);
+  EXPECT_TRUE(back.moe_layer_pattern.empty());
+  EXPECT_EQ(back.moe_shared_expert_intermediate_size, 0);
+  EXPECT_EQ(back.moe_expert_capacity_factor, 0.0);
+  EXPECT_EQ(back.rotary_base, 1e6);
+  auto ctx = ops::Context::cpu();
+  EXPECT_NO_THROW(DecoderModel(back, ctx));
+
+  // Every MoE field, DeepSeek-style values included, comes back as it was.
+  ModelConfig ds = mc;
+  ds.num_layers = 4;
+  ds.num_experts = 8;
+  ds.moe_router_topk = 4;
+  ds.moe_shared_expert_intermediate_size = 48;
+  ds.moe_layer_pattern = {0, 1, 1, 1};
+  ds.moe_first_k_dense_replace = 1;
+  ds.moe_router_score_function = "sigmoid";
+  ds.moe_router_topk_scaling_factor = 2.5;
+  ds.moe_router_num_groups = 4;
+  ds.moe_router_group_topk = 2;
+  ds.moe_router_enable_expert_bias = true;
+  ds.moe_router_bias_update_rate = 1e-4;
+  ds.moe_router_load_balancing_type = "seq_aux_loss";
+  ds.moe_z_loss_coeff = 1e-3;
+  ds.moe_expert_capacity_factor = 1.25;
+  ds.moe_token_drop_policy = "position";
+  ds.moe_pad_expert_input_to_capacity = true;
+  const ModelConfig b = config::model_config(config::from_json(convert::config_for_model(ds).to_json()));
+  EXPECT_EQ(b.num_experts, 8);
+  EXPECT_EQ(b.moe_router_topk, 4);
+  EXPECT_EQ(b.moe_shared_expert_intermediate_size, 48);
+  EXPECT_EQ(b.moe_layer_pattern, (std::vector<int>{0, 1, 1, 1}));
+  EXPECT_EQ(b.moe_first_k_dense_replace, 1);
+  EXPECT_EQ(b.moe_router_score_function, "sigmoid");
+  EXPECT_EQ(b.moe_router_topk_scaling_factor, 2.5);
+  EXPECT_EQ(b.moe_router_num_groups, 4);
+  EXPECT_EQ(b.moe_router_group_topk, 2);
+  EXPECT_TRUE(b.moe_router_enable_expert_bias);
+  EXPECT_EQ(b.moe_router_bias_update_rate, 1e-4);
+  EXPECT_EQ(b.moe_router_load_balancing_type, "seq_aux_loss");
+  EXPECT_EQ(b.moe_z_loss_coeff, 1e-3);
+  EXPECT_EQ(b.moe_expert_capacity_factor, 1.25);
+  EXPECT_EQ(b.moe_token_drop_policy, "position");
+  EXPECT_TRUE(b.moe_pad_expert_input_to_capacity);
+  ds.moe_layer_pattern.clear();
+  ds.moe_layer_freq = 2;
+  EXPECT_EQ(config::model_config(config::from_json(convert::config_for_model(ds).to_json())).moe_layer_freq, 2);
+  // A dense model's config carries no MoE keys (as before).
+  const nlohmann::json dense =
+      convert::config_for_model(convert::model_config_from_hf(tiny_hf_config(), "c")).to_json();
+  EXPECT_TRUE(dense["options"]["num_experts"].is_null());
 }
 
 TEST(ConvertFiles, ByteSizes) {
@@ -317,6 +420,80 @@ TEST(ConvertRoundTrip, DtypeOptionCastsLikeRoundToNearestEven) {
       std::memcpy(&want, &u, 4);
       ASSERT_EQ(b[i], want) << name << "[" << i << "]";
     }
+  }
+}
+
+// Mixtral in both HF layouts: per expert (sharded) and transformers 5's fused one give the same
+// checkpoint; the model loads it strictly; the export is the per-expert layout, bit for bit.
+TEST(ConvertRoundTrip, MixtralBothLayoutsGiveOneCheckpointAndExportPerExpert) {
+  TempDir tmp;
+  const nlohmann::json cfg = tiny_mixtral_config();
+  const ModelConfig mc = convert::model_config_from_hf(cfg, "config.json");
+  const NamedTensorList per = random_hf_weights_of(cfg, convert::HfMoeLayout::PerExpert, 21);
+  write_hf_dir(tmp / "hf_per", cfg, per, /*shards=*/3);
+  // The fused layout of the same weights.
+  const std::map<std::string, Tensor> per_map(per.begin(), per.end());
+  const convert::NamedTensors primus = convert::hf_to_primus(mc, [&](const std::string& n) { return per_map.at(n); });
+  const std::map<std::string, Tensor> primus_map(primus.begin(), primus.end());
+  NamedTensorList fused;
+  for (const auto& [n, t] : convert::primus_to_hf(mc, [&](const std::string& n) { return primus_map.at(n); },
+                                                  convert::HfMoeLayout::Fused))
+    fused.emplace_back(n, t.clone());
+  EXPECT_EQ(fused.size(), 3u + 2u * 9u);
+  write_hf_dir(tmp / "hf_fused", cfg, fused);
+
+  convert::HfToPrimusOptions in;
+  in.hf_dir = tmp / "hf_per";
+  in.output = tmp / "primus_per";
+  const auto r = convert::hf_to_primus_checkpoint(in);
+  EXPECT_EQ(r.tensors, 3u + 2u * 7u);  // per layer: 2 norms, qkv, proj, router, fc1, fc2
+  EXPECT_EQ(r.model.num_experts, 4);
+  EXPECT_THAT(fmt::format("{}", fmt::join(r.notes, "\n")), HasSubstr("per-expert layout"));
+  in.hf_dir = tmp / "hf_fused";
+  in.output = tmp / "primus_fused";
+  const auto rf = convert::hf_to_primus_checkpoint(in);
+  EXPECT_THAT(fmt::format("{}", fmt::join(rf.notes, "\n")), HasSubstr("fused layout"));
+  {
+    const train::CheckpointReader a(tmp / "primus_per"), b(tmp / "primus_fused");
+    ASSERT_EQ(a.model_file().entries().size(), b.model_file().entries().size());
+    for (const auto& e : a.model_file().entries()) {
+      const Tensor x = a.model_file().view(e.name), y = b.model_file().view(e.name);
+      ASSERT_EQ(x.shape(), y.shape()) << e.name;
+      EXPECT_EQ(std::memcmp(x.raw(), y.raw(), x.nbytes()), 0) << e.name;
+    }
+    const Tensor fc1 = a.model_file().view("decoder.layers.0.mlp.experts.linear_fc1.weight");
+    EXPECT_EQ(fc1.shape(), (Shape{4, 48, 32}));
+    // Expert 2's up rows are HF's experts.2.w3.
+    EXPECT_EQ(std::memcmp(fc1.data<float>() + (2 * 48 + 24) * 32,
+                          per_map.at("model.layers.0.block_sparse_moe.experts.2.w3.weight").raw(), 24 * 32 * 4), 0);
+    // The model built from the stored config takes the weights strictly by name and shape.
+    const ModelConfig back = config::model_config(config::from_json(a.config()));
+    EXPECT_EQ(back.num_experts, 4);
+    auto ctx = ops::Context::cpu();
+    DecoderModel model(back, ctx);
+    NamedTensorList targets;
+    for (NamedTensor* p : model.parameters()) targets.emplace_back(p->name, p->value);
+    train::load_tensors_into(a.model_file(), targets, /*strict=*/true);
+  }
+  for (const char* save : {"primus_per", "primus_fused"}) {
+    convert::PrimusToHfOptions out;
+    out.load = tmp / save;
+    out.output = tmp / (std::string("back_") + save);
+    out.dtype = DType::F32;
+    out.max_shard_bytes = 30'000;
+    convert::primus_to_hf_dir(out);
+    expect_hf_weights_equal(out.output, per);
+    const nlohmann::json c = convert::read_json_file(out.output + "/config.json", "config");
+    for (const char* k : {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                          "num_key_value_heads", "vocab_size", "rope_theta", "rms_norm_eps", "tie_word_embeddings",
+                          "num_local_experts", "num_experts_per_tok", "router_aux_loss_coef", "bos_token_id",
+                          "eos_token_id", "max_position_embeddings"})
+      EXPECT_EQ(c[k], cfg[k]) << k;
+    EXPECT_EQ(c["architectures"], nlohmann::json({"MixtralForCausalLM"}));
+    EXPECT_EQ(c["model_type"], "mixtral");
+    EXPECT_EQ(c["router_jitter_noise"], 0.0);
+    EXPECT_EQ(c["output_router_logits"], false);
+    EXPECT_TRUE(c["sliding_window"].is_null());
   }
 }
 
@@ -563,14 +740,39 @@ TEST(ConvertCli, BadInputsNameTheFileAndTheFix) {
   EXPECT_THAT(r.output, HasSubstr("model-00002-of-00003.safetensors"));
   EXPECT_THAT(r.output, HasSubstr("missing"));
 
-  // Unsupported architectures: MoE by model_type, and an unknown class name.
-  nlohmann::json moe = cfg;
-  moe["model_type"] = "mixtral";
-  moe["architectures"] = {"MixtralForCausalLM"};
-  write_hf_dir(tmp / "moe", moe, hf);
+  // Unsupported architectures: DeepSeek by model_type, and an unknown class name.
+  nlohmann::json deepseek = cfg;
+  deepseek["model_type"] = "deepseek_v3";
+  deepseek["architectures"] = {"DeepseekV3ForCausalLM"};
+  write_hf_dir(tmp / "deepseek", deepseek, hf);
+  r = convert_in(tmp / "deepseek");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("model_type 'deepseek_v3' is not supported"));
+  // A Mixtral config over dense Llama weights: the dense MLPs are not in a Mixtral.
+  nlohmann::json mixtral = cfg;
+  mixtral["model_type"] = "mixtral";
+  mixtral["architectures"] = {"MixtralForCausalLM"};
+  write_hf_dir(tmp / "moe", mixtral, hf);
   r = convert_in(tmp / "moe");
   EXPECT_EQ(r.code, 1);
-  EXPECT_THAT(r.output, HasSubstr("model_type 'mixtral' is not supported"));
+  EXPECT_THAT(r.output, HasSubstr("2-layer Mixtral with 8 experts of this config.json does not have"));
+  EXPECT_THAT(r.output, HasSubstr("model.layers.0.mlp.down_proj.weight"));
+  // Expert weights under a dense config.json.
+  NamedTensorList with_experts = hf;
+  with_experts.emplace_back("model.layers.0.block_sparse_moe.experts.0.w1.weight", hf[7].second);
+  write_hf_dir(tmp / "dense_cfg", cfg, with_experts);
+  r = convert_in(tmp / "dense_cfg");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("config.json describes a dense model"));
+  // Mixtral weights that mix the per-expert and the fused layout: one tensor of each is named.
+  const nlohmann::json mcfg = tiny_mixtral_config();
+  NamedTensorList mix = random_hf_weights_of(mcfg, convert::HfMoeLayout::PerExpert, 3);
+  mix.emplace_back("model.layers.1.mlp.experts.down_proj", Tensor::zeros({4, 32, 24}, DType::F32));
+  write_hf_dir(tmp / "mix", mcfg, mix);
+  r = convert_in(tmp / "mix");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("mix HuggingFace's two Mixtral layouts"));
+  EXPECT_THAT(r.output, HasSubstr("'model.layers.1.mlp.experts.down_proj'"));
   nlohmann::json other = cfg;
   other["architectures"] = {"GPT2LMHeadModel"};
   write_hf_dir(tmp / "other", other, hf);
@@ -615,12 +817,15 @@ TEST(ConvertCli, BadInputsNameTheFileAndTheFix) {
   EXPECT_EQ(r.code, 1);
   EXPECT_THAT(r.output, HasSubstr("missing tensor 'decoder.layers.0.input_layernorm.weight'"));
   EXPECT_FALSE(fs::exists(tmp / "hf_out"));
-  // An MoE checkpoint config is refused by name.
+  // An MoE checkpoint config that MixtralForCausalLM cannot express is refused by key.
   config::Config moe_cfg = convert::config_for_model(mc);
   moe_cfg.set("num_experts", 4, config::Source{"test", 0});
+  moe_cfg.set("moe_shared_expert_intermediate_size", 64, config::Source{"test", 0});
   content.config = moe_cfg.to_json();
   train::CheckpointWriter(tmp / "moe_ckpt").save(content);
   r = run_primus("convert primus-to-hf --load " + (tmp / "moe_ckpt") + " --output " + (tmp / "hf_out"));
   EXPECT_EQ(r.code, 1);
-  EXPECT_THAT(r.output, HasSubstr("num_experts = 4"));
+  EXPECT_THAT(r.output, HasSubstr("moe_ckpt/iter_0000000/config.json: moe_shared_expert_intermediate_size = 64"));
+  EXPECT_THAT(r.output, HasSubstr("no shared experts"));
+  EXPECT_FALSE(fs::exists(tmp / "hf_out"));
 }
