@@ -29,15 +29,21 @@ const std::vector<std::string> kTopLevelKeys = {"work_group", "user_name", "exp_
 const std::vector<std::string> kModuleKinds = {"pre_trainer", "post_trainer"};
 const std::vector<std::string> kModuleKeys = {"framework", "config", "model", "overrides"};
 
-nlohmann::json yaml_to_json(const YAML::Node& node, const std::string& path, const EnvLookup& env) {
+// `budget`: the nodes this value may still expand to (aliases followed); exceeding it is an
+// error naming the value, not an exhausted memory.
+nlohmann::json yaml_to_json(const YAML::Node& node, const std::string& path, const EnvLookup& env, int64_t& budget) {
+  if (--budget < 0)
+    throw Error(fmt::format("{}: `platform` expands to more than {} values once its YAML aliases are followed (aliases "
+                            "of aliases multiply: the \"billion laughs\" shape); write the values out",
+                            source_of(path, node).str(), kMaxYamlNodes));
   if (node.IsMap()) {
     nlohmann::json out = nlohmann::json::object();
-    for (const MapEntry& e : map_entries(node, path, "platform")) out[e.key] = yaml_to_json(e.value, path, env);
+    for (const MapEntry& e : map_entries(node, path, "platform")) out[e.key] = yaml_to_json(e.value, path, env, budget);
     return out;
   }
   if (node.IsSequence()) {
     nlohmann::json out = nlohmann::json::array();
-    for (const auto& item : node) out.push_back(yaml_to_json(item, path, env));
+    for (const auto& item : node) out.push_back(yaml_to_json(item, path, env, budget));
     return out;
   }
   return read_value(node, source_of(path, node), env).json;
@@ -111,7 +117,8 @@ Config load_experiment(const std::string& path, const LoadOptions& options) {
     } else if (e.key == "workspace") {
       cfg.workspace = read_name(e, env);
     } else if (e.key == "platform") {
-      cfg.platform = yaml_to_json(e.value, path, env);
+      int64_t budget = kMaxYamlNodes;
+      cfg.platform = yaml_to_json(e.value, path, env, budget);
     } else if (e.key == "modules") {
       modules = e.value;
       modules_source = e.source;

@@ -20,15 +20,73 @@ std::string syntax_error(const std::string& where, const YAML::ParserException& 
   return fmt::format("{}:{}:{}: YAML syntax error: {}", where, e.mark.line + 1, e.mark.column + 1, e.msg);
 }
 
+// The line (1-based) of a quote that a YAML text opens and never closes, or 0. yaml-cpp
+// accepts a quoted scalar left open at the end of the stream; PyYAML (and the YAML spec) do
+// not. Quotes count where a scalar starts (after indentation, "- ", ": ", "[", "{", ",", "?");
+// comments and block scalars (| and >) are skipped; '' and \" are escapes.
+int unclosed_quote_line(const std::string& text) {
+  char open = 0;  // the quote we are inside, or 0
+  int open_line = 0, line = 0, block_parent = -1;
+  std::istringstream lines(text);
+  std::string l;
+  while (std::getline(lines, l)) {
+    ++line;
+    const size_t indent = l.find_first_not_of(' ');
+    if (open == 0 && block_parent >= 0) {  // inside a block scalar: lines indented past its key
+      if (indent == std::string::npos || static_cast<int>(indent) > block_parent) continue;
+      block_parent = -1;
+    }
+    char prev = ' ';  // the last character outside a quote (' ' at a line start)
+    for (size_t i = 0; i < l.size(); ++i) {
+      const char c = l[i];
+      if (open == '"') {
+        if (c == '\\') ++i;
+        else if (c == '"') open = 0;
+        continue;
+      }
+      if (open == '\'') {
+        if (c == '\'' && i + 1 < l.size() && l[i + 1] == '\'') ++i;
+        else if (c == '\'') open = 0;
+        continue;
+      }
+      if (c == '#' && (i == 0 || l[i - 1] == ' ' || l[i - 1] == '\t')) break;
+      if ((c == '"' || c == '\'') && (prev == ' ' || prev == '[' || prev == '{' || prev == ',' || prev == '?') &&
+          (i == 0 || l[i - 1] == ' ' || l[i - 1] == '[' || l[i - 1] == '{' || l[i - 1] == ',')) {
+        open = c;
+        open_line = line;
+        continue;
+      }
+      if ((c == '|' || c == '>') && (prev == ' ') && (i == 0 || l[i - 1] == ' ')) {
+        // A block scalar indicator ends the line (chomping / indentation indicators, a comment).
+        const size_t rest = l.find_first_not_of("+-0123456789 \t", i + 1);
+        if (rest == std::string::npos || l[rest] == '#') {
+          block_parent = indent == std::string::npos ? 0 : static_cast<int>(indent);
+          break;
+        }
+      }
+      if (c != ' ' && c != '\t') prev = c == ':' || c == '-' ? ' ' : c;
+    }
+  }
+  return open != 0 ? open_line : 0;
+}
+
 }  // namespace
 
 YAML::Node load_yaml_file(const std::string& path) {
-  std::ifstream in(path);
+  std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(fmt::format("cannot read config file '{}'", path));
   std::stringstream buf;
   buf << in.rdbuf();
+  const std::string text = buf.str();
+  if (text.size() > kMaxYamlFileBytes)
+    throw Error(fmt::format("{}: {} bytes; a config file is at most {} MiB (is this the right file?)", path,
+                            text.size(), kMaxYamlFileBytes >> 20));
+  if (const int open = unclosed_quote_line(text); open > 0)
+    throw Error(fmt::format("{}:{}: YAML syntax error: a quoted value opened on this line is never closed; add the "
+                            "closing quote",
+                            path, open));
   try {
-    return YAML::Load(buf.str());
+    return YAML::Load(text);
   } catch (const YAML::ParserException& e) {
     throw Error(syntax_error(path, e));
   }

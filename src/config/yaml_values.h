@@ -17,8 +17,14 @@
 namespace primus::config {
 
 // Parses a YAML file. Throws primus::Error "path:line:column: YAML syntax error: ..." on a
-// syntax error and "cannot read path" when the file is missing.
+// syntax error (a quote left open at the end of the file included, which yaml-cpp alone
+// accepts), "cannot read path" when the file is missing, and names the size of a file over
+// kMaxYamlFileBytes.
+constexpr size_t kMaxYamlFileBytes = size_t{16} << 20;
 YAML::Node load_yaml_file(const std::string& path);
+// A YAML value expands to at most this many nodes when aliases are followed (a "billion
+// laughs" file names a few aliases that expand to billions).
+constexpr int64_t kMaxYamlNodes = 1'000'000;
 
 // Parses YAML text (for --set values). Throws primus::Error naming `where`.
 YAML::Node load_yaml_text(const std::string& text, const Source& where);

@@ -191,6 +191,17 @@ TEST(ConfigErrors, YamlSyntaxErrorReportsFileLineAndColumn) {
   EXPECT_THAT(err, ::testing::ContainsRegex("syntax_error_module.yaml:[0-9]+:[0-9]+: YAML syntax error"));
 }
 
+// Hostile files fail with a named error: aliases that expand exponentially (the "billion
+// laughs" file) and a quote left open at the end.
+TEST(ConfigErrors, AliasBombAndUnclosedQuoteAreNamedErrors) {
+  std::string err = load_error("billion_laughs.yaml");
+  EXPECT_THAT(err, HasSubstr("billion_laughs.yaml:"));
+  EXPECT_THAT(err, HasSubstr("expands to more than 1000000 values"));
+  err = load_error("unclosed_quote.yaml");
+  EXPECT_THAT(err, HasSubstr(at_line("unclosed_quote.yaml", "exp_name: \"valid")));
+  EXPECT_THAT(err, HasSubstr("never closed"));
+}
+
 TEST(ConfigErrors, DuplicateKeyNamesBothLines) {
   const std::string err = load_error("duplicate_key.yaml");
   EXPECT_THAT(err, HasSubstr(at_line("duplicate_key.yaml", "lr: 0.2")));
