@@ -20,6 +20,11 @@
 #               MPI. One node, or NNODES>1 with MPI_HOSTFILE (run on NODE_RANK 0 only).
 #   MPIRUN_ARGS      extra mpirun options          PRIMUS_LOG_DIR  also write rank<R>.log there
 # Arguments after the script go to `primus train` (key=value overrides).
+#
+# Stopping: SIGTERM, SIGINT or SIGUSR1 to this script (a scheduler's stop, Ctrl-C, Slurm's
+# warning signal) asks every rank to save a checkpoint at the next step boundary and exit 0:
+# the script forwards SIGUSR1 (through mpirun, which passes SIGUSR1 on but kills its ranks on
+# SIGTERM) and waits for the ranks; a second signal sends SIGTERM, a third SIGKILL.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -63,8 +68,28 @@ case "$PRIMUS_LAUNCHER" in
       ARGS+=(--hostfile "$MPI_HOSTFILE" --npernode "$GPUS_PER_NODE")
     fi
     [[ -n "${PRIMUS_LOG_DIR:-}" ]] && ARGS+=(--output-filename "$PRIMUS_LOG_DIR")
+    # Not exec'd: this shell stays to turn a stop signal into SIGUSR1 for mpirun to forward.
     # shellcheck disable=SC2086
-    exec mpirun "${ARGS[@]}" ${MPIRUN_ARGS:-} "${CMD[@]}"
+    mpirun "${ARGS[@]}" ${MPIRUN_ARGS:-} "${CMD[@]}" &
+    MPIRUN_PID=$!
+    stops=0
+    on_stop() {
+      stops=$((stops + 1))
+      local sig=USR1
+      ((stops == 2)) && sig=TERM
+      ((stops > 2)) && sig=KILL
+      echo "[run_pretrain] $1: sending SIG$sig to mpirun (ranks save a checkpoint and stop at the next step)" >&2
+      kill "-$sig" "$MPIRUN_PID" 2>/dev/null || true
+    }
+    for s in TERM INT USR1; do trap "on_stop SIG$s" "$s"; done
+    while true; do
+      set +e
+      wait "$MPIRUN_PID"
+      code=$?
+      set -e
+      kill -0 "$MPIRUN_PID" 2>/dev/null || break  # wait returned for a trapped signal: keep waiting
+    done
+    exit "$code"
     ;;
   env) ;;
   *) echo "[run_pretrain] PRIMUS_LAUNCHER=$PRIMUS_LAUNCHER: use env or mpirun" >&2; exit 2 ;;
@@ -76,7 +101,17 @@ stop_all() {
   local sig=$1
   for pid in "${!RANK_OF[@]}"; do kill "-$sig" "$pid" 2>/dev/null || true; done
 }
-trap 'echo "[run_pretrain] interrupted: stopping all ranks" >&2; stop_all TERM; exit 130' INT TERM
+# A stop signal: the ranks save and stop (SIGUSR1), then keep being waited for below.
+stops=0
+on_stop() {
+  stops=$((stops + 1))
+  local sig=USR1
+  ((stops == 2)) && sig=TERM
+  ((stops > 2)) && sig=KILL
+  echo "[run_pretrain] $1: sending SIG$sig to the ${#RANK_OF[@]} rank(s) of this node (they save a checkpoint and stop at the next step)" >&2
+  stop_all "$sig"
+}
+for s in TERM INT USR1; do trap "on_stop SIG$s" "$s"; done
 
 for ((local_rank = 0; local_rank < GPUS_PER_NODE; local_rank++)); do
   rank=$((NODE_RANK * GPUS_PER_NODE + local_rank))
@@ -101,7 +136,10 @@ while ((${#RANK_OF[@]} > 0)); do
   wait -n -p finished "${!RANK_OF[@]}"
   code=$?
   set -e
-  [[ -z "$finished" ]] && break
+  if [[ -z "${finished:-}" ]]; then
+    ((code == 127)) && break  # no child left to wait for
+    continue                  # a trapped signal interrupted the wait: keep waiting
+  fi
   rank=${RANK_OF[$finished]}
   unset "RANK_OF[$finished]"
   if ((code != 0)); then

@@ -15,6 +15,11 @@
 # --kill-on-bad-exit then stops the other nodes. Across nodes the ranks meet through the
 # TCP rendezvous at MASTER_ADDR:MASTER_PORT (the NCCL id), so PRIMUS_LAUNCHER defaults to
 # env here; CPU runs over MPI use `srun --mpi=pmix -n N primus train ...` directly instead.
+#
+# Stopping: srun asks Slurm for SIGUSR1 PRIMUS_STOP_LEAD_S seconds (default 180) before the
+# time limit, and scancel sends SIGTERM; run_pretrain.sh turns either into "save a checkpoint
+# at the next step and exit 0" on every rank. Slurm kills what still runs KillWait seconds
+# after SIGTERM (default 30): a checkpoint of a large model may need a longer KillWait.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,6 +33,7 @@ export PRIMUS_RUN_PRETRAIN="$ROOT/examples/run_pretrain.sh"
 echo "[run_slurm_pretrain] $NNODES node(s), one task per node, launcher $PRIMUS_LAUNCHER" >&2
 # shellcheck disable=SC2086,SC2016
 exec srun --nodes="$NNODES" --ntasks="$NNODES" --ntasks-per-node=1 --kill-on-bad-exit=1 \
+  --signal=USR1@"${PRIMUS_STOP_LEAD_S:-180}" \
   --export=ALL ${SRUN_ARGS:-} bash -c '
     set -euo pipefail
     export NODE_RANK=$SLURM_NODEID

@@ -18,3 +18,9 @@ if(MPI_C_FOUND)
   set_tests_properties(train_parallel_layouts PROPERTIES LABELS "train;parallel" TIMEOUT 600 PROCESSORS 2
                        RESOURCE_LOCK primus_mpi)
 endif()
+if(MPI_C_FOUND)
+  # SIGTERM to examples/run_pretrain.sh (mpirun and env launchers) saves a checkpoint and exits 0.
+  add_test(NAME train_launcher_stop COMMAND ${CMAKE_CURRENT_LIST_DIR}/launcher_stop.sh $<TARGET_FILE:primus>)
+  set_tests_properties(train_launcher_stop PROPERTIES LABELS "train;parallel" TIMEOUT 300 PROCESSORS 2
+                       RESOURCE_LOCK primus_mpi)
+endif()
