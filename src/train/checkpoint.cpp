@@ -168,8 +168,16 @@ SaveResult write_checkpoint(const std::string& save_dir, const CheckpointContent
   SaveResult result;
   result.iteration = content.iteration;
   result.path = final_dir;
-  result.bytes = write_checkpoint_files(tmp_dir, content);
-  durable::fsync_path(tmp_dir);
+  try {
+    result.bytes = write_checkpoint_files(tmp_dir, content);
+    durable::fsync_path(tmp_dir);
+  } catch (const std::exception& e) {
+    // A full disk (or any write error): leave no half-written directory behind.
+    fs::remove_all(tmp_dir, ec);
+    fail("saving the checkpoint of iteration {} into '{}' failed: {} (the partial files were removed; the last "
+         "complete checkpoint and the tracker are untouched)",
+         content.iteration, save_dir, e.what());
+  }
 
   // Publish the directory.
   if (fs::exists(final_dir)) {
@@ -282,6 +290,20 @@ uint64_t write_checkpoint_files(const std::string& iter_dir, const CheckpointCon
 CheckpointWriter::CheckpointWriter(std::string save_dir, CheckpointWriterOptions options)
     : save_dir_(std::move(save_dir)), options_(std::move(options)) {
   PRIMUS_CHECK(!save_dir_.empty(), "checkpoint writer: `save` is empty; set save: <dir> to save checkpoints");
+  // Found now rather than at the first save, minutes or hours in: the directory must be
+  // creatable and writable.
+  std::error_code ec;
+  fs::create_directories(save_dir_, ec);
+  PRIMUS_CHECK(!ec, "save: cannot create the checkpoint directory '{}': {}; point save at a writable directory",
+               save_dir_, ec.message());
+  const std::string probe = (fs::path(save_dir_) / fmt::format(".primus-write-test-{}", ::getpid())).string();
+  try {
+    durable::write_file(probe, "primus");
+  } catch (const std::exception& e) {
+    fail("save: the checkpoint directory '{}' is not writable ({}); point save at a writable directory", save_dir_,
+         e.what());
+  }
+  fs::remove(probe, ec);
 }
 
 CheckpointWriter::~CheckpointWriter() {

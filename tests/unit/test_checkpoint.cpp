@@ -3,6 +3,7 @@
 // (a child process SIGKILLed at random moments while saving, 24 times).
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -184,6 +185,37 @@ TEST(Checkpoint, AsyncErrorSurfacesOnWait) {
   w.save(c);
   EXPECT_NE(error_of([&] { w.wait(); }).find("appears twice"), std::string::npos);
   EXPECT_FALSE(latest_iteration(dir.string()).has_value());
+  fs::remove_all(dir);
+}
+
+// A save that runs out of space (here: the file-size limit, EFBIG) leaves no temp directory
+// behind, and the checkpoint before it stays the latest.
+TEST(Checkpoint, FailedWriteRemovesItsTempDirectory) {
+  const fs::path dir = fresh_dir("ckpt_full_disk");
+  CheckpointWriter w(dir.string());
+  w.save(make_content(1));
+  ::signal(SIGXFSZ, SIG_IGN);
+  rlimit old{};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &old), 0);
+  rlimit small = old;
+  small.rlim_cur = 16 * 1024;  // the next model file is bigger
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  const std::string err = error_of([&] { w.save(make_content(2, 8)); });
+  ::setrlimit(RLIMIT_FSIZE, &old);
+  EXPECT_NE(err.find("partial files were removed"), std::string::npos) << err;
+  for (const auto& e : fs::directory_iterator(dir))
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+  EXPECT_EQ(latest_iteration(dir.string()), 1);
+  fs::remove_all(dir);
+}
+
+// A save directory that cannot be made is found when the writer is made (at start-up), not at
+// the first save: here its parent is a file (root may write anywhere else).
+TEST(Checkpoint, UnusableSaveDirectoryIsRefusedAtOnce) {
+  const fs::path dir = fresh_dir("ckpt_not_a_dir");
+  std::ofstream(dir / "a_file") << "x";
+  const std::string err = error_of([&] { CheckpointWriter w((dir / "a_file" / "ckpt").string()); });
+  EXPECT_NE(err.find("save: cannot create the checkpoint directory"), std::string::npos) << err;
   fs::remove_all(dir);
 }
 
