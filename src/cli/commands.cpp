@@ -9,7 +9,7 @@ const std::vector<Command>& commands() {
       {"convert", "convert checkpoints between HuggingFace and Primus", cmd_convert},
       {"generate", "generate text from a checkpoint with a KV cache", cmd_generate},
       {"preflight", "check GPUs, GEMM TFLOP/s and collective bandwidth before a run", cmd_preflight},
-      {"bench", "benchmark GEMM, attention and collectives (gemm|attention|...)", cmd_bench},
+      {"bench", "GPU benchmarks: GEMMs, attention, fused ops, MoE experts (gemm|gemm-dense|attention|ops|moe)", cmd_bench},
       {"tune", "GEMM auto-tuning (stages 1-3) on cuBLASLt", cmd_tune},
       {"config", "list every config key (--list) or show a resolved experiment", cmd_config},
       {"plot", "draw the loss and learning-rate curves of a run to PNG", cmd_plot},

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <filesystem>
 
+#include "core/error.h"
 #include "core/strings.h"
 
 namespace primus::config {
@@ -69,9 +70,9 @@ std::string describe_schema(const std::string& group) {
     out += "\n";
   }
   if (!any) {
-    out = fmt::format("no config group '{}'{}; groups:", group, suggest(group, schema().groups()));
-    for (const auto& g : schema().groups()) out += fmt::format(" '{}'", g);
-    out += "\n";
+    std::string msg = fmt::format("no config group '{}'{}; groups:", group, suggest(group, schema().groups()));
+    for (const auto& g : schema().groups()) msg += fmt::format(" '{}'", g);
+    throw primus::Error(msg);
   }
   return out;
 }

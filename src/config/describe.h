@@ -8,7 +8,8 @@
 
 namespace primus::config {
 
-// The schema, grouped: key, type, default, range and doc. `group` filters ("" = all).
+// The schema, grouped: key, type, default, range and doc. `group` filters ("" = all); an
+// unknown group throws an Error listing the groups.
 std::string describe_schema(const std::string& group = "");
 
 // The schema as a Markdown table (for docs).

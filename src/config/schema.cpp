@@ -148,6 +148,9 @@ nlohmann::json Schema::coerce(const OptionSpec& spec, const nlohmann::json& valu
     case Type::Float:
       if (!value.is_number()) throw type_error();
       out = value.get<double>();
+      if (std::isnan(out.get<double>()))  // .nan passes every range check; no option means it
+        throw Error(fmt::format("{}: '{}' = .nan is not a number; set a {} value{}", where.str(), spec.key,
+                                spec.type_name(), spec.range_text().empty() ? "" : " " + spec.range_text()));
       break;
     case Type::String:
       if (value.is_string()) return value;

@@ -16,5 +16,8 @@ std::string did_you_mean(std::string_view word, const std::vector<std::string>& 
 std::string trim(std::string_view s);
 std::vector<std::string> split(std::string_view s, char sep);
 bool starts_with(std::string_view s, std::string_view prefix);
+// `s` cut to `max_chars` characters with control bytes (NUL, newlines, ...) written as \xNN, so
+// that file contents quoted in a message cannot cut or garble it.
+std::string printable(std::string_view s, size_t max_chars = 80);
 
 }  // namespace primus

@@ -226,7 +226,7 @@ std::optional<int64_t> latest_iteration(const std::string& dir) {
     PRIMUS_CHECK(used == text.size(), "trailing characters");
   } catch (const std::exception&) {
     fail("{}: expected an iteration number, found '{}'; fix or delete the file (the iter_XXXXXXX directories "
-         "are intact)", path, text.substr(0, 40));
+         "are intact)", path, printable(text, 40));
   }
   PRIMUS_CHECK(it >= 0, "{}: negative iteration {}", path, it);
   return it;

@@ -593,10 +593,16 @@ void Run::log_header() {
                  o_.decoder_first_pipeline_num_layers, o_.decoder_last_pipeline_num_layers);
   if (o_.precision_downgraded)
     logger_.warn("bf16/fp16 is set but this run is on the CPU, whose path computes in fp32 (device: cpu)");
+  const int64_t whole = count_table_parameters(parameter_table(m));
+  const int64_t held = model_->num_parameters();
   logger_.info("model: {} layers, hidden {}, {} heads ({} query groups), ffn {}, vocab {} (padded {}): {:.2f}M "
-               "parameters",
+               "parameters{}",
                m.num_layers, m.hidden_size, m.num_attention_heads, m.num_query_groups, m.ffn_hidden_size,
-               m.vocab_size, m.padded_vocab_size, model_->num_parameters() / 1e6);
+               m.vocab_size, m.padded_vocab_size, whole / 1e6,
+               held != whole ? fmt::format(" ({:.2f}M of them on this rank: its tensor-parallel shards of its pipeline "
+                                           "stage's layers)",
+                                           held / 1e6)
+                             : "");
   if (m.num_experts > 0) {
     int64_t moe_layers = 0;
     for (int64_t l = 0; l < m.num_layers; ++l) moe_layers += m.is_moe_layer(l) ? 1 : 0;

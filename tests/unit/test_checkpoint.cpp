@@ -219,6 +219,16 @@ TEST(Checkpoint, UnusableSaveDirectoryIsRefusedAtOnce) {
   fs::remove_all(dir);
 }
 
+// A tracker with a NUL byte (a torn write on some file systems) is named with the byte shown,
+// not a message cut at it.
+TEST(Checkpoint, TrackerWithANulByteIsShownWhole) {
+  const fs::path dir = fresh_dir("ckpt_nul_tracker");
+  std::ofstream(dir / kTrackerFileName, std::ios::binary) << std::string("12\0junk", 7);
+  const std::string err = error_of([&] { (void)latest_iteration(dir.string()); });
+  EXPECT_NE(err.find("found '12\\x00junk'"), std::string::npos) << err;
+  fs::remove_all(dir);
+}
+
 TEST(Checkpoint, SavingTheSameIterationAgainReplacesIt) {
   const fs::path dir = fresh_dir("ckpt_resave");
   CheckpointWriter w(dir.string());

@@ -97,6 +97,9 @@ TEST(ConfigCli, ListPrintsEveryKeyAndShowPrintsSources) {
   ASSERT_EQ(r.code, 0) << r.output;
   for (const auto& o : primus::config::schema().options()) EXPECT_THAT(r.output, HasSubstr(o.key));
   EXPECT_THAT(r.output, HasSubstr("[mixture of experts]"));
+  r = run_primus("config --list --group nosuch");  // an error, and a failing exit code
+  EXPECT_NE(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("no config group 'nosuch'"));
   r = run_primus("config --show " + kSeed + " --set clip_grad=0.5");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_THAT(r.output, ::testing::ContainsRegex("clip_grad +0.5 +command line"));

@@ -44,6 +44,7 @@ TEST(ConfigValidation, Ranges) {
   EXPECT_THAT(load_error("valid.yaml", {"micro_batch_size=0"}), HasSubstr("'micro_batch_size' = 0 is out of range"));
   EXPECT_THAT(load_error("valid.yaml", {"tensor_model_parallel_size=0"}), HasSubstr("'tensor_model_parallel_size'"));
   EXPECT_THAT(load_error("valid.yaml", {"adam_beta2=1.0"}), HasSubstr("'adam_beta2'"));
+  EXPECT_THAT(load_error("valid.yaml", {"lr=.nan"}), HasSubstr("'lr' = .nan is not a number"));  // no range holds NaN
   const std::string err = load_error("valid.yaml", {"min_lr=0.1"});
   EXPECT_THAT(err, HasSubstr("min_lr = 0.1 (command line) must not exceed lr = 0.001"));
   EXPECT_THAT(err, HasSubstr(at_line("valid.yaml", "lr: 1.0e-3")));
