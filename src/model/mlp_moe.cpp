@@ -84,25 +84,26 @@ void MoeMlp::route(LayerEnv& env, Acts& a) {
   const int64_t most = pad_ ? E_ * cap : cap >= 0 ? std::min(N * k_, E_ * cap) : N * k_;
   a.row_of = A.alloc({N, k_}, DType::I32);
   Tensor pair_of_row = A.alloc({most}, DType::I32);
-  Tensor counts = A.alloc({E_}, DType::I32);
-  ops::moe_dispatch_plan(ctx, a.row_of, pair_of_row, counts, a.indices, a.probs, cap, drop_by_probs_, pad_);
-
-  // Training: the load-balancing statistics of the scores over all experts, and the z-loss.
+  // What the host reads back, in one block (one copy, one synchronisation): the experts' row
+  // counts (int32, E) and, in a training forward, the load-balancing statistics (fp32).
   const bool aux = env.training && (balance_ != Balance::None || z_coeff_ > 0);
   const int64_t G = balance_ == Balance::SeqAux ? env.dims.B : 1;
-  Tensor stats;
+  const int64_t stat_words = aux ? 2 * G * E_ + 1 : 0;
+  Tensor readback = A.alloc({E_ + stat_words}, DType::I32);
+  Tensor counts = readback.rows(0, E_);
+  ops::moe_dispatch_plan(ctx, a.row_of, pair_of_row, counts, a.indices, a.probs, cap, drop_by_probs_, pad_);
   if (aux) {
-    stats = A.alloc({2 * G * E_ + 1}, DType::F32);
+    const Tensor stats = readback.rows(E_, E_ + stat_words).reinterpret(DType::F32);
     Tensor sums = stats.rows(0, G * E_).view({G, E_}), top = stats.rows(G * E_, 2 * G * E_).view({G, E_});
     Tensor lse_sq = stats.rows(2 * G * E_, 2 * G * E_ + 1);
     ops::moe_aux_stats(ctx, sums, top, lse_sq, a.logits, k_, routing_.sigmoid);
   }
 
   // The experts' row counts size the grouped GEMMs: the one host synchronisation of the layer.
-  const Tensor counts_h = counts.to(Device::CPU);
+  const Tensor back = readback.to(Device::CPU);
   a.rows.assign(static_cast<size_t>(E_), 0);
   int64_t M = 0;
-  for (int64_t e = 0; e < E_; ++e) M += a.rows[static_cast<size_t>(e)] = counts_h.data<int32_t>()[e];
+  for (int64_t e = 0; e < E_; ++e) M += a.rows[static_cast<size_t>(e)] = back.data<int32_t>()[e];
   a.pair_of_row = pair_of_row.rows(0, M);
 
   if (env.training && !env.recomputing) {
@@ -124,8 +125,7 @@ void MoeMlp::route(LayerEnv& env, Acts& a) {
   a.score_grad = Tensor();
   a.z_weight = 0;
   if (!aux) return;
-  const Tensor st = stats.to(Device::CPU);
-  const float* sums = st.data<float>();
+  const float* sums = back.rows(E_, E_ + stat_words).reinterpret(DType::F32).data<float>();
   const float* top = sums + G * E_;
   const double lse_sq = top[G * E_];
   const double w = env.aux_loss_weight;

@@ -893,36 +893,37 @@ void launch_moe_permute(void* x_perm, const void* x, const int32_t* pair_of_row,
   PRIMUS_CUDA_LAUNCH_CHECK();
 }
 
-void launch_moe_permute_backward(void* dx, const void* d_x_perm, const int32_t* row_of, DType dt, int64_t N,
-                                 int64_t k, int64_t C, cudaStream_t stream) {
+namespace {
+
+// out (N,C) += sum_j [probs[t,j] *] src (M,C) row rows[t,j] over the kept slots (WEIGHTED: with
+// probs): the shared launcher of permute's backward and unpermute.
+template <bool WEIGHTED>
+void launch_gather_sum(void* out, const void* src, const int32_t* rows, const float* probs, DType dt, int64_t N,
+                       int64_t k, int64_t C, cudaStream_t stream) {
   if (N == 0 || C == 0) return;
   PRIMUS_DISPATCH_FLOAT(dt, T, {
     constexpr int V = vec_width<T>();
-    if (C % V == 0 && aligned16(dx) && aligned16(d_x_perm)) {
-      gather_sum_kernel<T, V, false><<<grid_for(N * C / V, kThreads), kThreads, 0, stream>>>(
-          static_cast<T*>(dx), static_cast<const T*>(d_x_perm), row_of, nullptr, N, k, C);
+    if (C % V == 0 && aligned16(out) && aligned16(src)) {
+      gather_sum_kernel<T, V, WEIGHTED><<<grid_for(N * C / V, kThreads), kThreads, 0, stream>>>(
+          static_cast<T*>(out), static_cast<const T*>(src), rows, probs, N, k, C);
     } else {
-      gather_sum_kernel<T, 1, false><<<grid_for(N * C, kThreads), kThreads, 0, stream>>>(
-          static_cast<T*>(dx), static_cast<const T*>(d_x_perm), row_of, nullptr, N, k, C);
+      gather_sum_kernel<T, 1, WEIGHTED><<<grid_for(N * C, kThreads), kThreads, 0, stream>>>(
+          static_cast<T*>(out), static_cast<const T*>(src), rows, probs, N, k, C);
     }
   });
   PRIMUS_CUDA_LAUNCH_CHECK();
 }
 
+}  // namespace
+
+void launch_moe_permute_backward(void* dx, const void* d_x_perm, const int32_t* row_of, DType dt, int64_t N,
+                                 int64_t k, int64_t C, cudaStream_t stream) {
+  launch_gather_sum<false>(dx, d_x_perm, row_of, nullptr, dt, N, k, C, stream);
+}
+
 void launch_moe_unpermute(void* y, const void* y_perm, const int32_t* row_of, const float* probs, DType dt,
                           int64_t N, int64_t k, int64_t C, cudaStream_t stream) {
-  if (N == 0 || C == 0) return;
-  PRIMUS_DISPATCH_FLOAT(dt, T, {
-    constexpr int V = vec_width<T>();
-    if (C % V == 0 && aligned16(y) && aligned16(y_perm)) {
-      gather_sum_kernel<T, V, true><<<grid_for(N * C / V, kThreads), kThreads, 0, stream>>>(
-          static_cast<T*>(y), static_cast<const T*>(y_perm), row_of, probs, N, k, C);
-    } else {
-      gather_sum_kernel<T, 1, true><<<grid_for(N * C, kThreads), kThreads, 0, stream>>>(
-          static_cast<T*>(y), static_cast<const T*>(y_perm), row_of, probs, N, k, C);
-    }
-  });
-  PRIMUS_CUDA_LAUNCH_CHECK();
+  launch_gather_sum<true>(y, y_perm, row_of, probs, dt, N, k, C, stream);
 }
 
 void launch_moe_unpermute_backward(void* d_y_perm, float* d_probs, const void* dy, const void* y_perm,
