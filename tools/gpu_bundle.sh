@@ -5,7 +5,7 @@
 #   bin/  primus, primus_gpu_tests, bench_gpu_ops
 #   lib/  every shared library they need that the GPU machine does not provide
 #         (not glibc, not libstdc++/libgcc, not the CUDA/cuDNN/NCCL libraries)
-#   py/   the PyTorch peers (pt_llama_bench.py, gpu_sdpa_ref.py, gpu_summary.py)
+#   py/   the PyTorch peers (pt_llama_bench.py, pt_moe_bench.py, gpu_sdpa_ref.py, gpu_summary.py)
 # Raw, the three binaries and OpenBLAS exceed the 64 MiB the tool carries; xz with a 64 MiB
 # window stores the CUDA kernels the binaries share once. The binaries carry RPATH
 # $ORIGIN/../lib (CMakeLists.txt). Usage:
@@ -17,7 +17,11 @@ BUNDLE=$BUILD/gpu_bundle_stage
 TARGETS=${BUNDLE_TARGETS:-"primus primus_gpu_tests bench_gpu_ops"}
 JOBS=${JOBS:-2}
 
-cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPRIMUS_CUDA=ON >/dev/null
+# BUNDLE_CONFIGURE=0 packs an existing CUDA build dir as configured (e.g. build/, RelWithDebInfo:
+# the same -O3 host code and device code; the debug info is stripped below).
+if [[ "${BUNDLE_CONFIGURE:-1}" != 0 ]]; then
+  cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPRIMUS_CUDA=ON >/dev/null
+fi
 # shellcheck disable=SC2086
 cmake --build "$BUILD" -j"$JOBS" --target $TARGETS
 
@@ -66,7 +70,9 @@ done
 echo "cuDNN the binaries load from the GPU machine: $(for f in "$BUNDLE"/bin/*; do ldd "$f"; done |
   awk '/libcudnn/ {print $1}' | sort -u | tr '\n' ' ')(sub-libraries via dlopen)"
 
-cp /work/shared/anchors/pt_llama_bench.py "$BUNDLE/py/" 2>/dev/null || echo "note: pt_llama_bench.py not found"
+for peer in pt_llama_bench.py pt_moe_bench.py; do
+  cp "/work/shared/anchors/$peer" "$BUNDLE/py/" 2>/dev/null || echo "note: $peer not found"
+done
 cp "$ROOT/tools/gpu_sdpa_ref.py" "$ROOT/tools/gpu_summary.py" "$BUNDLE/py/"
 [[ -f "$ROOT/tools/hf_parity.py" ]] && cp "$ROOT/tools/hf_parity.py" "$BUNDLE/py/"
 # Real data for the end-to-end checks (tools/gpu_train_check.sh): the Brown corpus as setup.sh

@@ -5,8 +5,10 @@
 # on the GPU machine after tools/gpu_bundle.sh:
 #   bash tools/gpu_e2e.sh EXPERIMENT PEER_SHAPE SEQ MBS [STEPS] [--set key=value ...]
 #   bash tools/gpu_e2e.sh examples/megatron/llama3.2_1B-pretrain.yaml llama3.2-1B 2048 8 30
-# PEER_SHAPE is llama-tiny | llama3.2-1B | llama3.2-3B. Logs go to $OUT (or /tmp/primus_e2e);
-# the last lines printed are the two JSON results and their ratio.
+# PEER_SHAPE is llama-tiny | llama3.2-1B | llama3.2-3B, or with PEER=pt_moe_bench.py the MoE
+# peer's mixtral-mini | deepseek-moe-mini (PEER_ARGS adds its flags, e.g. "--moe-impl loop
+# --compile 0"). Logs go to $OUT (or /tmp/primus_e2e); the last lines printed are the two JSON
+# results and their ratio. TRAIN_TIMEOUT / PEER_TIMEOUT bound each side (seconds; 480 / 300).
 # GEMM_TUNING=1 runs the three-stage GEMM tuning first (stage 1: a 3-iteration run logs the
 # step's GEMM shapes; stage 2: `primus tune` times the cuBLASLt candidates of each; stage 3:
 # the measured run uses the table) and also reports the heuristic-only run.
@@ -25,7 +27,7 @@ OUT=${OUT:-/tmp/primus_e2e}
 mkdir -p "$OUT"
 
 train() {  # log_file iterations
-  timeout 480 "$B/primus" train --config "$EXP" --set bf16=true --set micro_batch_size="$MBS" \
+  timeout "${TRAIN_TIMEOUT:-480}" "$B/primus" train --config "$EXP" --set bf16=true --set micro_batch_size="$MBS" \
     --set global_batch_size="$MBS" --set seq_length="$SEQ" --set train_iters="$2" --set log_interval=1 \
     --set log_num_zeros_in_grad=false "${EXTRA[@]}" >"$1" 2>&1
 }
@@ -64,7 +66,8 @@ tail -5 "$OUT/e2e_primus.log"
 
 t0=$SECONDS
 mem_start "$OUT/mem_peer.txt"
-timeout 300 python3 "$PY/pt_llama_bench.py" --shape "$SHAPE" --seq "$SEQ" --mbs "$MBS" --steps 15 \
+# shellcheck disable=SC2086
+timeout "${PEER_TIMEOUT:-300}" python3 "$PY/${PEER:-pt_llama_bench.py}" --shape "$SHAPE" --seq "$SEQ" --mbs "$MBS" --steps 15 ${PEER_ARGS:-} \
   >"$OUT/e2e_peer.jsonl" 2>"$OUT/e2e_peer.err"
 echo "pytorch peer: rc=$? in $((SECONDS - t0)) s"
 peer_peak_mib=$(mem_stop "$OUT/mem_peer.txt")
