@@ -301,6 +301,7 @@ int cmd_generate(int argc, char** argv) {
     }
   }
   const double total_s = r.prefill_seconds + r.decode_seconds;
+  std::fflush(stdout);  // the text's last line before the stats on stderr (a shared terminal or pipe)
   if (!quiet)
     fmt::print(stderr,
                "[generate] {} prompt(s), {} prompt tokens, {} new tokens on {} ({}): prefill {:.3f} s ({:.1f} "

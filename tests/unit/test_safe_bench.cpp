@@ -64,6 +64,33 @@ TEST(SafeShapes, TrainingGemmsCountSixNPerToken) {
   EXPECT_EQ(head_rows, 5000);
 }
 
+// An MoE model's list adds the routed experts' GEMMs at the even share of the routed rows
+// (tokens x top-k / experts, one GEMM per expert): with that share whole, the list's FLOPs are
+// 6 x the active matmul parameters x tokens, like a dense model's (mixtral-mini: 8 experts,
+// top-2, 8192 tokens -> 2048 rows per expert).
+TEST(SafeShapes, MoeTrainingGemmsCountSixActiveN) {
+  const ModelConfig m = resolve_model("mixtral-mini");
+  ASSERT_EQ(m.num_experts, 8);
+  const int64_t tokens = 4 * 2048;
+  const auto g = training_gemms(m, tokens);
+  double flops = 0;
+  bool experts = false;
+  for (const auto& p : g) {
+    flops += p.flops() * static_cast<double>(p.count);
+    if (p.label.rfind("experts gate_up fwd", 0) == 0) {
+      experts = true;
+      EXPECT_EQ(p.m, tokens * 2 / 8);
+      EXPECT_EQ(p.count, 8 * 8);  // 8 experts x 8 layers
+    }
+  }
+  EXPECT_TRUE(experts);
+  // Active matmul parameters without the router (its GEMM is not in the list: fp32 logits of
+  // E columns): attention, the two chosen experts, the output layer.
+  const double d = 2048, L = 8, k = 2, F = 5632, V = 32000;
+  const double n_active = L * (d * (32 + 2 * 8) * 64 + d * d + k * 3 * d * F) + V * d;
+  EXPECT_DOUBLE_EQ(flops, 6.0 * n_active * tokens);
+}
+
 TEST(SafeShapes, ZooYamlFollowsExtends) {
   const DenseShape s = resolve_shape("llama3.2_1B");
   EXPECT_EQ(s.layers, 16);
