@@ -31,7 +31,7 @@ std::vector<OptionSpec> training_options() {
   t.strings("train_data_path", "dataset prefixes for training only (optionally weighted)");
   t.strings("valid_data_path", "dataset prefixes for validation only");
   t.strings("test_data_path", "dataset prefixes for testing only");
-  t.opt_text("data_cache_path", "folder for the dataset index caches (null: next to the data)");
+  t.opt_text("data_cache_path", "folder for the dataset index caches (null: no cache; the indices are built at each start)");
   t.flag("mock_data", false, "train on synthetic random tokens instead of data files");
   t.integer("seq_length", 4096, "tokens per training sequence").positive();
   t.opt_choice("tokenizer_type",
