@@ -57,6 +57,14 @@ CMD=("$PRIMUS_BIN" train pretrain --config "$EXP" "$@")
 echo "[run_pretrain] node $NODE_RANK of $NNODES, $GPUS_PER_NODE processes, world $WORLD_SIZE, launcher $PRIMUS_LAUNCHER, rendezvous $MASTER_ADDR:$MASTER_PORT" >&2
 [[ -n "${PRIMUS_LOG_DIR:-}" ]] && mkdir -p "$PRIMUS_LOG_DIR"
 
+# The n-th stop signal to this script: 1st -> SIGUSR1 (save and stop), 2nd -> SIGTERM, then SIGKILL.
+stops=0
+escalate() {
+  stops=$((stops + 1))
+  STOP_SIG=USR1
+  if ((stops == 2)); then STOP_SIG=TERM; elif ((stops > 2)); then STOP_SIG=KILL; fi
+}
+
 case "$PRIMUS_LAUNCHER" in
   mpirun)
     command -v mpirun >/dev/null || { echo "[run_pretrain] mpirun not found; install openmpi-bin (./setup.sh)" >&2; exit 2; }
@@ -72,14 +80,10 @@ case "$PRIMUS_LAUNCHER" in
     # shellcheck disable=SC2086
     mpirun "${ARGS[@]}" ${MPIRUN_ARGS:-} "${CMD[@]}" &
     MPIRUN_PID=$!
-    stops=0
     on_stop() {
-      stops=$((stops + 1))
-      local sig=USR1
-      ((stops == 2)) && sig=TERM
-      ((stops > 2)) && sig=KILL
-      echo "[run_pretrain] $1: sending SIG$sig to mpirun (ranks save a checkpoint and stop at the next step)" >&2
-      kill "-$sig" "$MPIRUN_PID" 2>/dev/null || true
+      escalate
+      echo "[run_pretrain] $1: sending SIG$STOP_SIG to mpirun (ranks save a checkpoint and stop at the next step)" >&2
+      kill "-$STOP_SIG" "$MPIRUN_PID" 2>/dev/null || true
     }
     for s in TERM INT USR1; do trap "on_stop SIG$s" "$s"; done
     while true; do
@@ -102,14 +106,10 @@ stop_all() {
   for pid in "${!RANK_OF[@]}"; do kill "-$sig" "$pid" 2>/dev/null || true; done
 }
 # A stop signal: the ranks save and stop (SIGUSR1), then keep being waited for below.
-stops=0
 on_stop() {
-  stops=$((stops + 1))
-  local sig=USR1
-  ((stops == 2)) && sig=TERM
-  ((stops > 2)) && sig=KILL
-  echo "[run_pretrain] $1: sending SIG$sig to the ${#RANK_OF[@]} rank(s) of this node (they save a checkpoint and stop at the next step)" >&2
-  stop_all "$sig"
+  escalate
+  echo "[run_pretrain] $1: sending SIG$STOP_SIG to the ${#RANK_OF[@]} rank(s) of this node (they save a checkpoint and stop at the next step)" >&2
+  stop_all "$STOP_SIG"
 }
 for s in TERM INT USR1; do trap "on_stop SIG$s" "$s"; done
 
