@@ -132,6 +132,24 @@ Config load_experiment(const std::string& path, const LoadOptions& options) {
                               "work_group, user_name, exp_name, workspace, platform, modules"));
     }
   }
+  // `--set` may also replace the experiment's own names (e.g. --set exp_name=run2); the other
+  // assignments are trainer options, applied last below.
+  Layer option_sets;
+  for (Assignment& a : parse_assignments(options.sets, env)) {
+    std::string* name = a.key == "work_group"  ? &cfg.work_group
+                        : a.key == "user_name" ? &cfg.user_name
+                        : a.key == "exp_name"  ? &cfg.exp_name
+                        : a.key == "workspace" ? &cfg.workspace
+                                               : nullptr;
+    if (!name) {
+      option_sets.push_back(std::move(a));
+      continue;
+    }
+    const Value& v = a.value;
+    if (v.json.is_null() || v.json.is_array() || (v.json.is_string() && v.json.get<std::string>().empty()))
+      throw Error(fmt::format("{}: --set {}= needs a non-empty name (e.g. --set {}=run2)", a.source.str(), a.key, a.key));
+    *name = v.text.empty() ? format_value(v.json) : v.text;
+  }
   struct Required {
     const char* key;
     const std::string* value;
@@ -211,7 +229,7 @@ Config load_experiment(const std::string& path, const LoadOptions& options) {
   apply_layer(cfg, load_option_file(cfg.module_config_path, env));
   apply_layer(cfg, load_option_file(cfg.model_config_path, env));
   if (overrides) apply_layer(cfg, read_option_map(overrides, path, "`overrides`", env));
-  apply_layer(cfg, parse_assignments(options.sets, env));
+  apply_layer(cfg, option_sets);
 
   cfg.world_size = options.world_size;
   validate(cfg);

@@ -190,4 +190,31 @@ DatasetSplits build_datasets(const DataConfig& c, int64_t train_samples, int64_t
   return {out[0], out[1], out[2]};
 }
 
+std::string explain_empty_train_split(const DataConfig& c) {
+  if (c.mock_data) return "mock data gave no training samples (train_iters x global_batch_size is 0?)";
+  const bool per_split = !c.train_data_path.empty() || !c.valid_data_path.empty() || !c.test_data_path.empty();
+  if (per_split && c.train_data_path.empty())
+    return "valid_data_path/test_data_path are set but train_data_path is not; set train_data_path (or data_path "
+           "with a split)";
+  std::vector<std::string> prefixes;
+  std::vector<double> weights;
+  parse_blend(per_split ? c.train_data_path : c.data_path, prefixes, weights);
+  const std::vector<double> split = per_split ? std::vector<double>{1.0, 0.0, 0.0} : parse_split(c.split);
+  std::vector<std::string> parts;
+  bool any_empty = false;
+  for (const std::string& p : prefixes) {
+    const int64_t n = open_source(p)->num_sequences();
+    const auto b = split_boundaries(split, n);
+    any_empty |= n == 0;
+    parts.push_back(fmt::format("{} holds {} document(s), {} of them for training", p, n, b[1] - b[0]));
+  }
+  const std::string fix =
+      any_empty ? "a dataset with no documents comes from an empty `primus preprocess` input (check the JSONL "
+                  "and its --json-keys)"
+                : fmt::format("split '{}' gives training {:.1f}% of the documents, which rounds to none; raise "
+                              "its first share or add documents",
+                              c.split, 100.0 * split[0]);
+  return fmt::format("{}: {}", fmt::join(parts, "; "), fix);
+}
+
 }  // namespace primus::data

@@ -119,6 +119,10 @@ struct DatasetSplits {
 DatasetSplits build_datasets(const DataConfig& config, int64_t train_samples, int64_t valid_samples,
                              int64_t test_samples);
 
+// Why `build_datasets` left the training split null, in words for the error message: each
+// source's document count and how many documents the split gives training, with the fix.
+std::string explain_empty_train_split(const DataConfig& config);
+
 // "969,30,1" (or "98/2/0") -> normalized weights, padded to 3.
 std::vector<double> parse_split(const std::string& split);
 // Megatron's _get_split_indices: boundaries [0, a, b, n] over n documents.

@@ -306,11 +306,26 @@ void Run::setup_data() {
   // Real data needs the tokenizer for its end-of-document id; mock data does not read it.
   if (!dc.mock_data && !o_.tokenizer_type.empty()) {
     tokenizer_ = data::make_tokenizer(o_.tokenizer_type, o_.tokenizer_model, o_.model.vocab_size);
-    PRIMUS_CHECK(tokenizer_->vocab_size() <= o_.model.padded_vocab_size,
-                 "tokenizer {} has {} ids but the model's vocabulary holds {} (vocab_size {} padded); set "
-                 "vocab_size >= {} in the model config",
-                 o_.tokenizer_model, tokenizer_->vocab_size(), o_.model.padded_vocab_size, o_.model.vocab_size,
-                 tokenizer_->vocab_size());
+    if (tokenizer_->vocab_size() > o_.model.padded_vocab_size) {
+      const int64_t V = o_.model.vocab_size, P = o_.model.padded_vocab_size;
+      // NullTokenizer's ids are 0..vocab_size-1 plus end-of-document = vocab_size: raising vocab_size
+      // also raises the id it needs, so only the padding can make room.
+      if (o_.tokenizer_type == "NullTokenizer") {
+        // The smallest make_vocab_size_divisible_by whose padding leaves a row past vocab_size.
+        int64_t k = 2;
+        while ((V % (k * o_.tensor_parallel)) == 0) ++k;
+        throw Error(fmt::format(
+            "NullTokenizer with vocab_size {} uses id {} as end-of-document, so the model needs {} rows, but its "
+            "vocabulary holds {} (vocab_size rounded up to a multiple of make_vocab_size_divisible_by x "
+            "tensor_model_parallel_size, which here leaves no padding row; raising vocab_size raises the "
+            "end-of-document id with it). Set make_vocab_size_divisible_by to a value k with vocab_size not a "
+            "multiple of k x tensor_model_parallel_size (e.g. {}), as Megatron pads vocab_size + 1",
+            V, V, V + 1, P, k));
+      }
+      throw Error(fmt::format("tokenizer {} has {} ids but the model's vocabulary holds {} (vocab_size {} padded); "
+                              "set vocab_size >= {} in the model config",
+                              o_.tokenizer_model, tokenizer_->vocab_size(), P, V, tokenizer_->vocab_size()));
+    }
     dc.eod_token = std::max<int32_t>(0, tokenizer_->eod());
     dc.pad_token = tokenizer_->pad();
   }
@@ -318,8 +333,7 @@ void Run::setup_data() {
   const int64_t train_samples = o_.train_iters * gbs;
   const int64_t evals = o_.eval_iters > 0 ? o_.train_iters / o_.eval_interval + 1 : 0;
   datasets_ = data::build_datasets(dc, train_samples, evals * o_.eval_iters * gbs, o_.eval_iters * gbs);
-  PRIMUS_CHECK(datasets_.train != nullptr, "no training dataset was built (data_path {}, split {})",
-               fmt::join(dc.data_path, " "), dc.split);
+  if (!datasets_.train) throw Error("no training dataset was built: " + data::explain_empty_train_split(dc));
 }
 
 // Where to resume from, as Megatron and Primus decide it:

@@ -80,6 +80,16 @@ TEST(ConfigYaml, PlainScalarTyping) {
   EXPECT_EQ(type_plain_scalar("3.1.0"), "3.1.0");
 }
 
+TEST(ConfigCommandLine, SetReplacesTheExperimentNamesToo) {
+  const Config cfg = load_fixture("merge.yaml", {"exp_name=run2", "workspace=${T_WS:/tmp/ws}", "lr=0.5"},
+                                  {{"T_WS", "/scratch/me"}});
+  EXPECT_EQ(cfg.exp_name, "run2");
+  EXPECT_EQ(cfg.workspace, "/scratch/me");
+  EXPECT_DOUBLE_EQ(cfg.f("lr"), 0.5);  // the trainer options still apply
+  EXPECT_THAT(load_error("merge.yaml", {"exp_name="}), HasSubstr("--set exp_name= needs a non-empty name"));
+  EXPECT_THAT(load_error("merge.yaml", {"user_name=null"}), HasSubstr("--set user_name= needs a non-empty name"));
+}
+
 // ---- extends and merge order ---------------------------------------------------------
 
 TEST(ConfigMerge, EachLevelBeatsTheOneBelowAndRecordsItsSource) {

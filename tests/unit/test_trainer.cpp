@@ -7,6 +7,8 @@
 //     the same losses to fp32 rounding (the loss is the global batch's token mean);
 //   - finetune loads weights only and starts at iteration 0; bad `load` is a clear error;
 //   - the NaN guard skips non-finite steps and stops after nan_guard_max_consecutive.
+//   - data that cannot train (an empty dataset, a split that leaves training nothing, a
+//     NullTokenizer vocabulary without a row for end-of-document) says why, and the fix works.
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
@@ -21,6 +23,7 @@
 
 #include "config/config.h"
 #include "core/error.h"
+#include "data/indexed_dataset.h"
 #include "train/checkpoint.h"
 #include "train/train_options.h"
 #include "train/trainer.h"
@@ -187,6 +190,44 @@ TEST_F(TrainerTest, NanGuardSkipsThenStops) {
   }
   // The last good checkpoint is intact and was not overwritten by a poisoned one.
   EXPECT_EQ(latest_iteration(path("ckpt")), 4);
+}
+
+// Data that cannot train says why, with a fix that works.
+TEST_F(TrainerTest, DataErrorsSayWhyAndTheFixWorks) {
+  auto write = [&](const char* name, int docs) {
+    data::IndexedDatasetWriter w(path(name), data::TokenDType::kU16);
+    const std::vector<int32_t> tokens(40, 7);
+    const std::vector<int32_t> lengths{40};
+    for (int d = 0; d < docs; ++d) w.add_document(tokens, lengths);
+    w.finalize();
+    return path(name);
+  };
+  const std::string empty = write("empty", 0), two = write("two", 2);
+  auto error_of = [&](std::vector<std::string> sets) -> std::string {
+    sets.insert(sets.begin(), {"mock_data=false", "tokenizer_type=NullTokenizer", "vocab_size=255"});
+    try {
+      train(options(sets));
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  std::string e = error_of({"data_path=" + empty});
+  EXPECT_NE(e.find("holds 0 document(s)"), std::string::npos) << e;
+  EXPECT_NE(e.find("empty `primus preprocess` input"), std::string::npos) << e;
+  e = error_of({"data_path=" + two, "split=10,90,0"});
+  EXPECT_NE(e.find("holds 2 document(s), 0 of them for training"), std::string::npos) << e;
+  EXPECT_NE(e.find("split '10,90,0'"), std::string::npos) << e;
+  EXPECT_EQ(error_of({"data_path=" + two, "split=100,0,0", "train_iters=3"}), "");  // and it trains
+
+  // NullTokenizer: end-of-document is id vocab_size; 256 with divisor 64 leaves no padding row.
+  e = error_of({"data_path=" + two, "split=100,0,0", "train_iters=3", "vocab_size=256"});
+  EXPECT_NE(e.find("uses id 256 as end-of-document"), std::string::npos) << e;
+  EXPECT_NE(e.find("(e.g. 3)"), std::string::npos) << e;
+  // The advice works (256 padded to a multiple of 3 is 258).
+  EXPECT_EQ(error_of({"data_path=" + two, "split=100,0,0", "train_iters=3", "vocab_size=256",
+                      "make_vocab_size_divisible_by=3"}),
+            "");
 }
 
 }  // namespace
