@@ -456,6 +456,12 @@ std::vector<std::unique_ptr<NamedTensor>> Run::optimizer_state_views() const {
 }
 
 void Run::save(int64_t iteration) {
+  const bool gathers = tp_size_ > 1 || pp_size_ > 1 || (dp_size_ > 1 && o_.use_distributed_optimizer);
+  if (gathers && launch_.rank == 0 && !o_.save.empty())  // a gather of a large model takes a while: say so
+    logger_.info("saving checkpoint at iteration {} to {}: gathering the weights{} of {} ranks (tp {}, pp {}, dp {}) "
+                 "onto rank 0, then writing",
+                 iteration, o_.save, o_.no_save_optim ? "" : " and optimizer states", launch_.world_size, tp_size_,
+                 pp_size_, dp_size_);
   optimizer_->finish_param_gather();  // the new weights must be complete on every rank
   // Tensor-parallel shards are gathered into full tensors (a collective: every rank takes
   // part), so the checkpoint does not depend on the layout that wrote it.

@@ -104,6 +104,11 @@ echo "bad interleaved layout: refused with a clear error"
 grep -q "pipeline stages hold 1 / 1 / 2 layers" "$WORK/pp3uneven.log" ||
   { echo "FAIL: pp3uneven: the log does not state the uneven split:"; grep -m3 "pipeline\|error" "$WORK/pp3uneven.log"; exit 1; }
 echo "pp3uneven: layers 1 / 1 / 2 over the three stages"
+# A save that gathers from several ranks says so before it starts (a large model takes a while).
+grep -q "saving checkpoint at iteration 10 to .*: gathering the weights and optimizer states of 4 ranks (tp 2, pp 2, dp 1)" \
+  "$WORK/one_to_tp2pp2.log" ||
+  { echo "FAIL: one_to_tp2pp2: no progress line before the gathered save:"; grep -m3 "checkpoint" "$WORK/one_to_tp2pp2.log"; exit 1; }
+echo "one_to_tp2pp2: the gathered save is announced"
 # Overlap must really overlap: some buckets start reducing while backward still runs.
 for r in dp2_overlap pp2dp2; do
   line=$(grep -m1 "overlap_grad_reduce:" "$WORK/$r.log" || true)
