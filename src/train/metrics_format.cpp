@@ -48,6 +48,15 @@ std::string format_iteration_line(const IntervalReport& r, std::string_view time
   if (r.mfu_percent) s += fmt::format(" MFU: {} |", inst_avg(*r.mfu_percent, r.mfu_percent_avg, "%"));
   s += fmt::format(" number of skipped iterations: {:3d} |", r.skipped_iterations);
   s += fmt::format(" number of nan iterations: {:3d} |", r.nan_iterations);
+  // Not Megatron's: how far the run is and when it ends at the average step time (after the
+  // Megatron fields, so parsers of those are not disturbed).
+  if (r.train_iters > 0) {
+    const double ms = r.elapsed_ms_avg.value_or(r.elapsed_ms);
+    const int64_t left = std::max<int64_t>(0, r.train_iters - r.iteration);
+    const auto eta = static_cast<int64_t>(std::llround(static_cast<double>(left) * ms / 1000.0));
+    s += fmt::format(" progress: {:.1f}% | ETA: {}:{:02d}:{:02d} |", 100.0 * r.iteration / r.train_iters, eta / 3600,
+                     eta / 60 % 60, eta % 60);
+  }
   return s;
 }
 

@@ -69,7 +69,8 @@ TEST(LogLine, MatchesMegatronFormatting) {
       "iteration (ms): 1234.5/1230.1 | learning rate: 3.000000E-04 | global batch size:   512 | lm loss: "
       "1.034567E+01 | loss scale: 1.0 | grad norm: 1.235 | num zeros: 0.0 | params norm: 123.457 | throughput "
       "(tokens/s): 41234.6/41000.2 | tokens consumed:      5242880 | TFLOP/s/GPU: 400.1/398.2 | MFU: "
-      "40.5%/40.3% | number of skipped iterations:   0 | number of nan iterations:   0 |";
+      "40.5%/40.3% | number of skipped iterations:   0 | number of nan iterations:   0 | progress: 0.1% | ETA: 3:24:48 |";
+  // The last two fields are ours: 9990 iterations left x 1230.06 ms = 12288.3 s.
   EXPECT_EQ(format_iteration_line(sample_report(), "2025-01-31 13:05:09"), want);
 }
 
@@ -88,6 +89,9 @@ TEST(LogLine, OptionalFieldsAreLeftOut) {
   for (const char* absent : {"grad norm", "num zeros", "params norm", "TFLOP/s/GPU", "MFU", "lm loss"})
     EXPECT_EQ(line.find(absent), std::string::npos) << absent << " in " << line;
   EXPECT_NE(line.find("number of skipped iterations:   3 |"), std::string::npos) << line;
+  EXPECT_NE(line.find("ETA: 3:25:33 |"), std::string::npos) << line;  // no average yet: the last step's time
+  r.iteration = r.train_iters;
+  EXPECT_NE(format_iteration_line(r, "t").find("progress: 100.0% | ETA: 0:00:00 |"), std::string::npos);
 }
 
 TEST(LogLine, EvaluationBlock) {
