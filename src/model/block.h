@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "core/arena.h"
-#include "model/named_tensor.h"
+#include "parallel/named_tensor.h"
 #include "ops/ops.h"
 #include "parallel/tensor_parallel.h"
 

@@ -42,7 +42,7 @@
 #include "model/decoder_layer.h"
 #include "model/mlp_moe.h"
 #include "model/model_config.h"
-#include "model/named_tensor.h"
+#include "parallel/named_tensor.h"
 #include "ops/ops.h"
 #include "parallel/tensor_parallel.h"
 

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "parallel/pipeline_schedule.h"
 
 namespace primus {
 
@@ -276,6 +277,90 @@ void check_buildable(const ModelConfig& c, const char* who) {
   require(c.vocab_size <= c.padded_vocab_size, c, who, "vocab_size", c.vocab_size,
           "<= padded_vocab_size (the embedding rows)");
   if (c.num_experts > 0) check_moe(c, who);
+}
+
+void check_parallel_layout(const ModelConfig& m, const parallel::ParallelDims& dims, const parallel::LayoutChecks& c) {
+  const int tp = dims.tp(), pp = dims.pp(), cp = dims.cp(), ep = dims.ep(), dp = dims.dp();
+  std::vector<std::string> problems;
+  auto need = [&](bool ok, std::string msg) {
+    if (!ok) problems.push_back(std::move(msg));
+  };
+  if (m.num_attention_heads > 0)
+    need(m.num_attention_heads % tp == 0,
+         fmt::format("num_attention_heads {} is not divisible by tensor_model_parallel_size {}",
+                     m.num_attention_heads, tp));
+  if (m.num_query_groups > 0)
+    need(m.num_query_groups % tp == 0,
+         fmt::format("num_query_groups {} is not divisible by tensor_model_parallel_size {}",
+                     m.num_query_groups, tp));
+  if (m.ffn_hidden_size > 0)
+    need(m.ffn_hidden_size % tp == 0,
+         fmt::format("ffn_hidden_size {} is not divisible by tensor_model_parallel_size {}",
+                     m.ffn_hidden_size, tp));
+  if (m.padded_vocab_size > 0)
+    need(m.padded_vocab_size % tp == 0,
+         fmt::format("padded vocabulary {} is not divisible by tensor_model_parallel_size {} (raise "
+                     "make_vocab_size_divisible_by to a multiple of {})",
+                     m.padded_vocab_size, tp, tp));
+  const parallel::UnevenSplit split{c.decoder_first_pipeline_num_layers, c.decoder_last_pipeline_num_layers};
+  if (m.num_layers > 0 && split.uneven()) {
+    need(pp > 1, fmt::format("decoder_first_pipeline_num_layers {} / decoder_last_pipeline_num_layers {} need "
+                              "pipeline_model_parallel_size > 1 (it is {})",
+                              split.first_stage_layers, split.last_stage_layers, pp));
+    need(c.num_layers_per_virtual_pipeline_stage == 0,
+         "decoder_first_pipeline_num_layers / decoder_last_pipeline_num_layers with the interleaved schedule "
+         "(num_layers_per_virtual_pipeline_stage) is not supported; unset one of them");
+    if (pp > 1) {
+      try {
+        parallel::pipeline_stage_layers(m.num_layers, pp, split);
+      } catch (const Error& e) {
+        need(false, e.what());
+      }
+    }
+  } else if (m.num_layers > 0) {
+    need(m.num_layers % pp == 0,
+         fmt::format("num_layers {} is not divisible by pipeline_model_parallel_size {}",
+                     m.num_layers, pp));
+    if (c.num_layers_per_virtual_pipeline_stage > 0) {
+      need(pp > 1, "num_layers_per_virtual_pipeline_stage needs pipeline_model_parallel_size > 1");
+      int64_t per_stage = m.num_layers / pp;
+      need(per_stage % c.num_layers_per_virtual_pipeline_stage == 0,
+           fmt::format("num_layers_per_virtual_pipeline_stage {} does not divide the {} layers of "
+                       "each pipeline stage (num_layers {} / pipeline_model_parallel_size {})",
+                       c.num_layers_per_virtual_pipeline_stage, per_stage, m.num_layers, pp));
+    }
+  }
+  if (m.num_experts > 0) {
+    need(m.num_experts % ep == 0,
+         fmt::format("num_experts {} is not divisible by expert_model_parallel_size {}",
+                     m.num_experts, ep));
+    if (m.moe_ffn_hidden_size > 0)
+      need(m.moe_ffn_hidden_size % tp == 0,
+           fmt::format("moe_ffn_hidden_size {} is not divisible by tensor_model_parallel_size {}",
+                       m.moe_ffn_hidden_size, tp));
+  } else {
+    need(ep == 1, fmt::format("expert_model_parallel_size {} needs a MoE model (num_experts > 0)", ep));
+  }
+  if (c.seq_length > 0) {
+    if (c.sequence_parallel)
+      need(c.seq_length % tp == 0,
+           fmt::format("sequence_parallel: seq_length {} is not divisible by "
+                       "tensor_model_parallel_size {}", c.seq_length, tp));
+    if (cp > 1)
+      need(c.seq_length % (2 * cp) == 0,
+           fmt::format("context parallel: seq_length {} is not divisible by 2 x "
+                       "context_parallel_size = {} (each rank holds two balanced chunks)",
+                       c.seq_length, 2 * cp));
+  }
+  if (c.global_batch_size > 0 && c.micro_batch_size > 0)
+    need(c.global_batch_size % (c.micro_batch_size * dp) == 0,
+         fmt::format("global_batch_size {} is not divisible by micro_batch_size {} x data parallel "
+                     "size {} = {}", c.global_batch_size, c.micro_batch_size, dp,
+                     c.micro_batch_size * dp));
+  if (problems.empty()) return;
+  std::string msg = fmt::format("parallel layout {} does not fit model '{}':", dims.describe(), m.name);
+  for (const std::string& p : problems) msg += "\n  - " + p;
+  throw Error(msg);
 }
 
 }  // namespace primus

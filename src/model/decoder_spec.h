@@ -48,6 +48,7 @@
 
 #include "core/tensor.h"
 #include "model/model_config.h"
+#include "parallel/parallel_dims.h"
 #include "parallel/tensor_parallel_shard.h"
 
 namespace primus {
@@ -135,5 +136,12 @@ parallel::ShardSpec shard_of(const ParamSpec& p, int tp_rank, int tp_size, int e
 // inconsistent (heads not divisible by query groups, odd rotary dims, ...). `who` starts the
 // message ("the decoder", "generate").
 void check_buildable(const ModelConfig& c, const char* who = "the decoder");
+
+// Whether the model fits a parallel layout: heads, query groups, FFN, vocabulary and experts
+// divisible by tp / ep, layers by the pipeline split (even, uneven or interleaved), sequence by
+// sp / cp, batch by micro-batch x dp. Throws one error that lists every violated rule with its
+// fix; runs before any communicator or tensor exists.
+void check_parallel_layout(const ModelConfig& c, const parallel::ParallelDims& dims,
+                           const parallel::LayoutChecks& checks = {});
 
 }  // namespace primus

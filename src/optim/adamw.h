@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "core/safetensors.h"
-#include "model/named_tensor.h"
+#include "parallel/named_tensor.h"
 #include "ops/ops.h"
 
 namespace primus {

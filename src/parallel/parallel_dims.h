@@ -13,15 +13,15 @@
 // expert-parallel ranks are carved out of the dense grid's dp x cp ranks, so ep must
 // divide dp * cp.
 //
-// Everything here is arithmetic on integers: create() and check_model() run before any
-// communicator or tensor exists, so a bad layout fails before memory is allocated.
+// Everything here is arithmetic on integers: create() (and the model's check against a layout,
+// check_parallel_layout in model/decoder_spec.h) run before any communicator or tensor exists,
+// so a bad layout fails before memory is allocated.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include "model/model_config.h"
 
 namespace primus::parallel {
 
@@ -40,7 +40,8 @@ struct RankCoords {
   int ep = 0, expert_dp = 0;           // expert grid (its tp and pp equal the dense ones)
 };
 
-// What the model must satisfy for a layout; zeros skip a check.
+// What the run must satisfy for a layout besides the model's sizes (check_parallel_layout in
+// model/decoder_spec.h); zeros skip a check.
 struct LayoutChecks {
   int64_t seq_length = 0;
   bool sequence_parallel = false;
@@ -77,10 +78,6 @@ class ParallelDims {
   std::vector<std::vector<int>> groups(std::string_view dims) const;
   // The group of `dims` that holds `rank`.
   std::vector<int> group_of(int rank, std::string_view dims) const;
-
-  // Divisibility of heads, query groups, FFN, vocabulary, layers, experts, sequence and
-  // batch by the layout; throws one error listing every violated rule with its fix.
-  void check_model(const ModelConfig& model, const LayoutChecks& checks = {}) const;
 
   // "tp2 cp1 ep1 dp2 pp2 (world 8, order tp-cp-ep-dp-pp)"
   std::string describe() const;

@@ -58,7 +58,7 @@
 
 #include "core/arena.h"
 #include "core/safetensors.h"
-#include "model/named_tensor.h"
+#include "parallel/named_tensor.h"
 #include "ops/ops.h"
 #include "parallel/communicator.h"
 

@@ -35,7 +35,7 @@
 #include <unordered_set>
 #include <vector>
 
-#include "model/named_tensor.h"
+#include "parallel/named_tensor.h"
 #include "optim/adamw.h"
 #include "parallel/communicator.h"
 #include "parallel/distributed_optimizer_shards.h"

@@ -15,6 +15,7 @@
 #include "data/gpt_dataset.h"
 #include "data/tokenizer/tokenizer.h"
 #include "model/decoder.h"
+#include "model/decoder_spec.h"
 #include "parallel/gather_to_root.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
@@ -180,9 +181,10 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   sizes.tp = o.tensor_parallel;
   sizes.pp = o.pipeline_parallel;
   const parallel::ParallelDims dims = parallel::ParallelDims::create(world_->size(), sizes);
-  dims.check_model(o.model, {o.seq_length, o.sequence_parallel, o.num_layers_per_virtual_pipeline_stage,
-                             o.global_batch_size, o.micro_batch_size, o.decoder_first_pipeline_num_layers,
-                             o.decoder_last_pipeline_num_layers});
+  check_parallel_layout(o.model, dims,
+                        {o.seq_length, o.sequence_parallel, o.num_layers_per_virtual_pipeline_stage,
+                         o.global_batch_size, o.micro_batch_size, o.decoder_first_pipeline_num_layers,
+                         o.decoder_last_pipeline_num_layers});
   groups_ = std::make_unique<parallel::ProcessGroups>(*world_, dims);
   dp_ = &groups_->dp();
   dp_rank_ = groups_->coords().dp;

@@ -24,7 +24,7 @@
 #include <string>
 #include <vector>
 
-#include "model/named_tensor.h"
+#include "parallel/named_tensor.h"
 #include "train/train_options.h"
 
 namespace primus::train {

@@ -7,6 +7,7 @@
 #include <set>
 
 #include "core/error.h"
+#include "model/decoder_spec.h"
 #include "parallel/parallel_dims.h"
 
 using namespace primus;
@@ -151,10 +152,10 @@ TEST(ParallelDims, ModelChecksListEveryViolation) {
   c.sequence_parallel = true;
   c.global_batch_size = 8;
   c.micro_batch_size = 2;
-  EXPECT_NO_THROW(ok.check_model(m, c));
+  EXPECT_NO_THROW(check_parallel_layout(m, ok, c));
 
   ParallelDims bad = dims(16, 4, 4);  // tp4: heads 6, groups 2, vocab 1002 fail; pp4: 6 layers fail
-  std::string msg = error_of([&] { bad.check_model(m, c); });
+  std::string msg = error_of([&] { check_parallel_layout(m, bad, c); });
   EXPECT_NE(msg.find("num_attention_heads 6 is not divisible by tensor_model_parallel_size 4"), std::string::npos) << msg;
   EXPECT_NE(msg.find("num_query_groups 2"), std::string::npos) << msg;
   EXPECT_NE(msg.find("padded vocabulary 1002"), std::string::npos) << msg;
@@ -165,15 +166,15 @@ TEST(ParallelDims, ModelChecksListEveryViolation) {
   c2.global_batch_size = 6;                      // 6 % (2 x dp 2) != 0
   c2.num_layers_per_virtual_pipeline_stage = 2;  // 6 layers / pp 2 = 3 per stage
   c2.seq_length = 63;                            // not divisible by tp 2 under sequence_parallel
-  msg = error_of([&] { ok.check_model(m, c2); });
+  msg = error_of([&] { check_parallel_layout(m, ok, c2); });
   EXPECT_NE(msg.find("global_batch_size 6 is not divisible by micro_batch_size 2 x data parallel size 2"), std::string::npos) << msg;
   EXPECT_NE(msg.find("num_layers_per_virtual_pipeline_stage 2 does not divide the 3 layers"), std::string::npos) << msg;
   EXPECT_NE(msg.find("seq_length 63"), std::string::npos) << msg;
 
   ModelConfig moe = m;
   moe.num_experts = 6;
-  EXPECT_THROW(dims(8, 1, 1, 1, 4).check_model(moe), Error);  // 6 experts over ep 4
-  EXPECT_THROW(dims(8, 1, 1, 1, 2).check_model(m), Error);    // ep 2 on a dense model
+  EXPECT_THROW(check_parallel_layout(moe, dims(8, 1, 1, 1, 4)), Error);  // 6 experts over ep 4
+  EXPECT_THROW(check_parallel_layout(m, dims(8, 1, 1, 1, 2)), Error);    // ep 2 on a dense model
 }
 
 TEST(ParallelDims, UnevenPipelineSplitReplacesTheDivisibilityCheck) {
@@ -182,15 +183,15 @@ TEST(ParallelDims, UnevenPipelineSplitReplacesTheDivisibilityCheck) {
   m.num_layers = 7;  // not divisible by pp 2 ...
   LayoutChecks c;
   c.decoder_first_pipeline_num_layers = 3;  // ... but 3 + 4 is a valid uneven split
-  EXPECT_NO_THROW(dims(4, 2, 2).check_model(m, c));
+  EXPECT_NO_THROW(check_parallel_layout(m, dims(4, 2, 2), c));
   c.decoder_last_pipeline_num_layers = 3;  // 3 + 3 leaves 1 layer for no stage
-  std::string msg = error_of([&] { dims(4, 2, 2).check_model(m, c); });
+  std::string msg = error_of([&] { check_parallel_layout(m, dims(4, 2, 2), c); });
   EXPECT_NE(msg.find("7 layers do not split over 2 pipeline stages"), std::string::npos) << msg;
   LayoutChecks interleaved;
   interleaved.decoder_first_pipeline_num_layers = 3;
   interleaved.num_layers_per_virtual_pipeline_stage = 1;
-  msg = error_of([&] { dims(4, 2, 2).check_model(m, interleaved); });
+  msg = error_of([&] { check_parallel_layout(m, dims(4, 2, 2), interleaved); });
   EXPECT_NE(msg.find("is not supported"), std::string::npos) << msg;
-  msg = error_of([&] { dims(4, 2, 1).check_model(m, c); });  // pp 1
+  msg = error_of([&] { check_parallel_layout(m, dims(4, 2, 1), c); });  // pp 1
   EXPECT_NE(msg.find("need pipeline_model_parallel_size > 1"), std::string::npos) << msg;
 }

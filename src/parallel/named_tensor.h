@@ -1,4 +1,5 @@
-// NamedTensor: one trainable parameter as the model, optimizer and checkpoint code see it.
+// NamedTensor: one trainable parameter as the model, optimizer and checkpoint code see it:
+// its name, value, fp32 gradient and which shard of the full tensor this rank holds.
 #pragma once
 
 #include <string>
