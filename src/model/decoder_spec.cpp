@@ -285,18 +285,14 @@ void check_parallel_layout(const ModelConfig& m, const parallel::ParallelDims& d
   auto need = [&](bool ok, std::string msg) {
     if (!ok) problems.push_back(std::move(msg));
   };
-  if (m.num_attention_heads > 0)
-    need(m.num_attention_heads % tp == 0,
-         fmt::format("num_attention_heads {} is not divisible by tensor_model_parallel_size {}",
-                     m.num_attention_heads, tp));
-  if (m.num_query_groups > 0)
-    need(m.num_query_groups % tp == 0,
-         fmt::format("num_query_groups {} is not divisible by tensor_model_parallel_size {}",
-                     m.num_query_groups, tp));
-  if (m.ffn_hidden_size > 0)
-    need(m.ffn_hidden_size % tp == 0,
-         fmt::format("ffn_hidden_size {} is not divisible by tensor_model_parallel_size {}",
-                     m.ffn_hidden_size, tp));
+  // A size split over the tensor-parallel ranks (0: not set, nothing to check).
+  auto split_by_tp = [&](const char* key, int64_t size) {
+    if (size > 0)
+      need(size % tp == 0, fmt::format("{} {} is not divisible by tensor_model_parallel_size {}", key, size, tp));
+  };
+  split_by_tp("num_attention_heads", m.num_attention_heads);
+  split_by_tp("num_query_groups", m.num_query_groups);
+  split_by_tp("ffn_hidden_size", m.ffn_hidden_size);
   if (m.padded_vocab_size > 0)
     need(m.padded_vocab_size % tp == 0,
          fmt::format("padded vocabulary {} is not divisible by tensor_model_parallel_size {} (raise "
@@ -305,8 +301,8 @@ void check_parallel_layout(const ModelConfig& m, const parallel::ParallelDims& d
   const parallel::UnevenSplit split{c.decoder_first_pipeline_num_layers, c.decoder_last_pipeline_num_layers};
   if (m.num_layers > 0 && split.uneven()) {
     need(pp > 1, fmt::format("decoder_first_pipeline_num_layers {} / decoder_last_pipeline_num_layers {} need "
-                              "pipeline_model_parallel_size > 1 (it is {})",
-                              split.first_stage_layers, split.last_stage_layers, pp));
+                             "pipeline_model_parallel_size > 1 (it is {})",
+                             split.first_stage_layers, split.last_stage_layers, pp));
     need(c.num_layers_per_virtual_pipeline_stage == 0,
          "decoder_first_pipeline_num_layers / decoder_last_pipeline_num_layers with the interleaved schedule "
          "(num_layers_per_virtual_pipeline_stage) is not supported; unset one of them");
@@ -334,10 +330,7 @@ void check_parallel_layout(const ModelConfig& m, const parallel::ParallelDims& d
     need(m.num_experts % ep == 0,
          fmt::format("num_experts {} is not divisible by expert_model_parallel_size {}",
                      m.num_experts, ep));
-    if (m.moe_ffn_hidden_size > 0)
-      need(m.moe_ffn_hidden_size % tp == 0,
-           fmt::format("moe_ffn_hidden_size {} is not divisible by tensor_model_parallel_size {}",
-                       m.moe_ffn_hidden_size, tp));
+    split_by_tp("moe_ffn_hidden_size", m.moe_ffn_hidden_size);
   } else {
     need(ep == 1, fmt::format("expert_model_parallel_size {} needs a MoE model (num_experts > 0)", ep));
   }
