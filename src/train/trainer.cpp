@@ -105,6 +105,12 @@ class Run {
     std::vector<std::pair<std::string, double>> per_layer;  // TensorBoard / JSONL
   };
   std::optional<MoeReport> finish_moe_step();
+  // What a checkpoint holds of the model: the parameters, then the buffers.
+  std::vector<NamedTensor*> checkpoint_tensors() const {
+    std::vector<NamedTensor*> all = params_;
+    all.insert(all.end(), buffers_.begin(), buffers_.end());
+    return all;
+  }
 
   // First, so that a SIGTERM during set-up (data indexing, checkpoint loading) already
   // becomes "stop after the first iteration and save" instead of killing the process.
@@ -357,8 +363,7 @@ void Run::restore() {
   CheckpointReader reader(dir);
   // Checkpoints hold full tensors: a tensor-parallel rank slices out its shard, so a run
   // may resume at another tensor-parallel size than the one that saved.
-  std::vector<NamedTensor*> loaded = params_;
-  loaded.insert(loaded.end(), buffers_.begin(), buffers_.end());
+  const std::vector<NamedTensor*> loaded = checkpoint_tensors();
   if (tp_size_ == 1) {
     NamedTensorList targets;
     for (NamedTensor* p : loaded) targets.emplace_back(p->name, p->value);
@@ -468,8 +473,7 @@ void Run::save(int64_t iteration) {
   // Tensor-parallel shards are gathered into full tensors (a collective: every rank takes
   // part), so the checkpoint does not depend on the layout that wrote it.
   NamedTensorList model, optimizer;
-  std::vector<NamedTensor*> saved = params_;
-  saved.insert(saved.end(), buffers_.begin(), buffers_.end());
+  const std::vector<NamedTensor*> saved = checkpoint_tensors();
   if (tp_size_ == 1) {
     for (NamedTensor* p : saved) model.emplace_back(p->name, p->value);
     if (!o_.no_save_optim) optimizer = optimizer_->state_tensors();
@@ -587,7 +591,8 @@ std::optional<Run::MoeReport> Run::finish_moe_step() {
     r.per_layer.emplace_back(tag + "load_balancing_loss", row[E] / micro);
     if (m.moe_z_loss_coeff > 0) r.per_layer.emplace_back(tag + "z_loss", row[E + 1] / micro);
     r.per_layer.emplace_back(tag + "expert_load_max_over_mean", load);
-    if (m.moe_expert_capacity_factor > 0) r.per_layer.emplace_back(tag + "dropped_fraction", row[E + 3] / std::max(1.0, row[E + 3] + total));
+    if (m.moe_expert_capacity_factor > 0)
+      r.per_layer.emplace_back(tag + "dropped_fraction", row[E + 3] / std::max(1.0, row[E + 3] + total));
     ++layers;
   }
   if (layers > 0) {
