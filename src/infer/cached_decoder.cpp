@@ -33,7 +33,7 @@ CachedDecoder::CachedDecoder(const ModelConfig& config, ops::Context& ctx, const
     : config_(config), ctx_(ctx), arena_(ctx.device()) {
   check_buildable(config_, "generate");
   if (config_.num_query_groups <= 0) config_.num_query_groups = config_.num_attention_heads;
-  inv_freq_ = rope_inv_freq_of(config_);
+  rotary_ = rotary_of(config_);
 
   std::map<std::string, Tensor> by_name;
   std::vector<std::string> given;
@@ -111,7 +111,7 @@ void CachedDecoder::ensure_rope_rows(int64_t n) {
   if (cos_host_.defined() && cos_host_.size(0) >= n) return;
   cos_host_ = Tensor();
   sin_host_ = Tensor();
-  ops::rope_tables(cos_host_, sin_host_, n, inv_freq_);
+  ops::rope_tables(cos_host_, sin_host_, n, rotary_.inv_freq, rotary_.table_scale);
 }
 
 Tensor CachedDecoder::to_device(const Tensor& host) {
@@ -219,7 +219,7 @@ Tensor CachedDecoder::decode(KvCache& cache, std::span<const int32_t> tokens) {
   ensure_rope_rows(std::max(max_pos + 1, cache.max_len));
   // RoPE rows of each sequence's own position: the batch sits in the T dim of the RoPE
   // ops, so row b of these (B, R/2) tables rotates sequence b.
-  const int64_t half = static_cast<int64_t>(inv_freq_.size());
+  const int64_t half = rotary_.dims() / 2;
   Tensor cos_host = Tensor::empty({B, half}, DType::F32), sin_host = Tensor::empty({B, half}, DType::F32);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t p = pos_host.data<int32_t>()[b];

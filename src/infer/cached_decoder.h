@@ -5,7 +5,7 @@
 //                     each attention block writing positions 0..len_b-1 of its cache;
 //   decode(tokens)    one new token per sequence at position cache.lengths[b]: RoPE at that
 //                     position, attention of the one query over the cache, which grows by one.
-// Positions and RoPE tables are those of training (rope_inv_freq_of, ops::rope_tables; row p
+// Positions and RoPE tables are those of training (model/rotary.h, ops::rope_tables; row p
 // = position p).
 //
 // Weights are read by their names in decoder_spec's parameter table (decoder_weight_shapes:
@@ -25,6 +25,7 @@
 #include "core/safetensors.h"
 #include "infer/kv_cache.h"
 #include "model/decoder_layer.h"
+#include "model/rotary.h"
 
 namespace primus {
 class DecoderModel;
@@ -80,7 +81,7 @@ class CachedDecoder {
   std::vector<std::unique_ptr<NamedTensor>> tensors_;  // views of the given weights
   NamedTensor *embedding_ = nullptr, *final_norm_ = nullptr, *output_ = nullptr;
   std::vector<DecoderLayer> layers_;
-  std::vector<float> inv_freq_;
+  Rotary rotary_;
   Tensor cos_host_, sin_host_;  // (rows, R/2) fp32: positions [0, rows)
   Arena arena_;
 };

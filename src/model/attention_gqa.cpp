@@ -7,17 +7,6 @@
 
 namespace primus {
 
-std::vector<float> rope_inv_freq_of(const ModelConfig& c) {
-  ops::RopeScaling s;
-  s.enabled = c.use_rope_scaling;
-  s.factor = static_cast<float>(c.rope_scaling_factor);
-  s.low_freq_factor = static_cast<float>(c.rope_low_freq_factor);
-  s.high_freq_factor = static_cast<float>(c.rope_high_freq_factor);
-  s.original_max_position_embeddings = c.original_max_position_embeddings;
-  const auto rotary_dim = static_cast<int64_t>(std::round(static_cast<double>(c.head_dim()) * c.rotary_percent));
-  return ops::rope_inv_freq(rotary_dim, static_cast<float>(c.rotary_base), s);
-}
-
 struct GqaAttention::Acts : BlockActivations {
   Tensor h, rstd;      // (R,C), (R) fp32
   Tensor q, k, v;      // (B,T,Hq,D), (B,T,Hkv,D) x2, after RoPE

@@ -7,7 +7,7 @@
 //   y = x + a @ W_proj^T                           W_proj (C, Hq D)
 //
 // Query head h reads kv head h / (Hq/Hkv). RoPE rotates halves of the first R = D *
-// rotary_percent dims with the model's frequencies (rope_inv_freq_of: Llama 3.1 scaling
+// rotary_percent dims with the model's frequencies (model/rotary.h: Llama 3.1 scaling
 // when use_rope_scaling).
 //
 // Tensor parallel: W_qkv is column-parallel (rank r holds its Hq/P query heads and Hkv/P kv
@@ -25,9 +25,6 @@
 #include "model/model_config.h"
 
 namespace primus {
-
-// RoPE frequencies of the model (rotate-half RoPE with Llama 3.1 scaling when configured).
-std::vector<float> rope_inv_freq_of(const ModelConfig& c);
 
 struct GqaParams {
   NamedTensor *norm = nullptr, *qkv = nullptr, *proj = nullptr;

@@ -196,8 +196,22 @@ DecoderModel::DecoderModel(const ModelConfig& config, ops::Context& ctx, const D
       output_ = make(head.at(1));
     else if (!stage.pre_process)  // the last stage's copy of the tied embedding (same name, same init)
       embedding_ = make(embedding.front());
+    PRIMUS_CHECK(config_.mtp_num_layers == 0 || (stage.pre_process && tp.size() == 1),
+                 "model config '{}': multi-token prediction (mtp_num_layers {}) needs the whole model on one "
+                 "tensor-parallel rank (pipeline_model_parallel_size 1, tensor_model_parallel_size 1)",
+                 config_.name, config_.mtp_num_layers);
+    for (int64_t k = 0; k < config_.mtp_num_layers; ++k) {
+      std::map<std::string, NamedTensor*> held;
+      for (const ParamSpec& spec : mtp_params(config_, k)) held[spec.name] = make(spec);
+      auto lookup = [&](const std::string& name) {
+        const auto it = held.find(name);
+        PRIMUS_CHECK(it != held.end(), "DecoderModel: MTP module {} has no parameter '{}'", k, name);
+        return it->second;
+      };
+      mtp_.emplace_back(config_, k, lookup, tp.size());
+    }
   }
-  inv_freq_ = rope_inv_freq_of(config_);
+  rotary_ = rotary_of(config_);
   init_weights(options_.seed);
 }
 
@@ -245,7 +259,23 @@ std::vector<MoeMlp*> DecoderModel::moe_layers() {
   std::vector<MoeMlp*> out;
   for (DecoderLayer& layer : layers_)
     if (auto* moe = dynamic_cast<MoeMlp*>(&layer.mlp())) out.push_back(moe);
+  for (MtpModule& m : mtp_)
+    if (auto* moe = dynamic_cast<MoeMlp*>(&m.layer().mlp())) out.push_back(moe);
   return out;
+}
+
+DecoderModel::StepResult& DecoderModel::StepResult::operator+=(const StepResult& o) {
+  loss_sum += o.loss_sum;
+  num_tokens += o.num_tokens;
+  if (mtp_loss_sums.size() < o.mtp_loss_sums.size()) {
+    mtp_loss_sums.resize(o.mtp_loss_sums.size(), 0.0);
+    mtp_num_tokens.resize(o.mtp_num_tokens.size(), 0.0);
+  }
+  for (size_t k = 0; k < o.mtp_loss_sums.size(); ++k) {
+    mtp_loss_sums[k] += o.mtp_loss_sums[k];
+    mtp_num_tokens[k] += o.mtp_num_tokens[k];
+  }
+  return *this;
 }
 
 NamedTensor& DecoderModel::parameter(const std::string& name) {
@@ -307,6 +337,8 @@ void DecoderModel::zero_grads_for_overwrite() {
   std::vector<const NamedTensor*> written;  // every element written by a beta = 0 GEMM
   for (const DecoderLayer& layer : layers_)
     for (const NamedTensor* p : layer.overwritten_grads()) written.push_back(p);
+  for (const MtpModule& m : mtp_)
+    for (const NamedTensor* p : m.overwritten_grads()) written.push_back(p);
   if (output_ != nullptr) written.push_back(output_);  // untied; a tied one also gets embedding grads
   for (auto& p : params_)
     if (std::find(written.begin(), written.end(), p.get()) == written.end()) p->grad.zero_();
@@ -323,7 +355,7 @@ TokenDims DecoderModel::dims_for(int64_t B, int64_t T) const {
 LayerEnv DecoderModel::make_env(const TokenDims& d, Arena& arena) {
   if (!rope_cos_.defined() || rope_cos_.size(0) != d.T) {
     Tensor cos, sin;
-    ops::rope_tables(cos, sin, d.T, inv_freq_);
+    ops::rope_tables(cos, sin, d.T, rotary_.inv_freq, rotary_.table_scale);
     rope_cos_ = cos.to(ctx_.device());
     rope_sin_ = sin.to(ctx_.device());
   }
@@ -346,13 +378,13 @@ void DecoderModel::forward_layers(LayerEnv& env, std::vector<Tensor>& xs, std::v
 }
 
 void DecoderModel::classifier(const Batch& batch, const Tensor& hidden, Tensor& losses, Tensor* dhidden,
-                              Arena& arena) {
+                              Arena& arena, bool may_overwrite) {
   NamedTensor& out = output_weight();
   parallel::ClassifierOptions co;
   co.chunk_rows = options_.logits_chunk_rows;
   co.fused_cross_entropy = options_.fused_cross_entropy;
   // The first chunk writes an untied output layer's grad when the step's grads were not zeroed.
-  co.overwrite_weight_grad = overwrite_pending_ && output_ != nullptr;
+  co.overwrite_weight_grad = may_overwrite && overwrite_pending_ && output_ != nullptr;
   parallel::output_layer_loss(ctx_, options_.tensor_parallel, arena, hidden, out.value,
                               dhidden != nullptr ? &out.grad : nullptr, batch.targets,
                               dhidden != nullptr ? &batch.dloss : nullptr, losses, dhidden, co);
@@ -412,8 +444,77 @@ Tensor DecoderModel::stage_forward(StageState& st, const Tensor& tokens, const T
     classifier(batch, hidden, losses, nullptr, arena);
   }
   st.result_ = {batch.loss_sum(losses), batch.num_tokens};
+  if (!mtp_.empty()) mtp_forward(st, env, tokens, *labels, *loss_mask, loss_weight, for_backward);
   st.backward_pending_ = for_backward;
   return Tensor();
+}
+
+namespace {
+// (B, T) on the host with row b, column i = t[b, i + shift], `fill` past the end of the row.
+template <typename T>
+Tensor roll_left(const Tensor& t, int64_t shift, T fill) {
+  const Tensor h = to_host(t);
+  const int64_t B = h.size(0), S = h.size(1);
+  Tensor out = Tensor::empty({B, S}, h.dtype());
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < S; ++i)
+      out.data<T>()[b * S + i] = i + shift < S ? h.data<T>()[b * S + i + shift] : fill;
+  return out;
+}
+}  // namespace
+
+void DecoderModel::mtp_forward(StageState& st, LayerEnv& env, const Tensor& tokens, const Tensor& labels,
+                               const Tensor& loss_mask, float loss_weight, bool for_backward) {
+  Arena& arena = st.arena_;
+  const TokenDims& d = st.dims_;
+  const DType dt = options_.param_dtype;
+  const auto D = static_cast<int64_t>(mtp_.size());
+  const float weight = loss_weight * static_cast<float>(config_.mtp_loss_scaling_factor / static_cast<double>(D));
+  st.mtp_batches_.clear();
+  st.mtp_acts_.clear();
+  st.mtp_acts_.resize(static_cast<size_t>(D));
+  st.mtp_dhidden_.assign(static_cast<size_t>(D), Tensor());
+  st.result_.mtp_loss_sums.assign(static_cast<size_t>(D), 0.0);
+  st.result_.mtp_num_tokens.assign(static_cast<size_t>(D), 0.0);
+  for (int64_t k = 0; k < D; ++k) {
+    const Tensor tk = roll_left<int32_t>(tokens, k + 1, 0), lk = roll_left<int32_t>(labels, k + 1, -1);
+    const Tensor mk = roll_left<float>(loss_mask, k + 1, 0.f);
+    st.mtp_batches_.push_back(std::make_unique<Batch>(tk, &lk, &mk, weight, config_.padded_vocab_size, ctx_.device(),
+                                                      options_.tensor_parallel));
+    const Batch& b = *st.mtp_batches_.back();
+    Tensor emb = arena.alloc({d.residual_rows(), d.C}, dt);
+    parallel::embedding_forward(ctx_, env.tp, arena, emb, b.tokens, embedding_->value);
+    MtpModule::Acts& a = st.mtp_acts_[static_cast<size_t>(k)];
+    const Tensor prev = k == 0 ? st.xs_.back() : st.mtp_acts_[static_cast<size_t>(k - 1)].out;
+    mtp_[static_cast<size_t>(k)].forward(env, prev, emb, a);
+    Tensor losses = arena.alloc({d.N()}, DType::F32);
+    Tensor* dh = nullptr;
+    if (for_backward) {
+      st.mtp_dhidden_[static_cast<size_t>(k)] = arena.alloc({d.residual_rows(), d.C}, dt);
+      dh = &st.mtp_dhidden_[static_cast<size_t>(k)];
+    }
+    classifier(b, a.normed, losses, dh, arena, /*may_overwrite=*/false);
+    st.result_.mtp_loss_sums[static_cast<size_t>(k)] = b.loss_sum(losses);
+    st.result_.mtp_num_tokens[static_cast<size_t>(k)] = b.num_tokens;
+  }
+}
+
+Tensor DecoderModel::mtp_backward(StageState& st, LayerEnv& env) {
+  Arena& arena = st.arena_;
+  const TokenDims& d = st.dims_;
+  const DType dt = options_.param_dtype;
+  Tensor dnext;  // d loss / d (depth k's output) from depth k + 1
+  for (auto k = static_cast<int64_t>(mtp_.size()) - 1; k >= 0; --k) {
+    const auto i = static_cast<size_t>(k);
+    Tensor demb = arena.alloc({d.residual_rows(), d.C}, dt);
+    Tensor dprev = arena.zeros({d.residual_rows(), d.C}, dt);
+    mtp_[i].backward(env, st.mtp_acts_[i], st.mtp_dhidden_[i], dnext.defined() ? &dnext : nullptr, demb, dprev);
+    parallel::embedding_backward(ctx_, env.tp, arena, embedding_->grad, demb, st.mtp_batches_[i]->tokens);
+    const std::vector<NamedTensor*> done = mtp_[i].params();
+    for (auto it = done.rbegin(); it != done.rend(); ++it) grad_ready(*it);
+    dnext = dprev;
+  }
+  return dnext;
 }
 
 Tensor DecoderModel::stage_backward(StageState& st, const Tensor* d_output) {
@@ -435,6 +536,10 @@ Tensor DecoderModel::stage_backward(StageState& st, const Tensor* d_output) {
     dres = arena.zeros({d.residual_rows(), d.C}, dt);
     ops::rmsnorm_backward(ctx_, dres, final_norm_->grad, st.dhidden_, st.xs_.back(), final_norm_->value,
                           st.final_rstd_);
+    if (!mtp_.empty()) {
+      const Tensor dtrunk = mtp_backward(st, env);
+      ops::add(ctx_, dres, dres, dtrunk);
+    }
     grad_ready(final_norm_);
     grad_ready(output_);                 // untied output layer
     if (!pre) grad_ready(embedding_);    // a last stage's copy of the tied embedding

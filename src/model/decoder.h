@@ -2,7 +2,9 @@
 // explicit backward, built from decoder_spec's parameter table and layer parts.
 //
 //   tokens (B,T) -> embedding -> layers (attention block + MLP block each) -> RMSNorm
-//   -> output layer -> logits (B,T,V) -> cross-entropy against labels, weighted by loss_mask.
+//   -> output layer -> logits (B,T,V) -> cross-entropy against labels, weighted by loss_mask
+//   [-> multi-token prediction depths (model/mtp.h) on the last layer's output, their losses
+//   added with mtp_loss_scaling_factor / mtp_num_layers].
 //
 // Parameters carry Megatron-core names (decoder_spec.h); init follows Megatron: every weight
 // N(0, init_method_std), the residual output projections N(0, init_method_std / sqrt(2
@@ -40,7 +42,9 @@
 
 #include "core/arena.h"
 #include "model/decoder_layer.h"
+#include "model/rotary.h"
 #include "model/mlp_moe.h"
+#include "model/mtp.h"
 #include "model/model_config.h"
 #include "parallel/named_tensor.h"
 #include "ops/ops.h"
@@ -135,6 +139,10 @@ class DecoderModel {
   struct StepResult {
     double loss_sum = 0;    // sum over tokens of loss_mask * cross-entropy
     double num_tokens = 0;  // sum of loss_mask
+    // Multi-token prediction, per depth (mtp_num_layers entries, else empty): the same sums over
+    // that depth's shifted labels (positions past the sequence's end carry no loss).
+    std::vector<double> mtp_loss_sums, mtp_num_tokens;
+    StepResult& operator+=(const StepResult& o);
   };
 
  private:
@@ -164,6 +172,11 @@ class DecoderModel {
     std::vector<Tensor> xs_;                    // layer inputs, then the last layer's output
     std::vector<LayerActivations> acts_;        // per held layer
     Tensor final_rstd_, dhidden_;               // post_process: final norm stats, d normed hidden
+    // Multi-token prediction (post_process): per depth its batch (rolled tokens and labels),
+    // activations and d normed hidden.
+    std::vector<std::unique_ptr<Batch>> mtp_batches_;
+    std::vector<MtpModule::Acts> mtp_acts_;
+    std::vector<Tensor> mtp_dhidden_;
     StepResult result_;
     float aux_loss_weight_ = 0.f;               // the forward's, for a backward that re-runs it
     bool backward_pending_ = false;             // forward kept activations for a backward
@@ -225,7 +238,14 @@ class DecoderModel {
   void forward_layers(LayerEnv& env, std::vector<Tensor>& xs, std::vector<LayerActivations>& acts, bool keep_acts);
   // Output layer + cross-entropy into losses (N), chunk by chunk; with dhidden (R,C) also
   // their backward (output-layer grad accumulated, dhidden written).
-  void classifier(const Batch& batch, const Tensor& hidden, Tensor& losses, Tensor* dhidden, Arena& arena);
+  // may_overwrite: this call may write the output layer's grad (the step's first classifier).
+  void classifier(const Batch& batch, const Tensor& hidden, Tensor& losses, Tensor* dhidden, Arena& arena,
+                  bool may_overwrite = true);
+  // The MTP depths after the main head (stage_forward) and their backward, which returns
+  // d loss / d (main last layer output) to add to the trunk's gradient (stage_backward).
+  void mtp_forward(StageState& st, LayerEnv& env, const Tensor& tokens, const Tensor& labels, const Tensor& loss_mask,
+                   float loss_weight, bool for_backward);
+  Tensor mtp_backward(StageState& st, LayerEnv& env);
   NamedTensor& output_weight();
   void grad_ready(NamedTensor* p) const {
     if (options_.grad_ready && p != nullptr) options_.grad_ready(*p);
@@ -244,7 +264,8 @@ class DecoderModel {
   NamedTensor* final_norm_ = nullptr;
   NamedTensor* output_ = nullptr;  // null when tied to the embedding
   std::vector<DecoderLayer> layers_;  // the held layers, layers_[i] is global layer first_layer + i
-  std::vector<float> inv_freq_;
+  std::vector<MtpModule> mtp_;        // multi-token prediction depths (the last stage of a whole model)
+  Rotary rotary_;
   Tensor rope_cos_, rope_sin_;  // cached for the last sequence length
   std::unique_ptr<StageState> own_;  // forward_backward / forward_only / logits
   bool overwrite_pending_ = false;   // zero_grads_for_overwrite: the next backward writes linear grads

@@ -1,7 +1,9 @@
 #include "model/decoder_layer.h"
 
+#include "model/attention_mla.h"
 #include "model/mlp_dense.h"
 #include "model/mlp_moe.h"
+#include "model/rotary.h"
 
 namespace primus {
 
@@ -57,12 +59,30 @@ void DecoderLayer::backward(LayerEnv& env, LayerActivations& acts, Tensor& dres,
 DecoderLayer make_decoder_layer(const ModelConfig& c, const LayerSpec& spec, const ParamLookup& lookup, int tp_size) {
   const std::string& pre = spec.prefix;
   std::unique_ptr<AttentionBlock> attention;
-  PRIMUS_CHECK(spec.attention == AttentionKind::GQA, "layer {}: multi-latent attention is not built yet",
-               spec.index);
-  attention = std::make_unique<GqaAttention>(
-      GqaParams{lookup(pre + "input_layernorm.weight"), lookup(pre + "self_attention.linear_qkv.weight"),
-                lookup(pre + "self_attention.linear_proj.weight")},
-      c.num_attention_heads / tp_size, c.query_groups() / tp_size, c.head_dim());
+  if (spec.attention == AttentionKind::MLA) {
+    const std::string a = pre + "self_attention.";
+    MlaParams p;
+    p.norm = lookup(pre + "input_layernorm.weight");
+    if (c.q_lora_rank > 0) {
+      p.q_down = lookup(a + "linear_q_down_proj.weight");
+      if (c.qk_layernorm) p.q_norm = lookup(a + "q_layernorm.weight");
+      p.q_up = lookup(a + "linear_q_up_proj.weight");
+    } else {
+      p.q = lookup(a + "linear_q_proj.weight");
+    }
+    p.kv_down = lookup(a + "linear_kv_down_proj.weight");
+    if (c.qk_layernorm) p.kv_norm = lookup(a + "kv_layernorm.weight");
+    p.kv_up = lookup(a + "linear_kv_up_proj.weight");
+    p.proj = lookup(a + "linear_proj.weight");
+    const MlaDims dims{c.num_attention_heads / tp_size, c.q_lora_rank, c.kv_lora_rank, c.qk_head_dim,
+                      c.qk_pos_emb_head_dim, c.v_head_dim};
+    attention = std::make_unique<MlaAttention>(p, dims, rotary_of(c).softmax_scale);
+  } else {
+    attention = std::make_unique<GqaAttention>(
+        GqaParams{lookup(pre + "input_layernorm.weight"), lookup(pre + "self_attention.linear_qkv.weight"),
+                  lookup(pre + "self_attention.linear_proj.weight")},
+        c.num_attention_heads / tp_size, c.query_groups() / tp_size, c.head_dim());
+  }
   std::unique_ptr<Block> mlp;
   NamedTensor* mlp_norm = lookup(pre + "pre_mlp_layernorm.weight");
   if (spec.mlp == MlpKind::MoE) {

@@ -1,6 +1,6 @@
 // DecoderLayer: an attention block and an MLP block, as decoder_spec's LayerSpec says.
 //
-//   x_mid = x + attention(norm(x))        GqaAttention (MLA: next)
+//   x_mid = x + attention(norm(x))        GqaAttention | MlaAttention
 //   y     = x_mid + mlp(norm(x_mid))      DenseMlp | MoeMlp
 //
 // Recompute::Full is the layer's business (Megatron's full recompute keeps the layer input

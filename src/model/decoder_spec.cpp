@@ -1,6 +1,7 @@
 #include "model/decoder_spec.h"
 
 #include <cmath>
+#include <string_view>
 
 #include <fmt/format.h>
 
@@ -240,6 +241,25 @@ void check_moe(const ModelConfig& c, const char* who) {
           "false without moe_expert_capacity_factor (padding is to the capacity)");
 }
 
+// Multi-latent attention (model/attention_mla.h).
+void check_mla(const ModelConfig& c, const char* who) {
+  require(std::string_view(who) != "generate", c, who, "multi_latent_attention", c.multi_latent_attention,
+          "false (generation with multi-latent attention needs the latent KV cache, not built yet; train and "
+          "evaluate with `primus train`)");
+  require(c.kv_lora_rank > 0, c, who, "kv_lora_rank", c.kv_lora_rank, "> 0");
+  require(c.q_lora_rank >= 0, c, who, "q_lora_rank", c.q_lora_rank, ">= 0 (0: queries projected directly)");
+  require(c.qk_head_dim >= 0, c, who, "qk_head_dim", c.qk_head_dim, ">= 0");
+  require(c.qk_pos_emb_head_dim >= 2 && c.qk_pos_emb_head_dim % 2 == 0, c, who, "qk_pos_emb_head_dim",
+          c.qk_pos_emb_head_dim, "an even number >= 2 (the rotary dims of each query/key head)");
+  require(c.v_head_dim > 0, c, who, "v_head_dim", c.v_head_dim, "> 0");
+  require(c.rotary_percent == 1.0, c, who, "rotary_percent", c.rotary_percent,
+          "1 (multi-latent attention rotates exactly qk_pos_emb_head_dim dims)");
+  require(!c.use_rope_scaling, c, who, "use_rope_scaling", c.use_rope_scaling,
+          "false (DeepSeek scales RoPE with YaRN: rotary_scaling_factor)");
+  require(c.rotary_scaling_factor == 1.0 || c.original_max_position_embeddings > 0, c, who,
+          "original_max_position_embeddings", c.original_max_position_embeddings, "> 0 with YaRN");
+}
+
 }  // namespace
 
 void check_buildable(const ModelConfig& c, const char* who) {
@@ -251,22 +271,26 @@ void check_buildable(const ModelConfig& c, const char* who) {
   const int64_t groups = c.query_groups();
   require(groups > 0 && c.num_attention_heads % groups == 0, c, who, "num_query_groups", groups,
           "a divisor of num_attention_heads");
-  require(c.head_dim() > 0, c, who, "kv_channels", c.head_dim(), "> 0");
-  const double rot = static_cast<double>(c.head_dim()) * c.rotary_percent;
-  require(rot >= 2 && std::fabs(rot - std::round(rot)) < 1e-9 && static_cast<int64_t>(std::round(rot)) % 2 == 0, c,
-          who, "rotary_percent", c.rotary_percent, "a fraction giving an even number of rotary dims");
+  if (c.multi_latent_attention) {
+    check_mla(c, who);
+  } else {
+    require(c.head_dim() > 0, c, who, "kv_channels", c.head_dim(), "> 0");
+    const double rot = static_cast<double>(c.head_dim()) * c.rotary_percent;
+    require(rot >= 2 && std::fabs(rot - std::round(rot)) < 1e-9 && static_cast<int64_t>(std::round(rot)) % 2 == 0,
+            c, who, "rotary_percent", c.rotary_percent, "a fraction giving an even number of rotary dims");
+    require(!c.qk_layernorm, c, who, "qk_layernorm", c.qk_layernorm,
+            "false with grouped-query attention (query/key norms are built for multi-latent attention only)");
+    require(c.rotary_scaling_factor == 1.0, c, who, "rotary_scaling_factor", c.rotary_scaling_factor,
+            "1 without multi_latent_attention (YaRN is built for DeepSeek's MLA; Llama 3.1 uses use_rope_scaling)");
+  }
   require(c.normalization == "RMSNorm", c, who, "normalization", c.normalization, "RMSNorm");
   require(c.swiglu, c, who, "swiglu", c.swiglu, "true");
   require(c.position_embedding_type == "rope", c, who, "position_embedding_type", c.position_embedding_type, "rope");
   require(!c.add_bias_linear, c, who, "add_bias_linear", c.add_bias_linear, "false");
   require(!c.add_qkv_bias, c, who, "add_qkv_bias", c.add_qkv_bias, "false");
-  require(!c.qk_layernorm, c, who, "qk_layernorm", c.qk_layernorm, "false (query/key norms are not built yet)");
-  require(!c.multi_latent_attention, c, who, "multi_latent_attention", c.multi_latent_attention,
-          "false (multi-latent attention is not built yet)");
-  require(c.mtp_num_layers == 0, c, who, "mtp_num_layers", c.mtp_num_layers,
-          "0 (multi-token prediction is not built yet)");
-  require(c.rotary_scaling_factor == 1.0, c, who, "rotary_scaling_factor", c.rotary_scaling_factor,
-          "1 (YaRN scaling belongs to DeepSeek models; Llama 3.1 uses use_rope_scaling)");
+  require(c.mtp_num_layers >= 0, c, who, "mtp_num_layers", c.mtp_num_layers, ">= 0");
+  require(c.mtp_num_layers == 0 || std::string_view(who) != "generate", c, who, "mtp_num_layers",
+          c.mtp_num_layers, "0 (generation uses the main model only: convert or load without the MTP modules)");
   require(c.norm_epsilon > 0, c, who, "norm_epsilon", c.norm_epsilon, "> 0");
   require(!c.rotary_interleaved, c, who, "rotary_interleaved", c.rotary_interleaved,
           "false (the decoder rotates halves of each head)");
@@ -291,6 +315,11 @@ void check_parallel_layout(const ModelConfig& m, const parallel::ParallelDims& d
       need(size % tp == 0, fmt::format("{} {} is not divisible by tensor_model_parallel_size {}", key, size, tp));
   };
   split_by_tp("num_attention_heads", m.num_attention_heads);
+  if (m.multi_latent_attention)
+    need(tp == 1, fmt::format("multi_latent_attention with tensor_model_parallel_size {} is not built yet (the "
+                              "replicated latent projections need the tensor-parallel reductions): use "
+                              "tensor_model_parallel_size 1 with data or pipeline parallelism",
+                              tp));
   split_by_tp("num_query_groups", m.num_query_groups);
   split_by_tp("ffn_hidden_size", m.ffn_hidden_size);
   if (m.padded_vocab_size > 0)
@@ -326,6 +355,12 @@ void check_parallel_layout(const ModelConfig& m, const parallel::ParallelDims& d
                        c.num_layers_per_virtual_pipeline_stage, per_stage, m.num_layers, pp));
     }
   }
+  if (m.mtp_num_layers > 0)
+    need(tp == 1 && pp == 1,
+         fmt::format("mtp_num_layers {} with tensor_model_parallel_size {} / pipeline_model_parallel_size {} is not "
+                     "built yet (the MTP modules sit after the last layer and share the embedding): use 1 and 1 "
+                     "with data parallelism",
+                     m.mtp_num_layers, tp, pp));
   if (m.num_experts > 0) {
     need(m.num_experts % ep == 0,
          fmt::format("num_experts {} is not divisible by expert_model_parallel_size {}",

@@ -21,7 +21,7 @@
 //     GQA  self_attention.linear_qkv.weight          ((Hq+2Hkv)D, C) column: [q | k | v] heads
 //          self_attention.linear_proj.weight         (C, Hq D)       row
 //     MLA  self_attention.linear_q_down_proj / q_layernorm / linear_q_up_proj (or linear_q_proj),
-//          linear_kv_down_proj / kv_layernorm / linear_kv_up_proj, linear_proj  (counted only)
+//          linear_kv_down_proj / kv_layernorm / linear_kv_up_proj, linear_proj  (attention_mla.h)
 //   decoder.layers.l.pre_mlp_layernorm.weight        (C)
 //     dense mlp.linear_fc1.weight                    (2F, C)         column: [gate | up]
 //           mlp.linear_fc2.weight                    (C, F)          row
@@ -33,13 +33,12 @@
 //           mlp.shared_experts.linear_fc2.weight     (C, Fs)         row
 //   decoder.final_layernorm.weight                   (C)
 //   output_layer.weight                              (V, C)          vocab rows (untied only)
-//   mtp.layers.k.{enorm,hnorm,eh_proj,final_layernorm}, mtp.layers.k.transformer_layer.*
+//   mtp.layers.k.{enorm,hnorm,eh_proj,final_layernorm}, mtp.layers.k.transformer_layer.*  (mtp.h)
 //
 // Routed experts are stacked into one tensor per projection ((E, out, in)): one grouped GEMM
 // reads them, and expert parallelism holds a contiguous range of whole experts. Biases,
-// LayerNorm, learned positions, MLA and MTP tensors are listed so that every zoo model is
-// counted exactly; the training model refuses the parts it does not build yet
-// (check_buildable) by key.
+// LayerNorm and learned positions are listed so that every zoo model is counted exactly; the
+// training model refuses the parts it does not build yet (check_buildable) by key.
 #pragma once
 
 #include <cstdint>
@@ -132,7 +131,8 @@ int64_t count_table_parameters(const std::vector<ParamSpec>& table);
 parallel::ShardSpec shard_of(const ParamSpec& p, int tp_rank, int tp_size, int ep_rank = 0, int ep_size = 1);
 
 // Throws, naming the key and value, when `c` asks for a part the training and generation
-// code do not build yet (biases, LayerNorm, learned positions, dropout, MLA, MTP, YaRN) or is
+// code do not build yet (biases, LayerNorm, learned positions, dropout; MLA and MTP for
+// "generate") or is
 // inconsistent (heads not divisible by query groups, odd rotary dims, ...). `who` starts the
 // message ("the decoder", "generate").
 void check_buildable(const ModelConfig& c, const char* who = "the decoder");

@@ -46,6 +46,9 @@ class Backend {
   virtual void copy_cast(Tensor& dst, const Tensor& src) = 0;        // fp32/bf16/fp16, same numel
   virtual void add(Tensor& out, const Tensor& a, const Tensor& b) = 0;  // out = a + b (out may alias)
   virtual void scale(Tensor& t, float alpha) = 0;                     // t *= alpha
+  // dst (N, Wd), src (N, Ws) of one dtype: dst[:, dst_col : dst_col + width] =
+  // src[:, src_col : src_col + width]; the other columns of dst are left as they are.
+  virtual void copy_columns(Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col, int64_t width) = 0;
   // t = N(mean, std^2) values of CounterRng(seed, stream) (core/rng.h): local element
   // r.local_offset + j of each run r gets value number r.full_offset + j (a shard of a
   // larger tensor draws its slice of the full tensor's values). Weight init. Default: the
@@ -93,6 +96,20 @@ class Backend {
   // The adjoint: dqkv (B*T, (Hq+2Hkv)*D) = merge(rope^T(dq), rope^T(dk), dv).
   virtual void qkv_split_rope_backward(Tensor& dqkv, const Tensor& dq, const Tensor& dk,
                                        const Tensor& dv, const Tensor& cos, const Tensor& sin) = 0;
+
+  // ---- multi-latent attention (DeepSeek-V2/V3): q, k, v of the heads from the projections --
+  // Dq = Dn + Dr query/key head dim (Dn without position, Dr rotary), Dv value head dim,
+  // L latent rank, N = B*T rows:
+  //   q_proj (N, H*Dq) per head [q_nope | q_pe];  kv_up (N, H*(Dn+Dv)) per head [k_nope | v];
+  //   kv_down (N, L + Dr) = [c_kv | k_pe] (k_pe: one rotary key shared by all heads).
+  // q, k (B,T,H,Dq), v (B,T,H,Dv); cos, sin (T, Dr/2) rotate halves of the Dr dims:
+  //   q[.,h] = [q_nope, rope(q_pe)],  k[.,h] = [k_nope[.,h], rope(k_pe)],  v[.,h] = v[.,h].
+  virtual void mla_qkv_rope_forward(Tensor& q, Tensor& k, Tensor& v, const Tensor& q_proj, const Tensor& kv_up,
+                                    const Tensor& kv_down, const Tensor& cos, const Tensor& sin) = 0;
+  // The adjoint, all outputs written: dq_proj (N, H*Dq), dkv_up (N, H*(Dn+Dv)) and
+  // dk_pe (N, Dr) = sum over heads of rope^T(dk[.,h, Dn:]).
+  virtual void mla_qkv_rope_backward(Tensor& dq_proj, Tensor& dkv_up, Tensor& dk_pe, const Tensor& dq,
+                                     const Tensor& dk, const Tensor& dv, const Tensor& cos, const Tensor& sin) = 0;
 
   // ---- attention (softmax(q k^T * scale + causal mask) v), GQA by head groups -------
   // q (B,T,Hq,D), k (B,T,Hkv,D), v (B,T,Hkv,Dv), out (B,T,Hq,Dv), lse (B,Hq,T) fp32

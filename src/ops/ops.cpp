@@ -95,6 +95,20 @@ void copy_cast(Context& ctx, Tensor& dst, const Tensor& src) {
   ctx.backend().copy_cast(dst, src);
 }
 
+void copy_columns(Context& ctx, Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col, int64_t width) {
+  arg_ndim(ctx, dst, 2, "copy_columns", "dst");
+  arg_ndim(ctx, src, 2, "copy_columns", "src");
+  same_dtype(dst, src, "copy_columns", "dst", "src");
+  PRIMUS_CHECK(dst.size(0) == src.size(0), "copy_columns: dst {} and src {} differ in rows", dst.describe(),
+               src.describe());
+  PRIMUS_CHECK(width >= 0 && dst_col >= 0 && src_col >= 0 && dst_col + width <= dst.size(1) &&
+                   src_col + width <= src.size(1),
+               "copy_columns: columns [{}, {}) of dst {} / [{}, {}) of src {} out of range", dst_col,
+               dst_col + width, dst.describe(), src_col, src_col + width, src.describe());
+  if (width == 0 || dst.size(0) == 0) return;
+  ctx.backend().copy_columns(dst, dst_col, src, src_col, width);
+}
+
 void add(Context& ctx, Tensor& out, const Tensor& a, const Tensor& b) {
   arg(ctx, out, "add", "out");
   arg_shape(ctx, a, out.shape(), "add", "a");
@@ -289,6 +303,49 @@ void qkv_split_rope_backward(Context& ctx, Tensor& dqkv, const Tensor& dq, const
                              const Tensor& cos, const Tensor& sin) {
   check_qkv(ctx, dq, dk, dv, dqkv, cos, sin, "qkv_split_rope_backward", "d");
   ctx.backend().qkv_split_rope_backward(dqkv, dq, dk, dv, cos, sin);
+}
+
+namespace {
+// q, k (B,T,H,Dq), v (B,T,H,Dv), q_proj (N, H*Dq), kv_up (N, H*(Dn+Dv)), kv_down (N, L+Dr) with
+// Dr = 2 * cos.size(1) <= Dq and L >= 0.
+void check_mla(const Context& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& q_proj,
+               const Tensor& kv_up, int64_t kv_down_width, const Tensor& cos, const Tensor& sin, const char* op,
+               const char* p) {
+  const std::string nq = std::string(p) + "q", nk = std::string(p) + "k", nv = std::string(p) + "v";
+  const std::string nqp = std::string(p) + "q_proj", nkv = std::string(p) + "kv_up";
+  arg_ndim(ctx, q, 4, op, nq.c_str());
+  arg_ndim(ctx, v, 4, op, nv.c_str());
+  const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dq = q.size(3), Dv = v.size(3);
+  arg_shape(ctx, k, q.shape(), op, nk.c_str());
+  arg_shape(ctx, v, {B, T, H, Dv}, op, nv.c_str());
+  check_rope_tables(ctx, cos, sin, T, Dq, op);
+  const int64_t Dr = 2 * cos.size(1), Dn = Dq - Dr;
+  PRIMUS_CHECK(Dr > 0, "{}: the rope tables rotate no dims", op);
+  arg_shape(ctx, q_proj, {B * T, H * Dq}, op, nqp.c_str());
+  arg_shape(ctx, kv_up, {B * T, H * (Dn + Dv)}, op, nkv.c_str());
+  PRIMUS_CHECK(kv_down_width >= Dr, "{}: kv_down has {} columns, fewer than the {} rotary key dims", op,
+               kv_down_width, Dr);
+  for (const Tensor* t : {&k, &v, &q_proj, &kv_up}) same_dtype(q, *t, op, nq.c_str(), "the other tensors");
+}
+}  // namespace
+
+void mla_qkv_rope_forward(Context& ctx, Tensor& q, Tensor& k, Tensor& v, const Tensor& q_proj, const Tensor& kv_up,
+                          const Tensor& kv_down, const Tensor& cos, const Tensor& sin) {
+  arg_ndim(ctx, kv_down, 2, "mla_qkv_rope_forward", "kv_down");
+  check_mla(ctx, q, k, v, q_proj, kv_up, kv_down.size(1), cos, sin, "mla_qkv_rope_forward", "");
+  PRIMUS_CHECK(kv_down.size(0) == q_proj.size(0), "mla_qkv_rope_forward: kv_down {} needs {} rows",
+               kv_down.describe(), q_proj.size(0));
+  same_dtype(q, kv_down, "mla_qkv_rope_forward", "q", "kv_down");
+  ctx.backend().mla_qkv_rope_forward(q, k, v, q_proj, kv_up, kv_down, cos, sin);
+}
+
+void mla_qkv_rope_backward(Context& ctx, Tensor& dq_proj, Tensor& dkv_up, Tensor& dk_pe, const Tensor& dq,
+                           const Tensor& dk, const Tensor& dv, const Tensor& cos, const Tensor& sin) {
+  arg_ndim(ctx, dk_pe, 2, "mla_qkv_rope_backward", "dk_pe");
+  check_mla(ctx, dq, dk, dv, dq_proj, dkv_up, dk_pe.size(1), cos, sin, "mla_qkv_rope_backward", "d");
+  arg_shape(ctx, dk_pe, {dq_proj.size(0), 2 * cos.size(1)}, "mla_qkv_rope_backward", "dk_pe");
+  same_dtype(dq, dk_pe, "mla_qkv_rope_backward", "dq", "dk_pe");
+  ctx.backend().mla_qkv_rope_backward(dq_proj, dkv_up, dk_pe, dq, dk, dv, cos, sin);
 }
 
 // ---- attention -----------------------------------------------------------------------
@@ -646,9 +703,31 @@ std::vector<float> rope_inv_freq(int64_t rotary_dim, float base, const RopeScali
   PRIMUS_CHECK(rotary_dim > 0 && rotary_dim % 2 == 0, "rope_inv_freq: rotary dim must be even and > 0, got {}",
                rotary_dim);
   PRIMUS_CHECK(base > 0.f, "rope_inv_freq: rotary_base must be > 0, got {}", base);
+  PRIMUS_CHECK(!(scaling.enabled && scaling.yarn), "rope_inv_freq: Llama 3.1 scaling and YaRN are exclusive");
   std::vector<float> inv(static_cast<size_t>(rotary_dim / 2));
+  // YaRN (DeepSeek's reference): the dim whose wavelength makes `rotations` turns over the
+  // original context is R ln(L / (rotations 2 pi)) / (2 ln base); the ramp runs from the
+  // floor of beta_fast's to the ceiling of beta_slow's, clamped to [0, R - 1].
+  double ramp_low = 0, ramp_high = 0;
+  if (scaling.yarn) {
+    PRIMUS_CHECK(scaling.yarn_factor >= 1.f && scaling.beta_fast > 0.f && scaling.beta_slow > 0.f,
+                 "YaRN: need rotary_scaling_factor >= 1 ({}) and beta_fast ({}), beta_slow ({}) > 0",
+                 scaling.yarn_factor, scaling.beta_fast, scaling.beta_slow);
+    const double R = static_cast<double>(rotary_dim), L = static_cast<double>(scaling.original_max_position_embeddings);
+    auto correction_dim = [&](double rotations) {
+      return R * std::log(L / (rotations * 2.0 * std::numbers::pi)) / (2.0 * std::log(static_cast<double>(base)));
+    };
+    ramp_low = std::max(std::floor(correction_dim(scaling.beta_fast)), 0.0);
+    ramp_high = std::min(std::ceil(correction_dim(scaling.beta_slow)), R - 1);
+    if (ramp_high == ramp_low) ramp_high += 0.001;
+  }
   for (int64_t i = 0; i < rotary_dim / 2; ++i) {
     double f = std::pow(static_cast<double>(base), -static_cast<double>(2 * i) / static_cast<double>(rotary_dim));
+    if (scaling.yarn) {
+      // extrapolate (keep f) below ramp_low, interpolate (f / factor) above ramp_high
+      const double ramp = std::clamp((static_cast<double>(i) - ramp_low) / (ramp_high - ramp_low), 0.0, 1.0);
+      f = f / scaling.yarn_factor * ramp + f * (1.0 - ramp);
+    }
     if (scaling.enabled) {
       PRIMUS_CHECK(scaling.high_freq_factor > scaling.low_freq_factor && scaling.factor > 0.f,
                    "rope scaling: need high_freq_factor ({}) > low_freq_factor ({}) and factor ({}) > 0",
@@ -669,16 +748,20 @@ std::vector<float> rope_inv_freq(int64_t rotary_dim, float base, const RopeScali
   return inv;
 }
 
+double yarn_mscale(double factor, double mscale) {
+  return factor <= 1.0 ? 1.0 : 0.1 * mscale * std::log(factor) + 1.0;
+}
+
 // cos/sin (T, R/2) of the angle t * inv_freq[i], evaluated in double and rounded once
 // (an fp32 angle would lose ~1e-5 rad at position 100s).
-void rope_tables(Tensor& cos, Tensor& sin, int64_t seq_len, const std::vector<float>& inv_freq) {
+void rope_tables(Tensor& cos, Tensor& sin, int64_t seq_len, const std::vector<float>& inv_freq, float scale) {
   const int64_t half = static_cast<int64_t>(inv_freq.size());
   Tensor c = Tensor::empty({seq_len, half}, DType::F32), s = Tensor::empty({seq_len, half}, DType::F32);
   for (int64_t t = 0; t < seq_len; ++t)
     for (int64_t i = 0; i < half; ++i) {
       const double angle = static_cast<double>(t) * static_cast<double>(inv_freq[static_cast<size_t>(i)]);
-      c.data<float>()[t * half + i] = static_cast<float>(std::cos(angle));
-      s.data<float>()[t * half + i] = static_cast<float>(std::sin(angle));
+      c.data<float>()[t * half + i] = static_cast<float>(std::cos(angle) * scale);
+      s.data<float>()[t * half + i] = static_cast<float>(std::sin(angle) * scale);
     }
   const Device dev = cos.defined() ? cos.device() : Device::CPU;
   if (!cos.defined() || cos.shape() != c.shape()) cos = Tensor::empty({seq_len, half}, DType::F32, dev);

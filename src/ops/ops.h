@@ -36,6 +36,7 @@ void fill(Context& ctx, Tensor& t, float value);
 void fill_normal(Context& ctx, Tensor& t, uint64_t seed, uint64_t stream, float mean, float std,
                  const std::vector<Backend::NormalRun>& runs);
 void copy_cast(Context& ctx, Tensor& dst, const Tensor& src);
+void copy_columns(Context& ctx, Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col, int64_t width);
 void add(Context& ctx, Tensor& out, const Tensor& a, const Tensor& b);
 void scale(Context& ctx, Tensor& t, float alpha);
 
@@ -66,6 +67,11 @@ void qkv_split_rope_forward(Context& ctx, Tensor& q, Tensor& k, Tensor& v, const
                             const Tensor& cos, const Tensor& sin);
 void qkv_split_rope_backward(Context& ctx, Tensor& dqkv, const Tensor& dq, const Tensor& dk,
                              const Tensor& dv, const Tensor& cos, const Tensor& sin);
+
+void mla_qkv_rope_forward(Context& ctx, Tensor& q, Tensor& k, Tensor& v, const Tensor& q_proj, const Tensor& kv_up,
+                          const Tensor& kv_down, const Tensor& cos, const Tensor& sin);
+void mla_qkv_rope_backward(Context& ctx, Tensor& dq_proj, Tensor& dkv_up, Tensor& dk_pe, const Tensor& dq,
+                           const Tensor& dk, const Tensor& dv, const Tensor& cos, const Tensor& sin);
 
 void attention_forward(Context& ctx, Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k,
                        const Tensor& v, float scale, bool causal = true);
@@ -116,12 +122,19 @@ int64_t count_zeros(Context& ctx, const std::vector<Tensor>& tensors);
 
 // Llama 3.1 style RoPE tables: cos/sin (T, R/2) fp32 for positions [0, T).
 struct RopeScaling {
-  bool enabled = false;
+  bool enabled = false;  // Llama 3.1
   float factor = 8.f, low_freq_factor = 1.f, high_freq_factor = 4.f;
-  int64_t original_max_position_embeddings = 8192;
+  int64_t original_max_position_embeddings = 8192;  // both schemes
+  // YaRN as DeepSeek-V2/V3 use it (Peng et al. 2023): frequencies between the correction
+  // dims of beta_fast and beta_slow rotations ramp from base^(-2i/R) to base^(-2i/R) / factor.
+  bool yarn = false;
+  float yarn_factor = 1.f, beta_fast = 32.f, beta_slow = 1.f;
 };
-// inv_freq[i] = base^(-2i/R), then Llama 3.1's wavelength-dependent scaling when enabled.
+// inv_freq[i] = base^(-2i/R), then Llama 3.1's wavelength-dependent scaling or YaRN's ramp.
 std::vector<float> rope_inv_freq(int64_t rotary_dim, float base, const RopeScaling& scaling);
-void rope_tables(Tensor& cos, Tensor& sin, int64_t seq_len, const std::vector<float>& inv_freq);
+// YaRN's attention temperature: 0.1 * mscale * ln(factor) + 1 for factor > 1, else 1.
+double yarn_mscale(double factor, double mscale);
+// cos/sin (T, R/2) = cos/sin(t * inv_freq[i]) * scale (YaRN scales the tables; 1 elsewhere).
+void rope_tables(Tensor& cos, Tensor& sin, int64_t seq_len, const std::vector<float>& inv_freq, float scale = 1.f);
 
 }  // namespace primus::ops

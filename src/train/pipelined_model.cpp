@@ -174,10 +174,7 @@ DecoderModel::StepResult PipelinedModel::forward_backward(const std::vector<data
   if (pp_size_ == 1) {
     DecoderModel::StepResult sum;
     for (const data::Batch& b : micro_batches) {
-      const DecoderModel::StepResult r =
-          chunks_[0]->forward_backward(b.tokens, b.labels, b.loss_mask, loss_weight, aux_loss_weight);
-      sum.loss_sum += r.loss_sum;
-      sum.num_tokens += r.num_tokens;
+      sum += chunks_[0]->forward_backward(b.tokens, b.labels, b.loss_mask, loss_weight, aux_loss_weight);
     }
     return sum;
   }
@@ -188,9 +185,7 @@ DecoderModel::StepResult PipelinedModel::forward_only(const std::vector<data::Ba
   if (pp_size_ == 1) {
     DecoderModel::StepResult sum;
     for (const data::Batch& b : micro_batches) {
-      const DecoderModel::StepResult r = chunks_[0]->forward_only(b.tokens, b.labels, b.loss_mask);
-      sum.loss_sum += r.loss_sum;
-      sum.num_tokens += r.num_tokens;
+      sum += chunks_[0]->forward_only(b.tokens, b.labels, b.loss_mask);
     }
     return sum;
   }

@@ -74,6 +74,7 @@ DType param_dtype(Precision p) {
 // Loss of one pass over some micro-batches, before the data-parallel reduction.
 struct LossSums {
   double loss = 0, tokens = 0;
+  std::vector<double> mtp_loss, mtp_tokens;  // per multi-token-prediction depth
 };
 
 // Everything one run owns, built in the order the dependencies need.
@@ -430,7 +431,7 @@ LossSums Run::train_step(float loss_weight, std::vector<data::Batch>& batches) {
   if (tp_size_ > 1 && o_.sequence_parallel) model_->reduce_sequence_parallel_grads();
   // Tied embeddings across pipeline stages: the two copies' grads summed.
   model_->finish_grads();
-  return {r.loss_sum, r.num_tokens};
+  return {r.loss_sum, r.num_tokens, r.mtp_loss_sums, r.mtp_num_tokens};
 }
 
 double Run::evaluate(data::BatchLoader& loader, int64_t iterations) {
@@ -553,8 +554,9 @@ std::optional<Run::MoeReport> Run::finish_moe_step() {
   // Per layer: tokens per expert (E), load-balancing and z-loss sums, micro-batches, dropped
   // slots; zeros for the layers other pipeline ranks hold. Summed over the world: the
   // data-parallel replicas of a layer add up (tensor parallelism is refused for MoE models).
-  const int64_t E = m.num_experts, width = E + 4;
-  std::vector<double> all(static_cast<size_t>(m.num_layers * width), 0.0);
+  // Layers num_layers.. are the multi-token-prediction modules' (their MoE counts too).
+  const int64_t E = m.num_experts, width = E + 4, layers_total = m.num_layers + m.mtp_num_layers;
+  std::vector<double> all(static_cast<size_t>(layers_total * width), 0.0);
   std::vector<MoeMlp*> held = model_->moe_layers();
   for (MoeMlp* layer : held) {
     const MoeStepStats& st = layer->stats();
@@ -574,7 +576,7 @@ std::optional<Run::MoeReport> Run::finish_moe_step() {
   }
   MoeReport r;
   int64_t layers = 0;
-  for (int64_t l = 0; l < m.num_layers; ++l) {
+  for (int64_t l = 0; l < layers_total; ++l) {
     if (!m.is_moe_layer(l)) continue;
     const double* row = all.data() + l * width;
     const double micro = std::max(1.0, row[E + 2]);
@@ -808,6 +810,14 @@ TrainResult Run::train() {
     rec.iteration = iteration_;
     rec.elapsed_s = seconds_since(t0);
     rec.losses = {{"lm loss", loss}};
+    if (!sums.mtp_loss.empty()) {  // Megatron's "mtp_k loss": each depth's mean over its own loss tokens
+      std::vector<double> both = sums.mtp_loss;
+      both.insert(both.end(), sums.mtp_tokens.begin(), sums.mtp_tokens.end());
+      both = dp_->all_reduce_values(std::move(both));
+      const size_t D = sums.mtp_loss.size();
+      for (size_t k = 0; k < D; ++k)
+        rec.losses.emplace_back(fmt::format("mtp_{} loss", k + 1), both[k] / std::max(1.0, both[D + k]));
+    }
     const std::optional<MoeReport> moe = finish_moe_step();
     if (moe) {
       if (o_.model.moe_aux_loss_coeff > 0 && o_.model.moe_router_load_balancing_type != "none")

@@ -271,6 +271,67 @@ TEST(CudaRope, RopeAndQkvSplit) {
   }
 }
 
+// Multi-latent attention's split + RoPE (both directions) and the column copy it uses.
+TEST(CudaRope, MlaQkvSplitAndCopyColumns) {
+  PRIMUS_REQUIRE_GPU();
+  auto rng = fresh_rng();
+  ops::Context g = ops::Context::cuda(0), c = ops::Context::cpu();
+  struct Case {
+    int64_t B, T, H, Dn, Dr, Dv, L;
+  };
+  for (const Case cs : {Case{2, 33, 4, 128, 64, 128, 512}, Case{1, 17, 3, 8, 4, 6, 12}, Case{2, 5, 2, 0, 8, 16, 3}}) {
+    const std::string tag = fmt::format("B={} T={} H={} Dn={} Dr={} Dv={} L={}", cs.B, cs.T, cs.H, cs.Dn, cs.Dr, cs.Dv,
+                                        cs.L);
+    auto [cosv, sinv] = rope_tables(cs.T, cs.Dr);
+    Tensor ccos = cpu_f32(cosv, {cs.T, cs.Dr / 2}), csin = cpu_f32(sinv, {cs.T, cs.Dr / 2});
+    Tensor gcos = ccos.to(Device::CUDA), gsin = csin.to(Device::CUDA);
+    const int64_t N = cs.B * cs.T, Dq = cs.Dn + cs.Dr;
+    const Shape sqp{N, cs.H * Dq}, skv{N, cs.H * (cs.Dn + cs.Dv)}, skd{N, cs.L + cs.Dr};
+    const Shape sq{cs.B, cs.T, cs.H, Dq}, sv{cs.B, cs.T, cs.H, cs.Dv};
+    const auto qp = randn(rng, static_cast<size_t>(shape_numel(sqp)));
+    const auto kv = randn(rng, static_cast<size_t>(shape_numel(skv)));
+    const auto kd = randn(rng, static_cast<size_t>(shape_numel(skd)));
+    auto zeros = [](const Shape& s) { return cpu_f32(std::vector<float>(static_cast<size_t>(shape_numel(s))), s); };
+    Tensor cq = zeros(sq), ck = zeros(sq), cv = zeros(sv);
+    ops::mla_qkv_rope_forward(c, cq, ck, cv, cpu_f32(qp, sqp), cpu_f32(kv, skv), cpu_f32(kd, skd), ccos, csin);
+    Tensor gq = Tensor::empty(sq, DType::BF16, Device::CUDA), gk = Tensor::empty(sq, DType::BF16, Device::CUDA),
+           gv = Tensor::empty(sv, DType::BF16, Device::CUDA);
+    poison(g, gq);
+    poison(g, gk);
+    poison(g, gv);
+    ops::mla_qkv_rope_forward(g, gq, gk, gv, gpu(qp, sqp, DType::BF16), gpu(kv, skv, DType::BF16),
+                              gpu(kd, skd, DType::BF16), gcos, gsin);
+    expect_close("mla_qkv_rope_forward q " + tag, gq, cq, kBf16Tol);
+    expect_close("mla_qkv_rope_forward k " + tag, gk, ck, kBf16Tol);
+    expect_close("mla_qkv_rope_forward v " + tag, gv, cv, 0);
+
+    const auto dq = randn(rng, static_cast<size_t>(shape_numel(sq))), dk = randn(rng, static_cast<size_t>(shape_numel(sq))),
+               dv = randn(rng, static_cast<size_t>(shape_numel(sv)));
+    Tensor cdqp = zeros(sqp), cdkv = zeros(skv), cdpe = zeros({N, cs.Dr});
+    ops::mla_qkv_rope_backward(c, cdqp, cdkv, cdpe, cpu_f32(dq, sq), cpu_f32(dk, sq), cpu_f32(dv, sv), ccos, csin);
+    Tensor gdqp = Tensor::empty(sqp, DType::BF16, Device::CUDA), gdkv = Tensor::empty(skv, DType::BF16, Device::CUDA),
+           gdpe = Tensor::empty({N, cs.Dr}, DType::BF16, Device::CUDA);
+    poison(g, gdqp);
+    poison(g, gdkv);
+    poison(g, gdpe);
+    ops::mla_qkv_rope_backward(g, gdqp, gdkv, gdpe, gpu(dq, sq, DType::BF16), gpu(dk, sq, DType::BF16),
+                               gpu(dv, sv, DType::BF16), gcos, gsin);
+    expect_close("mla_qkv_rope_backward dq_proj " + tag, gdqp, cdqp, kBf16Tol);
+    expect_close("mla_qkv_rope_backward dkv_up " + tag, gdkv, cdkv, 0);
+    expect_close("mla_qkv_rope_backward dk_pe " + tag, gdpe, cdpe, kBf16Tol);
+
+    // kv_down's columns [1, L) into columns [2, L + 1) of a wider tensor; the rest untouched.
+    if (cs.L > 1) {
+      const Shape sd{N, cs.L + 3};
+      Tensor cdst = zeros(sd), gdst = Tensor::empty(sd, DType::BF16, Device::CUDA);
+      ops::fill(g, gdst, 0.f);
+      ops::copy_columns(c, cdst, 2, cpu_f32(kd, skd), 1, cs.L - 1);
+      ops::copy_columns(g, gdst, 2, gpu(kd, skd, DType::BF16), 1, cs.L - 1);
+      expect_close("copy_columns " + tag, gdst, cdst, 0);
+    }
+  }
+}
+
 TEST(CudaSwiglu, ForwardBackward) {
   PRIMUS_REQUIRE_GPU();
   auto rng = fresh_rng();

@@ -1,6 +1,7 @@
 // The step's first micro-batch WRITES the linear weights' gradients on the GPU (beta = 0
 // cuBLASLt GEMMs after DecoderModel::zero_grads_for_overwrite) instead of adding to zeroed
-// buffers. Checked on a tiny bf16 Llama, tied and untied, with several logits chunks:
+// buffers. Checked on a tiny bf16 Llama, tied and untied, and a tiny DeepSeek (MLA + MoE), with
+// several logits chunks:
 //  - every gradient element is written: the buffers start as NaN, not zero;
 //  - the gradients equal those of zero_grads() + accumulate on the same GPU (up to the GEMM
 //    algorithm cuBLASLt picks for beta = 0 vs 1);
@@ -24,6 +25,33 @@ ModelConfig tiny(bool untied) {
   ModelConfig c = gputest::tiny_llama("grad-overwrite-test", untied);
   c.max_position_embeddings = 64;
   c.init_method_std = 0.1;
+  return c;
+}
+
+// DeepSeek-shaped: multi-latent attention (query latent, latent norms, YaRN, Dq 24 != Dv 16)
+// and a sigmoid-routed MoE with shared experts after a dense first layer, one MTP depth.
+ModelConfig tiny_deepseek() {
+  ModelConfig c = tiny(true);
+  c.name = "grad-overwrite-deepseek";
+  c.multi_latent_attention = true;
+  c.qk_layernorm = true;
+  c.q_lora_rank = 24;
+  c.kv_lora_rank = 32;
+  c.qk_head_dim = 16;
+  c.qk_pos_emb_head_dim = 8;
+  c.v_head_dim = 16;
+  c.rotary_scaling_factor = 4;
+  c.original_max_position_embeddings = 8;
+  c.mscale = c.mscale_all_dim = 0.707;
+  c.num_experts = 8;
+  c.moe_router_topk = 2;
+  c.moe_ffn_hidden_size = 32;
+  c.moe_shared_expert_intermediate_size = 32;
+  c.moe_first_k_dense_replace = 1;
+  c.moe_router_score_function = "sigmoid";
+  c.moe_router_enable_expert_bias = true;
+  c.moe_router_topk_scaling_factor = 2.5;
+  c.mtp_num_layers = 1;
   return c;
 }
 
@@ -64,8 +92,8 @@ TEST(CudaGradOverwrite, FirstMicroBatchWritesEveryGradient) {
   PRIMUS_REQUIRE_GPU();
   const int64_t B = 2, T = 24;
   ops::Context cpu = ops::Context::cpu(), cuda = ops::Context::cuda();
-  for (bool untied : {true, false}) {
-    const ModelConfig c = tiny(untied);
+  for (const ModelConfig& c : {tiny(true), tiny(false), tiny_deepseek()}) {
+    const bool untied = c.untie_embeddings_and_output_weights;
     DecoderOptions dev;
     dev.param_dtype = DType::BF16;
     dev.logits_chunk_rows = 16;  // 3 chunks: only the first may write the output layer's grad
@@ -91,7 +119,7 @@ TEST(CudaGradOverwrite, FirstMicroBatchWritesEveryGradient) {
 
     const auto pa = accumulate.parameters();
     for (size_t i = 0; i < ps.size(); ++i) {
-      const std::string what = std::string(untied ? "untied " : "tied ") + ps[i]->name;
+      const std::string what = c.name + (untied ? " untied " : " tied ") + ps[i]->name;
       gputest::expect_close(what + " vs zero+accumulate", ps[i]->grad, pa[i]->grad, 1e-5);
       gputest::expect_close(what + " vs CPU fp32", ps[i]->grad, pr[i]->grad, 5e-2);
     }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reference parity for our decoder: an independent PyTorch Llama / MoE written from the papers.
+"""Reference parity for our decoder: an independent PyTorch Llama / MoE / MLA written from the papers.
 
 The model follows the published definitions, not our code: RMSNorm (Zhang & Sennrich
 2019), rotary embeddings in the rotate-half form (Su et al. 2021) with Llama 3.1's
@@ -10,7 +10,8 @@ mixture-of-experts MLP as Megatron-core defines it (top-k router with softmax or
 pre-softmax, group-limited routing, expert bias for selection, scaling; expert capacity with
 drop by probability or position; shared experts; the switch load-balancing loss over the
 micro-batch or per sequence, and the router z-loss: Fedus et al. 2021, Zoph et al. 2022,
-DeepSeek-AI 2024).
+DeepSeek-AI 2024); DeepSeek-V2's multi-head latent attention with YaRN frequencies and
+attention temperature (DeepSeek-AI 2024; Peng et al. 2023; DeepSeek's reference code).
 Gradients come from torch autograd; the optimizer check uses torch.optim.AdamW,
 torch.nn.utils.clip_grad_norm_ and the Megatron LR formula written out below.
 
@@ -95,17 +96,77 @@ def apply_rope(x, cos, sin):
     return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s, rest], dim=-1)
 
 
-def attention(q, k, v):
-    """Causal softmax(q k^T / sqrt(D)) v; query head h reads kv head h // (Hq/Hkv)."""
+def attention(q, k, v, scale=None):
+    """Causal softmax(q k^T * scale) v (scale 1/sqrt(D) by default); query head h reads kv head
+    h // (Hq/Hkv); v may have another head dim than q and k."""
     B, T, Hq, D = q.shape
     group = Hq // k.shape[2]
     q = q.transpose(1, 2)
     k = k.transpose(1, 2).repeat_interleave(group, dim=1)
     v = v.transpose(1, 2).repeat_interleave(group, dim=1)
-    scores = q @ k.transpose(-1, -2) / math.sqrt(D)
+    scores = q @ k.transpose(-1, -2) * (scale if scale is not None else 1.0 / math.sqrt(D))
     mask = torch.ones(T, T, dtype=torch.bool).triu(1)
     scores = scores.masked_fill(mask, float("-inf"))
     return (torch.softmax(scores, dim=-1) @ v).transpose(1, 2)  # (B,T,Hq,D)
+
+
+def yarn_mscale(factor, m):
+    return 1.0 if factor <= 1 else 0.1 * m * math.log(factor) + 1.0
+
+
+def mla_rope(cfg):
+    """Rotary frequencies of the Dr dims and the YaRN table scale and softmax scale, as DeepSeek's
+    reference code computes them (YaRN: Peng et al. 2023)."""
+    m = cfg["mla"]
+    dim, base, factor = m["qk_pos_emb_head_dim"], cfg["rotary_base"], m["yarn_factor"]
+    freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    table_scale, softmax_scale = 1.0, 1.0 / math.sqrt(m["qk_head_dim"] + dim)
+    if factor > 1:
+        L = cfg["original_max_position_embeddings"]
+
+        def correction_dim(rotations):
+            return dim * math.log(L / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+        low = max(math.floor(correction_dim(m["beta_fast"])), 0)
+        high = min(math.ceil(correction_dim(m["beta_slow"])), dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+        extrapolate = 1 - ramp  # the share of the original frequency
+        freq = freq / factor * (1 - extrapolate) + freq * extrapolate
+        table_scale = yarn_mscale(factor, m["mscale"]) / yarn_mscale(factor, m["mscale_all_dim"])
+        if m["mscale_all_dim"]:
+            softmax_scale *= yarn_mscale(factor, m["mscale_all_dim"]) ** 2
+    return freq, table_scale, softmax_scale
+
+
+def mla_attention(h, p, pre, cfg, cos, sin, scale):
+    """DeepSeek-V2's multi-head latent attention on h (B,T,C) (DeepSeek-AI 2024, section 2.1):
+    queries through an optional low-rank latent, keys/values from a shared latent c_kv, a
+    decoupled rotary key shared by the heads."""
+    m, eps = cfg["mla"], cfg["norm_epsilon"]
+    B, T, _ = h.shape
+    H, Dn, Dr, Dv, L = (cfg["num_attention_heads"], m["qk_head_dim"], m["qk_pos_emb_head_dim"], m["v_head_dim"],
+                        m["kv_lora_rank"])
+    a = pre + "self_attention."
+    if m["q_lora_rank"] > 0:
+        cq = h @ p[a + "linear_q_down_proj.weight"].T
+        if m["latent_norms"]:
+            cq = rms_norm(cq, p[a + "q_layernorm.weight"], eps)
+        q = cq @ p[a + "linear_q_up_proj.weight"].T
+    else:
+        q = h @ p[a + "linear_q_proj.weight"].T
+    q = q.reshape(B, T, H, Dn + Dr)
+    q_nope, q_pe = q[..., :Dn], apply_rope(q[..., Dn:], cos, sin)
+    kv_d = h @ p[a + "linear_kv_down_proj.weight"].T
+    c_kv, k_pe = kv_d[..., :L], kv_d[..., L:]
+    if m["latent_norms"]:
+        c_kv = rms_norm(c_kv, p[a + "kv_layernorm.weight"], eps)
+    kv = (c_kv @ p[a + "linear_kv_up_proj.weight"].T).reshape(B, T, H, Dn + Dv)
+    k_nope, v = kv[..., :Dn], kv[..., Dn:]
+    k_pe = apply_rope(k_pe.reshape(B, T, 1, Dr), cos, sin).expand(B, T, H, Dr)
+    out = attention(torch.cat([q_nope, q_pe], -1), torch.cat([k_nope, k_pe], -1), v, scale)
+    return out.reshape(B, T, H * Dv) @ p[a + "linear_proj.weight"].T
 
 
 def swiglu_mlp(x, fc1, fc2):
@@ -195,26 +256,40 @@ def moe_mlp(x, p, pre, m, B, T, bias):
     return out.reshape(B, T, C), aux
 
 
-def llama_forward(p, cfg, tokens, buffers=None):
-    """Logits (B,T,V) and the MoE auxiliary objective (0 for dense models) for the weights p
-    (dict name -> tensor), buffers (the expert biases) and tokens (B,T)."""
+def roll_left(t, shift, fill):
+    """t (B,T) with row b, column i = t[b, i + shift]; `fill` past the end of the row."""
+    out = torch.full_like(t, fill)
+    out[:, :t.shape[1] - shift] = t[:, shift:]
+    return out
+
+
+def llama_forward(p, cfg, tokens, buffers=None, labels=None, mask=None):
+    """Logits (B,T,V), the MoE auxiliary objective (0 for dense models) and, with labels and mask,
+    the multi-token-prediction depths' (loss sum, loss tokens) for the weights p (dict name ->
+    tensor), buffers (the expert biases) and tokens (B,T)."""
     B, T = tokens.shape
     Hq, Hkv, D, F = cfg["num_attention_heads"], cfg["num_query_groups"], cfg["head_dim"], cfg["ffn_hidden_size"]
     eps = cfg["norm_epsilon"]
-    angles = torch.arange(T, dtype=torch.float64)[:, None] * rope_inv_freq(cfg)[None, :]
-    cos, sin = torch.cos(angles), torch.sin(angles)
-    x = p["embedding.word_embeddings.weight"][tokens.long()]
+    freq, table_scale, mla_scale = mla_rope(cfg) if "mla" in cfg else (rope_inv_freq(cfg), 1.0, None)
+    angles = torch.arange(T, dtype=torch.float64)[:, None] * freq[None, :]
+    cos, sin = torch.cos(angles) * table_scale, torch.sin(angles) * table_scale
+    emb = p["embedding.word_embeddings.weight"]
+    out = emb if cfg["tied"] else p["output_layer.weight"]
     aux = torch.zeros((), dtype=torch.float64)
-    for l in range(cfg["num_layers"]):
-        pre = f"decoder.layers.{l}."
+
+    def layer(x, pre, l):
+        nonlocal aux
         h = rms_norm(x, p[pre + "input_layernorm.weight"], eps)
-        qkv = h @ p[pre + "self_attention.linear_qkv.weight"].T
-        q, k, v = qkv.split([Hq * D, Hkv * D, Hkv * D], dim=-1)
-        q = apply_rope(q.reshape(B, T, Hq, D), cos, sin)
-        k = apply_rope(k.reshape(B, T, Hkv, D), cos, sin)
-        v = v.reshape(B, T, Hkv, D)
-        a = attention(q, k, v).reshape(B, T, Hq * D)
-        x = x + a @ p[pre + "self_attention.linear_proj.weight"].T
+        if "mla" in cfg:
+            x = x + mla_attention(h, p, pre, cfg, cos, sin, mla_scale)
+        else:
+            qkv = h @ p[pre + "self_attention.linear_qkv.weight"].T
+            q, k, v = qkv.split([Hq * D, Hkv * D, Hkv * D], dim=-1)
+            q = apply_rope(q.reshape(B, T, Hq, D), cos, sin)
+            k = apply_rope(k.reshape(B, T, Hkv, D), cos, sin)
+            v = v.reshape(B, T, Hkv, D)
+            a = attention(q, k, v).reshape(B, T, Hq * D)
+            x = x + a @ p[pre + "self_attention.linear_proj.weight"].T
         h = rms_norm(x, p[pre + "pre_mlp_layernorm.weight"], eps)
         moe = cfg.get("moe")
         if moe and moe["layers"][l]:
@@ -223,9 +298,26 @@ def llama_forward(p, cfg, tokens, buffers=None):
             x, aux = x + y, aux + layer_aux
         else:
             x = x + swiglu_mlp(h, p[pre + "mlp.linear_fc1.weight"], p[pre + "mlp.linear_fc2.weight"])
-    x = rms_norm(x, p["decoder.final_layernorm.weight"], eps)
-    out = p["embedding.word_embeddings.weight"] if cfg["tied"] else p["output_layer.weight"]
-    return x @ out.T, aux
+        return x
+
+    x = emb[tokens.long()]
+    for l in range(cfg["num_layers"]):
+        x = layer(x, f"decoder.layers.{l}.", l)
+    logits = rms_norm(x, p["decoder.final_layernorm.weight"], eps) @ out.T
+    # Multi-token prediction (DeepSeek-V3, section 2.2): depth k combines the previous depth's
+    # hidden state at token i with the embedding of token i + k + 1 and predicts token i + k + 2.
+    mtp = []
+    if labels is not None:
+        h_prev = x
+        for k in range(cfg.get("mtp_num_layers", 0)):
+            pre = f"mtp.layers.{k}."
+            e = emb[roll_left(tokens, k + 1, 0).long()]
+            u = torch.cat([rms_norm(e, p[pre + "enorm.weight"], eps), rms_norm(h_prev, p[pre + "hnorm.weight"], eps)],
+                          -1) @ p[pre + "eh_proj.weight"].T
+            h_prev = layer(u, pre + "transformer_layer.", cfg["num_layers"] + k)
+            logits_k = rms_norm(h_prev, p[pre + "final_layernorm.weight"], eps) @ out.T
+            mtp.append(masked_loss_sum(logits_k, roll_left(labels, k + 1, -1), roll_left(mask, k + 1, 0.0)))
+    return logits, aux, mtp
 
 
 def masked_loss_sum(logits, labels, mask):
@@ -249,15 +341,19 @@ def check_model(path):
     names = [k[len("param."):] for k in t if k.startswith("param.")]
     p = {n: t["param." + n].double().requires_grad_(True) for n in names}
     buffers = {k[len("buffer."):]: v.double() for k, v in t.items() if k.startswith("buffer.")}
-    logits, aux = llama_forward(p, cfg, t["tokens"], buffers)
+    logits, aux, mtp = llama_forward(p, cfg, t["tokens"], buffers, t["labels"], t["loss_mask"])
     loss_sum, count = masked_loss_sum(logits, t["labels"], t["loss_mask"])
     loss = loss_sum / count
-    (loss + aux).backward()
+    # Each MTP depth weighs mtp_loss_scaling_factor / depths, normalised by the main loss tokens.
+    objective = loss + aux + sum(cfg["mtp_loss_scaling_factor"] / len(mtp) * s / count for s, _ in mtp)
+    objective.backward()
     rows = [("logits", rel_error(t["logits"], logits.detach())), ("loss", rel_error(t["loss"], loss.detach()))]
     if "moe" in cfg:
         rows.append(("aux", rel_error(t["aux"], aux.detach())))
+    assert len(mtp) == sum(1 for k in t if k.startswith("mtp_loss."))
+    rows += [(f"mtp_loss.{k}", rel_error(t[f"mtp_loss.{k}"], (s / c).detach())) for k, (s, c) in enumerate(mtp)]
     rows += [("grad." + n, rel_error(t["grad." + n], p[n].grad)) for n in names]
-    assert len(rows) == 2 + ("moe" in cfg) + len(names) and all(("grad." + n) in t for n in names)
+    assert len(rows) == 2 + ("moe" in cfg) + len(mtp) + len(names) and all(("grad." + n) in t for n in names)
     if "moe" in cfg and cfg["moe"]["capacity_factor"] > 0 and float(t["dropped"]) == 0:
         print(f"  {meta['case']}: no token was dropped at capacity: the case would not see a dropping bug")
         rows.append(("dropped", float("inf")))

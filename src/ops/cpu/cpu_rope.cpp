@@ -3,7 +3,9 @@
 // by the angle t * inv_freq[i]:
 //   out[i] = x[i] cos - x[i+R/2] sin,   out[i+R/2] = x[i+R/2] cos + x[i] sin.
 // Dims >= R pass through. The backward is the transposed rotation (angle -> -angle).
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "ops/cpu/cpu_backend.h"
 
@@ -89,6 +91,69 @@ void CpuBackend::qkv_split_rope_backward(Tensor& dqkv, const Tensor& dq, const T
       for (int64_t h = 0; h < Hkv; ++h)
         rotate_head(row + (Hq + h) * D, pk + (r * Hkv + h) * D, pc + t * half, ps + t * half, half, D, -1.f);
       std::memcpy(row + (Hq + Hkv) * D, pv + r * Hkv * D, Hkv * D * sizeof(float));
+    }
+  }, 16);
+}
+
+// Multi-latent attention: per row (token) and head, q = [q_nope | rope(q_pe)] from q_proj,
+// k = [k_nope | rope(k_pe)] with k_nope from kv_up and the one k_pe from kv_down's last Dr
+// columns, v from kv_up (backend.h has the layouts).
+void CpuBackend::mla_qkv_rope_forward(Tensor& q, Tensor& k, Tensor& v, const Tensor& q_proj, const Tensor& kv_up,
+                                      const Tensor& kv_down, const Tensor& cos, const Tensor& sin) {
+  require_f32_all("mla_qkv_rope_forward", q, k, v, q_proj, kv_up, kv_down, cos, sin);
+  const int64_t T = q.size(1), H = q.size(2), Dq = q.size(3), Dv = v.size(3), half = cos.size(1);
+  const int64_t Dr = 2 * half, Dn = Dq - Dr, Wkv = Dn + Dv, Wd = kv_down.size(1), L = Wd - Dr;
+  const int64_t rows = q.size(0) * T;
+  const float *pqp = q_proj.data<float>(), *pkv = kv_up.data<float>(), *pkd = kv_down.data<float>();
+  const float *pc = cos.data<float>(), *ps = sin.data<float>();
+  float *pq = q.data<float>(), *pk = k.data<float>(), *pv = v.data<float>();
+  pool_.parallel_for(rows, [&](int64_t r0, int64_t r1) {
+    std::vector<float> kpe(static_cast<size_t>(Dr));
+    for (int64_t r = r0; r < r1; ++r) {
+      const float *c = pc + (r % T) * half, *s = ps + (r % T) * half;
+      rotate_head(kpe.data(), pkd + r * Wd + L, c, s, half, Dr, 1.f);
+      for (int64_t h = 0; h < H; ++h) {
+        const float* src_q = pqp + (r * H + h) * Dq;
+        float* dq = pq + (r * H + h) * Dq;
+        std::memcpy(dq, src_q, static_cast<size_t>(Dn) * sizeof(float));
+        rotate_head(dq + Dn, src_q + Dn, c, s, half, Dr, 1.f);
+        const float* src_kv = pkv + (r * H + h) * Wkv;
+        float* dk = pk + (r * H + h) * Dq;
+        std::memcpy(dk, src_kv, static_cast<size_t>(Dn) * sizeof(float));
+        std::memcpy(dk + Dn, kpe.data(), static_cast<size_t>(Dr) * sizeof(float));
+        std::memcpy(pv + (r * H + h) * Dv, src_kv + Dn, static_cast<size_t>(Dv) * sizeof(float));
+      }
+    }
+  }, 16);
+}
+
+void CpuBackend::mla_qkv_rope_backward(Tensor& dq_proj, Tensor& dkv_up, Tensor& dk_pe, const Tensor& dq,
+                                       const Tensor& dk, const Tensor& dv, const Tensor& cos, const Tensor& sin) {
+  require_f32_all("mla_qkv_rope_backward", dq_proj, dkv_up, dk_pe, dq, dk, dv, cos, sin);
+  const int64_t T = dq.size(1), H = dq.size(2), Dq = dq.size(3), Dv = dv.size(3), half = cos.size(1);
+  const int64_t Dr = 2 * half, Dn = Dq - Dr, Wkv = Dn + Dv;
+  const int64_t rows = dq.size(0) * T;
+  const float *pdq = dq.data<float>(), *pdk = dk.data<float>(), *pdv = dv.data<float>();
+  const float *pc = cos.data<float>(), *ps = sin.data<float>();
+  float *out_q = dq_proj.data<float>(), *out_kv = dkv_up.data<float>(), *out_pe = dk_pe.data<float>();
+  pool_.parallel_for(rows, [&](int64_t r0, int64_t r1) {
+    std::vector<float> sum(static_cast<size_t>(Dr)), one(static_cast<size_t>(Dr));
+    for (int64_t r = r0; r < r1; ++r) {
+      const float *c = pc + (r % T) * half, *s = ps + (r % T) * half;
+      std::fill(sum.begin(), sum.end(), 0.f);
+      for (int64_t h = 0; h < H; ++h) {
+        const float* g_q = pdq + (r * H + h) * Dq;
+        float* o_q = out_q + (r * H + h) * Dq;
+        std::memcpy(o_q, g_q, static_cast<size_t>(Dn) * sizeof(float));
+        rotate_head(o_q + Dn, g_q + Dn, c, s, half, Dr, -1.f);
+        const float* g_k = pdk + (r * H + h) * Dq;
+        float* o_kv = out_kv + (r * H + h) * Wkv;
+        std::memcpy(o_kv, g_k, static_cast<size_t>(Dn) * sizeof(float));
+        std::memcpy(o_kv + Dn, pdv + (r * H + h) * Dv, static_cast<size_t>(Dv) * sizeof(float));
+        rotate_head(one.data(), g_k + Dn, c, s, half, Dr, -1.f);
+        for (int64_t i = 0; i < Dr; ++i) sum[static_cast<size_t>(i)] += one[static_cast<size_t>(i)];
+      }
+      std::memcpy(out_pe + r * Dr, sum.data(), static_cast<size_t>(Dr) * sizeof(float));
     }
   }, 16);
 }

@@ -149,6 +149,16 @@ void CudaBackend::copy_cast(Tensor& dst, const Tensor& src) {
   launch_copy_cast(dst.raw(), dst.dtype(), src.raw(), src.dtype(), src.numel(), stream_);
 }
 
+void CudaBackend::copy_columns(Tensor& dst, int64_t dst_col, const Tensor& src, int64_t src_col, int64_t width) {
+  require_cuda(dst, "copy_columns", "dst");
+  require_cuda(src, "copy_columns", "src");
+  const size_t es = dtype_size(dst.dtype());
+  PRIMUS_CUDA_CHECK(cudaMemcpy2DAsync(static_cast<char*>(dst.raw()) + dst_col * es, dst.size(1) * es,
+                                      static_cast<const char*>(src.raw()) + src_col * es, src.size(1) * es,
+                                      static_cast<size_t>(width) * es, static_cast<size_t>(dst.size(0)),
+                                      cudaMemcpyDeviceToDevice, stream_));
+}
+
 void CudaBackend::add(Tensor& out, const Tensor& a, const Tensor& b) {
   require_cuda(out, "add", "out");
   launch_add(out.raw(), a.raw(), b.raw(), out.dtype(), out.numel(), stream_);
@@ -272,6 +282,26 @@ void CudaBackend::qkv_split_rope_backward(Tensor& dqkv, const Tensor& dq, const 
   launch_qkv_split_rope_backward(dqkv.raw(), dq.raw(), dk.raw(), dv.raw(), dqkv.dtype(), cos.data<float>(),
                                  sin.data<float>(), dq.size(0), dq.size(1), dq.size(2), dk.size(2), dq.size(3),
                                  2 * cos.size(-1), stream_);
+}
+
+void CudaBackend::mla_qkv_rope_forward(Tensor& q, Tensor& k, Tensor& v, const Tensor& q_proj, const Tensor& kv_up,
+                                       const Tensor& kv_down, const Tensor& cos, const Tensor& sin) {
+  require_cuda(q, "mla_qkv_rope_forward", "q");
+  require_cuda(kv_down, "mla_qkv_rope_forward", "kv_down");
+  const int64_t Dr = 2 * cos.size(-1);
+  launch_mla_qkv_rope_forward(q.raw(), k.raw(), v.raw(), q_proj.raw(), kv_up.raw(), kv_down.raw(), q.dtype(),
+                              cos.data<float>(), sin.data<float>(), q.size(0) * q.size(1), q.size(1), q.size(2),
+                              q.size(3) - Dr, Dr, v.size(3), kv_down.size(1), stream_);
+}
+
+void CudaBackend::mla_qkv_rope_backward(Tensor& dq_proj, Tensor& dkv_up, Tensor& dk_pe, const Tensor& dq,
+                                        const Tensor& dk, const Tensor& dv, const Tensor& cos, const Tensor& sin) {
+  require_cuda(dq_proj, "mla_qkv_rope_backward", "dq_proj");
+  require_cuda(dq, "mla_qkv_rope_backward", "dq");
+  const int64_t Dr = 2 * cos.size(-1);
+  launch_mla_qkv_rope_backward(dq_proj.raw(), dkv_up.raw(), dk_pe.raw(), dq.raw(), dk.raw(), dv.raw(), dq.dtype(),
+                               cos.data<float>(), sin.data<float>(), dq.size(0) * dq.size(1), dq.size(1), dq.size(2),
+                               dq.size(3) - Dr, Dr, dv.size(3), stream_);
 }
 
 // ---- attention ---------------------------------------------------------------------------

@@ -165,4 +165,99 @@ void launch_qkv_split_rope_backward(void* dqkv, const void* dq, const void* dk, 
   PRIMUS_CUDA_LAUNCH_CHECK();
 }
 
+// ---- multi-latent attention -------------------------------------------------------------
+// One thread per output element. rope_elem: element i (< Dr) of the rotated vector src (Dr
+// values), sign -1 for the transpose.
+namespace {
+
+template <typename T>
+__device__ __forceinline__ float rope_elem(const T* src, int64_t i, int64_t half, const float* c, const float* s,
+                                           float sign) {
+  if (i < half) return to_f32(src[i]) * c[i] - to_f32(src[i + half]) * sign * s[i];
+  const int64_t j = i - half;
+  return to_f32(src[i]) * c[j] + to_f32(src[j]) * sign * s[j];
+}
+
+// Per (row, head): 2*Dq + Dv outputs: q (Dq), k (Dq), v (Dv).
+template <typename T>
+__global__ void mla_forward_kernel(T* q, T* k, T* v, const T* q_proj, const T* kv_up, const T* kv_down,
+                                   const float* cos, const float* sin, int64_t rows, int64_t T_, int64_t H,
+                                   int64_t Dn, int64_t Dr, int64_t Dv, int64_t Wd) {
+  const int64_t Dq = Dn + Dr, per = 2 * Dq + Dv, half = Dr / 2, L = Wd - Dr;
+  const int64_t total = rows * H * per;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t e = i % per, rh = i / per, row = rh / H;
+    const float* c = cos + (row % T_) * half;
+    const float* s = sin + (row % T_) * half;
+    if (e < Dq) {
+      const T* src = q_proj + rh * Dq;
+      q[rh * Dq + e] = e < Dn ? src[e] : from_f32<T>(rope_elem(src + Dn, e - Dn, half, c, s, 1.f));
+    } else if (e < 2 * Dq) {
+      const int64_t j = e - Dq;
+      k[rh * Dq + j] = j < Dn ? kv_up[rh * (Dn + Dv) + j]
+                              : from_f32<T>(rope_elem(kv_down + row * Wd + L, j - Dn, half, c, s, 1.f));
+    } else {
+      const int64_t j = e - 2 * Dq;
+      v[rh * Dv + j] = kv_up[rh * (Dn + Dv) + Dn + j];
+    }
+  }
+}
+
+// Per row: H*(Dq + Dn + Dv) outputs (dq_proj, dkv_up) then Dr (dk_pe, summed over heads in fp32).
+template <typename T>
+__global__ void mla_backward_kernel(T* dq_proj, T* dkv_up, T* dk_pe, const T* dq, const T* dk, const T* dv,
+                                    const float* cos, const float* sin, int64_t rows, int64_t T_, int64_t H,
+                                    int64_t Dn, int64_t Dr, int64_t Dv) {
+  const int64_t Dq = Dn + Dr, per_head = Dq + Dn + Dv, per = H * per_head + Dr, half = Dr / 2;
+  const int64_t total = rows * per;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t row = i / per, e = i % per;
+    const float* c = cos + (row % T_) * half;
+    const float* s = sin + (row % T_) * half;
+    if (e < H * per_head) {
+      const int64_t h = e / per_head, j = e % per_head, rh = row * H + h;
+      if (j < Dq) {
+        const T* g = dq + rh * Dq;
+        dq_proj[rh * Dq + j] = j < Dn ? g[j] : from_f32<T>(rope_elem(g + Dn, j - Dn, half, c, s, -1.f));
+      } else {
+        const int64_t m = j - Dq;  // column of the head's [k_nope | v] block
+        dkv_up[rh * (Dn + Dv) + m] = m < Dn ? dk[rh * Dq + m] : dv[rh * Dv + (m - Dn)];
+      }
+    } else {
+      const int64_t d = e - H * per_head;
+      float acc = 0.f;
+      for (int64_t h = 0; h < H; ++h) acc += rope_elem(dk + (row * H + h) * Dq + Dn, d, half, c, s, -1.f);
+      dk_pe[row * Dr + d] = from_f32<T>(acc);
+    }
+  }
+}
+
+}  // namespace
+
+void launch_mla_qkv_rope_forward(void* q, void* k, void* v, const void* q_proj, const void* kv_up, const void* kv_down,
+                                 DType dt, const float* cos, const float* sin, int64_t rows, int64_t T, int64_t H,
+                                 int64_t Dn, int64_t Dr, int64_t Dv, int64_t Wd, cudaStream_t stream) {
+  const int64_t total = rows * H * (2 * (Dn + Dr) + Dv);
+  if (total == 0) return;
+  PRIMUS_DISPATCH_FLOAT(dt, E, {
+    mla_forward_kernel<E><<<grid_for(total, kThreads), kThreads, 0, stream>>>(
+        static_cast<E*>(q), static_cast<E*>(k), static_cast<E*>(v), static_cast<const E*>(q_proj),
+        static_cast<const E*>(kv_up), static_cast<const E*>(kv_down), cos, sin, rows, T, H, Dn, Dr, Dv, Wd);
+  });
+  PRIMUS_CUDA_LAUNCH_CHECK();
+}
+
+void launch_mla_qkv_rope_backward(void* dq_proj, void* dkv_up, void* dk_pe, const void* dq, const void* dk,
+                                  const void* dv, DType dt, const float* cos, const float* sin, int64_t rows,
+                                  int64_t T, int64_t H, int64_t Dn, int64_t Dr, int64_t Dv, cudaStream_t stream) {
+  const int64_t total = rows * (H * (2 * Dn + Dr + Dv) + Dr);
+  if (total == 0) return;
+  PRIMUS_DISPATCH_FLOAT(dt, E, {
+    mla_backward_kernel<E><<<grid_for(total, kThreads), kThreads, 0, stream>>>(
+        static_cast<E*>(dq_proj), static_cast<E*>(dkv_up), static_cast<E*>(dk_pe), static_cast<const E*>(dq),
+        static_cast<const E*>(dk), static_cast<const E*>(dv), cos, sin, rows, T, H, Dn, Dr, Dv);
+  });
+  PRIMUS_CUDA_LAUNCH_CHECK();
+}
+
 }  // namespace primus::cuda

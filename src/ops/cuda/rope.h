@@ -25,4 +25,13 @@ void launch_qkv_split_rope_backward(void* dqkv, const void* dq, const void* dk, 
                                     const float* cos, const float* sin, int64_t B, int64_t T, int64_t Hq,
                                     int64_t Hkv, int64_t D, int64_t R, cudaStream_t stream);
 
+// Multi-latent attention (ops/backend.h, mla_qkv_rope_*): rows = B*T, H heads, Dn + Dr query/key
+// head dims (Dr rotary, cos/sin (T, Dr/2)), Dv value dims, kv_down row width Wd = L + Dr.
+void launch_mla_qkv_rope_forward(void* q, void* k, void* v, const void* q_proj, const void* kv_up, const void* kv_down,
+                                 DType dt, const float* cos, const float* sin, int64_t rows, int64_t T, int64_t H,
+                                 int64_t Dn, int64_t Dr, int64_t Dv, int64_t Wd, cudaStream_t stream);
+void launch_mla_qkv_rope_backward(void* dq_proj, void* dkv_up, void* dk_pe, const void* dq, const void* dk,
+                                  const void* dv, DType dt, const float* cos, const float* sin, int64_t rows,
+                                  int64_t T, int64_t H, int64_t Dn, int64_t Dr, int64_t Dv, cudaStream_t stream);
+
 }  // namespace primus::cuda

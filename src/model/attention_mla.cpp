@@ -1,0 +1,191 @@
+#include "model/attention_mla.h"
+
+#include "core/error.h"
+#include "parallel/layers.h"
+
+namespace primus {
+
+struct MlaAttention::Acts : BlockActivations {
+  Tensor h, rstd;                // (N, C), (N) fp32
+  Tensor cq, cq_rstd, cqn;       // (N, Lq), (N), (N, Lq): Lq > 0 (cqn aliases cq without a q norm)
+  Tensor kvd;                    // (N, L + Dr) = [c_kv | k_pe]
+  Tensor ckv, ckv_rstd, ckvn;    // (N, L), (N), (N, L) (ckvn aliases ckv without a kv norm)
+  Tensor q, k, v;                // (B, T, H, Dq) x2, (B, T, H, Dv)
+  Tensor attn, lse;              // (B, T, H, Dv), (B, H, T) fp32   [not kept under Selective]
+};
+
+MlaAttention::MlaAttention(MlaParams p, MlaDims dims, float softmax_scale) : p_(p), d_(dims), scale_(softmax_scale) {
+  PRIMUS_CHECK(p_.norm && p_.kv_down && p_.kv_up && p_.proj && (d_.q_lora > 0 ? p_.q_down && p_.q_up : p_.q != nullptr),
+               "MlaAttention: a projection of the layer is missing");
+}
+
+std::vector<NamedTensor*> MlaAttention::params() const {
+  std::vector<NamedTensor*> out{p_.norm};
+  for (NamedTensor* t : {p_.q_down, p_.q_norm, p_.q_up, p_.q, p_.kv_down, p_.kv_norm, p_.kv_up, p_.proj})
+    if (t) out.push_back(t);
+  return out;
+}
+
+std::vector<NamedTensor*> MlaAttention::overwritten_grads() const {
+  std::vector<NamedTensor*> out;
+  for (NamedTensor* t : {p_.q_down, p_.q_up, p_.q, p_.kv_down, p_.kv_up, p_.proj})
+    if (t) out.push_back(t);
+  return out;
+}
+
+void MlaAttention::project(LayerEnv& env, const Tensor& x, Acts& a) const {
+  ops::Context& ctx = env.ctx;
+  Arena& A = env.arena;
+  const int64_t N = env.dims.N(), H = d_.heads, L = d_.kv_lora;
+  ops::rmsnorm_forward(ctx, a.h, a.rstd, x, p_.norm->value, env.norm_eps);
+  const Arena::Mark m = A.mark();
+  Tensor q_proj = A.alloc({N, H * d_.qk()}, x.dtype());
+  if (d_.q_lora > 0) {
+    ops::linear_forward(ctx, a.cq, a.h, p_.q_down->value);
+    if (p_.q_norm) ops::rmsnorm_forward(ctx, a.cqn, a.cq_rstd, a.cq, p_.q_norm->value, env.norm_eps);
+    ops::linear_forward(ctx, q_proj, a.cqn, p_.q_up->value);
+  } else {
+    ops::linear_forward(ctx, q_proj, a.h, p_.q->value);
+  }
+  ops::linear_forward(ctx, a.kvd, a.h, p_.kv_down->value);
+  ops::copy_columns(ctx, a.ckv, 0, a.kvd, 0, L);
+  if (p_.kv_norm) ops::rmsnorm_forward(ctx, a.ckvn, a.ckv_rstd, a.ckv, p_.kv_norm->value, env.norm_eps);
+  Tensor kv_up = A.alloc({N, H * (d_.nope + d_.v)}, x.dtype());
+  ops::linear_forward(ctx, kv_up, a.ckvn, p_.kv_up->value);
+  ops::mla_qkv_rope_forward(ctx, a.q, a.k, a.v, q_proj, kv_up, a.kvd, env.rope_cos, env.rope_sin);
+  A.release(m);
+}
+
+void MlaAttention::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::unique_ptr<BlockActivations>& acts_out,
+                           Recompute keep) {
+  PRIMUS_CHECK(env.dims.sequence_shards == 1 && env.tp.size() == 1,
+               "multi-latent attention runs on one tensor-parallel rank (tensor_model_parallel_size 1)");
+  Arena& A = env.arena;
+  const TokenDims& d = env.dims;
+  const DType dt = x.dtype();
+  const int64_t N = d.N(), H = d_.heads;
+  auto acts = std::make_unique<Acts>();
+  Acts& a = *acts;
+  a.x = x;
+  auto alloc_core = [&] {
+    a.attn = A.alloc({d.B, d.T, H, d_.v}, dt);
+    a.lse = A.alloc({d.B, H, d.T}, DType::F32);
+  };
+  const Arena::Mark start = A.mark();  // Full: everything is scratch
+  a.h = A.alloc({N, d.C}, dt);
+  a.rstd = A.alloc({N}, DType::F32);
+  if (d_.q_lora > 0) {
+    a.cq = A.alloc({N, d_.q_lora}, dt);
+    if (p_.q_norm) {
+      a.cq_rstd = A.alloc({N}, DType::F32);
+      a.cqn = A.alloc({N, d_.q_lora}, dt);
+    } else {
+      a.cqn = a.cq;
+    }
+  }
+  a.kvd = A.alloc({N, d_.kv_lora + d_.rope}, dt);
+  a.ckv = A.alloc({N, d_.kv_lora}, dt);
+  if (p_.kv_norm) {
+    a.ckv_rstd = A.alloc({N}, DType::F32);
+    a.ckvn = A.alloc({N, d_.kv_lora}, dt);
+  } else {
+    a.ckvn = a.ckv;
+  }
+  a.q = A.alloc({d.B, d.T, H, d_.qk()}, dt);
+  a.k = A.alloc({d.B, d.T, H, d_.qk()}, dt);
+  a.v = A.alloc({d.B, d.T, H, d_.v}, dt);
+  if (keep == Recompute::None) alloc_core();
+  const Arena::Mark scratch = keep == Recompute::Full ? start : A.mark();
+  if (keep != Recompute::None) alloc_core();
+
+  project(env, x, a);
+  ops::attention_forward(env.ctx, a.attn, a.lse, a.q, a.k, a.v, scale_, true);
+  parallel::row_parallel_linear_forward(env.ctx, env.tp, A, y, a.attn.view({N, H * d_.v}), p_.proj->value, &x);
+
+  A.release(scratch);
+  if (keep == Recompute::Full) {
+    acts = std::make_unique<Acts>();
+    acts->x = x;
+  } else if (keep == Recompute::Selective) {
+    a.attn = a.lse = Tensor();
+  }
+  acts_out = std::move(acts);
+}
+
+void MlaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres, Recompute kept) {
+  Acts& a = static_cast<Acts&>(base);
+  ops::Context& ctx = env.ctx;
+  Arena& A = env.arena;
+  const TokenDims& d = env.dims;
+  const int64_t N = d.N(), H = d_.heads, L = d_.kv_lora;
+  const DType dt = a.x.dtype();
+  const bool acc = !env.overwrite_linear_grads;
+  const Arena::Mark start = A.mark();
+  if (kept == Recompute::Selective) {
+    a.attn = A.alloc({d.B, d.T, H, d_.v}, dt);
+    a.lse = A.alloc({d.B, H, d.T}, DType::F32);
+    ops::attention_forward(ctx, a.attn, a.lse, a.q, a.k, a.v, scale_, true);
+  }
+  Tensor dh = A.alloc({N, d.C}, dt);
+  {
+    // Output projection and attention.
+    Tensor d_attn = A.alloc({d.B, d.T, H, d_.v}, dt);
+    Tensor d_attn2 = d_attn.view({N, H * d_.v});
+    parallel::row_parallel_linear_backward(ctx, env.tp, A, &d_attn2, p_.proj->grad, dres,
+                                           a.attn.view({N, H * d_.v}), p_.proj->value, acc);
+    Tensor dq = A.alloc(a.q.shape(), dt), dk = A.alloc(a.k.shape(), dt), dv = A.alloc(a.v.shape(), dt);
+    ops::attention_backward(ctx, dq, dk, dv, d_attn, a.q, a.k, a.v, a.attn, a.lse, scale_, true);
+    Tensor dq_proj = A.alloc({N, H * d_.qk()}, dt), dkv_up = A.alloc({N, H * (d_.nope + d_.v)}, dt);
+    Tensor dk_pe = A.alloc({N, d_.rope}, dt);
+    ops::mla_qkv_rope_backward(ctx, dq_proj, dkv_up, dk_pe, dq, dk, dv, env.rope_cos, env.rope_sin);
+
+    // Key/value path: dkv_d = [RMSNorm^T(dkv_up W_kvu) | dk_pe]; dh = dkv_d W_kvd.
+    Tensor dkvd = A.alloc({N, L + d_.rope}, dt);
+    Tensor dckvn = A.alloc({N, L}, dt);
+    ops::linear_backward(ctx, &dckvn, p_.kv_up->grad, dkv_up, a.ckvn, p_.kv_up->value, acc);
+    if (p_.kv_norm) {
+      Tensor dckv = A.alloc({N, L}, dt);
+      ops::fill(ctx, dckv, 0.f);
+      ops::rmsnorm_backward(ctx, dckv, p_.kv_norm->grad, dckvn, a.ckv, p_.kv_norm->value, a.ckv_rstd);
+      ops::copy_columns(ctx, dkvd, 0, dckv, 0, L);
+    } else {
+      ops::copy_columns(ctx, dkvd, 0, dckvn, 0, L);
+    }
+    ops::copy_columns(ctx, dkvd, L, dk_pe, 0, d_.rope);
+    ops::linear_backward(ctx, &dh, p_.kv_down->grad, dkvd, a.h, p_.kv_down->value, acc);
+
+    // Query path: dh += dq_proj W_q, or through W_qu, the q norm and W_qd.
+    if (d_.q_lora > 0) {
+      Tensor dcqn = A.alloc({N, d_.q_lora}, dt);
+      ops::linear_backward(ctx, &dcqn, p_.q_up->grad, dq_proj, a.cqn, p_.q_up->value, acc);
+      Tensor dcq = dcqn;
+      if (p_.q_norm) {
+        dcq = A.alloc({N, d_.q_lora}, dt);
+        ops::fill(ctx, dcq, 0.f);
+        ops::rmsnorm_backward(ctx, dcq, p_.q_norm->grad, dcqn, a.cq, p_.q_norm->value, a.cq_rstd);
+      }
+      ops::linear_backward(ctx, nullptr, p_.q_down->grad, dcq, a.h, p_.q_down->value, acc);
+      ops::matmul(ctx, dh, dcq, ops::Transpose::No, p_.q_down->value, ops::Transpose::No, 1.f, 1.f);
+    } else {
+      ops::linear_backward(ctx, nullptr, p_.q->grad, dq_proj, a.h, p_.q->value, acc);
+      ops::matmul(ctx, dh, dq_proj, ops::Transpose::No, p_.q->value, ops::Transpose::No, 1.f, 1.f);
+    }
+  }
+  ops::rmsnorm_backward(ctx, dres, p_.norm->grad, dh, a.x, p_.norm->value, a.rstd);  // dres = d x
+  A.release(start);
+  if (kept == Recompute::Selective) a.attn = a.lse = Tensor();
+}
+
+std::vector<Shape> MlaAttention::cache_entry_shapes() const {
+  fail("generate: multi-latent attention has no KV cache yet (DeepSeek generation is not built)");
+}
+
+void MlaAttention::prefill(LayerEnv&, const Tensor&, Tensor&, std::vector<Tensor>&) {
+  fail("generate: multi-latent attention has no KV cache yet (DeepSeek generation is not built)");
+}
+
+void MlaAttention::decode(LayerEnv&, const Tensor&, Tensor&, std::vector<Tensor>&, const Tensor&) {
+  fail("generate: multi-latent attention has no KV cache yet (DeepSeek generation is not built)");
+}
+
+}  // namespace primus
