@@ -305,10 +305,10 @@ int cmd_generate(int argc, char** argv) {
   if (!quiet)
     fmt::print(stderr,
                "[generate] {} prompt(s), {} prompt tokens, {} new tokens on {} ({}): prefill {:.3f} s ({:.1f} "
-               "tokens/s), decode {:.3f} s ({:.1f} tokens/s), {:.1f} new tokens/s overall\n",
+               "tokens/s), decode {:.3f} s ({:.1f} tokens/s), {:.1f} new tokens/s overall; {}\n",
                prompts.size(), r.prompt_tokens, r.generated_tokens, device_name_opt, dtype_name(dtype),
                r.prefill_seconds, r.prefill_tokens_per_s(), r.decode_seconds, r.decode_tokens_per_s(),
-               r.generated_tokens / std::max(total_s, 1e-12));
+               r.generated_tokens / std::max(total_s, 1e-12), decoder.cache_description());
 
   if (!dump_logits.empty()) infer::write_npy_f32(dump_logits, r.prompt_logits);
   if (!output_json.empty()) {

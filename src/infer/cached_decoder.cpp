@@ -90,6 +90,22 @@ KvCache CachedDecoder::new_cache(int64_t batch, int64_t max_len) const {
   return KvCache::allocate(entries, batch, max_len, dtype_, ctx_.device());
 }
 
+int64_t CachedDecoder::cache_values_per_token() const {
+  int64_t n = 0;
+  for (const DecoderLayer& layer : layers_)
+    for (const Shape& s : layer.attention().cache_entry_shapes()) n += shape_numel(s);
+  return n;
+}
+
+std::string CachedDecoder::cache_description() const {
+  const int64_t per_layer = layers_.empty() ? 0 : cache_values_per_token() / static_cast<int64_t>(layers_.size());
+  if (config_.multi_latent_attention)
+    return fmt::format("latent KV cache: c_kv {} + k_pe {} = {} values per token and layer (full k and v: {})",
+                       config_.kv_lora_rank, config_.qk_pos_emb_head_dim, per_layer,
+                       config_.num_attention_heads * (config_.qk_head_dim + config_.qk_pos_emb_head_dim + config_.v_head_dim));
+  return fmt::format("KV cache: k and v, {} values per token and layer", per_layer);
+}
+
 void CachedDecoder::check_cache(const KvCache& cache, const char* who) const {
   bool ok = cache.num_layers() == static_cast<int64_t>(layers_.size());
   for (size_t l = 0; ok && l < layers_.size(); ++l) {

@@ -53,6 +53,10 @@ class CachedDecoder {
 
   // A zeroed cache for `batch` sequences of up to `max_len` positions (prompt + new tokens).
   KvCache new_cache(int64_t batch, int64_t max_len) const;
+  // What the cache holds per token, summed over layers, and in words: "k and v" (GQA) or "the
+  // latent c_kv + k_pe" (multi-latent attention), e.g. for the generate stats line.
+  int64_t cache_values_per_token() const;
+  std::string cache_description() const;
 
   // Runs every prompt token (prompts.size() == cache.batch; each prompt non-empty and no
   // longer than cache.max_len; ids in [0, padded_vocab_size)). Sets cache.lengths[b] to

@@ -1,6 +1,7 @@
 #include "model/attention_mla.h"
 
 #include "core/error.h"
+#include "ops/mla_decode.h"
 #include "parallel/layers.h"
 
 namespace primus {
@@ -176,16 +177,82 @@ void MlaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres,
   if (kept == Recompute::Selective) a.attn = a.lse = Tensor();
 }
 
-std::vector<Shape> MlaAttention::cache_entry_shapes() const {
-  fail("generate: multi-latent attention has no KV cache yet (DeepSeek generation is not built)");
+// The latent cache: per position the normalised key/value latent c (L) and the rotated shared
+// key k_pe (Dr), ops/mla_decode.h.
+std::vector<Shape> MlaAttention::cache_entry_shapes() const { return {{d_.kv_lora}, {d_.rope}}; }
+
+void MlaAttention::prefill(LayerEnv& env, const Tensor& x, Tensor& y, std::vector<Tensor>& cache) {
+  Arena& A = env.arena;
+  const TokenDims& d = env.dims;
+  const Arena::Mark m = A.mark();
+  std::unique_ptr<BlockActivations> base;
+  forward(env, x, y, base, Recompute::None);  // the training forward over the prompts
+  const Acts& a = static_cast<const Acts&>(*base);
+  const int64_t N = d.N(), L = d_.kv_lora, Dr = d_.rope, max_len = cache[0].size(1);
+  Tensor pe = A.alloc({N, Dr}, x.dtype());
+  ops::copy_columns(env.ctx, pe, 0, a.kvd, L, Dr);
+  Tensor pe4 = pe.view({d.B, d.T, 1, Dr});
+  ops::rope_forward(env.ctx, pe4, pe4, env.rope_cos, env.rope_sin);
+  Tensor cc = cache[0].view({d.B * max_len, L}), cp = cache[1].view({d.B * max_len, Dr});
+  for (int64_t b = 0; b < d.B; ++b) {
+    Tensor dc = cc.rows(b * max_len, b * max_len + d.T), dp = cp.rows(b * max_len, b * max_len + d.T);
+    ops::copy_cast(env.ctx, dc, a.ckvn.rows(b * d.T, (b + 1) * d.T));
+    ops::copy_cast(env.ctx, dp, pe.rows(b * d.T, (b + 1) * d.T));
+  }
+  A.release(m);
 }
 
-void MlaAttention::prefill(LayerEnv&, const Tensor&, Tensor&, std::vector<Tensor>&) {
-  fail("generate: multi-latent attention has no KV cache yet (DeepSeek generation is not built)");
-}
-
-void MlaAttention::decode(LayerEnv&, const Tensor&, Tensor&, std::vector<Tensor>&, const Tensor&) {
-  fail("generate: multi-latent attention has no KV cache yet (DeepSeek generation is not built)");
+void MlaAttention::decode(LayerEnv& env, const Tensor& x, Tensor& y, std::vector<Tensor>& cache,
+                          const Tensor& positions) {
+  ops::Context& ctx = env.ctx;
+  Arena& A = env.arena;
+  const int64_t B = x.size(0), C = x.size(1), H = d_.heads, L = d_.kv_lora, Dr = d_.rope, Dq = d_.qk();
+  const DType dt = x.dtype();
+  const Arena::Mark m = A.mark();
+  // The batch rides in the T dim of the RoPE ops: row b of env.rope_* rotates sequence b.
+  Tensor h = A.alloc({B, C}, dt), rstd = A.alloc({B}, DType::F32);
+  ops::rmsnorm_forward(ctx, h, rstd, x, p_.norm->value, env.norm_eps);
+  Tensor q = A.alloc({B, H * Dq}, dt);
+  if (d_.q_lora > 0) {
+    Tensor cq = A.alloc({B, d_.q_lora}, dt);
+    ops::linear_forward(ctx, cq, h, p_.q_down->value);
+    if (p_.q_norm) {
+      Tensor cqn = A.alloc({B, d_.q_lora}, dt), r = A.alloc({B}, DType::F32);
+      ops::rmsnorm_forward(ctx, cqn, r, cq, p_.q_norm->value, env.norm_eps);
+      cq = cqn;
+    }
+    ops::linear_forward(ctx, q, cq, p_.q_up->value);
+  } else {
+    ops::linear_forward(ctx, q, h, p_.q->value);
+  }
+  Tensor kvd = A.alloc({B, L + Dr}, dt);
+  ops::linear_forward(ctx, kvd, h, p_.kv_down->value);
+  Tensor c = A.alloc({B, L}, dt);
+  ops::copy_columns(ctx, c, 0, kvd, 0, L);
+  if (p_.kv_norm) {
+    Tensor cn = A.alloc({B, L}, dt), r = A.alloc({B}, DType::F32);
+    ops::rmsnorm_forward(ctx, cn, r, c, p_.kv_norm->value, env.norm_eps);
+    c = cn;
+  }
+  // RoPE on q_pe (the last Dr dims of each head) and on k_pe.
+  Tensor q_rows = q.view({B * H, Dq}), q_pe = A.alloc({B * H, Dr}, dt), k_pe = A.alloc({B, Dr}, dt);
+  ops::copy_columns(ctx, q_pe, 0, q_rows, d_.nope, Dr);
+  Tensor q_pe4 = q_pe.view({1, B, H, Dr});
+  ops::rope_forward(ctx, q_pe4, q_pe4, env.rope_cos, env.rope_sin);
+  ops::copy_columns(ctx, q_rows, d_.nope, q_pe, 0, Dr);
+  ops::copy_columns(ctx, k_pe, 0, kvd, L, Dr);
+  Tensor k_pe4 = k_pe.view({1, B, 1, Dr});
+  ops::rope_forward(ctx, k_pe4, k_pe4, env.rope_cos, env.rope_sin);
+  // Attention in the latent space (ops/mla_decode.h), then W_uv and the output projection.
+  const Tensor q3 = q.view({B, H, Dq});
+  Tensor q_lat = A.alloc({B, H, L}, dt), o_lat = A.alloc({B, H, L}, dt);
+  Tensor scores = A.alloc({B * H * cache[0].size(1)}, DType::F32);
+  ops::mla_absorb_query(ctx, q_lat, q3, p_.kv_up->value, d_.nope);
+  ops::mla_decode_attention(ctx, o_lat, scores, q_lat, q3, c, k_pe, cache[0], cache[1], positions, scale_);
+  Tensor attn = A.alloc({B, H, d_.v}, dt);
+  ops::mla_absorb_output(ctx, attn, o_lat, p_.kv_up->value, d_.nope);
+  parallel::row_parallel_linear_forward(ctx, env.tp, A, y, attn.view({B, H * d_.v}), p_.proj->value, &x);
+  A.release(m);
 }
 
 }  // namespace primus

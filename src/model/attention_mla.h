@@ -20,8 +20,12 @@
 // [dc_kv | dk_pe]; dh = dkv_d W_kvd + dq_proj W_q (or through W_qu, the q norm and W_qd);
 // dx += RMSNorm^T(dh).
 //
-// Tensor parallel is not built for MLA (check_parallel_layout refuses tp > 1). Generation
-// (prefill/decode) is refused by check_buildable("generate") until the latent cache exists.
+// Generation caches the latent per position: c = RMSNorm(c_kv) (L) and rope(k_pe) (Dr), L + Dr
+// values instead of 2 H Dq. Prefill runs the training forward over the prompts and writes
+// them; decode attends in the latent space (ops/mla_decode.h: W_uk absorbed into the query,
+// W_uv applied to the latent output).
+//
+// Tensor parallel is not built for MLA (check_parallel_layout refuses tp > 1).
 #pragma once
 
 #include "model/attention_gqa.h"

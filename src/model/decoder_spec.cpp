@@ -243,9 +243,6 @@ void check_moe(const ModelConfig& c, const char* who) {
 
 // Multi-latent attention (model/attention_mla.h).
 void check_mla(const ModelConfig& c, const char* who) {
-  require(std::string_view(who) != "generate", c, who, "multi_latent_attention", c.multi_latent_attention,
-          "false (generation with multi-latent attention needs the latent KV cache, not built yet; train and "
-          "evaluate with `primus train`)");
   require(c.kv_lora_rank > 0, c, who, "kv_lora_rank", c.kv_lora_rank, "> 0");
   require(c.q_lora_rank >= 0, c, who, "q_lora_rank", c.q_lora_rank, ">= 0 (0: queries projected directly)");
   require(c.qk_head_dim >= 0, c, who, "qk_head_dim", c.qk_head_dim, ">= 0");
@@ -289,8 +286,6 @@ void check_buildable(const ModelConfig& c, const char* who) {
   require(!c.add_bias_linear, c, who, "add_bias_linear", c.add_bias_linear, "false");
   require(!c.add_qkv_bias, c, who, "add_qkv_bias", c.add_qkv_bias, "false");
   require(c.mtp_num_layers >= 0, c, who, "mtp_num_layers", c.mtp_num_layers, ">= 0");
-  require(c.mtp_num_layers == 0 || std::string_view(who) != "generate", c, who, "mtp_num_layers",
-          c.mtp_num_layers, "0 (generation uses the main model only: convert or load without the MTP modules)");
   require(c.norm_epsilon > 0, c, who, "norm_epsilon", c.norm_epsilon, "> 0");
   require(!c.rotary_interleaved, c, who, "rotary_interleaved", c.rotary_interleaved,
           "false (the decoder rotates halves of each head)");

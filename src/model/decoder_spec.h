@@ -131,8 +131,7 @@ int64_t count_table_parameters(const std::vector<ParamSpec>& table);
 parallel::ShardSpec shard_of(const ParamSpec& p, int tp_rank, int tp_size, int ep_rank = 0, int ep_size = 1);
 
 // Throws, naming the key and value, when `c` asks for a part the training and generation
-// code do not build yet (biases, LayerNorm, learned positions, dropout; MLA and MTP for
-// "generate") or is
+// code do not build yet (biases, LayerNorm, learned positions, dropout) or is
 // inconsistent (heads not divisible by query groups, odd rotary dims, ...). `who` starts the
 // message ("the decoder", "generate").
 void check_buildable(const ModelConfig& c, const char* who = "the decoder");

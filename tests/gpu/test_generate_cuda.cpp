@@ -67,7 +67,20 @@ TEST(GenerateCuda, DecodeAttentionMatchesCpu) {
 TEST(GenerateCuda, DecoderMatchesCpuDecoder) {
   PRIMUS_REQUIRE_GPU();
   ops::Context cpu = ops::Context::cpu(), cuda = ops::Context::cuda();
-  for (const ModelConfig& c : {test_generate::tiny_gqa(), test_generate::tiny_rope_scaling_tied()}) {
+  // Multi-latent attention (query latent, latent norms, YaRN): the latent cache and the absorbed
+  // decode kernels (ops/mla_decode.h) against the CPU.
+  ModelConfig mla = test_generate::tiny_gqa();
+  mla.name = "tiny_mla";
+  mla.multi_latent_attention = true;
+  mla.qk_layernorm = true;
+  mla.q_lora_rank = 12;
+  mla.kv_lora_rank = 40;
+  mla.qk_head_dim = 8;
+  mla.qk_pos_emb_head_dim = 8;
+  mla.v_head_dim = 8;
+  mla.rotary_scaling_factor = 4;
+  mla.original_max_position_embeddings = 8;
+  for (const ModelConfig& c : {test_generate::tiny_gqa(), test_generate::tiny_rope_scaling_tied(), mla}) {
     // Head dim 8 is not a flash-attention shape: the CUDA backend's plain kernel runs the
     // prefill; ours runs the decode.
     DecoderOptions opt;

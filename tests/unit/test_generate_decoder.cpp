@@ -148,6 +148,41 @@ TEST(GenerateDecoder, KvCacheMatchesFullForwardMoe) {
   EXPECT_LT(r.worst_decode, 1e-5);
 }
 
+// Multi-latent attention decodes over the latent cache (c_kv and k_pe per position, the
+// absorbed form) exactly like the full forward's keys and values: V2-Lite-style (queries
+// projected directly, YaRN, Dn 6 + Dr 4, Dv 5) and V3-style (query latent, latent norms, a
+// sigmoid MoE, an MTP module that generation leaves out).
+TEST(GenerateDecoder, KvCacheMatchesFullForwardMultiLatentAttention) {
+  ModelConfig lite = test_generate::tiny_gqa();
+  lite.name = "tiny_mla";
+  lite.multi_latent_attention = true;
+  lite.kv_lora_rank = 10;
+  lite.qk_head_dim = 6;
+  lite.qk_pos_emb_head_dim = 4;
+  lite.v_head_dim = 5;
+  lite.rotary_scaling_factor = 4;
+  lite.original_max_position_embeddings = 6;
+  lite.mscale = lite.mscale_all_dim = 0.707;
+  CaseResult r = check_against_full_forward(lite, {5, 11, 1}, 9, 31);
+  EXPECT_LT(r.worst_prefill, 1e-5);
+  EXPECT_LT(r.worst_decode, 1e-5);
+
+  ModelConfig v3 = lite;
+  v3.name = "tiny_mla_v3";
+  v3.q_lora_rank = 7;
+  v3.qk_layernorm = true;
+  v3.mscale_all_dim = 1.0;  // != mscale: scaled rope tables
+  v3.num_experts = 4;
+  v3.moe_router_topk = 2;
+  v3.moe_ffn_hidden_size = 12;
+  v3.moe_router_score_function = "sigmoid";
+  v3.moe_router_enable_expert_bias = true;
+  v3.mtp_num_layers = 1;
+  r = check_against_full_forward(v3, {3, 8}, 7, 32);
+  EXPECT_LT(r.worst_prefill, 1e-5);
+  EXPECT_LT(r.worst_decode, 1e-5);
+}
+
 // The decode attention against a direct softmax formula (double precision) on random
 // tensors, including a query head group > 1 and a sequence at position 0.
 TEST(GenerateDecoder, DecodeAttentionMatchesSoftmaxFormula) {
