@@ -7,6 +7,7 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/strings.h"
+#include "ops/cpu/openblas_kernels.h"
 
 namespace {
 
@@ -20,6 +21,7 @@ void print_usage() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  primus::ops::cpu::restart_with_faster_openblas_kernels(argv);  // before any GEMM: see the header
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
       std::string(argv[1]) == "help") {
     print_usage();

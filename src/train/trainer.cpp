@@ -19,6 +19,7 @@
 #include "parallel/gather_to_root.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
+#include "ops/cpu/openblas_kernels.h"
 #include "ops/ops.h"
 #include "parallel/communicator.h"
 #include "parallel/launch_info.h"
@@ -216,6 +217,8 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   lo.fused_cross_entropy = o.cross_entropy_loss_fusion;
   kernels_ = fmt::format("cross-entropy {}", o.cross_entropy_loss_fusion ? "fused (loss + gradient in one pass)"
                                                                           : "plain (cross_entropy_loss_fusion off)");
+  if (o.device == Device::CPU && *ops::cpu::openblas_kernels() != '\0')
+    kernels_ += fmt::format(" | CPU GEMM: OpenBLAS {} kernels", ops::cpu::openblas_kernels());
 #ifdef PRIMUS_WITH_CUDA
   // Primus-Turbo attention = cuDNN's fused SDPA with the Turbo flash kernels as fallback;
   // off = the plain (unfused) kernel. PRIMUS_ATTENTION_IMPL, when set, wins (benchmarks).

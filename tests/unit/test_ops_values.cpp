@@ -2,10 +2,13 @@
 // the optimizer update against the AdamW formula, RoPE frequency scaling, and the
 // errors the op boundary raises.
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <cmath>
 #include <limits>
 #include <numbers>
 
+#include "ops/cpu/openblas_kernels.h"
 #include "test_ops_util.h"
 
 using namespace primus;
@@ -294,4 +297,17 @@ TEST(OpsValues, VectorExpIsWithinTwoUlpAndHandlesTails) {
     }
     EXPECT_NEAR(sum, ref, 1e-6 * ref) << n;
   }
+}
+
+// OpenBLAS 0.3.21 falls back to its SSE3 (Prescott) kernels on CPU models it does not know;
+// the binaries restart themselves with the AVX2 / AVX-512 kernels the CPU has
+// (ops/cpu/openblas_kernels.h): 3-4x faster CPU GEMMs.
+TEST(OpenBlasKernels, TheCpusVectorUnitsAreUsed) {
+  const std::string kernels = ops::cpu::openblas_kernels();
+  if (kernels.empty()) GTEST_SKIP() << "the BLAS linked is not OpenBLAS";
+  const char* forced = std::getenv("OPENBLAS_CORETYPE");
+  if (forced != nullptr && std::string(forced) == "Prescott") GTEST_SKIP() << "OPENBLAS_CORETYPE=Prescott was set";
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) EXPECT_NE(kernels, "Prescott");
+  EXPECT_EQ(ops::cpu::better_openblas_coretype(), nullptr) << "kernels " << kernels;
 }
