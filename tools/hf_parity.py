@@ -23,8 +23,12 @@
    `primus train` on mock data with the tiny example, padded vocabulary, or
    --primus-moe-checkpoint DIR) goes through round 2 with MixtralForCausalLM.from_pretrained.
 
+DeepSeek (import only): tiny random DeepseekV3ForCausalLM (query latent, sigmoid routing in
+groups with a random expert bias, a shared expert, YaRN) and DeepseekV2ForCausalLM (V2-Lite
+style) go through round 1.
+
 Prints one JSON summary on stdout (keys hf_to_primus, primus_to_hf, hf_to_primus_mixtral,
-primus_to_hf_mixtral, each with "ok"); exits 0 when every check passes, 1 on a mismatch, 2 when
+primus_to_hf_mixtral, hf_to_primus_deepseek_v3, hf_to_primus_deepseek_v2, each with "ok"); exits 0 when every check passes, 1 on a mismatch, 2 when
 a command could not run or transformers raised (the summary says which and its output).
 
     python3 tools/hf_parity.py --primus build/bin/primus --workdir /tmp/hfp [--device cpu|cuda|both]
@@ -222,6 +226,42 @@ def hf_to_primus_mixtral(a, device_list):
     return result
 
 
+def hf_to_primus_deepseek(a, device_list, v3):
+    """A tiny random DeepseekV3ForCausalLM (query latent, sigmoid routing in groups with a random
+    expert bias, a shared expert, YaRN) or DeepseekV2ForCausalLM (V2-Lite style: q_proj, softmax
+    routing without renormalising, two shared experts) through hf-to-primus and primus generate."""
+    import transformers
+
+    torch.manual_seed(a.seed)
+    common = dict(vocab_size=300, hidden_size=64, intermediate_size=96, moe_intermediate_size=32,
+                  num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512, rms_norm_eps=1e-6,
+                  kv_lora_rank=32, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=16, rope_theta=10000.0,
+                  tie_word_embeddings=False, first_k_dense_replace=1, initializer_range=0.15, bos_token_id=1,
+                  eos_token_id=2, torch_dtype="float32", attn_implementation="eager",
+                  rope_scaling={"type": "yarn", "rope_type": "yarn", "factor": 40.0,
+                                "original_max_position_embeddings": 16, "beta_fast": 32, "beta_slow": 1,
+                                "mscale": 1.0 if v3 else 0.707, "mscale_all_dim": 0.8 if v3 else 0.707})
+    if v3:
+        cfg = transformers.DeepseekV3Config(num_hidden_layers=3, q_lora_rank=24, n_routed_experts=16,
+                                            num_experts_per_tok=4, n_shared_experts=1, n_group=4, topk_group=2,
+                                            norm_topk_prob=True, routed_scaling_factor=2.5, **common)
+        model = transformers.DeepseekV3ForCausalLM(cfg).float().eval()
+    else:
+        cfg = transformers.DeepseekV2Config(num_hidden_layers=2, q_lora_rank=None, n_routed_experts=8,
+                                            num_experts_per_tok=3, n_shared_experts=2, n_group=1, topk_group=1,
+                                            topk_method="greedy", norm_topk_prob=False, routed_scaling_factor=1.0,
+                                            **common)
+        model = transformers.DeepseekV2ForCausalLM(cfg).float().eval()
+    with torch.no_grad():  # the expert bias starts at zero: make it matter
+        for name, buf in list(model.named_buffers()) + list(model.named_parameters()):
+            if name.endswith("e_score_correction_bias"):
+                buf.normal_(0.0, 0.05)
+    tag = "hf_to_primus_deepseek_v3" if v3 else "hf_to_primus_deepseek_v2"
+    result = hf_round(a, device_list, model, "hf_" + tag, "primus_" + tag, tag)
+    result["transformers"] = transformers.__version__
+    return result
+
+
 def export_round(a, device_list, name, save, model_cls):
     """primus convert primus-to-hf -> model_cls.from_pretrained, compared with primus generate."""
     hf_dir = os.path.join(a.workdir, "hf_from_" + name)
@@ -338,7 +378,9 @@ def main():
     code = 0
     a.primus, a.workdir = os.path.abspath(a.primus), os.path.abspath(a.workdir)
     for key, fn in (("hf_to_primus", hf_to_primus), ("primus_to_hf", primus_to_hf),
-                    ("hf_to_primus_mixtral", hf_to_primus_mixtral), ("primus_to_hf_mixtral", primus_to_hf_mixtral)):
+                    ("hf_to_primus_mixtral", hf_to_primus_mixtral), ("primus_to_hf_mixtral", primus_to_hf_mixtral),
+                    ("hf_to_primus_deepseek_v3", lambda a, d: hf_to_primus_deepseek(a, d, True)),
+                    ("hf_to_primus_deepseek_v2", lambda a, d: hf_to_primus_deepseek(a, d, False))):
         try:
             summary[key] = fn(a, devices)
             if not summary[key]["ok"]:

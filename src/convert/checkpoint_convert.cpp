@@ -1,5 +1,6 @@
 #include "convert/checkpoint_convert.h"
 
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -43,8 +44,16 @@ std::vector<std::string> check_hf_tensor_set(const HfWeights& w, const ModelConf
   const std::vector<std::string> expected = hf_parameter_names(mc, layout);
   const std::set<std::string> want(expected.begin(), expected.end());
   std::vector<std::string> notes, unknown;
+  int64_t mtp_tensors = 0;
   for (const std::string& name : w.names()) {
     if (want.count(name)) continue;
+    // DeepSeek-V3's multi-token-prediction layer(s) follow the main layers: not imported.
+    int64_t layer = -1;
+    if (mc.multi_latent_attention && std::sscanf(name.c_str(), "model.layers.%ld.", &layer) == 1 &&
+        layer >= mc.num_layers) {
+      ++mtp_tensors;
+      continue;
+    }
     if (ends_with(name, ".rotary_emb.inv_freq")) {
       notes.push_back(fmt::format("ignored '{}' (recomputed from rope_theta)", name));
       continue;
@@ -61,6 +70,10 @@ std::vector<std::string> check_hf_tensor_set(const HfWeights& w, const ModelConf
     }
     unknown.push_back(name);
   }
+  if (mtp_tensors > 0)
+    notes.push_back(fmt::format("ignored {} tensors of the multi-token-prediction layer(s) model.layers.{}+ (not "
+                                "imported: the checkpoint has mtp_num_layers 0)",
+                                mtp_tensors, mc.num_layers));
   if (!unknown.empty()) {
     std::string hint;
     for (const auto& n : unknown) {
@@ -70,7 +83,9 @@ std::vector<std::string> check_hf_tensor_set(const HfWeights& w, const ModelConf
     }
     fail("{}: {} tensor(s) that the {}-layer {} of this config.json does not have, e.g. '{}'{}; the weights and "
          "config.json do not describe the same model", w.source(), unknown.size(), mc.num_layers,
-         mc.num_experts > 0 ? fmt::format("Mixtral with {} experts", mc.num_experts) : std::string("Llama"),
+         mc.multi_latent_attention ? fmt::format("DeepSeek with {} experts", mc.num_experts)
+         : mc.num_experts > 0      ? fmt::format("Mixtral with {} experts", mc.num_experts)
+                                   : std::string("Llama"),
          unknown.front(), hint);
   }
   return notes;
@@ -143,7 +158,7 @@ HfToPrimusResult hf_to_primus_checkpoint(const HfToPrimusOptions& o) {
   // Mixtral's experts come per expert or fused (transformers >= 5): the names say which.
   const HfMoeLayout layout = detect_hf_moe_layout(mc, weights.names(), weights.source());
   result.notes = check_hf_tensor_set(weights, mc, layout);
-  if (mc.num_experts > 0)
+  if (mc.num_experts > 0 && !mc.multi_latent_attention)
     result.notes.push_back(layout == HfMoeLayout::Fused
                                ? "MoE weights read from transformers >= 5's fused layout "
                                  "(model.layers.N.mlp.gate, mlp.experts.gate_up_proj / down_proj)"

@@ -63,6 +63,102 @@ void expect_shape(const Tensor& t, const Shape& s, const std::string& name) {
 
 std::string hf_layer(int64_t i, const char* rest) { return fmt::format("model.layers.{}.{}", i, rest); }
 
+// DeepseekV2Config / DeepseekV3Config (transformers; DeepSeek's published config.json files)
+// -> ModelConfig. The router: V3's noaux_tc = sigmoid scores, an expert bias for selection,
+// groups scored by their top-2 experts (Megatron's top-(k / group_topk) sum); V2's greedy =
+// softmax over all experts, top-k, not renormalised (pre-softmax). V2's group_limited_greedy
+// (a group scored by its best expert) has no Megatron form and is refused with n_group > 1.
+ModelConfig deepseek_config_from_hf(const nlohmann::json& hf, const std::string& source, bool v3) {
+  ModelConfig mc;
+  mc.name = optional<std::string>(hf, "_name_or_path", v3 ? "deepseek-v3-import" : "deepseek-v2-import");
+  if (optional<bool>(hf, "attention_bias", false))
+    fail("{}: attention_bias is set; DeepSeek's attention has no biases in Primus", source);
+  const std::string act = optional<std::string>(hf, "hidden_act", "silu");
+  if (act != "silu") fail("{}: hidden_act '{}' is not supported (expected silu / SwiGLU)", source, act);
+  mc.num_layers = required<int64_t>(hf, "num_hidden_layers", source);
+  mc.hidden_size = required<int64_t>(hf, "hidden_size", source);
+  mc.ffn_hidden_size = required<int64_t>(hf, "intermediate_size", source);
+  mc.num_attention_heads = required<int64_t>(hf, "num_attention_heads", source);
+  mc.num_query_groups = mc.num_attention_heads;
+  mc.padded_vocab_size = required<int64_t>(hf, "vocab_size", source);
+  mc.vocab_size = mc.padded_vocab_size;
+  mc.max_position_embeddings = optional<int64_t>(hf, "max_position_embeddings", 163840);
+  mc.norm_epsilon = optional<double>(hf, "rms_norm_eps", 1e-6);
+  mc.untie_embeddings_and_output_weights = !optional<bool>(hf, "tie_word_embeddings", false);
+  mc.init_method_std = optional<double>(hf, "initializer_range", 0.02);
+  mc.multi_latent_attention = true;
+  mc.qk_layernorm = true;  // q_a_layernorm (with a query latent) and kv_a_layernorm
+  mc.q_lora_rank = optional<int64_t>(hf, "q_lora_rank", 0);
+  mc.kv_lora_rank = required<int64_t>(hf, "kv_lora_rank", source);
+  mc.qk_head_dim = required<int64_t>(hf, "qk_nope_head_dim", source);
+  mc.qk_pos_emb_head_dim = required<int64_t>(hf, "qk_rope_head_dim", source);
+  mc.v_head_dim = required<int64_t>(hf, "v_head_dim", source);
+  // RoPE: rope_theta top level (4.x) or in rope_parameters (5.x); YaRN from rope_scaling /
+  // rope_parameters.
+  const bool v5_rope = hf.contains("rope_parameters") && hf["rope_parameters"].is_object();
+  mc.rotary_base = optional<double>(hf, "rope_theta", 10000.0);
+  if (v5_rope) mc.rotary_base = optional<double>(hf["rope_parameters"], "rope_theta", mc.rotary_base);
+  const std::string rope_key = v5_rope ? "rope_parameters" : "rope_scaling";
+  if (hf.contains(rope_key) && hf[rope_key].is_object()) {
+    const auto& rs = hf[rope_key];
+    const std::string rt = rs.contains("rope_type") ? rs["rope_type"].get<std::string>()
+                                                    : optional<std::string>(rs, "type", "default");
+    if (rt == "yarn") {
+      mc.rotary_scaling_factor = required<double>(rs, "factor", source + " " + rope_key);
+      mc.original_max_position_embeddings = optional<int64_t>(rs, "original_max_position_embeddings", 4096);
+      mc.beta_fast = optional<double>(rs, "beta_fast", 32.0);
+      mc.beta_slow = optional<double>(rs, "beta_slow", 1.0);
+      mc.mscale = optional<double>(rs, "mscale", 1.0);
+      mc.mscale_all_dim = optional<double>(rs, "mscale_all_dim", 0.0);
+    } else if (rt != "default") {
+      fail("{}: {} type '{}' is not supported for DeepSeek (supported: yarn, default)", source, rope_key, rt);
+    }
+  }
+  // MoE.
+  mc.num_experts = required<int64_t>(hf, "n_routed_experts", source);
+  mc.moe_router_topk = required<int64_t>(hf, "num_experts_per_tok", source);
+  mc.moe_ffn_hidden_size = required<int64_t>(hf, "moe_intermediate_size", source);
+  mc.moe_shared_expert_intermediate_size = optional<int64_t>(hf, "n_shared_experts", 0) * mc.moe_ffn_hidden_size;
+  mc.moe_first_k_dense_replace = optional<int64_t>(hf, "first_k_dense_replace", 0);
+  mc.moe_layer_freq = optional<int64_t>(hf, "moe_layer_freq", 1);
+  mc.moe_router_topk_scaling_factor = optional<double>(hf, "routed_scaling_factor", 1.0);
+  const std::string method = optional<std::string>(hf, "topk_method", v3 ? "noaux_tc" : "greedy");
+  const std::string scoring = optional<std::string>(hf, "scoring_func", v3 ? "sigmoid" : "softmax");
+  const bool norm_topk = optional<bool>(hf, "norm_topk_prob", v3);
+  const int64_t groups = optional<int64_t>(hf, "n_group", 1), group_topk = optional<int64_t>(hf, "topk_group", 1);
+  mc.moe_router_score_function = scoring;
+  if (scoring == "sigmoid") {
+    PRIMUS_CHECK(norm_topk || mc.moe_router_topk == 1,
+                 "{}: scoring_func sigmoid with norm_topk_prob false is not supported (Megatron normalises sigmoid "
+                 "top-k weights)", source);
+    mc.moe_router_enable_expert_bias = method == "noaux_tc";
+  } else if (scoring == "softmax") {
+    mc.moe_router_pre_softmax = !norm_topk;  // renormalised top-k of a softmax = softmax of the top-k
+  } else {
+    fail("{}: scoring_func '{}' is not supported (softmax or sigmoid)", source, scoring);
+  }
+  if (groups > 1) {
+    if (method == "group_limited_greedy")
+      fail("{}: topk_method group_limited_greedy with n_group {} scores a group by its best expert, which Primus's "
+           "router (Megatron's: the sum of each group's top moe_router_topk / moe_router_group_topk experts) does "
+           "not express", source, groups);
+    // DeepSeek-V3 scores a group by its two best (biased) experts; Megatron's router by its top
+    // moe_router_topk / moe_router_group_topk: the same only when that ratio is 2 (V3: 8 / 4).
+    if (method == "noaux_tc" && (group_topk <= 0 || mc.moe_router_topk != 2 * group_topk))
+      fail("{}: n_group {} with num_experts_per_tok {} and topk_group {}: DeepSeek-V3 scores a group by its top 2 "
+           "experts, Primus's router by its top num_experts_per_tok / topk_group; they agree only when that is 2",
+           source, groups, mc.moe_router_topk, group_topk);
+    mc.moe_router_num_groups = groups;
+    mc.moe_router_group_topk = group_topk;
+  }
+  if (method != "greedy" && method != "noaux_tc" && method != "group_limited_greedy")
+    fail("{}: topk_method '{}' is not supported (greedy, noaux_tc; group_limited_greedy with n_group 1)", source,
+         method);
+  mc.moe_router_load_balancing_type = optional<bool>(hf, "seq_aux", v3) ? "seq_aux_loss" : "aux_loss";
+  mc.moe_aux_loss_coeff = optional<double>(hf, "aux_loss_alpha", 0.001);
+  return mc;
+}
+
 }  // namespace
 
 ModelConfig model_config_from_hf(const nlohmann::json& hf, const std::string& source) {
@@ -73,10 +169,19 @@ ModelConfig model_config_from_hf(const nlohmann::json& hf, const std::string& so
     for (const auto& a : hf["architectures"]) archs.push_back(a.is_string() ? a.get<std::string>() : a.dump());
   const bool mixtral_arch = std::find(archs.begin(), archs.end(), "MixtralForCausalLM") != archs.end();
   // transformers picks the config class by model_type; without one, the architecture decides.
-  const std::string type = optional<std::string>(hf, "model_type", mixtral_arch ? "mixtral" : "llama");
+  const bool deepseek_arch = std::find(archs.begin(), archs.end(), "DeepseekV3ForCausalLM") != archs.end() ||
+                             std::find(archs.begin(), archs.end(), "DeepseekV2ForCausalLM") != archs.end();
+  const std::string type = optional<std::string>(
+      hf, "model_type",
+      mixtral_arch ? "mixtral"
+                   : deepseek_arch ? (std::find(archs.begin(), archs.end(), "DeepseekV3ForCausalLM") != archs.end()
+                                          ? "deepseek_v3"
+                                          : "deepseek_v2")
+                                   : "llama");
+  if (type == "deepseek_v2" || type == "deepseek_v3") return deepseek_config_from_hf(hf, source, type == "deepseek_v3");
   if (type != "llama" && type != "mistral" && type != "mixtral")
-    fail("{}: model_type '{}' is not supported by the converter yet (supported: llama, mistral, mixtral; "
-         "DeepSeek and other MoE models come later)", source, type);
+    fail("{}: model_type '{}' is not supported by the converter yet (supported: llama, mistral, mixtral, "
+         "deepseek_v2, deepseek_v3)", source, type);
   const bool moe = type == "mixtral";
   for (const std::string& arch : archs) {
     if (moe && arch != "MixtralForCausalLM")
@@ -260,8 +365,72 @@ nlohmann::json hf_config_from_model(const ModelConfig& mc, const std::string& to
 
 namespace {
 
+// Primus's row order of a block of `count` rows made of heads of `head` rows whose last `rope`
+// rows are rotary: within each rotary block, rows (0, 2, 4, ..., 1, 3, 5, ...) of the HF tensor.
+std::vector<int64_t> deinterleaved_rotary_rows(int64_t count, int64_t head, int64_t rope) {
+  std::vector<int64_t> rows(static_cast<size_t>(count));
+  for (int64_t r = 0; r < count; ++r) {
+    const int64_t h = r / head, j = r % head, first = head - rope;
+    if (j < first) {
+      rows[static_cast<size_t>(r)] = r;
+    } else {
+      const int64_t k = j - first, half = rope / 2;
+      rows[static_cast<size_t>(r)] = h * head + first + (k < half ? 2 * k : 2 * (k - half) + 1);
+    }
+  }
+  return rows;
+}
+
+// DeepSeek's names of a layer tensor (hf_model.h).
+std::vector<HfPiece> deepseek_layer_pieces(const ModelConfig& mc, const std::string& local, int64_t i,
+                                           HfMoeLayout moe) {
+  const int64_t C = mc.hidden_size, H = mc.num_attention_heads, F = mc.ffn_hidden_size, E = mc.num_experts;
+  const int64_t Fe = mc.moe_ffn_hidden_size, Fs = mc.moe_shared_expert_intermediate_size;
+  const int64_t Dn = mc.qk_head_dim, Dr = mc.qk_pos_emb_head_dim, Dv = mc.v_head_dim, Dq = Dn + Dr;
+  const int64_t Lq = mc.q_lora_rank, L = mc.kv_lora_rank;
+  auto hf = [&](const std::string& rest, Shape shape, std::vector<int64_t> rows = {}) {
+    return HfPiece{hf_layer(i, rest.c_str()), std::move(shape), std::move(rows)};
+  };
+  if (local == "input_layernorm.weight") return {hf("input_layernorm.weight", {C})};
+  if (local == "pre_mlp_layernorm.weight") return {hf("post_attention_layernorm.weight", {C})};
+  const std::string a = "self_attention.";
+  if (local == a + "linear_q_down_proj.weight") return {hf("self_attn.q_a_proj.weight", {Lq, C})};
+  if (local == a + "q_layernorm.weight") return {hf("self_attn.q_a_layernorm.weight", {Lq})};
+  if (local == a + "linear_q_up_proj.weight")
+    return {hf("self_attn.q_b_proj.weight", {H * Dq, Lq}, deinterleaved_rotary_rows(H * Dq, Dq, Dr))};
+  if (local == a + "linear_q_proj.weight")
+    return {hf("self_attn.q_proj.weight", {H * Dq, C}, deinterleaved_rotary_rows(H * Dq, Dq, Dr))};
+  if (local == a + "linear_kv_down_proj.weight")
+    return {hf("self_attn.kv_a_proj_with_mqa.weight", {L + Dr, C}, deinterleaved_rotary_rows(L + Dr, L + Dr, Dr))};
+  if (local == a + "kv_layernorm.weight") return {hf("self_attn.kv_a_layernorm.weight", {L})};
+  if (local == a + "linear_kv_up_proj.weight") return {hf("self_attn.kv_b_proj.weight", {H * (Dn + Dv), L})};
+  if (local == a + "linear_proj.weight") return {hf("self_attn.o_proj.weight", {C, H * Dv})};
+  if (local == "mlp.linear_fc1.weight") return {hf("mlp.gate_proj.weight", {F, C}), hf("mlp.up_proj.weight", {F, C})};
+  if (local == "mlp.linear_fc2.weight") return {hf("mlp.down_proj.weight", {C, F})};
+  if (local == "mlp.router.weight") return {hf("mlp.gate.weight", {E, C})};
+  if (local == "mlp.router.expert_bias") return {hf("mlp.gate.e_score_correction_bias", {E})};
+  if (local == "mlp.shared_experts.linear_fc1.weight")
+    return {hf("mlp.shared_experts.gate_proj.weight", {Fs, C}), hf("mlp.shared_experts.up_proj.weight", {Fs, C})};
+  if (local == "mlp.shared_experts.linear_fc2.weight") return {hf("mlp.shared_experts.down_proj.weight", {C, Fs})};
+  if (moe == HfMoeLayout::Fused) {
+    if (local == "mlp.experts.linear_fc1.weight") return {hf("mlp.experts.gate_up_proj", {E, 2 * Fe, C})};
+    if (local == "mlp.experts.linear_fc2.weight") return {hf("mlp.experts.down_proj", {E, C, Fe})};
+    return {};
+  }
+  std::vector<HfPiece> out;
+  if (local == "mlp.experts.linear_fc1.weight")
+    for (int64_t e = 0; e < E; ++e) {
+      out.push_back(hf(fmt::format("mlp.experts.{}.gate_proj.weight", e), {Fe, C}));
+      out.push_back(hf(fmt::format("mlp.experts.{}.up_proj.weight", e), {Fe, C}));
+    }
+  if (local == "mlp.experts.linear_fc2.weight")
+    for (int64_t e = 0; e < E; ++e) out.push_back(hf(fmt::format("mlp.experts.{}.down_proj.weight", e), {C, Fe}));
+  return out;
+}
+
 // The HF name(s) of a layer tensor, by its name within the layer (decoder_spec.h).
 std::vector<HfPiece> hf_layer_pieces(const ModelConfig& mc, const std::string& local, int64_t i, HfMoeLayout moe) {
+  if (mc.multi_latent_attention) return deepseek_layer_pieces(mc, local, i, moe);
   const int64_t C = mc.hidden_size, D = mc.head_dim(), Hq = mc.num_attention_heads, Hkv = mc.query_groups();
   const int64_t F = mc.ffn_hidden_size, E = mc.num_experts, Fe = mc.moe_ffn_hidden_size;
   auto hf = [&](const std::string& rest, Shape shape) { return HfPiece{hf_layer(i, rest.c_str()), std::move(shape)}; };
@@ -315,7 +484,7 @@ std::vector<HfSource> hf_sources(const ModelConfig& mc, HfMoeLayout moe) {
       s.pieces = hf_layer_pieces(mc, p.name.substr(prefix.size()), p.layer, moe);
     }
     PRIMUS_CHECK(!s.pieces.empty(), "model '{}': tensor '{}' {} has no HuggingFace form in the converter (supported: "
-                 "the Llama, Mistral and Mixtral layouts)", mc.name, p.name, shape_str(p.shape));
+                 "the Llama, Mistral, Mixtral and DeepSeek-V2/V3 layouts)", mc.name, p.name, shape_str(p.shape));
     out.push_back(std::move(s));
   }
   return out;
@@ -366,6 +535,17 @@ namespace {
 // Rows of a tensor seen as (rows, last dim).
 int64_t rows_of(const Shape& s) { return s.size() <= 1 ? 1 : shape_numel(s) / s.back(); }
 
+// A new (rows.size(), cols) tensor whose row r is row rows[r] of t (a CPU matrix).
+Tensor gather_rows(const Tensor& t, const std::vector<int64_t>& rows) {
+  const Tensor m = t.view({rows_of(t.shape()), t.shape().back()});
+  Tensor out = Tensor::empty(t.shape(), t.dtype());
+  const size_t row_bytes = static_cast<size_t>(m.size(1)) * dtype_size(m.dtype());
+  for (size_t r = 0; r < rows.size(); ++r)
+    std::memcpy(static_cast<char*>(out.raw()) + r * row_bytes,
+                static_cast<const char*>(m.raw()) + static_cast<size_t>(rows[r]) * row_bytes, row_bytes);
+  return out;
+}
+
 }  // namespace
 
 NamedTensors hf_to_primus(const ModelConfig& mc, const TensorLookup& hf, HfMoeLayout moe) {
@@ -375,6 +555,7 @@ NamedTensors hf_to_primus(const ModelConfig& mc, const TensorLookup& hf, HfMoeLa
     for (const HfPiece& piece : s.pieces) {
       Tensor t = hf(piece.name);
       expect_shape(t, piece.shape, piece.name);
+      if (!piece.rows.empty()) t = gather_rows(t, piece.rows);
       parts.push_back(std::move(t));
     }
     if (parts.size() == 1 && s.pieces[0].shape == s.shape) {  // the HF tensor as it is
@@ -394,6 +575,12 @@ NamedTensors primus_to_hf(const ModelConfig& mc, const TensorLookup& primus, HfM
   for (const HfSource& s : hf_sources(mc, moe)) {
     Tensor t = primus(s.primus);
     expect_shape(t, s.shape, s.primus);
+    if (s.pieces.size() == 1 && !s.pieces[0].rows.empty()) {  // HF row rows[r] = Primus row r (a copy)
+      std::vector<int64_t> inverse(s.pieces[0].rows.size());
+      for (size_t r = 0; r < inverse.size(); ++r) inverse[static_cast<size_t>(s.pieces[0].rows[r])] = static_cast<int64_t>(r);
+      out.emplace_back(s.pieces[0].name, gather_rows(t.view(s.pieces[0].shape), inverse));
+      continue;
+    }
     if (s.pieces.size() == 1) {
       out.emplace_back(s.pieces[0].name, t.view(s.pieces[0].shape));
       continue;

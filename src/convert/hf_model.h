@@ -1,5 +1,20 @@
-// HuggingFace (Llama, Mistral, Mixtral) <-> Primus: config.json fields and parameter
-// names/layouts, the latter derived from decoder_spec's parameter table (hf_sources).
+// HuggingFace (Llama, Mistral, Mixtral; DeepSeek-V2/V3 import) <-> Primus: config.json fields
+// and parameter names/layouts, the latter derived from decoder_spec's parameter table
+// (hf_sources).
+//
+// DeepSeek (DeepseekV2ForCausalLM / DeepseekV3ForCausalLM, hf-to-primus only), l = layer:
+//   self_attn.q_a_proj, q_a_layernorm, q_b_proj (or q_proj)   -> linear_q_down_proj, q_layernorm,
+//                                                                linear_q_up_proj (linear_q_proj)
+//   self_attn.kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj   -> linear_kv_down_proj, kv_layernorm,
+//                                                                linear_kv_up_proj
+//   self_attn.o_proj                                          -> linear_proj
+//   mlp.gate.weight, mlp.gate.e_score_correction_bias         -> mlp.router.weight, expert_bias
+//   mlp.experts.e.{gate,up,down}_proj (or fused gate_up_proj / down_proj), mlp.shared_experts.*
+// DeepSeek's checkpoints hold each rotary block (the last qk_rope_head_dim rows of every
+// q_b_proj head and of kv_a_proj_with_mqa) in interleaved pairs (x0, x1), (x2, x3), ...;
+// transformers de-interleaves them before its rotate-half RoPE, so the import permutes those
+// rows once (HfPiece::rows) and the model rotates halves as everywhere else. The
+// multi-token-prediction layer (model.layers.{num_hidden_layers}) is not imported.
 //
 // Primus keeps Megatron's fused layouts: linear_qkv rows are [q heads | k heads | v heads]
 // and linear_fc1 rows are [gate | up]. HF keeps q/k/v and gate/up as separate matrices.
@@ -76,6 +91,9 @@ HfMoeLayout detect_hf_moe_layout(const ModelConfig& mc, const std::vector<std::s
 struct HfPiece {
   std::string name;  // the HF tensor
   Shape shape;       // its shape
+  // Row order: row r of the piece as Primus holds it is HF row rows[r] (empty: the same order).
+  // DeepSeek's rotary rows are stored in interleaved pairs; Primus rotates halves.
+  std::vector<int64_t> rows;
 };
 struct HfSource {
   std::string primus;  // the Primus tensor (decoder_spec's name)

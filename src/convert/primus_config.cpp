@@ -19,9 +19,9 @@ int64_t vocab_multiple(int64_t vocab, int64_t padded) {
 }  // namespace
 
 config::Config config_for_model(const ModelConfig& mc) {
-  PRIMUS_CHECK(!mc.multi_latent_attention && mc.mtp_num_layers == 0,
-               "model '{}': multi-latent attention / multi-token prediction are not supported by the converter "
-               "yet (Llama family and Mixtral-style MoE only)", mc.name);
+  PRIMUS_CHECK(mc.mtp_num_layers == 0,
+               "model '{}': multi-token prediction modules are not converted yet (mtp_num_layers {})", mc.name,
+               mc.mtp_num_layers);
   PRIMUS_CHECK(mc.num_layers > 0 && mc.hidden_size > 0 && mc.num_attention_heads > 0 && mc.padded_vocab_size > 0,
                "model '{}': num_layers, hidden_size, num_attention_heads and the vocabulary must be positive "
                "(got {}, {}, {}, {})", mc.name, mc.num_layers, mc.hidden_size, mc.num_attention_heads,
@@ -68,6 +68,15 @@ config::Config config_for_model(const ModelConfig& mc) {
   set("init_method_std", mc.init_method_std);
   set("attention_dropout", mc.attention_dropout);
   set("hidden_dropout", mc.hidden_dropout);
+  if (mc.multi_latent_attention) {
+    set("multi_latent_attention", true);
+    set("qk_layernorm", mc.qk_layernorm);
+    set("q_lora_rank", mc.q_lora_rank > 0 ? nlohmann::json(mc.q_lora_rank) : nlohmann::json());
+    set("kv_lora_rank", mc.kv_lora_rank);
+    set("qk_head_dim", mc.qk_head_dim);
+    set("qk_pos_emb_head_dim", mc.qk_pos_emb_head_dim);
+    set("v_head_dim", mc.v_head_dim);
+  }
   if (mc.num_experts > 0) {
     // Every MoE field model_config() reads; optional keys stay null where the ModelConfig
     // value means "off" (no shared experts, no groups, no z-loss, dropless).

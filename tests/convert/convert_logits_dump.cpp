@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
     DecoderModel model(mc, ctx);  // fp32 parameters; bf16/fp16 checkpoints convert exactly on load
     NamedTensorList targets;
     for (NamedTensor* p : model.parameters()) targets.emplace_back(p->name, p->value);
+    for (NamedTensor* b : model.buffers()) targets.emplace_back(b->name, b->value);  // the MoE expert bias
     train::load_tensors_into(reader.model_file(), targets, /*strict=*/true);
 
     const SafetensorsFile in(argv[2]);

@@ -19,3 +19,12 @@ add_test(NAME convert.finetune_from_hf_round_trip
                  --source-dir ${CMAKE_SOURCE_DIR}
                  --workdir ${CMAKE_BINARY_DIR}/convert_finetune)
 set_tests_properties(convert.finetune_from_hf_round_trip PROPERTIES TIMEOUT 300)
+
+# DeepSeek-V2/V3 import vs an independent HF-layout DeepSeek in PyTorch (MLA with interleaved
+# rotary rows, YaRN, V3's grouped sigmoid routing with the expert bias, V2's softmax routing).
+add_test(NAME convert.hf_import_deepseek_logits_vs_pytorch
+         COMMAND /usr/bin/python3 ${CMAKE_CURRENT_SOURCE_DIR}/convert/check_hf_import_deepseek.py
+                 --primus $<TARGET_FILE:primus>
+                 --dump $<TARGET_FILE:convert_logits_dump>
+                 --workdir ${CMAKE_BINARY_DIR}/convert_deepseek)
+set_tests_properties(convert.hf_import_deepseek_logits_vs_pytorch PROPERTIES TIMEOUT 300)

@@ -238,10 +238,16 @@ TEST(HfConvert, MixtralImportRefusesByKey) {
   e = refusal(c);
   EXPECT_NE(e.find("num_experts_per_tok 5"), std::string::npos) << e;
   c = tiny_mixtral_config();
+  c["model_type"] = "qwen3_moe";
+  c.erase("architectures");
+  e = refusal(c);
+  EXPECT_NE(e.find("model_type 'qwen3_moe' is not supported"), std::string::npos) << e;
+  // A DeepSeek config.json missing its latent sizes names the key.
+  c = tiny_mixtral_config();
   c["model_type"] = "deepseek_v3";
   c.erase("architectures");
   e = refusal(c);
-  EXPECT_NE(e.find("model_type 'deepseek_v3' is not supported"), std::string::npos) << e;
+  EXPECT_NE(e.find("'kv_lora_rank'"), std::string::npos) << e;
 }
 
 TEST(HfConvert, MixtralExportRefusesWhatMixtralCannotExpress) {

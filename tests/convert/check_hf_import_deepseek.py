@@ -1,0 +1,294 @@
+#!/usr/bin/env python3
+"""`primus convert hf-to-primus` for DeepSeek-V2/V3 against an independent HuggingFace-layout
+DeepSeek written in PyTorch (float64), the way transformers' modeling_deepseek_v3 runs it:
+
+- multi-head latent attention: q = q_b_proj(RMSNorm(q_a_proj(x))) (or q_proj(x)) split per head
+  into [q_nope | q_pe]; kv_a_proj_with_mqa(x) = [c_kv | k_pe]; kv_b_proj(RMSNorm(c_kv)) per head
+  = [k_nope | v]; one k_pe shared by the heads;
+- RoPE on the rotary parts in DeepSeek's interleaved layout: the pairs (x0, x1), (x2, x3), ... are
+  de-interleaved (view(d/2, 2).transpose) and then rotated with rotate_half; cos/sin from YaRN
+  (rope_scaling type yarn: frequencies ramped between the beta_fast / beta_slow correction dims,
+  tables times mscale(factor, mscale) / mscale(factor, mscale_all_dim)), softmax scale
+  mscale(factor, mscale_all_dim)^2 / sqrt(qk_nope_head_dim + qk_rope_head_dim);
+- the MoE after first_k_dense_replace dense layers: V3 (noaux_tc) sigmoid scores, selection by
+  score + e_score_correction_bias within the best topk_group of n_group groups (a group's score:
+  the sum of its two best biased scores), weights = the chosen unbiased scores normalised
+  (norm_topk_prob) times routed_scaling_factor; V2-Lite (greedy) softmax over all experts, top-k,
+  not renormalised; plus n_shared_experts shared experts in one MLP of n_shared * moe_intermediate.
+
+It writes tiny random models as HF directories (DeepSeek's published names: mlp.experts.E.
+{gate,up,down}_proj, mlp.gate.weight / e_score_correction_bias; V3 with an MTP layer
+model.layers.{L}.* that the import must skip), converts them with the built `primus`, and
+compares the logits of the Primus checkpoint (convert_logits_dump) with its own:
+max |ours - reference| / max |reference| < 1e-5.
+
+Usage: check_hf_import_deepseek.py --primus build/bin/primus --dump build/bin/convert_logits_dump
+"""
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import check_hf_import as base  # noqa: E402  (safetensors I/O, HF dir writer, run/check helpers)
+
+TOL = 1e-5
+
+
+def yarn_get_mscale(scale, mscale):
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def rope_tables(cfg, T):
+    dim, base_theta = cfg["qk_rope_head_dim"], cfg["rope_theta"]
+    inv = 1.0 / (base_theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    rs = cfg.get("rope_scaling")
+    attention_factor, softmax_mult = 1.0, 1.0
+    if rs and rs.get("type", rs.get("rope_type")) == "yarn":
+        f, L = rs["factor"], rs["original_max_position_embeddings"]
+
+        def corr(rot):
+            return (dim * math.log(L / (rot * 2 * math.pi))) / (2 * math.log(base_theta))
+
+        low, high = max(math.floor(corr(rs["beta_fast"])), 0), min(math.ceil(corr(rs["beta_slow"])), dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = ((torch.arange(dim // 2, dtype=torch.float64) - low) / (high - low)).clamp(0, 1)
+        extra = 1 - ramp
+        inv = (inv / f) * (1 - extra) + inv * extra
+        attention_factor = yarn_get_mscale(f, rs["mscale"]) / yarn_get_mscale(f, rs["mscale_all_dim"])
+        if rs["mscale_all_dim"]:
+            softmax_mult = yarn_get_mscale(f, rs["mscale_all_dim"]) ** 2
+    t = torch.arange(T, dtype=torch.float64)
+    freqs = torch.outer(t, inv)
+    emb = torch.cat([freqs, freqs], -1)
+    return emb.cos() * attention_factor, emb.sin() * attention_factor, softmax_mult
+
+
+def rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat([-x[..., h:], x[..., :h]], -1)
+
+
+def rope_interleaved(x, cos, sin):
+    """x (B, heads, T, d) in DeepSeek's interleaved pair layout."""
+    b, h, s, d = x.shape
+    x = x.view(b, h, s, d // 2, 2).transpose(4, 3).reshape(b, h, s, d)
+    return x * cos + rotate_half(x) * sin
+
+
+def rms(x, w, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def mlp(W, p, x):
+    return (torch.nn.functional.silu(x @ W[p + "gate_proj.weight"].T) * (x @ W[p + "up_proj.weight"].T)) @ \
+        W[p + "down_proj.weight"].T
+
+
+def moe(cfg, W, p, x):
+    N, E, k = x.shape[0], cfg["n_routed_experts"], cfg["num_experts_per_tok"]
+    logits = x @ W[p + "gate.weight"].T
+    if cfg["scoring_func"] == "sigmoid":
+        scores = logits.sigmoid()
+    else:
+        scores = logits.softmax(-1)
+    if cfg["topk_method"] == "noaux_tc":
+        choice = scores + W[p + "gate.e_score_correction_bias"]
+        g = cfg["n_group"]
+        group_scores = choice.view(N, g, -1).topk(2, dim=-1)[0].sum(-1)
+        gidx = group_scores.topk(cfg["topk_group"], dim=-1)[1]
+        gmask = torch.zeros_like(group_scores).scatter_(1, gidx, 1)
+        smask = gmask.unsqueeze(-1).expand(N, g, E // g).reshape(N, -1)
+        idx = choice.masked_fill(smask == 0, 0.0).topk(k, dim=-1)[1]
+        weights = scores.gather(1, idx)
+    else:
+        weights, idx = scores.topk(k, dim=-1)
+    if cfg["norm_topk_prob"]:
+        weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
+    weights = weights * cfg["routed_scaling_factor"]
+    out = torch.zeros_like(x)
+    for e in range(E):
+        w_e = (weights * (idx == e)).sum(-1, keepdim=True)
+        out = out + w_e * mlp(W, f"{p}experts.{e}.", x)
+    if cfg.get("n_shared_experts"):
+        out = out + mlp(W, p + "shared_experts.", x)
+    return out
+
+
+def deepseek_logits(cfg, W, tokens):
+    W = {n: w.double() for n, w in W.items()}
+    B, T = tokens.shape
+    C, H = cfg["hidden_size"], cfg["num_attention_heads"]
+    Dn, Dr, Dv, L = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"], cfg["kv_lora_rank"]
+    eps = cfg["rms_norm_eps"]
+    cos, sin, mult = rope_tables(cfg, T)
+    scale = mult / math.sqrt(Dn + Dr)
+    x = W["model.embed_tokens.weight"][tokens.long()]
+    mask = torch.ones(T, T, dtype=torch.bool).triu(1)
+    for l in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{l}."
+        h = rms(x, W[p + "input_layernorm.weight"], eps)
+        a = p + "self_attn."
+        if cfg.get("q_lora_rank"):
+            q = rms(h @ W[a + "q_a_proj.weight"].T, W[a + "q_a_layernorm.weight"], eps) @ W[a + "q_b_proj.weight"].T
+        else:
+            q = h @ W[a + "q_proj.weight"].T
+        q = q.view(B, T, H, Dn + Dr).transpose(1, 2)
+        q_nope, q_pe = q[..., :Dn], q[..., Dn:]
+        kv_a = h @ W[a + "kv_a_proj_with_mqa.weight"].T
+        c_kv, k_pe = kv_a[..., :L], kv_a[..., L:]
+        kv = (rms(c_kv, W[a + "kv_a_layernorm.weight"], eps) @ W[a + "kv_b_proj.weight"].T)
+        kv = kv.view(B, T, H, Dn + Dv).transpose(1, 2)
+        k_nope, v = kv[..., :Dn], kv[..., Dn:]
+        k_pe = k_pe.view(B, 1, T, Dr)
+        q_pe, k_pe = rope_interleaved(q_pe, cos, sin), rope_interleaved(k_pe, cos, sin)
+        qs = torch.cat([q_nope, q_pe], -1)
+        ks = torch.cat([k_nope, k_pe.expand(B, H, T, Dr)], -1)
+        s = (qs @ ks.transpose(-1, -2)) * scale
+        o = s.masked_fill(mask, float("-inf")).softmax(-1) @ v
+        x = x + o.transpose(1, 2).reshape(B, T, H * Dv) @ W[a + "o_proj.weight"].T
+        h = rms(x, W[p + "post_attention_layernorm.weight"], eps)
+        if l >= cfg["first_k_dense_replace"]:
+            x = x + moe(cfg, W, p + "mlp.", h.reshape(B * T, C)).view(B, T, C)
+        else:
+            x = x + mlp(W, p + "mlp.", h)
+    x = rms(x, W["model.norm.weight"], eps)
+    head = W["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings") else W["lm_head.weight"]
+    return x @ head.T
+
+
+def random_weights(cfg, seed, mtp_layers=0):
+    g = torch.Generator().manual_seed(seed)
+    C, H, V = cfg["hidden_size"], cfg["num_attention_heads"], cfg["vocab_size"]
+    Dn, Dr, Dv, L, Lq = (cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"], cfg["kv_lora_rank"],
+                         cfg.get("q_lora_rank"))
+    F, Fe, E = cfg["intermediate_size"], cfg["moe_intermediate_size"], cfg["n_routed_experts"]
+    Fs = cfg["n_shared_experts"] * Fe
+    W = {}
+
+    def rnd(name, *shape, std=0.15):
+        W[name] = torch.randn(*shape, generator=g) * std
+
+    def norm(name, n):
+        W[name] = 1.0 + 0.1 * torch.randn(n, generator=g)
+
+    rnd("model.embed_tokens.weight", V, C, std=0.5)
+    for l in range(cfg["num_hidden_layers"] + mtp_layers):
+        p = f"model.layers.{l}."
+        norm(p + "input_layernorm.weight", C)
+        norm(p + "post_attention_layernorm.weight", C)
+        a = p + "self_attn."
+        if Lq:
+            rnd(a + "q_a_proj.weight", Lq, C)
+            norm(a + "q_a_layernorm.weight", Lq)
+            rnd(a + "q_b_proj.weight", H * (Dn + Dr), Lq)
+        else:
+            rnd(a + "q_proj.weight", H * (Dn + Dr), C)
+        rnd(a + "kv_a_proj_with_mqa.weight", L + Dr, C)
+        norm(a + "kv_a_layernorm.weight", L)
+        rnd(a + "kv_b_proj.weight", H * (Dn + Dv), L)
+        rnd(a + "o_proj.weight", C, H * Dv)
+        m = p + "mlp."
+        if l < cfg["first_k_dense_replace"]:
+            rnd(m + "gate_proj.weight", F, C)
+            rnd(m + "up_proj.weight", F, C)
+            rnd(m + "down_proj.weight", C, F)
+            continue
+        rnd(m + "gate.weight", E, C, std=0.5)
+        if cfg["topk_method"] == "noaux_tc":
+            rnd(m + "gate.e_score_correction_bias", E, std=0.1)
+        for e in range(E):
+            rnd(f"{m}experts.{e}.gate_proj.weight", Fe, C)
+            rnd(f"{m}experts.{e}.up_proj.weight", Fe, C)
+            rnd(f"{m}experts.{e}.down_proj.weight", C, Fe)
+        if Fs:
+            rnd(m + "shared_experts.gate_proj.weight", Fs, C)
+            rnd(m + "shared_experts.up_proj.weight", Fs, C)
+            rnd(m + "shared_experts.down_proj.weight", C, Fs)
+        if l >= cfg["num_hidden_layers"]:  # V3's MTP layer extras
+            for n in ("enorm.weight", "hnorm.weight", "shared_head.norm.weight"):
+                norm(p + n, C)
+            rnd(p + "eh_proj.weight", C, 2 * C)
+            rnd(p + "shared_head.head.weight", V, C)
+    norm("model.norm.weight", C)
+    if not cfg.get("tie_word_embeddings"):
+        rnd("lm_head.weight", V, C, std=0.5)
+    return W
+
+
+def compare(args, name, hf_dir, save, cfg, W, tokens):
+    out = base.run([args.primus, "convert", "hf-to-primus", "--hf-dir", hf_dir, "--output", save])
+    print(out, end="")
+    stem = name.replace(" ", "_")
+    tok_file = os.path.join(args.workdir, stem + ".tokens.safetensors")
+    out_file = os.path.join(args.workdir, stem + ".logits.safetensors")
+    base.write_safetensors(tok_file, {"tokens": tokens.to(torch.int32)})
+    base.run([args.dump, save, tok_file, out_file])
+    got, _ = base.read_safetensors(out_file)
+    ours = base.to_torch(got["logits"])
+    ref = deepseek_logits(cfg, W, tokens)
+    err = (ours.double() - ref).abs().max().item() / ref.abs().max().item()
+    print(f"{name}: logits {tuple(ref.shape)} max rel err {err:.2e} (tolerance {TOL:.0e})")
+    base.check(err < TOL, f"{name}: logits error {err:.3e} >= {TOL}")
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--primus", required=True)
+    ap.add_argument("--dump", required=True)
+    ap.add_argument("--workdir", default="/tmp/primus_convert_deepseek")
+    args = ap.parse_args()
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    os.makedirs(args.workdir)
+    torch.set_num_threads(1)
+    common = {"hidden_act": "silu", "hidden_size": 32, "intermediate_size": 48, "moe_intermediate_size": 16,
+              "num_attention_heads": 4, "num_key_value_heads": 4, "vocab_size": 53, "rms_norm_eps": 1e-6,
+              "max_position_embeddings": 4096, "kv_lora_rank": 12, "qk_nope_head_dim": 8, "qk_rope_head_dim": 8,
+              "v_head_dim": 6, "rope_theta": 10000.0, "tie_word_embeddings": False, "moe_layer_freq": 1,
+              "first_k_dense_replace": 1, "torch_dtype": "float32"}
+    # V3-shaped: a query latent, sigmoid routing with the expert bias in 2 of 4 groups, a shared
+    # expert, YaRN with mscale != mscale_all_dim (scaled tables), one MTP layer to skip.
+    v3 = dict(common, architectures=["DeepseekV3ForCausalLM"], model_type="deepseek_v3", num_hidden_layers=3,
+              q_lora_rank=10, n_routed_experts=16, num_experts_per_tok=4, n_shared_experts=1, n_group=4,
+              topk_group=2, topk_method="noaux_tc", scoring_func="sigmoid", norm_topk_prob=True,
+              routed_scaling_factor=2.5, num_nextn_predict_layers=1,
+              rope_scaling={"type": "yarn", "factor": 40.0, "original_max_position_embeddings": 8,
+                            "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 0.8})
+    W3 = random_weights(v3, 11, mtp_layers=1)
+    hf3 = os.path.join(args.workdir, "hf_v3")
+    base.write_hf_dir(hf3, v3, W3, shards=2)
+    tokens = torch.randint(0, v3["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(3))
+    out = compare(args, "deepseek-v3 shaped", hf3, os.path.join(args.workdir, "primus_v3"), v3, W3, tokens)
+    base.check("multi-token-prediction" in out, "the V3 import does not say it skipped the MTP layer")
+    # V2-Lite-shaped: queries projected directly, softmax over all experts without renormalising,
+    # two shared experts, YaRN with mscale == mscale_all_dim.
+    v2 = dict(common, architectures=["DeepseekV2ForCausalLM"], model_type="deepseek_v2", num_hidden_layers=2,
+              q_lora_rank=None, n_routed_experts=6, num_experts_per_tok=3, n_shared_experts=2, n_group=1,
+              topk_group=1, topk_method="greedy", scoring_func="softmax", norm_topk_prob=False,
+              routed_scaling_factor=1.0,
+              rope_scaling={"type": "yarn", "factor": 40.0, "original_max_position_embeddings": 8,
+                            "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707})
+    W2 = random_weights(v2, 12)
+    hf2 = os.path.join(args.workdir, "hf_v2")
+    base.write_hf_dir(hf2, v2, W2, shards=1)
+    compare(args, "deepseek-v2-lite shaped", hf2, os.path.join(args.workdir, "primus_v2"), v2, W2, tokens)
+    # V2's group_limited_greedy (a group scored by its best expert) is refused by name.
+    bad = dict(v2, n_group=2, topk_group=1, topk_method="group_limited_greedy")
+    hfb = os.path.join(args.workdir, "hf_v2_groups")
+    base.write_hf_dir(hfb, bad, W2, shards=1)
+    r = base.subprocess.run([args.primus, "convert", "hf-to-primus", "--hf-dir", hfb, "--output",
+                             os.path.join(args.workdir, "primus_bad")], capture_output=True, text=True)
+    base.check(r.returncode != 0 and "group_limited_greedy" in r.stderr,
+               f"group_limited_greedy with n_group 2 was not refused by name: rc {r.returncode}, {r.stderr[-300:]}")
+    print("FAIL" if base.FAILURES else "PASS")
+    return 1 if base.FAILURES else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
