@@ -23,9 +23,9 @@
    `primus train` on mock data with the tiny example, padded vocabulary, or
    --primus-moe-checkpoint DIR) goes through round 2 with MixtralForCausalLM.from_pretrained.
 
-DeepSeek (import only): tiny random DeepseekV3ForCausalLM (query latent, sigmoid routing in
-groups with a random expert bias, a shared expert, YaRN) and DeepseekV2ForCausalLM (V2-Lite
-style) go through round 1.
+DeepSeek: tiny random DeepseekV3ForCausalLM (query latent, sigmoid routing in groups with a
+random expert bias, a shared expert, YaRN) and DeepseekV2ForCausalLM (V2-Lite style) go
+through round 1, then their Primus checkpoints through round 2 with the same class.
 
 Prints one JSON summary on stdout (keys hf_to_primus, primus_to_hf, hf_to_primus_mixtral,
 primus_to_hf_mixtral, hf_to_primus_deepseek_v3, hf_to_primus_deepseek_v2, each with "ok"); exits 0 when every check passes, 1 on a mismatch, 2 when
@@ -259,6 +259,9 @@ def hf_to_primus_deepseek(a, device_list, v3):
     tag = "hf_to_primus_deepseek_v3" if v3 else "hf_to_primus_deepseek_v2"
     result = hf_round(a, device_list, model, "hf_" + tag, "primus_" + tag, tag)
     result["transformers"] = transformers.__version__
+    # ... and back: primus-to-hf, loaded by the same transformers class.
+    result["export"] = export_round(a, device_list, tag, result["checkpoint"], type(model))
+    result["ok"] = result["ok"] and result["export"]["ok"]
     return result
 
 

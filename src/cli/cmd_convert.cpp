@@ -1,4 +1,4 @@
-// primus convert hf-to-primus | primus-to-hf: HuggingFace Llama <-> Primus checkpoints.
+// primus convert hf-to-primus | primus-to-hf: HuggingFace (Llama, Mixtral, DeepSeek) <-> Primus checkpoints.
 // The work is in convert/checkpoint_convert.h; this file parses options and prints.
 #include <fmt/format.h>
 
@@ -56,7 +56,7 @@ void print_model_keys(const ModelConfig& m, const std::string& save_dir) {
 }
 
 int hf_to_primus(int argc, char** argv) {
-  CLI::App app{"Convert a HuggingFace Llama / Mistral / Mixtral directory (config.json + model.safetensors, or the sharded "
+  CLI::App app{"Convert a HuggingFace Llama / Mistral / Mixtral / DeepSeek-V2 / DeepSeek-V3 directory (config.json + model.safetensors, or the sharded "
                "model.safetensors.index.json + shards) into a Primus checkpoint: <output>/iter_XXXXXXX/"
                "{model.safetensors, config.json, meta.json} + latest_checkpointed_iteration.txt. Train from it with "
                "`load: <output>` and `finetune: true`.",
@@ -91,7 +91,7 @@ int hf_to_primus(int argc, char** argv) {
 }
 
 int primus_to_hf(int argc, char** argv) {
-  CLI::App app{"Convert a Primus checkpoint into a HuggingFace LlamaForCausalLM (MoE: MixtralForCausalLM) directory: config.json, "
+  CLI::App app{"Convert a Primus checkpoint into a HuggingFace LlamaForCausalLM (MoE: MixtralForCausalLM; multi-latent attention: DeepseekV3ForCausalLM or DeepseekV2ForCausalLM) directory: config.json, "
                "model.safetensors (or shards + model.safetensors.index.json), generation_config.json and the "
                "tokenizer files. The vocabulary is cut back from the padded training rows to vocab_size.",
                "convert primus-to-hf"};

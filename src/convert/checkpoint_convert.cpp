@@ -98,7 +98,11 @@ void check_exportable(const ModelConfig& mc, const std::string& source) {
     PRIMUS_CHECK(ok, "{}: {} = {}: {} (the HF export writes LlamaForCausalLM or MixtralForCausalLM: RMSNorm, "
                  "SwiGLU, rotate-half RoPE, no biases)", source, key, value, why);
   };
-  need(!mc.multi_latent_attention, "multi_latent_attention", "true", "MLA export is not supported yet");
+  if (mc.multi_latent_attention) {  // DeepSeek: its own rules
+    need(!mc.add_bias_linear, "add_bias_linear", "true", "biases are not exported");
+    check_deepseek_exportable(mc, source);
+    return;
+  }
   need(mc.mtp_num_layers == 0, "mtp_num_layers", std::to_string(mc.mtp_num_layers),
        "MTP layers have no HF Llama or Mixtral form");
   need(mc.swiglu, "swiglu", "false", "the HF models' MLPs are SwiGLU");

@@ -309,10 +309,91 @@ void check_mixtral_exportable(const ModelConfig& mc, const std::string& source) 
   }
 }
 
+void check_deepseek_exportable(const ModelConfig& mc, const std::string& source) {
+  auto need = [&](bool ok, const char* key, const std::string& value, const char* why) {
+    PRIMUS_CHECK(ok, "{}: {} = {}: {} (the HF export writes DeepseekV3ForCausalLM for sigmoid routing with the "
+                 "expert bias, DeepseekV2ForCausalLM for softmax routing)", source, key, value, why);
+  };
+  need(mc.mtp_num_layers == 0, "mtp_num_layers", std::to_string(mc.mtp_num_layers),
+       "MTP modules are not exported yet (transformers does not build them)");
+  need(mc.qk_layernorm, "qk_layernorm", "false", "DeepSeek always normalises its latents");
+  need(mc.num_experts > 0, "num_experts", "0", "the DeepSeek classes are MoE models");
+  need(mc.moe_layer_pattern.empty(), "moe_layer_freq", "a pattern", "DeepSeek's MoE layers follow "
+       "first_k_dense_replace and moe_layer_freq");
+  need(mc.moe_expert_capacity_factor <= 0.0, "moe_expert_capacity_factor",
+       fmt::format("{}", mc.moe_expert_capacity_factor), "DeepSeek is dropless");
+  const int64_t Fe = mc.moe_ffn_hidden_size, Fs = mc.moe_shared_expert_intermediate_size;
+  need(Fe > 0 && Fs % Fe == 0, "moe_shared_expert_intermediate_size", std::to_string(Fs),
+       "DeepSeek's shared experts are n_shared_experts x moe_intermediate_size");
+  const bool sigmoid = mc.moe_router_score_function == "sigmoid";
+  need(!sigmoid || mc.moe_router_enable_expert_bias, "moe_router_enable_expert_bias", "false",
+       "DeepSeek-V3's sigmoid router carries e_score_correction_bias");
+  need(sigmoid || mc.moe_router_num_groups <= 1, "moe_router_num_groups", std::to_string(mc.moe_router_num_groups),
+       "DeepSeek-V2 scores a group by its best expert, not Megatron's sum");
+  need(!sigmoid || mc.moe_router_num_groups <= 1 || mc.moe_router_topk == 2 * mc.moe_router_group_topk,
+       "moe_router_group_topk", std::to_string(mc.moe_router_group_topk),
+       "DeepSeek-V3 scores a group by its top 2 experts: moe_router_topk must be twice it");
+}
+
 nlohmann::json hf_config_from_model(const ModelConfig& mc, const std::string& torch_dtype,
                                     int64_t bos_token_id, int64_t eos_token_id) {
-  PRIMUS_CHECK(!mc.multi_latent_attention && mc.mtp_num_layers == 0,
-               "HF export supports the Llama family and Mixtral only (model '{}' has MLA or MTP layers)", mc.name);
+  if (mc.multi_latent_attention) {
+    check_deepseek_exportable(mc, fmt::format("model '{}'", mc.name));
+    const bool v3 = mc.moe_router_score_function == "sigmoid";
+    nlohmann::json j = {
+        {"architectures", {v3 ? "DeepseekV3ForCausalLM" : "DeepseekV2ForCausalLM"}},
+        {"model_type", v3 ? "deepseek_v3" : "deepseek_v2"},
+        {"hidden_act", "silu"},
+        {"hidden_size", mc.hidden_size},
+        {"intermediate_size", mc.ffn_hidden_size},
+        {"moe_intermediate_size", mc.moe_ffn_hidden_size},
+        {"num_hidden_layers", mc.num_layers},
+        {"num_attention_heads", mc.num_attention_heads},
+        {"num_key_value_heads", mc.num_attention_heads},
+        {"n_routed_experts", mc.num_experts},
+        {"n_shared_experts", mc.moe_shared_expert_intermediate_size / mc.moe_ffn_hidden_size},
+        {"num_experts_per_tok", mc.moe_router_topk},
+        {"routed_scaling_factor", mc.moe_router_topk_scaling_factor},
+        {"first_k_dense_replace", mc.moe_first_k_dense_replace},
+        {"moe_layer_freq", mc.moe_layer_freq},
+        {"kv_lora_rank", mc.kv_lora_rank},
+        {"q_lora_rank", mc.q_lora_rank > 0 ? nlohmann::json(mc.q_lora_rank) : nlohmann::json()},
+        {"qk_nope_head_dim", mc.qk_head_dim},
+        {"qk_rope_head_dim", mc.qk_pos_emb_head_dim},
+        {"v_head_dim", mc.v_head_dim},
+        {"topk_method", v3 ? "noaux_tc" : "greedy"},
+        {"scoring_func", mc.moe_router_score_function},
+        {"norm_topk_prob", v3 || !mc.moe_router_pre_softmax},
+        {"n_group", std::max<int64_t>(1, mc.moe_router_num_groups)},
+        {"topk_group", std::max<int64_t>(1, mc.moe_router_group_topk)},
+        {"aux_loss_alpha", mc.moe_aux_loss_coeff},
+        {"seq_aux", mc.moe_router_load_balancing_type == "seq_aux_loss"},
+        {"vocab_size", mc.padded_vocab_size},
+        {"max_position_embeddings", mc.max_position_embeddings},
+        {"rms_norm_eps", mc.norm_epsilon},
+        {"rope_theta", mc.rotary_base},
+        {"tie_word_embeddings", !mc.untie_embeddings_and_output_weights},
+        {"attention_bias", false},
+        {"initializer_range", mc.init_method_std},
+        {"bos_token_id", bos_token_id},
+        {"eos_token_id", eos_token_id},
+        {"torch_dtype", torch_dtype},
+        {"num_nextn_predict_layers", 0},
+        {"use_cache", true},
+    };
+    j["rope_scaling"] = mc.rotary_scaling_factor > 1.0
+                            ? nlohmann::json{{"type", "yarn"},
+                                             {"rope_type", "yarn"},
+                                             {"factor", mc.rotary_scaling_factor},
+                                             {"original_max_position_embeddings", mc.original_max_position_embeddings},
+                                             {"beta_fast", mc.beta_fast},
+                                             {"beta_slow", mc.beta_slow},
+                                             {"mscale", mc.mscale},
+                                             {"mscale_all_dim", mc.mscale_all_dim}}
+                            : nlohmann::json();
+    return j;
+  }
+  PRIMUS_CHECK(mc.mtp_num_layers == 0, "HF export: model '{}' has MTP layers (not exported)", mc.name);
   check_mixtral_exportable(mc, fmt::format("model '{}'", mc.name));
   // The fields LlamaConfig and MixtralConfig share.
   nlohmann::json j = {

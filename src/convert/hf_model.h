@@ -2,7 +2,7 @@
 // and parameter names/layouts, the latter derived from decoder_spec's parameter table
 // (hf_sources).
 //
-// DeepSeek (DeepseekV2ForCausalLM / DeepseekV3ForCausalLM, hf-to-primus only), l = layer:
+// DeepSeek (DeepseekV2ForCausalLM / DeepseekV3ForCausalLM, both ways), l = layer:
 //   self_attn.q_a_proj, q_a_layernorm, q_b_proj (or q_proj)   -> linear_q_down_proj, q_layernorm,
 //                                                                linear_q_up_proj (linear_q_proj)
 //   self_attn.kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj   -> linear_kv_down_proj, kv_layernorm,
@@ -61,7 +61,8 @@ using TensorLookup = std::function<Tensor(const std::string& name)>;
 // Errors name the key and the file given in `source`.
 ModelConfig model_config_from_hf(const nlohmann::json& hf, const std::string& source);
 // ModelConfig -> config.json that transformers loads: LlamaForCausalLM for a dense model,
-// MixtralForCausalLM when mc.num_experts > 0 (check_mixtral_exportable first).
+// MixtralForCausalLM when mc.num_experts > 0 (check_mixtral_exportable first), DeepseekV3/V2
+// with multi-latent attention (check_deepseek_exportable).
 nlohmann::json hf_config_from_model(const ModelConfig& mc, const std::string& torch_dtype,
                                     int64_t bos_token_id, int64_t eos_token_id);
 // Throws, naming `source` and the key, for an MoE model that MixtralForCausalLM cannot express:
@@ -69,6 +70,11 @@ nlohmann::json hf_config_from_model(const ModelConfig& mc, const std::string& to
 // renormalisation), a top-k scaling factor other than 1, a capacity factor (token dropping),
 // or dense layers (moe_layer_freq / pattern / moe_first_k_dense_replace). No-op when dense.
 void check_mixtral_exportable(const ModelConfig& mc, const std::string& source);
+// Throws, naming `source` and the key, for a multi-latent-attention model that
+// DeepseekV2ForCausalLM / DeepseekV3ForCausalLM cannot express (MTP modules, no latent norms,
+// capacity, shared experts not a multiple of the expert size, sigmoid scores without the expert
+// bias, softmax with groups (V2's group score differs), a V3 grouping with topk != 2 x group_topk).
+void check_deepseek_exportable(const ModelConfig& mc, const std::string& source);
 
 // Which HF names an MoE model's experts and router have (see the top of this file). Dense
 // models have the same names either way.

@@ -222,12 +222,27 @@ TEST(ConvertConfig, PaddedVocabularyKeepsBothSizes) {
     EXPECT_EQ(back.padded_vocab_size, padded) << vocab;
     EXPECT_FALSE(back.untie_embeddings_and_output_weights);
   }
+  // Multi-latent attention survives the checkpoint config; MTP modules are refused by key.
   mc.multi_latent_attention = true;
+  mc.qk_layernorm = true;
+  mc.q_lora_rank = 24;
+  mc.kv_lora_rank = 32;
+  mc.qk_head_dim = 16;
+  mc.qk_pos_emb_head_dim = 8;
+  mc.v_head_dim = 12;
+  mc.rotary_scaling_factor = 40;
+  const ModelConfig mla = config::model_config(config::from_json(convert::config_for_model(mc).to_json()));
+  EXPECT_TRUE(mla.multi_latent_attention && mla.qk_layernorm);
+  EXPECT_EQ(mla.q_lora_rank, 24);
+  EXPECT_EQ(mla.kv_lora_rank, 32);
+  EXPECT_EQ(mla.qk_head_dim + mla.qk_pos_emb_head_dim + mla.v_head_dim, 36);
+  EXPECT_EQ(mla.rotary_scaling_factor, 40);
+  mc.mtp_num_layers = 1;
   try {
     convert::config_for_model(mc);
     FAIL();
   } catch (const Error& e) {
-    EXPECT_THAT(e.what(), HasSubstr("multi-latent attention"));
+    EXPECT_THAT(e.what(), HasSubstr("mtp_num_layers"));
   }
 }
 
@@ -740,14 +755,22 @@ TEST(ConvertCli, BadInputsNameTheFileAndTheFix) {
   EXPECT_THAT(r.output, HasSubstr("model-00002-of-00003.safetensors"));
   EXPECT_THAT(r.output, HasSubstr("missing"));
 
-  // Unsupported architectures: DeepSeek by model_type, and an unknown class name.
+  // A DeepSeek config.json over Llama weights: the first DeepSeek key it lacks is named.
   nlohmann::json deepseek = cfg;
   deepseek["model_type"] = "deepseek_v3";
   deepseek["architectures"] = {"DeepseekV3ForCausalLM"};
   write_hf_dir(tmp / "deepseek", deepseek, hf);
   r = convert_in(tmp / "deepseek");
   EXPECT_EQ(r.code, 1);
-  EXPECT_THAT(r.output, HasSubstr("model_type 'deepseek_v3' is not supported"));
+  EXPECT_THAT(r.output, HasSubstr("missing required key 'kv_lora_rank'"));
+  // An unsupported model_type.
+  nlohmann::json qwen = cfg;
+  qwen["model_type"] = "qwen3_moe";
+  qwen.erase("architectures");
+  write_hf_dir(tmp / "qwen", qwen, hf);
+  r = convert_in(tmp / "qwen");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_THAT(r.output, HasSubstr("model_type 'qwen3_moe' is not supported"));
   // A Mixtral config over dense Llama weights: the dense MLPs are not in a Mixtral.
   nlohmann::json mixtral = cfg;
   mixtral["model_type"] = "mixtral";
