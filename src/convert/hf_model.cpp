@@ -514,7 +514,7 @@ std::vector<HfPiece> hf_layer_pieces(const ModelConfig& mc, const std::string& l
   if (mc.multi_latent_attention) return deepseek_layer_pieces(mc, local, i, moe);
   const int64_t C = mc.hidden_size, D = mc.head_dim(), Hq = mc.num_attention_heads, Hkv = mc.query_groups();
   const int64_t F = mc.ffn_hidden_size, E = mc.num_experts, Fe = mc.moe_ffn_hidden_size;
-  auto hf = [&](const std::string& rest, Shape shape) { return HfPiece{hf_layer(i, rest.c_str()), std::move(shape)}; };
+  auto hf = [&](const std::string& rest, Shape shape) { return HfPiece{hf_layer(i, rest.c_str()), std::move(shape), {}}; };
   if (local == "input_layernorm.weight") return {hf("input_layernorm.weight", {C})};
   if (local == "self_attention.linear_qkv.weight")
     return {hf("self_attn.q_proj.weight", {Hq * D, C}), hf("self_attn.k_proj.weight", {Hkv * D, C}),
@@ -555,11 +555,11 @@ std::vector<HfSource> hf_sources(const ModelConfig& mc, HfMoeLayout moe) {
   for (const ParamSpec& p : parameter_table(mc)) {
     HfSource s{p.name, p.shape, {}};
     if (p.name == "embedding.word_embeddings.weight") {
-      s.pieces = {{"model.embed_tokens.weight", p.shape}};
+      s.pieces = {{"model.embed_tokens.weight", p.shape, {}}};
     } else if (p.name == "decoder.final_layernorm.weight") {
-      s.pieces = {{"model.norm.weight", p.shape}};
+      s.pieces = {{"model.norm.weight", p.shape, {}}};
     } else if (p.name == "output_layer.weight") {
-      s.pieces = {{"lm_head.weight", p.shape}};
+      s.pieces = {{"lm_head.weight", p.shape, {}}};
     } else if (p.layer >= 0 && p.layer < mc.num_layers) {
       const std::string prefix = fmt::format("decoder.layers.{}.", p.layer);
       s.pieces = hf_layer_pieces(mc, p.name.substr(prefix.size()), p.layer, moe);
