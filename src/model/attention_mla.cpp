@@ -103,14 +103,7 @@ void MlaAttention::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::uniqu
   ops::attention_forward(env.ctx, a.attn, a.lse, a.q, a.k, a.v, scale_, true);
   parallel::row_parallel_linear_forward(env.ctx, env.tp, A, y, a.attn.view({N, H * d_.v}), p_.proj->value, &x);
 
-  A.release(scratch);
-  if (keep == Recompute::Full) {
-    acts = std::make_unique<Acts>();
-    acts->x = x;
-  } else if (keep == Recompute::Selective) {
-    a.attn = a.lse = Tensor();
-  }
-  acts_out = std::move(acts);
+  finish_attention_forward(A, scratch, std::move(acts), x, keep, acts_out);
 }
 
 void MlaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres, Recompute kept) {

@@ -65,6 +65,23 @@ struct BlockActivations {
   Tensor x;  // the block input (R, C): owned by the caller (the residual stream)
 };
 
+// The end of an attention block's forward under `keep` (GqaAttention, MlaAttention): releases
+// the arena from `scratch` on (under Full the block's mark before its first allocation, so only
+// the input is kept), and under Selective drops the attention core's output and log-sum-exp,
+// which backward recomputes. Acts has members x, attn, lse.
+template <typename Acts>
+void finish_attention_forward(Arena& arena, Arena::Mark scratch, std::unique_ptr<Acts> acts, const Tensor& x,
+                              Recompute keep, std::unique_ptr<BlockActivations>& out) {
+  arena.release(scratch);
+  if (keep == Recompute::Full) {
+    acts = std::make_unique<Acts>();
+    acts->x = x;
+  } else if (keep == Recompute::Selective) {
+    acts->attn = acts->lse = Tensor();
+  }
+  out = std::move(acts);
+}
+
 class Block {
  public:
   virtual ~Block() = default;
