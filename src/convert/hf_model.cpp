@@ -1,6 +1,9 @@
 #include "convert/hf_model.h"
 
 #include <algorithm>
+#include <type_traits>
+#include <limits>
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <set>
@@ -14,25 +17,42 @@ namespace primus::convert {
 
 namespace {
 
+// The value of `key` as T. Integers must be JSON integers (or integral numbers) within T's
+// range: nlohmann's own conversion of 1e72 to int64 is undefined behaviour (found by fuzz_hf_config).
+template <typename T>
+T value_as(const nlohmann::json& v, const char* key, const std::string& source) {
+  if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+    const bool integral = v.is_number_integer() ||
+                          (v.is_number_float() && std::isfinite(v.get<double>()) &&
+                           std::floor(v.get<double>()) == v.get<double>() && std::fabs(v.get<double>()) < 9.0e15);
+    if (!integral) fail("{}: key '{}' must be an integer, got {}", source, key, v.dump());
+    if (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<T>::max())
+                               : (v.is_number_float() ? v.get<double>() < static_cast<double>(std::numeric_limits<T>::min()) ||
+                                                            v.get<double>() > static_cast<double>(std::numeric_limits<T>::max())
+                                                      : v.get<int64_t>() < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
+                                                            v.get<int64_t>() > static_cast<int64_t>(std::numeric_limits<T>::max())))
+      fail("{}: key '{}' = {} is out of range", source, key, v.dump());
+    return v.is_number_float() ? static_cast<T>(v.get<double>()) : v.get<T>();
+  } else {
+    try {
+      return v.get<T>();
+    } catch (const nlohmann::json::exception&) {
+      fail("{}: key '{}' has the wrong type (value {})", source, key, v.dump());
+    }
+  }
+}
+
 template <typename T>
 T required(const nlohmann::json& j, const char* key, const std::string& source) {
   if (!j.contains(key) || j[key].is_null())
     fail("{}: missing required key '{}' in the HuggingFace config", source, key);
-  try {
-    return j[key].get<T>();
-  } catch (const nlohmann::json::exception&) {
-    fail("{}: key '{}' has the wrong type (value {})", source, key, j[key].dump());
-  }
+  return value_as<T>(j[key], key, source);
 }
 
 template <typename T>
 T optional(const nlohmann::json& j, const char* key, T fallback) {
   if (!j.contains(key) || j[key].is_null()) return fallback;
-  try {
-    return j[key].get<T>();
-  } catch (const nlohmann::json::exception&) {
-    fail("HuggingFace config key '{}' has the wrong type (value {})", key, j[key].dump());
-  }
+  return value_as<T>(j[key], key, "HuggingFace config");
 }
 
 // Concatenate CPU tensors of shape (r_i, C) along rows.
@@ -214,6 +234,9 @@ ModelConfig model_config_from_hf(const nlohmann::json& hf, const std::string& so
   mc.hidden_size = required<int64_t>(hf, "hidden_size", source);
   mc.ffn_hidden_size = required<int64_t>(hf, "intermediate_size", source);
   mc.num_attention_heads = required<int64_t>(hf, "num_attention_heads", source);
+  PRIMUS_CHECK(mc.num_attention_heads > 0 && mc.hidden_size > 0,
+               "{}: num_attention_heads {} and hidden_size {} must be positive", source, mc.num_attention_heads,
+               mc.hidden_size);
   mc.num_query_groups = optional<int64_t>(hf, "num_key_value_heads", mc.num_attention_heads);
   mc.kv_channels = optional<int64_t>(hf, "head_dim", mc.hidden_size / mc.num_attention_heads);
   // HF's vocab_size is the embedding's row count; nothing is padded on import.
@@ -250,7 +273,7 @@ ModelConfig model_config_from_hf(const nlohmann::json& hf, const std::string& so
       fail("{}: {} type '{}' is not supported (supported: llama3, default)", source, rope_key, rt);
     }
   }
-  PRIMUS_CHECK(mc.num_attention_heads % mc.num_query_groups == 0,
+  PRIMUS_CHECK(mc.num_query_groups > 0 && mc.num_attention_heads % mc.num_query_groups == 0,
                "{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", source,
                mc.num_attention_heads, mc.num_query_groups);
   if (moe) {

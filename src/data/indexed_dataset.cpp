@@ -161,6 +161,11 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
                  ip, code);
     std::memcpy(&s, b + 18, 8);
     std::memcpy(&d, b + 26, 8);
+    // Counts the file cannot hold are refused before any arithmetic on them can wrap around.
+    PRIMUS_CHECK(s <= idx_size_ / 12 && d <= idx_size_ / 8,
+                 "{}: {} bytes cannot hold the {} sequences and {} document indices its header claims: the file is "
+                 "truncated or corrupt; re-run primus preprocess",
+                 ip, idx_size_, s, d);
     const uint64_t expected = kHeaderBytes + s * 4 + s * 8 + d * 8;
     PRIMUS_CHECK(idx_size_ == expected || idx_size_ == expected + s,  // + s: multimodal sequence modes
                  "{}: {} bytes, but its header ({} sequences, {} document indices) needs {}: the file is truncated or "
@@ -169,16 +174,19 @@ IndexedDataset::IndexedDataset(const std::string& prefix) : prefix_(prefix) {
     PRIMUS_CHECK(d >= 1, "{}: has no document indices (expected at least the leading 0)", ip);
     num_sequences_ = static_cast<int64_t>(s);
     num_doc_index_ = static_cast<int64_t>(d);
-    lengths_ = reinterpret_cast<const int32_t*>(b + kHeaderBytes);
-    pointers_ = reinterpret_cast<const int64_t*>(b + kHeaderBytes + s * 4);
-    doc_index_ = reinterpret_cast<const int64_t*>(b + kHeaderBytes + s * 12);
+    lengths_.resize(s);
+    if (s > 0) std::memcpy(lengths_.data(), b + kHeaderBytes, s * 4);
+    pointers_ = reinterpret_cast<const char*>(b + kHeaderBytes + s * 4);
+    doc_index_.resize(d);
+    if (d > 0) std::memcpy(doc_index_.data(), b + kHeaderBytes + s * 12, d * 8);
     const auto item = static_cast<int64_t>(token_dtype_size(dtype_));
     int64_t at = 0;
     for (int64_t i = 0; i < num_sequences_; ++i) {
-      PRIMUS_CHECK(lengths_[i] >= 0, "{}: sequence {} has negative length {}", ip, i, lengths_[i]);
-      PRIMUS_CHECK(pointers_[i] == at, "{}: sequence {} starts at byte {}, expected {} (after the previous sequence)",
-                   ip, i, pointers_[i], at);
-      at += lengths_[i] * item;
+      const int64_t n = lengths_[static_cast<size_t>(i)];
+      PRIMUS_CHECK(n >= 0, "{}: sequence {} has negative length {}", ip, i, n);
+      PRIMUS_CHECK(pointer(i) == at, "{}: sequence {} starts at byte {}, expected {} (after the previous sequence)",
+                   ip, i, pointer(i), at);
+      at += n * item;
     }
     PRIMUS_CHECK(doc_index_[0] == 0, "{}: document index starts at {}, expected 0", ip, doc_index_[0]);
     for (int64_t k = 1; k < num_doc_index_; ++k)
@@ -205,11 +213,19 @@ IndexedDataset::~IndexedDataset() {
   if (bin_map_) ::munmap(bin_map_, bin_size_);
 }
 
+int64_t IndexedDataset::pointer(int64_t i) const {
+  int64_t v;
+  std::memcpy(&v, pointers_ + i * 8, 8);
+  return v;
+}
+
 void IndexedDataset::read(int64_t i, int64_t offset, int64_t length, int32_t* out) const {
-  PRIMUS_CHECK(i >= 0 && i < num_sequences_ && offset >= 0 && length >= 0 && offset + length <= lengths_[i],
+  const bool valid = i >= 0 && i < num_sequences_;
+  const int64_t n = valid ? lengths_[static_cast<size_t>(i)] : -1;
+  PRIMUS_CHECK(valid && offset >= 0 && length >= 0 && offset + length <= n,
                "{}: read of sequence {} tokens [{}, {}) out of range (sequences: {}, length {})", prefix_, i, offset,
-               offset + length, num_sequences_, i >= 0 && i < num_sequences_ ? lengths_[i] : -1);
-  const auto* base = static_cast<const char*>(bin_map_) + pointers_[i];
+               offset + length, num_sequences_, n);
+  const auto* base = static_cast<const char*>(bin_map_) + pointer(i);
   switch (dtype_) {
     case TokenDType::kU16: {
       const auto* p = reinterpret_cast<const uint16_t*>(base) + offset;

@@ -73,9 +73,9 @@ class IndexedDataset {
   TokenDType dtype() const { return dtype_; }
   int64_t num_sequences() const { return num_sequences_; }
   int64_t num_documents() const { return num_doc_index_ - 1; }
-  int32_t sequence_length(int64_t i) const { return lengths_[i]; }
-  std::span<const int32_t> sequence_lengths() const { return {lengths_, static_cast<size_t>(num_sequences_)}; }
-  std::span<const int64_t> document_indices() const { return {doc_index_, static_cast<size_t>(num_doc_index_)}; }
+  int32_t sequence_length(int64_t i) const { return lengths_[static_cast<size_t>(i)]; }
+  std::span<const int32_t> sequence_lengths() const { return lengths_; }
+  std::span<const int64_t> document_indices() const { return doc_index_; }
   int64_t num_tokens() const { return num_tokens_; }
   // Copies tokens [offset, offset + length) of sequence i, converted to int32, into out.
   void read(int64_t i, int64_t offset, int64_t length, int32_t* out) const;
@@ -92,9 +92,13 @@ class IndexedDataset {
   void* bin_map_ = nullptr;
   size_t bin_size_ = 0;
   int64_t num_sequences_ = 0, num_doc_index_ = 0, num_tokens_ = 0;
-  const int32_t* lengths_ = nullptr;
-  const int64_t* pointers_ = nullptr;
-  const int64_t* doc_index_ = nullptr;
+  // The .idx arrays start at byte 34 (Megatron's header), so none is aligned for its type:
+  // lengths and the document index are copied out (12 bytes per sequence), the pointers read
+  // with memcpy (pointer()).
+  std::vector<int32_t> lengths_;
+  std::vector<int64_t> doc_index_;
+  const char* pointers_ = nullptr;  // int64 per sequence, unaligned
+  int64_t pointer(int64_t i) const;
 };
 
 }  // namespace primus::data

@@ -143,3 +143,34 @@ TEST(IndexedDataset, CorruptionIsReportedByFile) {
   EXPECT_NE(e.find("cannot open"), std::string::npos) << e;
   fs::remove_all(d);
 }
+
+// Found by fuzz_indexed_dataset (fuzz/README.md): indexed_dataset_unaligned.fuzz (UBSan: the
+// .idx arrays start at byte 34, so a direct int32/int64 load from the mapping is misaligned) and
+// indexed_dataset_count_overflow.fuzz (counts whose byte size wraps around uint64 matched the
+// file size, then a vector of 2^61 lengths) and indexed_dataset_empty.fuzz (no sequences: a
+// memcpy into an empty vector's null data). Each input is the fuzz case as written: its first
+// byte x 8 = the .idx's length, the rest the .bin. It must open or fail with a named error, and
+// read back whatever it accepts.
+class IndexedDatasetFuzzFound : public ::testing::TestWithParam<const char*> {};
+INSTANTIATE_TEST_SUITE_P(Cases, IndexedDatasetFuzzFound,
+                         ::testing::Values("indexed_dataset_unaligned.fuzz", "indexed_dataset_count_overflow.fuzz",
+                                           "indexed_dataset_empty.fuzz"));
+TEST_P(IndexedDatasetFuzzFound, OpensOrFailsByName) {
+  std::ifstream in(fs::path(PRIMUS_TEST_DATA_DIR) / "fuzz_regressions" / GetParam(), std::ios::binary);
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_FALSE(bytes.empty());
+  const size_t cut = std::min(bytes.size() - 1, static_cast<size_t>(static_cast<unsigned char>(bytes[0])) * 8);
+  const fs::path dir = fs::temp_directory_path() / ("primus_fuzz_idx_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  std::ofstream(dir / "ds.idx", std::ios::binary) << bytes.substr(1, cut);
+  std::ofstream(dir / "ds.bin", std::ios::binary) << bytes.substr(1 + cut);
+  try {
+    const IndexedDataset ds((dir / "ds").string());
+    int64_t tokens = 0;
+    for (int64_t i = 0; i < ds.num_sequences(); ++i) tokens += static_cast<int64_t>(ds.sequence(i).size());
+    EXPECT_EQ(tokens, ds.num_tokens());
+  } catch (const primus::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ds."), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
+}

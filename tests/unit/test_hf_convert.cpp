@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 
@@ -412,3 +414,20 @@ TEST(HfConvert, MixtralRoundTripBothLayouts) {
 
 }  // namespace
 }  // namespace primus
+
+// Found by fuzz_hf_config (fuzz/README.md; UBSan): num_attention_heads 0 divided hidden_size for
+// the default head_dim, and an integer key holding 1.1e72 went through nlohmann's out-of-range
+// float-to-int conversion. Both are named errors now.
+TEST(HfConvert, FuzzFoundZeroHeadsIsANamedError) {
+  for (const auto& [file, words] : {std::pair<const char*, const char*>{"hf_config_zero_heads.json", "num_attention_heads 0"},
+                                    {"hf_config_huge_number.json", "must be an integer"}}) {
+    std::ifstream in(std::filesystem::path(PRIMUS_TEST_DATA_DIR) / "fuzz_regressions" / file);
+    const nlohmann::json j = nlohmann::json::parse(in);
+    try {
+      convert::model_config_from_hf(j, "config.json");
+      ADD_FAILURE() << file << ": expected an error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << file << ": " << e.what();
+    }
+  }
+}

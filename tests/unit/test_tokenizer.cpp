@@ -98,6 +98,28 @@ TEST(HuggingFaceTokenizer, Llama3KnownIds) {
   EXPECT_EQ(c->encode("Hello world"), tok->encode("Hello world"));
 }
 
+// Found by fuzz_tokenizer_json (fuzz/README.md; ASan: a TemplateProcessing post-processor without
+// "single" was read through a const json operator[] of a missing key, a use-after-free). Every
+// key of the post-processor, normalizer, pre-tokenizer and decoder is now read with at(): a
+// missing one is a named error.
+// Also found by it: a vocabulary id of 6e+128 (UBSan: an out-of-range float-to-int conversion);
+// token ids are now checked integers in [0, 2^24).
+TEST(HuggingFaceTokenizer, FuzzFoundTemplateWithoutSingleIsANamedError) {
+  for (const auto& [file, words] : {std::pair<const char*, const char*>{"tokenizer_template_without_single.json", "single"},
+                                    {"tokenizer_float_id.json", "token id"}}) {
+    const fs::path d = temp_dir("hf_fuzz_template");
+    fs::copy_file(fs::path(PRIMUS_TEST_DATA_DIR) / "fuzz_regressions" / file, d / "tokenizer.json",
+                  fs::copy_options::overwrite_existing);
+    try {
+      make_tokenizer("HuggingFaceTokenizer", d.string());
+      ADD_FAILURE() << file << ": expected an error";
+    } catch (const primus::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("tokenizer.json"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << file << ": " << e.what();
+    }
+  }
+}
+
 TEST(HuggingFaceTokenizer, ErrorsNameTheFile) {
   const fs::path d = temp_dir("hf_errors");
   std::ofstream(d / "tokenizer.json") << R"({"model": {"type": "WordPiece", "vocab": {}}})";

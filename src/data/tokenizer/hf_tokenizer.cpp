@@ -92,6 +92,19 @@ std::string read_file(const fs::path& p) {
 
 std::string where(const HfSpec& s, std::string_view key) { return fmt::format("{} ({})", s.path, key); }
 
+// A token id read from the file: an integer in [0, kMaxTokenId]; anything else (a float, a
+// negative or huge number) is a named error rather than an out-of-range conversion or a
+// multi-gigabyte id table.
+constexpr int64_t kMaxTokenId = (int64_t{1} << 24) - 1;
+int32_t token_id(const HfSpec& s, const json& v, std::string_view what) {
+  if (!v.is_number_integer()) fail("{}: token id {} is not an integer", where(s, what), v.dump());
+  const bool negative = v.is_number_integer() && !v.is_number_unsigned() && v.get<int64_t>() < 0;
+  if (negative || (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(kMaxTokenId)
+                                          : v.get<int64_t>() > kMaxTokenId))
+    fail("{}: token id {} is outside [0, {}]", where(s, what), v.dump(), kMaxTokenId);
+  return static_cast<int32_t>(v.get<int64_t>());
+}
+
 SplitBehavior parse_behavior(const HfSpec& s, const std::string& b) {
   if (b == "Isolated") return SplitBehavior::kIsolated;
   if (b == "Removed") return SplitBehavior::kRemoved;
@@ -104,21 +117,21 @@ SplitBehavior parse_behavior(const HfSpec& s, const std::string& b) {
 }
 
 PrependScheme parse_scheme(const json& j) {
-  if (j.contains("prepend_scheme") && j["prepend_scheme"].is_string()) {
-    const std::string v = j["prepend_scheme"];
+  if (j.contains("prepend_scheme") && j.at("prepend_scheme").is_string()) {
+    const std::string v = j.at("prepend_scheme");
     if (v == "first") return PrependScheme::kFirst;
     if (v == "never") return PrependScheme::kNever;
     return PrependScheme::kAlways;
   }
   // Older files: add_prefix_space true/false.
-  if (j.contains("add_prefix_space") && j["add_prefix_space"].is_boolean())
-    return j["add_prefix_space"].get<bool>() ? PrependScheme::kAlways : PrependScheme::kNever;
+  if (j.contains("add_prefix_space") && j.at("add_prefix_space").is_boolean())
+    return j.at("add_prefix_space").get<bool>() ? PrependScheme::kAlways : PrependScheme::kNever;
   return PrependScheme::kAlways;
 }
 
 std::shared_ptr<const RegexPattern> pattern_of(const HfSpec& s, const json& p, std::string_view key) {
-  if (p.contains("Regex")) return RegexPattern::compile(p["Regex"].get<std::string>(), where(s, key));
-  if (p.contains("String")) return RegexPattern::literal(p["String"].get<std::string>(), where(s, key));
+  if (p.contains("Regex")) return RegexPattern::compile(p.at("Regex").get<std::string>(), where(s, key));
+  if (p.contains("String")) return RegexPattern::literal(p.at("String").get<std::string>(), where(s, key));
   fail("{}: pattern {} has neither Regex nor String", where(s, key), p.dump());
 }
 
@@ -126,15 +139,15 @@ void parse_normalizer(HfSpec& s, const json& j) {
   if (j.is_null()) return;
   const std::string type = j.value("type", "");
   if (type == "Sequence") {
-    for (const json& n : j["normalizers"]) parse_normalizer(s, n);
+    for (const json& n : j.at("normalizers")) parse_normalizer(s, n);
   } else if (type == "Prepend") {
-    s.normalizer.push_back({NormalizerStep::Kind::kPrepend, j["prepend"].get<std::string>(), "", nullptr});
+    s.normalizer.push_back({NormalizerStep::Kind::kPrepend, j.at("prepend").get<std::string>(), "", nullptr});
   } else if (type == "Replace") {
-    NormalizerStep step{NormalizerStep::Kind::kReplace, "", j["content"].get<std::string>(), nullptr};
-    if (j["pattern"].contains("String"))
-      step.text = j["pattern"]["String"].get<std::string>();
+    NormalizerStep step{NormalizerStep::Kind::kReplace, "", j.at("content").get<std::string>(), nullptr};
+    if (j.at("pattern").contains("String"))
+      step.text = j.at("pattern").at("String").get<std::string>();
     else
-      step.regex = pattern_of(s, j["pattern"], "normalizer Replace");
+      step.regex = pattern_of(s, j.at("pattern"), "normalizer Replace");
     s.normalizer.push_back(step);
   } else if (type == "Strip") {
     NormalizerStep step{NormalizerStep::Kind::kStrip, "", "", nullptr};
@@ -164,12 +177,12 @@ bool parse_pretokenizer(HfSpec& s, const json& j) {  // returns true if ByteLeve
   const std::string type = j.value("type", "");
   if (type == "Sequence") {
     bool byte_level = false;
-    for (const json& p : j["pretokenizers"]) byte_level |= parse_pretokenizer(s, p);
+    for (const json& p : j.at("pretokenizers")) byte_level |= parse_pretokenizer(s, p);
     return byte_level;
   }
   if (type == "Split") {
     PreTokenizerStep step{PreTokenizerStep::Kind::kSplit};
-    step.regex = pattern_of(s, j["pattern"], "pre_tokenizer Split");
+    step.regex = pattern_of(s, j.at("pattern"), "pre_tokenizer Split");
     step.behavior = parse_behavior(s, j.value("behavior", "Isolated"));
     step.invert = j.value("invert", false);
     step.matcher = static_cast<int>(s.regexes.size());
@@ -205,7 +218,7 @@ void parse_decoder(HfSpec& s, const json& j) {
   s.has_decoder = true;
   const std::string type = j.value("type", "");
   if (type == "Sequence") {
-    for (const json& d : j["decoders"]) parse_decoder(s, d);
+    for (const json& d : j.at("decoders")) parse_decoder(s, d);
   } else if (type == "ByteLevel") {
     s.decoder.push_back({DecoderStep::Kind::kByteLevel});
   } else if (type == "Metaspace") {
@@ -214,11 +227,11 @@ void parse_decoder(HfSpec& s, const json& j) {
     d.scheme = parse_scheme(j);
     s.decoder.push_back(d);
   } else if (type == "Replace") {
-    PRIMUS_CHECK(j["pattern"].contains("String"), "{}: decoder Replace with a regex pattern is not supported",
+    PRIMUS_CHECK(j.at("pattern").contains("String"), "{}: decoder Replace with a regex pattern is not supported",
                  where(s, "decoder"));
     DecoderStep d{DecoderStep::Kind::kReplace};
-    d.pattern = j["pattern"]["String"].get<std::string>();
-    d.content = j["content"].get<std::string>();
+    d.pattern = j.at("pattern").at("String").get<std::string>();
+    d.content = j.at("content").get<std::string>();
     s.decoder.push_back(d);
   } else if (type == "ByteFallback") {
     s.decoder.push_back({DecoderStep::Kind::kByteFallback});
@@ -248,21 +261,21 @@ void parse_post_processor(HfSpec& s, const PieceIdMap& added_ids, const json& j)
   if (j.is_null()) return;
   const std::string type = j.value("type", "");
   if (type == "Sequence") {
-    for (const json& p : j["processors"]) parse_post_processor(s, added_ids, p);
+    for (const json& p : j.at("processors")) parse_post_processor(s, added_ids, p);
   } else if (type == "ByteLevel") {
     // Only changes offsets.
   } else if (type == "TemplateProcessing") {
     bool after_sequence = false;
-    for (const json& item : j["single"]) {
+    for (const json& item : j.at("single")) {
       if (item.contains("Sequence")) {
         after_sequence = true;
         continue;
       }
-      const std::string name = item["SpecialToken"]["id"].get<std::string>();
+      const std::string name = item.at("SpecialToken").at("id").get<std::string>();
       std::vector<int32_t> ids;
-      const json& map = j["special_tokens"];
+      const json& map = j.at("special_tokens");
       if (map.contains(name)) {
-        for (const json& id : map[name]["ids"]) ids.push_back(id.get<int32_t>());
+        for (const json& id : map.at(name).at("ids")) ids.push_back(token_id(s, id, "post_processor"));
       } else {
         ids.push_back(special_id(s, added_ids, j, name));
       }
@@ -270,8 +283,8 @@ void parse_post_processor(HfSpec& s, const PieceIdMap& added_ids, const json& j)
       dst.insert(dst.end(), ids.begin(), ids.end());
     }
   } else if (type == "BertProcessing" || type == "RobertaProcessing") {
-    s.template_prefix.push_back(j["cls"][1].get<int32_t>());
-    s.template_suffix.push_back(j["sep"][1].get<int32_t>());
+    s.template_prefix.push_back(token_id(s, j.at("cls").at(1), "post_processor"));
+    s.template_suffix.push_back(token_id(s, j.at("sep").at(1), "post_processor"));
   } else {
     s.template_problem = fmt::format("post_processor type '{}' is not supported", type);
   }
@@ -279,7 +292,7 @@ void parse_post_processor(HfSpec& s, const PieceIdMap& added_ids, const json& j)
 
 std::optional<std::string> token_name(const json& j) {
   if (j.is_string()) return j.get<std::string>();
-  if (j.is_object() && j.contains("content") && j["content"].is_string()) return j["content"].get<std::string>();
+  if (j.is_object() && j.contains("content") && j.at("content").is_string()) return j.at("content").get<std::string>();
   return std::nullopt;
 }
 
@@ -353,15 +366,15 @@ std::shared_ptr<BpeTables> build_bpe(const HfSpec& s, const json& model, bool by
   }
   const json& vocab = model.at("vocab");
   int32_t max_id = -1;
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) max_id = std::max(max_id, it.value().get<int32_t>());
+  for (auto it = vocab.begin(); it != vocab.end(); ++it) max_id = std::max(max_id, token_id(s, it.value(), "model.vocab"));
   t->id_to_piece.resize(static_cast<size_t>(max_id + 1));
   t->piece_to_id.reserve(vocab.size());
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
     std::string piece = it.key();
     if (byte_level)
       if (auto raw = byte_level_decode(piece)) piece = std::move(*raw);
-    const int32_t id = it.value().get<int32_t>();
-    t->id_to_piece[id] = piece;
+    const int32_t id = token_id(s, it.value(), "model.vocab");
+    t->id_to_piece[static_cast<size_t>(id)] = piece;
     t->piece_to_id.emplace(std::move(piece), id);
   }
   if (model.contains("unk_token") && model["unk_token"].is_string())
@@ -412,7 +425,7 @@ std::shared_ptr<const HfSpec> build_spec(const json& j, const std::string& path,
   for (const json& a : j.value("added_tokens", json::array())) {
     AddedToken t;
     t.content = a.at("content").get<std::string>();
-    t.id = a.at("id").get<int32_t>();
+    t.id = token_id(*s, a.at("id"), "added_tokens");
     t.special = a.value("special", false);
     t.lstrip = a.value("lstrip", false);
     t.rstrip = a.value("rstrip", false);

@@ -1,0 +1,34 @@
+// Shared by the libFuzzer targets (fuzz/README.md): the input as a file in this process's own
+// scratch directory (the loaders read files), and the rule every target follows:
+// a primus::Error is the expected answer to bad input; anything else that escapes (another
+// exception type, a crash, a sanitizer report, a hang) is a finding.
+#pragma once
+
+#include <unistd.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+namespace primus::fuzz {
+
+inline const std::filesystem::path& scratch_dir() {
+  static const std::filesystem::path dir = [] {
+    auto d = std::filesystem::temp_directory_path() / ("primus-fuzz-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(d);
+    return d;
+  }();
+  return dir;
+}
+
+// Writes `size` bytes to scratch_dir()/name and returns the path.
+inline std::string write_input(const std::string& name, const uint8_t* data, size_t size) {
+  const std::string path = (scratch_dir() / name).string();
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(size));
+  return path;
+}
+
+}  // namespace primus::fuzz
