@@ -34,13 +34,31 @@ std::vector<NamedTensor*> MlaAttention::overwritten_grads() const {
   return out;
 }
 
-void MlaAttention::project(LayerEnv& env, const Tensor& x, Acts& a) const {
+void MlaAttention::alloc_latents(Arena& A, int64_t rows, DType dt, Acts& a) const {
+  a.h = A.alloc({rows, p_.norm->value.size(0)}, dt);
+  a.rstd = A.alloc({rows}, DType::F32);
+  if (d_.q_lora > 0) {
+    a.cq = A.alloc({rows, d_.q_lora}, dt);
+    if (p_.q_norm) {
+      a.cq_rstd = A.alloc({rows}, DType::F32);
+      a.cqn = A.alloc({rows, d_.q_lora}, dt);
+    } else {
+      a.cqn = a.cq;
+    }
+  }
+  a.kvd = A.alloc({rows, d_.kv_lora + d_.rope}, dt);
+  a.ckv = A.alloc({rows, d_.kv_lora}, dt);
+  if (p_.kv_norm) {
+    a.ckv_rstd = A.alloc({rows}, DType::F32);
+    a.ckvn = A.alloc({rows, d_.kv_lora}, dt);
+  } else {
+    a.ckvn = a.ckv;
+  }
+}
+
+void MlaAttention::project_latents(LayerEnv& env, const Tensor& x, Acts& a, Tensor& q_proj) const {
   ops::Context& ctx = env.ctx;
-  Arena& A = env.arena;
-  const int64_t N = env.dims.N(), H = d_.heads, L = d_.kv_lora;
   ops::rmsnorm_forward(ctx, a.h, a.rstd, x, p_.norm->value, env.norm_eps);
-  const Arena::Mark m = A.mark();
-  Tensor q_proj = A.alloc({N, H * d_.qk()}, x.dtype());
   if (d_.q_lora > 0) {
     ops::linear_forward(ctx, a.cq, a.h, p_.q_down->value);
     if (p_.q_norm) ops::rmsnorm_forward(ctx, a.cqn, a.cq_rstd, a.cq, p_.q_norm->value, env.norm_eps);
@@ -49,11 +67,27 @@ void MlaAttention::project(LayerEnv& env, const Tensor& x, Acts& a) const {
     ops::linear_forward(ctx, q_proj, a.h, p_.q->value);
   }
   ops::linear_forward(ctx, a.kvd, a.h, p_.kv_down->value);
-  ops::copy_columns(ctx, a.ckv, 0, a.kvd, 0, L);
+  ops::copy_columns(ctx, a.ckv, 0, a.kvd, 0, d_.kv_lora);
   if (p_.kv_norm) ops::rmsnorm_forward(ctx, a.ckvn, a.ckv_rstd, a.ckv, p_.kv_norm->value, env.norm_eps);
+}
+
+Tensor MlaAttention::rotated_k_pe(LayerEnv& env, const Acts& a, int64_t B, int64_t T) const {
+  Tensor pe = env.arena.alloc({B * T, d_.rope}, a.kvd.dtype());
+  ops::copy_columns(env.ctx, pe, 0, a.kvd, d_.kv_lora, d_.rope);
+  Tensor pe4 = pe.view({B, T, 1, d_.rope});
+  ops::rope_forward(env.ctx, pe4, pe4, env.rope_cos, env.rope_sin);
+  return pe;
+}
+
+void MlaAttention::project(LayerEnv& env, const Tensor& x, Acts& a) const {
+  Arena& A = env.arena;
+  const int64_t N = env.dims.N(), H = d_.heads;
+  const Arena::Mark m = A.mark();
+  Tensor q_proj = A.alloc({N, H * d_.qk()}, x.dtype());
+  project_latents(env, x, a, q_proj);
   Tensor kv_up = A.alloc({N, H * (d_.nope + d_.v)}, x.dtype());
-  ops::linear_forward(ctx, kv_up, a.ckvn, p_.kv_up->value);
-  ops::mla_qkv_rope_forward(ctx, a.q, a.k, a.v, q_proj, kv_up, a.kvd, env.rope_cos, env.rope_sin);
+  ops::linear_forward(env.ctx, kv_up, a.ckvn, p_.kv_up->value);
+  ops::mla_qkv_rope_forward(env.ctx, a.q, a.k, a.v, q_proj, kv_up, a.kvd, env.rope_cos, env.rope_sin);
   A.release(m);
 }
 
@@ -73,25 +107,7 @@ void MlaAttention::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::uniqu
     a.lse = A.alloc({d.B, H, d.T}, DType::F32);
   };
   const Arena::Mark start = A.mark();  // Full: everything is scratch
-  a.h = A.alloc({N, d.C}, dt);
-  a.rstd = A.alloc({N}, DType::F32);
-  if (d_.q_lora > 0) {
-    a.cq = A.alloc({N, d_.q_lora}, dt);
-    if (p_.q_norm) {
-      a.cq_rstd = A.alloc({N}, DType::F32);
-      a.cqn = A.alloc({N, d_.q_lora}, dt);
-    } else {
-      a.cqn = a.cq;
-    }
-  }
-  a.kvd = A.alloc({N, d_.kv_lora + d_.rope}, dt);
-  a.ckv = A.alloc({N, d_.kv_lora}, dt);
-  if (p_.kv_norm) {
-    a.ckv_rstd = A.alloc({N}, DType::F32);
-    a.ckvn = A.alloc({N, d_.kv_lora}, dt);
-  } else {
-    a.ckvn = a.ckv;
-  }
+  alloc_latents(A, N, dt, a);
   a.q = A.alloc({d.B, d.T, H, d_.qk()}, dt);
   a.k = A.alloc({d.B, d.T, H, d_.qk()}, dt);
   a.v = A.alloc({d.B, d.T, H, d_.v}, dt);
@@ -139,7 +155,7 @@ void MlaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres,
     ops::linear_backward(ctx, &dckvn, p_.kv_up->grad, dkv_up, a.ckvn, p_.kv_up->value, acc);
     if (p_.kv_norm) {
       Tensor dckv = A.alloc({N, L}, dt);
-      ops::fill(ctx, dckv, 0.f);
+      ops::fill(ctx, dckv, 0.f);  // on the stream, like the kernels around it
       ops::rmsnorm_backward(ctx, dckv, p_.kv_norm->grad, dckvn, a.ckv, p_.kv_norm->value, a.ckv_rstd);
       ops::copy_columns(ctx, dkvd, 0, dckv, 0, L);
     } else {
@@ -181,11 +197,8 @@ void MlaAttention::prefill(LayerEnv& env, const Tensor& x, Tensor& y, std::vecto
   std::unique_ptr<BlockActivations> base;
   forward(env, x, y, base, Recompute::None);  // the training forward over the prompts
   const Acts& a = static_cast<const Acts&>(*base);
-  const int64_t N = d.N(), L = d_.kv_lora, Dr = d_.rope, max_len = cache[0].size(1);
-  Tensor pe = A.alloc({N, Dr}, x.dtype());
-  ops::copy_columns(env.ctx, pe, 0, a.kvd, L, Dr);
-  Tensor pe4 = pe.view({d.B, d.T, 1, Dr});
-  ops::rope_forward(env.ctx, pe4, pe4, env.rope_cos, env.rope_sin);
+  const int64_t L = d_.kv_lora, Dr = d_.rope, max_len = cache[0].size(1);
+  const Tensor pe = rotated_k_pe(env, a, d.B, d.T);
   Tensor cc = cache[0].view({d.B * max_len, L}), cp = cache[1].view({d.B * max_len, Dr});
   for (int64_t b = 0; b < d.B; ++b) {
     Tensor dc = cc.rows(b * max_len, b * max_len + d.T), dp = cp.rows(b * max_len, b * max_len + d.T);
@@ -199,43 +212,23 @@ void MlaAttention::decode(LayerEnv& env, const Tensor& x, Tensor& y, std::vector
                           const Tensor& positions) {
   ops::Context& ctx = env.ctx;
   Arena& A = env.arena;
-  const int64_t B = x.size(0), C = x.size(1), H = d_.heads, L = d_.kv_lora, Dr = d_.rope, Dq = d_.qk();
+  const int64_t B = x.size(0), H = d_.heads, L = d_.kv_lora, Dr = d_.rope, Dq = d_.qk();
   const DType dt = x.dtype();
   const Arena::Mark m = A.mark();
-  // The batch rides in the T dim of the RoPE ops: row b of env.rope_* rotates sequence b.
-  Tensor h = A.alloc({B, C}, dt), rstd = A.alloc({B}, DType::F32);
-  ops::rmsnorm_forward(ctx, h, rstd, x, p_.norm->value, env.norm_eps);
+  // The same latents as training, for one token per sequence.
+  Acts a;
+  alloc_latents(A, B, dt, a);
   Tensor q = A.alloc({B, H * Dq}, dt);
-  if (d_.q_lora > 0) {
-    Tensor cq = A.alloc({B, d_.q_lora}, dt);
-    ops::linear_forward(ctx, cq, h, p_.q_down->value);
-    if (p_.q_norm) {
-      Tensor cqn = A.alloc({B, d_.q_lora}, dt), r = A.alloc({B}, DType::F32);
-      ops::rmsnorm_forward(ctx, cqn, r, cq, p_.q_norm->value, env.norm_eps);
-      cq = cqn;
-    }
-    ops::linear_forward(ctx, q, cq, p_.q_up->value);
-  } else {
-    ops::linear_forward(ctx, q, h, p_.q->value);
-  }
-  Tensor kvd = A.alloc({B, L + Dr}, dt);
-  ops::linear_forward(ctx, kvd, h, p_.kv_down->value);
-  Tensor c = A.alloc({B, L}, dt);
-  ops::copy_columns(ctx, c, 0, kvd, 0, L);
-  if (p_.kv_norm) {
-    Tensor cn = A.alloc({B, L}, dt), r = A.alloc({B}, DType::F32);
-    ops::rmsnorm_forward(ctx, cn, r, c, p_.kv_norm->value, env.norm_eps);
-    c = cn;
-  }
-  // RoPE on q_pe (the last Dr dims of each head) and on k_pe.
-  Tensor q_rows = q.view({B * H, Dq}), q_pe = A.alloc({B * H, Dr}, dt), k_pe = A.alloc({B, Dr}, dt);
+  project_latents(env, x, a, q);
+  // RoPE on q_pe (the last Dr dims of each head) and on k_pe. The batch rides in the T dim of
+  // the RoPE ops: row b of env.rope_* rotates sequence b.
+  Tensor q_rows = q.view({B * H, Dq}), q_pe = A.alloc({B * H, Dr}, dt);
   ops::copy_columns(ctx, q_pe, 0, q_rows, d_.nope, Dr);
   Tensor q_pe4 = q_pe.view({1, B, H, Dr});
   ops::rope_forward(ctx, q_pe4, q_pe4, env.rope_cos, env.rope_sin);
   ops::copy_columns(ctx, q_rows, d_.nope, q_pe, 0, Dr);
-  ops::copy_columns(ctx, k_pe, 0, kvd, L, Dr);
-  Tensor k_pe4 = k_pe.view({1, B, 1, Dr});
-  ops::rope_forward(ctx, k_pe4, k_pe4, env.rope_cos, env.rope_sin);
+  const Tensor k_pe = rotated_k_pe(env, a, 1, B);
+  const Tensor& c = a.ckvn;
   // Attention in the latent space (ops/mla_decode.h), then W_uv and the output projection.
   const Tensor q3 = q.view({B, H, Dq});
   Tensor q_lat = A.alloc({B, H, L}, dt), o_lat = A.alloc({B, H, L}, dt);

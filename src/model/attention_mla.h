@@ -62,6 +62,13 @@ class MlaAttention : public AttentionBlock {
 
  private:
   struct Acts;
+  // The latent tensors of `a` for `rows` tokens: h, the query latent (and its norm), [c_kv | k_pe]
+  // and RMSNorm(c_kv). Training keeps them for backward; decode uses them once.
+  void alloc_latents(Arena& A, int64_t rows, DType dt, Acts& a) const;
+  // x -> those latents and q_proj (rows, H Dq), the query before RoPE.
+  void project_latents(LayerEnv& env, const Tensor& x, Acts& a, Tensor& q_proj) const;
+  // rope(k_pe) (B*T, Dr) from a.kvd, in a new arena tensor (rows mapped to the rope tables as (B, T)).
+  Tensor rotated_k_pe(LayerEnv& env, const Acts& a, int64_t B, int64_t T) const;
   // Everything from x to q, k, v (the tensors of `a` allocated by the caller).
   void project(LayerEnv& env, const Tensor& x, Acts& a) const;
 
