@@ -13,8 +13,8 @@ struct GqaAttention::Acts : BlockActivations {
   Tensor attn, lse;    // (B,T,Hq,D), (B,Hq,T) fp32   [not kept under Selective]
 };
 
-GqaAttention::GqaAttention(GqaParams p, int64_t heads, int64_t groups, int64_t head_dim)
-    : p_(p), Hq_(heads), Hkv_(groups), D_(head_dim), scale_(1.f / std::sqrt(static_cast<float>(head_dim))) {}
+GqaAttention::GqaAttention(GqaParams p, int64_t heads, int64_t groups, int64_t head_dim, float softmax_scale)
+    : p_(p), Hq_(heads), Hkv_(groups), D_(head_dim), scale_(softmax_scale) {}
 
 void GqaAttention::project_qkv(LayerEnv& env, const Tensor& x, Tensor& h, Tensor& rstd, Tensor& q, Tensor& k,
                                Tensor& v) const {

@@ -47,8 +47,9 @@ class AttentionBlock : public Block {
 
 class GqaAttention : public AttentionBlock {
  public:
-  // heads/groups: this rank's share (config / tp size), head_dim D.
-  GqaAttention(GqaParams p, int64_t heads, int64_t groups, int64_t head_dim);
+  // heads/groups: this rank's share (config / tp size), head_dim D; softmax_scale from
+  // model/rotary.h (1/sqrt(D)).
+  GqaAttention(GqaParams p, int64_t heads, int64_t groups, int64_t head_dim, float softmax_scale);
 
   std::vector<NamedTensor*> params() const override { return {p_.norm, p_.qkv, p_.proj}; }
   std::vector<NamedTensor*> overwritten_grads() const override { return {p_.qkv, p_.proj}; }

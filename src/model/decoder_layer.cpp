@@ -59,6 +59,7 @@ void DecoderLayer::backward(LayerEnv& env, LayerActivations& acts, Tensor& dres,
 DecoderLayer make_decoder_layer(const ModelConfig& c, const LayerSpec& spec, const ParamLookup& lookup, int tp_size) {
   const std::string& pre = spec.prefix;
   std::unique_ptr<AttentionBlock> attention;
+  const float softmax_scale = rotary_of(c).softmax_scale;
   if (spec.attention == AttentionKind::MLA) {
     const std::string a = pre + "self_attention.";
     MlaParams p;
@@ -76,12 +77,12 @@ DecoderLayer make_decoder_layer(const ModelConfig& c, const LayerSpec& spec, con
     p.proj = lookup(a + "linear_proj.weight");
     const MlaDims dims{c.num_attention_heads / tp_size, c.q_lora_rank, c.kv_lora_rank, c.qk_head_dim,
                       c.qk_pos_emb_head_dim, c.v_head_dim};
-    attention = std::make_unique<MlaAttention>(p, dims, rotary_of(c).softmax_scale);
+    attention = std::make_unique<MlaAttention>(p, dims, softmax_scale);
   } else {
     attention = std::make_unique<GqaAttention>(
         GqaParams{lookup(pre + "input_layernorm.weight"), lookup(pre + "self_attention.linear_qkv.weight"),
                   lookup(pre + "self_attention.linear_proj.weight")},
-        c.num_attention_heads / tp_size, c.query_groups() / tp_size, c.head_dim());
+        c.num_attention_heads / tp_size, c.query_groups() / tp_size, c.head_dim(), softmax_scale);
   }
   std::unique_ptr<Block> mlp;
   NamedTensor* mlp_norm = lookup(pre + "pre_mlp_layernorm.weight");

@@ -17,8 +17,8 @@ Rotary rotary_of(const ModelConfig& c) {
     s.beta_fast = static_cast<float>(c.beta_fast);
     s.beta_slow = static_cast<float>(c.beta_slow);
     r.inv_freq = ops::rope_inv_freq(c.qk_pos_emb_head_dim, static_cast<float>(c.rotary_base), s);
-    const double all_dim = c.mscale_all_dim != 0.0 ? ops::yarn_mscale(factor, c.mscale_all_dim) : 1.0;
-    r.table_scale = static_cast<float>(ops::yarn_mscale(factor, c.mscale) / ops::yarn_mscale(factor, c.mscale_all_dim));
+    const double all_dim = ops::yarn_mscale(factor, c.mscale_all_dim);  // 1 when mscale_all_dim is 0
+    r.table_scale = static_cast<float>(ops::yarn_mscale(factor, c.mscale) / all_dim);
     r.softmax_scale =
         static_cast<float>(all_dim * all_dim / std::sqrt(static_cast<double>(c.qk_head_dim + c.qk_pos_emb_head_dim)));
     return r;
@@ -29,7 +29,7 @@ Rotary rotary_of(const ModelConfig& c) {
   s.high_freq_factor = static_cast<float>(c.rope_high_freq_factor);
   const auto rotary_dim = static_cast<int64_t>(std::round(static_cast<double>(c.head_dim()) * c.rotary_percent));
   r.inv_freq = ops::rope_inv_freq(rotary_dim, static_cast<float>(c.rotary_base), s);
-  r.softmax_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.head_dim())));
+  r.softmax_scale = 1.f / std::sqrt(static_cast<float>(c.head_dim()));
   return r;
 }
 
