@@ -93,8 +93,6 @@ void MlaAttention::project(LayerEnv& env, const Tensor& x, Acts& a) const {
 
 void MlaAttention::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::unique_ptr<BlockActivations>& acts_out,
                            Recompute keep) {
-  PRIMUS_CHECK(env.dims.sequence_shards == 1 && env.tp.size() == 1,
-               "multi-latent attention runs on one tensor-parallel rank (tensor_model_parallel_size 1)");
   Arena& A = env.arena;
   const TokenDims& d = env.dims;
   const DType dt = x.dtype();

@@ -25,7 +25,8 @@
 // them; decode attends in the latent space (ops/mla_decode.h: W_uk absorbed into the query,
 // W_uv applied to the latent output).
 //
-// Tensor parallel is not built for MLA (check_parallel_layout refuses tp > 1).
+// Tensor parallel is not built for MLA (check_parallel_layout refuses tp > 1 at start-up,
+// DecoderModel a tensor-parallel group).
 #pragma once
 
 #include "model/attention_gqa.h"

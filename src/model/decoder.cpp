@@ -65,6 +65,9 @@ void validate_tensor_parallel(const ModelConfig& c, const parallel::TensorParall
   PRIMUS_CHECK(tp.group->device() == device, "DecoderOptions.tensor_parallel: the tp group '{}' works on {} tensors but "
                "the model runs on {}", tp.group->name(), device_name(tp.group->device()), device_name(device));
   const int64_t P = tp.size();
+  PRIMUS_CHECK(P == 1 || (!c.multi_latent_attention && c.mtp_num_layers == 0),
+               "model config '{}': multi-latent attention and multi-token prediction run on one tensor-parallel rank "
+               "(tensor_model_parallel_size 1)", c.name);
   std::string bad;
   auto need = [&](const char* key, int64_t value) {
     if (value % P != 0) bad += fmt::format("\n  {} = {} is not divisible by tensor_model_parallel_size = {}", key, value, P);
@@ -196,9 +199,9 @@ DecoderModel::DecoderModel(const ModelConfig& config, ops::Context& ctx, const D
       output_ = make(head.at(1));
     else if (!stage.pre_process)  // the last stage's copy of the tied embedding (same name, same init)
       embedding_ = make(embedding.front());
-    PRIMUS_CHECK(config_.mtp_num_layers == 0 || (stage.pre_process && tp.size() == 1),
+    PRIMUS_CHECK(config_.mtp_num_layers == 0 || stage.pre_process,
                  "model config '{}': multi-token prediction (mtp_num_layers {}) needs the whole model on one "
-                 "tensor-parallel rank (pipeline_model_parallel_size 1, tensor_model_parallel_size 1)",
+                 "pipeline stage (pipeline_model_parallel_size 1)",
                  config_.name, config_.mtp_num_layers);
     for (int64_t k = 0; k < config_.mtp_num_layers; ++k) {
       std::map<std::string, NamedTensor*> held;

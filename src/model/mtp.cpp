@@ -11,9 +11,7 @@ MtpModule::MtpModule(const ModelConfig& c, int64_t module, const ParamLookup& lo
       hnorm_(lookup(fmt::format("mtp.layers.{}.hnorm.weight", module))),
       eh_proj_(lookup(fmt::format("mtp.layers.{}.eh_proj.weight", module))),
       final_norm_(lookup(fmt::format("mtp.layers.{}.final_layernorm.weight", module))),
-      layer_(make_decoder_layer(c, mtp_layer(c, module), lookup, tp_size)) {
-  PRIMUS_CHECK(tp_size == 1, "multi-token prediction runs on one tensor-parallel rank");
-}
+      layer_(make_decoder_layer(c, mtp_layer(c, module), lookup, tp_size)) {}
 
 std::vector<NamedTensor*> MtpModule::params() const {
   std::vector<NamedTensor*> out{enorm_, hnorm_, eh_proj_};
