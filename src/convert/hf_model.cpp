@@ -22,17 +22,25 @@ namespace {
 template <typename T>
 T value_as(const nlohmann::json& v, const char* key, const std::string& source) {
   if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
-    const bool integral = v.is_number_integer() ||
-                          (v.is_number_float() && std::isfinite(v.get<double>()) &&
-                           std::floor(v.get<double>()) == v.get<double>() && std::fabs(v.get<double>()) < 9.0e15);
-    if (!integral) fail("{}: key '{}' must be an integer, got {}", source, key, v.dump());
-    if (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<T>::max())
-                               : (v.is_number_float() ? v.get<double>() < static_cast<double>(std::numeric_limits<T>::min()) ||
-                                                            v.get<double>() > static_cast<double>(std::numeric_limits<T>::max())
-                                                      : v.get<int64_t>() < static_cast<int64_t>(std::numeric_limits<T>::min()) ||
-                                                            v.get<int64_t>() > static_cast<int64_t>(std::numeric_limits<T>::max())))
+    // As an int64 first: a JSON integer, or a float that is a whole number below 2^53.
+    int64_t i = 0;
+    if (v.is_number_unsigned()) {
+      if (v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+        fail("{}: key '{}' = {} is out of range", source, key, v.dump());
+      i = static_cast<int64_t>(v.get<uint64_t>());
+    } else if (v.is_number_integer()) {
+      i = v.get<int64_t>();
+    } else {
+      const double d = v.is_number_float() ? v.get<double>() : NAN;
+      if (!std::isfinite(d) || std::floor(d) != d || std::fabs(d) >= 9.0e15)
+        fail("{}: key '{}' must be an integer, got {}", source, key, v.dump());
+      i = static_cast<int64_t>(d);
+    }
+    const bool below = i < 0 && (std::is_unsigned_v<T> || i < static_cast<int64_t>(std::numeric_limits<T>::min()));
+    const bool above = i > 0 && static_cast<uint64_t>(i) > static_cast<uint64_t>(std::numeric_limits<T>::max());
+    if (below || above)
       fail("{}: key '{}' = {} is out of range", source, key, v.dump());
-    return v.is_number_float() ? static_cast<T>(v.get<double>()) : v.get<T>();
+    return static_cast<T>(i);
   } else {
     try {
       return v.get<T>();

@@ -98,10 +98,9 @@ std::string where(const HfSpec& s, std::string_view key) { return fmt::format("{
 constexpr int64_t kMaxTokenId = (int64_t{1} << 24) - 1;
 int32_t token_id(const HfSpec& s, const json& v, std::string_view what) {
   if (!v.is_number_integer()) fail("{}: token id {} is not an integer", where(s, what), v.dump());
-  const bool negative = v.is_number_integer() && !v.is_number_unsigned() && v.get<int64_t>() < 0;
-  if (negative || (v.is_number_unsigned() ? v.get<uint64_t>() > static_cast<uint64_t>(kMaxTokenId)
-                                          : v.get<int64_t>() > kMaxTokenId))
-    fail("{}: token id {} is outside [0, {}]", where(s, what), v.dump(), kMaxTokenId);
+  const bool in_range = v.is_number_unsigned() ? v.get<uint64_t>() <= static_cast<uint64_t>(kMaxTokenId)
+                                               : v.get<int64_t>() >= 0 && v.get<int64_t>() <= kMaxTokenId;
+  if (!in_range) fail("{}: token id {} is outside [0, {}]", where(s, what), v.dump(), kMaxTokenId);
   return static_cast<int32_t>(v.get<int64_t>());
 }
 
