@@ -91,6 +91,53 @@ void peer(const Communicator& c, const char* op, int peer) {
                op, c.describe(), peer, c.size() - 1, c.rank());
 }
 
+namespace {
+// Checks one counts vector of all_to_all_v and returns its sum (elements).
+int64_t all_to_all_counts(const Communicator& c, const char* what,
+                          const std::vector<int64_t>& counts, const Tensor& t) {
+  PRIMUS_CHECK(static_cast<int64_t>(counts.size()) == c.size(),
+               "all_to_all_v on {}: {} has {} entries, expected one per rank ({})", c.describe(),
+               what, counts.size(), c.size());
+  int64_t sum = 0;
+  for (size_t r = 0; r < counts.size(); ++r) {
+    PRIMUS_CHECK(counts[r] >= 0, "all_to_all_v on {}: {}[{}] is {}, expected a count >= 0",
+                 c.describe(), what, r, counts[r]);
+    // compared before adding, so that huge counts cannot overflow the sum
+    PRIMUS_CHECK(counts[r] <= t.numel() - sum,
+                 "all_to_all_v on {}: {} up to rank {} sum to {} elements, but the tensor has only "
+                 "{} ({})",
+                 c.describe(), what, r, sum + counts[r], t.numel(), t.describe());
+    sum += counts[r];
+  }
+  return sum;
+}
+}  // namespace
+
+void all_to_all_v(const Communicator& c, const Tensor& out, const std::vector<int64_t>& out_counts,
+                  const Tensor& in, const std::vector<int64_t>& in_counts) {
+  tensor(c, "all_to_all_v", "out", out);
+  tensor(c, "all_to_all_v", "in", in);
+  PRIMUS_CHECK(out.dtype() == in.dtype(), "all_to_all_v on {}: out is {} but in is {}",
+               c.describe(), out.describe(), in.describe());
+  const int64_t out_sum = all_to_all_counts(c, "out_counts", out_counts, out);
+  const int64_t in_sum = all_to_all_counts(c, "in_counts", in_counts, in);
+  const auto me = static_cast<size_t>(c.rank());
+  PRIMUS_CHECK(in_counts[me] == out_counts[me],
+               "all_to_all_v on {}: this rank sends itself in_counts[{}] = {} elements but expects "
+               "out_counts[{}] = {}; out_counts on rank q must equal in_counts[q] of each sender",
+               c.describe(), me, in_counts[me], me, out_counts[me]);
+  if (in_sum > 0 && out_sum > 0) {
+    const size_t es = dtype_size(in.dtype());
+    auto i0 = reinterpret_cast<uintptr_t>(in.raw()), o0 = reinterpret_cast<uintptr_t>(out.raw());
+    const uintptr_t i1 = i0 + static_cast<size_t>(in_sum) * es;
+    const uintptr_t o1 = o0 + static_cast<size_t>(out_sum) * es;
+    PRIMUS_CHECK(i1 <= o0 || o1 <= i0,
+                 "all_to_all_v on {}: the {} elements sent from {} overlap the {} elements "
+                 "received into {}; use separate buffers",
+                 c.describe(), in_sum, in.describe(), out_sum, out.describe());
+  }
+}
+
 int64_t byte_offset_within(const Tensor& part, const Tensor& whole) {
   auto p = reinterpret_cast<uintptr_t>(part.raw());
   auto w = reinterpret_cast<uintptr_t>(whole.raw());

@@ -16,6 +16,16 @@
 //                            `in` may be exactly this rank's slot of `out` (in place).
 //   broadcast(t, root)       t = t of rank `root`
 //   send(t, peer)/recv(t, peer)  point to point, matched in issue order (no tags; NCCL has none)
+//   all_to_all_v(out, out_counts, in, in_counts)  (MoE expert-parallel token dispatch)
+//                            `in` holds size() consecutive chunks in rank order: chunk r
+//                            (in_counts[r] elements) goes to rank r. `out` receives size()
+//                            consecutive chunks: chunk r (out_counts[r] elements) from rank r.
+//                            Counts are elements, not bytes; in and out have the same dtype;
+//                            sum(in_counts) <= in.numel() and sum(out_counts) <= out.numel()
+//                            (elements past the sums are neither sent nor written); a zero
+//                            count sends/receives nothing. out_counts[r] on rank q must equal
+//                            in_counts[q] on rank r (the caller exchanged the counts first,
+//                            e.g. with an all_gather); in and out must not overlap.
 // Tensors are contiguous; shapes are ignored, only element counts matter. ReduceOp::Avg is
 // the sum divided by size() (computed in fp32 for bf16/fp16).
 //
@@ -30,6 +40,8 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "core/tensor.h"
 
@@ -86,6 +98,8 @@ class Communicator {
   virtual CommHandle broadcast_async(Tensor& t, int root) = 0;
   virtual CommHandle send_async(const Tensor& t, int peer) = 0;
   virtual CommHandle recv_async(Tensor& t, int peer) = 0;
+  virtual CommHandle all_to_all_v_async(Tensor& out, std::vector<int64_t> out_counts,
+                                        const Tensor& in, std::vector<int64_t> in_counts) = 0;
 
   // Blocks the host until every rank of this communicator arrived (with the timeout).
   virtual void barrier() = 0;
@@ -111,6 +125,10 @@ class Communicator {
   void broadcast(Tensor& t, int root) { broadcast_async(t, root)->wait(); }
   void send(const Tensor& t, int peer) { send_async(t, peer)->wait(); }
   void recv(Tensor& t, int peer) { recv_async(t, peer)->wait(); }
+  void all_to_all_v(Tensor& out, std::vector<int64_t> out_counts, const Tensor& in,
+                    std::vector<int64_t> in_counts) {
+    all_to_all_v_async(out, std::move(out_counts), in, std::move(in_counts))->wait();
+  }
 
   // One number reduced over the group (loss, grad-norm², token counts), returned on the
   // host. Uses a one-element fp64 tensor on device().
@@ -129,6 +147,11 @@ void tensor(const Communicator& c, const char* op, const char* what, const Tenso
 void reduce_scatter(const Communicator& c, const Tensor& out, const Tensor& in);
 void all_gather(const Communicator& c, const Tensor& out, const Tensor& in);
 void peer(const Communicator& c, const char* op, int peer);
+// Both counts vectors have size() entries, none negative, their sums fit `out` / `in`, this
+// rank's own chunk has the same count both ways, in and out share dtype and device and the
+// parts they send / receive do not overlap.
+void all_to_all_v(const Communicator& c, const Tensor& out, const std::vector<int64_t>& out_counts,
+                  const Tensor& in, const std::vector<int64_t>& in_counts);
 // Byte offset of `part` inside `whole` when it lies entirely within it, else -1.
 int64_t byte_offset_within(const Tensor& part, const Tensor& whole);
 }  // namespace comm_checks

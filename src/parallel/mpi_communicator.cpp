@@ -11,7 +11,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <memory>
 #include <thread>
+#include <vector>
 
 #include "core/dtype.h"
 
@@ -140,12 +142,24 @@ int as_count(int64_t n, const std::string& where) {
   return static_cast<int>(n);
 }
 
+// all_to_all_v's byte count or displacement for one rank, as MPI's int.
+int as_byte_count(int64_t bytes, const char* dir, const char* kind, int rank,
+                  const std::string& where) {
+  PRIMUS_CHECK(bytes <= INT_MAX, "{}: the {} {} for rank {} is {} bytes, over MPI's int limit "
+               "({}); dispatch fewer tokens per call", where, dir, kind, rank, bytes, INT_MAX);
+  return static_cast<int>(bytes);
+}
+
 class MpiCommunicator;
 
 class MpiWork final : public CommWork {
  public:
-  MpiWork(MpiCommunicator* comm, const char* op, MPI_Request req, std::function<void()> on_done)
-      : comm_(comm), op_(op), req_(req), on_done_(std::move(on_done)) {}
+  // `keep_alive` holds what MPI reads until the request completes (all_to_all_v's count
+  // and displacement arrays); it is released with the work object.
+  MpiWork(MpiCommunicator* comm, const char* op, MPI_Request req, std::function<void()> on_done,
+          std::shared_ptr<const void> keep_alive = nullptr)
+      : comm_(comm), op_(op), req_(req), on_done_(std::move(on_done)),
+        keep_alive_(std::move(keep_alive)) {}
   ~MpiWork() override;
   void wait() override;
   bool test() override;
@@ -159,6 +173,7 @@ class MpiWork final : public CommWork {
   const char* op_;
   MPI_Request req_;
   std::function<void()> on_done_;
+  std::shared_ptr<const void> keep_alive_;
   bool done_ = false;
 };
 
@@ -271,6 +286,41 @@ class MpiCommunicator final : public Communicator {
                     kTag, comm_, &req),
           "recv");
     return std::make_unique<MpiWork>(this, "recv", req, nullptr);
+  }
+
+  CommHandle all_to_all_v_async(Tensor& out, std::vector<int64_t> out_counts, const Tensor& in,
+                                std::vector<int64_t> in_counts) override {
+    comm_checks::all_to_all_v(*this, out, out_counts, in, in_counts);
+    const std::string where = what("all_to_all_v");
+    // Bytes (MPI_BYTE) rather than an MPI datatype: any dtype, and bf16/fp16 need no type.
+    struct Args {
+      std::vector<int> send_counts, send_displs, recv_counts, recv_displs;
+      Tensor out, in;  // the buffers MPI reads and writes, alive until completion
+    };
+    auto args = std::make_shared<Args>();
+    const auto es = static_cast<int64_t>(dtype_size(in.dtype()));
+    auto to_bytes = [&](const std::vector<int64_t>& counts, std::vector<int>& c,
+                        std::vector<int>& d, const char* dir) {
+      c.resize(counts.size());
+      d.resize(counts.size());
+      int64_t offset = 0;
+      for (size_t r = 0; r < counts.size(); ++r) {
+        const int rank = static_cast<int>(r);
+        c[r] = as_byte_count(counts[r] * es, dir, "count", rank, where);
+        d[r] = as_byte_count(offset, dir, "displacement", rank, where);
+        offset += counts[r] * es;
+      }
+    };
+    to_bytes(in_counts, args->send_counts, args->send_displs, "send");
+    to_bytes(out_counts, args->recv_counts, args->recv_displs, "receive");
+    args->out = out;
+    args->in = in;
+    MPI_Request req;
+    check(MPI_Ialltoallv(in.raw(), args->send_counts.data(), args->send_displs.data(), MPI_BYTE,
+                         out.raw(), args->recv_counts.data(), args->recv_displs.data(), MPI_BYTE,
+                         comm_, &req),
+          "all_to_all_v");
+    return std::make_unique<MpiWork>(this, "all_to_all_v", req, nullptr, std::move(args));
   }
 
   void barrier() override {

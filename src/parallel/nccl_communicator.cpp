@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <thread>
+#include <vector>
 
 #include "ops/cuda/cuda_check.h"
 
@@ -159,6 +160,37 @@ class NcclCommunicator final : public Communicator {
     return enqueue("recv", [&] {
       return ncclRecv(t.raw(), static_cast<size_t>(t.numel()), nccl_type(t.dtype(), w), peer, comm_,
                       stream_);
+    });
+  }
+
+  // One NCCL group of a send and a receive per peer with a nonzero count (NCCL has no
+  // all-to-all-v of its own; grouped point-to-point is how it is done, self included).
+  CommHandle all_to_all_v_async(Tensor& out, std::vector<int64_t> out_counts, const Tensor& in,
+                                std::vector<int64_t> in_counts) override {
+    comm_checks::all_to_all_v(*this, out, out_counts, in, in_counts);
+    const std::string w = what("all_to_all_v");
+    const ncclDataType_t type = nccl_type(in.dtype(), w);
+    const size_t es = dtype_size(in.dtype());
+    return enqueue("all_to_all_v", [&] {
+      ncclResult_t st = ncclGroupStart();
+      if (st != ncclSuccess) return st;
+      size_t send_off = 0, recv_off = 0;  // bytes
+      for (int r = 0; r < size_ && st == ncclSuccess; ++r) {
+        const auto n_send = static_cast<size_t>(in_counts[r]);
+        const auto n_recv = static_cast<size_t>(out_counts[r]);
+        if (n_send > 0) {
+          st = ncclSend(static_cast<const char*>(in.raw()) + send_off, n_send, type, r, comm_,
+                        stream_);
+        }
+        if (n_recv > 0 && st == ncclSuccess) {
+          st = ncclRecv(static_cast<char*>(out.raw()) + recv_off, n_recv, type, r, comm_,
+                        stream_);
+        }
+        send_off += n_send * es;
+        recv_off += n_recv * es;
+      }
+      const ncclResult_t end = ncclGroupEnd();  // always closes the group it opened
+      return st != ncclSuccess ? st : end;
     });
   }
 

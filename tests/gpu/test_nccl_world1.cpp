@@ -88,6 +88,35 @@ TEST(NcclWorld1, InPlaceShardsSplitAndErrors) {
   EXPECT_THROW(c->all_reduce(ints, ReduceOp::Avg), Error);
 }
 
+TEST(NcclWorld1, AllToAllVOnOneRank) {
+  SKIP_WITHOUT_NCCL_GPU();
+  auto c = nccl_world();
+  for (DType dt : {DType::F32, DType::BF16}) {
+    for (int64_t n : {int64_t(1), int64_t(1001)}) {
+      std::vector<float> v = ramp(n + 3);  // 3 elements past the sent chunk
+      Tensor in = Tensor::from_floats(v, {n + 3}, dt, Device::CUDA);
+      Tensor out = Tensor::from_floats(std::vector<float>(n + 2, -7.f), {n + 2}, dt, Device::CUDA);
+      CommHandle h = c->all_to_all_v_async(out, {n}, in, {n});
+      h->wait();
+      c->synchronize();
+      EXPECT_TRUE(h->test());
+      std::vector<float> want = Tensor::from_floats(v, {n + 3}, dt).to_float_vector();
+      want.resize(static_cast<size_t>(n));
+      want.push_back(-7.f);
+      want.push_back(-7.f);
+      EXPECT_EQ(out.to_float_vector(), want) << dtype_name(dt) << " n " << n;
+      c->all_to_all_v(out, {0}, in, {0});  // zero counts: an empty group, nothing moves
+      c->synchronize();
+      EXPECT_EQ(out.to_float_vector(), want) << dtype_name(dt) << " n " << n;
+    }
+  }
+  Tensor in = Tensor::zeros({4}, DType::F32, Device::CUDA);
+  Tensor out = Tensor::zeros({4}, DType::F32, Device::CUDA);
+  EXPECT_THROW(c->all_to_all_v(out, {2}, in, {1}), Error);  // own chunk differs
+  Tensor host = Tensor::zeros({4}, DType::F32);
+  EXPECT_THROW(c->all_to_all_v(out, {1}, host, {1}), Error);  // a CPU tensor on NCCL
+}
+
 TEST(NcclWorld1, GradBucketsOnCuda) {
   SKIP_WITHOUT_NCCL_GPU();
   auto c = nccl_world();

@@ -146,6 +146,103 @@ TEST(MpiCollectives, SendRecvAroundARing) {
   EXPECT_THROW(world().send(mine, me), Error);
 }
 
+namespace {
+// all_to_all_v test pattern: rank r sends rank q (r + 2q) % 3 chunks of `scale` elements
+// (so some counts are zero); element i of that chunk is a small integer that names
+// (r, q, i) for r, q < n: exact in bf16 for scale 1 with n <= 4, and in fp32 for any scale
+// used here. Never 0.
+int64_t a2a_count(int r, int q, int64_t scale) { return (r + 2 * q) % 3 * scale; }
+float a2a_value(int r, int q, int64_t i, int n, int64_t scale) {
+  return static_cast<float>((r * n + q) * (2 * scale + 1) + i + 1);
+}
+constexpr float kUntouched = -7.f;
+
+// Runs one all_to_all_v on `c` with the pattern above, over the given member ranks (`ids`:
+// the identity each member puts in its values, e.g. its world rank), with `extra` unused
+// elements after the sent and the received chunks; checks every element of `out`.
+void check_all_to_all_v(Communicator& c, const std::vector<int>& ids, DType dt, int64_t scale,
+                        int64_t extra, bool async) {
+  const int n = c.size(), me = c.rank();
+  std::vector<int64_t> in_counts(n), out_counts(n);
+  std::vector<float> in_v;
+  for (int q = 0; q < n; ++q) {
+    in_counts[q] = a2a_count(me, q, scale);
+    out_counts[q] = a2a_count(q, me, scale);
+    for (int64_t i = 0; i < in_counts[q]; ++i)
+      in_v.push_back(a2a_value(ids[me], ids[q], i, world().size(), scale));
+  }
+  const auto in_used = static_cast<int64_t>(in_v.size());
+  in_v.resize(static_cast<size_t>(in_used + extra), 99.f);  // never sent
+  int64_t out_used = 0;
+  for (int64_t k : out_counts) out_used += k;
+  Tensor in = Tensor::from_floats(in_v, {static_cast<int64_t>(in_v.size())}, dt);
+  std::vector<float> out_v(static_cast<size_t>(out_used + extra), kUntouched);
+  Tensor out = Tensor::from_floats(out_v, {out_used + extra}, dt);
+  if (async) {
+    CommHandle h = c.all_to_all_v_async(out, out_counts, in, in_counts);
+    h->wait();
+    EXPECT_TRUE(h->test());
+  } else {
+    c.all_to_all_v(out, out_counts, in, in_counts);
+  }
+  std::vector<float> got = out.to_float_vector();
+  int64_t k = 0;
+  for (int r = 0; r < n; ++r)
+    for (int64_t i = 0; i < out_counts[r]; ++i, ++k)
+      ASSERT_EQ(got[k], a2a_value(ids[r], ids[me], i, world().size(), scale))
+          << dtype_name(dt) << " scale " << scale << " from rank " << r << " element " << i;
+  for (; k < out_used + extra; ++k) ASSERT_EQ(got[k], kUntouched) << "past the received chunks";
+}
+}  // namespace
+
+TEST(MpiCollectives, AllToAllVUnevenCountsWithZeros) {
+  const int n = world().size(), me = world().rank();
+  std::vector<int> ids(n);
+  for (int r = 0; r < n; ++r) ids[r] = r;
+  for (DType dt : {DType::F32, DType::BF16})
+    for (int64_t extra : {int64_t(0), int64_t(5)}) {
+      check_all_to_all_v(world(), ids, dt, 1, extra, false);
+      check_all_to_all_v(world(), ids, dt, 1, extra, true);
+    }
+  check_all_to_all_v(world(), ids, DType::F32, 1000, 3, false);  // chunks of 1000 and 2000
+
+  // every rank sends nothing at all
+  Tensor none_in = Tensor::zeros({0}, DType::F32), none_out = Tensor::zeros({0}, DType::F32);
+  world().all_to_all_v(none_out, std::vector<int64_t>(n, 0), none_in, std::vector<int64_t>(n, 0));
+
+  // bad arguments are refused on the calling rank before anything is sent (every rank
+  // throws the same way, so nothing is left half-issued)
+  Tensor in = Tensor::zeros({8}, DType::F32), out = Tensor::zeros({8}, DType::F32);
+  std::vector<int64_t> one(n, 1);
+  EXPECT_THROW(world().all_to_all_v(out, std::vector<int64_t>(n + 1, 0), in, one), Error);
+  std::vector<int64_t> negative = one;
+  negative[(me + 1) % n] = -1;
+  if (n > 1) EXPECT_THROW(world().all_to_all_v(out, one, in, negative), Error);
+  std::vector<int64_t> too_many(n, 9);
+  EXPECT_THROW(world().all_to_all_v(out, one, in, too_many), Error);
+  Tensor bf = Tensor::zeros({8}, DType::BF16);
+  EXPECT_THROW(world().all_to_all_v(bf, one, in, one), Error);
+  std::vector<int64_t> self_mismatch = one;
+  self_mismatch[me] = 2;
+  EXPECT_THROW(world().all_to_all_v(out, one, in, self_mismatch), Error);
+  EXPECT_THROW(world().all_to_all_v(in, one, in, one), Error);  // in and out overlap
+  world().barrier();
+}
+
+TEST(MpiCollectives, AllToAllVOnASplitGroup) {
+  const int n = world().size(), me = world().rank();
+  auto sub = world().split(me % 2, -me, "ep");  // reversed order inside, as in the split test
+  ASSERT_NE(sub, nullptr);
+  std::vector<int> members;  // world ranks of the group, in its rank order
+  for (int r = n - 1; r >= 0; --r)
+    if (r % 2 == me % 2) members.push_back(r);
+  ASSERT_EQ(static_cast<int>(members.size()), sub->size());
+  ASSERT_EQ(members[sub->rank()], me);
+  for (DType dt : {DType::F32, DType::BF16}) check_all_to_all_v(*sub, members, dt, 1, 2, true);
+  check_all_to_all_v(*sub, members, DType::F32, 37, 0, false);
+  world().barrier();
+}
+
 TEST(MpiCollectives, AsyncHandlesCompleteInAnyWaitOrder) {
   const int n = world().size(), me = world().rank();
   Tensor a = make_input(me, 4096, DType::F32), b = make_input(me + 1, 4096, DType::F32);

@@ -150,3 +150,31 @@ TEST(SingleProcessCommunicator, CollectivesAreIdentity) {
   EXPECT_EQ(c->split(-1, 0, "none"), nullptr);
   EXPECT_EQ(c->split(3, 0, "tp")->name(), "tp");
 }
+
+TEST(SingleProcessCommunicator, AllToAllVCopiesItsOwnChunk) {
+  auto c = make_single_process_communicator(Device::CPU, "ep");
+  for (DType dt : {DType::F32, DType::BF16}) {
+    // in has room past the sent chunk, out past the received one: neither extra is touched
+    Tensor in = Tensor::from_floats({1, 2, 3, 4, 5}, {5}, dt);
+    Tensor out = Tensor::from_floats({-7, -7, -7, -7}, {2, 2}, dt);  // shapes are ignored
+    c->all_to_all_v(out, {3}, in, {3});
+    EXPECT_EQ(out.to_float_vector(), (std::vector<float>{1, 2, 3, -7})) << dtype_name(dt);
+    c->all_to_all_v_async(out, {0}, in, {0})->wait();  // zero counts: nothing moves
+    EXPECT_EQ(out.to_float_vector(), (std::vector<float>{1, 2, 3, -7})) << dtype_name(dt);
+  }
+  Tensor in = Tensor::zeros({4}, DType::F32), out = Tensor::zeros({4}, DType::F32);
+  EXPECT_THROW(c->all_to_all_v(out, {1, 1}, in, {1}), Error);            // one count per rank
+  EXPECT_THROW(c->all_to_all_v(out, {2}, in, {1}), Error);               // own chunk differs
+  EXPECT_THROW(c->all_to_all_v(out, {-1}, in, {-1}), Error);             // negative
+  EXPECT_THROW(c->all_to_all_v(out, {5}, in, {5}), Error);               // more than the tensors
+  Tensor bf = Tensor::zeros({4}, DType::BF16);
+  EXPECT_THROW(c->all_to_all_v(bf, {1}, in, {1}), Error);                // dtypes differ
+  EXPECT_THROW(c->all_to_all_v(in, {2}, in.rows(1, 4), {2}), Error);     // in overlaps out
+  try {
+    c->all_to_all_v(out, {5}, in, {5});
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("all_to_all_v on single communicator 'ep'"),
+              std::string::npos)
+        << e.what();
+  }
+}
