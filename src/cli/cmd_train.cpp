@@ -1,5 +1,5 @@
 // primus train [pretrain|posttrain] --config EXP.yaml [--set key=value ...] [key=value ...]
-//              [--world-size N] [--dry-run]
+//              [--world-size N] [--dry-run [--device-memory GiB]]
 //
 // Loads and validates the experiment; --dry-run prints the resolved config with sources,
 // the parameter count, FLOPs per token and the memory estimate per GPU, and exits 0.
@@ -30,6 +30,10 @@ int cmd_train(int argc, char** argv) {
       ->allow_extra_args(false);
   app.add_flag("--dry-run", dry_run,
                "print the resolved config with sources, parameter count, FLOPs/token and memory per GPU; exit");
+  double device_memory_gib = 80;
+  app.add_option("--device-memory", device_memory_gib,
+                 "--dry-run: GiB of memory per GPU to compare the estimate with (default 80, an H100; 0: no comparison)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--world-size", world_size,
                  "number of processes (default: $WORLD_SIZE; for --dry-run without it, the smallest that fits)");
   app.add_option("args", positional, "optional pretrain|posttrain, then key=value overrides");
@@ -67,7 +71,7 @@ int cmd_train(int argc, char** argv) {
     if (assumed_world)
       fmt::print("note: no --world-size or WORLD_SIZE given; assumed the smallest world that fits the layout: {}\n\n",
                  cfg.world_size);
-    fmt::print("{}", config::describe_model(cfg));
+    fmt::print("{}", config::describe_model(cfg, device_memory_gib));
     return 0;
   }
   return primus::train::run(cfg);

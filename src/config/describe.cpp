@@ -152,7 +152,7 @@ TrainingSetup training_setup(const Config& cfg) {
   return t;
 }
 
-std::string describe_model(const Config& cfg) {
+std::string describe_model(const Config& cfg, double device_memory_gib) {
   const ModelConfig m = model_config(cfg);
   const ParamCounts c = count_parameters(m);
   std::string out;
@@ -204,6 +204,18 @@ std::string describe_model(const Config& cfg) {
                      e.microbatches_in_flight == 1 ? "" : "es", recompute_text(t));
   out += fmt::format("  total {} (not counted: CUDA context, workspaces, fragmentation, communication buffers)\n",
                      gib(e.total_bytes()));
+  if (device_memory_gib > 0) {
+    const double need = static_cast<double>(e.total_bytes()) / static_cast<double>(1ull << 30);
+    if (need <= device_memory_gib)
+      out += fmt::format("  fits in {:.0f} GiB of device memory ({:.0f}% of it)\n", device_memory_gib,
+                         100.0 * need / device_memory_gib);
+    else
+      out += fmt::format("  WARNING: does not fit: {:.1f} GiB > {:.0f} GiB of device memory; spread the model over "
+                         "more ranks (expert_model_parallel_size, pipeline_model_parallel_size, "
+                         "tensor_model_parallel_size), shard the optimizer (use_distributed_optimizer) or recompute "
+                         "activations (recompute_granularity: full)\n",
+                         need, device_memory_gib);
+  }
   return out;
 }
 

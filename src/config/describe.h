@@ -19,8 +19,9 @@ std::string describe_schema_markdown();
 std::string describe_config(const Config& cfg);
 
 // The parameter count, FLOPs per token and the memory estimate per GPU for the config's
-// parallel layout.
-std::string describe_model(const Config& cfg);
+// parallel layout, compared with device_memory_gib of device memory (a warning line when the
+// estimate does not fit; 0 skips the comparison).
+std::string describe_model(const Config& cfg, double device_memory_gib = 0);
 
 // The memory-estimate inputs taken from a config (layout, precision, recompute ...).
 ParallelLayout parallel_layout(const Config& cfg);

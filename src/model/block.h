@@ -9,8 +9,8 @@
 // statistics; activations live in the caller's arena and are recorded in the block's
 // BlockActivations for the backward.
 //
-// Blocks call ops/ops.h for math and parallel/layers.h for the tensor-parallel linears: no
-// collective appears in a block.
+// Blocks call ops/ops.h for math, parallel/layers.h for the tensor-parallel linears and
+// parallel/expert_parallel.h for the token exchange of MoE: no collective appears in a block.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +20,7 @@
 #include "core/arena.h"
 #include "parallel/named_tensor.h"
 #include "ops/ops.h"
+#include "parallel/expert_parallel.h"
 #include "parallel/tensor_parallel.h"
 
 namespace primus {
@@ -38,7 +39,7 @@ struct TokenDims {
 };
 
 // What a block needs besides its weights: context, arena, shapes, RoPE tables, eps, the
-// tensor-parallel group.
+// tensor- and expert-parallel groups.
 struct LayerEnv {
   ops::Context& ctx;
   Arena& arena;
@@ -46,6 +47,7 @@ struct LayerEnv {
   Tensor rope_cos, rope_sin;  // (T, R/2) fp32: positions of the rows (decode: one row per sequence)
   float norm_eps = 1e-5f;
   parallel::TensorParallel tp{};  // default: one rank
+  parallel::ExpertParallel ep{};  // default: one rank (MoE blocks hold every expert)
   // Backward writes the linear weights' grads instead of adding to them (the step's first
   // micro-batch when the caller did not zero them: DecoderModel::zero_grads_for_overwrite).
   bool overwrite_linear_grads = false;

@@ -79,6 +79,20 @@ void validate_tensor_parallel(const ModelConfig& c, const parallel::TensorParall
   if (!bad.empty()) fail("model config '{}' does not split over {} tensor-parallel ranks:{}", c.name, P, bad);
 }
 
+// The expert-parallel layout rules (the start-up check, check_parallel_layout, says the same
+// with the config's keys; this one guards direct users of DecoderModel).
+void validate_expert_parallel(const ModelConfig& c, const parallel::ExpertParallel& ep,
+                              const parallel::TensorParallel& tp, Device device) {
+  if (!ep.active()) return;
+  PRIMUS_CHECK(ep.group->device() == device, "DecoderOptions.expert_parallel: the ep group '{}' works on {} tensors "
+               "but the model runs on {}", ep.group->name(), device_name(ep.group->device()), device_name(device));
+  PRIMUS_CHECK(c.num_experts > 0 && c.num_experts % ep.size() == 0,
+               "model config '{}': num_experts = {} does not split over {} expert-parallel ranks", c.name,
+               c.num_experts, ep.size());
+  PRIMUS_CHECK(!tp.active(), "model config '{}': expert parallelism runs with tensor_model_parallel_size 1 (the "
+               "experts' tensor-parallel split, expert_tensor_parallel_size, is not built)", c.name);
+}
+
 Tensor to_host(const Tensor& t) { return t.device() == Device::CPU ? t : t.to(Device::CPU); }
 
 }  // namespace
@@ -159,11 +173,14 @@ DecoderModel::DecoderModel(const ModelConfig& config, ops::Context& ctx, const D
   set_recompute(options_.recompute, options_.recompute_num_layers);
   const parallel::TensorParallel& tp = options_.tensor_parallel;
   validate_tensor_parallel(config_, tp, ctx_.device());
+  const parallel::ExpertParallel& ep = options_.expert_parallel;
+  validate_expert_parallel(config_, ep, tp, ctx_.device());
 
   // This stage's slice of the parameter table, as this rank's shards.
   auto make = [&](const ParamSpec& spec) {
     auto p = std::make_unique<NamedTensor>();
-    p->shard = shard_of(spec, tp.rank(), tp.size());
+    p->shard = shard_of(spec, tp.rank(), tp.size(), ep.rank(), ep.size());
+    p->expert_parallel = spec.split == ParamSplit::Experts && ep.active();
     p->name = spec.name;
     const Shape shape = p->shard.local_shape();
     NamedTensor* made = p.get();
@@ -363,7 +380,7 @@ LayerEnv DecoderModel::make_env(const TokenDims& d, Arena& arena) {
     rope_sin_ = sin.to(ctx_.device());
   }
   return LayerEnv{ctx_, arena, d, rope_cos_, rope_sin_, static_cast<float>(config_.norm_epsilon),
-                  options_.tensor_parallel};
+                  options_.tensor_parallel, options_.expert_parallel};
 }
 
 void DecoderModel::forward_layers(LayerEnv& env, std::vector<Tensor>& xs, std::vector<LayerActivations>& acts,
@@ -446,7 +463,9 @@ Tensor DecoderModel::stage_forward(StageState& st, const Tensor& tokens, const T
     st.dhidden_ = Tensor();
     classifier(batch, hidden, losses, nullptr, arena);
   }
-  st.result_ = {batch.loss_sum(losses), batch.num_tokens};
+  st.result_ = StepResult{};
+  st.result_.loss_sum = batch.loss_sum(losses);
+  st.result_.num_tokens = batch.num_tokens;
   if (!mtp_.empty()) mtp_forward(st, env, tokens, *labels, *loss_mask, loss_weight, for_backward);
   st.backward_pending_ = for_backward;
   return Tensor();

@@ -80,6 +80,10 @@ struct DecoderOptions {
   // Tensor parallel group and sequence parallel (default: one rank). The group must live
   // on the context's device and outlive the model.
   parallel::TensorParallel tensor_parallel{};
+  // Expert parallel group (default: one rank): ep rank r holds routed experts
+  // [r E/P, (r+1) E/P) of every MoE layer (parallel/expert_parallel.h). Must live on the
+  // context's device and outlive the model.
+  parallel::ExpertParallel expert_parallel{};
   // Pipeline parallel: which layers (and ends) this model holds. Default: all of it.
   PipelineStage stage{};
   // Called once per parameter and backward, as soon as that parameter's gradient

@@ -18,12 +18,18 @@ struct MoeMlp::Acts : BlockActivations {
   Tensor logits;                   // (N,E) fp32
   Tensor probs, indices;           // (N,k) fp32, int32
   Tensor row_of, pair_of_row;      // (N,k) int32, (M) int32
-  std::vector<int64_t> rows;       // per expert (host)
-  Tensor x_perm, g, act, y_perm;   // (M,C), (M,2Fe), (M,Fe) [not kept under Selective], (M,C)
+  std::vector<int64_t> rows;       // per expert (host): this rank's routed rows, E of them
+  // Expert parallel: where this rank's rows go and which rows its E_l experts compute; one
+  // rank: the plan is empty and the experts compute the routed rows themselves.
+  parallel::TokenExchange exchange;
+  std::vector<int64_t> expert_rows;  // per local expert: rows the grouped GEMMs see (Mx in all)
+  Tensor x_perm, g, act;           // the experts' rows: (Mx,C), (Mx,2Fe), (Mx,Fe) [not kept under Selective]
+  Tensor y_perm;                   // (M,C): the experts' outputs back in the routed rows' order
   Tensor shared_g, shared_act;     // (N,2Fs), (N,Fs) [not kept under Selective]
   Tensor score_grad;               // (G,E) fp32: d objective / d aux scores; undefined without aux losses
   float z_weight = 0;
   int64_t M() const { return pair_of_row.defined() ? pair_of_row.size(0) : 0; }
+  int64_t Mx() const { return x_perm.defined() ? x_perm.size(0) : 0; }
 };
 
 MoeMlp::MoeMlp(MoeParams p, const ModelConfig& c, int64_t layer)
@@ -105,6 +111,13 @@ void MoeMlp::route(LayerEnv& env, Acts& a) {
   int64_t M = 0;
   for (int64_t e = 0; e < E_; ++e) M += a.rows[static_cast<size_t>(e)] = back.data<int32_t>()[e];
   a.pair_of_row = pair_of_row.rows(0, M);
+  // Expert parallel: the one exchange of counts, then every rank knows what it sends and gets.
+  if (env.ep.active()) {
+    a.exchange = parallel::plan_token_exchange(env.ep, a.rows, A);
+    a.expert_rows = a.exchange.local_rows;
+  } else {
+    a.expert_rows = a.rows;
+  }
 
   if (env.training && !env.recomputing) {
     std::vector<double> kept(a.rows.begin(), a.rows.end());
@@ -155,6 +168,7 @@ void MoeMlp::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::unique_ptr<
   Arena& A = env.arena;
   const TokenDims& d = env.dims;
   PRIMUS_CHECK(!env.tp.active(), "MoE layer {}: tensor parallelism is not built for MoE layers", layer_);
+  const bool ep = env.ep.active();
   const DType dt = x.dtype();
   const int64_t N = d.N();
   auto acts = std::make_unique<Acts>();
@@ -168,23 +182,35 @@ void MoeMlp::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::unique_ptr<
   ops::linear_forward(ctx, a.logits, a.h, p_.router->value);
   route(env, a);
 
-  const int64_t M = a.M();
-  a.x_perm = A.alloc({M, d.C}, dt);
-  a.g = A.alloc({M, 2 * Fe_}, dt);
+  const int64_t M = a.M(), Mx = ep ? a.exchange.received() : M;
+  a.x_perm = A.alloc({Mx, d.C}, dt);
+  a.g = A.alloc({Mx, 2 * Fe_}, dt);
   a.y_perm = A.alloc({M, d.C}, dt);
   if (shared_.fc1 != nullptr) a.shared_g = A.alloc({N, 2 * shared_.F}, dt);
   auto alloc_acts = [&] {
-    a.act = A.alloc({M, Fe_}, dt);
+    a.act = A.alloc({Mx, Fe_}, dt);
     if (shared_.fc1 != nullptr) a.shared_act = A.alloc({N, shared_.F}, dt);
   };
   if (keep == Recompute::None) alloc_acts();
   const Arena::Mark scratch = keep == Recompute::Full ? start : A.mark();
   if (keep != Recompute::None) alloc_acts();
 
-  ops::moe_permute(ctx, a.x_perm, a.h, a.pair_of_row, k_);
-  ops::grouped_linear_forward(ctx, a.g, a.x_perm, p_.fc1->value, a.rows);
+  if (ep) {  // the routed rows to the ranks of their experts
+    Tensor routed = A.alloc({M, d.C}, dt);
+    ops::moe_permute(ctx, routed, a.h, a.pair_of_row, k_);
+    parallel::dispatch_tokens(ctx, env.ep, A, a.exchange, routed, a.x_perm);
+  } else {
+    ops::moe_permute(ctx, a.x_perm, a.h, a.pair_of_row, k_);
+  }
+  ops::grouped_linear_forward(ctx, a.g, a.x_perm, p_.fc1->value, a.expert_rows);
   ops::swiglu_forward(ctx, a.act, a.g);
-  ops::grouped_linear_forward(ctx, a.y_perm, a.act, p_.fc2->value, a.rows);
+  if (ep) {  // and the experts' outputs back to the ranks of their tokens
+    Tensor y_experts = A.alloc({Mx, d.C}, dt);
+    ops::grouped_linear_forward(ctx, y_experts, a.act, p_.fc2->value, a.expert_rows);
+    parallel::combine_tokens(ctx, env.ep, A, a.exchange, y_experts, a.y_perm);
+  } else {
+    ops::grouped_linear_forward(ctx, a.y_perm, a.act, p_.fc2->value, a.expert_rows);
+  }
   if (shared_.fc1 != nullptr)
     shared_.forward(env, a.h, a.shared_g, a.shared_act, y, &x);  // y = x + shared(h)
   else
@@ -206,12 +232,13 @@ void MoeMlp::backward(LayerEnv& env, BlockActivations& base, Tensor& dres, Recom
   ops::Context& ctx = env.ctx;
   Arena& A = env.arena;
   const TokenDims& d = env.dims;
-  const int64_t N = d.N(), M = a.M();
+  const int64_t N = d.N(), M = a.M(), Mx = a.Mx();
+  const bool ep = env.ep.active();
   const DType dt = a.x.dtype();
   const bool acc = !env.overwrite_linear_grads;
   const Arena::Mark start = A.mark();
   if (kept == Recompute::Selective) {
-    a.act = A.alloc({M, Fe_}, dt);
+    a.act = A.alloc({Mx, Fe_}, dt);
     ops::swiglu_forward(ctx, a.act, a.g);
     if (shared_.fc1 != nullptr) {
       a.shared_act = A.alloc({N, shared_.F}, dt);
@@ -222,14 +249,24 @@ void MoeMlp::backward(LayerEnv& env, BlockActivations& base, Tensor& dres, Recom
   Tensor d_logits = A.alloc({N, E_}, DType::F32);
   {
     const Arena::Mark m = A.mark();
-    // The routed experts, in reverse: unpermute, fc2, SwiGLU, fc1.
+    // The routed experts, in reverse: unpermute, [exchange,] fc2, SwiGLU, fc1[, exchange back].
     Tensor d_y_perm = A.alloc({M, d.C}, dt), d_probs = A.alloc({N, k_}, DType::F32);
     ops::moe_unpermute_backward(ctx, d_y_perm, d_probs, dres, a.y_perm, a.row_of, a.pair_of_row, a.probs);
-    Tensor d_act = A.alloc({M, Fe_}, dt), d_g = A.alloc({M, 2 * Fe_}, dt);
-    ops::grouped_linear_backward(ctx, &d_act, p_.fc2->grad, d_y_perm, a.act, p_.fc2->value, a.rows, acc);
+    Tensor d_y_experts = d_y_perm;
+    if (ep) {  // d y travels like the tokens did
+      d_y_experts = A.alloc({Mx, d.C}, dt);
+      parallel::dispatch_tokens(ctx, env.ep, A, a.exchange, d_y_perm, d_y_experts);
+    }
+    Tensor d_act = A.alloc({Mx, Fe_}, dt), d_g = A.alloc({Mx, 2 * Fe_}, dt);
+    ops::grouped_linear_backward(ctx, &d_act, p_.fc2->grad, d_y_experts, a.act, p_.fc2->value, a.expert_rows, acc);
     ops::swiglu_backward(ctx, d_g, d_act, a.g);
-    Tensor d_x_perm = A.alloc({M, d.C}, dt);
-    ops::grouped_linear_backward(ctx, &d_x_perm, p_.fc1->grad, d_g, a.x_perm, p_.fc1->value, a.rows, acc);
+    Tensor d_x_experts = A.alloc({Mx, d.C}, dt);
+    ops::grouped_linear_backward(ctx, &d_x_experts, p_.fc1->grad, d_g, a.x_perm, p_.fc1->value, a.expert_rows, acc);
+    Tensor d_x_perm = d_x_experts;
+    if (ep) {  // and d x like the experts' outputs
+      d_x_perm = A.alloc({M, d.C}, dt);
+      parallel::combine_tokens(ctx, env.ep, A, a.exchange, d_x_experts, d_x_perm);
+    }
     // d h: the shared experts' path (written), then the routed tokens' (added).
     if (shared_.fc1 != nullptr)
       shared_.backward(env, a.h, a.shared_g, a.shared_act, dres, dh);

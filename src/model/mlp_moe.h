@@ -28,9 +28,12 @@
 // b_i += rate * sign(mean(c) - c_i), c_i = the step's routed tokens of expert i over all
 // data-parallel ranks.
 //
-// Tensor / expert parallelism are not built into this block yet: the training loop refuses
-// an MoE model with tensor_model_parallel_size > 1 or expert_model_parallel_size > 1 at
-// start-up. What MoE options it builds: check_buildable (decoder_spec.h).
+// Expert parallel (env.ep active): this rank holds E_l = E/P experts (W1, W2 are (E_l, ...)
+// shards); routing, capacity and the auxiliary losses stay per rank on its own tokens, and the
+// permuted rows travel to their experts' ranks and back (parallel/expert_parallel.h) around
+// the grouped GEMMs. Tensor parallelism is not built into this block yet: the training loop
+// refuses an MoE model with tensor_model_parallel_size > 1 at start-up. What MoE options it
+// builds: check_buildable (decoder_spec.h).
 #pragma once
 
 #include <vector>

@@ -18,6 +18,11 @@ struct NamedTensor {
   // shard.full_shape, shard.dim, which piece (shard.rank of shard.count). Replicated
   // (dim -1) for norms and for every parameter of a single-rank model.
   parallel::ShardSpec shard;
+  // An expert-parallel parameter (the routed experts' stacked weights under
+  // expert_model_parallel_size > 1): `shard` splits dim 0 over the expert-parallel group (not
+  // tp), and the gradient is summed over the expert-data-parallel group instead of the
+  // data-parallel one (Megatron's allreduce = False parameters; parallel/expert_parallel.h).
+  bool expert_parallel = false;
 };
 
 }  // namespace primus

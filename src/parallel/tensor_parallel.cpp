@@ -104,15 +104,17 @@ ShardSpec spec_of(const NamedTensor& p) {
 }
 }  // namespace
 
-NamedTensorList gather_full_tensors(const std::vector<NamedTensor*>& params, Communicator* tp, ParamField which) {
+NamedTensorList gather_full_tensors(const std::vector<NamedTensor*>& params, Communicator* tp, ParamField which,
+                                    Communicator* ep) {
   NamedTensorList out;
   for (NamedTensor* p : params) {
     const Tensor& local = which == ParamField::Value ? p->value : p->grad;
     const ShardSpec spec = spec_of(*p);
     if (spec.sharded()) {
-      PRIMUS_CHECK(tp != nullptr, "gather_full_tensors: '{}' is sharded ({}) but no tp group was given", p->name,
-                   spec.describe());
-      out.emplace_back(p->name, gather_shards(local, spec, *tp));
+      Communicator* group = p->expert_parallel ? ep : tp;
+      PRIMUS_CHECK(group != nullptr, "gather_full_tensors: '{}' is sharded ({}) but no {} group was given", p->name,
+                   spec.describe(), p->expert_parallel ? "ep" : "tp");
+      out.emplace_back(p->name, gather_shards(local, spec, *group));
     } else {
       out.emplace_back(p->name, local.device() == Device::CPU ? local.clone() : local.to(Device::CPU));
     }

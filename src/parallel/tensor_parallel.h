@@ -118,10 +118,11 @@ std::function<double(ops::Context&, const std::vector<NamedTensor*>&)> grad_sum_
 // ---- full tensors <-> shards (checkpoints across a change of layout, tests) -------------------
 
 enum class ParamField { Value, Grad };
-// Collective over tp (nullptr: one rank): every parameter's full tensor as a CPU tensor,
-// named like the parameter, in params order.
+// Collective over tp and ep (nullptr: one rank): every parameter's full tensor as a CPU
+// tensor, named like the parameter, in params order. Expert-parallel parameters
+// (NamedTensor::expert_parallel) are gathered over `ep`, the others over `tp`.
 NamedTensorList gather_full_tensors(const std::vector<NamedTensor*>& params, Communicator* tp,
-                                    ParamField which = ParamField::Value);
+                                    ParamField which = ParamField::Value, Communicator* ep = nullptr);
 // Copies full tensors (e.g. saved at another tp size) into each parameter's shard: the entry
 // named like the parameter, of its shard.full_shape, is sliced with its ShardSpec and
 // written to value (fp32/bf16/fp16 convert). Errors name the missing or mis-shaped tensor.

@@ -23,140 +23,193 @@ Tensor host_copy(const Tensor& t) { return t.device() == Device::CPU ? t.clone()
 
 DataParallelOptimizer::DataParallelOptimizer(ops::Context& ctx, std::vector<NamedTensor*> params,
                                              parallel::Communicator& dp, parallel::Communicator* model_parallel,
-                                             int tp_rank, const AdamWConfig& adam, const DataParallelOptions& options)
-    : ctx_(ctx), params_(std::move(params)), dp_(dp), model_parallel_(model_parallel), tp_rank_(tp_rank),
-      options_(options) {
+                                             int tp_rank, const AdamWConfig& adam, const DataParallelOptions& options,
+                                             ExpertReduceGroups experts)
+    : ctx_(ctx), params_(std::move(params)), model_parallel_(model_parallel), tp_rank_(tp_rank), options_(options) {
   PRIMUS_CHECK(!params_.empty(), "DataParallelOptimizer: no parameters");
   excluded_.insert(options_.excluded_from_norm.begin(), options_.excluded_from_norm.end());
+  groups_.resize(1);
+  groups_[0].dp = &dp;
+  for (NamedTensor* p : params_) {
+    if (!p->expert_parallel) {
+      groups_[0].params.push_back(p);
+      continue;
+    }
+    PRIMUS_CHECK(experts.expert_dp != nullptr && experts.ep != nullptr,
+                 "DataParallelOptimizer: '{}' is an expert-parallel parameter but no expert groups were given", p->name);
+    if (groups_.size() == 1) groups_.push_back(Group{experts.expert_dp, experts.ep});
+    groups_[1].params.push_back(p);
+  }
+  PRIMUS_CHECK(!groups_[0].params.empty(), "DataParallelOptimizer: no dense parameters");
+  for (Group& g : groups_) build_group(g);
+
+  std::vector<NamedTensor*> entries;
+  if (!options_.distributed_optimizer) {
+    entries = params_;
+    for (NamedTensor* p : params_) {
+      entry_group_.push_back(layout_index_.at(p).first);
+      entry_counted_.push_back((p->shard.sharded() || tp_rank_ == 0) && !excluded_.count(p));
+    }
+  } else {
+    for (auto& piece : pieces_) entries.push_back(piece.get());
+  }
+  adam_ = std::make_unique<AdamW>(ctx_, entries, adam);
+  adam_->set_grad_sum_of_squares(
+      [this](ops::Context&, const std::vector<NamedTensor*>& ps) { return grad_sum_of_squares(ps); });
+}
+
+void DataParallelOptimizer::build_group(Group& g) {
+  const size_t gi = static_cast<size_t>(&g - groups_.data());
   // Buckets in the order backward finishes the gradients (the reverse of the forward order),
   // so that with overlap the first bucket is complete first.
   std::vector<parallel::ParamSpec> specs;
-  for (auto it = params_.rbegin(); it != params_.rend(); ++it) specs.push_back({(*it)->name, (*it)->value.shape()});
+  for (auto it = g.params.rbegin(); it != g.params.rend(); ++it) specs.push_back({(*it)->name, (*it)->value.shape()});
   parallel::GradBucketOptions bo;
   bo.bucket_size_bytes = options_.bucket_size_bytes;
   bo.overlap_grad_reduce = options_.overlap_grad_reduce;
   bo.reduce = options_.distributed_optimizer ? parallel::GradReduce::ReduceScatter : parallel::GradReduce::AllReduce;
   bo.average = false;  // the loss weights already make the gradient that of the global batch's mean loss
-  buckets_ = std::make_unique<parallel::GradBuckets>(specs, dp_, bo);
-  const parallel::FlatLayout& layout = buckets_->layout();
-  for (NamedTensor* p : params_) {
+  g.buckets = std::make_unique<parallel::GradBuckets>(specs, *g.dp, bo);
+  const parallel::FlatLayout& layout = g.buckets->layout();
+  for (NamedTensor* p : g.params) {
     const size_t i = layout.index_of(p->name);
-    layout_index_[p] = i;
-    Tensor view = buckets_->grad(i);
+    layout_index_[p] = {gi, i};
+    Tensor view = g.buckets->grad(i);
     PRIMUS_CHECK(view.device() == p->grad.device(),
                  "DataParallelOptimizer: the data-parallel group '{}' works on {} tensors but '{}' lives on {}",
-                 dp_.name(), device_name(view.device()), p->name, device_name(p->grad.device()));
+                 g.dp->name(), device_name(view.device()), p->name, device_name(p->grad.device()));
     view.copy_from(p->grad);
     p->grad = view;
   }
-
-  if (!options_.distributed_optimizer) {
-    adam_ = std::make_unique<AdamW>(ctx_, params_, adam);
-    adam_->set_grad_sum_of_squares(
-        [this](ops::Context&, const std::vector<NamedTensor*>& ps) { return grad_sum_of_squares(ps); });
-    return;
-  }
+  if (!options_.distributed_optimizer) return;
 
   // Distributed optimizer: the weights move into a flat buffer of the same layout, and AdamW
   // sees only the pieces of it that this rank owns.
-  const DType dtype = params_.front()->value.dtype();
-  param_flat_ = Tensor::zeros({layout.total_numel()}, dtype, params_.front()->value.device());
-  for (NamedTensor* p : params_) {
+  const DType dtype = g.params.front()->value.dtype();
+  g.param_flat = Tensor::zeros({layout.total_numel()}, dtype, g.params.front()->value.device());
+  for (NamedTensor* p : g.params) {
     PRIMUS_CHECK(p->value.dtype() == dtype, "DataParallelOptimizer: parameters mix {} and {} ('{}')",
                  dtype_name(dtype), dtype_name(p->value.dtype()), p->name);
-    Tensor view = layout.param_view(param_flat_, layout_index_.at(p));
+    Tensor view = layout.param_view(g.param_flat, layout_index_.at(p).second);
     view.copy_from(p->value);
     p->value = view;
   }
-  shards_ = std::make_unique<parallel::DistributedOptimizerShards>(layout, dp_.rank());
-  bucket_of_param_.assign(layout.params().size(), -1);
+  g.shards = std::make_unique<parallel::DistributedOptimizerShards>(layout, g.dp->rank());
+  g.bucket_of_param.assign(layout.params().size(), -1);
   for (size_t b = 0; b < layout.buckets().size(); ++b)
-    for (size_t i : layout.buckets()[b].params) bucket_of_param_[i] = static_cast<int>(b);
-  const Tensor grad_flat = buckets_->flat();
-  std::vector<NamedTensor*> piece_ptrs;
-  for (const auto& piece : shards_->pieces()) {
+    for (size_t i : layout.buckets()[b].params) g.bucket_of_param[i] = static_cast<int>(b);
+  const Tensor grad_flat = g.buckets->flat();
+  g.first_piece = pieces_.size();
+  for (const auto& piece : g.shards->pieces()) {
     const auto& lp = layout.params()[piece.param];
-    const NamedTensor* owner = nullptr;
-    for (NamedTensor* p : params_)
-      if (p->name == lp.name) owner = p;
+    const NamedTensor* owner = owner_of(lp.name);
     auto nt = std::make_unique<NamedTensor>();
     nt->name = fmt::format("{}[{}:{}]", lp.name, piece.param_offset, piece.param_offset + piece.numel);
-    nt->value = shards_->piece_view(param_flat_, piece);
-    nt->grad = shards_->piece_view(grad_flat, piece);
+    nt->value = g.shards->piece_view(g.param_flat, piece);
+    nt->grad = g.shards->piece_view(grad_flat, piece);
     nt->no_weight_decay = owner->no_weight_decay;
-    piece_counted_.push_back((owner->shard.sharded() || tp_rank_ == 0) && !excluded_.count(owner));
-    piece_ptrs.push_back(nt.get());
+    entry_group_.push_back(gi);
+    entry_counted_.push_back((owner->shard.sharded() || tp_rank_ == 0) && !excluded_.count(owner));
     pieces_.push_back(std::move(nt));
   }
-  adam_ = std::make_unique<AdamW>(ctx_, piece_ptrs, adam);
-  adam_->set_grad_sum_of_squares(
-      [this](ops::Context&, const std::vector<NamedTensor*>& ps) { return grad_sum_of_squares(ps); });
+  g.num_pieces = pieces_.size() - g.first_piece;
+}
+
+const NamedTensor* DataParallelOptimizer::owner_of(const std::string& name) const {
+  for (NamedTensor* p : params_)
+    if (p->name == name) return p;
+  throw Error(fmt::format("DataParallelOptimizer: no parameter '{}'", name));
 }
 
 DataParallelOptimizer::~DataParallelOptimizer() {
   // Never leave a collective writing into freed buffers; a failed one was reported where it
   // failed (or the job is being torn down), so its error is not rethrown from a destructor.
-  for (parallel::CommHandle& h : param_gathers_) {
-    if (!h) continue;
-    try {
-      h->wait();
-    } catch (...) {
+  for (Group& g : groups_)
+    for (parallel::CommHandle& h : g.param_gathers) {
+      if (!h) continue;
+      try {
+        h->wait();
+      } catch (...) {
+      }
     }
-  }
 }
 
 double DataParallelOptimizer::grad_sum_of_squares(const std::vector<NamedTensor*>& optimized) {
-  std::vector<Tensor> counted;
-  if (options_.distributed_optimizer) {
-    for (size_t i = 0; i < optimized.size(); ++i)
-      if (piece_counted_[i]) counted.push_back(optimized[i]->grad);
-  } else {
-    for (NamedTensor* p : optimized)
-      if ((p->shard.sharded() || tp_rank_ == 0) && !excluded_.count(p)) counted.push_back(p->grad);
+  PRIMUS_CHECK(optimized.size() == entry_counted_.size(), "DataParallelOptimizer: {} tensors to norm, {} known",
+               optimized.size(), entry_counted_.size());
+  std::vector<std::vector<Tensor>> counted(groups_.size());
+  for (size_t i = 0; i < optimized.size(); ++i)
+    if (entry_counted_[i]) counted[entry_group_[i]].push_back(optimized[i]->grad);
+  double total = 0;
+  for (size_t gi = 0; gi < groups_.size(); ++gi) {
+    const Group& g = groups_[gi];
+    double local = counted[gi].empty() ? 0.0 : ops::sum_of_squares(ctx_, counted[gi]);
+    // Shards of the distributed optimizer are disjoint over their group; ep ranks hold other experts.
+    if (options_.distributed_optimizer && g.dp->size() > 1) local = g.dp->all_reduce_value(local);
+    if (g.across != nullptr && g.across->size() > 1) local = g.across->all_reduce_value(local);
+    total += local;
   }
-  double local = counted.empty() ? 0.0 : ops::sum_of_squares(ctx_, counted);
-  // Shards of the distributed optimizer are disjoint over dp; tp/pp ranks hold different tensors.
-  if (options_.distributed_optimizer && dp_.size() > 1) local = dp_.all_reduce_value(local);
-  if (model_parallel_ != nullptr && model_parallel_->size() > 1) local = model_parallel_->all_reduce_value(local);
-  return local;
+  // tp/pp ranks hold different tensors.
+  if (model_parallel_ != nullptr && model_parallel_->size() > 1) total = model_parallel_->all_reduce_value(total);
+  return total;
 }
 
-void DataParallelOptimizer::zero_grads(bool clear_values) { buckets_->zero(clear_values); }
+void DataParallelOptimizer::zero_grads(bool clear_values) {
+  for (Group& g : groups_) g.buckets->zero(clear_values);
+}
 
 void DataParallelOptimizer::grad_ready(const NamedTensor& p) {
   if (!options_.overlap_grad_reduce) return;
   const auto it = layout_index_.find(&p);
   PRIMUS_CHECK(it != layout_index_.end(), "DataParallelOptimizer: '{}' is not one of the optimized parameters",
                p.name);
-  buckets_->mark_ready(it->second);
+  groups_[it->second.first].buckets->mark_ready(it->second.second);
 }
 
-void DataParallelOptimizer::reduce_grads() { buckets_->finish(); }
+void DataParallelOptimizer::reduce_grads() {
+  for (Group& g : groups_) g.buckets->finish();
+}
+
+int DataParallelOptimizer::buckets_started_early() const {
+  int n = 0;
+  for (const Group& g : groups_) n += g.buckets->buckets_started_early();
+  return n;
+}
+
+int DataParallelOptimizer::num_buckets() const {
+  int n = 0;
+  for (const Group& g : groups_) n += static_cast<int>(g.buckets->layout().buckets().size());
+  return n;
+}
 
 AdamW::StepInfo DataParallelOptimizer::step(double lr, double weight_decay, float grad_scale) {
   finish_param_gather();  // the masters' weights are about to change
   const AdamW::StepInfo info = adam_->step(lr, weight_decay, grad_scale);
   if (!options_.distributed_optimizer || info.skipped) return info;
-  if (!options_.overlap_param_gather) {
-    shards_->all_gather_params(dp_, param_flat_);
-    return info;
+  for (Group& g : groups_) {
+    if (!options_.overlap_param_gather) {
+      g.shards->all_gather_params(*g.dp, g.param_flat);
+      continue;
+    }
+    // Buckets hold the parameters in backward order, so the forward needs the last one first:
+    // start them in reverse; collectives on one group complete in the order they were started.
+    const int n = static_cast<int>(g.buckets->layout().buckets().size());
+    g.param_gathers.clear();
+    g.param_gathers.resize(static_cast<size_t>(n));
+    for (int b = n - 1; b >= 0; --b)
+      g.param_gathers[static_cast<size_t>(b)] = g.shards->all_gather_bucket_async(*g.dp, g.param_flat, b);
   }
-  // Buckets hold the parameters in backward order, so the forward needs the last one first:
-  // start them in reverse; collectives on one group complete in the order they were started.
-  const int n = num_buckets();
-  param_gathers_.clear();
-  param_gathers_.resize(static_cast<size_t>(n));
-  for (int b = n - 1; b >= 0; --b) param_gathers_[static_cast<size_t>(b)] = shards_->all_gather_bucket_async(dp_, param_flat_, b);
   waited_in_forward_ = 0;
   return info;
 }
 
 void DataParallelOptimizer::param_needed(const NamedTensor& p) {
-  if (param_gathers_.empty()) return;
   const auto it = layout_index_.find(&p);
   PRIMUS_CHECK(it != layout_index_.end(), "DataParallelOptimizer: '{}' is not one of the optimized parameters",
                p.name);
-  parallel::CommHandle& h = param_gathers_[static_cast<size_t>(bucket_of_param_[it->second])];
+  Group& g = groups_[it->second.first];
+  if (g.param_gathers.empty()) return;
+  parallel::CommHandle& h = g.param_gathers[static_cast<size_t>(g.bucket_of_param[it->second.second])];
   if (!h) return;
   h->wait();
   h.reset();
@@ -164,18 +217,42 @@ void DataParallelOptimizer::param_needed(const NamedTensor& p) {
 }
 
 void DataParallelOptimizer::finish_param_gather() {
-  for (parallel::CommHandle& h : param_gathers_)
-    if (h) {
-      h->wait();
-      h.reset();
-    }
-  param_gathers_.clear();
+  for (Group& g : groups_) {
+    for (parallel::CommHandle& h : g.param_gathers)
+      if (h) {
+        h->wait();
+        h.reset();
+      }
+    g.param_gathers.clear();
+  }
 }
 
 int64_t DataParallelOptimizer::count_zero_grads() {
-  const int64_t local = adam_->count_zero_grads();
-  if (!options_.distributed_optimizer || dp_.size() == 1) return local;
-  return static_cast<int64_t>(std::llround(dp_.all_reduce_value(static_cast<double>(local))));
+  if (groups_.size() == 1) {
+    const int64_t local = adam_->count_zero_grads();
+    if (!options_.distributed_optimizer || groups_[0].dp->size() == 1) return local;
+    return static_cast<int64_t>(std::llround(groups_[0].dp->all_reduce_value(static_cast<double>(local))));
+  }
+  // Per group: its entries' zeros, summed over the group's shards and over the ranks that hold
+  // other tensors of its kind.
+  const std::vector<NamedTensor*> entries =
+      options_.distributed_optimizer ? [&] {
+        std::vector<NamedTensor*> v;
+        for (auto& p : pieces_) v.push_back(p.get());
+        return v;
+      }() : params_;
+  double total = 0;
+  for (size_t gi = 0; gi < groups_.size(); ++gi) {
+    std::vector<Tensor> grads;
+    for (size_t i = 0; i < entries.size(); ++i)
+      if (entry_group_[i] == gi) grads.push_back(entries[i]->grad);
+    double n = grads.empty() ? 0.0 : static_cast<double>(ops::count_zeros(ctx_, grads));
+    const Group& g = groups_[gi];
+    if (options_.distributed_optimizer && g.dp->size() > 1) n = g.dp->all_reduce_value(n);
+    if (g.across != nullptr && g.across->size() > 1) n = g.across->all_reduce_value(n);
+    total += n;
+  }
+  return static_cast<int64_t>(std::llround(total));
 }
 
 void DataParallelOptimizer::reset_masters_from_params() {
@@ -192,41 +269,13 @@ int64_t DataParallelOptimizer::state_bytes() const {
 NamedTensorList DataParallelOptimizer::state_tensors() {
   finish_param_gather();
   if (!options_.distributed_optimizer) return adam_->state_tensors();
-  // Reassemble each parameter's state from the dp ranks' pieces, one bucket at a time (a
-  // transient buffer of one bucket, not of the whole model): every rank writes its pieces
-  // into its shard of the bucket, an in-place all-gather completes it.
   const NamedTensorList mine = adam_->state_tensors();
   std::map<std::string, Tensor> by_name;
   for (const auto& [name, t] : mine) by_name[name] = t;
-  std::vector<std::string> kinds(std::begin(kMoments), std::end(kMoments));
-  if (!pieces_.empty() && by_name.count(pieces_.front()->name + ".master")) kinds.emplace_back("master");
-  // Every rank must agree on the kinds even when it owns no pieces.
-  const bool has_master = dp_.all_reduce_value(kinds.size() > 2 ? 1.0 : 0.0, parallel::ReduceOp::Max) > 0;
-  if (has_master && kinds.size() == 2) kinds.emplace_back("master");
-
-  const parallel::FlatLayout& layout = buckets_->layout();
-  const Device dev = buckets_->flat().device();
   NamedTensorList out;
-  for (const std::string& kind : kinds) {
-    for (int b = 0; b < static_cast<int>(layout.buckets().size()); ++b) {
-      const auto& bucket = layout.buckets()[b];
-      Tensor buf = Tensor::zeros({bucket.numel()}, DType::F32, dev);
-      for (size_t i = 0; i < pieces_.size(); ++i) {
-        const auto& piece = shards_->pieces()[i];
-        if (layout.params()[piece.param].bucket != b) continue;
-        const Tensor& src = by_name.at(pieces_[i]->name + "." + kind);
-        buf.rows(piece.flat_offset - bucket.begin, piece.flat_offset - bucket.begin + piece.numel)
-            .copy_from(flat_1d(src));
-      }
-      const int64_t S = layout.shard_numel(b);
-      Tensor own = buf.rows(dp_.rank() * S, (dp_.rank() + 1) * S);
-      dp_.all_gather(buf, own);
-      for (size_t pi : bucket.params) {
-        const auto& lp = layout.params()[pi];
-        const Tensor part = buf.rows(lp.offset - bucket.begin, lp.offset - bucket.begin + lp.numel);
-        out.emplace_back(lp.name + "." + kind, host_copy(part).view(lp.shape));
-      }
-    }
+  for (Group& g : groups_) {
+    NamedTensorList part = group_state_tensors(g, by_name);
+    for (auto& e : part) out.push_back(std::move(e));
   }
   out.emplace_back("step", by_name.at("step"));
   // AdamW's order: per parameter exp_avg, exp_avg_sq[, master]; then step.
@@ -240,6 +289,43 @@ NamedTensorList DataParallelOptimizer::state_tensors() {
     };
     return key(a.first) < key(b.first);
   });
+  return out;
+}
+
+// Reassembles each parameter's state of group g from its dp ranks' pieces, one bucket at a time
+// (a transient buffer of one bucket, not of the whole model): every rank writes its pieces into
+// its shard of the bucket, an in-place all-gather completes it.
+NamedTensorList DataParallelOptimizer::group_state_tensors(Group& g, const std::map<std::string, Tensor>& by_name) {
+  std::vector<std::string> kinds(std::begin(kMoments), std::end(kMoments));
+  if (g.num_pieces > 0 && by_name.count(pieces_[g.first_piece]->name + ".master")) kinds.emplace_back("master");
+  // Every rank must agree on the kinds even when it owns no pieces.
+  const bool has_master = g.dp->all_reduce_value(kinds.size() > 2 ? 1.0 : 0.0, parallel::ReduceOp::Max) > 0;
+  if (has_master && kinds.size() == 2) kinds.emplace_back("master");
+
+  const parallel::FlatLayout& layout = g.buckets->layout();
+  const Device dev = g.buckets->flat().device();
+  NamedTensorList out;
+  for (const std::string& kind : kinds) {
+    for (int b = 0; b < static_cast<int>(layout.buckets().size()); ++b) {
+      const auto& bucket = layout.buckets()[b];
+      Tensor buf = Tensor::zeros({bucket.numel()}, DType::F32, dev);
+      for (size_t i = g.first_piece; i < g.first_piece + g.num_pieces; ++i) {
+        const auto& piece = g.shards->pieces()[i - g.first_piece];
+        if (layout.params()[piece.param].bucket != b) continue;
+        const Tensor& src = by_name.at(pieces_[i]->name + "." + kind);
+        buf.rows(piece.flat_offset - bucket.begin, piece.flat_offset - bucket.begin + piece.numel)
+            .copy_from(flat_1d(src));
+      }
+      const int64_t S = layout.shard_numel(b);
+      Tensor own = buf.rows(g.dp->rank() * S, (g.dp->rank() + 1) * S);
+      g.dp->all_gather(buf, own);
+      for (size_t pi : bucket.params) {
+        const auto& lp = layout.params()[pi];
+        const Tensor part = buf.rows(lp.offset - bucket.begin, lp.offset - bucket.begin + lp.numel);
+        out.emplace_back(lp.name + "." + kind, host_copy(part).view(lp.shape));
+      }
+    }
+  }
   return out;
 }
 
@@ -267,8 +353,9 @@ void DataParallelOptimizer::load_state_tensors(const NamedTensorList& state) {
     size_t i = 0;
     while (i < pieces_.size() && pieces_[i]->name != piece_name) ++i;
     PRIMUS_CHECK(i < pieces_.size(), "DataParallelOptimizer: unknown piece '{}'", piece_name);
-    const auto& piece = shards_->pieces()[i];
-    const auto& lp = buckets_->layout().params()[piece.param];
+    const Group& g = groups_[entry_group_[i]];
+    const auto& piece = g.shards->pieces()[i - g.first_piece];
+    const auto& lp = g.buckets->layout().params()[piece.param];
     const std::string full_name = lp.name + "." + kind;
     const auto it = by_name.find(full_name);
     PRIMUS_CHECK(it != by_name.end(),
@@ -281,7 +368,7 @@ void DataParallelOptimizer::load_state_tensors(const NamedTensorList& state) {
   }
   adam_->load_state_tensors(sliced);
   // The masters were restored on their owners only: every rank needs the new weights.
-  shards_->all_gather_params(dp_, param_flat_);
+  for (Group& g : groups_) g.shards->all_gather_params(*g.dp, g.param_flat);
 }
 
 }  // namespace primus::train

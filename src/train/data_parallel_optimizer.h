@@ -19,10 +19,15 @@
 // master weights and moments exist for 1/dp of the model per rank. After the update each
 // rank's shard of the new weights is all-gathered into every rank's parameter buffer.
 //
+// Expert parallel: the expert-parallel parameters (NamedTensor::expert_parallel, the routed
+// experts' shards) form a second group with its own buckets, reduced over the
+// expert-data-parallel group (the ranks that hold the same experts) instead of dp, and with the
+// distributed optimizer sharded over that group; everything else is as above.
+//
 // The global gradient norm (for clipping and the log) is the same number on every rank and
 // in every layout: each element is counted once (tensor-parallel replicated tensors on tp
 // rank 0 only, distributed-optimizer shards on their owner) and the sum is all-reduced over
-// the groups that hold different elements.
+// the groups that hold different elements (the experts' sum also over ep).
 //
 // state_tensors() / load_state_tensors() speak AdamW's per-parameter format
 // ("<param>.exp_avg", ".exp_avg_sq", ".master", "step") whatever the layout, so checkpoints
@@ -30,6 +35,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <unordered_map>
 #include <unordered_set>
@@ -56,14 +62,22 @@ struct DataParallelOptions {
   std::vector<const NamedTensor*> excluded_from_norm;
 };
 
+// Where expert-parallel parameters are reduced (expert_dp: the ranks holding the same experts)
+// and which group holds the other experts (ep, for the norm). Both null: no expert parallelism.
+struct ExpertReduceGroups {
+  parallel::Communicator* expert_dp = nullptr;
+  parallel::Communicator* ep = nullptr;
+};
+
 class DataParallelOptimizer {
  public:
   // `params` (this rank's tensors, forward order) must outlive the optimizer; so must `dp`
   // and `model_parallel` (the group whose ranks hold different parts of the model: tp x pp;
   // null when there is one). `tp_rank` decides who counts replicated tensors in the norm.
+  // Parameters with expert_parallel set need `experts` (throws naming one otherwise).
   DataParallelOptimizer(ops::Context& ctx, std::vector<NamedTensor*> params, parallel::Communicator& dp,
                         parallel::Communicator* model_parallel, int tp_rank, const AdamWConfig& adam,
-                        const DataParallelOptions& options);
+                        const DataParallelOptions& options, ExpertReduceGroups experts = {});
   ~DataParallelOptimizer();
 
   const DataParallelOptions& options() const { return options_; }
@@ -97,34 +111,48 @@ class DataParallelOptimizer {
   void load_state_tensors(const NamedTensorList& state);
   int64_t steps_taken() const { return adam_->steps_taken(); }
   // overlap_grad_reduce: buckets whose reduction started during the last backward, of all.
-  int buckets_started_early() const { return buckets_->buckets_started_early(); }
-  int num_buckets() const { return static_cast<int>(buckets_->layout().buckets().size()); }
+  int buckets_started_early() const;
+  int num_buckets() const;
   // Bytes of optimizer state (masters + moments) this rank holds.
   int64_t state_bytes() const;
 
  private:
+  // Parameters reduced over one group: the dense ones over dp, the experts over expert_dp.
+  struct Group {
+    parallel::Communicator* dp = nullptr;      // where grads are summed (and the shards live)
+    parallel::Communicator* across = nullptr;  // ranks holding different tensors of this kind (ep)
+    std::vector<NamedTensor*> params;          // forward order
+    std::unique_ptr<parallel::GradBuckets> buckets;
+    // Distributed optimizer only: the flat parameter buffer, this rank's shards, the range of
+    // pieces_ that are this group's, the bucket of each parameter and the all-gathers in flight.
+    Tensor param_flat;
+    std::unique_ptr<parallel::DistributedOptimizerShards> shards;
+    size_t first_piece = 0, num_pieces = 0;
+    std::vector<int> bucket_of_param;
+    std::vector<parallel::CommHandle> param_gathers;
+  };
+  void build_group(Group& g);
   double grad_sum_of_squares(const std::vector<NamedTensor*>& optimized);
+  NamedTensorList group_state_tensors(Group& g, const std::map<std::string, Tensor>& mine);
+  const NamedTensor* owner_of(const std::string& name) const;
 
   ops::Context& ctx_;
   std::vector<NamedTensor*> params_;
-  parallel::Communicator& dp_;
   parallel::Communicator* model_parallel_;
   int tp_rank_;
   DataParallelOptions options_;
-  std::unique_ptr<parallel::GradBuckets> buckets_;
-  std::unordered_map<const NamedTensor*, size_t> layout_index_;  // param -> index in the flat layout
-  // Distributed optimizer only: the flat parameter buffer, this rank's shards and the
-  // NamedTensors AdamW sees (one per piece of a parameter in this rank's shards).
-  Tensor param_flat_;
-  std::unique_ptr<parallel::DistributedOptimizerShards> shards_;
+  std::vector<Group> groups_;  // [0] dense, [1] experts (when any)
+  // param -> (its group, its index in that group's flat layout)
+  std::unordered_map<const NamedTensor*, std::pair<size_t, size_t>> layout_index_;
+  // Distributed optimizer only: the NamedTensors AdamW sees (one per piece of a parameter in
+  // this rank's shards, group by group).
   std::vector<std::unique_ptr<NamedTensor>> pieces_;
-  std::vector<bool> piece_counted_;  // counted in the norm on this rank (tp replication)
+  // Per AdamW entry (a parameter, or a piece): its group, and whether this rank counts it in
+  // the norm (tp replication, tied copies).
+  std::vector<size_t> entry_group_;
+  std::vector<bool> entry_counted_;
   std::unordered_set<const NamedTensor*> excluded_;  // options_.excluded_from_norm
   std::unique_ptr<AdamW> adam_;
-  // overlap_param_gather: each bucket's all-gather in flight (null: done), the bucket of each
-  // parameter (by layout index), and the counts behind the log line.
-  std::vector<parallel::CommHandle> param_gathers_;
-  std::vector<int> bucket_of_param_;
   int waited_in_forward_ = 0;
 };
 

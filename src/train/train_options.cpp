@@ -76,6 +76,16 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
     if (cfg.opt_s("moe_router_dtype").value_or("fp32") != "fp32")
       refuse("moe_router_dtype", "the router computes in fp32; set fp32 or leave it null");
     o.moe_grouped_gemm = cfg.b("moe_grouped_gemm");
+    if (cfg.i("expert_model_parallel_size") > 1 && cfg.s("moe_token_dispatcher_type") != "alltoall")
+      refuse("moe_token_dispatcher_type",
+             "expert parallelism exchanges tokens with the alltoall dispatcher (the allgather one is not built); "
+             "set moe_token_dispatcher_type: alltoall");
+    // (equal to tensor_model_parallel_size > 1, the run's refusal of MoE with tensor parallelism says why)
+    if (cfg.has("expert_tensor_parallel_size") && cfg.i("expert_tensor_parallel_size") != 1 &&
+        cfg.i("expert_tensor_parallel_size") != cfg.i("tensor_model_parallel_size"))
+      refuse("expert_tensor_parallel_size",
+             "tensor parallelism inside the experts is not built; leave it null or 1 (with "
+             "tensor_model_parallel_size 1)");
   }
 
   // ---- layout ----

@@ -125,7 +125,7 @@ class Run {
   std::unique_ptr<parallel::Communicator> world_;
   std::unique_ptr<parallel::ProcessGroups> groups_;
   parallel::Communicator* dp_ = nullptr;  // where gradients, losses and token counts are summed
-  int dp_rank_ = 0, dp_size_ = 1, tp_size_ = 1, pp_size_ = 1;
+  int dp_rank_ = 0, dp_size_ = 1, tp_size_ = 1, pp_size_ = 1, ep_size_ = 1;
   ops::Context ctx_;
   std::unique_ptr<data::Tokenizer> tokenizer_;
   data::DatasetSplits datasets_;
@@ -171,12 +171,12 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
         "the experts (expert_tensor_parallel_size) comes with expert parallelism and is not built yet; train MoE "
         "models with data and pipeline parallelism (tensor_model_parallel_size: 1)",
         o.model.name, o.model.num_experts, o.tensor_parallel));
-  if (o.context_parallel != 1 || o.expert_parallel != 1)
+  if (o.context_parallel != 1)
     throw Error(fmt::format(
-        "the Primus training loop runs data, tensor (+sequence) and pipeline parallelism so far; "
-        "context_parallel_size={} and expert_model_parallel_size={} must be 1 (use tensor_model_parallel_size, "
-        "pipeline_model_parallel_size and more data-parallel ranks instead)",
-        o.context_parallel, o.expert_parallel));
+        "the Primus training loop runs data, tensor (+sequence), pipeline and expert parallelism so far; "
+        "context_parallel_size={} must be 1 (use tensor_model_parallel_size, pipeline_model_parallel_size and more "
+        "data-parallel ranks instead)",
+        o.context_parallel));
   parallel::WorldOptions wo;
   wo.device = o.device;
   wo.cuda_device = launch_.local_rank;
@@ -188,6 +188,7 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   parallel::ParallelSizes sizes;
   sizes.tp = o.tensor_parallel;
   sizes.pp = o.pipeline_parallel;
+  sizes.ep = o.expert_parallel;
   const parallel::ParallelDims dims = parallel::ParallelDims::create(world_->size(), sizes);
   check_parallel_layout(o.model, dims,
                         {o.seq_length, o.sequence_parallel, o.num_layers_per_virtual_pipeline_stage,
@@ -199,6 +200,7 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   dp_size_ = dims.dp();
   tp_size_ = dims.tp();
   pp_size_ = dims.pp();
+  ep_size_ = dims.ep();
   PRIMUS_CHECK(o.global_batch_size % (o.micro_batch_size * dp_size_) == 0,
                "global_batch_size {} must be a multiple of micro_batch_size {} x data-parallel size {}",
                o.global_batch_size, o.micro_batch_size, dp_size_);
@@ -239,6 +241,7 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   }
 #endif
   if (tp_size_ > 1) lo.tensor_parallel = {&groups_->tp(), o.sequence_parallel};
+  if (ep_size_ > 1) lo.expert_parallel = {&groups_->ep()};
   // Logits are materialised a chunk of rows at a time: 4096 rows (1 GiB of bf16 logits at a
   // 128K vocabulary, 256 MiB at 32K), fewer when a chunk would exceed PRIMUS_LOGITS_CHUNK_MB
   // (default 2048) MiB, never under 1024. Larger chunks make the classifier cheaper (the output
@@ -302,8 +305,11 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   dpo.bucket_size_bytes = o.ddp_bucket_size * static_cast<int64_t>(sizeof(float));
   dpo.excluded_from_norm.assign(tied_copies.begin(), tied_copies.end());  // counted on the first stage
   parallel::Communicator* model_parallel = groups_->mp().size() > 1 ? &groups_->mp() : nullptr;
+  // Expert parallel: the routed experts' grads are summed over the ranks holding the same experts.
+  ExpertReduceGroups experts;
+  if (ep_size_ > 1) experts = {&groups_->expert_dp(), &groups_->ep()};
   optimizer_ = std::make_unique<DataParallelOptimizer>(ctx_, params_, *dp_, model_parallel, groups_->coords().tp,
-                                                       o.adam, dpo);
+                                                       o.adam, dpo, experts);
   schedule_ = std::make_unique<LrSchedule>(megatron_schedule(o.schedule));
   lap("optimizer");
 
@@ -365,10 +371,11 @@ void Run::restore() {
                             dir, kTrackerFileName));
   }
   CheckpointReader reader(dir);
-  // Checkpoints hold full tensors: a tensor-parallel rank slices out its shard, so a run
-  // may resume at another tensor-parallel size than the one that saved.
+  // Checkpoints hold full tensors: a tensor- or expert-parallel rank slices out its shard, so a
+  // run may resume at another layout than the one that saved.
   const std::vector<NamedTensor*> loaded = checkpoint_tensors();
-  if (tp_size_ == 1) {
+  const bool sharded = tp_size_ > 1 || ep_size_ > 1;
+  if (!sharded) {
     NamedTensorList targets;
     for (NamedTensor* p : loaded) targets.emplace_back(p->name, p->value);
     // A pipeline stage holds some of the file's tensors: every one of its own must be there.
@@ -394,7 +401,7 @@ void Run::restore() {
                  "checkpoint {} has no optimizer state (saved with no_save_optim); set no_load_optim: true to "
                  "resume with a fresh optimizer",
                  reader.path());
-    if (tp_size_ == 1) {
+    if (!sharded) {
       optimizer_->load_state_tensors(reader.optimizer_tensors());
     } else {
       // Slice each full state tensor into a fresh tensor shaped like this rank's state,
@@ -460,34 +467,40 @@ std::vector<std::unique_ptr<NamedTensor>> Run::optimizer_state_views() const {
     const size_t dot = name.rfind('.');
     if (dot != std::string::npos)
       for (NamedTensor* p : params_)
-        if (name.compare(0, dot, p->name) == 0 && p->name.size() == dot) v->shard = p->shard;
+        if (name.compare(0, dot, p->name) == 0 && p->name.size() == dot) {
+          v->shard = p->shard;
+          v->expert_parallel = p->expert_parallel;
+        }
     views.push_back(std::move(v));
   }
   return views;
 }
 
 void Run::save(int64_t iteration) {
-  const bool gathers = tp_size_ > 1 || pp_size_ > 1 || (dp_size_ > 1 && o_.use_distributed_optimizer);
+  const bool gathers =
+      tp_size_ > 1 || pp_size_ > 1 || ep_size_ > 1 || (dp_size_ > 1 && o_.use_distributed_optimizer);
   if (gathers && launch_.rank == 0 && !o_.save.empty())  // a gather of a large model takes a while: say so
-    logger_.info("saving checkpoint at iteration {} to {}: gathering the weights{} of {} ranks (tp {}, pp {}, dp {}) "
+    logger_.info("saving checkpoint at iteration {} to {}: gathering the weights{} of {} ranks (tp {}, pp {}{}, dp {}) "
                  "onto rank 0, then writing",
                  iteration, o_.save, o_.no_save_optim ? "" : " and optimizer states", launch_.world_size, tp_size_,
-                 pp_size_, dp_size_);
+                 pp_size_, ep_size_ > 1 ? fmt::format(", ep {}", ep_size_) : "", dp_size_);
   optimizer_->finish_param_gather();  // the new weights must be complete on every rank
-  // Tensor-parallel shards are gathered into full tensors (a collective: every rank takes
-  // part), so the checkpoint does not depend on the layout that wrote it.
+  // Tensor- and expert-parallel shards are gathered into full tensors (a collective: every rank
+  // takes part), so the checkpoint does not depend on the layout that wrote it.
   NamedTensorList model, optimizer;
   const std::vector<NamedTensor*> saved = checkpoint_tensors();
-  if (tp_size_ == 1) {
+  if (tp_size_ == 1 && ep_size_ == 1) {
     for (NamedTensor* p : saved) model.emplace_back(p->name, p->value);
     if (!o_.no_save_optim) optimizer = optimizer_->state_tensors();
   } else {
-    model = parallel::gather_full_tensors(saved, &groups_->tp());
+    parallel::Communicator* tp = tp_size_ > 1 ? &groups_->tp() : nullptr;
+    parallel::Communicator* ep = ep_size_ > 1 ? &groups_->ep() : nullptr;
+    model = parallel::gather_full_tensors(saved, tp, parallel::ParamField::Value, ep);
     if (!o_.no_save_optim) {
       std::vector<std::unique_ptr<NamedTensor>> views = optimizer_state_views();
       std::vector<NamedTensor*> ptrs;
       for (auto& v : views) ptrs.push_back(v.get());
-      optimizer = parallel::gather_full_tensors(ptrs, &groups_->tp());
+      optimizer = parallel::gather_full_tensors(ptrs, tp, parallel::ParamField::Value, ep);
     }
   }
   // Pipeline stages: every stage's tensors onto pp rank 0 (the writer is global rank 0), so
@@ -511,7 +524,8 @@ void Run::save(int64_t iteration) {
                {"global_batch_size", o_.global_batch_size},
                {"seq_length", o_.seq_length},
                {"data_parallel_size", dp_size_},
-               {"tensor_model_parallel_size", tp_size_}};
+               {"tensor_model_parallel_size", tp_size_},
+               {"expert_model_parallel_size", ep_size_}};
     const auto t = Clock::now();
     writer_->save(c);
     if (!o_.async_save) {
@@ -610,11 +624,14 @@ std::optional<Run::MoeReport> Run::finish_moe_step() {
 void Run::log_header() {
   const auto& m = o_.model;
   logger_.info("primus train: {} | device {} | {} | world {} (data parallel {}{}, tensor parallel {}{}, pipeline "
-               "parallel {}{})",
+               "parallel {}{}{})",
                o_.exp_name, o_.device == Device::CUDA ? "cuda" : "cpu", precision_name(o_.precision),
                launch_.world_size, dp_size_, o_.use_distributed_optimizer ? " + distributed optimizer" : "", tp_size_,
                o_.sequence_parallel ? " + sequence parallel" : "", pp_size_,
-               model_->virtual_stages() > 1 ? fmt::format(" x {} virtual stages", model_->virtual_stages()) : "");
+               model_->virtual_stages() > 1 ? fmt::format(" x {} virtual stages", model_->virtual_stages()) : "",
+               ep_size_ > 1 ? fmt::format(", expert parallel {} (expert data parallel {}, alltoall token dispatch)",
+                                          ep_size_, groups_->dims().expert_dp())
+                            : "");
   if (o_.decoder_first_pipeline_num_layers > 0 || o_.decoder_last_pipeline_num_layers > 0)
     logger_.info("pipeline stages hold {} layers (uneven split: decoder_first_pipeline_num_layers {}, "
                  "decoder_last_pipeline_num_layers {})",
@@ -631,8 +648,8 @@ void Run::log_header() {
                "parameters{}",
                m.num_layers, m.hidden_size, m.num_attention_heads, m.num_query_groups, m.ffn_hidden_size,
                m.vocab_size, m.padded_vocab_size, whole / 1e6,
-               held != whole ? fmt::format(" ({:.2f}M of them on this rank: its tensor-parallel shards of its pipeline "
-                                           "stage's layers)",
+               held != whole ? fmt::format(" ({:.2f}M of them on this rank: its tensor- and expert-parallel shards of "
+                                           "its pipeline stage's layers)",
                                            held / 1e6)
                              : "");
   if (m.num_experts > 0) {

@@ -50,6 +50,19 @@ if(MPI_C_FOUND)
       ENVIRONMENT "${PRIMUS_MPI_TEST_ENV};OPENBLAS_NUM_THREADS=1" TIMEOUT 300 PROCESSORS 2 RESOURCE_LOCK primus_mpi)
   endforeach()
 
+  # Expert parallelism: the token exchange, and a tiny MoE model vs the single-rank model with
+  # ranks that receive no tokens (EP2, EP4).
+  add_executable(primus_ep_tests ${PRIMUS_PARALLEL_TEST_DIR}/test_expert_parallel.cpp)
+  target_link_libraries(primus_ep_tests PRIVATE primus_lib GTest::gtest)
+  set_target_properties(primus_ep_tests PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
+  foreach(np 2 4)
+    add_test(NAME parallel.expert_parallel_np${np}
+             COMMAND ${MPIEXEC_EXECUTABLE} -np ${np} --oversubscribe --bind-to none
+                     $<TARGET_FILE:primus_ep_tests>)
+    set_tests_properties(parallel.expert_parallel_np${np} PROPERTIES
+      ENVIRONMENT "${PRIMUS_MPI_TEST_ENV};OPENBLAS_NUM_THREADS=1" TIMEOUT 180 PROCESSORS 2 RESOURCE_LOCK primus_mpi)
+  endforeach()
+
   add_test(NAME parallel.rank_failures
            COMMAND bash ${PRIMUS_PARALLEL_TEST_DIR}/run_failure_tests.sh
                    $<TARGET_FILE:primus_mpi_failure_probe> ${MPIEXEC_EXECUTABLE})

@@ -25,6 +25,18 @@
 #   dp2moe       2 ranks, distributed optimizer, overlapped grad reduce           == refmoe
 #   pp2moe       2 ranks, pipeline parallel                                       == refmoe
 #   moe_half->pp2  1 rank stops at 5 and saves; 2 pipeline ranks resume           == refmoe
+#   Expert parallel (alltoall token dispatch), the same MoE model:
+#   ep2moe       2 ranks, experts 0-1 | 2-3                                        == refmoe
+#   ep4moe       4 ranks, one expert each                                         == refmoe
+#   ep2dp2moe    4 ranks, EP2 x expert-DP2, distributed optimizer, both overlaps   == refmoe
+#   ep2pp2moe    4 ranks, EP2 x PP2                                               == refmoe
+#   ep2pp2_half->1  EP2 x PP2 + distributed optimizer stop at 5 and save; 1 rank resumes == refmoe
+#   moe_half->ep4   1 rank's checkpoint resumed by 4 expert-parallel ranks          == refmoe
+#   A tiny DeepSeek-shaped model (MLA, dense first layer, 8 experts in 4 groups, top-2 of
+#   2 groups, shared expert, sigmoid + expert bias, MTP depth 1):
+#   ep4ds        4 ranks, expert parallel                                         == refds (1 rank)
+#   ep2pp2ds     4 ranks, EP2 x PP2 (the first stage holds only the dense layer), no MTP,
+#                distributed optimizer, overlapped grad reduce                      == refds2
 # Usage: parallel_train.sh PRIMUS_BINARY MPIEXEC
 set -euo pipefail
 PRIMUS=$1
@@ -90,6 +102,30 @@ run dp2moe 2 "${MOE[@]}" --set use_distributed_optimizer=true --set overlap_grad
 run pp2moe 2 "${MOE[@]}" --set pipeline_model_parallel_size=2 $(final pp2moe)
 run moe_half 1 "${MOE[@]}" --set save="$WORK/ckpt_moe" --set exit_interval=5
 run moe_to_pp2 2 "${MOE[@]}" --set pipeline_model_parallel_size=2 --set load="$WORK/ckpt_moe" $(final moe_to_pp2)
+A2A=(--set moe_token_dispatcher_type=alltoall)
+run ep2moe 2 "${MOE[@]}" "${A2A[@]}" --set expert_model_parallel_size=2 $(final ep2moe)
+run ep4moe 4 "${MOE[@]}" "${A2A[@]}" --set expert_model_parallel_size=4 $(final ep4moe)
+run ep2dp2moe 4 "${MOE[@]}" "${A2A[@]}" --set expert_model_parallel_size=2 --set use_distributed_optimizer=true \
+  --set overlap_grad_reduce=true --set overlap_param_gather=true --set ddp_bucket_size=3000 $(final ep2dp2moe)
+run ep2pp2moe 4 "${MOE[@]}" "${A2A[@]}" --set expert_model_parallel_size=2 --set pipeline_model_parallel_size=2 \
+  $(final ep2pp2moe)
+run ep2pp2_half 4 "${MOE[@]}" "${A2A[@]}" --set expert_model_parallel_size=2 --set pipeline_model_parallel_size=2 \
+  --set use_distributed_optimizer=true --set save="$WORK/ckpt_ep" --set exit_interval=5
+run ep_to_1 1 "${MOE[@]}" --set load="$WORK/ckpt_ep" $(final ep_to_1)
+run moe_to_ep4 4 "${MOE[@]}" "${A2A[@]}" --set expert_model_parallel_size=4 --set load="$WORK/ckpt_moe" $(final moe_to_ep4)
+DS=(--set multi_latent_attention=true --set q_lora_rank=32 --set kv_lora_rank=16 --set qk_head_dim=16
+    --set qk_pos_emb_head_dim=8 --set v_head_dim=16 --set qk_layernorm=true
+    --set num_experts=8 --set moe_router_topk=2 --set moe_ffn_hidden_size=32 --set moe_shared_expert_intermediate_size=32
+    --set moe_first_k_dense_replace=1 --set moe_router_num_groups=4 --set moe_router_group_topk=2
+    --set moe_router_score_function=sigmoid --set moe_router_enable_expert_bias=true
+    --set moe_router_bias_update_rate=0.001 --set moe_router_topk_scaling_factor=2.5
+    --set moe_router_load_balancing_type=seq_aux_loss --set moe_aux_loss_coeff=0.001 "${A2A[@]}")
+run refds 1 "${DS[@]}" --set mtp_num_layers=1 --set mtp_loss_scaling_factor=0.1 $(final refds)
+run ep4ds 4 "${DS[@]}" --set mtp_num_layers=1 --set mtp_loss_scaling_factor=0.1 --set expert_model_parallel_size=4 \
+  $(final ep4ds)
+run refds2 1 "${DS[@]}" $(final refds2)
+run ep2pp2ds 4 "${DS[@]}" --set expert_model_parallel_size=2 --set pipeline_model_parallel_size=2 \
+  --set use_distributed_optimizer=true --set overlap_grad_reduce=true --set ddp_bucket_size=3000 $(final ep2pp2ds)
 }
 
 # A layout the interleaved schedule cannot run is refused at set-up, naming the keys.
@@ -101,6 +137,17 @@ fi
 grep -q "needs the number of micro-batches per step (3" "$WORK/bad_layout.log" ||
   { echo "FAIL: no clear error for the bad interleaved layout:"; tail -5 "$WORK/bad_layout.log"; exit 1; }
 echo "bad interleaved layout: refused with a clear error"
+# Expert parallelism with the allgather dispatcher (Megatron's default) is refused by name.
+if PRIMUS_TEST_RUN=bad_dispatcher "$MPIEXEC" -np 2 --oversubscribe --bind-to none -x PRIMUS_TEST_RUN -x PRIMUS_TEST_WORKSPACE \
+    "$PRIMUS" train --config "$EXP" --world-size 2 "${MOE[@]}" --set expert_model_parallel_size=2 \
+    >"$WORK/bad_dispatcher.log" 2>&1; then
+  echo "FAIL: expert parallelism with the allgather dispatcher was accepted"; exit 1
+fi
+grep -q "moe_token_dispatcher_type = allgather.*set moe_token_dispatcher_type: alltoall" "$WORK/bad_dispatcher.log" ||
+  { echo "FAIL: no clear error for EP with the allgather dispatcher:"; tail -5 "$WORK/bad_dispatcher.log"; exit 1; }
+echo "expert parallel with the allgather dispatcher: refused with a clear error"
+grep -q "gathering the weights and optimizer states of 4 ranks (tp 1, pp 2, ep 2, dp 2)" "$WORK/ep2pp2_half.log" ||
+  { echo "FAIL: ep2pp2_half: the gathered save does not name the expert-parallel layout"; exit 1; }
 grep -q "pipeline stages hold 1 / 1 / 2 layers" "$WORK/pp3uneven.log" ||
   { echo "FAIL: pp3uneven: the log does not state the uneven split:"; grep -m3 "pipeline\|error" "$WORK/pp3uneven.log"; exit 1; }
 echo "pp3uneven: layers 1 / 1 / 2 over the three stages"
@@ -133,7 +180,7 @@ def losses(run):
         if r.get("type") == "train":  # lm loss, and for MoE runs the load-balancing and z losses
             out[r["iteration"]] = {k: v for k, v in r.items() if k.endswith("loss")}
     return out
-refs = {r: losses(r) for r in ("ref", "ref4", "refmoe")}
+refs = {r: losses(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2")}
 for r in refs.values():
     assert sorted(r) == list(range(1, 11)), r
 worst = 0.0
@@ -143,7 +190,11 @@ runs = (("dp2", ALL, "ref"), ("tp2", ALL, "ref"), ("dp2_distopt", ALL, "ref"), (
         ("distopt_resume", LAST, "ref"), ("pp2", ALL, "ref"), ("pp2dp2", ALL, "ref"), ("pp2vp", ALL, "ref4"),
         ("pp3uneven", ALL, "ref4"), ("tp2pp2_half", FIRST, "ref"), ("tp2pp2_to_1", LAST, "ref"), ("one_half", FIRST, "ref"),
         ("one_to_tp2pp2", LAST, "ref"), ("dp2moe", ALL, "refmoe"), ("pp2moe", ALL, "refmoe"),
-        ("moe_half", FIRST, "refmoe"), ("moe_to_pp2", LAST, "refmoe"))
+        ("moe_half", FIRST, "refmoe"), ("moe_to_pp2", LAST, "refmoe"), ("ep2moe", ALL, "refmoe"),
+        ("ep4moe", ALL, "refmoe"), ("ep2dp2moe", ALL, "refmoe"), ("ep2pp2moe", ALL, "refmoe"),
+        ("ep2pp2_half", FIRST, "refmoe"), ("ep_to_1", LAST, "refmoe"), ("moe_to_ep4", LAST, "refmoe"),
+        ("ep4ds", ALL, "refds"), ("ep2pp2ds", ALL, "refds2"))
+EXPERT_PARALLEL = {"ep2moe", "ep4moe", "ep2dp2moe", "ep2pp2moe", "ep2pp2_half", "ep_to_1", "moe_to_ep4", "ep4ds", "ep2pp2ds"}
 for run, its, refname in runs:
     ref = refs[refname]
     got = losses(run)
@@ -153,7 +204,8 @@ for run, its, refname in runs:
         for key in ref[i]:
             rel = abs(got[i][key] - ref[i][key]) / abs(ref[i][key])
             worst = max(worst, rel)
-            assert rel < 1e-5, f"{run} iteration {i}: {key} {got[i][key]!r} vs single rank {ref[i][key]!r} (rel {rel:.2e})"
+            tol = 1e-6 if run in EXPERT_PARALLEL else 1e-5  # the expert-parallel issue's bar
+            assert rel < tol, f"{run} iteration {i}: {key} {got[i][key]!r} vs single rank {ref[i][key]!r} (rel {rel:.2e})"
 print(f"{len(runs)} parallel runs match the single-rank losses (worst relative difference {worst:.2e})")
 
 def weights(run):  # model.safetensors of the iteration-8 checkpoint, read from the format
@@ -169,12 +221,14 @@ def weights(run):  # model.safetensors of the iteration-8 checkpoint, read from 
         b, e = meta["data_offsets"]
         out[name] = np.frombuffer(raw[8 + n + b:8 + n + e], dtype="<f4").reshape(meta["shape"])
     return out
-ref_ws = {r: weights(r) for r in ("ref", "ref4", "refmoe")}
+ref_ws = {r: weights(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2")}
 worst_w = 0.0
 for run, refname in (("dp2", "ref"), ("tp2", "ref"), ("dp2_distopt", "ref"), ("dp2_overlap", "ref"), ("dp2tp2", "ref"),
                      ("tp1resume", "ref"), ("distopt_resume", "ref"), ("pp2", "ref"), ("pp2dp2", "ref"),
                      ("pp2vp", "ref4"), ("pp3uneven", "ref4"), ("tp2pp2_to_1", "ref"), ("one_to_tp2pp2", "ref"),
-                     ("dp2moe", "refmoe"), ("pp2moe", "refmoe"), ("moe_to_pp2", "refmoe")):
+                     ("dp2moe", "refmoe"), ("pp2moe", "refmoe"), ("moe_to_pp2", "refmoe"), ("ep2moe", "refmoe"),
+                     ("ep4moe", "refmoe"), ("ep2dp2moe", "refmoe"), ("ep2pp2moe", "refmoe"), ("ep_to_1", "refmoe"),
+                     ("moe_to_ep4", "refmoe"), ("ep4ds", "refds"), ("ep2pp2ds", "refds2")):
     ref_w = ref_ws[refname]
     got = weights(run)
     assert sorted(got) == sorted(ref_w), f"{run}: tensors {sorted(set(got) ^ set(ref_w))} differ in name"

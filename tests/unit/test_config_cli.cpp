@@ -92,6 +92,28 @@ TEST(ConfigCli, EveryExampleDryRuns) {
   EXPECT_THAT(r.output, HasSubstr("MTP modules"));
 }
 
+TEST(ConfigCli, DryRunComparesExpertParallelLayoutsWithDeviceMemory) {
+  // Mixtral 8x22B at EP8 x PP4 (x TP2) on 64 GPUs: the routed experts are split 8 ways.
+  const std::string mixtral = "train --config examples/megatron/mixtral_8x22B_v0.1-pretrain.yaml --dry-run "
+                              "--world-size 64 --set expert_model_parallel_size=8 --set pipeline_model_parallel_size=4";
+  CliRun r = run_primus(mixtral);
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("tp 2, pp 4, cp 1, dp 8, ep 8"));
+  EXPECT_THAT(r.output, HasSubstr("2,113,929,216 of them routed-expert"));  // 135.3B / 8 experts' ranks / 4 stages x 14/14
+  EXPECT_THAT(r.output, HasSubstr("fits in 80 GiB of device memory"));
+  r = run_primus(mixtral + " --device-memory 24");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("WARNING: does not fit: 42.5 GiB > 24 GiB of device memory"));
+  // DeepSeek-V3 at EP64 x PP16 on 1024 GPUs (Megatron's uneven split: one layer on the first stage).
+  r = run_primus("train --config examples/megatron/deepseek_v3-pretrain.yaml --dry-run --world-size 1024 "
+                 "--set expert_model_parallel_size=64 --set pipeline_model_parallel_size=16 "
+                 "--set decoder_first_pipeline_num_layers=1 --set decoder_last_pipeline_num_layers=null");
+  ASSERT_EQ(r.code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("dp 64, ep 64"));
+  EXPECT_THAT(r.output, HasSubstr("880,803,840 of them routed-expert"));
+  EXPECT_THAT(r.output, HasSubstr("fits in 80 GiB"));
+}
+
 TEST(ConfigCli, ListPrintsEveryKeyAndShowPrintsSources) {
   CliRun r = run_primus("config --list");
   ASSERT_EQ(r.code, 0) << r.output;

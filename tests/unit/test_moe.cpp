@@ -208,6 +208,9 @@ TEST(MoeConfig, WhatIsNotBuiltIsRefusedByName) {
   refusal({"moe_pad_expert_input_to_capacity=true"}, "moe_pad_expert_input_to_capacity");
   refusal({"moe_layer_freq=([0]*1+[1]*2)"}, "moe_layer_freq");
   refusal({"moe_router_num_groups=3", "moe_router_group_topk=1"}, "moe_router_num_groups");
+  // Expert parallelism: only the alltoall exchange, no tensor parallelism inside the experts.
+  refusal({"expert_model_parallel_size=2"}, "moe_token_dispatcher_type = allgather");
+  refusal({"expert_tensor_parallel_size=2"}, "expert_tensor_parallel_size = 2");
   // Tensor parallelism inside MoE layers comes with expert parallelism.
   config::Config cfg = config::load_experiment(exp, {"num_experts=4", "tensor_model_parallel_size=2"}, 0);
   const train::TrainOptions o = train::train_options(cfg, false);
