@@ -267,6 +267,11 @@ void validate(Config& cfg) {
                fmt::format("expert_model_parallel_size {} x expert tensor-parallel size {} must divide data-parallel "
                            "x context-parallel x tensor-parallel ranks = {} x {} x {} ({}); raise the world size",
                            ep, etp, dp, cp, tp, cfg.source("expert_model_parallel_size").str()));
+    if (ep > 1 && tp > 1)
+      ck.require(cfg.b("sequence_parallel"),
+                 fmt::format("expert_model_parallel_size = {} ({}) with tensor_model_parallel_size = {} needs "
+                             "sequence_parallel: true (as Megatron requires)",
+                             ep, cfg.source("expert_model_parallel_size").str(), tp));
     if (cfg.b("moe_pad_expert_input_to_capacity"))
       ck.require(cfg.has("moe_expert_capacity_factor"),
                  fmt::format("{} needs moe_expert_capacity_factor (the capacity it pads to)",

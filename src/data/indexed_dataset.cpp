@@ -225,6 +225,7 @@ void IndexedDataset::read(int64_t i, int64_t offset, int64_t length, int32_t* ou
   PRIMUS_CHECK(valid && offset >= 0 && length >= 0 && offset + length <= n,
                "{}: read of sequence {} tokens [{}, {}) out of range (sequences: {}, length {})", prefix_, i, offset,
                offset + length, num_sequences_, n);
+  if (length == 0) return;  // an empty .bin is not mapped (null), and `out` may be an empty vector's null
   const auto* base = static_cast<const char*>(bin_map_) + pointer(i);
   switch (dtype_) {
     case TokenDType::kU16: {

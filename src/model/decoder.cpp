@@ -75,6 +75,10 @@ void validate_tensor_parallel(const ModelConfig& c, const parallel::TensorParall
   need("num_attention_heads", c.num_attention_heads);
   need("num_query_groups", c.num_query_groups);
   need("ffn_hidden_size", c.ffn_hidden_size);
+  if (c.num_experts > 0) {
+    need("moe_ffn_hidden_size", c.moe_ffn_hidden_size);
+    need("moe_shared_expert_intermediate_size", c.moe_shared_expert_intermediate_size);
+  }
   need("padded_vocab_size", c.padded_vocab_size);
   if (!bad.empty()) fail("model config '{}' does not split over {} tensor-parallel ranks:{}", c.name, P, bad);
 }
@@ -89,8 +93,8 @@ void validate_expert_parallel(const ModelConfig& c, const parallel::ExpertParall
   PRIMUS_CHECK(c.num_experts > 0 && c.num_experts % ep.size() == 0,
                "model config '{}': num_experts = {} does not split over {} expert-parallel ranks", c.name,
                c.num_experts, ep.size());
-  PRIMUS_CHECK(!tp.active(), "model config '{}': expert parallelism runs with tensor_model_parallel_size 1 (the "
-               "experts' tensor-parallel split, expert_tensor_parallel_size, is not built)", c.name);
+  PRIMUS_CHECK(!tp.active() || tp.sp(), "model config '{}': expert parallelism with tensor parallelism needs "
+               "sequence_parallel (as Megatron requires)", c.name);
 }
 
 Tensor to_host(const Tensor& t) { return t.device() == Device::CPU ? t : t.to(Device::CPU); }
@@ -180,7 +184,8 @@ DecoderModel::DecoderModel(const ModelConfig& config, ops::Context& ctx, const D
   auto make = [&](const ParamSpec& spec) {
     auto p = std::make_unique<NamedTensor>();
     p->shard = shard_of(spec, tp.rank(), tp.size(), ep.rank(), ep.size());
-    p->expert_parallel = spec.split == ParamSplit::Experts && ep.active();
+    p->expert_parallel = splits_experts(spec.split) && ep.active();
+    p->expert_shard = expert_shard_of(spec, ep.rank(), ep.size());
     p->name = spec.name;
     const Shape shape = p->shard.local_shape();
     NamedTensor* made = p.get();
@@ -336,13 +341,14 @@ void DecoderModel::init_weights(uint64_t seed) {
       // Generated in place on the device (same values as the host path below): a 1B model
       // initialised on the host and copied over took ~8 s of start-up.
       std::vector<ops::Backend::NormalRun> runs;
-      for (const parallel::ShardRun& r : parallel::shard_runs(p.shard))
+      for (const parallel::ShardRun& r : parallel::shard_runs(p.shard, p.expert_shard))
         runs.push_back({r.local_offset, r.full_offset, r.numel});
       ops::fill_normal(ctx_, p.value, seed, stream_id(p.name), 0.f, sigma, runs);
       continue;
     }
     Tensor host = Tensor::empty(p.value.shape(), DType::F32);
-    fill_normal_parallel(host, CounterRng(seed, stream_id(p.name)), sigma, parallel::shard_runs(p.shard));
+    fill_normal_parallel(host, CounterRng(seed, stream_id(p.name)), sigma,
+                         parallel::shard_runs(p.shard, p.expert_shard));
     p.value.copy_from(host);  // fp32 on the CPU
   }
 }

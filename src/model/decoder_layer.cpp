@@ -95,7 +95,7 @@ DecoderLayer make_decoder_layer(const ModelConfig& c, const LayerSpec& spec, con
                   lookup(m + "experts.linear_fc1.weight"), lookup(m + "experts.linear_fc2.weight"),
                   shared ? lookup(m + "shared_experts.linear_fc1.weight") : nullptr,
                   shared ? lookup(m + "shared_experts.linear_fc2.weight") : nullptr},
-        c, spec.index);
+        c, spec.index, tp_size);
   } else {
     mlp = std::make_unique<DenseMlp>(
         MlpParams{mlp_norm, lookup(pre + "mlp.linear_fc1.weight"), lookup(pre + "mlp.linear_fc2.weight")},

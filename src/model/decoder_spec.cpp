@@ -84,12 +84,14 @@ void add_moe(std::vector<ParamSpec>& out, const std::string& pre, int64_t layer,
     out.push_back({pre + "router.expert_bias", {E}, ParamSplit::Replicated, {}, ParamInit::Zeros,
                    ParamRole::ExpertBias, layer});
   const int64_t fc1_out = c.swiglu ? 2 * Fe : Fe;
-  out.push_back({pre + "experts.linear_fc1.weight", {E, fc1_out, C}, ParamSplit::Experts, {}, ParamInit::Normal,
-                 ParamRole::RoutedExperts, layer});
+  // Under tp each expert is split like a dense MLP: fc1 [gate_r | up_r], fc2 the matching columns.
+  const std::vector<int64_t> fc1_parts = c.swiglu ? std::vector<int64_t>{Fe, Fe} : std::vector<int64_t>{};
+  out.push_back({pre + "experts.linear_fc1.weight", {E, fc1_out, C}, ParamSplit::ExpertsColumn, fc1_parts,
+                 ParamInit::Normal, ParamRole::RoutedExperts, layer});
   if (c.add_bias_linear)
-    out.push_back({pre + "experts.linear_fc1.bias", {E, fc1_out}, ParamSplit::Experts, {}, ParamInit::Zeros,
-                   ParamRole::Bias, layer});
-  out.push_back({pre + "experts.linear_fc2.weight", {E, C, Fe}, ParamSplit::Experts, {}, ParamInit::ScaledNormal,
+    out.push_back({pre + "experts.linear_fc1.bias", {E, fc1_out}, ParamSplit::ExpertsColumn, fc1_parts,
+                   ParamInit::Zeros, ParamRole::Bias, layer});
+  out.push_back({pre + "experts.linear_fc2.weight", {E, C, Fe}, ParamSplit::ExpertsRow, {}, ParamInit::ScaledNormal,
                  ParamRole::RoutedExperts, layer});
   if (c.add_bias_linear)
     out.push_back({pre + "experts.linear_fc2.bias", {E, C}, ParamSplit::Experts, {}, ParamInit::Zeros, ParamRole::Bias,
@@ -196,11 +198,23 @@ parallel::ShardSpec shard_of(const ParamSpec& p, int tp_rank, int tp_size, int e
       if (tp_size > 1) return parallel::ShardSpec::split(p.shape, 1, tp_rank, tp_size, p.parts, p.name);
       break;
     case ParamSplit::Experts:
-      if (ep_size > 1) return parallel::ShardSpec::split(p.shape, 0, ep_rank, ep_size, {}, p.name);
-      break;
+      return parallel::ShardSpec::replicated(expert_shard_of(p, ep_rank, ep_size).local_shape());
+    case ParamSplit::ExpertsColumn:
+    case ParamSplit::ExpertsRow: {
+      const Shape piece = expert_shard_of(p, ep_rank, ep_size).local_shape();
+      if (tp_size > 1)
+        return parallel::ShardSpec::split(piece, p.split == ParamSplit::ExpertsColumn ? 1 : 2, tp_rank, tp_size,
+                                          p.parts, p.name);
+      return parallel::ShardSpec::replicated(piece);
+    }
     case ParamSplit::Replicated:
       break;
   }
+  return parallel::ShardSpec::replicated(p.shape);
+}
+
+parallel::ShardSpec expert_shard_of(const ParamSpec& p, int ep_rank, int ep_size) {
+  if (splits_experts(p.split) && ep_size > 1) return parallel::ShardSpec::split(p.shape, 0, ep_rank, ep_size, {}, p.name);
   return parallel::ShardSpec::replicated(p.shape);
 }
 
@@ -361,6 +375,11 @@ void check_parallel_layout(const ModelConfig& m, const parallel::ParallelDims& d
          fmt::format("num_experts {} is not divisible by expert_model_parallel_size {}",
                      m.num_experts, ep));
     split_by_tp("moe_ffn_hidden_size", m.moe_ffn_hidden_size);
+    split_by_tp("moe_shared_expert_intermediate_size", m.moe_shared_expert_intermediate_size);
+    need(ep == 1 || tp == 1 || c.sequence_parallel,
+         fmt::format("expert_model_parallel_size {} with tensor_model_parallel_size {} needs sequence_parallel: true "
+                     "(as Megatron requires: each tensor-parallel rank then routes its own tokens' share)",
+                     ep, tp));
   } else {
     need(ep == 1, fmt::format("expert_model_parallel_size {} needs a MoE model (num_experts > 0)", ep));
   }

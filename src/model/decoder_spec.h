@@ -68,8 +68,13 @@ enum class ParamSplit {
   Column,      // dim 0 over tensor-parallel ranks, part by part (`parts`): output features,
                // vocabulary rows
   Row,         // dim 1 over tensor-parallel ranks: input features
-  Experts,     // dim 0 over expert-parallel ranks: whole experts of a stacked (E, ...) tensor
+  Experts,        // dim 0 over expert-parallel ranks: whole experts of a stacked (E, ...) tensor
+  ExpertsColumn,  // Experts, and each expert's output features (dim 1, by `parts`) over tp
+  ExpertsRow,     // Experts, and each expert's input features (dim 2) over tp
 };
+inline bool splits_experts(ParamSplit s) {
+  return s == ParamSplit::Experts || s == ParamSplit::ExpertsColumn || s == ParamSplit::ExpertsRow;
+}
 
 // How a tensor is initialised (Megatron: init_method / output_layer_init_method).
 enum class ParamInit {
@@ -125,10 +130,14 @@ std::vector<ParamSpec> parameter_table(const ModelConfig& c);
 // Elements of the trainable tensors of `table` (buffers such as the expert bias excluded).
 int64_t count_table_parameters(const std::vector<ParamSpec>& table);
 
-// The piece of `p` that rank `rank` of `count` holds along its split: tensor-parallel ranks
-// for Column/Row, expert-parallel ranks for Experts; replicated when count is 1 or the
-// tensor is Replicated. Throws naming the tensor when a piece does not divide.
+// The tensor-parallel piece of `p` a rank holds: for Column/Row of the full tensor, for the
+// routed experts (ExpertsColumn/Row) of this expert-parallel rank's experts (expert_shard_of);
+// replicated when tp_size is 1 or the tensor is not split over tp. Throws naming the tensor
+// when a piece does not divide.
 parallel::ShardSpec shard_of(const ParamSpec& p, int tp_rank, int tp_size, int ep_rank = 0, int ep_size = 1);
+// The expert-parallel piece (whole experts, dim 0) of a routed-expert tensor; replicated for
+// every other tensor or when ep_size is 1.
+parallel::ShardSpec expert_shard_of(const ParamSpec& p, int ep_rank, int ep_size);
 
 // Throws, naming the key and value, when `c` asks for a part the training and generation
 // code do not build yet (biases, LayerNorm, learned positions, dropout) or is

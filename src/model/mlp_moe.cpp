@@ -14,7 +14,8 @@ void MoeStepStats::reset(int64_t num_experts) {
 }
 
 struct MoeMlp::Acts : BlockActivations {
-  Tensor h, rstd;                  // (N,C), (N) fp32
+  Tensor h, rstd;                  // (R,C), (R) fp32: this rank's residual rows
+  Tensor hN;                       // (N,C): h of the tensor-parallel group (h itself without SP)
   Tensor logits;                   // (N,E) fp32
   Tensor probs, indices;           // (N,k) fp32, int32
   Tensor row_of, pair_of_row;      // (N,k) int32, (M) int32
@@ -32,8 +33,8 @@ struct MoeMlp::Acts : BlockActivations {
   int64_t Mx() const { return x_perm.defined() ? x_perm.size(0) : 0; }
 };
 
-MoeMlp::MoeMlp(MoeParams p, const ModelConfig& c, int64_t layer)
-    : p_(p), layer_(layer), E_(c.num_experts), k_(c.moe_router_topk), Fe_(c.moe_ffn_hidden_size) {
+MoeMlp::MoeMlp(MoeParams p, const ModelConfig& c, int64_t layer, int64_t tp_size)
+    : p_(p), layer_(layer), E_(c.num_experts), k_(c.moe_router_topk), Fe_(c.moe_ffn_hidden_size / tp_size) {
   routing_.topk = k_;
   routing_.sigmoid = c.moe_router_score_function == "sigmoid";
   routing_.pre_softmax = c.moe_router_pre_softmax;
@@ -50,7 +51,8 @@ MoeMlp::MoeMlp(MoeParams p, const ModelConfig& c, int64_t layer)
   drop_by_probs_ = c.moe_token_drop_policy == "probs";
   pad_ = c.moe_pad_expert_input_to_capacity;
   rate_ = c.moe_router_bias_update_rate;
-  if (p_.shared_fc1 != nullptr) shared_ = SwigluMlp{p_.shared_fc1, p_.shared_fc2, c.moe_shared_expert_intermediate_size};
+  if (p_.shared_fc1 != nullptr)
+    shared_ = SwigluMlp{p_.shared_fc1, p_.shared_fc2, c.moe_shared_expert_intermediate_size / tp_size};
   stats_.reset(E_);
 }
 
@@ -167,19 +169,23 @@ void MoeMlp::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::unique_ptr<
   ops::Context& ctx = env.ctx;
   Arena& A = env.arena;
   const TokenDims& d = env.dims;
-  PRIMUS_CHECK(!env.tp.active(), "MoE layer {}: tensor parallelism is not built for MoE layers", layer_);
   const bool ep = env.ep.active();
+  // The shared experts' GEMMs on the gathered rows, without their own reduction: their partial
+  // sums are reduced together with the routed experts'.
+  LayerEnv local = env;
+  local.tp = {};
   const DType dt = x.dtype();
-  const int64_t N = d.N();
+  const int64_t N = d.N(), R = d.residual_rows();
   auto acts = std::make_unique<Acts>();
   Acts& a = *acts;
   a.x = x;
   const Arena::Mark start = A.mark();  // Full: everything is scratch
-  a.h = A.alloc({N, d.C}, dt);
-  a.rstd = A.alloc({N}, DType::F32);
+  a.h = A.alloc({R, d.C}, dt);
+  a.rstd = A.alloc({R}, DType::F32);
   ops::rmsnorm_forward(ctx, a.h, a.rstd, x, p_.norm->value, env.norm_eps);
+  a.hN = parallel::enter_tp_region(env.tp, a.h, A);
   a.logits = A.alloc({N, E_}, DType::F32);
-  ops::linear_forward(ctx, a.logits, a.h, p_.router->value);
+  ops::linear_forward(ctx, a.logits, a.hN, p_.router->value);
   route(env, a);
 
   const int64_t M = a.M(), Mx = ep ? a.exchange.received() : M;
@@ -197,10 +203,10 @@ void MoeMlp::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::unique_ptr<
 
   if (ep) {  // the routed rows to the ranks of their experts
     Tensor routed = A.alloc({M, d.C}, dt);
-    ops::moe_permute(ctx, routed, a.h, a.pair_of_row, k_);
+    ops::moe_permute(ctx, routed, a.hN, a.pair_of_row, k_);
     parallel::dispatch_tokens(ctx, env.ep, A, a.exchange, routed, a.x_perm);
   } else {
-    ops::moe_permute(ctx, a.x_perm, a.h, a.pair_of_row, k_);
+    ops::moe_permute(ctx, a.x_perm, a.hN, a.pair_of_row, k_);
   }
   ops::grouped_linear_forward(ctx, a.g, a.x_perm, p_.fc1->value, a.expert_rows);
   ops::swiglu_forward(ctx, a.act, a.g);
@@ -211,11 +217,16 @@ void MoeMlp::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::unique_ptr<
   } else {
     ops::grouped_linear_forward(ctx, a.y_perm, a.act, p_.fc2->value, a.expert_rows);
   }
+  // partial (N,C) = shared(h_N) + the routed experts' outputs (this rank's share of their sum),
+  // then y = x + the sum over tp.
+  Tensor partial = parallel::tp_partial_buffer(env.tp, y, A);
   if (shared_.fc1 != nullptr)
-    shared_.forward(env, a.h, a.shared_g, a.shared_act, y, &x);  // y = x + shared(h)
+    shared_.forward(local, a.hN, a.shared_g, a.shared_act, partial, nullptr);
   else
-    ops::copy_cast(ctx, y, x);
-  ops::moe_unpermute(ctx, y, a.y_perm, a.row_of, a.probs);  // y += the routed experts' outputs
+    ops::fill(ctx, partial, 0.f);
+  ops::moe_unpermute(ctx, partial, a.y_perm, a.row_of, a.probs);
+  parallel::exit_tp_region(env.tp, y, partial);
+  ops::add(ctx, y, y, x);
 
   A.release(scratch);
   if (keep == Recompute::Full) {
@@ -232,8 +243,10 @@ void MoeMlp::backward(LayerEnv& env, BlockActivations& base, Tensor& dres, Recom
   ops::Context& ctx = env.ctx;
   Arena& A = env.arena;
   const TokenDims& d = env.dims;
-  const int64_t N = d.N(), M = a.M(), Mx = a.Mx();
+  const int64_t N = d.N(), M = a.M(), Mx = a.Mx(), R = d.residual_rows();
   const bool ep = env.ep.active();
+  LayerEnv local = env;  // the shared experts without their own reduction (see forward)
+  local.tp = {};
   const DType dt = a.x.dtype();
   const bool acc = !env.overwrite_linear_grads;
   const Arena::Mark start = A.mark();
@@ -245,13 +258,18 @@ void MoeMlp::backward(LayerEnv& env, BlockActivations& base, Tensor& dres, Recom
       ops::swiglu_forward(ctx, a.shared_act, a.shared_g);
     }
   }
-  Tensor dh = A.alloc({N, d.C}, dt);
+  // dhN (N,C): this rank's partial d h_N; dh (R,C) after the tensor-parallel reduction.
+  Tensor dhN = A.alloc({N, d.C}, dt);
+  Tensor dh = env.tp.sp() ? A.alloc({R, d.C}, dt) : dhN;
   Tensor d_logits = A.alloc({N, E_}, DType::F32);
   {
     const Arena::Mark m = A.mark();
+    const Tensor dyN = parallel::exit_tp_region_backward(env.tp, dres, A);  // d y of the group's N rows
     // The routed experts, in reverse: unpermute, [exchange,] fc2, SwiGLU, fc1[, exchange back].
     Tensor d_y_perm = A.alloc({M, d.C}, dt), d_probs = A.alloc({N, k_}, DType::F32);
-    ops::moe_unpermute_backward(ctx, d_y_perm, d_probs, dres, a.y_perm, a.row_of, a.pair_of_row, a.probs);
+    ops::moe_unpermute_backward(ctx, d_y_perm, d_probs, dyN, a.y_perm, a.row_of, a.pair_of_row, a.probs);
+    // d probs = dy . (the experts' output summed over tp): sum this rank's share over tp.
+    if (env.tp.active()) env.tp.group->all_reduce(d_probs, parallel::ReduceOp::Sum);
     Tensor d_y_experts = d_y_perm;
     if (ep) {  // d y travels like the tokens did
       d_y_experts = A.alloc({Mx, d.C}, dt);
@@ -267,22 +285,26 @@ void MoeMlp::backward(LayerEnv& env, BlockActivations& base, Tensor& dres, Recom
       d_x_perm = A.alloc({M, d.C}, dt);
       parallel::combine_tokens(ctx, env.ep, A, a.exchange, d_x_experts, d_x_perm);
     }
-    // d h: the shared experts' path (written), then the routed tokens' (added).
+    // d h_N: the shared experts' path (written), then the routed tokens' (added).
     if (shared_.fc1 != nullptr)
-      shared_.backward(env, a.h, a.shared_g, a.shared_act, dres, dh);
+      shared_.backward(local, a.hN, a.shared_g, a.shared_act, dyN, dhN);
     else
-      ops::fill(ctx, dh, 0.f);
-    ops::moe_permute_backward(ctx, dh, d_x_perm, a.row_of);
+      ops::fill(ctx, dhN, 0.f);
+    ops::moe_permute_backward(ctx, dhN, d_x_perm, a.row_of);
     // The router: top-k probabilities, then the auxiliary losses' gradients.
     ops::moe_topk_backward(ctx, d_logits, d_probs, a.logits, a.indices, routing_);
     A.release(m);
   }
   if (a.score_grad.defined())
     ops::moe_aux_backward(ctx, d_logits, a.logits, a.score_grad, a.z_weight, routing_.sigmoid);
-  Tensor d_z = d_logits;  // the router GEMMs run in the model dtype
+  parallel::enter_tp_region_backward(env.tp, dh, dhN);  // dh (R,C) = the sum over tp of the partials
+  // The router is replicated and every tp rank routed the same N tokens: like a norm, it takes
+  // its gradient from this rank's residual rows only (summed over tp with the norms under SP).
+  const int64_t r0 = env.tp.sp() ? env.tp.rank() * R : 0;
+  Tensor d_z = d_logits.rows(r0, r0 + R);  // the router GEMMs run in the model dtype
   if (dt != DType::F32) {
-    d_z = A.alloc({N, E_}, dt);
-    ops::copy_cast(ctx, d_z, d_logits);
+    d_z = A.alloc({R, E_}, dt);
+    ops::copy_cast(ctx, d_z, d_logits.rows(r0, r0 + R));
   }
   ops::matmul(ctx, dh, d_z, ops::Transpose::No, p_.router->value, ops::Transpose::No, 1.f, 1.f);  // dh += dz Wr
   ops::matmul(ctx, p_.router->grad, d_z, ops::Transpose::Yes, a.h, ops::Transpose::No, 1.f, acc ? 1.f : 0.f);

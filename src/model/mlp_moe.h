@@ -28,12 +28,22 @@
 // b_i += rate * sign(mean(c) - c_i), c_i = the step's routed tokens of expert i over all
 // data-parallel ranks.
 //
+// Tensor parallel (env.tp active; Megatron's expert_tensor_parallel_size = tp): every expert
+// and the shared experts are split like a dense MLP (W1 rows [gate_r | up_r], W2 the matching
+// columns: Fe/P and Fs/P here). The normed tokens of the tensor-parallel group are gathered
+// (h_N = enter_tp_region(h), (N,C); h itself without sequence parallel), so every tp rank
+// routes the same N tokens the same way and the auxiliary losses see the whole micro-batch as
+// on one rank; the experts' and shared experts' partial outputs are summed into (N,C) and
+// reduced (exit_tp_region) before the residual is added:
+//   y = x + exit_tp_region(shared_r(h_N) + sum_j p[t,j] Y_r[row(t,j)])
+// In backward d probs (which reads the summed expert outputs) is all-reduced over tp, and the
+// router (replicated, like a norm) takes its gradient from this rank's residual rows.
+//
 // Expert parallel (env.ep active): this rank holds E_l = E/P experts (W1, W2 are (E_l, ...)
 // shards); routing, capacity and the auxiliary losses stay per rank on its own tokens, and the
 // permuted rows travel to their experts' ranks and back (parallel/expert_parallel.h) around
-// the grouped GEMMs. Tensor parallelism is not built into this block yet: the training loop
-// refuses an MoE model with tensor_model_parallel_size > 1 at start-up. What MoE options it
-// builds: check_buildable (decoder_spec.h).
+// the grouped GEMMs; with tp the exchange runs among the ranks of one tp coordinate, on the
+// gathered tokens. What MoE options it builds: check_buildable (decoder_spec.h).
 #pragma once
 
 #include <vector>
@@ -66,7 +76,8 @@ struct MoeStepStats {
 
 class MoeMlp : public Block {
  public:
-  MoeMlp(MoeParams p, const ModelConfig& c, int64_t layer);
+  // tp_size: the tensor-parallel ranks the experts' inner sizes are split over.
+  MoeMlp(MoeParams p, const ModelConfig& c, int64_t layer, int64_t tp_size = 1);
 
   std::vector<NamedTensor*> params() const override;
   std::vector<NamedTensor*> overwritten_grads() const override;

@@ -19,10 +19,13 @@ struct NamedTensor {
   // (dim -1) for norms and for every parameter of a single-rank model.
   parallel::ShardSpec shard;
   // An expert-parallel parameter (the routed experts' stacked weights under
-  // expert_model_parallel_size > 1): `shard` splits dim 0 over the expert-parallel group (not
-  // tp), and the gradient is summed over the expert-data-parallel group instead of the
-  // data-parallel one (Megatron's allreduce = False parameters; parallel/expert_parallel.h).
+  // expert_model_parallel_size > 1): expert_shard splits dim 0 of the full tensor over the
+  // expert-parallel group, and `shard` is the tensor-parallel split of that piece (its
+  // full_shape is the piece's). The gradient is summed over the expert-data-parallel group
+  // instead of the data-parallel one (Megatron's allreduce = False parameters;
+  // parallel/expert_parallel.h).
   bool expert_parallel = false;
+  parallel::ShardSpec expert_shard;  // replicated unless expert_parallel
 };
 
 }  // namespace primus

@@ -110,14 +110,20 @@ NamedTensorList gather_full_tensors(const std::vector<NamedTensor*>& params, Com
   for (NamedTensor* p : params) {
     const Tensor& local = which == ParamField::Value ? p->value : p->grad;
     const ShardSpec spec = spec_of(*p);
+    Tensor full;
     if (spec.sharded()) {
-      Communicator* group = p->expert_parallel ? ep : tp;
-      PRIMUS_CHECK(group != nullptr, "gather_full_tensors: '{}' is sharded ({}) but no {} group was given", p->name,
-                   spec.describe(), p->expert_parallel ? "ep" : "tp");
-      out.emplace_back(p->name, gather_shards(local, spec, *group));
+      PRIMUS_CHECK(tp != nullptr, "gather_full_tensors: '{}' is sharded ({}) but no tp group was given", p->name,
+                   spec.describe());
+      full = gather_shards(local, spec, *tp);
     } else {
-      out.emplace_back(p->name, local.device() == Device::CPU ? local.clone() : local.to(Device::CPU));
+      full = local.device() == Device::CPU ? local.clone() : local.to(Device::CPU);
     }
+    if (p->expert_parallel) {  // then the experts of the other ep ranks
+      PRIMUS_CHECK(ep != nullptr, "gather_full_tensors: '{}' is split over expert-parallel ranks ({}) but no ep group "
+                   "was given", p->name, p->expert_shard.describe());
+      full = gather_shards(full, p->expert_shard, *ep);
+    }
+    out.emplace_back(p->name, std::move(full));
   }
   return out;
 }
@@ -134,10 +140,13 @@ void load_full_tensors(ops::Context& ctx, const std::vector<NamedTensor*>& param
     auto it = by_name.find(p->name);
     PRIMUS_CHECK(it != by_name.end(), "load_full_tensors: no tensor '{}' among the {} given{}", p->name, full.size(),
                  did_you_mean(p->name, names));
-    PRIMUS_CHECK(it->second->shape() == spec.full_shape,
-                 "load_full_tensors: '{}' is {}, expected the full shape {} (this rank holds {})", p->name,
-                 it->second->describe(), shape_str(spec.full_shape), spec.describe());
-    const Tensor local = slice_shard(*it->second, spec);
+    const Shape& whole = p->expert_parallel ? p->expert_shard.full_shape : spec.full_shape;
+    PRIMUS_CHECK(it->second->shape() == whole,
+                 "load_full_tensors: '{}' is {}, expected the full shape {} (this rank holds {}{})", p->name,
+                 it->second->describe(), shape_str(whole), spec.describe(),
+                 p->expert_parallel ? " of experts " + p->expert_shard.describe() : std::string());
+    const Tensor local =
+        p->expert_parallel ? slice_shard(slice_shard(*it->second, p->expert_shard), spec) : slice_shard(*it->second, spec);
     if (local.dtype() == p->value.dtype()) {
       p->value.copy_from(local);
     } else {

@@ -88,6 +88,16 @@ std::vector<ShardRun> shard_runs(const ShardSpec& spec) {
   return runs;
 }
 
+std::vector<ShardRun> shard_runs(const ShardSpec& inner, const ShardSpec& outer) {
+  const std::vector<ShardRun> base = shard_runs(outer);
+  PRIMUS_CHECK(base.size() == 1, "shard_runs: the outer split ({}) is not one contiguous piece", outer.describe());
+  PRIMUS_CHECK(inner.full_shape == outer.local_shape(), "shard_runs: the inner split ({}) is not of the outer piece {}",
+               inner.describe(), shape_str(outer.local_shape()));
+  std::vector<ShardRun> runs = shard_runs(inner);
+  for (ShardRun& r : runs) r.full_offset += base[0].full_offset;
+  return runs;
+}
+
 Tensor slice_shard(const Tensor& full_in, const ShardSpec& spec) {
   PRIMUS_CHECK(full_in.shape() == spec.full_shape, "slice_shard: tensor {} does not have the full shape of {}",
                full_in.describe(), spec.describe());

@@ -51,6 +51,10 @@ struct ShardRun {
 // The runs that make up the local tensor, in local order (they cover it exactly once).
 // A replicated spec gives one run over the whole tensor.
 std::vector<ShardRun> shard_runs(const ShardSpec& spec);
+// Two splits in a row (an expert-parallel piece of dim 0, then `inner` of that piece, as routed
+// experts are under EP x TP): the runs of the local tensor in the full one. `outer` must be a
+// dim-0 split or replicated (one contiguous run); inner.full_shape is outer's local shape.
+std::vector<ShardRun> shard_runs(const ShardSpec& inner, const ShardSpec& outer);
 
 // This rank's shard of `full` (full_shape), as a new CPU tensor of local_shape().
 Tensor slice_shard(const Tensor& full, const ShardSpec& spec);

@@ -37,7 +37,11 @@ DataParallelOptimizer::DataParallelOptimizer(ops::Context& ctx, std::vector<Name
     }
     PRIMUS_CHECK(experts.expert_dp != nullptr && experts.ep != nullptr,
                  "DataParallelOptimizer: '{}' is an expert-parallel parameter but no expert groups were given", p->name);
-    if (groups_.size() == 1) groups_.push_back(Group{experts.expert_dp, experts.ep});
+    if (groups_.size() == 1) {
+      groups_.emplace_back();
+      groups_[1].dp = experts.expert_dp;
+      groups_[1].across = experts.ep;
+    }
     groups_[1].params.push_back(p);
   }
   PRIMUS_CHECK(!groups_[0].params.empty(), "DataParallelOptimizer: no dense parameters");

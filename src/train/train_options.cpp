@@ -80,12 +80,15 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
       refuse("moe_token_dispatcher_type",
              "expert parallelism exchanges tokens with the alltoall dispatcher (the allgather one is not built); "
              "set moe_token_dispatcher_type: alltoall");
-    // (equal to tensor_model_parallel_size > 1, the run's refusal of MoE with tensor parallelism says why)
-    if (cfg.has("expert_tensor_parallel_size") && cfg.i("expert_tensor_parallel_size") != 1 &&
+    // Experts are split over the dense tensor-parallel ranks (Megatron's default); another split
+    // would need a second expert grid.
+    if (cfg.has("expert_tensor_parallel_size") &&
         cfg.i("expert_tensor_parallel_size") != cfg.i("tensor_model_parallel_size"))
       refuse("expert_tensor_parallel_size",
-             "tensor parallelism inside the experts is not built; leave it null or 1 (with "
-             "tensor_model_parallel_size 1)");
+             fmt::format("the experts are split over the tensor-parallel ranks (expert_tensor_parallel_size = "
+                         "tensor_model_parallel_size = {}); another expert tensor-parallel size is not built, leave "
+                         "it null",
+                         cfg.i("tensor_model_parallel_size")));
   }
 
   // ---- layout ----

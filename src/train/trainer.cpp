@@ -165,12 +165,6 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
       launch_(parallel::detect_launch()),
       logger_(LoggerOptions{launch_.rank, launch_.world_size, o.stderr_sink_level, o.log_dir, true}),
       ctx_(make_context(o, launch_)) {
-  if (o.model.num_experts > 0 && o.tensor_parallel > 1)
-    throw Error(fmt::format(
-        "model '{}' has MoE layers (num_experts = {}) and tensor_model_parallel_size = {}: tensor parallelism inside "
-        "the experts (expert_tensor_parallel_size) comes with expert parallelism and is not built yet; train MoE "
-        "models with data and pipeline parallelism (tensor_model_parallel_size: 1)",
-        o.model.name, o.model.num_experts, o.tensor_parallel));
   if (o.context_parallel != 1)
     throw Error(fmt::format(
         "the Primus training loop runs data, tensor (+sequence), pipeline and expert parallelism so far; "
@@ -470,6 +464,7 @@ std::vector<std::unique_ptr<NamedTensor>> Run::optimizer_state_views() const {
         if (name.compare(0, dot, p->name) == 0 && p->name.size() == dot) {
           v->shard = p->shard;
           v->expert_parallel = p->expert_parallel;
+          v->expert_shard = p->expert_shard;
         }
     views.push_back(std::move(v));
   }

@@ -32,6 +32,12 @@
 #   ep2pp2moe    4 ranks, EP2 x PP2                                               == refmoe
 #   ep2pp2_half->1  EP2 x PP2 + distributed optimizer stop at 5 and save; 1 rank resumes == refmoe
 #   moe_half->ep4   1 rank's checkpoint resumed by 4 expert-parallel ranks          == refmoe
+#   tp2moe       2 ranks, each expert and the shared expert split over tp (no SP)  == refmoe
+#   tp2spmoe     2 ranks, tp2 + sequence parallel                                 == refmoe
+#   ep2tp2sp     4 ranks, EP2 x TP2 + SP, distributed optimizer, both overlaps     == refmoe
+#   big_half->1  16 ranks EP4 x TP2+SP x PP2 (x expert-DP1, dense DP4), global batch 16, stop at 5
+#                and save; 1 rank resumes                                         == refmoe16 (1 rank)
+#   1->big       1 rank saves at 5; the 16-rank layout resumes                    == refmoe16
 #   A tiny DeepSeek-shaped model (MLA, dense first layer, 8 experts in 4 groups, top-2 of
 #   2 groups, shared expert, sigmoid + expert bias, MTP depth 1):
 #   ep4ds        4 ranks, expert parallel                                         == refds (1 rank)
@@ -113,6 +119,20 @@ run ep2pp2_half 4 "${MOE[@]}" "${A2A[@]}" --set expert_model_parallel_size=2 --s
   --set use_distributed_optimizer=true --set save="$WORK/ckpt_ep" --set exit_interval=5
 run ep_to_1 1 "${MOE[@]}" --set load="$WORK/ckpt_ep" $(final ep_to_1)
 run moe_to_ep4 4 "${MOE[@]}" "${A2A[@]}" --set expert_model_parallel_size=4 --set load="$WORK/ckpt_moe" $(final moe_to_ep4)
+run tp2moe 2 "${MOE[@]}" --set tensor_model_parallel_size=2 $(final tp2moe)
+run tp2spmoe 2 "${MOE[@]}" --set tensor_model_parallel_size=2 --set sequence_parallel=true $(final tp2spmoe)
+run ep2tp2sp 4 "${MOE[@]}" "${A2A[@]}" --set expert_model_parallel_size=2 --set tensor_model_parallel_size=2 \
+  --set sequence_parallel=true --set use_distributed_optimizer=true --set overlap_grad_reduce=true \
+  --set overlap_param_gather=true --set ddp_bucket_size=3000 $(final ep2tp2sp)
+BIG=(--set expert_model_parallel_size=4 --set tensor_model_parallel_size=2 --set sequence_parallel=true
+     --set pipeline_model_parallel_size=2 --set use_distributed_optimizer=true)
+run refmoe16 1 "${MOE[@]}" --set global_batch_size=16 $(final refmoe16)
+run big_half 16 "${MOE[@]}" "${A2A[@]}" "${BIG[@]}" --set global_batch_size=16 --set save="$WORK/ckpt_big" \
+  --set exit_interval=5
+run big_to_1 1 "${MOE[@]}" --set global_batch_size=16 --set load="$WORK/ckpt_big" $(final big_to_1)
+run moe16_half 1 "${MOE[@]}" --set global_batch_size=16 --set save="$WORK/ckpt_moe16" --set exit_interval=5
+run one_to_big 16 "${MOE[@]}" "${A2A[@]}" "${BIG[@]}" --set global_batch_size=16 --set load="$WORK/ckpt_moe16" \
+  --set overlap_grad_reduce=true --set overlap_param_gather=true --set ddp_bucket_size=3000 $(final one_to_big)
 DS=(--set multi_latent_attention=true --set q_lora_rank=32 --set kv_lora_rank=16 --set qk_head_dim=16
     --set qk_pos_emb_head_dim=8 --set v_head_dim=16 --set qk_layernorm=true
     --set num_experts=8 --set moe_router_topk=2 --set moe_ffn_hidden_size=32 --set moe_shared_expert_intermediate_size=32
@@ -180,7 +200,7 @@ def losses(run):
         if r.get("type") == "train":  # lm loss, and for MoE runs the load-balancing and z losses
             out[r["iteration"]] = {k: v for k, v in r.items() if k.endswith("loss")}
     return out
-refs = {r: losses(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2")}
+refs = {r: losses(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2", "refmoe16")}
 for r in refs.values():
     assert sorted(r) == list(range(1, 11)), r
 worst = 0.0
@@ -193,8 +213,11 @@ runs = (("dp2", ALL, "ref"), ("tp2", ALL, "ref"), ("dp2_distopt", ALL, "ref"), (
         ("moe_half", FIRST, "refmoe"), ("moe_to_pp2", LAST, "refmoe"), ("ep2moe", ALL, "refmoe"),
         ("ep4moe", ALL, "refmoe"), ("ep2dp2moe", ALL, "refmoe"), ("ep2pp2moe", ALL, "refmoe"),
         ("ep2pp2_half", FIRST, "refmoe"), ("ep_to_1", LAST, "refmoe"), ("moe_to_ep4", LAST, "refmoe"),
-        ("ep4ds", ALL, "refds"), ("ep2pp2ds", ALL, "refds2"))
-EXPERT_PARALLEL = {"ep2moe", "ep4moe", "ep2dp2moe", "ep2pp2moe", "ep2pp2_half", "ep_to_1", "moe_to_ep4", "ep4ds", "ep2pp2ds"}
+        ("ep4ds", ALL, "refds"), ("ep2pp2ds", ALL, "refds2"), ("tp2moe", ALL, "refmoe"),
+        ("tp2spmoe", ALL, "refmoe"), ("ep2tp2sp", ALL, "refmoe"), ("big_half", FIRST, "refmoe16"),
+        ("big_to_1", LAST, "refmoe16"), ("moe16_half", FIRST, "refmoe16"), ("one_to_big", LAST, "refmoe16"))
+EXPERT_PARALLEL = {"ep2moe", "ep4moe", "ep2dp2moe", "ep2pp2moe", "ep2pp2_half", "ep_to_1", "moe_to_ep4", "ep4ds",
+                   "ep2pp2ds", "tp2moe", "tp2spmoe", "ep2tp2sp", "big_half", "big_to_1", "one_to_big"}
 for run, its, refname in runs:
     ref = refs[refname]
     got = losses(run)
@@ -221,14 +244,16 @@ def weights(run):  # model.safetensors of the iteration-8 checkpoint, read from 
         b, e = meta["data_offsets"]
         out[name] = np.frombuffer(raw[8 + n + b:8 + n + e], dtype="<f4").reshape(meta["shape"])
     return out
-ref_ws = {r: weights(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2")}
+ref_ws = {r: weights(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2", "refmoe16")}
 worst_w = 0.0
 for run, refname in (("dp2", "ref"), ("tp2", "ref"), ("dp2_distopt", "ref"), ("dp2_overlap", "ref"), ("dp2tp2", "ref"),
                      ("tp1resume", "ref"), ("distopt_resume", "ref"), ("pp2", "ref"), ("pp2dp2", "ref"),
                      ("pp2vp", "ref4"), ("pp3uneven", "ref4"), ("tp2pp2_to_1", "ref"), ("one_to_tp2pp2", "ref"),
                      ("dp2moe", "refmoe"), ("pp2moe", "refmoe"), ("moe_to_pp2", "refmoe"), ("ep2moe", "refmoe"),
                      ("ep4moe", "refmoe"), ("ep2dp2moe", "refmoe"), ("ep2pp2moe", "refmoe"), ("ep_to_1", "refmoe"),
-                     ("moe_to_ep4", "refmoe"), ("ep4ds", "refds"), ("ep2pp2ds", "refds2")):
+                     ("moe_to_ep4", "refmoe"), ("ep4ds", "refds"), ("ep2pp2ds", "refds2"), ("tp2moe", "refmoe"),
+                     ("tp2spmoe", "refmoe"), ("ep2tp2sp", "refmoe"), ("big_to_1", "refmoe16"),
+                     ("one_to_big", "refmoe16")):
     ref_w = ref_ws[refname]
     got = weights(run)
     assert sorted(got) == sorted(ref_w), f"{run}: tensors {sorted(set(got) ^ set(ref_w))} differ in name"

@@ -148,13 +148,15 @@ TEST(IndexedDataset, CorruptionIsReportedByFile) {
 // .idx arrays start at byte 34, so a direct int32/int64 load from the mapping is misaligned) and
 // indexed_dataset_count_overflow.fuzz (counts whose byte size wraps around uint64 matched the
 // file size, then a vector of 2^61 lengths) and indexed_dataset_empty.fuzz (no sequences: a
-// memcpy into an empty vector's null data). Each input is the fuzz case as written: its first
+// memcpy into an empty vector's null data) and indexed_dataset_zero_length_read.fuzz (a
+// sequence of length 0 in an empty .bin: a zero-byte memcpy from the unmapped, null .bin into a
+// null vector, undefined for memcpy). Each input is the fuzz case as written: its first
 // byte x 8 = the .idx's length, the rest the .bin. It must open or fail with a named error, and
 // read back whatever it accepts.
 class IndexedDatasetFuzzFound : public ::testing::TestWithParam<const char*> {};
 INSTANTIATE_TEST_SUITE_P(Cases, IndexedDatasetFuzzFound,
                          ::testing::Values("indexed_dataset_unaligned.fuzz", "indexed_dataset_count_overflow.fuzz",
-                                           "indexed_dataset_empty.fuzz"));
+                                           "indexed_dataset_empty.fuzz", "indexed_dataset_zero_length_read.fuzz"));
 TEST_P(IndexedDatasetFuzzFound, OpensOrFailsByName) {
   std::ifstream in(fs::path(PRIMUS_TEST_DATA_DIR) / "fuzz_regressions" / GetParam(), std::ios::binary);
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

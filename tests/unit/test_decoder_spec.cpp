@@ -133,7 +133,8 @@ TEST(DecoderSpec, MoeLayersFollowFreqPatternAndFirstDense) {
   EXPECT_EQ(t[4].role, ParamRole::Router);
   EXPECT_FALSE(t[5].trainable());  // the expert bias is a buffer
   EXPECT_EQ(t[6].shape, (Shape{4, 16, 16}));
-  EXPECT_EQ(t[6].split, ParamSplit::Experts);
+  EXPECT_EQ(t[6].split, ParamSplit::ExpertsColumn);
+  EXPECT_EQ(t[7].split, ParamSplit::ExpertsRow);
   EXPECT_EQ(t[7].shape, (Shape{4, 16, 8}));
   EXPECT_EQ(t[7].init, ParamInit::ScaledNormal);
   EXPECT_EQ(t[8].shape, (Shape{24, 16}));
@@ -157,13 +158,29 @@ TEST(DecoderSpec, ShardsSplitColumnsRowsAndWholeExperts) {
   const parallel::ShardSpec proj = shard_of(t[2], 0, 2);
   EXPECT_EQ(proj.dim, 1);
   EXPECT_EQ(proj.local_shape(), (Shape{16, 8}));
-  const ParamSpec& experts = t[5];
-  ASSERT_EQ(experts.split, ParamSplit::Experts);
-  EXPECT_FALSE(shard_of(experts, 1, 2).sharded());  // tensor parallel leaves whole experts alone
-  const parallel::ShardSpec e1 = shard_of(experts, 0, 1, 1, 2);  // expert-parallel rank 1 of 2
+  const ParamSpec& experts = t[5];  // fc1 (4, 2 x 8, 16): [gate | up] per expert
+  ASSERT_EQ(experts.split, ParamSplit::ExpertsColumn);
+  // Tensor parallel splits each expert like a dense MLP: rank 1 holds [gate rows 4..7 | up rows 4..7].
+  const parallel::ShardSpec t1 = shard_of(experts, 1, 2);
+  EXPECT_EQ(t1.dim, 1);
+  EXPECT_EQ(t1.local_shape(), (Shape{4, 8, 16}));
+  EXPECT_EQ(parallel::shard_runs(t1).front().full_offset, 4 * 16);  // expert 0, gate row 4
+  const parallel::ShardSpec fc2 = shard_of(t[6], 1, 2);  // fc2 (4, 16, 8): input columns
+  EXPECT_EQ(fc2.dim, 2);
+  EXPECT_EQ(fc2.local_shape(), (Shape{4, 16, 4}));
+  // Expert parallel: whole experts (dim 0); the tp split then applies to this rank's experts.
+  const parallel::ShardSpec e1 = expert_shard_of(experts, 1, 2);  // expert-parallel rank 1 of 2
+  EXPECT_EQ(e1.dim, 0);
   EXPECT_EQ(e1.local_shape(), (Shape{2, 16, 16}));
+  EXPECT_EQ(shard_of(experts, 0, 1, 1, 2).local_shape(), (Shape{2, 16, 16}));
+  const parallel::ShardSpec both = shard_of(experts, 1, 2, 1, 2);  // EP2 x TP2
+  EXPECT_EQ(both.full_shape, (Shape{2, 16, 16}));
+  EXPECT_EQ(both.local_shape(), (Shape{2, 8, 16}));
+  // Its first run in the full tensor: expert 2 (the first of ep rank 1), gate row 4.
+  EXPECT_EQ(parallel::shard_runs(both, e1).front().full_offset, 2 * 16 * 16 + 4 * 16);
+  EXPECT_FALSE(expert_shard_of(t[0], 1, 2).sharded());  // only routed experts split over ep
   EXPECT_FALSE(shard_of(t[0], 1, 2).sharded());  // norms are replicated
-  EXPECT_THROW(shard_of(experts, 0, 1, 0, 3), Error);  // 4 experts do not split over 3 ranks
+  EXPECT_THROW(expert_shard_of(experts, 0, 3), Error);  // 4 experts do not split over 3 ranks
 }
 
 TEST(DecoderSpec, PartsNotBuiltAreRefusedByKey) {

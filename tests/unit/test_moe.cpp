@@ -211,13 +211,9 @@ TEST(MoeConfig, WhatIsNotBuiltIsRefusedByName) {
   // Expert parallelism: only the alltoall exchange, no tensor parallelism inside the experts.
   refusal({"expert_model_parallel_size=2"}, "moe_token_dispatcher_type = allgather");
   refusal({"expert_tensor_parallel_size=2"}, "expert_tensor_parallel_size = 2");
-  // Tensor parallelism inside MoE layers comes with expert parallelism.
-  config::Config cfg = config::load_experiment(exp, {"num_experts=4", "tensor_model_parallel_size=2"}, 0);
-  const train::TrainOptions o = train::train_options(cfg, false);
-  try {
-    (void)train::train(o);
-    ADD_FAILURE() << "MoE with tensor parallelism was accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("tensor_model_parallel_size"), std::string::npos) << e.what();
-  }
+  // Expert x tensor parallelism needs sequence parallelism (Megatron's rule).
+  refusal({"tensor_model_parallel_size=2", "expert_model_parallel_size=2", "moe_token_dispatcher_type=alltoall"},
+          "needs sequence_parallel: true");
+  // The experts split over the dense tensor-parallel ranks only.
+  refusal({"tensor_model_parallel_size=2", "expert_tensor_parallel_size=1"}, "expert_tensor_parallel_size = 1");
 }
