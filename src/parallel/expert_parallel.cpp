@@ -1,5 +1,6 @@
 #include "parallel/expert_parallel.h"
 
+#include <algorithm>
 #include <numeric>
 
 #include "core/error.h"
@@ -52,6 +53,36 @@ TokenExchange plan_token_exchange(const ExpertParallel& ep, const std::vector<in
       plan.local_rows[static_cast<size_t>(e)] += count(r, me * El + e);
     }
 
+  plan.dispatcher = ep.dispatcher;
+  if (ep.dispatcher == TokenDispatcher::AllGather) {
+    // Every rank's x_perm rows gathered, each padded to the longest: source s's row of expert e,
+    // i-th of its rows, sits at s x max_rows + (rows of s before expert e) + i.
+    for (int64_t s = 0; s < P; ++s) {
+      int64_t m = 0;
+      for (int64_t e = 0; e < E; ++e) m += count(s, e);
+      plan.max_rows = std::max(plan.max_rows, m);
+    }
+    const int64_t M = plan.received();
+    Tensor expert_order = Tensor::empty({M}, DType::I32);
+    Tensor source_order = Tensor::empty({P * plan.max_rows}, DType::I32);
+    std::fill_n(source_order.data<int32_t>(), P * plan.max_rows, -1);
+    int64_t row = 0;
+    for (int64_t e = 0; e < El; ++e)
+      for (int64_t s = 0; s < P; ++s) {
+        int64_t at = s * plan.max_rows;
+        for (int64_t e2 = 0; e2 < me * El + e; ++e2) at += count(s, e2);
+        for (int64_t i = 0; i < count(s, me * El + e); ++i, ++row) {
+          expert_order.data<int32_t>()[row] = static_cast<int32_t>(at + i);
+          source_order.data<int32_t>()[at + i] = static_cast<int32_t>(row);
+        }
+      }
+    plan.expert_order = arena.alloc({M}, DType::I32);
+    plan.source_order = arena.alloc({P * plan.max_rows}, DType::I32);
+    plan.expert_order.copy_from(expert_order);
+    plan.source_order.copy_from(source_order);
+    return plan;
+  }
+
   // 3. The received buffer is source-major (chunk s ordered by local expert); the experts read
   // it expert-major. expert_order[r] = the received row that expert-major row r holds.
   const int64_t M = plan.received();
@@ -86,6 +117,16 @@ void dispatch_tokens(ops::Context& ctx, const ExpertParallel& ep, Arena& arena, 
                "dispatch_tokens: x {} / out {} do not match the plan ({} rows sent, {} received)", x.describe(),
                out.describe(), plan.sent(), plan.received());
   const Arena::Mark m = arena.mark();
+  if (plan.dispatcher == TokenDispatcher::AllGather) {
+    Tensor mine = arena.alloc({plan.max_rows, C}, x.dtype());  // x_perm padded to the longest
+    if (plan.sent() < plan.max_rows) mine.rows(plan.sent(), plan.max_rows).zero_();
+    if (plan.sent() > 0) mine.rows(0, plan.sent()).copy_from(x.rows(0, plan.sent()));
+    Tensor gathered = arena.alloc({ep.size() * plan.max_rows, C}, x.dtype());
+    ep.group->all_gather(gathered, mine);
+    ops::moe_permute(ctx, out, gathered, plan.expert_order, 1);  // this rank's experts' rows
+    arena.release(m);
+    return;
+  }
   Tensor received = arena.alloc({plan.received(), C}, x.dtype());
   ep.group->all_to_all_v(received, elements(plan.recv_rows, C), x, elements(plan.send_rows, C));
   ops::moe_permute(ctx, out, received, plan.expert_order, 1);  // source-major -> expert-major
@@ -99,6 +140,17 @@ void combine_tokens(ops::Context& ctx, const ExpertParallel& ep, Arena& arena, c
                "combine_tokens: y {} / out {} do not match the plan ({} rows received, {} sent)", y.describe(),
                out.describe(), plan.received(), plan.sent());
   const Arena::Mark m = arena.mark();
+  if (plan.dispatcher == TokenDispatcher::AllGather) {
+    // Laid out like the gathered rows, zeros where another rank's experts computed; summed over
+    // ep, each rank's slice is its own rows.
+    Tensor all = arena.alloc({ep.size() * plan.max_rows, C}, y.dtype());
+    ops::moe_permute(ctx, all, y, plan.source_order, 1);
+    Tensor mine = arena.alloc({plan.max_rows, C}, y.dtype());
+    ep.group->reduce_scatter(mine, all, ReduceOp::Sum);
+    if (plan.sent() > 0) out.rows(0, plan.sent()).copy_from(mine.rows(0, plan.sent()));
+    arena.release(m);
+    return;
+  }
   Tensor by_source = arena.alloc({plan.received(), C}, y.dtype());
   ops::moe_permute(ctx, by_source, y, plan.source_order, 1);  // expert-major -> source-major
   ep.group->all_to_all_v(out, elements(plan.send_rows, C), by_source, elements(plan.recv_rows, C));

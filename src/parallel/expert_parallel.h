@@ -33,6 +33,14 @@
 //       rank 0 tokens ──route──▶ [e0 e1 | e2 e3] ──a2a──▶ rank 0: e0 e1 rows of ranks 0,1
 //       rank 1 tokens ──route──▶ [e0 e1 | e2 e3] ──a2a──▶ rank 1: e2 e3 rows of ranks 0,1
 //
+// moe_token_dispatcher_type: allgather (Megatron's default) moves the same rows with the other
+// collectives: every rank's x_perm rows, padded to the longest, are all-gathered over ep and each
+// rank picks its experts' rows (in the same expert-major order); back, each rank writes its
+// experts' outputs into a zero buffer laid out like the gathered rows and a reduce-scatter over
+// ep hands every rank its own rows (only their expert's rank wrote them, so the sum is exact).
+// Its traffic grows with P x the longest x_perm instead of with the rows actually routed; it
+// suits small ep groups. Both give bit-identical results.
+//
 // Backward is the conjugate: d y_perm travels like x_perm (dispatch), d x_local like y_local
 // (combine). Capacity and token dropping are applied by the router on each rank's own tokens
 // before dispatch, so they are the same as on one rank with that rank's micro-batch; a rank may
@@ -48,9 +56,12 @@
 
 namespace primus::parallel {
 
-// The expert-parallel setting of a model: which group (nullptr = one rank).
+enum class TokenDispatcher : uint8_t { AllToAll, AllGather };
+
+// The expert-parallel setting of a model: which group (nullptr = one rank) and which exchange.
 struct ExpertParallel {
   Communicator* group = nullptr;
+  TokenDispatcher dispatcher = TokenDispatcher::AllToAll;
 
   int size() const { return group != nullptr ? group->size() : 1; }
   int rank() const { return group != nullptr ? group->rank() : 0; }
@@ -62,9 +73,13 @@ struct TokenExchange {
   std::vector<int64_t> send_rows;   // (P) rows of x_perm going to each ep rank
   std::vector<int64_t> recv_rows;   // (P) rows arriving from each ep rank
   std::vector<int64_t> local_rows;  // (E_l) rows of each local expert after the exchange
-  // (M_recv) int32 on the device: row r of the expert-major buffer is received row
+  // alltoall: (M_recv) int32 on the device: row r of the expert-major buffer is received row
   // expert_order[r]; source_order is the inverse permutation.
+  // allgather: expert_order[r] is the row of the all-gathered (P x max_rows) buffer, and
+  // source_order (P x max_rows) the expert-major row of each gathered slot, or -1.
   Tensor expert_order, source_order;
+  int64_t max_rows = 0;  // allgather: the longest x_perm over the ep ranks
+  TokenDispatcher dispatcher = TokenDispatcher::AllToAll;
 
   int64_t sent() const;
   int64_t received() const;

@@ -76,10 +76,8 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
     if (cfg.opt_s("moe_router_dtype").value_or("fp32") != "fp32")
       refuse("moe_router_dtype", "the router computes in fp32; set fp32 or leave it null");
     o.moe_grouped_gemm = cfg.b("moe_grouped_gemm");
-    if (cfg.i("expert_model_parallel_size") > 1 && cfg.s("moe_token_dispatcher_type") != "alltoall")
-      refuse("moe_token_dispatcher_type",
-             "expert parallelism exchanges tokens with the alltoall dispatcher (the allgather one is not built); "
-             "set moe_token_dispatcher_type: alltoall");
+    o.moe_token_dispatcher = cfg.s("moe_token_dispatcher_type") == "alltoall" ? parallel::TokenDispatcher::AllToAll
+                                                                               : parallel::TokenDispatcher::AllGather;
     // Experts are split over the dense tensor-parallel ranks (Megatron's default); another split
     // would need a second expert grid.
     if (cfg.has("expert_tensor_parallel_size") &&

@@ -15,6 +15,7 @@
 #include "model/model_config.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
+#include "parallel/expert_parallel.h"
 
 namespace primus::train {
 
@@ -58,6 +59,8 @@ struct TrainOptions {
   std::string cross_entropy_fusion_impl = "native";
   // MoE models: the experts' GEMMs as one grouped launch (moe_grouped_gemm) or one per expert.
   bool moe_grouped_gemm = false;
+  // How routed rows reach the expert-parallel ranks (moe_token_dispatcher_type).
+  parallel::TokenDispatcher moe_token_dispatcher = parallel::TokenDispatcher::AllGather;
   // Data parallel (train/data_parallel_optimizer.h).
   bool use_distributed_optimizer = false, overlap_grad_reduce = false, overlap_param_gather = false;
   int64_t ddp_bucket_size = 40'000'000;  // elements per gradient bucket (Megatron's default)

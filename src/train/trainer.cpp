@@ -235,7 +235,7 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   }
 #endif
   if (tp_size_ > 1) lo.tensor_parallel = {&groups_->tp(), o.sequence_parallel};
-  if (ep_size_ > 1) lo.expert_parallel = {&groups_->ep()};
+  if (ep_size_ > 1) lo.expert_parallel = {&groups_->ep(), o.moe_token_dispatcher};
   // Logits are materialised a chunk of rows at a time: 4096 rows (1 GiB of bf16 logits at a
   // 128K vocabulary, 256 MiB at 32K), fewer when a chunk would exceed PRIMUS_LOGITS_CHUNK_MB
   // (default 2048) MiB, never under 1024. Larger chunks make the classifier cheaper (the output
@@ -624,8 +624,10 @@ void Run::log_header() {
                launch_.world_size, dp_size_, o_.use_distributed_optimizer ? " + distributed optimizer" : "", tp_size_,
                o_.sequence_parallel ? " + sequence parallel" : "", pp_size_,
                model_->virtual_stages() > 1 ? fmt::format(" x {} virtual stages", model_->virtual_stages()) : "",
-               ep_size_ > 1 ? fmt::format(", expert parallel {} (expert data parallel {}, alltoall token dispatch)",
-                                          ep_size_, groups_->dims().expert_dp())
+               ep_size_ > 1 ? fmt::format(", expert parallel {} (expert data parallel {}, {} token dispatch)", ep_size_,
+                                          groups_->dims().expert_dp(),
+                                          o_.moe_token_dispatcher == parallel::TokenDispatcher::AllToAll ? "alltoall"
+                                                                                                        : "allgather")
                             : "");
   if (o_.decoder_first_pipeline_num_layers > 0 || o_.decoder_last_pipeline_num_layers > 0)
     logger_.info("pipeline stages hold {} layers (uneven split: decoder_first_pipeline_num_layers {}, "

@@ -1,6 +1,7 @@
 // Expert parallelism with real MPI ranks (ctest runs it as `mpirun -np 2` and `-np 4`,
 // tests/parallel/tests.cmake); every rank is one expert-parallel rank (EP = world).
 //
+// Both token dispatchers (alltoall, allgather) run every test.
 // 1. The token exchange on its own: rows with values that name their source, expert and index
 //    reach the rank and local expert they were routed to, in expert-major order, and come back
 //    exactly; the last rank's experts get no rows at all.
@@ -54,9 +55,16 @@ double rel_err(const std::vector<float>& a, const std::vector<float>& ref) {
 
 }  // namespace
 
-TEST(ExpertParallel, ExchangeReachesEveryExpertAndComesBackExactly) {
+class ExpertParallelBoth : public ::testing::TestWithParam<TokenDispatcher> {};
+INSTANTIATE_TEST_SUITE_P(Dispatchers, ExpertParallelBoth,
+                         ::testing::Values(TokenDispatcher::AllToAll, TokenDispatcher::AllGather),
+                         [](const auto& info) {
+                           return std::string(info.param == TokenDispatcher::AllToAll ? "AllToAll" : "AllGather");
+                         });
+
+TEST_P(ExpertParallelBoth, ExchangeReachesEveryExpertAndComesBackExactly) {
   auto groups = ep_groups();
-  const ExpertParallel ep{&groups->ep()};
+  const ExpertParallel ep{&groups->ep(), GetParam()};
   const int P = ep.size(), me = ep.rank();
   const int64_t El = 2, E = El * P, C = 3;
   // count(s, e): rows source s routes to expert e; the last rank's experts get none.
@@ -101,7 +109,7 @@ TEST(ExpertParallel, ExchangeReachesEveryExpertAndComesBackExactly) {
   EXPECT_EQ(back.to_float_vector(), x.to_float_vector());
 }
 
-TEST(ExpertParallel, MoeModelMatchesOneRankWhenRanksReceiveNoTokens) {
+TEST_P(ExpertParallelBoth, MoeModelMatchesOneRankWhenRanksReceiveNoTokens) {
   auto groups = ep_groups();
   const int P = world().size(), me = world().rank();
   ModelConfig c;
@@ -143,7 +151,7 @@ TEST(ExpertParallel, MoeModelMatchesOneRankWhenRanksReceiveNoTokens) {
     ro.recompute = mode;
     DecoderModel ref(c, ctx, ro);
     DecoderOptions eo = ro;
-    eo.expert_parallel = {&groups->ep()};
+    eo.expert_parallel = {&groups->ep(), GetParam()};
     DecoderModel ep(c, ctx, eo);
     // Every token's top-2 is experts 0 and 1 (ep rank 0's): the other ranks receive nothing.
     for (DecoderModel* m : {&ref, &ep})

@@ -25,9 +25,10 @@
 #   dp2moe       2 ranks, distributed optimizer, overlapped grad reduce           == refmoe
 #   pp2moe       2 ranks, pipeline parallel                                       == refmoe
 #   moe_half->pp2  1 rank stops at 5 and saves; 2 pipeline ranks resume           == refmoe
-#   Expert parallel (alltoall token dispatch), the same MoE model:
+#   Expert parallel, the same MoE model (alltoall token exchange unless "allgather"):
 #   ep2moe       2 ranks, experts 0-1 | 2-3                                        == refmoe
-#   ep4moe       4 ranks, one expert each                                         == refmoe
+#   ep2moe_ag    the same with the allgather dispatcher          bit-equal losses to ep2moe
+#   ep4moe       4 ranks, one expert each, allgather                              == refmoe
 #   ep2dp2moe    4 ranks, EP2 x expert-DP2, distributed optimizer, both overlaps   == refmoe
 #   ep2pp2moe    4 ranks, EP2 x PP2                                               == refmoe
 #   ep2pp2_half->1  EP2 x PP2 + distributed optimizer stop at 5 and save; 1 rank resumes == refmoe
@@ -35,7 +36,7 @@
 #   tp2moe       2 ranks, each expert and the shared expert split over tp (no SP)  == refmoe
 #   tp2spmoe     2 ranks, tp2 + sequence parallel                                 == refmoe
 #   ep2tp2sp     4 ranks, EP2 x TP2 + SP, distributed optimizer, both overlaps     == refmoe
-#   big_half->1  16 ranks EP4 x TP2+SP x PP2 (x expert-DP1, dense DP4), global batch 16, stop at 5
+#   big_half->1  16 ranks EP4 x TP2+SP x PP2 (x expert-DP1, dense DP4), allgather, global batch 16, stop at 5
 #                and save; 1 rank resumes                                         == refmoe16 (1 rank)
 #   1->big       1 rank saves at 5; the 16-rank layout resumes                    == refmoe16
 #   A tiny DeepSeek-shaped model (MLA, dense first layer, 8 experts in 4 groups, top-2 of
@@ -110,7 +111,8 @@ run moe_half 1 "${MOE[@]}" --set save="$WORK/ckpt_moe" --set exit_interval=5
 run moe_to_pp2 2 "${MOE[@]}" --set pipeline_model_parallel_size=2 --set load="$WORK/ckpt_moe" $(final moe_to_pp2)
 A2A=(--set moe_token_dispatcher_type=alltoall)
 run ep2moe 2 "${MOE[@]}" "${A2A[@]}" --set expert_model_parallel_size=2 $(final ep2moe)
-run ep4moe 4 "${MOE[@]}" "${A2A[@]}" --set expert_model_parallel_size=4 $(final ep4moe)
+run ep2moe_ag 2 "${MOE[@]}" --set moe_token_dispatcher_type=allgather --set expert_model_parallel_size=2
+run ep4moe 4 "${MOE[@]}" --set moe_token_dispatcher_type=allgather --set expert_model_parallel_size=4 $(final ep4moe)
 run ep2dp2moe 4 "${MOE[@]}" "${A2A[@]}" --set expert_model_parallel_size=2 --set use_distributed_optimizer=true \
   --set overlap_grad_reduce=true --set overlap_param_gather=true --set ddp_bucket_size=3000 $(final ep2dp2moe)
 run ep2pp2moe 4 "${MOE[@]}" "${A2A[@]}" --set expert_model_parallel_size=2 --set pipeline_model_parallel_size=2 \
@@ -127,7 +129,7 @@ run ep2tp2sp 4 "${MOE[@]}" "${A2A[@]}" --set expert_model_parallel_size=2 --set 
 BIG=(--set expert_model_parallel_size=4 --set tensor_model_parallel_size=2 --set sequence_parallel=true
      --set pipeline_model_parallel_size=2 --set use_distributed_optimizer=true)
 run refmoe16 1 "${MOE[@]}" --set global_batch_size=16 $(final refmoe16)
-run big_half 16 "${MOE[@]}" "${A2A[@]}" "${BIG[@]}" --set global_batch_size=16 --set save="$WORK/ckpt_big" \
+run big_half 16 "${MOE[@]}" "${BIG[@]}" --set global_batch_size=16 --set save="$WORK/ckpt_big" \
   --set exit_interval=5
 run big_to_1 1 "${MOE[@]}" --set global_batch_size=16 --set load="$WORK/ckpt_big" $(final big_to_1)
 run moe16_half 1 "${MOE[@]}" --set global_batch_size=16 --set save="$WORK/ckpt_moe16" --set exit_interval=5
@@ -157,15 +159,17 @@ fi
 grep -q "needs the number of micro-batches per step (3" "$WORK/bad_layout.log" ||
   { echo "FAIL: no clear error for the bad interleaved layout:"; tail -5 "$WORK/bad_layout.log"; exit 1; }
 echo "bad interleaved layout: refused with a clear error"
-# Expert parallelism with the allgather dispatcher (Megatron's default) is refused by name.
-if PRIMUS_TEST_RUN=bad_dispatcher "$MPIEXEC" -np 2 --oversubscribe --bind-to none -x PRIMUS_TEST_RUN -x PRIMUS_TEST_WORKSPACE \
-    "$PRIMUS" train --config "$EXP" --world-size 2 "${MOE[@]}" --set expert_model_parallel_size=2 \
-    >"$WORK/bad_dispatcher.log" 2>&1; then
-  echo "FAIL: expert parallelism with the allgather dispatcher was accepted"; exit 1
+# Expert x tensor parallelism without sequence parallelism is refused by name (Megatron's rule).
+if PRIMUS_TEST_RUN=bad_eptp "$MPIEXEC" -np 4 --oversubscribe --bind-to none -x PRIMUS_TEST_RUN -x PRIMUS_TEST_WORKSPACE \
+    "$PRIMUS" train --config "$EXP" --world-size 4 "${MOE[@]}" --set expert_model_parallel_size=2 \
+    --set tensor_model_parallel_size=2 >"$WORK/bad_eptp.log" 2>&1; then
+  echo "FAIL: EP2 x TP2 without sequence parallel was accepted"; exit 1
 fi
-grep -q "moe_token_dispatcher_type = allgather.*set moe_token_dispatcher_type: alltoall" "$WORK/bad_dispatcher.log" ||
-  { echo "FAIL: no clear error for EP with the allgather dispatcher:"; tail -5 "$WORK/bad_dispatcher.log"; exit 1; }
-echo "expert parallel with the allgather dispatcher: refused with a clear error"
+grep -q "with tensor_model_parallel_size = 2 needs sequence_parallel: true" "$WORK/bad_eptp.log" ||
+  { echo "FAIL: no clear error for EP x TP without SP:"; tail -5 "$WORK/bad_eptp.log"; exit 1; }
+echo "expert x tensor parallel without sequence parallel: refused with a clear error"
+for r in ep2moe ep2moe_ag; do grep -q "expert parallel 2 (expert data parallel 1, $([[ $r == *_ag ]] && echo allgather || echo alltoall) token dispatch)" "$WORK/$r.log" ||
+  { echo "FAIL: $r: the log does not name its token dispatcher"; exit 1; }; done
 grep -q "gathering the weights and optimizer states of 4 ranks (tp 1, pp 2, ep 2, dp 2)" "$WORK/ep2pp2_half.log" ||
   { echo "FAIL: ep2pp2_half: the gathered save does not name the expert-parallel layout"; exit 1; }
 grep -q "pipeline stages hold 1 / 1 / 2 layers" "$WORK/pp3uneven.log" ||
@@ -230,6 +234,9 @@ for run, its, refname in runs:
             tol = 1e-6 if run in EXPERT_PARALLEL else 1e-5  # the expert-parallel issue's bar
             assert rel < tol, f"{run} iteration {i}: {key} {got[i][key]!r} vs single rank {ref[i][key]!r} (rel {rel:.2e})"
 print(f"{len(runs)} parallel runs match the single-rank losses (worst relative difference {worst:.2e})")
+a2a, ag = losses("ep2moe"), losses("ep2moe_ag")
+assert a2a == ag, "the allgather and alltoall dispatchers must give bit-equal losses"
+print("allgather and alltoall token dispatch: bit-equal losses")
 
 def weights(run):  # model.safetensors of the iteration-8 checkpoint, read from the format
     path = f"{work}/final_{run}/iter_0000010/model.safetensors"

@@ -208,8 +208,7 @@ TEST(MoeConfig, WhatIsNotBuiltIsRefusedByName) {
   refusal({"moe_pad_expert_input_to_capacity=true"}, "moe_pad_expert_input_to_capacity");
   refusal({"moe_layer_freq=([0]*1+[1]*2)"}, "moe_layer_freq");
   refusal({"moe_router_num_groups=3", "moe_router_group_topk=1"}, "moe_router_num_groups");
-  // Expert parallelism: only the alltoall exchange, no tensor parallelism inside the experts.
-  refusal({"expert_model_parallel_size=2"}, "moe_token_dispatcher_type = allgather");
+  // The experts split over the tensor-parallel ranks only.
   refusal({"expert_tensor_parallel_size=2"}, "expert_tensor_parallel_size = 2");
   // Expert x tensor parallelism needs sequence parallelism (Megatron's rule).
   refusal({"tensor_model_parallel_size=2", "expert_model_parallel_size=2", "moe_token_dispatcher_type=alltoall"},
