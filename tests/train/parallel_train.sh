@@ -31,6 +31,7 @@
 #   ep4moe       4 ranks, one expert each, allgather                              == refmoe
 #   ep2dp2moe    4 ranks, EP2 x expert-DP2, distributed optimizer, both overlaps   == refmoe
 #   ep2pp2moe    4 ranks, EP2 x PP2                                               == refmoe
+#   ep2pp2vp     4 ranks, EP2 x interleaved PP2 (2 virtual stages), 4 layers      == refmoe4 (1 rank)
 #   ep2pp2_half->1  EP2 x PP2 + distributed optimizer stop at 5 and save; 1 rank resumes == refmoe
 #   moe_half->ep4   1 rank's checkpoint resumed by 4 expert-parallel ranks          == refmoe
 #   tp2moe       2 ranks, each expert and the shared expert split over tp (no SP)  == refmoe
@@ -117,6 +118,9 @@ run ep2dp2moe 4 "${MOE[@]}" "${A2A[@]}" --set expert_model_parallel_size=2 --set
   --set overlap_grad_reduce=true --set overlap_param_gather=true --set ddp_bucket_size=3000 $(final ep2dp2moe)
 run ep2pp2moe 4 "${MOE[@]}" "${A2A[@]}" --set expert_model_parallel_size=2 --set pipeline_model_parallel_size=2 \
   $(final ep2pp2moe)
+run refmoe4 1 "${MOE[@]}" "${FOUR[@]}" $(final refmoe4)
+run ep2pp2vp 4 "${MOE[@]}" "${FOUR[@]}" --set expert_model_parallel_size=2 --set pipeline_model_parallel_size=2 \
+  --set num_layers_per_virtual_pipeline_stage=1 $(final ep2pp2vp)
 run ep2pp2_half 4 "${MOE[@]}" "${A2A[@]}" --set expert_model_parallel_size=2 --set pipeline_model_parallel_size=2 \
   --set use_distributed_optimizer=true --set save="$WORK/ckpt_ep" --set exit_interval=5
 run ep_to_1 1 "${MOE[@]}" --set load="$WORK/ckpt_ep" $(final ep_to_1)
@@ -204,7 +208,7 @@ def losses(run):
         if r.get("type") == "train":  # lm loss, and for MoE runs the load-balancing and z losses
             out[r["iteration"]] = {k: v for k, v in r.items() if k.endswith("loss")}
     return out
-refs = {r: losses(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2", "refmoe16")}
+refs = {r: losses(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2", "refmoe16", "refmoe4")}
 for r in refs.values():
     assert sorted(r) == list(range(1, 11)), r
 worst = 0.0
@@ -217,11 +221,11 @@ runs = (("dp2", ALL, "ref"), ("tp2", ALL, "ref"), ("dp2_distopt", ALL, "ref"), (
         ("moe_half", FIRST, "refmoe"), ("moe_to_pp2", LAST, "refmoe"), ("ep2moe", ALL, "refmoe"),
         ("ep4moe", ALL, "refmoe"), ("ep2dp2moe", ALL, "refmoe"), ("ep2pp2moe", ALL, "refmoe"),
         ("ep2pp2_half", FIRST, "refmoe"), ("ep_to_1", LAST, "refmoe"), ("moe_to_ep4", LAST, "refmoe"),
-        ("ep4ds", ALL, "refds"), ("ep2pp2ds", ALL, "refds2"), ("tp2moe", ALL, "refmoe"),
+        ("ep4ds", ALL, "refds"), ("ep2pp2ds", ALL, "refds2"), ("tp2moe", ALL, "refmoe"), ("ep2pp2vp", ALL, "refmoe4"),
         ("tp2spmoe", ALL, "refmoe"), ("ep2tp2sp", ALL, "refmoe"), ("big_half", FIRST, "refmoe16"),
         ("big_to_1", LAST, "refmoe16"), ("moe16_half", FIRST, "refmoe16"), ("one_to_big", LAST, "refmoe16"))
 EXPERT_PARALLEL = {"ep2moe", "ep4moe", "ep2dp2moe", "ep2pp2moe", "ep2pp2_half", "ep_to_1", "moe_to_ep4", "ep4ds",
-                   "ep2pp2ds", "tp2moe", "tp2spmoe", "ep2tp2sp", "big_half", "big_to_1", "one_to_big"}
+                   "ep2pp2ds", "ep2pp2vp", "tp2moe", "tp2spmoe", "ep2tp2sp", "big_half", "big_to_1", "one_to_big"}
 for run, its, refname in runs:
     ref = refs[refname]
     got = losses(run)
@@ -251,7 +255,7 @@ def weights(run):  # model.safetensors of the iteration-8 checkpoint, read from 
         b, e = meta["data_offsets"]
         out[name] = np.frombuffer(raw[8 + n + b:8 + n + e], dtype="<f4").reshape(meta["shape"])
     return out
-ref_ws = {r: weights(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2", "refmoe16")}
+ref_ws = {r: weights(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2", "refmoe16", "refmoe4")}
 worst_w = 0.0
 for run, refname in (("dp2", "ref"), ("tp2", "ref"), ("dp2_distopt", "ref"), ("dp2_overlap", "ref"), ("dp2tp2", "ref"),
                      ("tp1resume", "ref"), ("distopt_resume", "ref"), ("pp2", "ref"), ("pp2dp2", "ref"),
@@ -259,7 +263,7 @@ for run, refname in (("dp2", "ref"), ("tp2", "ref"), ("dp2_distopt", "ref"), ("d
                      ("dp2moe", "refmoe"), ("pp2moe", "refmoe"), ("moe_to_pp2", "refmoe"), ("ep2moe", "refmoe"),
                      ("ep4moe", "refmoe"), ("ep2dp2moe", "refmoe"), ("ep2pp2moe", "refmoe"), ("ep_to_1", "refmoe"),
                      ("moe_to_ep4", "refmoe"), ("ep4ds", "refds"), ("ep2pp2ds", "refds2"), ("tp2moe", "refmoe"),
-                     ("tp2spmoe", "refmoe"), ("ep2tp2sp", "refmoe"), ("big_to_1", "refmoe16"),
+                     ("tp2spmoe", "refmoe"), ("ep2pp2vp", "refmoe4"), ("ep2tp2sp", "refmoe"), ("big_to_1", "refmoe16"),
                      ("one_to_big", "refmoe16")):
     ref_w = ref_ws[refname]
     got = weights(run)
