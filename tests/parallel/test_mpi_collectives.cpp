@@ -11,6 +11,7 @@
 #include "parallel/distributed_optimizer_shards.h"
 #include "parallel/grad_buckets.h"
 #include "parallel/mpi_communicator.h"
+#include "mpi_test_main.h"
 #include "parallel/parallel_dims.h"
 #include "parallel/process_groups.h"
 
@@ -20,11 +21,7 @@ using namespace primus::parallel;
 namespace {
 
 // The communicator lives in main(); tests reach it through this accessor.
-Communicator*& world_slot() {
-  static Communicator* w = nullptr;
-  return w;
-}
-Communicator& world() { return *world_slot(); }
+using mpi_test::world;
 
 // Rank r's input element i: small halves and integers so that fp32 sums are exact.
 float input(int r, int64_t i) { return static_cast<float>((r + 1) * 0.5 + (i % 13) - 6); }
@@ -397,30 +394,4 @@ TEST(MpiGradBuckets, DistributedOptimizerStepEqualsTheFullUpdate) {
   }
 }
 
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  auto comm = make_mpi_world_communicator(comm_options_from_env());
-  world_slot() = comm.get();
-  if (comm->rank() != 0) {
-    // Other ranks print failures only, prefixed by their rank.
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-    struct FailurePrinter : ::testing::EmptyTestEventListener {
-      int rank;
-      explicit FailurePrinter(int r) : rank(r) {}
-      void OnTestPartResult(const ::testing::TestPartResult& r) override {
-        if (r.failed())
-          std::fprintf(stderr, "[rank %d] %s:%d: %s\n", rank, r.file_name() ? r.file_name() : "?",
-                       r.line_number(), r.message());
-      }
-    };
-    listeners.Append(new FailurePrinter(comm->rank()));
-  }
-  int rc = RUN_ALL_TESTS();
-  const double worst = comm->all_reduce_value(rc, ReduceOp::Max);
-  if (comm->rank() == 0)
-    std::printf("[mpi] %d ranks: %s\n", comm->size(), worst == 0 ? "all ranks passed" : "a rank failed");
-  world_slot() = nullptr;
-  comm.reset();
-  return worst == 0 ? 0 : 1;
-}
+int main(int argc, char** argv) { return mpi_test::run_all(argc, argv); }

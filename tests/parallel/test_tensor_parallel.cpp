@@ -21,6 +21,7 @@
 #include "model/decoder.h"
 #include "optim/adamw.h"
 #include "parallel/mpi_communicator.h"
+#include "mpi_test_main.h"
 #include "parallel/parallel_dims.h"
 #include "parallel/process_groups.h"
 #include "parallel/layers.h"
@@ -31,11 +32,7 @@ using namespace primus::parallel;
 
 namespace {
 
-Communicator*& world_slot() {
-  static Communicator* w = nullptr;
-  return w;
-}
-Communicator& world() { return *world_slot(); }
+using mpi_test::world;
 
 constexpr int64_t kVocab = 250, kPaddedVocab = 256;
 
@@ -84,16 +81,7 @@ Batch batch_rows(const Batch& full, int64_t b0, int64_t b1) {
   return b;
 }
 
-// max |a - b| / max |ref|: the error relative to the tensor's scale.
-double rel_err(const std::vector<float>& a, const std::vector<float>& ref) {
-  EXPECT_EQ(a.size(), ref.size());
-  double err = 0, scale = 0;
-  for (size_t i = 0; i < ref.size() && i < a.size(); ++i) {
-    err = std::max(err, std::fabs(static_cast<double>(a[i]) - ref[i]));
-    scale = std::max(scale, std::fabs(static_cast<double>(ref[i])));
-  }
-  return scale > 0 ? err / scale : err;
-}
+using mpi_test::rel_err;
 
 double rel(double a, double ref) { return std::fabs(a - ref) / std::max(1e-30, std::fabs(ref)); }
 
@@ -427,30 +415,8 @@ TEST(TensorParallel, DataTimesTensorParallelMatchesSingleRank) {
 }
 
 int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  auto comm = make_mpi_world_communicator(comm_options_from_env());
-  world_slot() = comm.get();
-  if (comm->rank() != 0) {
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-    struct FailurePrinter : ::testing::EmptyTestEventListener {
-      int rank;
-      explicit FailurePrinter(int r) : rank(r) {}
-      void OnTestPartResult(const ::testing::TestPartResult& r) override {
-        if (r.failed())
-          std::fprintf(stderr, "[rank %d] %s:%d: %s\n", rank, r.file_name() ? r.file_name() : "?",
-                       r.line_number(), r.message());
-      }
-    };
-    listeners.Append(new FailurePrinter(comm->rank()));
-  }
-  PRIMUS_CHECK(comm->size() % 2 == 0, "primus_tp_tests needs an even number of ranks (tp groups of 2), got {}",
-               comm->size());
-  const int rc = RUN_ALL_TESTS();
-  const double worst = comm->all_reduce_value(rc, ReduceOp::Max);
-  if (comm->rank() == 0)
-    std::printf("[mpi] %d ranks: %s\n", comm->size(), worst == 0 ? "all ranks passed" : "a rank failed");
-  world_slot() = nullptr;
-  comm.reset();
-  return worst == 0 ? 0 : 1;
+  return mpi_test::run_all(argc, argv, [](Communicator& w) {
+    PRIMUS_CHECK(w.size() % 2 == 0, "primus_tp_tests needs an even number of ranks (tp groups of 2), got {}",
+                 w.size());
+  });
 }

@@ -8,9 +8,6 @@ target_link_libraries(primus_launch_probe PRIVATE primus_lib)
 set_target_properties(primus_launch_probe PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
 
 if(MPI_C_FOUND)
-  add_executable(primus_mpi_tests ${PRIMUS_PARALLEL_TEST_DIR}/test_mpi_collectives.cpp)
-  target_link_libraries(primus_mpi_tests PRIVATE primus_lib GTest::gtest)
-  set_target_properties(primus_mpi_tests PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
   add_executable(primus_mpi_failure_probe ${PRIMUS_PARALLEL_TEST_DIR}/mpi_failure_probe.cpp)
   target_link_libraries(primus_mpi_failure_probe PRIVATE primus_lib)
   set_target_properties(primus_mpi_failure_probe PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
@@ -18,50 +15,30 @@ if(MPI_C_FOUND)
   # CI runs as root in a container: Open MPI refuses root unless told twice.
   set(PRIMUS_MPI_TEST_ENV OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
       OMPI_MCA_rmaps_base_oversubscribe=1 PRIMUS_COMM_TIMEOUT_S=60)
-  foreach(np 2 4)
-    add_test(NAME parallel.mpi_collectives_np${np}
-             COMMAND ${MPIEXEC_EXECUTABLE} -np ${np} --oversubscribe --bind-to none
-                     $<TARGET_FILE:primus_mpi_tests>)
-    set_tests_properties(parallel.mpi_collectives_np${np} PROPERTIES
-      ENVIRONMENT "${PRIMUS_MPI_TEST_ENV}" TIMEOUT 180 PROCESSORS 2 RESOURCE_LOCK primus_mpi)
-  endforeach()
+  # A gtest binary (main: mpi_test_main.h) run under `mpirun -np 2` and `-np 4` as
+  # parallel.<name>_np2/_np4, one BLAS thread per rank on the CI's 2 cores.
+  function(primus_mpi_test name target source timeout)
+    add_executable(${target} ${PRIMUS_PARALLEL_TEST_DIR}/${source})
+    target_link_libraries(${target} PRIVATE primus_lib GTest::gtest)
+    set_target_properties(${target} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
+    foreach(np 2 4)
+      add_test(NAME parallel.${name}_np${np}
+               COMMAND ${MPIEXEC_EXECUTABLE} -np ${np} --oversubscribe --bind-to none $<TARGET_FILE:${target}>)
+      set_tests_properties(parallel.${name}_np${np} PROPERTIES
+        ENVIRONMENT "${PRIMUS_MPI_TEST_ENV};OPENBLAS_NUM_THREADS=1" TIMEOUT ${timeout} PROCESSORS 2
+        RESOURCE_LOCK primus_mpi)
+    endforeach()
+  endfunction()
 
+  # Every collective of the MPI communicator, GradBuckets and the distributed optimizer's step.
+  primus_mpi_test(mpi_collectives primus_mpi_tests test_mpi_collectives.cpp 180)
   # Tensor / sequence parallel Llama vs the single-rank model (TP2, TP2+SP; DP2 x TP2 at np 4).
-  add_executable(primus_tp_tests ${PRIMUS_PARALLEL_TEST_DIR}/test_tensor_parallel.cpp)
-  target_link_libraries(primus_tp_tests PRIVATE primus_lib GTest::gtest)
-  set_target_properties(primus_tp_tests PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
-  foreach(np 2 4)
-    add_test(NAME parallel.tensor_parallel_np${np}
-             COMMAND ${MPIEXEC_EXECUTABLE} -np ${np} --oversubscribe --bind-to none
-                     $<TARGET_FILE:primus_tp_tests>)
-    set_tests_properties(parallel.tensor_parallel_np${np} PROPERTIES
-      ENVIRONMENT "${PRIMUS_MPI_TEST_ENV};OPENBLAS_NUM_THREADS=1" TIMEOUT 300 PROCESSORS 2 RESOURCE_LOCK primus_mpi)
-  endforeach()
-
+  primus_mpi_test(tensor_parallel primus_tp_tests test_tensor_parallel.cpp 300)
   # Pipeline parallel Llama (1F1B, interleaved; x TP/SP, x DP at np 4) vs the single-rank model.
-  add_executable(primus_pp_tests ${PRIMUS_PARALLEL_TEST_DIR}/test_pipeline_parallel.cpp)
-  target_link_libraries(primus_pp_tests PRIVATE primus_lib GTest::gtest)
-  set_target_properties(primus_pp_tests PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
-  foreach(np 2 4)
-    add_test(NAME parallel.pipeline_parallel_np${np}
-             COMMAND ${MPIEXEC_EXECUTABLE} -np ${np} --oversubscribe --bind-to none
-                     $<TARGET_FILE:primus_pp_tests>)
-    set_tests_properties(parallel.pipeline_parallel_np${np} PROPERTIES
-      ENVIRONMENT "${PRIMUS_MPI_TEST_ENV};OPENBLAS_NUM_THREADS=1" TIMEOUT 300 PROCESSORS 2 RESOURCE_LOCK primus_mpi)
-  endforeach()
-
-  # Expert parallelism: the token exchange, and a tiny MoE model vs the single-rank model with
-  # ranks that receive no tokens (EP2, EP4).
-  add_executable(primus_ep_tests ${PRIMUS_PARALLEL_TEST_DIR}/test_expert_parallel.cpp)
-  target_link_libraries(primus_ep_tests PRIVATE primus_lib GTest::gtest)
-  set_target_properties(primus_ep_tests PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bin)
-  foreach(np 2 4)
-    add_test(NAME parallel.expert_parallel_np${np}
-             COMMAND ${MPIEXEC_EXECUTABLE} -np ${np} --oversubscribe --bind-to none
-                     $<TARGET_FILE:primus_ep_tests>)
-    set_tests_properties(parallel.expert_parallel_np${np} PROPERTIES
-      ENVIRONMENT "${PRIMUS_MPI_TEST_ENV};OPENBLAS_NUM_THREADS=1" TIMEOUT 180 PROCESSORS 2 RESOURCE_LOCK primus_mpi)
-  endforeach()
+  primus_mpi_test(pipeline_parallel primus_pp_tests test_pipeline_parallel.cpp 300)
+  # Expert parallelism: the token exchange (both dispatchers), and a tiny MoE model vs the
+  # single-rank model with ranks that receive no tokens (EP2, EP4).
+  primus_mpi_test(expert_parallel primus_ep_tests test_expert_parallel.cpp 180)
 
   add_test(NAME parallel.rank_failures
            COMMAND bash ${PRIMUS_PARALLEL_TEST_DIR}/run_failure_tests.sh
