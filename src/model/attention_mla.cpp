@@ -6,11 +6,13 @@
 
 namespace primus {
 
+// The latents are this rank's residual rows R (N, or N / tp under sequence parallel); q, k, v
+// and the attention are every token's, for this rank's H heads.
 struct MlaAttention::Acts : BlockActivations {
-  Tensor h, rstd;                // (N, C), (N) fp32
-  Tensor cq, cq_rstd, cqn;       // (N, Lq), (N), (N, Lq): Lq > 0 (cqn aliases cq without a q norm)
-  Tensor kvd;                    // (N, L + Dr) = [c_kv | k_pe]
-  Tensor ckv, ckv_rstd, ckvn;    // (N, L), (N), (N, L) (ckvn aliases ckv without a kv norm)
+  Tensor h, rstd;                // (R, C), (R) fp32
+  Tensor cq, cq_rstd, cqn;       // (R, Lq), (R), (R, Lq): Lq > 0 (cqn aliases cq without a q norm)
+  Tensor kvd;                    // (R, L + Dr) = [c_kv | k_pe]
+  Tensor ckv, ckv_rstd, ckvn;    // (R, L), (R), (R, L) (ckvn aliases ckv without a kv norm)
   Tensor q, k, v;                // (B, T, H, Dq) x2, (B, T, H, Dv)
   Tensor attn, lse;              // (B, T, H, Dv), (B, H, T) fp32   [not kept under Selective]
 };
@@ -62,9 +64,9 @@ void MlaAttention::project_latents(LayerEnv& env, const Tensor& x, Acts& a, Tens
   if (d_.q_lora > 0) {
     ops::linear_forward(ctx, a.cq, a.h, p_.q_down->value);
     if (p_.q_norm) ops::rmsnorm_forward(ctx, a.cqn, a.cq_rstd, a.cq, p_.q_norm->value, env.norm_eps);
-    ops::linear_forward(ctx, q_proj, a.cqn, p_.q_up->value);
+    parallel::column_parallel_linear_forward(ctx, env.tp, env.arena, q_proj, a.cqn, p_.q_up->value);
   } else {
-    ops::linear_forward(ctx, q_proj, a.h, p_.q->value);
+    parallel::column_parallel_linear_forward(ctx, env.tp, env.arena, q_proj, a.h, p_.q->value);
   }
   ops::linear_forward(ctx, a.kvd, a.h, p_.kv_down->value);
   ops::copy_columns(ctx, a.ckv, 0, a.kvd, 0, d_.kv_lora);
@@ -86,8 +88,10 @@ void MlaAttention::project(LayerEnv& env, const Tensor& x, Acts& a) const {
   Tensor q_proj = A.alloc({N, H * d_.qk()}, x.dtype());
   project_latents(env, x, a, q_proj);
   Tensor kv_up = A.alloc({N, H * (d_.nope + d_.v)}, x.dtype());
-  ops::linear_forward(env.ctx, kv_up, a.ckvn, p_.kv_up->value);
-  ops::mla_qkv_rope_forward(env.ctx, a.q, a.k, a.v, q_proj, kv_up, a.kvd, env.rope_cos, env.rope_sin);
+  parallel::column_parallel_linear_forward(env.ctx, env.tp, A, kv_up, a.ckvn, p_.kv_up->value);
+  // The shared rotary key of every token (all-gathered under sequence parallel).
+  const Tensor kvd_all = parallel::enter_tp_region(env.tp, a.kvd, A);
+  ops::mla_qkv_rope_forward(env.ctx, a.q, a.k, a.v, q_proj, kv_up, kvd_all, env.rope_cos, env.rope_sin);
   A.release(m);
 }
 
@@ -105,7 +109,7 @@ void MlaAttention::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::uniqu
     a.lse = A.alloc({d.B, H, d.T}, DType::F32);
   };
   const Arena::Mark start = A.mark();  // Full: everything is scratch
-  alloc_latents(A, N, dt, a);
+  alloc_latents(A, d.residual_rows(), dt, a);
   a.q = A.alloc({d.B, d.T, H, d_.qk()}, dt);
   a.k = A.alloc({d.B, d.T, H, d_.qk()}, dt);
   a.v = A.alloc({d.B, d.T, H, d_.v}, dt);
@@ -125,7 +129,7 @@ void MlaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres,
   ops::Context& ctx = env.ctx;
   Arena& A = env.arena;
   const TokenDims& d = env.dims;
-  const int64_t N = d.N(), H = d_.heads, L = d_.kv_lora;
+  const int64_t N = d.N(), R = d.residual_rows(), H = d_.heads, L = d_.kv_lora;
   const DType dt = a.x.dtype();
   const bool acc = !env.overwrite_linear_grads;
   const Arena::Mark start = A.mark();
@@ -134,7 +138,9 @@ void MlaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres,
     a.lse = A.alloc({d.B, H, d.T}, DType::F32);
     ops::attention_forward(ctx, a.attn, a.lse, a.q, a.k, a.v, scale_, true);
   }
-  Tensor dh = A.alloc({N, d.C}, dt);
+  // Everything from the up-projections down is per residual row (R); the replicated latent
+  // weights then take their grads from this rank's rows (summed over tp with the norms under SP).
+  Tensor dh = A.alloc({R, d.C}, dt);
   {
     // Output projection and attention.
     Tensor d_attn = A.alloc({d.B, d.T, H, d_.v}, dt);
@@ -144,15 +150,18 @@ void MlaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres,
     Tensor dq = A.alloc(a.q.shape(), dt), dk = A.alloc(a.k.shape(), dt), dv = A.alloc(a.v.shape(), dt);
     ops::attention_backward(ctx, dq, dk, dv, d_attn, a.q, a.k, a.v, a.attn, a.lse, scale_, true);
     Tensor dq_proj = A.alloc({N, H * d_.qk()}, dt), dkv_up = A.alloc({N, H * (d_.nope + d_.v)}, dt);
-    Tensor dk_pe = A.alloc({N, d_.rope}, dt);
-    ops::mla_qkv_rope_backward(ctx, dq_proj, dkv_up, dk_pe, dq, dk, dv, env.rope_cos, env.rope_sin);
+    Tensor dk_pe_all = A.alloc({N, d_.rope}, dt);  // this rank's heads' share, every token
+    ops::mla_qkv_rope_backward(ctx, dq_proj, dkv_up, dk_pe_all, dq, dk, dv, env.rope_cos, env.rope_sin);
+    Tensor dk_pe = env.tp.sp() ? A.alloc({R, d_.rope}, dt) : dk_pe_all;
+    parallel::enter_tp_region_backward(env.tp, dk_pe, dk_pe_all);  // summed over every rank's heads
 
     // Key/value path: dkv_d = [RMSNorm^T(dkv_up W_kvu) | dk_pe]; dh = dkv_d W_kvd.
-    Tensor dkvd = A.alloc({N, L + d_.rope}, dt);
-    Tensor dckvn = A.alloc({N, L}, dt);
-    ops::linear_backward(ctx, &dckvn, p_.kv_up->grad, dkv_up, a.ckvn, p_.kv_up->value, acc);
+    Tensor dkvd = A.alloc({R, L + d_.rope}, dt);
+    Tensor dckvn = A.alloc({R, L}, dt);
+    parallel::column_parallel_linear_backward(ctx, env.tp, A, dckvn, p_.kv_up->grad, dkv_up, a.ckvn, p_.kv_up->value,
+                                              acc);
     if (p_.kv_norm) {
-      Tensor dckv = A.alloc({N, L}, dt);
+      Tensor dckv = A.alloc({R, L}, dt);
       ops::fill(ctx, dckv, 0.f);  // on the stream, like the kernels around it
       ops::rmsnorm_backward(ctx, dckv, p_.kv_norm->grad, dckvn, a.ckv, p_.kv_norm->value, a.ckv_rstd);
       ops::copy_columns(ctx, dkvd, 0, dckv, 0, L);
@@ -164,19 +173,21 @@ void MlaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres,
 
     // Query path: dh += dq_proj W_q, or through W_qu, the q norm and W_qd.
     if (d_.q_lora > 0) {
-      Tensor dcqn = A.alloc({N, d_.q_lora}, dt);
-      ops::linear_backward(ctx, &dcqn, p_.q_up->grad, dq_proj, a.cqn, p_.q_up->value, acc);
+      Tensor dcqn = A.alloc({R, d_.q_lora}, dt);
+      parallel::column_parallel_linear_backward(ctx, env.tp, A, dcqn, p_.q_up->grad, dq_proj, a.cqn, p_.q_up->value,
+                                                acc);
       Tensor dcq = dcqn;
       if (p_.q_norm) {
-        dcq = A.alloc({N, d_.q_lora}, dt);
+        dcq = A.alloc({R, d_.q_lora}, dt);
         ops::fill(ctx, dcq, 0.f);
         ops::rmsnorm_backward(ctx, dcq, p_.q_norm->grad, dcqn, a.cq, p_.q_norm->value, a.cq_rstd);
       }
       ops::linear_backward(ctx, nullptr, p_.q_down->grad, dcq, a.h, p_.q_down->value, acc);
       ops::matmul(ctx, dh, dcq, ops::Transpose::No, p_.q_down->value, ops::Transpose::No, 1.f, 1.f);
     } else {
-      ops::linear_backward(ctx, nullptr, p_.q->grad, dq_proj, a.h, p_.q->value, acc);
-      ops::matmul(ctx, dh, dq_proj, ops::Transpose::No, p_.q->value, ops::Transpose::No, 1.f, 1.f);
+      Tensor dh_q = A.alloc({R, d.C}, dt);
+      parallel::column_parallel_linear_backward(ctx, env.tp, A, dh_q, p_.q->grad, dq_proj, a.h, p_.q->value, acc);
+      ops::add(ctx, dh, dh, dh_q);
     }
   }
   ops::rmsnorm_backward(ctx, dres, p_.norm->grad, dh, a.x, p_.norm->value, a.rstd);  // dres = d x

@@ -2,7 +2,7 @@
 // explicit backward. Shapes: N = B*T rows, H heads, C hidden, Lq = q_lora_rank (0: none),
 // L = kv_lora_rank, Dn = qk_head_dim, Dr = qk_pos_emb_head_dim, Dq = Dn + Dr, Dv = v_head_dim.
 //
-//   h    = RMSNorm(x) * w_in                                   x, h (N, C)
+//   h    = RMSNorm(x) * w_in                                   x, h (N, C) (R rows under SP)
 //   query, Lq > 0:  c_q = h W_qd^T (N, Lq);  q = RMSNorm(c_q) W_qu^T       (N, H Dq)
 //          Lq = 0:  q = h W_q^T                                              (N, H Dq)
 //   kv_d = h W_kvd^T = [c_kv | k_pe]                            (N, L + Dr)
@@ -25,8 +25,12 @@
 // them; decode attends in the latent space (ops/mla_decode.h: W_uk absorbed into the query,
 // W_uv applied to the latent output).
 //
-// Tensor parallel is not built for MLA (check_parallel_layout refuses tp > 1 at start-up,
-// DecoderModel a tensor-parallel group).
+// Tensor parallel (Megatron's layout): the latent down-projections and norms are replicated and
+// run on this rank's residual rows (R = N / tp under sequence parallel); the up-projections
+// W_qu (or W_q) and W_kvu are column-parallel over heads (their inputs all-gathered under SP),
+// the shared rotary key all-gathered, W_o row-parallel. In backward d k_pe, each rank's sum over
+// its heads, is summed over tp back onto the residual rows, and the replicated weights take
+// their grads from this rank's rows (summed over tp with the norms under SP).
 #pragma once
 
 #include "model/attention_gqa.h"

@@ -65,9 +65,9 @@ void validate_tensor_parallel(const ModelConfig& c, const parallel::TensorParall
   PRIMUS_CHECK(tp.group->device() == device, "DecoderOptions.tensor_parallel: the tp group '{}' works on {} tensors but "
                "the model runs on {}", tp.group->name(), device_name(tp.group->device()), device_name(device));
   const int64_t P = tp.size();
-  PRIMUS_CHECK(P == 1 || (!c.multi_latent_attention && c.mtp_num_layers == 0),
-               "model config '{}': multi-latent attention and multi-token prediction run on one tensor-parallel rank "
-               "(tensor_model_parallel_size 1)", c.name);
+  PRIMUS_CHECK(P == 1 || c.mtp_num_layers == 0,
+               "model config '{}': multi-token prediction runs on one tensor-parallel rank (tensor_model_parallel_size "
+               "1)", c.name);
   std::string bad;
   auto need = [&](const char* key, int64_t value) {
     if (value % P != 0) bad += fmt::format("\n  {} = {} is not divisible by tensor_model_parallel_size = {}", key, value, P);

@@ -324,11 +324,6 @@ void check_parallel_layout(const ModelConfig& m, const parallel::ParallelDims& d
       need(size % tp == 0, fmt::format("{} {} is not divisible by tensor_model_parallel_size {}", key, size, tp));
   };
   split_by_tp("num_attention_heads", m.num_attention_heads);
-  if (m.multi_latent_attention)
-    need(tp == 1, fmt::format("multi_latent_attention with tensor_model_parallel_size {} is not built yet (the "
-                              "replicated latent projections need the tensor-parallel reductions): use "
-                              "tensor_model_parallel_size 1 with data or pipeline parallelism",
-                              tp));
   split_by_tp("num_query_groups", m.num_query_groups);
   split_by_tp("ffn_hidden_size", m.ffn_hidden_size);
   if (m.padded_vocab_size > 0)

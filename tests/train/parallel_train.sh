@@ -45,6 +45,8 @@
 #   ep4ds        4 ranks, expert parallel                                         == refds (1 rank)
 #   ep2pp2ds     4 ranks, EP2 x PP2 (the first stage holds only the dense layer), no MTP,
 #                distributed optimizer, overlapped grad reduce                      == refds2
+#   ep2tp2ds     4 ranks, EP2 x TP2+SP: MLA heads and experts split over tp, no MTP  == refds2
+#   tp2ds_v2     2 ranks, TP2+SP, V2-Lite-style query (no q latent), full recompute == refds_v2 (1 rank)
 # Usage: parallel_train.sh PRIMUS_BINARY MPIEXEC
 set -euo pipefail
 PRIMUS=$1
@@ -152,6 +154,11 @@ run ep4ds 4 "${DS[@]}" --set mtp_num_layers=1 --set mtp_loss_scaling_factor=0.1 
 run refds2 1 "${DS[@]}" $(final refds2)
 run ep2pp2ds 4 "${DS[@]}" --set expert_model_parallel_size=2 --set pipeline_model_parallel_size=2 \
   --set use_distributed_optimizer=true --set overlap_grad_reduce=true --set ddp_bucket_size=3000 $(final ep2pp2ds)
+run ep2tp2ds 4 "${DS[@]}" --set expert_model_parallel_size=2 --set tensor_model_parallel_size=2 \
+  --set sequence_parallel=true $(final ep2tp2ds)
+V2Q=(--set q_lora_rank=null --set recompute_granularity=full --set recompute_method=uniform --set recompute_num_layers=1)
+run refds_v2 1 "${DS[@]}" "${V2Q[@]}" $(final refds_v2)
+run tp2ds_v2 2 "${DS[@]}" "${V2Q[@]}" --set tensor_model_parallel_size=2 --set sequence_parallel=true $(final tp2ds_v2)
 }
 
 # A layout the interleaved schedule cannot run is refused at set-up, naming the keys.
@@ -208,7 +215,7 @@ def losses(run):
         if r.get("type") == "train":  # lm loss, and for MoE runs the load-balancing and z losses
             out[r["iteration"]] = {k: v for k, v in r.items() if k.endswith("loss")}
     return out
-refs = {r: losses(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2", "refmoe16", "refmoe4")}
+refs = {r: losses(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2", "refmoe16", "refmoe4", "refds_v2")}
 for r in refs.values():
     assert sorted(r) == list(range(1, 11)), r
 worst = 0.0
@@ -222,10 +229,11 @@ runs = (("dp2", ALL, "ref"), ("tp2", ALL, "ref"), ("dp2_distopt", ALL, "ref"), (
         ("ep4moe", ALL, "refmoe"), ("ep2dp2moe", ALL, "refmoe"), ("ep2pp2moe", ALL, "refmoe"),
         ("ep2pp2_half", FIRST, "refmoe"), ("ep_to_1", LAST, "refmoe"), ("moe_to_ep4", LAST, "refmoe"),
         ("ep4ds", ALL, "refds"), ("ep2pp2ds", ALL, "refds2"), ("tp2moe", ALL, "refmoe"), ("ep2pp2vp", ALL, "refmoe4"),
+        ("ep2tp2ds", ALL, "refds2"), ("tp2ds_v2", ALL, "refds_v2"),
         ("tp2spmoe", ALL, "refmoe"), ("ep2tp2sp", ALL, "refmoe"), ("big_half", FIRST, "refmoe16"),
         ("big_to_1", LAST, "refmoe16"), ("moe16_half", FIRST, "refmoe16"), ("one_to_big", LAST, "refmoe16"))
 EXPERT_PARALLEL = {"ep2moe", "ep4moe", "ep2dp2moe", "ep2pp2moe", "ep2pp2_half", "ep_to_1", "moe_to_ep4", "ep4ds",
-                   "ep2pp2ds", "ep2pp2vp", "tp2moe", "tp2spmoe", "ep2tp2sp", "big_half", "big_to_1", "one_to_big"}
+                   "ep2pp2ds", "ep2pp2vp", "ep2tp2ds", "tp2ds_v2", "tp2moe", "tp2spmoe", "ep2tp2sp", "big_half", "big_to_1", "one_to_big"}
 for run, its, refname in runs:
     ref = refs[refname]
     got = losses(run)
@@ -255,7 +263,7 @@ def weights(run):  # model.safetensors of the iteration-8 checkpoint, read from 
         b, e = meta["data_offsets"]
         out[name] = np.frombuffer(raw[8 + n + b:8 + n + e], dtype="<f4").reshape(meta["shape"])
     return out
-ref_ws = {r: weights(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2", "refmoe16", "refmoe4")}
+ref_ws = {r: weights(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2", "refmoe16", "refmoe4", "refds_v2")}
 worst_w = 0.0
 for run, refname in (("dp2", "ref"), ("tp2", "ref"), ("dp2_distopt", "ref"), ("dp2_overlap", "ref"), ("dp2tp2", "ref"),
                      ("tp1resume", "ref"), ("distopt_resume", "ref"), ("pp2", "ref"), ("pp2dp2", "ref"),
@@ -263,7 +271,8 @@ for run, refname in (("dp2", "ref"), ("tp2", "ref"), ("dp2_distopt", "ref"), ("d
                      ("dp2moe", "refmoe"), ("pp2moe", "refmoe"), ("moe_to_pp2", "refmoe"), ("ep2moe", "refmoe"),
                      ("ep4moe", "refmoe"), ("ep2dp2moe", "refmoe"), ("ep2pp2moe", "refmoe"), ("ep_to_1", "refmoe"),
                      ("moe_to_ep4", "refmoe"), ("ep4ds", "refds"), ("ep2pp2ds", "refds2"), ("tp2moe", "refmoe"),
-                     ("tp2spmoe", "refmoe"), ("ep2pp2vp", "refmoe4"), ("ep2tp2sp", "refmoe"), ("big_to_1", "refmoe16"),
+                     ("tp2spmoe", "refmoe"), ("ep2pp2vp", "refmoe4"), ("ep2tp2ds", "refds2"),
+                     ("tp2ds_v2", "refds_v2"), ("ep2tp2sp", "refmoe"), ("big_to_1", "refmoe16"),
                      ("one_to_big", "refmoe16")):
     ref_w = ref_ws[refname]
     got = weights(run)

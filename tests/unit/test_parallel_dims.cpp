@@ -179,9 +179,10 @@ TEST(ParallelDims, ModelChecksListEveryViolation) {
   ModelConfig mla = m;
   mla.multi_latent_attention = true;
   EXPECT_NO_THROW(check_parallel_layout(mla, dims(8, 1, 2)));  // pp 2 x dp 4
-  msg = error_of([&] { check_parallel_layout(mla, ok, c); });
-  EXPECT_NE(msg.find("multi_latent_attention with tensor_model_parallel_size 2 is not built yet"), std::string::npos)
-      << msg;
+  EXPECT_NO_THROW(check_parallel_layout(mla, dims(8, 2, 2)));  // tp 2 splits MLA's heads
+  mla.mtp_num_layers = 1;  // MTP runs on one tensor- and pipeline-parallel rank
+  msg = error_of([&] { check_parallel_layout(mla, dims(8, 2, 1)); });
+  EXPECT_NE(msg.find("mtp_num_layers 1 with tensor_model_parallel_size 2"), std::string::npos) << msg;
 }
 
 TEST(ParallelDims, UnevenPipelineSplitReplacesTheDivisibilityCheck) {
