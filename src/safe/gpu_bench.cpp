@@ -380,6 +380,9 @@ int run_moe_bench(const MoeBenchOptions& o) {
   Tensor dw1_dense = Tensor::zeros({1, 2 * F, C}, DType::F32, Device::CUDA);
   Tensor dw2_dense = Tensor::zeros({1, C, F}, DType::F32, Device::CUDA);
   const std::vector<int64_t> one_group = {M};
+  // The dense baseline multiplies by expert 0's weights alone (one group of all M rows): the
+  // backend's grouped GEMMs read one row count per expert of `w`, so w must be that one expert.
+  const Tensor w1_dense = w1.rows(0, 1), w2_dense = w2.rows(0, 1);
 
   struct Gemm {
     const char* name;
@@ -388,15 +391,17 @@ int run_moe_bench(const MoeBenchOptions& o) {
   };
   const double fc1 = 2.0 * M * 2 * F * C, fc2 = 2.0 * M * C * F;
   const std::vector<Gemm> gemms = {
-      {"fc1 forward", fc1, [&](const std::vector<int64_t>& r, bool) { be.grouped_linear_forward(g, x, w1, r); }},
-      {"fc2 forward", fc2, [&](const std::vector<int64_t>& r, bool) { be.grouped_linear_forward(y, act, w2, r); }},
+      {"fc1 forward", fc1,
+       [&](const std::vector<int64_t>& r, bool dense) { be.grouped_linear_forward(g, x, dense ? w1_dense : w1, r); }},
+      {"fc2 forward", fc2,
+       [&](const std::vector<int64_t>& r, bool dense) { be.grouped_linear_forward(y, act, dense ? w2_dense : w2, r); }},
       {"fc2 backward (dgrad + wgrad)", 2 * fc2,
        [&](const std::vector<int64_t>& r, bool dense) {
-         be.grouped_linear_backward(dact, dense ? dw2_dense : dw2, dy, act, w2, r, false);
+         be.grouped_linear_backward(dact, dense ? dw2_dense : dw2, dy, act, dense ? w2_dense : w2, r, false);
        }},
       {"fc1 backward (dgrad + wgrad)", 2 * fc1,
        [&](const std::vector<int64_t>& r, bool dense) {
-         be.grouped_linear_backward(dx, dense ? dw1_dense : dw1, dg, x, w1, r, false);
+         be.grouped_linear_backward(dx, dense ? dw1_dense : dw1, dg, x, dense ? w1_dense : w1, r, false);
        }},
   };
   std::vector<nlohmann::json> out;
