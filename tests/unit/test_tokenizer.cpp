@@ -7,6 +7,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <tuple>
 #include <unistd.h>
 
 #include "core/error.h"
@@ -197,6 +198,52 @@ TEST(TikTokenizer, Llama3TiktokenFileMatchesTokenizerJson) {
   fs::remove_all(d);
 }
 
+// Found by fuzz_tiktoken and fuzz_sentencepiece_model (fuzz/README.md; libFuzzer out-of-memory,
+// inputs minimized): a rank sized the vocabulary unchecked, 687777777 ranks asked for 22 GB (and
+// sscanf("%d") wrapped larger numbers silently); the second input is a tokenizer.model that
+// starts like a tiktoken file (read as one through SentencePieceTokenizer) whose rank 555555555
+// is followed by a NUL byte that sscanf ignored. Ranks are now whole decimal integers in
+// [0, 2^24), anything after them but blanks is refused: a named error with file and line.
+TEST(TikTokenizer, FuzzFoundHugeRankIsANamedError) {
+  for (const auto& [file, type, where] :
+       {std::tuple<const char*, const char*, const char*>{"tiktoken_huge_rank.tiktoken", "TikTokenizer", ":1: rank 687777777 is not a token id"},
+        {"sentencepiece_model_huge_rank.model", "SentencePieceTokenizer", ":2: expected 'base64 rank'"}}) {
+    try {
+      make_tokenizer(type, (fs::path(PRIMUS_TEST_DATA_DIR) / "fuzz_regressions" / file).string());
+      ADD_FAILURE() << file << ": expected an error";
+    } catch (const primus::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string(file) + where), std::string::npos) << e.what();
+    }
+  }
+  const fs::path d = temp_dir("tiktoken_ranks");
+  std::string bytes;
+  for (int b = 0; b < 256; ++b) {
+    static const char* b64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    bytes += std::string{b64[b >> 2], b64[(b & 3) << 4], '=', '='} + " " + std::to_string(b) + "\n";
+  }
+  for (const auto& [last, error] : std::vector<std::pair<std::string, std::string>>{
+           {"aGk= 16777216", "rank 16777216 is not a token id in [0, 16777216)"},
+           {"aGk= -3", "rank -3 is not a token id"},
+           {"aGk= 99999999999999999999", "is not a token id"},
+           {"aGk= 300x", "expected 'base64 rank'"},
+           {"aGk= ", "expected 'base64 rank'"}}) {
+    std::ofstream(d / "bad.tiktoken") << bytes << last << "\n";
+    try {
+      make_tokenizer("TikTokenizer", (d / "bad.tiktoken").string());
+      ADD_FAILURE() << last << ": expected an error";
+    } catch (const primus::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("bad.tiktoken:257: "), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(error), std::string::npos) << last << ": " << e.what();
+    }
+  }
+  // Blanks around a rank are fine (tiktoken splits lines on whitespace); "hi" is id 300.
+  std::ofstream(d / "ok.tiktoken") << bytes << "aGk=  300 \t\r\n";
+  auto tok = make_tokenizer("TikTokenizer", (d / "ok.tiktoken").string());
+  EXPECT_EQ(tok->vocab_size(), 301);
+  EXPECT_EQ(tok->encode("hi"), (std::vector<int32_t>{300}));
+  fs::remove_all(d);
+}
+
 TEST(NullTokenizer, IdsAndEod) {
   auto tok = make_tokenizer("NullTokenizer", "", 1000);
   EXPECT_EQ(tok->encode("1 22 333\n999"), (std::vector<int32_t>{1, 22, 333, 999}));
@@ -246,6 +293,23 @@ TEST(SentencePieceTokenizer, TrainedModelRoundTrip) {
   EXPECT_EQ(tok->decode(tok->encode("caf\xC3\xA9 \xE6\x97\xA5")), "caf\xC3\xA9 \xE6\x97\xA5");  // byte fallback
   EXPECT_THROW(make_tokenizer("SentencePieceTokenizer", llama3_json()), primus::Error);  // a .json: names the type
   fs::remove_all(d);
+}
+
+// Found by fuzz_sentencepiece_model (fuzz/README.md; a long run, 2026-12-07): a unigram model
+// whose second piece starts with NUL bytes made libsentencepiece's trie builder (darts-clone)
+// throw Darts::Details::Exception ("zero-length key") out of SentencePieceProcessor::Load, an
+// exception that is neither a status nor a primus::Error; the loader now turns whatever the
+// library throws into a named error.
+TEST(SentencePieceTokenizer, FuzzFoundNulPieceIsANamedError) {
+  const std::string path =
+      (fs::path(PRIMUS_TEST_DATA_DIR) / "fuzz_regressions" / "sentencepiece_model_nul_piece.model").string();
+  try {
+    make_tokenizer("SentencePieceTokenizer", path);
+    FAIL() << "expected an error";
+  } catch (const primus::Error& e) {
+    EXPECT_NE(std::string(e.what()).find(path + ": not a valid SentencePiece model"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("zero-length key"), std::string::npos) << e.what();
+  }
 }
 
 // GPT2BPETokenizer reads vocab.json + merges.txt; written here from the Llama 3 files, it

@@ -2,6 +2,7 @@
 
 #include <sentencepiece_processor.h>
 
+#include <exception>
 #include <filesystem>
 
 #include "core/error.h"
@@ -65,7 +66,17 @@ class SentencePieceTokenizer final : public Tokenizer {
 std::unique_ptr<Tokenizer> load_sentencepiece_tokenizer(const std::string& path) {
   PRIMUS_CHECK(std::filesystem::is_regular_file(path), "SentencePieceTokenizer: {} is not a file", path);
   auto sp = std::make_shared<sentencepiece::SentencePieceProcessor>();
-  const auto status = sp->Load(path);
+  sentencepiece::util::Status status;
+  try {
+    status = sp->Load(path);
+  } catch (const std::exception& e) {
+    // libsentencepiece reports some malformed models by throwing, not by its status: a piece
+    // starting with a NUL byte makes the unigram trie builder (darts-clone) throw "zero-length
+    // key" (found by fuzz_sentencepiece_model).
+    fail("{}: not a valid SentencePiece model (libsentencepiece: {}); a tokenizer.json needs --tokenizer-type "
+         "HuggingFaceTokenizer",
+         path, e.what());
+  }
   PRIMUS_CHECK(status.ok(),
                "{}: not a SentencePiece model ({}); a tokenizer.json needs --tokenizer-type HuggingFaceTokenizer",
                path, status.ToString());

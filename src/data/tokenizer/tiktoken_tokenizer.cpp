@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <charconv>
 #include <fstream>
 
 #include "core/error.h"
@@ -17,6 +18,7 @@ constexpr std::string_view kLlama3Pattern =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 constexpr int32_t kLlama3BaseTokens = 128000;
 constexpr int32_t kLlama3SpecialTokens = 256;
+constexpr int64_t kMaxRank = int64_t{1} << 24;  // as tokenizer.json ids (hf_tokenizer.cpp)
 
 int base64_value(char c) {
   if (c >= 'A' && c <= 'Z') return c - 'A';
@@ -158,16 +160,27 @@ std::unique_ptr<Tokenizer> load_tiktoken_tokenizer(const std::string& path) {
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.empty()) continue;
     const size_t sp = line.find(' ');
-    int32_t rank = -1;
+    // The rank: a decimal integer, blanks around it allowed (tiktoken splits on whitespace).
+    std::string_view num = sp == std::string::npos ? std::string_view() : std::string_view(line).substr(sp + 1);
+    while (!num.empty() && (num.front() == ' ' || num.front() == '\t')) num.remove_prefix(1);
+    while (!num.empty() && (num.back() == ' ' || num.back() == '\t')) num.remove_suffix(1);
+    int64_t rank = -1;
+    const auto [end, ec] = std::from_chars(num.data(), num.data() + num.size(), rank);
     if (sp == std::string::npos || !base64_decode(std::string_view(line).substr(0, sp), bytes) ||
-        std::sscanf(line.c_str() + sp + 1, "%d", &rank) != 1 || rank < 0) {
+        ec == std::errc::invalid_argument || end != num.data() + num.size()) {
       fail("{}:{}: expected 'base64 rank' (a tiktoken BPE file), got '{}'{}", path, line_no, line.substr(0, 80),
            line.rfind("{", 0) == 0 ? "; Megatron's JSON TikTokenizer vocabulary is not supported yet" : "");
     }
-    if (static_cast<size_t>(rank) >= t->id_to_piece.size()) t->id_to_piece.resize(rank + 1);
-    t->id_to_piece[rank] = bytes;
-    t->piece_to_id.emplace(bytes, rank);
-    max_rank = std::max(max_rank, rank);
+    // A rank is a token id and sizes the vocabulary: unchecked, 687777777777 (found by fuzz_tiktoken;
+    // sscanf's %d made it 583010417) asked for 18 GB. Real vocabularies have a few hundred thousand.
+    PRIMUS_CHECK(ec == std::errc() && rank >= 0 && rank < kMaxRank,
+                 "{}:{}: rank {} is not a token id in [0, {}) (a tiktoken file holds 'base64 rank' lines, rank = id)",
+                 path, line_no, num.substr(0, 40), kMaxRank);
+    const auto id = static_cast<int32_t>(rank);
+    if (static_cast<size_t>(id) >= t->id_to_piece.size()) t->id_to_piece.resize(static_cast<size_t>(id) + 1);
+    t->id_to_piece[id] = bytes;
+    t->piece_to_id.emplace(bytes, id);
+    max_rank = std::max(max_rank, id);
   }
   PRIMUS_CHECK(max_rank >= 255, "{}: only {} ranks; not a tiktoken BPE file", path, max_rank + 1);
   for (int b = 0; b < 256; ++b) {

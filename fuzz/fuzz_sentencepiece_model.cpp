@@ -1,0 +1,19 @@
+// A tokenizer.model through the tokenizer factory as --tokenizer-type SentencePieceTokenizer:
+// the SentencePiece protobuf (libsentencepiece's loader, not instrumented: the guidance comes
+// from our wrapper), or a tiktoken file given under that name (Llama 3's); then an encode and
+// decode of a fixed text.
+#include "core/error.h"
+#include "data/tokenizer/tokenizer.h"
+#include "fuzz_common.h"
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string path = primus::fuzz::write_input("tokenizer.model", data, size);
+  try {
+    auto tok = primus::data::make_tokenizer("SentencePieceTokenizer", path);
+    const auto ids = tok->encode("The jury said, \"it's 42\" -- naïve café <|end|>\n");
+    (void)tok->decode(ids);
+    (void)tok->decode(ids, /*skip_special=*/true);
+  } catch (const primus::Error&) {
+  }
+  return 0;
+}
