@@ -12,6 +12,8 @@
 #include <fstream>
 #include <string>
 
+#include "data/tokenizer/tokenizer.h"
+
 namespace primus::fuzz {
 
 inline const std::filesystem::path& scratch_dir() {
@@ -29,6 +31,15 @@ inline std::string write_input(const std::string& name, const uint8_t* data, siz
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(size));
   return path;
+}
+
+// What every tokenizer target does with a tokenizer its loader accepted: encode a fixed text (encode is not const: it caches words)
+// (ASCII, punctuation, accents, a special-token look-alike) and decode it, with and without
+// the special tokens.
+inline void encode_decode(data::Tokenizer& tok) {
+  const auto ids = tok.encode("The jury said, \"it's 42\" -- naïve café <|end|>\n");
+  (void)tok.decode(ids);
+  (void)tok.decode(ids, /*skip_special=*/true);
 }
 
 }  // namespace primus::fuzz

@@ -7,9 +7,7 @@
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string path = primus::fuzz::write_input("tokenizer.json", data, size);
   try {
-    auto tok = primus::data::load_hf_tokenizer(path);
-    const auto ids = tok->encode("The jury said, \"it's 42\" -- naïve café <|end|>\n");
-    (void)tok->decode(ids);
+    primus::fuzz::encode_decode(*primus::data::load_hf_tokenizer(path));
   } catch (const primus::Error&) {
   }
   return 0;

@@ -54,57 +54,47 @@ TokenExchange plan_token_exchange(const ExpertParallel& ep, const std::vector<in
     }
 
   plan.dispatcher = ep.dispatcher;
+  // The experts read their rows expert-major (expert 0's rows from every source, then expert
+  // 1's ...), picked from a source-major buffer: alltoall's received rows (chunk s: source s's
+  // rows of this rank's experts), or allgather's gathered rows (slot s: all of source s's
+  // x_perm, padded to the longest). next[s] = where source s's rows of the next local expert
+  // start in that buffer; expert_order[r] = the buffer row that expert-major row r holds, and
+  // source_order the inverse (-1 for the rows of other ranks' experts and the padding).
+  std::vector<int64_t> next(static_cast<size_t>(P), 0);
+  int64_t buffer_rows = plan.received();
   if (ep.dispatcher == TokenDispatcher::AllGather) {
-    // Every rank's x_perm rows gathered, each padded to the longest: source s's row of expert e,
-    // i-th of its rows, sits at s x max_rows + (rows of s before expert e) + i.
     for (int64_t s = 0; s < P; ++s) {
       int64_t m = 0;
       for (int64_t e = 0; e < E; ++e) m += count(s, e);
       plan.max_rows = std::max(plan.max_rows, m);
     }
-    const int64_t M = plan.received();
-    Tensor expert_order = Tensor::empty({M}, DType::I32);
-    Tensor source_order = Tensor::empty({P * plan.max_rows}, DType::I32);
-    std::fill_n(source_order.data<int32_t>(), P * plan.max_rows, -1);
-    int64_t row = 0;
-    for (int64_t e = 0; e < El; ++e)
-      for (int64_t s = 0; s < P; ++s) {
-        int64_t at = s * plan.max_rows;
-        for (int64_t e2 = 0; e2 < me * El + e; ++e2) at += count(s, e2);
-        for (int64_t i = 0; i < count(s, me * El + e); ++i, ++row) {
-          expert_order.data<int32_t>()[row] = static_cast<int32_t>(at + i);
-          source_order.data<int32_t>()[at + i] = static_cast<int32_t>(row);
-        }
-      }
-    plan.expert_order = arena.alloc({M}, DType::I32);
-    plan.source_order = arena.alloc({P * plan.max_rows}, DType::I32);
-    plan.expert_order.copy_from(expert_order);
-    plan.source_order.copy_from(source_order);
-    return plan;
+    for (int64_t s = 0; s < P; ++s) {
+      next[static_cast<size_t>(s)] = s * plan.max_rows;
+      for (int64_t e = 0; e < me * El; ++e) next[static_cast<size_t>(s)] += count(s, e);
+    }
+    buffer_rows = P * plan.max_rows;
+  } else {
+    for (int s = 1; s < P; ++s)
+      next[static_cast<size_t>(s)] = next[static_cast<size_t>(s - 1)] + plan.recv_rows[static_cast<size_t>(s - 1)];
   }
-
-  // 3. The received buffer is source-major (chunk s ordered by local expert); the experts read
-  // it expert-major. expert_order[r] = the received row that expert-major row r holds.
   const int64_t M = plan.received();
-  std::vector<int64_t> chunk_start(static_cast<size_t>(P), 0);  // first received row of source s
-  for (int s = 1; s < P; ++s)
-    chunk_start[static_cast<size_t>(s)] = chunk_start[static_cast<size_t>(s - 1)] + plan.recv_rows[static_cast<size_t>(s - 1)];
-  Tensor expert_order = Tensor::empty({M}, DType::I32), source_order = Tensor::empty({M}, DType::I32);
+  Tensor expert_order = Tensor::empty({M}, DType::I32), source_order = Tensor::empty({buffer_rows}, DType::I32);
   int32_t* eo = expert_order.data<int32_t>();
   int32_t* so = source_order.data<int32_t>();
+  std::fill_n(so, buffer_rows, -1);
   int64_t row = 0;
   for (int64_t e = 0; e < El; ++e)
     for (int s = 0; s < P; ++s) {
-      int64_t at = chunk_start[static_cast<size_t>(s)];  // this source's rows of local expert e
-      for (int64_t e2 = 0; e2 < e; ++e2) at += count(s, me * El + e2);
-      for (int64_t i = 0; i < count(s, me * El + e); ++i, ++row) {
+      const int64_t n = count(s, me * El + e), at = next[static_cast<size_t>(s)];
+      for (int64_t i = 0; i < n; ++i, ++row) {
         eo[row] = static_cast<int32_t>(at + i);
         so[at + i] = static_cast<int32_t>(row);
       }
+      next[static_cast<size_t>(s)] += n;
     }
   PRIMUS_CHECK(row == M, "plan_token_exchange: regrouped {} of {} received rows", row, M);
   plan.expert_order = arena.alloc({M}, DType::I32);
-  plan.source_order = arena.alloc({M}, DType::I32);
+  plan.source_order = arena.alloc({buffer_rows}, DType::I32);
   plan.expert_order.copy_from(expert_order);
   plan.source_order.copy_from(source_order);
   return plan;

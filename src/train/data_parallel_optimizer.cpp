@@ -47,17 +47,16 @@ DataParallelOptimizer::DataParallelOptimizer(ops::Context& ctx, std::vector<Name
   PRIMUS_CHECK(!groups_[0].params.empty(), "DataParallelOptimizer: no dense parameters");
   for (Group& g : groups_) build_group(g);
 
-  std::vector<NamedTensor*> entries;
   if (!options_.distributed_optimizer) {
-    entries = params_;
+    entries_ = params_;
     for (NamedTensor* p : params_) {
       entry_group_.push_back(layout_index_.at(p).first);
       entry_counted_.push_back((p->shard.sharded() || tp_rank_ == 0) && !excluded_.count(p));
     }
   } else {
-    for (auto& piece : pieces_) entries.push_back(piece.get());
+    for (auto& piece : pieces_) entries_.push_back(piece.get());
   }
-  adam_ = std::make_unique<AdamW>(ctx_, entries, adam);
+  adam_ = std::make_unique<AdamW>(ctx_, entries_, adam);
   adam_->set_grad_sum_of_squares(
       [this](ops::Context&, const std::vector<NamedTensor*>& ps) { return grad_sum_of_squares(ps); });
 }
@@ -232,24 +231,13 @@ void DataParallelOptimizer::finish_param_gather() {
 }
 
 int64_t DataParallelOptimizer::count_zero_grads() {
-  if (groups_.size() == 1) {
-    const int64_t local = adam_->count_zero_grads();
-    if (!options_.distributed_optimizer || groups_[0].dp->size() == 1) return local;
-    return static_cast<int64_t>(std::llround(groups_[0].dp->all_reduce_value(static_cast<double>(local))));
-  }
-  // Per group: its entries' zeros, summed over the group's shards and over the ranks that hold
-  // other tensors of its kind.
-  const std::vector<NamedTensor*> entries =
-      options_.distributed_optimizer ? [&] {
-        std::vector<NamedTensor*> v;
-        for (auto& p : pieces_) v.push_back(p.get());
-        return v;
-      }() : params_;
+  // Per group: its AdamW entries' zeros, summed over the group's shards and over the ranks that
+  // hold other tensors of its kind.
   double total = 0;
   for (size_t gi = 0; gi < groups_.size(); ++gi) {
     std::vector<Tensor> grads;
-    for (size_t i = 0; i < entries.size(); ++i)
-      if (entry_group_[i] == gi) grads.push_back(entries[i]->grad);
+    for (size_t i = 0; i < entries_.size(); ++i)
+      if (entry_group_[i] == gi) grads.push_back(entries_[i]->grad);
     double n = grads.empty() ? 0.0 : static_cast<double>(ops::count_zeros(ctx_, grads));
     const Group& g = groups_[gi];
     if (options_.distributed_optimizer && g.dp->size() > 1) n = g.dp->all_reduce_value(n);

@@ -147,8 +147,9 @@ class DataParallelOptimizer {
   // Distributed optimizer only: the NamedTensors AdamW sees (one per piece of a parameter in
   // this rank's shards, group by group).
   std::vector<std::unique_ptr<NamedTensor>> pieces_;
-  // Per AdamW entry (a parameter, or a piece): its group, and whether this rank counts it in
-  // the norm (tp replication, tied copies).
+  // What AdamW optimizes (the params, or with the distributed optimizer pieces_), and per entry
+  // its group and whether this rank counts it in the norm (tp replication, tied copies).
+  std::vector<NamedTensor*> entries_;
   std::vector<size_t> entry_group_;
   std::vector<bool> entry_counted_;
   std::unordered_set<const NamedTensor*> excluded_;  // options_.excluded_from_norm
