@@ -9,7 +9,7 @@ APT_PACKAGES=(
   libyaml-cpp-dev nlohmann-json3-dev libcli11-dev libfmt-dev libspdlog-dev
   libopenblas-dev libpcre2-dev libsentencepiece-dev libzstd-dev zlib1g-dev libsimdjson-dev libicu-dev
   libopenmpi-dev openmpi-bin slurm-wlm libgtest-dev libgmock-dev libbenchmark-dev
-  python3 python3-numpy python3-torch
+  python3 python3-numpy python3-torch python3-jinja2
 )
 # Node.js and npm fetch the test data. Many machines already carry a Node.js that is not
 # Debian's (nodesource bundles npm in its nodejs package, and Debian's npm then conflicts

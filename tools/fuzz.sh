@@ -12,7 +12,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${FUZZ_BUILD_DIR:-$ROOT/build-fuzz}
 TARGETS="fuzz_experiment_yaml fuzz_safetensors fuzz_indexed_dataset fuzz_hf_config fuzz_tokenizer_json fuzz_jsonl
-  fuzz_sentencepiece_model fuzz_tiktoken"
+  fuzz_sentencepiece_model fuzz_tiktoken fuzz_chat_template"
 
 seeds() {
   local c=$BUILD/corpus
@@ -130,6 +130,18 @@ sp = {
 for k, v in sp.items():
     open(os.path.join(c, "fuzz_sentencepiece_model", k), "wb").write(v)
 open(os.path.join(c, "fuzz_sentencepiece_model", "tiktoken_bytes.model"), "w").write(tik["bytes"])
+# chat templates: each template of tests/data/chat_templates/ (and the snippets) + 0xFF + a
+# conversation of conversations.json (fuzz/fuzz_chat_template.cpp splits the input there).
+ct = os.path.join(root, "tests/data/chat_templates")
+try:
+    convs = json.load(open(os.path.join(ct, "conversations.json"), encoding="utf-8"))
+    sources = [open(os.path.join(ct, f), encoding="utf-8").read() for f in sorted(os.listdir(ct)) if f.endswith(".jinja")]
+    sources += json.load(open(os.path.join(ct, "snippets.json"), encoding="utf-8"))["snippets"][::4]
+    for i, src in enumerate(sources):
+        conv = convs[i % len(convs)]["messages"]
+        open(os.path.join(c, "fuzz_chat_template", "seed%03d" % i), "wb").write(
+            src.encode() + b"\xff" + json.dumps(conv, ensure_ascii=False).encode())
+except (OSError, ValueError): pass
 PY
   find "$ROOT" -path "$BUILD" -prune -o -name config.json -path "*hf*" -size -8k -print 2>/dev/null | head -20 |
     while read -r f; do cp "$f" "$c/fuzz_hf_config/$(echo "$f" | md5sum | cut -c1-12).json"; done
