@@ -84,10 +84,19 @@ class Backend {
                                 const Tensor& w, const Tensor& rstd) = 0;
 
   // ---- RoPE (rotate-half convention of Megatron and HF Llama) ---------------------
-  // x, out (B,T,H,D); cos, sin (T, R/2) fp32 with R <= D rotary dims (the first R of D).
+  // x, out (B,T,H,D); cos, sin (P, R/2) fp32 with R <= D rotary dims (the first R of D).
   // out[.., i] = x[i]*cos - x[i+R/2]*sin, out[.., i+R/2] = x[i+R/2]*cos + x[i]*sin, i < R/2.
+  // Table rows, in every RoPE op below: token (b,t), flattened n = b*T + t, uses row n % P,
+  // with P == T (one position per column, shared by the batch: row t) or P == B*T (a
+  // position per token: row n, e.g. packed documents whose positions restart at 0, the
+  // tables gathered by rope_gather_tables). ops.cpp accepts only these two.
   virtual void rope_forward(Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin) = 0;
   virtual void rope_backward(Tensor& dx, const Tensor& dout, const Tensor& cos, const Tensor& sin) = 0;
+  // Per-token tables: cos_out, sin_out (N, R/2) fp32, row n = cos_table / sin_table (P, R/2)
+  // row positions[n]; positions int32 (N) or (B,T) (flattened), each in [0, P) (the CPU
+  // checks; a device backend writes NaN rows for a position outside the table).
+  virtual void rope_gather_tables(Tensor& cos_out, Tensor& sin_out, const Tensor& cos_table,
+                                  const Tensor& sin_table, const Tensor& positions) = 0;
   // Fused split of a QKV projection + RoPE on q and k:
   // qkv (B*T, (Hq + 2*Hkv)*D) rows laid out [q heads | k heads | v heads];
   // q (B,T,Hq,D), k (B,T,Hkv,D), v (B,T,Hkv,D).
@@ -102,7 +111,7 @@ class Backend {
   // L latent rank, N = B*T rows:
   //   q_proj (N, H*Dq) per head [q_nope | q_pe];  kv_up (N, H*(Dn+Dv)) per head [k_nope | v];
   //   kv_down (N, L + Dr) = [c_kv | k_pe] (k_pe: one rotary key shared by all heads).
-  // q, k (B,T,H,Dq), v (B,T,H,Dv); cos, sin (T, Dr/2) rotate halves of the Dr dims:
+  // q, k (B,T,H,Dq), v (B,T,H,Dv); cos, sin (T or B*T, Dr/2) rotate halves of the Dr dims:
   //   q[.,h] = [q_nope, rope(q_pe)],  k[.,h] = [k_nope[.,h], rope(k_pe)],  v[.,h] = v[.,h].
   virtual void mla_qkv_rope_forward(Tensor& q, Tensor& k, Tensor& v, const Tensor& q_proj, const Tensor& kv_up,
                                     const Tensor& kv_down, const Tensor& cos, const Tensor& sin) = 0;
@@ -111,16 +120,23 @@ class Backend {
   virtual void mla_qkv_rope_backward(Tensor& dq_proj, Tensor& dkv_up, Tensor& dk_pe, const Tensor& dq,
                                      const Tensor& dk, const Tensor& dv, const Tensor& cos, const Tensor& sin) = 0;
 
-  // ---- attention (softmax(q k^T * scale + causal mask) v), GQA by head groups -------
+  // ---- attention (softmax(q k^T * scale + mask) v), GQA by head groups ----------------
   // q (B,T,Hq,D), k (B,T,Hkv,D), v (B,T,Hkv,Dv), out (B,T,Hq,Dv), lse (B,Hq,T) fp32
   // (log-sum-exp of each score row, saved for backward). Hq % Hkv == 0; query head h
   // uses kv head h / (Hq/Hkv).
+  // Mask: query t of row b attends to key s iff (s <= t or !causal) and, when segments is
+  // non-null, segments[b,s] == segments[b,t]. segments (B,T) int32 on the backend's device:
+  // the document id of each token of packed sequences, non-decreasing along each row (a
+  // precondition: the CPU checks it, device kernels rely on it). Each document is then
+  // attended as if it were a sequence of its own (Megatron's reset_attention_mask). Every
+  // query keeps at least itself, so no score row is empty.
   virtual void attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k,
-                                 const Tensor& v, float scale, bool causal) = 0;
-  // dq, dk, dv written (not accumulated).
+                                 const Tensor& v, float scale, bool causal, const Tensor* segments) = 0;
+  // dq, dk, dv written (not accumulated); the mask as in the forward.
   virtual void attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout,
                                   const Tensor& q, const Tensor& k, const Tensor& v,
-                                  const Tensor& out, const Tensor& lse, float scale, bool causal) = 0;
+                                  const Tensor& out, const Tensor& lse, float scale, bool causal,
+                                  const Tensor* segments) = 0;
 
   // ---- SwiGLU: out = silu(gate) * up, gate_up (N, 2F) = [gate | up] -----------------
   virtual void swiglu_forward(Tensor& out, const Tensor& gate_up) = 0;

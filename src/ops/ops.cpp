@@ -181,7 +181,7 @@ void linear_forward_add(Context& ctx, Tensor& y, const Tensor& x, const Tensor& 
 
 void linear_backward(Context& ctx, Tensor* dx, Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w,
                      bool accumulate_dw) {
-  arg_shape(ctx, dw, w.shape(), "linear_backward", "dw");
+  if (dw.defined()) arg_shape(ctx, dw, w.shape(), "linear_backward", "dw");
   arg(ctx, dy, "linear_backward", "dy");
   PRIMUS_CHECK(dy.size(-1) == w.size(0) && x.size(-1) == w.size(1) && rows_of(dy) == rows_of(x),
                "linear_backward: dy {} / x {} do not match w {}", dy.describe(), x.describe(), w.describe());
@@ -192,6 +192,7 @@ void linear_backward(Context& ctx, Tensor* dx, Tensor& dw, const Tensor& dy, con
     Tensor dx2 = dx->view({rows_of(x), x.size(-1)});
     matmul(ctx, dx2, dy2, Transpose::No, w, Transpose::No, 1.f, 0.f);
   }
+  if (!dw.defined()) return;  // a frozen weight (LoRA's base): d x only
   matmul(ctx, dw, dy2, Transpose::Yes, x.view({rows_of(x), x.size(-1)}), Transpose::No, 1.f,
          accumulate_dw ? 1.f : 0.f);
 }
@@ -246,13 +247,17 @@ void rmsnorm_backward(Context& ctx, Tensor& dx, Tensor& dw, const Tensor& dy, co
 // ---- RoPE ----------------------------------------------------------------------------
 
 namespace {
-void check_rope_tables(const Context& ctx, const Tensor& cos, const Tensor& sin, int64_t T, int64_t D,
+// cos, sin (P, R/2) fp32 for tokens (B,T) of head dim D: P == T (row t) or P == B*T (row b*T + t).
+void check_rope_tables(const Context& ctx, const Tensor& cos, const Tensor& sin, int64_t B, int64_t T, int64_t D,
                        const char* op) {
   arg_ndim(ctx, cos, 2, op, "cos");
   arg_shape(ctx, sin, cos.shape(), op, "sin");
   dtype_is(cos, DType::F32, op, "cos");
   dtype_is(sin, DType::F32, op, "sin");
-  PRIMUS_CHECK(cos.size(0) == T, "{}: rope tables cover {} positions but the sequence has {}", op, cos.size(0), T);
+  PRIMUS_CHECK(cos.size(0) == T || cos.size(0) == B * T,
+               "{}: rope tables have {} rows, expected T = {} (positions shared by the batch) or B*T = {} (one row "
+               "per token)",
+               op, cos.size(0), T, B * T);
   PRIMUS_CHECK(2 * cos.size(1) <= D, "{}: rope tables rotate {} dims but heads have only {}", op,
                2 * cos.size(1), D);
 }
@@ -262,7 +267,7 @@ void rope_forward(Context& ctx, Tensor& out, const Tensor& x, const Tensor& cos,
   arg_ndim(ctx, x, 4, "rope_forward", "x");
   arg_shape(ctx, out, x.shape(), "rope_forward", "out");
   same_dtype(out, x, "rope_forward", "out", "x");
-  check_rope_tables(ctx, cos, sin, x.size(1), x.size(3), "rope_forward");
+  check_rope_tables(ctx, cos, sin, x.size(0), x.size(1), x.size(3), "rope_forward");
   ctx.backend().rope_forward(out, x, cos, sin);
 }
 
@@ -270,8 +275,27 @@ void rope_backward(Context& ctx, Tensor& dx, const Tensor& dout, const Tensor& c
   arg_ndim(ctx, dout, 4, "rope_backward", "dout");
   arg_shape(ctx, dx, dout.shape(), "rope_backward", "dx");
   same_dtype(dx, dout, "rope_backward", "dx", "dout");
-  check_rope_tables(ctx, cos, sin, dout.size(1), dout.size(3), "rope_backward");
+  check_rope_tables(ctx, cos, sin, dout.size(0), dout.size(1), dout.size(3), "rope_backward");
   ctx.backend().rope_backward(dx, dout, cos, sin);
+}
+
+void rope_gather_tables(Context& ctx, Tensor& cos_out, Tensor& sin_out, const Tensor& cos_table,
+                        const Tensor& sin_table, const Tensor& positions) {
+  const char* op = "rope_gather_tables";
+  arg_ndim(ctx, cos_table, 2, op, "cos_table");
+  arg_shape(ctx, sin_table, cos_table.shape(), op, "sin_table");
+  dtype_is(cos_table, DType::F32, op, "cos_table");
+  dtype_is(sin_table, DType::F32, op, "sin_table");
+  arg(ctx, positions, op, "positions");
+  dtype_is(positions, DType::I32, op, "positions");
+  PRIMUS_CHECK(positions.ndim() == 1 || positions.ndim() == 2, "{}: tensor 'positions' must be (N) or (B,T), got {}",
+               op, positions.describe());
+  const int64_t N = positions.numel(), half = cos_table.size(1);
+  arg_shape(ctx, cos_out, {N, half}, op, "cos_out");
+  arg_shape(ctx, sin_out, {N, half}, op, "sin_out");
+  dtype_is(cos_out, DType::F32, op, "cos_out");
+  dtype_is(sin_out, DType::F32, op, "sin_out");
+  ctx.backend().rope_gather_tables(cos_out, sin_out, cos_table, sin_table, positions);
 }
 
 namespace {
@@ -289,7 +313,7 @@ void check_qkv(const Context& ctx, const Tensor& q, const Tensor& k, const Tenso
   same_dtype(q, k, op, nq.c_str(), nk.c_str());
   same_dtype(q, v, op, nq.c_str(), nv.c_str());
   same_dtype(q, qkv, op, nq.c_str(), nqkv.c_str());
-  check_rope_tables(ctx, cos, sin, T, D, op);
+  check_rope_tables(ctx, cos, sin, B, T, D, op);
 }
 }  // namespace
 
@@ -318,7 +342,7 @@ void check_mla(const Context& ctx, const Tensor& q, const Tensor& k, const Tenso
   const int64_t B = q.size(0), T = q.size(1), H = q.size(2), Dq = q.size(3), Dv = v.size(3);
   arg_shape(ctx, k, q.shape(), op, nk.c_str());
   arg_shape(ctx, v, {B, T, H, Dv}, op, nv.c_str());
-  check_rope_tables(ctx, cos, sin, T, Dq, op);
+  check_rope_tables(ctx, cos, sin, B, T, Dq, op);
   const int64_t Dr = 2 * cos.size(1), Dn = Dq - Dr;
   PRIMUS_CHECK(Dr > 0, "{}: the rope tables rotate no dims", op);
   arg_shape(ctx, q_proj, {B * T, H * Dq}, op, nqp.c_str());
@@ -352,7 +376,7 @@ void mla_qkv_rope_backward(Context& ctx, Tensor& dq_proj, Tensor& dkv_up, Tensor
 
 namespace {
 void check_attention(const Context& ctx, const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
-                     const Tensor& v, const char* op) {
+                     const Tensor& v, const Tensor* segments, const char* op) {
   arg_ndim(ctx, q, 4, op, "q");
   arg_ndim(ctx, k, 4, op, "k");
   arg_ndim(ctx, v, 4, op, "v");
@@ -367,26 +391,30 @@ void check_attention(const Context& ctx, const Tensor& out, const Tensor& lse, c
   same_dtype(q, k, op, "q", "k");
   same_dtype(q, v, op, "q", "v");
   same_dtype(q, out, op, "q", "out");
+  if (segments) {
+    arg_shape(ctx, *segments, {B, T}, op, "segments");
+    dtype_is(*segments, DType::I32, op, "segments");
+  }
 }
 }  // namespace
 
 void attention_forward(Context& ctx, Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
-                       float scale, bool causal) {
-  check_attention(ctx, out, lse, q, k, v, "attention_forward");
-  ctx.backend().attention_forward(out, lse, q, k, v, scale, causal);
+                       float scale, bool causal, const Tensor* segments) {
+  check_attention(ctx, out, lse, q, k, v, segments, "attention_forward");
+  ctx.backend().attention_forward(out, lse, q, k, v, scale, causal, segments);
 }
 
 void attention_backward(Context& ctx, Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout, const Tensor& q,
                         const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, float scale,
-                        bool causal) {
-  check_attention(ctx, out, lse, q, k, v, "attention_backward");
+                        bool causal, const Tensor* segments) {
+  check_attention(ctx, out, lse, q, k, v, segments, "attention_backward");
   arg_shape(ctx, dout, out.shape(), "attention_backward", "dout");
   arg_shape(ctx, dq, q.shape(), "attention_backward", "dq");
   arg_shape(ctx, dk, k.shape(), "attention_backward", "dk");
   arg_shape(ctx, dv, v.shape(), "attention_backward", "dv");
   for (auto [t, name] : {std::pair{&dout, "dout"}, {&dq, "dq"}, {&dk, "dk"}, {&dv, "dv"}})
     same_dtype(q, *t, "attention_backward", "q", name);
-  ctx.backend().attention_backward(dq, dk, dv, dout, q, k, v, out, lse, scale, causal);
+  ctx.backend().attention_backward(dq, dk, dv, dout, q, k, v, out, lse, scale, causal, segments);
 }
 
 // ---- SwiGLU --------------------------------------------------------------------------

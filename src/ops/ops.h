@@ -63,6 +63,11 @@ void rmsnorm_backward(Context& ctx, Tensor& dx, Tensor& dw, const Tensor& dy, co
 
 void rope_forward(Context& ctx, Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin);
 void rope_backward(Context& ctx, Tensor& dx, const Tensor& dout, const Tensor& cos, const Tensor& sin);
+// cos_out, sin_out (N, R/2) fp32 = rows positions[n] of cos_table, sin_table (P, R/2); positions
+// int32 (N) or (B,T) with N = B*T, each in [0, P): per-token tables for the RoPE ops (packed
+// documents whose positions restart at 0). See Backend::rope_gather_tables.
+void rope_gather_tables(Context& ctx, Tensor& cos_out, Tensor& sin_out, const Tensor& cos_table,
+                        const Tensor& sin_table, const Tensor& positions);
 void qkv_split_rope_forward(Context& ctx, Tensor& q, Tensor& k, Tensor& v, const Tensor& qkv,
                             const Tensor& cos, const Tensor& sin);
 void qkv_split_rope_backward(Context& ctx, Tensor& dqkv, const Tensor& dq, const Tensor& dk,
@@ -73,11 +78,13 @@ void mla_qkv_rope_forward(Context& ctx, Tensor& q, Tensor& k, Tensor& v, const T
 void mla_qkv_rope_backward(Context& ctx, Tensor& dq_proj, Tensor& dkv_up, Tensor& dk_pe, const Tensor& dq,
                            const Tensor& dk, const Tensor& dv, const Tensor& cos, const Tensor& sin);
 
+// segments: null, or (B,T) int32 document ids (non-decreasing per row) for packed sequences:
+// a query attends only to keys of its own document (Backend::attention_forward).
 void attention_forward(Context& ctx, Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k,
-                       const Tensor& v, float scale, bool causal = true);
+                       const Tensor& v, float scale, bool causal = true, const Tensor* segments = nullptr);
 void attention_backward(Context& ctx, Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout,
                         const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
-                        const Tensor& lse, float scale, bool causal = true);
+                        const Tensor& lse, float scale, bool causal = true, const Tensor* segments = nullptr);
 
 void swiglu_forward(Context& ctx, Tensor& out, const Tensor& gate_up);
 void swiglu_backward(Context& ctx, Tensor& dgate_up, const Tensor& dout, const Tensor& gate_up);

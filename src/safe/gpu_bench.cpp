@@ -25,7 +25,12 @@
 namespace primus::safe {
 
 double attention_forward_flops(const AttentionShape& s) {
-  const double full = 4.0 * s.batch * s.heads * static_cast<double>(s.seq) * s.seq * s.head_dim;
+  double pairs = static_cast<double>(s.seq) * s.seq;
+  if (s.doc_len > 0 && s.doc_len < s.seq) {
+    const int64_t whole = s.seq / s.doc_len, rest = s.seq % s.doc_len;
+    pairs = static_cast<double>(whole) * s.doc_len * s.doc_len + static_cast<double>(rest) * rest;
+  }
+  const double full = 4.0 * s.batch * s.heads * pairs * s.head_dim;
   return s.causal ? full / 2 : full;
 }
 
@@ -152,12 +157,20 @@ int run_attention_bench(const AttentionBenchOptions& o) {
            dv = Tensor::empty(sk, DType::BF16, Device::CUDA);
     const float scale = 1.f / std::sqrt(static_cast<float>(s.head_dim));
     const double f_fwd = attention_forward_flops(s), f_bwd = 2.5 * f_fwd;
+    // Packed rows: document ids t / doc_len (segments, (B,T) int32).
+    Tensor segments;
+    if (s.doc_len > 0) {
+      Tensor host = Tensor::empty({s.batch, s.seq}, DType::I32);
+      for (int64_t i = 0; i < s.batch * s.seq; ++i) host.data<int32_t>()[i] = static_cast<int32_t>((i % s.seq) / s.doc_len);
+      segments = host.to(Device::CUDA);
+    }
+    const Tensor* seg = s.doc_len > 0 ? &segments : nullptr;
     auto time_kernel = [&](const std::string& kernel) {
       const auto fwd = cuda::time_on_stream(be.stream(), o.warmup, o.iters, [&](int) {
-        be.attention_forward(out, lse, q, k, v, scale, s.causal);
+        be.attention_forward(out, lse, q, k, v, scale, s.causal, seg);
       });
       const auto bwd = cuda::time_on_stream(be.stream(), o.warmup, o.iters, [&](int) {
-        be.attention_backward(dq, dk, dv, dout, q, k, v, out, lse, scale, s.causal);
+        be.attention_backward(dq, dk, dv, dout, q, k, v, out, lse, scale, s.causal, seg);
       });
       rows.push_back({{"shape", s.label},
                       {"B", s.batch},
@@ -166,6 +179,7 @@ int run_attention_bench(const AttentionBenchOptions& o) {
                       {"KV", s.kv_heads},
                       {"D", s.head_dim},
                       {"causal", s.causal},
+                      {"doc_len", s.doc_len},
                       {"kernel", kernel},
                       {"fwd_us", fwd.median_us},
                       {"fwd_tflops", f_fwd / (fwd.median_us * 1e6)},
@@ -181,6 +195,10 @@ int run_attention_bench(const AttentionBenchOptions& o) {
                               cfg.bwd_rows, cfg.bwd_keys));
     }
     be.set_flash_config(cuda::FlashConfig{});
+    if (seg) {  // cuDNN is not given document masks (cuda_backend.h)
+      be.set_attention_kernel(cuda::AttentionKernel::Auto);
+      continue;
+    }
     // cuDNN's fused SDPA (the backend's default where it builds), strict: a refusal is reported, not hidden.
     be.set_attention_kernel(cuda::AttentionKernel::Cudnn);
     try {
@@ -196,7 +214,7 @@ int run_attention_bench(const AttentionBenchOptions& o) {
     be.set_attention_kernel(cuda::AttentionKernel::Auto);
   }
   emit(rows,
-       {"shape", "B", "T", "H", "KV", "D", "causal", "kernel", "fwd_us", "fwd_tflops", "bwd_us", "bwd_tflops",
+       {"shape", "B", "T", "H", "KV", "D", "causal", "doc_len", "kernel", "fwd_us", "fwd_tflops", "bwd_us", "bwd_tflops",
         "fwd_bwd_us", "fwd_bwd_tflops"},
        o.format, o.output_file);
   return 0;

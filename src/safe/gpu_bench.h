@@ -42,6 +42,9 @@ struct AttentionShape {
   std::string label;
   int64_t batch = 1, seq = 2048, heads = 32, kv_heads = 8, head_dim = 64;
   bool causal = true;
+  // > 0: packed sequences, every row split into documents of doc_len tokens (the last one
+  // shorter) and attention masked to each document (segments); 0: one sequence per row.
+  int64_t doc_len = 0;
 };
 struct AttentionBenchOptions {
   std::vector<AttentionShape> shapes;
@@ -51,7 +54,8 @@ struct AttentionBenchOptions {
   std::string output_file;
 };
 int run_attention_bench(const AttentionBenchOptions& o);
-// Causal-aware FLOPs: forward 4*B*H*T*T*D (halved when causal), backward 2.5x forward.
+// Causal-aware FLOPs: forward 4*B*H*T*T*D (halved when causal), backward 2.5x forward; with
+// doc_len, T*T becomes the sum of the documents' squared lengths (the unmasked work).
 double attention_forward_flops(const AttentionShape& s);
 
 struct OpsBenchOptions {

@@ -3,6 +3,8 @@
 // by the angle t * inv_freq[i]:
 //   out[i] = x[i] cos - x[i+R/2] sin,   out[i+R/2] = x[i+R/2] cos + x[i] sin.
 // Dims >= R pass through. The backward is the transposed rotation (angle -> -angle).
+// Token n = b*T + t uses table row n % P of cos/sin (P, R/2): P == T shares the rows over the
+// batch, P == B*T gives every token its own row (backend.h).
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -26,15 +28,15 @@ inline void rotate_head(float* out, const float* x, const float* cos, const floa
     for (int64_t i = 2 * half; i < D; ++i) out[i] = x[i];
 }
 
-// Applies rotate_head to x (B,T,H,D) -> out; cos/sin (T, half).
+// Applies rotate_head to x (B,T,H,D) -> out; cos/sin (P, half), token r uses row r % P.
 void rope_apply(ThreadPool& pool, Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin,
                 float direction) {
-  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3), half = cos.size(1);
+  const int64_t B = x.size(0), T = x.size(1), H = x.size(2), D = x.size(3), half = cos.size(1), P = cos.size(0);
   const float *px = x.data<float>(), *pc = cos.data<float>(), *ps = sin.data<float>();
   float* po = out.data<float>();
   pool.parallel_for(B * T, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t t = r % T;
+      const int64_t t = r % P;
       for (int64_t h = 0; h < H; ++h)
         rotate_head(po + (r * H + h) * D, px + (r * H + h) * D, pc + t * half, ps + t * half, half, D, direction);
     }
@@ -53,17 +55,32 @@ void CpuBackend::rope_backward(Tensor& dx, const Tensor& dout, const Tensor& cos
   rope_apply(pool_, dx, dout, cos, sin, -1.f);
 }
 
+void CpuBackend::rope_gather_tables(Tensor& cos_out, Tensor& sin_out, const Tensor& cos_table,
+                                    const Tensor& sin_table, const Tensor& positions) {
+  require_f32_all("rope_gather_tables", cos_out, sin_out, cos_table, sin_table);
+  const int64_t N = positions.numel(), P = cos_table.size(0), half = cos_table.size(1);
+  const int32_t* pos = positions.data<int32_t>();
+  for (int64_t n = 0; n < N; ++n)
+    PRIMUS_CHECK(pos[n] >= 0 && pos[n] < P, "rope_gather_tables: positions[{}] = {} is outside the table's {} rows", n,
+                 pos[n], P);
+  const size_t bytes = static_cast<size_t>(half) * sizeof(float);
+  for (int64_t n = 0; n < N; ++n) {
+    std::memcpy(cos_out.data<float>() + n * half, cos_table.data<float>() + pos[n] * half, bytes);
+    std::memcpy(sin_out.data<float>() + n * half, sin_table.data<float>() + pos[n] * half, bytes);
+  }
+}
+
 // qkv row r = [q heads (Hq*D) | k heads (Hkv*D) | v heads (Hkv*D)].
 void CpuBackend::qkv_split_rope_forward(Tensor& q, Tensor& k, Tensor& v, const Tensor& qkv, const Tensor& cos,
                                         const Tensor& sin) {
   require_f32_all("qkv_split_rope_forward", q, k, v, qkv, cos, sin);
   const int64_t B = q.size(0), T = q.size(1), Hq = q.size(2), D = q.size(3), Hkv = k.size(2), half = cos.size(1);
-  const int64_t W = (Hq + 2 * Hkv) * D;
+  const int64_t W = (Hq + 2 * Hkv) * D, P = cos.size(0);
   const float *src = qkv.data<float>(), *pc = cos.data<float>(), *ps = sin.data<float>();
   float *pq = q.data<float>(), *pk = k.data<float>(), *pv = v.data<float>();
   pool_.parallel_for(B * T, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t t = r % T;
+      const int64_t t = r % P;
       const float* row = src + r * W;
       for (int64_t h = 0; h < Hq; ++h)
         rotate_head(pq + (r * Hq + h) * D, row + h * D, pc + t * half, ps + t * half, half, D, 1.f);
@@ -78,13 +95,13 @@ void CpuBackend::qkv_split_rope_backward(Tensor& dqkv, const Tensor& dq, const T
                                          const Tensor& cos, const Tensor& sin) {
   require_f32_all("qkv_split_rope_backward", dqkv, dq, dk, dv, cos, sin);
   const int64_t B = dq.size(0), T = dq.size(1), Hq = dq.size(2), D = dq.size(3), Hkv = dk.size(2);
-  const int64_t half = cos.size(1), W = (Hq + 2 * Hkv) * D;
+  const int64_t half = cos.size(1), W = (Hq + 2 * Hkv) * D, P = cos.size(0);
   const float *pc = cos.data<float>(), *ps = sin.data<float>();
   const float *pq = dq.data<float>(), *pk = dk.data<float>(), *pv = dv.data<float>();
   float* dst = dqkv.data<float>();
   pool_.parallel_for(B * T, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const int64_t t = r % T;
+      const int64_t t = r % P;
       float* row = dst + r * W;
       for (int64_t h = 0; h < Hq; ++h)
         rotate_head(row + h * D, pq + (r * Hq + h) * D, pc + t * half, ps + t * half, half, D, -1.f);
@@ -101,7 +118,7 @@ void CpuBackend::qkv_split_rope_backward(Tensor& dqkv, const Tensor& dq, const T
 void CpuBackend::mla_qkv_rope_forward(Tensor& q, Tensor& k, Tensor& v, const Tensor& q_proj, const Tensor& kv_up,
                                       const Tensor& kv_down, const Tensor& cos, const Tensor& sin) {
   require_f32_all("mla_qkv_rope_forward", q, k, v, q_proj, kv_up, kv_down, cos, sin);
-  const int64_t T = q.size(1), H = q.size(2), Dq = q.size(3), Dv = v.size(3), half = cos.size(1);
+  const int64_t T = q.size(1), H = q.size(2), Dq = q.size(3), Dv = v.size(3), half = cos.size(1), P = cos.size(0);
   const int64_t Dr = 2 * half, Dn = Dq - Dr, Wkv = Dn + Dv, Wd = kv_down.size(1), L = Wd - Dr;
   const int64_t rows = q.size(0) * T;
   const float *pqp = q_proj.data<float>(), *pkv = kv_up.data<float>(), *pkd = kv_down.data<float>();
@@ -110,7 +127,7 @@ void CpuBackend::mla_qkv_rope_forward(Tensor& q, Tensor& k, Tensor& v, const Ten
   pool_.parallel_for(rows, [&](int64_t r0, int64_t r1) {
     std::vector<float> kpe(static_cast<size_t>(Dr));
     for (int64_t r = r0; r < r1; ++r) {
-      const float *c = pc + (r % T) * half, *s = ps + (r % T) * half;
+      const float *c = pc + (r % P) * half, *s = ps + (r % P) * half;
       rotate_head(kpe.data(), pkd + r * Wd + L, c, s, half, Dr, 1.f);
       for (int64_t h = 0; h < H; ++h) {
         const float* src_q = pqp + (r * H + h) * Dq;
@@ -130,7 +147,7 @@ void CpuBackend::mla_qkv_rope_forward(Tensor& q, Tensor& k, Tensor& v, const Ten
 void CpuBackend::mla_qkv_rope_backward(Tensor& dq_proj, Tensor& dkv_up, Tensor& dk_pe, const Tensor& dq,
                                        const Tensor& dk, const Tensor& dv, const Tensor& cos, const Tensor& sin) {
   require_f32_all("mla_qkv_rope_backward", dq_proj, dkv_up, dk_pe, dq, dk, dv, cos, sin);
-  const int64_t T = dq.size(1), H = dq.size(2), Dq = dq.size(3), Dv = dv.size(3), half = cos.size(1);
+  const int64_t T = dq.size(1), H = dq.size(2), Dq = dq.size(3), Dv = dv.size(3), half = cos.size(1), P = cos.size(0);
   const int64_t Dr = 2 * half, Dn = Dq - Dr, Wkv = Dn + Dv;
   const int64_t rows = dq.size(0) * T;
   const float *pdq = dq.data<float>(), *pdk = dk.data<float>(), *pdv = dv.data<float>();
@@ -139,7 +156,7 @@ void CpuBackend::mla_qkv_rope_backward(Tensor& dq_proj, Tensor& dkv_up, Tensor& 
   pool_.parallel_for(rows, [&](int64_t r0, int64_t r1) {
     std::vector<float> sum(static_cast<size_t>(Dr)), one(static_cast<size_t>(Dr));
     for (int64_t r = r0; r < r1; ++r) {
-      const float *c = pc + (r % T) * half, *s = ps + (r % T) * half;
+      const float *c = pc + (r % P) * half, *s = ps + (r % P) * half;
       std::fill(sum.begin(), sum.end(), 0.f);
       for (int64_t h = 0; h < H; ++h) {
         const float* g_q = pdq + (r * H + h) * Dq;

@@ -1,5 +1,7 @@
 // Plain attention (see attention_simple.h). Lane l of a warp holds dims l, l+32, ... of its row
-// (at most 8 per lane: head dims <= 256).
+// (at most 8 per lane: head dims <= 256). With segments, query t of row b sees the keys
+// [first of its document, t] (causal) or its whole document: two binary searches on the
+// row's non-decreasing segment ids per query, then the same loop over that key interval.
 #include "ops/cuda/attention_simple.h"
 
 #include "ops/cuda/cuda_check.h"
@@ -23,8 +25,34 @@ __device__ __forceinline__ int64_t row_of(int64_t b, int64_t t, int64_t h, int64
   return (b * T + t) * H + h;
 }
 
+// The keys [begin, end) visible to query t (segments: the row's ids, or null for all of [0, T)).
+__device__ __forceinline__ void key_range(const int32_t* seg, int64_t t, const Dims& d, int64_t& begin,
+                                          int64_t& end) {
+  begin = 0;
+  end = d.causal ? t + 1 : d.T;
+  if (!seg) return;
+  const int32_t s = seg[t];
+  int64_t lo = 0, hi = t;  // first index in [0, t] with seg == s (seg[t] == s)
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) / 2;
+    if (seg[mid] < s) lo = mid + 1;
+    else hi = mid;
+  }
+  begin = lo;
+  if (!d.causal) {
+    lo = t + 1, hi = d.T;  // first index after t with seg > s
+    while (lo < hi) {
+      const int64_t mid = (lo + hi) / 2;
+      if (seg[mid] <= s) lo = mid + 1;
+      else hi = mid;
+    }
+    end = lo;
+  }
+}
+
 template <typename T>
-__global__ void simple_forward_kernel(T* out, float* lse, const T* q, const T* k, const T* v, int64_t B, Dims d) {
+__global__ void simple_forward_kernel(T* out, float* lse, const T* q, const T* k, const T* v, const int32_t* seg,
+                                      int64_t B, Dims d) {
   const int64_t row = blockIdx.x * static_cast<int64_t>(kWarpsPerBlock) + (threadIdx.x >> 5);  // (b, h, t) flat
   const int lane = threadIdx.x & 31;
   if (row >= B * d.Hq * d.T) return;
@@ -39,8 +67,9 @@ __global__ void simple_forward_kernel(T* out, float* lse, const T* q, const T* k
     o[i] = 0.f;
   }
   float m = -INFINITY, l = 0.f;
-  const int64_t kv_end = d.causal ? t + 1 : d.T;
-  for (int64_t j = 0; j < kv_end; ++j) {
+  int64_t kv_begin, kv_end;
+  key_range(seg ? seg + b * d.T : nullptr, t, d, kv_begin, kv_end);
+  for (int64_t j = kv_begin; j < kv_end; ++j) {
     const T* kp = k + row_of(b, j, hk, d.T, d.Hkv) * d.Dqk;
     float s = 0.f;
 #pragma unroll
@@ -72,7 +101,8 @@ __global__ void simple_forward_kernel(T* out, float* lse, const T* q, const T* k
 // One warp per (b, h, t) query row: dq written directly; dk/dv accumulated in fp32 with atomics.
 template <typename T>
 __global__ void simple_backward_kernel(T* dq, float* dk_acc, float* dv_acc, const T* dout, const T* q, const T* k,
-                                       const T* v, const T* out, const float* lse, int64_t B, Dims d) {
+                                       const T* v, const T* out, const float* lse, const int32_t* seg, int64_t B,
+                                       Dims d) {
   const int64_t row = blockIdx.x * static_cast<int64_t>(kWarpsPerBlock) + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (row >= B * d.Hq * d.T) return;
@@ -91,8 +121,9 @@ __global__ void simple_backward_kernel(T* dq, float* dk_acc, float* dv_acc, cons
   }
   delta = warp_sum(delta);
   const float L = lse[(b * d.Hq + h) * d.T + t];
-  const int64_t kv_end = d.causal ? t + 1 : d.T;
-  for (int64_t j = 0; j < kv_end; ++j) {
+  int64_t kv_begin, kv_end;
+  key_range(seg ? seg + b * d.T : nullptr, t, d, kv_begin, kv_end);
+  for (int64_t j = kv_begin; j < kv_end; ++j) {
     const int64_t krow = row_of(b, j, hk, d.T, d.Hkv);
     const T* kp = k + krow * d.Dqk;
     const T* vp = v + krow * d.Dv;
@@ -144,7 +175,7 @@ void check_dims(int64_t Hq, int64_t Hkv, int64_t Dqk, int64_t Dv) {
 
 void launch_attention_simple_forward(void* out, float* lse, const void* q, const void* k, const void* v, DType dt,
                                      int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t Dqk, int64_t Dv,
-                                     float scale, bool causal, cudaStream_t stream) {
+                                     float scale, bool causal, cudaStream_t stream, const int32_t* segments) {
   check_dims(Hq, Hkv, Dqk, Dv);
   const int64_t rows = B * Hq * T;
   if (rows == 0) return;
@@ -152,7 +183,8 @@ void launch_attention_simple_forward(void* out, float* lse, const void* q, const
                static_cast<int>(Dv), causal, scale};
   PRIMUS_DISPATCH_FLOAT(dt, E, {
     simple_forward_kernel<E><<<static_cast<unsigned>(ceil_div(rows, kWarpsPerBlock)), 32 * kWarpsPerBlock, 0, stream>>>(
-        static_cast<E*>(out), lse, static_cast<const E*>(q), static_cast<const E*>(k), static_cast<const E*>(v), B, d);
+        static_cast<E*>(out), lse, static_cast<const E*>(q), static_cast<const E*>(k), static_cast<const E*>(v), segments,
+        B, d);
   });
   PRIMUS_CUDA_LAUNCH_CHECK();
 }
@@ -165,7 +197,8 @@ size_t attention_simple_backward_workspace_bytes(int64_t B, int64_t T, int64_t H
 void launch_attention_simple_backward(void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k,
                                       const void* v, const void* out, const float* lse, DType dt, int64_t B, int64_t T,
                                       int64_t Hq, int64_t Hkv, int64_t Dqk, int64_t Dv, float scale, bool causal,
-                                      void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+                                      void* workspace, size_t workspace_bytes, cudaStream_t stream,
+                                      const int32_t* segments) {
   check_dims(Hq, Hkv, Dqk, Dv);
   PRIMUS_CHECK(workspace_bytes >= attention_simple_backward_workspace_bytes(B, T, Hq, Hkv, Dqk, Dv),
                "attention backward: workspace too small");
@@ -181,7 +214,7 @@ void launch_attention_simple_backward(void* dq, void* dk, void* dv, const void* 
   PRIMUS_DISPATCH_FLOAT(dt, E, {
     simple_backward_kernel<E><<<static_cast<unsigned>(ceil_div(rows, kWarpsPerBlock)), 32 * kWarpsPerBlock, 0, stream>>>(
         static_cast<E*>(dq), dk_acc, dv_acc, static_cast<const E*>(dout), static_cast<const E*>(q),
-        static_cast<const E*>(k), static_cast<const E*>(v), static_cast<const E*>(out), lse, B, d);
+        static_cast<const E*>(k), static_cast<const E*>(v), static_cast<const E*>(out), lse, segments, B, d);
     PRIMUS_CUDA_LAUNCH_CHECK();
     const int64_t nk = B * T * Hkv * Dqk, nv = B * T * Hkv * Dv;
     cast_from_f32_kernel<E><<<grid_for(nk, 256), 256, 0, stream>>>(static_cast<E*>(dk), dk_acc, nk);

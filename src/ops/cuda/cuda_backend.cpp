@@ -256,14 +256,24 @@ void CudaBackend::rope_forward(Tensor& out, const Tensor& x, const Tensor& cos, 
   require_cuda(x, "rope_forward", "x");
   require_cuda(cos, "rope_forward", "cos");
   launch_rope(out.raw(), x.raw(), x.dtype(), cos.data<float>(), sin.data<float>(), x.size(0), x.size(1), x.size(2),
-              x.size(3), 2 * cos.size(-1), false, stream_);
+              x.size(3), 2 * cos.size(-1), cos.size(0), false, stream_);
 }
 
 void CudaBackend::rope_backward(Tensor& dx, const Tensor& dout, const Tensor& cos, const Tensor& sin) {
   require_cuda(dx, "rope_backward", "dx");
   require_cuda(dout, "rope_backward", "dout");
   launch_rope(dx.raw(), dout.raw(), dout.dtype(), cos.data<float>(), sin.data<float>(), dout.size(0), dout.size(1),
-              dout.size(2), dout.size(3), 2 * cos.size(-1), true, stream_);
+              dout.size(2), dout.size(3), 2 * cos.size(-1), cos.size(0), true, stream_);
+}
+
+void CudaBackend::rope_gather_tables(Tensor& cos_out, Tensor& sin_out, const Tensor& cos_table,
+                                     const Tensor& sin_table, const Tensor& positions) {
+  require_cuda(cos_out, "rope_gather_tables", "cos_out");
+  require_cuda(cos_table, "rope_gather_tables", "cos_table");
+  require_cuda(positions, "rope_gather_tables", "positions");
+  launch_rope_gather_tables(cos_out.data<float>(), sin_out.data<float>(), cos_table.data<float>(),
+                            sin_table.data<float>(), positions.data<int32_t>(), positions.numel(), cos_table.size(0),
+                            cos_table.size(1), stream_);
 }
 
 void CudaBackend::qkv_split_rope_forward(Tensor& q, Tensor& k, Tensor& v, const Tensor& qkv, const Tensor& cos,
@@ -272,7 +282,7 @@ void CudaBackend::qkv_split_rope_forward(Tensor& q, Tensor& k, Tensor& v, const 
   require_cuda(q, "qkv_split_rope_forward", "q");
   launch_qkv_split_rope_forward(q.raw(), k.raw(), v.raw(), qkv.raw(), qkv.dtype(), cos.data<float>(),
                                 sin.data<float>(), q.size(0), q.size(1), q.size(2), k.size(2), q.size(3),
-                                2 * cos.size(-1), stream_);
+                                2 * cos.size(-1), cos.size(0), stream_);
 }
 
 void CudaBackend::qkv_split_rope_backward(Tensor& dqkv, const Tensor& dq, const Tensor& dk, const Tensor& dv,
@@ -281,7 +291,7 @@ void CudaBackend::qkv_split_rope_backward(Tensor& dqkv, const Tensor& dq, const 
   require_cuda(dq, "qkv_split_rope_backward", "dq");
   launch_qkv_split_rope_backward(dqkv.raw(), dq.raw(), dk.raw(), dv.raw(), dqkv.dtype(), cos.data<float>(),
                                  sin.data<float>(), dq.size(0), dq.size(1), dq.size(2), dk.size(2), dq.size(3),
-                                 2 * cos.size(-1), stream_);
+                                 2 * cos.size(-1), cos.size(0), stream_);
 }
 
 void CudaBackend::mla_qkv_rope_forward(Tensor& q, Tensor& k, Tensor& v, const Tensor& q_proj, const Tensor& kv_up,
@@ -290,7 +300,7 @@ void CudaBackend::mla_qkv_rope_forward(Tensor& q, Tensor& k, Tensor& v, const Te
   require_cuda(kv_down, "mla_qkv_rope_forward", "kv_down");
   const int64_t Dr = 2 * cos.size(-1);
   launch_mla_qkv_rope_forward(q.raw(), k.raw(), v.raw(), q_proj.raw(), kv_up.raw(), kv_down.raw(), q.dtype(),
-                              cos.data<float>(), sin.data<float>(), q.size(0) * q.size(1), q.size(1), q.size(2),
+                              cos.data<float>(), sin.data<float>(), q.size(0) * q.size(1), cos.size(0), q.size(2),
                               q.size(3) - Dr, Dr, v.size(3), kv_down.size(1), stream_);
 }
 
@@ -300,7 +310,7 @@ void CudaBackend::mla_qkv_rope_backward(Tensor& dq_proj, Tensor& dkv_up, Tensor&
   require_cuda(dq, "mla_qkv_rope_backward", "dq");
   const int64_t Dr = 2 * cos.size(-1);
   launch_mla_qkv_rope_backward(dq_proj.raw(), dkv_up.raw(), dk_pe.raw(), dq.raw(), dk.raw(), dv.raw(), dq.dtype(),
-                               cos.data<float>(), sin.data<float>(), dq.size(0) * dq.size(1), dq.size(1), dq.size(2),
+                               cos.data<float>(), sin.data<float>(), dq.size(0) * dq.size(1), cos.size(0), dq.size(2),
                                dq.size(3) - Dr, Dr, dv.size(3), stream_);
 }
 
@@ -316,15 +326,33 @@ bool CudaBackend::use_flash(const Tensor& q, const Tensor& v) const {
   return ok;
 }
 
+namespace {
+// cuDNN's fused SDPA is not given document masks: segments go to flash or simple.
+bool cudnn_allowed(AttentionKernel mode, const Tensor* segments, const char* op) {
+  if (mode != AttentionKernel::Auto && mode != AttentionKernel::Cudnn) return false;
+  PRIMUS_CHECK(!(segments && mode == AttentionKernel::Cudnn),
+               "{}: PRIMUS_ATTENTION_IMPL=cudnn-strict cannot serve document-masked attention (segments of packed "
+               "sequences); use cudnn (auto), flash or simple",
+               op);
+  return segments == nullptr;
+}
+const int32_t* segments_ptr(const Tensor* segments, const char* op) {
+  if (!segments) return nullptr;
+  require_cuda(*segments, op, "segments");
+  return segments->data<int32_t>();
+}
+}  // namespace
+
 void CudaBackend::attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
-                                    float scale, bool causal) {
+                                    float scale, bool causal, const Tensor* segments) {
   require_cuda(out, "attention_forward", "out");
   require_cuda(q, "attention_forward", "q");
   require_cuda(k, "attention_forward", "k");
   require_cuda(v, "attention_forward", "v");
   PRIMUS_CHECK(lse.dtype() == DType::F32 && lse.is_cuda(), "attention_forward: lse must be fp32 on CUDA, got {}",
                lse.describe());
-  if (options_.attention == AttentionKernel::Auto || options_.attention == AttentionKernel::Cudnn) {
+  const int32_t* seg = segments_ptr(segments, "attention_forward");
+  if (cudnn_allowed(options_.attention, segments, "attention_forward")) {
     const CudnnAttentionShape cs = cudnn_shape(q, k, v, causal);
     if (cudnn_attention_->ready(CudnnPass::Forward, cs, options_.attention == AttentionKernel::Cudnn,
                                 use_flash(q, v) ? "flash" : "simple")) {
@@ -337,21 +365,22 @@ void CudaBackend::attention_forward(Tensor& out, Tensor& lse, const Tensor& q, c
   const int64_t B = q.size(0), T = q.size(1), Hq = q.size(2), Hkv = k.size(2);
   if (use_flash(q, v)) {
     launch_flash_attention_forward(out.raw(), lse.data<float>(), q.raw(), k.raw(), v.raw(), q.dtype(), B, T, Hq, Hkv,
-                                   q.size(3), scale, causal, stream_, options_.flash);
+                                   q.size(3), scale, causal, stream_, options_.flash, seg);
   } else {
     launch_attention_simple_forward(out.raw(), lse.data<float>(), q.raw(), k.raw(), v.raw(), q.dtype(), B, T, Hq,
-                                    Hkv, q.size(3), v.size(3), scale, causal, stream_);
+                                    Hkv, q.size(3), v.size(3), scale, causal, stream_, seg);
   }
 }
 
 void CudaBackend::attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout, const Tensor& q,
                                      const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
-                                     float scale, bool causal) {
+                                     float scale, bool causal, const Tensor* segments) {
   require_cuda(dq, "attention_backward", "dq");
   require_cuda(dk, "attention_backward", "dk");
   require_cuda(dv, "attention_backward", "dv");
   require_cuda(dout, "attention_backward", "dout");
-  if (options_.attention == AttentionKernel::Auto || options_.attention == AttentionKernel::Cudnn) {
+  const int32_t* seg = segments_ptr(segments, "attention_backward");
+  if (cudnn_allowed(options_.attention, segments, "attention_backward")) {
     const CudnnAttentionShape cs = cudnn_shape(q, k, v, causal);
     if (cudnn_attention_->ready(CudnnPass::Backward, cs, options_.attention == AttentionKernel::Cudnn,
                                 use_flash(q, v) ? "flash" : "simple")) {
@@ -368,12 +397,12 @@ void CudaBackend::attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const T
     const size_t ws = flash_attention_backward_workspace_bytes(B, T, Hq, q.size(3));
     launch_flash_attention_backward(dq.raw(), dk.raw(), dv.raw(), dout.raw(), q.raw(), k.raw(), v.raw(), out.raw(),
                                     lse.data<float>(), q.dtype(), B, T, Hq, Hkv, q.size(3), scale, causal,
-                                    scratch(ws), ws, stream_, options_.flash);
+                                    scratch(ws), ws, stream_, options_.flash, seg);
   } else {
     const size_t ws = attention_simple_backward_workspace_bytes(B, T, Hq, Hkv, q.size(3), v.size(3));
     launch_attention_simple_backward(dq.raw(), dk.raw(), dv.raw(), dout.raw(), q.raw(), k.raw(), v.raw(), out.raw(),
                                      lse.data<float>(), q.dtype(), B, T, Hq, Hkv, q.size(3), v.size(3), scale,
-                                     causal, scratch(ws), ws, stream_);
+                                     causal, scratch(ws), ws, stream_, seg);
   }
 }
 

@@ -70,6 +70,8 @@ class CudaBackend final : public ops::Backend {
 
   void rope_forward(Tensor& out, const Tensor& x, const Tensor& cos, const Tensor& sin) override;
   void rope_backward(Tensor& dx, const Tensor& dout, const Tensor& cos, const Tensor& sin) override;
+  void rope_gather_tables(Tensor& cos_out, Tensor& sin_out, const Tensor& cos_table, const Tensor& sin_table,
+                          const Tensor& positions) override;
   void qkv_split_rope_forward(Tensor& q, Tensor& k, Tensor& v, const Tensor& qkv, const Tensor& cos,
                               const Tensor& sin) override;
   void qkv_split_rope_backward(Tensor& dqkv, const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& cos,
@@ -79,10 +81,13 @@ class CudaBackend final : public ops::Backend {
   void mla_qkv_rope_backward(Tensor& dq_proj, Tensor& dkv_up, Tensor& dk_pe, const Tensor& dq, const Tensor& dk,
                              const Tensor& dv, const Tensor& cos, const Tensor& sin) override;
 
+  // segments (document masks of packed sequences) are served by flash where it covers the shape,
+  // else the simple kernel; never by cuDNN (Cudnn mode refuses them).
   void attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v, float scale,
-                         bool causal) override;
+                         bool causal, const Tensor* segments) override;
   void attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout, const Tensor& q, const Tensor& k,
-                          const Tensor& v, const Tensor& out, const Tensor& lse, float scale, bool causal) override;
+                          const Tensor& v, const Tensor& out, const Tensor& lse, float scale, bool causal,
+                          const Tensor* segments) override;
 
   void swiglu_forward(Tensor& out, const Tensor& gate_up) override;
   void swiglu_backward(Tensor& dgate_up, const Tensor& dout, const Tensor& gate_up) override;

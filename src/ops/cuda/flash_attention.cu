@@ -16,6 +16,16 @@
 //   dK += dS^T Q  (scaled at the end);  dQ += dS K  -> dS^T goes through shared memory and
 //   each warp adds its D/NW columns of the tile's dQ into an fp32 buffer with atomics.
 // A last kernel writes dq = scale * dq_accum in the input dtype.
+//
+// Document masks (segments, packed sequences; a template flag, so the plain kernels are
+// unchanged): segment ids are non-decreasing along a row, so the queries of a tile span one
+// contiguous run of documents and see keys [start of the first query's document, end of the
+// last query's document) only (capped by the causal limit). Each forward block finds that
+// range with two binary searches on the row's ids and streams only those key tiles; each
+// backward block likewise streams only the query tiles of its keys' documents. A warp skips
+// a tile whose documents do not meet its own, and applies the per-element id test only on
+// tiles that straddle a document boundary; the ids of the streamed tile ride along in shared
+// memory.
 #include "ops/cuda/flash_attention.h"
 
 #include <tuple>
@@ -53,15 +63,45 @@ __device__ __forceinline__ void load_tile_async(T* tile, const T* base, int64_t 
   }
 }
 
-template <typename T, int D, int NW, int RW>
+// Segment ids [row0, row0 + ROWS) of one batch row into shared memory (0 past T).
+template <int ROWS, int NT>
+__device__ __forceinline__ void load_seg_async(int32_t* dst, const int32_t* srow, int row0, int T_) {
+  for (int c = threadIdx.x; c < ROWS; c += NT) {
+    const bool valid = row0 + c < T_;
+    cp_async4(smem_u32(dst + c), srow + (valid ? row0 + c : 0), valid);
+  }
+}
+
+// First index in [lo, hi) whose id is >= v (hi if none); ids non-decreasing.
+__device__ __forceinline__ int seg_lower_bound(const int32_t* ids, int lo, int hi, int32_t v) {
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (ids[mid] < v) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+// First index in [lo, hi) whose id is > v (hi if none).
+__device__ __forceinline__ int seg_upper_bound(const int32_t* ids, int lo, int hi, int32_t v) {
+  while (lo < hi) {
+    const int mid = (lo + hi) >> 1;
+    if (ids[mid] <= v) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+template <typename T, int D, int NW, int RW, bool SEG>
 __global__ void __launch_bounds__(NW * 32)
     flash_fwd_kernel(T* __restrict__ out, float* __restrict__ lse, const T* __restrict__ q, const T* __restrict__ k,
-                     const T* __restrict__ v, int T_, int Hq, int Hkv, float scale_log2, bool causal) {
+                     const T* __restrict__ v, const int32_t* __restrict__ seg, int T_, int Hq, int Hkv,
+                     float scale_log2, bool causal) {
   constexpr int BR = NW * 16 * RW, BC = 64, NT = NW * 32;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* sQ = reinterpret_cast<T*>(smem_raw);
   T* sK = sQ + BR * D;      // [2][BC][D]
   T* sV = sK + 2 * BC * D;  // [2][BC][D]
+  int32_t* sSegK = reinterpret_cast<int32_t*>(sV + 2 * BC * D);  // [2][BC] (SEG only)
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int qb = causal ? static_cast<int>(gridDim.x - 1 - blockIdx.x) : static_cast<int>(blockIdx.x);
@@ -73,12 +113,20 @@ __global__ void __launch_bounds__(NW * 32)
   const T* kbase = k + static_cast<int64_t>(b) * T_ * kv_stride + static_cast<int64_t>(hk) * D;
   const T* vbase = v + static_cast<int64_t>(b) * T_ * kv_stride + static_cast<int64_t>(hk) * D;
 
-  const int kv_end = causal ? min(T_, q0 + BR) : T_;
-  const int n_tiles = (kv_end + BC - 1) / BC;
+  const int32_t* srow = SEG ? seg + static_cast<int64_t>(b) * T_ : nullptr;
+  int kv_begin = 0, kv_end = causal ? min(T_, q0 + BR) : T_;
+  if constexpr (SEG) {
+    // Keys of the documents of queries [q0, q_last]: from the first one's start to the last one's end.
+    const int q_last = min(q0 + BR, T_) - 1;
+    kv_begin = seg_lower_bound(srow, 0, q0, srow[q0]);
+    kv_end = min(kv_end, seg_upper_bound(srow, q_last + 1, T_, srow[q_last]));
+  }
+  const int n_tiles = (kv_end - kv_begin + BC - 1) / BC;
 
   load_tile_async<T, D, BR, NT>(sQ, qbase, q_stride, q0, T_);
-  load_tile_async<T, D, BC, NT>(sK, kbase, kv_stride, 0, T_);
-  load_tile_async<T, D, BC, NT>(sV, vbase, kv_stride, 0, T_);
+  load_tile_async<T, D, BC, NT>(sK, kbase, kv_stride, kv_begin, T_);
+  load_tile_async<T, D, BC, NT>(sV, vbase, kv_stride, kv_begin, T_);
+  if constexpr (SEG) load_seg_async<BC, NT>(sSegK, srow, kv_begin, T_);
   cp_async_commit();
 
   // Warp w owns rows [warp_row0, warp_row0 + 16*RW): m-tile r covers rows 16r + g and 16r + g + 8.
@@ -93,12 +141,24 @@ __global__ void __launch_bounds__(NW * 32)
   for (int r = 0; r < RW; ++r) m[r][0] = m[r][1] = -INFINITY, l[r][0] = l[r][1] = 0.f;
   const int warp_row0 = q0 + warp * 16 * RW;
   const int row_g = warp_row0 + (lane >> 2);
+  // SEG: the ids of this thread's query rows and the id range of the warp's rows (rows past T
+  // are clamped to T-1: their outputs are never written).
+  int32_t seg_q[RW][2] = {}, warp_seg_lo = 0, warp_seg_hi = 0;
+  if constexpr (SEG) {
+#pragma unroll
+    for (int r = 0; r < RW; ++r)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) seg_q[r][i] = srow[min(row_g + r * 16 + i * 8, T_ - 1)];
+    warp_seg_lo = srow[min(warp_row0, T_ - 1)];
+    warp_seg_hi = srow[min(warp_row0 + 16 * RW, T_) - 1];
+  }
 
   for (int jt = 0; jt < n_tiles; ++jt) {
     const int buf = jt & 1;
     if (jt + 1 < n_tiles) {
-      load_tile_async<T, D, BC, NT>(sK + (buf ^ 1) * BC * D, kbase, kv_stride, (jt + 1) * BC, T_);
-      load_tile_async<T, D, BC, NT>(sV + (buf ^ 1) * BC * D, vbase, kv_stride, (jt + 1) * BC, T_);
+      load_tile_async<T, D, BC, NT>(sK + (buf ^ 1) * BC * D, kbase, kv_stride, kv_begin + (jt + 1) * BC, T_);
+      load_tile_async<T, D, BC, NT>(sV + (buf ^ 1) * BC * D, vbase, kv_stride, kv_begin + (jt + 1) * BC, T_);
+      if constexpr (SEG) load_seg_async<BC, NT>(sSegK + (buf ^ 1) * BC, srow, kv_begin + (jt + 1) * BC, T_);
     }
     cp_async_commit();
     cp_async_wait<1>();
@@ -111,9 +171,18 @@ __global__ void __launch_bounds__(NW * 32)
           ldsm_x4(qf[r][kk],
                   smem_u32(sQ + swz<D>(warp * 16 * RW + r * 16 + (lane & 15), kk * 16 + (lane >> 4) * 8)));
     }
-    const int kv0 = jt * BC;
+    const int kv0 = kv_begin + jt * BC;
+    // SEG: whether the tile's keys and the warp's queries share documents at all (else the tile
+    // contributes nothing to the warp), and whether they all sit in one document (no id test).
+    const int32_t* seg_k = sSegK + buf * BC;
+    bool seg_skip = false, seg_mask = false;
+    if constexpr (SEG) {
+      const int32_t key_lo = seg_k[0], key_hi = seg_k[min(BC, T_ - kv0) - 1];
+      seg_skip = key_hi < warp_seg_lo || key_lo > warp_seg_hi || warp_row0 >= T_;
+      seg_mask = !(key_lo == key_hi && key_lo == warp_seg_lo && warp_seg_lo == warp_seg_hi);
+    }
     // Causal: a tile whose first key is after this warp's last query contributes nothing.
-    if (!(causal && kv0 > warp_row0 + 16 * RW - 1)) {
+    if (!(causal && kv0 > warp_row0 + 16 * RW - 1) && !seg_skip) {
       const T* Ks = sK + buf * BC * D;
       const T* Vs = sV + buf * BC * D;
       float s[RW][BC / 8][4];
@@ -135,7 +204,7 @@ __global__ void __launch_bounds__(NW * 32)
           }
         }
       }
-      const bool need_mask = (kv0 + BC > T_) || (causal && kv0 + BC - 1 > warp_row0);
+      const bool need_mask = (kv0 + BC > T_) || (causal && kv0 + BC - 1 > warp_row0) || seg_mask;
       if (need_mask) {
 #pragma unroll
         for (int r = 0; r < RW; ++r)
@@ -143,9 +212,10 @@ __global__ void __launch_bounds__(NW * 32)
           for (int nt = 0; nt < BC / 8; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-              const int col = kv0 + nt * 8 + (lane & 3) * 2 + (e & 1);
+              const int cl = nt * 8 + (lane & 3) * 2 + (e & 1), col = kv0 + cl;
               const int row = row_g + r * 16 + (e >> 1) * 8;
-              if (col >= T_ || (causal && col > row)) s[r][nt][e] = -INFINITY;
+              if (col >= T_ || (causal && col > row) || (SEG && seg_k[cl] != seg_q[r][e >> 1]))
+                s[r][nt][e] = -INFINITY;
             }
       }
       // Online softmax on raw scores: p = 2^(s*scale_log2 - m') with one FFMA + EX2 each.
@@ -256,12 +326,12 @@ __global__ void flash_bwd_preprocess_kernel(float* delta, float* dq_accum, const
   }
 }
 
-template <typename T, int D, int NW, int BR, int KW>
+template <typename T, int D, int NW, int BR, int KW, bool SEG>
 __global__ void __launch_bounds__(NW * 32)
     flash_bwd_kernel(T* __restrict__ dk, T* __restrict__ dv, float* __restrict__ dq_accum, const T* __restrict__ q,
                      const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ dout,
-                     const float* __restrict__ lse, const float* __restrict__ delta, int T_, int Hq, int Hkv,
-                     float scale_log2, float scale, bool causal) {
+                     const float* __restrict__ lse, const float* __restrict__ delta, const int32_t* __restrict__ seg,
+                     int T_, int Hq, int Hkv, float scale_log2, float scale, bool causal) {
   constexpr int BC = NW * 16 * KW, NT = NW * 32;  // KW key m-tiles (16 keys each) per warp
   constexpr int DS_STRIDE = BR + 8;  // padded rows of the dS^T tile: conflict-free ldmatrix
   // dQ tile (BR x D) split over the warps: WG_M row groups x WG_N column groups of 16-column blocks.
@@ -277,14 +347,23 @@ __global__ void __launch_bounds__(NW * 32)
   T* sdS = sdO + 2 * BR * D;  // [BC][DS_STRIDE]
   float* sL = reinterpret_cast<float*>(sdS + BC * DS_STRIDE);  // [2][BR]
   float* sDelta = sL + 2 * BR;                                   // [2][BR]
+  int32_t* sSegQ = reinterpret_cast<int32_t*>(sDelta + 2 * BR);  // [2][BR] (SEG only)
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int kb = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
   const int j0 = kb * BC;
   const int group = Hq / Hkv;
-  const int i_begin = causal ? j0 / BR : 0;
-  const int n_q = (T_ + BR - 1) / BR;
-  const int tiles_per_head = n_q - i_begin;
+  // Query rows [q_begin, q_end) that can see this block's keys.
+  int q_begin = causal ? j0 / BR * BR : 0, q_end = T_;
+  const int32_t* srow = SEG ? seg + static_cast<int64_t>(b) * T_ : nullptr;
+  if constexpr (SEG) {
+    // The documents of keys [j0, j_last]: queries from the first one's start (causal: from j0)
+    // to the last one's end.
+    const int j_last = min(j0 + BC, T_) - 1;
+    q_begin = causal ? j0 : seg_lower_bound(srow, 0, j0, srow[j0]);
+    q_end = seg_upper_bound(srow, j_last + 1, T_, srow[j_last]);
+  }
+  const int tiles_per_head = (q_end - q_begin + BR - 1) / BR;
   const int n_iters = group * tiles_per_head;
   const int64_t q_stride = static_cast<int64_t>(Hq) * D, kv_stride = static_cast<int64_t>(Hkv) * D;
   const T* kbase = k + static_cast<int64_t>(b) * T_ * kv_stride + static_cast<int64_t>(hk) * D;
@@ -292,7 +371,7 @@ __global__ void __launch_bounds__(NW * 32)
 
   auto issue_tile = [&](int it, int buf) {
     const int h = hk * group + it / tiles_per_head;
-    const int i0 = (i_begin + it % tiles_per_head) * BR;
+    const int i0 = q_begin + (it % tiles_per_head) * BR;
     const T* qb = q + static_cast<int64_t>(b) * T_ * q_stride + static_cast<int64_t>(h) * D;
     const T* dob = dout + static_cast<int64_t>(b) * T_ * q_stride + static_cast<int64_t>(h) * D;
     load_tile_async<T, D, BR, NT>(sQ + buf * BR * D, qb, q_stride, i0, T_);
@@ -304,6 +383,7 @@ __global__ void __launch_bounds__(NW * 32)
       cp_async4(smem_u32(sL + buf * BR + c), lrow + (valid ? i0 + c : 0), valid);
       cp_async4(smem_u32(sDelta + buf * BR + c), drow + (valid ? i0 + c : 0), valid);
     }
+    if constexpr (SEG) load_seg_async<BR, NT>(sSegQ + buf * BR, srow, i0, T_);
   };
 
   load_tile_async<T, D, BC, NT>(sK, kbase, kv_stride, j0, T_);
@@ -323,11 +403,22 @@ __global__ void __launch_bounds__(NW * 32)
   const int wrow0 = warp * 16 * KW;         // this warp's first key row in the block
   const int key_w = j0 + wrow0;             // ... as a sequence position
   const int key_g = key_w + (lane >> 2);    // this thread's keys: key_g + 16r (+ 8)
+  // SEG: ids of this thread's keys and the id range of the warp's keys (clamped to T-1; keys
+  // past T are masked anyway).
+  int32_t seg_key[KW][2] = {}, warp_seg_lo = 0, warp_seg_hi = 0;
+  if constexpr (SEG) {
+#pragma unroll
+    for (int r = 0; r < KW; ++r)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) seg_key[r][i] = srow[min(key_g + r * 16 + i * 8, T_ - 1)];
+    warp_seg_lo = srow[min(key_w, T_ - 1)];
+    warp_seg_hi = srow[min(key_w + 16 * KW, T_) - 1];
+  }
 
   for (int it = 0; it < n_iters; ++it) {
     const int buf = it & 1;
     const int h = hk * group + it / tiles_per_head;
-    const int i0 = (i_begin + it % tiles_per_head) * BR;
+    const int i0 = q_begin + (it % tiles_per_head) * BR;
     if (it + 1 < n_iters) issue_tile(it + 1, buf ^ 1);
     cp_async_commit();
     cp_async_wait<1>();
@@ -337,8 +428,17 @@ __global__ void __launch_bounds__(NW * 32)
     const float* Ls = sL + buf * BR;
     const float* Ds = sDelta + buf * BR;
 
+    const int32_t* Ss = sSegQ + buf * BR;
+    // SEG: skip when the tile's queries and the warp's keys share no document; test ids per
+    // element only when they are not all in one document.
+    bool seg_skip = false, seg_mask = false;
+    if constexpr (SEG) {
+      const int32_t q_lo = Ss[0], q_hi = Ss[min(BR, T_ - i0) - 1];
+      seg_skip = q_hi < warp_seg_lo || q_lo > warp_seg_hi || key_w >= T_;
+      seg_mask = !(q_lo == q_hi && q_lo == warp_seg_lo && warp_seg_lo == warp_seg_hi);
+    }
     // Causal: if every query of the tile precedes this warp's first key, P = 0 for the warp.
-    const bool active = !(causal && i0 + BR - 1 < key_w);
+    const bool active = !(causal && i0 + BR - 1 < key_w) && !seg_skip;
     if (active) {
       float s[KW][BR / 8][4], dp[KW][BR / 8][4];
 #pragma unroll
@@ -384,7 +484,8 @@ __global__ void __launch_bounds__(NW * 32)
             const int qi = i0 + ql;
             const int key = key_g + r * 16 + (e >> 1) * 8;
             float p = fast_exp2(fmaf(s[r][nt][e], scale_log2, -Ls[ql] * kLog2e));
-            if (qi >= T_ || key >= T_ || (causal && key > qi)) p = 0.f;
+            if (qi >= T_ || key >= T_ || (causal && key > qi) || (SEG && seg_mask && Ss[ql] != seg_key[r][e >> 1]))
+              p = 0.f;
             s[r][nt][e] = p;
             dp[r][nt][e] = p * (dp[r][nt][e] - Ds[ql]);
           }
@@ -514,43 +615,69 @@ __global__ void dq_convert_kernel(T* dq, const float* dq_accum, int64_t n, float
   }
 }
 
-template <typename E, int D, int NW, int RW>
-void run_fwd(void* out, float* lse, const void* q, const void* k, const void* v, int64_t B, int64_t T, int64_t Hq,
-             int64_t Hkv, float scale, bool causal, cudaStream_t stream) {
+template <typename E, int D, int NW, int RW, bool SEG>
+void run_fwd_impl(void* out, float* lse, const void* q, const void* k, const void* v, const int32_t* seg, int64_t B,
+                  int64_t T, int64_t Hq, int64_t Hkv, float scale, bool causal, cudaStream_t stream) {
   constexpr int BR = NW * 16 * RW, BC = 64;
-  static constexpr size_t smem = static_cast<size_t>(BR + 4 * BC) * D * sizeof(E);
+  static constexpr size_t smem =
+      static_cast<size_t>(BR + 4 * BC) * D * sizeof(E) + (SEG ? 2 * BC * sizeof(int32_t) : 0);
   static const bool configured = [] {
-    PRIMUS_CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_kernel<E, D, NW, RW>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           static_cast<int>(smem)));
-    return true;
-  }();
-  (void)configured;
-  const dim3 grid(static_cast<unsigned>(ceil_div(T, BR)), static_cast<unsigned>(Hq), static_cast<unsigned>(B));
-  flash_fwd_kernel<E, D, NW, RW><<<grid, NW * 32, smem, stream>>>(
-      static_cast<E*>(out), lse, static_cast<const E*>(q), static_cast<const E*>(k), static_cast<const E*>(v),
-      static_cast<int>(T), static_cast<int>(Hq), static_cast<int>(Hkv), scale * kLog2e, causal);
-  PRIMUS_CUDA_LAUNCH_CHECK();
-}
-
-template <typename E, int D, int NW, int BR, int KW = 1>
-void run_bwd(void* dk, void* dv, float* dq_accum, const void* q, const void* k, const void* v, const void* dout,
-             const float* lse, const float* delta, int64_t B, int64_t T, int64_t Hq, int64_t Hkv, float scale,
-             bool causal, cudaStream_t stream) {
-  constexpr int BC = NW * 16 * KW;
-  static constexpr size_t smem = static_cast<size_t>(2 * BC * D + 4 * BR * D + BC * (BR + 8)) * sizeof(E) +
-                          static_cast<size_t>(4 * BR) * sizeof(float);
-  static const bool configured = [] {
-    PRIMUS_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_kernel<E, D, NW, BR, KW>,
+    PRIMUS_CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_kernel<E, D, NW, RW, SEG>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     return true;
   }();
   (void)configured;
-  const dim3 grid(static_cast<unsigned>(ceil_div(T, BC)), static_cast<unsigned>(Hkv), static_cast<unsigned>(B));
-  flash_bwd_kernel<E, D, NW, BR, KW><<<grid, NW * 32, smem, stream>>>(
-      static_cast<E*>(dk), static_cast<E*>(dv), dq_accum, static_cast<const E*>(q), static_cast<const E*>(k),
-      static_cast<const E*>(v), static_cast<const E*>(dout), lse, delta, static_cast<int>(T), static_cast<int>(Hq),
-      static_cast<int>(Hkv), scale * kLog2e, scale, causal);
+  const dim3 grid(static_cast<unsigned>(ceil_div(T, BR)), static_cast<unsigned>(Hq), static_cast<unsigned>(B));
+  flash_fwd_kernel<E, D, NW, RW, SEG><<<grid, NW * 32, smem, stream>>>(
+      static_cast<E*>(out), lse, static_cast<const E*>(q), static_cast<const E*>(k), static_cast<const E*>(v), seg,
+      static_cast<int>(T), static_cast<int>(Hq), static_cast<int>(Hkv), scale * kLog2e, causal);
   PRIMUS_CUDA_LAUNCH_CHECK();
+}
+
+template <typename E, int D, int NW, int RW>
+void run_fwd(void* out, float* lse, const void* q, const void* k, const void* v, const int32_t* seg, int64_t B,
+             int64_t T, int64_t Hq, int64_t Hkv, float scale, bool causal, cudaStream_t stream) {
+  if (seg) run_fwd_impl<E, D, NW, RW, true>(out, lse, q, k, v, seg, B, T, Hq, Hkv, scale, causal, stream);
+  else run_fwd_impl<E, D, NW, RW, false>(out, lse, q, k, v, nullptr, B, T, Hq, Hkv, scale, causal, stream);
+}
+
+// The backward's arguments besides the tiling (one struct: the dispatch below stays readable).
+struct BwdArgs {
+  void *dk, *dv;
+  float* dq_accum;
+  const void *q, *k, *v, *dout;
+  const float *lse, *delta;
+  const int32_t* seg;
+  int64_t B, T, Hq, Hkv;
+  float scale;
+  bool causal;
+  cudaStream_t stream;
+};
+
+template <typename E, int D, int NW, int BR, int KW, bool SEG>
+void run_bwd_impl(const BwdArgs& a) {
+  constexpr int BC = NW * 16 * KW;
+  static constexpr size_t smem = static_cast<size_t>(2 * BC * D + 4 * BR * D + BC * (BR + 8)) * sizeof(E) +
+                                 static_cast<size_t>(4 * BR) * sizeof(float) +
+                                 (SEG ? static_cast<size_t>(2 * BR) * sizeof(int32_t) : 0);
+  static const bool configured = [] {
+    PRIMUS_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_kernel<E, D, NW, BR, KW, SEG>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    return true;
+  }();
+  (void)configured;
+  const dim3 grid(static_cast<unsigned>(ceil_div(a.T, BC)), static_cast<unsigned>(a.Hkv), static_cast<unsigned>(a.B));
+  flash_bwd_kernel<E, D, NW, BR, KW, SEG><<<grid, NW * 32, smem, a.stream>>>(
+      static_cast<E*>(a.dk), static_cast<E*>(a.dv), a.dq_accum, static_cast<const E*>(a.q),
+      static_cast<const E*>(a.k), static_cast<const E*>(a.v), static_cast<const E*>(a.dout), a.lse, a.delta, a.seg,
+      static_cast<int>(a.T), static_cast<int>(a.Hq), static_cast<int>(a.Hkv), a.scale * kLog2e, a.scale, a.causal);
+  PRIMUS_CUDA_LAUNCH_CHECK();
+}
+
+template <typename E, int D, int NW, int BR, int KW = 1>
+void run_bwd(const BwdArgs& a) {
+  if (a.seg) run_bwd_impl<E, D, NW, BR, KW, true>(a);
+  else run_bwd_impl<E, D, NW, BR, KW, false>(a);
 }
 
 size_t align256(size_t b) { return (b + 255) / 256 * 256; }
@@ -587,7 +714,7 @@ bool flash_attention_supported(DType dt, int64_t d_qk, int64_t d_v) {
 
 void launch_flash_attention_forward(void* out, float* lse, const void* q, const void* k, const void* v, DType dt,
                                     int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, float scale, bool causal,
-                                    cudaStream_t stream, FlashConfig cfg) {
+                                    cudaStream_t stream, FlashConfig cfg, const int32_t* segments) {
   PRIMUS_CHECK(flash_attention_supported(dt, D, D), "flash attention: dtype {} head dim {} not supported",
                dtype_name(dt), D);
   PRIMUS_CHECK(Hkv > 0 && Hq % Hkv == 0, "flash attention: {} query heads not a multiple of {} kv heads", Hq, Hkv);
@@ -595,12 +722,12 @@ void launch_flash_attention_forward(void* out, float* lse, const void* q, const 
   auto go = [&](auto tag) {
     using E = decltype(tag);
     if (D == 64) {
-      if (cfg.fwd_rows == 32) run_fwd<E, 64, 4, 2>(out, lse, q, k, v, B, T, Hq, Hkv, scale, causal, stream);
-      else if (cfg.fwd_warps == 8) run_fwd<E, 64, 8, 1>(out, lse, q, k, v, B, T, Hq, Hkv, scale, causal, stream);
-      else run_fwd<E, 64, 4, 1>(out, lse, q, k, v, B, T, Hq, Hkv, scale, causal, stream);
+      if (cfg.fwd_rows == 32) run_fwd<E, 64, 4, 2>(out, lse, q, k, v, segments, B, T, Hq, Hkv, scale, causal, stream);
+      else if (cfg.fwd_warps == 8) run_fwd<E, 64, 8, 1>(out, lse, q, k, v, segments, B, T, Hq, Hkv, scale, causal, stream);
+      else run_fwd<E, 64, 4, 1>(out, lse, q, k, v, segments, B, T, Hq, Hkv, scale, causal, stream);
     } else {
-      if (cfg.fwd_warps == 8) run_fwd<E, 128, 8, 1>(out, lse, q, k, v, B, T, Hq, Hkv, scale, causal, stream);
-      else run_fwd<E, 128, 4, 1>(out, lse, q, k, v, B, T, Hq, Hkv, scale, causal, stream);
+      if (cfg.fwd_warps == 8) run_fwd<E, 128, 8, 1>(out, lse, q, k, v, segments, B, T, Hq, Hkv, scale, causal, stream);
+      else run_fwd<E, 128, 4, 1>(out, lse, q, k, v, segments, B, T, Hq, Hkv, scale, causal, stream);
     }
   };
   if (dt == DType::BF16) go(__nv_bfloat16{});
@@ -615,7 +742,8 @@ size_t flash_attention_backward_workspace_bytes(int64_t B, int64_t T, int64_t Hq
 void launch_flash_attention_backward(void* dq, void* dk, void* dv, const void* dout, const void* q, const void* k,
                                      const void* v, const void* out, const float* lse, DType dt, int64_t B, int64_t T,
                                      int64_t Hq, int64_t Hkv, int64_t D, float scale, bool causal, void* workspace,
-                                     size_t workspace_bytes, cudaStream_t stream, FlashConfig cfg) {
+                                     size_t workspace_bytes, cudaStream_t stream, FlashConfig cfg,
+                                     const int32_t* segments) {
   PRIMUS_CHECK(flash_attention_supported(dt, D, D), "flash attention backward: dtype {} head dim {} not supported",
                dtype_name(dt), D);
   PRIMUS_CHECK(workspace_bytes >= flash_attention_backward_workspace_bytes(B, T, Hq, D),
@@ -633,20 +761,21 @@ void launch_flash_attention_backward(void* dq, void* dk, void* dv, const void* d
         static_cast<int>(Hq), static_cast<int>(D));
     PRIMUS_CUDA_LAUNCH_CHECK();
     // Key tile = bwd_keys * bwd_warps rows, query tile = bwd_rows rows.
+    const BwdArgs a{dk, dv, dq_accum, q, k, v, dout, lse, delta, segments, B, T, Hq, Hkv, scale, causal, stream};
     const bool w8 = cfg.bwd_warps == 8, r32 = cfg.bwd_rows == 32;
     if (D == 64 && cfg.bwd_keys == 32) {  // 32 keys per warp: query tiles of 32 rows only (registers)
-      if (w8) run_bwd<E, 64, 8, 32, 2>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
-      else run_bwd<E, 64, 4, 32, 2>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
+      if (w8) run_bwd<E, 64, 8, 32, 2>(a);
+      else run_bwd<E, 64, 4, 32, 2>(a);
     } else if (D == 64) {
-      if (w8 && r32) run_bwd<E, 64, 8, 32>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
-      else if (w8) run_bwd<E, 64, 8, 64>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
-      else if (r32) run_bwd<E, 64, 4, 32>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
-      else run_bwd<E, 64, 4, 64>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
+      if (w8 && r32) run_bwd<E, 64, 8, 32>(a);
+      else if (w8) run_bwd<E, 64, 8, 64>(a);
+      else if (r32) run_bwd<E, 64, 4, 32>(a);
+      else run_bwd<E, 64, 4, 64>(a);
     } else {
-      if (w8 && r32) run_bwd<E, 128, 8, 32>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
-      else if (w8) run_bwd<E, 128, 8, 64>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
-      else if (r32) run_bwd<E, 128, 4, 32>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
-      else run_bwd<E, 128, 4, 64>(dk, dv, dq_accum, q, k, v, dout, lse, delta, B, T, Hq, Hkv, scale, causal, stream);
+      if (w8 && r32) run_bwd<E, 128, 8, 32>(a);
+      else if (w8) run_bwd<E, 128, 8, 64>(a);
+      else if (r32) run_bwd<E, 128, 4, 32>(a);
+      else run_bwd<E, 128, 4, 64>(a);
     }
     const int64_t n = rows * D;
     dq_convert_kernel<E><<<grid_for(n / 4, 256), 256, 0, stream>>>(static_cast<E*>(dq), dq_accum, n, scale);

@@ -4,6 +4,7 @@
 //   forward:  o[u] = x[u] c - x[u+R/2] s,  o[u+R/2] = x[u+R/2] c + x[u] s
 //   inverse:  the same with s -> -s (rotation matrices are orthogonal: R^T = R(-theta)).
 // Each thread reads both elements of its pair before writing, so out may alias the input.
+// Table rows: token row n uses row n % P (the kernels' P argument, rope.h).
 #include "ops/cuda/rope.h"
 
 #include <initializer_list>
@@ -58,13 +59,13 @@ __host__ __device__ constexpr int64_t units_per_head(int64_t D, int64_t R) {
 }
 
 template <typename T, int VEC>
-__global__ void rope_kernel(T* out, const T* x, const float* cos, const float* sin, int64_t rows, int64_t T_,
+__global__ void rope_kernel(T* out, const T* x, const float* cos, const float* sin, int64_t rows, int64_t P,
                             int64_t H, int64_t D, int64_t R, float sign) {
   const int64_t units = units_per_head<VEC>(D, R);
   const int64_t total = rows * H * units;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t u = i % units, rh = i / units;  // rh = row*H + h
-    const int64_t t = (rh / H) % T_;
+    const int64_t t = (rh / H) % P;
     rope_unit<T, VEC>(out + rh * D, x + rh * D, u, cos + t * (R / 2), sin + t * (R / 2), R, sign, true);
   }
 }
@@ -72,14 +73,14 @@ __global__ void rope_kernel(T* out, const T* x, const float* cos, const float* s
 // forward = true: src = qkv rows, dst = q/k/v; forward = false: src = dq/dk/dv, dst = dqkv.
 template <typename T, int VEC, bool kForward>
 __global__ void qkv_rope_kernel(T* qkv, T* q, T* k, T* v, const float* cos, const float* sin, int64_t rows,
-                                int64_t T_, int64_t Hq, int64_t Hkv, int64_t D, int64_t R) {
+                                int64_t P, int64_t Hq, int64_t Hkv, int64_t D, int64_t R) {
   const int64_t units = units_per_head<VEC>(D, R);
   const int64_t heads = Hq + 2 * Hkv;
   const int64_t total = rows * heads * units;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t u = i % units, rh = i / units;
     const int64_t row = rh / heads, hh = rh % heads;
-    const int64_t t = row % T_;
+    const int64_t t = row % P;
     T* packed = qkv + rh * D;
     T* split;
     bool rotate = true;
@@ -113,15 +114,15 @@ bool use_vec8(int64_t D, int64_t R, std::initializer_list<const void*> ptrs) {
 }  // namespace
 
 void launch_rope(void* out, const void* x, DType dt, const float* cos, const float* sin, int64_t B, int64_t T,
-                 int64_t H, int64_t D, int64_t R, bool inverse, cudaStream_t stream) {
+                 int64_t H, int64_t D, int64_t R, int64_t P, bool inverse, cudaStream_t stream) {
   if (B * T * H * D == 0) return;
   PRIMUS_DISPATCH_FLOAT(dt, E, {
     if (use_vec8<E>(D, R, {out, x, cos, sin})) {
       rope_kernel<E, 8><<<grid_for(B * T * H * units_per_head<8>(D, R), kThreads), kThreads, 0, stream>>>(
-          static_cast<E*>(out), static_cast<const E*>(x), cos, sin, B * T, T, H, D, R, inverse ? -1.f : 1.f);
+          static_cast<E*>(out), static_cast<const E*>(x), cos, sin, B * T, P, H, D, R, inverse ? -1.f : 1.f);
     } else {
       rope_kernel<E, 1><<<grid_for(B * T * H * units_per_head<1>(D, R), kThreads), kThreads, 0, stream>>>(
-          static_cast<E*>(out), static_cast<const E*>(x), cos, sin, B * T, T, H, D, R, inverse ? -1.f : 1.f);
+          static_cast<E*>(out), static_cast<const E*>(x), cos, sin, B * T, P, H, D, R, inverse ? -1.f : 1.f);
     }
   });
   PRIMUS_CUDA_LAUNCH_CHECK();
@@ -129,17 +130,17 @@ void launch_rope(void* out, const void* x, DType dt, const float* cos, const flo
 
 void launch_qkv_split_rope_forward(void* q, void* k, void* v, const void* qkv, DType dt, const float* cos,
                                    const float* sin, int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D,
-                                   int64_t R, cudaStream_t stream) {
+                                   int64_t R, int64_t P, cudaStream_t stream) {
   const int64_t heads = B * T * (Hq + 2 * Hkv);
   if (heads * D == 0) return;
   PRIMUS_DISPATCH_FLOAT(dt, E, {
     E* packed = const_cast<E*>(static_cast<const E*>(qkv));
     if (use_vec8<E>(D, R, {qkv, q, k, v, cos, sin})) {
       qkv_rope_kernel<E, 8, true><<<grid_for(heads * units_per_head<8>(D, R), kThreads), kThreads, 0, stream>>>(
-          packed, static_cast<E*>(q), static_cast<E*>(k), static_cast<E*>(v), cos, sin, B * T, T, Hq, Hkv, D, R);
+          packed, static_cast<E*>(q), static_cast<E*>(k), static_cast<E*>(v), cos, sin, B * T, P, Hq, Hkv, D, R);
     } else {
       qkv_rope_kernel<E, 1, true><<<grid_for(heads * units_per_head<1>(D, R), kThreads), kThreads, 0, stream>>>(
-          packed, static_cast<E*>(q), static_cast<E*>(k), static_cast<E*>(v), cos, sin, B * T, T, Hq, Hkv, D, R);
+          packed, static_cast<E*>(q), static_cast<E*>(k), static_cast<E*>(v), cos, sin, B * T, P, Hq, Hkv, D, R);
     }
   });
   PRIMUS_CUDA_LAUNCH_CHECK();
@@ -147,7 +148,7 @@ void launch_qkv_split_rope_forward(void* q, void* k, void* v, const void* qkv, D
 
 void launch_qkv_split_rope_backward(void* dqkv, const void* dq, const void* dk, const void* dv, DType dt,
                                     const float* cos, const float* sin, int64_t B, int64_t T, int64_t Hq,
-                                    int64_t Hkv, int64_t D, int64_t R, cudaStream_t stream) {
+                                    int64_t Hkv, int64_t D, int64_t R, int64_t P, cudaStream_t stream) {
   const int64_t heads = B * T * (Hq + 2 * Hkv);
   if (heads * D == 0) return;
   PRIMUS_DISPATCH_FLOAT(dt, E, {
@@ -156,10 +157,10 @@ void launch_qkv_split_rope_backward(void* dqkv, const void* dq, const void* dk, 
     E* v = const_cast<E*>(static_cast<const E*>(dv));
     if (use_vec8<E>(D, R, {dqkv, dq, dk, dv, cos, sin})) {
       qkv_rope_kernel<E, 8, false><<<grid_for(heads * units_per_head<8>(D, R), kThreads), kThreads, 0, stream>>>(
-          static_cast<E*>(dqkv), q, k, v, cos, sin, B * T, T, Hq, Hkv, D, R);
+          static_cast<E*>(dqkv), q, k, v, cos, sin, B * T, P, Hq, Hkv, D, R);
     } else {
       qkv_rope_kernel<E, 1, false><<<grid_for(heads * units_per_head<1>(D, R), kThreads), kThreads, 0, stream>>>(
-          static_cast<E*>(dqkv), q, k, v, cos, sin, B * T, T, Hq, Hkv, D, R);
+          static_cast<E*>(dqkv), q, k, v, cos, sin, B * T, P, Hq, Hkv, D, R);
     }
   });
   PRIMUS_CUDA_LAUNCH_CHECK();
@@ -181,14 +182,14 @@ __device__ __forceinline__ float rope_elem(const T* src, int64_t i, int64_t half
 // Per (row, head): 2*Dq + Dv outputs: q (Dq), k (Dq), v (Dv).
 template <typename T>
 __global__ void mla_forward_kernel(T* q, T* k, T* v, const T* q_proj, const T* kv_up, const T* kv_down,
-                                   const float* cos, const float* sin, int64_t rows, int64_t T_, int64_t H,
+                                   const float* cos, const float* sin, int64_t rows, int64_t P, int64_t H,
                                    int64_t Dn, int64_t Dr, int64_t Dv, int64_t Wd) {
   const int64_t Dq = Dn + Dr, per = 2 * Dq + Dv, half = Dr / 2, L = Wd - Dr;
   const int64_t total = rows * H * per;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t e = i % per, rh = i / per, row = rh / H;
-    const float* c = cos + (row % T_) * half;
-    const float* s = sin + (row % T_) * half;
+    const float* c = cos + (row % P) * half;
+    const float* s = sin + (row % P) * half;
     if (e < Dq) {
       const T* src = q_proj + rh * Dq;
       q[rh * Dq + e] = e < Dn ? src[e] : from_f32<T>(rope_elem(src + Dn, e - Dn, half, c, s, 1.f));
@@ -206,14 +207,14 @@ __global__ void mla_forward_kernel(T* q, T* k, T* v, const T* q_proj, const T* k
 // Per row: H*(Dq + Dn + Dv) outputs (dq_proj, dkv_up) then Dr (dk_pe, summed over heads in fp32).
 template <typename T>
 __global__ void mla_backward_kernel(T* dq_proj, T* dkv_up, T* dk_pe, const T* dq, const T* dk, const T* dv,
-                                    const float* cos, const float* sin, int64_t rows, int64_t T_, int64_t H,
+                                    const float* cos, const float* sin, int64_t rows, int64_t P, int64_t H,
                                     int64_t Dn, int64_t Dr, int64_t Dv) {
   const int64_t Dq = Dn + Dr, per_head = Dq + Dn + Dv, per = H * per_head + Dr, half = Dr / 2;
   const int64_t total = rows * per;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t row = i / per, e = i % per;
-    const float* c = cos + (row % T_) * half;
-    const float* s = sin + (row % T_) * half;
+    const float* c = cos + (row % P) * half;
+    const float* s = sin + (row % P) * half;
     if (e < H * per_head) {
       const int64_t h = e / per_head, j = e % per_head, rh = row * H + h;
       if (j < Dq) {
@@ -235,28 +236,53 @@ __global__ void mla_backward_kernel(T* dq_proj, T* dkv_up, T* dk_pe, const T* dq
 }  // namespace
 
 void launch_mla_qkv_rope_forward(void* q, void* k, void* v, const void* q_proj, const void* kv_up, const void* kv_down,
-                                 DType dt, const float* cos, const float* sin, int64_t rows, int64_t T, int64_t H,
+                                 DType dt, const float* cos, const float* sin, int64_t rows, int64_t P, int64_t H,
                                  int64_t Dn, int64_t Dr, int64_t Dv, int64_t Wd, cudaStream_t stream) {
   const int64_t total = rows * H * (2 * (Dn + Dr) + Dv);
   if (total == 0) return;
   PRIMUS_DISPATCH_FLOAT(dt, E, {
     mla_forward_kernel<E><<<grid_for(total, kThreads), kThreads, 0, stream>>>(
         static_cast<E*>(q), static_cast<E*>(k), static_cast<E*>(v), static_cast<const E*>(q_proj),
-        static_cast<const E*>(kv_up), static_cast<const E*>(kv_down), cos, sin, rows, T, H, Dn, Dr, Dv, Wd);
+        static_cast<const E*>(kv_up), static_cast<const E*>(kv_down), cos, sin, rows, P, H, Dn, Dr, Dv, Wd);
   });
   PRIMUS_CUDA_LAUNCH_CHECK();
 }
 
 void launch_mla_qkv_rope_backward(void* dq_proj, void* dkv_up, void* dk_pe, const void* dq, const void* dk,
                                   const void* dv, DType dt, const float* cos, const float* sin, int64_t rows,
-                                  int64_t T, int64_t H, int64_t Dn, int64_t Dr, int64_t Dv, cudaStream_t stream) {
+                                  int64_t P, int64_t H, int64_t Dn, int64_t Dr, int64_t Dv, cudaStream_t stream) {
   const int64_t total = rows * (H * (2 * Dn + Dr + Dv) + Dr);
   if (total == 0) return;
   PRIMUS_DISPATCH_FLOAT(dt, E, {
     mla_backward_kernel<E><<<grid_for(total, kThreads), kThreads, 0, stream>>>(
         static_cast<E*>(dq_proj), static_cast<E*>(dkv_up), static_cast<E*>(dk_pe), static_cast<const E*>(dq),
-        static_cast<const E*>(dk), static_cast<const E*>(dv), cos, sin, rows, T, H, Dn, Dr, Dv);
+        static_cast<const E*>(dk), static_cast<const E*>(dv), cos, sin, rows, P, H, Dn, Dr, Dv);
   });
+  PRIMUS_CUDA_LAUNCH_CHECK();
+}
+
+// ---- per-token tables ---------------------------------------------------------------------
+namespace {
+
+__global__ void rope_gather_kernel(float* cos_out, float* sin_out, const float* cos_table, const float* sin_table,
+                                   const int32_t* positions, int64_t N, int64_t P, int64_t half) {
+  const int64_t total = N * half;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t n = i / half, c = i % half;
+    const int64_t p = positions[n];
+    const bool ok = p >= 0 && p < P;
+    cos_out[i] = ok ? cos_table[p * half + c] : __int_as_float(0x7fc00000);
+    sin_out[i] = ok ? sin_table[p * half + c] : __int_as_float(0x7fc00000);
+  }
+}
+
+}  // namespace
+
+void launch_rope_gather_tables(float* cos_out, float* sin_out, const float* cos_table, const float* sin_table,
+                               const int32_t* positions, int64_t N, int64_t P, int64_t half, cudaStream_t stream) {
+  if (N * half == 0) return;
+  rope_gather_kernel<<<grid_for(N * half, kThreads), kThreads, 0, stream>>>(cos_out, sin_out, cos_table, sin_table,
+                                                                           positions, N, P, half);
   PRIMUS_CUDA_LAUNCH_CHECK();
 }
 
