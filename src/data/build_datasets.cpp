@@ -39,6 +39,8 @@ GptDatasetOptions options_for(const DataConfig& c, int64_t samples, int split) {
   o.eod = static_cast<int32_t>(c.eod_token);
   o.pad = static_cast<int32_t>(c.pad_token);
   o.eod_mask_loss = c.eod_mask_loss;
+  o.reset_position_ids = c.reset_position_ids;
+  o.reset_attention_mask = c.reset_attention_mask;
   return o;
 }
 

@@ -218,6 +218,18 @@ void GptDataset::example(int64_t i, ExampleView out) const {
     if (opt_.pad >= 0 && text[k + 1] == opt_.pad) m = 0.0f;
     out.loss_mask[k] = m;
   }
+  if (out.positions == nullptr) return;
+  // The end-of-document token belongs to the document it ends; the next token starts the next.
+  int32_t segment = 0, position = 0;
+  for (int64_t k = 0; k < t; ++k) {
+    out.positions[k] = opt_.reset_position_ids ? position : static_cast<int32_t>(k);
+    out.segments[k] = opt_.reset_attention_mask ? segment : 0;
+    ++position;
+    if (text[k] == opt_.eod) {
+      ++segment;
+      position = 0;
+    }
+  }
 }
 
 // ---- blending -------------------------------------------------------------------------
@@ -235,7 +247,10 @@ BlendedDataset::BlendedDataset(std::vector<std::shared_ptr<const Dataset>> datas
   PRIMUS_CHECK(sum > 0, "blend weights sum to 0");
   for (double& w : weights) w /= sum;
   for (const auto& d : datasets_)
-    PRIMUS_CHECK(d->seq_length() == datasets_[0]->seq_length(), "blended datasets have different seq_length");
+    PRIMUS_CHECK(d->seq_length() == datasets_[0]->seq_length() && d->rows_per_sample() == datasets_[0]->rows_per_sample() &&
+                     d->packs() == datasets_[0]->packs(),
+                 "blended datasets differ in seq_length, rows per sample or packing ({} and {})", d->name(),
+                 datasets_[0]->name());
   // Megatron's build_blending_indices: pick the dataset with the largest deficit.
   dataset_index_.resize(static_cast<size_t>(size));
   dataset_sample_index_.resize(static_cast<size_t>(size));
@@ -286,20 +301,38 @@ BatchLoader::BatchLoader(const Dataset& dataset, int64_t micro_batch, int dp_ran
   PRIMUS_CHECK(dataset.size() > 0, "dataset {} is empty", dataset.name());
 }
 
-Batch BatchLoader::next() {
-  const int64_t t = dataset_.seq_length();
+Batch make_batch(const Dataset& dataset, const std::vector<int64_t>& samples) {
+  const int64_t t = dataset.seq_length(), mb = static_cast<int64_t>(samples.size());
+  const int64_t rows = dataset.rows_per_sample() * mb;
+  const bool packs = dataset.packs();
   Batch b;
-  b.tokens = Tensor::empty({micro_batch_, t}, DType::I32);
-  b.labels = Tensor::empty({micro_batch_, t}, DType::I32);
-  b.loss_mask = Tensor::empty({micro_batch_, t}, DType::F32);
-  const int64_t start = consumed_ + static_cast<int64_t>(dp_rank_) * micro_batch_;
-  for (int64_t r = 0; r < micro_batch_; ++r) {
-    const int64_t idx = (start + r) % dataset_.size();
-    dataset_.example(idx, {b.tokens.data<int32_t>() + r * t, b.labels.data<int32_t>() + r * t,
-                           b.loss_mask.data<float>() + r * t});
+  b.tokens = Tensor::empty({rows, t}, DType::I32);
+  b.labels = Tensor::empty({rows, t}, DType::I32);
+  b.loss_mask = Tensor::empty({rows, t}, DType::F32);
+  if (packs) {
+    b.positions = Tensor::empty({rows, t}, DType::I32);
+    b.segments = Tensor::empty({rows, t}, DType::I32);
   }
-  consumed_ += micro_batch_ * dp_size_;
+  for (int64_t r = 0; r < mb; ++r) {
+    ExampleView v{b.tokens.data<int32_t>() + r * t, b.labels.data<int32_t>() + r * t,
+                  b.loss_mask.data<float>() + r * t};
+    if (packs) {
+      v.positions = b.positions.data<int32_t>() + r * t;
+      v.segments = b.segments.data<int32_t>() + r * t;
+    }
+    v.row_stride = mb * t;
+    dataset.example(samples[static_cast<size_t>(r)], v);
+  }
+  b.samples = samples;
   return b;
+}
+
+Batch BatchLoader::next() {
+  const int64_t start = consumed_ + static_cast<int64_t>(dp_rank_) * micro_batch_;
+  std::vector<int64_t> samples(static_cast<size_t>(micro_batch_));
+  for (int64_t r = 0; r < micro_batch_; ++r) samples[static_cast<size_t>(r)] = (start + r) % dataset_.size();
+  consumed_ += micro_batch_ * dp_size_;
+  return make_batch(dataset_, samples);
 }
 
 }  // namespace primus::data

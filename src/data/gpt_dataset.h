@@ -23,11 +23,16 @@
 
 namespace primus::data {
 
-// One training example: tokens (T), labels (T), loss mask (T) with T = seq_length.
+// One training example: tokens (T), labels (T), loss mask (T) with T = seq_length, for each
+// of the dataset's rows_per_sample() rows: row r starts at x + r * row_stride. positions and
+// segments (T per row) are null unless the dataset packs (Dataset::packs()).
 struct ExampleView {
   int32_t* tokens;
   int32_t* labels;
   float* loss_mask;
+  int32_t* positions = nullptr;
+  int32_t* segments = nullptr;
+  int64_t row_stride = 0;  // elements between a sample's rows (rows_per_sample() > 1)
 };
 
 class Dataset {
@@ -47,6 +52,10 @@ class Dataset {
   // pad token; else 1.
   virtual void example(int64_t i, ExampleView out) const = 0;
   virtual std::string name() const = 0;
+  // Rows one sample fills (2 for a preference pair: chosen, then rejected).
+  virtual int64_t rows_per_sample() const { return 1; }
+  // True when examples hold several documents per row (positions and segments are filled).
+  virtual bool packs() const { return false; }
 };
 
 struct GptDatasetOptions {
@@ -58,6 +67,7 @@ struct GptDatasetOptions {
   int32_t eod = 0;
   int32_t pad = -1;
   bool eod_mask_loss = false;
+  bool reset_position_ids = false, reset_attention_mask = false;  // DataConfig's
 };
 
 class GptDataset final : public Dataset {
@@ -70,6 +80,7 @@ class GptDataset final : public Dataset {
   using Dataset::sample;
   void example(int64_t i, ExampleView out) const override;
   std::string name() const override;
+  bool packs() const override { return opt_.reset_position_ids || opt_.reset_attention_mask; }
 
   // The indices (for tests and the numpy reference).
   const std::vector<int32_t>& document_index() const { return document_index_; }
@@ -102,6 +113,8 @@ class BlendedDataset final : public Dataset {
   using Dataset::sample;
   void example(int64_t i, ExampleView out) const override;
   std::string name() const override;
+  int64_t rows_per_sample() const override { return datasets_[0]->rows_per_sample(); }
+  bool packs() const override { return datasets_[0]->packs(); }
   const std::vector<int16_t>& dataset_index() const { return dataset_index_; }
   const std::vector<int64_t>& dataset_sample_index() const { return dataset_sample_index_; }
 
@@ -131,10 +144,14 @@ std::vector<int64_t> split_boundaries(const std::vector<double>& weights, int64_
 void parse_blend(const std::vector<std::string>& spec, std::vector<std::string>& prefixes,
                  std::vector<double>& weights);
 
-// Deterministic sampler: call k returns samples [c + r*B, c + (r+1)*B) of the dataset,
+// Deterministic sampler (rows_per_sample R: a batch of R * micro_batch rows, row r of the
+// micro-batch's j-th sample at batch row r * micro_batch + j): call k returns samples [c + r*B, c + (r+1)*B) of the dataset,
 // where c = consumed_samples + k*B*dp_size, r = dp_rank, B = micro_batch (Megatron's
 // MegatronPretrainingSampler); indices past the end wrap around. Resume by passing the
 // consumed_samples of the checkpoint.
+// The micro-batch of the given samples of `dataset` (BatchLoader's layout).
+Batch make_batch(const Dataset& dataset, const std::vector<int64_t>& samples);
+
 class BatchLoader {
  public:
   BatchLoader(const Dataset& dataset, int64_t micro_batch, int dp_rank, int dp_size, int64_t consumed_samples);
