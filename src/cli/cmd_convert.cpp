@@ -112,6 +112,9 @@ int primus_to_hf(int argc, char** argv) {
   app.add_option("--bos-token-id", bos, "bos_token_id for config.json (default: from the tokenizer)");
   app.add_option("--eos-token-id", eos, "eos_token_id for config.json (default: from the tokenizer)");
   app.add_flag("--force", o.force, "replace a non-empty --output");
+  app.add_option("--peft-adapter", o.peft_adapter,
+                 "LoRA checkpoints: also write the adapters alone in PEFT's layout (adapter_model.safetensors + "
+                 "adapter_config.json) into this directory; --output gets the merged weights");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   if (o.load.empty() || o.output.empty()) {
     fmt::print(stderr, "primus convert primus-to-hf: --load and --output are required\n"
@@ -135,6 +138,11 @@ int primus_to_hf(int argc, char** argv) {
              r.bos_eos_source);
   fmt::print("wrote {}: {} ({:.1f} MB of {} weights)\n", r.output, fmt::join(r.files, ", "), r.weight_bytes / 1e6,
              dtype);
+  if (r.lora_merged > 0)
+    fmt::print("LoRA: {} weights exported with their adapters merged (W + lora_alpha / lora_dim B A)\n",
+               r.lora_merged);
+  if (!r.peft_files.empty())
+    fmt::print("wrote {}: {} (the adapters alone, PEFT layout)\n", o.peft_adapter, fmt::join(r.peft_files, ", "));
   return 0;
 }
 

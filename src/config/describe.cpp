@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/strings.h"
+#include "model/decoder_spec.h"
 
 namespace primus::config {
 
@@ -135,6 +136,19 @@ ParallelLayout parallel_layout(const Config& cfg) {
   return l;
 }
 
+// Elements of the LoRA adapters peft: lora adds to the model (decoder_spec's with_lora).
+int64_t lora_adapter_count(const ModelConfig& m, const Config& cfg) {
+  LoraSpec lora;
+  lora.rank = cfg.i("lora_dim");
+  lora.alpha = cfg.f("lora_alpha");
+  if (cfg.has("lora_target_modules")) lora.targets = cfg.list("lora_target_modules");
+  int64_t n = 0;
+  for (const LayerSpec& layer : decoder_layers(m))
+    for (const ParamSpec& p : with_lora(m, layer_params(m, layer), lora))
+      if (p.role == ParamRole::Adapter) n += p.numel();
+  return n;
+}
+
 TrainingSetup training_setup(const Config& cfg) {
   TrainingSetup t;
   t.seq_length = cfg.i("seq_length");
@@ -149,6 +163,11 @@ TrainingSetup training_setup(const Config& cfg) {
     t.recompute = cfg.opt_s("recompute_method") == "block" ? Recompute::kFullBlock : Recompute::kFullUniform;
   t.recompute_num_layers = cfg.has("recompute_num_layers") ? cfg.i("recompute_num_layers") : 0;
   t.cross_entropy_fusion = cfg.b("cross_entropy_loss_fusion");
+  if (cfg.s("peft") == "lora") {
+    const ModelConfig m = model_config(cfg);
+    const int64_t adapters = lora_adapter_count(m, cfg);
+    t.trainable_fraction = static_cast<double>(adapters) / static_cast<double>(count_parameters(m).total + adapters);
+  }
   return t;
 }
 
@@ -182,6 +201,14 @@ std::string describe_model(const Config& cfg, double device_memory_gib) {
                      f.total(), format_count(c.matmul + c.mtp_matmul), m.num_layers + m.mtp_num_layers, seq,
                      m.num_attention_heads);
   const TrainingSetup t = training_setup(cfg);
+  if (cfg.s("peft") == "lora") {
+    const int64_t adapters = lora_adapter_count(m, cfg);
+    out += fmt::format("  LoRA adapters       {} ({}, {:.2f}% of the model: only they have gradients and optimizer "
+                       "states; rank {}, alpha {})\n",
+                       with_commas(adapters), format_count(adapters),
+                       100.0 * static_cast<double>(adapters) / static_cast<double>(c.total + adapters),
+                       cfg.i("lora_dim"), cfg.f("lora_alpha"));
+  }
   const double tokens_per_step = static_cast<double>(t.global_batch_size) * static_cast<double>(seq);
   out += fmt::format("  FLOPs per iteration {:.4g} (global_batch_size {} x seq_length {} tokens)\n",
                      f.total() * tokens_per_step, t.global_batch_size, seq);

@@ -174,6 +174,25 @@ std::vector<OptionSpec> training_options() {
   t.integer("watchdog_minutes", 30, "Primus: abort with a report when no iteration finishes for this long (0: off)")
       .non_negative();
 
+  t.group("post-training");
+  t.opt_text("chat_template",
+             "Primus: chat data's template: null = the tokenizer's own (tokenizer_config.json beside tokenizer_model), "
+             "a .jinja file, or none (prompt + completion as plain text)");
+  t.flag("completion_only_loss", true,
+         "post-training: loss only on assistant turns / completions (false: on every token but padding)");
+  t.flag("packing", false, "post-training: pack several conversations into each sequence (first-fit decreasing; "
+         "attention and positions restart per conversation)");
+  t.choice("peft", "none", {"none", "lora"}, "parameter-efficient fine-tuning: lora trains low-rank adapters only");
+  t.integer("lora_dim", 16, "LoRA rank r").positive();
+  t.real("lora_alpha", 32.0, "LoRA scaling numerator: adapters scale by lora_alpha / lora_dim").positive();
+  t.real("lora_dropout", 0.0, "LoRA dropout on the adapters' input (0 only, so far)").fraction();
+  t.strings("lora_target_modules",
+            "linears LoRA adapts (null: linear_qkv, linear_proj, linear_fc1, linear_fc2)");
+  t.flag("dpo", false, "post-training: direct preference optimisation on prompt/chosen/rejected data");
+  t.real("dpo_beta", 0.1, "DPO's beta (KL strength)").positive();
+  t.choice("dpo_loss_type", "sigmoid", {"sigmoid", "hinge", "ipo", "robust"}, "DPO loss (TRL's formulas)");
+  t.real("dpo_label_smoothing", 0.0, "DPO label smoothing epsilon (sigmoid: cDPO, robust)").min(0).max(0.5, true);
+
   t.group("profiling");
   t.flag("profile", false, "record a profile between profile_step_start and profile_step_end");
   t.integer("profile_step_start", 10, "first profiled iteration").non_negative();

@@ -12,6 +12,7 @@
 #include "convert/hf_files.h"
 #include "convert/hf_model.h"
 #include "convert/hf_tokenizer_info.h"
+#include "convert/lora_adapters.h"
 #include "convert/primus_config.h"
 #include "convert/staged_dir.h"
 #include "core/error.h"
@@ -249,9 +250,21 @@ PrimusToHfResult primus_to_hf_dir(const PrimusToHfOptions& o) {
   const std::vector<std::string> expected = primus_parameter_names(mc);
   const std::set<std::string> want(expected.begin(), expected.end());
   for (const auto& e : file.entries())
-    PRIMUS_CHECK(want.count(e.name), "{}: tensor '{}' {} is not a parameter of the model in {}{}; the checkpoint "
+    PRIMUS_CHECK(want.count(e.name) || is_lora_tensor(e.name),
+                 "{}: tensor '{}' {} is not a parameter of the model in {}{}; the checkpoint "
                  "and its config.json disagree", file.path(), e.name, shape_str(e.shape), config_path,
                  did_you_mean(e.name, expected));
+  // A LoRA run: the exported weights are the merged ones (W + s B A); --peft-adapter also writes
+  // the adapters alone in PEFT's layout.
+  const std::vector<std::string> adapted = lora_adapted_weights(file);
+  std::map<std::string, Tensor> merged;
+  std::optional<LoraConfig> lora;
+  if (!adapted.empty()) {
+    lora = lora_config_of(reader.config(), config_path);
+    for (const std::string& w : adapted) merged[w] = merged_lora_weight(file, w, lora->scaling());
+  }
+  PRIMUS_CHECK(o.peft_adapter.empty() || lora, "--peft-adapter {}: {} holds no LoRA adapters (train with peft: lora)",
+               o.peft_adapter, reader.path());
   for (const auto& name : expected)
     PRIMUS_CHECK(file.contains(name), "{}: missing tensor '{}' that the model in {} has ({} tensors in the file); "
                  "the checkpoint and its config.json disagree", file.path(), name, config_path, file.entries().size());
@@ -273,7 +286,10 @@ PrimusToHfResult primus_to_hf_dir(const PrimusToHfOptions& o) {
                  o.vocab_size ? "--vocab-size" : "vocab_size in " + config_path, rows);
   }
 
-  auto lookup = [&](const std::string& name) { return file.view(name); };  // borrowed from the mapping
+  auto lookup = [&](const std::string& name) {  // borrowed from the mapping, or merged
+    const auto it = merged.find(name);
+    return it != merged.end() ? it->second : file.view(name);
+  };
   NamedTensors hf = primus_to_hf(mc, lookup);
   for (auto& [name, t] : hf)
     if (name == "model.embed_tokens.weight" || name == "lm_head.weight") t = t.rows(0, keep);
@@ -342,6 +358,14 @@ PrimusToHfResult primus_to_hf_dir(const PrimusToHfOptions& o) {
   }
   out.commit();
   result.output = out.target();
+  result.lora_merged = static_cast<int64_t>(adapted.size());
+  if (!o.peft_adapter.empty()) {
+    check_output_apart_from_input(o.peft_adapter, o.load);
+    StagedDir adapter(o.peft_adapter, o.force);
+    for (const std::string& f : write_peft_adapter(adapter.path(), mc, file, *lora))
+      result.peft_files.push_back(fs::path(f).filename().string());
+    adapter.commit();
+  }
   return result;
 }
 

@@ -73,6 +73,7 @@ struct PrimusToHfOptions {
   std::optional<int64_t> vocab_size;     // rows kept; nullopt: the config's vocab_size
   std::optional<int64_t> bos_token_id, eos_token_id;
   bool force = false;
+  std::string peft_adapter;              // LoRA checkpoints: also write the adapters (PEFT layout) here
 };
 
 struct PrimusToHfResult {
@@ -83,6 +84,8 @@ struct PrimusToHfResult {
   std::optional<int64_t> bos_token_id, eos_token_id;
   std::string bos_eos_source;  // where the ids came from, for the summary line
   std::vector<std::string> files;  // written into output, in order
+  int64_t lora_merged = 0;         // base weights with LoRA adapters merged in
+  std::vector<std::string> peft_files;  // written into peft_adapter
   uint64_t weight_bytes = 0;
 };
 

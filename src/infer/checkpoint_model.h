@@ -20,12 +20,14 @@ struct InferenceModel {
   std::string path;           // the iter_XXXXXXX directory read
   int64_t iteration = 0;
   nlohmann::json config_json; // the checkpoint's config.json as stored
+  int64_t lora_merged = 0;    // weights with LoRA adapters merged in (W + lora_alpha / lora_dim B A)
 };
 
 // `dir`: a save directory (the tracker's iteration, or `iteration`) or an iter_XXXXXXX
 // directory. Errors name the checkpoint path, the missing part or key and the fix.
 // padded_vocab_size follows the stored embedding's rows when they differ from the
-// config's padding (e.g. a checkpoint padded for another tensor-parallel size).
+// config's padding (e.g. a checkpoint padded for another tensor-parallel size). A LoRA run's
+// checkpoint is loaded with its adapters merged (convert/lora_adapters.h).
 InferenceModel load_inference_model(const std::string& dir, std::optional<int64_t> iteration, Device device,
                                     DType dtype);
 

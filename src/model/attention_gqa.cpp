@@ -16,12 +16,27 @@ struct GqaAttention::Acts : BlockActivations {
 GqaAttention::GqaAttention(GqaParams p, int64_t heads, int64_t groups, int64_t head_dim, float softmax_scale)
     : p_(p), Hq_(heads), Hkv_(groups), D_(head_dim), scale_(softmax_scale) {}
 
+std::vector<NamedTensor*> GqaAttention::params() const {
+  std::vector<NamedTensor*> out{p_.norm, p_.qkv, p_.proj};
+  for (const parallel::LoraAdapter* l : {&p_.qkv_lora, &p_.proj_lora})
+    if (l->active()) out.insert(out.end(), {l->a, l->b});
+  return out;
+}
+
+std::vector<NamedTensor*> GqaAttention::lora_partial_grads(const parallel::TensorParallel& tp) const {
+  std::vector<NamedTensor*> out;
+  parallel::lora_partial_grads(tp, p_.qkv_lora, true, out);
+  parallel::lora_partial_grads(tp, p_.proj_lora, false, out);
+  return out;
+}
+
 void GqaAttention::project_qkv(LayerEnv& env, const Tensor& x, Tensor& h, Tensor& rstd, Tensor& q, Tensor& k,
                                Tensor& v) const {
   ops::rmsnorm_forward(env.ctx, h, rstd, x, p_.norm->value, env.norm_eps);
   const Arena::Mark m = env.arena.mark();
   Tensor qkv = env.arena.alloc({q.size(0) * q.size(1), qkv_width()}, h.dtype());
   parallel::column_parallel_linear_forward(env.ctx, env.tp, env.arena, qkv, h, p_.qkv->value);
+  parallel::lora_column_forward(env.ctx, env.tp, env.arena, qkv, h, p_.qkv_lora);
   ops::qkv_split_rope_forward(env.ctx, q, k, v, qkv, env.rope_cos, env.rope_sin);
   env.arena.release(m);
 }
@@ -49,8 +64,9 @@ void GqaAttention::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::uniqu
   if (keep != Recompute::None) alloc_core();
 
   project_qkv(env, x, a.h, a.rstd, a.q, a.k, a.v);
-  ops::attention_forward(env.ctx, a.attn, a.lse, a.q, a.k, a.v, scale_, true);
+  ops::attention_forward(env.ctx, a.attn, a.lse, a.q, a.k, a.v, scale_, true, segments_of(env));
   parallel::row_parallel_linear_forward(env.ctx, env.tp, A, y, a.attn.view({d.N(), Hq_ * D_}), p_.proj->value, &x);
+  parallel::lora_row_forward(env.ctx, env.tp, A, y, a.attn.view({d.N(), Hq_ * D_}), p_.proj_lora);
 
   finish_attention_forward(A, scratch, std::move(acts), x, keep, acts_out);
 }
@@ -67,7 +83,7 @@ void GqaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres,
   if (kept == Recompute::Selective) {
     a.attn = A.alloc({d.B, d.T, Hq_, D_}, dt);
     a.lse = A.alloc({d.B, Hq_, d.T}, DType::F32);
-    ops::attention_forward(ctx, a.attn, a.lse, a.q, a.k, a.v, scale_, true);
+    ops::attention_forward(ctx, a.attn, a.lse, a.q, a.k, a.v, scale_, true, segments_of(env));
   }
   Tensor dh = A.alloc({d.residual_rows(), d.C}, dt);
   {
@@ -75,13 +91,16 @@ void GqaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres,
     Tensor d_attn2 = d_attn.view({N, Hq_ * D_});
     parallel::row_parallel_linear_backward(ctx, env.tp, A, &d_attn2, p_.proj->grad, dres,
                                            a.attn.view({N, Hq_ * D_}), p_.proj->value, acc);
+    parallel::lora_row_backward(ctx, env.tp, A, d_attn2, dres, a.attn.view({N, Hq_ * D_}), p_.proj_lora);
     Tensor dq = A.alloc(a.q.shape(), dt), dk = A.alloc(a.k.shape(), dt), dv = A.alloc(a.v.shape(), dt);
-    ops::attention_backward(ctx, dq, dk, dv, d_attn, a.q, a.k, a.v, a.attn, a.lse, scale_, true);
+    ops::attention_backward(ctx, dq, dk, dv, d_attn, a.q, a.k, a.v, a.attn, a.lse, scale_, true, segments_of(env));
     Tensor dqkv = A.alloc({N, qkv_width()}, dt);
     ops::qkv_split_rope_backward(ctx, dqkv, dq, dk, dv, env.rope_cos, env.rope_sin);
     parallel::column_parallel_linear_backward(ctx, env.tp, A, dh, p_.qkv->grad, dqkv, a.h, p_.qkv->value, acc);
+    parallel::lora_column_backward(ctx, env.tp, A, dh, dqkv, a.h, p_.qkv_lora);
   }
-  ops::rmsnorm_backward(ctx, dres, p_.norm->grad, dh, a.x, p_.norm->value, a.rstd);  // dres = d x
+  Tensor dw_norm = norm_weight_grad(env, *p_.norm);
+  ops::rmsnorm_backward(ctx, dres, dw_norm, dh, a.x, p_.norm->value, a.rstd);  // dres = d x
   A.release(start);
   if (kept == Recompute::Selective) a.attn = a.lse = Tensor();
 }
@@ -107,6 +126,7 @@ void GqaAttention::prefill(LayerEnv& env, const Tensor& x, Tensor& y, std::vecto
     ops::copy_cast(env.ctx, vd, vr.rows(b * d.T, (b + 1) * d.T));
   }
   parallel::row_parallel_linear_forward(env.ctx, env.tp, A, y, attn.view({d.N(), Hq_ * D_}), p_.proj->value, &x);
+  parallel::lora_row_forward(env.ctx, env.tp, A, y, attn.view({d.N(), Hq_ * D_}), p_.proj_lora);
   A.release(m);
 }
 
@@ -124,6 +144,7 @@ void GqaAttention::decode(LayerEnv& env, const Tensor& x, Tensor& y, std::vector
   ops::decode_attention(env.ctx, attn, q.view({B, Hq_, D_}), k.view({B, Hkv_, D_}), v.view({B, Hkv_, D_}), cache[0],
                           cache[1], positions, scale_);
   parallel::row_parallel_linear_forward(env.ctx, env.tp, A, y, attn.view({B, Hq_ * D_}), p_.proj->value, &x);
+  parallel::lora_row_forward(env.ctx, env.tp, A, y, attn.view({B, Hq_ * D_}), p_.proj_lora);
   A.release(m);
 }
 

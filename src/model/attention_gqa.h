@@ -23,11 +23,13 @@
 
 #include "model/block.h"
 #include "model/model_config.h"
+#include "parallel/lora.h"
 
 namespace primus {
 
 struct GqaParams {
   NamedTensor *norm = nullptr, *qkv = nullptr, *proj = nullptr;
+  parallel::LoraAdapter qkv_lora{}, proj_lora{};  // LoRA runs (parallel/lora.h); inactive otherwise
 };
 
 // An attention block usable for generation: what it caches per position and the two phases.
@@ -51,8 +53,10 @@ class GqaAttention : public AttentionBlock {
   // model/rotary.h (1/sqrt(D)).
   GqaAttention(GqaParams p, int64_t heads, int64_t groups, int64_t head_dim, float softmax_scale);
 
-  std::vector<NamedTensor*> params() const override { return {p_.norm, p_.qkv, p_.proj}; }
+  std::vector<NamedTensor*> params() const override;
   std::vector<NamedTensor*> overwritten_grads() const override { return {p_.qkv, p_.proj}; }
+  // The adapters' grads that are partial sums over tp (parallel/lora.h).
+  std::vector<NamedTensor*> lora_partial_grads(const parallel::TensorParallel& tp) const;
   void forward(LayerEnv& env, const Tensor& x, Tensor& y, std::unique_ptr<BlockActivations>& acts,
                Recompute keep) override;
   void backward(LayerEnv& env, BlockActivations& acts, Tensor& dres, Recompute kept) override;

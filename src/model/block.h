@@ -44,7 +44,8 @@ struct LayerEnv {
   ops::Context& ctx;
   Arena& arena;
   TokenDims dims;
-  Tensor rope_cos, rope_sin;  // (T, R/2) fp32: positions of the rows (decode: one row per sequence)
+  Tensor rope_cos, rope_sin;  // (T, R/2) fp32: positions of the rows (decode: one row per sequence);
+                              // (B*T, R/2) for packed rows (each token's own position)
   float norm_eps = 1e-5f;
   parallel::TensorParallel tp{};  // default: one rank
   parallel::ExpertParallel ep{};  // default: one rank (MoE blocks hold every expert)
@@ -59,7 +60,23 @@ struct LayerEnv {
   // A forward re-run by full recompute inside the backward: the same values, but MoE blocks
   // do not count its tokens and losses a second time.
   bool recomputing = false;
+  // Packed rows: (B,T) int32 document ids on the device (attention stays inside a document);
+  // undefined: one document per row.
+  Tensor segments{};
 };
+
+// The document ids of packed rows for the attention ops, or null.
+inline const Tensor* segments_of(const LayerEnv& env) { return env.segments.defined() ? &env.segments : nullptr; }
+
+// The weight-gradient buffer a norm's backward writes into: the parameter's grad, or for a
+// frozen parameter (a LoRA run's base model: no grad) a zeroed scratch in the arena whose
+// values are dropped.
+inline Tensor norm_weight_grad(LayerEnv& env, const NamedTensor& p) {
+  if (p.grad.defined()) return p.grad;
+  Tensor scratch = env.arena.alloc(p.value.shape(), DType::F32);
+  ops::fill(env.ctx, scratch, 0.f);
+  return scratch;
+}
 
 // What a block keeps for its backward (each block extends it with its tensors).
 struct BlockActivations {

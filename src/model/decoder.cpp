@@ -9,6 +9,9 @@
 
 #include "core/rng.h"
 #include "core/strings.h"
+#include "model/attention_gqa.h"
+#include "model/mlp_dense.h"
+#include "parallel/communicator.h"
 #include "parallel/layers.h"
 
 namespace primus {
@@ -155,6 +158,21 @@ struct DecoderModel::Batch {
     for (size_t i = 0; i < l.size(); ++i) s += static_cast<double>(mask[i]) * l[i];
     return s;
   }
+  // Per row: sum of mask * loss over the row's T tokens.
+  std::vector<double> row_loss_sums(const Tensor& losses) const {
+    const std::vector<float> l = losses.to_float_vector();
+    std::vector<double> s(static_cast<size_t>(B), 0.0);
+    for (size_t i = 0; i < l.size(); ++i) s[i / static_cast<size_t>(T)] += static_cast<double>(mask[i]) * l[i];
+    return s;
+  }
+  // dloss = mask * weight of the token's row (a sequence-level objective's gradient weights).
+  void set_row_weights(const std::vector<float>& w, Device device) {
+    PRIMUS_CHECK(static_cast<int64_t>(w.size()) == B, "DecoderModel: {} row weights for a micro-batch of {} rows",
+                 w.size(), B);
+    Tensor h = Tensor::empty({B * T}, DType::F32);
+    for (int64_t i = 0; i < B * T; ++i) h.data<float>()[i] = mask[static_cast<size_t>(i)] * w[static_cast<size_t>(i / T)];
+    dloss = device == Device::CPU ? h : h.to(device);
+  }
 };
 
 DecoderModel::StageState::StageState(Device device) : arena_(device) {}
@@ -194,28 +212,39 @@ DecoderModel::DecoderModel(const ModelConfig& config, ops::Context& ctx, const D
       p->grad = Tensor::zeros(shape, DType::F32, ctx_.device());
       p->no_weight_decay = spec.no_weight_decay();
       params_.push_back(std::move(p));
-    } else {  // a buffer (the expert bias): fp32, no grad
-      p->value = Tensor::empty(shape, DType::F32, ctx_.device());
+    } else {  // a buffer, no grad: the expert bias (fp32) or a frozen weight (LoRA's base)
+      p->value = Tensor::empty(shape, spec.frozen ? options_.param_dtype : DType::F32, ctx_.device());
       buffers_.push_back(std::move(p));
     }
     specs_.emplace_back(made, spec);
     return made;
   };
-  const std::vector<ParamSpec> embedding = embedding_params(config_);
+  const bool lora = options_.lora.active();
+  auto frozen_if_lora = [lora](std::vector<ParamSpec> specs) {
+    for (ParamSpec& s : specs) s.frozen = lora;
+    return specs;
+  };
+  const std::vector<ParamSpec> embedding = frozen_if_lora(embedding_params(config_));
   if (stage.pre_process) embedding_ = make(embedding.front());
   for (int64_t l = stage.first_layer; l < stage.first_layer + stage.num_layers; ++l) {
     const LayerSpec layer = decoder_layer(config_, l);
     std::map<std::string, NamedTensor*> held;
-    for (const ParamSpec& spec : layer_params(config_, layer)) held[spec.name] = make(spec);
+    for (const ParamSpec& spec : with_lora(config_, layer_params(config_, layer), options_.lora))
+      held[spec.name] = make(spec);
     auto lookup = [&](const std::string& name) {
       const auto it = held.find(name);
       PRIMUS_CHECK(it != held.end(), "DecoderModel: layer {} has no parameter '{}'", l, name);
       return it->second;
     };
-    layers_.push_back(make_decoder_layer(config_, layer, lookup, tp.size()));
+    LoraBinding binding{[&](const std::string& name) -> NamedTensor* {
+                          const auto it = held.find(name);
+                          return it == held.end() ? nullptr : it->second;
+                        },
+                        options_.lora.scaling()};
+    layers_.push_back(make_decoder_layer(config_, layer, lookup, tp.size(), lora ? &binding : nullptr));
   }
   if (stage.post_process) {
-    const std::vector<ParamSpec> head = head_params(config_);
+    const std::vector<ParamSpec> head = frozen_if_lora(head_params(config_));
     final_norm_ = make(head.at(0));
     if (head.size() > 1)
       output_ = make(head.at(1));
@@ -292,6 +321,7 @@ std::vector<MoeMlp*> DecoderModel::moe_layers() {
 DecoderModel::StepResult& DecoderModel::StepResult::operator+=(const StepResult& o) {
   loss_sum += o.loss_sum;
   num_tokens += o.num_tokens;
+  row_loss_sums.insert(row_loss_sums.end(), o.row_loss_sums.begin(), o.row_loss_sums.end());
   if (mtp_loss_sums.size() < o.mtp_loss_sums.size()) {
     mtp_loss_sums.resize(o.mtp_loss_sums.size(), 0.0);
     mtp_num_tokens.resize(o.mtp_num_tokens.size(), 0.0);
@@ -313,11 +343,23 @@ NamedTensor& DecoderModel::parameter(const std::string& name) {
 }
 
 std::vector<NamedTensor*> DecoderModel::sequence_parallel_partial_grads() {
-  return parallel::sequence_parallel_partial_grads(options_.tensor_parallel, parameters());
+  const parallel::TensorParallel& tp = options_.tensor_parallel;
+  std::vector<NamedTensor*> out;
+  if (options_.lora.active()) {  // only adapters train: their own rule (parallel/lora.h)
+    for (const DecoderLayer& layer : layers_) {
+      if (const auto* gqa = dynamic_cast<const GqaAttention*>(&layer.attention()))
+        for (NamedTensor* p : gqa->lora_partial_grads(tp)) out.push_back(p);
+      if (const auto* mlp = dynamic_cast<const DenseMlp*>(&layer.mlp()))
+        for (NamedTensor* p : mlp->lora_partial_grads(tp)) out.push_back(p);
+    }
+    return out;
+  }
+  return parallel::sequence_parallel_partial_grads(tp, parameters());
 }
 
 void DecoderModel::reduce_sequence_parallel_grads() {
-  parallel::all_reduce_sequence_parallel_grads(options_.tensor_parallel, parameters());
+  for (NamedTensor* p : sequence_parallel_partial_grads())
+    options_.tensor_parallel.group->all_reduce(p->grad, parallel::ReduceOp::Sum);
 }
 
 int64_t DecoderModel::num_parameters() const {
@@ -336,7 +378,10 @@ void DecoderModel::init_weights(uint64_t seed) {
       ops::fill(ctx_, p.value, init == ParamInit::Ones ? 1.f : 0.f);
       continue;
     }
-    const float sigma = init == ParamInit::ScaledNormal ? out_std : std;
+    const float sigma = init == ParamInit::ScaledNormal ? out_std
+                        : init == ParamInit::LoraA
+                            ? 1.f / std::sqrt(3.f * static_cast<float>(p.shard.full_shape.back()))
+                            : std;
     if (p.value.device() != Device::CPU) {
       // Generated in place on the device (same values as the host path below): a 1B model
       // initialised on the host and copied over took ~8 s of start-up.
@@ -416,9 +461,43 @@ void DecoderModel::classifier(const Batch& batch, const Tensor& hidden, Tensor& 
                               dhidden != nullptr ? &batch.dloss : nullptr, losses, dhidden, co);
 }
 
+void DecoderModel::set_packing(StageState& st, const MicroBatchExtras& extras, const TokenDims& d) {
+  st.rope_cos_ = st.rope_sin_ = st.segments_ = Tensor();
+  PRIMUS_CHECK((extras.positions == nullptr) == (extras.segments == nullptr),
+               "DecoderModel: packed rows need both positions and segments");
+  if (extras.positions == nullptr) return;
+  const Shape bt{d.B, d.T};
+  for (const Tensor* t : {extras.positions, extras.segments})
+    PRIMUS_CHECK(t->shape() == bt && t->dtype() == DType::I32,
+                 "DecoderModel: packed-row positions / segments must be int32 [{}, {}] like tokens, got {}", d.B, d.T,
+                 t->describe());
+  PRIMUS_CHECK(mtp_.empty(), "model config '{}': packed sequences with multi-token prediction are not supported "
+               "(the MTP depths shift labels across documents); turn packing off", config_.name);
+  Arena& arena = st.arena_;
+  auto on_device = [&](const Tensor& t) {
+    if (t.device() == ctx_.device()) return t;
+    Tensor out = arena.alloc(t.shape(), t.dtype());
+    out.copy_from(t);
+    return out;
+  };
+  const Tensor positions = on_device(*extras.positions);
+  st.segments_ = on_device(*extras.segments);
+  // Positions are < T (a document lies inside its row): rows of the (T, R/2) tables.
+  st.rope_cos_ = arena.alloc({d.N(), rope_cos_.size(1)}, DType::F32);
+  st.rope_sin_ = arena.alloc({d.N(), rope_sin_.size(1)}, DType::F32);
+  ops::rope_gather_tables(ctx_, st.rope_cos_, st.rope_sin_, rope_cos_, rope_sin_, positions.view({d.N()}));
+}
+
+void DecoderModel::use_packing(LayerEnv& env, const StageState& st) const {
+  if (!st.segments_.defined()) return;
+  env.rope_cos = st.rope_cos_;
+  env.rope_sin = st.rope_sin_;
+  env.segments = st.segments_;
+}
+
 Tensor DecoderModel::stage_forward(StageState& st, const Tensor& tokens, const Tensor* labels, const Tensor* loss_mask,
                                    const Tensor* input_hidden, float loss_weight, bool for_backward,
-                                   float aux_loss_weight) {
+                                   float aux_loss_weight, const MicroBatchExtras& extras) {
   const bool pre = pre_process(), post = post_process();
   PRIMUS_CHECK(!post || (labels != nullptr && loss_mask != nullptr),
                "DecoderModel::stage_forward: the last pipeline stage computes the loss and needs labels and loss_mask");
@@ -432,10 +511,12 @@ Tensor DecoderModel::stage_forward(StageState& st, const Tensor& tokens, const T
   st.result_ = {};
   st.batch_ = std::make_unique<Batch>(tokens, post ? labels : nullptr, post ? loss_mask : nullptr, loss_weight,
                                       config_.padded_vocab_size, ctx_.device(), options_.tensor_parallel, pre);
-  const Batch& batch = *st.batch_;
+  Batch& batch = *st.batch_;
   st.dims_ = dims_for(batch.B, batch.T);
   const TokenDims& d = st.dims_;
   LayerEnv env = make_env(d, arena);
+  set_packing(st, extras, d);
+  use_packing(env, st);
   env.training = for_backward;
   env.aux_loss_weight = st.aux_loss_weight_ = for_backward ? aux_loss_weight : 0.f;
   const DType dt = options_.param_dtype;
@@ -462,6 +543,11 @@ Tensor DecoderModel::stage_forward(StageState& st, const Tensor& tokens, const T
   st.final_rstd_ = arena.alloc({R}, DType::F32);
   ops::rmsnorm_forward(ctx_, hidden, st.final_rstd_, st.xs_.back(), final_norm_->value, env.norm_eps);
   Tensor losses = arena.alloc({d.N()}, DType::F32);
+  if (for_backward && extras.row_weights != nullptr) {
+    // A sequence-level objective: the rows' losses first, then the gradient with their weights.
+    classifier(batch, hidden, losses, nullptr, arena);
+    batch.set_row_weights((*extras.row_weights)(batch.row_loss_sums(losses)), ctx_.device());
+  }
   if (for_backward) {
     st.dhidden_ = arena.alloc({R, d.C}, dt);
     classifier(batch, hidden, losses, &st.dhidden_, arena);
@@ -472,6 +558,7 @@ Tensor DecoderModel::stage_forward(StageState& st, const Tensor& tokens, const T
   st.result_ = StepResult{};
   st.result_.loss_sum = batch.loss_sum(losses);
   st.result_.num_tokens = batch.num_tokens;
+  st.result_.row_loss_sums = batch.row_loss_sums(losses);
   if (!mtp_.empty()) mtp_forward(st, env, tokens, *labels, *loss_mask, loss_weight, for_backward);
   st.backward_pending_ = for_backward;
   return Tensor();
@@ -554,6 +641,7 @@ Tensor DecoderModel::stage_backward(StageState& st, const Tensor* d_output) {
   Arena& arena = st.arena_;
   const TokenDims& d = st.dims_;
   LayerEnv env = make_env(d, arena);
+  use_packing(env, st);
   env.training = true;  // a full-recompute layer re-runs its training forward here
   env.aux_loss_weight = st.aux_loss_weight_;
   env.overwrite_linear_grads = overwrite_pending_;
@@ -562,8 +650,8 @@ Tensor DecoderModel::stage_backward(StageState& st, const Tensor* d_output) {
   Tensor dres;
   if (post) {
     dres = arena.zeros({d.residual_rows(), d.C}, dt);
-    ops::rmsnorm_backward(ctx_, dres, final_norm_->grad, st.dhidden_, st.xs_.back(), final_norm_->value,
-                          st.final_rstd_);
+    Tensor dw_norm = norm_weight_grad(env, *final_norm_);
+    ops::rmsnorm_backward(ctx_, dres, dw_norm, st.dhidden_, st.xs_.back(), final_norm_->value, st.final_rstd_);
     if (!mtp_.empty()) {
       const Tensor dtrunk = mtp_backward(st, env);
       ops::add(ctx_, dres, dres, dtrunk);
@@ -586,23 +674,26 @@ Tensor DecoderModel::stage_backward(StageState& st, const Tensor* d_output) {
   }
   if (!pre) return dres;
   const Batch& batch = *st.batch_;
-  parallel::embedding_backward(ctx_, env.tp, arena, embedding_->grad, dres, batch.tokens);
-  grad_ready(embedding_);
+  if (embedding_->grad.defined()) {  // frozen under LoRA
+    parallel::embedding_backward(ctx_, env.tp, arena, embedding_->grad, dres, batch.tokens);
+    grad_ready(embedding_);
+  }
   return Tensor();
 }
 
 DecoderModel::StepResult DecoderModel::forward_backward(const Tensor& tokens, const Tensor& labels,
                                                         const Tensor& loss_mask, float loss_weight,
-                                                        float aux_loss_weight) {
+                                                        float aux_loss_weight, const MicroBatchExtras& extras) {
   require_whole_model("forward_backward");
-  stage_forward(*own_, tokens, &labels, &loss_mask, nullptr, loss_weight, true, aux_loss_weight);
+  stage_forward(*own_, tokens, &labels, &loss_mask, nullptr, loss_weight, true, aux_loss_weight, extras);
   stage_backward(*own_, nullptr);
   return own_->result();
 }
 
-DecoderModel::StepResult DecoderModel::forward_only(const Tensor& tokens, const Tensor& labels, const Tensor& loss_mask) {
+DecoderModel::StepResult DecoderModel::forward_only(const Tensor& tokens, const Tensor& labels, const Tensor& loss_mask,
+                                                    const MicroBatchExtras& extras) {
   require_whole_model("forward_only");
-  stage_forward(*own_, tokens, &labels, &loss_mask, nullptr, 0.f, false);
+  stage_forward(*own_, tokens, &labels, &loss_mask, nullptr, 0.f, false, 0.f, extras);
   return own_->result();
 }
 

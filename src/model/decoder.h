@@ -42,6 +42,7 @@
 
 #include "core/arena.h"
 #include "model/decoder_layer.h"
+#include "model/decoder_spec.h"
 #include "model/rotary.h"
 #include "model/mlp_moe.h"
 #include "model/mtp.h"
@@ -86,6 +87,10 @@ struct DecoderOptions {
   parallel::ExpertParallel expert_parallel{};
   // Pipeline parallel: which layers (and ends) this model holds. Default: all of it.
   PipelineStage stage{};
+  // LoRA (decoder_spec.h LoraSpec, parallel/lora.h): adapters on the targeted linears are the
+  // only parameters(); every other tensor is frozen (held in buffers(), in param_dtype, with
+  // no grad and no optimizer state).
+  LoraSpec lora{};
   // Called once per parameter and backward, as soon as that parameter's gradient
   // contribution of the current micro-batch is complete (each layer's parameters after
   // the layer's backward; final norm, output layer (and a last stage's tied embedding
@@ -97,6 +102,21 @@ struct DecoderOptions {
   // Empty: not called. For overlapping the distributed optimizer's parameter all-gather with
   // the forward (overlap_param_gather).
   std::function<void(const NamedTensor&)> param_needed;
+};
+
+// A sequence-level objective (DPO): given row_loss_sums of the micro-batch's forward, the
+// weight of each row's masked token losses in the gradient (d objective / d row_loss_sum,
+// already including the caller's normalisation). Called on the last stage between the
+// classifier's loss and its backward, so the loss need not be linear in the token losses.
+using RowLossWeights = std::function<std::vector<float>(const std::vector<double>& row_loss_sums)>;
+// What a micro-batch may carry besides tokens, labels and mask.
+struct MicroBatchExtras {
+  // Packed rows (data::Batch): positions (B,T) int32 (RoPE position of each token) and
+  // segments (B,T) int32 (document ids; attention stays inside one), on the host or device.
+  const Tensor* positions = nullptr;
+  const Tensor* segments = nullptr;
+  // With for_backward: the gradient weights of the rows (else loss_weight for every token).
+  const RowLossWeights* row_weights = nullptr;
 };
 
 class DecoderModel {
@@ -118,17 +138,18 @@ class DecoderModel {
   // tied embedding comes last, where the output layer would be).
   std::vector<NamedTensor*> parameters();
   NamedTensor& parameter(const std::string& name);  // throws with "did you mean"
-  // Tensors of the model that are not trained by the optimizer but saved with it (the MoE
-  // expert bias, fp32): no grad, updated by their own rule.
+  // Tensors of the model that are not trained by the optimizer but saved with it: the MoE
+  // expert bias (fp32, updated by its own rule) and, under LoRA, the frozen base model.
   std::vector<NamedTensor*> buffers();
   // The MoE blocks of the held layers, in layer order.
   std::vector<MoeMlp*> moe_layers();
   int64_t num_parameters() const;  // elements held by this rank (the whole model at tp 1)
 
   const parallel::TensorParallel& tensor_parallel() const { return options_.tensor_parallel; }
-  // Sequence parallel: the replicated parameters (norm weights) whose grads hold only this
-  // rank's tokens' share; empty otherwise. reduce_sequence_parallel_grads() all-reduces
-  // them over tp: call it once per optimizer step, after the last micro-batch's backward.
+  // The parameters whose grads hold only this rank's share of a sum over the tp group:
+  // under sequence parallel the replicated ones (norm weights: this rank's tokens), and LoRA
+  // adapters (parallel/lora.h). reduce_sequence_parallel_grads() all-reduces them over tp:
+  // call it once per optimizer step, after the last micro-batch's backward.
   std::vector<NamedTensor*> sequence_parallel_partial_grads();
   void reduce_sequence_parallel_grads();
 
@@ -146,8 +167,13 @@ class DecoderModel {
     // Multi-token prediction, per depth (mtp_num_layers entries, else empty): the same sums over
     // that depth's shifted labels (positions past the sequence's end carry no loss).
     std::vector<double> mtp_loss_sums, mtp_num_tokens;
+    // Per row of the micro-batch (B): sum over the row's tokens of loss_mask * cross-entropy,
+    // i.e. minus the row's masked log-likelihood (DPO's log pi(y|x)); appended by +=.
+    std::vector<double> row_loss_sums;
     StepResult& operator+=(const StepResult& o);
   };
+
+
 
  private:
   struct Batch;  // host-side preparation of one micro-batch
@@ -183,6 +209,7 @@ class DecoderModel {
     std::vector<Tensor> mtp_dhidden_;
     StepResult result_;
     float aux_loss_weight_ = 0.f;               // the forward's, for a backward that re-runs it
+    Tensor rope_cos_, rope_sin_, segments_;     // packed rows: per-token tables, document ids
     bool backward_pending_ = false;             // forward kept activations for a backward
   };
 
@@ -206,7 +233,7 @@ class DecoderModel {
   // scale / micro-batches of the global batch; see LayerEnv).
   Tensor stage_forward(StageState& state, const Tensor& tokens, const Tensor* labels, const Tensor* loss_mask,
                        const Tensor* input_hidden, float loss_weight, bool for_backward = true,
-                       float aux_loss_weight = 0.f);
+                       float aux_loss_weight = 0.f, const MicroBatchExtras& extras = {});
   // Backward of the micro-batch whose forward filled `state`. d_output (R,C): d loss / d
   // output hidden, from the next stage (null on post_process stages). Accumulates grads
   // (calling grad_ready) and returns d loss / d input hidden (R,C) to send to the previous
@@ -219,8 +246,9 @@ class DecoderModel {
   // 1 / (loss tokens in the global batch) gives the gradient of the mean loss.
   // aux_loss_weight as stage_forward's (0: the MoE auxiliary losses shape no gradient).
   StepResult forward_backward(const Tensor& tokens, const Tensor& labels, const Tensor& loss_mask,
-                              float loss_weight, float aux_loss_weight = 0.f);
-  StepResult forward_only(const Tensor& tokens, const Tensor& labels, const Tensor& loss_mask);
+                              float loss_weight, float aux_loss_weight = 0.f, const MicroBatchExtras& extras = {});
+  StepResult forward_only(const Tensor& tokens, const Tensor& labels, const Tensor& loss_mask,
+                          const MicroBatchExtras& extras = {});
   // Logits (B,T,V) fp32 on CPU, for tests and generation (the full vocabulary: gathered
   // over tp, a collective then).
   Tensor logits(const Tensor& tokens);
@@ -231,6 +259,10 @@ class DecoderModel {
  private:
   TokenDims dims_for(int64_t B, int64_t T) const;
   LayerEnv make_env(const TokenDims& d, Arena& arena);
+  // Packed rows: per-token RoPE tables (B*T, R/2) gathered at `positions` and the segments on
+  // the device, into st (kept for the backward).
+  void set_packing(StageState& st, const MicroBatchExtras& extras, const TokenDims& d);
+  void use_packing(LayerEnv& env, const StageState& st) const;
   // Recompute mode of the i-th layer this model holds (Megatron's `block` method counts
   // recompute_num_layers per pipeline stage).
   Recompute layer_mode(int64_t layer) const;
@@ -251,11 +283,11 @@ class DecoderModel {
                    float loss_weight, bool for_backward);
   Tensor mtp_backward(StageState& st, LayerEnv& env);
   NamedTensor& output_weight();
-  void grad_ready(NamedTensor* p) const {
-    if (options_.grad_ready && p != nullptr) options_.grad_ready(*p);
+  void grad_ready(NamedTensor* p) const {  // frozen tensors (no grad) have nothing to report
+    if (options_.grad_ready && p != nullptr && p->grad.defined()) options_.grad_ready(*p);
   }
   void param_needed(const NamedTensor* p) const {
-    if (options_.param_needed && p != nullptr) options_.param_needed(*p);
+    if (options_.param_needed && p != nullptr && p->grad.defined()) options_.param_needed(*p);
   }
 
   ModelConfig config_;

@@ -56,8 +56,18 @@ void DecoderLayer::backward(LayerEnv& env, LayerActivations& acts, Tensor& dres,
   attention_->backward(env, *acts.attention, dres, kept);  // dres = d x
 }
 
-DecoderLayer make_decoder_layer(const ModelConfig& c, const LayerSpec& spec, const ParamLookup& lookup, int tp_size) {
+DecoderLayer make_decoder_layer(const ModelConfig& c, const LayerSpec& spec, const ParamLookup& lookup, int tp_size,
+                                const LoraBinding* lora) {
   const std::string& pre = spec.prefix;
+  auto adapter = [&](const std::string& base_weight) {
+    parallel::LoraAdapter a;
+    if (lora == nullptr) return a;
+    a.a = lora->find(lora_a_name(base_weight));
+    a.b = lora->find(lora_b_name(base_weight));
+    a.scaling = lora->scaling;
+    PRIMUS_CHECK((a.a == nullptr) == (a.b == nullptr), "LoRA: '{}' has only one of lora_A / lora_B", base_weight);
+    return a;
+  };
   std::unique_ptr<AttentionBlock> attention;
   const float softmax_scale = rotary_of(c).softmax_scale;
   if (spec.attention == AttentionKind::MLA) {
@@ -81,7 +91,8 @@ DecoderLayer make_decoder_layer(const ModelConfig& c, const LayerSpec& spec, con
   } else {
     attention = std::make_unique<GqaAttention>(
         GqaParams{lookup(pre + "input_layernorm.weight"), lookup(pre + "self_attention.linear_qkv.weight"),
-                  lookup(pre + "self_attention.linear_proj.weight")},
+                  lookup(pre + "self_attention.linear_proj.weight"), adapter(pre + "self_attention.linear_qkv.weight"),
+                  adapter(pre + "self_attention.linear_proj.weight")},
         c.num_attention_heads / tp_size, c.query_groups() / tp_size, c.head_dim(), softmax_scale);
   }
   std::unique_ptr<Block> mlp;
@@ -98,7 +109,8 @@ DecoderLayer make_decoder_layer(const ModelConfig& c, const LayerSpec& spec, con
         c, spec.index, tp_size);
   } else {
     mlp = std::make_unique<DenseMlp>(
-        MlpParams{mlp_norm, lookup(pre + "mlp.linear_fc1.weight"), lookup(pre + "mlp.linear_fc2.weight")},
+        MlpParams{mlp_norm, lookup(pre + "mlp.linear_fc1.weight"), lookup(pre + "mlp.linear_fc2.weight"),
+                  adapter(pre + "mlp.linear_fc1.weight"), adapter(pre + "mlp.linear_fc2.weight")},
         c.ffn_hidden_size / tp_size);
   }
   return DecoderLayer(spec, std::move(attention), std::move(mlp));

@@ -53,7 +53,13 @@ using ParamLookup = std::function<NamedTensor*(const std::string& name)>;
 
 // The layer `spec` of model `c` over its parameters (found by name through `lookup`), with
 // this rank's share of heads and inner features for `tp_size` tensor-parallel ranks.
+// With `lora` set, the adapters of the targeted linears are found through lora->find (null
+// when a linear has none) and scaled by lora->scaling (parallel/lora.h).
+struct LoraBinding {
+  std::function<NamedTensor*(const std::string& name)> find;
+  float scaling = 1.f;
+};
 DecoderLayer make_decoder_layer(const ModelConfig& c, const LayerSpec& spec, const ParamLookup& lookup,
-                                int tp_size);
+                                int tp_size, const LoraBinding* lora = nullptr);
 
 }  // namespace primus

@@ -1,11 +1,14 @@
 #include "model/decoder_spec.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string_view>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "core/error.h"
+#include "core/strings.h"
 #include "parallel/pipeline_schedule.h"
 
 namespace primus {
@@ -169,6 +172,59 @@ std::vector<ParamSpec> mtp_params(const ModelConfig& c, int64_t module) {
   add_linear(out, pre + "eh_proj", C, 2 * C, ParamSplit::Column, {}, ParamInit::Normal, c.add_bias_linear, l);
   for (ParamSpec& p : layer_params(c, layer)) out.push_back(std::move(p));
   add_norm(out, pre + "final_layernorm", C, l, c);
+  return out;
+}
+
+const std::vector<std::string>& lora_target_names() {
+  static const std::vector<std::string> names{"linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"};
+  return names;
+}
+
+namespace {
+std::string weight_stem(const std::string& base_weight) {
+  const std::string suffix = ".weight";
+  PRIMUS_CHECK(base_weight.size() > suffix.size() &&
+                   base_weight.compare(base_weight.size() - suffix.size(), suffix.size(), suffix) == 0,
+               "LoRA: '{}' is not a weight", base_weight);
+  return base_weight.substr(0, base_weight.size() - suffix.size());
+}
+}  // namespace
+
+std::string lora_a_name(const std::string& base_weight) { return weight_stem(base_weight) + ".lora_A.weight"; }
+std::string lora_b_name(const std::string& base_weight) { return weight_stem(base_weight) + ".lora_B.weight"; }
+
+std::vector<ParamSpec> with_lora(const ModelConfig& c, std::vector<ParamSpec> layer, const LoraSpec& lora) {
+  if (!lora.active()) return layer;
+  PRIMUS_CHECK(lora.rank > 0 && lora.alpha > 0, "lora_dim = {} and lora_alpha = {} must be > 0", lora.rank,
+               lora.alpha);
+  for (const std::string& t : lora.targets)
+    PRIMUS_CHECK(std::find(lora_target_names().begin(), lora_target_names().end(), t) != lora_target_names().end(),
+                 "lora_target_modules: unknown module '{}'{} (choices: {})", t, did_you_mean(t, lora_target_names()),
+                 fmt::join(lora_target_names(), ", "));
+  PRIMUS_CHECK(!c.multi_latent_attention && c.num_experts == 0 && c.mtp_num_layers == 0,
+               "model config '{}': LoRA (peft: lora) adapts Llama-style layers (GQA attention, dense MLP) so far; "
+               "this model has {} -- train it with full fine-tuning (drop peft / lora)",
+               c.name, c.multi_latent_attention ? "multi-latent attention" : c.num_experts > 0 ? "MoE layers" : "MTP");
+  std::vector<ParamSpec> out;
+  for (ParamSpec& p : layer) {
+    ParamSpec base = p;
+    base.frozen = true;
+    out.push_back(base);
+    const std::string stem = p.name.size() > 7 ? p.name.substr(0, p.name.size() - 7) : "";
+    const size_t dot = stem.rfind('.');
+    const std::string module = dot == std::string::npos ? stem : stem.substr(dot + 1);
+    if (p.role != ParamRole::Linear || p.shape.size() != 2 ||
+        std::find(lora.targets.begin(), lora.targets.end(), module) == lora.targets.end())
+      continue;
+    const int64_t out_f = p.shape[0], in_f = p.shape[1], r = lora.rank;
+    const bool column = p.split == ParamSplit::Column;
+    ParamSpec a{lora_a_name(p.name), {r, in_f}, column ? ParamSplit::Replicated : ParamSplit::Row, {},
+                ParamInit::LoraA, ParamRole::Adapter, p.layer};
+    ParamSpec b{lora_b_name(p.name), {out_f, r}, column ? ParamSplit::Column : ParamSplit::Replicated,
+                column ? p.parts : std::vector<int64_t>{}, ParamInit::Zeros, ParamRole::Adapter, p.layer};
+    out.push_back(a);
+    out.push_back(b);
+  }
   return out;
 }
 

@@ -82,6 +82,7 @@ enum class ParamInit {
   ScaledNormal,  // N(0, (init_method_std / sqrt(2 num_layers))^2): projections into the residual
   Ones,          // norm weights
   Zeros,         // biases, the expert bias
+  LoraA,         // LoRA's A: N(0, 1 / (3 in)), the variance of PEFT's kaiming-uniform(a = sqrt 5)
 };
 
 // What a tensor does, for accounting (model_stats) and the optimizer.
@@ -94,6 +95,7 @@ enum class ParamRole {
   RoutedExperts,      // stacked routed-expert projections (E, out, in): top-k of them per token
   ExpertBias,         // aux-loss-free balancing bias: a buffer, updated by a rule, not trained
   OutputLayer,        // the untied output projection
+  Adapter,            // a LoRA adapter matrix (lora_A / lora_B): the only trained tensors under LoRA
 };
 
 struct ParamSpec {
@@ -105,8 +107,9 @@ struct ParamSpec {
   ParamInit init = ParamInit::Normal;
   ParamRole role = ParamRole::Linear;
   int64_t layer = -1;            // the layer it belongs to (LayerSpec::index); -1 outside layers
+  bool frozen = false;           // held and saved, never trained (a LoRA run's base model)
 
-  bool trainable() const { return role != ParamRole::ExpertBias; }
+  bool trainable() const { return role != ParamRole::ExpertBias && !frozen; }
   bool no_weight_decay() const { return role == ParamRole::Norm || role == ParamRole::Bias; }
   int64_t numel() const { return shape_numel(shape); }
 };
@@ -124,6 +127,27 @@ std::vector<ParamSpec> layer_params(const ModelConfig& c, const LayerSpec& layer
 std::vector<ParamSpec> head_params(const ModelConfig& c);
 // MTP module k: enorm, hnorm, eh_proj, its transformer layer, final_layernorm.
 std::vector<ParamSpec> mtp_params(const ModelConfig& c, int64_t module);
+
+// LoRA (parallel/lora.h): rank r > 0 adapts the layer linears named in `targets` (Megatron's
+// module names: linear_qkv, linear_proj, linear_fc1, linear_fc2) with
+//   <base>.lora_A.weight (r, in)  and  <base>.lora_B.weight (out, r)     (<base> = ".../linear_qkv")
+// split as parallel/lora.h's table says; every other tensor of the model is frozen.
+struct LoraSpec {
+  int64_t rank = 0;  // lora_dim; 0: no LoRA
+  double alpha = 32;  // lora_alpha: scaling alpha / rank
+  std::vector<std::string> targets{"linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"};
+  bool active() const { return rank > 0; }
+  float scaling() const { return static_cast<float>(alpha / static_cast<double>(rank)); }
+};
+// The target module names LoRA knows.
+const std::vector<std::string>& lora_target_names();
+// The adapters of one layer's tensors `layer` (layer_params order): two per targeted weight,
+// right after it. Throws naming the key when a target is unknown or `c` has parts LoRA does
+// not adapt yet (MLA attention, MoE layers, MTP).
+std::vector<ParamSpec> with_lora(const ModelConfig& c, std::vector<ParamSpec> layer, const LoraSpec& lora);
+// "decoder.layers.0.self_attention.linear_qkv.weight" -> its adapter names.
+std::string lora_a_name(const std::string& base_weight);
+std::string lora_b_name(const std::string& base_weight);
 
 // Every tensor of the model in forward order: embedding, layers, head, MTP modules.
 std::vector<ParamSpec> parameter_table(const ModelConfig& c);

@@ -7,8 +7,10 @@ namespace primus {
 void SwigluMlp::forward(LayerEnv& env, const Tensor& h, Tensor& g, Tensor& act, Tensor& y,
                         const Tensor* residual) const {
   parallel::column_parallel_linear_forward(env.ctx, env.tp, env.arena, g, h, fc1->value);
+  parallel::lora_column_forward(env.ctx, env.tp, env.arena, g, h, fc1_lora);
   ops::swiglu_forward(env.ctx, act, g);
   parallel::row_parallel_linear_forward(env.ctx, env.tp, env.arena, y, act, fc2->value, residual);
+  parallel::lora_row_forward(env.ctx, env.tp, env.arena, y, act, fc2_lora);
 }
 
 void SwigluMlp::backward(LayerEnv& env, const Tensor& h, const Tensor& g, const Tensor& act, const Tensor& dy,
@@ -20,9 +22,25 @@ void SwigluMlp::backward(LayerEnv& env, const Tensor& h, const Tensor& g, const 
   Tensor d_act = A.alloc({N, F}, g.dtype());
   Tensor d_g = A.alloc({N, 2 * F}, g.dtype());
   parallel::row_parallel_linear_backward(env.ctx, env.tp, A, &d_act, fc2->grad, dy, act, fc2->value, acc);
+  parallel::lora_row_backward(env.ctx, env.tp, A, d_act, dy, act, fc2_lora);
   ops::swiglu_backward(env.ctx, d_g, d_act, g);
   parallel::column_parallel_linear_backward(env.ctx, env.tp, A, dh, fc1->grad, d_g, h, fc1->value, acc);
+  parallel::lora_column_backward(env.ctx, env.tp, A, dh, d_g, h, fc1_lora);
   A.release(m);
+}
+
+std::vector<NamedTensor*> DenseMlp::params() const {
+  std::vector<NamedTensor*> out{norm_, mlp_.fc1, mlp_.fc2};
+  for (const parallel::LoraAdapter* l : {&mlp_.fc1_lora, &mlp_.fc2_lora})
+    if (l->active()) out.insert(out.end(), {l->a, l->b});
+  return out;
+}
+
+std::vector<NamedTensor*> DenseMlp::lora_partial_grads(const parallel::TensorParallel& tp) const {
+  std::vector<NamedTensor*> out;
+  parallel::lora_partial_grads(tp, mlp_.fc1_lora, true, out);
+  parallel::lora_partial_grads(tp, mlp_.fc2_lora, false, out);
+  return out;
 }
 
 struct DenseMlp::Acts : BlockActivations {
@@ -71,7 +89,8 @@ void DenseMlp::backward(LayerEnv& env, BlockActivations& base, Tensor& dres, Rec
   // The residual passes d y to x as is; the MLP adds its path.
   Tensor dh = A.alloc({d.residual_rows(), d.C}, a.x.dtype());
   mlp_.backward(env, a.h, a.g, a.act, dres, dh);
-  ops::rmsnorm_backward(env.ctx, dres, norm_->grad, dh, a.x, norm_->value, a.rstd);  // dres = d x
+  Tensor dw_norm = norm_weight_grad(env, *norm_);
+  ops::rmsnorm_backward(env.ctx, dres, dw_norm, dh, a.x, norm_->value, a.rstd);  // dres = d x
   A.release(start);
   if (kept == Recompute::Selective) a.act = Tensor();
 }

@@ -10,11 +10,13 @@
 #pragma once
 
 #include "model/block.h"
+#include "parallel/lora.h"
 
 namespace primus {
 
 struct MlpParams {
   NamedTensor *norm = nullptr, *fc1 = nullptr, *fc2 = nullptr;
+  parallel::LoraAdapter fc1_lora{}, fc2_lora{};  // LoRA runs (parallel/lora.h); inactive otherwise
 };
 
 // The SwiGLU MLP between two residual-stream tensors, without the norm: the part a dense
@@ -23,6 +25,7 @@ struct MlpParams {
 struct SwigluMlp {
   NamedTensor *fc1 = nullptr, *fc2 = nullptr;
   int64_t F = 0;  // this rank's inner size
+  parallel::LoraAdapter fc1_lora{}, fc2_lora{};
 
   // y (R,C) = h (R,C) -> fc1 -> SwiGLU -> fc2 [+ residual]; g and act allocated by the caller.
   void forward(LayerEnv& env, const Tensor& h, Tensor& g, Tensor& act, Tensor& y, const Tensor* residual) const;
@@ -32,9 +35,11 @@ struct SwigluMlp {
 
 class DenseMlp : public Block {
  public:
-  DenseMlp(MlpParams p, int64_t ffn_local) : norm_(p.norm), mlp_{p.fc1, p.fc2, ffn_local} {}
+  DenseMlp(MlpParams p, int64_t ffn_local) : norm_(p.norm), mlp_{p.fc1, p.fc2, ffn_local, p.fc1_lora, p.fc2_lora} {}
 
-  std::vector<NamedTensor*> params() const override { return {norm_, mlp_.fc1, mlp_.fc2}; }
+  std::vector<NamedTensor*> params() const override;
+  // The adapters' grads that are partial sums over tp (parallel/lora.h).
+  std::vector<NamedTensor*> lora_partial_grads(const parallel::TensorParallel& tp) const;
   std::vector<NamedTensor*> overwritten_grads() const override { return {mlp_.fc1, mlp_.fc2}; }
   void forward(LayerEnv& env, const Tensor& x, Tensor& y, std::unique_ptr<BlockActivations>& acts,
                Recompute keep) override;

@@ -222,8 +222,9 @@ MemoryEstimate estimate_memory(const ModelConfig& m, const ParallelLayout& L, co
     const double expert_shards =
         t.distributed_optimizer ? std::max(1.0, static_cast<double>(dp * cp * tp) / static_cast<double>(ep * etp)) : 1.0;
     e.weight_bytes = weight_b * static_cast<double>(e.params);
-    e.grad_bytes = grad_b * static_cast<double>(e.params);
-    e.optimizer_bytes = optim_b * (static_cast<double>(dense) / dense_shards + static_cast<double>(expert) / expert_shards);
+    e.grad_bytes = grad_b * static_cast<double>(e.params) * t.trainable_fraction;
+    e.optimizer_bytes = optim_b * t.trainable_fraction *
+                        (static_cast<double>(dense) / dense_shards + static_cast<double>(expert) / expert_shards);
 
     // ---- activations -------------------------------------------------------------
     // A 1F1B pipeline keeps (pp - stage) micro-batches in flight on a stage; the

@@ -78,6 +78,9 @@ struct TrainingSetup {
   Recompute recompute = Recompute::kNone;
   int64_t recompute_num_layers = 0;
   bool cross_entropy_fusion = false;  // no fp32 copy of the logits
+  // LoRA (peft: lora): the adapters' share of the parameters; only they have gradients and
+  // optimizer states (the frozen base keeps its 16-bit weights only). 1: everything trains.
+  double trainable_fraction = 1.0;
 };
 
 // Memory per GPU on the fullest pipeline stage. Mixed precision (bf16/fp16) keeps 16-bit

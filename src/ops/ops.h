@@ -48,7 +48,8 @@ void linear_forward(Context& ctx, Tensor& y, const Tensor& x, const Tensor& w);
 // y (N,out) = x @ w^T + residual (N,out), residual a different buffer than y: a layer's output
 // projection and the residual connection in one GEMM where the backend can (Backend::matmul_add).
 void linear_forward_add(Context& ctx, Tensor& y, const Tensor& x, const Tensor& w, const Tensor& residual);
-// dx (N,in) = dy @ w (skipped if dx is undefined); dw (out,in) += dy^T @ x (fp32 or w's dtype),
+// dx (N,in) = dy @ w (skipped if dx is undefined); dw (out,in) += dy^T @ x (fp32 or w's dtype;
+// skipped when dw is undefined: a frozen weight, LoRA's base),
 // or dw = dy^T @ x with accumulate_dw false (the first contribution of a step: no zeroed buffer
 // to read).
 void linear_backward(Context& ctx, Tensor* dx, Tensor& dw, const Tensor& dy, const Tensor& x,

@@ -65,7 +65,9 @@ std::string format_evaluation_block(std::string_view kind, std::string_view wher
   std::string line = fmt::format(" {} loss at {} | ", kind, where);
   for (const auto& [key, value] : losses) {
     line += fmt::format("{} value: {:.6E} | ", key, value);
-    line += fmt::format("{} PPL: {:.6E} | ", key, std::exp(std::min(20.0, value)));
+    // Perplexity of the language-model losses (not of DPO's loss or its rewards).
+    if (key == "lm loss" || key.starts_with("mtp_"))
+      line += fmt::format("{} PPL: {:.6E} | ", key, std::exp(std::min(20.0, value)));
   }
   const std::string dashes(line.size() + 1, '-');
   return dashes + "\n" + line + "\n" + dashes;

@@ -114,13 +114,14 @@ void PipelinedModel::reduce_sequence_parallel_grads() {
 
 std::vector<NamedTensor*> PipelinedModel::tied_embedding_copies() {
   std::vector<NamedTensor*> out;
-  if (embedding_group_ == nullptr || pp_rank_ != pp_size_ - 1) return out;
+  // Under LoRA both copies are frozen: nothing to keep in step.
+  if (embedding_group_ == nullptr || pp_rank_ != pp_size_ - 1 || chunks_.back()->options().lora.active()) return out;
   out.push_back(&chunks_.back()->parameter(kEmbeddingName));
   return out;
 }
 
 void PipelinedModel::finish_grads() {
-  if (embedding_group_ == nullptr) return;
+  if (embedding_group_ == nullptr || chunks_.front()->options().lora.active()) return;
   DecoderModel& holder = pp_rank_ == 0 ? *chunks_.front() : *chunks_.back();
   embedding_group_->all_reduce(holder.parameter(kEmbeddingName).grad, parallel::ReduceOp::Sum);
 }
@@ -169,15 +170,35 @@ Tensor& PipelinedModel::recv_buffer(Tensor& buf, const Shape& shape) {
   return buf;
 }
 
+namespace {
+MicroBatchExtras extras_of(const data::Batch& b, const RowLossWeights* row_weights = nullptr) {
+  MicroBatchExtras e;
+  if (b.positions.defined()) {
+    e.positions = &b.positions;
+    e.segments = &b.segments;
+  }
+  e.row_weights = row_weights;
+  return e;
+}
+}  // namespace
+
 DecoderModel::StepResult PipelinedModel::forward_backward(const std::vector<data::Batch>& micro_batches,
-                                                          float loss_weight, float aux_loss_weight) {
+                                                          float loss_weight, float aux_loss_weight,
+                                                          const std::vector<RowLossWeights>* row_weights) {
+  PRIMUS_CHECK(row_weights == nullptr || row_weights->size() == micro_batches.size(),
+               "PipelinedModel: {} row-weight hooks for {} micro-batches", row_weights ? row_weights->size() : 0,
+               micro_batches.size());
   if (pp_size_ == 1) {
     DecoderModel::StepResult sum;
-    for (const data::Batch& b : micro_batches) {
-      sum += chunks_[0]->forward_backward(b.tokens, b.labels, b.loss_mask, loss_weight, aux_loss_weight);
+    for (size_t m = 0; m < micro_batches.size(); ++m) {
+      const data::Batch& b = micro_batches[m];
+      sum += chunks_[0]->forward_backward(b.tokens, b.labels, b.loss_mask, loss_weight, aux_loss_weight,
+                                          extras_of(b, row_weights ? &(*row_weights)[m] : nullptr));
     }
     return sum;
   }
+  PRIMUS_CHECK(row_weights == nullptr, "PipelinedModel: sequence-level objectives (DPO) run without pipeline "
+               "parallelism so far (pipeline_model_parallel_size 1)");
   return run(micro_batches, true, loss_weight, aux_loss_weight);
 }
 
@@ -185,7 +206,7 @@ DecoderModel::StepResult PipelinedModel::forward_only(const std::vector<data::Ba
   if (pp_size_ == 1) {
     DecoderModel::StepResult sum;
     for (const data::Batch& b : micro_batches) {
-      sum += chunks_[0]->forward_only(b.tokens, b.labels, b.loss_mask);
+      sum += chunks_[0]->forward_only(b.tokens, b.labels, b.loss_mask, extras_of(b));
     }
     return sum;
   }
@@ -219,8 +240,8 @@ DecoderModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs
         input = &recv_buffer(recv_activation_, hidden);
         channel(parallel::PipelineOp::Forward, prev).recv(*input, prev);
       }
-      const Tensor out =
-          model.stage_forward(*state, b.tokens, &b.labels, &b.loss_mask, input, loss_weight, train, aux_loss_weight);
+      const Tensor out = model.stage_forward(*state, b.tokens, &b.labels, &b.loss_mask, input, loss_weight, train,
+                                             aux_loss_weight, extras_of(b));
       if (s == S - 1) {
         sum.loss_sum += state->result().loss_sum;
         sum.num_tokens += state->result().num_tokens;

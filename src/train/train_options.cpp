@@ -134,6 +134,41 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
   o.exit_interval = opt_int(cfg, "exit_interval");
   o.exit_duration_in_mins = opt_int(cfg, "exit_duration_in_mins");
 
+  // ---- post-training ----
+  o.posttrain = cfg.module_kind == "post_trainer";
+  auto refuse_post = [&](const char* key) {
+    throw Error(fmt::format("{} = {} ({}) is a post-training key, but this experiment's module is `{}`: put the run "
+                            "under `modules: post_trainer:` (primus train posttrain) or remove the key",
+                            key, config::format_value(cfg.value(key)), cfg.source(key).str(), cfg.module_kind));
+  };
+  o.chat_template = opt_path(cfg, "chat_template");
+  o.completion_only_loss = cfg.b("completion_only_loss");
+  o.packing = cfg.b("packing");
+  o.dpo = cfg.b("dpo");
+  if (!o.posttrain) {
+    if (cfg.has("chat_template")) refuse_post("chat_template");
+    if (o.packing) refuse_post("packing");
+    if (o.dpo) refuse_post("dpo");
+    if (!o.completion_only_loss) refuse_post("completion_only_loss");
+  }
+  if (cfg.s("peft") == "lora") {
+    o.lora.rank = cfg.i("lora_dim");
+    o.lora.alpha = cfg.f("lora_alpha");
+    if (cfg.has("lora_target_modules")) o.lora.targets = cfg.list("lora_target_modules");
+    if (cfg.f("lora_dropout") != 0.0)
+      throw Error(fmt::format("lora_dropout = {} ({}): dropout on the LoRA path is not built yet; set 0 (PEFT's "
+                              "default is 0 too)", cfg.f("lora_dropout"), cfg.source("lora_dropout").str()));
+  } else {
+    for (const char* k : {"lora_target_modules"})
+      if (cfg.has(k))
+        throw Error(fmt::format("{} ({}) is set but peft is none: set peft: lora, or remove it", k,
+                                cfg.source(k).str()));
+  }
+  o.dpo_options.beta = cfg.f("dpo_beta");
+  o.dpo_options.loss = parse_dpo_loss_type(cfg.s("dpo_loss_type"));
+  o.dpo_options.label_smoothing = cfg.f("dpo_label_smoothing");
+  o.pretrained_checkpoint = opt_path(cfg, "pretrained_checkpoint");
+
   // ---- data ----
   o.data.data_path = cfg.list("data_path");
   o.data.train_data_path = cfg.list("train_data_path");
@@ -146,6 +181,8 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
   o.data.mock_data = cfg.b("mock_data");
   o.data.vocab_size = o.model.vocab_size;
   o.data.eod_mask_loss = cfg.b("eod_mask_loss");
+  o.data.reset_position_ids = cfg.b("reset_position_ids");
+  o.data.reset_attention_mask = cfg.b("reset_attention_mask");
   o.tokenizer_type = cfg.opt_s("tokenizer_type").value_or("");
   o.tokenizer_model = opt_path(cfg, "tokenizer_model");
 

@@ -12,10 +12,12 @@
 #include "config/config.h"
 #include "core/tensor.h"
 #include "data/data_config.h"
+#include "model/decoder_spec.h"
 #include "model/model_config.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
 #include "parallel/expert_parallel.h"
+#include "train/dpo_loss.h"
 
 namespace primus::train {
 
@@ -98,6 +100,17 @@ struct TrainOptions {
   // Fault tolerance.
   int64_t nan_guard_max_consecutive = 5;
   int64_t watchdog_minutes = 30;
+
+  // Post-training (docs/POSTTRAIN.md): a post_trainer module reads chat JSONL (data_path, ...)
+  // instead of .bin/.idx; LoRA adapts the model; DPO trains on preference pairs.
+  bool posttrain = false;              // the experiment's module is post_trainer
+  std::string chat_template;           // "" = the tokenizer's own; "none"; or a .jinja file
+  bool completion_only_loss = true;
+  bool packing = false;
+  LoraSpec lora;                       // peft: lora (rank 0 = off)
+  bool dpo = false;
+  DpoOptions dpo_options;
+  std::string pretrained_checkpoint;   // weights that start the run when no checkpoint exists yet
 
   // The resolved config, saved into every checkpoint (config.json).
   nlohmann::json config_json;

@@ -13,6 +13,7 @@
 
 #include "core/error.h"
 #include "data/gpt_dataset.h"
+#include "data/sft/sft_dataset.h"
 #include "data/tokenizer/tokenizer.h"
 #include "model/decoder.h"
 #include "model/decoder_spec.h"
@@ -29,6 +30,7 @@
 #include "parallel/world.h"
 #include "train/checkpoint.h"
 #include "train/data_parallel_optimizer.h"
+#include "train/dpo_objective.h"
 #include "train/logging.h"
 #include "train/loss_scaler.h"
 #include "train/metrics.h"
@@ -86,10 +88,13 @@ class Run {
 
  private:
   void setup_data();
+  void setup_posttrain_data(const data::DataConfig& dc);
   void restore();
   LossSums train_step(float loss_weight_numerator, std::vector<data::Batch>& batches);
-  // Token-mean loss of `iterations` global batches from `loader`, over all ranks.
-  double evaluate(data::BatchLoader& loader, int64_t iterations);
+  // Token-mean loss of `iterations` global batches from `loader`, over all ranks, as the named
+  // values the reports show ("lm loss"; DPO: "dpo loss" and the rewards first). The first one is
+  // the run's validation loss.
+  std::vector<std::pair<std::string, double>> evaluate(data::BatchLoader& loader, int64_t iterations);
   void save(int64_t iteration);
   // The optimizer's live state as NamedTensors carrying their parameter's shard spec.
   std::vector<std::unique_ptr<NamedTensor>> optimizer_state_views() const;
@@ -139,10 +144,12 @@ class Run {
   std::vector<NamedTensor*> params_;
   std::vector<NamedTensor*> buffers_;  // saved and loaded with the model, not optimised (the expert bias)
   std::unique_ptr<DataParallelOptimizer> optimizer_;
+  std::unique_ptr<DpoObjective> dpo_;  // dpo: true
   std::unique_ptr<LrSchedule> schedule_;
   LossScaler scaler_;
   int64_t num_micro_batches_ = 1;
   std::string setup_timing_;
+  std::string data_summary_;  // post-training: examples, tokens, packing efficiency
   std::string kernels_;  // which kernels the switches picked, for the log header  // "world 0.1 s | data 0.2 s | ...": where set-up time went
 
   // Position of the run (restored on resume).
@@ -236,6 +243,10 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
 #endif
   if (tp_size_ > 1) lo.tensor_parallel = {&groups_->tp(), o.sequence_parallel};
   if (ep_size_ > 1) lo.expert_parallel = {&groups_->ep(), o.moe_token_dispatcher};
+  lo.lora = o.lora;
+  PRIMUS_CHECK(!o.dpo || pp_size_ == 1,
+               "dpo: true runs without pipeline parallelism so far (the sequence-level loss needs every pair's "
+               "log-probs on one stage); set pipeline_model_parallel_size: 1 (tensor and data parallelism work)");
   // Logits are materialised a chunk of rows at a time: 4096 rows (1 GiB of bf16 logits at a
   // 128K vocabulary, 256 MiB at 32K), fewer when a chunk would exceed PRIMUS_LOGITS_CHUNK_MB
   // (default 2048) MiB, never under 1024. Larger chunks make the classifier cheaper (the output
@@ -309,6 +320,13 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
 
   restore();
   lap("checkpoint load");
+  if (o.dpo) {
+    dpo_ = std::make_unique<DpoObjective>(o.dpo_options, o.global_batch_size);
+    const std::string line = dpo_->prepare(*model_, *datasets_.train, datasets_.valid.get(), o.micro_batch_size, *dp_,
+                                           dp_rank_, dp_size_, o.save, launch_.rank == 0, iteration_ > 0);
+    logger_.info("{}", line);
+    lap("dpo reference");
+  }
   if (!o.save.empty() && launch_.rank == 0)
     writer_ = std::make_unique<CheckpointWriter>(o.save, CheckpointWriterOptions{o.async_save, 0, {}});
 }
@@ -341,6 +359,10 @@ void Run::setup_data() {
     dc.eod_token = std::max<int32_t>(0, tokenizer_->eod());
     dc.pad_token = tokenizer_->pad();
   }
+  if (o_.posttrain) {
+    setup_posttrain_data(dc);
+    return;
+  }
   const int64_t gbs = o_.global_batch_size;
   const int64_t train_samples = o_.train_iters * gbs;
   const int64_t evals = o_.eval_iters > 0 ? o_.train_iters / o_.eval_interval + 1 : 0;
@@ -348,14 +370,69 @@ void Run::setup_data() {
   if (!datasets_.train) throw Error("no training dataset was built: " + data::explain_empty_train_split(dc));
 }
 
+// Post-training: chat JSONL (data_path / train_data_path / valid_data_path) through the chat
+// template into cached token files (data/sft/). Rank 0 tokenizes first and writes the cache;
+// the other ranks then load it.
+void Run::setup_posttrain_data(const data::DataConfig& dc) {
+  PRIMUS_CHECK(tokenizer_ != nullptr, "post-training reads chat data and needs tokenizer_type and tokenizer_model "
+               "(a HuggingFace tokenizer.json with its tokenizer_config.json for the chat template)");
+  PRIMUS_CHECK(!dc.mock_data, "mock_data: post-training reads chat JSONL (data_path); remove mock_data");
+  PRIMUS_CHECK(dc.test_data_path.empty(), "test_data_path: post-training has train and valid splits only (set "
+               "train_data_path / valid_data_path, or data_path with split)");
+  data::sft::SftDataOptions so;
+  so.data_paths = dc.data_path;
+  so.train_paths = dc.train_data_path;
+  so.valid_paths = dc.valid_data_path;
+  so.split = dc.split;
+  so.seq_length = o_.seq_length;
+  so.seed = o_.seed;
+  so.packing = o_.packing;
+  so.loss_mode = o_.completion_only_loss ? data::sft::LossMode::kAssistantOnly : data::sft::LossMode::kAll;
+  so.chat_template = o_.chat_template;
+  so.cache_dir = dc.data_cache_path;
+  so.preference = o_.dpo;
+  PRIMUS_CHECK(!(o_.dpo && o_.packing), "packing: true with dpo: true: preference pairs are not packed (each "
+               "chosen / rejected sequence is its own row); set packing: false");
+  data::sft::SftDatasets ds;
+  if (launch_.rank == 0) ds = data::sft::build_sft_datasets(so, *tokenizer_, o_.tokenizer_model);
+  world_->barrier();
+  if (launch_.rank != 0) ds = data::sft::build_sft_datasets(so, *tokenizer_, o_.tokenizer_model);
+  for (const std::string& w : ds.warnings)
+    if (launch_.rank == 0) logger_.warn("{}", w);
+  datasets_.train = ds.train;
+  datasets_.valid = ds.valid;
+  data_summary_ = ds.summary();
+  PRIMUS_CHECK(datasets_.train && datasets_.train->size() > 0, "post-training: no training example was built ({})",
+               data_summary_);
+}
+
 // Where to resume from, as Megatron and Primus decide it:
 //   auto_continue_train and `save` holds a checkpoint -> resume from `save`;
 //   else `load` (its tracker's iteration); finetune loads the weights only and starts at 0.
 void Run::restore() {
   std::string dir = o_.load;
-  if (o_.auto_continue_train && !o_.save.empty() && latest_iteration(o_.save)) dir = o_.save;
+  bool from_save = false;
+  if (o_.auto_continue_train && !o_.save.empty() && latest_iteration(o_.save)) {
+    dir = o_.save;
+    from_save = true;
+  }
+  auto holds_checkpoint = [](const std::string& d) {
+    return !d.empty() && (latest_iteration(d) || fs::exists(fs::path(d) / "meta.json"));
+  };
+  // finetune: `load` gives the weights only; a run resumed from its own `save` continues exactly.
+  bool weights_only = o_.finetune && !from_save;
+  // pretrained_checkpoint starts a run that has no checkpoint of its own yet (Megatron's finetune
+  // flow): the weights only.
+  if (!holds_checkpoint(dir) && !o_.pretrained_checkpoint.empty()) {
+    PRIMUS_CHECK(holds_checkpoint(o_.pretrained_checkpoint),
+                 "pretrained_checkpoint: {} holds no checkpoint (no {} or meta.json); point it at a Primus checkpoint "
+                 "(or a converted HF model: primus convert hf-to-primus)",
+                 o_.pretrained_checkpoint, kTrackerFileName);
+    dir = o_.pretrained_checkpoint;
+    weights_only = true;
+  }
   if (dir.empty()) return;
-  if (!latest_iteration(dir) && !fs::exists(fs::path(dir) / "meta.json")) {
+  if (!holds_checkpoint(dir)) {
     if (o_.auto_continue_train) {
       logger_.info("auto_continue_train: no checkpoint in {} yet; starting from iteration 0", dir);
       return;
@@ -367,7 +444,12 @@ void Run::restore() {
   CheckpointReader reader(dir);
   // Checkpoints hold full tensors: a tensor- or expert-parallel rank slices out its shard, so a
   // run may resume at another layout than the one that saved.
-  const std::vector<NamedTensor*> loaded = checkpoint_tensors();
+  std::vector<NamedTensor*> loaded = checkpoint_tensors();
+  // LoRA starting from a base model: the adapters are new (their init stays).
+  if (weights_only && o_.lora.active())
+    std::erase_if(loaded, [](const NamedTensor* p) {
+      return p->name.find(".lora_A.") != std::string::npos || p->name.find(".lora_B.") != std::string::npos;
+    });
   const bool sharded = tp_size_ > 1 || ep_size_ > 1;
   if (!sharded) {
     NamedTensorList targets;
@@ -380,9 +462,10 @@ void Run::restore() {
   // The optimizer took its fp32 masters from the initial weights: make them the loaded ones
   // (the optimizer state, when loaded below, restores the exact fp32 masters instead).
   optimizer_->reset_masters_from_params();
-  if (o_.finetune) {
-    logger_.info("finetune: loaded the weights of {} (iteration {}); starting at iteration 0 with a fresh optimizer",
-                 reader.path(), reader.iteration());
+  if (weights_only) {
+    logger_.info("{}: loaded the weights of {} (iteration {}){}; starting at iteration 0 with a fresh optimizer",
+                 o_.finetune && dir == o_.load ? "finetune" : "pretrained_checkpoint", reader.path(), reader.iteration(),
+                 o_.lora.active() ? " into the frozen base model; LoRA adapters start fresh" : "");
     return;
   }
   iteration_ = reader.iteration();
@@ -430,25 +513,33 @@ LossSums Run::train_step(float loss_weight, std::vector<data::Batch>& batches) {
   // global batch) of the objective (Megatron's MoEAuxLossAutoScaler scale), times the loss scale.
   const float aux_weight =
       static_cast<float>(scaler_.scale() / static_cast<double>(num_micro_batches_ * dp_size_));
-  const DecoderModel::StepResult r = model_->forward_backward(batches, loss_weight, aux_weight);
+  const DecoderModel::StepResult r =
+      dpo_ ? model_->forward_backward(batches, loss_weight, aux_weight, &dpo_->hooks(batches, scaler_.scale()))
+           : model_->forward_backward(batches, loss_weight, aux_weight);
   // Sequence parallel: the replicated norm weights got partial grads on each tp rank.
-  if (tp_size_ > 1 && o_.sequence_parallel) model_->reduce_sequence_parallel_grads();
+  // LoRA under tp: the adapters' partial grads likewise (parallel/lora.h).
+  if (tp_size_ > 1) model_->reduce_sequence_parallel_grads();
   // Tied embeddings across pipeline stages: the two copies' grads summed.
   model_->finish_grads();
   return {r.loss_sum, r.num_tokens, r.mtp_loss_sums, r.mtp_num_tokens};
 }
 
-double Run::evaluate(data::BatchLoader& loader, int64_t iterations) {
+std::vector<std::pair<std::string, double>> Run::evaluate(data::BatchLoader& loader, int64_t iterations) {
   optimizer_->finish_param_gather();
   LossSums sums;
+  DpoStats dpo;
   for (int64_t it = 0; it < iterations; ++it) {
     std::vector<data::Batch> batches;
     for (int64_t m = 0; m < num_micro_batches_; ++m) batches.push_back(loader.next());
     const DecoderModel::StepResult r = model_->forward_only(batches);
     sums.loss += r.loss_sum;
     sums.tokens += r.num_tokens;
+    if (dpo_) dpo += dpo_->evaluate(batches, r.row_loss_sums);
   }
-  return dp_->all_reduce_value(sums.loss) / std::max(1.0, dp_->all_reduce_value(sums.tokens));
+  std::vector<std::pair<std::string, double>> out;
+  if (dpo_) out = DpoObjective::report(dpo, *dp_);
+  out.emplace_back("lm loss", dp_->all_reduce_value(sums.loss) / std::max(1.0, dp_->all_reduce_value(sums.tokens)));
+  return out;
 }
 
 std::vector<std::unique_ptr<NamedTensor>> Run::optimizer_state_views() const {
@@ -640,15 +731,31 @@ void Run::log_header() {
   if (o_.precision_downgraded)
     logger_.warn("bf16/fp16 is set but this run is on the CPU, whose path computes in fp32 (device: cpu)");
   const int64_t whole = count_table_parameters(parameter_table(m));
-  const int64_t held = model_->num_parameters();
+  const int64_t held = model_->num_parameters();  // trained (under LoRA: the adapters)
+  int64_t frozen = 0;                              // LoRA's frozen base
+  if (o_.lora.active())
+    for (const NamedTensor* b : buffers_) frozen += b->value.numel();
+  const int64_t held_all = held + frozen;
   logger_.info("model: {} layers, hidden {}, {} heads ({} query groups), ffn {}, vocab {} (padded {}): {:.2f}M "
                "parameters{}",
                m.num_layers, m.hidden_size, m.num_attention_heads, m.num_query_groups, m.ffn_hidden_size,
                m.vocab_size, m.padded_vocab_size, whole / 1e6,
-               held != whole ? fmt::format(" ({:.2f}M of them on this rank: its tensor- and expert-parallel shards of "
-                                           "its pipeline stage's layers)",
-                                           held / 1e6)
+               held_all - (o_.lora.active() ? held : 0) != whole
+                   ? fmt::format(" ({:.2f}M of them on this rank: its tensor- and expert-parallel shards of "
+                                 "its pipeline stage's layers)",
+                                 (held_all - (o_.lora.active() ? held : 0)) / 1e6)
                              : "");
+  if (o_.lora.active()) {
+    // What full fine-tuning would add per frozen parameter: its fp32 gradient, AdamW's two fp32
+    // moments and (bf16/fp16) the fp32 master copy.
+    const double per_param = o_.precision == Precision::Fp32 ? 12.0 : 16.0;
+    logger_.info("LoRA: rank {}, alpha {} (scale {}) on {}: {:.3f}M trainable adapter parameters on this rank "
+                 "({:.2f}% of the {:.2f}M held); the frozen base has no gradients or optimizer state, "
+                 "{:.2f} GB less than full fine-tuning on this rank",
+                 o_.lora.rank, o_.lora.alpha, o_.lora.scaling(), fmt::join(o_.lora.targets, ", "), held / 1e6,
+                 100.0 * static_cast<double>(held) / static_cast<double>(held + frozen), (held + frozen) / 1e6,
+                 per_param * static_cast<double>(frozen) / 1e9);
+  }
   if (m.num_experts > 0) {
     int64_t moe_layers = 0;
     for (int64_t l = 0; l < m.num_layers; ++l) moe_layers += m.is_moe_layer(l) ? 1 : 0;
@@ -674,6 +781,7 @@ void Run::log_header() {
   logger_.info("batch: global {} = micro {} x {} micro-batches x {} data-parallel ranks, seq {}; {} iterations",
                o_.global_batch_size, o_.micro_batch_size, num_micro_batches_, dp_size_, o_.seq_length,
                o_.train_iters);
+  if (!data_summary_.empty()) logger_.info("post-training data: {}", data_summary_);
   logger_.info("data: train {} ({} samples){}{}", datasets_.train->name(), datasets_.train->size(),
                datasets_.valid ? fmt::format(", valid {} ({} samples)", datasets_.valid->name(),
                                              datasets_.valid->size())
@@ -728,12 +836,11 @@ TrainResult Run::train() {
         std::make_unique<data::BatchLoader>(*datasets_.valid, o_.micro_batch_size, dp_rank_, dp_size_, consumed_valid_);
   auto run_validation = [&](int64_t iteration) {
     if (!valid_loader || o_.eval_iters == 0) return;
-    const double loss = evaluate(*valid_loader, o_.eval_iters);
+    const auto losses = evaluate(*valid_loader, o_.eval_iters);
     consumed_valid_ += o_.eval_iters * o_.global_batch_size;
-    result.last_validation_loss = loss;
+    result.last_validation_loss = losses.front().second;
     if (reporter)
-      reporter->report_evaluation(iteration, "validation", fmt::format("iteration {}", iteration),
-                                  {{"lm loss", loss}});
+      reporter->report_evaluation(iteration, "validation", fmt::format("iteration {}", iteration), losses);
   };
 
   int64_t bad_streak = 0;
@@ -758,14 +865,19 @@ TrainResult Run::train() {
     // ---- one iteration ----
     std::vector<data::Batch> batches;
     batches.reserve(static_cast<size_t>(num_micro_batches_));
-    double local_tokens = 0;
+    double local_tokens = 0, local_real = 0;
     for (int64_t m = 0; m < num_micro_batches_; ++m) {
       batches.push_back(train_loader.next());
       const data::Batch& b = batches.back();
       const float* mask = b.loss_mask.data<float>();
       for (int64_t i = 0; i < b.loss_mask.numel(); ++i) local_tokens += mask[i];
+      if (o_.posttrain) {  // positions with a target: the rows' tokens less padding (and each example's last)
+        const int32_t* labels = b.labels.data<int32_t>();
+        for (int64_t i = 0; i < b.labels.numel(); ++i) local_real += labels[i] >= 0 ? 1 : 0;
+      }
     }
-    const double global_tokens = dp_->all_reduce_value(local_tokens);
+    const std::vector<double> counts = dp_->all_reduce_values({local_tokens, local_real});
+    const double global_tokens = counts[0];
     const double scale = scaler_.scale();
     phase_done("data");
     // The model zeroes the grads it accumulates into and overwrites the rest (the linear
@@ -793,7 +905,11 @@ TrainResult Run::train() {
       logger_.info("overlap_param_gather: {} of {} parameter bucket all-gathers were waited for inside the forward "
                    "pass, as it reached their weights (none in the optimizer step)",
                    optimizer_->param_buckets_waited_in_forward(), optimizer_->num_buckets());
-    const double loss = dp_->all_reduce_value(sums.loss) / std::max(1.0, global_tokens);
+    const double lm_loss = dp_->all_reduce_value(sums.loss) / std::max(1.0, global_tokens);
+    // DPO: the pairs' loss is the run's loss (NaN guard, log); the completions' lm loss is shown too.
+    std::vector<std::pair<std::string, double>> dpo_report;
+    if (dpo_) dpo_report = DpoObjective::report(dpo_->step_stats(), *dp_);
+    const double loss = dpo_ ? dpo_report.front().second : lm_loss;
     const double lr = schedule_->lr(static_cast<double>(consumed_train_));
     const double wd = schedule_->weight_decay(static_cast<double>(consumed_train_));
     AdamW::StepInfo info;
@@ -812,7 +928,8 @@ TrainResult Run::train() {
 
     ++iteration_;
     consumed_train_ += o_.global_batch_size;
-    const int64_t tokens = o_.global_batch_size * o_.seq_length;
+    // Post-training counts real tokens (packing or padding leaves slots empty); DPO rows are pairs.
+    const int64_t tokens = o_.posttrain ? static_cast<int64_t>(counts[1]) : o_.global_batch_size * o_.seq_length;
     tokens_consumed_ += tokens;
     if (o_.device == Device::CUDA) ctx_.synchronize();
     if (step_timing) {
@@ -826,7 +943,8 @@ TrainResult Run::train() {
     IterationRecord rec;
     rec.iteration = iteration_;
     rec.elapsed_s = seconds_since(t0);
-    rec.losses = {{"lm loss", loss}};
+    rec.losses = dpo_report;
+    rec.losses.emplace_back("lm loss", lm_loss);
     if (!sums.mtp_loss.empty()) {  // Megatron's "mtp_k loss": each depth's mean over its own loss tokens
       std::vector<double> both = sums.mtp_loss;
       both.insert(both.end(), sums.mtp_tokens.begin(), sums.mtp_tokens.end());
@@ -928,9 +1046,9 @@ TrainResult Run::train() {
       if (valid_loader) run_validation(iteration_);
       if (datasets_.test) {
         data::BatchLoader test_loader(*datasets_.test, o_.micro_batch_size, dp_rank_, dp_size_, 0);
-        const double loss = evaluate(test_loader, o_.eval_iters);
-        result.test_loss = loss;
-        if (reporter) reporter->report_evaluation(iteration_, "test", "the end of training", {{"lm loss", loss}});
+        const auto losses = evaluate(test_loader, o_.eval_iters);
+        result.test_loss = losses.front().second;
+        if (reporter) reporter->report_evaluation(iteration_, "test", "the end of training", losses);
       }
     }
     if (!o_.save.empty() && !o_.disable_last_saving && last_saved_ != iteration_ &&

@@ -110,8 +110,19 @@ void run_case(const Case& cs, const std::vector<Variant>& variants, DType dt, st
     poison(g, gdk);
     poison(g, gdv);
     ops::attention_backward(g, gdq, gdk, gdv, gdo, gq, gk, gv, gout, glse, scale, cs.causal, &gseg);
-    expect_close("packed backward dq " + tag, gdq, cdq, 2e-2);
-    expect_close("packed backward dk " + tag, gdk, cdk, 2e-2);
+    if (cs.style == 1) {
+      // Every document is one token: each query sees only its own key, the softmax is constant,
+      // and d q, d k are exactly zero (the reference holds rounding noise, ~1e-6): compare
+      // absolutely.
+      for (const auto& [name, t] : {std::pair<const char*, const Tensor*>{"dq", &gdq}, {"dk", &gdk}}) {
+        float worst = 0.f;
+        for (float x : t->to(Device::CPU).to_float_vector()) worst = std::max(worst, std::fabs(x));
+        EXPECT_LT(worst, 1e-4f) << "packed backward " << name << " " << tag << ": length-1 documents must give 0";
+      }
+    } else {
+      expect_close("packed backward dq " + tag, gdq, cdq, 2e-2);
+      expect_close("packed backward dk " + tag, gdk, cdk, 2e-2);
+    }
     expect_close("packed backward dv " + tag, gdv, cdv, 2e-2);
   }
   be->set_attention_kernel(cuda::AttentionKernel::Auto);

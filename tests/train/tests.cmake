@@ -11,6 +11,18 @@ add_test(NAME train_kill_resume_moe
                  --set moe_router_bias_update_rate=0.01 --set moe_router_load_balancing_type=seq_aux_loss
                  --set moe_aux_loss_coeff=0.01 --set moe_z_loss_coeff=0.001 --set moe_expert_capacity_factor=1.25)
 set_tests_properties(train_kill_resume_moe PROPERTIES LABELS "train;moe" TIMEOUT 600)
+# Post-training (tiny_chat-posttrain.yaml, token-id chat data): packed SFT with LoRA, and DPO
+# (its reference log-probs are computed before the first step and must survive the kills).
+add_test(NAME train_kill_resume_sft_lora
+         COMMAND ${CMAKE_COMMAND} -E env KILL_RESUME_EXP=${CMAKE_CURRENT_LIST_DIR}/tiny_chat-posttrain.yaml
+                 ${CMAKE_CURRENT_LIST_DIR}/kill_resume.sh $<TARGET_FILE:primus> 8
+                 --set data_path=${CMAKE_CURRENT_LIST_DIR}/tiny_chat_ids.jsonl --set peft=lora --set lora_dim=4)
+set_tests_properties(train_kill_resume_sft_lora PROPERTIES LABELS "train;posttrain" TIMEOUT 600)
+add_test(NAME train_kill_resume_dpo
+         COMMAND ${CMAKE_COMMAND} -E env KILL_RESUME_EXP=${CMAKE_CURRENT_LIST_DIR}/tiny_chat-posttrain.yaml
+                 ${CMAKE_CURRENT_LIST_DIR}/kill_resume.sh $<TARGET_FILE:primus> 8
+                 --set data_path=${CMAKE_CURRENT_LIST_DIR}/tiny_pairs_ids.jsonl --set dpo=true --set packing=false)
+set_tests_properties(train_kill_resume_dpo PROPERTIES LABELS "train;posttrain" TIMEOUT 600)
 if(MPI_C_FOUND)
   # DP2, TP2+SP and a TP2 -> TP1 resume through `primus train` under mpirun (tests/train/).
   add_test(NAME train_parallel_layouts

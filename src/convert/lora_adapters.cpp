@@ -1,0 +1,135 @@
+#include "convert/lora_adapters.h"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "model/decoder_spec.h"
+#include "ops/ops.h"
+
+namespace primus::convert {
+
+namespace fs = std::filesystem;
+
+bool is_lora_tensor(const std::string& name) {
+  return name.find(".lora_A.weight") != std::string::npos || name.find(".lora_B.weight") != std::string::npos;
+}
+
+std::vector<std::string> lora_adapted_weights(const SafetensorsFile& file) {
+  std::vector<std::string> out;
+  const std::string a = ".lora_A.weight";
+  for (const auto& e : file.entries()) {
+    if (e.name.size() <= a.size() || e.name.compare(e.name.size() - a.size(), a.size(), a) != 0) continue;
+    const std::string base = e.name.substr(0, e.name.size() - a.size()) + ".weight";
+    PRIMUS_CHECK(file.contains(base) && file.contains(lora_b_name(base)),
+                 "{}: adapter '{}' has no base weight '{}' or no lora_B beside it", file.path(), e.name, base);
+    out.push_back(base);
+  }
+  return out;
+}
+
+LoraConfig lora_config_of(const nlohmann::json& config, const std::string& where) {
+  // A checkpoint's config.json keeps the experiment's options under "options".
+  const nlohmann::json& c = config.is_object() && config.contains("options") ? config.at("options") : config;
+  PRIMUS_CHECK(c.is_object() && c.value("peft", std::string("none")) == "lora" && c.contains("lora_dim") &&
+                   c.contains("lora_alpha"),
+               "{}: the checkpoint holds LoRA adapters but its config has no peft: lora with lora_dim and lora_alpha "
+               "(needed for the scaling lora_alpha / lora_dim)", where);
+  LoraConfig l;
+  l.rank = c.at("lora_dim").get<int64_t>();
+  l.alpha = c.at("lora_alpha").get<double>();
+  PRIMUS_CHECK(l.rank > 0 && l.alpha > 0, "{}: lora_dim {} and lora_alpha {} must be > 0", where, l.rank, l.alpha);
+  if (c.contains("lora_target_modules") && c["lora_target_modules"].is_array())
+    l.targets = c["lora_target_modules"].get<std::vector<std::string>>();
+  else
+    l.targets = LoraSpec{}.targets;
+  return l;
+}
+
+Tensor merged_lora_weight(const SafetensorsFile& file, const std::string& base, float scaling) {
+  auto f32 = [&](const std::string& name) {
+    const Tensor v = file.view(name);
+    return Tensor::from_floats(v.to_float_vector(), v.shape());
+  };
+  Tensor w = f32(base);
+  const Tensor a = f32(lora_a_name(base)), b = f32(lora_b_name(base));
+  PRIMUS_CHECK(w.ndim() == 2 && a.ndim() == 2 && b.ndim() == 2 && b.size(0) == w.size(0) && a.size(1) == w.size(1) &&
+                   a.size(0) == b.size(1),
+               "{}: LoRA shapes of '{}' do not fit: W {}, A {}, B {}", file.path(), base, w.describe(), a.describe(),
+               b.describe());
+  ops::Context cpu = ops::Context::cpu();
+  ops::matmul(cpu, w, b, ops::Transpose::No, a, ops::Transpose::No, scaling, 1.f);  // W += s B A
+  return w;
+}
+
+std::vector<std::string> write_peft_adapter(const std::string& dir, const ModelConfig& mc, const SafetensorsFile& file,
+                                            const LoraConfig& lora) {
+  PRIMUS_CHECK(!mc.multi_latent_attention && mc.num_experts == 0,
+               "PEFT export: the adapters of Llama-style layers only (this model has MLA or MoE layers)");
+  fs::create_directories(dir);
+  const int64_t D = mc.head_dim(), Hq = mc.num_attention_heads, Hkv = mc.query_groups(), F = mc.ffn_hidden_size;
+  NamedTensorList out;
+  std::vector<std::string> hf_modules;
+  auto add_module = [&](const std::string& m) {
+    if (std::find(hf_modules.begin(), hf_modules.end(), m) == hf_modules.end()) hf_modules.push_back(m);
+  };
+  auto f32 = [&](const std::string& name) {
+    const Tensor v = file.view(name);
+    return Tensor::from_floats(v.to_float_vector(), v.shape());
+  };
+  for (int64_t l = 0; l < mc.num_layers; ++l) {
+    const std::string pre = fmt::format("decoder.layers.{}.", l);
+    const std::string hf = fmt::format("base_model.model.model.layers.{}.", l);
+    // (Megatron base, [(HF module, first row of B, rows)])
+    const std::vector<std::pair<std::string, std::vector<std::tuple<std::string, int64_t, int64_t>>>> map = {
+        {"self_attention.linear_qkv",
+         {{"self_attn.q_proj", 0, Hq * D}, {"self_attn.k_proj", Hq * D, Hkv * D}, {"self_attn.v_proj", (Hq + Hkv) * D, Hkv * D}}},
+        {"self_attention.linear_proj", {{"self_attn.o_proj", 0, -1}}},
+        {"mlp.linear_fc1", {{"mlp.gate_proj", 0, F}, {"mlp.up_proj", F, F}}},
+        {"mlp.linear_fc2", {{"mlp.down_proj", 0, -1}}},
+    };
+    for (const auto& [megatron, parts] : map) {
+      const std::string base = pre + megatron + ".weight";
+      if (!file.contains(lora_a_name(base))) continue;
+      const Tensor a = f32(lora_a_name(base)), b = f32(lora_b_name(base));
+      for (const auto& [module, first, rows] : parts) {
+        const int64_t n = rows < 0 ? b.size(0) : rows;
+        out.emplace_back(hf + module + ".lora_A.weight", a.clone());
+        out.emplace_back(hf + module + ".lora_B.weight", b.rows(first, first + n).clone());
+        add_module(module.substr(module.find('.') + 1));
+      }
+    }
+  }
+  PRIMUS_CHECK(!out.empty(), "{}: no LoRA adapters to export", file.path());
+  const std::string weights = (fs::path(dir) / "adapter_model.safetensors").string();
+  save_safetensors(weights, out, {{"format", "pt"}});
+  nlohmann::json cfg = {{"peft_type", "LORA"},
+                        {"task_type", "CAUSAL_LM"},
+                        {"r", lora.rank},
+                        {"lora_alpha", lora.alpha},
+                        {"lora_dropout", 0.0},
+                        {"target_modules", hf_modules},
+                        {"bias", "none"},
+                        {"fan_in_fan_out", false},
+                        {"use_rslora", false},
+                        {"use_dora", false},
+                        {"inference_mode", true},
+                        {"init_lora_weights", true},
+                        {"modules_to_save", nullptr},
+                        {"layers_to_transform", nullptr},
+                        {"layers_pattern", nullptr},
+                        {"rank_pattern", nlohmann::json::object()},
+                        {"alpha_pattern", nlohmann::json::object()},
+                        {"base_model_name_or_path", nullptr},
+                        {"revision", nullptr}};
+  const std::string config = (fs::path(dir) / "adapter_config.json").string();
+  std::ofstream f(config);
+  f << cfg.dump(2) << "\n";
+  f.close();
+  PRIMUS_CHECK(f.good(), "could not write {}", config);
+  return {weights, config};
+}
+
+}  // namespace primus::convert

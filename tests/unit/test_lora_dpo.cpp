@@ -1,0 +1,143 @@
+// LoRA (decoder_spec's adapter table, the frozen base, the adapters at init) and the DPO loss
+// formulas' edge values. The adapted model's and the DPO objective's values and gradients are
+// checked against an independent PyTorch reference in tests/reference/check_llama.py.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/error.h"
+#include "model/decoder.h"
+#include "model/decoder_spec.h"
+#include "train/dpo_loss.h"
+
+using namespace primus;
+
+namespace {
+
+ModelConfig tiny() {
+  ModelConfig c;
+  c.name = "lora_tiny";
+  c.num_layers = 2;
+  c.hidden_size = 16;
+  c.ffn_hidden_size = 24;
+  c.num_attention_heads = 4;
+  c.num_query_groups = 2;
+  c.padded_vocab_size = c.vocab_size = 32;
+  c.max_position_embeddings = 64;
+  return c;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST(Lora, AdapterTableNamesShapesAndSplits) {
+  LoraSpec lora;
+  lora.rank = 4;
+  const ModelConfig c = tiny();
+  const std::vector<ParamSpec> t = with_lora(c, layer_params(c, decoder_layer(c, 0)), lora);
+  std::map<std::string, ParamSpec> by;
+  for (const ParamSpec& p : t) by[p.name] = p;
+  const std::string a = "decoder.layers.0.self_attention.linear_qkv.lora_A.weight";
+  const std::string b = "decoder.layers.0.self_attention.linear_qkv.lora_B.weight";
+  ASSERT_TRUE(by.count(a) && by.count(b));
+  EXPECT_EQ(by[a].shape, (Shape{4, 16}));
+  EXPECT_EQ(by[b].shape, (Shape{(4 + 2 * 2) * 4, 4}));
+  EXPECT_EQ(by[a].split, ParamSplit::Replicated);  // column-parallel base: A whole, B split like W
+  EXPECT_EQ(by[b].split, ParamSplit::Column);
+  EXPECT_EQ(by[b].parts, by["decoder.layers.0.self_attention.linear_qkv.weight"].parts);
+  const std::string pa = "decoder.layers.0.mlp.linear_fc2.lora_A.weight", pb = "decoder.layers.0.mlp.linear_fc2.lora_B.weight";
+  EXPECT_EQ(by[pa].split, ParamSplit::Row);  // row-parallel base: A split like W, B whole
+  EXPECT_EQ(by[pb].split, ParamSplit::Replicated);
+  EXPECT_EQ(by[pb].init, ParamInit::Zeros);
+  for (const ParamSpec& p : t) EXPECT_EQ(p.trainable(), p.role == ParamRole::Adapter) << p.name;
+  EXPECT_EQ(t.size(), 6u + 8u);  // 2 norms + 4 linears, 2 adapters per linear
+}
+
+TEST(Lora, TargetsAndModelsRefusedByName) {
+  LoraSpec lora;
+  lora.rank = 4;
+  lora.targets = {"linear_qkvv"};
+  const ModelConfig c = tiny();
+  EXPECT_NE(error_of([&] { with_lora(c, layer_params(c, decoder_layer(c, 0)), lora); }).find("did you mean 'linear_qkv'"),
+            std::string::npos);
+  ModelConfig moe = tiny();
+  moe.num_experts = 4;
+  moe.moe_router_topk = 2;
+  moe.moe_ffn_hidden_size = 8;
+  lora.targets = LoraSpec{}.targets;
+  EXPECT_NE(error_of([&] { with_lora(moe, layer_params(moe, decoder_layer(moe, 0)), lora); }).find("MoE layers"),
+            std::string::npos);
+}
+
+TEST(Lora, ModelTrainsOnlyAdaptersAndStartsAsTheBase) {
+  ops::Context ctx = ops::Context::cpu();
+  DecoderOptions plain;
+  plain.seed = 7;
+  DecoderOptions adapted = plain;
+  adapted.lora.rank = 3;
+  adapted.lora.targets = {"linear_qkv", "linear_fc2"};
+  DecoderModel base(tiny(), ctx, plain), lora(tiny(), ctx, adapted);
+  for (NamedTensor* p : lora.parameters()) {
+    EXPECT_NE(p->name.find(".lora_"), std::string::npos) << p->name;
+    EXPECT_TRUE(p->grad.defined());
+  }
+  EXPECT_EQ(lora.parameters().size(), 2u * 2u * 2u);  // 2 layers x 2 targets x (A, B)
+  for (NamedTensor* b : lora.buffers()) EXPECT_FALSE(b->grad.defined()) << b->name;
+  EXPECT_EQ(lora.buffers().size(), base.parameters().size());
+  // B = 0: the adapted model computes the base model's logits exactly.
+  Tensor tokens = Tensor::empty({2, 8}, DType::I32);
+  for (int64_t i = 0; i < tokens.numel(); ++i) tokens.data<int32_t>()[i] = static_cast<int32_t>((i * 7) % 32);
+  const std::vector<float> a = base.logits(tokens).to_float_vector(), b = lora.logits(tokens).to_float_vector();
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], b[i]) << i;
+  // A backward leaves the base without gradients and gives B one (A's is zero while B is).
+  Tensor labels = tokens.clone(), mask = Tensor::empty({2, 8}, DType::F32);
+  for (int64_t i = 0; i < mask.numel(); ++i) mask.data<float>()[i] = 1.f;
+  lora.zero_grads();
+  lora.forward_backward(tokens, labels, mask, 1.f / 16);
+  double b_grad = 0;
+  for (NamedTensor* p : lora.parameters())
+    if (p->name.find("lora_B") != std::string::npos)
+      for (float g : p->grad.to_float_vector()) b_grad += std::fabs(g);
+  EXPECT_GT(b_grad, 0.0);
+}
+
+TEST(Dpo, LossValuesAtKnownMargins) {
+  train::DpoPairs p;
+  p.policy_chosen = {-10, -5};
+  p.policy_rejected = {-10, -9};
+  p.ref_chosen = {-10, -6};
+  p.ref_rejected = {-10, -8};
+  p.len_chosen = {4, 2};
+  p.len_rejected = {4, 4};
+  train::DpoOptions o;
+  o.beta = 0.5;
+  std::vector<double> dc, dr;
+  // Pair 0: Δ = 0 -> log 2; pair 1: Δ = (1) - (-1) = 2 -> -log σ(1).
+  const train::DpoStats s = train::dpo_loss(p, o, &dc, &dr);
+  EXPECT_NEAR(s.loss_sum, std::log(2.0) + std::log1p(std::exp(-1.0)), 1e-12);
+  EXPECT_NEAR(dc[0], -0.5 * 0.5, 1e-12);  // -β σ(-βΔ) at Δ = 0
+  EXPECT_NEAR(dr[0], 0.5 * 0.5, 1e-12);
+  EXPECT_NEAR(s.chosen_reward_sum, 0.5 * (0 + 1), 1e-12);
+  EXPECT_NEAR(s.rejected_reward_sum, 0.5 * (0 - 1), 1e-12);
+  EXPECT_EQ(s.accuracy_sum, 1.0);  // a tie is not a win
+  o.loss = train::DpoLossType::Hinge;  // relu(1 - βΔ): pair 1 at βΔ = 1 has zero loss and gradient
+  const train::DpoStats h = train::dpo_loss(p, o, &dc, &dr);
+  EXPECT_NEAR(h.loss_sum, 1.0, 1e-12);
+  EXPECT_EQ(dc[1], 0.0);
+  o.loss = train::DpoLossType::Ipo;  // per-token averages: pair 1 Δ = 1/2 - (-1/4) = 0.75
+  const train::DpoStats i = train::dpo_loss(p, o, &dc, &dr);
+  EXPECT_NEAR(i.loss_sum, 1.0 + (0.75 - 1.0) * (0.75 - 1.0), 1e-12);
+  EXPECT_NEAR(dc[1], 2 * (0.75 - 1.0) / 2, 1e-12);
+  EXPECT_NE(error_of([] { train::parse_dpo_loss_type("kto"); }).find("dpo_loss_type"), std::string::npos);
+  o.label_smoothing = 0.5;
+  EXPECT_NE(error_of([&] { train::dpo_loss(p, o); }).find("dpo_label_smoothing"), std::string::npos);
+}
