@@ -13,6 +13,7 @@
 #include "convert/hf_model.h"
 #include "convert/hf_tokenizer_info.h"
 #include "convert/lora_adapters.h"
+#include "model/lora_weights.h"
 #include "convert/primus_config.h"
 #include "convert/staged_dir.h"
 #include "core/error.h"

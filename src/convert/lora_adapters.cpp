@@ -7,62 +7,10 @@
 
 #include "core/error.h"
 #include "model/decoder_spec.h"
-#include "ops/ops.h"
 
 namespace primus::convert {
 
 namespace fs = std::filesystem;
-
-bool is_lora_tensor(const std::string& name) {
-  return name.find(".lora_A.weight") != std::string::npos || name.find(".lora_B.weight") != std::string::npos;
-}
-
-std::vector<std::string> lora_adapted_weights(const SafetensorsFile& file) {
-  std::vector<std::string> out;
-  const std::string a = ".lora_A.weight";
-  for (const auto& e : file.entries()) {
-    if (e.name.size() <= a.size() || e.name.compare(e.name.size() - a.size(), a.size(), a) != 0) continue;
-    const std::string base = e.name.substr(0, e.name.size() - a.size()) + ".weight";
-    PRIMUS_CHECK(file.contains(base) && file.contains(lora_b_name(base)),
-                 "{}: adapter '{}' has no base weight '{}' or no lora_B beside it", file.path(), e.name, base);
-    out.push_back(base);
-  }
-  return out;
-}
-
-LoraConfig lora_config_of(const nlohmann::json& config, const std::string& where) {
-  // A checkpoint's config.json keeps the experiment's options under "options".
-  const nlohmann::json& c = config.is_object() && config.contains("options") ? config.at("options") : config;
-  PRIMUS_CHECK(c.is_object() && c.value("peft", std::string("none")) == "lora" && c.contains("lora_dim") &&
-                   c.contains("lora_alpha"),
-               "{}: the checkpoint holds LoRA adapters but its config has no peft: lora with lora_dim and lora_alpha "
-               "(needed for the scaling lora_alpha / lora_dim)", where);
-  LoraConfig l;
-  l.rank = c.at("lora_dim").get<int64_t>();
-  l.alpha = c.at("lora_alpha").get<double>();
-  PRIMUS_CHECK(l.rank > 0 && l.alpha > 0, "{}: lora_dim {} and lora_alpha {} must be > 0", where, l.rank, l.alpha);
-  if (c.contains("lora_target_modules") && c["lora_target_modules"].is_array())
-    l.targets = c["lora_target_modules"].get<std::vector<std::string>>();
-  else
-    l.targets = LoraSpec{}.targets;
-  return l;
-}
-
-Tensor merged_lora_weight(const SafetensorsFile& file, const std::string& base, float scaling) {
-  auto f32 = [&](const std::string& name) {
-    const Tensor v = file.view(name);
-    return Tensor::from_floats(v.to_float_vector(), v.shape());
-  };
-  Tensor w = f32(base);
-  const Tensor a = f32(lora_a_name(base)), b = f32(lora_b_name(base));
-  PRIMUS_CHECK(w.ndim() == 2 && a.ndim() == 2 && b.ndim() == 2 && b.size(0) == w.size(0) && a.size(1) == w.size(1) &&
-                   a.size(0) == b.size(1),
-               "{}: LoRA shapes of '{}' do not fit: W {}, A {}, B {}", file.path(), base, w.describe(), a.describe(),
-               b.describe());
-  ops::Context cpu = ops::Context::cpu();
-  ops::matmul(cpu, w, b, ops::Transpose::No, a, ops::Transpose::No, scaling, 1.f);  // W += s B A
-  return w;
-}
 
 std::vector<std::string> write_peft_adapter(const std::string& dir, const ModelConfig& mc, const SafetensorsFile& file,
                                             const LoraConfig& lora) {

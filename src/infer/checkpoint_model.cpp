@@ -1,7 +1,7 @@
 #include "infer/checkpoint_model.h"
 
 #include "config/config.h"
-#include "convert/lora_adapters.h"
+#include "model/lora_weights.h"
 #include "core/error.h"
 #include "infer/cached_decoder.h"
 #include "train/checkpoint.h"
@@ -41,22 +41,22 @@ InferenceModel load_inference_model(const std::string& dir, std::optional<int64_
   for (const auto& [name, shape] : decoder_weight_shapes(m.config))
     m.weights.emplace_back(name, Tensor::empty(shape, dtype, device));
   // A LoRA run's checkpoint: the adapters are merged into their base weights (W + s B A).
-  const std::vector<std::string> adapted = convert::lora_adapted_weights(file);
+  const std::vector<std::string> adapted = lora_adapted_weights(file);
   if (adapted.empty()) {
     train::load_tensors_into(file, m.weights, /*strict=*/true);
     return m;
   }
   for (const auto& e : file.entries()) {
-    bool known = convert::is_lora_tensor(e.name);
+    bool known = is_lora_tensor(e.name);
     for (const auto& [name, t] : m.weights) known = known || name == e.name;
     PRIMUS_CHECK(known, "{}: unknown tensor '{}' (not a parameter of this model or a LoRA adapter)", file.path(),
                  e.name);
   }
   train::load_tensors_into(file, m.weights, /*strict=*/false);
-  const convert::LoraConfig lora = convert::lora_config_of(m.config_json, m.path + "/config.json");
+  const LoraConfig lora = lora_config_of(m.config_json, m.path + "/config.json");
   for (auto& [name, t] : m.weights)
     if (std::find(adapted.begin(), adapted.end(), name) != adapted.end()) {
-      const Tensor merged = convert::merged_lora_weight(file, name, lora.scaling());
+      const Tensor merged = merged_lora_weight(file, name, lora.scaling());
       t.copy_from(Tensor::from_floats(merged.to_float_vector(), t.shape(), t.dtype(), t.device()));
     }
   m.lora_merged = static_cast<int64_t>(adapted.size());

@@ -1,0 +1,36 @@
+// LoRA adapters in a checkpoint (a `peft: lora` run saves "<base>.lora_A.weight" (r, in) and
+// "<base>.lora_B.weight" (out, r) beside each adapted "<base>.weight", decoder_spec.h), and
+// their merge into the base weights for generation and export:
+//
+//   W' = W + (lora_alpha / lora_dim) B A
+//
+// convert/lora_adapters.h writes them alone in PEFT's layout.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/safetensors.h"
+
+namespace primus {
+
+bool is_lora_tensor(const std::string& name);
+// Base weights of `file` that have adapters ("...linear_qkv.weight"), in file order.
+std::vector<std::string> lora_adapted_weights(const SafetensorsFile& file);
+
+struct LoraConfig {
+  int64_t rank = 0;
+  double alpha = 0;
+  std::vector<std::string> targets;  // Megatron module names
+  float scaling() const { return static_cast<float>(alpha / static_cast<double>(rank)); }
+};
+// From a checkpoint's config.json (peft: lora, lora_dim, lora_alpha, lora_target_modules; the
+// options may sit under "options"); `where` names it in errors.
+LoraConfig lora_config_of(const nlohmann::json& config, const std::string& where);
+
+// fp32 (out, in) on the host: base + scaling * B A, from `file`'s tensors.
+Tensor merged_lora_weight(const SafetensorsFile& file, const std::string& base_weight, float scaling);
+
+}  // namespace primus
