@@ -7,6 +7,21 @@
 // model.safetensors; the tokenizer from --tokenizer-model (default: the checkpoint
 // config's tokenizer_model). One prompt streams its text as it is generated; several are
 // run as one batch and printed at the end. Throughput goes to stderr and --output-json.
+//
+// Chat models (--chat, or --chat-file): each prompt is a conversation rendered with the chat
+// template (the chat_template of tokenizer_config.json beside the tokenizer, or
+// --chat-template FILE) with add_generation_prompt, as transformers' apply_chat_template
+// does; the text is encoded with the special tokens it spells (<|im_start|>, <|eot_id|>, ...)
+// as their ids and nothing added (the template writes the BOS where the model expects one).
+//   --prompt / --prompt-file  each text is one user turn (after --system, if given)
+//   --chat-file FILE.jsonl    one conversation per line: {"messages": [...]} (trailing
+//                             assistant turns are dropped: SFT data works as it is),
+//                             {"prompt": "text" | [messages]}, or any post-training shape
+//                             (conversations, instruction/input, prompt/completion, preference:
+//                             their prompt); other keys ("answer", ids) are ignored
+// Generation stops at the tokenizer's end of sequence, the config's eos_token and the
+// template's end-of-turn token (the special token it writes after an assistant turn, e.g.
+// <|eot_id|>, <|im_end|>, <end_of_turn>); the completions' texts leave the stop token out.
 #include <filesystem>
 #include <fmt/core.h>
 
@@ -23,6 +38,9 @@
 #include "cli/commands.h"
 #include "core/error.h"
 #include "core/strings.h"
+#include "data/chat/chat_template.h"
+#include "data/sft/chat_records.h"
+#include "data/sft/sft_tokenize.h"
 #include "data/tokenizer/tokenizer.h"
 #include "infer/checkpoint_model.h"
 #include "infer/generate.h"
@@ -34,8 +52,9 @@ namespace primus::cli {
 namespace {
 
 struct Prompt {
-  std::optional<std::string> text;  // absent for --prompt-ids
+  std::optional<std::string> text;  // absent for --prompt-ids; with --chat the rendered conversation
   std::vector<int32_t> ids;
+  nlohmann::json messages;  // --chat: the conversation (null otherwise)
 };
 
 std::vector<int32_t> parse_ids(const std::string& s) {
@@ -87,6 +106,81 @@ std::string completion_text(const data::Tokenizer& tok, const std::vector<int32_
   return tok.decode(generated, /*skip_special=*/true);
 }
 
+// ---- chat prompts ---------------------------------------------------------------------
+
+// A message list as the chat template reads it: objects with string "role" and "content".
+nlohmann::json checked_messages(const nlohmann::json& m, const std::string& where) {
+  PRIMUS_CHECK(m.is_array() && !m.empty(), "{}: expected a non-empty list of messages "
+               "[{{\"role\": ..., \"content\": ...}}], got {}", where, m.dump().substr(0, 200));
+  for (const nlohmann::json& x : m)
+    PRIMUS_CHECK(x.is_object() && x.contains("role") && x["role"].is_string() && x.contains("content") &&
+                     x["content"].is_string(),
+                 "{}: message {} is not {{\"role\": string, \"content\": string}}", where, x.dump().substr(0, 200));
+  return m;
+}
+
+// The conversation to continue, from one line of --chat-file.
+nlohmann::json chat_file_messages(const std::string& line, const std::string& path, int64_t line_no) {
+  const std::string where = fmt::format("{}:{}", path, line_no);
+  nlohmann::json obj;
+  try {
+    obj = nlohmann::json::parse(line);
+  } catch (const nlohmann::json::exception& e) {
+    fail("{}: not valid JSON ({})", where, e.what());
+  }
+  PRIMUS_CHECK(obj.is_object(), "{}: expected a JSON object such as {{\"messages\": [...]}} or {{\"prompt\": \"...\"}}",
+               where);
+  nlohmann::json messages;
+  if (obj.contains("messages")) {
+    messages = checked_messages(obj["messages"], where + ": \"messages\"");
+  } else if (obj.contains("prompt") && !obj.contains("completion") && !obj.contains("chosen") &&
+             !obj.contains("rejected")) {
+    const nlohmann::json& p = obj["prompt"];
+    messages = p.is_string() ? nlohmann::json::array({{{"role", "user"}, {"content", p}}})
+                             : checked_messages(p, where + ": \"prompt\"");
+  } else {
+    const data::sft::ChatRecord r = data::sft::parse_chat_record(line, path, line_no, data::sft::RecordKind::kAny);
+    messages = r.is_conversation() ? r.completion : r.prompt;
+  }
+  // The answer to generate is not part of the prompt.
+  while (!messages.empty() && messages.back().value("role", "") == "assistant") messages.erase(messages.size() - 1);
+  PRIMUS_CHECK(!messages.empty(), "{}: no message before the assistant's turn to generate", where);
+  return messages;
+}
+
+std::vector<nlohmann::json> read_chat_file(const std::string& path) {
+  std::ifstream in(path);
+  PRIMUS_CHECK(in.good(), "--chat-file '{}' cannot be opened", path);
+  std::vector<nlohmann::json> out;
+  std::string line;
+  for (int64_t n = 1; std::getline(in, line); ++n) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!trim(line).empty()) out.push_back(chat_file_messages(line, path, n));
+  }
+  PRIMUS_CHECK(!out.empty(), "--chat-file '{}' has no record (one JSON object a line)", path);
+  return out;
+}
+
+// The special token a template writes right after an assistant turn's content (its
+// end-of-turn token: <|eot_id|>, <|im_end|>, <end_of_turn>, </s>), or -1.
+int32_t end_of_turn_id(const data::chat::ChatTemplate& t, data::Tokenizer& tok) {
+  const std::string marker = "Zq7xPRIMUSxANSWERx";
+  std::string text;
+  try {
+    text = t.render(nlohmann::json::array({{{"role", "user"}, {"content", "Hello"}},
+                                           {{"role", "assistant"}, {"content", marker}}}),
+                    false);
+  } catch (const std::exception&) {
+    return -1;  // a template that refuses this conversation: rely on the eos names
+  }
+  const size_t at = text.find(marker);
+  if (at == std::string::npos) return -1;
+  const std::vector<int32_t> after = tok.encode(std::string_view(text).substr(at + marker.size()));
+  if (after.empty()) return -1;
+  const std::vector<int32_t> special = tok.special_ids();
+  return std::find(special.begin(), special.end(), after[0]) != special.end() ? after[0] : -1;
+}
+
 DType parse_dtype(const std::string& s, Device device) {
   if (s == "auto") return device == Device::CPU ? DType::F32 : DType::BF16;
   if (s == "fp32" || s == "float32") return DType::F32;
@@ -100,6 +194,8 @@ DType parse_dtype(const std::string& s, Device device) {
 int cmd_generate(int argc, char** argv) {
   CLI::App app{"Generate text from a Primus checkpoint (Llama family) with a KV cache", "generate"};
   std::string load, tokenizer_model, tokenizer_type, prompt_file, output_json, dump_logits;
+  std::string chat_file, chat_template_opt, system_prompt;
+  bool chat = false;
   std::string device_name_opt = "cpu", dtype_opt = "auto";
   std::optional<int64_t> iteration;
   std::vector<std::string> prompts_text, prompts_ids;
@@ -123,6 +219,16 @@ int cmd_generate(int argc, char** argv) {
   app.add_option("--prompt-ids", prompts_ids,
                  "prompt as token ids, e.g. 1,2,3 (repeatable; bypasses the tokenizer; added last)")
       ->allow_extra_args(false);
+  app.add_flag("--chat", chat,
+               "render each prompt as a user turn with the chat template (add_generation_prompt) and stop at its "
+               "end-of-turn token");
+  app.add_option("--chat-file", chat_file,
+                 "JSONL of conversations to continue ({\"messages\": [...]} or {\"prompt\": ...} a line; "
+                 "implies --chat)");
+  app.add_option("--chat-template", chat_template_opt,
+                 "--chat: a tokenizer_config.json or a .jinja file (default: tokenizer_config.json beside the "
+                 "tokenizer)");
+  app.add_option("--system", system_prompt, "--chat: a system turn before each prompt");
   app.add_option("--max-new-tokens", gen.max_new_tokens, "new tokens per prompt (default 64)");
   app.add_option("--temperature", gen.sampling.temperature, "sampling temperature; 0 = greedy (default 0)");
   app.add_option("--top-k", gen.sampling.top_k, "sample among the k most likely tokens (0 = off)");
@@ -153,8 +259,15 @@ int cmd_generate(int argc, char** argv) {
   PRIMUS_CHECK(device != Device::CPU || dtype == DType::F32,
                "--dtype {}: the CPU backend computes in fp32 only (use --dtype fp32 or auto, or --device cuda)",
                dtype_opt);
-  PRIMUS_CHECK(!prompts_text.empty() || !prompt_file.empty() || !prompts_ids.empty(),
-               "no prompt: pass --prompt TEXT (repeatable), --prompt-file FILE or --prompt-ids 1,2,3");
+  if (!chat_file.empty()) chat = true;
+  PRIMUS_CHECK(!prompts_text.empty() || !prompt_file.empty() || !prompts_ids.empty() || !chat_file.empty(),
+               "no prompt: pass --prompt TEXT (repeatable), --prompt-file FILE, --prompt-ids 1,2,3 or --chat-file "
+               "FILE.jsonl");
+  PRIMUS_CHECK(!chat || prompts_ids.empty(),
+               "--prompt-ids with --chat: token ids bypass the chat template; give the prompt as text (--prompt) or "
+               "conversations (--chat-file)");
+  PRIMUS_CHECK(chat || (chat_template_opt.empty() && system_prompt.empty()),
+               "--chat-template and --system apply to chat prompts: add --chat (or use --chat-file)");
   infer::validate(gen.sampling);
   PRIMUS_CHECK(gen.max_new_tokens >= 1, "--max-new-tokens must be >= 1, got {}", gen.max_new_tokens);
 
@@ -174,7 +287,18 @@ int cmd_generate(int argc, char** argv) {
   std::vector<std::string> text_prompts = prompts_text;
   if (!prompt_file.empty())
     for (auto& p : read_prompt_file(prompt_file)) text_prompts.push_back(std::move(p));
-  const bool need_tokenizer = !text_prompts.empty();
+  std::vector<nlohmann::json> conversations;
+  if (chat) {
+    for (const std::string& t : text_prompts)
+      conversations.push_back(nlohmann::json::array({{{"role", "user"}, {"content", t}}}));
+    if (!chat_file.empty())
+      for (auto& m : read_chat_file(chat_file)) conversations.push_back(std::move(m));
+    if (!system_prompt.empty())
+      for (nlohmann::json& m : conversations)
+        if (m[0].value("role", "") != "system")
+          m.insert(m.begin(), nlohmann::json{{"role", "system"}, {"content", system_prompt}});
+  }
+  const bool need_tokenizer = !text_prompts.empty() || chat;
   // The training config's tokenizer path may be relative to another machine or directory.
   // Prompts given as ids do not need it: go on without it (token ids only) rather than fail.
   if (tokenizer_from_config && !tokenizer_model.empty() && !std::filesystem::exists(tokenizer_model)) {
@@ -204,18 +328,43 @@ int cmd_generate(int argc, char** argv) {
 
   std::vector<Prompt> prompts;
   const auto special = no_special ? data::SpecialTokens::kNone : data::SpecialTokens::kAdd;
-  for (const std::string& t : text_prompts) {
-    std::vector<int32_t> ids = tok->encode(t, special);
-    PRIMUS_CHECK(!ids.empty(), "prompt '{}' encodes to no tokens", t);
-    prompts.push_back({t, std::move(ids)});
+  std::string chat_template_name;
+  int32_t end_of_turn = -1, template_eos = -1;
+  if (chat) {
+    const data::sft::ChatTemplateSource src = data::sft::load_chat_template(chat_template_opt, tokenizer_model, *tok);
+    PRIMUS_CHECK(src.tmpl != nullptr, "--chat-template none: --chat needs a template (a tokenizer_config.json or a "
+                 ".jinja file)");
+    chat_template_name = src.name;
+    for (const nlohmann::json& m : conversations) {
+      std::string text;
+      try {
+        text = src.tmpl->render(m, /*add_generation_prompt=*/true);
+      } catch (const std::exception& e) {
+        fail("chat template {} failed to render prompt {}: {}", src.name, prompts.size(), e.what());
+      }
+      // The template spells every special token (BOS included, where the model has one).
+      std::vector<int32_t> ids = tok->encode(text, data::SpecialTokens::kNone);
+      PRIMUS_CHECK(!ids.empty(), "chat prompt {} renders to no tokens", prompts.size());
+      prompts.push_back({text, std::move(ids), m});
+    }
+    end_of_turn = end_of_turn_id(*src.tmpl, *tok);
+    if (!src.tmpl->eos_token().empty()) template_eos = tok->token_to_id(src.tmpl->eos_token());
   }
-  for (const std::string& s : prompts_ids) prompts.push_back({std::nullopt, parse_ids(s)});
+  if (!chat) {
+    for (const std::string& t : text_prompts) {
+      std::vector<int32_t> ids = tok->encode(t, special);
+      PRIMUS_CHECK(!ids.empty(), "prompt '{}' encodes to no tokens", t);
+      prompts.push_back({t, std::move(ids), nullptr});
+    }
+  }
+  for (const std::string& s : prompts_ids) prompts.push_back({std::nullopt, parse_ids(s), nullptr});
 
   // Vocabulary the new tokens are drawn from, and where sequences stop.
   gen.vocab_limit = tok ? tok->vocab_size() : (mc.vocab_size > 0 ? mc.vocab_size : mc.padded_vocab_size);
   if (tok && !ignore_eos) {
-    std::vector<int32_t> eos = {tok->eod()};
-    for (const char* name : {"<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>", "<|im_end|>"})
+    std::vector<int32_t> eos = {tok->eod(), template_eos, end_of_turn};
+    for (const char* name : {"<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>", "<|im_end|>",
+                             "<|end|>", "<end_of_turn>"})
       eos.push_back(tok->token_to_id(name));
     for (int32_t id : eos)
       if (id >= 0 && std::find(stop_ids.begin(), stop_ids.end(), id) == stop_ids.end()) stop_ids.push_back(id);
@@ -279,7 +428,10 @@ int cmd_generate(int argc, char** argv) {
   for (size_t i = 0; i < prompts.size(); ++i) {
     std::string t;
     if (tok) {
-      t = completion_text(*tok, ids[i], r.tokens[i]);
+      std::vector<int32_t> gen_ids = r.tokens[i];
+      // Chat: the answer's text, without the end-of-turn / eos token that ended it.
+      if (chat && r.finish_reasons[i] == "stop" && !gen_ids.empty()) gen_ids.pop_back();
+      t = completion_text(*tok, ids[i], gen_ids);
     } else {
       for (int32_t id : r.tokens[i]) t += (t.empty() ? "" : " ") + std::to_string(id);
     }
@@ -318,6 +470,13 @@ int cmd_generate(int argc, char** argv) {
     j["device"] = device_name_opt;
     j["dtype"] = dtype_name(dtype);
     j["tokenizer"] = tok ? nlohmann::json{{"type", tok->type_name()}, {"model", tokenizer_model}} : nlohmann::json();
+    j["chat"] = chat;
+    if (chat) {
+      j["chat_template"] = chat_template_name;
+      nlohmann::json msgs = nlohmann::json::array();
+      for (const Prompt& p : prompts) msgs.push_back(p.messages);
+      j["messages"] = msgs;
+    }
     j["sampling"] = {{"temperature", gen.sampling.temperature},
                      {"top_k", gen.sampling.top_k},
                      {"top_p", gen.sampling.top_p},
