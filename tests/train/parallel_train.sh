@@ -54,6 +54,9 @@
 #   dp2lora      2 ranks, distributed optimizer over the adapters, overlapped reduce == reflora
 #   pp2lora      2 ranks, pipeline parallel (frozen tied embedding on both ends)   == reflora
 #   lora_half->tp2sp  1 rank stops at 5 and saves; tp2 + SP resumes              == reflora
+#   DPO with LoRA on token-id preference pairs (tiny_chat-posttrain.yaml), against refdpo (1 rank):
+#   tp2spdpo     2 ranks, tp2 + sequence parallel                                 == refdpo
+#   dp2dpo       2 ranks, data parallel (each rank a share of the reference log-probs) == refdpo
 # Usage: parallel_train.sh PRIMUS_BINARY MPIEXEC
 set -euo pipefail
 PRIMUS=$1
@@ -176,6 +179,14 @@ run pp2lora 2 "${LORA[@]}" --set pipeline_model_parallel_size=2 $(final pp2lora)
 run lora_half 1 "${LORA[@]}" --set save="$WORK/ckpt_lora" --set exit_interval=5
 run lora_to_tp2sp 2 "${LORA[@]}" --set tensor_model_parallel_size=2 --set sequence_parallel=true \
   --set load="$WORK/ckpt_lora" $(final lora_to_tp2sp)
+EXP_MOCK=$EXP
+EXP=$(dirname "$0")/tiny_chat-posttrain.yaml
+DPO=(--set data_path="$(dirname "$0")/tiny_pairs_ids.jsonl" --set dpo=true --set packing=false --set peft=lora
+     --set lora_dim=4)
+run refdpo 1 "${DPO[@]}"
+run tp2spdpo 2 "${DPO[@]}" --set tensor_model_parallel_size=2 --set sequence_parallel=true
+run dp2dpo 2 "${DPO[@]}"
+EXP=$EXP_MOCK
 }
 
 # A layout the interleaved schedule cannot run is refused at set-up, naming the keys.
@@ -232,7 +243,8 @@ def losses(run):
         if r.get("type") == "train":  # lm loss, and for MoE runs the load-balancing and z losses
             out[r["iteration"]] = {k: v for k, v in r.items() if k.endswith("loss")}
     return out
-refs = {r: losses(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2", "refmoe16", "refmoe4", "refds_v2", "reflora")}
+refs = {r: losses(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2", "refmoe16", "refmoe4", "refds_v2", "reflora",
+                               "refdpo")}
 for r in refs.values():
     assert sorted(r) == list(range(1, 11)), r
 worst = 0.0
@@ -250,7 +262,8 @@ runs = (("dp2", ALL, "ref"), ("tp2", ALL, "ref"), ("dp2_distopt", ALL, "ref"), (
         ("tp2spmoe", ALL, "refmoe"), ("ep2tp2sp", ALL, "refmoe"), ("big_half", FIRST, "refmoe16"),
         ("big_to_1", LAST, "refmoe16"), ("moe16_half", FIRST, "refmoe16"), ("one_to_big", LAST, "refmoe16"),
         ("tp2lora", ALL, "reflora"), ("tp2splora", ALL, "reflora"), ("dp2lora", ALL, "reflora"), ("pp2lora", ALL, "reflora"),
-        ("lora_half", FIRST, "reflora"), ("lora_to_tp2sp", LAST, "reflora"))
+        ("lora_half", FIRST, "reflora"), ("lora_to_tp2sp", LAST, "reflora"), ("tp2spdpo", ALL, "refdpo"),
+        ("dp2dpo", ALL, "refdpo"))
 EXPERT_PARALLEL = {"ep2moe", "ep4moe", "ep2dp2moe", "ep2pp2moe", "ep2pp2_half", "ep_to_1", "moe_to_ep4", "ep4ds",
                    "ep2pp2ds", "ep2pp2vp", "ep2tp2ds", "tp2ds_v2", "tp2moe", "tp2spmoe", "ep2tp2sp", "big_half", "big_to_1", "one_to_big"}
 for run, its, refname in runs:
