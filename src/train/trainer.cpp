@@ -17,6 +17,7 @@
 #include "data/tokenizer/tokenizer.h"
 #include "model/decoder.h"
 #include "model/decoder_spec.h"
+#include "model/lora_weights.h"
 #include "parallel/gather_to_root.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
@@ -451,7 +452,20 @@ void Run::restore() {
       return p->name.find(".lora_A.") != std::string::npos || p->name.find(".lora_B.") != std::string::npos;
     });
   const bool sharded = tp_size_ > 1 || ep_size_ > 1;
-  if (!sharded) {
+  // Weights from a LoRA run's checkpoint: its adapters merged into their base (W + s B A), so a
+  // full fine-tune (or a new LoRA) starts from the adapted model.
+  const std::vector<std::string> adapted =
+      weights_only ? lora_adapted_weights(reader.model_file()) : std::vector<std::string>{};
+  if (!adapted.empty()) {
+    const LoraConfig lora = lora_config_of(reader.config(), reader.path() + "/config.json");
+    NamedTensorList full = reader.model_tensors();
+    for (auto& [name, t] : full)
+      if (std::find(adapted.begin(), adapted.end(), name) != adapted.end())
+        t = merged_lora_weight(reader.model_file(), name, lora.scaling());
+    parallel::load_full_tensors(ctx_, loaded, full);
+    logger_.info("{}: merged the LoRA adapters of {} weights into them (lora_alpha / lora_dim = {})", reader.path(),
+                 adapted.size(), lora.scaling());
+  } else if (!sharded) {
     NamedTensorList targets;
     for (NamedTensor* p : loaded) targets.emplace_back(p->name, p->value);
     // A pipeline stage holds some of the file's tensors: every one of its own must be there.
