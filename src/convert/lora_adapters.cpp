@@ -23,10 +23,6 @@ std::vector<std::string> write_peft_adapter(const std::string& dir, const ModelC
   auto add_module = [&](const std::string& m) {
     if (std::find(hf_modules.begin(), hf_modules.end(), m) == hf_modules.end()) hf_modules.push_back(m);
   };
-  auto f32 = [&](const std::string& name) {
-    const Tensor v = file.view(name);
-    return Tensor::from_floats(v.to_float_vector(), v.shape());
-  };
   for (int64_t l = 0; l < mc.num_layers; ++l) {
     const std::string pre = fmt::format("decoder.layers.{}.", l);
     const std::string hf = fmt::format("base_model.model.model.layers.{}.", l);
@@ -41,7 +37,7 @@ std::vector<std::string> write_peft_adapter(const std::string& dir, const ModelC
     for (const auto& [megatron, parts] : map) {
       const std::string base = pre + megatron + ".weight";
       if (!file.contains(lora_a_name(base))) continue;
-      const Tensor a = f32(lora_a_name(base)), b = f32(lora_b_name(base));
+      const Tensor a = load_f32(file, lora_a_name(base)), b = load_f32(file, lora_b_name(base));
       for (const auto& [module, first, rows] : parts) {
         const int64_t n = rows < 0 ? b.size(0) : rows;
         out.emplace_back(hf + module + ".lora_A.weight", a.clone());

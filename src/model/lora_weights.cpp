@@ -41,13 +41,14 @@ LoraConfig lora_config_of(const nlohmann::json& config, const std::string& where
   return l;
 }
 
+Tensor load_f32(const SafetensorsFile& file, const std::string& name) {
+  const Tensor v = file.view(name);
+  return Tensor::from_floats(v.to_float_vector(), v.shape());
+}
+
 Tensor merged_lora_weight(const SafetensorsFile& file, const std::string& base, float scaling) {
-  auto f32 = [&](const std::string& name) {
-    const Tensor v = file.view(name);
-    return Tensor::from_floats(v.to_float_vector(), v.shape());
-  };
-  Tensor w = f32(base);
-  const Tensor a = f32(lora_a_name(base)), b = f32(lora_b_name(base));
+  Tensor w = load_f32(file, base);
+  const Tensor a = load_f32(file, lora_a_name(base)), b = load_f32(file, lora_b_name(base));
   PRIMUS_CHECK(w.ndim() == 2 && a.ndim() == 2 && b.ndim() == 2 && b.size(0) == w.size(0) && a.size(1) == w.size(1) &&
                    a.size(0) == b.size(1),
                "{}: LoRA shapes of '{}' do not fit: W {}, A {}, B {}", file.path(), base, w.describe(), a.describe(),

@@ -30,6 +30,8 @@ struct LoraConfig {
 // options may sit under "options"); `where` names it in errors.
 LoraConfig lora_config_of(const nlohmann::json& config, const std::string& where);
 
+// A tensor of `file` as fp32 on the host (any float dtype stored).
+Tensor load_f32(const SafetensorsFile& file, const std::string& name);
 // fp32 (out, in) on the host: base + scaling * B A, from `file`'s tensors.
 Tensor merged_lora_weight(const SafetensorsFile& file, const std::string& base_weight, float scaling);
 

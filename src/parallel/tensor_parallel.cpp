@@ -76,9 +76,6 @@ std::vector<NamedTensor*> sequence_parallel_partial_grads(const TensorParallel& 
   return out;
 }
 
-void all_reduce_sequence_parallel_grads(const TensorParallel& tp, const std::vector<NamedTensor*>& params) {
-  for (NamedTensor* p : sequence_parallel_partial_grads(tp, params)) tp.group->all_reduce(p->grad, ReduceOp::Sum);
-}
 
 double grad_sum_of_squares(ops::Context& ctx, const std::vector<NamedTensor*>& params, int tp_rank,
                            Communicator* reduce_group) {

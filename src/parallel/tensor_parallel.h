@@ -98,12 +98,10 @@ Tensor tp_partial_buffer(const TensorParallel& tp, Tensor& y, Arena& arena);
 // ---- gradients -----------------------------------------------------------------------
 
 // Parameters replicated across tp whose grads are partial under SP (the norm weights):
-// empty without SP.
+// empty without SP. DecoderModel::reduce_sequence_parallel_grads() sums them (and LoRA's
+// partial adapter grads) over tp once per step, after the last micro-batch's backward.
 std::vector<NamedTensor*> sequence_parallel_partial_grads(const TensorParallel& tp,
                                                           const std::vector<NamedTensor*>& params);
-// All-reduces (sum) those grads over tp. Once per step, after the last micro-batch's
-// backward (grads accumulate across micro-batches; reducing twice would double count).
-void all_reduce_sequence_parallel_grads(const TensorParallel& tp, const std::vector<NamedTensor*>& params);
 
 // Sum of grad^2 over the FULL model from this rank's parameters: sharded tensors count on
 // every rank, replicated ones only on tp rank 0 (Megatron's rule), then the total is

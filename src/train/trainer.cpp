@@ -749,15 +749,15 @@ void Run::log_header() {
   int64_t frozen = 0;                              // LoRA's frozen base
   if (o_.lora.active())
     for (const NamedTensor* b : buffers_) frozen += b->value.numel();
-  const int64_t held_all = held + frozen;
+  const int64_t base_held = o_.lora.active() ? frozen : held;  // of the model table's parameters
   logger_.info("model: {} layers, hidden {}, {} heads ({} query groups), ffn {}, vocab {} (padded {}): {:.2f}M "
                "parameters{}",
                m.num_layers, m.hidden_size, m.num_attention_heads, m.num_query_groups, m.ffn_hidden_size,
                m.vocab_size, m.padded_vocab_size, whole / 1e6,
-               held_all - (o_.lora.active() ? held : 0) != whole
+               base_held != whole
                    ? fmt::format(" ({:.2f}M of them on this rank: its tensor- and expert-parallel shards of "
                                  "its pipeline stage's layers)",
-                                 (held_all - (o_.lora.active() ? held : 0)) / 1e6)
+                                 base_held / 1e6)
                              : "");
   if (o_.lora.active()) {
     // What full fine-tuning would add per frozen parameter: its fp32 gradient, AdamW's two fp32
