@@ -107,8 +107,10 @@ void decode_attention(ops::Context& ctx, Tensor& out, const Tensor& q, const Ten
                d.D, cuda::kDecodeAttentionMaxHeadDim);
   cuda::launch_kv_append(k_cache.raw(), v_cache.raw(), k_new.raw(), v_new.raw(), positions.data<int32_t>(),
                          q.dtype(), d.B, d.Lmax, d.Hkv, d.D, cb->stream());
+  const size_t ws = cuda::decode_attention_workspace_bytes(q.dtype(), d.B, d.Lmax, d.Hq, d.Hkv, d.D);
   cuda::launch_decode_attention(out.raw(), q.raw(), k_cache.raw(), v_cache.raw(), positions.data<int32_t>(),
-                                q.dtype(), d.B, d.Lmax, d.Hq, d.Hkv, d.D, scale, cb->stream());
+                                q.dtype(), d.B, d.Lmax, d.Hq, d.Hkv, d.D, scale, ws > 0 ? cb->scratch(ws) : nullptr, ws,
+                                cb->stream());
 #else
   fail("decode_attention: {} tensors need the CUDA build of primus", device_name(ctx.device()));
 #endif

@@ -133,9 +133,12 @@ class CudaBackend final : public ops::Backend {
   void set_flash_config(FlashConfig c) { options_.flash = c; }
   // Bytes of the backend's scratch buffer now (grows to the largest request, then stays).
   size_t scratch_bytes() const { return scratch_bytes_; }
+  // The scratch buffer, at least `bytes`: stream-ordered reuse by the ops queued on stream();
+  // grows (with a sync) only when too small. Ops outside the backend use it too (the split-K
+  // partials of ops::decode_attention).
+  void* scratch(size_t bytes);
 
  private:
-  void* scratch(size_t bytes);  // stream-ordered reuse; grows (with a sync) only when too small
   bool use_flash(const Tensor& q, const Tensor& v) const;
 
   int device_ = 0;
