@@ -453,14 +453,26 @@ int cmd_generate(int argc, char** argv) {
     }
   }
   const double total_s = r.prefill_seconds + r.decode_seconds;
+  // A decode step reads every weight once and each sequence's KV cache up to its position: the
+  // least memory traffic of a step, against an H100 SXM's 3.35 TB/s (the roofline).
+  const double step_ms = 1e3 * r.decode_seconds / static_cast<double>(std::max<int64_t>(r.decode_steps, 1));
+  const double mean_context = static_cast<double>(r.prompt_tokens) / static_cast<double>(prompts.size()) +
+                              static_cast<double>(r.decode_steps) / 2.0;
+  const double step_bytes = static_cast<double>(decoder.weight_bytes()) +
+                            static_cast<double>(prompts.size()) * mean_context *
+                                static_cast<double>(decoder.cache_values_per_token() * dtype_size(decoder.dtype()));
+  const double roofline_ms = step_bytes / 3.35e12 * 1e3;
   std::fflush(stdout);  // the text's last line before the stats on stderr (a shared terminal or pipe)
   if (!quiet)
     fmt::print(stderr,
                "[generate] {} prompt(s), {} prompt tokens, {} new tokens on {} ({}): prefill {:.3f} s ({:.1f} "
-               "tokens/s), decode {:.3f} s ({:.1f} tokens/s), {:.1f} new tokens/s overall; {}\n",
+               "tokens/s), decode {:.3f} s ({:.1f} tokens/s, {:.3f} ms per step), {:.1f} new tokens/s overall; {}; "
+               "a decode step reads >= {:.3f} GB (weights + KV cache): {:.3f} ms at 3.35 TB/s, {:.0f}% of that "
+               "roofline\n",
                prompts.size(), r.prompt_tokens, r.generated_tokens, device_name_opt, dtype_name(dtype),
-               r.prefill_seconds, r.prefill_tokens_per_s(), r.decode_seconds, r.decode_tokens_per_s(),
-               r.generated_tokens / std::max(total_s, 1e-12), decoder.cache_description());
+               r.prefill_seconds, r.prefill_tokens_per_s(), r.decode_seconds, r.decode_tokens_per_s(), step_ms,
+               r.generated_tokens / std::max(total_s, 1e-12), decoder.cache_description(), step_bytes / 1e9,
+               roofline_ms, r.decode_steps > 0 ? 100.0 * roofline_ms / step_ms : 0.0);
 
   if (!dump_logits.empty()) infer::write_npy_f32(dump_logits, r.prompt_logits);
   if (!output_json.empty()) {
@@ -498,6 +510,10 @@ int cmd_generate(int argc, char** argv) {
     j["generated_tokens"] = r.generated_tokens;
     j["prefill_seconds"] = r.prefill_seconds;
     j["decode_seconds"] = r.decode_seconds;
+    j["decode_steps"] = r.decode_steps;
+    j["decode_ms_per_step"] = step_ms;
+    j["decode_bytes_per_step"] = step_bytes;
+    j["roofline_ms_per_step_3_35TBps"] = roofline_ms;
     j["prefill_tokens_per_s"] = r.prefill_tokens_per_s();
     j["decode_tokens_per_s"] = r.decode_tokens_per_s();
     j["tokens_per_s"] = r.generated_tokens / std::max(total_s, 1e-12);

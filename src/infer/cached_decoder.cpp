@@ -6,6 +6,10 @@
 #include "core/error.h"
 #include "core/strings.h"
 #include "model/decoder.h"
+#ifdef PRIMUS_WITH_CUDA
+#include "ops/cuda/cuda_backend.h"
+#include "ops/cuda/sampling.h"
+#endif
 
 namespace primus::infer {
 
@@ -13,6 +17,21 @@ namespace {
 
 // Rows of logits computed per output GEMM (bounds the fp32 logits buffer to rows x V).
 constexpr int64_t kLogitsChunkRows = 256;
+
+// positions[b] += 1 (int32 (B) on the context's device).
+void advance_positions(ops::Context& ctx, Tensor& positions) {
+  if (ctx.device() == Device::CPU) {
+    for (int64_t b = 0; b < positions.numel(); ++b) ++positions.data<int32_t>()[b];
+    return;
+  }
+#ifdef PRIMUS_WITH_CUDA
+  ::primus::cuda::CudaBackend* cb = ::primus::cuda::as_cuda_backend(ctx.backend());
+  PRIMUS_CHECK(cb != nullptr, "decode_step: the CUDA context has no CudaBackend");
+  ops::cuda::launch_advance_positions(positions.data<int32_t>(), positions.numel(), cb->stream());
+#else
+  fail("decode_step: {} tensors need the CUDA build of primus", device_name(ctx.device()));
+#endif
+}
 
 }  // namespace
 
@@ -97,6 +116,12 @@ int64_t CachedDecoder::cache_values_per_token() const {
   return n;
 }
 
+int64_t CachedDecoder::weight_bytes() const {
+  int64_t n = 0;
+  for (const auto& t : tensors_) n += static_cast<int64_t>(t->value.nbytes());
+  return n;
+}
+
 std::string CachedDecoder::cache_description() const {
   const int64_t per_layer = layers_.empty() ? 0 : cache_values_per_token() / static_cast<int64_t>(layers_.size());
   if (config_.multi_latent_attention)
@@ -128,6 +153,15 @@ void CachedDecoder::ensure_rope_rows(int64_t n) {
   cos_host_ = Tensor();
   sin_host_ = Tensor();
   ops::rope_tables(cos_host_, sin_host_, n, rotary_.inv_freq, rotary_.table_scale);
+  if (ctx_.device() == Device::CPU) {
+    cos_dev_ = cos_host_;
+    sin_dev_ = sin_host_;
+  } else {
+    cos_dev_ = Tensor::empty(cos_host_.shape(), DType::F32, ctx_.device());
+    sin_dev_ = Tensor::empty(sin_host_.shape(), DType::F32, ctx_.device());
+    cos_dev_.copy_from(cos_host_);
+    sin_dev_.copy_from(sin_host_);
+  }
 }
 
 Tensor CachedDecoder::to_device(const Tensor& host) {
@@ -149,17 +183,22 @@ void CachedDecoder::run_layers(LayerEnv& env, Tensor& x, Attend&& attend) {
   }
 }
 
-Tensor CachedDecoder::final_logits(const Tensor& x_rows) {
+Tensor CachedDecoder::device_logits(const Tensor& x_rows) {
   const int64_t n = x_rows.size(0), V = config_.padded_vocab_size, C = config_.hidden_size;
+  Tensor h = arena_.alloc({n, C}, dtype_), rstd = arena_.alloc({n}, DType::F32);
+  ops::rmsnorm_forward(ctx_, h, rstd, x_rows, final_norm_->value, static_cast<float>(config_.norm_epsilon));
+  Tensor logits = arena_.alloc({n, V}, DType::F32);
+  ops::matmul(ctx_, logits, h, ops::Transpose::No, output_->value, ops::Transpose::Yes);
+  return logits;
+}
+
+Tensor CachedDecoder::final_logits(const Tensor& x_rows) {
+  const int64_t n = x_rows.size(0), V = config_.padded_vocab_size;
   Tensor host = Tensor::empty({n, V}, DType::F32);
   for (int64_t r0 = 0; r0 < n; r0 += kLogitsChunkRows) {
     const int64_t r1 = std::min(n, r0 + kLogitsChunkRows);
     const Arena::Mark m = arena_.mark();
-    Tensor h = arena_.alloc({r1 - r0, C}, dtype_), rstd = arena_.alloc({r1 - r0}, DType::F32);
-    ops::rmsnorm_forward(ctx_, h, rstd, x_rows.rows(r0, r1), final_norm_->value,
-                         static_cast<float>(config_.norm_epsilon));
-    Tensor logits = arena_.alloc({r1 - r0, V}, DType::F32);
-    ops::matmul(ctx_, logits, h, ops::Transpose::No, output_->value, ops::Transpose::Yes);
+    const Tensor logits = device_logits(x_rows.rows(r0, r1));
     Tensor dst = host.rows(r0, r1);
     dst.copy_from(logits);
     arena_.release(m);
@@ -168,6 +207,17 @@ Tensor CachedDecoder::final_logits(const Tensor& x_rows) {
 }
 
 Tensor CachedDecoder::prefill(KvCache& cache, const std::vector<std::vector<int32_t>>& prompts, Tensor* all_logits) {
+  const Tensor last = prefill_rows(cache, prompts, all_logits);
+  return final_logits(last);
+}
+
+Tensor CachedDecoder::prefill_to_device(KvCache& cache, const std::vector<std::vector<int32_t>>& prompts) {
+  const Tensor last = prefill_rows(cache, prompts, nullptr);
+  return device_logits(last);
+}
+
+Tensor CachedDecoder::prefill_rows(KvCache& cache, const std::vector<std::vector<int32_t>>& prompts,
+                                   Tensor* all_logits) {
   const auto B = static_cast<int64_t>(prompts.size());
   const int64_t V = config_.padded_vocab_size, C = config_.hidden_size;
   PRIMUS_CHECK(B == cache.batch, "prefill: {} prompts for a cache of {} sequences", B, cache.batch);
@@ -200,8 +250,12 @@ Tensor CachedDecoder::prefill(KvCache& cache, const std::vector<std::vector<int3
   run_layers(env, x, [&](AttentionBlock& attention, const Tensor& in, Tensor& out, size_t l) {
     attention.prefill(env, in, out, cache.layers[l]);
   });
-  for (int64_t b = 0; b < B; ++b)
+  Tensor pos_host = Tensor::empty({B}, DType::I32);
+  for (int64_t b = 0; b < B; ++b) {
     cache.lengths[static_cast<size_t>(b)] = static_cast<int64_t>(prompts[static_cast<size_t>(b)].size());
+    pos_host.data<int32_t>()[b] = static_cast<int32_t>(prompts[static_cast<size_t>(b)].size());
+  }
+  cache.positions.copy_from(pos_host);
 
   if (all_logits != nullptr) *all_logits = final_logits(x).view({B, T, V});
   Tensor last = arena_.alloc({B, C}, dtype_);
@@ -210,48 +264,58 @@ Tensor CachedDecoder::prefill(KvCache& cache, const std::vector<std::vector<int3
     Tensor dst = last.rows(b, b + 1);
     ops::copy_cast(ctx_, dst, x.rows(r, r + 1));
   }
-  return final_logits(last);
+  return last;
 }
 
 Tensor CachedDecoder::decode(KvCache& cache, std::span<const int32_t> tokens) {
-  const int64_t B = cache.batch, V = config_.padded_vocab_size, C = config_.hidden_size;
+  const int64_t B = cache.batch, V = config_.padded_vocab_size;
   PRIMUS_CHECK(static_cast<int64_t>(tokens.size()) == B, "decode: {} tokens for a cache of {} sequences",
                tokens.size(), B);
   check_cache(cache, "decode");
   Tensor ids_host = Tensor::empty({B}, DType::I32), pos_host = Tensor::empty({B}, DType::I32);
-  int64_t max_pos = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const int32_t t = tokens[static_cast<size_t>(b)];
+    PRIMUS_CHECK(t >= 0 && t < V, "decode: token {} of sequence {} is outside the vocabulary [0, {})", t, b, V);
+    ids_host.data<int32_t>()[b] = t;
+    pos_host.data<int32_t>()[b] = static_cast<int32_t>(cache.lengths[static_cast<size_t>(b)]);
+  }
+  // The host's lengths are the truth here: the caller may have set them.
+  cache.positions.copy_from(pos_host);
+  if (!decode_ids_.defined() || decode_ids_.numel() != B) decode_ids_ = Tensor::empty({B}, DType::I32, ctx_.device());
+  decode_ids_.copy_from(ids_host);
+  const Tensor logits = decode_step(cache, decode_ids_);
+  Tensor host = Tensor::empty({B, V}, DType::F32);
+  host.copy_from(logits);
+  return host;
+}
+
+Tensor CachedDecoder::decode_step(KvCache& cache, const Tensor& tokens) {
+  const int64_t B = cache.batch, C = config_.hidden_size;
+  PRIMUS_CHECK(tokens.dtype() == DType::I32 && tokens.numel() == B && tokens.device() == ctx_.device(),
+               "decode: tokens must be int32 [{}] on {}, got {}", B, device_name(ctx_.device()), tokens.describe());
+  check_cache(cache, "decode");
   for (int64_t b = 0; b < B; ++b) {
     const int64_t p = cache.lengths[static_cast<size_t>(b)];
     PRIMUS_CHECK(p >= 1, "decode: sequence {} has no prompt in the cache: call prefill() first", b);
     PRIMUS_CHECK(p < cache.max_len, "decode: sequence {} is at position {} but the cache holds {} positions", b, p,
                  cache.max_len);
-    const int32_t t = tokens[static_cast<size_t>(b)];
-    PRIMUS_CHECK(t >= 0 && t < V, "decode: token {} of sequence {} is outside the vocabulary [0, {})", t, b, V);
-    ids_host.data<int32_t>()[b] = t;
-    pos_host.data<int32_t>()[b] = static_cast<int32_t>(p);
-    max_pos = std::max(max_pos, p);
   }
   arena_.reset();
-  ensure_rope_rows(std::max(max_pos + 1, cache.max_len));
-  // RoPE rows of each sequence's own position: the batch sits in the T dim of the RoPE
-  // ops, so row b of these (B, R/2) tables rotates sequence b.
+  ensure_rope_rows(cache.max_len);  // a no-op after prefill
+  // RoPE rows of each sequence's own position, gathered on the device: the batch sits in the
+  // T dim of the RoPE ops, so row b of these (B, R/2) tables rotates sequence b.
   const int64_t half = rotary_.dims() / 2;
-  Tensor cos_host = Tensor::empty({B, half}, DType::F32), sin_host = Tensor::empty({B, half}, DType::F32);
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t p = pos_host.data<int32_t>()[b];
-    std::copy_n(cos_host_.data<float>() + p * half, half, cos_host.data<float>() + b * half);
-    std::copy_n(sin_host_.data<float>() + p * half, half, sin_host.data<float>() + b * half);
-  }
-  const Tensor ids = to_device(ids_host), positions = to_device(pos_host);
-  LayerEnv env{ctx_, arena_, TokenDims{1, B, C, 1}, to_device(cos_host), to_device(sin_host),
-               static_cast<float>(config_.norm_epsilon)};
+  Tensor cos = arena_.alloc({B, half}, DType::F32), sin = arena_.alloc({B, half}, DType::F32);
+  ops::rope_gather_tables(ctx_, cos, sin, cos_dev_, sin_dev_, cache.positions);
+  LayerEnv env{ctx_, arena_, TokenDims{1, B, C, 1}, cos, sin, static_cast<float>(config_.norm_epsilon)};
   Tensor x = arena_.alloc({B, C}, dtype_);
-  ops::embedding_forward(ctx_, x, ids, embedding_->value);
+  ops::embedding_forward(ctx_, x, tokens, embedding_->value);
   run_layers(env, x, [&](AttentionBlock& attention, const Tensor& in, Tensor& out, size_t l) {
-    attention.decode(env, in, out, cache.layers[l], positions);
+    attention.decode(env, in, out, cache.layers[l], cache.positions);
   });
+  advance_positions(ctx_, cache.positions);
   for (int64_t b = 0; b < B; ++b) ++cache.lengths[static_cast<size_t>(b)];
-  return final_logits(x);
+  return device_logits(x);
 }
 
 }  // namespace primus::infer

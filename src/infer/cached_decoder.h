@@ -56,6 +56,9 @@ class CachedDecoder {
   // What the cache holds per token, summed over layers, and in words: "k and v" (GQA) or "the
   // latent c_kv + k_pe" (multi-latent attention), e.g. for the generate stats line.
   int64_t cache_values_per_token() const;
+  // Bytes of the weights the decoder reads (each tensor once; a tied output layer is the
+  // embedding): what every decode step reads at least, for roofline estimates.
+  int64_t weight_bytes() const;
   std::string cache_description() const;
 
   // Runs every prompt token (prompts.size() == cache.batch; each prompt non-empty and no
@@ -70,12 +73,28 @@ class CachedDecoder {
   // on the host.
   Tensor decode(KvCache& cache, std::span<const int32_t> tokens);
 
+  // The two phases with the logits left on the device (the generation loop of generate.h on
+  // CUDA: the tokens are chosen there, ops/cuda/sampling.h). Both return (B, V) fp32 on the
+  // context's device, valid until the next prefill/decode call of this decoder.
+  //   prefill_to_device(cache, prompts)  prefill() without the host copy
+  //   decode_step(cache, tokens)         decode() with tokens int32 (B) on the context's
+  //                                      device; positions come from cache.positions and the
+  //                                      RoPE rows are gathered by position on the device; the
+  //                                      step advances cache.positions with a kernel (and
+  //                                      cache.lengths on the host): nothing is copied per step
+  //                                      and, after the first step, nothing is allocated.
+  Tensor prefill_to_device(KvCache& cache, const std::vector<std::vector<int32_t>>& prompts);
+  Tensor decode_step(KvCache& cache, const Tensor& tokens);
+
  private:
   void check_cache(const KvCache& cache, const char* who) const;
   // x (n,C) through every layer, phase by phase; `attend` runs one attention block.
   template <typename Attend>
   void run_layers(LayerEnv& env, Tensor& x, Attend&& attend);
   Tensor final_logits(const Tensor& x_rows);  // (n,C) -> (n,V) fp32 host
+  Tensor device_logits(const Tensor& x_rows);  // (n,C) -> (n,V) fp32 on the device (arena)
+  // Prefill's forward; returns the hidden state of each prompt's last token, (B, C) (arena).
+  Tensor prefill_rows(KvCache& cache, const std::vector<std::vector<int32_t>>& prompts, Tensor* all_logits);
   void ensure_rope_rows(int64_t n);
   Tensor to_device(const Tensor& host);  // an arena copy on the device
 
@@ -87,6 +106,8 @@ class CachedDecoder {
   std::vector<DecoderLayer> layers_;
   Rotary rotary_;
   Tensor cos_host_, sin_host_;  // (rows, R/2) fp32: positions [0, rows)
+  Tensor cos_dev_, sin_dev_;    // the same tables on the context's device (decode_step gathers rows)
+  Tensor decode_ids_;           // decode()'s tokens on the device
   Arena arena_;
 };
 

@@ -2,14 +2,33 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "core/error.h"
+#include "infer/device_sampler.h"
 
 namespace primus::infer {
 
 namespace {
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Entropy (nats) of softmax(z / T) over a row of logits z.
+double entropy_of(std::span<const float> z, double temperature) {
+  const double inv_t = 1.0 / temperature;
+  double zmax = -INFINITY;
+  for (float v : z)
+    if (!std::isnan(v)) zmax = std::max(zmax, static_cast<double>(v) * inv_t);
+  if (!std::isfinite(zmax)) return 0.0;
+  double total = 0, weighted = 0;
+  for (float v : z) {
+    if (std::isnan(v)) continue;
+    const double a = static_cast<double>(v) * inv_t - zmax, e = std::exp(a);
+    total += e;
+    weighted += e * a;
+  }
+  return std::log(total) - weighted / total;  // -sum p log p with p = e / total
 }
 }  // namespace
 
@@ -18,6 +37,8 @@ GenerateResult generate(CachedDecoder& decoder, const std::vector<std::vector<in
   PRIMUS_CHECK(!prompts.empty(), "generate: no prompts");
   PRIMUS_CHECK(o.max_new_tokens >= 1, "generate: max_new_tokens must be >= 1, got {}", o.max_new_tokens);
   validate(o.sampling);
+  PRIMUS_CHECK(o.sample_ids.empty() || o.sample_ids.size() == prompts.size(),
+               "generate: {} sample_ids for {} prompts (one per prompt, or none)", o.sample_ids.size(), prompts.size());
   const int64_t V = decoder.config().padded_vocab_size;
   const int64_t vocab = o.vocab_limit > 0 ? std::min(o.vocab_limit, V) : V;
   const int64_t B = static_cast<int64_t>(prompts.size());
@@ -32,32 +53,73 @@ GenerateResult generate(CachedDecoder& decoder, const std::vector<std::vector<in
   KvCache cache = decoder.new_cache(B, max_len);
   r.tokens.assign(static_cast<size_t>(B), {});
   r.finish_reasons.assign(static_cast<size_t>(B), "length");
+  if (o.keep_entropy) r.entropy_sums.assign(static_cast<size_t>(B), 0.0);
+  const double entropy_temperature = o.sampling.greedy() ? 1.0 : static_cast<double>(o.sampling.temperature);
   std::vector<bool> done(static_cast<size_t>(B), false);
   std::vector<int32_t> last(static_cast<size_t>(B), 0);
   int64_t active = B;
 
+  // Records token t of sequence b: streaming, stop ids, max_new_tokens.
+  auto record = [&](int64_t b, int32_t t) {
+    auto& out = r.tokens[static_cast<size_t>(b)];
+    out.push_back(t);
+    last[static_cast<size_t>(b)] = t;
+    ++r.generated_tokens;
+    if (o.on_token) o.on_token(b, t);
+    if (std::find(o.stop_ids.begin(), o.stop_ids.end(), t) != o.stop_ids.end()) {
+      done[static_cast<size_t>(b)] = true;
+      r.finish_reasons[static_cast<size_t>(b)] = "stop";
+      --active;
+    } else if (static_cast<int64_t>(out.size()) >= o.max_new_tokens) {
+      done[static_cast<size_t>(b)] = true;
+      --active;
+    }
+  };
   auto choose = [&](const Tensor& logits, int64_t step) {
     for (int64_t b = 0; b < B; ++b) {
       if (done[static_cast<size_t>(b)]) continue;
       const std::span<const float> row(logits.data<float>() + b * V, static_cast<size_t>(vocab));
-      const int32_t t = sample_token(row, o.sampling, static_cast<uint64_t>(b), static_cast<uint64_t>(step));
-      auto& out = r.tokens[static_cast<size_t>(b)];
-      out.push_back(t);
-      last[static_cast<size_t>(b)] = t;
-      ++r.generated_tokens;
-      if (o.on_token) o.on_token(b, t);
-      if (std::find(o.stop_ids.begin(), o.stop_ids.end(), t) != o.stop_ids.end()) {
-        done[static_cast<size_t>(b)] = true;
-        r.finish_reasons[static_cast<size_t>(b)] = "stop";
-        --active;
-      } else if (static_cast<int64_t>(out.size()) >= o.max_new_tokens) {
-        done[static_cast<size_t>(b)] = true;
-        --active;
-      }
+      const uint64_t stream = o.sample_ids.empty() ? static_cast<uint64_t>(b) : o.sample_ids[static_cast<size_t>(b)];
+      const int32_t t = sample_token(row, o.sampling, stream, static_cast<uint64_t>(step));
+      if (o.keep_entropy) r.entropy_sums[static_cast<size_t>(b)] += entropy_of(row, entropy_temperature);
+      record(b, t);
     }
   };
 
   auto t0 = std::chrono::steady_clock::now();
+  if (decoder.context().device() != Device::CPU && o.sample_on_device) {
+    // The device path: logits stay on the GPU, the device chooses (DeviceSampler), the ids it
+    // writes are the next step's input; per step only B ids (+ entropies) come back.
+    std::vector<uint64_t> streams(static_cast<size_t>(B));
+    for (int64_t b = 0; b < B; ++b)
+      streams[static_cast<size_t>(b)] = o.sample_ids.empty() ? static_cast<uint64_t>(b) : o.sample_ids[static_cast<size_t>(b)];
+    DeviceSampler sampler(decoder.context(), o.sampling, vocab, o.keep_entropy, streams, o.max_new_tokens);
+    auto take = [&](int64_t step) {
+      for (int64_t b = 0; b < B; ++b) {
+        if (done[static_cast<size_t>(b)]) continue;
+        if (o.keep_entropy) r.entropy_sums[static_cast<size_t>(b)] += sampler.entropy(b);
+        record(b, sampler.token(b));
+      }
+    };
+    if (o.keep_prompt_logits) {
+      const Tensor first = decoder.prefill(cache, prompts, &r.prompt_logits);
+      Tensor dev = Tensor::empty(first.shape(), DType::F32, decoder.context().device());
+      dev.copy_from(first);
+      sampler.choose(dev, 0);
+    } else {
+      sampler.choose(decoder.prefill_to_device(cache, prompts), 0);
+    }
+    take(0);
+    r.prefill_seconds = seconds_since(t0);
+    t0 = std::chrono::steady_clock::now();
+    for (int64_t step = 1; active > 0; ++step) {
+      sampler.choose(decoder.decode_step(cache, sampler.device_tokens()), step);
+      ++r.decode_steps;
+      take(step);
+    }
+    r.decode_seconds = seconds_since(t0);
+    return r;
+  }
   const Tensor first = decoder.prefill(cache, prompts, o.keep_prompt_logits ? &r.prompt_logits : nullptr);
   choose(first, 0);
   r.prefill_seconds = seconds_since(t0);

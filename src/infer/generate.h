@@ -3,7 +3,8 @@
 //   prefill all prompts -> logits of each last prompt token -> token 1
 //   repeat: decode(token t of every unfinished sequence) -> logits -> token t+1
 // A sequence finishes when it draws one of stop_ids (that token is kept as its last
-// token) or after max_new_tokens. Finished sequences ride along in the batch (their
+// token) or after max_new_tokens. On a GPU decoder the logits stay on the device and the
+// tokens are chosen there (GenerateOptions::sample_on_device, infer/device_sampler.h). Finished sequences ride along in the batch (their
 // tokens are ignored) until every sequence is done.
 #pragma once
 
@@ -29,6 +30,19 @@ struct GenerateOptions {
   std::function<void(int64_t sequence, int32_t token)> on_token;
   // Keep the logits of every prompt position (GenerateResult::prompt_logits).
   bool keep_prompt_logits = false;
+  // The sampling stream of each prompt (sampling.h: the draw of prompt b at step s comes from
+  // counter (sample_ids[b] << 32) + s); empty = b. A caller that splits one batch of prompts
+  // over several calls or ranks passes each prompt's index in the whole batch, so the draws do
+  // not depend on how the batch was split.
+  std::vector<uint64_t> sample_ids;
+  // Sum, per sequence, of the entropy (nats) of softmax(logits / T) over the allowed ids at each
+  // new token (T = temperature, 1 when greedy): GenerateResult::entropy_sums.
+  bool keep_entropy = false;
+  // On a GPU decoder: choose the tokens on the device (infer/device_sampler.h: the same tokens
+  // as sample_token for the same logits; per step only the B ids and entropies come back to
+  // the host). false: copy the (B, V) logits to the host each step and use sample_token there
+  // (the reference path, e.g. for parity checks). Ignored on the CPU.
+  bool sample_on_device = true;
 };
 
 struct GenerateResult {
@@ -40,6 +54,7 @@ struct GenerateResult {
   double prefill_seconds = 0;                // prefill forward + first sampling
   double decode_seconds = 0;                 // every decode() call + sampling
   Tensor prompt_logits;                      // (B, Tmax, V) fp32 host, with keep_prompt_logits
+  std::vector<double> entropy_sums;          // per sequence, with keep_entropy
 
   double prefill_tokens_per_s() const { return prompt_tokens / std::max(prefill_seconds, 1e-12); }
   // New tokens after the first (those the decode steps produced) per decode second.

@@ -12,6 +12,7 @@ KvCache KvCache::allocate(const std::vector<std::vector<Shape>>& entry_shapes, i
   c.batch = batch;
   c.max_len = max_len;
   c.lengths.assign(static_cast<size_t>(batch), 0);
+  c.positions = Tensor::zeros({batch}, DType::I32, device);
   for (const std::vector<Shape>& layer : entry_shapes) {
     std::vector<Tensor> tensors;
     for (const Shape& entry : layer) {

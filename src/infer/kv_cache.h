@@ -6,6 +6,9 @@
 //                dtype on its device: GQA caches k and v (B, max_len, Hkv, D) after RoPE;
 //                position p of sequence b holds that token's entries.
 //   lengths[b]   how many positions of sequence b are filled (the next token's position).
+//   positions    int32 (B) on the cache's device: lengths as the decode kernels read them
+//                (prefill and CachedDecoder::decode upload them; decode_step advances them on
+//                the device, together with the host's lengths, so no copy is needed per step).
 //
 // The (B, max_len, ...) layout keeps one sequence's first L positions contiguous (rows
 // b*max_len .. b*max_len+L of a (B*max_len, entry) view), which the prefill copy and the
@@ -23,6 +26,7 @@ struct KvCache {
   int64_t batch = 0, max_len = 0;
   std::vector<std::vector<Tensor>> layers;  // per layer, per cached tensor
   std::vector<int64_t> lengths;             // host, one per sequence
+  Tensor positions;                         // int32 (batch) on the device: lengths, device side
 
   // Zero-initialised cache: layer l holds one (batch, max_len, shape...) tensor per shape of
   // entry_shapes[l]. Throws naming the sizes when any is not positive.

@@ -1,0 +1,118 @@
+#include "infer/device_sampler.h"
+
+#include <cstring>
+
+#include "core/error.h"
+#ifdef PRIMUS_WITH_CUDA
+#include "ops/cuda/cuda_backend.h"
+#include "ops/cuda/cuda_check.h"
+#include "ops/cuda/sampling.h"
+#endif
+
+namespace primus::infer {
+
+#ifdef PRIMUS_WITH_CUDA
+
+namespace {
+cudaStream_t stream_of(ops::Context& ctx) {
+  ::primus::cuda::CudaBackend* cb = ::primus::cuda::as_cuda_backend(ctx.backend());
+  PRIMUS_CHECK(cb != nullptr, "DeviceSampler: the CUDA context has no CudaBackend");
+  return cb->stream();
+}
+}  // namespace
+
+DeviceSampler::DeviceSampler(ops::Context& ctx, const SamplingOptions& options, int64_t vocab, bool keep_entropy,
+                             const std::vector<uint64_t>& streams, int64_t steps)
+    : ctx_(ctx), options_(options), vocab_(vocab), batch_(static_cast<int64_t>(streams.size())), steps_(steps),
+      keep_entropy_(keep_entropy), streams_(streams) {
+  validate(options_);
+  PRIMUS_CHECK(ctx_.device() == Device::CUDA, "DeviceSampler: the context runs on {}, not CUDA",
+               device_name(ctx_.device()));
+  PRIMUS_CHECK(batch_ > 0 && steps_ > 0 && vocab_ > 0, "DeviceSampler: batch {}, steps {}, vocab {} must be > 0",
+               batch_, steps_, vocab_);
+  pack_ = Tensor::zeros({3 * batch_}, DType::I32, Device::CUDA);
+  tokens_ = pack_.rows(0, batch_);
+  PRIMUS_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_), static_cast<size_t>(3 * batch_) * sizeof(int32_t)));
+  std::memset(host_, 0, static_cast<size_t>(3 * batch_) * sizeof(int32_t));
+  if (!options_.greedy()) {
+    Tensor u = Tensor::empty({steps_, batch_}, DType::F64);
+    for (int64_t s = 0; s < steps_; ++s)
+      for (int64_t b = 0; b < batch_; ++b)
+        u.data<double>()[s * batch_ + b] =
+            sampling_uniform(options_.seed, streams_[static_cast<size_t>(b)], static_cast<uint64_t>(s));
+    uniforms_ = Tensor::empty({steps_, batch_}, DType::F64, Device::CUDA);
+    uniforms_.copy_from(u);
+  }
+}
+
+DeviceSampler::~DeviceSampler() {
+  if (host_ != nullptr) cudaFreeHost(host_);
+}
+
+double DeviceSampler::entropy(int64_t b) const {
+  float e = 0.f;
+  std::memcpy(&e, host_ + 2 * batch_ + b, sizeof(float));
+  return static_cast<double>(e);
+}
+
+void DeviceSampler::set_token(int64_t b, int32_t t) {
+  host_[b] = t;
+  PRIMUS_CUDA_CHECK(cudaMemcpyAsync(pack_.data<int32_t>() + b, &host_[b], sizeof(int32_t), cudaMemcpyHostToDevice,
+                                    stream_of(ctx_)));
+  PRIMUS_CUDA_CHECK(cudaStreamSynchronize(stream_of(ctx_)));  // host_[b] is read by the copy
+}
+
+void DeviceSampler::choose(const Tensor& logits, int64_t step) {
+  PRIMUS_CHECK(logits.dtype() == DType::F32 && logits.ndim() == 2 && logits.size(0) == batch_ &&
+                   logits.size(1) >= vocab_ && logits.device() == Device::CUDA,
+               "DeviceSampler: logits must be fp32 [{}, >= {}] on CUDA, got {}", batch_, vocab_, logits.describe());
+  PRIMUS_CHECK(step >= 0 && step < steps_, "DeviceSampler: step {} outside [0, {})", step, steps_);
+  const cudaStream_t stream = stream_of(ctx_);
+  int32_t* tokens = pack_.data<int32_t>();
+  int32_t* status = tokens + batch_;
+  float* entropy = reinterpret_cast<float*>(tokens + 2 * batch_);
+  const int64_t V = logits.size(1);
+  const float entropy_t = options_.greedy() ? 1.f : options_.temperature;
+  if (options_.greedy()) {
+    ops::cuda::launch_argmax_entropy(logits.data<float>(), batch_, V, vocab_, entropy_t, tokens, status,
+                                     keep_entropy_ ? entropy : nullptr, stream);
+  } else {
+    if (keep_entropy_)  // its tokens are overwritten by the sampling kernel below
+      ops::cuda::launch_argmax_entropy(logits.data<float>(), batch_, V, vocab_, entropy_t, tokens, status, entropy,
+                                       stream);
+    ops::cuda::launch_sample_tokens(logits.data<float>(), batch_, V, vocab_, options_.temperature, options_.top_k,
+                                    options_.top_p, uniforms_.data<double>() + step * batch_, tokens, status, stream);
+  }
+  PRIMUS_CUDA_CHECK(cudaMemcpyAsync(host_, tokens, static_cast<size_t>(3 * batch_) * sizeof(int32_t),
+                                    cudaMemcpyDeviceToHost, stream));
+  PRIMUS_CUDA_CHECK(cudaStreamSynchronize(stream));
+  for (int64_t b = 0; b < batch_; ++b) {
+    const int32_t st = host_[batch_ + b];
+    if (st == 0) continue;
+    std::vector<float> row(static_cast<size_t>(vocab_));
+    PRIMUS_CUDA_CHECK(cudaMemcpy(row.data(), logits.data<float>() + b * V, row.size() * sizeof(float),
+                                 cudaMemcpyDeviceToHost));
+    // Status 2 (a non-finite largest logit) makes the host's sampling throw its own error.
+    const int32_t t = sample_token(row, options_, streams_[static_cast<size_t>(b)], static_cast<uint64_t>(step));
+    PRIMUS_CHECK(st == 1, "DeviceSampler: the device reports a non-finite largest logit for sequence {} at step {}",
+                 b, step);
+    ++host_fallbacks_;
+    set_token(b, t);
+  }
+}
+
+#else  // no CUDA
+
+DeviceSampler::DeviceSampler(ops::Context& ctx, const SamplingOptions& options, int64_t, bool,
+                             const std::vector<uint64_t>&, int64_t)
+    : ctx_(ctx), options_(options) {
+  fail("DeviceSampler: sampling on the device needs the CUDA build of primus");
+}
+DeviceSampler::~DeviceSampler() = default;
+double DeviceSampler::entropy(int64_t) const { return 0.0; }
+void DeviceSampler::set_token(int64_t, int32_t) {}
+void DeviceSampler::choose(const Tensor&, int64_t) {}
+
+#endif
+
+}  // namespace primus::infer

@@ -1,0 +1,65 @@
+// DeviceSampler: the next token of every sequence chosen on the GPU from the decode step's
+// (B, V) fp32 logits, so that a step sends back B ids (and B entropies) instead of the logits.
+//
+//   choose(logits, step)  greedy: argmax over ids [0, vocab), lowest id on ties (infer::argmax);
+//                         sampled: sampling.h's temperature -> top-k -> softmax -> top-p ->
+//                         inverse CDF with u = sampling_uniform(seed, stream_b, step), the same
+//                         arithmetic as sample_token (ops/cuda/sampling.h). With keep_entropy,
+//                         also the entropy of softmax(logits / T) over ids [0, vocab) (T = 1
+//                         when greedy). One device-to-host copy of (token, status, entropy) per
+//                         sequence; a row the device cannot decide (status 1: the draw reaches
+//                         past the 1024 most likely ids with top-k off) is sampled on the host
+//                         from that row's logits and its id written back (set_token).
+//   device_tokens()       int32 (B) on the device: the chosen ids, the next decode step's input.
+//
+// The uniforms of every (sequence, step) are computed on the host once (sampling_uniform) and
+// uploaded at construction: no per-step host-to-device copy. CUDA only (the CPU decoder keeps
+// sample_token on the host); constructing one in a build without CUDA throws.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
+#include "infer/sampling.h"
+#include "ops/ops.h"
+
+namespace primus::infer {
+
+class DeviceSampler {
+ public:
+  // streams[b]: the sampling stream of sequence b (sample_ids, or b); steps: how many choose()
+  // calls at most (max_new_tokens); vocab: ids [0, vocab) are allowed (<= the logits' columns).
+  DeviceSampler(ops::Context& ctx, const SamplingOptions& options, int64_t vocab, bool keep_entropy,
+                const std::vector<uint64_t>& streams, int64_t steps);
+  ~DeviceSampler();
+  DeviceSampler(const DeviceSampler&) = delete;
+  DeviceSampler& operator=(const DeviceSampler&) = delete;
+
+  // logits (B, V) fp32 on the context's device, V >= vocab. After it returns, token(b) and
+  // entropy(b) hold step `step`'s choice (rows the device left to the host are sampled here).
+  void choose(const Tensor& logits, int64_t step);
+
+  int64_t batch() const { return batch_; }
+  int32_t token(int64_t b) const { return host_[static_cast<size_t>(b)]; }
+  double entropy(int64_t b) const;
+  // How many rows were sampled on the host so far (status 1).
+  int64_t host_fallbacks() const { return host_fallbacks_; }
+  const Tensor& device_tokens() const { return tokens_; }
+
+ private:
+  void set_token(int64_t b, int32_t t);
+
+  ops::Context& ctx_;
+  SamplingOptions options_;
+  int64_t vocab_ = 0, batch_ = 0, steps_ = 0;
+  bool keep_entropy_ = false;
+  std::vector<uint64_t> streams_;
+  Tensor pack_;       // int32 (3B) device: tokens | status | entropy (fp32 bits)
+  Tensor tokens_;     // view of pack_ [0, B)
+  Tensor uniforms_;   // f64 (steps, B) device (sampled decoding only)
+  int32_t* host_ = nullptr;  // pinned mirror of pack_
+  int64_t host_fallbacks_ = 0;
+};
+
+}  // namespace primus::infer
