@@ -27,7 +27,8 @@
 //
 //   build/bin/bench_generate [--shape tiny|1b] [--batch 16,64] [--prompt-len 128]
 //       [--new-tokens 256] [--rounds 3] [--warmup 1] [--device cpu|cuda] [--vocab N]
-//       [--temperature T --top-k K --top-p P] [--host-sampling] [--hbm-gbps 3350]
+//       [--temperature T --top-k K --top-p P] [--host-sampling] [--no-cuda-graphs] [--hbm-gbps 3350]
+// graph_steps: decode steps replayed from a CUDA graph (graph_failure: why capture failed).
 #include <cstdio>
 #include <string>
 #include <thread>
@@ -102,7 +103,7 @@ int main(int argc, char** argv) {
   int rounds = 3, warmup = 1;
   float temperature = 0.f, top_p = 1.f;
   double hbm_gbps = 3350;
-  bool host_sampling = false;
+  bool host_sampling = false, no_graphs = false;
   app.add_option("--shape", shape, "tiny | 1b");
   app.add_option("--batch", batches, "comma-separated batch sizes");
   app.add_option("--prompt-len", prompt_len, "prompt tokens per sequence");
@@ -115,6 +116,7 @@ int main(int argc, char** argv) {
   app.add_option("--top-k", top_k, "0 = off");
   app.add_option("--top-p", top_p, "1 = off");
   app.add_flag("--host-sampling", host_sampling, "CUDA: copy the logits to the host and sample there (the old path)");
+  app.add_flag("--no-cuda-graphs", no_graphs, "CUDA: launch every op of every decode step (no graph replay)");
   app.add_option("--hbm-gbps", hbm_gbps, "memory bandwidth for the roofline (GB/s; H100 SXM 3350)");
   CLI11_PARSE(app, argc, argv);
 
@@ -143,12 +145,16 @@ int main(int argc, char** argv) {
       o.sampling.top_k = top_k;
       o.sampling.top_p = top_p;
       o.sample_on_device = !host_sampling;
+      o.cuda_graphs = !no_graphs;
       double best_prefill = 0, best_decode = 0, best_new = 0, best_step_ms = 1e30;
-      int64_t steps = 0;
+      int64_t steps = 0, graph_steps = 0;
+      std::string graph_failure;
       for (int r = 0; r < warmup + rounds; ++r) {
         const infer::GenerateResult res = infer::generate(decoder, prompts, o);
         if (r < warmup) continue;
         steps = res.decode_steps;
+        graph_steps = res.graph_steps;
+        graph_failure = res.graph_failure;
         best_prefill = std::max(best_prefill, res.prefill_tokens_per_s());
         best_decode = std::max(best_decode, res.decode_tokens_per_s());
         best_new = std::max(best_new, res.generated_tokens / std::max(res.prefill_seconds + res.decode_seconds, 1e-12));
@@ -175,6 +181,8 @@ int main(int argc, char** argv) {
                           {"warmup", warmup},
                           {"rounds", rounds},
                           {"decode_steps", steps},
+                          {"graph_steps", graph_steps},
+                          {"graph_failure", graph_failure},
                           {"prefill_tokens_per_s", best_prefill},
                           {"decode_tokens_per_s", best_decode},
                           {"new_tokens_per_s", best_new},

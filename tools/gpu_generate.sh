@@ -10,8 +10,8 @@
 #          GQA split-K decode attention == decode_attention_cpu, greedy ids == the CPU decoder)
 #   bench  bench_generate --shape 1b (Llama-3.2-1B, random bf16 weights) at each batch of BATCHES
 #          (default "16 64"), PROMPT (128) prompt tokens, NEW (256) new tokens, greedy: device
-#          sampling, and the old host-sampling path for comparison; one sampled run (T 0.7, top-p
-#          0.9) at the first batch
+#          sampling with CUDA graphs, without graphs, and the old host-sampling path for
+#          comparison; one sampled run (T 0.7, top-p 0.9) at the first batch
 #   hf     the peer hf_generate_bench.py (transformers generate, dynamic and static cache) at the
 #          same batches, prompt and new tokens
 #   cli    primus generate on the peer's saved weights and prompts (convert hf-to-primus), the
@@ -75,6 +75,9 @@ bench() {  # name batch [bench_generate options...]
     --rounds 3 --warmup 1 "$@" >"$log" 2>"$OUT/bench_${name}_b${batch}.err"
   local rc=$?
   echo "bench $name batch $batch: rc=$rc $(grep -m1 '^{' "$log")"
+  local gf
+  gf=$(field "$log" graph_failure)
+  [[ -n "$gf" && "$gf" != "-" ]] && echo "  CUDA graph capture failed: $gf"
   [[ $rc != 0 ]] && tail -5 "$OUT/bench_${name}_b${batch}.err"
   STATUS+=("bench $name b$batch rc=$rc")
   ROWS+=("primus $name|$batch|$(field "$log" new_tokens_per_s)|$(field "$log" decode_tokens_per_s)|$(field "$log" decode_ms_per_step)|$(field "$log" roofline_fraction) of $(field "$log" roofline_ms_per_step) ms")
@@ -82,6 +85,7 @@ bench() {  # name batch [bench_generate options...]
 if [[ " $STAGES " == *" bench "* ]]; then
   for b in $BATCHES; do
     bench device-greedy "$b"
+    bench device-greedy-nograph "$b" --no-cuda-graphs
     bench host-greedy "$b" --host-sampling
   done
   first=${BATCHES%% *}

@@ -7,6 +7,8 @@
 #include "core/strings.h"
 #include "model/decoder.h"
 #ifdef PRIMUS_WITH_CUDA
+#include <cuda_runtime.h>
+
 #include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/sampling.h"
 #endif
@@ -101,7 +103,27 @@ CachedDecoder::CachedDecoder(const ModelConfig& config, ops::Context& ctx, const
   output_ = config_.untie_embeddings_and_output_weights ? lookup("output_layer.weight") : embedding_;
 }
 
+#ifdef PRIMUS_WITH_CUDA
+struct CachedDecoder::StepGraph {
+  cudaGraphExec_t exec = nullptr;
+  Tensor logits;  // where the graph writes the step's logits (arena memory)
+  ~StepGraph() {
+    if (exec != nullptr) cudaGraphExecDestroy(exec);
+  }
+};
+#else
+struct CachedDecoder::StepGraph {
+  Tensor logits;
+};
+#endif
+
 CachedDecoder::~CachedDecoder() = default;
+
+void CachedDecoder::drop_graph() {
+  graph_.reset();
+  graph_key_.clear();
+  graph_warm_steps_ = 0;
+}
 
 KvCache CachedDecoder::new_cache(int64_t batch, int64_t max_len) const {
   std::vector<std::vector<Shape>> entries;
@@ -234,6 +256,7 @@ Tensor CachedDecoder::prefill_rows(KvCache& cache, const std::vector<std::vector
     T = std::max<int64_t>(T, static_cast<int64_t>(p.size()));
   }
   const int64_t N = B * T;
+  drop_graph();  // the next decode steps capture again (buffers and scratch may move)
   arena_.reset();
   ensure_rope_rows(cache.max_len);  // once for the whole generation (decode reuses the rows)
 
@@ -289,8 +312,8 @@ Tensor CachedDecoder::decode(KvCache& cache, std::span<const int32_t> tokens) {
   return host;
 }
 
-Tensor CachedDecoder::decode_step(KvCache& cache, const Tensor& tokens) {
-  const int64_t B = cache.batch, C = config_.hidden_size;
+Tensor CachedDecoder::decode_step(KvCache& cache, const Tensor& tokens, bool cuda_graph) {
+  const int64_t B = cache.batch;
   PRIMUS_CHECK(tokens.dtype() == DType::I32 && tokens.numel() == B && tokens.device() == ctx_.device(),
                "decode: tokens must be int32 [{}] on {}, got {}", B, device_name(ctx_.device()), tokens.describe());
   check_cache(cache, "decode");
@@ -300,6 +323,73 @@ Tensor CachedDecoder::decode_step(KvCache& cache, const Tensor& tokens) {
     PRIMUS_CHECK(p < cache.max_len, "decode: sequence {} is at position {} but the cache holds {} positions", b, p,
                  cache.max_len);
   }
+  last_step_graphed_ = false;
+  Tensor logits;
+#ifdef PRIMUS_WITH_CUDA
+  ::primus::cuda::CudaBackend* cb =
+      ctx_.device() == Device::CUDA ? ::primus::cuda::as_cuda_backend(ctx_.backend()) : nullptr;
+  if (cuda_graph && cb != nullptr && graph_failure_.empty()) {
+    // Everything the captured kernels address: a graph is replayed only for the same buffers.
+    const std::vector<const void*> key = {cache.layers[0][0].raw(), cache.positions.raw(), tokens.raw(),
+                                          reinterpret_cast<const void*>(static_cast<intptr_t>(B)),
+                                          reinterpret_cast<const void*>(static_cast<intptr_t>(cache.max_len)),
+                                          cb->scratch(0)};
+    if (key != graph_key_) {
+      drop_graph();
+      graph_key_ = key;
+    }
+    const cudaStream_t stream = cb->stream();
+    if (graph_ == nullptr && graph_warm_steps_ >= 2) {
+      // Capture the third step. Nothing runs while capturing: the graph is launched below.
+      std::string failure;
+      cudaGraph_t graph = nullptr;
+      auto step = std::make_unique<StepGraph>();
+      cudaError_t e = cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal);
+      if (e != cudaSuccess) {
+        failure = fmt::format("cudaStreamBeginCapture: {}", cudaGetErrorString(e));
+      } else {
+        try {
+          step->logits = decode_step_body(cache, tokens);
+        } catch (const std::exception& ex) {
+          failure = ex.what();
+        }
+        e = cudaStreamEndCapture(stream, &graph);
+        if (failure.empty() && e != cudaSuccess) failure = fmt::format("cudaStreamEndCapture: {}", cudaGetErrorString(e));
+        if (failure.empty()) {
+          e = cudaGraphInstantiate(&step->exec, graph, 0);
+          if (e != cudaSuccess) failure = fmt::format("cudaGraphInstantiate: {}", cudaGetErrorString(e));
+        }
+        if (graph != nullptr) cudaGraphDestroy(graph);
+      }
+      (void)cudaGetLastError();  // a failed capture's error is not sticky: clear it
+      if (failure.empty()) {
+        graph_ = std::move(step);
+      } else {
+        graph_failure_ = failure;  // later steps run eagerly
+        drop_graph();
+        // Where the capture left the positions: the body advanced nothing (capture runs nothing).
+      }
+    }
+    if (graph_ != nullptr) {
+      const cudaError_t launched = cudaGraphLaunch(graph_->exec, stream);
+      PRIMUS_CHECK(launched == cudaSuccess, "decode: replaying the captured decode step failed: {}",
+                   cudaGetErrorString(launched));
+      for (int64_t b = 0; b < B; ++b) ++cache.lengths[static_cast<size_t>(b)];
+      last_step_graphed_ = true;
+      return graph_->logits;
+    }
+    if (graph_failure_.empty()) ++graph_warm_steps_;
+  }
+#else
+  (void)cuda_graph;
+#endif
+  logits = decode_step_body(cache, tokens);
+  for (int64_t b = 0; b < B; ++b) ++cache.lengths[static_cast<size_t>(b)];
+  return logits;
+}
+
+Tensor CachedDecoder::decode_step_body(KvCache& cache, const Tensor& tokens) {
+  const int64_t B = cache.batch, C = config_.hidden_size;
   arena_.reset();
   ensure_rope_rows(cache.max_len);  // a no-op after prefill
   // RoPE rows of each sequence's own position, gathered on the device: the batch sits in the
@@ -314,7 +404,6 @@ Tensor CachedDecoder::decode_step(KvCache& cache, const Tensor& tokens) {
     attention.decode(env, in, out, cache.layers[l], cache.positions);
   });
   advance_positions(ctx_, cache.positions);
-  for (int64_t b = 0; b < B; ++b) ++cache.lengths[static_cast<size_t>(b)];
   return device_logits(x);
 }
 

@@ -83,11 +83,23 @@ class CachedDecoder {
   //                                      step advances cache.positions with a kernel (and
   //                                      cache.lengths on the host): nothing is copied per step
   //                                      and, after the first step, nothing is allocated.
+  // With cuda_graph (CUDA only): the first two steps of a (cache, tokens) pair run eagerly
+  // (the arena, the scratch buffer and the GEMM plans reach their steady state), the third is
+  // captured into a CUDA graph (cudaStreamBeginCapture on the context's stream) and every later
+  // step replays it: one launch per step instead of one per op. Prefill drops the graph. A step
+  // that cannot be captured (an op that synchronises or allocates, e.g. MoE routing counts)
+  // runs eagerly, and so do all later ones of this decoder.
   Tensor prefill_to_device(KvCache& cache, const std::vector<std::vector<int32_t>>& prompts);
-  Tensor decode_step(KvCache& cache, const Tensor& tokens);
+  Tensor decode_step(KvCache& cache, const Tensor& tokens, bool cuda_graph = false);
+  // Whether the last decode_step replayed a captured graph; why capture failed ("" if it did not).
+  bool last_step_from_graph() const { return last_step_graphed_; }
+  const std::string& graph_failure() const { return graph_failure_; }
 
  private:
   void check_cache(const KvCache& cache, const char* who) const;
+  Tensor decode_step_body(KvCache& cache, const Tensor& tokens);  // the device work of a step
+  struct StepGraph;  // a captured decode step (CUDA)
+  void drop_graph();
   // x (n,C) through every layer, phase by phase; `attend` runs one attention block.
   template <typename Attend>
   void run_layers(LayerEnv& env, Tensor& x, Attend&& attend);
@@ -108,6 +120,11 @@ class CachedDecoder {
   Tensor cos_host_, sin_host_;  // (rows, R/2) fp32: positions [0, rows)
   Tensor cos_dev_, sin_dev_;    // the same tables on the context's device (decode_step gathers rows)
   Tensor decode_ids_;           // decode()'s tokens on the device
+  std::unique_ptr<StepGraph> graph_;
+  std::vector<const void*> graph_key_;  // what the warm-up steps / the graph were made for
+  int64_t graph_warm_steps_ = 0;
+  bool last_step_graphed_ = false;
+  std::string graph_failure_;
   Arena arena_;
 };
 

@@ -113,11 +113,13 @@ GenerateResult generate(CachedDecoder& decoder, const std::vector<std::vector<in
     r.prefill_seconds = seconds_since(t0);
     t0 = std::chrono::steady_clock::now();
     for (int64_t step = 1; active > 0; ++step) {
-      sampler.choose(decoder.decode_step(cache, sampler.device_tokens()), step);
+      sampler.choose(decoder.decode_step(cache, sampler.device_tokens(), o.cuda_graphs), step);
       ++r.decode_steps;
+      if (decoder.last_step_from_graph()) ++r.graph_steps;
       take(step);
     }
     r.decode_seconds = seconds_since(t0);
+    r.graph_failure = decoder.graph_failure();
     return r;
   }
   const Tensor first = decoder.prefill(cache, prompts, o.keep_prompt_logits ? &r.prompt_logits : nullptr);

@@ -43,6 +43,10 @@ struct GenerateOptions {
   // the host). false: copy the (B, V) logits to the host each step and use sample_token there
   // (the reference path, e.g. for parity checks). Ignored on the CPU.
   bool sample_on_device = true;
+  // With sample_on_device on a GPU decoder: capture the decode step in a CUDA graph after two
+  // eager steps and replay it (CachedDecoder::decode_step; a step that cannot be captured runs
+  // eagerly, GenerateResult::graph_failure says why). false: every step launches its ops.
+  bool cuda_graphs = true;
 };
 
 struct GenerateResult {
@@ -55,6 +59,8 @@ struct GenerateResult {
   double decode_seconds = 0;                 // every decode() call + sampling
   Tensor prompt_logits;                      // (B, Tmax, V) fp32 host, with keep_prompt_logits
   std::vector<double> entropy_sums;          // per sequence, with keep_entropy
+  int64_t graph_steps = 0;                   // decode steps replayed from a CUDA graph
+  std::string graph_failure;                 // why the decode step could not be captured ("" = it could)
 
   double prefill_tokens_per_s() const { return prompt_tokens / std::max(prefill_seconds, 1e-12); }
   // New tokens after the first (those the decode steps produced) per decode second.

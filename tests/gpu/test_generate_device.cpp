@@ -253,12 +253,22 @@ TEST(GenerateDevice, GreedyIdsMatchCpuDecoder) {
       on.sampling.top_p = off.sampling.top_p = temperature > 0 ? 0.9f : 1.f;
       on.sample_ids = off.sample_ids = {11, 12, 13};
       off.sample_on_device = false;
+      infer::GenerateOptions eager = on;
+      eager.cuda_graphs = false;
       const infer::GenerateResult a = infer::generate(dec, prompts, on), h = infer::generate(dec, prompts, off);
+      const infer::GenerateResult e = infer::generate(dec, prompts, eager);
       EXPECT_EQ(a.tokens, h.tokens) << dtype_name(dt) << " temperature " << temperature;
+      EXPECT_EQ(a.tokens, e.tokens) << dtype_name(dt) << " temperature " << temperature << ": graph vs eager";
       ASSERT_EQ(a.entropy_sums.size(), h.entropy_sums.size());
-      for (size_t b = 0; b < a.entropy_sums.size(); ++b)
+      for (size_t b = 0; b < a.entropy_sums.size(); ++b) {
         EXPECT_NEAR(a.entropy_sums[b], h.entropy_sums[b], 1e-4 * std::max(1.0, h.entropy_sums[b]));
+        EXPECT_NEAR(a.entropy_sums[b], e.entropy_sums[b], 1e-4 * std::max(1.0, e.entropy_sums[b]));
+      }
       EXPECT_EQ(a.decode_steps, N - 1);
+      // Two eager warm-up steps (three when the first grows the backend's scratch), the
+      // captured one, then replays.
+      EXPECT_GE(a.graph_steps, N - 1 - 3) << "capture failed: " << a.graph_failure;
+      EXPECT_EQ(e.graph_steps, 0);
     }
   }
 }
