@@ -384,3 +384,28 @@ TEST(GenerateDecoder, CheckpointLoaderGivesTheSavedModel) {
   }
   fs::remove_all(dir);
 }
+
+// decode_step (the device-resident step generate uses on CUDA) on the CPU: positions come from
+// cache.positions and advance with the lengths; the logits equal decode()'s.
+TEST(GenerateDecoder, DecodeStepKeepsPositionsWithTheCache) {
+  ops::Context ctx = ops::Context::cpu();
+  const ModelConfig c = test_generate::tiny_gqa();
+  DecoderModel model(c, ctx, DecoderOptions{});
+  infer::CachedDecoder a(c, ctx, infer::weights_of(model)), b(c, ctx, infer::weights_of(model));
+  const std::vector<std::vector<int32_t>> prompts = {{3, 1, 4, 1, 5}, {9, 2}};
+  infer::KvCache ca = a.new_cache(2, 12), cb = b.new_cache(2, 12);
+  a.prefill(ca, prompts);
+  b.prefill(cb, prompts);
+  EXPECT_EQ(ca.positions.to_float_vector(), (std::vector<float>{5, 2}));
+  for (int s = 0; s < 4; ++s) {
+    const std::vector<int32_t> next = {static_cast<int32_t>(s + 7), static_cast<int32_t>(2 * s + 1)};
+    const std::vector<float> want = a.decode(ca, next).to_float_vector();
+    Tensor ids = Tensor::empty({2}, DType::I32);
+    std::copy(next.begin(), next.end(), ids.data<int32_t>());
+    const std::vector<float> got = b.decode_step(cb, ids).to_float_vector();
+    EXPECT_EQ(got, want) << "step " << s;
+    EXPECT_EQ(cb.lengths, ca.lengths);
+    EXPECT_EQ(cb.positions.to_float_vector(), (std::vector<float>{static_cast<float>(6 + s), static_cast<float>(3 + s)}));
+  }
+  EXPECT_FALSE(b.last_step_from_graph());  // graphs are CUDA only
+}
