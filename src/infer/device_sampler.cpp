@@ -62,7 +62,7 @@ void DeviceSampler::set_token(int64_t b, int32_t t) {
   PRIMUS_CUDA_CHECK(cudaStreamSynchronize(stream_of(ctx_)));  // host_[b] is read by the copy
 }
 
-void DeviceSampler::choose(const Tensor& logits, int64_t step) {
+void DeviceSampler::choose(const Tensor& logits, int64_t step, const std::vector<bool>& skip) {
   PRIMUS_CHECK(logits.dtype() == DType::F32 && logits.ndim() == 2 && logits.size(0) == batch_ &&
                    logits.size(1) >= vocab_ && logits.device() == Device::CUDA,
                "DeviceSampler: logits must be fp32 [{}, >= {}] on CUDA, got {}", batch_, vocab_, logits.describe());
@@ -88,7 +88,7 @@ void DeviceSampler::choose(const Tensor& logits, int64_t step) {
   PRIMUS_CUDA_CHECK(cudaStreamSynchronize(stream));
   for (int64_t b = 0; b < batch_; ++b) {
     const int32_t st = host_[batch_ + b];
-    if (st == 0) continue;
+    if (st == 0 || (static_cast<size_t>(b) < skip.size() && skip[static_cast<size_t>(b)])) continue;
     std::vector<float> row(static_cast<size_t>(vocab_));
     PRIMUS_CUDA_CHECK(cudaMemcpy(row.data(), logits.data<float>() + b * V, row.size() * sizeof(float),
                                  cudaMemcpyDeviceToHost));
@@ -111,7 +111,7 @@ DeviceSampler::DeviceSampler(ops::Context& ctx, const SamplingOptions& options, 
 DeviceSampler::~DeviceSampler() = default;
 double DeviceSampler::entropy(int64_t) const { return 0.0; }
 void DeviceSampler::set_token(int64_t, int32_t) {}
-void DeviceSampler::choose(const Tensor&, int64_t) {}
+void DeviceSampler::choose(const Tensor&, int64_t, const std::vector<bool>&) {}
 
 #endif
 

@@ -37,8 +37,9 @@ class DeviceSampler {
   DeviceSampler& operator=(const DeviceSampler&) = delete;
 
   // logits (B, V) fp32 on the context's device, V >= vocab. After it returns, token(b) and
-  // entropy(b) hold step `step`'s choice (rows the device left to the host are sampled here).
-  void choose(const Tensor& logits, int64_t step);
+  // entropy(b) hold step `step`'s choice (rows the device left to the host are sampled here,
+  // except rows b with skip[b], finished sequences whose token nobody reads).
+  void choose(const Tensor& logits, int64_t step, const std::vector<bool>& skip = {});
 
   int64_t batch() const { return batch_; }
   int32_t token(int64_t b) const { return host_[static_cast<size_t>(b)]; }

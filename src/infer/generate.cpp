@@ -113,7 +113,7 @@ GenerateResult generate(CachedDecoder& decoder, const std::vector<std::vector<in
     r.prefill_seconds = seconds_since(t0);
     t0 = std::chrono::steady_clock::now();
     for (int64_t step = 1; active > 0; ++step) {
-      sampler.choose(decoder.decode_step(cache, sampler.device_tokens(), o.cuda_graphs), step);
+      sampler.choose(decoder.decode_step(cache, sampler.device_tokens(), o.cuda_graphs), step, done);
       ++r.decode_steps;
       if (decoder.last_step_from_graph()) ++r.graph_steps;
       take(step);

@@ -278,23 +278,26 @@ TEST(GenerateDevice, StopIdsAndLengthsOnDevice) {
   ops::Context cpu = ops::Context::cpu(), cuda = ops::Context::cuda();
   const ModelConfig c = small_llama();
   DecoderModel model(c, cpu, DecoderOptions{});
-  const NamedTensorList w = infer::weights_of(model);
-  infer::CachedDecoder ref(c, cpu, w);
-  infer::CachedDecoder dec(c, cuda, to_device(w, DType::F32));
+  infer::CachedDecoder dec(c, cuda, to_device(infer::weights_of(model), DType::F32));
   const std::vector<std::vector<int32_t>> prompts = {{1, 2, 3}, {4, 5, 6, 7, 8}};
-  infer::GenerateOptions o;
-  o.max_new_tokens = 12;
-  o.vocab_limit = c.vocab_size;
-  const infer::GenerateResult first = infer::generate(ref, prompts, o);
-  // Stop on the CPU's third token of sequence 0: sequence 0 stops there, the batch goes on.
-  o.stop_ids = {first.tokens[0][2]};
-  const infer::GenerateResult cpu_r = infer::generate(ref, prompts, o), gpu_r = infer::generate(dec, prompts, o);
-  EXPECT_EQ(gpu_r.tokens, cpu_r.tokens);
-  EXPECT_EQ(gpu_r.finish_reasons, cpu_r.finish_reasons);
-  EXPECT_EQ(gpu_r.generated_tokens, cpu_r.generated_tokens);
-  EXPECT_EQ(gpu_r.decode_steps, cpu_r.decode_steps);
+  infer::GenerateOptions host;
+  host.max_new_tokens = 12;
+  host.vocab_limit = c.vocab_size;
+  host.sample_on_device = false;  // the reference: the same decoder, tokens chosen on the host
+  const infer::GenerateResult first = infer::generate(dec, prompts, host);
+  // Stop on sequence 0's third token: sequence 0 stops there, the batch goes on.
+  host.stop_ids = {first.tokens[0][2]};
+  infer::GenerateOptions device = host;
+  device.sample_on_device = true;
+  const infer::GenerateResult h = infer::generate(dec, prompts, host), d = infer::generate(dec, prompts, device);
+  EXPECT_EQ(d.tokens, h.tokens);
+  EXPECT_EQ(d.finish_reasons, h.finish_reasons);
+  EXPECT_EQ(d.finish_reasons[0], "stop");
+  EXPECT_EQ(d.generated_tokens, h.generated_tokens);
+  EXPECT_EQ(d.decode_steps, h.decode_steps);
   std::vector<std::pair<int64_t, int32_t>> streamed;
-  o.on_token = [&](int64_t b, int32_t t) { streamed.emplace_back(b, t); };
-  (void)infer::generate(dec, prompts, o);
-  EXPECT_EQ(static_cast<int64_t>(streamed.size()), gpu_r.generated_tokens);
+  device.on_token = [&](int64_t b, int32_t t) { streamed.emplace_back(b, t); };
+  const infer::GenerateResult again = infer::generate(dec, prompts, device);
+  EXPECT_EQ(again.tokens, h.tokens);
+  EXPECT_EQ(static_cast<int64_t>(streamed.size()), h.generated_tokens);
 }
