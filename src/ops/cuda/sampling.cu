@@ -5,6 +5,7 @@
 #include "ops/cuda/sampling.h"
 
 #include <climits>
+#include <cstdint>
 
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
@@ -26,6 +27,32 @@ __device__ __forceinline__ uint32_t float_key(float v) {
 __device__ __forceinline__ uint32_t argmax_key(float v) { return isnan(v) ? 0u : float_key(v); }
 __device__ __forceinline__ float sample_value(float v) { return isnan(v) ? -INFINITY : v; }
 __device__ __forceinline__ uint32_t sample_key(float v) { return float_key(sample_value(v)); }
+
+// f(value, id) for the ids [0, vocab) of this thread (threadIdx.x, + blockDim.x, ...), in
+// increasing id order per thread. `vec`: the row is 16-byte aligned, so it is read as float4
+// (4 ids per load, several loads in flight) with a scalar tail.
+template <typename F>
+__device__ __forceinline__ void for_each_in_row(const float* row, int vocab, bool vec, F&& f) {
+  int start = 0;
+  if (vec) {
+    const float4* row4 = reinterpret_cast<const float4*>(row);
+    const int n4 = vocab / 4;
+#pragma unroll 4
+    for (int i = threadIdx.x; i < n4; i += blockDim.x) {
+      const float4 v = __ldg(row4 + i);
+      f(v.x, 4 * i);
+      f(v.y, 4 * i + 1);
+      f(v.z, 4 * i + 2);
+      f(v.w, 4 * i + 3);
+    }
+    start = 4 * n4;
+  }
+  for (int i = start + static_cast<int>(threadIdx.x); i < vocab; i += blockDim.x) f(row[i], i);
+}
+
+__device__ __forceinline__ bool row_is_vec(const float* logits, int64_t ld) {
+  return ld % 4 == 0 && (reinterpret_cast<uintptr_t>(logits) & 15u) == 0;
+}
 
 // (key a, id a) comes before (key b, id b): larger key, or the same key and a lower id.
 __device__ __forceinline__ bool before(uint32_t ka, int32_t ia, uint32_t kb, int32_t ib) {
@@ -66,15 +93,16 @@ __global__ void __launch_bounds__(kThreads)
                           int32_t* status, float* entropy) {
   const int64_t b = blockIdx.x;
   const float* row = logits + b * ld;
+  const bool vec = row_is_vec(logits, ld);
   uint32_t key = 0u;
   int32_t id = INT_MAX;
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const uint32_t k = argmax_key(row[i]);
-    if (id == INT_MAX || k > key) {  // ids grow along the loop: strict > keeps the lowest
+  for_each_in_row(row, vocab, vec, [&](float v, int i) {
+    const uint32_t k = argmax_key(v);
+    if (id == INT_MAX || k > key) {  // ids grow along a thread's walk: strict > keeps the lowest
       key = k;
       id = i;
     }
-  }
+  });
   block_best(key, id);
   if (threadIdx.x == 0) {
     tokens[b] = id;
@@ -90,13 +118,12 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
   double total = 0, weighted = 0;
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
-    const float v = row[i];
-    if (isnan(v)) continue;
+  for_each_in_row(row, vocab, vec, [&](float v, int) {
+    if (isnan(v)) return;
     const double a = static_cast<double>(v) * inv_t - zmax, e = exp(a);
     total += e;
     weighted += e * a;
-  }
+  });
   __shared__ double red[32];
   total = block_sum(total, red);
   weighted = block_sum(weighted, red);
@@ -128,6 +155,7 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
   const int M = static_cast<int>(K < kThreads ? K : kThreads);  // candidates kept
+  const bool vec = row_is_vec(logits, ld);
 
   // Radix select, 8 bits per pass from the top: thr = the M-th largest key; `remaining` of the
   // ids whose key equals thr complete the M candidates after the keys above thr.
@@ -135,10 +163,10 @@ __global__ void __launch_bounds__(kThreads)
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0u;
     __syncthreads();
-    for (int i = tid; i < vocab; i += blockDim.x) {
-      const uint32_t k = sample_key(row[i]);
+    for_each_in_row(row, vocab, vec, [&](float v, int) {
+      const uint32_t k = sample_key(v);
       if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 0xFFu], 1u);
-    }
+    });
     __syncthreads();
     if (tid == 0) {
       uint32_t above = 0u;
@@ -164,8 +192,8 @@ __global__ void __launch_bounds__(kThreads)
     s_taken = 0;
   }
   __syncthreads();
-  for (int i = tid; i < vocab; i += blockDim.x) {
-    const uint32_t k = sample_key(row[i]);
+  for_each_in_row(row, vocab, vec, [&](float v, int i) {
+    const uint32_t k = sample_key(v);
     if (k > thr) {
       const uint32_t slot = atomicAdd(&s_count, 1u);
       if (slot < static_cast<uint32_t>(n_above)) {
@@ -173,7 +201,7 @@ __global__ void __launch_bounds__(kThreads)
         cand_id[slot] = i;
       }
     }
-  }
+  });
   // The lowest `remaining` ids whose key is thr, by a block scan in id order.
   for (int base = 0; base < vocab; base += blockDim.x) {
     const int taken = s_taken;  // written by thread 0 before the last barrier: one value for all
@@ -223,7 +251,8 @@ __global__ void __launch_bounds__(kThreads)
   const bool all_kept = K <= M;  // the candidates are the whole top-k set
   double row_total = 0;
   if (!all_kept) {  // softmax over the whole row (top-k off)
-    for (int i = tid; i < vocab; i += blockDim.x) row_total += exp(static_cast<double>(sample_value(row[i])) * inv_t - zmax);
+    for_each_in_row(row, vocab, vec,
+                    [&](float v, int) { row_total += exp(static_cast<double>(sample_value(v)) * inv_t - zmax); });
     row_total = block_sum(row_total, red);
   }
   __syncthreads();
