@@ -21,7 +21,7 @@ constexpr unsigned kFull = 0xffffffffu;
 static_assert(kThreads == kSampleCandidates, "the rank sort gives each candidate one thread");
 
 __device__ __forceinline__ uint32_t float_key(float v) {
-  const uint32_t u = __float_as_uint(v);
+  const uint32_t u = __float_as_uint(v == 0.f ? 0.f : v);  // -0 == +0, as the host compares them
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 __device__ __forceinline__ uint32_t argmax_key(float v) { return isnan(v) ? 0u : float_key(v); }
