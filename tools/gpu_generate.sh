@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Generation on the lent GPU (issue 20), in one call, from the repo root there, after a bundle
-# that holds bench_generate and the HF peer (here, before the call):
+# (here, before the call; bench_generate is optional: without it `primus bench generate` runs
+# the same benchmark) and the HF peer beside it:
 #   BUNDLE_CONFIGURE=0 BUNDLE_TARGETS="primus primus_gpu_tests bench_generate" tools/gpu_bundle.sh build-gen2
 #   cp ../shared/anchors/hf_generate_bench.py gpu_bundle/      (after gpu_bundle.sh: it empties gpu_bundle/)
 # then, on the GPU machine (device tool, carry ["gpu_bundle"]):  OUT=$OUT bash tools/gpu_generate.sh
@@ -67,11 +68,13 @@ if [[ " $STAGES " == *" tests "* ]]; then
   STATUS+=("$line")
 fi
 
-bench() {  # name batch [bench_generate options...]
+# bench_generate when the bundle has it, else the same benchmark as `primus bench generate`.
+if [[ -x "$B/bench_generate" ]]; then BENCH=("$B/bench_generate"); else BENCH=("$B/primus" bench generate); fi
+bench() {  # name batch [bench options...]
   local name=$1 batch=$2
   shift 2
   local log="$OUT/bench_${name}_b${batch}.json"
-  timeout 500 "$B/bench_generate" --shape 1b --device cuda --batch "$batch" --prompt-len "$PROMPT" --new-tokens "$NEW" \
+  timeout 500 "${BENCH[@]}" --shape 1b --device cuda --batch "$batch" --prompt-len "$PROMPT" --new-tokens "$NEW" \
     --rounds 3 --warmup 1 "$@" >"$log" 2>"$OUT/bench_${name}_b${batch}.err"
   local rc=$?
   echo "bench $name batch $batch: rc=$rc $(grep -m1 '^{' "$log")"

@@ -1,9 +1,15 @@
-// `primus bench gemm|gemm-dense|attention|ops`: GPU benchmarks (src/safe/gpu_bench.h).
+// `primus bench gemm|gemm-dense|attention|ops|moe`: GPU benchmarks (src/safe/gpu_bench.h);
+// `primus bench generate`: KV-cache generation throughput (src/infer/generate_bench.h).
+#include <algorithm>
+#include <cstdio>
+
 #include <fmt/format.h>
 
 #include "cli/cli_common.h"
 #include "cli/commands.h"
 #include "core/error.h"
+#include "core/strings.h"
+#include "infer/generate_bench.h"
 #include "safe/gpu_bench.h"
 #include "safe/model_shapes.h"
 
@@ -109,7 +115,45 @@ int cmd_bench(int argc, char** argv) {
   moeb->add_option("--seq", moe_seq, "sequence length")->capture_default_str();
   moeb->add_option("--mbs", moe_mbs, "micro-batch size")->capture_default_str();
 
+  // generate
+  auto* genb = app.add_subcommand("generate",
+                                  "KV-cache generation (infer::generate) of a model shape with random weights: tokens/s, "
+                                  "ms per decode step and its memory roofline, one JSON line per batch size (the global "
+                                  "--warmup counts as at most one warm-up generation)");
+  infer::GenerateBenchOptions gen;
+  gen.shape = "1b";
+  gen.new_tokens = 256;
+  std::string gen_batches = "16,64", gen_device = "cuda";
+  bool gen_no_graphs = false;
+  genb->add_option("--shape", gen.shape, "tiny | 1b (Llama-3.2-1B)")->capture_default_str();
+  genb->add_option("--batch", gen_batches, "comma-separated batch sizes")->capture_default_str();
+  genb->add_option("--prompt-len", gen.prompt_len, "prompt tokens per sequence")->capture_default_str();
+  genb->add_option("--new-tokens", gen.new_tokens, "new tokens per sequence")->capture_default_str();
+  genb->add_option("--rounds", gen.rounds, "measured generations per batch size (best reported)")->capture_default_str();
+  genb->add_option("--vocab", gen.vocab, "vocabulary rows")->capture_default_str();
+  genb->add_option("--device", gen_device, "cuda | cpu")->capture_default_str();
+  genb->add_option("--temperature", gen.sampling.temperature, "0 = greedy")->capture_default_str();
+  genb->add_option("--top-k", gen.sampling.top_k, "0 = off")->capture_default_str();
+  genb->add_option("--top-p", gen.sampling.top_p, "1 = off")->capture_default_str();
+  genb->add_flag("--host-sampling", gen.host_sampling, "copy the logits to the host and sample there every step");
+  genb->add_flag("--no-cuda-graphs", gen_no_graphs, "launch every op of every decode step (no graph replay)");
+  genb->add_option("--hbm-gbps", gen.hbm_gbps, "memory bandwidth for the roofline, GB/s (H100 SXM: 3350)")
+      ->capture_default_str();
+
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
+  if (genb->parsed()) {
+    PRIMUS_CHECK(gen_device == "cuda" || gen_device == "cpu", "--device {}: expected cuda or cpu", gen_device);
+    gen.device = gen_device == "cuda" ? Device::CUDA : Device::CPU;
+    gen.cuda_graphs = !gen_no_graphs;
+    gen.warmup = std::min(warmup, 1);
+    gen.batches.clear();
+    for (const std::string& b : split(gen_batches, ',')) gen.batches.push_back(std::stoll(b));
+    infer::run_generate_bench(gen, [](const nlohmann::json& j) {
+      std::printf("%s\n", j.dump().c_str());
+      std::fflush(stdout);
+    });
+    return 0;
+  }
   const safe::TableFormat format = safe::parse_table_format(output);
 
   if (gemm->parsed()) {
