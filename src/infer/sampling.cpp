@@ -72,7 +72,8 @@ std::vector<std::pair<int32_t, double>> sampling_distribution(std::span<const fl
 }
 
 double sampling_uniform(uint64_t seed, uint64_t sequence, uint64_t step) {
-  const CounterRng rng(seed, stream_id("generate.sample"));
+  static const uint64_t kStream = stream_id("generate.sample");  // hashed once (DeviceSampler draws B x steps)
+  const CounterRng rng(seed, kStream);
   return static_cast<double>(rng.bits64((sequence << 32) + step) >> 11) * 0x1.0p-53;
 }
 
