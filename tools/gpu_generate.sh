@@ -139,7 +139,7 @@ for p in json.load(open(sys.argv[1])): print(",".join(map(str, p)))' "$OUT/hf_b$
     timeout 300 "$B/primus" generate --load "$OUT/primus_1b" --device cuda "${args[@]}" --max-new-tokens "$NEW" \
       --quiet --output-json "$OUT/cli_b$b.json" >"$OUT/cli_b$b.log" 2>&1
     rc=$?
-    echo "primus generate (HF weights and prompts) batch $b: rc=$rc $(grep -m1 '\[generate\]' "$OUT/cli_b$b.log")"
+    echo "primus generate (HF weights and prompts) batch $b: rc=$rc $(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print({k: j[k] for k in ("tokens_per_s", "decode_tokens_per_s", "prefill_tokens_per_s", "decode_ms_per_step", "roofline_ms_per_step_3_35TBps")})' "$OUT/cli_b$b.json" 2>/dev/null)"
     [[ $rc != 0 ]] && tail -5 "$OUT/cli_b$b.log"
     STATUS+=("cli b$b rc=$rc")
     python3 - "$OUT/cli_b$b.json" "$OUT/hf_b$b.log" "$PROMPT" <<'PY' 2>/dev/null
