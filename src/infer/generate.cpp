@@ -94,6 +94,7 @@ GenerateResult generate(CachedDecoder& decoder, const std::vector<std::vector<in
     for (int64_t b = 0; b < B; ++b)
       streams[static_cast<size_t>(b)] = o.sample_ids.empty() ? static_cast<uint64_t>(b) : o.sample_ids[static_cast<size_t>(b)];
     DeviceSampler sampler(decoder.context(), o.sampling, vocab, o.keep_entropy, streams, o.max_new_tokens);
+    t0 = std::chrono::steady_clock::now();  // its buffers and uniforms are set-up, as the cache is
     auto take = [&](int64_t step) {
       for (int64_t b = 0; b < B; ++b) {
         if (done[static_cast<size_t>(b)]) continue;
