@@ -41,6 +41,9 @@ Files written to --out (JSONL, one record a line):
   dpo_pairs.jsonl              {"prompt": ..., "chosen": "81", "rejected": "<a wrong answer>"}
                                the wrong answer is the right one off by a small nonzero
                                amount, or the result of another operator, never equal to it
+  grpo_prompts.jsonl           (with --grpo N) {"prompt": [{"role": "user", "content": ...}],
+                               "answer": "81"}: N questions drawn from the training pairs, a
+                               GRPO prompt set for the accuracy reward (docs/RL.md)
   manifest.json                the flags and the counts
 
 Examples:
@@ -187,9 +190,15 @@ def letters_main(p, args):
         pairs.append({"prompt": question(o, w), "chosen": letter_answer(o, w),
                       "rejected": letter_wrong(rng, o, w, alphabet)})
     write_jsonl(os.path.join(args.out, "dpo_pairs.jsonl"), pairs)
+    grpo = []
+    for _ in range(args.grpo):
+        o, w = rng.choice(ops), rng.choice(train_words)
+        grpo.append({"prompt": [{"role": "user", "content": question(o, w)}], "answer": letter_answer(o, w)})
+    if grpo:
+        write_jsonl(os.path.join(args.out, "grpo_prompts.jsonl"), grpo)
     manifest = {"task": "letters", "seed": args.seed, "letter_ops": ",".join(ops), "alphabet": args.alphabet,
                 "min_len": args.min_len, "max_len": args.max_len, "train": args.train, "heldout": len(heldout),
-                "dpo": len(pairs), "distinct_train_words": len(set(w for _, w in train))}
+                "dpo": len(pairs), "grpo": len(grpo), "distinct_train_words": len(set(w for _, w in train))}
     with open(os.path.join(args.out, "manifest.json"), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1)
         f.write("\n")
@@ -265,6 +274,7 @@ def main():
     p.add_argument("--train", type=int, default=2000, help="training examples per SFT file")
     p.add_argument("--heldout", type=int, default=200, help="held-out questions")
     p.add_argument("--dpo", type=int, default=1000, help="preference pairs")
+    p.add_argument("--grpo", type=int, default=0, help="GRPO prompts (grpo_prompts.jsonl), from the training questions")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--min", type=int, default=0, help="smallest operand")
     p.add_argument("--max", type=int, default=99, help="largest operand")
@@ -333,8 +343,14 @@ def main():
         a, o, b = q
         pairs.append({"prompt": phrase(q), "chosen": str(OPS[o](a, b)), "rejected": str(wrong_answer(rng, a, o, b))})
     write_jsonl(os.path.join(args.out, "dpo_pairs.jsonl"), pairs)
+    grpo = []
+    for i in range(args.grpo):
+        a, o, b = pool[rng.randrange(len(pool))]
+        grpo.append({"prompt": [{"role": "user", "content": phrase((a, o, b))}], "answer": str(OPS[o](a, b))})
+    if grpo:
+        write_jsonl(os.path.join(args.out, "grpo_prompts.jsonl"), grpo)
     manifest = {"seed": args.seed, "min": args.min, "max": args.max, "ops": "".join(ops), "train": args.train,
-                "heldout": len(heldout), "dpo": len(pairs), "system_every": args.system_every,
+                "heldout": len(heldout), "dpo": len(pairs), "grpo": len(grpo), "system_every": args.system_every,
                 "distinct_train_questions": len(set(train))}
     with open(os.path.join(args.out, "manifest.json"), "w", encoding="utf-8") as f:
         json.dump(manifest, f, indent=1)

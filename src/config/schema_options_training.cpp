@@ -192,6 +192,31 @@ std::vector<OptionSpec> training_options() {
   t.real("dpo_beta", 0.1, "DPO's beta (KL strength)").positive();
   t.choice("dpo_loss_type", "sigmoid", {"sigmoid", "hinge", "ipo", "robust"}, "DPO loss (TRL's formulas)");
   t.real("dpo_label_smoothing", 0.0, "DPO label smoothing epsilon (sigmoid: cDPO, robust)").min(0).max(0.5, true);
+  t.flag("grpo", false, "post-training: GRPO reinforcement learning on prompts with reward functions (docs/RL.md)");
+  t.integer("num_generations", 8, "GRPO: completions sampled per prompt (the group)").at_least(2);
+  t.integer("max_prompt_length", 512, "GRPO: longest prompt in tokens (a longer one is an error)").positive();
+  t.integer("max_completion_length", 256, "GRPO: most new tokens per completion").positive();
+  t.real("temperature", 1.0, "GRPO: sampling temperature of the rollouts").positive();
+  t.real("top_p", 1.0, "GRPO: nucleus sampling of the rollouts (1 = off)").positive().max(1);
+  t.integer("top_k", 0, "GRPO: top-k sampling of the rollouts (0 = off)").non_negative();
+  t.strings("stop_strings", "GRPO: texts that end a completion (besides the tokenizer's end tokens)");
+  t.integer("num_iterations", 1, "GRPO: optimizer steps per generation of rollouts (mu)").positive();
+  t.real("grpo_beta", 0.0, "GRPO: weight of the k3 KL to the reference model (0: no reference model)").non_negative();
+  t.real("grpo_epsilon", 0.2, "GRPO: lower clip of the ratio (1 - epsilon)").positive().max(1, true);
+  t.opt_real("grpo_epsilon_high", "GRPO: upper clip of the ratio (1 + epsilon_high); null = grpo_epsilon (DAPO: 0.28)")
+      .positive();
+  t.choice("grpo_loss_type", "dapo", {"grpo", "dapo", "dr_grpo"}, "GRPO: loss aggregation (TRL's loss_type)");
+  t.choice("scale_rewards", "group", {"group", "batch", "none"}, "GRPO: advantages divided by the std of the group, "
+           "of the batch, or not at all");
+  t.strings("reward_funcs", "GRPO: reward functions (accuracy, format, overlong, command); null = accuracy");
+  t.numbers("reward_weights", "GRPO: weight of each reward function (null = 1 each)");
+  t.text("reward_answer_key", "answer", "GRPO accuracy reward: the prompt line's key holding the answer");
+  t.opt_text("reward_answer_regex", "GRPO accuracy reward: regex whose first group extracts the answer from the "
+             "completion (null = the whole completion)");
+  t.opt_text("reward_format_regex", "GRPO format reward: regex the completion must contain");
+  t.integer("overlong_buffer_length", 0, "GRPO overlong reward: DAPO's soft punishment buffer, in tokens")
+      .non_negative();
+  t.opt_text("reward_command", "GRPO command reward: a process scoring completions over JSON lines (docs/RL.md)");
 
   t.group("profiling");
   t.flag("profile", false, "record a profile between profile_step_start and profile_step_end");

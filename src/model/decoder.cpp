@@ -158,6 +158,12 @@ struct DecoderModel::Batch {
     for (size_t i = 0; i < l.size(); ++i) s += static_cast<double>(mask[i]) * l[i];
     return s;
   }
+  // Per token: mask * loss.
+  std::vector<float> masked_losses(const Tensor& losses) const {
+    std::vector<float> l = losses.to_float_vector();
+    for (size_t i = 0; i < l.size(); ++i) l[i] = mask[i] != 0.f ? mask[i] * l[i] : 0.f;
+    return l;
+  }
   // Per row: sum of mask * loss over the row's T tokens.
   std::vector<double> row_loss_sums(const Tensor& losses) const {
     const std::vector<float> l = losses.to_float_vector();
@@ -165,15 +171,31 @@ struct DecoderModel::Batch {
     for (size_t i = 0; i < l.size(); ++i) s[i / static_cast<size_t>(T)] += static_cast<double>(mask[i]) * l[i];
     return s;
   }
-  // dloss = mask * weight of the token's row (a sequence-level objective's gradient weights).
-  void set_row_weights(const std::vector<float>& w, Device device) {
-    PRIMUS_CHECK(static_cast<int64_t>(w.size()) == B, "DecoderModel: {} row weights for a micro-batch of {} rows",
-                 w.size(), B);
+  // dloss = mask * the token's weight (a non-linear objective's gradient weights).
+  void set_token_weights(const std::vector<float>& w, Device device) {
+    PRIMUS_CHECK(static_cast<int64_t>(w.size()) == B * T,
+                 "DecoderModel: {} token loss weights for a micro-batch of {} x {} tokens", w.size(), B, T);
     Tensor h = Tensor::empty({B * T}, DType::F32);
-    for (int64_t i = 0; i < B * T; ++i) h.data<float>()[i] = mask[static_cast<size_t>(i)] * w[static_cast<size_t>(i / T)];
+    for (int64_t i = 0; i < B * T; ++i) h.data<float>()[i] = mask[static_cast<size_t>(i)] * w[static_cast<size_t>(i)];
     dloss = device == Device::CPU ? h : h.to(device);
   }
 };
+
+LossWeightsHook row_loss_weights(int64_t rows, RowLossWeights fn) {
+  return [rows, fn = std::move(fn)](const std::vector<float>& token_losses) {
+    const size_t B = static_cast<size_t>(rows);
+    PRIMUS_CHECK(B > 0 && token_losses.size() % B == 0, "row_loss_weights: {} token losses for {} rows",
+                 token_losses.size(), B);
+    const size_t T = token_losses.size() / B;
+    std::vector<double> sums(B, 0.0);
+    for (size_t i = 0; i < token_losses.size(); ++i) sums[i / T] += static_cast<double>(token_losses[i]);
+    const std::vector<float> w = fn(sums);
+    PRIMUS_CHECK(w.size() == B, "row_loss_weights: {} row weights for {} rows", w.size(), B);
+    std::vector<float> out(token_losses.size());
+    for (size_t i = 0; i < out.size(); ++i) out[i] = w[i / T];
+    return out;
+  };
+}
 
 DecoderModel::StageState::StageState(Device device) : arena_(device) {}
 DecoderModel::StageState::~StageState() = default;
@@ -322,6 +344,7 @@ DecoderModel::StepResult& DecoderModel::StepResult::operator+=(const StepResult&
   loss_sum += o.loss_sum;
   num_tokens += o.num_tokens;
   row_loss_sums.insert(row_loss_sums.end(), o.row_loss_sums.begin(), o.row_loss_sums.end());
+  token_losses.insert(token_losses.end(), o.token_losses.begin(), o.token_losses.end());
   if (mtp_loss_sums.size() < o.mtp_loss_sums.size()) {
     mtp_loss_sums.resize(o.mtp_loss_sums.size(), 0.0);
     mtp_num_tokens.resize(o.mtp_num_tokens.size(), 0.0);
@@ -543,10 +566,10 @@ Tensor DecoderModel::stage_forward(StageState& st, const Tensor& tokens, const T
   st.final_rstd_ = arena.alloc({R}, DType::F32);
   ops::rmsnorm_forward(ctx_, hidden, st.final_rstd_, st.xs_.back(), final_norm_->value, env.norm_eps);
   Tensor losses = arena.alloc({d.N()}, DType::F32);
-  if (for_backward && extras.row_weights != nullptr) {
-    // A sequence-level objective: the rows' losses first, then the gradient with their weights.
+  if (for_backward && extras.loss_weights != nullptr) {
+    // A non-linear objective: the tokens' losses first, then the gradient with their weights.
     classifier(batch, hidden, losses, nullptr, arena);
-    batch.set_row_weights((*extras.row_weights)(batch.row_loss_sums(losses)), ctx_.device());
+    batch.set_token_weights((*extras.loss_weights)(batch.masked_losses(losses)), ctx_.device());
   }
   if (for_backward) {
     st.dhidden_ = arena.alloc({R, d.C}, dt);
@@ -559,6 +582,7 @@ Tensor DecoderModel::stage_forward(StageState& st, const Tensor& tokens, const T
   st.result_.loss_sum = batch.loss_sum(losses);
   st.result_.num_tokens = batch.num_tokens;
   st.result_.row_loss_sums = batch.row_loss_sums(losses);
+  if (extras.keep_token_losses) st.result_.token_losses = batch.masked_losses(losses);
   if (!mtp_.empty()) mtp_forward(st, env, tokens, *labels, *loss_mask, loss_weight, for_backward);
   st.backward_pending_ = for_backward;
   return Tensor();

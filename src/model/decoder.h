@@ -104,19 +104,27 @@ struct DecoderOptions {
   std::function<void(const NamedTensor&)> param_needed;
 };
 
-// A sequence-level objective (DPO): given row_loss_sums of the micro-batch's forward, the
-// weight of each row's masked token losses in the gradient (d objective / d row_loss_sum,
-// already including the caller's normalisation). Called on the last stage between the
-// classifier's loss and its backward, so the loss need not be linear in the token losses.
+// A non-linear objective of the token log-probabilities (DPO's sequence sums, GRPO's clipped
+// ratios): given the micro-batch's token losses (B*T, row-major: loss_mask * cross-entropy, i.e.
+// -mask * log p(label)), the gradient weight of each token's loss (d objective / d token loss,
+// with the caller's normalisation and loss scale; the model multiplies it by the mask). Called on
+// the last stage between the classifier's loss and its backward, so the objective need not be
+// linear in the token losses.
+using LossWeightsHook = std::function<std::vector<float>(const std::vector<float>& token_losses)>;
+// A sequence-level objective (DPO) as such a hook: `fn` maps the `rows` rows' summed token losses
+// to one weight per row, which every token of that row gets.
 using RowLossWeights = std::function<std::vector<float>(const std::vector<double>& row_loss_sums)>;
+LossWeightsHook row_loss_weights(int64_t rows, RowLossWeights fn);
 // What a micro-batch may carry besides tokens, labels and mask.
 struct MicroBatchExtras {
   // Packed rows (data::Batch): positions (B,T) int32 (RoPE position of each token) and
   // segments (B,T) int32 (document ids; attention stays inside one), on the host or device.
   const Tensor* positions = nullptr;
   const Tensor* segments = nullptr;
-  // With for_backward: the gradient weights of the rows (else loss_weight for every token).
-  const RowLossWeights* row_weights = nullptr;
+  // With for_backward: the gradient weights of the tokens (else loss_weight for every token).
+  const LossWeightsHook* loss_weights = nullptr;
+  // Fill StepResult::token_losses (e.g. a reference model's log-probs of sampled completions).
+  bool keep_token_losses = false;
 };
 
 class DecoderModel {
@@ -170,6 +178,9 @@ class DecoderModel {
     // Per row of the micro-batch (B): sum over the row's tokens of loss_mask * cross-entropy,
     // i.e. minus the row's masked log-likelihood (DPO's log pi(y|x)); appended by +=.
     std::vector<double> row_loss_sums;
+    // With MicroBatchExtras::keep_token_losses: loss_mask * cross-entropy of every token (B*T,
+    // row-major); appended by +=.
+    std::vector<float> token_losses;
     StepResult& operator+=(const StepResult& o);
   };
 

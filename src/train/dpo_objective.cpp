@@ -134,12 +134,12 @@ DpoPairs DpoObjective::pairs_of(const data::Batch& b, const std::vector<double>&
   return p;
 }
 
-const std::vector<RowLossWeights>& DpoObjective::hooks(const std::vector<data::Batch>& batches, double scale) {
+const std::vector<LossWeightsHook>& DpoObjective::hooks(const std::vector<data::Batch>& batches, double scale) {
   step_ = {};
   hooks_.clear();
   const double weight = scale / static_cast<double>(global_pairs_);
   for (const data::Batch& b : batches) {
-    hooks_.emplace_back([this, &b, weight](const std::vector<double>& rows) {
+    hooks_.push_back(row_loss_weights(b.tokens.size(0), [this, &b, weight](const std::vector<double>& rows) {
       const DpoPairs p = pairs_of(b, rows, 0, ref_train_);
       std::vector<double> dc, dr;
       step_ += dpo_loss(p, o_, &dc, &dr);
@@ -150,7 +150,7 @@ const std::vector<RowLossWeights>& DpoObjective::hooks(const std::vector<data::B
         w[P + j] = static_cast<float>(-dr[j] * weight);
       }
       return w;
-    });
+    }));
   }
   return hooks_;
 }

@@ -42,7 +42,7 @@ class DpoObjective {
 
   // Step 2: the hooks for one step's micro-batches (they live until the next call), with
   // `scale` the loss scale. The step's statistics accumulate into step_stats().
-  const std::vector<RowLossWeights>& hooks(const std::vector<data::Batch>& batches, double scale);
+  const std::vector<LossWeightsHook>& hooks(const std::vector<data::Batch>& batches, double scale);
   // This rank's statistics of the last hooks() step (sum over its pairs).
   const DpoStats& step_stats() const { return step_; }
   // Statistics of an evaluation: `row_loss_sums` of forward_only over `batches` (valid split).
@@ -60,7 +60,7 @@ class DpoObjective {
   DpoOptions o_;
   int64_t global_pairs_;
   std::vector<double> ref_train_, ref_valid_;  // [2 i] chosen, [2 i + 1] rejected of sample i
-  std::vector<RowLossWeights> hooks_;
+  std::vector<LossWeightsHook> hooks_;
   DpoStats step_;
 };
 

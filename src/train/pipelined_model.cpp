@@ -171,45 +171,50 @@ Tensor& PipelinedModel::recv_buffer(Tensor& buf, const Shape& shape) {
 }
 
 namespace {
-MicroBatchExtras extras_of(const data::Batch& b, const RowLossWeights* row_weights = nullptr) {
+MicroBatchExtras extras_of(const data::Batch& b, const LossWeightsHook* loss_weights = nullptr,
+                           bool keep_token_losses = false) {
   MicroBatchExtras e;
   if (b.positions.defined()) {
     e.positions = &b.positions;
     e.segments = &b.segments;
   }
-  e.row_weights = row_weights;
+  e.loss_weights = loss_weights;
+  e.keep_token_losses = keep_token_losses;
   return e;
 }
 }  // namespace
 
 DecoderModel::StepResult PipelinedModel::forward_backward(const std::vector<data::Batch>& micro_batches,
                                                           float loss_weight, float aux_loss_weight,
-                                                          const std::vector<RowLossWeights>* row_weights) {
-  PRIMUS_CHECK(row_weights == nullptr || row_weights->size() == micro_batches.size(),
-               "PipelinedModel: {} row-weight hooks for {} micro-batches", row_weights ? row_weights->size() : 0,
+                                                          const std::vector<LossWeightsHook>* loss_weights) {
+  PRIMUS_CHECK(loss_weights == nullptr || loss_weights->size() == micro_batches.size(),
+               "PipelinedModel: {} loss-weight hooks for {} micro-batches", loss_weights ? loss_weights->size() : 0,
                micro_batches.size());
   if (pp_size_ == 1) {
     DecoderModel::StepResult sum;
     for (size_t m = 0; m < micro_batches.size(); ++m) {
       const data::Batch& b = micro_batches[m];
       sum += chunks_[0]->forward_backward(b.tokens, b.labels, b.loss_mask, loss_weight, aux_loss_weight,
-                                          extras_of(b, row_weights ? &(*row_weights)[m] : nullptr));
+                                          extras_of(b, loss_weights ? &(*loss_weights)[m] : nullptr));
     }
     return sum;
   }
-  PRIMUS_CHECK(row_weights == nullptr, "PipelinedModel: sequence-level objectives (DPO) run without pipeline "
+  PRIMUS_CHECK(loss_weights == nullptr, "PipelinedModel: non-linear objectives (DPO, GRPO) run without pipeline "
                "parallelism so far (pipeline_model_parallel_size 1)");
   return run(micro_batches, true, loss_weight, aux_loss_weight);
 }
 
-DecoderModel::StepResult PipelinedModel::forward_only(const std::vector<data::Batch>& micro_batches) {
+DecoderModel::StepResult PipelinedModel::forward_only(const std::vector<data::Batch>& micro_batches,
+                                                      bool keep_token_losses) {
   if (pp_size_ == 1) {
     DecoderModel::StepResult sum;
     for (const data::Batch& b : micro_batches) {
-      sum += chunks_[0]->forward_only(b.tokens, b.labels, b.loss_mask, extras_of(b));
+      sum += chunks_[0]->forward_only(b.tokens, b.labels, b.loss_mask, extras_of(b, nullptr, keep_token_losses));
     }
     return sum;
   }
+  PRIMUS_CHECK(!keep_token_losses, "PipelinedModel: per-token losses of a forward pass are kept without pipeline "
+               "parallelism so far (pipeline_model_parallel_size 1)");
   return run(micro_batches, false, 0.f, 0.f);
 }
 

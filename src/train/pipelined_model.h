@@ -81,13 +81,14 @@ class PipelinedModel {
   // Returns the sums over the micro-batches, the same on EVERY pp rank (the last stage's
   // loss is all-reduced over pp).
   // Packed batches (data::Batch positions / segments) keep attention inside documents. With
-  // row_weights (one per micro-batch; pp 1 only: DPO), the gradient weighs each row's token
-  // losses by the hook's answer (DecoderModel::MicroBatchExtras). row_loss_sums of the result
+  // loss_weights (one per micro-batch; pp 1 only: DPO, GRPO), the gradient weighs each token's
+  // loss by the hook's answer (DecoderModel::MicroBatchExtras). row_loss_sums of the result
   // list every micro-batch's rows in order (pp 1).
   DecoderModel::StepResult forward_backward(const std::vector<data::Batch>& micro_batches, float loss_weight,
                                             float aux_loss_weight = 0.f,
-                                            const std::vector<RowLossWeights>* row_weights = nullptr);
-  DecoderModel::StepResult forward_only(const std::vector<data::Batch>& micro_batches);
+                                            const std::vector<LossWeightsHook>* loss_weights = nullptr);
+  // keep_token_losses (pp 1): StepResult::token_losses of every micro-batch, in order.
+  DecoderModel::StepResult forward_only(const std::vector<data::Batch>& micro_batches, bool keep_token_losses = false);
 
   // Sequence parallel: all-reduce the norm weights' partial grads over tp, every chunk.
   void reduce_sequence_parallel_grads();

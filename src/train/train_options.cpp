@@ -168,6 +168,57 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
   o.dpo_options.loss = parse_dpo_loss_type(cfg.s("dpo_loss_type"));
   o.dpo_options.label_smoothing = cfg.f("dpo_label_smoothing");
   o.pretrained_checkpoint = opt_path(cfg, "pretrained_checkpoint");
+  // GRPO (docs/RL.md): its keys do something only with grpo: true; set without it they are refused.
+  o.grpo = cfg.b("grpo");
+  {
+    static const char* const kGrpoKeys[] = {
+        "num_generations", "max_prompt_length", "max_completion_length", "temperature", "top_p", "top_k",
+        "stop_strings", "num_iterations", "grpo_beta", "grpo_epsilon", "grpo_epsilon_high", "grpo_loss_type",
+        "scale_rewards", "reward_funcs", "reward_weights", "reward_answer_key", "reward_answer_regex",
+        "reward_format_regex", "overlong_buffer_length", "reward_command"};
+    if (!o.grpo)
+      for (const char* k : kGrpoKeys)
+        if (cfg.source(k).file != config::kSchemaDefault && !cfg.value(k).is_null())
+          throw Error(fmt::format("{} ({}) is a GRPO key but grpo is false: set grpo: true (under modules: "
+                                  "post_trainer) or remove it",
+                                  k, cfg.source(k).str()));
+  }
+  if (o.grpo) {
+    if (!o.posttrain) refuse_post("grpo");
+    if (o.dpo)
+      throw Error(fmt::format("grpo: true and dpo: true ({}): a run is one or the other", cfg.source("dpo").str()));
+    rl::GrpoOptions& g = o.grpo_options;
+    g.num_generations = cfg.i("num_generations");
+    g.max_prompt_length = cfg.i("max_prompt_length");
+    g.max_completion_length = cfg.i("max_completion_length");
+    g.sampling.temperature = static_cast<float>(cfg.f("temperature"));
+    g.sampling.top_p = static_cast<float>(cfg.f("top_p"));
+    g.sampling.top_k = cfg.i("top_k");
+    g.sampling.seed = o.seed;
+    g.stop_strings = cfg.list("stop_strings");
+    g.num_iterations = cfg.i("num_iterations");
+    g.loss.beta = cfg.f("grpo_beta");
+    g.loss.epsilon_low = cfg.f("grpo_epsilon");
+    g.loss.epsilon_high = cfg.has("grpo_epsilon_high") ? cfg.f("grpo_epsilon_high") : g.loss.epsilon_low;
+    g.loss.loss_type = rl::parse_grpo_loss_type(cfg.s("grpo_loss_type"));
+    g.loss.max_completion_length = g.max_completion_length;
+    g.scale_rewards = rl::parse_reward_scaling(cfg.s("scale_rewards"));
+    if (cfg.has("reward_funcs")) g.rewards.funcs = cfg.list("reward_funcs");
+    g.rewards.weights = cfg.numbers("reward_weights");
+    g.rewards.answer_key = cfg.s("reward_answer_key");
+    g.rewards.answer_regex = opt_path(cfg, "reward_answer_regex");
+    g.rewards.format_regex = opt_path(cfg, "reward_format_regex");
+    g.rewards.overlong_buffer_length = cfg.i("overlong_buffer_length");
+    g.rewards.command = opt_path(cfg, "reward_command");
+    g.rewards.max_completion_length = g.max_completion_length;
+    const int64_t mu = g.num_iterations;
+    for (const char* k : {"save_interval", "exit_interval"})
+      if (cfg.has(k) && cfg.i(k) % mu != 0)
+        throw Error(fmt::format("{} = {} ({}) is not a multiple of num_iterations = {}: a GRPO checkpoint lands "
+                                "between two rounds of rollouts (a round is generated once and trained on "
+                                "num_iterations times)",
+                                k, cfg.i(k), cfg.source(k).str(), mu));
+  }
 
   // ---- data ----
   o.data.data_path = cfg.list("data_path");

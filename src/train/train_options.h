@@ -17,6 +17,7 @@
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
 #include "parallel/expert_parallel.h"
+#include "rl/grpo_options.h"
 #include "train/dpo_loss.h"
 
 namespace primus::train {
@@ -110,6 +111,8 @@ struct TrainOptions {
   LoraSpec lora;                       // peft: lora (rank 0 = off)
   bool dpo = false;
   DpoOptions dpo_options;
+  bool grpo = false;                   // GRPO on prompts (rl/grpo_objective.h)
+  rl::GrpoOptions grpo_options;        // its sampling seed is `seed`
   std::string pretrained_checkpoint;   // weights that start the run when no checkpoint exists yet
 
   // The resolved config, saved into every checkpoint (config.json).

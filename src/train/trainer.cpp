@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "data/gpt_dataset.h"
 #include "data/sft/sft_dataset.h"
+#include "data/sft/stop_tokens.h"
 #include "data/tokenizer/tokenizer.h"
 #include "model/decoder.h"
 #include "model/decoder_spec.h"
@@ -29,6 +30,7 @@
 #include "parallel/process_groups.h"
 #include "parallel/tensor_parallel.h"
 #include "parallel/world.h"
+#include "rl/grpo_objective.h"
 #include "train/checkpoint.h"
 #include "train/data_parallel_optimizer.h"
 #include "train/dpo_objective.h"
@@ -146,6 +148,11 @@ class Run {
   std::vector<NamedTensor*> buffers_;  // saved and loaded with the model, not optimised (the expert bias)
   std::unique_ptr<DataParallelOptimizer> optimizer_;
   std::unique_ptr<DpoObjective> dpo_;  // dpo: true
+  std::unique_ptr<rl::GrpoObjective> grpo_;  // grpo: true
+  std::vector<rl::RlPrompt> grpo_prompts_;   // until grpo_ takes them
+  std::vector<int32_t> grpo_stop_ids_;
+  std::unique_ptr<PipelinedModel> reference_;  // grpo_beta > 0: the frozen reference model
+  void setup_grpo();
   std::unique_ptr<LrSchedule> schedule_;
   LossScaler scaler_;
   int64_t num_micro_batches_ = 1;
@@ -328,6 +335,10 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
     logger_.info("{}", line);
     lap("dpo reference");
   }
+  if (o.grpo) {
+    setup_grpo();
+    lap("grpo");
+  }
   if (!o.save.empty() && launch_.rank == 0)
     writer_ = std::make_unique<CheckpointWriter>(o.save, CheckpointWriterOptions{o.async_save, 0, {}});
 }
@@ -380,6 +391,25 @@ void Run::setup_posttrain_data(const data::DataConfig& dc) {
   PRIMUS_CHECK(!dc.mock_data, "mock_data: post-training reads chat JSONL (data_path); remove mock_data");
   PRIMUS_CHECK(dc.test_data_path.empty(), "test_data_path: post-training has train and valid splits only (set "
                "train_data_path / valid_data_path, or data_path with split)");
+  if (o_.grpo) {  // prompts, tokenized here (no cache: a prompt set is small)
+    PRIMUS_CHECK(dc.valid_data_path.empty(), "valid_data_path: GRPO reads prompts only (data_path or "
+                 "train_data_path); it has no validation split yet");
+    PRIMUS_CHECK(o_.eval_iters == 0, "eval_iters = {}: GRPO has no validation pass yet (the rewards of every step "
+                 "are logged); set eval_iters: 0", o_.eval_iters);
+    const std::vector<std::string> paths = dc.train_data_path.empty() ? dc.data_path : dc.train_data_path;
+    PRIMUS_CHECK(!paths.empty(), "GRPO needs prompts: set data_path (or train_data_path) to JSONL files of "
+                 "{{\"prompt\": ...}} or {{\"messages\": [...]}} lines");
+    const data::sft::ChatTemplateSource tmpl =
+        data::sft::load_chat_template(o_.chat_template, o_.tokenizer_model, *tokenizer_);
+    grpo_prompts_ = rl::load_prompts(paths, *tokenizer_, tmpl, o_.grpo_options.max_prompt_length);
+    grpo_stop_ids_ = data::sft::stop_token_ids(*tokenizer_, tmpl.tmpl.get());
+    data_summary_ = fmt::format("GRPO: {} prompts from {} file(s), chat template {}; {} prompts x {} completions per "
+                                "round; stop ids {}",
+                                grpo_prompts_.size(), paths.size(), tmpl.name,
+                                o_.global_batch_size / o_.grpo_options.num_generations,
+                                o_.grpo_options.num_generations, fmt::join(grpo_stop_ids_, ", "));
+    return;
+  }
   data::sft::SftDataOptions so;
   so.data_paths = dc.data_path;
   so.train_paths = dc.train_data_path;
@@ -405,6 +435,45 @@ void Run::setup_posttrain_data(const data::DataConfig& dc) {
   data_summary_ = ds.summary();
   PRIMUS_CHECK(datasets_.train && datasets_.train->size() > 0, "post-training: no training example was built ({})",
                data_summary_);
+}
+
+// GRPO: the objective with its prompts, and with grpo_beta > 0 the frozen reference model (the
+// weights of pretrained_checkpoint, else the seeded initialisation the policy started from).
+void Run::setup_grpo() {
+  PRIMUS_CHECK(tp_size_ == 1 && pp_size_ == 1 && ep_size_ == 1,
+               "grpo: true runs with data parallelism only so far (tensor_model_parallel_size {}, "
+               "pipeline_model_parallel_size {}, expert_model_parallel_size {}): each rank generates its rollouts "
+               "with its whole model; set them to 1 and use more data-parallel ranks",
+               tp_size_, pp_size_, ep_size_);
+  PRIMUS_CHECK(!o_.lora.active(), "grpo: true with peft: lora is not built yet (the rollouts are generated from the "
+               "model's weights, which LoRA leaves frozen); set peft: none");
+  rl::GrpoLayout layout;
+  layout.global_batch = o_.global_batch_size;
+  layout.micro_batch = o_.micro_batch_size;
+  layout.seq_length = o_.seq_length;
+  layout.dp_rank = dp_rank_;
+  layout.dp_size = dp_size_;
+  layout.seed = o_.seed;
+  if (o_.grpo_options.loss.beta != 0.0) {
+    PRIMUS_CHECK(!o_.finetune || o_.load.empty() || !o_.pretrained_checkpoint.empty(),
+                 "grpo_beta > 0 with finetune + load: the reference model's weights must stay the same when the run "
+                 "resumes from its own checkpoints; give them as pretrained_checkpoint instead of load");
+    DecoderOptions ro = model_->chunks().front()->options();
+    ro.grad_ready = {};
+    ro.param_needed = {};
+    reference_ = std::make_unique<PipelinedModel>(o_.model, ctx_, ro, PipelineOptions{});
+    if (!o_.pretrained_checkpoint.empty()) {
+      CheckpointReader reader(o_.pretrained_checkpoint);
+      NamedTensorList targets;
+      for (NamedTensor* p : reference_->parameters()) targets.emplace_back(p->name, p->value);
+      for (NamedTensor* p : reference_->buffers()) targets.emplace_back(p->name, p->value);
+      load_tensors_into(reader.model_file(), targets, /*strict=*/true);
+    }
+    logger_.info("grpo_beta = {}: reference model = {}", o_.grpo_options.loss.beta,
+                 o_.pretrained_checkpoint.empty() ? "the seeded initial weights" : o_.pretrained_checkpoint);
+  }
+  grpo_ = std::make_unique<rl::GrpoObjective>(o_.grpo_options, std::move(grpo_prompts_), *tokenizer_, grpo_stop_ids_,
+                                              layout);
 }
 
 // Where to resume from, as Megatron and Primus decide it:
@@ -528,8 +597,9 @@ LossSums Run::train_step(float loss_weight, std::vector<data::Batch>& batches) {
   const float aux_weight =
       static_cast<float>(scaler_.scale() / static_cast<double>(num_micro_batches_ * dp_size_));
   const DecoderModel::StepResult r =
-      dpo_ ? model_->forward_backward(batches, loss_weight, aux_weight, &dpo_->hooks(batches, scaler_.scale()))
-           : model_->forward_backward(batches, loss_weight, aux_weight);
+      dpo_    ? model_->forward_backward(batches, loss_weight, aux_weight, &dpo_->hooks(batches, scaler_.scale()))
+      : grpo_ ? model_->forward_backward(batches, loss_weight, aux_weight, &grpo_->hooks(scaler_.scale()))
+              : model_->forward_backward(batches, loss_weight, aux_weight);
   // Sequence parallel: the replicated norm weights got partial grads on each tp rank.
   // LoRA under tp: the adapters' partial grads likewise (parallel/lora.h).
   if (tp_size_ > 1) model_->reduce_sequence_parallel_grads();
@@ -796,7 +866,8 @@ void Run::log_header() {
                o_.global_batch_size, o_.micro_batch_size, num_micro_batches_, dp_size_, o_.seq_length,
                o_.train_iters);
   if (!data_summary_.empty()) logger_.info("post-training data: {}", data_summary_);
-  logger_.info("data: train {} ({} samples){}{}", datasets_.train->name(), datasets_.train->size(),
+  if (datasets_.train)
+    logger_.info("data: train {} ({} samples){}{}", datasets_.train->name(), datasets_.train->size(),
                datasets_.valid ? fmt::format(", valid {} ({} samples)", datasets_.valid->name(),
                                              datasets_.valid->size())
                                : std::string(),
@@ -843,7 +914,10 @@ TrainResult Run::train() {
     watchdog->name_thread("main");
   }
 
-  data::BatchLoader train_loader(*datasets_.train, o_.micro_batch_size, dp_rank_, dp_size_, consumed_train_);
+  std::unique_ptr<data::BatchLoader> train_loader;  // none for GRPO, whose batches are its rollouts
+  if (datasets_.train)
+    train_loader =
+        std::make_unique<data::BatchLoader>(*datasets_.train, o_.micro_batch_size, dp_rank_, dp_size_, consumed_train_);
   std::unique_ptr<data::BatchLoader> valid_loader;
   if (datasets_.valid)
     valid_loader =
@@ -879,10 +953,17 @@ TrainResult Run::train() {
     // ---- one iteration ----
     std::vector<data::Batch> batches;
     batches.reserve(static_cast<size_t>(num_micro_batches_));
+    if (grpo_) {
+      optimizer_->finish_param_gather();  // the rollouts sample from the current weights
+      std::optional<Watchdog::Phase> phase;
+      if (watchdog) phase.emplace(*watchdog, "GRPO rollouts");
+      batches = grpo_->batches(iteration_, *model_->chunks().front(), reference_.get(), ctx_, *dp_);
+    } else {
+      for (int64_t m = 0; m < num_micro_batches_; ++m) batches.push_back(train_loader->next());
+    }
+    phase_done("data");
     double local_tokens = 0, local_real = 0;
-    for (int64_t m = 0; m < num_micro_batches_; ++m) {
-      batches.push_back(train_loader.next());
-      const data::Batch& b = batches.back();
+    for (const data::Batch& b : batches) {
       const float* mask = b.loss_mask.data<float>();
       for (int64_t i = 0; i < b.loss_mask.numel(); ++i) local_tokens += mask[i];
       if (o_.posttrain) {  // positions with a target: the rows' tokens less padding (and each example's last)
@@ -893,7 +974,6 @@ TrainResult Run::train() {
     const std::vector<double> counts = dp_->all_reduce_values({local_tokens, local_real});
     const double global_tokens = counts[0];
     const double scale = scaler_.scale();
-    phase_done("data");
     // The model zeroes the grads it accumulates into and overwrites the rest (the linear
     // weights, most of the model) on the first micro-batch: no memset of every fp32 gradient.
     optimizer_->zero_grads(/*clear_values=*/false);
@@ -920,10 +1000,11 @@ TrainResult Run::train() {
                    "pass, as it reached their weights (none in the optimizer step)",
                    optimizer_->param_buckets_waited_in_forward(), optimizer_->num_buckets());
     const double lm_loss = dp_->all_reduce_value(sums.loss) / std::max(1.0, global_tokens);
-    // DPO: the pairs' loss is the run's loss (NaN guard, log); the completions' lm loss is shown too.
-    std::vector<std::pair<std::string, double>> dpo_report;
-    if (dpo_) dpo_report = DpoObjective::report(dpo_->step_stats(), *dp_);
-    const double loss = dpo_ ? dpo_report.front().second : lm_loss;
+    // DPO / GRPO: the objective is the run's loss (NaN guard, log); the completions' lm loss is shown too.
+    std::vector<std::pair<std::string, double>> objective_report;
+    if (dpo_) objective_report = DpoObjective::report(dpo_->step_stats(), *dp_);
+    if (grpo_) objective_report = grpo_->report(*dp_);
+    const double loss = objective_report.empty() ? lm_loss : objective_report.front().second;
     const double lr = schedule_->lr(static_cast<double>(consumed_train_));
     const double wd = schedule_->weight_decay(static_cast<double>(consumed_train_));
     AdamW::StepInfo info;
@@ -957,7 +1038,12 @@ TrainResult Run::train() {
     IterationRecord rec;
     rec.iteration = iteration_;
     rec.elapsed_s = seconds_since(t0);
-    rec.losses = dpo_report;
+    rec.losses = objective_report;
+    if (grpo_) {  // where the step's time went: sampling the rollouts vs training on them
+      const double train_s = std::max(1e-9, seconds_since(t0) - grpo_->generation_seconds());
+      rec.losses.emplace_back("time/training_s", train_s);
+      rec.losses.emplace_back("tokens_per_s/training", counts[1] / train_s);
+    }
     rec.losses.emplace_back("lm loss", lm_loss);
     if (!sums.mtp_loss.empty()) {  // Megatron's "mtp_k loss": each depth's mean over its own loss tokens
       std::vector<double> both = sums.mtp_loss;
@@ -1042,7 +1128,8 @@ TrainResult Run::train() {
       flags[1] = 1;
     if (o_.exit_interval && iteration_ % *o_.exit_interval == 0) flags[2] = 1;
     const double any = world_->all_reduce_value(flags[0] + 2 * flags[1] + 4 * flags[2], parallel::ReduceOp::Max);
-    if (any > 0) {
+    // GRPO with num_iterations > 1 stops between rounds (a round's rollouts are not saved).
+    if (any > 0 && (!grpo_ || grpo_->round_starts_at(iteration_))) {
       const int bits = static_cast<int>(any);
       stop_reason = (flags[0] > 0 || (bits & 1)) ? std::string(StopSignals::signal_name(signals_.signal_number()))
                     : (bits & 2)                  ? "exit_duration_in_mins"

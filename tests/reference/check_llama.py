@@ -378,6 +378,27 @@ def dpo_objective(logits, t, cfg):
     return losses.mean()
 
 
+def grpo_objective(logits, t, cfg):
+    """TRL's GRPO loss: group-normalised advantages, clipped ratio, k3 KL, aggregated by loss_type."""
+    g = cfg["grpo"]
+    keep = (t["labels"] >= 0).double() * t["loss_mask"].double()
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, t["labels"].clamp(min=0).long().unsqueeze(-1)).squeeze(-1)
+    old = logp.detach() + t["old_shift"].double()
+    ref = logp.detach() + t["ref_shift"].double()
+    r = t["rewards"].double().view(-1, g["group"])
+    adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-6)).view(-1, 1)
+    coef1 = torch.exp(logp - old)
+    coef2 = torch.clamp(coef1, 1 - g["epsilon_low"], 1 + g["epsilon_high"])
+    per_token = -torch.min(coef1 * adv, coef2 * adv)
+    if g["beta"] != 0:
+        per_token = per_token + g["beta"] * (torch.exp(ref - logp) - (ref - logp) - 1)
+    if g["type"] == "grpo":
+        return ((per_token * keep).sum(-1) / keep.sum(-1).clamp(min=1)).mean()
+    if g["type"] == "dapo":
+        return (per_token * keep).sum() / keep.sum().clamp(min=1)
+    return (per_token * keep).sum() / (per_token.shape[0] * g["max_completion_length"])
+
+
 def check_model(path):
     t, meta = read_safetensors(path)
     cfg = json.loads(meta["config"])
@@ -388,7 +409,8 @@ def check_model(path):
     logits, aux, mtp = llama_forward(weights, cfg, t["tokens"], buffers, t["labels"], t["loss_mask"],
                                      t.get("positions"), t.get("segments"))
     loss_sum, count = masked_loss_sum(logits, t["labels"], t["loss_mask"])
-    loss = dpo_objective(logits, t, cfg) if "dpo" in cfg else loss_sum / count
+    loss = (dpo_objective(logits, t, cfg) if "dpo" in cfg
+            else grpo_objective(logits, t, cfg) if "grpo" in cfg else loss_sum / count)
     # Each MTP depth weighs mtp_loss_scaling_factor / depths, normalised by the main loss tokens.
     objective = loss + aux + sum(cfg["mtp_loss_scaling_factor"] / len(mtp) * s / count for s, _ in mtp)
     objective.backward()

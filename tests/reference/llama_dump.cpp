@@ -30,6 +30,7 @@
 #include "model/decoder.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
+#include "rl/grpo_loss.h"
 #include "train/dpo_loss.h"
 
 using namespace primus;
@@ -45,6 +46,8 @@ struct Case {
   bool packed = false;         // several documents per row (positions, segments)
   std::string dpo;             // a DPO loss type: rows are (chosen, rejected) pairs
   double dpo_beta = 0.1, dpo_label_smoothing = 0;
+  std::string grpo;            // a GRPO loss type: rows are groups of 2 completions
+  double grpo_beta = 0;
 };
 
 ModelConfig base(const char* name) {
@@ -236,6 +239,16 @@ std::map<std::string, Case> cases() {
     d.dpo_label_smoothing = std::string(type) == "robust" ? 0.2 : std::string(type) == "sigmoid" ? 0.1 : 0.0;
     m[d.config.name] = d;
   }
+  // GRPO objectives (TRL's formulas): 3 groups of 2 completions, with pi_old and pi_ref the
+  // policy shifted by fixed per-token offsets, so that ratios fall inside and outside the clip.
+  for (const char* type : {"grpo", "dapo", "dr_grpo"}) {
+    Case g{base(type)};
+    g.config.name = std::string("grpo_") + type;
+    g.grpo = type;
+    g.batch = 6;
+    g.grpo_beta = std::string(type) == "dapo" ? 0.0 : 0.04;
+    m[g.config.name] = g;
+  }
   Case dpo_lora = m["dpo_sigmoid"];
   dpo_lora.config.name = "dpo_sigmoid_lora";
   dpo_lora.lora.rank = 4;
@@ -250,6 +263,9 @@ std::string config_json(const Case& cs, int64_t B, int64_t T) {
     j["lora"] = {{"rank", cs.lora.rank}, {"scaling", cs.lora.scaling()}, {"targets", cs.lora.targets}};
   j["packed"] = cs.packed;
   if (!cs.dpo.empty()) j["dpo"] = {{"type", cs.dpo}, {"beta", cs.dpo_beta}, {"label_smoothing", cs.dpo_label_smoothing}};
+  if (!cs.grpo.empty())
+    j["grpo"] = {{"type", cs.grpo}, {"beta", cs.grpo_beta}, {"epsilon_low", 0.2}, {"epsilon_high", 0.28},
+                 {"group", 2}, {"max_completion_length", cs.seq}};
   j["num_layers"] = c.num_layers;
   j["hidden_size"] = c.hidden_size;
   j["ffn_hidden_size"] = c.ffn_hidden_size;
@@ -395,6 +411,7 @@ int run_model(const std::string& name, const std::string& out) {
   train::DpoPairs pairs;
   train::DpoOptions dopt;
   double dpo_mean = 0;
+  LossWeightsHook hook;
   RowLossWeights weights = [&](const std::vector<double>& rows) {
     pairs = {};
     const float* mask = b.mask.data<float>();
@@ -422,11 +439,57 @@ int run_model(const std::string& name, const std::string& out) {
     }
     return w;
   };
+  // GRPO: rewards per row, the TRL objective through the token-weight hook.
+  std::vector<float> rewards, old_shift, ref_shift;
+  double grpo_value = 0;
+  rl::GrpoLossOptions gopt;
+  if (!c.grpo.empty()) {
+    gopt.loss_type = rl::parse_grpo_loss_type(c.grpo);
+    gopt.beta = c.grpo_beta;
+    gopt.epsilon_low = 0.2;
+    gopt.epsilon_high = 0.28;
+    gopt.max_completion_length = c.seq;
+    const float r[] = {1.f, 0.f, 0.25f, 0.75f, 0.5f, 0.5f};  // the last group: no variance
+    rewards.assign(r, r + c.batch);
+    const int64_t N = c.batch * c.seq;
+    for (int64_t k = 0; k < N; ++k) {  // log pi_old = log pi + shift: ratio exp(-shift), some clipped
+      const float shifts[] = {-0.4f, -0.1f, 0.05f, 0.3f, 0.0f, 0.5f, -0.25f};
+      old_shift.push_back(shifts[k % 7]);
+      ref_shift.push_back(0.1f * static_cast<float>((k % 5) - 2));
+    }
+    hook = [&, c](const std::vector<float>& token_losses) {
+      const std::vector<double> adv =
+          rl::grpo_advantages(std::vector<double>(rewards.begin(), rewards.end()), 2, rl::RewardScaling::Group);
+      const float* mask = b.mask.data<float>();
+      std::vector<double> len(static_cast<size_t>(c.batch), 0.0);
+      double tokens = 0;
+      for (int64_t k = 0; k < N; ++k) {
+        const double m = mask[k] != 0.f && b.labels.data<int32_t>()[k] >= 0 ? 1.0 : 0.0;
+        len[static_cast<size_t>(k / c.seq)] += m;
+        tokens += m;
+      }
+      std::vector<float> w(token_losses.size(), 0.f);
+      grpo_value = 0;
+      for (int64_t k = 0; k < N; ++k) {
+        if (mask[k] == 0.f || b.labels.data<int32_t>()[k] < 0) continue;
+        const auto row = static_cast<size_t>(k / c.seq);
+        const double logp = -static_cast<double>(token_losses[static_cast<size_t>(k)]);
+        const rl::GrpoTokenLoss l = rl::grpo_token_loss(logp, logp + old_shift[static_cast<size_t>(k)],
+                                                        logp + ref_shift[static_cast<size_t>(k)], adv[row], gopt);
+        const double n = rl::grpo_token_norm(gopt, static_cast<int64_t>(len[row]), static_cast<double>(c.batch), tokens);
+        grpo_value += n * l.loss;
+        w[static_cast<size_t>(k)] = static_cast<float>(-l.dlogp * n);
+      }
+      return w;
+    };
+    extras.loss_weights = &hook;
+  }
   if (!c.dpo.empty()) {
     dopt.beta = c.dpo_beta;
     dopt.loss = train::parse_dpo_loss_type(c.dpo);
     dopt.label_smoothing = c.dpo_label_smoothing;
-    extras.row_weights = &weights;
+    hook = row_loss_weights(c.batch, weights);
+    extras.loss_weights = &hook;
   }
   const auto r = model.forward_backward(b.tokens, b.labels, b.mask, static_cast<float>(1.0 / tokens), 1.f, extras);
   double aux = 0, dropped = 0;  // the MoE losses of this one forward, coefficients included
@@ -449,7 +512,12 @@ int run_model(const std::string& name, const std::string& out) {
   } else {
     tensors.emplace_back("logits", model.logits(b.tokens));
   }
-  if (!c.dpo.empty()) {
+  if (!c.grpo.empty()) {
+    tensors.emplace_back("rewards", Tensor::from_floats(rewards, {c.batch}));
+    tensors.emplace_back("old_shift", Tensor::from_floats(old_shift, {c.batch, c.seq}));
+    tensors.emplace_back("ref_shift", Tensor::from_floats(ref_shift, {c.batch, c.seq}));
+    tensors.emplace_back("loss", Tensor::from_floats({static_cast<float>(grpo_value)}, {}));
+  } else if (!c.dpo.empty()) {
     std::vector<float> rc(pairs.ref_chosen.begin(), pairs.ref_chosen.end()),
         rr(pairs.ref_rejected.begin(), pairs.ref_rejected.end());
     tensors.emplace_back("ref_chosen", Tensor::from_floats(rc, {P}));

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The proof task of GRPO (issue 16), on the CPU in about a minute (docs/RL.md, "Proof: the CI
+# task"). The post-training task's model and data (tests/posttrain/letters-sft.yaml: a 2-layer
+# Llama with a character-level ChatML tokenizer shifting each letter of a 4-letter word to the
+# next one, "Shift habz" -> "ibca"):
+#   data   tools/make_chat_data.py --task letters --letter-ops next --grpo 1000: SFT
+#          conversations and 1000 GRPO prompts {"prompt": [user turn], "answer": "ibca"}
+#   1. SFT, stopped early (iteration 440 of a 600-iteration schedule): the model answers some
+#      prompts right when sampling at temperature 1 (mean reward ~0.3)
+#   2. GRPO from that checkpoint (pretrained_checkpoint) with the accuracy reward (exact match
+#      of the answer), 16 prompts x 8 completions per step: the mean reward of the last 10
+#      iterations must be >= MIN_FINAL and at least RISE above that of the first 10
+#   3. exact resume mid-RL: 8 iterations in one run == 4, stop, resume, 4 more (the rollouts'
+#      sampling included): the same reward and loss at every iteration, bit for bit
+#   4. data parallelism: the 8 iterations on 2 MPI ranks (each samples half of the prompts):
+#      the same rewards, and loss and grad norm within 1e-5 (the sums are ordered differently)
+# Usage: grpo_task.sh PRIMUS_BINARY [KEEP_DIR] [MPIRUN]   (KEEP_DIR: keep the work files there;
+#        MPIRUN: the launcher for step 4, default mpirun; "none" skips step 4)
+set -euo pipefail
+PRIMUS=$1
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+MPIRUN=${3:-mpirun}
+if [[ $# -ge 2 && -n $2 ]]; then
+  WORK=$2
+  rm -rf "$WORK" && mkdir -p "$WORK"
+else
+  WORK=$(mktemp -d /tmp/primus_grpo_task.XXXXXX)
+  trap 'rm -rf "$WORK"' EXIT
+fi
+T0=$SECONDS
+export PRIMUS_TEST_WORKSPACE=$WORK/ws
+export PRIMUS_TEST_DATA=$WORK/data
+export PRIMUS_TEST_TOKENIZER=$ROOT/tests/data/posttrain/chatml_bytes
+EXP=$ROOT/tests/posttrain/letters-sft.yaml
+
+# Thresholds (the measured values are in docs/RL.md).
+MIN_FINAL=0.55   # mean reward of the last 10 GRPO iterations
+RISE=0.20        # ... minus that of the first 10
+
+python3 "$ROOT/tools/make_chat_data.py" --task letters --letter-ops next --min-len 4 --max-len 4 \
+  --train 4000 --heldout 100 --dpo 0 --grpo 1000 --seed 15 --out "$PRIMUS_TEST_DATA" >/dev/null
+
+train() {  # NAME key=value...
+  local name=$1
+  shift
+  echo "== train $name: $*"
+  if ! PRIMUS_TEST_RUN=$name "$PRIMUS" train posttrain --config "$EXP" "$@" >"$WORK/$name.log" 2>&1; then
+    tail -40 "$WORK/$name.log"
+    echo "FAIL: training stage $name failed"
+    exit 1
+  fi
+}
+metrics() { find "$WORK/ws" -path "*/$1/*" -name metrics.jsonl | head -1; }
+
+GRPO=(grpo=true packing=false data_path="$PRIMUS_TEST_DATA/grpo_prompts.jsonl"
+      pretrained_checkpoint="$WORK/sft/iter_0000440" num_generations=8 max_prompt_length=48
+      max_completion_length=8 micro_batch_size=32 global_batch_size=128 log_interval=1)
+
+# 1. SFT, stopped early.
+train sft train_iters=600 exit_interval=440 save="$WORK/sft"
+[[ -d $WORK/sft/iter_0000440 ]] || { echo "FAIL: no SFT checkpoint at iteration 440"; exit 1; }
+
+# 2. GRPO.
+train grpo "${GRPO[@]}" train_iters=80 lr=1.0e-3 min_lr=1.0e-4 lr_warmup_iters=15 save="$WORK/grpo"
+read -r FIRST LAST < <(python3 - "$(metrics grpo)" <<'PY'
+import json, sys
+r = [json.loads(l)["reward"] for l in open(sys.argv[1]) if '"reward"' in l]
+if len(r) < 20:
+    sys.exit(f"only {len(r)} iterations with a reward in {sys.argv[1]}")
+print(f"{sum(r[:10]) / 10:.4f} {sum(r[-10:]) / 10:.4f}")
+PY
+)
+echo "GRPO mean reward: first 10 iterations $FIRST, last 10 $LAST"
+python3 -c "import sys; f, l = map(float, sys.argv[1:]); sys.exit(0 if l >= $MIN_FINAL and l - f >= $RISE else 1)" \
+  "$FIRST" "$LAST" || { echo "FAIL: GRPO mean reward $FIRST -> $LAST (need >= $MIN_FINAL and a rise >= $RISE)"; exit 1; }
+
+# 3. Exact resume mid-RL.
+train straight "${GRPO[@]}" train_iters=8 lr=1.0e-3 lr_warmup_iters=2 global_batch_size=32 micro_batch_size=16 \
+  save="$WORK/straight" save_interval=100
+train resumed "${GRPO[@]}" train_iters=8 lr=1.0e-3 lr_warmup_iters=2 global_batch_size=32 micro_batch_size=16 \
+  save="$WORK/resumed" exit_interval=4
+train resumed2 "${GRPO[@]}" train_iters=8 lr=1.0e-3 lr_warmup_iters=2 global_batch_size=32 micro_batch_size=16 \
+  save="$WORK/resumed" load="$WORK/resumed"
+python3 - "$(metrics straight)" "$(metrics resumed)" "$(metrics resumed2)" <<'PY' || exit 1
+import json, sys
+def rows(p):
+    return {j["iteration"]: (j["reward"], j["grpo_loss"], j["grad_norm"]) for j in map(json.loads, open(p)) if "reward" in j}
+a, b = rows(sys.argv[1]), {**rows(sys.argv[2]), **rows(sys.argv[3])}
+if sorted(a) != list(range(1, 9)) or sorted(b) != list(range(1, 9)):
+    sys.exit(f"FAIL: iterations {sorted(a)} / {sorted(b)}")
+bad = [i for i in a if a[i] != b[i]]
+if bad:
+    sys.exit("FAIL: the resumed run differs at iterations " + ", ".join(f"{i}: {a[i]} vs {b[i]}" for i in bad))
+print("resume: iterations 1-8 identical (reward, loss, grad norm) after a stop at 4")
+PY
+
+# 4. Data parallelism.
+DP_NOTE="data parallelism skipped"
+if [[ $MPIRUN != none ]] && command -v "$MPIRUN" >/dev/null; then
+  echo "== train dp2 (mpirun -np 2)"
+  if ! OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 PRIMUS_TEST_RUN=dp2 \
+      "$MPIRUN" -np 2 --oversubscribe --bind-to none "$PRIMUS" train posttrain --config "$EXP" "${GRPO[@]}" \
+      train_iters=8 lr=1.0e-3 lr_warmup_iters=2 global_batch_size=32 micro_batch_size=16 >"$WORK/dp2.log" 2>&1; then
+    tail -40 "$WORK/dp2.log"
+    echo "FAIL: GRPO on 2 data-parallel ranks failed"
+    exit 1
+  fi
+  python3 - "$(metrics straight)" "$(metrics dp2)" <<'PY' || exit 1
+import json, sys
+def rows(p):
+    return {j["iteration"]: (j["reward"], j["grpo_loss"], j["grad_norm"]) for j in map(json.loads, open(p)) if "reward" in j}
+a, b = rows(sys.argv[1]), rows(sys.argv[2])
+if sorted(a) != sorted(b):
+    sys.exit(f"FAIL: iterations {sorted(a)} / {sorted(b)}")
+for i in a:
+    (ra, la, ga), (rb, lb, gb) = a[i], b[i]
+    if ra != rb or abs(la - lb) > 1e-5 * max(1.0, abs(la)) or abs(ga - gb) > 1e-5 * max(1.0, abs(ga)):
+        sys.exit(f"FAIL: 2 ranks differ from 1 at iteration {i}: {b[i]} vs {a[i]}")
+print("data parallel: 2 ranks == 1 rank over 8 iterations (rewards exact, loss and grad norm within 1e-5)")
+PY
+  DP_NOTE="2 data-parallel ranks == 1"
+fi
+
+echo "PASS: GRPO mean reward $FIRST -> $LAST, exact resume, $DP_NOTE, in $((SECONDS - T0)) s"
