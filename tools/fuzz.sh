@@ -12,7 +12,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${FUZZ_BUILD_DIR:-$ROOT/build-fuzz}
 TARGETS="fuzz_experiment_yaml fuzz_safetensors fuzz_indexed_dataset fuzz_hf_config fuzz_tokenizer_json fuzz_jsonl
-  fuzz_sentencepiece_model fuzz_tiktoken fuzz_chat_template"
+  fuzz_sentencepiece_model fuzz_tiktoken fuzz_chat_template fuzz_rl_prompt"
 
 seeds() {
   local c=$BUILD/corpus
@@ -142,6 +142,14 @@ try:
         open(os.path.join(c, "fuzz_chat_template", "seed%03d" % i), "wb").write(
             src.encode() + b"\xff" + json.dumps(conv, ensure_ascii=False).encode())
 except (OSError, ValueError): pass
+# GRPO prompt lines + 0xFF + reward answers (fuzz/fuzz_rl_prompt.cpp splits the input there).
+rl = [('{"prompt": "Shift abcd", "answer": "bcde"}', '1.0'),
+      ('{"prompt": [{"role": "user", "content": "Shift abcd"}], "answer": "bcde"}', '{"reward": 0.5}'),
+      ('{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}], "id": 3}', '-2'),
+      ('{"prompt": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}', '"x"')]
+os.makedirs(os.path.join(c, "fuzz_rl_prompt"), exist_ok=True)
+for i, (line, answer) in enumerate(rl):
+    open(os.path.join(c, "fuzz_rl_prompt", "seed%03d" % i), "wb").write(line.encode() + b"\xff" + answer.encode())
 PY
   find "$ROOT" -path "$BUILD" -prune -o -name config.json -path "*hf*" -size -8k -print 2>/dev/null | head -20 |
     while read -r f; do cp "$f" "$c/fuzz_hf_config/$(echo "$f" | md5sum | cut -c1-12).json"; done

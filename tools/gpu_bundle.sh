@@ -5,7 +5,7 @@
 #   bin/  primus, primus_gpu_tests, bench_gpu_ops
 #   lib/  every shared library they need that the GPU machine does not provide
 #         (not glibc, not libstdc++/libgcc, not the CUDA/cuDNN/NCCL libraries)
-#   py/   the PyTorch peers (pt_llama_bench.py, pt_moe_bench.py, gpu_sdpa_ref.py, gpu_summary.py)
+#   py/   the PyTorch peers (pt_llama_bench.py, pt_moe_bench.py, hf_generate_bench.py, gpu_sdpa_ref.py, gpu_summary.py)
 # Raw, the three binaries and OpenBLAS exceed the 64 MiB the tool carries; xz with a 64 MiB
 # window stores the CUDA kernels the binaries share once. The binaries carry RPATH
 # $ORIGIN/../lib (CMakeLists.txt). Usage:
@@ -70,7 +70,7 @@ done
 echo "cuDNN the binaries load from the GPU machine: $(for f in "$BUNDLE"/bin/*; do ldd "$f"; done |
   awk '/libcudnn/ {print $1}' | sort -u | tr '\n' ' ')(sub-libraries via dlopen)"
 
-for peer in pt_llama_bench.py pt_moe_bench.py; do
+for peer in pt_llama_bench.py pt_moe_bench.py hf_generate_bench.py; do
   cp "/work/shared/anchors/$peer" "$BUNDLE/py/" 2>/dev/null || echo "note: $peer not found"
 done
 cp "$ROOT/tools/gpu_sdpa_ref.py" "$ROOT/tools/gpu_summary.py" "$BUNDLE/py/"

@@ -253,7 +253,9 @@ void GrpoObjective::new_round(int64_t round, DecoderModel& policy, train::Pipeli
   ref_logps_.assign(batches_.size(), {});
   if (o_.loss.beta != 0.0) {
     PRIMUS_CHECK(reference != nullptr, "GRPO with beta > 0 needs the reference model");
+    const auto t_ref = std::chrono::steady_clock::now();
     const DecoderModel::StepResult r = reference->forward_only(batches_, /*keep_token_losses=*/true);
+    last_reference_s_ = seconds_since(t_ref);
     size_t at = 0;
     for (size_t m = 0; m < batches_.size(); ++m) {
       const size_t n = static_cast<size_t>(batches_[m].tokens.numel());
@@ -267,7 +269,7 @@ void GrpoObjective::new_round(int64_t round, DecoderModel& policy, train::Pipeli
 const std::vector<data::Batch>& GrpoObjective::batches(int64_t iteration, DecoderModel& policy,
                                                        train::PipelinedModel* reference, ops::Context& ctx,
                                                        parallel::Communicator& dp) {
-  last_generation_s_ = 0;
+  last_generation_s_ = last_reference_s_ = 0;
   if (round_starts_at(iteration) || batches_.empty())
     new_round(iteration / o_.num_iterations, policy, reference, ctx, dp);
   else
@@ -321,7 +323,13 @@ std::vector<std::pair<std::string, double>> GrpoObjective::report(parallel::Comm
   std::vector<std::pair<std::string, double>> out;
   out.emplace_back("grpo loss", v[0]);
   out.insert(out.end(), round_stats_.begin(), round_stats_.end());
-  if (o_.loss.beta != 0.0) out.emplace_back("kl", v[2] / n);
+  if (last_generation_s_ == 0)  // a step that reuses its round's rollouts generated nothing
+    for (auto& [name, value] : out)
+      if (name == "time/generation_s" || name == "tokens_per_s/generation") value = 0;
+  if (o_.loss.beta != 0.0) {
+    out.emplace_back("kl", v[2] / n);
+    out.emplace_back("time/reference_s", last_reference_s_);
+  }
   out.emplace_back("clip_ratio/low_mean", v[3] / n);
   out.emplace_back("clip_ratio/high_mean", v[4] / n);
   out.emplace_back("clip_ratio/region_mean", (v[3] + v[4]) / n);

@@ -79,8 +79,10 @@ class GrpoObjective {
   // reward_std, rewards/<function>, kl (β > 0), clip_ratio/*, entropy, completions/*,
   // frac_reward_zero_std, and the round's generation time and tokens/s.
   std::vector<std::pair<std::string, double>> report(parallel::Communicator& dp) const;
-  // Seconds the last batches() spent generating (0 when it did not start a round).
+  // Seconds the last batches() spent generating, and in the reference model's forward (0 when
+  // it did not start a round).
   double generation_seconds() const { return last_generation_s_; }
+  double reference_seconds() const { return last_reference_s_; }
 
  private:
   struct Row {
@@ -108,7 +110,7 @@ class GrpoObjective {
   mutable GrpoStepStats step_;
   // Round statistics (global, computed once per round).
   std::vector<std::pair<std::string, double>> round_stats_;
-  double last_generation_s_ = 0;
+  double last_generation_s_ = 0, last_reference_s_ = 0;
 };
 
 }  // namespace primus::rl

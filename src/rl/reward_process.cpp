@@ -75,20 +75,20 @@ double RewardProcess::score(const nlohmann::json& request) {
                  std::strerror(errno));
     sent += static_cast<size_t>(n);
   }
-  const std::string answer = read_line();
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(answer);
-  } catch (const nlohmann::json::exception&) {
-    throw Error(fmt::format("reward_command '{}' answered '{}', which is not JSON; expected a number or "
-                            "{{\"reward\": number}}",
-                            command_, answer.substr(0, 200)));
-  }
+  return parse_reward_answer(read_line(), command_);
+}
+
+double parse_reward_answer(const std::string& answer, const std::string& command) {
+  nlohmann::json j = nlohmann::json::parse(answer, nullptr, /*allow_exceptions=*/false);
+  PRIMUS_CHECK(!j.is_discarded(), "reward_command '{}' answered '{}', which is not JSON; expected a number or "
+               "{{\"reward\": number}}",
+               command, answer.substr(0, 200));
   if (j.is_object() && j.contains("reward")) j = j["reward"];
   PRIMUS_CHECK(j.is_number(), "reward_command '{}' answered '{}'; expected a number or {{\"reward\": number}}",
-               command_, answer.substr(0, 200));
+               command, answer.substr(0, 200));
   const double r = j.get<double>();
-  PRIMUS_CHECK(std::isfinite(r), "reward_command '{}' answered a non-finite reward '{}'", command_, answer);
+  PRIMUS_CHECK(std::isfinite(r), "reward_command '{}' answered a non-finite reward '{}'", command,
+               answer.substr(0, 200));
   return r;
 }
 

@@ -15,6 +15,9 @@
 
 namespace primus::rl {
 
+// One answer line -> the reward; errors name `command` and the line.
+double parse_reward_answer(const std::string& line, const std::string& command);
+
 class RewardProcess {
  public:
   explicit RewardProcess(std::string command);  // starts it; throws when it cannot start

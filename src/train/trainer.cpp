@@ -1040,7 +1040,8 @@ TrainResult Run::train() {
     rec.elapsed_s = seconds_since(t0);
     rec.losses = objective_report;
     if (grpo_) {  // where the step's time went: sampling the rollouts vs training on them
-      const double train_s = std::max(1e-9, seconds_since(t0) - grpo_->generation_seconds());
+      const double train_s =
+          std::max(1e-9, seconds_since(t0) - grpo_->generation_seconds() - grpo_->reference_seconds());
       rec.losses.emplace_back("time/training_s", train_s);
       rec.losses.emplace_back("tokens_per_s/training", counts[1] / train_s);
     }
