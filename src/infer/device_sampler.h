@@ -7,9 +7,9 @@
 //                         arithmetic as sample_token (ops/cuda/sampling.h). With keep_entropy,
 //                         also the entropy of softmax(logits / T) over ids [0, vocab) (T = 1
 //                         when greedy). One device-to-host copy of (token, status, entropy) per
-//                         sequence; a row the device cannot decide (status 1: the draw reaches
-//                         past the 1024 most likely ids with top-k off) is sampled on the host
-//                         from that row's logits and its id written back (set_token).
+//                         sequence; a row the device leaves to the host (status 1: 1024 < top_k
+//                         < vocabulary, or a rounding corner) is sampled on the host from that
+//                         row's logits and its id written back (set_token).
 //   device_tokens()       int32 (B) on the device: the chosen ids, the next decode step's input.
 //
 // The uniforms of every (sequence, step) are computed on the host once (sampling_uniform) and

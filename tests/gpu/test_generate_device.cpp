@@ -1,5 +1,6 @@
 // Generation's device path on CUDA: DeviceSampler (ops/cuda/sampling.h) picks the tokens that
-// infer::sample_token picks on the same logits and uniforms; the GQA split-K decode attention
+// infer::sample_token picks on the same logits and uniforms (within the 1024 candidates and past
+// them); the GQA split-K decode attention
 // equals decode_attention_cpu on GQA/long-context shapes; infer::generate on a CUDA decoder
 // (device sampling, device positions and RoPE rows) gives the CPU fp32 decoder's greedy ids
 // for 64 tokens while the CPU's top-1/top-2 margin is clear of rounding, and the same ids and
@@ -70,8 +71,11 @@ TEST(GenerateDevice, SamplingMatchesHost) {
       {"top-k 40 top-p 0.8", opts(0.9f, 40, 0.8f), 2.f, true},
       {"top-p 0.9 peaked", opts(0.7f, 0, 0.9f), 8.f, true},
       {"temperature only peaked", opts(0.5f, 0, 1.f), 8.f, true},
-      {"top-p 0.95 flat", opts(1.f, 0, 0.95f), 0.5f, false},  // reaches past the candidates: host rows
-      {"top-k 5000", opts(1.f, 5000, 1.f), 1.f, false},        // a top-k set larger than the candidates
+      // Past the 1024 candidates (the weight-radix selects over the whole row):
+      {"top-p 0.95 flat", opts(1.f, 0, 0.95f), 0.5f, true},
+      {"temperature 1 flat (GRPO's default)", opts(1.f, 0, 1.f), 0.5f, true},
+      {"temperature 1.3 top-p 0.999", opts(1.3f, 0, 0.999f), 1.f, true},
+      {"top-k 5000", opts(1.f, 5000, 1.f), 1.f, false},  // a top-k set larger than the candidates: host rows
   };
   std::mt19937_64 rng = gputest::fresh_rng();
   // (V, vocab): rows of 16-byte multiples (float4 loads) with a scalar tail of the allowed ids,

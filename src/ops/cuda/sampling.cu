@@ -130,6 +130,99 @@ __global__ void __launch_bounds__(kThreads)
   if (threadIdx.x == 0) entropy[b] = static_cast<float>(log(total) - weighted / total);
 }
 
+// The float whose float_key is `key` (keys of -0 give +0; NaN never reaches here).
+__device__ __forceinline__ float key_value(uint32_t key) {
+  return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+}
+
+// In the sampling order (value descending, lower id first on ties) over the ids [0, vocab)
+// with weights w = exp(value * inv_t - zmax): the first id at which the running sum of w
+// exceeds `target` (strict) or reaches it (!strict), found without sorting: a radix select on
+// the keys, 8 bits per pass from the top, by the weight of each digit (a shared-memory
+// histogram of double sums), then the tie index among the ids of the chosen value, by a block
+// scan in id order. *cum_out: the running sum including that id. -1 when the whole row's
+// weight does not reach the target (rounding). Called by all threads; all get the result.
+__device__ int32_t mass_crossing(const float* row, int vocab, bool vec, double inv_t, double zmax, double target,
+                                 bool strict, double* cum_out) {
+  constexpr int kCopies = 8;  // histogram copies (warp % 8): fewer same-address atomics on flat rows
+  __shared__ double hmass[kCopies][256];
+  __shared__ uint32_t s_prefix;
+  __shared__ double s_acc;
+  __shared__ int s_found, s_taken, s_id, s_count[32];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, nwarps = (blockDim.x + 31) >> 5;
+  uint32_t prefix = 0u, mask = 0u;
+  double acc = 0;  // weight of the keys above the digits chosen so far
+  for (int shift = 24; shift >= 0; shift -= 8) {
+    for (int i = tid; i < kCopies * 256; i += blockDim.x) hmass[i / 256][i % 256] = 0.0;
+    __syncthreads();
+    for_each_in_row(row, vocab, vec, [&](float v, int) {
+      const uint32_t k = sample_key(v);
+      if ((k & mask) == prefix) {
+        const double w = exp(static_cast<double>(sample_value(v)) * inv_t - zmax);
+        if (w > 0.0) atomicAdd(&hmass[warp % kCopies][(k >> shift) & 0xFFu], w);
+      }
+    });
+    __syncthreads();
+    if (tid == 0) {
+      double a = acc;
+      int d = 255, found = 0;
+      for (; d >= 0; --d) {
+        double h = 0.0;
+        for (int c = 0; c < kCopies; ++c) h += hmass[c][d];
+        if (h > 0.0 && (strict ? a + h > target : a + h >= target)) {
+          found = 1;
+          break;
+        }
+        a += h;
+      }
+      s_found = found;
+      s_prefix = prefix | (static_cast<uint32_t>(found ? d : 0) << shift);
+      s_acc = a;
+    }
+    __syncthreads();
+    if (!s_found) return -1;  // one value for the block
+    prefix = s_prefix;
+    acc = s_acc;
+    mask |= 0xFFu << shift;
+    __syncthreads();  // s_found / s_prefix are rewritten by the next pass
+  }
+  // The ids of value key_value(prefix), each of weight w: the crossing is the j-th of them.
+  const double w = exp(static_cast<double>(key_value(prefix)) * inv_t - zmax);
+  const double steps = (target - acc) / w;
+  double jd = strict ? floor(steps) : ceil(steps) - 1.0;
+  if (!(jd >= 0.0)) jd = 0.0;
+  int count = 0;
+  for_each_in_row(row, vocab, vec, [&](float v, int) { count += sample_key(v) == prefix ? 1 : 0; });
+  count = block_sum(count, s_count);
+  const int j = static_cast<int>(jd < static_cast<double>(count - 1) ? jd : static_cast<double>(count - 1));
+  if (tid == 0) {
+    s_taken = 0;
+    s_id = -1;
+  }
+  __syncthreads();
+  for (int base = 0; base < vocab; base += blockDim.x) {
+    const int taken = s_taken;  // one value for the block (written before the last barrier)
+    if (taken > j) break;
+    const int i = base + tid;
+    const bool flag = i < vocab && sample_key(row[i]) == prefix;
+    const unsigned ballot = __ballot_sync(kFull, flag);
+    if (lane == 0) s_count[warp] = __popc(ballot);
+    __syncthreads();
+    int earlier = 0, total = 0;
+    for (int wi = 0; wi < nwarps; ++wi) {
+      const int c = s_count[wi];
+      if (wi < warp) earlier += c;
+      total += c;
+    }
+    if (flag && taken + earlier + __popc(ballot & ((1u << lane) - 1u)) == j) s_id = i;
+    __syncthreads();
+    if (tid == 0) s_taken = taken + total;
+    __syncthreads();
+  }
+  *cum_out = acc + static_cast<double>(j + 1) * w;
+  return s_id;
+}
+
 __global__ void __launch_bounds__(kThreads)
     sample_kernel(const float* logits, int64_t ld, int vocab, float temperature, int64_t top_k, float top_p,
                   const double* uniforms, int32_t* tokens, int32_t* status) {
@@ -255,51 +348,84 @@ __global__ void __launch_bounds__(kThreads)
                     [&](float v, int) { row_total += exp(static_cast<double>(sample_value(v)) * inv_t - zmax); });
     row_total = block_sum(row_total, red);
   }
+  __shared__ int s_need;  // 0: decided; 1: the top-p boundary lies past the candidates; 2: the draw does
+  __shared__ double s_total;
   __syncthreads();
-  if (tid != 0) return;
-
-  // The host's arithmetic, in its order (infer::sampling_distribution + sample_token).
-  double total = row_total;
-  if (all_kept) {
-    total = 0;
-    for (int i = 0; i < M; ++i) total += sorted_p[i];
+  if (tid == 0) {
+    // The host's arithmetic, in its order (infer::sampling_distribution + sample_token).
+    s_need = 0;
+    double total = row_total;
+    if (all_kept) {
+      total = 0;
+      for (int i = 0; i < M; ++i) total += sorted_p[i];
+    }
+    s_total = total;
+    int n_keep = M;
+    bool exact = all_kept;  // the kept set lies within the candidates
+    double kept = 1.0;
+    const bool nucleus = top_p < 1.f;
+    bool decided = false;
+    if (nucleus) {
+      double before_mass = 0;
+      int k = 0;
+      while (k < M && (k == 0 || before_mass < static_cast<double>(top_p))) before_mass += sorted_p[k++] / total;
+      if (k == M && before_mass < static_cast<double>(top_p) && !exact) {
+        s_need = 1;
+        decided = true;
+      } else {
+        n_keep = k;
+        exact = true;
+        kept = 0;
+        for (int i = 0; i < k; ++i) kept += sorted_p[i] / total;
+      }
+    }
+    if (!decided) {
+      const double u = uniforms[b];
+      double cum = 0;
+      for (int i = 0; i < n_keep && !decided; ++i) {
+        double p = sorted_p[i] / total;
+        if (nucleus) p /= kept;
+        cum += p;
+        if (u < cum) {
+          tokens[b] = sorted_id[i];
+          status[b] = 0;
+          decided = true;
+        }
+      }
+      if (!decided) {
+        if (exact) {  // u within rounding of 1: the last kept id (sample_token's dist.back())
+          tokens[b] = sorted_id[n_keep - 1];
+          status[b] = 0;
+        } else {
+          s_need = 2;
+        }
+      }
+    }
   }
-  int n_keep = M;
-  bool exact = all_kept;  // the kept set lies within the candidates
-  double kept = 1.0;
-  const bool nucleus = top_p < 1.f;
-  if (nucleus) {
-    double before_mass = 0;
-    int k = 0;
-    while (k < M && (k == 0 || before_mass < static_cast<double>(top_p))) before_mass += sorted_p[k++] / total;
-    if (k == M && before_mass < static_cast<double>(top_p) && !exact) {
-      tokens[b] = 0;
-      status[b] = 1;
+  __syncthreads();
+  const int need = s_need;  // one value for the block
+  if (need == 0) return;
+  // Past the candidates (top-k off, a flat distribution): the same order and sums over the
+  // whole row, by weight-radix selects instead of a sort.
+  const double total = s_total, u = uniforms[b];
+  double target = u * total;  // the draw: the first id whose running sum of w exceeds u * total
+  if (need == 1) {            // top-p: keep up to the first id whose running sum reaches top_p * total
+    double kept_w = 0;
+    const int32_t last = mass_crossing(row, vocab, vec, inv_t, zmax, static_cast<double>(top_p) * total, false, &kept_w);
+    if (last < 0) {
+      if (tid == 0) {
+        tokens[b] = 0;
+        status[b] = 1;
+      }
       return;
     }
-    n_keep = k;
-    exact = true;
-    kept = 0;
-    for (int i = 0; i < k; ++i) kept += sorted_p[i] / total;
+    target = u * kept_w;  // u < cum / kept  <=>  running sum of w > u * kept_w
   }
-  const double u = uniforms[b];
-  double cum = 0;
-  for (int i = 0; i < n_keep; ++i) {
-    double p = sorted_p[i] / total;
-    if (nucleus) p /= kept;
-    cum += p;
-    if (u < cum) {
-      tokens[b] = sorted_id[i];
-      status[b] = 0;
-      return;
-    }
-  }
-  if (exact) {  // u within rounding of 1: the last kept id (sample_token's dist.back())
-    tokens[b] = sorted_id[n_keep - 1];
-    status[b] = 0;
-  } else {
-    tokens[b] = 0;
-    status[b] = 1;
+  double cum_w = 0;
+  const int32_t id = mass_crossing(row, vocab, vec, inv_t, zmax, target, true, &cum_w);
+  if (tid == 0) {
+    tokens[b] = id < 0 ? 0 : id;
+    status[b] = id < 0 ? 1 : 0;
   }
 }
 

@@ -6,10 +6,10 @@
 // Shapes: logits (B, ld) fp32 row-major, of which the first `vocab` columns are the allowed
 // ids (1 <= vocab <= ld). Per row b, written:
 //   tokens[b]  int32 chosen id
-//   status[b]  int32: 0 = chosen on the device; 1 = the candidates kept on the device
-//              (the kSampleCandidates largest logits) do not decide the draw: the caller
-//              samples row b on the host (infer::sample_token); 2 = the largest logit is not
-//              finite (the host's sampling_distribution throws there)
+//   status[b]  int32: 0 = chosen on the device; 1 = the device leaves row b to the host
+//              (infer::sample_token): a top-k set larger than kSampleCandidates but smaller
+//              than the vocabulary, or a target the row's total weight misses by rounding;
+//              2 = the largest logit is not finite (the host's sampling_distribution throws)
 //   entropy[b] fp32 (when entropy != nullptr): -sum p log p of softmax(logits / T) over the
 //              allowed ids, NaN logits skipped (infer::generate's entropy_of), 0 when the
 //              largest logit is not finite. T = `entropy_temperature`.
@@ -24,8 +24,13 @@
 //   descending, lower id first on ties (a radix select over the row, then a rank sort);
 //   p_i = exp(z_i / T - z_max / T) in double; total = sum over the K kept ids (the candidates
 //   when K <= kSampleCandidates, else a sum over the whole row); top-p prefix; renormalise;
-//   the first candidate whose cumulative probability exceeds u. When K > kSampleCandidates and
-//   the top-p prefix or the draw reaches past the candidates (or 1024 < top_k < vocab), status 1.
+//   the first candidate whose cumulative probability exceeds u. With top-k off, when the top-p
+//   prefix or the draw reaches past the candidates (a flat distribution), the same running sums
+//   in the same order are followed over the whole row without sorting it: a radix select on
+//   the keys by the summed weight of each 8-bit digit finds the value where the running sum
+//   crosses top_p * total (resp. u * kept weight), then the tie index among the ids of that
+//   value (the sums' order differs from the host's sequential one: a draw within ~1e-16 of a
+//   boundary may differ). 1024 < top_k < vocab: status 1.
 //
 // launch_advance_positions: positions[b] += 1 for b < B (int32): the decode step's new
 // positions, kept on the device.
