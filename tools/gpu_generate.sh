@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Generation on the lent GPU (issue 20), in one call, from the repo root there, after a bundle
-# (here, before the call; bench_generate is optional: without it `primus bench generate` runs
-# the same benchmark) and the HF peer beside it:
+# made here (gpu_bundle.sh puts the HF peer hf_generate_bench.py in its py/; bench_generate is
+# optional: without it `primus bench generate` runs the same benchmark):
 #   BUNDLE_CONFIGURE=0 BUNDLE_TARGETS="primus primus_gpu_tests bench_generate" tools/gpu_bundle.sh build-gen2
-#   cp ../shared/anchors/hf_generate_bench.py gpu_bundle/      (after gpu_bundle.sh: it empties gpu_bundle/)
+# (the peer is also looked for in gpu_bundle/ and ../shared/anchors/)
 # then, on the GPU machine (device tool, carry ["gpu_bundle"]):  OUT=$OUT bash tools/gpu_generate.sh
 #
 # Stages (GEN_STAGES, default "tests bench hf cli"):
@@ -97,7 +97,7 @@ fi
 
 if [[ " $STAGES " == *" hf "* ]]; then
   if [[ -z "$peer" ]]; then
-    echo "hf: hf_generate_bench.py not found (copy ../shared/anchors/hf_generate_bench.py into gpu_bundle/)"
+    echo "hf: hf_generate_bench.py not found (bundle py/, gpu_bundle/ or ../shared/anchors/)"
     STATUS+=("hf: peer missing")
   else
     for b in $BATCHES; do
