@@ -32,8 +32,15 @@ DeviceSampler::DeviceSampler(ops::Context& ctx, const SamplingOptions& options, 
                batch_, steps_, vocab_);
   pack_ = Tensor::zeros({3 * batch_}, DType::I32, Device::CUDA);
   tokens_ = pack_.rows(0, batch_);
-  PRIMUS_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_), static_cast<size_t>(3 * batch_) * sizeof(int32_t)));
-  std::memset(host_, 0, static_cast<size_t>(3 * batch_) * sizeof(int32_t));
+  // Two slots: the copy of step s + 1 may land while the host reads step s (enqueue/collect).
+  PRIMUS_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_), static_cast<size_t>(6 * batch_) * sizeof(int32_t)));
+  std::memset(host_, 0, static_cast<size_t>(6 * batch_) * sizeof(int32_t));
+  cur_ = host_;
+  for (void*& e : events_) {
+    cudaEvent_t ev = nullptr;
+    PRIMUS_CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+    e = ev;
+  }
   if (!options_.greedy()) {
     Tensor u = Tensor::empty({steps_, batch_}, DType::F64);
     for (int64_t s = 0; s < steps_; ++s)
@@ -46,23 +53,36 @@ DeviceSampler::DeviceSampler(ops::Context& ctx, const SamplingOptions& options, 
 }
 
 DeviceSampler::~DeviceSampler() {
+  // A step enqueued but never collected (generation stopped) may still be copying into host_.
+  for (void* e : events_)
+    if (e != nullptr) {
+      cudaEventSynchronize(static_cast<cudaEvent_t>(e));
+      cudaEventDestroy(static_cast<cudaEvent_t>(e));
+    }
   if (host_ != nullptr) cudaFreeHost(host_);
 }
 
 double DeviceSampler::entropy(int64_t b) const {
   float e = 0.f;
-  std::memcpy(&e, host_ + 2 * batch_ + b, sizeof(float));
+  std::memcpy(&e, cur_ + 2 * batch_ + b, sizeof(float));
   return static_cast<double>(e);
 }
 
 void DeviceSampler::set_token(int64_t b, int32_t t) {
-  host_[b] = t;
-  PRIMUS_CUDA_CHECK(cudaMemcpyAsync(pack_.data<int32_t>() + b, &host_[b], sizeof(int32_t), cudaMemcpyHostToDevice,
+  cur_[b] = t;
+  PRIMUS_CUDA_CHECK(cudaMemcpyAsync(pack_.data<int32_t>() + b, &cur_[b], sizeof(int32_t), cudaMemcpyHostToDevice,
                                     stream_of(ctx_)));
-  PRIMUS_CUDA_CHECK(cudaStreamSynchronize(stream_of(ctx_)));  // host_[b] is read by the copy
+  PRIMUS_CUDA_CHECK(cudaStreamSynchronize(stream_of(ctx_)));  // cur_[b] is read by the copy
 }
 
 void DeviceSampler::choose(const Tensor& logits, int64_t step, const std::vector<bool>& skip) {
+  enqueue(logits, step);
+  collect(step, &logits, skip);
+}
+
+void DeviceSampler::collect(int64_t step, const std::vector<bool>& skip) { collect(step, nullptr, skip); }
+
+void DeviceSampler::enqueue(const Tensor& logits, int64_t step) {
   PRIMUS_CHECK(logits.dtype() == DType::F32 && logits.ndim() == 2 && logits.size(0) == batch_ &&
                    logits.size(1) >= vocab_ && logits.device() == Device::CUDA,
                "DeviceSampler: logits must be fp32 [{}, >= {}] on CUDA, got {}", batch_, vocab_, logits.describe());
@@ -83,14 +103,26 @@ void DeviceSampler::choose(const Tensor& logits, int64_t step, const std::vector
     ops::cuda::launch_sample_tokens(logits.data<float>(), batch_, V, vocab_, options_.temperature, options_.top_k,
                                     options_.top_p, uniforms_.data<double>() + step * batch_, tokens, status, stream);
   }
-  PRIMUS_CUDA_CHECK(cudaMemcpyAsync(host_, tokens, static_cast<size_t>(3 * batch_) * sizeof(int32_t),
+  const int slot = static_cast<int>(step % 2);
+  PRIMUS_CUDA_CHECK(cudaMemcpyAsync(host_ + slot * 3 * batch_, tokens, static_cast<size_t>(3 * batch_) * sizeof(int32_t),
                                     cudaMemcpyDeviceToHost, stream));
-  PRIMUS_CUDA_CHECK(cudaStreamSynchronize(stream));
+  PRIMUS_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(events_[static_cast<size_t>(slot)]), stream));
+}
+
+void DeviceSampler::collect(int64_t step, const Tensor* logits, const std::vector<bool>& skip) {
+  PRIMUS_CHECK(step >= 0 && step < steps_, "DeviceSampler: step {} outside [0, {})", step, steps_);
+  const int slot = static_cast<int>(step % 2);
+  PRIMUS_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(events_[static_cast<size_t>(slot)])));
+  cur_ = host_ + slot * 3 * batch_;
   for (int64_t b = 0; b < batch_; ++b) {
-    const int32_t st = host_[batch_ + b];
+    const int32_t st = cur_[batch_ + b];
     if (st == 0 || (static_cast<size_t>(b) < skip.size() && skip[static_cast<size_t>(b)])) continue;
+    // Only choose() can fall back: after enqueue alone the logits may be the next step's already.
+    PRIMUS_CHECK(logits != nullptr, "DeviceSampler: row {} of step {} needs the host (status {}) but its logits are "
+                 "gone: use choose() for sampling that can fall back (1024 < top_k < vocabulary)", b, step, st);
+    const int64_t V = logits->size(1);
     std::vector<float> row(static_cast<size_t>(vocab_));
-    PRIMUS_CUDA_CHECK(cudaMemcpy(row.data(), logits.data<float>() + b * V, row.size() * sizeof(float),
+    PRIMUS_CUDA_CHECK(cudaMemcpy(row.data(), logits->data<float>() + b * V, row.size() * sizeof(float),
                                  cudaMemcpyDeviceToHost));
     // Status 2 (a non-finite largest logit) makes the host's sampling throw its own error.
     const int32_t t = sample_token(row, options_, streams_[static_cast<size_t>(b)], static_cast<uint64_t>(step));
@@ -112,6 +144,9 @@ DeviceSampler::~DeviceSampler() = default;
 double DeviceSampler::entropy(int64_t) const { return 0.0; }
 void DeviceSampler::set_token(int64_t, int32_t) {}
 void DeviceSampler::choose(const Tensor&, int64_t, const std::vector<bool>&) {}
+void DeviceSampler::enqueue(const Tensor&, int64_t) {}
+void DeviceSampler::collect(int64_t, const std::vector<bool>&) {}
+void DeviceSampler::collect(int64_t, const Tensor*, const std::vector<bool>&) {}
 
 #endif
 

@@ -17,6 +17,7 @@
 // sample_token on the host); constructing one in a build without CUDA throws.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -40,9 +41,17 @@ class DeviceSampler {
   // entropy(b) hold step `step`'s choice (rows the device left to the host are sampled here,
   // except rows b with skip[b], finished sequences whose token nobody reads).
   void choose(const Tensor& logits, int64_t step, const std::vector<bool>& skip = {});
+  // choose() in two halves, so that the next decode step can be queued before the host reads
+  // this one's tokens (greedy generation: the GPU does not wait for the host between steps).
+  // enqueue: the kernels and the copy back (two host slots: steps s and s + 1 may be in flight);
+  // collect: waits for that copy. A row that needs the host (status 1: sampled decoding with
+  // 1024 < top_k < vocabulary, or a rounding corner) is an error after enqueue + collect: use
+  // choose() for sampled decoding (greedy never needs the host).
+  void enqueue(const Tensor& logits, int64_t step);
+  void collect(int64_t step, const std::vector<bool>& skip = {});
 
   int64_t batch() const { return batch_; }
-  int32_t token(int64_t b) const { return host_[static_cast<size_t>(b)]; }
+  int32_t token(int64_t b) const { return cur_[b]; }
   double entropy(int64_t b) const;
   // How many rows were sampled on the host so far (status 1).
   int64_t host_fallbacks() const { return host_fallbacks_; }
@@ -50,6 +59,7 @@ class DeviceSampler {
 
  private:
   void set_token(int64_t b, int32_t t);
+  void collect(int64_t step, const Tensor* logits, const std::vector<bool>& skip);
 
   ops::Context& ctx_;
   SamplingOptions options_;
@@ -59,7 +69,9 @@ class DeviceSampler {
   Tensor pack_;       // int32 (3B) device: tokens | status | entropy (fp32 bits)
   Tensor tokens_;     // view of pack_ [0, B)
   Tensor uniforms_;   // f64 (steps, B) device (sampled decoding only)
-  int32_t* host_ = nullptr;  // pinned mirror of pack_
+  int32_t* host_ = nullptr;  // pinned, two slots of pack_'s size (steps s % 2)
+  int32_t* cur_ = nullptr;   // the slot of the last collected step
+  std::array<void*, 2> events_{};  // cudaEvent_t: each slot's copy done
   int64_t host_fallbacks_ = 0;
 };
 

@@ -102,22 +102,52 @@ GenerateResult generate(CachedDecoder& decoder, const std::vector<std::vector<in
         record(b, sampler.token(b));
       }
     };
+    Tensor first_dev;
     if (o.keep_prompt_logits) {
       const Tensor first = decoder.prefill(cache, prompts, &r.prompt_logits);
-      Tensor dev = Tensor::empty(first.shape(), DType::F32, decoder.context().device());
-      dev.copy_from(first);
-      sampler.choose(dev, 0);
+      first_dev = Tensor::empty(first.shape(), DType::F32, decoder.context().device());
+      first_dev.copy_from(first);
     } else {
-      sampler.choose(decoder.prefill_to_device(cache, prompts), 0);
+      first_dev = decoder.prefill_to_device(cache, prompts);
     }
-    take(0);
-    r.prefill_seconds = seconds_since(t0);
-    t0 = std::chrono::steady_clock::now();
-    for (int64_t step = 1; active > 0; ++step) {
-      sampler.choose(decoder.decode_step(cache, sampler.device_tokens(), o.cuda_graphs), step, done);
-      ++r.decode_steps;
-      if (decoder.last_step_from_graph()) ++r.graph_steps;
-      take(step);
+    if (o.sampling.greedy()) {
+      // Greedy never needs the host's logits: step s + 1 is queued (its input ids are already on
+      // the device) before the host reads step s's ids, so the GPU does not wait for the host.
+      // Sequences that finish at step s ride along in step s + 1, as in every step; when the
+      // last one finishes, the queued step's result is dropped.
+      sampler.enqueue(first_dev, 0);
+      bool graphed = false;
+      for (int64_t step = 0;; ++step) {
+        const bool more = step + 1 < o.max_new_tokens;  // the cache has room for step + 1
+        bool next_graphed = false;
+        if (more) {
+          const Tensor logits = decoder.decode_step(cache, sampler.device_tokens(), o.cuda_graphs);
+          next_graphed = decoder.last_step_from_graph();
+          sampler.enqueue(logits, step + 1);
+        }
+        sampler.collect(step, done);
+        take(step);
+        if (step == 0) {
+          r.prefill_seconds = seconds_since(t0);
+          t0 = std::chrono::steady_clock::now();
+        } else {
+          ++r.decode_steps;
+          if (graphed) ++r.graph_steps;
+        }
+        graphed = next_graphed;
+        if (active == 0 || !more) break;
+      }
+    } else {
+      sampler.choose(first_dev, 0);
+      take(0);
+      r.prefill_seconds = seconds_since(t0);
+      t0 = std::chrono::steady_clock::now();
+      for (int64_t step = 1; active > 0; ++step) {
+        sampler.choose(decoder.decode_step(cache, sampler.device_tokens(), o.cuda_graphs), step, done);
+        ++r.decode_steps;
+        if (decoder.last_step_from_graph()) ++r.graph_steps;
+        take(step);
+      }
     }
     r.decode_seconds = seconds_since(t0);
     r.graph_failure = decoder.graph_failure();

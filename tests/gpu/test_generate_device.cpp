@@ -307,4 +307,15 @@ TEST(GenerateDevice, StopIdsAndLengthsOnDevice) {
   const infer::GenerateResult again = infer::generate(dec, prompts, device);
   EXPECT_EQ(again.tokens, h.tokens);
   EXPECT_EQ(static_cast<int64_t>(streamed.size()), h.generated_tokens);
+  // Every sequence stops early: the greedy device loop has queued one step more than it uses
+  // (dropped), and the next generation on the same decoder is not disturbed by it.
+  host.stop_ids = {first.tokens[0][2], first.tokens[1][1]};
+  device.stop_ids = host.stop_ids;
+  device.on_token = nullptr;
+  const infer::GenerateResult h2 = infer::generate(dec, prompts, host), d2 = infer::generate(dec, prompts, device);
+  EXPECT_EQ(d2.tokens, h2.tokens);
+  EXPECT_EQ(d2.finish_reasons, h2.finish_reasons);
+  EXPECT_EQ(d2.decode_steps, h2.decode_steps);
+  const infer::GenerateResult d3 = infer::generate(dec, prompts, device);
+  EXPECT_EQ(d3.tokens, h2.tokens);
 }
