@@ -103,8 +103,8 @@ std::vector<int64_t> GrpoObjective::round_prompts(int64_t round) const {
   return out;
 }
 
-void GrpoObjective::new_round(int64_t round, DecoderModel& policy, train::PipelinedModel* reference,
-                              ops::Context& ctx, parallel::Communicator& dp) {
+void GrpoObjective::new_round(int64_t round, const ModelConfig& config, const WeightsSource& weights,
+                              train::PipelinedModel* reference, ops::Context& ctx, parallel::Communicator& dp) {
   const int64_t G = o_.num_generations, P = prompts_per_round(), Pl = P / layout_.dp_size;
   const int64_t first_prompt = layout_.dp_rank * Pl;  // this rank's first prompt slot in the round
   const std::vector<int64_t> chosen = round_prompts(round);
@@ -130,7 +130,7 @@ void GrpoObjective::new_round(int64_t round, DecoderModel& policy, train::Pipeli
   const auto t0 = std::chrono::steady_clock::now();
   infer::GenerateResult gen;
   {
-    infer::CachedDecoder decoder(policy.config(), ctx, infer::weights_of(policy));
+    infer::CachedDecoder decoder(config, ctx, weights());
     gen = infer::generate(decoder, gen_prompts, go);
   }
   last_generation_s_ = seconds_since(t0);
@@ -266,12 +266,12 @@ void GrpoObjective::new_round(int64_t round, DecoderModel& policy, train::Pipeli
   }
 }
 
-const std::vector<data::Batch>& GrpoObjective::batches(int64_t iteration, DecoderModel& policy,
-                                                       train::PipelinedModel* reference, ops::Context& ctx,
-                                                       parallel::Communicator& dp) {
+const std::vector<data::Batch>& GrpoObjective::batches(int64_t iteration, const ModelConfig& config,
+                                                       const WeightsSource& weights, train::PipelinedModel* reference,
+                                                       ops::Context& ctx, parallel::Communicator& dp) {
   last_generation_s_ = last_reference_s_ = 0;
   if (round_starts_at(iteration) || batches_.empty())
-    new_round(iteration / o_.num_iterations, policy, reference, ctx, dp);
+    new_round(iteration / o_.num_iterations, config, weights, reference, ctx, dp);
   else
     old_recorded_ = true;  // later steps of the round use the first step's log-probs
   return batches_;

@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -69,10 +70,14 @@ class GrpoObjective {
   int64_t prompts_per_round() const { return layout_.global_batch / o_.num_generations; }
   bool round_starts_at(int64_t iteration) const { return iteration % o_.num_iterations == 0; }
 
-  // Step 1-3 when `iteration` starts a round (policy: the model to sample from; reference: the
-  // frozen model when β > 0), then this rank's micro-batches for the step.
-  const std::vector<data::Batch>& batches(int64_t iteration, DecoderModel& policy, train::PipelinedModel* reference,
-                                          ops::Context& ctx, parallel::Communicator& dp);
+  // The policy's current weights, whole (what infer::CachedDecoder reads: full tensors on the
+  // context's device), asked for once per round.
+  using WeightsSource = std::function<NamedTensorList()>;
+  // Step 1-3 when `iteration` starts a round (the model `config` with `weights` to sample from;
+  // reference: the frozen model when β > 0), then this rank's micro-batches for the step.
+  const std::vector<data::Batch>& batches(int64_t iteration, const ModelConfig& config, const WeightsSource& weights,
+                                          train::PipelinedModel* reference, ops::Context& ctx,
+                                          parallel::Communicator& dp);
   // Step 4: the hooks for the micro-batches of the last batches() call, `scale` the loss scale.
   const std::vector<LossWeightsHook>& hooks(double scale);
   // Step 5: the named values of the step, summed over dp: "grpo loss" first, then reward,
@@ -89,8 +94,8 @@ class GrpoObjective {
     int64_t prompt_len = 0, completion_len = 0;
     double advantage = 0;
   };
-  void new_round(int64_t round, DecoderModel& policy, train::PipelinedModel* reference, ops::Context& ctx,
-                 parallel::Communicator& dp);
+  void new_round(int64_t round, const ModelConfig& config, const WeightsSource& weights,
+                 train::PipelinedModel* reference, ops::Context& ctx, parallel::Communicator& dp);
   std::vector<int64_t> round_prompts(int64_t round) const;  // global prompt indices of the round
 
   GrpoOptions o_;

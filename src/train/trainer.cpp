@@ -153,6 +153,10 @@ class Run {
   std::vector<int32_t> grpo_stop_ids_;
   std::unique_ptr<PipelinedModel> reference_;  // grpo_beta > 0: the frozen reference model
   void setup_grpo();
+  // GRPO's rollouts read the policy's whole weights: this rank's own tensors when it holds them
+  // all (tp 1, ep 1); else the full tensors gathered over tp / ep (a collective of the group)
+  // and copied onto the device, so every tensor-parallel rank samples the same rollouts.
+  NamedTensorList rollout_weights();
   std::unique_ptr<LrSchedule> schedule_;
   LossScaler scaler_;
   int64_t num_micro_batches_ = 1;
@@ -440,11 +444,10 @@ void Run::setup_posttrain_data(const data::DataConfig& dc) {
 // GRPO: the objective with its prompts, and with grpo_beta > 0 the frozen reference model (the
 // weights of pretrained_checkpoint, else the seeded initialisation the policy started from).
 void Run::setup_grpo() {
-  PRIMUS_CHECK(tp_size_ == 1 && pp_size_ == 1 && ep_size_ == 1,
-               "grpo: true runs with data parallelism only so far (tensor_model_parallel_size {}, "
-               "pipeline_model_parallel_size {}, expert_model_parallel_size {}): each rank generates its rollouts "
-               "with its whole model; set them to 1 and use more data-parallel ranks",
-               tp_size_, pp_size_, ep_size_);
+  PRIMUS_CHECK(pp_size_ == 1,
+               "grpo: true runs without pipeline parallelism so far (pipeline_model_parallel_size {}): the rollouts "
+               "and the per-token loss need the whole model on each rank's stage; use tensor and data parallelism",
+               pp_size_);
   PRIMUS_CHECK(!o_.lora.active(), "grpo: true with peft: lora is not built yet (the rollouts are generated from the "
                "model's weights, which LoRA leaves frozen); set peft: none");
   rl::GrpoLayout layout;
@@ -474,6 +477,20 @@ void Run::setup_grpo() {
   }
   grpo_ = std::make_unique<rl::GrpoObjective>(o_.grpo_options, std::move(grpo_prompts_), *tokenizer_, grpo_stop_ids_,
                                               layout);
+}
+
+NamedTensorList Run::rollout_weights() {
+  NamedTensorList out;
+  const std::vector<NamedTensor*> held = checkpoint_tensors();
+  if (tp_size_ == 1 && ep_size_ == 1) {
+    for (NamedTensor* p : held) out.emplace_back(p->name, p->value);
+    return out;
+  }
+  NamedTensorList full = parallel::gather_full_tensors(held, tp_size_ > 1 ? &groups_->tp() : nullptr,
+                                                       parallel::ParamField::Value,
+                                                       ep_size_ > 1 ? &groups_->ep() : nullptr);
+  for (auto& [name, t] : full) out.emplace_back(name, t.device() == ctx_.device() ? t : t.to(ctx_.device()));
+  return out;
 }
 
 // Where to resume from, as Megatron and Primus decide it:
@@ -957,7 +974,7 @@ TrainResult Run::train() {
       optimizer_->finish_param_gather();  // the rollouts sample from the current weights
       std::optional<Watchdog::Phase> phase;
       if (watchdog) phase.emplace(*watchdog, "GRPO rollouts");
-      batches = grpo_->batches(iteration_, *model_->chunks().front(), reference_.get(), ctx_, *dp_);
+      batches = grpo_->batches(iteration_, o_.model, [this] { return rollout_weights(); }, reference_.get(), ctx_, *dp_);
     } else {
       for (int64_t m = 0; m < num_micro_batches_; ++m) batches.push_back(train_loader->next());
     }
