@@ -141,6 +141,8 @@ int64_t CachedDecoder::cache_values_per_token() const {
 int64_t CachedDecoder::weight_bytes() const {
   int64_t n = 0;
   for (const auto& t : tensors_) n += static_cast<int64_t>(t->value.nbytes());
+  // An untied input embedding is read a row per token, not whole.
+  if (output_ != embedding_) n -= static_cast<int64_t>(embedding_->value.nbytes());
   return n;
 }
 

@@ -56,8 +56,9 @@ class CachedDecoder {
   // What the cache holds per token, summed over layers, and in words: "k and v" (GQA) or "the
   // latent c_kv + k_pe" (multi-latent attention), e.g. for the generate stats line.
   int64_t cache_values_per_token() const;
-  // Bytes of the weights the decoder reads (each tensor once; a tied output layer is the
-  // embedding): what every decode step reads at least, for roofline estimates.
+  // Bytes of the weights a decode step reads at least (each tensor once; the input embedding
+  // only when it is also the output layer, tied: untied, a step reads B of its rows), for
+  // roofline estimates.
   int64_t weight_bytes() const;
   std::string cache_description() const;
 
