@@ -216,3 +216,23 @@ TEST(MoeConfig, WhatIsNotBuiltIsRefusedByName) {
   // The experts split over the dense tensor-parallel ranks only.
   refusal({"tensor_model_parallel_size=2", "expert_tensor_parallel_size=1"}, "expert_tensor_parallel_size = 1");
 }
+
+// FP8 GEMMs are not built: fp8 and its scaling keys are refused by name instead of training in bf16.
+TEST(PrecisionConfig, Fp8IsRefusedUntilBuilt) {
+  const std::string exp = std::string(PRIMUS_TEST_DATA_DIR) + "/../train/tiny_mock-pretrain.yaml";
+  auto refusal = [&](std::vector<std::string> sets) {
+    try {
+      config::Config cfg = config::load_experiment(exp, sets, 0);
+      (void)train::train_options(cfg, false);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  const std::string e = refusal({"bf16=true", "fp8=hybrid"});
+  EXPECT_NE(e.find("fp8 = hybrid"), std::string::npos) << e;
+  EXPECT_NE(e.find("not built yet"), std::string::npos) << e;
+  EXPECT_NE(refusal({"fp8_recipe=tensorwise"}).find("fp8_recipe"), std::string::npos);
+  EXPECT_NE(refusal({"fp8_amax_history_len=16"}).find("fp8_amax_history_len"), std::string::npos);
+  EXPECT_EQ(refusal({"bf16=true"}), "");
+}
