@@ -219,6 +219,7 @@ TEST(MoeConfig, WhatIsNotBuiltIsRefusedByName) {
 
 // FP8 GEMMs are not built: fp8 and its scaling keys are refused by name instead of training in bf16.
 TEST(PrecisionConfig, Fp8IsRefusedUntilBuilt) {
+  setenv("PRIMUS_TEST_WORKSPACE", "/tmp/primus_test_fp8_ws", 0);
   const std::string exp = std::string(PRIMUS_TEST_DATA_DIR) + "/../train/tiny_mock-pretrain.yaml";
   auto refusal = [&](std::vector<std::string> sets) {
     try {
