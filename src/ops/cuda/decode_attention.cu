@@ -151,32 +151,41 @@ __global__ void __launch_bounds__(kGqaThreads)
   const T* K = k_cache + b * Lmax * row + static_cast<int64_t>(g) * D + sub * EPL;
   const T* V = v_cache + b * Lmax * row + static_cast<int64_t>(g) * D + sub * EPL;
   // `base` is the same for the 32 lanes of a warp: the shuffles below see every lane.
-  for (int base = j0 + warp * KPW; base < j1; base += NG) {
-    const int j = base + slot;
-    const bool valid = j < j1;
-    float kv[EPL], vv[EPL];
-    if (valid) {
-      load_vec<T, EPL>(kv, K + j * row);
-      load_vec<T, EPL>(vv, V + j * row);
-    } else {
+  // Two keys per lane group and iteration, both loaded before either is used (more loads in
+  // flight per warp).
+  for (int base = j0 + warp * KPW; base < j1; base += 2 * NG) {
+    float kv[2][EPL], vv[2][EPL];
+    bool valid[2];
 #pragma unroll
-      for (int e = 0; e < EPL; ++e) kv[e] = vv[e] = 0.f;
+    for (int u = 0; u < 2; ++u) {
+      const int j = base + u * NG + slot;
+      valid[u] = j < j1;
+      if (valid[u]) {
+        load_vec<T, EPL>(kv[u], K + j * row);
+        load_vec<T, EPL>(vv[u], V + j * row);
+      } else {
+#pragma unroll
+        for (int e = 0; e < EPL; ++e) kv[u][e] = vv[u][e] = 0.f;
+      }
     }
 #pragma unroll
-    for (int hh = 0; hh < MAXH; ++hh) {
-      if (hh < nh) {
-        float s = 0.f;
+    for (int u = 0; u < 2; ++u) {
 #pragma unroll
-        for (int e = 0; e < EPL; ++e) s += qv[hh][e] * kv[e];
+      for (int hh = 0; hh < MAXH; ++hh) {
+        if (hh < nh) {
+          float s = 0.f;
 #pragma unroll
-        for (int off = LPK / 2; off > 0; off >>= 1) s += __shfl_xor_sync(kFull, s, off);
-        if (valid) {
-          const float mn = fmaxf(m[hh], s);
-          const float corr = exp2f(m[hh] - mn), p = exp2f(s - mn);
-          l[hh] = l[hh] * corr + p;
+          for (int e = 0; e < EPL; ++e) s += qv[hh][e] * kv[u][e];
 #pragma unroll
-          for (int e = 0; e < EPL; ++e) o[hh][e] = o[hh][e] * corr + p * vv[e];
-          m[hh] = mn;
+          for (int off = LPK / 2; off > 0; off >>= 1) s += __shfl_xor_sync(kFull, s, off);
+          if (valid[u]) {
+            const float mn = fmaxf(m[hh], s);
+            const float corr = exp2f(m[hh] - mn), p = exp2f(s - mn);
+            l[hh] = l[hh] * corr + p;
+#pragma unroll
+            for (int e = 0; e < EPL; ++e) o[hh][e] = o[hh][e] * corr + p * vv[u][e];
+            m[hh] = mn;
+          }
         }
       }
     }
@@ -263,7 +272,7 @@ GqaPlan plan_gqa(DType dt, int64_t B, int64_t Lmax, int64_t Hq, int64_t Hkv, int
     sms = 132;
   }
   const int64_t ctas = B * Hkv * p.head_chunks;
-  int64_t splits = ceil_div(2 * static_cast<int64_t>(sms), ctas);
+  int64_t splits = ceil_div(4 * static_cast<int64_t>(sms), ctas);  // ~4 CTAs per SM: loads in flight
   splits = std::min<int64_t>(splits, ceil_div(Lmax, kMinKeysPerSplit));
   splits = std::max<int64_t>(1, std::min<int64_t>(splits, kMaxSplits));
   const int64_t ng = kGqaWarps * (32 / lpk);
