@@ -18,13 +18,19 @@
 #   cli    primus generate on the peer's saved weights and prompts (convert hf-to-primus), the
 #          first batch: the same weights and prompts as HF's row
 # Each step runs under a timeout, a failing step does not stop the others; logs and JSON under
-# $OUT; the last lines are a summary table.
+# $OUT (big files under $WORK); the last lines are a summary table. The device tool allows 10
+# minutes a call: run "tests bench" and "hf cli" as two calls on the warm machine, e.g.
+#   GEN_STAGES="tests bench" OUT=$OUT bash tools/gpu_generate.sh
+#   GEN_STAGES="hf cli" OUT=$OUT bash tools/gpu_generate.sh
 set -u -o pipefail
 ROOT=$(pwd)
 # shellcheck source=tools/gpu_env.sh
 source "$ROOT/tools/gpu_env.sh" || exit 1
 OUT=${OUT:-/tmp/primus_generate}
-mkdir -p "$OUT"
+# Large files (the peer's saved 1B model, the converted checkpoint: ~2.5 GB each) go to WORK,
+# not OUT (the device tool sends OUT back).
+WORK=${WORK:-/tmp/primus_generate_work}
+mkdir -p "$OUT" "$WORK"
 STAGES=${GEN_STAGES:-tests bench hf cli}
 BATCHES=${BATCHES:-16 64}
 PROMPT=${PROMPT:-128}
@@ -101,8 +107,8 @@ if [[ " $STAGES " == *" hf "* ]]; then
     STATUS+=("hf: peer missing")
   else
     for b in $BATCHES; do
-      mkdir -p "$OUT/hf_b$b"
-      timeout 900 python3 "$peer" "$OUT/hf_b$b" "$b" "$PROMPT" "$NEW" >"$OUT/hf_b$b.log" 2>"$OUT/hf_b$b.err"
+      mkdir -p "$WORK/hf_b$b"
+      timeout 420 python3 "$peer" "$WORK/hf_b$b" "$b" "$PROMPT" "$NEW" >"$OUT/hf_b$b.log" 2>"$OUT/hf_b$b.err"
       rc=$?
       echo "hf batch $b: rc=$rc $(grep '^{' "$OUT/hf_b$b.log" | tr '\n' ' ')"
       [[ $rc != 0 ]] && tail -5 "$OUT/hf_b$b.err"
@@ -128,15 +134,15 @@ fi
 
 if [[ " $STAGES " == *" cli "* ]]; then
   b=${BATCHES%% *}
-  if [[ -f "$OUT/hf_b$b/prompts.json" && -d "$OUT/hf_b$b/hf" ]]; then
-    rm -rf "$OUT/primus_1b"
-    timeout 300 "$B/primus" convert hf-to-primus --hf-dir "$OUT/hf_b$b/hf" --output "$OUT/primus_1b" >"$OUT/convert.log" 2>&1
+  if [[ -f "$WORK/hf_b$b/prompts.json" && -d "$WORK/hf_b$b/hf" ]]; then
+    rm -rf "$WORK/primus_1b"
+    timeout 300 "$B/primus" convert hf-to-primus --hf-dir "$WORK/hf_b$b/hf" --output "$WORK/primus_1b" >"$OUT/convert.log" 2>&1
     rc=$?
     echo "convert hf-to-primus: rc=$rc"
     args=()
     while read -r ids; do args+=(--prompt-ids "$ids"); done < <(python3 -c 'import json,sys
-for p in json.load(open(sys.argv[1])): print(",".join(map(str, p)))' "$OUT/hf_b$b/prompts.json")
-    timeout 300 "$B/primus" generate --load "$OUT/primus_1b" --device cuda "${args[@]}" --max-new-tokens "$NEW" \
+for p in json.load(open(sys.argv[1])): print(",".join(map(str, p)))' "$WORK/hf_b$b/prompts.json")
+    timeout 300 "$B/primus" generate --load "$WORK/primus_1b" --device cuda "${args[@]}" --max-new-tokens "$NEW" \
       --quiet --output-json "$OUT/cli_b$b.json" >"$OUT/cli_b$b.log" 2>&1
     rc=$?
     echo "primus generate (HF weights and prompts) batch $b: rc=$rc $(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print({k: j[k] for k in ("tokens_per_s", "decode_tokens_per_s", "prefill_tokens_per_s", "decode_ms_per_step", "roofline_ms_per_step_3_35TBps")})' "$OUT/cli_b$b.json" 2>/dev/null)"
@@ -151,7 +157,7 @@ print("first 8 ids of prompt 0: primus", cli["generated_ids"][0][:8], "HF", firs
 PY
     ROWS+=("primus generate CLI (HF weights)|$b|$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["tokens_per_s"],1))' "$OUT/cli_b$b.json" 2>/dev/null || echo -)|$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["decode_tokens_per_s"],1))' "$OUT/cli_b$b.json" 2>/dev/null || echo -)|-|-")
   else
-    echo "cli: no HF weights/prompts in $OUT/hf_b$b (run the hf stage)"
+    echo "cli: no HF weights/prompts in $WORK/hf_b$b (run the hf stage first, on the same machine)"
     STATUS+=("cli: skipped")
   fi
 fi
