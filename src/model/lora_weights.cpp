@@ -1,5 +1,7 @@
 #include "model/lora_weights.h"
 
+#include <map>
+
 #include "core/error.h"
 #include "model/decoder_spec.h"
 #include "ops/ops.h"
@@ -56,6 +58,33 @@ Tensor merged_lora_weight(const SafetensorsFile& file, const std::string& base, 
   ops::Context cpu = ops::Context::cpu();
   ops::matmul(cpu, w, b, ops::Transpose::No, a, ops::Transpose::No, scaling, 1.f);  // W += s B A
   return w;
+}
+
+NamedTensorList merge_lora_adapters(ops::Context& ctx, const NamedTensorList& weights, float scaling) {
+  std::map<std::string, const Tensor*> by_name;
+  for (const auto& [name, t] : weights) by_name[name] = &t;
+  NamedTensorList out;
+  for (const auto& [name, t] : weights) {
+    if (is_lora_tensor(name)) continue;
+    const auto a = by_name.find(lora_a_name(name)), b = by_name.find(lora_b_name(name));
+    if (a == by_name.end() && b == by_name.end()) {
+      out.emplace_back(name, t);
+      continue;
+    }
+    PRIMUS_CHECK(a != by_name.end() && b != by_name.end(), "merge_lora_adapters: '{}' has {} but not {}", name,
+                 a != by_name.end() ? lora_a_name(name) : lora_b_name(name),
+                 a != by_name.end() ? lora_b_name(name) : lora_a_name(name));
+    const Tensor& A = *a->second;  // (r, in)
+    const Tensor& B = *b->second;  // (out, r)
+    PRIMUS_CHECK(t.ndim() == 2 && B.size(0) == t.size(0) && A.size(1) == t.size(1) && A.size(0) == B.size(1),
+                 "merge_lora_adapters: '{}' {} does not fit lora_B {} x lora_A {}", name, shape_str(t.shape()),
+                 shape_str(B.shape()), shape_str(A.shape()));
+    Tensor merged = Tensor::empty(t.shape(), t.dtype(), t.device());
+    ops::copy_cast(ctx, merged, t);
+    ops::matmul(ctx, merged, B, ops::Transpose::No, A, ops::Transpose::No, scaling, 1.f);  // += s B A
+    out.emplace_back(name, merged);
+  }
+  return out;
 }
 
 }  // namespace primus

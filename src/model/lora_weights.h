@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/safetensors.h"
+#include "ops/ops.h"
 
 namespace primus {
 
@@ -34,5 +35,11 @@ LoraConfig lora_config_of(const nlohmann::json& config, const std::string& where
 Tensor load_f32(const SafetensorsFile& file, const std::string& name);
 // fp32 (out, in) on the host: base + scaling * B A, from `file`'s tensors.
 Tensor merged_lora_weight(const SafetensorsFile& file, const std::string& base_weight, float scaling);
+
+// A model's whole tensors with adapters (e.g. a LoRA run's parameters and frozen base, on ctx's
+// device) -> the same list without the lora_A / lora_B tensors, each adapted base weight replaced
+// by a new tensor base + scaling * B A (computed on ctx, in the base's dtype); the other tensors
+// are passed through (no copy). What generation reads from a model being trained with LoRA.
+NamedTensorList merge_lora_adapters(ops::Context& ctx, const NamedTensorList& weights, float scaling);
 
 }  // namespace primus

@@ -448,8 +448,6 @@ void Run::setup_grpo() {
                "grpo: true runs without pipeline parallelism so far (pipeline_model_parallel_size {}): the rollouts "
                "and the per-token loss need the whole model on each rank's stage; use tensor and data parallelism",
                pp_size_);
-  PRIMUS_CHECK(!o_.lora.active(), "grpo: true with peft: lora is not built yet (the rollouts are generated from the "
-               "model's weights, which LoRA leaves frozen); set peft: none");
   rl::GrpoLayout layout;
   layout.global_batch = o_.global_batch_size;
   layout.micro_batch = o_.micro_batch_size;
@@ -464,6 +462,7 @@ void Run::setup_grpo() {
     DecoderOptions ro = model_->chunks().front()->options();
     ro.grad_ready = {};
     ro.param_needed = {};
+    ro.lora = {};  // LoRA: the reference is the base model
     reference_ = std::make_unique<PipelinedModel>(o_.model, ctx_, ro, PipelineOptions{});
     if (!o_.pretrained_checkpoint.empty()) {
       CheckpointReader reader(o_.pretrained_checkpoint);
@@ -484,12 +483,14 @@ NamedTensorList Run::rollout_weights() {
   const std::vector<NamedTensor*> held = checkpoint_tensors();
   if (tp_size_ == 1 && ep_size_ == 1) {
     for (NamedTensor* p : held) out.emplace_back(p->name, p->value);
-    return out;
+  } else {
+    NamedTensorList full = parallel::gather_full_tensors(held, tp_size_ > 1 ? &groups_->tp() : nullptr,
+                                                         parallel::ParamField::Value,
+                                                         ep_size_ > 1 ? &groups_->ep() : nullptr);
+    for (auto& [name, t] : full) out.emplace_back(name, t.device() == ctx_.device() ? t : t.to(ctx_.device()));
   }
-  NamedTensorList full = parallel::gather_full_tensors(held, tp_size_ > 1 ? &groups_->tp() : nullptr,
-                                                       parallel::ParamField::Value,
-                                                       ep_size_ > 1 ? &groups_->ep() : nullptr);
-  for (auto& [name, t] : full) out.emplace_back(name, t.device() == ctx_.device() ? t : t.to(ctx_.device()));
+  // LoRA: the policy is the frozen base plus its adapters, merged for the rollouts.
+  if (o_.lora.active()) out = merge_lora_adapters(ctx_, out, o_.lora.scaling());
   return out;
 }
 

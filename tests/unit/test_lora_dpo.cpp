@@ -6,7 +6,10 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/rng.h"
+#include "infer/cached_decoder.h"
 #include "model/decoder.h"
+#include "model/lora_weights.h"
 #include "model/decoder_spec.h"
 #include "train/dpo_loss.h"
 
@@ -108,6 +111,47 @@ TEST(Lora, ModelTrainsOnlyAdaptersAndStartsAsTheBase) {
     if (p->name.find("lora_B") != std::string::npos)
       for (float g : p->grad.to_float_vector()) b_grad += std::fabs(g);
   EXPECT_GT(b_grad, 0.0);
+}
+
+// What GRPO's rollouts read from a LoRA run: the adapters merged into their base weights. The
+// KV-cache decoder over the merged tensors gives the logits of the adapted model's forward.
+TEST(Lora, MergedAdaptersGiveTheAdaptedModelsLogits) {
+  ops::Context ctx = ops::Context::cpu();
+  DecoderOptions o;
+  o.seed = 3;
+  o.lora.rank = 4;
+  o.lora.alpha = 8;
+  o.lora.targets = {"linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"};
+  DecoderModel lora(tiny(), ctx, o);
+  for (NamedTensor* p : lora.parameters())  // non-zero B: the adapters change the model
+    if (p->name.find("lora_B") != std::string::npos) CounterRng(9, stream_id(p->name)).fill_normal(p->value, 0.f, 0.3f);
+  Tensor tokens = Tensor::empty({2, 8}, DType::I32);
+  for (int64_t i = 0; i < tokens.numel(); ++i) tokens.data<int32_t>()[i] = static_cast<int32_t>((i * 5 + 1) % 32);
+  const std::vector<float> want = lora.logits(tokens).to_float_vector();
+  const NamedTensorList merged = merge_lora_adapters(ctx, infer::weights_of(lora), o.lora.scaling());
+  for (const auto& [name, t] : merged) EXPECT_FALSE(is_lora_tensor(name)) << name;
+  infer::CachedDecoder decoder(tiny(), ctx, merged);
+  infer::KvCache cache = decoder.new_cache(2, 8);
+  std::vector<std::vector<int32_t>> prompts(2);
+  for (int64_t i = 0; i < tokens.numel(); ++i) prompts[static_cast<size_t>(i / 8)].push_back(tokens.data<int32_t>()[i]);
+  Tensor all;
+  decoder.prefill(cache, prompts, &all);
+  const std::vector<float> got = all.to_float_vector();
+  ASSERT_EQ(got.size(), want.size());
+  double worst = 0, base_gap = 0;
+  for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::fabs(static_cast<double>(got[i]) - want[i]));
+  EXPECT_LT(worst, 1e-4);
+  // ... and not the base model's (the merge did something).
+  DecoderOptions plain;
+  plain.seed = 3;
+  DecoderModel base(tiny(), ctx, plain);
+  const std::vector<float> b = base.logits(tokens).to_float_vector();
+  for (size_t i = 0; i < b.size(); ++i) base_gap = std::max(base_gap, std::fabs(static_cast<double>(b[i]) - want[i]));
+  EXPECT_GT(base_gap, 1e-2);
+  // An adapter without its partner is an error naming it.
+  NamedTensorList half = infer::weights_of(lora);
+  std::erase_if(half, [](const auto& e) { return e.first.find("lora_B") != std::string::npos; });
+  EXPECT_NE(error_of([&] { merge_lora_adapters(ctx, half, 2.f); }).find("lora_B"), std::string::npos);
 }
 
 TEST(Dpo, LossValuesAtKnownMargins) {
