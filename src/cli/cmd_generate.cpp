@@ -40,6 +40,7 @@
 #include "core/strings.h"
 #include "data/chat/chat_template.h"
 #include "data/sft/chat_records.h"
+#include "data/sft/stop_tokens.h"
 #include "data/sft/sft_tokenize.h"
 #include "data/tokenizer/tokenizer.h"
 #include "infer/checkpoint_model.h"
@@ -159,26 +160,6 @@ std::vector<nlohmann::json> read_chat_file(const std::string& path) {
   }
   PRIMUS_CHECK(!out.empty(), "--chat-file '{}' has no record (one JSON object a line)", path);
   return out;
-}
-
-// The special token a template writes right after an assistant turn's content (its
-// end-of-turn token: <|eot_id|>, <|im_end|>, <end_of_turn>, </s>), or -1.
-int32_t end_of_turn_id(const data::chat::ChatTemplate& t, data::Tokenizer& tok) {
-  const std::string marker = "Zq7xPRIMUSxANSWERx";
-  std::string text;
-  try {
-    text = t.render(nlohmann::json::array({{{"role", "user"}, {"content", "Hello"}},
-                                           {{"role", "assistant"}, {"content", marker}}}),
-                    false);
-  } catch (const std::exception&) {
-    return -1;  // a template that refuses this conversation: rely on the eos names
-  }
-  const size_t at = text.find(marker);
-  if (at == std::string::npos) return -1;
-  const std::vector<int32_t> after = tok.encode(std::string_view(text).substr(at + marker.size()));
-  if (after.empty()) return -1;
-  const std::vector<int32_t> special = tok.special_ids();
-  return std::find(special.begin(), special.end(), after[0]) != special.end() ? after[0] : -1;
 }
 
 DType parse_dtype(const std::string& s, Device device) {
@@ -329,7 +310,7 @@ int cmd_generate(int argc, char** argv) {
   std::vector<Prompt> prompts;
   const auto special = no_special ? data::SpecialTokens::kNone : data::SpecialTokens::kAdd;
   std::string chat_template_name;
-  int32_t end_of_turn = -1, template_eos = -1;
+  std::shared_ptr<const data::chat::ChatTemplate> chat_tmpl;  // --chat: its eos and end of turn stop
   if (chat) {
     const data::sft::ChatTemplateSource src = data::sft::load_chat_template(chat_template_opt, tokenizer_model, *tok);
     PRIMUS_CHECK(src.tmpl != nullptr, "--chat-template none: --chat needs a template (a tokenizer_config.json or a "
@@ -347,8 +328,7 @@ int cmd_generate(int argc, char** argv) {
       PRIMUS_CHECK(!ids.empty(), "chat prompt {} renders to no tokens", prompts.size());
       prompts.push_back({text, std::move(ids), m});
     }
-    end_of_turn = end_of_turn_id(*src.tmpl, *tok);
-    if (!src.tmpl->eos_token().empty()) template_eos = tok->token_to_id(src.tmpl->eos_token());
+    chat_tmpl = src.tmpl;
   }
   if (!chat) {
     for (const std::string& t : text_prompts) {
@@ -361,14 +341,9 @@ int cmd_generate(int argc, char** argv) {
 
   // Vocabulary the new tokens are drawn from, and where sequences stop.
   gen.vocab_limit = tok ? tok->vocab_size() : (mc.vocab_size > 0 ? mc.vocab_size : mc.padded_vocab_size);
-  if (tok && !ignore_eos) {
-    std::vector<int32_t> eos = {tok->eod(), template_eos, end_of_turn};
-    for (const char* name : {"<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>", "</s>", "<|im_end|>",
-                             "<|end|>", "<end_of_turn>"})
-      eos.push_back(tok->token_to_id(name));
-    for (int32_t id : eos)
-      if (id >= 0 && std::find(stop_ids.begin(), stop_ids.end(), id) == stop_ids.end()) stop_ids.push_back(id);
-  }
+  if (tok && !ignore_eos)
+    for (int32_t id : data::sft::stop_token_ids(*tok, chat_tmpl.get()))
+      if (std::find(stop_ids.begin(), stop_ids.end(), id) == stop_ids.end()) stop_ids.push_back(id);
   gen.stop_ids = stop_ids;
 
   const int64_t max_pos = mc.max_position_embeddings;
