@@ -139,6 +139,7 @@ ModelConfig model_config(const Config& c) {
   m.moe_router_enable_expert_bias = c.b("moe_router_enable_expert_bias");
   m.moe_router_num_groups = int_or(c, "moe_router_num_groups", 0);
   m.moe_router_group_topk = int_or(c, "moe_router_group_topk", 0);
+  if (c.has("moe_router_group_score")) m.moe_router_group_score = c.s("moe_router_group_score");
   m.moe_router_topk_scaling_factor = float_or(c, "moe_router_topk_scaling_factor", 1.0);
   m.moe_aux_loss_coeff = c.f("moe_aux_loss_coeff");
   m.moe_router_pre_softmax = c.b("moe_router_pre_softmax");

@@ -79,6 +79,10 @@ std::vector<OptionSpec> model_options() {
       .positive();
   t.opt_integer("moe_router_group_topk", "group-limited routing: groups a token may use (DeepSeek topk_group)")
       .positive();
+  t.opt_choice("moe_router_group_score", {"topk_sum", "max"},
+               "group-limited routing: a group's score, the sum of its top moe_router_topk / moe_router_group_topk "
+               "experts (null and topk_sum: Megatron, DeepSeek-V3) or its best expert (max: DeepSeek-V2's "
+               "group_limited_greedy)");
   t.flag("moe_router_enable_expert_bias", false,
          "aux-loss-free balancing: a per-expert bias used only for top-k selection (DeepSeek-V3; sigmoid scores)");
   t.real("moe_router_bias_update_rate", 1e-3, "step of the expert-bias update after each iteration").non_negative();

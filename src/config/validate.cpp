@@ -285,6 +285,10 @@ void validate(Config& cfg) {
       ck.require(cfg.i("moe_router_group_topk") <= cfg.i("moe_router_num_groups"),
                  fmt::format("{} exceeds {}", ck.at("moe_router_group_topk"), ck.at("moe_router_num_groups")));
     }
+    if (cfg.has("moe_router_group_score"))
+      ck.require(groups, fmt::format("{} scores the groups of group-limited routing: set moe_router_num_groups and "
+                                     "moe_router_group_topk, or remove it",
+                                     ck.at("moe_router_group_score")));
   } else {
     ck.require(ep == 1, fmt::format("expert_model_parallel_size = {} ({}) needs an MoE model (num_experts is unset)",
                                     ep, cfg.source("expert_model_parallel_size").str()));

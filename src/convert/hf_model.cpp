@@ -94,8 +94,9 @@ std::string hf_layer(int64_t i, const char* rest) { return fmt::format("model.la
 // DeepseekV2Config / DeepseekV3Config (transformers; DeepSeek's published config.json files)
 // -> ModelConfig. The router: V3's noaux_tc = sigmoid scores, an expert bias for selection,
 // groups scored by their top-2 experts (Megatron's top-(k / group_topk) sum); V2's greedy =
-// softmax over all experts, top-k, not renormalised (pre-softmax). V2's group_limited_greedy
-// (a group scored by its best expert) has no Megatron form and is refused with n_group > 1.
+// softmax over all experts, top-k, not renormalised (pre-softmax), n_group ignored as the HF
+// gate ignores it; V2's group_limited_greedy = the same within the best topk_group of n_group
+// groups, a group scored by its best expert (moe_router_group_score: max).
 ModelConfig deepseek_config_from_hf(const nlohmann::json& hf, const std::string& source, bool v3) {
   ModelConfig mc;
   mc.name = optional<std::string>(hf, "_name_or_path", v3 ? "deepseek-v3-import" : "deepseek-v2-import");
@@ -165,23 +166,27 @@ ModelConfig deepseek_config_from_hf(const nlohmann::json& hf, const std::string&
   } else {
     fail("{}: scoring_func '{}' is not supported (softmax or sigmoid)", source, scoring);
   }
-  if (groups > 1) {
-    if (method == "group_limited_greedy")
-      fail("{}: topk_method group_limited_greedy with n_group {} scores a group by its best expert, which Primus's "
-           "router (Megatron's: the sum of each group's top moe_router_topk / moe_router_group_topk experts) does "
-           "not express", source, groups);
+  if (groups > 1 && method != "greedy") {  // greedy: HF's gate ignores the groups
     // DeepSeek-V3 scores a group by its two best (biased) experts; Megatron's router by its top
     // moe_router_topk / moe_router_group_topk: the same only when that ratio is 2 (V3: 8 / 4).
     if (method == "noaux_tc" && (group_topk <= 0 || mc.moe_router_topk != 2 * group_topk))
       fail("{}: n_group {} with num_experts_per_tok {} and topk_group {}: DeepSeek-V3 scores a group by its top 2 "
            "experts, Primus's router by its top num_experts_per_tok / topk_group; they agree only when that is 2",
            source, groups, mc.moe_router_topk, group_topk);
+    // V2's group_limited_greedy scores a group by its best expert.
+    if (method == "group_limited_greedy") {
+      if (group_topk < 1 || group_topk > groups || mc.num_experts % groups != 0 ||
+          mc.moe_router_topk > group_topk * (mc.num_experts / groups))
+        fail("{}: topk_method group_limited_greedy with n_group {}, topk_group {}, n_routed_experts {} and "
+             "num_experts_per_tok {}: n_group must divide the experts and topk_group groups must hold at least "
+             "num_experts_per_tok of them", source, groups, group_topk, mc.num_experts, mc.moe_router_topk);
+      mc.moe_router_group_score = "max";
+    }
     mc.moe_router_num_groups = groups;
     mc.moe_router_group_topk = group_topk;
   }
   if (method != "greedy" && method != "noaux_tc" && method != "group_limited_greedy")
-    fail("{}: topk_method '{}' is not supported (greedy, noaux_tc; group_limited_greedy with n_group 1)", source,
-         method);
+    fail("{}: topk_method '{}' is not supported (greedy, group_limited_greedy, noaux_tc)", source, method);
   mc.moe_router_load_balancing_type = optional<bool>(hf, "seq_aux", v3) ? "seq_aux_loss" : "aux_loss";
   mc.moe_aux_loss_coeff = optional<double>(hf, "aux_loss_alpha", 0.001);
   return mc;
@@ -359,8 +364,11 @@ void check_deepseek_exportable(const ModelConfig& mc, const std::string& source)
   const bool sigmoid = mc.moe_router_score_function == "sigmoid";
   need(!sigmoid || mc.moe_router_enable_expert_bias, "moe_router_enable_expert_bias", "false",
        "DeepSeek-V3's sigmoid router carries e_score_correction_bias");
-  need(sigmoid || mc.moe_router_num_groups <= 1, "moe_router_num_groups", std::to_string(mc.moe_router_num_groups),
-       "DeepSeek-V2 scores a group by its best expert, not Megatron's sum");
+  const bool group_max = mc.moe_router_group_score == "max";
+  need(sigmoid || mc.moe_router_num_groups <= 1 || group_max, "moe_router_group_score", mc.moe_router_group_score,
+       "DeepSeek-V2's group_limited_greedy scores a group by its best expert: set moe_router_group_score: max");
+  need(!sigmoid || mc.moe_router_num_groups <= 1 || !group_max, "moe_router_group_score", mc.moe_router_group_score,
+       "DeepSeek-V3's noaux_tc scores a group by the sum of its top 2 experts: set moe_router_group_score: topk_sum");
   need(!sigmoid || mc.moe_router_num_groups <= 1 || mc.moe_router_topk == 2 * mc.moe_router_group_topk,
        "moe_router_group_topk", std::to_string(mc.moe_router_group_topk),
        "DeepSeek-V3 scores a group by its top 2 experts: moe_router_topk must be twice it");
@@ -392,7 +400,7 @@ nlohmann::json hf_config_from_model(const ModelConfig& mc, const std::string& to
         {"qk_nope_head_dim", mc.qk_head_dim},
         {"qk_rope_head_dim", mc.qk_pos_emb_head_dim},
         {"v_head_dim", mc.v_head_dim},
-        {"topk_method", v3 ? "noaux_tc" : "greedy"},
+        {"topk_method", v3 ? "noaux_tc" : mc.moe_router_num_groups > 1 ? "group_limited_greedy" : "greedy"},
         {"scoring_func", mc.moe_router_score_function},
         {"norm_topk_prob", v3 || !mc.moe_router_pre_softmax},
         {"n_group", std::max<int64_t>(1, mc.moe_router_num_groups)},

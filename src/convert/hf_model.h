@@ -73,7 +73,8 @@ void check_mixtral_exportable(const ModelConfig& mc, const std::string& source);
 // Throws, naming `source` and the key, for a multi-latent-attention model that
 // DeepseekV2ForCausalLM / DeepseekV3ForCausalLM cannot express (MTP modules, no latent norms,
 // capacity, shared experts not a multiple of the expert size, sigmoid scores without the expert
-// bias, softmax with groups (V2's group score differs), a V3 grouping with topk != 2 x group_topk).
+// bias, softmax groups not scored by their best expert (V2's group_limited_greedy needs
+// moe_router_group_score max), sigmoid groups scored by it, a V3 grouping with topk != 2 x group_topk).
 void check_deepseek_exportable(const ModelConfig& mc, const std::string& source);
 
 // Which HF names an MoE model's experts and router have (see the top of this file). Dense

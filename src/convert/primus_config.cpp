@@ -94,6 +94,7 @@ config::Config config_for_model(const ModelConfig& mc) {
     if (mc.moe_router_num_groups > 0) {
       set("moe_router_num_groups", mc.moe_router_num_groups);
       set("moe_router_group_topk", mc.moe_router_group_topk);
+      set("moe_router_group_score", mc.moe_router_group_score);
     }
     set("moe_router_enable_expert_bias", mc.moe_router_enable_expert_bias);
     set("moe_router_bias_update_rate", mc.moe_router_bias_update_rate);

@@ -297,12 +297,20 @@ void check_moe(const ModelConfig& c, const char* who) {
   const std::string& lb = c.moe_router_load_balancing_type;
   require(lb == "aux_loss" || lb == "seq_aux_loss" || lb == "none", c, who, "moe_router_load_balancing_type", lb,
           "aux_loss, seq_aux_loss or none (sinkhorn is not built)");
+  require(c.moe_router_group_score == "topk_sum" || c.moe_router_group_score == "max", c, who,
+          "moe_router_group_score", c.moe_router_group_score, "topk_sum or max");
+  require(c.moe_router_num_groups > 0 || c.moe_router_group_score == "topk_sum", c, who, "moe_router_group_score",
+          c.moe_router_group_score, "unset without moe_router_num_groups (it scores the groups of group-limited routing)");
   if (c.moe_router_num_groups > 0) {
     const int64_t G = c.moe_router_num_groups, gk = c.moe_router_group_topk;
     require(c.num_experts % G == 0, c, who, "moe_router_num_groups", G, "a divisor of num_experts");
-    require(gk >= 1 && gk <= G && c.moe_router_topk % gk == 0 && c.moe_router_topk / gk <= c.num_experts / G, c, who,
-            "moe_router_group_topk", gk,
-            "<= moe_router_num_groups, dividing moe_router_topk, with moe_router_topk / it experts per group");
+    if (c.moe_router_group_score == "max")
+      require(gk >= 1 && gk <= G && c.moe_router_topk <= gk * (c.num_experts / G), c, who, "moe_router_group_topk",
+              gk, "<= moe_router_num_groups, its groups holding at least moe_router_topk experts");
+    else
+      require(gk >= 1 && gk <= G && c.moe_router_topk % gk == 0 && c.moe_router_topk / gk <= c.num_experts / G, c,
+              who, "moe_router_group_topk", gk,
+              "<= moe_router_num_groups, dividing moe_router_topk, with moe_router_topk / it experts per group");
   }
   require(c.moe_token_drop_policy == "probs" || c.moe_token_drop_policy == "position", c, who, "moe_token_drop_policy",
           c.moe_token_drop_policy, "probs or position");

@@ -40,6 +40,7 @@ MoeMlp::MoeMlp(MoeParams p, const ModelConfig& c, int64_t layer, int64_t tp_size
   routing_.pre_softmax = c.moe_router_pre_softmax;
   routing_.num_groups = c.moe_router_num_groups;
   routing_.group_topk = c.moe_router_group_topk;
+  routing_.group_max = c.moe_router_group_score == "max";
   routing_.scaling = static_cast<float>(c.moe_router_topk_scaling_factor);
   aux_coeff_ = c.moe_aux_loss_coeff;
   if (aux_coeff_ > 0)

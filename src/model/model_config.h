@@ -69,6 +69,10 @@ struct ModelConfig {
   double moe_router_topk_scaling_factor = 1.0;
   int64_t moe_router_num_groups = 0;  // group-limited routing (0 = off)
   int64_t moe_router_group_topk = 0;
+  // How a group is scored for group-limited routing: "topk_sum" = the sum of its top
+  // moe_router_topk / moe_router_group_topk selection scores (Megatron; DeepSeek-V3's noaux_tc
+  // with 8 / 4 = its top 2), "max" = its best expert's score (DeepSeek-V2's group_limited_greedy).
+  std::string moe_router_group_score = "topk_sum";
   bool moe_router_enable_expert_bias = false;  // aux-loss-free balancing (DeepSeek-V3)
   double moe_router_bias_update_rate = 1e-3;
   std::string moe_router_load_balancing_type = "aux_loss";  // aux_loss | seq_aux_loss | none

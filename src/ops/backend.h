@@ -179,14 +179,18 @@ class Backend {
   //   sigmoid:               s = sigmoid(z), i = topk(s + bias), p = s[i] / (sum s[i] + 1e-20)
   //                          (not normalised when k = 1)
   // then p *= scaling. Group-limited routing (num_groups > 0): the experts form num_groups
-  // equal groups scored by the sum of their top (k / group_topk) selection scores; only the
-  // best group_topk groups are eligible. Ties go to the lower index; indices are in order of
-  // descending selection score.
+  // equal groups of E / num_groups, each scored by
+  //   group_max false:  the sum of its top (k / group_topk) selection scores   (Megatron, V3)
+  //   group_max true:   its largest selection score                           (DeepSeek-V2)
+  // only the best group_topk groups are eligible (group_max: k <= group_topk E / num_groups).
+  // Ties go to the lower index (of group and of expert); indices are in order of descending
+  // selection score.
   struct MoeRouting {
     int64_t topk = 1;
     bool sigmoid = false;       // score function: sigmoid, else softmax
     bool pre_softmax = false;   // softmax over all experts before top-k
     int64_t num_groups = 0, group_topk = 0;
+    bool group_max = false;     // a group's score: its best expert (else its top k / group_topk summed)
     float scaling = 1.f;
   };
   // logits (N,E) fp32, bias (E) fp32 or undefined (selection only) -> probs (N,k) fp32,

@@ -514,12 +514,19 @@ void check_routing(const Context& ctx, const Tensor& logits, const MoeRouting& r
   const int64_t E = logits.size(1);
   PRIMUS_CHECK(r.topk >= 1 && r.topk <= E && r.topk <= 256, "{}: top-k {} must be in [1, min(num_experts {}, 256)]",
                op, r.topk, E);
-  if (r.num_groups > 0)
+  if (r.num_groups > 0 && !r.group_max)
     PRIMUS_CHECK(E % r.num_groups == 0 && r.group_topk >= 1 && r.group_topk <= r.num_groups &&
                      r.topk % r.group_topk == 0 && r.topk / r.group_topk <= E / r.num_groups,
                  "{}: group-limited routing of top-{} over {} experts in {} groups, {} groups per token does not fit "
                  "(groups must divide the experts, group_topk the top-k, and each chosen group must hold top-k / "
                  "group_topk experts)",
+                 op, r.topk, E, r.num_groups, r.group_topk);
+  if (r.num_groups > 0 && r.group_max)
+    PRIMUS_CHECK(E % r.num_groups == 0 && r.group_topk >= 1 && r.group_topk <= r.num_groups &&
+                     r.topk <= r.group_topk * (E / r.num_groups),
+                 "{}: group-limited routing (groups scored by their best expert) of top-{} over {} experts in {} "
+                 "groups, {} groups per token does not fit (groups must divide the experts and the chosen groups "
+                 "must hold at least top-k experts)",
                  op, r.topk, E, r.num_groups, r.group_topk);
 }
 

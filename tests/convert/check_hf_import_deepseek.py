@@ -14,7 +14,9 @@ DeepSeek written in PyTorch (float64), the way transformers' modeling_deepseek_v
   score + e_score_correction_bias within the best topk_group of n_group groups (a group's score:
   the sum of its two best biased scores), weights = the chosen unbiased scores normalised
   (norm_topk_prob) times routed_scaling_factor; V2-Lite (greedy) softmax over all experts, top-k,
-  not renormalised; plus n_shared_experts shared experts in one MLP of n_shared * moe_intermediate.
+  not renormalised; V2 (group_limited_greedy) the same within the best topk_group of n_group
+  groups, a group scored by its best expert; plus n_shared_experts shared experts in one MLP of
+  n_shared * moe_intermediate.
 
 It writes tiny random models as HF directories (DeepSeek's published names: mlp.experts.E.
 {gate,up,down}_proj, mlp.gate.weight / e_score_correction_bias; V3 with an MTP layer
@@ -90,7 +92,9 @@ def mlp(W, p, x):
         W[p + "down_proj.weight"].T
 
 
-def moe(cfg, W, p, x):
+def moe(cfg, W, p, x, v2_group_score="max"):
+    """v2_group_score "sum2" scores V2's groups by their top 2 instead: only to show that the
+    grouped V2 case tells the two apart."""
     N, E, k = x.shape[0], cfg["n_routed_experts"], cfg["num_experts_per_tok"]
     logits = x @ W[p + "gate.weight"].T
     if cfg["scoring_func"] == "sigmoid":
@@ -106,7 +110,15 @@ def moe(cfg, W, p, x):
         smask = gmask.unsqueeze(-1).expand(N, g, E // g).reshape(N, -1)
         idx = choice.masked_fill(smask == 0, 0.0).topk(k, dim=-1)[1]
         weights = scores.gather(1, idx)
-    else:
+    elif cfg["topk_method"] == "group_limited_greedy":  # V2: a group's score is its best expert's
+        g = cfg["n_group"]
+        grouped = scores.view(N, g, -1)
+        group_scores = grouped.max(dim=-1).values if v2_group_score == "max" else grouped.topk(2, -1)[0].sum(-1)
+        gidx = group_scores.topk(cfg["topk_group"], dim=-1)[1]
+        gmask = torch.zeros_like(group_scores).scatter_(1, gidx, 1)
+        smask = gmask.unsqueeze(-1).expand(N, g, E // g).reshape(N, -1)
+        weights, idx = scores.masked_fill(smask == 0, 0.0).topk(k, dim=-1)
+    else:  # greedy (n_group ignored)
         weights, idx = scores.topk(k, dim=-1)
     if cfg["norm_topk_prob"]:
         weights = weights / (weights.sum(-1, keepdim=True) + 1e-20)
@@ -120,7 +132,7 @@ def moe(cfg, W, p, x):
     return out
 
 
-def deepseek_logits(cfg, W, tokens):
+def deepseek_logits(cfg, W, tokens, v2_group_score="max"):
     W = {n: w.double() for n, w in W.items()}
     B, T = tokens.shape
     C, H = cfg["hidden_size"], cfg["num_attention_heads"]
@@ -154,7 +166,7 @@ def deepseek_logits(cfg, W, tokens):
         x = x + o.transpose(1, 2).reshape(B, T, H * Dv) @ W[a + "o_proj.weight"].T
         h = rms(x, W[p + "post_attention_layernorm.weight"], eps)
         if l >= cfg["first_k_dense_replace"]:
-            x = x + moe(cfg, W, p + "mlp.", h.reshape(B * T, C)).view(B, T, C)
+            x = x + moe(cfg, W, p + "mlp.", h.reshape(B * T, C), v2_group_score).view(B, T, C)
         else:
             x = x + mlp(W, p + "mlp.", h)
     x = rms(x, W["model.norm.weight"], eps)
@@ -309,14 +321,33 @@ def main():
     base.write_hf_dir(hf2, v2, W2, shards=1)
     compare(args, "deepseek-v2-lite shaped", hf2, os.path.join(args.workdir, "primus_v2"), v2, W2, tokens)
     check_export(args, "deepseek-v2-lite shaped", os.path.join(args.workdir, "primus_v2"), v2, W2)
-    # V2's group_limited_greedy (a group scored by its best expert) is refused by name.
-    bad = dict(v2, n_group=2, topk_group=1, topk_method="group_limited_greedy")
-    hfb = os.path.join(args.workdir, "hf_v2_groups")
+    # V2-shaped with group_limited_greedy: top-3 within the best 2 of 4 groups, a group scored by
+    # its best expert (3 is no multiple of 2: only that score allows it), scaled by 16 like V2.
+    v2g = dict(v2, n_routed_experts=8, num_experts_per_tok=3, n_group=4, topk_group=2,
+               topk_method="group_limited_greedy", routed_scaling_factor=16.0)
+    W2g = random_weights(v2g, 13)
+    ref_max, ref_sum2 = deepseek_logits(v2g, W2g, tokens), deepseek_logits(v2g, W2g, tokens, "sum2")
+    ungrouped = deepseek_logits(dict(v2g, topk_method="greedy"), W2g, tokens)
+    for other, what in ((ref_sum2, "groups scored by their top 2"), (ungrouped, "no groups")):
+        d = (other - ref_max).abs().max().item() / ref_max.abs().max().item()
+        base.check(d > 100 * TOL, f"the grouped V2 case does not tell its routing from {what} ({d:.1e})")
+    hf2g = os.path.join(args.workdir, "hf_v2_groups")
+    base.write_hf_dir(hf2g, v2g, W2g, shards=1)
+    compare(args, "deepseek-v2 grouped", hf2g, os.path.join(args.workdir, "primus_v2_groups"), v2g, W2g, tokens)
+    check_export(args, "deepseek-v2 grouped", os.path.join(args.workdir, "primus_v2_groups"), v2g, W2g)
+    with open(os.path.join(args.workdir, "primus_v2_groups", "iter_0000000", "config.json")) as f:
+        opts = json.load(f)["options"]
+    base.check(opts.get("moe_router_group_score") == "max", "the V2 grouped import writes moe_router_group_score "
+               f"{opts.get('moe_router_group_score')}, want max")
+    # group_limited_greedy whose topk_group groups cannot hold num_experts_per_tok is refused by name.
+    bad = dict(v2, n_group=3, topk_group=1, topk_method="group_limited_greedy")
+    hfb = os.path.join(args.workdir, "hf_v2_bad_groups")
     base.write_hf_dir(hfb, bad, W2, shards=1)
     r = base.subprocess.run([args.primus, "convert", "hf-to-primus", "--hf-dir", hfb, "--output",
                              os.path.join(args.workdir, "primus_bad")], capture_output=True, text=True)
-    base.check(r.returncode != 0 and "group_limited_greedy" in r.stderr,
-               f"group_limited_greedy with n_group 2 was not refused by name: rc {r.returncode}, {r.stderr[-300:]}")
+    base.check(r.returncode != 0 and "group_limited_greedy" in r.stderr and "topk_group" in r.stderr,
+               f"group_limited_greedy with 1 of 3 groups for top-3 was not refused by name: rc {r.returncode}, "
+               f"{r.stderr[-300:]}")
     print("FAIL" if base.FAILURES else "PASS")
     return 1 if base.FAILURES else 0
 

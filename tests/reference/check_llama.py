@@ -186,12 +186,16 @@ def topk_indices(scores, k):
     return torch.topk(scores, k, dim=-1).indices
 
 
-def group_limited_topk(sel, k, groups, group_topk):
+def group_limited_topk(sel, k, groups, group_topk, group_score="topk_sum"):
     """DeepSeek's device-limited routing: groups scored by the sum of their top (k / group_topk)
-    selection scores; only the best group_topk groups are eligible for the top-k."""
+    selection scores (topk_sum: Megatron, V3) or by their best one (max: V2's
+    group_limited_greedy); only the best group_topk groups are eligible for the top-k."""
     N, E = sel.shape
     grouped = sel.view(N, groups, E // groups)
-    group_scores = grouped.topk(k // group_topk, dim=-1).values.sum(-1)
+    if group_score == "max":
+        group_scores = grouped.max(dim=-1).values
+    else:
+        group_scores = grouped.topk(k // group_topk, dim=-1).values.sum(-1)
     keep = torch.zeros(N, groups, dtype=torch.bool)
     keep.scatter_(1, group_scores.topk(group_topk, dim=-1).indices, True)
     eligible = keep.unsqueeze(-1).expand(N, groups, E // groups).reshape(N, E)
@@ -214,7 +218,7 @@ def moe_mlp(x, p, pre, m, B, T, bias):
     else:
         s = torch.sigmoid(z)
         sel = s + bias if bias is not None else s
-    idx = (group_limited_topk(sel, k, m["num_groups"], m["group_topk"]) if m["num_groups"] > 0
+    idx = (group_limited_topk(sel, k, m["num_groups"], m["group_topk"], m["group_score"]) if m["num_groups"] > 0
            else topk_indices(sel, k))
     if m["score_function"] == "softmax":
         probs = s.gather(1, idx) if m["pre_softmax"] else torch.softmax(z.gather(1, idx), dim=-1)
@@ -440,6 +444,71 @@ def check_model(path):
     return not failed
 
 
+def ranked(values):
+    """Indices of each row in descending order, equal values by lower index (a stable sort).
+    torch.topk leaves the order of ties open; Primus breaks them towards the lower index."""
+    return torch.sort(values, dim=-1, descending=True, stable=True).indices
+
+
+def deepseek_gate(z, bias, r):
+    """DeepSeek's MoE gate written from HuggingFace's modeling code (float64): V2's greedy /
+    group_limited_greedy (softmax scores; a group's score is its best expert's; top-k of the
+    scores with the other groups masked; renormalised when norm_topk_prob) and V3's noaux_tc
+    (sigmoid scores; selection on score + e_score_correction_bias; a group's score is the sum of
+    its two best; weights the unbiased scores renormalised), times routed_scaling_factor.
+    Primus's pre_softmax = not norm_topk_prob. Returns (weights, indices) (N,k) in the order of
+    descending selection score, and the group scores (N,G) (None without groups)."""
+    N, E = z.shape
+    k, G, gk = r["topk"], r["num_groups"], r["group_topk"]
+    scores = torch.sigmoid(z) if r["sigmoid"] else torch.softmax(z, dim=-1)
+    choice = scores + bias if bias is not None else scores
+    group_scores = None
+    if G > 0:
+        grouped = choice.view(N, G, E // G)
+        if r["group_max"]:  # group_limited_greedy
+            group_scores = grouped.max(dim=-1).values
+        else:  # noaux_tc
+            group_scores = torch.gather(grouped, 2, ranked(grouped)[..., :2]).sum(-1)
+        gidx = ranked(group_scores)[:, :gk]
+        gmask = torch.zeros(N, G, dtype=torch.bool).scatter(1, gidx, True)
+        emask = gmask.unsqueeze(-1).expand(N, G, E // G).reshape(N, E)
+        choice = choice.masked_fill(~emask, float("-inf"))  # HF fills 0.0: the same for scores > 0
+    idx = ranked(choice)[:, :k]
+    w = scores.gather(1, idx)
+    if r["sigmoid"] or not r["pre_softmax"]:  # norm_topk_prob (V3 always; k = 1: w / w = 1 either way)
+        w = w / (w.sum(-1, keepdim=True) + 1e-20)
+    return w * r["scaling"], idx, group_scores
+
+
+def check_router(path):
+    """The router top-k on tie-heavy logits (reference_llama_dump router) against deepseek_gate:
+    the same experts in the same order, weights within 1e-6 relative. The order is decided by
+    exact ties or by margins far above fp32 rounding (asserted), so fp32 and float64 agree."""
+    t, meta = read_safetensors(path)
+    cases = json.loads(meta["router"])
+    ok = True
+    for name, r in cases.items():
+        z = t[f"logits.{name}"].double()
+        bias = t[f"bias.{name}"].double() if r["bias"] else None
+        w, idx, group_scores = deepseek_gate(z, bias, r)
+        got_idx, got_w = t[f"indices.{name}"].long(), t[f"probs.{name}"].double()
+        # Distinct selection values (and group scores) of a row are far apart: the ties are exact.
+        sel = (torch.sigmoid(z) + (bias if bias is not None else 0)) if r["sigmoid"] else z
+        for row in list(sel) + (list(group_scores) if group_scores is not None else []):
+            u = torch.unique(row)
+            assert len(u) < 2 or (u[1:] - u[:-1]).min() > 1e-4, f"{name}: near-tie in the inputs {row.tolist()}"
+        same = torch.equal(got_idx, idx)
+        err = rel_error(got_w, w)
+        ties = sum(1 for row in sel if len(torch.unique(row)) < row.numel())
+        print(f"  router {name}: {z.shape[0]} tokens ({ties} with tied scores), indices "
+              f"{'equal' if same else 'DIFFER'}, weights {err:.2e}")
+        if not same:
+            bad = (got_idx != idx).any(-1).nonzero()[0].item()
+            print(f"    token {bad}: ours {got_idx[bad].tolist()}, reference {idx[bad].tolist()}")
+        ok &= same and err < 1e-6
+    return ok
+
+
 def megatron_lr(o, samples, gbs):
     """Warmup then cosine decay in samples, as Megatron's OptimizerParamScheduler."""
     warmup, decay = o["warmup_iters"] * gbs, o["train_iters"] * gbs
@@ -514,6 +583,9 @@ def main():
     out = os.path.join(a.workdir, "optim.safetensors")
     subprocess.run([a.dump, "optim", out], check=True, stdout=subprocess.DEVNULL)
     ok &= check_optim(out)
+    out = os.path.join(a.workdir, "router.safetensors")
+    subprocess.run([a.dump, "router", out], check=True, stdout=subprocess.DEVNULL)
+    ok &= check_router(out)
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

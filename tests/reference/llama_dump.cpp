@@ -15,11 +15,16 @@
 //       20 AdamW steps (2 micro-batches each, warmup + cosine, clip_grad 1):
 //       "init.<name>", per step s and micro-batch m "tokens.s.m"/"labels.s.m"/"loss_mask.s.m",
 //       "lr" (20) as our schedule gave it, "loss" (20), "final.<name>"
+//   reference_llama_dump router <out.safetensors>
+//       the router top-k alone (ops::moe_topk_forward) on logits full of ties: per routing
+//       case c (metadata "router", JSON: its MoeRouting), "logits.c" (N,E), "bias.c" (E) when
+//       it has one, and our "probs.c" / "indices.c" (N,k)
 //   reference_llama_dump list      prints the case names
 //
 // tests/reference/check_llama.py drives it; see there for the comparison.
 #include <cstdio>
 #include <map>
+#include <random>
 #include <string>
 
 #include <fmt/format.h>
@@ -138,6 +143,15 @@ std::map<std::string, Case> cases() {
   top8.config.moe_router_topk_scaling_factor = 2.0;
   top8.config.moe_router_load_balancing_type = "seq_aux_loss";
   m["moe_top8_presoftmax_groups_seqaux"] = top8;
+  // DeepSeek-V2's group_limited_greedy: a group scored by its best expert; top-5 within 2 of 4
+  // groups (5 is not a multiple of 2: only the max score allows it).
+  Case v2g = moe("moe_presoftmax_groups_max", 16, 5);
+  v2g.config.moe_router_pre_softmax = true;
+  v2g.config.moe_router_num_groups = 4;
+  v2g.config.moe_router_group_topk = 2;
+  v2g.config.moe_router_group_score = "max";
+  v2g.config.moe_router_topk_scaling_factor = 16.0;
+  m["moe_presoftmax_groups_max"] = v2g;
   Case sig = moe("moe_sigmoid_bias_groups_shared", 8, 4);  // DeepSeek-V3 style, first layer dense
   sig.config.num_layers = 3;
   sig.config.moe_router_score_function = "sigmoid";
@@ -308,6 +322,7 @@ std::string config_json(const Case& cs, int64_t B, int64_t T) {
                 {"pre_softmax", c.moe_router_pre_softmax},
                 {"num_groups", c.moe_router_num_groups},
                 {"group_topk", c.moe_router_group_topk},
+                {"group_score", c.moe_router_group_score},
                 {"scaling", c.moe_router_topk_scaling_factor},
                 {"expert_bias", c.moe_router_enable_expert_bias},
                 {"load_balancing", c.moe_router_load_balancing_type},
@@ -605,6 +620,91 @@ int run_optim(const std::string& out) {
   return 0;
 }
 
+// The router top-k on tie-heavy logits: values from a few levels (many equal scores in a row),
+// some rows with one group a copy of another (groups with identical scores), some rows all
+// equal. The sigmoid levels have no pair x, -x (sigmoid(x) + sigmoid(-x) = 1 would tie two
+// different sums up to rounding, which fp32 and the float64 reference may order differently).
+int run_router(const std::string& out) {
+  struct RouterCase {
+    const char* name;
+    int64_t E, k;
+    ops::MoeRouting r;
+    std::vector<float> levels;
+    std::vector<float> bias_levels;  // empty: no bias
+  };
+  auto routing = [](int64_t k, bool sigmoid, bool pre, int64_t G, int64_t gk, bool max, float scaling) {
+    ops::MoeRouting r;
+    r.topk = k;
+    r.sigmoid = sigmoid;
+    r.pre_softmax = pre;
+    r.num_groups = G;
+    r.group_topk = gk;
+    r.group_max = max;
+    r.scaling = scaling;
+    return r;
+  };
+  const std::vector<float> half = {-1.f, -0.5f, 0.f, 0.5f, 1.f};
+  const std::vector<RouterCase> rcases = {
+      // DeepSeek-V2 (group_limited_greedy, norm_topk_prob false): softmax over all experts first.
+      {"v2_max_presoftmax", 16, 5, routing(5, false, true, 4, 2, true, 16.f), half, {}},
+      // norm_topk_prob true: selected on the logits, softmax over the chosen.
+      {"v2_max_renorm", 24, 6, routing(6, false, false, 8, 3, true, 1.f), half, {}},
+      // one group per token (topk_group 1) holding all k.
+      {"v2_max_one_group", 16, 4, routing(4, false, true, 4, 1, true, 1.f), half, {}},
+      // DeepSeek-V3 (noaux_tc): sigmoid + bias, a group scored by its top 2 (= k / group_topk).
+      {"v3_top2sum_bias", 16, 4, routing(4, true, false, 4, 2, false, 2.5f), {-1.3f, -0.6f, 0.2f, 0.9f, 1.7f},
+       {0.f, 0.125f}},
+  };
+  auto ctx = ops::Context::cpu();
+  std::mt19937 gen(1234);
+  NamedTensorList tensors;
+  nlohmann::json meta = nlohmann::json::object();
+  const int64_t N = 96;
+  for (const RouterCase& rc : rcases) {
+    const int64_t E = rc.E, G = rc.r.num_groups, per = E / G;
+    std::vector<float> z(static_cast<size_t>(N * E));
+    std::uniform_int_distribution<size_t> pick(0, rc.levels.size() - 1);
+    std::uniform_int_distribution<int64_t> group(0, G - 1);
+    for (int64_t t = 0; t < N; ++t) {
+      float* zt = z.data() + t * E;
+      for (int64_t i = 0; i < E; ++i) zt[i] = rc.levels[pick(gen)];
+      if (t % 4 == 1) {  // one group a copy of another: equal group scores
+        const int64_t a = group(gen), b = (a + 1 + group(gen) % (G - 1)) % G;
+        for (int64_t i = 0; i < per; ++i) zt[b * per + i] = zt[a * per + i];
+      } else if (t % 4 == 2) {  // every group a copy of group 0
+        for (int64_t g = 1; g < G; ++g)
+          for (int64_t i = 0; i < per; ++i) zt[g * per + i] = zt[i];
+      } else if (t == 3) {  // all equal
+        std::fill(zt, zt + E, rc.levels[1]);
+      }
+    }
+    Tensor logits = Tensor::from_floats(z, {N, E});
+    Tensor bias;
+    if (!rc.bias_levels.empty()) {
+      // One bias per group: two groups' top-2 sums then tie only when their scores do (a bias
+      // per expert makes sums like (a + b1) + c and a + (c + b1), equal up to rounding).
+      std::vector<float> b(static_cast<size_t>(E));
+      std::uniform_int_distribution<size_t> pb(0, rc.bias_levels.size() - 1);
+      for (int64_t g = 0; g < G; ++g) std::fill(b.begin() + g * per, b.begin() + (g + 1) * per, rc.bias_levels[pb(gen)]);
+      bias = Tensor::from_floats(b, {E});
+      tensors.emplace_back(fmt::format("bias.{}", rc.name), bias);
+    }
+    Tensor probs = Tensor::empty({N, rc.k}, DType::F32), indices = Tensor::empty({N, rc.k}, DType::I32);
+    ops::moe_topk_forward(ctx, probs, indices, logits, bias, rc.r);
+    tensors.emplace_back(fmt::format("logits.{}", rc.name), logits);
+    tensors.emplace_back(fmt::format("probs.{}", rc.name), probs);
+    tensors.emplace_back(fmt::format("indices.{}", rc.name), indices);
+    meta[rc.name] = {{"topk", rc.r.topk},          {"sigmoid", rc.r.sigmoid},
+                     {"pre_softmax", rc.r.pre_softmax}, {"num_groups", rc.r.num_groups},
+                     {"group_topk", rc.r.group_topk},   {"group_max", rc.r.group_max},
+                     {"scaling", rc.r.scaling},         {"bias", bias.defined()}};
+  }
+  save_safetensors(out, tensors, {{"router", meta.dump()}, {"case", "router"}});
+  std::printf("router: %zu routing cases of %lld tokens -> %s\n", rcases.size(), static_cast<long long>(N),
+              out.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -616,7 +716,9 @@ int main(int argc, char** argv) {
     }
     if (mode == "model" && argc == 4) return run_model(argv[2], argv[3]);
     if (mode == "optim" && argc == 3) return run_optim(argv[2]);
-    std::fprintf(stderr, "usage: %s list | model <case> <out.safetensors> | optim <out.safetensors>\n", argv[0]);
+    if (mode == "router" && argc == 3) return run_router(argv[2]);
+    std::fprintf(stderr, "usage: %s list | model <case> <out.safetensors> | optim <out.safetensors> | router "
+                 "<out.safetensors>\n", argv[0]);
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());

@@ -99,6 +99,56 @@ double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
 
 }  // namespace
 
+// Group-limited routing, by hand: 2 groups of 2 experts, top-2 within 1 group, softmax over all
+// experts first. Logits [3, -5 | 2.5, 2.5]: group 0's best score (e^3) beats group 1's (e^2.5),
+// but group 1's two together (2 e^2.5 = 24.4) beat group 0's (e^3 + e^-5 = 20.1). So the max
+// score (DeepSeek-V2) routes to experts {0, 1}, the top-2 sum (Megatron, V3) to {2, 3} (tied:
+// the lower index first). The router's config key reaches it: moe_router_group_score.
+TEST(MoeRouter, GroupScoredByBestExpertOrByTopKSum) {
+  auto ctx = ops::Context::cpu();
+  const Tensor logits = Tensor::from_floats({3.f, -5.f, 2.5f, 2.5f}, {1, 4});
+  ops::MoeRouting r;
+  r.topk = 2;
+  r.pre_softmax = true;
+  r.num_groups = 2;
+  r.group_topk = 1;
+  Tensor probs = Tensor::empty({1, 2}, DType::F32), idx = Tensor::empty({1, 2}, DType::I32);
+  ops::moe_topk_forward(ctx, probs, idx, logits, Tensor(), r);
+  EXPECT_EQ(int_vector(idx), (std::vector<int32_t>{2, 3}));
+  r.group_max = true;
+  ops::moe_topk_forward(ctx, probs, idx, logits, Tensor(), r);
+  EXPECT_EQ(int_vector(idx), (std::vector<int32_t>{0, 1}));
+  const double sum = std::exp(3.0) + std::exp(-5.0) + 2 * std::exp(2.5);
+  EXPECT_NEAR(probs.data<float>()[0], std::exp(3.0) / sum, 1e-6);
+  EXPECT_NEAR(probs.data<float>()[1], std::exp(-5.0) / sum, 1e-6);
+  // top-3 in 2 of 3 groups of 2: no multiple of group_topk, allowed only with the max score.
+  const Tensor l6 = Tensor::from_floats({0.f, 1.f, 2.f, 3.f, 4.f, 5.f}, {1, 6});
+  r = ops::MoeRouting{};
+  r.topk = 3;
+  r.num_groups = 3;
+  r.group_topk = 2;
+  r.group_max = true;
+  Tensor p3 = Tensor::empty({1, 3}, DType::F32), i3 = Tensor::empty({1, 3}, DType::I32);
+  ops::moe_topk_forward(ctx, p3, i3, l6, Tensor(), r);
+  EXPECT_EQ(int_vector(i3), (std::vector<int32_t>{5, 4, 3}));
+  r.group_max = false;
+  EXPECT_THROW(ops::moe_topk_forward(ctx, p3, i3, l6, Tensor(), r), Error);
+  // The config key: MoeMlp routes by it (a model's layer built from a ModelConfig).
+  ModelConfig c = tiny_moe();
+  c.num_experts = 4;
+  c.moe_router_topk = 2;
+  c.moe_router_pre_softmax = true;
+  c.moe_router_num_groups = 2;
+  c.moe_router_group_topk = 1;
+  c.moe_router_group_score = "max";
+  EXPECT_NO_THROW(check_buildable(c));
+  c.moe_router_group_score = "best";
+  EXPECT_THROW(check_buildable(c), Error);
+  c.moe_router_group_score = "max";
+  c.moe_router_num_groups = 0;
+  EXPECT_THROW(check_buildable(c), Error);
+}
+
 TEST(MoeDispatch, DroplessGroupsRowsByExpertInTokenOrder) {
   const Plan p = plan(-1, true, false);
   EXPECT_EQ(p.counts, (std::vector<int32_t>{5, 5, 0}));
@@ -208,6 +258,10 @@ TEST(MoeConfig, WhatIsNotBuiltIsRefusedByName) {
   refusal({"moe_pad_expert_input_to_capacity=true"}, "moe_pad_expert_input_to_capacity");
   refusal({"moe_layer_freq=([0]*1+[1]*2)"}, "moe_layer_freq");
   refusal({"moe_router_num_groups=3", "moe_router_group_topk=1"}, "moe_router_num_groups");
+  refusal({"moe_router_group_score=max"}, "moe_router_group_score");  // no groups to score
+  // max score: 1 of 4 groups of 1 expert cannot hold the top-2.
+  refusal({"moe_router_num_groups=4", "moe_router_group_topk=1", "moe_router_group_score=max"},
+          "moe_router_group_topk");
   // The experts split over the tensor-parallel ranks only.
   refusal({"expert_tensor_parallel_size=2"}, "expert_tensor_parallel_size = 2");
   // Expert x tensor parallelism needs sequence parallelism (Megatron's rule).

@@ -42,10 +42,11 @@ float logsumexp_row(const float* z, int64_t n) {
 
 float sigmoid(float z) { return 1.f / (1.f + std::exp(-z)); }
 
-// Top-k of the selection scores `sel` (E) of one token, group-limited when configured.
+// Top-k of the selection scores `sel` (E) of one token, group-limited when configured. A group's
+// score sums its `take` best scores: 1 (its maximum) with group_max, else k / group_topk.
 void select_experts(const float* sel, int64_t E, const Backend::MoeRouting& r, int32_t* out) {
   if (r.num_groups <= 0) return topk_of(sel, E, r.topk, out);
-  const int64_t G = r.num_groups, per = E / G, take = r.topk / r.group_topk;
+  const int64_t G = r.num_groups, per = E / G, take = r.group_max ? 1 : r.topk / r.group_topk;
   std::vector<float> group_score(static_cast<size_t>(G));
   std::vector<int32_t> best(static_cast<size_t>(take));
   for (int64_t g = 0; g < G; ++g) {

@@ -33,6 +33,7 @@ MoeRoutingParams routing_params(const ops::Backend::MoeRouting& r) {
   p.pre_softmax = r.pre_softmax;
   p.num_groups = static_cast<int>(r.num_groups);
   p.group_topk = static_cast<int>(r.group_topk);
+  p.group_max = r.group_max;
   p.scaling = r.scaling;
   return p;
 }

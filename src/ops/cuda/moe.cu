@@ -91,7 +91,8 @@ __device__ unsigned warp_topk(const float (&v)[J], int n, int k, int* out) {
   return taken & ~invalid;
 }
 
-// The CPU's group score: the sum, in selection order, of the `take` best of sel[0..per).
+// The CPU's group score: the sum, in selection order, of the `take` best of sel[0..per)
+// (take 1: the group's best score, DeepSeek-V2's group_max).
 __device__ float group_score(const float* sel, int per, int take) {
   float sum = 0.f, lv = 0.f;
   int li = -1;
@@ -176,7 +177,7 @@ __global__ void __launch_bounds__(kRouteWarps * 32)
   __syncwarp();
 
   if (r.num_groups > 0) {  // only the best group_topk groups stay eligible
-    const int G = r.num_groups, per = E / G, take = k / r.group_topk;
+    const int G = r.num_groups, per = E / G, take = r.group_max ? 1 : k / r.group_topk;
     float gs[J];
 #pragma unroll
     for (int j = 0; j < J; ++j) {

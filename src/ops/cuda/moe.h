@@ -25,6 +25,7 @@ struct MoeRoutingParams {
   bool sigmoid = false;
   bool pre_softmax = false;
   int num_groups = 0, group_topk = 0;
+  bool group_max = false;  // a group's score: its best expert (else its top k / group_topk summed)
   float scaling = 1.f;
 };
 
