@@ -1,5 +1,6 @@
 #include "convert/checkpoint_convert.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -38,21 +39,37 @@ std::string dir_name_of(const std::string& dir) {
   return p.filename().string();
 }
 
+bool same_bytes(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() && a.dtype() == b.dtype() && std::memcmp(a.raw(), b.raw(), a.nbytes()) == 0;
+}
+
 // The HF tensors that are not model weights: rotary inverse frequencies (older exports
-// store them; they are recomputed from rope_theta) and, for tied embeddings, an lm_head
-// copy of the embedding. Anything else is an error (biases, more layers or experts than
-// config.json says, another model).
+// store them; they are recomputed from rope_theta), for tied embeddings an lm_head copy of the
+// embedding, and DeepSeek's MTP layers' copies of the embedding and output layer
+// (hf_mtp_shared_copies; they must equal them). Anything else is an error (biases, more layers
+// or experts than config.json says, another model).
 std::vector<std::string> check_hf_tensor_set(const HfWeights& w, const ModelConfig& mc, HfMoeLayout layout) {
   const std::vector<std::string> expected = hf_parameter_names(mc, layout);
   const std::set<std::string> want(expected.begin(), expected.end());
+  std::map<std::string, std::string> copies;  // HF name of an MTP copy -> the HF tensor it copies
+  for (const auto& [name, shared] : hf_mtp_shared_copies(mc))
+    copies[name] = shared == "output_layer.weight" ? "lm_head.weight" : "model.embed_tokens.weight";
   std::vector<std::string> notes, unknown;
   int64_t mtp_tensors = 0;
   for (const std::string& name : w.names()) {
     if (want.count(name)) continue;
-    // DeepSeek-V3's multi-token-prediction layer(s) follow the main layers: not imported.
+    if (const auto it = copies.find(name); it != copies.end()) {
+      PRIMUS_CHECK(same_bytes(w.view(name), w.view(it->second)),
+                   "{}: '{}' differs from '{}'; Primus's MTP modules share the main model's embedding and output "
+                   "layer, so it imports only checkpoints where they are copies (as DeepSeek-V3's are)",
+                   w.source(), name, it->second);
+      notes.push_back(fmt::format("'{}' is a copy of '{}' (shared)", name, it->second));
+      continue;
+    }
+    // Multi-token-prediction layers past the imported ones follow the main layers: not imported.
     int64_t layer = -1;
     if (mc.multi_latent_attention && std::sscanf(name.c_str(), "model.layers.%ld.", &layer) == 1 &&
-        layer >= mc.num_layers) {
+        layer >= mc.num_layers + mc.mtp_num_layers) {
       ++mtp_tensors;
       continue;
     }
@@ -61,9 +78,7 @@ std::vector<std::string> check_hf_tensor_set(const HfWeights& w, const ModelConf
       continue;
     }
     if (name == "lm_head.weight" && !mc.untie_embeddings_and_output_weights) {
-      const Tensor head = w.view(name), emb = w.view("model.embed_tokens.weight");
-      PRIMUS_CHECK(head.shape() == emb.shape() && head.dtype() == emb.dtype() &&
-                       std::memcmp(head.raw(), emb.raw(), head.nbytes()) == 0,
+      PRIMUS_CHECK(same_bytes(w.view(name), w.view("model.embed_tokens.weight")),
                    "{}: config.json says tie_word_embeddings: true but lm_head.weight differs from "
                    "model.embed_tokens.weight; set tie_word_embeddings to false if the model has a separate "
                    "output layer", w.source());
@@ -73,9 +88,9 @@ std::vector<std::string> check_hf_tensor_set(const HfWeights& w, const ModelConf
     unknown.push_back(name);
   }
   if (mtp_tensors > 0)
-    notes.push_back(fmt::format("ignored {} tensors of the multi-token-prediction layer(s) model.layers.{}+ (not "
-                                "imported: the checkpoint has mtp_num_layers 0)",
-                                mtp_tensors, mc.num_layers));
+    notes.push_back(fmt::format("ignored {} tensors of model.layers.{}+ (multi-token-prediction layers beyond "
+                                "num_nextn_predict_layers {} of config.json: not imported)",
+                                mtp_tensors, mc.num_layers + mc.mtp_num_layers, mc.mtp_num_layers));
   if (!unknown.empty()) {
     std::string hint;
     for (const auto& n : unknown) {
@@ -161,9 +176,28 @@ HfToPrimusResult hf_to_primus_checkpoint(const HfToPrimusOptions& o) {
   HfToPrimusResult result;
   result.weights_source = weights.source();
   result.source_files = weights.num_files();
+  // DeepSeek-V3's MTP layers: imported when config.json counts them (num_nextn_predict_layers)
+  // and the weights hold them; transformers' own saves drop them (its model does not build them).
+  if (mc.multi_latent_attention && mc.mtp_num_layers > 0) {
+    const std::vector<std::string> names = weights.names();
+    int64_t held = 0;
+    while (held < mc.mtp_num_layers &&
+           std::find(names.begin(), names.end(), fmt::format("model.layers.{}.eh_proj.weight", mc.num_layers + held)) !=
+               names.end())
+      ++held;
+    if (held < mc.mtp_num_layers)
+      result.notes.push_back(fmt::format("config.json has num_nextn_predict_layers {} but the weights hold {} "
+                                         "multi-token-prediction layer(s) (no model.layers.{}.eh_proj.weight): "
+                                         "imported with mtp_num_layers {}",
+                                         mc.mtp_num_layers, held, mc.num_layers + held, held));
+    else
+      result.notes.push_back(fmt::format("imported {} multi-token-prediction layer(s) model.layers.{}+ as mtp.layers.*",
+                                         held, mc.num_layers));
+    mc.mtp_num_layers = held;
+  }
   // Mixtral's experts come per expert or fused (transformers >= 5): the names say which.
   const HfMoeLayout layout = detect_hf_moe_layout(mc, weights.names(), weights.source());
-  result.notes = check_hf_tensor_set(weights, mc, layout);
+  for (std::string& note : check_hf_tensor_set(weights, mc, layout)) result.notes.push_back(std::move(note));
   if (mc.num_experts > 0 && !mc.multi_latent_attention)
     result.notes.push_back(layout == HfMoeLayout::Fused
                                ? "MoE weights read from transformers >= 5's fused layout "
@@ -293,7 +327,9 @@ PrimusToHfResult primus_to_hf_dir(const PrimusToHfOptions& o) {
   };
   NamedTensors hf = primus_to_hf(mc, lookup);
   for (auto& [name, t] : hf)
-    if (name == "model.embed_tokens.weight" || name == "lm_head.weight") t = t.rows(0, keep);
+    if (name == "model.embed_tokens.weight" || name == "lm_head.weight" || ends_with(name, ".embed_tokens.weight") ||
+        ends_with(name, ".shared_head.head.weight"))
+      t = t.rows(0, keep);
 
   PrimusToHfResult result;
   result.checkpoint_dir = reader.path();

@@ -187,6 +187,10 @@ ModelConfig deepseek_config_from_hf(const nlohmann::json& hf, const std::string&
   }
   if (method != "greedy" && method != "noaux_tc" && method != "group_limited_greedy")
     fail("{}: topk_method '{}' is not supported (greedy, group_limited_greedy, noaux_tc)", source, method);
+  // Multi-token prediction (V3): the import keeps it only where the weights hold it
+  // (checkpoint_convert.cpp; transformers' own saves drop the layer).
+  mc.mtp_num_layers = optional<int64_t>(hf, "num_nextn_predict_layers", 0);
+  PRIMUS_CHECK(mc.mtp_num_layers >= 0, "{}: num_nextn_predict_layers {} must be >= 0", source, mc.mtp_num_layers);
   mc.moe_router_load_balancing_type = optional<bool>(hf, "seq_aux", v3) ? "seq_aux_loss" : "aux_loss";
   mc.moe_aux_loss_coeff = optional<double>(hf, "aux_loss_alpha", 0.001);
   return mc;
@@ -350,8 +354,10 @@ void check_deepseek_exportable(const ModelConfig& mc, const std::string& source)
     PRIMUS_CHECK(ok, "{}: {} = {}: {} (the HF export writes DeepseekV3ForCausalLM for sigmoid routing with the "
                  "expert bias, DeepseekV2ForCausalLM for softmax routing)", source, key, value, why);
   };
-  need(mc.mtp_num_layers == 0, "mtp_num_layers", std::to_string(mc.mtp_num_layers),
-       "MTP modules are not exported yet (transformers does not build them)");
+  need(mc.mtp_num_layers == 0 || mc.moe_router_score_function == "sigmoid", "mtp_num_layers",
+       std::to_string(mc.mtp_num_layers),
+       "MTP layers are DeepSeek-V3's (num_nextn_predict_layers); this softmax-routed model exports as "
+       "DeepseekV2ForCausalLM, which has none");
   need(mc.qk_layernorm, "qk_layernorm", "false", "DeepSeek always normalises its latents");
   need(mc.num_experts > 0, "num_experts", "0", "the DeepSeek classes are MoE models");
   need(mc.moe_layer_pattern.empty(), "moe_layer_freq", "a pattern", "DeepSeek's MoE layers follow "
@@ -417,7 +423,7 @@ nlohmann::json hf_config_from_model(const ModelConfig& mc, const std::string& to
         {"bos_token_id", bos_token_id},
         {"eos_token_id", eos_token_id},
         {"torch_dtype", torch_dtype},
-        {"num_nextn_predict_layers", 0},
+        {"num_nextn_predict_layers", mc.mtp_num_layers},
         {"use_cache", true},
     };
     j["rope_scaling"] = mc.rotary_scaling_factor > 1.0
@@ -432,7 +438,8 @@ nlohmann::json hf_config_from_model(const ModelConfig& mc, const std::string& to
                             : nlohmann::json();
     return j;
   }
-  PRIMUS_CHECK(mc.mtp_num_layers == 0, "HF export: model '{}' has MTP layers (not exported)", mc.name);
+  PRIMUS_CHECK(mc.mtp_num_layers == 0, "HF export: model '{}' has MTP layers (mtp_num_layers {}), which only the "
+               "DeepSeek-V3 export writes", mc.name, mc.mtp_num_layers);
   check_mixtral_exportable(mc, fmt::format("model '{}'", mc.name));
   // The fields LlamaConfig and MixtralConfig share.
   nlohmann::json j = {
@@ -602,10 +609,31 @@ std::vector<HfSource> hf_sources(const ModelConfig& mc, HfMoeLayout moe) {
     } else if (p.layer >= 0 && p.layer < mc.num_layers) {
       const std::string prefix = fmt::format("decoder.layers.{}.", p.layer);
       s.pieces = hf_layer_pieces(mc, p.name.substr(prefix.size()), p.layer, moe);
+    } else if (mc.multi_latent_attention && p.layer >= mc.num_layers) {  // V3's MTP depth k = HF layer p.layer
+      const std::string pre = fmt::format("mtp.layers.{}.", p.layer - mc.num_layers), block = "transformer_layer.";
+      const std::string local = p.name.substr(pre.size());
+      if (local == "enorm.weight" || local == "hnorm.weight" || local == "eh_proj.weight")
+        s.pieces = {{hf_layer(p.layer, local.c_str()), p.shape, {}}};
+      else if (local == "final_layernorm.weight")
+        s.pieces = {{hf_layer(p.layer, "shared_head.norm.weight"), p.shape, {}}};
+      else if (local.rfind(block, 0) == 0)
+        s.pieces = deepseek_layer_pieces(mc, local.substr(block.size()), p.layer, moe);
     }
     PRIMUS_CHECK(!s.pieces.empty(), "model '{}': tensor '{}' {} has no HuggingFace form in the converter (supported: "
                  "the Llama, Mistral, Mixtral and DeepSeek-V2/V3 layouts)", mc.name, p.name, shape_str(p.shape));
     out.push_back(std::move(s));
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, std::string>> hf_mtp_shared_copies(const ModelConfig& mc) {
+  std::vector<std::pair<std::string, std::string>> out;
+  if (!mc.multi_latent_attention) return out;
+  const std::string head = mc.untie_embeddings_and_output_weights ? "output_layer.weight"
+                                                                  : "embedding.word_embeddings.weight";
+  for (int64_t k = 0; k < mc.mtp_num_layers; ++k) {
+    out.emplace_back(hf_layer(mc.num_layers + k, "embed_tokens.weight"), "embedding.word_embeddings.weight");
+    out.emplace_back(hf_layer(mc.num_layers + k, "shared_head.head.weight"), head);
   }
   return out;
 }
@@ -713,6 +741,7 @@ NamedTensors primus_to_hf(const ModelConfig& mc, const TensorLookup& primus, HfM
       r += n;
     }
   }
+  for (const auto& [name, shared] : hf_mtp_shared_copies(mc)) out.emplace_back(name, primus(shared));
   return out;
 }
 

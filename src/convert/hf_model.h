@@ -13,8 +13,17 @@
 // DeepSeek's checkpoints hold each rotary block (the last qk_rope_head_dim rows of every
 // q_b_proj head and of kv_a_proj_with_mqa) in interleaved pairs (x0, x1), (x2, x3), ...;
 // transformers de-interleaves them before its rotate-half RoPE, so the import permutes those
-// rows once (HfPiece::rows) and the model rotates halves as everywhere else. The
-// multi-token-prediction layer (model.layers.{num_hidden_layers}) is not imported.
+// rows once (HfPiece::rows) and the model rotates halves as everywhere else.
+// V3's multi-token-prediction depth k (num_nextn_predict_layers of them) is HF layer
+// m = num_hidden_layers + k, DeepSeek's names:
+//   model.layers.m.enorm, hnorm, eh_proj                      -> mtp.layers.k.enorm, hnorm, eh_proj
+//   model.layers.m.{input_layernorm, self_attn.*, post_attention_layernorm, mlp.*}
+//                                                             -> mtp.layers.k.transformer_layer.* (as above)
+//   model.layers.m.shared_head.norm                           -> mtp.layers.k.final_layernorm
+//   model.layers.m.embed_tokens, shared_head.head             copies of model.embed_tokens and
+//                                                             lm_head (Primus shares those): the
+//                                                             import checks them, the export writes them
+// (eh_proj's input is [enorm(embedding) | hnorm(hidden)] on both sides).
 //
 // Primus keeps Megatron's fused layouts: linear_qkv rows are [q heads | k heads | v heads]
 // and linear_fc1 rows are [gate | up]. HF keeps q/k/v and gate/up as separate matrices.
@@ -71,9 +80,9 @@ nlohmann::json hf_config_from_model(const ModelConfig& mc, const std::string& to
 // or dense layers (moe_layer_freq / pattern / moe_first_k_dense_replace). No-op when dense.
 void check_mixtral_exportable(const ModelConfig& mc, const std::string& source);
 // Throws, naming `source` and the key, for a multi-latent-attention model that
-// DeepseekV2ForCausalLM / DeepseekV3ForCausalLM cannot express (MTP modules, no latent norms,
-// capacity, shared experts not a multiple of the expert size, sigmoid scores without the expert
-// bias, softmax groups not scored by their best expert (V2's group_limited_greedy needs
+// DeepseekV2ForCausalLM / DeepseekV3ForCausalLM cannot express (MTP modules of a softmax-routed
+// V2 model, no latent norms, capacity, shared experts not a multiple of the expert size, sigmoid
+// scores without the expert bias, softmax groups not scored by their best expert (V2's group_limited_greedy needs
 // moe_router_group_score max), sigmoid groups scored by it, a V3 grouping with topk != 2 x group_topk).
 void check_deepseek_exportable(const ModelConfig& mc, const std::string& source);
 
@@ -108,17 +117,22 @@ struct HfSource {
   std::vector<HfPiece> pieces;
 };
 // One entry per tensor of parameter_table(mc), in that order. Throws naming a tensor that
-// has no HuggingFace form (MLA, MTP, biases, shared experts, the expert bias: not exported).
+// has no HuggingFace form (biases, MTP outside DeepSeek, ...).
 std::vector<HfSource> hf_sources(const ModelConfig& mc, HfMoeLayout moe = HfMoeLayout::PerExpert);
 
 // The names each side expects, in a stable order.
 std::vector<std::string> primus_parameter_names(const ModelConfig& mc);
 std::vector<std::string> hf_parameter_names(const ModelConfig& mc, HfMoeLayout moe = HfMoeLayout::PerExpert);
 
+// DeepSeek's copies of the shared tensors in MTP layer m: {(HF name, the Primus tensor it
+// copies)}, e.g. (model.layers.m.embed_tokens.weight, embedding.word_embeddings.weight); empty
+// without MTP.
+std::vector<std::pair<std::string, std::string>> hf_mtp_shared_copies(const ModelConfig& mc);
+
 // Layout conversion (CPU tensors; dtype kept as found). hf_to_primus returns the lookup's
 // tensors as given where a Primus tensor is one HF tensor, and new concatenations for the
 // fused and stacked ones; primus_to_hf returns row views of the Primus tensors (no copies),
-// so the looked-up tensors must outlive the result.
+// so the looked-up tensors must outlive the result; it includes hf_mtp_shared_copies.
 // `moe` is the layout of the HF side (primus-to-hf writes PerExpert).
 NamedTensors hf_to_primus(const ModelConfig& mc, const TensorLookup& hf, HfMoeLayout moe = HfMoeLayout::PerExpert);
 NamedTensors primus_to_hf(const ModelConfig& mc, const TensorLookup& primus,

@@ -19,9 +19,9 @@ int64_t vocab_multiple(int64_t vocab, int64_t padded) {
 }  // namespace
 
 config::Config config_for_model(const ModelConfig& mc) {
-  PRIMUS_CHECK(mc.mtp_num_layers == 0,
-               "model '{}': multi-token prediction modules are not converted yet (mtp_num_layers {})", mc.name,
-               mc.mtp_num_layers);
+  PRIMUS_CHECK(mc.mtp_num_layers == 0 || mc.multi_latent_attention,
+               "model '{}': multi-token prediction modules convert for DeepSeek models only (mtp_num_layers {})",
+               mc.name, mc.mtp_num_layers);
   PRIMUS_CHECK(mc.num_layers > 0 && mc.hidden_size > 0 && mc.num_attention_heads > 0 && mc.padded_vocab_size > 0,
                "model '{}': num_layers, hidden_size, num_attention_heads and the vocabulary must be positive "
                "(got {}, {}, {}, {})", mc.name, mc.num_layers, mc.hidden_size, mc.num_attention_heads,
@@ -76,6 +76,10 @@ config::Config config_for_model(const ModelConfig& mc) {
     set("qk_head_dim", mc.qk_head_dim);
     set("qk_pos_emb_head_dim", mc.qk_pos_emb_head_dim);
     set("v_head_dim", mc.v_head_dim);
+  }
+  if (mc.mtp_num_layers > 0) {
+    set("mtp_num_layers", mc.mtp_num_layers);
+    set("mtp_loss_scaling_factor", mc.mtp_loss_scaling_factor);
   }
   if (mc.num_experts > 0) {
     // Every MoE field model_config() reads; optional keys stay null where the ModelConfig

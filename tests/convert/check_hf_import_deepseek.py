@@ -20,9 +20,11 @@ DeepSeek written in PyTorch (float64), the way transformers' modeling_deepseek_v
 
 It writes tiny random models as HF directories (DeepSeek's published names: mlp.experts.E.
 {gate,up,down}_proj, mlp.gate.weight / e_score_correction_bias; V3 with an MTP layer
-model.layers.{L}.* that the import must skip), converts them with the built `primus`, and
-compares the logits of the Primus checkpoint (convert_logits_dump) with its own:
-max |ours - reference| / max |reference| < 1e-5.
+model.layers.{L}.* = embed_tokens, enorm, hnorm, eh_proj, a decoder layer, shared_head.norm /
+head), converts them with the built `primus`, and compares the logits of the Primus checkpoint
+(convert_logits_dump) with its own, max |ours - reference| / max |reference| < 1e-5, and the
+mean loss and each MTP layer's mean loss within 1e-5 relative. V2 with group_limited_greedy:
+a group scored by its best expert.
 
 Usage: check_hf_import_deepseek.py --primus build/bin/primus --dump build/bin/convert_logits_dump
 """
@@ -133,6 +135,16 @@ def moe(cfg, W, p, x, v2_group_score="max"):
 
 
 def deepseek_logits(cfg, W, tokens, v2_group_score="max"):
+    return deepseek_forward(cfg, W, tokens, None, v2_group_score)[0]
+
+
+def deepseek_forward(cfg, W, tokens, labels=None, v2_group_score="max"):
+    """Logits (B,T,V) and, with labels (B,T), the mean cross-entropy and per MTP layer its mean
+    loss: MTP layer m = num_hidden_layers + k (DeepSeek-V3's layout: embed_tokens, enorm, hnorm,
+    eh_proj, a decoder layer, shared_head.norm / head) at position i predicts token i + k + 2
+    from its previous hidden state (the main model's last layer output for k = 0) and the
+    embedding of token i + k + 1: h = layer(eh_proj([enorm(emb) | hnorm(h_prev)])), logits =
+    shared_head.head(shared_head.norm(h)); positions past the end carry no loss."""
     W = {n: w.double() for n, w in W.items()}
     B, T = tokens.shape
     C, H = cfg["hidden_size"], cfg["num_attention_heads"]
@@ -142,7 +154,8 @@ def deepseek_logits(cfg, W, tokens, v2_group_score="max"):
     scale = mult / math.sqrt(Dn + Dr)
     x = W["model.embed_tokens.weight"][tokens.long()]
     mask = torch.ones(T, T, dtype=torch.bool).triu(1)
-    for l in range(cfg["num_hidden_layers"]):
+
+    def layer(x, l):
         p = f"model.layers.{l}."
         h = rms(x, W[p + "input_layernorm.weight"], eps)
         a = p + "self_attn."
@@ -166,12 +179,34 @@ def deepseek_logits(cfg, W, tokens, v2_group_score="max"):
         x = x + o.transpose(1, 2).reshape(B, T, H * Dv) @ W[a + "o_proj.weight"].T
         h = rms(x, W[p + "post_attention_layernorm.weight"], eps)
         if l >= cfg["first_k_dense_replace"]:
-            x = x + moe(cfg, W, p + "mlp.", h.reshape(B * T, C), v2_group_score).view(B, T, C)
-        else:
-            x = x + mlp(W, p + "mlp.", h)
-    x = rms(x, W["model.norm.weight"], eps)
+            return x + moe(cfg, W, p + "mlp.", h.reshape(B * T, C), v2_group_score).view(B, T, C)
+        return x + mlp(W, p + "mlp.", h)
+
+    for l in range(cfg["num_hidden_layers"]):
+        x = layer(x, l)
     head = W["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings") else W["lm_head.weight"]
-    return x @ head.T
+    logits = rms(x, W["model.norm.weight"], eps) @ head.T
+    if labels is None:
+        return logits, None, []
+
+    def mean_ce(lg, lb):
+        keep = lb >= 0
+        return torch.nn.functional.cross_entropy(lg[keep], lb[keep].long()).item()
+
+    loss, mtp, h = mean_ce(logits, labels), [], x
+    for k in range(cfg.get("num_nextn_predict_layers", 0)):
+        p, shift = f"model.layers.{cfg['num_hidden_layers'] + k}.", k + 1
+        nxt = torch.zeros_like(tokens)
+        nxt[:, :T - shift] = tokens[:, shift:]
+        e = W[p + "embed_tokens.weight"][nxt.long()]
+        u = torch.cat([rms(e, W[p + "enorm.weight"], eps), rms(h, W[p + "hnorm.weight"], eps)], -1) @ \
+            W[p + "eh_proj.weight"].T
+        h = layer(u, cfg["num_hidden_layers"] + k)
+        lg = rms(h, W[p + "shared_head.norm.weight"], eps) @ W[p + "shared_head.head.weight"].T
+        lb = torch.full_like(labels, -1)
+        lb[:, :T - shift] = labels[:, shift:]
+        mtp.append(mean_ce(lg, lb))
+    return logits, loss, mtp
 
 
 def random_weights(cfg, seed, mtp_layers=0):
@@ -226,27 +261,44 @@ def random_weights(cfg, seed, mtp_layers=0):
             for n in ("enorm.weight", "hnorm.weight", "shared_head.norm.weight"):
                 norm(p + n, C)
             rnd(p + "eh_proj.weight", C, 2 * C)
-            rnd(p + "shared_head.head.weight", V, C)
     norm("model.norm.weight", C)
     if not cfg.get("tie_word_embeddings"):
         rnd("lm_head.weight", V, C, std=0.5)
+    for l in range(cfg["num_hidden_layers"], cfg["num_hidden_layers"] + mtp_layers):
+        # DeepSeek-V3 stores copies of the shared embedding and output head in each MTP layer.
+        W[f"model.layers.{l}.embed_tokens.weight"] = W["model.embed_tokens.weight"].clone()
+        W[f"model.layers.{l}.shared_head.head.weight"] = (W["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings")
+                                                         else W["lm_head.weight"]).clone()
     return W
 
 
-def compare(args, name, hf_dir, save, cfg, W, tokens):
+def compare(args, name, hf_dir, save, cfg, W, tokens, labels, mtp_layers=0):
+    """Import, then logits, the mean loss and each MTP layer's mean loss against the reference
+    (MTP: the model must have imported mtp_layers of them)."""
     out = base.run([args.primus, "convert", "hf-to-primus", "--hf-dir", hf_dir, "--output", save])
     print(out, end="")
     stem = name.replace(" ", "_")
     tok_file = os.path.join(args.workdir, stem + ".tokens.safetensors")
     out_file = os.path.join(args.workdir, stem + ".logits.safetensors")
-    base.write_safetensors(tok_file, {"tokens": tokens.to(torch.int32)})
+    base.write_safetensors(tok_file, {"tokens": tokens.to(torch.int32), "labels": labels.to(torch.int32)})
     base.run([args.dump, save, tok_file, out_file])
-    got, _ = base.read_safetensors(out_file)
+    got, meta = base.read_safetensors(out_file)
     ours = base.to_torch(got["logits"])
-    ref = deepseek_logits(cfg, W, tokens)
+    ref, ref_loss, ref_mtp = deepseek_forward(cfg, W, tokens, labels)
     err = (ours.double() - ref).abs().max().item() / ref.abs().max().item()
     print(f"{name}: logits {tuple(ref.shape)} max rel err {err:.2e} (tolerance {TOL:.0e})")
     base.check(err < TOL, f"{name}: logits error {err:.3e} >= {TOL}")
+    model = json.loads(meta["model"])
+    base.check(model["mtp_num_layers"] == mtp_layers == len(ref_mtp),
+               f"{name}: imported {model['mtp_num_layers']} MTP layers, want {mtp_layers} (reference {len(ref_mtp)})")
+    losses = [("loss", base.to_torch(got["loss"]).item(), ref_loss)]
+    losses += [(f"mtp_loss.{k}", base.to_torch(got[f"mtp_loss.{k}"]).item(), r) for k, r in enumerate(ref_mtp)
+               if f"mtp_loss.{k}" in got]
+    base.check(len(losses) == 1 + len(ref_mtp), f"{name}: the dump has {len(losses) - 1} MTP losses")
+    for what, o, r in losses:
+        e = abs(o - r) / abs(r)
+        print(f"{name}: {what} {o:.6f} vs reference {r:.6f}, rel err {e:.2e}")
+        base.check(e < TOL, f"{name}: {what} error {e:.3e} >= {TOL}")
     return out
 
 
@@ -272,6 +324,9 @@ def check_export(args, name, save, cfg, W, skip_prefix=None):
               "qk_rope_head_dim", "v_head_dim", "topk_method", "scoring_func", "norm_topk_prob", "n_group",
               "topk_group", "vocab_size", "tie_word_embeddings"):
         base.check(c.get(k) == cfg.get(k), f"{name} export: config.json {k} = {c.get(k)}, want {cfg.get(k)}")
+    base.check(c.get("num_nextn_predict_layers", 0) == cfg.get("num_nextn_predict_layers", 0),
+               f"{name} export: num_nextn_predict_layers = {c.get('num_nextn_predict_layers')}, want "
+               f"{cfg.get('num_nextn_predict_layers', 0)}")
     for k in ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim"):
         base.check(c["rope_scaling"].get(k) == cfg["rope_scaling"][k],
                    f"{name} export: rope_scaling {k} = {c['rope_scaling'].get(k)}, want {cfg['rope_scaling'][k]}")
@@ -293,7 +348,7 @@ def main():
               "v_head_dim": 6, "rope_theta": 10000.0, "tie_word_embeddings": False, "moe_layer_freq": 1,
               "first_k_dense_replace": 1, "torch_dtype": "float32"}
     # V3-shaped: a query latent, sigmoid routing with the expert bias in 2 of 4 groups, a shared
-    # expert, YaRN with mscale != mscale_all_dim (scaled tables), one MTP layer to skip.
+    # expert, YaRN with mscale != mscale_all_dim (scaled tables), one MTP layer (a MoE layer).
     v3 = dict(common, architectures=["DeepseekV3ForCausalLM"], model_type="deepseek_v3", num_hidden_layers=3,
               q_lora_rank=10, n_routed_experts=16, num_experts_per_tok=4, n_shared_experts=1, n_group=4,
               topk_group=2, topk_method="noaux_tc", scoring_func="sigmoid", norm_topk_prob=True,
@@ -303,11 +358,30 @@ def main():
     W3 = random_weights(v3, 11, mtp_layers=1)
     hf3 = os.path.join(args.workdir, "hf_v3")
     base.write_hf_dir(hf3, v3, W3, shards=2)
-    tokens = torch.randint(0, v3["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(3))
-    out = compare(args, "deepseek-v3 shaped", hf3, os.path.join(args.workdir, "primus_v3"), v3, W3, tokens)
-    base.check("multi-token-prediction" in out, "the V3 import does not say it skipped the MTP layer")
-    check_export(args, "deepseek-v3 shaped", os.path.join(args.workdir, "primus_v3"), v3, W3,
-                 skip_prefix=f"model.layers.{v3['num_hidden_layers']}.")
+    stream = torch.randint(0, v3["vocab_size"], (2, 25), generator=torch.Generator().manual_seed(3))
+    tokens, labels = stream[:, :-1], stream[:, 1:]
+    out = compare(args, "deepseek-v3 shaped", hf3, os.path.join(args.workdir, "primus_v3"), v3, W3, tokens, labels,
+                  mtp_layers=1)
+    base.check("imported 1 multi-token-prediction layer" in out, "the V3 import does not say it imported the MTP layer")
+    check_export(args, "deepseek-v3 shaped", os.path.join(args.workdir, "primus_v3"), v3, W3)
+    # The same config without the MTP weights (as transformers saves V3): imported without MTP.
+    L3 = f"model.layers.{v3['num_hidden_layers']}."
+    W3m = {n: w for n, w in W3.items() if not n.startswith(L3)}
+    hf3m = os.path.join(args.workdir, "hf_v3_no_mtp")
+    base.write_hf_dir(hf3m, v3, W3m, shards=1)
+    out = compare(args, "deepseek-v3 without MTP weights", hf3m, os.path.join(args.workdir, "primus_v3m"),
+                  dict(v3, num_nextn_predict_layers=0), W3m, tokens, labels, mtp_layers=0)
+    base.check("imported with mtp_num_layers 0" in out, "the V3 import without MTP weights does not say so")
+    # An MTP layer whose embedding copy differs from the model's is refused by name.
+    W3x = dict(W3)
+    W3x[L3 + "embed_tokens.weight"] = W3[L3 + "embed_tokens.weight"] + 1.0
+    hf3x = os.path.join(args.workdir, "hf_v3_mtp_own_embedding")
+    base.write_hf_dir(hf3x, v3, W3x, shards=1)
+    r = base.subprocess.run([args.primus, "convert", "hf-to-primus", "--hf-dir", hf3x, "--output",
+                             os.path.join(args.workdir, "primus_bad_mtp")], capture_output=True, text=True)
+    base.check(r.returncode != 0 and L3 + "embed_tokens.weight" in r.stderr,
+               f"an MTP embedding that differs from the model's was not refused by name: rc {r.returncode}, "
+               f"{r.stderr[-300:]}")
     # V2-Lite-shaped: queries projected directly, softmax over all experts without renormalising,
     # two shared experts, YaRN with mscale == mscale_all_dim.
     v2 = dict(common, architectures=["DeepseekV2ForCausalLM"], model_type="deepseek_v2", num_hidden_layers=2,
@@ -319,7 +393,7 @@ def main():
     W2 = random_weights(v2, 12)
     hf2 = os.path.join(args.workdir, "hf_v2")
     base.write_hf_dir(hf2, v2, W2, shards=1)
-    compare(args, "deepseek-v2-lite shaped", hf2, os.path.join(args.workdir, "primus_v2"), v2, W2, tokens)
+    compare(args, "deepseek-v2-lite shaped", hf2, os.path.join(args.workdir, "primus_v2"), v2, W2, tokens, labels)
     check_export(args, "deepseek-v2-lite shaped", os.path.join(args.workdir, "primus_v2"), v2, W2)
     # V2-shaped with group_limited_greedy: top-3 within the best 2 of 4 groups, a group scored by
     # its best expert (3 is no multiple of 2: only that score allows it), scaled by 16 like V2.
@@ -333,7 +407,8 @@ def main():
         base.check(d > 100 * TOL, f"the grouped V2 case does not tell its routing from {what} ({d:.1e})")
     hf2g = os.path.join(args.workdir, "hf_v2_groups")
     base.write_hf_dir(hf2g, v2g, W2g, shards=1)
-    compare(args, "deepseek-v2 grouped", hf2g, os.path.join(args.workdir, "primus_v2_groups"), v2g, W2g, tokens)
+    compare(args, "deepseek-v2 grouped", hf2g, os.path.join(args.workdir, "primus_v2_groups"), v2g, W2g, tokens,
+            labels)
     check_export(args, "deepseek-v2 grouped", os.path.join(args.workdir, "primus_v2_groups"), v2g, W2g)
     with open(os.path.join(args.workdir, "primus_v2_groups", "iter_0000000", "config.json")) as f:
         opts = json.load(f)["options"]

@@ -3,8 +3,11 @@
 // train::load_tensors_into) and writes the CPU model's fp32 logits for given tokens.
 //
 //   convert_logits_dump <save_dir> <tokens.safetensors> <out.safetensors>
-//       tokens.safetensors: "tokens" I32 or I64 (B,T)
-//       out.safetensors:    "logits" F32 (B,T,V); metadata "model" = the loaded
+//       tokens.safetensors: "tokens" I32 or I64 (B,T); optionally "labels" I32 (B,T), every
+//                           position a loss token
+//       out.safetensors:    "logits" F32 (B,T,V); with labels also "loss" (the mean
+//                           cross-entropy) and per multi-token-prediction depth k "mtp_loss.k"
+//                           (that depth's own mean, DecoderModel::forward_only); metadata "model" = the loaded
 //                           architecture as JSON (for the test's sanity checks; with
 //                           MoE: num_experts, moe_router_topk, moe_ffn_hidden_size and
 //                           moe_layers, the MoE blocks the model built)
@@ -45,6 +48,17 @@ int main(int argc, char** argv) {
       tokens = t32;
     }
     const Tensor logits = model.logits(tokens);
+    NamedTensorList outputs = {{"logits", logits}};
+    if (in.contains("labels")) {
+      const Tensor labels = in.load("labels");
+      const Tensor mask = Tensor::from_floats(std::vector<float>(static_cast<size_t>(labels.numel()), 1.f),
+                                              labels.shape());
+      const DecoderModel::StepResult r = model.forward_only(tokens, labels, mask);
+      outputs.emplace_back("loss", Tensor::from_floats({static_cast<float>(r.loss_sum / r.num_tokens)}, {}));
+      for (size_t k = 0; k < r.mtp_loss_sums.size(); ++k)
+        outputs.emplace_back("mtp_loss." + std::to_string(k),
+                             Tensor::from_floats({static_cast<float>(r.mtp_loss_sums[k] / r.mtp_num_tokens[k])}, {}));
+    }
     nlohmann::json m = {{"num_layers", mc.num_layers},
                         {"hidden_size", mc.hidden_size},
                         {"num_attention_heads", mc.num_attention_heads},
@@ -59,8 +73,9 @@ int main(int argc, char** argv) {
                         {"num_experts", mc.num_experts},
                         {"moe_router_topk", mc.moe_router_topk},
                         {"moe_ffn_hidden_size", mc.moe_ffn_hidden_size},
-                        {"moe_layers", static_cast<int64_t>(model.moe_layers().size())}};
-    save_safetensors(argv[3], {{"logits", logits}}, {{"model", m.dump()}});
+                        {"moe_layers", static_cast<int64_t>(model.moe_layers().size())},
+                        {"mtp_num_layers", mc.mtp_num_layers}};
+    save_safetensors(argv[3], outputs, {{"model", m.dump()}});
     std::printf("%s: logits %s\n", reader.path().c_str(), shape_str(logits.shape()).c_str());
     return 0;
   } catch (const std::exception& e) {

@@ -222,7 +222,8 @@ TEST(ConvertConfig, PaddedVocabularyKeepsBothSizes) {
     EXPECT_EQ(back.padded_vocab_size, padded) << vocab;
     EXPECT_FALSE(back.untie_embeddings_and_output_weights);
   }
-  // Multi-latent attention survives the checkpoint config; MTP modules are refused by key.
+  // Multi-latent attention and DeepSeek's MTP modules survive the checkpoint config; MTP
+  // without it (no HF form) is refused by key.
   mc.multi_latent_attention = true;
   mc.qk_layernorm = true;
   mc.q_lora_rank = 24;
@@ -238,6 +239,11 @@ TEST(ConvertConfig, PaddedVocabularyKeepsBothSizes) {
   EXPECT_EQ(mla.qk_head_dim + mla.qk_pos_emb_head_dim + mla.v_head_dim, 36);
   EXPECT_EQ(mla.rotary_scaling_factor, 40);
   mc.mtp_num_layers = 1;
+  mc.mtp_loss_scaling_factor = 0.3;
+  const ModelConfig mtp = config::model_config(config::from_json(convert::config_for_model(mc).to_json()));
+  EXPECT_EQ(mtp.mtp_num_layers, 1);
+  EXPECT_EQ(mtp.mtp_loss_scaling_factor, 0.3);
+  mc.multi_latent_attention = false;
   try {
     convert::config_for_model(mc);
     FAIL();
