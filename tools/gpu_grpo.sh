@@ -11,7 +11,7 @@
 #      of one GRPO round (128 sequences), prompt 48 tokens, 32 new tokens, next to our
 #      bench_generate at the same shape.
 # GRPO_STAGES picks stages (default "sft grpo peer"); SFT_ITERS (default 300), GRPO_ITERS
-# (default 20). Logs under $OUT; the last lines are a summary.
+# (default 20), GRPO_LR (default 2e-6). Logs under $OUT; the last lines are a summary.
 set -u -o pipefail
 ROOT=$(pwd)
 # shellcheck source=tools/gpu_env.sh
@@ -40,7 +40,7 @@ if [[ " $STAGES " == *" grpo "* ]]; then
   t0=$SECONDS
   timeout 500 "$B/primus" train posttrain --config examples/megatron/llama3.2_1B-grpo.yaml "${COMMON[@]}" \
     --set pretrained_checkpoint="$OUT/sft" --set data_path="$OUT/data/grpo_prompts.jsonl" \
-    --set train_iters="$GRPO_ITERS" --set lr=2.0e-6 --set min_lr=2.0e-7 --set lr_warmup_iters=2 \
+    --set train_iters="$GRPO_ITERS" --set lr="${GRPO_LR:-2.0e-6}" --set min_lr=2.0e-7 --set lr_warmup_iters=2 \
     --set lr_decay_iters="$GRPO_ITERS" --set save= --set log_interval=1 --set use_distributed_optimizer=false \
     --set tensorboard_dir="$OUT/grpo_tb" >"$OUT/grpo.log" 2>&1
   echo "grpo: rc=$? in $((SECONDS - t0)) s"
