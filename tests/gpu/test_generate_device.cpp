@@ -249,7 +249,7 @@ TEST(GenerateDevice, GreedyIdsMatchCpuDecoder) {
         ++compared;
       }
       if (dt == DType::F32) EXPECT_GE(compared, 16) << "sequence " << b << ": the CPU margins are too small to test";
-      std::printf("[ greedy ] %s sequence %ld: %ld of %ld ids compared and equal\n", dtype_name(dt), static_cast<long>(b),
+      std::printf("[ greedy ] %s sequence %ld: %ld of %ld ids compared and equal\n", std::string(dtype_name(dt)).c_str(), static_cast<long>(b),
                   static_cast<long>(compared), static_cast<long>(N));
     }
     // The same CUDA decoder with host sampling (the logits copied back each step): the same
