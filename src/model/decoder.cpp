@@ -152,21 +152,19 @@ struct DecoderModel::Batch {
     dloss = device == Device::CPU ? dloss_h : dloss_h.to(device);
   }
 
-  double loss_sum(const Tensor& losses) const {
-    const std::vector<float> l = losses.to_float_vector();
+  // The sums below read the classifier's per-token losses once from the device (`l`, N fp32).
+  double loss_sum(const std::vector<float>& l) const {
     double s = 0;
     for (size_t i = 0; i < l.size(); ++i) s += static_cast<double>(mask[i]) * l[i];
     return s;
   }
   // Per token: mask * loss.
-  std::vector<float> masked_losses(const Tensor& losses) const {
-    std::vector<float> l = losses.to_float_vector();
+  std::vector<float> masked_losses(std::vector<float> l) const {
     for (size_t i = 0; i < l.size(); ++i) l[i] = mask[i] != 0.f ? mask[i] * l[i] : 0.f;
     return l;
   }
   // Per row: sum of mask * loss over the row's T tokens.
-  std::vector<double> row_loss_sums(const Tensor& losses) const {
-    const std::vector<float> l = losses.to_float_vector();
+  std::vector<double> row_loss_sums(const std::vector<float>& l) const {
     std::vector<double> s(static_cast<size_t>(B), 0.0);
     for (size_t i = 0; i < l.size(); ++i) s[i / static_cast<size_t>(T)] += static_cast<double>(mask[i]) * l[i];
     return s;
@@ -569,7 +567,7 @@ Tensor DecoderModel::stage_forward(StageState& st, const Tensor& tokens, const T
   if (for_backward && extras.loss_weights != nullptr) {
     // A non-linear objective: the tokens' losses first, then the gradient with their weights.
     classifier(batch, hidden, losses, nullptr, arena);
-    batch.set_token_weights((*extras.loss_weights)(batch.masked_losses(losses)), ctx_.device());
+    batch.set_token_weights((*extras.loss_weights)(batch.masked_losses(losses.to_float_vector())), ctx_.device());
   }
   if (for_backward) {
     st.dhidden_ = arena.alloc({R, d.C}, dt);
@@ -579,10 +577,11 @@ Tensor DecoderModel::stage_forward(StageState& st, const Tensor& tokens, const T
     classifier(batch, hidden, losses, nullptr, arena);
   }
   st.result_ = StepResult{};
-  st.result_.loss_sum = batch.loss_sum(losses);
+  std::vector<float> token_losses = losses.to_float_vector();
+  st.result_.loss_sum = batch.loss_sum(token_losses);
   st.result_.num_tokens = batch.num_tokens;
-  st.result_.row_loss_sums = batch.row_loss_sums(losses);
-  if (extras.keep_token_losses) st.result_.token_losses = batch.masked_losses(losses);
+  st.result_.row_loss_sums = batch.row_loss_sums(token_losses);
+  if (extras.keep_token_losses) st.result_.token_losses = batch.masked_losses(std::move(token_losses));
   if (!mtp_.empty()) mtp_forward(st, env, tokens, *labels, *loss_mask, loss_weight, for_backward);
   st.backward_pending_ = for_backward;
   return Tensor();
@@ -633,7 +632,7 @@ void DecoderModel::mtp_forward(StageState& st, LayerEnv& env, const Tensor& toke
       dh = &st.mtp_dhidden_[static_cast<size_t>(k)];
     }
     classifier(b, a.normed, losses, dh, arena, /*may_overwrite=*/false);
-    st.result_.mtp_loss_sums[static_cast<size_t>(k)] = b.loss_sum(losses);
+    st.result_.mtp_loss_sums[static_cast<size_t>(k)] = b.loss_sum(losses.to_float_vector());
     st.result_.mtp_num_tokens[static_cast<size_t>(k)] = b.num_tokens;
   }
 }
