@@ -241,7 +241,7 @@ void GrpoObjective::new_round(int64_t round, const ModelConfig& config, const We
         lab[j] = tok[j + 1];
         mask[j] = j + 1 >= lp ? 1.f : 0.f;
       }
-      rows_[i] = Row{lp, lc, adv[off + i]};
+      rows_[i] = Row{lc, adv[off + i]};
       b.samples.push_back(chosen[static_cast<size_t>(first_prompt) + i / static_cast<size_t>(G)]);
     }
     batches_.push_back(std::move(b));

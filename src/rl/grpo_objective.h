@@ -91,7 +91,7 @@ class GrpoObjective {
 
  private:
   struct Row {
-    int64_t prompt_len = 0, completion_len = 0;
+    int64_t completion_len = 0;
     double advantage = 0;
   };
   void new_round(int64_t round, const ModelConfig& config, const WeightsSource& weights,

@@ -53,11 +53,15 @@ RewardFunctions::RewardFunctions(const RewardOptions& o) : o_(o) {
 
 RewardFunctions::~RewardFunctions() = default;
 
-std::string RewardFunctions::extract_answer(const std::string& completion) const {
+std::optional<std::string> RewardFunctions::find_answer(const std::string& completion) const {
   if (o_.answer_regex.empty()) return trimmed(completion);
   std::smatch m;
-  if (!std::regex_search(completion, m, answer_re_)) return {};
+  if (!std::regex_search(completion, m, answer_re_)) return std::nullopt;
   return trimmed(m.size() > 1 && m[1].matched ? m[1].str() : m[0].str());
+}
+
+std::string RewardFunctions::extract_answer(const std::string& completion) const {
+  return find_answer(completion).value_or("");
 }
 
 double RewardFunctions::one(size_t f, const Completion& c) {
@@ -69,11 +73,8 @@ double RewardFunctions::one(size_t f, const Completion& c) {
                  c.prompt->where, o_.answer_key);
     const nlohmann::json& a = rec[o_.answer_key];
     const std::string want = trimmed(a.is_string() ? a.get<std::string>() : a.dump());
-    if (!o_.answer_regex.empty()) {
-      std::smatch m;
-      if (!std::regex_search(c.text, m, answer_re_)) return 0.0;
-    }
-    return extract_answer(c.text) == want ? 1.0 : 0.0;
+    const std::optional<std::string> got = find_answer(c.text);  // none: the regex did not match
+    return got && *got == want ? 1.0 : 0.0;
   }
   if (name == "format") return std::regex_search(c.text, format_re_) ? 1.0 : 0.0;
   if (name == "overlong") {

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <regex>
 #include <string>
 #include <vector>
@@ -47,10 +48,11 @@ class RewardFunctions {
   // Σ_f weight_f * scores[i * F + f] for each completion.
   std::vector<double> combine(const std::vector<double>& scores) const;
 
-  // The accuracy function's extraction (exposed for tests).
+  // The accuracy function's extraction (exposed for tests): "" when the regex does not match.
   std::string extract_answer(const std::string& completion) const;
 
  private:
+  std::optional<std::string> find_answer(const std::string& completion) const;  // none: no match
   double one(size_t f, const Completion& c);
   RewardOptions o_;
   std::vector<double> weights_;
