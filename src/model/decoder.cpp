@@ -68,9 +68,6 @@ void validate_tensor_parallel(const ModelConfig& c, const parallel::TensorParall
   PRIMUS_CHECK(tp.group->device() == device, "DecoderOptions.tensor_parallel: the tp group '{}' works on {} tensors but "
                "the model runs on {}", tp.group->name(), device_name(tp.group->device()), device_name(device));
   const int64_t P = tp.size();
-  PRIMUS_CHECK(P == 1 || c.mtp_num_layers == 0,
-               "model config '{}': multi-token prediction runs on one tensor-parallel rank (tensor_model_parallel_size "
-               "1)", c.name);
   std::string bad;
   auto need = [&](const char* key, int64_t value) {
     if (value % P != 0) bad += fmt::format("\n  {} = {} is not divisible by tensor_model_parallel_size = {}", key, value, P);
@@ -266,14 +263,9 @@ DecoderModel::DecoderModel(const ModelConfig& config, ops::Context& ctx, const D
   if (stage.post_process) {
     const std::vector<ParamSpec> head = frozen_if_lora(head_params(config_));
     final_norm_ = make(head.at(0));
-    if (head.size() > 1)
-      output_ = make(head.at(1));
-    else if (!stage.pre_process)  // the last stage's copy of the tied embedding (same name, same init)
-      embedding_ = make(embedding.front());
-    PRIMUS_CHECK(config_.mtp_num_layers == 0 || stage.pre_process,
-                 "model config '{}': multi-token prediction (mtp_num_layers {}) needs the whole model on one "
-                 "pipeline stage (pipeline_model_parallel_size 1)",
-                 config_.name, config_.mtp_num_layers);
+    if (head.size() > 1) output_ = make(head.at(1));
+    // The last stage's copy of the embedding (tied output layer, or MTP's; same name, same init).
+    if (!stage.pre_process && config_.last_stage_reads_embedding()) embedding_ = make(embedding.front());
     for (int64_t k = 0; k < config_.mtp_num_layers; ++k) {
       std::map<std::string, NamedTensor*> held;
       for (const ParamSpec& spec : mtp_params(config_, k)) held[spec.name] = make(spec);
@@ -614,6 +606,7 @@ void DecoderModel::mtp_forward(StageState& st, LayerEnv& env, const Tensor& toke
   st.mtp_dhidden_.assign(static_cast<size_t>(D), Tensor());
   st.result_.mtp_loss_sums.assign(static_cast<size_t>(D), 0.0);
   st.result_.mtp_num_tokens.assign(static_cast<size_t>(D), 0.0);
+  param_needed(embedding_);  // a last stage's copy (pipeline parallel) may not be in use yet
   for (int64_t k = 0; k < D; ++k) {
     const Tensor tk = roll_left<int32_t>(tokens, k + 1, 0), lk = roll_left<int32_t>(labels, k + 1, -1);
     const Tensor mk = roll_left<float>(loss_mask, k + 1, 0.f);
@@ -647,7 +640,8 @@ Tensor DecoderModel::mtp_backward(StageState& st, LayerEnv& env) {
     Tensor demb = arena.alloc({d.residual_rows(), d.C}, dt);
     Tensor dprev = arena.zeros({d.residual_rows(), d.C}, dt);
     mtp_[i].backward(env, st.mtp_acts_[i], st.mtp_dhidden_[i], dnext.defined() ? &dnext : nullptr, demb, dprev);
-    parallel::embedding_backward(ctx_, env.tp, arena, embedding_->grad, demb, st.mtp_batches_[i]->tokens);
+    if (embedding_->grad.defined())  // frozen under LoRA
+      parallel::embedding_backward(ctx_, env.tp, arena, embedding_->grad, demb, st.mtp_batches_[i]->tokens);
     const std::vector<NamedTensor*> done = mtp_[i].params();
     for (auto it = done.rbegin(); it != done.rend(); ++it) grad_ready(*it);
     dnext = dprev;
@@ -681,7 +675,7 @@ Tensor DecoderModel::stage_backward(StageState& st, const Tensor* d_output) {
     }
     grad_ready(final_norm_);
     grad_ready(output_);                 // untied output layer
-    if (!pre) grad_ready(embedding_);    // a last stage's copy of the tied embedding
+    if (!pre) grad_ready(embedding_);    // a last stage's copy of the embedding (tied, or MTP's)
   } else {
     PRIMUS_CHECK(d_output != nullptr && d_output->shape() == st.xs_.back().shape() && d_output->dtype() == dt,
                  "DecoderModel::stage_backward: d output hidden is {}, expected [{}, {}] {}",

@@ -423,12 +423,6 @@ void check_parallel_layout(const ModelConfig& m, const parallel::ParallelDims& d
                        c.num_layers_per_virtual_pipeline_stage, per_stage, m.num_layers, pp));
     }
   }
-  if (m.mtp_num_layers > 0)
-    need(tp == 1 && pp == 1,
-         fmt::format("mtp_num_layers {} with tensor_model_parallel_size {} / pipeline_model_parallel_size {} is not "
-                     "built yet (the MTP modules sit after the last layer and share the embedding): use 1 and 1 "
-                     "with data parallelism",
-                     m.mtp_num_layers, tp, pp));
   if (m.num_experts > 0) {
     need(m.num_experts % ep == 0,
          fmt::format("num_experts {} is not divisible by expert_model_parallel_size {}",

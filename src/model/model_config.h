@@ -95,6 +95,11 @@ struct ModelConfig {
   int64_t mtp_num_layers = 0;
   double mtp_loss_scaling_factor = 0.1;
 
+  // A pipeline's last stage reads the word embedding too: as the tied output layer, or to
+  // embed the shifted tokens of the MTP depths. It then holds a copy (same name, same init)
+  // whose grads are summed with the first stage's (Megatron's embedding group).
+  bool last_stage_reads_embedding() const { return !untie_embeddings_and_output_weights || mtp_num_layers > 0; }
+
   int64_t head_dim() const { return kv_channels > 0 ? kv_channels : hidden_size / num_attention_heads; }
   int64_t query_groups() const { return num_query_groups > 0 ? num_query_groups : num_attention_heads; }
   // Layer `layer` (an MTP module's layer: num_layers + k) has an MoE MLP.

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "model/decoder_spec.h"
+#include "parallel/layers.h"
 
 namespace primus {
 
@@ -47,7 +48,7 @@ void MtpModule::forward(LayerEnv& env, const Tensor& prev, const Tensor& emb, Ac
     A.release(m);
   }
   a.u = A.alloc({R, C}, dt);
-  ops::linear_forward(ctx, a.u, a.cat, eh_proj_->value);
+  parallel::column_parallel_linear_gathered_forward(ctx, env.tp, A, a.u, a.cat, eh_proj_->value);
   a.out = A.alloc({R, C}, dt);
   layer_.forward(env, a.u, a.out, a.layer, Recompute::None);
   a.f_rstd = A.alloc({R}, DType::F32);
@@ -67,7 +68,8 @@ void MtpModule::backward(LayerEnv& env, Acts& a, const Tensor& dnormed, const Te
   if (dout != nullptr) ops::add(ctx, dres, dres, *dout);
   layer_.backward(env, a.layer, dres, Recompute::None);  // dres = d u
   Tensor dcat = A.alloc({R, 2 * C}, dt);
-  ops::linear_backward(ctx, &dcat, eh_proj_->grad, dres, a.cat, eh_proj_->value, !env.overwrite_linear_grads);
+  parallel::column_parallel_linear_gathered_backward(ctx, env.tp, A, dcat, eh_proj_->grad, dres, a.cat,
+                                                     eh_proj_->value, !env.overwrite_linear_grads);
   Tensor half = A.alloc({R, C}, dt);
   ops::copy_columns(ctx, half, 0, dcat, 0, C);
   ops::fill(ctx, demb, 0.f);

@@ -33,6 +33,39 @@ void column_parallel_linear_backward(ops::Context& ctx, const TensorParallel& tp
   arena.release(m);
 }
 
+void column_parallel_linear_gathered_forward(ops::Context& ctx, const TensorParallel& tp, Arena& arena, Tensor& y,
+                                             const Tensor& x, const Tensor& w) {
+  if (!tp.active()) return ops::linear_forward(ctx, y, x, w);
+  const int64_t P = tp.size(), R = y.size(0), out = y.size(1), out_p = w.size(0);
+  const int64_t N = tp.sp() ? R * P : R;
+  PRIMUS_CHECK(out_p * P == out, "column_parallel_linear_gathered_forward: weight rows {} x {} ranks != output width {}",
+               out_p, P, out);
+  const Arena::Mark m = arena.mark();
+  Tensor local = arena.alloc({N, out_p}, y.dtype());
+  column_parallel_linear_forward(ctx, tp, arena, local, x, w);
+  Tensor all = arena.alloc({P * N, out_p}, y.dtype());  // rank p's (N, out/P) block at rows [pN, (p+1)N)
+  tp.group->all_gather(all, local);
+  const int64_t first = tp.sp() ? tp.rank() * R : 0;  // this rank's residual rows of the N
+  for (int64_t p = 0; p < P; ++p)
+    ops::copy_columns(ctx, y, p * out_p, all.rows(p * N + first, p * N + first + R), 0, out_p);
+  arena.release(m);
+}
+
+void column_parallel_linear_gathered_backward(ops::Context& ctx, const TensorParallel& tp, Arena& arena, Tensor& dx,
+                                              Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+                                              bool accumulate_dw) {
+  if (!tp.active()) return ops::linear_backward(ctx, &dx, dw, dy, x, w, accumulate_dw);
+  const int64_t out_p = w.size(0);
+  const Arena::Mark m = arena.mark();
+  // The (N, out) gradient on every rank (all-gathered rows under SP; without SP every rank
+  // already holds it), then this rank's columns.
+  const Tensor dy_full = exit_tp_region_backward(tp, dy, arena);
+  Tensor dlocal = arena.alloc({dy_full.size(0), out_p}, dy.dtype());
+  ops::copy_columns(ctx, dlocal, 0, dy_full, tp.rank() * out_p, out_p);
+  column_parallel_linear_backward(ctx, tp, arena, dx, dw, dlocal, x, w, accumulate_dw);
+  arena.release(m);
+}
+
 void row_parallel_linear_forward(ops::Context& ctx, const TensorParallel& tp, Arena& arena, Tensor& y,
                                  const Tensor& x, const Tensor& w, const Tensor* residual) {
   if (!tp.active()) {

@@ -55,6 +55,18 @@ void row_parallel_linear_forward(ops::Context& ctx, const TensorParallel& tp, Ar
 void row_parallel_linear_backward(ops::Context& ctx, const TensorParallel& tp, Arena& arena, Tensor* dx, Tensor& dw,
                                   const Tensor& dy, const Tensor& x, const Tensor& w, bool accumulate_dw);
 
+// A column-parallel linear whose output returns to the residual stream (Megatron's
+// ColumnParallelLinear with gather_output, then the sequence-parallel scatter; MTP's eh_proj):
+//   y (R, out) = this rank's residual rows of [enter(x) @ w_0^T | ... | enter(x) @ w_{P-1}^T]
+// w (out/P, in) this rank's rows. One all-gather of the (N, out/P) outputs.
+void column_parallel_linear_gathered_forward(ops::Context& ctx, const TensorParallel& tp, Arena& arena, Tensor& y,
+                                             const Tensor& x, const Tensor& w);
+// dx (R, in) written = the tp-reduced d(enter(x)); dw (out/P, in) += (or = when
+// !accumulate_dw) this rank's columns of the (N, out) gradient^T @ enter(x).
+void column_parallel_linear_gathered_backward(ops::Context& ctx, const TensorParallel& tp, Arena& arena, Tensor& dx,
+                                              Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w,
+                                              bool accumulate_dw);
+
 // ---- vocabulary-parallel embedding and output layer -------------------------------------
 
 struct VocabRange {

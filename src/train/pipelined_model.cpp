@@ -61,7 +61,7 @@ PipelinedModel::PipelinedModel(const ModelConfig& config, ops::Context& ctx, con
   const bool ends = pp_rank_ == 0 || pp_rank_ == pp_size_ - 1;
   std::unique_ptr<parallel::Communicator> emb =
       pp_->split(ends ? 0 : -1, pp_rank_, pp_->name() + "_embedding");
-  if (!config.untie_embeddings_and_output_weights) embedding_group_ = std::move(emb);
+  if (config.last_stage_reads_embedding()) embedding_group_ = std::move(emb);
 }
 
 PipelinedModel::~PipelinedModel() { wait_sends(); }
@@ -248,8 +248,12 @@ DecoderModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs
       const Tensor out = model.stage_forward(*state, b.tokens, &b.labels, &b.loss_mask, input, loss_weight, train,
                                              aux_loss_weight, extras_of(b));
       if (s == S - 1) {
-        sum.loss_sum += state->result().loss_sum;
-        sum.num_tokens += state->result().num_tokens;
+        DecoderModel::StepResult losses;  // the loss sums only (row sums stay with the stage)
+        losses.loss_sum = state->result().loss_sum;
+        losses.num_tokens = state->result().num_tokens;
+        losses.mtp_loss_sums = state->result().mtp_loss_sums;
+        losses.mtp_num_tokens = state->result().mtp_num_tokens;
+        sum += losses;
       } else {
         send(channel(parallel::PipelineOp::Forward, r), out, next);
       }
@@ -278,6 +282,17 @@ DecoderModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs
   const bool last = r == P - 1;
   sum.loss_sum = pp_->all_reduce_value(last ? sum.loss_sum : 0.0);
   sum.num_tokens = pp_->all_reduce_value(last ? sum.num_tokens : 0.0);
+  if (const auto D = static_cast<size_t>(chunks_.front()->config().mtp_num_layers); D > 0) {
+    std::vector<double> both(2 * D, 0.0);  // the MTP depths' sums, also from the last stage
+    if (last)
+      for (size_t k = 0; k < D; ++k) {
+        both[k] = sum.mtp_loss_sums.at(k);
+        both[D + k] = sum.mtp_num_tokens.at(k);
+      }
+    both = pp_->all_reduce_values(std::move(both));
+    sum.mtp_loss_sums.assign(both.begin(), both.begin() + static_cast<std::ptrdiff_t>(D));
+    sum.mtp_num_tokens.assign(both.begin() + static_cast<std::ptrdiff_t>(D), both.end());
+  }
   return sum;
 }
 

@@ -26,8 +26,10 @@
 // its own arena that is reused for later micro-batches; plus one (R,C) send buffer per
 // message that its receiver has not taken yet.
 //
-// Tied embeddings (untie_embeddings_and_output_weights false) with pp > 1: the last stage
-// holds a copy of embedding.word_embeddings.weight (same name, same init); finish_grads()
+// Tied embeddings (untie_embeddings_and_output_weights false) or multi-token prediction
+// (mtp_num_layers > 0, whose depths embed shifted tokens on the last stage) with pp > 1:
+// the last stage holds a copy of embedding.word_embeddings.weight (same name, same init);
+// finish_grads()
 // sums the two copies' grads over the first and last pp rank (Megatron's embedding group),
 // so the optimizer moves both identically. tied_embedding_copies() lists the copy: leave
 // it out of the global grad norm and of checkpoints (gather_named_tensors_to_root drops it).

@@ -307,7 +307,7 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   buffers_ = model_->buffers();
   const std::vector<NamedTensor*> tied_copies = model_->tied_embedding_copies();
   for (NamedTensor* p : tied_copies) no_early_reduce_.insert(p);
-  if (!tied_copies.empty() || (pp_size_ > 1 && !o.model.untie_embeddings_and_output_weights))
+  if (!tied_copies.empty() || (pp_size_ > 1 && o.model.last_stage_reads_embedding()))
     for (NamedTensor* p : params_)
       if (p->name == "embedding.word_embeddings.weight") no_early_reduce_.insert(p);
   for (const auto& chunk : model_->chunks())

@@ -41,11 +41,13 @@
 #                and save; 1 rank resumes                                         == refmoe16 (1 rank)
 #   1->big       1 rank saves at 5; the 16-rank layout resumes                    == refmoe16
 #   A tiny DeepSeek-shaped model (MLA, dense first layer, 8 experts in 4 groups, top-2 of
-#   2 groups, shared expert, sigmoid + expert bias, MTP depth 1):
+#   2 groups, shared expert, sigmoid + expert bias, untied output layer, MTP depth 1):
 #   ep4ds        4 ranks, expert parallel                                         == refds (1 rank)
-#   ep2pp2ds     4 ranks, EP2 x PP2 (the first stage holds only the dense layer), no MTP,
-#                distributed optimizer, overlapped grad reduce                      == refds2
-#   ep2tp2ds     4 ranks, EP2 x TP2+SP: MLA heads and experts split over tp, no MTP  == refds2
+#   ep2pp2ds     4 ranks, EP2 x PP2 (the first stage holds only the dense layer; the last
+#                stage keeps a copy of the embedding for MTP), distributed optimizer,
+#                overlapped grad reduce                                           == refds
+#   ep2tp2ds     4 ranks, EP2 x TP2+SP: MLA heads, experts and MTP's eh_proj split over tp == refds
+#   tp2ds        2 ranks, TP2 without SP (MTP's eh_proj output gathered over tp)   == refds
 #   tp2ds_v2     2 ranks, TP2+SP, V2-Lite-style query (no q latent), full recompute == refds_v2 (1 rank)
 #   LoRA (peft: lora, rank 4, every target; frozen base) on packed rows (reset_position_ids and
 #   reset_attention_mask: documents split at end-of-document tokens), against reflora (1 rank):
@@ -157,15 +159,16 @@ DS=(--set multi_latent_attention=true --set q_lora_rank=32 --set kv_lora_rank=16
     --set moe_first_k_dense_replace=1 --set moe_router_num_groups=4 --set moe_router_group_topk=2
     --set moe_router_score_function=sigmoid --set moe_router_enable_expert_bias=true
     --set moe_router_bias_update_rate=0.001 --set moe_router_topk_scaling_factor=2.5
-    --set moe_router_load_balancing_type=seq_aux_loss --set moe_aux_loss_coeff=0.001 "${A2A[@]}")
-run refds 1 "${DS[@]}" --set mtp_num_layers=1 --set mtp_loss_scaling_factor=0.1 $(final refds)
-run ep4ds 4 "${DS[@]}" --set mtp_num_layers=1 --set mtp_loss_scaling_factor=0.1 --set expert_model_parallel_size=4 \
-  $(final ep4ds)
-run refds2 1 "${DS[@]}" $(final refds2)
-run ep2pp2ds 4 "${DS[@]}" --set expert_model_parallel_size=2 --set pipeline_model_parallel_size=2 \
+    --set moe_router_load_balancing_type=seq_aux_loss --set moe_aux_loss_coeff=0.001 "${A2A[@]}"
+    --set untie_embeddings_and_output_weights=true)
+MTP=(--set mtp_num_layers=1 --set mtp_loss_scaling_factor=0.1)
+run refds 1 "${DS[@]}" "${MTP[@]}" $(final refds)
+run ep4ds 4 "${DS[@]}" "${MTP[@]}" --set expert_model_parallel_size=4 $(final ep4ds)
+run ep2pp2ds 4 "${DS[@]}" "${MTP[@]}" --set expert_model_parallel_size=2 --set pipeline_model_parallel_size=2 \
   --set use_distributed_optimizer=true --set overlap_grad_reduce=true --set ddp_bucket_size=3000 $(final ep2pp2ds)
-run ep2tp2ds 4 "${DS[@]}" --set expert_model_parallel_size=2 --set tensor_model_parallel_size=2 \
+run ep2tp2ds 4 "${DS[@]}" "${MTP[@]}" --set expert_model_parallel_size=2 --set tensor_model_parallel_size=2 \
   --set sequence_parallel=true $(final ep2tp2ds)
+run tp2ds 2 "${DS[@]}" "${MTP[@]}" --set tensor_model_parallel_size=2 $(final tp2ds)
 V2Q=(--set q_lora_rank=null --set recompute_granularity=full --set recompute_method=uniform --set recompute_num_layers=1)
 run refds_v2 1 "${DS[@]}" "${V2Q[@]}" $(final refds_v2)
 run tp2ds_v2 2 "${DS[@]}" "${V2Q[@]}" --set tensor_model_parallel_size=2 --set sequence_parallel=true $(final tp2ds_v2)
@@ -243,7 +246,7 @@ def losses(run):
         if r.get("type") == "train":  # lm loss, and for MoE runs the load-balancing and z losses
             out[r["iteration"]] = {k: v for k, v in r.items() if k.endswith("loss")}
     return out
-refs = {r: losses(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2", "refmoe16", "refmoe4", "refds_v2", "reflora",
+refs = {r: losses(r) for r in ("ref", "ref4", "refmoe", "refds", "refmoe16", "refmoe4", "refds_v2", "reflora",
                                "refdpo")}
 for r in refs.values():
     assert sorted(r) == list(range(1, 11)), r
@@ -257,15 +260,15 @@ runs = (("dp2", ALL, "ref"), ("tp2", ALL, "ref"), ("dp2_distopt", ALL, "ref"), (
         ("moe_half", FIRST, "refmoe"), ("moe_to_pp2", LAST, "refmoe"), ("ep2moe", ALL, "refmoe"),
         ("ep4moe", ALL, "refmoe"), ("ep2dp2moe", ALL, "refmoe"), ("ep2pp2moe", ALL, "refmoe"),
         ("ep2pp2_half", FIRST, "refmoe"), ("ep_to_1", LAST, "refmoe"), ("moe_to_ep4", LAST, "refmoe"),
-        ("ep4ds", ALL, "refds"), ("ep2pp2ds", ALL, "refds2"), ("tp2moe", ALL, "refmoe"), ("ep2pp2vp", ALL, "refmoe4"),
-        ("ep2tp2ds", ALL, "refds2"), ("tp2ds_v2", ALL, "refds_v2"),
+        ("ep4ds", ALL, "refds"), ("ep2pp2ds", ALL, "refds"), ("tp2moe", ALL, "refmoe"), ("ep2pp2vp", ALL, "refmoe4"),
+        ("ep2tp2ds", ALL, "refds"), ("tp2ds", ALL, "refds"), ("tp2ds_v2", ALL, "refds_v2"),
         ("tp2spmoe", ALL, "refmoe"), ("ep2tp2sp", ALL, "refmoe"), ("big_half", FIRST, "refmoe16"),
         ("big_to_1", LAST, "refmoe16"), ("moe16_half", FIRST, "refmoe16"), ("one_to_big", LAST, "refmoe16"),
         ("tp2lora", ALL, "reflora"), ("tp2splora", ALL, "reflora"), ("dp2lora", ALL, "reflora"), ("pp2lora", ALL, "reflora"),
         ("lora_half", FIRST, "reflora"), ("lora_to_tp2sp", LAST, "reflora"), ("tp2spdpo", ALL, "refdpo"),
         ("dp2dpo", ALL, "refdpo"))
 EXPERT_PARALLEL = {"ep2moe", "ep4moe", "ep2dp2moe", "ep2pp2moe", "ep2pp2_half", "ep_to_1", "moe_to_ep4", "ep4ds",
-                   "ep2pp2ds", "ep2pp2vp", "ep2tp2ds", "tp2ds_v2", "tp2moe", "tp2spmoe", "ep2tp2sp", "big_half", "big_to_1", "one_to_big"}
+                   "ep2pp2ds", "ep2pp2vp", "ep2tp2ds", "tp2ds", "tp2ds_v2", "tp2moe", "tp2spmoe", "ep2tp2sp", "big_half", "big_to_1", "one_to_big"}
 for run, its, refname in runs:
     ref = refs[refname]
     got = losses(run)
@@ -295,7 +298,7 @@ def weights(run):  # model.safetensors of the iteration-8 checkpoint, read from 
         b, e = meta["data_offsets"]
         out[name] = np.frombuffer(raw[8 + n + b:8 + n + e], dtype="<f4").reshape(meta["shape"])
     return out
-ref_ws = {r: weights(r) for r in ("ref", "ref4", "refmoe", "refds", "refds2", "refmoe16", "refmoe4", "refds_v2", "reflora")}
+ref_ws = {r: weights(r) for r in ("ref", "ref4", "refmoe", "refds", "refmoe16", "refmoe4", "refds_v2", "reflora")}
 lora_ref = ref_ws["reflora"]
 assert any(".lora_A." in n for n in lora_ref), "reflora saved no adapters"
 assert any(np.abs(lora_ref[n]).max() > 0 for n in lora_ref if ".lora_B." in n), "LoRA's B never moved from zero"
@@ -317,8 +320,8 @@ for run, refname in (("dp2", "ref"), ("tp2", "ref"), ("dp2_distopt", "ref"), ("d
                      ("pp2vp", "ref4"), ("pp3uneven", "ref4"), ("tp2pp2_to_1", "ref"), ("one_to_tp2pp2", "ref"),
                      ("dp2moe", "refmoe"), ("pp2moe", "refmoe"), ("moe_to_pp2", "refmoe"), ("ep2moe", "refmoe"),
                      ("ep4moe", "refmoe"), ("ep2dp2moe", "refmoe"), ("ep2pp2moe", "refmoe"), ("ep_to_1", "refmoe"),
-                     ("moe_to_ep4", "refmoe"), ("ep4ds", "refds"), ("ep2pp2ds", "refds2"), ("tp2moe", "refmoe"),
-                     ("tp2spmoe", "refmoe"), ("ep2pp2vp", "refmoe4"), ("ep2tp2ds", "refds2"),
+                     ("moe_to_ep4", "refmoe"), ("ep4ds", "refds"), ("ep2pp2ds", "refds"), ("tp2moe", "refmoe"),
+                     ("tp2spmoe", "refmoe"), ("ep2pp2vp", "refmoe4"), ("ep2tp2ds", "refds"), ("tp2ds", "refds"),
                      ("tp2ds_v2", "refds_v2"), ("ep2tp2sp", "refmoe"), ("big_to_1", "refmoe16"),
                      ("one_to_big", "refmoe16"), ("tp2lora", "reflora"), ("tp2splora", "reflora"), ("dp2lora", "reflora"),
                      ("pp2lora", "reflora"), ("lora_to_tp2sp", "reflora")):
