@@ -10,6 +10,7 @@
 #include "cli/cli_common.h"
 #include "cli/commands.h"
 #include "convert/checkpoint_convert.h"
+#include "convert/primus_config.h"
 #include "convert/hf_files.h"
 #include "core/strings.h"
 
@@ -31,27 +32,15 @@ void print_convert_usage() {
       "                 primus convert primus-to-hf --load SAVE_DIR --output HF_DIR [--tokenizer-model tokenizer.json]\n");
 }
 
-// The architecture keys a training experiment needs to load the converted weights.
+// The architecture keys a training experiment needs to load the converted weights: every key
+// that convert::config_for_model sets from the model (the config.json written beside the
+// weights), so the list cannot drift from what the checkpoint records.
 void print_model_keys(const ModelConfig& m, const std::string& save_dir) {
   fmt::print("\nTo train from it, put these model keys in the experiment's model file (or overrides):\n");
-  fmt::print("  num_layers: {}\n  hidden_size: {}\n  ffn_hidden_size: {}\n  num_attention_heads: {}\n", m.num_layers,
-             m.hidden_size, m.ffn_hidden_size, m.num_attention_heads);
-  fmt::print("  group_query_attention: {}\n  num_query_groups: {}\n  kv_channels: {}\n",
-             m.num_query_groups != m.num_attention_heads, m.num_query_groups, m.head_dim());
-  fmt::print("  vocab_size: {}\n  make_vocab_size_divisible_by: 1\n", m.padded_vocab_size);
-  fmt::print("  max_position_embeddings: {}\n  norm_epsilon: {}\n  rotary_base: {}\n", m.max_position_embeddings,
-             m.norm_epsilon, m.rotary_base);
-  if (m.use_rope_scaling)
-    fmt::print("  use_rope_scaling: true\n  rope_scaling_factor: {}\n  rope_low_freq_factor: {}\n"
-               "  rope_high_freq_factor: {}\n  original_max_position_embeddings: {}\n",
-               m.rope_scaling_factor, m.rope_low_freq_factor, m.rope_high_freq_factor,
-               m.original_max_position_embeddings);
-  fmt::print("  untie_embeddings_and_output_weights: {}\n", m.untie_embeddings_and_output_weights);
-  fmt::print("  swiglu: true\n  normalization: RMSNorm\n  position_embedding_type: rope\n  add_bias_linear: false\n");
-  fmt::print("  attention_dropout: 0.0\n  hidden_dropout: 0.0\n");
-  if (m.num_experts > 0)
-    fmt::print("  num_experts: {}\n  moe_router_topk: {}\n  moe_ffn_hidden_size: {}\n  moe_aux_loss_coeff: {}\n",
-               m.num_experts, m.moe_router_topk, m.moe_ffn_hidden_size, m.moe_aux_loss_coeff);
+  const config::Config c = convert::config_for_model(m);
+  for (const auto& [key, entry] : c.entries())
+    if (entry.source.file.starts_with("derived") && !entry.value.is_null())
+      fmt::print("  {}: {}\n", key, entry.value.dump());  // JSON scalars and lists are YAML too
   fmt::print("and\n  load: {}\n  finetune: true\n", save_dir);
 }
 
