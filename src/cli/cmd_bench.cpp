@@ -91,6 +91,10 @@ int cmd_bench(int argc, char** argv) {
   attn->add_option("--mbs", mbs_list, "micro-batch sizes (default 1 2 4 8)")->delimiter(',');
   attn->add_flag("--all-configs", all_configs, "time every flash tiling variant");
   attn->add_flag("--non-causal", non_causal, "full (non-causal) attention");
+  int64_t v_head_dim = 0;
+  attn->add_option("--v-head-dim", v_head_dim,
+                   "value head dim when it differs from the query/key one (MLA: --head-dim 192 --v-head-dim 128; "
+                   "default: --head-dim)");
   int64_t doc_len = 0;
   attn->add_option("--doc-len", doc_len,
                    "packed sequences: split each row into documents of this many tokens and mask attention to "
@@ -214,6 +218,7 @@ int cmd_bench(int argc, char** argv) {
         a.heads = s.heads;
         a.kv_heads = s.kv_heads;
         a.head_dim = s.head_dim;
+        a.v_head_dim = v_head_dim;
         a.causal = !non_causal;
         a.doc_len = doc_len;
         o.shapes.push_back(a);

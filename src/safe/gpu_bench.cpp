@@ -30,7 +30,7 @@ double attention_forward_flops(const AttentionShape& s) {
     const int64_t whole = s.seq / s.doc_len, rest = s.seq % s.doc_len;
     pairs = static_cast<double>(whole) * s.doc_len * s.doc_len + static_cast<double>(rest) * rest;
   }
-  const double full = 4.0 * s.batch * s.heads * pairs * s.head_dim;
+  const double full = 2.0 * s.batch * s.heads * pairs * static_cast<double>(s.head_dim + s.dv());
   return s.causal ? full / 2 : full;
 }
 
@@ -149,12 +149,12 @@ int run_attention_bench(const AttentionBenchOptions& o) {
     const std::vector<cuda::FlashConfig> configs =
         o.all_configs ? cuda::flash_configs(s.head_dim) : std::vector<cuda::FlashConfig>{cuda::FlashConfig{}};
     const Shape sq{s.batch, s.seq, s.heads, s.head_dim}, sk{s.batch, s.seq, s.kv_heads, s.head_dim},
-        sl{s.batch, s.heads, s.seq};
+        sv{s.batch, s.seq, s.kv_heads, s.dv()}, so{s.batch, s.seq, s.heads, s.dv()}, sl{s.batch, s.heads, s.seq};
     Tensor q = random_tensor(be, sq, DType::BF16, 1), k = random_tensor(be, sk, DType::BF16, 2),
-           v = random_tensor(be, sk, DType::BF16, 3), dout = random_tensor(be, sq, DType::BF16, 4);
-    Tensor out = Tensor::empty(sq, DType::BF16, Device::CUDA), lse = Tensor::empty(sl, DType::F32, Device::CUDA);
+           v = random_tensor(be, sv, DType::BF16, 3), dout = random_tensor(be, so, DType::BF16, 4);
+    Tensor out = Tensor::empty(so, DType::BF16, Device::CUDA), lse = Tensor::empty(sl, DType::F32, Device::CUDA);
     Tensor dq = Tensor::empty(sq, DType::BF16, Device::CUDA), dk = Tensor::empty(sk, DType::BF16, Device::CUDA),
-           dv = Tensor::empty(sk, DType::BF16, Device::CUDA);
+           dv = Tensor::empty(sv, DType::BF16, Device::CUDA);
     const float scale = 1.f / std::sqrt(static_cast<float>(s.head_dim));
     const double f_fwd = attention_forward_flops(s), f_bwd = 2.5 * f_fwd;
     // Packed rows: document ids t / doc_len (segments, (B,T) int32).
@@ -178,6 +178,7 @@ int run_attention_bench(const AttentionBenchOptions& o) {
                       {"H", s.heads},
                       {"KV", s.kv_heads},
                       {"D", s.head_dim},
+                      {"Dv", s.dv()},
                       {"causal", s.causal},
                       {"doc_len", s.doc_len},
                       {"kernel", kernel},
@@ -191,8 +192,12 @@ int run_attention_bench(const AttentionBenchOptions& o) {
     be.set_attention_kernel(cuda::AttentionKernel::Flash);  // our kernels, not the default (cuDNN)
     for (const cuda::FlashConfig& cfg : configs) {
       be.set_flash_config(cfg);
-      time_kernel(fmt::format("flash fw{} fr{} bw{} br{} bk{}", cfg.fwd_warps, cfg.fwd_rows, cfg.bwd_warps,
-                              cfg.bwd_rows, cfg.bwd_keys));
+      try {  // a head-dim pair the flash kernels lack (e.g. MLA's 192/128) falls to the plain kernel
+        time_kernel(fmt::format("flash fw{} fr{} bw{} br{} bk{}", cfg.fwd_warps, cfg.fwd_rows, cfg.bwd_warps,
+                                cfg.bwd_rows, cfg.bwd_keys));
+      } catch (const Error& e) {
+        std::fprintf(stderr, "bench attention %s: flash kernels failed: %s\n", s.label.c_str(), e.what());
+      }
     }
     be.set_flash_config(cuda::FlashConfig{});
     if (seg) {  // cuDNN is not given document masks (cuda_backend.h)
@@ -203,7 +208,7 @@ int run_attention_bench(const AttentionBenchOptions& o) {
     be.set_attention_kernel(cuda::AttentionKernel::Cudnn);
     try {
       time_kernel("cudnn");
-      const cuda::CudnnAttentionShape cs{s.batch, s.seq, s.heads, s.kv_heads, s.head_dim, s.head_dim, DType::BF16,
+      const cuda::CudnnAttentionShape cs{s.batch, s.seq, s.heads, s.kv_heads, s.head_dim, s.dv(), DType::BF16,
                                          s.causal};
       std::fprintf(stderr, "bench attention %s: cudnn forward %s; backward %s\n", s.label.c_str(),
                    be.cudnn_attention().describe(cuda::CudnnPass::Forward, cs).c_str(),
@@ -211,10 +216,18 @@ int run_attention_bench(const AttentionBenchOptions& o) {
     } catch (const Error& e) {
       std::fprintf(stderr, "bench attention %s: cuDNN SDPA failed: %s\n", s.label.c_str(), e.what());
     }
+    if (s.dv() != s.head_dim) {  // where neither takes the head-dim pair, training runs the plain kernel
+      be.set_attention_kernel(cuda::AttentionKernel::Simple);
+      try {
+        time_kernel("simple");
+      } catch (const Error& e) {
+        std::fprintf(stderr, "bench attention %s: the plain kernel failed: %s\n", s.label.c_str(), e.what());
+      }
+    }
     be.set_attention_kernel(cuda::AttentionKernel::Auto);
   }
   emit(rows,
-       {"shape", "B", "T", "H", "KV", "D", "causal", "doc_len", "kernel", "fwd_us", "fwd_tflops", "bwd_us", "bwd_tflops",
+       {"shape", "B", "T", "H", "KV", "D", "Dv", "causal", "doc_len", "kernel", "fwd_us", "fwd_tflops", "bwd_us", "bwd_tflops",
         "fwd_bwd_us", "fwd_bwd_tflops"},
        o.format, o.output_file);
   return 0;

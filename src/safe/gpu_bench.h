@@ -41,6 +41,8 @@ int run_gemm_bench(const GemmBenchOptions& o);
 struct AttentionShape {
   std::string label;
   int64_t batch = 1, seq = 2048, heads = 32, kv_heads = 8, head_dim = 64;
+  int64_t v_head_dim = 0;  // the value head dim when it differs (MLA: 128 with head_dim 192); 0 = head_dim
+  int64_t dv() const { return v_head_dim > 0 ? v_head_dim : head_dim; }
   bool causal = true;
   // > 0: packed sequences, every row split into documents of doc_len tokens (the last one
   // shorter) and attention masked to each document (segments); 0: one sequence per row.
@@ -54,8 +56,9 @@ struct AttentionBenchOptions {
   std::string output_file;
 };
 int run_attention_bench(const AttentionBenchOptions& o);
-// Causal-aware FLOPs: forward 4*B*H*T*T*D (halved when causal), backward 2.5x forward; with
-// doc_len, T*T becomes the sum of the documents' squared lengths (the unmasked work).
+// Causal-aware FLOPs: forward 2*B*H*T*T*(D + Dv) (QK^T and PV; halved when causal), backward
+// 2.5x forward; with doc_len, T*T becomes the sum of the documents' squared lengths (the
+// unmasked work).
 double attention_forward_flops(const AttentionShape& s);
 
 struct OpsBenchOptions {
