@@ -185,7 +185,10 @@ std::vector<OptionSpec> training_options() {
   t.choice("peft", "none", {"none", "lora"}, "parameter-efficient fine-tuning: lora trains low-rank adapters only");
   t.integer("lora_dim", 16, "LoRA rank r").positive();
   t.real("lora_alpha", 32.0, "LoRA scaling numerator: adapters scale by lora_alpha / lora_dim").positive();
-  t.real("lora_dropout", 0.0, "LoRA dropout on the adapters' input (0 only, so far)").fraction();
+  t.real("lora_dropout", 0.0,
+         "LoRA dropout probability on the adapters' input in training (PEFT's lora_dropout: y = W x + "
+         "(alpha/r) B A dropout(x), kept values scaled by 1/(1-p)); seeded masks, the same under any data-parallel "
+         "split and on resume; not with grpo").fraction();
   t.strings("lora_target_modules",
             "linears LoRA adapts (null: linear_qkv, linear_proj, linear_fc1, linear_fc2)");
   t.flag("dpo", false, "post-training: direct preference optimisation on prompt/chosen/rejected data");
@@ -217,6 +220,10 @@ std::vector<OptionSpec> training_options() {
   t.integer("overlong_buffer_length", 0, "GRPO overlong reward: DAPO's soft punishment buffer, in tokens")
       .non_negative();
   t.opt_text("reward_command", "GRPO command reward: a process scoring completions over JSON lines (docs/RL.md)");
+  t.opt_text("generation_kv_cache_memory",
+             "GRPO: memory of the rollouts' KV cache, e.g. 4GiB or 512MiB, allocated once and reused every round; "
+             "as many completions decode together as their slots fit (continuous batching). null = one slot per "
+             "completion of the rank's round");
 
   t.group("profiling");
   t.flag("profile", false, "record a profile between profile_step_start and profile_step_end");

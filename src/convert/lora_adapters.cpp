@@ -15,7 +15,13 @@ namespace fs = std::filesystem;
 std::vector<std::string> write_peft_adapter(const std::string& dir, const ModelConfig& mc, const SafetensorsFile& file,
                                             const LoraConfig& lora) {
   PRIMUS_CHECK(!mc.multi_latent_attention && mc.num_experts == 0,
-               "PEFT export: the adapters of Llama-style layers only (this model has MLA or MoE layers)");
+               "--peft-adapter: PEFT export of adapters on {} is not built yet (DeepSeek's q_a_proj / q_b_proj / "
+               "kv_a_proj_with_mqa / kv_b_proj and per-expert gate_proj / up_proj / down_proj, Mixtral's "
+               "experts.N.w1 / w3 / w2); export the merged model instead (primus convert primus-to-hf without "
+               "--peft-adapter merges W + lora_alpha / lora_dim B A)",
+               mc.multi_latent_attention && mc.num_experts > 0 ? "multi-latent attention and MoE layers"
+               : mc.multi_latent_attention                     ? "multi-latent attention layers"
+                                                               : "MoE layers");
   fs::create_directories(dir);
   const int64_t D = mc.head_dim(), Hq = mc.num_attention_heads, Hkv = mc.query_groups(), F = mc.ffn_hidden_size;
   NamedTensorList out;

@@ -26,6 +26,20 @@ std::vector<NamedTensor*> MlaAttention::params() const {
   std::vector<NamedTensor*> out{p_.norm};
   for (NamedTensor* t : {p_.q_down, p_.q_norm, p_.q_up, p_.q, p_.kv_down, p_.kv_norm, p_.kv_up, p_.proj})
     if (t) out.push_back(t);
+  for (const parallel::LoraAdapter* l :
+       {&p_.q_down_lora, &p_.q_up_lora, &p_.q_lora, &p_.kv_down_lora, &p_.kv_up_lora, &p_.proj_lora})
+    if (l->active()) out.insert(out.end(), {l->a, l->b});
+  return out;
+}
+
+std::vector<NamedTensor*> MlaAttention::lora_partial_grads(const parallel::TensorParallel& tp) const {
+  std::vector<NamedTensor*> out;
+  parallel::lora_replicated_partial_grads(tp, p_.q_down_lora, out);
+  parallel::lora_partial_grads(tp, p_.q_up_lora, true, out);
+  parallel::lora_partial_grads(tp, p_.q_lora, true, out);
+  parallel::lora_replicated_partial_grads(tp, p_.kv_down_lora, out);
+  parallel::lora_partial_grads(tp, p_.kv_up_lora, true, out);
+  parallel::lora_partial_grads(tp, p_.proj_lora, false, out);
   return out;
 }
 
@@ -60,15 +74,20 @@ void MlaAttention::alloc_latents(Arena& A, int64_t rows, DType dt, Acts& a) cons
 
 void MlaAttention::project_latents(LayerEnv& env, const Tensor& x, Acts& a, Tensor& q_proj) const {
   ops::Context& ctx = env.ctx;
+  const parallel::LoraDropoutSite drop = lora_dropout_of(env);
   ops::rmsnorm_forward(ctx, a.h, a.rstd, x, p_.norm->value, env.norm_eps);
   if (d_.q_lora > 0) {
     ops::linear_forward(ctx, a.cq, a.h, p_.q_down->value);
+    parallel::lora_replicated_forward(ctx, env.tp, env.arena, a.cq, a.h, p_.q_down_lora, drop);
     if (p_.q_norm) ops::rmsnorm_forward(ctx, a.cqn, a.cq_rstd, a.cq, p_.q_norm->value, env.norm_eps);
     parallel::column_parallel_linear_forward(ctx, env.tp, env.arena, q_proj, a.cqn, p_.q_up->value);
+    parallel::lora_column_forward(ctx, env.tp, env.arena, q_proj, a.cqn, p_.q_up_lora, drop);
   } else {
     parallel::column_parallel_linear_forward(ctx, env.tp, env.arena, q_proj, a.h, p_.q->value);
+    parallel::lora_column_forward(ctx, env.tp, env.arena, q_proj, a.h, p_.q_lora, drop);
   }
   ops::linear_forward(ctx, a.kvd, a.h, p_.kv_down->value);
+  parallel::lora_replicated_forward(ctx, env.tp, env.arena, a.kvd, a.h, p_.kv_down_lora, drop);
   ops::copy_columns(ctx, a.ckv, 0, a.kvd, 0, d_.kv_lora);
   if (p_.kv_norm) ops::rmsnorm_forward(ctx, a.ckvn, a.ckv_rstd, a.ckv, p_.kv_norm->value, env.norm_eps);
 }
@@ -89,6 +108,7 @@ void MlaAttention::project(LayerEnv& env, const Tensor& x, Acts& a) const {
   project_latents(env, x, a, q_proj);
   Tensor kv_up = A.alloc({N, H * (d_.nope + d_.v)}, x.dtype());
   parallel::column_parallel_linear_forward(env.ctx, env.tp, A, kv_up, a.ckvn, p_.kv_up->value);
+  parallel::lora_column_forward(env.ctx, env.tp, A, kv_up, a.ckvn, p_.kv_up_lora, lora_dropout_of(env));
   // The shared rotary key of every token (all-gathered under sequence parallel).
   const Tensor kvd_all = parallel::enter_tp_region(env.tp, a.kvd, A);
   ops::mla_qkv_rope_forward(env.ctx, a.q, a.k, a.v, q_proj, kv_up, kvd_all, env.rope_cos, env.rope_sin);
@@ -120,6 +140,7 @@ void MlaAttention::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::uniqu
   project(env, x, a);
   ops::attention_forward(env.ctx, a.attn, a.lse, a.q, a.k, a.v, scale_, true);
   parallel::row_parallel_linear_forward(env.ctx, env.tp, A, y, a.attn.view({N, H * d_.v}), p_.proj->value, &x);
+  parallel::lora_row_forward(env.ctx, env.tp, A, y, a.attn.view({N, H * d_.v}), p_.proj_lora, lora_dropout_of(env));
 
   finish_attention_forward(A, scratch, std::move(acts), x, keep, acts_out);
 }
@@ -132,6 +153,7 @@ void MlaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres,
   const int64_t N = d.N(), R = d.residual_rows(), H = d_.heads, L = d_.kv_lora;
   const DType dt = a.x.dtype();
   const bool acc = !env.overwrite_linear_grads;
+  const parallel::LoraDropoutSite drop = lora_dropout_of(env);
   const Arena::Mark start = A.mark();
   if (kept == Recompute::Selective) {
     a.attn = A.alloc({d.B, d.T, H, d_.v}, dt);
@@ -147,6 +169,7 @@ void MlaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres,
     Tensor d_attn2 = d_attn.view({N, H * d_.v});
     parallel::row_parallel_linear_backward(ctx, env.tp, A, &d_attn2, p_.proj->grad, dres,
                                            a.attn.view({N, H * d_.v}), p_.proj->value, acc);
+    parallel::lora_row_backward(ctx, env.tp, A, d_attn2, dres, a.attn.view({N, H * d_.v}), p_.proj_lora, drop);
     Tensor dq = A.alloc(a.q.shape(), dt), dk = A.alloc(a.k.shape(), dt), dv = A.alloc(a.v.shape(), dt);
     ops::attention_backward(ctx, dq, dk, dv, d_attn, a.q, a.k, a.v, a.attn, a.lse, scale_, true);
     Tensor dq_proj = A.alloc({N, H * d_.qk()}, dt), dkv_up = A.alloc({N, H * (d_.nope + d_.v)}, dt);
@@ -160,37 +183,45 @@ void MlaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres,
     Tensor dckvn = A.alloc({R, L}, dt);
     parallel::column_parallel_linear_backward(ctx, env.tp, A, dckvn, p_.kv_up->grad, dkv_up, a.ckvn, p_.kv_up->value,
                                               acc);
+    parallel::lora_column_backward(ctx, env.tp, A, dckvn, dkv_up, a.ckvn, p_.kv_up_lora, drop);
     if (p_.kv_norm) {
       Tensor dckv = A.alloc({R, L}, dt);
       ops::fill(ctx, dckv, 0.f);  // on the stream, like the kernels around it
-      ops::rmsnorm_backward(ctx, dckv, p_.kv_norm->grad, dckvn, a.ckv, p_.kv_norm->value, a.ckv_rstd);
+      Tensor dw_kv_norm = norm_weight_grad(env, *p_.kv_norm);  // scratch when frozen (LoRA)
+      ops::rmsnorm_backward(ctx, dckv, dw_kv_norm, dckvn, a.ckv, p_.kv_norm->value, a.ckv_rstd);
       ops::copy_columns(ctx, dkvd, 0, dckv, 0, L);
     } else {
       ops::copy_columns(ctx, dkvd, 0, dckvn, 0, L);
     }
     ops::copy_columns(ctx, dkvd, L, dk_pe, 0, d_.rope);
     ops::linear_backward(ctx, &dh, p_.kv_down->grad, dkvd, a.h, p_.kv_down->value, acc);
+    parallel::lora_replicated_backward(ctx, env.tp, A, dh, dkvd, a.h, p_.kv_down_lora, drop);
 
     // Query path: dh += dq_proj W_q, or through W_qu, the q norm and W_qd.
     if (d_.q_lora > 0) {
       Tensor dcqn = A.alloc({R, d_.q_lora}, dt);
       parallel::column_parallel_linear_backward(ctx, env.tp, A, dcqn, p_.q_up->grad, dq_proj, a.cqn, p_.q_up->value,
                                                 acc);
+      parallel::lora_column_backward(ctx, env.tp, A, dcqn, dq_proj, a.cqn, p_.q_up_lora, drop);
       Tensor dcq = dcqn;
       if (p_.q_norm) {
         dcq = A.alloc({R, d_.q_lora}, dt);
         ops::fill(ctx, dcq, 0.f);
-        ops::rmsnorm_backward(ctx, dcq, p_.q_norm->grad, dcqn, a.cq, p_.q_norm->value, a.cq_rstd);
+        Tensor dw_q_norm = norm_weight_grad(env, *p_.q_norm);
+        ops::rmsnorm_backward(ctx, dcq, dw_q_norm, dcqn, a.cq, p_.q_norm->value, a.cq_rstd);
       }
       ops::linear_backward(ctx, nullptr, p_.q_down->grad, dcq, a.h, p_.q_down->value, acc);
       ops::matmul(ctx, dh, dcq, ops::Transpose::No, p_.q_down->value, ops::Transpose::No, 1.f, 1.f);
+      parallel::lora_replicated_backward(ctx, env.tp, A, dh, dcq, a.h, p_.q_down_lora, drop);
     } else {
       Tensor dh_q = A.alloc({R, d.C}, dt);
       parallel::column_parallel_linear_backward(ctx, env.tp, A, dh_q, p_.q->grad, dq_proj, a.h, p_.q->value, acc);
+      parallel::lora_column_backward(ctx, env.tp, A, dh_q, dq_proj, a.h, p_.q_lora, drop);
       ops::add(ctx, dh, dh, dh_q);
     }
   }
-  ops::rmsnorm_backward(ctx, dres, p_.norm->grad, dh, a.x, p_.norm->value, a.rstd);  // dres = d x
+  Tensor dw_norm = norm_weight_grad(env, *p_.norm);
+  ops::rmsnorm_backward(ctx, dres, dw_norm, dh, a.x, p_.norm->value, a.rstd);  // dres = d x
   A.release(start);
   if (kept == Recompute::Selective) a.attn = a.lse = Tensor();
 }
@@ -222,6 +253,9 @@ void MlaAttention::decode(LayerEnv& env, const Tensor& x, Tensor& y, std::vector
   ops::Context& ctx = env.ctx;
   Arena& A = env.arena;
   const int64_t B = x.size(0), H = d_.heads, L = d_.kv_lora, Dr = d_.rope, Dq = d_.qk();
+  PRIMUS_CHECK(!p_.kv_up_lora.active() && !p_.proj_lora.active(),
+               "MlaAttention::decode: the absorbed latent attention reads linear_kv_up_proj as is; merge the LoRA "
+               "adapters first (model/lora_weights.h merge_lora_adapters)");
   const DType dt = x.dtype();
   const Arena::Mark m = A.mark();
   // The same latents as training, for one token per sequence.

@@ -43,6 +43,10 @@ struct MlaParams {
   NamedTensor *q_down = nullptr, *q_norm = nullptr, *q_up = nullptr;  // Lq > 0 (q_norm optional)
   NamedTensor* q = nullptr;                                         // Lq = 0
   NamedTensor *kv_down = nullptr, *kv_norm = nullptr, *kv_up = nullptr, *proj = nullptr;
+  // LoRA runs (parallel/lora.h): adapters on the projections, inactive otherwise. The latent
+  // down-projections are replicated (lora_replicated_*), the up-projections column-parallel,
+  // linear_proj row-parallel. Generation merges them (model/lora_weights.h) before decode.
+  parallel::LoraAdapter q_down_lora{}, q_up_lora{}, q_lora{}, kv_down_lora{}, kv_up_lora{}, proj_lora{};
 };
 
 struct MlaDims {
@@ -56,6 +60,8 @@ class MlaAttention : public AttentionBlock {
 
   std::vector<NamedTensor*> params() const override;
   std::vector<NamedTensor*> overwritten_grads() const override;
+  // The adapters' grads that are partial sums over tp (parallel/lora.h).
+  std::vector<NamedTensor*> lora_partial_grads(const parallel::TensorParallel& tp) const;
   void forward(LayerEnv& env, const Tensor& x, Tensor& y, std::unique_ptr<BlockActivations>& acts,
                Recompute keep) override;
   void backward(LayerEnv& env, BlockActivations& acts, Tensor& dres, Recompute kept) override;

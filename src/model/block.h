@@ -21,6 +21,7 @@
 #include "parallel/named_tensor.h"
 #include "ops/ops.h"
 #include "parallel/expert_parallel.h"
+#include "parallel/lora.h"
 #include "parallel/tensor_parallel.h"
 
 namespace primus {
@@ -63,7 +64,17 @@ struct LayerEnv {
   // Packed rows: (B,T) int32 document ids on the device (attention stays inside a document);
   // undefined: one document per row.
   Tensor segments{};
+  // LoRA dropout of a training micro-batch (parallel/lora.h); null: none (evaluation,
+  // generation, reference log-probs). Read only when `training`; DecoderLayer keeps a copy for
+  // its backward.
+  const parallel::LoraDropout* lora_dropout = nullptr;
 };
+
+// The LoRA dropout an adapter call of this env applies (inactive outside training forwards
+// and their backward).
+inline parallel::LoraDropoutSite lora_dropout_of(const LayerEnv& env) {
+  return {env.training ? env.lora_dropout : nullptr, env.dims.T};
+}
 
 // The document ids of packed rows for the attention ops, or null.
 inline const Tensor* segments_of(const LayerEnv& env) { return env.segments.defined() ? &env.segments : nullptr; }

@@ -125,6 +125,9 @@ struct MicroBatchExtras {
   const LossWeightsHook* loss_weights = nullptr;
   // Fill StepResult::token_losses (e.g. a reference model's log-probs of sampled completions).
   bool keep_token_losses = false;
+  // LoRA dropout of a training micro-batch (parallel/lora.h; B row keys); null: none. Must live
+  // until stage_forward returns (the layers keep a copy for the backward).
+  const parallel::LoraDropout* lora_dropout = nullptr;
 };
 
 class DecoderModel {

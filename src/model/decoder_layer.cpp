@@ -24,8 +24,17 @@ std::vector<NamedTensor*> DecoderLayer::overwritten_grads() const {
 
 void DecoderLayer::forward(LayerEnv& env, const Tensor& x, Tensor& y, LayerActivations& acts, Recompute keep) {
   Arena& A = env.arena;
+  // The dropout masks of this micro-batch: a forward re-run inside the backward keeps the copy.
+  std::shared_ptr<const parallel::LoraDropout> dropout = acts.lora_dropout;
+  if (!env.recomputing) {
+    dropout = env.training && env.lora_dropout != nullptr && env.lora_dropout->active()
+                  ? std::make_shared<const parallel::LoraDropout>(*env.lora_dropout)
+                  : nullptr;
+    if (dropout) env.lora_dropout->applied = true;
+  }
   acts = LayerActivations{};
   acts.x = x;
+  acts.lora_dropout = dropout;
   const Arena::Mark start = A.mark();
   acts.x_mid = A.alloc({env.dims.residual_rows(), env.dims.C}, x.dtype());
   attention_->forward(env, x, acts.x_mid, acts.attention, keep);
@@ -34,14 +43,18 @@ void DecoderLayer::forward(LayerEnv& env, const Tensor& x, Tensor& y, LayerActiv
     A.release(start);
     acts = LayerActivations{};
     acts.x = x;
+    acts.lora_dropout = dropout;
   }
 }
 
-void DecoderLayer::backward(LayerEnv& env, LayerActivations& acts, Tensor& dres, Recompute kept) {
+void DecoderLayer::backward(LayerEnv& env_in, LayerActivations& acts, Tensor& dres, Recompute kept) {
+  LayerEnv env = env_in;  // the forward's dropout masks (LayerEnv::lora_dropout)
+  env.lora_dropout = acts.lora_dropout.get();
   Arena& A = env.arena;
   if (kept == Recompute::Full) {  // re-run the layer keeping everything, then backward as usual
     const Arena::Mark start = A.mark();
     const Tensor x = acts.x;
+    const std::shared_ptr<const parallel::LoraDropout> dropout = acts.lora_dropout;
     Tensor y = A.alloc({env.dims.residual_rows(), env.dims.C}, x.dtype());
     LayerEnv again = env;
     again.recomputing = true;
@@ -50,6 +63,7 @@ void DecoderLayer::backward(LayerEnv& env, LayerActivations& acts, Tensor& dres,
     A.release(start);
     acts = LayerActivations{};
     acts.x = x;
+    acts.lora_dropout = dropout;
     return;
   }
   mlp_->backward(env, *acts.mlp, dres, kept);        // dres = d x_mid
@@ -78,13 +92,19 @@ DecoderLayer make_decoder_layer(const ModelConfig& c, const LayerSpec& spec, con
       p.q_down = lookup(a + "linear_q_down_proj.weight");
       if (c.qk_layernorm) p.q_norm = lookup(a + "q_layernorm.weight");
       p.q_up = lookup(a + "linear_q_up_proj.weight");
+      p.q_down_lora = adapter(a + "linear_q_down_proj.weight");
+      p.q_up_lora = adapter(a + "linear_q_up_proj.weight");
     } else {
       p.q = lookup(a + "linear_q_proj.weight");
+      p.q_lora = adapter(a + "linear_q_proj.weight");
     }
     p.kv_down = lookup(a + "linear_kv_down_proj.weight");
     if (c.qk_layernorm) p.kv_norm = lookup(a + "kv_layernorm.weight");
     p.kv_up = lookup(a + "linear_kv_up_proj.weight");
     p.proj = lookup(a + "linear_proj.weight");
+    p.kv_down_lora = adapter(a + "linear_kv_down_proj.weight");
+    p.kv_up_lora = adapter(a + "linear_kv_up_proj.weight");
+    p.proj_lora = adapter(a + "linear_proj.weight");
     const MlaDims dims{c.num_attention_heads / tp_size, c.q_lora_rank, c.kv_lora_rank, c.qk_head_dim,
                       c.qk_pos_emb_head_dim, c.v_head_dim};
     attention = std::make_unique<MlaAttention>(p, dims, softmax_scale);
@@ -100,13 +120,18 @@ DecoderLayer make_decoder_layer(const ModelConfig& c, const LayerSpec& spec, con
   if (spec.mlp == MlpKind::MoE) {
     const std::string m = pre + "mlp.";
     const bool shared = c.moe_shared_expert_intermediate_size > 0;
-    mlp = std::make_unique<MoeMlp>(
-        MoeParams{mlp_norm, lookup(m + "router.weight"),
-                  c.moe_router_enable_expert_bias ? lookup(m + "router.expert_bias") : nullptr,
-                  lookup(m + "experts.linear_fc1.weight"), lookup(m + "experts.linear_fc2.weight"),
-                  shared ? lookup(m + "shared_experts.linear_fc1.weight") : nullptr,
-                  shared ? lookup(m + "shared_experts.linear_fc2.weight") : nullptr},
-        c, spec.index, tp_size);
+    MoeParams mp{mlp_norm, lookup(m + "router.weight"),
+                 c.moe_router_enable_expert_bias ? lookup(m + "router.expert_bias") : nullptr,
+                 lookup(m + "experts.linear_fc1.weight"), lookup(m + "experts.linear_fc2.weight"),
+                 shared ? lookup(m + "shared_experts.linear_fc1.weight") : nullptr,
+                 shared ? lookup(m + "shared_experts.linear_fc2.weight") : nullptr};
+    mp.fc1_lora = adapter(m + "experts.linear_fc1.weight");
+    mp.fc2_lora = adapter(m + "experts.linear_fc2.weight");
+    if (shared) {
+      mp.shared_fc1_lora = adapter(m + "shared_experts.linear_fc1.weight");
+      mp.shared_fc2_lora = adapter(m + "shared_experts.linear_fc2.weight");
+    }
+    mlp = std::make_unique<MoeMlp>(mp, c, spec.index, tp_size);
   } else {
     mlp = std::make_unique<DenseMlp>(
         MlpParams{mlp_norm, lookup(pre + "mlp.linear_fc1.weight"), lookup(pre + "mlp.linear_fc2.weight"),

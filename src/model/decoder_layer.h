@@ -21,6 +21,9 @@ struct LayerActivations {
   Tensor x;                                     // layer input (R,C), the residual stream's
   Tensor x_mid;                                 // after the attention block (R,C)
   std::unique_ptr<BlockActivations> attention, mlp;
+  // The micro-batch's LoRA dropout (a training forward with lora_dropout > 0): the backward
+  // (and a full recompute) draws the same masks from it.
+  std::shared_ptr<const parallel::LoraDropout> lora_dropout;
 };
 
 class DecoderLayer {

@@ -136,6 +136,10 @@ struct LoraSpec {
   int64_t rank = 0;  // lora_dim; 0: no LoRA
   double alpha = 32;  // lora_alpha: scaling alpha / rank
   std::vector<std::string> targets{"linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"};
+  // lora_dropout: dropout probability on the adapters' input in training (parallel/lora.h);
+  // the model draws nothing itself: the trainer passes each micro-batch's LoraDropout
+  // (MicroBatchExtras::lora_dropout, PipelinedModel::forward_backward's step).
+  double dropout = 0;
   bool active() const { return rank > 0; }
   float scaling() const { return static_cast<float>(alpha / static_cast<double>(rank)); }
 };

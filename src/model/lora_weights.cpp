@@ -48,15 +48,38 @@ Tensor load_f32(const SafetensorsFile& file, const std::string& name) {
   return Tensor::from_floats(v.to_float_vector(), v.shape());
 }
 
+namespace {
+
+// W (out, in) or stacked experts (E, out, in) += s B A per matrix (B (out, r), A (r, in), or
+// stacked (E, out, r), (E, r, in)); false when the shapes do not fit.
+bool add_lora_product(ops::Context& ctx, Tensor& w, const Tensor& a, const Tensor& b, float scaling) {
+  if (w.ndim() == 2) {
+    if (a.ndim() != 2 || b.ndim() != 2 || b.size(0) != w.size(0) || a.size(1) != w.size(1) || a.size(0) != b.size(1))
+      return false;
+    ops::matmul(ctx, w, b, ops::Transpose::No, a, ops::Transpose::No, scaling, 1.f);
+    return true;
+  }
+  if (w.ndim() != 3 || a.ndim() != 3 || b.ndim() != 3 || a.size(0) != w.size(0) || b.size(0) != w.size(0) ||
+      b.size(1) != w.size(1) || a.size(2) != w.size(2) || a.size(1) != b.size(2))
+    return false;
+  const int64_t E = w.size(0), out = w.size(1), in = w.size(2), r = a.size(1);
+  for (int64_t e = 0; e < E; ++e) {  // one routed expert at a time
+    Tensor we = w.rows(e, e + 1).view({out, in});
+    ops::matmul(ctx, we, b.rows(e, e + 1).view({out, r}), ops::Transpose::No, a.rows(e, e + 1).view({r, in}),
+                ops::Transpose::No, scaling, 1.f);
+  }
+  return true;
+}
+
+}  // namespace
+
 Tensor merged_lora_weight(const SafetensorsFile& file, const std::string& base, float scaling) {
   Tensor w = load_f32(file, base);
   const Tensor a = load_f32(file, lora_a_name(base)), b = load_f32(file, lora_b_name(base));
-  PRIMUS_CHECK(w.ndim() == 2 && a.ndim() == 2 && b.ndim() == 2 && b.size(0) == w.size(0) && a.size(1) == w.size(1) &&
-                   a.size(0) == b.size(1),
+  ops::Context cpu = ops::Context::cpu();
+  PRIMUS_CHECK(add_lora_product(cpu, w, a, b, scaling),  // W += s B A
                "{}: LoRA shapes of '{}' do not fit: W {}, A {}, B {}", file.path(), base, w.describe(), a.describe(),
                b.describe());
-  ops::Context cpu = ops::Context::cpu();
-  ops::matmul(cpu, w, b, ops::Transpose::No, a, ops::Transpose::No, scaling, 1.f);  // W += s B A
   return w;
 }
 
@@ -76,12 +99,11 @@ NamedTensorList merge_lora_adapters(ops::Context& ctx, const NamedTensorList& we
                  a != by_name.end() ? lora_b_name(name) : lora_a_name(name));
     const Tensor& A = *a->second;  // (r, in)
     const Tensor& B = *b->second;  // (out, r)
-    PRIMUS_CHECK(t.ndim() == 2 && B.size(0) == t.size(0) && A.size(1) == t.size(1) && A.size(0) == B.size(1),
-                 "merge_lora_adapters: '{}' {} does not fit lora_B {} x lora_A {}", name, shape_str(t.shape()),
-                 shape_str(B.shape()), shape_str(A.shape()));
     Tensor merged = Tensor::empty(t.shape(), t.dtype(), t.device());
     ops::copy_cast(ctx, merged, t);
-    ops::matmul(ctx, merged, B, ops::Transpose::No, A, ops::Transpose::No, scaling, 1.f);  // += s B A
+    PRIMUS_CHECK(add_lora_product(ctx, merged, A, B, scaling),  // += s B A (per expert when stacked)
+                 "merge_lora_adapters: '{}' {} does not fit lora_B {} x lora_A {}", name, shape_str(t.shape()),
+                 shape_str(B.shape()), shape_str(A.shape()));
     out.emplace_back(name, merged);
   }
   return out;

@@ -53,19 +53,33 @@ MoeMlp::MoeMlp(MoeParams p, const ModelConfig& c, int64_t layer, int64_t tp_size
   pad_ = c.moe_pad_expert_input_to_capacity;
   rate_ = c.moe_router_bias_update_rate;
   if (p_.shared_fc1 != nullptr)
-    shared_ = SwigluMlp{p_.shared_fc1, p_.shared_fc2, c.moe_shared_expert_intermediate_size / tp_size};
+    shared_ = SwigluMlp{p_.shared_fc1, p_.shared_fc2, c.moe_shared_expert_intermediate_size / tp_size,
+                        p_.shared_fc1_lora, p_.shared_fc2_lora};
   stats_.reset(E_);
 }
 
 std::vector<NamedTensor*> MoeMlp::params() const {
   std::vector<NamedTensor*> out = {p_.norm, p_.router, p_.fc1, p_.fc2};
   if (p_.shared_fc1 != nullptr) out.insert(out.end(), {p_.shared_fc1, p_.shared_fc2});
+  for (const parallel::LoraAdapter* l : {&p_.fc1_lora, &p_.fc2_lora, &p_.shared_fc1_lora, &p_.shared_fc2_lora})
+    if (l->active()) out.insert(out.end(), {l->a, l->b});
   return out;
 }
 
 std::vector<NamedTensor*> MoeMlp::overwritten_grads() const {
-  std::vector<NamedTensor*> out = params();
-  out.erase(out.begin());  // the norm's grad accumulates
+  // The router and the experts' weights (the norm's and the adapters' grads accumulate).
+  std::vector<NamedTensor*> out = {p_.router, p_.fc1, p_.fc2};
+  if (p_.shared_fc1 != nullptr) out.insert(out.end(), {p_.shared_fc1, p_.shared_fc2});
+  return out;
+}
+
+std::vector<NamedTensor*> MoeMlp::lora_partial_grads(const parallel::TensorParallel& tp) const {
+  std::vector<NamedTensor*> out;
+  if (!tp.active()) return out;
+  for (const parallel::LoraAdapter* l : {&p_.fc1_lora, &p_.shared_fc1_lora})
+    if (l->active()) out.push_back(l->a);
+  for (const parallel::LoraAdapter* l : {&p_.fc2_lora, &p_.shared_fc2_lora})
+    if (l->active()) out.push_back(l->b);
   return out;
 }
 
@@ -209,14 +223,21 @@ void MoeMlp::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::unique_ptr<
   } else {
     ops::moe_permute(ctx, a.x_perm, a.hN, a.pair_of_row, k_);
   }
+  PRIMUS_CHECK(!(p_.fc1_lora.active() || p_.fc2_lora.active()) || !lora_dropout_of(env).active(),
+               "MoE layer {}: lora_dropout with adapters on the routed experts is not built (their rows are "
+               "permuted tokens, possibly of other expert-parallel ranks); set lora_dropout: 0 or leave "
+               "linear_fc1 / linear_fc2 out of lora_target_modules", layer_);
   ops::grouped_linear_forward(ctx, a.g, a.x_perm, p_.fc1->value, a.expert_rows);
+  parallel::lora_grouped_forward(ctx, A, a.g, a.x_perm, p_.fc1_lora, a.expert_rows);
   ops::swiglu_forward(ctx, a.act, a.g);
   if (ep) {  // and the experts' outputs back to the ranks of their tokens
     Tensor y_experts = A.alloc({Mx, d.C}, dt);
     ops::grouped_linear_forward(ctx, y_experts, a.act, p_.fc2->value, a.expert_rows);
+    parallel::lora_grouped_forward(ctx, A, y_experts, a.act, p_.fc2_lora, a.expert_rows);
     parallel::combine_tokens(ctx, env.ep, A, a.exchange, y_experts, a.y_perm);
   } else {
     ops::grouped_linear_forward(ctx, a.y_perm, a.act, p_.fc2->value, a.expert_rows);
+    parallel::lora_grouped_forward(ctx, A, a.y_perm, a.act, p_.fc2_lora, a.expert_rows);
   }
   // partial (N,C) = shared(h_N) + the routed experts' outputs (this rank's share of their sum),
   // then y = x + the sum over tp.
@@ -278,9 +299,11 @@ void MoeMlp::backward(LayerEnv& env, BlockActivations& base, Tensor& dres, Recom
     }
     Tensor d_act = A.alloc({Mx, Fe_}, dt), d_g = A.alloc({Mx, 2 * Fe_}, dt);
     ops::grouped_linear_backward(ctx, &d_act, p_.fc2->grad, d_y_experts, a.act, p_.fc2->value, a.expert_rows, acc);
+    parallel::lora_grouped_backward(ctx, A, d_act, d_y_experts, a.act, p_.fc2_lora, a.expert_rows);
     ops::swiglu_backward(ctx, d_g, d_act, a.g);
     Tensor d_x_experts = A.alloc({Mx, d.C}, dt);
     ops::grouped_linear_backward(ctx, &d_x_experts, p_.fc1->grad, d_g, a.x_perm, p_.fc1->value, a.expert_rows, acc);
+    parallel::lora_grouped_backward(ctx, A, d_x_experts, d_g, a.x_perm, p_.fc1_lora, a.expert_rows);
     Tensor d_x_perm = d_x_experts;
     if (ep) {  // and d x like the experts' outputs
       d_x_perm = A.alloc({M, d.C}, dt);
@@ -308,8 +331,10 @@ void MoeMlp::backward(LayerEnv& env, BlockActivations& base, Tensor& dres, Recom
     ops::copy_cast(ctx, d_z, d_logits.rows(r0, r0 + R));
   }
   ops::matmul(ctx, dh, d_z, ops::Transpose::No, p_.router->value, ops::Transpose::No, 1.f, 1.f);  // dh += dz Wr
-  ops::matmul(ctx, p_.router->grad, d_z, ops::Transpose::Yes, a.h, ops::Transpose::No, 1.f, acc ? 1.f : 0.f);
-  ops::rmsnorm_backward(ctx, dres, p_.norm->grad, dh, a.x, p_.norm->value, a.rstd);  // dres = d x
+  if (p_.router->grad.defined())  // frozen under LoRA
+    ops::matmul(ctx, p_.router->grad, d_z, ops::Transpose::Yes, a.h, ops::Transpose::No, 1.f, acc ? 1.f : 0.f);
+  Tensor dw_norm = norm_weight_grad(env, *p_.norm);
+  ops::rmsnorm_backward(ctx, dres, dw_norm, dh, a.x, p_.norm->value, a.rstd);  // dres = d x
   A.release(start);
   if (kept == Recompute::Selective) a.act = a.shared_act = Tensor();
 }

@@ -62,6 +62,9 @@ struct MoeParams {
   NamedTensor* fc2 = nullptr;          // (E, C, Fe)
   NamedTensor* shared_fc1 = nullptr;   // (2Fs, C) or null
   NamedTensor* shared_fc2 = nullptr;   // (C, Fs) or null
+  // LoRA runs (parallel/lora.h): per-expert adapters stacked like fc1 / fc2 (lora_grouped_*),
+  // and the shared experts' (a SwiGLU MLP's); inactive otherwise.
+  parallel::LoraAdapter fc1_lora{}, fc2_lora{}, shared_fc1_lora{}, shared_fc2_lora{};
 };
 
 // What one MoE layer saw over the training forwards of a step (reset by the caller).
@@ -81,6 +84,9 @@ class MoeMlp : public Block {
 
   std::vector<NamedTensor*> params() const override;
   std::vector<NamedTensor*> overwritten_grads() const override;
+  // The adapters' grads that are partial sums over tp: fc1's A and fc2's B of the routed and the
+  // shared experts (their partial outputs are summed over tp with the base experts').
+  std::vector<NamedTensor*> lora_partial_grads(const parallel::TensorParallel& tp) const;
   void forward(LayerEnv& env, const Tensor& x, Tensor& y, std::unique_ptr<BlockActivations>& acts,
                Recompute keep) override;
   void backward(LayerEnv& env, BlockActivations& acts, Tensor& dres, Recompute kept) override;

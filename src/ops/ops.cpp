@@ -688,6 +688,22 @@ void grouped_linear_forward(Context& ctx, Tensor& y, const Tensor& x, const Tens
 void grouped_linear_backward(Context& ctx, Tensor* dx, Tensor& dw, const Tensor& dy, const Tensor& x, const Tensor& w,
                              const std::vector<int64_t>& rows, bool accumulate_dw) {
   check_grouped(ctx, x, w, dy, rows, "grouped_linear_backward");
+  if (!dw.defined()) {  // a frozen expert weight (LoRA's base): d x only, dx_e = dy_e w_e
+    if (dx == nullptr || !dx->defined()) return;
+    arg_shape(ctx, *dx, x.shape(), "grouped_linear_backward", "dx");
+    const int64_t out_f = w.size(1), in_f = w.size(2);
+    int64_t r0 = 0;
+    for (size_t e = 0; e < rows.size(); ++e) {
+      const int64_t r1 = r0 + rows[e];
+      if (r1 > r0) {
+        Tensor dxe = dx->rows(r0, r1);
+        const Tensor we = w.rows(static_cast<int64_t>(e), static_cast<int64_t>(e) + 1).view({out_f, in_f});
+        matmul(ctx, dxe, dy.rows(r0, r1), Transpose::No, we, Transpose::No, 1.f, 0.f);
+      }
+      r0 = r1;
+    }
+    return;
+  }
   arg_shape(ctx, dw, w.shape(), "grouped_linear_backward", "dw");
   PRIMUS_CHECK(dw.dtype() == DType::F32 || dw.dtype() == w.dtype(),
                "grouped_linear_backward: dw {} must be fp32 or w's dtype", dw.describe());

@@ -20,7 +20,8 @@ void PipelinedModel::wait_sends() {
 
 PipelinedModel::PipelinedModel(const ModelConfig& config, ops::Context& ctx, const DecoderOptions& options,
                                const PipelineOptions& pipeline)
-    : ctx_(ctx), v_(pipeline.virtual_stages) {
+    : ctx_(ctx), lora_dropout_(options.lora.active() ? options.lora.dropout : 0.0), seed_(options.seed),
+      v_(pipeline.virtual_stages) {
   if (pipeline.pp != nullptr && pipeline.pp->size() > 1) {
     pp_ = pipeline.pp;
     pp_size_ = pp_->size();
@@ -172,8 +173,9 @@ Tensor& PipelinedModel::recv_buffer(Tensor& buf, const Shape& shape) {
 
 namespace {
 MicroBatchExtras extras_of(const data::Batch& b, const LossWeightsHook* loss_weights = nullptr,
-                           bool keep_token_losses = false) {
+                           bool keep_token_losses = false, const parallel::LoraDropout* dropout = nullptr) {
   MicroBatchExtras e;
+  e.lora_dropout = dropout;
   if (b.positions.defined()) {
     e.positions = &b.positions;
     e.segments = &b.segments;
@@ -184,24 +186,50 @@ MicroBatchExtras extras_of(const data::Batch& b, const LossWeightsHook* loss_wei
 }
 }  // namespace
 
+std::vector<parallel::LoraDropout> PipelinedModel::lora_dropouts(const std::vector<data::Batch>& micro_batches,
+                                                                  int64_t step) const {
+  std::vector<parallel::LoraDropout> out;
+  if (lora_dropout_ <= 0.0) return out;
+  for (const data::Batch& b : micro_batches) {
+    PRIMUS_CHECK(!b.samples.empty(), "LoRA dropout: a micro-batch without dataset sample ids (data::Batch::samples) "
+                 "cannot key its dropout masks");
+    out.push_back({lora_dropout_, seed_, parallel::lora_dropout_row_keys(step, b.samples, b.tokens.size(0))});
+  }
+  return out;
+}
+
 DecoderModel::StepResult PipelinedModel::forward_backward(const std::vector<data::Batch>& micro_batches,
                                                           float loss_weight, float aux_loss_weight,
-                                                          const std::vector<LossWeightsHook>* loss_weights) {
+                                                          const std::vector<LossWeightsHook>* loss_weights,
+                                                          int64_t step) {
   PRIMUS_CHECK(loss_weights == nullptr || loss_weights->size() == micro_batches.size(),
                "PipelinedModel: {} loss-weight hooks for {} micro-batches", loss_weights ? loss_weights->size() : 0,
                micro_batches.size());
+  const std::vector<parallel::LoraDropout> dropout = lora_dropouts(micro_batches, step);
+  // Every micro-batch's masks must have reached the layers (a model that drops nothing would
+  // train without the dropout it was asked for).
+  auto check_applied = [&] {
+    for (const parallel::LoraDropout& d : dropout)
+      PRIMUS_CHECK(d.applied, "lora_dropout = {}: the model's layers were not handed the dropout masks "
+                   "(DecoderModel::stage_forward must pass MicroBatchExtras::lora_dropout on to LayerEnv)", d.p);
+  };
   if (pp_size_ == 1) {
     DecoderModel::StepResult sum;
     for (size_t m = 0; m < micro_batches.size(); ++m) {
       const data::Batch& b = micro_batches[m];
       sum += chunks_[0]->forward_backward(b.tokens, b.labels, b.loss_mask, loss_weight, aux_loss_weight,
-                                          extras_of(b, loss_weights ? &(*loss_weights)[m] : nullptr));
+                                          extras_of(b, loss_weights ? &(*loss_weights)[m] : nullptr, false,
+                                                    dropout.empty() ? nullptr : &dropout[m]));
     }
+    check_applied();
     return sum;
   }
   PRIMUS_CHECK(loss_weights == nullptr, "PipelinedModel: non-linear objectives (DPO, GRPO) run without pipeline "
                "parallelism so far (pipeline_model_parallel_size 1)");
-  return run(micro_batches, true, loss_weight, aux_loss_weight);
+  DecoderModel::StepResult sum = run(micro_batches, true, loss_weight, aux_loss_weight,
+                                     dropout.empty() ? nullptr : &dropout);
+  check_applied();
+  return sum;
 }
 
 DecoderModel::StepResult PipelinedModel::forward_only(const std::vector<data::Batch>& micro_batches,
@@ -219,7 +247,7 @@ DecoderModel::StepResult PipelinedModel::forward_only(const std::vector<data::Ba
 }
 
 DecoderModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs, bool train, float loss_weight,
-                                             float aux_loss_weight) {
+                                             float aux_loss_weight, const std::vector<parallel::LoraDropout>* dropout) {
   const int P = pp_size_, r = pp_rank_, S = P * v_;
   const int M = static_cast<int>(mbs.size());
   PRIMUS_CHECK(M >= 1, "PipelinedModel: no micro-batches to run");
@@ -245,8 +273,10 @@ DecoderModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs
         input = &recv_buffer(recv_activation_, hidden);
         channel(parallel::PipelineOp::Forward, prev).recv(*input, prev);
       }
-      const Tensor out = model.stage_forward(*state, b.tokens, &b.labels, &b.loss_mask, input, loss_weight, train,
-                                             aux_loss_weight, extras_of(b));
+      const Tensor out =
+          model.stage_forward(*state, b.tokens, &b.labels, &b.loss_mask, input, loss_weight, train, aux_loss_weight,
+                              extras_of(b, nullptr, false,
+                                        dropout != nullptr ? &(*dropout)[static_cast<size_t>(a.micro_batch)] : nullptr));
       if (s == S - 1) {
         DecoderModel::StepResult losses;  // the loss sums only (row sums stay with the stage)
         losses.loss_sum = state->result().loss_sum;

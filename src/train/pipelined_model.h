@@ -86,9 +86,13 @@ class PipelinedModel {
   // loss_weights (one per micro-batch; pp 1 only: DPO, GRPO), the gradient weighs each token's
   // loss by the hook's answer (DecoderModel::MicroBatchExtras). row_loss_sums of the result
   // list every micro-batch's rows in order (pp 1).
+  // step: the optimizer step (iteration) these micro-batches train, the same on every rank: with
+  // LoRA dropout (DecoderOptions::lora.dropout > 0) it keys the masks with the batches'
+  // samples (parallel/lora.h lora_dropout_row_keys), so they do not depend on the split.
   DecoderModel::StepResult forward_backward(const std::vector<data::Batch>& micro_batches, float loss_weight,
                                             float aux_loss_weight = 0.f,
-                                            const std::vector<LossWeightsHook>* loss_weights = nullptr);
+                                            const std::vector<LossWeightsHook>* loss_weights = nullptr,
+                                            int64_t step = 0);
   // keep_token_losses (pp 1): StepResult::token_losses of every micro-batch, in order.
   DecoderModel::StepResult forward_only(const std::vector<data::Batch>& micro_batches, bool keep_token_losses = false);
 
@@ -122,10 +126,14 @@ class PipelinedModel {
   void send(parallel::Communicator& comm, const Tensor& t, int peer);
   void wait_sends();
   DecoderModel::StepResult run(const std::vector<data::Batch>& micro_batches, bool train, float loss_weight,
-                               float aux_loss_weight);
+                               float aux_loss_weight, const std::vector<parallel::LoraDropout>* dropout = nullptr);
+  // The LoRA dropout of each micro-batch of a training step (empty when lora_dropout is 0).
+  std::vector<parallel::LoraDropout> lora_dropouts(const std::vector<data::Batch>& micro_batches, int64_t step) const;
   Tensor& recv_buffer(Tensor& buf, const Shape& shape);
 
   ops::Context& ctx_;
+  double lora_dropout_ = 0;  // DecoderOptions::lora.dropout
+  uint64_t seed_ = 0;        // DecoderOptions::seed (keys the dropout masks)
   int pp_size_ = 1, pp_rank_ = 0, v_ = 1;
   parallel::Communicator* pp_ = nullptr;
   std::unique_ptr<parallel::Communicator> p2p_[4];  // by parallel::P2pChannel (wrap ones only when v > 1)

@@ -2,9 +2,11 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "core/error.h"
+#include "infer/kv_cache.h"
 #include "model/model_stats.h"
 #include "train/logging.h"
 
@@ -165,14 +167,26 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
     o.lora.rank = cfg.i("lora_dim");
     o.lora.alpha = cfg.f("lora_alpha");
     if (cfg.has("lora_target_modules")) o.lora.targets = cfg.list("lora_target_modules");
-    if (cfg.f("lora_dropout") != 0.0)
-      throw Error(fmt::format("lora_dropout = {} ({}): dropout on the LoRA path is not built yet; set 0 (PEFT's "
-                              "default is 0 too)", cfg.f("lora_dropout"), cfg.source("lora_dropout").str()));
+    o.lora.dropout = cfg.f("lora_dropout");
+    if (!(o.lora.dropout >= 0.0 && o.lora.dropout < 1.0))
+      throw Error(fmt::format("lora_dropout = {} ({}) must be in [0, 1)", o.lora.dropout,
+                              cfg.source("lora_dropout").str()));
+    const auto targets = [&](const char* m) {
+      return std::find(o.lora.targets.begin(), o.lora.targets.end(), m) != o.lora.targets.end();
+    };
+    if (o.lora.dropout > 0.0 && o.model.num_experts > 0 && (targets("linear_fc1") || targets("linear_fc2")))
+      throw Error(fmt::format("lora_dropout = {} ({}) on an MoE model with linear_fc1 / linear_fc2 in "
+                              "lora_target_modules: dropout on the routed experts' adapters is not built yet (their "
+                              "rows are permuted tokens); set lora_dropout: 0, or target the attention only",
+                              o.lora.dropout, cfg.source("lora_dropout").str()));
   } else {
     for (const char* k : {"lora_target_modules"})
       if (cfg.has(k))
         throw Error(fmt::format("{} ({}) is set but peft is none: set peft: lora, or remove it", k,
                                 cfg.source(k).str()));
+    if (cfg.f("lora_dropout") != 0.0)
+      throw Error(fmt::format("lora_dropout = {} ({}) is set but peft is none: set peft: lora, or remove it",
+                              cfg.f("lora_dropout"), cfg.source("lora_dropout").str()));
   }
   o.dpo_options.beta = cfg.f("dpo_beta");
   o.dpo_options.loss = parse_dpo_loss_type(cfg.s("dpo_loss_type"));
@@ -185,7 +199,7 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
         "num_generations", "max_prompt_length", "max_completion_length", "temperature", "top_p", "top_k",
         "stop_strings", "num_iterations", "grpo_beta", "grpo_epsilon", "grpo_epsilon_high", "grpo_loss_type",
         "scale_rewards", "reward_funcs", "reward_weights", "reward_answer_key", "reward_answer_regex",
-        "reward_format_regex", "overlong_buffer_length", "reward_command"};
+        "reward_format_regex", "overlong_buffer_length", "reward_command", "generation_kv_cache_memory"};
     if (!o.grpo)
       for (const char* k : kGrpoKeys)
         if (cfg.source(k).file != config::kSchemaDefault && !cfg.value(k).is_null())
@@ -197,6 +211,10 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
     if (!o.posttrain) refuse_post("grpo");
     if (o.dpo)
       throw Error(fmt::format("grpo: true and dpo: true ({}): a run is one or the other", cfg.source("dpo").str()));
+    if (o.lora.dropout > 0.0)
+      throw Error(fmt::format("lora_dropout = {} ({}) with grpo: true: GRPO's rollout rows (several completions of "
+                              "one prompt) carry no per-row sample key for the dropout masks yet; set lora_dropout: "
+                              "0", o.lora.dropout, cfg.source("lora_dropout").str()));
     rl::GrpoOptions& g = o.grpo_options;
     g.num_generations = cfg.i("num_generations");
     g.max_prompt_length = cfg.i("max_prompt_length");
@@ -221,6 +239,10 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
     g.rewards.overlong_buffer_length = cfg.i("overlong_buffer_length");
     g.rewards.command = opt_path(cfg, "reward_command");
     g.rewards.max_completion_length = g.max_completion_length;
+    if (cfg.has("generation_kv_cache_memory"))
+      g.generation_kv_cache_memory = infer::parse_memory_size(
+          opt_path(cfg, "generation_kv_cache_memory"),
+          fmt::format("generation_kv_cache_memory ({})", cfg.source("generation_kv_cache_memory").str()));
     const int64_t mu = g.num_iterations;
     for (const char* k : {"save_interval", "exit_interval"})
       if (cfg.has(k) && cfg.i(k) % mu != 0)

@@ -615,9 +615,10 @@ LossSums Run::train_step(float loss_weight, std::vector<data::Batch>& batches) {
   const float aux_weight =
       static_cast<float>(scaler_.scale() / static_cast<double>(num_micro_batches_ * dp_size_));
   const DecoderModel::StepResult r =
-      dpo_    ? model_->forward_backward(batches, loss_weight, aux_weight, &dpo_->hooks(batches, scaler_.scale()))
-      : grpo_ ? model_->forward_backward(batches, loss_weight, aux_weight, &grpo_->hooks(scaler_.scale()))
-              : model_->forward_backward(batches, loss_weight, aux_weight);
+      dpo_ ? model_->forward_backward(batches, loss_weight, aux_weight, &dpo_->hooks(batches, scaler_.scale()),
+                                      iteration_)
+      : grpo_ ? model_->forward_backward(batches, loss_weight, aux_weight, &grpo_->hooks(scaler_.scale()), iteration_)
+              : model_->forward_backward(batches, loss_weight, aux_weight, nullptr, iteration_);
   // Sequence parallel: the replicated norm weights got partial grads on each tp rank.
   // LoRA under tp: the adapters' partial grads likewise (parallel/lora.h).
   if (tp_size_ > 1) model_->reduce_sequence_parallel_grads();

@@ -147,7 +147,7 @@ def mla_rope(cfg):
     return freq, table_scale, softmax_scale
 
 
-def mla_attention(h, p, pre, cfg, cos, sin, scale):
+def mla_attention(h, p, pre, cfg, cos, sin, scale, dropout=None):
     """DeepSeek-V2's multi-head latent attention on h (B,T,C) (DeepSeek-AI 2024, section 2.1):
     queries through an optional low-rank latent, keys/values from a shared latent c_kv, a
     decoupled rotary key shared by the heads."""
@@ -157,23 +157,23 @@ def mla_attention(h, p, pre, cfg, cos, sin, scale):
                         m["kv_lora_rank"])
     a = pre + "self_attention."
     if m["q_lora_rank"] > 0:
-        cq = h @ p[a + "linear_q_down_proj.weight"].T
+        cq = linear(h, p, a + "linear_q_down_proj", cfg, dropout)
         if m["latent_norms"]:
             cq = rms_norm(cq, p[a + "q_layernorm.weight"], eps)
-        q = cq @ p[a + "linear_q_up_proj.weight"].T
+        q = linear(cq, p, a + "linear_q_up_proj", cfg, dropout)
     else:
-        q = h @ p[a + "linear_q_proj.weight"].T
+        q = linear(h, p, a + "linear_q_proj", cfg, dropout)
     q = q.reshape(B, T, H, Dn + Dr)
     q_nope, q_pe = q[..., :Dn], apply_rope(q[..., Dn:], cos, sin)
-    kv_d = h @ p[a + "linear_kv_down_proj.weight"].T
+    kv_d = linear(h, p, a + "linear_kv_down_proj", cfg, dropout)
     c_kv, k_pe = kv_d[..., :L], kv_d[..., L:]
     if m["latent_norms"]:
         c_kv = rms_norm(c_kv, p[a + "kv_layernorm.weight"], eps)
-    kv = (c_kv @ p[a + "linear_kv_up_proj.weight"].T).reshape(B, T, H, Dn + Dv)
+    kv = linear(c_kv, p, a + "linear_kv_up_proj", cfg, dropout).reshape(B, T, H, Dn + Dv)
     k_nope, v = kv[..., :Dn], kv[..., Dn:]
     k_pe = apply_rope(k_pe.reshape(B, T, 1, Dr), cos, sin).expand(B, T, H, Dr)
     out = attention(torch.cat([q_nope, q_pe], -1), torch.cat([k_nope, k_pe], -1), v, scale)
-    return out.reshape(B, T, H * Dv) @ p[a + "linear_proj.weight"].T
+    return linear(out.reshape(B, T, H * Dv), p, a + "linear_proj", cfg, dropout)
 
 
 def swiglu_mlp(x, fc1, fc2):
@@ -202,7 +202,7 @@ def group_limited_topk(sel, k, groups, group_topk, group_score="topk_sum"):
     return topk_indices(sel.masked_fill(~eligible, float("-inf")), k)
 
 
-def moe_mlp(x, p, pre, m, B, T, bias):
+def moe_mlp(x, p, pre, m, B, T, bias, cfg=None, dropout=None):
     """Megatron's MoE layer (router, token dropping, experts, shared experts) on x (B,T,C).
     Every expert runs on every token and is weighted by its (masked) routing probability: the
     same outputs and gradients as a dispatcher that only sends the routed tokens.
@@ -241,13 +241,22 @@ def moe_mlp(x, p, pre, m, B, T, bias):
             routed = routed & keep
     weights = routing_probs * routed.double()
     out = torch.zeros(N, C, dtype=h.dtype)
+
+    def expert_linear(v, name, e):
+        """Expert e's projection, plus its own LoRA adapter (lora_A / lora_B stacked over the experts)."""
+        y = v @ p[name + ".weight"][e].T
+        if (name + ".lora_A.weight") in p:
+            y = y + cfg["lora"]["scaling"] * (v @ p[name + ".lora_A.weight"][e].T) @ p[name + ".lora_B.weight"][e].T
+        return y
+
     for e in range(E):
-        w1 = p[pre + "mlp.experts.linear_fc1.weight"][e]
-        w2 = p[pre + "mlp.experts.linear_fc2.weight"][e]
-        out = out + weights[:, e:e + 1] * swiglu_mlp(h, w1, w2)
-    if m["shared_ffn_hidden_size"] > 0:
-        out = out + swiglu_mlp(h, p[pre + "mlp.shared_experts.linear_fc1.weight"],
-                               p[pre + "mlp.shared_experts.linear_fc2.weight"])
+        gate, up = expert_linear(h, pre + "mlp.experts.linear_fc1", e).chunk(2, dim=-1)
+        y = expert_linear(torch.nn.functional.silu(gate) * up, pre + "mlp.experts.linear_fc2", e)
+        out = out + weights[:, e:e + 1] * y
+    if m["shared_ffn_hidden_size"] > 0:  # on x (B,T,C): the LoRA dropout masks are per (row, token)
+        g, u = linear(x, p, pre + "mlp.shared_experts.linear_fc1", cfg, dropout).chunk(2, dim=-1)
+        out = out + linear(torch.nn.functional.silu(g) * u, p, pre + "mlp.shared_experts.linear_fc2", cfg,
+                           dropout).reshape(N, C)
     # Auxiliary losses on the scores over all experts and their own top-k.
     aux = torch.zeros((), dtype=z.dtype)
     if m["aux_coeff"] > 0 and m["load_balancing"] in ("aux_loss", "seq_aux_loss"):
@@ -274,18 +283,75 @@ def roll_left(t, shift, fill):
     return out
 
 
-def linear(h, p, name, cfg):
-    """h @ W^T, plus the LoRA path s (h A^T) B^T when the weight has adapters (Hu et al. 2021)."""
+M32 = (1 << 32) - 1
+M64 = (1 << 64) - 1
+
+
+def philox4x32(counter_lo, counter_hi, key):
+    """Philox-4x32-10 (Salmon et al., SC'11; Random123's philox4x32 with its default 10 rounds) on
+    numpy uint64 arrays of 64-bit counter halves and a 64-bit key: the four 32-bit output words."""
+    c = [counter_lo & M32, counter_lo >> np.uint64(32), counter_hi & M32, counter_hi >> np.uint64(32)]
+    k0, k1 = key & M32, key >> 32
+    for _ in range(10):
+        p0 = np.uint64(0xD2511F53) * c[0]
+        p1 = np.uint64(0xCD9E8D57) * c[2]
+        c = [(p1 >> np.uint64(32)) ^ c[1] ^ np.uint64(k0), p1 & np.uint64(M32),
+             (p0 >> np.uint64(32)) ^ c[3] ^ np.uint64(k1), p0 & np.uint64(M32)]
+        k0, k1 = (k0 + 0x9E3779B9) & M32, (k1 + 0xBB67AE85) & M32
+    return c
+
+
+# Random123's known-answer vector for philox4x32-10: counter 0, key 0.
+assert [int(w[0]) for w in philox4x32(np.zeros(1, np.uint64), np.zeros(1, np.uint64), 0)] == \
+    [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+
+
+def fnv1a64(text):
+    h = 0xCBF29CE484222325
+    for byte in text.encode("utf-8"):
+        h = ((h ^ byte) * 0x100000001B3) & M64
+    return h
+
+
+def lora_dropout_mask(name, shape, dropout):
+    """PEFT's lora_dropout mask (B,T,F) of the input of adapter `name` (its lora_A weight name),
+    as Primus keys it (parallel/lora.h, ops/dropout.h DropoutMask): element (b, t, c) is kept
+    when word c % 4 of philox4x32(counter (t << 32 | c // 4, row_keys[b]), key) >> 8 is at least
+    floor(p 2^24), key = fnv1a64(name) + 0x9E3779B97F4A7C15 (seed + 1) mod 2^64."""
+    B, T, F = shape
+    key = (fnv1a64(name) + 0x9E3779B97F4A7C15 * (dropout["seed"] + 1)) & M64
+    t = np.arange(T, dtype=np.uint64)[None, :, None]
+    c = np.arange(F, dtype=np.uint64)[None, None, :]
+    rows = np.asarray(dropout["row_keys"], dtype=np.uint64)[:, None, None]
+    lo = np.broadcast_to((t << np.uint64(32)) | (c >> np.uint64(2)), (B, T, F))
+    hi = np.broadcast_to(rows, (B, T, F))
+    words = np.stack(philox4x32(lo.copy(), hi.copy(), key), axis=-1)  # (B,T,F,4)
+    word = np.take_along_axis(words, np.broadcast_to((c & np.uint64(3)).astype(np.int64)[..., None],
+                                                     (B, T, F, 1)), axis=-1)[..., 0]
+    threshold = math.floor(dropout["p"] * 16777216.0)
+    return torch.from_numpy((word >> np.uint64(8)) >= threshold)
+
+
+def linear(h, p, name, cfg, dropout=None):
+    """h @ W^T, plus the LoRA path s (h A^T) B^T when the weight has adapters (Hu et al. 2021); in a
+    training forward with lora_dropout p the adapter path reads dropout(h) = h * mask / (1 - p)
+    (PEFT's LoraLayer: lora_B(lora_A(dropout(x))) * scaling; the base path reads h)."""
     y = h @ p[name + ".weight"].T
     if (name + ".lora_A.weight") in p:
-        y = y + cfg["lora"]["scaling"] * (h @ p[name + ".lora_A.weight"].T) @ p[name + ".lora_B.weight"].T
+        ha = h
+        if dropout is not None:
+            mask = lora_dropout_mask(name + ".lora_A.weight", h.shape, dropout)
+            ha = h * mask.to(h.dtype) / (1 - dropout["p"])
+        y = y + cfg["lora"]["scaling"] * (ha @ p[name + ".lora_A.weight"].T) @ p[name + ".lora_B.weight"].T
     return y
 
 
-def llama_forward(p, cfg, tokens, buffers=None, labels=None, mask=None, positions=None, segments=None):
+def llama_forward(p, cfg, tokens, buffers=None, labels=None, mask=None, positions=None, segments=None,
+                  dropout=None):
     """Logits (B,T,V), the MoE auxiliary objective (0 for dense models) and, with labels and mask,
     the multi-token-prediction depths' (loss sum, loss tokens) for the weights p (dict name ->
-    tensor), buffers (the expert biases) and tokens (B,T)."""
+    tensor), buffers (the expert biases) and tokens (B,T). dropout: LoRA dropout of a training
+    forward ({"p", "seed", "row_keys"}), or None."""
     B, T = tokens.shape
     Hq, Hkv, D, F = cfg["num_attention_heads"], cfg["num_query_groups"], cfg["head_dim"], cfg["ffn_hidden_size"]
     eps = cfg["norm_epsilon"]
@@ -301,24 +367,24 @@ def llama_forward(p, cfg, tokens, buffers=None, labels=None, mask=None, position
         nonlocal aux
         h = rms_norm(x, p[pre + "input_layernorm.weight"], eps)
         if "mla" in cfg:
-            x = x + mla_attention(h, p, pre, cfg, cos, sin, mla_scale)
+            x = x + mla_attention(h, p, pre, cfg, cos, sin, mla_scale, dropout)
         else:
-            qkv = linear(h, p, pre + "self_attention.linear_qkv", cfg)
+            qkv = linear(h, p, pre + "self_attention.linear_qkv", cfg, dropout)
             q, k, v = qkv.split([Hq * D, Hkv * D, Hkv * D], dim=-1)
             q = apply_rope(q.reshape(B, T, Hq, D), cos, sin)
             k = apply_rope(k.reshape(B, T, Hkv, D), cos, sin)
             v = v.reshape(B, T, Hkv, D)
             a = attention(q, k, v, segments=segments).reshape(B, T, Hq * D)
-            x = x + linear(a, p, pre + "self_attention.linear_proj", cfg)
+            x = x + linear(a, p, pre + "self_attention.linear_proj", cfg, dropout)
         h = rms_norm(x, p[pre + "pre_mlp_layernorm.weight"], eps)
         moe = cfg.get("moe")
         if moe and moe["layers"][l]:
             bias = (buffers or {}).get(pre + "mlp.router.expert_bias")
-            y, layer_aux = moe_mlp(h, p, pre, moe, B, T, bias)
+            y, layer_aux = moe_mlp(h, p, pre, moe, B, T, bias, cfg, dropout)
             x, aux = x + y, aux + layer_aux
         else:
-            g, u = linear(h, p, pre + "mlp.linear_fc1", cfg).chunk(2, dim=-1)
-            x = x + linear(torch.nn.functional.silu(g) * u, p, pre + "mlp.linear_fc2", cfg)
+            g, u = linear(h, p, pre + "mlp.linear_fc1", cfg, dropout).chunk(2, dim=-1)
+            x = x + linear(torch.nn.functional.silu(g) * u, p, pre + "mlp.linear_fc2", cfg, dropout)
         return x
 
     x = emb[tokens.long()]
@@ -410,8 +476,13 @@ def check_model(path):
     p = {n: t["param." + n].double().requires_grad_(True) for n in names}
     buffers = {k[len("buffer."):]: v.double() for k, v in t.items() if k.startswith("buffer.")}
     weights = {**buffers, **p}  # LoRA: the frozen base model is held as buffers
+    dropout = None
+    if "lora_row_keys" in t:  # the training forward drops (LoRA dropout); evaluation does not
+        assert cfg["lora"]["dropout"] > 0
+        dropout = {"p": cfg["lora"]["dropout"], "seed": cfg["lora"]["seed"],
+                   "row_keys": [int(k) & M64 for k in t["lora_row_keys"].tolist()]}
     logits, aux, mtp = llama_forward(weights, cfg, t["tokens"], buffers, t["labels"], t["loss_mask"],
-                                     t.get("positions"), t.get("segments"))
+                                     t.get("positions"), t.get("segments"), dropout)
     loss_sum, count = masked_loss_sum(logits, t["labels"], t["loss_mask"])
     loss = (dpo_objective(logits, t, cfg) if "dpo" in cfg
             else grpo_objective(logits, t, cfg) if "grpo" in cfg else loss_sum / count)
@@ -420,7 +491,14 @@ def check_model(path):
     objective.backward()
     rows = [("loss", rel_error(t["loss"], loss.detach()))]
     if "logits" in t:
-        rows.append(("logits", rel_error(t["logits"], logits.detach())))
+        # Our logits come from the evaluation path: without dropout.
+        eval_logits = logits if dropout is None else llama_forward(weights, cfg, t["tokens"], buffers)[0]
+        rows.append(("logits", rel_error(t["logits"], eval_logits.detach())))
+        if dropout is not None:  # the training forward must differ, or the case would test nothing
+            changed = rel_error(logits.detach(), eval_logits.detach())
+            print(f"  {meta['case']}: LoRA dropout p {dropout['p']} changes the training logits by {changed:.2e}")
+            if not changed > 1e-3:
+                rows.append(("dropout had no effect", float("inf")))
     else:
         assert cfg["packed"], "only packed cases leave the logits out"
     if "moe" in cfg:

@@ -35,6 +35,7 @@
 #include "model/decoder.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
+#include "parallel/lora.h"
 #include "rl/grpo_loss.h"
 #include "train/dpo_loss.h"
 
@@ -47,7 +48,7 @@ struct Case {
   int64_t batch = 2, seq = 12;
   Recompute recompute = Recompute::None;
   bool ignore_labels = false;  // some labels -1 (ignored) besides the loss mask
-  LoraSpec lora{};             // rank > 0: LoRA
+  LoraSpec lora{};             // rank > 0: LoRA (lora.dropout > 0: the training forward drops)
   bool packed = false;         // several documents per row (positions, segments)
   std::string dpo;             // a DPO loss type: rows are (chosen, rejected) pairs
   double dpo_beta = 0.1, dpo_label_smoothing = 0;
@@ -231,6 +232,54 @@ std::map<std::string, Case> cases() {
   lora2.lora.targets = {"linear_qkv", "linear_fc2"};
   lora2.recompute = Recompute::Full;
   m["gqa_lora_qkv_fc2_tied_recompute"] = lora2;
+  // LoRA dropout (PEFT's lora_dropout on the adapters' input; the masks replicated by the
+  // reference from the row keys): every target; a fully recomputed layer (the masks drawn again
+  // in the backward) with 4-row micro-batch and packed documents.
+  Case drop{base("gqa_lora_dropout")};
+  drop.lora.rank = 4;
+  drop.lora.alpha = 8;
+  drop.lora.dropout = 0.3;
+  drop.seq = 13;  // T not a multiple of 4; hidden 32 and ffn 48 split into Philox blocks of 4
+  m["gqa_lora_dropout"] = drop;
+  Case drop2{base("gqa_lora_dropout_recompute_packed")};
+  drop2.lora.rank = 3;
+  drop2.lora.alpha = 6;
+  drop2.lora.dropout = 0.5;
+  drop2.lora.targets = {"linear_proj", "linear_fc1"};
+  drop2.recompute = Recompute::Full;
+  drop2.packed = true;
+  drop2.batch = 4;
+  drop2.seq = 20;
+  m["gqa_lora_dropout_recompute_packed"] = drop2;
+  // LoRA on multi-latent attention (every projection: replicated latent down-projections,
+  // column-parallel up-projections, row-parallel output) and on MoE layers (an adapter per routed
+  // expert, the shared experts'): DeepSeek-V3-shaped with routed and shared experts, selective
+  // recompute; V2-Lite-shaped (queries projected directly) with dense MLPs and LoRA dropout;
+  // Mixtral-shaped, adapters on the experts only, full recompute.
+  const std::vector<std::string> mla_targets = {"linear_q_down_proj", "linear_q_up_proj", "linear_q_proj",
+                                                "linear_kv_down_proj", "linear_kv_up_proj", "linear_proj",
+                                                "linear_fc1", "linear_fc2"};
+  Case v3_lora = v3;
+  v3_lora.config.name = "mla_v3_moe_lora_all_targets";
+  v3_lora.lora.rank = 4;
+  v3_lora.lora.alpha = 8;
+  v3_lora.lora.targets = mla_targets;
+  m["mla_v3_moe_lora_all_targets"] = v3_lora;
+  Case lite_lora = lite;
+  lite_lora.config.name = "mla_v2_lite_lora_dropout";
+  lite_lora.lora.rank = 3;
+  lite_lora.lora.alpha = 9;
+  lite_lora.lora.targets = mla_targets;
+  lite_lora.lora.dropout = 0.25;
+  lite_lora.recompute = Recompute::Full;
+  m["mla_v2_lite_lora_dropout"] = lite_lora;
+  Case mix_lora = mix;
+  mix_lora.config.name = "moe_mixtral_lora_experts_recompute";
+  mix_lora.lora.rank = 2;
+  mix_lora.lora.alpha = 6;
+  mix_lora.lora.targets = {"linear_fc1", "linear_fc2"};
+  mix_lora.recompute = Recompute::Full;
+  m["moe_mixtral_lora_experts_recompute"] = mix_lora;
   // Packed rows: documents of random lengths, positions restarting, attention inside each.
   Case packed{base("gqa_packed_documents")};
   packed.packed = true;
@@ -267,6 +316,11 @@ std::map<std::string, Case> cases() {
   dpo_lora.config.name = "dpo_sigmoid_lora";
   dpo_lora.lora.rank = 4;
   m["dpo_sigmoid_lora"] = dpo_lora;
+  Case dpo_drop = dpo_lora;  // chosen and rejected rows of a pair: two rows of one sample
+  dpo_drop.config.name = "dpo_sigmoid_lora_dropout";
+  dpo_drop.lora.dropout = 0.2;
+  dpo_drop.recompute = Recompute::Selective;
+  m["dpo_sigmoid_lora_dropout"] = dpo_drop;
   return m;
 }
 
@@ -274,7 +328,8 @@ std::string config_json(const Case& cs, int64_t B, int64_t T) {
   const ModelConfig& c = cs.config;
   nlohmann::json j;
   if (cs.lora.active())
-    j["lora"] = {{"rank", cs.lora.rank}, {"scaling", cs.lora.scaling()}, {"targets", cs.lora.targets}};
+    j["lora"] = {{"rank", cs.lora.rank}, {"scaling", cs.lora.scaling()}, {"targets", cs.lora.targets},
+                 {"dropout", cs.lora.dropout}, {"seed", 42}};
   j["packed"] = cs.packed;
   if (!cs.dpo.empty()) j["dpo"] = {{"type", cs.dpo}, {"beta", cs.dpo_beta}, {"label_smoothing", cs.dpo_label_smoothing}};
   if (!cs.grpo.empty())
@@ -402,6 +457,16 @@ int run_model(const std::string& name, const std::string& out) {
     extras.positions = &b.positions;
     extras.segments = &b.segments;
   }
+  // LoRA dropout: the micro-batch's row keys, as the trainer makes them (step 3; DPO: two rows,
+  // chosen and rejected, per sample).
+  parallel::LoraDropout dropout;
+  if (c.lora.dropout > 0) {
+    std::vector<int64_t> samples;
+    const int64_t per = c.dpo.empty() ? 1 : 2;
+    for (int64_t i = 0; i < c.batch / per; ++i) samples.push_back(100 + 7 * i);
+    dropout = {c.lora.dropout, opt.seed, parallel::lora_dropout_row_keys(3, samples, c.batch)};
+    extras.lora_dropout = &dropout;
+  }
   if (c.lora.active())  // lora_B starts at zero: random values give lora_A a gradient too
     for (NamedTensor* p : model.parameters())
       if (p->name.find("lora_B") != std::string::npos) {
@@ -518,6 +583,12 @@ int run_model(const std::string& name, const std::string& out) {
   tensors.emplace_back("dropped", Tensor::from_floats({static_cast<float>(dropped)}, {}));
   tensors.emplace_back("aux", Tensor::from_floats({static_cast<float>(aux)}, {}));
   for (NamedTensor* p : model.parameters()) tensors.emplace_back("grad." + p->name, p->grad);
+  if (dropout.active()) {
+    Tensor keys = Tensor::empty({c.batch}, DType::I64);
+    for (int64_t i = 0; i < c.batch; ++i)
+      keys.data<int64_t>()[i] = static_cast<int64_t>(dropout.row_keys[static_cast<size_t>(i)]);
+    tensors.emplace_back("lora_row_keys", keys);
+  }
   tensors.emplace_back("tokens", b.tokens);
   tensors.emplace_back("labels", b.labels);
   tensors.emplace_back("loss_mask", b.mask);

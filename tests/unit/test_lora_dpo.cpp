@@ -71,13 +71,64 @@ TEST(Lora, TargetsAndModelsRefusedByName) {
   const ModelConfig c = tiny();
   EXPECT_NE(error_of([&] { with_lora(c, layer_params(c, decoder_layer(c, 0)), lora); }).find("did you mean 'linear_qkv'"),
             std::string::npos);
-  ModelConfig moe = tiny();
-  moe.num_experts = 4;
-  moe.moe_router_topk = 2;
-  moe.moe_ffn_hidden_size = 8;
+  ModelConfig mtp = tiny();
+  mtp.mtp_num_layers = 1;
   lora.targets = LoraSpec{}.targets;
-  EXPECT_NE(error_of([&] { with_lora(moe, layer_params(moe, decoder_layer(moe, 0)), lora); }).find("MoE layers"),
-            std::string::npos);
+  std::string mtp_error = error_of([&] { with_lora(mtp, layer_params(mtp, decoder_layer(mtp, 0)), lora); });
+  for (char& ch : mtp_error) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  EXPECT_NE(mtp_error.find("mtp"), std::string::npos) << mtp_error;
+}
+
+// MLA's projections and MoE experts: replicated latent down-projections get replicated A and B,
+// the up-projections column-parallel adapters; each routed expert its own A / B, stacked like
+// the experts and split like them (whole experts over ep, fc1's B rows / fc2's A columns over tp);
+// the shared experts as a dense MLP's. The expert bias stays a trained-by-rule fp32 buffer.
+TEST(Lora, AdapterTableOfMlaAndMoeLayers) {
+  ModelConfig c = tiny();
+  c.multi_latent_attention = true;
+  c.q_lora_rank = 12;
+  c.kv_lora_rank = 8;
+  c.qk_head_dim = 4;
+  c.qk_pos_emb_head_dim = 2;
+  c.v_head_dim = 4;
+  c.num_experts = 4;
+  c.moe_router_topk = 2;
+  c.moe_ffn_hidden_size = 6;
+  c.moe_shared_expert_intermediate_size = 10;
+  c.moe_router_enable_expert_bias = true;
+  LoraSpec lora;
+  lora.rank = 3;
+  lora.targets = {"linear_q_down_proj", "linear_q_up_proj", "linear_kv_down_proj", "linear_kv_up_proj", "linear_proj",
+                  "linear_fc1", "linear_fc2"};
+  const std::vector<ParamSpec> t = with_lora(c, layer_params(c, decoder_layer(c, 0)), lora);
+  std::map<std::string, ParamSpec> by;
+  for (const ParamSpec& p : t) by[p.name] = p;
+  const std::string a = "decoder.layers.0.self_attention.", m = "decoder.layers.0.mlp.";
+  for (const char* mod : {"linear_q_down_proj", "linear_kv_down_proj"}) {
+    const ParamSpec& la = by.at(a + mod + ".lora_A.weight");
+    EXPECT_EQ(la.split, ParamSplit::Replicated) << mod;
+    EXPECT_EQ(by.at(a + mod + ".lora_B.weight").split, ParamSplit::Replicated) << mod;
+  }
+  EXPECT_EQ(by.at(a + "linear_q_down_proj.lora_A.weight").shape, (Shape{3, 16}));
+  EXPECT_EQ(by.at(a + "linear_q_down_proj.lora_B.weight").shape, (Shape{12, 3}));
+  EXPECT_EQ(by.at(a + "linear_kv_up_proj.lora_A.weight").split, ParamSplit::Replicated);
+  EXPECT_EQ(by.at(a + "linear_kv_up_proj.lora_B.weight").split, ParamSplit::Column);
+  EXPECT_EQ(by.at(a + "linear_proj.lora_A.weight").split, ParamSplit::Row);
+  EXPECT_EQ(by.at(m + "experts.linear_fc1.lora_A.weight").shape, (Shape{4, 3, 16}));
+  EXPECT_EQ(by.at(m + "experts.linear_fc1.lora_A.weight").split, ParamSplit::Experts);
+  EXPECT_EQ(by.at(m + "experts.linear_fc1.lora_B.weight").shape, (Shape{4, 12, 3}));
+  EXPECT_EQ(by.at(m + "experts.linear_fc1.lora_B.weight").split, ParamSplit::ExpertsColumn);
+  EXPECT_EQ(by.at(m + "experts.linear_fc1.lora_B.weight").parts, (std::vector<int64_t>{6, 6}));
+  EXPECT_EQ(by.at(m + "experts.linear_fc2.lora_A.weight").shape, (Shape{4, 3, 6}));
+  EXPECT_EQ(by.at(m + "experts.linear_fc2.lora_A.weight").split, ParamSplit::ExpertsRow);
+  EXPECT_EQ(by.at(m + "experts.linear_fc2.lora_B.weight").split, ParamSplit::Experts);
+  EXPECT_EQ(by.at(m + "shared_experts.linear_fc1.lora_B.weight").split, ParamSplit::Column);
+  EXPECT_EQ(by.at(m + "shared_experts.linear_fc2.lora_A.weight").split, ParamSplit::Row);
+  EXPECT_FALSE(by.count(m + "router.lora_A.weight"));
+  EXPECT_FALSE(by.at(m + "router.expert_bias").frozen);
+  EXPECT_TRUE(by.at(m + "router.weight").frozen);
+  for (const ParamSpec& p : t)
+    if (p.role != ParamRole::ExpertBias) EXPECT_EQ(p.trainable(), p.role == ParamRole::Adapter) << p.name;
 }
 
 TEST(Lora, ModelTrainsOnlyAdaptersAndStartsAsTheBase) {

@@ -1,0 +1,212 @@
+// LoRA dropout (lora_dropout > 0; parallel/lora.h): the counter-based mask op (its pieces under
+// any row / column split equal the whole, kept share and scale), the row keys (a sample's key
+// does not depend on the micro-batch it rides in), and the model: p = 0 changes nothing,
+// evaluation does not drop, the masks follow the samples across micro-batch splits and are
+// recomputed identically by full recompute. The adapted model's values and gradients under
+// dropout are checked against PyTorch in tests/reference/check_llama.py (gqa_lora_dropout*).
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/rng.h"
+#include "model/decoder.h"
+#include "ops/dropout.h"
+#include "ops/ops.h"
+#include "parallel/lora.h"
+
+using namespace primus;
+
+namespace {
+
+ModelConfig tiny() {
+  ModelConfig c;
+  c.name = "lora_dropout_tiny";
+  c.num_layers = 2;
+  c.hidden_size = 16;
+  c.ffn_hidden_size = 24;
+  c.num_attention_heads = 4;
+  c.num_query_groups = 2;
+  c.padded_vocab_size = c.vocab_size = 32;
+  c.max_position_embeddings = 64;
+  return c;
+}
+
+ops::DropoutMask mask_of(double p, int64_t T, std::vector<uint64_t> keys) {
+  ops::DropoutMask m;
+  m.key = parallel::lora_dropout_key(5, "decoder.layers.0.mlp.linear_fc1.lora_A.weight");
+  m.threshold = ops::dropout_threshold(p);
+  m.scale = static_cast<float>(1.0 / (1.0 - p));
+  m.T = T;
+  m.row_keys = std::move(keys);
+  return m;
+}
+
+Tensor ramp(int64_t rows, int64_t cols) {
+  Tensor x = Tensor::empty({rows, cols}, DType::F32);
+  for (int64_t i = 0; i < x.numel(); ++i) x.data<float>()[i] = 0.5f + static_cast<float>(i % 97) * 0.01f;
+  return x;
+}
+
+struct Outcome {
+  double loss = 0;
+  std::map<std::string, std::vector<float>> grads;
+};
+
+DecoderOptions lora_options(Recompute recompute = Recompute::None) {
+  DecoderOptions o;
+  o.seed = 11;
+  o.recompute = recompute;
+  o.lora.rank = 4;
+  o.lora.alpha = 8;
+  return o;
+}
+
+void randomize_b(DecoderModel& m) {  // B = 0 at init: random B gives every adapter a gradient
+  for (NamedTensor* p : m.parameters())
+    if (p->name.find("lora_B") != std::string::npos) CounterRng(9, stream_id(p->name)).fill_normal(p->value, 0.f, 0.3f);
+}
+
+struct Data {
+  Tensor tokens, labels, mask;
+};
+
+Data rows(int64_t B, int64_t T, int64_t first) {
+  Data d{Tensor::empty({B, T}, DType::I32), Tensor::empty({B, T}, DType::I32), Tensor::empty({B, T}, DType::F32)};
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t i = b * T + t, g = (first + b) * T + t;
+      d.tokens.data<int32_t>()[i] = static_cast<int32_t>((g * 7 + 3) % 32);
+      d.labels.data<int32_t>()[i] = static_cast<int32_t>((g * 5 + 1) % 32);
+      d.mask.data<float>()[i] = 1.f;
+    }
+  return d;
+}
+
+// One forward_backward per micro-batch of `split` rows (of 4 rows of samples 10..13), dropout p.
+Outcome train_rows(double p, int64_t split, Recompute recompute = Recompute::None, bool with_dropout = true) {
+  ops::Context ctx = ops::Context::cpu();
+  DecoderModel m(tiny(), ctx, lora_options(recompute));
+  randomize_b(m);
+  m.zero_grads();
+  Outcome r;
+  const int64_t T = 8;
+  for (int64_t first = 0; first < 4; first += split) {
+    const Data d = rows(split, T, first);
+    std::vector<int64_t> samples;
+    for (int64_t b = 0; b < split; ++b) samples.push_back(10 + first + b);
+    const parallel::LoraDropout drop{p, 11, parallel::lora_dropout_row_keys(6, samples, split)};
+    MicroBatchExtras e;
+    if (with_dropout) e.lora_dropout = &drop;
+    r.loss += m.forward_backward(d.tokens, d.labels, d.mask, 1.f / 32, 0.f, e).loss_sum;
+  }
+  for (NamedTensor* p : m.parameters()) r.grads[p->name] = p->grad.to_float_vector();
+  return r;
+}
+
+double max_rel_diff(const Outcome& a, const Outcome& b) {
+  double worst = 0;
+  for (const auto& [name, ga] : a.grads) {
+    const std::vector<float>& gb = b.grads.at(name);
+    double num = 0, den = 0;
+    for (size_t i = 0; i < ga.size(); ++i) {
+      num = std::max(num, std::fabs(static_cast<double>(ga[i]) - gb[i]));
+      den = std::max(den, std::fabs(static_cast<double>(ga[i])));
+    }
+    worst = std::max(worst, num / std::max(den, 1e-30));
+  }
+  return worst;
+}
+
+}  // namespace
+
+TEST(LoraDropout, MaskPiecesEqualTheWholeAndKeepOneMinusP) {
+  ops::Context ctx = ops::Context::cpu();
+  const int64_t B = 3, T = 5, C = 22;
+  const double p = 0.3;
+  const ops::DropoutMask whole = mask_of(p, T, {1, 2, 0xFFFFFFFFFFFFFFF0ull});
+  const Tensor x = ramp(B * T, C);
+  Tensor y = Tensor::empty(x.shape(), DType::F32);
+  ops::dropout(ctx, y, x, whole);
+  int64_t kept = 0;
+  for (int64_t n = 0; n < B * T; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const float xv = x.data<float>()[n * C + c], yv = y.data<float>()[n * C + c];
+      const bool keep = ops::dropout_keeps(whole, n, c);
+      kept += keep;
+      ASSERT_EQ(yv, keep ? xv * whole.scale : 0.f) << n << "," << c;
+    }
+  const double share = static_cast<double>(kept) / static_cast<double>(B * T * C);
+  EXPECT_NEAR(share, 1 - p, 0.08);
+  // A block of rows and columns (a sequence-parallel rank's rows, a row-parallel rank's input
+  // features) draws exactly its piece of the whole mask.
+  const int64_t r0 = 4, r1 = 13, c0 = 3, c1 = 17;
+  Tensor piece = Tensor::empty({r1 - r0, c1 - c0}, DType::F32), out = piece.clone();
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t c = c0; c < c1; ++c) piece.data<float>()[(r - r0) * (c1 - c0) + c - c0] = x.data<float>()[r * C + c];
+  ops::DropoutMask part = whole;
+  part.first_row = r0;
+  part.first_col = c0;
+  ops::dropout(ctx, out, piece, part);
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t c = c0; c < c1; ++c)
+      ASSERT_EQ(out.data<float>()[(r - r0) * (c1 - c0) + c - c0], y.data<float>()[r * C + c]) << r << "," << c;
+  // In place (the backward masks its gradient where it lies); p = 0 keeps everything as is.
+  Tensor z = x.clone();
+  ops::dropout(ctx, z, z, whole);
+  EXPECT_EQ(z.to_float_vector(), y.to_float_vector());
+  Tensor id = x.clone();
+  ops::dropout(ctx, id, id, mask_of(0.0, T, {1, 2, 3}));
+  EXPECT_EQ(id.to_float_vector(), x.to_float_vector());
+  EXPECT_THROW(ops::dropout_threshold(1.0), Error);
+}
+
+TEST(LoraDropout, RowKeysFollowTheSampleNotTheMicroBatch) {
+  using parallel::lora_dropout_row_keys;
+  const std::vector<uint64_t> two = lora_dropout_row_keys(4, {5, 9}, 2);
+  EXPECT_EQ(lora_dropout_row_keys(4, {9}, 1)[0], two[1]);  // another data-parallel split
+  EXPECT_EQ(lora_dropout_row_keys(4, {5}, 1)[0], two[0]);
+  EXPECT_NE(two[0], two[1]);
+  EXPECT_NE(lora_dropout_row_keys(5, {5}, 1)[0], two[0]);  // the next step draws new masks
+  // DPO: rows [0, mb) chosen, [mb, 2 mb) rejected of the same samples; each row its own key.
+  const std::vector<uint64_t> dpo = lora_dropout_row_keys(4, {5, 9}, 4);
+  EXPECT_EQ(lora_dropout_row_keys(4, {9}, 2)[1], dpo[3]);
+  EXPECT_EQ(dpo[0], two[0]);
+  EXPECT_NE(dpo[2], dpo[0]);
+  EXPECT_THROW(lora_dropout_row_keys(4, {5, 9}, 3), Error);
+}
+
+TEST(LoraDropout, ZeroProbabilityChangesNothing) {
+  const Outcome without = train_rows(0.0, 2, Recompute::None, false);
+  const Outcome zero = train_rows(0.0, 2);
+  EXPECT_EQ(without.loss, zero.loss);
+  EXPECT_EQ(without.grads, zero.grads);
+}
+
+TEST(LoraDropout, TrainingDropsEvaluationDoesNot) {
+  const Outcome without = train_rows(0.0, 2, Recompute::None, false);
+  const Outcome dropped = train_rows(0.4, 2);
+  EXPECT_NE(without.loss, dropped.loss);
+  EXPECT_GT(max_rel_diff(without, dropped), 1e-3);
+  // forward_only and logits (evaluation, generation's reference) ignore the dropout.
+  ops::Context ctx = ops::Context::cpu();
+  DecoderModel m(tiny(), ctx, lora_options());
+  randomize_b(m);
+  const Data d = rows(2, 8, 0);
+  const parallel::LoraDropout drop{0.4, 11, parallel::lora_dropout_row_keys(6, {10, 11}, 2)};
+  MicroBatchExtras e;
+  e.lora_dropout = &drop;
+  EXPECT_EQ(m.forward_only(d.tokens, d.labels, d.mask, e).loss_sum, m.forward_only(d.tokens, d.labels, d.mask).loss_sum);
+}
+
+TEST(LoraDropout, MasksFollowSamplesAcrossSplitsAndRecompute) {
+  // 4 rows as one micro-batch, as two of 2 and as four of 1 (other data-parallel / accumulation
+  // splits): the same masks, so the same gradient up to summation order.
+  const Outcome one = train_rows(0.4, 4), two = train_rows(0.4, 2), four = train_rows(0.4, 1);
+  EXPECT_NEAR(one.loss, two.loss, 1e-4 * std::fabs(one.loss));
+  EXPECT_NEAR(one.loss, four.loss, 1e-4 * std::fabs(one.loss));
+  EXPECT_LT(max_rel_diff(one, two), 1e-5);
+  EXPECT_LT(max_rel_diff(one, four), 1e-5);
+  // Full and selective recompute draw the masks again in the backward: the same gradients.
+  EXPECT_LT(max_rel_diff(one, train_rows(0.4, 4, Recompute::Full)), 1e-6);
+  EXPECT_LT(max_rel_diff(one, train_rows(0.4, 4, Recompute::Selective)), 1e-6);
+}
