@@ -184,6 +184,7 @@ int cmd_generate(int argc, char** argv) {
   int64_t vocab_size_opt = 0;
   infer::GenerateOptions gen;
   bool ignore_eos = false, no_special = false, no_stream = false, quiet = false;
+  std::string kv_cache_memory;
   app.add_option("--load", load, "checkpoint: a save directory (latest iteration) or an iter_XXXXXXX directory")
       ->required();
   app.add_option("--iteration", iteration, "iteration to load from the save directory (default: the tracker's)");
@@ -225,6 +226,13 @@ int cmd_generate(int argc, char** argv) {
   app.add_option("--dump-logits", dump_logits,
                  "write the logits of every prompt position as fp32 .npy [prompts, tokens, padded vocab] (prompts "
                  "of equal length)");
+  app.add_option("--kv-cache-memory", kv_cache_memory,
+                 "memory for the KV cache, e.g. 2GiB, 512MiB, 1.5GB: as many sequences decode together as their "
+                 "slots fit (continuous batching: a finished one leaves, a waiting prompt joins); default: one slot "
+                 "per prompt");
+  app.add_option("--max-batch", gen.kv_budget.max_batch,
+                 "at most this many sequences decode together (continuous batching; with --kv-cache-memory the "
+                 "smaller wins)");
   app.add_flag("--no-stream", no_stream, "print a single prompt's text at the end instead of token by token");
   app.add_flag("--quiet", quiet, "print no text and no throughput line (use with --output-json)");
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
@@ -251,6 +259,9 @@ int cmd_generate(int argc, char** argv) {
                "--chat-template and --system apply to chat prompts: add --chat (or use --chat-file)");
   infer::validate(gen.sampling);
   PRIMUS_CHECK(gen.max_new_tokens >= 1, "--max-new-tokens must be >= 1, got {}", gen.max_new_tokens);
+  PRIMUS_CHECK(gen.kv_budget.max_batch >= 0, "--max-batch {} must be >= 1", gen.kv_budget.max_batch);
+  if (!kv_cache_memory.empty())
+    gen.kv_budget.memory_bytes = infer::parse_memory_size(kv_cache_memory, "--kv-cache-memory");
 
   ops::Context ctx = device == Device::CPU ? ops::Context::cpu() : ops::Context::cuda();
   infer::InferenceModel model = infer::load_inference_model(load, iteration, device, dtype);
@@ -397,6 +408,7 @@ int cmd_generate(int argc, char** argv) {
     };
   }
 
+  const infer::KvCachePlan plan = infer::plan_generation_cache(decoder, ids, gen);  // errors before any work
   const infer::GenerateResult r = infer::generate(decoder, ids, gen);
 
   std::vector<std::string> texts;
@@ -431,22 +443,34 @@ int cmd_generate(int argc, char** argv) {
   // A decode step reads every weight once and each sequence's KV cache up to its position: the
   // least memory traffic of a step, against an H100 SXM's 3.35 TB/s (the roofline).
   const double step_ms = 1e3 * r.decode_seconds / static_cast<double>(std::max<int64_t>(r.decode_steps, 1));
-  const double mean_context = static_cast<double>(r.prompt_tokens) / static_cast<double>(prompts.size()) +
-                              static_cast<double>(r.decode_steps) / 2.0;
-  const double step_bytes = static_cast<double>(decoder.weight_bytes()) +
-                            static_cast<double>(prompts.size()) * mean_context *
-                                static_cast<double>(decoder.cache_values_per_token() * dtype_size(decoder.dtype()));
+  // The cache a step reads: every position of every sequence, summed over the steps that
+  // sequence was decoded in (prompt + its k-th token at step k), spread over the steps.
+  double cache_positions = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const double n = static_cast<double>(r.tokens[i].size()) - 1;  // decode steps of sequence i
+    cache_positions += n * static_cast<double>(ids[i].size()) + n * (n + 1) / 2;
+  }
+  const double step_bytes =
+      static_cast<double>(decoder.weight_bytes()) +
+      cache_positions / static_cast<double>(std::max<int64_t>(r.decode_steps, 1)) *
+          static_cast<double>(decoder.cache_values_per_token() * dtype_size(decoder.dtype()));
+  const std::string slots_text = fmt::format(
+      "{} slot(s) x {} positions, {} ({}), {} prefill(s)", r.slots, r.cache_max_len, infer::format_bytes(r.cache_bytes),
+      plan.limited_by == "memory"     ? "--kv-cache-memory " + kv_cache_memory
+      : plan.limited_by == "max_batch" ? fmt::format("--max-batch {}", gen.kv_budget.max_batch)
+                                       : "one slot per prompt",
+      r.prefills);
   const double roofline_ms = step_bytes / 3.35e12 * 1e3;
   std::fflush(stdout);  // the text's last line before the stats on stderr (a shared terminal or pipe)
   if (!quiet)
     fmt::print(stderr,
                "[generate] {} prompt(s), {} prompt tokens, {} new tokens on {} ({}): prefill {:.3f} s ({:.1f} "
                "tokens/s), decode {:.3f} s ({:.1f} tokens/s, {:.3f} ms per step), {:.1f} new tokens/s overall; {}; "
-               "a decode step reads >= {:.3f} GB (weights + KV cache): {:.3f} ms at 3.35 TB/s, {:.0f}% of that "
-               "roofline\n",
+               "slots: {}; a decode step reads >= {:.3f} GB (weights + KV cache): {:.3f} ms at 3.35 TB/s, {:.0f}% of "
+               "that roofline\n",
                prompts.size(), r.prompt_tokens, r.generated_tokens, device_name_opt, dtype_name(dtype),
                r.prefill_seconds, r.prefill_tokens_per_s(), r.decode_seconds, r.decode_tokens_per_s(), step_ms,
-               r.generated_tokens / std::max(total_s, 1e-12), decoder.cache_description(), step_bytes / 1e9,
+               r.generated_tokens / std::max(total_s, 1e-12), decoder.cache_description(), slots_text, step_bytes / 1e9,
                roofline_ms, r.decode_steps > 0 ? 100.0 * roofline_ms / step_ms : 0.0);
 
   if (!dump_logits.empty()) infer::write_npy_f32(dump_logits, r.prompt_logits);
@@ -486,6 +510,12 @@ int cmd_generate(int argc, char** argv) {
     j["prefill_seconds"] = r.prefill_seconds;
     j["decode_seconds"] = r.decode_seconds;
     j["decode_steps"] = r.decode_steps;
+    j["kv_cache"] = {{"slots", r.slots},
+                     {"max_len", r.cache_max_len},
+                     {"bytes", r.cache_bytes},
+                     {"bytes_per_slot", plan.bytes_per_slot},
+                     {"limited_by", plan.limited_by},
+                     {"prefills", r.prefills}};
     j["decode_ms_per_step"] = step_ms;
     j["decode_bytes_per_step"] = step_bytes;
     j["roofline_ms_per_step_3_35TBps"] = roofline_ms;

@@ -51,7 +51,7 @@ NamedTensorList weights_of(DecoderModel& model) {
 }
 
 CachedDecoder::CachedDecoder(const ModelConfig& config, ops::Context& ctx, const NamedTensorList& weights)
-    : config_(config), ctx_(ctx), arena_(ctx.device()) {
+    : config_(config), ctx_(ctx), arena_(ctx.device()), prefill_arena_(ctx.device()) {
   check_buildable(config_, "generate");
   if (config_.num_query_groups <= 0) config_.num_query_groups = config_.num_attention_heads;
   rotary_ = rotary_of(config_);
@@ -188,64 +188,105 @@ void CachedDecoder::ensure_rope_rows(int64_t n) {
   }
 }
 
-Tensor CachedDecoder::to_device(const Tensor& host) {
-  if (ctx_.device() == Device::CPU) return host;
-  Tensor t = arena_.alloc(host.shape(), host.dtype());
-  t.copy_from(host);
-  return t;
-}
-
 template <typename Attend>
-void CachedDecoder::run_layers(LayerEnv& env, Tensor& x, Attend&& attend) {
+void CachedDecoder::run_layers(LayerEnv& env, Tensor& x, Arena& arena, Attend&& attend) {
   for (size_t l = 0; l < layers_.size(); ++l) {
-    const Arena::Mark m = arena_.mark();
-    Tensor x_mid = arena_.alloc(x.shape(), dtype_);
+    const Arena::Mark m = arena.mark();
+    Tensor x_mid = arena.alloc(x.shape(), dtype_);
     attend(layers_[l].attention(), x, x_mid, l);
     std::unique_ptr<BlockActivations> acts;
     layers_[l].mlp().forward(env, x_mid, x, acts, Recompute::Full);  // x = x_mid + mlp(norm(x_mid))
-    arena_.release(m);
+    arena.release(m);
   }
 }
 
-Tensor CachedDecoder::device_logits(const Tensor& x_rows) {
+Tensor CachedDecoder::device_logits(const Tensor& x_rows) { return device_logits(x_rows, arena_); }
+
+Tensor CachedDecoder::device_logits(const Tensor& x_rows, Arena& arena) {
   const int64_t n = x_rows.size(0), V = config_.padded_vocab_size, C = config_.hidden_size;
-  Tensor h = arena_.alloc({n, C}, dtype_), rstd = arena_.alloc({n}, DType::F32);
+  Tensor h = arena.alloc({n, C}, dtype_), rstd = arena.alloc({n}, DType::F32);
   ops::rmsnorm_forward(ctx_, h, rstd, x_rows, final_norm_->value, static_cast<float>(config_.norm_epsilon));
-  Tensor logits = arena_.alloc({n, V}, DType::F32);
+  Tensor logits = arena.alloc({n, V}, DType::F32);
   ops::matmul(ctx_, logits, h, ops::Transpose::No, output_->value, ops::Transpose::Yes);
   return logits;
 }
 
-Tensor CachedDecoder::final_logits(const Tensor& x_rows) {
+Tensor CachedDecoder::final_logits(const Tensor& x_rows, Arena& arena) {
   const int64_t n = x_rows.size(0), V = config_.padded_vocab_size;
   Tensor host = Tensor::empty({n, V}, DType::F32);
   for (int64_t r0 = 0; r0 < n; r0 += kLogitsChunkRows) {
     const int64_t r1 = std::min(n, r0 + kLogitsChunkRows);
-    const Arena::Mark m = arena_.mark();
-    const Tensor logits = device_logits(x_rows.rows(r0, r1));
+    const Arena::Mark m = arena.mark();
+    const Tensor logits = device_logits(x_rows.rows(r0, r1), arena);
     Tensor dst = host.rows(r0, r1);
     dst.copy_from(logits);
-    arena_.release(m);
+    arena.release(m);
   }
   return host;
 }
 
+namespace {
+std::vector<int64_t> all_slots(size_t n) {
+  std::vector<int64_t> s(n);
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<int64_t>(i);
+  return s;
+}
+}  // namespace
+
 Tensor CachedDecoder::prefill(KvCache& cache, const std::vector<std::vector<int32_t>>& prompts, Tensor* all_logits) {
-  const Tensor last = prefill_rows(cache, prompts, all_logits);
-  return final_logits(last);
+  PRIMUS_CHECK(static_cast<int64_t>(prompts.size()) == cache.batch, "prefill: {} prompts for a cache of {} sequences",
+               prompts.size(), cache.batch);
+  drop_graph();  // the next decode steps capture again (buffers and scratch may move)
+  const Tensor last = prefill_rows(cache, all_slots(prompts.size()), prompts, all_logits, arena_);
+  return final_logits(last, arena_);
 }
 
 Tensor CachedDecoder::prefill_to_device(KvCache& cache, const std::vector<std::vector<int32_t>>& prompts) {
-  const Tensor last = prefill_rows(cache, prompts, nullptr);
-  return device_logits(last);
+  PRIMUS_CHECK(static_cast<int64_t>(prompts.size()) == cache.batch, "prefill: {} prompts for a cache of {} sequences",
+               prompts.size(), cache.batch);
+  drop_graph();
+  const Tensor last = prefill_rows(cache, all_slots(prompts.size()), prompts, nullptr, arena_);
+  return device_logits(last, arena_);
 }
 
-Tensor CachedDecoder::prefill_rows(KvCache& cache, const std::vector<std::vector<int32_t>>& prompts,
-                                   Tensor* all_logits) {
+Tensor CachedDecoder::prefill_slots(KvCache& cache, std::span<const int64_t> slots,
+                                    const std::vector<std::vector<int32_t>>& prompts, Tensor* all_logits) {
+  const Tensor last = prefill_rows(cache, slots, prompts, all_logits, prefill_arena_);
+  return final_logits(last, prefill_arena_);
+}
+
+Tensor CachedDecoder::prefill_slots_to_device(KvCache& cache, std::span<const int64_t> slots,
+                                              const std::vector<std::vector<int32_t>>& prompts) {
+  const Tensor last = prefill_rows(cache, slots, prompts, nullptr, prefill_arena_);
+  return device_logits(last, prefill_arena_);
+}
+
+void CachedDecoder::upload_positions(KvCache& cache) const {
+  Tensor pos_host = Tensor::empty({cache.batch}, DType::I32);
+  for (int64_t b = 0; b < cache.batch; ++b)
+    pos_host.data<int32_t>()[b] = static_cast<int32_t>(cache.lengths[static_cast<size_t>(b)]);
+  // Tensor::copy_from runs on the legacy default stream, which the backend's (blocking) stream
+  // is ordered with: decode steps queued before see the old positions, later ones the new.
+  cache.positions.copy_from(pos_host);
+}
+
+Tensor CachedDecoder::prefill_rows(KvCache& cache, std::span<const int64_t> slots,
+                                   const std::vector<std::vector<int32_t>>& prompts, Tensor* all_logits,
+                                   Arena& arena) {
   const auto B = static_cast<int64_t>(prompts.size());
   const int64_t V = config_.padded_vocab_size, C = config_.hidden_size;
-  PRIMUS_CHECK(B == cache.batch, "prefill: {} prompts for a cache of {} sequences", B, cache.batch);
+  PRIMUS_CHECK(B >= 1 && B <= cache.batch, "prefill: {} prompts for a cache of {} slots", B, cache.batch);
+  PRIMUS_CHECK(static_cast<int64_t>(slots.size()) == B, "prefill: {} slots for {} prompts", slots.size(), B);
   check_cache(cache, "prefill");
+  std::vector<bool> taken(static_cast<size_t>(cache.batch), false);
+  bool consecutive = true;
+  for (int64_t j = 0; j < B; ++j) {
+    const int64_t s = slots[static_cast<size_t>(j)];
+    PRIMUS_CHECK(s >= 0 && s < cache.batch, "prefill: slot {} outside the cache's [0, {})", s, cache.batch);
+    PRIMUS_CHECK(!taken[static_cast<size_t>(s)], "prefill: slot {} is given twice", s);
+    taken[static_cast<size_t>(s)] = true;
+    consecutive = consecutive && s == slots[0] + j;
+  }
   int64_t T = 0;
   for (int64_t b = 0; b < B; ++b) {
     const auto& p = prompts[static_cast<size_t>(b)];
@@ -258,8 +299,7 @@ Tensor CachedDecoder::prefill_rows(KvCache& cache, const std::vector<std::vector
     T = std::max<int64_t>(T, static_cast<int64_t>(p.size()));
   }
   const int64_t N = B * T;
-  drop_graph();  // the next decode steps capture again (buffers and scratch may move)
-  arena_.reset();
+  arena.reset();
   ensure_rope_rows(cache.max_len);  // once for the whole generation (decode reuses the rows)
 
   // Right-padded ids (padding repeats id 0: causal attention keeps it out of real rows).
@@ -267,23 +307,53 @@ Tensor CachedDecoder::prefill_rows(KvCache& cache, const std::vector<std::vector
   for (int64_t b = 0; b < B; ++b)
     std::copy(prompts[static_cast<size_t>(b)].begin(), prompts[static_cast<size_t>(b)].end(),
               ids_host.data<int32_t>() + b * T);
-  const Tensor ids = to_device(ids_host);
-  LayerEnv env{ctx_, arena_, TokenDims{B, T, C, 1}, to_device(cos_host_.rows(0, T)), to_device(sin_host_.rows(0, T)),
+  auto on_device = [&](const Tensor& host) {
+    if (ctx_.device() == Device::CPU) return host;
+    Tensor t = arena.alloc(host.shape(), host.dtype());
+    t.copy_from(host);
+    return t;
+  };
+  const Tensor ids = on_device(ids_host);
+  LayerEnv env{ctx_, arena, TokenDims{B, T, C, 1}, on_device(cos_host_.rows(0, T)), on_device(sin_host_.rows(0, T)),
                static_cast<float>(config_.norm_epsilon)};
-  Tensor x = arena_.alloc({N, C}, dtype_);
+  Tensor x = arena.alloc({N, C}, dtype_);
   ops::embedding_forward(ctx_, x, ids, embedding_->value);
-  run_layers(env, x, [&](AttentionBlock& attention, const Tensor& in, Tensor& out, size_t l) {
-    attention.prefill(env, in, out, cache.layers[l]);
+  run_layers(env, x, arena, [&](AttentionBlock& attention, const Tensor& in, Tensor& out, size_t l) {
+    std::vector<Tensor>& layer = cache.layers[l];
+    if (consecutive) {  // the slots' rows of the cache are one (B, max_len, ...) block: write there
+      std::vector<Tensor> block;
+      for (const Tensor& t : layer) block.push_back(t.rows(slots[0], slots[0] + B));
+      attention.prefill(env, in, out, block);
+      return;
+    }
+    // Staging (B, T, entry) in this layer's arena scope, then each joiner's len_b rows to its slot.
+    std::vector<Tensor> staging;
+    for (const Tensor& t : layer) {
+      Shape shape = t.shape();
+      shape[0] = B;
+      shape[1] = T;
+      staging.push_back(arena.alloc(shape, t.dtype()));
+    }
+    attention.prefill(env, in, out, staging);
+    for (size_t i = 0; i < layer.size(); ++i) {
+      const int64_t row = layer[i].numel() / (cache.batch * cache.max_len);
+      const Tensor src = staging[i].view({B * T, row});
+      Tensor dst = layer[i].view({cache.batch * cache.max_len, row});
+      for (int64_t b = 0; b < B; ++b) {
+        const int64_t len = static_cast<int64_t>(prompts[static_cast<size_t>(b)].size());
+        const int64_t s = slots[static_cast<size_t>(b)];
+        Tensor d = dst.rows(s * cache.max_len, s * cache.max_len + len);
+        ops::copy_cast(ctx_, d, src.rows(b * T, b * T + len));
+      }
+    }
   });
-  Tensor pos_host = Tensor::empty({B}, DType::I32);
-  for (int64_t b = 0; b < B; ++b) {
-    cache.lengths[static_cast<size_t>(b)] = static_cast<int64_t>(prompts[static_cast<size_t>(b)].size());
-    pos_host.data<int32_t>()[b] = static_cast<int32_t>(prompts[static_cast<size_t>(b)].size());
-  }
-  cache.positions.copy_from(pos_host);
+  for (int64_t b = 0; b < B; ++b)
+    cache.lengths[static_cast<size_t>(slots[static_cast<size_t>(b)])] =
+        static_cast<int64_t>(prompts[static_cast<size_t>(b)].size());
+  upload_positions(cache);
 
-  if (all_logits != nullptr) *all_logits = final_logits(x).view({B, T, V});
-  Tensor last = arena_.alloc({B, C}, dtype_);
+  if (all_logits != nullptr) *all_logits = final_logits(x, arena).view({B, T, V});
+  Tensor last = arena.alloc({B, C}, dtype_);
   for (int64_t b = 0; b < B; ++b) {
     const int64_t r = b * T + static_cast<int64_t>(prompts[static_cast<size_t>(b)].size()) - 1;
     Tensor dst = last.rows(b, b + 1);
@@ -332,10 +402,12 @@ Tensor CachedDecoder::decode_step(KvCache& cache, const Tensor& tokens, bool cud
       ctx_.device() == Device::CUDA ? ::primus::cuda::as_cuda_backend(ctx_.backend()) : nullptr;
   if (cuda_graph && cb != nullptr && graph_failure_.empty()) {
     // Everything the captured kernels address: a graph is replayed only for the same buffers.
-    const std::vector<const void*> key = {cache.layers[0][0].raw(), cache.positions.raw(), tokens.raw(),
-                                          reinterpret_cast<const void*>(static_cast<intptr_t>(B)),
-                                          reinterpret_cast<const void*>(static_cast<intptr_t>(cache.max_len)),
-                                          cb->scratch(0)};
+    std::vector<const void*> key = {cache.positions.raw(), tokens.raw(),
+                                    reinterpret_cast<const void*>(static_cast<intptr_t>(B)),
+                                    reinterpret_cast<const void*>(static_cast<intptr_t>(cache.max_len)),
+                                    cb->scratch(0), cos_dev_.raw(), sin_dev_.raw()};
+    for (const auto& layer : cache.layers)
+      for (const Tensor& t : layer) key.push_back(t.raw());
     if (key != graph_key_) {
       drop_graph();
       graph_key_ = key;
@@ -402,7 +474,7 @@ Tensor CachedDecoder::decode_step_body(KvCache& cache, const Tensor& tokens) {
   LayerEnv env{ctx_, arena_, TokenDims{1, B, C, 1}, cos, sin, static_cast<float>(config_.norm_epsilon)};
   Tensor x = arena_.alloc({B, C}, dtype_);
   ops::embedding_forward(ctx_, x, tokens, embedding_->value);
-  run_layers(env, x, [&](AttentionBlock& attention, const Tensor& in, Tensor& out, size_t l) {
+  run_layers(env, x, arena_, [&](AttentionBlock& attention, const Tensor& in, Tensor& out, size_t l) {
     attention.decode(env, in, out, cache.layers[l], cache.positions);
   });
   advance_positions(ctx_, cache.positions);

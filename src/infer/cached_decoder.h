@@ -92,9 +92,33 @@ class CachedDecoder {
   // runs eagerly, and so do all later ones of this decoder.
   Tensor prefill_to_device(KvCache& cache, const std::vector<std::vector<int32_t>>& prompts);
   Tensor decode_step(KvCache& cache, const Tensor& tokens, bool cuda_graph = false);
+
+  // Continuous batching (generate.h): prompts[j] into slot slots[j] of the cache (distinct
+  // slots in [0, cache.batch), any order, any number 1..cache.batch). The joiners run as one
+  // batch, right-padded to the longest of them (T), exactly as prefill() runs a batch; their
+  // positions [0, len_j) are written into their slots (when the slots are one consecutive
+  // range the attention blocks write there directly, otherwise through a (J, T, entry) staging
+  // copy per layer), cache.lengths[slot] = len_j and the device positions of those slots are
+  // reset to len_j. Every other slot keeps its cache rows, length and position: the
+  // sequences decoding there go on as if nothing happened. Returns the logits of each
+  // joiner's last token (J, V) fp32: on the host (prefill_slots; all_logits as in prefill(),
+  // (J, T, V)) or on the device (prefill_slots_to_device: valid until the next prefill of this
+  // decoder; decode steps do not overwrite them). Unlike prefill(), these keep a captured
+  // decode-step graph: the prefill runs in its own arena, so the decode step's buffers stay
+  // where the graph addresses them.
+  Tensor prefill_slots(KvCache& cache, std::span<const int64_t> slots, const std::vector<std::vector<int32_t>>& prompts,
+                       Tensor* all_logits = nullptr);
+  Tensor prefill_slots_to_device(KvCache& cache, std::span<const int64_t> slots,
+                                 const std::vector<std::vector<int32_t>>& prompts);
+  // Copies cache.lengths (host) into cache.positions (device), ordered after the work queued
+  // so far: for a caller that sets lengths by hand (an idle slot parked at position 1).
+  void upload_positions(KvCache& cache) const;
   // Whether the last decode_step replayed a captured graph; why capture failed ("" if it did not).
   bool last_step_from_graph() const { return last_step_graphed_; }
   const std::string& graph_failure() const { return graph_failure_; }
+  // Forgets a captured decode step: the next steps warm up and capture again (generate() calls
+  // it when it starts, since its cache and sampler buffers are new).
+  void reset_graph() { drop_graph(); }
 
  private:
   void check_cache(const KvCache& cache, const char* who) const;
@@ -103,13 +127,14 @@ class CachedDecoder {
   void drop_graph();
   // x (n,C) through every layer, phase by phase; `attend` runs one attention block.
   template <typename Attend>
-  void run_layers(LayerEnv& env, Tensor& x, Attend&& attend);
-  Tensor final_logits(const Tensor& x_rows);  // (n,C) -> (n,V) fp32 host
+  void run_layers(LayerEnv& env, Tensor& x, Arena& arena, Attend&& attend);
+  Tensor final_logits(const Tensor& x_rows, Arena& arena);  // (n,C) -> (n,V) fp32 host
   Tensor device_logits(const Tensor& x_rows);  // (n,C) -> (n,V) fp32 on the device (arena)
   // Prefill's forward; returns the hidden state of each prompt's last token, (B, C) (arena).
-  Tensor prefill_rows(KvCache& cache, const std::vector<std::vector<int32_t>>& prompts, Tensor* all_logits);
+  Tensor prefill_rows(KvCache& cache, std::span<const int64_t> slots, const std::vector<std::vector<int32_t>>& prompts,
+                      Tensor* all_logits, Arena& arena);
+  Tensor device_logits(const Tensor& x_rows, Arena& arena);
   void ensure_rope_rows(int64_t n);
-  Tensor to_device(const Tensor& host);  // an arena copy on the device
 
   ModelConfig config_;
   ops::Context& ctx_;
@@ -127,6 +152,7 @@ class CachedDecoder {
   bool last_step_graphed_ = false;
   std::string graph_failure_;
   Arena arena_;
+  Arena prefill_arena_;  // prefill_slots' activations (the decode step's arena_ stays as captured)
 };
 
 }  // namespace primus::infer

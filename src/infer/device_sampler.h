@@ -15,6 +15,13 @@
 // The uniforms of every (sequence, step) are computed on the host once (sampling_uniform) and
 // uploaded at construction: no per-step host-to-device copy. CUDA only (the CPU decoder keeps
 // sample_token on the host); constructing one in a build without CUDA throws.
+//
+// Per-call draws (continuous batching, generate.h): constructed with a row count instead of
+// streams, the sampler takes each call's (stream, step) per row, since a slot's sequence and
+// its step change when a new prompt joins the slot. Sampled calls compute those rows' uniforms
+// on the host and copy them (rows x 8 bytes) before the kernels; greedy calls copy nothing.
+// A call may pass fewer logits rows than the sampler has (the joiners of a prefill). Calls are
+// numbered by the caller (`call`: which of the two host slots, as `step` above).
 #pragma once
 
 #include <array>
@@ -33,6 +40,8 @@ class DeviceSampler {
   // calls at most (max_new_tokens); vocab: ids [0, vocab) are allowed (<= the logits' columns).
   DeviceSampler(ops::Context& ctx, const SamplingOptions& options, int64_t vocab, bool keep_entropy,
                 const std::vector<uint64_t>& streams, int64_t steps);
+  // Per-call draws: up to `rows` logits rows per call.
+  DeviceSampler(ops::Context& ctx, const SamplingOptions& options, int64_t vocab, bool keep_entropy, int64_t rows);
   ~DeviceSampler();
   DeviceSampler(const DeviceSampler&) = delete;
   DeviceSampler& operator=(const DeviceSampler&) = delete;
@@ -50,6 +59,16 @@ class DeviceSampler {
   void enqueue(const Tensor& logits, int64_t step);
   void collect(int64_t step, const std::vector<bool>& skip = {});
 
+  // Per-call draws: row b of `logits` ((n, V), n <= rows) draws with draws[b] (n of them).
+  struct Draw {
+    uint64_t stream = 0, step = 0;
+  };
+  void choose(const Tensor& logits, int64_t call, const std::vector<Draw>& draws, const std::vector<bool>& skip = {});
+  void enqueue(const Tensor& logits, int64_t call, const std::vector<Draw>& draws);
+  // device_tokens()[rows[j]] = from.device_tokens()[j], ordered after the work queued so far
+  // (device to device: the joiners' first tokens become the next decode step's input).
+  void copy_tokens_from(const DeviceSampler& from, const std::vector<int64_t>& rows);
+
   int64_t batch() const { return batch_; }
   int32_t token(int64_t b) const { return cur_[b]; }
   double entropy(int64_t b) const;
@@ -58,8 +77,10 @@ class DeviceSampler {
   const Tensor& device_tokens() const { return tokens_; }
 
  private:
+  void init();  // checks, the token pack, the pinned host slots, the events
   void set_token(int64_t b, int32_t t);
   void collect(int64_t step, const Tensor* logits, const std::vector<bool>& skip);
+  void enqueue_rows(const Tensor& logits, int64_t call, const double* uniforms, std::vector<Draw> draws);
 
   ops::Context& ctx_;
   SamplingOptions options_;
@@ -73,6 +94,10 @@ class DeviceSampler {
   int32_t* cur_ = nullptr;   // the slot of the last collected step
   std::array<void*, 2> events_{};  // cudaEvent_t: each slot's copy done
   int64_t host_fallbacks_ = 0;
+  bool per_call_ = false;
+  Tensor call_uniforms_;                  // f64 (rows) device: the uniforms of a sampled per-call call
+  double* call_uniforms_host_ = nullptr;  // pinned, two slots of `rows` (call % 2)
+  std::array<std::vector<Draw>, 2> slot_draws_;  // each host slot's draws (host fallback)
 };
 
 }  // namespace primus::infer

@@ -1,11 +1,30 @@
-// generate(): prompts -> new tokens with a CachedDecoder, its KV cache and sampling.h.
+// generate(): prompts -> new tokens with a CachedDecoder, its KV cache and sampling.h, by
+// continuous batching over a slotted cache (kv_cache.h).
 //
-//   prefill all prompts -> logits of each last prompt token -> token 1
-//   repeat: decode(token t of every unfinished sequence) -> logits -> token t+1
-// A sequence finishes when it draws one of stop_ids (that token is kept as its last
-// token) or after max_new_tokens. On a GPU decoder the logits stay on the device and the
-// tokens are chosen there (GenerateOptions::sample_on_device, infer/device_sampler.h). Finished sequences ride along in the batch (their
-// tokens are ignored) until every sequence is done.
+//   cache: S slots x max_len positions (max_len = the longest prompt + max_new_tokens - 1);
+//          S = the number of prompts, or fewer when GenerateOptions::kv_budget says so
+//          (plan_kv_cache: a memory budget and/or a cap on the batch)
+//   loop:  join   waiting prompts (in prompt order) take the free slots, lowest slot first;
+//                 the joiners are prefilled together into their slots (prefill_slots) and
+//                 their first token is drawn from the prefill's logits
+//          step   one decode step over all S slots; a slot without a sequence rides along
+//                 (its row is computed and ignored; the shapes, and a captured CUDA graph, stay
+//                 fixed), parked at position 1 whenever its position would leave [1, max_len)
+//          leave  a sequence that draws one of stop_ids (kept as its last token) or reaches
+//                 max_new_tokens frees its slot at once; the next step's join fills it
+// The draw of prompt b's k-th new token comes from sampling stream sample_ids[b] (or b) at
+// step k, whatever slot it sits in and whenever it joined: the tokens are those of one batch
+// of all prompts (S = B) for every S (up to the rounding of batched GEMMs, which may differ
+// with the batch's shape: on the CPU fp32 path and in the tests the ids are equal). With S = B
+// all prompts join at once and the loop is the one-batch generation: prefill all, then decode
+// until every sequence has finished (finished ones ride along).
+//
+// On a GPU decoder the logits stay on the device and the tokens are chosen there
+// (GenerateOptions::sample_on_device, infer/device_sampler.h: a sampler of S rows for the
+// decode steps, one for the joiners, whose tokens are copied into the decode step's input on
+// the device). Greedy decoding queues step s + 1 before the host reads step s; a slot freed by
+// step s is filled after step s + 1 was queued (its result for that slot is dropped).
+#pragma once
 #pragma once
 
 #include <algorithm>
@@ -47,6 +66,10 @@ struct GenerateOptions {
   // eager steps and replay it (CachedDecoder::decode_step; a step that cannot be captured runs
   // eagerly, GenerateResult::graph_failure says why). false: every step launches its ops.
   bool cuda_graphs = true;
+  // How many slots the cache gets (kv_cache.h plan_kv_cache): a memory budget for the cache
+  // and/or a cap on the batch; both 0 = one slot per prompt (one batch). Errors name the
+  // budget's keys (the CLI's --kv-cache-memory / --max-batch by default).
+  KvCacheBudget kv_budget;
 };
 
 struct GenerateResult {
@@ -61,6 +84,10 @@ struct GenerateResult {
   std::vector<double> entropy_sums;          // per sequence, with keep_entropy
   int64_t graph_steps = 0;                   // decode steps replayed from a CUDA graph
   std::string graph_failure;                 // why the decode step could not be captured ("" = it could)
+  int64_t slots = 0;                         // S: sequences decoded together (the cache's batch)
+  int64_t cache_max_len = 0;                 // positions per slot
+  int64_t cache_bytes = 0;                   // the KV cache's memory (S x max_len x values per token)
+  int64_t prefills = 0;                      // prefill calls (joins): 1 when S >= the number of prompts
 
   double prefill_tokens_per_s() const { return prompt_tokens / std::max(prefill_seconds, 1e-12); }
   // New tokens after the first (those the decode steps produced) per decode second.
@@ -69,10 +96,22 @@ struct GenerateResult {
   }
 };
 
+// The cache generate() allocates for these prompts: max_len = the longest prompt +
+// max_new_tokens - 1, slots from options.kv_budget (throws naming its keys when the memory
+// budget holds no slot).
+KvCachePlan plan_generation_cache(const CachedDecoder& decoder, const std::vector<std::vector<int32_t>>& prompts,
+                                  const GenerateOptions& options);
+
 // Throws on an empty prompt list, an empty prompt, max_new_tokens < 1, or prompts that
 // with max_new_tokens do not fit max_len = the longest prompt + max_new_tokens - 1
 // positions (the cache is sized to that).
 GenerateResult generate(CachedDecoder& decoder, const std::vector<std::vector<int32_t>>& prompts,
                         const GenerateOptions& options);
+// The same with a cache the caller keeps (decoder.new_cache(slots, max_len), e.g. once for
+// every GRPO round): its batch is S and its max_len must hold the longest prompt +
+// max_new_tokens - 1 (throws naming both otherwise); options.kv_budget is not used. Its
+// contents on entry do not matter.
+GenerateResult generate(CachedDecoder& decoder, const std::vector<std::vector<int32_t>>& prompts,
+                        const GenerateOptions& options, KvCache& cache);
 
 }  // namespace primus::infer

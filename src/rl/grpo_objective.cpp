@@ -131,7 +131,19 @@ void GrpoObjective::new_round(int64_t round, const ModelConfig& config, const We
   infer::GenerateResult gen;
   {
     infer::CachedDecoder decoder(config, ctx, weights());
-    gen = infer::generate(decoder, gen_prompts, go);
+    if (rollout_cache_ == nullptr) {
+      // Once per run, for the longest prompt of the set: every round's rollouts fit and reuse it.
+      int64_t longest = 1;
+      for (const RlPrompt& pr : prompts_) longest = std::max<int64_t>(longest, static_cast<int64_t>(pr.ids.size()));
+      infer::KvCacheBudget budget;
+      budget.memory_bytes = o_.generation_kv_cache_memory;
+      budget.memory_key = "generation_kv_cache_memory";
+      const infer::KvCachePlan plan =
+          infer::plan_kv_cache(decoder.cache_values_per_token(), decoder.dtype(), longest + o_.max_completion_length - 1,
+                               static_cast<int64_t>(gen_prompts.size()), budget);
+      rollout_cache_ = std::make_unique<infer::KvCache>(decoder.new_cache(plan.slots, plan.max_len));
+    }
+    gen = infer::generate(decoder, gen_prompts, go, *rollout_cache_);
   }
   last_generation_s_ = seconds_since(t0);
 

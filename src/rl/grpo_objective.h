@@ -29,6 +29,7 @@
 
 #include "data/data_config.h"
 #include "data/tokenizer/tokenizer.h"
+#include "infer/kv_cache.h"
 #include "infer/sampling.h"
 #include "model/decoder.h"
 #include "parallel/communicator.h"
@@ -116,6 +117,8 @@ class GrpoObjective {
   // Round statistics (global, computed once per round).
   std::vector<std::pair<std::string, double>> round_stats_;
   double last_generation_s_ = 0, last_reference_s_ = 0;
+  // The rollouts' KV cache (generation_kv_cache_memory): allocated by the first round, reused.
+  std::unique_ptr<infer::KvCache> rollout_cache_;
 };
 
 }  // namespace primus::rl

@@ -33,6 +33,9 @@ struct GrpoOptions {
   RewardScaling scale_rewards = RewardScaling::Group;
   GrpoLossOptions loss;
   RewardOptions rewards;
+  // generation_kv_cache_memory: bytes of the rollouts' KV cache (slots of max_prompt_length +
+  // max_completion_length - 1 positions, allocated once); 0 = one slot per completion.
+  int64_t generation_kv_cache_memory = 0;
 };
 
 }  // namespace primus::rl

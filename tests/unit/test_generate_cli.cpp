@@ -214,6 +214,37 @@ TEST_F(GenerateCli, SamplingIsDeterministicAndTopKOneIsGreedy) {
   EXPECT_EQ(topk1, greedy);
 }
 
+// --kv-cache-memory / --max-batch: fewer slots than prompts (continuous batching), the same ids
+// as one batch, and the stats line and JSON say what was chosen.
+TEST_F(GenerateCli, KvCacheMemoryBudgetGivesTheSameIds) {
+  save(test_generate::tiny_gqa(), 31, "ckpt");
+  const std::string base = "--load '" + (dir_ / "ckpt").string() +
+                           "' --prompt-ids 4,5,6 --prompt-ids 9 --prompt-ids 1,2,3,4,5,6,7,8,9,10,11 --prompt-ids 3,3 " +
+                           "--max-new-tokens 8 --temperature 0.9 --seed 5 --no-stream --output-json ";
+  const CliRun one = run_generate(base + "'" + (dir_ / "one.json").string() + "'");
+  ASSERT_EQ(one.code, 0) << one.output;
+  EXPECT_NE(one.output.find("slots: 4 slot(s) x 18 positions, 18.00 KiB (one slot per prompt), 1 prefill(s)"),
+            std::string::npos)
+      << one.output;
+  // A slot: 18 positions x 64 values x 4 bytes = 4608 bytes; 10000 bytes hold 2.
+  const CliRun mem = run_generate(base + "'" + (dir_ / "mem.json").string() + "' --kv-cache-memory 10000");
+  ASSERT_EQ(mem.code, 0) << mem.output;
+  EXPECT_NE(mem.output.find("slots: 2 slot(s) x 18 positions, 9.00 KiB (--kv-cache-memory 10000)"), std::string::npos)
+      << mem.output;
+  const CliRun cap = run_generate(base + "'" + (dir_ / "cap.json").string() + "' --max-batch 1 --kv-cache-memory 1GiB");
+  ASSERT_EQ(cap.code, 0) << cap.output;
+  EXPECT_NE(cap.output.find("slots: 1 slot(s) x 18 positions, 4.50 KiB (--max-batch 1), 4 prefill(s)"),
+            std::string::npos)
+      << cap.output;
+  const nlohmann::json a = read_json(dir_ / "one.json"), b = read_json(dir_ / "mem.json"), c = read_json(dir_ / "cap.json");
+  EXPECT_EQ(a["generated_ids"], b["generated_ids"]);
+  EXPECT_EQ(a["generated_ids"], c["generated_ids"]);
+  EXPECT_EQ(b["kv_cache"]["slots"], 2);
+  EXPECT_EQ(b["kv_cache"]["bytes_per_slot"], 4608);
+  EXPECT_EQ(b["kv_cache"]["limited_by"], "memory");
+  EXPECT_EQ(a["kv_cache"]["limited_by"], "sequences");
+}
+
 TEST_F(GenerateCli, ErrorsSayWhatIsWrong) {
   save(test_generate::tiny_gqa(), 31, "ckpt");  // max_position_embeddings 64
   const std::string load = "--load '" + (dir_ / "ckpt").string() + "' ";
@@ -238,6 +269,11 @@ TEST_F(GenerateCli, ErrorsSayWhatIsWrong) {
       {load + "--prompt-ids 1 --tokenizer-model '" + (dir_ / "none.json").string() + "'", "none.json"},
       {load + "--prompt-ids 1 --temprature 1", "did you mean '--temperature'"},
       {load + "--prompt hello world", "not expected: world"},  // one prompt per --prompt
+      {load + "--prompt-ids 1,2,3 --max-new-tokens 4 --kv-cache-memory 1000",
+       "--kv-cache-memory 1000 (1000 B) holds no KV-cache slot: one sequence of 6 positions (the longest prompt + max "
+       "new tokens - 1) needs 1536 bytes (1.50 KiB) in fp32; raise --kv-cache-memory to at least 1536 bytes"},
+      {load + "--prompt-ids 1 --kv-cache-memory 2XB", "--kv-cache-memory '2XB' is not a memory size"},
+      {load + "--prompt-ids 1 --max-batch -1", "--max-batch -1 must be >= 1"},
   };
   for (const Case& c : cases) {
     const CliRun r = run_generate(c.args);
