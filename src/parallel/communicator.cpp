@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <utility>
 
 namespace primus::parallel {
 
@@ -89,6 +90,33 @@ void peer(const Communicator& c, const char* op, int peer) {
   PRIMUS_CHECK(peer >= 0 && peer < c.size() && peer != c.rank(),
                "{} on {}: peer rank {} is not another rank of this group (valid: 0..{} except {})",
                op, c.describe(), peer, c.size() - 1, c.rank());
+}
+
+void send_recv(const Communicator& c, const Tensor& send, int to, const Tensor& recv, int from) {
+  tensor(c, "send_recv", "send", send);
+  tensor(c, "send_recv", "recv", recv);
+  PRIMUS_CHECK(send.dtype() == recv.dtype(), "send_recv on {}: send is {} but recv is {}; both need one dtype",
+               c.describe(), send.describe(), recv.describe());
+  for (auto [what, r] : {std::pair<const char*, int>{"to", to}, {"from", from}}) {
+    PRIMUS_CHECK(r >= 0 && r < c.size(), "send_recv on {}: `{}` rank {} is not a rank of this group (0..{})",
+                 c.describe(), what, r, c.size() - 1);
+  }
+  PRIMUS_CHECK((to == c.rank()) == (from == c.rank()),
+               "send_recv on {}: to = {} and from = {}, but a rank sends to itself exactly when it receives "
+               "from itself (its data has nowhere else to go)",
+               c.describe(), to, from);
+  if (to == c.rank()) {
+    PRIMUS_CHECK(send.numel() == recv.numel(),
+                 "send_recv on {}: sending {} elements to itself into a recv of {} elements; the counts must "
+                 "be equal",
+                 c.describe(), send.numel(), recv.numel());
+  }
+  if (send.nbytes() > 0 && recv.nbytes() > 0) {
+    auto s0 = reinterpret_cast<uintptr_t>(send.raw()), r0 = reinterpret_cast<uintptr_t>(recv.raw());
+    PRIMUS_CHECK(s0 + send.nbytes() <= r0 || r0 + recv.nbytes() <= s0,
+                 "send_recv on {}: send {} overlaps recv {}; use separate buffers", c.describe(), send.describe(),
+                 recv.describe());
+  }
 }
 
 namespace {

@@ -16,6 +16,14 @@
 //                            `in` may be exactly this rank's slot of `out` (in place).
 //   broadcast(t, root)       t = t of rank `root`
 //   send(t, peer)/recv(t, peer)  point to point, matched in issue order (no tags; NCCL has none)
+//   send_recv(send, to, recv, from)  sends `send` to rank `to` and receives `recv` from rank
+//                            `from` as one operation, both posted before either is waited
+//                            on (NCCL: one group), so that a ring shift (to = r+1, from = r-1
+//                            on every rank) cannot deadlock as separate blocking sends can.
+//                            send and recv share a dtype and must not overlap; counts are
+//                            the caller's contract with the peers (as for send/recv). `to` is
+//                            this rank exactly when `from` is: then recv = send (a copy, the
+//                            counts must be equal), as in a 1-rank ring.
 //   all_to_all_v(out, out_counts, in, in_counts)  (MoE expert-parallel token dispatch)
 //                            `in` holds size() consecutive chunks in rank order: chunk r
 //                            (in_counts[r] elements) goes to rank r. `out` receives size()
@@ -98,6 +106,7 @@ class Communicator {
   virtual CommHandle broadcast_async(Tensor& t, int root) = 0;
   virtual CommHandle send_async(const Tensor& t, int peer) = 0;
   virtual CommHandle recv_async(Tensor& t, int peer) = 0;
+  virtual CommHandle send_recv_async(const Tensor& send, int to, Tensor& recv, int from) = 0;
   virtual CommHandle all_to_all_v_async(Tensor& out, std::vector<int64_t> out_counts,
                                         const Tensor& in, std::vector<int64_t> in_counts) = 0;
 
@@ -125,6 +134,9 @@ class Communicator {
   void broadcast(Tensor& t, int root) { broadcast_async(t, root)->wait(); }
   void send(const Tensor& t, int peer) { send_async(t, peer)->wait(); }
   void recv(Tensor& t, int peer) { recv_async(t, peer)->wait(); }
+  void send_recv(const Tensor& send, int to, Tensor& recv, int from) {
+    send_recv_async(send, to, recv, from)->wait();
+  }
   void all_to_all_v(Tensor& out, std::vector<int64_t> out_counts, const Tensor& in,
                     std::vector<int64_t> in_counts) {
     all_to_all_v_async(out, std::move(out_counts), in, std::move(in_counts))->wait();
@@ -147,6 +159,9 @@ void tensor(const Communicator& c, const char* op, const char* what, const Tenso
 void reduce_scatter(const Communicator& c, const Tensor& out, const Tensor& in);
 void all_gather(const Communicator& c, const Tensor& out, const Tensor& in);
 void peer(const Communicator& c, const char* op, int peer);
+// Both tensors defined on device(), one dtype, not overlapping; both peers ranks of the group
+// (this rank allowed); `to` is this rank exactly when `from` is, and then the counts agree.
+void send_recv(const Communicator& c, const Tensor& send, int to, const Tensor& recv, int from);
 // Both counts vectors have size() entries, none negative, their sums fit `out` / `in`, this
 // rank's own chunk has the same count both ways, in and out share dtype and device and the
 // parts they send / receive do not overlap.

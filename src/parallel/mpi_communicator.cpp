@@ -158,8 +158,13 @@ class MpiWork final : public CommWork {
   // and displacement arrays); it is released with the work object.
   MpiWork(MpiCommunicator* comm, const char* op, MPI_Request req, std::function<void()> on_done,
           std::shared_ptr<const void> keep_alive = nullptr)
-      : comm_(comm), op_(op), req_(req), on_done_(std::move(on_done)),
+      : comm_(comm), op_(op), reqs_{req, MPI_REQUEST_NULL}, on_done_(std::move(on_done)),
         keep_alive_(std::move(keep_alive)) {}
+  // Two requests that complete together (send_recv's send and receive).
+  // (The count argument keeps `MpiWork(comm, op, req, nullptr)` calls on the constructor above:
+  // Open MPI's MPI_Request is a pointer, so nullptr would otherwise pick this one.)
+  MpiWork(MpiCommunicator* comm, const char* op, MPI_Request first, MPI_Request second, int count)
+      : comm_(comm), op_(op), reqs_{first, second}, count_(count) {}
   ~MpiWork() override;
   void wait() override;
   bool test() override;
@@ -171,7 +176,8 @@ class MpiWork final : public CommWork {
   }
   MpiCommunicator* comm_;
   const char* op_;
-  MPI_Request req_;
+  MPI_Request reqs_[2];
+  int count_ = 1;
   std::function<void()> on_done_;
   std::shared_ptr<const void> keep_alive_;
   bool done_ = false;
@@ -288,6 +294,26 @@ class MpiCommunicator final : public Communicator {
     return std::make_unique<MpiWork>(this, "recv", req, nullptr);
   }
 
+  // Both posted before either is waited on (MPI_Sendrecv's non-blocking form, which MPI 3.1
+  // lacks), with send/recv's tag: they match in issue order with plain sends and receives,
+  // as NCCL's do; a pair with this rank itself is matched by MPI like any other.
+  CommHandle send_recv_async(const Tensor& send, int to, Tensor& recv, int from) override {
+    comm_checks::send_recv(*this, send, to, recv, from);
+    const std::string where = what("send_recv");
+    MPI_Request rreq, sreq;
+    check(MPI_Irecv(recv.raw(), as_count(recv.numel(), where), rt_->datatype(recv.dtype(), where), from,
+                    kTag, comm_, &rreq),
+          "send_recv");
+    const int rc = MPI_Isend(send.raw(), as_count(send.numel(), where), rt_->datatype(send.dtype(), where), to,
+                             kTag, comm_, &sreq);
+    if (rc != MPI_SUCCESS) {
+      MPI_Cancel(&rreq);
+      MPI_Request_free(&rreq);
+      check(rc, "send_recv");
+    }
+    return std::make_unique<MpiWork>(this, "send_recv", sreq, rreq, 2);
+  }
+
   CommHandle all_to_all_v_async(Tensor& out, std::vector<int64_t> out_counts, const Tensor& in,
                                 std::vector<int64_t> in_counts) override {
     comm_checks::all_to_all_v(*this, out, out_counts, in, in_counts);
@@ -346,13 +372,14 @@ class MpiCommunicator final : public Communicator {
     std::_Exit(exit_code);  // MPI_Abort does not return; this keeps [[noreturn]] honest
   }
 
-  // Polls `req` until done; past the deadline the whole job is aborted (a peer died or hangs).
-  void wait_request(MPI_Request& req, const char* op) {
+  // Polls the `n` requests until all are done; past the deadline the whole job is aborted (a
+  // peer died or hangs).
+  void wait_request(MPI_Request* reqs, int n, const char* op) {
     using clock = std::chrono::steady_clock;
     const auto start = clock::now();
     for (int polls = 0;; ++polls) {
       int flag = 0;
-      check(MPI_Test(&req, &flag, MPI_STATUS_IGNORE), op);
+      check(MPI_Testall(n, reqs, &flag, MPI_STATUSES_IGNORE), op);
       if (flag) return;
       const auto waited = clock::now() - start;
       if (waited > options_.timeout) {
@@ -368,9 +395,9 @@ class MpiCommunicator final : public Communicator {
     }
   }
 
-  bool test_request(MPI_Request& req, const char* op) {
+  bool test_request(MPI_Request* reqs, int n, const char* op) {
     int flag = 0;
-    check(MPI_Test(&req, &flag, MPI_STATUS_IGNORE), op);
+    check(MPI_Testall(n, reqs, &flag, MPI_STATUSES_IGNORE), op);
     return flag != 0;
   }
 
@@ -402,13 +429,13 @@ MpiWork::~MpiWork() {
 
 void MpiWork::wait() {
   if (done_) return;
-  comm_->wait_request(req_, op_);
+  comm_->wait_request(reqs_, count_, op_);
   complete();
 }
 
 bool MpiWork::test() {
   if (done_) return true;
-  if (comm_->test_request(req_, op_)) complete();
+  if (comm_->test_request(reqs_, count_, op_)) complete();
   return done_;
 }
 

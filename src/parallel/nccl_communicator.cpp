@@ -163,6 +163,22 @@ class NcclCommunicator final : public Communicator {
     });
   }
 
+  // One NCCL group of the send and the receive (a self pair included: NCCL copies it).
+  CommHandle send_recv_async(const Tensor& send, int to, Tensor& recv, int from) override {
+    comm_checks::send_recv(*this, send, to, recv, from);
+    const std::string w = what("send_recv");
+    const ncclDataType_t type = nccl_type(send.dtype(), w);
+    return enqueue("send_recv", [&] {
+      ncclResult_t st = ncclGroupStart();
+      if (st != ncclSuccess) return st;
+      st = ncclSend(send.raw(), static_cast<size_t>(send.numel()), type, to, comm_, stream_);
+      if (st == ncclSuccess)
+        st = ncclRecv(recv.raw(), static_cast<size_t>(recv.numel()), type, from, comm_, stream_);
+      const ncclResult_t end = ncclGroupEnd();  // always closes the group it opened
+      return st != ncclSuccess ? st : end;
+    });
+  }
+
   // One NCCL group of a send and a receive per peer with a nonzero count (NCCL has no
   // all-to-all-v of its own; grouped point-to-point is how it is done, self included).
   CommHandle all_to_all_v_async(Tensor& out, std::vector<int64_t> out_counts, const Tensor& in,

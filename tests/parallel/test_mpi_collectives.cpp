@@ -143,6 +143,44 @@ TEST(MpiCollectives, SendRecvAroundARing) {
   EXPECT_THROW(world().send(mine, me), Error);
 }
 
+// send_recv: a ring shift in both directions (each rank's blocking call would deadlock as two
+// separate blocking sends), then a self pair (a copy), mixed with a plain send/recv that must
+// match in issue order, and the argument checks.
+TEST(MpiCollectives, SendRecvShiftsARingBothWays) {
+  const int n = world().size(), me = world().rank();
+  const int next = (me + 1) % n, prev = (me + n - 1) % n;
+  Tensor mine = make_input(me, 29, DType::BF16);
+  for (int dir : {1, -1}) {
+    Tensor got = Tensor::zeros({29}, DType::BF16);
+    const int to = dir > 0 ? next : prev, from = dir > 0 ? prev : next;
+    world().send_recv(mine, to, got, from);
+    std::vector<float> v = got.to_float_vector();
+    for (int64_t i = 0; i < 29; ++i) ASSERT_EQ(v[i], input(from, i)) << "direction " << dir;
+  }
+  Tensor self = Tensor::zeros({29}, DType::BF16);
+  world().send_recv(mine, me, self, me);
+  EXPECT_EQ(self.to_float_vector(), mine.to_float_vector());
+  // A plain send posted before a send_recv to the same peer arrives first.
+  Tensor a = make_input(me, 5, DType::F32), b = make_input(me + 10, 5, DType::F32);
+  Tensor ra = Tensor::zeros({5}, DType::F32), rb = Tensor::zeros({5}, DType::F32);
+  CommHandle r1 = world().recv_async(ra, prev);
+  CommHandle s1 = world().send_async(a, next);
+  world().send_recv(b, next, rb, prev);
+  s1->wait();
+  r1->wait();
+  EXPECT_EQ(ra.to_float_vector(), make_input(prev, 5, DType::F32).to_float_vector());
+  EXPECT_EQ(rb.to_float_vector(), make_input(prev + 10, 5, DType::F32).to_float_vector());
+  // Argument checks: a self send with a foreign receive, another dtype, a rank outside the group.
+  Tensor f32 = Tensor::zeros({29}, DType::F32);
+  if (n > 1) EXPECT_THROW(world().send_recv(mine, me, self, prev), Error);
+  EXPECT_THROW(world().send_recv(mine, next, f32, prev), Error);
+  EXPECT_THROW(world().send_recv(mine, n, self, prev), Error);
+  EXPECT_THROW(world().send_recv(mine, me, self, -1), Error);
+  Tensor short_self = Tensor::zeros({28}, DType::BF16);
+  EXPECT_THROW(world().send_recv(mine, me, short_self, me), Error);
+  EXPECT_THROW(world().send_recv(mine, next, mine, prev), Error);  // send overlaps recv
+}
+
 namespace {
 // all_to_all_v test pattern: rank r sends rank q (r + 2q) % 3 chunks of `scale` elements
 // (so some counts are zero); element i of that chunk is a small integer that names
