@@ -1,267 +1,250 @@
 #include "safe/preflight.h"
 
 #include <fmt/format.h>
-#include <sys/utsname.h>
-#include <unistd.h>
 
-#include <chrono>
-#include <cmath>
+#include <algorithm>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
-#include <random>
-#include <sstream>
-#include <thread>
+#include <map>
+#include <memory>
 
 #include "core/error.h"
 #include "core/tensor.h"
+#include "parallel/launch_info.h"
+#include "parallel/world.h"
+#include "safe/bus_bandwidth.h"
+#include "safe/collective_bench.h"
+#include "safe/gather_text.h"
 #include "safe/gpu_bench.h"
-
-#ifdef PRIMUS_WITH_CUDA
-#include <cuda_runtime.h>
-
-#include "ops/cuda/cuda_backend.h"
-#include "ops/cuda/cuda_check.h"
-#include "ops/cuda/device_info.h"
-#include "ops/cuda/elementwise.h"
-#include "ops/cuda/timing.h"
-#endif
+#include "safe/preflight_report.h"
+#include "safe/rank_checks.h"
 
 namespace primus::safe {
 
 namespace {
 
 namespace fs = std::filesystem;
+using parallel::Communicator;
 
-std::string cpu_model() {
-  std::ifstream in("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (line.rfind("model name", 0) == 0) {
-      const auto p = line.find(':');
-      return p == std::string::npos ? line : line.substr(p + 2);
-    }
-  }
-  return "unknown";
-}
-
-double mem_total_gib() {
-  std::ifstream in("/proc/meminfo");
-  std::string key;
-  double kb = 0;
-  std::string unit;
-  while (in >> key >> kb >> unit) {
-    if (key == "MemTotal:") return kb / 1048576.0;
-  }
-  return 0;
-}
-
-int numa_nodes() {
-  int n = 0;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator("/sys/devices/system/node", ec)) {
-    const std::string name = e.path().filename().string();
-    if (name.rfind("node", 0) == 0 && name.size() > 4 && std::isdigit(static_cast<unsigned char>(name[4]))) ++n;
-  }
-  return n;
-}
-
-std::string hostname() {
-  char buf[256] = {};
-  gethostname(buf, sizeof(buf) - 1);
+std::string utc_now(const char* format) {
+  const std::time_t now = std::time(nullptr);
+  char buf[64];
+  std::strftime(buf, sizeof(buf), format, std::gmtime(&now));
   return buf;
 }
 
-struct Report {
-  std::string md;
-  bool ok = true;
-  void line(const std::string& s) { md += s + "\n"; }
-  void check(bool pass, const std::string& what) {
-    line(fmt::format("- {} {}", pass ? "PASS" : "FAIL", what));
-    ok = ok && pass;
-  }
-};
-
-void host_section(Report& r) {
-  struct utsname u {};
-  uname(&u);
-  r.line("## Host");
-  r.line(fmt::format("- hostname: {}", hostname()));
-  r.line(fmt::format("- kernel: {} {} ({})", u.sysname, u.release, u.machine));
-  r.line(fmt::format("- CPU: {} ({} logical cores)", cpu_model(), std::thread::hardware_concurrency()));
-  r.line(fmt::format("- memory: {:.1f} GiB", mem_total_gib()));
-  r.line(fmt::format("- NUMA nodes: {}", numa_nodes()));
-  r.line("");
-}
-
-}  // namespace
-
-#ifndef PRIMUS_WITH_CUDA
-
-int run_preflight(const PreflightOptions& o) {
-  Report r;
-  host_section(r);
-  std::fputs(r.md.c_str(), stdout);
-  gpu_ready("preflight");
-  return kNoGpuExitCode;
-}
-
-#else
-
-namespace {
-
-std::string read_first_line(const std::string& path) {
-  std::ifstream in(path);
-  std::string line;
-  std::getline(in, line);
-  return line;
-}
-
-std::string pcie_link(int device) {
-  char bus[64] = {};
-  if (cudaDeviceGetPCIBusId(bus, sizeof(bus), device) != cudaSuccess) {
-    (void)cudaGetLastError();
-    return "unknown";
-  }
-  std::string id(bus);
-  for (auto& c : id) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  // sysfs uses a 4-hex-digit domain; CUDA may print 8.
-  if (id.size() > 12 && id.find(':') == 8) id = id.substr(4);
-  const std::string base = "/sys/bus/pci/devices/" + id + "/";
-  const std::string w = read_first_line(base + "current_link_width"), mw = read_first_line(base + "max_link_width");
-  const std::string s = read_first_line(base + "current_link_speed");
-  if (w.empty()) return fmt::format("{} (link width not readable)", bus);
-  return fmt::format("{}: x{} of x{}, {}", bus, w, mw, s);
-}
-
-// Small GEMM checked against a double-precision host product (an independent reference).
-bool gemm_sanity(cuda::CudaBackend& be, std::string& detail) {
-  const int64_t M = 192, N = 160, K = 96;
-  std::mt19937 rng(7);
-  std::uniform_real_distribution<float> d(-1.f, 1.f);
-  std::vector<float> a(M * K), b(K * N);
-  for (auto& x : a) x = bf16_bits_to_fp32(fp32_to_bf16_bits(d(rng)));
-  for (auto& x : b) x = bf16_bits_to_fp32(fp32_to_bf16_bits(d(rng)));
-  Tensor ga = Tensor::from_floats(a, {M, K}, DType::BF16, Device::CUDA);
-  Tensor gb = Tensor::from_floats(b, {K, N}, DType::BF16, Device::CUDA);
-  Tensor go = Tensor::empty({M, N}, DType::F32, Device::CUDA);
-  be.matmul(go, ga, ops::Transpose::No, gb, ops::Transpose::No, 1.f, 0.f);
-  be.synchronize();
-  const auto o = go.to_float_vector();
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < M; ++i)
-    for (int64_t j = 0; j < N; ++j) {
-      double ref = 0;
-      for (int64_t k = 0; k < K; ++k) ref += static_cast<double>(a[i * K + k]) * b[k * N + j];
-      num += (o[i * N + j] - ref) * (o[i * N + j] - ref);
-      den += ref * ref;
+// Which node each rank is on: hostnames in order of first appearance, or --emulate-nodes
+// blocks of consecutive ranks.
+std::vector<NodeEntry> assign_nodes(const std::vector<std::string>& hosts, int emulate) {
+  const int n = static_cast<int>(hosts.size());
+  std::vector<NodeEntry> nodes;
+  if (emulate > 0) {
+    PRIMUS_CHECK(n % emulate == 0, "--emulate-nodes {}: the {} ranks do not split evenly into {} nodes; pick a divisor "
+                 "of the world size", emulate, n, emulate);
+    const int per = n / emulate;
+    for (int k = 0; k < emulate; ++k) {
+      NodeEntry e{fmt::format("{}/node{}", hosts[static_cast<size_t>(k * per)], k), {}};
+      for (int r = k * per; r < (k + 1) * per; ++r) e.ranks.push_back(r);
+      nodes.push_back(e);
     }
-  const double rel = std::sqrt(num / den);
-  detail = fmt::format("bf16 GEMM {}x{}x{} vs fp64 host reference: relative error {:.2e}", M, N, K, rel);
-  return rel < 1e-5;
+    return nodes;
+  }
+  std::map<std::string, size_t> index;
+  for (int r = 0; r < n; ++r) {
+    auto [it, fresh] = index.emplace(hosts[static_cast<size_t>(r)], nodes.size());
+    if (fresh) nodes.push_back({hosts[static_cast<size_t>(r)], {}});
+    nodes[it->second].ranks.push_back(r);
+  }
+  return nodes;
+}
+
+// This rank's compute checks; an exception becomes a failed check (the other ranks must not
+// be left waiting in the next collective).
+RankCompute compute_checks(const PreflightOptions& o, int cuda_device) {
+  ComputeCheckOptions c{o.quick, o.min_gemm_tflops, o.min_hbm_gbps};
+  try {
+    return o.device == "cpu" ? run_cpu_checks(c) : run_gpu_checks(cuda_device, c);
+  } catch (const std::exception& e) {
+    RankCompute r;
+    r.kind = o.device == "cpu" ? "cpu" : "gpu";
+    r.device = o.device == "cpu" ? "CPU" : fmt::format("GPU {}", cuda_device);
+    r.host_summary = host_summary();
+    r.checks.push_back({"compute_checks", false, fmt::format("the checks stopped with an error: {}", e.what())});
+    return r;
+  }
+}
+
+// Runs the collectives on `group` (when it has 2+ ranks) and returns, on the group's rank 0,
+// its JSON for the world gather; other ranks return "".
+std::string group_json(Communicator* group, const CollectiveBenchOptions& bench, const char* scope, int index,
+                       const std::string& label, const std::vector<int>& world_ranks) {
+  if (group == nullptr || group->size() < 2) return "";
+  const CollectiveRun run = run_collective_bench(*group, bench);
+  if (group->rank() != 0) return "";
+  nlohmann::json j = to_json(run);
+  j["scope"] = scope;
+  j["index"] = index;
+  j["label"] = label;
+  j["ranks"] = world_ranks;
+  return j.dump();
 }
 
 }  // namespace
 
 int run_preflight(const PreflightOptions& o) {
-  Report r;
-  r.line(fmt::format("# Primus preflight — {}", hostname()));
-  const std::time_t now = std::time(nullptr);
-  char when[64];
-  std::strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", std::localtime(&now));
-  r.line(fmt::format("generated {}{}\n", when, o.quick ? " (--quick)" : ""));
-  host_section(r);
-  const auto devs = cuda::list_devices();
-  r.line("## GPUs");
-  if (devs.empty()) {
-    r.line("- none visible");
-    std::fputs(r.md.c_str(), stdout);
-    gpu_ready("preflight");
-    return kNoGpuExitCode;
+  PRIMUS_CHECK(o.device == "cpu" || o.device == "cuda",
+               "--device '{}': expected cuda (GPU ranks, NCCL) or cpu (CPU ranks, MPI)", o.device);
+  PRIMUS_CHECK(o.outlier_threshold > 0 && o.outlier_threshold < 1,
+               "--outlier-threshold {}: expected a fraction in (0, 1), e.g. 0.1 for 10% below the median",
+               o.outlier_threshold);
+  PRIMUS_CHECK(o.emulate_nodes >= 0, "--emulate-nodes {}: expected 0 (real nodes) or a node count", o.emulate_nodes);
+  CollectiveBenchOptions bench;
+  bench.sizes = size_sweep(parse_byte_size(o.min_bytes, "--min-bytes"), parse_byte_size(o.max_bytes, "--max-bytes"),
+                           o.step_factor);
+  bench.warmup = o.warmup;
+  bench.iters = o.iters;
+  PRIMUS_CHECK(o.iters >= 1 && o.warmup >= 0, "--iters {} must be >= 1 and --warmup {} >= 0", o.iters, o.warmup);
+  if (!o.ops.empty()) {
+    bench.ops.clear();
+    for (const std::string& name : o.ops) bench.ops.push_back(parse_collective_op(name));
   }
-  for (const auto& d : devs) {
-    r.line(fmt::format("- GPU {}: {} (sm_{}{}), {} SMs, {:.1f} GiB ({:.1f} GiB free), L2 {:.0f} MB, bf16 peak {} "
-                       "TFLOP/s, PCIe {}",
-                       d.index, d.name, d.sm_major, d.sm_minor, d.multiprocessors, d.total_memory / 1073741824.0,
-                       d.free_memory / 1073741824.0, d.l2_cache_bytes / 1e6, d.peak_bf16_tflops, pcie_link(d.index)));
-  }
-  r.line(fmt::format("- CUDA driver API {}.{}, CUDA runtime {}.{}, cuBLASLt {}", devs[0].driver_version / 1000,
-                     devs[0].driver_version % 1000 / 10, devs[0].runtime_version / 1000,
-                     devs[0].runtime_version % 1000 / 10, cuda::GemmEngine::cublaslt_version()));
-  r.line("");
 
-  cuda::CudaBackend be(0);
-  r.line("## Checks");
-  std::string detail;
-  r.check(gemm_sanity(be, detail), detail);
-
-  // bf16 GEMM throughput on square sizes.
-  std::vector<int64_t> sizes = o.quick ? std::vector<int64_t>{2048, 8192} : std::vector<int64_t>{1024, 2048, 4096, 8192};
-  r.line("");
-  r.line("## GEMM bf16 (fp32 accumulate, cuBLASLt heuristic algorithm, random inputs rotated past L2)");
-  r.line("| size | time (us) | TFLOP/s | % of peak |");
-  r.line("| --- | --- | --- | --- |");
-  double last_tflops = 0;
-  for (int64_t n : sizes) {
-    cuda::GemmKey key;
-    key.m = key.n = key.k = n;
-    key.ta = false;
-    key.tb = true;
-    const double us = be.gemm().time_current(key, o.quick ? 3 : 5, o.quick ? 10 : 30);
-    last_tflops = key.flops() / (us * 1e6);
-    const double peak = devs[0].peak_bf16_tflops;
-    r.line(fmt::format("| {} | {:.1f} | {:.1f} | {} |", n, us, last_tflops,
-                       peak > 0 ? fmt::format("{:.1f}%", 100 * last_tflops / peak) : "n/a"));
+  const parallel::LaunchInfo launch = parallel::detect_launch();
+  if (o.device == "cuda") {
+    if (!gpu_ready("preflight")) {
+      std::fprintf(stderr, "primus preflight: --device cpu runs the CPU-rank preflight instead (CPU GEMM, DRAM, MPI "
+                   "collectives).\n");
+      return kNoGpuExitCode;
+    }
+    const int gpus = visible_gpu_count();
+    PRIMUS_CHECK(launch.local_rank < gpus, "{}: local rank {} has no GPU of its own ({} visible); start at most {} "
+                 "ranks per node", launch.describe(), launch.local_rank, gpus, gpus);
   }
-  if (o.min_gemm_tflops > 0)
-    r.check(last_tflops >= o.min_gemm_tflops,
-            fmt::format("GEMM {}^3 at {:.0f} TFLOP/s (minimum {:.0f})", sizes.back(), last_tflops, o.min_gemm_tflops));
+  parallel::WorldOptions wo;
+  wo.device = o.device == "cpu" ? Device::CPU : Device::CUDA;
+  wo.cuda_device = launch.local_rank;
+  std::unique_ptr<Communicator> world = parallel::create_world_communicator(launch, wo);
+  const int me = world->rank(), size = world->size();
 
-  // HBM bandwidth: device-to-device copy, bytes read + written.
-  {
-    const size_t bytes = size_t{1} << 30;
-    void *a = nullptr, *b = nullptr;
-    PRIMUS_CUDA_CHECK(cudaMalloc(&a, bytes));
-    PRIMUS_CUDA_CHECK(cudaMalloc(&b, bytes));
-    cuda::launch_fill_uniform(a, DType::BF16, static_cast<int64_t>(bytes / 2), 3, -1.f, 1.f, be.stream());
-    const auto t = cuda::time_on_stream(be.stream(), 2, o.quick ? 5 : 20, [&](int) {
-      PRIMUS_CUDA_CHECK(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, be.stream()));
-    });
-    cudaFree(a);
-    cudaFree(b);
-    const double gbps = 2.0 * bytes / (t.median_us * 1e3);
-    r.line("");
-    r.line("## Memory");
-    r.line(fmt::format("- HBM device-to-device copy of 1 GiB: {:.0f} GB/s (read + write)", gbps));
-    if (o.min_hbm_gbps > 0) r.check(gbps >= o.min_hbm_gbps, fmt::format("HBM {:.0f} GB/s (minimum {:.0f})", gbps, o.min_hbm_gbps));
+  const std::vector<std::string> hosts = all_gather_text(*world, this_hostname());
+  const std::vector<NodeEntry> nodes = assign_nodes(hosts, o.emulate_nodes);
+  std::vector<int> node_of(static_cast<size_t>(size)), local_of(static_cast<size_t>(size));
+  size_t most = 0;
+  for (size_t k = 0; k < nodes.size(); ++k) {
+    most = std::max(most, nodes[k].ranks.size());
+    for (size_t l = 0; l < nodes[k].ranks.size(); ++l) {
+      node_of[static_cast<size_t>(nodes[k].ranks[l])] = static_cast<int>(k);
+      local_of[static_cast<size_t>(nodes[k].ranks[l])] = static_cast<int>(l);
+    }
   }
-  r.line("");
-  r.line("## Collectives");
-  if (devs.size() < 2) {
-    r.line("- intra-node all-reduce / all-to-all: single GPU: skipped");
+  const int my_node = node_of[static_cast<size_t>(me)], my_local = local_of[static_cast<size_t>(me)];
+
+  // Compute checks. GPUs all at once (as in training); CPU ranks of a node take turns, so
+  // that ranks sharing cores do not measure each other.
+  RankCompute mine;
+  if (o.device == "cpu") {
+    for (size_t turn = 0; turn < most; ++turn) {
+      if (static_cast<size_t>(my_local) == turn) mine = compute_checks(o, 0);
+      world->barrier();
+    }
   } else {
-    r.line(fmt::format("- {} GPUs visible: NCCL all-reduce/all-to-all bandwidth tests are not part of this "
-                       "preflight yet (they need one process per GPU): skipped",
-                       devs.size()));
+    mine = compute_checks(o, launch.local_rank);
   }
-  r.line("- inter-node: single node: skipped");
-  r.line("");
-  r.line(fmt::format("**Result: {}**", r.ok ? "PASS" : "FAIL"));
+  const std::vector<std::string> computes = all_gather_text(*world, to_json(mine).dump());
 
-  fs::create_directories(o.output_dir);
-  char stamp[32];
-  std::strftime(stamp, sizeof(stamp), "%Y%m%d_%H%M%S", std::localtime(&now));
-  const fs::path file = fs::path(o.output_dir) / fmt::format("preflight_{}_{}.md", hostname(), stamp);
+  // Collectives, scope by scope; each group's rank 0 contributes its JSON to the gather.
+  std::vector<std::string> notes;
+  std::vector<std::string> group_texts;
+  auto gather_groups = [&](const std::string& text) {
+    for (std::string& t : all_gather_text(*world, text))
+      if (!t.empty()) group_texts.push_back(std::move(t));
+  };
   {
-    std::ofstream out(file);
-    PRIMUS_CHECK(out.good(), "preflight: cannot write the report '{}'", file.string());
-    out << r.md;
+    std::unique_ptr<Communicator> intra = world->split(my_node, me, "intra-node");
+    gather_groups(group_json(intra.get(), bench, "intra-node", my_node, "node " + nodes[static_cast<size_t>(my_node)].name,
+                             nodes[static_cast<size_t>(my_node)].ranks));
   }
-  std::fputs(r.md.c_str(), stdout);
-  std::printf("\nreport written to %s\n", file.string().c_str());
-  return r.ok ? 0 : 1;
-}
+  if (size == 1) notes.push_back("1 rank: no collectives to measure");
+  for (const NodeEntry& n : nodes)
+    if (n.ranks.size() == 1 && size > 1) notes.push_back(fmt::format("node {} has 1 rank: no intra-node collectives", n.name));
+  bool even = true;
+  for (const NodeEntry& n : nodes) even = even && n.ranks.size() == nodes.front().ranks.size();
+  if (nodes.size() > 1 && even) {
+    std::vector<int> rail;
+    for (const NodeEntry& n : nodes) rail.push_back(n.ranks[static_cast<size_t>(my_local)]);
+    std::unique_ptr<Communicator> inter = world->split(my_local, me, "inter-node");
+    gather_groups(group_json(inter.get(), bench, "inter-node", my_local, fmt::format("local rank {}", my_local), rail));
+  } else if (nodes.size() > 1) {
+    notes.push_back("the nodes have different rank counts: no inter-node (rail) groups");
+  } else {
+    notes.push_back("1 node: no inter-node collectives");
+  }
+  if (nodes.size() > 1) {
+    std::vector<int> all(static_cast<size_t>(size));
+    for (int r = 0; r < size; ++r) all[static_cast<size_t>(r)] = r;
+    gather_groups(group_json(world.get(), bench, "world", 0, "all ranks", all));
+  }
+  if (o.device == "cpu")
+    notes.push_back("CPU ranks: the GPU GEMM and HBM checks do not apply; each rank ran the CPU checks instead "
+                    "(OpenBLAS fp32 sgemm, DRAM copy), the ranks of a node one at a time");
 
-#endif  // PRIMUS_WITH_CUDA
+  int code = 0;
+  if (me == 0) try {
+    PreflightResults r;
+    r.generated = utc_now("%Y-%m-%d %H:%M:%S UTC");
+    r.settings.device = o.device;
+    r.settings.backend = std::string(world->backend());
+    for (CollectiveOp op : bench.ops) r.settings.ops.emplace_back(collective_op_name(op));
+    r.settings.sizes = bench.sizes;
+    r.settings.warmup = o.warmup;
+    r.settings.iters = o.iters;
+    r.settings.outlier_threshold = o.outlier_threshold;
+    r.settings.emulated_nodes = o.emulate_nodes;
+    r.settings.quick = o.quick;
+    r.nodes = nodes;
+    for (int rank = 0; rank < size; ++rank) {
+      r.ranks.push_back({rank, node_of[static_cast<size_t>(rank)], local_of[static_cast<size_t>(rank)],
+                         rank_compute_from_json(nlohmann::json::parse(computes[static_cast<size_t>(rank)]))});
+    }
+    const char* order[] = {"intra-node", "inter-node", "world"};
+    for (const char* scope : order) {
+      std::vector<GroupRun> runs;
+      for (const std::string& t : group_texts) {
+        const nlohmann::json j = nlohmann::json::parse(t);
+        if (j.at("scope") != scope) continue;
+        runs.push_back({scope, j.at("label").get<std::string>(), j.at("index").get<int>(),
+                        j.at("ranks").get<std::vector<int>>(), collective_run_from_json(j)});
+      }
+      std::sort(runs.begin(), runs.end(), [](const GroupRun& a, const GroupRun& b) { return a.index < b.index; });
+      r.groups.insert(r.groups.end(), runs.begin(), runs.end());
+    }
+    r.notes = notes;
+    const PreflightVerdict v = judge(r);
+    const std::string md = render_markdown(r, v);
+    const std::string prefix =
+        !o.report.empty() ? o.report
+                          : (fs::path(o.output_dir) / fmt::format("preflight_{}_{}", hosts[0], utc_now("%Y%m%d_%H%M%S")))
+                                .string();
+    const fs::path parent = fs::path(prefix).parent_path();
+    std::error_code ec;
+    if (!parent.empty()) fs::create_directories(parent, ec);
+    for (const auto& [ext, text] : {std::pair<const char*, std::string>{".md", md},
+                                    {".json", render_json(r, v).dump(2) + "\n"}}) {
+      std::ofstream out(prefix + ext);
+      out << text;
+      PRIMUS_CHECK(out.good(), "preflight: cannot write the report '{}{}'; pass a writable --report PREFIX", prefix, ext);
+    }
+    std::fputs(md.c_str(), stdout);
+    std::printf("\nreport written to %s.md and %s.json\n", prefix.c_str(), prefix.c_str());
+    std::fflush(stdout);
+    code = v.exit_code;
+  } catch (const std::exception& e) {  // the others wait for the verdict: give them one
+    std::fprintf(stderr, "primus preflight: error: %s\n", e.what());
+    code = kFailExitCode;
+  }
+  // Every rank leaves with rank 0's verdict, so that the launcher's exit code is the job's.
+  return static_cast<int>(world->all_reduce_value(code, parallel::ReduceOp::Max));
+}
 
 }  // namespace primus::safe
