@@ -10,6 +10,7 @@ const std::vector<Command>& commands() {
       {"generate", "generate text from a checkpoint with a KV cache", cmd_generate},
       {"preflight", "check every rank before a run: GEMM, memory, collective bandwidth; report + outliers", cmd_preflight},
       {"node-smoke", "quick per-node go/no-go against GEMM and memory thresholds (Slurm prolog)", cmd_node_smoke},
+      {"projection", "the parallel layouts that fit on N nodes x G GPUs, with memory and a projected step time", cmd_projection},
       {"bench", "GPU benchmarks: GEMMs, attention, fused ops, MoE experts (gemm|gemm-dense|attention|ops|moe)", cmd_bench},
       {"tune", "GEMM auto-tuning (stages 1-3) on cuBLASLt", cmd_tune},
       {"config", "list every config key (--list) or show a resolved experiment", cmd_config},

@@ -21,6 +21,7 @@ int cmd_convert(int argc, char** argv);
 int cmd_generate(int argc, char** argv);
 int cmd_preflight(int argc, char** argv);
 int cmd_node_smoke(int argc, char** argv);
+int cmd_projection(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
 int cmd_tune(int argc, char** argv);
 int cmd_config(int argc, char** argv);

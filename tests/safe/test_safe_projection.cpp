@@ -1,0 +1,110 @@
+// src/safe/projection.h: the layouts it enumerates and its step-time terms against numbers
+// worked by hand from the formulas in the header, and bandwidths read from a preflight report.
+#include <gtest/gtest.h>
+
+#include "core/error.h"
+#include "safe/projection.h"
+
+namespace primus::safe {
+namespace {
+
+ProjectionInput tiny() {
+  ProjectionInput in;
+  ModelConfig& m = in.model;
+  m.name = "tiny";
+  m.num_layers = 4;
+  m.hidden_size = 256;
+  m.ffn_hidden_size = 1024;
+  m.num_attention_heads = 8;
+  m.num_query_groups = 8;
+  m.padded_vocab_size = m.vocab_size = 1024;
+  m.max_position_embeddings = 128;
+  in.setup.seq_length = 128;
+  in.setup.micro_batch_size = 1;
+  in.setup.global_batch_size = 8;
+  in.nodes = 2;
+  in.gpus_per_node = 4;
+  in.tflops = 1;
+  in.gpu_memory_gib = 80;
+  for (CollectiveOp op : all_collective_ops()) {
+    in.bw.intra[op] = 100;
+    in.bw.inter[op] = 10;
+  }
+  in.bw.source = "test";
+  return in;
+}
+
+TEST(SafeProjection, StepTimeTermsByHand) {
+  const ProjectionInput in = tiny();
+  ParallelLayout l;
+  l.tp = 2;
+  l.pp = 2;
+  l.dp = 2;
+  MemoryEstimate mem;
+  mem.params = 1000000;
+  const StepTime s = project_step_time(in, l, mem);
+  const double flops = training_flops_per_token(in.model, 128).total() * 8 * 128 / 8;  // per GPU
+  EXPECT_NEAR(s.compute, flops / 1e12, 1e-15);
+  const double micro = 8.0 / 2;                    // B / (b dp)
+  EXPECT_NEAR(s.bubble, s.compute * 1 / micro, 1e-15);
+  const double act = 1 * 128 * 256 * 2.0;         // b s h x 2 bytes
+  EXPECT_NEAR(s.tp, micro * 2 * 4 * act * 2 * 0.5 / 100e9, 1e-15);  // tp 2 fits a node: intra
+  EXPECT_NEAR(s.dp, 4e6 * 0.5 * 2 / 100e9, 1e-15);                   // tp x dp = 4 <= 4: intra
+  EXPECT_NEAR(s.pp, 2 * micro * act / 10e9, 1e-15);                  // 8 ranks > 4: inter
+  EXPECT_EQ(s.ep, 0);
+  EXPECT_NEAR(s.total(), s.compute + s.bubble + s.tp + s.dp + s.pp, 1e-15);
+
+  ProjectionInput d = in;
+  d.setup.distributed_optimizer = true;
+  d.overlap_grad_reduce = true;
+  ParallelLayout wide = l;
+  wide.tp = 1;
+  wide.pp = 1;
+  wide.dp = 8;  // spans both nodes: inter
+  const StepTime w = project_step_time(d, wide, mem);
+  const double comm = 4e6 * 7 / 8 / 10e9 + 2e6 * 7 / 8 / 10e9;
+  EXPECT_NEAR(w.dp, std::max(0.0, comm - w.compute * 2 / 3), 1e-15);
+}
+
+TEST(SafeProjection, LayoutsRespectTheConstraints) {
+  ProjectionInput in = tiny();
+  const auto all = project_layouts(in);
+  ASSERT_FALSE(all.empty());
+  bool seen_tp4pp2 = false;
+  for (const auto& p : all) {
+    const auto& l = p.layout;
+    EXPECT_EQ(l.tp * l.pp * l.dp, 8);
+    EXPECT_LE(l.tp, 4);  // tp stays within a node
+    EXPECT_EQ(8 % (l.dp), 0);
+    EXPECT_EQ(l.sequence_parallel, l.tp > 1);
+    seen_tp4pp2 = seen_tp4pp2 || (l.tp == 4 && l.pp == 2 && l.dp == 1);
+  }
+  EXPECT_TRUE(seen_tp4pp2);
+  for (size_t i = 1; i < all.size(); ++i) {
+    if (all[i].fits == all[i - 1].fits) EXPECT_LE(all[i - 1].time.total(), all[i].time.total());
+    else EXPECT_TRUE(all[i - 1].fits);
+  }
+  in.gpu_memory_gib = 1e-6;  // nothing fits; the table says so
+  for (const auto& p : project_layouts(in)) EXPECT_FALSE(p.fits);
+  in.tflops = 0;
+  EXPECT_THROW(project_layouts(in), Error);
+}
+
+TEST(SafeProjection, BandwidthsFromAPreflightReport) {
+  const nlohmann::json report = nlohmann::json::parse(R"({"groups": [
+    {"scope": "intra-node", "rows": [{"op": "all_reduce", "bytes": 1024, "busbw_gbps": 1},
+                                     {"op": "all_reduce", "bytes": 4096, "busbw_gbps": 300}]},
+    {"scope": "intra-node", "rows": [{"op": "all_reduce", "bytes": 4096, "busbw_gbps": 100}]},
+    {"scope": "intra-node", "rows": [{"op": "all_reduce", "bytes": 4096, "busbw_gbps": 200}]},
+    {"scope": "inter-node", "rows": [{"op": "all_to_all", "bytes": 4096, "busbw_gbps": 40}]},
+    {"scope": "world", "rows": [{"op": "all_to_all", "bytes": 4096, "busbw_gbps": 5}]}]})");
+  Bandwidths fallback;
+  fallback.inter[CollectiveOp::AllReduce] = 7;
+  const Bandwidths b = bandwidths_from_preflight(report, fallback);
+  EXPECT_DOUBLE_EQ(b.intra.at(CollectiveOp::AllReduce), 200);  // median of 300, 100, 200 at 4096 bytes
+  EXPECT_DOUBLE_EQ(b.inter.at(CollectiveOp::AllToAll), 40);    // rails before the world group
+  EXPECT_DOUBLE_EQ(b.inter.at(CollectiveOp::AllReduce), 7);    // not in the report: the fallback
+}
+
+}  // namespace
+}  // namespace primus::safe
