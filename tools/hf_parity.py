@@ -112,8 +112,11 @@ def hf_greedy(model, prompt, n, vocab_limit=None):
     model.generation_config.eos_token_id = None
     model.generation_config.pad_token_id = 0
     with torch.no_grad():
-        out = model.generate(ids, max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0,
-                             output_scores=True, return_dict_in_generate=True, use_cache=True)
+        # An explicit all-ones mask: without one, generate() infers it from pad_token_id and
+        # would hide every prompt token that happens to be id 0.
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                             eos_token_id=None, pad_token_id=0, output_scores=True, return_dict_in_generate=True,
+                             use_cache=True)
     gen = out.sequences[0, len(prompt):].tolist()
     scores = torch.stack(out.scores, dim=1)[0].float().numpy()  # (n, V) logits of each step
     return gen, scores
