@@ -7,12 +7,17 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <functional>
 
+#include "config/config.h"
+#include "core/error.h"
 #include "core/rng.h"
 #include "model/decoder.h"
 #include "ops/dropout.h"
 #include "ops/ops.h"
 #include "parallel/lora.h"
+#include "train/train_options.h"
 
 using namespace primus;
 
@@ -209,4 +214,38 @@ TEST(LoraDropout, MasksFollowSamplesAcrossSplitsAndRecompute) {
   // Full and selective recompute draw the masks again in the backward: the same gradients.
   EXPECT_LT(max_rel_diff(one, train_rows(0.4, 4, Recompute::Full)), 1e-6);
   EXPECT_LT(max_rel_diff(one, train_rows(0.4, 4, Recompute::Selective)), 1e-6);
+}
+
+// The keys: lora_dropout reaches LoraSpec::dropout; refused outside [0, 1), without peft: lora, with
+// grpo, and on an MoE model's experts (linear_fc1 / linear_fc2 targeted).
+TEST(LoraDropout, KeysAcceptedAndRefusedByName) {
+  const std::string exp = std::string(PRIMUS_SOURCE_DIR) + "/tests/posttrain/letters-sft.yaml";
+  setenv("PRIMUS_TEST_WORKSPACE", "/tmp/primus_test_lora_dropout_ws", 1);
+  setenv("PRIMUS_TEST_DATA", "/tmp", 1);
+  setenv("PRIMUS_TEST_TOKENIZER", (std::string(PRIMUS_SOURCE_DIR) + "/tests/data/posttrain/chatml_bytes").c_str(), 1);
+  auto options = [&](std::vector<std::string> sets) {
+    config::Config cfg = config::load_experiment(exp, sets, 0);
+    return train::train_options(cfg, false);
+  };
+  auto error_of = [](const std::function<void()>& f) -> std::string {
+    try {
+      f();
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  EXPECT_DOUBLE_EQ(options({"peft=lora", "lora_dropout=0.1"}).lora.dropout, 0.1);
+  EXPECT_DOUBLE_EQ(options({"peft=lora"}).lora.dropout, 0.0);
+  EXPECT_NE(error_of([&] { options({"lora_dropout=0.1"}); }).find("peft is none"), std::string::npos);
+  EXPECT_NE(error_of([&] { options({"peft=lora", "lora_dropout=0.1", "grpo=true"}); }).find("grpo"), std::string::npos);
+  EXPECT_NE(error_of([&] {
+              options({"peft=lora", "lora_dropout=0.1", "num_experts=4", "moe_router_topk=2", "moe_ffn_hidden_size=64"});
+            }).find("routed experts"),
+            std::string::npos);
+  EXPECT_EQ(error_of([&] {
+              options({"peft=lora", "lora_dropout=0.1", "num_experts=4", "moe_router_topk=2", "moe_ffn_hidden_size=64",
+                       "lora_target_modules=[linear_qkv,linear_proj]"});
+            }),
+            "");
 }
