@@ -71,6 +71,7 @@ struct RouteCase {
   bool sigmoid, pre_softmax, bias;
   int64_t groups, group_topk;
   float scaling;
+  bool group_max = false;  // a group scored by its best expert (DeepSeek-V2's group_limited_greedy)
 };
 
 TEST(CudaMoe, RouterTopkMatchesCpu) {
@@ -80,6 +81,9 @@ TEST(CudaMoe, RouterTopkMatchesCpu) {
   const RouteCase cases[] = {
       {"E=8 k=2 softmax", 517, 8, 2, false, false, false, 0, 0, 1.f},
       {"E=64 k=6 pre-softmax groups 8/3 scale 16", 517, 64, 6, false, true, false, 8, 3, 16.f},
+      {"E=160 k=6 softmax groups 8/3 by best expert scale 16 (V2)", 517, 160, 6, false, false, false, 8, 3, 16.f,
+       true},
+      {"E=64 k=6 sigmoid+bias groups 8/3 by best expert", 257, 64, 6, true, false, true, 8, 3, 1.f, true},
       {"E=16 k=1 sigmoid", 517, 16, 1, true, false, false, 0, 0, 1.f},
       {"E=256 k=8 sigmoid+bias groups 8/4 scale 2.5", 517, 256, 8, true, false, true, 8, 4, 2.5f},
       // Generic k (beyond any fast path), E not a multiple of 32, k = E.
@@ -98,6 +102,7 @@ TEST(CudaMoe, RouterTopkMatchesCpu) {
     r.num_groups = cs.groups;
     r.group_topk = cs.group_topk;
     r.scaling = cs.scaling;
+    r.group_max = cs.group_max;
     const auto z = randn(rng, static_cast<size_t>(cs.N * cs.E), 2.f);
     const auto b = randn(rng, static_cast<size_t>(cs.E), 0.1f);
     const Shape sz{cs.N, cs.E}, sp{cs.N, cs.k};
