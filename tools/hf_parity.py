@@ -24,11 +24,12 @@
    --primus-moe-checkpoint DIR) goes through round 2 with MixtralForCausalLM.from_pretrained.
 
 DeepSeek: tiny random DeepseekV3ForCausalLM (query latent, sigmoid routing in groups with a
-random expert bias, a shared expert, YaRN) and DeepseekV2ForCausalLM (V2-Lite style) go
-through round 1, then their Primus checkpoints through round 2 with the same class.
+random expert bias, a shared expert, YaRN) and DeepseekV2ForCausalLM (V2-Lite style, and V2's
+group_limited_greedy routing in groups) go through round 1, then their Primus checkpoints
+through round 2 with the same class.
 
 Prints one JSON summary on stdout (keys hf_to_primus, primus_to_hf, hf_to_primus_mixtral,
-primus_to_hf_mixtral, hf_to_primus_deepseek_v3, hf_to_primus_deepseek_v2, each with "ok"); exits 0 when every check passes, 1 on a mismatch, 2 when
+primus_to_hf_mixtral, hf_to_primus_deepseek_v3, hf_to_primus_deepseek_v2(_grouped), each with "ok"); exits 0 when every check passes, 1 on a mismatch, 2 when
 a command could not run or transformers raised (the summary says which and its output).
 
     python3 tools/hf_parity.py --primus build/bin/primus --workdir /tmp/hfp [--device cpu|cuda|both]
@@ -229,7 +230,7 @@ def hf_to_primus_mixtral(a, device_list):
     return result
 
 
-def hf_to_primus_deepseek(a, device_list, v3):
+def hf_to_primus_deepseek(a, device_list, v3, grouped=False):
     """A tiny random DeepseekV3ForCausalLM (query latent, sigmoid routing in groups with a random
     expert bias, a shared expert, YaRN) or DeepseekV2ForCausalLM (V2-Lite style: q_proj, softmax
     routing without renormalising, two shared experts) through hf-to-primus and primus generate."""
@@ -249,6 +250,12 @@ def hf_to_primus_deepseek(a, device_list, v3):
                                             num_experts_per_tok=4, n_shared_experts=1, n_group=4, topk_group=2,
                                             norm_topk_prob=True, routed_scaling_factor=2.5, **common)
         model = transformers.DeepseekV3ForCausalLM(cfg).float().eval()
+    elif grouped:  # V2's group_limited_greedy: 8 experts in 4 groups, the best 2 groups by their best expert
+        cfg = transformers.DeepseekV2Config(num_hidden_layers=2, q_lora_rank=None, n_routed_experts=8,
+                                            num_experts_per_tok=3, n_shared_experts=2, n_group=4, topk_group=2,
+                                            topk_method="group_limited_greedy", norm_topk_prob=False,
+                                            routed_scaling_factor=16.0, **common)
+        model = transformers.DeepseekV2ForCausalLM(cfg).float().eval()
     else:
         cfg = transformers.DeepseekV2Config(num_hidden_layers=2, q_lora_rank=None, n_routed_experts=8,
                                             num_experts_per_tok=3, n_shared_experts=2, n_group=1, topk_group=1,
@@ -259,7 +266,7 @@ def hf_to_primus_deepseek(a, device_list, v3):
         for name, buf in list(model.named_buffers()) + list(model.named_parameters()):
             if name.endswith("e_score_correction_bias"):
                 buf.normal_(0.0, 0.05)
-    tag = "hf_to_primus_deepseek_v3" if v3 else "hf_to_primus_deepseek_v2"
+    tag = "hf_to_primus_deepseek_v3" if v3 else "hf_to_primus_deepseek_v2_grouped" if grouped else "hf_to_primus_deepseek_v2"
     result = hf_round(a, device_list, model, "hf_" + tag, "primus_" + tag, tag)
     result["transformers"] = transformers.__version__
     # ... and back: primus-to-hf, loaded by the same transformers class.
@@ -386,7 +393,8 @@ def main():
     for key, fn in (("hf_to_primus", hf_to_primus), ("primus_to_hf", primus_to_hf),
                     ("hf_to_primus_mixtral", hf_to_primus_mixtral), ("primus_to_hf_mixtral", primus_to_hf_mixtral),
                     ("hf_to_primus_deepseek_v3", lambda a, d: hf_to_primus_deepseek(a, d, True)),
-                    ("hf_to_primus_deepseek_v2", lambda a, d: hf_to_primus_deepseek(a, d, False))):
+                    ("hf_to_primus_deepseek_v2", lambda a, d: hf_to_primus_deepseek(a, d, False)),
+                    ("hf_to_primus_deepseek_v2_grouped", lambda a, d: hf_to_primus_deepseek(a, d, False, True))):
         try:
             summary[key] = fn(a, devices)
             if not summary[key]["ok"]:
