@@ -165,15 +165,26 @@ DpoStats DpoObjective::evaluate(const std::vector<data::Batch>& batches, const s
   return s;
 }
 
-std::vector<std::pair<std::string, double>> DpoObjective::report(const DpoStats& local, parallel::Communicator& dp) {
-  const std::vector<double> v = dp.all_reduce_values(
+DpoStats DpoObjective::sum_over(const DpoStats& local, parallel::Communicator& group) {
+  const std::vector<double> v = group.all_reduce_values(
       {local.loss_sum, local.chosen_reward_sum, local.rejected_reward_sum, local.accuracy_sum, local.pairs});
-  const double n = std::max(1.0, v[4]);
-  return {{"dpo loss", v[0] / n},
-          {"rewards/chosen", v[1] / n},
-          {"rewards/rejected", v[2] / n},
-          {"rewards/margins", (v[1] - v[2]) / n},
-          {"rewards/accuracies", v[3] / n}};
+  DpoStats out;
+  out.loss_sum = v[0];
+  out.chosen_reward_sum = v[1];
+  out.rejected_reward_sum = v[2];
+  out.accuracy_sum = v[3];
+  out.pairs = v[4];
+  return out;
+}
+
+std::vector<std::pair<std::string, double>> DpoObjective::report(const DpoStats& local, parallel::Communicator& dp) {
+  const DpoStats all = sum_over(local, dp);
+  const double n = std::max(1.0, all.pairs);
+  return {{"dpo loss", all.loss_sum / n},
+          {"rewards/chosen", all.chosen_reward_sum / n},
+          {"rewards/rejected", all.rejected_reward_sum / n},
+          {"rewards/margins", (all.chosen_reward_sum - all.rejected_reward_sum) / n},
+          {"rewards/accuracies", all.accuracy_sum / n}};
 }
 
 }  // namespace primus::train

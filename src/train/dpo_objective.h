@@ -50,6 +50,9 @@ class DpoObjective {
   // Step 3: sums over dp, as the named values the log, TensorBoard and metrics.jsonl show:
   // "dpo loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies".
   static std::vector<std::pair<std::string, double>> report(const DpoStats& local, parallel::Communicator& dp);
+  // The statistics summed over `group` (e.g. over pp: with pipeline parallelism the hooks run on
+  // the last stage only, so the other stages hold zeros).
+  static DpoStats sum_over(const DpoStats& local, parallel::Communicator& group);
 
   const DpoOptions& options() const { return o_; }
 

@@ -224,10 +224,8 @@ DecoderModel::StepResult PipelinedModel::forward_backward(const std::vector<data
     check_applied();
     return sum;
   }
-  PRIMUS_CHECK(loss_weights == nullptr, "PipelinedModel: non-linear objectives (DPO, GRPO) run without pipeline "
-               "parallelism so far (pipeline_model_parallel_size 1)");
   DecoderModel::StepResult sum = run(micro_batches, true, loss_weight, aux_loss_weight,
-                                     dropout.empty() ? nullptr : &dropout);
+                                     dropout.empty() ? nullptr : &dropout, loss_weights);
   check_applied();
   return sum;
 }
@@ -247,7 +245,8 @@ DecoderModel::StepResult PipelinedModel::forward_only(const std::vector<data::Ba
 }
 
 DecoderModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs, bool train, float loss_weight,
-                                             float aux_loss_weight, const std::vector<parallel::LoraDropout>* dropout) {
+                                             float aux_loss_weight, const std::vector<parallel::LoraDropout>* dropout,
+                                             const std::vector<LossWeightsHook>* loss_weights) {
   const int P = pp_size_, r = pp_rank_, S = P * v_;
   const int M = static_cast<int>(mbs.size());
   PRIMUS_CHECK(M >= 1, "PipelinedModel: no micro-batches to run");
@@ -259,6 +258,7 @@ DecoderModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs
   // (micro-batch, chunk) -> its activations, between forward and backward
   std::map<std::pair<int, int>, DecoderModel::StageState*> live;
   DecoderModel::StepResult sum;
+  std::vector<std::vector<double>> row_sums(static_cast<size_t>(M));  // per micro-batch, on the last stage
   for (const parallel::PipelineAction& a : actions) {
     const int s = parallel::virtual_stage(P, r, a.chunk);
     const int prev = parallel::rank_of_virtual_stage(P, (s + S - 1) % S);
@@ -273,17 +273,20 @@ DecoderModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs
         input = &recv_buffer(recv_activation_, hidden);
         channel(parallel::PipelineOp::Forward, prev).recv(*input, prev);
       }
+      const auto mb = static_cast<size_t>(a.micro_batch);
+      // A non-linear objective's hook runs where the loss is: on the last stage.
+      const LossWeightsHook* hook = loss_weights != nullptr && s == S - 1 ? &(*loss_weights)[mb] : nullptr;
       const Tensor out =
           model.stage_forward(*state, b.tokens, &b.labels, &b.loss_mask, input, loss_weight, train, aux_loss_weight,
-                              extras_of(b, nullptr, false,
-                                        dropout != nullptr ? &(*dropout)[static_cast<size_t>(a.micro_batch)] : nullptr));
+                              extras_of(b, hook, false, dropout != nullptr ? &(*dropout)[mb] : nullptr));
       if (s == S - 1) {
-        DecoderModel::StepResult losses;  // the loss sums only (row sums stay with the stage)
+        DecoderModel::StepResult losses;  // the loss sums; the row sums go in micro-batch order below
         losses.loss_sum = state->result().loss_sum;
         losses.num_tokens = state->result().num_tokens;
         losses.mtp_loss_sums = state->result().mtp_loss_sums;
         losses.mtp_num_tokens = state->result().mtp_num_tokens;
         sum += losses;
+        row_sums[mb] = state->result().row_loss_sums;
       } else {
         send(channel(parallel::PipelineOp::Forward, r), out, next);
       }
@@ -308,21 +311,38 @@ DecoderModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs
     }
   }
   wait_sends();
-  // The loss lives on the last stage; every pp rank reports it.
+  // The losses live on the last stage; every pp rank reports them, in one all-reduce:
+  // [loss sum, tokens, each MTP depth's loss sum and tokens, every micro-batch's row sums].
   const bool last = r == P - 1;
-  sum.loss_sum = pp_->all_reduce_value(last ? sum.loss_sum : 0.0);
-  sum.num_tokens = pp_->all_reduce_value(last ? sum.num_tokens : 0.0);
-  if (const auto D = static_cast<size_t>(chunks_.front()->config().mtp_num_layers); D > 0) {
-    std::vector<double> both(2 * D, 0.0);  // the MTP depths' sums, also from the last stage
-    if (last)
-      for (size_t k = 0; k < D; ++k) {
-        both[k] = sum.mtp_loss_sums.at(k);
-        both[D + k] = sum.mtp_num_tokens.at(k);
-      }
-    both = pp_->all_reduce_values(std::move(both));
-    sum.mtp_loss_sums.assign(both.begin(), both.begin() + static_cast<std::ptrdiff_t>(D));
-    sum.mtp_num_tokens.assign(both.begin() + static_cast<std::ptrdiff_t>(D), both.end());
+  const auto D = static_cast<size_t>(chunks_.front()->config().mtp_num_layers);
+  size_t rows = 0;
+  for (const data::Batch& b : mbs) rows += static_cast<size_t>(b.tokens.size(0));
+  std::vector<double> v(2 + 2 * D + rows, 0.0);
+  if (last) {
+    v[0] = sum.loss_sum;
+    v[1] = sum.num_tokens;
+    for (size_t k = 0; k < D; ++k) {
+      v[2 + k] = sum.mtp_loss_sums.at(k);
+      v[2 + D + k] = sum.mtp_num_tokens.at(k);
+    }
+    size_t at = 2 + 2 * D;
+    for (size_t m = 0; m < row_sums.size(); ++m) {
+      PRIMUS_CHECK(row_sums[m].size() == static_cast<size_t>(mbs[m].tokens.size(0)),
+                   "PipelinedModel: micro-batch {} reported {} row sums for {} rows", m, row_sums[m].size(),
+                   mbs[m].tokens.size(0));
+      std::copy(row_sums[m].begin(), row_sums[m].end(), v.begin() + static_cast<std::ptrdiff_t>(at));
+      at += row_sums[m].size();
+    }
   }
+  v = pp_->all_reduce_values(std::move(v));
+  sum.loss_sum = v[0];
+  sum.num_tokens = v[1];
+  const auto it = [&](size_t i) { return v.begin() + static_cast<std::ptrdiff_t>(i); };
+  if (D > 0) {
+    sum.mtp_loss_sums.assign(it(2), it(2 + D));
+    sum.mtp_num_tokens.assign(it(2 + D), it(2 + 2 * D));
+  }
+  sum.row_loss_sums.assign(it(2 + 2 * D), v.end());
   return sum;
 }
 

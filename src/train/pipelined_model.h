@@ -83,9 +83,10 @@ class PipelinedModel {
   // Returns the sums over the micro-batches, the same on EVERY pp rank (the last stage's
   // loss is all-reduced over pp).
   // Packed batches (data::Batch positions / segments) keep attention inside documents. With
-  // loss_weights (one per micro-batch; pp 1 only: DPO, GRPO), the gradient weighs each token's
-  // loss by the hook's answer (DecoderModel::MicroBatchExtras). row_loss_sums of the result
-  // list every micro-batch's rows in order (pp 1).
+  // loss_weights (one per micro-batch: DPO, GRPO), the gradient weighs each token's loss by the
+  // hook's answer (DecoderModel::MicroBatchExtras); with pp > 1 the hooks run on the last stage
+  // only. row_loss_sums of the result list every micro-batch's rows in order, on every pp rank
+  // (with pp > 1 they come from the last stage with the loss).
   // step: the optimizer step (iteration) these micro-batches train, the same on every rank: with
   // LoRA dropout (DecoderOptions::lora.dropout > 0) it keys the masks with the batches'
   // samples (parallel/lora.h lora_dropout_row_keys), so they do not depend on the split.
@@ -126,7 +127,8 @@ class PipelinedModel {
   void send(parallel::Communicator& comm, const Tensor& t, int peer);
   void wait_sends();
   DecoderModel::StepResult run(const std::vector<data::Batch>& micro_batches, bool train, float loss_weight,
-                               float aux_loss_weight, const std::vector<parallel::LoraDropout>* dropout = nullptr);
+                               float aux_loss_weight, const std::vector<parallel::LoraDropout>* dropout = nullptr,
+                               const std::vector<LossWeightsHook>* loss_weights = nullptr);
   // The LoRA dropout of each micro-batch of a training step (empty when lora_dropout is 0).
   std::vector<parallel::LoraDropout> lora_dropouts(const std::vector<data::Batch>& micro_batches, int64_t step) const;
   Tensor& recv_buffer(Tensor& buf, const Shape& shape);

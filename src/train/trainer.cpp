@@ -256,9 +256,6 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   if (tp_size_ > 1) lo.tensor_parallel = {&groups_->tp(), o.sequence_parallel};
   if (ep_size_ > 1) lo.expert_parallel = {&groups_->ep(), o.moe_token_dispatcher};
   lo.lora = o.lora;
-  PRIMUS_CHECK(!o.dpo || pp_size_ == 1,
-               "dpo: true runs without pipeline parallelism so far (the sequence-level loss needs every pair's "
-               "log-probs on one stage); set pipeline_model_parallel_size: 1 (tensor and data parallelism work)");
   // Logits are materialised a chunk of rows at a time: 4096 rows (1 GiB of bf16 logits at a
   // 128K vocabulary, 256 MiB at 32K), fewer when a chunk would exceed PRIMUS_LOGITS_CHUNK_MB
   // (default 2048) MiB, never under 1024. Larger chunks make the classifier cheaper (the output
@@ -1021,7 +1018,9 @@ TrainResult Run::train() {
     const double lm_loss = dp_->all_reduce_value(sums.loss) / std::max(1.0, global_tokens);
     // DPO / GRPO: the objective is the run's loss (NaN guard, log); the completions' lm loss is shown too.
     std::vector<std::pair<std::string, double>> objective_report;
-    if (dpo_) objective_report = DpoObjective::report(dpo_->step_stats(), *dp_);
+    if (dpo_)  // the hooks ran on the last pipeline stage: the other stages hold zeros
+      objective_report = DpoObjective::report(
+          pp_size_ > 1 ? DpoObjective::sum_over(dpo_->step_stats(), groups_->pp()) : dpo_->step_stats(), *dp_);
     if (grpo_) objective_report = grpo_->report(*dp_);
     const double loss = objective_report.empty() ? lm_loss : objective_report.front().second;
     const double lr = schedule_->lr(static_cast<double>(consumed_train_));

@@ -59,6 +59,8 @@
 #   DPO with LoRA on token-id preference pairs (tiny_chat-posttrain.yaml), against refdpo (1 rank):
 #   tp2spdpo     2 ranks, tp2 + sequence parallel                                 == refdpo
 #   dp2dpo       2 ranks, data parallel (each rank a share of the reference log-probs) == refdpo
+#   pp2dpo       2 ranks, pipeline parallel (the pairs' hooks on the last stage, row sums and
+#                DPO statistics reported to both stages)                          == refdpo
 # Usage: parallel_train.sh PRIMUS_BINARY MPIEXEC
 set -euo pipefail
 PRIMUS=$1
@@ -189,6 +191,7 @@ DPO=(--set data_path="$(dirname "$0")/tiny_pairs_ids.jsonl" --set dpo=true --set
 run refdpo 1 "${DPO[@]}"
 run tp2spdpo 2 "${DPO[@]}" --set tensor_model_parallel_size=2 --set sequence_parallel=true
 run dp2dpo 2 "${DPO[@]}"
+run pp2dpo 2 "${DPO[@]}" --set pipeline_model_parallel_size=2
 EXP=$EXP_MOCK
 }
 
@@ -266,7 +269,7 @@ runs = (("dp2", ALL, "ref"), ("tp2", ALL, "ref"), ("dp2_distopt", ALL, "ref"), (
         ("big_to_1", LAST, "refmoe16"), ("moe16_half", FIRST, "refmoe16"), ("one_to_big", LAST, "refmoe16"),
         ("tp2lora", ALL, "reflora"), ("tp2splora", ALL, "reflora"), ("dp2lora", ALL, "reflora"), ("pp2lora", ALL, "reflora"),
         ("lora_half", FIRST, "reflora"), ("lora_to_tp2sp", LAST, "reflora"), ("tp2spdpo", ALL, "refdpo"),
-        ("dp2dpo", ALL, "refdpo"))
+        ("dp2dpo", ALL, "refdpo"), ("pp2dpo", ALL, "refdpo"))
 EXPERT_PARALLEL = {"ep2moe", "ep4moe", "ep2dp2moe", "ep2pp2moe", "ep2pp2_half", "ep_to_1", "moe_to_ep4", "ep4ds",
                    "ep2pp2ds", "ep2pp2vp", "ep2tp2ds", "tp2ds", "tp2ds_v2", "tp2moe", "tp2spmoe", "ep2tp2sp", "big_half", "big_to_1", "one_to_big"}
 for run, its, refname in runs:
