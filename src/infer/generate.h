@@ -25,7 +25,6 @@
 // the device). Greedy decoding queues step s + 1 before the host reads step s; a slot freed by
 // step s is filled after step s + 1 was queued (its result for that slot is dropped).
 #pragma once
-#pragma once
 
 #include <algorithm>
 #include <cstdint>
