@@ -155,13 +155,24 @@ __device__ int32_t mass_crossing(const float* row, int vocab, bool vec, double i
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = tid; i < kCopies * 256; i += blockDim.x) hmass[i / 256][i % 256] = 0.0;
     __syncthreads();
+    // As in sample_kernel's count pass: a thread sums its run of equal bins in a register and
+    // adds the run when the bin changes (the atomics' order was never fixed).
+    uint32_t run_bin = 0u;
+    double run_w = 0.0;
     for_each_in_row(row, vocab, vec, [&](float v, int) {
       const uint32_t k = sample_key(v);
-      if ((k & mask) == prefix) {
-        const double w = exp(static_cast<double>(sample_value(v)) * inv_t - zmax);
-        if (w > 0.0) atomicAdd(&hmass[warp % kCopies][(k >> shift) & 0xFFu], w);
+      if ((k & mask) != prefix) return;
+      const double w = exp(static_cast<double>(sample_value(v)) * inv_t - zmax);
+      if (!(w > 0.0)) return;
+      const uint32_t bin = (k >> shift) & 0xFFu;
+      if (bin != run_bin && run_w > 0.0) {
+        atomicAdd(&hmass[warp % kCopies][run_bin], run_w);
+        run_w = 0.0;
       }
+      run_bin = bin;
+      run_w += w;
     });
+    if (run_w > 0.0) atomicAdd(&hmass[warp % kCopies][run_bin], run_w);
     __syncthreads();
     if (tid == 0) {
       double a = acc;
@@ -256,10 +267,22 @@ __global__ void __launch_bounds__(kThreads)
   for (int shift = 24; shift >= 0; shift -= 8) {
     for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0u;
     __syncthreads();
+    // Logits of one row share their top key bits, so nearly every id falls in one or two bins:
+    // one shared atomic per id serialised on them. Each thread counts its run of equal bins in
+    // a register and adds the run when the bin changes (the same integer counts).
+    uint32_t run_bin = 0u, run_n = 0u;
     for_each_in_row(row, vocab, vec, [&](float v, int) {
       const uint32_t k = sample_key(v);
-      if ((k & mask) == prefix) atomicAdd(&hist[(k >> shift) & 0xFFu], 1u);
+      if ((k & mask) != prefix) return;
+      const uint32_t bin = (k >> shift) & 0xFFu;
+      if (bin != run_bin && run_n > 0u) {
+        atomicAdd(&hist[run_bin], run_n);
+        run_n = 0u;
+      }
+      run_bin = bin;
+      ++run_n;
     });
+    if (run_n > 0u) atomicAdd(&hist[run_bin], run_n);
     __syncthreads();
     if (tid == 0) {
       uint32_t above = 0u;
