@@ -156,6 +156,26 @@ inline unsigned grid_for(int64_t work, int threads) {
   return static_cast<unsigned>(blocks < 132 * 32 ? blocks : 132 * 32);
 }
 
+// ---- counter-based random numbers ------------------------------------------------------------
+// Philox-4x32-10 exactly as core/rng.cpp: counter (lo, hi), e.g. (element index, stream), and a
+// 64-bit key (the seed); four 32-bit words per counter (init_normal.cu, dropout.cu).
+__device__ inline uint4 philox(uint64_t counter_lo, uint64_t counter_hi, uint64_t key) {
+  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u, kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+  uint32_t c0 = static_cast<uint32_t>(counter_lo), c1 = static_cast<uint32_t>(counter_lo >> 32);
+  uint32_t c2 = static_cast<uint32_t>(counter_hi), c3 = static_cast<uint32_t>(counter_hi >> 32);
+  uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
+#pragma unroll
+  for (int round = 0; round < 10; ++round) {
+    const uint32_t hi0 = __umulhi(kM0, c0), lo0 = kM0 * c0;
+    const uint32_t hi1 = __umulhi(kM1, c2), lo1 = kM1 * c2;
+    const uint32_t n0 = hi1 ^ c1 ^ k0, n1 = lo1, n2 = hi0 ^ c3 ^ k1, n3 = lo0;
+    c0 = n0; c1 = n1; c2 = n2; c3 = n3;
+    k0 += kW0;
+    k1 += kW1;
+  }
+  return make_uint4(c0, c1, c2, c3);
+}
+
 }  // namespace primus::cuda
 
 // Runs the body with T bound to the CUDA type of a floating dtype (fp32, bf16, fp16).

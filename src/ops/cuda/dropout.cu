@@ -1,5 +1,5 @@
 // Counter-based inverted dropout: one thread per (row, 4-feature group), one Philox-4x32-10
-// block (core/rng.cpp's, as init_normal.cu has it) per group: word c % 4 decides feature c.
+// block (core/rng.cpp's, device_utils.cuh philox) per group: word c % 4 decides feature c.
 #include "ops/cuda/dropout.h"
 
 #include "ops/cuda/cuda_check.h"
@@ -10,23 +10,6 @@ namespace primus::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ inline uint4 philox(uint64_t counter_lo, uint64_t counter_hi, uint64_t key) {
-  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u, kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
-  uint32_t c0 = static_cast<uint32_t>(counter_lo), c1 = static_cast<uint32_t>(counter_lo >> 32);
-  uint32_t c2 = static_cast<uint32_t>(counter_hi), c3 = static_cast<uint32_t>(counter_hi >> 32);
-  uint32_t k0 = static_cast<uint32_t>(key), k1 = static_cast<uint32_t>(key >> 32);
-#pragma unroll
-  for (int round = 0; round < 10; ++round) {
-    const uint32_t hi0 = __umulhi(kM0, c0), lo0 = kM0 * c0;
-    const uint32_t hi1 = __umulhi(kM1, c2), lo1 = kM1 * c2;
-    const uint32_t n0 = hi1 ^ c1 ^ k0, n1 = lo1, n2 = hi0 ^ c3 ^ k1, n3 = lo0;
-    c0 = n0; c1 = n1; c2 = n2; c3 = n3;
-    k0 += kW0;
-    k1 += kW1;
-  }
-  return make_uint4(c0, c1, c2, c3);
-}
 
 template <typename T>
 __global__ void dropout_kernel(T* out, const T* x, int64_t row_begin, int64_t rows, int64_t W, int64_t first_row,
