@@ -137,6 +137,18 @@ class Backend {
                                   const Tensor& q, const Tensor& k, const Tensor& v,
                                   const Tensor& out, const Tensor& lse, float scale, bool causal,
                                   const Tensor* segments) = 0;
+  // Merge of two attention results of the same queries over disjoint key sets (context
+  // parallel's ring attention, parallel/context_parallel.h): acc_out (B,T,H,Dv), acc_lse (B,H,T)
+  // fp32 hold the result over the keys seen so far; part_out (B,Tp,H,Dv), part_lse (B,H,Tp) fp32
+  // the result of query rows t0 .. t0+Tp-1 over other keys (t0 + Tp <= T). For each b, h and
+  // t = t0 + i, with L = acc_lse[b,h,t], l = part_lse[b,h,i]:
+  //   lse = max(L,l) + log(exp(L - max(L,l)) + exp(l - max(L,l)))
+  //   acc_out[b,t,h,:] = exp(L - lse) * acc_out[b,t,h,:] + exp(l - lse) * part_out[b,i,h,:]
+  //   acc_lse[b,h,t] = lse
+  // (softmax over the union of the keys). A side whose lse is -inf (no keys) weighs 0; both -inf
+  // leaves the row as it is. acc_out and part_out share a dtype; the arithmetic is fp32.
+  virtual void attention_merge(Tensor& acc_out, Tensor& acc_lse, const Tensor& part_out, const Tensor& part_lse,
+                               int64_t t0) = 0;
 
   // ---- SwiGLU: out = silu(gate) * up, gate_up (N, 2F) = [gate | up] -----------------
   virtual void swiglu_forward(Tensor& out, const Tensor& gate_up) = 0;

@@ -417,6 +417,25 @@ void attention_backward(Context& ctx, Tensor& dq, Tensor& dk, Tensor& dv, const 
   ctx.backend().attention_backward(dq, dk, dv, dout, q, k, v, out, lse, scale, causal, segments);
 }
 
+void attention_merge(Context& ctx, Tensor& acc_out, Tensor& acc_lse, const Tensor& part_out, const Tensor& part_lse,
+                     int64_t t0) {
+  const char* op = "attention_merge";
+  arg_ndim(ctx, acc_out, 4, op, "acc_out");
+  arg_ndim(ctx, part_out, 4, op, "part_out");
+  const int64_t B = acc_out.size(0), T = acc_out.size(1), H = acc_out.size(2), Dv = acc_out.size(3);
+  const int64_t Tp = part_out.size(1);
+  float_dtype(acc_out, op, "acc_out");
+  PRIMUS_CHECK(t0 >= 0 && t0 + Tp <= T, "{}: rows [{}, {}) of part_out do not fit the {} rows of acc_out", op, t0,
+               t0 + Tp, T);
+  arg_shape(ctx, part_out, {B, Tp, H, Dv}, op, "part_out");
+  arg_shape(ctx, acc_lse, {B, H, T}, op, "acc_lse");
+  arg_shape(ctx, part_lse, {B, H, Tp}, op, "part_lse");
+  dtype_is(acc_lse, DType::F32, op, "acc_lse");
+  dtype_is(part_lse, DType::F32, op, "part_lse");
+  same_dtype(acc_out, part_out, op, "acc_out", "part_out");
+  ctx.backend().attention_merge(acc_out, acc_lse, part_out, part_lse, t0);
+}
+
 // ---- SwiGLU --------------------------------------------------------------------------
 
 void swiglu_forward(Context& ctx, Tensor& out, const Tensor& gate_up) {

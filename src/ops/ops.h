@@ -86,6 +86,10 @@ void attention_forward(Context& ctx, Tensor& out, Tensor& lse, const Tensor& q, 
 void attention_backward(Context& ctx, Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout,
                         const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse, float scale, bool causal = true, const Tensor* segments = nullptr);
+// Merge a partial attention result of query rows [t0, t0 + Tp) into acc (Backend::attention_merge):
+// acc_out (B,T,H,Dv), acc_lse (B,H,T) fp32, part_out (B,Tp,H,Dv), part_lse (B,H,Tp) fp32.
+void attention_merge(Context& ctx, Tensor& acc_out, Tensor& acc_lse, const Tensor& part_out, const Tensor& part_lse,
+                     int64_t t0);
 
 void swiglu_forward(Context& ctx, Tensor& out, const Tensor& gate_up);
 void swiglu_backward(Context& ctx, Tensor& dgate_up, const Tensor& dout, const Tensor& gate_up);

@@ -39,6 +39,9 @@ if(MPI_C_FOUND)
   # Expert parallelism: the token exchange (both dispatchers), and a tiny MoE model vs the
   # single-rank model with ranks that receive no tokens (EP2, EP4).
   primus_mpi_test(expert_parallel primus_ep_tests test_expert_parallel.cpp 180)
+  # Context parallelism: the load-balanced chunks, attention_merge, and ring attention forward and
+  # backward against one rank's full causal attention (CP2, CP4, two rings of 2 at np 4).
+  primus_mpi_test(context_parallel primus_cp_tests test_context_parallel.cpp 120)
 
   add_test(NAME parallel.rank_failures
            COMMAND bash ${PRIMUS_PARALLEL_TEST_DIR}/run_failure_tests.sh

@@ -187,4 +187,39 @@ void CpuBackend::attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Te
   }
 }
 
+// Softmax over the union of two disjoint key sets from each set's (out, lse): see the header of
+// Backend::attention_merge. Weights are computed in double so that a row merged many times
+// (one part per ring step) keeps fp32 accuracy.
+void CpuBackend::attention_merge(Tensor& acc_out, Tensor& acc_lse, const Tensor& part_out, const Tensor& part_lse,
+                                 int64_t t0) {
+  require_f32_all("attention_merge", acc_out, acc_lse, part_out, part_lse);
+  const int64_t B = acc_out.size(0), T = acc_out.size(1), H = acc_out.size(2), Dv = acc_out.size(3);
+  const int64_t Tp = part_out.size(1);
+  float* O = acc_out.data<float>();
+  float* L = acc_lse.data<float>();
+  const float* P = part_out.data<float>();
+  const float* l = part_lse.data<float>();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < Tp; ++i) {
+        const int64_t t = t0 + i;
+        float& La = L[(b * H + h) * T + t];
+        const float lb = l[(b * H + h) * Tp + i];
+        if (std::isinf(lb) && lb < 0) continue;  // the part saw no key: nothing to add
+        float* o = O + ((b * T + t) * H + h) * Dv;
+        const float* p = P + ((b * Tp + i) * H + h) * Dv;
+        if (std::isinf(La) && La < 0) {  // nothing accumulated yet: take the part
+          std::copy(p, p + Dv, o);
+          La = lb;
+          continue;
+        }
+        const double m = std::max<double>(La, lb);
+        const double ea = std::exp(static_cast<double>(La) - m), eb = std::exp(static_cast<double>(lb) - m);
+        const double lse = m + std::log(ea + eb);
+        const double wa = ea / (ea + eb), wb = eb / (ea + eb);
+        for (int64_t c = 0; c < Dv; ++c) o[c] = static_cast<float>(wa * o[c] + wb * p[c]);
+        La = static_cast<float>(lse);
+      }
+}
+
 }  // namespace primus::ops::cpu

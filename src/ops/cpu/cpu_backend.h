@@ -59,6 +59,8 @@ class CpuBackend final : public Backend {
   void attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout, const Tensor& q,
                           const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                           float scale, bool causal, const Tensor* segments) override;
+  void attention_merge(Tensor& acc_out, Tensor& acc_lse, const Tensor& part_out, const Tensor& part_lse,
+                       int64_t t0) override;
 
   void swiglu_forward(Tensor& out, const Tensor& gate_up) override;
   void swiglu_backward(Tensor& dgate_up, const Tensor& dout, const Tensor& gate_up) override;

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "ops/cuda/adamw.h"
+#include "ops/cuda/attention_merge.h"
 #include "ops/cuda/attention_simple.h"
 #include "ops/cuda/init_normal.h"
 #include "ops/cuda/cross_entropy.h"
@@ -404,6 +405,17 @@ void CudaBackend::attention_backward(Tensor& dq, Tensor& dk, Tensor& dv, const T
                                      lse.data<float>(), q.dtype(), B, T, Hq, Hkv, q.size(3), v.size(3), scale,
                                      causal, scratch(ws), ws, stream_, seg);
   }
+}
+
+void CudaBackend::attention_merge(Tensor& acc_out, Tensor& acc_lse, const Tensor& part_out, const Tensor& part_lse,
+                                  int64_t t0) {
+  require_cuda(acc_out, "attention_merge", "acc_out");
+  require_cuda(acc_lse, "attention_merge", "acc_lse");
+  require_cuda(part_out, "attention_merge", "part_out");
+  require_cuda(part_lse, "attention_merge", "part_lse");
+  launch_attention_merge(acc_out.raw(), acc_lse.data<float>(), part_out.raw(), part_lse.data<float>(),
+                         acc_out.dtype(), acc_out.size(0), acc_out.size(1), acc_out.size(2), acc_out.size(3),
+                         part_out.size(1), t0, stream_);
 }
 
 // ---- SwiGLU ------------------------------------------------------------------------------
