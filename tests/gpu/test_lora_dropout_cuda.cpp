@@ -61,7 +61,8 @@ TEST(CudaLoraDropout, MaskKernelEqualsCpu) {
       for (size_t i = 0; i < want.size(); ++i) bad += got[i] != want[i] || got_inplace[i] != want[i];
       std::printf("[check] dropout B %lld T %lld W %lld rows from %lld cols from %lld p %.2f %s: %lld of %zu differ\n",
                   static_cast<long long>(s.B), static_cast<long long>(s.T), static_cast<long long>(s.W),
-                  static_cast<long long>(s.first_row), static_cast<long long>(s.first_col), s.p, dtype_name(dt),
+                  static_cast<long long>(s.first_row), static_cast<long long>(s.first_col), s.p,
+                  std::string(dtype_name(dt)).c_str(),
                   static_cast<long long>(bad), want.size());
       EXPECT_EQ(bad, 0);
     }
