@@ -20,6 +20,7 @@
 #include "core/arena.h"
 #include "parallel/named_tensor.h"
 #include "ops/ops.h"
+#include "parallel/context_parallel.h"
 #include "parallel/expert_parallel.h"
 #include "parallel/lora.h"
 #include "parallel/tensor_parallel.h"
@@ -50,6 +51,9 @@ struct LayerEnv {
   float norm_eps = 1e-5f;
   parallel::TensorParallel tp{};  // default: one rank
   parallel::ExpertParallel ep{};  // default: one rank (MoE blocks hold every expert)
+  // Context parallel (parallel/context_parallel.h): the rows hold this cp rank's two chunks of
+  // each sequence (rope_cos/sin at their real positions); attention runs as a ring over cp.
+  parallel::ContextParallel cp{};
   // Backward writes the linear weights' grads instead of adding to them (the step's first
   // micro-batch when the caller did not zero them: DecoderModel::zero_grads_for_overwrite).
   bool overwrite_linear_grads = false;

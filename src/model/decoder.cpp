@@ -58,6 +58,22 @@ void fill_normal_parallel(Tensor& host, const CounterRng& rng, float std, const 
   for (auto& th : pool) th.join();
 }
 
+// What context parallelism supports so far (parallel/context_parallel.h); the rest is refused by name.
+void validate_context_parallel(const ModelConfig& c, const parallel::ContextParallel& cp, Device device) {
+  if (!cp.active()) return;
+  PRIMUS_CHECK(cp.group->device() == device, "DecoderOptions.context_parallel: the cp group '{}' works on {} tensors "
+               "but the model runs on {}", cp.group->name(), device_name(cp.group->device()), device_name(device));
+  const int P = cp.size();
+  PRIMUS_CHECK(!c.multi_latent_attention, "model config '{}': context_parallel_size = {} runs GQA attention only so "
+               "far; multi_latent_attention: true is not supported with it (set context_parallel_size: 1)", c.name, P);
+  PRIMUS_CHECK(c.mtp_num_layers == 0, "model config '{}': context_parallel_size = {} with multi-token prediction "
+               "(mtp_num_layers = {}) is not supported: the MTP depths shift labels along the whole sequence, which "
+               "no cp rank holds; set mtp_num_layers: 0 or context_parallel_size: 1", c.name, P, c.mtp_num_layers);
+  PRIMUS_CHECK(c.num_experts == 0, "model config '{}': context_parallel_size = {} with MoE layers (num_experts = {}) "
+               "is not supported yet (untested: the sequence-level aux loss and the expert groups over dp x cp); set "
+               "context_parallel_size: 1", c.name, P, c.num_experts);
+}
+
 // The tensor-parallel layout rules that the config must meet (all violations at once).
 void validate_tensor_parallel(const ModelConfig& c, const parallel::TensorParallel& tp, Device device) {
   if (tp.group == nullptr) {
@@ -212,6 +228,7 @@ DecoderModel::DecoderModel(const ModelConfig& config, ops::Context& ctx, const D
   set_recompute(options_.recompute, options_.recompute_num_layers);
   const parallel::TensorParallel& tp = options_.tensor_parallel;
   validate_tensor_parallel(config_, tp, ctx_.device());
+  validate_context_parallel(config_, options_.context_parallel, ctx_.device());
   const parallel::ExpertParallel& ep = options_.expert_parallel;
   validate_expert_parallel(config_, ep, tp, ctx_.device());
 
@@ -439,12 +456,31 @@ TokenDims DecoderModel::dims_for(int64_t B, int64_t T) const {
 LayerEnv DecoderModel::make_env(const TokenDims& d, Arena& arena) {
   if (!rope_cos_.defined() || rope_cos_.size(0) != d.T) {
     Tensor cos, sin;
-    ops::rope_tables(cos, sin, d.T, rotary_.inv_freq, rotary_.table_scale);
+    const parallel::ContextParallel& cp = options_.context_parallel;
+    if (cp.active()) {
+      // Context parallel: the T local columns are two chunks of a sequence of T * cp tokens; row t
+      // of the tables is the row of local column t's real position.
+      Tensor full_cos, full_sin;
+      ops::rope_tables(full_cos, full_sin, d.T * cp.size(), rotary_.inv_freq, rotary_.table_scale);
+      const std::vector<int64_t> pos = parallel::context_parallel_positions(d.T * cp.size(), cp.rank(), cp.size());
+      const int64_t half = full_cos.size(1);
+      cos = Tensor::empty({d.T, half}, DType::F32);
+      sin = Tensor::empty({d.T, half}, DType::F32);
+      for (int64_t t = 0; t < d.T; ++t)
+        for (int64_t i = 0; i < half; ++i) {
+          cos.data<float>()[t * half + i] = full_cos.data<float>()[pos[static_cast<size_t>(t)] * half + i];
+          sin.data<float>()[t * half + i] = full_sin.data<float>()[pos[static_cast<size_t>(t)] * half + i];
+        }
+    } else {
+      ops::rope_tables(cos, sin, d.T, rotary_.inv_freq, rotary_.table_scale);
+    }
     rope_cos_ = cos.to(ctx_.device());
     rope_sin_ = sin.to(ctx_.device());
   }
-  return LayerEnv{ctx_, arena, d, rope_cos_, rope_sin_, static_cast<float>(config_.norm_epsilon),
-                  options_.tensor_parallel, options_.expert_parallel};
+  LayerEnv env{ctx_, arena, d, rope_cos_, rope_sin_, static_cast<float>(config_.norm_epsilon),
+               options_.tensor_parallel, options_.expert_parallel};
+  env.cp = options_.context_parallel;
+  return env;
 }
 
 void DecoderModel::forward_layers(LayerEnv& env, std::vector<Tensor>& xs, std::vector<LayerActivations>& acts,
@@ -479,6 +515,9 @@ void DecoderModel::set_packing(StageState& st, const MicroBatchExtras& extras, c
   PRIMUS_CHECK((extras.positions == nullptr) == (extras.segments == nullptr),
                "DecoderModel: packed rows need both positions and segments");
   if (extras.positions == nullptr) return;
+  PRIMUS_CHECK(!options_.context_parallel.active(), "model config '{}': packed rows (reset_position_ids / "
+               "reset_attention_mask, post-training packing) are not supported with context_parallel_size = {}; turn "
+               "packing off or set context_parallel_size: 1", config_.name, options_.context_parallel.size());
   const Shape bt{d.B, d.T};
   for (const Tensor* t : {extras.positions, extras.segments})
     PRIMUS_CHECK(t->shape() == bt && t->dtype() == DType::I32,

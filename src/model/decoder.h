@@ -49,6 +49,7 @@
 #include "model/model_config.h"
 #include "parallel/named_tensor.h"
 #include "ops/ops.h"
+#include "parallel/context_parallel.h"
 #include "parallel/tensor_parallel.h"
 
 namespace primus {
@@ -85,6 +86,13 @@ struct DecoderOptions {
   // [r E/P, (r+1) E/P) of every MoE layer (parallel/expert_parallel.h). Must live on the
   // context's device and outlive the model.
   parallel::ExpertParallel expert_parallel{};
+  // Context parallel group (default: one rank; parallel/context_parallel.h): each micro-batch
+  // passed in holds this cp rank's two chunks of every row (context_parallel_columns of tokens,
+  // labels and loss_mask); RoPE uses their real positions and attention runs as a ring over the
+  // group. Loss sums and parameter grads are this rank's share (the caller sums them over cp).
+  // Must live on the context's device and outlive the model. GQA attention, dense MLPs, no MTP,
+  // no packed rows (refused by name otherwise).
+  parallel::ContextParallel context_parallel{};
   // Pipeline parallel: which layers (and ends) this model holds. Default: all of it.
   PipelineStage stage{};
   // LoRA (decoder_spec.h LoraSpec, parallel/lora.h): adapters on the targeted linears are the

@@ -25,6 +25,7 @@
 #include "ops/cpu/openblas_kernels.h"
 #include "ops/ops.h"
 #include "parallel/communicator.h"
+#include "parallel/context_parallel.h"
 #include "parallel/launch_info.h"
 #include "parallel/parallel_dims.h"
 #include "parallel/process_groups.h"
@@ -94,6 +95,9 @@ class Run {
   void setup_posttrain_data(const data::DataConfig& dc);
   void restore();
   LossSums train_step(float loss_weight_numerator, std::vector<data::Batch>& batches);
+  // Context parallel: each micro-batch cut down to this cp rank's two chunks of every row
+  // (parallel/context_parallel.h); nothing without cp.
+  void take_context_parallel_chunks(std::vector<data::Batch>& batches) const;
   // Token-mean loss of `iterations` global batches from `loader`, over all ranks, as the named
   // values the reports show ("lm loss"; DPO: "dpo loss" and the rewards first). The first one is
   // the run's validation loss.
@@ -184,12 +188,10 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
       launch_(parallel::detect_launch()),
       logger_(LoggerOptions{launch_.rank, launch_.world_size, o.stderr_sink_level, o.log_dir, true}),
       ctx_(make_context(o, launch_)) {
-  if (o.context_parallel != 1)
-    throw Error(fmt::format(
-        "the Primus training loop runs data, tensor (+sequence), pipeline and expert parallelism so far; "
-        "context_parallel_size={} must be 1 (use tensor_model_parallel_size, pipeline_model_parallel_size and more "
-        "data-parallel ranks instead)",
-        o.context_parallel));
+  PRIMUS_CHECK(o.context_parallel == 1 || (!o.dpo && !o.grpo && !o.posttrain),
+               "context_parallel_size = {} runs pretraining only so far: dpo, grpo and post-training (packed or padded "
+               "chat rows) are not supported with it; set context_parallel_size: 1",
+               o.context_parallel);
   parallel::WorldOptions wo;
   wo.device = o.device;
   wo.cuda_device = launch_.local_rank;
@@ -202,13 +204,16 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   sizes.tp = o.tensor_parallel;
   sizes.pp = o.pipeline_parallel;
   sizes.ep = o.expert_parallel;
+  sizes.cp = o.context_parallel;
   const parallel::ParallelDims dims = parallel::ParallelDims::create(world_->size(), sizes);
   check_parallel_layout(o.model, dims,
                         {o.seq_length, o.sequence_parallel, o.num_layers_per_virtual_pipeline_stage,
                          o.global_batch_size, o.micro_batch_size, o.decoder_first_pipeline_num_layers,
                          o.decoder_last_pipeline_num_layers});
   groups_ = std::make_unique<parallel::ProcessGroups>(*world_, dims);
-  dp_ = &groups_->dp();
+  // Context parallel: each cp rank has its share of every sequence, so losses, token counts and
+  // gradients are summed over data x context parallel.
+  dp_ = dims.cp() > 1 ? &groups_->dp_cp() : &groups_->dp();
   dp_rank_ = groups_->coords().dp;
   dp_size_ = dims.dp();
   tp_size_ = dims.tp();
@@ -255,6 +260,7 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
 #endif
   if (tp_size_ > 1) lo.tensor_parallel = {&groups_->tp(), o.sequence_parallel};
   if (ep_size_ > 1) lo.expert_parallel = {&groups_->ep(), o.moe_token_dispatcher};
+  if (dims.cp() > 1) lo.context_parallel = {&groups_->cp()};
   lo.lora = o.lora;
   // Logits are materialised a chunk of rows at a time: 4096 rows (1 GiB of bf16 logits at a
   // 128K vocabulary, 256 MiB at 32K), fewer when a chunk would exceed PRIMUS_LOGITS_CHUNK_MB
@@ -624,6 +630,19 @@ LossSums Run::train_step(float loss_weight, std::vector<data::Batch>& batches) {
   return {r.loss_sum, r.num_tokens, r.mtp_loss_sums, r.mtp_num_tokens};
 }
 
+void Run::take_context_parallel_chunks(std::vector<data::Batch>& batches) const {
+  const int cp = groups_->dims().cp(), rank = groups_->coords().cp;
+  if (cp == 1) return;
+  for (data::Batch& b : batches) {
+    PRIMUS_CHECK(!b.positions.defined() && !b.segments.defined(),
+                 "context_parallel_size = {}: packed rows (reset_position_ids / reset_attention_mask) are not "
+                 "supported with context parallelism; turn them off or set context_parallel_size: 1", cp);
+    b.tokens = parallel::context_parallel_columns(b.tokens, rank, cp);
+    b.labels = parallel::context_parallel_columns(b.labels, rank, cp);
+    b.loss_mask = parallel::context_parallel_columns(b.loss_mask, rank, cp);
+  }
+}
+
 std::vector<std::pair<std::string, double>> Run::evaluate(data::BatchLoader& loader, int64_t iterations) {
   optimizer_->finish_param_gather();
   LossSums sums;
@@ -631,6 +650,7 @@ std::vector<std::pair<std::string, double>> Run::evaluate(data::BatchLoader& loa
   for (int64_t it = 0; it < iterations; ++it) {
     std::vector<data::Batch> batches;
     for (int64_t m = 0; m < num_micro_batches_; ++m) batches.push_back(loader.next());
+    take_context_parallel_chunks(batches);
     const DecoderModel::StepResult r = model_->forward_only(batches);
     sums.loss += r.loss_sum;
     sums.tokens += r.num_tokens;
@@ -810,7 +830,7 @@ std::optional<Run::MoeReport> Run::finish_moe_step() {
 void Run::log_header() {
   const auto& m = o_.model;
   logger_.info("primus train: {} | device {} | {} | world {} (data parallel {}{}, tensor parallel {}{}, pipeline "
-               "parallel {}{}{})",
+               "parallel {}{}{}{})",
                o_.exp_name, o_.device == Device::CUDA ? "cuda" : "cpu", precision_name(o_.precision),
                launch_.world_size, dp_size_, o_.use_distributed_optimizer ? " + distributed optimizer" : "", tp_size_,
                o_.sequence_parallel ? " + sequence parallel" : "", pp_size_,
@@ -819,7 +839,11 @@ void Run::log_header() {
                                           groups_->dims().expert_dp(),
                                           o_.moe_token_dispatcher == parallel::TokenDispatcher::AllToAll ? "alltoall"
                                                                                                         : "allgather")
-                            : "");
+                            : "",
+               groups_->dims().cp() > 1
+                   ? fmt::format(", context parallel {} (ring attention, {} tokens of each sequence per rank)",
+                                 groups_->dims().cp(), o_.seq_length / groups_->dims().cp())
+                   : "");
   if (o_.decoder_first_pipeline_num_layers > 0 || o_.decoder_last_pipeline_num_layers > 0)
     logger_.info("pipeline stages hold {} layers (uneven split: decoder_first_pipeline_num_layers {}, "
                  "decoder_last_pipeline_num_layers {})",
@@ -976,6 +1000,7 @@ TrainResult Run::train() {
       batches = grpo_->batches(iteration_, o_.model, [this] { return rollout_weights(); }, reference_.get(), ctx_, *dp_);
     } else {
       for (int64_t m = 0; m < num_micro_batches_; ++m) batches.push_back(train_loader->next());
+      take_context_parallel_chunks(batches);
     }
     phase_done("data");
     double local_tokens = 0, local_real = 0;
