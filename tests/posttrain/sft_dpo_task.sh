@@ -2,14 +2,19 @@
 # The proof task of post-training (issue 15), on the CPU in a few minutes (docs/POSTTRAIN.md,
 # "Proof: the CI task"). A 2-layer Llama with a character-level ChatML tokenizer
 # (tests/data/posttrain/chatml_bytes) learns to shift each letter of 4-letter words it has
-# never seen to the next one ("Shift habz" -> "ibca"):
+# never seen to the next one ("Shift habz" -> "ibca"), asked with three phrasings:
 #   data   tools/make_chat_data.py --task letters --letter-ops next: SFT conversations,
-#          held-out words (disjoint from the training words), DPO pairs right vs near miss
+#          held-out words (disjoint from the training words), DPO pairs right vs near miss.
+#          The SFT demonstrations of one phrasing are flawed: "Advance each letter: habz" is
+#          answered with the word echoed back ("habz"); the DPO pairs of that phrasing prefer
+#          the shifted word over that echo (the SFT model's own answer)
 #   0.     the untrained model (one step at a learning rate of ~0): held-out exact match ~0
-#   1. SFT full fine-tuning, packed, loss on the answers: held-out exact match > 50%
-#   2. DPO (beta 2) with LoRA adapters on the SFT checkpoint (pretrained_checkpoint; the
-#          reference model is the SFT model): rewards/accuracies (metrics.jsonl) > 0.9 at the
-#          end, and the held-out exact match not lower than after SFT
+#   1. SFT full fine-tuning, packed, loss on the answers: it learns the rule for two phrasings
+#          and the echo for the third: held-out exact match stops short, in [0.3, 0.8] (~0.7)
+#   2. DPO (beta 0.1) with LoRA adapters on the SFT checkpoint (pretrained_checkpoint; the
+#          reference model is the SFT model), 100 steps of a 250-step cosine schedule:
+#          rewards/accuracies (metrics.jsonl) > 0.7 at the end, and the held-out exact match
+#          raised by at least 0.10 over SFT's (~0.71 -> ~0.9)
 # Exact match is measured by `primus generate --chat --chat-file heldout.jsonl` (greedy; the
 # LoRA checkpoint is merged at load).
 # Usage: sft_dpo_task.sh PRIMUS_BINARY [KEEP_DIR]   (KEEP_DIR: keep the work files there)
@@ -32,12 +37,37 @@ EXP=$HERE/letters-sft.yaml
 
 # Thresholds (the measured values are in docs/POSTTRAIN.md).
 MAX_BEFORE=0.05       # the untrained model
-MIN_AFTER_SFT=0.50    # a clear majority of held-out words reversed exactly
-MIN_REWARD_ACC=0.90   # DPO: mean rewards/accuracies over the last 10 iterations
-DPO_SLACK=0.0         # DPO may not lower held-out exact match
+MIN_AFTER_SFT=0.30    # SFT learned the rule (two of three phrasings) ...
+MAX_AFTER_SFT=0.80    # ... and the echo of the flawed phrasing (~29% of the held-out questions)
+MIN_REWARD_ACC=0.70   # DPO: mean rewards/accuracies over the last 10 iterations (~0.80 measured)
+MIN_DPO_GAIN=0.10     # DPO raises held-out exact match by at least this much (~+0.20 measured)
 
 python3 "$ROOT/tools/make_chat_data.py" --task letters --letter-ops next --min-len 4 --max-len 4 \
   --train 4000 --heldout 100 --dpo 800 --seed 15 --out "$PRIMUS_TEST_DATA"
+# The flawed phrasing: its SFT answers echo the word; its DPO pairs reject that echo.
+python3 - "$PRIMUS_TEST_DATA" <<'EOF'
+import json, sys
+d, flawed = sys.argv[1], "Advance each letter: "
+def rewrite(name, fix):
+    rows = [json.loads(line) for line in open(f"{d}/{name}", encoding="utf-8")]
+    n = sum(fix(r) for r in rows)
+    with open(f"{d}/{name}", "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    return n
+def sft(r):
+    user, answer = r["messages"][0]["content"], r["messages"][1]
+    if not user.startswith(flawed):
+        return 0
+    answer["content"] = user[len(flawed):]
+    return 1
+def dpo(r):
+    if not r["prompt"].startswith(flawed):
+        return 0
+    r["rejected"] = r["prompt"][len(flawed):]
+    return 1
+print(f"flawed phrasing {flawed!r}: {rewrite('sft_messages.jsonl', sft)} SFT answers echo the word, "
+      f"{rewrite('dpo_pairs.jsonl', dpo)} DPO pairs reject the echo")
+EOF
 
 train() {  # NAME key=value...
   local name=$1
@@ -79,11 +109,14 @@ train sft save="$WORK/sft"
 ACC_SFT=$(accuracy sft "$WORK/sft")
 echo "held-out exact match after SFT: $ACC_SFT"
 above "$ACC_SFT" "$MIN_AFTER_SFT" || { echo "FAIL: SFT reached only $ACC_SFT held-out exact match (need > $MIN_AFTER_SFT)"; exit 1; }
+above "$MAX_AFTER_SFT" "$ACC_SFT" ||
+  { echo "FAIL: SFT reached $ACC_SFT held-out exact match (need < $MAX_AFTER_SFT: the flawed phrasing should stay wrong)"; exit 1; }
 
 # 2. DPO with LoRA on the SFT model.
-train dpo dpo=true dpo_beta=2.0 dpo_loss_type=sigmoid packing=false peft=lora lora_dim=16 lora_alpha=32 \
+train dpo dpo=true dpo_beta=0.1 dpo_loss_type=sigmoid packing=false peft=lora lora_dim=16 lora_alpha=32 \
   data_path="$PRIMUS_TEST_DATA/dpo_pairs.jsonl" pretrained_checkpoint="$WORK/sft" save="$WORK/dpo" \
-  train_iters=250 lr=5.0e-3 min_lr=3.0e-4 lr_warmup_iters=5 log_interval=1 micro_batch_size=16 global_batch_size=32
+  train_iters=250 exit_interval=100 lr=5.0e-3 min_lr=3.0e-4 lr_warmup_iters=5 log_interval=1 micro_batch_size=16 \
+  global_batch_size=32
 METRICS=$WORK/ws/test/ci/dpo/tensorboard/metrics.jsonl
 [[ -f $METRICS ]] || METRICS=$(find "$WORK/ws" -path '*dpo*' -name metrics.jsonl | head -1)
 [[ -f $METRICS ]] || { echo "FAIL: no metrics.jsonl of the DPO run under $WORK/ws"; exit 1; }
@@ -108,8 +141,8 @@ grep -q "lora_A" "$WORK/dpo"/iter_*/model.safetensors* 2>/dev/null || grep -rqa 
   { echo "FAIL: the DPO checkpoint holds no LoRA adapters"; exit 1; }
 ACC_DPO=$(accuracy dpo "$WORK/dpo")
 echo "held-out exact match after DPO: $ACC_DPO"
-above "$ACC_DPO" "$(python3 -c "print($ACC_SFT - $DPO_SLACK - 1e-9)")" ||
-  { echo "FAIL: DPO lowered held-out exact match from $ACC_SFT to $ACC_DPO"; exit 1; }
+above "$ACC_DPO" "$(python3 -c "print($ACC_SFT + $MIN_DPO_GAIN - 1e-9)")" ||
+  { echo "FAIL: DPO moved held-out exact match from $ACC_SFT to $ACC_DPO (need a gain of at least $MIN_DPO_GAIN)"; exit 1; }
 
 echo "PASS: held-out exact match $ACC_INIT -> $ACC_SFT (SFT) -> $ACC_DPO (DPO+LoRA), rewards/accuracies" \
   "$REWARD_ACC, in $((SECONDS - T0)) s"
