@@ -10,6 +10,7 @@
 #include "core/rng.h"
 #include "core/strings.h"
 #include "model/attention_gqa.h"
+#include "model/attention_mla.h"
 #include "model/mlp_dense.h"
 #include "parallel/communicator.h"
 #include "parallel/layers.h"
@@ -381,6 +382,10 @@ std::vector<NamedTensor*> DecoderModel::sequence_parallel_partial_grads() {
         for (NamedTensor* p : gqa->lora_partial_grads(tp)) out.push_back(p);
       if (const auto* mlp = dynamic_cast<const DenseMlp*>(&layer.mlp()))
         for (NamedTensor* p : mlp->lora_partial_grads(tp)) out.push_back(p);
+      if (const auto* mla = dynamic_cast<const MlaAttention*>(&layer.attention()))
+        for (NamedTensor* p : mla->lora_partial_grads(tp)) out.push_back(p);
+      if (const auto* moe = dynamic_cast<const MoeMlp*>(&layer.mlp()))
+        for (NamedTensor* p : moe->lora_partial_grads(tp)) out.push_back(p);
     }
     return out;
   }
@@ -570,6 +575,7 @@ Tensor DecoderModel::stage_forward(StageState& st, const Tensor& tokens, const T
   set_packing(st, extras, d);
   use_packing(env, st);
   env.training = for_backward;
+  env.lora_dropout = for_backward ? extras.lora_dropout : nullptr;  // the layers keep a copy for backward
   env.aux_loss_weight = st.aux_loss_weight_ = for_backward ? aux_loss_weight : 0.f;
   const DType dt = options_.param_dtype;
   const int64_t R = d.residual_rows();

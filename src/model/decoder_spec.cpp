@@ -176,7 +176,9 @@ std::vector<ParamSpec> mtp_params(const ModelConfig& c, int64_t module) {
 }
 
 const std::vector<std::string>& lora_target_names() {
-  static const std::vector<std::string> names{"linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"};
+  static const std::vector<std::string> names{"linear_qkv",          "linear_proj",        "linear_fc1",
+                                              "linear_fc2",          "linear_q_proj",      "linear_q_down_proj",
+                                              "linear_q_up_proj",    "linear_kv_down_proj", "linear_kv_up_proj"};
   return names;
 }
 
@@ -201,27 +203,39 @@ std::vector<ParamSpec> with_lora(const ModelConfig& c, std::vector<ParamSpec> la
     PRIMUS_CHECK(std::find(lora_target_names().begin(), lora_target_names().end(), t) != lora_target_names().end(),
                  "lora_target_modules: unknown module '{}'{} (choices: {})", t, did_you_mean(t, lora_target_names()),
                  fmt::join(lora_target_names(), ", "));
-  PRIMUS_CHECK(!c.multi_latent_attention && c.num_experts == 0 && c.mtp_num_layers == 0,
-               "model config '{}': LoRA (peft: lora) adapts Llama-style layers (GQA attention, dense MLP) so far; "
-               "this model has {} -- train it with full fine-tuning (drop peft / lora)",
-               c.name, c.multi_latent_attention ? "multi-latent attention" : c.num_experts > 0 ? "MoE layers" : "MTP");
+  PRIMUS_CHECK(c.mtp_num_layers == 0,
+               "model config '{}': LoRA (peft: lora) does not adapt multi-token prediction layers yet "
+               "(mtp_num_layers = {}) -- set mtp_num_layers: 0 or train with full fine-tuning (drop peft / lora)",
+               c.name, c.mtp_num_layers);
   std::vector<ParamSpec> out;
   for (ParamSpec& p : layer) {
     ParamSpec base = p;
-    base.frozen = true;
+    base.frozen = p.role != ParamRole::ExpertBias;  // the expert bias keeps its fp32 update rule
     out.push_back(base);
     const std::string stem = p.name.size() > 7 ? p.name.substr(0, p.name.size() - 7) : "";
     const size_t dot = stem.rfind('.');
     const std::string module = dot == std::string::npos ? stem : stem.substr(dot + 1);
-    if (p.role != ParamRole::Linear || p.shape.size() != 2 ||
+    const bool experts = p.role == ParamRole::RoutedExperts && p.shape.size() == 3;
+    if (!((p.role == ParamRole::Linear && p.shape.size() == 2) || experts) ||
         std::find(lora.targets.begin(), lora.targets.end(), module) == lora.targets.end())
       continue;
-    const int64_t out_f = p.shape[0], in_f = p.shape[1], r = lora.rank;
-    const bool column = p.split == ParamSplit::Column;
-    ParamSpec a{lora_a_name(p.name), {r, in_f}, column ? ParamSplit::Replicated : ParamSplit::Row, {},
-                ParamInit::LoraA, ParamRole::Adapter, p.layer};
-    ParamSpec b{lora_b_name(p.name), {out_f, r}, column ? ParamSplit::Column : ParamSplit::Replicated,
-                column ? p.parts : std::vector<int64_t>{}, ParamInit::Zeros, ParamRole::Adapter, p.layer};
+    const int64_t r = lora.rank;
+    ParamSpec a, b;
+    if (experts) {  // one adapter per routed expert, stacked and split like the experts (parallel/lora.h)
+      const int64_t E = p.shape[0], out_f = p.shape[1], in_f = p.shape[2];
+      const bool column = p.split == ParamSplit::ExpertsColumn;
+      a = {lora_a_name(p.name), {E, r, in_f}, column ? ParamSplit::Experts : ParamSplit::ExpertsRow, {},
+           ParamInit::LoraA, ParamRole::Adapter, p.layer};
+      b = {lora_b_name(p.name), {E, out_f, r}, column ? ParamSplit::ExpertsColumn : ParamSplit::Experts,
+           column ? p.parts : std::vector<int64_t>{}, ParamInit::Zeros, ParamRole::Adapter, p.layer};
+    } else {  // column: A whole, B split like W; row: A split like W, B whole; replicated: both whole
+      const int64_t out_f = p.shape[0], in_f = p.shape[1];
+      const bool column = p.split == ParamSplit::Column, row = p.split == ParamSplit::Row;
+      a = {lora_a_name(p.name), {r, in_f}, row ? ParamSplit::Row : ParamSplit::Replicated, {}, ParamInit::LoraA,
+           ParamRole::Adapter, p.layer};
+      b = {lora_b_name(p.name), {out_f, r}, column ? ParamSplit::Column : ParamSplit::Replicated,
+           column ? p.parts : std::vector<int64_t>{}, ParamInit::Zeros, ParamRole::Adapter, p.layer};
+    }
     out.push_back(a);
     out.push_back(b);
   }

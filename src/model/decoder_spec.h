@@ -146,8 +146,8 @@ struct LoraSpec {
 // The target module names LoRA knows.
 const std::vector<std::string>& lora_target_names();
 // The adapters of one layer's tensors `layer` (layer_params order): two per targeted weight,
-// right after it. Throws naming the key when a target is unknown or `c` has parts LoRA does
-// not adapt yet (MLA attention, MoE layers, MTP).
+// right after it (a routed-expert stack gets stacked adapters, one per expert). Throws naming
+// the key when a target is unknown or `c` has parts LoRA does not adapt yet (MTP layers).
 std::vector<ParamSpec> with_lora(const ModelConfig& c, std::vector<ParamSpec> layer, const LoraSpec& lora);
 // "decoder.layers.0.self_attention.linear_qkv.weight" -> its adapter names.
 std::string lora_a_name(const std::string& base_weight);
