@@ -45,15 +45,7 @@ CheckLine gemm_sanity() {
   for (auto& x : a) x = d(rng);
   for (auto& x : b) x = d(rng);
   sgemm(M, N, K, a.data(), b.data(), o.data());
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < M; ++i)
-    for (int64_t j = 0; j < N; ++j) {
-      double ref = 0;
-      for (int64_t p = 0; p < K; ++p) ref += static_cast<double>(a[i * K + p]) * b[p * N + j];
-      num += (o[i * N + j] - ref) * (o[i * N + j] - ref);
-      den += ref * ref;
-    }
-  const double rel = std::sqrt(num / den);
+  const double rel = gemm_relative_error(a.data(), b.data(), o.data(), M, N, K);
   return {"gemm_sanity", rel < 1e-5,
           fmt::format("fp32 sgemm {}x{}x{} vs fp64 host reference: relative error {:.2e}", M, N, K, rel)};
 }

@@ -77,15 +77,7 @@ CheckLine gemm_sanity(cuda::CudaBackend& be) {
   be.matmul(go, ga, ops::Transpose::No, gb, ops::Transpose::No, 1.f, 0.f);
   be.synchronize();
   const auto o = go.to_float_vector();
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < M; ++i)
-    for (int64_t j = 0; j < N; ++j) {
-      double ref = 0;
-      for (int64_t k = 0; k < K; ++k) ref += static_cast<double>(a[i * K + k]) * b[k * N + j];
-      num += (o[i * N + j] - ref) * (o[i * N + j] - ref);
-      den += ref * ref;
-    }
-  const double rel = std::sqrt(num / den);
+  const double rel = gemm_relative_error(a.data(), b.data(), o.data(), M, N, K);
   return {"gemm_sanity", rel < 1e-5,
           fmt::format("bf16 GEMM {}x{}x{} vs fp64 host reference: relative error {:.2e}", M, N, K, rel)};
 }

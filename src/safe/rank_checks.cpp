@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cctype>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -106,6 +107,18 @@ RankCompute rank_compute_from_json(const nlohmann::json& j) {
   for (const auto& c : j.at("checks"))
     r.checks.push_back({c.at("name").get<std::string>(), c.at("pass").get<bool>(), c.at("detail").get<std::string>()});
   return r;
+}
+
+double gemm_relative_error(const float* a, const float* b, const float* o, int64_t M, int64_t N, int64_t K) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      double ref = 0;
+      for (int64_t k = 0; k < K; ++k) ref += static_cast<double>(a[i * K + k]) * b[k * N + j];
+      num += (o[i * N + j] - ref) * (o[i * N + j] - ref);
+      den += ref * ref;
+    }
+  return std::sqrt(num / den);
 }
 
 }  // namespace primus::safe

@@ -53,6 +53,9 @@ struct RankCompute {
 
 // Adds the threshold checks of `o` (when set) to `r`.
 void apply_thresholds(RankCompute& r, const ComputeCheckOptions& o);
+// The GEMM sanity checks' measure: ||o - a b||_F / ||a b||_F with a b (a (M,K), b (K,N),
+// row-major) computed in double on the host; o (M,N) the product under test.
+double gemm_relative_error(const float* a, const float* b, const float* o, int64_t M, int64_t N, int64_t K);
 
 // The host (kernel, CPU model and cores, memory, NUMA nodes) in one line.
 std::string host_summary();
