@@ -203,10 +203,10 @@ MemoryEstimate estimate_memory(const ModelConfig& m, const ParallelLayout& L, co
     if (stage == 0) dense += V * h / tp + (m.position_embedding_type == "learned_absolute" ? m.max_position_embeddings * h : 0);
     if (stage == pp - 1) {
       dense += norm_params(m, h);
-      // The output layer; with a tied embedding and pp > 1 the last stage keeps its own copy.
-      if (m.untie_embeddings_and_output_weights || pp > 1) dense += V * h / tp;
-      // An untied model's last stage also keeps a copy of the embedding for MTP.
-      if (pp > 1 && m.untie_embeddings_and_output_weights && m.mtp_num_layers > 0) dense += V * h / tp;
+      if (m.untie_embeddings_and_output_weights) dense += V * h / tp;  // the output layer
+      // With pp > 1 the last stage keeps its own copy of the embedding when it reads it (tied
+      // output layer, or MTP's shifted tokens).
+      if (pp > 1 && m.last_stage_reads_embedding()) dense += V * h / tp;
       for (int64_t k = 0; k < m.mtp_num_layers; ++k) {
         const LayerParams p = layer_params(m, m.num_layers + k);
         dense += mtp_module_extras(m) + (p.attention - p.attention_replicated) / tp + p.attention_replicated +
