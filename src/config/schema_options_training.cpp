@@ -226,9 +226,17 @@ std::vector<OptionSpec> training_options() {
              "completion of the rank's round");
 
   t.group("profiling");
-  t.flag("profile", false, "record a profile between profile_step_start and profile_step_end");
+  t.flag("profile", false,
+         "CUDA: cudaProfilerStart at profile_step_start and cudaProfilerStop at profile_step_end, for a profiler "
+         "whose capture is tied to the profiler API (nsys --capture-range=cudaProfilerApi, ncu --profile-from-start "
+         "off); NVTX ranges name the blocks (docs/PERFORMANCE.md)");
   t.integer("profile_step_start", 10, "first profiled iteration").non_negative();
   t.integer("profile_step_end", 12, "iteration after the last profiled one").non_negative();
+  t.numbers("profile_ranks", "ranks that open the profiler's capture window (null: rank 0)");
+  t.integer("timing_log_level", 0,
+            "0: the iteration time only; 1: also each phase of the step (data, forward-backward, grad reduce, "
+            "optimizer), the device synchronised at each phase's end (costs a little throughput)")
+      .non_negative();
 
   return t.take();
 }

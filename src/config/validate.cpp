@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "config/config.h"
@@ -313,9 +314,16 @@ void validate(Config& cfg) {
     }
   }
 
-  if (cfg.b("profile"))
+  if (cfg.b("profile")) {
     ck.require(cfg.i("profile_step_end") > cfg.i("profile_step_start"),
                fmt::format("{} must be after {}", ck.at("profile_step_end"), ck.at("profile_step_start")));
+    for (double r : cfg.numbers("profile_ranks"))
+      ck.require(r >= 0 && r == std::floor(r) && r < static_cast<double>(world),
+                 fmt::format("{}: {} is not a rank of this run (0..{})", ck.at("profile_ranks"), r, world - 1));
+  }
+  ck.require(cfg.i("timing_log_level") <= 1,
+             fmt::format("{}: level 2 (Megatron's per-stage communication timers) is not built; use 0 or 1",
+                         ck.at("timing_log_level")));
 
   if (!ck.errors().empty()) {
     std::string msg = fmt::format("{}: invalid config ({} problem{}):", cfg.experiment_path.empty() ? "config" : cfg.experiment_path,

@@ -9,6 +9,7 @@
 
 #include "core/rng.h"
 #include "core/strings.h"
+#include "core/trace.h"
 #include "model/attention_gqa.h"
 #include "model/attention_mla.h"
 #include "model/mlp_dense.h"
@@ -606,6 +607,7 @@ Tensor DecoderModel::stage_forward(StageState& st, const Tensor& tokens, const T
     classifier(batch, hidden, losses, nullptr, arena);
     batch.set_token_weights((*extras.loss_weights)(batch.masked_losses(losses.to_float_vector())), ctx_.device());
   }
+  const trace::Range range("output layer and loss");
   if (for_backward) {
     st.dhidden_ = arena.alloc({R, d.C}, dt);
     classifier(batch, hidden, losses, &st.dhidden_, arena);

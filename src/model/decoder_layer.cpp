@@ -1,5 +1,6 @@
 #include "model/decoder_layer.h"
 
+#include "core/trace.h"
 #include "model/attention_mla.h"
 #include "model/mlp_dense.h"
 #include "model/mlp_moe.h"
@@ -37,8 +38,14 @@ void DecoderLayer::forward(LayerEnv& env, const Tensor& x, Tensor& y, LayerActiv
   acts.lora_dropout = dropout;
   const Arena::Mark start = A.mark();
   acts.x_mid = A.alloc({env.dims.residual_rows(), env.dims.C}, x.dtype());
-  attention_->forward(env, x, acts.x_mid, acts.attention, keep);
-  mlp_->forward(env, acts.x_mid, y, acts.mlp, keep);
+  {
+    const trace::Range range("attention forward");
+    attention_->forward(env, x, acts.x_mid, acts.attention, keep);
+  }
+  {
+    const trace::Range range("mlp forward");
+    mlp_->forward(env, acts.x_mid, y, acts.mlp, keep);
+  }
   if (keep == Recompute::Full) {  // only the input is kept
     A.release(start);
     acts = LayerActivations{};
@@ -66,7 +73,11 @@ void DecoderLayer::backward(LayerEnv& env_in, LayerActivations& acts, Tensor& dr
     acts.lora_dropout = dropout;
     return;
   }
-  mlp_->backward(env, *acts.mlp, dres, kept);        // dres = d x_mid
+  {
+    const trace::Range range("mlp backward");
+    mlp_->backward(env, *acts.mlp, dres, kept);  // dres = d x_mid
+  }
+  const trace::Range range("attention backward");
   attention_->backward(env, *acts.attention, dres, kept);  // dres = d x
 }
 

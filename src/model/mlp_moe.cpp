@@ -1,8 +1,10 @@
 #include "model/mlp_moe.h"
 
 #include <cmath>
+#include <optional>
 
 #include "core/error.h"
+#include "core/trace.h"
 #include "parallel/layers.h"
 
 namespace primus {
@@ -195,6 +197,8 @@ void MoeMlp::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::unique_ptr<
   Acts& a = *acts;
   a.x = x;
   const Arena::Mark start = A.mark();  // Full: everything is scratch
+  std::optional<trace::Range> range;
+  range.emplace("moe router forward");
   a.h = A.alloc({R, d.C}, dt);
   a.rstd = A.alloc({R}, DType::F32);
   ops::rmsnorm_forward(ctx, a.h, a.rstd, x, p_.norm->value, env.norm_eps);
@@ -216,6 +220,8 @@ void MoeMlp::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::unique_ptr<
   const Arena::Mark scratch = keep == Recompute::Full ? start : A.mark();
   if (keep != Recompute::None) alloc_acts();
 
+  range.reset();
+  range.emplace("moe experts forward");
   if (ep) {  // the routed rows to the ranks of their experts
     Tensor routed = A.alloc({M, d.C}, dt);
     ops::moe_permute(ctx, routed, a.hN, a.pair_of_row, k_);
@@ -241,6 +247,8 @@ void MoeMlp::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::unique_ptr<
   }
   // partial (N,C) = shared(h_N) + the routed experts' outputs (this rank's share of their sum),
   // then y = x + the sum over tp.
+  range.reset();
+  range.emplace("moe combine forward");
   Tensor partial = parallel::tp_partial_buffer(env.tp, y, A);
   if (shared_.fc1 != nullptr)
     shared_.forward(local, a.hN, a.shared_g, a.shared_act, partial, nullptr);
@@ -297,6 +305,7 @@ void MoeMlp::backward(LayerEnv& env, BlockActivations& base, Tensor& dres, Recom
       d_y_experts = A.alloc({Mx, d.C}, dt);
       parallel::dispatch_tokens(ctx, env.ep, A, a.exchange, d_y_perm, d_y_experts);
     }
+    std::optional<trace::Range> range(std::in_place, "moe experts backward");
     Tensor d_act = A.alloc({Mx, Fe_}, dt), d_g = A.alloc({Mx, 2 * Fe_}, dt);
     ops::grouped_linear_backward(ctx, &d_act, p_.fc2->grad, d_y_experts, a.act, p_.fc2->value, a.expert_rows, acc);
     parallel::lora_grouped_backward(ctx, A, d_act, d_y_experts, a.act, p_.fc2_lora, a.expert_rows);
@@ -309,6 +318,8 @@ void MoeMlp::backward(LayerEnv& env, BlockActivations& base, Tensor& dres, Recom
       d_x_perm = A.alloc({M, d.C}, dt);
       parallel::combine_tokens(ctx, env.ep, A, a.exchange, d_x_experts, d_x_perm);
     }
+    range.reset();
+    range.emplace("moe combine+router backward");
     // d h_N: the shared experts' path (written), then the routed tokens' (added).
     if (shared_.fc1 != nullptr)
       shared_.backward(local, a.hN, a.shared_g, a.shared_act, dyN, dhN);

@@ -323,6 +323,18 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
           .string();
 
   o.wandb_requested = cfg.has("wandb_project") && !cfg.b("disable_wandb");
+  o.timing_log_level = cfg.i("timing_log_level");
+  if (cfg.b("profile")) {
+    if (o.device != Device::CUDA)
+      throw Error(fmt::format("profile: true ({}) opens a CUDA profiler's capture window; this run is on the CPU "
+                              "(profile it with perf), so remove profile or use device: cuda",
+                              cfg.source("profile").str()));
+    o.profile = true;
+    o.profile_step_start = cfg.i("profile_step_start");
+    o.profile_step_end = cfg.i("profile_step_end");
+    for (double r : cfg.numbers("profile_ranks")) o.profile_ranks.push_back(static_cast<int64_t>(r));
+    if (o.profile_ranks.empty()) o.profile_ranks = {0};
+  }
 
   // ---- fault tolerance ----
   o.nan_guard_max_consecutive = cfg.i("nan_guard_max_consecutive");

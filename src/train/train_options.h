@@ -97,6 +97,13 @@ struct TrainOptions {
   std::string tensorboard_dir;  // empty: no TensorBoard
   std::string metrics_jsonl_path;
   bool wandb_requested = false;  // wandb_project set and disable_wandb false: said to be unavailable
+  int64_t timing_log_level = 0;  // 1: log each phase of every step (synchronising at its end)
+
+  // Profiling (core/trace.h): the ranks in profile_ranks open the profiler's capture window over
+  // iterations [profile_step_start, profile_step_end).
+  bool profile = false;
+  int64_t profile_step_start = 0, profile_step_end = 0;
+  std::vector<int64_t> profile_ranks;  // {0} unless set
 
   // Fault tolerance.
   int64_t nan_guard_max_consecutive = 5;

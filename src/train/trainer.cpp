@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
@@ -12,6 +13,7 @@
 #include <unordered_set>
 
 #include "core/error.h"
+#include "core/trace.h"
 #include "data/gpt_dataset.h"
 #include "data/sft/sft_dataset.h"
 #include "data/sft/stop_tokens.h"
@@ -973,10 +975,25 @@ TrainResult Run::train() {
 
   int64_t bad_streak = 0;
   std::string stop_reason;
-  // PRIMUS_STEP_TIMING=1: synchronise after each phase of a step and log where the wall time
-  // went (profiling aid; the extra synchronisations cost a little throughput).
-  const char* timing_env = std::getenv("PRIMUS_STEP_TIMING");
-  const bool step_timing = timing_env != nullptr && *timing_env != '\0' && std::string(timing_env) != "0";
+  // timing_log_level 1: synchronise after each phase of a step and log where the wall time went
+  // (the extra synchronisations cost a little throughput).
+  const bool step_timing = o_.timing_log_level >= 1;
+  // profile: this rank opens the profiler's capture window over [start, end) (core/trace.h).
+  const bool profiling = o_.profile && std::find(o_.profile_ranks.begin(), o_.profile_ranks.end(),
+                                                 static_cast<int64_t>(launch_.rank)) != o_.profile_ranks.end();
+  bool capturing = false;
+  auto set_capture = [&](bool on) {
+    if (!profiling || on == capturing) return;
+    ctx_.synchronize();  // the window holds exactly the steps inside it
+    if (on) {
+      trace::capture_start();
+      logger_.info("profile: capture window opened at iteration {} (closes at {})", iteration_, o_.profile_step_end);
+    } else {
+      trace::capture_stop();
+      logger_.info("profile: capture window closed at iteration {}", iteration_);
+    }
+    capturing = on;
+  };
   std::vector<std::pair<const char*, double>> phases;
   Clock::time_point phase_start;
   auto phase_done = [&](const char* name) {
@@ -987,6 +1004,8 @@ TrainResult Run::train() {
     phase_start = now;
   };
   while (iteration_ < o_.train_iters) {
+    set_capture(iteration_ >= o_.profile_step_start && iteration_ < o_.profile_step_end);
+    const trace::Range step_range("step");
     const auto t0 = Clock::now();
     phase_start = t0;
     phases.clear();
@@ -1024,6 +1043,7 @@ TrainResult Run::train() {
     {
       std::optional<Watchdog::Phase> phase;
       if (watchdog) phase.emplace(*watchdog, "forward-backward");
+      const trace::Range range("forward-backward");
       sums = train_step(static_cast<float>(scale / std::max(1.0, global_tokens)), batches);
     }
     phase_done("forward-backward");
@@ -1053,6 +1073,7 @@ TrainResult Run::train() {
     AdamW::StepInfo info;
     const bool loss_finite = std::isfinite(loss);
     if (loss_finite) {
+      const trace::Range range("optimizer");
       info = optimizer_->step(lr, wd, static_cast<float>(1.0 / scale));
     } else {
       info.skipped = true;
@@ -1184,6 +1205,7 @@ TrainResult Run::train() {
       break;
     }
   }
+  set_capture(false);  // a window reaching past the last iteration closes here
 
   if (stop_reason.empty()) {
     stop_reason = "train_iters";

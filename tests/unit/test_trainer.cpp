@@ -238,6 +238,34 @@ TEST_F(TrainerTest, NanGuardSkipsThenStops) {
   EXPECT_EQ(latest_iteration(path("ckpt")), 4);
 }
 
+// timing_log_level and profile (Megatron's keys) are read into the options or refused by name.
+TEST_F(TrainerTest, TimingAndProfileKeysAreReadOrRefusedByName) {
+  auto refusal = [&](std::vector<std::string> sets) {
+    try {
+      (void)options(std::move(sets));
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(options({"timing_log_level=1"}).timing_log_level, 1);
+  EXPECT_EQ(options().timing_log_level, 0);
+  EXPECT_NE(refusal({"timing_log_level=2"}).find("timing_log_level"), std::string::npos);
+  // The capture window is a CUDA profiler's: on the CPU path the key is refused, not ignored.
+  const std::string cpu = refusal({"profile=true"});
+  EXPECT_NE(cpu.find("profile: true"), std::string::npos) << cpu;
+  EXPECT_NE(cpu.find("CPU"), std::string::npos) << cpu;
+  EXPECT_NE(refusal({"profile=true", "profile_step_start=5", "profile_step_end=5"}).find("profile_step_end"),
+            std::string::npos);
+  EXPECT_NE(refusal({"profile=true", "profile_ranks=3"}).find("profile_ranks"), std::string::npos);
+  EXPECT_FALSE(options().profile);
+  // And a timed run trains as an untimed one does (the phases only add synchronisations).
+  const TrainResult timed = train(options({"timing_log_level=1", "train_iters=3", "eval_iters=0"}));
+  const TrainResult plain = train(options({"train_iters=3", "eval_iters=0"}));
+  ASSERT_EQ(timed.losses.size(), plain.losses.size());
+  for (size_t i = 0; i < timed.losses.size(); ++i) EXPECT_TRUE(bit_equal(timed.losses[i], plain.losses[i])) << i;
+}
+
 // Data that cannot train says why, with a fix that works.
 TEST_F(TrainerTest, DataErrorsSayWhyAndTheFixWorks) {
   auto write = [&](const char* name, int docs) {
