@@ -445,6 +445,7 @@ int run_moe_bench(const MoeBenchOptions& o) {
     out.push_back({{"gemm", gm.name}, {"impl", "dense (1 GEMM, all rows)"}, {"us", td.median_us},
                    {"tflops", gm.flops / (td.median_us * 1e6)}, {"vs_dense_pct", 100.0}});
     for (const auto& [label, impl] : {std::pair{"grouped: loop", cuda::GroupedGemmImpl::Loop},
+                                      std::pair{"grouped: lanes (moe_grouped_gemm)", cuda::GroupedGemmImpl::Lanes},
                                       std::pair{"grouped: cublas batched", cuda::GroupedGemmImpl::Batched}}) {
       cuda::set_grouped_gemm_impl(impl);
       const auto t = cuda::time_on_stream(st, o.warmup, o.iters, [&](int) { gm.run(rows, false); });

@@ -254,9 +254,10 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
                     : turbo ? " | attention: Primus-Turbo (cuDNN fused SDPA, flash fallback)"
                             : " | attention: plain kernel (enable_primus_turbo/use_turbo_attention off)";
     if (o.model.num_experts > 0) {
-      cuda::set_grouped_gemm_impl(o.moe_grouped_gemm ? cuda::GroupedGemmImpl::Batched : cuda::GroupedGemmImpl::Loop);
-      kernels_ += o.moe_grouped_gemm ? " | experts: grouped GEMM (cuBLAS grouped-batched; moe_grouped_gemm)"
-                                     : " | experts: one cuBLASLt GEMM per expert (moe_grouped_gemm off)";
+      cuda::set_grouped_gemm_impl(o.moe_grouped_gemm ? cuda::GroupedGemmImpl::Lanes : cuda::GroupedGemmImpl::Loop);
+      kernels_ += o.moe_grouped_gemm
+                      ? " | experts: grouped GEMM (cuBLASLt per expert, concurrent over 4 streams; moe_grouped_gemm)"
+                      : " | experts: one cuBLASLt GEMM per expert in sequence (moe_grouped_gemm off)";
     }
   }
 #endif

@@ -372,7 +372,7 @@ struct ImplGuard {
   ~ImplGuard() { cuda::set_grouped_gemm_impl(saved); }
 };
 
-TEST(CudaMoe, GroupedLinearMatchesCpuBothImpls) {
+TEST(CudaMoe, GroupedLinearMatchesCpuEveryImpl) {
   PRIMUS_REQUIRE_GPU();
   ImplGuard guard;
   auto rng = fresh_rng();
@@ -398,9 +398,13 @@ TEST(CudaMoe, GroupedLinearMatchesCpuBothImpls) {
 
     const Tensor gx = gpu(x, {R, in}, DType::BF16), gw = gpu(w, {E, out, in}, DType::BF16);
     const Tensor gdy = gpu(dy, {R, out}, DType::BF16);
-    for (cuda::GroupedGemmImpl impl : {cuda::GroupedGemmImpl::Loop, cuda::GroupedGemmImpl::Batched}) {
+    for (cuda::GroupedGemmImpl impl :
+         {cuda::GroupedGemmImpl::Loop, cuda::GroupedGemmImpl::Lanes, cuda::GroupedGemmImpl::Batched}) {
       cuda::set_grouped_gemm_impl(impl);
-      const std::string tag = fmt::format("{} in={} out={}", impl == cuda::GroupedGemmImpl::Loop ? "loop" : "batched",
+      const std::string tag = fmt::format("{} in={} out={}",
+                                          impl == cuda::GroupedGemmImpl::Loop    ? "loop"
+                                          : impl == cuda::GroupedGemmImpl::Lanes ? "lanes"
+                                                                                 : "batched",
                                           in, out);
       Tensor gy = Tensor::empty({R, out}, DType::BF16, Device::CUDA);
       poison(g, gy);

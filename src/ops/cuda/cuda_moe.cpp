@@ -1,9 +1,10 @@
 // CudaBackend's mixture-of-experts ops: the checks only this backend needs and the launches of
-// moe.cu; and the experts' grouped GEMM, by default one cuBLASLt matmul per expert through the
-// GEMM engine (its plan cache and tuning table apply), or, with
-// set_grouped_gemm_impl(GroupedGemmImpl::Batched), one cublasGemmGroupedBatchedEx per GEMM kind.
+// moe.cu; and the experts' grouped GEMM: one cuBLASLt matmul per expert through the GEMM engine
+// (its plan cache and tuning table apply), in sequence or concurrently over the engine's lanes,
+// or one cublasGemmGroupedBatchedEx per GEMM kind (moe.h's GroupedGemmImpl).
 #include <cublas_v2.h>
 
+#include <algorithm>
 #include <atomic>
 #include <map>
 #include <mutex>
@@ -166,6 +167,24 @@ bool grouped_batched_gemm(int device, cudaStream_t stream, void* dev_ptrs, cubla
   return true;
 }
 
+// Runs gemm(e, r0, n, lane) for every expert e with n > 0 rows starting at row r0: on lane 0
+// alone (Loop), or over the engine's lanes (Lanes), between one fork and one join.
+template <typename Gemm>
+void for_each_expert(GemmEngine& engine, const std::vector<int64_t>& rows, Gemm gemm) {
+  int busy = 0;
+  for (int64_t n : rows) busy += n > 0 ? 1 : 0;
+  const int lanes =
+      g_grouped_gemm_impl.load() == GroupedGemmImpl::Lanes ? std::min(busy, GemmEngine::kMaxLanes) : 1;
+  engine.fork_lanes(std::max(lanes, 1));
+  int64_t r0 = 0;
+  int i = 0;
+  for (size_t e = 0; e < rows.size(); ++e) {
+    if (const int64_t n = rows[e]; n > 0) gemm(static_cast<int64_t>(e), r0, n, i++ % std::max(lanes, 1));
+    r0 += rows[e];
+  }
+  engine.join_lanes();
+}
+
 }  // namespace
 
 void set_grouped_gemm_impl(GroupedGemmImpl impl) { g_grouped_gemm_impl.store(impl); }
@@ -297,14 +316,10 @@ void CudaBackend::grouped_linear_forward(Tensor& y, const Tensor& x, const Tenso
     return;
   }
   auto loop = [&]() {
-    int64_t r0 = 0;
-    for (int64_t e = 0; e < E; ++e) {
-      const int64_t n = rows[static_cast<size_t>(e)];
-      if (n > 0)
-        gemm_->matmul(row_ptr(y, r0), y.dtype(), row_ptr(x, r0), expert_ptr(w, e), x.dtype(), n, out, in, false, true,
-                      1.f, 0.f);
-      r0 += n;
-    }
+    for_each_expert(*gemm_, rows, [&](int64_t e, int64_t r0, int64_t n, int lane) {
+      gemm_->matmul_on_lane(lane, row_ptr(y, r0), y.dtype(), row_ptr(x, r0), expert_ptr(w, e), x.dtype(), n, out, in,
+                            false, true, 1.f, 0.f);
+    });
   };
   if (grouped_gemm_impl() == GroupedGemmImpl::Batched) {
     std::vector<GroupedProblem> ps;
@@ -362,16 +377,11 @@ void CudaBackend::grouped_linear_backward(Tensor& dx, Tensor& dw, const Tensor& 
       done = grouped_batched_gemm(device_, stream_, dev, CUBLAS_OP_N, CUBLAS_OP_N, ps, cublas_type(dy.dtype()),
                                   cublas_type(dx.dtype()), 0.f);
     }
-    if (!done) {
-      int64_t r0 = 0;
-      for (int64_t e = 0; e < E; ++e) {
-        const int64_t n = rows[static_cast<size_t>(e)];
-        if (n > 0)
-          gemm_->matmul(row_ptr(dx, r0), dx.dtype(), row_ptr(dy, r0), expert_ptr(w, e), dy.dtype(), n, in, out,
-                        false, false, 1.f, 0.f);
-        r0 += n;
-      }
-    }
+    if (!done)
+      for_each_expert(*gemm_, rows, [&](int64_t e, int64_t r0, int64_t n, int lane) {
+        gemm_->matmul_on_lane(lane, row_ptr(dx, r0), dx.dtype(), row_ptr(dy, r0), expert_ptr(w, e), dy.dtype(), n, in,
+                              out, false, false, 1.f, 0.f);
+      });
   }
 
   // dw[e] (+)= dy_e^T @ x_e; an expert without rows gets zeros unless accumulating.
@@ -396,14 +406,10 @@ void CudaBackend::grouped_linear_backward(Tensor& dx, Tensor& dw, const Tensor& 
                              cublas_type(dw.dtype()), beta))
       return;
   }
-  int64_t r0 = 0;
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t n = rows[static_cast<size_t>(e)];
-    if (n > 0)
-      gemm_->matmul(expert_ptr(dw, e), dw.dtype(), row_ptr(dy, r0), row_ptr(x, r0), dy.dtype(), out, in, n, true,
-                    false, 1.f, beta);
-    r0 += n;
-  }
+  for_each_expert(*gemm_, rows, [&](int64_t e, int64_t r0, int64_t n, int lane) {
+    gemm_->matmul_on_lane(lane, expert_ptr(dw, e), dw.dtype(), row_ptr(dy, r0), row_ptr(x, r0), dy.dtype(), out, in, n,
+                          true, false, 1.f, beta);
+  });
 }
 
 }  // namespace primus::cuda

@@ -97,6 +97,16 @@ struct GemmEngine::Impl {
   int device = 0;
   cublasLtHandle_t handle = nullptr;
   void* workspace = nullptr;
+  // Side lanes (fork_lanes): stream, workspace and the event each one's work ends with; lane 0 is
+  // the engine's own stream and workspace.
+  struct Lane {
+    cudaStream_t stream = nullptr;
+    void* workspace = nullptr;
+    cudaEvent_t done = nullptr;
+  };
+  std::vector<Lane> lanes;
+  cudaEvent_t fork = nullptr;
+  int forked = 0;  // lanes of the open fork; 0: none open
   std::unordered_map<GemmKey, Plan, KeyHash> plans;
   std::vector<GemmKey> order;  // keys in first-seen order
   std::unordered_map<GemmKey, GemmCandidate, KeyHash> table;  // stage 3 / set_algo overrides
@@ -179,9 +189,9 @@ struct GemmEngine::Impl {
 
   // D = out; C = c, or out itself when c is null (C and D share a layout and dtype).
   cublasStatus_t run(const Plan& p, const cublasLtMatmulAlgo_t& algo, void* out, const void* a, const void* b,
-                     float alpha, float beta, cudaStream_t stream, const void* c = nullptr) {
+                     float alpha, float beta, cudaStream_t stream, const void* c = nullptr, void* ws = nullptr) {
     return cublasLtMatmul(handle, p.desc, &alpha, b, p.a, a, p.b, &beta, c != nullptr ? c : out, p.c, out, p.c, &algo,
-                          workspace, kWorkspaceBytes, stream);
+                          ws != nullptr ? ws : workspace, kWorkspaceBytes, stream);
   }
 };
 
@@ -271,6 +281,12 @@ GemmEngine::~GemmEngine() {
     cublasLtMatmulDescDestroy(p.desc);
   }
   cudaFree(impl_->workspace);
+  for (const Impl::Lane& l : impl_->lanes) {
+    cudaFree(l.workspace);
+    cudaEventDestroy(l.done);
+    cudaStreamDestroy(l.stream);
+  }
+  if (impl_->fork != nullptr) cudaEventDestroy(impl_->fork);
   cublasLtDestroy(impl_->handle);
 }
 
@@ -310,6 +326,67 @@ void GemmEngine::matmul(void* out, DType out_dtype, const void* a, const void* b
   const cublasStatus_t st = impl_->run(p, p.algo, out, a, b, alpha, beta, stream_, c);
   PRIMUS_CHECK(st == CUBLAS_STATUS_SUCCESS, "cublasLtMatmul failed with status {} for GEMM {} (algorithm from {})",
                static_cast<int>(st), key.str(), p.source);
+}
+
+void GemmEngine::fork_lanes(int n) {
+  PRIMUS_CHECK(impl_->forked == 0, "GemmEngine::fork_lanes: the previous fork was not joined");
+  PRIMUS_CHECK(n >= 1 && n <= kMaxLanes, "GemmEngine::fork_lanes: {} lanes (1..{})", n, kMaxLanes);
+  if (impl_->fork == nullptr) PRIMUS_CUDA_CHECK(cudaEventCreateWithFlags(&impl_->fork, cudaEventDisableTiming));
+  while (static_cast<int>(impl_->lanes.size()) < n - 1) {
+    Impl::Lane l;
+    int priority = 0;
+    PRIMUS_CUDA_CHECK(cudaStreamGetPriority(stream_, &priority));
+    PRIMUS_CUDA_CHECK(cudaStreamCreateWithPriority(&l.stream, cudaStreamNonBlocking, priority));
+    PRIMUS_CUDA_CHECK(cudaMalloc(&l.workspace, kWorkspaceBytes));
+    PRIMUS_CUDA_CHECK(cudaEventCreateWithFlags(&l.done, cudaEventDisableTiming));
+    impl_->lanes.push_back(l);
+  }
+  if (n > 1) {
+    PRIMUS_CUDA_CHECK(cudaEventRecord(impl_->fork, stream_));
+    for (int i = 0; i < n - 1; ++i) PRIMUS_CUDA_CHECK(cudaStreamWaitEvent(impl_->lanes[static_cast<size_t>(i)].stream, impl_->fork, 0));
+  }
+  impl_->forked = n;
+}
+
+void GemmEngine::matmul_on_lane(int lane, void* out, DType out_dtype, const void* a, const void* b, DType in_dtype,
+                                int64_t M, int64_t N, int64_t K, bool ta, bool tb, float alpha, float beta) {
+  PRIMUS_CHECK(lane >= 0 && lane < impl_->forked, "GemmEngine::matmul_on_lane: lane {} outside the open fork of {}",
+               lane, impl_->forked);
+  if (lane == 0) {
+    matmul(out, out_dtype, a, b, in_dtype, M, N, K, ta, tb, alpha, beta);
+    return;
+  }
+  // The shape goes through the engine's usual path (plan cache, tuning stages) on its stream
+  // first only when it is new, so a lane never tunes (tuning times on the engine's stream).
+  GemmKey key;
+  key.m = M;
+  key.n = N;
+  key.k = K;
+  key.ta = ta;
+  key.tb = tb;
+  key.in_dtype = in_dtype;
+  key.out_dtype = out_dtype;
+  key.accumulate = beta != 0.f;
+  key.align = std::min({pointer_align(a), pointer_align(b), pointer_align(out)});
+  if (impl_->plans.find(key) == impl_->plans.end() && config_.stage != TuningStage::Off) {
+    matmul(out, out_dtype, a, b, in_dtype, M, N, K, ta, tb, alpha, beta);  // logs / tunes it, on lane 0
+    return;
+  }
+  const Impl::Lane& l = impl_->lanes[static_cast<size_t>(lane - 1)];
+  Plan& p = impl_->plan_for(key);
+  const cublasStatus_t st = impl_->run(p, p.algo, out, a, b, alpha, beta, l.stream, nullptr, l.workspace);
+  PRIMUS_CHECK(st == CUBLAS_STATUS_SUCCESS, "cublasLtMatmul failed with status {} for GEMM {} on lane {} (algorithm "
+               "from {})", static_cast<int>(st), key.str(), lane, p.source);
+}
+
+void GemmEngine::join_lanes() {
+  PRIMUS_CHECK(impl_->forked > 0, "GemmEngine::join_lanes: no fork is open");
+  for (int i = 0; i < impl_->forked - 1; ++i) {
+    const Impl::Lane& l = impl_->lanes[static_cast<size_t>(i)];
+    PRIMUS_CUDA_CHECK(cudaEventRecord(l.done, l.stream));
+    PRIMUS_CUDA_CHECK(cudaStreamWaitEvent(stream_, l.done, 0));
+  }
+  impl_->forked = 0;
 }
 
 bool GemmEngine::set_algo(const GemmKey& key, const uint64_t (&algo)[8]) {

@@ -79,6 +79,19 @@ class GemmEngine {
   void matmul(void* out, DType out_dtype, const void* a, const void* b, DType in_dtype, int64_t M, int64_t N,
               int64_t K, bool ta, bool tb, float alpha, float beta, const void* c = nullptr);
 
+  // Independent GEMMs at once (a grouped GEMM's experts, each too small to fill the GPU alone):
+  //   engine.fork_lanes(n);                        // lanes 1..n-1 wait for the stream's work so far
+  //   engine.matmul_on_lane(e % n, ...);           // lane 0 is the engine's stream
+  //   engine.join_lanes();                         // the stream waits for every lane
+  // Each lane is a stream of its own with its own cuBLASLt workspace (created on first use and
+  // kept). Every matmul_on_lane must sit between a fork and a join; the GEMMs of different lanes
+  // must not write the same memory. Works under stream capture (a fork/join in the graph).
+  static constexpr int kMaxLanes = 4;
+  void fork_lanes(int n);
+  void matmul_on_lane(int lane, void* out, DType out_dtype, const void* a, const void* b, DType in_dtype, int64_t M,
+                      int64_t N, int64_t K, bool ta, bool tb, float alpha, float beta);
+  void join_lanes();
+
   // Times the cuBLASLt candidates for `key` on random inputs rotated over enough buffers to
   // defeat L2 (allocates them for the call). Candidates clearly slower than the best so far
   // after `warmup` + 3 iterations are skipped (time_us < 0).

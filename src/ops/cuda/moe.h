@@ -76,13 +76,20 @@ void launch_moe_unpermute_backward(void* d_y_perm, float* d_probs, const void* d
                                    const int32_t* row_of, const int32_t* pair_of_row, const float* probs, DType dt,
                                    int64_t N, int64_t k, int64_t M, int64_t C, cudaStream_t stream);
 
-// How CudaBackend::grouped_linear_* run the experts' GEMMs: Loop = one cuBLASLt matmul per
-// expert with rows (the GEMM engine, its plan cache and tuning table); Batched = one
-// cublasGemmGroupedBatchedEx per GEMM kind (forward, dgrad, wgrad), one group per expert, where
-// cuBLAS takes the types: cuBLAS 13.0 refuses bf16 / fp16 inputs with an fp32 output, so an
-// fp32 dw (the usual wgrad) still loops (said once on stderr). A process-wide setting for
-// benchmarks and tests; default Loop.
-enum class GroupedGemmImpl { Loop, Batched };
+// How CudaBackend::grouped_linear_* run the experts' GEMMs:
+//   Loop    one cuBLASLt matmul per expert with rows, one after another on the backend's stream
+//           (the GEMM engine: its plan cache and tuning table);
+//   Lanes   the same matmuls issued at once over GemmEngine::kMaxLanes streams (fork, expert e
+//           on lane e mod 4, join): the experts run concurrently, so many small experts
+//           (DeepSeek's 64 of ~768 rows, each under one wave of the GPU's SMs) fill it together
+//           the way one grouped launch would. What moe_grouped_gemm: true selects;
+//   Batched one cublasGemmGroupedBatchedEx per GEMM kind (forward, dgrad, wgrad), one group per
+//           expert, where cuBLAS takes the types: cuBLAS 13 refuses bf16 / fp16 inputs with an
+//           fp32 output, so an fp32 dw (the usual wgrad) still loops (said once on stderr). Its
+//           kernel on Hopper is an sm80 (mma.sync) CUTLASS one: about half of Lanes' speed at the
+//           MoE bench shapes (docs/MOE.md), so only `primus bench moe` uses it.
+// A process-wide setting; default Loop.
+enum class GroupedGemmImpl { Loop, Lanes, Batched };
 void set_grouped_gemm_impl(GroupedGemmImpl impl);
 GroupedGemmImpl grouped_gemm_impl();
 
