@@ -233,17 +233,38 @@ std::string describe_model(const Config& cfg, double device_memory_gib) {
                      gib(e.total_bytes()));
   if (device_memory_gib > 0) {
     const double need = static_cast<double>(e.total_bytes()) / static_cast<double>(1ull << 30);
-    if (need <= device_memory_gib)
-      out += fmt::format("  fits in {:.0f} GiB of device memory ({:.0f}% of it)\n", device_memory_gib,
-                         100.0 * need / device_memory_gib);
-    else
-      out += fmt::format("  WARNING: does not fit: {:.1f} GiB > {:.0f} GiB of device memory; spread the model over "
-                         "more ranks (expert_model_parallel_size, pipeline_model_parallel_size, "
-                         "tensor_model_parallel_size), shard the optimizer (use_distributed_optimizer) or recompute "
-                         "activations (recompute_granularity: full)\n",
-                         need, device_memory_gib);
+    const char* remedies = "spread the model over more ranks (expert_model_parallel_size, "
+                           "pipeline_model_parallel_size, tensor_model_parallel_size), shard the optimizer "
+                           "(use_distributed_optimizer) or recompute activations (recompute_granularity: full)";
+    switch (memory_fit(need, device_memory_gib)) {
+      case MemoryFit::kFits:
+        out += fmt::format("  fits in {:g} GiB of device memory ({:.0f}% of it)\n", device_memory_gib,
+                           100.0 * need / device_memory_gib);
+        break;
+      case MemoryFit::kTight:
+        out += fmt::format("  WARNING: tight: {} is {:.1f}% of {:g} GiB of device memory (above {:.0f}%), too little "
+                           "headroom for what the estimate does not count; {}\n",
+                           gib(static_cast<double>(e.total_bytes())), 100.0 * need / device_memory_gib,
+                           device_memory_gib, 100.0 * kTightMemoryFraction, remedies);
+        break;
+      case MemoryFit::kDoesNotFit:
+        out += fmt::format("  WARNING: does not fit: {:.1f} GiB > {:g} GiB of device memory; {}\n", need,
+                           device_memory_gib, remedies);
+        break;
+    }
   }
   return out;
+}
+
+MemoryFit memory_fit(double need_gib, double device_gib) {
+  if (need_gib > device_gib) return MemoryFit::kDoesNotFit;
+  if (need_gib > kTightMemoryFraction * device_gib) return MemoryFit::kTight;
+  return MemoryFit::kFits;
+}
+
+double memory_estimate_gib(const Config& cfg) {
+  const MemoryEstimate e = estimate_memory(model_config(cfg), parallel_layout(cfg), training_setup(cfg));
+  return static_cast<double>(e.total_bytes()) / static_cast<double>(1ull << 30);
 }
 
 }  // namespace primus::config

@@ -20,8 +20,18 @@ std::string describe_config(const Config& cfg);
 
 // The parameter count, FLOPs per token and the memory estimate per GPU for the config's
 // parallel layout, compared with device_memory_gib of device memory (a warning line when the
-// estimate does not fit; 0 skips the comparison).
+// estimate does not fit or fits with little headroom: memory_fit; 0 skips the comparison).
 std::string describe_model(const Config& cfg, double device_memory_gib = 0);
+
+// How a memory estimate compares with a device's memory: it fits; it is tight (above
+// kTightMemoryFraction of it, leaving too little for what the estimate does not count: the CUDA
+// context, workspaces, fragmentation, communication buffers); or it does not fit.
+enum class MemoryFit { kFits, kTight, kDoesNotFit };
+inline constexpr double kTightMemoryFraction = 0.95;
+MemoryFit memory_fit(double need_gib, double device_gib);
+
+// describe_model's total estimate per GPU, in GiB.
+double memory_estimate_gib(const Config& cfg);
 
 // The memory-estimate inputs taken from a config (layout, precision, recompute ...).
 ParallelLayout parallel_layout(const Config& cfg);

@@ -26,6 +26,10 @@ CliRun run_primus(const std::string& args, const std::string& env = "") {
 }
 
 const std::string kSeed = "examples/megatron/llama3.1_8B-pretrain.yaml";
+// The published examples read data under /data/primus_data, which a dry run checks (and fails on
+// when it is missing: DryRunReadsTheSeedExamplesDataPaths); the tests of the estimate and the
+// config run them on mock data, whose checks pass anywhere.
+const std::string kMockData = " --set mock_data=true --set data_cache_path=null";
 
 int seed_line(const std::string& text) {
   return primus::config::testing::line_of(std::string(PRIMUS_SOURCE_DIR) + "/" + kSeed, text);
@@ -34,7 +38,7 @@ int seed_line(const std::string& text) {
 }  // namespace
 
 TEST(ConfigCli, SeedExampleDryRuns) {
-  const CliRun r = run_primus("train --config " + kSeed + " --dry-run");
+  const CliRun r = run_primus("train --config " + kSeed + " --dry-run" + kMockData);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("8,030,261,248 (8.03B)"));
   EXPECT_THAT(r.output, HasSubstr("exp_name llama3.1_8B-fineweb-pretrain"));
@@ -47,7 +51,7 @@ TEST(ConfigCli, SeedExampleDryRuns) {
 }
 
 TEST(ConfigCli, EnvironmentCommandLineAndUpstreamForm) {
-  CliRun r = run_primus("train pretrain --config " + kSeed + " --dry-run --set lr=1e-4 min_lr=1e-5",
+  CliRun r = run_primus("train pretrain --config " + kSeed + " --dry-run" + kMockData + " --set lr=1e-4 min_lr=1e-5",
                  "PRIMUS_EXP_NAME=my-run WORLD_SIZE=8");
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("exp_name my-run"));
@@ -86,7 +90,7 @@ TEST(ConfigCli, EveryExampleDryRuns) {
     }
   }
   EXPECT_GE(count, 16);  // the twelve published models, llama_tiny, llama_125M, Llama 3.2 1B/3B
-  const CliRun r = run_primus("train --config examples/megatron/deepseek_v3-pretrain.yaml --dry-run");
+  const CliRun r = run_primus("train --config examples/megatron/deepseek_v3-pretrain.yaml --dry-run" + kMockData);
   EXPECT_EQ(r.code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("671,026,404,352"));
   EXPECT_THAT(r.output, HasSubstr("MTP modules"));
@@ -95,7 +99,8 @@ TEST(ConfigCli, EveryExampleDryRuns) {
 TEST(ConfigCli, DryRunComparesExpertParallelLayoutsWithDeviceMemory) {
   // Mixtral 8x22B at EP8 x PP4 (x TP2) on 64 GPUs: the routed experts are split 8 ways.
   const std::string mixtral = "train --config examples/megatron/mixtral_8x22B_v0.1-pretrain.yaml --dry-run "
-                              "--world-size 64 --set expert_model_parallel_size=8 --set pipeline_model_parallel_size=4";
+                              "--world-size 64 --set expert_model_parallel_size=8 "
+                              "--set pipeline_model_parallel_size=4" + kMockData;
   CliRun r = run_primus(mixtral);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("tp 2, pp 4, cp 1, dp 8, ep 8"));
@@ -107,11 +112,23 @@ TEST(ConfigCli, DryRunComparesExpertParallelLayoutsWithDeviceMemory) {
   // DeepSeek-V3 at EP64 x PP16 on 1024 GPUs (Megatron's uneven split: one layer on the first stage).
   r = run_primus("train --config examples/megatron/deepseek_v3-pretrain.yaml --dry-run --world-size 1024 "
                  "--set expert_model_parallel_size=64 --set pipeline_model_parallel_size=16 "
-                 "--set decoder_first_pipeline_num_layers=1 --set decoder_last_pipeline_num_layers=null");
+                 "--set decoder_first_pipeline_num_layers=1 --set decoder_last_pipeline_num_layers=null" + kMockData);
   ASSERT_EQ(r.code, 0) << r.output;
   EXPECT_THAT(r.output, HasSubstr("dp 64, ep 64"));
   EXPECT_THAT(r.output, HasSubstr("880,803,840 of them routed-expert"));
   EXPECT_THAT(r.output, HasSubstr("fits in 80 GiB"));
+}
+
+TEST(ConfigCli, DryRunReadsTheSeedExamplesDataPaths) {
+  // As published, the seed trains on /data/primus_data/...: a dry run where that is missing names
+  // it, still prints the estimate, and fails.
+  const std::string prefix = "/data/primus_data/fineweb/llama3.1/fineweb_text_document";
+  if (std::filesystem::exists(prefix + ".idx")) GTEST_SKIP() << prefix << " exists on this machine";
+  const CliRun r = run_primus("train --config " + kSeed + " --dry-run");
+  EXPECT_EQ(r.code, 1) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("PROBLEM  train_data_path[0] '" + prefix + "'"));
+  EXPECT_THAT(r.output, HasSubstr("8,030,261,248 (8.03B)"));
+  EXPECT_THAT(r.output, HasSubstr("dry run FAILED"));
 }
 
 TEST(ConfigCli, ListPrintsEveryKeyAndShowPrintsSources) {
