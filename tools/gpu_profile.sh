@@ -42,13 +42,19 @@ def kernels(path):
     rows = [r for r in csv.reader(open(path, errors="replace")) if len(r) > 10]
     if not rows: return []
     h = rows[0]
-    ki, mi, vi, ui = h.index("Kernel Name"), h.index("Metric Name"), h.index("Metric Value"), h.index("Metric Unit")
+    ki = h.index("Kernel Name")
+    def us(v, unit):
+        v = float(v.replace(",", ""))
+        return v / 1000.0 if unit in ("nsecond", "ns") else (v * 1000.0 if unit in ("msecond", "ms") else v)
     seq = []
-    for r in rows[1:]:
-        if r[mi] != "gpu__time_duration.sum": continue
-        v = float(r[vi].replace(",", ""))
-        v = v / 1000.0 if r[ui] == "nsecond" else (v * 1000.0 if r[ui] == "msecond" else v)
-        seq.append((r[ki], v))
+    if "Metric Name" in h:  # the details page: one row per (kernel, metric)
+        mi, vi, ui = h.index("Metric Name"), h.index("Metric Value"), h.index("Metric Unit")
+        for r in rows[1:]:
+            if r[mi] == "gpu__time_duration.sum": seq.append((r[ki], us(r[vi], r[ui])))
+    else:  # the raw page: one column per metric, its unit in the second row
+        ti = h.index("gpu__time_duration.sum")
+        unit = rows[1][ti]
+        for r in rows[2:]: seq.append((r[ki], us(r[ti], unit)))
     return seq
 seq, ranged = kernels(sys.argv[1]), kernels(sys.argv[2])
 if not seq:
