@@ -163,6 +163,7 @@ TrainingSetup training_setup(const Config& cfg) {
     t.recompute = cfg.opt_s("recompute_method") == "block" ? Recompute::kFullBlock : Recompute::kFullUniform;
   t.recompute_num_layers = cfg.has("recompute_num_layers") ? cfg.i("recompute_num_layers") : 0;
   t.cross_entropy_fusion = cfg.b("cross_entropy_loss_fusion");
+  t.grad_reduce_in_bf16 = cfg.b("grad_reduce_in_bf16");
   if (cfg.s("peft") == "lora") {
     const ModelConfig m = model_config(cfg);
     const int64_t adapters = lora_adapter_count(m, cfg);

@@ -23,6 +23,8 @@ std::string_view dtype_name(DType t);    // "fp32", "bf16", ...
 std::string_view safetensors_name(DType t);  // "F32", "BF16", ...
 DType dtype_from_safetensors(std::string_view name);  // throws on unknown
 std::string_view device_name(Device d);
+// A floating-point element type (fp32, bf16, fp16).
+inline bool is_float(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
 
 // bf16 <-> fp32 with round-to-nearest-even (NaN kept quiet).
 inline uint16_t fp32_to_bf16_bits(float f) {

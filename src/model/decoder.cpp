@@ -227,6 +227,10 @@ DecoderModel::DecoderModel(const ModelConfig& config, ops::Context& ctx, const D
   if (config_.num_query_groups <= 0) config_.num_query_groups = config_.num_attention_heads;
   PRIMUS_CHECK(options_.logits_chunk_rows > 0, "DecoderOptions.logits_chunk_rows must be > 0, got {}",
                options_.logits_chunk_rows);
+  PRIMUS_CHECK(options_.linear_grad_dtype == DType::F32 ||
+                   (options_.linear_grad_dtype == DType::BF16 && options_.param_dtype == DType::BF16),
+               "DecoderOptions.linear_grad_dtype {} needs bf16 parameters (param_dtype is {})",
+               dtype_name(options_.linear_grad_dtype), dtype_name(options_.param_dtype));
   set_recompute(options_.recompute, options_.recompute_num_layers);
   const parallel::TensorParallel& tp = options_.tensor_parallel;
   validate_tensor_parallel(config_, tp, ctx_.device());
@@ -245,7 +249,8 @@ DecoderModel::DecoderModel(const ModelConfig& config, ops::Context& ctx, const D
     NamedTensor* made = p.get();
     if (spec.trainable()) {
       p->value = Tensor::empty(shape, options_.param_dtype, ctx_.device());
-      p->grad = Tensor::zeros(shape, DType::F32, ctx_.device());
+      const bool projection = spec.role == ParamRole::Linear || spec.role == ParamRole::RoutedExperts;
+      p->grad = Tensor::zeros(shape, projection ? options_.linear_grad_dtype : DType::F32, ctx_.device());
       p->no_weight_decay = spec.no_weight_decay();
       params_.push_back(std::move(p));
     } else {  // a buffer, no grad: the expert bias (fp32) or a frozen weight (LoRA's base)

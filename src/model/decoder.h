@@ -68,6 +68,12 @@ struct PipelineStage {
 
 struct DecoderOptions {
   DType param_dtype = DType::F32;  // fp32 on CPU; bf16 on CUDA
+  // The gradients of the projections (ParamRole Linear and RoutedExperts: what the GEMMs'
+  // weight-gradient pass writes) are held in this dtype; every other gradient (embeddings,
+  // norms, router, output layer) stays fp32. bf16 is Megatron's grad_reduce_in_bf16: half the
+  // memory and traffic of those gradients, each rounded to bf16 once per micro-batch (as
+  // PyTorch autocast's bf16 weight gradients are).
+  DType linear_grad_dtype = DType::F32;
   uint64_t seed = 1234;
   Recompute recompute = Recompute::None;
   // With Recompute::Full: recompute only the first N layers (Megatron's `block` method);

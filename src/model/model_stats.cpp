@@ -191,6 +191,7 @@ MemoryEstimate estimate_memory(const ModelConfig& m, const ParallelLayout& L, co
     e.stage = stage;
     // ---- parameters held by one GPU of this stage --------------------------------
     int64_t dense = 0, expert = 0;
+    int64_t unprojected = 0;  // embeddings, output layer, norms, routers: fp32 gradients always
     int64_t first = 0;
     for (int64_t s = 0; s < stage; ++s) first += stage_layers[static_cast<size_t>(s)];
     const int64_t layers_per_stage = stage_layers[static_cast<size_t>(stage)];
@@ -198,8 +199,10 @@ MemoryEstimate estimate_memory(const ModelConfig& m, const ParallelLayout& L, co
       const LayerParams p = layer_params(m, l);
       dense += (p.attention - p.attention_replicated) / tp + p.attention_replicated + p.mlp / tp +
                p.shared_experts / tp + p.router + p.norms;
+      unprojected += p.router + p.norms;
       expert += p.experts / (ep * etp);
     }
+    const int64_t dense_before_ends = dense;
     if (stage == 0) dense += V * h / tp + (m.position_embedding_type == "learned_absolute" ? m.max_position_embeddings * h : 0);
     if (stage == pp - 1) {
       dense += norm_params(m, h);
@@ -216,6 +219,7 @@ MemoryEstimate estimate_memory(const ModelConfig& m, const ParallelLayout& L, co
     }
     e.params = dense + expert;
     e.expert_params = expert;
+    unprojected += dense - dense_before_ends;  // the embedding / output layer / final norm / MTP extras
 
     // ---- weights, gradients, optimizer states ------------------------------------
     const bool mixed = t.precision != Precision::kFp32;
@@ -225,6 +229,8 @@ MemoryEstimate estimate_memory(const ModelConfig& m, const ParallelLayout& L, co
         t.distributed_optimizer ? std::max(1.0, static_cast<double>(dp * cp * tp) / static_cast<double>(ep * etp)) : 1.0;
     e.weight_bytes = weight_b * static_cast<double>(e.params);
     e.grad_bytes = grad_b * static_cast<double>(e.params) * t.trainable_fraction;
+    if (t.grad_reduce_in_bf16 && mixed && t.trainable_fraction == 1.0)
+      e.grad_bytes -= 2.0 * static_cast<double>(e.params - unprojected);
     e.optimizer_bytes = optim_b * t.trainable_fraction *
                         (static_cast<double>(dense) / dense_shards + static_cast<double>(expert) / expert_shards);
 

@@ -78,13 +78,15 @@ struct TrainingSetup {
   Recompute recompute = Recompute::kNone;
   int64_t recompute_num_layers = 0;
   bool cross_entropy_fusion = false;  // no fp32 copy of the logits
+  bool grad_reduce_in_bf16 = false;   // the projections' gradients (not embeddings, norms, router) in 2 B
   // LoRA (peft: lora): the adapters' share of the parameters; only they have gradients and
   // optimizer states (the frozen base keeps its 16-bit weights only). 1: everything trains.
   double trainable_fraction = 1.0;
 };
 
 // Memory per GPU on the fullest pipeline stage. Mixed precision (bf16/fp16) keeps 16-bit
-// weights (2 B), fp32 gradients (4 B) and fp32 master weights + Adam m, v (12 B) per
+// weights (2 B), fp32 gradients (4 B; 2 B for the projections with grad_reduce_in_bf16) and
+// fp32 master weights + Adam m, v (12 B) per
 // parameter; fp32 training keeps 4 + 4 + 8 B. The distributed optimizer divides the
 // optimizer part by the data-parallel (x context-parallel) size, or for expert weights by
 // the expert-data-parallel size. Activations are the tensors saved for backward with

@@ -259,6 +259,7 @@ class Backend {
                                        const std::vector<int64_t>& rows, bool accumulate);
 
   // ---- optimizer -------------------------------------------------------------------
+  // master, moments fp32; grad fp32 (the CUDA backend also takes bf16: grad_reduce_in_bf16).
   virtual void adamw_step(std::vector<AdamWTensor>& params, const AdamWParams& p) = 0;
   // sum over tensors of sum(x^2) in fp64 (grad norm, params norm); NaN/Inf propagate.
   virtual double sum_of_squares(const std::vector<Tensor>& tensors) = 0;

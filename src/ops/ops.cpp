@@ -33,8 +33,6 @@ std::shared_ptr<Backend> make_cpu_backend(int num_threads) {
 
 namespace {
 
-bool is_float(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
-
 // A tensor argument of op `op`: defined, on the context's device.
 void arg(const Context& ctx, const Tensor& t, const char* op, const char* name) {
   PRIMUS_CHECK(t.defined(), "{}: tensor '{}' is undefined", op, name);

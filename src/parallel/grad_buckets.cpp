@@ -1,5 +1,7 @@
 #include "parallel/grad_buckets.h"
 
+#include "core/dtype.h"
+
 namespace primus::parallel {
 
 GradBuckets::GradBuckets(const std::vector<ParamSpec>& params, Communicator& dp,
@@ -8,10 +10,11 @@ GradBuckets::GradBuckets(const std::vector<ParamSpec>& params, Communicator& dp,
   PRIMUS_CHECK(options.bucket_size_bytes >= 0, "grad buckets: bucket_size_bytes {} must be >= 0",
                options.bucket_size_bytes);
   FlatLayoutOptions lo;
-  lo.bucket_numel = options.bucket_size_bytes / static_cast<int64_t>(sizeof(float));
+  PRIMUS_CHECK(is_float(options.dtype), "grad buckets: dtype {} is not a float type", dtype_name(options.dtype));
+  lo.bucket_numel = options.bucket_size_bytes / static_cast<int64_t>(dtype_size(options.dtype));
   lo.shard_count = options.reduce == GradReduce::ReduceScatter ? dp.size() : 1;
   layout_ = FlatLayout::build(params, lo);
-  flat_ = Tensor::zeros({layout_.total_numel()}, DType::F32, dp.device());
+  flat_ = Tensor::zeros({layout_.total_numel()}, options.dtype, dp.device());
   const size_t nb = layout_.buckets().size();
   in_flight_.resize(nb);
   ready_.assign(layout_.params().size(), false);

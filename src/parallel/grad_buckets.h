@@ -1,6 +1,6 @@
-// GradBuckets: data-parallel gradient reduction in flat fp32 buckets.
+// GradBuckets: data-parallel gradient reduction in flat fp32 (or bf16) buckets.
 //
-// Owns one fp32 buffer (on the data-parallel communicator's device) laid out by a
+// Owns one buffer of options.dtype (fp32 by default; bf16 for Megatron's grad_reduce_in_bf16) (on the data-parallel communicator's device) laid out by a
 // FlatLayout; grad(i) is parameter i's gradient as a view into it. The backward pass
 // accumulates into those views (`+=` across micro-batches); then the buckets are reduced
 // over the data-parallel group:
@@ -36,6 +36,7 @@ struct GradBucketOptions {
   GradReduce reduce = GradReduce::AllReduce;
   // Average over the group (the loss is a per-rank mean); false sums.
   bool average = true;
+  DType dtype = DType::F32;  // of the gradients, the buffer and the collectives
 };
 
 class GradBuckets {
@@ -47,7 +48,7 @@ class GradBuckets {
   const FlatLayout& layout() const { return layout_; }
   const GradBucketOptions& options() const { return options_; }
   Communicator& group() const { return dp_; }
-  Tensor flat() const { return flat_; }  // fp32 [layout().total_numel()]
+  Tensor flat() const { return flat_; }  // options().dtype [layout().total_numel()]
   Tensor grad(size_t param) const { return layout_.param_view(flat_, param); }
   Tensor grad(std::string_view name) const { return grad(layout_.index_of(name)); }
 

@@ -28,23 +28,28 @@ DataParallelOptimizer::DataParallelOptimizer(ops::Context& ctx, std::vector<Name
     : ctx_(ctx), params_(std::move(params)), model_parallel_(model_parallel), tp_rank_(tp_rank), options_(options) {
   PRIMUS_CHECK(!params_.empty(), "DataParallelOptimizer: no parameters");
   excluded_.insert(options_.excluded_from_norm.begin(), options_.excluded_from_norm.end());
-  groups_.resize(1);
-  groups_[0].dp = &dp;
+  // One group per (dense | expert-parallel) x gradient dtype (grad_reduce_in_bf16 holds the
+  // projections' gradients in bf16, the rest in fp32), created in the parameters' order, which
+  // every rank of a group shares: their collectives then match.
   for (NamedTensor* p : params_) {
-    if (!p->expert_parallel) {
-      groups_[0].params.push_back(p);
-      continue;
-    }
-    PRIMUS_CHECK(experts.expert_dp != nullptr && experts.ep != nullptr,
+    const bool expert = p->expert_parallel;
+    PRIMUS_CHECK(!expert || (experts.expert_dp != nullptr && experts.ep != nullptr),
                  "DataParallelOptimizer: '{}' is an expert-parallel parameter but no expert groups were given", p->name);
-    if (groups_.size() == 1) {
-      groups_.emplace_back();
-      groups_[1].dp = experts.expert_dp;
-      groups_[1].across = experts.ep;
+    auto it = std::find_if(groups_.begin(), groups_.end(), [&](const Group& g) {
+      return (g.across != nullptr) == expert && g.grad_dtype == p->grad.dtype();
+    });
+    if (it == groups_.end()) {
+      Group g;
+      g.dp = expert ? experts.expert_dp : &dp;
+      g.across = expert ? experts.ep : nullptr;
+      g.grad_dtype = p->grad.dtype();
+      groups_.push_back(std::move(g));
+      it = groups_.end() - 1;
     }
-    groups_[1].params.push_back(p);
+    it->params.push_back(p);
   }
-  PRIMUS_CHECK(!groups_[0].params.empty(), "DataParallelOptimizer: no dense parameters");
+  PRIMUS_CHECK(std::any_of(groups_.begin(), groups_.end(), [](const Group& g) { return g.across == nullptr; }),
+               "DataParallelOptimizer: no dense parameters");
   for (Group& g : groups_) build_group(g);
 
   if (!options_.distributed_optimizer) {
@@ -72,6 +77,7 @@ void DataParallelOptimizer::build_group(Group& g) {
   bo.overlap_grad_reduce = options_.overlap_grad_reduce;
   bo.reduce = options_.distributed_optimizer ? parallel::GradReduce::ReduceScatter : parallel::GradReduce::AllReduce;
   bo.average = false;  // the loss weights already make the gradient that of the global batch's mean loss
+  bo.dtype = g.grad_dtype;
   g.buckets = std::make_unique<parallel::GradBuckets>(specs, *g.dp, bo);
   const parallel::FlatLayout& layout = g.buckets->layout();
   for (NamedTensor* p : g.params) {

@@ -121,6 +121,7 @@ class DataParallelOptimizer {
   struct Group {
     parallel::Communicator* dp = nullptr;      // where grads are summed (and the shards live)
     parallel::Communicator* across = nullptr;  // ranks holding different tensors of this kind (ep)
+    DType grad_dtype = DType::F32;             // of its parameters' gradients and buckets
     std::vector<NamedTensor*> params;          // forward order
     std::unique_ptr<parallel::GradBuckets> buckets;
     // Distributed optimizer only: the flat parameter buffer, this rank's shards, the range of

@@ -119,6 +119,14 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
   o.cross_entropy_fusion_impl = cfg.s("cross_entropy_fusion_impl");
   o.use_distributed_optimizer = cfg.b("use_distributed_optimizer");
   o.overlap_grad_reduce = cfg.b("overlap_grad_reduce");
+  if (cfg.b("grad_reduce_in_bf16")) {
+    if (o.precision != Precision::Bf16)
+      throw Error(fmt::format("grad_reduce_in_bf16 ({}) holds gradients in bf16, which needs a bf16 run on CUDA; "
+                              "this run computes in {}: remove it, or set bf16: true on a GPU",
+                              cfg.source("grad_reduce_in_bf16").str(),
+                              o.device == Device::CPU ? "fp32 on the CPU" : o.precision == Precision::Fp16 ? "fp16" : "fp32"));
+    o.grad_reduce_in_bf16 = true;
+  }
   o.overlap_param_gather = cfg.b("overlap_param_gather");
   if (cfg.has("ddp_bucket_size")) {
     o.ddp_bucket_size = cfg.i("ddp_bucket_size");

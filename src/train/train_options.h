@@ -66,6 +66,7 @@ struct TrainOptions {
   parallel::TokenDispatcher moe_token_dispatcher = parallel::TokenDispatcher::AllGather;
   // Data parallel (train/data_parallel_optimizer.h).
   bool use_distributed_optimizer = false, overlap_grad_reduce = false, overlap_param_gather = false;
+  bool grad_reduce_in_bf16 = false;  // the projections' gradients in bf16 (DecoderOptions::linear_grad_dtype)
   int64_t ddp_bucket_size = 40'000'000;  // elements per gradient bucket (Megatron's default)
 
   // Batch and run length. train_iters is always set (derived from train_samples when

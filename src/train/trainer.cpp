@@ -233,6 +233,7 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
 
   DecoderOptions lo;
   lo.param_dtype = param_dtype(o.precision);
+  lo.linear_grad_dtype = o.grad_reduce_in_bf16 ? DType::BF16 : DType::F32;
   lo.seed = o.seed;
   lo.recompute = parse_recompute_granularity(o.recompute_granularity);
   lo.recompute_num_layers = o.recompute_num_layers;

@@ -402,14 +402,16 @@ TEST(CudaOptim, MultiTensorAdamWAndReductions) {
     for (auto& x : v) x = x * x;
     ops::AdamWTensor a, b;
     a.master = gpu(p, {n}, DType::F32);
-    a.grad = gpu(gr, {n}, DType::F32);
+    // Every other tensor's gradient in bf16 (grad_reduce_in_bf16); the CPU gets its bf16 values.
+    const bool bf16_grad = i % 2 == 1;
+    a.grad = gpu(gr, {n}, bf16_grad ? DType::BF16 : DType::F32);
     a.exp_avg = gpu(m, {n}, DType::F32);
     a.exp_avg_sq = gpu(v, {n}, DType::F32);
     a.model = Tensor::empty({n}, i % 3 == 0 ? DType::F16 : DType::BF16, Device::CUDA);
     poison(g, a.model);
     a.weight_decay_mult = i % 4 == 0 ? 0.f : 1.f;
     b.master = cpu_f32(p, {n});
-    b.grad = cpu_f32(gr, {n});
+    b.grad = cpu_f32(bf16_grad ? gputest::round_to(gr, DType::BF16) : gr, {n});
     b.exp_avg = cpu_f32(m, {n});
     b.exp_avg_sq = cpu_f32(v, {n});
     b.model = Tensor::empty({n}, a.model.dtype());

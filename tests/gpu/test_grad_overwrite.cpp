@@ -133,5 +133,50 @@ TEST(CudaGradOverwrite, FirstMicroBatchWritesEveryGradient) {
   }
 }
 
+// grad_reduce_in_bf16: the projections' gradients are held in bf16 (written by the GEMMs in
+// bf16, accumulated over micro-batches in bf16), the rest in fp32; against the CPU fp32 model
+// they stay within the same bars as the fp32-gradient run above.
+TEST(CudaGradOverwrite, Bf16ProjectionGradientsMatchCpu) {
+  PRIMUS_REQUIRE_GPU();
+  const int64_t B = 2, T = 24;
+  ops::Context cpu = ops::Context::cpu(), cuda = ops::Context::cuda();
+  for (const ModelConfig& c : {tiny(false), tiny_deepseek()}) {
+    DecoderOptions dev;
+    dev.param_dtype = DType::BF16;
+    dev.linear_grad_dtype = DType::BF16;
+    dev.logits_chunk_rows = 16;
+    DecoderModel model(c, cuda, dev);
+    DecoderOptions host;
+    host.logits_chunk_rows = 16;
+    DecoderModel reference(c, cpu, host);
+    const auto ps = model.parameters(), pr = reference.parameters();
+    ASSERT_EQ(ps.size(), pr.size());
+    for (size_t i = 0; i < ps.size(); ++i)
+      pr[i]->value.copy_from(Tensor::from_floats(ps[i]->value.to_float_vector(), pr[i]->value.shape()));
+    const std::vector<HostBatch> batches = {make_batch(B * T, c.padded_vocab_size, 1),
+                                            make_batch(B * T, c.padded_vocab_size, 2)};
+    for (NamedTensor* p : ps) gputest::poison(cuda, p->grad);
+    model.zero_grads_for_overwrite();
+    reference.zero_grads();
+    run_step(model, Device::CUDA, batches, B, T);
+    run_step(reference, Device::CPU, batches, B, T);
+    int bf16_grads = 0;
+    for (size_t i = 0; i < ps.size(); ++i) {
+      const std::string& n = ps[i]->name;
+      const bool projection = n.find("linear_") != std::string::npos || n.find("experts") != std::string::npos ||
+                              n.find("eh_proj") != std::string::npos;
+      const bool norm = n.find("norm") != std::string::npos || n.find("router") != std::string::npos ||
+                        n.find("embedding") != std::string::npos || n.find("output_layer") != std::string::npos;
+      if (norm) EXPECT_EQ(ps[i]->grad.dtype(), DType::F32) << n;
+      if (projection && !norm) EXPECT_EQ(ps[i]->grad.dtype(), DType::BF16) << n;
+      bf16_grads += ps[i]->grad.dtype() == DType::BF16;
+      const bool router = n.find(".router.") != std::string::npos;
+      gputest::expect_close(c.name + " bf16 grads " + n + " vs CPU fp32", ps[i]->grad, pr[i]->grad,
+                            router ? 3.5e-1 : c.num_experts > 0 ? 1.5e-1 : 5e-2);
+    }
+    EXPECT_GT(bf16_grads, 4) << c.name;
+  }
+}
+
 }  // namespace
 }  // namespace primus

@@ -239,7 +239,7 @@ TEST_F(TrainerTest, NanGuardSkipsThenStops) {
 }
 
 // timing_log_level and profile (Megatron's keys) are read into the options or refused by name.
-TEST_F(TrainerTest, TimingAndProfileKeysAreReadOrRefusedByName) {
+TEST_F(TrainerTest, TimingProfileAndGradDtypeKeysAreReadOrRefusedByName) {
   auto refusal = [&](std::vector<std::string> sets) {
     try {
       (void)options(std::move(sets));
@@ -259,6 +259,10 @@ TEST_F(TrainerTest, TimingAndProfileKeysAreReadOrRefusedByName) {
             std::string::npos);
   EXPECT_NE(refusal({"profile=true", "profile_ranks=3"}).find("profile_ranks"), std::string::npos);
   EXPECT_FALSE(options().profile);
+  // bf16 gradients need a bf16 run on the GPU: the CPU path computes in fp32.
+  const std::string bf16_grads = refusal({"grad_reduce_in_bf16=true", "bf16=true"});
+  EXPECT_NE(bf16_grads.find("grad_reduce_in_bf16"), std::string::npos) << bf16_grads;
+  EXPECT_NE(bf16_grads.find("CPU"), std::string::npos) << bf16_grads;
   // And a timed run trains as an untimed one does (the phases only add synchronisations).
   const TrainResult timed = train(options({"timing_log_level=1", "train_iters=3", "eval_iters=0"}));
   const TrainResult plain = train(options({"train_iters=3", "eval_iters=0"}));

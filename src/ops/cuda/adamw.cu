@@ -19,7 +19,7 @@ constexpr int kMaxTensors = 256;  // ~15 KB of parameters: CUDA 12.1+ allows 32 
 
 struct AdamWList {
   float* master[kMaxTensors];
-  const float* grad[kMaxTensors];
+  const void* grad[kMaxTensors];  // fp32, or bf16 where grad_bf16
   float* m[kMaxTensors];
   float* v[kMaxTensors];
   void* model[kMaxTensors];
@@ -27,6 +27,7 @@ struct AdamWList {
   int64_t first_block[kMaxTensors + 1];
   float decay[kMaxTensors];  // 1 - lr * wd
   uint8_t model_dtype[kMaxTensors];
+  uint8_t grad_bf16[kMaxTensors];
   int count;
 };
 
@@ -61,7 +62,8 @@ __global__ void adamw_kernel(AdamWList list, AdamWScalars s) {
   const int64_t begin = (block - list.first_block[t]) * kChunk;
   const int64_t end = min(begin + kChunk, list.n[t]);
   float* P = list.master[t];
-  const float* G = list.grad[t];
+  const void* G = list.grad[t];
+  const bool gbf = list.grad_bf16[t] != 0;
   float* M = list.m[t];
   float* Vv = list.v[t];
   void* model = list.model[t];
@@ -75,7 +77,15 @@ __global__ void adamw_kernel(AdamWList list, AdamWScalars s) {
     for (int64_t k = threadIdx.x; k < nvec; k += blockDim.x) {
       const int64_t i = begin + k * 4;
       float4 p = *reinterpret_cast<float4*>(P + i);
-      const float4 g = *reinterpret_cast<const float4*>(G + i);
+      float4 g;
+      if (gbf) {  // 4 bf16 = 8 bytes
+        const uint2 raw = *reinterpret_cast<const uint2*>(static_cast<const __nv_bfloat16*>(G) + i);
+        const float2 lo2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+        const float2 hi2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+        g = make_float4(lo2.x, lo2.y, hi2.x, hi2.y);
+      } else {
+        g = *reinterpret_cast<const float4*>(static_cast<const float*>(G) + i);
+      }
       float4 m = *reinterpret_cast<float4*>(M + i);
       float4 v = *reinterpret_cast<float4*>(Vv + i);
       adam_one(p.x, g.x, m.x, v.x, decay, s);
@@ -104,7 +114,8 @@ __global__ void adamw_kernel(AdamWList list, AdamWScalars s) {
   }
   for (int64_t i = i0 + threadIdx.x; i < end; i += blockDim.x) {
     float p = P[i], m = M[i], v = Vv[i];
-    adam_one(p, G[i], m, v, decay, s);
+    const float g = gbf ? __bfloat162float(static_cast<const __nv_bfloat16*>(G)[i]) : static_cast<const float*>(G)[i];
+    adam_one(p, g, m, v, decay, s);
     P[i] = p;
     M[i] = m;
     Vv[i] = v;
@@ -137,6 +148,7 @@ void launch_adamw(const std::vector<AdamWRef>& tensors, const AdamWHyper& h, cud
       const int c = list.count++;
       list.master[c] = t.master;
       list.grad[c] = t.grad;
+      list.grad_bf16[c] = t.grad_bf16 ? 1 : 0;
       list.m[c] = t.exp_avg;
       list.v[c] = t.exp_avg_sq;
       list.model[c] = t.model;

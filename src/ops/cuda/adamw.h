@@ -13,7 +13,8 @@ namespace primus::cuda {
 
 struct AdamWRef {
   float* master = nullptr;      // (n) fp32
-  const float* grad = nullptr;  // (n) fp32
+  const void* grad = nullptr;   // (n) fp32, or bf16 with grad_bf16 (grad_reduce_in_bf16)
+  bool grad_bf16 = false;
   float* exp_avg = nullptr;     // (n) fp32
   float* exp_avg_sq = nullptr;  // (n) fp32
   void* model = nullptr;        // (n) bf16/fp16 copy to refresh, or null

@@ -37,7 +37,6 @@ void require_cuda(const Tensor& t, const char* op, const char* name) {
   PRIMUS_CHECK(t.is_cuda(), "{}: tensor '{}' is {}, the CUDA backend needs it on the GPU", op, name, t.describe());
 }
 
-bool is_float(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
 
 int64_t last_dim(const Tensor& t) { return t.ndim() == 0 ? 1 : t.size(-1); }
 int64_t rows_of(const Tensor& t) {
@@ -486,14 +485,18 @@ void CudaBackend::adamw_step(std::vector<ops::AdamWTensor>& params, const ops::A
   refs.reserve(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     ops::AdamWTensor& t = params[i];
-    for (const Tensor* x : {&t.master, &t.grad, &t.exp_avg, &t.exp_avg_sq}) {
+    for (const Tensor* x : {&t.master, &t.exp_avg, &t.exp_avg_sq}) {
       PRIMUS_CHECK(x->is_cuda() && x->dtype() == DType::F32,
-                   "adamw_step: parameter {}: master, grad and moments must be fp32 on CUDA, got {}", i,
-                   x->describe());
+                   "adamw_step: parameter {}: master and moments must be fp32 on CUDA, got {}", i, x->describe());
     }
+    PRIMUS_CHECK(t.grad.is_cuda() && (t.grad.dtype() == DType::F32 || t.grad.dtype() == DType::BF16) &&
+                     t.grad.numel() == t.master.numel(),
+                 "adamw_step: parameter {}: grad must be fp32 or bf16 on CUDA with the master's {} elements, got {}",
+                 i, t.master.numel(), t.grad.describe());
     AdamWRef r;
     r.master = t.master.data<float>();
-    r.grad = t.grad.data<float>();
+    r.grad = t.grad.raw();
+    r.grad_bf16 = t.grad.dtype() == DType::BF16;
     r.exp_avg = t.exp_avg.data<float>();
     r.exp_avg_sq = t.exp_avg_sq.data<float>();
     if (t.model.defined() && t.model.raw() != t.master.raw()) {
