@@ -30,6 +30,18 @@ void add_shape_flags(CLI::App& app, safe::ShapeFlags& f) {
   app.add_option("--vocab", f.vocab, "vocabulary (padded)");
 }
 
+// --seq and --mbs of the benchmarks that time one micro-batch shape.
+void add_batch_flags(CLI::App& app, int64_t& seq, int64_t& mbs) {
+  app.add_option("--seq", seq, "sequence length")->capture_default_str();
+  app.add_option("--mbs", mbs, "micro-batch size")->capture_default_str();
+}
+
+// How much of cuBLASLt's algorithm list the GEMM benchmarks time.
+void add_candidate_flags(CLI::App& app, bool& no_best, int& candidates) {
+  app.add_flag("--no-best", no_best, "skip timing every cuBLASLt candidate");
+  app.add_option("--candidates", candidates, "cuBLASLt candidates to time")->capture_default_str();
+}
+
 DType parse_dtype(const std::string& s) {
   if (s == "bf16") return DType::BF16;
   if (s == "fp16") return DType::F16;
@@ -67,18 +79,15 @@ int cmd_bench(int argc, char** argv) {
                    "transposes of a and b, row-major: N or T each (NT = x @ w^T, a linear layer's forward)")
       ->capture_default_str();
   gemm->add_flag("--accumulate", accumulate, "beta = 1 (read and add to out)");
-  gemm->add_flag("--no-best", no_best, "skip timing every cuBLASLt candidate");
-  gemm->add_option("--candidates", candidates, "cuBLASLt candidates to time")->capture_default_str();
+  add_candidate_flags(*gemm, no_best, candidates);
 
   // gemm-dense
   auto* dense = app.add_subcommand("gemm-dense", "the training GEMMs of a dense Llama-like model");
   safe::ShapeFlags dense_flags;
   int64_t seq = 2048, mbs = 1;
   add_shape_flags(*dense, dense_flags);
-  dense->add_option("--seq", seq, "sequence length")->capture_default_str();
-  dense->add_option("--mbs", mbs, "micro-batch size")->capture_default_str();
-  dense->add_flag("--no-best", no_best, "skip timing every cuBLASLt candidate");
-  dense->add_option("--candidates", candidates, "cuBLASLt candidates to time")->capture_default_str();
+  add_batch_flags(*dense, seq, mbs);
+  add_candidate_flags(*dense, no_best, candidates);
 
   // attention
   auto* attn = app.add_subcommand("attention", "flash attention forward+backward over model shapes and micro-batches");
@@ -105,8 +114,7 @@ int cmd_bench(int argc, char** argv) {
   safe::ShapeFlags ops_flags;
   int64_t ops_seq = 2048, ops_mbs = 8;
   add_shape_flags(*opsb, ops_flags);
-  opsb->add_option("--seq", ops_seq, "sequence length")->capture_default_str();
-  opsb->add_option("--mbs", ops_mbs, "micro-batch size")->capture_default_str();
+  add_batch_flags(*opsb, ops_seq, ops_mbs);
 
   // moe
   auto* moeb = app.add_subcommand("moe", "the experts' grouped GEMMs of an MoE layer vs one dense GEMM of the same FLOPs");
@@ -116,8 +124,7 @@ int cmd_bench(int argc, char** argv) {
                    "MoE model: mixtral-mini | deepseek-moe-mini (the PyTorch MoE peer's shapes), a zoo name or a model "
                    "yaml")
       ->capture_default_str();
-  moeb->add_option("--seq", moe_seq, "sequence length")->capture_default_str();
-  moeb->add_option("--mbs", moe_mbs, "micro-batch size")->capture_default_str();
+  add_batch_flags(*moeb, moe_seq, moe_mbs);
 
   // generate
   auto* genb = app.add_subcommand("generate",
@@ -159,11 +166,22 @@ int cmd_bench(int argc, char** argv) {
     return 0;
   }
   const safe::TableFormat format = safe::parse_table_format(output);
+  // gemm and gemm-dense: the problems to time, with the flags both take.
+  auto gemm_bench = [&](std::vector<safe::GemmProblem> problems) {
+    safe::GemmBenchOptions o;
+    o.problems = std::move(problems);
+    o.compare_best = !no_best;
+    o.candidates = candidates;
+    o.warmup = warmup;
+    o.iters = iters;
+    o.format = format;
+    o.output_file = output_file;
+    return safe::run_gemm_bench(o);
+  };
 
   if (gemm->parsed()) {
     PRIMUS_CHECK(trans.size() == 2 && (trans[0] == 'N' || trans[0] == 'T') && (trans[1] == 'N' || trans[1] == 'T'),
                  "--trans {}: expected two letters of N/T (e.g. NT)", trans);
-    safe::GemmBenchOptions o;
     safe::GemmProblem p;
     p.label = fmt::format("gemm {}", trans);
     p.m = m;
@@ -174,29 +192,14 @@ int cmd_bench(int argc, char** argv) {
     p.in = parse_dtype(dtype);
     p.out = out_dtype.empty() ? p.in : parse_dtype(out_dtype);
     p.accumulate = accumulate;
-    o.problems = {p};
-    o.compare_best = !no_best;
-    o.candidates = candidates;
-    o.warmup = warmup;
-    o.iters = iters;
-    o.format = format;
-    o.output_file = output_file;
-    return safe::run_gemm_bench(o);
+    return gemm_bench({p});
   }
   if (dense->parsed()) {
     const safe::DenseShape s = safe::shape_from_flags(dense_flags, "llama3.2-1B");
-    safe::GemmBenchOptions o;
-    o.problems = safe::training_gemms(s, seq * mbs);
-    o.compare_best = !no_best;
-    o.candidates = candidates;
-    o.warmup = warmup;
-    o.iters = iters;
-    o.format = format;
-    o.output_file = output_file;
     std::printf("# %s: %lld layers, hidden %lld, %lld/%lld heads, ffn %lld, vocab %lld; %lld tokens per micro-batch\n\n",
                 s.name.c_str(), (long long)s.layers, (long long)s.hidden, (long long)s.heads, (long long)s.kv_heads,
                 (long long)s.ffn, (long long)s.vocab, (long long)(seq * mbs));
-    return safe::run_gemm_bench(o);
+    return gemm_bench(safe::training_gemms(s, seq * mbs));
   }
   if (attn->parsed()) {
     safe::AttentionBenchOptions o;

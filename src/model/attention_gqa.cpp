@@ -42,8 +42,7 @@ GqaAttention::GqaAttention(GqaParams p, int64_t heads, int64_t groups, int64_t h
 
 std::vector<NamedTensor*> GqaAttention::params() const {
   std::vector<NamedTensor*> out{p_.norm, p_.qkv, p_.proj};
-  for (const parallel::LoraAdapter* l : {&p_.qkv_lora, &p_.proj_lora})
-    if (l->active()) out.insert(out.end(), {l->a, l->b});
+  parallel::append_lora_params({&p_.qkv_lora, &p_.proj_lora}, out);
   return out;
 }
 

@@ -26,9 +26,8 @@ std::vector<NamedTensor*> MlaAttention::params() const {
   std::vector<NamedTensor*> out{p_.norm};
   for (NamedTensor* t : {p_.q_down, p_.q_norm, p_.q_up, p_.q, p_.kv_down, p_.kv_norm, p_.kv_up, p_.proj})
     if (t) out.push_back(t);
-  for (const parallel::LoraAdapter* l :
-       {&p_.q_down_lora, &p_.q_up_lora, &p_.q_lora, &p_.kv_down_lora, &p_.kv_up_lora, &p_.proj_lora})
-    if (l->active()) out.insert(out.end(), {l->a, l->b});
+  parallel::append_lora_params(
+      {&p_.q_down_lora, &p_.q_up_lora, &p_.q_lora, &p_.kv_down_lora, &p_.kv_up_lora, &p_.proj_lora}, out);
   return out;
 }
 

@@ -31,8 +31,7 @@ void SwigluMlp::backward(LayerEnv& env, const Tensor& h, const Tensor& g, const 
 
 std::vector<NamedTensor*> DenseMlp::params() const {
   std::vector<NamedTensor*> out{norm_, mlp_.fc1, mlp_.fc2};
-  for (const parallel::LoraAdapter* l : {&mlp_.fc1_lora, &mlp_.fc2_lora})
-    if (l->active()) out.insert(out.end(), {l->a, l->b});
+  parallel::append_lora_params({&mlp_.fc1_lora, &mlp_.fc2_lora}, out);
   return out;
 }
 

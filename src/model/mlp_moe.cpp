@@ -63,8 +63,7 @@ MoeMlp::MoeMlp(MoeParams p, const ModelConfig& c, int64_t layer, int64_t tp_size
 std::vector<NamedTensor*> MoeMlp::params() const {
   std::vector<NamedTensor*> out = {p_.norm, p_.router, p_.fc1, p_.fc2};
   if (p_.shared_fc1 != nullptr) out.insert(out.end(), {p_.shared_fc1, p_.shared_fc2});
-  for (const parallel::LoraAdapter* l : {&p_.fc1_lora, &p_.fc2_lora, &p_.shared_fc1_lora, &p_.shared_fc2_lora})
-    if (l->active()) out.insert(out.end(), {l->a, l->b});
+  parallel::append_lora_params({&p_.fc1_lora, &p_.fc2_lora, &p_.shared_fc1_lora, &p_.shared_fc2_lora}, out);
   return out;
 }
 

@@ -207,6 +207,11 @@ void lora_replicated_partial_grads(const TensorParallel& tp, const LoraAdapter& 
   out.push_back(l.b);
 }
 
+void append_lora_params(std::initializer_list<const LoraAdapter*> adapters, std::vector<NamedTensor*>& out) {
+  for (const LoraAdapter* l : adapters)
+    if (l->active()) out.insert(out.end(), {l->a, l->b});
+}
+
 void lora_partial_grads(const TensorParallel& tp, const LoraAdapter& l, bool column, std::vector<NamedTensor*>& out) {
   if (!l.active() || !tp.active()) return;
   if (column)

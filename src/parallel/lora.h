@@ -43,6 +43,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -112,6 +113,10 @@ void lora_replicated_forward(ops::Context& ctx, const TensorParallel& tp, Arena&
                              const LoraAdapter& l, const LoraDropoutSite& drop = {});
 void lora_replicated_backward(ops::Context& ctx, const TensorParallel& tp, Arena& arena, Tensor& dx, const Tensor& dy,
                               const Tensor& x, const LoraAdapter& l, const LoraDropoutSite& drop = {});
+
+// A block's trainable adapter tensors: A and B of every active adapter of `adapters`, in order,
+// appended to `out` (a block's params() after its base weights).
+void append_lora_params(std::initializer_list<const LoraAdapter*> adapters, std::vector<NamedTensor*>& out);
 
 // Which adapter grads are partial sums over the tp ranks: A of column-parallel bases (tp > 1),
 // B of row-parallel bases (sequence parallel).

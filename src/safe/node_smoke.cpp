@@ -22,16 +22,7 @@ std::string range_text(double lo, double hi) {
 }
 
 RankCompute checked(const NodeSmokeOptions& o, int gpu) {
-  const ComputeCheckOptions c{true, o.min_gemm_tflops, o.min_hbm_gbps};
-  try {
-    return o.device == "cpu" ? run_cpu_checks(c) : run_gpu_checks(gpu, c);
-  } catch (const std::exception& e) {
-    RankCompute r;
-    r.kind = o.device == "cpu" ? "cpu" : "gpu";
-    r.device = o.device == "cpu" ? "CPU" : fmt::format("GPU {}", gpu);
-    r.checks.push_back({"compute_checks", false, fmt::format("the checks stopped with an error: {}", e.what())});
-    return r;
-  }
+  return run_compute_checks(o.device, gpu, {true, o.min_gemm_tflops, o.min_hbm_gbps});
 }
 
 nlohmann::json report_json(const std::vector<SmokeEntry>& entries, const std::vector<NodeVerdict>& verdicts,

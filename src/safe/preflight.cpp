@@ -60,19 +60,11 @@ std::vector<NodeEntry> assign_nodes(const std::vector<std::string>& hosts, int e
 }
 
 // This rank's compute checks; an exception becomes a failed check (the other ranks must not
-// be left waiting in the next collective).
+// be left waiting in the next collective), whose result still names the host for the report.
 RankCompute compute_checks(const PreflightOptions& o, int cuda_device) {
-  ComputeCheckOptions c{o.quick, o.min_gemm_tflops, o.min_hbm_gbps};
-  try {
-    return o.device == "cpu" ? run_cpu_checks(c) : run_gpu_checks(cuda_device, c);
-  } catch (const std::exception& e) {
-    RankCompute r;
-    r.kind = o.device == "cpu" ? "cpu" : "gpu";
-    r.device = o.device == "cpu" ? "CPU" : fmt::format("GPU {}", cuda_device);
-    r.host_summary = host_summary();
-    r.checks.push_back({"compute_checks", false, fmt::format("the checks stopped with an error: {}", e.what())});
-    return r;
-  }
+  RankCompute r = run_compute_checks(o.device, cuda_device, {o.quick, o.min_gemm_tflops, o.min_hbm_gbps});
+  if (r.host_summary.empty()) r.host_summary = host_summary();
+  return r;
 }
 
 // Runs the collectives on `group` (when it has 2+ ranks) and returns, on the group's rank 0,

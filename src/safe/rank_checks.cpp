@@ -81,6 +81,18 @@ std::string host_summary() {
                      cpu_model(), std::thread::hardware_concurrency(), mem_total_gib(), numa_nodes());
 }
 
+RankCompute run_compute_checks(const std::string& device, int gpu, const ComputeCheckOptions& o) {
+  try {
+    return device == "cpu" ? run_cpu_checks(o) : run_gpu_checks(gpu, o);
+  } catch (const std::exception& e) {
+    RankCompute r;
+    r.kind = device == "cpu" ? "cpu" : "gpu";
+    r.device = device == "cpu" ? "CPU" : fmt::format("GPU {}", gpu);
+    r.checks.push_back({"compute_checks", false, fmt::format("the checks stopped with an error: {}", e.what())});
+    return r;
+  }
+}
+
 nlohmann::json to_json(const RankCompute& r) {
   nlohmann::json j;
   j["kind"] = r.kind;

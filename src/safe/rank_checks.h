@@ -64,6 +64,10 @@ std::string this_hostname();
 RankCompute run_cpu_checks(const ComputeCheckOptions& o);
 // CUDA device `device` of this process; throws in a build without CUDA.
 RankCompute run_gpu_checks(int device, const ComputeCheckOptions& o);
+// run_cpu_checks when `device` is "cpu", else run_gpu_checks(gpu). An exception becomes a failed
+// "compute_checks" line naming it, so that the caller goes on (other ranks may be waiting for
+// this one in the next collective); that result has no host_summary.
+RankCompute run_compute_checks(const std::string& device, int gpu, const ComputeCheckOptions& o);
 // Visible CUDA devices (0 in a build without CUDA).
 int visible_gpu_count();
 

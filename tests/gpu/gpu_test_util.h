@@ -1,6 +1,7 @@
 // Helpers for the GPU tests: skip without a GPU, fresh random inputs (rounded to bf16 so the
-// fp32 CPU reference and the bf16 CUDA kernels see the same numbers), poisoning, and the
-// relative-error metric ||out - ref|| / ||ref||.
+// fp32 CPU reference and the bf16 CUDA kernels see the same numbers), the models and the
+// attention reference several tests share, poisoning, and the relative-error metric
+// ||out - ref|| / ||ref||. (tests/test_util.h holds what the CPU tests share as well.)
 #pragma once
 
 #include <gtest/gtest.h>
@@ -17,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "../test_util.h"
+#include "core/safetensors.h"
 #include "core/tensor.h"
 #include "model/model_config.h"
 #include "ops/ops.h"
@@ -89,16 +92,67 @@ inline Tensor cpu_i32(const std::vector<int32_t>& v) {
 
 // A 2-layer Llama small enough for whole-model GPU-vs-CPU checks (GQA 4/2, hidden 64).
 inline ModelConfig tiny_llama(const std::string& name, bool untied) {
-  ModelConfig c;
-  c.name = name;
-  c.num_layers = 2;
-  c.hidden_size = 64;
-  c.ffn_hidden_size = 160;
-  c.num_attention_heads = 4;
-  c.num_query_groups = 2;
-  c.vocab_size = c.padded_vocab_size = 96;
+  ModelConfig c = test::tiny_llama({.name = name, .hidden = 64, .ffn = 160, .vocab = 96, .max_positions = 0});
   c.untie_embeddings_and_output_weights = untied;
   return c;
+}
+
+// A small Llama for the CUDA generation paths: head dim 64 (the GQA decode kernel), 2 kv heads,
+// Llama 3.1 RoPE scaling from 32 positions, tied embeddings.
+inline ModelConfig decode_llama(const std::string& name) {
+  ModelConfig c =
+      test::tiny_llama({.name = name, .hidden = 256, .ffn = 512, .vocab = 500, .padded_vocab = 512, .max_positions = 256});
+  c.init_method_std = 0.08;
+  c.rotary_base = 500000;
+  c.use_rope_scaling = true;
+  c.original_max_position_embeddings = 32;
+  c.untie_embeddings_and_output_weights = false;
+  return c;
+}
+
+// Weights copied to the GPU in `dt` (a CPU model's weights for a CUDA decoder).
+inline NamedTensorList to_device(const NamedTensorList& w, DType dt) {
+  NamedTensorList out;
+  for (const auto& [name, t] : w)
+    out.emplace_back(name, Tensor::from_floats(t.to_float_vector(), t.shape(), dt, Device::CUDA));
+  return out;
+}
+
+// One attention case's inputs: q (B,T,Hq,D), k (B,T,Hkv,D), v (B,T,Hkv,Dv) and the output's
+// gradient dout (B,T,Hq,Dv), drawn from `rng` in that order (bf16-rounded); scale 1/sqrt(D).
+struct AttentionInputs {
+  Shape sq, sk, sv, so, sl;  // q, k, v, out (and dout), lse (B,Hq,T)
+  std::vector<float> q, k, v, dout;
+  float scale = 1.f;
+  AttentionInputs(int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, int64_t Dv, std::mt19937_64& rng)
+      : sq{B, T, Hq, D}, sk{B, T, Hkv, D}, sv{B, T, Hkv, Dv}, so{B, T, Hq, Dv}, sl{B, Hq, T} {
+    q = randn(rng, static_cast<size_t>(shape_numel(sq)));
+    k = randn(rng, static_cast<size_t>(shape_numel(sk)));
+    v = randn(rng, static_cast<size_t>(shape_numel(sv)));
+    dout = randn(rng, static_cast<size_t>(shape_numel(so)));
+    scale = 1.f / std::sqrt(static_cast<float>(D));
+  }
+};
+
+// The fp32 CPU backend's attention of `in` (the specification): forward (out, lse), then the
+// backward of in.dout from that forward; `segments` (B,T) int32 document ids when packed.
+struct AttentionReference {
+  Tensor out, lse, dq, dk, dv;
+};
+inline AttentionReference attention_cpu_reference(const AttentionInputs& in, bool causal,
+                                                  const Tensor* segments = nullptr) {
+  ops::Context c = ops::Context::cpu();
+  AttentionReference r;
+  const Tensor q = cpu_f32(in.q, in.sq), k = cpu_f32(in.k, in.sk), v = cpu_f32(in.v, in.sv);
+  r.out = Tensor::zeros(in.so, DType::F32);
+  r.lse = Tensor::zeros(in.sl, DType::F32);
+  ops::attention_forward(c, r.out, r.lse, q, k, v, in.scale, causal, segments);
+  r.dq = Tensor::zeros(in.sq, DType::F32);
+  r.dk = Tensor::zeros(in.sk, DType::F32);
+  r.dv = Tensor::zeros(in.sv, DType::F32);
+  ops::attention_backward(c, r.dq, r.dk, r.dv, cpu_f32(in.dout, in.so), q, k, v, r.out, r.lse, in.scale, causal,
+                          segments);
+  return r;
 }
 
 // Fills a CUDA output with NaN so an element the kernel forgets to write is caught.

@@ -11,7 +11,9 @@
 namespace primus {
 namespace {
 
-using gputest::cpu_f32;
+using gputest::AttentionInputs;
+using gputest::AttentionReference;
+using gputest::attention_cpu_reference;
 using gputest::expect_close;
 using gputest::gpu;
 using gputest::poison;
@@ -30,21 +32,13 @@ struct Variant {
 
 // The CPU reference once per shape, then every variant against it.
 void run_case(const Case& cs, const std::vector<Variant>& variants, DType dt, std::mt19937_64& rng) {
-  ops::Context g = ops::Context::cuda(0), c = ops::Context::cpu();
+  ops::Context g = ops::Context::cuda(0);
   auto* be = cuda::as_cuda_backend(g.backend());
   ASSERT_NE(be, nullptr);
-  const Shape sq{cs.B, cs.T, cs.Hq, cs.D}, sk{cs.B, cs.T, cs.Hkv, cs.D}, sv{cs.B, cs.T, cs.Hkv, cs.Dv},
-      so{cs.B, cs.T, cs.Hq, cs.Dv}, sl{cs.B, cs.Hq, cs.T};
-  const auto q = randn(rng, static_cast<size_t>(shape_numel(sq))), k = randn(rng, static_cast<size_t>(shape_numel(sk))),
-             v = randn(rng, static_cast<size_t>(shape_numel(sv))), dout = randn(rng, static_cast<size_t>(shape_numel(so)));
-  const float scale = 1.f / std::sqrt(static_cast<float>(cs.D));
-
-  Tensor cq = cpu_f32(q, sq), ck = cpu_f32(k, sk), cv = cpu_f32(v, sv);
-  Tensor cout_ = Tensor::zeros(so, DType::F32), clse = Tensor::zeros(sl, DType::F32);
-  ops::attention_forward(c, cout_, clse, cq, ck, cv, scale, cs.causal);
+  const AttentionInputs in(cs.B, cs.T, cs.Hq, cs.Hkv, cs.D, cs.Dv, rng);
+  const auto& [sq, sk, sv, so, sl, q, k, v, dout, scale] = in;
   // Backward from the CPU's own forward results.
-  Tensor cdq = Tensor::zeros(sq, DType::F32), cdk = Tensor::zeros(sk, DType::F32), cdv = Tensor::zeros(sv, DType::F32);
-  ops::attention_backward(c, cdq, cdk, cdv, cpu_f32(dout, so), cq, ck, cv, cout_, clse, scale, cs.causal);
+  const AttentionReference ref = attention_cpu_reference(in, cs.causal);
 
   Tensor gq = gpu(q, sq, dt), gk = gpu(k, sk, dt), gv = gpu(v, sv, dt), gdo = gpu(dout, so, dt);
   for (const Variant& var : variants) {
@@ -56,17 +50,17 @@ void run_case(const Case& cs, const std::vector<Variant>& variants, DType dt, st
     poison(g, gout);
     poison(g, glse);
     ops::attention_forward(g, gout, glse, gq, gk, gv, scale, cs.causal);
-    expect_close("attention_forward out " + tag, gout, cout_, 1e-2);
-    expect_close("attention_forward lse " + tag, glse, clse, 1e-4);
+    expect_close("attention_forward out " + tag, gout, ref.out, 1e-2);
+    expect_close("attention_forward lse " + tag, glse, ref.lse, 1e-4);
     Tensor gdq = Tensor::empty(sq, dt, Device::CUDA), gdk = Tensor::empty(sk, dt, Device::CUDA),
            gdv = Tensor::empty(sv, dt, Device::CUDA);
     poison(g, gdq);
     poison(g, gdk);
     poison(g, gdv);
     ops::attention_backward(g, gdq, gdk, gdv, gdo, gq, gk, gv, gout, glse, scale, cs.causal);
-    expect_close("attention_backward dq " + tag, gdq, cdq, 2e-2);
-    expect_close("attention_backward dk " + tag, gdk, cdk, 2e-2);
-    expect_close("attention_backward dv " + tag, gdv, cdv, 2e-2);
+    expect_close("attention_backward dq " + tag, gdq, ref.dq, 2e-2);
+    expect_close("attention_backward dk " + tag, gdk, ref.dk, 2e-2);
+    expect_close("attention_backward dv " + tag, gdv, ref.dv, 2e-2);
   }
 }
 

@@ -15,6 +15,9 @@
 namespace primus {
 namespace {
 
+using gputest::AttentionInputs;
+using gputest::AttentionReference;
+using gputest::attention_cpu_reference;
 using gputest::cpu_f32;
 using gputest::expect_close;
 using gputest::gpu;
@@ -76,21 +79,13 @@ std::vector<Variant> flash_variants(int64_t D) {
 
 // The CPU reference (fp32, segments) once per case, then every variant against it.
 void run_case(const Case& cs, const std::vector<Variant>& variants, DType dt, std::mt19937_64& rng) {
-  ops::Context g = ops::Context::cuda(0), c = ops::Context::cpu();
+  ops::Context g = ops::Context::cuda(0);
   auto* be = cuda::as_cuda_backend(g.backend());
   ASSERT_NE(be, nullptr);
-  const Shape sq{cs.B, cs.T, cs.Hq, cs.D}, sk{cs.B, cs.T, cs.Hkv, cs.D}, sv{cs.B, cs.T, cs.Hkv, cs.Dv},
-      so{cs.B, cs.T, cs.Hq, cs.Dv}, sl{cs.B, cs.Hq, cs.T};
-  const auto q = randn(rng, static_cast<size_t>(shape_numel(sq))), k = randn(rng, static_cast<size_t>(shape_numel(sk))),
-             v = randn(rng, static_cast<size_t>(shape_numel(sv))), dout = randn(rng, static_cast<size_t>(shape_numel(so)));
-  const float scale = 1.f / std::sqrt(static_cast<float>(cs.D));
+  const AttentionInputs in(cs.B, cs.T, cs.Hq, cs.Hkv, cs.D, cs.Dv, rng);
+  const auto& [sq, sk, sv, so, sl, q, k, v, dout, scale] = in;
   const Tensor cseg = make_segments(rng, cs.B, cs.T, cs.style), gseg = cseg.to(Device::CUDA);
-
-  Tensor cq = cpu_f32(q, sq), ck = cpu_f32(k, sk), cv = cpu_f32(v, sv);
-  Tensor cout_ = Tensor::zeros(so, DType::F32), clse = Tensor::zeros(sl, DType::F32);
-  ops::attention_forward(c, cout_, clse, cq, ck, cv, scale, cs.causal, &cseg);
-  Tensor cdq = Tensor::zeros(sq, DType::F32), cdk = Tensor::zeros(sk, DType::F32), cdv = Tensor::zeros(sv, DType::F32);
-  ops::attention_backward(c, cdq, cdk, cdv, cpu_f32(dout, so), cq, ck, cv, cout_, clse, scale, cs.causal, &cseg);
+  const AttentionReference ref = attention_cpu_reference(in, cs.causal, &cseg);
 
   Tensor gq = gpu(q, sq, dt), gk = gpu(k, sk, dt), gv = gpu(v, sv, dt), gdo = gpu(dout, so, dt);
   for (const Variant& var : variants) {
@@ -102,8 +97,8 @@ void run_case(const Case& cs, const std::vector<Variant>& variants, DType dt, st
     poison(g, gout);
     poison(g, glse);
     ops::attention_forward(g, gout, glse, gq, gk, gv, scale, cs.causal, &gseg);
-    expect_close("packed forward out " + tag, gout, cout_, 1e-2);
-    expect_close("packed forward lse " + tag, glse, clse, 1e-4);
+    expect_close("packed forward out " + tag, gout, ref.out, 1e-2);
+    expect_close("packed forward lse " + tag, glse, ref.lse, 1e-4);
     Tensor gdq = Tensor::empty(sq, dt, Device::CUDA), gdk = Tensor::empty(sk, dt, Device::CUDA),
            gdv = Tensor::empty(sv, dt, Device::CUDA);
     poison(g, gdq);
@@ -120,10 +115,10 @@ void run_case(const Case& cs, const std::vector<Variant>& variants, DType dt, st
         EXPECT_LT(worst, 1e-4f) << "packed backward " << name << " " << tag << ": length-1 documents must give 0";
       }
     } else {
-      expect_close("packed backward dq " + tag, gdq, cdq, 2e-2);
-      expect_close("packed backward dk " + tag, gdk, cdk, 2e-2);
+      expect_close("packed backward dq " + tag, gdq, ref.dq, 2e-2);
+      expect_close("packed backward dk " + tag, gdk, ref.dk, 2e-2);
     }
-    expect_close("packed backward dv " + tag, gdv, cdv, 2e-2);
+    expect_close("packed backward dv " + tag, gdv, ref.dv, 2e-2);
   }
   be->set_attention_kernel(cuda::AttentionKernel::Auto);
   be->set_flash_config({});

@@ -12,7 +12,9 @@
 namespace primus {
 namespace {
 
-using gputest::cpu_f32;
+using gputest::AttentionInputs;
+using gputest::AttentionReference;
+using gputest::attention_cpu_reference;
 using gputest::expect_close;
 using gputest::gpu;
 using gputest::poison;
@@ -25,21 +27,13 @@ struct Case {
 
 // The CPU reference, then the CUDA backend in `kernel` mode (Cudnn: strict; Auto: cuDNN or fallback).
 void run_case(const Case& cs, cuda::AttentionKernel kernel, DType dt, std::mt19937_64& rng) {
-  ops::Context g = ops::Context::cuda(0), c = ops::Context::cpu();
+  ops::Context g = ops::Context::cuda(0);
   auto* be = cuda::as_cuda_backend(g.backend());
   ASSERT_NE(be, nullptr);
   be->set_attention_kernel(kernel);
-  const Shape sq{cs.B, cs.T, cs.Hq, cs.D}, sk{cs.B, cs.T, cs.Hkv, cs.D}, sv{cs.B, cs.T, cs.Hkv, cs.Dv},
-      so{cs.B, cs.T, cs.Hq, cs.Dv}, sl{cs.B, cs.Hq, cs.T};
-  const auto q = randn(rng, static_cast<size_t>(shape_numel(sq))), k = randn(rng, static_cast<size_t>(shape_numel(sk))),
-             v = randn(rng, static_cast<size_t>(shape_numel(sv))), dout = randn(rng, static_cast<size_t>(shape_numel(so)));
-  const float scale = 1.f / std::sqrt(static_cast<float>(cs.D));
-
-  Tensor cq = cpu_f32(q, sq), ck = cpu_f32(k, sk), cv = cpu_f32(v, sv);
-  Tensor cout_ = Tensor::zeros(so, DType::F32), clse = Tensor::zeros(sl, DType::F32);
-  ops::attention_forward(c, cout_, clse, cq, ck, cv, scale, cs.causal);
-  Tensor cdq = Tensor::zeros(sq, DType::F32), cdk = Tensor::zeros(sk, DType::F32), cdv = Tensor::zeros(sv, DType::F32);
-  ops::attention_backward(c, cdq, cdk, cdv, cpu_f32(dout, so), cq, ck, cv, cout_, clse, scale, cs.causal);
+  const AttentionInputs in(cs.B, cs.T, cs.Hq, cs.Hkv, cs.D, cs.Dv, rng);
+  const auto& [sq, sk, sv, so, sl, q, k, v, dout, scale] = in;
+  const AttentionReference ref = attention_cpu_reference(in, cs.causal);
 
   const cuda::CudnnAttentionShape shape{cs.B, cs.T, cs.Hq, cs.Hkv, cs.D, cs.Dv, dt, cs.causal};
   const std::string mode = kernel == cuda::AttentionKernel::Cudnn ? "cudnn" : "auto";
@@ -51,8 +45,8 @@ void run_case(const Case& cs, cuda::AttentionKernel kernel, DType dt, std::mt199
   ops::attention_forward(g, gout, glse, gq, gk, gv, scale, cs.causal);
   std::printf("[info] %s forward: %s\n", tag.c_str(),
               be->cudnn_attention().describe(cuda::CudnnPass::Forward, shape).c_str());
-  expect_close("attention_forward out " + tag, gout, cout_, 1e-2);
-  expect_close("attention_forward lse " + tag, glse, clse, 1e-4);
+  expect_close("attention_forward out " + tag, gout, ref.out, 1e-2);
+  expect_close("attention_forward lse " + tag, glse, ref.lse, 1e-4);
 
   Tensor gdq = Tensor::empty(sq, dt, Device::CUDA), gdk = Tensor::empty(sk, dt, Device::CUDA),
          gdv = Tensor::empty(sv, dt, Device::CUDA);
@@ -63,9 +57,9 @@ void run_case(const Case& cs, cuda::AttentionKernel kernel, DType dt, std::mt199
   ops::attention_backward(g, gdq, gdk, gdv, gdo, gq, gk, gv, gout, glse, scale, cs.causal);
   std::printf("[info] %s backward: %s\n", tag.c_str(),
               be->cudnn_attention().describe(cuda::CudnnPass::Backward, shape).c_str());
-  expect_close("attention_backward dq " + tag, gdq, cdq, 2e-2);
-  expect_close("attention_backward dk " + tag, gdk, cdk, 2e-2);
-  expect_close("attention_backward dv " + tag, gdv, cdv, 2e-2);
+  expect_close("attention_backward dq " + tag, gdq, ref.dq, 2e-2);
+  expect_close("attention_backward dk " + tag, gdk, ref.dk, 2e-2);
+  expect_close("attention_backward dv " + tag, gdv, ref.dv, 2e-2);
 }
 
 bool have_cudnn() { return cuda::CudnnAttention::compiled_in(); }

@@ -17,20 +17,8 @@ using namespace primus;
 
 namespace {
 
-double rel_error(const std::vector<float>& a, const std::vector<float>& b) {
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    diff = std::max(diff, std::fabs(static_cast<double>(a[i]) - b[i]));
-    scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
-  }
-  return diff / std::max(scale, 1e-30);
-}
-
-NamedTensorList to_device(const NamedTensorList& w, DType dt) {
-  NamedTensorList out;
-  for (const auto& [name, t] : w) out.emplace_back(name, Tensor::from_floats(t.to_float_vector(), t.shape(), dt, Device::CUDA));
-  return out;
-}
+using gputest::to_device;
+using test::max_rel_error;
 
 }  // namespace
 
@@ -57,7 +45,7 @@ TEST(GenerateCuda, DecodeAttentionMatchesCpu) {
                               kc_g, vc_g, gputest::gpu_i32(pos), 0.125f);
       cuda.synchronize();
       const double tol = dt == DType::F32 ? 1e-5 : 1e-2;
-      EXPECT_LT(rel_error(out_g.to_float_vector(), out_c.to_float_vector()), tol) << dtype_name(dt) << " B " << B << " L " << L;
+      EXPECT_LT(max_rel_error(out_g.to_float_vector(), out_c.to_float_vector()), tol) << dtype_name(dt) << " B " << B << " L " << L;
       EXPECT_EQ(gputest::round_to(kc_g.to_float_vector(), dt), gputest::round_to(kc_c.to_float_vector(), dt));
       EXPECT_EQ(gputest::round_to(vc_g.to_float_vector(), dt), gputest::round_to(vc_c.to_float_vector(), dt));
     }
@@ -93,10 +81,10 @@ TEST(GenerateCuda, DecoderMatchesCpuDecoder) {
       infer::CachedDecoder dec(c, cuda, wg);
       const std::vector<std::vector<int32_t>> prompts = {{1, 5, 9, 2, 30, 11}, {7, 3}};
       infer::KvCache kc = ref.new_cache(2, 20), kg = dec.new_cache(2, 20);
-      double worst = rel_error(dec.prefill(kg, prompts).to_float_vector(), ref.prefill(kc, prompts).to_float_vector());
+      double worst = max_rel_error(dec.prefill(kg, prompts).to_float_vector(), ref.prefill(kc, prompts).to_float_vector());
       for (int s = 0; s < 10; ++s) {
         const std::vector<int32_t> next = {static_cast<int32_t>((s * 7) % 30), static_cast<int32_t>((s * 3 + 1) % 30)};
-        worst = std::max(worst, rel_error(dec.decode(kg, next).to_float_vector(), ref.decode(kc, next).to_float_vector()));
+        worst = std::max(worst, max_rel_error(dec.decode(kg, next).to_float_vector(), ref.decode(kc, next).to_float_vector()));
       }
       EXPECT_LT(worst, dt == DType::F32 ? 1e-4 : 5e-2) << c.name << " " << dtype_name(dt);
     }

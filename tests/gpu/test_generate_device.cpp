@@ -164,32 +164,10 @@ TEST(GenerateDevice, GqaDecodeAttentionMatchesCpu) {
 
 namespace {
 
-// A small Llama whose greedy path the test follows: head dim 64 (the GQA kernel), 2 kv heads.
-ModelConfig small_llama() {
-  ModelConfig c;
-  c.name = "small_llama";
-  c.num_layers = 2;
-  c.hidden_size = 256;
-  c.ffn_hidden_size = 512;
-  c.num_attention_heads = 4;
-  c.num_query_groups = 2;
-  c.vocab_size = 500;
-  c.padded_vocab_size = 512;
-  c.max_position_embeddings = 256;
-  c.init_method_std = 0.08;
-  c.rotary_base = 500000;
-  c.use_rope_scaling = true;
-  c.original_max_position_embeddings = 32;
-  c.untie_embeddings_and_output_weights = false;
-  return c;
-}
+using gputest::to_device;
 
-NamedTensorList to_device(const NamedTensorList& w, DType dt) {
-  NamedTensorList out;
-  for (const auto& [name, t] : w)
-    out.emplace_back(name, Tensor::from_floats(t.to_float_vector(), t.shape(), dt, Device::CUDA));
-  return out;
-}
+// A small Llama whose greedy path the test follows: head dim 64 (the GQA kernel), 2 kv heads.
+ModelConfig small_llama() { return gputest::decode_llama("small_llama"); }
 
 }  // namespace
 

@@ -19,31 +19,7 @@ using namespace primus;
 
 namespace {
 
-ModelConfig slots_llama() {
-  ModelConfig c;
-  c.name = "slots_llama";
-  c.num_layers = 2;
-  c.hidden_size = 256;
-  c.ffn_hidden_size = 512;
-  c.num_attention_heads = 4;
-  c.num_query_groups = 2;
-  c.vocab_size = 500;
-  c.padded_vocab_size = 512;
-  c.max_position_embeddings = 256;
-  c.init_method_std = 0.08;
-  c.rotary_base = 500000;
-  c.use_rope_scaling = true;
-  c.original_max_position_embeddings = 32;
-  c.untie_embeddings_and_output_weights = false;
-  return c;
-}
-
-NamedTensorList on_cuda(const NamedTensorList& w, DType dt) {
-  NamedTensorList out;
-  for (const auto& [name, t] : w)
-    out.emplace_back(name, Tensor::from_floats(t.to_float_vector(), t.shape(), dt, Device::CUDA));
-  return out;
-}
+ModelConfig slots_llama() { return gputest::decode_llama("slots_llama"); }
 
 std::vector<std::vector<int32_t>> mixed_prompts() {
   std::vector<std::vector<int32_t>> p;
@@ -76,7 +52,7 @@ TEST(GenerateSlotsDevice, ContinuousBatchingEqualsOneBatch) {
   opt.seed = 15;
   DecoderModel model(c, cpu, opt);
   const auto prompts = mixed_prompts();
-  infer::CachedDecoder dec(c, cuda, on_cuda(infer::weights_of(model), DType::F32));
+  infer::CachedDecoder dec(c, cuda, gputest::to_device(infer::weights_of(model), DType::F32));
   for (const bool greedy : {true, false}) {
     infer::GenerateOptions o;
     o.max_new_tokens = 40;
@@ -123,7 +99,7 @@ TEST(GenerateSlotsDevice, Bf16DeviceLoopEqualsHostLoop) {
   ops::Context cpu = ops::Context::cpu(), cuda = ops::Context::cuda();
   const ModelConfig c = slots_llama();
   DecoderModel model(c, cpu, DecoderOptions{});
-  infer::CachedDecoder dec(c, cuda, on_cuda(infer::weights_of(model), DType::BF16));
+  infer::CachedDecoder dec(c, cuda, gputest::to_device(infer::weights_of(model), DType::BF16));
   const auto prompts = mixed_prompts();
   for (float temperature : {0.f, 1.f}) {
     infer::GenerateOptions o;

@@ -113,9 +113,7 @@ TEST(CudaLoraDropout, LoraTrainingStepMatchesCpu) {
   auto step = [&](DecoderModel& m, Device d, const MicroBatchExtras& extras) {
     m.zero_grads();
     m.forward_backward(tokens.to(d), labels.to(d), mask.to(d), 1.f / static_cast<float>(B * T), 0.f, extras);
-    std::map<std::string, std::vector<float>> g;
-    for (NamedTensor* p : m.parameters()) g[p->name] = p->grad.to_float_vector();
-    return g;
+    return test::grads_of(m);
   };
   const auto want = step(cpu_model, Device::CPU, e), plain = step(cpu_model, Device::CPU, {});
   const auto got = step(gpu_model, Device::CUDA, e);

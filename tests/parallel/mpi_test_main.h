@@ -4,7 +4,7 @@
 //
 //   int main(int argc, char** argv) { return primus::mpi_test::run_all(argc, argv); }
 //   ... in a test: primus::mpi_test::world() is the MPI world communicator, rel_err() the
-//   measure against a single-rank reference.
+//   measure against a single-rank reference (rel() for one number).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -38,6 +38,8 @@ inline double rel_err(const std::vector<float>& a, const std::vector<float>& ref
   }
   return scale > 0 ? err / scale : err;
 }
+// |a - ref| / |ref| of one number (a loss, a norm).
+inline double rel(double a, double ref) { return std::fabs(a - ref) / std::max(1e-30, std::fabs(ref)); }
 
 // `check` runs on every rank before the tests (e.g. a PRIMUS_CHECK on the world size).
 inline int run_all(int argc, char** argv, const std::function<void(parallel::Communicator&)>& check = {}) {

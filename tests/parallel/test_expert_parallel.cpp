@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <map>
 
+#include "../test_util.h"
 #include "core/rng.h"
 #include "model/decoder.h"
 #include "parallel/expert_parallel.h"
@@ -101,16 +102,7 @@ TEST_P(ExpertParallelBoth, ExchangeReachesEveryExpertAndComesBackExactly) {
 TEST_P(ExpertParallelBoth, MoeModelMatchesOneRankWhenRanksReceiveNoTokens) {
   auto groups = ep_groups();
   const int P = world().size(), me = world().rank();
-  ModelConfig c;
-  c.name = "moe_ep_tiny";
-  c.num_layers = 2;
-  c.hidden_size = 32;
-  c.ffn_hidden_size = 64;
-  c.num_attention_heads = 4;
-  c.num_query_groups = 2;
-  c.vocab_size = 96;
-  c.padded_vocab_size = 96;
-  c.max_position_embeddings = 32;
+  ModelConfig c = test::tiny_llama({.name = "moe_ep_tiny", .hidden = 32, .ffn = 64, .vocab = 96, .max_positions = 32});
   c.init_method_std = 0.1;
   c.num_experts = 2 * P;
   c.moe_router_topk = 2;

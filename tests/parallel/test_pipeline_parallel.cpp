@@ -18,6 +18,7 @@
 #include <map>
 #include <set>
 
+#include "../test_util.h"
 #include "core/rng.h"
 #include "model/decoder.h"
 #include "optim/adamw.h"
@@ -42,16 +43,8 @@ constexpr int64_t kVocab = 100, kPaddedVocab = 128, kSeq = 16;
 constexpr double kTol = 1e-5;
 
 ModelConfig tiny_config(bool untied = true) {
-  ModelConfig c;
-  c.name = "llama_pp_tiny";
-  c.num_layers = 4;
-  c.hidden_size = 32;
-  c.ffn_hidden_size = 64;
-  c.num_attention_heads = 4;
-  c.num_query_groups = 2;
-  c.vocab_size = kVocab;
-  c.padded_vocab_size = kPaddedVocab;
-  c.max_position_embeddings = 64;
+  ModelConfig c = test::tiny_llama(
+      {.name = "llama_pp_tiny", .layers = 4, .hidden = 32, .ffn = 64, .vocab = kVocab, .padded_vocab = kPaddedVocab});
   c.untie_embeddings_and_output_weights = untied;
   c.init_method_std = 0.1;  // large enough that every layer shapes the loss of a tiny model
   return c;
@@ -85,8 +78,8 @@ double mask_sum(const std::vector<data::Batch>& mbs) {
   return s;
 }
 
+using mpi_test::rel;
 using mpi_test::rel_err;
-double rel(double a, double ref) { return std::fabs(a - ref) / std::max(1e-30, std::fabs(ref)); }
 
 struct Layout {
   int tp = 1, pp = 1, dp = 0, v = 1;

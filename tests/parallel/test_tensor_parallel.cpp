@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <map>
 
+#include "../test_util.h"
 #include "core/rng.h"
 #include "model/decoder.h"
 #include "optim/adamw.h"
@@ -37,16 +38,8 @@ using mpi_test::world;
 constexpr int64_t kVocab = 250, kPaddedVocab = 256;
 
 ModelConfig tiny_config(bool untied = true) {
-  ModelConfig c;
-  c.name = "llama_tp_tiny";
-  c.num_layers = 2;
-  c.hidden_size = 64;
-  c.ffn_hidden_size = 128;
-  c.num_attention_heads = 4;
-  c.num_query_groups = 2;
-  c.vocab_size = kVocab;
-  c.padded_vocab_size = kPaddedVocab;
-  c.max_position_embeddings = 64;
+  ModelConfig c =
+      test::tiny_llama({.name = "llama_tp_tiny", .hidden = 64, .ffn = 128, .vocab = kVocab, .padded_vocab = kPaddedVocab});
   c.untie_embeddings_and_output_weights = untied;
   c.init_method_std = 0.1;  // large enough that every layer shapes the loss of a tiny model
   return c;
@@ -81,9 +74,8 @@ Batch batch_rows(const Batch& full, int64_t b0, int64_t b1) {
   return b;
 }
 
+using mpi_test::rel;
 using mpi_test::rel_err;
-
-double rel(double a, double ref) { return std::fabs(a - ref) / std::max(1e-30, std::fabs(ref)); }
 
 // tp groups of 2 over the world (dp = world / 2).
 std::unique_ptr<ProcessGroups> tp2_groups(int dp = 0) {

@@ -30,6 +30,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "../test_util.h"
 #include "core/rng.h"
 #include "core/safetensors.h"
 #include "model/decoder.h"
@@ -57,15 +58,8 @@ struct Case {
 };
 
 ModelConfig base(const char* name) {
-  ModelConfig c;
-  c.name = name;
-  c.num_layers = 2;
-  c.hidden_size = 32;
-  c.ffn_hidden_size = 48;
-  c.num_attention_heads = 4;
-  c.num_query_groups = 2;
-  c.padded_vocab_size = 50;
-  c.max_position_embeddings = 256;
+  ModelConfig c =
+      test::tiny_llama({.name = name, .hidden = 32, .ffn = 48, .vocab = 0, .padded_vocab = 50, .max_positions = 256});
   c.init_method_std = 0.1;
   c.untie_embeddings_and_output_weights = true;
   return c;

@@ -10,10 +10,13 @@
 #include <fstream>
 #include <string>
 
+#include "../test_util.h"
 #include "core/error.h"
 #include "data/chat/chat_template.h"
 
 namespace {
+
+using primus::test::error_of;
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -23,17 +26,6 @@ std::string render(const std::string& src, const json& extra = json::object(), c
   ChatTemplate t(src, "test.jinja");
   t.set_special_tokens("<s>", "</s>");
   return t.render(messages, false, extra);
-}
-
-// The message of the primus::Error that `f` throws ("" if none).
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const primus::Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 std::string parse_error(const std::string& src) {

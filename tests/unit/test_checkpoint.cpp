@@ -14,6 +14,7 @@
 #include <random>
 #include <thread>
 
+#include "../test_util.h"
 #include "core/error.h"
 #include "core/safetensors.h"
 #include "train/checkpoint.h"
@@ -24,12 +25,9 @@ using namespace primus::train;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / fmt::format("primus_test_{}_{}", name, ::getpid());
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+using primus::test::error_of;
+using primus::test::read_file;
+using primus::test::temp_dir;
 
 // A tensor whose bytes depend on (seed, index) only, so any copy can be checked.
 Tensor pattern(Shape shape, DType dtype, uint32_t seed) {
@@ -73,28 +71,14 @@ void expect_equal_tensors(const NamedTensorList& got, const NamedTensorList& wan
   }
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const primus::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
-
-std::string read_text(const fs::path& p) {
-  std::ifstream in(p);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
-
 }  // namespace
 
 TEST(Checkpoint, RoundTripIsBitExactInMegatronLayout) {
-  const fs::path dir = fresh_dir("ckpt_roundtrip");
+  const fs::path dir = temp_dir("ckpt_roundtrip");
   const CheckpointContent c = make_content(100);
   CheckpointWriter(dir.string()).save(c);
 
-  EXPECT_EQ(read_text(dir / "latest_checkpointed_iteration.txt"), "100");
+  EXPECT_EQ(read_file(dir / "latest_checkpointed_iteration.txt"), "100");
   for (const char* f : {"meta.json", "model.safetensors", "optimizer.safetensors", "rng.json", "config.json"})
     EXPECT_TRUE(fs::is_regular_file(dir / "iter_0000100" / f)) << f;
   EXPECT_EQ(latest_iteration(dir.string()), 100);
@@ -121,7 +105,7 @@ TEST(Checkpoint, RoundTripIsBitExactInMegatronLayout) {
 }
 
 TEST(Checkpoint, OptionalPartsAreReported) {
-  const fs::path dir = fresh_dir("ckpt_parts");
+  const fs::path dir = temp_dir("ckpt_parts");
   CheckpointContent c = make_content(3);
   c.optimizer.clear();  // no_save_optim
   c.rng = nullptr;      // no_save_rng
@@ -147,7 +131,7 @@ TEST(Checkpoint, OptionalPartsAreReported) {
 }
 
 TEST(Checkpoint, AsyncSaveSnapshotsBeforeReturning) {
-  const fs::path dir = fresh_dir("ckpt_async");
+  const fs::path dir = temp_dir("ckpt_async");
   std::vector<SaveResult> done;
   CheckpointWriterOptions o;
   o.async = true;
@@ -176,7 +160,7 @@ TEST(Checkpoint, AsyncSaveSnapshotsBeforeReturning) {
 }
 
 TEST(Checkpoint, AsyncErrorSurfacesOnWait) {
-  const fs::path dir = fresh_dir("ckpt_async_err");
+  const fs::path dir = temp_dir("ckpt_async_err");
   CheckpointWriterOptions o;
   o.async = true;
   CheckpointWriter w(dir.string(), o);
@@ -191,7 +175,7 @@ TEST(Checkpoint, AsyncErrorSurfacesOnWait) {
 // A save that runs out of space (here: the file-size limit, EFBIG) leaves no temp directory
 // behind, and the checkpoint before it stays the latest.
 TEST(Checkpoint, FailedWriteRemovesItsTempDirectory) {
-  const fs::path dir = fresh_dir("ckpt_full_disk");
+  const fs::path dir = temp_dir("ckpt_full_disk");
   CheckpointWriter w(dir.string());
   w.save(make_content(1));
   ::signal(SIGXFSZ, SIG_IGN);
@@ -212,7 +196,7 @@ TEST(Checkpoint, FailedWriteRemovesItsTempDirectory) {
 // A save directory that cannot be made is found when the writer is made (at start-up), not at
 // the first save: here its parent is a file (root may write anywhere else).
 TEST(Checkpoint, UnusableSaveDirectoryIsRefusedAtOnce) {
-  const fs::path dir = fresh_dir("ckpt_not_a_dir");
+  const fs::path dir = temp_dir("ckpt_not_a_dir");
   std::ofstream(dir / "a_file") << "x";
   const std::string err = error_of([&] { CheckpointWriter w((dir / "a_file" / "ckpt").string()); });
   EXPECT_NE(err.find("save: cannot create the checkpoint directory"), std::string::npos) << err;
@@ -222,7 +206,7 @@ TEST(Checkpoint, UnusableSaveDirectoryIsRefusedAtOnce) {
 // A tracker with a NUL byte (a torn write on some file systems) is named with the byte shown,
 // not a message cut at it.
 TEST(Checkpoint, TrackerWithANulByteIsShownWhole) {
-  const fs::path dir = fresh_dir("ckpt_nul_tracker");
+  const fs::path dir = temp_dir("ckpt_nul_tracker");
   std::ofstream(dir / kTrackerFileName, std::ios::binary) << std::string("12\0junk", 7);
   const std::string err = error_of([&] { (void)latest_iteration(dir.string()); });
   EXPECT_NE(err.find("found '12\\x00junk'"), std::string::npos) << err;
@@ -230,7 +214,7 @@ TEST(Checkpoint, TrackerWithANulByteIsShownWhole) {
 }
 
 TEST(Checkpoint, SavingTheSameIterationAgainReplacesIt) {
-  const fs::path dir = fresh_dir("ckpt_resave");
+  const fs::path dir = temp_dir("ckpt_resave");
   CheckpointWriter w(dir.string());
   w.save(make_content(5));
   CheckpointContent again = make_content(6);
@@ -243,7 +227,7 @@ TEST(Checkpoint, SavingTheSameIterationAgainReplacesIt) {
 }
 
 TEST(Checkpoint, StaleTempDirsAreCleanedAndCompleteOnesKept) {
-  const fs::path dir = fresh_dir("ckpt_stale");
+  const fs::path dir = temp_dir("ckpt_stale");
   CheckpointWriter w(dir.string());
   w.save(make_content(1));
   // A save killed half way (pid 999999 does not exist), and one by a live process.
@@ -269,7 +253,7 @@ TEST(Checkpoint, StaleTempDirsAreCleanedAndCompleteOnesKept) {
 }
 
 TEST(Checkpoint, PartialTempDirDoesNotAffectLoading) {
-  const fs::path dir = fresh_dir("ckpt_partial");
+  const fs::path dir = temp_dir("ckpt_partial");
   CheckpointWriter(dir.string()).save(make_content(1));
   // Everything but meta.json written for iteration 2, then a crash.
   write_checkpoint_files((dir / "iter_0000002.tmp-999999").string(), make_content(2));
@@ -280,7 +264,7 @@ TEST(Checkpoint, PartialTempDirDoesNotAffectLoading) {
 }
 
 TEST(Checkpoint, RetentionKeepsTheNewest) {
-  const fs::path dir = fresh_dir("ckpt_keep");
+  const fs::path dir = temp_dir("ckpt_keep");
   CheckpointWriterOptions o;
   o.keep_last = 2;
   CheckpointWriter w(dir.string(), o);
@@ -290,7 +274,7 @@ TEST(Checkpoint, RetentionKeepsTheNewest) {
 }
 
 TEST(Checkpoint, CorruptOrMismatchedFilesGiveClearErrors) {
-  const fs::path dir = fresh_dir("ckpt_corrupt");
+  const fs::path dir = temp_dir("ckpt_corrupt");
   CheckpointWriter(dir.string()).save(make_content(9));
   const fs::path it = dir / "iter_0000009";
   const CheckpointContent c = make_content(9);
@@ -360,7 +344,7 @@ TEST(Checkpoint, CorruptOrMismatchedFilesGiveClearErrors) {
 // that iteration. The same directory is reused, so each round also cleans the debris
 // of the previous kill.
 TEST(Checkpoint, SurvivesSigkillAtRandomMoments) {
-  const fs::path dir = fresh_dir("ckpt_kill");
+  const fs::path dir = temp_dir("ckpt_kill");
   // Kill moments spread over ~3 save durations of this machine, so rounds land both
   // between saves (the tracker advances) and inside them (debris is left).
   const auto t0 = std::chrono::steady_clock::now();

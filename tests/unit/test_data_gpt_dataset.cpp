@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <set>
 
+#include "../test_util.h"
 #include "core/error.h"
 #include "data/gpt_dataset.h"
 #include "data/indexed_dataset.h"
@@ -19,12 +20,7 @@ using namespace primus::data;
 
 namespace {
 
-fs::path temp_dir(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("primus_test_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+using primus::test::temp_dir;
 
 // Document k has 3 + (k*7)%11 tokens: k*1000 + position, the last one is eod (=1).
 std::string write_docs(const fs::path& dir, const std::string& name, int n_docs, int base = 0) {

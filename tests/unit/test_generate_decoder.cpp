@@ -22,14 +22,7 @@ namespace fs = std::filesystem;
 namespace {
 
 // max |a - b| / max |b| over a row.
-double rel_error(const float* a, const float* b, int64_t n) {
-  double diff = 0, scale = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    diff = std::max(diff, std::fabs(static_cast<double>(a[i]) - b[i]));
-    scale = std::max(scale, std::fabs(static_cast<double>(b[i])));
-  }
-  return diff / std::max(scale, 1e-30);
-}
+double rel_error(const float* a, const float* b, int64_t n) { return test::max_rel_error(a, b, static_cast<size_t>(n)); }
 
 std::vector<int32_t> random_ids(int64_t n, int64_t vocab, uint64_t seed) {
   CounterRng rng(seed, 5);

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "../test_util.h"
 #include "config/config.h"
 #include "core/error.h"
 #include "data/sft/sft_tokenize.h"
@@ -24,14 +25,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using primus::test::error_of;
 
 const fs::path kChatml = fs::path(PRIMUS_SOURCE_DIR) / "tests/data/posttrain/chatml_bytes";
 

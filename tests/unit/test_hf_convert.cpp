@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 
+#include "../test_util.h"
 #include "convert/hf_model.h"
 #include "core/rng.h"
 #include "model/decoder_spec.h"
@@ -14,6 +15,9 @@
 using namespace primus;
 
 namespace {
+
+using primus::test::error_of;
+
 nlohmann::json tiny_hf_config() {
   return {{"model_type", "llama"},      {"hidden_size", 64},       {"intermediate_size", 96},
           {"num_hidden_layers", 2},      {"num_attention_heads", 4}, {"num_key_value_heads", 2},
@@ -145,15 +149,6 @@ nlohmann::json tiny_mixtral_config() {
           {"num_local_experts", 4}, {"num_experts_per_tok", 2}, {"router_aux_loss_coef", 0.02},
           {"router_jitter_noise", 0.0}, {"output_router_logits", true}, {"sliding_window", nullptr},
           {"attention_dropout", 0.0}, {"bos_token_id", 1}, {"eos_token_id", 2}};
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 TEST(HfConvert, MixtralConfigMapsBothWays) {

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <map>
 
+#include "../test_util.h"
 #include "core/rng.h"
 #include "model/decoder.h"
 
@@ -14,15 +15,7 @@ using namespace primus;
 namespace {
 
 ModelConfig tiny_config(bool untied = true) {
-  ModelConfig c;
-  c.name = "llama_test_tiny";
-  c.num_layers = 2;
-  c.hidden_size = 16;
-  c.ffn_hidden_size = 24;
-  c.num_attention_heads = 4;
-  c.num_query_groups = 2;
-  c.padded_vocab_size = 19;
-  c.max_position_embeddings = 64;
+  ModelConfig c = test::tiny_llama({.name = "llama_test_tiny", .vocab = 0, .padded_vocab = 19});
   c.untie_embeddings_and_output_weights = untied;
   c.init_method_std = 0.2;  // large enough that the layers matter in a tiny model
   c.use_rope_scaling = true;
@@ -46,11 +39,7 @@ Batch make_batch(int64_t B, int64_t T, int64_t V, uint64_t seed) {
   return b;
 }
 
-std::map<std::string, std::vector<float>> grads_of(DecoderModel& m) {
-  std::map<std::string, std::vector<float>> g;
-  for (NamedTensor* p : m.parameters()) g[p->name] = p->grad.to_float_vector();
-  return g;
-}
+using test::grads_of;
 
 double max_abs(const std::vector<float>& v) {
   double m = 0;

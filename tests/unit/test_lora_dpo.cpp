@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "../test_util.h"
 #include "core/error.h"
 #include "core/rng.h"
 #include "infer/cached_decoder.h"
@@ -17,27 +18,9 @@ using namespace primus;
 
 namespace {
 
-ModelConfig tiny() {
-  ModelConfig c;
-  c.name = "lora_tiny";
-  c.num_layers = 2;
-  c.hidden_size = 16;
-  c.ffn_hidden_size = 24;
-  c.num_attention_heads = 4;
-  c.num_query_groups = 2;
-  c.padded_vocab_size = c.vocab_size = 32;
-  c.max_position_embeddings = 64;
-  return c;
-}
+using primus::test::error_of;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+ModelConfig tiny() { return test::tiny_llama({.name = "lora_tiny"}); }
 
 }  // namespace
 

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <functional>
 
+#include "../test_util.h"
 #include "config/config.h"
 #include "core/error.h"
 #include "core/rng.h"
@@ -23,18 +24,9 @@ using namespace primus;
 
 namespace {
 
-ModelConfig tiny() {
-  ModelConfig c;
-  c.name = "lora_dropout_tiny";
-  c.num_layers = 2;
-  c.hidden_size = 16;
-  c.ffn_hidden_size = 24;
-  c.num_attention_heads = 4;
-  c.num_query_groups = 2;
-  c.padded_vocab_size = c.vocab_size = 32;
-  c.max_position_embeddings = 64;
-  return c;
-}
+using test::error_of;
+
+ModelConfig tiny() { return test::tiny_llama({.name = "lora_dropout_tiny"}); }
 
 ops::DropoutMask mask_of(double p, int64_t T, std::vector<uint64_t> keys) {
   ops::DropoutMask m;
@@ -104,21 +96,14 @@ Outcome train_rows(double p, int64_t split, Recompute recompute = Recompute::Non
     if (with_dropout) e.lora_dropout = &drop;
     r.loss += m.forward_backward(d.tokens, d.labels, d.mask, 1.f / 32, 0.f, e).loss_sum;
   }
-  for (NamedTensor* p : m.parameters()) r.grads[p->name] = p->grad.to_float_vector();
+  r.grads = test::grads_of(m);
   return r;
 }
 
+// The largest gradient difference, relative to a's gradient.
 double max_rel_diff(const Outcome& a, const Outcome& b) {
   double worst = 0;
-  for (const auto& [name, ga] : a.grads) {
-    const std::vector<float>& gb = b.grads.at(name);
-    double num = 0, den = 0;
-    for (size_t i = 0; i < ga.size(); ++i) {
-      num = std::max(num, std::fabs(static_cast<double>(ga[i]) - gb[i]));
-      den = std::max(den, std::fabs(static_cast<double>(ga[i])));
-    }
-    worst = std::max(worst, num / std::max(den, 1e-30));
-  }
+  for (const auto& [name, ga] : a.grads) worst = std::max(worst, test::max_rel_error(b.grads.at(name), ga));
   return worst;
 }
 
@@ -226,14 +211,6 @@ TEST(LoraDropout, KeysAcceptedAndRefusedByName) {
   auto options = [&](std::vector<std::string> sets) {
     config::Config cfg = config::load_experiment(exp, sets, 0);
     return train::train_options(cfg, false);
-  };
-  auto error_of = [](const std::function<void()>& f) -> std::string {
-    try {
-      f();
-    } catch (const Error& e) {
-      return e.what();
-    }
-    return "";
   };
   EXPECT_DOUBLE_EQ(options({"peft=lora", "lora_dropout=0.1"}).lora.dropout, 0.1);
   EXPECT_DOUBLE_EQ(options({"peft=lora"}).lora.dropout, 0.0);

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "../test_util.h"
 #include "core/error.h"
 #include "train/logging.h"
 #include "train/metrics.h"
@@ -22,19 +23,8 @@ using namespace primus::train;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / fmt::format("primus_test_{}_{}", name, ::getpid());
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using primus::test::read_file;
+using primus::test::temp_dir;
 
 IntervalReport sample_report() {
   IntervalReport r;
@@ -211,7 +201,7 @@ TEST(MetricsJson, KeysAndNonFiniteValues) {
 }
 
 TEST(MetricsJsonl, AppendsAndToleratesATornLastLine) {
-  const fs::path dir = fresh_dir("jsonl");
+  const fs::path dir = temp_dir("jsonl");
   const std::string path = (dir / "sub" / "metrics.jsonl").string();
   {
     JsonlWriter w(path);
@@ -242,7 +232,7 @@ TEST(MetricsJsonl, AppendsAndToleratesATornLastLine) {
 }
 
 TEST(Logging, PerRankFilesInThePrimusLayout) {
-  const fs::path ws = fresh_dir("logs");
+  const fs::path ws = temp_dir("logs");
   const std::string log_dir = experiment_log_dir(ws.string(), "team", "alice", "exp1");
   EXPECT_EQ(log_dir, (ws / "team" / "alice" / "exp1" / "logs").string());
   for (int rank = 0; rank < 2; ++rank) {
@@ -257,7 +247,7 @@ TEST(Logging, PerRankFilesInThePrimusLayout) {
     log.flush();
     EXPECT_EQ(log.file_path(), rank_log_path(log_dir, rank));
   }
-  const std::string r0 = slurp(fs::path(log_dir) / "rank_0.log"), r1 = slurp(fs::path(log_dir) / "rank_1.log");
+  const std::string r0 = read_file(fs::path(log_dir) / "rank_0.log"), r1 = read_file(fs::path(log_dir) / "rank_1.log");
   EXPECT_NE(r0.find("[rank-0/2][info] info from 0"), std::string::npos) << r0;
   EXPECT_NE(r0.find("debug from 0"), std::string::npos) << r0;  // files keep everything
   EXPECT_NE(r1.find("info from 1"), std::string::npos) << r1;
@@ -307,7 +297,7 @@ TEST(Logging, ConsoleHonoursStderrSinkLevel) {
 }
 
 TEST(TrainingReporter, WritesLineJsonlAndTensorBoard) {
-  const fs::path dir = fresh_dir("reporter");
+  const fs::path dir = temp_dir("reporter");
   LoggerOptions lo;
   lo.console = false;
   lo.log_dir = (dir / "logs").string();
@@ -318,7 +308,7 @@ TEST(TrainingReporter, WritesLineJsonlAndTensorBoard) {
     rep.report_evaluation(10, "validation", "iteration 10", {{"lm loss", 3.0}});
   }
   log.flush();
-  const std::string text = slurp(dir / "logs" / "rank_0.log");
+  const std::string text = read_file(dir / "logs" / "rank_0.log");
   EXPECT_NE(text.find("iteration       10/   10000 |"), std::string::npos) << text;
   EXPECT_NE(text.find("validation loss at iteration 10"), std::string::npos) << text;
   const auto rows = read_jsonl((dir / "tb" / "metrics.jsonl").string());

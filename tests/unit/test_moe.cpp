@@ -8,6 +8,7 @@
 #include <cmath>
 #include <map>
 
+#include "../test_util.h"
 #include "config/config.h"
 #include "core/rng.h"
 #include "model/decoder.h"
@@ -49,15 +50,7 @@ Plan plan(int64_t capacity, bool by_probs, bool pad) {
 }
 
 ModelConfig tiny_moe() {
-  ModelConfig c;
-  c.name = "tiny_moe";
-  c.num_layers = 2;
-  c.hidden_size = 16;
-  c.ffn_hidden_size = 24;
-  c.num_attention_heads = 4;
-  c.num_query_groups = 2;
-  c.padded_vocab_size = c.vocab_size = 23;
-  c.max_position_embeddings = 32;
+  ModelConfig c = test::tiny_llama({.name = "tiny_moe", .vocab = 23, .max_positions = 32});
   c.init_method_std = 0.2;
   c.num_experts = 4;
   c.moe_router_topk = 2;
@@ -80,21 +73,6 @@ Batch batch(int64_t B, int64_t T, int64_t V, uint64_t seed) {
     b.mask.data<float>()[i] = 1.f;
   }
   return b;
-}
-
-std::map<std::string, std::vector<float>> grads(DecoderModel& m) {
-  std::map<std::string, std::vector<float>> g;
-  for (NamedTensor* p : m.parameters()) g[p->name] = p->grad.to_float_vector();
-  return g;
-}
-
-double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
-  double d = 0, s = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    d = std::max(d, std::fabs(static_cast<double>(a[i]) - b[i]));
-    s = std::max(s, std::fabs(static_cast<double>(b[i])));
-  }
-  return d / std::max(s, 1e-30);
 }
 
 }  // namespace
@@ -205,7 +183,7 @@ TEST(MoeLayer, GradOverwriteAndRecomputeGiveTheSameGradients) {
     }
     m.forward_backward(b1.tokens, b1.labels, b1.mask, 0.03f, 0.5f);
     m.forward_backward(b2.tokens, b2.labels, b2.mask, 0.03f, 0.5f);
-    return grads(m);
+    return test::grads_of(m);
   };
   const auto ref = run(Recompute::None, false);
   for (const auto& [mode, overwrite] : {std::pair{Recompute::None, true}, std::pair{Recompute::Selective, false},
@@ -213,7 +191,7 @@ TEST(MoeLayer, GradOverwriteAndRecomputeGiveTheSameGradients) {
     const auto g = run(mode, overwrite);
     for (const auto& [name, v] : ref) {
       if (!overwrite) {
-        EXPECT_LT(max_rel(g.at(name), v), 1e-6) << name;
+        EXPECT_LT(test::max_rel_error(g.at(name), v), 1e-6) << name;
       } else {
         EXPECT_EQ(g.at(name), v) << name;  // the same ops, written instead of added to zeros
       }

@@ -1,5 +1,5 @@
 // Helpers for the op tests: random tensors, naive reference loops, and a central
-// finite-difference gradient check.
+// finite-difference gradient check (max_rel_error comes from tests/test_util.h).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "../test_util.h"
 #include "core/rng.h"
 #include "core/tensor.h"
 #include "ops/ops.h"
@@ -26,20 +27,6 @@ inline Tensor ints(const std::vector<int32_t>& v, Shape shape) {
   Tensor t = Tensor::empty(std::move(shape), DType::I32);
   std::copy(v.begin(), v.end(), t.data<int32_t>());
   return t;
-}
-
-// max|a - b| / max|b|: one number for "how far is a from the reference b".
-inline double max_rel_error(const std::vector<float>& a, const std::vector<float>& b) {
-  EXPECT_EQ(a.size(), b.size());
-  double num = 0, den = 1e-30;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num = std::max(num, std::fabs(static_cast<double>(a[i]) - b[i]));
-    den = std::max(den, std::fabs(static_cast<double>(b[i])));
-  }
-  return num / den;
-}
-inline double max_rel_error(const Tensor& a, const Tensor& b) {
-  return max_rel_error(a.to_float_vector(), b.to_float_vector());
 }
 
 // sum_i w[i] * y[i] in double: the scalar whose gradient w.r.t. y is w.

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <set>
 
+#include "../test_util.h"
 #include "core/error.h"
 #include "model/decoder_spec.h"
 #include "parallel/parallel_dims.h"
@@ -15,6 +16,9 @@ using namespace primus::parallel;
 using Groups = std::vector<std::vector<int>>;
 
 namespace {
+
+using primus::test::error_of;
+
 ParallelDims dims(int world, int tp, int pp, int cp = 1, int ep = 1, int dp = 0,
                   std::string order = "tp-cp-ep-dp-pp") {
   ParallelSizes s;
@@ -27,14 +31,6 @@ ParallelDims dims(int world, int tp, int pp, int cp = 1, int ep = 1, int dp = 0,
   return ParallelDims::create(world, s);
 }
 
-std::string error_of(auto&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 }  // namespace
 
 TEST(ParallelDims, MegatronDocumentedExample16Gpus) {

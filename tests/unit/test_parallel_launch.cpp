@@ -9,6 +9,7 @@
 #include <map>
 #include <thread>
 
+#include "../test_util.h"
 #include "core/error.h"
 #include "parallel/communicator.h"
 #include "parallel/launch_info.h"
@@ -19,21 +20,15 @@ using namespace primus;
 using namespace primus::parallel;
 
 namespace {
+
+using primus::test::error_of;
+
 EnvLookup env_of(std::map<std::string, std::string> vars) {
   return [vars = std::move(vars)](std::string_view name) -> std::optional<std::string> {
     auto it = vars.find(std::string(name));
     if (it == vars.end()) return std::nullopt;
     return it->second;
   };
-}
-
-std::string error_of(auto&& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 int free_port() {

@@ -11,6 +11,7 @@
 #include <map>
 #include <sstream>
 
+#include "../test_util.h"
 #include "core/error.h"
 #include "train/metrics_format.h"
 #include "train/metrics_jsonl.h"
@@ -23,12 +24,7 @@ using namespace primus::train;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / fmt::format("primus_test_{}_{}", name, ::getpid());
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
+using primus::test::temp_dir;
 
 uint32_t be32(const std::string& s, size_t at) {
   return (uint32_t{static_cast<uint8_t>(s[at])} << 24) | (uint32_t{static_cast<uint8_t>(s[at + 1])} << 16) |
@@ -141,7 +137,7 @@ TEST(Plot, TextUsesTheBitmapFont) {
 }
 
 TEST(Plot, DrawsARunFromJsonlAndFromEventFiles) {
-  const fs::path dir = fresh_dir("plot");
+  const fs::path dir = temp_dir("plot");
   write_run_jsonl((dir / "metrics.jsonl").string(), /*with_nan=*/true);
   const RunCurves curves = load_run_curves(dir.string());
   EXPECT_EQ(curves.train_loss.points.size(), 200u);
@@ -184,7 +180,7 @@ TEST(Plot, DrawsARunFromJsonlAndFromEventFiles) {
 
 TEST(Plot, CommandLine) {
   if (!fs::exists(PRIMUS_BINARY)) GTEST_SKIP() << "primus binary not built: " << PRIMUS_BINARY;
-  const fs::path dir = fresh_dir("plot_cli");
+  const fs::path dir = temp_dir("plot_cli");
   write_run_jsonl((dir / "metrics.jsonl").string(), false);
   const std::string out = (dir / "out.png").string();
   const std::string cmd = fmt::format("'{}' plot --run '{}' --output '{}' --width 640 --height 480 > '{}' 2>&1",

