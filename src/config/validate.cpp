@@ -14,6 +14,7 @@
 #include "config/config.h"
 #include "core/error.h"
 #include "model/model_stats.h"
+#include "parallel/parallel_dims.h"
 
 namespace primus::config {
 
@@ -30,6 +31,12 @@ class Checker {
   void require(bool ok, std::string message) {
     if (!ok) errors_.push_back(std::move(message));
   }
+  // A layout rule's problem (parallel/parallel_dims.h), "" when it holds.
+  void require(std::string problem) {
+    if (!problem.empty()) errors_.push_back(std::move(problem));
+  }
+  // An integer key as the layout rules show it: its value and where it was set.
+  parallel::LayoutValue value(const std::string& key) const { return {key, c_.i(key), c_.source(key).str()}; }
   bool set(const std::string& key) const { return c_.has(key); }
   int64_t i(const std::string& key) const { return c_.i(key); }
   const std::vector<std::string>& errors() const { return errors_; }
@@ -85,12 +92,10 @@ void validate(Config& cfg) {
   // ---- batch sizes ------------------------------------------------------------------
   const int64_t mbs = cfg.i("micro_batch_size");
   if (cfg.has("global_batch_size")) {
-    const int64_t gbs = cfg.i("global_batch_size");
-    ck.require(gbs % (mbs * dp) == 0,
-               fmt::format("{} must be divisible by micro_batch_size x data-parallel size = {} x {} = {} "
-                           "(micro_batch_size from {}; data-parallel size = world size {} / ({}))",
-                           ck.at("global_batch_size"), mbs, dp, mbs * dp, cfg.source("micro_batch_size").str(), world,
-                           layout));
+    ck.require(parallel::batch_split_problem(
+        ck.value("global_batch_size"), mbs, dp,
+        fmt::format("micro_batch_size from {}; data-parallel size = world size {} / ({})",
+                    cfg.source("micro_batch_size").str(), world, layout)));
   }
   if (cfg.has("rampup_batch_size")) {
     const auto r = cfg.numbers("rampup_batch_size");
@@ -155,9 +160,7 @@ void validate(Config& cfg) {
   if (model_complete) {
     const int64_t layers = cfg.i("num_layers"), hidden = cfg.i("hidden_size"), heads = cfg.i("num_attention_heads");
     const bool gqa = cfg.b("group_query_attention");
-    ck.require(heads % tp == 0, fmt::format("tensor_model_parallel_size = {} ({}) must divide {}", tp,
-                                            cfg.source("tensor_model_parallel_size").str(),
-                                            ck.at("num_attention_heads")));
+    ck.require(parallel::split_problem(ck.value("num_attention_heads"), ck.value("tensor_model_parallel_size")));
     if (gqa) {
       if (!cfg.has("num_query_groups")) {
         ck.require(false, fmt::format("{} needs num_query_groups (the number of key/value heads)",
@@ -166,9 +169,7 @@ void validate(Config& cfg) {
         const int64_t groups = cfg.i("num_query_groups");
         ck.require(heads % groups == 0,
                    fmt::format("{} must be divisible by {}", ck.at("num_attention_heads"), ck.at("num_query_groups")));
-        ck.require(groups % tp == 0, fmt::format("tensor_model_parallel_size = {} ({}) must divide {}", tp,
-                                                 cfg.source("tensor_model_parallel_size").str(),
-                                                 ck.at("num_query_groups")));
+        ck.require(parallel::split_problem(ck.value("num_query_groups"), ck.value("tensor_model_parallel_size")));
       }
     } else if (cfg.has("num_query_groups") && cfg.i("num_query_groups") != heads) {
       ck.require(false, fmt::format("{} has no effect without group_query_attention: true ({}); set both",
@@ -181,10 +182,7 @@ void validate(Config& cfg) {
     split.last_stage_layers = cfg.has("decoder_last_pipeline_num_layers") ? cfg.i("decoder_last_pipeline_num_layers") : 0;
     std::vector<int64_t> stage_layers;
     if (split.first_stage_layers == 0 && split.last_stage_layers == 0) {
-      ck.require(layers % pp == 0,
-                 fmt::format("pipeline_model_parallel_size = {} ({}) must divide {} (or set "
-                             "decoder_first_pipeline_num_layers / decoder_last_pipeline_num_layers)",
-                             pp, cfg.source("pipeline_model_parallel_size").str(), ck.at("num_layers")));
+      ck.require(parallel::pipeline_split_problem(ck.value("num_layers"), ck.value("pipeline_model_parallel_size")));
       if (layers % pp == 0) stage_layers.assign(static_cast<size_t>(pp), layers / pp);
     } else if (pp == 1) {
       ck.require(false, fmt::format("{} / {} need pipeline_model_parallel_size > 1 ({})",
@@ -251,28 +249,21 @@ void validate(Config& cfg) {
   }
 
   // ---- context parallel -------------------------------------------------------------
-  if (cp > 1)
-    ck.require(cfg.i("seq_length") % (2 * cp) == 0,
-               fmt::format("{} must be divisible by 2 x context_parallel_size = {} ({}) for load-balanced causal "
-                           "attention",
-                           ck.at("seq_length"), 2 * cp, cfg.source("context_parallel_size").str()));
+  ck.require(parallel::context_parallel_seq_problem(ck.value("seq_length"), ck.value("context_parallel_size")));
 
   // ---- mixture of experts --------------------------------------------------------
   if (cfg.has("num_experts")) {
     const int64_t experts = cfg.i("num_experts");
     ck.require(cfg.i("moe_router_topk") <= experts,
                fmt::format("{} exceeds {}", ck.at("moe_router_topk"), ck.at("num_experts")));
-    ck.require(experts % ep == 0, fmt::format("expert_model_parallel_size = {} ({}) must divide {}", ep,
-                                              cfg.source("expert_model_parallel_size").str(), ck.at("num_experts")));
+    ck.require(parallel::split_problem(ck.value("num_experts"), ck.value("expert_model_parallel_size")));
     ck.require((dp * cp * tp) % (ep * etp) == 0,
                fmt::format("expert_model_parallel_size {} x expert tensor-parallel size {} must divide data-parallel "
                            "x context-parallel x tensor-parallel ranks = {} x {} x {} ({}); raise the world size",
                            ep, etp, dp, cp, tp, cfg.source("expert_model_parallel_size").str()));
-    if (ep > 1 && tp > 1)
-      ck.require(cfg.b("sequence_parallel"),
-                 fmt::format("expert_model_parallel_size = {} ({}) with tensor_model_parallel_size = {} needs "
-                             "sequence_parallel: true (as Megatron requires)",
-                             ep, cfg.source("expert_model_parallel_size").str(), tp));
+    ck.require(parallel::expert_tensor_parallel_problem(ck.value("expert_model_parallel_size"),
+                                                        {"tensor_model_parallel_size", tp, ""},
+                                                        cfg.b("sequence_parallel")));
     if (cfg.b("moe_pad_expert_input_to_capacity"))
       ck.require(cfg.has("moe_expert_capacity_factor"),
                  fmt::format("{} needs moe_expert_capacity_factor (the capacity it pads to)",
@@ -291,8 +282,7 @@ void validate(Config& cfg) {
                                      "moe_router_group_topk, or remove it",
                                      ck.at("moe_router_group_score")));
   } else {
-    ck.require(ep == 1, fmt::format("expert_model_parallel_size = {} ({}) needs an MoE model (num_experts is unset)",
-                                    ep, cfg.source("expert_model_parallel_size").str()));
+    ck.require(parallel::expert_parallel_problem(ck.value("expert_model_parallel_size"), false));
   }
 
   // ---- distributed optimizer -----------------------------------------------------

@@ -396,19 +396,21 @@ void check_parallel_layout(const ModelConfig& m, const parallel::ParallelDims& d
   auto need = [&](bool ok, std::string msg) {
     if (!ok) problems.push_back(std::move(msg));
   };
+  // A problem from the layout rules (parallel/parallel_dims.h), "" when the rule holds.
+  auto rule = [&](std::string problem) {
+    if (!problem.empty()) problems.push_back(std::move(problem));
+  };
+  const parallel::LayoutValue tp_size{"tensor_model_parallel_size", tp}, pp_size{"pipeline_model_parallel_size", pp},
+      cp_size{"context_parallel_size", cp}, ep_size{"expert_model_parallel_size", ep};
   // A size split over the tensor-parallel ranks (0: not set, nothing to check).
-  auto split_by_tp = [&](const char* key, int64_t size) {
-    if (size > 0)
-      need(size % tp == 0, fmt::format("{} {} is not divisible by tensor_model_parallel_size {}", key, size, tp));
+  auto split_by_tp = [&](const char* key, int64_t size, std::string_view fix = {}) {
+    if (size > 0) rule(parallel::split_problem({key, size}, tp_size, fix));
   };
   split_by_tp("num_attention_heads", m.num_attention_heads);
   split_by_tp("num_query_groups", m.num_query_groups);
   split_by_tp("ffn_hidden_size", m.ffn_hidden_size);
-  if (m.padded_vocab_size > 0)
-    need(m.padded_vocab_size % tp == 0,
-         fmt::format("padded vocabulary {} is not divisible by tensor_model_parallel_size {} (raise "
-                     "make_vocab_size_divisible_by to a multiple of {})",
-                     m.padded_vocab_size, tp, tp));
+  split_by_tp("the padded vocabulary", m.padded_vocab_size,
+              fmt::format("(raise make_vocab_size_divisible_by to a multiple of {})", tp));
   const parallel::UnevenSplit split{c.decoder_first_pipeline_num_layers, c.decoder_last_pipeline_num_layers};
   if (m.num_layers > 0 && split.uneven()) {
     need(pp > 1, fmt::format("decoder_first_pipeline_num_layers {} / decoder_last_pipeline_num_layers {} need "
@@ -425,9 +427,7 @@ void check_parallel_layout(const ModelConfig& m, const parallel::ParallelDims& d
       }
     }
   } else if (m.num_layers > 0) {
-    need(m.num_layers % pp == 0,
-         fmt::format("num_layers {} is not divisible by pipeline_model_parallel_size {}",
-                     m.num_layers, pp));
+    rule(parallel::pipeline_split_problem({"num_layers", m.num_layers}, pp_size));
     if (c.num_layers_per_virtual_pipeline_stage > 0) {
       need(pp > 1, "num_layers_per_virtual_pipeline_stage needs pipeline_model_parallel_size > 1");
       int64_t per_stage = m.num_layers / pp;
@@ -438,28 +438,18 @@ void check_parallel_layout(const ModelConfig& m, const parallel::ParallelDims& d
     }
   }
   if (m.num_experts > 0) {
-    need(m.num_experts % ep == 0,
-         fmt::format("num_experts {} is not divisible by expert_model_parallel_size {}",
-                     m.num_experts, ep));
+    rule(parallel::split_problem({"num_experts", m.num_experts}, ep_size));
     split_by_tp("moe_ffn_hidden_size", m.moe_ffn_hidden_size);
     split_by_tp("moe_shared_expert_intermediate_size", m.moe_shared_expert_intermediate_size);
-    need(ep == 1 || tp == 1 || c.sequence_parallel,
-         fmt::format("expert_model_parallel_size {} with tensor_model_parallel_size {} needs sequence_parallel: true "
-                     "(as Megatron requires: each tensor-parallel rank then routes its own tokens' share)",
-                     ep, tp));
+    rule(parallel::expert_tensor_parallel_problem(ep_size, tp_size, c.sequence_parallel));
   } else {
-    need(ep == 1, fmt::format("expert_model_parallel_size {} needs a MoE model (num_experts > 0)", ep));
+    rule(parallel::expert_parallel_problem(ep_size, false));
   }
   if (c.seq_length > 0) {
     if (c.sequence_parallel)
-      need(c.seq_length % tp == 0,
-           fmt::format("sequence_parallel: seq_length {} is not divisible by "
-                       "tensor_model_parallel_size {}", c.seq_length, tp));
-    if (cp > 1)
-      need(c.seq_length % (2 * cp) == 0,
-           fmt::format("context parallel: seq_length {} is not divisible by 2 x "
-                       "context_parallel_size = {} (each rank holds two balanced chunks)",
-                       c.seq_length, 2 * cp));
+      rule(parallel::split_problem({"seq_length", c.seq_length}, tp_size,
+                                   "(sequence_parallel gives each tensor-parallel rank an equal share of the tokens)"));
+    rule(parallel::context_parallel_seq_problem({"seq_length", c.seq_length}, cp_size));
   }
   if (cp > 1) {  // what context parallelism runs so far (parallel/context_parallel.h)
     need(!m.multi_latent_attention,
@@ -479,10 +469,7 @@ void check_parallel_layout(const ModelConfig& m, const parallel::ParallelDims& d
                        tp));
   }
   if (c.global_batch_size > 0 && c.micro_batch_size > 0)
-    need(c.global_batch_size % (c.micro_batch_size * dp) == 0,
-         fmt::format("global_batch_size {} is not divisible by micro_batch_size {} x data parallel "
-                     "size {} = {}", c.global_batch_size, c.micro_batch_size, dp,
-                     c.micro_batch_size * dp));
+    rule(parallel::batch_split_problem({"global_batch_size", c.global_batch_size}, c.micro_batch_size, dp));
   if (problems.empty()) return;
   std::string msg = fmt::format("parallel layout {} does not fit model '{}':", dims.describe(), m.name);
   for (const std::string& p : problems) msg += "\n  - " + p;

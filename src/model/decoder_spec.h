@@ -175,8 +175,9 @@ void check_buildable(const ModelConfig& c, const char* who = "the decoder");
 
 // Whether the model fits a parallel layout: heads, query groups, FFN, vocabulary and experts
 // divisible by tp / ep, layers by the pipeline split (even, uneven or interleaved), sequence by
-// sp / cp, batch by micro-batch x dp. Throws one error that lists every violated rule with its
-// fix; runs before any communicator or tensor exists.
+// sp / cp, batch by micro-batch x dp, expert x tensor parallelism with sequence parallelism.
+// Throws one error that lists every violated rule with its fix; runs before any communicator or
+// tensor exists. The rules config::validate also checks are parallel/parallel_dims.h's.
 void check_parallel_layout(const ModelConfig& c, const parallel::ParallelDims& dims,
                            const parallel::LayoutChecks& checks = {});
 

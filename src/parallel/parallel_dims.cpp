@@ -1,5 +1,7 @@
 #include "parallel/parallel_dims.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 
 #include "core/error.h"
@@ -195,6 +197,48 @@ std::string ParallelDims::describe() const {
   for (const std::string& n : order_) order += (order.empty() ? "" : "-") + n;
   return fmt::format("tp{} cp{} ep{} dp{} pp{} (world {}, order {})", tp_, cp_, ep_, dp_, pp_, world_,
                      order);
+}
+
+// ---- layout rules ----------------------------------------------------------------------------
+
+std::string LayoutValue::str() const {
+  return source.empty() ? fmt::format("{} = {}", key, value) : fmt::format("{} = {} ({})", key, value, source);
+}
+
+std::string split_problem(const LayoutValue& size, const LayoutValue& parallel, std::string_view fix) {
+  if (parallel.value > 0 && size.value % parallel.value == 0) return "";
+  return fmt::format("{} must divide {}{}{}", parallel.str(), size.str(), fix.empty() ? "" : " ", fix);
+}
+
+std::string pipeline_split_problem(const LayoutValue& num_layers, const LayoutValue& pp) {
+  return split_problem(num_layers, pp, "(or set decoder_first_pipeline_num_layers / decoder_last_pipeline_num_layers)");
+}
+
+std::string expert_tensor_parallel_problem(const LayoutValue& ep, const LayoutValue& tp, bool sequence_parallel) {
+  if (ep.value <= 1 || tp.value <= 1 || sequence_parallel) return "";
+  return fmt::format("{} with {} needs sequence_parallel: true (as Megatron requires: each tensor-parallel rank then "
+                     "routes its own share of the tokens); set sequence_parallel: true, or one of the two sizes to 1",
+                     ep.str(), tp.str());
+}
+
+std::string expert_parallel_problem(const LayoutValue& ep, bool has_experts) {
+  if (ep.value <= 1 || has_experts) return "";
+  return fmt::format("{} needs an MoE model (num_experts is unset or 0); set num_experts, or {}: 1", ep.str(), ep.key);
+}
+
+std::string context_parallel_seq_problem(const LayoutValue& seq_length, const LayoutValue& cp) {
+  if (cp.value <= 1 || seq_length.value % (2 * cp.value) == 0) return "";
+  return fmt::format("{} must be divisible by 2 x {} = {}{} for load-balanced causal attention (each rank holds two "
+                     "balanced chunks of every sequence)",
+                     seq_length.str(), cp.key, 2 * cp.value, cp.source.empty() ? "" : " (" + cp.source + ")");
+}
+
+std::string batch_split_problem(const LayoutValue& global_batch, int64_t micro_batch, int64_t dp,
+                                std::string_view detail) {
+  if (micro_batch > 0 && dp > 0 && global_batch.value % (micro_batch * dp) == 0) return "";
+  return fmt::format("{} must be divisible by micro_batch_size x data-parallel size = {} x {} = {}{}{}{}",
+                     global_batch.str(), micro_batch, dp, micro_batch * dp, detail.empty() ? "" : " (", detail,
+                     detail.empty() ? "" : ")");
 }
 
 }  // namespace primus::parallel

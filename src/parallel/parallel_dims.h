@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace primus::parallel {
@@ -93,5 +94,46 @@ class ParallelDims {
   int world_ = 1, tp_ = 1, pp_ = 1, cp_ = 1, ep_ = 1, dp_ = 1, expert_dp_ = 1;
   std::vector<std::string> order_;
 };
+
+// ---- The layout rules, one definition each ---------------------------------------------------
+//
+// What a model and a run must meet for a parallel layout is stated here once: the config check
+// (config::validate, which shows where each key was set) and the start-up check
+// (check_parallel_layout in model/decoder_spec.h) both call these. Each returns "" when the rule
+// holds, else the problem, naming the keys and the fix.
+
+// A number as a layout message shows it: "key = value", then " (source)" when it is known where
+// it was set ("command line", "model.yaml:12").
+struct LayoutValue {
+  LayoutValue(std::string k, int64_t v, std::string from = "") : key(std::move(k)), value(v), source(std::move(from)) {}
+  std::string key;
+  int64_t value = 0;
+  std::string source;
+  std::string str() const;
+};
+
+// `size` splits evenly over the ranks of `parallel`: "tensor_model_parallel_size = 4 must divide
+// num_attention_heads = 6", then `fix` when given.
+std::string split_problem(const LayoutValue& size, const LayoutValue& parallel, std::string_view fix = {});
+
+// An even pipeline split: pp must divide num_layers, or Megatron's uneven split sets the first /
+// last stages apart.
+std::string pipeline_split_problem(const LayoutValue& num_layers, const LayoutValue& pp);
+
+// Megatron's rule: expert parallelism combined with tensor parallelism needs sequence
+// parallelism (each tensor-parallel rank then routes its own share of the tokens).
+std::string expert_tensor_parallel_problem(const LayoutValue& ep, const LayoutValue& tp, bool sequence_parallel);
+
+// Expert parallelism (ep > 1) needs routed experts.
+std::string expert_parallel_problem(const LayoutValue& ep, bool has_experts);
+
+// Context parallelism gives each rank two balanced chunks of every sequence: 2 cp must divide
+// seq_length.
+std::string context_parallel_seq_problem(const LayoutValue& seq_length, const LayoutValue& cp);
+
+// Every step takes the same number of micro-batches on every data-parallel rank: micro_batch x
+// dp must divide the global batch. `detail` (where the sizes come from) is shown in brackets.
+std::string batch_split_problem(const LayoutValue& global_batch, int64_t micro_batch, int64_t dp,
+                                std::string_view detail = {});
 
 }  // namespace primus::parallel

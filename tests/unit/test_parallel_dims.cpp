@@ -152,10 +152,10 @@ TEST(ParallelDims, ModelChecksListEveryViolation) {
 
   ParallelDims bad = dims(16, 4, 4);  // tp4: heads 6, groups 2, vocab 1002 fail; pp4: 6 layers fail
   std::string msg = error_of([&] { check_parallel_layout(m, bad, c); });
-  EXPECT_NE(msg.find("num_attention_heads 6 is not divisible by tensor_model_parallel_size 4"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("num_query_groups 2"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("padded vocabulary 1002"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("num_layers 6 is not divisible by pipeline_model_parallel_size 4"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("tensor_model_parallel_size = 4 must divide num_attention_heads = 6"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("must divide num_query_groups = 2"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("padded vocabulary = 1002 (raise make_vocab_size_divisible_by"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("pipeline_model_parallel_size = 4 must divide num_layers = 6 (or set"), std::string::npos) << msg;
   EXPECT_EQ(msg.find("global_batch_size"), std::string::npos) << msg;  // 8 % (2 x dp 1) == 0
 
   LayoutChecks c2 = c;
@@ -163,9 +163,10 @@ TEST(ParallelDims, ModelChecksListEveryViolation) {
   c2.num_layers_per_virtual_pipeline_stage = 2;  // 6 layers / pp 2 = 3 per stage
   c2.seq_length = 63;                            // not divisible by tp 2 under sequence_parallel
   msg = error_of([&] { check_parallel_layout(m, ok, c2); });
-  EXPECT_NE(msg.find("global_batch_size 6 is not divisible by micro_batch_size 2 x data parallel size 2"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("global_batch_size = 6 must be divisible by micro_batch_size x data-parallel size = 2 x 2 = 4"),
+            std::string::npos) << msg;
   EXPECT_NE(msg.find("num_layers_per_virtual_pipeline_stage 2 does not divide the 3 layers"), std::string::npos) << msg;
-  EXPECT_NE(msg.find("seq_length 63"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("must divide seq_length = 63"), std::string::npos) << msg;
 
   ModelConfig moe = m;
   moe.num_experts = 6;
@@ -178,6 +179,58 @@ TEST(ParallelDims, ModelChecksListEveryViolation) {
   EXPECT_NO_THROW(check_parallel_layout(mla, dims(8, 2, 2)));  // tp 2 splits MLA's heads
   mla.mtp_num_layers = 1;  // MTP on the last stage, split over tp like the main layers
   EXPECT_NO_THROW(check_parallel_layout(mla, dims(8, 2, 2)));
+}
+
+// The layout rules that config::validate and check_parallel_layout share: one wording each, naming
+// the keys (with where they were set, when known) and the fix.
+TEST(ParallelLayoutRules, OneWordingWithOrWithoutSources) {
+  EXPECT_EQ(split_problem({"num_attention_heads", 8}, {"tensor_model_parallel_size", 2}), "");
+  EXPECT_EQ(split_problem({"num_attention_heads", 8, "model.yaml:3"}, {"tensor_model_parallel_size", 3, "command line"}),
+            "tensor_model_parallel_size = 3 (command line) must divide num_attention_heads = 8 (model.yaml:3)");
+  EXPECT_EQ(pipeline_split_problem({"num_layers", 6}, {"pipeline_model_parallel_size", 4}),
+            "pipeline_model_parallel_size = 4 must divide num_layers = 6 (or set decoder_first_pipeline_num_layers / "
+            "decoder_last_pipeline_num_layers)");
+  EXPECT_EQ(pipeline_split_problem({"num_layers", 6}, {"pipeline_model_parallel_size", 3}), "");
+  const LayoutValue ep2{"expert_model_parallel_size", 2, "exp.yaml:9"}, tp2{"tensor_model_parallel_size", 2};
+  const std::string eptp = expert_tensor_parallel_problem(ep2, tp2, false);
+  EXPECT_NE(eptp.find("expert_model_parallel_size = 2 (exp.yaml:9) with tensor_model_parallel_size = 2 needs "
+                      "sequence_parallel: true"), std::string::npos) << eptp;
+  EXPECT_NE(eptp.find("set sequence_parallel: true"), std::string::npos) << eptp;
+  EXPECT_EQ(expert_tensor_parallel_problem(ep2, tp2, true), "");
+  EXPECT_EQ(expert_tensor_parallel_problem(ep2, {"tensor_model_parallel_size", 1}, false), "");
+  EXPECT_EQ(expert_tensor_parallel_problem({"expert_model_parallel_size", 1}, tp2, false), "");
+  EXPECT_NE(expert_parallel_problem(ep2, false).find("needs an MoE model"), std::string::npos);
+  EXPECT_EQ(expert_parallel_problem(ep2, true), "");
+  EXPECT_EQ(context_parallel_seq_problem({"seq_length", 32}, {"context_parallel_size", 3, "command line"}),
+            "seq_length = 32 must be divisible by 2 x context_parallel_size = 6 (command line) for load-balanced "
+            "causal attention (each rank holds two balanced chunks of every sequence)");
+  EXPECT_EQ(context_parallel_seq_problem({"seq_length", 32}, {"context_parallel_size", 4}), "");
+  EXPECT_EQ(batch_split_problem({"global_batch_size", 8}, 2, 4), "");
+  EXPECT_EQ(batch_split_problem({"global_batch_size", 12}, 2, 4, "why"),
+            "global_batch_size = 12 must be divisible by micro_batch_size x data-parallel size = 2 x 4 = 8 (why)");
+}
+
+// Megatron's rule at start-up: expert x tensor parallelism needs sequence parallelism.
+TEST(ParallelDims, ExpertTimesTensorParallelNeedsSequenceParallel) {
+  ModelConfig moe;
+  moe.name = "tiny_moe";
+  moe.num_layers = 2;
+  moe.num_attention_heads = 4;
+  moe.num_query_groups = 2;
+  moe.ffn_hidden_size = 64;
+  moe.padded_vocab_size = 128;
+  moe.num_experts = 4;
+  moe.moe_ffn_hidden_size = 32;
+  LayoutChecks c;
+  const ParallelDims tp2ep2 = dims(4, 2, 1, 1, 2);  // dp 2 holds the 2 expert-parallel ranks
+  const std::string msg = error_of([&] { check_parallel_layout(moe, tp2ep2, c); });
+  EXPECT_NE(msg.find("expert_model_parallel_size = 2 with tensor_model_parallel_size = 2 needs sequence_parallel: "
+                     "true"), std::string::npos) << msg;
+  c.sequence_parallel = true;
+  EXPECT_NO_THROW(check_parallel_layout(moe, tp2ep2, c));
+  c.sequence_parallel = false;
+  EXPECT_NO_THROW(check_parallel_layout(moe, dims(4, 1, 1, 1, 2), c));  // ep alone
+  EXPECT_NO_THROW(check_parallel_layout(moe, dims(4, 2, 1, 1, 1), c));  // tp alone
 }
 
 TEST(ParallelDims, UnevenPipelineSplitReplacesTheDivisibilityCheck) {
