@@ -10,6 +10,7 @@
 #include "core/strings.h"
 #include "infer/cached_decoder.h"
 #include "infer/generate.h"
+#include "rl/stop_strings.h"
 #include "train/pipelined_model.h"
 
 namespace primus::rl {
@@ -17,34 +18,6 @@ namespace primus::rl {
 namespace {
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-// A completion cut at its first stop string: how many of its tokens stay (the token that
-// completes the stop string is kept) and its text up to the stop string; npos when none occurs.
-struct Cut {
-  size_t tokens = std::string::npos;
-  std::string text;
-};
-Cut cut_at_stop_string(const data::Tokenizer& tok, const std::vector<int32_t>& ids,
-                       const std::vector<std::string>& stops) {
-  Cut c;
-  if (stops.empty()) return c;
-  const std::string full = tok.decode(ids);
-  size_t first = std::string::npos;
-  for (const std::string& s : stops) first = std::min(first, full.find(s));
-  if (first == std::string::npos) return c;
-  // The shortest prefix of tokens whose text reaches past the stop string's start.
-  for (size_t k = 1; k <= ids.size(); ++k) {
-    const std::string t = tok.decode(std::span<const int32_t>(ids.data(), k));
-    bool hit = false;
-    for (const std::string& s : stops) hit = hit || t.find(s) != std::string::npos;
-    if (hit) {
-      c.tokens = k;
-      c.text = full.substr(0, first);
-      return c;
-    }
-  }
-  return c;
 }
 }  // namespace
 
@@ -156,7 +129,7 @@ void GrpoObjective::new_round(int64_t round, const ModelConfig& config, const We
     std::vector<int32_t> ids = gen.tokens[i];
     bool stopped = gen.finish_reasons[i] == "stop";
     std::string text;
-    const Cut cut = cut_at_stop_string(tok_, ids, o_.stop_strings);
+    const StopCut cut = cut_at_stop_string(tok_, ids, o_.stop_strings);
     if (cut.tokens != std::string::npos) {
       ids.resize(cut.tokens);
       text = cut.text;

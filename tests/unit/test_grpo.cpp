@@ -1,12 +1,15 @@
 // GRPO's parts on their own: advantages, the per-token loss and its gradient, the loss
 // normalisations, the reward functions (with an external reward process), the prompt reader,
-// and the config keys. The objective through the whole model is checked against PyTorch in
+// where stop strings cut a completion, and the config keys. The objective through the whole model is checked against PyTorch in
 // tests/reference (grpo_* cases); the learning itself in tests/rl/grpo_task.sh.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <memory>
+#include <random>
+#include <span>
 
 #include "../test_util.h"
 #include "config/config.h"
@@ -14,9 +17,11 @@
 #include "data/sft/sft_tokenize.h"
 #include "data/sft/stop_tokens.h"
 #include "data/tokenizer/tokenizer.h"
+#include "data/tokenizer/utf8.h"
 #include "rl/grpo_loss.h"
 #include "rl/prompt_set.h"
 #include "rl/rewards.h"
+#include "rl/stop_strings.h"
 #include "train/train_options.h"
 
 using namespace primus;
@@ -238,4 +243,143 @@ TEST(Grpo, KeysWithoutGrpoAreRefusedAndLayoutChecked) {
   EXPECT_NE(error_of([&] { options({"grpo=true", "num_iterations=2", "save_interval=5"}); }).find("num_iterations"),
             std::string::npos);
   EXPECT_NE(error_of([&] { options({"grpo=true", "dpo=true"}); }).find("one or the other"), std::string::npos);
+}
+
+// ---- stop strings (rl/stop_strings.h) -----------------------------------------------------------
+
+namespace {
+
+// A tokenizer whose tokens are the given byte strings: decode joins them, replaces broken
+// UTF-8 by U+FFFD (as HuggingFace's decoders) and, as a Metaspace decoder, drops the first
+// token's leading space when `drop_leading_space`. It counts the ids it decodes.
+class PieceTokenizer : public data::Tokenizer {
+ public:
+  PieceTokenizer(std::vector<std::string> pieces, bool drop_leading_space = false)
+      : pieces_(std::move(pieces)), drop_leading_space_(drop_leading_space) {}
+  void encode_append(std::string_view, std::vector<int32_t>&, data::SpecialTokens) override {}
+  std::string decode(std::span<const int32_t> ids, bool = false) const override {
+    decoded_ids += static_cast<int64_t>(ids.size());
+    std::string s;
+    for (int32_t id : ids) s += pieces_.at(static_cast<size_t>(id));
+    if (drop_leading_space_ && !s.empty() && s[0] == ' ') s.erase(0, 1);
+    return data::utf8_sanitize(s);
+  }
+  int64_t vocab_size() const override { return static_cast<int64_t>(pieces_.size()); }
+  int32_t eod() const override { return -1; }
+  int32_t token_to_id(std::string_view) const override { return -1; }
+  std::vector<int32_t> special_ids() const override { return {}; }
+  std::string type_name() const override { return "PieceTokenizer"; }
+  std::unique_ptr<data::Tokenizer> clone() const override { return std::make_unique<PieceTokenizer>(*this); }
+
+  mutable int64_t decoded_ids = 0;
+
+ private:
+  std::vector<std::string> pieces_;
+  bool drop_leading_space_ = false;
+};
+
+// The definition, spelled out: the fewest leading tokens whose decoded text holds a stop
+// string, and the whole text up to the stop string that starts first.
+StopCut reference_cut(const data::Tokenizer& tok, const std::vector<int32_t>& ids, const std::vector<std::string>& stops) {
+  const std::string full = tok.decode(ids);
+  size_t first = std::string::npos;
+  for (const std::string& s : stops) first = std::min(first, full.find(s));
+  if (first == std::string::npos) return {};
+  for (size_t k = 1; k <= ids.size(); ++k) {
+    const std::string t = tok.decode(std::span<const int32_t>(ids.data(), k));
+    for (const std::string& s : stops)
+      if (t.find(s) != std::string::npos) return {k, full.substr(0, first)};
+  }
+  return {};
+}
+
+enum Piece : int32_t { kThe, kAnswer, kIs, kFour, kDot, kNewline, kSpaceE, kNd, kCaf, kE1, kE2, kX, kHi, kPieces };
+const std::vector<std::string> kPieceTexts = {"The", " answer", " is", " 4", ".",        "\n", " E",
+                                              "ND",  "caf",     "\xC3", "\xA9", "x", " Hi"};
+
+}  // namespace
+
+TEST(GrpoStopStrings, CutsWhereTheStopStringIsCompleted) {
+  ASSERT_EQ(kPieceTexts.size(), static_cast<size_t>(kPieces));
+  const PieceTokenizer tok(kPieceTexts);
+  const std::vector<int32_t> answer = {kThe, kAnswer, kIs, kFour, kDot, kNewline};  // "The answer is 4.\n"
+  auto expect_cut = [&](const std::vector<int32_t>& ids, const std::vector<std::string>& stops, size_t tokens,
+                        const std::string& text) {
+    const StopCut c = cut_at_stop_string(tok, ids, stops);
+    const std::string what = tok.decode(ids) + " | stops " + std::to_string(stops.size());
+    EXPECT_EQ(c.tokens, tokens) << what;
+    EXPECT_EQ(c.text, text) << what;
+    const StopCut r = reference_cut(tok, ids, stops);
+    EXPECT_EQ(c.tokens, r.tokens) << what;
+    EXPECT_EQ(c.text, r.text) << what;
+  };
+  // A stop string spanning two tokens: " E" + "ND" completes "END" with the 4th token.
+  expect_cut({kThe, kAnswer, kSpaceE, kNd, kDot}, {"END"}, 4, "The answer ");
+  // ... and one spanning three ("answer is 4" ends inside " 4").
+  expect_cut(answer, {"answer is 4"}, 4, "The ");
+  // A stop string at the very start: the first token is kept, the text is empty.
+  expect_cut(answer, {"The"}, 1, "");
+  expect_cut(answer, {"T"}, 1, "");
+  // Several stop strings: the text ends where the earliest one starts, the tokens where the
+  // first one is completed ("is" is complete after " is", before " answer is 4.").
+  expect_cut(answer, {".", " is"}, 3, "The answer");
+  expect_cut(answer, {" is", "."}, 3, "The answer");
+  expect_cut(answer, {"answer is 4.", "is"}, 3, "The ");
+  expect_cut(answer, {"4", "\n"}, 4, "The answer is ");
+  // No stop string in the completion, or none asked for: nothing is cut.
+  expect_cut(answer, {"xyz", "answer is 5"}, std::string::npos, "");
+  expect_cut(answer, {}, std::string::npos, "");
+  expect_cut({}, {"The"}, std::string::npos, "");
+  // A character split over two byte tokens: "caf" + C3 shows U+FFFD, not yet the stop "é".
+  expect_cut({kCaf, kE1, kE2, kDot}, {"\xC3\xA9"}, 3, "caf");
+  expect_cut({kCaf, kE1, kE2, kDot}, {"f\xC3\xA9."}, 4, "ca");
+  // A completion longer than the decoding window, the stop string near its end.
+  std::vector<int32_t> long_ids(300, kX);
+  long_ids.insert(long_ids.end(), {kSpaceE, kNd, kX, kX});
+  expect_cut(long_ids, {"END"}, 302, std::string(300, 'x') + " ");
+  expect_cut(long_ids, {"END", "xx E"}, 301, std::string(298, 'x'));
+  // A Metaspace-style decoder drops the first token's leading space: " Hi" starts the text.
+  const PieceTokenizer meta(kPieceTexts, /*drop_leading_space=*/true);
+  const StopCut c = cut_at_stop_string(meta, {kHi, kAnswer, kDot}, {"Hi answer."});
+  EXPECT_EQ(c.tokens, 3u);
+  EXPECT_EQ(c.text, "");
+  EXPECT_EQ(cut_at_stop_string(meta, {kHi, kAnswer}, {" Hi"}).tokens, std::string::npos);
+}
+
+// Random completions and stop strings taken from their text (or not in it): the cut equals the
+// definition's, for the piece tokenizer with and without the leading-space rule and for a
+// byte-level BPE (UTF-8 characters split over tokens). And the cost is linear: a 4000-token
+// completion decodes a bounded number of ids per token, where decoding every prefix would be
+// 8 million.
+TEST(GrpoStopStrings, MatchesTheDefinitionAndStaysLinear) {
+  std::mt19937_64 rng(20261207);
+  const std::unique_ptr<data::Tokenizer> bytes = chatml();
+  const std::vector<int32_t> utf8 = bytes->encode("naïve café — 23 + 58 = 81 ✓ 東京");
+  const PieceTokenizer plain(kPieceTexts), meta(kPieceTexts, true);
+  for (int trial = 0; trial < 300; ++trial) {
+    const data::Tokenizer& tok = trial % 3 == 0 ? plain : trial % 3 == 1 ? static_cast<const data::Tokenizer&>(meta) : *bytes;
+    std::vector<int32_t> ids;
+    const size_t n = 1 + rng() % 40;
+    for (size_t i = 0; i < n; ++i)
+      ids.push_back(trial % 3 == 2 ? utf8[rng() % utf8.size()] : static_cast<int32_t>(rng() % kPieces));
+    const std::string text = tok.decode(ids);
+    std::vector<std::string> stops;
+    for (size_t s = 0, count = 1 + rng() % 3; s < count; ++s) {
+      if (rng() % 4 == 0 || text.empty()) {
+        stops.push_back("no such text");
+      } else {
+        const size_t at = rng() % text.size(), len = 1 + rng() % 6;
+        stops.push_back(text.substr(at, len));
+      }
+    }
+    const StopCut got = cut_at_stop_string(tok, ids, stops), want = reference_cut(tok, ids, stops);
+    ASSERT_EQ(got.tokens, want.tokens) << "trial " << trial << ": " << text;
+    ASSERT_EQ(got.text, want.text) << "trial " << trial << ": " << text;
+  }
+
+  std::vector<int32_t> ids(4000, kX);
+  ids.insert(ids.end(), {kSpaceE, kNd});
+  plain.decoded_ids = 0;
+  EXPECT_EQ(cut_at_stop_string(plain, ids, {"END"}).tokens, 4002u);
+  EXPECT_LT(plain.decoded_ids, 40 * 4002) << "decoding grows faster than the completion";
 }
