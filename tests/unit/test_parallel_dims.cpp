@@ -212,13 +212,7 @@ TEST(ParallelLayoutRules, OneWordingWithOrWithoutSources) {
 
 // Megatron's rule at start-up: expert x tensor parallelism needs sequence parallelism.
 TEST(ParallelDims, ExpertTimesTensorParallelNeedsSequenceParallel) {
-  ModelConfig moe;
-  moe.name = "tiny_moe";
-  moe.num_layers = 2;
-  moe.num_attention_heads = 4;
-  moe.num_query_groups = 2;
-  moe.ffn_hidden_size = 64;
-  moe.padded_vocab_size = 128;
+  ModelConfig moe = test::tiny_llama({.name = "tiny_moe", .ffn = 64, .vocab = 128});  // 4 heads, 2 groups
   moe.num_experts = 4;
   moe.moe_ffn_hidden_size = 32;
   LayoutChecks c;
