@@ -15,6 +15,7 @@
 #include "model/mlp_dense.h"
 #include "parallel/communicator.h"
 #include "parallel/layers.h"
+#include "parallel/parallel_dims.h"
 
 namespace primus {
 
@@ -86,9 +87,11 @@ void validate_tensor_parallel(const ModelConfig& c, const parallel::TensorParall
   PRIMUS_CHECK(tp.group->device() == device, "DecoderOptions.tensor_parallel: the tp group '{}' works on {} tensors but "
                "the model runs on {}", tp.group->name(), device_name(tp.group->device()), device_name(device));
   const int64_t P = tp.size();
+  const parallel::LayoutValue ranks("tensor_model_parallel_size", P);
   std::string bad;
   auto need = [&](const char* key, int64_t value) {
-    if (value % P != 0) bad += fmt::format("\n  {} = {} is not divisible by tensor_model_parallel_size = {}", key, value, P);
+    const std::string problem = parallel::split_problem({key, value}, ranks);
+    if (!problem.empty()) bad += "\n  " + problem;
   };
   need("num_attention_heads", c.num_attention_heads);
   need("num_query_groups", c.num_query_groups);
@@ -108,11 +111,12 @@ void validate_expert_parallel(const ModelConfig& c, const parallel::ExpertParall
   if (!ep.active()) return;
   PRIMUS_CHECK(ep.group->device() == device, "DecoderOptions.expert_parallel: the ep group '{}' works on {} tensors "
                "but the model runs on {}", ep.group->name(), device_name(ep.group->device()), device_name(device));
-  PRIMUS_CHECK(c.num_experts > 0 && c.num_experts % ep.size() == 0,
-               "model config '{}': num_experts = {} does not split over {} expert-parallel ranks", c.name,
-               c.num_experts, ep.size());
-  PRIMUS_CHECK(!tp.active() || tp.sp(), "model config '{}': expert parallelism with tensor parallelism needs "
-               "sequence_parallel (as Megatron requires)", c.name);
+  const parallel::LayoutValue ranks("expert_model_parallel_size", ep.size());
+  for (const std::string& problem :
+       {parallel::expert_parallel_problem(ranks, c.num_experts > 0),
+        c.num_experts > 0 ? parallel::split_problem({"num_experts", c.num_experts}, ranks) : std::string(),
+        parallel::expert_tensor_parallel_problem(ranks, {"tensor_model_parallel_size", tp.size()}, tp.sp())})
+    PRIMUS_CHECK(problem.empty(), "model config '{}': {}", c.name, problem);
 }
 
 Tensor to_host(const Tensor& t) { return t.device() == Device::CPU ? t : t.to(Device::CPU); }

@@ -221,10 +221,7 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   tp_size_ = dims.tp();
   pp_size_ = dims.pp();
   ep_size_ = dims.ep();
-  PRIMUS_CHECK(o.global_batch_size % (o.micro_batch_size * dp_size_) == 0,
-               "global_batch_size {} must be a multiple of micro_batch_size {} x data-parallel size {}",
-               o.global_batch_size, o.micro_batch_size, dp_size_);
-  num_micro_batches_ = o.global_batch_size / (o.micro_batch_size * dp_size_);
+  num_micro_batches_ = o.global_batch_size / (o.micro_batch_size * dp_size_);  // divides: check_parallel_layout
   if (o.precision == Precision::Fp16) scaler_ = LossScaler(o.loss_scale);
 
   lap("world and groups");
