@@ -108,6 +108,10 @@ struct GemmEngine::Impl {
   cudaEvent_t fork = nullptr;
   int forked = 0;  // lanes of the open fork; 0: none open
   std::unordered_map<GemmKey, Plan, KeyHash> plans;
+  std::unordered_map<GemmKey, cublasLtMatmulAlgo_t, KeyHash> family_algo;  // see plan_for
+  // Plans reusing a family's algorithm are dropped when the cache reaches this size (shapes
+  // that vary step to step would grow it without bound); the others are kept.
+  static constexpr size_t kMaxPlans = 8192;
   std::vector<GemmKey> order;  // keys in first-seen order
   std::unordered_map<GemmKey, GemmCandidate, KeyHash> table;  // stage 3 / set_algo overrides
   TuningTable tuned;  // stage 2 results of this process, rewritten after each new shape
@@ -151,6 +155,26 @@ struct GemmEngine::Impl {
                    "heuristic instead\n", key.str());
       }
     }
+    // Shapes that change every step (an MoE expert's row count: M of its forward and dgrad, K
+    // of its wgrad) would ask cuBLASLt's heuristic, tens of microseconds of host time, for
+    // every expert of every layer on every step. A key's family (M and K rounded up to 256)
+    // keeps the first heuristic answer; a later member reuses it after cublasLtMatmulAlgoCheck
+    // accepts it for the exact shape.
+    GemmKey family = key;
+    family.m = (key.m + 255) / 256 * 256;
+    family.k = (key.k + 255) / 256 * 256;
+    if (!p.has_algo) {
+      if (auto f = family_algo.find(family); f != family_algo.end()) {
+        cublasLtMatmulHeuristicResult_t check{};
+        if (cublasLtMatmulAlgoCheck(handle, p.desc, p.a, p.b, p.c, p.c, &f->second, &check) == CUBLAS_STATUS_SUCCESS &&
+            check.workspaceSize <= kWorkspaceBytes) {
+          p.algo = f->second;
+          p.workspace = check.workspaceSize;
+          p.has_algo = true;
+          p.source = "heuristic (same family)";
+        }
+      }
+    }
     if (!p.has_algo) {
       auto results = heuristics(p, key, 1);
       PRIMUS_CHECK(!results.empty(), "cuBLASLt has no algorithm for GEMM {}", key.str());
@@ -158,9 +182,29 @@ struct GemmEngine::Impl {
       p.workspace = results[0].workspaceSize;
       p.has_algo = true;
       p.source = "heuristic";
+      family_algo.emplace(family, p.algo);
     }
+    if (plans.size() >= kMaxPlans) evict_family_plans();
     order.push_back(key);
     return plans.emplace(key, p).first->second;
+  }
+
+  void evict_family_plans() {
+    for (auto it = plans.begin(); it != plans.end();) {
+      if (it->second.source != "heuristic (same family)") {
+        ++it;
+        continue;
+      }
+      destroy(it->second);
+      it = plans.erase(it);
+    }
+  }
+
+  static void destroy(Plan& p) {
+    cublasLtMatrixLayoutDestroy(p.a);
+    cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.c);
+    cublasLtMatmulDescDestroy(p.desc);
   }
 
   std::vector<cublasLtMatmulHeuristicResult_t> heuristics(const Plan& p, const GemmKey& key, int count) {
@@ -274,12 +318,7 @@ GemmEngine::GemmEngine(int device, cudaStream_t stream, GemmTuningConfig config)
 }
 
 GemmEngine::~GemmEngine() {
-  for (auto& [key, p] : impl_->plans) {
-    cublasLtMatrixLayoutDestroy(p.a);
-    cublasLtMatrixLayoutDestroy(p.b);
-    cublasLtMatrixLayoutDestroy(p.c);
-    cublasLtMatmulDescDestroy(p.desc);
-  }
+  for (auto& [key, p] : impl_->plans) Impl::destroy(p);
   cudaFree(impl_->workspace);
   for (const Impl::Lane& l : impl_->lanes) {
     cudaFree(l.workspace);
