@@ -16,6 +16,7 @@
 #include "core/error.h"
 #include "core/strings.h"
 #include "data/gpt_dataset.h"
+#include "data/sft/sft_dataset.h"
 #include "data/tokenizer/tokenizer.h"
 #include "train/checkpoint.h"
 #include "train/logging.h"
@@ -98,21 +99,6 @@ std::string unwritable_dir(const std::string& path, std::string& how) {
     return existing == p ? why : fmt::format("it cannot be created: {}", why);
   how = existing == p ? "writable" : fmt::format("does not exist yet; {} is writable", shown(existing));
   return "";
-}
-
-// Paths of an SFT / GRPO list whose entries may hold several space-separated paths (Megatron's
-// style), as data/sft's expand_paths reads them. Numbers are blend weights, which it refuses.
-std::vector<std::string> expand_paths(const std::vector<std::string>& list, std::vector<std::string>& weights) {
-  std::vector<std::string> out;
-  for (const std::string& s : list)
-    for (const std::string& part : split(s, ' ')) {
-      const std::string p = trim(part);
-      if (p.empty()) continue;
-      char* end = nullptr;
-      std::strtod(p.c_str(), &end);
-      (end == p.c_str() + p.size() ? weights : out).push_back(p);
-    }
-  return out;
 }
 
 class Checker {
@@ -210,7 +196,7 @@ class Checker {
     }
     for (const char* key : keys) {
       std::vector<std::string> weights;
-      const std::vector<std::string> files = expand_paths(cfg_.list(key), weights);
+      const std::vector<std::string> files = data::sft::split_path_list(cfg_.list(key), weights);
       for (const std::string& w : weights)
         problem(key, fmt::format("{} ({}): '{}' looks like a blend weight; chat data is a list of JSONL files "
                                  "without weights (repeat a file to weight it up)",

@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -88,6 +89,21 @@ void run_step(DecoderModel& m, Device dev, const std::vector<HostBatch>& batches
   }
 }
 
+// The CPU fp32 model (logits in chunks of 16 rows) on exactly the GPU model's (bf16) weights.
+std::unique_ptr<DecoderModel> cpu_reference(const ModelConfig& c, ops::Context& cpu, DecoderModel& gpu_model) {
+  DecoderOptions host;
+  host.logits_chunk_rows = 16;
+  auto reference = std::make_unique<DecoderModel>(c, cpu, host);
+  const auto ps = gpu_model.parameters(), pr = reference->parameters();
+  PRIMUS_CHECK(ps.size() == pr.size(), "cpu_reference: {} GPU parameters, {} CPU ones", ps.size(), pr.size());
+  for (size_t i = 0; i < ps.size(); ++i)
+    pr[i]->value.copy_from(Tensor::from_floats(ps[i]->value.to_float_vector(), pr[i]->value.shape()));
+  return reference;
+}
+
+// The two micro-batches of a step.
+std::vector<HostBatch> two_batches(int64_t n, int64_t vocab) { return {make_batch(n, vocab, 1), make_batch(n, vocab, 2)}; }
+
 TEST(CudaGradOverwrite, FirstMicroBatchWritesEveryGradient) {
   PRIMUS_REQUIRE_GPU();
   const int64_t B = 2, T = 24;
@@ -98,17 +114,10 @@ TEST(CudaGradOverwrite, FirstMicroBatchWritesEveryGradient) {
     dev.param_dtype = DType::BF16;
     dev.logits_chunk_rows = 16;  // 3 chunks: only the first may write the output layer's grad
     DecoderModel accumulate(c, cuda, dev), overwrite(c, cuda, dev);
-    DecoderOptions host;
-    host.logits_chunk_rows = 16;
-    DecoderModel reference(c, cpu, host);
-    // The CPU reference runs on exactly the GPU's (bf16) weights.
+    std::unique_ptr<DecoderModel> reference_model = cpu_reference(c, cpu, overwrite);
+    DecoderModel& reference = *reference_model;
     const auto ps = overwrite.parameters(), pr = reference.parameters();
-    ASSERT_EQ(ps.size(), pr.size());
-    for (size_t i = 0; i < ps.size(); ++i)
-      pr[i]->value.copy_from(Tensor::from_floats(ps[i]->value.to_float_vector(), pr[i]->value.shape()));
-
-    const std::vector<HostBatch> batches = {make_batch(B * T, c.padded_vocab_size, 1),
-                                            make_batch(B * T, c.padded_vocab_size, 2)};
+    const std::vector<HostBatch> batches = two_batches(B * T, c.padded_vocab_size);
     accumulate.zero_grads();
     for (NamedTensor* p : overwrite.parameters()) gputest::poison(cuda, p->grad);
     overwrite.zero_grads_for_overwrite();
@@ -146,15 +155,10 @@ TEST(CudaGradOverwrite, Bf16ProjectionGradientsMatchCpu) {
     dev.linear_grad_dtype = DType::BF16;
     dev.logits_chunk_rows = 16;
     DecoderModel model(c, cuda, dev);
-    DecoderOptions host;
-    host.logits_chunk_rows = 16;
-    DecoderModel reference(c, cpu, host);
+    std::unique_ptr<DecoderModel> reference_model = cpu_reference(c, cpu, model);
+    DecoderModel& reference = *reference_model;
     const auto ps = model.parameters(), pr = reference.parameters();
-    ASSERT_EQ(ps.size(), pr.size());
-    for (size_t i = 0; i < ps.size(); ++i)
-      pr[i]->value.copy_from(Tensor::from_floats(ps[i]->value.to_float_vector(), pr[i]->value.shape()));
-    const std::vector<HostBatch> batches = {make_batch(B * T, c.padded_vocab_size, 1),
-                                            make_batch(B * T, c.padded_vocab_size, 2)};
+    const std::vector<HostBatch> batches = two_batches(B * T, c.padded_vocab_size);
     for (NamedTensor* p : ps) gputest::poison(cuda, p->grad);
     model.zero_grads_for_overwrite();
     reference.zero_grads();

@@ -220,19 +220,12 @@ namespace {
 // Paths of a list whose entries may hold several space-separated paths (Megatron's style);
 // weights are refused.
 std::vector<std::string> expand_paths(const std::vector<std::string>& list, const char* key) {
-  std::vector<std::string> out;
-  for (const std::string& s : list)
-    for (const std::string& part : split(s, ' ')) {
-      const std::string p = trim(part);
-      if (p.empty()) continue;
-      char* end = nullptr;
-      std::strtod(p.c_str(), &end);
-      PRIMUS_CHECK(end != p.c_str() + p.size(),
-                   "{}: '{}' looks like a blend weight; SFT data takes a list of JSONL files without weights "
-                   "(repeat a file to weight it up)",
-                   key, p);
-      out.push_back(p);
-    }
+  std::vector<std::string> weights;
+  std::vector<std::string> out = split_path_list(list, weights);
+  PRIMUS_CHECK(weights.empty(),
+               "{}: '{}' looks like a blend weight; SFT data takes a list of JSONL files without weights "
+               "(repeat a file to weight it up)",
+               key, weights.empty() ? std::string() : weights.front());
   return out;
 }
 
@@ -332,6 +325,19 @@ SftDatasets build_sft_datasets(const SftDataOptions& o, Tokenizer& tokenizer, co
                "(raise seq_length, or check the loss mode and the data)",
                out.train_stats.examples, o.seq_length);
   if (!valid.empty()) out.valid = make(std::move(valid), "valid", out.valid_stats);
+  return out;
+}
+
+std::vector<std::string> split_path_list(const std::vector<std::string>& list, std::vector<std::string>& weights) {
+  std::vector<std::string> out;
+  for (const std::string& s : list)
+    for (const std::string& part : split(s, ' ')) {
+      const std::string p = trim(part);
+      if (p.empty()) continue;
+      char* end = nullptr;
+      std::strtod(p.c_str(), &end);
+      (end == p.c_str() + p.size() ? weights : out).push_back(p);
+    }
   return out;
 }
 

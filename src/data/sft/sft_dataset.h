@@ -143,4 +143,8 @@ struct SftDatasets {
 SftDatasets build_sft_datasets(const SftDataOptions& options, Tokenizer& tokenizer,
                                const std::string& tokenizer_model_path);
 
+// The entries of a data path list, each of which may hold several space-separated paths
+// (Megatron's style); the numbers among them (blend weights) go to `weights` instead.
+std::vector<std::string> split_path_list(const std::vector<std::string>& list, std::vector<std::string>& weights);
+
 }  // namespace primus::data::sft

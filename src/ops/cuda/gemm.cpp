@@ -329,12 +329,12 @@ GemmEngine::~GemmEngine() {
   cublasLtDestroy(impl_->handle);
 }
 
-size_t GemmEngine::cublaslt_version() { return cublasLtGetVersion(); }
+namespace {
 
-std::vector<GemmKey> GemmEngine::seen_shapes() const { return impl_->order; }
-
-void GemmEngine::matmul(void* out, DType out_dtype, const void* a, const void* b, DType in_dtype, int64_t M,
-                        int64_t N, int64_t K, bool ta, bool tb, float alpha, float beta, const void* c) {
+// The key of one matmul call: its shape, transposes, dtypes, whether it reads out (beta), and
+// the smallest alignment of its pointers.
+GemmKey key_of(const void* out, DType out_dtype, const void* a, const void* b, DType in_dtype, int64_t M, int64_t N,
+               int64_t K, bool ta, bool tb, float beta, const void* c) {
   GemmKey key;
   key.m = M;
   key.n = N;
@@ -346,6 +346,18 @@ void GemmEngine::matmul(void* out, DType out_dtype, const void* a, const void* b
   key.accumulate = beta != 0.f;
   key.align = std::min({pointer_align(a), pointer_align(b), pointer_align(out)});
   if (c != nullptr) key.align = std::min(key.align, pointer_align(c));
+  return key;
+}
+
+}  // namespace
+
+size_t GemmEngine::cublaslt_version() { return cublasLtGetVersion(); }
+
+std::vector<GemmKey> GemmEngine::seen_shapes() const { return impl_->order; }
+
+void GemmEngine::matmul(void* out, DType out_dtype, const void* a, const void* b, DType in_dtype, int64_t M,
+                        int64_t N, int64_t K, bool ta, bool tb, float alpha, float beta, const void* c) {
+  const GemmKey key = key_of(out, out_dtype, a, b, in_dtype, M, N, K, ta, tb, beta, c);
   auto it = impl_->plans.find(key);
   if (it == impl_->plans.end()) {
     if (config_.stage == TuningStage::LogShapes) append_shape(config_.shapes_file, key);
@@ -397,16 +409,7 @@ void GemmEngine::matmul_on_lane(int lane, void* out, DType out_dtype, const void
   }
   // The shape goes through the engine's usual path (plan cache, tuning stages) on its stream
   // first only when it is new, so a lane never tunes (tuning times on the engine's stream).
-  GemmKey key;
-  key.m = M;
-  key.n = N;
-  key.k = K;
-  key.ta = ta;
-  key.tb = tb;
-  key.in_dtype = in_dtype;
-  key.out_dtype = out_dtype;
-  key.accumulate = beta != 0.f;
-  key.align = std::min({pointer_align(a), pointer_align(b), pointer_align(out)});
+  const GemmKey key = key_of(out, out_dtype, a, b, in_dtype, M, N, K, ta, tb, beta, nullptr);
   if (impl_->plans.find(key) == impl_->plans.end() && config_.stage != TuningStage::Off) {
     matmul(out, out_dtype, a, b, in_dtype, M, N, K, ta, tb, alpha, beta);  // logs / tunes it, on lane 0
     return;
