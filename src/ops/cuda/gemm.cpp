@@ -112,7 +112,7 @@ struct GemmEngine::Impl {
   // Plans reusing a family's algorithm are dropped when the cache reaches this size (shapes
   // that vary step to step would grow it without bound); the others are kept.
   static constexpr size_t kMaxPlans = 8192;
-  std::vector<GemmKey> order;  // keys in first-seen order
+  std::vector<GemmKey> order;  // keys in first-seen order (a family's first member only)
   std::unordered_map<GemmKey, GemmCandidate, KeyHash> table;  // stage 3 / set_algo overrides
   TuningTable tuned;  // stage 2 results of this process, rewritten after each new shape
   std::string device_name;
@@ -185,7 +185,7 @@ struct GemmEngine::Impl {
       family_algo.emplace(family, p.algo);
     }
     if (plans.size() >= kMaxPlans) evict_family_plans();
-    order.push_back(key);
+    if (p.source != "heuristic (same family)") order.push_back(key);  // bounded like the families
     return plans.emplace(key, p).first->second;
   }
 
