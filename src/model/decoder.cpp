@@ -253,8 +253,7 @@ DecoderModel::DecoderModel(const ModelConfig& config, ops::Context& ctx, const D
     NamedTensor* made = p.get();
     if (spec.trainable()) {
       p->value = Tensor::empty(shape, options_.param_dtype, ctx_.device());
-      const bool projection = spec.role == ParamRole::Linear || spec.role == ParamRole::RoutedExperts;
-      p->grad = Tensor::zeros(shape, projection ? options_.linear_grad_dtype : DType::F32, ctx_.device());
+      p->grad = Tensor::zeros(shape, spec.projection() ? options_.linear_grad_dtype : DType::F32, ctx_.device());
       p->no_weight_decay = spec.no_weight_decay();
       params_.push_back(std::move(p));
     } else {  // a buffer, no grad: the expert bias (fp32) or a frozen weight (LoRA's base)

@@ -111,6 +111,8 @@ struct ParamSpec {
 
   bool trainable() const { return role != ParamRole::ExpertBias && !frozen; }
   bool no_weight_decay() const { return role == ParamRole::Norm || role == ParamRole::Bias; }
+  // A projection whose weight gradient a GEMM writes (the tensors grad_reduce_in_bf16 holds in bf16).
+  bool projection() const { return role == ParamRole::Linear || role == ParamRole::RoutedExperts; }
   int64_t numel() const { return shape_numel(shape); }
 };
 

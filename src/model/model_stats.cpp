@@ -24,6 +24,7 @@ LayerParams sum_layer(const ModelConfig& m, const std::vector<ParamSpec>& table,
     if (!t.trainable() || !starts_with(t.name, prefix)) continue;
     const std::string local = t.name.substr(prefix.size());
     const int64_t n = t.numel();
+    if (!t.projection()) p.unprojected += n;
     if (starts_with(local, "self_attention.")) {
       p.attention += n;
       if (t.split == ParamSplit::Replicated) p.attention_replicated += n;
@@ -54,13 +55,21 @@ int64_t matmul_params(const ModelConfig& m, const std::vector<ParamSpec>& table)
   return n;
 }
 
-// An MTP module's own tensors outside its transformer layer (enorm, hnorm, eh_proj, final norm).
-int64_t mtp_module_extras(const ModelConfig& m) {
-  if (m.mtp_num_layers == 0) return 0;
+// An MTP module's own tensors outside its transformer layer (enorm, hnorm, eh_proj, final norm),
+// and of those the ones that are not projections (the norms: their gradients stay fp32 under
+// grad_reduce_in_bf16).
+struct MtpExtras {
+  int64_t all = 0, unprojected = 0;
+};
+MtpExtras mtp_module_extras(const ModelConfig& m) {
+  MtpExtras n;
+  if (m.mtp_num_layers == 0) return n;
   const std::string layer_prefix = mtp_layer(m, 0).prefix;
-  int64_t n = 0;
   for (const ParamSpec& t : mtp_params(m, 0))
-    if (t.trainable() && !starts_with(t.name, layer_prefix)) n += t.numel();
+    if (t.trainable() && !starts_with(t.name, layer_prefix)) {
+      n.all += t.numel();
+      if (!t.projection()) n.unprojected += t.numel();
+    }
   return n;
 }
 
@@ -199,27 +208,31 @@ MemoryEstimate estimate_memory(const ModelConfig& m, const ParallelLayout& L, co
       const LayerParams p = layer_params(m, l);
       dense += (p.attention - p.attention_replicated) / tp + p.attention_replicated + p.mlp / tp +
                p.shared_experts / tp + p.router + p.norms;
-      unprojected += p.router + p.norms;
+      unprojected += p.unprojected;
       expert += p.experts / (ep * etp);
     }
-    const int64_t dense_before_ends = dense;
-    if (stage == 0) dense += V * h / tp + (m.position_embedding_type == "learned_absolute" ? m.max_position_embeddings * h : 0);
+    // The embeddings, the final norm and the output layer: no projections among them.
+    int64_t ends = 0;
+    if (stage == 0) ends += V * h / tp + (m.position_embedding_type == "learned_absolute" ? m.max_position_embeddings * h : 0);
     if (stage == pp - 1) {
-      dense += norm_params(m, h);
-      if (m.untie_embeddings_and_output_weights) dense += V * h / tp;  // the output layer
+      ends += norm_params(m, h);
+      if (m.untie_embeddings_and_output_weights) ends += V * h / tp;  // the output layer
       // With pp > 1 the last stage keeps its own copy of the embedding when it reads it (tied
       // output layer, or MTP's shifted tokens).
-      if (pp > 1 && m.last_stage_reads_embedding()) dense += V * h / tp;
+      if (pp > 1 && m.last_stage_reads_embedding()) ends += V * h / tp;
+      const MtpExtras extras = mtp_module_extras(m);
       for (int64_t k = 0; k < m.mtp_num_layers; ++k) {
         const LayerParams p = layer_params(m, m.num_layers + k);
-        dense += mtp_module_extras(m) + (p.attention - p.attention_replicated) / tp + p.attention_replicated +
-                 p.mlp / tp + p.shared_experts / tp + p.router + p.norms;
+        dense += extras.all + (p.attention - p.attention_replicated) / tp + p.attention_replicated + p.mlp / tp +
+                 p.shared_experts / tp + p.router + p.norms;
+        unprojected += extras.unprojected + p.unprojected;
         expert += p.experts / (ep * etp);
       }
     }
+    dense += ends;
+    unprojected += ends;
     e.params = dense + expert;
     e.expert_params = expert;
-    unprojected += dense - dense_before_ends;  // the embedding / output layer / final norm / MTP extras
 
     // ---- weights, gradients, optimizer states ------------------------------------
     const bool mixed = t.precision != Precision::kFp32;

@@ -21,6 +21,10 @@ struct LayerParams {
   int64_t shared_experts = 0;        // the always-on shared experts
   int64_t router = 0;                // the router's expert-score projection
   int64_t norms = 0;                 // the two pre-normalizations
+  // Of all the above, the parameters that are not projections (ParamRole Linear or
+  // RoutedExperts, ParamSpec::projection): norms, biases, the router. Their gradients stay fp32
+  // under grad_reduce_in_bf16.
+  int64_t unprojected = 0;
   int64_t total() const { return attention + mlp + experts + shared_experts + router + norms; }
 };
 

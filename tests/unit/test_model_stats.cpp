@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "config/config.h"
+#include "model/decoder_spec.h"
 #include "model/model_stats.h"
 #include "test_config_util.h"
 
@@ -169,6 +170,27 @@ TEST(ModelStats, MemoryBookkeeping) {
   TrainingSetup longer = t;
   longer.micro_batch_size = 2;
   EXPECT_DOUBLE_EQ(estimate_memory(m, one, longer).activation_bytes, 2 * base);
+}
+
+// grad_reduce_in_bf16: 2 B for the gradients of the projections (ParamRole Linear and
+// RoutedExperts, as DecoderModel allocates them), 4 B for the rest; the reference sums the
+// model's own parameter table by role, MTP module included.
+TEST(ModelStats, Bf16GradientsOfTheProjections) {
+  for (const char* name : {"llama3.1_8B", "mixtral_8x7B_v0.1", "deepseek_v3"}) {
+    const ModelConfig m = zoo(name);
+    double expected = 0;
+    for (const ParamSpec& p : parameter_table(m)) {
+      if (!p.trainable()) continue;
+      const bool projection = p.role == ParamRole::Linear || p.role == ParamRole::RoutedExperts;
+      expected += (projection ? 2.0 : 4.0) * static_cast<double>(p.numel());
+    }
+    TrainingSetup t;
+    t.grad_reduce_in_bf16 = true;
+    const MemoryEstimate e = estimate_memory(m, ParallelLayout{}, t);
+    EXPECT_DOUBLE_EQ(e.grad_bytes, expected) << name;
+    t.grad_reduce_in_bf16 = false;
+    EXPECT_DOUBLE_EQ(estimate_memory(m, ParallelLayout{}, t).grad_bytes, 4.0 * static_cast<double>(e.params)) << name;
+  }
 }
 
 TEST(ModelStats, ActivationsOfATinyLayerByHand) {
