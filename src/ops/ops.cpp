@@ -736,14 +736,14 @@ void adamw_step(Context& ctx, std::vector<AdamWTensor>& params, const AdamWParam
     const AdamWTensor& t = params[i];
     const std::string what = fmt::format("adamw_step (param #{})", i);
     arg(ctx, t.master, what.c_str(), "master");
-    for (auto [x, name] : {std::pair{&t.grad, "grad"}, {&t.exp_avg, "exp_avg"}, {&t.exp_avg_sq, "exp_avg_sq"}}) {
+    for (auto [x, name] : {std::pair{&t.grad, "grad"}, {&t.exp_avg, "exp_avg"}, {&t.exp_avg_sq, "exp_avg_sq"}})
       arg_shape(ctx, *x, t.master.shape(), what.c_str(), name);
-      if (x != &t.grad || ctx.device() != Device::CUDA) dtype_is(*x, DType::F32, what.c_str(), name);
-    }
+    dtype_is(t.exp_avg, DType::F32, what.c_str(), "exp_avg");
+    dtype_is(t.exp_avg_sq, DType::F32, what.c_str(), "exp_avg_sq");
     // The CUDA backend also reads bf16 gradients (grad_reduce_in_bf16).
-    if (ctx.device() == Device::CUDA)
-      PRIMUS_CHECK(t.grad.dtype() == DType::F32 || t.grad.dtype() == DType::BF16,
-                   "{}: tensor 'grad' must be fp32 or bf16, got {}", what, t.grad.describe());
+    const bool cuda = ctx.device() == Device::CUDA;
+    PRIMUS_CHECK(t.grad.dtype() == DType::F32 || (cuda && t.grad.dtype() == DType::BF16),
+                 "{}: tensor 'grad' must be fp32{}, got {}", what, cuda ? " or bf16" : "", t.grad.describe());
     dtype_is(t.master, DType::F32, what.c_str(), "master");
     if (t.model.defined()) {
       arg(ctx, t.model, what.c_str(), "model");

@@ -171,15 +171,14 @@ bool grouped_batched_gemm(int device, cudaStream_t stream, void* dev_ptrs, cubla
 // alone (Loop), or over the engine's lanes (Lanes), between one fork and one join.
 template <typename Gemm>
 void for_each_expert(GemmEngine& engine, const std::vector<int64_t>& rows, Gemm gemm) {
-  int busy = 0;
-  for (int64_t n : rows) busy += n > 0 ? 1 : 0;
+  const auto busy = static_cast<int>(std::count_if(rows.begin(), rows.end(), [](int64_t n) { return n > 0; }));
   const int lanes =
-      g_grouped_gemm_impl.load() == GroupedGemmImpl::Lanes ? std::min(busy, GemmEngine::kMaxLanes) : 1;
-  engine.fork_lanes(std::max(lanes, 1));
+      g_grouped_gemm_impl.load() == GroupedGemmImpl::Lanes ? std::clamp(busy, 1, GemmEngine::kMaxLanes) : 1;
+  engine.fork_lanes(lanes);
   int64_t r0 = 0;
   int i = 0;
   for (size_t e = 0; e < rows.size(); ++e) {
-    if (const int64_t n = rows[e]; n > 0) gemm(static_cast<int64_t>(e), r0, n, i++ % std::max(lanes, 1));
+    if (const int64_t n = rows[e]; n > 0) gemm(static_cast<int64_t>(e), r0, n, i++ % lanes);
     r0 += rows[e];
   }
   engine.join_lanes();

@@ -80,7 +80,8 @@ struct Plan {
   cublasLtMatmulAlgo_t algo{};
   size_t workspace = 0;
   bool has_algo = false;
-  std::string source;  // "heuristic", "table", "tuned"
+  bool family_member = false;  // its algorithm was its shape family's (plan_for): evictable
+  std::string source;  // "heuristic", "table", "tuned", "heuristic (same family)"
 };
 
 }  // namespace
@@ -172,6 +173,7 @@ struct GemmEngine::Impl {
           p.workspace = check.workspaceSize;
           p.has_algo = true;
           p.source = "heuristic (same family)";
+          p.family_member = true;
         }
       }
     }
@@ -185,13 +187,13 @@ struct GemmEngine::Impl {
       family_algo.emplace(family, p.algo);
     }
     if (plans.size() >= kMaxPlans) evict_family_plans();
-    if (p.source != "heuristic (same family)") order.push_back(key);  // bounded like the families
+    if (!p.family_member) order.push_back(key);  // bounded like the families
     return plans.emplace(key, p).first->second;
   }
 
   void evict_family_plans() {
     for (auto it = plans.begin(); it != plans.end();) {
-      if (it->second.source != "heuristic (same family)") {
+      if (!it->second.family_member) {
         ++it;
         continue;
       }
