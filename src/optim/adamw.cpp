@@ -12,8 +12,11 @@ AdamW::AdamW(ops::Context& ctx, std::vector<NamedTensor*> params, const AdamWCon
   PRIMUS_CHECK(config.eps > 0, "adam_eps must be > 0, got {}", config.eps);
   for (NamedTensor* p : params) {
     PRIMUS_CHECK(p != nullptr && p->value.defined() && p->grad.defined(), "AdamW: parameter without value/grad");
-    PRIMUS_CHECK(p->grad.dtype() == DType::F32 && p->grad.shape() == p->value.shape(),
-                 "AdamW: grad of '{}' must be fp32 {}, got {}", p->name, shape_str(p->value.shape()),
+    // bf16 gradients (grad_reduce_in_bf16) are read as such by the CUDA update; the backend
+    // refuses them where it cannot (ops::adamw_step).
+    PRIMUS_CHECK((p->grad.dtype() == DType::F32 || p->grad.dtype() == DType::BF16) &&
+                     p->grad.shape() == p->value.shape(),
+                 "AdamW: grad of '{}' must be fp32 or bf16 {}, got {}", p->name, shape_str(p->value.shape()),
                  p->grad.describe());
     Slot s;
     s.param = p;
