@@ -20,6 +20,8 @@ DOCKER_IMAGE=${DOCKER_IMAGE:-primus:latest}
 command -v docker >/dev/null || { echo "[run_local_pretrain] docker not found; use examples/run_pretrain.sh on the host instead" >&2; exit 2; }
 
 ENV_ARGS=()
+# PRIMUS_COMM_TIMEOUT_S is retired (distributed_timeout_minutes replaces it): it is still passed
+# on so that primus refuses it by name instead of the container silently dropping it.
 for v in EXP NNODES NODE_RANK GPUS_PER_NODE MASTER_ADDR MASTER_PORT PRIMUS_LAUNCHER PRIMUS_LOG_DIR \
          PRIMUS_COMM_TIMEOUT_S HF_TOKEN DATA_PATH NCCL_DEBUG NCCL_SOCKET_IFNAME NCCL_IB_HCA; do
   [[ -n "${!v:-}" ]] && ENV_ARGS+=(-e "$v=${!v}")

@@ -100,6 +100,12 @@ int cmd_bench(int argc, char** argv) {
   attn->add_option("--mbs", mbs_list, "micro-batch sizes (default 1 2 4 8)")->delimiter(',');
   attn->add_flag("--all-configs", all_configs, "time every flash tiling variant");
   attn->add_flag("--non-causal", non_causal, "full (non-causal) attention");
+  std::string attn_backend = "all";
+  attn->add_option("--attention-backend", attn_backend,
+                   "all: every kernel; or one, as the experiment key attention_backend names it: auto (cuDNN fused "
+                   "SDPA, flash fallback), fused (cuDNN only), flash, unfused / local (the plain kernel)")
+      ->check(CLI::IsMember({"all", "auto", "fused", "flash", "unfused", "local"}))
+      ->capture_default_str();
   int64_t v_head_dim = 0;
   attn->add_option("--v-head-dim", v_head_dim,
                    "value head dim when it differs from the query/key one (MLA: --head-dim 192 --v-head-dim 128; "
@@ -228,6 +234,7 @@ int cmd_bench(int argc, char** argv) {
       }
     }
     o.all_configs = all_configs;
+    o.backend = attn_backend;
     o.warmup = std::min(warmup, 5);
     o.iters = iters;
     o.format = format;

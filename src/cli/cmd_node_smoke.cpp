@@ -21,6 +21,11 @@ int cmd_node_smoke(int argc, char** argv) {
                  "fail a device below this memory copy bandwidth in GB/s (e.g. 2000 on H100/MI300X-class GPUs)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--report", o.report, "also write every device's numbers and the verdicts to this JSON file");
+  app.add_option("--distributed-timeout-minutes", o.distributed_timeout_minutes,
+                 "a collective or point-to-point wait longer than this aborts the job, naming it (Megatron's "
+                 "distributed_timeout_minutes)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   return safe::run_node_smoke(o);
 }

@@ -40,6 +40,11 @@ int cmd_preflight(int argc, char** argv) {
   app.add_option("--emulate-nodes", o.emulate_nodes,
                  "testing only: split the ranks into N pretend nodes of consecutive ranks, to exercise the inter-node "
                  "groups on one machine (the report says so)");
+  app.add_option("--distributed-timeout-minutes", o.distributed_timeout_minutes,
+                 "a collective or point-to-point wait longer than this aborts the job, naming it (Megatron's "
+                 "distributed_timeout_minutes)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   if (int rc = parse(app, argc, argv); rc >= 0) return rc;
   if (app.count("--report") && app.count("--output-dir"))
     throw Error("--report PREFIX names the report files itself; drop --output-dir (it only places the default name)");

@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "config/retired_env.h"
 #include "core/error.h"
 #include "core/strings.h"
 #include "ops/cpu/openblas_kernels.h"
@@ -37,6 +38,8 @@ int main(int argc, char** argv) {
     names.emplace_back(c.name);
     if (c.name == name) {
       try {
+        // Variables that used to steer the engine are experiment keys now: refused, never ignored.
+        primus::config::refuse_retired_env(primus::config::process_env());
         return c.run(argc - 1, argv + 1);
       } catch (const primus::Error& e) {
         fmt::print(stderr, "primus {}: error: {}\n", name, e.what());

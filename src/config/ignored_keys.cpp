@@ -41,6 +41,12 @@ bool may_run_on_gpu(const Config& c) { return c.s("device") != "cpu"; }
 bool fp16(const Config& c) { return c.b("fp16"); }
 bool turbo_enabled(const Config& c) { return c.b("enable_primus_turbo"); }
 bool turbo_attention(const Config& c) { return c.b("use_turbo_attention"); }
+// cuDNN's fused SDPA runs only under Turbo attention with attention_backend auto or fused
+// (train/train_options.h attention_kernel).
+bool cudnn_attention(const Config& c) {
+  const std::string backend = c.s("attention_backend");
+  return turbo_enabled(c) && turbo_attention(c) && (backend == "auto" || backend == "fused");
+}
 
 // Parallelism and recompute.
 bool tensor_parallel(const Config& c) { return c.i("tensor_model_parallel_size") > 1; }
@@ -107,6 +113,9 @@ bool profiles(const Config& c) { return c.b("profile"); }
 constexpr const char* kDense = "num_experts is unset (a dense model: no router, no experts)";
 constexpr const char* kNoMla = "multi_latent_attention is false (these shape multi-latent attention only)";
 constexpr const char* kCpu = "device is cpu, whose path trains in fp32 with its own kernels";
+constexpr const char* kNoCudnnAttention =
+    "attention does not run cuDNN: that takes enable_primus_turbo and use_turbo_attention with attention_backend "
+    "auto or fused";
 constexpr const char* kNoWandb =
     "Weights & Biases logging is not built (TensorBoard events and metrics.jsonl hold the same scalars)";
 
@@ -209,8 +218,6 @@ const std::vector<IgnoredKeyRule> kRules = {
     {"expert_tensor_parallel_size", moe, kDense},
     {"sequence_parallel", tensor_parallel, "tensor_model_parallel_size is 1"},
     {"gradient_accumulation_fusion", never, "weight gradients always accumulate into the fp32 grads"},
-    {"distributed_timeout_minutes", never,
-     "collectives have no timeout here; watchdog_minutes aborts a run whose iterations stop"},
     // recompute
     {"recompute_num_layers", full_recompute, "recompute_granularity is not full"},
     // checkpointing
@@ -242,6 +249,11 @@ const std::vector<IgnoredKeyRule> kRules = {
     {"use_turbo_grouped_mlp", never, "moe_grouped_gemm chooses the experts' grouped GEMM"},
     {"use_turbo_deepep", never, "DeepEP is not built; moe_token_dispatcher_type chooses the token exchange"},
     {"cross_entropy_fusion_impl", never, "there is one fused cross-entropy, switched by cross_entropy_loss_fusion"},
+    {"attention_backend", may_run_on_gpu, kCpu},
+    {"cudnn_attention_padding_workaround", may_run_on_gpu, kCpu},
+    {"cudnn_attention_padding_workaround", cudnn_attention, kNoCudnnAttention},
+    {"cudnn_attention_mask_index", may_run_on_gpu, kCpu},
+    {"cudnn_attention_mask_index", cudnn_attention, kNoCudnnAttention},
     // post-training
     {"completion_only_loss", not_grpo, "GRPO's loss is on the sampled completions"},
     {"packing", not_grpo, "GRPO's rows are rollouts, not packed conversations"},

@@ -118,7 +118,10 @@ std::vector<OptionSpec> training_options() {
   t.flag("overlap_param_gather", false, "overlap the parameter all-gather with the forward pass");
   t.opt_integer("ddp_bucket_size", "elements per data-parallel gradient bucket (default 40M)");
   t.flag("gradient_accumulation_fusion", true, "accumulate weight gradients into fp32 main grads in the GEMM");
-  t.integer("distributed_timeout_minutes", 10, "timeout of collective operations").positive();
+  t.integer("distributed_timeout_minutes", 10,
+            "timeout of any single collective or point-to-point wait: past it the job is aborted with a message "
+            "naming the operation and the communicator")
+      .positive();
 
   t.group("recompute");
   t.opt_choice("recompute_granularity", {"selective", "full"},
@@ -170,6 +173,21 @@ std::vector<OptionSpec> training_options() {
   t.flag("use_turbo_deepep", false, "Primus: DeepEP-style fused MoE token dispatch");
   t.choice("cross_entropy_fusion_impl", "native", {"native", "te"}, "fused cross-entropy implementation");
   t.flag("cross_entropy_loss_fusion", false, "fuse the output-layer softmax and cross-entropy (no fp32 logits copy)");
+  t.choice("attention_backend", "auto", {"auto", "fused", "flash", "unfused", "local"},
+           "CUDA attention kernel: auto = the best the Turbo switches allow (enable_primus_turbo + "
+           "use_turbo_attention: cuDNN fused SDPA with flash fallback; off: the plain kernel); with Turbo attention "
+           "on, fused = cuDNN only (a shape it refuses is an error), flash = the flash kernel; with it off, "
+           "unfused/local = the plain kernel (docs/TRAINING.md); the CPU path takes auto, unfused or local");
+  t.integer("logits_chunk_mb", 2048,
+            "Primus: MiB of logits the output layer materialises at once (chunks of 1024 to 4096 rows; fewer rows "
+            "when a chunk would exceed this)")
+      .positive();
+  t.choice("cudnn_attention_padding_workaround", "auto", {"auto", "on", "off"},
+           "Primus: cuDNN attention backward with an explicit full-length padding mask and GEMM size overrides "
+           "(cuDNN <= 9.15 needs it when the sequence length % 128 != 0, as the cuDNN frontend does): auto = exactly then");
+  t.choice("cudnn_attention_mask_index", "int32", {"int32", "float"},
+           "Primus: data type of the row/column indices of cuDNN attention's causal mask (int32, as the current "
+           "cuDNN frontend does; float, as older frontends did)");
 
   t.group("fault tolerance");
   t.integer("nan_guard_max_consecutive", 5,

@@ -16,27 +16,6 @@ std::string_view reduce_op_name(ReduceOp op) {
   return "?";
 }
 
-CommOptions comm_options_from_env_value(std::string_view value) {
-  CommOptions o;
-  if (value.empty()) return o;
-  std::string text(value);
-  char* end = nullptr;
-  double seconds = std::strtod(text.c_str(), &end);
-  if (end == text.c_str() || *end != '\0' || !std::isfinite(seconds) || seconds <= 0) {
-    fail("PRIMUS_COMM_TIMEOUT_S='{}' is not a positive number of seconds; set e.g. "
-         "PRIMUS_COMM_TIMEOUT_S=600 (the default) or unset it",
-         text);
-  }
-  o.timeout = std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000.0 + 0.5));
-  if (o.timeout.count() == 0) o.timeout = std::chrono::milliseconds(1);
-  return o;
-}
-
-CommOptions comm_options_from_env() {
-  const char* v = std::getenv("PRIMUS_COMM_TIMEOUT_S");
-  return comm_options_from_env_value(v ? std::string_view(v) : std::string_view());
-}
-
 double Communicator::all_reduce_value(double v, ReduceOp op) { return all_reduce_values({v}, op)[0]; }
 
 std::vector<double> Communicator::all_reduce_values(std::vector<double> v, ReduceOp op) {

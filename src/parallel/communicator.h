@@ -61,14 +61,11 @@ std::string_view reduce_op_name(ReduceOp op);
 // Options every communicator of one job shares (split() passes them on).
 struct CommOptions {
   // How long any single wait may block before the job is aborted. Generous by default:
-  // the first step of a run may wait for a slow rank to load data or compile.
+  // the first step of a run may wait for a slow rank to load data or compile. `primus train`
+  // sets it from distributed_timeout_minutes (Megatron's key, default 10), preflight and
+  // node-smoke from their --distributed-timeout-minutes.
   std::chrono::milliseconds timeout{std::chrono::minutes(10)};
 };
-
-// PRIMUS_COMM_TIMEOUT_S (seconds, may be fractional) overrides the default timeout.
-// `value` is the variable's text, or empty when unset; throws naming the variable when bad.
-CommOptions comm_options_from_env_value(std::string_view value);
-CommOptions comm_options_from_env();
 
 // A collective or point-to-point operation in flight.
 class CommWork {

@@ -384,7 +384,7 @@ class MpiCommunicator final : public Communicator {
       const auto waited = clock::now() - start;
       if (waited > options_.timeout) {
         abort(kTimeoutExitCode,
-              fmt::format("{} did not complete within {:.1f} s (PRIMUS_COMM_TIMEOUT_S). Another "
+              fmt::format("{} did not complete within {:.1f} s (distributed_timeout_minutes). Another "
                           "rank of this group has exited or hangs; the launcher's log names a "
                           "rank that exited. Aborting every rank.",
                           op, std::chrono::duration<double>(waited).count()));

@@ -19,7 +19,7 @@ struct WorldOptions {
   Device device = Device::CPU;
   int cuda_device = -1;            // -1: LOCAL_RANK
   void* cuda_stream = nullptr;     // the compute stream NCCL orders against (nullptr: default)
-  CommOptions comm = comm_options_from_env();
+  CommOptions comm;  // the timeout: distributed_timeout_minutes
 };
 
 std::unique_ptr<Communicator> create_world_communicator(const LaunchInfo& launch,

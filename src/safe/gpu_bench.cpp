@@ -189,34 +189,48 @@ int run_attention_bench(const AttentionBenchOptions& o) {
                       {"fwd_bwd_us", fwd.median_us + bwd.median_us},
                       {"fwd_bwd_tflops", (f_fwd + f_bwd) / ((fwd.median_us + bwd.median_us) * 1e6)}});
     };
-    be.set_attention_kernel(cuda::AttentionKernel::Flash);  // our kernels, not the default (cuDNN)
-    for (const cuda::FlashConfig& cfg : configs) {
-      be.set_flash_config(cfg);
-      try {  // a head-dim pair the flash kernels lack (e.g. MLA's 192/128) falls to the plain kernel
-        time_kernel(fmt::format("flash fw{} fr{} bw{} br{} bk{}", cfg.fwd_warps, cfg.fwd_rows, cfg.bwd_warps,
-                                cfg.bwd_rows, cfg.bwd_keys));
+    // --attention-backend: all (every kernel below), or the one kernel training's attention_backend names.
+    const std::string& backend = o.backend;
+    const bool all = backend == "all";
+    if (all || backend == "flash") {
+      be.set_attention_kernel(cuda::AttentionKernel::Flash);  // our kernels, not the default (cuDNN)
+      for (const cuda::FlashConfig& cfg : configs) {
+        be.set_flash_config(cfg);
+        try {  // a head-dim pair the flash kernels lack (e.g. MLA's 192/128) is an error in this mode
+          time_kernel(fmt::format("flash fw{} fr{} bw{} br{} bk{}", cfg.fwd_warps, cfg.fwd_rows, cfg.bwd_warps,
+                                  cfg.bwd_rows, cfg.bwd_keys));
+        } catch (const Error& e) {
+          std::fprintf(stderr, "bench attention %s: flash kernels failed: %s\n", s.label.c_str(), e.what());
+        }
+      }
+      be.set_flash_config(cuda::FlashConfig{});
+    }
+    if (backend == "auto") {  // what Turbo attention trains with: cuDNN, else flash, else the plain kernel
+      be.set_attention_kernel(cuda::AttentionKernel::Auto);
+      try {
+        time_kernel("auto");
       } catch (const Error& e) {
-        std::fprintf(stderr, "bench attention %s: flash kernels failed: %s\n", s.label.c_str(), e.what());
+        std::fprintf(stderr, "bench attention %s: auto attention failed: %s\n", s.label.c_str(), e.what());
       }
     }
-    be.set_flash_config(cuda::FlashConfig{});
-    if (seg) {  // cuDNN is not given document masks (cuda_backend.h)
-      be.set_attention_kernel(cuda::AttentionKernel::Auto);
-      continue;
+    // cuDNN's fused SDPA, strict: a refusal is reported, not hidden. `all` leaves it out for packed rows
+    // (cuDNN is not given document masks: cuda_backend.h); `fused` reports that refusal.
+    if ((all && !seg) || backend == "fused") {
+      be.set_attention_kernel(cuda::AttentionKernel::Cudnn);
+      try {
+        time_kernel("cudnn");
+        const cuda::CudnnAttentionShape cs{s.batch, s.seq, s.heads, s.kv_heads, s.head_dim, s.dv(), DType::BF16,
+                                           s.causal};
+        std::fprintf(stderr, "bench attention %s: cudnn forward %s; backward %s\n", s.label.c_str(),
+                     be.cudnn_attention().describe(cuda::CudnnPass::Forward, cs).c_str(),
+                     be.cudnn_attention().describe(cuda::CudnnPass::Backward, cs).c_str());
+      } catch (const Error& e) {
+        std::fprintf(stderr, "bench attention %s: cuDNN SDPA failed: %s\n", s.label.c_str(), e.what());
+      }
     }
-    // cuDNN's fused SDPA (the backend's default where it builds), strict: a refusal is reported, not hidden.
-    be.set_attention_kernel(cuda::AttentionKernel::Cudnn);
-    try {
-      time_kernel("cudnn");
-      const cuda::CudnnAttentionShape cs{s.batch, s.seq, s.heads, s.kv_heads, s.head_dim, s.dv(), DType::BF16,
-                                         s.causal};
-      std::fprintf(stderr, "bench attention %s: cudnn forward %s; backward %s\n", s.label.c_str(),
-                   be.cudnn_attention().describe(cuda::CudnnPass::Forward, cs).c_str(),
-                   be.cudnn_attention().describe(cuda::CudnnPass::Backward, cs).c_str());
-    } catch (const Error& e) {
-      std::fprintf(stderr, "bench attention %s: cuDNN SDPA failed: %s\n", s.label.c_str(), e.what());
-    }
-    if (s.dv() != s.head_dim) {  // where neither takes the head-dim pair, training runs the plain kernel
+    // The plain kernel: asked for, or (all) where neither flash nor cuDNN takes the head-dim pair, so
+    // training runs it.
+    if ((all && !seg && s.dv() != s.head_dim) || backend == "unfused" || backend == "local") {
       be.set_attention_kernel(cuda::AttentionKernel::Simple);
       try {
         time_kernel("simple");

@@ -52,6 +52,10 @@ struct AttentionBenchOptions {
   std::vector<AttentionShape> shapes;
   int warmup = 3, iters = 10;
   bool all_configs = false;  // time every flash tiling variant, not just the default
+  // all: every kernel (flash, cuDNN, and the plain one where training would fall back to it); or one
+  // kernel as the experiment key attention_backend names it: auto (cuDNN, flash fallback), fused
+  // (cuDNN only), flash, unfused / local (the plain kernel).
+  std::string backend = "all";
   TableFormat format = TableFormat::Markdown;
   std::string output_file;
 };

@@ -110,6 +110,7 @@ int run_node_smoke(const NodeSmokeOptions& o) {
     parallel::WorldOptions wo;
     wo.device = o.device == "cpu" ? Device::CPU : Device::CUDA;
     wo.cuda_device = launch.local_rank;
+    wo.comm.timeout = std::chrono::minutes(o.distributed_timeout_minutes);
     std::unique_ptr<parallel::Communicator> world = parallel::create_world_communicator(launch, wo);
     const RankCompute mine = checked(o, launch.local_rank);
     const std::vector<std::string> hosts = all_gather_text(*world, host);

@@ -26,6 +26,7 @@ struct NodeSmokeOptions {
   double min_gemm_tflops = 0;
   double min_hbm_gbps = 0;
   std::string report;            // optional JSON file with every device's numbers (rank 0)
+  int64_t distributed_timeout_minutes = 10;  // under a launcher: a wait longer than this aborts the job
 };
 
 // One device's results on one node.

@@ -116,6 +116,7 @@ int run_preflight(const PreflightOptions& o) {
   parallel::WorldOptions wo;
   wo.device = o.device == "cpu" ? Device::CPU : Device::CUDA;
   wo.cuda_device = launch.local_rank;
+  wo.comm.timeout = std::chrono::minutes(o.distributed_timeout_minutes);
   std::unique_ptr<Communicator> world = parallel::create_world_communicator(launch, wo);
   const int me = world->rank(), size = world->size();
 

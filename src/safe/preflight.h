@@ -30,6 +30,7 @@ struct PreflightOptions {
   int warmup = 2, iters = 5;
   double outlier_threshold = 0.1;
   int emulate_nodes = 0;         // testing: split the ranks into this many pretend nodes
+  int64_t distributed_timeout_minutes = 10;  // a collective waiting longer aborts the job (Megatron's name)
 };
 
 int run_preflight(const PreflightOptions& o);

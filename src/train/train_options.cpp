@@ -28,6 +28,44 @@ std::string experiment_dir(const config::Config& cfg) {
 
 }  // namespace
 
+const char* attention_impl_description(AttentionImpl a) {
+  switch (a) {
+    case AttentionImpl::CudnnWithFlashFallback: return "cuDNN fused SDPA, flash fallback";
+    case AttentionImpl::Cudnn: return "cuDNN fused SDPA only";
+    case AttentionImpl::Flash: return "the flash kernel only";
+    case AttentionImpl::Plain: return "the plain (unfused) kernel";
+  }
+  return "?";
+}
+
+AttentionImpl attention_kernel(const std::string& backend, bool enable_primus_turbo, bool use_turbo_attention,
+                               const std::string& where) {
+  const bool turbo = enable_primus_turbo && use_turbo_attention;
+  if (backend == "auto") return turbo ? AttentionImpl::CudnnWithFlashFallback : AttentionImpl::Plain;
+  if (backend == "fused" || backend == "flash") {
+    if (!turbo)
+      throw Error(fmt::format(
+          "attention_backend = {} ({}) picks a Primus-Turbo attention kernel ({}), but Turbo attention is off "
+          "(enable_primus_turbo = {}, use_turbo_attention = {}), which asks for the plain kernel: set "
+          "enable_primus_turbo: true and use_turbo_attention: true, or attention_backend: auto",
+          backend, where, backend == "fused" ? "cuDNN fused SDPA" : "flash", enable_primus_turbo,
+          use_turbo_attention));
+    return backend == "fused" ? AttentionImpl::Cudnn : AttentionImpl::Flash;
+  }
+  if (backend == "unfused" || backend == "local") {
+    if (turbo)
+      throw Error(fmt::format(
+          "attention_backend = {} ({}) picks the plain (unfused) attention kernel, but enable_primus_turbo and "
+          "use_turbo_attention are both true, which ask for the Turbo kernels (cuDNN fused SDPA, flash fallback): "
+          "set use_turbo_attention: false, or attention_backend: auto (or fused / flash)",
+          backend, where));
+    return AttentionImpl::Plain;
+  }
+  throw Error(fmt::format("attention_backend = {} ({}) has no kernel here: expected auto, fused, flash, unfused or "
+                          "local",
+                          backend, where));
+}
+
 TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
   TrainOptions o;
   o.exp_name = cfg.exp_name;
@@ -117,6 +155,21 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
   o.use_turbo_attention = cfg.b("use_turbo_attention");
   o.cross_entropy_loss_fusion = cfg.b("cross_entropy_loss_fusion");
   o.cross_entropy_fusion_impl = cfg.s("cross_entropy_fusion_impl");
+  // ---- kernels: attention, logits chunks ----
+  o.attention_backend = cfg.s("attention_backend");
+  // The CPU path has one attention kernel, the fp32 reference (an unfused one): cuDNN and flash
+  // cannot mean anything there.
+  if (o.device == Device::CPU && (o.attention_backend == "fused" || o.attention_backend == "flash"))
+    throw Error(fmt::format("attention_backend = {} ({}) picks a CUDA attention kernel, but this run is on the CPU, "
+                            "whose one attention kernel is the fp32 reference: use attention_backend: auto (or "
+                            "unfused), or device: cuda",
+                            o.attention_backend, cfg.source("attention_backend").str()));
+  o.attention = attention_kernel(o.attention_backend, o.enable_primus_turbo, o.use_turbo_attention,
+                                 cfg.source("attention_backend").str());
+  o.cudnn_attention_padding_workaround = cfg.s("cudnn_attention_padding_workaround");
+  o.cudnn_attention_mask_index_int32 = cfg.s("cudnn_attention_mask_index") == "int32";
+  o.logits_chunk_mb = cfg.i("logits_chunk_mb");
+  o.distributed_timeout_minutes = cfg.i("distributed_timeout_minutes");
   o.use_distributed_optimizer = cfg.b("use_distributed_optimizer");
   o.overlap_grad_reduce = cfg.b("overlap_grad_reduce");
   if (cfg.b("grad_reduce_in_bf16")) {

@@ -24,6 +24,24 @@ namespace primus::train {
 
 enum class Precision { Fp32, Bf16, Fp16 };
 
+// The CUDA attention kernels (ops/cuda/cuda_backend.h AttentionKernel) as train_options() resolves
+// attention_backend with the Turbo switches:
+//   CudnnWithFlashFallback  cuDNN fused SDPA, else flash, else the plain kernel (Turbo attention, auto)
+//   Cudnn                   cuDNN fused SDPA only; a shape it refuses is an error (fused)
+//   Flash                   the flash kernel; a shape it lacks is an error (flash)
+//   Plain                   the plain unfused kernel (Turbo attention off; unfused, local)
+enum class AttentionImpl { CudnnWithFlashFallback, Cudnn, Flash, Plain };
+const char* attention_impl_description(AttentionImpl a);
+
+// attention_backend (auto | fused | flash | unfused | local) with the Turbo switches -> the kernel.
+// Turbo attention (enable_primus_turbo and use_turbo_attention) allows the Turbo kernels: auto =
+// cuDNN with flash fallback, fused = cuDNN only, flash = flash only; off, the plain kernel: auto,
+// unfused, local. A combination outside these (unfused with Turbo attention on, fused or flash with
+// it off) is refused naming the keys, never resolved by one key silently winning. `where` says
+// where attention_backend was set.
+AttentionImpl attention_kernel(const std::string& attention_backend, bool enable_primus_turbo, bool use_turbo_attention,
+                               const std::string& where);
+
 struct LossScaleOptions {
   std::optional<double> static_scale;  // loss_scale: a fixed scale (no dynamic adjustment)
   double initial_scale = 4294967296.0; // initial_loss_scale (2^32)
@@ -60,6 +78,18 @@ struct TrainOptions {
   // (unfused) attention kernel; cross-entropy fusion off -> loss and gradient in two passes.
   bool enable_primus_turbo = false, use_turbo_attention = false, cross_entropy_loss_fusion = false;
   std::string cross_entropy_fusion_impl = "native";
+  // The CUDA attention kernel: attention_backend (Megatron's key) read together with the Turbo
+  // switches (attention_kernel()); the CPU path has one kernel and ignores it.
+  std::string attention_backend = "auto";
+  AttentionImpl attention = AttentionImpl::Plain;
+  // cuDNN attention's two workarounds (cudnn_attention_padding_workaround: auto | on | off;
+  // cudnn_attention_mask_index: int32 | float).
+  std::string cudnn_attention_padding_workaround = "auto";
+  bool cudnn_attention_mask_index_int32 = true;
+  // MiB of logits the output layer materialises at once (logits_chunk_mb).
+  int64_t logits_chunk_mb = 2048;
+  // Any single communication wait longer than this aborts the job (distributed_timeout_minutes).
+  int64_t distributed_timeout_minutes = 10;
   // MoE models: the experts' GEMMs as one grouped launch (moe_grouped_gemm) or one per expert.
   bool moe_grouped_gemm = false;
   // How routed rows reach the expert-parallel ranks (moe_token_dispatcher_type).

@@ -197,6 +197,7 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   parallel::WorldOptions wo;
   wo.device = o.device;
   wo.cuda_device = launch_.local_rank;
+  wo.comm.timeout = std::chrono::minutes(o.distributed_timeout_minutes);
   auto lap = [this, t = Clock::now()](const char* what) mutable {
     setup_timing_ += fmt::format("{}{} {:.2f} s", setup_timing_.empty() ? "" : " | ", what, seconds_since(t));
     t = Clock::now();
@@ -240,17 +241,26 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   if (o.device == Device::CPU && *ops::cpu::openblas_kernels() != '\0')
     kernels_ += fmt::format(" | CPU GEMM: OpenBLAS {} kernels", ops::cpu::openblas_kernels());
 #ifdef PRIMUS_WITH_CUDA
-  // Primus-Turbo attention = cuDNN's fused SDPA with the Turbo flash kernels as fallback;
-  // off = the plain (unfused) kernel. PRIMUS_ATTENTION_IMPL, when set, wins (benchmarks).
+  // The attention kernel train_options() resolved from attention_backend and the Turbo switches
+  // (Turbo attention = cuDNN's fused SDPA with the Turbo flash kernels as fallback; off = the plain
+  // kernel), and cuDNN attention's two workarounds.
   if (auto* cuda_backend = dynamic_cast<cuda::CudaBackend*>(&ctx_.backend())) {
-    const char* forced = std::getenv("PRIMUS_ATTENTION_IMPL");
-    const bool turbo = o.enable_primus_turbo && o.use_turbo_attention;
-    if (forced == nullptr || *forced == '\0')
-      cuda_backend->set_attention_kernel(turbo ? cuda::AttentionKernel::Auto : cuda::AttentionKernel::Simple);
-    kernels_ += forced != nullptr && *forced != '\0'
-                    ? fmt::format(" | attention from PRIMUS_ATTENTION_IMPL={}", forced)
-                    : turbo ? " | attention: Primus-Turbo (cuDNN fused SDPA, flash fallback)"
-                            : " | attention: plain kernel (enable_primus_turbo/use_turbo_attention off)";
+    switch (o.attention) {
+      case AttentionImpl::CudnnWithFlashFallback: cuda_backend->set_attention_kernel(cuda::AttentionKernel::Auto); break;
+      case AttentionImpl::Cudnn: cuda_backend->set_attention_kernel(cuda::AttentionKernel::Cudnn); break;
+      case AttentionImpl::Flash: cuda_backend->set_attention_kernel(cuda::AttentionKernel::Flash); break;
+      case AttentionImpl::Plain: cuda_backend->set_attention_kernel(cuda::AttentionKernel::Simple); break;
+    }
+    using Padding = cuda::CudnnAttentionOptions::PaddingWorkaround;
+    cuda::CudnnAttentionOptions cudnn;
+    cudnn.padding_workaround = o.cudnn_attention_padding_workaround == "on"    ? Padding::On
+                               : o.cudnn_attention_padding_workaround == "off" ? Padding::Off
+                                                                                : Padding::Auto;
+    cudnn.mask_index_int32 = o.cudnn_attention_mask_index_int32;
+    cuda_backend->set_cudnn_attention_options(cudnn);
+    kernels_ += fmt::format(" | attention: {} (attention_backend {}, Turbo attention {})",
+                            attention_impl_description(o.attention), o.attention_backend,
+                            o.enable_primus_turbo && o.use_turbo_attention ? "on" : "off");
     if (o.model.num_experts > 0) {
       cuda::set_grouped_gemm_impl(o.moe_grouped_gemm ? cuda::GroupedGemmImpl::Lanes : cuda::GroupedGemmImpl::Loop);
       kernels_ += o.moe_grouped_gemm
@@ -264,17 +274,14 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   if (dims.cp() > 1) lo.context_parallel = {&groups_->cp()};
   lo.lora = o.lora;
   // Logits are materialised a chunk of rows at a time: 4096 rows (1 GiB of bf16 logits at a
-  // 128K vocabulary, 256 MiB at 32K), fewer when a chunk would exceed PRIMUS_LOGITS_CHUNK_MB
+  // 128K vocabulary, 256 MiB at 32K), fewer when a chunk would exceed logits_chunk_mb
   // (default 2048) MiB, never under 1024. Larger chunks make the classifier cheaper (the output
   // layer's fp32 weight gradient is read and written once per chunk): on the H100 the 1B shape
   // ran 1.1% faster with 4096-row chunks than with 1024, at the same peak memory; at 125M,
   // 16384-row chunks were no faster than 4096 and took 0.75 GB more.
   {
-    int64_t budget_mb = 2048;
-    if (const char* v = std::getenv("PRIMUS_LOGITS_CHUNK_MB"); v != nullptr && *v != '\0') {
-      budget_mb = std::atoll(v);
-      PRIMUS_CHECK(budget_mb > 0, "PRIMUS_LOGITS_CHUNK_MB={} must be a positive number of MiB", v);
-    }
+    const int64_t budget_mb = o.logits_chunk_mb;
+    PRIMUS_CHECK(budget_mb > 0, "logits_chunk_mb = {} must be a positive number of MiB", budget_mb);
     const int64_t vocab_local = o.model.padded_vocab_size / tp_size_;
     const int64_t bytes_per_row = vocab_local * static_cast<int64_t>(dtype_size(lo.param_dtype));
     const int64_t fit = (budget_mb << 20) / std::max<int64_t>(1, bytes_per_row) / 1024 * 1024;

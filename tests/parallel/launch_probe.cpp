@@ -4,6 +4,8 @@
 //   torchrun-style (run_pretrain.sh's per-process variables): an all_gather over the
 //   TCP rendezvous at MASTER_ADDR:MASTER_PORT.
 // PRIMUS_PROBE_FAIL_RANK=R makes rank R exit with code 3 at once (launcher failure tests).
+// Its communication waits give up after 30 s (a test's ranks that cannot meet fail fast).
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -24,15 +26,17 @@ int main(int argc, char** argv) {
       return 3;
     }
     std::string peers;
+    CommOptions comm;
+    comm.timeout = std::chrono::seconds(30);
     if (launch.world_size > 1 && launch.mpi_can_init()) {
-      auto world = make_mpi_world_communicator(comm_options_from_env());
+      auto world = make_mpi_world_communicator(comm);
       double sum = world->all_reduce_value(world->rank());
       const int n = world->size();
       PRIMUS_CHECK(sum == n * (n - 1) / 2.0, "probe: MPI sum of ranks {} != {}", sum, n * (n - 1) / 2.0);
       peers = fmt::format("mpi all_reduce over {} ranks", n);
     } else if (launch.world_size > 1) {
       TcpRendezvous rdv(launch.rank, launch.world_size, launch.master_addr, launch.master_port,
-                        comm_options_from_env().timeout);
+                        comm.timeout);
       auto all = rdv.all_gather(std::to_string(launch.rank));
       for (int r = 0; r < launch.world_size; ++r)
         PRIMUS_CHECK(all[r] == std::to_string(r), "probe: rendezvous slot {} holds '{}'", r, all[r]);

@@ -2,11 +2,14 @@
 //   exit   rank 1 exits (code 3) without a word while rank 0 waits in an all_reduce;
 //          mpirun must notice, name rank 1 and stop rank 0.
 //   hang   rank 1 stops taking part (sleeps) while rank 0 waits in an all_reduce; rank 0's
-//          timeout (PRIMUS_COMM_TIMEOUT_S) must name the all_reduce and abort the job.
+//          timeout (CommOptions::timeout, `primus train`'s distributed_timeout_minutes) must
+//          name the all_reduce and abort the job.
 //   throw  rank 1 hits an error and calls abort(): the message names rank 1 and its error,
 //          and the job stops.
+// Usage: primus_mpi_failure_probe MODE [TIMEOUT_S] (the communicator's timeout; default 30 s).
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -17,7 +20,9 @@ using namespace primus::parallel;
 
 int main(int argc, char** argv) {
   const char* mode = argc > 1 ? argv[1] : "";
-  auto world = make_mpi_world_communicator(comm_options_from_env());
+  CommOptions options;
+  options.timeout = std::chrono::milliseconds(static_cast<int64_t>(1000 * (argc > 2 ? std::atof(argv[2]) : 30.0)));
+  auto world = make_mpi_world_communicator(options);
   world->barrier();
   const bool victim = world->rank() == 1;
   if (victim) {

@@ -44,7 +44,9 @@ inline double rel(double a, double ref) { return std::fabs(a - ref) / std::max(1
 // `check` runs on every rank before the tests (e.g. a PRIMUS_CHECK on the world size).
 inline int run_all(int argc, char** argv, const std::function<void(parallel::Communicator&)>& check = {}) {
   ::testing::InitGoogleTest(&argc, argv);
-  auto comm = parallel::make_mpi_world_communicator(parallel::comm_options_from_env());
+  parallel::CommOptions options;
+  options.timeout = std::chrono::seconds(60);  // a rank that stops answering fails the test within a minute
+  auto comm = parallel::make_mpi_world_communicator(options);
   world_slot() = comm.get();
   if (comm->rank() != 0) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();

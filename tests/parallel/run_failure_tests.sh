@@ -16,8 +16,8 @@ run() {
   local mode=$1 comm_timeout=$2 limit=$3 want_rc=$4
   shift 4
   local start=$SECONDS
-  PRIMUS_COMM_TIMEOUT_S=$comm_timeout timeout -s KILL "$limit" \
-    "$MPIRUN" -np 2 --oversubscribe --bind-to none "$PROBE" "$mode" >"$out" 2>&1
+  timeout -s KILL "$limit" \
+    "$MPIRUN" -np 2 --oversubscribe --bind-to none "$PROBE" "$mode" "$comm_timeout" >"$out" 2>&1
   local rc=$? took=$((SECONDS - start))
   local ok=1
   if [[ $rc -ne $want_rc ]]; then echo "FAIL [$mode]: exit code $rc, expected $want_rc (137: killed after ${limit}s, a hang)"; ok=0; fi

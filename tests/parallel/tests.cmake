@@ -14,7 +14,7 @@ if(MPI_C_FOUND)
 
   # CI runs as root in a container: Open MPI refuses root unless told twice.
   set(PRIMUS_MPI_TEST_ENV OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-      OMPI_MCA_rmaps_base_oversubscribe=1 PRIMUS_COMM_TIMEOUT_S=60)
+      OMPI_MCA_rmaps_base_oversubscribe=1)
   # A gtest binary (main: mpi_test_main.h) run under `mpirun -np 2` and `-np 4` as
   # parallel.<name>_np2/_np4, one BLAS thread per rank on the CI's 2 cores.
   function(primus_mpi_test name target source timeout)

@@ -25,7 +25,7 @@ rc=$?; echo "$out"
 echo "$out" | grep -q "^node-smoke FAIL $host" || fail "no FAIL line"
 echo "$out" | grep -q "CPU: min_gemm_tflops: GEMM 512^3 at .*(--min-gemm-tflops 1e+09)" || fail "the failed check is not named"
 
-out=$("$MPIEXEC" -np 2 --oversubscribe --bind-to none "$PRIMUS" node-smoke --device cpu --min-hbm-gbps 1e9 2>&1)
+out=$("$MPIEXEC" -np 2 --oversubscribe --bind-to none "$PRIMUS" node-smoke --device cpu --min-hbm-gbps 1e9 --distributed-timeout-minutes 1 2>&1)
 rc=$?; echo "$out"
 [ "$rc" = 1 ] || fail "2 ranks with an impossible --min-hbm-gbps exited $rc, expected 1"
 [ "$(echo "$out" | grep -c "^node-smoke FAIL $host: 2 CPU check(s)")" = 1 ] || fail "not one FAIL line for the node"

@@ -12,7 +12,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 
-"$MPIEXEC" -np 4 --oversubscribe --bind-to none "$PRIMUS" preflight --device cpu --emulate-nodes 2 \
+"$MPIEXEC" -np 4 --oversubscribe --bind-to none "$PRIMUS" preflight --device cpu --emulate-nodes 2 --distributed-timeout-minutes 1 \
   --min-bytes 64K --max-bytes 256K --step-factor 4 --warmup 1 --iters 2 --report "$WORK/np4" > "$WORK/np4.log" 2>&1
 rc=$?
 cat "$WORK/np4.log"

@@ -86,14 +86,14 @@ mkdir -p "$WORK/ranks"
 echo "work_group: test" >"$WORK/exp.yaml"
 start=$SECONDS
 EXP="$WORK/exp.yaml" NNODES=1 GPUS_PER_NODE=2 PRIMUS_LAUNCHER=env PRIMUS_BIN="$PROBE" \
-  PRIMUS_PROBE_DIR="$WORK/ranks" PRIMUS_COMM_TIMEOUT_S=30 MASTER_PORT=$(free_port) \
+  PRIMUS_PROBE_DIR="$WORK/ranks" MASTER_PORT=$(free_port) \
   timeout 90 bash "$ROOT/examples/run_slurm_pretrain.sh" lr=0.1 >"$WORK/job.log" 2>&1
 code=$?
 echo "job finished with exit $code after $((SECONDS - start)) s"
 
 # The CPU path under Slurm: MPI ranks launched directly by srun through PMIx.
 mkdir -p "$WORK/ranks_pmix"
-PRIMUS_PROBE_DIR="$WORK/ranks_pmix" PRIMUS_COMM_TIMEOUT_S=30 \
+PRIMUS_PROBE_DIR="$WORK/ranks_pmix" \
   timeout 60 srun --mpi=pmix -n 2 --export=ALL "$PROBE" train >"$WORK/pmix.log" 2>&1
 pmix_code=$?
 

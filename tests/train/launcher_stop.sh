@@ -11,7 +11,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=$(mktemp -d /tmp/primus_launcher_stop.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OPENBLAS_NUM_THREADS=1 PRIMUS_COMM_TIMEOUT_S=60 PRIMUS_BIN=$PRIMUS PRIMUS_TEST_WORKSPACE=$WORK/ws
+export OPENBLAS_NUM_THREADS=1 PRIMUS_BIN=$PRIMUS PRIMUS_TEST_WORKSPACE=$WORK/ws
 export EXP=$ROOT/tests/train/tiny_mock-pretrain.yaml
 unset RANK WORLD_SIZE LOCAL_RANK OMPI_COMM_WORLD_RANK SLURM_PROCID PMIX_RANK PMI_RANK
 fail() { echo "FAIL: $*"; tail -25 "$WORK/$name.log"; exit 1; }
@@ -21,7 +21,7 @@ for launcher in mpirun env; do
   np=$([[ $launcher == mpirun ]] && echo 2 || echo 1)
   save=$WORK/ckpt_$launcher
   PRIMUS_TEST_RUN=$name PRIMUS_LAUNCHER=$launcher GPUS_PER_NODE=$np \
-    bash "$ROOT/examples/run_pretrain.sh" train_iters=100000 save="$save" save_interval=100000 \
+    bash "$ROOT/examples/run_pretrain.sh" train_iters=100000 save="$save" save_interval=100000 distributed_timeout_minutes=1 \
     log_interval=1 >"$WORK/$name.log" 2>&1 &
   pid=$!
   for ((t = 0; t < 300; t++)); do  # until an iteration has run
@@ -37,7 +37,7 @@ for launcher in mpirun env; do
   grep -q "stopping at iteration $it (SIGUSR1)" "$WORK/$name.log" || fail "$launcher: no 'stopping at iteration $it' line"
   # The checkpoint resumes.
   PRIMUS_TEST_RUN=$name PRIMUS_LAUNCHER=$launcher GPUS_PER_NODE=$np \
-    bash "$ROOT/examples/run_pretrain.sh" train_iters=$((it + 2)) save="$save" load="$save" \
+    bash "$ROOT/examples/run_pretrain.sh" train_iters=$((it + 2)) save="$save" load="$save" distributed_timeout_minutes=1 \
     >"$WORK/${name}_resume.log" 2>&1 || { name=${name}_resume; fail "$launcher: the resume failed"; }
   grep -q "resumed from .* at iteration $it" "$WORK/${name}_resume.log" || { name=${name}_resume; fail "$launcher: did not resume at $it"; }
   echo "$launcher ($np rank(s)): SIGTERM -> saved iteration $it, exit 0, resumed"

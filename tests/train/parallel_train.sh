@@ -75,7 +75,7 @@ MPIEXEC=$2
 WORK=$(mktemp -d /tmp/primus_parallel_train.XXXXXX)
 trap 'rm -rf "$WORK"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-export OPENBLAS_NUM_THREADS=1 PRIMUS_COMM_TIMEOUT_S=120
+export OPENBLAS_NUM_THREADS=1
 
 EXP=$(dirname "$0")/tiny_mock-pretrain.yaml
 export PRIMUS_TEST_WORKSPACE=$WORK/ws
@@ -84,11 +84,13 @@ run() {  # name np [--set ...]
   local name=$1 np=$2
   shift 2
   if ((np == 1)); then
-    PRIMUS_TEST_RUN=$name "$PRIMUS" train --config "$EXP" --set train_iters=10 "$@" >"$WORK/$name.log" 2>&1
+    PRIMUS_TEST_RUN=$name "$PRIMUS" train --config "$EXP" --set train_iters=10 --set distributed_timeout_minutes=2 \
+      "$@" >"$WORK/$name.log" 2>&1
   else
     PRIMUS_TEST_RUN=$name "$MPIEXEC" -np "$np" --oversubscribe --bind-to none -x PRIMUS_TEST_RUN \
-      -x PRIMUS_TEST_WORKSPACE -x OPENBLAS_NUM_THREADS -x PRIMUS_COMM_TIMEOUT_S \
-      "$PRIMUS" train --config "$EXP" --set train_iters=10 --world-size "$np" "$@" >"$WORK/$name.log" 2>&1
+      -x PRIMUS_TEST_WORKSPACE -x OPENBLAS_NUM_THREADS \
+      "$PRIMUS" train --config "$EXP" --set train_iters=10 --set distributed_timeout_minutes=2 --world-size "$np" \
+      "$@" >"$WORK/$name.log" 2>&1
   fi || { echo "run $name failed:"; tail -30 "$WORK/$name.log"; exit 1; }
   echo "run $name: ok"
 }

@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <map>
 #include <thread>
 
@@ -128,12 +129,17 @@ TEST(LaunchInfo, InconsistentEnvironmentsNameTheVariable) {
   EXPECT_NE(m.find("local rank 3 is outside [0, 2)"), std::string::npos) << m;
 }
 
-TEST(CommOptions, TimeoutFromEnvironmentValue) {
-  EXPECT_EQ(comm_options_from_env_value("").timeout, std::chrono::minutes(10));
-  EXPECT_EQ(comm_options_from_env_value("2.5").timeout, std::chrono::milliseconds(2500));
-  std::string m = error_of([] { comm_options_from_env_value("soon"); });
-  EXPECT_NE(m.find("PRIMUS_COMM_TIMEOUT_S='soon'"), std::string::npos) << m;
-  EXPECT_THROW(comm_options_from_env_value("-1"), Error);
+TEST(CommOptions, TheTimeoutIsTheCallersNotTheEnvironments) {
+  // 10 minutes unless the caller says (primus train: distributed_timeout_minutes); the retired
+  // PRIMUS_COMM_TIMEOUT_S changes nothing here (the primus binary refuses it at start-up).
+  ::setenv("PRIMUS_COMM_TIMEOUT_S", "2.5", 1);
+  EXPECT_EQ(CommOptions{}.timeout, std::chrono::minutes(10));
+  EXPECT_EQ(WorldOptions{}.comm.timeout, std::chrono::minutes(10));
+  ::unsetenv("PRIMUS_COMM_TIMEOUT_S");
+  WorldOptions o;
+  o.comm.timeout = std::chrono::minutes(3);
+  auto world = create_world_communicator(detect_launch(env_of({})), o);
+  EXPECT_EQ(world->options().timeout, std::chrono::minutes(3));
 }
 
 TEST(World, CpuTorchrunLaunchExplainsThatMpiIsNeeded) {

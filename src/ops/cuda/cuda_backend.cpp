@@ -53,19 +53,13 @@ CudnnAttentionShape cudnn_shape(const Tensor& q, const Tensor& k, const Tensor& 
 
 CudaBackendOptions CudaBackendOptions::from_env() {
   CudaBackendOptions o;
-  const char* impl = std::getenv("PRIMUS_ATTENTION_IMPL");
-  const char* older = std::getenv("PRIMUS_ATTENTION_KERNEL");
-  const char* var = impl && *impl ? "PRIMUS_ATTENTION_IMPL" : "PRIMUS_ATTENTION_KERNEL";
-  if (const char* v = impl && *impl ? impl : older; v && *v) {
-    const std::string s(v);
-    if (s == "cudnn" || s == "auto") o.attention = AttentionKernel::Auto;
-    else if (s == "cudnn-strict") o.attention = AttentionKernel::Cudnn;
-    else if (s == "flash") o.attention = AttentionKernel::Flash;
-    else if (s == "simple") o.attention = AttentionKernel::Simple;
-    else fail("{}={}: expected cudnn (cuDNN with fallback, the default), cudnn-strict, flash or simple", var, s);
-  }
   o.gemm_tuning = GemmTuningConfig::from_env();
   return o;
+}
+
+void CudaBackend::set_cudnn_attention_options(const CudnnAttentionOptions& o) {
+  PRIMUS_CUDA_CHECK(cudaStreamSynchronize(stream_));  // no queued cuDNN work may still use the old engine
+  cudnn_attention_ = std::make_unique<CudnnAttention>(device_, stream_, o);
 }
 
 CudaBackend::CudaBackend(int device_index, CudaBackendOptions options)
@@ -320,8 +314,8 @@ bool CudaBackend::use_flash(const Tensor& q, const Tensor& v) const {
   if (options_.attention == AttentionKernel::Simple) return false;
   const bool ok = flash_attention_supported(q.dtype(), q.size(3), v.size(3));
   PRIMUS_CHECK(ok || options_.attention != AttentionKernel::Flash,
-               "PRIMUS_ATTENTION_KERNEL=flash but the flash kernel does not cover dtype {} with head dims {}/{} "
-               "(it needs bf16/fp16 and 64 or 128); use auto",
+               "the flash attention kernel only (attention_backend: flash) but it does not cover dtype {} with head "
+               "dims {}/{} (it needs bf16/fp16 and 64 or 128); use attention_backend: auto",
                dtype_name(q.dtype()), q.size(3), v.size(3));
   return ok;
 }
@@ -331,8 +325,8 @@ namespace {
 bool cudnn_allowed(AttentionKernel mode, const Tensor* segments, const char* op) {
   if (mode != AttentionKernel::Auto && mode != AttentionKernel::Cudnn) return false;
   PRIMUS_CHECK(!(segments && mode == AttentionKernel::Cudnn),
-               "{}: PRIMUS_ATTENTION_IMPL=cudnn-strict cannot serve document-masked attention (segments of packed "
-               "sequences); use cudnn (auto), flash or simple",
+               "{}: cuDNN-only attention (attention_backend: fused) cannot serve document-masked attention (segments "
+               "of packed sequences); use attention_backend: auto or flash",
                op);
   return segments == nullptr;
 }

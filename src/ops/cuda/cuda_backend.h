@@ -27,16 +27,16 @@ namespace primus::cuda {
 // Which attention kernels the backend uses. Auto: cuDNN's fused SDPA (cudnn_attention.h) where its
 // graph builds for the shape, else flash (tensor cores) where supported (bf16/fp16, head dim
 // 64/128, Dqk == Dv), else the simple kernel; each fallback warns once per shape. Cudnn: cuDNN
-// only, its refusal is an error (tests, benchmarks).
+// only, its refusal is an error. Training picks one from the experiment key attention_backend
+// (train/train_options.h AttentionImpl); `primus bench attention --attention-backend` likewise.
 enum class AttentionKernel { Auto, Cudnn, Flash, Simple };
 
 struct CudaBackendOptions {
   AttentionKernel attention = AttentionKernel::Auto;
   FlashConfig flash;
   GemmTuningConfig gemm_tuning;
-  // PRIMUS_ATTENTION_IMPL=cudnn|flash|simple|cudnn-strict (cudnn = Auto, the default;
-  // cudnn-strict = Cudnn; the older name PRIMUS_ATTENTION_KERNEL=auto|... is also read), the GEMM
-  // tuning variables (gemm.h).
+  // The defaults above with the GEMM tuning variables (gemm.h: PRIMUS_GEMM_TUNING_*, upstream
+  // Primus's interface). Nothing else comes from the environment.
   static CudaBackendOptions from_env();
 };
 
@@ -132,6 +132,9 @@ class CudaBackend final : public ops::Backend {
   CudnnAttention& cudnn_attention() { return *cudnn_attention_; }
   const CudaBackendOptions& options() const { return options_; }
   void set_attention_kernel(AttentionKernel k) { options_.attention = k; }
+  // Replaces the cuDNN attention engine with one built with `o` (its plans are made again on
+  // first use): set it before the first attention call, as the trainer does.
+  void set_cudnn_attention_options(const CudnnAttentionOptions& o);
   void set_flash_config(FlashConfig c) { options_.flash = c; }
   // Bytes of the backend's scratch buffer now (grows to the largest request, then stays).
   size_t scratch_bytes() const { return scratch_bytes_; }

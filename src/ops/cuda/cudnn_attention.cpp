@@ -31,24 +31,6 @@ std::string CudnnAttentionShape::describe() const {
                      causal ? "causal" : "full");
 }
 
-CudnnAttentionOptions CudnnAttentionOptions::from_env() {
-  CudnnAttentionOptions o;
-  if (const char* v = std::getenv("PRIMUS_CUDNN_ATTN_PADDING_WORKAROUND"); v && *v) {
-    const std::string s(v);
-    if (s == "auto") o.padding_workaround = PaddingWorkaround::Auto;
-    else if (s == "on" || s == "1") o.padding_workaround = PaddingWorkaround::On;
-    else if (s == "off" || s == "0") o.padding_workaround = PaddingWorkaround::Off;
-    else fail("PRIMUS_CUDNN_ATTN_PADDING_WORKAROUND={}: expected auto, on or off", s);
-  }
-  if (const char* v = std::getenv("PRIMUS_CUDNN_ATTN_MASK_INDEX"); v && *v) {
-    const std::string s(v);
-    if (s == "int32") o.mask_index_int32 = true;
-    else if (s == "float") o.mask_index_int32 = false;
-    else fail("PRIMUS_CUDNN_ATTN_MASK_INDEX={}: expected int32 or float", s);
-  }
-  return o;
-}
-
 #ifndef PRIMUS_WITH_CUDNN
 
 // ---- built without cuDNN: every shape is refused with the reason ----------------------------
@@ -66,7 +48,7 @@ bool CudnnAttention::compiled_in() { return false; }
 const std::string& CudnnAttention::prepare(CudnnPass, const CudnnAttentionShape&) { return impl_->reason; }
 bool CudnnAttention::ready(CudnnPass pass, const CudnnAttentionShape& s, bool strict, const char* fallback) {
   if (strict)
-    fail("attention {} {}: cuDNN-only mode (AttentionKernel::Cudnn, PRIMUS_ATTENTION_IMPL=cudnn-strict) but {}",
+    fail("attention {} {}: cuDNN-only mode (AttentionKernel::Cudnn, attention_backend: fused) but {}",
          pass_name(pass), s.describe(), impl_->reason);
   if (!impl_->warned) {
     impl_->warned = true;
@@ -402,14 +384,14 @@ bool CudnnAttention::ready(CudnnPass pass, const CudnnAttentionShape& s, bool st
   Impl::Entry& e = impl_->entry(pass, s);
   if (e.error.empty()) return true;
   if (strict)
-    fail("attention {} {}: cuDNN-only mode (AttentionKernel::Cudnn, PRIMUS_ATTENTION_IMPL=cudnn-strict) but cuDNN "
+    fail("attention {} {}: cuDNN-only mode (AttentionKernel::Cudnn, attention_backend: fused) but cuDNN "
          "cannot run it: {}",
          pass_name(pass), s.describe(), e.error);
   if (!e.warned) {
     e.warned = true;
     fmt::print(stderr,
                "primus: warning: attention {} {}: cuDNN SDPA unavailable, using the {} kernel for this shape "
-               "(PRIMUS_ATTENTION_IMPL=flash|simple picks a kernel explicitly). Reason: {}\n",
+               "(attention_backend: flash or unfused picks a kernel explicitly). Reason: {}\n",
                pass_name(pass), s.describe(), fallback, e.error);
   }
   return false;

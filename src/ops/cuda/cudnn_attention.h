@@ -25,13 +25,14 @@
 // cached with the failure reason when cuDNN cannot run a shape, so a refusal costs one attempt.
 // Workspace comes from the caller (the backend's scratch buffer).
 //
-// Debug knobs (environment, read when the backend is made):
-//   PRIMUS_CUDNN_ATTN_PADDING_WORKAROUND=auto|on|off  backward graph with an explicit full-length
-//       padding mask + GEMM M/N/K overrides. cuDNN <= 9.15 needs it when T % 128 != 0 (the
-//       workaround the cuDNN frontend applies); auto = exactly then.
-//   PRIMUS_CUDNN_ATTN_MASK_INDEX=int32|float  data type of the generated row/column indices of the
-//       causal mask (int32, as the current cuDNN frontend does; float as older frontends did).
-//   CUDNN_LOGLEVEL_DBG=3 CUDNN_LOGDEST_DBG=stderr  cuDNN's own log (which engine, why refused).
+// Workarounds (CudnnAttentionOptions; training sets them from the experiment keys
+// cudnn_attention_padding_workaround and cudnn_attention_mask_index):
+//   padding_workaround auto|on|off  backward graph with an explicit full-length padding mask + GEMM
+//       M/N/K overrides. cuDNN <= 9.15 needs it when T % 128 != 0 (the workaround the cuDNN
+//       frontend applies); auto = exactly then.
+//   mask_index_int32  data type of the generated row/column indices of the causal mask (int32, as
+//       the current cuDNN frontend does; float as older frontends did).
+// cuDNN's own log (which engine, why refused): CUDNN_LOGLEVEL_DBG=3 CUDNN_LOGDEST_DBG=stderr.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -75,13 +76,12 @@ struct CudnnAttentionOptions {
   enum class PaddingWorkaround { Auto, On, Off };
   PaddingWorkaround padding_workaround = PaddingWorkaround::Auto;
   bool mask_index_int32 = true;
-  static CudnnAttentionOptions from_env();  // the PRIMUS_CUDNN_ATTN_* variables above
 };
 
 class CudnnAttention {
  public:
   // Cheap: the cuDNN handle is made on first use (so a backend without attention never loads cuDNN).
-  CudnnAttention(int device, cudaStream_t stream, CudnnAttentionOptions options = CudnnAttentionOptions::from_env());
+  CudnnAttention(int device, cudaStream_t stream, CudnnAttentionOptions options = {});
   ~CudnnAttention();
   CudnnAttention(const CudnnAttention&) = delete;
   CudnnAttention& operator=(const CudnnAttention&) = delete;
