@@ -11,10 +11,16 @@
 #   0.     the untrained model (one step at a learning rate of ~0): held-out exact match ~0
 #   1. SFT full fine-tuning, packed, loss on the answers: it learns the rule for two phrasings
 #          and the echo for the third: held-out exact match stops short, in [0.3, 0.8] (~0.7)
-#   2. DPO (beta 0.1) with LoRA adapters on the SFT checkpoint (pretrained_checkpoint; the
-#          reference model is the SFT model), 100 steps of a 250-step cosine schedule:
-#          rewards/accuracies (metrics.jsonl) > 0.7 at the end, and the held-out exact match
-#          raised by at least 0.10 over SFT's (~0.71 -> ~0.9)
+#   2. DPO (beta 0.1, sigmoid), full fine-tuning of the SFT checkpoint (pretrained_checkpoint;
+#          the reference model is the SFT model), 100 steps of a 250-step cosine schedule from
+#          lr 3e-4: rewards/accuracies (metrics.jsonl, mean of the last 10 iterations) > 0.9
+#          (~0.99) and the held-out exact match raised by at least 0.10 over SFT's (0.71 -> 0.85;
+#          0.89 and 0.96 with seeds 777 and 99). Its gain is sensitive to lr (docs/POSTTRAIN.md)
+#   3. DPO (beta 0.1) with LoRA adapters on the same SFT checkpoint, 100 steps from lr 5e-3: the
+#          checkpoint holds the lora tensors, held-out exact match raised by at least 0.10 (~0.9),
+#          rewards/accuracies > 0.7 (~0.8: the adapters leave norms, embedding and output layer
+#          frozen and barely move the one-letter-typo pairs, which the SFT model already ranks
+#          right by 11-23 nats: coin flips; full DPO widens those margins by 2-5 nats)
 # Exact match is measured by `primus generate --chat --chat-file heldout.jsonl` (greedy; the
 # LoRA checkpoint is merged at load).
 # Usage: sft_dpo_task.sh PRIMUS_BINARY [KEEP_DIR]   (KEEP_DIR: keep the work files there)
@@ -39,8 +45,9 @@ EXP=$HERE/letters-sft.yaml
 MAX_BEFORE=0.05       # the untrained model
 MIN_AFTER_SFT=0.30    # SFT learned the rule (two of three phrasings) ...
 MAX_AFTER_SFT=0.80    # ... and the echo of the flawed phrasing (~29% of the held-out questions)
-MIN_REWARD_ACC=0.70   # DPO: mean rewards/accuracies over the last 10 iterations (~0.80 measured)
-MIN_DPO_GAIN=0.10     # DPO raises held-out exact match by at least this much (~+0.20 measured)
+MIN_REWARD_ACC=0.90   # full DPO: mean rewards/accuracies over the last 10 iterations (0.98-0.99 measured)
+MIN_LORA_REWARD_ACC=0.70  # DPO + LoRA: the same mean (0.75-0.82 measured; see 3. above)
+MIN_DPO_GAIN=0.10     # each DPO run raises held-out exact match by at least this much (+0.14-0.25 measured)
 
 python3 "$ROOT/tools/make_chat_data.py" --task letters --letter-ops next --min-len 4 --max-len 4 \
   --train 4000 --heldout 100 --dpo 800 --seed 15 --out "$PRIMUS_TEST_DATA"
@@ -112,15 +119,11 @@ above "$ACC_SFT" "$MIN_AFTER_SFT" || { echo "FAIL: SFT reached only $ACC_SFT hel
 above "$MAX_AFTER_SFT" "$ACC_SFT" ||
   { echo "FAIL: SFT reached $ACC_SFT held-out exact match (need < $MAX_AFTER_SFT: the flawed phrasing should stay wrong)"; exit 1; }
 
-# 2. DPO with LoRA on the SFT model.
-train dpo dpo=true dpo_beta=0.1 dpo_loss_type=sigmoid packing=false peft=lora lora_dim=16 lora_alpha=32 \
-  data_path="$PRIMUS_TEST_DATA/dpo_pairs.jsonl" pretrained_checkpoint="$WORK/sft" save="$WORK/dpo" \
-  train_iters=250 exit_interval=100 lr=5.0e-3 min_lr=3.0e-4 lr_warmup_iters=5 log_interval=1 micro_batch_size=16 \
-  global_batch_size=32
-METRICS=$WORK/ws/test/ci/dpo/tensorboard/metrics.jsonl
-[[ -f $METRICS ]] || METRICS=$(find "$WORK/ws" -path '*dpo*' -name metrics.jsonl | head -1)
-[[ -f $METRICS ]] || { echo "FAIL: no metrics.jsonl of the DPO run under $WORK/ws"; exit 1; }
-REWARD_ACC=$(python3 - "$METRICS" <<'EOF'
+reward_acc() {  # NAME -> the mean rewards/accuracies of the last 10 iterations of that run
+  local metrics=$WORK/ws/test/ci/$1/tensorboard/metrics.jsonl
+  [[ -f $metrics ]] || metrics=$(find "$WORK/ws" -path "*/$1/*" -name metrics.jsonl | head -1)
+  [[ -f $metrics ]] || { echo "FAIL: no metrics.jsonl of the run $1 under $WORK/ws" >&2; exit 1; }
+  python3 - "$metrics" <<'EOF'
 import json, sys
 rows = []
 for line in open(sys.argv[1], encoding="utf-8"):
@@ -134,15 +137,38 @@ if not rows:
     sys.exit("no rewards/accuracies in " + sys.argv[1])
 print(f"{sum(rows[-10:]) / len(rows[-10:]):.4f}")
 EOF
-)
+}
+
+gained() {  # ACC_AFTER: at least MIN_DPO_GAIN over SFT's
+  above "$1" "$(python3 -c "print($ACC_SFT + $MIN_DPO_GAIN - 1e-9)")"
+}
+
+DPO_ARGS=(dpo=true dpo_beta=0.1 dpo_loss_type=sigmoid packing=false data_path="$PRIMUS_TEST_DATA/dpo_pairs.jsonl"
+  pretrained_checkpoint="$WORK/sft" train_iters=250 exit_interval=100 lr_warmup_iters=5 log_interval=1
+  micro_batch_size=16 global_batch_size=32)
+
+# 2. DPO, full fine-tuning of the SFT model.
+train dpo_full "${DPO_ARGS[@]}" lr=3.0e-4 min_lr=2.0e-5 save="$WORK/dpo_full"
+REWARD_ACC=$(reward_acc dpo_full)
 echo "DPO rewards/accuracies (mean of the last 10 iterations): $REWARD_ACC"
 above "$REWARD_ACC" "$MIN_REWARD_ACC" || { echo "FAIL: DPO rewards/accuracies $REWARD_ACC (need > $MIN_REWARD_ACC)"; exit 1; }
-grep -q "lora_A" "$WORK/dpo"/iter_*/model.safetensors* 2>/dev/null || grep -rqa "lora_A" "$WORK/dpo" ||
-  { echo "FAIL: the DPO checkpoint holds no LoRA adapters"; exit 1; }
-ACC_DPO=$(accuracy dpo "$WORK/dpo")
+ACC_DPO=$(accuracy dpo_full "$WORK/dpo_full")
 echo "held-out exact match after DPO: $ACC_DPO"
-above "$ACC_DPO" "$(python3 -c "print($ACC_SFT + $MIN_DPO_GAIN - 1e-9)")" ||
+gained "$ACC_DPO" ||
   { echo "FAIL: DPO moved held-out exact match from $ACC_SFT to $ACC_DPO (need a gain of at least $MIN_DPO_GAIN)"; exit 1; }
 
-echo "PASS: held-out exact match $ACC_INIT -> $ACC_SFT (SFT) -> $ACC_DPO (DPO+LoRA), rewards/accuracies" \
-  "$REWARD_ACC, in $((SECONDS - T0)) s"
+# 3. DPO with LoRA on the SFT model.
+train dpo_lora "${DPO_ARGS[@]}" peft=lora lora_dim=16 lora_alpha=32 lr=5.0e-3 min_lr=3.0e-4 save="$WORK/dpo_lora"
+LORA_REWARD_ACC=$(reward_acc dpo_lora)
+echo "DPO+LoRA rewards/accuracies (mean of the last 10 iterations): $LORA_REWARD_ACC"
+above "$LORA_REWARD_ACC" "$MIN_LORA_REWARD_ACC" ||
+  { echo "FAIL: DPO+LoRA rewards/accuracies $LORA_REWARD_ACC (need > $MIN_LORA_REWARD_ACC)"; exit 1; }
+grep -q "lora_A" "$WORK/dpo_lora"/iter_*/model.safetensors* 2>/dev/null || grep -rqa "lora_A" "$WORK/dpo_lora" ||
+  { echo "FAIL: the DPO+LoRA checkpoint holds no LoRA adapters"; exit 1; }
+ACC_LORA=$(accuracy dpo_lora "$WORK/dpo_lora")
+echo "held-out exact match after DPO+LoRA: $ACC_LORA"
+gained "$ACC_LORA" ||
+  { echo "FAIL: DPO+LoRA moved held-out exact match from $ACC_SFT to $ACC_LORA (need a gain of at least $MIN_DPO_GAIN)"; exit 1; }
+
+echo "PASS: held-out exact match $ACC_INIT -> $ACC_SFT (SFT) -> $ACC_DPO (DPO, rewards/accuracies $REWARD_ACC)" \
+  "and $ACC_LORA (DPO+LoRA, rewards/accuracies $LORA_REWARD_ACC), in $((SECONDS - T0)) s"
