@@ -38,6 +38,7 @@ bool capacity(const Config& c) { return c.has("moe_expert_capacity_factor"); }
 
 // Device and precision. `device: auto` may find a GPU: only an explicit cpu rules the GPU out.
 bool may_run_on_gpu(const Config& c) { return c.s("device") != "cpu"; }
+bool bf16_precision_aware(const Config& c) { return c.b("use_precision_aware_optimizer") && c.b("bf16"); }
 bool fp16(const Config& c) { return c.b("fp16"); }
 bool turbo_enabled(const Config& c) { return c.b("enable_primus_turbo"); }
 bool turbo_attention(const Config& c) { return c.b("use_turbo_attention"); }
@@ -201,6 +202,8 @@ const std::vector<IgnoredKeyRule> kRules = {
     // optimizer
     {"weight_decay", weight_decay_not_replaced, "start_weight_decay and end_weight_decay are both set and replace it"},
     {"start_weight_decay", weight_decay_ramps, "weight_decay_incr_style is constant"},
+    {"store_param_remainders", bf16_precision_aware,
+     "only bf16 weights under use_precision_aware_optimizer hold their fp32 masters as remainders"},
     // mixed precision
     {"bf16", may_run_on_gpu, kCpu},
     {"fp16", may_run_on_gpu, kCpu},

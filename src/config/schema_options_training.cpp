@@ -116,6 +116,23 @@ std::vector<OptionSpec> training_options() {
          "2 bytes per parameter less memory and traffic; each micro-batch's gradient is rounded to bf16 as "
          "PyTorch autocast's are, and micro-batches accumulate in bf16 (bf16 on CUDA only)");
   t.flag("overlap_param_gather", false, "overlap the parameter all-gather with the forward pass");
+  // Megatron's precision-aware optimizer (its TE FusedAdam options).
+  t.flag("use_precision_aware_optimizer", false,
+         "hold Adam's state in the dtypes of exp_avg_dtype / exp_avg_sq_dtype / main_params_dtype and, for bf16 "
+         "weights, the fp32 master as the weight plus a 16-bit remainder (store_param_remainders); the update is "
+         "computed in fp32 either way");
+  t.choice("exp_avg_dtype", "fp32", {"fp32", "bf16", "fp16", "fp8"},
+           "dtype of Adam's first moment under use_precision_aware_optimizer (fp32 or bf16 here)");
+  t.choice("exp_avg_sq_dtype", "fp32", {"fp32", "bf16", "fp16", "fp8"},
+           "dtype of Adam's second moment under use_precision_aware_optimizer (fp32 or bf16 here)");
+  t.choice("main_params_dtype", "fp32", {"fp32", "fp16"},
+           "dtype of the master weights under use_precision_aware_optimizer (fp32 here)");
+  t.choice("main_grads_dtype", "fp32", {"fp32", "bf16"},
+           "dtype of the gradients the optimizer reads under use_precision_aware_optimizer (fp32 here; "
+           "grad_reduce_in_bf16 holds the projections' gradients in bf16)");
+  t.flag("store_param_remainders", true,
+         "under use_precision_aware_optimizer with bf16 weights: hold each fp32 master as its bf16 weight plus "
+         "the 16 low bits (2 bytes per parameter instead of 4, the same fp32 value bit for bit)");
   t.opt_integer("ddp_bucket_size", "elements per data-parallel gradient bucket (default 40M)");
   t.flag("gradient_accumulation_fusion", true, "accumulate weight gradients into fp32 main grads in the GEMM");
   t.integer("distributed_timeout_minutes", 10,

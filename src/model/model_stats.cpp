@@ -236,7 +236,9 @@ MemoryEstimate estimate_memory(const ModelConfig& m, const ParallelLayout& L, co
 
     // ---- weights, gradients, optimizer states ------------------------------------
     const bool mixed = t.precision != Precision::kFp32;
-    const double weight_b = mixed ? 2.0 : 4.0, grad_b = 4.0, optim_b = mixed ? 12.0 : 8.0;
+    const double weight_b = mixed ? 2.0 : 4.0, grad_b = 4.0;
+    const double master_b = !mixed ? 0.0 : t.master_remainders && t.precision == Precision::kBf16 ? 2.0 : 4.0;
+    const double optim_b = master_b + (t.exp_avg_bf16 ? 2.0 : 4.0) + (t.exp_avg_sq_bf16 ? 2.0 : 4.0);
     const double dense_shards = t.distributed_optimizer ? static_cast<double>(dp * cp) : 1.0;
     const double expert_shards =
         t.distributed_optimizer ? std::max(1.0, static_cast<double>(dp * cp * tp) / static_cast<double>(ep * etp)) : 1.0;

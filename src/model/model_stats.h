@@ -83,6 +83,10 @@ struct TrainingSetup {
   int64_t recompute_num_layers = 0;
   bool cross_entropy_fusion = false;  // no fp32 copy of the logits
   bool grad_reduce_in_bf16 = false;   // the projections' gradients (not embeddings, norms, router) in 2 B
+  // use_precision_aware_optimizer: Adam's moments in 2 B each when bf16 (exp_avg_dtype,
+  // exp_avg_sq_dtype), and with 16-bit bf16 weights the fp32 master held as a 2 B remainder
+  // beside the weight (store_param_remainders).
+  bool exp_avg_bf16 = false, exp_avg_sq_bf16 = false, master_remainders = false;
   // LoRA (peft: lora): the adapters' share of the parameters; only they have gradients and
   // optimizer states (the frozen base keeps its 16-bit weights only). 1: everything trains.
   double trainable_fraction = 1.0;
@@ -90,8 +94,8 @@ struct TrainingSetup {
 
 // Memory per GPU on the fullest pipeline stage. Mixed precision (bf16/fp16) keeps 16-bit
 // weights (2 B), fp32 gradients (4 B; 2 B for the projections with grad_reduce_in_bf16) and
-// fp32 master weights + Adam m, v (12 B) per
-// parameter; fp32 training keeps 4 + 4 + 8 B. The distributed optimizer divides the
+// fp32 master weights + Adam m, v (12 B; less with the precision-aware optimizer's bf16
+// moments and master remainders) per parameter; fp32 training keeps 4 + 4 + 8 B. The distributed optimizer divides the
 // optimizer part by the data-parallel (x context-parallel) size, or for expert weights by
 // the expert-data-parallel size. Activations are the tensors saved for backward with
 // flash attention (no seq x seq scores), 16-bit (32-bit for fp32 runs), times the

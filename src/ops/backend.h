@@ -27,11 +27,19 @@ struct AdamWParams {
   float grad_scale = 1.f;    // multiplies the gradient first (1/loss_scale * clip coefficient)
 };
 
-// One parameter as the optimizer sees it: fp32 master weight, fp32 grad, fp32 moments and
-// optionally the low-precision model copy to refresh after the update (bf16/fp16).
+// One parameter as the optimizer sees it: fp32 master weight, grad, moments and optionally
+// the low-precision model copy to refresh after the update (bf16/fp16).
+//   grad        fp32 (the CUDA backend also reads bf16: grad_reduce_in_bf16)
+//   exp_avg, exp_avg_sq  fp32 or bf16 (exp_avg_dtype / exp_avg_sq_dtype): read into fp32,
+//               updated in fp32, stored back rounded to nearest even
+//   master      fp32; or undefined with `master_remainder` (int16) and a bf16 `model`: the
+//               master is join_master_bits(model, remainder) (core/master_bits.h), read and
+//               written back split (store_param_remainders)
+// All of one parameter's tensors have the same number of elements.
 struct AdamWTensor {
   Tensor master, grad, exp_avg, exp_avg_sq;
   Tensor model;      // may be undefined (fp32 training: master is the model weight)
+  Tensor master_remainder;
   float weight_decay_mult = 1.f;  // 0 for norms and biases (Megatron's no-decay group)
 };
 
@@ -259,7 +267,7 @@ class Backend {
                                        const std::vector<int64_t>& rows, bool accumulate);
 
   // ---- optimizer -------------------------------------------------------------------
-  // master, moments fp32; grad fp32 (the CUDA backend also takes bf16: grad_reduce_in_bf16).
+  // The update of AdamWTensor's tensors (dtypes there), every element as in fp32.
   virtual void adamw_step(std::vector<AdamWTensor>& params, const AdamWParams& p) = 0;
   // sum over tensors of sum(x^2) in fp64 (grad norm, params norm); NaN/Inf propagate.
   virtual double sum_of_squares(const std::vector<Tensor>& tensors) = 0;

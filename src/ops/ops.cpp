@@ -735,17 +735,31 @@ void adamw_step(Context& ctx, std::vector<AdamWTensor>& params, const AdamWParam
   for (size_t i = 0; i < params.size(); ++i) {
     const AdamWTensor& t = params[i];
     const std::string what = fmt::format("adamw_step (param #{})", i);
-    arg(ctx, t.master, what.c_str(), "master");
+    const bool split = t.master_remainder.defined();
+    // The parameter's shape: of its fp32 master, or of the bf16 model weight holding its high half.
+    const Tensor& shape_of = split ? t.model : t.master;
+    if (split) {
+      PRIMUS_CHECK(!t.master.defined(), "{}: give either an fp32 master or master_remainder, not both", what);
+      PRIMUS_CHECK(t.model.defined(), "{}: master_remainder needs the bf16 model weight that holds the master's high "
+                   "half", what);
+      arg(ctx, t.model, what.c_str(), "model");
+      dtype_is(t.model, DType::BF16, what.c_str(), "model");
+      arg_shape(ctx, t.master_remainder, t.model.shape(), what.c_str(), "master_remainder");
+      dtype_is(t.master_remainder, DType::I16, what.c_str(), "master_remainder");
+    } else {
+      arg(ctx, t.master, what.c_str(), "master");
+      dtype_is(t.master, DType::F32, what.c_str(), "master");
+    }
     for (auto [x, name] : {std::pair{&t.grad, "grad"}, {&t.exp_avg, "exp_avg"}, {&t.exp_avg_sq, "exp_avg_sq"}})
-      arg_shape(ctx, *x, t.master.shape(), what.c_str(), name);
-    dtype_is(t.exp_avg, DType::F32, what.c_str(), "exp_avg");
-    dtype_is(t.exp_avg_sq, DType::F32, what.c_str(), "exp_avg_sq");
+      arg_shape(ctx, *x, shape_of.shape(), what.c_str(), name);
+    for (auto [x, name] : {std::pair{&t.exp_avg, "exp_avg"}, {&t.exp_avg_sq, "exp_avg_sq"}})
+      PRIMUS_CHECK(x->dtype() == DType::F32 || x->dtype() == DType::BF16, "{}: tensor '{}' must be fp32 or bf16, got {}",
+                   what, name, x->describe());
     // The CUDA backend also reads bf16 gradients (grad_reduce_in_bf16).
     const bool cuda = ctx.device() == Device::CUDA;
     PRIMUS_CHECK(t.grad.dtype() == DType::F32 || (cuda && t.grad.dtype() == DType::BF16),
                  "{}: tensor 'grad' must be fp32{}, got {}", what, cuda ? " or bf16" : "", t.grad.describe());
-    dtype_is(t.master, DType::F32, what.c_str(), "master");
-    if (t.model.defined()) {
+    if (t.model.defined() && !split) {
       arg(ctx, t.model, what.c_str(), "model");
       PRIMUS_CHECK(t.model.numel() == t.master.numel(), "{}: model copy {} does not match master {}", what,
                    t.model.describe(), t.master.describe());

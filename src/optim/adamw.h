@@ -24,6 +24,12 @@ namespace primus {
 struct AdamWConfig {
   float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f;  // Megatron: adam_beta1/adam_beta2/adam_eps
   float clip_grad = 1.0f;                           // max global grad norm; <= 0 disables
+  // Megatron's precision-aware optimizer (use_precision_aware_optimizer): the moments' dtypes
+  // (fp32 or bf16; updated in fp32 either way), and for bf16 weights the fp32 master held as
+  // the weight itself plus an int16 remainder (core/master_bits.h: 2 bytes per parameter
+  // instead of 4, and the same fp32 master bit for bit).
+  DType exp_avg_dtype = DType::F32, exp_avg_sq_dtype = DType::F32;
+  bool store_param_remainders = false;
 };
 
 class AdamW {
@@ -56,12 +62,19 @@ class AdamW {
   int64_t steps_taken() const { return steps_; }
   const AdamWConfig& config() const { return config_; }
 
-  // State as named tensors: "<param>.exp_avg", "<param>.exp_avg_sq", "<param>.master"
-  // (only when params are not fp32), and "step" (int64, shape []). Tensors are the live
-  // state (no copy); save them before the next step.
+  // State as named tensors: "<param>.exp_avg", "<param>.exp_avg_sq" (in their dtype),
+  // "<param>.master" (fp32; only when params are not fp32), and "step" (int64, shape []).
+  // Tensors are the live state (no copy; a master held as remainder is joined into a new
+  // fp32 tensor); save them before the next step.
   NamedTensorList state_tensors() const;
+  // Bytes of state held (masters or remainders, moments), without materialising anything.
+  int64_t state_bytes() const;
+  // The names state_tensors() returns, in its order, without materialising anything.
+  std::vector<std::string> state_names() const;
   // Loads state saved by state_tensors() (any device; copied in). Every name must be
-  // present with the expected shape and dtype; errors name the missing/mismatched tensor.
+  // present with the expected shape and dtype (moments: fp32 or bf16, cast to this run's);
+  // errors name the missing/mismatched tensor. The params' low-precision values are set
+  // from the loaded masters.
   void load_state_tensors(const NamedTensorList& state);
 
  private:
@@ -69,7 +82,9 @@ class AdamW {
 
   struct Slot {
     NamedTensor* param;
-    Tensor master, exp_avg, exp_avg_sq;
+    Tensor master;     // fp32 (the param itself when it is fp32); undefined with `remainder`
+    Tensor remainder;  // store_param_remainders, bf16 params: the master's low half (int16)
+    Tensor exp_avg, exp_avg_sq;
   };
   ops::Context& ctx_;
   AdamWConfig config_;

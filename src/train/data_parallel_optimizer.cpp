@@ -259,9 +259,7 @@ void DataParallelOptimizer::reset_masters_from_params() {
 }
 
 int64_t DataParallelOptimizer::state_bytes() const {
-  int64_t bytes = 0;
-  for (const auto& [name, t] : adam_->state_tensors()) bytes += static_cast<int64_t>(t.nbytes());
-  return bytes;
+  return adam_->state_bytes();
 }
 
 NamedTensorList DataParallelOptimizer::state_tensors() {
@@ -311,8 +309,9 @@ NamedTensorList DataParallelOptimizer::group_state_tensors(Group& g, const std::
         const auto& piece = g.shards->pieces()[i - g.first_piece];
         if (layout.params()[piece.param].bucket != b) continue;
         const Tensor& src = by_name.at(pieces_[i]->name + "." + kind);
-        buf.rows(piece.flat_offset - bucket.begin, piece.flat_offset - bucket.begin + piece.numel)
-            .copy_from(flat_1d(src));
+        Tensor dst = buf.rows(piece.flat_offset - bucket.begin, piece.flat_offset - bucket.begin + piece.numel);
+        if (src.dtype() == DType::F32) dst.copy_from(flat_1d(src));
+        else ops::copy_cast(ctx_, dst, flat_1d(src));  // bf16 moments (exp_avg_dtype) are saved in fp32
       }
       const int64_t S = layout.shard_numel(b);
       Tensor own = buf.rows(g.dp->rank() * S, (g.dp->rank() + 1) * S);
@@ -337,9 +336,8 @@ void DataParallelOptimizer::load_state_tensors(const NamedTensorList& state) {
   for (const auto& [name, t] : state) by_name[name] = &t;
   // Per piece: its slice of the parameter's full state, under the piece's name for AdamW's
   // checked loader (which validates names, shapes and dtypes before changing anything).
-  const NamedTensorList current = adam_->state_tensors();
   NamedTensorList sliced;
-  for (const auto& [name, like] : current) {
+  for (const std::string& name : adam_->state_names()) {
     if (name == "step") {
       const auto it = by_name.find("step");
       PRIMUS_CHECK(it != by_name.end(), "optimizer state has no tensor 'step'");
@@ -359,9 +357,12 @@ void DataParallelOptimizer::load_state_tensors(const NamedTensorList& state) {
     PRIMUS_CHECK(it != by_name.end(),
                  "optimizer state has no tensor '{}' (was it saved by a different model or with fp32 params?)",
                  full_name);
-    PRIMUS_CHECK(it->second->numel() == lp.numel && it->second->dtype() == DType::F32,
-                 "optimizer state tensor '{}' is {}, expected fp32 {}", full_name, it->second->describe(),
-                 shape_str(lp.shape));
+    // Moments may have been saved in bf16 (exp_avg_dtype); AdamW casts them to this run's dtype.
+    const bool moment = kind != "master";
+    PRIMUS_CHECK(it->second->numel() == lp.numel &&
+                     (it->second->dtype() == DType::F32 || (moment && it->second->dtype() == DType::BF16)),
+                 "optimizer state tensor '{}' is {}, expected {} {}", full_name, it->second->describe(),
+                 moment ? "fp32 or bf16" : "fp32", shape_str(lp.shape));
     sliced.emplace_back(name, flat_1d(*it->second).rows(piece.param_offset, piece.param_offset + piece.numel));
   }
   adam_->load_state_tensors(sliced);

@@ -66,6 +66,39 @@ AttentionImpl attention_kernel(const std::string& backend, bool enable_primus_tu
                           backend, where));
 }
 
+namespace {
+
+// Megatron's precision-aware optimizer keys into AdamWConfig. Without
+// use_precision_aware_optimizer every dtype key must keep its fp32 default (Megatron asserts
+// the same); dtypes this engine does not hold are refused by name.
+void read_precision_aware_optimizer(const config::Config& cfg, TrainOptions& o) {
+  const bool aware = cfg.b("use_precision_aware_optimizer");
+  for (const char* key : {"exp_avg_dtype", "exp_avg_sq_dtype", "main_params_dtype", "main_grads_dtype"}) {
+    const std::string v = cfg.s(key);
+    if (v == "fp32") continue;
+    if (!aware)
+      throw Error(fmt::format("{} = {} ({}) takes effect only with use_precision_aware_optimizer: true; set it, or "
+                              "remove {}", key, v, cfg.source(key).str(), key));
+    if (std::string_view(key) == "main_grads_dtype")
+      throw Error(fmt::format("main_grads_dtype = bf16 ({}) is not built: the optimizer reads fp32 gradients, or "
+                              "bf16 ones for the projections with grad_reduce_in_bf16: true; remove main_grads_dtype",
+                              cfg.source(key).str()));
+    if (std::string_view(key) == "main_params_dtype")
+      throw Error(fmt::format("main_params_dtype = {} ({}) is not built: master weights are fp32 (with bf16 weights "
+                              "held as remainders, store_param_remainders); remove main_params_dtype",
+                              v, cfg.source(key).str()));
+    if (v != "bf16")
+      throw Error(fmt::format("{} = {} ({}) is not built: Adam's moments are held in fp32 or bf16; set {}: bf16 or "
+                              "fp32", key, v, cfg.source(key).str(), key));
+  }
+  if (!aware) return;
+  o.adam.exp_avg_dtype = cfg.s("exp_avg_dtype") == "bf16" ? DType::BF16 : DType::F32;
+  o.adam.exp_avg_sq_dtype = cfg.s("exp_avg_sq_dtype") == "bf16" ? DType::BF16 : DType::F32;
+  o.adam.store_param_remainders = cfg.b("store_param_remainders");
+}
+
+}  // namespace
+
 TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
   TrainOptions o;
   o.exp_name = cfg.exp_name;
@@ -335,6 +368,7 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
   o.adam.beta2 = static_cast<float>(cfg.f("adam_beta2"));
   o.adam.eps = static_cast<float>(cfg.f("adam_eps"));
   o.adam.clip_grad = static_cast<float>(cfg.f("clip_grad"));
+  read_precision_aware_optimizer(cfg, o);
   MegatronScheduleArgs& s = o.schedule;
   s.lr = cfg.f("lr");
   s.min_lr = cfg.f("min_lr");

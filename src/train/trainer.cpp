@@ -338,6 +338,14 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   if (ep_size_ > 1) experts = {&groups_->expert_dp(), &groups_->ep()};
   optimizer_ = std::make_unique<DataParallelOptimizer>(ctx_, params_, *dp_, model_parallel, groups_->coords().tp,
                                                        o.adam, dpo, experts);
+  if (o.adam.exp_avg_dtype != DType::F32 || o.adam.exp_avg_sq_dtype != DType::F32 || o.adam.store_param_remainders)
+    logger_.info("optimizer: AdamW, precision-aware: exp_avg {}, exp_avg_sq {}, fp32 masters{}; {:.2f} GB of state "
+                 "on this rank",
+                 dtype_name(o.adam.exp_avg_dtype), dtype_name(o.adam.exp_avg_sq_dtype),
+                 o.adam.store_param_remainders && lo.param_dtype == DType::BF16
+                     ? " held as the bf16 weights + 16-bit remainders (store_param_remainders)"
+                     : "",
+                 static_cast<double>(optimizer_->state_bytes()) / 1e9);
   schedule_ = std::make_unique<LrSchedule>(megatron_schedule(o.schedule));
   lap("optimizer");
 

@@ -12,6 +12,8 @@
 #   tp2sp        2 ranks, tensor + sequence parallel; stops at iteration 5 (exit_interval, saves)
 #   tp2->tp1     1 rank resumes tp2sp's checkpoint, iterations 6..10               == ref
 #   distopt->1   dp2 + distributed optimizer stops at 5; 1 rank, plain optimizer resumes == ref
+#   bm           the precision-aware optimizer's bf16 moments: dp2 + distributed optimizer (which
+#                saves them in fp32) stops at 5, 1 rank resumes                 == refbm (1 rank, bf16 moments)
 #   pp2          2 ranks, pipeline parallel (1F1B), tied embeddings across stages   == ref
 #   pp2dp2       4 ranks, pipeline x data parallel, distributed optimizer, both overlaps == ref
 #   pp2vp        2 ranks, interleaved 1F1B (2 virtual stages per rank), 4 layers,
@@ -110,6 +112,11 @@ run tp1resume 1 --set load="$WORK/ckpt" $(final tp1resume)
 run distopt_half 2 --set use_distributed_optimizer=true --set ddp_bucket_size=3000 --set save="$WORK/ckpt_do" \
   --set exit_interval=5
 run distopt_resume 1 --set load="$WORK/ckpt_do" $(final distopt_resume)
+BM=(--set use_precision_aware_optimizer=true --set exp_avg_dtype=bf16 --set exp_avg_sq_dtype=bf16)
+run refbm 1 "${BM[@]}"
+run distopt_bm_half 2 "${BM[@]}" --set use_distributed_optimizer=true --set ddp_bucket_size=3000 \
+  --set save="$WORK/ckpt_bm" --set exit_interval=5
+run bm_resume 1 "${BM[@]}" --set load="$WORK/ckpt_bm"
 run pp2 2 --set pipeline_model_parallel_size=2 $(final pp2)
 run pp2dp2 4 --set pipeline_model_parallel_size=2 --set use_distributed_optimizer=true --set overlap_grad_reduce=true \
   --set overlap_param_gather=true --set ddp_bucket_size=3000 $(final pp2dp2)
@@ -278,7 +285,7 @@ def losses(run):
         if r.get("type") == "train":  # lm loss, and for MoE runs the load-balancing and z losses
             out[r["iteration"]] = {k: v for k, v in r.items() if k.endswith("loss")}
     return out
-refs = {r: losses(r) for r in ("ref", "ref4", "refmoe", "refds", "refmoe16", "refmoe4", "refds_v2", "reflora",
+refs = {r: losses(r) for r in ("ref", "refbm", "ref4", "refmoe", "refds", "refmoe16", "refmoe4", "refds_v2", "reflora",
                                "refdpo")}
 for r in refs.values():
     assert sorted(r) == list(range(1, 11)), r
@@ -286,7 +293,7 @@ worst = 0.0
 ALL, FIRST, LAST = range(1, 11), range(1, 6), range(6, 11)
 runs = (("dp2", ALL, "ref"), ("tp2", ALL, "ref"), ("dp2_distopt", ALL, "ref"), ("dp2_overlap", ALL, "ref"), ("dp2tp2", ALL, "ref"),
         ("tp2sp", FIRST, "ref"), ("tp1resume", LAST, "ref"), ("distopt_half", FIRST, "ref"),
-        ("distopt_resume", LAST, "ref"), ("pp2", ALL, "ref"), ("pp2dp2", ALL, "ref"), ("pp2vp", ALL, "ref4"),
+        ("distopt_resume", LAST, "ref"), ("distopt_bm_half", FIRST, "refbm"), ("bm_resume", LAST, "refbm"), ("pp2", ALL, "ref"), ("pp2dp2", ALL, "ref"), ("pp2vp", ALL, "ref4"),
         ("pp3uneven", ALL, "ref4"), ("tp2pp2_half", FIRST, "ref"), ("tp2pp2_to_1", LAST, "ref"), ("one_half", FIRST, "ref"),
         ("one_to_tp2pp2", LAST, "ref"), ("dp2moe", ALL, "refmoe"), ("pp2moe", ALL, "refmoe"),
         ("moe_half", FIRST, "refmoe"), ("moe_to_pp2", LAST, "refmoe"), ("ep2moe", ALL, "refmoe"),

@@ -193,6 +193,24 @@ TEST(ModelStats, Bf16GradientsOfTheProjections) {
   }
 }
 
+// use_precision_aware_optimizer: per parameter, the master (4 B, or 2 B held as a remainder beside
+// a bf16 weight) plus each moment (4 B, or 2 B in bf16).
+TEST(ModelStats, PrecisionAwareOptimizerStates) {
+  const ModelConfig m = zoo("mixtral_8x7B_v0.1");
+  TrainingSetup t;
+  const MemoryEstimate plain = estimate_memory(m, ParallelLayout{}, t);
+  const double n = static_cast<double>(plain.params);
+  EXPECT_DOUBLE_EQ(plain.optimizer_bytes, 12.0 * n);
+  t.master_remainders = true;
+  EXPECT_DOUBLE_EQ(estimate_memory(m, ParallelLayout{}, t).optimizer_bytes, 10.0 * n);
+  t.exp_avg_bf16 = t.exp_avg_sq_bf16 = true;
+  EXPECT_DOUBLE_EQ(estimate_memory(m, ParallelLayout{}, t).optimizer_bytes, 6.0 * n);
+  t.precision = Precision::kFp16;  // remainders need bf16 weights: fp16 keeps a 4 B master
+  EXPECT_DOUBLE_EQ(estimate_memory(m, ParallelLayout{}, t).optimizer_bytes, 8.0 * n);
+  t.precision = Precision::kFp32;  // fp32 weights are the masters
+  EXPECT_DOUBLE_EQ(estimate_memory(m, ParallelLayout{}, t).optimizer_bytes, 4.0 * n);
+}
+
 TEST(ModelStats, ActivationsOfATinyLayerByHand) {
   // h 64, 4 heads of 16 (no GQA), ffn 128, vocab 256, 2 layers, 8 tokens, TP 1, bf16, fused CE.
   ModelConfig m;

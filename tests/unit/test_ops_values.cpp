@@ -205,9 +205,11 @@ TEST(OpsValues, AdamWMatchesFormulaOverSteps) {
   Tensor w = Tensor::from_floats({1.f, -2.f, 0.5f}, {3});
   Tensor no_decay = Tensor::from_floats({1.f}, {1});
   std::vector<ops::AdamWTensor> params(2);
-  params[0] = {w, Tensor::zeros({3}, DType::F32), Tensor::zeros({3}, DType::F32), Tensor::zeros({3}, DType::F32), {}, 1.f};
-  params[1] = {no_decay, Tensor::zeros({1}, DType::F32), Tensor::zeros({1}, DType::F32),
-               Tensor::zeros({1}, DType::F32), Tensor::empty({1}, DType::BF16), 0.f};
+  params[0] = {.master = w, .grad = Tensor::zeros({3}, DType::F32), .exp_avg = Tensor::zeros({3}, DType::F32),
+               .exp_avg_sq = Tensor::zeros({3}, DType::F32), .weight_decay_mult = 1.f};
+  params[1] = {.master = no_decay, .grad = Tensor::zeros({1}, DType::F32), .exp_avg = Tensor::zeros({1}, DType::F32),
+               .exp_avg_sq = Tensor::zeros({1}, DType::F32), .model = Tensor::empty({1}, DType::BF16),
+               .weight_decay_mult = 0.f};
   double ref[4] = {1, -2, 0.5, 1}, m[4] = {}, v[4] = {};
   const double lr = 0.1, b1 = 0.9, b2 = 0.95, eps = 1e-8, wd = 0.1, gscale = 0.5;
   for (int step = 1; step <= 3; ++step) {

@@ -59,6 +59,15 @@ class TrainerTest : public ::testing::Test {
     return train_options(
         config::load_experiment(std::string(PRIMUS_SOURCE_DIR) + "/tests/train/tiny_mock-pretrain.yaml", lo), false);
   }
+  // The error options(sets) throws, or "" when they are accepted.
+  std::string refusal(std::vector<std::string> sets) {
+    try {
+      (void)options(std::move(sets));
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  }
   std::string path(const char* name) const { return (dir_ / name).string(); }
 
   fs::path dir_;
@@ -240,14 +249,6 @@ TEST_F(TrainerTest, NanGuardSkipsThenStops) {
 
 // timing_log_level and profile (Megatron's keys) are read into the options or refused by name.
 TEST_F(TrainerTest, TimingProfileAndGradDtypeKeysAreReadOrRefusedByName) {
-  auto refusal = [&](std::vector<std::string> sets) {
-    try {
-      (void)options(std::move(sets));
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string();
-  };
   EXPECT_EQ(options({"timing_log_level=1"}).timing_log_level, 1);
   EXPECT_EQ(options().timing_log_level, 0);
   EXPECT_NE(refusal({"timing_log_level=2"}).find("timing_log_level"), std::string::npos);
@@ -268,6 +269,37 @@ TEST_F(TrainerTest, TimingProfileAndGradDtypeKeysAreReadOrRefusedByName) {
   const TrainResult plain = train(options({"train_iters=3", "eval_iters=0"}));
   ASSERT_EQ(timed.losses.size(), plain.losses.size());
   for (size_t i = 0; i < timed.losses.size(); ++i) EXPECT_TRUE(bit_equal(timed.losses[i], plain.losses[i])) << i;
+}
+
+// Megatron's precision-aware optimizer keys: read into AdamWConfig, or refused by name where
+// they ask for a dtype not built or are set without use_precision_aware_optimizer; a CPU run
+// with bf16 moments trains (the CPU path's weights are fp32, so there is no master to split).
+TEST_F(TrainerTest, PrecisionAwareOptimizerKeysAreReadOrRefusedByName) {
+  const TrainOptions plain = options();
+  EXPECT_EQ(plain.adam.exp_avg_dtype, DType::F32);
+  EXPECT_FALSE(plain.adam.store_param_remainders);  // only under use_precision_aware_optimizer
+  const TrainOptions aware =
+      options({"use_precision_aware_optimizer=true", "exp_avg_dtype=bf16", "exp_avg_sq_dtype=bf16"});
+  EXPECT_EQ(aware.adam.exp_avg_dtype, DType::BF16);
+  EXPECT_EQ(aware.adam.exp_avg_sq_dtype, DType::BF16);
+  EXPECT_TRUE(aware.adam.store_param_remainders);
+  EXPECT_FALSE(options({"use_precision_aware_optimizer=true", "store_param_remainders=false"})
+                   .adam.store_param_remainders);
+  const std::string without = refusal({"exp_avg_dtype=bf16"});
+  EXPECT_NE(without.find("use_precision_aware_optimizer"), std::string::npos) << without;
+  for (auto [set, key] : {std::pair{"exp_avg_sq_dtype=fp8", "exp_avg_sq_dtype"}, {"exp_avg_dtype=fp16", "exp_avg_dtype"},
+                          {"main_params_dtype=fp16", "main_params_dtype"}, {"main_grads_dtype=bf16", "grad_reduce_in_bf16"}}) {
+    const std::string why = refusal({"use_precision_aware_optimizer=true", set});
+    EXPECT_NE(why.find(key), std::string::npos) << set << ": " << why;
+    EXPECT_NE(why.find("not built"), std::string::npos) << set << ": " << why;
+  }
+  const TrainResult r = train(options({"use_precision_aware_optimizer=true", "exp_avg_dtype=bf16",
+                                       "exp_avg_sq_dtype=bf16", "train_iters=3", "eval_iters=0"}));
+  const TrainResult p = train(options({"train_iters=3", "eval_iters=0"}));
+  ASSERT_EQ(r.losses.size(), 3u);
+  EXPECT_TRUE(bit_equal(r.losses[0], p.losses[0]));   // the first forward precedes any update
+  EXPECT_FALSE(bit_equal(r.losses[2], p.losses[2]));  // bf16 moments change the updates a little
+  EXPECT_NEAR(r.losses[2], p.losses[2], 1e-2 * std::abs(p.losses[2]));
 }
 
 // Data that cannot train says why, with a fix that works.

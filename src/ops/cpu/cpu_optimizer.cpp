@@ -5,9 +5,14 @@
 //   p  -= lr * wd * weight_decay_mult * p            (decoupled decay, on the old p)
 //   m   = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2
 //   p  -= lr * (m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps)
-// then the low-precision model copy (if any) is refreshed from the fp32 master.
+// then the low-precision model copy (if any) is refreshed from the fp32 master. Moments may
+// be held in bf16 and the master as bf16 model + int16 remainder (ops::AdamWTensor); the
+// arithmetic is the same fp32 arithmetic on the loaded values.
 #include <cmath>
+#include <cstring>
 #include <vector>
+
+#include "core/master_bits.h"
 
 #include "ops/cpu/cpu_backend.h"
 
@@ -19,28 +24,73 @@ void CpuBackend::adamw_step(std::vector<AdamWTensor>& params, const AdamWParams&
   const float step_size = static_cast<float>(p.lr / bc1);
   const float inv_sqrt_bc2 = static_cast<float>(1.0 / std::sqrt(bc2));
   for (AdamWTensor& t : params) {
-    for (auto [x, name] : {std::pair{&t.master, "master"}, {&t.grad, "grad"}, {&t.exp_avg, "exp_avg"},
-                           {&t.exp_avg_sq, "exp_avg_sq"}})
-      require_f32(*x, "adamw_step", name);
-    float* __restrict w = t.master.data<float>();
-    float* __restrict m = t.exp_avg.data<float>();
-    float* __restrict v = t.exp_avg_sq.data<float>();
-    const float* __restrict g = t.grad.data<float>();
+    require_f32(t.grad, "adamw_step", "grad");
     // Scalars as locals: stores through the float pointers cannot alias them, so the loop
     // vectorizes.
     const float decay = 1.f - p.lr * p.weight_decay * t.weight_decay_mult;
     const float b1 = p.beta1, b2 = p.beta2, eps = p.eps, gs = p.grad_scale;
-    pool_.parallel_for(t.master.numel(), [=](int64_t b, int64_t e) {
+    const float* __restrict g = t.grad.data<float>();
+    const bool split = t.master_remainder.defined();
+    if (!split && t.exp_avg.dtype() == DType::F32 && t.exp_avg_sq.dtype() == DType::F32) {
+      for (auto [x, name] : {std::pair{&t.master, "master"}, {&t.exp_avg, "exp_avg"}, {&t.exp_avg_sq, "exp_avg_sq"}})
+        require_f32(*x, "adamw_step", name);
+      float* __restrict w = t.master.data<float>();
+      float* __restrict m = t.exp_avg.data<float>();
+      float* __restrict v = t.exp_avg_sq.data<float>();
+      pool_.parallel_for(t.master.numel(), [=](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) {
+          const float gi = g[i] * gs;
+          const float mi = b1 * m[i] + (1.f - b1) * gi;
+          const float vi = b2 * v[i] + (1.f - b2) * gi * gi;
+          m[i] = mi;
+          v[i] = vi;
+          w[i] = w[i] * decay - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
+        }
+      }, 1 << 14);
+      if (t.model.defined() && t.model.raw() != t.master.raw()) copy_cast(t.model, t.master);
+      continue;
+    }
+    // Precision-aware layouts (bf16 moments, a master split into bf16 model + int16
+    // remainder): the same arithmetic in fp32 on values loaded from and stored to them.
+    const bool m16 = t.exp_avg.dtype() == DType::BF16, v16 = t.exp_avg_sq.dtype() == DType::BF16;
+    void* mp = t.exp_avg.raw();
+    void* vp = t.exp_avg_sq.raw();
+    float* w = split ? nullptr : t.master.data<float>();
+    uint16_t* model16 = split ? static_cast<uint16_t*>(t.model.raw()) : nullptr;
+    int16_t* rem = split ? t.master_remainder.data<int16_t>() : nullptr;
+    auto load = [](const void* x, bool bf16, int64_t i) {
+      return bf16 ? bf16_bits_to_fp32(static_cast<const uint16_t*>(x)[i]) : static_cast<const float*>(x)[i];
+    };
+    auto store = [](void* x, bool bf16, int64_t i, float f) {
+      if (bf16) static_cast<uint16_t*>(x)[i] = fp32_to_bf16_bits(f);
+      else static_cast<float*>(x)[i] = f;
+    };
+    const int64_t n = split ? t.model.numel() : t.master.numel();
+    pool_.parallel_for(n, [=](int64_t b, int64_t e) {
       for (int64_t i = b; i < e; ++i) {
+        float wi;
+        if (split) {
+          const uint32_t bits = join_master_bits(model16[i], rem[i]);
+          std::memcpy(&wi, &bits, sizeof(wi));
+        } else {
+          wi = w[i];
+        }
         const float gi = g[i] * gs;
-        const float mi = b1 * m[i] + (1.f - b1) * gi;
-        const float vi = b2 * v[i] + (1.f - b2) * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        w[i] = w[i] * decay - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
+        const float mi = b1 * load(mp, m16, i) + (1.f - b1) * gi;
+        const float vi = b2 * load(vp, v16, i) + (1.f - b2) * gi * gi;
+        store(mp, m16, i, mi);
+        store(vp, v16, i, vi);
+        wi = wi * decay - step_size * mi / (std::sqrt(vi) * inv_sqrt_bc2 + eps);
+        if (split) {
+          uint32_t bits;
+          std::memcpy(&bits, &wi, sizeof(bits));
+          split_master_bits(bits, model16[i], rem[i]);
+        } else {
+          w[i] = wi;
+        }
       }
     }, 1 << 14);
-    if (t.model.defined() && t.model.raw() != t.master.raw()) copy_cast(t.model, t.master);
+    if (!split && t.model.defined() && t.model.raw() != t.master.raw()) copy_cast(t.model, t.master);
   }
 }
 

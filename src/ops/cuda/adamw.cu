@@ -1,10 +1,13 @@
 // Multi-tensor AdamW. The tensor list travels in the kernel parameters (up to kMaxTensors per
 // launch: one launch for a Llama-3B-sized model); each block updates one chunk of one tensor,
 // finding its tensor by binary search over the chunk prefix sums. float4 accesses when every
-// pointer of the tensor is 16-byte aligned. Bias corrections are computed once on the host.
+// pointer of the tensor is aligned for its width. Bias corrections are computed once on the
+// host. Moments may be bf16 and the master split into bf16 weight + int16 remainder.
 #include "ops/cuda/adamw.h"
 
 #include <cmath>
+
+#include "core/master_bits.h"
 
 #include "ops/cuda/cuda_check.h"
 #include "ops/cuda/device_utils.cuh"
@@ -17,17 +20,21 @@ constexpr int kThreads = 256;
 constexpr int64_t kChunk = 16384;
 constexpr int kMaxTensors = 256;  // ~15 KB of parameters: CUDA 12.1+ allows 32 KB on Volta and newer
 
+// Per-tensor layout flags.
+enum : uint8_t { kGradBf16 = 1, kMomentBf16 = 2, kMomentSqBf16 = 4, kSplitMaster = 8 };
+
 struct AdamWList {
-  float* master[kMaxTensors];
-  const void* grad[kMaxTensors];  // fp32, or bf16 where grad_bf16
-  float* m[kMaxTensors];
-  float* v[kMaxTensors];
-  void* model[kMaxTensors];
+  float* master[kMaxTensors];      // null with kSplitMaster
+  int16_t* remainder[kMaxTensors]; // kSplitMaster: the master's low half
+  const void* grad[kMaxTensors];
+  void* m[kMaxTensors];
+  void* v[kMaxTensors];
+  void* model[kMaxTensors];        // kSplitMaster: the bf16 weight, the master's high half
   int64_t n[kMaxTensors];
   int64_t first_block[kMaxTensors + 1];
   float decay[kMaxTensors];  // 1 - lr * wd
   uint8_t model_dtype[kMaxTensors];
-  uint8_t grad_bf16[kMaxTensors];
+  uint8_t flags[kMaxTensors];
   int count;
 };
 
@@ -51,6 +58,43 @@ __device__ __forceinline__ void store_model(void* model, uint8_t dt, int64_t i, 
   else static_cast<float*>(model)[i] = p;
 }
 
+// Four consecutive elements of an fp32 or bf16 array, as fp32 (bf16 stores round to nearest even).
+__device__ __forceinline__ float4 load4(const void* x, bool bf16, int64_t i) {
+  if (!bf16) return *reinterpret_cast<const float4*>(static_cast<const float*>(x) + i);
+  const uint2 raw = *reinterpret_cast<const uint2*>(static_cast<const __nv_bfloat16*>(x) + i);
+  const float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
+  const float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
+  return make_float4(lo.x, lo.y, hi.x, hi.y);
+}
+__device__ __forceinline__ void store4(void* x, bool bf16, int64_t i, float4 f) {
+  if (!bf16) {
+    *reinterpret_cast<float4*>(static_cast<float*>(x) + i) = f;
+    return;
+  }
+  __nv_bfloat162 lo = __floats2bfloat162_rn(f.x, f.y), hi = __floats2bfloat162_rn(f.z, f.w);
+  uint2 raw;
+  raw.x = *reinterpret_cast<uint32_t*>(&lo);
+  raw.y = *reinterpret_cast<uint32_t*>(&hi);
+  *reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(x) + i) = raw;
+}
+__device__ __forceinline__ float load1(const void* x, bool bf16, int64_t i) {
+  return bf16 ? __bfloat162float(static_cast<const __nv_bfloat16*>(x)[i]) : static_cast<const float*>(x)[i];
+}
+__device__ __forceinline__ void store1(void* x, bool bf16, int64_t i, float f) {
+  if (bf16) static_cast<__nv_bfloat16*>(x)[i] = __float2bfloat16_rn(f);
+  else static_cast<float*>(x)[i] = f;
+}
+// A master held as bf16 model + int16 remainder (core/master_bits.h).
+__device__ __forceinline__ float join1(const void* model, const int16_t* rem, int64_t i) {
+  return __uint_as_float(join_master_bits(static_cast<const uint16_t*>(model)[i], rem[i]));
+}
+__device__ __forceinline__ void split1(void* model, int16_t* rem, int64_t i, float p) {
+  split_master_bits(__float_as_uint(p), static_cast<uint16_t*>(model)[i], rem[i]);
+}
+__device__ __forceinline__ bool aligned_for(const void* x, bool half_width) {
+  return (reinterpret_cast<uintptr_t>(x) & (half_width ? 7u : 15u)) == 0;
+}
+
 __global__ void adamw_kernel(AdamWList list, AdamWScalars s) {
   const int64_t block = blockIdx.x;
   int lo = 0, hi = list.count - 1;
@@ -62,46 +106,63 @@ __global__ void adamw_kernel(AdamWList list, AdamWScalars s) {
   const int64_t begin = (block - list.first_block[t]) * kChunk;
   const int64_t end = min(begin + kChunk, list.n[t]);
   float* P = list.master[t];
+  int16_t* R = list.remainder[t];
   const void* G = list.grad[t];
-  const bool gbf = list.grad_bf16[t] != 0;
-  float* M = list.m[t];
-  float* Vv = list.v[t];
+  void* M = list.m[t];
+  void* Vv = list.v[t];
   void* model = list.model[t];
+  const uint8_t f = list.flags[t];
+  const bool gbf = f & kGradBf16, mbf = f & kMomentBf16, vbf = f & kMomentSqBf16, split = f & kSplitMaster;
   const uint8_t mdt = list.model_dtype[t];
   const float decay = list.decay[t];
-  const bool vec = aligned16(P) && aligned16(G) && aligned16(M) && aligned16(Vv) &&
-                   (model == nullptr || (reinterpret_cast<uintptr_t>(model) & 7u) == 0);
+  const bool vec = (split ? aligned_for(R, true) && aligned_for(model, true) : aligned_for(P, false)) &&
+                   aligned_for(G, gbf) && aligned_for(M, mbf) && aligned_for(Vv, vbf) &&
+                   (split || model == nullptr || (reinterpret_cast<uintptr_t>(model) & 7u) == 0);
   int64_t i0 = begin;
   if (vec) {
     const int64_t nvec = (end - begin) / 4;
     for (int64_t k = threadIdx.x; k < nvec; k += blockDim.x) {
       const int64_t i = begin + k * 4;
-      float4 p = *reinterpret_cast<float4*>(P + i);
-      float4 g;
-      if (gbf) {  // 4 bf16 = 8 bytes
-        const uint2 raw = *reinterpret_cast<const uint2*>(static_cast<const __nv_bfloat16*>(G) + i);
-        const float2 lo2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.x));
-        const float2 hi2 = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&raw.y));
-        g = make_float4(lo2.x, lo2.y, hi2.x, hi2.y);
+      float4 p;
+      uint2 hi16, lo16;  // split: the bf16 weights and the remainders of the four elements
+      if (split) {
+        hi16 = *reinterpret_cast<const uint2*>(static_cast<const uint16_t*>(model) + i);
+        lo16 = *reinterpret_cast<const uint2*>(R + i);
+        auto join = [](uint32_t h, uint32_t l, int half) {
+          return __uint_as_float(join_master_bits(static_cast<uint16_t>(h >> (16 * half)),
+                                                  static_cast<int16_t>(static_cast<uint16_t>(l >> (16 * half)))));
+        };
+        p = make_float4(join(hi16.x, lo16.x, 0), join(hi16.x, lo16.x, 1), join(hi16.y, lo16.y, 0),
+                        join(hi16.y, lo16.y, 1));
       } else {
-        g = *reinterpret_cast<const float4*>(static_cast<const float*>(G) + i);
+        p = *reinterpret_cast<float4*>(P + i);
       }
-      float4 m = *reinterpret_cast<float4*>(M + i);
-      float4 v = *reinterpret_cast<float4*>(Vv + i);
+      const float4 g = load4(G, gbf, i);
+      float4 m = load4(M, mbf, i);
+      float4 v = load4(Vv, vbf, i);
       adam_one(p.x, g.x, m.x, v.x, decay, s);
       adam_one(p.y, g.y, m.y, v.y, decay, s);
       adam_one(p.z, g.z, m.z, v.z, decay, s);
       adam_one(p.w, g.w, m.w, v.w, decay, s);
+      store4(M, mbf, i, m);
+      store4(Vv, vbf, i, v);
+      if (split) {
+        const float ps[4] = {p.x, p.y, p.z, p.w};
+        uint16_t h[4];
+        int16_t r[4];
+        for (int j = 0; j < 4; ++j) split_master_bits(__float_as_uint(ps[j]), h[j], r[j]);
+        hi16.x = h[0] | (static_cast<uint32_t>(h[1]) << 16);
+        hi16.y = h[2] | (static_cast<uint32_t>(h[3]) << 16);
+        lo16.x = static_cast<uint16_t>(r[0]) | (static_cast<uint32_t>(static_cast<uint16_t>(r[1])) << 16);
+        lo16.y = static_cast<uint16_t>(r[2]) | (static_cast<uint32_t>(static_cast<uint16_t>(r[3])) << 16);
+        *reinterpret_cast<uint2*>(static_cast<uint16_t*>(model) + i) = hi16;
+        *reinterpret_cast<uint2*>(R + i) = lo16;
+        continue;
+      }
       *reinterpret_cast<float4*>(P + i) = p;
-      *reinterpret_cast<float4*>(M + i) = m;
-      *reinterpret_cast<float4*>(Vv + i) = v;
       if (model) {
         if (mdt == static_cast<uint8_t>(DType::BF16)) {
-          __nv_bfloat162 lo2 = __floats2bfloat162_rn(p.x, p.y), hi2 = __floats2bfloat162_rn(p.z, p.w);
-          uint2 raw;
-          raw.x = *reinterpret_cast<uint32_t*>(&lo2);
-          raw.y = *reinterpret_cast<uint32_t*>(&hi2);
-          *reinterpret_cast<uint2*>(static_cast<__nv_bfloat16*>(model) + i) = raw;
+          store4(model, true, i, p);
         } else {
           store_model(model, mdt, i, p.x);
           store_model(model, mdt, i + 1, p.y);
@@ -113,13 +174,17 @@ __global__ void adamw_kernel(AdamWList list, AdamWScalars s) {
     i0 = begin + nvec * 4;
   }
   for (int64_t i = i0 + threadIdx.x; i < end; i += blockDim.x) {
-    float p = P[i], m = M[i], v = Vv[i];
-    const float g = gbf ? __bfloat162float(static_cast<const __nv_bfloat16*>(G)[i]) : static_cast<const float*>(G)[i];
-    adam_one(p, g, m, v, decay, s);
-    P[i] = p;
-    M[i] = m;
-    Vv[i] = v;
-    if (model) store_model(model, mdt, i, p);
+    float p = split ? join1(model, R, i) : P[i];
+    float m = load1(M, mbf, i), v = load1(Vv, vbf, i);
+    adam_one(p, load1(G, gbf, i), m, v, decay, s);
+    store1(M, mbf, i, m);
+    store1(Vv, vbf, i, v);
+    if (split) {
+      split1(model, R, i, p);
+    } else {
+      P[i] = p;
+      if (model) store_model(model, mdt, i, p);
+    }
   }
 }
 
@@ -147,8 +212,11 @@ void launch_adamw(const std::vector<AdamWRef>& tensors, const AdamWHyper& h, cud
       if (t.n == 0) continue;
       const int c = list.count++;
       list.master[c] = t.master;
+      list.remainder[c] = t.remainder;
       list.grad[c] = t.grad;
-      list.grad_bf16[c] = t.grad_bf16 ? 1 : 0;
+      list.flags[c] = static_cast<uint8_t>((t.grad_bf16 ? kGradBf16 : 0) | (t.exp_avg_bf16 ? kMomentBf16 : 0) |
+                                           (t.exp_avg_sq_bf16 ? kMomentSqBf16 : 0) |
+                                           (t.remainder != nullptr ? kSplitMaster : 0));
       list.m[c] = t.exp_avg;
       list.v[c] = t.exp_avg_sq;
       list.model[c] = t.model;

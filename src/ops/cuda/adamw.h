@@ -1,5 +1,6 @@
 // Multi-tensor AdamW: one launch updates many parameters (fp32 master, grad and moments) and
-// refreshes their low-precision model copies.
+// refreshes their low-precision model copies. Moments may be bf16 and the master split into
+// bf16 model + int16 remainder (ops::AdamWTensor); the arithmetic is fp32 throughout.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -12,12 +13,14 @@
 namespace primus::cuda {
 
 struct AdamWRef {
-  float* master = nullptr;      // (n) fp32
+  float* master = nullptr;      // (n) fp32, or null with `remainder`
+  int16_t* remainder = nullptr; // (n) store_param_remainders: master = join(model (bf16), remainder)
   const void* grad = nullptr;   // (n) fp32, or bf16 with grad_bf16 (grad_reduce_in_bf16)
   bool grad_bf16 = false;
-  float* exp_avg = nullptr;     // (n) fp32
-  float* exp_avg_sq = nullptr;  // (n) fp32
-  void* model = nullptr;        // (n) bf16/fp16 copy to refresh, or null
+  void* exp_avg = nullptr;      // (n) fp32, or bf16 with exp_avg_bf16
+  void* exp_avg_sq = nullptr;   // (n) fp32, or bf16 with exp_avg_sq_bf16
+  bool exp_avg_bf16 = false, exp_avg_sq_bf16 = false;
+  void* model = nullptr;        // (n) bf16/fp16 copy to refresh, or null (with `remainder`: bf16, required)
   DType model_dtype = DType::BF16;
   int64_t n = 0;
   float weight_decay = 0.f;     // already multiplied by the tensor's weight_decay_mult

@@ -479,27 +479,42 @@ void CudaBackend::adamw_step(std::vector<ops::AdamWTensor>& params, const ops::A
   refs.reserve(params.size());
   for (size_t i = 0; i < params.size(); ++i) {
     ops::AdamWTensor& t = params[i];
-    for (const Tensor* x : {&t.master, &t.exp_avg, &t.exp_avg_sq}) {
-      PRIMUS_CHECK(x->is_cuda() && x->dtype() == DType::F32,
-                   "adamw_step: parameter {}: master and moments must be fp32 on CUDA, got {}", i, x->describe());
-    }
-    PRIMUS_CHECK(t.grad.is_cuda() && (t.grad.dtype() == DType::F32 || t.grad.dtype() == DType::BF16) &&
-                     t.grad.numel() == t.master.numel(),
-                 "adamw_step: parameter {}: grad must be fp32 or bf16 on CUDA with the master's {} elements, got {}",
-                 i, t.master.numel(), t.grad.describe());
+    const bool split = t.master_remainder.defined();
+    const Tensor& like = split ? t.model : t.master;
+    auto f32_or_bf16 = [&](const Tensor& x, const char* name) {
+      PRIMUS_CHECK(x.is_cuda() && (x.dtype() == DType::F32 || x.dtype() == DType::BF16) && x.numel() == like.numel(),
+                   "adamw_step: parameter {}: {} must be fp32 or bf16 on CUDA with {} elements, got {}", i, name,
+                   like.numel(), x.describe());
+      return x.dtype() == DType::BF16;
+    };
     AdamWRef r;
-    r.master = t.master.data<float>();
-    r.grad = t.grad.raw();
-    r.grad_bf16 = t.grad.dtype() == DType::BF16;
-    r.exp_avg = t.exp_avg.data<float>();
-    r.exp_avg_sq = t.exp_avg_sq.data<float>();
-    if (t.model.defined() && t.model.raw() != t.master.raw()) {
-      PRIMUS_CHECK(t.model.is_cuda() && is_float(t.model.dtype()),
-                   "adamw_step: parameter {}: model copy must be a float tensor on CUDA, got {}", i, t.model.describe());
+    if (split) {
+      PRIMUS_CHECK(t.model.is_cuda() && t.model.dtype() == DType::BF16 && t.master_remainder.is_cuda() &&
+                       t.master_remainder.dtype() == DType::I16 && t.master_remainder.numel() == t.model.numel(),
+                   "adamw_step: parameter {}: a split master needs a bf16 model and an int16 remainder of its size on "
+                   "CUDA, got {} and {}", i, t.model.describe(), t.master_remainder.describe());
+      r.remainder = t.master_remainder.data<int16_t>();
       r.model = t.model.raw();
-      r.model_dtype = t.model.dtype();
+      r.model_dtype = DType::BF16;
+    } else {
+      PRIMUS_CHECK(t.master.is_cuda() && t.master.dtype() == DType::F32,
+                   "adamw_step: parameter {}: master must be fp32 on CUDA, got {}", i, t.master.describe());
+      r.master = t.master.data<float>();
+      if (t.model.defined() && t.model.raw() != t.master.raw()) {
+        PRIMUS_CHECK(t.model.is_cuda() && is_float(t.model.dtype()),
+                     "adamw_step: parameter {}: model copy must be a float tensor on CUDA, got {}", i,
+                     t.model.describe());
+        r.model = t.model.raw();
+        r.model_dtype = t.model.dtype();
+      }
     }
-    r.n = t.master.numel();
+    r.grad_bf16 = f32_or_bf16(t.grad, "grad");
+    r.grad = t.grad.raw();
+    r.exp_avg_bf16 = f32_or_bf16(t.exp_avg, "exp_avg");
+    r.exp_avg = t.exp_avg.raw();
+    r.exp_avg_sq_bf16 = f32_or_bf16(t.exp_avg_sq, "exp_avg_sq");
+    r.exp_avg_sq = t.exp_avg_sq.raw();
+    r.n = like.numel();
     r.weight_decay = p.weight_decay * t.weight_decay_mult;
     refs.push_back(r);
   }
