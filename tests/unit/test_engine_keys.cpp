@@ -15,12 +15,15 @@
 #include "config/retired_env.h"
 #include "core/error.h"
 #include "test_cli_util.h"
+#include "../test_util.h"
 #include "train/train_options.h"
 
 using ::testing::HasSubstr;
 
 namespace primus::train {
 namespace {
+
+using test::error_of;
 
 // tests/train/tiny_mock-pretrain.yaml (device: cpu) with `sets`; cuda_visible decides device: auto.
 config::Config load(std::vector<std::string> sets) {
@@ -43,16 +46,6 @@ std::vector<std::string> turbo(std::string set) {
   std::vector<std::string> s = kTurbo;
   s.push_back(std::move(set));
   return s;
-}
-
-template <class F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
 }
 
 TEST(EngineKeys, DefaultsKeepTodaysBehaviour) {
