@@ -237,19 +237,22 @@ void DataParallelOptimizer::finish_param_gather() {
 }
 
 int64_t DataParallelOptimizer::count_zero_grads() {
-  // Per group: its AdamW entries' zeros, summed over the group's shards and over the ranks that
-  // hold other tensors of its kind.
+  // Megatron's count_zeros_fp32, counted like the gradient norm: per group its AdamW entries'
+  // zeros (each tensor once over tp, the tied embedding's copy not at all), summed over the
+  // group's shards and over the ranks that hold other tensors of its kind, then over tp/pp --
+  // the single-rank count at every layout.
   double total = 0;
   for (size_t gi = 0; gi < groups_.size(); ++gi) {
     std::vector<Tensor> grads;
     for (size_t i = 0; i < entries_.size(); ++i)
-      if (entry_group_[i] == gi) grads.push_back(entries_[i]->grad);
+      if (entry_group_[i] == gi && entry_counted_[i]) grads.push_back(entries_[i]->grad);
     double n = grads.empty() ? 0.0 : static_cast<double>(ops::count_zeros(ctx_, grads));
     const Group& g = groups_[gi];
     if (options_.distributed_optimizer && g.dp->size() > 1) n = g.dp->all_reduce_value(n);
     if (g.across != nullptr && g.across->size() > 1) n = g.across->all_reduce_value(n);
     total += n;
   }
+  if (model_parallel_ != nullptr && model_parallel_->size() > 1) total = model_parallel_->all_reduce_value(total);
   return static_cast<int64_t>(std::llround(total));
 }
 

@@ -102,7 +102,8 @@ class DataParallelOptimizer {
   // overlap_param_gather: buckets of the last step's all-gather (one per bucket) that were
   // waited for inside the forward (by param_needed).
   int param_buckets_waited_in_forward() const { return waited_in_forward_; }
-  // The log's `num zeros`: zero gradient elements over the whole model.
+  // The log's `num zeros`: zero gradient elements over the whole model (a collective over dp, ep and
+  // tp/pp: every rank calls it; the single-rank count at every layout).
   int64_t count_zero_grads();
   // Weights were loaded into the params: make the fp32 masters equal to them again.
   void reset_masters_from_params();
