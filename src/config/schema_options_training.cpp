@@ -37,8 +37,9 @@ std::vector<OptionSpec> training_options() {
   t.opt_choice("tokenizer_type",
                {"HuggingFaceTokenizer", "Llama2Tokenizer", "Llama3Tokenizer", "MixtralTokenizer",
                 "DeepSeekV2Tokenizer", "DeepSeekV3Tokenizer", "SentencePieceTokenizer", "GPTSentencePieceTokenizer",
-                "GPT2BPETokenizer", "NullTokenizer"},
-               "tokenizer family");
+                "GPT2BPETokenizer", "TikTokenizer", "NullTokenizer"},
+               "tokenizer family (the model-family names read the model's Hugging Face tokenizer.json; "
+               "Llama3Tokenizer also Meta's tiktoken tokenizer.model)");
   t.opt_text("tokenizer_model", "tokenizer file: tokenizer.json (HuggingFace) or tokenizer.model (SentencePiece)");
   t.flag("eod_mask_loss", false, "no loss on end-of-document tokens");
   t.flag("reset_position_ids", false, "restart position ids after each end-of-document token");

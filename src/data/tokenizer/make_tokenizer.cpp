@@ -1,5 +1,6 @@
 // make_tokenizer: Megatron's --tokenizer-type names -> our implementations.
 #include <fmt/core.h>
+#include <fmt/ranges.h>
 
 #include <filesystem>
 
@@ -14,10 +15,10 @@
 namespace primus::data {
 
 const std::vector<std::string>& tokenizer_type_names() {
-  static const std::vector<std::string> kNames = {"HuggingFaceTokenizer", "SentencePieceTokenizer",
-                                                  "GPT2BPETokenizer",     "TikTokenizer",
-                                                  "NullTokenizer",        "Llama2Tokenizer",
-                                                  "GPTSentencePieceTokenizer"};
+  static const std::vector<std::string> kNames = {
+      "HuggingFaceTokenizer", "SentencePieceTokenizer", "GPT2BPETokenizer",   "TikTokenizer",
+      "NullTokenizer",        "Llama2Tokenizer",        "GPTSentencePieceTokenizer", "Llama3Tokenizer",
+      "MixtralTokenizer",     "DeepSeekV2Tokenizer",    "DeepSeekV3Tokenizer"};
   return kNames;
 }
 
@@ -27,6 +28,19 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::string& type, const std::st
     PRIMUS_CHECK(!model_path.empty(), "--tokenizer-type {} needs --tokenizer-model (the tokenizer file)", type);
     PRIMUS_CHECK(std::filesystem::exists(model_path), "--tokenizer-model {} does not exist", model_path);
   };
+  // Upstream Primus's model-family names: each model's Hugging Face tokenizer (a tokenizer.json,
+  // or the folder holding one); Llama 3 also ships Meta's original tiktoken tokenizer.model.
+  if (type == "Llama3Tokenizer" || type == "MixtralTokenizer" || type == "DeepSeekV2Tokenizer" ||
+      type == "DeepSeekV3Tokenizer") {
+    need_model();
+    if (!std::filesystem::is_directory(model_path) && looks_like_tiktoken_file(model_path)) {
+      if (type == "Llama3Tokenizer") return load_tiktoken_tokenizer(model_path);
+      fail("{} is a tiktoken BPE file; --tokenizer-type {} reads the model's Hugging Face tokenizer.json (or its "
+           "folder)",
+           model_path, type);
+    }
+    return load_hf_tokenizer(model_path);
+  }
   if (type == "HuggingFaceTokenizer") {
     need_model();
     if (!std::filesystem::is_directory(model_path) && looks_like_tiktoken_file(model_path))
@@ -62,9 +76,8 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::string& type, const std::st
     return load_gpt2_bpe_tokenizer(vocab, merges);
   }
   if (type == "NullTokenizer") return make_null_tokenizer(vocab_size);
-  fail("unknown --tokenizer-type '{}'{} (known: HuggingFaceTokenizer, SentencePieceTokenizer, GPT2BPETokenizer, "
-       "TikTokenizer, NullTokenizer)",
-       type, did_you_mean(type, tokenizer_type_names()));
+  fail("unknown --tokenizer-type '{}'{} (known: {})", type, did_you_mean(type, tokenizer_type_names()),
+       fmt::join(tokenizer_type_names(), ", "));
 }
 
 }  // namespace primus::data
