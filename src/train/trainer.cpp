@@ -889,10 +889,12 @@ void Run::log_header() {
     // What full fine-tuning would add per frozen parameter: its fp32 gradient, AdamW's two fp32
     // moments and (bf16/fp16) the fp32 master copy.
     const double per_param = o_.precision == Precision::Fp32 ? 12.0 : 16.0;
-    logger_.info("LoRA: rank {}, alpha {} (scale {}) on {}: {:.3f}M trainable adapter parameters on this rank "
+    logger_.info("LoRA: rank {}, alpha {} (scale {}){} on {}: {:.3f}M trainable adapter parameters on this rank "
                  "({:.2f}% of the {:.2f}M held); the frozen base has no gradients or optimizer state, "
                  "{:.2f} GB less than full fine-tuning on this rank",
-                 o_.lora.rank, o_.lora.alpha, o_.lora.scaling(), fmt::join(o_.lora.targets, ", "), held / 1e6,
+                 o_.lora.rank, o_.lora.alpha, o_.lora.scaling(),
+                 o_.lora.dropout > 0 ? fmt::format(", dropout {}", o_.lora.dropout) : std::string(),
+                 fmt::join(o_.lora.targets, ", "), held / 1e6,
                  100.0 * static_cast<double>(held) / static_cast<double>(held + frozen), (held + frozen) / 1e6,
                  per_param * static_cast<double>(frozen) / 1e9);
   }
