@@ -102,7 +102,8 @@ int main(int argc, char** argv) {
   {
     const int64_t n = 10'000'000;
     std::vector<ops::AdamWTensor> p(1);
-    p[0] = {randn({n}), randn({n}), Tensor::zeros({n}, DType::F32), Tensor::zeros({n}, DType::F32), {}, 1.f};
+    p[0] = {.master = randn({n}), .grad = randn({n}), .exp_avg = Tensor::zeros({n}, DType::F32),
+            .exp_avg_sq = Tensor::zeros({n}, DType::F32), .weight_decay_mult = 1.f};
     ops::AdamWParams ap;
     ap.lr = 1e-4f;
     report("adamw_step", "10M params", reps, 0, [&] { ops::adamw_step(ctx, p, ap); });
