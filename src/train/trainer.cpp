@@ -886,9 +886,12 @@ void Run::log_header() {
                                  base_held / 1e6)
                              : "");
   if (o_.lora.active()) {
-    // What full fine-tuning would add per frozen parameter: its fp32 gradient, AdamW's two fp32
-    // moments and (bf16/fp16) the fp32 master copy.
-    const double per_param = o_.precision == Precision::Fp32 ? 12.0 : 16.0;
+    // What full fine-tuning would add per frozen parameter: its fp32 gradient, AdamW's two moments
+    // and (bf16/fp16) the fp32 master copy, in the bytes this run's optimizer settings hold them.
+    const bool remainder = o_.adam.store_param_remainders && o_.precision == Precision::Bf16;
+    const double per_param = 4.0 + static_cast<double>(dtype_size(o_.adam.exp_avg_dtype)) +
+                             static_cast<double>(dtype_size(o_.adam.exp_avg_sq_dtype)) +
+                             (o_.precision == Precision::Fp32 ? 0.0 : remainder ? 2.0 : 4.0);
     logger_.info("LoRA: rank {}, alpha {} (scale {}){} on {}: {:.3f}M trainable adapter parameters on this rank "
                  "({:.2f}% of the {:.2f}M held); the frozen base has no gradients or optimizer state, "
                  "{:.2f} GB less than full fine-tuning on this rank",
