@@ -59,8 +59,8 @@ double AdamW::grad_norm(float grad_scale) {
 
 void AdamW::reset_masters_from_params() {
   for (Slot& s : slots_) {
-    if (s.remainder.defined()) s.remainder = Tensor::zeros(s.remainder.shape(), DType::I16, s.remainder.device());
-    else if (s.master.raw() != s.param->value.raw()) ops::copy_cast(ctx_, s.master, s.param->value);
+    if (s.split()) s.remainder = Tensor::zeros(s.remainder.shape(), DType::I16, s.remainder.device());
+    else if (s.own_master()) ops::copy_cast(ctx_, s.master, s.param->value);
   }
 }
 
@@ -113,7 +113,7 @@ AdamW::StepInfo AdamW::step(double lr, double weight_decay, float grad_scale) {
     t.grad = s.param->grad;
     t.exp_avg = s.exp_avg;
     t.exp_avg_sq = s.exp_avg_sq;
-    if (s.master.raw() != s.param->value.raw()) t.model = s.param->value;
+    if (s.low_precision()) t.model = s.param->value;
     t.weight_decay_mult = s.param->no_weight_decay ? 0.f : 1.f;
     tensors.push_back(std::move(t));
   }
@@ -135,8 +135,8 @@ NamedTensorList AdamW::state_tensors() const {
   for (const Slot& s : slots_) {
     out.emplace_back(s.param->name + ".exp_avg", s.exp_avg);
     out.emplace_back(s.param->name + ".exp_avg_sq", s.exp_avg_sq);
-    if (s.remainder.defined()) out.emplace_back(s.param->name + ".master", joined_master(s.param->value, s.remainder));
-    else if (s.master.raw() != s.param->value.raw()) out.emplace_back(s.param->name + ".master", s.master);
+    if (s.split()) out.emplace_back(s.param->name + ".master", joined_master(s.param->value, s.remainder));
+    else if (s.own_master()) out.emplace_back(s.param->name + ".master", s.master);
   }
   Tensor step = Tensor::empty({}, DType::I64);
   *step.data<int64_t>() = steps_;
@@ -148,8 +148,8 @@ int64_t AdamW::state_bytes() const {
   int64_t bytes = 0;
   for (const Slot& s : slots_) {
     bytes += static_cast<int64_t>(s.exp_avg.nbytes() + s.exp_avg_sq.nbytes());
-    if (s.remainder.defined()) bytes += static_cast<int64_t>(s.remainder.nbytes());
-    else if (s.master.raw() != s.param->value.raw()) bytes += static_cast<int64_t>(s.master.nbytes());
+    if (s.split()) bytes += static_cast<int64_t>(s.remainder.nbytes());
+    else if (s.own_master()) bytes += static_cast<int64_t>(s.master.nbytes());
   }
   return bytes;
 }
@@ -159,7 +159,7 @@ std::vector<std::string> AdamW::state_names() const {
   for (const Slot& s : slots_) {
     out.push_back(s.param->name + ".exp_avg");
     out.push_back(s.param->name + ".exp_avg_sq");
-    if (s.remainder.defined() || s.master.raw() != s.param->value.raw()) out.push_back(s.param->name + ".master");
+    if (s.low_precision()) out.push_back(s.param->name + ".master");
   }
   out.push_back("step");
   return out;
@@ -188,9 +188,9 @@ void AdamW::load_state_tensors(const NamedTensorList& state) {
     copies.emplace_back(s.exp_avg, &get(s.param->name + ".exp_avg", s.exp_avg.shape(), s.exp_avg.dtype(), true));
     copies.emplace_back(s.exp_avg_sq,
                         &get(s.param->name + ".exp_avg_sq", s.exp_avg_sq.shape(), s.exp_avg_sq.dtype(), true));
-    if (s.remainder.defined())
+    if (s.split())
       split_masters.emplace_back(&s, &get(s.param->name + ".master", s.param->value.shape(), DType::F32, false));
-    else if (s.master.raw() != s.param->value.raw())
+    else if (s.own_master())
       copies.emplace_back(s.master, &get(s.param->name + ".master", s.master.shape(), DType::F32, false));
   }
   for (auto& [dst, src] : copies) {
@@ -203,7 +203,7 @@ void AdamW::load_state_tensors(const NamedTensorList& state) {
   }
   // The model's low-precision copy must match the restored masters exactly.
   for (Slot& s : slots_)
-    if (!s.remainder.defined() && s.master.raw() != s.param->value.raw()) ops::copy_cast(ctx_, s.param->value, s.master);
+    if (s.own_master()) ops::copy_cast(ctx_, s.param->value, s.master);
   for (auto& [slot, master] : split_masters) split_master(slot->param->value, slot->remainder, *master);
   steps_ = *step.data<int64_t>();
 }

@@ -85,6 +85,12 @@ class AdamW {
     Tensor master;     // fp32 (the param itself when it is fp32); undefined with `remainder`
     Tensor remainder;  // store_param_remainders, bf16 params: the master's low half (int16)
     Tensor exp_avg, exp_avg_sq;
+    // The master is the bf16 weight + `remainder`.
+    bool split() const { return remainder.defined(); }
+    // The master is an fp32 tensor of its own beside a 16-bit weight.
+    bool own_master() const { return master.defined() && master.raw() != param->value.raw(); }
+    // State holds a master (".master"), and the param is a 16-bit copy the update refreshes.
+    bool low_precision() const { return split() || own_master(); }
   };
   ops::Context& ctx_;
   AdamWConfig config_;
