@@ -164,6 +164,7 @@ TrainingSetup training_setup(const Config& cfg) {
   t.recompute_num_layers = cfg.has("recompute_num_layers") ? cfg.i("recompute_num_layers") : 0;
   t.cross_entropy_fusion = cfg.b("cross_entropy_loss_fusion");
   t.grad_reduce_in_bf16 = cfg.b("grad_reduce_in_bf16");
+  t.fp8 = cfg.has("fp8");
   if (cfg.b("use_precision_aware_optimizer")) {
     t.exp_avg_bf16 = cfg.s("exp_avg_dtype") == "bf16";
     t.exp_avg_sq_bf16 = cfg.s("exp_avg_sq_dtype") == "bf16";

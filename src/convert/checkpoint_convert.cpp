@@ -14,6 +14,7 @@
 #include "convert/hf_model.h"
 #include "convert/hf_tokenizer_info.h"
 #include "convert/lora_adapters.h"
+#include "model/fp8_training.h"
 #include "model/lora_weights.h"
 #include "convert/primus_config.h"
 #include "convert/staged_dir.h"
@@ -285,7 +286,7 @@ PrimusToHfResult primus_to_hf_dir(const PrimusToHfOptions& o) {
   const std::vector<std::string> expected = primus_parameter_names(mc);
   const std::set<std::string> want(expected.begin(), expected.end());
   for (const auto& e : file.entries())
-    PRIMUS_CHECK(want.count(e.name) || is_lora_tensor(e.name),
+    PRIMUS_CHECK(want.count(e.name) || is_lora_tensor(e.name) || e.name.ends_with(kFp8StateSuffix),
                  "{}: tensor '{}' {} is not a parameter of the model in {}{}; the checkpoint "
                  "and its config.json disagree", file.path(), e.name, shape_str(e.shape), config_path,
                  did_you_mean(e.name, expected));

@@ -58,7 +58,7 @@ void GqaAttention::project_qkv(LayerEnv& env, const Tensor& x, Tensor& h, Tensor
   ops::rmsnorm_forward(env.ctx, h, rstd, x, p_.norm->value, env.norm_eps);
   const Arena::Mark m = env.arena.mark();
   Tensor qkv = env.arena.alloc({q.size(0) * q.size(1), qkv_width()}, h.dtype());
-  parallel::column_parallel_linear_forward(env.ctx, env.tp, env.arena, qkv, h, p_.qkv->value);
+  parallel::column_parallel_linear_forward(env.ctx, env.tp, env.arena, qkv, h, p_.qkv->value, fp8_of(env, p_.qkv));
   parallel::lora_column_forward(env.ctx, env.tp, env.arena, qkv, h, p_.qkv_lora, lora_dropout_of(env));
   ops::qkv_split_rope_forward(env.ctx, q, k, v, qkv, env.rope_cos, env.rope_sin);
   env.arena.release(m);
@@ -88,7 +88,8 @@ void GqaAttention::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::uniqu
 
   project_qkv(env, x, a.h, a.rstd, a.q, a.k, a.v);
   core_forward(env, a.attn, a.lse, a.q, a.k, a.v, scale_);
-  parallel::row_parallel_linear_forward(env.ctx, env.tp, A, y, a.attn.view({d.N(), Hq_ * D_}), p_.proj->value, &x);
+  parallel::row_parallel_linear_forward(env.ctx, env.tp, A, y, a.attn.view({d.N(), Hq_ * D_}), p_.proj->value, &x,
+                                        fp8_of(env, p_.proj));
   parallel::lora_row_forward(env.ctx, env.tp, A, y, a.attn.view({d.N(), Hq_ * D_}), p_.proj_lora,
                              lora_dropout_of(env));
 
@@ -114,14 +115,15 @@ void GqaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres,
     Tensor d_attn = A.alloc({d.B, d.T, Hq_, D_}, dt);
     Tensor d_attn2 = d_attn.view({N, Hq_ * D_});
     parallel::row_parallel_linear_backward(ctx, env.tp, A, &d_attn2, p_.proj->grad, dres,
-                                           a.attn.view({N, Hq_ * D_}), p_.proj->value, acc);
+                                           a.attn.view({N, Hq_ * D_}), p_.proj->value, acc, fp8_of(env, p_.proj));
     parallel::lora_row_backward(ctx, env.tp, A, d_attn2, dres, a.attn.view({N, Hq_ * D_}), p_.proj_lora,
                                 lora_dropout_of(env));
     Tensor dq = A.alloc(a.q.shape(), dt), dk = A.alloc(a.k.shape(), dt), dv = A.alloc(a.v.shape(), dt);
     core_backward(env, dq, dk, dv, d_attn, a.q, a.k, a.v, a.attn, a.lse, scale_);
     Tensor dqkv = A.alloc({N, qkv_width()}, dt);
     ops::qkv_split_rope_backward(ctx, dqkv, dq, dk, dv, env.rope_cos, env.rope_sin);
-    parallel::column_parallel_linear_backward(ctx, env.tp, A, dh, p_.qkv->grad, dqkv, a.h, p_.qkv->value, acc);
+    parallel::column_parallel_linear_backward(ctx, env.tp, A, dh, p_.qkv->grad, dqkv, a.h, p_.qkv->value, acc,
+                                              fp8_of(env, p_.qkv));
     parallel::lora_column_backward(ctx, env.tp, A, dh, dqkv, a.h, p_.qkv_lora, lora_dropout_of(env));
   }
   Tensor dw_norm = norm_weight_grad(env, *p_.norm);

@@ -79,10 +79,11 @@ void MlaAttention::project_latents(LayerEnv& env, const Tensor& x, Acts& a, Tens
     ops::linear_forward(ctx, a.cq, a.h, p_.q_down->value);
     parallel::lora_replicated_forward(ctx, env.tp, env.arena, a.cq, a.h, p_.q_down_lora, drop);
     if (p_.q_norm) ops::rmsnorm_forward(ctx, a.cqn, a.cq_rstd, a.cq, p_.q_norm->value, env.norm_eps);
-    parallel::column_parallel_linear_forward(ctx, env.tp, env.arena, q_proj, a.cqn, p_.q_up->value);
+    parallel::column_parallel_linear_forward(ctx, env.tp, env.arena, q_proj, a.cqn, p_.q_up->value,
+                                             fp8_of(env, p_.q_up));
     parallel::lora_column_forward(ctx, env.tp, env.arena, q_proj, a.cqn, p_.q_up_lora, drop);
   } else {
-    parallel::column_parallel_linear_forward(ctx, env.tp, env.arena, q_proj, a.h, p_.q->value);
+    parallel::column_parallel_linear_forward(ctx, env.tp, env.arena, q_proj, a.h, p_.q->value, fp8_of(env, p_.q));
     parallel::lora_column_forward(ctx, env.tp, env.arena, q_proj, a.h, p_.q_lora, drop);
   }
   ops::linear_forward(ctx, a.kvd, a.h, p_.kv_down->value);
@@ -106,7 +107,8 @@ void MlaAttention::project(LayerEnv& env, const Tensor& x, Acts& a) const {
   Tensor q_proj = A.alloc({N, H * d_.qk()}, x.dtype());
   project_latents(env, x, a, q_proj);
   Tensor kv_up = A.alloc({N, H * (d_.nope + d_.v)}, x.dtype());
-  parallel::column_parallel_linear_forward(env.ctx, env.tp, A, kv_up, a.ckvn, p_.kv_up->value);
+  parallel::column_parallel_linear_forward(env.ctx, env.tp, A, kv_up, a.ckvn, p_.kv_up->value,
+                                           fp8_of(env, p_.kv_up));
   parallel::lora_column_forward(env.ctx, env.tp, A, kv_up, a.ckvn, p_.kv_up_lora, lora_dropout_of(env));
   // The shared rotary key of every token (all-gathered under sequence parallel).
   const Tensor kvd_all = parallel::enter_tp_region(env.tp, a.kvd, A);
@@ -138,7 +140,8 @@ void MlaAttention::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::uniqu
 
   project(env, x, a);
   ops::attention_forward(env.ctx, a.attn, a.lse, a.q, a.k, a.v, scale_, true);
-  parallel::row_parallel_linear_forward(env.ctx, env.tp, A, y, a.attn.view({N, H * d_.v}), p_.proj->value, &x);
+  parallel::row_parallel_linear_forward(env.ctx, env.tp, A, y, a.attn.view({N, H * d_.v}), p_.proj->value, &x,
+                                        fp8_of(env, p_.proj));
   parallel::lora_row_forward(env.ctx, env.tp, A, y, a.attn.view({N, H * d_.v}), p_.proj_lora, lora_dropout_of(env));
 
   finish_attention_forward(A, scratch, std::move(acts), x, keep, acts_out);
@@ -167,7 +170,7 @@ void MlaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres,
     Tensor d_attn = A.alloc({d.B, d.T, H, d_.v}, dt);
     Tensor d_attn2 = d_attn.view({N, H * d_.v});
     parallel::row_parallel_linear_backward(ctx, env.tp, A, &d_attn2, p_.proj->grad, dres,
-                                           a.attn.view({N, H * d_.v}), p_.proj->value, acc);
+                                           a.attn.view({N, H * d_.v}), p_.proj->value, acc, fp8_of(env, p_.proj));
     parallel::lora_row_backward(ctx, env.tp, A, d_attn2, dres, a.attn.view({N, H * d_.v}), p_.proj_lora, drop);
     Tensor dq = A.alloc(a.q.shape(), dt), dk = A.alloc(a.k.shape(), dt), dv = A.alloc(a.v.shape(), dt);
     ops::attention_backward(ctx, dq, dk, dv, d_attn, a.q, a.k, a.v, a.attn, a.lse, scale_, true);
@@ -181,7 +184,7 @@ void MlaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres,
     Tensor dkvd = A.alloc({R, L + d_.rope}, dt);
     Tensor dckvn = A.alloc({R, L}, dt);
     parallel::column_parallel_linear_backward(ctx, env.tp, A, dckvn, p_.kv_up->grad, dkv_up, a.ckvn, p_.kv_up->value,
-                                              acc);
+                                              acc, fp8_of(env, p_.kv_up));
     parallel::lora_column_backward(ctx, env.tp, A, dckvn, dkv_up, a.ckvn, p_.kv_up_lora, drop);
     if (p_.kv_norm) {
       Tensor dckv = A.alloc({R, L}, dt);
@@ -200,7 +203,7 @@ void MlaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres,
     if (d_.q_lora > 0) {
       Tensor dcqn = A.alloc({R, d_.q_lora}, dt);
       parallel::column_parallel_linear_backward(ctx, env.tp, A, dcqn, p_.q_up->grad, dq_proj, a.cqn, p_.q_up->value,
-                                                acc);
+                                                acc, fp8_of(env, p_.q_up));
       parallel::lora_column_backward(ctx, env.tp, A, dcqn, dq_proj, a.cqn, p_.q_up_lora, drop);
       Tensor dcq = dcqn;
       if (p_.q_norm) {
@@ -214,7 +217,8 @@ void MlaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres,
       parallel::lora_replicated_backward(ctx, env.tp, A, dh, dcq, a.h, p_.q_down_lora, drop);
     } else {
       Tensor dh_q = A.alloc({R, d.C}, dt);
-      parallel::column_parallel_linear_backward(ctx, env.tp, A, dh_q, p_.q->grad, dq_proj, a.h, p_.q->value, acc);
+      parallel::column_parallel_linear_backward(ctx, env.tp, A, dh_q, p_.q->grad, dq_proj, a.h, p_.q->value, acc,
+                                                fp8_of(env, p_.q));
       parallel::lora_column_backward(ctx, env.tp, A, dh_q, dq_proj, a.h, p_.q_lora, drop);
       ops::add(ctx, dh, dh, dh_q);
     }

@@ -18,10 +18,12 @@
 #include <vector>
 
 #include "core/arena.h"
+#include "model/fp8_training.h"
 #include "parallel/named_tensor.h"
 #include "ops/ops.h"
 #include "parallel/context_parallel.h"
 #include "parallel/expert_parallel.h"
+#include "parallel/layers.h"
 #include "parallel/lora.h"
 #include "parallel/tensor_parallel.h"
 
@@ -72,7 +74,15 @@ struct LayerEnv {
   // generation, reference log-probs). Read only when `training`; DecoderLayer keeps a copy for
   // its backward.
   const parallel::LoraDropout* lora_dropout = nullptr;
+  // FP8 training (model/fp8_training.h): the linears whose GEMMs run in FP8; null: none.
+  Fp8Training* fp8 = nullptr;
 };
+
+// How a block's linear with weight w runs: FP8 when the run trains in FP8 and w is one of its
+// FP8 linears (a training forward records amaxes), else bf16 (an empty Fp8Use).
+inline parallel::Fp8Use fp8_of(const LayerEnv& env, const NamedTensor* w) {
+  return {fp8_linear_of(env.fp8, w), env.training};
+}
 
 // The LoRA dropout an adapter call of this env applies (inactive outside training forwards
 // and their backward).

@@ -305,6 +305,20 @@ DecoderModel::DecoderModel(const ModelConfig& config, ops::Context& ctx, const D
     }
   }
   rotary_ = rotary_of(config_);
+  if (options_.fp8) {
+    PRIMUS_CHECK(!lora, "DecoderModel: FP8 training with LoRA is not supported (fp8 with peft: lora)");
+    std::vector<NamedTensor*> linears;
+    for (const auto& [p, spec] : specs_) {
+      if (!fp8_linear_name(spec.name) || !p->grad.defined()) continue;
+      if (ctx_.device() == Device::CUDA)
+        PRIMUS_CHECK(p->value.size(0) % 16 == 0 && p->value.size(1) % 16 == 0,
+                     "fp8: {} is {} on this rank; FP8 GEMMs need both dimensions a multiple of 16 (change the "
+                     "model's sizes or the tensor-parallel size, or remove fp8)",
+                     spec.name, shape_str(p->value.shape()));
+      linears.push_back(p);
+    }
+    fp8_ = std::make_unique<Fp8Training>(*options_.fp8, linears, ctx_.device());
+  }
   init_weights(options_.seed);
 }
 
@@ -345,6 +359,8 @@ std::vector<NamedTensor*> DecoderModel::parameters() {
 std::vector<NamedTensor*> DecoderModel::buffers() {
   std::vector<NamedTensor*> out;
   for (auto& b : buffers_) out.push_back(b.get());
+  if (fp8_)
+    for (NamedTensor* s : fp8_->state_tensors()) out.push_back(s);
   return out;
 }
 
@@ -494,6 +510,7 @@ LayerEnv DecoderModel::make_env(const TokenDims& d, Arena& arena) {
   LayerEnv env{ctx_, arena, d, rope_cos_, rope_sin_, static_cast<float>(config_.norm_epsilon),
                options_.tensor_parallel, options_.expert_parallel};
   env.cp = options_.context_parallel;
+  env.fp8 = fp8_.get();
   return env;
 }
 

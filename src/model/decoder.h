@@ -36,6 +36,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -43,6 +44,7 @@
 #include "core/arena.h"
 #include "model/decoder_layer.h"
 #include "model/decoder_spec.h"
+#include "model/fp8_training.h"
 #include "model/rotary.h"
 #include "model/mlp_moe.h"
 #include "model/mtp.h"
@@ -116,6 +118,9 @@ struct DecoderOptions {
   // Empty: not called. For overlapping the distributed optimizer's parameter all-gather with
   // the forward (overlap_param_gather).
   std::function<void(const NamedTensor&)> param_needed;
+  // FP8 training (ops/fp8.h, model/fp8_training.h): the layers' projections run their GEMMs in
+  // FP8 with these options; unset: bf16 (fp32 on the CPU). Not with LoRA.
+  std::optional<ops::Fp8Options> fp8;
 };
 
 // A non-linear objective of the token log-probabilities (DPO's sequence sums, GRPO's clipped
@@ -164,8 +169,11 @@ class DecoderModel {
   std::vector<NamedTensor*> parameters();
   NamedTensor& parameter(const std::string& name);  // throws with "did you mean"
   // Tensors of the model that are not trained by the optimizer but saved with it: the MoE
-  // expert bias (fp32, updated by its own rule) and, under LoRA, the frozen base model.
+  // expert bias (fp32, updated by its own rule), under LoRA the frozen base model, and under
+  // FP8 the linears' scaling states (Fp8Training).
   std::vector<NamedTensor*> buffers();
+  // The FP8 state of the linears (null without DecoderOptions::fp8).
+  Fp8Training* fp8() { return fp8_.get(); }
   // The MoE blocks of the held layers, in layer order.
   std::vector<MoeMlp*> moe_layers();
   int64_t num_parameters() const;  // elements held by this rank (the whole model at tp 1)
@@ -323,6 +331,7 @@ class DecoderModel {
   DecoderOptions options_;
   std::vector<std::unique_ptr<NamedTensor>> params_;
   std::vector<std::unique_ptr<NamedTensor>> buffers_;
+  std::unique_ptr<Fp8Training> fp8_;  // options_.fp8 set: the FP8 linears' state
   std::vector<std::pair<NamedTensor*, ParamSpec>> specs_;  // every parameter and buffer, in creation order
   NamedTensor* embedding_ = nullptr;
   NamedTensor* final_norm_ = nullptr;

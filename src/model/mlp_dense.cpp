@@ -6,10 +6,10 @@ namespace primus {
 
 void SwigluMlp::forward(LayerEnv& env, const Tensor& h, Tensor& g, Tensor& act, Tensor& y,
                         const Tensor* residual) const {
-  parallel::column_parallel_linear_forward(env.ctx, env.tp, env.arena, g, h, fc1->value);
+  parallel::column_parallel_linear_forward(env.ctx, env.tp, env.arena, g, h, fc1->value, fp8_of(env, fc1));
   parallel::lora_column_forward(env.ctx, env.tp, env.arena, g, h, fc1_lora, lora_dropout_of(env));
   ops::swiglu_forward(env.ctx, act, g);
-  parallel::row_parallel_linear_forward(env.ctx, env.tp, env.arena, y, act, fc2->value, residual);
+  parallel::row_parallel_linear_forward(env.ctx, env.tp, env.arena, y, act, fc2->value, residual, fp8_of(env, fc2));
   parallel::lora_row_forward(env.ctx, env.tp, env.arena, y, act, fc2_lora, lora_dropout_of(env));
 }
 
@@ -21,10 +21,10 @@ void SwigluMlp::backward(LayerEnv& env, const Tensor& h, const Tensor& g, const 
   const int64_t N = g.size(0);
   Tensor d_act = A.alloc({N, F}, g.dtype());
   Tensor d_g = A.alloc({N, 2 * F}, g.dtype());
-  parallel::row_parallel_linear_backward(env.ctx, env.tp, A, &d_act, fc2->grad, dy, act, fc2->value, acc);
+  parallel::row_parallel_linear_backward(env.ctx, env.tp, A, &d_act, fc2->grad, dy, act, fc2->value, acc, fp8_of(env, fc2));
   parallel::lora_row_backward(env.ctx, env.tp, A, d_act, dy, act, fc2_lora, lora_dropout_of(env));
   ops::swiglu_backward(env.ctx, d_g, d_act, g);
-  parallel::column_parallel_linear_backward(env.ctx, env.tp, A, dh, fc1->grad, d_g, h, fc1->value, acc);
+  parallel::column_parallel_linear_backward(env.ctx, env.tp, A, dh, fc1->grad, d_g, h, fc1->value, acc, fp8_of(env, fc1));
   parallel::lora_column_backward(env.ctx, env.tp, A, dh, d_g, h, fc1_lora, lora_dropout_of(env));
   A.release(m);
 }

@@ -201,6 +201,7 @@ MemoryEstimate estimate_memory(const ModelConfig& m, const ParallelLayout& L, co
     // ---- parameters held by one GPU of this stage --------------------------------
     int64_t dense = 0, expert = 0;
     int64_t unprojected = 0;  // embeddings, output layer, norms, routers: fp32 gradients always
+    int64_t fp8_linear = 0;   // parameters of the projections that run in FP8
     int64_t first = 0;
     for (int64_t s = 0; s < stage; ++s) first += stage_layers[static_cast<size_t>(s)];
     const int64_t layers_per_stage = stage_layers[static_cast<size_t>(stage)];
@@ -210,6 +211,7 @@ MemoryEstimate estimate_memory(const ModelConfig& m, const ParallelLayout& L, co
                p.shared_experts / tp + p.router + p.norms;
       unprojected += p.unprojected;
       expert += p.experts / (ep * etp);
+      fp8_linear += (p.attention - p.attention_replicated) / tp + p.mlp / tp + p.shared_experts / tp;
     }
     // The embeddings, the final norm and the output layer: no projections among them.
     int64_t ends = 0;
@@ -227,6 +229,7 @@ MemoryEstimate estimate_memory(const ModelConfig& m, const ParallelLayout& L, co
                  p.shared_experts / tp + p.router + p.norms;
         unprojected += extras.unprojected + p.unprojected;
         expert += p.experts / (ep * etp);
+        fp8_linear += (p.attention - p.attention_replicated) / tp + p.mlp / tp + p.shared_experts / tp;
       }
     }
     dense += ends;
@@ -242,7 +245,7 @@ MemoryEstimate estimate_memory(const ModelConfig& m, const ParallelLayout& L, co
     const double dense_shards = t.distributed_optimizer ? static_cast<double>(dp * cp) : 1.0;
     const double expert_shards =
         t.distributed_optimizer ? std::max(1.0, static_cast<double>(dp * cp * tp) / static_cast<double>(ep * etp)) : 1.0;
-    e.weight_bytes = weight_b * static_cast<double>(e.params);
+    e.weight_bytes = weight_b * static_cast<double>(e.params) + (t.fp8 ? 2.0 * static_cast<double>(fp8_linear) : 0.0);
     e.grad_bytes = grad_b * static_cast<double>(e.params) * t.trainable_fraction;
     if (t.grad_reduce_in_bf16 && mixed && t.trainable_fraction == 1.0)
       e.grad_bytes -= 2.0 * static_cast<double>(e.params - unprojected);

@@ -90,12 +90,16 @@ struct TrainingSetup {
   // LoRA (peft: lora): the adapters' share of the parameters; only they have gradients and
   // optimizer states (the frozen base keeps its 16-bit weights only). 1: everything trains.
   double trainable_fraction = 1.0;
+  // fp8: the layers' projections (attention and dense / shared-expert MLP; model/fp8_training.h)
+  // keep their FP8 casts w and w^T between optimizer steps: 2 B per such parameter.
+  bool fp8 = false;
 };
 
 // Memory per GPU on the fullest pipeline stage. Mixed precision (bf16/fp16) keeps 16-bit
 // weights (2 B), fp32 gradients (4 B; 2 B for the projections with grad_reduce_in_bf16) and
 // fp32 master weights + Adam m, v (12 B; less with the precision-aware optimizer's bf16
-// moments and master remainders) per parameter; fp32 training keeps 4 + 4 + 8 B. The distributed optimizer divides the
+// moments and master remainders) per parameter; fp32 training keeps 4 + 4 + 8 B; fp8 adds 2 B
+// per projection parameter for its cached FP8 casts (counted with the weights). The distributed optimizer divides the
 // optimizer part by the data-parallel (x context-parallel) size, or for expert weights by
 // the expert-data-parallel size. Activations are the tensors saved for backward with
 // flash attention (no seq x seq scores), 16-bit (32-bit for fp32 runs), times the

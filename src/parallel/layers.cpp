@@ -11,24 +11,39 @@ namespace {
 Tensor to_device(const Tensor& host, Device device) { return device == Device::CPU ? host : host.to(device); }
 Tensor to_host(const Tensor& t) { return t.device() == Device::CPU ? t : t.to(Device::CPU); }
 
+// The local GEMMs of a linear: bf16 (ops::linear_*), or FP8 with the linear's scaling.
+void local_forward(ops::Context& ctx, Arena& arena, Tensor& y, const Tensor& x, const Tensor& w,
+                   const Tensor* residual, Fp8Use fp8) {
+  if (fp8.linear != nullptr) return ops::fp8_linear_forward(ctx, *fp8.linear, arena, y, x, w, residual, fp8.record_amax);
+  if (residual != nullptr) return ops::linear_forward_add(ctx, y, x, w, *residual);
+  ops::linear_forward(ctx, y, x, w);
+}
+
+void local_backward(ops::Context& ctx, Arena& arena, Tensor* dx, Tensor& dw, const Tensor& dy, const Tensor& x,
+                    const Tensor& w, bool accumulate_dw, Fp8Use fp8) {
+  if (fp8.linear != nullptr) return ops::fp8_linear_backward(ctx, *fp8.linear, arena, dx, dw, dy, x, w, accumulate_dw);
+  ops::linear_backward(ctx, dx, dw, dy, x, w, accumulate_dw);
+}
+
 }  // namespace
 
 // ---- linear layers -------------------------------------------------------------------------
 
 void column_parallel_linear_forward(ops::Context& ctx, const TensorParallel& tp, Arena& arena, Tensor& y,
-                                    const Tensor& x, const Tensor& w) {
+                                    const Tensor& x, const Tensor& w, Fp8Use fp8) {
   const Arena::Mark m = arena.mark();
   const Tensor x_full = enter_tp_region(tp, x, arena);
-  ops::linear_forward(ctx, y, x_full, w);
+  local_forward(ctx, arena, y, x_full, w, nullptr, fp8);
   arena.release(m);
 }
 
 void column_parallel_linear_backward(ops::Context& ctx, const TensorParallel& tp, Arena& arena, Tensor& dx, Tensor& dw,
-                                     const Tensor& dy, const Tensor& x, const Tensor& w, bool accumulate_dw) {
+                                     const Tensor& dy, const Tensor& x, const Tensor& w, bool accumulate_dw,
+                                     Fp8Use fp8) {
   const Arena::Mark m = arena.mark();
   const Tensor x_full = enter_tp_region(tp, x, arena);
   Tensor dx_full = tp_partial_buffer(tp, dx, arena);
-  ops::linear_backward(ctx, &dx_full, dw, dy, x_full, w, accumulate_dw);
+  local_backward(ctx, arena, &dx_full, dw, dy, x_full, w, accumulate_dw, fp8);
   enter_tp_region_backward(tp, dx, dx_full);
   arena.release(m);
 }
@@ -67,24 +82,22 @@ void column_parallel_linear_gathered_backward(ops::Context& ctx, const TensorPar
 }
 
 void row_parallel_linear_forward(ops::Context& ctx, const TensorParallel& tp, Arena& arena, Tensor& y,
-                                 const Tensor& x, const Tensor& w, const Tensor* residual) {
-  if (!tp.active()) {
-    if (residual != nullptr) return ops::linear_forward_add(ctx, y, x, w, *residual);
-    return ops::linear_forward(ctx, y, x, w);
-  }
+                                 const Tensor& x, const Tensor& w, const Tensor* residual, Fp8Use fp8) {
+  if (!tp.active()) return local_forward(ctx, arena, y, x, w, residual, fp8);
   const Arena::Mark m = arena.mark();
   Tensor partial = tp_partial_buffer(tp, y, arena);
-  ops::linear_forward(ctx, partial, x, w);
+  local_forward(ctx, arena, partial, x, w, nullptr, fp8);
   exit_tp_region(tp, y, partial);
   arena.release(m);
   if (residual != nullptr) ops::add(ctx, y, y, *residual);
 }
 
 void row_parallel_linear_backward(ops::Context& ctx, const TensorParallel& tp, Arena& arena, Tensor* dx, Tensor& dw,
-                                  const Tensor& dy, const Tensor& x, const Tensor& w, bool accumulate_dw) {
+                                  const Tensor& dy, const Tensor& x, const Tensor& w, bool accumulate_dw,
+                                  Fp8Use fp8) {
   const Arena::Mark m = arena.mark();
   const Tensor dy_full = exit_tp_region_backward(tp, dy, arena);
-  ops::linear_backward(ctx, dx, dw, dy_full, x, w, accumulate_dw);
+  local_backward(ctx, arena, dx, dw, dy_full, x, w, accumulate_dw, fp8);
   arena.release(m);
 }
 

@@ -31,29 +31,42 @@
 #include <cstdint>
 
 #include "core/arena.h"
+#include "ops/fp8.h"
 #include "ops/ops.h"
 #include "parallel/tensor_parallel.h"
 
 namespace primus::parallel {
 
 // ---- linear layers -------------------------------------------------------------------
+//
+// Each takes an optional FP8 linear (ops/fp8.h, model/fp8_training.h): with one, its GEMMs run
+// in FP8 with that linear's scaling (the communication is unchanged; it moves bf16).
+
+// An FP8 linear in use: its state, and whether the forward records amaxes (a training forward;
+// evaluation and generation do not move delayed scaling's history).
+struct Fp8Use {
+  ops::Fp8Linear* linear = nullptr;
+  bool record_amax = true;
+};
 
 // y (N, out_local) = enter(x (R, in)) @ w^T, w (out_local, in) this rank's rows. y is the
 // caller's (allocated before the call); the gathered input is scratch in `arena`.
 void column_parallel_linear_forward(ops::Context& ctx, const TensorParallel& tp, Arena& arena, Tensor& y,
-                                    const Tensor& x, const Tensor& w);
+                                    const Tensor& x, const Tensor& w, Fp8Use fp8 = {});
 // dx (R, in) = the tp-reduced dy @ w (written); dw (out_local, in) += dy^T @ enter(x), or
 // written when !accumulate_dw. Under sequence parallel x is gathered again here.
 void column_parallel_linear_backward(ops::Context& ctx, const TensorParallel& tp, Arena& arena, Tensor& dx, Tensor& dw,
-                                     const Tensor& dy, const Tensor& x, const Tensor& w, bool accumulate_dw);
+                                     const Tensor& dy, const Tensor& x, const Tensor& w, bool accumulate_dw,
+                                     Fp8Use fp8 = {});
 // y (R, out) = reduce over tp of x (N, in_local) @ w^T, w (out, in_local) this rank's columns,
 // plus residual (R, out) when given (on one rank inside the GEMM's epilogue).
 void row_parallel_linear_forward(ops::Context& ctx, const TensorParallel& tp, Arena& arena, Tensor& y,
-                                 const Tensor& x, const Tensor& w, const Tensor* residual = nullptr);
+                                 const Tensor& x, const Tensor& w, const Tensor* residual = nullptr, Fp8Use fp8 = {});
 // dx (N, in_local) = enter(dy (R, out)) @ w (written; skipped when dx is null); dw += (or =)
 // enter(dy)^T @ x.
 void row_parallel_linear_backward(ops::Context& ctx, const TensorParallel& tp, Arena& arena, Tensor* dx, Tensor& dw,
-                                  const Tensor& dy, const Tensor& x, const Tensor& w, bool accumulate_dw);
+                                  const Tensor& dy, const Tensor& x, const Tensor& w, bool accumulate_dw,
+                                  Fp8Use fp8 = {});
 
 // A column-parallel linear whose output returns to the residual stream (Megatron's
 // ColumnParallelLinear with gather_output, then the sequence-parallel scatter; MTP's eh_proj):

@@ -1,5 +1,7 @@
 #include "train/checkpoint.h"
 
+#include "model/fp8_training.h"
+
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -479,6 +481,8 @@ void load_tensors_into(const SafetensorsFile& file, const NamedTensorList& targe
   for (const auto& [name, t] : targets) target_names.push_back(name);
   if (strict) {
     for (const auto& e : file.entries()) {
+      // FP8 scaling states (model/fp8_training.h) of a run with fp8: a run without it has no use for them.
+      if (e.name.ends_with(kFp8StateSuffix)) continue;
       const bool known = std::find(target_names.begin(), target_names.end(), e.name) != target_names.end();
       PRIMUS_CHECK(known, "{}: unknown tensor '{}' {} (not a parameter of this model{}); was the checkpoint "
                    "saved from a different model config?", file.path(), e.name, shape_str(e.shape),

@@ -119,16 +119,39 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
     o.precision = Precision::Fp32;
     o.precision_downgraded = bf16 || fp16;
   }
-  // FP8 GEMMs are not built yet: a run asking for them would train in bf16 without a word.
-  if (cfg.has("fp8"))
-    throw Error(fmt::format("fp8 = {} ({}): FP8 training is not built yet in Primus (the GEMMs would run in bf16); "
-                            "remove fp8 to train in bf16",
-                            cfg.s("fp8"), cfg.source("fp8").str()));
-  for (const char* k : {"fp8_recipe", "fp8_margin", "fp8_amax_history_len", "fp8_amax_compute_algo"})
-    if (cfg.source(k).file != config::kSchemaDefault)
-      throw Error(fmt::format("{} ({}) configures FP8 scaling, but FP8 training is not built yet (and fp8 is not "
-                              "set): remove it",
-                              k, cfg.source(k).str()));
+  // FP8 GEMMs of the layers' projections (ops/fp8.h, model/fp8_training.h).
+  if (cfg.has("fp8")) {
+    const std::string at = cfg.source("fp8").str();
+    if (fp16)
+      throw Error(fmt::format("fp8 = {} ({}) with fp16: true: FP8 training runs with bf16 (the non-FP8 parts and the "
+                              "GEMM outputs); set bf16: true instead of fp16",
+                              cfg.s("fp8"), at));
+    if (o.device == Device::CUDA && o.precision != Precision::Bf16)
+      throw Error(fmt::format("fp8 = {} ({}) on CUDA needs bf16: true (the FP8 casts read bf16 tensors)",
+                              cfg.s("fp8"), at));
+    ops::Fp8Options f;
+    f.format = cfg.s("fp8") == "e4m3" ? ops::Fp8Format::E4M3 : ops::Fp8Format::Hybrid;
+    const std::string recipe = cfg.s("fp8_recipe");
+    if (recipe == "blockwise")
+      throw Error(fmt::format("fp8_recipe = blockwise ({}): block-wise FP8 scaling is not built in Primus; use "
+                              "delayed (amax history) or tensorwise (current scaling)",
+                              cfg.source("fp8_recipe").str()));
+    f.recipe = recipe == "tensorwise" ? ops::Fp8Recipe::Tensorwise : ops::Fp8Recipe::Delayed;
+    f.margin = static_cast<int>(cfg.i("fp8_margin"));
+    f.amax_history_len = static_cast<int>(cfg.i("fp8_amax_history_len"));
+    f.amax_max = cfg.s("fp8_amax_compute_algo") == "max";
+    if (f.amax_history_len > 1024)
+      throw Error(fmt::format("fp8_amax_history_len = {} ({}) is larger than 1024 (Transformer Engine's default is "
+                              "1024; Megatron's examples use 1 to 1024)",
+                              f.amax_history_len, cfg.source("fp8_amax_history_len").str()));
+    o.fp8 = f;
+  } else {
+    for (const char* k : {"fp8_recipe", "fp8_margin", "fp8_amax_history_len", "fp8_amax_compute_algo"})
+      if (cfg.source(k).file != config::kSchemaDefault)
+        throw Error(fmt::format("{} ({}) configures FP8 scaling, but fp8 is not set: set fp8: hybrid (or e4m3) to "
+                                "train with FP8 GEMMs, or remove it",
+                                k, cfg.source(k).str()));
+  }
   if (cfg.has("loss_scale")) o.loss_scale.static_scale = cfg.f("loss_scale");
   o.loss_scale.initial_scale = cfg.f("initial_loss_scale");
   o.loss_scale.min_scale = cfg.f("min_loss_scale");
@@ -262,6 +285,10 @@ TrainOptions train_options(const config::Config& cfg, bool cuda_visible) {
     o.lora.alpha = cfg.f("lora_alpha");
     if (cfg.has("lora_target_modules")) o.lora.targets = cfg.list("lora_target_modules");
     o.lora.dropout = cfg.f("lora_dropout");
+    if (o.fp8)
+      throw Error(fmt::format("fp8 = {} ({}) with peft: lora ({}): FP8 training of LoRA adapters is not built; "
+                              "remove fp8 (LoRA trains in bf16)",
+                              cfg.s("fp8"), cfg.source("fp8").str(), cfg.source("peft").str()));
     if (!(o.lora.dropout >= 0.0 && o.lora.dropout < 1.0))
       throw Error(fmt::format("lora_dropout = {} ({}) must be in [0, 1)", o.lora.dropout,
                               cfg.source("lora_dropout").str()));

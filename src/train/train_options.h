@@ -14,6 +14,7 @@
 #include "data/data_config.h"
 #include "model/decoder_spec.h"
 #include "model/model_config.h"
+#include "ops/fp8.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
 #include "parallel/expert_parallel.h"
@@ -60,6 +61,9 @@ struct TrainOptions {
   Precision precision = Precision::Fp32;
   bool precision_downgraded = false;  // bf16/fp16 asked for, but the CPU path computes in fp32
   LossScaleOptions loss_scale;
+  // fp8 / fp8_recipe / fp8_margin / fp8_amax_history_len / fp8_amax_compute_algo: the layers'
+  // projections run their GEMMs in FP8 (ops/fp8.h); unset: none.
+  std::optional<ops::Fp8Options> fp8;
 
   // Model.
   ModelConfig model;

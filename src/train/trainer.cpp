@@ -233,6 +233,16 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   lo.param_dtype = param_dtype(o.precision);
   lo.linear_grad_dtype = o.grad_reduce_in_bf16 ? DType::BF16 : DType::F32;
   lo.seed = o.seed;
+  lo.fp8 = o.fp8;
+  if (o.fp8 && o.device == Device::CUDA) {
+    // Every FP8 GEMM has the micro-batch's token rows as a dimension (the weight gradient's inner one).
+    const int64_t rows = o.micro_batch_size * o.seq_length / std::max(1, o.context_parallel);
+    PRIMUS_CHECK(rows % 16 == 0,
+                 "fp8: micro_batch_size {} x seq_length {} / context_parallel_size {} = {} token rows per "
+                 "micro-batch, not a multiple of 16 (FP8 GEMMs need every dimension a multiple of 16); change "
+                 "micro_batch_size or seq_length, or remove fp8",
+                 o.micro_batch_size, o.seq_length, std::max(1, o.context_parallel), rows);
+  }
   lo.recompute = parse_recompute_granularity(o.recompute_granularity);
   lo.recompute_num_layers = o.recompute_num_layers;
   lo.fused_cross_entropy = o.cross_entropy_loss_fusion;
@@ -482,6 +492,7 @@ void Run::setup_grpo() {
     ro.grad_ready = {};
     ro.param_needed = {};
     ro.lora = {};  // LoRA: the reference is the base model
+    ro.fp8.reset();  // the frozen reference scores in bf16 (no FP8 scaling state to keep)
     reference_ = std::make_unique<PipelinedModel>(o_.model, ctx_, ro, PipelineOptions{});
     if (!o_.pretrained_checkpoint.empty()) {
       CheckpointReader reader(o_.pretrained_checkpoint);
@@ -552,6 +563,13 @@ void Run::restore() {
   // Checkpoints hold full tensors: a tensor- or expert-parallel rank slices out its shard, so a
   // run may resume at another layout than the one that saved.
   std::vector<NamedTensor*> loaded = checkpoint_tensors();
+  // FP8 scaling states are optional: from a checkpoint saved without fp8 they start fresh.
+  const size_t fp8_fresh = std::erase_if(loaded, [&](const NamedTensor* p) {
+    return p->name.ends_with(kFp8StateSuffix) && !reader.model_file().contains(p->name);
+  });
+  if (fp8_fresh > 0)
+    logger_.info("{}: no FP8 scaling state for {} linears (saved without fp8): their scaling starts fresh",
+                 reader.path(), fp8_fresh);
   // LoRA starting from a base model: the adapters are new (their init stays).
   if (weights_only && o_.lora.active())
     std::erase_if(loaded, [](const NamedTensor* p) {
@@ -582,6 +600,8 @@ void Run::restore() {
   // The optimizer took its fp32 masters from the initial weights: make them the loaded ones
   // (the optimizer state, when loaded below, restores the exact fp32 masters instead).
   optimizer_->reset_masters_from_params();
+  for (const auto& chunk : model_->chunks())
+    if (chunk->fp8() != nullptr) chunk->fp8()->weights_changed();
   if (weights_only) {
     logger_.info("{}: loaded the weights of {} (iteration {}){}; starting at iteration 0 with a fresh optimizer",
                  o_.finetune && dir == o_.load ? "finetune" : "pretrained_checkpoint", reader.path(), reader.iteration(),
@@ -901,6 +921,24 @@ void Run::log_header() {
                  100.0 * static_cast<double>(held) / static_cast<double>(held + frozen), (held + frozen) / 1e6,
                  per_param * static_cast<double>(frozen) / 1e9);
   }
+  if (o_.fp8) {
+    const ops::Fp8Options& f = *o_.fp8;
+    size_t linears = 0;
+    for (const auto& chunk : model_->chunks())
+      if (chunk->fp8() != nullptr) linears += chunk->fp8()->num_linears();
+    logger_.info("fp8: {} ({} forward, {} gradients), {} scaling{}: {} linears on this rank run their GEMMs in FP8 "
+                 "(attention qkv / proj, dense and shared-expert MLP fc1 / fc2); the embedding, output layer, "
+                 "router{} stay bf16; weights, gradients and the optimizer are unchanged, plus 2 B per FP8 weight for "
+                 "its cast copies",
+                 f.format == ops::Fp8Format::Hybrid ? "hybrid" : "e4m3", "e4m3",
+                 f.format == ops::Fp8Format::Hybrid ? "e5m2" : "e4m3",
+                 f.recipe == ops::Fp8Recipe::Delayed ? "delayed" : "tensorwise (current)",
+                 f.recipe == ops::Fp8Recipe::Delayed
+                     ? fmt::format(" (amax history {}, {}, margin {})", f.amax_history_len,
+                                   f.amax_max ? "max" : "most_recent", f.margin)
+                     : fmt::format(" (margin {})", f.margin),
+                 linears, m.num_experts > 0 ? " and the routed experts' grouped GEMMs" : "");
+  }
   if (m.num_experts > 0) {
     int64_t moe_layers = 0;
     for (int64_t l = 0; l < m.num_layers; ++l) moe_layers += m.is_moe_layer(l) ? 1 : 0;
@@ -1098,6 +1136,10 @@ TrainResult Run::train() {
       info.skipped = true;
       info.grad_norm = std::numeric_limits<double>::quiet_NaN();
     }
+    // FP8: this step's amaxes agreed over the replicas of each linear, delayed scaling's new
+    // scales, and the weights re-cast at their next use.
+    for (const auto& chunk : model_->chunks())
+      if (chunk->fp8() != nullptr) chunk->fp8()->end_step(ctx_, {&groups_->dp_cp(), &groups_->tp()});
     phase_done("optimizer");
     scaler_.update(info.skipped);
     // fp16 overflow with dynamic scaling is routine; anything else non-finite is a fault.

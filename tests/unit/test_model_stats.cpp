@@ -211,6 +211,20 @@ TEST(ModelStats, PrecisionAwareOptimizerStates) {
   EXPECT_DOUBLE_EQ(estimate_memory(m, ParallelLayout{}, t).optimizer_bytes, 4.0 * n);
 }
 
+// fp8 keeps each projection's FP8 casts (w and w^T, 1 B each): 2 B per parameter of the
+// attention and dense MLP projections, by hand for Llama-3.2-1B's 16 layers.
+TEST(ModelStats, Fp8AddsTheCachedCastsOfTheProjections) {
+  const ModelConfig m = zoo("llama3.2_1B");
+  TrainingSetup t;
+  const MemoryEstimate plain = estimate_memory(m, ParallelLayout{}, t);
+  t.fp8 = true;
+  const MemoryEstimate fp8 = estimate_memory(m, ParallelLayout{}, t);
+  const double h = 2048, kv = 512, ffn = 8192;
+  const double per_layer = h * (h + 2 * kv) + h * h + 3 * h * ffn;  // qkv, proj, fc1 (gate|up), fc2
+  EXPECT_DOUBLE_EQ(fp8.weight_bytes - plain.weight_bytes, 2.0 * 16 * per_layer);
+  EXPECT_DOUBLE_EQ(fp8.optimizer_bytes, plain.optimizer_bytes);
+}
+
 TEST(ModelStats, ActivationsOfATinyLayerByHand) {
   // h 64, 4 heads of 16 (no GQA), ffn 128, vocab 256, 2 layers, 8 tokens, TP 1, bf16, fused CE.
   ModelConfig m;

@@ -249,23 +249,35 @@ TEST(MoeConfig, WhatIsNotBuiltIsRefusedByName) {
   refusal({"tensor_model_parallel_size=2", "expert_tensor_parallel_size=1"}, "expert_tensor_parallel_size = 1");
 }
 
-// FP8 GEMMs are not built: fp8 and its scaling keys are refused by name instead of training in bf16.
-TEST(PrecisionConfig, Fp8IsRefusedUntilBuilt) {
+// fp8 and its scaling keys are read into TrainOptions::fp8 (ops/fp8.h); a scaling key without
+// fp8, and what FP8 does not build, are refused by name (tests/unit/test_trainer.cpp trains).
+TEST(PrecisionConfig, Fp8KeysAreReadOrRefusedByName) {
   setenv("PRIMUS_TEST_WORKSPACE", "/tmp/primus_test_fp8_ws", 0);
   const std::string exp = std::string(PRIMUS_TEST_DATA_DIR) + "/../train/tiny_mock-pretrain.yaml";
+  auto options = [&](std::vector<std::string> sets) {
+    config::Config cfg = config::load_experiment(exp, sets, 0);
+    return train::train_options(cfg, false);
+  };
   auto refusal = [&](std::vector<std::string> sets) {
     try {
-      config::Config cfg = config::load_experiment(exp, sets, 0);
-      (void)train::train_options(cfg, false);
+      (void)options(std::move(sets));
     } catch (const Error& e) {
       return std::string(e.what());
     }
     return std::string();
   };
-  const std::string e = refusal({"bf16=true", "fp8=hybrid"});
-  EXPECT_NE(e.find("fp8 = hybrid"), std::string::npos) << e;
-  EXPECT_NE(e.find("not built yet"), std::string::npos) << e;
+  const train::TrainOptions o = options({"bf16=true", "fp8=e4m3", "fp8_recipe=delayed", "fp8_amax_history_len=16",
+                                         "fp8_amax_compute_algo=max", "fp8_margin=1"});
+  ASSERT_TRUE(o.fp8.has_value());
+  EXPECT_EQ(o.fp8->format, ops::Fp8Format::E4M3);
+  EXPECT_EQ(o.fp8->recipe, ops::Fp8Recipe::Delayed);
+  EXPECT_EQ(o.fp8->amax_history_len, 16);
+  EXPECT_TRUE(o.fp8->amax_max);
+  EXPECT_EQ(o.fp8->margin, 1);
+  EXPECT_EQ(options({"bf16=true", "fp8=hybrid", "fp8_recipe=tensorwise"}).fp8->recipe, ops::Fp8Recipe::Tensorwise);
+  EXPECT_FALSE(options({"bf16=true"}).fp8.has_value());
   EXPECT_NE(refusal({"fp8_recipe=tensorwise"}).find("fp8_recipe"), std::string::npos);
-  EXPECT_NE(refusal({"fp8_amax_history_len=16"}).find("fp8_amax_history_len"), std::string::npos);
-  EXPECT_EQ(refusal({"bf16=true"}), "");
+  EXPECT_NE(refusal({"fp8_amax_history_len=16"}).find("fp8 is not set"), std::string::npos);
+  EXPECT_NE(refusal({"bf16=true", "fp8=hybrid", "fp8_amax_history_len=4096"}).find("fp8_amax_history_len"),
+            std::string::npos);
 }

@@ -302,6 +302,56 @@ TEST_F(TrainerTest, PrecisionAwareOptimizerKeysAreReadOrRefusedByName) {
   EXPECT_NEAR(r.losses[2], p.losses[2], 1e-2 * std::abs(p.losses[2]));
 }
 
+// FP8 on the CPU (the reference recipe of ops/fp8.h): trains the tiny model close to fp32,
+// keeps its scaling state in the checkpoint so that a resumed run is bit-exact, loads across
+// fp8 / no-fp8 checkpoints, and refuses what it does not build by name.
+TEST_F(TrainerTest, Fp8TrainsResumesExactlyAndRefusesByName) {
+  const std::vector<std::string> fp8 = {"bf16=true", "fp8=hybrid", "fp8_amax_history_len=4",
+                                        "fp8_amax_compute_algo=max"};
+  auto with = [](std::vector<std::string> a, const std::vector<std::string>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    return a;
+  };
+  const TrainResult plain = train(options());
+  const TrainResult full = train(options(fp8));
+  ASSERT_EQ(full.losses.size(), plain.losses.size());
+  EXPECT_LT(full.losses.back(), full.losses.front());  // it trains (mock data: slowly)
+  for (size_t i = 0; i < full.losses.size(); ++i)
+    EXPECT_NEAR(full.losses[i], plain.losses[i], 0.01 * plain.losses[i]) << "iteration " << i + 1;
+  EXPECT_FALSE(bit_equal(full.losses.back(), plain.losses.back()));  // the GEMMs did run in FP8
+
+  const TrainResult first = train(options(with(fp8, {"save=" + path("ckpt"), "exit_interval=5"})));
+  ASSERT_EQ(first.iteration, 5);
+  {
+    const CheckpointReader reader(path("ckpt"));
+    EXPECT_TRUE(reader.model_file().contains("decoder.layers.0.mlp.linear_fc1._fp8_scaling"));
+    EXPECT_TRUE(reader.model_file().contains("decoder.layers.1.self_attention.linear_qkv._fp8_scaling"));
+    EXPECT_FALSE(reader.model_file().contains("output_layer._fp8_scaling"));
+  }
+  const TrainResult rest = train(options(with(fp8, {"save=" + path("ckpt"), "auto_continue_train=true"})));
+  ASSERT_EQ(first.losses.size() + rest.losses.size(), full.losses.size());
+  for (size_t i = 0; i < full.losses.size(); ++i) {
+    const double got = i < first.losses.size() ? first.losses[i] : rest.losses[i - first.losses.size()];
+    EXPECT_TRUE(bit_equal(got, full.losses[i])) << "iteration " << i + 1 << ": " << got << " vs " << full.losses[i];
+  }
+  // Across settings: an fp8 checkpoint resumes without fp8, a plain one with it (fresh scaling).
+  EXPECT_EQ(train(options({"load=" + path("ckpt"), "train_iters=13"})).iteration, 13);
+  EXPECT_EQ(train(options({"save=" + path("plain"), "exit_interval=5"})).iteration, 5);
+  EXPECT_EQ(train(options(with(fp8, {"load=" + path("plain"), "train_iters=7"}))).iteration, 7);
+
+  const TrainResult tensorwise = train(options({"bf16=true", "fp8=e4m3", "fp8_recipe=tensorwise"}));
+  for (size_t i = 0; i < plain.losses.size(); ++i)
+    EXPECT_NEAR(tensorwise.losses[i], plain.losses[i], 0.01 * plain.losses[i]) << "iteration " << i + 1;
+
+  for (auto [sets, key] : {std::pair{std::vector<std::string>{"fp16=true", "fp8=hybrid"}, "bf16: true"},
+                           {{"bf16=true", "fp8=hybrid", "fp8_recipe=blockwise"}, "fp8_recipe = blockwise"},
+                           {{"fp8_margin=1"}, "fp8 is not set"},
+                           {{"bf16=true", "fp8=hybrid", "peft=lora"}, "peft: lora"}}) {
+    const std::string why = refusal(sets);
+    EXPECT_NE(why.find(key), std::string::npos) << sets.back() << ": " << why;
+  }
+}
+
 // Data that cannot train says why, with a fix that works.
 TEST_F(TrainerTest, DataErrorsSayWhyAndTheFixWorks) {
   auto write = [&](const char* name, int docs) {

@@ -49,7 +49,9 @@ cudaDataType_t cuda_type(DType t) {
     case DType::BF16: return CUDA_R_16BF;
     case DType::F16: return CUDA_R_16F;
     case DType::F32: return CUDA_R_32F;
-    default: fail("GEMM: dtype {} is not supported (bf16, fp16, fp32)", dtype_name(t));
+    case DType::F8E4M3: return CUDA_R_8F_E4M3;
+    case DType::F8E5M2: return CUDA_R_8F_E5M2;
+    default: fail("GEMM: dtype {} is not supported (bf16, fp16, fp32; fp8 in matmul_fp8)", dtype_name(t));
   }
 }
 
@@ -117,6 +119,58 @@ struct GemmEngine::Impl {
   std::unordered_map<GemmKey, GemmCandidate, KeyHash> table;  // stage 3 / set_algo overrides
   TuningTable tuned;  // stage 2 results of this process, rewritten after each new shape
   std::string device_name;
+  // FP8 plans (matmul_fp8), keyed by shape, operand and output dtypes, beta != 0, c, fast_accum.
+  struct Fp8Key {
+    int64_t m, n, k;
+    DType p, q, out;
+    bool accumulate, has_c, fast_accum;
+    bool operator==(const Fp8Key&) const = default;
+  };
+  struct Fp8KeyHash {
+    size_t operator()(const Fp8Key& k) const {
+      size_t h = std::hash<int64_t>()(k.m) * 1000003u ^ std::hash<int64_t>()(k.n) * 10007u ^ std::hash<int64_t>()(k.k);
+      return h ^ (static_cast<size_t>(k.p) << 1) ^ (static_cast<size_t>(k.q) << 5) ^ (static_cast<size_t>(k.out) << 9) ^
+             (k.accumulate ? 1u << 13 : 0u) ^ (k.has_c ? 1u << 14 : 0u) ^ (k.fast_accum ? 1u << 15 : 0u);
+    }
+  };
+  std::unordered_map<Fp8Key, Plan, Fp8KeyHash> fp8_plans;
+
+  Plan& fp8_plan_for(const Fp8Key& key) {
+    auto it = fp8_plans.find(key);
+    if (it != fp8_plans.end()) return it->second;
+    Plan p;
+    PRIMUS_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t opa = CUBLAS_OP_T, opb = CUBLAS_OP_N;
+    PRIMUS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
+    PRIMUS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
+    const int8_t fast = key.fast_accum ? 1 : 0;
+    PRIMUS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast, sizeof(fast)));
+    const uint64_t M = static_cast<uint64_t>(key.m), N = static_cast<uint64_t>(key.n), K = static_cast<uint64_t>(key.k);
+    // cuBLASLt's A = q stored (N,K) row-major = column-major (K,N), transposed; B = p, (K,M) column-major.
+    PRIMUS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, cuda_type(key.q), K, N, static_cast<int64_t>(K)));
+    PRIMUS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, cuda_type(key.p), K, M, static_cast<int64_t>(K)));
+    PRIMUS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, cuda_type(key.out), N, M, static_cast<int64_t>(N)));
+    // The heuristic needs the scale mode only; pointers are set per call.
+    cublasLtMatmulPreference_t pref = nullptr;
+    PRIMUS_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const uint64_t ws = kWorkspaceBytes;
+    PRIMUS_CUBLAS_CHECK(
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    cublasLtMatmulHeuristicResult_t result{};
+    int returned = 0;
+    const cublasStatus_t st =
+        cublasLtMatmulAlgoGetHeuristic(handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &returned);
+    cublasLtMatmulPreferenceDestroy(pref);
+    PRIMUS_CHECK(st == CUBLAS_STATUS_SUCCESS && returned > 0 && result.state == CUBLAS_STATUS_SUCCESS,
+                 "cuBLASLt has no FP8 algorithm for m={} n={} k={} {} x {} -> {} (status {}); FP8 GEMMs need "
+                 "compute capability 8.9 or newer and dimensions that are multiples of 16",
+                 key.m, key.n, key.k, dtype_name(key.p), dtype_name(key.q), dtype_name(key.out), static_cast<int>(st));
+    p.algo = result.algo;
+    p.workspace = result.workspaceSize;
+    p.has_algo = true;
+    p.source = "heuristic (fp8)";
+    return fp8_plans.emplace(key, p).first->second;
+  }
 
   Plan& plan_for(const GemmKey& key) {
     auto it = plans.find(key);
@@ -321,6 +375,7 @@ GemmEngine::GemmEngine(int device, cudaStream_t stream, GemmTuningConfig config)
 
 GemmEngine::~GemmEngine() {
   for (auto& [key, p] : impl_->plans) Impl::destroy(p);
+  for (auto& [key, p] : impl_->fp8_plans) Impl::destroy(p);
   cudaFree(impl_->workspace);
   for (const Impl::Lane& l : impl_->lanes) {
     cudaFree(l.workspace);
@@ -379,6 +434,24 @@ void GemmEngine::matmul(void* out, DType out_dtype, const void* a, const void* b
   const cublasStatus_t st = impl_->run(p, p.algo, out, a, b, alpha, beta, stream_, c);
   PRIMUS_CHECK(st == CUBLAS_STATUS_SUCCESS, "cublasLtMatmul failed with status {} for GEMM {} (algorithm from {})",
                static_cast<int>(st), key.str(), p.source);
+}
+
+void GemmEngine::matmul_fp8(void* out, DType out_dtype, const void* p, DType p_dtype, const void* q, DType q_dtype,
+                            int64_t M, int64_t N, int64_t K, const float* p_scale_inv, const float* q_scale_inv,
+                            float beta, const void* c, bool fast_accum) {
+  const Impl::Fp8Key key{M, N, K, p_dtype, q_dtype, out_dtype, beta != 0.f, c != nullptr, fast_accum};
+  Plan& plan = impl_->fp8_plan_for(key);
+  // cuBLASLt's A is q, its B is p.
+  PRIMUS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &q_scale_inv,
+                                                     sizeof(q_scale_inv)));
+  PRIMUS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &p_scale_inv,
+                                                     sizeof(p_scale_inv)));
+  const float alpha = 1.f;
+  const cublasStatus_t st =
+      cublasLtMatmul(impl_->handle, plan.desc, &alpha, q, plan.a, p, plan.b, &beta, c != nullptr ? c : out, plan.c,
+                     out, plan.c, &plan.algo, impl_->workspace, kWorkspaceBytes, stream_);
+  PRIMUS_CHECK(st == CUBLAS_STATUS_SUCCESS, "cublasLtMatmul (fp8) failed with status {} for m={} n={} k={} {} x {} -> {}",
+               static_cast<int>(st), M, N, K, dtype_name(p_dtype), dtype_name(q_dtype), dtype_name(out_dtype));
 }
 
 void GemmEngine::fork_lanes(int n) {

@@ -79,6 +79,15 @@ class GemmEngine {
   void matmul(void* out, DType out_dtype, const void* a, const void* b, DType in_dtype, int64_t M, int64_t N,
               int64_t K, bool ta, bool tb, float alpha, float beta, const void* c = nullptr);
 
+  // FP8 (ops/fp8.h): out (M,N) = beta * (c or out) + (p (M,K) @ q (N,K)^T) * p_scale_inv[0] *
+  // q_scale_inv[0], both operands K-major (cuBLASLt's "TN", the layout Hopper's FP8 GEMM needs),
+  // p and q E4M3 or E5M2 (not both E5M2); out bf16 or fp32 (c, when given, of out's dtype and a
+  // different buffer). fast_accum: Hopper's faster accumulation (Transformer Engine uses it in
+  // the forward, not for gradients). cuBLASLt's heuristic algorithm per shape (not tuned).
+  void matmul_fp8(void* out, DType out_dtype, const void* p, DType p_dtype, const void* q, DType q_dtype, int64_t M,
+                  int64_t N, int64_t K, const float* p_scale_inv, const float* q_scale_inv, float beta,
+                  const void* c, bool fast_accum);
+
   // Independent GEMMs at once (a grouped GEMM's experts, each too small to fill the GPU alone):
   //   engine.fork_lanes(n);                        // lanes 1..n-1 wait for the stream's work so far
   //   engine.matmul_on_lane(e % n, ...);           // lane 0 is the engine's stream
