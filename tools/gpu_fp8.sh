@@ -5,7 +5,9 @@
 #   bash tools/gpu_fp8.sh curve [ITERS]         # 1B shape on Brown, bf16 and fp8 (default 300 steps)
 # speed prints the median tokens/s of the second half of each run and the peak device memory
 # (nvidia-smi, sampled every 100 ms); curve copies each run's metrics.jsonl to $OUT for
-# `primus plot`. SPEED_STEPS (default 24) and FP8_SETS (extra --set pairs for the fp8 runs).
+# `primus plot`. SPEED_STEPS (default 24), FP8_SETS (extra --set pairs for the fp8 runs), QUICK=1 (no
+# tensorwise run at 1B), SHAPES (default "3b 1b"),
+# CURVES (default "bf16 fp8 fp16"; a missing run's metrics are read from $OUT if there), TRAIN_TIMEOUT (seconds per run, default 400).
 set -u -o pipefail
 ROOT=$(pwd)
 # shellcheck source=tools/gpu_env.sh
@@ -38,12 +40,14 @@ if [[ $mode == speed ]]; then
   MOCK=(--set save=null --set mock_data=true --set untie_embeddings_and_output_weights=true --set eval_iters=0)
   for shape in "3b examples/megatron/llama3.2_3B-pretrain.yaml 2" "1b examples/megatron/llama3.2_1B-pretrain.yaml 8"; do
     read -r tag exp mbs <<<"$shape"
+    [[ " ${SHAPES:-3b 1b} " == *" $tag "* ]] || continue
     run "${tag}_bf16" "$exp" 2048 "$mbs" "$S" "${MOCK[@]}"
     run "${tag}_fp8_delayed" "$exp" 2048 "$mbs" "$S" "${MOCK[@]}" "${FP8[@]}" "${EXTRA[@]}"
+    [[ $tag == 1b && -n ${QUICK:-} ]] && continue
     run "${tag}_fp8_tensorwise" "$exp" 2048 "$mbs" "$S" "${MOCK[@]}" --set fp8=hybrid --set fp8_recipe=tensorwise \
       "${EXTRA[@]}"
   done
-  grep -h "fp8:" "$OUT"/3b_fp8_delayed.log | head -2
+  grep -h "fp8:" "$OUT"/*_fp8_delayed.log | head -1 | cut -c1-300
 elif [[ $mode == curve ]]; then
   N=${2:-300}
   # The Brown corpus and the Llama 3.1 tokenizer as tools/gpu_bundle.sh packs them.
@@ -51,29 +55,44 @@ elif [[ $mode == curve ]]; then
          --set data_cache_path="$OUT/cache" --set tokenizer_type=HuggingFaceTokenizer
          --set tokenizer_model="$BUNDLE_DIR/data/tokenizer.json" --set eval_iters=0 --set lr=3e-4 --set min_lr=3e-5
          --set lr_warmup_iters=30 --set lr_decay_iters="$N" --set workspace="$OUT/ws" --set seed=1234)
-  run curve_bf16 examples/megatron/llama3.2_1B-pretrain.yaml 2048 4 "$N" "${BROWN[@]}" --set exp_name=curve_bf16
-  run curve_fp8 examples/megatron/llama3.2_1B-pretrain.yaml 2048 4 "$N" "${BROWN[@]}" "${FP8[@]}" "${EXTRA[@]}" \
-    --set exp_name=curve_fp8
-  for t in bf16 fp8; do
+  want() { [[ " ${CURVES:-bf16 fp8 fp16} " == *" $1 "* ]]; }
+  want bf16 && run curve_bf16 examples/megatron/llama3.2_1B-pretrain.yaml 2048 4 "$N" "${BROWN[@]}" --set exp_name=curve_bf16
+  want fp8 && run curve_fp8 examples/megatron/llama3.2_1B-pretrain.yaml 2048 4 "$N" "${BROWN[@]}" "${FP8[@]}" \
+    "${EXTRA[@]}" --set exp_name=curve_fp8
+  # Issue 17's fp16 check: dynamic loss scaling on the GPU, 200 steps beside bf16 (the examples'
+  # bf16-only memory savings off).
+  want fp16 && run curve_fp16 examples/megatron/llama3.2_1B-pretrain.yaml 2048 4 "$((N < 200 ? N : 200))" "${BROWN[@]}" \
+    --set bf16=false --set fp16=true --set grad_reduce_in_bf16=false --set use_precision_aware_optimizer=false \
+    --set exp_name=curve_fp16
+  want fp16 && grep -h "loss scale" "$OUT/curve_fp16.log" | tail -2 | cut -c1-400
+  for t in bf16 fp8 fp16; do
     f=$(find "$OUT/ws" -path "*curve_$t*" -name metrics.jsonl | head -1)
     [[ -n $f ]] && cp "$f" "$OUT/metrics_$t.jsonl"
   done
-  python3 - "$OUT/metrics_bf16.jsonl" "$OUT/metrics_fp8.jsonl" <<'PY'
+  python3 - "$OUT/metrics_bf16.jsonl" "$OUT/metrics_fp8.jsonl" "$OUT/metrics_fp16.jsonl" <<'PY'
 import json, sys
 def losses(p):
     out = {}
     for line in open(p):
         r = json.loads(line)
-        if r.get("type") == "train" and "lm loss" in r:
-            out[r["iteration"]] = r["lm loss"]
+        if r.get("type") == "train" and "lm_loss" in r:
+            out[r["iteration"]] = r["lm_loss"]
     return out
-a, b = losses(sys.argv[1]), losses(sys.argv[2])
-its = sorted(set(a) & set(b))
-warm = [i for i in its if i > 30]
-worst = max(abs(b[i] - a[i]) / a[i] for i in warm)
-print(f"curve: {len(its)} common iterations; after warm-up (iteration > 30) worst |fp8 - bf16| / bf16 = {worst:.4f}")
-for i in [1, 10, 30, 50, 100, 150, 200, 250, 300, its[-1]]:
-    if i in a and i in b:
-        print(f"  iteration {i}: bf16 {a[i]:.4f} fp8 {b[i]:.4f} ({(b[i] - a[i]) / a[i]:+.4f})")
+a = losses(sys.argv[1])
+for name, path in (("fp8", sys.argv[2]), ("fp16", sys.argv[3])):
+    try:
+        b = losses(path)
+    except OSError:
+        print(f"{name}: no metrics"); continue
+    its = sorted(set(a) & set(b))
+    warm = [i for i in its if i > 30]
+    if not warm:
+        print(f"{name}: no common iterations after warm-up"); continue
+    worst = max(abs(b[i] - a[i]) / a[i] for i in warm)
+    mean = sum(abs(b[i] - a[i]) / a[i] for i in warm) / len(warm)
+    print(f"{name}: {len(its)} common iterations; after warm-up (iteration > 30) |{name} - bf16| / bf16 worst {worst:.4f} mean {mean:.4f}")
+    for i in [1, 10, 30, 50, 100, 150, 200, 250, 300, its[-1]]:
+        if i in a and i in b:
+            print(f"  iteration {i}: bf16 {a[i]:.4f} {name} {b[i]:.4f} ({(b[i] - a[i]) / a[i]:+.4f})")
 PY
 fi

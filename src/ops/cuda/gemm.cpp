@@ -135,7 +135,33 @@ struct GemmEngine::Impl {
   };
   std::unordered_map<Fp8Key, Plan, Fp8KeyHash> fp8_plans;
 
-  Plan& fp8_plan_for(const Fp8Key& key) {
+  // Sets the FP8 operands' scale pointers (cuBLASLt's A = q, B = p) on a plan's descriptor.
+  static void set_fp8_scales(Plan& p, const float* p_scale_inv, const float* q_scale_inv) {
+    PRIMUS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &q_scale_inv,
+                                                       sizeof(q_scale_inv)));
+    PRIMUS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &p_scale_inv,
+                                                       sizeof(p_scale_inv)));
+  }
+
+  // cuBLASLt's algorithms for an FP8 plan, its scale pointers already set (an algorithm chosen
+  // without them is not supported once they are).
+  std::vector<cublasLtMatmulHeuristicResult_t> fp8_heuristics(const Plan& p, int count) {
+    cublasLtMatmulPreference_t pref = nullptr;
+    PRIMUS_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    const uint64_t ws = kWorkspaceBytes;
+    PRIMUS_CUBLAS_CHECK(
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(count));
+    int returned = 0;
+    const cublasStatus_t st =
+        cublasLtMatmulAlgoGetHeuristic(handle, p.desc, p.a, p.b, p.c, p.c, pref, count, results.data(), &returned);
+    cublasLtMatmulPreferenceDestroy(pref);
+    results.resize(st == CUBLAS_STATUS_SUCCESS ? static_cast<size_t>(returned) : 0);
+    std::erase_if(results, [](const auto& r) { return r.state != CUBLAS_STATUS_SUCCESS; });
+    return results;
+  }
+
+  Plan& fp8_plan_for(const Fp8Key& key, const float* p_scale_inv, const float* q_scale_inv) {
     auto it = fp8_plans.find(key);
     if (it != fp8_plans.end()) return it->second;
     Plan p;
@@ -150,21 +176,13 @@ struct GemmEngine::Impl {
     PRIMUS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, cuda_type(key.q), K, N, static_cast<int64_t>(K)));
     PRIMUS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, cuda_type(key.p), K, M, static_cast<int64_t>(K)));
     PRIMUS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, cuda_type(key.out), N, M, static_cast<int64_t>(N)));
-    // The heuristic needs the scale mode only; pointers are set per call.
-    cublasLtMatmulPreference_t pref = nullptr;
-    PRIMUS_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    const uint64_t ws = kWorkspaceBytes;
-    PRIMUS_CUBLAS_CHECK(
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-    cublasLtMatmulHeuristicResult_t result{};
-    int returned = 0;
-    const cublasStatus_t st =
-        cublasLtMatmulAlgoGetHeuristic(handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &returned);
-    cublasLtMatmulPreferenceDestroy(pref);
-    PRIMUS_CHECK(st == CUBLAS_STATUS_SUCCESS && returned > 0 && result.state == CUBLAS_STATUS_SUCCESS,
-                 "cuBLASLt has no FP8 algorithm for m={} n={} k={} {} x {} -> {} (status {}); FP8 GEMMs need "
-                 "compute capability 8.9 or newer and dimensions that are multiples of 16",
-                 key.m, key.n, key.k, dtype_name(key.p), dtype_name(key.q), dtype_name(key.out), static_cast<int>(st));
+    set_fp8_scales(p, p_scale_inv, q_scale_inv);
+    const std::vector<cublasLtMatmulHeuristicResult_t> results = fp8_heuristics(p, 1);
+    PRIMUS_CHECK(!results.empty(),
+                 "cuBLASLt has no FP8 algorithm for m={} n={} k={} {} x {} -> {}; FP8 GEMMs need compute capability "
+                 "8.9 or newer and dimensions that are multiples of 16",
+                 key.m, key.n, key.k, dtype_name(key.p), dtype_name(key.q), dtype_name(key.out));
+    const cublasLtMatmulHeuristicResult_t& result = results[0];
     p.algo = result.algo;
     p.workspace = result.workspaceSize;
     p.has_algo = true;
@@ -440,16 +458,26 @@ void GemmEngine::matmul_fp8(void* out, DType out_dtype, const void* p, DType p_d
                             int64_t M, int64_t N, int64_t K, const float* p_scale_inv, const float* q_scale_inv,
                             float beta, const void* c, bool fast_accum) {
   const Impl::Fp8Key key{M, N, K, p_dtype, q_dtype, out_dtype, beta != 0.f, c != nullptr, fast_accum};
-  Plan& plan = impl_->fp8_plan_for(key);
-  // cuBLASLt's A is q, its B is p.
-  PRIMUS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &q_scale_inv,
-                                                     sizeof(q_scale_inv)));
-  PRIMUS_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &p_scale_inv,
-                                                     sizeof(p_scale_inv)));
+  Plan& plan = impl_->fp8_plan_for(key, p_scale_inv, q_scale_inv);
+  Impl::set_fp8_scales(plan, p_scale_inv, q_scale_inv);
   const float alpha = 1.f;
-  const cublasStatus_t st =
-      cublasLtMatmul(impl_->handle, plan.desc, &alpha, q, plan.a, p, plan.b, &beta, c != nullptr ? c : out, plan.c,
-                     out, plan.c, &plan.algo, impl_->workspace, kWorkspaceBytes, stream_);
+  auto launch = [&](const cublasLtMatmulAlgo_t& algo) {  // cuBLASLt's A is q, its B is p
+    return cublasLtMatmul(impl_->handle, plan.desc, &alpha, q, plan.a, p, plan.b, &beta, c != nullptr ? c : out,
+                          plan.c, out, plan.c, &algo, impl_->workspace, kWorkspaceBytes, stream_);
+  };
+  cublasStatus_t st = launch(plan.algo);
+  if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
+    // The first heuristic answer refused the call: take the first candidate that runs and keep it.
+    for (const auto& r : impl_->fp8_heuristics(plan, 16)) {
+      st = launch(r.algo);
+      if (st == CUBLAS_STATUS_SUCCESS) {
+        plan.algo = r.algo;
+        plan.workspace = r.workspaceSize;
+        plan.source = "heuristic (fp8, first that runs)";
+        break;
+      }
+    }
+  }
   PRIMUS_CHECK(st == CUBLAS_STATUS_SUCCESS, "cublasLtMatmul (fp8) failed with status {} for m={} n={} k={} {} x {} -> {}",
                static_cast<int>(st), M, N, K, dtype_name(p_dtype), dtype_name(q_dtype), dtype_name(out_dtype));
 }
