@@ -33,8 +33,8 @@ Fp8Training::Fp8Training(const ops::Fp8Options& options, const std::vector<Named
   // Fresh state: no amax seen, scale 1 (Transformer Engine's start).
   std::vector<float> init(static_cast<size_t>(L * 3 * cols), 0.f);
   for (int64_t r = 0; r < L * 3; ++r) {
-    init[static_cast<size_t>(r * cols + cols - 2)] = 1.f;
-    init[static_cast<size_t>(r * cols + cols - 1)] = 1.f;
+    init[static_cast<size_t>(r * cols + options_.scale_col())] = 1.f;
+    init[static_cast<size_t>(r * cols + options_.scale_inv_col())] = 1.f;
   }
   metas_ = L > 0 ? Tensor::from_floats(init, {L, 3, cols}, DType::F32, Device::CPU)
                  : Tensor::zeros({0, 3, cols}, DType::F32, Device::CPU);

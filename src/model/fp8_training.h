@@ -6,9 +6,9 @@
 // MLA's replicated down-projections, MTP's eh_proj and the routed experts' grouped GEMMs stay
 // in bf16.
 //
-// Each FP8 linear keeps a scaling state (3, H + 2) fp32, saved with the model as the buffer
+// Each FP8 linear keeps a scaling state (3, W) fp32 (ops/fp8.h has its layout), saved with the model as the buffer
 // "<linear>._fp8_scaling" (e.g. decoder.layers.0.mlp.linear_fc1._fp8_scaling): a resumed run
-// continues with the same scales. All states are views into one (L, 3, H + 2) tensor, so
+// continues with the same scales. All states are views into one (L, 3, W) tensor, so
 // the per-step work is one amax all-reduce and one kernel:
 //
 //   model.forward / backward ...        casts record their amax (delayed scaling)
@@ -54,7 +54,7 @@ class Fp8Training {
 
  private:
   ops::Fp8Options options_;
-  Tensor metas_;  // (L, 3, H + 2) fp32
+  Tensor metas_;  // (L, 3, W) fp32
   std::vector<ops::Fp8Linear> linears_;
   std::vector<NamedTensor> states_;
   std::unordered_map<const NamedTensor*, size_t> index_;

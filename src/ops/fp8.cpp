@@ -61,14 +61,14 @@ void check_cuda_operand(const Tensor& t, const char* what) {
 }  // namespace
 
 Tensor fp8_scale_inv(const Tensor& meta, int role) {
-  const int64_t cols = meta.size(-1);
-  return meta.view({meta.numel()}).rows(role * cols + cols - 1, role * cols + cols);
+  const int64_t cols = meta.size(-1), at = role * cols + cols - 4;  // Fp8Options::scale_inv_col()
+  return meta.view({meta.numel()}).rows(at, at + 1);
 }
 
 void fp8_cast(Context& ctx, const Fp8Options& o, Tensor& meta, int role, Tensor& out, Tensor& out_t, const Tensor& x,
               bool record_amax) {
   check_meta(o, meta, x);
-  const int64_t R = rows_of(x), C = x.size(-1), H = o.amax_history_len;
+  const int64_t R = rows_of(x), C = x.size(-1);
   const DType fp8 = role_dtype(o, role);
   const Fp8Encoding& enc = encoding(fp8);
   if (out.defined())
@@ -88,10 +88,10 @@ void fp8_cast(Context& ctx, const Fp8Options& o, Tensor& meta, int role, Tensor&
     if (tensorwise) {
       s = scale_from_amax(enc.max_finite, amax, o.margin);
       m[0] = amax;
-      m[H] = s;
-      m[H + 1] = 1.f / s;
+      m[o.scale_col()] = s;
+      m[o.scale_inv_col()] = 1.f / s;
     } else {
-      s = m[H];
+      s = m[o.scale_col()];
       if (record_amax) m[0] = std::max(m[0], amax);
     }
     auto* o8 = out.defined() ? out.data<uint8_t>() : nullptr;
@@ -109,8 +109,8 @@ void fp8_cast(Context& ctx, const Fp8Options& o, Tensor& meta, int role, Tensor&
   cuda::CudaBackend& cb = cuda_backend(ctx);
   float* m = meta.data<float>() + role * o.meta_cols();
   cuda::Fp8CastArgs a;
-  a.scale = m + H;
-  a.scale_inv = m + H + 1;
+  a.scale = m + o.scale_col();
+  a.scale_inv = m + o.scale_inv_col();
   a.amax = m;
   a.e5m2 = fp8 == DType::F8E5M2;
   a.fmax = enc.max_finite;
@@ -256,14 +256,14 @@ void fp8_update_scales(Context& ctx, const Fp8Options& o, Tensor& metas) {
   const float fwd_max = kE4M3.max_finite, grad_max = encoding(o.grad_dtype()).max_finite;
   if (metas.device() == Device::CPU) {
     for (int64_t r = 0; r < rows; ++r) {
-      float* m = metas.data<float>() + r * (H + 2);
+      float* m = metas.data<float>() + r * o.meta_cols();
       float amax = m[0];
       if (o.amax_max)
         for (int j = 1; j < H; ++j) amax = std::max(amax, m[j]);
       if (amax > 0.f && std::isfinite(amax)) {
         const float s = scale_from_amax(r % 3 == kFp8GradOutput ? grad_max : fwd_max, amax, o.margin);
-        m[H] = s;
-        m[H + 1] = 1.f / s;
+        m[o.scale_col()] = s;
+        m[o.scale_inv_col()] = 1.f / s;
       }
       for (int j = H - 1; j > 0; --j) m[j] = m[j - 1];
       m[0] = 0.f;
@@ -271,8 +271,8 @@ void fp8_update_scales(Context& ctx, const Fp8Options& o, Tensor& metas) {
     return;
   }
 #ifdef PRIMUS_WITH_CUDA
-  cuda::launch_fp8_update_scales(metas.data<float>(), rows, H, fwd_max, grad_max, o.margin, o.amax_max,
-                                 cuda_backend(ctx).stream());
+  cuda::launch_fp8_update_scales(metas.data<float>(), rows, H, o.meta_cols(), o.scale_col(), o.scale_inv_col(),
+                                 fwd_max, grad_max, o.margin, o.amax_max, cuda_backend(ctx).stream());
 #else
   (void)ctx;
   fail("fp8_update_scales: a CUDA tensor in a build without CUDA");

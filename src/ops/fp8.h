@@ -21,9 +21,11 @@
 //               once per step by fp8_update_scales; each cast records its tensor's amax into
 //               the history's current row. A step that saw amax 0 (or NaN/inf) keeps its scale.
 //
-// State of one linear: meta (3, H + 2) fp32 on the layer's device, rows input / weight /
-// grad output, each [amax history h_0 .. h_{H-1} | scale | 1/scale]; h_0 is the current step's
-// amax, h_j the one of j steps ago. Fresh state: zeros, scale 1.
+// State of one linear: meta (3, W) fp32 on the layer's device, rows input / weight / grad
+// output, each [amax history h_0 .. h_{H-1}, zeros up to a multiple of 4 | 1/scale | scale | 0 0]
+// (W = H rounded up to 4, plus 4): 1/scale starts a 16-byte boundary, as cuBLASLt wants of a
+// GEMM's scale pointer. h_0 is the current step's amax, h_j the one of j steps ago. Fresh state:
+// zeros, scale 1.
 //
 // The CPU runs the same recipe as the reference (fp8 bytes from core/fp8_bits.h, GEMMs on
 // their fp32 values): the specification the CUDA path is tested against, and what the CPU
@@ -53,7 +55,11 @@ struct Fp8Options {
 
   DType forward_dtype() const { return DType::F8E4M3; }
   DType grad_dtype() const { return format == Fp8Format::Hybrid ? DType::F8E5M2 : DType::F8E4M3; }
-  int64_t meta_cols() const { return amax_history_len + 2; }
+  // The meta row's layout (see the file comment).
+  int64_t history_cols() const { return (amax_history_len + 3) / 4 * 4; }
+  int64_t scale_inv_col() const { return history_cols(); }
+  int64_t scale_col() const { return history_cols() + 1; }
+  int64_t meta_cols() const { return history_cols() + 4; }
 };
 
 enum Fp8Role : int { kFp8Input = 0, kFp8Weight = 1, kFp8GradOutput = 2 };
@@ -61,7 +67,7 @@ enum Fp8Role : int { kFp8Input = 0, kFp8Weight = 1, kFp8GradOutput = 2 };
 // One FP8 linear: its scaling state and the weight's casts for the current weights.
 struct Fp8Linear {
   const Fp8Options* options = nullptr;
-  Tensor meta;                  // (3, H + 2) fp32 (a view into the model's state, Fp8Training)
+  Tensor meta;                  // (3, W) fp32 (a view into the model's state, Fp8Training)
   Tensor w8, wt8;               // (N,K) and (K,N) E4M3: the weight as the GEMMs read it
   uint64_t cast_generation = ~uint64_t{0};
 };
@@ -75,7 +81,7 @@ void fp8_linear_forward(Context& ctx, Fp8Linear& l, Arena& arena, Tensor& y, con
 void fp8_linear_backward(Context& ctx, Fp8Linear& l, Arena& arena, Tensor* dx, Tensor& dw, const Tensor& dy,
                          const Tensor& x, const Tensor& w, bool accumulate_dw);
 
-// Delayed scaling's step: metas (L, 3, H + 2) fp32, every linear of the model; per row
+// Delayed scaling's step: metas (L, 3, W) fp32, every linear of the model; per row
 // amax = max(h) or h_0, s = F / amax / 2^margin when amax is finite and > 0 (else s kept),
 // then the history shifts (h_j = h_{j-1}, h_0 = 0). Tensorwise: nothing to do.
 void fp8_update_scales(Context& ctx, const Fp8Options& o, Tensor& metas);
@@ -91,7 +97,7 @@ void fp8_cast(Context& ctx, const Fp8Options& o, Tensor& meta, int role, Tensor&
 // FP8 (not both E5M2), scale_inv (1) fp32 tensors; out bf16 or fp32 (c of out's dtype).
 void fp8_gemm_nt(Context& ctx, Tensor& out, const Tensor& p, const Tensor& p_scale_inv, const Tensor& q,
                  const Tensor& q_scale_inv, float beta, const Tensor* c, bool fast_accum);
-// The scale / 1/scale entries of a meta row as (1) tensors (views).
+// The 1/scale entry of a meta row as a (1) tensor (a view).
 Tensor fp8_scale_inv(const Tensor& meta, int role);
 
 }  // namespace primus::ops

@@ -34,8 +34,8 @@ std::vector<uint8_t> bytes_of(const Tensor& t) {
 
 Tensor fresh_meta(const ops::Fp8Options& o, Device d) {
   std::vector<float> m(static_cast<size_t>(3 * o.meta_cols()), 0.f);
-  for (int r = 0; r < 3; ++r) m[static_cast<size_t>(r * o.meta_cols() + o.meta_cols() - 2)] = 1.f;
-  for (int r = 0; r < 3; ++r) m[static_cast<size_t>(r * o.meta_cols() + o.meta_cols() - 1)] = 1.f;
+  for (int r = 0; r < 3; ++r) m[static_cast<size_t>(r * o.meta_cols() + o.scale_col())] = 1.f;
+  for (int r = 0; r < 3; ++r) m[static_cast<size_t>(r * o.meta_cols() + o.scale_inv_col())] = 1.f;
   return Tensor::from_floats(m, {3, o.meta_cols()}, DType::F32, d);
 }
 
@@ -55,8 +55,8 @@ TEST(CudaFp8, CastTransposeMatchesCpuBitForBit) {
         const std::vector<float> x = randn(rng, static_cast<size_t>(R * C), stddev);
         Tensor mc = fresh_meta(o, Device::CPU);
         if (recipe == ops::Fp8Recipe::Delayed) {  // a scale from earlier steps
-          mc.data<float>()[role * o.meta_cols() + 2] = 0.37f / stddev;
-          mc.data<float>()[role * o.meta_cols() + 3] = stddev / 0.37f;
+          mc.data<float>()[role * o.meta_cols() + o.scale_col()] = 0.37f / stddev;
+          mc.data<float>()[role * o.meta_cols() + o.scale_inv_col()] = stddev / 0.37f;
         }
         Tensor mg = mc.to(Device::CUDA);
         const DType dt = role == ops::kFp8GradOutput ? DType::F8E5M2 : DType::F8E4M3;

@@ -117,8 +117,8 @@ float amax_of(const Tensor& t) {
 
 Tensor fresh_meta(const ops::Fp8Options& o) {
   Tensor m = Tensor::zeros({3, o.meta_cols()}, DType::F32);
-  for (int r = 0; r < 3; ++r) m.data<float>()[r * o.meta_cols() + o.meta_cols() - 2] = 1.f;
-  for (int r = 0; r < 3; ++r) m.data<float>()[r * o.meta_cols() + o.meta_cols() - 1] = 1.f;
+  for (int r = 0; r < 3; ++r) m.data<float>()[r * o.meta_cols() + o.scale_col()] = 1.f;
+  for (int r = 0; r < 3; ++r) m.data<float>()[r * o.meta_cols() + o.scale_inv_col()] = 1.f;
   return m;
 }
 
@@ -137,8 +137,11 @@ TEST(Fp8Cast, TensorwiseScalesByTheTensorsAmaxAndTransposes) {
   ops::fp8_cast(ctx, o, meta, ops::kFp8Input, q, qt, x, false);
   const float amax = amax_of(x), s = 448.f / amax / 2.f;
   EXPECT_EQ(at(meta, o, ops::kFp8Input, 0), amax);
-  EXPECT_FLOAT_EQ(at(meta, o, ops::kFp8Input, 1), s);
-  EXPECT_FLOAT_EQ(at(meta, o, ops::kFp8Input, 2), 1.f / s);
+  EXPECT_FLOAT_EQ(at(meta, o, ops::kFp8Input, o.scale_col()), s);
+  EXPECT_FLOAT_EQ(at(meta, o, ops::kFp8Input, o.scale_inv_col()), 1.f / s);
+  // 1/scale on a 16-byte boundary (cuBLASLt's scale pointer), rows a multiple of 16 bytes.
+  EXPECT_EQ(o.scale_inv_col() % 4, 0);
+  EXPECT_EQ(o.meta_cols() % 4, 0);
   for (int64_t r = 0; r < 16; ++r)
     for (int64_t c = 0; c < 32; ++c) {
       const uint8_t b = q.data<uint8_t>()[r * 32 + c];
@@ -153,7 +156,7 @@ TEST(Fp8Cast, DelayedUsesTheStoredScaleRecordsAmaxAndUpdates) {
   o.amax_history_len = 3;
   o.format = ops::Fp8Format::Hybrid;
   Tensor meta = fresh_meta(o);
-  at(meta, o, ops::kFp8GradOutput, 3) = 4.f;  // scale
+  at(meta, o, ops::kFp8GradOutput, o.scale_col()) = 4.f;
   const Tensor dy = random_tensor({16, 16}, 0.01f, 2);
   Tensor q = Tensor::empty({16, 16}, DType::F8E5M2), none;
   ops::fp8_cast(ctx, o, meta, ops::kFp8GradOutput, q, none, dy, true);
@@ -170,8 +173,8 @@ TEST(Fp8Cast, DelayedUsesTheStoredScaleRecordsAmaxAndUpdates) {
   Tensor m = metas.view({3, o.meta_cols()});
   auto set_row = [&](int role, std::vector<float> h, float scale) {
     for (int j = 0; j < 3; ++j) at(m, o, role, j) = h[static_cast<size_t>(j)];
-    at(m, o, role, 3) = scale;
-    at(m, o, role, 4) = 1.f / scale;
+    at(m, o, role, o.scale_col()) = scale;
+    at(m, o, role, o.scale_inv_col()) = 1.f / scale;
   };
   set_row(ops::kFp8Input, {2.f, 8.f, 1.f}, 1.f);
   set_row(ops::kFp8Weight, {0.f, 0.f, 0.f}, 5.f);
@@ -180,17 +183,17 @@ TEST(Fp8Cast, DelayedUsesTheStoredScaleRecordsAmaxAndUpdates) {
   mx.amax_max = true;
   Tensor copy = metas.clone();
   ops::fp8_update_scales(ctx, recent, metas);
-  EXPECT_FLOAT_EQ(at(m, o, ops::kFp8Input, 3), 448.f / 2.f);
+  EXPECT_FLOAT_EQ(at(m, o, ops::kFp8Input, o.scale_col()), 448.f / 2.f);
   EXPECT_EQ(at(m, o, ops::kFp8Input, 0), 0.f);
   EXPECT_EQ(at(m, o, ops::kFp8Input, 1), 2.f);
   EXPECT_EQ(at(m, o, ops::kFp8Input, 2), 8.f);
-  EXPECT_EQ(at(m, o, ops::kFp8Weight, 3), 5.f);  // nothing seen: kept
-  EXPECT_FLOAT_EQ(at(m, o, ops::kFp8GradOutput, 3), 57344.f / 1e-3f);  // hybrid: E5M2's range
+  EXPECT_EQ(at(m, o, ops::kFp8Weight, o.scale_col()), 5.f);  // nothing seen: kept
+  EXPECT_FLOAT_EQ(at(m, o, ops::kFp8GradOutput, o.scale_col()), 57344.f / 1e-3f);  // hybrid: E5M2's range
   Tensor cm = copy.view({3, o.meta_cols()});
   mx.margin = 2;
   ops::fp8_update_scales(ctx, mx, copy);
-  EXPECT_FLOAT_EQ(at(cm, o, ops::kFp8Input, 3), 448.f / 8.f / 4.f);
-  EXPECT_FLOAT_EQ(at(cm, o, ops::kFp8Input, 4), 4.f * 8.f / 448.f);
+  EXPECT_FLOAT_EQ(at(cm, o, ops::kFp8Input, o.scale_col()), 448.f / 8.f / 4.f);
+  EXPECT_FLOAT_EQ(at(cm, o, ops::kFp8Input, o.scale_inv_col()), 4.f * 8.f / 448.f);
 }
 
 // ---- the linear -----------------------------------------------------------------------

@@ -120,11 +120,11 @@ __global__ void amax_kernel(const __nv_bfloat16* __restrict__ x, int64_t n8, flo
   if (threadIdx.x == 0) atomic_max_nonneg(amax, m);
 }
 
-__global__ void update_scales_kernel(float* metas, int64_t rows, int H, float fwd_max, float grad_max, int margin,
-                                     bool amax_max) {
+__global__ void update_scales_kernel(float* metas, int64_t rows, int H, int64_t cols, int64_t scale_col,
+                                     int64_t scale_inv_col, float fwd_max, float grad_max, int margin, bool amax_max) {
   const int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (r >= rows) return;
-  float* m = metas + r * (H + 2);
+  float* m = metas + r * cols;
   float amax = m[0];
   if (amax_max)
     for (int j = 1; j < H; ++j) amax = fmaxf(amax, m[j]);
@@ -132,8 +132,8 @@ __global__ void update_scales_kernel(float* metas, int64_t rows, int H, float fw
   if (amax > 0.f && isfinite(amax)) {
     float s = ldexpf(fmax / amax, -margin);
     if (!isfinite(s)) s = FLT_MAX;
-    m[H] = s;
-    m[H + 1] = 1.f / s;
+    m[scale_col] = s;
+    m[scale_inv_col] = 1.f / s;
   }
   for (int j = H - 1; j > 0; --j) m[j] = m[j - 1];
   m[0] = 0.f;
@@ -164,12 +164,13 @@ void launch_bf16_amax(const void* x, int64_t n, float* amax, cudaStream_t stream
   PRIMUS_CUDA_LAUNCH_CHECK();
 }
 
-void launch_fp8_update_scales(float* metas, int64_t rows, int H, float fwd_max, float grad_max, int margin,
-                              bool amax_max, cudaStream_t stream) {
+void launch_fp8_update_scales(float* metas, int64_t rows, int H, int64_t cols, int64_t scale_col,
+                              int64_t scale_inv_col, float fwd_max, float grad_max, int margin, bool amax_max,
+                              cudaStream_t stream) {
   if (rows == 0) return;
   const int threads = 128;
   update_scales_kernel<<<static_cast<unsigned>((rows + threads - 1) / threads), threads, 0, stream>>>(
-      metas, rows, H, fwd_max, grad_max, margin, amax_max);
+      metas, rows, H, cols, scale_col, scale_inv_col, fwd_max, grad_max, margin, amax_max);
   PRIMUS_CUDA_LAUNCH_CHECK();
 }
 

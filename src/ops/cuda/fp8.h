@@ -30,9 +30,11 @@ void launch_fp8_cast_transpose(const void* x, int64_t R, int64_t C, void* out, v
 // *amax = max(*amax, max |x|) over n bf16 values (n % 8 == 0).
 void launch_bf16_amax(const void* x, int64_t n, float* amax, cudaStream_t stream);
 
-// Delayed scaling's update of `rows` meta rows [h_0 .. h_{H-1} | scale | scale_inv] (row r is
-// role r % 3: fmax = grad_max for role 2, else fwd_max): see ops::fp8_update_scales.
-void launch_fp8_update_scales(float* metas, int64_t rows, int H, float fwd_max, float grad_max, int margin,
-                              bool amax_max, cudaStream_t stream);
+// Delayed scaling's update of `rows` meta rows of `cols` floats, history h_0 .. h_{H-1} first,
+// scale and 1/scale at the given columns (row r is role r % 3: fmax = grad_max for role 2, else
+// fwd_max): see ops::fp8_update_scales.
+void launch_fp8_update_scales(float* metas, int64_t rows, int H, int64_t cols, int64_t scale_col,
+                              int64_t scale_inv_col, float fwd_max, float grad_max, int margin, bool amax_max,
+                              cudaStream_t stream);
 
 }  // namespace primus::cuda

@@ -124,13 +124,15 @@ struct GemmEngine::Impl {
     int64_t m, n, k;
     DType p, q, out;
     bool accumulate, has_c, fast_accum;
+    int align;  // the smallest alignment of the matrix pointers (bytes, <= 256)
     bool operator==(const Fp8Key&) const = default;
   };
   struct Fp8KeyHash {
     size_t operator()(const Fp8Key& k) const {
       size_t h = std::hash<int64_t>()(k.m) * 1000003u ^ std::hash<int64_t>()(k.n) * 10007u ^ std::hash<int64_t>()(k.k);
       return h ^ (static_cast<size_t>(k.p) << 1) ^ (static_cast<size_t>(k.q) << 5) ^ (static_cast<size_t>(k.out) << 9) ^
-             (k.accumulate ? 1u << 13 : 0u) ^ (k.has_c ? 1u << 14 : 0u) ^ (k.fast_accum ? 1u << 15 : 0u);
+             (k.accumulate ? 1u << 13 : 0u) ^ (k.has_c ? 1u << 14 : 0u) ^ (k.fast_accum ? 1u << 15 : 0u) ^
+             (static_cast<size_t>(k.align) << 16);
     }
   };
   std::unordered_map<Fp8Key, Plan, Fp8KeyHash> fp8_plans;
@@ -145,12 +147,16 @@ struct GemmEngine::Impl {
 
   // cuBLASLt's algorithms for an FP8 plan, its scale pointers already set (an algorithm chosen
   // without them is not supported once they are).
-  std::vector<cublasLtMatmulHeuristicResult_t> fp8_heuristics(const Plan& p, int count) {
+  std::vector<cublasLtMatmulHeuristicResult_t> fp8_heuristics(const Plan& p, int count, int align) {
     cublasLtMatmulPreference_t pref = nullptr;
     PRIMUS_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     const uint64_t ws = kWorkspaceBytes;
     PRIMUS_CUBLAS_CHECK(
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+    const uint32_t a = static_cast<uint32_t>(align);
+    for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
+      PRIMUS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &a, sizeof(a)));
     std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(count));
     int returned = 0;
     const cublasStatus_t st =
@@ -177,7 +183,7 @@ struct GemmEngine::Impl {
     PRIMUS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, cuda_type(key.p), K, M, static_cast<int64_t>(K)));
     PRIMUS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, cuda_type(key.out), N, M, static_cast<int64_t>(N)));
     set_fp8_scales(p, p_scale_inv, q_scale_inv);
-    const std::vector<cublasLtMatmulHeuristicResult_t> results = fp8_heuristics(p, 1);
+    const std::vector<cublasLtMatmulHeuristicResult_t> results = fp8_heuristics(p, 1, key.align);
     PRIMUS_CHECK(!results.empty(),
                  "cuBLASLt has no FP8 algorithm for m={} n={} k={} {} x {} -> {}; FP8 GEMMs need compute capability "
                  "8.9 or newer and dimensions that are multiples of 16",
@@ -457,7 +463,11 @@ void GemmEngine::matmul(void* out, DType out_dtype, const void* a, const void* b
 void GemmEngine::matmul_fp8(void* out, DType out_dtype, const void* p, DType p_dtype, const void* q, DType q_dtype,
                             int64_t M, int64_t N, int64_t K, const float* p_scale_inv, const float* q_scale_inv,
                             float beta, const void* c, bool fast_accum) {
-  const Impl::Fp8Key key{M, N, K, p_dtype, q_dtype, out_dtype, beta != 0.f, c != nullptr, fast_accum};
+  int align = std::min({pointer_align(p), pointer_align(q), pointer_align(out)});
+  if (c != nullptr) align = std::min(align, pointer_align(c));
+  PRIMUS_CHECK(align >= 16 && pointer_align(p_scale_inv) >= 16 && pointer_align(q_scale_inv) >= 16,
+               "matmul_fp8: FP8 GEMMs need 16-byte aligned matrices and scale pointers (m={} n={} k={})", M, N, K);
+  const Impl::Fp8Key key{M, N, K, p_dtype, q_dtype, out_dtype, beta != 0.f, c != nullptr, fast_accum, align};
   Plan& plan = impl_->fp8_plan_for(key, p_scale_inv, q_scale_inv);
   Impl::set_fp8_scales(plan, p_scale_inv, q_scale_inv);
   const float alpha = 1.f;
@@ -468,7 +478,7 @@ void GemmEngine::matmul_fp8(void* out, DType out_dtype, const void* p, DType p_d
   cublasStatus_t st = launch(plan.algo);
   if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
     // The first heuristic answer refused the call: take the first candidate that runs and keep it.
-    for (const auto& r : impl_->fp8_heuristics(plan, 16)) {
+    for (const auto& r : impl_->fp8_heuristics(plan, 16, align)) {
       st = launch(r.algo);
       if (st == CUBLAS_STATUS_SUCCESS) {
         plan.algo = r.algo;
