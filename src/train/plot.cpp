@@ -284,6 +284,34 @@ Canvas render_panels(const std::vector<Panel>& panels, int width, int height, co
   return cv;
 }
 
+Canvas plot_runs(const std::vector<RunCurves>& runs, const std::vector<std::string>& names, int width, int height,
+                 const std::string& title) {
+  PRIMUS_CHECK(!runs.empty() && runs.size() == names.size(), "plot_runs: {} runs and {} names", runs.size(),
+               names.size());
+  if (runs.size() == 1) return plot_run(runs[0], width, height, title);
+  static constexpr Rgb kPalette[] = {kBlue, kOrange, kGreen, {214, 39, 40}, {148, 103, 189}, {140, 86, 75}};
+  Panel loss{"loss", "iteration", "loss", {}};
+  Panel rel{"relative to " + names[0], "iteration", "(loss - first) / first", {}};
+  std::map<double, double> first;
+  for (const auto& [x, y] : runs[0].train_loss.points)
+    if (std::isfinite(y) && y != 0.0) first[x] = y;
+  for (size_t i = 0; i < runs.size(); ++i) {
+    const Rgb color = kPalette[i % std::size(kPalette)];
+    Curve c = runs[i].train_loss;
+    c.label = names[i];
+    c.color = color;
+    loss.curves.push_back(c);
+    if (i == 0) continue;
+    Curve d{names[i], color, {}, false};
+    for (const auto& [x, y] : runs[i].train_loss.points) {
+      const auto it = first.find(x);
+      d.points.emplace_back(x, it == first.end() ? NAN : (y - it->second) / it->second);
+    }
+    rel.curves.push_back(d);
+  }
+  return render_panels({loss, rel}, width, height, title);
+}
+
 Canvas plot_run(const RunCurves& c, int width, int height, const std::string& title) {
   Panel loss{"loss", "iteration", "loss", {c.train_loss}};
   if (!c.valid_loss.points.empty()) loss.curves.push_back(c.valid_loss);

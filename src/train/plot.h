@@ -45,5 +45,10 @@ std::string tick_label(double value, double step, double magnitude);
 
 Canvas render_panels(const std::vector<Panel>& panels, int width, int height, const std::string& title);
 Canvas plot_run(const RunCurves& curves, int width, int height, const std::string& title);
+// Several runs side by side (e.g. fp8 against bf16 on the same data): their training losses
+// overlaid, each named by `names`, and a second panel with each later run's relative difference
+// (loss - loss_0) / loss_0 from the first at the iterations both logged. One run: plot_run.
+Canvas plot_runs(const std::vector<RunCurves>& runs, const std::vector<std::string>& names, int width, int height,
+                 const std::string& title);
 
 }  // namespace primus::train

@@ -178,6 +178,36 @@ TEST(Plot, DrawsARunFromJsonlAndFromEventFiles) {
   if (!std::getenv("PRIMUS_KEEP_PLOT")) fs::remove_all(dir);
 }
 
+// Two runs side by side: both losses overlaid in their own colours, and the second's relative
+// difference from the first (here +2% everywhere) in a panel of its own.
+TEST(Plot, ComparesRuns) {
+  const fs::path dir = temp_dir("plot_compare");
+  auto write = [&](const std::string& name, double factor) {
+    std::ofstream out(dir / name);
+    for (int it = 1; it <= 100; ++it)
+      out << fmt::format(R"({{"type":"train","iteration":{},"lm_loss":{},"learning_rate":0.001}})", it,
+                         factor * (3.0 + 5.0 / it))
+          << "\n";
+  };
+  write("metrics_bf16.jsonl", 1.0);
+  write("metrics_fp8.jsonl", 1.02);
+  const RunCurves a = load_run_curves((dir / "metrics_bf16.jsonl").string());
+  const RunCurves b = load_run_curves((dir / "metrics_fp8.jsonl").string());
+  const Canvas canvas = plot_runs({a, b}, {"bf16", "fp8"}, 900, 700, "fp8 vs bf16");
+  EXPECT_GT(count_color(canvas, {31, 119, 180}), 300u);   // the first run's loss
+  EXPECT_GT(count_color(canvas, {255, 127, 14}), 600u);   // the second's loss and its difference line
+  if (!fs::exists(PRIMUS_BINARY)) GTEST_SKIP() << "primus binary not built: " << PRIMUS_BINARY;
+  const std::string out = (dir / "cmp.png").string(), log = (dir / "log.txt").string();
+  const std::string cmd = fmt::format("'{}' plot --run '{}' --compare '{}' --output '{}' > '{}' 2>&1", PRIMUS_BINARY,
+                                      (dir / "metrics_bf16.jsonl").string(), (dir / "metrics_fp8.jsonl").string(),
+                                      out, log);
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  std::ifstream in(log);
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_NE(text.find("2 runs (metrics_bf16.jsonl, metrics_fp8.jsonl)"), std::string::npos) << text;
+  fs::remove_all(dir);
+}
+
 TEST(Plot, CommandLine) {
   if (!fs::exists(PRIMUS_BINARY)) GTEST_SKIP() << "primus binary not built: " << PRIMUS_BINARY;
   const fs::path dir = temp_dir("plot_cli");
