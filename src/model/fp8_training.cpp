@@ -4,14 +4,6 @@
 
 namespace primus {
 
-namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-}  // namespace
-
 bool fp8_linear_name(const std::string& name) {
   static const char* kSuffixes[] = {
       "self_attention.linear_qkv.weight",        "self_attention.linear_proj.weight",
@@ -21,7 +13,7 @@ bool fp8_linear_name(const std::string& name) {
       "mlp.shared_experts.linear_fc2.weight",
   };
   for (const char* s : kSuffixes)
-    if (ends_with(name, s)) return true;
+    if (name.ends_with(s)) return true;
   return false;
 }
 
@@ -43,7 +35,7 @@ Fp8Training::Fp8Training(const ops::Fp8Options& options, const std::vector<Named
   states_.resize(static_cast<size_t>(L));
   for (int64_t i = 0; i < L; ++i) {
     const NamedTensor* w = linears[static_cast<size_t>(i)];
-    PRIMUS_CHECK(ends_with(w->name, ".weight"), "Fp8Training: '{}' is not a weight", w->name);
+    PRIMUS_CHECK(w->name.ends_with(".weight"), "Fp8Training: '{}' is not a weight", w->name);
     ops::Fp8Linear& l = linears_[static_cast<size_t>(i)];
     l.options = &options_;
     l.meta = metas_.rows(i, i + 1).view({3, cols});
@@ -63,12 +55,6 @@ std::vector<NamedTensor*> Fp8Training::state_tensors() {
   std::vector<NamedTensor*> out;
   for (NamedTensor& s : states_) out.push_back(&s);
   return out;
-}
-
-int64_t Fp8Training::weight_cache_bytes() const {
-  int64_t bytes = 0;
-  for (const ops::Fp8Linear& l : linears_) bytes += static_cast<int64_t>(l.w8.nbytes() + l.wt8.nbytes());
-  return bytes;
 }
 
 void Fp8Training::end_step(ops::Context& ctx, const std::vector<parallel::Communicator*>& groups) {

@@ -42,9 +42,6 @@ class Fp8Training {
   // The scaling states as model buffers (saved and loaded with the weights).
   std::vector<NamedTensor*> state_tensors();
   size_t num_linears() const { return linears_.size(); }
-  const ops::Fp8Options& options() const { return options_; }
-  // Bytes of the cached FP8 weights (w and w^T: 2 B per parameter of the FP8 linears).
-  int64_t weight_cache_bytes() const;
 
   // After a step: the current amaxes max-reduced over each group in `groups` (ranks holding
   // the same linears: data / context / tensor parallel), delayed scaling's update, and the

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
-#include <cstring>
 
 #include "core/error.h"
 #include "core/fp8_bits.h"
@@ -60,8 +59,8 @@ void check_cuda_operand(const Tensor& t, const char* what) {
 
 }  // namespace
 
-Tensor fp8_scale_inv(const Tensor& meta, int role) {
-  const int64_t cols = meta.size(-1), at = role * cols + cols - 4;  // Fp8Options::scale_inv_col()
+Tensor fp8_scale_inv(const Fp8Options& o, const Tensor& meta, int role) {
+  const int64_t at = role * o.meta_cols() + o.scale_inv_col();
   return meta.view({meta.numel()}).rows(at, at + 1);
 }
 
@@ -207,7 +206,7 @@ void fp8_linear_forward(Context& ctx, Fp8Linear& l, Arena& arena, Tensor& y, con
   fp8_cast(ctx, o, l.meta, kFp8Input, x8, none, x, record_amax);
   Tensor y2 = y.view({M, N});
   const Tensor r2 = residual != nullptr ? residual->view({M, N}) : Tensor();
-  fp8_gemm_nt(ctx, y2, x8, fp8_scale_inv(l.meta, kFp8Input), l.w8, fp8_scale_inv(l.meta, kFp8Weight),
+  fp8_gemm_nt(ctx, y2, x8, fp8_scale_inv(o, l.meta, kFp8Input), l.w8, fp8_scale_inv(o, l.meta, kFp8Weight),
               residual != nullptr ? 1.f : 0.f, residual != nullptr ? &r2 : nullptr, /*fast_accum=*/true);
   arena.release(mark);
 }
@@ -232,8 +231,8 @@ void fp8_linear_backward(Context& ctx, Fp8Linear& l, Arena& arena, Tensor* dx, T
   fp8_cast(ctx, o, l.meta, kFp8GradOutput, dy8, dyt8, dy, true);
   if (need_dx) {
     Tensor dx2 = dx->view({M, K});
-    fp8_gemm_nt(ctx, dx2, dy8, fp8_scale_inv(l.meta, kFp8GradOutput), l.wt8, fp8_scale_inv(l.meta, kFp8Weight), 0.f,
-                nullptr, false);
+    fp8_gemm_nt(ctx, dx2, dy8, fp8_scale_inv(o, l.meta, kFp8GradOutput), l.wt8,
+                fp8_scale_inv(o, l.meta, kFp8Weight), 0.f, nullptr, false);
   }
   if (need_dw) {
     // x^T in fp8 with the forward's scale (delayed: unchanged within the step; tensorwise: the
@@ -241,7 +240,7 @@ void fp8_linear_backward(Context& ctx, Fp8Linear& l, Arena& arena, Tensor* dx, T
     Tensor xt8 = arena.alloc({K, M}, o.forward_dtype()), none;
     fp8_cast(ctx, o, l.meta, kFp8Input, none, xt8, x, false);
     Tensor dw2 = dw.view({N, K});
-    fp8_gemm_nt(ctx, dw2, dyt8, fp8_scale_inv(l.meta, kFp8GradOutput), xt8, fp8_scale_inv(l.meta, kFp8Input),
+    fp8_gemm_nt(ctx, dw2, dyt8, fp8_scale_inv(o, l.meta, kFp8GradOutput), xt8, fp8_scale_inv(o, l.meta, kFp8Input),
                 accumulate_dw ? 1.f : 0.f, nullptr, false);
   }
   arena.release(mark);

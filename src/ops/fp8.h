@@ -98,6 +98,6 @@ void fp8_cast(Context& ctx, const Fp8Options& o, Tensor& meta, int role, Tensor&
 void fp8_gemm_nt(Context& ctx, Tensor& out, const Tensor& p, const Tensor& p_scale_inv, const Tensor& q,
                  const Tensor& q_scale_inv, float beta, const Tensor* c, bool fast_accum);
 // The 1/scale entry of a meta row as a (1) tensor (a view).
-Tensor fp8_scale_inv(const Tensor& meta, int role);
+Tensor fp8_scale_inv(const Fp8Options& o, const Tensor& meta, int role);
 
 }  // namespace primus::ops

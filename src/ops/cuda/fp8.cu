@@ -129,9 +129,8 @@ __global__ void update_scales_kernel(float* metas, int64_t rows, int H, int64_t 
   if (amax_max)
     for (int j = 1; j < H; ++j) amax = fmaxf(amax, m[j]);
   const float fmax = r % 3 == 2 ? grad_max : fwd_max;
-  if (amax > 0.f && isfinite(amax)) {
-    float s = ldexpf(fmax / amax, -margin);
-    if (!isfinite(s)) s = FLT_MAX;
+  if (amax > 0.f && isfinite(amax)) {  // else the scale stays
+    const float s = scale_of(fmax, amax, margin);
     m[scale_col] = s;
     m[scale_inv_col] = 1.f / s;
   }

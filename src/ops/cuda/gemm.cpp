@@ -145,28 +145,6 @@ struct GemmEngine::Impl {
                                                        sizeof(p_scale_inv)));
   }
 
-  // cuBLASLt's algorithms for an FP8 plan, its scale pointers already set (an algorithm chosen
-  // without them is not supported once they are).
-  std::vector<cublasLtMatmulHeuristicResult_t> fp8_heuristics(const Plan& p, int count, int align) {
-    cublasLtMatmulPreference_t pref = nullptr;
-    PRIMUS_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-    const uint64_t ws = kWorkspaceBytes;
-    PRIMUS_CUBLAS_CHECK(
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-    const uint32_t a = static_cast<uint32_t>(align);
-    for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                      CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES})
-      PRIMUS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &a, sizeof(a)));
-    std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(count));
-    int returned = 0;
-    const cublasStatus_t st =
-        cublasLtMatmulAlgoGetHeuristic(handle, p.desc, p.a, p.b, p.c, p.c, pref, count, results.data(), &returned);
-    cublasLtMatmulPreferenceDestroy(pref);
-    results.resize(st == CUBLAS_STATUS_SUCCESS ? static_cast<size_t>(returned) : 0);
-    std::erase_if(results, [](const auto& r) { return r.state != CUBLAS_STATUS_SUCCESS; });
-    return results;
-  }
-
   Plan& fp8_plan_for(const Fp8Key& key, const float* p_scale_inv, const float* q_scale_inv) {
     auto it = fp8_plans.find(key);
     if (it != fp8_plans.end()) return it->second;
@@ -182,8 +160,9 @@ struct GemmEngine::Impl {
     PRIMUS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, cuda_type(key.q), K, N, static_cast<int64_t>(K)));
     PRIMUS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, cuda_type(key.p), K, M, static_cast<int64_t>(K)));
     PRIMUS_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, cuda_type(key.out), N, M, static_cast<int64_t>(N)));
+    // An algorithm chosen without the scale pointers is not supported once they are set.
     set_fp8_scales(p, p_scale_inv, q_scale_inv);
-    const std::vector<cublasLtMatmulHeuristicResult_t> results = fp8_heuristics(p, 1, key.align);
+    const std::vector<cublasLtMatmulHeuristicResult_t> results = heuristics(p, key.align, 1);
     PRIMUS_CHECK(!results.empty(),
                  "cuBLASLt has no FP8 algorithm for m={} n={} k={} {} x {} -> {}; FP8 GEMMs need compute capability "
                  "8.9 or newer and dimensions that are multiples of 16",
@@ -256,7 +235,7 @@ struct GemmEngine::Impl {
       }
     }
     if (!p.has_algo) {
-      auto results = heuristics(p, key, 1);
+      auto results = heuristics(p, key.align, 1);
       PRIMUS_CHECK(!results.empty(), "cuBLASLt has no algorithm for GEMM {}", key.str());
       p.algo = results[0].algo;
       p.workspace = results[0].workspaceSize;
@@ -287,16 +266,17 @@ struct GemmEngine::Impl {
     cublasLtMatmulDescDestroy(p.desc);
   }
 
-  std::vector<cublasLtMatmulHeuristicResult_t> heuristics(const Plan& p, const GemmKey& key, int count) {
+  // cuBLASLt's algorithms for a plan (its descriptor as set now), for pointers aligned to `align` bytes.
+  std::vector<cublasLtMatmulHeuristicResult_t> heuristics(const Plan& p, int align, int count) {
     cublasLtMatmulPreference_t pref = nullptr;
     PRIMUS_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     const uint64_t ws = kWorkspaceBytes;
     PRIMUS_CUBLAS_CHECK(
         cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
-    const uint32_t align = static_cast<uint32_t>(key.align);
+    const uint32_t min_align = static_cast<uint32_t>(align);
     for (auto attr : {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
                       CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES}) {
-      PRIMUS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &align, sizeof(align)));
+      PRIMUS_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, attr, &min_align, sizeof(min_align)));
     }
     std::vector<cublasLtMatmulHeuristicResult_t> results(static_cast<size_t>(count));
     int returned = 0;
@@ -470,16 +450,12 @@ void GemmEngine::matmul_fp8(void* out, DType out_dtype, const void* p, DType p_d
   const Impl::Fp8Key key{M, N, K, p_dtype, q_dtype, out_dtype, beta != 0.f, c != nullptr, fast_accum, align};
   Plan& plan = impl_->fp8_plan_for(key, p_scale_inv, q_scale_inv);
   Impl::set_fp8_scales(plan, p_scale_inv, q_scale_inv);
-  const float alpha = 1.f;
-  auto launch = [&](const cublasLtMatmulAlgo_t& algo) {  // cuBLASLt's A is q, its B is p
-    return cublasLtMatmul(impl_->handle, plan.desc, &alpha, q, plan.a, p, plan.b, &beta, c != nullptr ? c : out,
-                          plan.c, out, plan.c, &algo, impl_->workspace, kWorkspaceBytes, stream_);
-  };
-  cublasStatus_t st = launch(plan.algo);
+  // cuBLASLt's A is q and its B is p: Impl::run's (b, a).
+  cublasStatus_t st = impl_->run(plan, plan.algo, out, p, q, 1.f, beta, stream_, c);
   if (st == CUBLAS_STATUS_NOT_SUPPORTED) {
     // The first heuristic answer refused the call: take the first candidate that runs and keep it.
-    for (const auto& r : impl_->fp8_heuristics(plan, 16, align)) {
-      st = launch(r.algo);
+    for (const auto& r : impl_->heuristics(plan, align, 16)) {
+      st = impl_->run(plan, r.algo, out, p, q, 1.f, beta, stream_, c);
       if (st == CUBLAS_STATUS_SUCCESS) {
         plan.algo = r.algo;
         plan.workspace = r.workspaceSize;
@@ -587,7 +563,7 @@ GemmTuneResult GemmEngine::tune(const GemmKey& key, int max_candidates, int warm
   GemmTuneResult r;
   r.key = key;
   Plan& p = impl_->plan_for(key);
-  const auto results = impl_->heuristics(p, key, std::max(1, max_candidates));
+  const auto results = impl_->heuristics(p, key.align, std::max(1, max_candidates));
   if (results.empty()) return r;
   TimingBuffers buf(key, stream_);
   const float alpha = 1.f, beta = key.accumulate ? 1.f : 0.f;
