@@ -4,6 +4,7 @@
 #include <map>
 
 #include "core/master_bits.h"
+#include "ops/copy_into.h"
 
 namespace primus {
 
@@ -193,14 +194,7 @@ void AdamW::load_state_tensors(const NamedTensorList& state) {
     else if (s.own_master())
       copies.emplace_back(s.master, &get(s.param->name + ".master", s.master.shape(), DType::F32, false));
   }
-  for (auto& [dst, src] : copies) {
-    if (dst.dtype() == src->dtype()) {
-      dst.copy_from(*src);
-    } else {  // a moment saved in the other float dtype
-      const Tensor on_device = src->device() == dst.device() ? *src : src->to(dst.device());
-      ops::copy_cast(ctx_, dst, on_device);
-    }
-  }
+  for (auto& [dst, src] : copies) ops::copy_into(ctx_, dst, *src);  // a moment may be in the other float dtype
   // The model's low-precision copy must match the restored masters exactly.
   for (Slot& s : slots_)
     if (s.own_master()) ops::copy_cast(ctx_, s.param->value, s.master);

@@ -3,6 +3,7 @@
 #include <map>
 
 #include "core/strings.h"
+#include "ops/copy_into.h"
 
 namespace primus::parallel {
 
@@ -39,8 +40,6 @@ Tensor gather_rows(const TensorParallel& tp, const Tensor& x, Arena& arena) {
   tp.group->all_gather(full, x);
   return full;
 }
-
-Tensor to_device(const Tensor& host, Device device) { return device == Device::CPU ? host : host.to(device); }
 
 }  // namespace
 
@@ -144,12 +143,7 @@ void load_full_tensors(ops::Context& ctx, const std::vector<NamedTensor*>& param
                  p->expert_parallel ? " of experts " + p->expert_shard.describe() : std::string());
     const Tensor local =
         p->expert_parallel ? slice_shard(slice_shard(*it->second, p->expert_shard), spec) : slice_shard(*it->second, spec);
-    if (local.dtype() == p->value.dtype()) {
-      p->value.copy_from(local);
-    } else {
-      const Tensor src = to_device(local, p->value.device());
-      ops::copy_cast(ctx, p->value, src);
-    }
+    ops::copy_into(ctx, p->value, local);
   }
 }
 

@@ -7,6 +7,7 @@
 #include <map>
 
 #include "core/error.h"
+#include "ops/copy_into.h"
 
 namespace primus::train {
 
@@ -313,8 +314,7 @@ NamedTensorList DataParallelOptimizer::group_state_tensors(Group& g, const std::
         if (layout.params()[piece.param].bucket != b) continue;
         const Tensor& src = by_name.at(pieces_[i]->name + "." + kind);
         Tensor dst = buf.rows(piece.flat_offset - bucket.begin, piece.flat_offset - bucket.begin + piece.numel);
-        if (src.dtype() == DType::F32) dst.copy_from(flat_1d(src));
-        else ops::copy_cast(ctx_, dst, flat_1d(src));  // bf16 moments (exp_avg_dtype) are saved in fp32
+        ops::copy_into(ctx_, dst, flat_1d(src));  // bf16 moments (exp_avg_dtype) are saved in fp32
       }
       const int64_t S = layout.shard_numel(b);
       Tensor own = buf.rows(g.dp->rank() * S, (g.dp->rank() + 1) * S);
