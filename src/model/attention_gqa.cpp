@@ -2,34 +2,11 @@
 
 #include <cmath>
 
+#include "model/attention_core.h"
 #include "ops/decode_attention.h"
-#include "parallel/context_parallel.h"
 #include "parallel/layers.h"
 
 namespace primus {
-
-namespace {
-// The attention core of a training forward / backward: causal over the sequence, as a ring over
-// the cp group under context parallel (the rows then hold this rank's two chunks).
-void core_forward(LayerEnv& env, Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
-                  float scale) {
-  if (!env.cp.active()) {
-    ops::attention_forward(env.ctx, out, lse, q, k, v, scale, true, segments_of(env));
-    return;
-  }
-  PRIMUS_CHECK(!env.segments.defined(), "context parallel attention does not take packed rows (segments)");
-  parallel::ring_attention_forward(env.ctx, env.cp, env.arena, out, lse, q, k, v, scale);
-}
-
-void core_backward(LayerEnv& env, Tensor& dq, Tensor& dk, Tensor& dv, const Tensor& dout, const Tensor& q,
-                   const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, float scale) {
-  if (!env.cp.active()) {
-    ops::attention_backward(env.ctx, dq, dk, dv, dout, q, k, v, out, lse, scale, true, segments_of(env));
-    return;
-  }
-  parallel::ring_attention_backward(env.ctx, env.cp, env.arena, dq, dk, dv, dout, q, k, v, out, lse, scale);
-}
-}  // namespace
 
 struct GqaAttention::Acts : BlockActivations {
   Tensor h, rstd;      // (R,C), (R) fp32
@@ -87,7 +64,7 @@ void GqaAttention::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::uniqu
   if (keep != Recompute::None) alloc_core();
 
   project_qkv(env, x, a.h, a.rstd, a.q, a.k, a.v);
-  core_forward(env, a.attn, a.lse, a.q, a.k, a.v, scale_);
+  attention_core_forward(env, a.attn, a.lse, a.q, a.k, a.v, scale_);
   parallel::row_parallel_linear_forward(env.ctx, env.tp, A, y, a.attn.view({d.N(), Hq_ * D_}), p_.proj->value, &x,
                                         fp8_of(env, p_.proj));
   parallel::lora_row_forward(env.ctx, env.tp, A, y, a.attn.view({d.N(), Hq_ * D_}), p_.proj_lora,
@@ -108,7 +85,7 @@ void GqaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres,
   if (kept == Recompute::Selective) {
     a.attn = A.alloc({d.B, d.T, Hq_, D_}, dt);
     a.lse = A.alloc({d.B, Hq_, d.T}, DType::F32);
-    core_forward(env, a.attn, a.lse, a.q, a.k, a.v, scale_);
+    attention_core_forward(env, a.attn, a.lse, a.q, a.k, a.v, scale_);
   }
   Tensor dh = A.alloc({d.residual_rows(), d.C}, dt);
   {
@@ -119,7 +96,7 @@ void GqaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres,
     parallel::lora_row_backward(ctx, env.tp, A, d_attn2, dres, a.attn.view({N, Hq_ * D_}), p_.proj_lora,
                                 lora_dropout_of(env));
     Tensor dq = A.alloc(a.q.shape(), dt), dk = A.alloc(a.k.shape(), dt), dv = A.alloc(a.v.shape(), dt);
-    core_backward(env, dq, dk, dv, d_attn, a.q, a.k, a.v, a.attn, a.lse, scale_);
+    attention_core_backward(env, dq, dk, dv, d_attn, a.q, a.k, a.v, a.attn, a.lse, scale_);
     Tensor dqkv = A.alloc({N, qkv_width()}, dt);
     ops::qkv_split_rope_backward(ctx, dqkv, dq, dk, dv, env.rope_cos, env.rope_sin);
     parallel::column_parallel_linear_backward(ctx, env.tp, A, dh, p_.qkv->grad, dqkv, a.h, p_.qkv->value, acc,

@@ -1,6 +1,7 @@
 #include "model/attention_mla.h"
 
 #include "core/error.h"
+#include "model/attention_core.h"
 #include "ops/mla_decode.h"
 #include "parallel/layers.h"
 
@@ -139,7 +140,7 @@ void MlaAttention::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::uniqu
   if (keep != Recompute::None) alloc_core();
 
   project(env, x, a);
-  ops::attention_forward(env.ctx, a.attn, a.lse, a.q, a.k, a.v, scale_, true);
+  attention_core_forward(env, a.attn, a.lse, a.q, a.k, a.v, scale_);
   parallel::row_parallel_linear_forward(env.ctx, env.tp, A, y, a.attn.view({N, H * d_.v}), p_.proj->value, &x,
                                         fp8_of(env, p_.proj));
   parallel::lora_row_forward(env.ctx, env.tp, A, y, a.attn.view({N, H * d_.v}), p_.proj_lora, lora_dropout_of(env));
@@ -160,7 +161,7 @@ void MlaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres,
   if (kept == Recompute::Selective) {
     a.attn = A.alloc({d.B, d.T, H, d_.v}, dt);
     a.lse = A.alloc({d.B, H, d.T}, DType::F32);
-    ops::attention_forward(ctx, a.attn, a.lse, a.q, a.k, a.v, scale_, true);
+    attention_core_forward(env, a.attn, a.lse, a.q, a.k, a.v, scale_);
   }
   // Everything from the up-projections down is per residual row (R); the replicated latent
   // weights then take their grads from this rank's rows (summed over tp with the norms under SP).
@@ -173,7 +174,7 @@ void MlaAttention::backward(LayerEnv& env, BlockActivations& base, Tensor& dres,
                                            a.attn.view({N, H * d_.v}), p_.proj->value, acc, fp8_of(env, p_.proj));
     parallel::lora_row_backward(ctx, env.tp, A, d_attn2, dres, a.attn.view({N, H * d_.v}), p_.proj_lora, drop);
     Tensor dq = A.alloc(a.q.shape(), dt), dk = A.alloc(a.k.shape(), dt), dv = A.alloc(a.v.shape(), dt);
-    ops::attention_backward(ctx, dq, dk, dv, d_attn, a.q, a.k, a.v, a.attn, a.lse, scale_, true);
+    attention_core_backward(env, dq, dk, dv, d_attn, a.q, a.k, a.v, a.attn, a.lse, scale_);
     Tensor dq_proj = A.alloc({N, H * d_.qk()}, dt), dkv_up = A.alloc({N, H * (d_.nope + d_.v)}, dt);
     Tensor dk_pe_all = A.alloc({N, d_.rope}, dt);  // this rank's heads' share, every token
     ops::mla_qkv_rope_backward(ctx, dq_proj, dkv_up, dk_pe_all, dq, dk, dv, env.rope_cos, env.rope_sin);

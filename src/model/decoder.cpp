@@ -14,6 +14,7 @@
 #include "model/attention_mla.h"
 #include "model/mlp_dense.h"
 #include "parallel/communicator.h"
+#include "parallel/context_parallel.h"
 #include "parallel/layers.h"
 #include "parallel/parallel_dims.h"
 
@@ -61,20 +62,11 @@ void fill_normal_parallel(Tensor& host, const CounterRng& rng, float std, const 
   for (auto& th : pool) th.join();
 }
 
-// What context parallelism supports so far (parallel/context_parallel.h); the rest is refused by name.
-void validate_context_parallel(const ModelConfig& c, const parallel::ContextParallel& cp, Device device) {
+// The cp group must carry the model's tensors (what CP runs: parallel/context_parallel.h).
+void validate_context_parallel(const parallel::ContextParallel& cp, Device device) {
   if (!cp.active()) return;
   PRIMUS_CHECK(cp.group->device() == device, "DecoderOptions.context_parallel: the cp group '{}' works on {} tensors "
                "but the model runs on {}", cp.group->name(), device_name(cp.group->device()), device_name(device));
-  const int P = cp.size();
-  PRIMUS_CHECK(!c.multi_latent_attention, "model config '{}': context_parallel_size = {} runs GQA attention only so "
-               "far; multi_latent_attention: true is not supported with it (set context_parallel_size: 1)", c.name, P);
-  PRIMUS_CHECK(c.mtp_num_layers == 0, "model config '{}': context_parallel_size = {} with multi-token prediction "
-               "(mtp_num_layers = {}) is not supported: the MTP depths shift labels along the whole sequence, which "
-               "no cp rank holds; set mtp_num_layers: 0 or context_parallel_size: 1", c.name, P, c.mtp_num_layers);
-  PRIMUS_CHECK(c.num_experts == 0, "model config '{}': context_parallel_size = {} with MoE layers (num_experts = {}) "
-               "is not supported yet (untested: the sequence-level aux loss and the expert groups over dp x cp); set "
-               "context_parallel_size: 1", c.name, P, c.num_experts);
 }
 
 // The tensor-parallel layout rules that the config must meet (all violations at once).
@@ -238,7 +230,7 @@ DecoderModel::DecoderModel(const ModelConfig& config, ops::Context& ctx, const D
   set_recompute(options_.recompute, options_.recompute_num_layers);
   const parallel::TensorParallel& tp = options_.tensor_parallel;
   validate_tensor_parallel(config_, tp, ctx_.device());
-  validate_context_parallel(config_, options_.context_parallel, ctx_.device());
+  validate_context_parallel(options_.context_parallel, ctx_.device());
   const parallel::ExpertParallel& ep = options_.expert_parallel;
   validate_expert_parallel(config_, ep, tp, ctx_.device());
 
@@ -679,9 +671,17 @@ void DecoderModel::mtp_forward(StageState& st, LayerEnv& env, const Tensor& toke
   st.result_.mtp_loss_sums.assign(static_cast<size_t>(D), 0.0);
   st.result_.mtp_num_tokens.assign(static_cast<size_t>(D), 0.0);
   param_needed(embedding_);  // a last stage's copy (pipeline parallel) may not be in use yet
+  // The shifts run along whole rows: under context parallel, the rows of every cp rank's
+  // columns, shifted, then this rank's columns again.
+  const parallel::ContextParallel& cp = options_.context_parallel;
+  const Tensor full_tokens = parallel::context_parallel_full_rows(tokens, cp);
+  const Tensor full_labels = parallel::context_parallel_full_rows(labels, cp);
+  const Tensor full_mask = parallel::context_parallel_full_rows(loss_mask, cp);
+  auto local = [&](const Tensor& t) { return cp.active() ? parallel::context_parallel_columns(t, cp.rank(), cp.size()) : t; };
   for (int64_t k = 0; k < D; ++k) {
-    const Tensor tk = roll_left<int32_t>(tokens, k + 1, 0), lk = roll_left<int32_t>(labels, k + 1, -1);
-    const Tensor mk = roll_left<float>(loss_mask, k + 1, 0.f);
+    const Tensor tk = local(roll_left<int32_t>(full_tokens, k + 1, 0));
+    const Tensor lk = local(roll_left<int32_t>(full_labels, k + 1, -1));
+    const Tensor mk = local(roll_left<float>(full_mask, k + 1, 0.f));
     st.mtp_batches_.push_back(std::make_unique<Batch>(tk, &lk, &mk, weight, config_.padded_vocab_size, ctx_.device(),
                                                       options_.tensor_parallel));
     const Batch& b = *st.mtp_batches_.back();

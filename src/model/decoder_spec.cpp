@@ -451,17 +451,7 @@ void check_parallel_layout(const ModelConfig& m, const parallel::ParallelDims& d
                                    "(sequence_parallel gives each tensor-parallel rank an equal share of the tokens)"));
     rule(parallel::context_parallel_seq_problem({"seq_length", c.seq_length}, cp_size));
   }
-  if (cp > 1) {  // what context parallelism runs so far (parallel/context_parallel.h)
-    need(!m.multi_latent_attention,
-         fmt::format("context_parallel_size {} runs GQA attention only so far: multi_latent_attention is not "
-                     "supported with it (set context_parallel_size: 1)", cp));
-    need(m.mtp_num_layers == 0,
-         fmt::format("context_parallel_size {} with multi-token prediction (mtp_num_layers {}) is not supported: "
-                     "the MTP depths shift labels along the whole sequence (set mtp_num_layers: 0)",
-                     cp, m.mtp_num_layers));
-    need(m.num_experts == 0,
-         fmt::format("context_parallel_size {} with MoE layers (num_experts {}) is not supported yet (untested); "
-                     "set context_parallel_size: 1", cp, m.num_experts));
+  if (cp > 1) {
     if (c.sequence_parallel && c.seq_length > 0 && c.seq_length % (2 * cp) == 0)
       need(c.seq_length / cp % tp == 0,
            fmt::format("sequence_parallel with context_parallel_size {}: each cp rank's {} tokens (seq_length {} / {}) "

@@ -5,6 +5,7 @@
 
 #include "core/error.h"
 #include "core/trace.h"
+#include "parallel/context_parallel.h"
 #include "parallel/layers.h"
 
 namespace primus {
@@ -121,6 +122,10 @@ void MoeMlp::route(LayerEnv& env, Acts& a) {
     Tensor sums = stats.rows(0, G * E_).view({G, E_}), top = stats.rows(G * E_, 2 * G * E_).view({G, E_});
     Tensor lse_sq = stats.rows(2 * G * E_, 2 * G * E_ + 1);
     ops::moe_aux_stats(ctx, sums, top, lse_sq, a.logits, k_, routing_.sigmoid);
+    // Context parallel: the statistics of the whole sequences (Megatron reduces the routed
+    // counts over tp x cp; the score sums are reduced too, so every cp rank logs the same value).
+    Tensor all = stats;
+    parallel::context_parallel_sum(env.cp, all);
   }
 
   // The experts' row counts size the grouped GEMMs: the one host synchronisation of the layer.
@@ -160,11 +165,13 @@ void MoeMlp::route(LayerEnv& env, Acts& a) {
   const float* top = sums + G * E_;
   const double lse_sq = top[G * E_];
   const double w = env.aux_loss_weight;
+  // The tokens the (cp-reduced) statistics cover; this rank's gradient is its own tokens' share.
+  const double n_all = static_cast<double>(N) * env.cp.size();
   Tensor grad_h = Tensor::zeros({G, E_}, DType::F32);
   double balance = 0;
   if (balance_ != Balance::None) {
     // aux: coeff E / (k T^2) sum_i S_i c_i per group of T tokens, averaged over the G groups.
-    const double T = static_cast<double>(N / G);
+    const double T = n_all / static_cast<double>(G);
     const double scale = aux_coeff_ * static_cast<double>(E_) / (static_cast<double>(k_) * T * T) / static_cast<double>(G);
     for (int64_t i = 0; i < G * E_; ++i) {
       balance += scale * static_cast<double>(sums[i]) * top[i];
@@ -173,11 +180,11 @@ void MoeMlp::route(LayerEnv& env, Acts& a) {
   }
   if (!env.recomputing) {
     if (balance_ != Balance::None) stats_.load_balancing_loss += balance / aux_coeff_;
-    if (z_coeff_ > 0) stats_.z_loss += lse_sq / static_cast<double>(N);
+    if (z_coeff_ > 0) stats_.z_loss += lse_sq / n_all;
   }
   a.score_grad = A.alloc({G, E_}, DType::F32);
   a.score_grad.copy_from(grad_h);
-  a.z_weight = static_cast<float>(w * z_coeff_ / static_cast<double>(N));
+  a.z_weight = static_cast<float>(w * z_coeff_ / n_all);
 }
 
 void MoeMlp::forward(LayerEnv& env, const Tensor& x, Tensor& y, std::unique_ptr<BlockActivations>& acts_out,

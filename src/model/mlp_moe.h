@@ -39,6 +39,14 @@
 // In backward d probs (which reads the summed expert outputs) is all-reduced over tp, and the
 // router (replicated, like a norm) takes its gradient from this rank's residual rows.
 //
+// Context parallel (env.cp active; the rows are this cp rank's two chunks of each sequence):
+// routing is per token, so only the auxiliary losses see the sequence. Their statistics
+// (score sums, routed counts, the z-loss sum; per sequence for seq_aux_loss) are summed over
+// cp before the losses are formed, with T and N the whole sequences' token counts, so every
+// cp rank computes the single-rank loss value and the gradient of its own tokens' share (the
+// router's gradient is then summed over dp x cp like any replicated weight). Capacity stays
+// per rank, on its own tokens (as under data parallel and in Megatron).
+//
 // Expert parallel (env.ep active): this rank holds E_l = E/P experts (W1, W2 are (E_l, ...)
 // shards); routing, capacity and the auxiliary losses stay per rank on its own tokens, and the
 // permuted rows travel to their experts' ranks and back (parallel/expert_parallel.h) around

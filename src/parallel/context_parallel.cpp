@@ -47,6 +47,34 @@ Tensor context_parallel_columns(const Tensor& full, int rank, int size) {
   return out;
 }
 
+Tensor context_parallel_full_rows(const Tensor& local, const ContextParallel& cp) {
+  PRIMUS_CHECK(local.ndim() == 2 && dtype_size(local.dtype()) == 4,
+               "context_parallel_full_rows: expected a (batch, columns) tensor of a 4-byte dtype, got {}",
+               local.describe());
+  const Tensor host = local.device() == Device::CPU ? local : local.to(Device::CPU);
+  if (!cp.active()) return host;
+  Communicator& g = *cp.group;
+  const int P = g.size();
+  const int64_t B = host.size(0), L = host.size(1), T = L * P;
+  Tensor in = host.to(g.device());
+  Tensor all = Tensor::empty({P * B * L}, host.dtype(), g.device());
+  g.all_gather(all, in);
+  const Tensor got = all.to(Device::CPU);
+  Tensor full = Tensor::empty({B, T}, host.dtype());
+  const auto* src = static_cast<const uint32_t*>(got.raw());
+  auto* dst = static_cast<uint32_t*>(full.raw());
+  for (int r = 0; r < P; ++r) {
+    const std::vector<int64_t> pos = context_parallel_positions(T, r, P);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < L; ++j) dst[b * T + pos[static_cast<size_t>(j)]] = src[(r * B + b) * L + j];
+  }
+  return full;
+}
+
+void context_parallel_sum(const ContextParallel& cp, Tensor& t) {
+  if (cp.active()) cp.group->all_reduce(t, ReduceOp::Sum);
+}
+
 namespace {
 
 // Chunk `which` (0: local columns [0, c), 1: [c, 2c)) of a (B, 2c, ...) tensor, copied into the arena.

@@ -52,8 +52,11 @@
 // buffer holds every rank's contribution for the K/V of rank r + 1; one more shift delivers
 // each rank its own dK / dV.
 //
-// Not supported (refused where the model is built): packed rows (segments), MLA attention,
-// multi-token prediction (it shifts labels along the sequence), MoE (untested).
+// The attention blocks (GQA, MLA) reach the ring through model/attention_core.h. MoE layers
+// route per token; their auxiliary losses sum their statistics over cp (model/mlp_moe.h).
+// Multi-token prediction shifts tokens and labels along the whole sequence: it rebuilds the
+// full rows (context_parallel_full_rows), shifts them and takes its columns again.
+// Not supported (refused where the model takes them): packed rows (segments).
 #pragma once
 
 #include <cstdint>
@@ -86,6 +89,13 @@ std::vector<int64_t> context_parallel_positions(int64_t full_T, int rank, int si
 // A (B, T) host tensor (any dtype) -> the (B, T / size) columns cp rank `rank` holds, in the
 // order of context_parallel_positions. A host tensor, whatever the input's device.
 Tensor context_parallel_columns(const Tensor& full, int rank, int size);
+// The inverse, as a collective of cp.group: every rank's (B, 2c) host tensor of its columns
+// (4-byte dtype: token ids, labels, masks) -> the whole (B, 2c size) rows on the host, the
+// same on every rank (what a shift along the sequence, e.g. multi-token prediction's, reads).
+Tensor context_parallel_full_rows(const Tensor& local, const ContextParallel& cp);
+// Statistics of whole sequences from each rank's share of them (e.g. MoE's aux-loss sums):
+// t = the sum of t over the cp ranks, in place, on the group's device. A no-op on one rank.
+void context_parallel_sum(const ContextParallel& cp, Tensor& t);
 
 // ---- ring attention --------------------------------------------------------------------
 

@@ -811,8 +811,9 @@ std::optional<Run::MoeReport> Run::finish_moe_step() {
   const ModelConfig& m = o_.model;
   if (m.num_experts <= 0) return std::nullopt;
   // Per layer: tokens per expert (E), load-balancing and z-loss sums, micro-batches, dropped
-  // slots; zeros for the layers other pipeline ranks hold. Summed over the world: the
-  // data-parallel replicas of a layer add up (tensor parallelism is refused for MoE models).
+  // slots; zeros for the layers other pipeline ranks hold. Summed over the world: the data- and
+  // context-parallel replicas of a layer add up; the tp ranks route the same tokens, so their
+  // counts come tp-fold (the bias update reads only signs; the losses are per micro-batch means).
   // Layers num_layers.. are the multi-token-prediction modules' (their MoE counts too).
   const int64_t E = m.num_experts, width = E + 4, layers_total = m.num_layers + m.mtp_num_layers;
   std::vector<double> all(static_cast<size_t>(layers_total * width), 0.0);

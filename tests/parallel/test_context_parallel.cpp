@@ -165,16 +165,17 @@ TEST(ContextParallel, AttentionMergeIsTheSoftmaxOverTheUnion) {
 
 // Ring attention on `cp` (every rank of it holds its chunks of the same full q, k, v) against
 // the full causal attention of one rank.
-void check_ring(Communicator* group, int64_t c, uint64_t seed_stream) {
+// Hkv kv heads of width D (GQA: 2), values of width Dv (MLA: every head its own, Dv != D).
+void check_ring(Communicator* group, int64_t c, uint64_t seed_stream, int64_t Hkv = 2, int64_t D = 8, int64_t Dv = 8) {
   ops::Context ctx = ops::Context::cpu();
   const ContextParallel cp{group};
   const int P = cp.size();
-  const int64_t B = 2, T = 2 * P * c, Hq = 4, Hkv = 2, D = 8;
+  const int64_t B = 2, T = 2 * P * c, Hq = 4;
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   const Tensor q = randn({B, T, Hq, D}, seed_stream), k = randn({B, T, Hkv, D}, seed_stream + 1),
-               v = randn({B, T, Hkv, D}, seed_stream + 2), dout = randn({B, T, Hq, D}, seed_stream + 3);
+               v = randn({B, T, Hkv, Dv}, seed_stream + 2), dout = randn({B, T, Hq, Dv}, seed_stream + 3);
   // The reference: one rank, the whole sequence.
-  Tensor out = Tensor::empty({B, T, Hq, D}, DType::F32), lse = Tensor::empty({B, Hq, T}, DType::F32);
+  Tensor out = Tensor::empty({B, T, Hq, Dv}, DType::F32), lse = Tensor::empty({B, Hq, T}, DType::F32);
   ops::attention_forward(ctx, out, lse, q, k, v, scale, true);
   Tensor dq = Tensor::empty(q.shape(), DType::F32), dk = Tensor::empty(k.shape(), DType::F32),
          dv = Tensor::empty(v.shape(), DType::F32);
@@ -184,7 +185,7 @@ void check_ring(Communicator* group, int64_t c, uint64_t seed_stream) {
   const Tensor ql = take_positions(q, pos), kl = take_positions(k, pos), vl = take_positions(v, pos),
                dol = take_positions(dout, pos);
   Arena arena(Device::CPU);
-  Tensor o = Tensor::empty(ql.shape(), DType::F32), l = Tensor::empty({B, Hq, 2 * c}, DType::F32);
+  Tensor o = Tensor::empty(dol.shape(), DType::F32), l = Tensor::empty({B, Hq, 2 * c}, DType::F32);
   ring_attention_forward(ctx, cp, arena, o, l, ql, kl, vl, scale);
   EXPECT_LT(rel_err(o.to_float_vector(), take_positions(out, pos).to_float_vector()), 1e-5) << "out, cp " << P;
   EXPECT_LT(rel_err(l.to_float_vector(), take_lse(lse, pos).to_float_vector()), 1e-5) << "lse, cp " << P;
@@ -199,6 +200,27 @@ void check_ring(Communicator* group, int64_t c, uint64_t seed_stream) {
 TEST(ContextParallel, RingAttentionMatchesOneRanksFullAttention) {
   check_ring(&world(), 4, 10);
   check_ring(&world(), 3, 20);  // chunks of an odd length
+}
+
+TEST(ContextParallel, RingAttentionWithMlaShapes) {  // a kv head per query head, Dv != Dq
+  check_ring(&world(), 3, 50, 4, 12, 8);
+}
+
+TEST(ContextParallel, FullRowsInvertTheColumns) {
+  const int P = world().size();
+  const int64_t B = 3, T = 2 * P * 5;
+  Tensor full = Tensor::empty({B, T}, DType::I32), mask = Tensor::empty({B, T}, DType::F32);
+  for (int64_t i = 0; i < B * T; ++i) {
+    full.data<int32_t>()[i] = static_cast<int32_t>(i * 7 + 1);
+    mask.data<float>()[i] = 0.25f * static_cast<float>(i % 5);
+  }
+  const ContextParallel cp{&world()};
+  const Tensor back = context_parallel_full_rows(context_parallel_columns(full, cp.rank(), P), cp);
+  ASSERT_EQ(back.shape(), full.shape());
+  EXPECT_EQ(back.to_float_vector(), full.to_float_vector());
+  const Tensor mback = context_parallel_full_rows(context_parallel_columns(mask, cp.rank(), P), cp);
+  EXPECT_EQ(mback.to_float_vector(), mask.to_float_vector());
+  EXPECT_EQ(context_parallel_full_rows(full, ContextParallel{}).to_float_vector(), full.to_float_vector());  // one rank
 }
 
 TEST(ContextParallel, RingsOfTwoInsideALargerWorld) {

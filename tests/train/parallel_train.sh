@@ -53,6 +53,10 @@
 #   ep2tp2ds     4 ranks, EP2 x TP2+SP: MLA heads, experts and MTP's eh_proj split over tp == refds
 #   tp2ds        2 ranks, TP2 without SP (MTP's eh_proj output gathered over tp)   == refds
 #   tp2ds_v2     2 ranks, TP2+SP, V2-Lite-style query (no q latent), full recompute == refds_v2 (1 rank)
+#   cp2ds        2 ranks, context parallel: MLA over the ring, MTP's shifts along the whole
+#                rows, the aux loss statistics summed over cp                     == refds
+#   cp2ep2tp2ds  4 ranks, CP2 x TP2 + SP, EP2                                     == refds
+#   cp2pp2ds     4 ranks, CP2 x PP2 (MTP on the last stage), distributed optimizer == refds
 #   LoRA (peft: lora, rank 4, every target; frozen base) on packed rows (reset_position_ids and
 #   reset_attention_mask: documents split at end-of-document tokens), against reflora (1 rank):
 #   tp2lora      2 ranks, tensor parallel (A of column layers summed over tp)    == reflora
@@ -83,6 +87,10 @@
 #   cp2dp2       4 ranks, CP2 x DP2, distributed optimizer over dp x cp, overlapped grad reduce == ref
 #   cp2tp2       4 ranks, CP2 x TP2 + sequence parallel                           == ref
 #   cp2pp2       4 ranks, CP2 x PP2 (1F1B)                                        == ref
+#   the tiny MoE model, dropless (capacity is per rank), against refmoe_cp (1 rank):
+#   cp2moe       2 ranks (the sequence aux loss and z-loss statistics summed over cp) == refmoe_cp
+#   cp2ep2moe    2 ranks, CP2 with EP2 carved from them (alltoall)                == refmoe_cp
+#   cp2ep2tp2sp  4 ranks, CP2 x TP2 + SP, EP2, distributed optimizer, overlapped reduce == refmoe_cp
 #   DPO with LoRA on token-id preference pairs (tiny_chat-posttrain.yaml), against refdpo (1 rank):
 #   tp2spdpo     2 ranks, tp2 + sequence parallel                                 == refdpo
 #   dp2dpo       2 ranks, data parallel (each rank a share of the reference log-probs) == refdpo
@@ -183,6 +191,15 @@ run ep_to_1 1 "${MOE[@]}" --set load="$WORK/ckpt_ep" $(final ep_to_1)
 run moe_to_ep4 4 "${MOE[@]}" "${A2A[@]}" --set expert_model_parallel_size=4 --set load="$WORK/ckpt_moe" $(final moe_to_ep4)
 run tp2moe 2 "${MOE[@]}" --set tensor_model_parallel_size=2 $(final tp2moe)
 run tp2spmoe 2 "${MOE[@]}" --set tensor_model_parallel_size=2 --set sequence_parallel=true $(final tp2spmoe)
+# Context parallel with MoE: dropless (capacity is per rank's tokens, as under data parallel).
+DROPLESS=(--set moe_expert_capacity_factor=null)
+run refmoe_cp 1 "${MOE[@]}" "${DROPLESS[@]}" $(final refmoe_cp)
+run cp2moe 2 "${MOE[@]}" "${DROPLESS[@]}" --set context_parallel_size=2 $(final cp2moe)
+run cp2ep2moe 2 "${MOE[@]}" "${DROPLESS[@]}" "${A2A[@]}" --set context_parallel_size=2 --set expert_model_parallel_size=2 \
+  $(final cp2ep2moe)
+run cp2ep2tp2sp 4 "${MOE[@]}" "${DROPLESS[@]}" "${A2A[@]}" --set context_parallel_size=2 --set expert_model_parallel_size=2 \
+  --set tensor_model_parallel_size=2 --set sequence_parallel=true --set use_distributed_optimizer=true \
+  --set overlap_grad_reduce=true --set ddp_bucket_size=3000 $(final cp2ep2tp2sp)
 run ep2tp2sp 4 "${MOE[@]}" "${A2A[@]}" --set expert_model_parallel_size=2 --set tensor_model_parallel_size=2 \
   --set sequence_parallel=true --set use_distributed_optimizer=true --set overlap_grad_reduce=true \
   --set overlap_param_gather=true --set ddp_bucket_size=3000 $(final ep2tp2sp)
@@ -211,6 +228,11 @@ run ep2pp2ds 4 "${DS[@]}" "${MTP[@]}" --set expert_model_parallel_size=2 --set p
 run ep2tp2ds 4 "${DS[@]}" "${MTP[@]}" --set expert_model_parallel_size=2 --set tensor_model_parallel_size=2 \
   --set sequence_parallel=true $(final ep2tp2ds)
 run tp2ds 2 "${DS[@]}" "${MTP[@]}" --set tensor_model_parallel_size=2 $(final tp2ds)
+run cp2ds 2 "${DS[@]}" "${MTP[@]}" --set context_parallel_size=2 $(final cp2ds)
+run cp2ep2tp2ds 4 "${DS[@]}" "${MTP[@]}" --set context_parallel_size=2 --set expert_model_parallel_size=2 \
+  --set tensor_model_parallel_size=2 --set sequence_parallel=true $(final cp2ep2tp2ds)
+run cp2pp2ds 4 "${DS[@]}" "${MTP[@]}" --set context_parallel_size=2 --set pipeline_model_parallel_size=2 \
+  --set use_distributed_optimizer=true --set overlap_grad_reduce=true --set ddp_bucket_size=3000 $(final cp2pp2ds)
 V2Q=(--set q_lora_rank=null --set recompute_granularity=full --set recompute_method=uniform --set recompute_num_layers=1)
 run refds_v2 1 "${DS[@]}" "${V2Q[@]}" $(final refds_v2)
 run tp2ds_v2 2 "${DS[@]}" "${V2Q[@]}" --set tensor_model_parallel_size=2 --set sequence_parallel=true $(final tp2ds_v2)
@@ -262,20 +284,21 @@ fi
 grep -q "needs the number of micro-batches per step (3" "$WORK/bad_layout.log" ||
   { echo "FAIL: no clear error for the bad interleaved layout:"; tail -5 "$WORK/bad_layout.log"; exit 1; }
 echo "bad interleaved layout: refused with a clear error"
-# Context parallel: a sequence that does not cut into 2 x CP chunks, and MoE, are refused by name.
+# Context parallel: a sequence that does not cut into 2 x CP chunks, and packed rows, are refused by name.
 if PRIMUS_TEST_RUN=bad_cp "$MPIEXEC" -np 3 --oversubscribe --bind-to none -x PRIMUS_TEST_RUN -x PRIMUS_TEST_WORKSPACE \
     "$PRIMUS" train --config "$EXP" --world-size 3 --set context_parallel_size=3 >"$WORK/bad_cp.log" 2>&1; then
   echo "FAIL: seq_length 32 over context_parallel_size 3 was accepted"; exit 1
 fi
 grep -q "seq_length = 32 .* must be divisible by 2 x context_parallel_size = 6" "$WORK/bad_cp.log" ||
   { echo "FAIL: no clear error for seq_length vs context_parallel_size:"; tail -5 "$WORK/bad_cp.log"; exit 1; }
-if PRIMUS_TEST_RUN=bad_cpmoe "$MPIEXEC" -np 2 --oversubscribe --bind-to none -x PRIMUS_TEST_RUN -x PRIMUS_TEST_WORKSPACE \
-    "$PRIMUS" train --config "$EXP" --world-size 2 "${MOE[@]}" --set context_parallel_size=2 >"$WORK/bad_cpmoe.log" 2>&1; then
-  echo "FAIL: MoE with context_parallel_size 2 was accepted"; exit 1
+if PRIMUS_TEST_RUN=bad_cppack "$MPIEXEC" -np 2 --oversubscribe --bind-to none -x PRIMUS_TEST_RUN -x PRIMUS_TEST_WORKSPACE \
+    "$PRIMUS" train --config "$EXP" --world-size 2 "${LORA[@]}" --set context_parallel_size=2 >"$WORK/bad_cppack.log" 2>&1; then
+  echo "FAIL: packed rows with context_parallel_size 2 were accepted"; exit 1
 fi
-grep -q "context_parallel_size 2 with MoE layers (num_experts 4) is not supported" "$WORK/bad_cpmoe.log" ||
-  { echo "FAIL: no clear error for MoE with context parallel:"; tail -5 "$WORK/bad_cpmoe.log"; exit 1; }
-echo "context parallel: seq_length not divisible by 2 x CP and MoE are refused with clear errors"
+grep -q "packed rows (reset_position_ids / reset_attention_mask) are not supported with context parallelism" \
+  "$WORK/bad_cppack.log" ||
+  { echo "FAIL: no clear error for packed rows with context parallel:"; tail -5 "$WORK/bad_cppack.log"; exit 1; }
+echo "context parallel: seq_length not divisible by 2 x CP and packed rows are refused with clear errors"
 # Expert x tensor parallelism without sequence parallelism is refused by name (Megatron's rule).
 if PRIMUS_TEST_RUN=bad_eptp "$MPIEXEC" -np 4 --oversubscribe --bind-to none -x PRIMUS_TEST_RUN -x PRIMUS_TEST_WORKSPACE \
     "$PRIMUS" train --config "$EXP" --world-size 4 "${MOE[@]}" --set expert_model_parallel_size=2 \
@@ -321,7 +344,7 @@ def losses(run):
         if r.get("type") == "train":  # lm loss, and for MoE runs the load-balancing and z losses
             out[r["iteration"]] = {k: v for k, v in r.items() if k.endswith("loss")}
     return out
-refs = {r: losses(r) for r in ("ref", "refbm", "ref4", "refmoe", "refds", "refmoe16", "refmoe4", "refds_v2", "reflora",
+refs = {r: losses(r) for r in ("ref", "refbm", "ref4", "refmoe", "refmoe_cp", "refds", "refmoe16", "refmoe4", "refds_v2", "reflora",
                                "reflora_moe", "reflora_ds", "refdpo", "reffp8")}
 for r in refs.values():
     assert sorted(r) == list(range(1, 11)), r
@@ -344,8 +367,11 @@ runs = (("dp2", ALL, "ref"), ("tp2", ALL, "ref"), ("dp2_distopt", ALL, "ref"), (
         ("tp2splora_moe", ALL, "reflora_moe"), ("dp2lora_moe", ALL, "reflora_moe"), ("ep2lora_ds", ALL, "reflora_ds"),
         ("tp2splora_ds", ALL, "reflora_ds"), ("ep2tp2splora_ds", ALL, "reflora_ds"), ("tp2spdpo", ALL, "refdpo"),
         ("dp2dpo", ALL, "refdpo"), ("pp2dpo", ALL, "refdpo"), ("cp2", ALL, "ref"), ("cp4", ALL, "ref"), ("cp2dp2", ALL, "ref"),
-        ("cp2tp2", ALL, "ref"), ("cp2pp2", ALL, "ref"), ("dp2tp2fp8_half", FIRST, "reffp8"), ("fp8_to_1", LAST, "reffp8"))
-CONTEXT_PARALLEL = {"cp2", "cp4", "cp2dp2", "cp2tp2", "cp2pp2"}  # issue 17's bar: 1e-6
+        ("cp2tp2", ALL, "ref"), ("cp2pp2", ALL, "ref"), ("cp2moe", ALL, "refmoe_cp"), ("cp2ep2moe", ALL, "refmoe_cp"),
+        ("cp2ep2tp2sp", ALL, "refmoe_cp"), ("cp2ds", ALL, "refds"), ("cp2ep2tp2ds", ALL, "refds"),
+        ("cp2pp2ds", ALL, "refds"), ("dp2tp2fp8_half", FIRST, "reffp8"), ("fp8_to_1", LAST, "reffp8"))
+CONTEXT_PARALLEL = {"cp2", "cp4", "cp2dp2", "cp2tp2", "cp2pp2", "cp2moe", "cp2ep2moe", "cp2ep2tp2sp", "cp2ds", "cp2ep2tp2ds",
+                    "cp2pp2ds"}  # issue 17's bar: 1e-6
 EXPERT_PARALLEL = {"ep2moe", "ep4moe", "ep2dp2moe", "ep2pp2moe", "ep2pp2_half", "ep_to_1", "moe_to_ep4", "ep4ds",
                    "ep2pp2ds", "ep2pp2vp", "ep2tp2ds", "tp2ds", "tp2ds_v2", "tp2moe", "tp2spmoe", "ep2tp2sp", "big_half", "big_to_1", "one_to_big",
                    "ep2lora_moe", "tp2splora_moe", "ep2lora_ds", "tp2splora_ds", "ep2tp2splora_ds"}
@@ -391,7 +417,7 @@ def weights(run):  # model.safetensors of the iteration-8 checkpoint, read from 
         b, e = meta["data_offsets"]
         out[name] = np.frombuffer(raw[8 + n + b:8 + n + e], dtype="<f4").reshape(meta["shape"])
     return out
-ref_ws = {r: weights(r) for r in ("ref", "ref4", "refmoe", "refds", "refmoe16", "refmoe4", "refds_v2", "reflora",
+ref_ws = {r: weights(r) for r in ("ref", "ref4", "refmoe", "refmoe_cp", "refds", "refmoe16", "refmoe4", "refds_v2", "reflora",
                                   "reflora_moe", "reflora_ds", "reffp8")}
 assert "decoder.layers.0.mlp.linear_fc1._fp8_scaling" in ref_ws["reffp8"], "no FP8 scaling state was saved"
 assert "decoder.layers.0.mlp.linear_fc1._fp8_scaling" in weights("fp8_to_1"), "the resumed FP8 run lost its scaling state"
@@ -430,7 +456,9 @@ for run, refname in (("dp2", "ref"), ("tp2", "ref"), ("dp2_distopt", "ref"), ("d
                      ("pp2lora", "reflora"), ("lora_to_tp2sp", "reflora"), ("ep2lora_moe", "reflora_moe"),
                      ("tp2splora_moe", "reflora_moe"), ("dp2lora_moe", "reflora_moe"), ("ep2lora_ds", "reflora_ds"),
                      ("tp2splora_ds", "reflora_ds"), ("ep2tp2splora_ds", "reflora_ds"), ("cp2", "ref"), ("cp4", "ref"),
-                     ("cp2dp2", "ref"), ("cp2tp2", "ref"), ("cp2pp2", "ref"), ("fp8_to_1", "reffp8")):
+                     ("cp2dp2", "ref"), ("cp2tp2", "ref"), ("cp2pp2", "ref"), ("cp2moe", "refmoe_cp"),
+                     ("cp2ep2moe", "refmoe_cp"), ("cp2ep2tp2sp", "refmoe_cp"), ("cp2ds", "refds"),
+                     ("cp2ep2tp2ds", "refds"), ("cp2pp2ds", "refds"), ("fp8_to_1", "reffp8")):
     ref_w = ref_ws[refname]
     got = weights(run)
     assert sorted(got) == sorted(ref_w), f"{run}: tensors {sorted(set(got) ^ set(ref_w))} differ in name"
