@@ -3,6 +3,8 @@
 # shape in one call. Run from the repo root on the GPU machine after tools/gpu_bundle.sh:
 #   bash tools/gpu_fp8.sh speed                 # 3B (seq 2048 x 2) and 1B (2048 x 8), mock data
 #   bash tools/gpu_fp8.sh curve [ITERS]         # 1B shape on Brown, bf16 and fp8 (default 300 steps)
+#   bash tools/gpu_fp8.sh diag                  # the CudaFp8 GPU tests; if they fail, cuBLASLt's API trace of
+#                                               # our FP8 GEMM next to torch._scaled_mm's (same dtypes) to compare
 # speed prints the median tokens/s of the second half of each run and the peak device memory
 # (nvidia-smi, sampled every 100 ms); curve copies each run's metrics.jsonl to $OUT for
 # `primus plot`. SPEED_STEPS (default 24), FP8_SETS (extra --set pairs for the fp8 runs), QUICK=1 (no
@@ -35,7 +37,37 @@ run() {  # tag experiment seq mbs iters [--set ...]
 }
 FP8=(--set fp8=hybrid --set fp8_recipe=delayed --set fp8_amax_history_len=16 --set fp8_amax_compute_algo=max)
 read -r -a EXTRA <<<"${FP8_SETS:-}"
-if [[ $mode == speed ]]; then
+if [[ $mode == diag ]]; then
+  "$B/primus_gpu_tests" --gtest_filter='CudaFp8*' >"$OUT/fp8_tests.log" 2>&1
+  rc=$?
+  tail -12 "$OUT/fp8_tests.log"
+  ((rc == 0)) && exit 0
+  # CUBLASLT_LOG_LEVEL=5: every cuBLASLt call with its descriptors' attributes.
+  CUBLASLT_LOG_LEVEL=5 "$B/primus_gpu_tests" --gtest_filter='CudaFp8.Linear*' >"$OUT/fp8_lt_trace.log" 2>&1
+  echo "--- ours (first cublasLtMatmul calls and errors)"
+  grep -n "cublasLtMatmul(\|cublasLtMatmulAlgoGetHeuristic(" "$OUT/fp8_lt_trace.log" | head -3 | cut -c1-2000
+  grep -n -i "error\|not supported" "$OUT/fp8_lt_trace.log" | head -6 | cut -c1-600
+  CUBLASLT_LOG_LEVEL=5 python3 - >"$OUT/fp8_torch_trace.log" 2>&1 <<'PY'
+import torch
+M, N, K = 256, 512, 128
+one = torch.tensor(1.0, device="cuda")
+x = (torch.randn(M, K, device="cuda") * 0.5).to(torch.float8_e4m3fn)
+w = (torch.randn(N, K, device="cuda") * 0.5).to(torch.float8_e4m3fn)
+g = (torch.randn(M, K, device="cuda") * 0.5).to(torch.float8_e5m2)
+for a, name in ((x, "e4m3"), (g, "e5m2")):
+    for out in (torch.bfloat16, torch.float32):
+        try:
+            torch._scaled_mm(a, w.t(), scale_a=one, scale_b=one, out_dtype=out)
+            print("torch._scaled_mm", name, "x e4m3 ->", out, "ok")
+        except Exception as e:
+            print("torch._scaled_mm", name, "x e4m3 ->", out, "failed:", str(e)[:200])
+torch.cuda.synchronize()
+PY
+  echo "--- torch._scaled_mm"
+  grep -v "^\[" "$OUT/fp8_torch_trace.log" | head -6
+  grep -n "cublasLtMatmul(" "$OUT/fp8_torch_trace.log" | head -2 | cut -c1-2000
+  exit 1
+elif [[ $mode == speed ]]; then
   S=${SPEED_STEPS:-24}
   MOCK=(--set save=null --set mock_data=true --set untie_embeddings_and_output_weights=true --set eval_iters=0)
   for shape in "3b examples/megatron/llama3.2_3B-pretrain.yaml 2" "1b examples/megatron/llama3.2_1B-pretrain.yaml 8"; do
