@@ -619,10 +619,26 @@ Tensor DecoderModel::stage_forward(StageState& st, const Tensor& tokens, const T
   st.final_rstd_ = arena.alloc({R}, DType::F32);
   ops::rmsnorm_forward(ctx_, hidden, st.final_rstd_, st.xs_.back(), final_norm_->value, env.norm_eps);
   Tensor losses = arena.alloc({d.N()}, DType::F32);
+  // Context parallel: objectives over rows (DPO's log-probs, the hooks) read whole rows: the
+  // masked token losses of every cp rank's columns, gathered (a few bytes per token).
+  const parallel::ContextParallel& cp = options_.context_parallel;
+  const auto whole = [&](std::vector<float> masked) {
+    if (!cp.active()) return masked;
+    const Tensor t = Tensor::from_floats(masked, {d.B, d.T});
+    return parallel::context_parallel_full_rows(t, cp).to_float_vector();
+  };
   if (for_backward && extras.loss_weights != nullptr) {
     // A non-linear objective: the tokens' losses first, then the gradient with their weights.
     classifier(batch, hidden, losses, nullptr, arena);
-    batch.set_token_weights((*extras.loss_weights)(batch.masked_losses(losses.to_float_vector())), ctx_.device());
+    std::vector<float> w = (*extras.loss_weights)(whole(batch.masked_losses(losses.to_float_vector())));
+    if (cp.active()) {
+      const int64_t full_T = d.T * cp.size();
+      PRIMUS_CHECK(static_cast<int64_t>(w.size()) == d.B * full_T,
+                   "DecoderModel: {} token loss weights for {} whole rows of {} tokens", w.size(), d.B, full_T);
+      w = parallel::context_parallel_columns(Tensor::from_floats(w, {d.B, full_T}), cp.rank(), cp.size())
+              .to_float_vector();
+    }
+    batch.set_token_weights(w, ctx_.device());
   }
   const trace::Range range("output layer and loss");
   if (for_backward) {
@@ -636,8 +652,16 @@ Tensor DecoderModel::stage_forward(StageState& st, const Tensor& tokens, const T
   std::vector<float> token_losses = losses.to_float_vector();
   st.result_.loss_sum = batch.loss_sum(token_losses);
   st.result_.num_tokens = batch.num_tokens;
-  st.result_.row_loss_sums = batch.row_loss_sums(token_losses);
-  if (extras.keep_token_losses) st.result_.token_losses = batch.masked_losses(std::move(token_losses));
+  if (!cp.active()) {
+    st.result_.row_loss_sums = batch.row_loss_sums(token_losses);
+    if (extras.keep_token_losses) st.result_.token_losses = batch.masked_losses(std::move(token_losses));
+  } else {  // whole rows: the same on every cp rank
+    std::vector<float> rows = whole(batch.masked_losses(std::move(token_losses)));
+    const size_t T = rows.size() / static_cast<size_t>(d.B);
+    st.result_.row_loss_sums.assign(static_cast<size_t>(d.B), 0.0);
+    for (size_t i = 0; i < rows.size(); ++i) st.result_.row_loss_sums[i / T] += static_cast<double>(rows[i]);
+    if (extras.keep_token_losses) st.result_.token_losses = std::move(rows);
+  }
   if (!mtp_.empty()) mtp_forward(st, env, tokens, *labels, *loss_mask, loss_weight, for_backward);
   st.backward_pending_ = for_backward;
   return Tensor();

@@ -205,6 +205,10 @@ class DecoderModel {
     std::vector<double> row_loss_sums;
     // With MicroBatchExtras::keep_token_losses: loss_mask * cross-entropy of every token (B*T,
     // row-major); appended by +=.
+    // Context parallel: loss_sum, num_tokens and the MTP sums are this cp rank's columns' share;
+    // row_loss_sums and token_losses are the WHOLE rows' (B*T*cp tokens, in sequence order),
+    // gathered over cp, as are the token losses a LossWeightsHook sees (its weights are for
+    // the whole rows too).
     std::vector<float> token_losses;
     StepResult& operator+=(const StepResult& o);
   };

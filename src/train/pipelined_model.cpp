@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "parallel/context_parallel.h"
 
 namespace primus::train {
 
@@ -21,7 +22,10 @@ void PipelinedModel::wait_sends() {
 PipelinedModel::PipelinedModel(const ModelConfig& config, ops::Context& ctx, const DecoderOptions& options,
                                const PipelineOptions& pipeline)
     : ctx_(ctx), lora_dropout_(options.lora.active() ? options.lora.dropout : 0.0), seed_(options.seed),
-      v_(pipeline.virtual_stages) {
+      cp_(options.context_parallel), v_(pipeline.virtual_stages) {
+  PRIMUS_CHECK(!cp_.active() || lora_dropout_ <= 0.0, "lora_dropout = {} with context_parallel_size = {}: the dropout "
+               "masks are keyed by a token's column in its row, which context parallelism changes; set lora_dropout: "
+               "0 or context_parallel_size: 1", lora_dropout_, cp_.size());
   if (pipeline.pp != nullptr && pipeline.pp->size() > 1) {
     pp_ = pipeline.pp;
     pp_size_ = pp_->size();
@@ -171,6 +175,20 @@ Tensor& PipelinedModel::recv_buffer(Tensor& buf, const Shape& shape) {
   return buf;
 }
 
+std::vector<data::Batch> PipelinedModel::context_parallel_share(const std::vector<data::Batch>& micro_batches) const {
+  std::vector<data::Batch> out = micro_batches;
+  for (data::Batch& b : out) {
+    PRIMUS_CHECK(!b.positions.defined() && !b.segments.defined(),
+                 "context_parallel_size = {}: packed rows (reset_position_ids / reset_attention_mask, or post-training "
+                 "packing) are not supported with context parallelism; turn them off (packing: false) or set "
+                 "context_parallel_size: 1", cp_.size());
+    b.tokens = parallel::context_parallel_columns(b.tokens, cp_.rank(), cp_.size());
+    b.labels = parallel::context_parallel_columns(b.labels, cp_.rank(), cp_.size());
+    b.loss_mask = parallel::context_parallel_columns(b.loss_mask, cp_.rank(), cp_.size());
+  }
+  return out;
+}
+
 namespace {
 MicroBatchExtras extras_of(const data::Batch& b, const LossWeightsHook* loss_weights = nullptr,
                            bool keep_token_losses = false, const parallel::LoraDropout* dropout = nullptr) {
@@ -198,10 +216,11 @@ std::vector<parallel::LoraDropout> PipelinedModel::lora_dropouts(const std::vect
   return out;
 }
 
-DecoderModel::StepResult PipelinedModel::forward_backward(const std::vector<data::Batch>& micro_batches,
+DecoderModel::StepResult PipelinedModel::forward_backward(const std::vector<data::Batch>& whole_rows,
                                                           float loss_weight, float aux_loss_weight,
                                                           const std::vector<LossWeightsHook>* loss_weights,
                                                           int64_t step) {
+  const std::vector<data::Batch> micro_batches = cp_.active() ? context_parallel_share(whole_rows) : whole_rows;
   PRIMUS_CHECK(loss_weights == nullptr || loss_weights->size() == micro_batches.size(),
                "PipelinedModel: {} loss-weight hooks for {} micro-batches", loss_weights ? loss_weights->size() : 0,
                micro_batches.size());
@@ -230,8 +249,9 @@ DecoderModel::StepResult PipelinedModel::forward_backward(const std::vector<data
   return sum;
 }
 
-DecoderModel::StepResult PipelinedModel::forward_only(const std::vector<data::Batch>& micro_batches,
+DecoderModel::StepResult PipelinedModel::forward_only(const std::vector<data::Batch>& whole_rows,
                                                       bool keep_token_losses) {
+  const std::vector<data::Batch> micro_batches = cp_.active() ? context_parallel_share(whole_rows) : whole_rows;
   if (pp_size_ == 1) {
     DecoderModel::StepResult sum;
     for (const data::Batch& b : micro_batches) {

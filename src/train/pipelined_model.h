@@ -46,6 +46,7 @@
 #include "data/data_config.h"
 #include "model/decoder.h"
 #include "parallel/communicator.h"
+#include "parallel/context_parallel.h"
 #include "parallel/pipeline_schedule.h"
 
 namespace primus::train {
@@ -87,6 +88,11 @@ class PipelinedModel {
   // hook's answer (DecoderModel::MicroBatchExtras); with pp > 1 the hooks run on the last stage
   // only. row_loss_sums of the result list every micro-batch's rows in order, on every pp rank
   // (with pp > 1 they come from the last stage with the loss).
+  // Context parallel (DecoderOptions::context_parallel active): the micro-batches are the WHOLE
+  // rows, the same on every cp rank; each cp rank runs its columns (context_parallel_columns).
+  // loss_sum / num_tokens are then this rank's columns' share (summed over dp x cp by the
+  // caller); row_loss_sums, the hooks' token losses and kept token losses are whole rows'
+  // (DecoderModel gathers them over cp), the same on every cp rank.
   // step: the optimizer step (iteration) these micro-batches train, the same on every rank: with
   // LoRA dropout (DecoderOptions::lora.dropout > 0) it keys the masks with the batches'
   // samples (parallel/lora.h lora_dropout_row_keys), so they do not depend on the split.
@@ -126,6 +132,9 @@ class PipelinedModel {
   // Copies `t` into a send buffer whose previous send completed (or a new one) and sends it.
   void send(parallel::Communicator& comm, const Tensor& t, int peer);
   void wait_sends();
+  // Context parallel: the micro-batches with only this cp rank's columns of tokens, labels and
+  // loss_mask (parallel::context_parallel_columns); packed rows are refused by name.
+  std::vector<data::Batch> context_parallel_share(const std::vector<data::Batch>& micro_batches) const;
   DecoderModel::StepResult run(const std::vector<data::Batch>& micro_batches, bool train, float loss_weight,
                                float aux_loss_weight, const std::vector<parallel::LoraDropout>* dropout = nullptr,
                                const std::vector<LossWeightsHook>* loss_weights = nullptr);
@@ -136,6 +145,7 @@ class PipelinedModel {
   ops::Context& ctx_;
   double lora_dropout_ = 0;  // DecoderOptions::lora.dropout
   uint64_t seed_ = 0;        // DecoderOptions::seed (keys the dropout masks)
+  parallel::ContextParallel cp_;  // DecoderOptions::context_parallel
   int pp_size_ = 1, pp_rank_ = 0, v_ = 1;
   parallel::Communicator* pp_ = nullptr;
   std::unique_ptr<parallel::Communicator> p2p_[4];  // by parallel::P2pChannel (wrap ones only when v > 1)

@@ -99,7 +99,6 @@ class Run {
   LossSums train_step(float loss_weight_numerator, std::vector<data::Batch>& batches);
   // Context parallel: each micro-batch cut down to this cp rank's two chunks of every row
   // (parallel/context_parallel.h); nothing without cp.
-  void take_context_parallel_chunks(std::vector<data::Batch>& batches) const;
   // Token-mean loss of `iterations` global batches from `loader`, over all ranks, as the named
   // values the reports show ("lm loss"; DPO: "dpo loss" and the rewards first). The first one is
   // the run's validation loss.
@@ -138,7 +137,10 @@ class Run {
   Logger logger_;
   std::unique_ptr<parallel::Communicator> world_;
   std::unique_ptr<parallel::ProcessGroups> groups_;
-  parallel::Communicator* dp_ = nullptr;  // where gradients, losses and token counts are summed
+  parallel::Communicator* dp_ = nullptr;  // where gradients and the model's loss sums are summed (dp x cp)
+  // Where quantities of whole micro-batches are summed (the data's token counts, DPO's
+  // statistics): dp, as every cp rank of a dp rank holds the same rows (PipelinedModel cuts them).
+  parallel::Communicator* batch_dp_ = nullptr;
   int dp_rank_ = 0, dp_size_ = 1, tp_size_ = 1, pp_size_ = 1, ep_size_ = 1;
   ops::Context ctx_;
   std::unique_ptr<data::Tokenizer> tokenizer_;
@@ -190,10 +192,14 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
       launch_(parallel::detect_launch()),
       logger_(LoggerOptions{launch_.rank, launch_.world_size, o.stderr_sink_level, o.log_dir, true}),
       ctx_(make_context(o, launch_)) {
-  PRIMUS_CHECK(o.context_parallel == 1 || (!o.dpo && !o.grpo && !o.posttrain),
-               "context_parallel_size = {} runs pretraining only so far: dpo, grpo and post-training (packed or padded "
-               "chat rows) are not supported with it; set context_parallel_size: 1",
-               o.context_parallel);
+  PRIMUS_CHECK(o.context_parallel == 1 || !o.grpo,
+               "context_parallel_size = {} with grpo: true is not supported (the rollouts' generation runs whole "
+               "sequences on each rank); set context_parallel_size: 1", o.context_parallel);
+  PRIMUS_CHECK(o.context_parallel == 1 ||
+                   !(o.posttrain ? o.packing : o.data.reset_position_ids || o.data.reset_attention_mask),
+               "context_parallel_size = {}: packed rows (reset_position_ids / reset_attention_mask, or post-training "
+               "packing) are not supported with context parallelism; set {} or context_parallel_size: 1",
+               o.context_parallel, o.posttrain ? "packing: false" : "reset_position_ids and reset_attention_mask false");
   parallel::WorldOptions wo;
   wo.device = o.device;
   wo.cuda_device = launch_.local_rank;
@@ -217,6 +223,7 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   // Context parallel: each cp rank has its share of every sequence, so losses, token counts and
   // gradients are summed over data x context parallel.
   dp_ = dims.cp() > 1 ? &groups_->dp_cp() : &groups_->dp();
+  batch_dp_ = &groups_->dp();
   dp_rank_ = groups_->coords().dp;
   dp_size_ = dims.dp();
   tp_size_ = dims.tp();
@@ -363,7 +370,7 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   lap("checkpoint load");
   if (o.dpo) {
     dpo_ = std::make_unique<DpoObjective>(o.dpo_options, o.global_batch_size);
-    const std::string line = dpo_->prepare(*model_, *datasets_.train, datasets_.valid.get(), o.micro_batch_size, *dp_,
+    const std::string line = dpo_->prepare(*model_, *datasets_.train, datasets_.valid.get(), o.micro_batch_size, *batch_dp_,
                                            dp_rank_, dp_size_, o.save, launch_.rank == 0, iteration_ > 0);
     logger_.info("{}", line);
     lap("dpo reference");
@@ -666,19 +673,6 @@ LossSums Run::train_step(float loss_weight, std::vector<data::Batch>& batches) {
   return {r.loss_sum, r.num_tokens, r.mtp_loss_sums, r.mtp_num_tokens};
 }
 
-void Run::take_context_parallel_chunks(std::vector<data::Batch>& batches) const {
-  const int cp = groups_->dims().cp(), rank = groups_->coords().cp;
-  if (cp == 1) return;
-  for (data::Batch& b : batches) {
-    PRIMUS_CHECK(!b.positions.defined() && !b.segments.defined(),
-                 "context_parallel_size = {}: packed rows (reset_position_ids / reset_attention_mask) are not "
-                 "supported with context parallelism; turn them off or set context_parallel_size: 1", cp);
-    b.tokens = parallel::context_parallel_columns(b.tokens, rank, cp);
-    b.labels = parallel::context_parallel_columns(b.labels, rank, cp);
-    b.loss_mask = parallel::context_parallel_columns(b.loss_mask, rank, cp);
-  }
-}
-
 std::vector<std::pair<std::string, double>> Run::evaluate(data::BatchLoader& loader, int64_t iterations) {
   optimizer_->finish_param_gather();
   LossSums sums;
@@ -686,14 +680,13 @@ std::vector<std::pair<std::string, double>> Run::evaluate(data::BatchLoader& loa
   for (int64_t it = 0; it < iterations; ++it) {
     std::vector<data::Batch> batches;
     for (int64_t m = 0; m < num_micro_batches_; ++m) batches.push_back(loader.next());
-    take_context_parallel_chunks(batches);
     const DecoderModel::StepResult r = model_->forward_only(batches);
     sums.loss += r.loss_sum;
     sums.tokens += r.num_tokens;
     if (dpo_) dpo += dpo_->evaluate(batches, r.row_loss_sums);
   }
   std::vector<std::pair<std::string, double>> out;
-  if (dpo_) out = DpoObjective::report(dpo, *dp_);
+  if (dpo_) out = DpoObjective::report(dpo, *batch_dp_);
   out.emplace_back("lm loss", dp_->all_reduce_value(sums.loss) / std::max(1.0, dp_->all_reduce_value(sums.tokens)));
   return out;
 }
@@ -1077,7 +1070,6 @@ TrainResult Run::train() {
       batches = grpo_->batches(iteration_, o_.model, [this] { return rollout_weights(); }, reference_.get(), ctx_, *dp_);
     } else {
       for (int64_t m = 0; m < num_micro_batches_; ++m) batches.push_back(train_loader->next());
-      take_context_parallel_chunks(batches);
     }
     phase_done("data");
     double local_tokens = 0, local_real = 0;
@@ -1089,7 +1081,7 @@ TrainResult Run::train() {
         for (int64_t i = 0; i < b.labels.numel(); ++i) local_real += labels[i] >= 0 ? 1 : 0;
       }
     }
-    const std::vector<double> counts = dp_->all_reduce_values({local_tokens, local_real});
+    const std::vector<double> counts = batch_dp_->all_reduce_values({local_tokens, local_real});
     const double global_tokens = counts[0];
     const double scale = scaler_.scale();
     // The model zeroes the grads it accumulates into and overwrites the rest (the linear
@@ -1123,7 +1115,7 @@ TrainResult Run::train() {
     std::vector<std::pair<std::string, double>> objective_report;
     if (dpo_)  // the hooks ran on the last pipeline stage: the other stages hold zeros
       objective_report = DpoObjective::report(
-          pp_size_ > 1 ? DpoObjective::sum_over(dpo_->step_stats(), groups_->pp()) : dpo_->step_stats(), *dp_);
+          pp_size_ > 1 ? DpoObjective::sum_over(dpo_->step_stats(), groups_->pp()) : dpo_->step_stats(), *batch_dp_);
     if (grpo_) objective_report = grpo_->report(*dp_);
     const double loss = objective_report.empty() ? lm_loss : objective_report.front().second;
     const double lr = schedule_->lr(static_cast<double>(consumed_train_));

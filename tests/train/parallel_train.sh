@@ -96,6 +96,11 @@
 #   dp2dpo       2 ranks, data parallel (each rank a share of the reference log-probs) == refdpo
 #   pp2dpo       2 ranks, pipeline parallel (the pairs' hooks on the last stage, row sums and
 #                DPO statistics reported to both stages)                          == refdpo
+#   cp2dpo       2 ranks, context parallel (the rows' log-probs gathered over cp)  == refdpo, 1e-6
+#   cp2tp2spdpo  4 ranks, CP2 x TP2 + SP                                          == refdpo, 1e-6
+#   SFT on padded (unpacked) chat rows, against refsft (1 rank):
+#   cp2sft       2 ranks, context parallel                                        == refsft, 1e-6
+#   cp2pp2sft    4 ranks, CP2 x PP2                                               == refsft, 1e-6
 # Usage: parallel_train.sh PRIMUS_BINARY MPIEXEC
 set -euo pipefail
 PRIMUS=$1
@@ -272,6 +277,12 @@ run refdpo 1 "${DPO[@]}"
 run tp2spdpo 2 "${DPO[@]}" --set tensor_model_parallel_size=2 --set sequence_parallel=true
 run dp2dpo 2 "${DPO[@]}"
 run pp2dpo 2 "${DPO[@]}" --set pipeline_model_parallel_size=2
+run cp2dpo 2 "${DPO[@]}" --set context_parallel_size=2
+run cp2tp2spdpo 4 "${DPO[@]}" --set context_parallel_size=2 --set tensor_model_parallel_size=2 --set sequence_parallel=true
+SFT=(--set data_path="$(dirname "$0")/tiny_chat_ids.jsonl" --set packing=false)
+run refsft 1 "${SFT[@]}"
+run cp2sft 2 "${SFT[@]}" --set context_parallel_size=2
+run cp2pp2sft 4 "${SFT[@]}" --set context_parallel_size=2 --set pipeline_model_parallel_size=2
 EXP=$EXP_MOCK
 }
 
@@ -284,7 +295,7 @@ fi
 grep -q "needs the number of micro-batches per step (3" "$WORK/bad_layout.log" ||
   { echo "FAIL: no clear error for the bad interleaved layout:"; tail -5 "$WORK/bad_layout.log"; exit 1; }
 echo "bad interleaved layout: refused with a clear error"
-# Context parallel: a sequence that does not cut into 2 x CP chunks, and packed rows, are refused by name.
+# Context parallel: a sequence that does not cut into 2 x CP chunks, packed rows and grpo are refused by name.
 if PRIMUS_TEST_RUN=bad_cp "$MPIEXEC" -np 3 --oversubscribe --bind-to none -x PRIMUS_TEST_RUN -x PRIMUS_TEST_WORKSPACE \
     "$PRIMUS" train --config "$EXP" --world-size 3 --set context_parallel_size=3 >"$WORK/bad_cp.log" 2>&1; then
   echo "FAIL: seq_length 32 over context_parallel_size 3 was accepted"; exit 1
@@ -295,10 +306,17 @@ if PRIMUS_TEST_RUN=bad_cppack "$MPIEXEC" -np 2 --oversubscribe --bind-to none -x
     "$PRIMUS" train --config "$EXP" --world-size 2 "${LORA[@]}" --set context_parallel_size=2 >"$WORK/bad_cppack.log" 2>&1; then
   echo "FAIL: packed rows with context_parallel_size 2 were accepted"; exit 1
 fi
-grep -q "packed rows (reset_position_ids / reset_attention_mask) are not supported with context parallelism" \
+grep -q "packed rows (reset_position_ids / reset_attention_mask, or post-training packing) are not supported with context parallelism" \
   "$WORK/bad_cppack.log" ||
   { echo "FAIL: no clear error for packed rows with context parallel:"; tail -5 "$WORK/bad_cppack.log"; exit 1; }
-echo "context parallel: seq_length not divisible by 2 x CP and packed rows are refused with clear errors"
+if PRIMUS_TEST_RUN=bad_cpgrpo "$MPIEXEC" -np 2 --oversubscribe --bind-to none -x PRIMUS_TEST_RUN -x PRIMUS_TEST_WORKSPACE \
+    "$PRIMUS" train --config "$(dirname "$0")/tiny_chat-posttrain.yaml" --world-size 2 "${SFT[@]}" --set grpo=true \
+    --set context_parallel_size=2 >"$WORK/bad_cpgrpo.log" 2>&1; then
+  echo "FAIL: grpo with context_parallel_size 2 was accepted"; exit 1
+fi
+grep -q "context_parallel_size = 2 with grpo: true is not supported" "$WORK/bad_cpgrpo.log" ||
+  { echo "FAIL: no clear error for grpo with context parallel:"; tail -5 "$WORK/bad_cpgrpo.log"; exit 1; }
+echo "context parallel: seq_length not divisible by 2 x CP, packed rows and grpo are refused with clear errors"
 # Expert x tensor parallelism without sequence parallelism is refused by name (Megatron's rule).
 if PRIMUS_TEST_RUN=bad_eptp "$MPIEXEC" -np 4 --oversubscribe --bind-to none -x PRIMUS_TEST_RUN -x PRIMUS_TEST_WORKSPACE \
     "$PRIMUS" train --config "$EXP" --world-size 4 "${MOE[@]}" --set expert_model_parallel_size=2 \
@@ -345,7 +363,7 @@ def losses(run):
             out[r["iteration"]] = {k: v for k, v in r.items() if k.endswith("loss")}
     return out
 refs = {r: losses(r) for r in ("ref", "refbm", "ref4", "refmoe", "refmoe_cp", "refds", "refmoe16", "refmoe4", "refds_v2", "reflora",
-                               "reflora_moe", "reflora_ds", "refdpo", "reffp8")}
+                               "reflora_moe", "reflora_ds", "refdpo", "reffp8", "refsft")}
 for r in refs.values():
     assert sorted(r) == list(range(1, 11)), r
 worst = 0.0
@@ -369,9 +387,10 @@ runs = (("dp2", ALL, "ref"), ("tp2", ALL, "ref"), ("dp2_distopt", ALL, "ref"), (
         ("dp2dpo", ALL, "refdpo"), ("pp2dpo", ALL, "refdpo"), ("cp2", ALL, "ref"), ("cp4", ALL, "ref"), ("cp2dp2", ALL, "ref"),
         ("cp2tp2", ALL, "ref"), ("cp2pp2", ALL, "ref"), ("cp2moe", ALL, "refmoe_cp"), ("cp2ep2moe", ALL, "refmoe_cp"),
         ("cp2ep2tp2sp", ALL, "refmoe_cp"), ("cp2ds", ALL, "refds"), ("cp2ep2tp2ds", ALL, "refds"),
-        ("cp2pp2ds", ALL, "refds"), ("dp2tp2fp8_half", FIRST, "reffp8"), ("fp8_to_1", LAST, "reffp8"))
+        ("cp2pp2ds", ALL, "refds"), ("cp2dpo", ALL, "refdpo"), ("cp2tp2spdpo", ALL, "refdpo"), ("cp2sft", ALL, "refsft"),
+        ("cp2pp2sft", ALL, "refsft"), ("dp2tp2fp8_half", FIRST, "reffp8"), ("fp8_to_1", LAST, "reffp8"))
 CONTEXT_PARALLEL = {"cp2", "cp4", "cp2dp2", "cp2tp2", "cp2pp2", "cp2moe", "cp2ep2moe", "cp2ep2tp2sp", "cp2ds", "cp2ep2tp2ds",
-                    "cp2pp2ds"}  # issue 17's bar: 1e-6
+                    "cp2pp2ds", "cp2dpo", "cp2tp2spdpo", "cp2sft", "cp2pp2sft"}  # issue 17's bar: 1e-6
 EXPERT_PARALLEL = {"ep2moe", "ep4moe", "ep2dp2moe", "ep2pp2moe", "ep2pp2_half", "ep_to_1", "moe_to_ep4", "ep4ds",
                    "ep2pp2ds", "ep2pp2vp", "ep2tp2ds", "tp2ds", "tp2ds_v2", "tp2moe", "tp2spmoe", "ep2tp2sp", "big_half", "big_to_1", "one_to_big",
                    "ep2lora_moe", "tp2splora_moe", "ep2lora_ds", "tp2splora_ds", "ep2tp2splora_ds"}
