@@ -20,7 +20,7 @@
 #include "convert/staged_dir.h"
 #include "core/error.h"
 #include "core/strings.h"
-#include "train/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 
 namespace primus::convert {
 
@@ -243,7 +243,7 @@ HfToPrimusResult hf_to_primus_checkpoint(const HfToPrimusOptions& o) {
                mc.moe_ffn_hidden_size);
 
   StagedDir out(o.output, o.force);
-  train::CheckpointContent content;
+  checkpoint::CheckpointContent content;
   content.iteration = o.iteration;
   content.model = std::move(tensors);
   content.config = config;
@@ -251,12 +251,12 @@ HfToPrimusResult hf_to_primus_checkpoint(const HfToPrimusOptions& o) {
                     {{"format", "huggingface"},
                      {"dir", fs::absolute(o.hf_dir).lexically_normal().string()},
                      {"config", hf_config}}}};
-  train::CheckpointWriter writer(out.path());
+  checkpoint::CheckpointWriter writer(out.path());
   writer.save(content);
-  const train::SaveResult saved = *writer.last_result();
+  const checkpoint::SaveResult saved = *writer.last_result();
   out.commit();
 
-  result.checkpoint_dir = (fs::path(out.target()) / train::checkpoint_dir_name(o.iteration)).string();
+  result.checkpoint_dir = (fs::path(out.target()) / checkpoint::checkpoint_dir_name(o.iteration)).string();
   result.model = mc;
   result.tensors = content.model.size();
   result.bytes = saved.bytes;
@@ -270,7 +270,7 @@ PrimusToHfResult primus_to_hf_dir(const PrimusToHfOptions& o) {
   PRIMUS_CHECK(!o.output.empty(), "--output is required (the HuggingFace directory to create)");
   check_output_apart_from_input(o.output, o.load);
   PRIMUS_CHECK(is_float_weight(o.dtype), "--dtype must be fp32, bf16 or fp16");
-  const train::CheckpointReader reader(o.load, o.iteration);
+  const checkpoint::CheckpointReader reader(o.load, o.iteration);
   const std::string config_path = (fs::path(reader.path()) / "config.json").string();
   PRIMUS_CHECK(reader.parts().config, "'{}' has no config.json, so its architecture is unknown; re-save it with a "
                "current primus (every checkpoint of `primus train` and `primus convert` carries one)", reader.path());

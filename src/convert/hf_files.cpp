@@ -9,7 +9,7 @@
 
 #include "core/error.h"
 #include "core/strings.h"
-#include "train/checkpoint_fs.h"
+#include "core/durable_file.h"
 
 namespace primus::convert {
 
@@ -18,7 +18,7 @@ namespace fs = std::filesystem;
 nlohmann::json read_json_file(const std::string& path, const std::string& what) {
   std::error_code ec;
   PRIMUS_CHECK(fs::is_regular_file(path, ec), "{}: not found ({} expected here)", path, what);
-  const std::string text = train::durable::read_file(path);
+  const std::string text = durable::read_file(path);
   try {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
@@ -189,20 +189,20 @@ HfWeightsWritten write_hf_weights(const std::string& dir, const NamedTensorList&
     nlohmann::ordered_json index;
     index["metadata"] = {{"total_size", total}};
     index["weight_map"] = std::move(weight_map);
-    train::durable::write_file((fs::path(dir) / "model.safetensors.index.json").string(), index.dump(2) + "\n");
+    durable::write_file((fs::path(dir) / "model.safetensors.index.json").string(), index.dump(2) + "\n");
     out.files.push_back("model.safetensors.index.json");
   }
   return out;
 }
 
 void write_json_file(const std::string& path, const nlohmann::json& j) {
-  train::durable::write_file(path, j.dump(2) + "\n");
+  durable::write_file(path, j.dump(2) + "\n");
 }
 
 void copy_file_synced(const std::string& from, const std::string& to) {
   std::error_code ec;
   PRIMUS_CHECK(fs::is_regular_file(from, ec), "'{}' does not exist (copying it to '{}')", from, to);
-  train::durable::write_file(to, train::durable::read_file(from));
+  durable::write_file(to, durable::read_file(from));
 }
 
 }  // namespace primus::convert

@@ -11,7 +11,7 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
-#include "train/checkpoint_fs.h"
+#include "core/durable_file.h"
 
 namespace primus::convert {
 
@@ -78,7 +78,7 @@ StagedDir::~StagedDir() {
 
 void StagedDir::commit() {
   PRIMUS_CHECK(!committed_, "StagedDir '{}' committed twice", target_);
-  train::durable::fsync_path(staging_);
+  durable::fsync_path(staging_);
   const fs::path t = target_;
   std::error_code ec;
   std::string old;
@@ -86,10 +86,10 @@ void StagedDir::commit() {
     // An empty directory or, with force, the previous content: move it aside first so the
     // target name only ever holds a complete directory.
     old = (t.parent_path() / fmt::format(".{}.old-{}", t.filename().string(), ::getpid())).string();
-    train::durable::rename_path(target_, old);
+    durable::rename_path(target_, old);
   }
-  train::durable::rename_path(staging_, target_);
-  train::durable::fsync_path(t.parent_path().string());
+  durable::rename_path(staging_, target_);
+  durable::fsync_path(t.parent_path().string());
   committed_ = true;
   if (!old.empty()) fs::remove_all(old, ec);
 }

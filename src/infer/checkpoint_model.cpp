@@ -4,13 +4,13 @@
 #include "model/lora_weights.h"
 #include "core/error.h"
 #include "infer/cached_decoder.h"
-#include "train/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 
 namespace primus::infer {
 
 InferenceModel load_inference_model(const std::string& dir, std::optional<int64_t> iteration, Device device,
                                     DType dtype) {
-  const train::CheckpointReader reader(dir, iteration);
+  const checkpoint::CheckpointReader reader(dir, iteration);
   InferenceModel m;
   m.path = reader.path();
   m.iteration = reader.iteration();
@@ -43,7 +43,7 @@ InferenceModel load_inference_model(const std::string& dir, std::optional<int64_
   // A LoRA run's checkpoint: the adapters are merged into their base weights (W + s B A).
   const std::vector<std::string> adapted = lora_adapted_weights(file);
   if (adapted.empty()) {
-    train::load_tensors_into(file, m.weights, /*strict=*/true);
+    checkpoint::load_tensors_into(file, m.weights, /*strict=*/true);
     return m;
   }
   for (const auto& e : file.entries()) {
@@ -52,7 +52,7 @@ InferenceModel load_inference_model(const std::string& dir, std::optional<int64_
     PRIMUS_CHECK(known, "{}: unknown tensor '{}' (not a parameter of this model or a LoRA adapter)", file.path(),
                  e.name);
   }
-  train::load_tensors_into(file, m.weights, /*strict=*/false);
+  checkpoint::load_tensors_into(file, m.weights, /*strict=*/false);
   const LoraConfig lora = lora_config_of(m.config_json, m.path + "/config.json");
   for (auto& [name, t] : m.weights)
     if (std::find(adapted.begin(), adapted.end(), name) != adapted.end()) {

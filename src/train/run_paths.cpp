@@ -18,7 +18,7 @@
 #include "data/gpt_dataset.h"
 #include "data/sft/sft_dataset.h"
 #include "data/tokenizer/tokenizer.h"
-#include "train/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 #include "train/logging.h"
 
 namespace primus::train {
@@ -301,7 +301,7 @@ class Checker {
   static bool holds_checkpoint(const std::string& dir) {
     if (dir.empty()) return false;
     try {
-      return latest_iteration(dir).has_value() || !absent((fs::path(dir) / "meta.json").string());
+      return checkpoint::latest_iteration(dir).has_value() || !absent((fs::path(dir) / "meta.json").string());
     } catch (const Error&) {
       return true;  // a tracker that does not parse: the reader names it
     }
@@ -310,12 +310,12 @@ class Checker {
   // "does not exist" / "cannot be read" / "holds no checkpoint (...)".
   static std::string no_checkpoint(const std::string& dir) {
     if (std::string why = unreadable_dir(dir); !why.empty()) return why;
-    return fmt::format("{} holds no checkpoint (no {} or meta.json)", dir, kTrackerFileName);
+    return fmt::format("{} holds no checkpoint (no {} or meta.json)", dir, checkpoint::kTrackerFileName);
   }
 
   void open_checkpoint(const char* key, const std::string& dir, const std::string& role) {
     try {
-      CheckpointReader reader(dir);
+      checkpoint::CheckpointReader reader(dir);
       ok(fmt::format("{} {}: iteration {} ({})", key, reader.path(), reader.iteration(), role));
     } catch (const Error& e) {
       problem(key, fmt::format("{} '{}' ({}): {}", key, dir, cfg_.source(key).str(), e.what()));

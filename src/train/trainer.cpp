@@ -34,7 +34,7 @@
 #include "parallel/tensor_parallel.h"
 #include "parallel/world.h"
 #include "rl/grpo_objective.h"
-#include "train/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 #include "train/data_parallel_optimizer.h"
 #include "train/dpo_objective.h"
 #include "train/logging.h"
@@ -177,7 +177,7 @@ class Run {
   int64_t consumed_train_ = 0, consumed_valid_ = 0;
   int64_t tokens_consumed_ = 0;
 
-  std::unique_ptr<CheckpointWriter> writer_;
+  std::unique_ptr<checkpoint::CheckpointWriter> writer_;
   std::optional<int64_t> last_saved_;
 };
 
@@ -380,7 +380,7 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
     lap("grpo");
   }
   if (!o.save.empty() && launch_.rank == 0)
-    writer_ = std::make_unique<CheckpointWriter>(o.save, CheckpointWriterOptions{o.async_save, 0, {}});
+    writer_ = std::make_unique<checkpoint::CheckpointWriter>(o.save, checkpoint::CheckpointWriterOptions{o.async_save, 0, {}});
 }
 
 void Run::setup_data() {
@@ -502,11 +502,11 @@ void Run::setup_grpo() {
     ro.fp8.reset();  // the frozen reference scores in bf16 (no FP8 scaling state to keep)
     reference_ = std::make_unique<PipelinedModel>(o_.model, ctx_, ro, PipelineOptions{});
     if (!o_.pretrained_checkpoint.empty()) {
-      CheckpointReader reader(o_.pretrained_checkpoint);
+      checkpoint::CheckpointReader reader(o_.pretrained_checkpoint);
       NamedTensorList targets;
       for (NamedTensor* p : reference_->parameters()) targets.emplace_back(p->name, p->value);
       for (NamedTensor* p : reference_->buffers()) targets.emplace_back(p->name, p->value);
-      load_tensors_into(reader.model_file(), targets, /*strict=*/true);
+      checkpoint::load_tensors_into(reader.model_file(), targets, /*strict=*/true);
     }
     logger_.info("grpo_beta = {}: reference model = {}", o_.grpo_options.loss.beta,
                  o_.pretrained_checkpoint.empty() ? "the seeded initial weights" : o_.pretrained_checkpoint);
@@ -537,12 +537,12 @@ NamedTensorList Run::rollout_weights() {
 void Run::restore() {
   std::string dir = o_.load;
   bool from_save = false;
-  if (o_.auto_continue_train && !o_.save.empty() && latest_iteration(o_.save)) {
+  if (o_.auto_continue_train && !o_.save.empty() && checkpoint::latest_iteration(o_.save)) {
     dir = o_.save;
     from_save = true;
   }
   auto holds_checkpoint = [](const std::string& d) {
-    return !d.empty() && (latest_iteration(d) || fs::exists(fs::path(d) / "meta.json"));
+    return !d.empty() && (checkpoint::latest_iteration(d) || fs::exists(fs::path(d) / "meta.json"));
   };
   // finetune: `load` gives the weights only; a run resumed from its own `save` continues exactly.
   bool weights_only = o_.finetune && !from_save;
@@ -552,7 +552,7 @@ void Run::restore() {
     PRIMUS_CHECK(holds_checkpoint(o_.pretrained_checkpoint),
                  "pretrained_checkpoint: {} holds no checkpoint (no {} or meta.json); point it at a Primus checkpoint "
                  "(or a converted HF model: primus convert hf-to-primus)",
-                 o_.pretrained_checkpoint, kTrackerFileName);
+                 o_.pretrained_checkpoint, checkpoint::kTrackerFileName);
     dir = o_.pretrained_checkpoint;
     weights_only = true;
   }
@@ -564,9 +564,9 @@ void Run::restore() {
     }
     throw Error(fmt::format("load: {} holds no checkpoint (no {}); point load at a save directory, or set "
                             "auto_continue_train: true to start fresh when none exists",
-                            dir, kTrackerFileName));
+                            dir, checkpoint::kTrackerFileName));
   }
-  CheckpointReader reader(dir);
+  checkpoint::CheckpointReader reader(dir);
   // Checkpoints hold full tensors: a tensor- or expert-parallel rank slices out its shard, so a
   // run may resume at another layout than the one that saved.
   std::vector<NamedTensor*> loaded = checkpoint_tensors();
@@ -600,7 +600,7 @@ void Run::restore() {
     NamedTensorList targets;
     for (NamedTensor* p : loaded) targets.emplace_back(p->name, p->value);
     // A pipeline stage holds some of the file's tensors: every one of its own must be there.
-    load_tensors_into(reader.model_file(), targets, /*strict=*/pp_size_ == 1);
+    checkpoint::load_tensors_into(reader.model_file(), targets, /*strict=*/pp_size_ == 1);
   } else {
     parallel::load_full_tensors(ctx_, loaded, reader.model_tensors());
   }
@@ -746,7 +746,7 @@ void Run::save(int64_t iteration) {
     if (!o_.no_save_optim) optimizer = parallel::gather_named_tensors_to_root(optimizer, groups_->pp());
   }
   if (writer_) {
-    CheckpointContent c;
+    checkpoint::CheckpointContent c;
     c.iteration = iteration;
     c.consumed_train_samples = consumed_train_;
     c.consumed_valid_samples = consumed_valid_;

@@ -1,6 +1,6 @@
 // convert_logits_dump: loads a Primus checkpoint the way `generate` and the training loop
 // do (CheckpointReader + config::from_json + config::model_config + DecoderModel +
-// train::load_tensors_into) and writes the CPU model's fp32 logits for given tokens.
+// checkpoint::load_tensors_into) and writes the CPU model's fp32 logits for given tokens.
 //
 //   convert_logits_dump <save_dir> <tokens.safetensors> <out.safetensors>
 //       tokens.safetensors: "tokens" I32 or I64 (B,T); optionally "labels" I32 (B,T), every
@@ -21,7 +21,7 @@
 #include "config/config.h"
 #include "core/safetensors.h"
 #include "model/decoder.h"
-#include "train/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 
 using namespace primus;
 
@@ -31,14 +31,14 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    const train::CheckpointReader reader(argv[1]);
+    const checkpoint::CheckpointReader reader(argv[1]);
     const ModelConfig mc = config::model_config(config::from_json(reader.config()));
     auto ctx = ops::Context::cpu();
     DecoderModel model(mc, ctx);  // fp32 parameters; bf16/fp16 checkpoints convert exactly on load
     NamedTensorList targets;
     for (NamedTensor* p : model.parameters()) targets.emplace_back(p->name, p->value);
     for (NamedTensor* b : model.buffers()) targets.emplace_back(b->name, b->value);  // the MoE expert bias
-    train::load_tensors_into(reader.model_file(), targets, /*strict=*/true);
+    checkpoint::load_tensors_into(reader.model_file(), targets, /*strict=*/true);
 
     const SafetensorsFile in(argv[2]);
     Tensor tokens = in.load("tokens");

@@ -1,5 +1,5 @@
 // Tiny Llama checkpoints for the generation tests (unit tests and the PyTorch reference
-// script): a DecoderModel saved with train::CheckpointWriter the way training saves
+// script): a DecoderModel saved with checkpoint::CheckpointWriter the way training saves
 // (model.safetensors + config.json + meta.json, no optimizer or RNG state), its config.json
 // the one `primus convert` writes for a model (convert::config_for_model).
 #pragma once
@@ -11,7 +11,7 @@
 #include "config/config.h"
 #include "convert/primus_config.h"
 #include "model/decoder.h"
-#include "train/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 
 namespace primus::test_generate {
 
@@ -68,11 +68,11 @@ inline ModelConfig save_test_checkpoint(const std::string& save_dir, const Model
   DecoderOptions opt;
   opt.seed = seed;
   DecoderModel model(mc, ctx, opt);
-  train::CheckpointContent content;
+  checkpoint::CheckpointContent content;
   content.iteration = iteration;
   for (NamedTensor* p : model.parameters()) content.model.emplace_back(p->name, p->value);
   content.config = cfg.to_json();
-  train::CheckpointWriter writer(save_dir);
+  checkpoint::CheckpointWriter writer(save_dir);
   writer.save(content);
   writer.wait();
   return mc;

@@ -17,11 +17,11 @@
 #include "../test_util.h"
 #include "core/error.h"
 #include "core/safetensors.h"
-#include "train/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 
 namespace fs = std::filesystem;
 using namespace primus;
-using namespace primus::train;
+using namespace primus::checkpoint;
 
 namespace {
 

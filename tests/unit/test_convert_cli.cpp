@@ -24,7 +24,7 @@
 #include "core/safetensors.h"
 #include "model/decoder.h"
 #include "test_cli_util.h"
-#include "train/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 
 using namespace primus;
 using ::testing::HasSubstr;
@@ -346,10 +346,10 @@ TEST(ConvertRoundTrip, Fp32ShardedIsBitIdentical) {
   EXPECT_EQ(r.tensors, 2u + 6u * 2u + 1u);
   EXPECT_EQ(r.checkpoint_dir, tmp / "primus/iter_0000012");
   // The training loop's layout: tracker + iter dir with model, config, meta; nothing else.
-  EXPECT_EQ(dir_entries(tmp / "primus"), (std::vector<std::string>{"iter_0000012", train::kTrackerFileName}));
+  EXPECT_EQ(dir_entries(tmp / "primus"), (std::vector<std::string>{"iter_0000012", checkpoint::kTrackerFileName}));
   EXPECT_EQ(dir_entries(r.checkpoint_dir),
             (std::vector<std::string>{"config.json", "meta.json", "model.safetensors"}));
-  const train::CheckpointReader reader(tmp / "primus");
+  const checkpoint::CheckpointReader reader(tmp / "primus");
   EXPECT_EQ(reader.iteration(), 12);
   EXPECT_FALSE(reader.parts().optimizer);
   EXPECT_EQ(reader.extra()["converted_from"]["format"], "huggingface");
@@ -360,7 +360,7 @@ TEST(ConvertRoundTrip, Fp32ShardedIsBitIdentical) {
   DecoderModel model(mc, ctx);
   NamedTensorList targets;
   for (NamedTensor* p : model.parameters()) targets.emplace_back(p->name, p->value);
-  train::load_tensors_into(reader.model_file(), targets, /*strict=*/true);
+  checkpoint::load_tensors_into(reader.model_file(), targets, /*strict=*/true);
   EXPECT_EQ(std::memcmp(model.parameter("decoder.final_layernorm.weight").value.raw(),
                         hf[hf.size() - 2].second.raw(), 32 * 4), 0);
 
@@ -398,7 +398,7 @@ TEST(ConvertRoundTrip, Bf16TiedSingleFileIsBitIdentical) {
   in.output = tmp / "primus";
   convert::hf_to_primus_checkpoint(in);
   {
-    const train::CheckpointReader reader(tmp / "primus");
+    const checkpoint::CheckpointReader reader(tmp / "primus");
     EXPECT_FALSE(reader.model_file().contains("output_layer.weight"));
     EXPECT_EQ(reader.model_file().entry("decoder.layers.0.mlp.linear_fc1.weight").dtype, DType::BF16);
   }
@@ -475,7 +475,7 @@ TEST(ConvertRoundTrip, MixtralBothLayoutsGiveOneCheckpointAndExportPerExpert) {
   const auto rf = convert::hf_to_primus_checkpoint(in);
   EXPECT_THAT(fmt::format("{}", fmt::join(rf.notes, "\n")), HasSubstr("fused layout"));
   {
-    const train::CheckpointReader a(tmp / "primus_per"), b(tmp / "primus_fused");
+    const checkpoint::CheckpointReader a(tmp / "primus_per"), b(tmp / "primus_fused");
     ASSERT_EQ(a.model_file().entries().size(), b.model_file().entries().size());
     for (const auto& e : a.model_file().entries()) {
       const Tensor x = a.model_file().view(e.name), y = b.model_file().view(e.name);
@@ -494,7 +494,7 @@ TEST(ConvertRoundTrip, MixtralBothLayoutsGiveOneCheckpointAndExportPerExpert) {
     DecoderModel model(back, ctx);
     NamedTensorList targets;
     for (NamedTensor* p : model.parameters()) targets.emplace_back(p->name, p->value);
-    train::load_tensors_into(a.model_file(), targets, /*strict=*/true);
+    checkpoint::load_tensors_into(a.model_file(), targets, /*strict=*/true);
   }
   for (const char* save : {"primus_per", "primus_fused"}) {
     convert::PrimusToHfOptions out;
@@ -529,11 +529,11 @@ void write_padded_checkpoint(const std::string& save_dir, NamedTensorList& tenso
   auto ctx = ops::Context::cpu();
   DecoderModel model(mc, ctx);
   for (NamedTensor* p : model.parameters()) tensors.emplace_back(p->name, p->value.clone());
-  train::CheckpointContent content;
+  checkpoint::CheckpointContent content;
   content.iteration = 30;
   content.model = tensors;
   content.config = convert::config_for_model(mc).to_json();
-  train::CheckpointWriter(save_dir).save(content);
+  checkpoint::CheckpointWriter(save_dir).save(content);
 }
 
 void write_tokenizer(const std::string& dir, int64_t num_ids) {
@@ -838,10 +838,10 @@ TEST(ConvertCli, BadInputsNameTheFileAndTheFix) {
   EXPECT_EQ(r.code, 1);
   EXPECT_THAT(r.output, HasSubstr("does not exist"));
   ModelConfig mc = convert::model_config_from_hf(cfg, "c");
-  train::CheckpointContent content;
+  checkpoint::CheckpointContent content;
   content.model = {{"embedding.word_embeddings.weight", Tensor::zeros({61, 32}, DType::F32)}};
   content.config = convert::config_for_model(mc).to_json();
-  train::CheckpointWriter(tmp / "partial").save(content);
+  checkpoint::CheckpointWriter(tmp / "partial").save(content);
   r = run_primus("convert primus-to-hf --load " + (tmp / "partial") + " --output " + (tmp / "hf_out"));
   EXPECT_EQ(r.code, 1);
   EXPECT_THAT(r.output, HasSubstr("missing tensor 'decoder.layers.0.input_layernorm.weight'"));
@@ -851,7 +851,7 @@ TEST(ConvertCli, BadInputsNameTheFileAndTheFix) {
   moe_cfg.set("num_experts", 4, config::Source{"test", 0});
   moe_cfg.set("moe_shared_expert_intermediate_size", 64, config::Source{"test", 0});
   content.config = moe_cfg.to_json();
-  train::CheckpointWriter(tmp / "moe_ckpt").save(content);
+  checkpoint::CheckpointWriter(tmp / "moe_ckpt").save(content);
   r = run_primus("convert primus-to-hf --load " + (tmp / "moe_ckpt") + " --output " + (tmp / "hf_out"));
   EXPECT_EQ(r.code, 1);
   EXPECT_THAT(r.output, HasSubstr("moe_ckpt/iter_0000000/config.json: moe_shared_expert_intermediate_size = 64"));

@@ -20,7 +20,7 @@
 #include "config/ignored_keys.h"
 #include "core/error.h"
 #include "test_cli_util.h"
-#include "train/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 #include "train/run_paths.h"
 
 using ::testing::HasSubstr;
@@ -211,8 +211,8 @@ TEST_F(DryRunTest, CheckpointsAreCheckedAsTheRunResumes) {
 
   // A real checkpoint opens; the same one truncated does not.
   {
-    train::CheckpointWriter w(path("saved"));
-    train::CheckpointContent c;
+    checkpoint::CheckpointWriter w(path("saved"));
+    checkpoint::CheckpointContent c;
     c.iteration = 3;
     c.model.emplace_back("w", Tensor::zeros({4}, DType::F32));
     w.save(c);

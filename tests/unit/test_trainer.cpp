@@ -24,12 +24,14 @@
 #include "config/config.h"
 #include "core/error.h"
 #include "data/indexed_dataset.h"
-#include "train/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 #include "train/train_options.h"
 #include "train/trainer.h"
 
 namespace primus::train {
 namespace {
+using checkpoint::CheckpointReader;
+using checkpoint::latest_iteration;
 
 namespace fs = std::filesystem;
 

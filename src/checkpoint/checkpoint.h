@@ -46,7 +46,7 @@
 #include "core/safetensors.h"
 #include "core/tensor.h"
 
-namespace primus::train {
+namespace primus::checkpoint {
 
 constexpr int kCheckpointFormatVersion = 1;
 constexpr const char* kTrackerFileName = "latest_checkpointed_iteration.txt";
@@ -184,4 +184,4 @@ struct LoadedCheckpoint {
 LoadedCheckpoint load_checkpoint(const std::string& dir, std::optional<int64_t> iteration = std::nullopt,
                                  bool load_optim = true, bool load_rng = true);
 
-}  // namespace primus::train
+}  // namespace primus::checkpoint

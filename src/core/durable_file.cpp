@@ -1,4 +1,4 @@
-#include "train/checkpoint_fs.h"
+#include "core/durable_file.h"
 
 #include <fcntl.h>
 #include <stdio.h>
@@ -12,7 +12,7 @@
 
 #include "core/error.h"
 
-namespace primus::train::durable {
+namespace primus::durable {
 
 void fsync_path(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -76,4 +76,4 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
-}  // namespace primus::train::durable
+}  // namespace primus::durable

@@ -5,7 +5,7 @@
 #include <string>
 #include <string_view>
 
-namespace primus::train::durable {
+namespace primus::durable {
 
 // fsync a file or a directory by path (directories: persists their entries, i.e. renames).
 void fsync_path(const std::string& path);
@@ -21,4 +21,4 @@ void rename_path(const std::string& from, const std::string& to);
 bool exchange_paths(const std::string& a, const std::string& b);
 std::string read_file(const std::string& path);  // throws naming the path
 
-}  // namespace primus::train::durable
+}  // namespace primus::durable

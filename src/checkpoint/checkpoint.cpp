@@ -1,4 +1,4 @@
-#include "train/checkpoint.h"
+#include "checkpoint/checkpoint.h"
 
 #include "model/fp8_training.h"
 
@@ -17,9 +17,9 @@
 
 #include "core/error.h"
 #include "core/strings.h"
-#include "train/checkpoint_fs.h"
+#include "core/durable_file.h"
 
-namespace primus::train {
+namespace primus::checkpoint {
 
 namespace fs = std::filesystem;
 
@@ -528,4 +528,4 @@ LoadedCheckpoint load_checkpoint(const std::string& dir, std::optional<int64_t> 
   return c;
 }
 
-}  // namespace primus::train
+}  // namespace primus::checkpoint
