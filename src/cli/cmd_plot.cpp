@@ -11,8 +11,8 @@
 
 #include "cli/cli_common.h"
 #include "cli/commands.h"
-#include "train/plot.h"
-#include "train/plot_png.h"
+#include "metrics/plot.h"
+#include "metrics/plot_png.h"
 
 namespace primus::cli {
 
@@ -47,26 +47,26 @@ int cmd_plot(int argc, char** argv) {
     if (!std::filesystem::is_directory(p) || p.filename() == "tensorboard") p = p.parent_path();
     return p.filename().string();
   };
-  const train::RunCurves curves = train::load_run_curves(run, loss_name);
+  const metrics::RunCurves curves = metrics::load_run_curves(run, loss_name);
   if (title.empty()) title = name_of(run);
   if (!compare.empty()) {
-    std::vector<train::RunCurves> runs{curves};
+    std::vector<metrics::RunCurves> runs{curves};
     std::vector<std::string> paths{run}, names;
     for (const std::string& r : compare) {
-      runs.push_back(train::load_run_curves(r, loss_name));
+      runs.push_back(metrics::load_run_curves(r, loss_name));
       paths.push_back(r);
     }
     for (const std::string& r : paths) names.push_back(name_of(r));
     // Runs in one directory (metrics_bf16.jsonl beside metrics_fp8.jsonl): named by their files.
     if (std::set<std::string>(names.begin(), names.end()).size() < names.size())
       for (size_t i = 0; i < paths.size(); ++i) names[i] = std::filesystem::path(paths[i]).filename().string();
-    const train::Canvas canvas = train::plot_runs(runs, names, width, height, title);
-    train::write_png(output, canvas);
+    const metrics::Canvas canvas = metrics::plot_runs(runs, names, width, height, title);
+    metrics::write_png(output, canvas);
     fmt::print("wrote {} ({}x{}): {} runs ({})\n", output, width, height, runs.size(), fmt::join(names, ", "));
     return 0;
   }
-  const train::Canvas canvas = train::plot_run(curves, width, height, title);
-  train::write_png(output, canvas);
+  const metrics::Canvas canvas = metrics::plot_run(curves, width, height, title);
+  metrics::write_png(output, canvas);
   fmt::print("wrote {} ({}x{}): {} loss points, {} validation points, {} learning-rate points from {}\n", output,
              width, height, curves.train_loss.points.size(), curves.valid_loss.points.size(),
              curves.learning_rate.points.size(), curves.source);

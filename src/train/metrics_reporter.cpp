@@ -2,9 +2,9 @@
 
 #include <chrono>
 
-#include "train/metrics_format.h"
-#include "train/metrics_jsonl.h"
-#include "train/tensorboard_writer.h"
+#include "metrics/metrics_format.h"
+#include "metrics/metrics_jsonl.h"
+#include "metrics/tensorboard_writer.h"
 
 namespace primus::train {
 
@@ -17,32 +17,32 @@ double unix_seconds() {
 
 TrainingReporter::TrainingReporter(Logger& logger, const ReporterOptions& options) : logger_(logger) {
   if (!options.tensorboard_dir.empty()) {
-    tensorboard_ = std::make_unique<TensorBoardWriter>(options.tensorboard_dir);
+    tensorboard_ = std::make_unique<metrics::TensorBoardWriter>(options.tensorboard_dir);
     logger_.info("TensorBoard events: {}", tensorboard_->path());
   }
   if (!options.metrics_jsonl_path.empty()) {
-    jsonl_ = std::make_unique<JsonlWriter>(options.metrics_jsonl_path);
+    jsonl_ = std::make_unique<metrics::JsonlWriter>(options.metrics_jsonl_path);
     logger_.info("metrics (JSONL): {}", jsonl_->path());
   }
 }
 
 TrainingReporter::~TrainingReporter() = default;
 
-void TrainingReporter::report_train(const IntervalReport& report) {
-  logger_.info("{}", format_iteration_line(report, log_timestamp()));
-  if (jsonl_) jsonl_->write(report_to_json(report, unix_seconds()));
+void TrainingReporter::report_train(const metrics::IntervalReport& report) {
+  logger_.info("{}", metrics::format_iteration_line(report, metrics::log_timestamp()));
+  if (jsonl_) jsonl_->write(metrics::report_to_json(report, unix_seconds()));
   if (tensorboard_) {
-    tensorboard_->add_scalars(report_scalars(report), report.iteration);
+    tensorboard_->add_scalars(metrics::report_scalars(report), report.iteration);
     tensorboard_->flush();
   }
 }
 
 void TrainingReporter::report_evaluation(int64_t iteration, const std::string& kind, const std::string& where,
                                          const std::vector<std::pair<std::string, double>>& losses) {
-  logger_.info("\n{}", format_evaluation_block(kind, where, losses));
-  if (jsonl_) jsonl_->write(evaluation_to_json(iteration, kind, losses, unix_seconds()));
+  logger_.info("\n{}", metrics::format_evaluation_block(kind, where, losses));
+  if (jsonl_) jsonl_->write(metrics::evaluation_to_json(iteration, kind, losses, unix_seconds()));
   if (tensorboard_) {
-    tensorboard_->add_scalars(evaluation_scalars(kind, losses), iteration);
+    tensorboard_->add_scalars(metrics::evaluation_scalars(kind, losses), iteration);
     tensorboard_->flush();
   }
 }

@@ -9,12 +9,14 @@
 #include <vector>
 
 #include "train/logging.h"
-#include "train/metrics.h"
+#include "metrics/metrics.h"
 
-namespace primus::train {
-
+namespace primus::metrics {
 class TensorBoardWriter;
 class JsonlWriter;
+}  // namespace primus::metrics
+
+namespace primus::train {
 
 struct ReporterOptions {
   std::string tensorboard_dir;     // empty: no TensorBoard (disable_tensorboard)
@@ -28,17 +30,17 @@ class TrainingReporter {
 
   // Logs the iteration line at INFO, appends a JSONL object, writes TensorBoard scalars
   // at step = report.iteration, and flushes both files.
-  void report_train(const IntervalReport& report);
+  void report_train(const metrics::IntervalReport& report);
   // kind: "validation" or "test"; where: "iteration 100" or similar.
   void report_evaluation(int64_t iteration, const std::string& kind, const std::string& where,
                          const std::vector<std::pair<std::string, double>>& losses);
 
-  const TensorBoardWriter* tensorboard() const { return tensorboard_.get(); }
+  const metrics::TensorBoardWriter* tensorboard() const { return tensorboard_.get(); }
 
  private:
   Logger& logger_;
-  std::unique_ptr<TensorBoardWriter> tensorboard_;
-  std::unique_ptr<JsonlWriter> jsonl_;
+  std::unique_ptr<metrics::TensorBoardWriter> tensorboard_;
+  std::unique_ptr<metrics::JsonlWriter> jsonl_;
 };
 
 }  // namespace primus::train

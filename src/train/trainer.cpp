@@ -39,7 +39,7 @@
 #include "train/dpo_objective.h"
 #include "train/logging.h"
 #include "train/loss_scaler.h"
-#include "train/metrics.h"
+#include "metrics/metrics.h"
 #include "train/metrics_reporter.h"
 #include "train/pipelined_model.h"
 #include "train/signals.h"
@@ -983,7 +983,7 @@ TrainResult Run::train() {
   std::unique_ptr<TrainingReporter> reporter;
   if (launch_.rank == 0)
     reporter = std::make_unique<TrainingReporter>(logger_, ReporterOptions{o_.tensorboard_dir, o_.metrics_jsonl_path});
-  MetricsOptions mo;
+  metrics::MetricsOptions mo;
   mo.train_iters = o_.train_iters;
   mo.log_avg_skip_iterations = o_.log_avg_skip_iterations;
   mo.log_avg_reset_interval = o_.log_avg_reset_interval;
@@ -996,7 +996,7 @@ TrainResult Run::train() {
       mo.peak_tflops_per_gpu = devices[launch_.local_rank].peak_bf16_tflops;
   }
 #endif
-  MetricsAccumulator metrics(mo);
+  metrics::MetricsAccumulator metrics(mo);
 
   std::unique_ptr<Watchdog> watchdog;
   if (o_.watchdog_minutes > 0) {
@@ -1153,7 +1153,7 @@ TrainResult Run::train() {
     }
     const bool log_now = iteration_ % o_.log_interval == 0 || iteration_ == o_.train_iters;
 
-    IterationRecord rec;
+    metrics::IterationRecord rec;
     rec.iteration = iteration_;
     rec.elapsed_s = seconds_since(t0);
     rec.losses = objective_report;
@@ -1202,7 +1202,7 @@ TrainResult Run::train() {
     result.losses.push_back(loss_finite ? loss : std::numeric_limits<double>::quiet_NaN());
     result.grad_norms.push_back(info.grad_norm);
     if (log_now) {
-      IntervalReport report = metrics.report();
+      metrics::IntervalReport report = metrics.report();
       report.memory = memory_scalars();
       if (moe) {
         report.expert_load = moe->expert_load;

@@ -12,14 +12,15 @@
 #include "../test_util.h"
 #include "core/error.h"
 #include "train/logging.h"
-#include "train/metrics.h"
-#include "train/metrics_format.h"
-#include "train/metrics_jsonl.h"
+#include "metrics/metrics.h"
+#include "metrics/metrics_format.h"
+#include "metrics/metrics_jsonl.h"
 #include "train/metrics_reporter.h"
-#include "train/tensorboard_reader.h"
+#include "metrics/tensorboard_reader.h"
 
 namespace fs = std::filesystem;
 using namespace primus::train;
+using namespace primus::metrics;
 
 namespace {
 

@@ -13,14 +13,14 @@
 
 #include "../test_util.h"
 #include "core/error.h"
-#include "train/metrics_format.h"
-#include "train/metrics_jsonl.h"
-#include "train/plot.h"
-#include "train/plot_png.h"
-#include "train/tensorboard_writer.h"
+#include "metrics/metrics_format.h"
+#include "metrics/metrics_jsonl.h"
+#include "metrics/plot.h"
+#include "metrics/plot_png.h"
+#include "metrics/tensorboard_writer.h"
 
 namespace fs = std::filesystem;
-using namespace primus::train;
+using namespace primus::metrics;
 
 namespace {
 

@@ -11,12 +11,12 @@
 
 #include "../test_util.h"
 #include "core/error.h"
-#include "train/tensorboard_reader.h"
-#include "train/tensorboard_record.h"
-#include "train/tensorboard_writer.h"
+#include "metrics/tensorboard_reader.h"
+#include "metrics/tensorboard_record.h"
+#include "metrics/tensorboard_writer.h"
 
 namespace fs = std::filesystem;
-using namespace primus::train;
+using namespace primus::metrics;
 
 namespace {
 

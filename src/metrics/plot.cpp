@@ -1,4 +1,4 @@
-#include "train/plot.h"
+#include "metrics/plot.h"
 
 #include <algorithm>
 #include <cmath>
@@ -9,11 +9,11 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
-#include "train/metrics_format.h"
-#include "train/metrics_jsonl.h"
-#include "train/tensorboard_reader.h"
+#include "metrics/metrics_format.h"
+#include "metrics/metrics_jsonl.h"
+#include "metrics/tensorboard_reader.h"
 
-namespace primus::train {
+namespace primus::metrics {
 
 namespace fs = std::filesystem;
 
@@ -320,4 +320,4 @@ Canvas plot_run(const RunCurves& c, int width, int height, const std::string& ti
   return render_panels(panels, width, height, title);
 }
 
-}  // namespace primus::train
+}  // namespace primus::metrics

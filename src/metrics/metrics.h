@@ -22,7 +22,7 @@
 #include <utility>
 #include <vector>
 
-namespace primus::train {
+namespace primus::metrics {
 
 struct IterationRecord {
   int64_t iteration = 0;  // the iteration just completed (1-based, as Megatron counts)
@@ -114,4 +114,4 @@ class MetricsAccumulator {
   IterationRecord last_;
 };
 
-}  // namespace primus::train
+}  // namespace primus::metrics

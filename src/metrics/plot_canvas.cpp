@@ -1,4 +1,4 @@
-#include "train/plot_canvas.h"
+#include "metrics/plot_canvas.h"
 
 #include <algorithm>
 #include <array>
@@ -6,7 +6,7 @@
 
 #include "core/error.h"
 
-namespace primus::train {
+namespace primus::metrics {
 
 namespace {
 
@@ -191,4 +191,4 @@ void Canvas::text_vertical(int x, int y, std::string_view s, Rgb c, int scale) {
   }
 }
 
-}  // namespace primus::train
+}  // namespace primus::metrics

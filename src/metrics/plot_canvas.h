@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-namespace primus::train {
+namespace primus::metrics {
 
 struct Rgb {
   uint8_t r = 0, g = 0, b = 0;
@@ -41,4 +41,4 @@ class Canvas {
   std::vector<uint8_t> rgb_;
 };
 
-}  // namespace primus::train
+}  // namespace primus::metrics

@@ -5,11 +5,11 @@
 
 #include <string>
 
-#include "train/plot_canvas.h"
+#include "metrics/plot_canvas.h"
 
-namespace primus::train {
+namespace primus::metrics {
 
 std::string encode_png(const Canvas& canvas);
 void write_png(const std::string& path, const Canvas& canvas);  // throws naming the path
 
-}  // namespace primus::train
+}  // namespace primus::metrics

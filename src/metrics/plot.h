@@ -9,9 +9,9 @@
 #include <utility>
 #include <vector>
 
-#include "train/plot_canvas.h"
+#include "metrics/plot_canvas.h"
 
-namespace primus::train {
+namespace primus::metrics {
 
 struct Curve {
   std::string label;
@@ -51,4 +51,4 @@ Canvas plot_run(const RunCurves& curves, int width, int height, const std::strin
 Canvas plot_runs(const std::vector<RunCurves>& runs, const std::vector<std::string>& names, int width, int height,
                  const std::string& title);
 
-}  // namespace primus::train
+}  // namespace primus::metrics

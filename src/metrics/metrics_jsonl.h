@@ -8,7 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
-namespace primus::train {
+namespace primus::metrics {
 
 class JsonlWriter {
  public:
@@ -29,4 +29,4 @@ class JsonlWriter {
 // skipped, an unparsable line elsewhere is an error naming the file and line number.
 std::vector<nlohmann::json> read_jsonl(const std::string& path);
 
-}  // namespace primus::train
+}  // namespace primus::metrics

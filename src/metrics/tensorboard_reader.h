@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-namespace primus::train {
+namespace primus::metrics {
 
 struct ScalarPoint {
   int64_t step = 0;
@@ -22,4 +22,4 @@ std::vector<std::string> find_event_files(const std::string& dir);
 // as a resumed run rewrites the steps after its checkpoint). Verifies every record's CRCs.
 std::map<std::string, std::vector<ScalarPoint>> read_tensorboard_scalars(const std::string& path);
 
-}  // namespace primus::train
+}  // namespace primus::metrics

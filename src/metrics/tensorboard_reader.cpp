@@ -1,4 +1,4 @@
-#include "train/tensorboard_reader.h"
+#include "metrics/tensorboard_reader.h"
 
 #include <algorithm>
 #include <filesystem>
@@ -6,9 +6,9 @@
 #include <sstream>
 
 #include "core/error.h"
-#include "train/tensorboard_record.h"
+#include "metrics/tensorboard_record.h"
 
-namespace primus::train {
+namespace primus::metrics {
 
 namespace fs = std::filesystem;
 
@@ -53,4 +53,4 @@ std::map<std::string, std::vector<ScalarPoint>> read_tensorboard_scalars(const s
   return out;
 }
 
-}  // namespace primus::train
+}  // namespace primus::metrics

@@ -10,9 +10,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "train/metrics.h"
+#include "metrics/metrics.h"
 
-namespace primus::train {
+namespace primus::metrics {
 
 // Local time as Megatron prints it: "2025-01-31 13:05:09".
 std::string log_timestamp();
@@ -54,4 +54,4 @@ std::vector<std::pair<std::string, double>> report_scalars(const IntervalReport&
 std::vector<std::pair<std::string, double>> evaluation_scalars(
     std::string_view kind, const std::vector<std::pair<std::string, double>>& losses);
 
-}  // namespace primus::train
+}  // namespace primus::metrics

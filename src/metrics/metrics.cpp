@@ -1,10 +1,10 @@
-#include "train/metrics.h"
+#include "metrics/metrics.h"
 
 #include <algorithm>
 
 #include "core/error.h"
 
-namespace primus::train {
+namespace primus::metrics {
 
 RunningAverage::RunningAverage(int64_t skip_first, int64_t reset_interval)
     : skip_first_(std::max<int64_t>(0, skip_first)), reset_interval_(std::max<int64_t>(1, reset_interval)) {}
@@ -104,4 +104,4 @@ IntervalReport MetricsAccumulator::report() {
   return rep;
 }
 
-}  // namespace primus::train
+}  // namespace primus::metrics

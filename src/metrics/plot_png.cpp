@@ -1,4 +1,4 @@
-#include "train/plot_png.h"
+#include "metrics/plot_png.h"
 
 #include <zlib.h>
 
@@ -8,7 +8,7 @@
 
 #include "core/error.h"
 
-namespace primus::train {
+namespace primus::metrics {
 
 namespace {
 
@@ -64,4 +64,4 @@ void write_png(const std::string& path, const Canvas& canvas) {
   PRIMUS_CHECK(out.good(), "writing the PNG file '{}' failed", path);
 }
 
-}  // namespace primus::train
+}  // namespace primus::metrics

@@ -1,4 +1,4 @@
-#include "train/tensorboard_writer.h"
+#include "metrics/tensorboard_writer.h"
 
 #include <unistd.h>
 
@@ -8,9 +8,9 @@
 #include <filesystem>
 
 #include "core/error.h"
-#include "train/tensorboard_record.h"
+#include "metrics/tensorboard_record.h"
 
-namespace primus::train {
+namespace primus::metrics {
 
 namespace {
 
@@ -73,4 +73,4 @@ void TensorBoardWriter::flush() {
                std::strerror(errno));
 }
 
-}  // namespace primus::train
+}  // namespace primus::metrics

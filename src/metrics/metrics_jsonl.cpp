@@ -1,4 +1,4 @@
-#include "train/metrics_jsonl.h"
+#include "metrics/metrics_jsonl.h"
 
 #include <cerrno>
 #include <cstring>
@@ -7,7 +7,7 @@
 
 #include "core/error.h"
 
-namespace primus::train {
+namespace primus::metrics {
 
 JsonlWriter::JsonlWriter(const std::string& path) : path_(path) {
   const auto parent = std::filesystem::path(path).parent_path();
@@ -50,4 +50,4 @@ std::vector<nlohmann::json> read_jsonl(const std::string& path) {
   return out;
 }
 
-}  // namespace primus::train
+}  // namespace primus::metrics

@@ -14,7 +14,7 @@
 #include <utility>
 #include <vector>
 
-namespace primus::train {
+namespace primus::metrics {
 
 class TensorBoardWriter {
  public:
@@ -38,4 +38,4 @@ class TensorBoardWriter {
   std::string pending_;  // framed records not yet written
 };
 
-}  // namespace primus::train
+}  // namespace primus::metrics

@@ -22,7 +22,7 @@
 #include <string_view>
 #include <vector>
 
-namespace primus::train::tfevents {
+namespace primus::metrics::tfevents {
 
 // CRC32C (Castagnoli) of `data`; crc32c("123456789") == 0xE3069283.
 uint32_t crc32c(const void* data, size_t size);
@@ -55,4 +55,4 @@ Event decode_event(std::string_view data);  // throws primus::Error on malformed
 std::vector<std::string> split_records(std::string_view file_bytes, std::string_view source,
                                        bool allow_truncated_tail = true);
 
-}  // namespace primus::train::tfevents
+}  // namespace primus::metrics::tfevents

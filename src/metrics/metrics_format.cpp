@@ -1,4 +1,4 @@
-#include "train/metrics_format.h"
+#include "metrics/metrics_format.h"
 
 #include <algorithm>
 #include <cmath>
@@ -6,7 +6,7 @@
 
 #include <fmt/format.h>
 
-namespace primus::train {
+namespace primus::metrics {
 
 namespace {
 
@@ -157,4 +157,4 @@ std::vector<std::pair<std::string, double>> evaluation_scalars(
   return s;
 }
 
-}  // namespace primus::train
+}  // namespace primus::metrics

@@ -1,11 +1,11 @@
-#include "train/tensorboard_record.h"
+#include "metrics/tensorboard_record.h"
 
 #include <array>
 #include <cstring>
 
 #include "core/error.h"
 
-namespace primus::train::tfevents {
+namespace primus::metrics::tfevents {
 
 namespace {
 
@@ -231,4 +231,4 @@ std::vector<std::string> split_records(std::string_view bytes, std::string_view 
   return records;
 }
 
-}  // namespace primus::train::tfevents
+}  // namespace primus::metrics::tfevents
