@@ -11,7 +11,7 @@
 #include "infer/cached_decoder.h"
 #include "infer/generate.h"
 #include "rl/stop_strings.h"
-#include "train/pipelined_model.h"
+#include "pipeline/pipelined_model.h"
 
 namespace primus::rl {
 
@@ -77,7 +77,7 @@ std::vector<int64_t> GrpoObjective::round_prompts(int64_t round) const {
 }
 
 void GrpoObjective::new_round(int64_t round, const ModelConfig& config, const WeightsSource& weights,
-                              train::PipelinedModel* reference, ops::Context& ctx, parallel::Communicator& dp) {
+                              pipeline::PipelinedModel* reference, ops::Context& ctx, parallel::Communicator& dp) {
   const int64_t G = o_.num_generations, P = prompts_per_round(), Pl = P / layout_.dp_size;
   const int64_t first_prompt = layout_.dp_rank * Pl;  // this rank's first prompt slot in the round
   const std::vector<int64_t> chosen = round_prompts(round);
@@ -252,7 +252,7 @@ void GrpoObjective::new_round(int64_t round, const ModelConfig& config, const We
 }
 
 const std::vector<data::Batch>& GrpoObjective::batches(int64_t iteration, const ModelConfig& config,
-                                                       const WeightsSource& weights, train::PipelinedModel* reference,
+                                                       const WeightsSource& weights, pipeline::PipelinedModel* reference,
                                                        ops::Context& ctx, parallel::Communicator& dp) {
   last_generation_s_ = last_reference_s_ = 0;
   if (round_starts_at(iteration) || batches_.empty())

@@ -38,7 +38,7 @@
 #include "rl/prompt_set.h"
 #include "rl/rewards.h"
 
-namespace primus::train {
+namespace primus::pipeline {
 class PipelinedModel;
 }
 
@@ -77,7 +77,7 @@ class GrpoObjective {
   // Step 1-3 when `iteration` starts a round (the model `config` with `weights` to sample from;
   // reference: the frozen model when β > 0), then this rank's micro-batches for the step.
   const std::vector<data::Batch>& batches(int64_t iteration, const ModelConfig& config, const WeightsSource& weights,
-                                          train::PipelinedModel* reference, ops::Context& ctx,
+                                          pipeline::PipelinedModel* reference, ops::Context& ctx,
                                           parallel::Communicator& dp);
   // Step 4: the hooks for the micro-batches of the last batches() call, `scale` the loss scale.
   const std::vector<LossWeightsHook>& hooks(double scale);
@@ -96,7 +96,7 @@ class GrpoObjective {
     double advantage = 0;
   };
   void new_round(int64_t round, const ModelConfig& config, const WeightsSource& weights,
-                 train::PipelinedModel* reference, ops::Context& ctx, parallel::Communicator& dp);
+                 pipeline::PipelinedModel* reference, ops::Context& ctx, parallel::Communicator& dp);
   std::vector<int64_t> round_prompts(int64_t round) const;  // global prompt indices of the round
 
   GrpoOptions o_;

@@ -26,7 +26,7 @@ double completion_tokens(const data::Batch& b, int64_t row) {
 
 // This dp rank's share of `dataset` (pairs i with (i / mb) % dp_size == dp_rank), forward only,
 // summed over dp: -row_loss_sum of every pair's two rows.
-std::vector<double> compute_reference(PipelinedModel& model, const data::Dataset& dataset, int64_t mb,
+std::vector<double> compute_reference(pipeline::PipelinedModel& model, const data::Dataset& dataset, int64_t mb,
                                       parallel::Communicator& dp, int dp_rank, int dp_size) {
   const int64_t n = dataset.size();
   std::vector<double> ref(static_cast<size_t>(2 * n), 0.0);
@@ -55,7 +55,7 @@ std::vector<double> compute_reference(PipelinedModel& model, const data::Dataset
 
 }  // namespace
 
-std::string DpoObjective::prepare(PipelinedModel& model, const data::Dataset& train, const data::Dataset* valid,
+std::string DpoObjective::prepare(pipeline::PipelinedModel& model, const data::Dataset& train, const data::Dataset* valid,
                                   int64_t micro_batch, parallel::Communicator& dp, int dp_rank, int dp_size,
                                   const std::string& save_dir, bool writer, bool resumed) {
   PRIMUS_CHECK(train.rows_per_sample() == 2,

@@ -23,7 +23,7 @@
 #include "data/gpt_dataset.h"
 #include "parallel/communicator.h"
 #include "train/dpo_loss.h"
-#include "train/pipelined_model.h"
+#include "pipeline/pipelined_model.h"
 
 namespace primus::train {
 
@@ -36,7 +36,7 @@ class DpoObjective {
   // `writer` (rank 0) and save_dir are set, saves them. `resumed`: the run continues a
   // checkpoint, whose weights are no longer the reference: a missing file is then an error.
   // Returns a line for the log.
-  std::string prepare(PipelinedModel& model, const data::Dataset& train, const data::Dataset* valid,
+  std::string prepare(pipeline::PipelinedModel& model, const data::Dataset& train, const data::Dataset* valid,
                       int64_t micro_batch, parallel::Communicator& dp, int dp_rank, int dp_size,
                       const std::string& save_dir, bool writer, bool resumed);
 

@@ -41,7 +41,7 @@
 #include "train/loss_scaler.h"
 #include "metrics/metrics.h"
 #include "train/metrics_reporter.h"
-#include "train/pipelined_model.h"
+#include "pipeline/pipelined_model.h"
 #include "train/signals.h"
 #include "train/watchdog.h"
 
@@ -145,7 +145,7 @@ class Run {
   ops::Context ctx_;
   std::unique_ptr<data::Tokenizer> tokenizer_;
   data::DatasetSplits datasets_;
-  std::unique_ptr<PipelinedModel> model_;
+  std::unique_ptr<pipeline::PipelinedModel> model_;
   // overlap_grad_reduce: how often each parameter's grad was completed this step (its
   // bucket may start reducing when that reaches the number of micro-batches), and the
   // params whose grads change after backward (tied-embedding sums, sequence-parallel
@@ -159,7 +159,7 @@ class Run {
   std::unique_ptr<rl::GrpoObjective> grpo_;  // grpo: true
   std::vector<rl::RlPrompt> grpo_prompts_;   // until grpo_ takes them
   std::vector<int32_t> grpo_stop_ids_;
-  std::unique_ptr<PipelinedModel> reference_;  // grpo_beta > 0: the frozen reference model
+  std::unique_ptr<pipeline::PipelinedModel> reference_;  // grpo_beta > 0: the frozen reference model
   void setup_grpo();
   // GRPO's rollouts read the policy's whole weights: this rank's own tensors when it holds them
   // all (tp 1, ep 1); else the full tensors gathered over tp / ep (a collective of the group)
@@ -316,7 +316,7 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
     lo.param_needed = [this](const NamedTensor& p) {
       if (optimizer_) optimizer_->param_needed(p);
     };
-  PipelineOptions po;
+  pipeline::PipelineOptions po;
   if (pp_size_ > 1) {
     po.pp = &groups_->pp();
     po.virtual_stages = o.num_layers_per_virtual_pipeline_stage > 0
@@ -330,7 +330,7 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
                "be a multiple of pipeline_model_parallel_size = {}; change global_batch_size or micro_batch_size",
                o.num_layers_per_virtual_pipeline_stage, num_micro_batches_, o.global_batch_size, o.micro_batch_size,
                dp_size_, pp_size_);
-  model_ = std::make_unique<PipelinedModel>(o.model, ctx_, lo, po);
+  model_ = std::make_unique<pipeline::PipelinedModel>(o.model, ctx_, lo, po);
   params_ = model_->parameters();
   buffers_ = model_->buffers();
   const std::vector<NamedTensor*> tied_copies = model_->tied_embedding_copies();
@@ -500,7 +500,7 @@ void Run::setup_grpo() {
     ro.param_needed = {};
     ro.lora = {};  // LoRA: the reference is the base model
     ro.fp8.reset();  // the frozen reference scores in bf16 (no FP8 scaling state to keep)
-    reference_ = std::make_unique<PipelinedModel>(o_.model, ctx_, ro, PipelineOptions{});
+    reference_ = std::make_unique<pipeline::PipelinedModel>(o_.model, ctx_, ro, pipeline::PipelineOptions{});
     if (!o_.pretrained_checkpoint.empty()) {
       checkpoint::CheckpointReader reader(o_.pretrained_checkpoint);
       NamedTensorList targets;

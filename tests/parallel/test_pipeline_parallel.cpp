@@ -28,12 +28,12 @@
 #include "parallel/parallel_dims.h"
 #include "parallel/process_groups.h"
 #include "parallel/tensor_parallel.h"
-#include "train/pipelined_model.h"
+#include "pipeline/pipelined_model.h"
 
 using namespace primus;
 using namespace primus::parallel;
-using primus::train::PipelinedModel;
-using primus::train::PipelineOptions;
+using primus::pipeline::PipelinedModel;
+using primus::pipeline::PipelineOptions;
 
 namespace {
 

@@ -1,11 +1,11 @@
-#include "train/pipelined_model.h"
+#include "pipeline/pipelined_model.h"
 
 #include <fmt/format.h>
 
 #include "core/error.h"
 #include "parallel/context_parallel.h"
 
-namespace primus::train {
+namespace primus::pipeline {
 
 namespace {
 const char* const kEmbeddingName = "embedding.word_embeddings.weight";
@@ -366,4 +366,4 @@ DecoderModel::StepResult PipelinedModel::run(const std::vector<data::Batch>& mbs
   return sum;
 }
 
-}  // namespace primus::train
+}  // namespace primus::pipeline

@@ -49,7 +49,7 @@
 #include "parallel/context_parallel.h"
 #include "parallel/pipeline_schedule.h"
 
-namespace primus::train {
+namespace primus::pipeline {
 
 struct PipelineOptions {
   parallel::Communicator* pp = nullptr;  // the pp group (ProcessGroups::pp()); null or size 1: no pipeline
@@ -162,4 +162,4 @@ class PipelinedModel {
   Tensor recv_activation_, recv_gradient_;
 };
 
-}  // namespace primus::train
+}  // namespace primus::pipeline
