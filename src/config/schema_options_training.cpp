@@ -106,6 +106,9 @@ std::vector<OptionSpec> training_options() {
                 "layers on the last pipeline stage when they do not split evenly (null: an even share)")
       .positive();
   t.integer("context_parallel_size", 1, "context-parallel degree (splits the sequence)").positive();
+  t.choice("cp_comm_type", "p2p", {"p2p"},
+           "how context parallel exchanges K/V: p2p, the ring of send/recv (Megatron's default; its a2a, allgather "
+           "and a2a+p2p are not built)");
   t.integer("expert_model_parallel_size", 1, "expert-parallel degree (splits the experts)").positive();
   t.opt_integer("expert_tensor_parallel_size", "tensor-parallel degree inside experts (null: tensor_model_parallel_size)")
       .positive();
