@@ -87,7 +87,7 @@ inline parallel::Fp8Use fp8_of(const LayerEnv& env, const NamedTensor* w) {
 // The LoRA dropout an adapter call of this env applies (inactive outside training forwards
 // and their backward).
 inline parallel::LoraDropoutSite lora_dropout_of(const LayerEnv& env) {
-  return {env.training ? env.lora_dropout : nullptr, env.dims.T};
+  return {env.training ? env.lora_dropout : nullptr, env.dims.T, env.cp.rank(), env.cp.size()};
 }
 
 // The document ids of packed rows for the attention ops, or null.

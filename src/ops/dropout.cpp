@@ -4,6 +4,7 @@
 #include <array>
 #include <cmath>
 
+#include "core/cp_split.h"
 #include "core/error.h"
 #include "core/rng.h"
 
@@ -20,7 +21,7 @@ uint32_t dropout_threshold(double p) {
 }
 
 bool dropout_keeps(const DropoutMask& m, int64_t n, int64_t c) {
-  const int64_t b = n / m.T, t = n % m.T;
+  const int64_t b = n / m.T, t = context_parallel_position(n % m.T, m.T, m.cp_rank, m.cp_size);
   const auto w = philox4x32((static_cast<uint64_t>(t) << 32) | static_cast<uint64_t>(c / 4),
                             m.row_keys[static_cast<size_t>(b)], m.key);
   return (w[static_cast<size_t>(c % 4)] >> 8) >= m.threshold;
@@ -34,7 +35,7 @@ void dropout_cpu(Tensor& out, const Tensor& x, const DropoutMask& m) {
   const float* px = x.data<float>();
   float* po = out.data<float>();
   for (int64_t r = 0; r < R; ++r) {
-    const int64_t n = m.first_row + r, t = n % m.T;
+    const int64_t n = m.first_row + r, t = context_parallel_position(n % m.T, m.T, m.cp_rank, m.cp_size);
     const uint64_t row_key = m.row_keys[static_cast<size_t>(n / m.T)];
     std::array<uint32_t, 4> w{};
     for (int64_t j = 0; j < W; ++j) {
@@ -60,7 +61,7 @@ void dropout_cuda(Context& ctx, Tensor& out, const Tensor& x, const DropoutMask&
     for (int64_t b = b0; b < b1; ++b) keys.k[b - b0] = m.row_keys[static_cast<size_t>(b)];
     const int64_t r0 = std::max<int64_t>(0, b0 * m.T - m.first_row), r1 = std::min<int64_t>(R, b1 * m.T - m.first_row);
     cuda::launch_dropout(out.raw(), x.raw(), x.dtype(), r0, r1, W, m.first_row, m.first_col, m.T, keys, b0, m.key,
-                         m.threshold, m.scale, cb->stream());
+                         m.threshold, m.scale, m.cp_rank, m.cp_size, cb->stream());
   }
 }
 #endif

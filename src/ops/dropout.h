@@ -1,7 +1,8 @@
 // Inverted dropout with a counter-based mask (LoRA's lora_dropout; parallel/lora.h).
 //
 // Element (r, j) of x (R, W) is token row n = first_row + r of the micro-batch's B*T rows
-// (b = n / T, t = n % T) and full input feature c = first_col + j; it is dropped when
+// (b = n / T, t = n % T: under context parallel, that column's position in the whole sequence) and
+// full input feature c = first_col + j; it is dropped when
 //   (w >> 8) < threshold,   w = word (c % 4) of philox4x32(counter = (t << 32 | c / 4, row_keys[b]), key)
 // (core/rng.h's Philox-4x32-10; threshold = floor(p 2^24): a 24-bit uniform below p), and kept
 // elements are scaled by `scale` = 1 / (1 - p). The mask depends only on (key, row key, t, c): not
@@ -25,6 +26,10 @@ struct DropoutMask {
   int64_t first_row = 0;           // the micro-batch token row (b T + t) of x's row 0
   int64_t first_col = 0;           // the full-input feature of x's column 0
   std::vector<uint64_t> row_keys;  // one per row b of the micro-batch (B)
+  // Context parallel: the T columns of a row are cp rank cp_rank's two chunks of the sequence;
+  // t above is then the column's position in the whole sequence (core/cp_split.h), so a token's
+  // mask does not depend on the cp split either.
+  int cp_rank = 0, cp_size = 1;
 };
 
 // threshold for probability p in [0, 1): floor(p 2^24). Throws outside [0, 1).

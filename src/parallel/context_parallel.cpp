@@ -3,6 +3,7 @@
 
 #include <cstring>
 
+#include "core/cp_split.h"
 #include "core/error.h"
 
 namespace primus::parallel {
@@ -18,13 +19,10 @@ std::vector<int64_t> context_parallel_positions(int64_t full_T, int rank, int si
                "context_parallel_size = {} cuts each sequence into 2 x {} = {} equal chunks, but seq_length = {} is "
                "not a multiple of {}; choose a seq_length divisible by 2 x context_parallel_size",
                size, size, 2 * size, full_T, 2 * size);
-  const auto [a, b] = context_parallel_chunks(rank, size);
-  const int64_t c = full_T / (2 * static_cast<int64_t>(size));
-  std::vector<int64_t> pos(static_cast<size_t>(2 * c));
-  for (int64_t j = 0; j < c; ++j) {
-    pos[static_cast<size_t>(j)] = a * c + j;
-    pos[static_cast<size_t>(c + j)] = b * c + j;
-  }
+  context_parallel_chunks(rank, size);  // checks rank and size
+  const int64_t local = full_T / size;
+  std::vector<int64_t> pos(static_cast<size_t>(local));
+  for (int64_t t = 0; t < local; ++t) pos[static_cast<size_t>(t)] = context_parallel_position(t, local, rank, size);
   return pos;
 }
 

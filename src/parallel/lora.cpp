@@ -31,7 +31,7 @@ Tensor adapter_input(ops::Context& ctx, Arena& arena, const Tensor& x, const Lor
                      const LoraDropoutSite& drop, int64_t first_row, int64_t first_col) {
   if (!drop.active()) return x;
   Tensor xd = arena.alloc(x.shape(), x.dtype());
-  ops::dropout(ctx, xd, x, lora_dropout_mask(*drop.dropout, l, drop.T, first_row, first_col));
+  ops::dropout(ctx, xd, x, lora_dropout_mask(drop, l, first_row, first_col));
   return xd;
 }
 
@@ -58,13 +58,16 @@ std::vector<uint64_t> lora_dropout_row_keys(int64_t step, const std::vector<int6
   return keys;
 }
 
-ops::DropoutMask lora_dropout_mask(const LoraDropout& d, const LoraAdapter& l, int64_t T, int64_t first_row,
+ops::DropoutMask lora_dropout_mask(const LoraDropoutSite& site, const LoraAdapter& l, int64_t first_row,
                                    int64_t first_col) {
+  const LoraDropout& d = *site.dropout;
   ops::DropoutMask m;
   m.key = lora_dropout_key(d.seed, l.a->name);
   m.threshold = ops::dropout_threshold(d.p);
   m.scale = static_cast<float>(1.0 / (1.0 - d.p));
-  m.T = T;
+  m.T = site.T;
+  m.cp_rank = site.cp_rank;
+  m.cp_size = site.cp_size;
   m.first_row = first_row;
   m.first_col = first_col;
   m.row_keys = d.row_keys;
@@ -100,7 +103,7 @@ void lora_column_backward(ops::Context& ctx, const TensorParallel& tp, Arena& ar
   Tensor dx_lora = arena.alloc(dx.shape(), dx.dtype());
   column_parallel_linear_backward(ctx, tp, arena, dx_lora, l.a->grad, du, xin, l.a->value, true);
   if (drop.active())  // d x = keep / (1 - p) * d dropout(x)
-    ops::dropout(ctx, dx_lora, dx_lora, lora_dropout_mask(*drop.dropout, l, drop.T, first_row, 0));
+    ops::dropout(ctx, dx_lora, dx_lora, lora_dropout_mask(drop, l, first_row, 0));
   ops::add(ctx, dx, dx, dx_lora);
   arena.release(m);
 }
@@ -132,7 +135,7 @@ void lora_row_backward(ops::Context& ctx, const TensorParallel& tp, Arena& arena
   Tensor dx_lora = arena.alloc(dx.shape(), dx.dtype());
   row_parallel_linear_backward(ctx, tp, arena, &dx_lora, l.a->grad, du, xin, l.a->value, true);
   if (drop.active())
-    ops::dropout(ctx, dx_lora, dx_lora, lora_dropout_mask(*drop.dropout, l, drop.T, 0, first_col));
+    ops::dropout(ctx, dx_lora, dx_lora, lora_dropout_mask(drop, l, 0, first_col));
   ops::add(ctx, dx, dx, dx_lora);
   arena.release(m);
 }
@@ -164,7 +167,7 @@ void lora_replicated_backward(ops::Context& ctx, const TensorParallel& tp, Arena
   Tensor dx_lora = arena.alloc(dx.shape(), dx.dtype());
   ops::linear_backward(ctx, &dx_lora, l.a->grad, du, xin, l.a->value, true);
   if (drop.active())
-    ops::dropout(ctx, dx_lora, dx_lora, lora_dropout_mask(*drop.dropout, l, drop.T, first_row, 0));
+    ops::dropout(ctx, dx_lora, dx_lora, lora_dropout_mask(drop, l, first_row, 0));
   ops::add(ctx, dx, dx, dx_lora);
   arena.release(m);
 }

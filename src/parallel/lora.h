@@ -80,16 +80,19 @@ uint64_t lora_dropout_key(uint64_t seed, const std::string& lora_a_name);
 // step `step`: one sample per row (rows == samples), or rows_per_sample rows per sample (DPO:
 // rows [0, mb) the samples' first rows, [mb, 2mb) their second, as data::make_batch lays them).
 std::vector<uint64_t> lora_dropout_row_keys(int64_t step, const std::vector<int64_t>& samples, int64_t rows);
-// Where an adapter's input sits in the micro-batch: T tokens per row, x's first token row and
-// first full input feature. The mask of `l`'s input under `d` (d active).
-ops::DropoutMask lora_dropout_mask(const LoraDropout& d, const LoraAdapter& l, int64_t T, int64_t first_row,
-                                   int64_t first_col);
 // The dropout of one adapter call: null (or inactive) = none. T = tokens per row of the micro-batch.
 struct LoraDropoutSite {
   const LoraDropout* dropout = nullptr;
   int64_t T = 1;
+  int cp_rank = 0, cp_size = 1;  // context parallel: the rows' columns are this cp rank's chunks
   bool active() const { return dropout != nullptr && dropout->active(); }
 };
+
+// Where an adapter's input sits in the micro-batch: the site's T tokens per row (and their cp
+// chunks), x's first token row and first full input feature. The mask of `l`'s input under the
+// site's dropout (active).
+ops::DropoutMask lora_dropout_mask(const LoraDropoutSite& site, const LoraAdapter& l, int64_t first_row,
+                                   int64_t first_col);
 
 // y (N, out_local) += s * (enter(x) A^T) B_local^T; x (R, in) as column_parallel_linear_forward.
 void lora_column_forward(ops::Context& ctx, const TensorParallel& tp, Arena& arena, Tensor& y, const Tensor& x,

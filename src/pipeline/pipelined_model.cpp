@@ -23,9 +23,6 @@ PipelinedModel::PipelinedModel(const ModelConfig& config, ops::Context& ctx, con
                                const PipelineOptions& pipeline)
     : ctx_(ctx), lora_dropout_(options.lora.active() ? options.lora.dropout : 0.0), seed_(options.seed),
       cp_(options.context_parallel), v_(pipeline.virtual_stages) {
-  PRIMUS_CHECK(!cp_.active() || lora_dropout_ <= 0.0, "lora_dropout = {} with context_parallel_size = {}: the dropout "
-               "masks are keyed by a token's column in its row, which context parallelism changes; set lora_dropout: "
-               "0 or context_parallel_size: 1", lora_dropout_, cp_.size());
   if (pipeline.pp != nullptr && pipeline.pp->size() > 1) {
     pp_ = pipeline.pp;
     pp_size_ = pp_->size();

@@ -87,6 +87,8 @@
 #   cp2dp2       4 ranks, CP2 x DP2, distributed optimizer over dp x cp, overlapped grad reduce == ref
 #   cp2tp2       4 ranks, CP2 x TP2 + sequence parallel                           == ref
 #   cp2pp2       4 ranks, CP2 x PP2 (1F1B)                                        == ref
+#   cp2loradrop  2 ranks, LoRA with lora_dropout 0.2 (masks keyed by the whole row's positions)
+#                                                                                 == refloradrop (1 rank)
 #   the tiny MoE model, dropless (capacity is per rank), against refmoe_cp (1 rank):
 #   cp2moe       2 ranks (the sequence aux loss and z-loss statistics summed over cp) == refmoe_cp
 #   cp2ep2moe    2 ranks, CP2 with EP2 carved from them (alltoall)                == refmoe_cp
@@ -251,6 +253,10 @@ run pp2lora 2 "${LORA[@]}" --set pipeline_model_parallel_size=2 $(final pp2lora)
 run lora_half 1 "${LORA[@]}" --set save="$WORK/ckpt_lora" --set exit_interval=5
 run lora_to_tp2sp 2 "${LORA[@]}" --set tensor_model_parallel_size=2 --set sequence_parallel=true \
   --set load="$WORK/ckpt_lora" $(final lora_to_tp2sp)
+# LoRA dropout under context parallel: each token's mask is keyed by its position in the whole row.
+LORADROP=(--set peft=lora --set lora_dim=4 --set lora_alpha=8 --set lora_dropout=0.2)
+run refloradrop 1 "${LORADROP[@]}"
+run cp2loradrop 2 "${LORADROP[@]}" --set context_parallel_size=2
 run reflora_moe 1 "${MOE[@]}" "${LORA[@]}" $(final reflora_moe)
 run ep2lora_moe 2 "${MOE[@]}" "${LORA[@]}" "${A2A[@]}" --set expert_model_parallel_size=2 $(final ep2lora_moe)
 run tp2splora_moe 2 "${MOE[@]}" "${LORA[@]}" --set tensor_model_parallel_size=2 --set sequence_parallel=true \
@@ -363,7 +369,7 @@ def losses(run):
             out[r["iteration"]] = {k: v for k, v in r.items() if k.endswith("loss")}
     return out
 refs = {r: losses(r) for r in ("ref", "refbm", "ref4", "refmoe", "refmoe_cp", "refds", "refmoe16", "refmoe4", "refds_v2", "reflora",
-                               "reflora_moe", "reflora_ds", "refdpo", "reffp8", "refsft")}
+                               "reflora_moe", "reflora_ds", "refdpo", "reffp8", "refsft", "refloradrop")}
 for r in refs.values():
     assert sorted(r) == list(range(1, 11)), r
 worst = 0.0
@@ -388,9 +394,9 @@ runs = (("dp2", ALL, "ref"), ("tp2", ALL, "ref"), ("dp2_distopt", ALL, "ref"), (
         ("cp2tp2", ALL, "ref"), ("cp2pp2", ALL, "ref"), ("cp2moe", ALL, "refmoe_cp"), ("cp2ep2moe", ALL, "refmoe_cp"),
         ("cp2ep2tp2sp", ALL, "refmoe_cp"), ("cp2ds", ALL, "refds"), ("cp2ep2tp2ds", ALL, "refds"),
         ("cp2pp2ds", ALL, "refds"), ("cp2dpo", ALL, "refdpo"), ("cp2tp2spdpo", ALL, "refdpo"), ("cp2sft", ALL, "refsft"),
-        ("cp2pp2sft", ALL, "refsft"), ("dp2tp2fp8_half", FIRST, "reffp8"), ("fp8_to_1", LAST, "reffp8"))
+        ("cp2pp2sft", ALL, "refsft"), ("cp2loradrop", ALL, "refloradrop"), ("dp2tp2fp8_half", FIRST, "reffp8"), ("fp8_to_1", LAST, "reffp8"))
 CONTEXT_PARALLEL = {"cp2", "cp4", "cp2dp2", "cp2tp2", "cp2pp2", "cp2moe", "cp2ep2moe", "cp2ep2tp2sp", "cp2ds", "cp2ep2tp2ds",
-                    "cp2pp2ds", "cp2dpo", "cp2tp2spdpo", "cp2sft", "cp2pp2sft"}  # issue 17's bar: 1e-6
+                    "cp2pp2ds", "cp2dpo", "cp2tp2spdpo", "cp2sft", "cp2pp2sft", "cp2loradrop"}  # issue 17's bar: 1e-6
 EXPERT_PARALLEL = {"ep2moe", "ep4moe", "ep2dp2moe", "ep2pp2moe", "ep2pp2_half", "ep_to_1", "moe_to_ep4", "ep4ds",
                    "ep2pp2ds", "ep2pp2vp", "ep2tp2ds", "tp2ds", "tp2ds_v2", "tp2moe", "tp2spmoe", "ep2tp2sp", "big_half", "big_to_1", "one_to_big",
                    "ep2lora_moe", "tp2splora_moe", "ep2lora_ds", "tp2splora_ds", "ep2tp2splora_ds"}

@@ -150,6 +150,37 @@ TEST(LoraDropout, MaskPiecesEqualTheWholeAndKeepOneMinusP) {
   EXPECT_THROW(ops::dropout_threshold(1.0), Error);
 }
 
+TEST(LoraDropout, ContextParallelColumnsDrawTheWholeSequencesMask) {
+  // Rows of 8 tokens cut for 2 cp ranks: rank 0 holds positions 0-1 and 6-7, rank 1 2-5
+  // (chunks i and 2 CP - 1 - i of 2). Each rank's element (row b, local column t, feature c) is
+  // the whole row's element at that position, so the mask does not depend on the split.
+  const ops::DropoutMask whole = mask_of(0.4, 8, {3, 0xABCDEF0123ull});
+  const int64_t positions[2][4] = {{0, 1, 6, 7}, {2, 3, 4, 5}};
+  int64_t dropped = 0;
+  for (int rank = 0; rank < 2; ++rank) {
+    ops::DropoutMask local = whole;
+    local.T = 4;
+    local.cp_rank = rank;
+    local.cp_size = 2;
+    for (int64_t b = 0; b < 2; ++b)
+      for (int64_t t = 0; t < 4; ++t)
+        for (int64_t c = 0; c < 13; ++c) {
+          const bool keep = ops::dropout_keeps(local, b * 4 + t, c);
+          ASSERT_EQ(keep, ops::dropout_keeps(whole, b * 8 + positions[rank][t], c)) << rank << "," << b << "," << t;
+          dropped += keep ? 0 : 1;
+        }
+    // The op draws the same mask as dropout_keeps.
+    ops::Context ctx = ops::Context::cpu();
+    const Tensor x = ramp(8, 13);
+    Tensor y = Tensor::empty(x.shape(), DType::F32);
+    ops::dropout(ctx, y, x, local);
+    for (int64_t n = 0; n < 8; ++n)
+      for (int64_t c = 0; c < 13; ++c)
+        ASSERT_EQ(y.data<float>()[n * 13 + c] != 0.f, ops::dropout_keeps(local, n, c)) << rank << "," << n << "," << c;
+  }
+  EXPECT_GT(dropped, 0);
+}
+
 TEST(LoraDropout, RowKeysFollowTheSampleNotTheMicroBatch) {
   using parallel::lora_dropout_row_keys;
   const std::vector<uint64_t> two = lora_dropout_row_keys(4, {5, 9}, 2);
