@@ -57,7 +57,9 @@ StepTime project_step_time(const ProjectionInput& in, const ParallelLayout& l, c
   const TrainingSetup& t = in.setup;
   const int64_t G = in.gpus_per_node, W = in.nodes * in.gpus_per_node;
   const double micro = static_cast<double>(t.global_batch_size) / static_cast<double>(t.micro_batch_size * l.dp);
-  const double act = static_cast<double>(t.micro_batch_size * t.seq_length * m.hidden_size) * 2.0;
+  const int64_t cp = std::max<int64_t>(1, l.cp);
+  const double tokens = static_cast<double>(t.micro_batch_size * t.seq_length) / static_cast<double>(cp);  // per rank
+  const double act = tokens * static_cast<double>(m.hidden_size) * 2.0;
   StepTime s;
   const double flops = training_flops_per_token(m, t.seq_length).total() *
                        static_cast<double>(t.global_batch_size * t.seq_length) / static_cast<double>(W);
@@ -69,9 +71,20 @@ StepTime project_step_time(const ProjectionInput& in, const ParallelLayout& l, c
     const double ar = act * 2.0 * static_cast<double>(l.tp - 1) / static_cast<double>(l.tp);
     s.tp = micro * layers * 4 * ar / bw(in.bw, l.tp <= G, CollectiveOp::AllReduce);
   }
-  if (l.dp > 1) {
-    const bool intra = l.tp * l.dp <= G;
-    const double frac = static_cast<double>(l.dp - 1) / static_cast<double>(l.dp);
+  if (cp > 1) {  // the ring: (cp-1) K/V shifts forward, (cp-1) K/V + cp dK/dV backward, per layer
+    const double kv_width = m.multi_latent_attention
+                                ? static_cast<double>(m.num_attention_heads * (m.qk_head_dim + m.qk_pos_emb_head_dim +
+                                                                               m.v_head_dim))
+                                : 2.0 * static_cast<double>((m.num_query_groups > 0 ? m.num_query_groups
+                                                                                    : m.num_attention_heads) *
+                                                            m.head_dim());
+    const double kv = tokens * kv_width / static_cast<double>(l.tp) * 2.0;
+    s.cp = micro * layers * static_cast<double>(3 * cp - 2) * kv / bw(in.bw, l.tp * cp <= G, CollectiveOp::SendRecv);
+  }
+  const int64_t grad_ranks = l.dp * cp;  // dense gradients are reduced over dp x cp
+  if (grad_ranks > 1) {
+    const bool intra = l.tp * grad_ranks <= G;
+    const double frac = static_cast<double>(grad_ranks - 1) / static_cast<double>(grad_ranks);
     const double grads = 4.0 * static_cast<double>(mem.params) * t.trainable_fraction;
     const double comm = t.distributed_optimizer
                             ? grads * frac / bw(in.bw, intra, CollectiveOp::ReduceScatter) +
@@ -103,14 +116,17 @@ std::vector<LayoutProjection> project_layouts(const ProjectionInput& in) {
     if (in.gpus_per_node % tp || m.num_attention_heads % tp || groups % tp || W % tp) continue;
     for (int64_t pp : divisors(m.num_layers)) {
       if ((W / tp) % pp) continue;
-      const int64_t dp = W / (tp * pp);
+      for (int64_t cp : divisors(W / (tp * pp))) {
+      if (cp > 1 && t.seq_length % (2 * cp) != 0) continue;  // the load-balanced split's 2 cp chunks
+      const int64_t dp = W / (tp * pp * cp);
       if (t.global_batch_size % (t.micro_batch_size * dp)) continue;
       const std::vector<int64_t> eps = m.num_experts > 0 ? divisors(m.num_experts) : std::vector<int64_t>{1};
       for (int64_t ep : eps) {
-        if (dp % ep) continue;
+        if ((dp * cp) % ep) continue;  // experts are carved out of dp x cp
         ParallelLayout l;
         l.tp = tp;
         l.pp = pp;
+        l.cp = cp;
         l.dp = dp;
         l.ep = ep;
         l.etp = tp;
@@ -128,6 +144,7 @@ std::vector<LayoutProjection> project_layouts(const ProjectionInput& in) {
         p.tokens_per_s_per_gpu =
             static_cast<double>(t.global_batch_size * t.seq_length) / p.time.total() / static_cast<double>(W);
         out.push_back(p);
+      }
       }
     }
   }
@@ -149,20 +166,20 @@ std::string render_projection(const ProjectionInput& in, const std::vector<Layou
   s += fmt::format("assumed: {:g} TFLOP/s per GPU sustained; bandwidths from {}; global batch {}, micro-batch {}, "
                    "seq {}; first-order model (src/safe/projection.h), not validated against measured steps\n\n",
                    in.tflops, in.bw.source, in.setup.global_batch_size, in.setup.micro_batch_size, in.setup.seq_length);
-  s += "| tp | pp | dp | ep | fits | memory GiB (w/g/opt/act) | step s | compute | bubble | tp comm | dp comm | pp comm | "
-       "ep comm | tokens/s/GPU |\n";
-  s += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+  s += "| tp | pp | cp | dp | ep | fits | memory GiB (w/g/opt/act) | step s | compute | bubble | tp comm | cp comm | "
+       "dp comm | pp comm | ep comm | tokens/s/GPU |\n";
+  s += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
   const double gib = 1073741824.0;
   int shown = 0;
   for (const auto& p : all) {
     if (shown++ >= top) break;
     const auto& e = p.memory;
-    s += fmt::format("| {} | {} | {} | {} | {} | {:.1f} ({:.1f}/{:.1f}/{:.1f}/{:.1f}) | {:.3f} | {:.3f} | {:.3f} | "
-                     "{:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.0f} |\n",
-                     p.layout.tp, p.layout.pp, p.layout.dp, p.layout.ep, p.fits ? "yes" : "no", e.total_bytes() / gib,
-                     e.weight_bytes / gib, e.grad_bytes / gib, e.optimizer_bytes / gib, e.activation_bytes / gib,
-                     p.time.total(), p.time.compute, p.time.bubble, p.time.tp, p.time.dp, p.time.pp, p.time.ep,
-                     p.tokens_per_s_per_gpu);
+    s += fmt::format("| {} | {} | {} | {} | {} | {} | {:.1f} ({:.1f}/{:.1f}/{:.1f}/{:.1f}) | {:.3f} | {:.3f} | {:.3f} | "
+                     "{:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.0f} |\n",
+                     p.layout.tp, p.layout.pp, p.layout.cp, p.layout.dp, p.layout.ep, p.fits ? "yes" : "no",
+                     e.total_bytes() / gib, e.weight_bytes / gib, e.grad_bytes / gib, e.optimizer_bytes / gib,
+                     e.activation_bytes / gib, p.time.total(), p.time.compute, p.time.bubble, p.time.tp, p.time.cp,
+                     p.time.dp, p.time.pp, p.time.ep, p.tokens_per_s_per_gpu);
   }
   return s;
 }

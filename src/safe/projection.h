@@ -2,30 +2,36 @@
 // long would a step take? A first-order model, stated here so that its errors can be found:
 //
 // Layouts: tp a power of two dividing G, the attention heads and query groups (tensor
-// parallelism stays inside a node, with sequence parallelism); pp dividing the layers; dp =
-// N G / (tp pp) with global_batch_size a multiple of micro_batch_size x dp; for MoE models ep
-// dividing the experts and dp (expert tensor parallel = tp). cp = 1. Recompute, precision,
-// the distributed optimizer and the overlaps are the experiment's.
+// parallelism stays inside a node, with sequence parallelism); pp dividing the layers; cp
+// dividing N G / (tp pp) with seq_length a multiple of 2 cp (the load-balanced split); dp =
+// N G / (tp pp cp) with global_batch_size a multiple of micro_batch_size x dp; for MoE models ep
+// dividing the experts and dp x cp (expert tensor parallel = tp). Recompute, precision, the
+// distributed optimizer and the overlaps are the experiment's.
 // Memory per GPU: estimate_memory (model/model_stats.h) on the fullest pipeline stage; a
 // layout fits when it is at most --fit-fraction (0.95) of --gpu-memory-gib.
 // Step time (seconds), with B the global batch, b the micro-batch, s seq_length, h hidden,
-// m = B / (b dp) micro-batches per pipeline, v virtual stages, L layers, A = b s h x 2 bytes
-// (one 16-bit activation tensor of a micro-batch):
+// m = B / (b dp) micro-batches per pipeline, v virtual stages, L layers, A = b (s / cp) h x 2 bytes
+// (one 16-bit activation tensor of a micro-batch's share on a cp rank):
 //   compute   = FLOPs per token (training_flops_per_token) x B s / (N G) / (--tflops x 1e12),
 //               x (1 + 1/3) for full recompute (one more forward of the recomputed layers)
 //   bubble    = compute x (pp - 1) / (m v)                           (1F1B, interleaved)
 //   tp        = m x (L / pp) x 4 x A x 2(tp-1)/tp / busbw(all_reduce)  (2 forward + 2 backward
 //               per layer; sequence parallel's all-gather + reduce-scatter move the same bytes)
-//   dp        = grads x (dp-1)/dp x 2 / busbw(all_reduce), or with the distributed optimizer
-//               grads x (dp-1)/dp / busbw(reduce_scatter) + weights x (dp-1)/dp / busbw(all_gather);
+//   cp        = m x (L / pp) x (3 cp - 2) x KV / busbw(send_recv)    (ring attention: cp-1 K/V
+//               shifts forward, cp-1 K/V and cp dK/dV backward; KV = b (s / cp) x (2 groups x
+//               head_dim, MLA: heads x (qk + rope + v dims)) / tp x 2 bytes; counted whole,
+//               though the forward's shifts run beside its attention)
+//   dp        = grads x (n-1)/n x 2 / busbw(all_reduce), or with the distributed optimizer
+//               grads x (n-1)/n / busbw(reduce_scatter) + weights x (n-1)/n / busbw(all_gather),
+//               n = dp x cp (dense gradients are reduced over data x context parallel);
 //               grads = 4 B per parameter of the GPU, weights 2 B; with overlap_grad_reduce only
 //               the part longer than 2/3 of compute (the backward) is exposed
 //   pp        = 2 m x A / busbw(send_recv)                            (activations + gradients)
 //   ep        = m x (MoE layers / pp) x 4 x b s k h 2 B x (ep-1)/ep / busbw(all_to_all)
-//   step      = compute + bubble + tp + dp + pp + ep                   (no other overlap)
+//   step      = compute + bubble + tp + cp + dp + pp + ep              (no other overlap)
 // A group uses the intra-node busbw when its ranks fit on one node (Megatron's rank order
-// tp, ep, dp, pp: tp spans tp ranks, dp tp x dp, ep tp x ep, pp the whole job), else the
-// inter-node one. Bandwidths come from a preflight JSON report (median over its groups at
+// tp, cp, ep, dp, pp: tp spans tp ranks, cp tp x cp, dp tp x cp x dp, ep tp x ep, pp the whole
+// job), else the inter-node one. Bandwidths come from a preflight JSON report (median over its groups at
 // the largest size) or from --intra-busbw / --inter-busbw for every op.
 // Not modelled: attention vs GEMM efficiency (one --tflops), tp's GEMM efficiency loss, data
 // loading, optimizer step, padding of the vocabulary by tp. Not validated against measured
@@ -65,8 +71,8 @@ struct ProjectionInput {
 };
 
 struct StepTime {
-  double compute = 0, bubble = 0, tp = 0, dp = 0, pp = 0, ep = 0;
-  double total() const { return compute + bubble + tp + dp + pp + ep; }
+  double compute = 0, bubble = 0, tp = 0, cp = 0, dp = 0, pp = 0, ep = 0;
+  double total() const { return compute + bubble + tp + cp + dp + pp + ep; }
 };
 
 struct LayoutProjection {

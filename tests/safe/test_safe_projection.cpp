@@ -2,6 +2,8 @@
 // worked by hand from the formulas in the header, and bandwidths read from a preflight report.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "core/error.h"
 #include "safe/projection.h"
 
@@ -64,6 +66,22 @@ TEST(SafeProjection, StepTimeTermsByHand) {
   const StepTime w = project_step_time(d, wide, mem);
   const double comm = 4e6 * 7 / 8 / 10e9 + 2e6 * 7 / 8 / 10e9;
   EXPECT_NEAR(w.dp, std::max(0.0, comm - w.compute * 2 / 3), 1e-15);
+
+  // Context parallel: tp 2 x cp 2 x dp 2 (one node holds tp x cp = 4 ranks). Each cp rank holds
+  // s / 2 tokens: the activation terms halve; the ring moves (3 cp - 2) = 4 K/V-sized messages
+  // per layer; gradients are reduced over dp x cp = 4 ranks (tp x 4 = 8 > 4: inter-node).
+  ParallelLayout c;
+  c.tp = 2;
+  c.cp = 2;
+  c.dp = 2;
+  const StepTime sc = project_step_time(in, c, mem);
+  EXPECT_NEAR(sc.compute, flops / 1e12, 1e-15);  // the same FLOPs spread over the same 8 GPUs
+  const double half = 1 * 64 * 256 * 2.0;          // b (s / cp) h x 2 bytes
+  EXPECT_NEAR(sc.tp, micro * 4 * 4 * half * 2 * 0.5 / 100e9, 1e-15);
+  const double kv = 64 * (2 * 8 * 32) / 2.0 * 2;  // b (s / cp) x 2 groups x head_dim / tp x 2 bytes
+  EXPECT_NEAR(sc.cp, micro * 4 * 4 * kv / 100e9, 1e-15);
+  EXPECT_NEAR(sc.dp, 4e6 * 0.75 * 2 / 10e9, 1e-15);
+  EXPECT_NEAR(sc.total(), sc.compute + sc.tp + sc.cp + sc.dp, 1e-15);
 }
 
 TEST(SafeProjection, LayoutsRespectTheConstraints) {
@@ -73,13 +91,15 @@ TEST(SafeProjection, LayoutsRespectTheConstraints) {
   bool seen_tp4pp2 = false;
   for (const auto& p : all) {
     const auto& l = p.layout;
-    EXPECT_EQ(l.tp * l.pp * l.dp, 8);
+    EXPECT_EQ(l.tp * l.pp * l.cp * l.dp, 8);
     EXPECT_LE(l.tp, 4);  // tp stays within a node
     EXPECT_EQ(8 % (l.dp), 0);
+    EXPECT_EQ(128 % (2 * l.cp), 0);  // seq_length cuts into 2 cp chunks
     EXPECT_EQ(l.sequence_parallel, l.tp > 1);
     seen_tp4pp2 = seen_tp4pp2 || (l.tp == 4 && l.pp == 2 && l.dp == 1);
   }
   EXPECT_TRUE(seen_tp4pp2);
+  EXPECT_TRUE(std::any_of(all.begin(), all.end(), [](const LayoutProjection& p) { return p.layout.cp == 8; }));
   for (size_t i = 1; i < all.size(); ++i) {
     if (all[i].fits == all[i - 1].fits) EXPECT_LE(all[i - 1].time.total(), all[i].time.total());
     else EXPECT_TRUE(all[i - 1].fits);
@@ -88,6 +108,37 @@ TEST(SafeProjection, LayoutsRespectTheConstraints) {
   for (const auto& p : project_layouts(in)) EXPECT_FALSE(p.fits);
   in.tflops = 0;
   EXPECT_THROW(project_layouts(in), Error);
+}
+
+// A long context is what context parallelism is for: the Llama-3.2-1B shape at 128K tokens per
+// sequence on one node of 8 x 80 GiB. Without splitting the sequence (tp = cp = 1) one rank's
+// activations do not fit; with it the fastest layout that fits is a context-parallel one (its
+// ring moves K/V of 8 query groups, less than tensor parallelism's all-reduces of the hidden
+// states), and the table lists cp.
+TEST(SafeProjection, LongContextNeedsContextParallel) {
+  ProjectionInput in = tiny();
+  ModelConfig& m = in.model;
+  m.name = "llama3.2-1B-shape";
+  m.num_layers = 16;
+  m.hidden_size = 2048;
+  m.ffn_hidden_size = 8192;
+  m.num_attention_heads = 32;
+  m.num_query_groups = 8;
+  m.padded_vocab_size = m.vocab_size = 128256;
+  m.max_position_embeddings = 131072;
+  in.setup.seq_length = 131072;
+  in.setup.global_batch_size = 1;
+  in.nodes = 1;
+  in.gpus_per_node = 8;
+  in.tflops = 400;
+  const auto all = project_layouts(in);
+  ASSERT_FALSE(all.empty());
+  ASSERT_TRUE(all.front().fits);
+  EXPECT_GT(all.front().layout.cp, 1);
+  for (const auto& p : all)
+    if (p.layout.cp == 1 && p.layout.tp == 1) EXPECT_FALSE(p.fits) << "pp " << p.layout.pp << " dp " << p.layout.dp;
+  const std::string table = render_projection(in, all, 3);
+  EXPECT_NE(table.find("| tp | pp | cp | dp | ep |"), std::string::npos) << table;
 }
 
 TEST(SafeProjection, BandwidthsFromAPreflightReport) {
