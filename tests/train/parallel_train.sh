@@ -57,6 +57,7 @@
 #                rows, the aux loss statistics summed over cp                     == refds
 #   cp2ep2tp2ds  4 ranks, CP2 x TP2 + SP, EP2                                     == refds
 #   cp2pp2ds     4 ranks, CP2 x PP2 (MTP on the last stage), distributed optimizer == refds
+#   cp2ds_half->1  CP2 + distributed optimizer (over dp x cp) stop at 5 and save; 1 rank resumes == refds
 #   LoRA (peft: lora, rank 4, every target; frozen base) on packed rows (reset_position_ids and
 #   reset_attention_mask: documents split at end-of-document tokens), against reflora (1 rank):
 #   tp2lora      2 ranks, tensor parallel (A of column layers summed over tp)    == reflora
@@ -240,6 +241,9 @@ run cp2ep2tp2ds 4 "${DS[@]}" "${MTP[@]}" --set context_parallel_size=2 --set exp
   --set tensor_model_parallel_size=2 --set sequence_parallel=true $(final cp2ep2tp2ds)
 run cp2pp2ds 4 "${DS[@]}" "${MTP[@]}" --set context_parallel_size=2 --set pipeline_model_parallel_size=2 \
   --set use_distributed_optimizer=true --set overlap_grad_reduce=true --set ddp_bucket_size=3000 $(final cp2pp2ds)
+run cp2ds_half 2 "${DS[@]}" "${MTP[@]}" --set context_parallel_size=2 --set use_distributed_optimizer=true \
+  --set save="$WORK/ckpt_cpds" --set exit_interval=5
+run cpds_to_1 1 "${DS[@]}" "${MTP[@]}" --set load="$WORK/ckpt_cpds" $(final cpds_to_1)
 V2Q=(--set q_lora_rank=null --set recompute_granularity=full --set recompute_method=uniform --set recompute_num_layers=1)
 run refds_v2 1 "${DS[@]}" "${V2Q[@]}" $(final refds_v2)
 run tp2ds_v2 2 "${DS[@]}" "${V2Q[@]}" --set tensor_model_parallel_size=2 --set sequence_parallel=true $(final tp2ds_v2)
@@ -393,10 +397,10 @@ runs = (("dp2", ALL, "ref"), ("tp2", ALL, "ref"), ("dp2_distopt", ALL, "ref"), (
         ("dp2dpo", ALL, "refdpo"), ("pp2dpo", ALL, "refdpo"), ("cp2", ALL, "ref"), ("cp4", ALL, "ref"), ("cp2dp2", ALL, "ref"),
         ("cp2tp2", ALL, "ref"), ("cp2pp2", ALL, "ref"), ("cp2moe", ALL, "refmoe_cp"), ("cp2ep2moe", ALL, "refmoe_cp"),
         ("cp2ep2tp2sp", ALL, "refmoe_cp"), ("cp2ds", ALL, "refds"), ("cp2ep2tp2ds", ALL, "refds"),
-        ("cp2pp2ds", ALL, "refds"), ("cp2dpo", ALL, "refdpo"), ("cp2tp2spdpo", ALL, "refdpo"), ("cp2sft", ALL, "refsft"),
+        ("cp2pp2ds", ALL, "refds"), ("cp2ds_half", FIRST, "refds"), ("cpds_to_1", LAST, "refds"), ("cp2dpo", ALL, "refdpo"), ("cp2tp2spdpo", ALL, "refdpo"), ("cp2sft", ALL, "refsft"),
         ("cp2pp2sft", ALL, "refsft"), ("cp2loradrop", ALL, "refloradrop"), ("dp2tp2fp8_half", FIRST, "reffp8"), ("fp8_to_1", LAST, "reffp8"))
 CONTEXT_PARALLEL = {"cp2", "cp4", "cp2dp2", "cp2tp2", "cp2pp2", "cp2moe", "cp2ep2moe", "cp2ep2tp2sp", "cp2ds", "cp2ep2tp2ds",
-                    "cp2pp2ds", "cp2dpo", "cp2tp2spdpo", "cp2sft", "cp2pp2sft", "cp2loradrop"}  # issue 17's bar: 1e-6
+                    "cp2pp2ds", "cp2ds_half", "cpds_to_1", "cp2dpo", "cp2tp2spdpo", "cp2sft", "cp2pp2sft", "cp2loradrop"}  # issue 17's bar: 1e-6
 EXPERT_PARALLEL = {"ep2moe", "ep4moe", "ep2dp2moe", "ep2pp2moe", "ep2pp2_half", "ep_to_1", "moe_to_ep4", "ep4ds",
                    "ep2pp2ds", "ep2pp2vp", "ep2tp2ds", "tp2ds", "tp2ds_v2", "tp2moe", "tp2spmoe", "ep2tp2sp", "big_half", "big_to_1", "one_to_big",
                    "ep2lora_moe", "tp2splora_moe", "ep2lora_ds", "tp2splora_ds", "ep2tp2splora_ds"}
@@ -483,7 +487,7 @@ for run, refname in (("dp2", "ref"), ("tp2", "ref"), ("dp2_distopt", "ref"), ("d
                      ("tp2splora_ds", "reflora_ds"), ("ep2tp2splora_ds", "reflora_ds"), ("cp2", "ref"), ("cp4", "ref"),
                      ("cp2dp2", "ref"), ("cp2tp2", "ref"), ("cp2pp2", "ref"), ("cp2moe", "refmoe_cp"),
                      ("cp2ep2moe", "refmoe_cp"), ("cp2ep2tp2sp", "refmoe_cp"), ("cp2ds", "refds"),
-                     ("cp2ep2tp2ds", "refds"), ("cp2pp2ds", "refds"), ("fp8_to_1", "reffp8")):
+                     ("cp2ep2tp2ds", "refds"), ("cp2pp2ds", "refds"), ("cpds_to_1", "refds"), ("fp8_to_1", "reffp8")):
     ref_w = ref_ws[refname]
     got = weights(run)
     assert sorted(got) == sorted(ref_w), f"{run}: tensors {sorted(set(got) ^ set(ref_w))} differ in name"
