@@ -701,7 +701,9 @@ void DecoderModel::mtp_forward(StageState& st, LayerEnv& env, const Tensor& toke
   const Tensor full_tokens = parallel::context_parallel_full_rows(tokens, cp);
   const Tensor full_labels = parallel::context_parallel_full_rows(labels, cp);
   const Tensor full_mask = parallel::context_parallel_full_rows(loss_mask, cp);
-  auto local = [&](const Tensor& t) { return cp.active() ? parallel::context_parallel_columns(t, cp.rank(), cp.size()) : t; };
+  auto local = [&](const Tensor& t) {
+    return cp.active() ? parallel::context_parallel_columns(t, cp.rank(), cp.size()) : t;
+  };
   for (int64_t k = 0; k < D; ++k) {
     const Tensor tk = local(roll_left<int32_t>(full_tokens, k + 1, 0));
     const Tensor lk = local(roll_left<int32_t>(full_labels, k + 1, -1));
