@@ -6,11 +6,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define PRIMUS_HOST_DEVICE __host__ __device__
-#else
-#define PRIMUS_HOST_DEVICE
-#endif
+#include "core/host_device.h"
 
 namespace primus {
 
@@ -21,4 +17,3 @@ PRIMUS_HOST_DEVICE inline int64_t context_parallel_position(int64_t t, int64_t l
 
 }  // namespace primus
 
-#undef PRIMUS_HOST_DEVICE

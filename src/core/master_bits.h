@@ -15,11 +15,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define PRIMUS_HOST_DEVICE __host__ __device__
-#else
-#define PRIMUS_HOST_DEVICE
-#endif
+#include "core/host_device.h"
 
 namespace primus {
 
@@ -34,4 +30,3 @@ PRIMUS_HOST_DEVICE inline void split_master_bits(uint32_t bits, uint16_t& model_
 
 }  // namespace primus
 
-#undef PRIMUS_HOST_DEVICE
