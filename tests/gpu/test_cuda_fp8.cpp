@@ -5,7 +5,8 @@
 //     both formats and recipes, on shapes that are not whole 64 x 64 tiles;
 //   - delayed scaling's update kernel equals the CPU's;
 //   - an FP8 linear's forward (with the residual epilogue) and backward (dgrad, wgrad into fp32
-//     with accumulation) match the CPU's FP8 linear on the same values to bf16 output precision.
+//     with accumulation) match the CPU's FP8 linear on the same values to bf16 output precision
+//     (wgrad: to the FP8 tensor cores' accumulation precision).
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -133,12 +134,17 @@ TEST(CudaFp8, LinearMatchesTheCpuRecipe) {
     ops::fp8_linear_backward(cuda, lg, ag, &dxg, dwg, gpu(dy, {M, N}, DType::BF16), gpu(x, {M, K}, DType::BF16),
                              gpu(w, {N, K}, DType::BF16), true);
     expect_close("fp8 dgrad", dxg, dxc, 8e-3);
-    expect_close("fp8 wgrad (fp32, accumulated)", dwg, dwc, 1e-5);
+    // wgrad is fp32, but not the CPU's fp32 sums: Hopper's FP8 MMA accumulates with about 14
+    // mantissa bits between promotions to fp32 (DeepSeek-V3 technical report, 3.3.2), and the
+    // GPU casts bf16-rounded x and dy to FP8 (a rare tie rounds to the other code). Measured
+    // on an H100, 2026-12-07: 1.3e-4.
+    constexpr double kWgradTol = 5e-4;
+    expect_close("fp8 wgrad (fp32, accumulated)", dwg, dwc, kWgradTol);
     ops::fp8_linear_backward(cpu, lc, ac, nullptr, dwc, cpu_f32(dy, {M, N}), cpu_f32(x, {M, K}), cpu_f32(w, {N, K}),
                              false);
     ops::fp8_linear_backward(cuda, lg, ag, nullptr, dwg, gpu(dy, {M, N}, DType::BF16), gpu(x, {M, K}, DType::BF16),
                              gpu(w, {N, K}, DType::BF16), false);
-    expect_close("fp8 wgrad (fp32, written)", dwg, dwc, 1e-5);
+    expect_close("fp8 wgrad (fp32, written)", dwg, dwc, kWgradTol);
   }
 }
 
