@@ -20,7 +20,6 @@ void attention_core_backward(LayerEnv& env, Tensor& dq, Tensor& dk, Tensor& dv, 
     ops::attention_backward(env.ctx, dq, dk, dv, dout, q, k, v, out, lse, scale, true, segments_of(env));
     return;
   }
-  PRIMUS_CHECK(!env.segments.defined(), "context parallel attention does not take packed rows (segments)");
   parallel::ring_attention_backward(env.ctx, env.cp, env.arena, dq, dk, dv, dout, q, k, v, out, lse, scale);
 }
 

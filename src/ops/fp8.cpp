@@ -1,11 +1,11 @@
 #include "ops/fp8.h"
 
 #include <algorithm>
-#include <cfloat>
 #include <cmath>
 
 #include "core/error.h"
 #include "core/fp8_bits.h"
+#include "core/fp8_scale.h"
 #ifdef PRIMUS_WITH_CUDA
 #include "ops/cuda/cuda_backend.h"
 #include "ops/cuda/cuda_check.h"
@@ -26,14 +26,6 @@ DType role_dtype(const Fp8Options& o, int role) { return role == kFp8GradOutput 
 int64_t rows_of(const Tensor& t) { return t.ndim() == 0 ? 1 : t.numel() / t.size(-1); }
 
 Tensor as_2d(const Tensor& t) { return t.view({rows_of(t), t.size(-1)}); }
-
-// The same rule as the CUDA kernels (ops/cuda/fp8.cu): s = F / amax / 2^margin, 1 for an amax
-// of 0 or not finite, the largest float for an s that overflows.
-float scale_from_amax(float fmax, float amax, int margin) {
-  if (!(amax > 0.f) || !std::isfinite(amax)) return 1.f;
-  const float s = std::ldexp(fmax / amax, -margin);
-  return std::isfinite(s) ? s : FLT_MAX;
-}
 
 void check_meta(const Fp8Options& o, const Tensor& meta, const Tensor& x) {
   PRIMUS_CHECK(meta.dtype() == DType::F32 && meta.numel() == 3 * o.meta_cols() && meta.device() == x.device(),
@@ -85,7 +77,7 @@ void fp8_cast(Context& ctx, const Fp8Options& o, Tensor& meta, int role, Tensor&
     for (int64_t i = 0; i < R * C; ++i) amax = std::max(amax, std::fabs(xs[i]));
     float s;
     if (tensorwise) {
-      s = scale_from_amax(enc.max_finite, amax, o.margin);
+      s = fp8_scale_from_amax(enc.max_finite, amax, o.margin);
       m[0] = amax;
       m[o.scale_col()] = s;
       m[o.scale_inv_col()] = 1.f / s;
@@ -260,7 +252,7 @@ void fp8_update_scales(Context& ctx, const Fp8Options& o, Tensor& metas) {
       if (o.amax_max)
         for (int j = 1; j < H; ++j) amax = std::max(amax, m[j]);
       if (amax > 0.f && std::isfinite(amax)) {
-        const float s = scale_from_amax(r % 3 == kFp8GradOutput ? grad_max : fwd_max, amax, o.margin);
+        const float s = fp8_scale_from_amax(r % 3 == kFp8GradOutput ? grad_max : fwd_max, amax, o.margin);
         m[o.scale_col()] = s;
         m[o.scale_inv_col()] = 1.f / s;
       }

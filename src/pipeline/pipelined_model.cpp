@@ -174,11 +174,7 @@ Tensor& PipelinedModel::recv_buffer(Tensor& buf, const Shape& shape) {
 
 std::vector<data::Batch> PipelinedModel::context_parallel_share(const std::vector<data::Batch>& micro_batches) const {
   std::vector<data::Batch> out = micro_batches;
-  for (data::Batch& b : out) {
-    PRIMUS_CHECK(!b.positions.defined() && !b.segments.defined(),
-                 "context_parallel_size = {}: packed rows (reset_position_ids / reset_attention_mask, or post-training "
-                 "packing) are not supported with context parallelism; turn them off (packing: false) or set "
-                 "context_parallel_size: 1", cp_.size());
+  for (data::Batch& b : out) {  // packed rows (positions / segments) are refused by DecoderModel under cp
     b.tokens = parallel::context_parallel_columns(b.tokens, cp_.rank(), cp_.size());
     b.labels = parallel::context_parallel_columns(b.labels, cp_.rank(), cp_.size());
     b.loss_mask = parallel::context_parallel_columns(b.loss_mask, cp_.rank(), cp_.size());

@@ -133,7 +133,7 @@ class PipelinedModel {
   void send(parallel::Communicator& comm, const Tensor& t, int peer);
   void wait_sends();
   // Context parallel: the micro-batches with only this cp rank's columns of tokens, labels and
-  // loss_mask (parallel::context_parallel_columns); packed rows are refused by name.
+  // loss_mask (parallel::context_parallel_columns); packed rows are refused by DecoderModel.
   std::vector<data::Batch> context_parallel_share(const std::vector<data::Batch>& micro_batches) const;
   DecoderModel::StepResult run(const std::vector<data::Batch>& micro_batches, bool train, float loss_weight,
                                float aux_loss_weight, const std::vector<parallel::LoraDropout>* dropout = nullptr,

@@ -97,8 +97,6 @@ class Run {
   void setup_posttrain_data(const data::DataConfig& dc);
   void restore();
   LossSums train_step(float loss_weight_numerator, std::vector<data::Batch>& batches);
-  // Context parallel: each micro-batch cut down to this cp rank's two chunks of every row
-  // (parallel/context_parallel.h); nothing without cp.
   // Token-mean loss of `iterations` global batches from `loader`, over all ranks, as the named
   // values the reports show ("lm loss"; DPO: "dpo loss" and the rewards first). The first one is
   // the run's validation loss.
@@ -220,8 +218,8 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
                          o.global_batch_size, o.micro_batch_size, o.decoder_first_pipeline_num_layers,
                          o.decoder_last_pipeline_num_layers});
   groups_ = std::make_unique<parallel::ProcessGroups>(*world_, dims);
-  // Context parallel: each cp rank has its share of every sequence, so losses, token counts and
-  // gradients are summed over data x context parallel.
+  // Context parallel: each cp rank has its share of every sequence, so the model's losses and the
+  // gradients are summed over data x context parallel; the whole batches' counts over dp.
   dp_ = dims.cp() > 1 ? &groups_->dp_cp() : &groups_->dp();
   batch_dp_ = &groups_->dp();
   dp_rank_ = groups_->coords().dp;

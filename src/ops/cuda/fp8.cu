@@ -11,8 +11,8 @@
 #include <cuda_fp8.h>
 
 #include <algorithm>
-#include <cfloat>
 
+#include "core/fp8_scale.h"
 #include "ops/cuda/cuda_check.h"
 
 namespace primus::cuda {
@@ -21,13 +21,6 @@ namespace {
 
 constexpr int kTile = 64;
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float scale_of(float fmax, float amax, int margin) {
-  if (!(amax > 0.f) || !isfinite(amax)) return 1.f;
-  float s = fmax / amax;
-  s = ldexpf(s, -margin);
-  return isfinite(s) ? s : FLT_MAX;
-}
 
 __device__ __forceinline__ float block_max(float v, float* red) {
 #pragma unroll
@@ -59,7 +52,7 @@ __global__ void __launch_bounds__(kThreads) cast_transpose_kernel(const __nv_bfl
   __shared__ uint8_t tile[kTile][kTile + 4];
   __shared__ float red[kThreads / 32];
   const int64_t r0 = static_cast<int64_t>(blockIdx.y) * kTile, c0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  const float s = a.scale_from_amax ? scale_of(a.fmax, *a.amax, a.margin) : *a.scale;
+  const float s = a.scale_from_amax ? fp8_scale_from_amax(a.fmax, *a.amax, a.margin) : *a.scale;
   if (a.scale_from_amax && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x == 0) {
     *a.scale = s;
     *a.scale_inv = 1.f / s;
@@ -130,7 +123,7 @@ __global__ void update_scales_kernel(float* metas, int64_t rows, int H, int64_t 
     for (int j = 1; j < H; ++j) amax = fmaxf(amax, m[j]);
   const float fmax = r % 3 == 2 ? grad_max : fwd_max;
   if (amax > 0.f && isfinite(amax)) {  // else the scale stays
-    const float s = scale_of(fmax, amax, margin);
+    const float s = fp8_scale_from_amax(fmax, amax, margin);
     m[scale_col] = s;
     m[scale_inv_col] = 1.f / s;
   }
