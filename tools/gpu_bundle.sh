@@ -67,6 +67,17 @@ while ((${#queue[@]})); do
   done < <(ldd "$f" | awk '/=>/ {print $1, $3}')
 done
 
+# tools/kernprof: the CUPTI preload that tools/gpu_kernprof.sh profiles with (the GPU machine has
+# Nsight Compute but no Nsight Systems), with the CUPTI it was built against.
+CUPTI=$(ls /usr/local/cuda/lib/libcupti.so.* /usr/local/cuda/lib64/libcupti.so.* 2>/dev/null | head -1 || true)
+if [[ -n "$CUPTI" ]]; then
+  g++ -O2 -std=c++20 -shared -fPIC -I/usr/local/cuda/include "$ROOT/tools/kernprof/kernprof.cpp" \
+    -o "$BUNDLE/lib/libkernprof.so" -L"$(dirname "$CUPTI")" -lcupti -Wl,-rpath,'$ORIGIN'
+  cp -L "$CUPTI" "$BUNDLE/lib/"
+else
+  echo "note: no libcupti in /usr/local/cuda: the bundle has no kernprof"
+fi
+
 echo "cuDNN the binaries load from the GPU machine: $(for f in "$BUNDLE"/bin/*; do ldd "$f"; done |
   awk '/libcudnn/ {print $1}' | sort -u | tr '\n' ' ')(sub-libraries via dlopen)"
 

@@ -1,4 +1,4 @@
-// `primus bench gemm|gemm-dense|attention|ops|moe`: GPU benchmarks (src/safe/gpu_bench.h);
+// `primus bench gemm|gemm-dense|attention|ops|moe|step`: GPU benchmarks (src/safe/gpu_bench.h);
 // `primus bench generate`: KV-cache generation throughput (src/infer/generate_bench.h).
 #include <algorithm>
 #include <cstdio>
@@ -7,11 +7,14 @@
 
 #include "cli/cli_common.h"
 #include "cli/commands.h"
+#include "config/config.h"
+#include "config/describe.h"
 #include "core/error.h"
 #include "core/strings.h"
 #include "infer/generate_bench.h"
 #include "safe/gpu_bench.h"
 #include "safe/model_shapes.h"
+#include "safe/step_table.h"
 
 namespace primus::cli {
 
@@ -132,6 +135,18 @@ int cmd_bench(int argc, char** argv) {
       ->capture_default_str();
   add_batch_flags(*moeb, moe_seq, moe_mbs);
 
+  // step
+  auto* stepb = app.add_subcommand("step", "the step table of an experiment (one micro-batch's kernels and the "
+                                   "optimizer per tensor-parallel size) for primus projection --bench-table");
+  std::string step_config, step_out;
+  std::vector<std::string> step_sets;
+  std::vector<int64_t> step_tps;
+  stepb->add_option("--config", step_config, "the experiment YAML")->required();
+  stepb->add_option("--set", step_sets, "override a key, key=value (repeatable)")->allow_extra_args(false);
+  stepb->add_option("--tp", step_tps, "tensor-parallel sizes to measure (default: 1 2 4 8 where they divide the "
+                    "heads and query groups)")->delimiter(',');
+  stepb->add_option("--out", step_out, "the JSON table to write")->required();
+
   // generate
   auto* genb = app.add_subcommand("generate",
                                   "KV-cache generation (infer::generate) of a model shape with random weights: tokens/s, "
@@ -170,6 +185,24 @@ int cmd_bench(int argc, char** argv) {
       std::fflush(stdout);
     });
     return 0;
+  }
+  if (stepb->parsed()) {
+    config::LoadOptions lo;
+    lo.sets = step_sets;
+    lo.world_size = 0;  // the experiment's own layout; the table is per tp
+    const config::Config cfg = config::load_experiment(step_config, lo);
+    safe::StepBenchOptions o;
+    o.model = config::model_config(cfg);
+    o.setup = config::training_setup(cfg);
+    o.tps = step_tps;
+    if (o.tps.empty())
+      for (int64_t tp = 1; tp <= 8; tp *= 2)
+        if (o.model.num_attention_heads % tp == 0 && o.model.query_groups() % tp == 0) o.tps.push_back(tp);
+    for (int64_t tp : o.tps) (void)safe::tp_local_model(o.model, tp);  // a tp that does not divide: named error
+    o.warmup = std::min(warmup, 5);
+    o.iters = std::min(iters, 10);
+    o.output_file = step_out;
+    return safe::run_step_bench(o);
   }
   const safe::TableFormat format = safe::parse_table_format(output);
   // gemm and gemm-dense: the problems to time, with the flags both take.

@@ -15,9 +15,9 @@ namespace primus::cli {
 
 int cmd_projection(int argc, char** argv) {
   CLI::App app{"Project an experiment onto N nodes x G GPUs: every tensor/pipeline/data/expert-parallel layout with "
-               "its memory per GPU (the dry-run estimate) and a first-order step time (compute at --tflops, pipeline "
-               "bubble, and tp/dp/pp/ep communication at the bus bandwidths of a preflight report or the flags); "
-               "prints the fastest layouts that fit. Not validated against measured steps yet: docs/SAFE.md.",
+               "its memory per GPU (the dry-run estimate) and a step time (compute from a step table measured on the "
+               "GPU, or at --tflops; pipeline bubble; tp/cp/dp/pp/ep communication at the bus bandwidths of a "
+               "preflight report or the flags); prints the fastest layouts that fit. Its measured error: docs/SAFE.md.",
                "projection"};
   std::string config_path, preflight;
   std::vector<std::string> sets;
@@ -28,8 +28,11 @@ int cmd_projection(int argc, char** argv) {
   app.add_option("--set", sets, "override a key, key=value (repeatable)")->allow_extra_args(false);
   app.add_option("--nodes", in.nodes, "nodes")->capture_default_str();
   app.add_option("--gpus-per-node", in.gpus_per_node, "GPUs per node")->capture_default_str();
+  std::string table;
   app.add_option("--tflops", in.tflops, "sustained training TFLOP/s of one GPU (the TFLOP/s/GPU of primus train's "
-                 "iteration line)")->required();
+                 "iteration line); with --bench-table, used only for the tp sizes the table lacks");
+  app.add_option("--bench-table", table, "the step table `primus bench step` measured on this GPU for this "
+                 "experiment: compute from its kernels' times instead of --tflops");
   app.add_option("--gpu-memory-gib", in.gpu_memory_gib, "device memory per GPU")->capture_default_str();
   app.add_option("--fit-fraction", in.fit_fraction, "a layout fits below this share of the device memory")
       ->capture_default_str();
@@ -67,6 +70,12 @@ int cmd_projection(int argc, char** argv) {
   in.setup = config::training_setup(cfg);
   in.overlap_grad_reduce = cfg.b("overlap_grad_reduce");
   in.virtual_stages = 1;
+  if (!table.empty()) {
+    in.table = safe::read_step_table(table);
+    in.table_source = table;
+  }
+  PRIMUS_CHECK(in.tflops > 0 || in.table, "give --tflops (the sustained TFLOP/s of one GPU) or --bench-table (a step "
+               "table from `primus bench step` on the GPU)");
   const auto all = safe::project_layouts(in);
   PRIMUS_CHECK(!all.empty(), "no layout of {} GPUs suits this model: global_batch_size {} must be a multiple of "
                "micro_batch_size x dp for some tp x pp x dp = {}", in.nodes * in.gpus_per_node,

@@ -11,7 +11,7 @@ const std::vector<Command>& commands() {
       {"preflight", "check every rank before a run: GEMM, memory, collective bandwidth; report + outliers", cmd_preflight},
       {"node-smoke", "quick per-node go/no-go against GEMM and memory thresholds (Slurm prolog)", cmd_node_smoke},
       {"projection", "the parallel layouts that fit on N nodes x G GPUs, with memory and a projected step time", cmd_projection},
-      {"bench", "GPU benchmarks: GEMMs, attention, fused ops, MoE experts (gemm|gemm-dense|attention|ops|moe)", cmd_bench},
+      {"bench", "GPU benchmarks: GEMMs, attention, fused ops, MoE experts, a step table for projection (gemm|gemm-dense|attention|ops|moe|step|generate)", cmd_bench},
       {"tune", "GEMM auto-tuning (stages 1-3) on cuBLASLt", cmd_tune},
       {"config", "list every config key (--list) or show a resolved experiment", cmd_config},
       {"plot", "draw the loss and learning-rate curves of a run to PNG", cmd_plot},

@@ -163,6 +163,7 @@ TrainingSetup training_setup(const Config& cfg) {
     t.recompute = cfg.opt_s("recompute_method") == "block" ? Recompute::kFullBlock : Recompute::kFullUniform;
   t.recompute_num_layers = cfg.has("recompute_num_layers") ? cfg.i("recompute_num_layers") : 0;
   t.cross_entropy_fusion = cfg.b("cross_entropy_loss_fusion");
+  t.logits_chunk_mb = cfg.i("logits_chunk_mb");
   t.grad_reduce_in_bf16 = cfg.b("grad_reduce_in_bf16");
   t.fp8 = cfg.has("fp8");
   if (cfg.b("use_precision_aware_optimizer")) {

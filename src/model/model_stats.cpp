@@ -9,6 +9,7 @@
 
 #include "core/error.h"
 #include "model/decoder_spec.h"
+#include "model/logits_chunk.h"
 #include "parallel/pipeline_schedule.h"
 
 namespace primus {
@@ -286,11 +287,15 @@ MemoryEstimate estimate_memory(const ModelConfig& m, const ParallelLayout& L, co
     }
     double extra = 0;  // bytes per token outside the layers
     if (stage == 0) extra += layer_input * act_bytes;  // embedding output
+    double logits = 0;  // bytes of one chunk of logits (made after the last layer, freed before the backward's)
     if (stage == pp - 1) {
-      extra += 2 * layer_input * act_bytes;                                       // final norm, output-layer input
-      extra += static_cast<double>(V) / static_cast<double>(tp) * (act_bytes + (t.cross_entropy_fusion ? 0.0 : 4.0));
+      extra += 2 * layer_input * act_bytes;  // final norm, output-layer input
+      const int64_t V_local = (V + tp - 1) / tp;
+      const double rows = std::min(tokens, static_cast<double>(logits_chunk_rows(
+                                               V_local, static_cast<int64_t>(act_bytes), t.logits_chunk_mb)));
+      logits = rows * static_cast<double>(V_local) * (act_bytes + (t.cross_entropy_fusion ? 0.0 : 4.0));
     }
-    e.activation_bytes = tokens * (in_flight * (stored * act_bytes + extra) + working * act_bytes);
+    e.activation_bytes = tokens * (in_flight * (stored * act_bytes + extra) + working * act_bytes) + logits;
     if (e.total_bytes() > best.total_bytes()) best = e;
   }
   return best;

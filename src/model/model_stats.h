@@ -82,6 +82,7 @@ struct TrainingSetup {
   Recompute recompute = Recompute::kNone;
   int64_t recompute_num_layers = 0;
   bool cross_entropy_fusion = false;  // no fp32 copy of the logits
+  int64_t logits_chunk_mb = 2048;     // the logits are made a chunk of rows at a time (logits_chunk_rows)
   bool grad_reduce_in_bf16 = false;   // the projections' gradients (not embeddings, norms, router) in 2 B
   // use_precision_aware_optimizer: Adam's moments in 2 B each when bf16 (exp_avg_dtype,
   // exp_avg_sq_dtype), and with 16-bit bf16 weights the fp32 master held as a 2 B remainder

@@ -70,18 +70,18 @@ void emit(const std::vector<nlohmann::json>& rows, const std::vector<std::string
 
 
 
-Tensor random_tensor(cuda::CudaBackend& be, Shape s, DType dt, uint64_t seed, float lo = -1.f, float hi = 1.f) {
-  Tensor t = Tensor::empty(std::move(s), dt, Device::CUDA);
-  cuda::launch_fill_uniform(t.raw(), dt, t.numel(), seed, lo, hi, be.stream());
-  return t;
-}
-
 double peak_tflops() {
   const auto devs = cuda::list_devices();
   return devs.empty() ? 0.0 : devs[0].peak_bf16_tflops;
 }
 
 }  // namespace
+
+Tensor random_tensor(cuda::CudaBackend& be, Shape s, DType dt, uint64_t seed, float lo, float hi) {
+  Tensor t = Tensor::empty(std::move(s), dt, Device::CUDA);
+  cuda::launch_fill_uniform(t.raw(), dt, t.numel(), seed, lo, hi, be.stream());
+  return t;
+}
 
 cuda::GemmKey gemm_key_of(const GemmProblem& p) {
   cuda::GemmKey k;

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "core/tensor.h"
+#include "model/model_stats.h"
 #include "safe/model_shapes.h"
 #include "safe/report_table.h"
 
@@ -22,10 +24,13 @@ bool gpu_ready(const char* command);
 }  // namespace primus::safe
 namespace primus::cuda {
 struct GemmKey;
+class CudaBackend;
 }
 namespace primus::safe {
 // The GEMM engine's key for a problem (full 256-byte alignment, as fresh allocations have).
 cuda::GemmKey gemm_key_of(const GemmProblem& p);
+// A device tensor of uniform values in [lo, hi) (seeded), filled on the backend's stream.
+Tensor random_tensor(cuda::CudaBackend& be, Shape s, DType dt, uint64_t seed, float lo = -1.f, float hi = 1.f);
 #endif
 
 struct GemmBenchOptions {
@@ -90,5 +95,17 @@ struct MoeBenchOptions {
   std::string output_file;
 };
 int run_moe_bench(const MoeBenchOptions& o);
+
+// `primus bench step`: the step table of safe/step_table.h (what one micro-batch's kernels and
+// the optimizer take at each tensor-parallel size) for an experiment's model, seq_length and
+// micro_batch_size, written as JSON to `output_file` for `primus projection --bench-table`.
+struct StepBenchOptions {
+  ModelConfig model;
+  TrainingSetup setup;
+  std::vector<int64_t> tps = {1};
+  int warmup = 3, iters = 10;
+  std::string output_file;
+};
+int run_step_bench(const StepBenchOptions& o);
 
 }  // namespace primus::safe

@@ -130,7 +130,8 @@ std::string gemm_label(const std::string& local) {
 
 }  // namespace
 
-std::vector<GemmProblem> training_gemms(const ModelConfig& m, int64_t tokens, int64_t logits_chunk_rows) {
+std::vector<GemmProblem> training_gemms(const ModelConfig& m, int64_t tokens, int64_t logits_chunk_rows,
+                                        DType layer_grad) {
   PRIMUS_CHECK(tokens > 0 && logits_chunk_rows > 0, "training_gemms: tokens {} and logits_chunk_rows {} must be > 0",
                tokens, logits_chunk_rows);
   std::vector<GemmProblem> out;
@@ -149,8 +150,9 @@ std::vector<GemmProblem> training_gemms(const ModelConfig& m, int64_t tokens, in
     add({name + " fwd", rows, n_out, n_in, false, true, DType::BF16, DType::BF16, residual_in_epilogue, count});
     add({name + " dgrad", rows, n_in, n_out, false, false, DType::BF16, DType::BF16, false, count});
   };
-  auto wgrad = [&](const std::string& label, int64_t n_out, int64_t n_in, int64_t rows, int64_t count, bool accumulate) {
-    add({label, n_out, n_in, rows, true, false, DType::BF16, DType::F32, accumulate, count});
+  auto wgrad = [&](const std::string& label, int64_t n_out, int64_t n_in, int64_t rows, int64_t count, bool accumulate,
+                   DType out = DType::F32) {
+    add({label, n_out, n_in, rows, true, false, DType::BF16, out, accumulate, count});
   };
   // Decoder layers: the dense projections of every layer, as decoder_spec lists them. The weight
   // gradients are written (the first micro-batch's keys); the projections into the residual
@@ -160,13 +162,13 @@ std::vector<GemmProblem> training_gemms(const ModelConfig& m, int64_t tokens, in
       const std::string name = gemm_label(p.name.substr(layer.prefix.size()));
       if (p.role == ParamRole::Linear) {
         fwd_dgrad(name, p.shape[0], p.shape[1], tokens, 1, p.init == ParamInit::ScaledNormal);
-        wgrad(name + " wgrad", p.shape[0], p.shape[1], tokens, 1, false);
+        wgrad(name + " wgrad", p.shape[0], p.shape[1], tokens, 1, false, layer_grad);
       } else if (p.role == ParamRole::RoutedExperts) {
         // One GEMM per expert at the even share of the routed rows (tokens x top-k / E); the
         // real shares vary with the routing.
         const int64_t E = p.shape[0], rows = std::max<int64_t>(1, tokens * m.moe_router_topk / E);
         fwd_dgrad(name, p.shape[1], p.shape[2], rows, E, false);
-        wgrad(name + " wgrad", p.shape[1], p.shape[2], rows, E, false);
+        wgrad(name + " wgrad", p.shape[1], p.shape[2], rows, E, false, layer_grad);
       }
     }
   }

@@ -62,7 +62,10 @@ struct GemmProblem {
 // default 4096): its weight gradient is written by the first chunk when the head is untied
 // and accumulated by the others.
 // Problems with the same shape and flags are one entry (count = the layers that run it).
-std::vector<GemmProblem> training_gemms(const ModelConfig& m, int64_t tokens, int64_t logits_chunk_rows = 4096);
+// `layer_grad` is the layers' projections' weight-gradient dtype (bf16 with grad_reduce_in_bf16;
+// the output layer's stays fp32).
+std::vector<GemmProblem> training_gemms(const ModelConfig& m, int64_t tokens, int64_t logits_chunk_rows = 4096,
+                                        DType layer_grad = DType::F32);
 inline std::vector<GemmProblem> training_gemms(const DenseShape& s, int64_t tokens, int64_t logits_chunk_rows = 4096) {
   return training_gemms(model_of(s), tokens, logits_chunk_rows);
 }

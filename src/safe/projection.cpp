@@ -1,6 +1,7 @@
 #include "safe/projection.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 
@@ -63,8 +64,16 @@ StepTime project_step_time(const ProjectionInput& in, const ParallelLayout& l, c
   StepTime s;
   const double flops = training_flops_per_token(m, t.seq_length).total() *
                        static_cast<double>(t.global_batch_size * t.seq_length) / static_cast<double>(W);
-  s.compute = flops / (in.tflops * 1e12);
-  if (t.recompute == Recompute::kFullUniform || t.recompute == Recompute::kFullBlock) s.compute *= 4.0 / 3.0;
+  const StepTableEntry* measured = in.table ? step_table_entry(*in.table, l.tp) : nullptr;
+  if (measured != nullptr) {
+    s.measured = true;
+    s.compute = table_compute_seconds(*measured, m, t, l, mem.params);
+  } else {
+    PRIMUS_CHECK(in.tflops > 0, "projection: no compute for tp {}: the step table has no entry for it and no --tflops "
+                 "is given", l.tp);
+    s.compute = flops / (in.tflops * 1e12);
+    if (t.recompute == Recompute::kFullUniform || t.recompute == Recompute::kFullBlock) s.compute *= 4.0 / 3.0;
+  }
   s.bubble = s.compute * static_cast<double>(l.pp - 1) / (micro * static_cast<double>(std::max<int64_t>(1, l.virtual_stages)));
   const double layers = static_cast<double>(m.num_layers) / static_cast<double>(l.pp);
   if (l.tp > 1) {
@@ -105,8 +114,10 @@ StepTime project_step_time(const ProjectionInput& in, const ParallelLayout& l, c
 std::vector<LayoutProjection> project_layouts(const ProjectionInput& in) {
   PRIMUS_CHECK(in.nodes >= 1 && in.gpus_per_node >= 1, "--nodes {} and --gpus-per-node {} must be >= 1", in.nodes,
                in.gpus_per_node);
-  PRIMUS_CHECK(in.tflops > 0, "--tflops {}: give the sustained training TFLOP/s of one GPU (primus train prints it as "
-               "TFLOP/s/GPU), e.g. --tflops 400", in.tflops);
+  PRIMUS_CHECK(in.tflops > 0 || in.table, "--tflops {}: give the sustained training TFLOP/s of one GPU (primus train "
+               "prints it as TFLOP/s/GPU), e.g. --tflops 400, or a step table measured on the GPU (--bench-table)",
+               in.tflops);
+  if (in.table) check_step_table(*in.table, in.model, in.setup, in.table_source);
   const ModelConfig& m = in.model;
   const TrainingSetup& t = in.setup;
   const int64_t W = in.nodes * in.gpus_per_node;
@@ -132,6 +143,7 @@ std::vector<LayoutProjection> project_layouts(const ProjectionInput& in) {
         l.etp = tp;
         l.sequence_parallel = tp > 1;
         l.virtual_stages = pp > 1 ? in.virtual_stages : 1;
+        if (in.tflops <= 0 && step_table_entry(*in.table, tp) == nullptr) continue;  // no compute for this tp
         LayoutProjection p;
         p.layout = l;
         try {
@@ -139,8 +151,9 @@ std::vector<LayoutProjection> project_layouts(const ProjectionInput& in) {
         } catch (const Error&) {
           continue;  // the layers do not split over this pp (stage_layer_counts)
         }
+        p.runtime_bytes = in.table ? in.table->runtime_bytes : 0.0;
         p.time = project_step_time(in, l, p.memory);
-        p.fits = p.memory.total_bytes() <= in.fit_fraction * in.gpu_memory_gib * 1073741824.0;
+        p.fits = p.memory_bytes() <= in.fit_fraction * in.gpu_memory_gib * 1073741824.0;
         p.tokens_per_s_per_gpu =
             static_cast<double>(t.global_batch_size * t.seq_length) / p.time.total() / static_cast<double>(W);
         out.push_back(p);
@@ -163,9 +176,20 @@ std::string render_projection(const ProjectionInput& in, const std::vector<Layou
   s += fmt::format("projection for {} ({}), {} node(s) x {} GPU(s) = {} GPUs; {} layouts, {} fit in {:g}% of {:g} GiB\n",
                    in.model.name, format_count(count_parameters(in.model).total), in.nodes, in.gpus_per_node, W,
                    all.size(), fitting, 100 * in.fit_fraction, in.gpu_memory_gib);
-  s += fmt::format("assumed: {:g} TFLOP/s per GPU sustained; bandwidths from {}; global batch {}, micro-batch {}, "
-                   "seq {}; first-order model (src/safe/projection.h), not validated against measured steps\n\n",
-                   in.tflops, in.bw.source, in.setup.global_batch_size, in.setup.micro_batch_size, in.setup.seq_length);
+  std::string compute;
+  if (in.table) {
+    std::vector<std::string> tps;
+    for (const StepTableEntry& e : in.table->entries) tps.push_back(fmt::format("{}", e.tp));
+    compute = fmt::format("compute measured on {} ({}; tp {}), memory with its runtime's {:.2f} GiB (CUDA context, "
+                          "library workspaces)", in.table->device, in.table_source, fmt::join(tps, ", "),
+                          in.table->runtime_bytes / 1073741824.0);
+    if (in.tflops > 0) compute += fmt::format(", other tp at {:g} TFLOP/s", in.tflops);
+  } else {
+    compute = fmt::format("{:g} TFLOP/s per GPU sustained", in.tflops);
+  }
+  s += fmt::format("assumed: {}; bandwidths from {}; global batch {}, micro-batch {}, seq {}; model in "
+                   "src/safe/projection.h, its measured error in docs/SAFE.md\n\n",
+                   compute, in.bw.source, in.setup.global_batch_size, in.setup.micro_batch_size, in.setup.seq_length);
   s += "| tp | pp | cp | dp | ep | fits | memory GiB (w/g/opt/act) | step s | compute | bubble | tp comm | cp comm | "
        "dp comm | pp comm | ep comm | tokens/s/GPU |\n";
   s += "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
@@ -177,7 +201,7 @@ std::string render_projection(const ProjectionInput& in, const std::vector<Layou
     s += fmt::format("| {} | {} | {} | {} | {} | {} | {:.1f} ({:.1f}/{:.1f}/{:.1f}/{:.1f}) | {:.3f} | {:.3f} | {:.3f} | "
                      "{:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.0f} |\n",
                      p.layout.tp, p.layout.pp, p.layout.cp, p.layout.dp, p.layout.ep, p.fits ? "yes" : "no",
-                     e.total_bytes() / gib, e.weight_bytes / gib, e.grad_bytes / gib, e.optimizer_bytes / gib,
+                     p.memory_bytes() / gib, e.weight_bytes / gib, e.grad_bytes / gib, e.optimizer_bytes / gib,
                      e.activation_bytes / gib, p.time.total(), p.time.compute, p.time.bubble, p.time.tp, p.time.cp,
                      p.time.dp, p.time.pp, p.time.ep, p.tokens_per_s_per_gpu);
   }

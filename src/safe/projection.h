@@ -7,13 +7,15 @@
 // N G / (tp pp cp) with global_batch_size a multiple of micro_batch_size x dp; for MoE models ep
 // dividing the experts and dp x cp (expert tensor parallel = tp). Recompute, precision, the
 // distributed optimizer and the overlaps are the experiment's.
-// Memory per GPU: estimate_memory (model/model_stats.h) on the fullest pipeline stage; a
-// layout fits when it is at most --fit-fraction (0.95) of --gpu-memory-gib.
+// Memory per GPU: estimate_memory (model/model_stats.h) on the fullest pipeline stage, plus the
+// runtime's own memory (CUDA context, library workspaces) that a step table measured; a layout
+// fits when it is at most --fit-fraction (0.95) of --gpu-memory-gib.
 // Step time (seconds), with B the global batch, b the micro-batch, s seq_length, h hidden,
 // m = B / (b dp) micro-batches per pipeline, v virtual stages, L layers, A = b (s / cp) h x 2 bytes
 // (one 16-bit activation tensor of a micro-batch's share on a cp rank):
-//   compute   = FLOPs per token (training_flops_per_token) x B s / (N G) / (--tflops x 1e12),
-//               x (1 + 1/3) for full recompute (one more forward of the recomputed layers)
+//   compute   = with --bench-table, the measured kernels of the layout's tp (safe/step_table.h:
+//               table_compute_seconds); else FLOPs per token (training_flops_per_token) x B s /
+//               (N G) / (--tflops x 1e12), x (1 + 1/3) for full recompute (one more forward)
 //   bubble    = compute x (pp - 1) / (m v)                           (1F1B, interleaved)
 //   tp        = m x (L / pp) x 4 x A x 2(tp-1)/tp / busbw(all_reduce)  (2 forward + 2 backward
 //               per layer; sequence parallel's all-gather + reduce-scatter move the same bytes)
@@ -33,19 +35,21 @@
 // tp, cp, ep, dp, pp: tp spans tp ranks, cp tp x cp, dp tp x cp x dp, ep tp x ep, pp the whole
 // job), else the inter-node one. Bandwidths come from a preflight JSON report (median over its groups at
 // the largest size) or from --intra-busbw / --inter-busbw for every op.
-// Not modelled: attention vs GEMM efficiency (one --tflops), tp's GEMM efficiency loss, data
-// loading, optimizer step, padding of the vocabulary by tp. Not validated against measured
-// steps yet (docs/SAFE.md says what is and is not).
+// Not modelled: launch gaps and host work between kernels, data loading, MoE routing; with
+// --tflops alone also attention vs GEMM efficiency, tp's smaller GEMMs and the optimizer step.
+// docs/SAFE.md has the measured error of the step time on one GPU.
 #pragma once
 
 #include <nlohmann/json.hpp>
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "model/model_stats.h"
 #include "safe/bus_bandwidth.h"
+#include "safe/step_table.h"
 
 namespace primus::safe {
 
@@ -62,7 +66,11 @@ struct ProjectionInput {
   ModelConfig model;
   TrainingSetup setup;
   int64_t nodes = 1, gpus_per_node = 8;
-  double tflops = 0;               // sustained training TFLOP/s per GPU
+  double tflops = 0;               // sustained training TFLOP/s per GPU (0: only the table's layouts)
+  // Measured compute per tp (`primus bench step`, safe/step_table.h); when set, a layout whose tp
+  // it has takes its compute from it, others from `tflops`.
+  std::optional<StepTable> table;
+  std::string table_source;
   double gpu_memory_gib = 80;
   double fit_fraction = 0.95;
   bool overlap_grad_reduce = false;
@@ -71,6 +79,7 @@ struct ProjectionInput {
 };
 
 struct StepTime {
+  bool measured = false;  // compute from the step table (else from --tflops)
   double compute = 0, bubble = 0, tp = 0, cp = 0, dp = 0, pp = 0, ep = 0;
   double total() const { return compute + bubble + tp + cp + dp + pp + ep; }
 };
@@ -78,6 +87,8 @@ struct StepTime {
 struct LayoutProjection {
   ParallelLayout layout;
   MemoryEstimate memory;
+  double runtime_bytes = 0;  // the step table's CUDA context and library workspaces (0 without a table)
+  double memory_bytes() const { return memory.total_bytes() + runtime_bytes; }
   StepTime time;
   bool fits = false;
   double tokens_per_s_per_gpu = 0;

@@ -21,6 +21,7 @@
 #include "model/decoder.h"
 #include "model/decoder_spec.h"
 #include "model/lora_weights.h"
+#include "model/logits_chunk.h"
 #include "parallel/gather_to_root.h"
 #include "optim/adamw.h"
 #include "optim/lr_schedule.h"
@@ -288,20 +289,10 @@ Run::Run(const TrainOptions& o, const TrainerHooks& hooks)
   if (ep_size_ > 1) lo.expert_parallel = {&groups_->ep(), o.moe_token_dispatcher};
   if (dims.cp() > 1) lo.context_parallel = {&groups_->cp()};
   lo.lora = o.lora;
-  // Logits are materialised a chunk of rows at a time: 4096 rows (1 GiB of bf16 logits at a
-  // 128K vocabulary, 256 MiB at 32K), fewer when a chunk would exceed logits_chunk_mb
-  // (default 2048) MiB, never under 1024. Larger chunks make the classifier cheaper (the output
-  // layer's fp32 weight gradient is read and written once per chunk): on the H100 the 1B shape
-  // ran 1.1% faster with 4096-row chunks than with 1024, at the same peak memory; at 125M,
-  // 16384-row chunks were no faster than 4096 and took 0.75 GB more.
-  {
-    const int64_t budget_mb = o.logits_chunk_mb;
-    PRIMUS_CHECK(budget_mb > 0, "logits_chunk_mb = {} must be a positive number of MiB", budget_mb);
-    const int64_t vocab_local = o.model.padded_vocab_size / tp_size_;
-    const int64_t bytes_per_row = vocab_local * static_cast<int64_t>(dtype_size(lo.param_dtype));
-    const int64_t fit = (budget_mb << 20) / std::max<int64_t>(1, bytes_per_row) / 1024 * 1024;
-    lo.logits_chunk_rows = std::clamp<int64_t>(fit, 1024, 4096);
-  }
+  // Logits are materialised a chunk of rows at a time (model/logits_chunk.h): 4096 rows, 1 GiB of
+  // bf16 logits at a 128K vocabulary.
+  lo.logits_chunk_rows = logits_chunk_rows(o.model.padded_vocab_size / tp_size_,
+                                           static_cast<int64_t>(dtype_size(lo.param_dtype)), o.logits_chunk_mb);
   // overlap_grad_reduce: a parameter's bucket may start reducing once its grad is final,
   // i.e. after the last micro-batch's backward through it.
   if (o.overlap_grad_reduce)

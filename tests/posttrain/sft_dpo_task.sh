@@ -25,6 +25,12 @@
 # LoRA checkpoint is merged at load).
 # Usage: sft_dpo_task.sh PRIMUS_BINARY [KEEP_DIR]   (KEEP_DIR: keep the work files there)
 set -euo pipefail
+# One OpenBLAS thread: the SFT stage sits on a loss plateau (~2.18) until the model finds the
+# letter shift, and when it does depends on the last bits of the sums. With OpenBLAS's Haswell
+# kernels on 2 threads (an AMD EPYC VM whose environment sets OPENBLAS_CORETYPE=Haswell) it broke
+# through only at iteration ~470 of 600 and the task failed; on 1 thread, and with the SkylakeX
+# kernels on 1 or 2 threads, by ~100. The sums of one thread are the same on any core count.
+export OPENBLAS_NUM_THREADS=1
 PRIMUS=$1
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)

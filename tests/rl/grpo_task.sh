@@ -5,8 +5,13 @@
 # next one, "Shift habz" -> "ibca"):
 #   data   tools/make_chat_data.py --task letters --letter-ops next --grpo 1000: SFT
 #          conversations and 1000 GRPO prompts {"prompt": [user turn], "answer": "ibca"}
-#   1. SFT, stopped early (iteration 440 of a 600-iteration schedule): the model answers some
-#      prompts right when sampling at temperature 1 (mean reward ~0.3)
+#   1. SFT, stopped early: a checkpoint every 20 iterations of a 600-iteration schedule, and GRPO
+#      starts from the first whose training loss (the mean of its 20 iterations) is at most
+#      SFT_LOSS: the model then answers some prompts right when sampling at temperature 1 (mean
+#      reward ~0.3). The iteration where that happens depends on when the model leaves a loss
+#      plateau (~2.18), which moves with the last bits of the sums: ~440 on one machine, ~590 on
+#      another (Haswell kernels on an AMD EPYC VM); a fixed iteration made the start either
+#      reward ~0.3 or ~0
 #   2. GRPO from that checkpoint (pretrained_checkpoint) with the accuracy reward (exact match
 #      of the answer), 16 prompts x 8 completions per step: the mean reward of the last 10
 #      iterations must be >= MIN_FINAL and at least RISE above that of the first 10
@@ -18,6 +23,12 @@
 # Usage: grpo_task.sh PRIMUS_BINARY [KEEP_DIR] [MPIRUN]   (KEEP_DIR: keep the work files there;
 #        MPIRUN: the launcher for step 4, default mpirun; "none" skips step 4)
 set -euo pipefail
+# One OpenBLAS thread: the SFT stage sits on a loss plateau (~2.18) until the model finds the
+# letter shift, and when it does depends on the last bits of the sums. With OpenBLAS's Haswell
+# kernels on 2 threads (an AMD EPYC VM whose environment sets OPENBLAS_CORETYPE=Haswell) it broke
+# through only at iteration ~470 of 600 and the task failed; on 1 thread, and with the SkylakeX
+# kernels on 1 or 2 threads, by ~100. The sums of one thread are the same on any core count.
+export OPENBLAS_NUM_THREADS=1
 PRIMUS=$1
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -38,6 +49,7 @@ EXP=$ROOT/tests/posttrain/letters-sft.yaml
 # Thresholds (the measured values are in docs/RL.md).
 MIN_FINAL=0.55   # mean reward of the last 10 GRPO iterations
 RISE=0.20        # ... minus that of the first 10
+SFT_LOSS=0.25    # GRPO starts from the first SFT checkpoint whose loss is this low
 
 python3 "$ROOT/tools/make_chat_data.py" --task letters --letter-ops next --min-len 4 --max-len 4 \
   --train 4000 --heldout 100 --dpo 0 --grpo 1000 --seed 15 --out "$PRIMUS_TEST_DATA" >/dev/null
@@ -54,13 +66,22 @@ train() {  # NAME key=value...
 }
 metrics() { find "$WORK/ws" -path "*/$1/*" -name metrics.jsonl | head -1; }
 
+# 1. SFT, stopped early: the first checkpoint at SFT_LOSS.
+train sft train_iters=600 save="$WORK/sft" save_interval=20 log_interval=20
+START=$(python3 - "$(metrics sft)" "$SFT_LOSS" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"lm_loss"' in l]
+hit = [r["iteration"] for r in rows if r["lm_loss"] <= float(sys.argv[2])]
+if not hit:
+    sys.exit(f"FAIL: the SFT loss never reached {sys.argv[2]} in 600 iterations (last {rows[-1]['lm_loss']:.3f})")
+print(f"{hit[0]:07d}")
+PY
+) || exit 1
+[[ -d $WORK/sft/iter_$START ]] || { echo "FAIL: no SFT checkpoint at iteration $START"; exit 1; }
+echo "SFT: GRPO starts from iteration $((10#$START)), the first with a loss <= $SFT_LOSS"
 GRPO=(grpo=true packing=false data_path="$PRIMUS_TEST_DATA/grpo_prompts.jsonl"
-      pretrained_checkpoint="$WORK/sft/iter_0000440" num_generations=8 max_prompt_length=48
+      pretrained_checkpoint="$WORK/sft/iter_$START" num_generations=8 max_prompt_length=48
       max_completion_length=8 micro_batch_size=32 global_batch_size=128 log_interval=1)
-
-# 1. SFT, stopped early.
-train sft train_iters=600 exit_interval=440 save="$WORK/sft"
-[[ -d $WORK/sft/iter_0000440 ]] || { echo "FAIL: no SFT checkpoint at iteration 440"; exit 1; }
 
 # 2. GRPO.
 train grpo "${GRPO[@]}" train_iters=80 lr=1.0e-3 min_lr=1.0e-4 lr_warmup_iters=15 save="$WORK/grpo"

@@ -135,8 +135,10 @@ TEST(SafeProjection, LongContextNeedsContextParallel) {
   ASSERT_FALSE(all.empty());
   ASSERT_TRUE(all.front().fits);
   EXPECT_GT(all.front().layout.cp, 1);
+  // Without cp or tp one GPU would hold the whole sequence's activations of all 16 layers (~160
+  // GB); a deep pipeline fits but idles (one micro-batch: a bubble of pp - 1 steps).
   for (const auto& p : all)
-    if (p.layout.cp == 1 && p.layout.tp == 1) EXPECT_FALSE(p.fits) << "pp " << p.layout.pp << " dp " << p.layout.dp;
+    if (p.layout.cp == 1 && p.layout.tp == 1 && p.layout.pp == 1) EXPECT_FALSE(p.fits) << "dp " << p.layout.dp;
   const std::string table = render_projection(in, all, 3);
   EXPECT_NE(table.find("| tp | pp | cp | dp | ep |"), std::string::npos) << table;
 }
@@ -155,6 +157,103 @@ TEST(SafeProjection, BandwidthsFromAPreflightReport) {
   EXPECT_DOUBLE_EQ(b.intra.at(CollectiveOp::AllReduce), 200);  // median of 300, 100, 200 at 4096 bytes
   EXPECT_DOUBLE_EQ(b.inter.at(CollectiveOp::AllToAll), 40);    // rails before the world group
   EXPECT_DOUBLE_EQ(b.inter.at(CollectiveOp::AllReduce), 7);    // not in the report: the fallback
+}
+
+}  // namespace
+}  // namespace primus::safe
+
+namespace primus::safe {
+namespace {
+
+StepTable table_for(const ProjectionInput& in) {
+  StepTable t;
+  t.model = in.model.name;
+  t.device = "test GPU";
+  t.layers = in.model.num_layers;
+  t.hidden = in.model.hidden_size;
+  t.seq_length = in.setup.seq_length;
+  t.micro_batch_size = in.setup.micro_batch_size;
+  for (int64_t tp : {1, 2}) {
+    StepTableEntry e;
+    e.tp = tp;
+    e.layers_fwd_us = 1000.0 / tp;
+    e.layers_bwd_us = 2000.0 / tp;
+    e.head_us = 500.0 / tp;
+    e.optimizer_ns_per_param = 0.25;
+    t.entries.push_back(e);
+  }
+  return t;
+}
+
+// safe/step_table.h's formula, worked by hand for a pipeline, full recompute, context parallelism
+// and the distributed optimizer; the JSON round trip; and the named refusals.
+TEST(SafeProjection, ComputeFromAStepTableByHand) {
+  ProjectionInput in = tiny();
+  in.table = table_for(in);
+  in.table_source = "table.json";
+  ParallelLayout l;
+  l.tp = 2;
+  l.pp = 2;
+  l.dp = 2;
+  MemoryEstimate mem;
+  mem.params = 1000000;
+  const StepTime s = project_step_time(in, l, mem);
+  EXPECT_TRUE(s.measured);
+  // m = 8 / (1 x 2) = 4 micro-batches; half the layers per stage; tp 2's entry.
+  const double micro_s = (0.5 * (500 + 1000) + 250) * 1e-6;
+  EXPECT_NEAR(s.compute, 4 * micro_s + 1e6 * 0.25e-9, 1e-12);
+  EXPECT_NEAR(s.bubble, s.compute * 1 / 4.0, 1e-12);
+
+  ProjectionInput r = in;
+  r.setup.recompute = Recompute::kFullUniform;  // the layers' forward once more
+  r.setup.distributed_optimizer = true;         // Adam over 1/(dp cp) of the parameters
+  ParallelLayout c = l;
+  c.cp = 2;
+  c.dp = 1;
+  const double micro_c = (0.5 * (2 * 500 + 1000) + 250) / 2 * 1e-6;  // / cp
+  EXPECT_NEAR(project_step_time(r, c, mem).compute, 8 * micro_c + 1e6 / 2 * 0.25e-9, 1e-12);
+
+  // tp 4 is not in the table: with --tflops it falls back, without it the layout is left out.
+  ParallelLayout l4 = l;
+  l4.tp = 4;
+  EXPECT_FALSE(project_step_time(in, l4, mem).measured);
+  ProjectionInput only = in;
+  only.tflops = 0;
+  for (const LayoutProjection& p : project_layouts(only)) EXPECT_LE(p.layout.tp, 2);
+  EXPECT_THROW(project_step_time(only, l4, mem), Error);
+
+  const StepTable back = step_table_from_json(to_json(*in.table), "round trip");
+  ASSERT_EQ(back.entries.size(), 2u);
+  EXPECT_EQ(back.entries[1].tp, 2);
+  EXPECT_DOUBLE_EQ(back.entries[1].head_us, 250);
+  EXPECT_EQ(back.seq_length, 128);
+
+  // Measured for another shape: refused by name.
+  ProjectionInput other = in;
+  other.setup.seq_length = 256;
+  try {
+    project_layouts(other);
+    FAIL() << "a table measured at another seq_length was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("seq_length 128"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(step_table_from_json(nlohmann::json{{"kind", "something else"}}, "x.json"), Error);
+  nlohmann::json bad = to_json(*in.table);
+  bad["entries"][0]["head_us"] = 0;
+  EXPECT_THROW(step_table_from_json(bad, "bad.json"), Error);
+}
+
+TEST(SafeProjection, TensorParallelShardShapes) {
+  ModelConfig m = tiny().model;
+  m.num_query_groups = 4;
+  m.padded_vocab_size = 1000;
+  const ModelConfig l = tp_local_model(m, 4);
+  EXPECT_EQ(l.num_attention_heads, 2);
+  EXPECT_EQ(l.num_query_groups, 1);
+  EXPECT_EQ(l.ffn_hidden_size, 256);
+  EXPECT_EQ(l.head_dim(), 32);  // kept: 256 / 8
+  EXPECT_EQ(l.padded_vocab_size, 250);
+  EXPECT_THROW(tp_local_model(m, 8), Error);  // 4 query groups do not split 8 ways
 }
 
 }  // namespace

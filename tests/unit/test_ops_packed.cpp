@@ -77,6 +77,12 @@ struct AttnShape {
   int64_t B, T, Hq, Hkv, D, Dv;
 };
 
+double max_abs(const std::vector<float>& v) {
+  double m = 0;
+  for (float x : v) m = std::max(m, std::fabs(static_cast<double>(x)));
+  return m;
+}
+
 // Packed attention (forward and backward) on random splits == each document on its own.
 void check_packed_equals_per_document(const AttnShape& s, bool causal, uint64_t seed) {
   auto ctx = ops::Context::cpu();
@@ -108,8 +114,16 @@ void check_packed_equals_per_document(const AttnShape& s, bool causal, uint64_t 
       ops::attention_backward(ctx, dq1, dk1, dv1, do1, q1, k1, v1, o1, l1, scale, causal);
       EXPECT_LT(max_rel_error(rows_of(out, b, a, e), o1.to_float_vector()), 1e-5) << "out " << what;
       EXPECT_LT(max_rel_error(lse_cols(lse, b, a, e), l1.to_float_vector()), 1e-5) << "lse " << what;
-      EXPECT_LT(max_rel_error(rows_of(dq, b, a, e), dq1.to_float_vector()), 1e-4) << "dq " << what;
-      EXPECT_LT(max_rel_error(rows_of(dk, b, a, e), dk1.to_float_vector()), 1e-4) << "dk " << what;
+      if (L == 1) {
+        // One key: the softmax is constant, so dq and dk are 0 up to rounding (dS = dP - rowsum(dO O)
+        // with O = v), on either side: fp32 noise of O(1) terms (the inputs are standard normal).
+        EXPECT_LT(max_abs(rows_of(dq, b, a, e)), 1e-5) << "dq " << what;
+        EXPECT_LT(max_abs(rows_of(dk, b, a, e)), 1e-5) << "dk " << what;
+        EXPECT_LT(max_abs(dq1.to_float_vector()), 1e-5) << "dq alone " << what;
+      } else {
+        EXPECT_LT(max_rel_error(rows_of(dq, b, a, e), dq1.to_float_vector()), 1e-4) << "dq " << what;
+        EXPECT_LT(max_rel_error(rows_of(dk, b, a, e), dk1.to_float_vector()), 1e-4) << "dk " << what;
+      }
       EXPECT_LT(max_rel_error(rows_of(dv, b, a, e), dv1.to_float_vector()), 1e-4) << "dv " << what;
     }
   }
