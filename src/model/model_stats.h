@@ -104,9 +104,12 @@ struct TrainingSetup {
 // optimizer part by the data-parallel (x context-parallel) size, or for expert weights by
 // the expert-data-parallel size. Activations are the tensors saved for backward with
 // flash attention (no seq x seq scores), 16-bit (32-bit for fp32 runs), times the
-// micro-batches a 1F1B pipeline keeps in flight on that stage; selective recompute
-// therefore saves nothing here (it recomputes only the core attention). Not counted:
-// CUDA context, library workspaces, allocator fragmentation, communication buffers.
+// micro-batches a 1F1B pipeline keeps in flight on that stage, plus on the last stage one
+// chunk of logits (model/logits_chunk.h: the output layer makes them a chunk of rows at a
+// time); selective recompute therefore saves nothing here (it recomputes only the core
+// attention). Not counted: CUDA context, library workspaces (a step table measures them:
+// safe/step_table.h), the backward's working buffers, allocator fragmentation, communication
+// buffers (docs/SAFE.md has the measured error).
 struct MemoryEstimate {
   int64_t stage = 0;                   // the pipeline stage estimated (the fullest)
   int64_t params = 0;                  // parameters held by one GPU of that stage
