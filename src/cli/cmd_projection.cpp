@@ -74,8 +74,6 @@ int cmd_projection(int argc, char** argv) {
     in.table = safe::read_step_table(table);
     in.table_source = table;
   }
-  PRIMUS_CHECK(in.tflops > 0 || in.table, "give --tflops (the sustained TFLOP/s of one GPU) or --bench-table (a step "
-               "table from `primus bench step` on the GPU)");
   const auto all = safe::project_layouts(in);
   PRIMUS_CHECK(!all.empty(), "no layout of {} GPUs suits this model: global_batch_size {} must be a multiple of "
                "micro_batch_size x dp for some tp x pp x dp = {}", in.nodes * in.gpus_per_node,

@@ -62,8 +62,6 @@ StepTime project_step_time(const ProjectionInput& in, const ParallelLayout& l, c
   const double tokens = static_cast<double>(t.micro_batch_size * t.seq_length) / static_cast<double>(cp);  // per rank
   const double act = tokens * static_cast<double>(m.hidden_size) * 2.0;
   StepTime s;
-  const double flops = training_flops_per_token(m, t.seq_length).total() *
-                       static_cast<double>(t.global_batch_size * t.seq_length) / static_cast<double>(W);
   const StepTableEntry* measured = in.table ? step_table_entry(*in.table, l.tp) : nullptr;
   if (measured != nullptr) {
     s.measured = true;
@@ -71,6 +69,8 @@ StepTime project_step_time(const ProjectionInput& in, const ParallelLayout& l, c
   } else {
     PRIMUS_CHECK(in.tflops > 0, "projection: no compute for tp {}: the step table has no entry for it and no --tflops "
                  "is given", l.tp);
+    const double flops = training_flops_per_token(m, t.seq_length).total() *
+                         static_cast<double>(t.global_batch_size * t.seq_length) / static_cast<double>(W);
     s.compute = flops / (in.tflops * 1e12);
     if (t.recompute == Recompute::kFullUniform || t.recompute == Recompute::kFullBlock) s.compute *= 4.0 / 3.0;
   }
